@@ -1,0 +1,109 @@
+//! The runtime crate's error type.
+//!
+//! Errors are classified here once, by cause, so the server can map each variant to one gRPC
+//! status: the caller's mistakes (`Sql`, `Storage` user errors), missing features
+//! (`Unsupported`), load shedding (`ResourceExhausted`, `Unavailable`), and our own failures
+//! (`Internal`).
+
+use datafusion::error::DataFusionError;
+
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// The statement is wrong: syntax, unknown column, type mismatch, bad parameter.
+    #[error("{0}")]
+    Sql(String),
+
+    /// From the storage layer (not found, already exists, schema, conflicts, I/O).
+    #[error(transparent)]
+    Storage(#[from] apiary_storage::Error),
+
+    #[error("{0} is not supported yet")]
+    Unsupported(String),
+
+    /// The query needs more memory than its bee may use, or similar hard limits.
+    #[error("{0}")]
+    ResourceExhausted(String),
+
+    /// The node is overloaded (queue full, critical temperature); retry later.
+    #[error("{0}")]
+    Unavailable(String),
+
+    #[error("query cancelled")]
+    Cancelled,
+
+    #[error("query timed out after {0:?}")]
+    Timeout(std::time::Duration),
+
+    /// A retryable task failed more often than its trial limit allows.
+    #[error("{what} abandoned after {attempts} attempts: {last_error}")]
+    Abandoned {
+        what: String,
+        attempts: u32,
+        last_error: String,
+    },
+
+    #[error("internal error: {0}")]
+    Internal(String),
+}
+
+pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+impl From<DataFusionError> for Error {
+    fn from(e: DataFusionError) -> Self {
+        classify(e)
+    }
+}
+
+fn classify(e: DataFusionError) -> Error {
+    use DataFusionError as D;
+    match e {
+        D::Context(_, inner) => classify(*inner),
+        D::Diagnostic(_, inner) => classify(*inner),
+        D::Shared(inner) => match std::sync::Arc::try_unwrap(inner) {
+            Ok(inner) => classify(inner),
+            Err(shared) => Error::Internal(shared.to_string()),
+        },
+        D::Collection(mut errs) if !errs.is_empty() => classify(errs.remove(0)),
+        D::External(boxed) => match boxed.downcast::<apiary_storage::Error>() {
+            Ok(storage) => Error::Storage(*storage),
+            Err(other) => match other.downcast::<Error>() {
+                Ok(ours) => *ours,
+                Err(other) => match other.downcast::<DataFusionError>() {
+                    Ok(df) => classify(*df),
+                    Err(other) => Error::Internal(other.to_string()),
+                },
+            },
+        },
+        D::SQL(err, _) => Error::Sql(err.to_string()),
+        D::Plan(msg) => Error::Sql(msg),
+        D::SchemaError(err, _) => Error::Sql(err.to_string()),
+        D::NotImplemented(msg) => Error::Unsupported(msg),
+        D::Configuration(msg) => Error::Sql(msg),
+        D::ResourcesExhausted(msg) => Error::ResourceExhausted(msg),
+        // Execution and Arrow errors are almost always caused by the data the statement touches
+        // (casts, division by zero, overflow): the caller's to fix.
+        D::Execution(msg) => Error::Sql(msg),
+        D::ArrowError(err, ctx) => Error::Sql(match ctx {
+            Some(c) => format!("{err}{c}"),
+            None => err.to_string(),
+        }),
+        D::ObjectStore(err) => Error::Storage(apiary_storage::Error::ObjectStore(*err)),
+        D::ParquetError(err) => Error::Internal(format!("parquet: {err}")),
+        D::IoError(err) => Error::Internal(format!("I/O: {err}")),
+        D::ExecutionJoin(err) => Error::Internal(format!("task failed: {err}")),
+        D::Internal(msg) => Error::Internal(msg),
+        other => Error::Internal(other.to_string()),
+    }
+}
+
+impl From<Error> for DataFusionError {
+    fn from(e: Error) -> Self {
+        DataFusionError::External(Box::new(e))
+    }
+}
+
+impl From<arrow::error::ArrowError> for Error {
+    fn from(e: arrow::error::ArrowError) -> Self {
+        Error::Sql(e.to_string())
+    }
+}

@@ -1,0 +1,676 @@
+//! Apiary's SQL surface on top of DataFusion's: statement splitting, placeholder rewriting, and
+//! the namespace commands DataFusion does not know (`CREATE HIVE`, `USE`, `SHOW FRAMES`, ...).
+//!
+//! Everything works on sqlparser's tokens with their source spans, so rewritten SQL keeps the
+//! user's text byte for byte outside the parts we touch (string literals, comments, quoting).
+
+use datafusion::sql::sqlparser::dialect::GenericDialect;
+use datafusion::sql::sqlparser::keywords::Keyword;
+use datafusion::sql::sqlparser::tokenizer::{Location, Token, TokenWithSpan, Tokenizer, Word};
+
+use crate::error::{Error, Result};
+
+/// A tokenised SQL text with the byte range of every token.
+struct Lexed<'a> {
+    text: &'a str,
+    tokens: Vec<(Token, std::ops::Range<usize>)>,
+}
+
+fn lex(text: &str) -> Result<Lexed<'_>> {
+    let dialect = GenericDialect {};
+    let tokens: Vec<TokenWithSpan> = Tokenizer::new(&dialect, text)
+        .tokenize_with_location()
+        .map_err(|e| Error::Sql(e.to_string()))?;
+    // Byte offset of the start of every line (1-based lines, columns counted in chars).
+    let mut line_starts = vec![0usize];
+    for (i, b) in text.bytes().enumerate() {
+        if b == b'\n' {
+            line_starts.push(i + 1);
+        }
+    }
+    let offset = |loc: Location| -> usize {
+        let line = (loc.line as usize).saturating_sub(1);
+        let Some(&start) = line_starts.get(line) else {
+            return text.len();
+        };
+        let col = (loc.column as usize).saturating_sub(1);
+        text[start..]
+            .char_indices()
+            .nth(col)
+            .map(|(i, _)| start + i)
+            .unwrap_or(text.len())
+    };
+    let mut out = Vec::with_capacity(tokens.len());
+    for (i, t) in tokens.iter().enumerate() {
+        let start = offset(t.span.start);
+        // Spans end inclusively at the last character on some tokens and exclusively on others;
+        // the next token's start is the reliable end.
+        let end = tokens
+            .get(i + 1)
+            .map(|n| offset(n.span.start))
+            .unwrap_or(text.len());
+        out.push((t.token.clone(), start..end.max(start)));
+    }
+    Ok(Lexed { text, tokens: out })
+}
+
+fn is_trivia(t: &Token) -> bool {
+    matches!(t, Token::Whitespace(_))
+}
+
+/// Split a text holding several statements separated by `;` (outside strings and comments).
+/// Empty statements are dropped.
+pub fn split_statements(text: &str) -> Result<Vec<String>> {
+    let lexed = lex(text)?;
+    let mut out = Vec::new();
+    let mut start = 0usize;
+    let mut meaningful = false;
+    for (tok, range) in &lexed.tokens {
+        match tok {
+            Token::SemiColon => {
+                if meaningful {
+                    out.push(lexed.text[start..range.start].trim().to_string());
+                }
+                start = range.end;
+                meaningful = false;
+            }
+            t if is_trivia(t) || matches!(t, Token::EOF) => {}
+            _ => meaningful = true,
+        }
+    }
+    if meaningful {
+        out.push(lexed.text[start..].trim().to_string());
+    }
+    Ok(out)
+}
+
+/// Rewrite positional `?` markers to `$1..$n` (DataFusion reads every bare `?` as one and the same
+/// parameter). Returns the new text and the number of parameters the statement takes. Mixing `?`
+/// with `$n` in one statement is refused.
+pub fn rewrite_placeholders(text: &str) -> Result<(String, usize)> {
+    let lexed = lex(text)?;
+    let mut out = String::with_capacity(text.len() + 8);
+    let mut last = 0usize;
+    let mut questions = 0usize;
+    let mut max_dollar = 0usize;
+    for (tok, range) in &lexed.tokens {
+        if let Token::Placeholder(p) = tok {
+            if p == "?" {
+                questions += 1;
+                out.push_str(&lexed.text[last..range.start]);
+                out.push_str(&format!("${questions}"));
+                // The placeholder token is one character; keep whatever followed it in the range.
+                let after = range.start + 1;
+                out.push_str(&lexed.text[after..range.end]);
+                last = range.end;
+            } else if let Some(n) = p.strip_prefix('$').and_then(|n| n.parse::<usize>().ok()) {
+                max_dollar = max_dollar.max(n);
+            }
+        }
+    }
+    out.push_str(&lexed.text[last..]);
+    if questions > 0 && max_dollar > 0 {
+        return Err(Error::Sql(
+            "a statement may use ? or $n parameters, not both".into(),
+        ));
+    }
+    Ok((out, questions.max(max_dollar)))
+}
+
+/// A possibly qualified name as written: 1 to 3 parts.
+pub type NameParts = Vec<String>;
+
+/// One statement, classified.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Command {
+    CreateHive {
+        name: String,
+        if_not_exists: bool,
+    },
+    CreateBox {
+        name: NameParts,
+        if_not_exists: bool,
+    },
+    DropHive {
+        name: String,
+        if_exists: bool,
+        cascade: bool,
+    },
+    DropBox {
+        name: NameParts,
+        if_exists: bool,
+        cascade: bool,
+    },
+    DropFrames {
+        names: Vec<NameParts>,
+        if_exists: bool,
+    },
+    /// `USE HIVE h` (hive only), `USE BOX b` / `USE b` (box in the current hive), `USE h.b`.
+    Use {
+        hive: Option<String>,
+        box_name: Option<String>,
+    },
+    ShowHives,
+    ShowBoxes {
+        hive: Option<String>,
+    },
+    ShowFrames {
+        scope: Option<NameParts>,
+    },
+    Describe {
+        name: NameParts,
+    },
+    /// Statements DataFusion plans. `partition_by` was cut out of a `CREATE TABLE`.
+    Sql {
+        text: String,
+        partition_by: Vec<String>,
+    },
+    /// Recognised but not supported (yet); the message says what.
+    Unsupported(String),
+}
+
+impl Command {
+    /// Whether the statement returns rows (a query) rather than a count.
+    pub fn returns_rows(&self) -> bool {
+        match self {
+            Command::ShowHives
+            | Command::ShowBoxes { .. }
+            | Command::ShowFrames { .. }
+            | Command::Describe { .. } => true,
+            Command::Sql { text, .. } => sql_returns_rows(text),
+            _ => false,
+        }
+    }
+}
+
+/// Whether a DataFusion statement is a query (starts with SELECT, WITH, VALUES, EXPLAIN, ...).
+fn sql_returns_rows(text: &str) -> bool {
+    let Ok(lexed) = lex(text) else {
+        return false;
+    };
+    let first = lexed
+        .tokens
+        .iter()
+        .find(|(t, _)| !is_trivia(t) && !matches!(t, Token::LParen));
+    match first {
+        Some((Token::Word(w), _)) => matches!(
+            w.keyword,
+            Keyword::SELECT
+                | Keyword::WITH
+                | Keyword::VALUES
+                | Keyword::EXPLAIN
+                | Keyword::TABLE
+                | Keyword::FROM
+        ),
+        _ => false,
+    }
+}
+
+/// Cursor over the meaningful tokens of one statement.
+struct Cursor<'a> {
+    toks: Vec<&'a (Token, std::ops::Range<usize>)>,
+    pos: usize,
+}
+
+impl<'a> Cursor<'a> {
+    fn new(lexed: &'a Lexed<'a>) -> Self {
+        Self {
+            toks: lexed
+                .tokens
+                .iter()
+                .filter(|(t, _)| !is_trivia(t) && !matches!(t, Token::EOF | Token::SemiColon))
+                .collect(),
+            pos: 0,
+        }
+    }
+
+    fn peek(&self) -> Option<&'a Token> {
+        self.toks.get(self.pos).map(|(t, _)| t)
+    }
+
+    fn peek_word(&self, n: usize) -> Option<String> {
+        match self.toks.get(self.pos + n).map(|(t, _)| t) {
+            Some(Token::Word(w)) if w.quote_style.is_none() => Some(w.value.to_ascii_uppercase()),
+            _ => None,
+        }
+    }
+
+    fn eat_word(&mut self, kw: &str) -> bool {
+        if self.peek_word(0).as_deref() == Some(kw) {
+            self.pos += 1;
+            true
+        } else {
+            false
+        }
+    }
+
+    fn eat_words(&mut self, kws: &[&str]) -> bool {
+        if kws
+            .iter()
+            .enumerate()
+            .all(|(i, k)| self.peek_word(i).as_deref() == Some(*k))
+        {
+            self.pos += kws.len();
+            true
+        } else {
+            false
+        }
+    }
+
+    fn done(&self) -> bool {
+        self.pos >= self.toks.len()
+    }
+
+    fn expect_end(&self, what: &str) -> Result<()> {
+        match self.peek() {
+            None => Ok(()),
+            Some(t) => Err(Error::Sql(format!("unexpected {t} after {what}"))),
+        }
+    }
+
+    fn ident(&mut self) -> Result<String> {
+        match self.peek() {
+            Some(Token::Word(Word {
+                value, quote_style, ..
+            })) => {
+                self.pos += 1;
+                // Unquoted names fold to lowercase as in DataFusion; quoted ones are validated
+                // (and lowercased) by the catalog, which refuses anything outside [a-z0-9_].
+                Ok(if quote_style.is_some() {
+                    value.clone()
+                } else {
+                    value.to_ascii_lowercase()
+                })
+            }
+            Some(t) => Err(Error::Sql(format!("expected a name, found {t}"))),
+            None => Err(Error::Sql("expected a name".into())),
+        }
+    }
+
+    fn name(&mut self, max_parts: usize) -> Result<NameParts> {
+        let mut parts = vec![self.ident()?];
+        while matches!(self.peek(), Some(Token::Period)) {
+            self.pos += 1;
+            parts.push(self.ident()?);
+        }
+        if parts.len() > max_parts {
+            return Err(Error::Sql(format!(
+                "{} has too many parts (at most {max_parts})",
+                parts.join(".")
+            )));
+        }
+        Ok(parts)
+    }
+
+    fn cascade(&mut self) -> bool {
+        if self.eat_word("CASCADE") {
+            true
+        } else {
+            self.eat_word("RESTRICT");
+            false
+        }
+    }
+}
+
+/// Classify one statement (no `;` separators inside).
+pub fn classify(text: &str) -> Result<Command> {
+    let lexed = lex(text)?;
+    let mut c = Cursor::new(&lexed);
+    if c.done() {
+        return Err(Error::Sql("empty statement".into()));
+    }
+    let first = c.peek_word(0).unwrap_or_default();
+    match first.as_str() {
+        "CREATE" => {
+            c.pos += 1;
+            if c.eat_word("HIVE") || c.eat_word("DATABASE") || c.eat_word("CATALOG") {
+                let if_not_exists = c.eat_words(&["IF", "NOT", "EXISTS"]);
+                let name = c.ident()?;
+                c.expect_end("CREATE HIVE")?;
+                return Ok(Command::CreateHive {
+                    name,
+                    if_not_exists,
+                });
+            }
+            if c.eat_word("BOX") || c.eat_word("SCHEMA") {
+                let if_not_exists = c.eat_words(&["IF", "NOT", "EXISTS"]);
+                let name = c.name(2)?;
+                c.expect_end("CREATE BOX")?;
+                return Ok(Command::CreateBox {
+                    name,
+                    if_not_exists,
+                });
+            }
+            if c.eat_words(&["EXTERNAL", "TABLE"]) {
+                return Ok(Command::Unsupported(
+                    "CREATE EXTERNAL TABLE (create a frame and ingest the data instead)".into(),
+                ));
+            }
+            if c.eat_word("VIEW") || c.eat_words(&["OR", "REPLACE", "VIEW"]) {
+                return Ok(Command::Unsupported("views".into()));
+            }
+            strip_partitioned_by(&lexed)
+        }
+        "DROP" => {
+            c.pos += 1;
+            if c.eat_word("HIVE") || c.eat_word("DATABASE") || c.eat_word("CATALOG") {
+                let if_exists = c.eat_words(&["IF", "EXISTS"]);
+                let name = c.ident()?;
+                let cascade = c.cascade();
+                c.expect_end("DROP HIVE")?;
+                return Ok(Command::DropHive {
+                    name,
+                    if_exists,
+                    cascade,
+                });
+            }
+            if c.eat_word("BOX") || c.eat_word("SCHEMA") {
+                let if_exists = c.eat_words(&["IF", "EXISTS"]);
+                let name = c.name(2)?;
+                let cascade = c.cascade();
+                c.expect_end("DROP BOX")?;
+                return Ok(Command::DropBox {
+                    name,
+                    if_exists,
+                    cascade,
+                });
+            }
+            if c.eat_word("TABLE") || c.eat_word("FRAME") {
+                let if_exists = c.eat_words(&["IF", "EXISTS"]);
+                let mut names = vec![c.name(3)?];
+                while matches!(c.peek(), Some(Token::Comma)) {
+                    c.pos += 1;
+                    names.push(c.name(3)?);
+                }
+                c.cascade();
+                c.expect_end("DROP TABLE")?;
+                return Ok(Command::DropFrames { names, if_exists });
+            }
+            if c.eat_word("VIEW") {
+                return Ok(Command::Unsupported("views".into()));
+            }
+            Err(Error::Sql(
+                "expected DROP TABLE, DROP BOX or DROP HIVE".into(),
+            ))
+        }
+        "USE" => {
+            c.pos += 1;
+            let cmd = if c.eat_word("HIVE") || c.eat_word("DATABASE") || c.eat_word("CATALOG") {
+                Command::Use {
+                    hive: Some(c.ident()?),
+                    box_name: None,
+                }
+            } else {
+                // `USE BOX b`, `USE b` (a box of the current hive) and `USE h.b`.
+                let _ = c.eat_word("BOX") || c.eat_word("SCHEMA");
+                let parts = c.name(2)?;
+                match parts.as_slice() {
+                    [b] => Command::Use {
+                        hive: None,
+                        box_name: Some(b.clone()),
+                    },
+                    [h, b] => Command::Use {
+                        hive: Some(h.clone()),
+                        box_name: Some(b.clone()),
+                    },
+                    _ => unreachable_parts()?,
+                }
+            };
+            c.expect_end("USE")?;
+            Ok(cmd)
+        }
+        "SHOW" => {
+            c.pos += 1;
+            if c.eat_word("HIVES") || c.eat_word("DATABASES") || c.eat_word("CATALOGS") {
+                c.expect_end("SHOW HIVES")?;
+                return Ok(Command::ShowHives);
+            }
+            if c.eat_word("BOXES") || c.eat_word("SCHEMAS") {
+                let hive = if c.eat_word("IN") || c.eat_word("FROM") {
+                    Some(c.ident()?)
+                } else {
+                    None
+                };
+                c.expect_end("SHOW BOXES")?;
+                return Ok(Command::ShowBoxes { hive });
+            }
+            if c.eat_word("FRAMES") || c.eat_word("TABLES") {
+                let scope = if c.eat_word("IN") || c.eat_word("FROM") {
+                    Some(c.name(2)?)
+                } else {
+                    None
+                };
+                c.expect_end("SHOW FRAMES")?;
+                return Ok(Command::ShowFrames { scope });
+            }
+            Ok(Command::Sql {
+                text: text.to_string(),
+                partition_by: vec![],
+            })
+        }
+        "DESCRIBE" | "DESC" => {
+            c.pos += 1;
+            if !(c.eat_word("TABLE") || c.eat_word("FRAME")) {
+                // `DESCRIBE SELECT ...` and friends are DataFusion's.
+                if matches!(
+                    c.peek_word(0).as_deref(),
+                    Some("SELECT" | "WITH" | "VALUES")
+                ) {
+                    return Ok(Command::Sql {
+                        text: text.to_string(),
+                        partition_by: vec![],
+                    });
+                }
+            }
+            let name = c.name(3)?;
+            c.expect_end("DESCRIBE")?;
+            Ok(Command::Describe { name })
+        }
+        "DELETE" | "UPDATE" | "MERGE" | "TRUNCATE" => Ok(Command::Unsupported(first)),
+        "ALTER" => Ok(Command::Unsupported("ALTER".into())),
+        "BEGIN" | "START" | "COMMIT" | "ROLLBACK" | "SAVEPOINT" | "RELEASE" => {
+            Ok(Command::Unsupported("transactions".into()))
+        }
+        "COPY" => Ok(Command::Unsupported("COPY".into())),
+        _ => Ok(Command::Sql {
+            text: text.to_string(),
+            partition_by: vec![],
+        }),
+    }
+}
+
+fn unreachable_parts() -> Result<Command> {
+    Err(Error::Sql("too many name parts".into()))
+}
+
+/// Cut `PARTITIONED BY (a, b)` out of a `CREATE TABLE` (DataFusion's parser expects typed Hive
+/// partition columns there; we take Delta-style column names).
+fn strip_partitioned_by(lexed: &Lexed<'_>) -> Result<Command> {
+    let meaningful: Vec<usize> = (0..lexed.tokens.len())
+        .filter(|&i| !is_trivia(&lexed.tokens[i].0) && !matches!(lexed.tokens[i].0, Token::EOF))
+        .collect();
+    let word = |i: usize, kw: &str| -> bool {
+        matches!(&lexed.tokens[i].0, Token::Word(w) if w.quote_style.is_none() && w.value.eq_ignore_ascii_case(kw))
+    };
+    let mut depth = 0i32;
+    for (k, &i) in meaningful.iter().enumerate() {
+        match &lexed.tokens[i].0 {
+            Token::LParen => depth += 1,
+            Token::RParen => depth -= 1,
+            _ => {}
+        }
+        if depth == 0 && word(i, "PARTITIONED") {
+            let Some(&by) = meaningful.get(k + 1) else {
+                break;
+            };
+            if !word(by, "BY") {
+                return Err(Error::Sql("expected BY after PARTITIONED".into()));
+            }
+            let mut cols = Vec::new();
+            let mut j = k + 2;
+            if !matches!(
+                meaningful.get(j).map(|&t| &lexed.tokens[t].0),
+                Some(Token::LParen)
+            ) {
+                return Err(Error::Sql("expected ( after PARTITIONED BY".into()));
+            }
+            j += 1;
+            loop {
+                let Some(&t) = meaningful.get(j) else {
+                    return Err(Error::Sql("unterminated PARTITIONED BY (...)".into()));
+                };
+                match &lexed.tokens[t].0 {
+                    Token::Word(w) => cols.push(if w.quote_style.is_some() {
+                        w.value.clone()
+                    } else {
+                        w.value.to_ascii_lowercase()
+                    }),
+                    Token::Comma => {}
+                    Token::RParen => break,
+                    other => {
+                        return Err(Error::Sql(format!(
+                            "PARTITIONED BY takes column names, found {other}"
+                        )));
+                    }
+                }
+                j += 1;
+            }
+            let start = lexed.tokens[i].1.start;
+            let end = lexed.tokens[meaningful[j]].1.end;
+            let text = format!("{} {}", &lexed.text[..start], &lexed.text[end..]);
+            if cols.is_empty() {
+                return Err(Error::Sql(
+                    "PARTITIONED BY needs at least one column".into(),
+                ));
+            }
+            return Ok(Command::Sql {
+                text,
+                partition_by: cols,
+            });
+        }
+    }
+    Ok(Command::Sql {
+        text: lexed.text.to_string(),
+        partition_by: vec![],
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn splits_on_top_level_semicolons_only() {
+        let s = split_statements("select ';' ; -- c;\n select 2;;").unwrap();
+        assert_eq!(
+            s,
+            vec!["select ';'".to_string(), "-- c;\n select 2".to_string()]
+        );
+    }
+
+    #[test]
+    fn rewrites_question_marks() {
+        let (t, n) = rewrite_placeholders("select ? , '?' , ?+1 from t where a = ?").unwrap();
+        assert_eq!(t, "select $1 , '?' , $2+1 from t where a = $3");
+        assert_eq!(n, 3);
+        let (t, n) = rewrite_placeholders("select $2, $1").unwrap();
+        assert_eq!(t, "select $2, $1");
+        assert_eq!(n, 2);
+        assert!(rewrite_placeholders("select ?, $1").is_err());
+        let (t, _) = rewrite_placeholders("select 'é', ?").unwrap();
+        assert_eq!(t, "select 'é', $1");
+    }
+
+    #[test]
+    fn namespace_commands() {
+        assert_eq!(
+            classify("create hive if not exists Sales").unwrap(),
+            Command::CreateHive {
+                name: "sales".into(),
+                if_not_exists: true
+            }
+        );
+        assert_eq!(
+            classify("CREATE SCHEMA h.b").unwrap(),
+            Command::CreateBox {
+                name: vec!["h".into(), "b".into()],
+                if_not_exists: false
+            }
+        );
+        assert_eq!(
+            classify("drop box if exists b cascade").unwrap(),
+            Command::DropBox {
+                name: vec!["b".into()],
+                if_exists: true,
+                cascade: true
+            }
+        );
+        assert_eq!(
+            classify("use h.b").unwrap(),
+            Command::Use {
+                hive: Some("h".into()),
+                box_name: Some("b".into())
+            }
+        );
+        assert_eq!(
+            classify("USE HIVE h").unwrap(),
+            Command::Use {
+                hive: Some("h".into()),
+                box_name: None
+            }
+        );
+        assert_eq!(
+            classify("show frames in h.b").unwrap(),
+            Command::ShowFrames {
+                scope: Some(vec!["h".into(), "b".into()])
+            }
+        );
+        assert_eq!(
+            classify("describe h.b.f").unwrap(),
+            Command::Describe {
+                name: vec!["h".into(), "b".into(), "f".into()]
+            }
+        );
+        assert!(matches!(
+            classify("delete from t").unwrap(),
+            Command::Unsupported(_)
+        ));
+        assert!(classify("use a.b.c").is_err());
+    }
+
+    #[test]
+    fn strips_partitioned_by() {
+        let c = classify("CREATE TABLE t (region VARCHAR, x INT) PARTITIONED BY (region)").unwrap();
+        match c {
+            Command::Sql { text, partition_by } => {
+                assert_eq!(partition_by, vec!["region".to_string()]);
+                assert!(!text.to_ascii_uppercase().contains("PARTITIONED"));
+                assert!(text.contains("(region VARCHAR, x INT)"));
+            }
+            other => panic!("{other:?}"),
+        }
+        let c = classify("create table t partitioned by (a) as select 1 as a, 2 as b").unwrap();
+        match c {
+            Command::Sql { text, partition_by } => {
+                assert_eq!(partition_by, vec!["a".to_string()]);
+                assert!(text.contains("as select 1 as a"));
+            }
+            other => panic!("{other:?}"),
+        }
+    }
+
+    #[test]
+    fn query_detection() {
+        assert!(classify("select 1").unwrap().returns_rows());
+        assert!(classify("(select 1)").unwrap().returns_rows());
+        assert!(
+            classify("with a as (select 1) select * from a")
+                .unwrap()
+                .returns_rows()
+        );
+        assert!(classify("explain select 1").unwrap().returns_rows());
+        assert!(classify("show hives").unwrap().returns_rows());
+        assert!(!classify("insert into t values (1)").unwrap().returns_rows());
+        assert!(!classify("create table t (a int)").unwrap().returns_rows());
+    }
+}

@@ -1,0 +1,384 @@
+//! The read and write paths, checked through the plans and files they produce: partition and
+//! statistics pruning, row-group pruning, projection pushdown, streaming, cell sizing and
+//! compression, partitioned layout, DESCRIBE.
+
+use std::sync::Arc;
+
+use apiary_runtime::{Engine, EngineConfig, Output, Pins, Session};
+use apiary_storage::{Lakehouse, LedgerConfig, S3Options, Storage};
+use arrow::array::{Array, AsArray, RecordBatch};
+use datafusion::datasource::physical_plan::FileScanConfig;
+use datafusion::datasource::source::DataSourceExec;
+use datafusion::execution::runtime_env::RuntimeEnvBuilder;
+use datafusion::physical_plan::ExecutionPlan;
+use datafusion::physical_plan::metrics::MetricValue;
+use futures::{StreamExt, TryStreamExt};
+
+struct Fixture {
+    engine: Engine,
+    session: Session,
+    dir: tempfile::TempDir,
+}
+
+async fn fixture(config: LedgerConfig) -> Fixture {
+    let dir = tempfile::tempdir().unwrap();
+    let storage = Storage::open(dir.path().to_str().unwrap(), &S3Options::default()).unwrap();
+    let lakehouse = Lakehouse::open(storage, config).await.unwrap();
+    let engine = Engine::new(
+        lakehouse,
+        EngineConfig::default(),
+        Arc::new(RuntimeEnvBuilder::new().build().unwrap()),
+    );
+    Fixture {
+        engine,
+        session: Session::new("test"),
+        dir,
+    }
+}
+
+impl Fixture {
+    async fn run(&mut self, sql: &str) -> Vec<RecordBatch> {
+        let mut out = Vec::new();
+        for stmt in self.engine.parse(sql).unwrap() {
+            match self.engine.execute(&mut self.session, &stmt, None).await {
+                Ok(Output::Rows(s)) => out = s.try_collect().await.unwrap(),
+                Ok(_) => {}
+                Err(e) => panic!("{sql}: {e}"),
+            }
+        }
+        out
+    }
+
+    async fn plan(&self, sql: &str) -> Arc<dyn ExecutionPlan> {
+        let stmt = self.engine.parse_one(sql).unwrap();
+        self.engine
+            .plan_query(&self.session, &stmt, None, &Pins::new())
+            .await
+            .unwrap()
+            .plan
+    }
+
+    /// Execute a planned query to the end and return (rows, plan) so metrics can be read.
+    async fn run_plan(&self, sql: &str) -> (usize, Arc<dyn ExecutionPlan>) {
+        let stmt = self.engine.parse_one(sql).unwrap();
+        let planned = self
+            .engine
+            .plan_query(&self.session, &stmt, None, &Pins::new())
+            .await
+            .unwrap();
+        let batches: Vec<RecordBatch> = planned.execute().unwrap().try_collect().await.unwrap();
+        (
+            batches.iter().map(|b| b.num_rows()).sum(),
+            planned.plan.clone(),
+        )
+    }
+}
+
+fn scans(plan: &Arc<dyn ExecutionPlan>) -> Vec<FileScanConfig> {
+    let mut out = Vec::new();
+    if let Some(ds) = plan.downcast_ref::<DataSourceExec>()
+        && let Some(cfg) = ds.data_source().downcast_ref::<FileScanConfig>()
+    {
+        out.push(cfg.clone());
+    }
+    for c in plan.children() {
+        out.extend(scans(c));
+    }
+    out
+}
+
+fn scanned_files(plan: &Arc<dyn ExecutionPlan>) -> Vec<String> {
+    scans(plan)
+        .iter()
+        .flat_map(|c| c.file_groups.iter().flat_map(|g| g.files().iter()))
+        .map(|f| f.object_meta.location.to_string())
+        .collect()
+}
+
+/// Sum of a named metric over every scan in the plan.
+fn metric(plan: &Arc<dyn ExecutionPlan>, name: &str) -> usize {
+    let mut total = 0;
+    if plan.is::<DataSourceExec>()
+        && let Some(m) = plan.metrics()
+    {
+        total += m
+            .iter()
+            .filter(|x| x.value().name() == name)
+            .map(|x| match x.value() {
+                MetricValue::PruningMetrics {
+                    pruning_metrics, ..
+                } => pruning_metrics.pruned(),
+                other => other.as_usize(),
+            })
+            .sum::<usize>();
+    }
+    for c in plan.children() {
+        total += metric(c, name);
+    }
+    total
+}
+
+fn i64s(batches: &[RecordBatch]) -> Vec<i64> {
+    batches
+        .iter()
+        .flat_map(|b| {
+            b.column(0)
+                .as_primitive::<arrow::datatypes::Int64Type>()
+                .values()
+                .to_vec()
+        })
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn partition_pruning_reads_only_matching_cells() {
+    let mut f = fixture(LedgerConfig::default()).await;
+    f.run(
+        "CREATE TABLE ev (id BIGINT, region VARCHAR) PARTITIONED BY (region);
+         INSERT INTO ev VALUES (1, 'a'), (2, 'b'), (3, 'c'), (4, 'd');",
+    )
+    .await;
+    let all = scanned_files(&f.plan("SELECT id FROM ev").await);
+    assert_eq!(all.len(), 4);
+    let files = scanned_files(
+        &f.plan("SELECT id FROM ev WHERE region = 'a' OR region = 'b'")
+            .await,
+    );
+    assert_eq!(files.len(), 2, "{files:?}");
+    assert!(
+        files
+            .iter()
+            .all(|p| p.contains("region=a/") || p.contains("region=b/")),
+        "{files:?}"
+    );
+    let files = scanned_files(&f.plan("SELECT id FROM ev WHERE region IN ('c')").await);
+    assert_eq!(files.len(), 1);
+    assert!(files[0].contains("region=c/"));
+    // Answers still right.
+    let got = f
+        .run("SELECT id FROM ev WHERE region = 'a' OR region = 'b' ORDER BY id")
+        .await;
+    assert_eq!(i64s(&got), vec![1, 2]);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn file_statistics_prune_cells() {
+    let mut f = fixture(LedgerConfig::default()).await;
+    f.run(
+        "CREATE TABLE t (id BIGINT, v VARCHAR);
+         INSERT INTO t SELECT value, 'low' FROM generate_series(1, 1000);
+         INSERT INTO t SELECT value, 'high' FROM generate_series(5001, 6000);",
+    )
+    .await;
+    assert_eq!(scanned_files(&f.plan("SELECT v FROM t").await).len(), 2);
+    assert_eq!(
+        scanned_files(&f.plan("SELECT v FROM t WHERE id > 5500").await).len(),
+        1
+    );
+    assert_eq!(
+        scanned_files(
+            &f.plan("SELECT v FROM t WHERE id BETWEEN 2000 AND 3000")
+                .await
+        )
+        .len(),
+        0
+    );
+    let got = f.run("SELECT count(*) FROM t WHERE id > 5500").await;
+    assert_eq!(i64s(&got), vec![500]);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn row_groups_and_pages_are_pruned_inside_a_cell() {
+    let mut f = fixture(LedgerConfig::default()).await;
+    // Cells of several row groups (256 Ki rows each), ids ascending.
+    f.run(
+        "CREATE TABLE big (id BIGINT NOT NULL, v BIGINT);
+         INSERT INTO big SELECT value, value * 2 FROM generate_series(1, 1000000);",
+    )
+    .await;
+    let (rows, plan) = f
+        .run_plan("SELECT v FROM big WHERE id BETWEEN 10 AND 20")
+        .await;
+    assert_eq!(rows, 11);
+    let pruned = metric(&plan, "row_groups_pruned_statistics");
+    assert!(pruned >= 3, "expected pruned row groups, metric = {pruned}");
+    let pages = metric(&plan, "page_index_pages_pruned");
+    assert!(pages >= 1, "expected pruned pages, metric = {pages}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn projection_is_pushed_into_the_scan() {
+    let mut f = fixture(LedgerConfig::default()).await;
+    f.run(
+        "CREATE TABLE wide (a BIGINT, b VARCHAR, c VARCHAR, region VARCHAR) PARTITIONED BY (region);
+         INSERT INTO wide SELECT value, md5(CAST(value AS VARCHAR)), md5(CAST(-value AS VARCHAR)), 'r' FROM generate_series(1, 20000);",
+    )
+    .await;
+    let plan = f.plan("SELECT a FROM wide").await;
+    let cfg = &scans(&plan)[0];
+    let names: Vec<String> = cfg
+        .projected_schema()
+        .unwrap()
+        .fields()
+        .iter()
+        .map(|f| f.name().clone())
+        .collect();
+    assert_eq!(names, vec!["a".to_string()]);
+    // Columns come back in declared order even though partition columns are stored last.
+    let got = f.run("SELECT * FROM wide LIMIT 1").await;
+    let schema = got[0].schema();
+    let names: Vec<&str> = schema.fields().iter().map(|f| f.name().as_str()).collect();
+    assert_eq!(names, vec!["a", "b", "c", "region"]);
+    let (_, narrow) = f.run_plan("SELECT a FROM wide").await;
+    let (_, full) = f.run_plan("SELECT a, b, c FROM wide").await;
+    let (nb, fb) = (
+        metric(&narrow, "bytes_scanned"),
+        metric(&full, "bytes_scanned"),
+    );
+    assert!(nb * 2 < fb, "narrow scan read {nb} bytes, full scan {fb}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn results_stream_in_bounded_batches() {
+    let mut f = fixture(LedgerConfig::default()).await;
+    f.run(
+        "CREATE TABLE s (id BIGINT);
+         INSERT INTO s SELECT value FROM generate_series(1, 300000);",
+    )
+    .await;
+    let stmt = f.engine.parse_one("SELECT id FROM s").unwrap();
+    let Output::Rows(mut stream) = f.engine.execute(&mut f.session, &stmt, None).await.unwrap()
+    else {
+        panic!()
+    };
+    let mut batches = 0;
+    let mut rows = 0;
+    while let Some(b) = stream.next().await {
+        let b = b.unwrap();
+        assert!(b.num_rows() <= 8192, "batch of {} rows", b.num_rows());
+        batches += 1;
+        rows += b.num_rows();
+    }
+    assert_eq!(rows, 300000);
+    assert!(batches >= 300000 / 8192, "{batches} batches");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cells_follow_the_target_size_and_use_zstd() {
+    let target = 1024 * 1024;
+    let mut f = fixture(LedgerConfig {
+        cell_target_bytes: target,
+        ..Default::default()
+    })
+    .await;
+    f.run(
+        "CREATE TABLE h (id BIGINT, digest VARCHAR);
+         INSERT INTO h SELECT value, md5(CAST(value AS VARCHAR)) FROM generate_series(1, 300000);",
+    )
+    .await;
+    let dir = f.dir.path().join("default/default/h");
+    let cells: Vec<_> = std::fs::read_dir(&dir)
+        .unwrap()
+        .flatten()
+        .map(|e| e.path())
+        .filter(|p| p.extension().is_some_and(|e| e == "parquet"))
+        .collect();
+    assert!(
+        cells.len() >= 3,
+        "expected several cells, got {}",
+        cells.len()
+    );
+    for c in &cells {
+        let size = std::fs::metadata(c).unwrap().len();
+        assert!(size <= 2 * target, "cell {} is {size} bytes", c.display());
+        let reader =
+            parquet::file::reader::SerializedFileReader::new(std::fs::File::open(c).unwrap())
+                .unwrap();
+        use parquet::file::reader::FileReader;
+        let rg = reader.metadata().row_group(0);
+        for col in rg.columns() {
+            assert!(
+                matches!(col.compression(), parquet::basic::Compression::ZSTD(_)),
+                "{:?}",
+                col.compression()
+            );
+        }
+    }
+    let got = f.run("SELECT count(*) FROM h").await;
+    assert_eq!(i64s(&got), vec![300000]);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn partitioned_writes_use_hive_style_directories() {
+    let mut f = fixture(LedgerConfig::default()).await;
+    f.run(
+        "CREATE TABLE p (id BIGINT, region VARCHAR) PARTITIONED BY (region);
+         INSERT INTO p VALUES (1, 'north'), (2, 'south'), (3, 'north');",
+    )
+    .await;
+    let dir = f.dir.path().join("default/default/p");
+    assert!(dir.join("region=north").is_dir());
+    assert!(dir.join("region=south").is_dir());
+    let got = f.run("SELECT count(*) FROM p WHERE region = 'north'").await;
+    assert_eq!(i64s(&got), vec![2]);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn describe_reports_schema_partitioning_version_and_size() {
+    let mut f = fixture(LedgerConfig::default()).await;
+    f.run(
+        "CREATE TABLE d (id BIGINT NOT NULL, region VARCHAR) PARTITIONED BY (region);
+         INSERT INTO d VALUES (1, 'a'), (2, 'b');
+         INSERT INTO d VALUES (3, 'a');",
+    )
+    .await;
+    let got = f.run("DESCRIBE d").await;
+    let b = &got[0];
+    let col = |i: usize| -> Vec<String> {
+        let a = b.column(i).as_string::<i32>();
+        (0..a.len()).map(|r| a.value(r).to_string()).collect()
+    };
+    let (names, types, comments) = (col(0), col(1), col(2));
+    assert_eq!(&names[..2], &["id", "region"]);
+    assert_eq!(&types[..2], &["BIGINT", "VARCHAR"]);
+    assert_eq!(comments[0], "NOT NULL");
+    let value = |key: &str| -> String {
+        let i = names
+            .iter()
+            .position(|n| n == key)
+            .unwrap_or_else(|| panic!("{key} missing"));
+        types[i].clone()
+    };
+    assert!(names.contains(&"# Partition Information".to_string()));
+    assert_eq!(value("Version"), "2");
+    assert_eq!(value("Cells"), "3");
+    assert_eq!(value("Rows"), "3");
+    assert!(value("Bytes").parse::<u64>().unwrap() > 0);
+    assert_eq!(value("Partition columns"), "region");
+    assert!(value("Location").ends_with("/default/default/d/"));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pinned_versions_replan_the_same_snapshot() {
+    let mut f = fixture(LedgerConfig::default()).await;
+    f.run("CREATE TABLE v (id BIGINT); INSERT INTO v VALUES (1), (2);")
+        .await;
+    let stmt = f.engine.parse_one("SELECT count(*) FROM v").unwrap();
+    let first = f
+        .engine
+        .plan_query(&f.session, &stmt, None, &Pins::new())
+        .await
+        .unwrap();
+    assert_eq!(first.pins.values().copied().collect::<Vec<_>>(), vec![1]);
+    f.run("INSERT INTO v VALUES (3)").await;
+    // Re-planning with the pins reads version 1, not the newer one.
+    let again = f
+        .engine
+        .plan_query(&f.session, &stmt, None, &first.pins)
+        .await
+        .unwrap();
+    let rows: Vec<RecordBatch> = again.execute().unwrap().try_collect().await.unwrap();
+    assert_eq!(i64s(&rows), vec![2]);
+    let latest = f.run("SELECT count(*) FROM v").await;
+    assert_eq!(i64s(&latest), vec![3]);
+}

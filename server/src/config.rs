@@ -1,0 +1,385 @@
+//! Command line and configuration: clap derive, one flattened struct per subsystem, an
+//! `APIARY_*` environment variable for every flag, and an optional TOML file (`--config`).
+//!
+//! Precedence, highest first: command-line flag, environment variable, config file, default.
+//! The file uses the flags' long names with `_` or `-` (`storage = "s3://b"`,
+//! `s3_endpoint = "http://..."`, `users = ["alice:$argon2id$..."]`).
+
+use std::ffi::OsString;
+use std::path::PathBuf;
+use std::str::FromStr;
+use std::time::Duration;
+
+use anyhow::{Context, bail};
+use clap::parser::ValueSource;
+use clap::{Args, CommandFactory, FromArgMatches, Parser, Subcommand};
+
+#[derive(Debug, Parser)]
+#[command(
+    name = "apiary",
+    version,
+    about = "A lakehouse for small compute, served over Arrow Flight SQL"
+)]
+pub struct Cli {
+    /// TOML file with defaults for any flag (flags and APIARY_* variables take precedence).
+    #[arg(long, global = true, env = "APIARY_CONFIG")]
+    pub config: Option<PathBuf>,
+
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Run the Flight SQL server.
+    Serve(ServeArgs),
+    /// Run SQL statements directly against a storage root and print the results.
+    Sql(SqlArgs),
+    /// Print an argon2 hash of a password read from stdin, for `--user name:hash`.
+    HashPassword,
+}
+
+#[derive(Debug, Args)]
+pub struct ServeArgs {
+    #[command(flatten)]
+    pub storage: StorageArgs,
+    #[command(flatten)]
+    pub node: NodeArgs,
+    #[command(flatten)]
+    pub flight: FlightArgs,
+    #[command(flatten)]
+    pub log: LogArgs,
+}
+
+#[derive(Debug, Args)]
+pub struct SqlArgs {
+    #[command(flatten)]
+    pub storage: StorageArgs,
+    #[command(flatten)]
+    pub node: NodeArgs,
+    #[command(flatten)]
+    pub log: LogArgs,
+    /// Output format for result sets.
+    #[arg(long, env = "APIARY_FORMAT", default_value = "table", value_parser = ["table", "csv", "json"])]
+    pub format: String,
+    /// One or more statements separated by `;`.
+    pub query: String,
+}
+
+/// Where the data lives.
+#[derive(Debug, Clone, Args)]
+pub struct StorageArgs {
+    /// Storage root: a directory, file://, s3://bucket/prefix or memory://name.
+    #[arg(long, env = "APIARY_STORAGE", default_value = "./apiary-data")]
+    pub storage: String,
+    /// S3 endpoint for S3-compatible servers, e.g. http://127.0.0.1:9000 (path-style requests).
+    #[arg(long, env = "APIARY_S3_ENDPOINT")]
+    pub s3_endpoint: Option<String>,
+    #[arg(long, env = "APIARY_S3_REGION")]
+    pub s3_region: Option<String>,
+    #[arg(long, env = "APIARY_S3_ACCESS_KEY_ID")]
+    pub s3_access_key_id: Option<String>,
+    #[arg(long, env = "APIARY_S3_SECRET_ACCESS_KEY", hide_env_values = true)]
+    pub s3_secret_access_key: Option<String>,
+    /// Allow plain http:// S3 endpoints.
+    #[arg(long, env = "APIARY_S3_ALLOW_HTTP")]
+    pub s3_allow_http: bool,
+}
+
+impl StorageArgs {
+    pub fn s3_options(&self) -> apiary_storage::S3Options {
+        apiary_storage::S3Options {
+            endpoint: self.s3_endpoint.clone(),
+            region: self.s3_region.clone(),
+            access_key_id: self.s3_access_key_id.clone(),
+            secret_access_key: self.s3_secret_access_key.clone(),
+            session_token: None,
+            allow_http: self.s3_allow_http
+                || self
+                    .s3_endpoint
+                    .as_deref()
+                    .is_some_and(|e| e.starts_with("http://")),
+        }
+    }
+}
+
+/// The node: bees, memory, limits.
+#[derive(Debug, Clone, Args)]
+pub struct NodeArgs {
+    /// Number of bees (one core each). Default: the number of cores.
+    #[arg(long, env = "APIARY_BEES")]
+    pub bees: Option<usize>,
+    /// Memory budget of the node, in bytes (`1GiB`, `512MiB`) or as a share of physical memory
+    /// (`60%`). Divided equally among bees.
+    #[arg(long, env = "APIARY_MEMORY", default_value = "50%")]
+    pub memory: MemorySize,
+    /// Longest a query may run.
+    #[arg(long, env = "APIARY_QUERY_TIMEOUT", default_value = "30m", value_parser = parse_duration)]
+    pub query_timeout: Duration,
+    /// Queries waiting for a bee beyond this many are refused (retryable).
+    #[arg(long, env = "APIARY_QUEUE_DEPTH", default_value_t = 64)]
+    pub queue_depth: usize,
+    /// Target size of a cell (Parquet file). Default: derived from the memory per bee.
+    #[arg(long, env = "APIARY_CELL_TARGET_SIZE")]
+    pub cell_target_size: Option<MemorySize>,
+}
+
+/// The Flight SQL endpoint.
+#[derive(Debug, Clone, Args)]
+pub struct FlightArgs {
+    /// Address to listen on.
+    #[arg(long, env = "APIARY_LISTEN", default_value = "127.0.0.1:50051")]
+    pub listen: String,
+}
+
+#[derive(Debug, Clone, Args)]
+pub struct LogArgs {
+    /// Log filter (tracing EnvFilter syntax), e.g. `info` or `apiary=debug,info`.
+    #[arg(
+        long = "log",
+        env = "APIARY_LOG",
+        default_value = "info,buoyant_kernel=warn,deltalake_core=warn"
+    )]
+    pub filter: String,
+}
+
+/// A memory amount: bytes, or a share of physical memory.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub enum MemorySize {
+    Bytes(u64),
+    Percent(f64),
+}
+
+impl MemorySize {
+    /// Resolve against the machine's physical memory.
+    pub fn resolve(&self, physical: u64) -> u64 {
+        match *self {
+            MemorySize::Bytes(b) => b,
+            MemorySize::Percent(p) => ((physical as f64) * p / 100.0) as u64,
+        }
+    }
+}
+
+impl FromStr for MemorySize {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        let s = s.trim();
+        if let Some(p) = s.strip_suffix('%') {
+            let p: f64 = p
+                .trim()
+                .parse()
+                .map_err(|_| format!("bad percentage {s:?}"))?;
+            if !(p > 0.0 && p <= 100.0) {
+                return Err(format!("percentage must be in (0, 100], got {s:?}"));
+            }
+            return Ok(MemorySize::Percent(p));
+        }
+        let split = s
+            .find(|c: char| !(c.is_ascii_digit() || c == '.'))
+            .unwrap_or(s.len());
+        let (num, unit) = s.split_at(split);
+        let num: f64 = num.parse().map_err(|_| format!("bad size {s:?}"))?;
+        let mult: u64 = match unit.trim().to_ascii_lowercase().as_str() {
+            "" | "b" => 1,
+            "k" | "kb" => 1000,
+            "kib" => 1 << 10,
+            "m" | "mb" => 1000 * 1000,
+            "mib" => 1 << 20,
+            "g" | "gb" => 1000 * 1000 * 1000,
+            "gib" => 1 << 30,
+            "t" | "tb" => 1000u64.pow(4),
+            "tib" => 1 << 40,
+            other => return Err(format!("unknown size unit {other:?} in {s:?}")),
+        };
+        let bytes = num * mult as f64;
+        if bytes.is_nan() || bytes < 1.0 {
+            return Err(format!("size must be positive, got {s:?}"));
+        }
+        Ok(MemorySize::Bytes(bytes as u64))
+    }
+}
+
+/// `500ms`, `30s`, `5m`, `2h`, or a bare number of seconds.
+pub fn parse_duration(s: &str) -> Result<Duration, String> {
+    let s = s.trim();
+    let split = s
+        .find(|c: char| !(c.is_ascii_digit() || c == '.'))
+        .unwrap_or(s.len());
+    let (num, unit) = s.split_at(split);
+    let num: f64 = num.parse().map_err(|_| format!("bad duration {s:?}"))?;
+    let secs = match unit.trim() {
+        "ms" => num / 1000.0,
+        "" | "s" => num,
+        "m" | "min" => num * 60.0,
+        "h" => num * 3600.0,
+        "d" => num * 86400.0,
+        other => return Err(format!("unknown duration unit {other:?} in {s:?}")),
+    };
+    if secs.is_nan() || secs < 0.0 || !secs.is_finite() {
+        return Err(format!("bad duration {s:?}"));
+    }
+    Ok(Duration::from_secs_f64(secs))
+}
+
+/// Parse the command line, filling flags that were left at their defaults from `--config`.
+pub fn parse_args<I, T>(argv: I) -> anyhow::Result<Cli>
+where
+    I: IntoIterator<Item = T>,
+    T: Into<OsString> + Clone,
+{
+    let argv: Vec<OsString> = argv.into_iter().map(Into::into).collect();
+    let matches = Cli::command().try_get_matches_from(&argv)?;
+    let cli = Cli::from_arg_matches(&matches)?;
+    let Some(path) = cli.config.clone() else {
+        return Ok(cli);
+    };
+    let text = std::fs::read_to_string(&path)
+        .with_context(|| format!("reading config file {}", path.display()))?;
+    let table: toml::Table = text
+        .parse()
+        .with_context(|| format!("parsing config file {}", path.display()))?;
+    let Some((sub_name, sub)) = matches.subcommand() else {
+        return Ok(cli);
+    };
+    let known: Vec<String> = Cli::command()
+        .find_subcommand(sub_name)
+        .map(|c| c.get_arguments().map(|a| a.get_id().to_string()).collect())
+        .unwrap_or_default();
+    let mut injected: Vec<OsString> = Vec::new();
+    for (key, value) in &table {
+        let id = key.replace('-', "_");
+        if id == "config" {
+            continue;
+        }
+        if !known.contains(&id) {
+            // Keys for another subcommand (e.g. `listen` while running `sql`) are fine; unknown
+            // keys everywhere are a typo.
+            let anywhere = Cli::command()
+                .get_subcommands()
+                .any(|c| c.get_arguments().any(|a| a.get_id().as_str() == id));
+            if !anywhere {
+                bail!("{}: unknown config key {key:?}", path.display());
+            }
+            continue;
+        }
+        match sub.value_source(&id) {
+            Some(ValueSource::CommandLine) | Some(ValueSource::EnvVariable) => continue,
+            _ => {}
+        }
+        let flag = format!("--{}", id.replace('_', "-"));
+        let values: Vec<String> = match value {
+            toml::Value::Array(items) => items
+                .iter()
+                .map(toml_scalar)
+                .collect::<anyhow::Result<_>>()?,
+            toml::Value::Boolean(b) => {
+                if *b {
+                    injected.push(flag.clone().into());
+                }
+                continue;
+            }
+            other => vec![toml_scalar(other)?],
+        };
+        for v in values {
+            injected.push(format!("{flag}={v}").into());
+        }
+    }
+    if injected.is_empty() {
+        return Ok(cli);
+    }
+    // Insert the file's flags right after the subcommand name, before the user's own arguments.
+    let pos = argv
+        .iter()
+        .position(|a| a.to_str() == Some(sub_name))
+        .map(|p| p + 1)
+        .unwrap_or(argv.len());
+    let mut full = argv[..pos].to_vec();
+    full.extend(injected);
+    full.extend_from_slice(&argv[pos..]);
+    Ok(Cli::try_parse_from(full)?)
+}
+
+fn toml_scalar(v: &toml::Value) -> anyhow::Result<String> {
+    Ok(match v {
+        toml::Value::String(s) => s.clone(),
+        toml::Value::Integer(i) => i.to_string(),
+        toml::Value::Float(f) => f.to_string(),
+        toml::Value::Boolean(b) => b.to_string(),
+        other => bail!("unsupported config value {other}"),
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn memory_sizes() {
+        assert_eq!(
+            "1GiB".parse::<MemorySize>().unwrap(),
+            MemorySize::Bytes(1 << 30)
+        );
+        assert_eq!(
+            "512MiB".parse::<MemorySize>().unwrap(),
+            MemorySize::Bytes(512 << 20)
+        );
+        assert_eq!(
+            "60%".parse::<MemorySize>().unwrap(),
+            MemorySize::Percent(60.0)
+        );
+        assert_eq!(
+            "1000".parse::<MemorySize>().unwrap(),
+            MemorySize::Bytes(1000)
+        );
+        assert!("0%".parse::<MemorySize>().is_err());
+        assert!("12 parsecs".parse::<MemorySize>().is_err());
+        assert_eq!(MemorySize::Percent(50.0).resolve(1000), 500);
+    }
+
+    #[test]
+    fn durations() {
+        assert_eq!(parse_duration("500ms").unwrap(), Duration::from_millis(500));
+        assert_eq!(parse_duration("2m").unwrap(), Duration::from_secs(120));
+        assert_eq!(parse_duration("3").unwrap(), Duration::from_secs(3));
+        assert!(parse_duration("soon").is_err());
+    }
+
+    #[test]
+    fn config_file_fills_defaults_but_flags_win() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("apiary.toml");
+        std::fs::write(
+            &path,
+            "storage = \"/from/file\"\nformat = \"csv\"\nlisten = \"0.0.0.0:1\"\n",
+        )
+        .unwrap();
+        let cli = parse_args([
+            "apiary",
+            "sql",
+            "--config",
+            path.to_str().unwrap(),
+            "--format",
+            "json",
+            "select 1",
+        ])
+        .unwrap();
+        let Command::Sql(args) = cli.command else {
+            panic!()
+        };
+        assert_eq!(args.storage.storage, "/from/file");
+        assert_eq!(args.format, "json");
+
+        std::fs::write(&path, "nonsense_key = 1\n").unwrap();
+        assert!(
+            parse_args([
+                "apiary",
+                "sql",
+                "--config",
+                path.to_str().unwrap(),
+                "select 1"
+            ])
+            .is_err()
+        );
+    }
+}

@@ -1,0 +1,412 @@
+//! The object-store backend behind a storage root: a local directory, an S3-compatible bucket or
+//! process memory, chosen by URL.
+//!
+//! | URL                         | store                         | notes                            |
+//! |-----------------------------|-------------------------------|----------------------------------|
+//! | `./dir`, `/abs/dir`, `file://` | `LocalFileSystem`          | directory created if missing     |
+//! | `s3://bucket[/prefix]`      | `AmazonS3` (conditional puts) | endpoint/keys from [`S3Options`] |
+//! | `memory://[name]`           | `InMemory`, shared by name    | tests                            |
+//!
+//! Every key below the root goes through [`Storage`], which applies the root prefix, so callers
+//! only ever pass keys from [`crate::paths`].
+
+use std::collections::HashMap;
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex, OnceLock};
+
+use bytes::Bytes;
+use datafusion::execution::object_store::ObjectStoreUrl;
+use futures::TryStreamExt;
+use object_store::aws::AmazonS3Builder;
+use object_store::local::LocalFileSystem;
+use object_store::memory::InMemory;
+use object_store::path::Path;
+use object_store::{
+    ObjectMeta, ObjectStore, ObjectStoreExt, PutMode, PutOptions, PutPayload, PutResult,
+};
+use url::Url;
+
+use crate::error::{Error, Result};
+
+/// Connection settings for S3-compatible stores. Unset fields fall back to the standard `AWS_*`
+/// environment variables.
+#[derive(Debug, Clone, Default)]
+pub struct S3Options {
+    /// e.g. `http://127.0.0.1:9000`; when set, path-style requests are used.
+    pub endpoint: Option<String>,
+    pub region: Option<String>,
+    pub access_key_id: Option<String>,
+    pub secret_access_key: Option<String>,
+    pub session_token: Option<String>,
+    /// Allow plain `http://` endpoints (S3-compatible test servers).
+    pub allow_http: bool,
+}
+
+/// Which backend a storage root lives on.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum BackendKind {
+    Local,
+    S3,
+    Memory,
+}
+
+impl BackendKind {
+    pub fn as_str(&self) -> &'static str {
+        match self {
+            BackendKind::Local => "local",
+            BackendKind::S3 => "s3",
+            BackendKind::Memory => "memory",
+        }
+    }
+}
+
+/// A storage root: one object store and the prefix inside it that holds everything of ours.
+#[derive(Debug, Clone)]
+pub struct Storage {
+    /// The store at its own root (bucket root, filesystem root, memory root).
+    store: Arc<dyn ObjectStore>,
+    /// Where our root lives inside `store`.
+    prefix: Path,
+    /// URL of our root, ending in `/`; frame URLs are joined onto it.
+    root_url: Url,
+    /// The URL DataFusion resolves `store` by (`file://`, `s3://bucket`, `memory://name`).
+    object_store_url: ObjectStoreUrl,
+    kind: BackendKind,
+    /// The URL as the user gave it, for status output.
+    display: String,
+}
+
+fn memory_stores() -> &'static Mutex<HashMap<String, Arc<InMemory>>> {
+    static STORES: OnceLock<Mutex<HashMap<String, Arc<InMemory>>>> = OnceLock::new();
+    STORES.get_or_init(Default::default)
+}
+
+impl Storage {
+    /// Open the storage root named by `url` (see the module docs for the accepted forms).
+    pub fn open(url: &str, s3: &S3Options) -> Result<Self> {
+        let trimmed = url.trim();
+        if trimmed.is_empty() {
+            return Err(Error::InvalidArgument("storage URL is empty".into()));
+        }
+        if let Some(rest) = trimmed.strip_prefix("memory://") {
+            return Self::open_memory(rest);
+        }
+        if trimmed.starts_with("s3://") || trimmed.starts_with("s3a://") {
+            return Self::open_s3(trimmed, s3);
+        }
+        if let Some(rest) = trimmed.strip_prefix("file://") {
+            return Self::open_local(PathBuf::from(rest), trimmed);
+        }
+        if trimmed.contains("://") {
+            return Err(Error::InvalidArgument(format!(
+                "unsupported storage URL {trimmed:?}: use a directory, file://, s3:// or memory://"
+            )));
+        }
+        Self::open_local(PathBuf::from(trimmed), trimmed)
+    }
+
+    fn open_memory(name: &str) -> Result<Self> {
+        let name = name.trim_matches('/');
+        let name = if name.is_empty() { "default" } else { name };
+        if !name
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_')
+        {
+            return Err(Error::InvalidArgument(format!(
+                "memory store names use [A-Za-z0-9_-], got {name:?}"
+            )));
+        }
+        let store = memory_stores()
+            .lock()
+            .expect("memory store registry poisoned")
+            .entry(name.to_string())
+            .or_insert_with(|| Arc::new(InMemory::new()))
+            .clone();
+        let base = format!("memory://{name}");
+        Ok(Self {
+            store,
+            prefix: Path::default(),
+            root_url: Url::parse(&format!("{base}/")).map_err(url_err)?,
+            object_store_url: ObjectStoreUrl::parse(&base)?,
+            kind: BackendKind::Memory,
+            display: base,
+        })
+    }
+
+    fn open_local(dir: PathBuf, display: &str) -> Result<Self> {
+        std::fs::create_dir_all(&dir).map_err(|e| {
+            Error::InvalidArgument(format!(
+                "cannot create storage directory {}: {e}",
+                dir.display()
+            ))
+        })?;
+        let dir = dir.canonicalize().map_err(|e| {
+            Error::InvalidArgument(format!(
+                "cannot resolve storage directory {}: {e}",
+                dir.display()
+            ))
+        })?;
+        let dir_str = dir
+            .to_str()
+            .ok_or_else(|| Error::InvalidArgument("storage directory is not valid UTF-8".into()))?;
+        let prefix = Path::from_absolute_path(&dir)
+            .map_err(|e| Error::InvalidArgument(format!("storage directory {dir_str}: {e}")))?;
+        let mut root_url = Url::from_directory_path(&dir)
+            .map_err(|_| Error::InvalidArgument(format!("storage directory {dir_str}")))?;
+        if !root_url.path().ends_with('/') {
+            root_url.set_path(&format!("{}/", root_url.path()));
+        }
+        // Cleaning up empty directories keeps a dropped frame from leaving a tree of them behind.
+        let store = Arc::new(LocalFileSystem::new().with_automatic_cleanup(true));
+        Ok(Self {
+            store,
+            prefix,
+            root_url,
+            object_store_url: ObjectStoreUrl::local_filesystem(),
+            kind: BackendKind::Local,
+            display: display.to_string(),
+        })
+    }
+
+    fn open_s3(url: &str, opts: &S3Options) -> Result<Self> {
+        let parsed = Url::parse(url).map_err(url_err)?;
+        let bucket = parsed
+            .host_str()
+            .filter(|b| !b.is_empty())
+            .ok_or_else(|| Error::InvalidArgument(format!("{url}: missing bucket name")))?
+            .to_string();
+        let prefix_str = parsed.path().trim_matches('/').to_string();
+        let mut builder = AmazonS3Builder::from_env().with_bucket_name(&bucket);
+        if let Some(endpoint) = &opts.endpoint {
+            builder = builder
+                .with_endpoint(endpoint.trim_end_matches('/'))
+                .with_virtual_hosted_style_request(false);
+        }
+        if let Some(region) = &opts.region {
+            builder = builder.with_region(region);
+        }
+        if let Some(key) = &opts.access_key_id {
+            builder = builder.with_access_key_id(key);
+        }
+        if let Some(secret) = &opts.secret_access_key {
+            builder = builder.with_secret_access_key(secret);
+        }
+        if let Some(token) = &opts.session_token {
+            builder = builder.with_token(token);
+        }
+        if opts.allow_http {
+            builder = builder.with_allow_http(true);
+        }
+        let store = builder
+            .build()
+            .map_err(|e| Error::InvalidArgument(format!("S3 storage {url}: {e}")))?;
+        let base = format!("s3://{bucket}");
+        let root_url = if prefix_str.is_empty() {
+            format!("{base}/")
+        } else {
+            format!("{base}/{prefix_str}/")
+        };
+        Ok(Self {
+            store: Arc::new(store),
+            prefix: Path::from(prefix_str),
+            root_url: Url::parse(&root_url).map_err(url_err)?,
+            object_store_url: ObjectStoreUrl::parse(&base)?,
+            kind: BackendKind::S3,
+            display: url.to_string(),
+        })
+    }
+
+    pub fn kind(&self) -> BackendKind {
+        self.kind
+    }
+
+    /// The URL as given by the user.
+    pub fn display_url(&self) -> &str {
+        &self.display
+    }
+
+    /// The store at its own root; keys for it must be built with [`Storage::absolute`].
+    pub fn raw_store(&self) -> &Arc<dyn ObjectStore> {
+        &self.store
+    }
+
+    /// The URL DataFusion must map to [`Storage::raw_store`].
+    pub fn object_store_url(&self) -> &ObjectStoreUrl {
+        &self.object_store_url
+    }
+
+    /// URL of a directory below the root, with a trailing slash (what delta-rs expects).
+    pub fn url_for(&self, relative: &Path) -> Result<Url> {
+        let mut s = self.root_url.to_string();
+        s.push_str(relative.as_ref());
+        if !s.ends_with('/') {
+            s.push('/');
+        }
+        Url::parse(&s).map_err(url_err)
+    }
+
+    /// The key in [`Storage::raw_store`] of a key relative to our root.
+    pub fn absolute(&self, relative: &Path) -> Path {
+        if self.prefix.as_ref().is_empty() {
+            relative.clone()
+        } else {
+            Path::from_iter(self.prefix.parts().chain(relative.parts()))
+        }
+    }
+
+    /// The key relative to our root of a key in [`Storage::raw_store`].
+    pub fn relative(&self, absolute: &Path) -> Option<Path> {
+        if self.prefix.as_ref().is_empty() {
+            return Some(absolute.clone());
+        }
+        absolute.prefix_match(&self.prefix).map(Path::from_iter)
+    }
+
+    /// Create `key` only if it does not exist. `Ok(false)` means somebody else created it first.
+    pub async fn put_if_absent(&self, key: &Path, body: Bytes) -> Result<bool> {
+        let opts = PutOptions {
+            mode: PutMode::Create,
+            ..Default::default()
+        };
+        match self
+            .store
+            .put_opts(&self.absolute(key), PutPayload::from_bytes(body), opts)
+            .await
+        {
+            Ok(_) => Ok(true),
+            Err(object_store::Error::AlreadyExists { .. }) => Ok(false),
+            Err(e) => Err(e.into()),
+        }
+    }
+
+    /// Unconditional put (the caller owns `key`, e.g. its own heartbeat).
+    pub async fn put(&self, key: &Path, body: Bytes) -> Result<PutResult> {
+        Ok(self
+            .store
+            .put(&self.absolute(key), PutPayload::from_bytes(body))
+            .await?)
+    }
+
+    /// Read a whole (small) object; `Ok(None)` if it does not exist.
+    pub async fn get_opt(&self, key: &Path) -> Result<Option<(Bytes, ObjectMeta)>> {
+        match self.store.get(&self.absolute(key)).await {
+            Ok(res) => {
+                let meta = res.meta.clone();
+                Ok(Some((res.bytes().await?, meta)))
+            }
+            Err(object_store::Error::NotFound { .. }) => Ok(None),
+            Err(e) => Err(e.into()),
+        }
+    }
+
+    pub async fn head_opt(&self, key: &Path) -> Result<Option<ObjectMeta>> {
+        match self.store.head(&self.absolute(key)).await {
+            Ok(meta) => Ok(Some(meta)),
+            Err(object_store::Error::NotFound { .. }) => Ok(None),
+            Err(e) => Err(e.into()),
+        }
+    }
+
+    pub async fn exists(&self, key: &Path) -> Result<bool> {
+        Ok(self.head_opt(key).await?.is_some())
+    }
+
+    /// Delete `key`; deleting something already gone is not an error (deletes race).
+    pub async fn delete(&self, key: &Path) -> Result<()> {
+        match self.store.delete(&self.absolute(key)).await {
+            Ok(()) | Err(object_store::Error::NotFound { .. }) => Ok(()),
+            Err(e) => Err(e.into()),
+        }
+    }
+
+    /// Every object below `prefix` (recursively), with keys relative to our root.
+    pub async fn list(&self, prefix: &Path) -> Result<Vec<ObjectMeta>> {
+        let abs = self.absolute(prefix);
+        let mut out: Vec<ObjectMeta> = self.store.list(Some(&abs)).try_collect().await?;
+        for meta in &mut out {
+            meta.location = self.relative(&meta.location).ok_or_else(|| {
+                Error::Internal(format!("listed key {} outside root", meta.location))
+            })?;
+        }
+        Ok(out)
+    }
+
+    /// Delete every object below `prefix`. Returns how many were deleted.
+    pub async fn delete_prefix(&self, prefix: &Path) -> Result<usize> {
+        let abs = self.absolute(prefix);
+        let locations = self.store.list(Some(&abs)).map_ok(|m| m.location).boxed();
+        let deleted: Vec<Path> = self
+            .store
+            .delete_stream(locations)
+            .or_else(|e| async move {
+                match e {
+                    object_store::Error::NotFound { path, .. } => Ok(Path::from(path)),
+                    e => Err(e),
+                }
+            })
+            .try_collect()
+            .await?;
+        Ok(deleted.len())
+    }
+}
+
+fn url_err(e: url::ParseError) -> Error {
+    Error::InvalidArgument(format!("bad storage URL: {e}"))
+}
+
+use futures::StreamExt as _;
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn local_root_urls_and_keys() {
+        let dir = tempfile::tempdir().unwrap();
+        let s = Storage::open(dir.path().to_str().unwrap(), &S3Options::default()).unwrap();
+        assert_eq!(s.kind(), BackendKind::Local);
+        let url = s.url_for(&Path::from("h/b/f")).unwrap();
+        assert!(url.as_str().starts_with("file:///"));
+        assert!(url.as_str().ends_with("/h/b/f/"));
+        let abs = s.absolute(&Path::from("h/b/f"));
+        assert_eq!(s.relative(&abs).unwrap().as_ref(), "h/b/f");
+    }
+
+    #[test]
+    fn s3_urls() {
+        let s = Storage::open(
+            "s3://bucket/some/prefix",
+            &S3Options {
+                endpoint: Some("http://127.0.0.1:1".into()),
+                region: Some("us-east-1".into()),
+                access_key_id: Some("x".into()),
+                secret_access_key: Some("y".into()),
+                allow_http: true,
+                ..Default::default()
+            },
+        )
+        .unwrap();
+        assert_eq!(s.object_store_url().as_str(), "s3://bucket/");
+        assert_eq!(
+            s.url_for(&Path::from("h/b/f")).unwrap().as_str(),
+            "s3://bucket/some/prefix/h/b/f/"
+        );
+        assert_eq!(s.absolute(&Path::from("k")).as_ref(), "some/prefix/k");
+    }
+
+    #[test]
+    fn rejects_unknown_schemes() {
+        assert!(Storage::open("gopher://x", &S3Options::default()).is_err());
+        assert!(Storage::open("", &S3Options::default()).is_err());
+    }
+
+    #[tokio::test]
+    async fn put_if_absent_on_memory() {
+        let s = Storage::open("memory://put_if_absent_test", &S3Options::default()).unwrap();
+        let k = Path::from("a/b.json");
+        assert!(s.put_if_absent(&k, Bytes::from_static(b"1")).await.unwrap());
+        assert!(!s.put_if_absent(&k, Bytes::from_static(b"2")).await.unwrap());
+        let (body, _) = s.get_opt(&k).await.unwrap().unwrap();
+        assert_eq!(&body[..], b"1");
+    }
+}

@@ -1,0 +1,104 @@
+//! The storage crate's error type.
+//!
+//! Variants separate "the caller asked for something wrong" (`InvalidName`, `NotFound`,
+//! `AlreadyExists`, `NotEmpty`, `Schema`, `InvalidArgument`) from races that callers retry
+//! (`Conflict`) and from failures below us (`ObjectStore`, `Delta`, `Internal`).
+
+use std::fmt;
+
+/// Which kind of catalog object an error is about.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ObjectKind {
+    Hive,
+    Box,
+    Frame,
+}
+
+impl fmt::Display for ObjectKind {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            ObjectKind::Hive => "hive",
+            ObjectKind::Box => "box",
+            ObjectKind::Frame => "frame",
+        })
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// A user-supplied name failed validation.
+    #[error("invalid name {name:?}: {reason}")]
+    InvalidName { name: String, reason: &'static str },
+
+    #[error("{kind} {name} does not exist")]
+    NotFound { kind: ObjectKind, name: String },
+
+    #[error("{kind} {name} already exists")]
+    AlreadyExists { kind: ObjectKind, name: String },
+
+    #[error("{kind} {name} is not empty ({detail}); use CASCADE to drop it with its contents")]
+    NotEmpty {
+        kind: ObjectKind,
+        name: String,
+        detail: String,
+    },
+
+    /// Incoming data does not fit the frame's schema.
+    #[error("{0}")]
+    Schema(String),
+
+    /// A request that cannot be honoured as asked (bad storage URL, unsupported type, ...).
+    #[error("{0}")]
+    InvalidArgument(String),
+
+    /// Not implemented yet; callers map it to UNIMPLEMENTED.
+    #[error("{0} is not supported yet")]
+    Unsupported(String),
+
+    /// Another writer won a race that cannot be resolved by retrying blindly (for example an
+    /// overwrite that raced with an append).
+    #[error("conflicting concurrent commit on {frame}: {detail}")]
+    Conflict { frame: String, detail: String },
+
+    #[error("object store: {0}")]
+    ObjectStore(#[from] object_store::Error),
+
+    #[error("delta log: {0}")]
+    Delta(Box<deltalake::DeltaTableError>),
+
+    #[error("query engine: {0}")]
+    DataFusion(Box<datafusion::error::DataFusionError>),
+
+    #[error("arrow: {0}")]
+    Arrow(#[from] arrow::error::ArrowError),
+
+    #[error("parquet: {0}")]
+    Parquet(#[from] parquet::errors::ParquetError),
+
+    /// An invariant of ours was broken; never the caller's fault.
+    #[error("internal error: {0}")]
+    Internal(String),
+}
+
+impl From<deltalake::DeltaTableError> for Error {
+    fn from(e: deltalake::DeltaTableError) -> Self {
+        Error::Delta(Box::new(e))
+    }
+}
+
+impl From<datafusion::error::DataFusionError> for Error {
+    fn from(e: datafusion::error::DataFusionError) -> Self {
+        Error::DataFusion(Box::new(e))
+    }
+}
+
+impl From<Error> for datafusion::error::DataFusionError {
+    fn from(e: Error) -> Self {
+        match e {
+            Error::DataFusion(inner) => *inner,
+            other => datafusion::error::DataFusionError::External(Box::new(other)),
+        }
+    }
+}
+
+pub type Result<T, E = Error> = std::result::Result<T, E>;

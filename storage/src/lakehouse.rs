@@ -1,0 +1,277 @@
+//! [`Lakehouse`]: the catalog and the ledger of one storage root, and the flows that touch both
+//! (creating and dropping frames, boxes and hives).
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use arrow::datatypes::SchemaRef;
+use chrono::Utc;
+use tracing::{info, warn};
+
+use crate::backend::Storage;
+use crate::catalog::Catalog;
+use crate::error::{Error, ObjectKind, Result};
+use crate::ledger::{FrameSnapshot, Ledger, LedgerConfig};
+use crate::paths::{BoxRef, FrameRef, Ident};
+use crate::provider::FrameTable;
+
+/// A reserved frame name whose table never appeared (its creator died) may be taken over after
+/// this long.
+const STALE_RESERVATION: Duration = Duration::from_secs(60);
+
+/// Catalog + ledger of one storage root.
+#[derive(Debug, Clone)]
+pub struct Lakehouse {
+    storage: Storage,
+    catalog: Catalog,
+    ledger: Arc<Ledger>,
+}
+
+impl Lakehouse {
+    /// Open a storage root, creating `default.default` if it is new.
+    pub async fn open(storage: Storage, config: LedgerConfig) -> Result<Self> {
+        let catalog = Catalog::new(storage.clone());
+        catalog.ensure_defaults().await?;
+        Ok(Self {
+            ledger: Arc::new(Ledger::new(storage.clone(), config)),
+            catalog,
+            storage,
+        })
+    }
+
+    pub fn storage(&self) -> &Storage {
+        &self.storage
+    }
+
+    pub fn catalog(&self) -> &Catalog {
+        &self.catalog
+    }
+
+    pub fn ledger(&self) -> &Arc<Ledger> {
+        &self.ledger
+    }
+
+    // ---- frames ------------------------------------------------------------------------------
+
+    /// Create a frame. Returns `Ok(None)` if it already exists and `if_not_exists` is set.
+    pub async fn create_frame(
+        &self,
+        frame: &FrameRef,
+        schema: &SchemaRef,
+        partition_columns: &[String],
+        if_not_exists: bool,
+    ) -> Result<Option<FrameSnapshot>> {
+        self.catalog.require_box(&frame.box_ref()).await?;
+        let exists = || {
+            if if_not_exists {
+                Ok(None)
+            } else {
+                Err(Error::AlreadyExists {
+                    kind: ObjectKind::Frame,
+                    name: frame.to_string(),
+                })
+            }
+        };
+        let incarnation = match self.catalog.reserve_frame(frame).await? {
+            Some(marker) => {
+                if self.ledger.has_leftovers(frame).await? {
+                    // Data of an earlier frame of this name whose drop was interrupted.
+                    warn!(frame = %frame, "removing leftovers of an interrupted drop");
+                    self.ledger.delete_data(frame).await?;
+                }
+                marker.id
+            }
+            None => {
+                let Some(marker) = self.catalog.frame_marker(frame).await? else {
+                    // Dropped between our reservation attempt and now; let the caller retry.
+                    return Err(Error::Conflict {
+                        frame: frame.to_string(),
+                        detail: "it was dropped while being created; retry".into(),
+                    });
+                };
+                let age = (Utc::now() - marker.created_at)
+                    .to_std()
+                    .unwrap_or_default();
+                if self.ledger.has_leftovers(frame).await? || age < STALE_RESERVATION {
+                    return exists();
+                }
+                warn!(frame = %frame, "taking over a reservation whose creator died");
+                marker.id
+            }
+        };
+        let created = self
+            .ledger
+            .create_table(frame, &incarnation, schema, partition_columns)
+            .await;
+        let snapshot = match created {
+            Ok(s) => s,
+            Err(e) => {
+                self.undo_create(frame).await;
+                return Err(e);
+            }
+        };
+        // The box may have been dropped while we created the frame.
+        if !self.catalog.box_exists(&frame.box_ref()).await? {
+            self.undo_create(frame).await;
+            return Err(Error::NotFound {
+                kind: ObjectKind::Box,
+                name: frame.box_ref().to_string(),
+            });
+        }
+        info!(frame = %frame, "frame created");
+        Ok(Some(snapshot))
+    }
+
+    async fn undo_create(&self, frame: &FrameRef) {
+        if let Err(e) = self.catalog.unregister_frame(frame).await {
+            warn!(frame = %frame, error = %e, "undoing frame creation");
+        }
+        if let Err(e) = self.ledger.delete_data(frame).await {
+            warn!(frame = %frame, error = %e, "undoing frame creation");
+        }
+    }
+
+    /// Drop a frame: it leaves the namespace first, then its data is deleted, so an interrupted
+    /// drop leaves an invisible remainder that the next create of the name clears.
+    pub async fn drop_frame(&self, frame: &FrameRef, if_exists: bool) -> Result<bool> {
+        if self.catalog.frame_marker(frame).await?.is_none() {
+            if if_exists {
+                return Ok(false);
+            }
+            self.catalog.require_box(&frame.box_ref()).await?;
+            return Err(Error::NotFound {
+                kind: ObjectKind::Frame,
+                name: frame.to_string(),
+            });
+        }
+        self.catalog.unregister_frame(frame).await?;
+        let objects = self.ledger.delete_data(frame).await?;
+        info!(frame = %frame, objects, "frame dropped");
+        Ok(true)
+    }
+
+    /// The frame at `version` (latest if `None`).
+    pub async fn frame(&self, frame: &FrameRef, version: Option<i64>) -> Result<FrameSnapshot> {
+        let Some(marker) = self.catalog.frame_marker(frame).await? else {
+            self.catalog.require_box(&frame.box_ref()).await?;
+            return Err(Error::NotFound {
+                kind: ObjectKind::Frame,
+                name: frame.to_string(),
+            });
+        };
+        self.ledger
+            .snapshot(frame, &marker.id, version)
+            .await
+            .map_err(|e| match e {
+                Error::Delta(d) if matches!(*d, deltalake::DeltaTableError::NotATable(_)) => {
+                    Error::NotFound {
+                        kind: ObjectKind::Frame,
+                        name: format!(
+                            "{frame} (its creation was interrupted; drop and re-create it)"
+                        ),
+                    }
+                }
+                other => other,
+            })
+    }
+
+    /// The frame as a DataFusion table pinned at `version` (latest if `None`).
+    pub async fn frame_table(&self, frame: &FrameRef, version: Option<i64>) -> Result<FrameTable> {
+        Ok(FrameTable::new(
+            self.frame(frame, version).await?,
+            self.ledger.clone(),
+        ))
+    }
+
+    // ---- boxes -------------------------------------------------------------------------------
+
+    pub async fn drop_box(&self, b: &BoxRef, if_exists: bool, cascade: bool) -> Result<bool> {
+        if b.is_default() {
+            return Err(Error::InvalidArgument(
+                "default.default always exists and cannot be dropped".into(),
+            ));
+        }
+        if !self.catalog.box_exists(b).await? {
+            if if_exists {
+                return Ok(false);
+            }
+            return self.catalog.require_box(b).await.map(|_| false);
+        }
+        let frames = self.catalog.list_frames(b).await?;
+        if !frames.is_empty() && !cascade {
+            return Err(Error::NotEmpty {
+                kind: ObjectKind::Box,
+                name: b.to_string(),
+                detail: format!("{} frame(s)", frames.len()),
+            });
+        }
+        for f in frames {
+            self.drop_frame(&FrameRef::new(b.hive.clone(), b.name.clone(), f), true)
+                .await?;
+        }
+        self.catalog.remove_box_marker(b, cascade).await?;
+        if cascade {
+            // Frames created while we dropped.
+            for f in self.catalog.list_frames(b).await? {
+                self.drop_frame(&FrameRef::new(b.hive.clone(), b.name.clone(), f), true)
+                    .await?;
+            }
+        }
+        info!(box_ = %b, "box dropped");
+        Ok(true)
+    }
+
+    // ---- hives -------------------------------------------------------------------------------
+
+    pub async fn drop_hive(&self, hive: &Ident, if_exists: bool, cascade: bool) -> Result<bool> {
+        if hive.as_str() == crate::paths::DEFAULT_HIVE {
+            return Err(Error::InvalidArgument(
+                "the default hive always exists and cannot be dropped".into(),
+            ));
+        }
+        if !self.catalog.hive_exists(hive).await? {
+            if if_exists {
+                return Ok(false);
+            }
+            return self.catalog.require_hive(hive).await.map(|_| false);
+        }
+        let check_empty = |boxes: &[BoxRef], frames: &[FrameRef]| -> Result<()> {
+            let extra_boxes = boxes
+                .iter()
+                .filter(|b| b.name.as_str() != "default")
+                .count();
+            if cascade || (extra_boxes == 0 && frames.is_empty()) {
+                Ok(())
+            } else {
+                Err(Error::NotEmpty {
+                    kind: ObjectKind::Hive,
+                    name: hive.to_string(),
+                    detail: format!(
+                        "{extra_boxes} box(es) besides default, {} frame(s)",
+                        frames.len()
+                    ),
+                })
+            }
+        };
+        let boxes = self.catalog.list_boxes(Some(hive)).await?;
+        let frames = self.catalog.list_hive_frames(hive).await?;
+        check_empty(&boxes, &frames)?;
+        self.catalog.remove_hive_marker(hive).await?;
+        // Re-check after the hive is gone: children created meanwhile either undo themselves
+        // (they re-check their parent) or, if they finished first, are seen here.
+        let boxes = self.catalog.list_boxes(Some(hive)).await?;
+        let frames = self.catalog.list_hive_frames(hive).await?;
+        if let Err(e) = check_empty(&boxes, &frames) {
+            self.catalog.create_hive(hive, true).await?;
+            return Err(e);
+        }
+        for f in &frames {
+            self.drop_frame(f, true).await?;
+        }
+        for b in &boxes {
+            self.catalog.remove_box_marker(b, true).await?;
+        }
+        info!(hive = %hive, "hive dropped");
+        Ok(true)
+    }
+}

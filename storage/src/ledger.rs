@@ -1,0 +1,535 @@
+//! The per-frame transaction ledger: each frame is a Delta Lake table, read and written through
+//! delta-rs.
+//!
+//! ```text
+//!   CellWriter ──write──▶ Parquet cells (uncommitted, invisible)
+//!       │ finish → Vec<Add>
+//!       ▼
+//!   Ledger::commit ──put-if-absent _delta_log/<v>.json──▶ visible at version v
+//! ```
+//!
+//! Cells become visible only when the commit object is created, so a writer that dies between
+//! writing cells and committing leaves the frame exactly as it was (the orphaned cells are
+//! unreferenced files). Concurrent appends from any number of processes are retried by delta-rs'
+//! commit loop (blind appends never conflict); an overwrite that races another writer reports
+//! [`Error::Conflict`].
+
+use std::collections::HashMap;
+use std::num::NonZeroU64;
+use std::sync::{Arc, Mutex, Once};
+use std::time::Duration;
+
+use arrow::array::RecordBatch;
+use arrow::datatypes::SchemaRef;
+use deltalake::DeltaTableError;
+use deltalake::kernel::transaction::{CommitBuilder, CommitProperties, TransactionError};
+use deltalake::kernel::{Action, Add};
+use deltalake::logstore::{
+    LogStore, LogStoreFactory, LogStoreRef, StorageConfig, default_logstore, logstore_factories,
+    logstore_with,
+};
+use deltalake::operations::create::CreateBuilder;
+use deltalake::operations::write::writer::{DeltaWriter, WriterConfig};
+use deltalake::protocol::{DeltaOperation, SaveMode};
+use deltalake::table::state::DeltaTableState;
+use object_store::path::Path;
+use parquet::basic::{Compression, ZstdLevel};
+use parquet::file::properties::{EnabledStatistics, WriterProperties};
+use tracing::{Instrument, debug, info, info_span, warn};
+use url::Url;
+
+use crate::backend::Storage;
+use crate::error::{Error, Result};
+use crate::paths::{self, FrameRef};
+use crate::schema;
+
+/// Rows per Parquet row group: small enough for useful pruning and parallel scans, large enough
+/// for good compression.
+const ROW_GROUP_ROWS: usize = 256 * 1024;
+
+/// How a ledger writes.
+#[derive(Debug, Clone)]
+pub struct LedgerConfig {
+    /// Target size of one cell (Parquet file), in bytes.
+    pub cell_target_bytes: u64,
+    /// How many times a commit that lost a race is retried before giving up.
+    pub commit_retries: usize,
+    /// ZSTD level for cells.
+    pub zstd_level: i32,
+}
+
+impl Default for LedgerConfig {
+    fn default() -> Self {
+        Self {
+            cell_target_bytes: 64 * 1024 * 1024,
+            commit_retries: 200,
+            zstd_level: 3,
+        }
+    }
+}
+
+/// Cell size derived from the memory one bee may use: a writer buffers about one cell per open
+/// partition, so a cell is an eighth of a bee's budget, between 8 MiB and 256 MiB.
+pub fn leafcutter_cell_size(bee_memory_bytes: u64) -> u64 {
+    const MIB: u64 = 1024 * 1024;
+    (bee_memory_bytes / 8).clamp(8 * MIB, 256 * MIB)
+}
+
+/// One pinned version of a frame: schema, partitioning and the list of its cells.
+#[derive(Debug, Clone)]
+pub struct FrameSnapshot {
+    frame: FrameRef,
+    /// Id of the frame's catalog marker: a dropped and re-created frame has another.
+    incarnation: String,
+    state: DeltaTableState,
+    schema: SchemaRef,
+    partition_columns: Vec<String>,
+    /// Absolute key of the frame root inside the raw store.
+    root: Path,
+}
+
+/// Size figures of a frame snapshot.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct FrameStats {
+    pub cells: u64,
+    pub rows: u64,
+    pub bytes: u64,
+}
+
+/// One cell of a snapshot, as a scan needs it.
+#[derive(Debug, Clone)]
+pub struct CellInfo {
+    /// Key in the raw store.
+    pub location: Path,
+    pub size: u64,
+    pub rows: Option<u64>,
+    pub partition_values: HashMap<String, Option<String>>,
+}
+
+impl FrameSnapshot {
+    pub fn frame(&self) -> &FrameRef {
+        &self.frame
+    }
+
+    pub fn version(&self) -> i64 {
+        self.state.version() as i64
+    }
+
+    pub fn incarnation(&self) -> &str {
+        &self.incarnation
+    }
+
+    /// The frame's columns in declared order, with the types cells are written in.
+    pub fn schema(&self) -> &SchemaRef {
+        &self.schema
+    }
+
+    pub fn partition_columns(&self) -> &[String] {
+        &self.partition_columns
+    }
+
+    /// The Delta state, for pruning with delta-rs' statistics.
+    pub fn delta_state(&self) -> &DeltaTableState {
+        &self.state
+    }
+
+    /// Cells in log order (the order [`FrameSnapshot::delta_state`]'s log data iterates).
+    pub fn cells(&self) -> Vec<CellInfo> {
+        self.state
+            .log_data()
+            .iter()
+            .map(|f| CellInfo {
+                location: Path::from_iter(self.root.parts().chain(f.object_store_path().parts())),
+                size: f.size().max(0) as u64,
+                rows: f.num_records().map(|n| n as u64),
+                partition_values: f.partition_values_map(),
+            })
+            .collect()
+    }
+
+    pub fn stats(&self) -> FrameStats {
+        let mut s = FrameStats {
+            cells: 0,
+            rows: 0,
+            bytes: 0,
+        };
+        for f in self.state.log_data().iter() {
+            s.cells += 1;
+            s.rows += f.num_records().unwrap_or(0) as u64;
+            s.bytes += f.size().max(0) as u64;
+        }
+        s
+    }
+}
+
+/// Writes cells for one commit. Batches are cast to the frame's schema first.
+pub struct CellWriter {
+    inner: Option<DeltaWriter>,
+    schema: SchemaRef,
+    rows: u64,
+}
+
+impl std::fmt::Debug for CellWriter {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("CellWriter")
+            .field("rows", &self.rows)
+            .finish_non_exhaustive()
+    }
+}
+
+impl CellWriter {
+    /// The schema batches are cast to.
+    pub fn schema(&self) -> &SchemaRef {
+        &self.schema
+    }
+
+    pub fn rows(&self) -> u64 {
+        self.rows
+    }
+
+    /// Cast and buffer a batch; full cells are uploaded as they fill.
+    pub async fn write(&mut self, batch: &RecordBatch) -> Result<()> {
+        if batch.num_rows() == 0 {
+            return Ok(());
+        }
+        let batch = schema::conform_batch(batch, &self.schema)?;
+        let writer = self
+            .inner
+            .as_mut()
+            .ok_or_else(|| Error::Internal("cell writer used after finish".into()))?;
+        writer.write(&batch).await?;
+        self.rows += batch.num_rows() as u64;
+        Ok(())
+    }
+
+    /// Flush the last cells and return their `Add` actions (not yet committed).
+    pub async fn finish(mut self) -> Result<Vec<Add>> {
+        match self.inner.take() {
+            Some(w) => Ok(w.close().await?),
+            None => Ok(Vec::new()),
+        }
+    }
+
+    /// Abandon the write; uploaded cells stay as unreferenced files.
+    pub async fn abort(mut self) {
+        if let Some(w) = self.inner.take()
+            && let Err(e) = w.abort().await
+        {
+            warn!(error = %e, "aborting cell writer");
+        }
+    }
+}
+
+/// The ledger of every frame under one storage root.
+#[derive(Debug)]
+pub struct Ledger {
+    storage: Storage,
+    config: LedgerConfig,
+    /// Latest known state per frame, refreshed incrementally (one log listing per query).
+    /// Keyed by frame, tagged with the catalog incarnation the state belongs to.
+    cache: Mutex<HashMap<FrameRef, (String, DeltaTableState)>>,
+}
+
+/// delta-rs picks a log store by URL scheme and only knows `file` and `memory` without its AWS
+/// crate. Our S3 stores do conditional puts, which is all the default log store needs.
+#[derive(Debug)]
+struct ConditionalPutLogStoreFactory;
+
+impl LogStoreFactory for ConditionalPutLogStoreFactory {
+    fn with_options(
+        &self,
+        prefixed_store: deltalake::logstore::ObjectStoreRef,
+        root_store: deltalake::logstore::ObjectStoreRef,
+        location: &Url,
+        options: &StorageConfig,
+    ) -> deltalake::DeltaResult<Arc<dyn LogStore>> {
+        Ok(default_logstore(
+            prefixed_store,
+            root_store,
+            location,
+            options,
+        ))
+    }
+}
+
+fn register_log_stores() {
+    static ONCE: Once = Once::new();
+    ONCE.call_once(|| {
+        for scheme in ["s3://", "s3a://"] {
+            logstore_factories().insert(
+                Url::parse(scheme).expect("static URL"),
+                Arc::new(ConditionalPutLogStoreFactory),
+            );
+        }
+    });
+}
+
+impl Ledger {
+    pub fn new(storage: Storage, config: LedgerConfig) -> Self {
+        register_log_stores();
+        Self {
+            storage,
+            config,
+            cache: Mutex::new(HashMap::new()),
+        }
+    }
+
+    pub fn config(&self) -> &LedgerConfig {
+        &self.config
+    }
+
+    pub fn storage(&self) -> &Storage {
+        &self.storage
+    }
+
+    fn log_store(&self, frame: &FrameRef) -> Result<LogStoreRef> {
+        let url = self.storage.url_for(&paths::frame_root(frame))?;
+        Ok(logstore_with(
+            self.storage.raw_store().clone(),
+            &url,
+            StorageConfig::default(),
+        )?)
+    }
+
+    fn root(&self, frame: &FrameRef) -> Path {
+        self.storage.absolute(&paths::frame_root(frame))
+    }
+
+    /// Whether any object exists under the frame's root (a leftover of an interrupted drop or
+    /// create).
+    pub async fn has_leftovers(&self, frame: &FrameRef) -> Result<bool> {
+        Ok(!self
+            .storage
+            .list(&paths::frame_root(frame).join("_delta_log"))
+            .await?
+            .is_empty())
+    }
+
+    /// Delete everything under the frame's root.
+    pub async fn delete_data(&self, frame: &FrameRef) -> Result<usize> {
+        self.cache.lock().expect("ledger cache").remove(frame);
+        self.storage.delete_prefix(&paths::frame_root(frame)).await
+    }
+
+    /// Create the Delta table of a new frame (version 0, no cells).
+    pub async fn create_table(
+        &self,
+        frame: &FrameRef,
+        incarnation: &str,
+        schema: &SchemaRef,
+        partition_columns: &[String],
+    ) -> Result<FrameSnapshot> {
+        validate_partitioning(schema, partition_columns)?;
+        let delta_schema = schema::to_delta(schema)?;
+        let table = CreateBuilder::new()
+            .with_log_store(self.log_store(frame)?)
+            .with_table_name(frame.name.as_str())
+            .with_columns(delta_schema.fields().cloned())
+            .with_partition_columns(partition_columns.to_vec())
+            .with_save_mode(SaveMode::ErrorIfExists)
+            .await
+            .map_err(|e| match e {
+                DeltaTableError::Transaction {
+                    source: TransactionError::VersionAlreadyExists(_),
+                } => Error::Conflict {
+                    frame: frame.to_string(),
+                    detail: "its location already holds a table that is being dropped; retry"
+                        .into(),
+                },
+                other => other.into(),
+            })?;
+        let state = table.snapshot()?.clone();
+        self.snapshot_from_state(frame, incarnation, state)
+    }
+
+    fn snapshot_from_state(
+        &self,
+        frame: &FrameRef,
+        incarnation: &str,
+        state: DeltaTableState,
+    ) -> Result<FrameSnapshot> {
+        let schema = schema::from_delta(state.schema().as_ref())?;
+        let partition_columns = state.metadata().partition_columns().to_vec();
+        Ok(FrameSnapshot {
+            frame: frame.clone(),
+            incarnation: incarnation.to_string(),
+            state,
+            schema,
+            partition_columns,
+            root: self.root(frame),
+        })
+    }
+
+    /// Load a frame at `version`, or at its latest version. Latest loads refresh a cached state
+    /// incrementally instead of replaying the log.
+    pub async fn snapshot(
+        &self,
+        frame: &FrameRef,
+        incarnation: &str,
+        version: Option<i64>,
+    ) -> Result<FrameSnapshot> {
+        let span = info_span!("frame_snapshot", frame = %frame, version = ?version);
+        async move {
+            let log_store = self.log_store(frame)?;
+            let cached = self
+                .cache
+                .lock()
+                .expect("ledger cache")
+                .get(frame)
+                .filter(|(inc, _)| inc == incarnation)
+                .map(|(_, s)| s.clone());
+            let wanted = version.map(|v| v as u64);
+            let state = match (cached, wanted) {
+                (Some(s), Some(v)) if s.version() == v => s,
+                (Some(mut s), None) => {
+                    s.update(log_store.as_ref(), None).await?;
+                    s
+                }
+                (_, wanted) => DeltaTableState::try_new(log_store.as_ref(), wanted)
+                    .await
+                    .map_err(|e| match e {
+                        DeltaTableError::InvalidVersion(v) => Error::NotFound {
+                            kind: crate::error::ObjectKind::Frame,
+                            name: format!("{frame} at version {v}"),
+                        },
+                        other => other.into(),
+                    })?,
+            };
+            if version.is_none() {
+                let mut cache = self.cache.lock().expect("ledger cache");
+                let newer = cache
+                    .get(frame)
+                    .is_none_or(|(inc, c)| inc != incarnation || c.version() <= state.version());
+                if newer {
+                    cache.insert(frame.clone(), (incarnation.to_string(), state.clone()));
+                }
+            }
+            self.snapshot_from_state(frame, incarnation, state)
+        }
+        .instrument(span)
+        .await
+    }
+
+    /// A writer for new cells of `snapshot`'s frame.
+    pub fn writer(&self, snapshot: &FrameSnapshot) -> Result<CellWriter> {
+        let log_store = self.log_store(&snapshot.frame)?;
+        let props = WriterProperties::builder()
+            .set_compression(Compression::ZSTD(
+                ZstdLevel::try_new(self.config.zstd_level).map_err(Error::Parquet)?,
+            ))
+            .set_max_row_group_row_count(Some(ROW_GROUP_ROWS))
+            .set_statistics_enabled(EnabledStatistics::Page)
+            .set_created_by(format!("apiary {}", env!("CARGO_PKG_VERSION")))
+            .build();
+        let config = WriterConfig::new(
+            snapshot.schema.clone(),
+            snapshot.partition_columns.clone(),
+            Some(props),
+            NonZeroU64::new(self.config.cell_target_bytes),
+            None,
+            Default::default(),
+            None,
+        );
+        Ok(CellWriter {
+            inner: Some(DeltaWriter::new(log_store.object_store(None), config)),
+            schema: snapshot.schema.clone(),
+            rows: 0,
+        })
+    }
+
+    /// Commit new cells. `overwrite` also removes every cell of `read` (replace semantics).
+    /// Returns the committed version.
+    pub async fn commit(
+        &self,
+        read: &FrameSnapshot,
+        adds: Vec<Add>,
+        overwrite: bool,
+    ) -> Result<i64> {
+        if let Some(ms) = fault_pause_before_commit() {
+            warn!(ms, "fault injection: pausing before commit");
+            tokio::time::sleep(Duration::from_millis(ms)).await;
+        }
+        let log_store = self.log_store(&read.frame)?;
+        let mut actions: Vec<Action> = Vec::with_capacity(adds.len());
+        if overwrite {
+            actions.extend(
+                read.state
+                    .log_data()
+                    .iter()
+                    .map(|f| Action::Remove(f.remove_action(true))),
+            );
+        }
+        let cells = adds.len();
+        actions.extend(adds.into_iter().map(Action::Add));
+        let partition_by =
+            (!read.partition_columns.is_empty()).then(|| read.partition_columns.clone());
+        let operation = DeltaOperation::Write {
+            mode: if overwrite {
+                SaveMode::Overwrite
+            } else {
+                SaveMode::Append
+            },
+            partition_by,
+            predicate: None,
+        };
+        let props = CommitProperties::default().with_max_retries(self.config.commit_retries);
+        let finalized = CommitBuilder::from(props)
+            .with_actions(actions)
+            .build(Some(&read.state), log_store, operation)
+            .await
+            .map_err(|e| match e {
+                DeltaTableError::Transaction {
+                    source: TransactionError::CommitConflict(c),
+                } => Error::Conflict {
+                    frame: read.frame.to_string(),
+                    detail: c.to_string(),
+                },
+                other => other.into(),
+            })?;
+        let version = finalized.version() as i64;
+        info!(frame = %read.frame, version, cells, overwrite, "committed");
+        // The next latest read starts from the committed state.
+        let state = finalized.snapshot();
+        let mut cache = self.cache.lock().expect("ledger cache");
+        if cache
+            .get(&read.frame)
+            .is_none_or(|(inc, c)| inc != &read.incarnation || c.version() < state.version())
+        {
+            cache.insert(read.frame.clone(), (read.incarnation.clone(), state));
+        }
+        debug!(version, "cache updated");
+        Ok(version)
+    }
+}
+
+/// Test hook: `APIARY_FAULT_PAUSE_BEFORE_COMMIT_MS=n` sleeps between writing cells and committing,
+/// so crash-safety tests can kill a writer at exactly that point.
+fn fault_pause_before_commit() -> Option<u64> {
+    std::env::var("APIARY_FAULT_PAUSE_BEFORE_COMMIT_MS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+}
+
+fn validate_partitioning(schema: &SchemaRef, partition_columns: &[String]) -> Result<()> {
+    for p in partition_columns {
+        let field = schema.field_with_name(p).map_err(|_| {
+            Error::Schema(format!("partition column {p} is not a column of the frame"))
+        })?;
+        if field.data_type().is_nested() {
+            return Err(Error::Schema(format!(
+                "partition column {p} must have a scalar type, not {}",
+                field.data_type()
+            )));
+        }
+    }
+    let mut seen = std::collections::HashSet::new();
+    if !partition_columns.iter().all(|p| seen.insert(p)) {
+        return Err(Error::Schema("a partition column is listed twice".into()));
+    }
+    if partition_columns.len() >= schema.fields().len() {
+        return Err(Error::Schema(
+            "at least one column must not be a partition column".into(),
+        ));
+    }
+    Ok(())
+}

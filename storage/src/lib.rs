@@ -1,0 +1,41 @@
+//! Apiary storage: everything that lives in object storage.
+//!
+//! The crate owns the storage root (a local directory, an S3-compatible bucket or memory), the
+//! keys inside it, the namespace of hives, boxes and frames, and each frame's data as a Delta Lake
+//! table whose Parquet files are Apiary's *cells*.
+//!
+//! ```text
+//!              ┌──────────────────────── Lakehouse ───────────────────────┐
+//!  SQL layer ─▶│ Catalog (markers, put-if-absent)   Ledger (delta-rs log) │
+//!              │        │                             │  CellWriter ─▶ cells
+//!              │        ▼                             ▼                    │
+//!              │     paths ──────────────▶ Storage (object_store backend)  │
+//!              └───────────────────────────────────────────────────────────┘
+//!  DataFusion ─▶ FrameTable (scan: DataSourceExec over cells, insert: FrameSink)
+//! ```
+//!
+//! | module        | owns                                                                  |
+//! |---------------|-----------------------------------------------------------------------|
+//! | [`backend`]   | opening a storage root by URL; conditional puts, lists, deletes       |
+//! | [`paths`]     | every key, and the validation of names that go into keys              |
+//! | [`catalog`]   | hive, box and frame markers                                           |
+//! | [`ledger`]    | Delta tables: create, snapshot (pinned versions), cell writing, commit |
+//! | [`schema`]    | which Arrow types a frame stores; casting incoming batches            |
+//! | [`provider`]  | DataFusion `TableProvider` and `DataSink` over a pinned snapshot      |
+//! | [`lakehouse`] | flows that touch catalog and ledger together (create/drop)            |
+
+pub mod backend;
+pub mod catalog;
+pub mod error;
+pub mod lakehouse;
+pub mod ledger;
+pub mod paths;
+pub mod provider;
+pub mod schema;
+
+pub use backend::{BackendKind, S3Options, Storage};
+pub use error::{Error, ObjectKind, Result};
+pub use lakehouse::Lakehouse;
+pub use ledger::{FrameSnapshot, FrameStats, Ledger, LedgerConfig, leafcutter_cell_size};
+pub use paths::{BoxRef, FrameRef, Ident};
+pub use provider::{FrameSink, FrameTable, WriteGate};

@@ -1,0 +1,349 @@
+//! Every object-store key Apiary reads or writes is built here, and nowhere else.
+//!
+//! Names are validated on the way in ([`Ident::parse`]), so no user string can leave its prefix:
+//! an identifier is 1–64 characters of `[a-z0-9_]`, starts with a letter or `_`, and may not start
+//! with `_` (reserved for internal keys such as `_apiary/` and Delta's `_delta_log/`). Input is
+//! lowercased (ASCII only) first; any other character, including look-alike Unicode, is refused.
+//!
+//! Layout under the storage root:
+//!
+//! ```text
+//! _apiary/catalog/hives/<hive>.json                 hive marker
+//! _apiary/catalog/boxes/<hive>/<box>.json           box marker
+//! _apiary/catalog/frames/<hive>/<box>/<frame>.json  frame marker
+//! _apiary/nodes/<node>.json                         heartbeats
+//! _apiary/queries/<query>/...                       distributed query manifests
+//! <hive>/<box>/<frame>/                             the frame's Delta table (_delta_log/, cells)
+//! ```
+
+use std::fmt;
+
+use object_store::path::Path;
+
+use crate::error::{Error, Result};
+
+/// Longest accepted identifier.
+pub const MAX_NAME_LEN: usize = 64;
+
+/// Hive that always exists and cannot be dropped.
+pub const DEFAULT_HIVE: &str = "default";
+/// Box that always exists in [`DEFAULT_HIVE`] and cannot be dropped.
+pub const DEFAULT_BOX: &str = "default";
+/// Hive reserved for read-only status tables.
+pub const SYSTEM_HIVE: &str = "system";
+
+/// Names that may not be used for hives (they are served by the node itself).
+const RESERVED_HIVES: &[&str] = &[SYSTEM_HIVE];
+/// Names that may not be used for boxes (DataFusion's own schema name).
+const RESERVED_BOXES: &[&str] = &["information_schema"];
+
+const INTERNAL_ROOT: &str = "_apiary";
+
+/// A validated hive, box or frame name.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct Ident(String);
+
+impl Ident {
+    /// Validate and normalise a user-supplied name.
+    pub fn parse(raw: &str) -> Result<Self> {
+        let invalid = |reason| Error::InvalidName {
+            name: raw.to_string(),
+            reason,
+        };
+        if raw.is_empty() {
+            return Err(invalid("names may not be empty"));
+        }
+        if !raw.is_ascii() {
+            return Err(invalid("names may only use ASCII letters, digits and '_'"));
+        }
+        let name = raw.to_ascii_lowercase();
+        if name.len() > MAX_NAME_LEN {
+            return Err(invalid("names are at most 64 characters"));
+        }
+        let mut chars = name.chars();
+        let first = chars.next().expect("checked non-empty");
+        if !(first.is_ascii_lowercase() || first == '_') {
+            return Err(invalid("names start with a letter"));
+        }
+        if !chars.all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '_') {
+            return Err(invalid("names may only use ASCII letters, digits and '_'"));
+        }
+        if first == '_' {
+            return Err(invalid("names starting with '_' are reserved"));
+        }
+        Ok(Ident(name))
+    }
+
+    /// Validate a name for a new hive (refuses reserved hive names).
+    pub fn parse_hive(raw: &str) -> Result<Self> {
+        let ident = Self::parse(raw)?;
+        if RESERVED_HIVES.contains(&ident.as_str()) {
+            return Err(Error::InvalidName {
+                name: raw.to_string(),
+                reason: "this hive name is reserved",
+            });
+        }
+        Ok(ident)
+    }
+
+    /// Validate a name for a new box (refuses reserved box names).
+    pub fn parse_box(raw: &str) -> Result<Self> {
+        let ident = Self::parse(raw)?;
+        if RESERVED_BOXES.contains(&ident.as_str()) {
+            return Err(Error::InvalidName {
+                name: raw.to_string(),
+                reason: "this box name is reserved",
+            });
+        }
+        Ok(ident)
+    }
+
+    /// Trusted constructor for names read back from our own keys; still validated.
+    pub(crate) fn from_key_segment(segment: &str) -> Option<Self> {
+        Self::parse(segment).ok()
+    }
+
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+
+    pub fn default_hive() -> Self {
+        Ident(DEFAULT_HIVE.to_string())
+    }
+
+    pub fn default_box() -> Self {
+        Ident(DEFAULT_BOX.to_string())
+    }
+}
+
+impl fmt::Display for Ident {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl AsRef<str> for Ident {
+    fn as_ref(&self) -> &str {
+        &self.0
+    }
+}
+
+/// A box, fully qualified by its hive.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct BoxRef {
+    pub hive: Ident,
+    pub name: Ident,
+}
+
+impl BoxRef {
+    pub fn new(hive: Ident, name: Ident) -> Self {
+        Self { hive, name }
+    }
+
+    pub fn is_default(&self) -> bool {
+        self.hive.as_str() == DEFAULT_HIVE && self.name.as_str() == DEFAULT_BOX
+    }
+}
+
+impl fmt::Display for BoxRef {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}.{}", self.hive, self.name)
+    }
+}
+
+/// A frame, fully qualified by its hive and box.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct FrameRef {
+    pub hive: Ident,
+    pub box_name: Ident,
+    pub name: Ident,
+}
+
+impl FrameRef {
+    pub fn new(hive: Ident, box_name: Ident, name: Ident) -> Self {
+        Self {
+            hive,
+            box_name,
+            name,
+        }
+    }
+
+    pub fn box_ref(&self) -> BoxRef {
+        BoxRef::new(self.hive.clone(), self.box_name.clone())
+    }
+}
+
+impl fmt::Display for FrameRef {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}.{}.{}", self.hive, self.box_name, self.name)
+    }
+}
+
+fn internal(parts: &[&str]) -> Path {
+    Path::from_iter(std::iter::once(INTERNAL_ROOT).chain(parts.iter().copied()))
+}
+
+/// Prefix holding one marker object per hive.
+pub fn hives_prefix() -> Path {
+    internal(&["catalog", "hives"])
+}
+
+pub fn hive_marker(hive: &Ident) -> Path {
+    internal(&["catalog", "hives", &format!("{hive}.json")])
+}
+
+/// Prefix holding the box markers of every hive.
+pub fn all_boxes_prefix() -> Path {
+    internal(&["catalog", "boxes"])
+}
+
+/// Prefix holding the box markers of one hive.
+pub fn boxes_prefix(hive: &Ident) -> Path {
+    internal(&["catalog", "boxes", hive.as_str()])
+}
+
+pub fn box_marker(b: &BoxRef) -> Path {
+    internal(&[
+        "catalog",
+        "boxes",
+        b.hive.as_str(),
+        &format!("{}.json", b.name),
+    ])
+}
+
+/// Prefix holding the frame markers of one hive (all its boxes).
+pub fn hive_frames_prefix(hive: &Ident) -> Path {
+    internal(&["catalog", "frames", hive.as_str()])
+}
+
+/// Prefix holding the frame markers of one box.
+pub fn frames_prefix(b: &BoxRef) -> Path {
+    internal(&["catalog", "frames", b.hive.as_str(), b.name.as_str()])
+}
+
+pub fn frame_marker(f: &FrameRef) -> Path {
+    internal(&[
+        "catalog",
+        "frames",
+        f.hive.as_str(),
+        f.box_name.as_str(),
+        &format!("{}.json", f.name),
+    ])
+}
+
+/// Root of the frame's Delta table, relative to the storage root.
+pub fn frame_root(f: &FrameRef) -> Path {
+    Path::from_iter([f.hive.as_str(), f.box_name.as_str(), f.name.as_str()])
+}
+
+/// Prefix holding every node's heartbeat.
+pub fn nodes_prefix() -> Path {
+    internal(&["nodes"])
+}
+
+/// A validated node id: the same alphabet as identifiers plus '-', so UUIDs fit.
+pub fn validate_node_id(id: &str) -> Result<()> {
+    let ok = !id.is_empty()
+        && id.len() <= MAX_NAME_LEN
+        && id
+            .chars()
+            .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-' || c == '_');
+    if ok {
+        Ok(())
+    } else {
+        Err(Error::InvalidName {
+            name: id.to_string(),
+            reason: "node ids use 1-64 characters of [a-z0-9_-]",
+        })
+    }
+}
+
+pub fn heartbeat(node_id: &str) -> Path {
+    internal(&["nodes", &format!("{node_id}.json")])
+}
+
+/// Prefix of everything belonging to distributed queries.
+pub fn queries_prefix() -> Path {
+    internal(&["queries"])
+}
+
+/// Prefix of one distributed query's objects (its id is generated by us, never by a user).
+pub fn query_prefix(query_id: &str) -> Path {
+    internal(&["queries", query_id])
+}
+
+/// Extract `<name>` from the last segment `<name>.json` of a marker key, if it is one of ours.
+pub(crate) fn marker_name(path: &Path) -> Option<Ident> {
+    let last = path.filename()?;
+    let stem = last.strip_suffix(".json")?;
+    Ident::from_key_segment(stem)
+}
+
+/// The segments of `path` after `prefix`, if `path` is below it.
+pub(crate) fn segments_after(path: &Path, prefix: &Path) -> Option<Vec<String>> {
+    path.prefix_match(prefix)
+        .map(|parts| parts.map(|p| p.as_ref().to_string()).collect())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn accepts_plain_names_and_lowercases() {
+        assert_eq!(Ident::parse("Sales_2024").unwrap().as_str(), "sales_2024");
+        assert_eq!(Ident::parse("a").unwrap().as_str(), "a");
+        assert!(Ident::parse(&"a".repeat(64)).is_ok());
+    }
+
+    #[test]
+    fn refuses_names_that_could_escape_their_prefix() {
+        for bad in [
+            "",
+            "..",
+            ".",
+            "a/b",
+            "a\\b",
+            "../x",
+            "a.b",
+            "-x",
+            "1abc",
+            "a b",
+            "_delta_log",
+            "_apiary",
+            "a%2fb",
+            "ａbc",     // full-width a
+            "ı",        // dotless i, lowercases to itself
+            "\u{212A}", // Kelvin sign
+            "a\u{0}",
+            "a\n",
+        ] {
+            assert!(Ident::parse(bad).is_err(), "{bad:?} should be refused");
+        }
+        assert!(Ident::parse(&"a".repeat(65)).is_err());
+    }
+
+    #[test]
+    fn reserved_names() {
+        assert!(Ident::parse_hive("system").is_err());
+        assert!(Ident::parse_hive("SYSTEM").is_err());
+        assert!(Ident::parse_box("information_schema").is_err());
+        assert!(Ident::parse_box("system").is_ok());
+    }
+
+    #[test]
+    fn keys_stay_under_their_prefix() {
+        let f = FrameRef::new(
+            Ident::parse("h").unwrap(),
+            Ident::parse("b").unwrap(),
+            Ident::parse("f").unwrap(),
+        );
+        assert_eq!(frame_root(&f).as_ref(), "h/b/f");
+        assert_eq!(
+            frame_marker(&f).as_ref(),
+            "_apiary/catalog/frames/h/b/f.json"
+        );
+        assert_eq!(marker_name(&frame_marker(&f)).unwrap().as_str(), "f");
+        assert!(frame_marker(&f).prefix_matches(&frames_prefix(&f.box_ref())));
+    }
+}

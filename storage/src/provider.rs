@@ -1,0 +1,391 @@
+//! DataFusion access to one pinned frame snapshot: [`FrameTable`] scans its cells and accepts
+//! `INSERT` through [`FrameSink`].
+//!
+//! ```text
+//!  filters ──▶ PruningPredicate over Delta file stats + partition values ──▶ surviving cells
+//!  surviving cells ──▶ DataSourceExec(ParquetSource) + pushed-down filter ──▶ row-group / page pruning
+//! ```
+//!
+//! The scan is a plain DataFusion `DataSourceExec` over Parquet files with partition values and
+//! per-file row counts attached, so it serialises with datafusion-proto's default codec and any
+//! node can run it.
+
+use std::collections::HashMap;
+use std::fmt;
+use std::sync::Arc;
+
+use arrow::datatypes::{DataType, Field, FieldRef, Schema, SchemaRef};
+use async_trait::async_trait;
+use datafusion::catalog::Session;
+use datafusion::common::stats::Precision;
+use datafusion::common::{DFSchema, ScalarValue, Statistics};
+use datafusion::datasource::TableProvider;
+use datafusion::datasource::listing::PartitionedFile;
+use datafusion::datasource::physical_plan::{FileGroup, FileScanConfigBuilder, ParquetSource};
+use datafusion::datasource::sink::{DataSink, DataSinkExec};
+use datafusion::datasource::source::DataSourceExec;
+use datafusion::datasource::table_schema::TableSchema;
+use datafusion::error::{DataFusionError, Result as DfResult};
+use datafusion::execution::object_store::ObjectStoreUrl;
+use datafusion::execution::{SendableRecordBatchStream, TaskContext};
+use datafusion::logical_expr::dml::InsertOp;
+use datafusion::logical_expr::utils::conjunction;
+use datafusion::logical_expr::{Expr, TableProviderFilterPushDown, TableType};
+use datafusion::physical_optimizer::pruning::PruningPredicateBuilder;
+use datafusion::physical_plan::{DisplayAs, DisplayFormatType, ExecutionPlan};
+use futures::StreamExt;
+use tracing::debug;
+
+use crate::error::Error;
+use crate::ledger::{CellInfo, FrameSnapshot, Ledger};
+
+/// Called before each batch of an `INSERT` is written, so the node can throttle writes when it
+/// runs hot. Implemented by the runtime; storage only calls it.
+#[async_trait]
+pub trait WriteGate: Send + Sync + fmt::Debug {
+    async fn admit(&self, rows: usize);
+}
+
+/// A frame as DataFusion sees it, pinned to one snapshot.
+#[derive(Debug, Clone)]
+pub struct FrameTable {
+    snapshot: FrameSnapshot,
+    ledger: Arc<Ledger>,
+    object_store_url: ObjectStoreUrl,
+    gate: Option<Arc<dyn WriteGate>>,
+}
+
+impl FrameTable {
+    pub fn new(snapshot: FrameSnapshot, ledger: Arc<Ledger>) -> Self {
+        let object_store_url = ledger.storage().object_store_url().clone();
+        Self {
+            snapshot,
+            ledger,
+            object_store_url,
+            gate: None,
+        }
+    }
+
+    pub fn with_write_gate(mut self, gate: Arc<dyn WriteGate>) -> Self {
+        self.gate = Some(gate);
+        self
+    }
+
+    pub fn snapshot(&self) -> &FrameSnapshot {
+        &self.snapshot
+    }
+
+    /// File columns followed by partition columns: the schema the Parquet scan produces.
+    fn scan_schema(&self) -> (SchemaRef, Vec<FieldRef>) {
+        let schema = self.snapshot.schema();
+        let parts = self.snapshot.partition_columns();
+        let file_fields: Vec<Field> = schema
+            .fields()
+            .iter()
+            .filter(|f| !parts.contains(f.name()))
+            .map(|f| f.as_ref().clone())
+            .collect();
+        let part_fields: Vec<FieldRef> = parts
+            .iter()
+            .filter_map(|p| schema.field_with_name(p).ok())
+            .map(|f| Arc::new(f.clone()))
+            .collect();
+        (Arc::new(Schema::new(file_fields)), part_fields)
+    }
+
+    /// Which cells may hold rows matching `filters` (partition values and file statistics).
+    fn prune(
+        &self,
+        state: &dyn Session,
+        filters: &[Expr],
+        scan_schema: &SchemaRef,
+    ) -> DfResult<Vec<bool>> {
+        let n = self.snapshot.delta_state().log_data().num_files();
+        let Some(expr) = conjunction(filters.to_vec()) else {
+            return Ok(vec![true; n]);
+        };
+        let df_schema = DFSchema::try_from(scan_schema.as_ref().clone())?;
+        let physical = state.create_physical_expr(expr, &df_schema)?;
+        let keep = match PruningPredicateBuilder::new()
+            .with_file_schema(scan_schema.clone())
+            .build(physical)
+        {
+            Some(p) => match p.prune(&self.snapshot.delta_state().log_data()) {
+                Ok(keep) => keep,
+                Err(e) => {
+                    debug!(error = %e, "file pruning skipped");
+                    vec![true; n]
+                }
+            },
+            None => vec![true; n],
+        };
+        Ok(keep)
+    }
+}
+
+fn partition_value(field: &Field, raw: Option<&String>) -> DfResult<ScalarValue> {
+    match raw {
+        None => ScalarValue::try_from(field.data_type()),
+        Some(v) => match field.data_type() {
+            // Delta writes timestamps in partition paths as "yyyy-MM-dd HH:mm:ss[.SSSSSS]".
+            DataType::Timestamp(..) => {
+                let utf8 = ScalarValue::Utf8(Some(v.clone()));
+                utf8.cast_to(field.data_type())
+            }
+            dt => ScalarValue::try_from_string(v.clone(), dt),
+        },
+    }
+}
+
+fn file_for(cell: &CellInfo, part_fields: &[FieldRef], ncols: usize) -> DfResult<PartitionedFile> {
+    let values = part_fields
+        .iter()
+        .map(|f| {
+            partition_value(
+                f,
+                cell.partition_values.get(f.name()).and_then(|v| v.as_ref()),
+            )
+        })
+        .collect::<DfResult<Vec<_>>>()?;
+    let mut stats = Statistics::new_unknown(&Schema::new(
+        (0..ncols)
+            .map(|i| Field::new(format!("c{i}"), DataType::Null, true))
+            .collect::<Vec<_>>(),
+    ));
+    if let Some(rows) = cell.rows {
+        stats.num_rows = Precision::Exact(rows as usize);
+    }
+    stats.total_byte_size = Precision::Inexact(cell.size as usize);
+    Ok(PartitionedFile::new(cell.location.to_string(), cell.size)
+        .with_partition_values(values)
+        .with_statistics(Arc::new(stats)))
+}
+
+/// Spread files over `n` groups with about equal bytes (largest first into the lightest group).
+fn balance(mut files: Vec<PartitionedFile>, n: usize) -> Vec<FileGroup> {
+    let n = n.max(1).min(files.len().max(1));
+    files.sort_by_key(|f| std::cmp::Reverse(f.object_meta.size));
+    let mut groups: Vec<(u64, Vec<PartitionedFile>)> = (0..n).map(|_| (0, Vec::new())).collect();
+    for f in files {
+        let lightest = groups
+            .iter_mut()
+            .min_by_key(|(bytes, _)| *bytes)
+            .expect("at least one group");
+        lightest.0 += f.object_meta.size;
+        lightest.1.push(f);
+    }
+    groups
+        .into_iter()
+        .filter(|(_, g)| !g.is_empty())
+        .map(|(_, g)| FileGroup::new(g))
+        .collect()
+}
+
+#[async_trait]
+impl TableProvider for FrameTable {
+    fn schema(&self) -> SchemaRef {
+        self.snapshot.schema().clone()
+    }
+
+    fn table_type(&self) -> TableType {
+        TableType::Base
+    }
+
+    fn supports_filters_pushdown(
+        &self,
+        filters: &[&Expr],
+    ) -> DfResult<Vec<TableProviderFilterPushDown>> {
+        // Used for pruning only; DataFusion still applies every filter to the rows.
+        Ok(vec![TableProviderFilterPushDown::Inexact; filters.len()])
+    }
+
+    async fn scan(
+        &self,
+        state: &dyn Session,
+        projection: Option<&Vec<usize>>,
+        filters: &[Expr],
+        limit: Option<usize>,
+    ) -> DfResult<Arc<dyn ExecutionPlan>> {
+        let table_schema = self.snapshot.schema().clone();
+        let (file_schema, part_fields) = self.scan_schema();
+        let scan_schema = {
+            let mut fields: Vec<FieldRef> = file_schema.fields().iter().cloned().collect();
+            fields.extend(part_fields.iter().cloned());
+            Arc::new(Schema::new(fields))
+        };
+        // Declared column index → index in the scan's (file columns, partition columns) order.
+        let to_scan: HashMap<&str, usize> = scan_schema
+            .fields()
+            .iter()
+            .enumerate()
+            .map(|(i, f)| (f.name().as_str(), i))
+            .collect();
+        let wanted: Vec<usize> = match projection {
+            Some(p) => p.clone(),
+            None => (0..table_schema.fields().len()).collect(),
+        };
+        let indices: Vec<usize> = wanted
+            .iter()
+            .map(|&i| to_scan[table_schema.field(i).name().as_str()])
+            .collect();
+
+        let keep = self.prune(state, filters, &scan_schema)?;
+        let cells = self.snapshot.cells();
+        let ncols = scan_schema.fields().len();
+        let mut files = Vec::new();
+        let (mut rows, mut rows_known, mut bytes) = (0usize, true, 0usize);
+        for (cell, keep) in cells.iter().zip(keep) {
+            if !keep {
+                continue;
+            }
+            match cell.rows {
+                Some(r) => rows += r as usize,
+                None => rows_known = false,
+            }
+            bytes += cell.size as usize;
+            files.push(file_for(cell, &part_fields, ncols)?);
+        }
+        debug!(
+            frame = %self.snapshot.frame(),
+            version = self.snapshot.version(),
+            cells = cells.len(),
+            scanned = files.len(),
+            "scan"
+        );
+        let mut stats = Statistics::new_unknown(&scan_schema);
+        stats.num_rows = if rows_known {
+            Precision::Exact(rows)
+        } else {
+            Precision::Absent
+        };
+        stats.total_byte_size = Precision::Inexact(bytes);
+
+        // The row filter reaches the Parquet source through DataFusion's filter pushdown, which
+        // uses it for row-group and page pruning; here it only prunes whole cells.
+        let source = ParquetSource::new(
+            TableSchema::builder(file_schema)
+                .with_table_partition_cols(part_fields)
+                .build(),
+        )
+        .with_table_parquet_options(state.table_options().parquet.clone());
+        let groups = balance(files, state.config().target_partitions());
+        let config = FileScanConfigBuilder::new(self.object_store_url.clone(), Arc::new(source))
+            .with_file_groups(groups)
+            .with_statistics(stats)
+            .with_limit(limit)
+            .with_projection_indices(Some(indices))?
+            .build();
+        Ok(DataSourceExec::from_data_source(config))
+    }
+
+    async fn insert_into(
+        &self,
+        _state: &dyn Session,
+        input: Arc<dyn ExecutionPlan>,
+        insert_op: InsertOp,
+    ) -> DfResult<Arc<dyn ExecutionPlan>> {
+        let overwrite = match insert_op {
+            InsertOp::Append => false,
+            InsertOp::Overwrite => true,
+            InsertOp::Replace => {
+                return Err(DataFusionError::NotImplemented(
+                    "REPLACE INTO is not supported; use INSERT OVERWRITE".into(),
+                ));
+            }
+        };
+        let sink = FrameSink {
+            table: self.clone(),
+            overwrite,
+            schema: input.schema(),
+        };
+        Ok(Arc::new(DataSinkExec::new(input, Arc::new(sink), None)))
+    }
+}
+
+/// Writes an `INSERT`'s batches into cells and commits them as one Delta commit.
+#[derive(Debug)]
+pub struct FrameSink {
+    table: FrameTable,
+    overwrite: bool,
+    schema: SchemaRef,
+}
+
+impl FrameSink {
+    /// A sink for a frame outside DataFusion's `INSERT` planning (CTAS, bulk ingest).
+    pub fn new(table: FrameTable, overwrite: bool) -> Self {
+        let schema = table.snapshot.schema().clone();
+        Self {
+            table,
+            overwrite,
+            schema,
+        }
+    }
+
+    /// Write every batch of `data` and commit. Returns (rows, committed version).
+    pub async fn write_stream(
+        &self,
+        mut data: SendableRecordBatchStream,
+    ) -> crate::Result<(u64, i64)> {
+        let ledger = &self.table.ledger;
+        let mut writer = ledger.writer(&self.table.snapshot)?;
+        let result: crate::Result<()> = async {
+            while let Some(batch) = data.next().await {
+                let batch = batch?;
+                if let Some(gate) = &self.table.gate {
+                    gate.admit(batch.num_rows()).await;
+                }
+                writer.write(&batch).await?;
+            }
+            Ok(())
+        }
+        .await;
+        if let Err(e) = result {
+            writer.abort().await;
+            return Err(e);
+        }
+        let rows = writer.rows();
+        let adds = writer.finish().await?;
+        if adds.is_empty() && !self.overwrite {
+            // Nothing to append: no commit, the frame stays at its version.
+            return Ok((0, self.table.snapshot.version()));
+        }
+        let version = ledger
+            .commit(&self.table.snapshot, adds, self.overwrite)
+            .await?;
+        Ok((rows, version))
+    }
+}
+
+impl DisplayAs for FrameSink {
+    fn fmt_as(&self, _t: DisplayFormatType, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(
+            f,
+            "FrameSink: frame={} mode={}",
+            self.table.snapshot.frame(),
+            if self.overwrite {
+                "overwrite"
+            } else {
+                "append"
+            }
+        )
+    }
+}
+
+#[async_trait]
+impl DataSink for FrameSink {
+    fn schema(&self) -> &SchemaRef {
+        &self.schema
+    }
+
+    async fn write_all(
+        &self,
+        data: SendableRecordBatchStream,
+        _context: &Arc<TaskContext>,
+    ) -> DfResult<u64> {
+        let (rows, _) = self
+            .write_stream(data)
+            .await
+            .map_err(|e: Error| DataFusionError::from(e))?;
+        Ok(rows)
+    }
+}

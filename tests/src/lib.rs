@@ -1,0 +1,233 @@
+//! Fixtures for Apiary's end-to-end tests: the `apiary` binary, real `apiary` processes, and a real
+//! S3-compatible server (`moto`) on loopback.
+//!
+//! The Python virtual environment that holds `moto_server` (and the Python clients) is created by
+//! `scripts/test`; tests find it through `APIARY_TEST_VENV` (default `~/.cache/apiary/venv`).
+
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::{TcpListener, TcpStream};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+/// Path of the `apiary` binary built alongside the test executables.
+pub fn apiary_bin() -> PathBuf {
+    if let Ok(p) = std::env::var("APIARY_BIN") {
+        return PathBuf::from(p);
+    }
+    let exe = std::env::current_exe().expect("test executable path");
+    // target/<profile>/deps/<test> → target/<profile>/apiary
+    let dir = exe
+        .parent()
+        .and_then(|d| d.parent())
+        .expect("target directory");
+    let bin = dir.join("apiary");
+    assert!(
+        bin.exists(),
+        "{} not found: build the workspace first (cargo build --workspace)",
+        bin.display()
+    );
+    bin
+}
+
+/// The Python venv made by `scripts/test`.
+pub fn venv() -> PathBuf {
+    if let Ok(v) = std::env::var("APIARY_TEST_VENV") {
+        return PathBuf::from(v);
+    }
+    let home = std::env::var("HOME").expect("HOME");
+    PathBuf::from(home).join(".cache/apiary/venv")
+}
+
+/// A free TCP port on 127.0.0.1.
+pub fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .expect("bind")
+        .local_addr()
+        .expect("addr")
+        .port()
+}
+
+/// Wait until something accepts connections on `port`.
+pub fn wait_for_port(port: u16, timeout: Duration) -> bool {
+    let deadline = Instant::now() + timeout;
+    while Instant::now() < deadline {
+        if TcpStream::connect(("127.0.0.1", port)).is_ok() {
+            return true;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    false
+}
+
+/// A `moto_server` process on loopback with one bucket; killed on drop.
+#[derive(Debug)]
+pub struct Moto {
+    child: Child,
+    pub port: u16,
+    pub bucket: String,
+}
+
+impl Moto {
+    /// Start moto and create `bucket`.
+    pub fn start(bucket: &str) -> Self {
+        let bin = venv().join("bin/moto_server");
+        assert!(
+            bin.exists(),
+            "{} not found: run scripts/test (it installs the test venv)",
+            bin.display()
+        );
+        let port = free_port();
+        let child = Command::new(&bin)
+            .args(["-H", "127.0.0.1", "-p", &port.to_string()])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("spawn moto_server");
+        let moto = Moto {
+            child,
+            port,
+            bucket: bucket.to_string(),
+        };
+        assert!(
+            wait_for_port(port, Duration::from_secs(30)),
+            "moto_server did not start on port {port}"
+        );
+        moto.create_bucket(bucket);
+        moto
+    }
+
+    pub fn endpoint(&self) -> String {
+        format!("http://127.0.0.1:{}", self.port)
+    }
+
+    /// `s3://bucket/prefix` for a storage root inside the bucket.
+    pub fn url(&self, prefix: &str) -> String {
+        format!("s3://{}/{}", self.bucket, prefix)
+    }
+
+    /// Environment variables that point `apiary` at this server.
+    pub fn env(&self) -> Vec<(String, String)> {
+        vec![
+            ("APIARY_S3_ENDPOINT".into(), self.endpoint()),
+            ("APIARY_S3_REGION".into(), "us-east-1".into()),
+            ("APIARY_S3_ACCESS_KEY_ID".into(), "testing".into()),
+            ("APIARY_S3_SECRET_ACCESS_KEY".into(), "testing".into()),
+            ("APIARY_S3_ALLOW_HTTP".into(), "true".into()),
+        ]
+    }
+
+    fn create_bucket(&self, bucket: &str) {
+        // moto does not check signatures, so a bare PUT creates the bucket.
+        let mut s = TcpStream::connect(("127.0.0.1", self.port)).expect("connect moto");
+        write!(
+            s,
+            "PUT /{bucket} HTTP/1.1\r\nHost: 127.0.0.1:{}\r\nContent-Length: 0\r\nConnection: close\r\n\r\n",
+            self.port
+        )
+        .expect("write");
+        let mut resp = String::new();
+        s.read_to_string(&mut resp).expect("read");
+        assert!(
+            resp.starts_with("HTTP/1.1 200"),
+            "creating bucket failed: {resp}"
+        );
+    }
+}
+
+impl Drop for Moto {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Run `apiary <args>` to completion with extra environment.
+pub fn apiary(args: &[&str], env: &[(String, String)]) -> Output {
+    let mut cmd = Command::new(apiary_bin());
+    cmd.args(args).env("APIARY_LOG", "warn");
+    for (k, v) in env {
+        cmd.env(k, v);
+    }
+    cmd.output().expect("run apiary")
+}
+
+/// Run `apiary sql` on `storage` and return stdout; panics with stderr on failure.
+pub fn sql(storage: &str, env: &[(String, String)], query: &str) -> String {
+    let out = apiary(
+        &["sql", "--storage", storage, "--format", "csv", query],
+        env,
+    );
+    assert!(
+        out.status.success(),
+        "apiary sql {query:?} failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8(out.stdout).expect("utf8")
+}
+
+/// Run `apiary sql` expecting failure; returns stderr.
+pub fn sql_err(storage: &str, env: &[(String, String)], query: &str) -> String {
+    let out = apiary(
+        &["sql", "--storage", storage, "--format", "csv", query],
+        env,
+    );
+    assert!(
+        !out.status.success(),
+        "apiary sql {query:?} should have failed, printed {}",
+        String::from_utf8_lossy(&out.stdout)
+    );
+    String::from_utf8(out.stderr).expect("utf8")
+}
+
+/// Spawn `apiary` in the background (stderr piped so callers can wait for log lines).
+pub fn spawn_apiary(args: &[&str], env: &[(String, String)]) -> Child {
+    let mut cmd = Command::new(apiary_bin());
+    cmd.args(args).stdout(Stdio::piped()).stderr(Stdio::piped());
+    for (k, v) in env {
+        cmd.env(k, v);
+    }
+    cmd.spawn().expect("spawn apiary")
+}
+
+/// Read lines from `reader` until one contains `needle` or `timeout` passes. Returns the line.
+pub fn wait_for_line(reader: &mut impl BufRead, needle: &str, timeout: Duration) -> Option<String> {
+    let deadline = Instant::now() + timeout;
+    let mut line = String::new();
+    while Instant::now() < deadline {
+        line.clear();
+        match reader.read_line(&mut line) {
+            Ok(0) => return None,
+            Ok(_) if line.contains(needle) => return Some(line.clone()),
+            Ok(_) => {}
+            Err(_) => return None,
+        }
+    }
+    None
+}
+
+/// A reader over a child's stderr.
+pub fn stderr_reader(child: &mut Child) -> BufReader<std::process::ChildStderr> {
+    BufReader::new(child.stderr.take().expect("stderr piped"))
+}
+
+/// Every file below `dir`, recursively.
+pub fn files_under(dir: &Path) -> Vec<PathBuf> {
+    let mut out = Vec::new();
+    let mut stack = vec![dir.to_path_buf()];
+    while let Some(d) = stack.pop() {
+        let Ok(entries) = std::fs::read_dir(&d) else {
+            continue;
+        };
+        for e in entries.flatten() {
+            let p = e.path();
+            if p.is_dir() {
+                stack.push(p);
+            } else {
+                out.push(p);
+            }
+        }
+    }
+    out.sort();
+    out
+}
