@@ -17,9 +17,11 @@
 //! | [`sql`]    | statement splitting, `?` rewriting, namespace commands       |
 //! | [`engine`] | sessions, per-statement catalogs with pinned snapshots, DDL, DML, queries |
 //! | [`error`]  | the error type and its classification of DataFusion errors  |
+//! | [`queries`] | running queries: registry, cancellation, tracked result streams |
 
 pub mod engine;
 pub mod error;
+pub mod queries;
 pub mod sql;
 
 pub use engine::{
@@ -27,3 +29,4 @@ pub use engine::{
     SystemCatalog,
 };
 pub use error::{Error, Result};
+pub use queries::{QueryGuard, QueryRegistry, TrackedStream};

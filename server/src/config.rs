@@ -130,6 +130,40 @@ pub struct FlightArgs {
     /// Address to listen on.
     #[arg(long, env = "APIARY_LISTEN", default_value = "127.0.0.1:50051")]
     pub listen: String,
+    /// A user allowed to connect, as `name:argon2-hash` (see `apiary hash-password`). Repeat
+    /// for several users; APIARY_USERS separates them with `;`. Any user turns authentication on.
+    #[arg(
+        long = "user",
+        env = "APIARY_USERS",
+        value_delimiter = ';',
+        hide_env_values = true
+    )]
+    pub users: Vec<String>,
+    /// Key that signs tokens and tickets; every node of a swarm must share it. Default: a random
+    /// key created once in the storage root (`_apiary/secret`), which all nodes there share.
+    #[arg(long, env = "APIARY_TOKEN_SECRET", hide_env_values = true)]
+    pub token_secret: Option<String>,
+    /// How long a bearer token stays valid without being used.
+    #[arg(long, env = "APIARY_TOKEN_TTL", default_value = "12h", value_parser = parse_duration)]
+    pub token_ttl: Duration,
+    /// How long a ticket or prepared-statement handle can be redeemed.
+    #[arg(long, env = "APIARY_TICKET_TTL", default_value = "1h", value_parser = parse_duration)]
+    pub ticket_ttl: Duration,
+    /// Serve without authentication on a non-loopback address.
+    #[arg(long, env = "APIARY_ALLOW_ANONYMOUS")]
+    pub allow_anonymous: bool,
+    /// PEM certificate chain for TLS.
+    #[arg(long, env = "APIARY_TLS_CERT", requires = "tls_key")]
+    pub tls_cert: Option<PathBuf>,
+    /// PEM private key for TLS.
+    #[arg(long, env = "APIARY_TLS_KEY", requires = "tls_cert")]
+    pub tls_key: Option<PathBuf>,
+    /// PEM CA bundle: when set, clients must present a certificate it signed (mTLS).
+    #[arg(long, env = "APIARY_TLS_CLIENT_CA", requires = "tls_cert")]
+    pub tls_client_ca: Option<PathBuf>,
+    /// Largest gRPC message accepted or sent (ingest batches can be large).
+    #[arg(long, env = "APIARY_MAX_MESSAGE_SIZE", default_value = "512MiB")]
+    pub max_message_size: MemorySize,
 }
 
 #[derive(Debug, Clone, Args)]

@@ -10,7 +10,17 @@
 //! | [`config`] | flags, `APIARY_*` variables and the TOML config file   |
 //! | [`node`]   | assembling storage, lakehouse and engine from config   |
 //! | [`cli`]    | the one-shot `apiary sql` command                       |
+//! | [`serve`]  | the server process: listener, TLS, limits, shutdown     |
+//! | [`flight`] | the Flight SQL service (queries, updates, ingest, metadata, actions) |
+//! | [`auth`]   | Basic/Bearer authentication, signed tokens, client-carried sessions |
+//! | [`metadata`] | SqlInfo, XDBC types, key schemas, column metadata     |
+//! | [`status`] | the single error → gRPC status mapping                  |
 
+pub mod auth;
 pub mod cli;
 pub mod config;
+pub mod flight;
+pub mod metadata;
 pub mod node;
+pub mod serve;
+pub mod status;

@@ -5,13 +5,17 @@ use tracing_subscriber::EnvFilter;
 
 fn init_logging(log: &LogArgs) {
     let filter = EnvFilter::try_new(&log.filter).unwrap_or_else(|_| EnvFilter::new("info"));
+    use std::io::IsTerminal;
     tracing_subscriber::fmt()
         .with_env_filter(filter)
+        .with_ansi(std::io::stderr().is_terminal())
         .with_writer(std::io::stderr)
         .init();
 }
 
 fn main() -> anyhow::Result<()> {
+    // Two TLS backends end up in the dependency tree; pick one for the whole process.
+    let _ = rustls::crypto::ring::default_provider().install_default();
     let cli = match config::parse_args(std::env::args_os()) {
         Ok(cli) => cli,
         Err(e) => match e.downcast::<clap::Error>() {
@@ -34,9 +38,18 @@ fn main() -> anyhow::Result<()> {
             }
             Command::Serve(args) => {
                 init_logging(&args.log);
-                anyhow::bail!("serve: not built yet (listen {})", args.flight.listen)
+                apiary_server::serve::run(args).await
             }
-            Command::HashPassword => anyhow::bail!("hash-password: not built yet"),
+            Command::HashPassword => {
+                let mut password = String::new();
+                std::io::stdin().read_line(&mut password)?;
+                let password = password.trim_end_matches(['\r', '\n']);
+                if password.is_empty() {
+                    anyhow::bail!("no password on stdin");
+                }
+                println!("{}", apiary_server::auth::hash_password(password)?);
+                Ok(())
+            }
         }
     });
     if let Err(e) = result {

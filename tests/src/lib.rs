@@ -231,3 +231,157 @@ pub fn files_under(dir: &Path) -> Vec<PathBuf> {
     out.sort();
     out
 }
+
+/// A running `apiary serve` process on 127.0.0.1 with an OS-assigned port; killed on drop.
+#[derive(Debug)]
+pub struct Server {
+    child: Option<Child>,
+    /// `127.0.0.1:PORT`
+    pub addr: String,
+    log: std::sync::Arc<std::sync::Mutex<String>>,
+}
+
+impl Server {
+    /// Start a server on `storage` with extra flags and environment; waits until it listens.
+    pub fn start(storage: &str, args: &[&str], env: &[(String, String)]) -> Server {
+        let mut full: Vec<&str> = vec!["serve", "--storage", storage];
+        if !args.contains(&"--listen") {
+            full.extend_from_slice(&["--listen", "127.0.0.1:0"]);
+        }
+        full.extend_from_slice(args);
+        let mut cmd = Command::new(apiary_bin());
+        cmd.args(&full)
+            .env("APIARY_LOG", "info,buoyant_kernel=warn,deltalake_core=warn")
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped());
+        for (k, v) in env {
+            cmd.env(k, v);
+        }
+        let mut child = cmd.spawn().expect("spawn apiary serve");
+        let stderr = child.stderr.take().expect("stderr");
+        let log = std::sync::Arc::new(std::sync::Mutex::new(String::new()));
+        let (tx, rx) = std::sync::mpsc::channel::<String>();
+        {
+            let log = log.clone();
+            std::thread::spawn(move || {
+                let mut reader = BufReader::new(stderr);
+                let mut line = String::new();
+                let mut sent = false;
+                loop {
+                    line.clear();
+                    match reader.read_line(&mut line) {
+                        Ok(0) | Err(_) => break,
+                        Ok(_) => {
+                            log.lock().unwrap().push_str(&line);
+                            if !sent && let Some(i) = line.find("listening on ") {
+                                let rest = &line[i + "listening on ".len()..];
+                                let addr = rest
+                                    .split_whitespace()
+                                    .next()
+                                    .unwrap_or("")
+                                    .trim_start_matches("grpc+tls://")
+                                    .trim_start_matches("grpc://")
+                                    .to_string();
+                                let _ = tx.send(addr);
+                                sent = true;
+                            }
+                        }
+                    }
+                }
+            });
+        }
+        let addr = match rx.recv_timeout(Duration::from_secs(60)) {
+            Ok(a) => a,
+            Err(_) => {
+                let _ = child.kill();
+                panic!("server did not start:\n{}", log.lock().unwrap());
+            }
+        };
+        Server {
+            child: Some(child),
+            addr,
+            log,
+        }
+    }
+
+    pub fn url(&self) -> String {
+        format!("grpc://{}", self.addr)
+    }
+
+    pub fn port(&self) -> u16 {
+        self.addr.rsplit(':').next().unwrap().parse().unwrap()
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.child.as_ref().expect("running").id()
+    }
+
+    /// Everything the server logged so far.
+    pub fn log(&self) -> String {
+        self.log.lock().unwrap().clone()
+    }
+
+    /// Wait until the log contains `needle`.
+    pub fn wait_log(&self, needle: &str, timeout: Duration) -> bool {
+        let deadline = Instant::now() + timeout;
+        while Instant::now() < deadline {
+            if self.log().contains(needle) {
+                return true;
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        false
+    }
+
+    /// Resident memory of the server process, in bytes (from /proc).
+    pub fn rss_bytes(&self) -> u64 {
+        proc_status_kb(self.pid(), "VmRSS:") * 1024
+    }
+
+    /// SIGTERM and wait for a clean exit; returns whether it exited successfully.
+    pub fn stop(mut self) -> bool {
+        let mut child = self.child.take().expect("running");
+        let _ = Command::new("kill")
+            .args(["-TERM", &child.id().to_string()])
+            .status();
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while Instant::now() < deadline {
+            if let Ok(Some(status)) = child.try_wait() {
+                return status.success();
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        let _ = child.kill();
+        false
+    }
+
+    /// SIGKILL, no cleanup.
+    pub fn kill(mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+}
+
+/// A field of /proc/<pid>/status in kB (VmRSS:, VmHWM:, ...).
+pub fn proc_status_kb(pid: u32, field: &str) -> u64 {
+    std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find(|l| l.starts_with(field))
+                .and_then(|l| l.split_whitespace().nth(1))
+                .and_then(|v| v.parse().ok())
+        })
+        .unwrap_or(0)
+}

@@ -1,0 +1,325 @@
+//! Running queries: a registry for status and cancellation, and the stream wrapper that makes a
+//! query observable (rows, bytes, duration, one log line when it ends) and cancellable.
+//!
+//! Cancellation reaches a query three ways: the client hangs up (the stream is dropped), a
+//! `CancelFlightInfo` arrives at this node (the registry fires the query's token), or it arrives at
+//! another node, which writes a cancel marker into storage that the executing node polls for.
+
+use std::collections::HashMap;
+use std::pin::Pin;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::task::{Context, Poll};
+use std::time::{Duration, Instant};
+
+use apiary_storage::{Storage, paths};
+use arrow::array::RecordBatch;
+use arrow::datatypes::SchemaRef;
+use bytes::Bytes;
+use chrono::{DateTime, Utc};
+use datafusion::error::DataFusionError;
+use datafusion::execution::{RecordBatchStream, SendableRecordBatchStream};
+use futures::{FutureExt, Stream, StreamExt};
+use tokio_util::sync::CancellationToken;
+use tracing::{info, warn};
+
+use crate::error::Error;
+
+/// How often a running query checks storage for a cancel marker written by another node.
+const CANCEL_POLL: Duration = Duration::from_secs(1);
+
+/// One running (or queued) query.
+#[derive(Debug)]
+pub struct QueryEntry {
+    pub id: String,
+    pub user: String,
+    pub sql: String,
+    pub started_at: DateTime<Utc>,
+    started: Instant,
+    token: CancellationToken,
+    rows: AtomicU64,
+    bytes: AtomicU64,
+    /// Which bee runs it (set once it has one).
+    bee: Mutex<Option<usize>>,
+    queued: AtomicBool,
+}
+
+impl QueryEntry {
+    pub fn rows(&self) -> u64 {
+        self.rows.load(Ordering::Relaxed)
+    }
+
+    pub fn bytes(&self) -> u64 {
+        self.bytes.load(Ordering::Relaxed)
+    }
+
+    pub fn elapsed(&self) -> Duration {
+        self.started.elapsed()
+    }
+
+    pub fn bee(&self) -> Option<usize> {
+        *self.bee.lock().expect("query entry")
+    }
+
+    pub fn set_bee(&self, bee: Option<usize>) {
+        *self.bee.lock().expect("query entry") = bee;
+        self.queued.store(bee.is_none(), Ordering::Relaxed);
+    }
+
+    pub fn is_queued(&self) -> bool {
+        self.queued.load(Ordering::Relaxed)
+    }
+
+    pub fn cancel_token(&self) -> &CancellationToken {
+        &self.token
+    }
+}
+
+/// The queries of this node.
+#[derive(Debug, Default)]
+pub struct QueryRegistry {
+    queries: Mutex<HashMap<String, Arc<QueryEntry>>>,
+}
+
+impl QueryRegistry {
+    pub fn new() -> Arc<Self> {
+        Arc::new(Self::default())
+    }
+
+    /// Register a query; it stays listed until the returned guard drops.
+    pub fn register(self: &Arc<Self>, id: &str, user: &str, sql: &str) -> QueryGuard {
+        let entry = Arc::new(QueryEntry {
+            id: id.to_string(),
+            user: user.to_string(),
+            sql: sql.to_string(),
+            started_at: Utc::now(),
+            started: Instant::now(),
+            token: CancellationToken::new(),
+            rows: AtomicU64::new(0),
+            bytes: AtomicU64::new(0),
+            bee: Mutex::new(None),
+            queued: AtomicBool::new(false),
+        });
+        // Several DoGets may redeem one ticket; the registry keeps the latest under the id.
+        self.queries
+            .lock()
+            .expect("query registry")
+            .insert(id.to_string(), entry.clone());
+        QueryGuard {
+            registry: self.clone(),
+            entry,
+            finished: false,
+            failed: false,
+            watcher: None,
+        }
+    }
+
+    /// Cancel a query running on this node. Returns whether it was found.
+    pub fn cancel(&self, id: &str) -> bool {
+        match self.queries.lock().expect("query registry").get(id) {
+            Some(e) => {
+                e.token.cancel();
+                true
+            }
+            None => false,
+        }
+    }
+
+    pub fn list(&self) -> Vec<Arc<QueryEntry>> {
+        let mut v: Vec<Arc<QueryEntry>> = self
+            .queries
+            .lock()
+            .expect("query registry")
+            .values()
+            .cloned()
+            .collect();
+        v.sort_by_key(|e| e.started_at);
+        v
+    }
+
+    fn remove(&self, entry: &Arc<QueryEntry>) {
+        let mut map = self.queries.lock().expect("query registry");
+        if map.get(&entry.id).is_some_and(|e| Arc::ptr_eq(e, entry)) {
+            map.remove(&entry.id);
+        }
+    }
+}
+
+/// Ask every node to cancel `query_id` by writing its cancel marker into storage.
+pub async fn write_cancel_marker(storage: &Storage, query_id: &str) -> crate::Result<()> {
+    let key = paths::cancel_marker(query_id)?;
+    storage.put(&key, Bytes::from_static(b"{\"v\":1}")).await?;
+    Ok(())
+}
+
+/// Whether a cancel marker exists for `query_id`.
+pub async fn cancel_requested(storage: &Storage, query_id: &str) -> crate::Result<bool> {
+    Ok(storage.exists(&paths::cancel_marker(query_id)?).await?)
+}
+
+/// Keeps a query registered; logs one line when the query ends.
+#[derive(Debug)]
+pub struct QueryGuard {
+    registry: Arc<QueryRegistry>,
+    entry: Arc<QueryEntry>,
+    finished: bool,
+    failed: bool,
+    watcher: Option<tokio::task::JoinHandle<()>>,
+}
+
+impl QueryGuard {
+    pub fn entry(&self) -> &Arc<QueryEntry> {
+        &self.entry
+    }
+
+    /// Also cancel the query when another node writes its cancel marker into `storage`.
+    pub fn watch_storage(&mut self, storage: Storage) {
+        let entry = self.entry.clone();
+        self.watcher = Some(tokio::spawn(async move {
+            loop {
+                tokio::select! {
+                    _ = entry.token.cancelled() => return,
+                    _ = tokio::time::sleep(CANCEL_POLL) => {}
+                }
+                match cancel_requested(&storage, &entry.id).await {
+                    Ok(true) => {
+                        info!(query_id = %entry.id, "cancel marker found");
+                        entry.token.cancel();
+                        return;
+                    }
+                    Ok(false) => {}
+                    Err(e) => warn!(query_id = %entry.id, error = %e, "checking cancel marker"),
+                }
+            }
+        }));
+    }
+
+    /// Mark the query done (a statement that returns no stream).
+    pub fn finish(mut self, rows: u64) {
+        self.entry.rows.store(rows, Ordering::Relaxed);
+        self.finished = true;
+    }
+
+    pub fn fail(mut self) {
+        self.failed = true;
+        self.finished = true;
+    }
+}
+
+impl Drop for QueryGuard {
+    fn drop(&mut self) {
+        if let Some(w) = self.watcher.take() {
+            w.abort();
+        }
+        self.registry.remove(&self.entry);
+        let e = &self.entry;
+        let outcome = if self.failed {
+            "failed"
+        } else if self.finished {
+            "finished"
+        } else if e.token.is_cancelled() {
+            "cancelled"
+        } else {
+            "abandoned by the client"
+        };
+        info!(
+            query_id = %e.id,
+            user = %e.user,
+            duration_ms = e.started.elapsed().as_millis() as u64,
+            rows = e.rows(),
+            bytes = e.bytes(),
+            outcome,
+            "query"
+        );
+    }
+}
+
+/// A result stream that counts what it yields, stops when its query is cancelled, and keeps the
+/// query registered (and any resources in `hold`, e.g. a bee) until it is dropped.
+pub struct TrackedStream {
+    inner: SendableRecordBatchStream,
+    guard: Option<QueryGuard>,
+    schema: SchemaRef,
+    cancelled: Pin<Box<tokio_util::sync::WaitForCancellationFutureOwned>>,
+    done: bool,
+    _hold: Vec<Box<dyn std::any::Any + Send>>,
+}
+
+impl std::fmt::Debug for TrackedStream {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("TrackedStream")
+            .field("done", &self.done)
+            .finish_non_exhaustive()
+    }
+}
+
+impl TrackedStream {
+    pub fn new(
+        inner: SendableRecordBatchStream,
+        guard: QueryGuard,
+        hold: Vec<Box<dyn std::any::Any + Send>>,
+    ) -> Self {
+        let schema = inner.schema();
+        let cancelled = Box::pin(guard.entry.token.clone().cancelled_owned());
+        Self {
+            inner,
+            guard: Some(guard),
+            schema,
+            cancelled,
+            done: false,
+            _hold: hold,
+        }
+    }
+
+    pub fn boxed(self) -> SendableRecordBatchStream {
+        Box::pin(self)
+    }
+}
+
+impl Stream for TrackedStream {
+    type Item = Result<RecordBatch, DataFusionError>;
+
+    fn poll_next(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
+        if self.done {
+            return Poll::Ready(None);
+        }
+        if self.cancelled.poll_unpin(cx).is_ready() {
+            self.done = true;
+            return Poll::Ready(Some(Err(Error::Cancelled.into())));
+        }
+        match self.inner.poll_next_unpin(cx) {
+            Poll::Ready(Some(Ok(batch))) => {
+                if let Some(g) = &self.guard {
+                    g.entry
+                        .rows
+                        .fetch_add(batch.num_rows() as u64, Ordering::Relaxed);
+                    g.entry
+                        .bytes
+                        .fetch_add(batch.get_array_memory_size() as u64, Ordering::Relaxed);
+                }
+                Poll::Ready(Some(Ok(batch)))
+            }
+            Poll::Ready(Some(Err(e))) => {
+                self.done = true;
+                if let Some(g) = self.guard.take() {
+                    g.fail();
+                }
+                Poll::Ready(Some(Err(e)))
+            }
+            Poll::Ready(None) => {
+                self.done = true;
+                if let Some(mut g) = self.guard.take() {
+                    g.finished = true;
+                }
+                Poll::Ready(None)
+            }
+            Poll::Pending => Poll::Pending,
+        }
+    }
+}
+
+impl RecordBatchStream for TrackedStream {
+    fn schema(&self) -> SchemaRef {
+        self.schema.clone()
+    }
+}

@@ -1,0 +1,411 @@
+//! Flight SQL metadata: SqlInfo, XDBC type info, key-command schemas, and the
+//! `ARROW:FLIGHT:SQL:*` column metadata GetTables returns with `include_schema`.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+
+use arrow::datatypes::{DataType, Field, Schema, SchemaRef, TimeUnit};
+use arrow_flight::sql::metadata::{
+    SqlInfoData, SqlInfoDataBuilder, XdbcTypeInfo, XdbcTypeInfoData, XdbcTypeInfoDataBuilder,
+};
+use arrow_flight::sql::{
+    Nullable, Searchable, SqlInfo, SqlNullOrdering, SqlSupportedCaseSensitivity,
+    SqlSupportedTransaction, SqlSupportedTransactions, XdbcDataType,
+};
+
+/// Every SqlInfo id this server answers (an empty GetSqlInfo request returns all of them).
+pub fn sql_info() -> SqlInfoData {
+    let mut b = SqlInfoDataBuilder::new();
+    b.append(SqlInfo::FlightSqlServerName, "Apiary");
+    b.append(SqlInfo::FlightSqlServerVersion, env!("CARGO_PKG_VERSION"));
+    b.append(SqlInfo::FlightSqlServerArrowVersion, "59");
+    b.append(SqlInfo::FlightSqlServerReadOnly, false);
+    b.append(SqlInfo::FlightSqlServerSql, true);
+    b.append(SqlInfo::FlightSqlServerSubstrait, false);
+    b.append(SqlInfo::FlightSqlServerSubstraitMinVersion, "");
+    b.append(SqlInfo::FlightSqlServerSubstraitMaxVersion, "");
+    // Transactions: every statement commits on its own (one Delta commit per frame).
+    b.append(
+        SqlInfo::FlightSqlServerTransaction,
+        SqlSupportedTransaction::None as i32,
+    );
+    b.append(SqlInfo::FlightSqlServerCancel, true);
+    b.append(SqlInfo::FlightSqlServerBulkIngestion, true);
+    b.append(SqlInfo::FlightSqlServerIngestTransactionsSupported, false);
+    b.append(SqlInfo::FlightSqlServerStatementTimeout, 0i32);
+    b.append(SqlInfo::FlightSqlServerTransactionTimeout, 0i32);
+
+    b.append(SqlInfo::SqlDdlCatalog, true);
+    b.append(SqlInfo::SqlDdlSchema, true);
+    b.append(SqlInfo::SqlDdlTable, true);
+    b.append(
+        SqlInfo::SqlIdentifierCase,
+        SqlSupportedCaseSensitivity::SqlCaseSensitivityLowercase as i64,
+    );
+    b.append(SqlInfo::SqlIdentifierQuoteChar, "\"");
+    b.append(
+        SqlInfo::SqlQuotedIdentifierCase,
+        SqlSupportedCaseSensitivity::SqlCaseSensitivityCaseInsensitive as i64,
+    );
+    b.append(SqlInfo::SqlAllTablesAreSelectable, true);
+    b.append(
+        SqlInfo::SqlNullOrdering,
+        SqlNullOrdering::SqlNullsSortedHigh as i64,
+    );
+    let keywords: &[&str] = &[
+        "HIVE",
+        "BOX",
+        "FRAME",
+        "HIVES",
+        "BOXES",
+        "FRAMES",
+        "PARTITIONED",
+        "USE",
+        "DESCRIBE",
+        "EXPLAIN",
+        "OVERWRITE",
+    ];
+    b.append(SqlInfo::SqlKeywords, keywords);
+    let numeric: &[&str] = &[
+        "abs", "acos", "asin", "atan", "atan2", "ceil", "cos", "exp", "floor", "ln", "log",
+        "log10", "log2", "pi", "power", "round", "signum", "sin", "sqrt", "tan", "trunc",
+    ];
+    b.append(SqlInfo::SqlNumericFunctions, numeric);
+    let string: &[&str] = &[
+        "ascii",
+        "btrim",
+        "char_length",
+        "concat",
+        "initcap",
+        "left",
+        "length",
+        "lower",
+        "lpad",
+        "ltrim",
+        "md5",
+        "repeat",
+        "replace",
+        "reverse",
+        "right",
+        "rpad",
+        "rtrim",
+        "split_part",
+        "starts_with",
+        "strpos",
+        "substr",
+        "translate",
+        "trim",
+        "upper",
+    ];
+    b.append(SqlInfo::SqlStringFunctions, string);
+    let system: &[&str] = &["arrow_typeof", "version"];
+    b.append(SqlInfo::SqlSystemFunctions, system);
+    let datetime: &[&str] = &[
+        "current_date",
+        "current_time",
+        "date_bin",
+        "date_part",
+        "date_trunc",
+        "extract",
+        "now",
+        "to_timestamp",
+    ];
+    b.append(SqlInfo::SqlDatetimeFunctions, datetime);
+    b.append(SqlInfo::SqlSearchStringEscape, "\\");
+    b.append(SqlInfo::SqlExtraNameCharacters, "");
+    b.append(SqlInfo::SqlSupportsColumnAliasing, true);
+    b.append(SqlInfo::SqlNullPlusNullIsNull, true);
+    b.append(
+        SqlInfo::SqlSupportsConvert,
+        BTreeMap::<i32, Vec<i32>>::new(),
+    );
+    b.append(SqlInfo::SqlSupportsTableCorrelationNames, true);
+    b.append(SqlInfo::SqlSupportsDifferentTableCorrelationNames, false);
+    b.append(SqlInfo::SqlSupportsExpressionsInOrderBy, true);
+    b.append(SqlInfo::SqlSupportsOrderByUnrelated, true);
+    b.append(SqlInfo::SqlSupportedGroupBy, 3i32);
+    b.append(SqlInfo::SqlSupportsLikeEscapeClause, true);
+    b.append(SqlInfo::SqlSupportsNonNullableColumns, true);
+    b.append(SqlInfo::SqlSupportedGrammar, 3i32);
+    b.append(SqlInfo::SqlAnsi92SupportedLevel, 3i32);
+    b.append(SqlInfo::SqlSupportsIntegrityEnhancementFacility, false);
+    // SqlOuterJoinsSupportLevel::SqlFullOuterJoins
+    b.append(SqlInfo::SqlOuterJoinsSupportLevel, 2i32);
+    b.append(SqlInfo::SqlSchemaTerm, "box");
+    b.append(SqlInfo::SqlProcedureTerm, "procedure");
+    b.append(SqlInfo::SqlCatalogTerm, "hive");
+    b.append(SqlInfo::SqlCatalogAtStart, true);
+    b.append(SqlInfo::SqlSchemasSupportedActions, 0i32);
+    b.append(SqlInfo::SqlCatalogsSupportedActions, 0i32);
+    b.append(SqlInfo::SqlSupportedPositionedCommands, 0i32);
+    b.append(SqlInfo::SqlSelectForUpdateSupported, false);
+    b.append(SqlInfo::SqlStoredProceduresSupported, false);
+    b.append(SqlInfo::SqlSupportedSubqueries, 15i32);
+    b.append(SqlInfo::SqlCorrelatedSubqueriesSupported, true);
+    b.append(SqlInfo::SqlSupportedUnions, 3i32);
+    for id in [
+        SqlInfo::SqlMaxBinaryLiteralLength,
+        SqlInfo::SqlMaxCharLiteralLength,
+        SqlInfo::SqlMaxColumnsInGroupBy,
+        SqlInfo::SqlMaxColumnsInIndex,
+        SqlInfo::SqlMaxColumnsInOrderBy,
+        SqlInfo::SqlMaxColumnsInSelect,
+        SqlInfo::SqlMaxColumnsInTable,
+        SqlInfo::SqlMaxConnections,
+        SqlInfo::SqlMaxCursorNameLength,
+        SqlInfo::SqlMaxIndexLength,
+        SqlInfo::SqlMaxProcedureNameLength,
+        SqlInfo::SqlMaxRowSize,
+        SqlInfo::SqlMaxStatementLength,
+        SqlInfo::SqlMaxStatements,
+        SqlInfo::SqlMaxTablesInSelect,
+        SqlInfo::SqlMaxUsernameLength,
+    ] {
+        // 0: no limit known.
+        b.append(id, 0i64);
+    }
+    b.append(SqlInfo::SqlMaxColumnNameLength, 1024i64);
+    b.append(
+        SqlInfo::SqlDbSchemaNameLength,
+        apiary_storage::paths::MAX_NAME_LEN as i64,
+    );
+    b.append(
+        SqlInfo::SqlMaxCatalogNameLength,
+        apiary_storage::paths::MAX_NAME_LEN as i64,
+    );
+    b.append(
+        SqlInfo::SqlMaxTableNameLength,
+        apiary_storage::paths::MAX_NAME_LEN as i64,
+    );
+    b.append(SqlInfo::SqlMaxRowSizeIncludesBlobs, true);
+    b.append(
+        SqlInfo::SqlDefaultTransactionIsolation,
+        SqlSupportedTransactions::SqlTransactionUnspecified as i64,
+    );
+    b.append(SqlInfo::SqlTransactionsSupported, false);
+    b.append(SqlInfo::SqlSupportedTransactionsIsolationLevels, 0i32);
+    b.append(SqlInfo::SqlDataDefinitionCausesTransactionCommit, true);
+    b.append(SqlInfo::SqlDataDefinitionsInTransactionsIgnored, false);
+    // SQL_RESULT_SET_TYPE_FORWARD_ONLY
+    b.append(SqlInfo::SqlSupportedResultSetTypes, 2i32);
+    for id in [
+        SqlInfo::SqlSupportedConcurrenciesForResultSetUnspecified,
+        SqlInfo::SqlSupportedConcurrenciesForResultSetForwardOnly,
+        SqlInfo::SqlSupportedConcurrenciesForResultSetScrollSensitive,
+        SqlInfo::SqlSupportedConcurrenciesForResultSetScrollInsensitive,
+    ] {
+        // SQL_RESULT_SET_CONCURRENCY_READ_ONLY
+        b.append(id, 2i32);
+    }
+    b.append(SqlInfo::SqlBatchUpdatesSupported, true);
+    b.append(SqlInfo::SqlSavepointsSupported, false);
+    b.append(SqlInfo::SqlNamedParametersSupported, false);
+    b.append(SqlInfo::SqlLocatorsUpdateCopy, false);
+    b.append(SqlInfo::SqlStoredFunctionsUsingCallSyntaxSupported, false);
+    b.build().expect("static SqlInfo data builds")
+}
+
+fn xdbc(name: &str, data_type: XdbcDataType, size: Option<i32>, quoted: bool) -> XdbcTypeInfo {
+    XdbcTypeInfo {
+        type_name: name.to_string(),
+        data_type,
+        column_size: size,
+        literal_prefix: quoted.then(|| "'".to_string()),
+        literal_suffix: quoted.then(|| "'".to_string()),
+        create_params: None,
+        nullable: Nullable::NullabilityNullable,
+        case_sensitive: quoted,
+        searchable: Searchable::Full,
+        unsigned_attribute: Some(false),
+        fixed_prec_scale: false,
+        auto_increment: Some(false),
+        local_type_name: Some(name.to_string()),
+        minimum_scale: None,
+        maximum_scale: None,
+        sql_data_type: data_type,
+        datetime_subcode: None,
+        num_prec_radix: None,
+        interval_precision: None,
+    }
+}
+
+/// The SQL types a frame column can have.
+pub fn xdbc_info() -> XdbcTypeInfoData {
+    let mut b = XdbcTypeInfoDataBuilder::new();
+    b.append(xdbc("BOOLEAN", XdbcDataType::XdbcBit, Some(1), false));
+    b.append(xdbc("TINYINT", XdbcDataType::XdbcTinyint, Some(3), false));
+    b.append(xdbc("SMALLINT", XdbcDataType::XdbcSmallint, Some(5), false));
+    b.append(xdbc("INT", XdbcDataType::XdbcInteger, Some(10), false));
+    b.append(xdbc("BIGINT", XdbcDataType::XdbcBigint, Some(19), false));
+    b.append(xdbc("REAL", XdbcDataType::XdbcFloat, Some(24), false));
+    b.append(xdbc("DOUBLE", XdbcDataType::XdbcDouble, Some(53), false));
+    let mut dec = xdbc("DECIMAL", XdbcDataType::XdbcDecimal, Some(38), false);
+    dec.create_params = Some(vec!["precision".into(), "scale".into()]);
+    dec.minimum_scale = Some(0);
+    dec.maximum_scale = Some(38);
+    b.append(dec);
+    b.append(xdbc(
+        "VARCHAR",
+        XdbcDataType::XdbcVarchar,
+        Some(i32::MAX),
+        true,
+    ));
+    b.append(xdbc(
+        "VARBINARY",
+        XdbcDataType::XdbcVarbinary,
+        Some(i32::MAX),
+        true,
+    ));
+    b.append(xdbc("DATE", XdbcDataType::XdbcDate, Some(10), true));
+    b.append(xdbc(
+        "TIMESTAMP",
+        XdbcDataType::XdbcTimestamp,
+        Some(26),
+        true,
+    ));
+    b.build().expect("static XDBC data builds")
+}
+
+/// Schema of GetPrimaryKeys results (FlightSql.proto).
+pub fn primary_keys_schema() -> SchemaRef {
+    Arc::new(Schema::new(vec![
+        Field::new("catalog_name", DataType::Utf8, true),
+        Field::new("db_schema_name", DataType::Utf8, true),
+        Field::new("table_name", DataType::Utf8, false),
+        Field::new("column_name", DataType::Utf8, false),
+        Field::new("key_sequence", DataType::Int32, false),
+        Field::new("key_name", DataType::Utf8, true),
+    ]))
+}
+
+/// Schema of GetExportedKeys, GetImportedKeys and GetCrossReference results.
+pub fn foreign_keys_schema() -> SchemaRef {
+    Arc::new(Schema::new(vec![
+        Field::new("pk_catalog_name", DataType::Utf8, true),
+        Field::new("pk_db_schema_name", DataType::Utf8, true),
+        Field::new("pk_table_name", DataType::Utf8, false),
+        Field::new("pk_column_name", DataType::Utf8, false),
+        Field::new("fk_catalog_name", DataType::Utf8, true),
+        Field::new("fk_db_schema_name", DataType::Utf8, true),
+        Field::new("fk_table_name", DataType::Utf8, false),
+        Field::new("fk_column_name", DataType::Utf8, false),
+        Field::new("key_sequence", DataType::Int32, false),
+        Field::new("fk_key_name", DataType::Utf8, true),
+        Field::new("pk_key_name", DataType::Utf8, true),
+        Field::new("update_rule", DataType::UInt8, false),
+        Field::new("delete_rule", DataType::UInt8, false),
+    ]))
+}
+
+/// (precision, scale) as JDBC expects them for a column type.
+fn precision_scale(dt: &DataType) -> (Option<i32>, Option<i32>) {
+    match dt {
+        DataType::Boolean => (Some(1), None),
+        DataType::Int8 => (Some(3), Some(0)),
+        DataType::Int16 => (Some(5), Some(0)),
+        DataType::Int32 => (Some(10), Some(0)),
+        DataType::Int64 => (Some(19), Some(0)),
+        DataType::Float32 => (Some(24), None),
+        DataType::Float64 => (Some(53), None),
+        DataType::Decimal128(p, s) => (Some(*p as i32), Some(*s as i32)),
+        DataType::Date32 => (Some(10), None),
+        DataType::Timestamp(TimeUnit::Microsecond, _) => (Some(26), Some(6)),
+        _ => (None, None),
+    }
+}
+
+/// A frame's schema with the `ARROW:FLIGHT:SQL:*` metadata clients read in GetTables.
+pub fn annotate_schema(schema: &Schema, hive: &str, box_name: &str, frame: &str) -> Schema {
+    let fields: Vec<Field> = schema
+        .fields()
+        .iter()
+        .map(|f| {
+            let mut md = std::collections::HashMap::new();
+            md.insert(
+                "ARROW:FLIGHT:SQL:CATALOG_NAME".to_string(),
+                hive.to_string(),
+            );
+            md.insert(
+                "ARROW:FLIGHT:SQL:SCHEMA_NAME".to_string(),
+                box_name.to_string(),
+            );
+            md.insert("ARROW:FLIGHT:SQL:TABLE_NAME".to_string(), frame.to_string());
+            md.insert(
+                "ARROW:FLIGHT:SQL:TYPE_NAME".to_string(),
+                apiary_storage::schema::sql_type_name(f.data_type()),
+            );
+            let (p, s) = precision_scale(f.data_type());
+            if let Some(p) = p {
+                md.insert("ARROW:FLIGHT:SQL:PRECISION".to_string(), p.to_string());
+            }
+            if let Some(s) = s {
+                md.insert("ARROW:FLIGHT:SQL:SCALE".to_string(), s.to_string());
+            }
+            md.insert(
+                "ARROW:FLIGHT:SQL:IS_AUTO_INCREMENT".to_string(),
+                "0".to_string(),
+            );
+            md.insert(
+                "ARROW:FLIGHT:SQL:IS_CASE_SENSITIVE".to_string(),
+                if matches!(f.data_type(), DataType::Utf8) {
+                    "1"
+                } else {
+                    "0"
+                }
+                .to_string(),
+            );
+            md.insert("ARROW:FLIGHT:SQL:IS_READ_ONLY".to_string(), "0".to_string());
+            md.insert(
+                "ARROW:FLIGHT:SQL:IS_SEARCHABLE".to_string(),
+                "1".to_string(),
+            );
+            f.as_ref().clone().with_metadata(md)
+        })
+        .collect();
+    Schema::new(fields)
+}
+
+/// SQL `LIKE` with `%` and `_` (no escape), for metadata patterns.
+pub fn like(pattern: &str, value: &str) -> bool {
+    fn go(p: &[char], v: &[char]) -> bool {
+        match p.first() {
+            None => v.is_empty(),
+            Some('%') => (0..=v.len()).any(|i| go(&p[1..], &v[i..])),
+            Some('_') => !v.is_empty() && go(&p[1..], &v[1..]),
+            Some(c) => v.first() == Some(c) && go(&p[1..], &v[1..]),
+        }
+    }
+    let p: Vec<char> = pattern.chars().collect();
+    let v: Vec<char> = value.chars().collect();
+    go(&p, &v)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn like_patterns() {
+        assert!(like("%", "anything"));
+        assert!(like("or%", "orders"));
+        assert!(like("o_ders", "orders"));
+        assert!(!like("o_ders", "oders"));
+        assert!(like("%der%", "orders"));
+        assert!(!like("x%", "orders"));
+    }
+
+    #[test]
+    fn sql_info_has_the_ids_clients_read() {
+        let data = sql_info();
+        let batch = data.record_batch(std::iter::empty()).unwrap();
+        let ids = batch
+            .column(0)
+            .as_any()
+            .downcast_ref::<arrow::array::UInt32Array>()
+            .unwrap();
+        let ids: Vec<u32> = ids.values().to_vec();
+        for id in (0..=11).chain([100, 101]).chain(500..=576) {
+            assert!(ids.contains(&id), "SqlInfo {id} missing");
+        }
+    }
+}
