@@ -939,6 +939,16 @@ impl FlightSqlService for FlightSql {
         )))
     }
 
+    async fn do_put_error_callback(
+        &self,
+        _request: Request<PeekableFlightDataStream>,
+        error: arrow_flight::sql::server::DoPutError,
+    ) -> Result<Response<BoxStream<arrow_flight::PutResult>>, Status> {
+        Err(Status::invalid_argument(format!(
+            "DoPut needs a Flight SQL command in its first message: {error}"
+        )))
+    }
+
     async fn get_flight_info_statement(
         &self,
         query: CommandStatementQuery,
@@ -980,7 +990,7 @@ impl FlightSqlService for FlightSql {
         query: CommandGetCatalogs,
         request: Request<FlightDescriptor>,
     ) -> Result<Response<FlightInfo>, Status> {
-        let schema = query.clone().into_builder().schema();
+        let schema = query.into_builder().schema();
         self.metadata_info(query.as_any(), &schema, request.into_inner())
     }
 
@@ -1007,7 +1017,7 @@ impl FlightSqlService for FlightSql {
         query: CommandGetTableTypes,
         request: Request<FlightDescriptor>,
     ) -> Result<Response<FlightInfo>, Status> {
-        let schema = query.clone().into_builder().schema();
+        let schema = query.into_builder().schema();
         self.metadata_info(query.as_any(), &schema, request.into_inner())
     }
 

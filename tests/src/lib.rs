@@ -352,6 +352,7 @@ impl Server {
             std::thread::sleep(Duration::from_millis(50));
         }
         let _ = child.kill();
+        let _ = child.wait();
         false
     }
 

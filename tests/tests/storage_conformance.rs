@@ -256,8 +256,24 @@ async fn concurrent_appends_lose_nothing(storage: Storage) {
     for t in tasks {
         t.await.unwrap();
     }
+    let fresh = Lakehouse::open(storage.clone(), LedgerConfig::default())
+        .await
+        .unwrap();
+    let fresh_snap = fresh.frame(&f, None).await.unwrap();
     let snap = lh.frame(&f, None).await.unwrap();
-    assert_eq!(snap.version(), 32);
+    let log: Vec<String> = storage
+        .list(&apiary_storage::paths::frame_root(&f).join("_delta_log"))
+        .await
+        .unwrap()
+        .iter()
+        .map(|m| m.location.to_string())
+        .collect();
+    assert_eq!(
+        (fresh_snap.version(), fresh_snap.stats().rows),
+        (32, 320),
+        "fresh reader; log: {log:?}"
+    );
+    assert_eq!(snap.version(), 32, "cached reader");
     assert_eq!(snap.stats().rows, 320);
     assert_eq!(
         count(&engine(&lh), "SELECT count(DISTINCT id) FROM busy").await,

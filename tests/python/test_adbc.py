@@ -1,0 +1,181 @@
+"""The ADBC Flight SQL driver (PyPI adbc-driver-flightsql, the Go driver behind Python and R)."""
+
+import adbc_driver_flightsql
+import adbc_driver_flightsql.dbapi as flightsql
+import adbc_driver_manager
+import pyarrow as pa
+import pytest
+
+
+def connect(server, **kwargs):
+    return flightsql.connect(server.uri, **kwargs)
+
+
+def test_connect_without_auth_and_basic_round_trip(server):
+    with connect(server) as conn, conn.cursor() as cur:
+        cur.execute("CREATE TABLE t (id BIGINT NOT NULL, name VARCHAR)")
+        cur.execute("INSERT INTO t VALUES (1, 'a'), (2, 'b'), (3, NULL)")
+        assert cur.rowcount == 3
+        cur.execute("SELECT id, name FROM t ORDER BY id")
+        assert cur.fetchall() == [(1, "a"), (2, "b"), (3, None)]
+        cur.execute("SELECT max(id) AS m, count(*) AS c FROM t")
+        assert cur.fetch_arrow_table().to_pylist() == [{"m": 3, "c": 3}]
+
+
+def test_connect_with_auth(auth_server):
+    with connect(auth_server, db_kwargs={"username": "alice", "password": "s3cret pass"}) as conn:
+        with conn.cursor() as cur:
+            cur.execute("SELECT 40 + 2 AS x")
+            assert cur.fetchone() == (42,)
+    with pytest.raises(adbc_driver_manager.Error) as e:
+        with connect(auth_server, db_kwargs={"username": "alice", "password": "wrong"}) as conn:
+            with conn.cursor() as cur:
+                cur.execute("SELECT 1")
+    assert "UNAUTHENTICATED" in str(e.value) or "Unauthenticated" in str(e.value) or "invalid user" in str(e.value)
+    with pytest.raises(adbc_driver_manager.Error):
+        with connect(auth_server) as conn, conn.cursor() as cur:
+            cur.execute("SELECT 1")
+
+
+def test_parameters_question_marks_and_dollars(server):
+    with connect(server) as conn, conn.cursor() as cur:
+        cur.execute("CREATE TABLE p (k BIGINT, v VARCHAR, f DOUBLE)")
+        cur.execute("INSERT INTO p VALUES (1, 'one', 1.5), (2, 'two', 2.5), (3, 'three', 3.5)")
+        cur.execute("SELECT v FROM p WHERE k = ?", parameters=(2,))
+        assert cur.fetchall() == [("two",)]
+        cur.execute("SELECT v FROM p WHERE k >= ? AND f < ? ORDER BY k", parameters=(2, 3.0))
+        assert cur.fetchall() == [("two",)]
+        cur.execute("SELECT v FROM p WHERE k = $2 OR v = $1 ORDER BY k", parameters=("one", 3))
+        assert cur.fetchall() == [("one",), ("three",)]
+        cur.execute("SELECT ? AS a, ? AS b", parameters=(7, "x"))
+        assert cur.fetchall() == [(7, "x")]
+
+
+def test_executemany(server):
+    with connect(server) as conn, conn.cursor() as cur:
+        cur.execute("CREATE TABLE m (k BIGINT, v VARCHAR)")
+        cur.executemany("INSERT INTO m VALUES (?, ?)", [(i, f"v{i}") for i in range(25)])
+        cur.execute("SELECT count(*), sum(k) FROM m")
+        assert cur.fetchone() == (25, sum(range(25)))
+
+
+def test_get_objects_at_every_depth_and_table_schema(server):
+    with connect(server) as conn, conn.cursor() as cur:
+        cur.execute("CREATE HIVE sales")
+        cur.execute("CREATE BOX sales.eu")
+        cur.execute("CREATE TABLE sales.eu.orders (id BIGINT NOT NULL, amount DECIMAL(12,2), region VARCHAR) PARTITIONED BY (region)")
+        cur.execute("CREATE TABLE items (sku VARCHAR)")
+
+        catalogs = conn.adbc_get_objects(depth="catalogs").read_all().to_pylist()
+        assert sorted(c["catalog_name"] for c in catalogs) == ["default", "sales"]
+
+        schemas = conn.adbc_get_objects(depth="db_schemas", catalog_filter="sales").read_all().to_pylist()
+        assert sorted(s["db_schema_name"] for s in schemas[0]["catalog_db_schemas"]) == ["default", "eu"]
+
+        tables = conn.adbc_get_objects(depth="tables", table_name_filter="ord%").read_all().to_pylist()
+        found = [
+            (c["catalog_name"], s["db_schema_name"], t["table_name"], t["table_type"])
+            for c in tables
+            for s in c["catalog_db_schemas"] or []
+            for t in s["db_schema_tables"] or []
+        ]
+        assert found == [("sales", "eu", "orders", "TABLE")]
+
+        cols = conn.adbc_get_objects(depth="all", catalog_filter="sales", db_schema_filter="eu").read_all().to_pylist()
+        table = cols[0]["catalog_db_schemas"][0]["db_schema_tables"][0]
+        names = [c["column_name"] for c in table["table_columns"]]
+        assert names == ["id", "amount", "region"]
+        assert [c["xdbc_type_name"] for c in table["table_columns"]] == ["BIGINT", "DECIMAL(12,2)", "VARCHAR"]
+
+        schema = conn.adbc_get_table_schema("orders", catalog_filter="sales", db_schema_filter="eu")
+        assert schema.names == ["id", "amount", "region"]
+        assert schema.field("id").nullable is False
+        assert schema.field("amount").type == pa.decimal128(12, 2)
+        assert conn.adbc_get_table_schema("items").names == ["sku"]
+        assert conn.adbc_get_table_types() == ["TABLE"]
+
+
+def test_session_catalog_and_schema_options(server):
+    with connect(server) as conn, conn.cursor() as cur:
+        cur.execute("CREATE HIVE h2")
+        cur.execute("CREATE TABLE h2.default.only_here (x BIGINT)")
+        conn.adbc_current_catalog = "h2"
+        assert conn.adbc_current_catalog == "h2"
+        assert conn.adbc_current_db_schema == "default"
+        cur.execute("SELECT count(*) FROM only_here")
+        assert cur.fetchone() == (0,)
+
+
+@pytest.mark.parametrize("mode", ["create", "append", "replace", "create_append"])
+def test_ingest_modes(server, mode):
+    data = pa.table({"k": pa.array([1, 2, 3], pa.int64()), "s": ["a", "b", "c"]})
+    with connect(server) as conn, conn.cursor() as cur:
+        if mode in ("append", "replace"):
+            cur.adbc_ingest("ing", data, mode="create")
+        n = cur.adbc_ingest("ing", data, mode=mode)
+        assert n == 3
+        cur.execute("SELECT count(*) FROM ing")
+        expected = {"create": 3, "append": 6, "replace": 3, "create_append": 3}[mode]
+        assert cur.fetchone() == (expected,)
+        if mode == "create_append":
+            cur.adbc_ingest("ing", data, mode="create_append")
+            cur.execute("SELECT count(*) FROM ing")
+            assert cur.fetchone() == (6,)
+
+
+def test_ingest_errors_catalog_schema_empty_and_casts(server):
+    data = pa.table({"k": pa.array([1], pa.int64())})
+    with connect(server) as conn, conn.cursor() as cur:
+        cur.adbc_ingest("dup", data, mode="create")
+        with pytest.raises(adbc_driver_manager.Error) as e:
+            cur.adbc_ingest("dup", data, mode="create")
+        assert "already exists" in str(e.value)
+        with pytest.raises(adbc_driver_manager.Error) as e:
+            cur.adbc_ingest("missing", data, mode="append")
+        assert "does not exist" in str(e.value)
+
+        # Catalog and schema fields are honoured.
+        cur.execute("CREATE HIVE ih")
+        cur.execute("CREATE BOX ih.raw")
+        # (ADBC keeps catalog/schema on the statement afterwards: use a cursor of its own.)
+        with conn.cursor() as other:
+            other.adbc_ingest("events", data, mode="create", catalog_name="ih", db_schema_name="raw")
+        cur.execute("SELECT count(*) FROM ih.raw.events")
+        assert cur.fetchone() == (1,)
+
+        # One zero-row batch: creates the frame, writes nothing.
+        empty_batch = pa.record_batch({"k": pa.array([], pa.int64()), "s": pa.array([], pa.string())})
+        empty = pa.RecordBatchReader.from_batches(empty_batch.schema, [empty_batch])
+        assert cur.adbc_ingest("empty", empty, mode="create") == 0
+        cur.execute("SELECT count(*) FROM empty")
+        assert cur.fetchone() == (0,)
+
+        cur.adbc_ingest("typed", pa.table({"k": pa.array([1], pa.int64())}), mode="create")
+        cur.adbc_ingest("typed", pa.table({"k": pa.array([2], pa.int32())}), mode="append")
+        with pytest.raises(adbc_driver_manager.Error) as e:
+            cur.adbc_ingest("typed", pa.table({"k": pa.array(["nope"])}), mode="append")
+        assert "column k" in str(e.value)
+
+
+def test_ingest_messages_larger_than_16_mib(server):
+    # The client caps what it sends at 16 MiB unless told otherwise; the server takes more.
+    kwargs = {adbc_driver_flightsql.DatabaseOptions.WITH_MAX_MSG_SIZE.value: str(256 * 1024 * 1024)}
+    n = 600_000
+    big = pa.table({"k": pa.array(range(n), pa.int64()), "pad": pa.array(["x" * 40] * n)}).combine_chunks()
+    assert big.nbytes > 16 * 1024 * 1024 and big.column("k").num_chunks == 1
+    with connect(server, db_kwargs=kwargs) as conn, conn.cursor() as cur:
+        assert cur.adbc_ingest("big", big, mode="create") == n
+        cur.execute("SELECT count(*), sum(k) FROM big")
+        assert cur.fetchone() == (n, n * (n - 1) // 2)
+
+
+def test_errors_carry_codes(server):
+    with connect(server) as conn, conn.cursor() as cur:
+        with pytest.raises(adbc_driver_manager.ProgrammingError) as e:
+            cur.execute("SELEC 1")
+        assert "INVALID_ARGUMENT" in str(e.value) or "InvalidArgument" in str(e.value)
+        with pytest.raises(adbc_driver_manager.Error) as e:
+            cur.execute("SELECT * FROM nope")
+        assert "NOT_FOUND" in str(e.value) or "NotFound" in str(e.value)
+        with pytest.raises(adbc_driver_manager.NotSupportedError):
+            cur.execute("DELETE FROM nope")
