@@ -17,7 +17,7 @@
 use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
 
-use apiary_storage::{FrameRef, FrameSink, FrameTable, Ident, Lakehouse};
+use apiary_storage::{FrameRef, FrameSink, FrameTable, Ident, Lakehouse, WriteGate};
 use arrow::array::{ArrayRef, RecordBatch, StringArray};
 use arrow::datatypes::{DataType, Field, Schema, SchemaRef};
 use datafusion::catalog::{
@@ -167,6 +167,7 @@ pub struct Engine {
     lakehouse: Lakehouse,
     base: SessionState,
     system: Option<Arc<dyn SystemCatalog>>,
+    write_gate: Option<Arc<dyn WriteGate>>,
 }
 
 impl Engine {
@@ -195,6 +196,26 @@ impl Engine {
             lakehouse,
             base,
             system: None,
+            write_gate: None,
+        }
+    }
+
+    /// Writes through this engine ask `gate` before every batch (throttling when hot).
+    pub fn with_write_gate(mut self, gate: Arc<dyn WriteGate>) -> Self {
+        self.write_gate = Some(gate);
+        self
+    }
+
+    pub fn write_gate(&self) -> Option<&Arc<dyn WriteGate>> {
+        self.write_gate.as_ref()
+    }
+
+    /// A frame table with this engine's write gate.
+    pub fn frame_table(&self, snapshot: apiary_storage::FrameSnapshot) -> FrameTable {
+        let t = FrameTable::new(snapshot, self.lakehouse.ledger().clone());
+        match &self.write_gate {
+            Some(g) => t.with_write_gate(g.clone()),
+            None => t,
         }
     }
 
@@ -287,9 +308,21 @@ impl Engine {
 
     // ---- execution ---------------------------------------------------------------------------
 
-    /// Run one statement. `USE` updates `session`.
+    /// Run one statement with the engine's shared runtime. `USE` updates `session`.
     pub async fn execute(
         &self,
+        session: &mut Session,
+        stmt: &Statement,
+        params: Option<Vec<ScalarValue>>,
+    ) -> Result<Output> {
+        self.execute_in(None, session, stmt, params).await
+    }
+
+    /// Run one statement with `env` (a bee's memory pool and scratch space). `USE` updates
+    /// `session`.
+    pub async fn execute_in(
+        &self,
+        env: Option<&Arc<RuntimeEnv>>,
         session: &mut Session,
         stmt: &Statement,
         params: Option<Vec<ScalarValue>>,
@@ -366,7 +399,7 @@ impl Engine {
             Command::Unsupported(what) => Err(Error::Unsupported(what.clone())),
             Command::Sql { partition_by, .. } => {
                 let (plan, state, _pins) = self
-                    .logical_plan(session, stmt, params, &Pins::new())
+                    .logical_plan(session, stmt, params, &Pins::new(), env)
                     .await?;
                 self.run_plan(plan, state, partition_by).await
             }
@@ -382,10 +415,23 @@ impl Engine {
         params: Option<Vec<ScalarValue>>,
         pins: &Pins,
     ) -> Result<PlannedQuery> {
+        self.plan_query_in(None, session, stmt, params, pins).await
+    }
+
+    /// [`Engine::plan_query`] with `env` (a bee's memory pool and scratch space).
+    pub async fn plan_query_in(
+        &self,
+        env: Option<&Arc<RuntimeEnv>>,
+        session: &Session,
+        stmt: &Statement,
+        params: Option<Vec<ScalarValue>>,
+        pins: &Pins,
+    ) -> Result<PlannedQuery> {
         check_param_count(stmt, params.as_deref())?;
         match &stmt.command {
             Command::Sql { .. } if stmt.returns_rows() => {
-                let (plan, state, pins) = self.logical_plan(session, stmt, params, pins).await?;
+                let (plan, state, pins) =
+                    self.logical_plan(session, stmt, params, pins, env).await?;
                 let plan = state.create_physical_plan(&plan).await?;
                 let schema = plan.schema();
                 Ok(PlannedQuery {
@@ -444,7 +490,9 @@ impl Engine {
                 parameters: vec![],
             });
         };
-        let (plan, state, _) = self.logical_plan(session, stmt, None, &Pins::new()).await?;
+        let (plan, state, _) = self
+            .logical_plan(session, stmt, None, &Pins::new(), None)
+            .await?;
         let types = plan.get_parameter_types()?;
         let parameters = (1..=stmt.params)
             .map(|i| {
@@ -475,6 +523,7 @@ impl Engine {
         stmt: &Statement,
         params: Option<Vec<ScalarValue>>,
         pins: &Pins,
+        env: Option<&Arc<RuntimeEnv>>,
     ) -> Result<(LogicalPlan, SessionState, Pins)> {
         let Command::Sql { text, .. } = &stmt.command else {
             return Err(Error::Internal("logical_plan on a non-SQL command".into()));
@@ -482,7 +531,7 @@ impl Engine {
         let parsed = self
             .base
             .sql_to_statement(text, &datafusion::config::Dialect::Generic)?;
-        let (state, used, missing) = self.statement_state(session, &parsed, pins).await?;
+        let (state, used, missing) = self.statement_state(session, &parsed, pins, env).await?;
         let plan = match state.statement_to_plan(parsed).await {
             Ok(p) => p,
             Err(e) => {
@@ -495,6 +544,21 @@ impl Engine {
         };
         let plan = match params {
             Some(values) if !values.is_empty() => {
+                // Bind each value in the type the statement expects where DataFusion knows it,
+                // so that clients may send e.g. int32 for a BIGINT comparison.
+                let types = plan.get_parameter_types()?;
+                let values = values
+                    .into_iter()
+                    .enumerate()
+                    .map(|(i, v)| match types.get(&format!("${}", i + 1)) {
+                        Some(Some(dt)) if &v.data_type() != dt && !v.is_null() => v
+                            .cast_to(dt)
+                            .map_err(|e| Error::Sql(format!("parameter ${}: {e}", i + 1))),
+                        Some(Some(dt)) if v.is_null() => ScalarValue::try_from(dt)
+                            .map_err(|e| Error::Sql(format!("parameter ${}: {e}", i + 1))),
+                        _ => Ok(v),
+                    })
+                    .collect::<Result<Vec<_>>>()?;
                 plan.with_param_values(ParamValues::from(values))?
             }
             _ => plan,
@@ -508,6 +572,7 @@ impl Engine {
         session: &Session,
         statement: &DfStatement,
         pins: &Pins,
+        env: Option<&Arc<RuntimeEnv>>,
     ) -> Result<(SessionState, Pins, Option<apiary_storage::Error>)> {
         let refs = self.base.resolve_table_references(statement)?;
         let catalogs = MemoryCatalogProviderList::new();
@@ -572,10 +637,13 @@ impl Engine {
         let mut config = self.base.config().clone();
         config.options_mut().catalog.default_catalog = session.hive.to_string();
         config.options_mut().catalog.default_schema = session.box_name.to_string();
-        let state = SessionStateBuilder::new_from_existing(self.base.clone())
+        let mut builder = SessionStateBuilder::new_from_existing(self.base.clone())
             .with_config(config)
-            .with_catalog_list(Arc::new(catalogs))
-            .build();
+            .with_catalog_list(Arc::new(catalogs));
+        if let Some(env) = env {
+            builder = builder.with_runtime_env(env.clone());
+        }
+        let state = builder.build();
         Ok((state, used, missing))
     }
 
@@ -670,7 +738,7 @@ impl Engine {
                         && existing.partition_columns() == partition_by =>
                 {
                     // Same shape: replace the contents in one atomic overwrite commit.
-                    let table = FrameTable::new(existing, lh.ledger().clone());
+                    let table = self.frame_table(existing);
                     let rows = self
                         .write_query(&state, &create.input, table, true, has_data)
                         .await?;
@@ -693,7 +761,7 @@ impl Engine {
         if !has_data {
             return Ok(Output::Done);
         }
-        let table = FrameTable::new(snapshot, lh.ledger().clone());
+        let table = self.frame_table(snapshot);
         match self
             .write_query(&state, &create.input, table, false, true)
             .await

@@ -20,6 +20,7 @@ use chrono::{DateTime, Utc};
 use datafusion::error::DataFusionError;
 use datafusion::execution::{RecordBatchStream, SendableRecordBatchStream};
 use futures::{FutureExt, Stream, StreamExt};
+use std::future::Future;
 use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
 
@@ -241,6 +242,8 @@ pub struct TrackedStream {
     guard: Option<QueryGuard>,
     schema: SchemaRef,
     cancelled: Pin<Box<tokio_util::sync::WaitForCancellationFutureOwned>>,
+    deadline: Option<(Pin<Box<tokio::time::Sleep>>, Duration)>,
+    map_err: Option<Box<dyn Fn(Error) -> Error + Send>>,
     done: bool,
     _hold: Vec<Box<dyn std::any::Any + Send>>,
 }
@@ -266,9 +269,31 @@ impl TrackedStream {
             guard: Some(guard),
             schema,
             cancelled,
+            deadline: None,
+            map_err: None,
             done: false,
             _hold: hold,
         }
+    }
+
+    /// End the query with a timeout error at `deadline`.
+    pub fn with_deadline(mut self, deadline: Instant, timeout: Duration) -> Self {
+        self.deadline = Some((Box::pin(tokio::time::sleep_until(deadline.into())), timeout));
+        self
+    }
+
+    /// Rewrite errors the query fails with (e.g. to name the memory budget).
+    pub fn with_error_map(mut self, f: impl Fn(Error) -> Error + Send + 'static) -> Self {
+        self.map_err = Some(Box::new(f));
+        self
+    }
+
+    fn fail(&mut self, e: Error) -> Poll<Option<Result<RecordBatch, DataFusionError>>> {
+        self.done = true;
+        if let Some(g) = self.guard.take() {
+            g.fail();
+        }
+        Poll::Ready(Some(Err(e.into())))
     }
 
     pub fn boxed(self) -> SendableRecordBatchStream {
@@ -287,6 +312,12 @@ impl Stream for TrackedStream {
             self.done = true;
             return Poll::Ready(Some(Err(Error::Cancelled.into())));
         }
+        if let Some((sleep, timeout)) = &mut self.deadline
+            && sleep.as_mut().poll(cx).is_ready()
+        {
+            let timeout = *timeout;
+            return self.fail(Error::Timeout(timeout));
+        }
         match self.inner.poll_next_unpin(cx) {
             Poll::Ready(Some(Ok(batch))) => {
                 if let Some(g) = &self.guard {
@@ -300,11 +331,12 @@ impl Stream for TrackedStream {
                 Poll::Ready(Some(Ok(batch)))
             }
             Poll::Ready(Some(Err(e))) => {
-                self.done = true;
-                if let Some(g) = self.guard.take() {
-                    g.fail();
-                }
-                Poll::Ready(Some(Err(e)))
+                let e = Error::from(e);
+                let e = match &self.map_err {
+                    Some(f) => f(e),
+                    None => e,
+                };
+                self.fail(e)
             }
             Poll::Ready(None) => {
                 self.done = true;

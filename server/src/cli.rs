@@ -9,12 +9,12 @@ use crate::node;
 
 /// Run every statement in order; stop at the first error.
 pub async fn run(args: SqlArgs) -> anyhow::Result<()> {
-    let node = node::build(&args.storage, &args.node).await?;
+    let engine = node::engine(&args.storage, &args.node).await?;
     let mut session = Session::new("local");
-    let statements = node.engine.parse(&args.query)?;
+    let statements = engine.parse(&args.query)?;
     let mut out = std::io::stdout().lock();
     for stmt in &statements {
-        match node.engine.execute(&mut session, stmt, None).await? {
+        match engine.execute(&mut session, stmt, None).await? {
             Output::Rows(stream) => {
                 let schema = stream.schema();
                 let batches: Vec<RecordBatch> = stream.try_collect().await?;

@@ -122,6 +122,24 @@ pub struct NodeArgs {
     /// Target size of a cell (Parquet file). Default: derived from the memory per bee.
     #[arg(long, env = "APIARY_CELL_TARGET_SIZE")]
     pub cell_target_size: Option<MemorySize>,
+    /// This node's id in the swarm ([a-z0-9_-], at most 64). Default: random per process.
+    #[arg(long, env = "APIARY_NODE_ID")]
+    pub node_id: Option<String>,
+    /// Where bees make their private scratch directories for spill files.
+    #[arg(long, env = "APIARY_SCRATCH_DIR")]
+    pub scratch_dir: Option<PathBuf>,
+    /// How often the node writes its heartbeat and reads everyone else's.
+    #[arg(long, env = "APIARY_HEARTBEAT_INTERVAL", default_value = "5s", value_parser = parse_duration)]
+    pub heartbeat_interval: Duration,
+    /// Missed intervals before a node is Suspect.
+    #[arg(long, env = "APIARY_SUSPECT_AFTER", default_value_t = 3)]
+    pub suspect_after: u32,
+    /// Missed intervals before a node is Dead.
+    #[arg(long, env = "APIARY_DEAD_AFTER", default_value_t = 6)]
+    pub dead_after: u32,
+    /// Further intervals before a dead node's heartbeat is deleted.
+    #[arg(long, env = "APIARY_DEAD_GRACE", default_value_t = 2)]
+    pub dead_grace: u32,
 }
 
 /// The Flight SQL endpoint.
@@ -161,6 +179,13 @@ pub struct FlightArgs {
     /// PEM CA bundle: when set, clients must present a certificate it signed (mTLS).
     #[arg(long, env = "APIARY_TLS_CLIENT_CA", requires = "tls_cert")]
     pub tls_client_ca: Option<PathBuf>,
+    /// The Flight URL other nodes and clients should use to reach this node (heartbeats).
+    /// Default: derived from the address the server listens on.
+    #[arg(long, env = "APIARY_ADVERTISE_URL")]
+    pub advertise_url: Option<String>,
+    /// Serve Prometheus `/metrics` and `/healthz` over HTTP on this address.
+    #[arg(long, env = "APIARY_METRICS_LISTEN")]
+    pub metrics_listen: Option<String>,
     /// Largest gRPC message accepted or sent (ingest batches can be large).
     #[arg(long, env = "APIARY_MAX_MESSAGE_SIZE", default_value = "512MiB")]
     pub max_message_size: MemorySize,

@@ -20,9 +20,10 @@ use std::time::Duration;
 
 use apiary_proto::flight_session as fs;
 use apiary_proto::v1::{PinnedFrameV1, PreparedStatementV1, StatementTicketV1};
-use apiary_runtime::queries::{self, QueryRegistry, TrackedStream};
-use apiary_runtime::{Engine, Output, Pins, Session, Statement};
-use apiary_storage::{FrameRef, FrameTable, Ident, Lakehouse, ObjectKind};
+use apiary_runtime::queries::{self, QueryRegistry};
+use apiary_runtime::system::{SYSTEM_TABLES, SystemTables};
+use apiary_runtime::{Engine, Node, Pins, Session, Statement};
+use apiary_storage::{FrameRef, Ident, Lakehouse, ObjectKind};
 use arrow::array::RecordBatch;
 use arrow::datatypes::{DataType, Field, Schema, SchemaRef};
 use arrow::ipc::writer::{IpcWriteOptions, StreamWriter};
@@ -69,12 +70,17 @@ type BoxStream<T> = Pin<Box<dyn Stream<Item = Result<T, Status>> + Send + 'stati
 /// the 4 MiB gRPC default that many clients keep.
 const MAX_FLIGHT_DATA: usize = 2 * 1024 * 1024;
 
+/// Table types in GetTables / GetTableTypes.
+const FRAME_TABLE: &str = "TABLE";
+const SYSTEM_TABLE: &str = "SYSTEM TABLE";
+
 /// Options a client may set with SetSessionOptions.
 const OPT_CATALOG: &str = "catalog";
 const OPT_SCHEMA: &str = "schema";
 
 /// Shared state of the service.
 pub struct FlightSql {
+    node: Arc<Node>,
     engine: Engine,
     lakehouse: Lakehouse,
     signer: Signer,
@@ -93,17 +99,13 @@ impl std::fmt::Debug for FlightSql {
 }
 
 impl FlightSql {
-    pub fn new(
-        engine: Engine,
-        signer: Signer,
-        queries: Arc<QueryRegistry>,
-        ticket_ttl: Duration,
-    ) -> Self {
+    pub fn new(node: Arc<Node>, signer: Signer, ticket_ttl: Duration) -> Self {
         Self {
-            lakehouse: engine.lakehouse().clone(),
-            engine,
+            lakehouse: node.lakehouse().clone(),
+            engine: node.engine().clone(),
+            queries: node.queries().clone(),
+            node,
             signer,
-            queries,
             sql_info: metadata::sql_info(),
             xdbc: metadata::xdbc_info(),
             ticket_ttl,
@@ -288,33 +290,13 @@ impl FlightSql {
         let stmt = self.parse_one(&t.sql)?;
         let pins = Self::pins_of(&t)?;
         let rows = decode_param_rows(&t.parameters)?;
-        let param_sets: Vec<Option<Vec<ScalarValue>>> = if rows.is_empty() {
-            vec![None]
-        } else {
-            rows.into_iter().map(Some).collect()
-        };
-        let mut plans = Vec::with_capacity(param_sets.len());
-        for params in param_sets {
-            plans.push(
-                self.engine
-                    .plan_query(&session, &stmt, params, &pins)
-                    .await
-                    .map_err(to_status)?,
-            );
-        }
-        let schema = wire_schema(&plans[0].schema);
-        // Several parameter rows run as several statements, one after the other.
-        let streams = futures::stream::iter(plans)
-            .map(|p| p.execute())
-            .try_flatten();
-        let inner = Box::pin(RecordBatchStreamAdapter::new(
-            plans_schema(&schema),
-            streams.map_err(|e| datafusion::error::DataFusionError::External(Box::new(e))),
-        ));
-        let mut guard = self.queries.register(&t.query_id, &t.user, &t.sql);
-        guard.watch_storage(storage);
-        let tracked = TrackedStream::new(inner, guard, vec![]);
-        Ok(Response::new(encode_stream(schema, tracked)))
+        let param_sets: Vec<Option<Vec<ScalarValue>>> = rows.into_iter().map(Some).collect();
+        let (schema, stream) = self
+            .node
+            .query(&t.query_id, &session, &stmt, param_sets, &pins)
+            .await
+            .map_err(to_status)?;
+        Ok(Response::new(encode_stream(wire_schema(&schema), stream)))
     }
 
     // ---- updates -----------------------------------------------------------------------------
@@ -327,36 +309,14 @@ impl FlightSql {
         stmt: &Statement,
         rows: &[Vec<ScalarValue>],
     ) -> Result<(i64, Session), Status> {
-        let mut session = Self::session(who)?;
-        let runs: Vec<Option<Vec<ScalarValue>>> = if rows.is_empty() {
-            vec![None]
-        } else {
-            rows.iter().cloned().map(Some).collect()
-        };
+        let session = Self::session(who)?;
         let query_id = uuid::Uuid::now_v7().to_string();
-        let guard = self.queries.register(&query_id, &who.user, &stmt.text);
-        let mut total: i64 = 0;
-        for params in runs {
-            let out = match self.engine.execute(&mut session, stmt, params).await {
-                Ok(o) => o,
-                Err(e) => {
-                    guard.fail();
-                    return Err(to_status(e));
-                }
-            };
-            total += match out {
-                Output::Count(n) => n as i64,
-                Output::Done => 0,
-                Output::Rows(s) => {
-                    // A query sent as an update: run it, report the rows it produced.
-                    let batches: Vec<RecordBatch> =
-                        s.try_collect().await.map_err(|e| to_status(e.into()))?;
-                    batches.iter().map(|b| b.num_rows() as i64).sum()
-                }
-            };
-        }
-        guard.finish(total.max(0) as u64);
-        Ok((total, session))
+        let (n, session) = self
+            .node
+            .update(&query_id, &session, stmt, rows.to_vec())
+            .await
+            .map_err(to_status)?;
+        Ok((n as i64, session))
     }
 
     // ---- ingest ------------------------------------------------------------------------------
@@ -466,7 +426,14 @@ impl FlightSql {
                 return Err(Status::invalid_argument("if_exists is unspecified"));
             }
         };
-        let table = FrameTable::new(snapshot, lh.ledger().clone());
+        // Ingest is work like any other: it takes a bee and shows in system.runtime.queries.
+        let query_id = uuid::Uuid::now_v7().to_string();
+        let guard = self
+            .queries
+            .register(&query_id, &who.user, &format!("INGEST INTO {frame}"));
+        let lease = self.node.admit(&query_id).await.map_err(to_status)?;
+        guard.entry().set_bee(Some(lease.bee()));
+        let table = self.engine.frame_table(snapshot);
         let sink = apiary_storage::FrameSink::new(table, overwrite);
         let schema = incoming
             .clone()
@@ -525,6 +492,7 @@ impl FlightSql {
         {
             b.append(h.as_str());
         }
+        b.append(apiary_storage::paths::SYSTEM_HIVE);
         b.build().map_err(arrow_status)
     }
 
@@ -539,6 +507,11 @@ impl FlightSql {
         {
             b.append(bx.hive.as_str(), bx.name.as_str());
         }
+        let mut system_boxes: Vec<&str> = SYSTEM_TABLES.iter().map(|(bx, _)| *bx).collect();
+        system_boxes.dedup();
+        for bx in system_boxes {
+            b.append(apiary_storage::paths::SYSTEM_HIVE, bx);
+        }
         b.build().map_err(arrow_status)
     }
 
@@ -549,7 +522,29 @@ impl FlightSql {
         let table_pattern = cmd.table_name_filter_pattern.clone();
         let types = cmd.table_types.clone();
         let mut b: GetTablesBuilder = cmd.into_builder();
-        if !types.is_empty() && !types.iter().any(|t| t == "TABLE") {
+        let wants = |t: &str| types.is_empty() || types.iter().any(|x| x == t);
+        if wants(SYSTEM_TABLE) {
+            let system = apiary_storage::paths::SYSTEM_HIVE;
+            for (bx, t) in SYSTEM_TABLES {
+                let selected = catalog_filter.as_ref().is_none_or(|c| c == system)
+                    && schema_pattern
+                        .as_ref()
+                        .is_none_or(|p| metadata::like(p, bx))
+                    && table_pattern.as_ref().is_none_or(|p| metadata::like(p, t));
+                if !selected {
+                    continue;
+                }
+                let schema = if include_schema {
+                    let s = SystemTables::schema_of(bx, t).expect("listed system table");
+                    metadata::annotate_schema(&s, system, bx, t)
+                } else {
+                    Schema::empty()
+                };
+                b.append(system, bx, t, SYSTEM_TABLE, &schema)
+                    .map_err(arrow_status)?;
+            }
+        }
+        if !wants(FRAME_TABLE) {
             return b.build().map_err(arrow_status);
         }
         let cat = self.lakehouse.catalog();
@@ -612,7 +607,8 @@ impl FlightSql {
 
     fn table_types_batch(&self) -> Result<RecordBatch, Status> {
         let mut b = CommandGetTableTypes {}.into_builder();
-        b.append("TABLE");
+        b.append(FRAME_TABLE);
+        b.append(SYSTEM_TABLE);
         b.build().map_err(arrow_status)
     }
 
@@ -718,10 +714,6 @@ fn timestamp_ms(ms: i64) -> Timestamp {
         seconds: ms.div_euclid(1000),
         nanos: (ms.rem_euclid(1000) * 1_000_000) as i32,
     }
-}
-
-fn plans_schema(s: &SchemaRef) -> SchemaRef {
-    s.clone()
 }
 
 fn flight_status(e: FlightError) -> Status {

@@ -14,6 +14,7 @@
 //! | [`flight`] | the Flight SQL service (queries, updates, ingest, metadata, actions) |
 //! | [`auth`]   | Basic/Bearer authentication, signed tokens, client-carried sessions |
 //! | [`metadata`] | SqlInfo, XDBC types, key schemas, column metadata     |
+//! | [`metrics`] | Prometheus `/metrics` and `/healthz`                  |
 //! | [`status`] | the single error → gRPC status mapping                  |
 
 pub mod auth;
@@ -21,6 +22,7 @@ pub mod cli;
 pub mod config;
 pub mod flight;
 pub mod metadata;
+pub mod metrics;
 pub mod node;
 pub mod serve;
 pub mod status;

@@ -1,9 +1,12 @@
-//! Assemble a node (storage, lakehouse, engine) from configuration.
+//! Assemble a node (storage, lakehouse, engine, bees, swarm) from configuration.
 
 use std::sync::Arc;
+use std::time::Duration;
 
 use anyhow::Context;
-use apiary_runtime::{Engine, EngineConfig};
+use apiary_runtime::bees::BeeConfig;
+use apiary_runtime::swarm::SwarmTiming;
+use apiary_runtime::{Engine, EngineConfig, Node, NodeConfig};
 use apiary_storage::{Lakehouse, LedgerConfig, Storage, leafcutter_cell_size};
 use datafusion::execution::runtime_env::RuntimeEnvBuilder;
 
@@ -23,25 +26,21 @@ pub fn physical_memory() -> u64 {
         .unwrap_or(4 << 30)
 }
 
+fn cores() -> usize {
+    std::thread::available_parallelism()
+        .map(|n| n.get())
+        .unwrap_or(1)
+}
+
 /// Number of bees: the flag, or one per core.
 pub fn bee_count(node: &NodeArgs) -> usize {
-    node.bees
-        .unwrap_or_else(|| {
-            std::thread::available_parallelism()
-                .map(|n| n.get())
-                .unwrap_or(1)
-        })
-        .max(1)
+    node.bees.unwrap_or_else(cores).max(1)
 }
 
-/// Everything a node needs to run statements.
-#[derive(Debug, Clone)]
-pub struct Node {
-    pub lakehouse: Lakehouse,
-    pub engine: Engine,
-}
-
-pub async fn build(storage: &StorageArgs, node: &NodeArgs) -> anyhow::Result<Node> {
+async fn open_lakehouse(
+    storage: &StorageArgs,
+    node: &NodeArgs,
+) -> anyhow::Result<(Lakehouse, u64)> {
     let store = Storage::open(&storage.storage, &storage.s3_options())
         .with_context(|| format!("opening storage {}", storage.storage))?;
     let memory = node.memory.resolve(physical_memory());
@@ -57,7 +56,49 @@ pub async fn build(storage: &StorageArgs, node: &NodeArgs) -> anyhow::Result<Nod
     let lakehouse = Lakehouse::open(store, ledger)
         .await
         .with_context(|| format!("opening storage {}", storage.storage))?;
+    Ok((lakehouse, memory))
+}
+
+/// An engine without the node around it (one-shot `apiary sql`).
+pub async fn engine(storage: &StorageArgs, node: &NodeArgs) -> anyhow::Result<Engine> {
+    let (lakehouse, _) = open_lakehouse(storage, node).await?;
     let runtime = Arc::new(RuntimeEnvBuilder::new().build()?);
-    let engine = Engine::new(lakehouse.clone(), EngineConfig::default(), runtime);
-    Ok(Node { lakehouse, engine })
+    Ok(Engine::new(lakehouse, EngineConfig::default(), runtime))
+}
+
+/// A full node; background work (heartbeats) starts with [`Node::start`].
+pub async fn build(
+    storage: &StorageArgs,
+    node: &NodeArgs,
+    advertise_url: String,
+) -> anyhow::Result<Arc<Node>> {
+    let (lakehouse, memory) = open_lakehouse(storage, node).await?;
+    let node_id = node
+        .node_id
+        .clone()
+        .unwrap_or_else(|| format!("node-{}", &uuid::Uuid::new_v4().simple().to_string()[..12]));
+    let scratch_root = node
+        .scratch_dir
+        .clone()
+        .unwrap_or_else(|| std::env::temp_dir().join("apiary-scratch"));
+    let config = NodeConfig {
+        node_id,
+        advertise_url,
+        bees: BeeConfig {
+            bees: bee_count(node),
+            memory_budget: memory,
+            queue_depth: node.queue_depth,
+            query_timeout: node.query_timeout,
+            scratch_root,
+        },
+        engine: EngineConfig::default(),
+        swarm: SwarmTiming {
+            interval: node.heartbeat_interval.max(Duration::from_millis(10)),
+            suspect_after: node.suspect_after.max(1),
+            dead_after: node.dead_after.max(node.suspect_after + 1),
+            grace: node.dead_grace,
+        },
+        cpu_threads: cores(),
+    };
+    Ok(Node::new(lakehouse, config)?)
 }

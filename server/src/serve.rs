@@ -1,10 +1,8 @@
 //! `apiary serve`: the Flight SQL server process.
 
 use std::collections::HashMap;
-use std::sync::Arc;
 
 use anyhow::{Context, bail};
-use apiary_runtime::QueryRegistry;
 use apiary_storage::Storage;
 use arrow_flight::flight_service_server::FlightServiceServer;
 use bytes::Bytes;
@@ -87,17 +85,32 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
     if users.is_empty() && !addr.ip().is_loopback() {
         warn!(%addr, "serving without authentication");
     }
-    let node = node::build(&args.storage, &args.node).await?;
-    let key = signing_key(flight.token_secret.as_deref(), node.lakehouse.storage()).await?;
+    let tls = flight.tls_cert.is_some();
+    let advertise = match &flight.advertise_url {
+        Some(u) => u.clone(),
+        None => {
+            let host = if addr.ip().is_unspecified() {
+                "127.0.0.1".to_string()
+            } else {
+                addr.ip().to_string()
+            };
+            format!(
+                "{}://{host}:{}",
+                if tls { "grpc+tls" } else { "grpc" },
+                addr.port()
+            )
+        }
+    };
+    let node = node::build(&args.storage, &args.node, advertise).await?;
+    let key = signing_key(flight.token_secret.as_deref(), node.storage()).await?;
     let signer = Signer::new(&key);
     let auth = Authenticator::new(users, signer.clone(), flight.token_ttl)?;
-    let queries = QueryRegistry::new();
-    let service = ApiaryFlightService::new(FlightSql::new(
-        node.engine.clone(),
-        signer,
-        Arc::clone(&queries),
-        flight.ticket_ttl,
-    ));
+    node.start();
+    let metrics = match &flight.metrics_listen {
+        Some(a) => Some(crate::metrics::serve(a, node.clone()).await?),
+        None => None,
+    };
+    let service = ApiaryFlightService::new(FlightSql::new(node.clone(), signer, flight.ticket_ttl));
     let max = match flight.max_message_size {
         MemorySize::Bytes(b) => b.min(usize::MAX as u64) as usize,
         MemorySize::Percent(_) => bail!("--max-message-size takes a size, not a percentage"),
@@ -121,15 +134,22 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
         "grpc"
     };
     info!(
-        storage = %node.lakehouse.storage().display_url(),
+        storage = %node.storage().display_url(),
+        node_id = %node.id(),
         auth = auth.enabled(),
         "listening on {scheme}://{addr}"
     );
-    builder
+    let served = builder
         .layer(AuthLayer::new(auth))
         .add_service(grpc)
         .serve_with_incoming_shutdown(TcpListenerStream::new(listener), shutdown_signal())
-        .await?;
+        .await;
+    // Leave the swarm even if serving failed.
+    node.shutdown().await;
+    if let Some(m) = metrics {
+        m.abort();
+    }
+    served?;
     info!("stopped");
     Ok(())
 }

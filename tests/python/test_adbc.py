@@ -67,7 +67,7 @@ def test_get_objects_at_every_depth_and_table_schema(server):
         cur.execute("CREATE TABLE items (sku VARCHAR)")
 
         catalogs = conn.adbc_get_objects(depth="catalogs").read_all().to_pylist()
-        assert sorted(c["catalog_name"] for c in catalogs) == ["default", "sales"]
+        assert sorted(c["catalog_name"] for c in catalogs) == ["default", "sales", "system"]
 
         schemas = conn.adbc_get_objects(depth="db_schemas", catalog_filter="sales").read_all().to_pylist()
         assert sorted(s["db_schema_name"] for s in schemas[0]["catalog_db_schemas"]) == ["default", "eu"]
@@ -92,7 +92,7 @@ def test_get_objects_at_every_depth_and_table_schema(server):
         assert schema.field("id").nullable is False
         assert schema.field("amount").type == pa.decimal128(12, 2)
         assert conn.adbc_get_table_schema("items").names == ["sku"]
-        assert conn.adbc_get_table_types() == ["TABLE"]
+        assert sorted(conn.adbc_get_table_types()) == ["SYSTEM TABLE", "TABLE"]
 
 
 def test_session_catalog_and_schema_options(server):

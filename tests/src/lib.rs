@@ -71,14 +71,17 @@ pub struct Moto {
 impl Moto {
     /// Start moto and create `bucket`.
     pub fn start(bucket: &str) -> Self {
-        let bin = venv().join("bin/moto_server");
+        // moto behind one lock: see tests/python/moto_locked.py for why.
+        let python = venv().join("bin/python");
         assert!(
-            bin.exists(),
+            python.exists(),
             "{} not found: run scripts/test (it installs the test venv)",
-            bin.display()
+            python.display()
         );
+        let launcher = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("python/moto_locked.py");
         let port = free_port();
-        let child = Command::new(&bin)
+        let child = Command::new(&python)
+            .arg(&launcher)
             .args(["-H", "127.0.0.1", "-p", &port.to_string()])
             .stdout(Stdio::null())
             .stderr(Stdio::null())

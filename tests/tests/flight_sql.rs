@@ -467,7 +467,24 @@ async fn jdbc_driver_session() {
             .collect::<Vec<_>>(),
         vec![("catalog_name", true), ("db_schema_name", false)]
     );
-    assert_eq!(batches[0].num_rows(), 1);
+    let boxes: Vec<String> = (0..batches[0].num_rows())
+        .map(|i| {
+            format!(
+                "{}.{}",
+                batches[0].column(0).as_string::<i32>().value(i),
+                batches[0].column(1).as_string::<i32>().value(i)
+            )
+        })
+        .collect();
+    assert_eq!(
+        boxes,
+        vec![
+            "default.default",
+            "system.colony",
+            "system.runtime",
+            "system.swarm"
+        ]
+    );
 
     let info = c
         .get_tables(CommandGetTables {
@@ -512,7 +529,13 @@ async fn jdbc_driver_session() {
 
     let info = c.get_table_types().await.unwrap();
     let (_, batches) = collect(&mut c, &info).await;
-    assert_eq!(batches[0].column(0).as_string::<i32>().value(0), "TABLE");
+    let types: Vec<&str> = batches[0]
+        .column(0)
+        .as_string::<i32>()
+        .iter()
+        .flatten()
+        .collect();
+    assert_eq!(types, vec!["SYSTEM TABLE", "TABLE"]);
 
     let pk = c
         .get_primary_keys(CommandGetPrimaryKeys {

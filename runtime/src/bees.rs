@@ -1,0 +1,381 @@
+//! Bees: the units of work of a node.
+//!
+//! A node has N bees (one per core by default) and a memory budget divided equally among them.
+//! Every query runs inside one bee, which gives it
+//!
+//! - a DataFusion memory pool of the bee's size (spilling operators spill when it is full;
+//!   others fail with a RESOURCE_EXHAUSTED error naming the budget),
+//! - a private scratch directory for spill files, removed when the query ends,
+//! - a deadline (the query timeout).
+//!
+//! Work beyond the bees waits in a bounded FIFO queue; past its depth, or when the colony is
+//! critical, new work is refused with a retryable UNAVAILABLE error. CPU threads are shared: a
+//! bee bounds how many queries run at once and how much memory each may hold; an idle node lets
+//! a single query use every core.
+
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use datafusion::execution::disk_manager::{DiskManagerBuilder, DiskManagerMode};
+use datafusion::execution::memory_pool::{FairSpillPool, MemoryPool, TrackConsumersPool};
+use datafusion::execution::object_store::ObjectStoreRegistry;
+use datafusion::execution::runtime_env::{RuntimeEnv, RuntimeEnvBuilder};
+use serde::Serialize;
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
+use tracing::debug;
+
+use crate::colony::{Band, Colony, Load, Temperature};
+use crate::error::{Error, Result};
+
+/// How a node's bees are set up.
+#[derive(Debug, Clone)]
+pub struct BeeConfig {
+    pub bees: usize,
+    /// Memory budget of the whole node, divided equally among bees.
+    pub memory_budget: u64,
+    /// How many queries may wait for a bee.
+    pub queue_depth: usize,
+    pub query_timeout: Duration,
+    /// Where each query's private scratch directory is made.
+    pub scratch_root: PathBuf,
+}
+
+/// What one bee is doing, for status tables and metrics.
+#[derive(Debug, Clone, Serialize)]
+pub struct BeeStatus {
+    pub id: usize,
+    pub busy: bool,
+    pub query_id: Option<String>,
+    pub memory_reserved: u64,
+    pub memory_budget: u64,
+}
+
+#[derive(Debug, Default)]
+struct Slot {
+    query_id: Option<String>,
+    pool: Option<Arc<dyn MemoryPool>>,
+}
+
+/// The bees of one node.
+#[derive(Debug)]
+pub struct BeePool {
+    config: BeeConfig,
+    per_bee: u64,
+    permits: Arc<Semaphore>,
+    slots: Vec<Mutex<Slot>>,
+    queued: AtomicUsize,
+    colony: Colony,
+    object_stores: Arc<dyn ObjectStoreRegistry>,
+}
+
+/// Counts a waiter in the queue until it gets a bee or gives up.
+struct QueueTicket<'a>(&'a AtomicUsize);
+
+impl Drop for QueueTicket<'_> {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::SeqCst);
+    }
+}
+
+impl BeePool {
+    pub fn new(config: BeeConfig, object_stores: Arc<dyn ObjectStoreRegistry>) -> Arc<Self> {
+        let bees = config.bees.max(1);
+        let per_bee = (config.memory_budget / bees as u64).max(1);
+        Arc::new(Self {
+            per_bee,
+            permits: Arc::new(Semaphore::new(bees)),
+            slots: (0..bees).map(|_| Mutex::new(Slot::default())).collect(),
+            queued: AtomicUsize::new(0),
+            colony: Colony::new(),
+            object_stores,
+            config: BeeConfig { bees, ..config },
+        })
+    }
+
+    pub fn config(&self) -> &BeeConfig {
+        &self.config
+    }
+
+    /// Memory budget of one bee, in bytes.
+    pub fn bee_budget(&self) -> u64 {
+        self.per_bee
+    }
+
+    pub fn load(&self) -> Load {
+        let mut busy = 0;
+        let mut reserved = 0u64;
+        for s in &self.slots {
+            let s = s.lock().expect("bee slot");
+            if s.query_id.is_some() {
+                busy += 1;
+            }
+            if let Some(p) = &s.pool {
+                reserved += p.reserved() as u64;
+            }
+        }
+        Load {
+            bees: self.slots.len(),
+            busy,
+            memory_budget: self.config.memory_budget,
+            memory_reserved: reserved,
+            queue_capacity: self.config.queue_depth,
+            queued: self.queued.load(Ordering::SeqCst),
+        }
+    }
+
+    /// The current temperature (logs band transitions).
+    pub fn temperature(&self) -> Temperature {
+        self.colony.observe(&self.load())
+    }
+
+    pub fn status(&self) -> Vec<BeeStatus> {
+        self.slots
+            .iter()
+            .enumerate()
+            .map(|(id, s)| {
+                let s = s.lock().expect("bee slot");
+                BeeStatus {
+                    id,
+                    busy: s.query_id.is_some(),
+                    query_id: s.query_id.clone(),
+                    memory_reserved: s.pool.as_ref().map(|p| p.reserved() as u64).unwrap_or(0),
+                    memory_budget: self.per_bee,
+                }
+            })
+            .collect()
+    }
+
+    /// Wait for a bee (FIFO), unless the node is critical or the queue is full.
+    pub async fn acquire(self: &Arc<Self>, query_id: &str) -> Result<BeeLease> {
+        let t = self.temperature();
+        if t.band == Band::Critical {
+            return Err(Error::Unavailable(format!(
+                "node overloaded (colony temperature {:.2}, critical); retry later",
+                t.value
+            )));
+        }
+        let permit = match self.permits.clone().try_acquire_owned() {
+            Ok(p) => p,
+            Err(_) => {
+                let waiting = self.queued.fetch_add(1, Ordering::SeqCst);
+                let ticket = QueueTicket(&self.queued);
+                if waiting >= self.config.queue_depth {
+                    drop(ticket);
+                    return Err(Error::Unavailable(format!(
+                        "all {} bees are busy and {} queries are queued (the limit); retry later",
+                        self.slots.len(),
+                        self.config.queue_depth
+                    )));
+                }
+                self.temperature();
+                let permit = self
+                    .permits
+                    .clone()
+                    .acquire_owned()
+                    .await
+                    .map_err(|_| Error::Unavailable("node is shutting down".into()))?;
+                drop(ticket);
+                permit
+            }
+        };
+        let bee = self
+            .slots
+            .iter()
+            .position(|s| s.lock().expect("bee slot").query_id.is_none())
+            .ok_or_else(|| Error::Internal("a permit without a free bee".into()))?;
+        let pool: Arc<dyn MemoryPool> = Arc::new(TrackConsumersPool::new(
+            FairSpillPool::new(self.per_bee as usize),
+            std::num::NonZeroUsize::new(3).expect("non-zero"),
+        ));
+        std::fs::create_dir_all(&self.config.scratch_root).map_err(|e| {
+            Error::Internal(format!(
+                "creating scratch directory {}: {e}",
+                self.config.scratch_root.display()
+            ))
+        })?;
+        let scratch = tempfile::Builder::new()
+            .prefix(&format!("bee{bee}-"))
+            .tempdir_in(&self.config.scratch_root)
+            .map_err(|e| Error::Internal(format!("creating scratch directory: {e}")))?;
+        let env = RuntimeEnvBuilder::new()
+            .with_memory_pool(pool.clone())
+            .with_disk_manager_builder(DiskManagerBuilder::default().with_mode(
+                DiskManagerMode::Directories(vec![scratch.path().to_path_buf()]),
+            ))
+            .with_object_store_registry(self.object_stores.clone())
+            .build_arc()?;
+        {
+            let mut slot = self.slots[bee].lock().expect("bee slot");
+            slot.query_id = Some(query_id.to_string());
+            slot.pool = Some(pool);
+        }
+        debug!(bee, query_id, "bee assigned");
+        self.temperature();
+        Ok(BeeLease {
+            pool: self.clone(),
+            bee,
+            env,
+            _permit: permit,
+            scratch: Some(scratch),
+            deadline: Instant::now() + self.config.query_timeout,
+        })
+    }
+}
+
+/// A bee held by one query. Dropping it frees the bee and removes the scratch directory.
+#[derive(Debug)]
+pub struct BeeLease {
+    pool: Arc<BeePool>,
+    bee: usize,
+    env: Arc<RuntimeEnv>,
+    _permit: OwnedSemaphorePermit,
+    scratch: Option<tempfile::TempDir>,
+    deadline: Instant,
+}
+
+impl BeeLease {
+    pub fn bee(&self) -> usize {
+        self.bee
+    }
+
+    /// The runtime (memory pool, scratch space, object stores) the query must run with.
+    pub fn env(&self) -> &Arc<RuntimeEnv> {
+        &self.env
+    }
+
+    pub fn deadline(&self) -> Instant {
+        self.deadline
+    }
+
+    pub fn budget(&self) -> u64 {
+        self.pool.per_bee
+    }
+
+    pub fn scratch_dir(&self) -> Option<&std::path::Path> {
+        self.scratch.as_ref().map(|s| s.path())
+    }
+
+    /// Reword a memory error so that it names the budget.
+    pub fn explain(&self, e: Error) -> Error {
+        match e {
+            Error::ResourceExhausted(msg) => Error::ResourceExhausted(format!(
+                "query needs more memory than its bee's budget of {} (node budget {} over {} bees): {msg}",
+                human_bytes(self.pool.per_bee),
+                human_bytes(self.pool.config.memory_budget),
+                self.pool.slots.len()
+            )),
+            other => other,
+        }
+    }
+}
+
+impl Drop for BeeLease {
+    fn drop(&mut self) {
+        {
+            let mut slot = self.pool.slots[self.bee].lock().expect("bee slot");
+            slot.query_id = None;
+            slot.pool = None;
+        }
+        if let Some(s) = self.scratch.take()
+            && let Err(e) = s.close()
+        {
+            tracing::warn!(error = %e, "removing scratch directory");
+        }
+        self.pool.temperature();
+    }
+}
+
+/// `1.5 GiB`-style sizes for messages.
+pub fn human_bytes(b: u64) -> String {
+    const UNITS: [&str; 5] = ["B", "KiB", "MiB", "GiB", "TiB"];
+    let mut v = b as f64;
+    let mut u = 0;
+    while v >= 1024.0 && u < UNITS.len() - 1 {
+        v /= 1024.0;
+        u += 1;
+    }
+    if u == 0 {
+        format!("{b} B")
+    } else {
+        format!("{v:.1} {}", UNITS[u])
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use datafusion::execution::object_store::DefaultObjectStoreRegistry;
+
+    fn pool(bees: usize, queue: usize) -> (Arc<BeePool>, tempfile::TempDir) {
+        let dir = tempfile::tempdir().unwrap();
+        (
+            BeePool::new(
+                BeeConfig {
+                    bees,
+                    memory_budget: 64 << 20,
+                    queue_depth: queue,
+                    query_timeout: Duration::from_secs(60),
+                    scratch_root: dir.path().to_path_buf(),
+                },
+                Arc::new(DefaultObjectStoreRegistry::new()),
+            ),
+            dir,
+        )
+    }
+
+    #[tokio::test]
+    async fn leases_divide_memory_and_clean_scratch() {
+        let (p, _d) = pool(2, 4);
+        assert_eq!(p.bee_budget(), 32 << 20);
+        let a = p.acquire("a").await.unwrap();
+        let b = p.acquire("b").await.unwrap();
+        assert_ne!(a.bee(), b.bee());
+        assert!(matches!(
+            a.env().memory_pool.memory_limit(),
+            datafusion::execution::memory_pool::MemoryLimit::Finite(n) if n == 32 << 20
+        ));
+        let scratch = a.scratch_dir().unwrap().to_path_buf();
+        assert!(scratch.exists());
+        assert_eq!(p.load().busy, 2);
+        drop(a);
+        assert!(!scratch.exists());
+        assert_eq!(p.load().busy, 1);
+    }
+
+    #[tokio::test]
+    async fn queue_is_fifo_and_bounded() {
+        let (p, _d) = pool(1, 1);
+        let first = p.acquire("1").await.unwrap();
+        let p2 = p.clone();
+        let waiter = tokio::spawn(async move { p2.acquire("2").await.map(|l| l.bee()) });
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        assert_eq!(p.load().queued, 1);
+        // The queue holds one: a third is refused, retryably.
+        let err = p.acquire("3").await.unwrap_err();
+        assert!(matches!(err, Error::Unavailable(_)), "{err}");
+        drop(first);
+        assert_eq!(waiter.await.unwrap().unwrap(), 0);
+        assert_eq!(p.load().queued, 0);
+    }
+
+    #[tokio::test]
+    async fn a_cancelled_waiter_leaves_the_queue() {
+        let (p, _d) = pool(1, 4);
+        let _held = p.acquire("1").await.unwrap();
+        let p2 = p.clone();
+        let waiter = tokio::spawn(async move { p2.acquire("2").await.map(|_| ()) });
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        assert_eq!(p.load().queued, 1);
+        waiter.abort();
+        let _ = waiter.await;
+        assert_eq!(p.load().queued, 0);
+    }
+
+    #[test]
+    fn sizes() {
+        assert_eq!(human_bytes(512), "512 B");
+        assert_eq!(human_bytes(128 << 20), "128.0 MiB");
+    }
+}

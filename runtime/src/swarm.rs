@@ -1,0 +1,350 @@
+//! Heartbeats and the world view: how nodes find each other through storage alone.
+//!
+//! Every node writes `_apiary/nodes/<id>.json` every interval with a sequence number that only
+//! grows, and reads everyone's. Liveness is judged by *this observer's* clock: a node is Alive
+//! while its sequence number changed within `suspect_after` intervals, Suspect until
+//! `dead_after`, then Dead; writers' clocks are never compared, so a node with a skewed clock is
+//! not declared dead. A dead node's heartbeat is deleted after a grace period by whoever sees it
+//! first (deleting twice is harmless). A graceful shutdown deletes its own heartbeat at once.
+//! Solo mode is a swarm of one.
+
+use std::collections::HashMap;
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
+
+use apiary_storage::{Storage, paths};
+use bytes::Bytes;
+use chrono::{DateTime, Utc};
+use serde::{Deserialize, Serialize};
+use tracing::{info, warn};
+
+use crate::error::{Error, Result};
+
+/// Timing of heartbeats and of the world view's judgement.
+#[derive(Debug, Clone, Copy)]
+pub struct SwarmTiming {
+    pub interval: Duration,
+    /// Missed intervals before a node is Suspect.
+    pub suspect_after: u32,
+    /// Missed intervals before a node is Dead.
+    pub dead_after: u32,
+    /// Further intervals before a dead node's heartbeat is deleted.
+    pub grace: u32,
+}
+
+impl Default for SwarmTiming {
+    fn default() -> Self {
+        Self {
+            interval: Duration::from_secs(5),
+            suspect_after: 3,
+            dead_after: 6,
+            grace: 2,
+        }
+    }
+}
+
+/// Compact summary of a node's cell cache, for assignment decisions.
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
+pub struct CacheSummaryV1 {
+    pub entries: u64,
+    pub bytes: u64,
+    pub hits: u64,
+    pub misses: u64,
+    /// Hex bitmap (a Bloom filter over cell keys); empty when the cache is empty.
+    #[serde(default)]
+    pub bloom: String,
+}
+
+/// Version 1 of the heartbeat object.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct HeartbeatV1 {
+    pub v: u32,
+    pub node_id: String,
+    pub flight_url: String,
+    pub version: String,
+    pub bees_total: u32,
+    pub bees_busy: u32,
+    pub memory_budget: u64,
+    pub memory_reserved: u64,
+    pub queue_depth: u32,
+    pub temperature: f64,
+    pub band: String,
+    pub cache: CacheSummaryV1,
+    /// The writer's wall clock; informational only, never used for liveness.
+    pub started_at: DateTime<Utc>,
+    pub written_at: DateTime<Utc>,
+    pub seq: u64,
+}
+
+impl HeartbeatV1 {
+    pub fn encode(&self) -> Bytes {
+        Bytes::from(serde_json::to_vec(self).expect("heartbeat serialises"))
+    }
+
+    pub fn decode(b: &[u8]) -> Result<Self> {
+        let hb: HeartbeatV1 = serde_json::from_slice(b)
+            .map_err(|e| Error::Internal(format!("unreadable heartbeat: {e}")))?;
+        if hb.v != 1 {
+            return Err(Error::Internal(format!(
+                "heartbeat format v{} is newer than this build",
+                hb.v
+            )));
+        }
+        Ok(hb)
+    }
+}
+
+/// How an observer judges a node.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum NodeState {
+    Alive,
+    Suspect,
+    Dead,
+}
+
+impl NodeState {
+    pub fn as_str(&self) -> &'static str {
+        match self {
+            NodeState::Alive => "alive",
+            NodeState::Suspect => "suspect",
+            NodeState::Dead => "dead",
+        }
+    }
+}
+
+/// One node as this observer sees it.
+#[derive(Debug, Clone)]
+pub struct NodeView {
+    pub heartbeat: HeartbeatV1,
+    pub state: NodeState,
+    /// Time since this observer saw the sequence number change.
+    pub age: Duration,
+}
+
+#[derive(Debug)]
+struct Observed {
+    heartbeat: HeartbeatV1,
+    last_change: Instant,
+}
+
+/// This node's view of the swarm.
+#[derive(Debug)]
+pub struct WorldView {
+    timing: SwarmTiming,
+    nodes: Mutex<HashMap<String, Observed>>,
+}
+
+impl WorldView {
+    pub fn new(timing: SwarmTiming) -> Self {
+        Self {
+            timing,
+            nodes: Mutex::new(HashMap::new()),
+        }
+    }
+
+    pub fn timing(&self) -> SwarmTiming {
+        self.timing
+    }
+
+    fn state_for(&self, age: Duration) -> NodeState {
+        let i = self.timing.interval;
+        if age < i * self.timing.suspect_after {
+            NodeState::Alive
+        } else if age < i * self.timing.dead_after {
+            NodeState::Suspect
+        } else {
+            NodeState::Dead
+        }
+    }
+
+    /// Fold in what storage holds now (heartbeats listed and read at `now`). Returns the ids of
+    /// dead nodes whose heartbeats should be deleted.
+    pub fn observe(&self, heartbeats: Vec<HeartbeatV1>, now: Instant) -> Vec<String> {
+        let mut nodes = self.nodes.lock().expect("world view");
+        let present: std::collections::HashSet<String> =
+            heartbeats.iter().map(|h| h.node_id.clone()).collect();
+        // A heartbeat that disappeared means a graceful stop (or a cleanup): forget the node.
+        nodes.retain(|id, o| {
+            let keep = present.contains(id);
+            if !keep {
+                info!(node = %id, seq = o.heartbeat.seq, "node left the swarm");
+            }
+            keep
+        });
+        for hb in heartbeats {
+            match nodes.get_mut(&hb.node_id) {
+                Some(o) => {
+                    if hb.seq != o.heartbeat.seq {
+                        o.last_change = now;
+                    }
+                    o.heartbeat = hb;
+                }
+                None => {
+                    info!(node = %hb.node_id, url = %hb.flight_url, "node joined the swarm");
+                    nodes.insert(
+                        hb.node_id.clone(),
+                        Observed {
+                            heartbeat: hb,
+                            last_change: now,
+                        },
+                    );
+                }
+            }
+        }
+        let i = self.timing.interval;
+        let remove_after = i * (self.timing.dead_after + self.timing.grace);
+        nodes
+            .iter()
+            .filter(|(_, o)| now.saturating_duration_since(o.last_change) >= remove_after)
+            .map(|(id, _)| id.clone())
+            .collect()
+    }
+
+    /// Forget a node whose heartbeat was deleted.
+    pub fn forget(&self, id: &str) {
+        self.nodes.lock().expect("world view").remove(id);
+    }
+
+    /// Every known node with its state, sorted by id.
+    pub fn nodes(&self) -> Vec<NodeView> {
+        self.nodes_at(Instant::now())
+    }
+
+    pub fn nodes_at(&self, now: Instant) -> Vec<NodeView> {
+        let nodes = self.nodes.lock().expect("world view");
+        let mut out: Vec<NodeView> = nodes
+            .values()
+            .map(|o| {
+                let age = now.saturating_duration_since(o.last_change);
+                NodeView {
+                    heartbeat: o.heartbeat.clone(),
+                    state: self.state_for(age),
+                    age,
+                }
+            })
+            .collect();
+        out.sort_by(|a, b| a.heartbeat.node_id.cmp(&b.heartbeat.node_id));
+        out
+    }
+
+    /// Read every heartbeat under the storage root and fold them in; delete long-dead ones.
+    pub async fn refresh(&self, storage: &Storage) -> Result<()> {
+        let listed = storage.list(&paths::nodes_prefix()).await?;
+        let mut heartbeats = Vec::with_capacity(listed.len());
+        for meta in listed {
+            match storage.get_opt(&meta.location).await? {
+                Some((body, _)) => match HeartbeatV1::decode(&body) {
+                    Ok(hb) => heartbeats.push(hb),
+                    Err(e) => warn!(key = %meta.location, error = %e, "skipping heartbeat"),
+                },
+                None => {} // deleted between list and get
+            }
+        }
+        for dead in self.observe(heartbeats, Instant::now()) {
+            warn!(node = %dead, "removing the heartbeat of a dead node");
+            if paths::validate_node_id(&dead).is_ok() {
+                storage.delete(&paths::heartbeat(&dead)).await?;
+            }
+            self.forget(&dead);
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn hb(id: &str, seq: u64) -> HeartbeatV1 {
+        HeartbeatV1 {
+            v: 1,
+            node_id: id.into(),
+            flight_url: format!("grpc://{id}:1"),
+            version: "t".into(),
+            bees_total: 2,
+            bees_busy: 0,
+            memory_budget: 1,
+            memory_reserved: 0,
+            queue_depth: 0,
+            temperature: 0.0,
+            band: "cold".into(),
+            cache: CacheSummaryV1::default(),
+            started_at: Utc::now(),
+            written_at: Utc::now(),
+            seq,
+        }
+    }
+
+    fn timing() -> SwarmTiming {
+        SwarmTiming {
+            interval: Duration::from_secs(1),
+            suspect_after: 3,
+            dead_after: 6,
+            grace: 2,
+        }
+    }
+
+    #[test]
+    fn alive_suspect_dead_by_the_observers_clock() {
+        let w = WorldView::new(timing());
+        let t0 = Instant::now();
+        w.observe(vec![hb("a", 1), hb("b", 1)], t0);
+        // a keeps beating, b stops.
+        for s in 2..=8 {
+            w.observe(
+                vec![hb("a", s), hb("b", 1)],
+                t0 + Duration::from_secs(s - 1),
+            );
+        }
+        let at = |secs| {
+            w.nodes_at(t0 + Duration::from_secs(secs))
+                .into_iter()
+                .map(|n| (n.heartbeat.node_id.clone(), n.state))
+                .collect::<Vec<_>>()
+        };
+        assert_eq!(
+            at(2),
+            vec![
+                ("a".into(), NodeState::Alive),
+                ("b".into(), NodeState::Alive)
+            ]
+        );
+        assert_eq!(at(4)[1].1, NodeState::Suspect);
+        assert_eq!(at(6)[1].1, NodeState::Dead);
+        assert_eq!(at(7)[0].1, NodeState::Alive);
+    }
+
+    #[test]
+    fn skewed_writer_clocks_do_not_matter() {
+        let w = WorldView::new(timing());
+        let t0 = Instant::now();
+        let mut skewed = hb("s", 1);
+        skewed.written_at = Utc::now() - chrono::Duration::minutes(30);
+        w.observe(vec![skewed.clone()], t0);
+        skewed.seq = 2;
+        w.observe(vec![skewed], t0 + Duration::from_secs(1));
+        assert_eq!(
+            w.nodes_at(t0 + Duration::from_secs(2))[0].state,
+            NodeState::Alive
+        );
+    }
+
+    #[test]
+    fn dead_nodes_are_scheduled_for_removal_after_the_grace_period() {
+        let w = WorldView::new(timing());
+        let t0 = Instant::now();
+        assert!(w.observe(vec![hb("d", 1)], t0).is_empty());
+        assert!(
+            w.observe(vec![hb("d", 1)], t0 + Duration::from_secs(7))
+                .is_empty()
+        );
+        assert_eq!(
+            w.observe(vec![hb("d", 1)], t0 + Duration::from_secs(8)),
+            vec!["d".to_string()]
+        );
+        // A heartbeat that vanished (graceful stop) is forgotten at once.
+        w.observe(vec![], t0 + Duration::from_secs(9));
+        assert!(w.nodes().is_empty());
+    }
+}
