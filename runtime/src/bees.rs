@@ -287,6 +287,15 @@ impl Drop for BeeLease {
     }
 }
 
+/// Rows per batch for a bee of `budget` bytes: 8192 from 256 MiB up, halving with the budget down
+/// to 1024. Operators that cannot spill (merges, hash tables) hold a few batches per input; small
+/// bees need small batches to sort and merge within budget.
+pub fn batch_size_for(budget: u64) -> usize {
+    let target = (budget / (32 * 1024)).clamp(1024, 8192) as usize;
+    // Round down to a power of two.
+    1 << (usize::BITS - 1 - target.leading_zeros())
+}
+
 /// `1.5 GiB`-style sizes for messages.
 pub fn human_bytes(b: u64) -> String {
     const UNITS: [&str; 5] = ["B", "KiB", "MiB", "GiB", "TiB"];
@@ -371,6 +380,42 @@ mod tests {
         waiter.abort();
         let _ = waiter.await;
         assert_eq!(p.load().queued, 0);
+    }
+
+    #[tokio::test]
+    async fn the_critical_band_refuses_work_and_recovers() {
+        use datafusion::execution::memory_pool::MemoryConsumer;
+        let (p, _d) = pool(1, 1);
+        let hog = p.acquire("hog").await.unwrap();
+        // The running query holds its whole budget (an unspillable consumer may)...
+        let held = MemoryConsumer::new("hog").register(&hog.env().memory_pool);
+        held.try_grow(p.bee_budget() as usize).unwrap();
+        // ...and one more waits: all bees busy, memory full, queue full.
+        let p2 = p.clone();
+        let waiter = tokio::spawn(async move { p2.acquire("waiting").await.map(|l| l.bee()) });
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        assert_eq!(p.temperature().band, Band::Critical);
+        let err = p.acquire("refused").await.unwrap_err();
+        match &err {
+            Error::Unavailable(m) => assert!(m.contains("critical") && m.contains("retry"), "{m}"),
+            other => panic!("{other:?}"),
+        }
+        // Load drops: the waiter runs, then new work is accepted again.
+        drop(held);
+        drop(hog);
+        assert_eq!(waiter.await.unwrap().unwrap(), 0);
+        assert!(p.temperature().band < Band::Hot);
+        let again = p.acquire("again").await.unwrap();
+        assert_eq!(again.bee(), 0);
+    }
+
+    #[test]
+    fn batch_sizes_follow_the_budget() {
+        assert_eq!(batch_size_for(6 << 30), 8192);
+        assert_eq!(batch_size_for(256 << 20), 8192);
+        assert_eq!(batch_size_for(128 << 20), 4096);
+        assert_eq!(batch_size_for(100 << 20), 2048);
+        assert_eq!(batch_size_for(1 << 20), 1024);
     }
 
     #[test]

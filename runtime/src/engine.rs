@@ -47,6 +47,8 @@ pub struct EngineConfig {
     pub target_partitions: usize,
     /// Rows per batch.
     pub batch_size: usize,
+    /// DataFusion options (`datafusion.execution.…` = value) applied on top of Apiary's.
+    pub datafusion_options: Vec<(String, String)>,
 }
 
 impl Default for EngineConfig {
@@ -56,6 +58,7 @@ impl Default for EngineConfig {
                 .map(|n| n.get())
                 .unwrap_or(1),
             batch_size: 8192,
+            datafusion_options: Vec::new(),
         }
     }
 }
@@ -172,6 +175,15 @@ pub struct Engine {
 
 impl Engine {
     pub fn new(lakehouse: Lakehouse, config: EngineConfig, runtime: Arc<RuntimeEnv>) -> Self {
+        Self::try_new(lakehouse, config, runtime).expect("valid engine options")
+    }
+
+    /// Like [`Engine::new`], refusing unknown or invalid DataFusion options.
+    pub fn try_new(
+        lakehouse: Lakehouse,
+        config: EngineConfig,
+        runtime: Arc<RuntimeEnv>,
+    ) -> Result<Self> {
         runtime.register_object_store(
             lakehouse.storage().object_store_url().as_ref(),
             lakehouse.storage().raw_store().clone(),
@@ -187,17 +199,21 @@ impl Engine {
             );
         let opts = session_config.options_mut();
         opts.sql_parser.dialect = datafusion::config::Dialect::Generic;
+        for (k, v) in &config.datafusion_options {
+            opts.set(k, v)
+                .map_err(|e| Error::Sql(format!("DataFusion option {k}={v}: {e}")))?;
+        }
         let base = SessionStateBuilder::new()
             .with_config(session_config)
             .with_runtime_env(runtime)
             .with_default_features()
             .build();
-        Self {
+        Ok(Self {
             lakehouse,
             base,
             system: None,
             write_gate: None,
-        }
+        })
     }
 
     /// Writes through this engine ask `gate` before every batch (throttling when hot).
@@ -231,6 +247,31 @@ impl Engine {
     /// The base DataFusion state (functions, config, object stores) every query starts from.
     pub fn base_state(&self) -> &SessionState {
         &self.base
+    }
+
+    /// Whether a statement reads only `system.*` tables (status queries, which must answer even
+    /// when every bee is busy).
+    pub fn reads_only_system(&self, stmt: &Statement) -> bool {
+        let Command::Sql { text, .. } = &stmt.command else {
+            return false;
+        };
+        if !stmt.returns_rows() {
+            return false;
+        }
+        let Ok(parsed) = self
+            .base
+            .sql_to_statement(text, &datafusion::config::Dialect::Generic)
+        else {
+            return false;
+        };
+        let Ok(refs) = self.base.resolve_table_references(&parsed) else {
+            return false;
+        };
+        !refs.is_empty()
+            && refs.iter().all(|r| {
+                matches!(r, TableReference::Full { catalog, .. }
+                    if catalog.as_ref() == apiary_storage::paths::SYSTEM_HIVE)
+            })
     }
 
     /// Split, rewrite placeholders and classify every statement of `text`.

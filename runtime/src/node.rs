@@ -115,18 +115,20 @@ pub struct Node {
 
 impl Node {
     /// Assemble a node on an opened lakehouse. Background work starts with [`Node::start`].
-    pub fn new(lakehouse: Lakehouse, config: NodeConfig) -> Result<Arc<Node>> {
+    pub fn new(lakehouse: Lakehouse, mut config: NodeConfig) -> Result<Arc<Node>> {
         paths::validate_node_id(&config.node_id)?;
+        let bee_budget = config.bees.memory_budget / config.bees.bees.max(1) as u64;
+        config.engine.batch_size = crate::bees::batch_size_for(bee_budget);
         let cpu = Arc::new(
             CpuExecutor::new(config.cpu_threads)
                 .map_err(|e| Error::Internal(format!("starting the CPU runtime: {e}")))?,
         );
         let base_env = Arc::new(RuntimeEnv::default());
         let bees = BeePool::new(config.bees.clone(), base_env.object_store_registry.clone());
+        let engine = Engine::try_new(lakehouse.clone(), config.engine.clone(), base_env)?
+            .with_write_gate(Arc::new(ColonyGate { bees: bees.clone() }));
         Ok(Arc::new_cyclic(|weak| {
-            let engine = Engine::new(lakehouse.clone(), config.engine.clone(), base_env)
-                .with_write_gate(Arc::new(ColonyGate { bees: bees.clone() }))
-                .with_system_catalog(Arc::new(SystemTables::new(weak.clone())));
+            let engine = engine.with_system_catalog(Arc::new(SystemTables::new(weak.clone())));
             Node {
                 world: Arc::new(WorldView::new(config.swarm)),
                 queries: QueryRegistry::new(),
@@ -302,9 +304,24 @@ impl Node {
     ) -> Result<(SchemaRef, SendableRecordBatchStream)> {
         self.queries_total.fetch_add(1, Ordering::Relaxed);
         let mut guard = self.queries.register(query_id, &session.user, &stmt.text);
-        guard.entry().set_bee(None);
-        let lease = self.bees.acquire(query_id).await?;
-        guard.entry().set_bee(Some(lease.bee()));
+        // Status queries answer even when every bee is busy: they take none.
+        let lease: Arc<Option<crate::bees::BeeLease>> =
+            Arc::new(if self.engine.reads_only_system(stmt) {
+                None
+            } else {
+                guard.entry().set_queued();
+                let lease = self.bees.acquire(query_id).await?;
+                guard.entry().set_bee(Some(lease.bee()));
+                Some(lease)
+            });
+        let explain = {
+            let lease = lease.clone();
+            move |e: Error| match lease.as_ref() {
+                Some(l) => l.explain(e),
+                None => e,
+            }
+        };
+        let env = lease.as_ref().as_ref().map(|l| l.env().clone());
         let mut plans = Vec::with_capacity(param_rows.len().max(1));
         for params in if param_rows.is_empty() {
             vec![None]
@@ -313,9 +330,9 @@ impl Node {
         } {
             let planned = self
                 .engine
-                .plan_query_in(Some(lease.env()), session, stmt, params, pins)
+                .plan_query_in(env.as_ref(), session, stmt, params, pins)
                 .await
-                .map_err(|e| lease.explain(e))?;
+                .map_err(&explain)?;
             plans.push(planned);
         }
         let schema = plans[0].schema.clone();
@@ -334,13 +351,15 @@ impl Node {
             ) as SendableRecordBatchStream)
         });
         guard.watch_storage(self.storage().clone());
-        let deadline = lease.deadline();
         let timeout = self.config.bees.query_timeout;
-        let budget_note = Arc::new(lease);
-        let explain = budget_note.clone();
-        let stream = TrackedStream::new(stream, guard, vec![Box::new(budget_note)])
+        let deadline = lease
+            .as_ref()
+            .as_ref()
+            .map(|l| l.deadline())
+            .unwrap_or_else(|| Instant::now() + timeout);
+        let stream = TrackedStream::new(stream, guard, vec![Box::new(lease)])
             .with_deadline(deadline, timeout)
-            .with_error_map(move |e| explain.explain(e));
+            .with_error_map(explain);
         Ok((schema, stream.boxed()))
     }
 

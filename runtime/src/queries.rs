@@ -62,9 +62,15 @@ impl QueryEntry {
         *self.bee.lock().expect("query entry")
     }
 
+    /// The query got a bee (`Some`) or runs without one (`None`, status queries).
     pub fn set_bee(&self, bee: Option<usize>) {
         *self.bee.lock().expect("query entry") = bee;
-        self.queued.store(bee.is_none(), Ordering::Relaxed);
+        self.queued.store(false, Ordering::Relaxed);
+    }
+
+    /// The query waits for a bee.
+    pub fn set_queued(&self) {
+        self.queued.store(true, Ordering::Relaxed);
     }
 
     pub fn is_queued(&self) -> bool {

@@ -122,6 +122,15 @@ pub struct NodeArgs {
     /// Target size of a cell (Parquet file). Default: derived from the memory per bee.
     #[arg(long, env = "APIARY_CELL_TARGET_SIZE")]
     pub cell_target_size: Option<MemorySize>,
+    /// A DataFusion option for every query, as `key=value` (e.g.
+    /// `datafusion.execution.batch_size=4096`). Repeatable; APIARY_DATAFUSION_OPTIONS separates
+    /// them with `;`.
+    #[arg(
+        long = "datafusion-option",
+        env = "APIARY_DATAFUSION_OPTIONS",
+        value_delimiter = ';'
+    )]
+    pub datafusion_options: Vec<String>,
     /// This node's id in the swarm ([a-z0-9_-], at most 64). Default: random per process.
     #[arg(long, env = "APIARY_NODE_ID")]
     pub node_id: Option<String>,

@@ -63,7 +63,21 @@ async fn open_lakehouse(
 pub async fn engine(storage: &StorageArgs, node: &NodeArgs) -> anyhow::Result<Engine> {
     let (lakehouse, _) = open_lakehouse(storage, node).await?;
     let runtime = Arc::new(RuntimeEnvBuilder::new().build()?);
-    Ok(Engine::new(lakehouse, EngineConfig::default(), runtime))
+    Ok(Engine::try_new(lakehouse, engine_config(node)?, runtime)?)
+}
+
+fn engine_config(node: &NodeArgs) -> anyhow::Result<EngineConfig> {
+    let mut options = Vec::new();
+    for kv in &node.datafusion_options {
+        let (k, v) = kv
+            .split_once('=')
+            .with_context(|| format!("--datafusion-option {kv:?}: expected key=value"))?;
+        options.push((k.trim().to_string(), v.trim().to_string()));
+    }
+    Ok(EngineConfig {
+        datafusion_options: options,
+        ..Default::default()
+    })
 }
 
 /// A full node; background work (heartbeats) starts with [`Node::start`].
@@ -91,7 +105,7 @@ pub async fn build(
             query_timeout: node.query_timeout,
             scratch_root,
         },
-        engine: EngineConfig::default(),
+        engine: engine_config(node)?,
         swarm: SwarmTiming {
             interval: node.heartbeat_interval.max(Duration::from_millis(10)),
             suspect_after: node.suspect_after.max(1),
