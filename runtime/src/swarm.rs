@@ -233,12 +233,12 @@ impl WorldView {
         let listed = storage.list(&paths::nodes_prefix()).await?;
         let mut heartbeats = Vec::with_capacity(listed.len());
         for meta in listed {
-            match storage.get_opt(&meta.location).await? {
-                Some((body, _)) => match HeartbeatV1::decode(&body) {
+            // (None: deleted between list and get.)
+            if let Some((body, _)) = storage.get_opt(&meta.location).await? {
+                match HeartbeatV1::decode(&body) {
                     Ok(hb) => heartbeats.push(hb),
                     Err(e) => warn!(key = %meta.location, error = %e, "skipping heartbeat"),
-                },
-                None => {} // deleted between list and get
+                }
             }
         }
         for dead in self.observe(heartbeats, Instant::now()) {
