@@ -144,6 +144,30 @@ impl PlannedQuery {
         Ok(execute_stream(self.plan.clone(), self.state.task_ctx())?)
     }
 
+    /// A "plan" that yields one ready batch (for rows computed outside DataFusion).
+    pub fn from_batch(batch: RecordBatch) -> Result<PlannedQuery> {
+        let schema = batch.schema();
+        let plan = datafusion::datasource::memory::MemorySourceConfig::try_new_exec(
+            &[vec![batch]],
+            schema.clone(),
+            None,
+        )?;
+        Ok(PlannedQuery {
+            schema,
+            plan,
+            pins: Pins::new(),
+            state: SessionStateBuilder::new().build(),
+        })
+    }
+
+    /// Start executing with another task context (a bee's memory pool and scratch space).
+    pub fn execute_with(
+        &self,
+        ctx: Arc<datafusion::execution::TaskContext>,
+    ) -> Result<SendableRecordBatchStream> {
+        Ok(execute_stream(self.plan.clone(), ctx)?)
+    }
+
     pub fn session_state(&self) -> &SessionState {
         &self.state
     }
@@ -247,6 +271,19 @@ impl Engine {
     /// The base DataFusion state (functions, config, object stores) every query starts from.
     pub fn base_state(&self) -> &SessionState {
         &self.base
+    }
+
+    /// A task context for executing physical plans with `env` (a bee's pool and scratch space).
+    pub fn task_context(&self, env: &Arc<RuntimeEnv>) -> Arc<datafusion::execution::TaskContext> {
+        SessionStateBuilder::new_from_existing(self.base.clone())
+            .with_runtime_env(env.clone())
+            .build()
+            .task_ctx()
+    }
+
+    /// A context for decoding plans (functions and options; no memory pool of its own).
+    pub fn plan_context(&self) -> Arc<datafusion::execution::TaskContext> {
+        self.base.task_ctx()
     }
 
     /// Whether a statement reads only `system.*` tables (status queries, which must answer even
@@ -440,7 +477,7 @@ impl Engine {
             Command::Unsupported(what) => Err(Error::Unsupported(what.clone())),
             Command::Sql { partition_by, .. } => {
                 let (plan, state, _pins) = self
-                    .logical_plan(session, stmt, params, &Pins::new(), env)
+                    .logical_plan(session, stmt, params, &Pins::new(), env, None)
                     .await?;
                 self.run_plan(plan, state, partition_by).await
             }
@@ -456,10 +493,12 @@ impl Engine {
         params: Option<Vec<ScalarValue>>,
         pins: &Pins,
     ) -> Result<PlannedQuery> {
-        self.plan_query_in(None, session, stmt, params, pins).await
+        self.plan_query_in(None, session, stmt, params, pins, None)
+            .await
     }
 
     /// [`Engine::plan_query`] with `env` (a bee's memory pool and scratch space).
+    /// `partitions` overrides the target partitions (a swarm plans for all its bees).
     pub async fn plan_query_in(
         &self,
         env: Option<&Arc<RuntimeEnv>>,
@@ -467,12 +506,14 @@ impl Engine {
         stmt: &Statement,
         params: Option<Vec<ScalarValue>>,
         pins: &Pins,
+        partitions: Option<usize>,
     ) -> Result<PlannedQuery> {
         check_param_count(stmt, params.as_deref())?;
         match &stmt.command {
             Command::Sql { .. } if stmt.returns_rows() => {
-                let (plan, state, pins) =
-                    self.logical_plan(session, stmt, params, pins, env).await?;
+                let (plan, state, pins) = self
+                    .logical_plan(session, stmt, params, pins, env, partitions)
+                    .await?;
                 let plan = state.create_physical_plan(&plan).await?;
                 let schema = plan.schema();
                 Ok(PlannedQuery {
@@ -532,7 +573,7 @@ impl Engine {
             });
         };
         let (plan, state, _) = self
-            .logical_plan(session, stmt, None, &Pins::new(), None)
+            .logical_plan(session, stmt, None, &Pins::new(), None, None)
             .await?;
         let types = plan.get_parameter_types()?;
         let parameters = (1..=stmt.params)
@@ -565,6 +606,7 @@ impl Engine {
         params: Option<Vec<ScalarValue>>,
         pins: &Pins,
         env: Option<&Arc<RuntimeEnv>>,
+        partitions: Option<usize>,
     ) -> Result<(LogicalPlan, SessionState, Pins)> {
         let Command::Sql { text, .. } = &stmt.command else {
             return Err(Error::Internal("logical_plan on a non-SQL command".into()));
@@ -572,7 +614,9 @@ impl Engine {
         let parsed = self
             .base
             .sql_to_statement(text, &datafusion::config::Dialect::Generic)?;
-        let (state, used, missing) = self.statement_state(session, &parsed, pins, env).await?;
+        let (state, used, missing) = self
+            .statement_state(session, &parsed, pins, env, partitions)
+            .await?;
         let plan = match state.statement_to_plan(parsed).await {
             Ok(p) => p,
             Err(e) => {
@@ -614,6 +658,7 @@ impl Engine {
         statement: &DfStatement,
         pins: &Pins,
         env: Option<&Arc<RuntimeEnv>>,
+        partitions: Option<usize>,
     ) -> Result<(SessionState, Pins, Option<apiary_storage::Error>)> {
         let refs = self.base.resolve_table_references(statement)?;
         let catalogs = MemoryCatalogProviderList::new();
@@ -678,6 +723,9 @@ impl Engine {
         let mut config = self.base.config().clone();
         config.options_mut().catalog.default_catalog = session.hive.to_string();
         config.options_mut().catalog.default_schema = session.box_name.to_string();
+        if let Some(n) = partitions {
+            config.options_mut().execution.target_partitions = n.max(1);
+        }
         let mut builder = SessionStateBuilder::new_from_existing(self.base.clone())
             .with_config(config)
             .with_catalog_list(Arc::new(catalogs));

@@ -24,12 +24,16 @@
 //! | [`abandon`]  | retry-then-abandon for retryable failures                          |
 //! | [`swarm`]    | heartbeats and the world view                                      |
 //! | [`system`]   | the `system` hive's status tables                                  |
+//! | [`distributed`] | cutting plans into fragments run by the swarm through storage   |
+//! | [`cache`]    | the local cell cache in front of object storage                   |
 //! | [`node`]     | the node, assembled                                                |
 //! | [`error`]    | the error type and its classification of DataFusion errors        |
 
 pub mod abandon;
 pub mod bees;
+pub mod cache;
 pub mod colony;
+pub mod distributed;
 pub mod engine;
 pub mod error;
 pub mod executor;

@@ -25,7 +25,9 @@ use tokio::task::JoinHandle;
 use tracing::{info, warn};
 
 use crate::bees::{BeeConfig, BeePool};
+use crate::cache::{CachedStore, CellCache};
 use crate::colony::{Band, Colony, Temperature};
+use crate::distributed::{self, DistributionConfig};
 use crate::engine::{Engine, EngineConfig, Output, Pins, PlannedQuery, Session, Statement};
 use crate::error::{Error, Result};
 use crate::executor::CpuExecutor;
@@ -44,6 +46,9 @@ pub struct NodeConfig {
     pub swarm: SwarmTiming,
     /// Threads of the CPU runtime.
     pub cpu_threads: usize,
+    pub distribution: DistributionConfig,
+    /// Local cell cache (directory, capacity in bytes) for object-store backends.
+    pub cache: Option<(PathBuf, u64)>,
 }
 
 impl NodeConfig {
@@ -61,9 +66,9 @@ impl NodeConfig {
             },
             engine: EngineConfig::default(),
             swarm: SwarmTiming::default(),
-            cpu_threads: std::thread::available_parallelism()
-                .map(|n| n.get())
-                .unwrap_or(1),
+            cpu_threads: bees.max(1),
+            distribution: DistributionConfig::default(),
+            cache: None,
         }
     }
 }
@@ -96,6 +101,46 @@ impl WriteGate for ColonyGate {
     }
 }
 
+/// Counters of distributed execution, for metrics.
+#[derive(Debug, Default)]
+pub struct NodeMetrics {
+    /// LIST requests on this node's inbox.
+    pub inbox_polls: AtomicU64,
+    /// Fragments this node executed.
+    pub fragments: AtomicU64,
+    /// Distributed queries this node coordinated.
+    pub coordinated: AtomicU64,
+    /// Recent fragment dispatch latencies (posting to claiming), seconds.
+    dispatch: Mutex<std::collections::VecDeque<f64>>,
+}
+
+impl NodeMetrics {
+    pub fn record_dispatch(&self, secs: f64) {
+        let mut d = self.dispatch.lock().expect("metrics");
+        if d.len() >= 1024 {
+            d.pop_front();
+        }
+        d.push_back(secs);
+    }
+
+    /// (p50, p95, count) of recent dispatch latencies.
+    pub fn dispatch_quantiles(&self) -> (f64, f64, usize) {
+        let mut v: Vec<f64> = self
+            .dispatch
+            .lock()
+            .expect("metrics")
+            .iter()
+            .copied()
+            .collect();
+        if v.is_empty() {
+            return (0.0, 0.0, 0);
+        }
+        v.sort_by(|a, b| a.total_cmp(b));
+        let q = |p: f64| v[((v.len() - 1) as f64 * p).round() as usize];
+        (q(0.5), q(0.95), v.len())
+    }
+}
+
 /// One Apiary node.
 #[derive(Debug)]
 pub struct Node {
@@ -111,6 +156,8 @@ pub struct Node {
     seq: AtomicU64,
     background: Mutex<Vec<JoinHandle<()>>>,
     queries_total: AtomicU64,
+    metrics: NodeMetrics,
+    cache: Option<Arc<CellCache>>,
 }
 
 impl Node {
@@ -125,8 +172,23 @@ impl Node {
         );
         let base_env = Arc::new(RuntimeEnv::default());
         let bees = BeePool::new(config.bees.clone(), base_env.object_store_registry.clone());
-        let engine = Engine::try_new(lakehouse.clone(), config.engine.clone(), base_env)?
+        let engine = Engine::try_new(lakehouse.clone(), config.engine.clone(), base_env.clone())?
             .with_write_gate(Arc::new(ColonyGate { bees: bees.clone() }));
+        // Scans of an object store go through the local cell cache.
+        let cache = match (&config.cache, lakehouse.storage().kind()) {
+            (Some((dir, capacity)), apiary_storage::BackendKind::S3) => {
+                let cache = CellCache::new(dir.clone(), *capacity).map_err(|e| {
+                    Error::Internal(format!("cell cache at {}: {e}", dir.display()))
+                })?;
+                let storage = lakehouse.storage();
+                base_env.register_object_store(
+                    storage.object_store_url().as_ref(),
+                    Arc::new(CachedStore::new(storage.raw_store().clone(), cache.clone())),
+                );
+                Some(cache)
+            }
+            _ => None,
+        };
         Ok(Arc::new_cyclic(|weak| {
             let engine = engine.with_system_catalog(Arc::new(SystemTables::new(weak.clone())));
             Node {
@@ -137,6 +199,8 @@ impl Node {
                 seq: AtomicU64::new(0),
                 background: Mutex::new(Vec::new()),
                 queries_total: AtomicU64::new(0),
+                metrics: NodeMetrics::default(),
+                cache,
                 config,
                 lakehouse,
                 engine,
@@ -178,6 +242,12 @@ impl Node {
         &self.world
     }
 
+    /// The swarm as this node sees it, for placing work: a node running this code is alive
+    /// whatever its own heartbeat's age says, so the coordinator is always a place of last resort.
+    pub fn swarm_view(&self) -> Vec<crate::swarm::NodeView> {
+        swarm_view(&self.world, &self.config.node_id)
+    }
+
     pub fn started_at(&self) -> DateTime<Utc> {
         self.started_at
     }
@@ -194,19 +264,49 @@ impl Node {
         self.bees.temperature()
     }
 
-    /// Start heartbeats, the world view and maintenance.
+    pub fn distribution(&self) -> &DistributionConfig {
+        &self.config.distribution
+    }
+
+    pub fn metrics(&self) -> &NodeMetrics {
+        &self.metrics
+    }
+
+    pub fn cpu(&self) -> &Arc<CpuExecutor> {
+        &self.cpu
+    }
+
+    pub fn cache_stats(&self) -> Option<crate::cache::CacheStats> {
+        self.cache.as_ref().map(|c| c.stats())
+    }
+
+    /// Start heartbeats, the world view and maintenance. Heartbeats run on their own so that a
+    /// slow read of the swarm or a long maintenance pass never delays them (a late heartbeat makes
+    /// the others suspect this node).
     pub fn start(self: &Arc<Self>) {
-        let node = Arc::downgrade(self);
         let interval = self.config.swarm.interval;
-        let task = tokio::spawn(async move {
+        let every = move || {
             let mut tick = tokio::time::interval(interval);
             tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            tick
+        };
+        let node = Arc::downgrade(self);
+        let mut tick = every();
+        let beats = tokio::spawn(async move {
             loop {
                 tick.tick().await;
                 let Some(node) = node.upgrade() else { return };
                 if let Err(e) = node.beat().await {
                     warn!(error = %e, "writing heartbeat");
                 }
+            }
+        });
+        let node = Arc::downgrade(self);
+        let mut tick = every();
+        let view = tokio::spawn(async move {
+            loop {
+                tick.tick().await;
+                let Some(node) = node.upgrade() else { return };
                 if let Err(e) = node.world.refresh(node.storage()).await {
                     warn!(error = %e, "reading heartbeats");
                 }
@@ -215,7 +315,9 @@ impl Node {
                 }
             }
         });
-        self.background.lock().expect("background").push(task);
+        let worker = tokio::spawn(distributed::worker::run(Arc::downgrade(self)));
+        let mut bg = self.background.lock().expect("background");
+        bg.extend([beats, view, worker]);
     }
 
     /// Write this node's heartbeat once.
@@ -243,23 +345,51 @@ impl Node {
             queue_depth: load.queued as u32,
             temperature: t.value,
             band: t.band.to_string(),
-            cache: CacheSummaryV1::default(),
+            cache: match &self.cache {
+                Some(c) => {
+                    let st = c.stats();
+                    CacheSummaryV1 {
+                        entries: st.entries,
+                        bytes: st.bytes,
+                        hits: st.hits,
+                        misses: st.misses,
+                        bloom: c.bloom().to_hex(),
+                    }
+                }
+                None => CacheSummaryV1::default(),
+            },
             started_at: self.started_at + skew,
             written_at: writer_clock(),
             seq: self.seq.fetch_add(1, Ordering::SeqCst) + 1,
         }
     }
 
-    /// Low-priority upkeep, run only when the colony is cold.
-    async fn maintenance(&self) {
-        // Cancel markers of queries long finished.
-        let Ok(listed) = self.storage().list(&paths::queries_prefix()).await else {
+    /// Low-priority upkeep, run only when the colony is cold: delete what distributed queries
+    /// left behind (their coordinator died), once older than the orphan TTL.
+    pub async fn maintenance(&self) {
+        let ttl = chrono::Duration::from_std(self.config.distribution.orphan_ttl)
+            .unwrap_or(chrono::Duration::hours(1));
+        let cutoff = Utc::now() - ttl;
+        let storage = self.storage();
+        let Ok(queries) = storage.list_dirs(&paths::queries_prefix()).await else {
             return;
         };
-        let cutoff = Utc::now() - chrono::Duration::hours(1);
-        for meta in listed {
-            if meta.location.filename() == Some("cancel") && meta.last_modified < cutoff {
-                let _ = self.storage().delete(&meta.location).await;
+        for q in queries {
+            let Ok(objects) = storage.list(&q).await else {
+                continue;
+            };
+            // A query is orphaned when nothing under it changed within the TTL.
+            let newest = objects.iter().map(|m| m.last_modified).max();
+            if newest.is_some_and(|t| t < cutoff) {
+                match storage.delete_prefix(&q).await {
+                    Ok(n) => info!(prefix = %q, objects = n, "removed an orphaned query"),
+                    Err(e) => warn!(prefix = %q, error = %e, "removing an orphaned query"),
+                }
+            }
+        }
+        if let Ok(entries) = storage.list(&paths::inboxes_prefix()).await {
+            for e in entries.iter().filter(|m| m.last_modified < cutoff) {
+                let _ = storage.delete(&e.location).await;
             }
         }
     }
@@ -292,8 +422,14 @@ impl Node {
         self.engine.plan_query(session, stmt, params, pins).await
     }
 
-    /// Run a query in a bee; the stream holds the bee until it ends or is dropped.
-    /// Several parameter rows run as several statements, one after the other.
+    /// Run a query; the stream holds what the query uses (a bee, or a distributed run) until it
+    /// ends or is dropped. Several parameter rows run as several statements, one after the
+    /// other.
+    ///
+    /// Status queries (only `system.*`) take no bee, so they answer on a saturated node. A query
+    /// over enough cells on a swarm of two or more is cut into fragments for the swarm; its
+    /// coordinator part runs outside the bee slots (with a bee-sized memory pool), so that this
+    /// node's own bees stay free for the fragments it is assigned. Everything else runs in a bee.
     pub async fn query(
         self: &Arc<Self>,
         query_id: &str,
@@ -304,16 +440,64 @@ impl Node {
     ) -> Result<(SchemaRef, SendableRecordBatchStream)> {
         self.queries_total.fetch_add(1, Ordering::Relaxed);
         let mut guard = self.queries.register(query_id, &session.user, &stmt.text);
-        // Status queries answer even when every bee is busy: they take none.
-        let lease: Arc<Option<crate::bees::BeeLease>> =
-            Arc::new(if self.engine.reads_only_system(stmt) {
-                None
-            } else {
-                guard.entry().set_queued();
-                let lease = self.bees.acquire(query_id).await?;
-                guard.entry().set_bee(Some(lease.bee()));
-                Some(lease)
-            });
+        let param_sets = if param_rows.is_empty() {
+            vec![None]
+        } else {
+            param_rows
+        };
+        // On a swarm, plan for every bee of it, so that aggregations and sorts split into
+        // partial and final steps that fragments can run.
+        let swarm_bees: usize = self
+            .world
+            .nodes()
+            .iter()
+            .filter(|v| v.state == crate::swarm::NodeState::Alive)
+            .map(|v| v.heartbeat.bees_total.max(1) as usize)
+            .sum();
+        let partitions = (swarm_bees > self.config.bees.bees).then_some(swarm_bees);
+        let mut plans = Vec::with_capacity(param_sets.len());
+        for params in param_sets {
+            plans.push(
+                self.engine
+                    .plan_query_in(None, session, stmt, params, pins, partitions)
+                    .await?,
+            );
+        }
+        let schema = plans[0].schema.clone();
+        let timeout = self.config.bees.query_timeout;
+        let mut hold: Vec<Box<dyn std::any::Any + Send>> = Vec::new();
+
+        let explain_distributed = is_explain(&stmt.text);
+        let (ctx, lease): (
+            Arc<datafusion::execution::TaskContext>,
+            Option<crate::bees::BeeLease>,
+        ) = if self.engine.reads_only_system(stmt) || explain_distributed {
+            (self.engine.task_context(&self.coordinator_env()?), None)
+        } else if let Some(proposal) = (plans.len() == 1)
+            .then(|| distributed::propose(self, &plans[0].plan))
+            .flatten()
+        {
+            let (root, run) = distributed::start(
+                self,
+                query_id,
+                &stmt.text,
+                &plans[0].plan,
+                proposal,
+                timeout,
+            )
+            .await?;
+            self.metrics.coordinated.fetch_add(1, Ordering::Relaxed);
+            plans[0].plan = root;
+            hold.push(Box::new(run));
+            guard.entry().set_bee(None);
+            (self.engine.task_context(&self.coordinator_env()?), None)
+        } else {
+            guard.entry().set_queued();
+            let lease = self.bees.acquire(query_id).await?;
+            guard.entry().set_bee(Some(lease.bee()));
+            (self.engine.task_context(lease.env()), Some(lease))
+        };
+        let lease = Arc::new(lease);
         let explain = {
             let lease = lease.clone();
             move |e: Error| match lease.as_ref() {
@@ -321,26 +505,17 @@ impl Node {
                 None => e,
             }
         };
-        let env = lease.as_ref().as_ref().map(|l| l.env().clone());
-        let mut plans = Vec::with_capacity(param_rows.len().max(1));
-        for params in if param_rows.is_empty() {
-            vec![None]
-        } else {
-            param_rows
-        } {
-            let planned = self
-                .engine
-                .plan_query_in(env.as_ref(), session, stmt, params, pins)
-                .await
-                .map_err(&explain)?;
-            plans.push(planned);
+        if explain_distributed {
+            // EXPLAIN shows, besides DataFusion's plan, how the swarm would run the query.
+            if let Some(batch) = self.explain_distributed(session, stmt, pins).await? {
+                plans.push(PlannedQuery::from_batch(batch)?);
+            }
         }
-        let schema = plans[0].schema.clone();
         let cpu_schema = schema.clone();
         let stream = self.cpu.stream(schema.clone(), move || {
             let streams = futures::stream::iter(plans)
-                .map(|p: PlannedQuery| {
-                    p.execute()
+                .map(move |p: PlannedQuery| {
+                    p.execute_with(ctx.clone())
                         .map_err(datafusion::error::DataFusionError::from)
                 })
                 .try_flatten();
@@ -351,16 +526,70 @@ impl Node {
             ) as SendableRecordBatchStream)
         });
         guard.watch_storage(self.storage().clone());
-        let timeout = self.config.bees.query_timeout;
         let deadline = lease
             .as_ref()
             .as_ref()
             .map(|l| l.deadline())
             .unwrap_or_else(|| Instant::now() + timeout);
-        let stream = TrackedStream::new(stream, guard, vec![Box::new(lease)])
+        hold.push(Box::new(lease));
+        let stream = TrackedStream::new(stream, guard, hold)
             .with_deadline(deadline, timeout)
             .with_error_map(explain);
         Ok((schema, stream.boxed()))
+    }
+
+    /// A memory pool the size of one bee that takes no bee slot (coordinators, status queries).
+    fn coordinator_env(&self) -> Result<Arc<RuntimeEnv>> {
+        Ok(datafusion::execution::runtime_env::RuntimeEnvBuilder::new()
+            .with_memory_pool(Arc::new(
+                datafusion::execution::memory_pool::FairSpillPool::new(
+                    self.bees.bee_budget() as usize
+                ),
+            ))
+            .with_object_store_registry(
+                self.engine
+                    .base_state()
+                    .runtime_env()
+                    .object_store_registry
+                    .clone(),
+            )
+            .build_arc()?)
+    }
+
+    /// For `EXPLAIN <query>`: one more (plan_type, plan) row with the distributed plan.
+    async fn explain_distributed(
+        &self,
+        session: &Session,
+        stmt: &Statement,
+        pins: &Pins,
+    ) -> Result<Option<arrow::array::RecordBatch>> {
+        let inner = strip_explain(&stmt.text);
+        let Ok(inner) = self.engine.parse_one(inner) else {
+            return Ok(None);
+        };
+        if !inner.returns_rows() || inner.params > 0 {
+            return Ok(None);
+        }
+        let planned = self.engine.plan_query(session, &inner, None, pins).await?;
+        let text = match distributed::propose(self, &planned.plan) {
+            Some(p) => distributed::describe(&p),
+            None => format!(
+                "runs on this node ({}): fewer than two live nodes or less than {} bytes of cells\n",
+                self.id(),
+                self.config.distribution.min_bytes
+            ),
+        };
+        let schema = Arc::new(arrow::datatypes::Schema::new(vec![
+            arrow::datatypes::Field::new("plan_type", arrow::datatypes::DataType::Utf8, false),
+            arrow::datatypes::Field::new("plan", arrow::datatypes::DataType::Utf8, false),
+        ]));
+        Ok(Some(arrow::array::RecordBatch::try_new(
+            schema,
+            vec![
+                Arc::new(arrow::array::StringArray::from(vec!["distributed_plan"])),
+                Arc::new(arrow::array::StringArray::from(vec![text])),
+            ],
+        )?))
     }
 
     /// Run a statement that returns no result set in a bee, once per parameter row (or once).
@@ -435,3 +664,28 @@ impl Node {
 }
 
 use futures::StreamExt as _;
+
+/// `EXPLAIN <query>` (not `EXPLAIN ANALYZE`, which runs the query as planned here).
+fn is_explain(text: &str) -> bool {
+    let t = text.trim_start().to_ascii_uppercase();
+    t.starts_with("EXPLAIN ") && !t["EXPLAIN ".len()..].trim_start().starts_with("ANALYZE")
+}
+
+fn strip_explain(text: &str) -> &str {
+    let t = text.trim_start();
+    let rest = &t["EXPLAIN".len()..];
+    let rest = rest.trim_start();
+    match rest.get(..7) {
+        Some(v) if v.eq_ignore_ascii_case("VERBOSE") => rest[7..].trim_start(),
+        _ => rest,
+    }
+}
+
+/// [`Node::swarm_view`] of `world` seen from node `me`.
+pub fn swarm_view(world: &WorldView, me: &str) -> Vec<crate::swarm::NodeView> {
+    let mut nodes = world.nodes();
+    for n in nodes.iter_mut().filter(|n| n.heartbeat.node_id == me) {
+        n.state = crate::swarm::NodeState::Alive;
+    }
+    nodes
+}

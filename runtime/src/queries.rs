@@ -181,14 +181,21 @@ impl QueryGuard {
 
     /// Also cancel the query when another node writes its cancel marker into `storage`.
     pub fn watch_storage(&mut self, storage: Storage) {
+        let id = self.entry.id.clone();
+        self.watch_storage_for(storage, &id);
+    }
+
+    /// Cancel when the marker of `query_id` appears (fragments watch their query's marker).
+    pub fn watch_storage_for(&mut self, storage: Storage, query_id: &str) {
         let entry = self.entry.clone();
+        let query_id = query_id.to_string();
         self.watcher = Some(tokio::spawn(async move {
             loop {
                 tokio::select! {
                     _ = entry.token.cancelled() => return,
                     _ = tokio::time::sleep(CANCEL_POLL) => {}
                 }
-                match cancel_requested(&storage, &entry.id).await {
+                match cancel_requested(&storage, &query_id).await {
                     Ok(true) => {
                         info!(query_id = %entry.id, "cancel marker found");
                         entry.token.cancel();

@@ -133,6 +133,9 @@ struct Observed {
 pub struct WorldView {
     timing: SwarmTiming,
     nodes: Mutex<HashMap<String, Observed>>,
+    /// When storage was last read. Ages are judged at that instant, not later: an observer whose
+    /// own refresh is slow (a loaded machine, a slow bucket) must not see everyone turn Suspect.
+    observed_at: Mutex<Option<Instant>>,
 }
 
 impl WorldView {
@@ -140,6 +143,7 @@ impl WorldView {
         Self {
             timing,
             nodes: Mutex::new(HashMap::new()),
+            observed_at: Mutex::new(None),
         }
     }
 
@@ -161,6 +165,10 @@ impl WorldView {
     /// Fold in what storage holds now (heartbeats listed and read at `now`). Returns the ids of
     /// dead nodes whose heartbeats should be deleted.
     pub fn observe(&self, heartbeats: Vec<HeartbeatV1>, now: Instant) -> Vec<String> {
+        {
+            let mut at = self.observed_at.lock().expect("world view");
+            *at = Some(at.map_or(now, |t| t.max(now)));
+        }
         let mut nodes = self.nodes.lock().expect("world view");
         let present: std::collections::HashSet<String> =
             heartbeats.iter().map(|h| h.node_id.clone()).collect();
@@ -212,6 +220,10 @@ impl WorldView {
     }
 
     pub fn nodes_at(&self, now: Instant) -> Vec<NodeView> {
+        let now = match *self.observed_at.lock().expect("world view") {
+            Some(t) => now.min(t),
+            None => now,
+        };
         let nodes = self.nodes.lock().expect("world view");
         let mut out: Vec<NodeView> = nodes
             .values()
@@ -313,6 +325,26 @@ mod tests {
         assert_eq!(at(4)[1].1, NodeState::Suspect);
         assert_eq!(at(6)[1].1, NodeState::Dead);
         assert_eq!(at(7)[0].1, NodeState::Alive);
+    }
+
+    #[test]
+    fn a_stalled_observer_judges_as_of_its_last_read() {
+        let w = WorldView::new(timing());
+        let t0 = Instant::now();
+        w.observe(vec![hb("a", 1)], t0);
+        w.observe(vec![hb("a", 2)], t0 + Duration::from_secs(1));
+        // This observer has not read storage for a long time: it knows nothing newer, so it
+        // must not call the node suspect.
+        assert_eq!(
+            w.nodes_at(t0 + Duration::from_secs(60))[0].state,
+            NodeState::Alive
+        );
+        // Once it reads again and the sequence has not moved, the age counts.
+        w.observe(vec![hb("a", 2)], t0 + Duration::from_secs(5));
+        assert_eq!(
+            w.nodes_at(t0 + Duration::from_secs(60))[0].state,
+            NodeState::Suspect
+        );
     }
 
     #[test]

@@ -75,6 +75,11 @@ impl Kind {
                 f("started_at", Utf8, false),
                 f("uptime_s", Float64, false),
                 f("queries_total", UInt64, false),
+                f("fragments_executed", UInt64, false),
+                f("queries_coordinated", UInt64, false),
+                f("cache_hits", UInt64, false),
+                f("cache_misses", UInt64, false),
+                f("cache_bytes", UInt64, false),
             ],
             Kind::Bees => vec![
                 f("bee_id", Int64, false),
@@ -169,6 +174,19 @@ fn snapshot(kind: Kind, node: &Node) -> DfResult<RecordBatch> {
                 s(vec![node.started_at().to_rfc3339()]),
                 f(vec![node.uptime().as_secs_f64()]),
                 u(vec![node.queries_total()]),
+                u(vec![
+                    node.metrics()
+                        .fragments
+                        .load(std::sync::atomic::Ordering::Relaxed),
+                ]),
+                u(vec![
+                    node.metrics()
+                        .coordinated
+                        .load(std::sync::atomic::Ordering::Relaxed),
+                ]),
+                u(vec![node.cache_stats().map(|c| c.hits).unwrap_or(0)]),
+                u(vec![node.cache_stats().map(|c| c.misses).unwrap_or(0)]),
+                u(vec![node.cache_stats().map(|c| c.bytes).unwrap_or(0)]),
             ]
         }
         Kind::Bees => {

@@ -149,6 +149,30 @@ pub struct NodeArgs {
     /// Further intervals before a dead node's heartbeat is deleted.
     #[arg(long, env = "APIARY_DEAD_GRACE", default_value_t = 2)]
     pub dead_grace: u32,
+    /// Queries scanning fewer bytes of cells run on the node that received them.
+    #[arg(long, env = "APIARY_DISTRIBUTE_MIN_BYTES", default_value = "64MiB")]
+    pub distribute_min_bytes: MemorySize,
+    /// Fastest storage polling for fragments (busy workers, waiting coordinators).
+    #[arg(long, env = "APIARY_POLL_MIN", default_value = "20ms", value_parser = parse_duration)]
+    pub poll_min: Duration,
+    /// Slowest inbox polling of an idle worker.
+    #[arg(long, env = "APIARY_POLL_MAX", default_value = "2s", value_parser = parse_duration)]
+    pub poll_max: Duration,
+    /// A fragment nobody claimed within this is reassigned.
+    #[arg(long, env = "APIARY_CLAIM_TIMEOUT", default_value = "10s", value_parser = parse_duration)]
+    pub claim_timeout: Duration,
+    /// Attempts per fragment before the query fails.
+    #[arg(long, env = "APIARY_FRAGMENT_TRIALS", default_value_t = 3)]
+    pub fragment_trials: u32,
+    /// Objects of distributed queries untouched for this long are deleted by any idle node.
+    #[arg(long, env = "APIARY_ORPHAN_TTL", default_value = "1h", value_parser = parse_duration)]
+    pub orphan_ttl: Duration,
+    /// Directory of the local cell cache (object-store backends only).
+    #[arg(long, env = "APIARY_CACHE_DIR")]
+    pub cache_dir: Option<PathBuf>,
+    /// Size bound of the local cell cache; 0 disables it.
+    #[arg(long, env = "APIARY_CACHE_SIZE", default_value = "2GiB")]
+    pub cache_size: MemorySize,
 }
 
 /// The Flight SQL endpoint.
@@ -261,8 +285,8 @@ impl FromStr for MemorySize {
             other => return Err(format!("unknown size unit {other:?} in {s:?}")),
         };
         let bytes = num * mult as f64;
-        if bytes.is_nan() || bytes < 1.0 {
-            return Err(format!("size must be positive, got {s:?}"));
+        if bytes.is_nan() || bytes < 0.0 {
+            return Err(format!("size must not be negative, got {s:?}"));
         }
         Ok(MemorySize::Bytes(bytes as u64))
     }

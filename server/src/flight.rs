@@ -444,10 +444,14 @@ impl FlightSql {
                 datafusion::error::DataFusionError::External(Box::new(flight_status(e)))
             }));
         let data = Box::pin(RecordBatchStreamAdapter::new(schema, rest));
-        let (rows, version) = sink
-            .write_stream(data)
-            .await
-            .map_err(|e| to_status(e.into()))?;
+        let (rows, version) = match sink.write_stream(data).await {
+            Ok(done) => done,
+            Err(e) => {
+                guard.fail();
+                return Err(to_status(e.into()));
+            }
+        };
+        guard.finish(rows);
         info!(frame = %frame, rows, version, user = %who.user, "ingest committed");
         Ok(rows as i64)
     }

@@ -73,6 +73,60 @@ async fn metrics(State(node): State<Arc<Node>>) -> impl IntoResponse {
         let v = if band == t.band.as_str() { 1 } else { 0 };
         let _ = writeln!(out, "apiary_temperature_band{{band=\"{band}\"}} {v}");
     }
+    let m = node.metrics();
+    let counter = |out: &mut String, name: &str, help: &str, v: u64| {
+        let _ = writeln!(
+            out,
+            "# HELP {name} {help}\n# TYPE {name} counter\n{name} {v}"
+        );
+    };
+    counter(
+        &mut out,
+        "apiary_inbox_polls_total",
+        "LIST requests on this node's fragment inbox.",
+        m.inbox_polls.load(std::sync::atomic::Ordering::Relaxed),
+    );
+    counter(
+        &mut out,
+        "apiary_fragments_executed_total",
+        "Fragments of distributed queries this node executed.",
+        m.fragments.load(std::sync::atomic::Ordering::Relaxed),
+    );
+    counter(
+        &mut out,
+        "apiary_queries_coordinated_total",
+        "Distributed queries this node coordinated.",
+        m.coordinated.load(std::sync::atomic::Ordering::Relaxed),
+    );
+    let (p50, p95, n) = m.dispatch_quantiles();
+    let _ = writeln!(
+        out,
+        "# HELP apiary_fragment_dispatch_seconds Posting to claiming of recent fragments.\n# TYPE apiary_fragment_dispatch_seconds summary\napiary_fragment_dispatch_seconds{{quantile=\"0.5\"}} {p50}\napiary_fragment_dispatch_seconds{{quantile=\"0.95\"}} {p95}\napiary_fragment_dispatch_seconds_count {n}"
+    );
+    if let Some(c) = node.cache_stats() {
+        counter(
+            &mut out,
+            "apiary_cache_hits_total",
+            "Cell reads served from the local cache.",
+            c.hits,
+        );
+        counter(
+            &mut out,
+            "apiary_cache_misses_total",
+            "Cell reads fetched from object storage.",
+            c.misses,
+        );
+        let _ = writeln!(
+            out,
+            "# HELP apiary_cache_bytes Bytes in the local cell cache.\n# TYPE apiary_cache_bytes gauge\napiary_cache_bytes {}",
+            c.bytes
+        );
+        let _ = writeln!(
+            out,
+            "# HELP apiary_cache_entries Cells in the local cell cache.\n# TYPE apiary_cache_entries gauge\napiary_cache_entries {}",
+            c.entries
+        );
+    }
     let nodes = node.world().nodes();
     let _ = writeln!(
         out,

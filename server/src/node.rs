@@ -5,6 +5,7 @@ use std::time::Duration;
 
 use anyhow::Context;
 use apiary_runtime::bees::BeeConfig;
+use apiary_runtime::distributed::DistributionConfig;
 use apiary_runtime::swarm::SwarmTiming;
 use apiary_runtime::{Engine, EngineConfig, Node, NodeConfig};
 use apiary_storage::{Lakehouse, LedgerConfig, Storage, leafcutter_cell_size};
@@ -91,6 +92,7 @@ pub async fn build(
         .node_id
         .clone()
         .unwrap_or_else(|| format!("node-{}", &uuid::Uuid::new_v4().simple().to_string()[..12]));
+    let node_id_for_cache = node_id.clone();
     let scratch_root = node
         .scratch_dir
         .clone()
@@ -105,14 +107,36 @@ pub async fn build(
             query_timeout: node.query_timeout,
             scratch_root,
         },
-        engine: engine_config(node)?,
+        engine: EngineConfig {
+            target_partitions: bee_count(node),
+            ..engine_config(node)?
+        },
         swarm: SwarmTiming {
             interval: node.heartbeat_interval.max(Duration::from_millis(10)),
             suspect_after: node.suspect_after.max(1),
             dead_after: node.dead_after.max(node.suspect_after + 1),
             grace: node.dead_grace,
         },
-        cpu_threads: cores(),
+        // A bee is one core: the CPU runtime has a thread per bee.
+        cpu_threads: bee_count(node),
+        distribution: DistributionConfig {
+            min_bytes: node.distribute_min_bytes.resolve(memory),
+            poll_min: node.poll_min,
+            poll_max: node.poll_max.max(node.poll_min),
+            claim_timeout: node.claim_timeout,
+            trials: node.fragment_trials.max(1),
+            orphan_ttl: node.orphan_ttl,
+            ..Default::default()
+        },
+        cache: {
+            let size = node.cache_size.resolve(memory);
+            (size > 0).then(|| {
+                let dir = node.cache_dir.clone().unwrap_or_else(|| {
+                    std::env::temp_dir().join(format!("apiary-cache-{node_id_for_cache}"))
+                });
+                (dir, size)
+            })
+        },
     };
     Ok(Node::new(lakehouse, config)?)
 }

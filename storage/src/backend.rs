@@ -331,6 +331,20 @@ impl Storage {
         Ok(out)
     }
 
+    /// The "directories" directly below `prefix` (relative keys), one level deep.
+    pub async fn list_dirs(&self, prefix: &Path) -> Result<Vec<Path>> {
+        let abs = self.absolute(prefix);
+        let listed = self.store.list_with_delimiter(Some(&abs)).await?;
+        listed
+            .common_prefixes
+            .iter()
+            .map(|p| {
+                self.relative(p)
+                    .ok_or_else(|| Error::Internal(format!("listed key {p} outside root")))
+            })
+            .collect()
+    }
+
     /// Delete every object below `prefix`. Returns how many were deleted.
     pub async fn delete_prefix(&self, prefix: &Path) -> Result<usize> {
         let abs = self.absolute(prefix);

@@ -293,6 +293,66 @@ pub fn query_prefix(query_id: &str) -> Result<Path> {
     Ok(internal(&["queries", query_id]))
 }
 
+/// A query's manifest (distributed execution).
+pub fn query_manifest(query_id: &str) -> Result<Path> {
+    Ok(query_prefix(query_id)?.join("manifest.json"))
+}
+
+/// Prefix of one task (fragment) of a distributed query.
+pub fn task_prefix(query_id: &str, stage: u32, task: u32) -> Result<Path> {
+    Ok(query_prefix(query_id)?.join(format!("s{stage}-t{task}")))
+}
+
+/// The serialised plan of a task (shared by its attempts).
+pub fn task_plan(query_id: &str, stage: u32, task: u32) -> Result<Path> {
+    Ok(task_prefix(query_id, stage, task)?.join("plan.bin"))
+}
+
+/// Claim of one attempt of a task: created with put-if-absent, exactly one worker wins.
+pub fn task_claim(query_id: &str, stage: u32, task: u32, attempt: u32) -> Result<Path> {
+    Ok(task_prefix(query_id, stage, task)?.join(format!("claim-{attempt}")))
+}
+
+/// One part of an attempt's output (an Arrow IPC stream).
+pub fn task_part(query_id: &str, stage: u32, task: u32, attempt: u32, part: u32) -> Result<Path> {
+    Ok(task_prefix(query_id, stage, task)?
+        .join(format!("out-{attempt}"))
+        .join(format!("part-{part:05}.arrow")))
+}
+
+/// Written last by a worker when an attempt's output is complete.
+pub fn task_done(query_id: &str, stage: u32, task: u32, attempt: u32) -> Result<Path> {
+    Ok(task_prefix(query_id, stage, task)?.join(format!("done-{attempt}.json")))
+}
+
+/// Written by a worker when an attempt failed.
+pub fn task_failed(query_id: &str, stage: u32, task: u32, attempt: u32) -> Result<Path> {
+    Ok(task_prefix(query_id, stage, task)?.join(format!("failed-{attempt}.json")))
+}
+
+/// A node's inbox of task assignments.
+pub fn inbox_prefix(node_id: &str) -> Result<Path> {
+    validate_node_id(node_id)?;
+    Ok(internal(&["inbox", node_id]))
+}
+
+/// One assignment in a node's inbox.
+pub fn inbox_entry(
+    node_id: &str,
+    query_id: &str,
+    stage: u32,
+    task: u32,
+    attempt: u32,
+) -> Result<Path> {
+    validate_query_id(query_id)?;
+    Ok(inbox_prefix(node_id)?.join(format!("{query_id}.s{stage}.t{task}.a{attempt}.json")))
+}
+
+/// Prefix of every inbox.
+pub fn inboxes_prefix() -> Path {
+    internal(&["inbox"])
+}
+
 /// Marker asking every node to cancel a query.
 pub fn cancel_marker(query_id: &str) -> Result<Path> {
     Ok(query_prefix(query_id)?.join("cancel"))

@@ -1,0 +1,418 @@
+//! The local cell cache: cells (Parquet files) fetched from object storage are kept on local disk,
+//! least recently used first out, within a size bound.
+//!
+//! Cells are immutable — Delta never rewrites a data file in place, new data gets new file names
+//! with a UUID — so a cell is keyed by its path; its size is recorded and checked on every hit. The cache sits in front of the object store that
+//! DataFusion scans through ([`CachedStore`]); everything that is not a cell passes through.
+//! Hits and misses are counted for metrics, and a Bloom filter of the cached keys travels in the
+//! heartbeat so coordinators can send work where the cells already are.
+
+use std::collections::HashMap;
+use std::fmt;
+use std::ops::Range;
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+
+use async_trait::async_trait;
+use bytes::Bytes;
+use futures::stream::BoxStream;
+use object_store::path::Path;
+use object_store::{
+    CopyOptions, GetOptions, GetRange, GetResult, GetResultPayload, ListResult, MultipartUpload,
+    ObjectMeta, ObjectStore, ObjectStoreExt, PutMultipartOptions, PutOptions, PutPayload,
+    PutResult, Result,
+};
+use sha2::{Digest, Sha256};
+use tracing::{debug, warn};
+
+/// Bits of the heartbeat's Bloom filter.
+const BLOOM_BITS: usize = 4096;
+const BLOOM_HASHES: usize = 3;
+
+/// A Bloom filter over cell keys, hex-encoded for heartbeats.
+#[derive(Debug, Clone)]
+pub struct Bloom {
+    bits: Vec<u8>,
+}
+
+impl Default for Bloom {
+    fn default() -> Self {
+        Self {
+            bits: vec![0; BLOOM_BITS / 8],
+        }
+    }
+}
+
+impl Bloom {
+    fn positions(key: &str) -> [usize; BLOOM_HASHES] {
+        let h = Sha256::digest(key.as_bytes());
+        let mut out = [0; BLOOM_HASHES];
+        for (i, o) in out.iter_mut().enumerate() {
+            let v = u32::from_le_bytes([h[4 * i], h[4 * i + 1], h[4 * i + 2], h[4 * i + 3]]);
+            *o = v as usize % BLOOM_BITS;
+        }
+        out
+    }
+
+    pub fn insert(&mut self, key: &str) {
+        for p in Self::positions(key) {
+            self.bits[p / 8] |= 1 << (p % 8);
+        }
+    }
+
+    pub fn contains(&self, key: &str) -> bool {
+        Self::positions(key)
+            .iter()
+            .all(|p| self.bits[p / 8] & (1 << (p % 8)) != 0)
+    }
+
+    pub fn to_hex(&self) -> String {
+        if self.bits.iter().all(|b| *b == 0) {
+            return String::new();
+        }
+        self.bits.iter().map(|b| format!("{b:02x}")).collect()
+    }
+
+    pub fn from_hex(s: &str) -> Option<Bloom> {
+        if s.is_empty() {
+            return Some(Bloom::default());
+        }
+        if s.len() != BLOOM_BITS / 4 {
+            return None;
+        }
+        let bits = (0..s.len())
+            .step_by(2)
+            .map(|i| u8::from_str_radix(&s[i..i + 2], 16).ok())
+            .collect::<Option<Vec<u8>>>()?;
+        Some(Bloom { bits })
+    }
+}
+
+#[derive(Debug)]
+struct Entry {
+    file: PathBuf,
+    size: u64,
+    last_used: u64,
+}
+
+#[derive(Debug, Default)]
+struct State {
+    entries: HashMap<String, Entry>,
+    bytes: u64,
+    clock: u64,
+}
+
+/// The cache's figures.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct CacheStats {
+    pub entries: u64,
+    pub bytes: u64,
+    pub hits: u64,
+    pub misses: u64,
+}
+
+/// Cells on local disk, LRU within `capacity` bytes.
+#[derive(Debug)]
+pub struct CellCache {
+    dir: PathBuf,
+    capacity: u64,
+    state: Mutex<State>,
+    hits: AtomicU64,
+    misses: AtomicU64,
+}
+
+impl CellCache {
+    pub fn new(dir: PathBuf, capacity: u64) -> std::io::Result<Arc<Self>> {
+        // Start empty: a previous process's files are not trusted to be complete.
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir)?;
+        Ok(Arc::new(Self {
+            dir,
+            capacity,
+            state: Mutex::new(State::default()),
+            hits: AtomicU64::new(0),
+            misses: AtomicU64::new(0),
+        }))
+    }
+
+    pub fn stats(&self) -> CacheStats {
+        let s = self.state.lock().expect("cache");
+        CacheStats {
+            entries: s.entries.len() as u64,
+            bytes: s.bytes,
+            hits: self.hits.load(Ordering::Relaxed),
+            misses: self.misses.load(Ordering::Relaxed),
+        }
+    }
+
+    /// Bloom filter of the cached cells' paths.
+    pub fn bloom(&self) -> Bloom {
+        let mut b = Bloom::default();
+        for key in self.state.lock().expect("cache").entries.keys() {
+            b.insert(key);
+        }
+        b
+    }
+
+    /// The local file and size of a cached cell.
+    fn lookup(&self, key: &str) -> Option<(PathBuf, u64)> {
+        let mut s = self.state.lock().expect("cache");
+        s.clock += 1;
+        let clock = s.clock;
+        s.entries.get_mut(key).map(|e| {
+            e.last_used = clock;
+            (e.file.clone(), e.size)
+        })
+    }
+
+    fn admit(&self, key: String, bytes: &Bytes) -> Option<PathBuf> {
+        let size = bytes.len() as u64;
+        if size > self.capacity / 2 {
+            return None;
+        }
+        let name = hex(&Sha256::digest(key.as_bytes()));
+        let file = self.dir.join(&name);
+        let tmp = self
+            .dir
+            .join(format!("{name}.tmp-{}", uuid::Uuid::new_v4().simple()));
+        if let Err(e) = std::fs::write(&tmp, bytes).and_then(|_| std::fs::rename(&tmp, &file)) {
+            warn!(error = %e, "writing to the cell cache");
+            let _ = std::fs::remove_file(&tmp);
+            return None;
+        }
+        let mut evicted = Vec::new();
+        {
+            let mut s = self.state.lock().expect("cache");
+            s.clock += 1;
+            let clock = s.clock;
+            if let Some(old) = s.entries.insert(
+                key,
+                Entry {
+                    file: file.clone(),
+                    size,
+                    last_used: clock,
+                },
+            ) {
+                s.bytes -= old.size;
+            }
+            s.bytes += size;
+            while s.bytes > self.capacity {
+                let Some(victim) = s
+                    .entries
+                    .iter()
+                    .min_by_key(|(_, e)| e.last_used)
+                    .map(|(k, _)| k.clone())
+                else {
+                    break;
+                };
+                if let Some(e) = s.entries.remove(&victim) {
+                    s.bytes -= e.size;
+                    evicted.push(e.file);
+                }
+            }
+        }
+        for f in evicted {
+            let _ = std::fs::remove_file(f);
+        }
+        Some(file)
+    }
+}
+
+fn hex(b: &[u8]) -> String {
+    b.iter().map(|x| format!("{x:02x}")).collect()
+}
+
+fn resolve(range: &GetRange, len: u64) -> Range<u64> {
+    match range {
+        GetRange::Bounded(r) => r.start.min(len)..r.end.min(len),
+        GetRange::Offset(o) => (*o).min(len)..len,
+        GetRange::Suffix(n) => len.saturating_sub(*n)..len,
+    }
+}
+
+/// An object store that serves cells from the [`CellCache`].
+#[derive(Debug)]
+pub struct CachedStore {
+    inner: Arc<dyn ObjectStore>,
+    cache: Arc<CellCache>,
+}
+
+impl CachedStore {
+    pub fn new(inner: Arc<dyn ObjectStore>, cache: Arc<CellCache>) -> Self {
+        Self { inner, cache }
+    }
+
+    fn is_cell(path: &Path) -> bool {
+        path.extension() == Some("parquet") && !path.as_ref().contains("_delta_log")
+    }
+}
+
+impl fmt::Display for CachedStore {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "CachedStore({})", self.inner)
+    }
+}
+
+#[async_trait]
+impl ObjectStore for CachedStore {
+    async fn put_opts(
+        &self,
+        location: &Path,
+        payload: PutPayload,
+        opts: PutOptions,
+    ) -> Result<PutResult> {
+        self.inner.put_opts(location, payload, opts).await
+    }
+
+    async fn put_multipart_opts(
+        &self,
+        location: &Path,
+        opts: PutMultipartOptions,
+    ) -> Result<Box<dyn MultipartUpload>> {
+        self.inner.put_multipart_opts(location, opts).await
+    }
+
+    async fn get_opts(&self, location: &Path, options: GetOptions) -> Result<GetResult> {
+        let plain = options.if_match.is_none()
+            && options.if_none_match.is_none()
+            && options.if_modified_since.is_none()
+            && options.if_unmodified_since.is_none()
+            && options.version.is_none()
+            && !options.head;
+        if !plain || !Self::is_cell(location) {
+            return self.inner.get_opts(location, options).await;
+        }
+        if let Some((file, size)) = self.cache.lookup(location.as_ref())
+            && let Ok(bytes) = std::fs::read(&file)
+            && bytes.len() as u64 == size
+        {
+            self.cache.hits.fetch_add(1, Ordering::Relaxed);
+            return Ok(serve(location, Bytes::from(bytes), options.range.as_ref()));
+        }
+        self.cache.misses.fetch_add(1, Ordering::Relaxed);
+        let whole = self.inner.get(location).await?;
+        let meta = whole.meta.clone();
+        let bytes = whole.bytes().await?;
+        if bytes.len() as u64 == meta.size {
+            self.cache.admit(location.to_string(), &bytes);
+            debug!(cell = %location, size = meta.size, "cached");
+        }
+        Ok(serve_with_meta(meta, bytes, options.range.as_ref()))
+    }
+
+    fn delete_stream(
+        &self,
+        locations: BoxStream<'static, Result<Path>>,
+    ) -> BoxStream<'static, Result<Path>> {
+        self.inner.delete_stream(locations)
+    }
+
+    fn list(&self, prefix: Option<&Path>) -> BoxStream<'static, Result<ObjectMeta>> {
+        self.inner.list(prefix)
+    }
+
+    fn list_with_offset(
+        &self,
+        prefix: Option<&Path>,
+        offset: &Path,
+    ) -> BoxStream<'static, Result<ObjectMeta>> {
+        self.inner.list_with_offset(prefix, offset)
+    }
+
+    async fn list_with_delimiter(&self, prefix: Option<&Path>) -> Result<ListResult> {
+        self.inner.list_with_delimiter(prefix).await
+    }
+
+    async fn copy_opts(&self, from: &Path, to: &Path, options: CopyOptions) -> Result<()> {
+        self.inner.copy_opts(from, to, options).await
+    }
+}
+
+fn serve(location: &Path, bytes: Bytes, range: Option<&GetRange>) -> GetResult {
+    let meta = ObjectMeta {
+        location: location.clone(),
+        last_modified: chrono::DateTime::<chrono::Utc>::MIN_UTC,
+        size: bytes.len() as u64,
+        e_tag: None,
+        version: None,
+    };
+    serve_with_meta(meta, bytes, range)
+}
+
+fn serve_with_meta(meta: ObjectMeta, bytes: Bytes, range: Option<&GetRange>) -> GetResult {
+    let r = match range {
+        Some(r) => resolve(r, bytes.len() as u64),
+        None => 0..bytes.len() as u64,
+    };
+    let body = bytes.slice(r.start as usize..r.end as usize);
+    GetResult {
+        payload: GetResultPayload::Stream(Box::pin(futures::stream::once(async move { Ok(body) }))),
+        meta,
+        range: r,
+        attributes: Default::default(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use object_store::memory::InMemory;
+
+    #[tokio::test]
+    async fn cells_are_served_from_disk_after_the_first_read() {
+        let inner: Arc<dyn ObjectStore> = Arc::new(InMemory::new());
+        let cell = Path::from("h/b/f/part-1.parquet");
+        let data: Vec<u8> = (0..10_000u32).map(|i| (i % 251) as u8).collect();
+        inner.put(&cell, data.clone().into()).await.unwrap();
+        let dir = tempfile::tempdir().unwrap();
+        let cache = CellCache::new(dir.path().join("c"), 1 << 20).unwrap();
+        let store = CachedStore::new(inner.clone(), cache.clone());
+        let r = store.get_range(&cell, 100..200).await.unwrap();
+        assert_eq!(&r[..], &data[100..200]);
+        assert_eq!((cache.stats().hits, cache.stats().misses), (0, 1));
+        let r = store.get_range(&cell, 9_990..10_000).await.unwrap();
+        assert_eq!(&r[..], &data[9_990..]);
+        let all = store.get(&cell).await.unwrap().bytes().await.unwrap();
+        assert_eq!(all.len(), 10_000);
+        assert_eq!((cache.stats().hits, cache.stats().misses), (2, 1));
+        assert!(cache.bloom().contains(cell.as_ref()));
+        // Non-cells pass through uncached.
+        let log = Path::from("h/b/f/_delta_log/00000000000000000000.json");
+        inner
+            .put(&log, Bytes::from_static(b"{}").into())
+            .await
+            .unwrap();
+        store.get(&log).await.unwrap();
+        assert_eq!(cache.stats().entries, 1);
+    }
+
+    #[tokio::test]
+    async fn eviction_keeps_the_cache_within_its_bound() {
+        let inner: Arc<dyn ObjectStore> = Arc::new(InMemory::new());
+        let dir = tempfile::tempdir().unwrap();
+        let cache = CellCache::new(dir.path().join("c"), 25_000).unwrap();
+        let store = CachedStore::new(inner.clone(), cache.clone());
+        for i in 0..5 {
+            let p = Path::from(format!("t/c{i}.parquet"));
+            inner.put(&p, vec![i as u8; 10_000].into()).await.unwrap();
+            store.get(&p).await.unwrap().bytes().await.unwrap();
+        }
+        let s = cache.stats();
+        assert!(s.bytes <= 25_000, "{s:?}");
+        assert_eq!(s.entries, 2);
+        // The most recent stay.
+        assert!(cache.bloom().contains("t/c4.parquet"));
+    }
+
+    #[test]
+    fn bloom_round_trips() {
+        let mut b = Bloom::default();
+        assert_eq!(b.to_hex(), "");
+        b.insert("a/b.parquet");
+        let h = b.to_hex();
+        let back = Bloom::from_hex(&h).unwrap();
+        assert!(back.contains("a/b.parquet"));
+        assert!(!back.contains("zzz"));
+    }
+}

@@ -1,0 +1,215 @@
+//! Cutting a physical plan into stages that other nodes can run.
+//!
+//! A *leaf stage* is a maximal chain, read top-down, of operators that work on each input
+//! partition independently, ending in a Parquet scan of cells:
+//!
+//! ```text
+//!   AggregateExec(Partial) / SortExec(preserve partitioning) / FilterExec / ProjectionExec /
+//!   LocalLimitExec / CooperativeExec
+//!        ▲ … ▲
+//!   DataSourceExec(Parquet cells)
+//! ```
+//!
+//! For such a chain, running it over any split of the cells and taking the union of the outputs
+//! gives what the whole chain gives, up to how rows are spread over partitions: partial
+//! aggregates are merged by the final aggregate above, per-partition top-K and local limits are
+//! finished by the merge or global limit above, filters and projections are per row. Everything
+//! else — final aggregates, joins, repartitions, merges — stays on the coordinator, above a
+//! [`StageExec`](super::coordinator::StageExec) that streams the tasks' outputs back, so every
+//! plan stays correct.
+
+use std::sync::Arc;
+
+use datafusion::datasource::physical_plan::{FileGroup, FileScanConfig, FileScanConfigBuilder};
+use datafusion::datasource::source::DataSourceExec;
+use datafusion::error::Result as DfResult;
+use datafusion::physical_plan::aggregates::{AggregateExec, AggregateMode};
+use datafusion::physical_plan::coop::CooperativeExec;
+use datafusion::physical_plan::execution_plan::{ChildrenPropertiesMode, ReplaceChildrenOptions};
+use datafusion::physical_plan::filter::FilterExec;
+use datafusion::physical_plan::limit::LocalLimitExec;
+use datafusion::physical_plan::projection::ProjectionExec;
+use datafusion::physical_plan::sorts::sort::SortExec;
+use datafusion::physical_plan::{ExecutionPlan, ExecutionPlanProperties};
+
+/// One leaf stage found in a plan.
+#[derive(Debug, Clone)]
+pub struct Stage {
+    pub id: u32,
+    /// The chain's top operator (the stage root), as planned.
+    pub leaf: Arc<dyn ExecutionPlan>,
+    /// The scan at the bottom of the chain.
+    pub scan: FileScanConfig,
+    /// Output partitions of the chain on the coordinator.
+    pub partitions: usize,
+    /// Whether each output partition is sorted (then tasks keep the planned file groups).
+    pub ordered: bool,
+    pub files: usize,
+    pub bytes: u64,
+}
+
+fn scan_config(node: &Arc<dyn ExecutionPlan>) -> Option<FileScanConfig> {
+    let ds = node.downcast_ref::<DataSourceExec>()?;
+    ds.data_source().downcast_ref::<FileScanConfig>().cloned()
+}
+
+/// Operators that process each partition on its own, whatever the split of their input.
+fn per_partition(node: &Arc<dyn ExecutionPlan>) -> bool {
+    if node.is::<FilterExec>()
+        || node.is::<ProjectionExec>()
+        || node.is::<LocalLimitExec>()
+        || node.is::<CooperativeExec>()
+    {
+        return true;
+    }
+    if let Some(a) = node.downcast_ref::<AggregateExec>() {
+        return *a.mode() == AggregateMode::Partial;
+    }
+    if let Some(s) = node.downcast_ref::<SortExec>() {
+        return s.preserve_partitioning();
+    }
+    false
+}
+
+fn is_leaf_chain(node: &Arc<dyn ExecutionPlan>) -> bool {
+    if scan_config(node).is_some() {
+        return true;
+    }
+    let children = node.children();
+    per_partition(node) && children.len() == 1 && is_leaf_chain(children[0])
+}
+
+fn bottom_scan(node: &Arc<dyn ExecutionPlan>) -> FileScanConfig {
+    match scan_config(node) {
+        Some(c) => c,
+        None => bottom_scan(node.children()[0]),
+    }
+}
+
+/// The leaf stages of a plan, in a fixed (pre-order) order.
+pub fn find_stages(plan: &Arc<dyn ExecutionPlan>) -> Vec<Stage> {
+    let mut out = Vec::new();
+    collect(plan, &mut out);
+    out
+}
+
+fn collect(node: &Arc<dyn ExecutionPlan>, out: &mut Vec<Stage>) {
+    if is_leaf_chain(node) {
+        let scan = bottom_scan(node);
+        let files: Vec<_> = scan
+            .file_groups
+            .iter()
+            .flat_map(|g| g.files().iter())
+            .collect();
+        out.push(Stage {
+            id: out.len() as u32,
+            leaf: node.clone(),
+            partitions: node.output_partitioning().partition_count(),
+            ordered: node.output_ordering().is_some(),
+            files: files.len(),
+            bytes: files.iter().map(|f| f.object_meta.size).sum(),
+            scan,
+        });
+        return;
+    }
+    for c in node.children() {
+        collect(c, out);
+    }
+}
+
+/// A physical plan node.
+pub type PlanRef = Arc<dyn ExecutionPlan>;
+
+/// The plan with each stage's chain replaced: `replacements` pairs a stage's `leaf` (as found by
+/// [`find_stages`] on this very plan) with what takes its place. Chains not listed stay as they are.
+pub fn replace_stages(
+    plan: &Arc<dyn ExecutionPlan>,
+    replacements: &[(PlanRef, PlanRef)],
+) -> DfResult<Arc<dyn ExecutionPlan>> {
+    let same = |a: &Arc<dyn ExecutionPlan>, b: &Arc<dyn ExecutionPlan>| {
+        std::ptr::eq(Arc::as_ptr(a) as *const (), Arc::as_ptr(b) as *const ())
+    };
+    if let Some((_, r)) = replacements.iter().find(|(leaf, _)| same(leaf, plan)) {
+        return Ok(r.clone());
+    }
+    let children = plan.children();
+    if children.is_empty() {
+        return Ok(plan.clone());
+    }
+    let new_children = children
+        .into_iter()
+        .map(|c| replace_stages(c, replacements))
+        .collect::<DfResult<Vec<_>>>()?;
+    plan.clone().replace_children(new_children, recompute())
+}
+
+/// Keep the stages `keep` accepts, numbered again from 0.
+pub fn retain_stages(stages: Vec<Stage>, mut keep: impl FnMut(&Stage) -> bool) -> Vec<Stage> {
+    let mut out: Vec<Stage> = stages.into_iter().filter(|s| keep(s)).collect();
+    for (i, s) in out.iter_mut().enumerate() {
+        s.id = i as u32;
+    }
+    out
+}
+
+/// How a stage's cells are split into tasks: the planned groups when partitions are ordered,
+/// else about `want` groups of similar size (large cells split by byte range).
+pub fn task_groups(stage: &Stage, want: usize) -> Vec<FileGroup> {
+    if stage.ordered {
+        return stage.scan.file_groups.clone();
+    }
+    let files: Vec<_> = stage
+        .scan
+        .file_groups
+        .iter()
+        .flat_map(|g| g.files().iter().cloned())
+        .collect();
+    if files.is_empty() {
+        return vec![];
+    }
+    let want = want.max(1);
+    let whole = FileGroup::new(files.clone());
+    if let Some(groups) = datafusion::datasource::physical_plan::FileGroupPartitioner::new()
+        .with_target_partitions(want)
+        .with_repartition_file_min_size(4 * 1024 * 1024)
+        .repartition_file_groups(&[whole])
+        && !groups.is_empty()
+    {
+        return groups;
+    }
+    // Too small to split by range: spread whole files.
+    let n = want.min(files.len());
+    let mut groups: Vec<(u64, Vec<_>)> = (0..n).map(|_| (0, Vec::new())).collect();
+    let mut sorted = files;
+    sorted.sort_by_key(|f| std::cmp::Reverse(f.object_meta.size));
+    for f in sorted {
+        let g = groups.iter_mut().min_by_key(|(b, _)| *b).expect("n >= 1");
+        g.0 += f.object_meta.size;
+        g.1.push(f);
+    }
+    groups.into_iter().map(|(_, g)| FileGroup::new(g)).collect()
+}
+
+/// The stage's chain, scanning only `group`.
+pub fn task_plan(stage: &Stage, group: FileGroup) -> DfResult<Arc<dyn ExecutionPlan>> {
+    let config = FileScanConfigBuilder::from(stage.scan.clone())
+        .with_file_groups(vec![group])
+        .build();
+    let scan: Arc<dyn ExecutionPlan> = DataSourceExec::from_data_source(config);
+    rebuild(&stage.leaf, scan)
+}
+
+fn rebuild(
+    node: &Arc<dyn ExecutionPlan>,
+    scan: Arc<dyn ExecutionPlan>,
+) -> DfResult<Arc<dyn ExecutionPlan>> {
+    if scan_config(node).is_some() {
+        return Ok(scan);
+    }
+    let child = rebuild(node.children()[0], scan)?;
+    node.clone().replace_children(vec![child], recompute())
+}
+
+fn recompute() -> ReplaceChildrenOptions {
+    ReplaceChildrenOptions::new(ChildrenPropertiesMode::Recompute)
+}

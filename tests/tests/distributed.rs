@@ -1,0 +1,581 @@
+//! The swarm executes: real `apiary serve` processes on one storage root (a local directory and
+//! a real S3-compatible server) run every TPC-H query as fragments and answer as one node would;
+//! workers killed mid-query are replaced; nodes join and leave; claims race; orphans are removed.
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use apiary_tests::{Moto, Server};
+use arrow::array::{Array, AsArray, RecordBatch};
+use arrow::datatypes::DataType;
+use arrow::util::display::{ArrayFormatter, FormatOptions};
+use arrow_flight::sql::client::FlightSqlServiceClient;
+use arrow_flight::sql::{
+    CommandStatementIngest, TableDefinitionOptions, TableExistsOption, TableNotExistOption,
+};
+use futures::{StreamExt, TryStreamExt};
+use parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder;
+use tonic::transport::Channel;
+
+const TABLES: [&str; 8] = [
+    "region", "nation", "supplier", "customer", "part", "partsupp", "orders", "lineitem",
+];
+
+/// TPC-H SF 0.01 as Parquet, generated once per machine with the venv's tpcgen-cli.
+fn tpch_data() -> PathBuf {
+    let home = std::env::var("HOME").unwrap();
+    let dir = PathBuf::from(home).join(".cache/apiary/tpch/sf0.01");
+    if TABLES
+        .iter()
+        .all(|t| dir.join(format!("{t}.parquet")).exists())
+    {
+        return dir;
+    }
+    let tmp = dir.with_extension(format!("tmp{}", std::process::id()));
+    std::fs::create_dir_all(&tmp).unwrap();
+    let generator = apiary_tests::venv().join("bin/tpcgen-cli");
+    let ok = std::process::Command::new(generator)
+        .args([
+            "tpch",
+            "parquet",
+            "-s",
+            "0.01",
+            "--output-dir",
+            tmp.to_str().unwrap(),
+        ])
+        .status()
+        .unwrap()
+        .success();
+    assert!(ok, "tpcgen-cli failed");
+    let _ = std::fs::create_dir_all(dir.parent().unwrap());
+    if std::fs::rename(&tmp, &dir).is_err() {
+        // Another test generated it first.
+        let _ = std::fs::remove_dir_all(&tmp);
+    }
+    dir
+}
+
+fn queries() -> Vec<(String, String)> {
+    let dir = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../bench/queries");
+    let mut out: Vec<(String, String)> = std::fs::read_dir(dir)
+        .unwrap()
+        .flatten()
+        .map(|e| e.path())
+        .filter(|p| p.extension().is_some_and(|e| e == "sql"))
+        .map(|p| {
+            (
+                p.file_stem().unwrap().to_string_lossy().to_string(),
+                std::fs::read_to_string(&p).unwrap(),
+            )
+        })
+        .collect();
+    out.sort();
+    out
+}
+
+async fn client(server: &Server) -> FlightSqlServiceClient<Channel> {
+    let ch = Channel::from_shared(server.url())
+        .unwrap()
+        .connect()
+        .await
+        .unwrap();
+    FlightSqlServiceClient::new(ch)
+}
+
+async fn run(c: &mut FlightSqlServiceClient<Channel>, sql: &str) -> Vec<RecordBatch> {
+    let info = c
+        .execute(sql.to_string(), None)
+        .await
+        .unwrap_or_else(|e| panic!("{sql}: {e}"));
+    let mut out = Vec::new();
+    for ep in info.endpoint {
+        let s = c.do_get(ep.ticket.unwrap()).await.unwrap();
+        out.extend(
+            s.try_collect::<Vec<_>>()
+                .await
+                .unwrap_or_else(|e| panic!("{sql}: {e}")),
+        );
+    }
+    out
+}
+
+async fn ingest(c: &mut FlightSqlServiceClient<Channel>, data: &Path) {
+    for t in TABLES {
+        let file = std::fs::File::open(data.join(format!("{t}.parquet"))).unwrap();
+        let reader = ParquetRecordBatchReaderBuilder::try_new(file)
+            .unwrap()
+            .with_batch_size(8192)
+            .build()
+            .unwrap();
+        let batches: Vec<RecordBatch> = reader.map(|b| b.unwrap()).collect();
+        let cmd = CommandStatementIngest {
+            table_definition_options: Some(TableDefinitionOptions {
+                if_not_exist: TableNotExistOption::Create as i32,
+                if_exists: TableExistsOption::Fail as i32,
+            }),
+            table: t.to_string(),
+            schema: None,
+            catalog: None,
+            temporary: false,
+            transaction_id: None,
+            options: Default::default(),
+        };
+        c.execute_ingest(cmd, futures::stream::iter(batches.into_iter().map(Ok)))
+            .await
+            .unwrap();
+    }
+}
+
+/// Rows as strings, floats rounded, sorted (ties may come back in either order).
+fn canonical(batches: &[RecordBatch]) -> Vec<String> {
+    let opts = FormatOptions::default().with_null("NULL");
+    let mut rows = Vec::new();
+    for b in batches {
+        let cols: Vec<(DataType, ArrayFormatter<'_>)> = b
+            .columns()
+            .iter()
+            .map(|c| {
+                (
+                    c.data_type().clone(),
+                    ArrayFormatter::try_new(c.as_ref(), &opts).unwrap(),
+                )
+            })
+            .collect();
+        for r in 0..b.num_rows() {
+            let cells: Vec<String> = cols
+                .iter()
+                .zip(b.columns())
+                .map(|((dt, f), c)| match dt {
+                    DataType::Float64 if c.is_valid(r) => {
+                        format!(
+                            "{:.6e}",
+                            c.as_primitive::<arrow::datatypes::Float64Type>().value(r)
+                        )
+                    }
+                    _ => f.value(r).to_string(),
+                })
+                .collect();
+            rows.push(cells.join("|"));
+        }
+    }
+    rows.sort();
+    rows
+}
+
+fn swarm_flags(id: &str) -> Vec<String> {
+    [
+        "--node-id",
+        id,
+        "--bees",
+        "1",
+        "--distribute-min-bytes",
+        "0",
+        "--heartbeat-interval",
+        "200ms",
+        "--poll-max",
+        "200ms",
+        "--claim-timeout",
+        "5s",
+        "--cell-target-size",
+        "64KiB",
+    ]
+    .iter()
+    .map(|s| s.to_string())
+    .collect()
+}
+
+fn start(root: &str, id: &str, extra: &[&str], env: &[(String, String)]) -> Server {
+    // Flags in `extra` replace the defaults of the same name.
+    let defaults = swarm_flags(id);
+    let mut args: Vec<String> = Vec::new();
+    for pair in defaults.chunks(2) {
+        if !extra.contains(&pair[0].as_str()) {
+            args.extend_from_slice(pair);
+        }
+    }
+    args.extend(extra.iter().map(|s| s.to_string()));
+    let args: Vec<&str> = args.iter().map(|s| s.as_str()).collect();
+    Server::start(root, &args, env)
+}
+
+async fn alive(c: &mut FlightSqlServiceClient<Channel>) -> Vec<String> {
+    let b = run(
+        c,
+        "SELECT node_id FROM system.swarm.nodes WHERE state = 'alive' ORDER BY node_id",
+    )
+    .await;
+    b.iter()
+        .flat_map(|b| {
+            let a = b.column(0).as_string::<i32>();
+            (0..a.len())
+                .map(|i| a.value(i).to_string())
+                .collect::<Vec<_>>()
+        })
+        .collect()
+}
+
+async fn wait_alive(c: &mut FlightSqlServiceClient<Channel>, want: &[&str]) {
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let now = alive(c).await;
+        if want.iter().all(|w| now.iter().any(|n| n == w)) && now.len() == want.len() {
+            return;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "swarm is {now:?}, expected {want:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+async fn fragments(c: &mut FlightSqlServiceClient<Channel>) -> u64 {
+    let b = run(c, "SELECT fragments_executed FROM system.runtime.node").await;
+    b[0].column(0)
+        .as_primitive::<arrow::datatypes::UInt64Type>()
+        .value(0)
+}
+
+async fn cache_hits(c: &mut FlightSqlServiceClient<Channel>) -> u64 {
+    let b = run(c, "SELECT cache_hits FROM system.runtime.node").await;
+    b[0].column(0)
+        .as_primitive::<arrow::datatypes::UInt64Type>()
+        .value(0)
+}
+
+async fn tpch_on_a_swarm(root: &str, env: Vec<(String, String)>, s3: bool) {
+    let data = tpch_data();
+    let nodes: Vec<Server> = ["node-1", "node-2", "node-3"]
+        .iter()
+        .map(|id| start(root, id, &[], &env))
+        .collect();
+    // The reference: a node that never distributes its own queries.
+    let reference = start(root, "reference", &["--distribute-min-bytes", "1TiB"], &env);
+    let mut coord = client(&nodes[0]).await;
+    let mut refc = client(&reference).await;
+    ingest(&mut coord, &data).await;
+    wait_alive(&mut coord, &["node-1", "node-2", "node-3", "reference"]).await;
+
+    let mut before = Vec::new();
+    for n in &nodes {
+        before.push(fragments(&mut client(n).await).await);
+    }
+    for (name, sql) in queries() {
+        let got = canonical(&run(&mut coord, &sql).await);
+        let want = canonical(&run(&mut refc, &sql).await);
+        assert_eq!(
+            got, want,
+            "{name}: the swarm's answer differs from a single node's"
+        );
+        assert!(!want.is_empty() || name == "q15", "{name} returned nothing");
+    }
+    let mut ran_fragments = 0;
+    for (n, b) in nodes.iter().zip(&before) {
+        if fragments(&mut client(n).await).await > *b {
+            ran_fragments += 1;
+        }
+    }
+    assert!(
+        ran_fragments >= 2,
+        "fragments ran on only {ran_fragments} node(s)"
+    );
+
+    // EXPLAIN shows the stages, tasks and nodes.
+    let ex = run(
+        &mut coord,
+        "EXPLAIN SELECT l_returnflag, count(*) FROM lineitem GROUP BY 1",
+    )
+    .await;
+    let text: Vec<String> = ex
+        .iter()
+        .flat_map(|b| {
+            let k = b.column(0).as_string::<i32>();
+            let v = b.column(1).as_string::<i32>();
+            (0..b.num_rows())
+                .map(|i| format!("{}: {}", k.value(i), v.value(i)))
+                .collect::<Vec<_>>()
+        })
+        .collect();
+    let dist = text
+        .iter()
+        .find(|l| l.starts_with("distributed_plan"))
+        .expect("no distributed plan");
+    assert!(
+        dist.contains("Stage 0") && dist.contains("task 0") && dist.contains("node-"),
+        "{dist}"
+    );
+
+    if s3 {
+        // A repeated query reads its cells from the local caches.
+        let mut hits_before = 0;
+        for n in &nodes {
+            hits_before += cache_hits(&mut client(n).await).await;
+        }
+        run(&mut coord, "SELECT sum(l_quantity) FROM lineitem").await;
+        run(&mut coord, "SELECT sum(l_quantity) FROM lineitem").await;
+        let mut hits_after = 0;
+        for n in &nodes {
+            hits_after += cache_hits(&mut client(n).await).await;
+        }
+        assert!(
+            hits_after > hits_before,
+            "no cache hits on a repeated query"
+        );
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn tpch_on_a_swarm_with_a_local_root() {
+    let dir = tempfile::tempdir().unwrap();
+    tpch_on_a_swarm(dir.path().to_str().unwrap(), vec![], false).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn tpch_on_a_swarm_on_s3() {
+    let moto = Moto::start("swarm");
+    tpch_on_a_swarm(&moto.url("root"), moto.env(), true).await;
+}
+
+const HEAVY: &str = "SELECT l_returnflag, count(*) AS n, sum(length(l_comment)) AS s FROM lineitem GROUP BY l_returnflag";
+
+/// Workers whose fragments each take three seconds longer (a fault-injection hook).
+fn slow() -> Vec<(String, String)> {
+    vec![("APIARY_FAULT_FRAGMENT_DELAY_MS".into(), "3000".into())]
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_worker_killed_mid_query_is_replaced() {
+    let dir = tempfile::tempdir().unwrap();
+    let root = dir.path().to_str().unwrap();
+    let data = tpch_data();
+    let n1 = start(root, "node-1", &[], &[]);
+    let n2 = start(root, "node-2", &[], &slow());
+    let n3 = start(root, "node-3", &[], &slow());
+    let mut c = client(&n1).await;
+    ingest(&mut c, &data).await;
+    wait_alive(&mut c, &["node-1", "node-2", "node-3"]).await;
+    let want = canonical(&run(&mut c, HEAVY).await);
+
+    let mut q = c.clone();
+    let query = tokio::spawn(async move { run(&mut q, HEAVY).await });
+    // Find a worker that is running a fragment, and kill it.
+    let mut victim = None;
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while victim.is_none() && Instant::now() < deadline {
+        for (i, s) in [(2, &n2), (3, &n3)] {
+            let b = run(&mut client(s).await, "SELECT count(*) FROM system.runtime.queries WHERE user = 'fragment' AND state = 'running'").await;
+            if b[0]
+                .column(0)
+                .as_primitive::<arrow::datatypes::Int64Type>()
+                .value(0)
+                > 0
+            {
+                victim = Some(i);
+                break;
+            }
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let victim = victim.expect("no fragment was ever seen running on a worker");
+    if victim == 2 {
+        n2.kill()
+    } else {
+        n3.kill()
+    }
+    let got = canonical(
+        &tokio::time::timeout(Duration::from_secs(120), query)
+            .await
+            .unwrap()
+            .unwrap(),
+    );
+    assert_eq!(got, want, "the answer changed after a worker died");
+    assert!(
+        n1.log().contains("reassigning fragment"),
+        "nothing was reassigned"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn nodes_joining_get_work_and_nodes_leaving_get_none() {
+    let dir = tempfile::tempdir().unwrap();
+    let root = dir.path().to_str().unwrap();
+    let data = tpch_data();
+    let n1 = start(root, "node-1", &[], &[]);
+    let n2 = start(root, "node-2", &[], &[]);
+    let mut c = client(&n1).await;
+    ingest(&mut c, &data).await;
+    wait_alive(&mut c, &["node-1", "node-2"]).await;
+    let q = "SELECT l_linestatus, sum(l_extendedprice) FROM lineitem GROUP BY 1";
+    let want = canonical(&run(&mut c, q).await);
+
+    // A node started now takes part in the next queries.
+    let n3 = start(root, "node-3", &[], &[]);
+    wait_alive(&mut c, &["node-1", "node-2", "node-3"]).await;
+    let mut c3 = client(&n3).await;
+    assert_eq!(fragments(&mut c3).await, 0);
+    for _ in 0..3 {
+        assert_eq!(canonical(&run(&mut c, q).await), want);
+    }
+    assert!(
+        fragments(&mut c3).await > 0,
+        "the new node received no fragments"
+    );
+
+    // A node stopped gracefully receives nothing after it left.
+    assert!(n2.stop());
+    wait_alive(&mut c, &["node-1", "node-3"]).await;
+    let storage =
+        apiary_storage::Storage::open(root, &apiary_storage::S3Options::default()).unwrap();
+    let inbox = apiary_storage::paths::inbox_prefix("node-2").unwrap();
+    for _ in 0..3 {
+        assert_eq!(canonical(&run(&mut c, q).await), want);
+        assert!(
+            storage.list(&inbox).await.unwrap().is_empty(),
+            "work was posted to a node that left"
+        );
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn orphans_of_a_killed_coordinator_are_removed() {
+    let dir = tempfile::tempdir().unwrap();
+    let root = dir.path().to_str().unwrap();
+    let data = tpch_data();
+    let n1 = start(root, "node-1", &["--orphan-ttl", "1s"], &slow());
+    let n2 = start(root, "node-2", &["--orphan-ttl", "1s"], &slow());
+    let mut c = client(&n1).await;
+    ingest(&mut c, &data).await;
+    wait_alive(&mut c, &["node-1", "node-2"]).await;
+    let storage =
+        apiary_storage::Storage::open(root, &apiary_storage::S3Options::default()).unwrap();
+    let queries = apiary_storage::paths::queries_prefix();
+
+    let mut q2 = c.clone();
+    let _reader = tokio::spawn(async move {
+        let Ok(info) = q2.execute(HEAVY.to_string(), None).await else {
+            return;
+        };
+        if let Ok(mut stream) = q2.do_get(info.endpoint[0].ticket.clone().unwrap()).await {
+            while let Some(Ok(_)) = stream.next().await {}
+        }
+    });
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        if !storage.list_dirs(&queries).await.unwrap().is_empty() {
+            break;
+        }
+        assert!(Instant::now() < deadline, "the query never reached storage");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    n1.kill();
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let left = storage.list(&queries).await.unwrap();
+        let inboxes = storage
+            .list(&apiary_storage::paths::inboxes_prefix())
+            .await
+            .unwrap();
+        if left.is_empty() && inboxes.is_empty() {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "orphans remain: {} objects",
+            left.len() + inboxes.len()
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    assert!(n2.log().contains("removed an orphaned query"));
+    drop(n2);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn two_workers_racing_for_one_task_run_it_once() {
+    use apiary_runtime::distributed::{cut, protocol::TaskV1, worker};
+    use apiary_runtime::{Node, NodeConfig, Pins, Session};
+    use apiary_storage::{Lakehouse, LedgerConfig, S3Options, Storage, paths};
+
+    let dir = tempfile::tempdir().unwrap();
+    let storage = Storage::open(dir.path().to_str().unwrap(), &S3Options::default()).unwrap();
+    let lh = Lakehouse::open(storage.clone(), LedgerConfig::default())
+        .await
+        .unwrap();
+    let scratch = tempfile::tempdir().unwrap();
+    let mk = |id: &str| {
+        let mut cfg = NodeConfig::local(1, 64 << 20, scratch.path().to_path_buf());
+        cfg.node_id = id.to_string();
+        Node::new(lh.clone(), cfg).unwrap()
+    };
+    let a = mk("racer-a");
+    let b = mk("racer-b");
+    let mut session = Session::new("t");
+    for sql in [
+        "CREATE TABLE t (v BIGINT)",
+        "INSERT INTO t SELECT value FROM generate_series(1, 1000)",
+    ] {
+        let stmt = a.engine().parse_one(sql).unwrap();
+        a.engine().execute(&mut session, &stmt, None).await.unwrap();
+    }
+    let stmt = a
+        .engine()
+        .parse_one("SELECT v FROM t WHERE v % 2 = 0")
+        .unwrap();
+    let plan = a
+        .engine()
+        .plan_query(&session, &stmt, None, &Pins::new())
+        .await
+        .unwrap()
+        .plan;
+    let stage = cut::find_stages(&plan).remove(0);
+    let group = cut::task_groups(&stage, 1).remove(0);
+    let bytes =
+        datafusion_proto::bytes::physical_plan_to_bytes(cut::task_plan(&stage, group).unwrap())
+            .unwrap();
+
+    for round in 0..5u32 {
+        let qid = format!("0192f5a0-6f1c-7c2e-9b1d-2d6a1f3e4c{round:02}");
+        storage
+            .put(&paths::task_plan(&qid, 0, 0).unwrap(), bytes.clone())
+            .await
+            .unwrap();
+        let task = TaskV1 {
+            v: 1,
+            query_id: qid.clone(),
+            stage: 0,
+            task: 0,
+            attempt: 1,
+            coordinator: "racer-a".into(),
+            posted_at_ms: chrono::Utc::now().timestamp_millis(),
+            deadline_at_ms: chrono::Utc::now().timestamp_millis() + 60_000,
+        };
+        // The same attempt lands in both inboxes; both workers poll at once.
+        for n in ["racer-a", "racer-b"] {
+            storage
+                .put(
+                    &paths::inbox_entry(n, &qid, 0, 0, 1).unwrap(),
+                    task.encode(),
+                )
+                .await
+                .unwrap();
+        }
+        let (ra, rb) = tokio::join!(worker::poll_once(&a), worker::poll_once(&b));
+        ra.unwrap();
+        rb.unwrap();
+        let done = paths::task_done(&qid, 0, 0, 1).unwrap();
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while storage.head_opt(&done).await.unwrap().is_none() {
+            assert!(Instant::now() < deadline, "the task never finished");
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        let total = a
+            .metrics()
+            .fragments
+            .load(std::sync::atomic::Ordering::SeqCst)
+            + b.metrics()
+                .fragments
+                .load(std::sync::atomic::Ordering::SeqCst);
+        assert_eq!(total, (round + 1) as u64, "a task ran more than once");
+    }
+    let _ = Arc::clone(&a);
+}
