@@ -447,6 +447,8 @@ def main() -> int:
     ap.add_argument("--out", default=None, help="results directory (default bench/results)")
     ap.add_argument("--binary", default=os.environ.get("APIARY_BIN"))
     ap.add_argument("--only", default=None, help="comma-separated queries, e.g. q01,q06")
+    ap.add_argument("--nodes", type=int, default=None,
+                    help="swarm mode: N nodes vs 1 (one bee each) on a local root and on moto (bench/swarm.py)")
     args = ap.parse_args()
     if args.quick:
         args.sf, args.runs = 0.01, 1
@@ -457,6 +459,11 @@ def main() -> int:
     out.mkdir(parents=True, exist_ok=True)
 
     data = generate(args.sf, pathlib.Path(args.data_dir))
+    if args.nodes:
+        sys.path.insert(0, str(BENCH))
+        import swarm
+
+        return swarm.run(args, data)
     noise = Noise()
     storage = tempfile.mkdtemp(prefix="apiary-bench-")
     server, uri = start_apiary(args.binary, storage)

@@ -155,6 +155,8 @@ pub struct Node {
     started: Instant,
     seq: AtomicU64,
     background: Mutex<Vec<JoinHandle<()>>>,
+    /// Wakes the inbox worker when this node posts a task to itself.
+    inbox_wake: Arc<tokio::sync::Notify>,
     queries_total: AtomicU64,
     metrics: NodeMetrics,
     cache: Option<Arc<CellCache>>,
@@ -198,6 +200,7 @@ impl Node {
                 started: Instant::now(),
                 seq: AtomicU64::new(0),
                 background: Mutex::new(Vec::new()),
+                inbox_wake: Arc::new(tokio::sync::Notify::new()),
                 queries_total: AtomicU64::new(0),
                 metrics: NodeMetrics::default(),
                 cache,
@@ -236,6 +239,10 @@ impl Node {
 
     pub fn queries(&self) -> &Arc<QueryRegistry> {
         &self.queries
+    }
+
+    pub fn inbox_wake(&self) -> &Arc<tokio::sync::Notify> {
+        &self.inbox_wake
     }
 
     pub fn world(&self) -> &Arc<WorldView> {
@@ -303,14 +310,25 @@ impl Node {
         });
         let node = Arc::downgrade(self);
         let mut tick = every();
+        // Orphans are looked for at most once a minute (sooner only with a shorter TTL): each
+        // look costs two LISTs, and an idle node should cost little on a metered bucket.
+        let sweep_every = self
+            .config
+            .distribution
+            .orphan_ttl
+            .min(Duration::from_secs(60));
         let view = tokio::spawn(async move {
+            let mut swept: Option<Instant> = None;
             loop {
                 tick.tick().await;
                 let Some(node) = node.upgrade() else { return };
                 if let Err(e) = node.world.refresh(node.storage()).await {
                     warn!(error = %e, "reading heartbeats");
                 }
-                if node.temperature().band == Band::Cold {
+                if node.temperature().band == Band::Cold
+                    && swept.is_none_or(|t| t.elapsed() >= sweep_every)
+                {
+                    swept = Some(Instant::now());
                     node.maintenance().await;
                 }
             }

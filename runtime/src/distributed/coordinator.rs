@@ -156,10 +156,10 @@ pub fn assign(
     out
 }
 
-/// Shared state of one distributed query on its coordinator.
 /// A finished task of a partition: its index into `slots`, or why the query fails.
 type Completion = Result<usize, String>;
 
+/// Shared state of one distributed query on its coordinator.
 pub struct Dispatch {
     pub query_id: String,
     storage: Storage,
@@ -173,6 +173,8 @@ pub struct Dispatch {
     finished: AtomicBool,
     coordinator: String,
     deadline_ms: i64,
+    /// Wakes this node's own worker when a task lands in its own inbox (no storage poll wait).
+    local_inbox: Arc<tokio::sync::Notify>,
 }
 
 impl fmt::Debug for Dispatch {
@@ -192,6 +194,7 @@ impl Dispatch {
         slots: Vec<TaskSlot>,
         partitions: &[(u32, usize)],
         deadline_ms: i64,
+        local_inbox: Arc<tokio::sync::Notify>,
     ) -> Arc<Self> {
         let mut senders = HashMap::new();
         let mut receivers = HashMap::new();
@@ -211,6 +214,7 @@ impl Dispatch {
             finished: AtomicBool::new(false),
             coordinator,
             deadline_ms,
+            local_inbox,
         })
     }
 
@@ -229,6 +233,9 @@ impl Dispatch {
         let key = paths::inbox_entry(node, &self.query_id, stage, task, attempt)?;
         self.storage.put(&key, entry.encode()).await?;
         self.posted.lock().expect("posted").push(key);
+        if node == self.coordinator {
+            self.local_inbox.notify_one();
+        }
         Ok(())
     }
 
@@ -317,8 +324,10 @@ impl Dispatch {
             interval = if progressed {
                 self.config.poll_min
             } else {
+                // A coordinator is busy by definition: it never backs off far (5 × poll_min,
+                // 100 ms by default), so finished fragments are noticed quickly.
                 (interval * 3 / 2)
-                    .min(self.config.poll_max / 4)
+                    .min(self.config.poll_min * 5)
                     .max(self.config.poll_min)
             };
         }

@@ -223,6 +223,7 @@ pub async fn start(
         slots,
         &partitions,
         deadline,
+        node.inbox_wake().clone(),
     );
     let posted: Vec<_> = futures::stream::iter(posts)
         .map(|(stage, task, n)| {

@@ -24,12 +24,16 @@ use crate::node::Node;
 
 /// Poll this node's inbox until the node goes away.
 pub async fn run(node: Weak<Node>) {
-    let mut interval = match node.upgrade() {
-        Some(n) => n.distribution().poll_min,
+    let (mut interval, wake) = match node.upgrade() {
+        Some(n) => (n.distribution().poll_min, n.inbox_wake().clone()),
         None => return,
     };
     loop {
-        tokio::time::sleep(interval).await;
+        // Tasks this node posted to itself wake it at once; others are found by polling.
+        tokio::select! {
+            _ = tokio::time::sleep(interval) => {}
+            _ = wake.notified() => {}
+        }
         let Some(n) = node.upgrade() else { return };
         let cfg = n.distribution().clone();
         let found = match poll_once(&n).await {
@@ -123,6 +127,11 @@ pub async fn execute(node: Arc<Node>, task: TaskV1) {
                 Err(e) => Err(e),
             }
         }
+        Err(Error::Cancelled) => {
+            // Its query ended or was cancelled: a marker would only recreate a deleted prefix.
+            info!(query_id = %task.query_id, stage = task.stage, task = task.task, "fragment dropped: its query ended");
+            Ok(())
+        }
         Err(e) => {
             warn!(query_id = %task.query_id, stage = task.stage, task = task.task, error = %e, "fragment failed");
             let failed = FailedV1 {
@@ -173,7 +182,8 @@ async fn run_task(node: &Arc<Node>, task: &TaskV1) -> Result<(u64, u64, u32, Str
     let (plan_bytes, _) = storage
         .get_opt(&paths::task_plan(&task.query_id, task.stage, task.task)?)
         .await?
-        .ok_or_else(|| Error::Internal("fragment plan is missing (query finished?)".into()))?;
+        // The coordinator deletes a query's objects when it ends: nobody waits for this task.
+        .ok_or(Error::Cancelled)?;
     let ctx: Arc<TaskContext> = node.engine().task_context(lease.env());
     let plan = datafusion_proto::bytes::physical_plan_from_bytes(&plan_bytes, &ctx)?;
     let merged: Arc<dyn ExecutionPlan> = if plan.output_partitioning().partition_count() <= 1 {

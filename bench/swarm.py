@@ -1,0 +1,259 @@
+"""Apiary on a swarm: N nodes against one, on a local root and on S3 (moto), in one run.
+
+Run it through `bench/run --nodes N`. Every node is limited to one bee, so the speed-up measures
+what spreading fragments over nodes buys, not more threads in one process. For each backend:
+
+1. node 1 starts alone on a fresh root; the TPC-H tables are ingested through it;
+2. the scan-heavy queries run through node 1 alone (a swarm of one runs everything locally);
+3. nodes 2..N join; the same queries run through node 1, which now cuts them into fragments;
+   the answers must equal the solo answers, and fragments must have run on at least two nodes;
+4. fragment dispatch latency (posting a task to its claim) is read from every node's /metrics;
+5. on S3, one query is repeated and the cell-cache hit rate of the repeat is computed from the
+   nodes' cache counters.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+import os
+import pathlib
+import re
+import shutil
+import socket
+import sys
+import tempfile
+import time
+import urllib.request
+import uuid
+
+import tpch
+from tpch import BENCH, ROOT, Apiary, Noise, Proc, same_answer, timed
+
+# Queries dominated by scanning lineitem (with at most a small join).
+SCAN_HEAVY = ["q01", "q06", "q12", "q14", "q19"]
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+class Moto:
+    """moto's S3 server on loopback, requests serialised (tests/python/moto_locked.py)."""
+
+    def __init__(self, bucket: str):
+        self.port = free_port()
+        launcher = ROOT / "tests" / "python" / "moto_locked.py"
+        self.proc = Proc(
+            [sys.executable, str(launcher), "-H", "127.0.0.1", "-p", str(self.port)],
+            "Running on",
+        )
+        req = urllib.request.Request(f"{self.endpoint}/{bucket}", method="PUT", data=b"")
+        urllib.request.urlopen(req).read()
+        self.bucket = bucket
+
+    @property
+    def endpoint(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    def env(self) -> dict:
+        return {
+            "APIARY_S3_ENDPOINT": self.endpoint,
+            "APIARY_S3_REGION": "us-east-1",
+            "APIARY_S3_ACCESS_KEY_ID": "testing",
+            "APIARY_S3_SECRET_ACCESS_KEY": "testing",
+            "APIARY_S3_ALLOW_HTTP": "true",
+        }
+
+    def stop(self):
+        self.proc.stop()
+
+
+class Node:
+    def __init__(self, binary: str, root: str, node_id: str, scratch: pathlib.Path, env: dict):
+        env = dict(os.environ, APIARY_LOG="info,buoyant_kernel=warn,deltalake_core=warn", **env)
+        cmd = [
+            binary, "serve", "--storage", root, "--listen", "127.0.0.1:0",
+            "--node-id", node_id, "--bees", "1", "--heartbeat-interval", "1s",
+            "--metrics-listen", "127.0.0.1:0",
+            "--cache-dir", str(scratch / node_id / "cache"),
+            "--scratch-dir", str(scratch / node_id / "spill"),
+        ]
+        self.id = node_id
+        self.proc = Proc(cmd, "listening on ", env=env)
+        self.uri = self.proc.ready_line.split("listening on ", 1)[1].split()[0]
+        deadline = time.time() + 30
+        self.metrics_url = None
+        while self.metrics_url is None and time.time() < deadline:
+            for line in self.proc.lines:
+                m = re.search(r"metrics on (http://\S+)", line)
+                if m:
+                    self.metrics_url = m.group(1)
+            time.sleep(0.05)
+        if self.metrics_url is None:
+            raise RuntimeError(f"{node_id} did not serve metrics")
+
+    def metrics(self) -> dict[str, float]:
+        out = {}
+        for line in urllib.request.urlopen(self.metrics_url).read().decode().splitlines():
+            if line.startswith("#") or not line.strip():
+                continue
+            name, _, value = line.rpartition(" ")
+            try:
+                out[name] = float(value)
+            except ValueError:
+                pass
+        return out
+
+    def stop(self):
+        self.proc.stop()
+
+
+def alive(engine: Apiary) -> set[str]:
+    t = engine.run("SELECT node_id FROM system.swarm.nodes WHERE state = 'alive'")
+    return set(t.column(0).to_pylist())
+
+
+def wait_alive(engine: Apiary, want: set[str], timeout=60):
+    deadline = time.time() + timeout
+    while alive(engine) != want:
+        if time.time() > deadline:
+            raise RuntimeError(f"swarm is {alive(engine)}, expected {want}")
+        time.sleep(0.2)
+
+
+def total(nodes: list[Node], metric: str) -> float:
+    return sum(n.metrics().get(metric, 0.0) for n in nodes)
+
+
+def one_backend(name: str, binary: str, root: str, env: dict, data: pathlib.Path, n: int, runs: int,
+                queries: list[tuple[str, str]], scratch: pathlib.Path, failures: list[str],
+                noise: Noise) -> dict:
+    print(f"== {name}: {root}", flush=True)
+    nodes = [Node(binary, root, "bench-1", scratch, env)]
+    noise.track(nodes[0].proc.pid)
+    try:
+        first = Apiary(nodes[0].uri)
+        ing = tpch.ingest(nodes[0].uri, data)
+        print(f"ingest: {ing['rows']:,} rows, {ing['rows_per_s']:,.0f} rows/s", flush=True)
+        solo = {}
+        for q, sql in queries:
+            secs, table = timed(first, sql, runs)
+            solo[q] = (secs, table)
+            print(f"{q}: 1 node {secs * 1000:8.1f} ms", flush=True)
+
+        for i in range(2, n + 1):
+            nodes.append(Node(binary, root, f"bench-{i}", scratch, env))
+            noise.track(nodes[-1].proc.pid)
+        wait_alive(first, {x.id for x in nodes})
+        before = [x.metrics().get("apiary_fragments_executed_total", 0.0) for x in nodes]
+        rows = []
+        for q, sql in queries:
+            secs, table = timed(first, sql, runs)
+            ok, why = same_answer(table, solo[q][1])
+            if not ok:
+                failures.append(f"{name} {q}: {n} nodes answer differently from 1 node: {why}")
+            rows.append({"query": q, "one_ms": solo[q][0] * 1000, "many_ms": secs * 1000,
+                         "speedup": solo[q][0] / secs, "match": ok})
+            print(f"{q}: {n} nodes {secs * 1000:8.1f} ms  speed-up {solo[q][0] / secs:.2f}  "
+                  f"{'ok' if ok else 'MISMATCH ' + why}", flush=True)
+        after = [x.metrics().get("apiary_fragments_executed_total", 0.0) for x in nodes]
+        per_node = {x.id: int(a - b) for x, a, b in zip(nodes, after, before)}
+        if sum(1 for v in per_node.values() if v > 0) < min(2, n):
+            failures.append(f"{name}: fragments ran on fewer than two nodes: {per_node}")
+
+        dispatch = {}
+        for x in nodes:
+            m = x.metrics()
+            dispatch[x.id] = {
+                "p50_ms": m.get('apiary_fragment_dispatch_seconds{quantile="0.5"}', 0.0) * 1000,
+                "p95_ms": m.get('apiary_fragment_dispatch_seconds{quantile="0.95"}', 0.0) * 1000,
+                "count": int(m.get("apiary_fragment_dispatch_seconds_count", 0)),
+            }
+
+        cache = None
+        if name != "local":
+            q, sql = queries[0]
+            first.run(sql)  # every node has now read the cells it is given at least once
+            h0, m0 = total(nodes, "apiary_cache_hits_total"), total(nodes, "apiary_cache_misses_total")
+            first.run(sql)
+            h1, m1 = total(nodes, "apiary_cache_hits_total"), total(nodes, "apiary_cache_misses_total")
+            lookups = (h1 - h0) + (m1 - m0)
+            cache = {"query": q, "hits": int(h1 - h0), "misses": int(m1 - m0),
+                     "hit_rate": (h1 - h0) / lookups if lookups else float("nan")}
+            print(f"cache on a repeated {q}: {cache['hits']} hits, {cache['misses']} misses", flush=True)
+        first.close()
+        one = sum(r["one_ms"] for r in rows)
+        many = sum(r["many_ms"] for r in rows)
+        return {"backend": name, "ingest": ing, "queries": rows, "one_ms": one, "many_ms": many,
+                "speedup": one / many, "fragments_per_node": per_node, "dispatch": dispatch,
+                "cache": cache}
+    finally:
+        for x in nodes:
+            x.stop()
+
+
+def markdown(r: dict) -> str:
+    n = r["nodes"]
+    lines = [f"# Apiary swarm: {n} nodes vs 1, TPC-H SF{r['sf']:g}, one bee per node", "",
+             f"{r['when']} · {r['machine']} · median of {r['runs']} warm run(s) · "
+             f"other processes used {r['noise_share'] * 100:.1f}% CPU{' (NOISY)' if r['noisy'] else ''}", ""]
+    for b in r["backends"]:
+        lines += [f"## {b['backend']}", "",
+                  f"| query | 1 node ms | {n} nodes ms | speed-up | answer |", "|---|---:|---:|---:|:---:|"]
+        for q in b["queries"]:
+            lines.append(f"| {q['query']} | {q['one_ms']:.1f} | {q['many_ms']:.1f} | {q['speedup']:.2f} | "
+                         f"{'ok' if q['match'] else 'MISMATCH'} |")
+        lines.append(f"| **total** | **{b['one_ms']:.0f}** | **{b['many_ms']:.0f}** | **{b['speedup']:.2f}** | |")
+        lines.append("")
+        lines.append("- Fragments executed per node: " + ", ".join(f"{k} {v}" for k, v in b["fragments_per_node"].items()))
+        for k, d in b["dispatch"].items():
+            lines.append(f"- Dispatch latency (posted → claimed) on {k}: p50 {d['p50_ms']:.0f} ms, "
+                         f"p95 {d['p95_ms']:.0f} ms over {d['count']} fragments")
+        if b["cache"]:
+            c = b["cache"]
+            lines.append(f"- Cell cache on a repeated {c['query']}: {c['hits']} hits, {c['misses']} misses "
+                         f"→ hit rate {c['hit_rate'] * 100:.0f}%")
+        lines.append("")
+    return "\n".join(lines)
+
+
+def run(args, data: pathlib.Path) -> int:
+    n = args.nodes
+    selected = set(args.only.split(",")) if args.only else set(SCAN_HEAVY)
+    queries = [(q, sql) for q, sql in tpch.queries() if q in selected]
+    out = pathlib.Path(args.out) if args.out else BENCH / "results"
+    out.mkdir(parents=True, exist_ok=True)
+    noise = Noise()
+    failures: list[str] = []
+    scratch = pathlib.Path(tempfile.mkdtemp(prefix="apiary-swarm-"))
+    moto = None
+    backends = []
+    try:
+        backends.append(one_backend("local", args.binary, str(scratch / "root"), {}, data, n, args.runs,
+                                    queries, scratch / "local", failures, noise))
+        moto = Moto("bench")
+        noise.track(moto.proc.pid)
+        backends.append(one_backend("moto", args.binary, f"s3://bench/{uuid.uuid4().hex[:8]}", moto.env(),
+                                    data, n, args.runs, queries, scratch / "moto", failures, noise))
+    finally:
+        if moto:
+            moto.stop()
+        shutil.rmtree(scratch, ignore_errors=True)
+    share = noise.share()
+
+    report = {"nodes": n, "sf": args.sf, "runs": args.runs,
+              "when": dt.datetime.now(dt.timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
+              "machine": f"{os.cpu_count()} cores", "noise_share": share, "noisy": share > 0.10,
+              "backends": backends, "failures": failures}
+    (out / f"swarm-{n}.json").write_text(json.dumps(report, indent=2))
+    md = markdown(report)
+    (out / f"swarm-{n}.md").write_text(md)
+    print()
+    print(md)
+    if failures:
+        print("FAILED:\n  " + "\n  ".join(failures), file=sys.stderr)
+        return 1
+    return 0
