@@ -7,7 +7,6 @@ use apiary_storage::Storage;
 use arrow_flight::flight_service_server::FlightServiceServer;
 use bytes::Bytes;
 use tokio::net::TcpListener;
-use tokio_stream::wrappers::TcpListenerStream;
 use tonic::transport::{Certificate, Identity, Server, ServerTlsConfig};
 use tracing::{info, warn};
 
@@ -119,7 +118,7 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
         .max_decoding_message_size(max)
         .max_encoding_message_size(max);
 
-    let mut builder = Server::builder().tcp_nodelay(true);
+    let mut builder = Server::builder();
     let scheme = if let (Some(cert), Some(key)) = (&flight.tls_cert, &flight.tls_key) {
         let cert = std::fs::read(cert).with_context(|| format!("reading {}", cert.display()))?;
         let key = std::fs::read(key).with_context(|| format!("reading {}", key.display()))?;
@@ -142,7 +141,12 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
     let served = builder
         .layer(AuthLayer::new(auth))
         .add_service(grpc)
-        .serve_with_incoming_shutdown(TcpListenerStream::new(listener), shutdown_signal())
+        .serve_with_incoming_shutdown(
+            // Nagle off on every accepted connection: small replies (SELECT 1, GetFlightInfo)
+            // otherwise wait for the client's delayed ACK, ~40 ms each.
+            tonic::transport::server::TcpIncoming::from(listener).with_nodelay(Some(true)),
+            shutdown_signal(),
+        )
         .await;
     // Leave the swarm even if serving failed.
     node.shutdown().await;
