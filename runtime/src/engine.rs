@@ -146,6 +146,11 @@ impl PlannedQuery {
 
     /// A "plan" that yields one ready batch (for rows computed outside DataFusion).
     pub fn from_batch(batch: RecordBatch) -> Result<PlannedQuery> {
+        Self::from_batch_in(batch, SessionStateBuilder::new().build())
+    }
+
+    /// [`PlannedQuery::from_batch`] with the session state the plan should carry.
+    pub fn from_batch_in(batch: RecordBatch, state: SessionState) -> Result<PlannedQuery> {
         let schema = batch.schema();
         let plan = datafusion::datasource::memory::MemorySourceConfig::try_new_exec(
             &[vec![batch]],
@@ -156,7 +161,7 @@ impl PlannedQuery {
             schema,
             plan,
             pins: Pins::new(),
-            state: SessionStateBuilder::new().build(),
+            state,
         })
     }
 
@@ -531,18 +536,7 @@ impl Engine {
                     Command::Describe { name } => self.describe(session, name).await?,
                     other => self.show(session, other).await?,
                 };
-                let schema = batch.schema();
-                let plan = datafusion::datasource::memory::MemorySourceConfig::try_new_exec(
-                    &[vec![batch]],
-                    schema.clone(),
-                    None,
-                )?;
-                Ok(PlannedQuery {
-                    schema,
-                    plan,
-                    pins: Pins::new(),
-                    state: self.base.clone(),
-                })
+                PlannedQuery::from_batch_in(batch, self.base.clone())
             }
             _ => Err(Error::Sql(
                 "this statement does not return rows; execute it as an update".into(),

@@ -245,6 +245,18 @@ pub struct Server {
 }
 
 impl Server {
+    /// An arrow-flight Flight SQL client connected to this server (no authentication).
+    pub async fn flight_sql_client(
+        &self,
+    ) -> arrow_flight::sql::client::FlightSqlServiceClient<tonic::transport::Channel> {
+        let ch = tonic::transport::Channel::from_shared(self.url())
+            .expect("server url")
+            .connect()
+            .await
+            .expect("connect to the server");
+        arrow_flight::sql::client::FlightSqlServiceClient::new(ch)
+    }
+
     /// Start a server on `storage` with extra flags and environment; waits until it listens.
     pub fn start(storage: &str, args: &[&str], env: &[(String, String)]) -> Server {
         let mut full: Vec<&str> = vec!["serve", "--storage", storage];

@@ -75,12 +75,7 @@ fn queries() -> Vec<(String, String)> {
 }
 
 async fn client(server: &Server) -> FlightSqlServiceClient<Channel> {
-    let ch = Channel::from_shared(server.url())
-        .unwrap()
-        .connect()
-        .await
-        .unwrap();
-    FlightSqlServiceClient::new(ch)
+    server.flight_sql_client().await
 }
 
 async fn run(c: &mut FlightSqlServiceClient<Channel>, sql: &str) -> Vec<RecordBatch> {

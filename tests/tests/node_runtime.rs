@@ -15,12 +15,7 @@ use tonic::Code;
 use tonic::transport::Channel;
 
 async fn client(server: &Server) -> FlightSqlServiceClient<Channel> {
-    let ch = Channel::from_shared(server.url())
-        .unwrap()
-        .connect()
-        .await
-        .unwrap();
-    FlightSqlServiceClient::new(ch)
+    server.flight_sql_client().await
 }
 
 async fn run(

@@ -186,15 +186,13 @@ impl fmt::Debug for Dispatch {
 }
 
 impl Dispatch {
+    /// A query coordinated by `node`, whose tasks are `slots`, read back per (stage, partition).
     pub fn new(
+        node: &crate::node::Node,
         query_id: String,
-        storage: Storage,
-        config: DistributionConfig,
-        coordinator: String,
         slots: Vec<TaskSlot>,
         partitions: &[(u32, usize)],
         deadline_ms: i64,
-        local_inbox: Arc<tokio::sync::Notify>,
     ) -> Arc<Self> {
         let mut senders = HashMap::new();
         let mut receivers = HashMap::new();
@@ -205,16 +203,16 @@ impl Dispatch {
         }
         Arc::new(Self {
             query_id,
-            storage,
-            config,
+            storage: node.storage().clone(),
+            config: node.distribution().clone(),
             slots: Mutex::new(slots),
             senders: Mutex::new(senders),
             receivers: Mutex::new(receivers),
             posted: Mutex::new(Vec::new()),
             finished: AtomicBool::new(false),
-            coordinator,
+            coordinator: node.id().to_string(),
             deadline_ms,
-            local_inbox,
+            local_inbox: node.inbox_wake().clone(),
         })
     }
 

@@ -215,16 +215,7 @@ pub async fn start(
         .iter()
         .map(|s| (s.stage, s.task, s.node.clone()))
         .collect();
-    let dispatch = Dispatch::new(
-        query_id.to_string(),
-        storage.clone(),
-        node.distribution().clone(),
-        node.id().to_string(),
-        slots,
-        &partitions,
-        deadline,
-        node.inbox_wake().clone(),
-    );
+    let dispatch = Dispatch::new(node, query_id.to_string(), slots, &partitions, deadline);
     let posted: Vec<_> = futures::stream::iter(posts)
         .map(|(stage, task, n)| {
             let d = dispatch.clone();
