@@ -119,7 +119,8 @@ impl Candidate {
     }
 }
 
-/// Pick a node for each task: the most spare capacity, plus a bonus where the cells are cached.
+/// Pick a node for each task: the most spare capacity, plus a bonus where the cells are cached
+/// and a bee is free.
 pub fn assign(
     candidates: &mut [Candidate],
     tasks: &[Vec<String>],
@@ -137,7 +138,10 @@ pub fn assign(
                     }
                     _ => 0.0,
                 };
-                let score = c.capacity + 2.0 * cached;
+                // Cached cells count only where a bee is still free for the task: a queue
+                // behind a warm cache is slower than a cold read on an idle node.
+                let bonus = if c.capacity >= 1.0 { 2.0 * cached } else { 0.0 };
+                let score = c.capacity + bonus;
                 (score, c)
             })
             .max_by(|a, b| {
@@ -710,5 +714,20 @@ mod tests {
         // Avoided nodes are skipped.
         let got = assign(&mut c, &[vec!["x/cell.parquet".into()]], &["b".to_string()]);
         assert_eq!(got, vec!["a".to_string()]);
+
+        // A warm cache does not pull every task onto one node: once its bee is taken, an idle
+        // node gets the next task.
+        let mut bloom = crate::cache::Bloom::default();
+        bloom.insert("x/cell.parquet");
+        let mut c = vec![
+            cand("cold", 1.5),
+            Candidate {
+                bloom: Some(bloom),
+                ..cand("warm", 1.5)
+            },
+        ];
+        let cell = vec!["x/cell.parquet".to_string()];
+        let got = assign(&mut c, &[cell.clone(), cell], &[]);
+        assert_eq!(got, vec!["warm".to_string(), "cold".to_string()]);
     }
 }
