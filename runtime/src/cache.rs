@@ -118,6 +118,8 @@ pub struct CellCache {
     dir: PathBuf,
     capacity: u64,
     state: Mutex<State>,
+    /// Cells being fetched now, each behind a gate that later readers of the cell wait on.
+    fills: Mutex<HashMap<String, Arc<tokio::sync::Mutex<()>>>>,
     hits: AtomicU64,
     misses: AtomicU64,
 }
@@ -131,6 +133,7 @@ impl CellCache {
             dir,
             capacity,
             state: Mutex::new(State::default()),
+            fills: Mutex::new(HashMap::new()),
             hits: AtomicU64::new(0),
             misses: AtomicU64::new(0),
         }))
@@ -243,6 +246,51 @@ impl CachedStore {
         Self { inner, cache }
     }
 
+    /// The requested range of a cached cell, read from its local file (only that range).
+    async fn read_cached(&self, location: &Path, range: Option<&GetRange>) -> Option<GetResult> {
+        let (file, size) = self.cache.lookup(location.as_ref())?;
+        let r = match range {
+            Some(r) => resolve(r, size),
+            None => 0..size,
+        };
+        let want = r.clone();
+        let read = tokio::task::spawn_blocking(move || -> std::io::Result<Bytes> {
+            use std::io::{Read, Seek, SeekFrom};
+            let mut f = std::fs::File::open(&file)?;
+            if f.metadata()?.len() != size {
+                return Err(std::io::Error::other("cached cell has the wrong size"));
+            }
+            f.seek(SeekFrom::Start(want.start))?;
+            let mut buf = vec![0; (want.end - want.start) as usize];
+            f.read_exact(&mut buf)?;
+            Ok(Bytes::from(buf))
+        })
+        .await;
+        let body = match read {
+            Ok(Ok(b)) => b,
+            Ok(Err(e)) => {
+                warn!(cell = %location, error = %e, "reading the cell cache; fetching instead");
+                return None;
+            }
+            Err(_) => return None,
+        };
+        let meta = ObjectMeta {
+            location: location.clone(),
+            last_modified: chrono::DateTime::<chrono::Utc>::MIN_UTC,
+            size,
+            e_tag: None,
+            version: None,
+        };
+        Some(GetResult {
+            payload: GetResultPayload::Stream(Box::pin(futures::stream::once(
+                async move { Ok(body) },
+            ))),
+            meta,
+            range: r,
+            attributes: Default::default(),
+        })
+    }
+
     fn is_cell(path: &Path) -> bool {
         path.extension() == Some("parquet") && !path.as_ref().contains("_delta_log")
     }
@@ -283,22 +331,43 @@ impl ObjectStore for CachedStore {
         if !plain || !Self::is_cell(location) {
             return self.inner.get_opts(location, options).await;
         }
-        if let Some((file, size)) = self.cache.lookup(location.as_ref())
-            && let Ok(bytes) = std::fs::read(&file)
-            && bytes.len() as u64 == size
-        {
+        let key = location.to_string();
+        if let Some(hit) = self.read_cached(location, options.range.as_ref()).await {
             self.cache.hits.fetch_add(1, Ordering::Relaxed);
-            return Ok(serve(location, Bytes::from(bytes), options.range.as_ref()));
+            return Ok(hit);
+        }
+        // One fetch per cell however many partitions miss it at once: the others wait for it
+        // and then read from disk.
+        let gate = self
+            .cache
+            .fills
+            .lock()
+            .expect("cache")
+            .entry(key.clone())
+            .or_default()
+            .clone();
+        let _filling = gate.lock().await;
+        if let Some(hit) = self.read_cached(location, options.range.as_ref()).await {
+            self.cache.hits.fetch_add(1, Ordering::Relaxed);
+            return Ok(hit);
         }
         self.cache.misses.fetch_add(1, Ordering::Relaxed);
-        let whole = self.inner.get(location).await?;
-        let meta = whole.meta.clone();
-        let bytes = whole.bytes().await?;
-        if bytes.len() as u64 == meta.size {
-            self.cache.admit(location.to_string(), &bytes);
-            debug!(cell = %location, size = meta.size, "cached");
+        let fetched = async {
+            let whole = self.inner.get(location).await?;
+            let meta = whole.meta.clone();
+            Ok::<_, object_store::Error>((meta, whole.bytes().await?))
         }
-        Ok(serve_with_meta(meta, bytes, options.range.as_ref()))
+        .await;
+        let served = fetched.map(|(meta, bytes)| {
+            if bytes.len() as u64 == meta.size {
+                self.cache.admit(key.clone(), &bytes);
+                debug!(cell = %location, size = meta.size, "cached");
+            }
+            serve_with_meta(meta, bytes, options.range.as_ref())
+        });
+        // Only now, with the cell on disk, may a new reader stop waiting on this gate.
+        self.cache.fills.lock().expect("cache").remove(&key);
+        served
     }
 
     fn delete_stream(
@@ -327,17 +396,6 @@ impl ObjectStore for CachedStore {
     async fn copy_opts(&self, from: &Path, to: &Path, options: CopyOptions) -> Result<()> {
         self.inner.copy_opts(from, to, options).await
     }
-}
-
-fn serve(location: &Path, bytes: Bytes, range: Option<&GetRange>) -> GetResult {
-    let meta = ObjectMeta {
-        location: location.clone(),
-        last_modified: chrono::DateTime::<chrono::Utc>::MIN_UTC,
-        size: bytes.len() as u64,
-        e_tag: None,
-        version: None,
-    };
-    serve_with_meta(meta, bytes, range)
 }
 
 fn serve_with_meta(meta: ObjectMeta, bytes: Bytes, range: Option<&GetRange>) -> GetResult {
@@ -385,6 +443,31 @@ mod tests {
             .unwrap();
         store.get(&log).await.unwrap();
         assert_eq!(cache.stats().entries, 1);
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+    async fn concurrent_misses_of_one_cell_fetch_it_once() {
+        let inner: Arc<dyn ObjectStore> = Arc::new(InMemory::new());
+        let cell = Path::from("h/b/f/part-2.parquet");
+        let data: Vec<u8> = (0..100_000u32).map(|i| (i % 241) as u8).collect();
+        inner.put(&cell, data.clone().into()).await.unwrap();
+        let dir = tempfile::tempdir().unwrap();
+        let cache = CellCache::new(dir.path().join("c"), 1 << 20).unwrap();
+        let store = Arc::new(CachedStore::new(inner, cache.clone()));
+        let reads = (0..8u64).map(|i| {
+            let (store, cell) = (store.clone(), cell.clone());
+            tokio::spawn(async move { store.get_range(&cell, i * 1000..i * 1000 + 10).await })
+        });
+        for (i, r) in futures::future::join_all(reads)
+            .await
+            .into_iter()
+            .enumerate()
+        {
+            let start = i * 1000;
+            assert_eq!(&r.unwrap().unwrap()[..], &data[start..start + 10]);
+        }
+        let s = cache.stats();
+        assert_eq!((s.hits, s.misses), (7, 1));
     }
 
     #[tokio::test]

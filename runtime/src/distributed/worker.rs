@@ -28,6 +28,7 @@ pub async fn run(node: Weak<Node>) {
         Some(n) => (n.distribution().poll_min, n.inbox_wake().clone()),
         None => return,
     };
+    let mut last_work = Instant::now();
     loop {
         // Tasks this node posted to itself wake it at once; others are found by polling.
         tokio::select! {
@@ -43,10 +44,15 @@ pub async fn run(node: Weak<Node>) {
                 0
             }
         };
-        interval = if found > 0 {
+        // Fast while busy, and for a moment after (the next query's tasks, the next stage's
+        // tasks usually follow within a second); then back off gently up to poll_max.
+        if found > 0 {
+            last_work = Instant::now();
+        }
+        interval = if last_work.elapsed() < cfg.poll_min * 50 {
             cfg.poll_min
         } else {
-            (interval * 2).min(cfg.poll_max)
+            (interval * 3 / 2).min(cfg.poll_max)
         };
     }
 }
