@@ -434,6 +434,8 @@ def markdown(report: dict) -> str:
         f"{r['doget']['ceiling_mb_per_s']:.0f} MB/s → ratio {r['doget']['ratio']:.2f}",
         f"- `SELECT 1` through ADBC: median {r['select1']['median_ms']:.2f} ms, p90 {r['select1']['p90_ms']:.2f} ms",
         f"- Peak RSS of the server: {r['server_peak_rss'] / 2**20:.0f} MiB",
+        f"- Whole run (data, ingest, {len(r['queries'])} queries × 3 engines, DoGet, latency): "
+        f"{r['wall_seconds'] / 60:.1f} min",
     ]
     return "\n".join(lines) + "\n"
 
@@ -458,6 +460,7 @@ def main() -> int:
     out = pathlib.Path(args.out) if args.out else (BENCH / "results" / ("quick" if args.quick else ""))
     out.mkdir(parents=True, exist_ok=True)
 
+    began = time.perf_counter()
     data = generate(args.sf, pathlib.Path(args.data_dir))
     if args.nodes:
         sys.path.insert(0, str(BENCH))
@@ -533,6 +536,7 @@ def main() -> int:
         "doget": dg,
         "select1": lat,
         "server_peak_rss": peak,
+        "wall_seconds": time.perf_counter() - began,
         "failures": failures,
     }
     (out / "latest.json").write_text(json.dumps(report, indent=2))
