@@ -15,7 +15,6 @@ what spreading fragments over nodes buys, not more threads in one process. For e
 from __future__ import annotations
 
 import datetime as dt
-import json
 import os
 import pathlib
 import re
@@ -251,12 +250,4 @@ def run(args, data: pathlib.Path) -> int:
               "when": dt.datetime.now(dt.timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
               "machine": f"{os.cpu_count()} cores", "noise_share": share, "noisy": share > 0.10,
               "backends": backends, "failures": failures}
-    (out / f"swarm-{n}.json").write_text(json.dumps(report, indent=2))
-    md = markdown(report)
-    (out / f"swarm-{n}.md").write_text(md)
-    print()
-    print(md)
-    if failures:
-        print("FAILED:\n  " + "\n  ".join(failures), file=sys.stderr)
-        return 1
-    return 0
+    return tpch.publish(out, f"swarm-{n}", report, markdown(report))

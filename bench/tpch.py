@@ -539,13 +539,17 @@ def main() -> int:
         "wall_seconds": time.perf_counter() - began,
         "failures": failures,
     }
-    (out / "latest.json").write_text(json.dumps(report, indent=2))
-    md = markdown(report)
-    (out / "latest.md").write_text(md)
+    return publish(out, "latest", report, markdown(report))
+
+
+def publish(out: pathlib.Path, name: str, report: dict, md: str) -> int:
+    """Write `name`.json and `name`.md, print the table; non-zero exit when anything failed."""
+    (out / f"{name}.json").write_text(json.dumps(report, indent=2))
+    (out / f"{name}.md").write_text(md)
     print()
     print(md)
-    if failures:
-        print("FAILED:\n  " + "\n  ".join(failures), file=sys.stderr)
+    if report["failures"]:
+        print("FAILED:\n  " + "\n  ".join(report["failures"]), file=sys.stderr)
         return 1
     return 0
 
