@@ -208,6 +208,18 @@ impl QueryGuard {
         }));
     }
 
+    /// Cancel with `parent`, a query of this node that already watches for cancellation (a
+    /// fragment of a query this node coordinates): no second poll of the same marker.
+    pub fn follow(&mut self, parent: CancellationToken) {
+        let entry = self.entry.clone();
+        self.watcher = Some(tokio::spawn(async move {
+            tokio::select! {
+                _ = parent.cancelled() => entry.token.cancel(),
+                _ = entry.token.cancelled() => {}
+            }
+        }));
+    }
+
     /// Mark the query done (a statement that returns no stream).
     pub fn finish(mut self, rows: u64) {
         self.entry.rows.store(rows, Ordering::Relaxed);

@@ -813,6 +813,11 @@ fn encode_stream(
     Box::pin(encoder.map_err(flight_status))
 }
 
+/// A result with `schema` and no rows (keys: Apiary frames declare none).
+fn no_rows(schema: SchemaRef) -> BoxStream<arrow_flight::FlightData> {
+    one_batch(RecordBatch::new_empty(schema))
+}
+
 fn one_batch(batch: RecordBatch) -> BoxStream<arrow_flight::FlightData> {
     let schema = batch.schema();
     encode_stream(schema, futures::stream::iter(vec![Ok(batch)]))
@@ -1165,9 +1170,7 @@ impl FlightSqlService for FlightSql {
         _query: CommandGetPrimaryKeys,
         _request: Request<Ticket>,
     ) -> Result<Response<BoxStream<arrow_flight::FlightData>>, Status> {
-        Ok(Response::new(one_batch(RecordBatch::new_empty(
-            metadata::primary_keys_schema(),
-        ))))
+        Ok(Response::new(no_rows(metadata::primary_keys_schema())))
     }
 
     async fn do_get_exported_keys(
@@ -1175,9 +1178,7 @@ impl FlightSqlService for FlightSql {
         _query: CommandGetExportedKeys,
         _request: Request<Ticket>,
     ) -> Result<Response<BoxStream<arrow_flight::FlightData>>, Status> {
-        Ok(Response::new(one_batch(RecordBatch::new_empty(
-            metadata::foreign_keys_schema(),
-        ))))
+        Ok(Response::new(no_rows(metadata::foreign_keys_schema())))
     }
 
     async fn do_get_imported_keys(
@@ -1185,9 +1186,7 @@ impl FlightSqlService for FlightSql {
         _query: CommandGetImportedKeys,
         _request: Request<Ticket>,
     ) -> Result<Response<BoxStream<arrow_flight::FlightData>>, Status> {
-        Ok(Response::new(one_batch(RecordBatch::new_empty(
-            metadata::foreign_keys_schema(),
-        ))))
+        Ok(Response::new(no_rows(metadata::foreign_keys_schema())))
     }
 
     async fn do_get_cross_reference(
@@ -1195,9 +1194,7 @@ impl FlightSqlService for FlightSql {
         _query: CommandGetCrossReference,
         _request: Request<Ticket>,
     ) -> Result<Response<BoxStream<arrow_flight::FlightData>>, Status> {
-        Ok(Response::new(one_batch(RecordBatch::new_empty(
-            metadata::foreign_keys_schema(),
-        ))))
+        Ok(Response::new(no_rows(metadata::foreign_keys_schema())))
     }
 
     async fn do_get_xdbc_type_info(

@@ -173,7 +173,16 @@ async fn run_task(node: &Arc<Node>, task: &TaskV1) -> Result<(u64, u64, u32, Str
         ),
     );
     guard.entry().set_queued();
-    guard.watch_storage_for(node.storage().clone(), &task.query_id);
+    // The coordinating query, when it runs here, already watches the cancel marker.
+    let local = node
+        .queries()
+        .list()
+        .into_iter()
+        .find(|q| q.id == task.query_id);
+    match local {
+        Some(q) => guard.follow(q.cancel_token().clone()),
+        None => guard.watch_storage_for(node.storage().clone(), &task.query_id),
+    }
     let lease = node.bees().acquire(&id).await?;
     guard.entry().set_bee(Some(lease.bee()));
     // Test hook: `APIARY_FAULT_FRAGMENT_DELAY_MS=n` makes every fragment take n ms longer, so
