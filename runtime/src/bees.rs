@@ -249,22 +249,25 @@ impl BeeLease {
         self.deadline
     }
 
-    pub fn budget(&self) -> u64 {
-        self.pool.per_bee
-    }
-
     pub fn scratch_dir(&self) -> Option<&std::path::Path> {
         self.scratch.as_ref().map(|s| s.path())
     }
 
     /// Reword a memory error so that it names the budget.
     pub fn explain(&self, e: Error) -> Error {
-        match e {
+        (self.explainer())(e)
+    }
+
+    /// [`BeeLease::explain`] as a function that outlives the lease (for result streams).
+    pub fn explainer(&self) -> impl Fn(Error) -> Error + Send + Sync + 'static {
+        let per_bee = self.pool.per_bee;
+        let budget = self.pool.config.memory_budget;
+        let bees = self.pool.slots.len();
+        move |e| match e {
             Error::ResourceExhausted(msg) => Error::ResourceExhausted(format!(
-                "query needs more memory than its bee's budget of {} (node budget {} over {} bees): {msg}",
-                human_bytes(self.pool.per_bee),
-                human_bytes(self.pool.config.memory_budget),
-                self.pool.slots.len()
+                "query needs more memory than its bee's budget of {} (node budget {} over {bees} bees): {msg}",
+                human_bytes(per_bee),
+                human_bytes(budget),
             )),
             other => other,
         }
@@ -358,7 +361,7 @@ mod tests {
         let (p, _d) = pool(1, 1);
         let first = p.acquire("1").await.unwrap();
         let p2 = p.clone();
-        let waiter = tokio::spawn(async move { p2.acquire("2").await.map(|l| l.bee()) });
+        let waiter = crate::executor::spawn(async move { p2.acquire("2").await.map(|l| l.bee()) });
         tokio::time::sleep(Duration::from_millis(50)).await;
         assert_eq!(p.load().queued, 1);
         // The queue holds one: a third is refused, retryably.
@@ -374,11 +377,12 @@ mod tests {
         let (p, _d) = pool(1, 4);
         let _held = p.acquire("1").await.unwrap();
         let p2 = p.clone();
-        let waiter = tokio::spawn(async move { p2.acquire("2").await.map(|_| ()) });
+        let waiter = crate::executor::spawn(async move { p2.acquire("2").await.map(|_| ()) });
         tokio::time::sleep(Duration::from_millis(50)).await;
         assert_eq!(p.load().queued, 1);
-        waiter.abort();
-        let _ = waiter.await;
+        // Dropping the handle aborts the waiter, which leaves the queue.
+        drop(waiter);
+        tokio::time::sleep(Duration::from_millis(50)).await;
         assert_eq!(p.load().queued, 0);
     }
 
@@ -392,7 +396,8 @@ mod tests {
         held.try_grow(p.bee_budget() as usize).unwrap();
         // ...and one more waits: all bees busy, memory full, queue full.
         let p2 = p.clone();
-        let waiter = tokio::spawn(async move { p2.acquire("waiting").await.map(|l| l.bee()) });
+        let waiter =
+            crate::executor::spawn(async move { p2.acquire("waiting").await.map(|l| l.bee()) });
         tokio::time::sleep(Duration::from_millis(50)).await;
         assert_eq!(p.temperature().band, Band::Critical);
         let err = p.acquire("refused").await.unwrap_err();

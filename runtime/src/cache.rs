@@ -71,14 +71,15 @@ impl Bloom {
         if self.bits.iter().all(|b| *b == 0) {
             return String::new();
         }
-        self.bits.iter().map(|b| format!("{b:02x}")).collect()
+        apiary_storage::format::hex(&self.bits)
     }
 
     pub fn from_hex(s: &str) -> Option<Bloom> {
         if s.is_empty() {
             return Some(Bloom::default());
         }
-        if s.len() != BLOOM_BITS / 4 {
+        // A heartbeat is read from storage: anything but exact hex is refused, never sliced.
+        if s.len() != BLOOM_BITS / 4 || !s.bytes().all(|b| b.is_ascii_hexdigit()) {
             return None;
         }
         let bits = (0..s.len())
@@ -174,7 +175,7 @@ impl CellCache {
         if size > self.capacity / 2 {
             return None;
         }
-        let name = hex(&Sha256::digest(key.as_bytes()));
+        let name = apiary_storage::format::hex(&Sha256::digest(key.as_bytes()));
         let file = self.dir.join(&name);
         let tmp = self
             .dir
@@ -222,10 +223,6 @@ impl CellCache {
     }
 }
 
-fn hex(b: &[u8]) -> String {
-    b.iter().map(|x| format!("{x:02x}")).collect()
-}
-
 fn resolve(range: &GetRange, len: u64) -> Range<u64> {
     match range {
         GetRange::Bounded(r) => r.start.min(len)..r.end.min(len),
@@ -254,7 +251,7 @@ impl CachedStore {
             None => 0..size,
         };
         let want = r.clone();
-        let read = tokio::task::spawn_blocking(move || -> std::io::Result<Bytes> {
+        let read = crate::executor::spawn_blocking(move || -> std::io::Result<Bytes> {
             use std::io::{Read, Seek, SeekFrom};
             let mut f = std::fs::File::open(&file)?;
             if f.metadata()?.len() != size {
@@ -456,7 +453,9 @@ mod tests {
         let store = Arc::new(CachedStore::new(inner, cache.clone()));
         let reads = (0..8u64).map(|i| {
             let (store, cell) = (store.clone(), cell.clone());
-            tokio::spawn(async move { store.get_range(&cell, i * 1000..i * 1000 + 10).await })
+            crate::executor::spawn(
+                async move { store.get_range(&cell, i * 1000..i * 1000 + 10).await },
+            )
         });
         for (i, r) in futures::future::join_all(reads)
             .await
@@ -497,5 +496,11 @@ mod tests {
         let back = Bloom::from_hex(&h).unwrap();
         assert!(back.contains("a/b.parquet"));
         assert!(!back.contains("zzz"));
+        // Hostile heartbeats: a multi-byte character or the wrong length is refused, not sliced.
+        let mut odd = "é".to_string();
+        odd.push_str(&"0".repeat(BLOOM_BITS / 4 - 2));
+        assert_eq!(odd.len(), BLOOM_BITS / 4);
+        assert!(Bloom::from_hex(&odd).is_none());
+        assert!(Bloom::from_hex("00").is_none());
     }
 }

@@ -34,7 +34,7 @@ pub enum Error {
     #[error("query timed out after {0:?}")]
     Timeout(std::time::Duration),
 
-    /// A retryable task failed more often than its trial limit allows.
+    /// A retryable task (a fragment) failed on as many nodes as its trial limit allows.
     #[error("{what} abandoned after {attempts} attempts: {last_error}")]
     Abandoned {
         what: String,
@@ -47,6 +47,22 @@ pub enum Error {
 }
 
 pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+impl Error {
+    /// Whether another attempt, as is, may succeed: a busy or unavailable node, a lost commit
+    /// race, a storage hiccup. A fragment failing so is given up by its node and retried on
+    /// another one (see `distributed::coordinator`).
+    pub fn is_retryable(&self) -> bool {
+        match self {
+            Error::Unavailable(_) => true,
+            Error::Storage(s) => matches!(
+                s,
+                apiary_storage::Error::Conflict { .. } | apiary_storage::Error::ObjectStore(_)
+            ),
+            _ => false,
+        }
+    }
+}
 
 impl From<DataFusionError> for Error {
     fn from(e: DataFusionError) -> Self {
@@ -105,5 +121,25 @@ impl From<Error> for DataFusionError {
 impl From<arrow::error::ArrowError> for Error {
     fn from(e: arrow::error::ArrowError) -> Self {
         Error::Sql(e.to_string())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn retryable_errors_are_load_and_races_not_mistakes() {
+        assert!(Error::Unavailable("busy".into()).is_retryable());
+        assert!(
+            Error::Storage(apiary_storage::Error::Conflict {
+                frame: "f".into(),
+                detail: "d".into()
+            })
+            .is_retryable()
+        );
+        assert!(!Error::Sql("bad".into()).is_retryable());
+        assert!(!Error::ResourceExhausted("memory".into()).is_retryable());
+        assert!(!Error::Cancelled.is_retryable());
     }
 }

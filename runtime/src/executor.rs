@@ -3,6 +3,16 @@
 //!
 //! Results cross back to the IO side through a small bounded channel; the task driving a query
 //! is aborted when its receiving stream is dropped (a client hang-up cancels the query).
+//!
+//! This module is also the only place that spawns tasks (`clippy.toml` forbids raw
+//! `tokio::spawn` elsewhere). Every task has an owner that ends it:
+//!
+//! | helper                 | ends when                                                      |
+//! |------------------------|----------------------------------------------------------------|
+//! | [`spawn`]              | its [`AbortOnDrop`] handle is dropped (per-query watchers)    |
+//! | [`Background::spawn`]  | the node shuts down (heartbeats, inbox worker, fragment runs)  |
+//! | [`Background::spawn_finishing`] | it finishes, or the shutdown grace runs out (cleanup) |
+//! | [`CpuExecutor::spawn`] | its handle is dropped (query execution on the CPU runtime)    |
 
 use std::future::Future;
 use std::pin::Pin;
@@ -12,10 +22,16 @@ use arrow::array::RecordBatch;
 use arrow::datatypes::SchemaRef;
 use datafusion::error::DataFusionError;
 use datafusion::execution::{RecordBatchStream, SendableRecordBatchStream};
+use std::sync::Mutex;
+use std::time::Duration;
+
 use futures::{Stream, StreamExt};
 use tokio::runtime::{Handle, Runtime};
 use tokio::sync::mpsc;
-use tokio::task::JoinHandle;
+use tokio::task::{JoinHandle, JoinSet};
+use tokio_util::sync::CancellationToken;
+
+use crate::error::{Error, Result};
 
 /// Batches in flight between the CPU and IO runtimes per query.
 const CHANNEL_DEPTH: usize = 2;
@@ -42,12 +58,35 @@ impl CpuExecutor {
     }
 
     /// Run a future on the CPU runtime.
+    #[allow(clippy::disallowed_methods)]
     pub fn spawn<F>(&self, fut: F) -> AbortOnDrop<F::Output>
     where
         F: Future + Send + 'static,
         F::Output: Send + 'static,
     {
         AbortOnDrop(self.handle.spawn(fut))
+    }
+
+    /// Run `work` on the CPU runtime until it ends, `cancel` fires (Cancelled) or `timeout`
+    /// passes (Timeout); the work is aborted in the latter two cases.
+    pub async fn run<T: Send + 'static>(
+        &self,
+        work: impl Future<Output = Result<T>> + Send + 'static,
+        cancel: &CancellationToken,
+        timeout: Option<Duration>,
+    ) -> Result<T> {
+        let task = self.spawn(work);
+        let deadline = async {
+            match timeout {
+                Some(t) => tokio::time::sleep(t).await,
+                None => std::future::pending().await,
+            }
+        };
+        tokio::select! {
+            r = task => r.map_err(|e| Error::Internal(format!("task on the CPU runtime: {e}")))?,
+            _ = cancel.cancelled() => Err(Error::Cancelled),
+            _ = deadline => Err(Error::Timeout(timeout.unwrap_or_default())),
+        }
     }
 
     /// Start a stream on the CPU runtime and read it from the caller's runtime.
@@ -57,7 +96,7 @@ impl CpuExecutor {
         make: impl FnOnce() -> Result<SendableRecordBatchStream, DataFusionError> + Send + 'static,
     ) -> SendableRecordBatchStream {
         let (tx, rx) = mpsc::channel(CHANNEL_DEPTH);
-        let task = self.handle.spawn(async move {
+        let task = self.spawn(async move {
             let mut stream = match make() {
                 Ok(s) => s,
                 Err(e) => {
@@ -75,7 +114,7 @@ impl CpuExecutor {
         Box::pin(ChannelStream {
             schema,
             rx,
-            _task: AbortOnDrop(task),
+            _task: task,
         })
     }
 }
@@ -85,6 +124,96 @@ impl Drop for CpuExecutor {
         // Dropping a runtime from inside another runtime panics; this does not.
         if let Some(rt) = self.runtime.take() {
             rt.shutdown_background();
+        }
+    }
+}
+
+/// Spawn `fut` on the current runtime; it is aborted when the returned handle is dropped.
+#[allow(clippy::disallowed_methods)]
+pub fn spawn<F>(fut: F) -> AbortOnDrop<F::Output>
+where
+    F: Future + Send + 'static,
+    F::Output: Send + 'static,
+{
+    AbortOnDrop(tokio::spawn(fut))
+}
+
+/// Run blocking work (file IO, encoding) on the blocking pool.
+#[allow(clippy::disallowed_methods)]
+pub fn spawn_blocking<F, R>(f: F) -> AbortOnDrop<R>
+where
+    F: FnOnce() -> R + Send + 'static,
+    R: Send + 'static,
+{
+    AbortOnDrop(tokio::task::spawn_blocking(f))
+}
+
+/// The background work of one node, ended by [`Background::shutdown`].
+#[derive(Debug, Default)]
+pub struct Background {
+    token: CancellationToken,
+    tasks: Mutex<JoinSet<()>>,
+}
+
+impl Background {
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Fires when the node shuts down.
+    pub fn token(&self) -> &CancellationToken {
+        &self.token
+    }
+
+    /// Run `fut` until it ends or the node shuts down.
+    pub fn spawn(&self, fut: impl Future<Output = ()> + Send + 'static) {
+        let token = self.token.clone();
+        self.track(async move {
+            tokio::select! {
+                _ = token.cancelled() => {}
+                _ = fut => {}
+            }
+        });
+    }
+
+    /// Run `fut` to its end; shutdown waits for it (up to its grace period) instead of cutting
+    /// it short. For cleanup that should not be lost to a restart.
+    pub fn spawn_finishing(&self, fut: impl Future<Output = ()> + Send + 'static) {
+        self.track(fut);
+    }
+
+    #[allow(clippy::disallowed_methods)]
+    fn track(&self, fut: impl Future<Output = ()> + Send + 'static) {
+        let mut tasks = self.tasks.lock().expect("background tasks");
+        // Reap what finished, so a long-lived node does not accumulate handles.
+        while tasks.try_join_next().is_some() {}
+        tasks.spawn(fut);
+    }
+
+    /// Tasks still running.
+    pub fn len(&self) -> usize {
+        let mut tasks = self.tasks.lock().expect("background tasks");
+        while tasks.try_join_next().is_some() {}
+        tasks.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// Stop: cancel what runs until shutdown, give the rest `grace` to finish, abort leftovers.
+    /// Tasks spawned after this starts are cancelled at once.
+    pub async fn shutdown(&self, grace: Duration) {
+        self.token.cancel();
+        let mut tasks = std::mem::take(&mut *self.tasks.lock().expect("background tasks"));
+        let drained =
+            tokio::time::timeout(grace, async { while tasks.join_next().await.is_some() {} }).await;
+        if drained.is_err() {
+            tracing::warn!(
+                left = tasks.len(),
+                "background tasks still running after the grace period; aborting them"
+            );
+            tasks.shutdown().await;
         }
     }
 }
@@ -152,5 +281,62 @@ mod tests {
                 .await
                 .is_ok()
         );
+    }
+
+    #[tokio::test]
+    async fn background_tasks_end_on_shutdown() {
+        let bg = Background::new();
+        let (tx, rx) = tokio::sync::oneshot::channel::<()>();
+        bg.spawn(async move {
+            let _keep = tx;
+            std::future::pending::<()>().await;
+        });
+        let (done_tx, done_rx) = tokio::sync::oneshot::channel::<()>();
+        bg.spawn_finishing(async move {
+            tokio::time::sleep(Duration::from_millis(50)).await;
+            let _ = done_tx.send(());
+        });
+        assert_eq!(bg.len(), 2);
+        bg.shutdown(Duration::from_secs(5)).await;
+        // The endless task was cancelled (its sender dropped); the finishing one completed.
+        assert!(rx.await.is_err());
+        assert!(done_rx.await.is_ok());
+        assert!(bg.is_empty());
+        // After shutdown, new background work is cancelled at once.
+        let (tx, rx) = tokio::sync::oneshot::channel::<()>();
+        bg.spawn(async move {
+            let _keep = tx;
+            std::future::pending::<()>().await;
+        });
+        assert!(
+            tokio::time::timeout(Duration::from_secs(5), rx)
+                .await
+                .unwrap()
+                .is_err()
+        );
+    }
+
+    #[tokio::test]
+    async fn run_races_cancel_and_timeout() {
+        let cpu = CpuExecutor::new(1).unwrap();
+        let token = CancellationToken::new();
+        let ok = cpu.run(async { Ok(7) }, &token, None).await.unwrap();
+        assert_eq!(ok, 7);
+        let slow = cpu
+            .run(
+                async {
+                    tokio::time::sleep(Duration::from_secs(3600)).await;
+                    Ok(())
+                },
+                &token,
+                Some(Duration::from_millis(20)),
+            )
+            .await;
+        assert!(matches!(slow, Err(Error::Timeout(_))));
+        token.cancel();
+        let cancelled = cpu
+            .run(std::future::pending::<Result<()>>(), &token, None)
+            .await;
+        assert!(matches!(cancelled, Err(Error::Cancelled)));
     }
 }

@@ -12,10 +12,9 @@ use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
 
-use apiary_storage::{Storage, paths};
+use apiary_storage::Storage;
 use arrow::array::RecordBatch;
 use arrow::datatypes::SchemaRef;
-use bytes::Bytes;
 use chrono::{DateTime, Utc};
 use datafusion::error::DataFusionError;
 use datafusion::execution::{RecordBatchStream, SendableRecordBatchStream};
@@ -25,6 +24,8 @@ use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
 
 use crate::error::Error;
+use crate::executor::AbortOnDrop;
+use crate::status::QueryStatus;
 
 /// How often a running query checks storage for a cancel marker written by another node.
 const CANCEL_POLL: Duration = Duration::from_secs(1);
@@ -132,6 +133,33 @@ impl QueryRegistry {
         }
     }
 
+    /// The cancellation token of a query of this node, if it runs here.
+    pub fn token_of(&self, id: &str) -> Option<CancellationToken> {
+        self.queries
+            .lock()
+            .expect("query registry")
+            .get(id)
+            .map(|e| e.token.clone())
+    }
+
+    /// Rows for status: every registered query, oldest first.
+    pub fn status(&self) -> Vec<QueryStatus> {
+        self.list()
+            .iter()
+            .map(|e| QueryStatus {
+                id: e.id.clone(),
+                user: e.user.clone(),
+                queued: e.is_queued(),
+                bee: e.bee(),
+                started_at: e.started_at,
+                elapsed: e.elapsed(),
+                rows: e.rows(),
+                bytes: e.bytes(),
+                sql: e.sql.clone(),
+            })
+            .collect()
+    }
+
     pub fn list(&self) -> Vec<Arc<QueryEntry>> {
         let mut v: Vec<Arc<QueryEntry>> = self
             .queries
@@ -152,18 +180,6 @@ impl QueryRegistry {
     }
 }
 
-/// Ask every node to cancel `query_id` by writing its cancel marker into storage.
-pub async fn write_cancel_marker(storage: &Storage, query_id: &str) -> crate::Result<()> {
-    let key = paths::cancel_marker(query_id)?;
-    storage.put(&key, Bytes::from_static(b"{\"v\":1}")).await?;
-    Ok(())
-}
-
-/// Whether a cancel marker exists for `query_id`.
-pub async fn cancel_requested(storage: &Storage, query_id: &str) -> crate::Result<bool> {
-    Ok(storage.exists(&paths::cancel_marker(query_id)?).await?)
-}
-
 /// Keeps a query registered; logs one line when the query ends.
 #[derive(Debug)]
 pub struct QueryGuard {
@@ -171,7 +187,7 @@ pub struct QueryGuard {
     entry: Arc<QueryEntry>,
     finished: bool,
     failed: bool,
-    watcher: Option<tokio::task::JoinHandle<()>>,
+    watcher: Option<AbortOnDrop<()>>,
 }
 
 impl QueryGuard {
@@ -189,13 +205,13 @@ impl QueryGuard {
     pub fn watch_storage_for(&mut self, storage: Storage, query_id: &str) {
         let entry = self.entry.clone();
         let query_id = query_id.to_string();
-        self.watcher = Some(tokio::spawn(async move {
+        self.watcher = Some(crate::executor::spawn(async move {
             loop {
                 tokio::select! {
                     _ = entry.token.cancelled() => return,
                     _ = tokio::time::sleep(CANCEL_POLL) => {}
                 }
-                match cancel_requested(&storage, &query_id).await {
+                match crate::cancel::requested(&storage, &query_id).await {
                     Ok(true) => {
                         info!(query_id = %entry.id, "cancel marker found");
                         entry.token.cancel();
@@ -212,12 +228,23 @@ impl QueryGuard {
     /// fragment of a query this node coordinates): no second poll of the same marker.
     pub fn follow(&mut self, parent: CancellationToken) {
         let entry = self.entry.clone();
-        self.watcher = Some(tokio::spawn(async move {
+        self.watcher = Some(crate::executor::spawn(async move {
             tokio::select! {
                 _ = parent.cancelled() => entry.token.cancel(),
                 _ = entry.token.cancelled() => {}
             }
         }));
+    }
+
+    /// Take a bee for this query from `bees`, showing it queued while it waits.
+    pub async fn admit(
+        &self,
+        bees: &Arc<crate::bees::BeePool>,
+    ) -> crate::Result<crate::bees::BeeLease> {
+        self.entry.set_queued();
+        let lease = bees.acquire(&self.entry.id).await?;
+        self.entry.set_bee(Some(lease.bee()));
+        Ok(lease)
     }
 
     /// Mark the query done (a statement that returns no stream).
@@ -234,9 +261,7 @@ impl QueryGuard {
 
 impl Drop for QueryGuard {
     fn drop(&mut self) {
-        if let Some(w) = self.watcher.take() {
-            w.abort();
-        }
+        self.watcher.take();
         self.registry.remove(&self.entry);
         let e = &self.entry;
         let outcome = if self.failed {
@@ -261,8 +286,8 @@ impl Drop for QueryGuard {
 }
 
 /// A result stream that counts what it yields, stops when its query is cancelled, and keeps the
-/// query registered (and any resources in `hold`, e.g. a bee) until it is dropped.
-pub struct TrackedStream {
+/// query registered (and what it holds, `H`: a bee, a distributed run) until it is dropped.
+pub struct TrackedStream<H = ()> {
     inner: SendableRecordBatchStream,
     guard: Option<QueryGuard>,
     schema: SchemaRef,
@@ -270,10 +295,10 @@ pub struct TrackedStream {
     deadline: Option<(Pin<Box<tokio::time::Sleep>>, Duration)>,
     map_err: Option<Box<dyn Fn(Error) -> Error + Send>>,
     done: bool,
-    _hold: Vec<Box<dyn std::any::Any + Send>>,
+    _held: H,
 }
 
-impl std::fmt::Debug for TrackedStream {
+impl<H> std::fmt::Debug for TrackedStream<H> {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("TrackedStream")
             .field("done", &self.done)
@@ -281,12 +306,8 @@ impl std::fmt::Debug for TrackedStream {
     }
 }
 
-impl TrackedStream {
-    pub fn new(
-        inner: SendableRecordBatchStream,
-        guard: QueryGuard,
-        hold: Vec<Box<dyn std::any::Any + Send>>,
-    ) -> Self {
+impl<H: Send + Unpin + 'static> TrackedStream<H> {
+    pub fn new(inner: SendableRecordBatchStream, guard: QueryGuard, held: H) -> Self {
         let schema = inner.schema();
         let cancelled = Box::pin(guard.entry.token.clone().cancelled_owned());
         Self {
@@ -297,7 +318,7 @@ impl TrackedStream {
             deadline: None,
             map_err: None,
             done: false,
-            _hold: hold,
+            _held: held,
         }
     }
 
@@ -326,7 +347,7 @@ impl TrackedStream {
     }
 }
 
-impl Stream for TrackedStream {
+impl<H: Send + Unpin + 'static> Stream for TrackedStream<H> {
     type Item = Result<RecordBatch, DataFusionError>;
 
     fn poll_next(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
@@ -375,7 +396,7 @@ impl Stream for TrackedStream {
     }
 }
 
-impl RecordBatchStream for TrackedStream {
+impl<H: Send + Unpin + 'static> RecordBatchStream for TrackedStream<H> {
     fn schema(&self) -> SchemaRef {
         self.schema.clone()
     }

@@ -12,13 +12,14 @@ use std::collections::HashMap;
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
+use apiary_storage::format::{CacheSummaryV1, HeartbeatV1, Versioned};
 use apiary_storage::{Storage, paths};
-use bytes::Bytes;
 use chrono::{DateTime, Utc};
-use serde::{Deserialize, Serialize};
+use serde::Serialize;
 use tracing::{info, warn};
 
-use crate::error::{Error, Result};
+use crate::colony::{Load, Temperature};
+use crate::error::Result;
 
 /// Timing of heartbeats and of the world view's judgement.
 #[derive(Debug, Clone, Copy)]
@@ -43,54 +44,38 @@ impl Default for SwarmTiming {
     }
 }
 
-/// Compact summary of a node's cell cache, for assignment decisions.
-#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
-pub struct CacheSummaryV1 {
-    pub entries: u64,
-    pub bytes: u64,
-    pub hits: u64,
-    pub misses: u64,
-    /// Hex bitmap (a Bloom filter over cell keys); empty when the cache is empty.
-    #[serde(default)]
-    pub bloom: String,
-}
-
-/// Version 1 of the heartbeat object.
-#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
-pub struct HeartbeatV1 {
-    pub v: u32,
-    pub node_id: String,
-    pub flight_url: String,
-    pub version: String,
-    pub bees_total: u32,
-    pub bees_busy: u32,
-    pub memory_budget: u64,
-    pub memory_reserved: u64,
-    pub queue_depth: u32,
-    pub temperature: f64,
-    pub band: String,
+/// What a node says about itself in one heartbeat.
+#[derive(Debug, Clone)]
+pub struct HeartbeatInput<'a> {
+    pub node_id: &'a str,
+    pub flight_url: &'a str,
+    pub load: Load,
+    pub temperature: Temperature,
     pub cache: CacheSummaryV1,
-    /// The writer's wall clock; informational only, never used for liveness.
     pub started_at: DateTime<Utc>,
-    pub written_at: DateTime<Utc>,
+    /// The writer's wall clock now (tests skew it to show liveness never depends on it).
+    pub now: DateTime<Utc>,
     pub seq: u64,
 }
 
-impl HeartbeatV1 {
-    pub fn encode(&self) -> Bytes {
-        Bytes::from(serde_json::to_vec(self).expect("heartbeat serialises"))
-    }
-
-    pub fn decode(b: &[u8]) -> Result<Self> {
-        let hb: HeartbeatV1 = serde_json::from_slice(b)
-            .map_err(|e| Error::Internal(format!("unreadable heartbeat: {e}")))?;
-        if hb.v != 1 {
-            return Err(Error::Internal(format!(
-                "heartbeat format v{} is newer than this build",
-                hb.v
-            )));
-        }
-        Ok(hb)
+/// The heartbeat object for `input`.
+pub fn heartbeat(input: HeartbeatInput<'_>) -> HeartbeatV1 {
+    HeartbeatV1 {
+        v: 1,
+        node_id: input.node_id.to_string(),
+        flight_url: input.flight_url.to_string(),
+        version: env!("CARGO_PKG_VERSION").to_string(),
+        bees_total: input.load.bees as u32,
+        bees_busy: input.load.busy as u32,
+        memory_budget: input.load.memory_budget,
+        memory_reserved: input.load.memory_reserved,
+        queue_depth: input.load.queued as u32,
+        temperature: input.temperature.value,
+        band: input.temperature.band.to_string(),
+        cache: input.cache,
+        started_at: input.started_at,
+        written_at: input.now,
+        seq: input.seq,
     }
 }
 
@@ -145,10 +130,6 @@ impl WorldView {
             nodes: Mutex::new(HashMap::new()),
             observed_at: Mutex::new(None),
         }
-    }
-
-    pub fn timing(&self) -> SwarmTiming {
-        self.timing
     }
 
     fn state_for(&self, age: Duration) -> NodeState {
@@ -238,6 +219,16 @@ impl WorldView {
             .collect();
         out.sort_by(|a, b| a.heartbeat.node_id.cmp(&b.heartbeat.node_id));
         out
+    }
+
+    /// The swarm as node `me` sees it, for placing work: a node running this code is alive
+    /// whatever its own heartbeat's age says, so it is always a place of last resort.
+    pub fn seen_from(&self, me: &str) -> Vec<NodeView> {
+        let mut nodes = self.nodes();
+        for n in nodes.iter_mut().filter(|n| n.heartbeat.node_id == me) {
+            n.state = NodeState::Alive;
+        }
+        nodes
     }
 
     /// Read every heartbeat under the storage root and fold them in; delete long-dead ones.

@@ -8,7 +8,8 @@
 //! | `system.swarm.nodes`        | node of the swarm, as this node sees it    |
 //! | `system.colony.temperature` | this node's temperature and its components |
 //!
-//! Every scan takes a fresh snapshot of the state, so each query sees the node as it is then.
+//! Every scan takes a fresh [`NodeStatus`] from the node (a [`StatusSource`]), so each query
+//! sees the node as it is then; `/metrics` renders the same snapshot.
 
 use std::sync::{Arc, OnceLock, Weak};
 
@@ -27,7 +28,7 @@ use datafusion::logical_expr::{Expr, TableType};
 use datafusion::physical_plan::ExecutionPlan;
 
 use crate::engine::SystemCatalog;
-use crate::node::Node;
+use crate::status::{NodeStatus, StatusSource};
 
 /// The boxes and tables of the `system` hive.
 pub const SYSTEM_TABLES: &[(&str, &str)] = &[
@@ -153,44 +154,32 @@ fn f(v: Vec<f64>) -> ArrayRef {
     Arc::new(Float64Array::from(v))
 }
 
-fn snapshot(kind: Kind, node: &Node) -> DfResult<RecordBatch> {
+fn render(kind: Kind, st: &NodeStatus) -> DfResult<RecordBatch> {
     let schema = kind.schema();
     let cols: Vec<ArrayRef> = match kind {
         Kind::Node => {
-            let c = node.config();
+            let cache = st.cache.unwrap_or_default();
             vec![
-                s(vec![c.node_id.clone()]),
-                s(vec![c.advertise_url.clone()]),
-                i(vec![
-                    std::thread::available_parallelism()
-                        .map(|n| n.get())
-                        .unwrap_or(1) as i64,
-                ]),
-                i(vec![c.bees.bees as i64]),
-                u(vec![c.bees.memory_budget]),
-                u(vec![node.bees().bee_budget()]),
-                s(vec![node.storage().display_url().to_string()]),
-                s(vec![env!("CARGO_PKG_VERSION").to_string()]),
-                s(vec![node.started_at().to_rfc3339()]),
-                f(vec![node.uptime().as_secs_f64()]),
-                u(vec![node.queries_total()]),
-                u(vec![
-                    node.metrics()
-                        .fragments
-                        .load(std::sync::atomic::Ordering::Relaxed),
-                ]),
-                u(vec![
-                    node.metrics()
-                        .coordinated
-                        .load(std::sync::atomic::Ordering::Relaxed),
-                ]),
-                u(vec![node.cache_stats().map(|c| c.hits).unwrap_or(0)]),
-                u(vec![node.cache_stats().map(|c| c.misses).unwrap_or(0)]),
-                u(vec![node.cache_stats().map(|c| c.bytes).unwrap_or(0)]),
+                s(vec![st.node_id.clone()]),
+                s(vec![st.flight_url.clone()]),
+                i(vec![st.cores as i64]),
+                i(vec![st.bees as i64]),
+                u(vec![st.memory_budget]),
+                u(vec![st.bee_memory_budget]),
+                s(vec![st.storage.clone()]),
+                s(vec![st.version.to_string()]),
+                s(vec![st.started_at.to_rfc3339()]),
+                f(vec![st.uptime.as_secs_f64()]),
+                u(vec![st.queries_total]),
+                u(vec![st.distributed.fragments]),
+                u(vec![st.distributed.coordinated]),
+                u(vec![cache.hits]),
+                u(vec![cache.misses]),
+                u(vec![cache.bytes]),
             ]
         }
         Kind::Bees => {
-            let b = node.bees().status();
+            let b = &st.bee_slots;
             vec![
                 i(b.iter().map(|x| x.id as i64).collect()),
                 s(b.iter()
@@ -202,24 +191,24 @@ fn snapshot(kind: Kind, node: &Node) -> DfResult<RecordBatch> {
             ]
         }
         Kind::Queries => {
-            let q = node.queries().list();
+            let q = &st.queries;
             vec![
                 s(q.iter().map(|x| x.id.clone()).collect()),
                 s(q.iter().map(|x| x.user.clone()).collect()),
                 s(q.iter()
-                    .map(|x| if x.is_queued() { "queued" } else { "running" }.to_string())
+                    .map(|x| if x.queued { "queued" } else { "running" }.to_string())
                     .collect()),
-                io(q.iter().map(|x| x.bee().map(|b| b as i64)).collect()),
-                s(q.iter().map(|_| node.id().to_string()).collect()),
+                io(q.iter().map(|x| x.bee.map(|b| b as i64)).collect()),
+                s(q.iter().map(|_| st.node_id.clone()).collect()),
                 s(q.iter().map(|x| x.started_at.to_rfc3339()).collect()),
-                i(q.iter().map(|x| x.elapsed().as_millis() as i64).collect()),
-                u(q.iter().map(|x| x.rows()).collect()),
-                u(q.iter().map(|x| x.bytes()).collect()),
+                i(q.iter().map(|x| x.elapsed.as_millis() as i64).collect()),
+                u(q.iter().map(|x| x.rows).collect()),
+                u(q.iter().map(|x| x.bytes).collect()),
                 s(q.iter().map(|x| x.sql.clone()).collect()),
             ]
         }
         Kind::SwarmNodes => {
-            let n = node.world().nodes();
+            let n = &st.swarm;
             vec![
                 s(n.iter().map(|x| x.heartbeat.node_id.clone()).collect()),
                 s(n.iter().map(|x| x.heartbeat.flight_url.clone()).collect()),
@@ -239,14 +228,13 @@ fn snapshot(kind: Kind, node: &Node) -> DfResult<RecordBatch> {
                     .collect()),
                 Arc::new(BooleanArray::from(
                     n.iter()
-                        .map(|x| x.heartbeat.node_id == node.id())
+                        .map(|x| x.heartbeat.node_id == st.node_id)
                         .collect::<Vec<_>>(),
                 )),
             ]
         }
         Kind::Temperature => {
-            let load = node.bees().load();
-            let t = node.temperature();
+            let (load, t) = (&st.load, &st.temperature);
             vec![
                 f(vec![t.value]),
                 s(vec![t.band.to_string()]),
@@ -269,7 +257,7 @@ fn snapshot(kind: Kind, node: &Node) -> DfResult<RecordBatch> {
 #[derive(Debug)]
 struct SystemTable {
     kind: Kind,
-    node: Weak<Node>,
+    source: Weak<dyn StatusSource>,
 }
 
 #[async_trait]
@@ -289,10 +277,10 @@ impl TableProvider for SystemTable {
         _filters: &[Expr],
         _limit: Option<usize>,
     ) -> DfResult<Arc<dyn ExecutionPlan>> {
-        let node = self.node.upgrade().ok_or_else(|| {
+        let source = self.source.upgrade().ok_or_else(|| {
             datafusion::error::DataFusionError::Execution("the node is shutting down".into())
         })?;
-        let batch = snapshot(self.kind, &node)?;
+        let batch = render(self.kind, &source.status())?;
         MemorySourceConfig::try_new_exec(&[vec![batch]], self.kind.schema(), projection.cloned())
             .map(|e| e as Arc<dyn ExecutionPlan>)
     }
@@ -301,14 +289,14 @@ impl TableProvider for SystemTable {
 /// The `system` hive of a node.
 #[derive(Debug)]
 pub struct SystemTables {
-    node: Weak<Node>,
+    source: Weak<dyn StatusSource>,
     catalog: OnceLock<Arc<dyn CatalogProvider>>,
 }
 
 impl SystemTables {
-    pub fn new(node: Weak<Node>) -> Self {
+    pub fn new(source: Weak<dyn StatusSource>) -> Self {
         Self {
-            node,
+            source,
             catalog: OnceLock::new(),
         }
     }
@@ -341,7 +329,7 @@ impl SystemCatalog for SystemTables {
                             t.to_string(),
                             Arc::new(SystemTable {
                                 kind,
-                                node: self.node.clone(),
+                                source: self.source.clone(),
                             }),
                         )
                         .expect("register system table");

@@ -28,7 +28,6 @@ fn ticket() -> StatementTicketV1 {
         user: "alice".into(),
         expires_at_ms: 1_800_000_000_000,
         jdbc: false,
-        part: None,
     }
 }
 
@@ -54,7 +53,6 @@ fn tickets(c: &mut Criterion) {
         default_box: "default".into(),
         user: "alice".into(),
         expires_at_ms: 1_800_000_000_000,
-        is_query: false,
     };
     c.bench_function("handle/seal+open", |b| {
         b.iter(|| {

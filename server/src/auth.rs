@@ -131,18 +131,19 @@ impl Signer {
     }
 
     /// Open an envelope of `kind`, checking version and signature.
-    pub fn open(&self, kind: &str, bytes: &[u8]) -> Result<bytes::Bytes, Status> {
+    pub fn open(&self, kind: &str, bytes: &[u8]) -> crate::error::Result<bytes::Bytes> {
+        use crate::error::Error;
         use prost::Message;
         let env = apiary_proto::v1::SignedEnvelope::decode(bytes)
-            .map_err(|_| Status::invalid_argument(format!("malformed {kind}")))?;
+            .map_err(|_| Error::invalid(format!("malformed {kind}")))?;
         if env.format_version != apiary_proto::ENVELOPE_FORMAT_VERSION {
-            return Err(Status::invalid_argument(format!(
+            return Err(Error::invalid(format!(
                 "{kind} format v{} is not supported by this server",
                 env.format_version
             )));
         }
         if env.kind != kind {
-            return Err(Status::invalid_argument(format!(
+            return Err(Error::invalid(format!(
                 "expected a {kind}, got a {}",
                 env.kind
             )));
@@ -155,7 +156,7 @@ impl Signer {
             ],
             &env.mac,
         ) {
-            return Err(Status::invalid_argument(format!(
+            return Err(Error::invalid(format!(
                 "{kind} signature does not verify (issued by another swarm?)"
             )));
         }

@@ -4,12 +4,12 @@ use apiary_runtime::{Output, Session};
 use arrow::array::RecordBatch;
 use futures::TryStreamExt;
 
+use crate::assemble;
 use crate::config::SqlArgs;
-use crate::node;
 
 /// Run every statement in order; stop at the first error.
 pub async fn run(args: SqlArgs) -> anyhow::Result<()> {
-    let engine = node::engine(&args.storage, &args.node).await?;
+    let engine = assemble::engine(&args.storage, &args.node).await?;
     let mut session = Session::new("local");
     let statements = engine.parse(&args.query)?;
     let mut out = std::io::stdout().lock();

@@ -173,6 +173,37 @@ pub struct NodeArgs {
     /// Size bound of the local cell cache; 0 disables it.
     #[arg(long, env = "APIARY_CACHE_SIZE", default_value = "2GiB")]
     pub cache_size: MemorySize,
+    #[command(flatten)]
+    pub faults: FaultArgs,
+}
+
+/// Fault injection for Apiary's own failure tests. Hidden; unset in production. Each is a flag
+/// (and an `APIARY_FAULT_*` variable, as every flag has), read once into typed config, so no
+/// production code path reads the environment.
+#[derive(Debug, Clone, Default, Args)]
+pub struct FaultArgs {
+    /// Shift the wall clock this node writes into heartbeats by this many seconds.
+    #[arg(
+        long = "fault-clock-skew-secs",
+        env = "APIARY_FAULT_CLOCK_SKEW_SECS",
+        hide = true,
+        allow_hyphen_values = true
+    )]
+    pub clock_skew_secs: Option<i64>,
+    /// Make every fragment this node runs take this many milliseconds longer.
+    #[arg(
+        long = "fault-fragment-delay-ms",
+        env = "APIARY_FAULT_FRAGMENT_DELAY_MS",
+        hide = true
+    )]
+    pub fragment_delay_ms: Option<u64>,
+    /// Sleep this many milliseconds between writing cells and committing them.
+    #[arg(
+        long = "fault-pause-before-commit-ms",
+        env = "APIARY_FAULT_PAUSE_BEFORE_COMMIT_MS",
+        hide = true
+    )]
+    pub pause_before_commit_ms: Option<u64>,
 }
 
 /// The Flight SQL endpoint.

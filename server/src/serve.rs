@@ -10,10 +10,10 @@ use tokio::net::TcpListener;
 use tonic::transport::{Certificate, Identity, Server, ServerTlsConfig};
 use tracing::{info, warn};
 
+use crate::assemble;
 use crate::auth::{AuthLayer, Authenticator, Signer};
 use crate::config::{MemorySize, ServeArgs};
-use crate::flight::{ApiaryFlightService, FlightSql};
-use crate::node;
+use crate::flight_sql::{ApiaryFlightService, FlightSql};
 
 /// `name:hash` entries into a user map.
 pub fn parse_users(entries: &[String]) -> anyhow::Result<HashMap<String, String>> {
@@ -100,7 +100,7 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
             )
         }
     };
-    let node = node::build(&args.storage, &args.node, advertise).await?;
+    let node = assemble::build(&args.storage, &args.node, advertise).await?;
     let key = signing_key(flight.token_secret.as_deref(), node.storage()).await?;
     let signer = Signer::new(&key);
     let auth = Authenticator::new(users, signer.clone(), flight.token_ttl)?;
@@ -150,9 +150,7 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
         .await;
     // Leave the swarm even if serving failed.
     node.shutdown().await;
-    if let Some(m) = metrics {
-        m.abort();
-    }
+    drop(metrics);
     served?;
     info!("stopped");
     Ok(())

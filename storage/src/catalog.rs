@@ -10,49 +10,10 @@
 //! the parent missing; a non-cascading drop that finds a child appeared restores its marker and
 //! reports the parent not empty. The frame's own data is handled by [`crate::ledger`].
 
-use bytes::Bytes;
-use chrono::{DateTime, Utc};
-use serde::{Deserialize, Serialize};
-
 use crate::backend::Storage;
 use crate::error::{Error, ObjectKind, Result};
+use crate::format::{MarkerV1, Versioned};
 use crate::paths::{self, BoxRef, FrameRef, Ident};
-
-/// Version 1 of a marker object (hive, box or frame).
-#[derive(Debug, Clone, Serialize, Deserialize)]
-pub struct MarkerV1 {
-    /// Always 1 for this type.
-    pub v: u32,
-    /// Unique id of this incarnation of the object (a dropped and re-created frame gets a new id).
-    pub id: String,
-    pub created_at: DateTime<Utc>,
-}
-
-impl MarkerV1 {
-    fn new() -> Self {
-        Self {
-            v: 1,
-            id: uuid::Uuid::now_v7().to_string(),
-            created_at: Utc::now(),
-        }
-    }
-
-    fn encode(&self) -> Bytes {
-        Bytes::from(serde_json::to_vec(self).expect("marker serialises"))
-    }
-
-    fn decode(body: &[u8]) -> Result<Self> {
-        let m: MarkerV1 = serde_json::from_slice(body)
-            .map_err(|e| Error::Internal(format!("unreadable catalog marker: {e}")))?;
-        if m.v != 1 {
-            return Err(Error::Internal(format!(
-                "catalog marker format v{} is newer than this build",
-                m.v
-            )));
-        }
-        Ok(m)
-    }
-}
 
 /// The catalog of one storage root.
 #[derive(Debug, Clone)]

@@ -75,6 +75,19 @@ pub enum Error {
     #[error("parquet: {0}")]
     Parquet(#[from] parquet::errors::ParquetError),
 
+    /// A persisted object written by a newer (or older, retired) format version: a rolling
+    /// upgrade in progress, not a bug.
+    #[error("{what} format v{version} is not supported by this build (it reads v{supported})")]
+    UnsupportedFormat {
+        what: &'static str,
+        version: u32,
+        supported: u32,
+    },
+
+    /// A persisted object that does not parse as its type.
+    #[error("unreadable {what}: {detail}")]
+    Unreadable { what: &'static str, detail: String },
+
     /// An invariant of ours was broken; never the caller's fault.
     #[error("internal error: {0}")]
     Internal(String),

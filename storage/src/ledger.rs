@@ -56,6 +56,9 @@ pub struct LedgerConfig {
     pub commit_retries: usize,
     /// ZSTD level for cells.
     pub zstd_level: i32,
+    /// Fault injection for crash tests: sleep this long between writing cells and committing, so
+    /// a test can kill the writer at exactly that point. Set from config; `None` in production.
+    pub pause_before_commit: Option<Duration>,
 }
 
 impl Default for LedgerConfig {
@@ -64,13 +67,14 @@ impl Default for LedgerConfig {
             cell_target_bytes: 64 * 1024 * 1024,
             commit_retries: 200,
             zstd_level: 3,
+            pause_before_commit: None,
         }
     }
 }
 
 /// Cell size derived from the memory one bee may use: a writer buffers about one cell per open
 /// partition, so a cell is an eighth of a bee's budget, between 8 MiB and 256 MiB.
-pub fn leafcutter_cell_size(bee_memory_bytes: u64) -> u64 {
+pub fn cell_size_for_budget(bee_memory_bytes: u64) -> u64 {
     const MIB: u64 = 1024 * 1024;
     (bee_memory_bytes / 8).clamp(8 * MIB, 256 * MIB)
 }
@@ -445,9 +449,9 @@ impl Ledger {
         adds: Vec<Add>,
         overwrite: bool,
     ) -> Result<i64> {
-        if let Some(ms) = fault_pause_before_commit() {
-            warn!(ms, "fault injection: pausing before commit");
-            tokio::time::sleep(Duration::from_millis(ms)).await;
+        if let Some(pause) = self.config.pause_before_commit {
+            warn!(?pause, "fault injection: pausing before commit");
+            tokio::time::sleep(pause).await;
         }
         let log_store = self.log_store(&read.frame)?;
         let mut actions: Vec<Action> = Vec::with_capacity(adds.len());
@@ -500,14 +504,6 @@ impl Ledger {
         debug!(version, "cache updated");
         Ok(version)
     }
-}
-
-/// Test hook: `APIARY_FAULT_PAUSE_BEFORE_COMMIT_MS=n` sleeps between writing cells and committing,
-/// so crash-safety tests can kill a writer at exactly that point.
-fn fault_pause_before_commit() -> Option<u64> {
-    std::env::var("APIARY_FAULT_PAUSE_BEFORE_COMMIT_MS")
-        .ok()
-        .and_then(|v| v.parse().ok())
 }
 
 fn validate_partitioning(schema: &SchemaRef, partition_columns: &[String]) -> Result<()> {

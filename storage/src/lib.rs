@@ -18,6 +18,7 @@
 //! |---------------|-----------------------------------------------------------------------|
 //! | [`backend`]   | opening a storage root by URL; conditional puts, lists, deletes       |
 //! | [`paths`]     | every key, and the validation of names that go into keys              |
+//! | [`format`]    | every persisted object besides Delta's (markers, heartbeats, tasks…)  |
 //! | [`catalog`]   | hive, box and frame markers                                           |
 //! | [`ledger`]    | Delta tables: create, snapshot (pinned versions), cell writing, commit |
 //! | [`schema`]    | which Arrow types a frame stores; casting incoming batches            |
@@ -27,6 +28,7 @@
 pub mod backend;
 pub mod catalog;
 pub mod error;
+pub mod format;
 pub mod lakehouse;
 pub mod ledger;
 pub mod paths;
@@ -36,6 +38,6 @@ pub mod schema;
 pub use backend::{BackendKind, S3Options, Storage};
 pub use error::{Error, ObjectKind, Result};
 pub use lakehouse::Lakehouse;
-pub use ledger::{FrameSnapshot, FrameStats, Ledger, LedgerConfig, leafcutter_cell_size};
+pub use ledger::{FrameSnapshot, FrameStats, Ledger, LedgerConfig, cell_size_for_budget};
 pub use paths::{BoxRef, FrameRef, Ident};
 pub use provider::{FrameSink, FrameTable, WriteGate};

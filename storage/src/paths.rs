@@ -12,7 +12,12 @@
 //! _apiary/catalog/boxes/<hive>/<box>.json           box marker
 //! _apiary/catalog/frames/<hive>/<box>/<frame>.json  frame marker
 //! _apiary/nodes/<node>.json                         heartbeats
-//! _apiary/queries/<query>/...                       distributed query manifests
+//! _apiary/queries/<query>/manifest.json             a distributed query's manifest
+//! _apiary/queries/<query>/s<s>-t<t>/…               a task: plan.bin, claim-<a>, out-<a>/part-*,
+//!                                                   done-<a>.json, failed-<a>.json
+//! _apiary/queries/<query>/cancel                    cancel marker
+//! _apiary/inbox/<node>/<query>.s<s>.t<t>.a<a>.json  task assignments, one inbox per node
+//! _apiary/secret                                    the swarm's token key (unless configured)
 //! <hive>/<box>/<frame>/                             the frame's Delta table (_delta_log/, cells)
 //! ```
 
@@ -298,36 +303,87 @@ pub fn query_manifest(query_id: &str) -> Result<Path> {
     Ok(query_prefix(query_id)?.join("manifest.json"))
 }
 
-/// Prefix of one task (fragment) of a distributed query.
-pub fn task_prefix(query_id: &str, stage: u32, task: u32) -> Result<Path> {
-    Ok(query_prefix(query_id)?.join(format!("s{stage}-t{task}")))
+/// One attempt of one task (fragment) of a distributed query: the unit the swarm's objects are
+/// keyed by. Displays as `fragment s<stage>t<task> of query <q>`.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct AttemptKey {
+    pub query_id: String,
+    pub stage: u32,
+    pub task: u32,
+    pub attempt: u32,
+}
+
+impl AttemptKey {
+    pub fn new(query_id: impl Into<String>, stage: u32, task: u32, attempt: u32) -> Self {
+        Self {
+            query_id: query_id.into(),
+            stage,
+            task,
+            attempt,
+        }
+    }
+
+    /// The same task's next attempt.
+    pub fn next(&self) -> Self {
+        Self {
+            attempt: self.attempt + 1,
+            ..self.clone()
+        }
+    }
+
+    /// A short id for registries and logs: `<q>/s<stage>t<task>a<attempt>`.
+    pub fn id(&self) -> String {
+        format!(
+            "{}/s{}t{}a{}",
+            self.query_id, self.stage, self.task, self.attempt
+        )
+    }
+
+    fn task_prefix(&self) -> Result<Path> {
+        Ok(query_prefix(&self.query_id)?.join(format!("s{}-t{}", self.stage, self.task)))
+    }
+}
+
+impl fmt::Display for AttemptKey {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(
+            f,
+            "fragment s{}t{} of query {}",
+            self.stage, self.task, self.query_id
+        )
+    }
 }
 
 /// The serialised plan of a task (shared by its attempts).
-pub fn task_plan(query_id: &str, stage: u32, task: u32) -> Result<Path> {
-    Ok(task_prefix(query_id, stage, task)?.join("plan.bin"))
+pub fn task_plan(key: &AttemptKey) -> Result<Path> {
+    Ok(key.task_prefix()?.join("plan.bin"))
 }
 
 /// Claim of one attempt of a task: created with put-if-absent, exactly one worker wins.
-pub fn task_claim(query_id: &str, stage: u32, task: u32, attempt: u32) -> Result<Path> {
-    Ok(task_prefix(query_id, stage, task)?.join(format!("claim-{attempt}")))
+pub fn task_claim(key: &AttemptKey) -> Result<Path> {
+    Ok(key.task_prefix()?.join(format!("claim-{}", key.attempt)))
 }
 
 /// One part of an attempt's output (an Arrow IPC stream).
-pub fn task_part(query_id: &str, stage: u32, task: u32, attempt: u32, part: u32) -> Result<Path> {
-    Ok(task_prefix(query_id, stage, task)?
-        .join(format!("out-{attempt}"))
+pub fn task_part(key: &AttemptKey, part: u32) -> Result<Path> {
+    Ok(key
+        .task_prefix()?
+        .join(format!("out-{}", key.attempt))
         .join(format!("part-{part:05}.arrow")))
 }
 
 /// Written last by a worker when an attempt's output is complete.
-pub fn task_done(query_id: &str, stage: u32, task: u32, attempt: u32) -> Result<Path> {
-    Ok(task_prefix(query_id, stage, task)?.join(format!("done-{attempt}.json")))
+pub fn task_done(key: &AttemptKey) -> Result<Path> {
+    Ok(key
+        .task_prefix()?
+        .join(format!("done-{}.json", key.attempt)))
 }
 
 /// Written by a worker when an attempt failed.
-pub fn task_failed(query_id: &str, stage: u32, task: u32, attempt: u32) -> Result<Path> {
-    Ok(task_prefix(query_id, stage, task)?.join(format!("failed-{attempt}.json")))
+pub fn task_failed(key: &AttemptKey) -> Result<Path> {
+    Ok(key
+        .task_prefix()?
+        .join(format!("failed-{}.json", key.attempt)))
 }
 
 /// A node's inbox of task assignments.
@@ -337,15 +393,12 @@ pub fn inbox_prefix(node_id: &str) -> Result<Path> {
 }
 
 /// One assignment in a node's inbox.
-pub fn inbox_entry(
-    node_id: &str,
-    query_id: &str,
-    stage: u32,
-    task: u32,
-    attempt: u32,
-) -> Result<Path> {
-    validate_query_id(query_id)?;
-    Ok(inbox_prefix(node_id)?.join(format!("{query_id}.s{stage}.t{task}.a{attempt}.json")))
+pub fn inbox_entry(node_id: &str, key: &AttemptKey) -> Result<Path> {
+    validate_query_id(&key.query_id)?;
+    Ok(inbox_prefix(node_id)?.join(format!(
+        "{}.s{}.t{}.a{}.json",
+        key.query_id, key.stage, key.task, key.attempt
+    )))
 }
 
 /// Prefix of every inbox.

@@ -1,184 +1,110 @@
 //! The coordinator's side of a distributed query: post tasks, watch them through storage,
-//! reassign what stalls, and stream finished outputs into the part of the plan that stays here.
+//! reassign what stalls or is given up, and hand finished outputs to the [`StageExec`]s of the
+//! part of the plan that stays here.
 //!
 //! ```text
 //!   post plan + inbox entry ──▶ worker claims (put-if-absent) ──▶ writes parts ──▶ done marker
 //!        ▲                                                                          │
-//!        └── Monitor: LIST _apiary/queries/<q>/ every poll; reassign on Suspect/Dead │
-//!            node, unclaimed or overdue attempt (trial limit) ◀──────────────────────┘
+//!        └── monitor: LIST _apiary/queries/<q>/ every poll; reassign on Suspect/Dead │
+//!            node, unclaimed attempt, or a retryable failure (the node gave it up) ◀─┘
 //!   StageExec partition p ◀── tasks of p as they complete (Arrow IPC parts, checksummed)
 //! ```
+//!
+//! A node *abandons* a fragment by writing a retryable `failed` marker (its bees are all busy
+//! and its queue is full, it runs critical, storage failed it); the coordinator then posts the
+//! next attempt to another node, avoiding every node that already tried, up to
+//! [`DistributionConfig::trials`](super::DistributionConfig::trials) attempts.
+//!
+//! [`StageExec`]: super::stage_exec::StageExec
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::fmt;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
-use apiary_storage::{Storage, paths};
+use apiary_storage::Storage;
+use apiary_storage::format::{DoneV1, FailedV1, TaskV1, Versioned, now_ms};
+use apiary_storage::paths::{self, AttemptKey};
 use arrow::array::RecordBatch;
 use arrow::datatypes::SchemaRef;
-use datafusion::common::tree_node::TreeNodeRecursion;
 use datafusion::error::{DataFusionError, Result as DfResult};
-use datafusion::execution::{SendableRecordBatchStream, TaskContext};
-use datafusion::physical_expr::PhysicalExpr;
-use datafusion::physical_expr::{EquivalenceProperties, Partitioning};
-use datafusion::physical_plan::execution_plan::{Boundedness, EmissionType};
+use datafusion::execution::SendableRecordBatchStream;
 use datafusion::physical_plan::stream::RecordBatchStreamAdapter;
-use datafusion::physical_plan::{
-    DisplayAs, DisplayFormatType, ExecutionPlan, ExecutionPlanProperties, PlanProperties,
-};
 use futures::StreamExt;
 use object_store::path::Path;
-use sha2::{Digest, Sha256};
 use tokio::sync::mpsc;
 use tracing::{debug, info, warn};
 
-use super::protocol::{DoneV1, FailedV1, TaskV1, now_ms};
-use crate::error::Error;
+use super::DistContext;
+use super::assign::{Candidate, assign};
+use super::context::DistributionConfig;
+use crate::error::{Error, Result};
 use crate::swarm::{NodeState, NodeView};
-
-/// Timing and limits of distributed execution.
-#[derive(Debug, Clone)]
-pub struct DistributionConfig {
-    /// Queries scanning fewer bytes than this run on the node that received them.
-    pub min_bytes: u64,
-    /// Fastest storage polling (workers with work, coordinators waiting).
-    pub poll_min: Duration,
-    /// Slowest storage polling (idle workers back off to this).
-    pub poll_max: Duration,
-    /// An attempt nobody claimed within this is reassigned.
-    pub claim_timeout: Duration,
-    /// Attempts per task before the query fails.
-    pub trials: u32,
-    /// Query prefixes and inbox entries older than this with no live coordinator are deleted.
-    pub orphan_ttl: Duration,
-    /// Size of one output object of a task.
-    pub part_bytes: usize,
-}
-
-impl Default for DistributionConfig {
-    fn default() -> Self {
-        Self {
-            min_bytes: 64 * 1024 * 1024,
-            poll_min: Duration::from_millis(20),
-            poll_max: Duration::from_secs(2),
-            claim_timeout: Duration::from_secs(10),
-            trials: crate::abandon::DEFAULT_TRIALS,
-            orphan_ttl: Duration::from_secs(3600),
-            part_bytes: 8 * 1024 * 1024,
-        }
-    }
-}
 
 /// Where a task stands, as the coordinator knows it.
 #[derive(Debug, Clone)]
-pub enum TaskState {
+pub(crate) enum TaskState {
     Posted { since: Instant },
-    Claimed { since: Instant, by: String },
+    Claimed,
     Done(DoneV1),
-    Failed(String),
+    Failed,
 }
 
 /// One task of a distributed query.
 #[derive(Debug)]
-pub struct TaskSlot {
-    pub stage: u32,
-    pub task: u32,
+pub(crate) struct TaskSlot {
+    /// The attempt now expected.
+    pub(crate) key: AttemptKey,
     /// Output partition of its stage this task feeds.
-    pub partition: usize,
-    pub attempt: u32,
-    pub node: String,
-    pub state: TaskState,
-    pub tried: Vec<String>,
-    pub errors: Vec<String>,
+    pub(crate) partition: usize,
+    pub(crate) node: String,
+    pub(crate) state: TaskState,
+    pub(crate) tried: Vec<String>,
+    pub(crate) errors: Vec<String>,
     /// Cell paths it reads (for cache-aware reassignment).
-    pub cells: Vec<String>,
+    pub(crate) cells: Vec<String>,
 }
 
-/// A candidate node for tasks.
-#[derive(Debug, Clone)]
-pub struct Candidate {
-    pub node_id: String,
-    pub capacity: f64,
-    pub bloom: Option<crate::cache::Bloom>,
-}
-
-impl Candidate {
-    pub fn from_view(v: &NodeView) -> Option<Candidate> {
-        if v.state != NodeState::Alive || v.heartbeat.band == "critical" {
-            return None;
-        }
-        let idle = (v.heartbeat.bees_total as f64 - v.heartbeat.bees_busy as f64).max(0.0);
-        Some(Candidate {
-            node_id: v.heartbeat.node_id.clone(),
-            // Busy nodes still take work, just less of it; hot ones less again.
-            capacity: (idle + 0.5) * (1.0 - v.heartbeat.temperature).max(0.05),
-            bloom: crate::cache::Bloom::from_hex(&v.heartbeat.cache.bloom),
-        })
-    }
-}
-
-/// Pick a node for each task: the most spare capacity, plus a bonus where the cells are cached
-/// and a bee is free.
-pub fn assign(
-    candidates: &mut [Candidate],
-    tasks: &[Vec<String>],
-    avoid: &[String],
-) -> Vec<String> {
-    let mut out = Vec::with_capacity(tasks.len());
-    for cells in tasks {
-        let best = candidates
-            .iter_mut()
-            .filter(|c| !avoid.contains(&c.node_id))
-            .map(|c| {
-                let cached = match &c.bloom {
-                    Some(b) if !cells.is_empty() => {
-                        cells.iter().filter(|p| b.contains(p)).count() as f64 / cells.len() as f64
-                    }
-                    _ => 0.0,
-                };
-                // Cached cells count only where a bee is still free for the task: a queue
-                // behind a warm cache is slower than a cold read on an idle node.
-                let bonus = if c.capacity >= 1.0 { 2.0 * cached } else { 0.0 };
-                let score = c.capacity + bonus;
-                (score, c)
-            })
-            .max_by(|a, b| {
-                a.0.total_cmp(&b.0)
-                    .then_with(|| b.1.node_id.cmp(&a.1.node_id))
-            });
-        match best {
-            Some((_, c)) => {
-                c.capacity -= 1.0;
-                out.push(c.node_id.clone());
-            }
-            // Nothing else left: retry where we avoided.
-            None => out.push(avoid.first().cloned().unwrap_or_default()),
+impl TaskSlot {
+    pub(crate) fn new(key: AttemptKey, partition: usize, node: String, cells: Vec<String>) -> Self {
+        Self {
+            key,
+            partition,
+            tried: vec![node.clone()],
+            node,
+            state: TaskState::Posted {
+                since: Instant::now(),
+            },
+            errors: vec![],
+            cells,
         }
     }
-    out
+
+    fn is_settled(&self) -> bool {
+        matches!(self.state, TaskState::Done(_) | TaskState::Failed)
+    }
 }
 
 /// A finished task of a partition: its index into `slots`, or why the query fails.
-type Completion = Result<usize, String>;
+type Completion = std::result::Result<usize, String>;
 
 /// Shared state of one distributed query on its coordinator.
-pub struct Dispatch {
-    pub query_id: String,
+pub(crate) struct Dispatch {
+    pub(crate) query_id: String,
     storage: Storage,
     config: DistributionConfig,
-    pub slots: Mutex<Vec<TaskSlot>>,
+    slots: Mutex<Vec<TaskSlot>>,
     /// (stage, partition) → completion channel: indices into `slots`, or an error.
     senders: Mutex<HashMap<(u32, usize), mpsc::UnboundedSender<Completion>>>,
     receivers: Mutex<HashMap<(u32, usize), mpsc::UnboundedReceiver<Completion>>>,
     /// Inbox entries we posted, deleted on cleanup.
     posted: Mutex<Vec<Path>>,
+    /// Every task is done: no worker needs telling to stop.
     finished: AtomicBool,
     coordinator: String,
     deadline_ms: i64,
-    /// Wakes this node's own worker when a task lands in its own inbox (no storage poll wait).
-    local_inbox: Arc<tokio::sync::Notify>,
+    ctx: Arc<DistContext>,
 }
 
 impl fmt::Debug for Dispatch {
@@ -190,9 +116,9 @@ impl fmt::Debug for Dispatch {
 }
 
 impl Dispatch {
-    /// A query coordinated by `node`, whose tasks are `slots`, read back per (stage, partition).
-    pub fn new(
-        node: &crate::node::Node,
+    /// A query coordinated here, whose tasks are `slots`, read back per (stage, partition).
+    pub(crate) fn new(
+        ctx: &Arc<DistContext>,
         query_id: String,
         slots: Vec<TaskSlot>,
         partitions: &[(u32, usize)],
@@ -207,42 +133,42 @@ impl Dispatch {
         }
         Arc::new(Self {
             query_id,
-            storage: node.storage().clone(),
-            config: node.distribution().clone(),
+            storage: ctx.storage.clone(),
+            config: ctx.config.clone(),
             slots: Mutex::new(slots),
             senders: Mutex::new(senders),
             receivers: Mutex::new(receivers),
             posted: Mutex::new(Vec::new()),
             finished: AtomicBool::new(false),
-            coordinator: node.id().to_string(),
+            coordinator: ctx.node_id.clone(),
             deadline_ms,
-            local_inbox: node.inbox_wake().clone(),
+            ctx: ctx.clone(),
         })
     }
 
-    /// Post attempt `slot.attempt` of a task to its node's inbox.
-    pub async fn post(&self, stage: u32, task: u32, attempt: u32, node: &str) -> crate::Result<()> {
+    /// Post one attempt of a task to `node`'s inbox.
+    pub(crate) async fn post(&self, key: &AttemptKey, node: &str) -> Result<()> {
         let entry = TaskV1 {
             v: 1,
-            query_id: self.query_id.clone(),
-            stage,
-            task,
-            attempt,
+            query_id: key.query_id.clone(),
+            stage: key.stage,
+            task: key.task,
+            attempt: key.attempt,
             coordinator: self.coordinator.clone(),
             posted_at_ms: now_ms(),
             deadline_at_ms: self.deadline_ms,
         };
-        let key = paths::inbox_entry(node, &self.query_id, stage, task, attempt)?;
-        self.storage.put(&key, entry.encode()).await?;
-        self.posted.lock().expect("posted").push(key);
+        let path = paths::inbox_entry(node, key)?;
+        self.storage.put(&path, entry.encode()).await?;
+        self.posted.lock().expect("posted").push(path);
         if node == self.coordinator {
-            self.local_inbox.notify_one();
+            self.ctx.inbox_wake.notify_one();
         }
         Ok(())
     }
 
     /// Every node that ran (or runs) a task of this query.
-    pub fn nodes(&self) -> Vec<String> {
+    pub(crate) fn nodes(&self) -> Vec<String> {
         let mut v: Vec<String> = self
             .slots
             .lock()
@@ -255,26 +181,14 @@ impl Dispatch {
         v
     }
 
-    /// One line per task: `s0t1@node-a(done)`.
-    pub fn describe(&self) -> String {
+    /// The (key, node) of every task's current attempt.
+    pub(crate) fn attempts(&self) -> Vec<(AttemptKey, String)> {
         self.slots
             .lock()
             .expect("slots")
             .iter()
-            .map(|s| {
-                let st = match &s.state {
-                    TaskState::Posted { .. } => "posted",
-                    TaskState::Claimed { .. } => "running",
-                    TaskState::Done(_) => "done",
-                    TaskState::Failed(_) => "failed",
-                };
-                format!(
-                    "s{}t{}@{}({st}, attempt {})",
-                    s.stage, s.task, s.node, s.attempt
-                )
-            })
-            .collect::<Vec<_>>()
-            .join(" ")
+            .map(|s| (s.key.clone(), s.node.clone()))
+            .collect()
     }
 
     fn notify(&self, stage: u32, partition: usize, msg: Completion) {
@@ -294,9 +208,8 @@ impl Dispatch {
         }
     }
 
-    /// Poll storage until every task is done or the query failed. `view` gives the swarm as the
-    /// coordinator sees it now.
-    pub async fn monitor(self: Arc<Self>, view: impl Fn() -> Vec<NodeView> + Send + 'static) {
+    /// Poll storage until every task is done or the query failed.
+    pub(crate) async fn monitor(self: Arc<Self>) {
         let prefix = match paths::query_prefix(&self.query_id) {
             Ok(p) => p,
             Err(e) => return self.fail_all(e.to_string()),
@@ -311,16 +224,15 @@ impl Dispatch {
                     continue;
                 }
             };
-            let names: std::collections::HashSet<String> =
-                listed.iter().map(|m| m.location.to_string()).collect();
-            let progressed = self.step(&names, &view()).await;
-            let all_done = self
+            let names: HashSet<String> = listed.iter().map(|m| m.location.to_string()).collect();
+            let progressed = self.step(&names, &self.ctx.swarm_view()).await;
+            let settled = self
                 .slots
                 .lock()
                 .expect("slots")
                 .iter()
-                .all(|s| matches!(s.state, TaskState::Done(_) | TaskState::Failed(_)));
-            if all_done {
+                .all(TaskSlot::is_settled);
+            if settled {
                 return;
             }
             interval = if progressed {
@@ -336,38 +248,39 @@ impl Dispatch {
     }
 
     /// One round of bookkeeping over the listed object names. Returns whether anything changed.
-    async fn step(&self, names: &std::collections::HashSet<String>, nodes: &[NodeView]) -> bool {
-        let key = |p: crate::Result<Path>| p.map(|p| p.to_string()).unwrap_or_default();
+    pub(crate) async fn step(&self, names: &HashSet<String>, nodes: &[NodeView]) -> bool {
         let mut progressed = false;
         // Work out what to do under the lock, then do the IO without it.
-        let mut reads: Vec<(usize, String, bool)> = Vec::new(); // (slot, key, is_done)
+        let mut reads: Vec<(usize, Path, bool)> = Vec::new(); // (slot, key, is_done)
         let mut reassign: Vec<(usize, String)> = Vec::new();
         {
             let mut slots = self.slots.lock().expect("slots");
             for (i, s) in slots.iter_mut().enumerate() {
-                if matches!(s.state, TaskState::Done(_) | TaskState::Failed(_)) {
+                if s.is_settled() {
                     continue;
                 }
-                let q = &self.query_id;
-                let done = key(paths::task_done(q, s.stage, s.task, s.attempt).map_err(Into::into));
-                let failed =
-                    key(paths::task_failed(q, s.stage, s.task, s.attempt).map_err(Into::into));
-                let claim =
-                    key(paths::task_claim(q, s.stage, s.task, s.attempt).map_err(Into::into));
-                if names.contains(&done) {
+                let (done, failed, claim) = match (
+                    paths::task_done(&s.key),
+                    paths::task_failed(&s.key),
+                    paths::task_claim(&s.key),
+                ) {
+                    (Ok(d), Ok(f), Ok(c)) => (d, f, c),
+                    _ => {
+                        reassign.push((i, format!("{} has an invalid key", s.key)));
+                        continue;
+                    }
+                };
+                if names.contains(done.as_ref()) {
                     reads.push((i, done, true));
                     continue;
                 }
-                if names.contains(&failed) {
+                if names.contains(failed.as_ref()) {
                     reads.push((i, failed, false));
                     continue;
                 }
                 if let TaskState::Posted { since } = s.state {
-                    if names.contains(&claim) {
-                        s.state = TaskState::Claimed {
-                            since: Instant::now(),
-                            by: s.node.clone(),
-                        };
+                    if names.contains(claim.as_ref()) {
+                        s.state = TaskState::Claimed;
                         progressed = true;
                     } else if since.elapsed() > self.config.claim_timeout {
                         reassign.push((
@@ -393,35 +306,42 @@ impl Dispatch {
                 }
             }
         }
-        for (i, k, is_done) in reads {
+        for (i, path, is_done) in reads {
             progressed = true;
-            let body = match self.storage.get_opt(&Path::from(k)).await {
+            let body = match self.storage.get_opt(&path).await {
                 Ok(Some((b, _))) => b,
                 _ => continue,
             };
-            let (stage, partition) = {
+            let (key, partition) = {
                 let s = &self.slots.lock().expect("slots")[i];
-                (s.stage, s.partition)
+                (s.key.clone(), s.partition)
             };
             if is_done {
                 match DoneV1::decode(&body) {
                     Ok(d) => {
-                        debug!(query_id = %self.query_id, stage, task = i, node = %d.node_id, rows = d.rows, "task done");
-                        self.slots.lock().expect("slots")[i].state = TaskState::Done(d);
-                        self.notify(stage, partition, Ok(i));
+                        debug!(query_id = %self.query_id, stage = key.stage, task = key.task, node = %d.node_id, rows = d.rows, "task done");
+                        {
+                            let mut slots = self.slots.lock().expect("slots");
+                            slots[i].state = TaskState::Done(d);
+                            // Marked before the last output is handed on, so a result stream
+                            // that ends finds the query finished: no cancel marker is written.
+                            if slots.iter().all(|s| matches!(s.state, TaskState::Done(_))) {
+                                self.finished.store(true, Ordering::SeqCst);
+                            }
+                        }
+                        self.notify(key.stage, partition, Ok(i));
                     }
                     Err(e) => reassign.push((i, e.to_string())),
                 }
             } else {
                 match FailedV1::decode(&body) {
-                    Ok(f) if f.retryable => reassign.push((i, f.error)),
+                    // The node gave the fragment up: another node tries.
+                    Ok(f) if f.retryable => {
+                        reassign.push((i, format!("given up by {}: {}", f.node_id, f.error)))
+                    }
                     Ok(f) => {
-                        let what = {
-                            let s = &self.slots.lock().expect("slots")[i];
-                            format!("fragment s{}t{} on {}", s.stage, s.task, f.node_id)
-                        };
-                        let msg = format!("{what}: {}", f.error);
-                        self.slots.lock().expect("slots")[i].state = TaskState::Failed(msg.clone());
+                        let msg = format!("{key} on {}: {}", f.node_id, f.error);
+                        self.slots.lock().expect("slots")[i].state = TaskState::Failed;
                         self.fail_all(msg);
                         return true;
                     }
@@ -432,63 +352,51 @@ impl Dispatch {
         for (i, why) in reassign {
             progressed = true;
             if let Err(e) = self.reassign(i, why, nodes).await {
-                let msg = e.to_string();
-                self.slots.lock().expect("slots")[i].state = TaskState::Failed(msg.clone());
-                self.fail_all(msg);
+                self.slots.lock().expect("slots")[i].state = TaskState::Failed;
+                self.fail_all(e.to_string());
                 return true;
             }
         }
         progressed
     }
 
-    async fn reassign(&self, i: usize, why: String, nodes: &[NodeView]) -> crate::Result<()> {
-        let (stage, task, attempt, tried, cells) = {
+    async fn reassign(&self, i: usize, why: String, nodes: &[NodeView]) -> Result<()> {
+        let (key, tried, cells) = {
             let mut slots = self.slots.lock().expect("slots");
             let s = &mut slots[i];
             s.errors
-                .push(format!("attempt {} on {}: {why}", s.attempt, s.node));
-            if s.attempt >= self.config.trials {
+                .push(format!("attempt {} on {}: {why}", s.key.attempt, s.node));
+            if s.key.attempt >= self.config.trials {
                 return Err(Error::Abandoned {
-                    what: format!(
-                        "fragment s{}t{} of query {}",
-                        s.stage, s.task, self.query_id
-                    ),
-                    attempts: s.attempt,
+                    what: s.key.to_string(),
+                    attempts: s.key.attempt,
                     last_error: s.errors.join("; "),
                 });
             }
-            (
-                s.stage,
-                s.task,
-                s.attempt + 1,
-                s.tried.clone(),
-                s.cells.clone(),
-            )
+            (s.key.next(), s.tried.clone(), s.cells.clone())
         };
         let mut candidates: Vec<Candidate> =
             nodes.iter().filter_map(Candidate::from_view).collect();
         if candidates.is_empty() {
-            return Err(Error::Unavailable(format!(
-                "no live node to run fragment s{stage}t{task}"
-            )));
+            return Err(Error::Unavailable(format!("no live node to run {key}")));
         }
         let node = assign(&mut candidates, &[cells], &tried).remove(0);
-        warn!(query_id = %self.query_id, stage, task, attempt, node = %node, reason = %why, "reassigning fragment");
+        warn!(query_id = %self.query_id, stage = key.stage, task = key.task, attempt = key.attempt, node = %node, reason = %why, "reassigning fragment");
         {
             let mut slots = self.slots.lock().expect("slots");
             let s = &mut slots[i];
-            s.attempt = attempt;
+            s.key = key.clone();
             s.node = node.clone();
             s.tried.push(node.clone());
             s.state = TaskState::Posted {
                 since: Instant::now(),
             };
         }
-        self.post(stage, task, attempt, &node).await
+        self.post(&key, &node).await
     }
 
     /// The stream of one output partition of one stage.
-    pub fn partition_stream(
+    pub(crate) fn partition_stream(
         self: &Arc<Self>,
         stage: u32,
         partition: usize,
@@ -509,7 +417,7 @@ impl Dispatch {
             .lock()
             .expect("slots")
             .iter()
-            .filter(|s| s.stage == stage && s.partition == partition)
+            .filter(|s| s.key.stage == stage && s.partition == partition)
             .count();
         let this = self.clone();
         let stream = futures::stream::unfold(
@@ -536,52 +444,27 @@ impl Dispatch {
     }
 
     /// Fetch and check one finished task's output.
-    async fn read_output(&self, i: usize) -> crate::Result<Vec<RecordBatch>> {
-        let (stage, task, done) = {
+    async fn read_output(&self, i: usize) -> Result<Vec<RecordBatch>> {
+        let (key, done) = {
             let s = &self.slots.lock().expect("slots")[i];
             match &s.state {
-                TaskState::Done(d) => (s.stage, s.task, d.clone()),
+                TaskState::Done(d) => (s.key.clone(), d.clone()),
                 _ => return Err(Error::Internal("output of an unfinished task".into())),
             }
         };
-        let mut hasher = Sha256::new();
-        let mut batches = Vec::new();
-        for part in 0..done.parts {
-            let key = paths::task_part(&self.query_id, stage, task, done.attempt, part)?;
-            let (body, _) = self
-                .storage
-                .get_opt(&key)
-                .await?
-                .ok_or_else(|| Error::Internal(format!("missing output part {key}")))?;
-            hasher.update(&body);
-            let reader =
-                arrow::ipc::reader::StreamReader::try_new(std::io::Cursor::new(body), None)?;
-            for b in reader {
-                batches.push(b?);
-            }
-        }
-        let sum: String = hasher
-            .finalize()
-            .iter()
-            .map(|b| format!("{b:02x}"))
-            .collect();
-        let rows: u64 = batches.iter().map(|b| b.num_rows() as u64).sum();
-        if sum != done.sha256 || rows != done.rows {
-            return Err(Error::Internal(format!(
-                "output of fragment s{stage}t{task} is corrupt (checksum or row count mismatch)"
-            )));
-        }
-        Ok(batches)
+        super::parts::read(&self.storage, &key, &done).await
     }
 
-    pub fn mark_finished(&self) {
-        self.finished.store(true, Ordering::SeqCst);
+    /// Whether every task finished (then ending the query writes no cancel marker).
+    pub(crate) fn is_finished(&self) -> bool {
+        self.finished.load(Ordering::SeqCst)
     }
 
-    /// Remove everything the query put into storage (and ask workers to stop if unfinished).
-    pub async fn cleanup(&self) {
-        if !self.finished.load(Ordering::SeqCst) {
-            let _ = crate::queries::write_cancel_marker(&self.storage, &self.query_id).await;
+    /// Remove everything the query put into storage, and ask workers to stop unless every
+    /// task already finished.
+    pub(crate) async fn cleanup(&self) {
+        if !self.is_finished() {
+            let _ = crate::cancel::write_marker(&self.storage, &self.query_id).await;
         }
         let posted: Vec<Path> = self.posted.lock().expect("posted").drain(..).collect();
         for k in posted {
@@ -594,140 +477,5 @@ impl Dispatch {
             }
         }
         info!(query_id = %self.query_id, "distributed query cleaned up");
-    }
-}
-
-/// Placeholder for a leaf stage on the coordinator: streams its tasks' outputs.
-pub struct StageExec {
-    stage: u32,
-    tasks: usize,
-    dispatch: Arc<Dispatch>,
-    schema: SchemaRef,
-    properties: Arc<PlanProperties>,
-}
-
-impl fmt::Debug for StageExec {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "StageExec(stage={})", self.stage)
-    }
-}
-
-impl StageExec {
-    pub fn new(stage: &super::cut::Stage, tasks: usize, dispatch: Arc<Dispatch>) -> Self {
-        let schema = stage.leaf.schema();
-        let eq: EquivalenceProperties = stage.leaf.equivalence_properties().clone();
-        let properties = PlanProperties::new(
-            eq,
-            Partitioning::UnknownPartitioning(stage.partitions.max(1)),
-            EmissionType::Incremental,
-            Boundedness::Bounded,
-        );
-        Self {
-            stage: stage.id,
-            tasks,
-            dispatch,
-            schema,
-            properties: Arc::new(properties),
-        }
-    }
-}
-
-impl DisplayAs for StageExec {
-    fn fmt_as(&self, _t: DisplayFormatType, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(
-            f,
-            "StageExec: stage={}, tasks={}, nodes=[{}]",
-            self.stage,
-            self.tasks,
-            self.dispatch.nodes().join(", ")
-        )
-    }
-}
-
-impl ExecutionPlan for StageExec {
-    fn name(&self) -> &str {
-        "StageExec"
-    }
-
-    fn properties(&self) -> &Arc<PlanProperties> {
-        &self.properties
-    }
-
-    fn children(&self) -> Vec<&Arc<dyn ExecutionPlan>> {
-        vec![]
-    }
-
-    fn apply_expressions(
-        &self,
-        _f: &mut dyn FnMut(&Arc<dyn PhysicalExpr>) -> DfResult<TreeNodeRecursion>,
-    ) -> DfResult<TreeNodeRecursion> {
-        Ok(TreeNodeRecursion::Continue)
-    }
-
-    fn with_new_children(
-        self: Arc<Self>,
-        _children: Vec<Arc<dyn ExecutionPlan>>,
-    ) -> DfResult<Arc<dyn ExecutionPlan>> {
-        Ok(self)
-    }
-
-    fn execute(
-        &self,
-        partition: usize,
-        _context: Arc<TaskContext>,
-    ) -> DfResult<SendableRecordBatchStream> {
-        self.dispatch
-            .partition_stream(self.stage, partition, self.schema.clone())
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    fn cand(id: &str, capacity: f64) -> Candidate {
-        Candidate {
-            node_id: id.into(),
-            capacity,
-            bloom: None,
-        }
-    }
-
-    #[test]
-    fn spreads_by_capacity_and_prefers_cached_cells() {
-        let mut c = vec![cand("a", 2.0), cand("b", 2.0)];
-        let got = assign(&mut c, &vec![vec![]; 4], &[]);
-        assert_eq!(got.iter().filter(|n| *n == "a").count(), 2);
-        assert_eq!(got.iter().filter(|n| *n == "b").count(), 2);
-
-        let mut bloom = crate::cache::Bloom::default();
-        bloom.insert("x/cell.parquet");
-        let mut c = vec![
-            cand("a", 2.0),
-            Candidate {
-                bloom: Some(bloom),
-                ..cand("b", 1.0)
-            },
-        ];
-        let got = assign(&mut c, &[vec!["x/cell.parquet".into()]], &[]);
-        assert_eq!(got, vec!["b".to_string()]);
-        // Avoided nodes are skipped.
-        let got = assign(&mut c, &[vec!["x/cell.parquet".into()]], &["b".to_string()]);
-        assert_eq!(got, vec!["a".to_string()]);
-
-        // A warm cache does not pull every task onto one node: once its bee is taken, an idle
-        // node gets the next task.
-        let mut bloom = crate::cache::Bloom::default();
-        bloom.insert("x/cell.parquet");
-        let mut c = vec![
-            cand("cold", 1.5),
-            Candidate {
-                bloom: Some(bloom),
-                ..cand("warm", 1.5)
-            },
-        ];
-        let cell = vec!["x/cell.parquet".to_string()];
-        let got = assign(&mut c, &[cell.clone(), cell], &[]);
-        assert_eq!(got, vec!["warm".to_string(), "cold".to_string()]);
     }
 }

@@ -15,7 +15,7 @@
 //! aggregates are merged by the final aggregate above, per-partition top-K and local limits are
 //! finished by the merge or global limit above, filters and projections are per row. Everything
 //! else — final aggregates, joins, repartitions, merges — stays on the coordinator, above a
-//! [`StageExec`](super::coordinator::StageExec) that streams the tasks' outputs back, so every
+//! [`StageExec`](super::stage_exec::StageExec) that streams the tasks' outputs back, so every
 //! plan stays correct.
 
 use std::sync::Arc;
@@ -34,18 +34,18 @@ use datafusion::physical_plan::{ExecutionPlan, ExecutionPlanProperties};
 
 /// One leaf stage found in a plan.
 #[derive(Debug, Clone)]
-pub struct Stage {
-    pub id: u32,
+pub(crate) struct Stage {
+    pub(crate) id: u32,
     /// The chain's top operator (the stage root), as planned.
-    pub leaf: Arc<dyn ExecutionPlan>,
+    pub(crate) leaf: Arc<dyn ExecutionPlan>,
     /// The scan at the bottom of the chain.
-    pub scan: FileScanConfig,
+    pub(crate) scan: FileScanConfig,
     /// Output partitions of the chain on the coordinator.
-    pub partitions: usize,
+    pub(crate) partitions: usize,
     /// Whether each output partition is sorted (then tasks keep the planned file groups).
-    pub ordered: bool,
-    pub files: usize,
-    pub bytes: u64,
+    pub(crate) ordered: bool,
+    pub(crate) files: usize,
+    pub(crate) bytes: u64,
 }
 
 fn scan_config(node: &Arc<dyn ExecutionPlan>) -> Option<FileScanConfig> {
@@ -87,7 +87,7 @@ fn bottom_scan(node: &Arc<dyn ExecutionPlan>) -> FileScanConfig {
 }
 
 /// The leaf stages of a plan, in a fixed (pre-order) order.
-pub fn find_stages(plan: &Arc<dyn ExecutionPlan>) -> Vec<Stage> {
+pub(crate) fn find_stages(plan: &Arc<dyn ExecutionPlan>) -> Vec<Stage> {
     let mut out = Vec::new();
     collect(plan, &mut out);
     out
@@ -118,11 +118,11 @@ fn collect(node: &Arc<dyn ExecutionPlan>, out: &mut Vec<Stage>) {
 }
 
 /// A physical plan node.
-pub type PlanRef = Arc<dyn ExecutionPlan>;
+pub(crate) type PlanRef = Arc<dyn ExecutionPlan>;
 
 /// The plan with each stage's chain replaced: `replacements` pairs a stage's `leaf` (as found by
 /// [`find_stages`] on this very plan) with what takes its place. Chains not listed stay as they are.
-pub fn replace_stages(
+pub(crate) fn replace_stages(
     plan: &Arc<dyn ExecutionPlan>,
     replacements: &[(PlanRef, PlanRef)],
 ) -> DfResult<Arc<dyn ExecutionPlan>> {
@@ -144,7 +144,10 @@ pub fn replace_stages(
 }
 
 /// Keep the stages `keep` accepts, numbered again from 0.
-pub fn retain_stages(stages: Vec<Stage>, mut keep: impl FnMut(&Stage) -> bool) -> Vec<Stage> {
+pub(crate) fn retain_stages(
+    stages: Vec<Stage>,
+    mut keep: impl FnMut(&Stage) -> bool,
+) -> Vec<Stage> {
     let mut out: Vec<Stage> = stages.into_iter().filter(|s| keep(s)).collect();
     for (i, s) in out.iter_mut().enumerate() {
         s.id = i as u32;
@@ -154,7 +157,7 @@ pub fn retain_stages(stages: Vec<Stage>, mut keep: impl FnMut(&Stage) -> bool) -
 
 /// How a stage's cells are split into tasks: the planned groups when partitions are ordered,
 /// else about `want` groups of similar size (large cells split by byte range).
-pub fn task_groups(stage: &Stage, want: usize) -> Vec<FileGroup> {
+pub(crate) fn task_groups(stage: &Stage, want: usize) -> Vec<FileGroup> {
     if stage.ordered {
         return stage.scan.file_groups.clone();
     }
@@ -191,7 +194,7 @@ pub fn task_groups(stage: &Stage, want: usize) -> Vec<FileGroup> {
 }
 
 /// The stage's chain, scanning only `group`.
-pub fn task_plan(stage: &Stage, group: FileGroup) -> DfResult<Arc<dyn ExecutionPlan>> {
+pub(crate) fn task_plan(stage: &Stage, group: FileGroup) -> DfResult<Arc<dyn ExecutionPlan>> {
     let config = FileScanConfigBuilder::from(stage.scan.clone())
         .with_file_groups(vec![group])
         .build();

@@ -1,43 +1,44 @@
 //! The worker's side: poll this node's inbox, claim attempts, run them in a bee, write the output.
 //!
-//! Workers only LIST their own inbox prefix. The interval adapts: `poll_min` while tasks arrive,
-//! doubling to `poll_max` while idle (2 s by default: 1,800 LIST requests per idle node per hour).
+//! Workers only LIST their own inbox prefix. The interval adapts: `poll_min` while tasks arrive
+//! and for 50 × `poll_min` after, then growing by half on each empty poll up to `poll_max`
+//! (2 s by default: 1,800 LIST requests per idle node per hour). A fragment that cannot run here
+//! for a retryable reason (no bee free and the queue full, the node critical, a storage
+//! failure) is given up with a retryable `failed` marker, and its coordinator tries another
+//! node.
 
 use std::sync::atomic::Ordering;
 use std::sync::{Arc, Weak};
 use std::time::Instant;
 
-use apiary_storage::paths;
-use arrow::array::RecordBatch;
-use bytes::Bytes;
+use apiary_storage::format::{ClaimV1, DoneV1, FailedV1, TaskV1, Versioned, now_ms};
+use apiary_storage::paths::{self, AttemptKey};
 use datafusion::execution::TaskContext;
 use datafusion::physical_plan::coalesce_partitions::CoalescePartitionsExec;
 use datafusion::physical_plan::sorts::sort_preserving_merge::SortPreservingMergeExec;
 use datafusion::physical_plan::{ExecutionPlan, ExecutionPlanProperties};
 use futures::StreamExt;
-use sha2::{Digest, Sha256};
 use tracing::{debug, info, warn};
 
-use super::protocol::{ClaimV1, DoneV1, FailedV1, TaskV1, now_ms};
+use super::DistContext;
+use super::parts::{PartWriter, Written};
 use crate::error::{Error, Result};
-use crate::node::Node;
 
-/// Poll this node's inbox until the node goes away.
-pub async fn run(node: Weak<Node>) {
-    let (mut interval, wake) = match node.upgrade() {
-        Some(n) => (n.distribution().poll_min, n.inbox_wake().clone()),
-        None => return,
+/// Poll this node's inbox until the node goes away (or shuts down: the caller spawns this on
+/// the node's background).
+pub(crate) async fn run(ctx: Weak<DistContext>) {
+    let Some(mut interval) = ctx.upgrade().map(|c| c.config.poll_min) else {
+        return;
     };
     let mut last_work = Instant::now();
     loop {
+        let Some(c) = ctx.upgrade() else { return };
         // Tasks this node posted to itself wake it at once; others are found by polling.
         tokio::select! {
             _ = tokio::time::sleep(interval) => {}
-            _ = wake.notified() => {}
+            _ = c.inbox_wake.notified() => {}
         }
-        let Some(n) = node.upgrade() else { return };
-        let cfg = n.distribution().clone();
-        let found = match poll_once(&n).await {
+        let found = match poll_once(&c).await {
             Ok(found) => found,
             Err(e) => {
                 warn!(error = %e, "polling the inbox");
@@ -49,19 +50,19 @@ pub async fn run(node: Weak<Node>) {
         if found > 0 {
             last_work = Instant::now();
         }
-        interval = if last_work.elapsed() < cfg.poll_min * 50 {
-            cfg.poll_min
+        interval = if last_work.elapsed() < c.config.poll_min * 50 {
+            c.config.poll_min
         } else {
-            (interval * 3 / 2).min(cfg.poll_max)
+            (interval * 3 / 2).min(c.config.poll_max)
         };
     }
 }
 
 /// One look at the inbox: claim every entry we can and start it. Returns entries seen.
-pub async fn poll_once(node: &Arc<Node>) -> Result<usize> {
-    let storage = node.storage().clone();
-    let prefix = paths::inbox_prefix(node.id())?;
-    node.metrics().inbox_polls.fetch_add(1, Ordering::Relaxed);
+pub(crate) async fn poll_once(ctx: &Arc<DistContext>) -> Result<usize> {
+    let storage = &ctx.storage;
+    let prefix = paths::inbox_prefix(&ctx.node_id)?;
+    ctx.metrics.inbox_polls.fetch_add(1, Ordering::Relaxed);
     let mut entries = storage.list(&prefix).await?;
     entries.sort_by(|a, b| a.location.cmp(&b.location));
     let seen = entries.len();
@@ -77,130 +78,125 @@ pub async fn poll_once(node: &Arc<Node>) -> Result<usize> {
                 continue;
             }
         };
-        if claim(node, &task).await? {
-            storage.delete(&meta.location).await?;
-            let n = node.clone();
-            tokio::spawn(async move { execute(n, task).await });
-        } else {
-            // Another worker has it (or it expired).
-            storage.delete(&meta.location).await?;
+        // Claimed or not (another worker has it, or it expired), the entry has done its job.
+        let claimed = claim(ctx, &task).await?;
+        storage.delete(&meta.location).await?;
+        if claimed {
+            let c = ctx.clone();
+            ctx.background.spawn(async move { execute(c, task).await });
         }
     }
     Ok(seen)
 }
 
+fn key_of(task: &TaskV1) -> AttemptKey {
+    AttemptKey::new(task.query_id.clone(), task.stage, task.task, task.attempt)
+}
+
 /// Try to claim an attempt. Exactly one put-if-absent of the claim object wins.
-pub async fn claim(node: &Node, task: &TaskV1) -> Result<bool> {
+async fn claim(ctx: &DistContext, task: &TaskV1) -> Result<bool> {
     if task.deadline_at_ms < now_ms() {
         debug!(query_id = %task.query_id, "skipping an expired task");
         return Ok(false);
     }
-    let key = paths::task_claim(&task.query_id, task.stage, task.task, task.attempt)?;
     let body = ClaimV1 {
         v: 1,
-        node_id: node.id().to_string(),
+        node_id: ctx.node_id.clone(),
         claimed_at_ms: now_ms(),
     }
     .encode();
-    Ok(node.storage().put_if_absent(&key, body).await?)
+    Ok(ctx
+        .storage
+        .put_if_absent(&paths::task_claim(&key_of(task))?, body)
+        .await?)
 }
 
 /// Run a claimed attempt and write its outcome.
-pub async fn execute(node: Arc<Node>, task: TaskV1) {
+async fn execute(ctx: Arc<DistContext>, task: TaskV1) {
+    let key = key_of(&task);
     let claimed_at = now_ms();
     let started = Instant::now();
-    let outcome = run_task(&node, &task).await;
-    let storage = node.storage();
+    let outcome = run_task(&ctx, &key).await;
+    let storage = &ctx.storage;
     let result = match outcome {
-        Ok((rows, bytes, parts, sha256)) => {
+        Ok(w) => {
+            let dispatch_ms = claimed_at - task.posted_at_ms;
             let done = DoneV1 {
                 v: 1,
-                node_id: node.id().to_string(),
-                attempt: task.attempt,
-                rows,
-                bytes,
-                parts,
-                sha256,
-                dispatch_ms: claimed_at - task.posted_at_ms,
+                node_id: ctx.node_id.clone(),
+                attempt: key.attempt,
+                rows: w.rows,
+                bytes: w.bytes,
+                parts: w.parts,
+                sha256: w.sha256,
+                dispatch_ms,
                 run_ms: started.elapsed().as_millis() as i64,
             };
-            node.metrics()
-                .record_dispatch((claimed_at - task.posted_at_ms).max(0) as f64 / 1000.0);
-            node.metrics().fragments.fetch_add(1, Ordering::Relaxed);
-            info!(query_id = %task.query_id, stage = task.stage, task = task.task, attempt = task.attempt, rows, "fragment executed");
-            match paths::task_done(&task.query_id, task.stage, task.task, task.attempt) {
+            ctx.metrics
+                .record_dispatch(dispatch_ms.max(0) as f64 / 1000.0);
+            ctx.metrics.fragments.fetch_add(1, Ordering::Relaxed);
+            info!(query_id = %key.query_id, stage = key.stage, task = key.task, attempt = key.attempt, rows = w.rows, "fragment executed");
+            match paths::task_done(&key) {
                 Ok(k) => storage.put(&k, done.encode()).await.map(|_| ()),
                 Err(e) => Err(e),
             }
         }
         Err(Error::Cancelled) => {
             // Its query ended or was cancelled: a marker would only recreate a deleted prefix.
-            info!(query_id = %task.query_id, stage = task.stage, task = task.task, "fragment dropped: its query ended");
+            info!(query_id = %key.query_id, stage = key.stage, task = key.task, "fragment dropped: its query ended");
             Ok(())
         }
         Err(e) => {
-            warn!(query_id = %task.query_id, stage = task.stage, task = task.task, error = %e, "fragment failed");
+            let retryable = e.is_retryable();
+            if retryable {
+                warn!(query_id = %key.query_id, stage = key.stage, task = key.task, error = %e, "giving up a fragment; another node will run it");
+            } else {
+                warn!(query_id = %key.query_id, stage = key.stage, task = key.task, error = %e, "fragment failed");
+            }
             let failed = FailedV1 {
                 v: 1,
-                node_id: node.id().to_string(),
-                attempt: task.attempt,
-                retryable: crate::abandon::is_retryable(&e),
+                node_id: ctx.node_id.clone(),
+                attempt: key.attempt,
+                retryable,
                 error: e.to_string(),
             };
-            match paths::task_failed(&task.query_id, task.stage, task.task, task.attempt) {
+            match paths::task_failed(&key) {
                 Ok(k) => storage.put(&k, failed.encode()).await.map(|_| ()),
                 Err(e) => Err(e),
             }
         }
     };
     if let Err(e) = result {
-        warn!(query_id = %task.query_id, error = %e, "writing a fragment's outcome");
+        warn!(query_id = %key.query_id, error = %e, "writing a fragment's outcome");
     }
 }
 
-/// Returns (rows, bytes, parts, sha256).
-async fn run_task(node: &Arc<Node>, task: &TaskV1) -> Result<(u64, u64, u32, String)> {
-    let id = format!(
-        "{}/s{}t{}a{}",
-        task.query_id, task.stage, task.task, task.attempt
-    );
-    let mut guard = node.queries().register(
-        &id,
-        "fragment",
-        &format!(
-            "fragment s{}t{} of query {}",
-            task.stage, task.task, task.query_id
-        ),
-    );
-    guard.entry().set_queued();
+async fn run_task(ctx: &Arc<DistContext>, key: &AttemptKey) -> Result<Written> {
+    let id = key.id();
+    let mut guard = ctx.queries.register(&id, "fragment", &key.to_string());
     // The coordinating query, when it runs here, already watches the cancel marker.
-    let local = node
-        .queries()
-        .list()
-        .into_iter()
-        .find(|q| q.id == task.query_id);
-    match local {
-        Some(q) => guard.follow(q.cancel_token().clone()),
-        None => guard.watch_storage_for(node.storage().clone(), &task.query_id),
+    match ctx.queries.token_of(&key.query_id) {
+        Some(token) => guard.follow(token),
+        None => guard.watch_storage_for(ctx.storage.clone(), &key.query_id),
     }
-    let lease = node.bees().acquire(&id).await?;
-    guard.entry().set_bee(Some(lease.bee()));
-    // Test hook: `APIARY_FAULT_FRAGMENT_DELAY_MS=n` makes every fragment take n ms longer, so
-    // failure tests can kill a worker while it is busy with one.
-    if let Some(ms) = std::env::var("APIARY_FAULT_FRAGMENT_DELAY_MS")
-        .ok()
-        .and_then(|v| v.parse::<u64>().ok())
-    {
-        tokio::time::sleep(std::time::Duration::from_millis(ms)).await;
+    let lease = match guard.admit(&ctx.bees).await {
+        Ok(l) => l,
+        Err(e) => {
+            guard.fail();
+            return Err(e);
+        }
+    };
+    if let Some(delay) = ctx.config.fault_fragment_delay {
+        tokio::time::sleep(delay).await;
     }
-    let storage = node.storage().clone();
+    let storage = ctx.storage.clone();
     let (plan_bytes, _) = storage
-        .get_opt(&paths::task_plan(&task.query_id, task.stage, task.task)?)
+        .get_opt(&paths::task_plan(key)?)
         .await?
         // The coordinator deletes a query's objects when it ends: nobody waits for this task.
         .ok_or(Error::Cancelled)?;
-    let ctx: Arc<TaskContext> = node.engine().task_context(lease.env());
-    let plan = datafusion_proto::bytes::physical_plan_from_bytes(&plan_bytes, &ctx)?;
+    let task_ctx: Arc<TaskContext> = ctx.engine.task_context(lease.env());
+    let plan = datafusion_proto::bytes::physical_plan_from_bytes(&plan_bytes, &task_ctx)?;
     let merged: Arc<dyn ExecutionPlan> = if plan.output_partitioning().partition_count() <= 1 {
         plan
     } else if let Some(ordering) = plan.output_ordering().cloned() {
@@ -208,118 +204,25 @@ async fn run_task(node: &Arc<Node>, task: &TaskV1) -> Result<(u64, u64, u32, Str
     } else {
         Arc::new(CoalescePartitionsExec::new(plan))
     };
-    let query_id = task.query_id.clone();
-    let (stage, task_no, attempt) = (task.stage, task.task, task.attempt);
-    let part_bytes = node.distribution().part_bytes;
+    let mut out = PartWriter::new(storage, key.clone(), ctx.config.part_bytes);
     let token = guard.entry().cancel_token().clone();
-    let work = node.cpu().spawn(async move {
-        let mut stream = merged.execute(0, ctx)?;
-        let mut out = PartWriter::new(storage, query_id, stage, task_no, attempt, part_bytes);
-        while let Some(b) = stream.next().await {
-            out.write(&b?).await?;
-        }
-        out.finish().await
-    });
-    let result = tokio::select! {
-        r = work => r.map_err(|e| Error::Internal(format!("fragment task: {e}"))).and_then(|r| r),
-        _ = token.cancelled() => Err(Error::Cancelled),
-    };
+    let result = ctx
+        .cpu
+        .run(
+            async move {
+                let mut stream = merged.execute(0, task_ctx)?;
+                while let Some(b) = stream.next().await {
+                    out.write(&b?).await?;
+                }
+                out.finish().await
+            },
+            &token,
+            None,
+        )
+        .await;
     match &result {
-        Ok((rows, ..)) => guard.finish(*rows),
+        Ok(w) => guard.finish(w.rows),
         Err(_) => guard.fail(),
     }
     result.map_err(|e| lease.explain(e))
-}
-
-/// Writes a task's output as Arrow IPC stream objects of about `part_bytes` each.
-struct PartWriter {
-    storage: apiary_storage::Storage,
-    query_id: String,
-    stage: u32,
-    task: u32,
-    attempt: u32,
-    part_bytes: usize,
-    buf: Option<arrow::ipc::writer::StreamWriter<Vec<u8>>>,
-    parts: u32,
-    rows: u64,
-    bytes: u64,
-    hasher: Sha256,
-    schema: Option<arrow::datatypes::SchemaRef>,
-}
-
-impl PartWriter {
-    fn new(
-        storage: apiary_storage::Storage,
-        query_id: String,
-        stage: u32,
-        task: u32,
-        attempt: u32,
-        part_bytes: usize,
-    ) -> Self {
-        Self {
-            storage,
-            query_id,
-            stage,
-            task,
-            attempt,
-            part_bytes,
-            buf: None,
-            parts: 0,
-            rows: 0,
-            bytes: 0,
-            hasher: Sha256::new(),
-            schema: None,
-        }
-    }
-
-    async fn write(&mut self, batch: &RecordBatch) -> Result<()> {
-        if batch.num_rows() == 0 {
-            return Ok(());
-        }
-        self.schema.get_or_insert_with(|| batch.schema());
-        if self.buf.is_none() {
-            self.buf = Some(arrow::ipc::writer::StreamWriter::try_new(
-                Vec::new(),
-                &batch.schema(),
-            )?);
-        }
-        let w = self.buf.as_mut().expect("set above");
-        w.write(batch)?;
-        self.rows += batch.num_rows() as u64;
-        if w.get_ref().len() >= self.part_bytes {
-            self.flush().await?;
-        }
-        Ok(())
-    }
-
-    async fn flush(&mut self) -> Result<()> {
-        let Some(mut w) = self.buf.take() else {
-            return Ok(());
-        };
-        w.finish()?;
-        let body = Bytes::from(w.into_inner()?);
-        self.hasher.update(&body);
-        self.bytes += body.len() as u64;
-        let key = paths::task_part(
-            &self.query_id,
-            self.stage,
-            self.task,
-            self.attempt,
-            self.parts,
-        )?;
-        self.storage.put(&key, body).await?;
-        self.parts += 1;
-        Ok(())
-    }
-
-    async fn finish(mut self) -> Result<(u64, u64, u32, String)> {
-        self.flush().await?;
-        let sum = self
-            .hasher
-            .finalize()
-            .iter()
-            .map(|b| format!("{b:02x}"))
-            .collect();
-        Ok((self.rows, self.bytes, self.parts, sum))
-    }
 }

@@ -1,4 +1,5 @@
-//! Assemble a node (storage, lakehouse, engine, bees, swarm) from configuration.
+//! Assemble a node (storage, lakehouse, engine, bees, swarm) from configuration: the typed
+//! runtime configuration is derived here, once, from the flags.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -8,7 +9,7 @@ use apiary_runtime::bees::BeeConfig;
 use apiary_runtime::distributed::DistributionConfig;
 use apiary_runtime::swarm::SwarmTiming;
 use apiary_runtime::{Engine, EngineConfig, Node, NodeConfig};
-use apiary_storage::{Lakehouse, LedgerConfig, Storage, leafcutter_cell_size};
+use apiary_storage::{Lakehouse, LedgerConfig, Storage, cell_size_for_budget};
 use datafusion::execution::runtime_env::RuntimeEnvBuilder;
 
 use crate::config::{NodeArgs, StorageArgs};
@@ -48,10 +49,14 @@ async fn open_lakehouse(
     let bees = bee_count(node);
     let cell_target_bytes = match node.cell_target_size {
         Some(size) => size.resolve(memory),
-        None => leafcutter_cell_size(memory / bees as u64),
+        None => cell_size_for_budget(memory / bees as u64),
     };
     let ledger = LedgerConfig {
         cell_target_bytes,
+        pause_before_commit: node
+            .faults
+            .pause_before_commit_ms
+            .map(Duration::from_millis),
         ..Default::default()
     };
     let lakehouse = Lakehouse::open(store, ledger)
@@ -126,6 +131,7 @@ pub async fn build(
             claim_timeout: node.claim_timeout,
             trials: node.fragment_trials.max(1),
             orphan_ttl: node.orphan_ttl,
+            fault_fragment_delay: node.faults.fragment_delay_ms.map(Duration::from_millis),
             ..Default::default()
         },
         cache: {
@@ -137,6 +143,8 @@ pub async fn build(
                 (dir, size)
             })
         },
+        shutdown_grace: Duration::from_secs(5),
+        fault_clock_skew_secs: node.faults.clock_skew_secs.unwrap_or(0),
     };
     Ok(Node::new(lakehouse, config)?)
 }

@@ -136,14 +136,14 @@ async fn a_query_that_cannot_spill_fails_with_the_budget_while_another_bee_succe
     let mut a = client(&server).await;
     let mut b = client(&server).await;
     // One group collecting every value: its accumulator cannot spill.
-    let hog = tokio::spawn(async move {
+    let hog = apiary_runtime::executor::spawn(async move {
         run(
             &mut a,
             "SELECT cardinality(array_agg(md5(CAST(value AS VARCHAR)))) FROM generate_series(1, 6000000)",
         )
         .await
     });
-    let fine = tokio::spawn(async move {
+    let fine = apiary_runtime::executor::spawn(async move {
         run(
             &mut b,
             "SELECT count(*) FROM generate_series(1, 30000000) WHERE value % 3 = 0",
@@ -180,7 +180,9 @@ async fn more_queries_than_bees_queue_and_overflow_is_retryable() {
     let mut tasks = Vec::new();
     for _ in 0..3 {
         let mut c = client(&server).await;
-        tasks.push(tokio::spawn(async move { run(&mut c, slow).await }));
+        tasks.push(apiary_runtime::executor::spawn(async move {
+            run(&mut c, slow).await
+        }));
     }
     // While they run, the queue is full: one more is refused, retryably.
     let mut probe = client(&server).await;

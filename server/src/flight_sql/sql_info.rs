@@ -1,10 +1,10 @@
-//! Flight SQL metadata: SqlInfo, XDBC type info, key-command schemas, and the
-//! `ARROW:FLIGHT:SQL:*` column metadata GetTables returns with `include_schema`.
+//! What the server says about itself: SqlInfo, XDBC type info, and the schemas of the key
+//! commands (Apiary frames declare no keys).
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
 
-use arrow::datatypes::{DataType, Field, Schema, SchemaRef, TimeUnit};
+use arrow::datatypes::{DataType, Field, Schema, SchemaRef};
 use arrow_flight::sql::metadata::{
     SqlInfoData, SqlInfoDataBuilder, XdbcTypeInfo, XdbcTypeInfoData, XdbcTypeInfoDataBuilder,
 };
@@ -14,7 +14,7 @@ use arrow_flight::sql::{
 };
 
 /// Every SqlInfo id this server answers (an empty GetSqlInfo request returns all of them).
-pub fn sql_info() -> SqlInfoData {
+pub(super) fn sql_info() -> SqlInfoData {
     let mut b = SqlInfoDataBuilder::new();
     b.append(SqlInfo::FlightSqlServerName, "Apiary");
     b.append(SqlInfo::FlightSqlServerVersion, env!("CARGO_PKG_VERSION"));
@@ -230,7 +230,7 @@ fn xdbc(name: &str, data_type: XdbcDataType, size: Option<i32>, quoted: bool) ->
 }
 
 /// The SQL types a frame column can have.
-pub fn xdbc_info() -> XdbcTypeInfoData {
+pub(super) fn xdbc_info() -> XdbcTypeInfoData {
     let mut b = XdbcTypeInfoDataBuilder::new();
     b.append(xdbc("BOOLEAN", XdbcDataType::XdbcBit, Some(1), false));
     b.append(xdbc("TINYINT", XdbcDataType::XdbcTinyint, Some(3), false));
@@ -267,7 +267,7 @@ pub fn xdbc_info() -> XdbcTypeInfoData {
 }
 
 /// Schema of GetPrimaryKeys results (FlightSql.proto).
-pub fn primary_keys_schema() -> SchemaRef {
+pub(super) fn primary_keys_schema() -> SchemaRef {
     Arc::new(Schema::new(vec![
         Field::new("catalog_name", DataType::Utf8, true),
         Field::new("db_schema_name", DataType::Utf8, true),
@@ -279,7 +279,7 @@ pub fn primary_keys_schema() -> SchemaRef {
 }
 
 /// Schema of GetExportedKeys, GetImportedKeys and GetCrossReference results.
-pub fn foreign_keys_schema() -> SchemaRef {
+pub(super) fn foreign_keys_schema() -> SchemaRef {
     Arc::new(Schema::new(vec![
         Field::new("pk_catalog_name", DataType::Utf8, true),
         Field::new("pk_db_schema_name", DataType::Utf8, true),
@@ -297,102 +297,9 @@ pub fn foreign_keys_schema() -> SchemaRef {
     ]))
 }
 
-/// (precision, scale) as JDBC expects them for a column type.
-fn precision_scale(dt: &DataType) -> (Option<i32>, Option<i32>) {
-    match dt {
-        DataType::Boolean => (Some(1), None),
-        DataType::Int8 => (Some(3), Some(0)),
-        DataType::Int16 => (Some(5), Some(0)),
-        DataType::Int32 => (Some(10), Some(0)),
-        DataType::Int64 => (Some(19), Some(0)),
-        DataType::Float32 => (Some(24), None),
-        DataType::Float64 => (Some(53), None),
-        DataType::Decimal128(p, s) => (Some(*p as i32), Some(*s as i32)),
-        DataType::Date32 => (Some(10), None),
-        DataType::Timestamp(TimeUnit::Microsecond, _) => (Some(26), Some(6)),
-        _ => (None, None),
-    }
-}
-
-/// A frame's schema with the `ARROW:FLIGHT:SQL:*` metadata clients read in GetTables.
-pub fn annotate_schema(schema: &Schema, hive: &str, box_name: &str, frame: &str) -> Schema {
-    let fields: Vec<Field> = schema
-        .fields()
-        .iter()
-        .map(|f| {
-            let mut md = std::collections::HashMap::new();
-            md.insert(
-                "ARROW:FLIGHT:SQL:CATALOG_NAME".to_string(),
-                hive.to_string(),
-            );
-            md.insert(
-                "ARROW:FLIGHT:SQL:SCHEMA_NAME".to_string(),
-                box_name.to_string(),
-            );
-            md.insert("ARROW:FLIGHT:SQL:TABLE_NAME".to_string(), frame.to_string());
-            md.insert(
-                "ARROW:FLIGHT:SQL:TYPE_NAME".to_string(),
-                apiary_storage::schema::sql_type_name(f.data_type()),
-            );
-            let (p, s) = precision_scale(f.data_type());
-            if let Some(p) = p {
-                md.insert("ARROW:FLIGHT:SQL:PRECISION".to_string(), p.to_string());
-            }
-            if let Some(s) = s {
-                md.insert("ARROW:FLIGHT:SQL:SCALE".to_string(), s.to_string());
-            }
-            md.insert(
-                "ARROW:FLIGHT:SQL:IS_AUTO_INCREMENT".to_string(),
-                "0".to_string(),
-            );
-            md.insert(
-                "ARROW:FLIGHT:SQL:IS_CASE_SENSITIVE".to_string(),
-                if matches!(f.data_type(), DataType::Utf8) {
-                    "1"
-                } else {
-                    "0"
-                }
-                .to_string(),
-            );
-            md.insert("ARROW:FLIGHT:SQL:IS_READ_ONLY".to_string(), "0".to_string());
-            md.insert(
-                "ARROW:FLIGHT:SQL:IS_SEARCHABLE".to_string(),
-                "1".to_string(),
-            );
-            f.as_ref().clone().with_metadata(md)
-        })
-        .collect();
-    Schema::new(fields)
-}
-
-/// SQL `LIKE` with `%` and `_` (no escape), for metadata patterns.
-pub fn like(pattern: &str, value: &str) -> bool {
-    fn go(p: &[char], v: &[char]) -> bool {
-        match p.first() {
-            None => v.is_empty(),
-            Some('%') => (0..=v.len()).any(|i| go(&p[1..], &v[i..])),
-            Some('_') => !v.is_empty() && go(&p[1..], &v[1..]),
-            Some(c) => v.first() == Some(c) && go(&p[1..], &v[1..]),
-        }
-    }
-    let p: Vec<char> = pattern.chars().collect();
-    let v: Vec<char> = value.chars().collect();
-    go(&p, &v)
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn like_patterns() {
-        assert!(like("%", "anything"));
-        assert!(like("or%", "orders"));
-        assert!(like("o_ders", "orders"));
-        assert!(!like("o_ders", "oders"));
-        assert!(like("%der%", "orders"));
-        assert!(!like("x%", "orders"));
-    }
 
     #[test]
     fn sql_info_has_the_ids_clients_read() {

@@ -3,7 +3,6 @@
 //! workers killed mid-query are replaced; nodes join and leave; claims race; orphans are removed.
 
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use apiary_tests::{Moto, Server};
@@ -353,7 +352,7 @@ async fn a_worker_killed_mid_query_is_replaced() {
     let want = canonical(&run(&mut c, HEAVY).await);
 
     let mut q = c.clone();
-    let query = tokio::spawn(async move { run(&mut q, HEAVY).await });
+    let query = apiary_runtime::executor::spawn(async move { run(&mut q, HEAVY).await });
     // Find a worker that is running a fragment, and kill it.
     let mut victim = None;
     let deadline = Instant::now() + Duration::from_secs(30);
@@ -447,7 +446,7 @@ async fn orphans_of_a_killed_coordinator_are_removed() {
     let queries = apiary_storage::paths::queries_prefix();
 
     let mut q2 = c.clone();
-    let _reader = tokio::spawn(async move {
+    let _reader = apiary_runtime::executor::spawn(async move {
         let Ok(info) = q2.execute(HEAVY.to_string(), None).await else {
             return;
         };
@@ -483,94 +482,4 @@ async fn orphans_of_a_killed_coordinator_are_removed() {
     }
     assert!(n2.log().contains("removed an orphaned query"));
     drop(n2);
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-async fn two_workers_racing_for_one_task_run_it_once() {
-    use apiary_runtime::distributed::{cut, protocol::TaskV1, worker};
-    use apiary_runtime::{Node, NodeConfig, Pins, Session};
-    use apiary_storage::{Lakehouse, LedgerConfig, S3Options, Storage, paths};
-
-    let dir = tempfile::tempdir().unwrap();
-    let storage = Storage::open(dir.path().to_str().unwrap(), &S3Options::default()).unwrap();
-    let lh = Lakehouse::open(storage.clone(), LedgerConfig::default())
-        .await
-        .unwrap();
-    let scratch = tempfile::tempdir().unwrap();
-    let mk = |id: &str| {
-        let mut cfg = NodeConfig::local(1, 64 << 20, scratch.path().to_path_buf());
-        cfg.node_id = id.to_string();
-        Node::new(lh.clone(), cfg).unwrap()
-    };
-    let a = mk("racer-a");
-    let b = mk("racer-b");
-    let mut session = Session::new("t");
-    for sql in [
-        "CREATE TABLE t (v BIGINT)",
-        "INSERT INTO t SELECT value FROM generate_series(1, 1000)",
-    ] {
-        let stmt = a.engine().parse_one(sql).unwrap();
-        a.engine().execute(&mut session, &stmt, None).await.unwrap();
-    }
-    let stmt = a
-        .engine()
-        .parse_one("SELECT v FROM t WHERE v % 2 = 0")
-        .unwrap();
-    let plan = a
-        .engine()
-        .plan_query(&session, &stmt, None, &Pins::new())
-        .await
-        .unwrap()
-        .plan;
-    let stage = cut::find_stages(&plan).remove(0);
-    let group = cut::task_groups(&stage, 1).remove(0);
-    let bytes =
-        datafusion_proto::bytes::physical_plan_to_bytes(cut::task_plan(&stage, group).unwrap())
-            .unwrap();
-
-    for round in 0..5u32 {
-        let qid = format!("0192f5a0-6f1c-7c2e-9b1d-2d6a1f3e4c{round:02}");
-        storage
-            .put(&paths::task_plan(&qid, 0, 0).unwrap(), bytes.clone())
-            .await
-            .unwrap();
-        let task = TaskV1 {
-            v: 1,
-            query_id: qid.clone(),
-            stage: 0,
-            task: 0,
-            attempt: 1,
-            coordinator: "racer-a".into(),
-            posted_at_ms: chrono::Utc::now().timestamp_millis(),
-            deadline_at_ms: chrono::Utc::now().timestamp_millis() + 60_000,
-        };
-        // The same attempt lands in both inboxes; both workers poll at once.
-        for n in ["racer-a", "racer-b"] {
-            storage
-                .put(
-                    &paths::inbox_entry(n, &qid, 0, 0, 1).unwrap(),
-                    task.encode(),
-                )
-                .await
-                .unwrap();
-        }
-        let (ra, rb) = tokio::join!(worker::poll_once(&a), worker::poll_once(&b));
-        ra.unwrap();
-        rb.unwrap();
-        let done = paths::task_done(&qid, 0, 0, 1).unwrap();
-        let deadline = Instant::now() + Duration::from_secs(30);
-        while storage.head_opt(&done).await.unwrap().is_none() {
-            assert!(Instant::now() < deadline, "the task never finished");
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
-        let total = a
-            .metrics()
-            .fragments
-            .load(std::sync::atomic::Ordering::SeqCst)
-            + b.metrics()
-                .fragments
-                .load(std::sync::atomic::Ordering::SeqCst);
-        assert_eq!(total, (round + 1) as u64, "a task ran more than once");
-    }
-    let _ = Arc::clone(&a);
 }

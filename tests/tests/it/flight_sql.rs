@@ -934,7 +934,7 @@ async fn cancel_flight_info_stops_a_running_query() {
     let ticket = info.endpoint[0].ticket.clone().unwrap();
     let mut reader = c.clone();
     let started = Instant::now();
-    let read = tokio::spawn(async move {
+    let read = apiary_runtime::executor::spawn(async move {
         let stream = reader.do_get(ticket).await?;
         let batches: Vec<RecordBatch> = stream.try_collect().await?;
         Ok::<_, arrow_flight::error::FlightError>(batches)

@@ -142,7 +142,7 @@ async fn create_races_have_one_winner(storage: Storage) {
     let mut tasks = Vec::new();
     for _ in 0..8 {
         let lh = lh.clone();
-        tasks.push(tokio::spawn(async move {
+        tasks.push(apiary_runtime::executor::spawn(async move {
             lh.catalog().create_hive(&ident("race"), false).await
         }));
     }
@@ -161,7 +161,7 @@ async fn create_races_have_one_winner(storage: Storage) {
     for _ in 0..4 {
         let lh = lh.clone();
         let f = f.clone();
-        tasks.push(tokio::spawn(async move {
+        tasks.push(apiary_runtime::executor::spawn(async move {
             lh.create_frame(&f, &schema(), &[], false).await
         }));
     }
@@ -243,7 +243,7 @@ async fn concurrent_appends_lose_nothing(storage: Storage) {
         // Separate lakehouses: separate caches, as separate processes would have.
         let storage = storage.clone();
         let f = f.clone();
-        tasks.push(tokio::spawn(async move {
+        tasks.push(apiary_runtime::executor::spawn(async move {
             let lh = Lakehouse::open(storage, LedgerConfig::default())
                 .await
                 .unwrap();

@@ -1,0 +1,120 @@
+//! Placing tasks on nodes: spare capacity first, cached cells as a bonus where a bee is free.
+
+use crate::cache::Bloom;
+use crate::swarm::{NodeState, NodeView};
+
+/// A candidate node for tasks.
+#[derive(Debug, Clone)]
+pub(crate) struct Candidate {
+    pub(crate) node_id: String,
+    pub(crate) capacity: f64,
+    pub(crate) bloom: Option<Bloom>,
+}
+
+impl Candidate {
+    pub(crate) fn from_view(v: &NodeView) -> Option<Candidate> {
+        if v.state != NodeState::Alive || v.heartbeat.band == "critical" {
+            return None;
+        }
+        let idle = (v.heartbeat.bees_total as f64 - v.heartbeat.bees_busy as f64).max(0.0);
+        Some(Candidate {
+            node_id: v.heartbeat.node_id.clone(),
+            // Busy nodes still take work, just less of it; hot ones less again.
+            capacity: (idle + 0.5) * (1.0 - v.heartbeat.temperature).max(0.05),
+            bloom: Bloom::from_hex(&v.heartbeat.cache.bloom),
+        })
+    }
+}
+
+/// Pick a node for each task (given by the cells it reads): the most spare capacity, plus a
+/// bonus where the cells are cached and a bee is free. Nodes in `avoid` are skipped unless
+/// nothing else is left.
+pub(crate) fn assign(
+    candidates: &mut [Candidate],
+    tasks: &[Vec<String>],
+    avoid: &[String],
+) -> Vec<String> {
+    let mut out = Vec::with_capacity(tasks.len());
+    for cells in tasks {
+        let best = candidates
+            .iter_mut()
+            .filter(|c| !avoid.contains(&c.node_id))
+            .map(|c| {
+                let cached = match &c.bloom {
+                    Some(b) if !cells.is_empty() => {
+                        cells.iter().filter(|p| b.contains(p)).count() as f64 / cells.len() as f64
+                    }
+                    _ => 0.0,
+                };
+                // Cached cells count only where a bee is still free for the task: a queue
+                // behind a warm cache is slower than a cold read on an idle node.
+                let bonus = if c.capacity >= 1.0 { 2.0 * cached } else { 0.0 };
+                let score = c.capacity + bonus;
+                (score, c)
+            })
+            .max_by(|a, b| {
+                a.0.total_cmp(&b.0)
+                    .then_with(|| b.1.node_id.cmp(&a.1.node_id))
+            });
+        match best {
+            Some((_, c)) => {
+                c.capacity -= 1.0;
+                out.push(c.node_id.clone());
+            }
+            // Nothing else left: retry where we avoided.
+            None => out.push(avoid.first().cloned().unwrap_or_default()),
+        }
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn cand(id: &str, capacity: f64) -> Candidate {
+        Candidate {
+            node_id: id.into(),
+            capacity,
+            bloom: None,
+        }
+    }
+
+    #[test]
+    fn spreads_by_capacity_and_prefers_cached_cells() {
+        let mut c = vec![cand("a", 2.0), cand("b", 2.0)];
+        let got = assign(&mut c, &vec![vec![]; 4], &[]);
+        assert_eq!(got.iter().filter(|n| *n == "a").count(), 2);
+        assert_eq!(got.iter().filter(|n| *n == "b").count(), 2);
+
+        let mut bloom = Bloom::default();
+        bloom.insert("x/cell.parquet");
+        let mut c = vec![
+            cand("a", 2.0),
+            Candidate {
+                bloom: Some(bloom),
+                ..cand("b", 1.0)
+            },
+        ];
+        let got = assign(&mut c, &[vec!["x/cell.parquet".into()]], &[]);
+        assert_eq!(got, vec!["b".to_string()]);
+        // Avoided nodes are skipped.
+        let got = assign(&mut c, &[vec!["x/cell.parquet".into()]], &["b".to_string()]);
+        assert_eq!(got, vec!["a".to_string()]);
+
+        // A warm cache does not pull every task onto one node: once its bee is taken, an idle
+        // node gets the next task.
+        let mut bloom = Bloom::default();
+        bloom.insert("x/cell.parquet");
+        let mut c = vec![
+            cand("cold", 1.5),
+            Candidate {
+                bloom: Some(bloom),
+                ..cand("warm", 1.5)
+            },
+        ];
+        let cell = vec!["x/cell.parquet".to_string()];
+        let got = assign(&mut c, &[cell.clone(), cell], &[]);
+        assert_eq!(got, vec!["warm".to_string(), "cold".to_string()]);
+    }
+}

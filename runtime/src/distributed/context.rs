@@ -1,0 +1,81 @@
+//! What distributed execution needs from a node, and nothing more: the node builds one
+//! [`DistContext`] from its parts, so `distributed/` never sees the `Node` itself.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use apiary_storage::Storage;
+use tokio::sync::Notify;
+
+use super::metrics::DistMetrics;
+use crate::bees::BeePool;
+use crate::engine::Engine;
+use crate::executor::{Background, CpuExecutor};
+use crate::queries::QueryRegistry;
+use crate::swarm::{NodeView, WorldView};
+
+/// Timing and limits of distributed execution.
+#[derive(Debug, Clone)]
+pub struct DistributionConfig {
+    /// Queries scanning fewer bytes than this run on the node that received them.
+    pub min_bytes: u64,
+    /// Fastest storage polling (workers with work, coordinators waiting).
+    pub poll_min: Duration,
+    /// Slowest storage polling (idle workers back off to this).
+    pub poll_max: Duration,
+    /// An attempt nobody claimed within this is reassigned.
+    pub claim_timeout: Duration,
+    /// Attempts per task (each on another node where possible) before the query fails.
+    pub trials: u32,
+    /// Query prefixes and inbox entries older than this with no live coordinator are deleted.
+    pub orphan_ttl: Duration,
+    /// Size of one output object of a task.
+    pub part_bytes: usize,
+    /// Fault injection for failure tests: every fragment takes this much longer, so a test can
+    /// kill a worker while it is busy with one. `None` in production.
+    pub fault_fragment_delay: Option<Duration>,
+}
+
+/// Attempts per task by default.
+pub(crate) const DEFAULT_TRIALS: u32 = 3;
+
+impl Default for DistributionConfig {
+    fn default() -> Self {
+        Self {
+            min_bytes: 64 * 1024 * 1024,
+            poll_min: Duration::from_millis(20),
+            poll_max: Duration::from_secs(2),
+            claim_timeout: Duration::from_secs(10),
+            trials: DEFAULT_TRIALS,
+            orphan_ttl: Duration::from_secs(3600),
+            part_bytes: 8 * 1024 * 1024,
+            fault_fragment_delay: None,
+        }
+    }
+}
+
+/// A node's parts as distributed execution uses them (coordinator and worker sides).
+#[derive(Debug)]
+pub(crate) struct DistContext {
+    pub(crate) node_id: String,
+    pub(crate) storage: Storage,
+    pub(crate) world: Arc<WorldView>,
+    pub(crate) bees: Arc<BeePool>,
+    pub(crate) queries: Arc<QueryRegistry>,
+    pub(crate) cpu: Arc<CpuExecutor>,
+    /// For decoding plans and building task contexts (functions, options, object stores).
+    pub(crate) engine: Engine,
+    /// Wakes this node's inbox worker when it posts a task to itself.
+    pub(crate) inbox_wake: Notify,
+    pub(crate) config: DistributionConfig,
+    pub(crate) metrics: DistMetrics,
+    /// Fragment runs and cleanups end with the node.
+    pub(crate) background: Arc<Background>,
+}
+
+impl DistContext {
+    /// The swarm as this node sees it, for placing work (itself always alive).
+    pub(crate) fn swarm_view(&self) -> Vec<NodeView> {
+        self.world.seen_from(&self.node_id)
+    }
+}

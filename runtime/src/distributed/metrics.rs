@@ -1,0 +1,74 @@
+//! Counters of distributed execution on one node (rendered through [`crate::status`]).
+
+use std::collections::VecDeque;
+use std::sync::Mutex;
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use crate::status::DistributedStats;
+
+/// Recent dispatch latencies kept for quantiles.
+const DISPATCH_WINDOW: usize = 1024;
+
+#[derive(Debug, Default)]
+pub(crate) struct DistMetrics {
+    pub(crate) inbox_polls: AtomicU64,
+    pub(crate) fragments: AtomicU64,
+    pub(crate) coordinated: AtomicU64,
+    /// Recent fragment dispatch latencies (posting to claiming), seconds.
+    dispatch: Mutex<VecDeque<f64>>,
+}
+
+impl DistMetrics {
+    pub(crate) fn record_dispatch(&self, secs: f64) {
+        let mut d = self.dispatch.lock().expect("metrics");
+        if d.len() >= DISPATCH_WINDOW {
+            d.pop_front();
+        }
+        d.push_back(secs);
+    }
+
+    pub(crate) fn stats(&self) -> DistributedStats {
+        let mut v: Vec<f64> = self
+            .dispatch
+            .lock()
+            .expect("metrics")
+            .iter()
+            .copied()
+            .collect();
+        v.sort_by(|a, b| a.total_cmp(b));
+        let q = |p: f64| {
+            if v.is_empty() {
+                0.0
+            } else {
+                v[((v.len() - 1) as f64 * p).round() as usize]
+            }
+        };
+        DistributedStats {
+            inbox_polls: self.inbox_polls.load(Ordering::Relaxed),
+            fragments: self.fragments.load(Ordering::Relaxed),
+            coordinated: self.coordinated.load(Ordering::Relaxed),
+            dispatch_p50: q(0.5),
+            dispatch_p95: q(0.95),
+            dispatch_count: v.len(),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn quantiles_over_a_bounded_window() {
+        let m = DistMetrics::default();
+        assert_eq!(m.stats().dispatch_count, 0);
+        for i in 0..2000 {
+            m.record_dispatch(i as f64);
+        }
+        let s = m.stats();
+        assert_eq!(s.dispatch_count, DISPATCH_WINDOW);
+        // The window holds the latest 1024 values: 976..=1999.
+        assert_eq!(s.dispatch_p50, 1488.0);
+        assert_eq!(s.dispatch_p95, 1948.0);
+    }
+}

@@ -1,0 +1,185 @@
+//! The output format of a task, both halves: a worker writes its result as Arrow IPC stream
+//! objects of about `part_bytes` each (`out-<attempt>/part-NNNNN.arrow`) and vouches for them in
+//! its `done` marker (row count, part count, SHA-256 over the parts' bytes in order); the
+//! coordinator reads exactly those parts and refuses them if any figure differs.
+
+use apiary_storage::Storage;
+use apiary_storage::format::{DoneV1, hex};
+use apiary_storage::paths::{self, AttemptKey};
+use arrow::array::RecordBatch;
+use arrow::datatypes::SchemaRef;
+use arrow::ipc::reader::StreamReader;
+use arrow::ipc::writer::StreamWriter;
+use bytes::Bytes;
+use sha2::{Digest, Sha256};
+
+use crate::error::{Error, Result};
+
+/// What a finished writer vouches for.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct Written {
+    pub(crate) rows: u64,
+    pub(crate) bytes: u64,
+    pub(crate) parts: u32,
+    /// SHA-256 (hex) over the parts' bytes, in order.
+    pub(crate) sha256: String,
+}
+
+/// Writes one attempt's output.
+pub(crate) struct PartWriter {
+    storage: Storage,
+    key: AttemptKey,
+    part_bytes: usize,
+    buf: Option<StreamWriter<Vec<u8>>>,
+    schema: Option<SchemaRef>,
+    parts: u32,
+    rows: u64,
+    bytes: u64,
+    hasher: Sha256,
+}
+
+impl std::fmt::Debug for PartWriter {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("PartWriter")
+            .field("key", &self.key)
+            .field("parts", &self.parts)
+            .finish_non_exhaustive()
+    }
+}
+
+impl PartWriter {
+    pub(crate) fn new(storage: Storage, key: AttemptKey, part_bytes: usize) -> Self {
+        Self {
+            storage,
+            key,
+            part_bytes,
+            buf: None,
+            schema: None,
+            parts: 0,
+            rows: 0,
+            bytes: 0,
+            hasher: Sha256::new(),
+        }
+    }
+
+    pub(crate) async fn write(&mut self, batch: &RecordBatch) -> Result<()> {
+        if batch.num_rows() == 0 {
+            return Ok(());
+        }
+        let schema = self.schema.get_or_insert_with(|| batch.schema()).clone();
+        let w = match &mut self.buf {
+            Some(w) => w,
+            None => self.buf.insert(StreamWriter::try_new(Vec::new(), &schema)?),
+        };
+        w.write(batch)?;
+        self.rows += batch.num_rows() as u64;
+        if w.get_ref().len() >= self.part_bytes {
+            self.flush().await?;
+        }
+        Ok(())
+    }
+
+    async fn flush(&mut self) -> Result<()> {
+        let Some(mut w) = self.buf.take() else {
+            return Ok(());
+        };
+        w.finish()?;
+        let body = Bytes::from(w.into_inner()?);
+        self.hasher.update(&body);
+        self.bytes += body.len() as u64;
+        let key = paths::task_part(&self.key, self.parts)?;
+        self.storage.put(&key, body).await?;
+        self.parts += 1;
+        Ok(())
+    }
+
+    pub(crate) async fn finish(mut self) -> Result<Written> {
+        self.flush().await?;
+        Ok(Written {
+            rows: self.rows,
+            bytes: self.bytes,
+            parts: self.parts,
+            sha256: hex(&self.hasher.finalize()),
+        })
+    }
+}
+
+/// Fetch the parts `done` vouches for and check them against it.
+pub(crate) async fn read(
+    storage: &Storage,
+    key: &AttemptKey,
+    done: &DoneV1,
+) -> Result<Vec<RecordBatch>> {
+    let mut hasher = Sha256::new();
+    let mut batches = Vec::new();
+    for part in 0..done.parts {
+        let path = paths::task_part(key, part)?;
+        let (body, _) = storage
+            .get_opt(&path)
+            .await?
+            .ok_or_else(|| Error::Internal(format!("{key}: output part {part} is missing")))?;
+        hasher.update(&body);
+        for b in StreamReader::try_new(std::io::Cursor::new(body), None)? {
+            batches.push(b?);
+        }
+    }
+    let rows: u64 = batches.iter().map(|b| b.num_rows() as u64).sum();
+    if hex(&hasher.finalize()) != done.sha256 || rows != done.rows {
+        return Err(Error::Internal(format!(
+            "output of {key} is corrupt (checksum or row count mismatch)"
+        )));
+    }
+    Ok(batches)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use arrow::array::Int64Array;
+    use std::sync::Arc;
+
+    #[tokio::test]
+    async fn written_parts_read_back_and_tampering_is_caught() {
+        let storage = Storage::open("memory://parts", &Default::default()).unwrap();
+        let key = AttemptKey::new("0192f5a0-6f1c-7c2e-9b1d-2d6a1f3e4c01", 0, 3, 1);
+        let schema = Arc::new(arrow::datatypes::Schema::new(vec![
+            arrow::datatypes::Field::new("v", arrow::datatypes::DataType::Int64, false),
+        ]));
+        // Tiny parts: every batch flushes one.
+        let mut w = PartWriter::new(storage.clone(), key.clone(), 1);
+        for i in 0..3 {
+            let b = RecordBatch::try_new(
+                schema.clone(),
+                vec![Arc::new(Int64Array::from(vec![i, i + 10]))],
+            )
+            .unwrap();
+            w.write(&b).await.unwrap();
+        }
+        let written = w.finish().await.unwrap();
+        assert_eq!((written.rows, written.parts), (6, 3));
+        let mut done = DoneV1 {
+            v: 1,
+            node_id: "n".into(),
+            attempt: 1,
+            rows: written.rows,
+            bytes: written.bytes,
+            parts: written.parts,
+            sha256: written.sha256.clone(),
+            dispatch_ms: 0,
+            run_ms: 0,
+        };
+        let back = read(&storage, &key, &done).await.unwrap();
+        assert_eq!(back.iter().map(|b| b.num_rows()).sum::<usize>(), 6);
+        done.rows = 7;
+        assert!(read(&storage, &key, &done).await.is_err());
+        done.rows = 6;
+        storage
+            .put(
+                &paths::task_part(&key, 1).unwrap(),
+                Bytes::from_static(b"x"),
+            )
+            .await
+            .unwrap();
+        assert!(read(&storage, &key, &done).await.is_err());
+    }
+}

@@ -1,0 +1,141 @@
+//! Starting a distributed query on its coordinator: post the proposal's tasks and return the
+//! plan that stays here, with the [`DistributedRun`] that feeds it.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use apiary_storage::format::{QueryManifestV1, StageManifestV1, Versioned, now_ms};
+use apiary_storage::paths::{self, AttemptKey};
+use datafusion::physical_plan::ExecutionPlan;
+use futures::StreamExt;
+use tracing::info;
+
+use super::DistContext;
+use super::coordinator::{Dispatch, TaskSlot};
+use super::cut;
+use super::proposal::Proposal;
+use super::stage_exec::StageExec;
+use crate::error::Result;
+use crate::executor::{AbortOnDrop, Background};
+
+/// A distributed query in flight: keeps its monitor running; cleans storage up when dropped.
+#[derive(Debug)]
+pub(crate) struct DistributedRun {
+    dispatch: Arc<Dispatch>,
+    _monitor: AbortOnDrop<()>,
+    background: Arc<Background>,
+}
+
+impl DistributedRun {
+    /// Every task finished (dropping the run then writes no cancel marker).
+    #[cfg(test)]
+    pub(crate) fn is_finished(&self) -> bool {
+        self.dispatch.is_finished()
+    }
+}
+
+impl Drop for DistributedRun {
+    fn drop(&mut self) {
+        let d = self.dispatch.clone();
+        self.background
+            .spawn_finishing(async move { d.cleanup().await });
+    }
+}
+
+/// Post `proposal`'s tasks (manifest, plans, inbox entries) and replace each leaf stage of
+/// `plan` with a [`StageExec`] reading the tasks' outputs.
+pub(crate) async fn start(
+    ctx: &Arc<DistContext>,
+    query_id: &str,
+    sql: &str,
+    plan: &Arc<dyn ExecutionPlan>,
+    proposal: Proposal,
+    timeout: Duration,
+) -> Result<(Arc<dyn ExecutionPlan>, DistributedRun)> {
+    let storage = ctx.storage.clone();
+    let deadline = now_ms() + timeout.as_millis() as i64;
+    let Proposal { stages, tasks } = proposal;
+    let mut per_stage = vec![0u32; stages.len()];
+    let mut slots = Vec::with_capacity(tasks.len());
+    let mut writes = Vec::with_capacity(tasks.len());
+    for t in tasks {
+        let stage = stages[t.stage].id;
+        let key = AttemptKey::new(query_id, stage, per_stage[t.stage], 1);
+        per_stage[t.stage] += 1;
+        writes.push((paths::task_plan(&key)?, t.plan));
+        slots.push(TaskSlot::new(key, t.partition, t.node, t.cells));
+    }
+    let manifest = QueryManifestV1 {
+        v: 1,
+        query_id: query_id.to_string(),
+        coordinator: ctx.node_id.clone(),
+        created_at_ms: now_ms(),
+        deadline_at_ms: deadline,
+        sql: sql.to_string(),
+        stages: stages
+            .iter()
+            .zip(&per_stage)
+            .map(|(s, n)| StageManifestV1 {
+                stage: s.id,
+                tasks: *n,
+                files: s.files as u64,
+                bytes: s.bytes,
+            })
+            .collect(),
+    };
+    storage
+        .put(&paths::query_manifest(query_id)?, manifest.encode())
+        .await?;
+    let results: Vec<_> = futures::stream::iter(writes)
+        .map(|(k, b)| {
+            let storage = storage.clone();
+            async move { storage.put(&k, b).await }
+        })
+        .buffer_unordered(8)
+        .collect()
+        .await;
+    for r in results {
+        r?;
+    }
+    let partitions: Vec<(u32, usize)> = stages
+        .iter()
+        .flat_map(|s| (0..s.partitions.max(1)).map(move |p| (s.id, p)))
+        .collect();
+    let dispatch = Dispatch::new(ctx, query_id.to_string(), slots, &partitions, deadline);
+    let posted: Vec<_> = futures::stream::iter(dispatch.attempts())
+        .map(|(key, node)| {
+            let d = dispatch.clone();
+            async move { d.post(&key, &node).await }
+        })
+        .buffer_unordered(8)
+        .collect()
+        .await;
+    for r in posted {
+        r?;
+    }
+    let execs: Vec<(cut::PlanRef, cut::PlanRef)> = stages
+        .iter()
+        .zip(&per_stage)
+        .map(|(s, n)| {
+            let exec: cut::PlanRef = Arc::new(StageExec::new(s, *n as usize, dispatch.clone()));
+            (s.leaf.clone(), exec)
+        })
+        .collect();
+    let root = cut::replace_stages(plan, &execs)?;
+    info!(
+        query_id,
+        stages = stages.len(),
+        tasks = per_stage.iter().sum::<u32>(),
+        nodes = ?dispatch.nodes(),
+        "distributed query started"
+    );
+    let monitor = crate::executor::spawn(dispatch.clone().monitor());
+    Ok((
+        root,
+        DistributedRun {
+            dispatch,
+            _monitor: monitor,
+            background: ctx.background.clone(),
+        },
+    ))
+}

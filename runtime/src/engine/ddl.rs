@@ -1,0 +1,210 @@
+//! Statements that change things: namespace commands (`CREATE/DROP HIVE|BOX|TABLE`, `USE`),
+//! `CREATE TABLE [AS SELECT]` and `INSERT`.
+
+use std::sync::Arc;
+
+use apiary_storage::{BoxRef, Ident};
+use arrow::array::RecordBatch;
+use arrow::datatypes::DataType;
+use datafusion::execution::context::SessionState;
+use datafusion::logical_expr::{
+    CreateMemoryTable, DdlStatement, DmlStatement, LogicalPlan, WriteOp,
+};
+use datafusion::physical_plan::execute_stream;
+use futures::StreamExt;
+
+use super::catalog;
+use super::ingest::{IfExists, IfMissing, Target, WriteMode, empty_stream};
+use super::{Engine, Output, Session};
+use crate::error::{Error, Result};
+use crate::sql::Command;
+
+impl Engine {
+    /// Hive and box commands, `DROP TABLE` and `USE` (which updates `session`).
+    pub(super) async fn namespace(&self, session: &mut Session, cmd: &Command) -> Result<Output> {
+        let lh = &self.lakehouse;
+        match cmd {
+            Command::CreateHive {
+                name,
+                if_not_exists,
+            } => {
+                let hive = Ident::parse_hive(name)?;
+                lh.catalog().create_hive(&hive, *if_not_exists).await?;
+            }
+            Command::CreateBox {
+                name,
+                if_not_exists,
+            } => {
+                let b = catalog::box_ref(session, name)?;
+                let b = BoxRef::new(b.hive, Ident::parse_box(b.name.as_str())?);
+                lh.catalog().create_box(&b, *if_not_exists).await?;
+            }
+            Command::DropHive {
+                name,
+                if_exists,
+                cascade,
+            } => {
+                lh.drop_hive(&catalog::hive(name)?, *if_exists, *cascade)
+                    .await?;
+            }
+            Command::DropBox {
+                name,
+                if_exists,
+                cascade,
+            } => {
+                lh.drop_box(&catalog::box_ref(session, name)?, *if_exists, *cascade)
+                    .await?;
+            }
+            Command::DropFrames { names, if_exists } => {
+                for n in names {
+                    lh.drop_frame(&catalog::frame_ref(session, n)?, *if_exists)
+                        .await?;
+                }
+            }
+            Command::Use { hive, box_name } => {
+                let hive = match hive {
+                    Some(h) => catalog::hive(h)?,
+                    None => session.hive.clone(),
+                };
+                let box_name = match box_name {
+                    Some(b) => Ident::parse(b)?,
+                    None => Ident::default_box(),
+                };
+                lh.catalog()
+                    .require_box(&BoxRef::new(hive.clone(), box_name.clone()))
+                    .await?;
+                session.hive = hive;
+                session.box_name = box_name;
+            }
+            other => {
+                return Err(Error::Internal(format!(
+                    "namespace() given another command: {other:?}"
+                )));
+            }
+        }
+        Ok(Output::Done)
+    }
+
+    /// Run a planned DataFusion statement: CREATE TABLE, INSERT or a query.
+    pub(super) async fn run_plan(
+        &self,
+        plan: LogicalPlan,
+        state: SessionState,
+        partition_by: &[String],
+    ) -> Result<Output> {
+        match plan {
+            LogicalPlan::Ddl(DdlStatement::CreateMemoryTable(create)) => {
+                self.create_table(create, state, partition_by).await
+            }
+            LogicalPlan::Ddl(other) => Err(Error::Unsupported(other.name().to_string())),
+            LogicalPlan::Dml(DmlStatement {
+                op: WriteOp::Insert(_),
+                ..
+            }) => {
+                if !partition_by.is_empty() {
+                    return Err(Error::Sql("PARTITIONED BY belongs to CREATE TABLE".into()));
+                }
+                let physical = state.create_physical_plan(&plan).await?;
+                let mut stream = execute_stream(physical, state.task_ctx())?;
+                let mut count = 0u64;
+                while let Some(batch) = stream.next().await {
+                    count += count_of(&batch?);
+                }
+                Ok(Output::Count(count))
+            }
+            LogicalPlan::Dml(other) => Err(Error::Unsupported(other.op.name().to_string())),
+            LogicalPlan::Statement(s) => Err(Error::Unsupported(s.name().to_string())),
+            LogicalPlan::Copy(_) => Err(Error::Unsupported("COPY".into())),
+            plan => {
+                let physical = state.create_physical_plan(&plan).await?;
+                Ok(Output::Rows(execute_stream(physical, state.task_ctx())?))
+            }
+        }
+    }
+
+    /// `CREATE [OR REPLACE] TABLE [IF NOT EXISTS] … [AS SELECT …]`, by the ingest rules.
+    async fn create_table(
+        &self,
+        create: CreateMemoryTable,
+        state: SessionState,
+        partition_by: &[String],
+    ) -> Result<Output> {
+        if create.temporary {
+            return Err(Error::Unsupported("temporary frames".into()));
+        }
+        if !create.constraints.is_empty() {
+            return Err(Error::Unsupported(
+                "PRIMARY KEY, UNIQUE and other constraints besides NOT NULL".into(),
+            ));
+        }
+        if !create.column_defaults.is_empty() {
+            return Err(Error::Unsupported("column DEFAULT values".into()));
+        }
+        let options = state.config().options();
+        let session = Session {
+            hive: Ident::parse(&options.catalog.default_catalog)?,
+            box_name: Ident::parse(&options.catalog.default_schema)?,
+            user: String::new(),
+        };
+        let frame = catalog::frame_ref(&session, &catalog::table_ref_parts(&create.name))?;
+        let has_data = !matches!(
+            create.input.as_ref(),
+            LogicalPlan::EmptyRelation(e) if !e.produce_one_row
+        );
+        let incoming = Arc::new(create.input.schema().as_arrow().clone());
+        let mode = WriteMode {
+            if_exists: if create.or_replace {
+                IfExists::Replace
+            } else if create.if_not_exists {
+                IfExists::Skip
+            } else {
+                IfExists::Fail
+            },
+            if_missing: IfMissing::Create,
+            partition_by: Some(partition_by.to_vec()),
+        };
+        // Plan the rows before touching the namespace: a query that cannot plan creates nothing.
+        let physical = match has_data {
+            true => Some(state.create_physical_plan(&create.input).await?),
+            false => None,
+        };
+        let target = self.open_target(&frame, Some(&incoming), &mode).await?;
+        match &target {
+            Target::Skip => return Ok(Output::Done),
+            // A new (or concurrently created) frame and no rows: nothing to commit. A replace
+            // without rows still commits, emptying the frame.
+            Target::Write {
+                overwrite: false, ..
+            } if !has_data => return Ok(Output::Done),
+            Target::Write { .. } => {}
+        }
+        let data = match physical {
+            Some(plan) => match execute_stream(plan, state.task_ctx()) {
+                Ok(s) => s,
+                Err(e) => {
+                    self.discard_target(target).await;
+                    return Err(e.into());
+                }
+            },
+            None => empty_stream(incoming),
+        };
+        Ok(Output::Count(self.write_target(target, data).await?))
+    }
+}
+
+/// The row count an INSERT plan reports (its single UInt64 column).
+fn count_of(batch: &RecordBatch) -> u64 {
+    use arrow::array::AsArray;
+    if batch.num_columns() == 0 {
+        return 0;
+    }
+    match batch.column(0).data_type() {
+        DataType::UInt64 => batch
+            .column(0)
+            .as_primitive::<arrow::datatypes::UInt64Type>()
+            .iter()
+            .flatten()
+            .sum(),
+        _ => 0,
+    }
+}

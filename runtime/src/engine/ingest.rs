@@ -1,0 +1,237 @@
+//! Writing a stream of batches into a frame, creating or replacing it first if asked: the one
+//! decision table behind bulk ingest (Flight SQL `CommandStatementIngest`) and
+//! `CREATE [OR REPLACE] TABLE … [AS SELECT]`.
+//!
+//! | frame exists? | [`IfExists`] / [`IfMissing`] | what happens                              |
+//! |---------------|-------------------------------|-------------------------------------------|
+//! | yes           | `Fail`                        | ALREADY_EXISTS                            |
+//! | yes           | `Skip`                        | nothing (`IF NOT EXISTS`)                 |
+//! | yes           | `Append`                      | append                                    |
+//! | yes           | `Replace`                     | same shape: one overwrite commit; else drop and create |
+//! | no            | `Fail`                        | NOT_FOUND (the box's absence named first) |
+//! | no            | `Create`                      | create, then write; a frame created concurrently by another writer is appended to |
+//!
+//! A write into a frame this call created (not appended to) is all or nothing: if it fails, the
+//! frame is dropped again.
+
+use apiary_storage::{FrameRef, FrameSink, FrameSnapshot, FrameTable, ObjectKind};
+use arrow::datatypes::SchemaRef;
+use datafusion::execution::SendableRecordBatchStream;
+use tracing::{info, warn};
+
+use super::Engine;
+use crate::error::{Error, Result};
+
+/// What to do when the frame exists.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum IfExists {
+    Fail,
+    Skip,
+    Append,
+    Replace,
+}
+
+/// What to do when it does not.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum IfMissing {
+    Fail,
+    Create,
+}
+
+/// How a write treats its target frame.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct WriteMode {
+    pub if_exists: IfExists,
+    pub if_missing: IfMissing,
+    /// Partition columns of a frame this write creates. `None` keeps a replaced frame's own
+    /// partitioning; `Some` must match it for a replace to keep the frame.
+    pub partition_by: Option<Vec<String>>,
+}
+
+/// Where a write goes, once the rules have been applied.
+#[derive(Debug)]
+pub(crate) enum Target {
+    /// Nothing to write (`IF NOT EXISTS` on an existing frame).
+    Skip,
+    Write {
+        table: Box<FrameTable>,
+        /// Replace the contents (one overwrite commit) rather than append.
+        overwrite: bool,
+        /// This call created the frame: undo it if the write fails.
+        created: bool,
+        frame: FrameRef,
+    },
+}
+
+impl Engine {
+    /// Apply `mode` to `frame` for incoming data of `schema` (`None`: the stream carried none).
+    pub(crate) async fn open_target(
+        &self,
+        frame: &FrameRef,
+        schema: Option<&SchemaRef>,
+        mode: &WriteMode,
+    ) -> Result<Target> {
+        let lh = &self.lakehouse;
+        let existing = match lh.frame(frame, None).await {
+            Ok(s) => Some(s),
+            Err(apiary_storage::Error::NotFound {
+                kind: ObjectKind::Frame,
+                ..
+            }) => None,
+            Err(e) => return Err(e.into()),
+        };
+        let write = |snapshot, overwrite, created| Target::Write {
+            table: Box::new(self.frame_table(snapshot)),
+            overwrite,
+            created,
+            frame: frame.clone(),
+        };
+        match (existing, mode.if_exists, mode.if_missing) {
+            (Some(_), IfExists::Fail, _) => Err(apiary_storage::Error::AlreadyExists {
+                kind: ObjectKind::Frame,
+                name: frame.to_string(),
+            }
+            .into()),
+            (Some(_), IfExists::Skip, _) => Ok(Target::Skip),
+            (Some(s), IfExists::Append, _) => Ok(write(s, false, false)),
+            (Some(s), IfExists::Replace, _) => {
+                if same_shape(&s, schema, mode.partition_by.as_deref()) {
+                    return Ok(write(s, true, false));
+                }
+                info!(frame = %frame, "replacing a frame with a new shape: drop and create");
+                lh.drop_frame(frame, true).await?;
+                self.create(frame, schema, mode).await
+            }
+            (None, _, IfMissing::Fail) => {
+                lh.catalog().require_box(&frame.box_ref()).await?;
+                Err(apiary_storage::Error::NotFound {
+                    kind: ObjectKind::Frame,
+                    name: frame.to_string(),
+                }
+                .into())
+            }
+            (None, _, IfMissing::Create) => self.create(frame, schema, mode).await,
+        }
+    }
+
+    async fn create(
+        &self,
+        frame: &FrameRef,
+        schema: Option<&SchemaRef>,
+        mode: &WriteMode,
+    ) -> Result<Target> {
+        let incoming = schema.ok_or_else(|| {
+            Error::Sql("cannot create a frame from a stream without a schema".into())
+        })?;
+        let schema = apiary_storage::schema::frame_schema_for(incoming)?;
+        let partition_by = mode.partition_by.clone().unwrap_or_default();
+        let lh = &self.lakehouse;
+        // With IfExists::Fail the name must be new: create_frame says so itself.
+        let if_not_exists = mode.if_exists != IfExists::Fail;
+        match lh
+            .create_frame(frame, &schema, &partition_by, if_not_exists)
+            .await?
+        {
+            Some(s) => Ok(Target::Write {
+                table: Box::new(self.frame_table(s)),
+                overwrite: false,
+                created: true,
+                frame: frame.clone(),
+            }),
+            None if mode.if_exists == IfExists::Skip => Ok(Target::Skip),
+            // Created concurrently by another writer: append to it.
+            None => Ok(Target::Write {
+                table: Box::new(self.frame_table(lh.frame(frame, None).await?)),
+                overwrite: false,
+                created: false,
+                frame: frame.clone(),
+            }),
+        }
+    }
+
+    /// Write `data` into an opened target. Returns the rows written.
+    pub(crate) async fn write_target(
+        &self,
+        target: Target,
+        data: SendableRecordBatchStream,
+    ) -> Result<u64> {
+        let Target::Write {
+            table,
+            overwrite,
+            created,
+            frame,
+        } = target
+        else {
+            return Ok(0);
+        };
+        match FrameSink::new(*table, overwrite).write_stream(data).await {
+            Ok((rows, version)) => {
+                info!(frame = %frame, rows, version, overwrite, "write committed");
+                Ok(rows)
+            }
+            Err(e) => {
+                if created {
+                    self.undo_create(&frame).await;
+                }
+                Err(e.into())
+            }
+        }
+    }
+
+    /// Give up a target before writing: a frame this call created is dropped again.
+    pub(crate) async fn discard_target(&self, target: Target) {
+        if let Target::Write {
+            created: true,
+            frame,
+            ..
+        } = target
+        {
+            self.undo_create(&frame).await;
+        }
+    }
+
+    async fn undo_create(&self, frame: &FrameRef) {
+        if let Err(e) = self.lakehouse.drop_frame(frame, true).await {
+            warn!(frame = %frame, error = %e, "dropping a frame whose first write failed");
+        }
+    }
+
+    /// Bulk ingest: apply `mode` to `frame`, then stream `data` into it.
+    pub async fn ingest(
+        &self,
+        frame: &FrameRef,
+        mode: &WriteMode,
+        schema: Option<&SchemaRef>,
+        data: SendableRecordBatchStream,
+    ) -> Result<u64> {
+        let target = self.open_target(frame, schema, mode).await?;
+        self.write_target(target, data).await
+    }
+}
+
+/// Whether a frame keeps its shape under incoming data of `schema` and `partition_by`.
+fn same_shape(
+    s: &FrameSnapshot,
+    schema: Option<&SchemaRef>,
+    partition_by: Option<&[String]>,
+) -> bool {
+    let schema_ok = match schema {
+        None => true,
+        Some(i) => match apiary_storage::schema::frame_schema_for(i) {
+            Ok(fs) => &fs == s.schema(),
+            Err(_) => false,
+        },
+    };
+    let partitions_ok = partition_by.is_none_or(|p| s.partition_columns() == p);
+    schema_ok && partitions_ok
+}
+
+/// A stream with no batches, for writes without data (`CREATE OR REPLACE TABLE t (…)`).
+pub(crate) fn empty_stream(schema: SchemaRef) -> SendableRecordBatchStream {
+    Box::pin(
+        datafusion::physical_plan::stream::RecordBatchStreamAdapter::new(
+            schema,
+            futures::stream::empty(),
+        ),
+    )
+}

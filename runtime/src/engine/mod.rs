@@ -1,0 +1,412 @@
+//! The SQL engine of a node: statements in, record-batch streams or counts out.
+//!
+//! ```text
+//!  text ─▶ sql::split / rewrite ? ─▶ sql::classify ─┬─ namespace commands (ddl) ─▶ Lakehouse
+//!                                                  ├─ SHOW / DESCRIBE (show)
+//!                                                  └─ DataFusion statement
+//!                                                       │ resolve table refs, pin one snapshot
+//!                                                       │ per frame (catalog), per-statement
+//!                                                       ▼ catalog of hives/boxes/frames
+//!                                                    LogicalPlan ─▶ CREATE TABLE (ddl) / INSERT
+//!                                                                   / query
+//!  bulk ingest (ingest) ─▶ the same create/append/replace rules as CREATE TABLE AS ─▶ cells
+//! ```
+//!
+//! Every statement plans against a catalog built for it: each frame it names is loaded once, at
+//! one version, so all references to a frame inside a statement see the same snapshot. The pins
+//! are returned with the plan so that a later execution (another node redeeming a ticket) can
+//! plan against exactly the same versions.
+//!
+//! | module      | owns                                                              |
+//! |-------------|-------------------------------------------------------------------|
+//! | `types`     | [`Session`], [`Statement`], [`Pins`], [`Output`], [`PlannedQuery`] |
+//! | `catalog`   | the per-statement pinned catalog and the one name resolver        |
+//! | `ddl`       | namespace commands, CREATE TABLE / CTAS, INSERT                   |
+//! | `ingest`    | writing a stream into a frame: [`WriteMode`] and its rules        |
+//! | `show`      | SHOW and DESCRIBE                                                 |
+
+mod catalog;
+mod ddl;
+mod ingest;
+mod show;
+mod types;
+
+use std::sync::Arc;
+
+use apiary_storage::{FrameTable, Lakehouse, WriteGate};
+use arrow::datatypes::{DataType, Field, Schema};
+use datafusion::common::{ParamValues, ScalarValue};
+use datafusion::execution::context::SessionState;
+use datafusion::execution::runtime_env::RuntimeEnv;
+use datafusion::execution::session_state::SessionStateBuilder;
+use datafusion::logical_expr::LogicalPlan;
+use datafusion::prelude::SessionConfig;
+
+use crate::error::{Error, Result};
+use crate::sql::{self, Command};
+
+pub use ingest::{IfExists, IfMissing, WriteMode};
+pub use types::{
+    EngineConfig, Output, Pins, PlannedQuery, Session, Statement, StatementInfo, SystemCatalog,
+};
+
+/// The SQL engine of one node.
+#[derive(Debug, Clone)]
+pub struct Engine {
+    lakehouse: Lakehouse,
+    base: SessionState,
+    system: Option<Arc<dyn SystemCatalog>>,
+    write_gate: Option<Arc<dyn WriteGate>>,
+}
+
+impl Engine {
+    pub fn new(lakehouse: Lakehouse, config: EngineConfig, runtime: Arc<RuntimeEnv>) -> Self {
+        Self::try_new(lakehouse, config, runtime).expect("valid engine options")
+    }
+
+    /// Like [`Engine::new`], refusing unknown or invalid DataFusion options.
+    pub fn try_new(
+        lakehouse: Lakehouse,
+        config: EngineConfig,
+        runtime: Arc<RuntimeEnv>,
+    ) -> Result<Self> {
+        runtime.register_object_store(
+            lakehouse.storage().object_store_url().as_ref(),
+            lakehouse.storage().raw_store().clone(),
+        );
+        let mut session_config = SessionConfig::new()
+            .with_target_partitions(config.target_partitions.max(1))
+            .with_batch_size(config.batch_size.max(1))
+            .with_information_schema(false)
+            .with_create_default_catalog_and_schema(false)
+            .with_default_catalog_and_schema(
+                apiary_storage::paths::DEFAULT_HIVE,
+                apiary_storage::paths::DEFAULT_BOX,
+            );
+        let opts = session_config.options_mut();
+        opts.sql_parser.dialect = datafusion::config::Dialect::Generic;
+        for (k, v) in &config.datafusion_options {
+            opts.set(k, v)
+                .map_err(|e| Error::Sql(format!("DataFusion option {k}={v}: {e}")))?;
+        }
+        let base = SessionStateBuilder::new()
+            .with_config(session_config)
+            .with_runtime_env(runtime)
+            .with_default_features()
+            .build();
+        Ok(Self {
+            lakehouse,
+            base,
+            system: None,
+            write_gate: None,
+        })
+    }
+
+    /// Writes through this engine ask `gate` before every batch (throttling when hot).
+    pub fn with_write_gate(mut self, gate: Arc<dyn WriteGate>) -> Self {
+        self.write_gate = Some(gate);
+        self
+    }
+
+    /// A frame table with this engine's write gate.
+    pub fn frame_table(&self, snapshot: apiary_storage::FrameSnapshot) -> FrameTable {
+        let t = FrameTable::new(snapshot, self.lakehouse.ledger().clone());
+        match &self.write_gate {
+            Some(g) => t.with_write_gate(g.clone()),
+            None => t,
+        }
+    }
+
+    pub fn with_system_catalog(mut self, system: Arc<dyn SystemCatalog>) -> Self {
+        self.system = Some(system);
+        self
+    }
+
+    pub fn lakehouse(&self) -> &Lakehouse {
+        &self.lakehouse
+    }
+
+    /// The base DataFusion state (functions, config, object stores) every query starts from.
+    pub fn base_state(&self) -> &SessionState {
+        &self.base
+    }
+
+    /// A task context for executing physical plans with `env` (a bee's pool and scratch space).
+    pub fn task_context(&self, env: &Arc<RuntimeEnv>) -> Arc<datafusion::execution::TaskContext> {
+        SessionStateBuilder::new_from_existing(self.base.clone())
+            .with_runtime_env(env.clone())
+            .build()
+            .task_ctx()
+    }
+
+    /// A context for decoding plans (functions and options; no memory pool of its own).
+    pub fn plan_context(&self) -> Arc<datafusion::execution::TaskContext> {
+        self.base.task_ctx()
+    }
+
+    /// Split, rewrite placeholders and classify every statement of `text`.
+    pub fn parse(&self, text: &str) -> Result<Vec<Statement>> {
+        parse(text)
+    }
+
+    /// Parse text that must hold exactly one statement.
+    pub fn parse_one(&self, text: &str) -> Result<Statement> {
+        let mut all = self.parse(text)?;
+        if all.len() != 1 {
+            return Err(Error::Sql(format!(
+                "expected one statement, found {}",
+                all.len()
+            )));
+        }
+        Ok(all.remove(0))
+    }
+
+    /// Run one statement with the engine's shared runtime. `USE` updates `session`.
+    pub async fn execute(
+        &self,
+        session: &mut Session,
+        stmt: &Statement,
+        params: Option<Vec<ScalarValue>>,
+    ) -> Result<Output> {
+        self.execute_in(None, session, stmt, params).await
+    }
+
+    /// Run one statement with `env` (a bee's memory pool and scratch space). `USE` updates
+    /// `session`.
+    pub async fn execute_in(
+        &self,
+        env: Option<&Arc<RuntimeEnv>>,
+        session: &mut Session,
+        stmt: &Statement,
+        params: Option<Vec<ScalarValue>>,
+    ) -> Result<Output> {
+        check_param_count(stmt, params.as_deref())?;
+        match &stmt.command {
+            Command::ShowHives | Command::ShowBoxes { .. } | Command::ShowFrames { .. } => {
+                let batch = self.show(session, &stmt.command).await?;
+                Ok(Output::Rows(show::one_batch_stream(batch)))
+            }
+            Command::Describe { name } => {
+                let batch = self.describe(session, name).await?;
+                Ok(Output::Rows(show::one_batch_stream(batch)))
+            }
+            Command::Unsupported(what) => Err(Error::Unsupported(what.clone())),
+            Command::Sql { partition_by, .. } => {
+                let planning = PlanTarget {
+                    env,
+                    partitions: None,
+                };
+                let (plan, state, _pins) = self
+                    .logical_plan(session, stmt, params, &Pins::new(), planning)
+                    .await?;
+                self.run_plan(plan, state, partition_by).await
+            }
+            namespace => self.namespace(session, namespace).await,
+        }
+    }
+
+    /// Plan a query (a statement that returns rows) against pinned frame versions; frames not in
+    /// `pins` are read at their latest version and pinned in the result.
+    pub async fn plan_query(
+        &self,
+        session: &Session,
+        stmt: &Statement,
+        params: Option<Vec<ScalarValue>>,
+        pins: &Pins,
+    ) -> Result<PlannedQuery> {
+        self.plan_query_for(session, stmt, params, pins, PlanTarget::default())
+            .await
+    }
+
+    /// [`Engine::plan_query`] for a target: a bee's runtime, or the partitions of a swarm.
+    pub(crate) async fn plan_query_for(
+        &self,
+        session: &Session,
+        stmt: &Statement,
+        params: Option<Vec<ScalarValue>>,
+        pins: &Pins,
+        target: PlanTarget<'_>,
+    ) -> Result<PlannedQuery> {
+        check_param_count(stmt, params.as_deref())?;
+        match &stmt.command {
+            Command::Sql { .. } if stmt.returns_rows() => {
+                let (plan, state, resolved) = self
+                    .logical_plan(session, stmt, params, pins, target)
+                    .await?;
+                let plan = state.create_physical_plan(&plan).await?;
+                let schema = plan.schema();
+                Ok(PlannedQuery {
+                    schema,
+                    plan,
+                    pins: resolved.pins,
+                    system_only: resolved.system_only,
+                    state,
+                })
+            }
+            Command::ShowHives
+            | Command::ShowBoxes { .. }
+            | Command::ShowFrames { .. }
+            | Command::Describe { .. } => {
+                let batch = match &stmt.command {
+                    Command::Describe { name } => self.describe(session, name).await?,
+                    other => self.show(session, other).await?,
+                };
+                PlannedQuery::from_batch_in(batch, self.base.clone())
+            }
+            _ => Err(Error::Sql(
+                "this statement does not return rows; execute it as an update".into(),
+            )),
+        }
+    }
+
+    /// Result schema and parameter types of a statement, without running it.
+    pub async fn statement_info(
+        &self,
+        session: &Session,
+        stmt: &Statement,
+    ) -> Result<StatementInfo> {
+        let returns_rows = stmt.returns_rows();
+        let empty = Arc::new(Schema::empty());
+        let Command::Sql { .. } = &stmt.command else {
+            let schema = if returns_rows {
+                self.plan_query(session, stmt, None, &Pins::new())
+                    .await?
+                    .schema
+            } else {
+                empty
+            };
+            return Ok(StatementInfo {
+                returns_rows,
+                schema,
+                parameters: vec![],
+            });
+        };
+        let (plan, state, _) = self
+            .logical_plan(session, stmt, None, &Pins::new(), PlanTarget::default())
+            .await?;
+        let types = plan.get_parameter_types()?;
+        let parameters = (1..=stmt.params)
+            .map(|i| {
+                let dt = types.get(&format!("${i}")).cloned().flatten();
+                Field::new(format!("${i}"), dt.unwrap_or(DataType::Null), true)
+            })
+            .collect();
+        let schema = if returns_rows {
+            // The physical schema is what the stream will carry (nullability included).
+            match state.create_physical_plan(&plan).await {
+                Ok(p) => p.schema(),
+                Err(_) => Arc::new(plan.schema().as_arrow().clone()),
+            }
+        } else {
+            empty
+        };
+        Ok(StatementInfo {
+            returns_rows,
+            schema,
+            parameters,
+        })
+    }
+
+    /// Build the per-statement catalog and the logical plan, parameters bound.
+    async fn logical_plan(
+        &self,
+        session: &Session,
+        stmt: &Statement,
+        params: Option<Vec<ScalarValue>>,
+        pins: &Pins,
+        target: PlanTarget<'_>,
+    ) -> Result<(LogicalPlan, SessionState, catalog::Resolved)> {
+        let Command::Sql { text, .. } = &stmt.command else {
+            return Err(Error::Internal("logical_plan on a non-SQL command".into()));
+        };
+        let parsed = self
+            .base
+            .sql_to_statement(text, &datafusion::config::Dialect::Generic)?;
+        let (state, resolved) = self.statement_state(session, &parsed, pins, target).await?;
+        let plan = match state.statement_to_plan(parsed).await {
+            Ok(p) => p,
+            Err(e) => {
+                // Report a frame we could not find rather than DataFusion's generic message.
+                if let Some(missing) = resolved.missing {
+                    return Err(missing.into());
+                }
+                return Err(e.into());
+            }
+        };
+        let plan = match params {
+            Some(values) if !values.is_empty() => bind(plan, values)?,
+            _ => plan,
+        };
+        let resolved = catalog::Resolved {
+            missing: None,
+            ..resolved
+        };
+        Ok((plan, state, resolved))
+    }
+}
+
+/// Split, rewrite placeholders and classify every statement of `text` (what
+/// [`Engine::parse`] does; it needs no engine).
+pub fn parse(text: &str) -> Result<Vec<Statement>> {
+    let parts = sql::split_statements(text)?;
+    if parts.is_empty() {
+        return Err(Error::Sql("no statement given".into()));
+    }
+    parts
+        .into_iter()
+        .map(|p| {
+            let (text, params) = sql::rewrite_placeholders(&p)?;
+            let command = sql::classify(&text)?;
+            let returns_rows = command.returns_rows();
+            let explained = match &command {
+                Command::Sql { .. } if returns_rows => sql::explained(&text),
+                _ => None,
+            };
+            Ok(Statement {
+                text,
+                command,
+                params,
+                returns_rows,
+                explained,
+            })
+        })
+        .collect()
+}
+
+/// What a plan is made for: the runtime it executes with (a bee's pool and scratch space) and
+/// how many partitions (a swarm plans for all its bees). Defaults: the engine's own.
+#[derive(Debug, Clone, Copy, Default)]
+pub(crate) struct PlanTarget<'a> {
+    pub(crate) env: Option<&'a Arc<RuntimeEnv>>,
+    pub(crate) partitions: Option<usize>,
+}
+
+/// Bind each value in the type the statement expects where DataFusion knows it, so that clients
+/// may send e.g. int32 for a BIGINT comparison.
+fn bind(plan: LogicalPlan, values: Vec<ScalarValue>) -> Result<LogicalPlan> {
+    let types = plan.get_parameter_types()?;
+    let values = values
+        .into_iter()
+        .enumerate()
+        .map(|(i, v)| match types.get(&format!("${}", i + 1)) {
+            Some(Some(dt)) if &v.data_type() != dt && !v.is_null() => v
+                .cast_to(dt)
+                .map_err(|e| Error::Sql(format!("parameter ${}: {e}", i + 1))),
+            Some(Some(dt)) if v.is_null() => ScalarValue::try_from(dt)
+                .map_err(|e| Error::Sql(format!("parameter ${}: {e}", i + 1))),
+            _ => Ok(v),
+        })
+        .collect::<Result<Vec<_>>>()?;
+    Ok(plan.with_param_values(ParamValues::from(values))?)
+}
+
+fn check_param_count(stmt: &Statement, params: Option<&[ScalarValue]>) -> Result<()> {
+    let given = params.map(|p| p.len()).unwrap_or(0);
+    if given != stmt.params && !(given == 0 && stmt.params == 0) {
+        return Err(Error::Sql(format!(
+            "the statement takes {} parameter(s), {given} given",
+            stmt.params
+        )));
+    }
+    Ok(())
+}

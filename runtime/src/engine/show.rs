@@ -1,0 +1,142 @@
+//! `SHOW HIVES|BOXES|FRAMES` and `DESCRIBE`.
+
+use std::sync::Arc;
+
+use apiary_storage::{BoxRef, Ident};
+use arrow::array::{ArrayRef, RecordBatch, StringArray};
+use arrow::datatypes::{DataType, Field, Schema};
+use datafusion::execution::SendableRecordBatchStream;
+use datafusion::physical_plan::stream::RecordBatchStreamAdapter;
+
+use super::catalog;
+use super::{Engine, Session};
+use crate::error::{Error, Result};
+use crate::sql::{Command, NameParts};
+
+impl Engine {
+    pub(super) async fn show(&self, session: &Session, cmd: &Command) -> Result<RecordBatch> {
+        let cat = self.lakehouse.catalog();
+        match cmd {
+            Command::ShowHives => {
+                let hives = cat.list_hives().await?;
+                string_batch(
+                    &["hive"],
+                    vec![hives.iter().map(|h| h.to_string()).collect()],
+                )
+            }
+            Command::ShowBoxes { hive } => {
+                let hive = match hive {
+                    Some(h) => Ident::parse(h)?,
+                    None => session.hive.clone(),
+                };
+                cat.require_hive(&hive).await?;
+                let boxes = cat.list_boxes(Some(&hive)).await?;
+                string_batch(
+                    &["hive", "box"],
+                    vec![
+                        boxes.iter().map(|b| b.hive.to_string()).collect(),
+                        boxes.iter().map(|b| b.name.to_string()).collect(),
+                    ],
+                )
+            }
+            Command::ShowFrames { scope } => {
+                let b = match scope {
+                    None => BoxRef::new(session.hive.clone(), session.box_name.clone()),
+                    Some(parts) => catalog::box_ref(session, parts)?,
+                };
+                cat.require_box(&b).await?;
+                let frames = cat.list_frames(&b).await?;
+                string_batch(
+                    &["hive", "box", "frame"],
+                    vec![
+                        frames.iter().map(|_| b.hive.to_string()).collect(),
+                        frames.iter().map(|_| b.name.to_string()).collect(),
+                        frames.iter().map(|f| f.to_string()).collect(),
+                    ],
+                )
+            }
+            _ => Err(Error::Internal("show() on another command".into())),
+        }
+    }
+
+    /// `DESCRIBE f` in the layout Spark and Databricks users know: one row per column, then a
+    /// partition section and a detail section, as (col_name, data_type, comment).
+    pub(super) async fn describe(
+        &self,
+        session: &Session,
+        name: &NameParts,
+    ) -> Result<RecordBatch> {
+        let frame = catalog::frame_ref(session, name)?;
+        let snap = self.lakehouse.frame(&frame, None).await?;
+        let stats = snap.stats();
+        let mut rows: Vec<(String, String, String)> = Vec::new();
+        for f in snap.schema().fields() {
+            rows.push((
+                f.name().clone(),
+                apiary_storage::schema::sql_type_name(f.data_type()),
+                if f.is_nullable() { "" } else { "NOT NULL" }.to_string(),
+            ));
+        }
+        if !snap.partition_columns().is_empty() {
+            rows.push((
+                "# Partition Information".into(),
+                String::new(),
+                String::new(),
+            ));
+            for p in snap.partition_columns() {
+                let dt = snap
+                    .schema()
+                    .field_with_name(p)
+                    .map(|f| apiary_storage::schema::sql_type_name(f.data_type()))
+                    .unwrap_or_default();
+                rows.push((p.clone(), dt, String::new()));
+            }
+        }
+        rows.push(("# Frame Information".into(), String::new(), String::new()));
+        let location = self
+            .lakehouse
+            .storage()
+            .url_for(&apiary_storage::paths::frame_root(&frame))?;
+        for (k, v) in [
+            ("Frame", frame.to_string()),
+            ("Version", snap.version().to_string()),
+            ("Cells", stats.cells.to_string()),
+            ("Rows", stats.rows.to_string()),
+            ("Bytes", stats.bytes.to_string()),
+            ("Partition columns", snap.partition_columns().join(", ")),
+            ("Location", location.to_string()),
+        ] {
+            rows.push((k.to_string(), v, String::new()));
+        }
+        string_batch(
+            &["col_name", "data_type", "comment"],
+            vec![
+                rows.iter().map(|r| r.0.clone()).collect(),
+                rows.iter().map(|r| r.1.clone()).collect(),
+                rows.iter().map(|r| r.2.clone()).collect(),
+            ],
+        )
+    }
+}
+
+fn string_batch(names: &[&str], columns: Vec<Vec<String>>) -> Result<RecordBatch> {
+    let schema = Arc::new(Schema::new(
+        names
+            .iter()
+            .map(|n| Field::new(*n, DataType::Utf8, false))
+            .collect::<Vec<_>>(),
+    ));
+    let arrays: Vec<ArrayRef> = columns
+        .into_iter()
+        .map(|c| Arc::new(StringArray::from(c)) as ArrayRef)
+        .collect();
+    Ok(RecordBatch::try_new(schema, arrays)?)
+}
+
+pub(super) fn one_batch_stream(batch: RecordBatch) -> SendableRecordBatchStream {
+    let schema = batch.schema();
+    Box::pin(RecordBatchStreamAdapter::new(
+        schema,
+        futures::stream::iter(vec![Ok(batch)]),
+    ))
+}

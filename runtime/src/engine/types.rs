@@ -1,0 +1,174 @@
+//! The engine's public types: configuration, sessions, statements, pins, outputs and plans.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+
+use apiary_storage::{FrameRef, Ident};
+use arrow::array::RecordBatch;
+use arrow::datatypes::{Field, SchemaRef};
+use datafusion::catalog::CatalogProvider;
+use datafusion::execution::SendableRecordBatchStream;
+use datafusion::execution::context::SessionState;
+use datafusion::execution::session_state::SessionStateBuilder;
+use datafusion::physical_plan::{ExecutionPlan, execute_stream};
+
+use crate::error::Result;
+use crate::sql::Command;
+
+/// Knobs of the SQL engine.
+#[derive(Debug, Clone)]
+pub struct EngineConfig {
+    /// Partitions DataFusion splits a query into.
+    pub target_partitions: usize,
+    /// Rows per batch.
+    pub batch_size: usize,
+    /// DataFusion options (`datafusion.execution.…` = value) applied on top of Apiary's.
+    pub datafusion_options: Vec<(String, String)>,
+}
+
+impl Default for EngineConfig {
+    fn default() -> Self {
+        Self {
+            target_partitions: std::thread::available_parallelism()
+                .map(|n| n.get())
+                .unwrap_or(1),
+            batch_size: 8192,
+            datafusion_options: Vec::new(),
+        }
+    }
+}
+
+/// The per-client state a statement runs in. Carried by the client (Flight session options or
+/// token), never kept by the node.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Session {
+    pub hive: Ident,
+    pub box_name: Ident,
+    pub user: String,
+}
+
+impl Session {
+    pub fn new(user: impl Into<String>) -> Self {
+        Self {
+            hive: Ident::default_hive(),
+            box_name: Ident::default_box(),
+            user: user.into(),
+        }
+    }
+}
+
+/// One parsed statement. Everything the rest of the system asks about it is worked out once,
+/// when it is parsed.
+#[derive(Debug, Clone)]
+pub struct Statement {
+    /// The statement text, with `?` markers rewritten to `$n`.
+    pub text: String,
+    pub command: Command,
+    /// Number of parameters the statement takes.
+    pub params: usize,
+    /// Whether it returns a result set (a query) rather than a count.
+    pub returns_rows: bool,
+    /// For `EXPLAIN [VERBOSE] <query>` (not `EXPLAIN ANALYZE`): the explained query, whose
+    /// distributed plan EXPLAIN shows too.
+    pub explained: Option<String>,
+}
+
+impl Statement {
+    pub fn returns_rows(&self) -> bool {
+        self.returns_rows
+    }
+}
+
+/// Frame versions a statement was planned against.
+pub type Pins = BTreeMap<FrameRef, i64>;
+
+/// What a statement produced.
+pub enum Output {
+    /// A result set, streamed.
+    Rows(SendableRecordBatchStream),
+    /// Rows written by INSERT / CTAS.
+    Count(u64),
+    /// DDL or USE: nothing to return.
+    Done,
+}
+
+impl std::fmt::Debug for Output {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Output::Rows(s) => write!(f, "Rows({:?})", s.schema()),
+            Output::Count(n) => write!(f, "Count({n})"),
+            Output::Done => write!(f, "Done"),
+        }
+    }
+}
+
+/// A planned query, ready to execute.
+pub struct PlannedQuery {
+    pub schema: SchemaRef,
+    pub plan: Arc<dyn ExecutionPlan>,
+    pub pins: Pins,
+    /// It reads only `system.*` tables (status queries, which run without a bee).
+    pub system_only: bool,
+    pub(crate) state: SessionState,
+}
+
+impl std::fmt::Debug for PlannedQuery {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("PlannedQuery")
+            .field("schema", &self.schema)
+            .field("pins", &self.pins)
+            .finish_non_exhaustive()
+    }
+}
+
+impl PlannedQuery {
+    /// Start executing; batches are produced as the stream is polled.
+    pub fn execute(&self) -> Result<SendableRecordBatchStream> {
+        Ok(execute_stream(self.plan.clone(), self.state.task_ctx())?)
+    }
+
+    /// A "plan" that yields one ready batch (for rows computed outside DataFusion).
+    pub fn from_batch(batch: RecordBatch) -> Result<PlannedQuery> {
+        Self::from_batch_in(batch, SessionStateBuilder::new().build())
+    }
+
+    /// [`PlannedQuery::from_batch`] with the session state the plan should carry.
+    pub fn from_batch_in(batch: RecordBatch, state: SessionState) -> Result<PlannedQuery> {
+        let schema = batch.schema();
+        let plan = datafusion::datasource::memory::MemorySourceConfig::try_new_exec(
+            &[vec![batch]],
+            schema.clone(),
+            None,
+        )?;
+        Ok(PlannedQuery {
+            schema,
+            plan,
+            pins: Pins::new(),
+            system_only: false,
+            state,
+        })
+    }
+
+    /// Start executing with another task context (a bee's memory pool and scratch space).
+    pub fn execute_with(
+        &self,
+        ctx: Arc<datafusion::execution::TaskContext>,
+    ) -> Result<SendableRecordBatchStream> {
+        Ok(execute_stream(self.plan.clone(), ctx)?)
+    }
+}
+
+/// What a prepared statement looks like before it runs.
+#[derive(Debug, Clone)]
+pub struct StatementInfo {
+    pub returns_rows: bool,
+    /// Result schema (empty for statements that return a count).
+    pub schema: SchemaRef,
+    /// One field per parameter `$1..$n`, typed when DataFusion could infer it.
+    pub parameters: Vec<Field>,
+}
+
+/// Provides the read-only `system` hive (node status); implemented by the node.
+pub trait SystemCatalog: Send + Sync + std::fmt::Debug {
+    fn catalog(&self) -> Arc<dyn CatalogProvider>;
+}

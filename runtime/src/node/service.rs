@@ -1,0 +1,140 @@
+//! The node as the server and status views see it: [`QueryService`] and [`StatusSource`].
+
+use std::sync::atomic::Ordering;
+
+use apiary_storage::{BoxRef, FrameRef, Ident};
+use arrow::datatypes::SchemaRef;
+use datafusion::common::ScalarValue;
+use datafusion::execution::SendableRecordBatchStream;
+
+use super::Node;
+use crate::engine::{Pins, Session, Statement, StatementInfo};
+use crate::error::{Error, Result};
+use crate::service::{IngestRequest, Planned, QueryRequest, QueryService};
+use crate::status::{NodeStatus, StatusSource};
+
+#[async_trait::async_trait]
+impl QueryService for Node {
+    fn parse(&self, sql: &str) -> Result<Vec<Statement>> {
+        self.engine.parse(sql)
+    }
+
+    async fn plan(
+        &self,
+        session: &Session,
+        stmt: &Statement,
+        params: Option<Vec<ScalarValue>>,
+    ) -> Result<Planned> {
+        let planned = self
+            .engine
+            .plan_query(session, stmt, params, &Pins::new())
+            .await?;
+        Ok(Planned {
+            schema: planned.schema,
+            pins: planned.pins,
+        })
+    }
+
+    async fn statement_info(&self, session: &Session, stmt: &Statement) -> Result<StatementInfo> {
+        self.engine.statement_info(session, stmt).await
+    }
+
+    async fn query(&self, request: QueryRequest) -> Result<SendableRecordBatchStream> {
+        if crate::cancel::requested(self.storage(), &request.query_id).await? {
+            return Err(Error::Cancelled);
+        }
+        let stmt = self.engine.parse_one(&request.sql)?;
+        Node::query(
+            self,
+            &request.query_id,
+            &request.session,
+            &stmt,
+            request.params,
+            &request.pins,
+        )
+        .await
+    }
+
+    async fn update(
+        &self,
+        session: &Session,
+        stmt: &Statement,
+        params: Vec<Vec<ScalarValue>>,
+    ) -> Result<(u64, Session)> {
+        let query_id = uuid::Uuid::now_v7().to_string();
+        Node::update(self, &query_id, session, stmt, params).await
+    }
+
+    async fn ingest(
+        &self,
+        request: IngestRequest,
+        schema: Option<SchemaRef>,
+        data: SendableRecordBatchStream,
+    ) -> Result<u64> {
+        self.ingest_stream(request, schema, data).await
+    }
+
+    async fn list_hives(&self) -> Result<Vec<Ident>> {
+        Ok(self.lakehouse.catalog().list_hives().await?)
+    }
+
+    async fn list_boxes(&self, hive: Option<&Ident>) -> Result<Vec<BoxRef>> {
+        Ok(self.lakehouse.catalog().list_boxes(hive).await?)
+    }
+
+    async fn list_frames(&self, b: &BoxRef) -> Result<Vec<Ident>> {
+        Ok(self.lakehouse.catalog().list_frames(b).await?)
+    }
+
+    async fn frame_schema(&self, frame: &FrameRef) -> Result<Option<SchemaRef>> {
+        match self.lakehouse.frame(frame, None).await {
+            Ok(s) => Ok(Some(s.schema().clone())),
+            Err(apiary_storage::Error::NotFound { .. }) => Ok(None),
+            Err(e) => Err(e.into()),
+        }
+    }
+
+    async fn hive_exists(&self, hive: &Ident) -> Result<bool> {
+        Ok(self.lakehouse.catalog().hive_exists(hive).await?)
+    }
+
+    async fn box_exists(&self, b: &BoxRef) -> Result<bool> {
+        Ok(self.lakehouse.catalog().box_exists(b).await?)
+    }
+
+    async fn cancel(&self, query_id: &str) -> Result<()> {
+        let here = self.queries.cancel(query_id);
+        // Other nodes redeeming the ticket, and fragments elsewhere, see the marker.
+        crate::cancel::write_marker(self.storage(), query_id).await?;
+        tracing::debug!(query_id, here, "cancel requested");
+        Ok(())
+    }
+}
+
+impl StatusSource for Node {
+    fn status(&self) -> NodeStatus {
+        let load = self.bees.load();
+        NodeStatus {
+            node_id: self.config.node_id.clone(),
+            flight_url: self.config.advertise_url.clone(),
+            cores: std::thread::available_parallelism()
+                .map(|n| n.get())
+                .unwrap_or(1),
+            bees: self.config.bees.bees,
+            memory_budget: self.config.bees.memory_budget,
+            bee_memory_budget: self.bees.bee_budget(),
+            storage: self.storage().display_url().to_string(),
+            version: env!("CARGO_PKG_VERSION"),
+            started_at: self.started_at,
+            uptime: self.started.elapsed(),
+            queries_total: self.queries_total.load(Ordering::Relaxed),
+            distributed: self.dist.metrics.stats(),
+            cache: self.cache.as_ref().map(|c| c.stats()),
+            temperature: self.bees.temperature(),
+            load,
+            bee_slots: self.bees.status(),
+            queries: self.queries.status(),
+            swarm: self.world.nodes(),
+        }
+    }
+}

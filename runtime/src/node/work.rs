@@ -1,0 +1,297 @@
+//! The node's work: queries (in a bee, or spread over the swarm), statements without results,
+//! and bulk ingest — each registered in `system.runtime.queries` while it runs.
+
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+use std::time::Instant;
+
+use arrow::datatypes::SchemaRef;
+use datafusion::common::ScalarValue;
+use datafusion::execution::SendableRecordBatchStream;
+use datafusion::execution::runtime_env::RuntimeEnv;
+use futures::{StreamExt, TryStreamExt};
+use tracing::info;
+
+use super::Node;
+use crate::bees::BeeLease;
+use crate::distributed;
+use crate::distributed::DistributedRun;
+use crate::engine::{Output, Pins, PlanTarget, PlannedQuery, Session, Statement};
+use crate::error::{Error, Result};
+use crate::queries::{QueryGuard, TrackedStream};
+use crate::service::IngestRequest;
+use crate::swarm::NodeState;
+
+/// What a result stream keeps alive until it is dropped.
+#[derive(Debug)]
+enum Held {
+    /// Status queries and EXPLAIN: nothing.
+    Nothing,
+    /// The bee the query runs in.
+    Bee(#[allow(dead_code)] BeeLease),
+    /// A distributed query's run (its monitor; cleanup when dropped).
+    Distributed(#[allow(dead_code)] DistributedRun),
+}
+
+impl Node {
+    /// Register a query (it shows in `system.runtime.queries` until the guard drops).
+    pub(super) fn register(&self, query_id: &str, user: &str, sql: &str) -> QueryGuard {
+        self.queries_total.fetch_add(1, Ordering::Relaxed);
+        self.queries.register(query_id, user, sql)
+    }
+
+    /// Run a query; the stream holds what the query uses (a bee, or a distributed run) until it
+    /// ends or is dropped. Several parameter rows run as several statements, one after the
+    /// other.
+    ///
+    /// Status queries (only `system.*`) and EXPLAIN take no bee, so they answer on a saturated
+    /// node. A query over enough cells on a swarm of two or more is cut into fragments for the
+    /// swarm; its coordinator part runs outside the bee slots (with a bee-sized memory pool), so
+    /// that this node's own bees stay free for the fragments it is assigned. Everything else
+    /// runs in a bee.
+    pub async fn query(
+        &self,
+        query_id: &str,
+        session: &Session,
+        stmt: &Statement,
+        param_rows: Vec<Vec<ScalarValue>>,
+        pins: &Pins,
+    ) -> Result<SendableRecordBatchStream> {
+        let mut guard = self.register(query_id, &session.user, &stmt.text);
+        let param_sets: Vec<Option<Vec<ScalarValue>>> = if param_rows.is_empty() {
+            vec![None]
+        } else {
+            param_rows.into_iter().map(Some).collect()
+        };
+        // On a swarm, plan for every bee of it, so that aggregations and sorts split into
+        // partial and final steps that fragments can run.
+        let swarm_bees: usize = self
+            .world
+            .nodes()
+            .iter()
+            .filter(|v| v.state == NodeState::Alive)
+            .map(|v| v.heartbeat.bees_total.max(1) as usize)
+            .sum();
+        let target = PlanTarget {
+            env: None,
+            partitions: (swarm_bees > self.config.bees.bees).then_some(swarm_bees),
+        };
+        let mut plans = Vec::with_capacity(param_sets.len());
+        for params in param_sets {
+            plans.push(
+                self.engine
+                    .plan_query_for(session, stmt, params, pins, target)
+                    .await?,
+            );
+        }
+        let schema = plans[0].schema.clone();
+        let timeout = self.config.bees.query_timeout;
+        let mut deadline = Instant::now() + timeout;
+        let mut explain_budget: Option<Box<dyn Fn(Error) -> Error + Send>> = None;
+        let (ctx, held) = if plans[0].system_only || stmt.explained.is_some() {
+            (
+                self.engine.task_context(&self.coordinator_env()?),
+                Held::Nothing,
+            )
+        } else if let Some(proposal) = (plans.len() == 1)
+            .then(|| distributed::propose(&self.dist, &plans[0].plan))
+            .flatten()
+        {
+            let (root, run) = distributed::start(
+                &self.dist,
+                query_id,
+                &stmt.text,
+                &plans[0].plan,
+                proposal,
+                timeout,
+            )
+            .await?;
+            self.dist
+                .metrics
+                .coordinated
+                .fetch_add(1, Ordering::Relaxed);
+            plans[0].plan = root;
+            guard.entry().set_bee(None);
+            (
+                self.engine.task_context(&self.coordinator_env()?),
+                Held::Distributed(run),
+            )
+        } else {
+            let lease = guard.admit(&self.bees).await?;
+            deadline = lease.deadline();
+            explain_budget = Some(Box::new(lease.explainer()));
+            (self.engine.task_context(lease.env()), Held::Bee(lease))
+        };
+        if let Some(inner) = &stmt.explained {
+            // EXPLAIN shows, besides DataFusion's plan, how the swarm would run the query.
+            if let Some(batch) = self.explain_distributed(session, inner, pins).await? {
+                plans.push(PlannedQuery::from_batch(batch)?);
+            }
+        }
+        let cpu_schema = schema.clone();
+        let stream = self.cpu.stream(schema, move || {
+            let streams = futures::stream::iter(plans)
+                .map(move |p: PlannedQuery| {
+                    p.execute_with(ctx.clone())
+                        .map_err(datafusion::error::DataFusionError::from)
+                })
+                .try_flatten();
+            Ok(Box::pin(
+                datafusion::physical_plan::stream::RecordBatchStreamAdapter::new(
+                    cpu_schema, streams,
+                ),
+            ) as SendableRecordBatchStream)
+        });
+        guard.watch_storage(self.storage().clone());
+        let mut tracked = TrackedStream::new(stream, guard, held).with_deadline(deadline, timeout);
+        if let Some(f) = explain_budget {
+            tracked = tracked.with_error_map(f);
+        }
+        Ok(tracked.boxed())
+    }
+
+    /// A memory pool the size of one bee that takes no bee slot (coordinators, status queries).
+    fn coordinator_env(&self) -> Result<Arc<RuntimeEnv>> {
+        Ok(datafusion::execution::runtime_env::RuntimeEnvBuilder::new()
+            .with_memory_pool(Arc::new(
+                datafusion::execution::memory_pool::FairSpillPool::new(
+                    self.bees.bee_budget() as usize
+                ),
+            ))
+            .with_object_store_registry(
+                self.engine
+                    .base_state()
+                    .runtime_env()
+                    .object_store_registry
+                    .clone(),
+            )
+            .build_arc()?)
+    }
+
+    /// For `EXPLAIN <query>`: one more (plan_type, plan) row with the distributed plan.
+    async fn explain_distributed(
+        &self,
+        session: &Session,
+        inner: &str,
+        pins: &Pins,
+    ) -> Result<Option<arrow::array::RecordBatch>> {
+        let Ok(inner) = self.engine.parse_one(inner) else {
+            return Ok(None);
+        };
+        if !inner.returns_rows() || inner.params > 0 {
+            return Ok(None);
+        }
+        let planned = self.engine.plan_query(session, &inner, None, pins).await?;
+        let text = match distributed::propose(&self.dist, &planned.plan) {
+            Some(p) => distributed::describe(&p),
+            None => format!(
+                "runs on this node ({}): fewer than two live nodes or less than {} bytes of cells\n",
+                self.id(),
+                self.config.distribution.min_bytes
+            ),
+        };
+        let schema = Arc::new(arrow::datatypes::Schema::new(vec![
+            arrow::datatypes::Field::new("plan_type", arrow::datatypes::DataType::Utf8, false),
+            arrow::datatypes::Field::new("plan", arrow::datatypes::DataType::Utf8, false),
+        ]));
+        Ok(Some(arrow::array::RecordBatch::try_new(
+            schema,
+            vec![
+                Arc::new(arrow::array::StringArray::from(vec!["distributed_plan"])),
+                Arc::new(arrow::array::StringArray::from(vec![text])),
+            ],
+        )?))
+    }
+
+    /// Run a statement that returns no result set in a bee, once per parameter row (or once).
+    /// Returns the rows affected and the session afterwards.
+    pub async fn update(
+        &self,
+        query_id: &str,
+        session: &Session,
+        stmt: &Statement,
+        param_rows: Vec<Vec<ScalarValue>>,
+    ) -> Result<(u64, Session)> {
+        let guard = self.register(query_id, &session.user, &stmt.text);
+        let lease = match guard.admit(&self.bees).await {
+            Ok(l) => l,
+            Err(e) => {
+                guard.fail();
+                return Err(e);
+            }
+        };
+        let engine = self.engine.clone();
+        let env = lease.env().clone();
+        let mut session = session.clone();
+        let stmt = stmt.clone();
+        let work = async move {
+            let runs: Vec<Option<Vec<ScalarValue>>> = if param_rows.is_empty() {
+                vec![None]
+            } else {
+                param_rows.into_iter().map(Some).collect()
+            };
+            let mut total = 0u64;
+            for params in runs {
+                total += match engine
+                    .execute_in(Some(&env), &mut session, &stmt, params)
+                    .await?
+                {
+                    Output::Count(n) => n,
+                    Output::Done => 0,
+                    Output::Rows(s) => {
+                        let batches: Vec<arrow::array::RecordBatch> = s.try_collect().await?;
+                        batches.iter().map(|b| b.num_rows() as u64).sum()
+                    }
+                };
+            }
+            Ok((total, session))
+        };
+        let token = guard.entry().cancel_token().clone();
+        let timeout = Some(self.config.bees.query_timeout);
+        match self.cpu.run(work, &token, timeout).await {
+            Ok((n, s)) => {
+                guard.finish(n);
+                Ok((n, s))
+            }
+            Err(e) => {
+                guard.fail();
+                Err(lease.explain(e))
+            }
+        }
+    }
+
+    /// Bulk ingest in a bee, shown in `system.runtime.queries` like any other work.
+    pub async fn ingest_stream(
+        &self,
+        request: IngestRequest,
+        schema: Option<SchemaRef>,
+        data: SendableRecordBatchStream,
+    ) -> Result<u64> {
+        let query_id = uuid::Uuid::now_v7().to_string();
+        let what = format!("INGEST INTO {}", request.frame);
+        let guard = self.register(&query_id, &request.user, &what);
+        let lease = match guard.admit(&self.bees).await {
+            Ok(l) => l,
+            Err(e) => {
+                guard.fail();
+                return Err(e);
+            }
+        };
+        // Batches flow from the client straight into cells; nothing is buffered whole.
+        match self
+            .engine
+            .ingest(&request.frame, &request.mode, schema.as_ref(), data)
+            .await
+        {
+            Ok(rows) => {
+                guard.finish(rows);
+                info!(frame = %request.frame, rows, user = %request.user, "ingest committed");
+                Ok(rows)
+            }
+            Err(e) => {
+                guard.fail();
+                Err(lease.explain(e))
+            }
+        }
+    }
+}

@@ -1,0 +1,95 @@
+//! What the server asks of a node: the [`QueryService`] trait. The Flight SQL layer holds an
+//! `Arc<dyn QueryService>` and nothing else of the runtime, so it can be tested against a
+//! stand-in (as InfluxDB 3's Flight layer depends on its `QueryExecutor` trait).
+//!
+//! ```text
+//!  Flight SQL ──▶ QueryService ──▶ Node ──▶ Engine (plan) ─┬─▶ bee ──▶ CpuExecutor ──▶ stream
+//!                                                          └─▶ distributed (swarm) ──▶ stream
+//! ```
+
+use apiary_storage::{BoxRef, FrameRef, Ident};
+use arrow::datatypes::SchemaRef;
+use datafusion::common::ScalarValue;
+use datafusion::execution::SendableRecordBatchStream;
+
+use crate::engine::{Pins, Session, Statement, StatementInfo, WriteMode};
+use crate::error::Result;
+
+/// A query to run: what a ticket carries, decoded.
+#[derive(Debug, Clone)]
+pub struct QueryRequest {
+    /// Names the query in `system.runtime.queries`, cancellation and cancel markers.
+    pub query_id: String,
+    pub session: Session,
+    pub sql: String,
+    /// Bound parameter rows; the statement runs once per row (once when empty).
+    pub params: Vec<Vec<ScalarValue>>,
+    /// Frame versions to read (from planning); frames not listed are read at their latest.
+    pub pins: Pins,
+}
+
+/// A query planned but not run: what GetFlightInfo needs.
+#[derive(Debug, Clone)]
+pub struct Planned {
+    pub schema: SchemaRef,
+    pub pins: Pins,
+}
+
+/// A bulk write into a frame.
+#[derive(Debug, Clone)]
+pub struct IngestRequest {
+    pub frame: FrameRef,
+    pub mode: WriteMode,
+    pub user: String,
+}
+
+/// The node as the server sees it.
+#[async_trait::async_trait]
+pub trait QueryService: Send + Sync + std::fmt::Debug + 'static {
+    /// Split, rewrite `?` markers and classify every statement of `sql`.
+    fn parse(&self, sql: &str) -> Result<Vec<Statement>>;
+
+    /// Plan a query (result schema, pinned versions) without running it.
+    async fn plan(
+        &self,
+        session: &Session,
+        stmt: &Statement,
+        params: Option<Vec<ScalarValue>>,
+    ) -> Result<Planned>;
+
+    /// Result schema and parameter types of a statement (prepared statements).
+    async fn statement_info(&self, session: &Session, stmt: &Statement) -> Result<StatementInfo>;
+
+    /// Run a query; the stream's schema is the result's.
+    async fn query(&self, request: QueryRequest) -> Result<SendableRecordBatchStream>;
+
+    /// Run a statement that returns no result set, once per parameter row (once when empty).
+    /// Returns the rows affected and the session afterwards (`USE` changes it).
+    async fn update(
+        &self,
+        session: &Session,
+        stmt: &Statement,
+        params: Vec<Vec<ScalarValue>>,
+    ) -> Result<(u64, Session)>;
+
+    /// Stream batches into a frame by `request.mode`. `schema` is the incoming data's, if the
+    /// client sent one. Returns the rows written.
+    async fn ingest(
+        &self,
+        request: IngestRequest,
+        schema: Option<SchemaRef>,
+        data: SendableRecordBatchStream,
+    ) -> Result<u64>;
+
+    async fn list_hives(&self) -> Result<Vec<Ident>>;
+    /// Boxes of one hive, or of every hive.
+    async fn list_boxes(&self, hive: Option<&Ident>) -> Result<Vec<BoxRef>>;
+    async fn list_frames(&self, b: &BoxRef) -> Result<Vec<Ident>>;
+    /// A frame's schema at its latest version; `None` if it does not exist (any more).
+    async fn frame_schema(&self, frame: &FrameRef) -> Result<Option<SchemaRef>>;
+    async fn hive_exists(&self, hive: &Ident) -> Result<bool>;
+    async fn box_exists(&self, b: &BoxRef) -> Result<bool>;
+
+    /// Cancel a query wherever it runs: here at once, elsewhere through a cancel marker.
+    async fn cancel(&self, query_id: &str) -> Result<()>;
+}

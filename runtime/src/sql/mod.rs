@@ -1,0 +1,270 @@
+//! Apiary's SQL surface on top of DataFusion's: statement splitting, placeholder rewriting, and
+//! the namespace commands DataFusion does not know (`CREATE HIVE`, `USE`, `SHOW FRAMES`, ...).
+//!
+//! Everything works on sqlparser's tokens with their source spans, so rewritten SQL keeps the
+//! user's text byte for byte outside the parts we touch (string literals, comments, quoting).
+
+use datafusion::sql::sqlparser::dialect::GenericDialect;
+use datafusion::sql::sqlparser::tokenizer::{Location, Token, TokenWithSpan, Tokenizer};
+
+use crate::error::{Error, Result};
+
+mod classify;
+
+use classify::Cursor;
+pub use classify::{Command, NameParts, classify};
+
+/// A tokenised SQL text with the byte range of every token.
+pub(super) struct Lexed<'a> {
+    pub(super) text: &'a str,
+    pub(super) tokens: Vec<(Token, std::ops::Range<usize>)>,
+}
+
+pub(super) fn lex(text: &str) -> Result<Lexed<'_>> {
+    let dialect = GenericDialect {};
+    let tokens: Vec<TokenWithSpan> = Tokenizer::new(&dialect, text)
+        .tokenize_with_location()
+        .map_err(|e| Error::Sql(e.to_string()))?;
+    // Byte offset of the start of every line (1-based lines, columns counted in chars).
+    let mut line_starts = vec![0usize];
+    for (i, b) in text.bytes().enumerate() {
+        if b == b'\n' {
+            line_starts.push(i + 1);
+        }
+    }
+    let offset = |loc: Location| -> usize {
+        let line = (loc.line as usize).saturating_sub(1);
+        let Some(&start) = line_starts.get(line) else {
+            return text.len();
+        };
+        let col = (loc.column as usize).saturating_sub(1);
+        text[start..]
+            .char_indices()
+            .nth(col)
+            .map(|(i, _)| start + i)
+            .unwrap_or(text.len())
+    };
+    let mut out = Vec::with_capacity(tokens.len());
+    for (i, t) in tokens.iter().enumerate() {
+        let start = offset(t.span.start);
+        // Spans end inclusively at the last character on some tokens and exclusively on others;
+        // the next token's start is the reliable end.
+        let end = tokens
+            .get(i + 1)
+            .map(|n| offset(n.span.start))
+            .unwrap_or(text.len());
+        out.push((t.token.clone(), start..end.max(start)));
+    }
+    Ok(Lexed { text, tokens: out })
+}
+
+pub(super) fn is_trivia(t: &Token) -> bool {
+    matches!(t, Token::Whitespace(_))
+}
+
+/// Split a text holding several statements separated by `;` (outside strings and comments).
+/// Empty statements are dropped.
+pub fn split_statements(text: &str) -> Result<Vec<String>> {
+    let lexed = lex(text)?;
+    let mut out = Vec::new();
+    let mut start = 0usize;
+    let mut meaningful = false;
+    for (tok, range) in &lexed.tokens {
+        match tok {
+            Token::SemiColon => {
+                if meaningful {
+                    out.push(lexed.text[start..range.start].trim().to_string());
+                }
+                start = range.end;
+                meaningful = false;
+            }
+            t if is_trivia(t) || matches!(t, Token::EOF) => {}
+            _ => meaningful = true,
+        }
+    }
+    if meaningful {
+        out.push(lexed.text[start..].trim().to_string());
+    }
+    Ok(out)
+}
+
+/// Rewrite positional `?` markers to `$1..$n` (DataFusion reads every bare `?` as one and the same
+/// parameter). Returns the new text and the number of parameters the statement takes. Mixing `?`
+/// with `$n` in one statement is refused.
+pub fn rewrite_placeholders(text: &str) -> Result<(String, usize)> {
+    let lexed = lex(text)?;
+    let mut out = String::with_capacity(text.len() + 8);
+    let mut last = 0usize;
+    let mut questions = 0usize;
+    let mut max_dollar = 0usize;
+    for (tok, range) in &lexed.tokens {
+        if let Token::Placeholder(p) = tok {
+            if p == "?" {
+                questions += 1;
+                out.push_str(&lexed.text[last..range.start]);
+                out.push_str(&format!("${questions}"));
+                // The placeholder token is one character; keep whatever followed it in the range.
+                let after = range.start + 1;
+                out.push_str(&lexed.text[after..range.end]);
+                last = range.end;
+            } else if let Some(n) = p.strip_prefix('$').and_then(|n| n.parse::<usize>().ok()) {
+                max_dollar = max_dollar.max(n);
+            }
+        }
+    }
+    out.push_str(&lexed.text[last..]);
+    if questions > 0 && max_dollar > 0 {
+        return Err(Error::Sql(
+            "a statement may use ? or $n parameters, not both".into(),
+        ));
+    }
+    Ok((out, questions.max(max_dollar)))
+}
+
+/// For `EXPLAIN [VERBOSE] <statement>` (not `EXPLAIN ANALYZE`, which runs the statement): the
+/// explained statement's text. Comments between the words are skipped like whitespace.
+pub fn explained(text: &str) -> Option<String> {
+    let lexed = lex(text).ok()?;
+    let c = Cursor::new(&lexed);
+    if c.peek_word(0).as_deref() != Some("EXPLAIN") {
+        return None;
+    }
+    let at = if c.peek_word(1).as_deref() == Some("VERBOSE") {
+        2
+    } else {
+        1
+    };
+    if c.peek_word(at).as_deref() == Some("ANALYZE") {
+        return None;
+    }
+    let (_, range) = c.toks.get(at)?;
+    Some(text[range.start..].to_string())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn splits_on_top_level_semicolons_only() {
+        let s = split_statements("select ';' ; -- c;\n select 2;;").unwrap();
+        assert_eq!(
+            s,
+            vec!["select ';'".to_string(), "-- c;\n select 2".to_string()]
+        );
+    }
+
+    #[test]
+    fn rewrites_question_marks() {
+        let (t, n) = rewrite_placeholders("select ? , '?' , ?+1 from t where a = ?").unwrap();
+        assert_eq!(t, "select $1 , '?' , $2+1 from t where a = $3");
+        assert_eq!(n, 3);
+        let (t, n) = rewrite_placeholders("select $2, $1").unwrap();
+        assert_eq!(t, "select $2, $1");
+        assert_eq!(n, 2);
+        assert!(rewrite_placeholders("select ?, $1").is_err());
+        let (t, _) = rewrite_placeholders("select 'é', ?").unwrap();
+        assert_eq!(t, "select 'é', $1");
+    }
+
+    #[test]
+    fn namespace_commands() {
+        assert_eq!(
+            classify("create hive if not exists Sales").unwrap(),
+            Command::CreateHive {
+                name: "sales".into(),
+                if_not_exists: true
+            }
+        );
+        assert_eq!(
+            classify("CREATE SCHEMA h.b").unwrap(),
+            Command::CreateBox {
+                name: vec!["h".into(), "b".into()],
+                if_not_exists: false
+            }
+        );
+        assert_eq!(
+            classify("drop box if exists b cascade").unwrap(),
+            Command::DropBox {
+                name: vec!["b".into()],
+                if_exists: true,
+                cascade: true
+            }
+        );
+        assert_eq!(
+            classify("use h.b").unwrap(),
+            Command::Use {
+                hive: Some("h".into()),
+                box_name: Some("b".into())
+            }
+        );
+        assert_eq!(
+            classify("USE HIVE h").unwrap(),
+            Command::Use {
+                hive: Some("h".into()),
+                box_name: None
+            }
+        );
+        assert_eq!(
+            classify("show frames in h.b").unwrap(),
+            Command::ShowFrames {
+                scope: Some(vec!["h".into(), "b".into()])
+            }
+        );
+        assert_eq!(
+            classify("describe h.b.f").unwrap(),
+            Command::Describe {
+                name: vec!["h".into(), "b".into(), "f".into()]
+            }
+        );
+        assert!(matches!(
+            classify("delete from t").unwrap(),
+            Command::Unsupported(_)
+        ));
+        assert!(classify("use a.b.c").is_err());
+    }
+
+    #[test]
+    fn strips_partitioned_by() {
+        let c = classify("CREATE TABLE t (region VARCHAR, x INT) PARTITIONED BY (region)").unwrap();
+        match c {
+            Command::Sql { text, partition_by } => {
+                assert_eq!(partition_by, vec!["region".to_string()]);
+                assert!(!text.to_ascii_uppercase().contains("PARTITIONED"));
+                assert!(text.contains("(region VARCHAR, x INT)"));
+            }
+            other => panic!("{other:?}"),
+        }
+        let c = classify("create table t partitioned by (a) as select 1 as a, 2 as b").unwrap();
+        match c {
+            Command::Sql { text, partition_by } => {
+                assert_eq!(partition_by, vec!["a".to_string()]);
+                assert!(text.contains("as select 1 as a"));
+            }
+            other => panic!("{other:?}"),
+        }
+    }
+
+    #[test]
+    fn query_detection() {
+        assert!(classify("select 1").unwrap().returns_rows());
+        assert!(classify("(select 1)").unwrap().returns_rows());
+        assert!(
+            classify("with a as (select 1) select * from a")
+                .unwrap()
+                .returns_rows()
+        );
+        assert!(classify("explain select 1").unwrap().returns_rows());
+        assert_eq!(explained("explain select 1").as_deref(), Some("select 1"));
+        assert_eq!(
+            explained("EXPLAIN /* c */ VERBOSE\n select 2").as_deref(),
+            Some("select 2")
+        );
+        assert_eq!(explained("explain analyze select 1"), None);
+        assert_eq!(explained("explain /* c */ analyze select 1"), None);
+        assert_eq!(explained("select 1"), None);
+        assert!(classify("show hives").unwrap().returns_rows());
+        assert!(!classify("insert into t values (1)").unwrap().returns_rows());
+        assert!(!classify("create table t (a int)").unwrap().returns_rows());
+    }
+}

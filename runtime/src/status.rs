@@ -1,0 +1,74 @@
+//! One snapshot of a node's state, read by everything that shows it: the `system.*` tables
+//! (the system module) and the server's `/metrics` and `/healthz` render the same
+//! [`NodeStatus`], taken from a [`StatusSource`] (the node implements it).
+
+use std::time::Duration;
+
+use chrono::{DateTime, Utc};
+
+use crate::bees::BeeStatus;
+use crate::cache::CacheStats;
+use crate::colony::{Load, Temperature};
+use crate::swarm::NodeView;
+
+/// Provides status snapshots; implemented by the node.
+pub trait StatusSource: Send + Sync + std::fmt::Debug {
+    fn status(&self) -> NodeStatus;
+}
+
+/// A node's state at one instant.
+#[derive(Debug, Clone)]
+pub struct NodeStatus {
+    pub node_id: String,
+    pub flight_url: String,
+    pub cores: usize,
+    pub bees: usize,
+    pub memory_budget: u64,
+    pub bee_memory_budget: u64,
+    /// The storage root, for display (no credentials).
+    pub storage: String,
+    pub version: &'static str,
+    pub started_at: DateTime<Utc>,
+    pub uptime: Duration,
+    /// Queries and statements started since the node started.
+    pub queries_total: u64,
+    pub distributed: DistributedStats,
+    /// `None` without a cell cache (local roots).
+    pub cache: Option<CacheStats>,
+    pub load: Load,
+    pub temperature: Temperature,
+    pub bee_slots: Vec<BeeStatus>,
+    /// Running and queued queries and fragments, oldest first.
+    pub queries: Vec<QueryStatus>,
+    /// The swarm as this node sees it, sorted by node id.
+    pub swarm: Vec<NodeView>,
+}
+
+/// Figures of distributed execution on one node.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct DistributedStats {
+    /// LIST requests on this node's inbox.
+    pub inbox_polls: u64,
+    /// Fragments this node executed.
+    pub fragments: u64,
+    /// Distributed queries this node coordinated.
+    pub coordinated: u64,
+    /// Posting to claiming of recent fragments: (p50, p95) in seconds, and how many.
+    pub dispatch_p50: f64,
+    pub dispatch_p95: f64,
+    pub dispatch_count: usize,
+}
+
+/// One running or queued query (or fragment).
+#[derive(Debug, Clone)]
+pub struct QueryStatus {
+    pub id: String,
+    pub user: String,
+    pub queued: bool,
+    pub bee: Option<usize>,
+    pub started_at: DateTime<Utc>,
+    pub elapsed: Duration,
+    pub rows: u64,
+    pub bytes: u64,
+    pub sql: String,
+}

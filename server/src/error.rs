@@ -1,0 +1,236 @@
+//! The server's error type and the one place where errors become gRPC statuses: one exhaustive
+//! match picks the code and the log level per variant, and keeps messages short and free of
+//! secrets (internal failures are logged in full and answered with a reference id only).
+//!
+//! Handlers return `Result<_, Error>` and use `?`; the Flight trait methods convert at the
+//! boundary (`From<Error> for Status`). Arrow failures are split by whose they are: bytes a
+//! client sent that do not decode are INVALID_ARGUMENT ([`Error::ClientData`]); failing to build
+//! our own batches or schemas is INTERNAL ([`Error::Encode`]), as in arrow-flight's own mapping.
+
+use apiary_runtime::Error as RtError;
+use apiary_storage::Error as StError;
+use tonic::Status;
+use tracing::{error, info, warn};
+
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// From the runtime (and through it, storage and DataFusion).
+    #[error(transparent)]
+    Runtime(#[from] RtError),
+
+    /// The request is malformed or names something wrong.
+    #[error("{0}")]
+    InvalidArgument(String),
+
+    /// Data the client sent (parameters, ingest batches, commands) does not decode.
+    #[error("{context}: {source}")]
+    ClientData {
+        context: &'static str,
+        source: arrow::error::ArrowError,
+    },
+
+    /// A Flight feature this server does not offer.
+    #[error("{0}")]
+    Unimplemented(String),
+
+    /// The caller may not use what it names (another user's ticket or handle).
+    #[error("{0}")]
+    PermissionDenied(String),
+
+    /// The target already exists (ingest with `if_exists = fail`).
+    #[error("{0}")]
+    AlreadyExists(String),
+
+    /// Building one of our own responses failed: a bug, never the client's fault.
+    #[error("building {context}: {source}")]
+    Encode {
+        context: &'static str,
+        source: Box<dyn std::error::Error + Send + Sync>,
+    },
+
+    /// A status from the transport (a client stream that failed mid-way).
+    #[error("{0}")]
+    Transport(Box<Status>),
+}
+
+pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+impl Error {
+    pub fn invalid(msg: impl Into<String>) -> Self {
+        Error::InvalidArgument(msg.into())
+    }
+
+    pub fn client_data(context: &'static str) -> impl FnOnce(arrow::error::ArrowError) -> Self {
+        move |source| Error::ClientData { context, source }
+    }
+
+    pub fn encode<E: std::error::Error + Send + Sync + 'static>(
+        context: &'static str,
+    ) -> impl FnOnce(E) -> Self {
+        move |source| Error::Encode {
+            context,
+            source: Box::new(source),
+        }
+    }
+}
+
+impl From<StError> for Error {
+    fn from(e: StError) -> Self {
+        Error::Runtime(RtError::Storage(e))
+    }
+}
+
+impl From<arrow_flight::error::FlightError> for Error {
+    fn from(e: arrow_flight::error::FlightError) -> Self {
+        use arrow_flight::error::FlightError as F;
+        match e {
+            F::Tonic(s) => Error::Transport(s),
+            F::Arrow(source) => Error::ClientData {
+                context: "Arrow data",
+                source,
+            },
+            other => Error::InvalidArgument(other.to_string()),
+        }
+    }
+}
+
+impl From<Error> for Status {
+    fn from(e: Error) -> Self {
+        match e {
+            Error::Runtime(e) => runtime_status(e),
+            Error::InvalidArgument(msg) => {
+                info!(%msg, "invalid request");
+                Status::invalid_argument(msg)
+            }
+            e @ Error::ClientData { .. } => {
+                info!(error = %e, "undecodable client data");
+                Status::invalid_argument(e.to_string())
+            }
+            Error::Unimplemented(msg) => Status::unimplemented(msg),
+            Error::PermissionDenied(msg) => {
+                warn!(%msg, "permission denied");
+                Status::permission_denied(msg)
+            }
+            Error::AlreadyExists(msg) => Status::already_exists(msg),
+            e @ Error::Encode { .. } => internal(&e.to_string()),
+            Error::Transport(s) => *s,
+        }
+    }
+}
+
+/// Map a runtime error to the status a client sees.
+fn runtime_status(e: RtError) -> Status {
+    match e {
+        RtError::Sql(msg) => Status::invalid_argument(msg),
+        RtError::Storage(s) => storage_status(s),
+        e @ RtError::Unsupported(_) => Status::unimplemented(e.to_string()),
+        RtError::ResourceExhausted(msg) => {
+            warn!(%msg, "resource exhausted");
+            Status::resource_exhausted(msg)
+        }
+        RtError::Unavailable(msg) => {
+            warn!(%msg, "unavailable");
+            Status::unavailable(msg)
+        }
+        e @ RtError::Cancelled => Status::cancelled(e.to_string()),
+        e @ RtError::Timeout(_) => Status::deadline_exceeded(e.to_string()),
+        e @ RtError::Abandoned { .. } => {
+            warn!(error = %e, "task abandoned");
+            Status::aborted(e.to_string())
+        }
+        RtError::Internal(msg) => internal(&msg),
+    }
+}
+
+fn storage_status(e: StError) -> Status {
+    match e {
+        e @ StError::NotFound { .. } => Status::not_found(e.to_string()),
+        e @ StError::AlreadyExists { .. } => Status::already_exists(e.to_string()),
+        e @ StError::NotEmpty { .. } => Status::failed_precondition(e.to_string()),
+        e @ (StError::InvalidName { .. } | StError::Schema(_) | StError::InvalidArgument(_)) => {
+            Status::invalid_argument(e.to_string())
+        }
+        e @ StError::Unsupported(_) => Status::unimplemented(e.to_string()),
+        e @ StError::Conflict { .. } => Status::aborted(e.to_string()),
+        StError::DataFusion(df) => runtime_status(RtError::from(*df)),
+        StError::Arrow(a) => Status::invalid_argument(a.to_string()),
+        e @ StError::UnsupportedFormat { .. } => {
+            // A newer node wrote it: a rolling upgrade, retryable once this node is upgraded.
+            warn!(error = %e, "object of an unsupported format");
+            Status::unavailable(e.to_string())
+        }
+        e @ (StError::ObjectStore(_)
+        | StError::Delta(_)
+        | StError::Parquet(_)
+        | StError::Unreadable { .. }
+        | StError::Internal(_)) => internal(&e.to_string()),
+    }
+}
+
+/// An internal failure: full detail in the log, a reference id for the client.
+fn internal(detail: &str) -> Status {
+    let id = uuid::Uuid::new_v4().simple().to_string();
+    let id = &id[..12];
+    error!(error_id = id, detail, "internal error");
+    Status::internal(format!(
+        "internal error (reference {id}; details in the server log)"
+    ))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use apiary_storage::ObjectKind;
+    use tonic::Code;
+
+    fn code(e: impl Into<Error>) -> Code {
+        Status::from(e.into()).code()
+    }
+
+    #[test]
+    fn codes() {
+        assert_eq!(code(RtError::Sql("x".into())), Code::InvalidArgument);
+        assert_eq!(
+            code(StError::NotFound {
+                kind: ObjectKind::Frame,
+                name: "a.b.c".into()
+            }),
+            Code::NotFound
+        );
+        assert_eq!(
+            code(StError::AlreadyExists {
+                kind: ObjectKind::Hive,
+                name: "h".into()
+            }),
+            Code::AlreadyExists
+        );
+        assert_eq!(code(RtError::Unsupported("x".into())), Code::Unimplemented);
+        let s = Status::from(Error::from(RtError::Internal("secret path /etc/x".into())));
+        assert_eq!(s.code(), Code::Internal);
+        assert!(!s.message().contains("/etc/x"));
+        assert_eq!(code(RtError::Unavailable("busy".into())), Code::Unavailable);
+    }
+
+    #[test]
+    fn our_encoding_failures_are_internal_and_client_data_is_invalid() {
+        let arrow = || arrow::error::ArrowError::SchemaError("bad".into());
+        assert_eq!(
+            code(Error::encode::<arrow::error::ArrowError>("GetTables")(
+                arrow()
+            )),
+            Code::Internal
+        );
+        assert_eq!(
+            code(Error::client_data("parameters")(arrow())),
+            Code::InvalidArgument
+        );
+        // A storage failure is never reported as the caller's mistake.
+        assert_eq!(
+            code(StError::Unreadable {
+                what: "heartbeat",
+                detail: "x".into()
+            }),
+            Code::Internal
+        );
+    }
+}

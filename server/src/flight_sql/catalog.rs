@@ -1,0 +1,328 @@
+//! Catalog metadata: GetCatalogs, GetDbSchemas, GetTables, GetTableTypes, the key commands
+//! (always empty: frames declare no keys), SqlInfo and XDBC types — each as one FlightInfo whose
+//! ticket is the command itself, answered by one match.
+
+use apiary_runtime::system::{SYSTEM_TABLES, SystemTables};
+use apiary_storage::FrameRef;
+use apiary_storage::paths::SYSTEM_HIVE;
+use arrow::array::RecordBatch;
+use arrow::datatypes::{DataType, Field, Schema, SchemaRef, TimeUnit};
+use arrow_flight::sql::metadata::{GetCatalogsBuilder, GetTablesBuilder};
+use arrow_flight::sql::{Command, CommandGetDbSchemas, CommandGetTables};
+use arrow_flight::{FlightDescriptor, FlightEndpoint, FlightInfo, Ticket};
+use prost::Message;
+
+use super::FlightSql;
+use super::sql_info::{foreign_keys_schema, primary_keys_schema};
+use super::wire::wire_schema;
+use crate::error::{Error, Result};
+
+/// Table types in GetTables / GetTableTypes.
+const FRAME_TABLE: &str = "TABLE";
+const SYSTEM_TABLE: &str = "SYSTEM TABLE";
+
+impl FlightSql {
+    /// The schema a metadata command returns; `None` for commands that are not metadata.
+    pub(super) fn metadata_schema(&self, cmd: &Command) -> Option<SchemaRef> {
+        Some(match cmd {
+            Command::CommandGetCatalogs(c) => c.into_builder().schema(),
+            Command::CommandGetDbSchemas(c) => c.clone().into_builder().schema(),
+            Command::CommandGetTables(c) => c.clone().into_builder().schema(),
+            Command::CommandGetTableTypes(c) => c.into_builder().schema(),
+            Command::CommandGetSqlInfo(_) => self.sql_info.schema(),
+            Command::CommandGetXdbcTypeInfo(_) => self.xdbc.schema(),
+            Command::CommandGetPrimaryKeys(_) => primary_keys_schema(),
+            Command::CommandGetExportedKeys(_)
+            | Command::CommandGetImportedKeys(_)
+            | Command::CommandGetCrossReference(_) => foreign_keys_schema(),
+            _ => return None,
+        })
+    }
+
+    /// GetFlightInfo for a metadata command: its schema, and the command as the ticket.
+    pub(super) fn metadata_info(
+        &self,
+        cmd: Command,
+        descriptor: FlightDescriptor,
+    ) -> Result<FlightInfo> {
+        let schema = self
+            .metadata_schema(&cmd)
+            .ok_or_else(|| Error::Unimplemented(format!("{} is not metadata", cmd.type_url())))?;
+        let endpoint =
+            FlightEndpoint::new().with_ticket(Ticket::new(cmd.into_any().encode_to_vec()));
+        Ok(FlightInfo::new()
+            .try_with_schema(&schema)
+            .map_err(Error::encode("a FlightInfo"))?
+            .with_endpoint(endpoint)
+            .with_descriptor(descriptor)
+            .with_total_records(-1)
+            .with_total_bytes(-1))
+    }
+
+    /// DoGet of a metadata command: one batch.
+    pub(super) async fn metadata_batch(&self, cmd: Command) -> Result<RecordBatch> {
+        let build = Error::encode::<arrow_flight::error::FlightError>("a metadata result");
+        match cmd {
+            Command::CommandGetCatalogs(_) => self.catalogs_batch().await,
+            Command::CommandGetDbSchemas(c) => self.schemas_batch(c).await,
+            Command::CommandGetTables(c) => self.tables_batch(c).await,
+            Command::CommandGetTableTypes(c) => {
+                let mut b = c.into_builder();
+                b.append(FRAME_TABLE);
+                b.append(SYSTEM_TABLE);
+                b.build().map_err(build)
+            }
+            Command::CommandGetSqlInfo(c) => c.into_builder(&self.sql_info).build().map_err(build),
+            Command::CommandGetXdbcTypeInfo(c) => c.into_builder(&self.xdbc).build().map_err(build),
+            other => match self.metadata_schema(&other) {
+                // Keys: Apiary frames declare none.
+                Some(schema) => Ok(RecordBatch::new_empty(schema)),
+                None => Err(Error::Unimplemented(format!(
+                    "{} is not metadata",
+                    other.type_url()
+                ))),
+            },
+        }
+    }
+
+    async fn catalogs_batch(&self) -> Result<RecordBatch> {
+        let mut b = GetCatalogsBuilder::new();
+        for h in self.service.list_hives().await? {
+            b.append(h.as_str());
+        }
+        b.append(SYSTEM_HIVE);
+        b.build().map_err(Error::encode("GetCatalogs"))
+    }
+
+    async fn schemas_batch(&self, mut cmd: CommandGetDbSchemas) -> Result<RecordBatch> {
+        // Filter here, with the bounded matcher: the builder would compile patterns to regexes.
+        let catalog = cmd.catalog.take();
+        let pattern = cmd.db_schema_filter_pattern.take();
+        let wanted = |hive: &str, b: &str| {
+            catalog.as_deref().is_none_or(|c| c == hive)
+                && pattern.as_deref().is_none_or(|p| like(p, b))
+        };
+        let mut b = cmd.into_builder();
+        for bx in self.service.list_boxes(None).await? {
+            if wanted(bx.hive.as_str(), bx.name.as_str()) {
+                b.append(bx.hive.as_str(), bx.name.as_str());
+            }
+        }
+        let mut system_boxes: Vec<&str> = SYSTEM_TABLES.iter().map(|(bx, _)| *bx).collect();
+        system_boxes.dedup();
+        for bx in system_boxes {
+            if wanted(SYSTEM_HIVE, bx) {
+                b.append(SYSTEM_HIVE, bx);
+            }
+        }
+        b.build().map_err(Error::encode("GetDbSchemas"))
+    }
+
+    async fn tables_batch(&self, mut cmd: CommandGetTables) -> Result<RecordBatch> {
+        // Filter here, with the bounded matcher: the builder would compile patterns to regexes.
+        let include_schema = cmd.include_schema;
+        let catalog_filter = cmd.catalog.take();
+        let schema_pattern = cmd.db_schema_filter_pattern.take();
+        let table_pattern = cmd.table_name_filter_pattern.take();
+        let types = std::mem::take(&mut cmd.table_types);
+        let mut b: GetTablesBuilder = cmd.into_builder();
+        let build = Error::encode::<arrow_flight::error::FlightError>("GetTables");
+        let wants = |t: &str| types.is_empty() || types.iter().any(|x| x == t);
+        let matches =
+            |pattern: &Option<String>, v: &str| pattern.as_ref().is_none_or(|p| like(p, v));
+        if wants(SYSTEM_TABLE) {
+            for (bx, t) in SYSTEM_TABLES {
+                let selected = catalog_filter.as_ref().is_none_or(|c| c == SYSTEM_HIVE)
+                    && matches(&schema_pattern, bx)
+                    && matches(&table_pattern, t);
+                if !selected {
+                    continue;
+                }
+                let schema = match SystemTables::schema_of(bx, t) {
+                    Some(s) if include_schema => annotate_schema(&s, SYSTEM_HIVE, bx, t),
+                    _ => Schema::empty(),
+                };
+                b.append(SYSTEM_HIVE, bx, t, SYSTEM_TABLE, &schema)
+                    .map_err(Error::encode("GetTables"))?;
+            }
+        }
+        if !wants(FRAME_TABLE) {
+            return b.build().map_err(build);
+        }
+        for bx in self.service.list_boxes(None).await? {
+            if catalog_filter
+                .as_ref()
+                .is_some_and(|c| c != bx.hive.as_str())
+                || !matches(&schema_pattern, bx.name.as_str())
+            {
+                continue;
+            }
+            for f in self.service.list_frames(&bx).await? {
+                if !matches(&table_pattern, f.as_str()) {
+                    continue;
+                }
+                let schema = if include_schema {
+                    let fr = FrameRef::new(bx.hive.clone(), bx.name.clone(), f.clone());
+                    match self.service.frame_schema(&fr).await? {
+                        Some(s) => annotate_schema(
+                            &wire_schema(&s),
+                            bx.hive.as_str(),
+                            bx.name.as_str(),
+                            f.as_str(),
+                        ),
+                        // Dropped since it was listed.
+                        None => continue,
+                    }
+                } else {
+                    Schema::empty()
+                };
+                b.append(
+                    bx.hive.as_str(),
+                    bx.name.as_str(),
+                    f.as_str(),
+                    FRAME_TABLE,
+                    &schema,
+                )
+                .map_err(Error::encode("GetTables"))?;
+            }
+        }
+        b.build().map_err(build)
+    }
+}
+
+/// SQL `LIKE` with `%` and `_` (no escape), for metadata patterns. Iterative, with one
+/// backtrack point (the last `%`), so time is at most pattern × value and the stack is flat
+/// whatever the pattern.
+pub(super) fn like(pattern: &str, value: &str) -> bool {
+    let p: Vec<char> = pattern.chars().collect();
+    let v: Vec<char> = value.chars().collect();
+    let (mut pi, mut vi) = (0, 0);
+    let mut star: Option<(usize, usize)> = None;
+    while vi < v.len() {
+        match p.get(pi) {
+            Some('%') => {
+                star = Some((pi, vi));
+                pi += 1;
+            }
+            Some('_') => {
+                pi += 1;
+                vi += 1;
+            }
+            Some(c) if *c == v[vi] => {
+                pi += 1;
+                vi += 1;
+            }
+            _ => match star {
+                // Let the last % swallow one more character and try again.
+                Some((sp, sv)) => {
+                    star = Some((sp, sv + 1));
+                    pi = sp + 1;
+                    vi = sv + 1;
+                }
+                None => return false,
+            },
+        }
+    }
+    p[pi..].iter().all(|c| *c == '%')
+}
+/// (precision, scale) as JDBC expects them for a column type.
+fn precision_scale(dt: &DataType) -> (Option<i32>, Option<i32>) {
+    match dt {
+        DataType::Boolean => (Some(1), None),
+        DataType::Int8 => (Some(3), Some(0)),
+        DataType::Int16 => (Some(5), Some(0)),
+        DataType::Int32 => (Some(10), Some(0)),
+        DataType::Int64 => (Some(19), Some(0)),
+        DataType::Float32 => (Some(24), None),
+        DataType::Float64 => (Some(53), None),
+        DataType::Decimal128(p, s) => (Some(*p as i32), Some(*s as i32)),
+        DataType::Date32 => (Some(10), None),
+        DataType::Timestamp(TimeUnit::Microsecond, _) => (Some(26), Some(6)),
+        _ => (None, None),
+    }
+}
+
+/// A frame's schema with the `ARROW:FLIGHT:SQL:*` metadata clients read in GetTables.
+fn annotate_schema(schema: &Schema, hive: &str, box_name: &str, frame: &str) -> Schema {
+    let fields: Vec<Field> = schema
+        .fields()
+        .iter()
+        .map(|f| {
+            let mut md = std::collections::HashMap::new();
+            md.insert(
+                "ARROW:FLIGHT:SQL:CATALOG_NAME".to_string(),
+                hive.to_string(),
+            );
+            md.insert(
+                "ARROW:FLIGHT:SQL:SCHEMA_NAME".to_string(),
+                box_name.to_string(),
+            );
+            md.insert("ARROW:FLIGHT:SQL:TABLE_NAME".to_string(), frame.to_string());
+            md.insert(
+                "ARROW:FLIGHT:SQL:TYPE_NAME".to_string(),
+                apiary_storage::schema::sql_type_name(f.data_type()),
+            );
+            let (p, s) = precision_scale(f.data_type());
+            if let Some(p) = p {
+                md.insert("ARROW:FLIGHT:SQL:PRECISION".to_string(), p.to_string());
+            }
+            if let Some(s) = s {
+                md.insert("ARROW:FLIGHT:SQL:SCALE".to_string(), s.to_string());
+            }
+            md.insert(
+                "ARROW:FLIGHT:SQL:IS_AUTO_INCREMENT".to_string(),
+                "0".to_string(),
+            );
+            md.insert(
+                "ARROW:FLIGHT:SQL:IS_CASE_SENSITIVE".to_string(),
+                if matches!(f.data_type(), DataType::Utf8) {
+                    "1"
+                } else {
+                    "0"
+                }
+                .to_string(),
+            );
+            md.insert("ARROW:FLIGHT:SQL:IS_READ_ONLY".to_string(), "0".to_string());
+            md.insert(
+                "ARROW:FLIGHT:SQL:IS_SEARCHABLE".to_string(),
+                "1".to_string(),
+            );
+            f.as_ref().clone().with_metadata(md)
+        })
+        .collect();
+    Schema::new(fields)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn like_patterns() {
+        assert!(like("%", "anything"));
+        assert!(like("%", ""));
+        assert!(like("", ""));
+        assert!(!like("", "x"));
+        assert!(like("or%", "orders"));
+        assert!(like("o_ders", "orders"));
+        assert!(!like("o_ders", "oders"));
+        assert!(like("%der%", "orders"));
+        assert!(like("%d%r%", "orders"));
+        assert!(like("%s", "orders"));
+        assert!(!like("%x", "orders"));
+        assert!(!like("x%", "orders"));
+        assert!(like("a%b%c", "aXbYc"));
+        assert!(!like("a%b%c", "aXbY"));
+    }
+
+    #[test]
+    fn like_is_bounded_on_hostile_patterns() {
+        // 200,000 '%' once overflowed a recursive matcher's stack; a short pattern that does
+        // not match once backtracked for hours.
+        let many = "%".repeat(200_000);
+        assert!(like(&many, "orders"));
+        let evil = "%a%a%a%a%a%a%a%a%b";
+        let value = "a".repeat(200);
+        assert!(!like(evil, &value));
+    }
+}

@@ -1,0 +1,226 @@
+//! The Flight SQL service.
+//!
+//! [`FlightSql`] implements arrow-flight's `FlightSqlService` (in `service`, one short delegation
+//! per command); [`ApiaryFlightService`] wraps it to add the Flight calls the trait hard-codes
+//! as unimplemented (GetSchema, PollFlightInfo). Everything runs against an
+//! `Arc<dyn QueryService>`: the Flight layer knows the runtime only through that trait.
+//!
+//! ```text
+//!  GetFlightInfo(query) ─ plan once (schema, pinned versions) ─▶ FlightInfo{signed ticket}
+//!  DoGet(ticket)        ─ verify, re-plan at the pinned versions, execute ─▶ Schema, batches…
+//! ```
+//!
+//! Nothing lives in one node's memory between calls: tickets and prepared-statement handles are
+//! signed, self-contained messages (`ticket`), and the session travels in the bearer token, so
+//! any node of a swarm can serve any call.
+//!
+//! | module      | owns                                                                |
+//! |-------------|---------------------------------------------------------------------|
+//! | `service`   | the `FlightSqlService` impl: delegations only                       |
+//! | `statement` | statements, updates, GetSchema of queries, cancel and renew          |
+//! | `prepared`  | prepared statements: create, bind, execute                           |
+//! | `ticket`    | sealing and opening tickets and handles; ticket ↔ `QueryRequest`     |
+//! | `ingest`    | decoding `CommandStatementIngest`                                    |
+//! | `catalog`   | catalog metadata and the key commands, GetTables patterns            |
+//! | `sql_info`  | SqlInfo, XDBC types, key schemas                                     |
+//! | `session`   | Set/Get/CloseSession                                                  |
+//! | `wire`      | wire types and schemas, FlightData encoding, parameters              |
+
+mod catalog;
+mod ingest;
+mod prepared;
+mod service;
+mod session;
+mod sql_info;
+mod statement;
+mod ticket;
+mod wire;
+
+#[cfg(test)]
+mod tests;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use apiary_runtime::QueryService;
+use arrow::datatypes::SchemaRef;
+use arrow::ipc::writer::IpcWriteOptions;
+use arrow_flight::flight_service_server::FlightService;
+use arrow_flight::sql::metadata::{SqlInfoData, XdbcTypeInfoData};
+use arrow_flight::sql::{Any, Command};
+use arrow_flight::{
+    Action, ActionType, FlightDescriptor, FlightInfo, HandshakeRequest, HandshakeResponse,
+    PollInfo, SchemaAsIpc, SchemaResult, Ticket,
+};
+use prost::Message;
+use tonic::{Request, Response, Status, Streaming};
+
+use crate::auth::{self, Principal, Signer};
+use crate::error::{Error, Result};
+use wire::BoxStream;
+
+pub use wire::wire_schema;
+
+/// Shared state of the service.
+pub struct FlightSql {
+    service: Arc<dyn QueryService>,
+    signer: Signer,
+    sql_info: SqlInfoData,
+    xdbc: XdbcTypeInfoData,
+    ticket_ttl: Duration,
+}
+
+impl std::fmt::Debug for FlightSql {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("FlightSql")
+            .field("service", &self.service)
+            .field("ticket_ttl", &self.ticket_ttl)
+            .finish_non_exhaustive()
+    }
+}
+
+impl FlightSql {
+    pub fn new(service: Arc<dyn QueryService>, signer: Signer, ticket_ttl: Duration) -> Self {
+        Self {
+            service,
+            signer,
+            sql_info: sql_info::sql_info(),
+            xdbc: sql_info::xdbc_info(),
+            ticket_ttl,
+        }
+    }
+
+    /// Schema of what a descriptor's command returns, without running it (GetSchema).
+    async fn schema_for(&self, who: &Principal, cmd: Command) -> Result<SchemaRef> {
+        match cmd {
+            Command::CommandStatementQuery(q) => self.query_schema(who, &q.query, None).await,
+            Command::CommandPreparedStatementQuery(h) => {
+                let p = self.open_prepared(&h.prepared_statement_handle, who)?;
+                let mut in_session = who.clone();
+                in_session.hive = p.default_hive.clone();
+                in_session.box_name = p.default_box.clone();
+                self.query_schema(&in_session, &p.sql, Some(p.parameters))
+                    .await
+            }
+            other => self
+                .metadata_schema(&other)
+                .ok_or_else(|| Error::Unimplemented(format!("GetSchema for {}", other.type_url()))),
+        }
+    }
+}
+
+/// The Flight service clients talk to: [`FlightSql`] plus GetSchema and PollFlightInfo.
+#[derive(Debug, Clone)]
+pub struct ApiaryFlightService {
+    sql: Arc<FlightSql>,
+}
+
+impl ApiaryFlightService {
+    pub fn new(sql: FlightSql) -> Self {
+        Self { sql: Arc::new(sql) }
+    }
+
+    fn command(descriptor: &FlightDescriptor) -> Result<Command> {
+        let any = Any::decode(&*descriptor.cmd).map_err(|_| Error::invalid("malformed command"))?;
+        Command::try_from(any).map_err(|e| Error::invalid(format!("malformed command: {e}")))
+    }
+}
+
+#[tonic::async_trait]
+impl FlightService for ApiaryFlightService {
+    type HandshakeStream = BoxStream<HandshakeResponse>;
+    type ListFlightsStream = BoxStream<FlightInfo>;
+    type DoGetStream = BoxStream<arrow_flight::FlightData>;
+    type DoPutStream = BoxStream<arrow_flight::PutResult>;
+    type DoActionStream = BoxStream<arrow_flight::Result>;
+    type ListActionsStream = BoxStream<ActionType>;
+    type DoExchangeStream = BoxStream<arrow_flight::FlightData>;
+
+    async fn handshake(
+        &self,
+        request: Request<Streaming<HandshakeRequest>>,
+    ) -> Result<Response<Self::HandshakeStream>, Status> {
+        FlightService::handshake(self.sql.as_ref(), request).await
+    }
+
+    async fn list_flights(
+        &self,
+        _request: Request<arrow_flight::Criteria>,
+    ) -> Result<Response<Self::ListFlightsStream>, Status> {
+        Err(Status::unimplemented(
+            "ListFlights: use GetTables (Flight SQL) to list frames",
+        ))
+    }
+
+    async fn get_flight_info(
+        &self,
+        request: Request<FlightDescriptor>,
+    ) -> Result<Response<FlightInfo>, Status> {
+        FlightService::get_flight_info(self.sql.as_ref(), request).await
+    }
+
+    async fn poll_flight_info(
+        &self,
+        request: Request<FlightDescriptor>,
+    ) -> Result<Response<PollInfo>, Status> {
+        // Planning is synchronous here, so the first poll is already complete: no further
+        // descriptor, progress 1.0; results are read with DoGet as usual.
+        let info = FlightService::get_flight_info(self.sql.as_ref(), request)
+            .await?
+            .into_inner();
+        Ok(Response::new(PollInfo {
+            info: Some(info),
+            flight_descriptor: None,
+            progress: Some(1.0),
+            expiration_time: None,
+        }))
+    }
+
+    async fn get_schema(
+        &self,
+        request: Request<FlightDescriptor>,
+    ) -> Result<Response<SchemaResult>, Status> {
+        let who = auth::principal(&request);
+        let cmd = Self::command(request.get_ref())?;
+        let schema = self.sql.schema_for(&who, cmd).await?;
+        let result: SchemaResult = SchemaAsIpc::new(&schema, &IpcWriteOptions::default())
+            .try_into()
+            .map_err(Error::encode("a schema result"))?;
+        Ok(Response::new(result))
+    }
+
+    async fn do_get(
+        &self,
+        request: Request<Ticket>,
+    ) -> Result<Response<Self::DoGetStream>, Status> {
+        FlightService::do_get(self.sql.as_ref(), request).await
+    }
+
+    async fn do_put(
+        &self,
+        request: Request<Streaming<arrow_flight::FlightData>>,
+    ) -> Result<Response<Self::DoPutStream>, Status> {
+        FlightService::do_put(self.sql.as_ref(), request).await
+    }
+
+    async fn do_action(
+        &self,
+        request: Request<Action>,
+    ) -> Result<Response<Self::DoActionStream>, Status> {
+        FlightService::do_action(self.sql.as_ref(), request).await
+    }
+
+    async fn list_actions(
+        &self,
+        request: Request<arrow_flight::Empty>,
+    ) -> Result<Response<Self::ListActionsStream>, Status> {
+        FlightService::list_actions(self.sql.as_ref(), request).await
+    }
+
+    async fn do_exchange(
+        &self,
+        _request: Request<Streaming<arrow_flight::FlightData>>,
+    ) -> Result<Response<Self::DoExchangeStream>, Status> {
+        Err(Status::unimplemented("DoExchange is not supported"))
+    }
+}

@@ -1,0 +1,219 @@
+//! Statements: GetFlightInfo plans once and hands out a self-contained ticket; DoGet redeems it
+//! on any node; statements without a result set run at once. Also cancel and renew.
+//!
+//! ```text
+//!  GetFlightInfo(query) ─ plan once (schema, pinned versions) ─▶ FlightInfo{signed ticket}
+//!  DoGet(ticket)        ─ verify, re-plan at the pinned versions, execute ─▶ Schema, batches…
+//! ```
+
+use apiary_proto::v1::StatementTicketV1;
+use apiary_runtime::{Pins, Session, Statement};
+use arrow::datatypes::{Schema, SchemaRef};
+use arrow_flight::{CancelStatus, FlightDescriptor, FlightEndpoint, FlightInfo};
+use datafusion::common::ScalarValue;
+use tonic::Response;
+
+use super::FlightSql;
+use super::ticket::{new_ticket, query_request, session_of};
+use super::wire::{BoxStream, decode_param_rows, encode_stream, timestamp_ms, wire_schema};
+use crate::auth::{Principal, SessionSlot};
+use crate::error::{Error, Result};
+
+impl FlightSql {
+    /// Plan a query and describe it as a FlightInfo with one self-contained ticket. A statement
+    /// without a result set runs now and answers with no endpoints, its row count in
+    /// `total_records` (DB-API rowcount).
+    pub(super) async fn flight_info_for_query(
+        &self,
+        who: &Principal,
+        sql: &str,
+        params: bytes::Bytes,
+        descriptor: FlightDescriptor,
+    ) -> Result<FlightInfo> {
+        let session = session_of(who)?;
+        let stmt = self.parse_one(sql)?;
+        let rows = decode_param_rows(&params)?;
+        if !stmt.returns_rows() {
+            let (count, _) = self.run_update(&session, &stmt, rows).await?;
+            return FlightInfo::new()
+                .try_with_schema(&Schema::empty())
+                .map_err(Error::encode("a FlightInfo"))
+                .map(|i| {
+                    i.with_descriptor(descriptor)
+                        .with_total_records(count as i64)
+                        .with_total_bytes(0)
+                });
+        }
+        let first = rows.into_iter().next();
+        if stmt.params > 0 && first.is_none() {
+            return Err(Error::invalid(format!(
+                "the statement takes {} parameter(s); bind them first",
+                stmt.params
+            )));
+        }
+        let planned = self.service.plan(&session, &stmt, first).await?;
+        let schema = wire_schema(&planned.schema);
+        let ticket = new_ticket(sql, params, &session, &planned.pins, who, self.expiry());
+        let endpoint = FlightEndpoint::new()
+            .with_ticket(self.ticket_for(&ticket))
+            .with_expiration_time(timestamp_ms(ticket.expires_at_ms));
+        Ok(FlightInfo::new()
+            .try_with_schema(&schema)
+            .map_err(Error::encode("a FlightInfo"))?
+            .with_endpoint(endpoint)
+            .with_descriptor(descriptor)
+            .with_total_records(-1)
+            .with_total_bytes(-1)
+            .with_ordered(false))
+    }
+
+    /// Execute a ticket: re-plan at its pinned versions and stream the result.
+    pub(super) async fn execute_ticket(
+        &self,
+        who: &Principal,
+        t: StatementTicketV1,
+    ) -> Result<Response<BoxStream<arrow_flight::FlightData>>> {
+        if t.user != who.user {
+            return Err(Error::PermissionDenied(
+                "ticket belongs to another user".into(),
+            ));
+        }
+        let stream = self.service.query(query_request(t)?).await?;
+        Ok(Response::new(encode_stream(stream)))
+    }
+
+    /// A prepared statement redeemed as a ticket (some clients do): a fresh ticket, no pins.
+    pub(super) fn ticket_of_prepared(
+        &self,
+        who: &Principal,
+        p: apiary_proto::v1::PreparedStatementV1,
+    ) -> Result<StatementTicketV1> {
+        let session = Session {
+            hive: apiary_storage::Ident::parse(&p.default_hive)?,
+            box_name: apiary_storage::Ident::parse(&p.default_box)?,
+            user: who.user.clone(),
+        };
+        Ok(new_ticket(
+            &p.sql,
+            p.parameters,
+            &session,
+            &Pins::new(),
+            who,
+            self.expiry(),
+        ))
+    }
+
+    /// Run a statement that does not return rows, once per parameter row (or once).
+    /// Returns the rows affected and the session after the statement (USE changes it).
+    pub(super) async fn run_update(
+        &self,
+        session: &Session,
+        stmt: &Statement,
+        rows: Vec<Vec<ScalarValue>>,
+    ) -> Result<(u64, Session)> {
+        Ok(self.service.update(session, stmt, rows).await?)
+    }
+
+    /// `CommandStatementUpdate`: every statement of the text in order; a `USE` applies to the
+    /// statements after it and to the session the client gets back.
+    pub(super) async fn update_statements(
+        &self,
+        who: &Principal,
+        slot: Option<SessionSlot>,
+        sql: &str,
+    ) -> Result<i64> {
+        let statements = self.service.parse(sql)?;
+        let start = session_of(who)?;
+        let mut session = start.clone();
+        let mut total = 0;
+        for stmt in &statements {
+            if stmt.params > 0 {
+                return Err(Error::invalid("parameters need a prepared statement"));
+            }
+            let (n, after) = self.run_update(&session, stmt, vec![]).await?;
+            total += n as i64;
+            session = after;
+        }
+        remember(slot, &start, &session);
+        Ok(total)
+    }
+
+    /// Schema of what a query returns, without running it (GetSchema).
+    pub(super) async fn query_schema(
+        &self,
+        who: &Principal,
+        sql: &str,
+        params: Option<bytes::Bytes>,
+    ) -> Result<SchemaRef> {
+        let session = session_of(who)?;
+        let stmt = self.parse_one(sql)?;
+        if !stmt.returns_rows() {
+            return Ok(std::sync::Arc::new(Schema::empty()));
+        }
+        let first = match params {
+            Some(p) => decode_param_rows(&p)?.into_iter().next(),
+            None => None,
+        };
+        if first.is_none() && stmt.params > 0 {
+            let info = self.service.statement_info(&session, &stmt).await?;
+            return Ok(wire_schema(&info.schema));
+        }
+        let planned = self.service.plan(&session, &stmt, first).await?;
+        Ok(wire_schema(&planned.schema))
+    }
+
+    /// Cancel every query a FlightInfo's endpoints name.
+    pub(super) async fn cancel_info(&self, info: &FlightInfo) -> Result<CancelStatus> {
+        let mut status = CancelStatus::NotCancellable;
+        for ep in &info.endpoint {
+            let Some(ticket) = &ep.ticket else { continue };
+            let Ok(t) = self.ticket_from_any(&ticket.ticket) else {
+                continue;
+            };
+            self.service.cancel(&t.query_id).await?;
+            status = CancelStatus::Cancelled;
+        }
+        Ok(status)
+    }
+
+    /// RenewFlightEndpoint: the same endpoint with a later expiry.
+    pub(super) fn renew(&self, who: &Principal, ep: FlightEndpoint) -> Result<FlightEndpoint> {
+        let ticket = ep
+            .ticket
+            .as_ref()
+            .ok_or_else(|| Error::invalid("endpoint without ticket"))?;
+        let mut t = self.ticket_from_any(&ticket.ticket)?;
+        if t.user != who.user {
+            return Err(Error::PermissionDenied(
+                "ticket belongs to another user".into(),
+            ));
+        }
+        t.expires_at_ms = self.expiry();
+        Ok(FlightEndpoint {
+            ticket: Some(self.ticket_for(&t)),
+            location: ep.location.clone(),
+            expiration_time: Some(timestamp_ms(t.expires_at_ms)),
+            app_metadata: ep.app_metadata.clone(),
+        })
+    }
+
+    pub(super) fn parse_one(&self, sql: &str) -> Result<Statement> {
+        let mut all = self.service.parse(sql)?;
+        if all.len() != 1 {
+            return Err(Error::invalid(format!(
+                "expected one statement, found {}",
+                all.len()
+            )));
+        }
+        Ok(all.remove(0))
+    }
+}
+
+/// Hand a changed session back to the client (the auth layer puts it into the next token).
+pub(super) fn remember(slot: Option<SessionSlot>, before: &Session, after: &Session) {
+    if (&after.hive, &after.box_name) != (&before.hive, &before.box_name)
+        && let Some(s) = slot
+    {
+        s.set(after.hive.as_str(), after.box_name.as_str());
+    }
+}

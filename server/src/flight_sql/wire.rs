@@ -1,0 +1,227 @@
+//! What travels on the wire: result types and schemas, FlightData encoding, bound parameters
+//! (Arrow IPC), DoPut streams, action results.
+
+use std::pin::Pin;
+use std::sync::Arc;
+
+use arrow::array::RecordBatch;
+use arrow::datatypes::{DataType, Field, Schema, SchemaRef};
+use arrow::ipc::writer::{IpcWriteOptions, StreamWriter};
+use arrow_flight::decode::FlightRecordBatchStream;
+use arrow_flight::encode::FlightDataEncoderBuilder;
+use arrow_flight::error::FlightError;
+use arrow_flight::sql::server::PeekableFlightDataStream;
+use arrow_flight::{IpcMessage, SchemaAsIpc};
+use datafusion::common::ScalarValue;
+use futures::{Stream, StreamExt, TryStreamExt};
+use prost::Message;
+use prost_types::Timestamp;
+use tonic::{Response, Status};
+
+use crate::error::{Error, Result};
+
+/// A stream of responses as tonic wants it.
+pub(crate) type BoxStream<T> = Pin<Box<dyn Stream<Item = Result<T, Status>> + Send + 'static>>;
+
+/// Target size of one FlightData message; arrow-flight splits larger batches by rows. Well under
+/// the 4 MiB gRPC default that many clients keep.
+const MAX_FLIGHT_DATA: usize = 2 * 1024 * 1024;
+
+/// The type a result column travels in: view types become their plain forms, which every client
+/// (JDBC up to v18 included) reads, and which avoids shipping shared view buffers with every
+/// batch (arrow-rs #7185).
+pub(super) fn wire_type(dt: &DataType) -> DataType {
+    match dt {
+        DataType::Utf8View => DataType::Utf8,
+        DataType::BinaryView => DataType::Binary,
+        DataType::ListView(f) => DataType::List(Arc::new(wire_field(f))),
+        DataType::LargeListView(f) => DataType::LargeList(Arc::new(wire_field(f))),
+        DataType::List(f) => DataType::List(Arc::new(wire_field(f))),
+        DataType::LargeList(f) => DataType::LargeList(Arc::new(wire_field(f))),
+        DataType::FixedSizeList(f, n) => DataType::FixedSizeList(Arc::new(wire_field(f)), *n),
+        DataType::Struct(fields) => DataType::Struct(
+            fields
+                .iter()
+                .map(|f| Arc::new(wire_field(f)))
+                .collect::<Vec<_>>()
+                .into(),
+        ),
+        DataType::Map(f, sorted) => DataType::Map(Arc::new(wire_field(f)), *sorted),
+        other => other.clone(),
+    }
+}
+
+fn wire_field(f: &Field) -> Field {
+    f.clone().with_data_type(wire_type(f.data_type()))
+}
+
+/// The schema announced in FlightInfo and sent first on every DoGet stream.
+pub fn wire_schema(schema: &Schema) -> SchemaRef {
+    Arc::new(Schema::new_with_metadata(
+        schema
+            .fields()
+            .iter()
+            .map(|f| wire_field(f))
+            .collect::<Vec<_>>(),
+        schema.metadata().clone(),
+    ))
+}
+
+/// Make a batch carry exactly the announced schema (types cast, nullability relabelled).
+fn to_wire(
+    batch: RecordBatch,
+    schema: &SchemaRef,
+) -> Result<RecordBatch, arrow::error::ArrowError> {
+    if batch.schema() == *schema {
+        return Ok(batch);
+    }
+    let columns = batch
+        .columns()
+        .iter()
+        .zip(schema.fields())
+        .map(|(c, f)| {
+            if c.data_type() == f.data_type() {
+                Ok(c.clone())
+            } else {
+                arrow::compute::cast(c, f.data_type())
+            }
+        })
+        .collect::<Result<Vec<_>, _>>()?;
+    RecordBatch::try_new_with_options(
+        schema.clone(),
+        columns,
+        &arrow::array::RecordBatchOptions::new().with_row_count(Some(batch.num_rows())),
+    )
+}
+
+/// Encode a result stream as FlightData in its wire schema: the schema first (even for zero
+/// rows), batches split to at most [`MAX_FLIGHT_DATA`] per message.
+pub(super) fn encode_stream(
+    stream: datafusion::execution::SendableRecordBatchStream,
+) -> BoxStream<arrow_flight::FlightData> {
+    let schema = wire_schema(&stream.schema());
+    let wire = schema.clone();
+    let batches = stream.map(move |r| match r {
+        Ok(b) => to_wire(b, &wire).map_err(FlightError::Arrow),
+        Err(e) => Err(FlightError::Tonic(Box::new(
+            Error::Runtime(apiary_runtime::Error::from(e)).into(),
+        ))),
+    });
+    let encoder = FlightDataEncoderBuilder::new()
+        .with_schema(schema)
+        .with_max_flight_data_size(MAX_FLIGHT_DATA)
+        .build(batches);
+    Box::pin(encoder.map_err(|e| {
+        match e {
+            FlightError::Tonic(s) => *s,
+            // Casting our own result to its wire type failed: ours to fix.
+            other => Error::Encode {
+                context: "a result batch",
+                source: Box::new(other),
+            }
+            .into(),
+        }
+    }))
+}
+
+/// A one-batch result (metadata listings).
+pub(super) fn one_batch(batch: RecordBatch) -> BoxStream<arrow_flight::FlightData> {
+    let schema = batch.schema();
+    encode_stream(Box::pin(
+        datafusion::physical_plan::stream::RecordBatchStreamAdapter::new(
+            schema,
+            futures::stream::iter(vec![Ok(batch)]),
+        ),
+    ))
+}
+
+/// IPC-encode a schema the way FlightInfo and prepared-statement results carry it.
+pub(super) fn ipc_schema(schema: &Schema) -> Result<bytes::Bytes> {
+    let IpcMessage(bytes) = SchemaAsIpc::new(schema, &IpcWriteOptions::default())
+        .try_into()
+        .map_err(Error::encode("a schema message"))?;
+    Ok(bytes)
+}
+
+/// Bound parameters travel as an Arrow IPC stream.
+pub(super) fn encode_params(batches: &[RecordBatch]) -> Result<bytes::Bytes> {
+    let Some(first) = batches.first() else {
+        return Ok(bytes::Bytes::new());
+    };
+    let mut buf = Vec::new();
+    {
+        let mut w = StreamWriter::try_new(&mut buf, &first.schema())
+            .map_err(Error::client_data("parameters"))?;
+        for b in batches {
+            w.write(b).map_err(Error::client_data("parameters"))?;
+        }
+        w.finish().map_err(Error::client_data("parameters"))?;
+    }
+    Ok(buf.into())
+}
+
+/// Parameter rows of an IPC stream, one `Vec<ScalarValue>` per row.
+pub(super) fn decode_param_rows(bytes: &[u8]) -> Result<Vec<Vec<ScalarValue>>> {
+    if bytes.is_empty() {
+        return Ok(vec![]);
+    }
+    let reader = arrow::ipc::reader::StreamReader::try_new(std::io::Cursor::new(bytes), None)
+        .map_err(Error::client_data("parameters"))?;
+    let mut rows = Vec::new();
+    for batch in reader {
+        let batch = batch.map_err(Error::client_data("parameters"))?;
+        rows.extend(batch_rows(&batch)?);
+    }
+    Ok(rows)
+}
+
+/// The rows of a batch of parameters.
+pub(super) fn batch_rows(batch: &RecordBatch) -> Result<Vec<Vec<ScalarValue>>> {
+    (0..batch.num_rows())
+        .map(|r| {
+            batch
+                .columns()
+                .iter()
+                .map(|c| {
+                    ScalarValue::try_from_array(c, r)
+                        .map_err(|e| Error::invalid(format!("parameter value in row {r}: {e}")))
+                })
+                .collect()
+        })
+        .collect()
+}
+
+/// The Arrow messages of a DoPut stream; descriptor-only messages (empty IPC header) carry no
+/// data and are skipped.
+pub(super) fn arrow_messages(stream: PeekableFlightDataStream) -> FlightRecordBatchStream {
+    FlightRecordBatchStream::new_from_flight_data(
+        stream
+            .try_filter(|fd| futures::future::ready(!fd.data_header.is_empty()))
+            .map_err(FlightError::from),
+    )
+}
+
+/// Read every batch of a DoPut stream (parameters are small).
+pub(super) async fn read_batches(stream: PeekableFlightDataStream) -> Result<Vec<RecordBatch>> {
+    let mut s = arrow_messages(stream);
+    let mut out = Vec::new();
+    while let Some(b) = s.next().await {
+        out.push(b?);
+    }
+    Ok(out)
+}
+
+/// One protobuf message as the result of an action.
+pub(super) fn action_result(msg: impl Message) -> Response<BoxStream<arrow_flight::Result>> {
+    let body = msg.encode_to_vec();
+    Response::new(Box::pin(futures::stream::iter(vec![Ok(
+        arrow_flight::Result { body: body.into() },
+    )])))
+}
+
+pub(super) fn timestamp_ms(ms: i64) -> Timestamp {
+    Timestamp {
+        seconds: ms.div_euclid(1000),
+        nanos: (ms.rem_euclid(1000) * 1_000_000) as i32,
+    }
+}

@@ -1,0 +1,167 @@
+//! Version 1 of every persisted object. Frozen: a change is a new version, never an edit here.
+//! `docs/distributed.md` describes the protocol the query objects implement.
+
+use chrono::{DateTime, Utc};
+use serde::{Deserialize, Serialize};
+
+use super::Versioned;
+
+macro_rules! versioned {
+    ($($t:ty => $what:literal),* $(,)?) => {$(
+        impl Versioned for $t {
+            const WHAT: &'static str = $what;
+            const VERSION: u32 = 1;
+        }
+    )*};
+}
+
+versioned!(
+    MarkerV1 => "catalog marker",
+    HeartbeatV1 => "heartbeat",
+    QueryManifestV1 => "query manifest",
+    TaskV1 => "task",
+    ClaimV1 => "claim",
+    DoneV1 => "done marker",
+    FailedV1 => "failed marker",
+    CancelV1 => "cancel marker",
+);
+
+/// A hive, box or frame marker.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct MarkerV1 {
+    /// Always 1 for this type.
+    pub v: u32,
+    /// Unique id of this incarnation of the object (a dropped and re-created frame gets a new id).
+    pub id: String,
+    pub created_at: DateTime<Utc>,
+}
+
+impl MarkerV1 {
+    /// A marker for a new incarnation.
+    pub fn new() -> Self {
+        Self {
+            v: 1,
+            id: uuid::Uuid::now_v7().to_string(),
+            created_at: Utc::now(),
+        }
+    }
+}
+
+impl Default for MarkerV1 {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+/// Compact summary of a node's cell cache, for assignment decisions.
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
+pub struct CacheSummaryV1 {
+    pub entries: u64,
+    pub bytes: u64,
+    pub hits: u64,
+    pub misses: u64,
+    /// Hex bitmap (a Bloom filter over cell keys); empty when the cache is empty.
+    #[serde(default)]
+    pub bloom: String,
+}
+
+/// A node's heartbeat.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct HeartbeatV1 {
+    pub v: u32,
+    pub node_id: String,
+    pub flight_url: String,
+    pub version: String,
+    pub bees_total: u32,
+    pub bees_busy: u32,
+    pub memory_budget: u64,
+    pub memory_reserved: u64,
+    pub queue_depth: u32,
+    pub temperature: f64,
+    pub band: String,
+    pub cache: CacheSummaryV1,
+    /// The writer's wall clock; informational only, never used for liveness.
+    pub started_at: DateTime<Utc>,
+    pub written_at: DateTime<Utc>,
+    pub seq: u64,
+}
+
+/// What a coordinator is running (for orphan cleanup and operators).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct QueryManifestV1 {
+    pub v: u32,
+    pub query_id: String,
+    pub coordinator: String,
+    pub created_at_ms: i64,
+    pub deadline_at_ms: i64,
+    pub sql: String,
+    pub stages: Vec<StageManifestV1>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct StageManifestV1 {
+    pub stage: u32,
+    pub tasks: u32,
+    pub files: u64,
+    pub bytes: u64,
+}
+
+/// One attempt of one task, posted to the inbox of the node it is assigned to.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct TaskV1 {
+    pub v: u32,
+    pub query_id: String,
+    pub stage: u32,
+    pub task: u32,
+    pub attempt: u32,
+    pub coordinator: String,
+    pub posted_at_ms: i64,
+    pub deadline_at_ms: i64,
+}
+
+/// Created with put-if-absent by the worker that runs an attempt.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct ClaimV1 {
+    pub v: u32,
+    pub node_id: String,
+    pub claimed_at_ms: i64,
+}
+
+/// Written last, after every output part of an attempt.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct DoneV1 {
+    pub v: u32,
+    pub node_id: String,
+    pub attempt: u32,
+    pub rows: u64,
+    pub bytes: u64,
+    pub parts: u32,
+    /// SHA-256 (hex) over the parts' bytes, in order.
+    pub sha256: String,
+    /// From posting to claiming, by the wall clocks involved.
+    pub dispatch_ms: i64,
+    pub run_ms: i64,
+}
+
+/// Written by a worker when an attempt failed (or was given up).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct FailedV1 {
+    pub v: u32,
+    pub node_id: String,
+    pub attempt: u32,
+    pub error: String,
+    /// Whether another attempt (elsewhere) may succeed.
+    pub retryable: bool,
+}
+
+/// Asks every node to stop a query's work.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+pub struct CancelV1 {
+    pub v: u32,
+}
+
+impl CancelV1 {
+    pub fn new() -> Self {
+        Self { v: 1 }
+    }
+}

@@ -1,0 +1,8 @@
+//! End-to-end tests: real clients against real `apiary` processes, real S3-compatible servers,
+//! real storage. One test binary (one link) with a module per area.
+
+mod distributed;
+mod flight_sql;
+mod node_runtime;
+mod storage_conformance;
+mod writers;
