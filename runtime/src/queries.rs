@@ -25,7 +25,7 @@ use tracing::{info, warn};
 
 use crate::error::Error;
 use crate::executor::AbortOnDrop;
-use crate::status::QueryStatus;
+use crate::status::{FailureStatus, QueryStatus};
 
 /// How often a running query checks storage for a cancel marker written by another node.
 const CANCEL_POLL: Duration = Duration::from_secs(1);
@@ -83,10 +83,14 @@ impl QueryEntry {
     }
 }
 
+/// Failures kept for the status page.
+const RECENT_FAILURES: usize = 20;
+
 /// The queries of this node.
 #[derive(Debug, Default)]
 pub struct QueryRegistry {
     queries: Mutex<HashMap<String, Arc<QueryEntry>>>,
+    failures: Mutex<std::collections::VecDeque<FailureStatus>>,
 }
 
 impl QueryRegistry {
@@ -172,6 +176,31 @@ impl QueryRegistry {
         v
     }
 
+    /// The latest failures, newest first.
+    pub fn recent_failures(&self) -> Vec<FailureStatus> {
+        self.failures
+            .lock()
+            .expect("query registry")
+            .iter()
+            .rev()
+            .cloned()
+            .collect()
+    }
+
+    fn record_failure(&self, entry: &QueryEntry, error: String) {
+        let mut f = self.failures.lock().expect("query registry");
+        if f.len() >= RECENT_FAILURES {
+            f.pop_front();
+        }
+        f.push_back(FailureStatus {
+            id: entry.id.clone(),
+            user: entry.user.clone(),
+            sql: entry.sql.clone(),
+            error,
+            at: Utc::now(),
+        });
+    }
+
     fn remove(&self, entry: &Arc<QueryEntry>) {
         let mut map = self.queries.lock().expect("query registry");
         if map.get(&entry.id).is_some_and(|e| Arc::ptr_eq(e, entry)) {
@@ -253,9 +282,11 @@ impl QueryGuard {
         self.finished = true;
     }
 
-    pub fn fail(mut self) {
+    /// Mark the query failed with `error` (kept among the node's recent failures).
+    pub fn fail(mut self, error: &dyn std::fmt::Display) {
         self.failed = true;
         self.finished = true;
+        self.registry.record_failure(&self.entry, error.to_string());
     }
 }
 
@@ -337,7 +368,7 @@ impl<H: Send + Unpin + 'static> TrackedStream<H> {
     fn fail(&mut self, e: Error) -> Poll<Option<Result<RecordBatch, DataFusionError>>> {
         self.done = true;
         if let Some(g) = self.guard.take() {
-            g.fail();
+            g.fail(&e);
         }
         Poll::Ready(Some(Err(e.into())))
     }

@@ -40,6 +40,8 @@ pub struct NodeStatus {
     pub bee_slots: Vec<BeeStatus>,
     /// Running and queued queries and fragments, oldest first.
     pub queries: Vec<QueryStatus>,
+    /// The latest failed queries and fragments, newest first.
+    pub failures: Vec<FailureStatus>,
     /// The swarm as this node sees it, sorted by node id.
     pub swarm: Vec<NodeView>,
 }
@@ -71,4 +73,14 @@ pub struct QueryStatus {
     pub rows: u64,
     pub bytes: u64,
     pub sql: String,
+}
+
+/// A query or fragment that failed.
+#[derive(Debug, Clone)]
+pub struct FailureStatus {
+    pub id: String,
+    pub user: String,
+    pub sql: String,
+    pub error: String,
+    pub at: DateTime<Utc>,
 }

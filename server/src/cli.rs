@@ -73,3 +73,52 @@ fn print_batches(
     }
     Ok(())
 }
+
+/// `apiary version`: this build and what it speaks.
+pub fn version() -> String {
+    format!(
+        "apiary {}\n  Flight SQL over Arrow {} (tickets v{})\n  engine: DataFusion {}\n  tables: Delta Lake (delta-rs 1.1); objects in storage: format v1\n",
+        env!("CARGO_PKG_VERSION"),
+        arrow::ARROW_VERSION,
+        apiary_proto::ENVELOPE_FORMAT_VERSION,
+        datafusion::DATAFUSION_VERSION,
+    )
+}
+
+/// `apiary health`: GET a node's `/healthz` (plain HTTP on the metrics listener) and succeed on
+/// `200`. No HTTP client library: one request, one status line.
+pub async fn health(args: &crate::config::HealthArgs) -> anyhow::Result<()> {
+    use anyhow::{Context, bail};
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let rest = args
+        .url
+        .strip_prefix("http://")
+        .context("--url must be an http:// URL")?;
+    let (authority, path) = match rest.split_once('/') {
+        Some((a, p)) => (a, format!("/{p}")),
+        None => (rest, "/healthz".to_string()),
+    };
+    let check = async {
+        let mut conn = tokio::net::TcpStream::connect(authority)
+            .await
+            .with_context(|| format!("connecting to {authority}"))?;
+        let request =
+            format!("GET {path} HTTP/1.0\r\nHost: {authority}\r\nConnection: close\r\n\r\n");
+        conn.write_all(request.as_bytes()).await?;
+        let mut head = vec![0u8; 64];
+        let n = conn.read(&mut head).await?;
+        let line = String::from_utf8_lossy(&head[..n]);
+        let status = line.split_whitespace().nth(1).unwrap_or("");
+        if status != "200" {
+            bail!(
+                "{} answered {:?}",
+                args.url,
+                line.lines().next().unwrap_or("")
+            );
+        }
+        Ok(())
+    };
+    tokio::time::timeout(args.timeout, check)
+        .await
+        .with_context(|| format!("{} did not answer within {:?}", args.url, args.timeout))?
+}

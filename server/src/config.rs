@@ -37,6 +37,27 @@ pub enum Command {
     Sql(SqlArgs),
     /// Print an argon2 hash of a password read from stdin, for `--user name:hash`.
     HashPassword,
+    /// Print the version of Apiary and of the formats and engines it uses.
+    Version,
+    /// Check a server configuration without serving: parse it, reach the storage, check the
+    /// users, the token secret and the TLS files. Exits non-zero with the first problem.
+    CheckConfig(ServeArgs),
+    /// Exit 0 if a node's `/healthz` answers OK (for container health checks).
+    Health(HealthArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct HealthArgs {
+    /// The node's health URL (its `--metrics-listen` address).
+    #[arg(
+        long,
+        env = "APIARY_HEALTH_URL",
+        default_value = "http://127.0.0.1:9090/healthz"
+    )]
+    pub url: String,
+    /// How long to wait for an answer.
+    #[arg(long, default_value = "5s", value_parser = parse_duration)]
+    pub timeout: Duration,
 }
 
 #[derive(Debug, Args)]
@@ -253,6 +274,10 @@ pub struct FlightArgs {
     /// Largest gRPC message accepted or sent (ingest batches can be large).
     #[arg(long, env = "APIARY_MAX_MESSAGE_SIZE", default_value = "512MiB")]
     pub max_message_size: MemorySize,
+    /// On SIGTERM or Ctrl-C: stop taking calls, hand back running fragments, leave the swarm,
+    /// and give calls in flight this long to finish before the process exits anyway.
+    #[arg(long, env = "APIARY_SHUTDOWN_TIMEOUT", default_value = "30s", value_parser = parse_duration)]
+    pub shutdown_timeout: Duration,
 }
 
 #[derive(Debug, Clone, Args)]
@@ -264,6 +289,9 @@ pub struct LogArgs {
         default_value = "info,buoyant_kernel=warn,deltalake_core=warn"
     )]
     pub filter: String,
+    /// `text` for people, `json` (one object per line) for log collectors.
+    #[arg(long, env = "APIARY_LOG_FORMAT", default_value = "text", value_parser = ["text", "json"])]
+    pub log_format: String,
 }
 
 /// A memory amount: bytes, or a share of physical memory.

@@ -15,7 +15,8 @@
 //! | [`serve`]      | the server process: listener, TLS, limits, shutdown            |
 //! | [`flight_sql`] | the Flight SQL service (queries, updates, ingest, metadata, actions) |
 //! | [`auth`]       | Basic/Bearer authentication, signed tokens, client-carried sessions |
-//! | [`metrics`]    | Prometheus `/metrics` and `/healthz`                          |
+//! | [`metrics`]    | the HTTP listener: `/metrics`, `/healthz`, the status page    |
+//! | [`status_page`] | the status page (`/`) and its `/status.json`                 |
 //! | [`error`]      | the server's error type and its one mapping to gRPC statuses  |
 
 pub mod assemble;
@@ -26,3 +27,4 @@ pub mod error;
 pub mod flight_sql;
 pub mod metrics;
 pub mod serve;
+pub mod status_page;

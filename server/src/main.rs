@@ -6,11 +6,14 @@ use tracing_subscriber::EnvFilter;
 fn init_logging(log: &LogArgs) {
     let filter = EnvFilter::try_new(&log.filter).unwrap_or_else(|_| EnvFilter::new("info"));
     use std::io::IsTerminal;
-    tracing_subscriber::fmt()
+    let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
-        .with_ansi(std::io::stderr().is_terminal())
-        .with_writer(std::io::stderr)
-        .init();
+        .with_writer(std::io::stderr);
+    if log.log_format == "json" {
+        builder.json().with_current_span(true).init();
+    } else {
+        builder.with_ansi(std::io::stderr().is_terminal()).init();
+    }
 }
 
 fn main() -> anyhow::Result<()> {
@@ -40,6 +43,18 @@ fn main() -> anyhow::Result<()> {
                 init_logging(&args.log);
                 apiary_server::serve::run(args).await
             }
+            Command::CheckConfig(args) => {
+                init_logging(&LogArgs {
+                    filter: "warn".into(),
+                    ..args.log.clone()
+                });
+                apiary_server::serve::check_config(&args).await
+            }
+            Command::Health(args) => apiary_server::cli::health(&args).await,
+            Command::Version => {
+                print!("{}", apiary_server::cli::version());
+                Ok(())
+            }
             Command::HashPassword => {
                 let mut password = String::new();
                 std::io::stdin().read_line(&mut password)?;
@@ -52,6 +67,9 @@ fn main() -> anyhow::Result<()> {
             }
         }
     });
+    // Blocking work still running (a storage call cut short by shutdown) gets a moment, not
+    // forever.
+    runtime.shutdown_timeout(std::time::Duration::from_secs(2));
     if let Err(e) = result {
         eprintln!("apiary: {e:#}");
         std::process::exit(1);

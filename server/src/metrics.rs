@@ -1,5 +1,6 @@
-//! Prometheus `/metrics` and `/healthz` over HTTP (`--metrics-listen`): the same
-//! [`NodeStatus`] snapshot the `system.*` tables render.
+//! The node's HTTP listener (`--metrics-listen`): Prometheus `/metrics`, `/healthz`, and the
+//! status page (`/` and `/status.json`) — all of them render the same [`NodeStatus`] snapshot
+//! the `system.*` tables do.
 
 use std::fmt::Write as _;
 use std::sync::Arc;
@@ -10,7 +11,7 @@ use apiary_runtime::{NodeStatus, StatusSource};
 use axum::Router;
 use axum::extract::State;
 use axum::http::{StatusCode, header};
-use axum::response::IntoResponse;
+use axum::response::{Html, IntoResponse};
 use axum::routing::get;
 use tokio::net::TcpListener;
 use tracing::info;
@@ -182,12 +183,32 @@ async fn healthz(State(source): State<Source>) -> impl IntoResponse {
     )
 }
 
+async fn page() -> impl IntoResponse {
+    (
+        [(header::CACHE_CONTROL, "no-store")],
+        Html(crate::status_page::PAGE),
+    )
+}
+
+async fn status_json(State(source): State<Source>) -> impl IntoResponse {
+    (
+        StatusCode::OK,
+        [
+            (header::CONTENT_TYPE, "application/json"),
+            (header::CACHE_CONTROL, "no-store"),
+        ],
+        crate::status_page::json(&source.status()).to_string(),
+    )
+}
+
 /// Serve metrics until the returned handle is dropped.
 pub async fn serve(addr: &str, source: Source) -> anyhow::Result<AbortOnDrop<()>> {
     let listener = TcpListener::bind(addr).await?;
     let local = listener.local_addr()?;
-    info!("metrics on http://{local}/metrics");
+    info!("metrics on http://{local}/metrics (status page on http://{local}/)");
     let app = Router::new()
+        .route("/", get(page))
+        .route("/status.json", get(status_json))
         .route("/metrics", get(metrics))
         .route("/healthz", get(healthz))
         .with_state(source);

@@ -1,6 +1,12 @@
-//! `apiary serve`: the Flight SQL server process.
+//! `apiary serve`: the Flight SQL server process; and `apiary check-config`, which runs the same
+//! checks without serving.
+//!
+//! Shutdown (SIGTERM or Ctrl-C) is bounded: the listener stops taking calls, the node hands back
+//! the fragments it runs (as retryable failures, so their coordinators reassign them) and deletes
+//! its heartbeat, calls in flight get `--shutdown-timeout` to finish, and the process exits.
 
 use std::collections::HashMap;
+use std::net::SocketAddr;
 
 use anyhow::{Context, bail};
 use apiary_storage::Storage;
@@ -37,20 +43,116 @@ pub fn parse_users(entries: &[String]) -> anyhow::Result<HashMap<String, String>
 /// The swarm's signing key: from config, or created once in storage and shared through it.
 async fn signing_key(configured: Option<&str>, storage: &Storage) -> anyhow::Result<Vec<u8>> {
     if let Some(k) = configured {
-        if k.len() < 16 {
-            bail!("--token-secret must be at least 16 characters");
-        }
         return Ok(k.as_bytes().to_vec());
     }
     let key = apiary_storage::paths::secret();
     let fresh: [u8; 32] = rand::random();
-    let hex: String = fresh.iter().map(|b| format!("{b:02x}")).collect();
+    let hex = apiary_storage::format::hex(&fresh);
     storage.put_if_absent(&key, Bytes::from(hex)).await?;
     let (body, _) = storage
         .get_opt(&key)
         .await?
         .context("signing key vanished from storage")?;
     Ok(body.to_vec())
+}
+
+/// What `serve` and `check-config` both check before touching the network or storage.
+struct Checked {
+    users: HashMap<String, String>,
+    max_message_size: usize,
+    tls: Option<ServerTlsConfig>,
+}
+
+fn check(args: &ServeArgs) -> anyhow::Result<Checked> {
+    let flight = &args.flight;
+    let users = parse_users(&flight.users)?;
+    // Hashes are checked here, with a throwaway key: a bad one fails now, not at first login.
+    Authenticator::new(users.clone(), Signer::new(b"check"), flight.token_ttl)?;
+    if let Some(k) = &flight.token_secret
+        && k.len() < 16
+    {
+        bail!("--token-secret must be at least 16 characters");
+    }
+    let max_message_size = match flight.max_message_size {
+        MemorySize::Bytes(b) => b.min(usize::MAX as u64) as usize,
+        MemorySize::Percent(_) => bail!("--max-message-size takes a size, not a percentage"),
+    };
+    let tls = match (&flight.tls_cert, &flight.tls_key) {
+        (Some(cert), Some(key)) => {
+            let read = |p: &std::path::Path| -> anyhow::Result<Vec<u8>> {
+                let body = std::fs::read(p).with_context(|| format!("reading {}", p.display()))?;
+                if !String::from_utf8_lossy(&body).contains("-----BEGIN") {
+                    bail!("{} is not a PEM file", p.display());
+                }
+                Ok(body)
+            };
+            let mut tls =
+                ServerTlsConfig::new().identity(Identity::from_pem(read(cert)?, read(key)?));
+            if let Some(ca) = &flight.tls_client_ca {
+                tls = tls.client_ca_root(Certificate::from_pem(read(ca)?));
+            }
+            Some(tls)
+        }
+        _ => None,
+    };
+    Ok(Checked {
+        users,
+        max_message_size,
+        tls,
+    })
+}
+
+fn refuse_anonymous(
+    args: &ServeArgs,
+    users: &HashMap<String, String>,
+    addr: SocketAddr,
+) -> anyhow::Result<()> {
+    if users.is_empty() && !addr.ip().is_loopback() && !args.flight.allow_anonymous {
+        bail!(
+            "refusing to serve {addr} without authentication: configure users (--user) or pass --allow-anonymous"
+        );
+    }
+    Ok(())
+}
+
+/// `apiary check-config`: everything `serve` would check, plus reaching the storage, without
+/// serving or writing anything.
+pub async fn check_config(args: &ServeArgs) -> anyhow::Result<()> {
+    let checked = check(args)?;
+    let flight = &args.flight;
+    if let Ok(addr) = flight.listen.parse::<SocketAddr>() {
+        refuse_anonymous(args, &checked.users, addr)?;
+    } else {
+        tokio::net::lookup_host(&flight.listen)
+            .await
+            .with_context(|| format!("--listen {}: not an address", flight.listen))?
+            .next()
+            .with_context(|| format!("--listen {}: resolves to no address", flight.listen))?;
+    }
+    let storage = Storage::open(&args.storage.storage, &args.storage.s3_options())
+        .with_context(|| format!("opening storage {}", args.storage.storage))?;
+    storage
+        .list(&apiary_storage::paths::hives_prefix())
+        .await
+        .with_context(|| format!("reaching storage {}", storage.display_url()))?;
+    let secret = match &flight.token_secret {
+        Some(_) => "from --token-secret".to_string(),
+        None => match storage.get_opt(&apiary_storage::paths::secret()).await? {
+            Some(_) => "shared through the storage root".to_string(),
+            None => "will be created in the storage root at first start".to_string(),
+        },
+    };
+    println!(
+        "configuration OK\n  storage: {} (reachable)\n  users: {}\n  token key: {secret}\n  TLS: {}",
+        storage.display_url(),
+        if checked.users.is_empty() {
+            "none (authentication off)".to_string()
+        } else {
+            checked.users.len().to_string()
+        },
+        if checked.tls.is_some() { "on" } else { "off" },
+    );
+    Ok(())
 }
 
 async fn shutdown_signal() {
@@ -66,25 +168,24 @@ async fn shutdown_signal() {
     }
     #[cfg(not(unix))]
     let _ = ctrl_c.await;
-    info!("shutting down");
 }
 
 pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
+    let checked = check(&args)?;
     let flight = &args.flight;
-    let users = parse_users(&flight.users)?;
     let listener = TcpListener::bind(&flight.listen)
         .await
         .with_context(|| format!("binding {}", flight.listen))?;
     let addr = listener.local_addr()?;
-    if users.is_empty() && !addr.ip().is_loopback() && !flight.allow_anonymous {
-        bail!(
-            "refusing to serve {addr} without authentication: configure users (--user) or pass --allow-anonymous"
-        );
-    }
-    if users.is_empty() && !addr.ip().is_loopback() {
+    refuse_anonymous(&args, &checked.users, addr)?;
+    if checked.users.is_empty() && !addr.ip().is_loopback() {
         warn!(%addr, "serving without authentication");
     }
-    let tls = flight.tls_cert.is_some();
+    let scheme = if checked.tls.is_some() {
+        "grpc+tls"
+    } else {
+        "grpc"
+    };
     let advertise = match &flight.advertise_url {
         Some(u) => u.clone(),
         None => {
@@ -93,62 +194,65 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
             } else {
                 addr.ip().to_string()
             };
-            format!(
-                "{}://{host}:{}",
-                if tls { "grpc+tls" } else { "grpc" },
-                addr.port()
-            )
+            format!("{scheme}://{host}:{}", addr.port())
         }
     };
     let node = assemble::build(&args.storage, &args.node, advertise).await?;
     let key = signing_key(flight.token_secret.as_deref(), node.storage()).await?;
     let signer = Signer::new(&key);
-    let auth = Authenticator::new(users, signer.clone(), flight.token_ttl)?;
+    let auth = Authenticator::new(checked.users, signer.clone(), flight.token_ttl)?;
     node.start();
     let metrics = match &flight.metrics_listen {
         Some(a) => Some(crate::metrics::serve(a, node.clone()).await?),
         None => None,
     };
     let service = ApiaryFlightService::new(FlightSql::new(node.clone(), signer, flight.ticket_ttl));
-    let max = match flight.max_message_size {
-        MemorySize::Bytes(b) => b.min(usize::MAX as u64) as usize,
-        MemorySize::Percent(_) => bail!("--max-message-size takes a size, not a percentage"),
-    };
     let grpc = FlightServiceServer::new(service)
-        .max_decoding_message_size(max)
-        .max_encoding_message_size(max);
-
+        .max_decoding_message_size(checked.max_message_size)
+        .max_encoding_message_size(checked.max_message_size);
     let mut builder = Server::builder();
-    let scheme = if let (Some(cert), Some(key)) = (&flight.tls_cert, &flight.tls_key) {
-        let cert = std::fs::read(cert).with_context(|| format!("reading {}", cert.display()))?;
-        let key = std::fs::read(key).with_context(|| format!("reading {}", key.display()))?;
-        let mut tls = ServerTlsConfig::new().identity(Identity::from_pem(cert, key));
-        if let Some(ca) = &flight.tls_client_ca {
-            let ca = std::fs::read(ca).with_context(|| format!("reading {}", ca.display()))?;
-            tls = tls.client_ca_root(Certificate::from_pem(ca));
-        }
+    if let Some(tls) = checked.tls {
         builder = builder.tls_config(tls)?;
-        "grpc+tls"
-    } else {
-        "grpc"
-    };
+    }
     info!(
         storage = %node.storage().display_url(),
         node_id = %node.id(),
         auth = auth.enabled(),
         "listening on {scheme}://{addr}"
     );
-    let served = builder
+    let (stopping_tx, stopping) = tokio::sync::oneshot::channel::<()>();
+    let serve = builder
         .layer(AuthLayer::new(auth))
         .add_service(grpc)
         .serve_with_incoming_shutdown(
             // Nagle off on every accepted connection: small replies (SELECT 1, GetFlightInfo)
             // otherwise wait for the client's delayed ACK, ~40 ms each.
             tonic::transport::server::TcpIncoming::from(listener).with_nodelay(Some(true)),
-            shutdown_signal(),
-        )
-        .await;
-    // Leave the swarm even if serving failed.
+            async move {
+                shutdown_signal().await;
+                let _ = stopping_tx.send(());
+            },
+        );
+    let timeout = flight.shutdown_timeout;
+    let drain = async {
+        if stopping.await.is_err() {
+            return std::future::pending().await;
+        }
+        info!(
+            ?timeout,
+            "shutting down: taking no new calls, handing back fragments, leaving the swarm"
+        );
+        node.shutdown().await;
+        tokio::time::sleep(timeout).await;
+    };
+    let served = tokio::select! {
+        r = serve => r.map_err(anyhow::Error::from),
+        _ = drain => {
+            warn!(?timeout, "calls still running after the shutdown timeout; exiting anyway");
+            Ok(())
+        }
+    };
+    // Leave the swarm even if serving failed (a second call does nothing).
     node.shutdown().await;
     drop(metrics);
     served?;

@@ -290,8 +290,9 @@ impl Server {
                             log.lock().unwrap().push_str(&line);
                             if !sent && let Some(i) = line.find("listening on ") {
                                 let rest = &line[i + "listening on ".len()..];
+                                // Text or JSON logs: the address ends at a space or a quote.
                                 let addr = rest
-                                    .split_whitespace()
+                                    .split(|c: char| c.is_whitespace() || c == '"')
                                     .next()
                                     .unwrap_or("")
                                     .trim_start_matches("grpc+tls://")
@@ -369,6 +370,30 @@ impl Server {
         let _ = child.kill();
         let _ = child.wait();
         false
+    }
+
+    /// SIGTERM, without waiting (see [`Server::wait_exit`]).
+    pub fn terminate(&self) {
+        if let Some(c) = &self.child {
+            let _ = Command::new("kill")
+                .args(["-TERM", &c.id().to_string()])
+                .status();
+        }
+    }
+
+    /// Wait for the process to exit; `Some(success)`, or `None` if it is still running.
+    pub fn wait_exit(mut self, timeout: Duration) -> Option<bool> {
+        let mut child = self.child.take().expect("running");
+        let deadline = Instant::now() + timeout;
+        while Instant::now() < deadline {
+            if let Ok(Some(status)) = child.try_wait() {
+                return Some(status.success());
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        let _ = child.kill();
+        let _ = child.wait();
+        None
     }
 
     /// SIGKILL, no cleanup.

@@ -82,8 +82,10 @@ pub(crate) async fn poll_once(ctx: &Arc<DistContext>) -> Result<usize> {
         let claimed = claim(ctx, &task).await?;
         storage.delete(&meta.location).await?;
         if claimed {
+            // Not cut short by shutdown: the run notices it and hands the fragment back.
             let c = ctx.clone();
-            ctx.background.spawn(async move { execute(c, task).await });
+            ctx.background
+                .spawn_finishing(async move { execute(c, task).await });
         }
     }
     Ok(seen)
@@ -171,7 +173,18 @@ async fn execute(ctx: Arc<DistContext>, task: TaskV1) {
     }
 }
 
+/// Run an attempt, or give it back if the node shuts down first.
 async fn run_task(ctx: &Arc<DistContext>, key: &AttemptKey) -> Result<Written> {
+    let shutdown = ctx.background.token().clone();
+    tokio::select! {
+        r = run_attempt(ctx, key) => r,
+        _ = shutdown.cancelled() => Err(Error::Unavailable(format!(
+            "node {} is shutting down", ctx.node_id
+        ))),
+    }
+}
+
+async fn run_attempt(ctx: &Arc<DistContext>, key: &AttemptKey) -> Result<Written> {
     let id = key.id();
     let mut guard = ctx.queries.register(&id, "fragment", &key.to_string());
     // The coordinating query, when it runs here, already watches the cancel marker.
@@ -182,7 +195,7 @@ async fn run_task(ctx: &Arc<DistContext>, key: &AttemptKey) -> Result<Written> {
     let lease = match guard.admit(&ctx.bees).await {
         Ok(l) => l,
         Err(e) => {
-            guard.fail();
+            guard.fail(&e);
             return Err(e);
         }
     };
@@ -222,7 +235,7 @@ async fn run_task(ctx: &Arc<DistContext>, key: &AttemptKey) -> Result<Written> {
         .await;
     match &result {
         Ok(w) => guard.finish(w.rows),
-        Err(_) => guard.fail(),
+        Err(e) => guard.fail(e),
     }
     result.map_err(|e| lease.explain(e))
 }

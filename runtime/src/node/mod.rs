@@ -11,7 +11,7 @@
 //! ```
 
 use std::path::PathBuf;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Weak};
 use std::time::{Duration, Instant};
 
@@ -116,6 +116,7 @@ pub struct Node {
     started: Instant,
     seq: AtomicU64,
     queries_total: AtomicU64,
+    stopped: AtomicBool,
 }
 
 impl Node {
@@ -175,6 +176,7 @@ impl Node {
                 started: Instant::now(),
                 seq: AtomicU64::new(0),
                 queries_total: AtomicU64::new(0),
+                stopped: AtomicBool::new(false),
                 cache,
                 config,
                 lakehouse,
@@ -294,9 +296,13 @@ impl Node {
         Ok(())
     }
 
-    /// Stop taking background work, end what runs (fragments in flight are given back: their
-    /// coordinators reassign them once this node's heartbeat is gone), and leave the swarm.
+    /// Stop claiming fragments, hand back the ones running (each ends with a retryable
+    /// `failed` marker, so its coordinator reassigns it at once), stop heartbeats and the world
+    /// view, and leave the swarm (delete the heartbeat). Calling it again does nothing.
     pub async fn shutdown(&self) {
+        if self.stopped.swap(true, Ordering::SeqCst) {
+            return;
+        }
         self.background.shutdown(self.config.shutdown_grace).await;
         match self
             .storage()

@@ -134,6 +134,7 @@ impl StatusSource for Node {
             load,
             bee_slots: self.bees.status(),
             queries: self.queries.status(),
+            failures: self.queries.recent_failures(),
             swarm: self.world.nodes(),
         }
     }

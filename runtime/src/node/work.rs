@@ -216,7 +216,7 @@ impl Node {
         let lease = match guard.admit(&self.bees).await {
             Ok(l) => l,
             Err(e) => {
-                guard.fail();
+                guard.fail(&e);
                 return Err(e);
             }
         };
@@ -254,7 +254,7 @@ impl Node {
                 Ok((n, s))
             }
             Err(e) => {
-                guard.fail();
+                guard.fail(&e);
                 Err(lease.explain(e))
             }
         }
@@ -273,7 +273,7 @@ impl Node {
         let lease = match guard.admit(&self.bees).await {
             Ok(l) => l,
             Err(e) => {
-                guard.fail();
+                guard.fail(&e);
                 return Err(e);
             }
         };
@@ -289,7 +289,7 @@ impl Node {
                 Ok(rows)
             }
             Err(e) => {
-                guard.fail();
+                guard.fail(&e);
                 Err(lease.explain(e))
             }
         }

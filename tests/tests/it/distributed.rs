@@ -358,13 +358,7 @@ async fn a_worker_killed_mid_query_is_replaced() {
     let deadline = Instant::now() + Duration::from_secs(30);
     while victim.is_none() && Instant::now() < deadline {
         for (i, s) in [(2, &n2), (3, &n3)] {
-            let b = run(&mut client(s).await, "SELECT count(*) FROM system.runtime.queries WHERE user = 'fragment' AND state = 'running'").await;
-            if b[0]
-                .column(0)
-                .as_primitive::<arrow::datatypes::Int64Type>()
-                .value(0)
-                > 0
-            {
+            if runs_a_fragment(s).await {
                 victim = Some(i);
                 break;
             }
@@ -388,6 +382,92 @@ async fn a_worker_killed_mid_query_is_replaced() {
         n1.log().contains("reassigning fragment"),
         "nothing was reassigned"
     );
+}
+
+/// Whether `server` runs a fragment now.
+async fn runs_a_fragment(server: &Server) -> bool {
+    let b = run(
+        &mut client(server).await,
+        "SELECT count(*) FROM system.runtime.queries WHERE user = 'fragment' AND state = 'running'",
+    )
+    .await;
+    b[0].column(0)
+        .as_primitive::<arrow::datatypes::Int64Type>()
+        .value(0)
+        > 0
+}
+
+/// Wait until a fragment runs on `server`.
+async fn running_a_fragment(server: &Server) {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while !runs_a_fragment(server).await {
+        assert!(Instant::now() < deadline, "no fragment ran on the node");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_node_shut_down_mid_query_hands_back_its_fragments_and_leaves_within_an_interval() {
+    let dir = tempfile::tempdir().unwrap();
+    let root = dir.path().to_str().unwrap();
+    let data = tpch_data();
+    let interval = Duration::from_secs(1);
+    let flags = ["--heartbeat-interval", "1s"];
+    let n1 = start(root, "node-1", &flags, &[]);
+    let n2 = start(root, "node-2", &flags, &slow());
+    let mut c = client(&n1).await;
+    ingest(&mut c, &data).await;
+    wait_alive(&mut c, &["node-1", "node-2"]).await;
+    let want = canonical(&run(&mut c, HEAVY).await);
+    // Placement follows heartbeats: wait until node-1 sees node-2 idle again, so that node-2
+    // gets a share of the next query.
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let b = run(
+            &mut c,
+            "SELECT bees_busy FROM system.swarm.nodes WHERE node_id = 'node-2'",
+        )
+        .await;
+        if b[0]
+            .column(0)
+            .as_primitive::<arrow::datatypes::Int64Type>()
+            .value(0)
+            == 0
+        {
+            break;
+        }
+        assert!(Instant::now() < deadline, "node-2 never looked idle");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+
+    let mut q = c.clone();
+    let query = apiary_runtime::executor::spawn(async move { run(&mut q, HEAVY).await });
+    running_a_fragment(&n2).await;
+    let storage =
+        apiary_storage::Storage::open(root, &apiary_storage::S3Options::default()).unwrap();
+    let heartbeat = apiary_storage::paths::heartbeat("node-2");
+    assert!(storage.head_opt(&heartbeat).await.unwrap().is_some());
+    let asked = Instant::now();
+    n2.terminate();
+    while storage.head_opt(&heartbeat).await.unwrap().is_some() {
+        assert!(
+            asked.elapsed() < interval,
+            "the heartbeat outlived one interval after SIGTERM"
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    let got = canonical(
+        &tokio::time::timeout(Duration::from_secs(120), query)
+            .await
+            .unwrap()
+            .unwrap(),
+    );
+    assert_eq!(got, want, "the answer changed after a node shut down");
+    assert!(
+        n1.log().contains("shutting down"),
+        "the fragment was not handed back"
+    );
+    assert_eq!(n2.wait_exit(Duration::from_secs(40)), Some(true));
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]

@@ -4,5 +4,6 @@
 mod distributed;
 mod flight_sql;
 mod node_runtime;
+mod operate;
 mod storage_conformance;
 mod writers;

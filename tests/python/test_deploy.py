@@ -1,0 +1,166 @@
+"""deploy/: static checks of the container, compose, systemd and Kubernetes files, and the local
+swarm (SeaweedFS + three real `apiary serve` processes) queried through every node, with its
+status page rendered in a real headless browser."""
+
+import os
+import pathlib
+import queue
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+
+import adbc_driver_flightsql.dbapi as flightsql
+import pytest
+import yaml
+
+from conftest import ROOT, apiary_bin
+
+DEPLOY = ROOT / "deploy"
+VENV_BIN = pathlib.Path(sys.executable).parent
+
+
+def test_compose_has_a_store_a_bucket_and_three_nodes_on_one_bucket():
+    doc = yaml.safe_load((DEPLOY / "compose.yaml").read_text())
+    services = doc["services"]
+    assert "seaweedfs" in services and "bucket" in services
+    nodes = {k: v for k, v in services.items() if k.startswith("apiary-")}
+    assert len(nodes) == 3
+    storages, secrets, ports = set(), set(), set()
+    for name, svc in nodes.items():
+        env = svc["environment"]
+        storages.add(env["APIARY_STORAGE"])
+        secrets.add(env["APIARY_TOKEN_SECRET"])
+        assert env["APIARY_USERS"], "auth on"
+        assert env["APIARY_METRICS_LISTEN"].endswith(":9090"), "metrics on"
+        assert env["APIARY_NODE_ID"] == name
+        assert svc["depends_on"]["bucket"]["condition"] == "service_completed_successfully"
+        assert svc["build"]["dockerfile"] == "deploy/Dockerfile"
+        ports.update(svc["ports"])
+    assert len(storages) == 1 and storages.pop().startswith("s3://")
+    assert len(secrets) == 1, "one token secret shared by every node"
+    assert len(ports) == 6
+
+
+def test_kubernetes_manifests_have_what_a_swarm_needs():
+    docs = {}
+    for path in sorted((DEPLOY / "k8s").glob("*.yaml")):
+        for d in yaml.safe_load_all(path.read_text()):
+            assert "kind" in d, path
+            docs[d["kind"]] = d
+    assert {"Deployment", "Service", "ConfigMap", "Secret", "Kustomization", "Namespace"} <= set(docs)
+    for kind in ("Deployment", "Service", "ConfigMap", "Secret"):
+        assert docs[kind]["apiVersion"] and docs[kind]["metadata"]["name"] == "apiary"
+    spec = docs["Deployment"]["spec"]["template"]["spec"]
+    c = spec["containers"][0]
+    env = {e["name"]: e for e in c["env"]}
+    assert env["POD_IP"]["valueFrom"]["fieldRef"]["fieldPath"] == "status.podIP"
+    assert env["APIARY_ADVERTISE_URL"]["value"] == "grpc://$(POD_IP):50051"
+    for probe in ("readinessProbe", "livenessProbe"):
+        assert c[probe]["httpGet"]["path"] == "/healthz"
+    config = docs["ConfigMap"]["data"]
+    # Requests match what the node is told it has.
+    assert c["resources"]["requests"]["cpu"] == config["APIARY_BEES"]
+    assert config["APIARY_MEMORY"] == "1GiB" and c["resources"]["limits"]["memory"] == "1280Mi"
+    secret = docs["Secret"]["stringData"]
+    assert "APIARY_USERS" in secret and "APIARY_TOKEN_SECRET" in secret
+    assert spec["terminationGracePeriodSeconds"] > 30
+
+
+def test_the_systemd_unit_verifies_cleanly(tmp_path):
+    analyze = shutil.which("systemd-analyze")
+    assert analyze, "systemd-analyze (Debian package systemd) is needed"
+    unit = (DEPLOY / "systemd" / "apiary.service").read_text()
+    for key in ("NoNewPrivileges=yes", "ProtectSystem=strict", "ReadWritePaths=", "MemoryMax=",
+                "Restart=on-failure", "StandardOutput=journal"):
+        assert key in unit, key
+    # verify checks that ExecStart exists: point it at the binary under test.
+    local = tmp_path / "apiary.service"
+    local.write_text(unit.replace("/usr/local/bin/apiary", apiary_bin()))
+    out = subprocess.run([analyze, "verify", str(local)], capture_output=True, text=True)
+    assert out.returncode == 0 and out.stderr.strip() == "", out.stderr
+    env = (DEPLOY / "systemd" / "apiary.env").read_text()
+    assert "APIARY_MEMORY=1GiB" in env
+
+
+def test_the_dockerfile_lints_clean():
+    hadolint = VENV_BIN / "hadolint"
+    out = subprocess.run([str(hadolint), "--config", str(DEPLOY / ".hadolint.yaml"), str(DEPLOY / "Dockerfile")],
+                         capture_output=True, text=True)
+    assert out.returncode == 0, out.stdout + out.stderr
+    text = (DEPLOY / "Dockerfile").read_text()
+    assert "cargo build --release --locked" in text and "HEALTHCHECK" in text and "USER 10001" in text
+
+
+def chromium(*args, timeout=60):
+    exe = shutil.which("chromium")
+    assert exe, "chromium (Debian package chromium) is needed"
+    profile = tempfile.mkdtemp(prefix="apiary-chromium-")
+    try:
+        return subprocess.run(
+            [exe, "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+             "--disable-background-networking", "--disable-component-update", "--disable-sync",
+             f"--user-data-dir={profile}", "--virtual-time-budget=5000", *args],
+            capture_output=True, text=True, timeout=timeout)
+    finally:
+        shutil.rmtree(profile, ignore_errors=True)
+
+
+def refused(url):
+    host, port = url.split("://", 1)[1].rstrip("/").split(":")
+    with socket.socket() as s:
+        s.settimeout(1)
+        return s.connect_ex((host, int(port))) != 0
+
+
+def test_local_swarm_serves_through_every_node_and_shows_its_status_page(tmp_path):
+    env = dict(os.environ, APIARY_BIN=apiary_bin())
+    proc = subprocess.Popen(
+        [str(DEPLOY / "local-swarm"), "--nodes", "3", "--dir", str(tmp_path / "swarm"), "--password", "s3cret"],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env, start_new_session=True)
+    lines = queue.Queue()
+    threading.Thread(target=lambda: [lines.put(l) for l in proc.stdout], daemon=True).start()
+    nodes = []
+    try:
+        deadline = time.time() + 180
+        while True:
+            line = lines.get(timeout=max(1, deadline - time.time()))
+            if line.strip() == "READY":
+                break
+            parts = line.split()
+            if len(parts) == 5 and parts[1] == "flight":
+                nodes.append((parts[0], parts[2], parts[4]))
+        assert [n[0] for n in nodes] == ["local-1", "local-2", "local-3"]
+
+        # Every node answers and sees the whole swarm; what one writes, the others read.
+        for i, (name, flight, _) in enumerate(nodes):
+            with flightsql.connect(flight, db_kwargs={"username": "apiary", "password": "s3cret"}) as conn:
+                with conn.cursor() as cur:
+                    cur.execute("SELECT node_id FROM system.swarm.nodes WHERE state = 'alive' ORDER BY node_id")
+                    assert [r[0] for r in cur.fetchall()] == ["local-1", "local-2", "local-3"], name
+                    if i == 0:
+                        cur.execute("CREATE TABLE shared AS SELECT 42 AS v")
+                    cur.execute("SELECT v FROM shared")
+                    assert cur.fetchall() == [(42,)], name
+
+        # The status page, in a real browser, after its script ran.
+        status = nodes[0][2]
+        dom = chromium("--dump-dom", status).stdout
+        for name, _, _ in nodes:
+            assert name in dom, dom[:2000]
+        assert "local-1 (this node)" in dom
+        shot = tmp_path / "status.png"
+        chromium("--window-size=1280,900", f"--screenshot={shot}", status)
+        assert shot.stat().st_size > 10_000
+        if os.environ.get("APIARY_DOCS_SCREENSHOT"):
+            shutil.copy(shot, ROOT / "docs" / "status-page.png")
+    finally:
+        os.killpg(proc.pid, signal.SIGTERM) if proc.poll() is None else None
+        code = proc.wait(90)
+    assert code == 0, proc.stderr.read()
+    for _, flight, status in nodes:
+        assert refused(flight) and refused(status)
