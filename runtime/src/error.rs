@@ -20,6 +20,11 @@ pub enum Error {
     #[error("{0} is not supported yet")]
     Unsupported(String),
 
+    /// The statement asks for something no client may do (write files, reach outside the
+    /// storage root).
+    #[error("not allowed: {0}")]
+    NotAllowed(String),
+
     /// The query needs more memory than its bee may use, or similar hard limits.
     #[error("{0}")]
     ResourceExhausted(String),

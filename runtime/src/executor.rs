@@ -36,6 +36,11 @@ use crate::error::{Error, Result};
 /// Batches in flight between the CPU and IO runtimes per query.
 const CHANNEL_DEPTH: usize = 2;
 
+/// Stack of a CPU-runtime thread. Planning recurses over the statement's expression tree; a
+/// deep one (a BI tool's `a = 1 OR a = 2 OR …` with thousands of terms) needs far more than the
+/// 2 MiB default. Reserved, not committed: untouched pages cost nothing.
+pub const CPU_THREAD_STACK: usize = 256 * 1024 * 1024;
+
 /// A dedicated multi-threaded runtime for CPU work.
 #[derive(Debug)]
 pub struct CpuExecutor {
@@ -47,6 +52,7 @@ impl CpuExecutor {
     pub fn new(threads: usize) -> std::io::Result<Self> {
         let runtime = tokio::runtime::Builder::new_multi_thread()
             .worker_threads(threads.max(1))
+            .thread_stack_size(CPU_THREAD_STACK)
             .thread_name("apiary-cpu")
             .enable_all()
             .build()?;

@@ -61,8 +61,8 @@ pub mod swarm;
 pub mod system;
 
 pub use engine::{
-    Engine, EngineConfig, IfExists, IfMissing, Output, Pins, PlannedQuery, Session, Statement,
-    StatementInfo, SystemCatalog, WriteMode,
+    Engine, EngineConfig, IfExists, IfMissing, Limits, Output, Pins, PlannedQuery, Session,
+    Statement, StatementInfo, SystemCatalog, WriteMode,
 };
 pub use error::{Error, Result};
 pub use node::{Node, NodeConfig};

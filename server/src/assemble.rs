@@ -80,8 +80,22 @@ fn engine_config(node: &NodeArgs) -> anyhow::Result<EngineConfig> {
             .with_context(|| format!("--datafusion-option {kv:?}: expected key=value"))?;
         options.push((k.trim().to_string(), v.trim().to_string()));
     }
+    let limits = &node.limits;
+    let max_sql_bytes = match limits.max_sql_bytes {
+        crate::config::MemorySize::Bytes(b) => b.min(usize::MAX as u64) as usize,
+        crate::config::MemorySize::Percent(_) => {
+            anyhow::bail!("--max-sql-bytes takes a size, not a percentage")
+        }
+    };
     Ok(EngineConfig {
         datafusion_options: options,
+        limits: apiary_runtime::Limits {
+            max_sql_bytes,
+            max_sql_tokens: limits.max_sql_tokens,
+            max_sql_depth: limits.max_sql_depth,
+            max_param_rows: limits.max_param_rows,
+            max_columns: limits.max_columns,
+        },
         ..Default::default()
     })
 }

@@ -195,7 +195,33 @@ pub struct NodeArgs {
     #[arg(long, env = "APIARY_CACHE_SIZE", default_value = "2GiB")]
     pub cache_size: MemorySize,
     #[command(flatten)]
+    pub limits: LimitArgs,
+    #[command(flatten)]
     pub faults: FaultArgs,
+}
+
+/// Bounds on what one request may ask; beyond them it is refused with INVALID_ARGUMENT.
+#[derive(Debug, Clone, Args)]
+pub struct LimitArgs {
+    /// Longest SQL text accepted.
+    #[arg(long, env = "APIARY_MAX_SQL_BYTES", default_value = "1MiB")]
+    pub max_sql_bytes: MemorySize,
+    /// Most tokens (words, literals, operators; not whitespace) in one SQL text.
+    #[arg(long, env = "APIARY_MAX_SQL_TOKENS", default_value_t = 100_000)]
+    pub max_sql_tokens: usize,
+    /// Deepest nesting of expressions and subqueries in one statement (a chain of `OR` or `+`
+    /// is one level per term). Planning time grows faster than the depth.
+    #[arg(long, env = "APIARY_MAX_SQL_DEPTH", default_value_t = 2_500)]
+    pub max_sql_depth: usize,
+    /// Most parameter rows one execution of a prepared statement binds.
+    #[arg(long, env = "APIARY_MAX_PARAM_ROWS", default_value_t = 10_000)]
+    pub max_param_rows: usize,
+    /// Most columns a frame may have.
+    #[arg(long, env = "APIARY_MAX_COLUMNS", default_value_t = 4_096)]
+    pub max_columns: usize,
+    /// Most endpoints one CancelFlightInfo may name.
+    #[arg(long, env = "APIARY_MAX_CANCEL_ENDPOINTS", default_value_t = 64)]
+    pub max_cancel_endpoints: usize,
 }
 
 /// Fault injection for Apiary's own failure tests. Hidden; unset in production. Each is a flag

@@ -124,6 +124,10 @@ fn runtime_status(e: RtError) -> Status {
         RtError::Sql(msg) => Status::invalid_argument(msg),
         RtError::Storage(s) => storage_status(s),
         e @ RtError::Unsupported(_) => Status::unimplemented(e.to_string()),
+        e @ RtError::NotAllowed(_) => {
+            warn!(error = %e, "refused");
+            Status::permission_denied(e.to_string())
+        }
         RtError::ResourceExhausted(msg) => {
             warn!(%msg, "resource exhausted");
             Status::resource_exhausted(msg)

@@ -206,7 +206,10 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
         Some(a) => Some(crate::metrics::serve(a, node.clone()).await?),
         None => None,
     };
-    let service = ApiaryFlightService::new(FlightSql::new(node.clone(), signer, flight.ticket_ttl));
+    let service = ApiaryFlightService::new(
+        FlightSql::new(node.clone(), signer, flight.ticket_ttl)
+            .with_max_cancel_endpoints(args.node.limits.max_cancel_endpoints),
+    );
     let grpc = FlightServiceServer::new(service)
         .max_decoding_message_size(checked.max_message_size)
         .max_encoding_message_size(checked.max_message_size);

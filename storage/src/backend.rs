@@ -230,6 +230,23 @@ impl Storage {
         &self.store
     }
 
+    /// Where the root lives inside [`Storage::raw_store`].
+    pub fn prefix(&self) -> &Path {
+        &self.prefix
+    }
+
+    /// An object-store registry for the query engine that reaches this root and nothing else
+    /// (see [`crate::confine`]).
+    pub fn confined_registry(&self) -> crate::confine::RootRegistry {
+        crate::confine::RootRegistry::new(
+            self.object_store_url.as_ref(),
+            Arc::new(crate::confine::ConfinedStore::new(
+                self.store.clone(),
+                self.prefix.clone(),
+            )),
+        )
+    }
+
     /// The URL DataFusion must map to [`Storage::raw_store`].
     pub fn object_store_url(&self) -> &ObjectStoreUrl {
         &self.object_store_url

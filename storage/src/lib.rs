@@ -24,9 +24,11 @@
 //! | [`schema`]    | which Arrow types a frame stores; casting incoming batches            |
 //! | [`provider`]  | DataFusion `TableProvider` and `DataSink` over a pinned snapshot      |
 //! | [`lakehouse`] | flows that touch catalog and ledger together (create/drop)            |
+//! | [`confine`]   | the object-store registry the engine gets: the root and nothing else   |
 
 pub mod backend;
 pub mod catalog;
+pub mod confine;
 pub mod error;
 pub mod format;
 pub mod lakehouse;

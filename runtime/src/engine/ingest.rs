@@ -124,6 +124,13 @@ impl Engine {
             Error::Sql("cannot create a frame from a stream without a schema".into())
         })?;
         let schema = apiary_storage::schema::frame_schema_for(incoming)?;
+        let max = self.limits.max_columns;
+        if schema.fields().len() > max {
+            return Err(Error::Sql(format!(
+                "a frame of {} columns; the limit is {max} (--max-columns)",
+                schema.fields().len()
+            )));
+        }
         let partition_by = mode.partition_by.clone().unwrap_or_default();
         let lh = &self.lakehouse;
         // With IfExists::Fail the name must be new: create_frame says so itself.

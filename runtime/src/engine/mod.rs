@@ -28,6 +28,7 @@
 mod catalog;
 mod ddl;
 mod ingest;
+mod policy;
 mod show;
 mod types;
 
@@ -37,17 +38,19 @@ use apiary_storage::{FrameTable, Lakehouse, WriteGate};
 use arrow::datatypes::{DataType, Field, Schema};
 use datafusion::common::{ParamValues, ScalarValue};
 use datafusion::execution::context::SessionState;
-use datafusion::execution::runtime_env::RuntimeEnv;
+use datafusion::execution::runtime_env::{RuntimeEnv, RuntimeEnvBuilder};
 use datafusion::execution::session_state::SessionStateBuilder;
 use datafusion::logical_expr::LogicalPlan;
 use datafusion::prelude::SessionConfig;
 
 use crate::error::{Error, Result};
 use crate::sql::{self, Command};
+use policy::Purpose;
 
 pub use ingest::{IfExists, IfMissing, WriteMode};
 pub use types::{
-    EngineConfig, Output, Pins, PlannedQuery, Session, Statement, StatementInfo, SystemCatalog,
+    EngineConfig, Limits, Output, Pins, PlannedQuery, Session, Statement, StatementInfo,
+    SystemCatalog,
 };
 
 /// The SQL engine of one node.
@@ -55,6 +58,7 @@ pub use types::{
 pub struct Engine {
     lakehouse: Lakehouse,
     base: SessionState,
+    limits: Limits,
     system: Option<Arc<dyn SystemCatalog>>,
     write_gate: Option<Arc<dyn WriteGate>>,
 }
@@ -70,10 +74,11 @@ impl Engine {
         config: EngineConfig,
         runtime: Arc<RuntimeEnv>,
     ) -> Result<Self> {
-        runtime.register_object_store(
-            lakehouse.storage().object_store_url().as_ref(),
-            lakehouse.storage().raw_store().clone(),
-        );
+        // Whatever registry the runtime came with, plans reach the storage root and nothing
+        // else: no file a statement or a decoded plan names can be outside it.
+        let runtime = RuntimeEnvBuilder::from_runtime_env(&runtime)
+            .with_object_store_registry(Arc::new(lakehouse.storage().confined_registry()))
+            .build_arc()?;
         let mut session_config = SessionConfig::new()
             .with_target_partitions(config.target_partitions.max(1))
             .with_batch_size(config.batch_size.max(1))
@@ -97,6 +102,7 @@ impl Engine {
         Ok(Self {
             lakehouse,
             base,
+            limits: config.limits,
             system: None,
             write_gate: None,
         })
@@ -146,7 +152,12 @@ impl Engine {
 
     /// Split, rewrite placeholders and classify every statement of `text`.
     pub fn parse(&self, text: &str) -> Result<Vec<Statement>> {
-        parse(text)
+        parse_with(text, &self.limits)
+    }
+
+    /// The bounds this engine enforces.
+    pub fn limits(&self) -> &Limits {
+        &self.limits
     }
 
     /// Parse text that must hold exactly one statement.
@@ -197,7 +208,14 @@ impl Engine {
                     partitions: None,
                 };
                 let (plan, state, _pins) = self
-                    .logical_plan(session, stmt, params, &Pins::new(), planning)
+                    .logical_plan(
+                        session,
+                        stmt,
+                        params,
+                        &Pins::new(),
+                        planning,
+                        Purpose::Statement,
+                    )
                     .await?;
                 self.run_plan(plan, state, partition_by).await
             }
@@ -231,7 +249,7 @@ impl Engine {
         match &stmt.command {
             Command::Sql { .. } if stmt.returns_rows() => {
                 let (plan, state, resolved) = self
-                    .logical_plan(session, stmt, params, pins, target)
+                    .logical_plan(session, stmt, params, pins, target, Purpose::Query)
                     .await?;
                 let plan = state.create_physical_plan(&plan).await?;
                 let schema = plan.schema();
@@ -282,7 +300,18 @@ impl Engine {
             });
         };
         let (plan, state, _) = self
-            .logical_plan(session, stmt, None, &Pins::new(), PlanTarget::default())
+            .logical_plan(
+                session,
+                stmt,
+                None,
+                &Pins::new(),
+                PlanTarget::default(),
+                if returns_rows {
+                    Purpose::Query
+                } else {
+                    Purpose::Statement
+                },
+            )
             .await?;
         let types = plan.get_parameter_types()?;
         let parameters = (1..=stmt.params)
@@ -315,6 +344,7 @@ impl Engine {
         params: Option<Vec<ScalarValue>>,
         pins: &Pins,
         target: PlanTarget<'_>,
+        purpose: Purpose,
     ) -> Result<(LogicalPlan, SessionState, catalog::Resolved)> {
         let Command::Sql { text, .. } = &stmt.command else {
             return Err(Error::Internal("logical_plan on a non-SQL command".into()));
@@ -322,6 +352,7 @@ impl Engine {
         let parsed = self
             .base
             .sql_to_statement(text, &datafusion::config::Dialect::Generic)?;
+        policy::check_depth(&parsed, self.limits.max_sql_depth)?;
         let (state, resolved) = self.statement_state(session, &parsed, pins, target).await?;
         let plan = match state.statement_to_plan(parsed).await {
             Ok(p) => p,
@@ -333,6 +364,7 @@ impl Engine {
                 return Err(e.into());
             }
         };
+        policy::check(&plan, purpose)?;
         let plan = match params {
             Some(values) if !values.is_empty() => bind(plan, values)?,
             _ => plan,
@@ -346,9 +378,21 @@ impl Engine {
 }
 
 /// Split, rewrite placeholders and classify every statement of `text` (what
-/// [`Engine::parse`] does; it needs no engine).
+/// [`Engine::parse`] does, with the default limits; it needs no engine).
 pub fn parse(text: &str) -> Result<Vec<Statement>> {
-    let parts = sql::split_statements(text)?;
+    parse_with(text, &Limits::default())
+}
+
+/// [`parse`] within `limits`.
+pub fn parse_with(text: &str, limits: &Limits) -> Result<Vec<Statement>> {
+    if text.len() > limits.max_sql_bytes {
+        return Err(Error::Sql(format!(
+            "the SQL text is {} bytes; the limit is {} (--max-sql-bytes)",
+            text.len(),
+            limits.max_sql_bytes
+        )));
+    }
+    let parts = sql::split_statements(text, limits.max_sql_tokens)?;
     if parts.is_empty() {
         return Err(Error::Sql("no statement given".into()));
     }

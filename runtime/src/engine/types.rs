@@ -24,6 +24,7 @@ pub struct EngineConfig {
     pub batch_size: usize,
     /// DataFusion options (`datafusion.execution.…` = value) applied on top of Apiary's.
     pub datafusion_options: Vec<(String, String)>,
+    pub limits: Limits,
 }
 
 impl Default for EngineConfig {
@@ -34,6 +35,35 @@ impl Default for EngineConfig {
                 .unwrap_or(1),
             batch_size: 8192,
             datafusion_options: Vec::new(),
+            limits: Limits::default(),
+        }
+    }
+}
+
+/// Bounds on what one request may ask of the engine; each is a server flag. Beyond them a
+/// request is refused with a message naming the limit, before any work is done.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Limits {
+    /// Longest SQL text, in bytes (`--max-sql-bytes`).
+    pub max_sql_bytes: usize,
+    /// Most tokens in one SQL text, whitespace and comments not counted (`--max-sql-tokens`).
+    pub max_sql_tokens: usize,
+    /// Deepest nesting of expressions and subqueries in one statement (`--max-sql-depth`).
+    pub max_sql_depth: usize,
+    /// Most parameter rows one execution binds (`--max-param-rows`).
+    pub max_param_rows: usize,
+    /// Most columns a frame may have (`--max-columns`).
+    pub max_columns: usize,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Self {
+            max_sql_bytes: 1024 * 1024,
+            max_sql_tokens: 100_000,
+            max_sql_depth: 2_500,
+            max_param_rows: 10_000,
+            max_columns: 4_096,
         }
     }
 }

@@ -129,20 +129,33 @@ impl Node {
             CpuExecutor::new(config.cpu_threads)
                 .map_err(|e| Error::Internal(format!("starting the CPU runtime: {e}")))?,
         );
-        let base_env = Arc::new(RuntimeEnv::default());
-        let bees = BeePool::new(config.bees.clone(), base_env.object_store_registry.clone());
-        let engine = Engine::try_new(lakehouse.clone(), config.engine.clone(), base_env.clone())?
-            .with_write_gate(Arc::new(ColonyGate { bees: bees.clone() }));
-        // Scans of an object store go through the local cell cache.
+        let engine = Engine::try_new(
+            lakehouse.clone(),
+            config.engine.clone(),
+            Arc::new(RuntimeEnv::default()),
+        )?;
+        // The engine's registry reaches the storage root only; bees use the same one.
+        let registry = engine
+            .base_state()
+            .runtime_env()
+            .object_store_registry
+            .clone();
+        let bees = BeePool::new(config.bees.clone(), registry.clone());
+        let engine = engine.with_write_gate(Arc::new(ColonyGate { bees: bees.clone() }));
+        // Scans of an object store go through the local cell cache (confined like the rest).
         let cache = match (&config.cache, lakehouse.storage().kind()) {
             (Some((dir, capacity)), apiary_storage::BackendKind::S3) => {
                 let cache = CellCache::new(dir.clone(), *capacity).map_err(|e| {
                     Error::Internal(format!("cell cache at {}: {e}", dir.display()))
                 })?;
                 let storage = lakehouse.storage();
-                base_env.register_object_store(
+                let cached = CachedStore::new(storage.raw_store().clone(), cache.clone());
+                registry.register_store(
                     storage.object_store_url().as_ref(),
-                    Arc::new(CachedStore::new(storage.raw_store().clone(), cache.clone())),
+                    Arc::new(apiary_storage::confine::ConfinedStore::new(
+                        Arc::new(cached),
+                        storage.prefix().clone(),
+                    )),
                 );
                 Some(cache)
             }

@@ -25,9 +25,13 @@ impl QueryService for Node {
         stmt: &Statement,
         params: Option<Vec<ScalarValue>>,
     ) -> Result<Planned> {
+        let (engine, session, stmt) = (self.engine.clone(), session.clone(), stmt.clone());
         let planned = self
-            .engine
-            .plan_query(session, stmt, params, &Pins::new())
+            .planning(async move {
+                engine
+                    .plan_query(&session, &stmt, params, &Pins::new())
+                    .await
+            })
             .await?;
         Ok(Planned {
             schema: planned.schema,
@@ -36,7 +40,9 @@ impl QueryService for Node {
     }
 
     async fn statement_info(&self, session: &Session, stmt: &Statement) -> Result<StatementInfo> {
-        self.engine.statement_info(session, stmt).await
+        let (engine, session, stmt) = (self.engine.clone(), session.clone(), stmt.clone());
+        self.planning(async move { engine.statement_info(&session, &stmt).await })
+            .await
     }
 
     async fn query(&self, request: QueryRequest) -> Result<SendableRecordBatchStream> {

@@ -33,7 +33,35 @@ enum Held {
     Distributed(#[allow(dead_code)] DistributedRun),
 }
 
+/// Partitions a query is planned for at most, whatever the swarm's heartbeats claim.
+const MAX_PLAN_PARTITIONS: usize = 1024;
+
 impl Node {
+    fn check_param_rows(&self, rows: usize) -> Result<()> {
+        let max = self.engine.limits().max_param_rows;
+        if rows > max {
+            return Err(Error::Sql(format!(
+                "{rows} parameter rows; the limit is {max} (--max-param-rows); use bulk ingest for more"
+            )));
+        }
+        Ok(())
+    }
+
+    /// Parse-and-plan work, off the IO runtime: on the CPU runtime (whose threads have room for
+    /// deep expressions), under the query deadline, abandoned when it passes.
+    pub(super) async fn planning<T: Send + 'static>(
+        &self,
+        work: impl std::future::Future<Output = Result<T>> + Send + 'static,
+    ) -> Result<T> {
+        self.cpu
+            .run(
+                work,
+                &tokio_util::sync::CancellationToken::new(),
+                Some(self.config.bees.query_timeout),
+            )
+            .await
+    }
+
     /// Register a query (it shows in `system.runtime.queries` until the guard drops).
     pub(super) fn register(&self, query_id: &str, user: &str, sql: &str) -> QueryGuard {
         self.queries_total.fetch_add(1, Ordering::Relaxed);
@@ -57,6 +85,7 @@ impl Node {
         param_rows: Vec<Vec<ScalarValue>>,
         pins: &Pins,
     ) -> Result<SendableRecordBatchStream> {
+        self.check_param_rows(param_rows.len())?;
         let mut guard = self.register(query_id, &session.user, &stmt.text);
         let param_sets: Vec<Option<Vec<ScalarValue>>> = if param_rows.is_empty() {
             vec![None]
@@ -74,16 +103,29 @@ impl Node {
             .sum();
         let target = PlanTarget {
             env: None,
-            partitions: (swarm_bees > self.config.bees.bees).then_some(swarm_bees),
+            partitions: (swarm_bees > self.config.bees.bees)
+                .then_some(swarm_bees.min(MAX_PLAN_PARTITIONS)),
         };
-        let mut plans = Vec::with_capacity(param_sets.len());
-        for params in param_sets {
-            plans.push(
-                self.engine
-                    .plan_query_for(session, stmt, params, pins, target)
-                    .await?,
+        let mut plans = {
+            let (engine, session, stmt, pins) = (
+                self.engine.clone(),
+                session.clone(),
+                stmt.clone(),
+                pins.clone(),
             );
-        }
+            self.planning(async move {
+                let mut plans = Vec::with_capacity(param_sets.len());
+                for params in param_sets {
+                    plans.push(
+                        engine
+                            .plan_query_for(&session, &stmt, params, &pins, target)
+                            .await?,
+                    );
+                }
+                Ok(plans)
+            })
+            .await?
+        };
         let schema = plans[0].schema.clone();
         let timeout = self.config.bees.query_timeout;
         let mut deadline = Instant::now() + timeout;
@@ -181,7 +223,11 @@ impl Node {
         if !inner.returns_rows() || inner.params > 0 {
             return Ok(None);
         }
-        let planned = self.engine.plan_query(session, &inner, None, pins).await?;
+        let planned = {
+            let (engine, session, pins) = (self.engine.clone(), session.clone(), pins.clone());
+            self.planning(async move { engine.plan_query(&session, &inner, None, &pins).await })
+                .await?
+        };
         let text = match distributed::propose(&self.dist, &planned.plan) {
             Some(p) => distributed::describe(&p),
             None => format!(
@@ -212,6 +258,7 @@ impl Node {
         stmt: &Statement,
         param_rows: Vec<Vec<ScalarValue>>,
     ) -> Result<(u64, Session)> {
+        self.check_param_rows(param_rows.len())?;
         let guard = self.register(query_id, &session.user, &stmt.text);
         let lease = match guard.admit(&self.bees).await {
             Ok(l) => l,

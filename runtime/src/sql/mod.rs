@@ -25,37 +25,62 @@ pub(super) fn lex(text: &str) -> Result<Lexed<'_>> {
     let tokens: Vec<TokenWithSpan> = Tokenizer::new(&dialect, text)
         .tokenize_with_location()
         .map_err(|e| Error::Sql(e.to_string()))?;
-    // Byte offset of the start of every line (1-based lines, columns counted in chars).
-    let mut line_starts = vec![0usize];
-    for (i, b) in text.bytes().enumerate() {
-        if b == b'\n' {
-            line_starts.push(i + 1);
-        }
-    }
-    let offset = |loc: Location| -> usize {
-        let line = (loc.line as usize).saturating_sub(1);
-        let Some(&start) = line_starts.get(line) else {
-            return text.len();
-        };
-        let col = (loc.column as usize).saturating_sub(1);
-        text[start..]
-            .char_indices()
-            .nth(col)
-            .map(|(i, _)| start + i)
-            .unwrap_or(text.len())
-    };
+    // Token starts, in order: walk the text once, never back (linear however long a line is).
+    let mut walk = Walk::new(text);
+    let starts: Vec<usize> = tokens.iter().map(|t| walk.offset(t.span.start)).collect();
     let mut out = Vec::with_capacity(tokens.len());
-    for (i, t) in tokens.iter().enumerate() {
-        let start = offset(t.span.start);
+    for (i, t) in tokens.into_iter().enumerate() {
+        let start = starts[i];
         // Spans end inclusively at the last character on some tokens and exclusively on others;
         // the next token's start is the reliable end.
-        let end = tokens
-            .get(i + 1)
-            .map(|n| offset(n.span.start))
-            .unwrap_or(text.len());
-        out.push((t.token.clone(), start..end.max(start)));
+        let end = starts.get(i + 1).copied().unwrap_or(text.len());
+        out.push((t.token, start..end.max(start)));
     }
     Ok(Lexed { text, tokens: out })
+}
+
+/// Converts sqlparser's (line, column) locations — 1-based, columns counted in chars — into
+/// byte offsets, for locations given in increasing order.
+struct Walk<'a> {
+    text: &'a str,
+    line: u64,
+    col: u64,
+    byte: usize,
+}
+
+impl<'a> Walk<'a> {
+    fn new(text: &'a str) -> Self {
+        Self {
+            text,
+            line: 1,
+            col: 1,
+            byte: 0,
+        }
+    }
+
+    fn offset(&mut self, loc: Location) -> usize {
+        if (loc.line, loc.column) < (self.line, self.col) {
+            // Out of order (never expected): start over rather than guess.
+            *self = Walk::new(self.text);
+        }
+        let mut pos = self.byte;
+        let mut chars = self.text[pos..].chars();
+        while (self.line, self.col) < (loc.line, loc.column) {
+            let Some(c) = chars.next() else {
+                self.byte = self.text.len();
+                return self.byte;
+            };
+            pos += c.len_utf8();
+            if c == '\n' {
+                self.line += 1;
+                self.col = 1;
+            } else {
+                self.col += 1;
+            }
+        }
+        self.byte = pos;
+        pos
+    }
 }
 
 pub(super) fn is_trivia(t: &Token) -> bool {
@@ -63,9 +88,20 @@ pub(super) fn is_trivia(t: &Token) -> bool {
 }
 
 /// Split a text holding several statements separated by `;` (outside strings and comments).
-/// Empty statements are dropped.
-pub fn split_statements(text: &str) -> Result<Vec<String>> {
+/// Empty statements are dropped. A text of more than `max_tokens` tokens (whitespace and
+/// comments not counted) is refused.
+pub fn split_statements(text: &str, max_tokens: usize) -> Result<Vec<String>> {
     let lexed = lex(text)?;
+    let tokens = lexed
+        .tokens
+        .iter()
+        .filter(|(t, _)| !is_trivia(t) && !matches!(t, Token::EOF))
+        .count();
+    if tokens > max_tokens {
+        return Err(Error::Sql(format!(
+            "the SQL text has {tokens} tokens; the limit is {max_tokens} (--max-sql-tokens)"
+        )));
+    }
     let mut out = Vec::new();
     let mut start = 0usize;
     let mut meaningful = false;
@@ -147,7 +183,7 @@ mod tests {
 
     #[test]
     fn splits_on_top_level_semicolons_only() {
-        let s = split_statements("select ';' ; -- c;\n select 2;;").unwrap();
+        let s = split_statements("select ';' ; -- c;\n select 2;;", 100).unwrap();
         assert_eq!(
             s,
             vec!["select ';'".to_string(), "-- c;\n select 2".to_string()]

@@ -68,6 +68,7 @@ pub struct FlightSql {
     sql_info: SqlInfoData,
     xdbc: XdbcTypeInfoData,
     ticket_ttl: Duration,
+    max_cancel_endpoints: usize,
 }
 
 impl std::fmt::Debug for FlightSql {
@@ -87,7 +88,14 @@ impl FlightSql {
             sql_info: sql_info::sql_info(),
             xdbc: sql_info::xdbc_info(),
             ticket_ttl,
+            max_cancel_endpoints: 64,
         }
+    }
+
+    /// At most `n` endpoints per CancelFlightInfo (each costs a storage write).
+    pub fn with_max_cancel_endpoints(mut self, n: usize) -> Self {
+        self.max_cancel_endpoints = n.max(1);
+        self
     }
 
     /// Schema of what a descriptor's command returns, without running it (GetSchema).

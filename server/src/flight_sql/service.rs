@@ -412,11 +412,12 @@ impl FlightSqlService for FlightSql {
     async fn do_action_cancel_query(
         &self,
         query: ActionCancelQueryRequest,
-        _request: Request<Action>,
+        request: Request<Action>,
     ) -> Result<ActionCancelQueryResult, Status> {
+        let who = auth::principal(&request);
         let info =
             FlightInfo::decode(query.info).map_err(|_| Error::invalid("malformed FlightInfo"))?;
-        let status = self.cancel_info(&info).await?;
+        let status = self.cancel_info(&who, &info).await?;
         // CancelResult: 1 = CANCELLED, 3 = NOT_CANCELLABLE (same numbering as CancelStatus).
         Ok(ActionCancelQueryResult {
             result: status as i32,
@@ -437,7 +438,7 @@ impl FlightSqlService for FlightSql {
                 let info = req
                     .info
                     .ok_or_else(|| Error::invalid("CancelFlightInfo without info"))?;
-                let status = self.cancel_info(&info).await?;
+                let status = self.cancel_info(&who, &info).await?;
                 Ok(action_result(CancelFlightInfoResult {
                     status: status as i32,
                 }))

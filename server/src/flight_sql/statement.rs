@@ -162,15 +162,35 @@ impl FlightSql {
         Ok(wire_schema(&planned.schema))
     }
 
-    /// Cancel every query a FlightInfo's endpoints name.
-    pub(super) async fn cancel_info(&self, info: &FlightInfo) -> Result<CancelStatus> {
+    /// Cancel every query a FlightInfo's endpoints name: the caller's own only, and at most
+    /// `max_cancel_endpoints` of them (each costs a storage write).
+    pub(super) async fn cancel_info(
+        &self,
+        who: &Principal,
+        info: &FlightInfo,
+    ) -> Result<CancelStatus> {
+        if info.endpoint.len() > self.max_cancel_endpoints {
+            return Err(Error::invalid(format!(
+                "{} endpoints to cancel; the limit is {} (--max-cancel-endpoints)",
+                info.endpoint.len(),
+                self.max_cancel_endpoints
+            )));
+        }
         let mut status = CancelStatus::NotCancellable;
+        let mut seen = std::collections::HashSet::new();
         for ep in &info.endpoint {
             let Some(ticket) = &ep.ticket else { continue };
             let Ok(t) = self.ticket_from_any(&ticket.ticket) else {
                 continue;
             };
-            self.service.cancel(&t.query_id).await?;
+            if t.user != who.user {
+                return Err(Error::PermissionDenied(
+                    "the query belongs to another user".into(),
+                ));
+            }
+            if seen.insert(t.query_id.clone()) {
+                self.service.cancel(&t.query_id).await?;
+            }
             status = CancelStatus::Cancelled;
         }
         Ok(status)

@@ -5,5 +5,6 @@ mod distributed;
 mod flight_sql;
 mod node_runtime;
 mod operate;
+mod security;
 mod storage_conformance;
 mod writers;

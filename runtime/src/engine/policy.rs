@@ -1,0 +1,190 @@
+//! Which plans may run: an allowlist on the logical plan, checked after planning and before
+//! anything executes — not a denylist on the first words of the text, which `EXPLAIN ANALYZE`,
+//! comments and nesting walk around.
+//!
+//! | where                    | allowed                                                        |
+//! |--------------------------|----------------------------------------------------------------|
+//! | anywhere                 | relational operators over frames, `system.*` and table functions |
+//! | at the top of a statement | `CREATE TABLE [AS]`, `INSERT` into a frame                     |
+//! | `EXPLAIN [ANALYZE]`       | a query (never a write: `EXPLAIN ANALYZE` runs what it explains) |
+//!
+//! Everything else — `COPY`, other DDL (external tables, views, catalogs), `SET`, `PREPARE`,
+//! transactions, extension nodes — is refused, with DataFusion's own `SQLOptions` check behind
+//! ours as a second layer. Reading or writing outside the storage root is also impossible one
+//! level down: the engine's object-store registry knows the root only
+//! (`apiary_storage::confine`).
+
+use std::ops::ControlFlow;
+
+use datafusion::common::tree_node::TreeNodeRecursion;
+use datafusion::execution::context::SQLOptions;
+use datafusion::logical_expr::{DdlStatement, DmlStatement, LogicalPlan, WriteOp};
+use datafusion::sql::parser::Statement as DfStatement;
+
+use crate::error::{Error, Result};
+
+/// What a plan is planned for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Purpose {
+    /// A result set (GetFlightInfo, DoGet, prepared queries).
+    Query,
+    /// A statement run for its effect (updates, `apiary sql`).
+    Statement,
+}
+
+/// Refuse `plan` unless it is allowed for `purpose`.
+pub(crate) fn check(plan: &LogicalPlan, purpose: Purpose) -> Result<()> {
+    let writes = purpose == Purpose::Statement;
+    match plan {
+        LogicalPlan::Ddl(DdlStatement::CreateMemoryTable(c)) if writes => reads_only(&c.input)?,
+        LogicalPlan::Dml(DmlStatement {
+            op: WriteOp::Insert(_),
+            input,
+            ..
+        }) if writes => reads_only(input)?,
+        other => reads_only(other)?,
+    }
+    // Second layer: DataFusion's own verdict on the same plan.
+    SQLOptions::new()
+        .with_allow_ddl(writes)
+        .with_allow_dml(writes)
+        .with_allow_statements(false)
+        .verify_plan(plan)
+        .map_err(|e| Error::NotAllowed(e.to_string()))
+}
+
+/// Every node of `plan`, subqueries included, only reads.
+fn reads_only(plan: &LogicalPlan) -> Result<()> {
+    let mut refused: Option<Error> = None;
+    plan.apply_with_subqueries(|node| {
+        let ok = match node {
+            LogicalPlan::Projection(_)
+            | LogicalPlan::Filter(_)
+            | LogicalPlan::Window(_)
+            | LogicalPlan::Aggregate(_)
+            | LogicalPlan::Sort(_)
+            | LogicalPlan::Join(_)
+            | LogicalPlan::Repartition(_)
+            | LogicalPlan::Union(_)
+            | LogicalPlan::TableScan(_)
+            | LogicalPlan::EmptyRelation(_)
+            | LogicalPlan::Subquery(_)
+            | LogicalPlan::SubqueryAlias(_)
+            | LogicalPlan::Limit(_)
+            | LogicalPlan::Values(_)
+            | LogicalPlan::Distinct(_)
+            | LogicalPlan::Unnest(_)
+            | LogicalPlan::RecursiveQuery(_)
+            | LogicalPlan::DescribeTable(_)
+            // Explaining is reading; what is explained is walked as a child.
+            | LogicalPlan::Explain(_)
+            | LogicalPlan::Analyze(_) => true,
+            LogicalPlan::Dml(_)
+            | LogicalPlan::Ddl(_)
+            | LogicalPlan::Copy(_)
+            | LogicalPlan::Statement(_)
+            | LogicalPlan::Extension(_) => false,
+        };
+        if ok {
+            Ok(TreeNodeRecursion::Continue)
+        } else {
+            refused = Some(refusal(node));
+            Ok(TreeNodeRecursion::Stop)
+        }
+    })?;
+    match refused {
+        None => Ok(()),
+        Some(r) => Err(r),
+    }
+}
+
+/// Why `node` may not run: writing files or writing where a query is expected is not allowed;
+/// the rest (other DDL, `SET`, `PREPARE`, transactions, extensions) is not supported.
+fn refusal(node: &LogicalPlan) -> Error {
+    match node {
+        LogicalPlan::Copy(_) => Error::NotAllowed(
+            "COPY writes files; Apiary writes only frames (CREATE TABLE AS, INSERT)".into(),
+        ),
+        LogicalPlan::Dml(d) => Error::NotAllowed(format!(
+            "{} inside a query or EXPLAIN; run it as a statement of its own",
+            d.op
+        )),
+        LogicalPlan::Ddl(d) => Error::Unsupported(d.name().to_string()),
+        LogicalPlan::Statement(s) => Error::Unsupported(s.name().to_string()),
+        LogicalPlan::Extension(e) => Error::Unsupported(e.node.name().to_string()),
+        other => Error::Unsupported(other.display().to_string()),
+    }
+}
+
+/// Refuse a parsed statement nested deeper than `max` (expressions and subqueries): planning
+/// recurses over the tree and costs more than linearly in its depth, so depth is bounded before
+/// anything plans. The walk itself is one pass; it runs on a CPU-runtime thread, whose stack has
+/// room for any depth the parser produces (chains of binary operators are parsed in a loop, so
+/// they are the deep case).
+pub(crate) fn check_depth(statement: &DfStatement, max: usize) -> Result<()> {
+    use datafusion::sql::sqlparser::ast::Visit;
+    let mut depth = Depth {
+        now: 0,
+        deepest: 0,
+        max,
+    };
+    let flow = match statement {
+        DfStatement::Statement(s) => s.visit(&mut depth),
+        DfStatement::Explain(e) => return check_depth(&e.statement, max),
+        DfStatement::CopyTo(c) => match &c.source {
+            datafusion::sql::parser::CopyToSource::Query(q) => q.visit(&mut depth),
+            _ => ControlFlow::Continue(()),
+        },
+        _ => ControlFlow::Continue(()),
+    };
+    if flow.is_break() {
+        return Err(Error::Sql(format!(
+            "the statement nests deeper than {max} levels (--max-sql-depth); \
+             a long chain of OR or + is one level per term: use IN (...) or split the statement"
+        )));
+    }
+    Ok(())
+}
+
+struct Depth {
+    now: usize,
+    deepest: usize,
+    max: usize,
+}
+
+impl Depth {
+    fn enter(&mut self) -> ControlFlow<()> {
+        self.now += 1;
+        self.deepest = self.deepest.max(self.now);
+        if self.now > self.max {
+            ControlFlow::Break(())
+        } else {
+            ControlFlow::Continue(())
+        }
+    }
+
+    fn leave(&mut self) -> ControlFlow<()> {
+        self.now = self.now.saturating_sub(1);
+        ControlFlow::Continue(())
+    }
+}
+
+impl datafusion::sql::sqlparser::ast::Visitor for Depth {
+    type Break = ();
+
+    fn pre_visit_expr(&mut self, _: &datafusion::sql::sqlparser::ast::Expr) -> ControlFlow<()> {
+        self.enter()
+    }
+
+    fn post_visit_expr(&mut self, _: &datafusion::sql::sqlparser::ast::Expr) -> ControlFlow<()> {
+        self.leave()
+    }
+
+    fn pre_visit_query(&mut self, _: &datafusion::sql::sqlparser::ast::Query) -> ControlFlow<()> {
+        self.enter()
+    }
+
+    fn post_visit_query(&mut self, _: &datafusion::sql::sqlparser::ast::Query) -> ControlFlow<()> {
+        self.leave()
+    }
+}
