@@ -61,7 +61,7 @@ pub mod swarm;
 pub mod system;
 
 pub use engine::{
-    Engine, EngineConfig, IfExists, IfMissing, Limits, Output, Pins, PlannedQuery, Session,
+    Engine, EngineConfig, IfExists, IfMissing, Limits, Output, Pins, PlannedQuery, Role, Session,
     Statement, StatementInfo, SystemCatalog, WriteMode,
 };
 pub use error::{Error, Result};

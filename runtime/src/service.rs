@@ -12,7 +12,7 @@ use arrow::datatypes::SchemaRef;
 use datafusion::common::ScalarValue;
 use datafusion::execution::SendableRecordBatchStream;
 
-use crate::engine::{Pins, Session, Statement, StatementInfo, WriteMode};
+use crate::engine::{Pins, Role, Session, Statement, StatementInfo, WriteMode};
 use crate::error::Result;
 
 /// A query to run: what a ticket carries, decoded.
@@ -41,6 +41,7 @@ pub struct IngestRequest {
     pub frame: FrameRef,
     pub mode: WriteMode,
     pub user: String,
+    pub role: Role,
 }
 
 /// The node as the server sees it.

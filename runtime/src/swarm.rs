@@ -12,7 +12,7 @@ use std::collections::HashMap;
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
-use apiary_storage::format::{CacheSummaryV1, HeartbeatV1, Versioned};
+use apiary_storage::format::{CacheSummaryV1, HeartbeatV1, SwarmKey};
 use apiary_storage::{Storage, paths};
 use chrono::{DateTime, Utc};
 use serde::Serialize;
@@ -77,6 +77,23 @@ pub fn heartbeat(input: HeartbeatInput<'_>) -> HeartbeatV1 {
         written_at: input.now,
         seq: input.seq,
     }
+}
+
+/// Most bees a node may claim in its heartbeat; more is a lie (or a bug) that would make every
+/// other node plan for thousands of partitions.
+const MAX_BEES: u32 = 256;
+
+/// Clamp what a heartbeat claims to what a node can be.
+fn sanitize(mut hb: HeartbeatV1) -> HeartbeatV1 {
+    hb.bees_total = hb.bees_total.clamp(1, MAX_BEES);
+    hb.bees_busy = hb.bees_busy.min(hb.bees_total);
+    hb.temperature = if hb.temperature.is_finite() {
+        hb.temperature.clamp(0.0, 1.0)
+    } else {
+        1.0
+    };
+    hb.memory_reserved = hb.memory_reserved.min(hb.memory_budget);
+    hb
 }
 
 /// How an observer judges a node.
@@ -232,14 +249,14 @@ impl WorldView {
     }
 
     /// Read every heartbeat under the storage root and fold them in; delete long-dead ones.
-    pub async fn refresh(&self, storage: &Storage) -> Result<()> {
+    pub async fn refresh(&self, storage: &Storage, key: &SwarmKey) -> Result<()> {
         let listed = storage.list(&paths::nodes_prefix()).await?;
         let mut heartbeats = Vec::with_capacity(listed.len());
         for meta in listed {
             // (None: deleted between list and get.)
             if let Some((body, _)) = storage.get_opt(&meta.location).await? {
-                match HeartbeatV1::decode(&body) {
-                    Ok(hb) => heartbeats.push(hb),
+                match key.open_object::<HeartbeatV1>(&meta.location, &body) {
+                    Ok(hb) => heartbeats.push(sanitize(hb)),
                     Err(e) => warn!(key = %meta.location, error = %e, "skipping heartbeat"),
                 }
             }

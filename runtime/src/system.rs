@@ -27,7 +27,7 @@ use datafusion::error::Result as DfResult;
 use datafusion::logical_expr::{Expr, TableType};
 use datafusion::physical_plan::ExecutionPlan;
 
-use crate::engine::SystemCatalog;
+use crate::engine::{Caller, Role, SystemCatalog};
 use crate::status::{NodeStatus, StatusSource};
 
 /// The boxes and tables of the `system` hive.
@@ -154,7 +154,7 @@ fn f(v: Vec<f64>) -> ArrayRef {
     Arc::new(Float64Array::from(v))
 }
 
-fn render(kind: Kind, st: &NodeStatus) -> DfResult<RecordBatch> {
+fn render(kind: Kind, st: &NodeStatus, caller: Option<&Caller>) -> DfResult<RecordBatch> {
     let schema = kind.schema();
     let cols: Vec<ArrayRef> = match kind {
         Kind::Node => {
@@ -191,7 +191,15 @@ fn render(kind: Kind, st: &NodeStatus) -> DfResult<RecordBatch> {
             ]
         }
         Kind::Queries => {
-            let q = &st.queries;
+            // Other users' SQL is theirs: only an admin sees every query.
+            let q: Vec<&crate::status::QueryStatus> = st
+                .queries
+                .iter()
+                .filter(|q| match caller {
+                    Some(c) if c.role != Role::Admin => q.user == c.user,
+                    _ => true,
+                })
+                .collect();
             vec![
                 s(q.iter().map(|x| x.id.clone()).collect()),
                 s(q.iter().map(|x| x.user.clone()).collect()),
@@ -272,7 +280,7 @@ impl TableProvider for SystemTable {
 
     async fn scan(
         &self,
-        _state: &dyn Session,
+        state: &dyn Session,
         projection: Option<&Vec<usize>>,
         _filters: &[Expr],
         _limit: Option<usize>,
@@ -280,7 +288,8 @@ impl TableProvider for SystemTable {
         let source = self.source.upgrade().ok_or_else(|| {
             datafusion::error::DataFusionError::Execution("the node is shutting down".into())
         })?;
-        let batch = render(self.kind, &source.status())?;
+        let caller = state.config().get_extension::<Caller>();
+        let batch = render(self.kind, &source.status(), caller.as_deref())?;
         MemorySourceConfig::try_new_exec(&[vec![batch]], self.kind.schema(), projection.cloned())
             .map(|e| e as Arc<dyn ExecutionPlan>)
     }

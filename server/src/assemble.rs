@@ -105,6 +105,7 @@ pub async fn build(
     storage: &StorageArgs,
     node: &NodeArgs,
     advertise_url: String,
+    swarm_key: &[u8],
 ) -> anyhow::Result<Arc<Node>> {
     let (lakehouse, memory) = open_lakehouse(storage, node).await?;
     let node_id = node
@@ -158,6 +159,7 @@ pub async fn build(
             })
         },
         shutdown_grace: Duration::from_secs(5),
+        swarm_key: apiary_storage::format::SwarmKey::new(swarm_key),
         fault_clock_skew_secs: node.faults.clock_skew_secs.unwrap_or(0),
     };
     Ok(Node::new(lakehouse, config)?)

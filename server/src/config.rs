@@ -259,8 +259,9 @@ pub struct FlightArgs {
     /// Address to listen on.
     #[arg(long, env = "APIARY_LISTEN", default_value = "127.0.0.1:50051")]
     pub listen: String,
-    /// A user allowed to connect, as `name:argon2-hash` (see `apiary hash-password`). Repeat
-    /// for several users; APIARY_USERS separates them with `;`. Any user turns authentication on.
+    /// A user allowed to connect, as `name:argon2-hash[:role]` (see `apiary hash-password`);
+    /// role `admin`, `writer` (the default) or `reader`. Repeat for several users; APIARY_USERS
+    /// separates them with `;`. Any user turns authentication on.
     #[arg(
         long = "user",
         env = "APIARY_USERS",
@@ -268,10 +269,18 @@ pub struct FlightArgs {
         hide_env_values = true
     )]
     pub users: Vec<String>,
-    /// Key that signs tokens and tickets; every node of a swarm must share it. Default: a random
-    /// key created once in the storage root (`_apiary/secret`), which all nodes there share.
+    /// Key that signs tokens, tickets and the objects nodes exchange; every node of a swarm
+    /// must share it (16+ characters). Default: with users, `--token-secret-file`; without
+    /// users, a random key created once in the storage root (`_apiary/secret`).
     #[arg(long, env = "APIARY_TOKEN_SECRET", hide_env_values = true)]
     pub token_secret: Option<String>,
+    /// A file holding the key (mode 0600, outside the storage root). With users and no
+    /// `--token-secret`, `~/.config/apiary/token.key` is used, created if missing.
+    #[arg(long, env = "APIARY_TOKEN_SECRET_FILE")]
+    pub token_secret_file: Option<PathBuf>,
+    /// How long a login lasts at most, however often its token is renewed by use.
+    #[arg(long, env = "APIARY_TOKEN_MAX_LIFETIME", default_value = "7d", value_parser = parse_duration)]
+    pub token_max_lifetime: Duration,
     /// How long a bearer token stays valid without being used.
     #[arg(long, env = "APIARY_TOKEN_TTL", default_value = "12h", value_parser = parse_duration)]
     pub token_ttl: Duration,
@@ -294,9 +303,12 @@ pub struct FlightArgs {
     /// Default: derived from the address the server listens on.
     #[arg(long, env = "APIARY_ADVERTISE_URL")]
     pub advertise_url: Option<String>,
-    /// Serve Prometheus `/metrics` and `/healthz` over HTTP on this address.
+    /// Serve the status page, Prometheus `/metrics` and `/healthz` over HTTP on this address.
     #[arg(long, env = "APIARY_METRICS_LISTEN")]
     pub metrics_listen: Option<String>,
+    /// Allow `--metrics-listen` on a non-loopback address (the status page shows running SQL).
+    #[arg(long, env = "APIARY_METRICS_PUBLIC")]
+    pub metrics_public: bool,
     /// Largest gRPC message accepted or sent (ingest batches can be large).
     #[arg(long, env = "APIARY_MAX_MESSAGE_SIZE", default_value = "512MiB")]
     pub max_message_size: MemorySize,

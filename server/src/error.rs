@@ -167,6 +167,7 @@ fn storage_status(e: StError) -> Status {
         | StError::Delta(_)
         | StError::Parquet(_)
         | StError::Unreadable { .. }
+        | StError::Forged { .. }
         | StError::Internal(_)) => internal(&e.to_string()),
     }
 }

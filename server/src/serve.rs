@@ -7,6 +7,7 @@
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
 
 use anyhow::{Context, bail};
 use apiary_storage::Storage;
@@ -17,33 +18,107 @@ use tonic::transport::{Certificate, Identity, Server, ServerTlsConfig};
 use tracing::{info, warn};
 
 use crate::assemble;
-use crate::auth::{AuthLayer, Authenticator, Signer};
-use crate::config::{MemorySize, ServeArgs};
+use crate::auth::{AuthLayer, Authenticator, Signer, parse_users};
+use crate::config::{FlightArgs, MemorySize, ServeArgs};
 use crate::flight_sql::{ApiaryFlightService, FlightSql};
 
-/// `name:hash` entries into a user map.
-pub fn parse_users(entries: &[String]) -> anyhow::Result<HashMap<String, String>> {
-    let mut users = HashMap::new();
-    for e in entries {
-        let e = e.trim();
-        if e.is_empty() {
-            continue;
-        }
-        let (name, hash) = e
-            .split_once(':')
-            .with_context(|| "users are given as name:argon2-hash")?;
-        if name.is_empty() {
-            bail!("a user needs a name");
-        }
-        users.insert(name.to_string(), hash.to_string());
-    }
-    Ok(users)
+/// Where the key comes from, for logs and `check-config`.
+#[derive(Debug)]
+enum KeySource {
+    Flag,
+    File(PathBuf),
+    Bucket,
 }
 
-/// The swarm's signing key: from config, or created once in storage and shared through it.
-async fn signing_key(configured: Option<&str>, storage: &Storage) -> anyhow::Result<Vec<u8>> {
-    if let Some(k) = configured {
-        return Ok(k.as_bytes().to_vec());
+impl std::fmt::Display for KeySource {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            KeySource::Flag => f.write_str("--token-secret"),
+            KeySource::File(p) => write!(f, "{}", p.display()),
+            KeySource::Bucket => f.write_str("the storage root (no users configured)"),
+        }
+    }
+}
+
+/// Read a key file, refusing one that others may read.
+fn read_key_file(path: &Path) -> anyhow::Result<Vec<u8>> {
+    let meta = std::fs::metadata(path).with_context(|| format!("reading {}", path.display()))?;
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt;
+        if meta.permissions().mode() & 0o077 != 0 {
+            bail!(
+                "{} is readable by others (mode {:o}); chmod 600 it",
+                path.display(),
+                meta.permissions().mode() & 0o777
+            );
+        }
+    }
+    let _ = meta;
+    let key = std::fs::read_to_string(path)
+        .with_context(|| format!("reading {}", path.display()))?
+        .trim()
+        .to_string();
+    if key.len() < 16 {
+        bail!("{} must hold at least 16 characters", path.display());
+    }
+    Ok(key.into_bytes())
+}
+
+/// Create a key file (0600) unless it exists.
+fn ensure_key_file(path: &Path) -> anyhow::Result<()> {
+    if path.exists() {
+        return Ok(());
+    }
+    if let Some(dir) = path.parent() {
+        std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+    }
+    let mut options = std::fs::OpenOptions::new();
+    options.write(true).create_new(true);
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::OpenOptionsExt;
+        options.mode(0o600);
+    }
+    match options.open(path) {
+        Ok(mut f) => {
+            use std::io::Write;
+            let fresh: [u8; 32] = rand::random();
+            f.write_all(apiary_storage::format::hex(&fresh).as_bytes())?;
+            info!(path = %path.display(), "created a token key file");
+            Ok(())
+        }
+        // Another process made it first.
+        Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => Ok(()),
+        Err(e) => Err(e).with_context(|| format!("creating {}", path.display())),
+    }
+}
+
+fn default_key_file() -> anyhow::Result<PathBuf> {
+    let home = std::env::var_os("HOME").context(
+        "with users configured, give --token-secret or --token-secret-file (no HOME for the default key file)",
+    )?;
+    Ok(PathBuf::from(home).join(".config/apiary/token.key"))
+}
+
+/// The swarm's signing key. With users configured it never comes from the bucket (anyone who
+/// can read the data could forge tokens): it is `--token-secret`, or a key file outside the
+/// storage root. Without users, a key created once in the storage root is shared through it.
+async fn signing_key(
+    flight: &FlightArgs,
+    auth_on: bool,
+    storage: &Storage,
+) -> anyhow::Result<(Vec<u8>, KeySource)> {
+    if let Some(k) = &flight.token_secret {
+        return Ok((k.as_bytes().to_vec(), KeySource::Flag));
+    }
+    if let Some(path) = &flight.token_secret_file {
+        return Ok((read_key_file(path)?, KeySource::File(path.clone())));
+    }
+    if auth_on {
+        let path = default_key_file()?;
+        ensure_key_file(&path)?;
+        return Ok((read_key_file(&path)?, KeySource::File(path)));
     }
     let key = apiary_storage::paths::secret();
     let fresh: [u8; 32] = rand::random();
@@ -53,12 +128,12 @@ async fn signing_key(configured: Option<&str>, storage: &Storage) -> anyhow::Res
         .get_opt(&key)
         .await?
         .context("signing key vanished from storage")?;
-    Ok(body.to_vec())
+    Ok((body.to_vec(), KeySource::Bucket))
 }
 
 /// What `serve` and `check-config` both check before touching the network or storage.
 struct Checked {
-    users: HashMap<String, String>,
+    users: HashMap<String, (String, apiary_runtime::Role)>,
     max_message_size: usize,
     tls: Option<ServerTlsConfig>,
 }
@@ -67,7 +142,12 @@ fn check(args: &ServeArgs) -> anyhow::Result<Checked> {
     let flight = &args.flight;
     let users = parse_users(&flight.users)?;
     // Hashes are checked here, with a throwaway key: a bad one fails now, not at first login.
-    Authenticator::new(users.clone(), Signer::new(b"check"), flight.token_ttl)?;
+    Authenticator::new(
+        users.clone(),
+        Signer::new(b"check"),
+        flight.token_ttl,
+        flight.token_max_lifetime,
+    )?;
     if let Some(k) = &flight.token_secret
         && k.len() < 16
     {
@@ -104,7 +184,7 @@ fn check(args: &ServeArgs) -> anyhow::Result<Checked> {
 
 fn refuse_anonymous(
     args: &ServeArgs,
-    users: &HashMap<String, String>,
+    users: &HashMap<String, (String, apiary_runtime::Role)>,
     addr: SocketAddr,
 ) -> anyhow::Result<()> {
     if users.is_empty() && !addr.ip().is_loopback() && !args.flight.allow_anonymous {
@@ -135,9 +215,22 @@ pub async fn check_config(args: &ServeArgs) -> anyhow::Result<()> {
         .list(&apiary_storage::paths::hives_prefix())
         .await
         .with_context(|| format!("reaching storage {}", storage.display_url()))?;
-    let secret = match &flight.token_secret {
-        Some(_) => "from --token-secret".to_string(),
-        None => match storage.get_opt(&apiary_storage::paths::secret()).await? {
+    let secret = match (&flight.token_secret, &flight.token_secret_file) {
+        (Some(_), _) => "from --token-secret".to_string(),
+        (None, Some(path)) => {
+            read_key_file(path)?;
+            format!("from {}", path.display())
+        }
+        (None, None) if !checked.users.is_empty() => {
+            let path = default_key_file()?;
+            if path.exists() {
+                read_key_file(&path)?;
+                format!("from {}", path.display())
+            } else {
+                format!("will be created at {} at first start", path.display())
+            }
+        }
+        (None, None) => match storage.get_opt(&apiary_storage::paths::secret()).await? {
             Some(_) => "shared through the storage root".to_string(),
             None => "will be created in the storage root at first start".to_string(),
         },
@@ -153,6 +246,14 @@ pub async fn check_config(args: &ServeArgs) -> anyhow::Result<()> {
         if checked.tls.is_some() { "on" } else { "off" },
     );
     Ok(())
+}
+
+/// Whether `addr` (host:port) names only loopback addresses.
+async fn is_loopback(addr: &str) -> bool {
+    match tokio::net::lookup_host(addr).await {
+        Ok(mut addrs) => addrs.all(|a| a.ip().is_loopback()),
+        Err(_) => false,
+    }
 }
 
 async fn shutdown_signal() {
@@ -197,10 +298,27 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
             format!("{scheme}://{host}:{}", addr.port())
         }
     };
-    let node = assemble::build(&args.storage, &args.node, advertise).await?;
-    let key = signing_key(flight.token_secret.as_deref(), node.storage()).await?;
+    if let Some(m) = &flight.metrics_listen
+        && !flight.metrics_public
+        && !is_loopback(m).await
+    {
+        bail!(
+            "--metrics-listen {m} is not a loopback address: the status page shows running SQL; pass --metrics-public to serve it anyway"
+        );
+    }
+    let storage = Storage::open(&args.storage.storage, &args.storage.s3_options())
+        .with_context(|| format!("opening storage {}", args.storage.storage))?;
+    let auth_on = !checked.users.is_empty();
+    let (key, source) = signing_key(flight, auth_on, &storage).await?;
+    info!(%source, "token and swarm key");
+    let node = assemble::build(&args.storage, &args.node, advertise, &key).await?;
     let signer = Signer::new(&key);
-    let auth = Authenticator::new(checked.users, signer.clone(), flight.token_ttl)?;
+    let auth = Authenticator::new(
+        checked.users,
+        signer.clone(),
+        flight.token_ttl,
+        flight.token_max_lifetime,
+    )?;
     node.start();
     let metrics = match &flight.metrics_listen {
         Some(a) => Some(crate::metrics::serve(a, node.clone()).await?),

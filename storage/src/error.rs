@@ -84,6 +84,11 @@ pub enum Error {
         supported: u32,
     },
 
+    /// An object whose seal does not verify with this swarm's key: written by someone without
+    /// the key, or moved from another key. Never acted on.
+    #[error("{what} at {path} is not sealed with this swarm's key; ignored")]
+    Forged { what: &'static str, path: String },
+
     /// A persisted object that does not parse as its type.
     #[error("unreadable {what}: {detail}")]
     Unreadable { what: &'static str, detail: String },

@@ -5,6 +5,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use apiary_storage::Storage;
+use apiary_storage::format::SwarmKey;
 use tokio::sync::Notify;
 
 use super::metrics::DistMetrics;
@@ -71,6 +72,8 @@ pub(crate) struct DistContext {
     pub(crate) metrics: DistMetrics,
     /// Fragment runs and cleanups end with the node.
     pub(crate) background: Arc<Background>,
+    /// Seals tasks, plans and outcomes; nothing unsealed is acted on.
+    pub(crate) key: SwarmKey,
 }
 
 impl DistContext {

@@ -24,7 +24,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
 use apiary_storage::Storage;
-use apiary_storage::format::{DoneV1, FailedV1, TaskV1, Versioned, now_ms};
+use apiary_storage::format::{DoneV1, FailedV1, TaskV1, now_ms};
 use apiary_storage::paths::{self, AttemptKey};
 use arrow::array::RecordBatch;
 use arrow::datatypes::SchemaRef;
@@ -159,7 +159,8 @@ impl Dispatch {
             deadline_at_ms: self.deadline_ms,
         };
         let path = paths::inbox_entry(node, key)?;
-        self.storage.put(&path, entry.encode()).await?;
+        let sealed = self.ctx.key.seal_object(&path, &entry);
+        self.storage.put(&path, sealed).await?;
         self.posted.lock().expect("posted").push(path);
         if node == self.coordinator {
             self.ctx.inbox_wake.notify_one();
@@ -317,7 +318,7 @@ impl Dispatch {
                 (s.key.clone(), s.partition)
             };
             if is_done {
-                match DoneV1::decode(&body) {
+                match self.ctx.key.open_object::<DoneV1>(&path, &body) {
                     Ok(d) => {
                         debug!(query_id = %self.query_id, stage = key.stage, task = key.task, node = %d.node_id, rows = d.rows, "task done");
                         {
@@ -334,7 +335,7 @@ impl Dispatch {
                     Err(e) => reassign.push((i, e.to_string())),
                 }
             } else {
-                match FailedV1::decode(&body) {
+                match self.ctx.key.open_object::<FailedV1>(&path, &body) {
                     // The node gave the fragment up: another node tries.
                     Ok(f) if f.retryable => {
                         reassign.push((i, format!("given up by {}: {}", f.node_id, f.error)))

@@ -216,3 +216,43 @@ fn rebuild(
 fn recompute() -> ReplaceChildrenOptions {
     ReplaceChildrenOptions::new(ChildrenPropertiesMode::Recompute)
 }
+
+/// Check a fragment decoded on a worker before it runs: exactly the kind of plan the cutter
+/// makes — a chain of per-partition operators over one Parquet scan — whose every file is a
+/// cell under a frame of this storage root. Anything else (a sink, a join, a scan of another
+/// file) is refused, whoever wrote the plan.
+pub(crate) fn validate_fragment(
+    plan: &Arc<dyn ExecutionPlan>,
+    root: &object_store::path::Path,
+) -> crate::Result<()> {
+    let refuse = |why: String| Err(crate::Error::NotAllowed(format!("fragment refused: {why}")));
+    let mut node = plan;
+    loop {
+        if let Some(scan) = scan_config(node) {
+            if scan.file_source().file_type() != "parquet" {
+                return refuse(format!("a {} scan", scan.file_source().file_type()));
+            }
+            for f in scan.file_groups.iter().flat_map(|g| g.files().iter()) {
+                let path = &f.object_meta.location;
+                let parts: Option<Vec<String>> = path
+                    .prefix_match(root)
+                    .map(|p| p.map(|s| s.as_ref().to_string()).collect());
+                let is_cell = parts.as_ref().is_some_and(|p| {
+                    p.len() >= 4
+                        && !p[0].starts_with('_')
+                        && !p.iter().any(|s| s == "_delta_log")
+                        && path.extension() == Some("parquet")
+                });
+                if !is_cell {
+                    return refuse(format!("{path} is not a cell of a frame"));
+                }
+            }
+            return Ok(());
+        }
+        let children = node.children();
+        if !per_partition(node) || children.len() != 1 {
+            return refuse(format!("{} is not part of a leaf stage", node.name()));
+        }
+        node = children[0];
+    }
+}

@@ -4,7 +4,7 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use apiary_storage::format::{QueryManifestV1, StageManifestV1, Versioned, now_ms};
+use apiary_storage::format::{QueryManifestV1, StageManifestV1, now_ms};
 use apiary_storage::paths::{self, AttemptKey};
 use datafusion::physical_plan::ExecutionPlan;
 use futures::StreamExt;
@@ -62,7 +62,9 @@ pub(crate) async fn start(
         let stage = stages[t.stage].id;
         let key = AttemptKey::new(query_id, stage, per_stage[t.stage], 1);
         per_stage[t.stage] += 1;
-        writes.push((paths::task_plan(&key)?, t.plan));
+        let path = paths::task_plan(&key)?;
+        let sealed = ctx.key.seal("plan", &path, &t.plan);
+        writes.push((path, sealed));
         slots.push(TaskSlot::new(key, t.partition, t.node, t.cells));
     }
     let manifest = QueryManifestV1 {
@@ -83,8 +85,9 @@ pub(crate) async fn start(
             })
             .collect(),
     };
+    let path = paths::query_manifest(query_id)?;
     storage
-        .put(&paths::query_manifest(query_id)?, manifest.encode())
+        .put(&path, ctx.key.seal_object(&path, &manifest))
         .await?;
     let results: Vec<_> = futures::stream::iter(writes)
         .map(|(k, b)| {

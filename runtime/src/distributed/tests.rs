@@ -4,7 +4,7 @@
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use apiary_storage::format::{TaskV1, Versioned};
+use apiary_storage::format::{SwarmKey, TaskV1};
 use apiary_storage::paths::{self, AttemptKey};
 use apiary_storage::{Lakehouse, LedgerConfig, S3Options, Storage};
 use arrow::array::{AsArray, RecordBatch};
@@ -87,8 +87,10 @@ async fn two_workers_racing_for_one_task_run_it_once() {
             0,
             1,
         );
+        let seal = &a.config().swarm_key;
+        let plan_path = paths::task_plan(&key).unwrap();
         storage
-            .put(&paths::task_plan(&key).unwrap(), bytes.clone())
+            .put(&plan_path, seal.seal("plan", &plan_path, &bytes))
             .await
             .unwrap();
         let task = TaskV1 {
@@ -103,8 +105,9 @@ async fn two_workers_racing_for_one_task_run_it_once() {
         };
         // The same attempt lands in both inboxes; both workers poll at once.
         for n in ["racer-a", "racer-b"] {
+            let path = paths::inbox_entry(n, &key).unwrap();
             storage
-                .put(&paths::inbox_entry(n, &key).unwrap(), task.encode())
+                .put(&path, seal.seal_object(&path, &task))
                 .await
                 .unwrap();
         }
@@ -140,7 +143,11 @@ async fn a_fragment_given_up_by_a_busy_node_completes_on_another() {
         n.beat().await.unwrap();
     }
     for n in [&giver, &taker] {
-        n.dist().world.refresh(&swarm.storage).await.unwrap();
+        n.dist()
+            .world
+            .refresh(&swarm.storage, &n.config().swarm_key)
+            .await
+            .unwrap();
         n.start();
     }
     let sql = "SELECT sum(v) AS s, count(*) AS n FROM t WHERE v % 3 = 0";
@@ -209,4 +216,190 @@ async fn a_fragment_given_up_by_a_busy_node_completes_on_another() {
     for n in [&giver, &taker] {
         n.shutdown().await;
     }
+}
+
+/// Put `task` (and its plan) into `node`'s inbox the way a coordinator does, sealed with `key`.
+async fn plant(storage: &Storage, key: &SwarmKey, node: &str, task_key: &AttemptKey, plan: &[u8]) {
+    let plan_path = paths::task_plan(task_key).unwrap();
+    storage
+        .put(&plan_path, key.seal("plan", &plan_path, plan))
+        .await
+        .unwrap();
+    let task = TaskV1 {
+        v: 1,
+        query_id: task_key.query_id.clone(),
+        stage: task_key.stage,
+        task: task_key.task,
+        attempt: task_key.attempt,
+        coordinator: "someone".into(),
+        posted_at_ms: chrono::Utc::now().timestamp_millis(),
+        deadline_at_ms: chrono::Utc::now().timestamp_millis() + 60_000,
+    };
+    let path = paths::inbox_entry(node, task_key).unwrap();
+    storage
+        .put(&path, key.seal_object(&path, &task))
+        .await
+        .unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn workers_run_only_sealed_tasks_whose_plans_read_cells_of_this_root() {
+    let swarm = Swarm::new().await;
+    let a = swarm.node("worker-a", |_| {});
+    let mut session = Session::new("t");
+    run(&a, &mut session, "CREATE TABLE t (v BIGINT)").await;
+    run(
+        &a,
+        &mut session,
+        "INSERT INTO t SELECT value FROM generate_series(1, 100)",
+    )
+    .await;
+    let plan = plan(&a, &session, "SELECT v FROM t WHERE v > 1").await;
+    let stage = cut::find_stages(&plan).remove(0);
+    let group = cut::task_groups(&stage, 1).remove(0);
+    let legit = datafusion_proto::bytes::physical_plan_to_bytes(
+        cut::task_plan(&stage, group.clone()).unwrap(),
+    )
+    .unwrap();
+    // A Parquet file outside the storage root, named by an otherwise well-formed fragment.
+    let outside = tempfile::tempdir().unwrap();
+    let file = outside.path().join("secret.parquet");
+    let batch = arrow::record_batch::RecordBatch::try_from_iter(vec![(
+        "v",
+        std::sync::Arc::new(arrow::array::Int64Array::from(vec![7])) as arrow::array::ArrayRef,
+    )])
+    .unwrap();
+    let mut w = parquet::arrow::ArrowWriter::try_new(
+        std::fs::File::create(&file).unwrap(),
+        batch.schema(),
+        None,
+    )
+    .unwrap();
+    w.write(&batch).unwrap();
+    w.close().unwrap();
+    let size = std::fs::metadata(&file).unwrap().len();
+    let stray = datafusion::datasource::physical_plan::FileGroup::new(vec![
+        datafusion::datasource::listing::PartitionedFile::new(file.to_str().unwrap(), size),
+    ]);
+    let outside_plan =
+        datafusion_proto::bytes::physical_plan_to_bytes(cut::task_plan(&stage, stray).unwrap())
+            .unwrap();
+
+    let key = &a.config().swarm_key;
+    let storage = &swarm.storage;
+    let q = |n: u32| format!("0192f5a0-6f1c-7c2e-9b1d-2d6a1f3e4d{n:02}");
+    // 1. Planted without the swarm's key: dropped unread, nothing runs.
+    let forged = AttemptKey::new(q(1), 0, 0, 1);
+    plant(
+        storage,
+        &SwarmKey::new(b"not the swarm's key"),
+        "worker-a",
+        &forged,
+        &legit,
+    )
+    .await;
+    // 2. Sealed, but reading a file outside the root: refused, never read.
+    let stray_key = AttemptKey::new(q(2), 0, 0, 1);
+    plant(storage, key, "worker-a", &stray_key, &outside_plan).await;
+    // 3. Sealed and legitimate: runs.
+    let good = AttemptKey::new(q(3), 0, 0, 1);
+    plant(storage, key, "worker-a", &good, &legit).await;
+    worker::poll_once(a.dist()).await.unwrap();
+
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let (done, failed) = (paths::task_done, paths::task_failed);
+    while storage
+        .head_opt(&done(&good).unwrap())
+        .await
+        .unwrap()
+        .is_none()
+        || storage
+            .head_opt(&failed(&stray_key).unwrap())
+            .await
+            .unwrap()
+            .is_none()
+    {
+        assert!(Instant::now() < deadline, "the tasks never settled");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert_eq!(
+        a.dist().metrics.stats().fragments,
+        1,
+        "only the legitimate task ran"
+    );
+    for k in [&forged] {
+        assert!(storage.head_opt(&done(k).unwrap()).await.unwrap().is_none());
+        assert!(
+            storage
+                .head_opt(&failed(k).unwrap())
+                .await
+                .unwrap()
+                .is_none()
+        );
+    }
+    let body = storage
+        .get_opt(&failed(&stray_key).unwrap())
+        .await
+        .unwrap()
+        .unwrap()
+        .0;
+    let f: apiary_storage::format::FailedV1 = key
+        .open_object(&failed(&stray_key).unwrap(), &body)
+        .unwrap();
+    assert!(
+        !f.retryable && f.error.contains("not a cell"),
+        "{}",
+        f.error
+    );
+    assert!(
+        storage
+            .head_opt(&done(&stray_key).unwrap())
+            .await
+            .unwrap()
+            .is_none()
+    );
+    // The inbox is empty: forged entries are removed, not retried forever.
+    let inbox = paths::inbox_prefix("worker-a").unwrap();
+    assert!(storage.list(&inbox).await.unwrap().is_empty());
+}
+
+#[tokio::test]
+async fn heartbeats_count_only_when_sealed_and_within_reason() {
+    let swarm = Swarm::new().await;
+    let a = swarm.node("observer", |_| {});
+    let key = a.config().swarm_key.clone();
+    let hb = |id: &str, bees: u32| apiary_storage::format::HeartbeatV1 {
+        v: 1,
+        node_id: id.into(),
+        flight_url: String::new(),
+        version: "t".into(),
+        bees_total: bees,
+        bees_busy: 0,
+        memory_budget: 1,
+        memory_reserved: 0,
+        queue_depth: 0,
+        temperature: 5.0,
+        band: "cold".into(),
+        cache: Default::default(),
+        started_at: chrono::Utc::now(),
+        written_at: chrono::Utc::now(),
+        seq: 1,
+    };
+    for (id, k) in [
+        ("forged", SwarmKey::new(b"wrong")),
+        ("boastful", key.clone()),
+    ] {
+        let path = paths::heartbeat(id);
+        swarm
+            .storage
+            .put(&path, k.seal_object(&path, &hb(id, 2000)))
+            .await
+            .unwrap();
+    }
+    a.dist().world.refresh(&swarm.storage, &key).await.unwrap();
+    let nodes = a.dist().world.nodes();
+    assert_eq!(nodes.len(), 1, "the forged heartbeat counts");
+    assert_eq!(nodes[0].heartbeat.node_id, "boastful");
+    assert_eq!(nodes[0].heartbeat.bees_total, 256);
+    assert_eq!(nodes[0].heartbeat.temperature, 1.0);
 }

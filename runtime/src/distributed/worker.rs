@@ -70,7 +70,7 @@ pub(crate) async fn poll_once(ctx: &Arc<DistContext>) -> Result<usize> {
         let Some((body, _)) = storage.get_opt(&meta.location).await? else {
             continue;
         };
-        let task = match TaskV1::decode(&body) {
+        let task = match ctx.key.open_object::<TaskV1>(&meta.location, &body) {
             Ok(t) => t,
             Err(e) => {
                 warn!(key = %meta.location, error = %e, "dropping an unreadable inbox entry");
@@ -139,7 +139,10 @@ async fn execute(ctx: Arc<DistContext>, task: TaskV1) {
             ctx.metrics.fragments.fetch_add(1, Ordering::Relaxed);
             info!(query_id = %key.query_id, stage = key.stage, task = key.task, attempt = key.attempt, rows = w.rows, "fragment executed");
             match paths::task_done(&key) {
-                Ok(k) => storage.put(&k, done.encode()).await.map(|_| ()),
+                Ok(k) => storage
+                    .put(&k, ctx.key.seal_object(&k, &done))
+                    .await
+                    .map(|_| ()),
                 Err(e) => Err(e),
             }
         }
@@ -163,7 +166,10 @@ async fn execute(ctx: Arc<DistContext>, task: TaskV1) {
                 error: e.to_string(),
             };
             match paths::task_failed(&key) {
-                Ok(k) => storage.put(&k, failed.encode()).await.map(|_| ()),
+                Ok(k) => storage
+                    .put(&k, ctx.key.seal_object(&k, &failed))
+                    .await
+                    .map(|_| ()),
                 Err(e) => Err(e),
             }
         }
@@ -203,13 +209,17 @@ async fn run_attempt(ctx: &Arc<DistContext>, key: &AttemptKey) -> Result<Written
         tokio::time::sleep(delay).await;
     }
     let storage = ctx.storage.clone();
-    let (plan_bytes, _) = storage
-        .get_opt(&paths::task_plan(key)?)
+    let plan_path = paths::task_plan(key)?;
+    let (sealed, _) = storage
+        .get_opt(&plan_path)
         .await?
         // The coordinator deletes a query's objects when it ends: nobody waits for this task.
         .ok_or(Error::Cancelled)?;
+    let plan_bytes = ctx.key.open("plan", &plan_path, &sealed)?;
     let task_ctx: Arc<TaskContext> = ctx.engine.task_context(lease.env());
     let plan = datafusion_proto::bytes::physical_plan_from_bytes(&plan_bytes, &task_ctx)?;
+    // Only what the cutter makes runs here: a chain of per-partition operators over cells.
+    super::cut::validate_fragment(&plan, ctx.storage.prefix())?;
     let merged: Arc<dyn ExecutionPlan> = if plan.output_partitioning().partition_count() <= 1 {
         plan
     } else if let Some(ordering) = plan.output_ordering().cloned() {

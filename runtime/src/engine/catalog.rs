@@ -17,7 +17,7 @@ use datafusion::execution::session_state::SessionStateBuilder;
 use datafusion::sql::parser::Statement as DfStatement;
 use tracing::debug;
 
-use super::{Engine, Pins, PlanTarget, Session};
+use super::{Caller, Engine, Pins, PlanTarget, Session};
 use crate::error::{Error, Result};
 use crate::sql::NameParts;
 
@@ -150,7 +150,10 @@ impl Engine {
                 Err(e) => return Err(e.into()),
             }
         }
-        let mut config = self.base.config().clone();
+        let mut config = self.base.config().clone().with_extension(Arc::new(Caller {
+            user: session.user.clone(),
+            role: session.role,
+        }));
         config.options_mut().catalog.default_catalog = session.hive.to_string();
         config.options_mut().catalog.default_schema = session.box_name.to_string();
         if let Some(n) = target.partitions {

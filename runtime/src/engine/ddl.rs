@@ -144,7 +144,7 @@ impl Engine {
         let session = Session {
             hive: Ident::parse(&options.catalog.default_catalog)?,
             box_name: Ident::parse(&options.catalog.default_schema)?,
-            user: String::new(),
+            ..Session::new("")
         };
         let frame = catalog::frame_ref(&session, &catalog::table_ref_parts(&create.name))?;
         let has_data = !matches!(

@@ -49,8 +49,8 @@ use policy::Purpose;
 
 pub use ingest::{IfExists, IfMissing, WriteMode};
 pub use types::{
-    EngineConfig, Limits, Output, Pins, PlannedQuery, Session, Statement, StatementInfo,
-    SystemCatalog,
+    Caller, EngineConfig, Limits, Output, Pins, PlannedQuery, Role, Session, Statement,
+    StatementInfo, SystemCatalog,
 };
 
 /// The SQL engine of one node.

@@ -75,14 +75,48 @@ pub struct Session {
     pub hive: Ident,
     pub box_name: Ident,
     pub user: String,
+    /// What the user may do (from the server's user list, never from the client).
+    pub role: Role,
 }
 
 impl Session {
+    /// A session in `default.default` with every right (one-shot use, tests, auth off).
     pub fn new(user: impl Into<String>) -> Self {
         Self {
             hive: Ident::default_hive(),
             box_name: Ident::default_box(),
             user: user.into(),
+            role: Role::Admin,
+        }
+    }
+}
+
+/// What a user may do.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Role {
+    /// Everything, and sees every user's queries in `system.runtime.queries`.
+    Admin,
+    /// Reads and writes; sees their own queries.
+    Writer,
+    /// Reads only (queries, SHOW, DESCRIBE, USE); sees their own queries.
+    Reader,
+}
+
+impl Role {
+    pub fn as_str(&self) -> &'static str {
+        match self {
+            Role::Admin => "admin",
+            Role::Writer => "writer",
+            Role::Reader => "reader",
+        }
+    }
+
+    pub fn parse(s: &str) -> Option<Role> {
+        match s {
+            "admin" => Some(Role::Admin),
+            "writer" => Some(Role::Writer),
+            "reader" => Some(Role::Reader),
+            _ => None,
         }
     }
 }
@@ -201,4 +235,12 @@ pub struct StatementInfo {
 /// Provides the read-only `system` hive (node status); implemented by the node.
 pub trait SystemCatalog: Send + Sync + std::fmt::Debug {
     fn catalog(&self) -> Arc<dyn CatalogProvider>;
+}
+
+/// Who runs the statement being planned, attached to its DataFusion config so that table
+/// providers (the `system` tables) can answer per caller.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Caller {
+    pub user: String,
+    pub role: Role,
 }

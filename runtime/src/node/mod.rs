@@ -15,7 +15,7 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Weak};
 use std::time::{Duration, Instant};
 
-use apiary_storage::format::{CacheSummaryV1, HeartbeatV1, Versioned};
+use apiary_storage::format::{CacheSummaryV1, HeartbeatV1, SwarmKey};
 use apiary_storage::{Lakehouse, Storage, WriteGate, paths};
 use chrono::{DateTime, Utc};
 use datafusion::execution::runtime_env::RuntimeEnv;
@@ -52,6 +52,9 @@ pub struct NodeConfig {
     pub cache: Option<(PathBuf, u64)>,
     /// How long shutdown waits for cleanups in flight before aborting them.
     pub shutdown_grace: Duration,
+    /// Seals the objects nodes exchange (tasks, plans, outputs, heartbeats); shared by every
+    /// node of the swarm.
+    pub swarm_key: SwarmKey,
     /// Fault injection for tests: shift the wall clock written into heartbeats by this many
     /// seconds, to show that liveness never depends on writers' clocks. 0 in production.
     pub fault_clock_skew_secs: i64,
@@ -76,6 +79,8 @@ impl NodeConfig {
             distribution: DistributionConfig::default(),
             cache: None,
             shutdown_grace: Duration::from_secs(5),
+            // Only nodes built this way in one process share it: tests and one-shot use.
+            swarm_key: SwarmKey::new(b"apiary local swarm key"),
             fault_clock_skew_secs: 0,
         }
     }
@@ -179,6 +184,7 @@ impl Node {
                 config: config.distribution.clone(),
                 metrics: DistMetrics::default(),
                 background: background.clone(),
+                key: config.swarm_key.clone(),
             });
             Node {
                 world,
@@ -262,7 +268,11 @@ impl Node {
             loop {
                 tick.tick().await;
                 let Some(node) = node.upgrade() else { return };
-                if let Err(e) = node.world.refresh(node.storage()).await {
+                if let Err(e) = node
+                    .world
+                    .refresh(node.storage(), &node.config.swarm_key)
+                    .await
+                {
                     warn!(error = %e, "reading heartbeats");
                 }
                 if node.temperature().band == Band::Cold
@@ -303,9 +313,9 @@ impl Node {
             now: now + skew,
             seq: self.seq.fetch_add(1, Ordering::SeqCst) + 1,
         });
-        self.storage()
-            .put(&paths::heartbeat(&self.config.node_id), hb.encode())
-            .await?;
+        let path = paths::heartbeat(&self.config.node_id);
+        let sealed = self.config.swarm_key.seal_object(&path, &hb);
+        self.storage().put(&path, sealed).await?;
         Ok(())
     }
 

@@ -16,10 +16,11 @@ use super::Node;
 use crate::bees::BeeLease;
 use crate::distributed;
 use crate::distributed::DistributedRun;
-use crate::engine::{Output, Pins, PlanTarget, PlannedQuery, Session, Statement};
+use crate::engine::{Output, Pins, PlanTarget, PlannedQuery, Role, Session, Statement};
 use crate::error::{Error, Result};
 use crate::queries::{QueryGuard, TrackedStream};
 use crate::service::IngestRequest;
+use crate::sql::Command;
 use crate::swarm::NodeState;
 
 /// What a result stream keeps alive until it is dropped.
@@ -259,6 +260,12 @@ impl Node {
         param_rows: Vec<Vec<ScalarValue>>,
     ) -> Result<(u64, Session)> {
         self.check_param_rows(param_rows.len())?;
+        if session.role == Role::Reader && !matches!(stmt.command, Command::Use { .. }) {
+            return Err(Error::NotAllowed(format!(
+                "{} is a reader: statements that change data or the namespace are refused",
+                session.user
+            )));
+        }
         let guard = self.register(query_id, &session.user, &stmt.text);
         let lease = match guard.admit(&self.bees).await {
             Ok(l) => l,
@@ -314,6 +321,12 @@ impl Node {
         schema: Option<SchemaRef>,
         data: SendableRecordBatchStream,
     ) -> Result<u64> {
+        if request.role == Role::Reader {
+            return Err(Error::NotAllowed(format!(
+                "{} is a reader: ingest is refused",
+                request.user
+            )));
+        }
         let query_id = uuid::Uuid::now_v7().to_string();
         let what = format!("INGEST INTO {}", request.frame);
         let guard = self.register(&query_id, &request.user, &what);

@@ -105,6 +105,7 @@ impl FlightSql {
             frame,
             mode,
             user: who.user.clone(),
+            role: who.role,
         };
         let rows = self.service.ingest(request, incoming, data).await?;
         Ok(rows as i64)

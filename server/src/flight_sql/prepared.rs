@@ -125,6 +125,7 @@ impl FlightSql {
             hive: Ident::parse(&p.default_hive)?,
             box_name: Ident::parse(&p.default_box)?,
             user: who.user.clone(),
+            role: who.role,
         };
         let stmt = self.parse_one(&p.sql)?;
         let (n, after) = self.run_update(&session, &stmt, rows).await?;

@@ -78,7 +78,7 @@ impl FlightSql {
                 "ticket belongs to another user".into(),
             ));
         }
-        let stream = self.service.query(query_request(t)?).await?;
+        let stream = self.service.query(query_request(t, who.role)?).await?;
         Ok(Response::new(encode_stream(stream)))
     }
 
@@ -92,6 +92,7 @@ impl FlightSql {
             hive: apiary_storage::Ident::parse(&p.default_hive)?,
             box_name: apiary_storage::Ident::parse(&p.default_box)?,
             user: who.user.clone(),
+            role: who.role,
         };
         Ok(new_ticket(
             &p.sql,

@@ -9,7 +9,7 @@
 //! ```
 
 use apiary_proto::v1::{PinnedFrameV1, PreparedStatementV1, StatementTicketV1};
-use apiary_runtime::{Pins, QueryRequest, Session};
+use apiary_runtime::{Pins, QueryRequest, Role, Session};
 use apiary_storage::{FrameRef, Ident};
 use arrow_flight::Ticket;
 use arrow_flight::sql::{Any, ProstMessageExt, TicketStatementQuery};
@@ -113,12 +113,14 @@ pub(super) fn new_ticket(
     }
 }
 
-/// What the runtime runs for a ticket, decoded once.
-pub(super) fn query_request(t: StatementTicketV1) -> Result<QueryRequest> {
+/// What the runtime runs for a ticket, decoded once. The role is the redeeming caller's, as
+/// the server's user list says now (never carried by the ticket).
+pub(super) fn query_request(t: StatementTicketV1, role: Role) -> Result<QueryRequest> {
     let session = Session {
         hive: Ident::parse(&t.default_hive)?,
         box_name: Ident::parse(&t.default_box)?,
         user: t.user.clone(),
+        role,
     };
     let mut pins = Pins::new();
     for p in &t.pins {
@@ -144,5 +146,6 @@ pub(super) fn session_of(p: &Principal) -> Result<Session> {
         hive: Ident::parse(&p.hive)?,
         box_name: Ident::parse(&p.box_name)?,
         user: p.user.clone(),
+        role: p.role,
     })
 }

@@ -16,7 +16,12 @@
 //! | `_apiary/queries/<q>/s<s>-t<t>/done-<a>.json`        | [`DoneV1`]               |
 //! | `_apiary/queries/<q>/s<s>-t<t>/failed-<a>.json`      | [`FailedV1`]             |
 //! | `_apiary/queries/<q>/cancel`                         | [`CancelV1`]             |
+//!
+//! Objects a node acts on (tasks, plans, done and failed markers, heartbeats, manifests) are
+//! also sealed with the swarm's key ([`SwarmKey`]); a claim is only ever checked for existence,
+//! and a cancel marker can only stop work.
 
+mod seal;
 mod v1;
 
 use bytes::Bytes;
@@ -25,6 +30,7 @@ use serde::de::DeserializeOwned;
 
 use crate::error::{Error, Result};
 
+pub use seal::SwarmKey;
 pub use v1::{
     CacheSummaryV1, CancelV1, ClaimV1, DoneV1, FailedV1, HeartbeatV1, MarkerV1, QueryManifestV1,
     StageManifestV1, TaskV1,
@@ -76,6 +82,22 @@ pub fn hex(bytes: &[u8]) -> String {
         let _ = write!(s, "{b:02x}");
     }
     s
+}
+
+impl SwarmKey {
+    /// A persisted object, encoded and sealed for `path`.
+    pub fn seal_object<T: Versioned>(&self, path: &object_store::path::Path, obj: &T) -> Bytes {
+        self.seal(T::WHAT, path, &obj.encode())
+    }
+
+    /// A sealed object read from `path`: its seal verified, then decoded.
+    pub fn open_object<T: Versioned>(
+        &self,
+        path: &object_store::path::Path,
+        sealed: &Bytes,
+    ) -> Result<T> {
+        T::decode(&self.open(T::WHAT, path, sealed)?)
+    }
 }
 
 #[cfg(test)]

@@ -666,7 +666,7 @@ async fn errors_map_to_grpc_codes() {
     assert_eq!(err.code(), Code::InvalidArgument);
 }
 
-fn basic(user: &str, pw: &str, padded: bool) -> String {
+pub(crate) fn basic(user: &str, pw: &str, padded: bool) -> String {
     let raw = format!("{user}:{pw}");
     let enc = if padded {
         base64::engine::general_purpose::STANDARD.encode(raw)
@@ -676,7 +676,7 @@ fn basic(user: &str, pw: &str, padded: bool) -> String {
     format!("Basic {enc}")
 }
 
-fn hash(pw: &str) -> String {
+pub(crate) fn hash(pw: &str) -> String {
     let out = std::process::Command::new(apiary_tests::apiary_bin())
         .arg("hash-password")
         .stdin(std::process::Stdio::piped())
@@ -695,7 +695,7 @@ fn hash(pw: &str) -> String {
     String::from_utf8(out.stdout).unwrap().trim().to_string()
 }
 
-async fn handshake_with(url: &str, header: &str) -> Result<String, tonic::Status> {
+pub(crate) async fn handshake_with(url: &str, header: &str) -> Result<String, tonic::Status> {
     let mut raw = FlightServiceClient::new(channel(url).await);
     let mut req = Request::new(futures::stream::iter(vec![
         arrow_flight::HandshakeRequest::default(),
@@ -715,7 +715,10 @@ async fn handshake_with(url: &str, header: &str) -> Result<String, tonic::Status
     Ok(token)
 }
 
-async fn select_one_with(url: &str, header: &str) -> Result<Option<String>, tonic::Status> {
+pub(crate) async fn select_one_with(
+    url: &str,
+    header: &str,
+) -> Result<Option<String>, tonic::Status> {
     let mut raw = FlightServiceClient::new(channel(url).await);
     let cmd = CommandStatementQuery {
         query: "SELECT 1".into(),
@@ -736,8 +739,18 @@ async fn authentication_and_tokens() {
     let dir = temp_root();
     let root = dir.path().to_str().unwrap();
     let user = format!("alice:{}", hash("wonder land"));
-    let a = Server::start(root, &["--user", &user], &[]);
-    let b = Server::start(root, &["--user", &user], &[]);
+    // A swarm with users shares its key through configuration, never through the bucket.
+    let secret = ["--token-secret", "a shared swarm secret of some length"];
+    let a = Server::start(
+        root,
+        &[&["--user", user.as_str()][..], &secret[..]].concat(),
+        &[],
+    );
+    let b = Server::start(
+        root,
+        &[&["--user", user.as_str()][..], &secret[..]].concat(),
+        &[],
+    );
 
     // No credentials → UNAUTHENTICATED.
     let mut raw = FlightServiceClient::new(channel(&a.url()).await);

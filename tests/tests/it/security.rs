@@ -214,3 +214,164 @@ async fn metadata_patterns_neither_overflow_the_stack_nor_backtrack_for_hours() 
     }
     assert_eq!(scalar(&mut c, "SELECT 1").await.unwrap(), "1");
 }
+
+use super::flight_sql::{basic, handshake_with, hash, select_one_with};
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn with_users_the_token_key_never_comes_from_the_bucket() {
+    let dir = tempfile::tempdir().unwrap();
+    let root = dir.path().join("root");
+    let root = root.to_str().unwrap();
+    let home = tempfile::tempdir().unwrap();
+    let env = vec![("HOME".to_string(), home.path().display().to_string())];
+    let user = format!("alice:{}", hash("pw"));
+    // An open node on the same root puts a key into the bucket and mints tokens for any name.
+    let open = Server::start(root, &[], &[]);
+    let forged = handshake_with(&open.url(), &basic("alice", "anything", true))
+        .await
+        .unwrap();
+    assert!(std::path::Path::new(root).join("_apiary/secret").exists());
+    drop(open);
+    let guarded = Server::start(root, &["--user", &user], &env);
+    let err = select_one_with(&guarded.url(), &forged).await.unwrap_err();
+    assert_eq!(err.code(), Code::Unauthenticated);
+    // Its own key is a 0600 file in HOME, not the bucket's.
+    let key = home.path().join(".config/apiary/token.key");
+    use std::os::unix::fs::PermissionsExt;
+    assert_eq!(
+        std::fs::metadata(&key).unwrap().permissions().mode() & 0o777,
+        0o600
+    );
+    let bucket_key = std::fs::read(std::path::Path::new(root).join("_apiary/secret")).unwrap();
+    assert_ne!(std::fs::read(&key).unwrap(), bucket_key);
+    let good = handshake_with(&guarded.url(), &basic("alice", "pw", true))
+        .await
+        .unwrap();
+    select_one_with(&guarded.url(), &good).await.unwrap();
+    // A key file others can read is refused at start.
+    let loose = dir.path().join("loose.key");
+    std::fs::write(&loose, "a key of more than sixteen characters").unwrap();
+    std::fs::set_permissions(&loose, std::fs::Permissions::from_mode(0o644)).unwrap();
+    let out = apiary_tests::apiary(
+        &[
+            "check-config",
+            "--storage",
+            root,
+            "--user",
+            &user,
+            "--token-secret-file",
+            loose.to_str().unwrap(),
+        ],
+        &[],
+    );
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("chmod 600"));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn readers_read_and_see_only_their_own_queries() {
+    let dir = tempfile::tempdir().unwrap();
+    let root = dir.path().join("root");
+    let users = [
+        format!("boss:{}:admin", hash("pw")),
+        format!("rita:{}:reader", hash("pw")),
+    ];
+    let server = Server::start(
+        root.to_str().unwrap(),
+        &[
+            "--user",
+            &users[0],
+            "--user",
+            &users[1],
+            "--token-secret",
+            "a shared swarm secret of some length",
+        ],
+        &[],
+    );
+    let login = |u: &'static str| {
+        let url = server.url();
+        async move {
+            let mut c = client_of(&url).await;
+            c.handshake(u, "pw").await.unwrap();
+            c
+        }
+    };
+    let mut boss = login("boss").await;
+    let mut rita = login("rita").await;
+    update(&mut boss, "CREATE TABLE t AS SELECT 1 AS a")
+        .await
+        .unwrap();
+    assert_eq!(
+        scalar(&mut rita, "SELECT count(*) FROM t").await.unwrap(),
+        "1"
+    );
+    for sql in [
+        "INSERT INTO t VALUES (2)",
+        "CREATE TABLE u AS SELECT 1 AS a",
+        "DROP TABLE t",
+    ] {
+        let (got, msg) = update(&mut rita, sql).await.unwrap_err();
+        assert_eq!(got, Code::PermissionDenied, "{sql}: {msg}");
+    }
+    update(&mut rita, "USE default.default").await.unwrap();
+    // A slow query of the admin's is invisible to the reader, visible to the admin.
+    let url = server.url();
+    let _slow = apiary_runtime::executor::spawn(async move {
+        let mut c = client_of(&url).await;
+        c.handshake("boss", "pw").await.unwrap();
+        let _ = scalar(
+            &mut c,
+            "SELECT count(*) FROM generate_series(1, 3000000000) WHERE value % 7 = 1",
+        )
+        .await;
+    });
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    loop {
+        let mine = scalar(&mut boss, "SELECT count(*) FROM system.runtime.queries WHERE sql LIKE '%3000000000%' AND sql NOT LIKE '%system.runtime%'").await.unwrap();
+        if mine != "0" {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the slow query never showed"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let seen_by_reader = scalar(
+        &mut rita,
+        "SELECT count(*) FROM system.runtime.queries WHERE user <> 'rita'",
+    )
+    .await
+    .unwrap();
+    assert_eq!(seen_by_reader, "0");
+}
+
+async fn client_of(url: &str) -> FlightSqlServiceClient<Channel> {
+    let channel = Channel::from_shared(url.to_string())
+        .unwrap()
+        .connect_timeout(Duration::from_secs(10))
+        .connect()
+        .await
+        .unwrap();
+    FlightSqlServiceClient::new(channel)
+}
+
+#[test]
+fn the_status_page_stays_on_loopback_unless_asked() {
+    let dir = tempfile::tempdir().unwrap();
+    let root = dir.path().join("root");
+    let out = apiary_tests::apiary(
+        &[
+            "serve",
+            "--storage",
+            root.to_str().unwrap(),
+            "--listen",
+            "127.0.0.1:0",
+            "--metrics-listen",
+            "0.0.0.0:0",
+        ],
+        &[],
+    );
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("--metrics-public"));
+}

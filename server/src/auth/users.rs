@@ -1,0 +1,193 @@
+//! The users a node accepts, and checking their passwords without helping an attacker: argon2
+//! runs on the blocking pool (never on the executor), an unknown user costs the same as a wrong
+//! password (a dummy hash is verified), and a peer that keeps failing waits longer each time.
+
+use std::collections::HashMap;
+use std::net::IpAddr;
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
+
+use apiary_runtime::Role;
+use argon2::{Argon2, PasswordHash, PasswordHasher, PasswordVerifier};
+use sha2::{Digest, Sha256};
+
+/// One configured user.
+#[derive(Debug, Clone)]
+pub(super) struct User {
+    pub(super) hash: String,
+    pub(super) role: Role,
+    /// Changes when the hash does: tokens carry it, so a new password ends old sessions.
+    pub(super) credential: String,
+}
+
+/// `name:argon2-hash[:role]` entries (role `admin`, `writer` — the default — or `reader`).
+pub fn parse_users(entries: &[String]) -> anyhow::Result<HashMap<String, (String, Role)>> {
+    let mut users = HashMap::new();
+    for e in entries {
+        let e = e.trim();
+        if e.is_empty() {
+            continue;
+        }
+        let (name, rest) = e
+            .split_once(':')
+            .ok_or_else(|| anyhow::anyhow!("users are given as name:argon2-hash[:role]"))?;
+        if name.is_empty() {
+            anyhow::bail!("a user needs a name");
+        }
+        // A PHC hash has no ':', so a last ':' separates the role.
+        let (hash, role) = match rest.rsplit_once(':') {
+            Some((hash, role)) => (
+                hash,
+                Role::parse(role).ok_or_else(|| {
+                    anyhow::anyhow!("user {name}: role {role:?} is not admin, writer or reader")
+                })?,
+            ),
+            None => (rest, Role::Writer),
+        };
+        users.insert(name.to_string(), (hash.to_string(), role));
+    }
+    Ok(users)
+}
+
+/// Hash a password for the users list (`apiary hash-password`).
+pub fn hash_password(password: &str) -> anyhow::Result<String> {
+    let random: [u8; 16] = rand::random();
+    let salt = argon2::password_hash::SaltString::encode_b64(&random)
+        .map_err(|e| anyhow::anyhow!("salt: {e}"))?;
+    Ok(Argon2::default()
+        .hash_password(password.as_bytes(), &salt)
+        .map_err(|e| anyhow::anyhow!("hashing password: {e}"))?
+        .to_string())
+}
+
+pub(super) fn credential_of(hash: &str) -> String {
+    apiary_storage::format::hex(&Sha256::digest(hash.as_bytes())[..8])
+}
+
+/// Check `password` against `hash`, or against a dummy hash when the user is unknown, on the
+/// blocking pool. Returns whether it matched (always false for an unknown user).
+pub(super) async fn check_password(hash: Option<String>, dummy: String, password: String) -> bool {
+    let known = hash.is_some();
+    let hash = hash.unwrap_or(dummy);
+    let matched = apiary_runtime::executor::spawn_blocking(move || {
+        PasswordHash::new(&hash)
+            .map(|parsed| {
+                Argon2::default()
+                    .verify_password(password.as_bytes(), &parsed)
+                    .is_ok()
+            })
+            .unwrap_or(false)
+    })
+    .await
+    .unwrap_or(false);
+    known && matched
+}
+
+/// Failures kept per peer; the oldest are forgotten beyond this.
+const MAX_PEERS: usize = 10_000;
+/// Failures a peer may have before it waits.
+const FREE_FAILURES: u32 = 3;
+/// The longest wait before a password is checked.
+const MAX_DELAY: Duration = Duration::from_secs(5);
+/// A peer's record is forgotten after this long without a failure.
+const FORGET_AFTER: Duration = Duration::from_secs(600);
+
+/// Per-peer failure counts: a peer that keeps failing waits before its next check, doubling up
+/// to [`MAX_DELAY`].
+#[derive(Debug, Default)]
+pub(super) struct Backoff {
+    peers: Mutex<HashMap<IpAddr, (u32, Instant)>>,
+}
+
+impl Backoff {
+    /// How long `peer` waits before its next password check.
+    pub(super) fn delay(&self, peer: Option<IpAddr>) -> Duration {
+        let Some(peer) = peer else {
+            return Duration::ZERO;
+        };
+        let peers = self.peers.lock().expect("backoff");
+        match peers.get(&peer) {
+            Some((n, last)) if *n > FREE_FAILURES && last.elapsed() < FORGET_AFTER => {
+                let steps = (*n - FREE_FAILURES).min(16);
+                (Duration::from_millis(100) * 2u32.pow(steps)).min(MAX_DELAY)
+            }
+            _ => Duration::ZERO,
+        }
+    }
+
+    pub(super) fn failed(&self, peer: Option<IpAddr>) {
+        let Some(peer) = peer else { return };
+        let mut peers = self.peers.lock().expect("backoff");
+        if peers.len() >= MAX_PEERS && !peers.contains_key(&peer) {
+            peers.retain(|_, (_, last)| last.elapsed() < FORGET_AFTER);
+            if peers.len() >= MAX_PEERS
+                && let Some(oldest) = peers.iter().min_by_key(|(_, (_, t))| *t).map(|(k, _)| *k)
+            {
+                peers.remove(&oldest);
+            }
+        }
+        let e = peers.entry(peer).or_insert((0, Instant::now()));
+        if e.1.elapsed() >= FORGET_AFTER {
+            e.0 = 0;
+        }
+        e.0 += 1;
+        e.1 = Instant::now();
+    }
+
+    pub(super) fn succeeded(&self, peer: Option<IpAddr>) {
+        if let Some(peer) = peer {
+            self.peers.lock().expect("backoff").remove(&peer);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn users_with_roles() {
+        let h = hash_password("pw").unwrap();
+        let users = parse_users(&[
+            format!("alice:{h}"),
+            format!("bob:{h}:reader"),
+            format!("carol:{h}:admin"),
+        ])
+        .unwrap();
+        assert_eq!(users["alice"].1, Role::Writer);
+        assert_eq!(users["bob"].1, Role::Reader);
+        assert_eq!(users["carol"].1, Role::Admin);
+        assert_eq!(users["bob"].0, h);
+        assert!(parse_users(&[format!("dave:{h}:root")]).is_err());
+        assert!(parse_users(&["nohash".to_string()]).is_err());
+    }
+
+    #[tokio::test]
+    async fn unknown_users_and_wrong_passwords_both_fail_after_a_real_check() {
+        let h = hash_password("pw").unwrap();
+        let dummy = hash_password("dummy").unwrap();
+        assert!(check_password(Some(h.clone()), dummy.clone(), "pw".into()).await);
+        assert!(!check_password(Some(h), dummy.clone(), "nope".into()).await);
+        // Even the dummy's own password does not let an unknown user in.
+        assert!(!check_password(None, dummy.clone(), "dummy".into()).await);
+    }
+
+    #[test]
+    fn repeated_failures_back_off_and_success_forgives() {
+        let b = Backoff::default();
+        let peer = Some("10.0.0.1".parse().unwrap());
+        for _ in 0..FREE_FAILURES {
+            b.failed(peer);
+        }
+        assert_eq!(b.delay(peer), Duration::ZERO);
+        b.failed(peer);
+        assert_eq!(b.delay(peer), Duration::from_millis(200));
+        for _ in 0..20 {
+            b.failed(peer);
+        }
+        assert_eq!(b.delay(peer), MAX_DELAY);
+        assert_eq!(b.delay(Some("10.0.0.2".parse().unwrap())), Duration::ZERO);
+        b.succeeded(peer);
+        assert_eq!(b.delay(peer), Duration::ZERO);
+    }
+}
