@@ -90,6 +90,8 @@ const RECENT_FAILURES: usize = 20;
 #[derive(Debug, Default)]
 pub struct QueryRegistry {
     queries: Mutex<HashMap<String, Arc<QueryEntry>>>,
+    /// Other names of running queries (a distributed run's id → its query), held weakly.
+    aliases: Mutex<HashMap<String, std::sync::Weak<QueryEntry>>>,
     failures: Mutex<std::collections::VecDeque<FailureStatus>>,
 }
 
@@ -137,12 +139,23 @@ impl QueryRegistry {
         }
     }
 
-    /// The cancellation token of a query of this node, if it runs here.
+    /// Another name for a running query; it lasts as long as the query does.
+    pub fn alias(&self, alias: &str, entry: &Arc<QueryEntry>) {
+        let mut aliases = self.aliases.lock().expect("query registry");
+        aliases.retain(|_, e| e.strong_count() > 0);
+        aliases.insert(alias.to_string(), Arc::downgrade(entry));
+    }
+
+    /// The cancellation token of a query of this node (by id or alias), if it runs here.
     pub fn token_of(&self, id: &str) -> Option<CancellationToken> {
-        self.queries
+        if let Some(e) = self.queries.lock().expect("query registry").get(id) {
+            return Some(e.token.clone());
+        }
+        self.aliases
             .lock()
             .expect("query registry")
             .get(id)
+            .and_then(|e| e.upgrade())
             .map(|e| e.token.clone())
     }
 

@@ -309,9 +309,21 @@ pub struct FlightArgs {
     /// Allow `--metrics-listen` on a non-loopback address (the status page shows running SQL).
     #[arg(long, env = "APIARY_METRICS_PUBLIC")]
     pub metrics_public: bool,
-    /// Largest gRPC message accepted or sent (ingest batches can be large).
-    #[arg(long, env = "APIARY_MAX_MESSAGE_SIZE", default_value = "512MiB")]
+    /// Largest gRPC message accepted or sent (one ingest batch must fit).
+    #[arg(long, env = "APIARY_MAX_MESSAGE_SIZE", default_value = "256MiB")]
     pub max_message_size: MemorySize,
+    /// Calls handled at once by the whole node; beyond it a call is refused at once with
+    /// RESOURCE_EXHAUSTED (clients retry) instead of queueing without bound. A streaming DoGet counts
+    /// only until its first message.
+    #[arg(long, env = "APIARY_MAX_CALLS", default_value_t = 512)]
+    pub max_calls: usize,
+    /// Calls handled at once for one client connection (HTTP/2 streams).
+    #[arg(long, env = "APIARY_MAX_CALLS_PER_CONNECTION", default_value_t = 64)]
+    pub max_calls_per_connection: usize,
+    /// Serve users' passwords and tokens without TLS on a non-loopback address (a proxy in front
+    /// terminates TLS, or the network is private).
+    #[arg(long, env = "APIARY_INSECURE_AUTH")]
+    pub insecure_auth: bool,
     /// On SIGTERM or Ctrl-C: stop taking calls, hand back running fragments, leave the swarm,
     /// and give calls in flight this long to finish before the process exits anyway.
     #[arg(long, env = "APIARY_SHUTDOWN_TIMEOUT", default_value = "30s", value_parser = parse_duration)]

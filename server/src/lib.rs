@@ -25,6 +25,7 @@ pub mod cli;
 pub mod config;
 pub mod error;
 pub mod flight_sql;
+pub mod limit;
 pub mod metrics;
 pub mod serve;
 pub mod status_page;

@@ -157,6 +157,12 @@ fn check(args: &ServeArgs) -> anyhow::Result<Checked> {
         MemorySize::Bytes(b) => b.min(usize::MAX as u64) as usize,
         MemorySize::Percent(_) => bail!("--max-message-size takes a size, not a percentage"),
     };
+    if max_message_size < 1 << 20 {
+        bail!("--max-message-size must be at least 1MiB");
+    }
+    if flight.max_calls == 0 || flight.max_calls_per_connection == 0 {
+        bail!("--max-calls and --max-calls-per-connection must be at least 1");
+    }
     let tls = match (&flight.tls_cert, &flight.tls_key) {
         (Some(cert), Some(key)) => {
             let read = |p: &std::path::Path| -> anyhow::Result<Vec<u8>> {
@@ -190,6 +196,12 @@ fn refuse_anonymous(
     if users.is_empty() && !addr.ip().is_loopback() && !args.flight.allow_anonymous {
         bail!(
             "refusing to serve {addr} without authentication: configure users (--user) or pass --allow-anonymous"
+        );
+    }
+    let tls = args.flight.tls_cert.is_some();
+    if !users.is_empty() && !tls && !addr.ip().is_loopback() && !args.flight.insecure_auth {
+        bail!(
+            "refusing to serve {addr} with users but without TLS: passwords and tokens would cross the network in clear; give --tls-cert and --tls-key, or pass --insecure-auth when a proxy in front terminates TLS or the network is private"
         );
     }
     Ok(())
@@ -331,7 +343,11 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
     let grpc = FlightServiceServer::new(service)
         .max_decoding_message_size(checked.max_message_size)
         .max_encoding_message_size(checked.max_message_size);
-    let mut builder = Server::builder();
+    // Bounded concurrency: a call over either limit is shed at once (RESOURCE_EXHAUSTED), so
+    // memory is bounded by the limits times the message size rather than by what clients send.
+    let mut builder = Server::builder()
+        .load_shed(true)
+        .concurrency_limit_per_connection(flight.max_calls_per_connection);
     if let Some(tls) = checked.tls {
         builder = builder.tls_config(tls)?;
     }
@@ -343,6 +359,7 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
     );
     let (stopping_tx, stopping) = tokio::sync::oneshot::channel::<()>();
     let serve = builder
+        .layer(crate::limit::CallLimitLayer::new(flight.max_calls))
         .layer(AuthLayer::new(auth))
         .add_service(grpc)
         .serve_with_incoming_shutdown(

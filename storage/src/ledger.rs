@@ -90,6 +90,9 @@ pub struct FrameSnapshot {
     partition_columns: Vec<String>,
     /// Absolute key of the frame root inside the raw store.
     root: Path,
+    /// Set by [`FrameSnapshot::reshaped`]: the metadata (and protocol, when the new columns need
+    /// a table feature) that the replacing commit records with its cells.
+    reshape: Option<Vec<Action>>,
 }
 
 /// Size figures of a frame snapshot.
@@ -130,6 +133,35 @@ impl FrameSnapshot {
 
     pub fn partition_columns(&self) -> &[String] {
         &self.partition_columns
+    }
+
+    /// This frame in a new shape, for a replace that changes its columns or partitioning: cells
+    /// are written in the new shape, and the one commit that removes every current cell also
+    /// records the new schema, so readers see the old frame or the new one, never neither.
+    pub fn reshaped(&self, schema: &SchemaRef, partition_columns: &[String]) -> Result<Self> {
+        validate_partitioning(schema, partition_columns)?;
+        let delta_schema = schema::to_delta(schema)?;
+        let old = self.state.metadata();
+        let metadata = deltalake::kernel::new_metadata(
+            &delta_schema,
+            partition_columns,
+            old.configuration().clone(),
+        )
+        .and_then(|m| {
+            use deltalake::kernel::MetadataExt;
+            m.with_table_id(old.id().to_string())
+        })
+        .map_err(|e| Error::Schema(format!("the new shape of {}: {e}", self.frame)))?;
+        let mut actions = vec![Action::Metadata(metadata)];
+        if let Some(p) = protocol_for(self.state.protocol(), &delta_schema)? {
+            actions.push(Action::Protocol(p));
+        }
+        Ok(Self {
+            schema: schema.clone(),
+            partition_columns: partition_columns.to_vec(),
+            reshape: Some(actions),
+            ..self.clone()
+        })
     }
 
     /// The Delta state, for pruning with delta-rs' statistics.
@@ -361,6 +393,7 @@ impl Ledger {
             schema,
             partition_columns,
             root: self.root(frame),
+            reshape: None,
         })
     }
 
@@ -454,7 +487,16 @@ impl Ledger {
             tokio::time::sleep(pause).await;
         }
         let log_store = self.log_store(&read.frame)?;
-        let mut actions: Vec<Action> = Vec::with_capacity(adds.len());
+        let mut actions: Vec<Action> = Vec::with_capacity(adds.len() + 2);
+        if let Some(reshape) = &read.reshape {
+            if !overwrite {
+                return Err(Error::Schema(format!(
+                    "{}: a new shape can only come with a replace",
+                    read.frame
+                )));
+            }
+            actions.extend(reshape.iter().cloned());
+        }
         if overwrite {
             actions.extend(
                 read.state
@@ -506,8 +548,123 @@ impl Ledger {
     }
 }
 
+/// Whether a partition column's name is safe as the `<column>=` part of a cell's directory.
+fn partition_name_ok(name: &str) -> bool {
+    !name.is_empty()
+        && name.len() <= 255
+        && name != "."
+        && name != ".."
+        && name
+            .chars()
+            .all(|c| c.is_alphanumeric() || matches!(c, '_' | '-' | ' '))
+}
+
+#[cfg(test)]
+#[test]
+fn partition_names_that_would_make_paths_are_refused() {
+    for bad in ["a/b", "..", ".", "", "a=b", "a\\b", "x\ny", "%2F"] {
+        assert!(!partition_name_ok(bad), "{bad:?}");
+    }
+    for good in ["day", "Région", "order date", "a_b-2"] {
+        assert!(partition_name_ok(good), "{good:?}");
+    }
+}
+
+/// The protocol a table needs for `schema`, when its current one lacks a feature the columns
+/// need (timestamps without a zone need `timestampNtz`); `None` when the current one will do.
+/// A protocol is never downgraded.
+fn protocol_for(
+    current: &deltalake::kernel::Protocol,
+    schema: &deltalake::kernel::StructType,
+) -> Result<Option<deltalake::kernel::Protocol>> {
+    use deltalake::kernel::{DataType, PrimitiveType};
+    fn has_ntz(t: &DataType) -> bool {
+        match t {
+            DataType::Primitive(PrimitiveType::TimestampNtz) => true,
+            DataType::Struct(s) => s.fields().any(|f| has_ntz(f.data_type())),
+            DataType::Array(a) => has_ntz(a.element_type()),
+            DataType::Map(m) => has_ntz(m.key_type()) || has_ntz(m.value_type()),
+            _ => false,
+        }
+    }
+    if !schema.fields().any(|f| has_ntz(f.data_type())) {
+        return Ok(None);
+    }
+    // The kernel's Protocol has no public builder; edit its JSON form as delta-rs itself does.
+    let bad = |e: serde_json::Error| Error::Schema(format!("protocol: {e}"));
+    let mut json = serde_json::to_value(current).map_err(bad)?;
+    let feature = serde_json::Value::from("timestampNtz");
+    let has = |key: &str, json: &serde_json::Value| {
+        json.get(key)
+            .and_then(|v| v.as_array())
+            .is_some_and(|a| a.contains(&feature))
+    };
+    if has("readerFeatures", &json) && has("writerFeatures", &json) {
+        return Ok(None);
+    }
+    let reader = json["minReaderVersion"].as_i64().unwrap_or(1);
+    let writer = json["minWriterVersion"].as_i64().unwrap_or(2);
+    // Features a legacy writer version implies must be listed once the table uses features.
+    let implied_writer: &[&str] = match writer {
+        w if w >= 7 => &[],
+        6 => &[
+            "appendOnly",
+            "invariants",
+            "checkConstraints",
+            "changeDataFeed",
+            "generatedColumns",
+            "columnMapping",
+            "identityColumns",
+        ],
+        5 => &[
+            "appendOnly",
+            "invariants",
+            "checkConstraints",
+            "changeDataFeed",
+            "generatedColumns",
+            "columnMapping",
+        ],
+        4 => &[
+            "appendOnly",
+            "invariants",
+            "checkConstraints",
+            "changeDataFeed",
+            "generatedColumns",
+        ],
+        3 => &["appendOnly", "invariants", "checkConstraints"],
+        _ => &["appendOnly", "invariants"],
+    };
+    let implied_reader: &[&str] = if reader == 2 { &["columnMapping"] } else { &[] };
+    let extend = |json: &mut serde_json::Value, key: &str, names: &[&str]| {
+        let list = json
+            .as_object_mut()
+            .expect("a protocol is an object")
+            .entry(key)
+            .or_insert_with(|| serde_json::Value::Array(vec![]));
+        if let Some(a) = list.as_array_mut() {
+            for n in names.iter().chain(std::iter::once(&"timestampNtz")) {
+                let v = serde_json::Value::from(*n);
+                if !a.contains(&v) {
+                    a.push(v);
+                }
+            }
+        }
+    };
+    extend(&mut json, "readerFeatures", implied_reader);
+    extend(&mut json, "writerFeatures", implied_writer);
+    json["minReaderVersion"] = 3.into();
+    json["minWriterVersion"] = 7.into();
+    serde_json::from_value(json).map(Some).map_err(bad)
+}
+
 fn validate_partitioning(schema: &SchemaRef, partition_columns: &[String]) -> Result<()> {
     for p in partition_columns {
+        // A partition column names a directory level (`<column>=<value>/`).
+        if !partition_name_ok(p) {
+            return Err(Error::Schema(format!(
+                "partition column {p:?} cannot name a directory: use letters, digits, '_', '-' or spaces"
+            )));
+        }
         let field = schema.field_with_name(p).map_err(|_| {
             Error::Schema(format!("partition column {p} is not a column of the frame"))
         })?;

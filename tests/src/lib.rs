@@ -39,6 +39,14 @@ pub fn venv() -> PathBuf {
     PathBuf::from(home).join(".cache/apiary/venv")
 }
 
+/// This package's directory, as cargo gives it to the running test (a build shared between two
+/// checkouts through one target directory keeps the compile-time path of the first).
+pub fn manifest_dir() -> PathBuf {
+    std::env::var_os("CARGO_MANIFEST_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from(env!("CARGO_MANIFEST_DIR")))
+}
+
 /// A free TCP port on 127.0.0.1.
 pub fn free_port() -> u16 {
     TcpListener::bind("127.0.0.1:0")
@@ -78,7 +86,7 @@ impl Moto {
             "{} not found: run scripts/test (it installs the test venv)",
             python.display()
         );
-        let launcher = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("python/moto_locked.py");
+        let launcher = manifest_dir().join("python/moto_locked.py");
         let port = free_port();
         let child = Command::new(&python)
             .arg(&launcher)

@@ -402,6 +402,7 @@ impl Dispatch {
         stage: u32,
         partition: usize,
         schema: SchemaRef,
+        pool: &Arc<dyn datafusion::execution::memory_pool::MemoryPool>,
     ) -> DfResult<SendableRecordBatchStream> {
         let rx = self
             .receivers
@@ -421,18 +422,24 @@ impl Dispatch {
             .filter(|s| s.key.stage == stage && s.partition == partition)
             .count();
         let this = self.clone();
+        // One task's output is read whole (its checksum covers all of it), inside the query's
+        // memory pool: an output larger than the pool fails the query instead of the process.
+        let reservation = datafusion::execution::memory_pool::MemoryConsumer::new(format!(
+            "StageExec[{stage}] partition {partition} task output"
+        ))
+        .register(pool);
         let stream = futures::stream::unfold(
-            (rx, expected, this),
-            |(mut rx, remaining, this)| async move {
+            (rx, expected, this, reservation),
+            |(mut rx, remaining, this, mut reservation)| async move {
                 if remaining == 0 {
                     return None;
                 }
                 let batches: DfResult<Vec<RecordBatch>> = match rx.recv().await {
-                    Some(Ok(i)) => this.read_output(i).await.map_err(DataFusionError::from),
+                    Some(Ok(i)) => this.read_output(i, &mut reservation).await,
                     Some(Err(e)) => Err(DataFusionError::External(Box::new(Error::Internal(e)))),
                     None => Err(DataFusionError::Execution("distributed query ended".into())),
                 };
-                Some((batches, (rx, remaining - 1, this)))
+                Some((batches, (rx, remaining - 1, this, reservation)))
             },
         )
         .flat_map(|r| {
@@ -445,15 +452,21 @@ impl Dispatch {
     }
 
     /// Fetch and check one finished task's output.
-    async fn read_output(&self, i: usize) -> Result<Vec<RecordBatch>> {
+    async fn read_output(
+        &self,
+        i: usize,
+        reservation: &mut datafusion::execution::memory_pool::MemoryReservation,
+    ) -> DfResult<Vec<RecordBatch>> {
         let (key, done) = {
             let s = &self.slots.lock().expect("slots")[i];
             match &s.state {
                 TaskState::Done(d) => (s.key.clone(), d.clone()),
-                _ => return Err(Error::Internal("output of an unfinished task".into())),
+                _ => return Err(Error::Internal("output of an unfinished task".into()).into()),
             }
         };
-        super::parts::read(&self.storage, &key, &done).await
+        // The previous output has been handed on; this one takes its place in the pool.
+        reservation.try_resize(usize::try_from(done.bytes).unwrap_or(usize::MAX))?;
+        Ok(super::parts::read(&self.storage, &key, &done).await?)
     }
 
     /// Whether every task finished (then ending the query writes no cancel marker).

@@ -112,6 +112,7 @@ pub(crate) async fn read(
 ) -> Result<Vec<RecordBatch>> {
     let mut hasher = Sha256::new();
     let mut batches = Vec::new();
+    let mut bytes = 0u64;
     for part in 0..done.parts {
         let path = paths::task_part(key, part)?;
         let (body, _) = storage
@@ -119,12 +120,18 @@ pub(crate) async fn read(
             .await?
             .ok_or_else(|| Error::Internal(format!("{key}: output part {part} is missing")))?;
         hasher.update(&body);
+        bytes += body.len() as u64;
+        if bytes > done.bytes {
+            return Err(Error::Internal(format!(
+                "output of {key} is larger than its done marker says"
+            )));
+        }
         for b in StreamReader::try_new(std::io::Cursor::new(body), None)? {
             batches.push(b?);
         }
     }
     let rows: u64 = batches.iter().map(|b| b.num_rows() as u64).sum();
-    if hex(&hasher.finalize()) != done.sha256 || rows != done.rows {
+    if hex(&hasher.finalize()) != done.sha256 || rows != done.rows || bytes != done.bytes {
         return Err(Error::Internal(format!(
             "output of {key} is corrupt (checksum or row count mismatch)"
         )));

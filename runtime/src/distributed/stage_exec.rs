@@ -94,9 +94,13 @@ impl ExecutionPlan for StageExec {
     fn execute(
         &self,
         partition: usize,
-        _context: Arc<TaskContext>,
+        context: Arc<TaskContext>,
     ) -> DfResult<SendableRecordBatchStream> {
-        self.dispatch
-            .partition_stream(self.stage, partition, self.schema.clone())
+        self.dispatch.partition_stream(
+            self.stage,
+            partition,
+            self.schema.clone(),
+            context.memory_pool(),
+        )
     }
 }

@@ -7,7 +7,7 @@
 //! | yes           | `Fail`                        | ALREADY_EXISTS                            |
 //! | yes           | `Skip`                        | nothing (`IF NOT EXISTS`)                 |
 //! | yes           | `Append`                      | append                                    |
-//! | yes           | `Replace`                     | same shape: one overwrite commit; else drop and create |
+//! | yes           | `Replace`                     | one overwrite commit, which records a new shape too |
 //! | no            | `Fail`                        | NOT_FOUND (the box's absence named first) |
 //! | no            | `Create`                      | create, then write; a frame created concurrently by another writer is appended to |
 //!
@@ -98,9 +98,18 @@ impl Engine {
                 if same_shape(&s, schema, mode.partition_by.as_deref()) {
                     return Ok(write(s, true, false));
                 }
-                info!(frame = %frame, "replacing a frame with a new shape: drop and create");
-                lh.drop_frame(frame, true).await?;
-                self.create(frame, schema, mode).await
+                // A new shape: the cells and the new schema land in one commit, so a write that
+                // fails leaves the old frame as it was.
+                let incoming = schema.ok_or_else(|| {
+                    Error::Sql("cannot replace a frame from a stream without a schema".into())
+                })?;
+                let new_schema = self.frame_schema(incoming)?;
+                let partition_by = mode
+                    .partition_by
+                    .clone()
+                    .unwrap_or_else(|| s.partition_columns().to_vec());
+                info!(frame = %frame, "replacing a frame with a new shape in one commit");
+                Ok(write(s.reshaped(&new_schema, &partition_by)?, true, false))
             }
             (None, _, IfMissing::Fail) => {
                 lh.catalog().require_box(&frame.box_ref()).await?;
@@ -123,14 +132,7 @@ impl Engine {
         let incoming = schema.ok_or_else(|| {
             Error::Sql("cannot create a frame from a stream without a schema".into())
         })?;
-        let schema = apiary_storage::schema::frame_schema_for(incoming)?;
-        let max = self.limits.max_columns;
-        if schema.fields().len() > max {
-            return Err(Error::Sql(format!(
-                "a frame of {} columns; the limit is {max} (--max-columns)",
-                schema.fields().len()
-            )));
-        }
+        let schema = self.frame_schema(incoming)?;
         let partition_by = mode.partition_by.clone().unwrap_or_default();
         let lh = &self.lakehouse;
         // With IfExists::Fail the name must be new: create_frame says so itself.
@@ -154,6 +156,19 @@ impl Engine {
                 frame: frame.clone(),
             }),
         }
+    }
+
+    /// The schema a frame stores for incoming data, within the column limit.
+    fn frame_schema(&self, incoming: &SchemaRef) -> Result<SchemaRef> {
+        let schema = apiary_storage::schema::frame_schema_for(incoming)?;
+        let max = self.limits.max_columns;
+        if schema.fields().len() > max {
+            return Err(Error::Sql(format!(
+                "a frame of {} columns; the limit is {max} (--max-columns)",
+                schema.fields().len()
+            )));
+        }
+        Ok(schema)
     }
 
     /// Write `data` into an opened target. Returns the rows written.

@@ -48,6 +48,7 @@ use crate::sql::{self, Command};
 use policy::Purpose;
 
 pub use ingest::{IfExists, IfMissing, WriteMode};
+pub(crate) use show::redact_text;
 pub use types::{
     Caller, EngineConfig, Limits, Output, Pins, PlannedQuery, Role, Session, Statement,
     StatementInfo, SystemCatalog,

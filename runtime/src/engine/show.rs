@@ -93,10 +93,13 @@ impl Engine {
             }
         }
         rows.push(("# Frame Information".into(), String::new(), String::new()));
-        let location = self
-            .lakehouse
-            .storage()
-            .url_for(&apiary_storage::paths::frame_root(&frame))?;
+        // Admins see where the frame lives (to read it with Spark or DuckDB); others see it
+        // relative to the storage root, not the server's directories.
+        let relative = apiary_storage::paths::frame_root(&frame);
+        let location = match session.role {
+            super::Role::Admin => self.lakehouse.storage().url_for(&relative)?.to_string(),
+            _ => format!("{relative}/ (in the storage root)"),
+        };
         for (k, v) in [
             ("Frame", frame.to_string()),
             ("Version", snap.version().to_string()),
@@ -104,7 +107,7 @@ impl Engine {
             ("Rows", stats.rows.to_string()),
             ("Bytes", stats.bytes.to_string()),
             ("Partition columns", snap.partition_columns().join(", ")),
-            ("Location", location.to_string()),
+            ("Location", location),
         ] {
             rows.push((k.to_string(), v, String::new()));
         }
@@ -139,4 +142,25 @@ pub(super) fn one_batch_stream(batch: RecordBatch) -> SendableRecordBatchStream 
         schema,
         futures::stream::iter(vec![Ok(batch)]),
     ))
+}
+
+/// `batch` with `needle` removed from every text value (storage prefixes in EXPLAIN output).
+pub(crate) fn redact_text(
+    batch: &RecordBatch,
+    needle: &str,
+) -> datafusion::error::Result<RecordBatch> {
+    use arrow::array::{Array, AsArray};
+    let columns = batch
+        .columns()
+        .iter()
+        .map(|c| match c.as_string_opt::<i32>() {
+            Some(s) => Arc::new(
+                s.iter()
+                    .map(|v| v.map(|v| v.replace(needle, "")))
+                    .collect::<StringArray>(),
+            ) as Arc<dyn Array>,
+            None => c.clone(),
+        })
+        .collect();
+    Ok(RecordBatch::try_new(batch.schema(), columns)?)
 }

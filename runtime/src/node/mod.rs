@@ -279,7 +279,7 @@ impl Node {
                     && swept.is_none_or(|t| t.elapsed() >= sweep_every)
                 {
                     swept = Some(Instant::now());
-                    distributed::sweep_orphans(node.storage(), ttl).await;
+                    distributed::sweep_orphans(node.storage(), &node.config.swarm_key, ttl).await;
                 }
             }
         });

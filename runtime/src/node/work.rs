@@ -140,9 +140,13 @@ impl Node {
             .then(|| distributed::propose(&self.dist, &plans[0].plan))
             .flatten()
         {
+            // Each redemption of a ticket is its own run: two DoGets of one ticket never share
+            // storage objects. Fragments here follow this query's cancellation via the alias.
+            let run_id = uuid::Uuid::now_v7().to_string();
+            self.queries.alias(&run_id, guard.entry());
             let (root, run) = distributed::start(
                 &self.dist,
-                query_id,
+                &run_id,
                 &stmt.text,
                 &plans[0].plan,
                 proposal,
@@ -172,13 +176,25 @@ impl Node {
             }
         }
         let cpu_schema = schema.clone();
+        // Plans name cells by their keys in the store, which for a local root begin with the
+        // server's own directories: only admins see those.
+        let redact = (session.role != Role::Admin && crate::sql::is_explain(&stmt.text))
+            .then(|| format!("{}/", self.storage().prefix()))
+            .filter(|p| p.len() > 1);
         let stream = self.cpu.stream(schema, move || {
             let streams = futures::stream::iter(plans)
                 .map(move |p: PlannedQuery| {
                     p.execute_with(ctx.clone())
                         .map_err(datafusion::error::DataFusionError::from)
                 })
-                .try_flatten();
+                .try_flatten()
+                .and_then(move |b| {
+                    let out = match &redact {
+                        Some(prefix) => crate::engine::redact_text(&b, prefix),
+                        None => Ok(b),
+                    };
+                    futures::future::ready(out)
+                });
             Ok(Box::pin(
                 datafusion::physical_plan::stream::RecordBatchStreamAdapter::new(
                     cpu_schema, streams,

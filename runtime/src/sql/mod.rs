@@ -143,6 +143,13 @@ pub fn rewrite_placeholders(text: &str) -> Result<(String, usize)> {
                 let after = range.start + 1;
                 out.push_str(&lexed.text[after..range.end]);
                 last = range.end;
+                // `??` or `?x` must not fuse into one token (`$1$2`, `$1x`): keep them apart.
+                let next = lexed.text[range.end..].chars().next();
+                if after == range.end
+                    && next.is_some_and(|c| c.is_alphanumeric() || c == '_' || c == '$' || c == '?')
+                {
+                    out.push(' ');
+                }
             } else if let Some(n) = p.strip_prefix('$').and_then(|n| n.parse::<usize>().ok()) {
                 max_dollar = max_dollar.max(n);
             }
@@ -155,6 +162,13 @@ pub fn rewrite_placeholders(text: &str) -> Result<(String, usize)> {
         ));
     }
     Ok((out, questions.max(max_dollar)))
+}
+
+/// Whether a statement is an `EXPLAIN` of any kind (comments skipped).
+pub fn is_explain(text: &str) -> bool {
+    lex(text)
+        .ok()
+        .is_some_and(|l| Cursor::new(&l).peek_word(0).as_deref() == Some("EXPLAIN"))
 }
 
 /// For `EXPLAIN [VERBOSE] <statement>` (not `EXPLAIN ANALYZE`, which runs the statement): the
@@ -194,6 +208,10 @@ mod tests {
     fn rewrites_question_marks() {
         let (t, n) = rewrite_placeholders("select ? , '?' , ?+1 from t where a = ?").unwrap();
         assert_eq!(t, "select $1 , '?' , $2+1 from t where a = $3");
+        assert_eq!(n, 3);
+        // Adjacent markers stay two tokens, so the parser judges the SQL as written.
+        let (t, n) = rewrite_placeholders("select ??, ?a").unwrap();
+        assert_eq!(t, "select $1 $2, $3 a");
         assert_eq!(n, 3);
         let (t, n) = rewrite_placeholders("select $2, $1").unwrap();
         assert_eq!(t, "select $2, $1");

@@ -10,6 +10,7 @@ use arrow::datatypes::{DataType, Field, Schema, SchemaRef, TimeUnit};
 use arrow_flight::sql::metadata::{GetCatalogsBuilder, GetTablesBuilder};
 use arrow_flight::sql::{Command, CommandGetDbSchemas, CommandGetTables};
 use arrow_flight::{FlightDescriptor, FlightEndpoint, FlightInfo, Ticket};
+use futures::{StreamExt, TryStreamExt};
 use prost::Message;
 
 use super::FlightSql;
@@ -149,6 +150,7 @@ impl FlightSql {
         if !wants(FRAME_TABLE) {
             return b.build().map_err(build);
         }
+        let mut selected = Vec::new();
         for bx in self.service.list_boxes(None).await? {
             if catalog_filter
                 .as_ref()
@@ -158,37 +160,38 @@ impl FlightSql {
                 continue;
             }
             for f in self.service.list_frames(&bx).await? {
-                if !matches(&table_pattern, f.as_str()) {
-                    continue;
+                if matches(&table_pattern, f.as_str()) {
+                    selected.push(FrameRef::new(bx.hive.clone(), bx.name.clone(), f));
                 }
-                let schema = if include_schema {
-                    let fr = FrameRef::new(bx.hive.clone(), bx.name.clone(), f.clone());
-                    match self.service.frame_schema(&fr).await? {
-                        Some(s) => annotate_schema(
-                            &wire_schema(&s),
-                            bx.hive.as_str(),
-                            bx.name.as_str(),
-                            f.as_str(),
-                        ),
-                        // Dropped since it was listed.
-                        None => continue,
-                    }
-                } else {
-                    Schema::empty()
-                };
-                b.append(
-                    bx.hive.as_str(),
-                    bx.name.as_str(),
-                    f.as_str(),
-                    FRAME_TABLE,
-                    &schema,
-                )
-                .map_err(Error::encode("GetTables"))?;
             }
+        }
+        // Schemas come from each frame's log: load a bounded number at once, in listing order.
+        let service = &self.service;
+        let mut schemas = futures::stream::iter(selected.into_iter().map(|fr| async move {
+            let schema = match include_schema {
+                true => service.frame_schema(&fr).await?.map(Some),
+                false => Some(None),
+            };
+            Ok::<_, Error>((fr, schema))
+        }))
+        .buffered(SCHEMA_LOADS_AT_ONCE);
+        while let Some((fr, schema)) = schemas.try_next().await? {
+            let (hive, bx, f) = (fr.hive.as_str(), fr.box_name.as_str(), fr.name.as_str());
+            let schema = match schema {
+                Some(Some(s)) => annotate_schema(&wire_schema(&s), hive, bx, f),
+                Some(None) => Schema::empty(),
+                // Dropped since it was listed.
+                None => continue,
+            };
+            b.append(hive, bx, f, FRAME_TABLE, &schema)
+                .map_err(Error::encode("GetTables"))?;
         }
         b.build().map_err(build)
     }
 }
+
+/// Frame logs GetTables reads at once for `include_schema`.
+const SCHEMA_LOADS_AT_ONCE: usize = 16;
 
 /// SQL `LIKE` with `%` and `_` (no escape), for metadata patterns. Iterative, with one
 /// backtrack point (the last `%`), so time is at most pattern × value and the stack is flat

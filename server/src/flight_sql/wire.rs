@@ -165,6 +165,15 @@ pub(super) fn decode_param_rows(bytes: &[u8]) -> Result<Vec<Vec<ScalarValue>>> {
     if bytes.is_empty() {
         return Ok(vec![]);
     }
+    // Client bytes: a decoder panic is bad data, not a crash.
+    std::panic::catch_unwind(|| decode_params_unguarded(bytes)).unwrap_or_else(|_| {
+        Err(Error::invalid(
+            "malformed parameters (an Arrow IPC message does not match its header)",
+        ))
+    })
+}
+
+fn decode_params_unguarded(bytes: &[u8]) -> Result<Vec<Vec<ScalarValue>>> {
     let reader = arrow::ipc::reader::StreamReader::try_new(std::io::Cursor::new(bytes), None)
         .map_err(Error::client_data("parameters"))?;
     let mut rows = Vec::new();
@@ -192,13 +201,55 @@ pub(super) fn batch_rows(batch: &RecordBatch) -> Result<Vec<Vec<ScalarValue>>> {
 }
 
 /// The Arrow messages of a DoPut stream; descriptor-only messages (empty IPC header) carry no
-/// data and are skipped.
-pub(super) fn arrow_messages(stream: PeekableFlightDataStream) -> FlightRecordBatchStream {
-    FlightRecordBatchStream::new_from_flight_data(
-        stream
-            .try_filter(|fd| futures::future::ready(!fd.data_header.is_empty()))
-            .map_err(FlightError::from),
-    )
+/// data and are skipped. Decoding bytes a client sent may panic inside arrow-ipc (a body shorter
+/// than its header declares): such a panic is caught and answered as bad data.
+pub(super) fn arrow_messages(stream: PeekableFlightDataStream) -> ClientBatches {
+    ClientBatches {
+        inner: FlightRecordBatchStream::new_from_flight_data(
+            stream
+                .try_filter(|fd| futures::future::ready(!fd.data_header.is_empty()))
+                .map_err(FlightError::from),
+        ),
+        poisoned: false,
+    }
+}
+
+/// Batches decoded from a client's stream, with decoder panics turned into errors.
+pub(super) struct ClientBatches {
+    inner: FlightRecordBatchStream,
+    poisoned: bool,
+}
+
+impl ClientBatches {
+    /// The stream's schema, once its first message was read.
+    pub(super) fn schema(&self) -> Option<&SchemaRef> {
+        self.inner.schema()
+    }
+}
+
+impl Stream for ClientBatches {
+    type Item = Result<RecordBatch, FlightError>;
+
+    fn poll_next(
+        mut self: Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Option<Self::Item>> {
+        if self.poisoned {
+            return std::task::Poll::Ready(None);
+        }
+        let this = &mut *self;
+        match std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+            this.inner.poll_next_unpin(cx)
+        })) {
+            Ok(p) => p,
+            Err(_) => {
+                this.poisoned = true;
+                std::task::Poll::Ready(Some(Err(FlightError::ProtocolError(
+                    "malformed Arrow IPC message (its body does not match its header)".into(),
+                ))))
+            }
+        }
+    }
 }
 
 /// Read every batch of a DoPut stream (parameters are small).

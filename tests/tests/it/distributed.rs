@@ -56,7 +56,7 @@ fn tpch_data() -> PathBuf {
 }
 
 fn queries() -> Vec<(String, String)> {
-    let dir = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../bench/queries");
+    let dir = apiary_tests::manifest_dir().join("../bench/queries");
     let mut out: Vec<(String, String)> = std::fs::read_dir(dir)
         .unwrap()
         .flatten()
@@ -516,7 +516,13 @@ async fn orphans_of_a_killed_coordinator_are_removed() {
     let dir = tempfile::tempdir().unwrap();
     let root = dir.path().to_str().unwrap();
     let data = tpch_data();
-    let n1 = start(root, "node-1", &["--orphan-ttl", "1s"], &slow());
+    // The coordinator's queries end within 8 s: after that (and the TTL) their objects may go.
+    let n1 = start(
+        root,
+        "node-1",
+        &["--orphan-ttl", "1s", "--query-timeout", "8s"],
+        &slow(),
+    );
     let n2 = start(root, "node-2", &["--orphan-ttl", "1s"], &slow());
     let mut c = client(&n1).await;
     ingest(&mut c, &data).await;
@@ -562,4 +568,34 @@ async fn orphans_of_a_killed_coordinator_are_removed() {
     }
     assert!(n2.log().contains("removed an orphaned query"));
     drop(n2);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_ticket_redeemed_twice_or_at_once_on_a_swarm_answers_every_time() {
+    let dir = tempfile::tempdir().unwrap();
+    let root = dir.path().to_str().unwrap();
+    let data = tpch_data();
+    let n1 = start(root, "node-1", &[], &[]);
+    let _n2 = start(root, "node-2", &[], &[]);
+    let mut c = client(&n1).await;
+    ingest(&mut c, &data).await;
+    wait_alive(&mut c, &["node-1", "node-2"]).await;
+    let info = c.execute(HEAVY.to_string(), None).await.unwrap();
+    let ticket = info.endpoint[0].ticket.clone().unwrap();
+    let redeem = |t: arrow_flight::Ticket, mut c: FlightSqlServiceClient<Channel>| async move {
+        let batches: Vec<RecordBatch> = c.do_get(t).await.unwrap().try_collect().await.unwrap();
+        canonical(&batches)
+    };
+    let first = redeem(ticket.clone(), c.clone()).await;
+    assert!(!first.is_empty());
+    // Once finished, a run leaves no cancel marker behind: the ticket still answers.
+    assert_eq!(redeem(ticket.clone(), c.clone()).await, first);
+    // Two at once are two runs with their own objects.
+    let (a, b) = tokio::join!(
+        redeem(ticket.clone(), c.clone()),
+        redeem(ticket.clone(), c.clone())
+    );
+    assert_eq!(a, first);
+    assert_eq!(b, first);
+    assert!(n1.log().matches("distributed query started").count() >= 4);
 }

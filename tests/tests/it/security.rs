@@ -53,6 +53,30 @@ async fn scalar(
     Ok(out.unwrap_or_default())
 }
 
+/// Every value of a result, as text, one per line.
+async fn all_text(c: &mut FlightSqlServiceClient<Channel>, sql: &str) -> String {
+    let info = c.execute(sql.to_string(), None).await.unwrap();
+    let mut out = String::new();
+    for ep in info.endpoint {
+        let batches: Vec<arrow::record_batch::RecordBatch> = c
+            .do_get(ep.ticket.unwrap())
+            .await
+            .unwrap()
+            .try_collect()
+            .await
+            .unwrap();
+        for b in &batches {
+            for col in b.columns() {
+                for i in 0..b.num_rows() {
+                    out.push_str(&arrow::util::display::array_value_to_string(col, i).unwrap());
+                    out.push('\n');
+                }
+            }
+        }
+    }
+    out
+}
+
 async fn update(c: &mut FlightSqlServiceClient<Channel>, sql: &str) -> Result<i64, (Code, String)> {
     c.execute_update(sql.to_string(), None).await.map_err(code)
 }
@@ -314,6 +338,33 @@ async fn readers_read_and_see_only_their_own_queries() {
         assert_eq!(got, Code::PermissionDenied, "{sql}: {msg}");
     }
     update(&mut rita, "USE default.default").await.unwrap();
+    // Plans and DESCRIBE name storage relative to the root for a reader; an admin sees it whole.
+    let server_dirs = dir.path().display().to_string();
+    for sql in [
+        "EXPLAIN SELECT * FROM t",
+        "EXPLAIN /* c */ ANALYZE SELECT * FROM t",
+        "DESCRIBE t",
+    ] {
+        let seen = all_text(&mut rita, sql).await;
+        assert!(
+            !seen.contains(server_dirs.trim_start_matches('/')),
+            "{sql}: {seen}"
+        );
+        assert!(seen.contains("default/default/t"), "{sql}: {seen}");
+    }
+    assert!(
+        all_text(&mut boss, "DESCRIBE t")
+            .await
+            .contains(&server_dirs)
+    );
+    // A partition column whose name would be a path is refused.
+    let (got, msg) = update(
+        &mut boss,
+        "CREATE TABLE p (x INT, \"a/b\" INT) PARTITIONED BY (\"a/b\")",
+    )
+    .await
+    .unwrap_err();
+    assert_eq!(got, Code::InvalidArgument, "{msg}");
     // A slow query of the admin's is invisible to the reader, visible to the admin.
     let url = server.url();
     let _slow = apiary_runtime::executor::spawn(async move {
@@ -374,4 +425,217 @@ fn the_status_page_stays_on_loopback_unless_asked() {
     );
     assert!(!out.status.success());
     assert!(String::from_utf8_lossy(&out.stderr).contains("--metrics-public"));
+}
+
+/// DoPut a 1000-row batch into `table` with `if_exists`, its last body cut to a third: the
+/// status the server answers.
+async fn truncated_ingest(server: &Server, table: &str, if_exists: i32) -> tonic::Status {
+    use arrow_flight::encode::FlightDataEncoderBuilder;
+    use arrow_flight::sql::{
+        CommandStatementIngest, ProstMessageExt, TableDefinitionOptions, TableNotExistOption,
+    };
+    use prost::Message;
+    let batch = arrow::record_batch::RecordBatch::try_from_iter(vec![(
+        "v",
+        std::sync::Arc::new(arrow::array::Int64Array::from(
+            (0..1000).collect::<Vec<i64>>(),
+        )) as arrow::array::ArrayRef,
+    )])
+    .unwrap();
+    let mut messages: Vec<arrow_flight::FlightData> = FlightDataEncoderBuilder::new()
+        .build(futures::stream::iter(vec![Ok(batch)]))
+        .try_collect()
+        .await
+        .unwrap();
+    let cmd = CommandStatementIngest {
+        table_definition_options: Some(TableDefinitionOptions {
+            if_not_exist: TableNotExistOption::Create as i32,
+            if_exists,
+        }),
+        table: table.into(),
+        ..Default::default()
+    };
+    messages[0].flight_descriptor = Some(arrow_flight::FlightDescriptor::new_cmd(
+        cmd.as_any().encode_to_vec(),
+    ));
+    let last = messages.len() - 1;
+    let body = messages[last].data_body.clone();
+    messages[last].data_body = body.slice(..body.len() / 3);
+    let channel = Channel::from_shared(server.url())
+        .unwrap()
+        .connect()
+        .await
+        .unwrap();
+    let mut raw = arrow_flight::flight_service_client::FlightServiceClient::new(channel);
+    match raw.do_put(futures::stream::iter(messages)).await {
+        Err(s) => s,
+        Ok(resp) => {
+            let mut stream = resp.into_inner();
+            loop {
+                match stream.message().await {
+                    Ok(Some(_)) => continue,
+                    Ok(None) => panic!("a truncated batch was accepted"),
+                    Err(s) => break s,
+                }
+            }
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_do_put_whose_body_is_shorter_than_its_header_is_refused_not_a_crash() {
+    use arrow_flight::sql::TableExistsOption;
+    let dir = tempfile::tempdir().unwrap();
+    let server = Server::start(dir.path().join("root").to_str().unwrap(), &[], &[]);
+    let err = truncated_ingest(&server, "t", TableExistsOption::Fail as i32).await;
+    assert_eq!(
+        err.code(),
+        Code::InvalidArgument,
+        "{err:?}\n{}",
+        server.log()
+    );
+    // The server is fine, and nothing was half-written.
+    let mut c = client(&server).await;
+    assert_eq!(scalar(&mut c, "SELECT 1").await.unwrap(), "1");
+    let (got, _) = scalar(&mut c, "SELECT count(*) FROM t").await.unwrap_err();
+    assert_eq!(got, Code::NotFound);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_replace_with_a_new_shape_is_one_commit_and_a_failed_one_leaves_the_frame() {
+    use arrow_flight::sql::TableExistsOption;
+    let dir = tempfile::tempdir().unwrap();
+    let server = Server::start(dir.path().join("root").to_str().unwrap(), &[], &[]);
+    let mut c = client(&server).await;
+    c.execute_update("CREATE TABLE r AS SELECT 7 AS a".into(), None)
+        .await
+        .unwrap();
+    // Ingest `replace` with another shape whose stream breaks: the old frame is untouched.
+    let err = truncated_ingest(&server, "r", TableExistsOption::Replace as i32).await;
+    assert_eq!(err.code(), Code::InvalidArgument, "{err:?}");
+    assert_eq!(scalar(&mut c, "SELECT a FROM r").await.unwrap(), "7");
+    // A CTAS replace whose query fails while running leaves it too.
+    let bad = "CREATE OR REPLACE TABLE r AS SELECT CAST(v AS INT) AS n \
+               FROM (VALUES ('1'), ('x')) AS s(v)";
+    assert!(c.execute_update(bad.into(), None).await.is_err());
+    assert_eq!(scalar(&mut c, "SELECT a FROM r").await.unwrap(), "7");
+    // A replace that succeeds changes the shape (to one needing a newer Delta protocol) in one
+    // more commit of the same table: its history goes on.
+    c.execute_update(
+        "CREATE OR REPLACE TABLE r AS SELECT 'x' AS b, TIMESTAMP '2020-01-02 03:04:05' AS ts"
+            .into(),
+        None,
+    )
+    .await
+    .unwrap();
+    assert_eq!(scalar(&mut c, "SELECT b FROM r").await.unwrap(), "x");
+    assert_eq!(
+        scalar(&mut c, "SELECT CAST(ts AS VARCHAR) FROM r")
+            .await
+            .unwrap(),
+        "2020-01-02T03:04:05"
+    );
+    let log = dir.path().join("root/default/default/r/_delta_log");
+    // Version 0 created the frame, 1 wrote its row, 2 is the replace.
+    assert!(
+        !log.join("00000000000000000003.json").exists(),
+        "one commit"
+    );
+    let commit = std::fs::read_to_string(log.join("00000000000000000002.json")).unwrap();
+    assert!(
+        commit.contains("\"metaData\"") && commit.contains("\"remove\""),
+        "{commit}"
+    );
+    assert!(commit.contains("timestampNtz"), "{commit}");
+}
+
+#[test]
+fn with_users_a_network_address_needs_tls_or_an_explicit_flag() {
+    let dir = tempfile::tempdir().unwrap();
+    let root = dir.path().join("root");
+    let user = format!("alice:{}", hash("pw"));
+    let args = |extra: &[&'static str]| {
+        let mut a = vec![
+            "check-config".to_string(),
+            "--storage".into(),
+            root.display().to_string(),
+            "--listen".into(),
+            "0.0.0.0:0".into(),
+            "--user".into(),
+            user.clone(),
+            "--token-secret".into(),
+            "a key of more than sixteen characters".into(),
+        ];
+        a.extend(extra.iter().map(|s| s.to_string()));
+        a
+    };
+    let run = |a: Vec<String>| {
+        let a: Vec<&str> = a.iter().map(String::as_str).collect();
+        apiary_tests::apiary(&a, &[])
+    };
+    let out = run(args(&[]));
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("without TLS") && err.contains("--insecure-auth"),
+        "{err}"
+    );
+    let out = run(args(&["--insecure-auth"]));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn calls_beyond_the_node_limit_are_shed_not_queued() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = Server::start(
+        dir.path().join("root").to_str().unwrap(),
+        &[
+            "--max-calls",
+            "1",
+            "--max-message-size",
+            "1MiB",
+            "--fault-pause-before-commit-ms",
+            "1500",
+        ],
+        &[],
+    );
+    // Slow updates (each holds its call for 1.5 s before committing) at once: over the limit of
+    // one, the others are refused at once, naming the flag.
+    let calls = (0..6).map(|i| {
+        let url = server.url();
+        async move {
+            let mut c = client_of(&url).await;
+            c.execute_update(format!("CREATE TABLE slow{i} AS SELECT {i} AS n"), None)
+                .await
+        }
+    });
+    let results = futures::future::join_all(calls).await;
+    let shed: Vec<String> = results
+        .iter()
+        .filter_map(|r| r.as_ref().err())
+        .map(|e| format!("{e}"))
+        .collect();
+    assert!(!shed.is_empty(), "no call was shed");
+    assert!(results.iter().any(|r| r.is_ok()), "{shed:?}");
+    for e in &shed {
+        assert!(e.contains("--max-calls"), "{e}");
+    }
+    // Once the calls are done the node answers again.
+    let mut c = client(&server).await;
+    assert_eq!(scalar(&mut c, "SELECT 1").await.unwrap(), "1");
+    // A message over --max-message-size is refused, and the node lives on.
+    let big = "x".repeat(2 << 20);
+    let err = c
+        .execute(format!("SELECT '{big}'"), None)
+        .await
+        .unwrap_err();
+    assert!(
+        format!("{err}").contains("message length too large"),
+        "{err}"
+    );
+    assert_eq!(scalar(&mut c, "SELECT 2").await.unwrap(), "2");
 }
