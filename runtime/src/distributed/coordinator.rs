@@ -45,8 +45,14 @@ use crate::swarm::{NodeState, NodeView};
 /// Where a task stands, as the coordinator knows it.
 #[derive(Debug, Clone)]
 pub(crate) enum TaskState {
-    Posted { since: Instant },
-    Claimed,
+    Posted {
+        since: Instant,
+    },
+    /// Claimed by the process of the node that started at this time (from its heartbeat): a
+    /// node restarted under the same name has another, and its old claims are lost.
+    Claimed {
+        incarnation: Option<chrono::DateTime<chrono::Utc>>,
+    },
     Done(DoneV1),
     Failed,
 }
@@ -279,9 +285,12 @@ impl Dispatch {
                     reads.push((i, failed, false));
                     continue;
                 }
+                let node = nodes.iter().find(|n| n.heartbeat.node_id == s.node);
                 if let TaskState::Posted { since } = s.state {
                     if names.contains(claim.as_ref()) {
-                        s.state = TaskState::Claimed;
+                        s.state = TaskState::Claimed {
+                            incarnation: node.map(|n| n.heartbeat.started_at),
+                        };
                         progressed = true;
                     } else if since.elapsed() > self.config.claim_timeout {
                         reassign.push((
@@ -294,11 +303,18 @@ impl Dispatch {
                         continue;
                     }
                 }
-                let state = nodes
-                    .iter()
-                    .find(|n| n.heartbeat.node_id == s.node)
-                    .map(|n| n.state);
-                match state {
+                if let (
+                    TaskState::Claimed {
+                        incarnation: Some(then),
+                    },
+                    Some(n),
+                ) = (&s.state, node)
+                    && n.heartbeat.started_at != *then
+                {
+                    reassign.push((i, format!("node {} restarted", s.node)));
+                    continue;
+                }
+                match node.map(|n| n.state) {
                     Some(NodeState::Alive) => {}
                     Some(other) => {
                         reassign.push((i, format!("node {} is {}", s.node, other.as_str())))

@@ -10,6 +10,8 @@ use datafusion::sql::sqlparser::tokenizer::{Location, Token, TokenWithSpan, Toke
 use crate::error::{Error, Result};
 
 mod classify;
+#[cfg(test)]
+mod fuzz;
 
 use classify::Cursor;
 pub use classify::{Command, NameParts, classify};
@@ -138,6 +140,14 @@ pub fn rewrite_placeholders(text: &str) -> Result<(String, usize)> {
             if p == "?" {
                 questions += 1;
                 out.push_str(&lexed.text[last..range.start]);
+                // Nor may it fuse with a word before it (`a?` → `a$1`, one identifier).
+                if out
+                    .chars()
+                    .last()
+                    .is_some_and(|c| c.is_alphanumeric() || c == '_' || c == '$')
+                {
+                    out.push(' ');
+                }
                 out.push_str(&format!("${questions}"));
                 // The placeholder token is one character; keep whatever followed it in the range.
                 let after = range.start + 1;

@@ -37,6 +37,8 @@ mod ticket;
 mod wire;
 
 #[cfg(test)]
+mod fuzz;
+#[cfg(test)]
 mod tests;
 
 use std::sync::Arc;
@@ -117,6 +119,18 @@ impl FlightSql {
     }
 }
 
+/// arrow-flight's Flight SQL dispatch reports a command it cannot decode as INTERNAL (an
+/// `ArrowError::ParseError`); those are the client's bytes, so INVALID_ARGUMENT.
+fn client_bytes(s: Status) -> Status {
+    match s.message().strip_prefix("ParseError(") {
+        Some(rest) if s.code() == tonic::Code::Internal => Status::invalid_argument(format!(
+            "malformed command: {}",
+            rest.trim_end_matches(')').trim_matches('"')
+        )),
+        _ => s,
+    }
+}
+
 /// The Flight service clients talk to: [`FlightSql`] plus GetSchema and PollFlightInfo.
 #[derive(Debug, Clone)]
 pub struct ApiaryFlightService {
@@ -164,7 +178,9 @@ impl FlightService for ApiaryFlightService {
         &self,
         request: Request<FlightDescriptor>,
     ) -> Result<Response<FlightInfo>, Status> {
-        FlightService::get_flight_info(self.sql.as_ref(), request).await
+        FlightService::get_flight_info(self.sql.as_ref(), request)
+            .await
+            .map_err(client_bytes)
     }
 
     async fn poll_flight_info(
@@ -174,7 +190,8 @@ impl FlightService for ApiaryFlightService {
         // Planning is synchronous here, so the first poll is already complete: no further
         // descriptor, progress 1.0; results are read with DoGet as usual.
         let info = FlightService::get_flight_info(self.sql.as_ref(), request)
-            .await?
+            .await
+            .map_err(client_bytes)?
             .into_inner();
         Ok(Response::new(PollInfo {
             info: Some(info),
@@ -201,21 +218,27 @@ impl FlightService for ApiaryFlightService {
         &self,
         request: Request<Ticket>,
     ) -> Result<Response<Self::DoGetStream>, Status> {
-        FlightService::do_get(self.sql.as_ref(), request).await
+        FlightService::do_get(self.sql.as_ref(), request)
+            .await
+            .map_err(client_bytes)
     }
 
     async fn do_put(
         &self,
         request: Request<Streaming<arrow_flight::FlightData>>,
     ) -> Result<Response<Self::DoPutStream>, Status> {
-        FlightService::do_put(self.sql.as_ref(), request).await
+        FlightService::do_put(self.sql.as_ref(), request)
+            .await
+            .map_err(client_bytes)
     }
 
     async fn do_action(
         &self,
         request: Request<Action>,
     ) -> Result<Response<Self::DoActionStream>, Status> {
-        FlightService::do_action(self.sql.as_ref(), request).await
+        FlightService::do_action(self.sql.as_ref(), request)
+            .await
+            .map_err(client_bytes)
     }
 
     async fn list_actions(

@@ -370,10 +370,13 @@ impl FlightSqlService for FlightSql {
 
     async fn do_action_close_prepared_statement(
         &self,
-        _query: ActionClosePreparedStatementRequest,
+        query: ActionClosePreparedStatementRequest,
         _request: Request<Action>,
     ) -> Result<(), Status> {
-        // Handles are stateless: nothing to free.
+        // Handles are stateless: nothing to free. A handle we never sealed is refused; an
+        // expired one of ours closes quietly (clients close at cleanup, however late).
+        self.signer
+            .open("prepared", &query.prepared_statement_handle)?;
         Ok(())
     }
 

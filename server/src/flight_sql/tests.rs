@@ -42,7 +42,7 @@ fn schema() -> SchemaRef {
 
 /// Answers from memory and records what it was asked.
 #[derive(Debug, Default)]
-struct Double {
+pub(super) struct Double {
     queries: Mutex<Vec<QueryRequest>>,
     cancelled: Mutex<Vec<String>>,
     /// `hive_exists` fails as storage would.
@@ -148,7 +148,7 @@ impl QueryService for Double {
     }
 }
 
-fn service(double: Arc<Double>) -> ApiaryFlightService {
+pub(super) fn service(double: Arc<Double>) -> ApiaryFlightService {
     let sql = FlightSql::new(double, Signer::new(b"test key"), Duration::from_secs(60));
     ApiaryFlightService::new(sql)
 }

@@ -174,6 +174,7 @@ pub(super) fn decode_param_rows(bytes: &[u8]) -> Result<Vec<Vec<ScalarValue>>> {
 }
 
 fn decode_params_unguarded(bytes: &[u8]) -> Result<Vec<Vec<ScalarValue>>> {
+    check_ipc_stream(bytes)?;
     let reader = arrow::ipc::reader::StreamReader::try_new(std::io::Cursor::new(bytes), None)
         .map_err(Error::client_data("parameters"))?;
     let mut rows = Vec::new();
@@ -182,6 +183,98 @@ fn decode_params_unguarded(bytes: &[u8]) -> Result<Vec<Vec<ScalarValue>>> {
         rows.extend(batch_rows(&batch)?);
     }
     Ok(rows)
+}
+
+/// The most bytes one client message may decode to (compressed buffers declare their size;
+/// arrow-ipc allocates what they declare, and an allocation that fails aborts the process).
+const MAX_DECODED_MESSAGE: u64 = 1 << 30;
+
+/// Check the framing of an Arrow IPC stream a client sent before arrow-ipc reads it: every
+/// message's metadata and body fit in the bytes given, and each passes [`check_ipc_message`].
+fn check_ipc_stream(bytes: &[u8]) -> Result<()> {
+    let bad = |what: &str| Error::invalid(format!("malformed parameters: {what}"));
+    let mut at = 0usize;
+    let word = |at: usize| -> Option<u32> {
+        bytes
+            .get(at..at + 4)
+            .map(|w| u32::from_le_bytes([w[0], w[1], w[2], w[3]]))
+    };
+    while at < bytes.len() {
+        let mut len = word(at).ok_or_else(|| bad("a truncated message length"))?;
+        at += 4;
+        if len == 0xFFFF_FFFF {
+            len = word(at).ok_or_else(|| bad("a truncated message length"))?;
+            at += 4;
+        }
+        if len == 0 {
+            return Ok(()); // end of stream
+        }
+        let len = usize::try_from(len).map_err(|_| bad("a message length"))?;
+        let header = bytes
+            .get(at..at.saturating_add(len))
+            .ok_or_else(|| bad("a message longer than the bytes sent"))?;
+        at += len;
+        let msg = arrow::ipc::root_as_message(header)
+            .map_err(|e| bad(&format!("a message header that does not parse ({e})")))?;
+        let body_len =
+            usize::try_from(msg.bodyLength()).map_err(|_| bad("a negative body length"))?;
+        let body = bytes
+            .get(at..at.saturating_add(body_len))
+            .ok_or_else(|| bad("a message body longer than the bytes sent"))?;
+        check_ipc_message(header, body)?;
+        at += body_len;
+    }
+    Ok(())
+}
+
+/// Check one Arrow IPC message (flatbuffer header and body) a client sent before it is decoded:
+/// the body is as long as the header says, every buffer lies inside it, and what the message
+/// declares it decodes to (compressed buffers state their own size) is bounded.
+pub(super) fn check_ipc_message(header: &[u8], body: &[u8]) -> Result<()> {
+    let bad = |what: String| Error::invalid(format!("malformed Arrow IPC message: {what}"));
+    let msg = arrow::ipc::root_as_message(header)
+        .map_err(|e| bad(format!("its header does not parse ({e})")))?;
+    let declared = u64::try_from(msg.bodyLength()).map_err(|_| bad("negative body".into()))?;
+    if declared > body.len() as u64 {
+        return Err(bad(format!(
+            "its header declares a body of {declared} bytes, {} were sent",
+            body.len()
+        )));
+    }
+    let batch = msg
+        .header_as_record_batch()
+        .or_else(|| msg.header_as_dictionary_batch().and_then(|d| d.data()));
+    let Some(batch) = batch else {
+        return Ok(());
+    };
+    let compressed = batch.compression().is_some();
+    let mut total: u64 = 0;
+    for b in batch.buffers().iter().flat_map(|v| v.iter()) {
+        let (offset, length) = (b.offset(), b.length());
+        let range = u64::try_from(offset)
+            .ok()
+            .zip(u64::try_from(length).ok())
+            .and_then(|(o, l)| Some((o, o.checked_add(l)?)))
+            .filter(|(_, end)| *end <= body.len() as u64)
+            .ok_or_else(|| bad("a buffer outside its body".into()))?;
+        let decoded = match compressed {
+            // Each compressed buffer starts with its uncompressed length (-1: stored as is).
+            true if length >= 8 => {
+                let at = range.0 as usize;
+                let mut word = [0u8; 8];
+                word.copy_from_slice(&body[at..at + 8]);
+                u64::try_from(i64::from_le_bytes(word)).unwrap_or(length as u64)
+            }
+            _ => length as u64,
+        };
+        total = total.saturating_add(decoded);
+    }
+    if total > MAX_DECODED_MESSAGE {
+        return Err(bad(format!(
+            "it declares {total} bytes of data; one message may hold at most {MAX_DECODED_MESSAGE}"
+        )));
+    }
+    Ok(())
 }
 
 /// The rows of a batch of parameters.
@@ -208,7 +301,14 @@ pub(super) fn arrow_messages(stream: PeekableFlightDataStream) -> ClientBatches 
         inner: FlightRecordBatchStream::new_from_flight_data(
             stream
                 .try_filter(|fd| futures::future::ready(!fd.data_header.is_empty()))
-                .map_err(FlightError::from),
+                .map_err(FlightError::from)
+                .and_then(|fd| {
+                    futures::future::ready(
+                        check_ipc_message(&fd.data_header, &fd.data_body)
+                            .map(|_| fd)
+                            .map_err(|e| FlightError::ProtocolError(e.to_string())),
+                    )
+                }),
         ),
         poisoned: false,
     }

@@ -599,3 +599,68 @@ async fn a_ticket_redeemed_twice_or_at_once_on_a_swarm_answers_every_time() {
     assert_eq!(b, first);
     assert!(n1.log().matches("distributed query started").count() >= 4);
 }
+
+/// Chaos on a swarm: three times over, a worker running a fragment is killed with SIGKILL and
+/// started again under the same name; then the coordinator itself is killed mid-query. Every
+/// query answers the same, or — when its coordinator died — fails at once; nothing hangs.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn swarm_nodes_killed_in_a_loop_never_change_an_answer() {
+    let dir = tempfile::tempdir().unwrap();
+    let root = dir.path().to_str().unwrap();
+    let data = tpch_data();
+    let names = ["node-2", "node-3"];
+    let n1 = start(root, "node-1", &[], &[]);
+    let mut workers: Vec<Server> = names.iter().map(|n| start(root, n, &[], &slow())).collect();
+    let mut c = client(&n1).await;
+    ingest(&mut c, &data).await;
+    wait_alive(&mut c, &["node-1", "node-2", "node-3"]).await;
+    let want = canonical(&run(&mut c, HEAVY).await);
+    // The worker running a fragment now.
+    async fn busy(workers: &[Server]) -> usize {
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            for (i, w) in workers.iter().enumerate() {
+                if runs_a_fragment(w).await {
+                    return i;
+                }
+            }
+            assert!(
+                Instant::now() < deadline,
+                "no fragment was seen on a worker"
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+    for round in 0..3 {
+        let mut q = c.clone();
+        let query = apiary_runtime::executor::spawn(async move { run(&mut q, HEAVY).await });
+        let victim = busy(&workers).await;
+        // Killed, and back under the same name before the swarm could call it dead.
+        let old = workers.remove(victim);
+        old.kill();
+        workers.insert(victim, start(root, names[victim], &[], &slow()));
+        let got = tokio::time::timeout(Duration::from_secs(120), query)
+            .await
+            .unwrap_or_else(|_| panic!("round {round}: the query hung"))
+            .unwrap();
+        assert_eq!(canonical(&got), want, "round {round}: the answer changed");
+        wait_alive(&mut c, &["node-1", "node-2", "node-3"]).await;
+    }
+    // The coordinator dies mid-query: its client hears so at once, and another coordinator
+    // answers as before.
+    let mut q = c.clone();
+    let query = apiary_runtime::executor::spawn(async move {
+        let info = q.execute(HEAVY.into(), None).await?;
+        let stream = q.do_get(info.endpoint[0].ticket.clone().unwrap()).await?;
+        stream.try_collect::<Vec<RecordBatch>>().await
+    });
+    busy(&workers).await;
+    n1.kill();
+    let outcome = tokio::time::timeout(Duration::from_secs(30), query)
+        .await
+        .expect("the client of a dead coordinator hung")
+        .unwrap();
+    assert!(outcome.is_err(), "a dead coordinator answered");
+    let mut c2 = client(&workers[0]).await;
+    assert_eq!(canonical(&run(&mut c2, HEAVY).await), want);
+}

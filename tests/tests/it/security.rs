@@ -639,3 +639,152 @@ async fn calls_beyond_the_node_limit_are_shed_not_queued() {
     );
     assert_eq!(scalar(&mut c, "SELECT 2").await.unwrap(), "2");
 }
+
+/// SplitMix64: a fixed-seed source of random bytes, so a failing run can be replayed.
+struct Rng(u64);
+
+impl Rng {
+    fn next(&mut self) -> u64 {
+        self.0 = self.0.wrapping_add(0x9E37_79B9_7F4A_7C15);
+        let mut z = self.0;
+        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+        z ^ (z >> 31)
+    }
+
+    fn below(&mut self, n: usize) -> usize {
+        (self.next() % n as u64) as usize
+    }
+
+    fn bytes(&mut self, max: usize) -> Vec<u8> {
+        let n = self.below(max + 1);
+        (0..n).map(|_| self.next() as u8).collect()
+    }
+
+    /// Random bytes, or a valid message with some bytes changed.
+    fn message(&mut self, valid: &[Vec<u8>]) -> Vec<u8> {
+        if self.below(2) == 0 {
+            return self.bytes(256);
+        }
+        let mut m = valid[self.below(valid.len())].clone();
+        for _ in 0..=self.below(4) {
+            if !m.is_empty() {
+                let i = self.below(m.len());
+                m[i] = self.next() as u8;
+            }
+        }
+        m.truncate(self.below(m.len() + 1).max(m.len() / 2));
+        m
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_random_command_client_gets_answers_and_never_a_crash() {
+    use arrow_flight::flight_service_client::FlightServiceClient;
+    use arrow_flight::sql::{Any, CommandStatementQuery, ProstMessageExt};
+    use arrow_flight::{Action, FlightData, FlightDescriptor, Ticket};
+    use prost::Message;
+    let dir = tempfile::tempdir().unwrap();
+    let server = Server::start(dir.path().join("root").to_str().unwrap(), &[], &[]);
+    let mut c = client(&server).await;
+    update(&mut c, "CREATE TABLE t AS SELECT 1 AS a")
+        .await
+        .unwrap();
+    let info = c.execute("SELECT a FROM t".into(), None).await.unwrap();
+    let ticket = info.endpoint[0].ticket.clone().unwrap().ticket.to_vec();
+    let valid: Vec<Vec<u8>> = vec![
+        CommandStatementQuery {
+            query: "SELECT a FROM t".into(),
+            transaction_id: None,
+        }
+        .as_any()
+        .encode_to_vec(),
+        CommandGetTables {
+            include_schema: true,
+            ..Default::default()
+        }
+        .as_any()
+        .encode_to_vec(),
+        ticket,
+    ];
+    let channel = Channel::from_shared(server.url())
+        .unwrap()
+        .connect()
+        .await
+        .unwrap();
+    let mut raw = FlightServiceClient::new(channel);
+    let seed = 0x00A9_1A27;
+    let mut rng = Rng(seed);
+    let calls = 1500;
+    let mut answered = 0;
+    for i in 0..calls {
+        let bytes = rng.message(&valid);
+        let kind = rng.below(5);
+        let call = async {
+            match kind {
+                0 => raw
+                    .get_flight_info(FlightDescriptor::new_cmd(bytes))
+                    .await
+                    .map(|_| ()),
+                1 => match raw.do_get(Ticket::new(bytes)).await {
+                    Ok(r) => {
+                        let mut s = r.into_inner();
+                        while let Ok(Some(_)) = s.message().await {}
+                        Ok(())
+                    }
+                    Err(e) => Err(e),
+                },
+                2 => {
+                    let types = [
+                        "CreatePreparedStatement",
+                        "CancelFlightInfo",
+                        "SetSessionOptions",
+                        "x",
+                    ];
+                    let action = Action::new(types[i % types.len()], bytes);
+                    raw.do_action(action).await.map(|_| ())
+                }
+                3 => {
+                    let any = Any {
+                        type_url:
+                            "type.googleapis.com/arrow.flight.protocol.sql.CommandStatementIngest"
+                                .into(),
+                        value: bytes.clone().into(),
+                    };
+                    let first = FlightData {
+                        flight_descriptor: Some(FlightDescriptor::new_cmd(any.encode_to_vec())),
+                        data_header: bytes.clone().into(),
+                        data_body: bytes.into(),
+                        ..Default::default()
+                    };
+                    match raw.do_put(futures::stream::iter(vec![first])).await {
+                        Ok(r) => {
+                            let mut s = r.into_inner();
+                            while let Ok(Some(_)) = s.message().await {}
+                            Ok(())
+                        }
+                        Err(e) => Err(e),
+                    }
+                }
+                _ => raw
+                    .get_schema(FlightDescriptor::new_cmd(bytes))
+                    .await
+                    .map(|_| ()),
+            }
+        };
+        let outcome = tokio::time::timeout(Duration::from_secs(10), call)
+            .await
+            .unwrap_or_else(|_| panic!("call {i} (kind {kind}, seed {seed:#x}) hung"));
+        if let Err(s) = outcome {
+            // An h2 reset or an internal error means a handler broke; a refusal is fine.
+            assert!(
+                !matches!(s.code(), Code::Cancelled | Code::Internal | Code::Unknown),
+                "call {i} (kind {kind}, seed {seed:#x}): {s:?}"
+            );
+        }
+        answered += 1;
+    }
+    assert_eq!(answered, calls);
+    assert_eq!(scalar(&mut c, "SELECT count(*) FROM t").await.unwrap(), "1");
+    assert!(!server.log().contains("panicked"), "{}", server.log());
+}

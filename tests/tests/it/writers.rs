@@ -155,3 +155,142 @@ fn killed_writer_on_s3() {
     let moto = Moto::start("crash");
     killed_writer_leaves_frame_unchanged(&moto.url("root"), &moto.env(), None);
 }
+
+/// Chaos: a server taking appends from three clients is killed with SIGKILL at varied moments,
+/// six times over, and restarted on the same root. Every append a client saw acknowledged is
+/// there in full afterwards, no append is ever visible in part (not even to a reader running
+/// meanwhile), and the frame keeps taking writes.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn writers_killed_again_and_again_lose_no_acknowledged_row() {
+    use apiary_tests::Server;
+    use futures::TryStreamExt;
+    use std::collections::BTreeSet;
+    use std::sync::{Arc, Mutex};
+    const ROWS: i64 = 500;
+    let dir = tempfile::tempdir().unwrap();
+    let root = dir.path().join("root");
+    let root = root.to_str().unwrap();
+    let acked: Arc<Mutex<BTreeSet<i64>>> = Arc::default();
+    // Kill delays in ms, fixed so that a failure can be replayed.
+    let delays = [350u64, 900, 150, 1300, 600, 1000];
+    let mut next_batch = 0i64;
+    for (round, delay) in delays.iter().enumerate() {
+        let server = Server::start(root, &[], &[]);
+        let mut admin = server.flight_sql_client().await;
+        if round == 0 {
+            admin
+                .execute_update("CREATE TABLE t (batch BIGINT, i BIGINT)".into(), None)
+                .await
+                .unwrap();
+        }
+        let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let mut tasks = Vec::new();
+        for w in 0..3 {
+            let first = next_batch + w * 10_000;
+            let (url, acked, stop) = (server.url(), acked.clone(), stop.clone());
+            tasks.push(apiary_runtime::executor::spawn(async move {
+                let ch = tonic::transport::Channel::from_shared(url).unwrap().connect().await;
+                let Ok(ch) = ch else { return };
+                let mut c = arrow_flight::sql::client::FlightSqlServiceClient::new(ch);
+                let mut b = first;
+                while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                    let sql = format!(
+                        "INSERT INTO t SELECT {b} AS batch, value AS i FROM generate_series(1, {ROWS})"
+                    );
+                    match c.execute_update(sql, None).await {
+                        Ok(n) => {
+                            assert_eq!(n, ROWS);
+                            acked.lock().unwrap().insert(b);
+                        }
+                        Err(_) => return, // the server died under us
+                    }
+                    b += 1;
+                }
+            }));
+        }
+        // A reader meanwhile: every batch it sees is whole.
+        let (url, stop_r) = (server.url(), stop.clone());
+        let reader = apiary_runtime::executor::spawn(async move {
+            let Ok(ch) = tonic::transport::Channel::from_shared(url)
+                .unwrap()
+                .connect()
+                .await
+            else {
+                return 0;
+            };
+            let mut c = arrow_flight::sql::client::FlightSqlServiceClient::new(ch);
+            let mut checks = 0;
+            while !stop_r.load(std::sync::atomic::Ordering::Relaxed) {
+                let Ok(info) = c
+                    .execute(
+                        "SELECT count(*) AS n FROM (SELECT batch FROM t GROUP BY batch \
+                         HAVING count(*) <> 500) AS partial"
+                            .into(),
+                        None,
+                    )
+                    .await
+                else {
+                    return checks;
+                };
+                let Ok(stream) = c.do_get(info.endpoint[0].ticket.clone().unwrap()).await else {
+                    return checks;
+                };
+                let Ok(batches) = stream.try_collect::<Vec<_>>().await else {
+                    return checks;
+                };
+                let n =
+                    arrow::util::display::array_value_to_string(batches[0].column(0), 0).unwrap();
+                assert_eq!(n, "0", "a partial append was visible");
+                checks += 1;
+            }
+            checks
+        });
+        tokio::time::sleep(Duration::from_millis(*delay)).await;
+        server.kill();
+        stop.store(true, std::sync::atomic::Ordering::Relaxed);
+        for t in tasks {
+            t.await.unwrap();
+        }
+        reader.await.unwrap();
+        next_batch += 100_000;
+    }
+    // After the last kill: everything acknowledged is there, in full; nothing is there in part.
+    let server = Server::start(root, &[], &[]);
+    let mut c = server.flight_sql_client().await;
+    let info = c
+        .execute(
+            "SELECT batch, count(*) AS n FROM t GROUP BY batch ORDER BY batch".into(),
+            None,
+        )
+        .await
+        .unwrap();
+    let batches: Vec<arrow::record_batch::RecordBatch> = c
+        .do_get(info.endpoint[0].ticket.clone().unwrap())
+        .await
+        .unwrap()
+        .try_collect()
+        .await
+        .unwrap();
+    let mut present = BTreeSet::new();
+    for b in &batches {
+        use arrow::array::AsArray;
+        let ids = b.column(0).as_primitive::<arrow::datatypes::Int64Type>();
+        let ns = b.column(1).as_primitive::<arrow::datatypes::Int64Type>();
+        for r in 0..b.num_rows() {
+            assert_eq!(ns.value(r), ROWS, "batch {} is partial", ids.value(r));
+            present.insert(ids.value(r));
+        }
+    }
+    let acked = acked.lock().unwrap().clone();
+    assert!(
+        acked.len() >= 6,
+        "too few appends were acknowledged to mean anything: {}",
+        acked.len()
+    );
+    let lost: Vec<_> = acked.difference(&present).collect();
+    assert!(lost.is_empty(), "acknowledged appends lost: {lost:?}");
+    // (Appends committed but killed before their acknowledgement may be present unacknowledged.)
+    c.execute_update("INSERT INTO t VALUES (-1, 1)".into(), None)
+        .await
+        .unwrap();
+}
