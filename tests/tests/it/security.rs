@@ -788,3 +788,73 @@ async fn a_random_command_client_gets_answers_and_never_a_crash() {
     assert_eq!(scalar(&mut c, "SELECT count(*) FROM t").await.unwrap(), "1");
     assert!(!server.log().contains("panicked"), "{}", server.log());
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cancels_are_bounded_and_only_for_ones_own_queries_and_parameter_rows_are_capped() {
+    use arrow_flight::{Action, CancelFlightInfoRequest, FlightInfo};
+    use prost::Message;
+    let dir = tempfile::tempdir().unwrap();
+    let users = [
+        format!("alice:{}", hash("pw")),
+        format!("bob:{}", hash("pw")),
+    ];
+    let server = Server::start(
+        dir.path().join("root").to_str().unwrap(),
+        &[
+            "--user",
+            &users[0],
+            "--user",
+            &users[1],
+            "--token-secret",
+            "a shared swarm secret of some length",
+            "--max-param-rows",
+            "100",
+        ],
+        &[],
+    );
+    let mut alice = client_of(&server.url()).await;
+    alice.handshake("alice", "pw").await.unwrap();
+    let mut bob = client_of(&server.url()).await;
+    bob.handshake("bob", "pw").await.unwrap();
+    let info = alice.execute("SELECT 1".into(), None).await.unwrap();
+    let cancel = |c: &mut FlightSqlServiceClient<Channel>, info: FlightInfo| {
+        let body = CancelFlightInfoRequest { info: Some(info) }.encode_to_vec();
+        let mut c = c.clone();
+        async move {
+            let action = Action::new("CancelFlightInfo", body);
+            c.do_action(action).await.map(|_| ())
+        }
+    };
+    // Bob cannot cancel Alice's query.
+    let err = cancel(&mut bob, info.clone()).await.unwrap_err();
+    assert!(format!("{err}").contains("another user"), "{err}");
+    // 20,000 endpoints would be 20,000 storage writes: refused, naming the cap.
+    let mut many = info.clone();
+    many.endpoint = vec![info.endpoint[0].clone(); 20_000];
+    let err = cancel(&mut alice, many).await.unwrap_err();
+    assert!(format!("{err}").contains("--max-cancel-endpoints"), "{err}");
+    // Alice can cancel her own.
+    cancel(&mut alice, info).await.unwrap();
+    // Parameter rows beyond --max-param-rows are refused before anything runs.
+    update(&mut alice, "CREATE TABLE p (v BIGINT)")
+        .await
+        .unwrap();
+    let mut stmt = alice
+        .prepare("INSERT INTO p VALUES ($1)".into(), None)
+        .await
+        .unwrap();
+    let rows = arrow::record_batch::RecordBatch::try_from_iter(vec![(
+        "$1",
+        std::sync::Arc::new(arrow::array::Int64Array::from(
+            (0..101).collect::<Vec<i64>>(),
+        )) as arrow::array::ArrayRef,
+    )])
+    .unwrap();
+    stmt.set_parameters(rows).unwrap();
+    let err = stmt.execute_update().await.unwrap_err();
+    assert!(format!("{err}").contains("--max-param-rows"), "{err}");
+    assert_eq!(
+        scalar(&mut alice, "SELECT count(*) FROM p").await.unwrap(),
+        "0"
+    );
+}
