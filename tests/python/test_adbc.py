@@ -179,3 +179,15 @@ def test_errors_carry_codes(server):
         assert "NOT_FOUND" in str(e.value) or "NotFound" in str(e.value)
         with pytest.raises(adbc_driver_manager.NotSupportedError):
             cur.execute("DELETE FROM nope")
+
+
+def test_time_functions_are_simplified_once_per_statement(server):
+    with connect(server) as conn, conn.cursor() as cur:
+        cur.execute("SELECT now() > TIMESTAMP '2020-01-01 00:00:00' AS a, current_date > DATE '2020-01-01' AS b")
+        assert cur.fetchone() == (True, True)
+        cur.execute("CREATE TABLE ev AS SELECT current_date - INTERVAL '1 day' AS d")
+        cur.execute("SELECT count(*) FROM ev WHERE d > current_date - INTERVAL '30 days'")
+        assert cur.fetchone() == (1,)
+        # One instant per statement: two calls of now() agree.
+        cur.execute("SELECT now() = now() AS same")
+        assert cur.fetchone() == (True,)

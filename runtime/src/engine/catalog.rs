@@ -74,7 +74,7 @@ pub(super) struct Resolved {
     /// The version each frame was loaded at.
     pub(super) pins: Pins,
     /// A frame that does not exist, reported if planning fails.
-    pub(super) missing: Option<apiary_storage::Error>,
+    pub(super) missing: Vec<(String, apiary_storage::Error)>,
     /// The statement names tables, all of them in `system`.
     pub(super) system_only: bool,
 }
@@ -145,7 +145,7 @@ impl Engine {
                 }
                 Err(e @ apiary_storage::Error::NotFound { .. }) => {
                     debug!(frame = %frame, "referenced frame not found");
-                    resolved.missing.get_or_insert(e);
+                    resolved.missing.push((frame.to_string(), e));
                 }
                 Err(e) => return Err(e.into()),
             }
@@ -165,6 +165,12 @@ impl Engine {
         if let Some(env) = target.env {
             builder = builder.with_runtime_env(env.clone());
         }
-        Ok((builder.build(), resolved))
+        let mut state = builder.build();
+        // What SessionContext does for every statement: fix the statement's start time, so that
+        // now(), current_date and current_time are simplified to that one instant when planning
+        // (without it they reach execution unsimplified and fail there).
+        let options = Arc::new(state.config_options().as_ref().clone());
+        state.execution_props_mut().mark_start_execution(options);
+        Ok((state, resolved))
     }
 }

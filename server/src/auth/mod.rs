@@ -17,14 +17,16 @@
 //!
 //! | module  | owns                                                        |
 //! |---------|-------------------------------------------------------------|
+//! | `sessions` | each connection's session, for clients that drop tokens  |
 //! | `token` | the [`Signer`]: tokens, ticket and handle envelopes         |
 //! | `users` | the user list, roles, password checks, per-peer backoff     |
 
+mod sessions;
 mod token;
 mod users;
 
 use std::collections::HashMap;
-use std::net::IpAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::pin::Pin;
 use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll};
@@ -281,11 +283,13 @@ impl Authenticator {
 #[derive(Debug, Clone)]
 pub struct AuthLayer {
     auth: Authenticator,
+    sessions: Arc<sessions::ConnectionSessions>,
 }
 
 impl AuthLayer {
     pub fn new(auth: Authenticator) -> Self {
-        Self { auth }
+        let sessions = Arc::new(sessions::ConnectionSessions::new(auth.token_ttl));
+        Self { auth, sessions }
     }
 }
 
@@ -296,6 +300,7 @@ impl<S> tower::Layer<S> for AuthLayer {
         AuthService {
             inner,
             auth: self.auth.clone(),
+            sessions: self.sessions.clone(),
         }
     }
 }
@@ -304,12 +309,14 @@ impl<S> tower::Layer<S> for AuthLayer {
 pub struct AuthService<S> {
     inner: S,
     auth: Authenticator,
+    sessions: Arc<sessions::ConnectionSessions>,
 }
 
 type BoxFuture<T> = Pin<Box<dyn std::future::Future<Output = T> + Send>>;
 
-/// The peer's address, from the connection info tonic puts on every request.
-fn peer_of<B>(req: &http::Request<B>) -> Option<IpAddr> {
+/// The peer's address and port (one per client connection), from the connection info tonic
+/// puts on every request.
+fn peer_of<B>(req: &http::Request<B>) -> Option<SocketAddr> {
     use tonic::transport::server::{TcpConnectInfo, TlsConnectInfo};
     let ext = req.extensions();
     ext.get::<TcpConnectInfo>()
@@ -318,7 +325,6 @@ fn peer_of<B>(req: &http::Request<B>) -> Option<IpAddr> {
             ext.get::<TlsConnectInfo<TcpConnectInfo>>()
                 .and_then(|i| i.get_ref().remote_addr())
         })
-        .map(|a| a.ip())
 }
 
 impl<S, B, RB> tower::Service<http::Request<B>> for AuthService<S>
@@ -342,21 +348,30 @@ where
         let clone = self.inner.clone();
         let mut inner = std::mem::replace(&mut self.inner, clone);
         let auth = self.auth.clone();
+        let sessions = self.sessions.clone();
         Box::pin(async move {
             let peer = peer_of(&req);
-            let principal = match auth.authenticate(req.headers(), peer).await {
+            let mut principal = match auth.authenticate(req.headers(), peer.map(|p| p.ip())).await {
                 Ok(p) => p,
                 Err(status) => {
                     debug!(path = %req.uri().path(), "unauthenticated call");
                     return Ok(status.into_http());
                 }
             };
+            // The connection's own choice is the newest (its client may not send tokens back).
+            if let Some((hive, b)) = peer.and_then(|p| sessions.get(p, &principal.user)) {
+                principal.hive = hive;
+                principal.box_name = b;
+            }
             let slot = SessionSlot::default();
             req.extensions_mut().insert(principal.clone());
             req.extensions_mut().insert(slot.clone());
             let mut resp = inner.call(req).await?;
             let mut out = principal;
             if let Some((hive, b)) = slot.take() {
+                if let Some(p) = peer {
+                    sessions.set(p, &out.user, &hive, &b);
+                }
                 out.hive = hive;
                 out.box_name = b;
             }

@@ -77,12 +77,19 @@ impl FlightSql {
     pub(super) async fn prepared_info(
         &self,
         who: &Principal,
+        slot: Option<SessionSlot>,
         handle: &[u8],
         descriptor: FlightDescriptor,
     ) -> Result<FlightInfo> {
         let p = self.open_prepared(handle, who)?;
-        self.flight_info_for_query(&in_session_of(who, &p), &p.sql, p.parameters, descriptor)
-            .await
+        self.flight_info_for_query(
+            &in_session_of(who, &p),
+            slot,
+            &p.sql,
+            p.parameters,
+            descriptor,
+        )
+        .await
     }
 
     /// DoPut with parameters for a query: bind them into a new handle.

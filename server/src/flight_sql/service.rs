@@ -95,9 +95,11 @@ impl FlightSqlService for FlightSql {
             return Err(Error::Unimplemented(NO_TRANSACTIONS.into()).into());
         }
         let who = auth::principal(&request);
+        let slot = auth::session_slot(&request);
         let info = self
             .flight_info_for_query(
                 &who,
+                slot,
                 &query.query,
                 bytes::Bytes::new(),
                 request.into_inner(),
@@ -112,8 +114,14 @@ impl FlightSqlService for FlightSql {
         request: Request<FlightDescriptor>,
     ) -> Result<Response<FlightInfo>, Status> {
         let who = auth::principal(&request);
+        let slot = auth::session_slot(&request);
         let info = self
-            .prepared_info(&who, &cmd.prepared_statement_handle, request.into_inner())
+            .prepared_info(
+                &who,
+                slot,
+                &cmd.prepared_statement_handle,
+                request.into_inner(),
+            )
             .await?;
         Ok(Response::new(info))
     }

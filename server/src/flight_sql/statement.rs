@@ -22,10 +22,12 @@ use crate::error::{Error, Result};
 impl FlightSql {
     /// Plan a query and describe it as a FlightInfo with one self-contained ticket. A statement
     /// without a result set runs now and answers with no endpoints, its row count in
-    /// `total_records` (DB-API rowcount).
+    /// `total_records` (DB-API rowcount); a session it changes (`USE` run as a query, as ADBC
+    /// does) goes back through `slot`.
     pub(super) async fn flight_info_for_query(
         &self,
         who: &Principal,
+        slot: Option<SessionSlot>,
         sql: &str,
         params: bytes::Bytes,
         descriptor: FlightDescriptor,
@@ -34,7 +36,8 @@ impl FlightSql {
         let stmt = self.parse_one(sql)?;
         let rows = decode_param_rows(&params)?;
         if !stmt.returns_rows() {
-            let (count, _) = self.run_update(&session, &stmt, rows).await?;
+            let (count, after) = self.run_update(&session, &stmt, rows).await?;
+            remember(slot, &session, &after);
             return FlightInfo::new()
                 .try_with_schema(&Schema::empty())
                 .map_err(Error::encode("a FlightInfo"))

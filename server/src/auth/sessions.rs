@@ -1,0 +1,97 @@
+//! The session of each client connection, for clients that do not send back the token they
+//! were given (the ADBC Go driver without authentication, and with it on an ordinary response):
+//! `USE` on one statement must reach the next statement of the same connection.
+//!
+//! A session lives in the token (any node can serve any call that carries it) *and* here, keyed
+//! by the caller's TCP connection (its remote address and port) and user: the connection's entry
+//! wins, because it is always the newest. Entries unused for the token TTL are dropped, and the
+//! map is bounded; a dropped entry only means the connection falls back to its token's session.
+//! Behind a proxy that multiplexes several clients onto one connection, clients of one user share
+//! their session; clients that keep tokens (JDBC, pyarrow with rotation) are unaffected.
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
+
+/// Connections remembered at most.
+const MAX_CONNECTIONS: usize = 65_536;
+
+#[derive(Debug)]
+struct Entry {
+    user: String,
+    hive: String,
+    box_name: String,
+    used: Instant,
+}
+
+/// Sessions by client connection.
+#[derive(Debug)]
+pub(super) struct ConnectionSessions {
+    map: Mutex<HashMap<SocketAddr, Entry>>,
+    ttl: Duration,
+}
+
+impl ConnectionSessions {
+    pub(super) fn new(ttl: Duration) -> Self {
+        Self {
+            map: Mutex::new(HashMap::new()),
+            ttl,
+        }
+    }
+
+    /// The (hive, box) this connection of `user` last chose, if any.
+    pub(super) fn get(&self, peer: SocketAddr, user: &str) -> Option<(String, String)> {
+        let mut map = self.map.lock().expect("sessions");
+        let e = map.get_mut(&peer)?;
+        if e.user != user || e.used.elapsed() > self.ttl {
+            return None;
+        }
+        e.used = Instant::now();
+        Some((e.hive.clone(), e.box_name.clone()))
+    }
+
+    /// Remember what this connection of `user` chose.
+    pub(super) fn set(&self, peer: SocketAddr, user: &str, hive: &str, box_name: &str) {
+        let mut map = self.map.lock().expect("sessions");
+        if map.len() >= MAX_CONNECTIONS && !map.contains_key(&peer) {
+            let ttl = self.ttl;
+            map.retain(|_, e| e.used.elapsed() <= ttl);
+            if map.len() >= MAX_CONNECTIONS
+                && let Some(oldest) = map.iter().min_by_key(|(_, e)| e.used).map(|(k, _)| *k)
+            {
+                map.remove(&oldest);
+            }
+        }
+        map.insert(
+            peer,
+            Entry {
+                user: user.to_string(),
+                hive: hive.to_string(),
+                box_name: box_name.to_string(),
+                used: Instant::now(),
+            },
+        );
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_connection_keeps_its_users_choice_and_nobody_elses() {
+        let s = ConnectionSessions::new(Duration::from_secs(60));
+        let a: SocketAddr = "127.0.0.1:40000".parse().unwrap();
+        let b: SocketAddr = "127.0.0.1:40001".parse().unwrap();
+        assert_eq!(s.get(a, "alice"), None);
+        s.set(a, "alice", "uh", "ub");
+        assert_eq!(s.get(a, "alice"), Some(("uh".into(), "ub".into())));
+        assert_eq!(s.get(a, "bob"), None, "another user on that address");
+        assert_eq!(s.get(b, "alice"), None, "another connection");
+        let short = ConnectionSessions::new(Duration::ZERO);
+        short.set(a, "alice", "uh", "ub");
+        std::thread::sleep(Duration::from_millis(2));
+        assert_eq!(short.get(a, "alice"), None, "expired");
+    }
+}

@@ -1,0 +1,71 @@
+"""Sessions stick for a whole connection, whatever the client keeps: `USE`, SetSessionOptions
+and ADBC's current catalog/schema, with and without authentication (issue 14)."""
+
+import adbc_driver_flightsql.dbapi as flightsql
+import pyarrow.flight as fl
+import pytest
+
+
+def setup_namespace(uri, **kw):
+    with flightsql.connect(uri, **kw) as conn, conn.cursor() as cur:
+        cur.execute("CREATE HIVE uh")
+        cur.execute("CREATE BOX uh.ub")
+        cur.execute("CREATE TABLE uh.ub.t AS SELECT 7 AS x")
+        cur.execute("CREATE BOX uh.other")
+
+
+@pytest.mark.parametrize("auth", [False, True])
+def test_use_sticks_across_statements_of_one_adbc_connection(server, auth_server, auth):
+    s = auth_server if auth else server
+    kw = {"db_kwargs": {"username": "alice", "password": "s3cret pass"}} if auth else {}
+    setup_namespace(s.uri, **kw)
+    with flightsql.connect(s.uri, **kw) as conn, conn.cursor() as cur:
+        cur.execute("USE uh.ub")
+        cur.execute("SELECT x FROM t")
+        assert cur.fetchone() == (7,)
+        assert conn.adbc_current_catalog == "uh"
+        assert conn.adbc_current_db_schema == "ub"
+        cur.execute("USE HIVE default")
+        cur.execute("USE HIVE uh")
+        cur.execute("USE BOX ub")
+        cur.execute("SELECT x FROM t")
+        assert cur.fetchone() == (7,)
+        conn.adbc_current_db_schema = "other"
+        assert conn.adbc_current_db_schema == "other"
+        cur.execute("SELECT x FROM uh.ub.t")
+        assert cur.fetchone() == (7,)
+    # Another connection starts in default.default.
+    with flightsql.connect(s.uri, **kw) as conn, conn.cursor() as cur:
+        assert conn.adbc_current_catalog == "default"
+        with pytest.raises(Exception):
+            cur.execute("SELECT x FROM t")
+
+
+def test_use_sticks_for_a_pyarrow_flight_client_that_sends_no_token(server):
+    setup_namespace(server.uri)
+    client = fl.FlightClient(server.uri)
+
+    def run(sql):
+        cmd = _any("CommandStatementQuery", b"\x0a" + _varint(len(sql)) + sql.encode())
+        info = client.get_flight_info(fl.FlightDescriptor.for_command(cmd))
+        if not info.endpoints:  # a statement without rows ran already
+            return None
+        return client.do_get(info.endpoints[0].ticket).read_all()
+
+    run("USE uh.ub")
+    assert run("SELECT x FROM t").to_pylist() == [{"x": 7}]
+
+
+def _varint(n):
+    out = b""
+    while True:
+        b = n & 0x7F
+        n >>= 7
+        out += bytes([b | (0x80 if n else 0)])
+        if not n:
+            return out
+
+
+def _any(name, payload):
+    url = ("type.googleapis.com/arrow.flight.protocol.sql." + name).encode()
+    return b"\x0a" + _varint(len(url)) + url + b"\x12" + _varint(len(payload)) + payload
