@@ -17,6 +17,10 @@ pub enum Error {
     #[error(transparent)]
     Storage(#[from] apiary_storage::Error),
 
+    /// A write's target exists with another schema (ALREADY_EXISTS, as ADBC ingest expects).
+    #[error("{0}")]
+    TargetMismatch(String),
+
     #[error("{0} is not supported yet")]
     Unsupported(String),
 

@@ -10,7 +10,7 @@
 use apiary_runtime::Error as RtError;
 use apiary_storage::Error as StError;
 use tonic::Status;
-use tracing::{error, info, warn};
+use tracing::{debug, error, info, warn};
 
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
@@ -96,6 +96,33 @@ impl From<arrow_flight::error::FlightError> for Error {
 
 impl From<Error> for Status {
     fn from(e: Error) -> Self {
+        let status = status_of(e);
+        // Clients get the message; a backtrace (DataFusion and others append one when
+        // RUST_BACKTRACE is set) stays in the log, with its source paths.
+        match without_backtrace(status.message()) {
+            Some(clean) => {
+                debug!(message = %status.message(), "backtrace kept out of a client's error");
+                Status::new(status.code(), clean)
+            }
+            None => status,
+        }
+    }
+}
+
+/// `message` without an appended backtrace, if it has one.
+fn without_backtrace(message: &str) -> Option<String> {
+    const MARKS: [&str; 4] = [
+        "\nbacktrace:",
+        "\nstack backtrace:",
+        "\nStack backtrace:",
+        "\nBacktrace:",
+    ];
+    let cut = MARKS.iter().filter_map(|m| message.find(m)).min()?;
+    Some(message[..cut].trim_end().to_string())
+}
+
+fn status_of(e: Error) -> Status {
+    {
         match e {
             Error::Runtime(e) => runtime_status(e),
             Error::InvalidArgument(msg) => {
@@ -124,6 +151,7 @@ fn runtime_status(e: RtError) -> Status {
         RtError::Sql(msg) => Status::invalid_argument(msg),
         RtError::Storage(s) => storage_status(s),
         e @ RtError::Unsupported(_) => Status::unimplemented(e.to_string()),
+        RtError::TargetMismatch(msg) => Status::already_exists(msg),
         e @ RtError::NotAllowed(_) => {
             warn!(error = %e, "refused");
             Status::permission_denied(e.to_string())
@@ -190,6 +218,16 @@ mod tests {
 
     fn code(e: impl Into<Error>) -> Code {
         Status::from(e.into()).code()
+    }
+
+    #[test]
+    fn clients_get_the_message_and_never_a_backtrace() {
+        let msg = "Error during planning: table 'x' not found\n\nbacktrace:    0: std::backtrace\n             at /rustc/abc/library/std/src/backtrace.rs:331:13";
+        let s = Status::from(Error::invalid(msg));
+        assert_eq!(s.code(), Code::InvalidArgument);
+        assert_eq!(s.message(), "Error during planning: table 'x' not found");
+        let plain = Status::from(Error::invalid("no backtrace here"));
+        assert_eq!(plain.message(), "no backtrace here");
     }
 
     #[test]

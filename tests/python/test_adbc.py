@@ -155,6 +155,12 @@ def test_ingest_errors_catalog_schema_empty_and_casts(server):
         with pytest.raises(adbc_driver_manager.Error) as e:
             cur.adbc_ingest("typed", pa.table({"k": pa.array(["nope"])}), mode="append")
         assert "column k" in str(e.value)
+        # A column the frame lacks: the target exists with another schema (ALREADY_EXISTS).
+        for mode in ("append", "create_append"):
+            with pytest.raises(adbc_driver_manager.Error) as e:
+                cur.adbc_ingest("typed", pa.table({"k": [3], "extra": [1]}), mode=mode)
+            assert "ALREADY_EXISTS" in str(e.value) or "AlreadyExists" in str(e.value), str(e.value)
+            assert "no column extra" in str(e.value)
 
 
 def test_ingest_messages_larger_than_16_mib(server):

@@ -93,7 +93,22 @@ impl Engine {
             }
             .into()),
             (Some(_), IfExists::Skip, _) => Ok(Target::Skip),
-            (Some(s), IfExists::Append, _) => Ok(write(s, false, false)),
+            (Some(s), IfExists::Append, _) => {
+                // A column the frame lacks: the target exists with another schema, which ADBC
+                // clients expect as ALREADY_EXISTS (a value that does not cast stays
+                // INVALID_ARGUMENT, from the write).
+                if let Some(extra) = schema.and_then(|i| {
+                    i.fields()
+                        .iter()
+                        .find(|f| s.schema().field_with_name(f.name()).is_err())
+                }) {
+                    return Err(Error::TargetMismatch(format!(
+                        "frame {frame} already exists with other columns: it has no column {}",
+                        extra.name()
+                    )));
+                }
+                Ok(write(s, false, false))
+            }
             (Some(s), IfExists::Replace, _) => {
                 if same_shape(&s, schema, mode.partition_by.as_deref()) {
                     return Ok(write(s, true, false));

@@ -273,8 +273,10 @@ pub(super) fn primary_keys_schema() -> SchemaRef {
         Field::new("db_schema_name", DataType::Utf8, true),
         Field::new("table_name", DataType::Utf8, false),
         Field::new("column_name", DataType::Utf8, false),
-        Field::new("key_sequence", DataType::Int32, false),
+        // FlightSql.proto's order (arrow-java's server puts key_sequence first; clients
+        // generated from the .proto read by position).
         Field::new("key_name", DataType::Utf8, true),
+        Field::new("key_sequence", DataType::Int32, false),
     ]))
 }
 

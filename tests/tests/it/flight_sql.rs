@@ -547,7 +547,10 @@ async fn jdbc_driver_session() {
         .unwrap();
     let (schema, batches) = collect(&mut c, &pk).await;
     assert_eq!(schema.fields().len(), 6);
-    assert_eq!(schema.field(4).data_type(), &DataType::Int32);
+    // FlightSql.proto: ... column_name, key_name, key_sequence.
+    assert_eq!(schema.field(4).name(), "key_name");
+    assert_eq!(schema.field(5).name(), "key_sequence");
+    assert_eq!(schema.field(5).data_type(), &DataType::Int32);
     assert_eq!(batches.iter().map(|b| b.num_rows()).sum::<usize>(), 0);
     for info in [
         c.get_exported_keys(CommandGetExportedKeys {
