@@ -28,6 +28,7 @@ fn ticket() -> StatementTicketV1 {
         user: "alice".into(),
         expires_at_ms: 1_800_000_000_000,
         jdbc: false,
+        schema: Default::default(),
     }
 }
 
@@ -53,6 +54,7 @@ fn tickets(c: &mut Criterion) {
         default_box: "default".into(),
         user: "alice".into(),
         expires_at_ms: 1_800_000_000_000,
+        dataset_schema: Default::default(),
     };
     c.bench_function("handle/seal+open", |b| {
         b.iter(|| {

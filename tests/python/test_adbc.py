@@ -197,3 +197,24 @@ def test_time_functions_are_simplified_once_per_statement(server):
         # One instant per statement: two calls of now() agree.
         cur.execute("SELECT now() = now() AS same")
         assert cur.fetchone() == (True,)
+
+
+@pytest.mark.parametrize(
+    "expr",
+    [
+        "CASE WHEN v > 1 THEN [1,2,3] ELSE arrow_cast([v], 'LargeList(Int64)') END",
+        "arrow_cast([v], 'LargeList(Int64)')",
+        "arrow_cast([v, v], 'FixedSizeList(2, Int64)')",
+        "coalesce(arrow_cast(CAST(v AS VARCHAR), 'Dictionary(Int32, Utf8)'), 'b')",
+        "arrow_cast(CAST(v AS VARCHAR), 'Dictionary(Int32, Utf8)')",
+        "named_struct('a', v, 'b', [v])",
+        "arrow_cast(CAST(v AS VARCHAR), 'Utf8View')",
+    ],
+)
+def test_flight_info_and_stream_agree_on_every_result_schema(server, expr):
+    with connect(server) as conn, conn.cursor() as cur:
+        cur.execute(f"SELECT {expr} AS c FROM (VALUES (1), (2)) AS t(v)")
+        table = cur.fetch_arrow_table()
+        assert table.num_rows == 2
+        assert not pa.types.is_dictionary(table.schema.field("c").type)
+        assert not pa.types.is_large_list(table.schema.field("c").type)

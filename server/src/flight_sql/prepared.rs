@@ -20,6 +20,7 @@ use super::wire::{
     batch_rows, decode_param_rows, encode_params, ipc_schema, read_batches, wire_schema, wire_type,
 };
 use crate::auth::{Principal, SessionSlot};
+use crate::error::Error;
 use crate::error::Result;
 
 /// The principal as the prepared statement's session sees it.
@@ -65,6 +66,10 @@ impl FlightSql {
             default_box: session.box_name.to_string(),
             user: who.user.clone(),
             expires_at_ms: self.expiry(),
+            dataset_schema: match info.returns_rows {
+                true => ipc_schema(&dataset)?,
+                false => bytes::Bytes::new(),
+            },
         };
         Ok(ActionCreatePreparedStatementResult {
             prepared_statement_handle: self.seal_prepared(&handle),
@@ -82,12 +87,21 @@ impl FlightSql {
         descriptor: FlightDescriptor,
     ) -> Result<FlightInfo> {
         let p = self.open_prepared(handle, who)?;
+        // One schema from prepare to stream: the one CreatePreparedStatement announced.
+        let announced = match p.dataset_schema.is_empty() {
+            true => None,
+            false => Some(Arc::new(
+                arrow::ipc::convert::try_schema_from_ipc_buffer(&p.dataset_schema)
+                    .map_err(|_| Error::invalid("malformed prepared statement handle"))?,
+            )),
+        };
         self.flight_info_for_query(
             &in_session_of(who, &p),
             slot,
             &p.sql,
             p.parameters,
             descriptor,
+            announced,
         )
         .await
     }

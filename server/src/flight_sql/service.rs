@@ -103,6 +103,7 @@ impl FlightSqlService for FlightSql {
                 &query.query,
                 bytes::Bytes::new(),
                 request.into_inner(),
+                None,
             )
             .await?;
         Ok(Response::new(info))

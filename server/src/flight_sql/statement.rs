@@ -8,6 +8,8 @@
 
 use apiary_proto::v1::StatementTicketV1;
 use apiary_runtime::{Pins, Session, Statement};
+use std::sync::Arc;
+
 use arrow::datatypes::{Schema, SchemaRef};
 use arrow_flight::{CancelStatus, FlightDescriptor, FlightEndpoint, FlightInfo};
 use datafusion::common::ScalarValue;
@@ -15,7 +17,9 @@ use tonic::Response;
 
 use super::FlightSql;
 use super::ticket::{new_ticket, query_request, session_of};
-use super::wire::{BoxStream, decode_param_rows, encode_stream, timestamp_ms, wire_schema};
+use super::wire::{
+    BoxStream, decode_param_rows, encode_stream_as, ipc_schema, timestamp_ms, wire_schema,
+};
 use crate::auth::{Principal, SessionSlot};
 use crate::error::{Error, Result};
 
@@ -31,6 +35,7 @@ impl FlightSql {
         sql: &str,
         params: bytes::Bytes,
         descriptor: FlightDescriptor,
+        announced: Option<SchemaRef>,
     ) -> Result<FlightInfo> {
         let session = session_of(who)?;
         let stmt = self.parse_one(sql)?;
@@ -55,8 +60,21 @@ impl FlightSql {
             )));
         }
         let planned = self.service.plan(&session, &stmt, first).await?;
-        let schema = wire_schema(&planned.schema);
-        let ticket = new_ticket(sql, params, &session, &planned.pins, who, self.expiry());
+        // A schema announced before (by CreatePreparedStatement) stays the schema: DataFusion
+        // may type an expression differently between two plannings (a CASE of List and
+        // LargeList), and clients check that every answer agrees.
+        let schema = announced
+            .filter(|a| a.fields().len() == planned.schema.fields().len())
+            .unwrap_or_else(|| wire_schema(&planned.schema));
+        let ticket = new_ticket(
+            sql,
+            params,
+            &session,
+            &planned.pins,
+            who,
+            self.expiry(),
+            ipc_schema(&schema)?,
+        );
         let endpoint = FlightEndpoint::new()
             .with_ticket(self.ticket_for(&ticket))
             .with_expiration_time(timestamp_ms(ticket.expires_at_ms));
@@ -81,8 +99,16 @@ impl FlightSql {
                 "ticket belongs to another user".into(),
             ));
         }
+        // The stream goes out in the schema FlightInfo announced, whatever this planning says.
+        let announced = match t.schema.is_empty() {
+            true => None,
+            false => Some(Arc::new(
+                arrow::ipc::convert::try_schema_from_ipc_buffer(&t.schema)
+                    .map_err(|_| Error::invalid("malformed ticket (its schema)"))?,
+            )),
+        };
         let stream = self.service.query(query_request(t, who.role)?).await?;
-        Ok(Response::new(encode_stream(stream)))
+        Ok(Response::new(encode_stream_as(stream, announced)))
     }
 
     /// A prepared statement redeemed as a ticket (some clients do): a fresh ticket, no pins.
@@ -104,6 +130,7 @@ impl FlightSql {
             &Pins::new(),
             who,
             self.expiry(),
+            bytes::Bytes::new(),
         ))
     }
 

@@ -91,6 +91,7 @@ pub(super) fn new_ticket(
     pins: &Pins,
     who: &Principal,
     expires_at_ms: i64,
+    schema: bytes::Bytes,
 ) -> StatementTicketV1 {
     StatementTicketV1 {
         query_id: uuid::Uuid::now_v7().to_string(),
@@ -110,6 +111,7 @@ pub(super) fn new_ticket(
         user: who.user.clone(),
         expires_at_ms,
         jdbc: who.jdbc,
+        schema,
     }
 }
 

@@ -29,15 +29,23 @@ const MAX_FLIGHT_DATA: usize = 2 * 1024 * 1024;
 
 /// The type a result column travels in: view types become their plain forms, which every client
 /// (JDBC up to v18 included) reads, and which avoids shipping shared view buffers with every
-/// batch (arrow-rs #7185).
+/// batch (arrow-rs #7185); dictionaries and run-end encodings are sent decoded, as their value
+/// type (the encoder would hydrate dictionaries anyway, and announcing them encoded made
+/// FlightInfo and the stream disagree).
 pub(super) fn wire_type(dt: &DataType) -> DataType {
     match dt {
+        DataType::Dictionary(_, values) => wire_type(values),
+        DataType::RunEndEncoded(_, values) => wire_type(values.data_type()),
         DataType::Utf8View => DataType::Utf8,
         DataType::BinaryView => DataType::Binary,
-        DataType::ListView(f) => DataType::List(Arc::new(wire_field(f))),
-        DataType::LargeListView(f) => DataType::LargeList(Arc::new(wire_field(f))),
+        // Large lists travel as lists: arrow-flight 59's encoder rewrites a LargeList field of
+        // the schema it sends into a List while the batches stay large (the client then reads a
+        // schema that differs from FlightInfo's); a batch is at most a few MiB, so 32-bit
+        // offsets always suffice.
+        DataType::ListView(f) | DataType::LargeListView(f) | DataType::LargeList(f) => {
+            DataType::List(Arc::new(wire_field(f)))
+        }
         DataType::List(f) => DataType::List(Arc::new(wire_field(f))),
-        DataType::LargeList(f) => DataType::LargeList(Arc::new(wire_field(f))),
         DataType::FixedSizeList(f, n) => DataType::FixedSizeList(Arc::new(wire_field(f)), *n),
         DataType::Struct(fields) => DataType::Struct(
             fields
@@ -99,7 +107,18 @@ fn to_wire(
 pub(super) fn encode_stream(
     stream: datafusion::execution::SendableRecordBatchStream,
 ) -> BoxStream<arrow_flight::FlightData> {
-    let schema = wire_schema(&stream.schema());
+    encode_stream_as(stream, None)
+}
+
+/// [`encode_stream`] in the schema a FlightInfo announced (every batch is cast to it), or in the
+/// stream's own wire schema.
+pub(super) fn encode_stream_as(
+    stream: datafusion::execution::SendableRecordBatchStream,
+    announced: Option<SchemaRef>,
+) -> BoxStream<arrow_flight::FlightData> {
+    let schema = announced
+        .filter(|a| a.fields().len() == stream.schema().fields().len())
+        .unwrap_or_else(|| wire_schema(&stream.schema()));
     let wire = schema.clone();
     let batches = stream.map(move |r| match r {
         Ok(b) => to_wire(b, &wire).map_err(FlightError::Arrow),
@@ -374,5 +393,121 @@ pub(super) fn timestamp_ms(ms: i64) -> Timestamp {
     Timestamp {
         seconds: ms.div_euclid(1000),
         nanos: (ms.rem_euclid(1000) * 1_000_000) as i32,
+    }
+}
+
+#[cfg(test)]
+mod wire_type_tests {
+    use super::*;
+    use arrow::datatypes::{IntervalUnit, TimeUnit, UnionFields, UnionMode};
+
+    /// No encoding a client might not read, and nothing arrow-flight's encoder rewrites.
+    fn plain(dt: &DataType) -> bool {
+        match dt {
+            DataType::Dictionary(..)
+            | DataType::RunEndEncoded(..)
+            | DataType::Utf8View
+            | DataType::BinaryView
+            | DataType::ListView(_)
+            | DataType::LargeListView(_)
+            | DataType::LargeList(_) => false,
+            DataType::List(f) | DataType::FixedSizeList(f, _) | DataType::Map(f, _) => {
+                plain(f.data_type())
+            }
+            DataType::Struct(fs) => fs.iter().all(|f| plain(f.data_type())),
+            _ => true,
+        }
+    }
+
+    #[test]
+    fn every_type_travels_plain_and_batches_cast_to_it() {
+        let item = |dt: DataType| Arc::new(Field::new("item", dt, true));
+        let types = vec![
+            DataType::Null,
+            DataType::Boolean,
+            DataType::Int8,
+            DataType::Int16,
+            DataType::Int32,
+            DataType::Int64,
+            DataType::UInt8,
+            DataType::UInt16,
+            DataType::UInt32,
+            DataType::UInt64,
+            DataType::Float16,
+            DataType::Float32,
+            DataType::Float64,
+            DataType::Timestamp(TimeUnit::Second, None),
+            DataType::Timestamp(TimeUnit::Millisecond, Some("Asia/Tokyo".into())),
+            DataType::Timestamp(TimeUnit::Microsecond, Some("+00:00".into())),
+            DataType::Timestamp(TimeUnit::Nanosecond, None),
+            DataType::Date32,
+            DataType::Date64,
+            DataType::Time32(TimeUnit::Second),
+            DataType::Time32(TimeUnit::Millisecond),
+            DataType::Time64(TimeUnit::Microsecond),
+            DataType::Time64(TimeUnit::Nanosecond),
+            DataType::Duration(TimeUnit::Millisecond),
+            DataType::Interval(IntervalUnit::MonthDayNano),
+            DataType::Binary,
+            DataType::FixedSizeBinary(16),
+            DataType::LargeBinary,
+            DataType::BinaryView,
+            DataType::Utf8,
+            DataType::LargeUtf8,
+            DataType::Utf8View,
+            DataType::List(item(DataType::Utf8View)),
+            DataType::ListView(item(DataType::Int64)),
+            DataType::FixedSizeList(item(DataType::Int32), 3),
+            DataType::LargeList(item(DataType::Int64)),
+            DataType::LargeListView(item(DataType::Utf8)),
+            DataType::Struct(
+                vec![
+                    Field::new("a", DataType::Utf8View, true),
+                    Field::new("b", DataType::LargeList(item(DataType::Int64)), true),
+                ]
+                .into(),
+            ),
+            DataType::Union(
+                UnionFields::try_new(vec![0], vec![Field::new("u", DataType::Int32, true)])
+                    .unwrap(),
+                UnionMode::Dense,
+            ),
+            DataType::Dictionary(Box::new(DataType::Int32), Box::new(DataType::Utf8)),
+            DataType::Dictionary(Box::new(DataType::UInt8), Box::new(DataType::LargeUtf8)),
+            DataType::Decimal32(9, 2),
+            DataType::Decimal64(18, 4),
+            DataType::Decimal128(38, 10),
+            DataType::Decimal256(76, 20),
+            DataType::Map(
+                Arc::new(Field::new(
+                    "entries",
+                    DataType::Struct(
+                        vec![
+                            Field::new("key", DataType::Utf8View, false),
+                            Field::new("value", DataType::Int64, true),
+                        ]
+                        .into(),
+                    ),
+                    false,
+                )),
+                false,
+            ),
+            DataType::RunEndEncoded(
+                Arc::new(Field::new("run_ends", DataType::Int32, false)),
+                Arc::new(Field::new("values", DataType::Utf8, true)),
+            ),
+        ];
+        for dt in types {
+            let wire = wire_type(&dt);
+            assert!(plain(&wire), "{dt} travels as {wire}");
+            // A batch of that type casts to its wire schema.
+            let schema = Arc::new(Schema::new(vec![Field::new("c", dt.clone(), true)]));
+            let batch =
+                RecordBatch::try_new(schema.clone(), vec![arrow::array::new_null_array(&dt, 3)]);
+            if let Ok(batch) = batch {
+                let out = to_wire(batch, &wire_schema(&schema));
+                assert!(out.is_ok(), "{dt} → {wire}: {:?}", out.err());
+            }
+        }
     }
 }
