@@ -62,9 +62,10 @@ impl FlightSql {
         let planned = self.service.plan(&session, &stmt, first).await?;
         // A schema announced before (by CreatePreparedStatement) stays the schema: DataFusion
         // may type an expression differently between two plannings (a CASE of List and
-        // LargeList), and clients check that every answer agrees.
+        // LargeList), and clients check that every answer agrees. Not with parameters: before
+        // they were bound, their types (and the result's) were unknown.
         let schema = announced
-            .filter(|a| a.fields().len() == planned.schema.fields().len())
+            .filter(|a| stmt.params == 0 && a.fields().len() == planned.schema.fields().len())
             .unwrap_or_else(|| wire_schema(&planned.schema));
         let ticket = new_ticket(
             sql,
