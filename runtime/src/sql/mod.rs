@@ -126,6 +126,12 @@ pub fn split_statements(text: &str, max_tokens: usize) -> Result<Vec<String>> {
     Ok(out)
 }
 
+/// Whether `c` next to a rewritten `$n` could be read as part of it (identifier characters in
+/// any script, `$`, `?`, `#`, `@`): a space goes between them.
+fn fuses(c: char) -> bool {
+    !c.is_ascii() || c.is_ascii_alphanumeric() || matches!(c, '_' | '$' | '?' | '#' | '@')
+}
+
 /// Rewrite positional `?` markers to `$1..$n` (DataFusion reads every bare `?` as one and the same
 /// parameter). Returns the new text and the number of parameters the statement takes. Mixing `?`
 /// with `$n` in one statement is refused.
@@ -141,11 +147,7 @@ pub fn rewrite_placeholders(text: &str) -> Result<(String, usize)> {
                 questions += 1;
                 out.push_str(&lexed.text[last..range.start]);
                 // Nor may it fuse with a word before it (`a?` → `a$1`, one identifier).
-                if out
-                    .chars()
-                    .last()
-                    .is_some_and(|c| c.is_alphanumeric() || c == '_' || c == '$')
-                {
+                if out.chars().last().is_some_and(fuses) {
                     out.push(' ');
                 }
                 out.push_str(&format!("${questions}"));
@@ -155,9 +157,7 @@ pub fn rewrite_placeholders(text: &str) -> Result<(String, usize)> {
                 last = range.end;
                 // `??` or `?x` must not fuse into one token (`$1$2`, `$1x`): keep them apart.
                 let next = lexed.text[range.end..].chars().next();
-                if after == range.end
-                    && next.is_some_and(|c| c.is_alphanumeric() || c == '_' || c == '$' || c == '?')
-                {
+                if after == range.end && next.is_some_and(fuses) {
                     out.push(' ');
                 }
             } else if let Some(n) = p.strip_prefix('$').and_then(|n| n.parse::<usize>().ok()) {
