@@ -43,23 +43,23 @@ def apiary_bin() -> str:
 
 
 def start_server(storage: str, memory: str, bees: int):
-    env = dict(os.environ, APIARY_LOG="warn")
+    """Start the node; its log goes to <storage>.log (named when the run fails)."""
+    log_path = storage + ".log"
+    log = open(log_path, "w")
     proc = subprocess.Popen(
         [apiary_bin(), "serve", "--storage", storage, "--listen", "127.0.0.1:0",
          "--memory", memory, "--bees", str(bees)],
-        stderr=subprocess.PIPE, stdout=subprocess.DEVNULL, text=True,
-        env=dict(env, APIARY_LOG="info,buoyant_kernel=warn,deltalake_core=warn"),
+        stderr=log, stdout=subprocess.DEVNULL, text=True,
+        env=dict(os.environ, APIARY_LOG="info,buoyant_kernel=warn,deltalake_core=warn"),
     )
     deadline = time.time() + 60
-    for line in proc.stderr:
-        if "listening on " in line:
-            addr = line.split("listening on ", 1)[1].split()[0]
-            threading.Thread(target=lambda: [None for _ in proc.stderr], daemon=True).start()
-            return proc, addr
-        if time.time() > deadline:
-            break
+    while time.time() < deadline:
+        for line in open(log_path):
+            if "listening on " in line:
+                return proc, line.split("listening on ", 1)[1].split()[0], log_path
+        time.sleep(0.05)
     proc.kill()
-    raise SystemExit("the server did not start")
+    raise SystemExit("the server did not start:\n" + open(log_path).read())
 
 
 def rss_mib(pid: int) -> float:
@@ -111,7 +111,7 @@ def main() -> int:
         else int(args.memory.removesuffix("MiB"))
 
     tmp = tempfile.mkdtemp(prefix="apiary-load-")
-    proc, uri = start_server(os.path.join(tmp, "root"), args.memory, args.bees)
+    proc, uri, log_path = start_server(os.path.join(tmp, "root"), args.memory, args.bees)
     try:
         with flightsql.connect(uri) as conn, conn.cursor() as cur:
             n = 200_000
@@ -272,6 +272,8 @@ def main() -> int:
         failed.append("no call completed")
     for f in failed:
         print("FAILED:", f, file=sys.stderr)
+    if failed:
+        print(f"server log: {log_path}", file=sys.stderr)
     return 1 if failed else 0
 
 
