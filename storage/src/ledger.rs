@@ -604,35 +604,24 @@ fn protocol_for(
     }
     let reader = json["minReaderVersion"].as_i64().unwrap_or(1);
     let writer = json["minWriterVersion"].as_i64().unwrap_or(2);
-    // Features a legacy writer version implies must be listed once the table uses features.
+    // Features a legacy writer version implies must be listed once the table uses features;
+    // each version adds to the one before it.
+    const LEGACY_WRITER: [&str; 7] = [
+        "appendOnly",
+        "invariants",
+        "checkConstraints",
+        "changeDataFeed",
+        "generatedColumns",
+        "columnMapping",
+        "identityColumns",
+    ];
     let implied_writer: &[&str] = match writer {
         w if w >= 7 => &[],
-        6 => &[
-            "appendOnly",
-            "invariants",
-            "checkConstraints",
-            "changeDataFeed",
-            "generatedColumns",
-            "columnMapping",
-            "identityColumns",
-        ],
-        5 => &[
-            "appendOnly",
-            "invariants",
-            "checkConstraints",
-            "changeDataFeed",
-            "generatedColumns",
-            "columnMapping",
-        ],
-        4 => &[
-            "appendOnly",
-            "invariants",
-            "checkConstraints",
-            "changeDataFeed",
-            "generatedColumns",
-        ],
-        3 => &["appendOnly", "invariants", "checkConstraints"],
-        _ => &["appendOnly", "invariants"],
+        6 => &LEGACY_WRITER,
+        5 => &LEGACY_WRITER[..6],
+        4 => &LEGACY_WRITER[..5],
+        3 => &LEGACY_WRITER[..3],
+        _ => &LEGACY_WRITER[..2],
     };
     let implied_reader: &[&str] = if reader == 2 { &["columnMapping"] } else { &[] };
     let extend = |json: &mut serde_json::Value, key: &str, names: &[&str]| {
