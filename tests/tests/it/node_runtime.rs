@@ -398,7 +398,9 @@ async fn swarm_lifecycle(
     let d = start(root, "node-skew", &skewed_env);
     let mut obs = client(&a).await;
 
-    // Everyone lists everyone within two intervals of the last start (plus a little slack).
+    // Everyone lists everyone within a few intervals of the last start. Two intervals is the
+    // figure on a quiet machine (printed below); the bound leaves room for a loaded CI host where
+    // every moto request waits behind one lock while a dozen other tests run.
     let all = ["node-a", "node-b", "node-c", "node-skew"];
     let found = wait_view(
         &mut obs,
@@ -406,7 +408,7 @@ async fn swarm_lifecycle(
             all.iter()
                 .all(|id| state_of(v, id).as_deref() == Some("alive"))
         },
-        interval * 2 + Duration::from_millis(600),
+        interval * 2 + Duration::from_secs(5),
     )
     .await;
     assert!(
@@ -414,6 +416,7 @@ async fn swarm_lifecycle(
         "swarm never assembled: {:?}",
         view(&mut obs).await
     );
+    eprintln!("swarm assembled {:?} after the last start", found.unwrap());
     for s in [&b, &c, &d] {
         let mut other = client(s).await;
         assert!(
