@@ -86,7 +86,10 @@ pub struct FrameSnapshot {
     /// Id of the frame's catalog marker: a dropped and re-created frame has another.
     incarnation: String,
     state: DeltaTableState,
+    /// Stored columns (with the served type in the metadata of columns that differ).
     schema: SchemaRef,
+    /// What queries see: [`schema::served_schema`] of `schema`.
+    served: SchemaRef,
     partition_columns: Vec<String>,
     /// Absolute key of the frame root inside the raw store.
     root: Path,
@@ -131,6 +134,12 @@ impl FrameSnapshot {
         &self.schema
     }
 
+    /// The frame's columns as queries see them: the types clients gave (see
+    /// [`crate::schema`]).
+    pub fn served_schema(&self) -> &SchemaRef {
+        &self.served
+    }
+
     pub fn partition_columns(&self) -> &[String] {
         &self.partition_columns
     }
@@ -158,6 +167,7 @@ impl FrameSnapshot {
         }
         Ok(Self {
             schema: schema.clone(),
+            served: schema::served_schema(schema),
             partition_columns: partition_columns.to_vec(),
             reshape: Some(actions),
             ..self.clone()
@@ -385,12 +395,14 @@ impl Ledger {
         state: DeltaTableState,
     ) -> Result<FrameSnapshot> {
         let schema = schema::from_delta(state.schema().as_ref())?;
+        let served = schema::served_schema(&schema);
         let partition_columns = state.metadata().partition_columns().to_vec();
         Ok(FrameSnapshot {
             frame: frame.clone(),
             incarnation: incarnation.to_string(),
             state,
             schema,
+            served,
             partition_columns,
             root: self.root(frame),
             reshape: None,

@@ -18,6 +18,7 @@ use arrow::datatypes::{DataType, Field, FieldRef, Schema, SchemaRef};
 use async_trait::async_trait;
 use datafusion::catalog::Session;
 use datafusion::common::stats::Precision;
+use datafusion::common::tree_node::{Transformed, TreeNode};
 use datafusion::common::{DFSchema, ScalarValue, Statistics};
 use datafusion::datasource::TableProvider;
 use datafusion::datasource::listing::PartitionedFile;
@@ -30,8 +31,11 @@ use datafusion::execution::object_store::ObjectStoreUrl;
 use datafusion::execution::{SendableRecordBatchStream, TaskContext};
 use datafusion::logical_expr::dml::InsertOp;
 use datafusion::logical_expr::utils::conjunction;
-use datafusion::logical_expr::{Expr, TableProviderFilterPushDown, TableType};
+use datafusion::logical_expr::{Cast, Expr, TableProviderFilterPushDown, TableType};
+use datafusion::physical_expr::PhysicalExpr;
+use datafusion::physical_expr::expressions::{CastExpr, Column};
 use datafusion::physical_optimizer::pruning::PruningPredicateBuilder;
+use datafusion::physical_plan::projection::ProjectionExec;
 use datafusion::physical_plan::{DisplayAs, DisplayFormatType, ExecutionPlan};
 use futures::StreamExt;
 use tracing::debug;
@@ -101,7 +105,33 @@ impl FrameTable {
         scan_schema: &SchemaRef,
     ) -> DfResult<Vec<bool>> {
         let n = self.snapshot.delta_state().log_data().num_files();
-        let Some(expr) = conjunction(filters.to_vec()) else {
+        // Filters are typed for the served schema and statistics for the stored one: a column
+        // served as another type is read through the same cast the scan applies.
+        let served = self.snapshot.served_schema();
+        let stored_as_served = |e: Expr| {
+            e.transform(|e| match &e {
+                Expr::Column(c) => match (
+                    scan_schema.field_with_name(&c.name),
+                    served.field_with_name(&c.name),
+                ) {
+                    (Ok(stored), Ok(want)) if stored.data_type() != want.data_type() => {
+                        Ok(Transformed::yes(Expr::Cast(Cast::new(
+                            Box::new(e),
+                            want.data_type().clone(),
+                        ))))
+                    }
+                    _ => Ok(Transformed::no(e)),
+                },
+                _ => Ok(Transformed::no(e)),
+            })
+            .map(|t| t.data)
+        };
+        let usable = filters
+            .iter()
+            .cloned()
+            .map(stored_as_served)
+            .collect::<DfResult<Vec<Expr>>>()?;
+        let Some(expr) = conjunction(usable) else {
             return Ok(vec![true; n]);
         };
         let df_schema = DFSchema::try_from(scan_schema.as_ref().clone())?;
@@ -161,6 +191,39 @@ fn file_for(cell: &CellInfo, part_fields: &[FieldRef], ncols: usize) -> DfResult
         .with_statistics(Arc::new(stats)))
 }
 
+/// Cast the scan's stored columns to the types the frame serves (`wanted` are the declared
+/// column indices the scan produces, in order); the scan itself when nothing differs.
+fn serve(
+    scan: Arc<dyn ExecutionPlan>,
+    wanted: &[usize],
+    served: &SchemaRef,
+) -> DfResult<Arc<dyn ExecutionPlan>> {
+    let produced = scan.schema();
+    let differs = wanted
+        .iter()
+        .enumerate()
+        .any(|(i, &d)| produced.field(i).data_type() != served.field(d).data_type());
+    if !differs {
+        return Ok(scan);
+    }
+    let exprs = wanted
+        .iter()
+        .enumerate()
+        .map(|(i, &d)| {
+            let field = served.field(d);
+            let column: Arc<dyn PhysicalExpr> = Arc::new(Column::new(field.name(), i));
+            let expr: Arc<dyn PhysicalExpr> = if produced.field(i).data_type() == field.data_type()
+            {
+                column
+            } else {
+                Arc::new(CastExpr::new(column, field.data_type().clone(), None))
+            };
+            (expr, field.name().clone())
+        })
+        .collect::<Vec<_>>();
+    Ok(Arc::new(ProjectionExec::try_new(exprs, scan)?))
+}
+
 /// Spread files over `n` groups with about equal bytes (largest first into the lightest group).
 fn balance(mut files: Vec<PartitionedFile>, n: usize) -> Vec<FileGroup> {
     let n = n.max(1).min(files.len().max(1));
@@ -184,7 +247,7 @@ fn balance(mut files: Vec<PartitionedFile>, n: usize) -> Vec<FileGroup> {
 #[async_trait]
 impl TableProvider for FrameTable {
     fn schema(&self) -> SchemaRef {
-        self.snapshot.schema().clone()
+        self.snapshot.served_schema().clone()
     }
 
     fn table_type(&self) -> TableType {
@@ -275,7 +338,8 @@ impl TableProvider for FrameTable {
             .with_limit(limit)
             .with_projection_indices(Some(indices))?
             .build();
-        Ok(DataSourceExec::from_data_source(config))
+        let scan = DataSourceExec::from_data_source(config);
+        serve(scan, &wanted, self.snapshot.served_schema())
     }
 
     async fn insert_into(
@@ -313,7 +377,7 @@ pub struct FrameSink {
 impl FrameSink {
     /// A sink for a frame outside DataFusion's `INSERT` planning (CTAS, bulk ingest).
     pub fn new(table: FrameTable, overwrite: bool) -> Self {
-        let schema = table.snapshot.schema().clone();
+        let schema = table.snapshot.served_schema().clone();
         Self {
             table,
             overwrite,

@@ -1,26 +1,63 @@
-//! Frame schemas: which Arrow types a frame stores, and conforming incoming batches to them.
+//! Frame schemas: which Arrow types a frame stores, which it serves, and conforming incoming
+//! batches to them.
 //!
 //! A frame is a Delta table, so it stores what Delta can represent. Incoming schemas (from
 //! `CREATE TABLE`, a query result or a bulk ingest) are mapped to that set once, when the frame is
 //! created ([`frame_schema_for`]); afterwards every incoming batch is cast to the frame's schema
 //! ([`conform_batch`]), or refused with an error that names the column.
+//!
+//! Where the stored type is not the type the client gave (a `timestamp[ms, tz=Asia/Tokyo]` is
+//! stored as Delta's microsecond UTC timestamp, a `time64[ns]` as a `long`), the column's Delta
+//! metadata keeps the type to serve ([`SERVED_TYPE_KEY`]) and every scan casts back to it
+//! ([`served_schema`]). Other Delta readers see the stored type and ignore the key.
+//!
+//! The full table of incoming → stored → served types is in the README (section Types) and is
+//! checked by `every_data_type_is_stored_and_served_or_refused` below.
 
+use std::str::FromStr;
 use std::sync::Arc;
 
 use arrow::array::{Array, ArrayRef, RecordBatch, RecordBatchOptions, new_null_array};
-use arrow::compute::{CastOptions, cast_with_options};
+use arrow::compute::{CastOptions, can_cast_types, cast_with_options};
 use arrow::datatypes::{DataType, Field, FieldRef, Schema, SchemaRef, TimeUnit};
 use deltalake::kernel::StructType;
 use deltalake::kernel::engine::arrow_conversion::{TryIntoArrow, TryIntoKernel};
+use tracing::warn;
 
 use crate::error::{Error, Result};
+
+/// Delta column metadata key holding the Arrow type a column is served as, when it differs from
+/// the stored type.
+pub const SERVED_TYPE_KEY: &str = "apiary.servedType";
+
+/// Longest served-type text read back from a log (hostile logs may hold anything).
+const MAX_SERVED_TYPE_LEN: usize = 4096;
+
+/// The most digits a Delta decimal holds.
+const MAX_DECIMAL_DIGITS: u8 = 38;
+
+fn decimal(column: &str, dt: &DataType, p: u8, s: i8) -> Result<DataType> {
+    // A negative scale s means "unscaled × 10^-s": the same values fit decimal(p - s, 0).
+    let (p, s) = if s < 0 {
+        (p as i16 - s as i16, 0i8)
+    } else {
+        (p as i16, s)
+    };
+    if p > MAX_DECIMAL_DIGITS as i16 {
+        return Err(Error::Schema(format!(
+            "column {column}: type {dt} needs {p} digits; a frame stores decimals of at most \
+             {MAX_DECIMAL_DIGITS} digits (Delta's limit)"
+        )));
+    }
+    Ok(DataType::Decimal128(p as u8, s))
+}
 
 /// The type a frame stores for an incoming column type, or an error naming the column.
 fn frame_type(column: &str, dt: &DataType) -> Result<DataType> {
     use DataType::*;
-    let unsupported = || {
+    let unsupported = |why: &str| {
         Error::Schema(format!(
-            "column {column}: type {dt} cannot be stored in a frame"
+            "column {column}: type {dt} cannot be stored in a frame{why}"
         ))
     };
     Ok(match dt {
@@ -29,41 +66,105 @@ fn frame_type(column: &str, dt: &DataType) -> Result<DataType> {
         }
         UInt8 => Int16,
         UInt16 => Int32,
-        UInt32 | UInt64 => Int64,
+        UInt32 => Int64,
+        UInt64 => Decimal128(20, 0),
         Float16 => Float32,
         Utf8View | LargeUtf8 => Utf8,
         BinaryView | LargeBinary | FixedSizeBinary(_) => Binary,
         Date64 => Date32,
-        Timestamp(_, tz) => Timestamp(TimeUnit::Microsecond, tz.clone()),
-        Decimal32(p, s) | Decimal64(p, s) | Decimal128(p, s) if *p <= 38 => Decimal128(*p, *s),
+        // Delta stores microseconds: UTC instants (`timestamp`) or wall-clock times
+        // (`timestamp_ntz`).
+        Timestamp(_, Some(_)) => Timestamp(TimeUnit::Microsecond, Some("UTC".into())),
+        Timestamp(_, None) => Timestamp(TimeUnit::Microsecond, None),
+        Time32(_) => Int32,
+        Time64(_) | Duration(_) => Int64,
+        Decimal32(p, s) | Decimal64(p, s) | Decimal128(p, s) | Decimal256(p, s) => {
+            decimal(column, dt, *p, *s)?
+        }
         Dictionary(_, value) => frame_type(column, value)?,
+        RunEndEncoded(_, values) => frame_type(column, values.data_type())?,
         List(f) | LargeList(f) | ListView(f) | LargeListView(f) | FixedSizeList(f, _) => {
-            List(Arc::new(frame_field(f)?.with_name("element")))
+            List(Arc::new(stored_field(f)?.with_name("element")))
         }
         Struct(fields) => Struct(
             fields
                 .iter()
-                .map(|f| frame_field(f).map(Arc::new))
+                .map(|f| stored_field(f).map(Arc::new))
                 .collect::<Result<Vec<FieldRef>>>()?
                 .into(),
         ),
-        Map(entries, sorted) => Map(Arc::new(frame_field(entries)?), *sorted),
+        Map(entries, sorted) => Map(Arc::new(stored_field(entries)?), *sorted),
         Null => {
             return Err(Error::Schema(format!(
                 "column {column} has no type (NULL); cast it to a type, e.g. CAST(NULL AS VARCHAR)"
             )));
         }
-        _ => return Err(unsupported()),
+        Interval(_) => {
+            return Err(unsupported(
+                " (Delta has no interval type; store a duration or two timestamps)",
+            ));
+        }
+        Union(..) => {
+            return Err(unsupported(
+                " (Delta has no union type; use a struct with one column per variant)",
+            ));
+        }
     })
 }
 
-fn frame_field(field: &Field) -> Result<Field> {
+/// The type a frame serves for an incoming column type: the client's type, decoded
+/// (dictionaries and run-end encodings hold their values), with view types and list views as
+/// their plain forms.
+fn served_type(dt: &DataType) -> DataType {
+    use DataType::*;
+    match dt {
+        Dictionary(_, value) => served_type(value),
+        RunEndEncoded(_, values) => served_type(values.data_type()),
+        Utf8View => Utf8,
+        BinaryView => Binary,
+        List(f) | ListView(f) => List(Arc::new(served_field(f))),
+        LargeList(f) | LargeListView(f) => LargeList(Arc::new(served_field(f))),
+        FixedSizeList(f, n) => FixedSizeList(Arc::new(served_field(f)), *n),
+        Struct(fields) => Struct(
+            fields
+                .iter()
+                .map(|f| Arc::new(served_field(f)))
+                .collect::<Vec<_>>()
+                .into(),
+        ),
+        Map(entries, sorted) => Map(Arc::new(served_field(entries)), *sorted),
+        other => other.clone(),
+    }
+}
+
+fn served_field(f: &Field) -> Field {
+    Field::new(f.name(), served_type(f.data_type()), f.is_nullable())
+}
+
+fn stored_field(field: &Field) -> Result<Field> {
     let dt = frame_type(field.name(), field.data_type())?;
     Ok(Field::new(field.name(), dt, field.is_nullable()))
 }
 
+/// A top-level frame column: the stored field, with the served type in its metadata when the
+/// two differ (and the served type's text reads back as itself).
+fn frame_field(field: &Field) -> Result<Field> {
+    let stored = stored_field(field)?;
+    let served = served_type(field.data_type());
+    if &served == stored.data_type() {
+        return Ok(stored);
+    }
+    let text = served.to_string();
+    if DataType::from_str(&text).ok().as_ref() != Some(&served) {
+        // Not expressible as text: serve the stored type.
+        return Ok(stored);
+    }
+    Ok(stored.with_metadata([(SERVED_TYPE_KEY.to_string(), text)].into()))
+}
+
 /// The schema a new frame stores for `incoming`: names kept as given (Delta is case-preserving,
-/// SQL folds unquoted names to lowercase), types mapped to the Delta-representable set.
+/// SQL folds unquoted names to lowercase), types mapped to the Delta-representable set, and the
+/// type to serve kept in each changed column's metadata.
 pub fn frame_schema_for(incoming: &Schema) -> Result<SchemaRef> {
     let mut seen = std::collections::HashSet::new();
     let mut fields = Vec::with_capacity(incoming.fields().len());
@@ -84,6 +185,38 @@ pub fn frame_schema_for(incoming: &Schema) -> Result<SchemaRef> {
     from_delta(&to_delta(&schema)?)
 }
 
+/// The type `field` (a stored frame column) is served as: the type in its metadata when that
+/// reads back and casts both ways, else the stored type.
+fn served_of(field: &Field) -> DataType {
+    let stored = field.data_type();
+    let Some(text) = field.metadata().get(SERVED_TYPE_KEY) else {
+        return stored.clone();
+    };
+    let parsed = (text.len() <= MAX_SERVED_TYPE_LEN)
+        .then(|| DataType::from_str(text).ok())
+        .flatten()
+        .filter(|t| can_cast_types(stored, t) && can_cast_types(t, stored));
+    match parsed {
+        Some(t) => t,
+        None => {
+            warn!(column = %field.name(), "ignoring an unreadable served type in the frame's log");
+            stored.clone()
+        }
+    }
+}
+
+/// The schema a frame serves to queries, from its stored schema ([`frame_schema_for`] or a
+/// loaded snapshot): served types, no metadata.
+pub fn served_schema(stored: &Schema) -> SchemaRef {
+    Arc::new(Schema::new(
+        stored
+            .fields()
+            .iter()
+            .map(|f| Field::new(f.name(), served_of(f), f.is_nullable()))
+            .collect::<Vec<_>>(),
+    ))
+}
+
 /// Arrow → Delta schema.
 pub fn to_delta(schema: &Schema) -> Result<StructType> {
     schema
@@ -96,11 +229,20 @@ pub fn from_delta(schema: &StructType) -> Result<SchemaRef> {
     let arrow: Schema = schema
         .try_into_arrow()
         .map_err(|e| Error::Internal(format!("frame schema has no Arrow form: {e}")))?;
-    // Field metadata from Delta (column mapping ids, comments) is not part of the SQL schema.
+    // Field metadata from Delta (column mapping ids, comments) is not part of the SQL schema;
+    // only the served type is kept.
     let fields: Vec<Field> = arrow
         .fields()
         .iter()
-        .map(|f| f.as_ref().clone().with_metadata(Default::default()))
+        .map(|f| {
+            let ours = f
+                .metadata()
+                .iter()
+                .filter(|(k, _)| k.as_str() == SERVED_TYPE_KEY)
+                .map(|(k, v)| (k.clone(), v.clone()))
+                .collect();
+            f.as_ref().clone().with_metadata(ours)
+        })
         .collect();
     Ok(Arc::new(Schema::new(fields)))
 }
@@ -111,6 +253,9 @@ pub fn from_delta(schema: &StructType) -> Result<SchemaRef> {
 pub fn conform_batch(batch: &RecordBatch, target: &SchemaRef) -> Result<RecordBatch> {
     if batch.schema().as_ref() == target.as_ref() {
         return Ok(batch.clone());
+    }
+    if batch.schema().fields() == target.fields() {
+        return Ok(batch.clone().with_schema(target.clone())?);
     }
     let source = batch.schema();
     for f in source.fields() {
@@ -195,15 +340,38 @@ pub fn sql_type_name(dt: &DataType) -> String {
         Int16 => "SMALLINT".into(),
         Int32 => "INT".into(),
         Int64 => "BIGINT".into(),
+        UInt8 => "TINYINT UNSIGNED".into(),
+        UInt16 => "SMALLINT UNSIGNED".into(),
+        UInt32 => "INT UNSIGNED".into(),
+        UInt64 => "BIGINT UNSIGNED".into(),
+        Float16 => "HALF".into(),
         Float32 => "REAL".into(),
         Float64 => "DOUBLE".into(),
         Utf8 | Utf8View | LargeUtf8 => "VARCHAR".into(),
-        Binary | BinaryView | LargeBinary => "VARBINARY".into(),
-        Date32 => "DATE".into(),
-        Timestamp(_, Some(_)) => "TIMESTAMP WITH TIME ZONE".into(),
-        Timestamp(_, None) => "TIMESTAMP".into(),
-        Decimal128(p, s) => format!("DECIMAL({p},{s})"),
-        List(f) => format!("ARRAY<{}>", sql_type_name(f.data_type())),
+        Binary | BinaryView | LargeBinary | FixedSizeBinary(_) => "VARBINARY".into(),
+        Date32 | Date64 => "DATE".into(),
+        Timestamp(unit, tz) => {
+            let p = match unit {
+                TimeUnit::Second => "(0)",
+                TimeUnit::Millisecond => "(3)",
+                TimeUnit::Microsecond => "",
+                TimeUnit::Nanosecond => "(9)",
+            };
+            match tz {
+                Some(_) => format!("TIMESTAMP{p} WITH TIME ZONE"),
+                None => format!("TIMESTAMP{p}"),
+            }
+        }
+        Time32(TimeUnit::Second) => "TIME(0)".into(),
+        Time32(_) => "TIME(3)".into(),
+        Time64(TimeUnit::Nanosecond) => "TIME(9)".into(),
+        Time64(_) => "TIME".into(),
+        Decimal32(p, s) | Decimal64(p, s) | Decimal128(p, s) | Decimal256(p, s) => {
+            format!("DECIMAL({p},{s})")
+        }
+        List(f) | LargeList(f) | FixedSizeList(f, _) => {
+            format!("ARRAY<{}>", sql_type_name(f.data_type()))
+        }
         Struct(fields) => format!(
             "STRUCT<{}>",
             fields
@@ -244,6 +412,145 @@ mod tests {
             f.field(2).data_type(),
             &DataType::Timestamp(TimeUnit::Microsecond, None)
         );
+    }
+
+    /// Every Arrow type a client can send: stored in Delta's set, served as the client's type
+    /// (decoded, views and list views plain), or refused with a message naming the column.
+    #[test]
+    fn every_data_type_is_stored_and_served_or_refused() {
+        use arrow::datatypes::{IntervalUnit, UnionFields, UnionMode};
+        let item = |dt: DataType| Arc::new(Field::new("item", dt, true));
+        let ts = |u, tz: Option<&str>| DataType::Timestamp(u, tz.map(Into::into));
+        let entries = Arc::new(Field::new(
+            "entries",
+            DataType::Struct(
+                vec![
+                    Field::new("key", DataType::Utf8, false),
+                    Field::new("value", DataType::UInt64, true),
+                ]
+                .into(),
+            ),
+            false,
+        ));
+        let kept: Vec<DataType> = vec![
+            DataType::Boolean,
+            DataType::Int8,
+            DataType::Int16,
+            DataType::Int32,
+            DataType::Int64,
+            DataType::UInt8,
+            DataType::UInt16,
+            DataType::UInt32,
+            DataType::UInt64,
+            DataType::Float16,
+            DataType::Float32,
+            DataType::Float64,
+            DataType::Utf8,
+            DataType::LargeUtf8,
+            DataType::Binary,
+            DataType::LargeBinary,
+            DataType::FixedSizeBinary(16),
+            DataType::Date32,
+            DataType::Date64,
+            ts(TimeUnit::Second, None),
+            ts(TimeUnit::Millisecond, Some("Asia/Tokyo")),
+            ts(TimeUnit::Microsecond, Some("UTC")),
+            ts(TimeUnit::Nanosecond, Some("+05:30")),
+            DataType::Time32(TimeUnit::Second),
+            DataType::Time32(TimeUnit::Millisecond),
+            DataType::Time64(TimeUnit::Microsecond),
+            DataType::Time64(TimeUnit::Nanosecond),
+            DataType::Duration(TimeUnit::Millisecond),
+            DataType::Decimal32(9, 2),
+            DataType::Decimal64(18, 4),
+            DataType::Decimal128(38, 10),
+            DataType::Decimal256(38, 0),
+            DataType::Decimal128(5, -2),
+            DataType::List(item(ts(TimeUnit::Nanosecond, None))),
+            DataType::LargeList(item(DataType::Utf8)),
+            DataType::FixedSizeList(item(DataType::Int32), 3),
+            DataType::Struct(
+                vec![
+                    Field::new("a", DataType::UInt8, true),
+                    Field::new("b", DataType::Time64(TimeUnit::Nanosecond), true),
+                ]
+                .into(),
+            ),
+            DataType::Map(entries, false),
+        ];
+        let decoded: Vec<(DataType, DataType)> = vec![
+            (DataType::Utf8View, DataType::Utf8),
+            (DataType::BinaryView, DataType::Binary),
+            (
+                DataType::Dictionary(Box::new(DataType::Int32), Box::new(DataType::LargeUtf8)),
+                DataType::LargeUtf8,
+            ),
+            (
+                DataType::RunEndEncoded(
+                    Arc::new(Field::new("run_ends", DataType::Int32, false)),
+                    Arc::new(Field::new("values", DataType::Float16, true)),
+                ),
+                DataType::Float16,
+            ),
+            (
+                DataType::ListView(item(DataType::Int64)),
+                DataType::List(item(DataType::Int64)),
+            ),
+            (
+                DataType::LargeListView(item(DataType::Int64)),
+                DataType::LargeList(item(DataType::Int64)),
+            ),
+        ];
+        let cases = kept.iter().map(|t| (t.clone(), t.clone())).chain(decoded);
+        for (incoming, want) in cases {
+            let schema =
+                frame_schema_for(&Schema::new(vec![Field::new("c", incoming.clone(), true)]))
+                    .unwrap_or_else(|e| panic!("{incoming}: {e}"));
+            // What a reload from the Delta log gives back.
+            let reloaded = from_delta(&to_delta(&schema).unwrap()).unwrap();
+            assert_eq!(reloaded, schema, "{incoming}");
+            let served = served_schema(&reloaded);
+            assert_eq!(served.field(0).data_type(), &want, "{incoming}");
+            // Stored and served convert into each other.
+            let stored = reloaded.field(0).data_type();
+            assert!(can_cast_types(&want, stored), "{incoming} → {stored}");
+            assert!(can_cast_types(stored, &want), "{stored} → {want}");
+            assert!(!sql_type_name(&want).is_empty());
+        }
+
+        for (refused, why) in [
+            (DataType::Null, "no type"),
+            (DataType::Interval(IntervalUnit::MonthDayNano), "interval"),
+            (
+                DataType::Union(UnionFields::empty(), UnionMode::Dense),
+                "union",
+            ),
+            (DataType::Decimal256(50, 2), "at most 38 digits"),
+            (DataType::Decimal128(37, -2), "at most 38 digits"),
+        ] {
+            let err =
+                frame_schema_for(&Schema::new(vec![Field::new("bad", refused.clone(), true)]))
+                    .unwrap_err()
+                    .to_string();
+            assert!(
+                err.contains("column bad") && err.contains(why),
+                "{refused}: {err}"
+            );
+        }
+    }
+
+    #[test]
+    fn a_served_type_from_the_log_is_used_only_when_it_converts_both_ways() {
+        let with = |text: &str| {
+            Schema::new(vec![Field::new("c", DataType::Int64, true).with_metadata(
+                [(SERVED_TYPE_KEY.to_string(), text.to_string())].into(),
+            )])
+        };
+        let served = |text: &str| served_schema(&with(text)).field(0).data_type().clone();
+        assert_eq!(served("Time64(ns)"), DataType::Time64(TimeUnit::Nanosecond));
+        for hostile in ["Struct()", "not a type", &"List(".repeat(10_000), "Null"] {
+            assert_eq!(served(hostile), DataType::Int64, "{hostile:.40}");
+        }
     }
 
     #[test]

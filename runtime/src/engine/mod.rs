@@ -30,6 +30,7 @@ mod ddl;
 mod ingest;
 mod policy;
 mod show;
+mod sql_types;
 mod types;
 
 use std::sync::Arc;
@@ -95,10 +96,17 @@ impl Engine {
             opts.set(k, v)
                 .map_err(|e| Error::Sql(format!("DataFusion option {k}={v}: {e}")))?;
         }
+        let time_zone = session_config
+            .options()
+            .execution
+            .time_zone
+            .as_deref()
+            .map(Arc::from);
         let base = SessionStateBuilder::new()
             .with_config(session_config)
             .with_runtime_env(runtime)
             .with_default_features()
+            .with_type_planner(Arc::new(sql_types::SqlTypes { time_zone }))
             .build();
         Ok(Self {
             lakehouse,

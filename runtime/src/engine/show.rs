@@ -70,7 +70,7 @@ impl Engine {
         let snap = self.lakehouse.frame(&frame, None).await?;
         let stats = snap.stats();
         let mut rows: Vec<(String, String, String)> = Vec::new();
-        for f in snap.schema().fields() {
+        for f in snap.served_schema().fields() {
             rows.push((
                 f.name().clone(),
                 apiary_storage::schema::sql_type_name(f.data_type()),

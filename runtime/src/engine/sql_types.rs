@@ -1,0 +1,110 @@
+//! SQL type names as other databases read them: `TIMESTAMP` and `TIME` are microseconds (as in
+//! PostgreSQL, DuckDB, Spark and Delta itself, where DataFusion alone reads nanoseconds), and
+//! `TIMESTAMP(p)` / `TIME(p)` take any precision 0–9, in the smallest unit that holds `p`
+//! fractional digits.
+
+use std::sync::Arc;
+
+use arrow::datatypes::{DataType, Field, FieldRef, TimeUnit};
+use datafusion::common::{Result as DfResult, plan_err};
+use datafusion::logical_expr::planner::TypePlanner;
+use datafusion::sql::sqlparser::ast::{DataType as SqlType, TimezoneInfo};
+
+/// Plans the time types; every other type is DataFusion's.
+#[derive(Debug)]
+pub(super) struct SqlTypes {
+    /// Zone of `TIMESTAMP WITH TIME ZONE` (DataFusion's `execution.time_zone`).
+    pub time_zone: Option<Arc<str>>,
+}
+
+fn unit(column_type: &str, precision: Option<u64>) -> DfResult<TimeUnit> {
+    Ok(match precision {
+        None => TimeUnit::Microsecond,
+        Some(0) => TimeUnit::Second,
+        Some(1..=3) => TimeUnit::Millisecond,
+        Some(4..=6) => TimeUnit::Microsecond,
+        Some(7..=9) => TimeUnit::Nanosecond,
+        Some(p) => return plan_err!("{column_type}({p}): the precision must be 0 to 9"),
+    })
+}
+
+impl SqlTypes {
+    fn plan(&self, sql_type: &SqlType) -> DfResult<Option<DataType>> {
+        Ok(Some(match sql_type {
+            SqlType::Timestamp(p, tz) => {
+                let zone = match tz {
+                    TimezoneInfo::None | TimezoneInfo::WithoutTimeZone => None,
+                    TimezoneInfo::WithTimeZone | TimezoneInfo::Tz => {
+                        Some(self.time_zone.clone().unwrap_or_else(|| "+00:00".into()))
+                    }
+                };
+                DataType::Timestamp(unit("TIMESTAMP", *p)?, zone)
+            }
+            SqlType::TimestampNtz(p) | SqlType::Datetime(p) => {
+                DataType::Timestamp(unit("TIMESTAMP", *p)?, None)
+            }
+            SqlType::Time(p, TimezoneInfo::None | TimezoneInfo::WithoutTimeZone) => {
+                match unit("TIME", *p)? {
+                    u @ (TimeUnit::Second | TimeUnit::Millisecond) => DataType::Time32(u),
+                    u => DataType::Time64(u),
+                }
+            }
+            _ => return Ok(None),
+        }))
+    }
+}
+
+impl TypePlanner for SqlTypes {
+    fn plan_type_field(&self, sql_type: &SqlType) -> DfResult<Option<FieldRef>> {
+        Ok(self
+            .plan(sql_type)?
+            .map(|dt| Arc::new(Field::new("", dt, true))))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_precision_has_a_unit() {
+        let t = SqlTypes {
+            time_zone: Some("+00:00".into()),
+        };
+        let ts = |p, tz| {
+            t.plan(&SqlType::Timestamp(p, tz))
+                .unwrap()
+                .expect("planned")
+        };
+        assert_eq!(
+            ts(None, TimezoneInfo::None),
+            DataType::Timestamp(TimeUnit::Microsecond, None)
+        );
+        for (p, u) in [
+            (0, TimeUnit::Second),
+            (1, TimeUnit::Millisecond),
+            (3, TimeUnit::Millisecond),
+            (5, TimeUnit::Microsecond),
+            (7, TimeUnit::Nanosecond),
+            (9, TimeUnit::Nanosecond),
+        ] {
+            assert_eq!(
+                ts(Some(p), TimezoneInfo::WithTimeZone),
+                DataType::Timestamp(u, Some("+00:00".into()))
+            );
+        }
+        assert!(
+            t.plan(&SqlType::Timestamp(Some(10), TimezoneInfo::None))
+                .is_err()
+        );
+        assert_eq!(
+            t.plan(&SqlType::Time(Some(0), TimezoneInfo::None)).unwrap(),
+            Some(DataType::Time32(TimeUnit::Second))
+        );
+        assert_eq!(
+            t.plan(&SqlType::Time(None, TimezoneInfo::None)).unwrap(),
+            Some(DataType::Time64(TimeUnit::Microsecond))
+        );
+        assert_eq!(t.plan(&SqlType::Date).unwrap(), None);
+    }
+}
