@@ -29,6 +29,7 @@ fn ticket() -> StatementTicketV1 {
         expires_at_ms: 1_800_000_000_000,
         jdbc: false,
         schema: Default::default(),
+        affected: None,
     }
 }
 

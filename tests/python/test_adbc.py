@@ -218,3 +218,24 @@ def test_flight_info_and_stream_agree_on_every_result_schema(server, expr):
         assert table.num_rows == 2
         assert not pa.types.is_dictionary(table.schema.field("c").type)
         assert not pa.types.is_large_list(table.schema.field("c").type)
+
+
+def test_insert_run_as_a_query_answers_a_count_row(server):
+    with connect(server) as conn, conn.cursor() as cur:
+        cur.execute("CREATE TABLE counted (k BIGINT, v VARCHAR)")
+        cur.execute("INSERT INTO counted VALUES (1, 'a'), (2, 'b')")
+        assert cur.rowcount == 2
+        result = cur.fetch_arrow_table()
+        assert result.schema == pa.schema([pa.field("count", pa.uint64(), nullable=False)])
+        assert result.to_pylist() == [{"count": 2}]
+        # With a parameter (a prepared statement executed as a query).
+        cur.execute("INSERT INTO counted VALUES (?, 'c')", parameters=(3,))
+        assert cur.fetchall() == [(1,)]
+        # DDL answers no rows; the table holds what the counts said.
+        cur.execute("SELECT count(*) FROM counted")
+        assert cur.fetchall() == [(3,)]
+        # The prepared form still announces no result set (the JDBC driver picks update then).
+        stmt = cur.adbc_statement
+        stmt.set_sql_query("INSERT INTO counted VALUES (4, 'd')")
+        stmt.prepare()
+        assert pa.Schema._import_from_c(stmt.execute_schema().address) == pa.schema([])

@@ -122,3 +122,18 @@ def test_hang_up_cancels_the_query(server):
     reader.cancel()
     client.close()
     assert server.wait_log('outcome="abandoned by the client"', 20), server.log
+
+
+def test_insert_as_a_query_streams_its_count_from_any_node_ticket(server):
+    client = flight.FlightClient(server.uri)
+    update(client, "CREATE TABLE ins (k BIGINT)")
+    info, reader = run(client, "INSERT INTO ins VALUES (1), (2), (3)")
+    assert info.total_records == 3
+    table = reader.read_all()
+    assert info.schema == table.schema == pa.schema([pa.field("count", pa.uint64(), nullable=False)])
+    assert table.to_pylist() == [{"count": 3}]
+    # The ticket carries the count: redeeming it again runs nothing twice.
+    again = client.do_get(info.endpoints[0].ticket).read_all()
+    assert again.to_pylist() == [{"count": 3}]
+    _, reader = run(client, "SELECT count(*) AS n FROM ins")
+    assert reader.read_all().to_pylist() == [{"n": 3}]

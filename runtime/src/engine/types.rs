@@ -141,6 +141,11 @@ impl Statement {
     pub fn returns_rows(&self) -> bool {
         self.returns_rows
     }
+
+    /// Whether, run as a query, it answers one `count` row of the rows it changed.
+    pub fn counts_rows(&self) -> bool {
+        self.command.counts_rows()
+    }
 }
 
 /// Frame versions a statement was planned against.

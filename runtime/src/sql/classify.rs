@@ -71,29 +71,48 @@ impl Command {
             _ => false,
         }
     }
+
+    /// Whether the statement changes rows and, run as a query, answers one `count` row (as
+    /// DataFusion and other servers do for `INSERT`).
+    pub fn counts_rows(&self) -> bool {
+        match self {
+            Command::Sql { text, .. } => {
+                matches!(
+                    first_keyword(text),
+                    Some(Keyword::INSERT | Keyword::REPLACE)
+                )
+            }
+            _ => false,
+        }
+    }
 }
 
-/// Whether a DataFusion statement is a query (starts with SELECT, WITH, VALUES, EXPLAIN, ...).
-fn sql_returns_rows(text: &str) -> bool {
-    let Ok(lexed) = lex(text) else {
-        return false;
-    };
+/// The first keyword of a statement (past opening parentheses).
+fn first_keyword(text: &str) -> Option<Keyword> {
+    let lexed = lex(text).ok()?;
     let first = lexed
         .tokens
         .iter()
         .find(|(t, _)| !is_trivia(t) && !matches!(t, Token::LParen));
     match first {
-        Some((Token::Word(w), _)) => matches!(
-            w.keyword,
+        Some((Token::Word(w), _)) => Some(w.keyword),
+        _ => None,
+    }
+}
+
+/// Whether a DataFusion statement is a query (starts with SELECT, WITH, VALUES, EXPLAIN, ...).
+fn sql_returns_rows(text: &str) -> bool {
+    matches!(
+        first_keyword(text),
+        Some(
             Keyword::SELECT
                 | Keyword::WITH
                 | Keyword::VALUES
                 | Keyword::EXPLAIN
                 | Keyword::TABLE
                 | Keyword::FROM
-        ),
-        _ => false,
-    }
+        )
+    )
 }
 
 /// Cursor over the meaningful tokens of one statement.

@@ -329,6 +329,13 @@ mod tests {
         assert_eq!(explained("select 1"), None);
         assert!(classify("show hives").unwrap().returns_rows());
         assert!(!classify("insert into t values (1)").unwrap().returns_rows());
+        assert!(classify("insert into t values (1)").unwrap().counts_rows());
+        assert!(!classify("select 1").unwrap().counts_rows());
+        assert!(
+            !classify("create table t as select 1")
+                .unwrap()
+                .counts_rows()
+        );
         assert!(!classify("create table t (a int)").unwrap().returns_rows());
     }
 }

@@ -10,6 +10,7 @@ use apiary_proto::v1::StatementTicketV1;
 use apiary_runtime::{Pins, Session, Statement};
 use std::sync::Arc;
 
+use arrow::array::RecordBatch;
 use arrow::datatypes::{Schema, SchemaRef};
 use arrow_flight::{CancelStatus, FlightDescriptor, FlightEndpoint, FlightInfo};
 use datafusion::common::ScalarValue;
@@ -43,6 +44,30 @@ impl FlightSql {
         if !stmt.returns_rows() {
             let (count, after) = self.run_update(&session, &stmt, rows).await?;
             remember(slot, &session, &after);
+            if stmt.counts_rows() {
+                // One `count` row, as DataFusion answers; the ticket carries it.
+                let schema = count_schema();
+                let mut ticket = new_ticket(
+                    sql,
+                    bytes::Bytes::new(),
+                    &session,
+                    &Pins::new(),
+                    who,
+                    self.expiry(),
+                    ipc_schema(&schema)?,
+                );
+                ticket.affected = Some(count);
+                let endpoint = FlightEndpoint::new()
+                    .with_ticket(self.ticket_for(&ticket))
+                    .with_expiration_time(timestamp_ms(ticket.expires_at_ms));
+                return Ok(FlightInfo::new()
+                    .try_with_schema(&schema)
+                    .map_err(Error::encode("a FlightInfo"))?
+                    .with_endpoint(endpoint)
+                    .with_descriptor(descriptor)
+                    .with_total_records(count as i64)
+                    .with_total_bytes(-1));
+            }
             return FlightInfo::new()
                 .try_with_schema(&Schema::empty())
                 .map_err(Error::encode("a FlightInfo"))
@@ -108,6 +133,18 @@ impl FlightSql {
                     .map_err(|_| Error::invalid("malformed ticket (its schema)"))?,
             )),
         };
+        if let Some(count) = t.affected {
+            let batch = RecordBatch::try_new(
+                count_schema(),
+                vec![Arc::new(arrow::array::UInt64Array::from(vec![count]))],
+            )
+            .map_err(Error::encode("the count row"))?;
+            let stream = datafusion::physical_plan::stream::RecordBatchStreamAdapter::new(
+                count_schema(),
+                futures::stream::iter([Ok(batch)]),
+            );
+            return Ok(Response::new(encode_stream_as(Box::pin(stream), announced)));
+        }
         let stream = self.service.query(query_request(t, who.role)?).await?;
         Ok(Response::new(encode_stream_as(stream, announced)))
     }
@@ -179,6 +216,9 @@ impl FlightSql {
     ) -> Result<SchemaRef> {
         let session = session_of(who)?;
         let stmt = self.parse_one(sql)?;
+        if stmt.counts_rows() {
+            return Ok(count_schema());
+        }
         if !stmt.returns_rows() {
             return Ok(std::sync::Arc::new(Schema::empty()));
         }
@@ -268,4 +308,13 @@ pub(super) fn remember(slot: Option<SessionSlot>, before: &Session, after: &Sess
     {
         s.set(after.hive.as_str(), after.box_name.as_str());
     }
+}
+
+/// The one column an `INSERT` run as a query answers.
+fn count_schema() -> SchemaRef {
+    Arc::new(Schema::new(vec![arrow::datatypes::Field::new(
+        "count",
+        arrow::datatypes::DataType::UInt64,
+        false,
+    )]))
 }

@@ -112,6 +112,7 @@ pub(super) fn new_ticket(
         expires_at_ms,
         jdbc: who.jdbc,
         schema,
+        affected: None,
     }
 }
 
