@@ -9,7 +9,7 @@ use apiary_runtime::bees::BeeConfig;
 use apiary_runtime::distributed::DistributionConfig;
 use apiary_runtime::swarm::SwarmTiming;
 use apiary_runtime::{Engine, EngineConfig, Node, NodeConfig};
-use apiary_storage::{Lakehouse, LedgerConfig, Storage, cell_size_for_budget};
+use apiary_storage::{Lakehouse, LedgerConfig, cell_size_for_budget};
 use datafusion::execution::runtime_env::RuntimeEnvBuilder;
 
 use crate::config::{NodeArgs, StorageArgs};
@@ -43,8 +43,7 @@ async fn open_lakehouse(
     storage: &StorageArgs,
     node: &NodeArgs,
 ) -> anyhow::Result<(Lakehouse, u64)> {
-    let store = Storage::open(&storage.storage, &storage.s3_options())
-        .with_context(|| format!("opening storage {}", storage.storage))?;
+    let store = storage.open()?;
     let memory = node.memory.resolve(physical_memory());
     let bees = bee_count(node);
     let cell_target_bytes = match node.cell_target_size {

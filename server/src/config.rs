@@ -105,9 +105,26 @@ pub struct StorageArgs {
     /// Allow plain http:// S3 endpoints.
     #[arg(long, env = "APIARY_S3_ALLOW_HTTP")]
     pub s3_allow_http: bool,
+    /// A location outside the storage root that `CREATE EXTERNAL TABLE` may read (never write):
+    /// a directory for a local root, s3://<the root's bucket>/<prefix> for an S3 root.
+    /// Repeatable; comma-separated in the environment variable.
+    #[arg(
+        long = "external-root",
+        env = "APIARY_EXTERNAL_ROOTS",
+        value_delimiter = ','
+    )]
+    pub external_roots: Vec<String>,
 }
 
 impl StorageArgs {
+    /// Open the storage root, with the external roots allowed.
+    pub fn open(&self) -> anyhow::Result<apiary_storage::Storage> {
+        use anyhow::Context;
+        apiary_storage::Storage::open(&self.storage, &self.s3_options())
+            .and_then(|s| s.with_external_roots(&self.external_roots))
+            .with_context(|| format!("opening storage {}", self.storage))
+    }
+
     pub fn s3_options(&self) -> apiary_storage::S3Options {
         apiary_storage::S3Options {
             endpoint: self.s3_endpoint.clone(),

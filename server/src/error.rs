@@ -183,6 +183,11 @@ fn storage_status(e: StError) -> Status {
             Status::invalid_argument(e.to_string())
         }
         e @ StError::Unsupported(_) => Status::unimplemented(e.to_string()),
+        e @ (StError::NotAllowed(_)
+        | StError::ObjectStore(object_store::Error::PermissionDenied { .. })) => {
+            warn!(error = %e, "permission denied");
+            Status::permission_denied(e.to_string())
+        }
         e @ StError::Conflict { .. } => Status::aborted(e.to_string()),
         StError::DataFusion(df) => runtime_status(RtError::from(*df)),
         StError::Arrow(a) => Status::invalid_argument(a.to_string()),

@@ -221,8 +221,7 @@ pub async fn check_config(args: &ServeArgs) -> anyhow::Result<()> {
             .next()
             .with_context(|| format!("--listen {}: resolves to no address", flight.listen))?;
     }
-    let storage = Storage::open(&args.storage.storage, &args.storage.s3_options())
-        .with_context(|| format!("opening storage {}", args.storage.storage))?;
+    let storage = args.storage.open()?;
     storage
         .list(&apiary_storage::paths::hives_prefix())
         .await
@@ -318,8 +317,7 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
             "--metrics-listen {m} is not a loopback address: the status page shows running SQL; pass --metrics-public to serve it anyway"
         );
     }
-    let storage = Storage::open(&args.storage.storage, &args.storage.s3_options())
-        .with_context(|| format!("opening storage {}", args.storage.storage))?;
+    let storage = args.storage.open()?;
     let auth_on = !checked.users.is_empty();
     let (key, source) = signing_key(flight, auth_on, &storage).await?;
     info!(%source, "token and swarm key");

@@ -74,6 +74,8 @@ pub struct Storage {
     kind: BackendKind,
     /// The URL as the user gave it, for status output.
     display: String,
+    /// Keys in `store` outside the root that external frames may read (`--external-root`).
+    external_roots: Vec<Path>,
 }
 
 fn memory_stores() -> &'static Mutex<HashMap<String, Arc<InMemory>>> {
@@ -130,6 +132,7 @@ impl Storage {
             object_store_url: ObjectStoreUrl::parse(&base)?,
             kind: BackendKind::Memory,
             display: base,
+            external_roots: Vec::new(),
         })
     }
 
@@ -165,6 +168,7 @@ impl Storage {
             object_store_url: ObjectStoreUrl::local_filesystem(),
             kind: BackendKind::Local,
             display: display.to_string(),
+            external_roots: Vec::new(),
         })
     }
 
@@ -213,6 +217,7 @@ impl Storage {
             object_store_url: ObjectStoreUrl::parse(&base)?,
             kind: BackendKind::S3,
             display: url.to_string(),
+            external_roots: Vec::new(),
         })
     }
 
@@ -240,11 +245,117 @@ impl Storage {
     pub fn confined_registry(&self) -> crate::confine::RootRegistry {
         crate::confine::RootRegistry::new(
             self.object_store_url.as_ref(),
-            Arc::new(crate::confine::ConfinedStore::new(
-                self.store.clone(),
-                self.prefix.clone(),
-            )),
+            Arc::new(
+                crate::confine::ConfinedStore::new(self.store.clone(), self.prefix.clone())
+                    .with_read_only(self.external_roots.clone()),
+            ),
         )
+    }
+
+    /// Allow external frames to read under `roots` too (`--external-root`): directories for a
+    /// local root, `s3://<the root's bucket>/<prefix>` for an S3 root. Nothing is ever written
+    /// there.
+    pub fn with_external_roots(mut self, roots: &[String]) -> Result<Self> {
+        for r in roots {
+            let key = self.key_of(r, true).map_err(|e| match e {
+                Error::NotAllowed(m) | Error::InvalidArgument(m) => {
+                    Error::InvalidArgument(format!("--external-root {r}: {m}"))
+                }
+                other => other,
+            })?;
+            self.external_roots.push(key);
+        }
+        Ok(self)
+    }
+
+    /// The key in [`Storage::raw_store`] of the data an external frame names by `location`: a
+    /// path relative to the root, or an absolute path or URL under the root or an external root.
+    /// Anything else — another bucket, `..`, a symlink out, Apiary's own `_apiary/` objects — is
+    /// [`Error::NotAllowed`].
+    pub fn external_location(&self, location: &str) -> Result<Path> {
+        let key = self.key_of(location, false)?;
+        self.check_external_key(&key)?;
+        Ok(key)
+    }
+
+    /// Whether an external frame may read `key` (checked again on every read: a marker is
+    /// only as trustworthy as whoever could write the storage).
+    pub fn check_external_key(&self, key: &Path) -> Result<()> {
+        let internal = self.absolute(&Path::from(crate::paths::INTERNAL_ROOT));
+        let inside_root = key.prefix_matches(&self.prefix);
+        if inside_root && key.prefix_matches(&internal) {
+            return Err(Error::NotAllowed(format!(
+                "{key} holds Apiary's own objects"
+            )));
+        }
+        if inside_root || self.external_roots.iter().any(|r| key.prefix_matches(r)) {
+            Ok(())
+        } else {
+            Err(Error::NotAllowed(format!(
+                "/{key} is outside the storage root and every --external-root"
+            )))
+        }
+    }
+
+    /// The store key a location names (not yet checked against the roots). `root` is set for
+    /// an operator's `--external-root`, which must be absolute.
+    fn key_of(&self, location: &str, root: bool) -> Result<Path> {
+        let location = location.trim();
+        let bad = |why: &str| Error::NotAllowed(format!("{location}: {why}"));
+        let relative = |rel: &str| -> Result<Path> {
+            let rel = Path::parse(rel.trim_matches('/'))
+                .map_err(|e| bad(&format!("not a plain path ({e})")))?;
+            Ok(self.absolute(&rel))
+        };
+        match self.kind {
+            BackendKind::Local => {
+                let raw = location.strip_prefix("file://").unwrap_or(location);
+                if raw.contains("://") {
+                    return Err(bad("a local storage root reads local paths only"));
+                }
+                let path = if raw.starts_with('/') {
+                    PathBuf::from(raw)
+                } else if root {
+                    return Err(bad("must be an absolute directory"));
+                } else {
+                    relative(raw)?; // refuses `..` and empty segments
+                    PathBuf::from(format!("/{}", self.prefix.as_ref())).join(raw)
+                };
+                // Resolve symlinks and `..` so that the key is where the data really is.
+                let real = path
+                    .canonicalize()
+                    .map_err(|e| Error::InvalidArgument(format!("{location}: {e}")))?;
+                Path::from_absolute_path(&real).map_err(|e| bad(&e.to_string()))
+            }
+            BackendKind::S3 | BackendKind::Memory => {
+                let base = self.object_store_url.as_str().trim_end_matches('/');
+                match location.strip_prefix(base) {
+                    Some(rest) if rest.is_empty() || rest.starts_with('/') => {
+                        let key = Path::parse(rest.trim_matches('/'))
+                            .map_err(|e| bad(&format!("not a plain path ({e})")))?;
+                        Ok(key)
+                    }
+                    _ if location.contains("://") => {
+                        Err(bad("another bucket or store than the storage root's"))
+                    }
+                    _ if root => Err(bad(&format!("must be a URL under {base}/"))),
+                    _ => relative(location),
+                }
+            }
+        }
+    }
+
+    /// URL of a directory given by its key in [`Storage::raw_store`], with a trailing slash.
+    pub fn url_for_key(&self, key: &Path) -> Result<Url> {
+        let s = match self.kind {
+            BackendKind::Local => format!("file:///{}/", key.as_ref()),
+            _ => format!(
+                "{}/{}/",
+                self.object_store_url.as_str().trim_end_matches('/'),
+                key.as_ref()
+            ),
+        };
+        Url::parse(&s).map_err(url_err)
     }
 
     /// The URL DataFusion must map to [`Storage::raw_store`].
@@ -390,6 +501,69 @@ use futures::StreamExt as _;
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn external_locations_stay_under_the_allowed_roots() {
+        let opts = S3Options {
+            endpoint: Some("http://127.0.0.1:1".into()),
+            region: Some("us-east-1".into()),
+            access_key_id: Some("k".into()),
+            secret_access_key: Some("s".into()),
+            session_token: None,
+            allow_http: true,
+        };
+        let s = Storage::open("s3://bucket/root", &opts).unwrap();
+        let ok = |s: &Storage, l: &str| s.external_location(l).map(|k| k.to_string());
+        assert_eq!(ok(&s, "imports/a").unwrap(), "root/imports/a");
+        assert_eq!(ok(&s, "s3://bucket/root/imports/").unwrap(), "root/imports");
+        for bad in [
+            "s3://bucket/elsewhere/x",
+            "s3://other/root/x",
+            "../x",
+            "imports/../../x",
+            "_apiary/catalog",
+            "s3://bucket/root/_apiary",
+            "file:///etc",
+        ] {
+            assert!(
+                matches!(s.external_location(bad), Err(Error::NotAllowed(_))),
+                "{bad}: {:?}",
+                s.external_location(bad)
+            );
+        }
+        let s = s
+            .with_external_roots(&["s3://bucket/shared".to_string()])
+            .unwrap();
+        assert_eq!(ok(&s, "s3://bucket/shared/x").unwrap(), "shared/x");
+        assert!(s.external_location("s3://bucket/sharedx/y").is_err());
+        for bad_root in ["s3://other/x", "relative/dir", "/abs"] {
+            assert!(
+                Storage::open("s3://bucket/root", &opts)
+                    .unwrap()
+                    .with_external_roots(&[bad_root.to_string()])
+                    .is_err(),
+                "{bad_root}"
+            );
+        }
+        // The engine's store reads the external root, and writes nothing there.
+        let registry = s.confined_registry();
+        let store = datafusion::execution::object_store::ObjectStoreRegistry::get_store(
+            &registry,
+            &Url::parse("s3://bucket/").unwrap(),
+        )
+        .unwrap();
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        let err = rt
+            .block_on(store.put(&Path::from("shared/x"), PutPayload::from_static(b"x")))
+            .unwrap_err();
+        assert!(
+            matches!(err, object_store::Error::PermissionDenied { .. }),
+            "{err}"
+        );
+    }
 
     #[test]
     fn local_root_urls_and_keys() {

@@ -191,7 +191,15 @@ impl Catalog {
 
     /// Reserve a frame name. `Ok(None)` if the name is taken; the caller creates the table next.
     pub(crate) async fn reserve_frame(&self, f: &FrameRef) -> Result<Option<MarkerV1>> {
-        let marker = MarkerV1::new();
+        self.reserve_frame_as(f, MarkerV1::new()).await
+    }
+
+    /// Reserve a frame name with `marker` (an external frame's carries its location).
+    pub(crate) async fn reserve_frame_as(
+        &self,
+        f: &FrameRef,
+        marker: MarkerV1,
+    ) -> Result<Option<MarkerV1>> {
         if self
             .storage
             .put_if_absent(&paths::frame_marker(f), marker.encode())

@@ -22,20 +22,44 @@ use object_store::{
 };
 use url::Url;
 
-/// An object store that serves only paths under `prefix`.
+/// An object store that serves only paths under `prefix`, plus reads (never writes) under the
+/// external roots an operator allowed (`--external-root`).
 #[derive(Debug)]
 pub struct ConfinedStore {
     inner: Arc<dyn ObjectStore>,
     prefix: Path,
+    read_only: Vec<Path>,
 }
 
 impl ConfinedStore {
     pub fn new(inner: Arc<dyn ObjectStore>, prefix: Path) -> Self {
-        Self { inner, prefix }
+        Self {
+            inner,
+            prefix,
+            read_only: Vec::new(),
+        }
     }
 
+    /// Also serve reads under each of `prefixes`.
+    pub fn with_read_only(mut self, prefixes: Vec<Path>) -> Self {
+        self.read_only = prefixes;
+        self
+    }
+
+    /// A write (or delete) target: under the root only.
     fn check(&self, location: &Path) -> Result<()> {
         if location.prefix_matches(&self.prefix) {
+            Ok(())
+        } else {
+            Err(outside(location))
+        }
+    }
+
+    /// A read: under the root or an allowed external root.
+    fn check_read(&self, location: &Path) -> Result<()> {
+        if location.prefix_matches(&self.prefix)
+            || self.read_only.iter().any(|p| location.prefix_matches(p))
+        {
             Ok(())
         } else {
             Err(outside(location))
@@ -46,7 +70,7 @@ impl ConfinedStore {
     fn list_prefix<'a>(&'a self, prefix: Option<&'a Path>) -> Result<&'a Path> {
         match prefix {
             None => Ok(&self.prefix),
-            Some(p) => self.check(p).map(|_| p),
+            Some(p) => self.check_read(p).map(|_| p),
         }
     }
 }
@@ -86,7 +110,7 @@ impl ObjectStore for ConfinedStore {
     }
 
     async fn get_opts(&self, location: &Path, options: GetOptions) -> Result<GetResult> {
-        self.check(location)?;
+        self.check_read(location)?;
         self.inner.get_opts(location, options).await
     }
 

@@ -51,6 +51,11 @@ pub enum Error {
     #[error("{0}")]
     InvalidArgument(String),
 
+    /// Something no client may do (reach data outside the allowed roots, write an external
+    /// frame); callers map it to PERMISSION_DENIED.
+    #[error("not allowed: {0}")]
+    NotAllowed(String),
+
     /// Not implemented yet; callers map it to UNIMPLEMENTED.
     #[error("{0} is not supported yet")]
     Unsupported(String),

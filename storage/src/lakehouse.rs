@@ -6,11 +6,15 @@ use std::time::Duration;
 
 use arrow::datatypes::SchemaRef;
 use chrono::Utc;
+use futures::StreamExt;
+use object_store::ObjectStoreExt;
+use object_store::path::Path;
 use tracing::{info, warn};
 
 use crate::backend::Storage;
 use crate::catalog::Catalog;
 use crate::error::{Error, ObjectKind, Result};
+use crate::format::{ExternalV1, MarkerV1};
 use crate::ledger::{FrameSnapshot, Ledger, LedgerConfig};
 use crate::paths::{BoxRef, FrameRef, Ident};
 use crate::provider::FrameTable;
@@ -25,6 +29,15 @@ pub struct Lakehouse {
     storage: Storage,
     catalog: Catalog,
     ledger: Arc<Ledger>,
+}
+
+/// What a frame name opens to.
+#[derive(Debug)]
+pub enum Opened {
+    /// A Delta table: one of ours, or an external one (read-only).
+    Frame(FrameSnapshot),
+    /// External Parquet or CSV files, read in place through DataFusion's listing table.
+    Files(ExternalV1),
 }
 
 impl Lakehouse {
@@ -150,8 +163,77 @@ impl Lakehouse {
         Ok(true)
     }
 
-    /// The frame at `version` (latest if `None`).
-    pub async fn frame(&self, frame: &FrameRef, version: Option<i64>) -> Result<FrameSnapshot> {
+    /// Register data in place as a read-only frame (`CREATE EXTERNAL TABLE`). The location was
+    /// resolved by [`crate::Storage::external_location`]; it must hold something (a Delta log
+    /// for `delta`). Returns `false` if the name is taken and `if_not_exists`.
+    pub async fn create_external(
+        &self,
+        frame: &FrameRef,
+        external: ExternalV1,
+        if_not_exists: bool,
+    ) -> Result<bool> {
+        self.catalog.require_box(&frame.box_ref()).await?;
+        let key = Path::from(external.location.as_str());
+        self.storage.check_external_key(&key)?;
+        let probe = match external.format.as_str() {
+            "delta" => key.clone().join("_delta_log"),
+            _ => key.clone(),
+        };
+        let found = self
+            .storage
+            .raw_store()
+            .list(Some(&probe))
+            .next()
+            .await
+            .transpose()?
+            .is_some();
+        let found = found
+            || (external.format != "delta" && self.storage.raw_store().head(&key).await.is_ok());
+        if !found {
+            return Err(Error::NotFound {
+                kind: ObjectKind::Frame,
+                name: format!(
+                    "data for {frame}: nothing at /{probe}{}",
+                    if external.format == "delta" {
+                        " (a Delta table has a _delta_log directory)"
+                    } else {
+                        ""
+                    }
+                ),
+            });
+        }
+        let marker = MarkerV1 {
+            external: Some(external),
+            ..MarkerV1::new()
+        };
+        if self
+            .catalog
+            .reserve_frame_as(frame, marker)
+            .await?
+            .is_none()
+        {
+            return match if_not_exists {
+                true => Ok(false),
+                false => Err(Error::AlreadyExists {
+                    kind: ObjectKind::Frame,
+                    name: frame.to_string(),
+                }),
+            };
+        }
+        if !self.catalog.box_exists(&frame.box_ref()).await? {
+            self.undo_create(frame).await;
+            return Err(Error::NotFound {
+                kind: ObjectKind::Box,
+                name: frame.box_ref().to_string(),
+            });
+        }
+        info!(frame = %frame, "external frame registered");
+        Ok(true)
+    }
+
+    /// The frame at `version` (latest if `None`): a Delta snapshot (of our own table or an
+    /// external one), or the location of external Parquet/CSV files.
+    pub async fn open_frame(&self, frame: &FrameRef, version: Option<i64>) -> Result<Opened> {
         let Some(marker) = self.catalog.frame_marker(frame).await? else {
             self.catalog.require_box(&frame.box_ref()).await?;
             return Err(Error::NotFound {
@@ -159,9 +241,25 @@ impl Lakehouse {
                 name: frame.to_string(),
             });
         };
+        let external = match marker.external {
+            Some(e) if e.format == "delta" => Some(Path::from(e.location.as_str())),
+            Some(e) => {
+                self.storage
+                    .check_external_key(&Path::from(e.location.as_str()))?;
+                if version.is_some() {
+                    return Err(Error::InvalidArgument(format!(
+                        "{frame} is external {} data: it has no versions",
+                        e.format
+                    )));
+                }
+                return Ok(Opened::Files(e));
+            }
+            None => None,
+        };
         self.ledger
-            .snapshot(frame, &marker.id, version)
+            .snapshot_in(frame, &marker.id, version, external.as_ref())
             .await
+            .map(Opened::Frame)
             .map_err(|e| match e {
                 Error::Delta(d) if matches!(*d, deltalake::DeltaTableError::NotATable(_)) => {
                     Error::NotFound {
@@ -173,6 +271,19 @@ impl Lakehouse {
                 }
                 other => other,
             })
+    }
+
+    /// A Delta-backed frame at `version` (latest if `None`); external Parquet/CSV files are
+    /// [`Error::NotAllowed`] here (they have no snapshot to write to or describe by version).
+    pub async fn frame(&self, frame: &FrameRef, version: Option<i64>) -> Result<FrameSnapshot> {
+        match self.open_frame(frame, version).await? {
+            Opened::Frame(s) => Ok(s),
+            Opened::Files(e) => Err(Error::NotAllowed(format!(
+                "{frame} is an external frame over {} files: it is read in place and never \
+                 written",
+                e.format
+            ))),
+        }
     }
 
     /// The frame as a DataFusion table pinned at `version` (latest if `None`).

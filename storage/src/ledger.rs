@@ -96,6 +96,8 @@ pub struct FrameSnapshot {
     /// Set by [`FrameSnapshot::reshaped`]: the metadata (and protocol, when the new columns need
     /// a table feature) that the replacing commit records with its cells.
     reshape: Option<Vec<Action>>,
+    /// An external frame's table: read in place, never written.
+    read_only: bool,
 }
 
 /// Size figures of a frame snapshot.
@@ -138,6 +140,17 @@ impl FrameSnapshot {
     /// [`crate::schema`]).
     pub fn served_schema(&self) -> &SchemaRef {
         &self.served
+    }
+
+    /// Whether writes may go to this frame (not to an external one).
+    pub fn writable(&self) -> Result<()> {
+        match self.read_only {
+            true => Err(Error::NotAllowed(format!(
+                "{} is an external frame: it is read in place and never written",
+                self.frame
+            ))),
+            false => Ok(()),
+        }
     }
 
     pub fn partition_columns(&self) -> &[String] {
@@ -341,6 +354,17 @@ impl Ledger {
         self.storage.absolute(&paths::frame_root(frame))
     }
 
+    /// The log store of an external Delta table at `key` (a key in the raw store).
+    fn external_log_store(&self, key: &Path) -> Result<LogStoreRef> {
+        self.storage.check_external_key(key)?;
+        let url = self.storage.url_for_key(key)?;
+        Ok(logstore_with(
+            self.storage.raw_store().clone(),
+            &url,
+            StorageConfig::default(),
+        )?)
+    }
+
     /// Whether any object exists under the frame's root (a leftover of an interrupted drop or
     /// create).
     pub async fn has_leftovers(&self, frame: &FrameRef) -> Result<bool> {
@@ -385,7 +409,7 @@ impl Ledger {
                 other => other.into(),
             })?;
         let state = table.snapshot()?.clone();
-        self.snapshot_from_state(frame, incarnation, state)
+        self.snapshot_from_state(frame, incarnation, state, None)
     }
 
     fn snapshot_from_state(
@@ -393,6 +417,7 @@ impl Ledger {
         frame: &FrameRef,
         incarnation: &str,
         state: DeltaTableState,
+        external: Option<&Path>,
     ) -> Result<FrameSnapshot> {
         let schema = schema::from_delta(state.schema().as_ref())?;
         let served = schema::served_schema(&schema);
@@ -404,8 +429,9 @@ impl Ledger {
             schema,
             served,
             partition_columns,
-            root: self.root(frame),
+            root: external.cloned().unwrap_or_else(|| self.root(frame)),
             reshape: None,
+            read_only: external.is_some(),
         })
     }
 
@@ -417,9 +443,24 @@ impl Ledger {
         incarnation: &str,
         version: Option<i64>,
     ) -> Result<FrameSnapshot> {
+        self.snapshot_in(frame, incarnation, version, None).await
+    }
+
+    /// As [`Ledger::snapshot`], for an external frame whose Delta table is at `external` (a
+    /// key in the raw store): a read-only snapshot.
+    pub async fn snapshot_in(
+        &self,
+        frame: &FrameRef,
+        incarnation: &str,
+        version: Option<i64>,
+        external: Option<&Path>,
+    ) -> Result<FrameSnapshot> {
         let span = info_span!("frame_snapshot", frame = %frame, version = ?version);
         async move {
-            let log_store = self.log_store(frame)?;
+            let log_store = match external {
+                Some(key) => self.external_log_store(key)?,
+                None => self.log_store(frame)?,
+            };
             let cached = self
                 .cache
                 .lock()
@@ -453,7 +494,7 @@ impl Ledger {
                     cache.insert(frame.clone(), (incarnation.to_string(), state.clone()));
                 }
             }
-            self.snapshot_from_state(frame, incarnation, state)
+            self.snapshot_from_state(frame, incarnation, state, external)
         }
         .instrument(span)
         .await
@@ -461,6 +502,7 @@ impl Ledger {
 
     /// A writer for new cells of `snapshot`'s frame.
     pub fn writer(&self, snapshot: &FrameSnapshot) -> Result<CellWriter> {
+        snapshot.writable()?;
         let log_store = self.log_store(&snapshot.frame)?;
         let props = WriterProperties::builder()
             .set_compression(Compression::ZSTD(
@@ -498,6 +540,7 @@ impl Ledger {
             warn!(?pause, "fault injection: pausing before commit");
             tokio::time::sleep(pause).await;
         }
+        read.writable()?;
         let log_store = self.log_store(&read.frame)?;
         let mut actions: Vec<Action> = Vec::with_capacity(adds.len() + 2);
         if let Some(reshape) = &read.reshape {

@@ -39,7 +39,8 @@ pub mod schema;
 
 pub use backend::{BackendKind, S3Options, Storage};
 pub use error::{Error, ObjectKind, Result};
-pub use lakehouse::Lakehouse;
+pub use format::ExternalV1;
+pub use lakehouse::{Lakehouse, Opened};
 pub use ledger::{FrameSnapshot, FrameStats, Ledger, LedgerConfig, cell_size_for_budget};
 pub use paths::{BoxRef, FrameRef, Ident};
 pub use provider::{FrameSink, FrameTable, WriteGate};

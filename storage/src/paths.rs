@@ -42,7 +42,7 @@ const RESERVED_HIVES: &[&str] = &[SYSTEM_HIVE];
 /// Names that may not be used for boxes (DataFusion's own schema name).
 const RESERVED_BOXES: &[&str] = &["information_schema"];
 
-const INTERNAL_ROOT: &str = "_apiary";
+pub const INTERNAL_ROOT: &str = "_apiary";
 
 /// A validated hive, box or frame name.
 #[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]

@@ -6,7 +6,7 @@ use std::collections::HashMap;
 use std::sync::Arc;
 
 use apiary_storage::paths::SYSTEM_HIVE;
-use apiary_storage::{BoxRef, FrameRef, Ident};
+use apiary_storage::{BoxRef, FrameRef, FrameTable, Ident, Opened};
 use datafusion::catalog::{
     CatalogProvider, CatalogProviderList, MemoryCatalogProvider, MemoryCatalogProviderList,
     MemorySchemaProvider, SchemaProvider, TableProvider,
@@ -131,15 +131,21 @@ impl Engine {
             }
             match self
                 .lakehouse
-                .frame_table(&frame, pins.get(&frame).copied())
+                .open_frame(&frame, pins.get(&frame).copied())
                 .await
             {
-                Ok(table) => {
-                    resolved
-                        .pins
-                        .insert(frame.clone(), table.snapshot().version());
+                Ok(opened) => {
+                    let table: Arc<dyn TableProvider> = match opened {
+                        Opened::Frame(snapshot) => {
+                            resolved.pins.insert(frame.clone(), snapshot.version());
+                            Arc::new(FrameTable::new(snapshot, self.lakehouse.ledger().clone()))
+                        }
+                        // No versions to pin: files are listed again when the ticket runs.
+                        Opened::Files(external) => {
+                            self.external_files(&external, &self.base).await?
+                        }
+                    };
                     let schema = ensure_schema(frame.hive.as_str(), frame.box_name.as_str())?;
-                    let table: Arc<dyn TableProvider> = Arc::new(table);
                     schema.register_table(frame.name.to_string(), table.clone())?;
                     loaded.insert(frame, table);
                 }

@@ -96,6 +96,13 @@ impl Engine {
             LogicalPlan::Ddl(DdlStatement::CreateMemoryTable(create)) => {
                 self.create_table(create, state, partition_by).await
             }
+            LogicalPlan::Ddl(DdlStatement::CreateExternalTable(create)) => {
+                let frame = catalog::frame_ref(
+                    &session_of(&state)?,
+                    &catalog::table_ref_parts(&create.name),
+                )?;
+                self.create_external(create, &state, frame).await
+            }
             LogicalPlan::Ddl(other) => Err(Error::Unsupported(other.name().to_string())),
             LogicalPlan::Dml(DmlStatement {
                 op: WriteOp::Insert(_),
@@ -140,13 +147,10 @@ impl Engine {
         if !create.column_defaults.is_empty() {
             return Err(Error::Unsupported("column DEFAULT values".into()));
         }
-        let options = state.config().options();
-        let session = Session {
-            hive: Ident::parse(&options.catalog.default_catalog)?,
-            box_name: Ident::parse(&options.catalog.default_schema)?,
-            ..Session::new("")
-        };
-        let frame = catalog::frame_ref(&session, &catalog::table_ref_parts(&create.name))?;
+        let frame = catalog::frame_ref(
+            &session_of(&state)?,
+            &catalog::table_ref_parts(&create.name),
+        )?;
         let has_data = !matches!(
             create.input.as_ref(),
             LogicalPlan::EmptyRelation(e) if !e.produce_one_row
@@ -190,6 +194,16 @@ impl Engine {
         };
         Ok(Output::Count(self.write_target(target, data).await?))
     }
+}
+
+/// The session a planned statement runs in (its default hive and box), for naming frames.
+fn session_of(state: &SessionState) -> Result<Session> {
+    let options = state.config().options();
+    Ok(Session {
+        hive: Ident::parse(&options.catalog.default_catalog)?,
+        box_name: Ident::parse(&options.catalog.default_schema)?,
+        ..Session::new("")
+    })
 }
 
 /// The row count an INSERT plan reports (its single UInt64 column).

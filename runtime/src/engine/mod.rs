@@ -27,6 +27,7 @@
 
 mod catalog;
 mod ddl;
+mod external;
 mod ingest;
 mod policy;
 mod show;
@@ -78,9 +79,15 @@ impl Engine {
     ) -> Result<Self> {
         // Whatever registry the runtime came with, plans reach the storage root and nothing
         // else: no file a statement or a decoded plan names can be outside it.
-        let runtime = RuntimeEnvBuilder::from_runtime_env(&runtime)
-            .with_object_store_registry(Arc::new(lakehouse.storage().confined_registry()))
-            .build_arc()?;
+        let mut runtime = RuntimeEnvBuilder::from_runtime_env(&runtime)
+            .with_object_store_registry(Arc::new(lakehouse.storage().confined_registry()));
+        // DataFusion keeps file listings forever by default; external files are listed again
+        // by each query so that new files are seen (frames list their cells from the log).
+        runtime.cache_manager = runtime
+            .cache_manager
+            .with_list_files_cache(None)
+            .with_list_files_cache_limit(0);
+        let runtime = runtime.build_arc()?;
         let mut session_config = SessionConfig::new()
             .with_target_partitions(config.target_partitions.max(1))
             .with_batch_size(config.batch_size.max(1))

@@ -5,10 +5,10 @@
 //! | where                    | allowed                                                        |
 //! |--------------------------|----------------------------------------------------------------|
 //! | anywhere                 | relational operators over frames, `system.*` and table functions |
-//! | at the top of a statement | `CREATE TABLE [AS]`, `INSERT` into a frame                     |
+//! | at the top of a statement | `CREATE TABLE [AS]`, `INSERT` into a frame, `CREATE EXTERNAL TABLE` (read-only, under the allowed roots) |
 //! | `EXPLAIN [ANALYZE]`       | a query (never a write: `EXPLAIN ANALYZE` runs what it explains) |
 //!
-//! Everything else — `COPY`, other DDL (external tables, views, catalogs), `SET`, `PREPARE`,
+//! Everything else — `COPY`, other DDL (views, catalogs), `SET`, `PREPARE`,
 //! transactions, extension nodes — is refused, with DataFusion's own `SQLOptions` check behind
 //! ours as a second layer. Reading or writing outside the storage root is also impossible one
 //! level down: the engine's object-store registry knows the root only
@@ -37,6 +37,8 @@ pub(crate) fn check(plan: &LogicalPlan, purpose: Purpose) -> Result<()> {
     let writes = purpose == Purpose::Statement;
     match plan {
         LogicalPlan::Ddl(DdlStatement::CreateMemoryTable(c)) if writes => reads_only(&c.input)?,
+        // Registers data in place; where it may be is checked against the allowed roots.
+        LogicalPlan::Ddl(DdlStatement::CreateExternalTable(_)) if writes => {}
         LogicalPlan::Dml(DmlStatement {
             op: WriteOp::Insert(_),
             input,

@@ -67,7 +67,10 @@ impl Engine {
         name: &NameParts,
     ) -> Result<RecordBatch> {
         let frame = catalog::frame_ref(session, name)?;
-        let snap = self.lakehouse.frame(&frame, None).await?;
+        let snap = match self.lakehouse.open_frame(&frame, None).await? {
+            apiary_storage::Opened::Frame(s) => s,
+            apiary_storage::Opened::Files(e) => return self.describe_files(&frame, &e).await,
+        };
         let stats = snap.stats();
         let mut rows: Vec<(String, String, String)> = Vec::new();
         for f in snap.served_schema().fields() {
@@ -108,6 +111,43 @@ impl Engine {
             ("Bytes", stats.bytes.to_string()),
             ("Partition columns", snap.partition_columns().join(", ")),
             ("Location", location),
+        ] {
+            rows.push((k.to_string(), v, String::new()));
+        }
+        string_batch(
+            &["col_name", "data_type", "comment"],
+            vec![
+                rows.iter().map(|r| r.0.clone()).collect(),
+                rows.iter().map(|r| r.1.clone()).collect(),
+                rows.iter().map(|r| r.2.clone()).collect(),
+            ],
+        )
+    }
+
+    /// `DESCRIBE` of an external frame over Parquet or CSV files: columns as read from the
+    /// data, then where it is.
+    async fn describe_files(
+        &self,
+        frame: &apiary_storage::FrameRef,
+        external: &apiary_storage::ExternalV1,
+    ) -> Result<RecordBatch> {
+        let table = self.external_files(external, &self.base).await?;
+        let mut rows: Vec<(String, String, String)> = table
+            .schema()
+            .fields()
+            .iter()
+            .map(|f| {
+                (
+                    f.name().clone(),
+                    apiary_storage::schema::sql_type_name(f.data_type()),
+                    if f.is_nullable() { "" } else { "NOT NULL" }.to_string(),
+                )
+            })
+            .collect();
+        rows.push(("# Frame Information".into(), String::new(), String::new()));
+        for (k, v) in [
+            ("Frame", frame.to_string()),
+            ("External", format!("{} files, read-only", external.format)),
         ] {
             rows.push((k.to_string(), v, String::new()));
         }

@@ -93,11 +93,7 @@ impl QueryService for Node {
     }
 
     async fn frame_schema(&self, frame: &FrameRef) -> Result<Option<SchemaRef>> {
-        match self.lakehouse.frame(frame, None).await {
-            Ok(s) => Ok(Some(s.schema().clone())),
-            Err(apiary_storage::Error::NotFound { .. }) => Ok(None),
-            Err(e) => Err(e.into()),
-        }
+        self.engine.served_schema_of(frame).await
     }
 
     async fn hive_exists(&self, hive: &Ident) -> Result<bool> {

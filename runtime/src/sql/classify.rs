@@ -251,9 +251,11 @@ pub fn classify(text: &str) -> Result<Command> {
                 });
             }
             if c.eat_words(&["EXTERNAL", "TABLE"]) {
-                return Ok(Command::Unsupported(
-                    "CREATE EXTERNAL TABLE (create a frame and ingest the data instead)".into(),
-                ));
+                // DataFusion's own syntax, PARTITIONED BY included.
+                return Ok(Command::Sql {
+                    text: text.to_string(),
+                    partition_by: Vec::new(),
+                });
             }
             if c.eat_word("VIEW") || c.eat_words(&["OR", "REPLACE", "VIEW"]) {
                 return Ok(Command::Unsupported("views".into()));

@@ -34,6 +34,10 @@ pub struct MarkerV1 {
     /// Unique id of this incarnation of the object (a dropped and re-created frame gets a new id).
     pub id: String,
     pub created_at: DateTime<Utc>,
+    /// Set on the marker of an external frame (`CREATE EXTERNAL TABLE`): data Apiary reads in
+    /// place and never writes.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub external: Option<ExternalV1>,
 }
 
 impl MarkerV1 {
@@ -43,8 +47,22 @@ impl MarkerV1 {
             v: 1,
             id: uuid::Uuid::now_v7().to_string(),
             created_at: Utc::now(),
+            external: None,
         }
     }
+}
+
+/// Where an external frame's data is and how to read it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ExternalV1 {
+    /// `parquet`, `csv` or `delta`.
+    pub format: String,
+    /// Key of the data's directory (or file) in the root's object store, checked against the
+    /// allowed roots when the frame was created and again on every read.
+    pub location: String,
+    /// Format options as given (`'format.has_header' 'true'`, …).
+    #[serde(default)]
+    pub options: std::collections::BTreeMap<String, String>,
 }
 
 impl Default for MarkerV1 {

@@ -1,0 +1,142 @@
+"""CREATE EXTERNAL TABLE: Parquet, CSV and Delta data read in place as read-only frames, only
+under the storage root or an operator's --external-root; everything else PERMISSION_DENIED."""
+
+import os
+import pathlib
+
+import adbc_driver_flightsql.dbapi as flight_sql
+import adbc_driver_manager
+import pyarrow as pa
+import pyarrow.csv as pacsv
+import pyarrow.parquet as pq
+import pytest
+from deltalake import write_deltalake
+
+from conftest import ApiaryServer
+
+
+def connect(server):
+    return flight_sql.connect(server.uri)
+
+
+def denied(cur, sql):
+    with pytest.raises(adbc_driver_manager.Error) as e:
+        cur.execute(sql)
+    text = str(e.value)
+    assert "PERMISSION_DENIED" in text or "PermissionDenied" in text or "Unauthorized" in text, text
+    return text
+
+
+@pytest.fixture
+def root(tmp_path):
+    return tmp_path / "root"
+
+
+@pytest.fixture
+def srv(root):
+    s = ApiaryServer(str(root))
+    yield s
+    s.stop()
+
+
+def test_parquet_csv_and_delta_are_read_in_place(srv, root):
+    sales = root / "imports" / "sales"
+    sales.mkdir(parents=True)
+    pq.write_table(pa.table({"id": [1, 2], "amount": [1.5, 2.5]}), sales / "part-0.parquet")
+    pq.write_table(pa.table({"id": [3], "amount": [4.0]}), sales / "part-1.parquet")
+    (sales / "_SUCCESS").write_text("")
+    pacsv.write_csv(pa.table({"city": ["Oslo", "Lima"], "pop": [700, 10000]}), root / "imports" / "cities.csv")
+    write_deltalake(str(root / "imports" / "events"), pa.table({"e": ["a", "b", "c"]}))
+    write_deltalake(str(root / "imports" / "events"), pa.table({"e": ["d"]}), mode="append")
+
+    with connect(srv) as conn, conn.cursor() as cur:
+        cur.execute("CREATE EXTERNAL TABLE sales STORED AS PARQUET LOCATION 'imports/sales/'")
+        cur.execute("CREATE EXTERNAL TABLE cities STORED AS CSV LOCATION 'imports/cities.csv' OPTIONS ('format.has_header' 'true')")
+        cur.execute("CREATE EXTERNAL TABLE events STORED AS DELTA LOCATION 'imports/events'")
+        cur.execute("CREATE EXTERNAL TABLE IF NOT EXISTS events STORED AS DELTA LOCATION 'imports/events'")
+        cur.execute("SELECT count(*), sum(amount) FROM sales")
+        assert cur.fetchall() == [(3, 8.0)]
+        cur.execute("SELECT city FROM cities WHERE pop > 1000")
+        assert cur.fetchall() == [("Lima",)]
+        cur.execute("SELECT string_agg(e, '' ORDER BY e) FROM events")
+        assert cur.fetchall() == [("abcd",)]
+        # Joins with frames, DESCRIBE and the schema clients ask for.
+        cur.execute("CREATE TABLE own AS SELECT 1 AS id")
+        cur.execute("SELECT s.amount FROM sales s JOIN own o ON s.id = o.id")
+        assert cur.fetchall() == [(1.5,)]
+        cur.execute("DESCRIBE sales")
+        described = cur.fetchall()
+        assert ("amount", "DOUBLE", "") in described
+        assert ("External", "parquet files, read-only", "") in described
+        assert conn.adbc_get_table_schema("cities").names == ["city", "pop"]
+        cur.execute("SHOW FRAMES")
+        assert {"sales", "cities", "events", "own"} <= {v for r in cur.fetchall() for v in r}
+
+        # New files are seen by the next query; nothing is ever written there.
+        pq.write_table(pa.table({"id": [4], "amount": [0.5]}), sales / "part-2.parquet")
+        cur.execute("SELECT count(*) FROM sales")
+        assert cur.fetchall() == [(4,)]
+        before = sorted(p.name for p in sales.iterdir())
+        denied(cur, "INSERT INTO sales VALUES (9, 9.0)")
+        denied(cur, "INSERT INTO events VALUES ('z')")
+        with pytest.raises(adbc_driver_manager.Error) as e:
+            cur.adbc_ingest("events", pa.table({"e": ["y"]}), mode="append")
+        assert "external frame" in str(e.value)
+        assert sorted(p.name for p in sales.iterdir()) == before
+
+        # DROP forgets the frame and leaves the data.
+        cur.execute("DROP TABLE sales")
+        cur.execute("DROP TABLE events")
+        assert (sales / "part-0.parquet").exists()
+        assert (root / "imports" / "events" / "_delta_log").exists()
+
+
+def test_locations_outside_the_allowed_roots_are_denied(srv, root, tmp_path):
+    outside = tmp_path / "outside"
+    outside.mkdir()
+    pq.write_table(pa.table({"x": [1]}), outside / "secret.parquet")
+    (root / "imports").mkdir(parents=True)
+    os.symlink(outside, root / "imports" / "link")
+    with connect(srv) as conn, conn.cursor() as cur:
+        for location in [
+            str(outside),
+            f"file://{outside}",
+            "../outside",
+            "imports/../../outside",
+            "imports/link",
+            "_apiary",
+            "_apiary/catalog",
+            "s3://bucket/x",
+            "/etc",
+        ]:
+            text = denied(cur, f"CREATE EXTERNAL TABLE t STORED AS PARQUET LOCATION '{location}'")
+            assert "outside" in text or "not a plain path" in text or "Apiary's own" in text or "local paths" in text, (location, text)
+        with pytest.raises(adbc_driver_manager.Error) as e:
+            cur.execute("CREATE EXTERNAL TABLE t STORED AS PARQUET LOCATION 'imports/nothing-here'")
+        assert "NOT_FOUND" in str(e.value) or "No such file" in str(e.value), str(e.value)
+        with pytest.raises(adbc_driver_manager.Error) as e:
+            cur.execute("CREATE EXTERNAL TABLE t STORED AS JSON LOCATION 'imports'")
+        assert "NOT_IMPLEMENTED" in str(e.value), str(e.value)
+        # COPY and other writes to files stay refused.
+        with pytest.raises(adbc_driver_manager.Error):
+            cur.execute(f"COPY (SELECT 1) TO '{outside}/x.parquet'")
+        assert sorted(p.name for p in outside.iterdir()) == ["secret.parquet"]
+
+
+def test_an_operator_allowed_root_is_readable_and_never_written(root, tmp_path):
+    shared = tmp_path / "shared"
+    shared.mkdir()
+    pq.write_table(pa.table({"x": [1, 2, 3]}), shared / "data.parquet")
+    other = tmp_path / "other"
+    other.mkdir()
+    s = ApiaryServer(str(root), args=["--external-root", str(shared)])
+    try:
+        with connect(s) as conn, conn.cursor() as cur:
+            cur.execute(f"CREATE EXTERNAL TABLE shared STORED AS PARQUET LOCATION '{shared}/'")
+            cur.execute("SELECT sum(x) FROM shared")
+            assert cur.fetchall() == [(6,)]
+            denied(cur, f"CREATE EXTERNAL TABLE o STORED AS PARQUET LOCATION '{other}'")
+            denied(cur, "INSERT INTO shared VALUES (4)")
+        assert sorted(p.name for p in shared.iterdir()) == ["data.parquet"]
+    finally:
+        s.stop()
