@@ -107,12 +107,10 @@ async fn tokens_round_trip_across_nodes_and_expire() {
 
 #[tokio::test]
 async fn sliding_stops_at_the_absolute_lifetime() {
-    let a = auth_with(
-        &[("alice", "pw", Role::Writer)],
-        b"k",
-        DAY,
-        Duration::from_secs(1),
-    );
+    // Three seconds of lifetime: room for a loaded machine between the login and the renewal.
+    let lifetime = Duration::from_secs(3);
+    let login = std::time::Instant::now();
+    let a = auth_with(&[("alice", "pw", Role::Writer)], b"k", DAY, lifetime);
     let p = a
         .authenticate(
             &headers(&format!("Basic {}", STANDARD.encode("alice:pw"))),
@@ -127,7 +125,7 @@ async fn sliding_stops_at_the_absolute_lifetime() {
         .await
         .unwrap();
     let renewed = a.mint(&again);
-    std::thread::sleep(Duration::from_millis(1100));
+    std::thread::sleep((lifetime + Duration::from_millis(100)).saturating_sub(login.elapsed()));
     let e = a
         .authenticate(&headers(&format!("Bearer {renewed}")), None)
         .await

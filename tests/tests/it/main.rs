@@ -6,5 +6,6 @@ mod flight_sql;
 mod node_runtime;
 mod operate;
 mod security;
+mod sql_parity;
 mod storage_conformance;
 mod writers;

@@ -131,7 +131,7 @@ async fn sql_cannot_write_files_anywhere_not_even_through_explain_analyze() {
     for (sql, want) in [
         (
             "CREATE EXTERNAL TABLE e STORED AS CSV LOCATION '/etc/passwd'",
-            Code::Unimplemented,
+            Code::PermissionDenied,
         ),
         (
             "SET datafusion.execution.batch_size = 1",

@@ -1,0 +1,1 @@
+//! Empty: this crate exists to fetch its dependency's test files.
