@@ -3,6 +3,7 @@
 
 mod distributed;
 mod flight_sql;
+mod jdbc_like;
 mod node_runtime;
 mod operate;
 mod security;
