@@ -30,6 +30,7 @@ fn ticket() -> StatementTicketV1 {
         jdbc: false,
         schema: Default::default(),
         affected: None,
+        options: Vec::new(),
     }
 }
 
@@ -56,6 +57,7 @@ fn tickets(c: &mut Criterion) {
         user: "alice".into(),
         expires_at_ms: 1_800_000_000_000,
         dataset_schema: Default::default(),
+        options: Vec::new(),
     };
     c.bench_function("handle/seal+open", |b| {
         b.iter(|| {

@@ -83,16 +83,18 @@ impl FrameTable {
     fn scan_schema(&self) -> (SchemaRef, Vec<FieldRef>) {
         let schema = self.snapshot.schema();
         let parts = self.snapshot.partition_columns();
+        // The served type kept in a column's metadata is ours, not part of the scan's schema.
+        let plain = |f: &Field| f.clone().with_metadata(Default::default());
         let file_fields: Vec<Field> = schema
             .fields()
             .iter()
             .filter(|f| !parts.contains(f.name()))
-            .map(|f| f.as_ref().clone())
+            .map(|f| plain(f))
             .collect();
         let part_fields: Vec<FieldRef> = parts
             .iter()
             .filter_map(|p| schema.field_with_name(p).ok())
-            .map(|f| Arc::new(f.clone()))
+            .map(|f| Arc::new(plain(f)))
             .collect();
         (Arc::new(Schema::new(file_fields)), part_fields)
     }
@@ -202,7 +204,7 @@ fn serve(
     let differs = wanted
         .iter()
         .enumerate()
-        .any(|(i, &d)| produced.field(i).data_type() != served.field(d).data_type());
+        .any(|(i, &d)| produced.field(i) != served.field(d));
     if !differs {
         return Ok(scan);
     }

@@ -69,3 +69,32 @@ def _varint(n):
 def _any(name, payload):
     url = ("type.googleapis.com/arrow.flight.protocol.sql." + name).encode()
     return b"\x0a" + _varint(len(url)) + url + b"\x12" + _varint(len(payload)) + payload
+
+
+@pytest.mark.parametrize("auth", [False, True])
+def test_set_changes_datafusion_options_for_the_session_only(server, auth_server, auth):
+    s = auth_server if auth else server
+    kw = {"db_kwargs": {"username": "alice", "password": "s3cret pass"}} if auth else {}
+    with flightsql.connect(s.uri, **kw) as conn, conn.cursor() as cur:
+        cur.execute("SET datafusion.execution.time_zone = '+05:00'")
+        cur.execute("SET datafusion.sql_parser.dialect TO 'DuckDB'")
+        cur.execute("SELECT arrow_typeof(now()), array_any_match([1, 2, 3], x -> x > 2)")
+        assert cur.fetchone() == ('Timestamp(ns, "+05:00")', True)
+        # Prepared statements (parameters) run in the same session.
+        cur.execute("SELECT arrow_typeof(now()) AS t, ? AS p", parameters=(1,))
+        assert cur.fetchone() == ('Timestamp(ns, "+05:00")', 1)
+        with flightsql.connect(s.uri, **kw) as other, other.cursor() as c2:
+            c2.execute("SELECT arrow_typeof(now())")
+            assert c2.fetchone() == ('Timestamp(ns)',)
+        cur.execute("RESET datafusion.execution.time_zone")
+        cur.execute("SELECT arrow_typeof(now())")
+        assert cur.fetchone() == ('Timestamp(ns)',)
+        for sql, code in [
+            ("SET datafusion.catalog.information_schema = true", "PermissionDenied"),
+            ("SET datafusion.execution.target_partitions = 100000", "InvalidArgument"),
+            ("SET datafusion.execution.batch_size = 'many'", "InvalidArgument"),
+            ("SET no.such.option = 1", "InvalidArgument"),
+        ]:
+            with pytest.raises(Exception) as e:
+                cur.execute(sql)
+            assert code in str(e.value), (sql, str(e.value))

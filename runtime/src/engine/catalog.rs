@@ -160,6 +160,7 @@ impl Engine {
             user: session.user.clone(),
             role: session.role,
         }));
+        super::options::apply(config.options_mut(), session)?;
         config.options_mut().catalog.default_catalog = session.hive.to_string();
         config.options_mut().catalog.default_schema = session.box_name.to_string();
         if let Some(n) = target.partitions {

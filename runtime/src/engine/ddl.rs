@@ -61,6 +61,9 @@ impl Engine {
                         .await?;
                 }
             }
+            Command::SetOption { name, value } => {
+                self.set_option(session, name, value.as_deref())?;
+            }
             Command::Use { hive, box_name } => {
                 let hive = match hive {
                     Some(h) => catalog::hive(h)?,

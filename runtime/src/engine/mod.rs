@@ -29,6 +29,7 @@ mod catalog;
 mod ddl;
 mod external;
 mod ingest;
+mod options;
 mod policy;
 mod show;
 mod sql_types;
@@ -109,12 +110,21 @@ impl Engine {
             .time_zone
             .as_deref()
             .map(Arc::from);
-        let base = SessionStateBuilder::new()
+        let mut base = SessionStateBuilder::new()
             .with_config(session_config)
             .with_runtime_env(runtime)
             .with_default_features()
             .with_type_planner(Arc::new(sql_types::SqlTypes { time_zone }))
             .build();
+        for name in ["generate_series", "range"] {
+            if let Some(f) = base
+                .table_functions()
+                .get(name)
+                .map(|f| f.function().clone())
+            {
+                base.register_udtf(name, Arc::new(sql_types::NanosecondArgs(f)));
+            }
+        }
         Ok(Self {
             lakehouse,
             base,
@@ -365,9 +375,7 @@ impl Engine {
         let Command::Sql { text, .. } = &stmt.command else {
             return Err(Error::Internal("logical_plan on a non-SQL command".into()));
         };
-        let parsed = self
-            .base
-            .sql_to_statement(text, &datafusion::config::Dialect::Generic)?;
+        let parsed = self.base.sql_to_statement(text, &self.dialect(session)?)?;
         policy::check_depth(&parsed, self.limits.max_sql_depth)?;
         let (state, resolved) = self.statement_state(session, &parsed, pins, target).await?;
         let plan = match state.statement_to_plan(parsed).await {

@@ -6,8 +6,10 @@
 use std::sync::Arc;
 
 use arrow::datatypes::{DataType, Field, FieldRef, TimeUnit};
-use datafusion::common::{Result as DfResult, plan_err};
+use datafusion::catalog::{TableFunctionArgs, TableFunctionImpl, TableProvider};
+use datafusion::common::{Result as DfResult, ScalarValue, plan_err};
 use datafusion::logical_expr::planner::TypePlanner;
+use datafusion::logical_expr::{Cast, Expr};
 use datafusion::sql::sqlparser::ast::{DataType as SqlType, TimezoneInfo};
 
 /// Plans the time types; every other type is DataFusion's.
@@ -59,6 +61,50 @@ impl TypePlanner for SqlTypes {
         Ok(self
             .plan(sql_type)?
             .map(|dt| Arc::new(Field::new("", dt, true))))
+    }
+}
+
+/// `generate_series` and `range` over timestamps: DataFusion's accept nanosecond timestamps
+/// only, so with `TIMESTAMP` meaning microseconds their timestamp arguments are widened to
+/// nanoseconds before the call.
+#[derive(Debug)]
+pub(super) struct NanosecondArgs(pub Arc<dyn TableFunctionImpl>);
+
+impl TableFunctionImpl for NanosecondArgs {
+    fn call_with_args(&self, args: TableFunctionArgs) -> DfResult<Arc<dyn TableProvider>> {
+        let exprs: Vec<Expr> = args.exprs().iter().map(widen).collect();
+        self.0
+            .call_with_args(TableFunctionArgs::new(&exprs, args.session()))
+    }
+}
+
+fn widen(e: &Expr) -> Expr {
+    let nanos = |v: Option<i64>, per: i64| v.map(|v| v.checked_mul(per));
+    let literal = |v: Option<Option<i64>>, tz: &Option<Arc<str>>, e: &Expr| match v {
+        Some(None) => e.clone(), // beyond nanoseconds: the function reports it
+        Some(Some(n)) => Expr::Literal(ScalarValue::TimestampNanosecond(Some(n), tz.clone()), None),
+        None => Expr::Literal(ScalarValue::TimestampNanosecond(None, tz.clone()), None),
+    };
+    match e {
+        Expr::Literal(ScalarValue::TimestampSecond(v, tz), _) => {
+            literal(nanos(*v, 1_000_000_000), tz, e)
+        }
+        Expr::Literal(ScalarValue::TimestampMillisecond(v, tz), _) => {
+            literal(nanos(*v, 1_000_000), tz, e)
+        }
+        Expr::Literal(ScalarValue::TimestampMicrosecond(v, tz), _) => {
+            literal(nanos(*v, 1_000), tz, e)
+        }
+        Expr::Cast(Cast { expr, field }) => match field.data_type() {
+            DataType::Timestamp(unit, tz) if *unit != TimeUnit::Nanosecond => {
+                Expr::Cast(Cast::new(
+                    expr.clone(),
+                    DataType::Timestamp(TimeUnit::Nanosecond, tz.clone()),
+                ))
+            }
+            _ => e.clone(),
+        },
+        _ => e.clone(),
     }
 }
 

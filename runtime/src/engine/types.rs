@@ -77,6 +77,9 @@ pub struct Session {
     pub user: String,
     /// What the user may do (from the server's user list, never from the client).
     pub role: Role,
+    /// DataFusion options set with `SET datafusion.… = …`, sorted by key (see
+    /// [`crate::engine::Engine::set_option`]).
+    pub options: Vec<(String, String)>,
 }
 
 impl Session {
@@ -87,6 +90,7 @@ impl Session {
             box_name: Ident::default_box(),
             user: user.into(),
             role: Role::Admin,
+            options: Vec::new(),
         }
     }
 }

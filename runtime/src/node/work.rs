@@ -276,7 +276,12 @@ impl Node {
         param_rows: Vec<Vec<ScalarValue>>,
     ) -> Result<(u64, Session)> {
         self.check_param_rows(param_rows.len())?;
-        if session.role == Role::Reader && !matches!(stmt.command, Command::Use { .. }) {
+        if session.role == Role::Reader
+            && !matches!(
+                stmt.command,
+                Command::Use { .. } | Command::SetOption { .. }
+            )
+        {
             return Err(Error::NotAllowed(format!(
                 "{} is a reader: statements that change data or the namespace are refused",
                 session.user

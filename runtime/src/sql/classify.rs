@@ -55,6 +55,12 @@ pub enum Command {
         text: String,
         partition_by: Vec<String>,
     },
+    /// `SET name = value` / `SET name TO value` (`value` set) and `RESET name` (`None`): a
+    /// DataFusion option of the session.
+    SetOption {
+        name: String,
+        value: Option<String>,
+    },
     /// Recognised but not supported (yet); the message says what.
     Unsupported(String),
 }
@@ -113,6 +119,32 @@ fn sql_returns_rows(text: &str) -> bool {
                 | Keyword::FROM
         )
     )
+}
+
+/// The rest of `SET name {= | TO} value` or `RESET name`; `None` for any other form.
+fn set_option(c: &mut Cursor<'_>, reset: bool) -> Option<Command> {
+    let name = c.name(8).ok()?.join(".").to_ascii_lowercase();
+    let value = if reset {
+        None
+    } else {
+        if !(matches!(c.peek(), Some(Token::Eq)) || c.peek_word(0).as_deref() == Some("TO")) {
+            return None;
+        }
+        c.pos += 1;
+        let negative = matches!(c.peek(), Some(Token::Minus));
+        if negative {
+            c.pos += 1;
+        }
+        let v = match c.peek()? {
+            Token::SingleQuotedString(s) | Token::DoubleQuotedString(s) => s.clone(),
+            Token::Number(n, _) => format!("{}{n}", if negative { "-" } else { "" }),
+            Token::Word(w) if !negative => w.value.clone(),
+            _ => return None,
+        };
+        c.pos += 1;
+        Some(v)
+    };
+    c.done().then_some(Command::SetOption { name, value })
 }
 
 /// Cursor over the meaningful tokens of one statement.
@@ -303,6 +335,19 @@ pub fn classify(text: &str) -> Result<Command> {
             Err(Error::Sql(
                 "expected DROP TABLE, DROP BOX or DROP HIVE".into(),
             ))
+        }
+        "SET" | "RESET" => {
+            let reset = first == "RESET";
+            c.pos += 1;
+            let _ = c.eat_word("SESSION") || c.eat_word("LOCAL");
+            match set_option(&mut c, reset) {
+                Some(cmd) => Ok(cmd),
+                // Other SET forms go to DataFusion's planner (which refuses them).
+                None => Ok(Command::Sql {
+                    text: text.to_string(),
+                    partition_by: Vec::new(),
+                }),
+            }
         }
         "USE" => {
             c.pos += 1;

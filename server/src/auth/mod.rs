@@ -51,6 +51,8 @@ pub struct Principal {
     pub role: Role,
     pub hive: String,
     pub box_name: String,
+    /// DataFusion options the session set (`SET datafusion.… = …`), sorted by key.
+    pub options: Vec<(String, String)>,
     /// The client announced itself as the Flight SQL JDBC driver.
     pub jdbc: bool,
     /// When the login this call descends from happened (seconds since the epoch).
@@ -65,22 +67,46 @@ impl Principal {
             role: Role::Admin,
             hive: apiary_storage::paths::DEFAULT_HIVE.into(),
             box_name: apiary_storage::paths::DEFAULT_BOX.into(),
+            options: Vec::new(),
             jdbc: false,
             login_at: chrono::Utc::now().timestamp(),
         }
     }
+
+    /// Where the session is and what it set.
+    pub fn place(&self) -> Place {
+        Place {
+            hive: self.hive.clone(),
+            box_name: self.box_name.clone(),
+            options: self.options.clone(),
+        }
+    }
+
+    fn enter(&mut self, place: Place) {
+        self.hive = place.hive;
+        self.box_name = place.box_name;
+        self.options = place.options;
+    }
+}
+
+/// A session's current hive and box and the DataFusion options it set.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Place {
+    pub hive: String,
+    pub box_name: String,
+    pub options: Vec<(String, String)>,
 }
 
 /// Set by a handler that changed the session; the layer puts it into the returned token.
 #[derive(Debug, Clone, Default)]
-pub struct SessionSlot(Arc<Mutex<Option<(String, String)>>>);
+pub struct SessionSlot(Arc<Mutex<Option<Place>>>);
 
 impl SessionSlot {
-    pub fn set(&self, hive: &str, box_name: &str) {
-        *self.0.lock().expect("session slot") = Some((hive.to_string(), box_name.to_string()));
+    pub fn set(&self, place: Place) {
+        *self.0.lock().expect("session slot") = Some(place);
     }
 
-    fn take(&self) -> Option<(String, String)> {
+    fn take(&self) -> Option<Place> {
         self.0.lock().expect("session slot").take()
     }
 }
@@ -151,6 +177,7 @@ impl Authenticator {
             u: p.user.clone(),
             h: p.hive.clone(),
             b: p.box_name.clone(),
+            o: p.options.clone(),
             exp: (now + self.token_ttl.as_secs() as i64).min(end_of_life),
             iat: p.login_at,
             cv: self
@@ -195,6 +222,7 @@ impl Authenticator {
             role,
             hive: claims.h,
             box_name: claims.b,
+            options: claims.o,
             jdbc: false,
             login_at: claims.iat,
         })
@@ -359,21 +387,19 @@ where
                 }
             };
             // The connection's own choice is the newest (its client may not send tokens back).
-            if let Some((hive, b)) = peer.and_then(|p| sessions.get(p, &principal.user)) {
-                principal.hive = hive;
-                principal.box_name = b;
+            if let Some(place) = peer.and_then(|p| sessions.get(p, &principal.user)) {
+                principal.enter(place);
             }
             let slot = SessionSlot::default();
             req.extensions_mut().insert(principal.clone());
             req.extensions_mut().insert(slot.clone());
             let mut resp = inner.call(req).await?;
             let mut out = principal;
-            if let Some((hive, b)) = slot.take() {
+            if let Some(place) = slot.take() {
                 if let Some(p) = peer {
-                    sessions.set(p, &out.user, &hive, &b);
+                    sessions.set(p, &out.user, place.clone());
                 }
-                out.hive = hive;
-                out.box_name = b;
+                out.enter(place);
             }
             if let Ok(v) = HeaderValue::from_str(&format!("Bearer {}", auth.mint(&out))) {
                 resp.headers_mut().insert("authorization", v);

@@ -12,6 +12,8 @@
 use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::sync::Mutex;
+
+use super::Place;
 use std::time::{Duration, Instant};
 
 /// Connections remembered at most.
@@ -20,8 +22,7 @@ const MAX_CONNECTIONS: usize = 65_536;
 #[derive(Debug)]
 struct Entry {
     user: String,
-    hive: String,
-    box_name: String,
+    place: Place,
     used: Instant,
 }
 
@@ -40,19 +41,19 @@ impl ConnectionSessions {
         }
     }
 
-    /// The (hive, box) this connection of `user` last chose, if any.
-    pub(super) fn get(&self, peer: SocketAddr, user: &str) -> Option<(String, String)> {
+    /// The session this connection of `user` last chose, if any.
+    pub(super) fn get(&self, peer: SocketAddr, user: &str) -> Option<Place> {
         let mut map = self.map.lock().expect("sessions");
         let e = map.get_mut(&peer)?;
         if e.user != user || e.used.elapsed() > self.ttl {
             return None;
         }
         e.used = Instant::now();
-        Some((e.hive.clone(), e.box_name.clone()))
+        Some(e.place.clone())
     }
 
     /// Remember what this connection of `user` chose.
-    pub(super) fn set(&self, peer: SocketAddr, user: &str, hive: &str, box_name: &str) {
+    pub(super) fn set(&self, peer: SocketAddr, user: &str, place: Place) {
         let mut map = self.map.lock().expect("sessions");
         if map.len() >= MAX_CONNECTIONS && !map.contains_key(&peer) {
             let ttl = self.ttl;
@@ -67,8 +68,7 @@ impl ConnectionSessions {
             peer,
             Entry {
                 user: user.to_string(),
-                hive: hive.to_string(),
-                box_name: box_name.to_string(),
+                place,
                 used: Instant::now(),
             },
         );
@@ -85,12 +85,17 @@ mod tests {
         let a: SocketAddr = "127.0.0.1:40000".parse().unwrap();
         let b: SocketAddr = "127.0.0.1:40001".parse().unwrap();
         assert_eq!(s.get(a, "alice"), None);
-        s.set(a, "alice", "uh", "ub");
-        assert_eq!(s.get(a, "alice"), Some(("uh".into(), "ub".into())));
+        let place = Place {
+            hive: "uh".into(),
+            box_name: "ub".into(),
+            options: vec![("datafusion.execution.batch_size".into(), "100".into())],
+        };
+        s.set(a, "alice", place.clone());
+        assert_eq!(s.get(a, "alice"), Some(place.clone()));
         assert_eq!(s.get(a, "bob"), None, "another user on that address");
         assert_eq!(s.get(b, "alice"), None, "another connection");
         let short = ConnectionSessions::new(Duration::ZERO);
-        short.set(a, "alice", "uh", "ub");
+        short.set(a, "alice", place);
         std::thread::sleep(Duration::from_millis(2));
         assert_eq!(short.get(a, "alice"), None, "expired");
     }

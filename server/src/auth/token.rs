@@ -109,6 +109,9 @@ pub(super) struct Claims {
     pub(super) h: String,
     /// session box
     pub(super) b: String,
+    /// DataFusion options the session set
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub(super) o: Vec<(String, String)>,
     /// expiry, seconds since the Unix epoch (slides with use)
     pub(super) exp: i64,
     /// when the login this token descends from happened (never slides)
@@ -164,6 +167,7 @@ mod tests {
             u: "alice".into(),
             h: "default".into(),
             b: "default".into(),
+            o: vec![("datafusion.execution.batch_size".into(), "64".into())],
             exp: 10,
             iat: 1,
             cv: "v".into(),

@@ -109,6 +109,7 @@ impl FlightSql {
                 let mut in_session = who.clone();
                 in_session.hive = p.default_hive.clone();
                 in_session.box_name = p.default_box.clone();
+                in_session.options = ticket::options_of(&p.options);
                 self.query_schema(&in_session, &p.sql, Some(p.parameters))
                     .await
             }

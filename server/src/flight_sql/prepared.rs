@@ -15,7 +15,7 @@ use arrow_flight::{FlightDescriptor, FlightInfo};
 
 use super::FlightSql;
 use super::statement::remember;
-use super::ticket::session_of;
+use super::ticket::{options_of, options_to, session_of};
 use super::wire::{
     batch_rows, decode_param_rows, encode_params, ipc_schema, read_batches, wire_schema, wire_type,
 };
@@ -28,6 +28,7 @@ fn in_session_of(who: &Principal, p: &PreparedStatementV1) -> Principal {
     let mut in_session = who.clone();
     in_session.hive = p.default_hive.clone();
     in_session.box_name = p.default_box.clone();
+    in_session.options = options_of(&p.options);
     in_session
 }
 
@@ -66,6 +67,7 @@ impl FlightSql {
             default_box: session.box_name.to_string(),
             user: who.user.clone(),
             expires_at_ms: self.expiry(),
+            options: options_to(&session.options),
             dataset_schema: match info.returns_rows {
                 true => ipc_schema(&dataset)?,
                 false => bytes::Bytes::new(),
@@ -147,6 +149,7 @@ impl FlightSql {
             box_name: Ident::parse(&p.default_box)?,
             user: who.user.clone(),
             role: who.role,
+            options: options_of(&p.options),
         };
         let stmt = self.parse_one(&p.sql)?;
         let (n, after) = self.run_update(&session, &stmt, rows).await?;

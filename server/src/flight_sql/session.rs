@@ -9,7 +9,7 @@ use apiary_storage::{BoxRef, Ident};
 use prost::Message;
 
 use super::FlightSql;
-use crate::auth::{Principal, SessionSlot};
+use crate::auth::{Place, Principal, SessionSlot};
 use crate::error::{Error, Result};
 
 /// Options a client may set with SetSessionOptions.
@@ -86,7 +86,11 @@ impl FlightSql {
             }
         }
         if let Some(s) = slot {
-            s.set(&hive, &box_name);
+            s.set(Place {
+                hive,
+                box_name,
+                options: who.options.clone(),
+            });
         }
         Ok(fs::SetSessionOptionsResult { errors })
     }
@@ -102,7 +106,11 @@ impl FlightSql {
 
     pub(super) fn close_session(&self, slot: Option<SessionSlot>) -> fs::CloseSessionResult {
         if let Some(s) = slot {
-            s.set(DEFAULT_HIVE, DEFAULT_BOX);
+            s.set(Place {
+                hive: DEFAULT_HIVE.into(),
+                box_name: DEFAULT_BOX.into(),
+                options: Vec::new(),
+            });
         }
         fs::CloseSessionResult {
             status: fs::close_session_result::Status::Closed as i32,

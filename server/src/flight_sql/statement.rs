@@ -160,6 +160,7 @@ impl FlightSql {
             box_name: apiary_storage::Ident::parse(&p.default_box)?,
             user: who.user.clone(),
             role: who.role,
+            options: super::ticket::options_of(&p.options),
         };
         Ok(new_ticket(
             &p.sql,
@@ -303,10 +304,14 @@ impl FlightSql {
 
 /// Hand a changed session back to the client (the auth layer puts it into the next token).
 pub(super) fn remember(slot: Option<SessionSlot>, before: &Session, after: &Session) {
-    if (&after.hive, &after.box_name) != (&before.hive, &before.box_name)
-        && let Some(s) = slot
-    {
-        s.set(after.hive.as_str(), after.box_name.as_str());
+    let changed = (&after.hive, &after.box_name, &after.options)
+        != (&before.hive, &before.box_name, &before.options);
+    if changed && let Some(s) = slot {
+        s.set(crate::auth::Place {
+            hive: after.hive.to_string(),
+            box_name: after.box_name.to_string(),
+            options: after.options.clone(),
+        });
     }
 }
 

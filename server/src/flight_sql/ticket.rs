@@ -8,7 +8,7 @@
 //!  prepared handle = SignedEnvelope{ kind "prepared", payload = PreparedStatementV1 {…} }
 //! ```
 
-use apiary_proto::v1::{PinnedFrameV1, PreparedStatementV1, StatementTicketV1};
+use apiary_proto::v1::{PinnedFrameV1, PreparedStatementV1, SessionOptionV1, StatementTicketV1};
 use apiary_runtime::{Pins, QueryRequest, Role, Session};
 use apiary_storage::{FrameRef, Ident};
 use arrow_flight::Ticket;
@@ -113,6 +113,7 @@ pub(super) fn new_ticket(
         jdbc: who.jdbc,
         schema,
         affected: None,
+        options: options_to(&session.options),
     }
 }
 
@@ -124,6 +125,7 @@ pub(super) fn query_request(t: StatementTicketV1, role: Role) -> Result<QueryReq
         box_name: Ident::parse(&t.default_box)?,
         user: t.user.clone(),
         role,
+        options: options_of(&t.options),
     };
     let mut pins = Pins::new();
     for p in &t.pins {
@@ -150,5 +152,25 @@ pub(super) fn session_of(p: &Principal) -> Result<Session> {
         box_name: Ident::parse(&p.box_name)?,
         user: p.user.clone(),
         role: p.role,
+        options: p.options.clone(),
     })
+}
+
+/// Session options as tickets and prepared handles carry them.
+pub(super) fn options_to(options: &[(String, String)]) -> Vec<SessionOptionV1> {
+    options
+        .iter()
+        .map(|(key, value)| SessionOptionV1 {
+            key: key.clone(),
+            value: value.clone(),
+        })
+        .collect()
+}
+
+/// Session options from a ticket or prepared handle (sealed by us, so as we wrote them).
+pub(super) fn options_of(options: &[SessionOptionV1]) -> Vec<(String, String)> {
+    options
+        .iter()
+        .map(|o| (o.key.clone(), o.value.clone()))
+        .collect()
 }

@@ -64,8 +64,7 @@ impl JdbcLike {
     fn request<T>(&self, body: T) -> Request<T> {
         let mut r = Request::new(body);
         if let Some(c) = &self.credential {
-            r.metadata_mut()
-                .insert("authorization", c.parse().unwrap());
+            r.metadata_mut().insert("authorization", c.parse().unwrap());
         }
         r
     }
@@ -187,11 +186,16 @@ async fn session_sticks(url: &str, login: Option<(&str, &str)>) {
         "CREATE TABLE t (a INT)",
         "INSERT INTO t VALUES (1), (2)",
     ] {
-        c.execute(sql).await.unwrap_or_else(|e| panic!("{sql}: {e}"));
+        c.execute(sql)
+            .await
+            .unwrap_or_else(|e| panic!("{sql}: {e}"));
     }
     // The unqualified name resolves in jh.jb: USE reached every later statement, and the
     // ticket fetched on a new connection carried it.
-    assert_eq!(count(&c.execute("SELECT count(*) FROM t").await.unwrap()), 2);
+    assert_eq!(
+        count(&c.execute("SELECT count(*) FROM t").await.unwrap()),
+        2
+    );
     assert_eq!(
         count(&c.execute("SELECT count(*) FROM jh.jb.t").await.unwrap()),
         2
@@ -203,7 +207,11 @@ async fn session_sticks(url: &str, login: Option<(&str, &str)>) {
     c.execute("USE BOX default").await.unwrap();
     c.execute("CREATE TABLE t2 AS SELECT 7 AS n").await.unwrap();
     assert_eq!(
-        count(&c.execute("SELECT count(*) FROM default.default.t2").await.unwrap()),
+        count(
+            &c.execute("SELECT count(*) FROM default.default.t2")
+                .await
+                .unwrap()
+        ),
         1
     );
     // A second connection starts in default.default: sessions are per connection.

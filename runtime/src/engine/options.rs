@@ -1,0 +1,134 @@
+//! Session options: `SET datafusion.… = …` and `RESET datafusion.…` change DataFusion options
+//! for the rest of a session (its later statements, on any node: the session carries them).
+//!
+//! Only options about how a statement is planned and run may be set — `datafusion.execution.*`,
+//! `datafusion.optimizer.*`, `datafusion.explain.*`, `datafusion.sql_parser.*` and
+//! `datafusion.format.*` — within bounds where an option sizes work; the catalog and runtime
+//! (memory, disk, object stores) belong to the operator. A session holds at most
+//! [`MAX_OPTIONS`] of them.
+
+use std::sync::Arc;
+
+use datafusion::config::{ConfigOptions, Dialect};
+
+use super::Engine;
+use super::types::Session;
+use crate::error::{Error, Result};
+
+/// Most options one session may set.
+pub(super) const MAX_OPTIONS: usize = 32;
+
+/// Longest option value.
+const MAX_VALUE_LEN: usize = 256;
+
+const SETTABLE: [&str; 5] = [
+    "datafusion.execution.",
+    "datafusion.optimizer.",
+    "datafusion.explain.",
+    "datafusion.sql_parser.",
+    "datafusion.format.",
+];
+
+/// Options that size work or protect the process, with the range a session may choose.
+fn bounds(name: &str) -> Option<(u64, u64)> {
+    Some(match name {
+        "datafusion.execution.batch_size" => (1, 1 << 20),
+        "datafusion.execution.target_partitions" | "datafusion.execution.planning_concurrency" => {
+            (1, 256)
+        }
+        // Deeper parsing than the server allows could overflow a stack.
+        "datafusion.sql_parser.recursion_limit" => (1, 50),
+        _ => return None,
+    })
+}
+
+impl Engine {
+    /// `SET name = value` (`Some`) or `RESET name` (`None`) in `session`.
+    pub(super) fn set_option(
+        &self,
+        session: &mut Session,
+        name: &str,
+        value: Option<&str>,
+    ) -> Result<()> {
+        let mut probe = self.base.config().options().as_ref().clone();
+        let known = probe.entries().iter().any(|e| e.key == name);
+        if !known {
+            return Err(Error::Sql(format!("unknown option {name}")));
+        }
+        if !SETTABLE.iter().any(|p| name.starts_with(p)) {
+            return Err(Error::NotAllowed(format!(
+                "{name} is the operator's to set (a session may set {}*)",
+                SETTABLE.join("*, ")
+            )));
+        }
+        let Some(value) = value else {
+            session.options.retain(|(k, _)| k != name);
+            return Ok(());
+        };
+        if value.len() > MAX_VALUE_LEN {
+            return Err(Error::Sql(format!(
+                "a value of {} bytes for {name}; the limit is {MAX_VALUE_LEN}",
+                value.len()
+            )));
+        }
+        if let Some((lo, hi)) = bounds(name) {
+            match value.parse::<u64>() {
+                Ok(n) if (lo..=hi).contains(&n) => {}
+                _ => {
+                    return Err(Error::Sql(format!(
+                        "{name} must be a whole number from {lo} to {hi}"
+                    )));
+                }
+            }
+        }
+        probe
+            .set(name, value)
+            .map_err(|e| Error::Sql(format!("{name} = {value}: {e}")))?;
+        match session
+            .options
+            .binary_search_by(|(k, _)| k.as_str().cmp(name))
+        {
+            Ok(i) => session.options[i].1 = value.to_string(),
+            Err(i) => {
+                if session.options.len() >= MAX_OPTIONS {
+                    return Err(Error::Sql(format!(
+                        "a session sets at most {MAX_OPTIONS} options; RESET one first"
+                    )));
+                }
+                session
+                    .options
+                    .insert(i, (name.to_string(), value.to_string()));
+            }
+        }
+        Ok(())
+    }
+
+    /// The engine's options with `session`'s on top.
+    pub(super) fn session_options(&self, session: &Session) -> Result<Arc<ConfigOptions>> {
+        let mut options = self.base.config().options().as_ref().clone();
+        apply(&mut options, session)?;
+        Ok(Arc::new(options))
+    }
+
+    /// The SQL dialect `session` parses with.
+    pub(super) fn dialect(&self, session: &Session) -> Result<Dialect> {
+        Ok(match session.options.is_empty() {
+            true => Dialect::Generic,
+            false => self.session_options(session)?.sql_parser.dialect.clone(),
+        })
+    }
+}
+
+/// Set `session`'s options on `options` (each was checked when it was set; a session carried
+/// by a sealed ticket or token holds nothing else).
+pub(super) fn apply(options: &mut ConfigOptions, session: &Session) -> Result<()> {
+    for (k, v) in session.options.iter().take(MAX_OPTIONS) {
+        if !SETTABLE.iter().any(|p| k.starts_with(p)) {
+            continue;
+        }
+        options
+            .set(k, v)
+            .map_err(|e| Error::Sql(format!("session option {k} = {v}: {e}")))?;
+    }
+    Ok(())
+}
