@@ -114,7 +114,7 @@ impl Engine {
     pub(super) fn dialect(&self, session: &Session) -> Result<Dialect> {
         Ok(match session.options.is_empty() {
             true => Dialect::Generic,
-            false => self.session_options(session)?.sql_parser.dialect.clone(),
+            false => self.session_options(session)?.sql_parser.dialect,
         })
     }
 }
