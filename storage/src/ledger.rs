@@ -142,6 +142,11 @@ impl FrameSnapshot {
         &self.served
     }
 
+    /// Key of the frame's Delta table in the raw store (elsewhere for an external frame).
+    pub fn location(&self) -> &Path {
+        &self.root
+    }
+
     /// Whether writes may go to this frame (not to an external one).
     pub fn writable(&self) -> Result<()> {
         match self.read_only {

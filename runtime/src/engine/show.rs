@@ -98,11 +98,19 @@ impl Engine {
         rows.push(("# Frame Information".into(), String::new(), String::new()));
         // Admins see where the frame lives (to read it with Spark or DuckDB); others see it
         // relative to the storage root, not the server's directories.
-        let relative = apiary_storage::paths::frame_root(&frame);
-        let location = match session.role {
-            super::Role::Admin => self.lakehouse.storage().url_for(&relative)?.to_string(),
-            _ => format!("{relative}/ (in the storage root)"),
+        let storage = self.lakehouse.storage();
+        let location = match (session.role, storage.relative(snap.location())) {
+            (super::Role::Admin, _) => storage.url_for_key(snap.location())?.to_string(),
+            (_, Some(relative)) => format!("{relative}/ (in the storage root)"),
+            (_, None) => "outside the storage root".to_string(),
         };
+        if snap.writable().is_err() {
+            rows.push((
+                "External".into(),
+                "delta table, read-only".into(),
+                String::new(),
+            ));
+        }
         for (k, v) in [
             ("Frame", frame.to_string()),
             ("Version", snap.version().to_string()),
