@@ -239,11 +239,17 @@ fn balance(mut files: Vec<PartitionedFile>, n: usize) -> Vec<FileGroup> {
         lightest.0 += f.object_meta.size;
         lightest.1.push(f);
     }
-    groups
+    let groups: Vec<FileGroup> = groups
         .into_iter()
         .filter(|(_, g)| !g.is_empty())
         .map(|(_, g)| FileGroup::new(g))
-        .collect()
+        .collect();
+    match groups.is_empty() {
+        // No cells (an empty frame, or all pruned): one empty partition, not none — operators
+        // above (a sort, a join's build side) require at least one.
+        true => vec![FileGroup::new(Vec::new())],
+        false => groups,
+    }
 }
 
 #[async_trait]

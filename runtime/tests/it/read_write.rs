@@ -382,3 +382,20 @@ async fn pinned_versions_replan_the_same_snapshot() {
     let latest = f.run("SELECT count(*) FROM v").await;
     assert_eq!(i64s(&latest), vec![3]);
 }
+
+/// A frame without cells scans as one empty partition: sorts and joins above it plan (the
+/// parity run found `SortExec` refusing a scan of no partitions).
+#[tokio::test]
+async fn an_empty_frame_sorts_and_joins() {
+    let mut f = fixture(LedgerConfig::default()).await;
+    f.run("CREATE TABLE e (id INT, d DATE)").await;
+    f.run("CREATE TABLE g AS SELECT 1 AS id").await;
+    let sorted = f
+        .run("SELECT id FROM e WHERE d > DATE '2020-01-01' ORDER BY id")
+        .await;
+    assert_eq!(sorted.iter().map(|b| b.num_rows()).sum::<usize>(), 0);
+    let joined = f
+        .run("SELECT g.id FROM e RIGHT JOIN g ON e.id = g.id")
+        .await;
+    assert_eq!(joined.iter().map(|b| b.num_rows()).sum::<usize>(), 1);
+}
