@@ -91,6 +91,7 @@ def test_set_changes_datafusion_options_for_the_session_only(server, auth_server
         assert cur.fetchone() == ('Timestamp(ns)',)
         for sql, code in [
             ("SET datafusion.catalog.information_schema = true", "PermissionDenied"),
+            ("SET datafusion.runtime.memory_limit = '1G'", "PermissionDenied"),
             ("SET datafusion.execution.target_partitions = 100000", "InvalidArgument"),
             ("SET datafusion.execution.batch_size = 'many'", "InvalidArgument"),
             ("SET no.such.option = 1", "InvalidArgument"),

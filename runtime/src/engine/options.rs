@@ -50,16 +50,15 @@ impl Engine {
         name: &str,
         value: Option<&str>,
     ) -> Result<()> {
-        let mut probe = self.base.config().options().as_ref().clone();
-        let known = probe.entries().iter().any(|e| e.key == name);
-        if !known {
-            return Err(Error::Sql(format!("unknown option {name}")));
-        }
-        if !SETTABLE.iter().any(|p| name.starts_with(p)) {
+        if name.starts_with("datafusion.") && !SETTABLE.iter().any(|p| name.starts_with(p)) {
             return Err(Error::NotAllowed(format!(
                 "{name} is the operator's to set (a session may set {}*)",
                 SETTABLE.join("*, ")
             )));
+        }
+        let mut probe = self.base.config().options().as_ref().clone();
+        if !probe.entries().iter().any(|e| e.key == name) {
+            return Err(Error::Sql(format!("unknown option {name}")));
         }
         let Some(value) = value else {
             session.options.retain(|(k, _)| k != name);

@@ -72,14 +72,7 @@ impl Engine {
             apiary_storage::Opened::Files(e) => return self.describe_files(&frame, &e).await,
         };
         let stats = snap.stats();
-        let mut rows: Vec<(String, String, String)> = Vec::new();
-        for f in snap.served_schema().fields() {
-            rows.push((
-                f.name().clone(),
-                apiary_storage::schema::sql_type_name(f.data_type()),
-                if f.is_nullable() { "" } else { "NOT NULL" }.to_string(),
-            ));
-        }
+        let mut rows = column_rows(snap.served_schema());
         if !snap.partition_columns().is_empty() {
             rows.push((
                 "# Partition Information".into(),
@@ -122,14 +115,7 @@ impl Engine {
         ] {
             rows.push((k.to_string(), v, String::new()));
         }
-        string_batch(
-            &["col_name", "data_type", "comment"],
-            vec![
-                rows.iter().map(|r| r.0.clone()).collect(),
-                rows.iter().map(|r| r.1.clone()).collect(),
-                rows.iter().map(|r| r.2.clone()).collect(),
-            ],
-        )
+        describe_batch(&rows)
     }
 
     /// `DESCRIBE` of an external frame over Parquet or CSV files: columns as read from the
@@ -140,18 +126,7 @@ impl Engine {
         external: &apiary_storage::ExternalV1,
     ) -> Result<RecordBatch> {
         let table = self.external_files(external, &self.base).await?;
-        let mut rows: Vec<(String, String, String)> = table
-            .schema()
-            .fields()
-            .iter()
-            .map(|f| {
-                (
-                    f.name().clone(),
-                    apiary_storage::schema::sql_type_name(f.data_type()),
-                    if f.is_nullable() { "" } else { "NOT NULL" }.to_string(),
-                )
-            })
-            .collect();
+        let mut rows = column_rows(&table.schema());
         rows.push(("# Frame Information".into(), String::new(), String::new()));
         for (k, v) in [
             ("Frame", frame.to_string()),
@@ -159,14 +134,7 @@ impl Engine {
         ] {
             rows.push((k.to_string(), v, String::new()));
         }
-        string_batch(
-            &["col_name", "data_type", "comment"],
-            vec![
-                rows.iter().map(|r| r.0.clone()).collect(),
-                rows.iter().map(|r| r.1.clone()).collect(),
-                rows.iter().map(|r| r.2.clone()).collect(),
-            ],
-        )
+        describe_batch(&rows)
     }
 }
 
@@ -211,4 +179,31 @@ pub(crate) fn redact_text(
         })
         .collect();
     Ok(RecordBatch::try_new(batch.schema(), columns)?)
+}
+
+/// DESCRIBE's rows for the columns of `schema`: (name, SQL type, NOT NULL or nothing).
+fn column_rows(schema: &arrow::datatypes::Schema) -> Vec<(String, String, String)> {
+    schema
+        .fields()
+        .iter()
+        .map(|f| {
+            (
+                f.name().clone(),
+                apiary_storage::schema::sql_type_name(f.data_type()),
+                if f.is_nullable() { "" } else { "NOT NULL" }.to_string(),
+            )
+        })
+        .collect()
+}
+
+/// DESCRIBE's answer: (col_name, data_type, comment) rows.
+fn describe_batch(rows: &[(String, String, String)]) -> Result<RecordBatch> {
+    string_batch(
+        &["col_name", "data_type", "comment"],
+        vec![
+            rows.iter().map(|r| r.0.clone()).collect(),
+            rows.iter().map(|r| r.1.clone()).collect(),
+            rows.iter().map(|r| r.2.clone()).collect(),
+        ],
+    )
 }
