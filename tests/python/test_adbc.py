@@ -239,3 +239,20 @@ def test_insert_run_as_a_query_answers_a_count_row(server):
         stmt.set_sql_query("INSERT INTO counted VALUES (4, 'd')")
         stmt.prepare()
         assert pa.Schema._import_from_c(stmt.execute_schema().address) == pa.schema([])
+
+
+def test_rows_affected_for_insert_ctas_and_ingest(server):
+    with connect(server) as conn, conn.cursor() as cur:
+        cur.execute("CREATE TABLE src AS SELECT value AS v FROM generate_series(1, 5)")
+        assert cur.rowcount == 5
+        cur.execute("CREATE TABLE dst (v BIGINT)")
+        cur.execute("INSERT INTO dst SELECT v FROM src WHERE v > 2")
+        assert cur.rowcount == 3
+        assert cur.adbc_ingest("dst", pa.table({"v": [10, 11]}), mode="append") == 2
+    # Through CommandStatementUpdate (ADBC execute_update) too.
+    with connect(server) as conn, conn.cursor() as cur:
+        stmt = cur.adbc_statement
+        stmt.set_sql_query("INSERT INTO dst VALUES (20), (21), (22), (23)")
+        assert stmt.execute_update() == 4
+        stmt.set_sql_query("CREATE TABLE dst2 AS SELECT * FROM dst")
+        assert stmt.execute_update() == 9
