@@ -318,8 +318,8 @@ impl Storage {
                 } else if root {
                     return Err(bad("must be an absolute directory"));
                 } else {
-                    relative(raw)?; // refuses `..` and empty segments
-                    PathBuf::from(format!("/{}", self.prefix.as_ref())).join(raw)
+                    // The key under the root (`..` and empty segments refused), as a path.
+                    PathBuf::from(format!("/{}", relative(raw)?.as_ref()))
                 };
                 // Resolve symlinks and `..` so that the key is where the data really is.
                 let real = path

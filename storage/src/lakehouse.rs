@@ -14,10 +14,9 @@ use tracing::{info, warn};
 use crate::backend::Storage;
 use crate::catalog::Catalog;
 use crate::error::{Error, ObjectKind, Result};
-use crate::format::{ExternalV1, MarkerV1};
+use crate::format::{ExternalFormat, ExternalV1, MarkerV1};
 use crate::ledger::{FrameSnapshot, Ledger, LedgerConfig};
 use crate::paths::{BoxRef, FrameRef, Ident};
-use crate::provider::FrameTable;
 
 /// A reserved frame name whose table never appeared (its creator died) may be taken over after
 /// this long.
@@ -175,9 +174,10 @@ impl Lakehouse {
         self.catalog.require_box(&frame.box_ref()).await?;
         let key = Path::from(external.location.as_str());
         self.storage.check_external_key(&key)?;
-        let probe = match external.format.as_str() {
-            "delta" => key.clone().join("_delta_log"),
-            _ => key.clone(),
+        let delta = external.format == ExternalFormat::Delta;
+        let probe = match delta {
+            true => key.clone().join("_delta_log"),
+            false => key.clone(),
         };
         let found = self
             .storage
@@ -187,14 +187,13 @@ impl Lakehouse {
             .await
             .transpose()?
             .is_some();
-        let found = found
-            || (external.format != "delta" && self.storage.raw_store().head(&key).await.is_ok());
+        let found = found || (!delta && self.storage.raw_store().head(&key).await.is_ok());
         if !found {
             return Err(Error::NotFound {
                 kind: ObjectKind::Frame,
                 name: format!(
                     "data for {frame}: nothing at /{probe}{}",
-                    if external.format == "delta" {
+                    if delta {
                         " (a Delta table has a _delta_log directory)"
                     } else {
                         ""
@@ -242,14 +241,14 @@ impl Lakehouse {
             });
         };
         let external = match marker.external {
-            Some(e) if e.format == "delta" => Some(Path::from(e.location.as_str())),
+            Some(e) if e.format == ExternalFormat::Delta => Some(Path::from(e.location.as_str())),
             Some(e) => {
                 self.storage
                     .check_external_key(&Path::from(e.location.as_str()))?;
                 if version.is_some() {
                     return Err(Error::InvalidArgument(format!(
                         "{frame} is external {} data: it has no versions",
-                        e.format
+                        e.format.as_str()
                     )));
                 }
                 return Ok(Opened::Files(e));
@@ -281,17 +280,9 @@ impl Lakehouse {
             Opened::Files(e) => Err(Error::NotAllowed(format!(
                 "{frame} is an external frame over {} files: it is read in place and never \
                  written",
-                e.format
+                e.format.as_str()
             ))),
         }
-    }
-
-    /// The frame as a DataFusion table pinned at `version` (latest if `None`).
-    pub async fn frame_table(&self, frame: &FrameRef, version: Option<i64>) -> Result<FrameTable> {
-        Ok(FrameTable::new(
-            self.frame(frame, version).await?,
-            self.ledger.clone(),
-        ))
     }
 
     // ---- boxes -------------------------------------------------------------------------------

@@ -10,7 +10,7 @@
 
 use std::sync::Arc;
 
-use apiary_storage::{ExternalV1, FrameRef, Opened};
+use apiary_storage::{ExternalFormat, ExternalV1, FrameRef, Opened};
 use arrow::datatypes::SchemaRef;
 use async_trait::async_trait;
 use datafusion::catalog::Session as DfSession;
@@ -34,9 +34,6 @@ use object_store::path::Path;
 use super::Engine;
 use super::types::Output;
 use crate::error::{Error, Result};
-
-/// The formats an external frame reads.
-const FORMATS: [&str; 3] = ["parquet", "csv", "delta"];
 
 impl Engine {
     /// `CREATE EXTERNAL TABLE`: check the location and options, then register the frame.
@@ -62,14 +59,12 @@ impl Engine {
         if !c.schema.fields().is_empty() {
             return refuse("a column list (the columns are read from the data)");
         }
-        let format = c.file_type.to_ascii_lowercase();
-        if !FORMATS.contains(&format.as_str()) {
+        let Some(format) = ExternalFormat::parse(&c.file_type) else {
             return Err(Error::Unsupported(format!(
-                "external {} data (external frames read {})",
-                c.file_type,
-                FORMATS.join(", ")
+                "external {} data (external frames read parquet, csv, delta)",
+                c.file_type
             )));
-        }
+        };
         let [location] = c.locations.as_slice() else {
             return refuse("more than one LOCATION");
         };
@@ -80,10 +75,14 @@ impl Engine {
             options: c.options.clone().into_iter().collect(),
         };
         // Options that do not apply fail now, not at every later query.
-        if external.format != "delta" {
-            file_format(&external, state)?;
-        } else if !external.options.is_empty() {
-            return refuse("OPTIONS for Delta data");
+        match external.format {
+            ExternalFormat::Delta if !external.options.is_empty() => {
+                return refuse("OPTIONS for Delta data");
+            }
+            ExternalFormat::Delta => {}
+            _ => {
+                file_format(&external, state)?;
+            }
         }
         self.lakehouse
             .create_external(&frame, external, c.if_not_exists)
@@ -138,8 +137,8 @@ fn file_format(
     state: &SessionState,
 ) -> Result<(Arc<dyn FileFormat>, &'static str)> {
     let mut table = state.default_table_options();
-    let (kind, extension) = match external.format.as_str() {
-        "csv" => (ConfigFileType::CSV, ".csv"),
+    let (kind, extension) = match external.format {
+        ExternalFormat::Csv => (ConfigFileType::CSV, ".csv"),
         _ => (ConfigFileType::PARQUET, ".parquet"),
     };
     table.set_config_format(kind);
@@ -147,8 +146,8 @@ fn file_format(
     table
         .alter_with_string_hash_map(&options)
         .map_err(|e| Error::Sql(format!("OPTIONS of an external frame: {e}")))?;
-    let format: Arc<dyn FileFormat> = match external.format.as_str() {
-        "csv" => Arc::new(CsvFormat::default().with_options(table.csv)),
+    let format: Arc<dyn FileFormat> = match external.format {
+        ExternalFormat::Csv => Arc::new(CsvFormat::default().with_options(table.csv)),
         _ => Arc::new(ParquetFormat::default().with_options(table.parquet)),
     };
     Ok((format, extension))

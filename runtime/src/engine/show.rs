@@ -130,7 +130,10 @@ impl Engine {
         rows.push(("# Frame Information".into(), String::new(), String::new()));
         for (k, v) in [
             ("Frame", frame.to_string()),
-            ("External", format!("{} files, read-only", external.format)),
+            (
+                "External",
+                format!("{} files, read-only", external.format.as_str()),
+            ),
         ] {
             rows.push((k.to_string(), v, String::new()));
         }

@@ -52,11 +52,40 @@ impl MarkerV1 {
     }
 }
 
+/// What an external frame reads.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum ExternalFormat {
+    Parquet,
+    Csv,
+    /// A Delta table, read through the ledger (pinned versions, statistics).
+    Delta,
+}
+
+impl ExternalFormat {
+    /// The format `STORED AS name` names, if it is one an external frame reads.
+    pub fn parse(name: &str) -> Option<Self> {
+        match name.to_ascii_lowercase().as_str() {
+            "parquet" => Some(Self::Parquet),
+            "csv" => Some(Self::Csv),
+            "delta" => Some(Self::Delta),
+            _ => None,
+        }
+    }
+
+    pub fn as_str(&self) -> &'static str {
+        match self {
+            Self::Parquet => "parquet",
+            Self::Csv => "csv",
+            Self::Delta => "delta",
+        }
+    }
+}
+
 /// Where an external frame's data is and how to read it.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ExternalV1 {
-    /// `parquet`, `csv` or `delta`.
-    pub format: String,
+    pub format: ExternalFormat,
     /// Key of the data's directory (or file) in the root's object store, checked against the
     /// allowed roots when the frame was created and again on every read.
     pub location: String,
