@@ -346,7 +346,7 @@ impl Ledger {
         &self.storage
     }
 
-    fn log_store(&self, frame: &FrameRef) -> Result<LogStoreRef> {
+    pub(crate) fn log_store(&self, frame: &FrameRef) -> Result<LogStoreRef> {
         let url = self.storage.url_for(&paths::frame_root(frame))?;
         Ok(logstore_with(
             self.storage.raw_store().clone(),
@@ -505,18 +505,34 @@ impl Ledger {
         .await
     }
 
-    /// A writer for new cells of `snapshot`'s frame.
-    pub fn writer(&self, snapshot: &FrameSnapshot) -> Result<CellWriter> {
-        snapshot.writable()?;
-        let log_store = self.log_store(&snapshot.frame)?;
-        let props = WriterProperties::builder()
+    /// How cells are written: ZSTD, row groups of [`ROW_GROUP_ROWS`], page statistics.
+    pub(crate) fn writer_properties(&self) -> Result<WriterProperties> {
+        Ok(WriterProperties::builder()
             .set_compression(Compression::ZSTD(
                 ZstdLevel::try_new(self.config.zstd_level).map_err(Error::Parquet)?,
             ))
             .set_max_row_group_row_count(Some(ROW_GROUP_ROWS))
             .set_statistics_enabled(EnabledStatistics::Page)
             .set_created_by(format!("apiary {}", env!("CARGO_PKG_VERSION")))
-            .build();
+            .build())
+    }
+
+    /// Make `state` the latest known state of `frame`, unless a newer one is known already.
+    pub(crate) fn remember(&self, frame: &FrameRef, incarnation: &str, state: DeltaTableState) {
+        let mut cache = self.cache.lock().expect("ledger cache");
+        if cache
+            .get(frame)
+            .is_none_or(|(inc, c)| inc != incarnation || c.version() < state.version())
+        {
+            cache.insert(frame.clone(), (incarnation.to_string(), state));
+        }
+    }
+
+    /// A writer for new cells of `snapshot`'s frame.
+    pub fn writer(&self, snapshot: &FrameSnapshot) -> Result<CellWriter> {
+        snapshot.writable()?;
+        let log_store = self.log_store(&snapshot.frame)?;
+        let props = self.writer_properties()?;
         let config = WriterConfig::new(
             snapshot.schema.clone(),
             snapshot.partition_columns.clone(),
@@ -595,14 +611,7 @@ impl Ledger {
         let version = finalized.version() as i64;
         info!(frame = %read.frame, version, cells, overwrite, "committed");
         // The next latest read starts from the committed state.
-        let state = finalized.snapshot();
-        let mut cache = self.cache.lock().expect("ledger cache");
-        if cache
-            .get(&read.frame)
-            .is_none_or(|(inc, c)| inc != &read.incarnation || c.version() < state.version())
-        {
-            cache.insert(read.frame.clone(), (read.incarnation.clone(), state));
-        }
+        self.remember(&read.frame, &read.incarnation, finalized.snapshot());
         debug!(version, "cache updated");
         Ok(version)
     }

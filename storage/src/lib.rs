@@ -24,11 +24,13 @@
 //! | [`schema`]    | which Arrow types a frame stores; casting incoming batches            |
 //! | [`provider`]  | DataFusion `TableProvider` and `DataSink` over a pinned snapshot      |
 //! | [`lakehouse`] | flows that touch catalog and ledger together (create/drop)            |
+//! | [`dml`]       | DELETE, UPDATE, MERGE through delta-rs on the caller's session          |
 //! | [`confine`]   | the object-store registry the engine gets: the root and nothing else   |
 
 pub mod backend;
 pub mod catalog;
 pub mod confine;
+pub mod dml;
 pub mod error;
 pub mod format;
 pub mod lakehouse;
@@ -37,6 +39,7 @@ pub mod paths;
 pub mod provider;
 pub mod schema;
 
+pub use dml::Changed;
 pub use backend::{BackendKind, S3Options, Storage};
 pub use error::{Error, ObjectKind, Result};
 pub use format::{ExternalFormat, ExternalV1};

@@ -19,7 +19,7 @@ use async_trait::async_trait;
 use datafusion::catalog::Session;
 use datafusion::common::stats::Precision;
 use datafusion::common::tree_node::{Transformed, TreeNode};
-use datafusion::common::{DFSchema, ScalarValue, Statistics};
+use datafusion::common::{DFSchema, DFSchemaRef, ScalarValue, Statistics};
 use datafusion::datasource::TableProvider;
 use datafusion::datasource::listing::PartitionedFile;
 use datafusion::datasource::physical_plan::{FileGroup, FileScanConfigBuilder, ParquetSource};
@@ -29,7 +29,9 @@ use datafusion::datasource::table_schema::TableSchema;
 use datafusion::error::{DataFusionError, Result as DfResult};
 use datafusion::execution::object_store::ObjectStoreUrl;
 use datafusion::execution::{SendableRecordBatchStream, TaskContext};
-use datafusion::logical_expr::dml::InsertOp;
+use datafusion::execution::context::SessionState;
+use datafusion::execution::session_state::SessionStateBuilder;
+use datafusion::logical_expr::dml::{InsertOp, MergeIntoClause};
 use datafusion::logical_expr::utils::conjunction;
 use datafusion::logical_expr::{Cast, Expr, TableProviderFilterPushDown, TableType};
 use datafusion::physical_expr::PhysicalExpr;
@@ -40,6 +42,7 @@ use datafusion::physical_plan::{DisplayAs, DisplayFormatType, ExecutionPlan};
 use futures::StreamExt;
 use tracing::debug;
 
+use crate::dml::{ChangeExec, MergeSpec};
 use crate::error::Error;
 use crate::ledger::{CellInfo, FrameSnapshot, Ledger};
 
@@ -57,6 +60,8 @@ pub struct FrameTable {
     ledger: Arc<Ledger>,
     object_store_url: ObjectStoreUrl,
     gate: Option<Arc<dyn WriteGate>>,
+    /// Who writes (recorded in the commits of row-level changes).
+    user: Option<String>,
 }
 
 impl FrameTable {
@@ -67,7 +72,14 @@ impl FrameTable {
             ledger,
             object_store_url,
             gate: None,
+            user: None,
         }
+    }
+
+    /// Commits of row-level changes through this table record `user`.
+    pub fn with_user(mut self, user: impl Into<String>) -> Self {
+        self.user = Some(user.into());
+        self
     }
 
     pub fn with_write_gate(mut self, gate: Arc<dyn WriteGate>) -> Self {
@@ -372,6 +384,124 @@ impl TableProvider for FrameTable {
         };
         Ok(Arc::new(DataSinkExec::new(input, Arc::new(sink), None)))
     }
+
+    async fn delete_from(
+        &self,
+        state: &dyn Session,
+        filters: Vec<Expr>,
+    ) -> DfResult<Arc<dyn ExecutionPlan>> {
+        self.snapshot.writable()?;
+        let predicate = conjunction(filters);
+        let (ledger, snapshot, user) = self.parts();
+        let state = session_state(state)?;
+        Ok(Arc::new(ChangeExec::new(
+            "DELETE",
+            snapshot.frame().to_string(),
+            vec![],
+            Arc::new(move |ctx, _| {
+                let (ledger, snapshot, user) = (ledger.clone(), snapshot.clone(), user.clone());
+                let (state, predicate) = (on_task(&state, &ctx), predicate.clone());
+                Box::pin(async move { ledger.delete(&snapshot, predicate, &state, &user).await })
+            }),
+        )))
+    }
+
+    async fn update(
+        &self,
+        state: &dyn Session,
+        assignments: Vec<(String, Expr)>,
+        filters: Vec<Expr>,
+    ) -> DfResult<Arc<dyn ExecutionPlan>> {
+        self.snapshot.writable()?;
+        let predicate = conjunction(filters);
+        let (ledger, snapshot, user) = self.parts();
+        let state = session_state(state)?;
+        Ok(Arc::new(ChangeExec::new(
+            "UPDATE",
+            snapshot.frame().to_string(),
+            vec![],
+            Arc::new(move |ctx, _| {
+                let (ledger, snapshot, user) = (ledger.clone(), snapshot.clone(), user.clone());
+                let state = on_task(&state, &ctx);
+                let (assignments, predicate) = (assignments.clone(), predicate.clone());
+                Box::pin(async move {
+                    ledger
+                        .update(&snapshot, assignments, predicate, &state, &user)
+                        .await
+                })
+            }),
+        )))
+    }
+
+    async fn truncate(&self, state: &dyn Session) -> DfResult<Arc<dyn ExecutionPlan>> {
+        self.delete_from(state, vec![]).await
+    }
+
+    async fn merge_into(
+        &self,
+        state: &dyn Session,
+        source: Arc<dyn ExecutionPlan>,
+        merge_schema: DFSchemaRef,
+        on: Expr,
+        clauses: Vec<MergeIntoClause>,
+    ) -> DfResult<Arc<dyn ExecutionPlan>> {
+        self.snapshot.writable()?;
+        let (ledger, snapshot, user) = self.parts();
+        let state = session_state(state)?;
+        // The target's qualifier in the clauses is the name the statement used for it.
+        let target = merge_schema
+            .iter()
+            .next()
+            .and_then(|(q, _)| q.cloned())
+            .ok_or_else(|| DataFusionError::Internal("MERGE without a target".into()))?;
+        Ok(Arc::new(ChangeExec::new(
+            "MERGE",
+            snapshot.frame().to_string(),
+            vec![source],
+            Arc::new(move |ctx, children| {
+                let (ledger, snapshot, user) = (ledger.clone(), snapshot.clone(), user.clone());
+                let state = on_task(&state, &ctx);
+                let spec = MergeSpec {
+                    source: children[0].clone(),
+                    merge_schema: merge_schema.clone(),
+                    on: on.clone(),
+                    clauses: clauses.clone(),
+                };
+                let target = target.clone();
+                Box::pin(async move {
+                    ledger
+                        .merge(&snapshot, &target, spec, &state, &user)
+                        .await
+                })
+            }),
+        )))
+    }
+}
+
+impl FrameTable {
+    fn parts(&self) -> (Arc<Ledger>, FrameSnapshot, String) {
+        (
+            self.ledger.clone(),
+            self.snapshot.clone(),
+            self.user.clone().unwrap_or_default(),
+        )
+    }
+}
+
+/// The caller's session state (DataFusion always plans with one).
+fn session_state(state: &dyn Session) -> DfResult<SessionState> {
+    state
+        .as_any()
+        .downcast_ref::<SessionState>()
+        .cloned()
+        .ok_or_else(|| DataFusionError::Internal("row-level changes need a SessionState".into()))
+}
+
+/// `state` with the runtime of the task that executes (a bee's memory pool and scratch space).
+fn on_task(state: &SessionState, ctx: &TaskContext) -> SessionState {
+    SessionStateBuilder::new_from_existing(state.clone())
+        .with_runtime_env(ctx.runtime_env())
+        .build()
 }
 
 /// Writes an `INSERT`'s batches into cells and commits them as one Delta commit.

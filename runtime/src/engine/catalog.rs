@@ -6,7 +6,7 @@ use std::collections::HashMap;
 use std::sync::Arc;
 
 use apiary_storage::paths::SYSTEM_HIVE;
-use apiary_storage::{BoxRef, FrameRef, FrameTable, Ident, Opened};
+use apiary_storage::{BoxRef, FrameRef, Ident, Opened};
 use datafusion::catalog::{
     CatalogProvider, CatalogProviderList, MemoryCatalogProvider, MemoryCatalogProviderList,
     MemorySchemaProvider, SchemaProvider, TableProvider,
@@ -138,7 +138,7 @@ impl Engine {
                     let table: Arc<dyn TableProvider> = match opened {
                         Opened::Frame(snapshot) => {
                             resolved.pins.insert(frame.clone(), snapshot.version());
-                            Arc::new(FrameTable::new(snapshot, self.lakehouse.ledger().clone()))
+                            Arc::new(self.frame_table(snapshot).with_user(session.user.clone()))
                         }
                         // No versions to pin: files are listed again when the ticket runs.
                         Opened::Files(external) => {

@@ -108,7 +108,12 @@ impl Engine {
             }
             LogicalPlan::Ddl(other) => Err(Error::Unsupported(other.name().to_string())),
             LogicalPlan::Dml(DmlStatement {
-                op: WriteOp::Insert(_),
+                op:
+                    WriteOp::Insert(_)
+                    | WriteOp::Delete
+                    | WriteOp::Update
+                    | WriteOp::Truncate
+                    | WriteOp::MergeInto(_),
                 ..
             }) => {
                 if !partition_by.is_empty() {

@@ -5,7 +5,7 @@
 //! | where                    | allowed                                                        |
 //! |--------------------------|----------------------------------------------------------------|
 //! | anywhere                 | relational operators over frames, `system.*` and table functions |
-//! | at the top of a statement | `CREATE TABLE [AS]`, `INSERT` into a frame, `CREATE EXTERNAL TABLE` (read-only, under the allowed roots) |
+//! | at the top of a statement | `CREATE TABLE [AS]`, `INSERT`, `DELETE`, `UPDATE` (one frame, no subquery), `MERGE`, `TRUNCATE`, `CREATE EXTERNAL TABLE` (read-only, under the allowed roots) |
 //! | `EXPLAIN [ANALYZE]`       | a query (never a write: `EXPLAIN ANALYZE` runs what it explains) |
 //!
 //! Everything else — `COPY`, other DDL (views, catalogs), `SET`, `PREPARE`,
@@ -16,9 +16,9 @@
 
 use std::ops::ControlFlow;
 
-use datafusion::common::tree_node::TreeNodeRecursion;
+use datafusion::common::tree_node::{TreeNode, TreeNodeRecursion};
 use datafusion::execution::context::SQLOptions;
-use datafusion::logical_expr::{DdlStatement, DmlStatement, LogicalPlan, WriteOp};
+use datafusion::logical_expr::{DdlStatement, DmlStatement, Expr, LogicalPlan, WriteOp};
 use datafusion::sql::parser::Statement as DfStatement;
 
 use crate::error::{Error, Result};
@@ -44,6 +44,20 @@ pub(crate) fn check(plan: &LogicalPlan, purpose: Purpose) -> Result<()> {
             input,
             ..
         }) if writes => reads_only(input)?,
+        LogicalPlan::Dml(DmlStatement {
+            op: op @ (WriteOp::Delete | WriteOp::Update),
+            input,
+            ..
+        }) if writes => one_frame_filtered(input, op)?,
+        LogicalPlan::Dml(DmlStatement {
+            op: WriteOp::Truncate,
+            ..
+        }) if writes => {}
+        LogicalPlan::Dml(DmlStatement {
+            op: WriteOp::MergeInto(_),
+            input,
+            ..
+        }) if writes => reads_only(input)?,
         other => reads_only(other)?,
     }
     // Second layer: DataFusion's own verdict on the same plan.
@@ -53,6 +67,44 @@ pub(crate) fn check(plan: &LogicalPlan, purpose: Purpose) -> Result<()> {
         .with_allow_statements(false)
         .verify_plan(plan)
         .map_err(|e| Error::NotAllowed(e.to_string()))
+}
+
+/// The input of a `DELETE` or `UPDATE`: the target frame, filtered and projected, and nothing
+/// else. Row-level changes take their predicate from the plan's filters, so a join (`UPDATE …
+/// FROM`) or a subquery (which the optimizer turns into a join) would be lost from it: those are
+/// refused, not run with a weaker predicate.
+fn one_frame_filtered(input: &LogicalPlan, op: &WriteOp) -> Result<()> {
+    let mut refused = false;
+    input.apply(|node| {
+        let shape_ok = matches!(
+            node,
+            LogicalPlan::Projection(_)
+                | LogicalPlan::Filter(_)
+                | LogicalPlan::SubqueryAlias(_)
+                | LogicalPlan::TableScan(_)
+        );
+        let exprs_ok = node.expressions().iter().all(|e| {
+            !e.exists(|e| {
+                Ok(matches!(
+                    e,
+                    Expr::ScalarSubquery(_) | Expr::InSubquery(_) | Expr::Exists(_)
+                ))
+            })
+            .unwrap_or(true)
+        });
+        refused = !(shape_ok && exprs_ok);
+        Ok(if refused {
+            TreeNodeRecursion::Stop
+        } else {
+            TreeNodeRecursion::Continue
+        })
+    })?;
+    match refused {
+        true => Err(Error::Unsupported(format!(
+            "{op} with a subquery or another table; write it as MERGE INTO … USING"
+        ))),
+        false => Ok(()),
+    }
 }
 
 /// Every node of `plan`, subqueries included, only reads.

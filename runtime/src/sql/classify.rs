@@ -85,7 +85,14 @@ impl Command {
             Command::Sql { text, .. } => {
                 matches!(
                     first_keyword(text),
-                    Some(Keyword::INSERT | Keyword::REPLACE)
+                    Some(
+                        Keyword::INSERT
+                            | Keyword::REPLACE
+                            | Keyword::DELETE
+                            | Keyword::UPDATE
+                            | Keyword::MERGE
+                            | Keyword::TRUNCATE
+                    )
                 )
             }
             _ => false,
@@ -422,7 +429,6 @@ pub fn classify(text: &str) -> Result<Command> {
             c.expect_end("DESCRIBE")?;
             Ok(Command::Describe { name })
         }
-        "DELETE" | "UPDATE" | "MERGE" | "TRUNCATE" => Ok(Command::Unsupported(first)),
         "ALTER" => Ok(Command::Unsupported("ALTER".into())),
         "BEGIN" | "START" | "COMMIT" | "ROLLBACK" | "SAVEPOINT" | "RELEASE" => {
             Ok(Command::Unsupported("transactions".into()))

@@ -1,0 +1,665 @@
+//! Row-level changes of a frame — `DELETE`, `UPDATE`, `MERGE`, `TRUNCATE` — through delta-rs'
+//! copy-on-write operations, run on the caller's DataFusion session.
+//!
+//! ```text
+//!  DataFusion plans DELETE/UPDATE/MERGE ─▶ FrameTable::delete_from / update / merge_into
+//!        ─▶ ChangeExec (nothing runs until executed) ─▶ Ledger::delete / update / merge
+//!        ─▶ delta-rs operation on the pinned snapshot, our session state and writer properties
+//!        ─▶ one commit (remove rewritten cells, add new ones) ─▶ one `count` row
+//! ```
+//!
+//! Each operation reads the frame at the version the statement pinned and commits once; delta-rs'
+//! conflict checker decides whether a concurrent commit invalidates what it read, in which case
+//! the statement fails with [`Error::Conflict`] (ABORTED, retryable) and nothing is applied.
+//! Partition-only predicates remove whole cells without rewriting them (delta-rs does that).
+
+use std::collections::HashMap;
+use std::fmt;
+use std::sync::{Arc, RwLock};
+
+use arrow::array::{RecordBatch, UInt64Array};
+use arrow::datatypes::{DataType, Field, Schema, SchemaRef};
+use datafusion::common::tree_node::{Transformed, TreeNode, TreeNodeRecursion};
+use datafusion::common::{Column, DFSchemaRef, TableReference};
+use datafusion::error::{DataFusionError, Result as DfResult};
+use datafusion::execution::context::SessionState;
+use datafusion::execution::object_store::ObjectStoreRegistry;
+use datafusion::execution::runtime_env::RuntimeEnvBuilder;
+use datafusion::execution::session_state::SessionStateBuilder;
+use datafusion::execution::{SendableRecordBatchStream, TaskContext};
+use datafusion::logical_expr::dml::{MergeIntoAction, MergeIntoClause, MergeIntoClauseKind};
+use datafusion::logical_expr::Expr;
+use datafusion::physical_expr::{EquivalenceProperties, Partitioning, PhysicalExpr};
+use datafusion::physical_plan::execution_plan::{Boundedness, EmissionType};
+use datafusion::physical_plan::stream::RecordBatchStreamAdapter;
+use datafusion::physical_plan::streaming::PartitionStream;
+use datafusion::physical_plan::coalesce_partitions::CoalescePartitionsExec;
+use datafusion::physical_plan::execution_plan::reset_plan_states;
+use datafusion::physical_plan::{DisplayAs, DisplayFormatType, ExecutionPlan, PlanProperties};
+use deltalake::DeltaTable;
+use deltalake::DeltaTableError;
+use deltalake::kernel::transaction::{CommitProperties, TransactionError};
+use deltalake::table::state::DeltaTableState;
+use futures::future::BoxFuture;
+use object_store::ObjectStore;
+use tracing::info;
+use url::Url;
+
+use crate::error::{Error, Result};
+use crate::ledger::{FrameSnapshot, Ledger};
+
+/// What a row-level change did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Changed {
+    /// The version committed; `None` when nothing matched and nothing was committed.
+    pub version: Option<i64>,
+    /// Rows deleted, updated, inserted (MERGE counts all three).
+    pub rows: u64,
+}
+
+/// A MERGE as DataFusion planned it, with the clauses in their SQL order.
+#[derive(Debug, Clone)]
+pub struct MergeSpec {
+    /// The `USING` side, already planned on the caller's session.
+    pub source: Arc<dyn ExecutionPlan>,
+    /// Target columns (qualified by the target's name) followed by the source's.
+    pub merge_schema: DFSchemaRef,
+    pub on: Expr,
+    pub clauses: Vec<MergeIntoClause>,
+}
+
+/// The qualifiers delta-rs sees: target and source columns are renamed to these.
+const TARGET: &str = "__apiary_target";
+const SOURCE: &str = "__apiary_source";
+
+impl Ledger {
+    /// `snapshot` as a delta-rs table (state and log store), for its operations.
+    fn delta_table(&self, snapshot: &FrameSnapshot) -> Result<DeltaTable> {
+        snapshot.writable()?;
+        let mut table = DeltaTable::new(self.log_store(snapshot.frame())?);
+        table.state = Some(snapshot.delta_state().clone());
+        Ok(table)
+    }
+
+    fn commit_properties(&self, user: &str) -> CommitProperties {
+        CommitProperties::default()
+            .with_max_retries(self.config().commit_retries)
+            .with_metadata([("userName".to_string(), serde_json::Value::from(user))])
+    }
+
+    /// After an operation: remember the new state, report the version if one was committed.
+    fn settle(&self, snapshot: &FrameSnapshot, table: &DeltaTable, what: &str) -> Option<i64> {
+        let state: Option<DeltaTableState> = table.snapshot().ok().cloned();
+        let state = state?;
+        let version = state.version() as i64;
+        if version == snapshot.version() {
+            return None;
+        }
+        info!(frame = %snapshot.frame(), version, what, "committed");
+        self.remember(snapshot.frame(), snapshot.incarnation(), state);
+        Some(version)
+    }
+
+    /// `DELETE FROM frame [WHERE predicate]`.
+    pub async fn delete(
+        &self,
+        snapshot: &FrameSnapshot,
+        predicate: Option<Expr>,
+        session: &SessionState,
+        user: &str,
+    ) -> Result<Changed> {
+        let table = self.delta_table(snapshot)?;
+        let mut op = table
+            .delete()
+            .with_session_state(Arc::new(operation_session(session)?))
+            .with_writer_properties(self.writer_properties()?)
+            .with_commit_properties(self.commit_properties(user));
+        if let Some(p) = predicate {
+            op = op.with_predicate(stored_columns(snapshot, p)?);
+        }
+        let (table, metrics) = op.await.map_err(|e| conflict(snapshot, e))?;
+        let version = self.settle(snapshot, &table, "delete");
+        Ok(Changed {
+            version,
+            rows: metrics.num_deleted_rows.unwrap_or(0) as u64,
+        })
+    }
+
+    /// `UPDATE frame SET c = e, … [WHERE predicate]`.
+    pub async fn update(
+        &self,
+        snapshot: &FrameSnapshot,
+        assignments: Vec<(String, Expr)>,
+        predicate: Option<Expr>,
+        session: &SessionState,
+        user: &str,
+    ) -> Result<Changed> {
+        if assignments.is_empty() {
+            return Ok(Changed {
+                version: None,
+                rows: 0,
+            });
+        }
+        let table = self.delta_table(snapshot)?;
+        let mut op = table
+            .update()
+            .with_session_state(Arc::new(operation_session(session)?))
+            .with_writer_properties(self.writer_properties()?)
+            .with_commit_properties(self.commit_properties(user))
+            .with_safe_cast(false);
+        for (column, value) in assignments {
+            snapshot.schema().field_with_name(&column).map_err(|_| {
+                Error::Schema(format!(
+                    "{} has no column {column} to SET",
+                    snapshot.frame()
+                ))
+            })?;
+            op = op.with_update(
+                Column::new_unqualified(column),
+                stored_columns(snapshot, value)?,
+            );
+        }
+        if let Some(p) = predicate {
+            op = op.with_predicate(stored_columns(snapshot, p)?);
+        }
+        let (table, metrics) = op.await.map_err(|e| conflict(snapshot, e))?;
+        let version = self.settle(snapshot, &table, "update");
+        Ok(Changed {
+            version,
+            rows: metrics.num_updated_rows as u64,
+        })
+    }
+
+    /// `MERGE INTO frame USING source ON … WHEN …`.
+    pub async fn merge(
+        &self,
+        snapshot: &FrameSnapshot,
+        target: &TableReference,
+        spec: MergeSpec,
+        session: &SessionState,
+        user: &str,
+    ) -> Result<Changed> {
+        let session = operation_session(session)?;
+        let rename = Qualifiers::new(target, &spec.merge_schema);
+        let source_schema = spec.source.schema();
+        let source = datafusion::prelude::DataFrame::new(
+            session.clone(),
+            datafusion::logical_expr::LogicalPlanBuilder::scan(
+                SOURCE,
+                datafusion::datasource::provider_as_source(Arc::new(
+                    datafusion::catalog::streaming::StreamingTable::try_new(
+                        source_schema.clone(),
+                        vec![Arc::new(PlanPartition {
+                            plan: Arc::new(CoalescePartitionsExec::new(spec.source.clone())),
+                            schema: source_schema.clone(),
+                        }) as Arc<dyn PartitionStream>],
+                    )?,
+                )),
+                None,
+            )?
+            .build()?,
+        );
+        let on = rename.apply(snapshot, spec.on)?;
+        let table = self.delta_table(snapshot)?;
+        let mut op = table
+            .merge(source, on)
+            .with_source_alias(SOURCE)
+            .with_target_alias(TARGET)
+            .with_session_state(Arc::new(session))
+            .with_writer_properties(self.writer_properties()?)
+            .with_commit_properties(self.commit_properties(user));
+        let columns: Vec<String> = snapshot
+            .schema()
+            .fields()
+            .iter()
+            .map(|f| f.name().clone())
+            .collect();
+        for clause in spec.clauses {
+            let predicate = clause
+                .predicate
+                .map(|p| rename.apply(snapshot, p))
+                .transpose()?;
+            let mut sets = Vec::new();
+            match &clause.action {
+                MergeIntoAction::Update(a) => {
+                    for (c, e) in a {
+                        sets.push((c.clone(), rename.apply(snapshot, e.clone())?));
+                    }
+                }
+                MergeIntoAction::Insert {
+                    columns: named,
+                    values,
+                } => {
+                    let names = if named.is_empty() { &columns } else { named };
+                    if names.len() != values.len() {
+                        return Err(Error::InvalidArgument(format!(
+                            "MERGE INSERT lists {} column(s) and {} value(s)",
+                            names.len(),
+                            values.len()
+                        )));
+                    }
+                    for (c, e) in names.iter().zip(values) {
+                        sets.push((c.clone(), rename.apply(snapshot, e.clone())?));
+                    }
+                }
+                MergeIntoAction::Delete => {}
+            }
+            for (c, _) in &sets {
+                if !columns.contains(c) {
+                    return Err(Error::Schema(format!(
+                        "{} has no column {c}",
+                        snapshot.frame()
+                    )));
+                }
+            }
+            let with_sets = |mut b: deltalake::operations::merge::UpdateBuilder| {
+                if let Some(p) = predicate.clone() {
+                    b = b.predicate(p);
+                }
+                for (c, e) in sets.clone() {
+                    b = b.update(Column::new_unqualified(c), e);
+                }
+                b
+            };
+            op = match (clause.kind, &clause.action) {
+                (MergeIntoClauseKind::Matched, MergeIntoAction::Update(_)) => {
+                    op.when_matched_update(with_sets)?
+                }
+                (MergeIntoClauseKind::Matched, MergeIntoAction::Delete) => {
+                    op.when_matched_delete(|mut d| {
+                        if let Some(p) = predicate.clone() {
+                            d = d.predicate(p);
+                        }
+                        d
+                    })?
+                }
+                (k, MergeIntoAction::Insert { .. }) if k.is_not_matched_by_target() => op
+                    .when_not_matched_insert(|mut i| {
+                        if let Some(p) = predicate.clone() {
+                            i = i.predicate(p);
+                        }
+                        for (c, e) in sets.clone() {
+                            i = i.set(Column::new_unqualified(c), e);
+                        }
+                        i
+                    })?,
+                (MergeIntoClauseKind::NotMatchedBySource, MergeIntoAction::Update(_)) => {
+                    op.when_not_matched_by_source_update(with_sets)?
+                }
+                (MergeIntoClauseKind::NotMatchedBySource, MergeIntoAction::Delete) => op
+                    .when_not_matched_by_source_delete(|mut d| {
+                        if let Some(p) = predicate.clone() {
+                            d = d.predicate(p);
+                        }
+                        d
+                    })?,
+                (kind, action) => {
+                    return Err(Error::InvalidArgument(format!(
+                        "MERGE: WHEN {kind:?} THEN {} is not a valid clause",
+                        match action {
+                            MergeIntoAction::Update(_) => "UPDATE",
+                            MergeIntoAction::Insert { .. } => "INSERT",
+                            MergeIntoAction::Delete => "DELETE",
+                        }
+                    )));
+                }
+            };
+        }
+        let (table, metrics) = op.await.map_err(|e| conflict(snapshot, e))?;
+        let version = self.settle(snapshot, &table, "merge");
+        Ok(Changed {
+            version,
+            rows: (metrics.num_target_rows_inserted
+                + metrics.num_target_rows_updated
+                + metrics.num_target_rows_deleted) as u64,
+        })
+    }
+}
+
+/// A delta-rs failure as ours: a lost conflict names the frame and the version read.
+pub(crate) fn conflict(snapshot: &FrameSnapshot, e: DeltaTableError) -> Error {
+    match e {
+        DeltaTableError::Transaction {
+            source: TransactionError::CommitConflict(c),
+        } => Error::Conflict {
+            frame: snapshot.frame().to_string(),
+            detail: format!(
+                "{c} (this statement read version {}); run it again",
+                snapshot.version()
+            ),
+        },
+        DeltaTableError::Transaction {
+            source: TransactionError::MaxCommitAttempts(n),
+        } => Error::Conflict {
+            frame: snapshot.frame().to_string(),
+            detail: format!(
+                "gave up after {n} commit attempts from version {}; run it again",
+                snapshot.version()
+            ),
+        },
+        DeltaTableError::Generic(m) if m.contains("multiple source rows") => {
+            Error::InvalidArgument(format!("MERGE into {}: {m}", snapshot.frame()))
+        }
+        DeltaTableError::Generic(m) if m.contains("failed validation check") => Error::Schema(
+            format!(
+                "{}: the change would put NULL into a NOT NULL column ({m})",
+                snapshot.frame()
+            ),
+        ),
+        other => other.into(),
+    }
+}
+
+/// Columns served as another type than they are stored in are read through a cast, as the scan
+/// reads them, so that expressions typed for the served schema evaluate on stored data.
+fn stored_columns(snapshot: &FrameSnapshot, e: Expr) -> Result<Expr> {
+    let stored = snapshot.schema();
+    let served = snapshot.served_schema();
+    Ok(e.transform(|e| match &e {
+        Expr::Column(c) => match (
+            stored.field_with_name(&c.name),
+            served.field_with_name(&c.name),
+        ) {
+            (Ok(s), Ok(want)) if s.data_type() != want.data_type() => Ok(Transformed::yes(
+                Expr::Cast(datafusion::logical_expr::Cast::new(
+                    Box::new(e.clone()),
+                    want.data_type().clone(),
+                )),
+            )),
+            _ => Ok(Transformed::no(e)),
+        },
+        _ => Ok(Transformed::no(e)),
+    })?
+    .data)
+}
+
+/// Renames MERGE's qualifiers to the aliases delta-rs is given.
+struct Qualifiers {
+    target: TableReference,
+    source: Vec<TableReference>,
+}
+
+impl Qualifiers {
+    fn new(target: &TableReference, merge_schema: &DFSchemaRef) -> Self {
+        let source = merge_schema
+            .iter()
+            .filter_map(|(q, _)| q.cloned())
+            .filter(|q| !q.resolved_eq(target))
+            .collect();
+        Self {
+            target: target.clone(),
+            source,
+        }
+    }
+
+    fn apply(&self, snapshot: &FrameSnapshot, e: Expr) -> Result<Expr> {
+        // delta-rs records clauses as SQL text, which has no place for aliases.
+        let e = e.unalias_nested().data;
+        let mut subquery = false;
+        e.apply(|e| {
+            if matches!(
+                e,
+                Expr::ScalarSubquery(_) | Expr::InSubquery(_) | Expr::Exists(_)
+            ) {
+                subquery = true;
+                return Ok(TreeNodeRecursion::Stop);
+            }
+            Ok(TreeNodeRecursion::Continue)
+        })?;
+        if subquery {
+            return Err(Error::Unsupported("subqueries inside MERGE clauses".into()));
+        }
+        let served = snapshot.served_schema();
+        let stored = snapshot.schema();
+        Ok(e.transform(|e| match &e {
+            Expr::Column(c) => {
+                let is_target = match &c.relation {
+                    Some(r) => r.resolved_eq(&self.target),
+                    None => false,
+                };
+                let is_source = c
+                    .relation
+                    .as_ref()
+                    .is_some_and(|r| self.source.iter().any(|s| s.resolved_eq(r)));
+                if is_target {
+                    let col = Expr::Column(Column::new(Some(TARGET), c.name.clone()));
+                    return Ok(Transformed::yes(
+                        match (
+                            stored.field_with_name(&c.name),
+                            served.field_with_name(&c.name),
+                        ) {
+                            (Ok(s), Ok(w)) if s.data_type() != w.data_type() => {
+                                Expr::Cast(datafusion::logical_expr::Cast::new(
+                                    Box::new(col),
+                                    w.data_type().clone(),
+                                ))
+                            }
+                            _ => col,
+                        },
+                    ));
+                }
+                if is_source || c.relation.is_none() {
+                    return Ok(Transformed::yes(Expr::Column(Column::new(
+                        Some(SOURCE),
+                        c.name.clone(),
+                    ))));
+                }
+                Ok(Transformed::no(e))
+            }
+            _ => Ok(Transformed::no(e)),
+        })?
+        .data)
+    }
+}
+
+/// The session an operation runs on: the caller's (configuration, functions, memory pool, disk
+/// manager, the storage root's object store), with room for the stores delta-rs registers for
+/// the frame it works on (its own `delta-rs://` URLs over our log store).
+pub(crate) fn operation_session(state: &SessionState) -> Result<SessionState> {
+    let env = state.runtime_env();
+    let registry = Arc::new(OperationRegistry {
+        inner: env.object_store_registry.clone(),
+        own: RwLock::new(HashMap::new()),
+    });
+    let env = RuntimeEnvBuilder::from_runtime_env(env)
+        .with_object_store_registry(registry)
+        .build_arc()?;
+    Ok(SessionStateBuilder::new_from_existing(state.clone())
+        .with_runtime_env(env)
+        // delta-rs plans its own nodes (metric observers, merge barriers) with its planner.
+        .with_query_planner(deltalake::delta_datafusion::planner::DeltaPlanner::new())
+        .build())
+}
+
+/// The storage root's registry, plus the stores an operation registers (delta-rs' own URLs
+/// for the frame's log store).
+struct OperationRegistry {
+    inner: Arc<dyn ObjectStoreRegistry>,
+    own: RwLock<HashMap<String, Arc<dyn ObjectStore>>>,
+}
+
+impl fmt::Debug for OperationRegistry {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("OperationRegistry").finish_non_exhaustive()
+    }
+}
+
+fn registry_key(url: &Url) -> String {
+    format!("{}://{}", url.scheme(), &url[url::Position::BeforeHost..url::Position::AfterPort])
+}
+
+impl ObjectStoreRegistry for OperationRegistry {
+    /// Registrations stay in this operation's registry: the engine's shared one is never
+    /// changed (delta-rs registers only where nothing answers yet).
+    fn register_store(
+        &self,
+        url: &Url,
+        store: Arc<dyn ObjectStore>,
+    ) -> Option<Arc<dyn ObjectStore>> {
+        self.own
+            .write()
+            .expect("registry")
+            .insert(registry_key(url), store)
+    }
+
+    fn deregister_store(&self, url: &Url) -> DfResult<Arc<dyn ObjectStore>> {
+        self.own
+            .write()
+            .expect("registry")
+            .remove(&registry_key(url))
+            .ok_or_else(|| DataFusionError::Plan(format!("no object store registered for {url}")))
+    }
+
+    fn get_store(&self, url: &Url) -> DfResult<Arc<dyn ObjectStore>> {
+        if let Some(s) = self.own.read().expect("registry").get(&registry_key(url)) {
+            return Ok(s.clone());
+        }
+        self.inner.get_store(url)
+    }
+}
+
+/// An already planned [`ExecutionPlan`] with one partition (MERGE's source, given to delta-rs
+/// as a streaming table: batches flow, nothing is collected).
+#[derive(Debug)]
+struct PlanPartition {
+    plan: Arc<dyn ExecutionPlan>,
+    schema: SchemaRef,
+}
+
+impl PartitionStream for PlanPartition {
+    fn schema(&self) -> &SchemaRef {
+        &self.schema
+    }
+
+    /// delta-rs reads the source more than once; a scan keeps the files it has handed out in
+    /// its state, so each read runs on a fresh copy of the plan.
+    fn execute(&self, ctx: Arc<TaskContext>) -> SendableRecordBatchStream {
+        match reset_plan_states(self.plan.clone()).and_then(|p| p.execute(0, ctx)) {
+            Ok(s) => s,
+            Err(e) => Box::pin(RecordBatchStreamAdapter::new(
+                self.schema.clone(),
+                futures::stream::once(async move { Err(e) }),
+            )),
+        }
+    }
+}
+
+/// Work that a row-level statement does when executed, given the (optimized) inputs.
+pub(crate) type Change = Arc<
+    dyn Fn(Arc<TaskContext>, Vec<Arc<dyn ExecutionPlan>>) -> BoxFuture<'static, Result<Changed>>
+        + Send
+        + Sync,
+>;
+
+/// The physical plan of a row-level statement: runs its change once, when executed, and yields
+/// one `count` row (what DataFusion and other servers answer for DML).
+pub(crate) struct ChangeExec {
+    what: &'static str,
+    frame: String,
+    change: Change,
+    children: Vec<Arc<dyn ExecutionPlan>>,
+    properties: Arc<PlanProperties>,
+}
+
+impl fmt::Debug for ChangeExec {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "ChangeExec({} {})", self.what, self.frame)
+    }
+}
+
+pub(crate) fn count_schema() -> SchemaRef {
+    Arc::new(Schema::new(vec![Field::new("count", DataType::UInt64, false)]))
+}
+
+impl ChangeExec {
+    pub(crate) fn new(
+        what: &'static str,
+        frame: String,
+        children: Vec<Arc<dyn ExecutionPlan>>,
+        change: Change,
+    ) -> Self {
+        let properties = PlanProperties::new(
+            EquivalenceProperties::new(count_schema()),
+            Partitioning::UnknownPartitioning(1),
+            EmissionType::Final,
+            Boundedness::Bounded,
+        );
+        Self {
+            what,
+            frame,
+            change,
+            children,
+            properties: Arc::new(properties),
+        }
+    }
+}
+
+impl DisplayAs for ChangeExec {
+    fn fmt_as(&self, _t: DisplayFormatType, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}: frame={}", self.what, self.frame)
+    }
+}
+
+impl ExecutionPlan for ChangeExec {
+    fn name(&self) -> &str {
+        "ChangeExec"
+    }
+
+    fn properties(&self) -> &Arc<PlanProperties> {
+        &self.properties
+    }
+
+    fn children(&self) -> Vec<&Arc<dyn ExecutionPlan>> {
+        self.children.iter().collect()
+    }
+
+    fn apply_expressions(
+        &self,
+        _f: &mut dyn FnMut(&Arc<dyn PhysicalExpr>) -> DfResult<TreeNodeRecursion>,
+    ) -> DfResult<TreeNodeRecursion> {
+        Ok(TreeNodeRecursion::Continue)
+    }
+
+    fn with_new_children(
+        self: Arc<Self>,
+        children: Vec<Arc<dyn ExecutionPlan>>,
+    ) -> DfResult<Arc<dyn ExecutionPlan>> {
+        if children.len() != self.children.len() {
+            return Err(DataFusionError::Internal(
+                "ChangeExec: wrong number of children".into(),
+            ));
+        }
+        // The optimizer's rewrite of an input (distribution, sort) is what runs.
+        Ok(Arc::new(Self {
+            what: self.what,
+            frame: self.frame.clone(),
+            change: self.change.clone(),
+            children,
+            properties: self.properties.clone(),
+        }))
+    }
+
+    fn execute(
+        &self,
+        partition: usize,
+        context: Arc<TaskContext>,
+    ) -> DfResult<SendableRecordBatchStream> {
+        if partition != 0 {
+            return Err(DataFusionError::Internal(format!(
+                "ChangeExec has one partition, asked for {partition}"
+            )));
+        }
+        let change = (self.change)(context, self.children.clone());
+        let stream = futures::stream::once(async move {
+            let changed = change.await.map_err(DataFusionError::from)?;
+            Ok(RecordBatch::try_new(
+                count_schema(),
+                vec![Arc::new(UInt64Array::from(vec![changed.rows]))],
+            )?)
+        });
+        Ok(Box::pin(RecordBatchStreamAdapter::new(
+            count_schema(),
+            stream,
+        )))
+    }
+}
