@@ -95,6 +95,7 @@ fn engine_config(node: &NodeArgs) -> anyhow::Result<EngineConfig> {
             max_param_rows: limits.max_param_rows,
             max_columns: limits.max_columns,
         },
+        vacuum_min_retention_hours: node.vacuum_min_retention_hours.max(0.0),
         ..Default::default()
     })
 }

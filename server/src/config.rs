@@ -211,6 +211,10 @@ pub struct NodeArgs {
     /// Size bound of the local cell cache; 0 disables it.
     #[arg(long, env = "APIARY_CACHE_SIZE", default_value = "2GiB")]
     pub cache_size: MemorySize,
+    /// Shortest retention `VACUUM … RETAIN n HOURS` may ask for. Below Delta's week, a VACUUM
+    /// can delete cells that a running reader or a writer about to commit still needs.
+    #[arg(long, env = "APIARY_VACUUM_MIN_RETENTION_HOURS", default_value_t = 168.0)]
+    pub vacuum_min_retention_hours: f64,
     #[command(flatten)]
     pub limits: LimitArgs,
     #[command(flatten)]

@@ -81,10 +81,23 @@ impl Ledger {
         Ok(table)
     }
 
-    fn commit_properties(&self, user: &str) -> CommitProperties {
+    pub(crate) fn commit_properties(&self, user: &str) -> CommitProperties {
+        self.commit_properties_with(user, None)
+    }
+
+    /// Commit properties recording `user` and, when given, the operation's metrics.
+    pub(crate) fn commit_properties_with(
+        &self,
+        user: &str,
+        metrics: Option<serde_json::Value>,
+    ) -> CommitProperties {
+        let mut metadata = vec![("userName".to_string(), serde_json::Value::from(user))];
+        if let Some(m) = metrics {
+            metadata.push(("operationMetrics".to_string(), m));
+        }
         CommitProperties::default()
             .with_max_retries(self.config().commit_retries)
-            .with_metadata([("userName".to_string(), serde_json::Value::from(user))])
+            .with_metadata(metadata)
     }
 
     /// After an operation: remember the new state, report the version if one was committed.

@@ -98,6 +98,8 @@ pub struct FrameSnapshot {
     reshape: Option<Vec<Action>>,
     /// An external frame's table: read in place, never written.
     read_only: bool,
+    /// A past version a statement asked for (time travel): read, never written.
+    historic: bool,
 }
 
 /// Size figures of a frame snapshot.
@@ -149,6 +151,13 @@ impl FrameSnapshot {
 
     /// Whether writes may go to this frame (not to an external one).
     pub fn writable(&self) -> Result<()> {
+        if self.historic {
+            return Err(Error::NotAllowed(format!(
+                "{} at version {} is a past version: it is read, never written",
+                self.frame,
+                self.version()
+            )));
+        }
         match self.read_only {
             true => Err(Error::NotAllowed(format!(
                 "{} is an external frame: it is read in place and never written",
@@ -156,6 +165,17 @@ impl FrameSnapshot {
             ))),
             false => Ok(()),
         }
+    }
+
+    /// This snapshot as a past version a statement asked for: writes through it are refused.
+    pub fn historic(mut self) -> Self {
+        self.historic = true;
+        self
+    }
+
+    /// Whether this is an external frame's table (its log is not under the frame's root).
+    pub fn is_external(&self) -> bool {
+        self.read_only
     }
 
     pub fn partition_columns(&self) -> &[String] {
@@ -360,7 +380,7 @@ impl Ledger {
     }
 
     /// The log store of an external Delta table at `key` (a key in the raw store).
-    fn external_log_store(&self, key: &Path) -> Result<LogStoreRef> {
+    pub(crate) fn external_log_store(&self, key: &Path) -> Result<LogStoreRef> {
         self.storage.check_external_key(key)?;
         let url = self.storage.url_for_key(key)?;
         Ok(logstore_with(
@@ -437,6 +457,7 @@ impl Ledger {
             root: external.cloned().unwrap_or_else(|| self.root(frame)),
             reshape: None,
             read_only: external.is_some(),
+            historic: false,
         })
     }
 
@@ -482,12 +503,17 @@ impl Ledger {
                 }
                 (_, wanted) => DeltaTableState::try_new(log_store.as_ref(), wanted)
                     .await
-                    .map_err(|e| match e {
-                        DeltaTableError::InvalidVersion(v) => Error::NotFound {
+                    .map_err(|e| match (e, wanted) {
+                        (DeltaTableError::InvalidVersion(v), _) => Error::NotFound {
                             kind: crate::error::ObjectKind::Frame,
                             name: format!("{frame} at version {v}"),
                         },
-                        other => other.into(),
+                        // A version past the newest (or older than the log keeps).
+                        (DeltaTableError::KernelError(_) | DeltaTableError::Kernel { .. }, Some(v)) => Error::NotFound {
+                            kind: crate::error::ObjectKind::Frame,
+                            name: format!("{frame} at version {v}"),
+                        },
+                        (other, _) => other.into(),
                     })?,
             };
             if version.is_none() {

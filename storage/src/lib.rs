@@ -25,6 +25,8 @@
 //! | [`provider`]  | DataFusion `TableProvider` and `DataSink` over a pinned snapshot      |
 //! | [`lakehouse`] | flows that touch catalog and ledger together (create/drop)            |
 //! | [`dml`]       | DELETE, UPDATE, MERGE through delta-rs on the caller's session          |
+//! | [`history`]   | a frame's commits, the version at an instant, RESTORE                  |
+//! | [`maintain`]  | OPTIMIZE, VACUUM (deleting object by object), ADD COLUMN                |
 //! | [`confine`]   | the object-store registry the engine gets: the root and nothing else   |
 
 pub mod backend;
@@ -33,13 +35,17 @@ pub mod confine;
 pub mod dml;
 pub mod error;
 pub mod format;
+pub mod history;
 pub mod lakehouse;
+pub mod maintain;
 pub mod ledger;
 pub mod paths;
 pub mod provider;
 pub mod schema;
 
 pub use dml::Changed;
+pub use history::{Commit, Restored};
+pub use maintain::{Optimized, PartitionCondition, Vacuumed};
 pub use backend::{BackendKind, S3Options, Storage};
 pub use error::{Error, ObjectKind, Result};
 pub use format::{ExternalFormat, ExternalV1};

@@ -20,6 +20,7 @@ use tracing::debug;
 use super::{Caller, Engine, Pins, PlanTarget, Session};
 use crate::error::{Error, Result};
 use crate::sql::NameParts;
+use crate::sql::travel::{self, AsOf};
 
 /// A hive named by the user.
 pub(super) fn hive(raw: &str) -> Result<Ident> {
@@ -80,6 +81,18 @@ pub(super) struct Resolved {
 }
 
 impl Engine {
+    /// A frame at a version a statement named (`VERSION AS OF`, `TIMESTAMP AS OF`).
+    async fn open_as_of(&self, frame: &FrameRef, at: AsOf) -> apiary_storage::Result<Opened> {
+        let version = match at {
+            AsOf::Version(v) => v,
+            AsOf::Timestamp(t) => {
+                let latest = self.lakehouse.frame(frame, None).await?;
+                self.lakehouse.ledger().version_at(&latest, t).await?
+            }
+        };
+        self.lakehouse.open_frame(frame, Some(version)).await
+    }
+
     /// A session state whose catalog holds exactly the frames `statement` names, each pinned.
     pub(super) async fn statement_state(
         &self,
@@ -116,26 +129,41 @@ impl Engine {
             system_only: !refs.is_empty(),
             ..Default::default()
         };
-        let mut loaded: HashMap<FrameRef, Arc<dyn TableProvider>> = HashMap::new();
+        let mut loaded: HashMap<(FrameRef, String), Arc<dyn TableProvider>> = HashMap::new();
         for r in refs {
-            let parts = table_ref_parts(&r);
+            let mut parts = table_ref_parts(&r);
             if is_system(&parts) {
                 continue;
             }
             resolved.system_only = false;
+            // The name DataFusion looks up; `f@v3` is frame `f` at version 3 (time travel).
+            let Some(registered) = parts.last().cloned() else {
+                continue;
+            };
+            let (name, as_of) = travel::split(&registered)?;
+            if let Some(last) = parts.last_mut() {
+                *last = name.to_string();
+            }
             let Ok(frame) = frame_ref(session, &parts) else {
                 continue;
             };
-            if loaded.contains_key(&frame) {
+            if loaded.contains_key(&(frame.clone(), registered.clone())) {
                 continue;
             }
-            match self
-                .lakehouse
-                .open_frame(&frame, pins.get(&frame).copied())
-                .await
-            {
+            let opened = match as_of {
+                None => {
+                    self.lakehouse
+                        .open_frame(&frame, pins.get(&frame).copied())
+                        .await
+                }
+                Some(at) => self.open_as_of(&frame, at).await,
+            };
+            match opened {
                 Ok(opened) => {
                     let table: Arc<dyn TableProvider> = match opened {
+                        Opened::Frame(snapshot) if as_of.is_some() => {
+                            Arc::new(self.frame_table(snapshot.historic()))
+                        }
                         Opened::Frame(snapshot) => {
                             resolved.pins.insert(frame.clone(), snapshot.version());
                             Arc::new(self.frame_table(snapshot).with_user(session.user.clone()))
@@ -146,12 +174,13 @@ impl Engine {
                         }
                     };
                     let schema = ensure_schema(frame.hive.as_str(), frame.box_name.as_str())?;
-                    schema.register_table(frame.name.to_string(), table.clone())?;
-                    loaded.insert(frame, table);
+                    schema.register_table(registered.clone(), table.clone())?;
+                    loaded.insert((frame, registered), table);
                 }
                 Err(e @ apiary_storage::Error::NotFound { .. }) => {
                     debug!(frame = %frame, "referenced frame not found");
-                    resolved.missing.push((frame.to_string(), e));
+                    let looked_up = format!("{}.{}.{registered}", frame.hive, frame.box_name);
+                    resolved.missing.push((looked_up, e));
                 }
                 Err(e) => return Err(e.into()),
             }

@@ -29,6 +29,7 @@ mod catalog;
 mod ddl;
 mod external;
 mod ingest;
+mod operations;
 mod options;
 mod policy;
 mod show;
@@ -65,6 +66,8 @@ pub struct Engine {
     limits: Limits,
     system: Option<Arc<dyn SystemCatalog>>,
     write_gate: Option<Arc<dyn WriteGate>>,
+    /// Shortest `VACUUM … RETAIN n HOURS` allowed.
+    vacuum_min_retention_hours: f64,
 }
 
 impl Engine {
@@ -131,6 +134,7 @@ impl Engine {
             limits: config.limits,
             system: None,
             write_gate: None,
+            vacuum_min_retention_hours: config.vacuum_min_retention_hours,
         })
     }
 
@@ -227,6 +231,22 @@ impl Engine {
                 let batch = self.describe(session, name).await?;
                 Ok(Output::Rows(show::one_batch_stream(batch)))
             }
+            Command::History { name, limit } => {
+                let batch = self.history(session, name, *limit).await?;
+                Ok(Output::Rows(show::one_batch_stream(batch)))
+            }
+            Command::Vacuum {
+                name,
+                retain_hours,
+                dry_run: true,
+            } => {
+                let batch = self.vacuum_dry_run(session, name, *retain_hours).await?;
+                Ok(Output::Rows(show::one_batch_stream(batch)))
+            }
+            Command::Restore { .. }
+            | Command::Optimize { .. }
+            | Command::Vacuum { .. }
+            | Command::AddColumns { .. } => self.operate(env, session, &stmt.command).await,
             Command::Unsupported(what) => Err(Error::Unsupported(what.clone())),
             Command::Sql { partition_by, .. } => {
                 let planning = PlanTarget {
@@ -290,9 +310,15 @@ impl Engine {
             Command::ShowHives
             | Command::ShowBoxes { .. }
             | Command::ShowFrames { .. }
-            | Command::Describe { .. } => {
+            | Command::Describe { .. }
+            | Command::History { .. }
+            | Command::Vacuum { dry_run: true, .. } => {
                 let batch = match &stmt.command {
                     Command::Describe { name } => self.describe(session, name).await?,
+                    Command::History { name, limit } => self.history(session, name, *limit).await?,
+                    Command::Vacuum {
+                        name, retain_hours, ..
+                    } => self.vacuum_dry_run(session, name, *retain_hours).await?,
                     other => self.show(session, other).await?,
                 };
                 PlannedQuery::from_batch_in(batch, self.base.clone())
@@ -429,7 +455,13 @@ pub fn parse_with(text: &str, limits: &Limits) -> Result<Vec<Statement>> {
         .into_iter()
         .map(|p| {
             let (text, params) = sql::rewrite_placeholders(&p)?;
-            let command = sql::classify(&text)?;
+            let command = match sql::classify(&text)? {
+                Command::Sql { text, partition_by } => Command::Sql {
+                    text: sql::travel::rewrite(&text)?.unwrap_or(text),
+                    partition_by,
+                },
+                other => other,
+            };
             let returns_rows = command.returns_rows();
             let explained = match &command {
                 Command::Sql { .. } if returns_rows => sql::explained(&text),

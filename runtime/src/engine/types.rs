@@ -25,6 +25,9 @@ pub struct EngineConfig {
     /// DataFusion options (`datafusion.execution.…` = value) applied on top of Apiary's.
     pub datafusion_options: Vec<(String, String)>,
     pub limits: Limits,
+    /// Shortest `VACUUM … RETAIN n HOURS` allowed (Delta's default retention, a week, unless
+    /// the operator lowers it).
+    pub vacuum_min_retention_hours: f64,
 }
 
 impl Default for EngineConfig {
@@ -36,6 +39,7 @@ impl Default for EngineConfig {
             batch_size: 8192,
             datafusion_options: Vec::new(),
             limits: Limits::default(),
+            vacuum_min_retention_hours: apiary_storage::maintain::DEFAULT_RETENTION_HOURS,
         }
     }
 }

@@ -4,7 +4,8 @@
 use datafusion::sql::sqlparser::keywords::Keyword;
 use datafusion::sql::sqlparser::tokenizer::{Token, Word};
 
-use super::{Lexed, is_trivia, lex};
+use super::travel::AsOf;
+use super::{Lexed, is_trivia, lex, operations};
 use crate::error::{Error, Result};
 
 /// A possibly qualified name as written: 1 to 3 parts.
@@ -61,6 +62,44 @@ pub enum Command {
         name: String,
         value: Option<String>,
     },
+    /// `DESCRIBE HISTORY f [LIMIT n]`: one row per commit, newest first.
+    History {
+        name: NameParts,
+        limit: Option<usize>,
+    },
+    /// `RESTORE [TABLE] f TO VERSION AS OF n | TIMESTAMP AS OF '…'`.
+    Restore {
+        name: NameParts,
+        to: AsOf,
+    },
+    /// `OPTIMIZE f [WHERE partition predicate] [ZORDER BY (cols)]`.
+    Optimize {
+        name: NameParts,
+        predicate: Option<String>,
+        zorder: Vec<String>,
+    },
+    /// `VACUUM f [RETAIN n HOURS] [DRY RUN]`.
+    Vacuum {
+        name: NameParts,
+        retain_hours: Option<f64>,
+        dry_run: bool,
+    },
+    /// `ALTER TABLE f ADD COLUMN[S] c type, …` (types as written).
+    AddColumns {
+        name: NameParts,
+        columns: Vec<(String, String)>,
+    },
+    /// `CREATE [OR REPLACE] VIEW [IF NOT EXISTS] v AS query`.
+    CreateView {
+        name: NameParts,
+        query: String,
+        or_replace: bool,
+        if_not_exists: bool,
+    },
+    DropView {
+        name: NameParts,
+        if_exists: bool,
+    },
     /// Recognised but not supported (yet); the message says what.
     Unsupported(String),
 }
@@ -72,7 +111,9 @@ impl Command {
             Command::ShowHives
             | Command::ShowBoxes { .. }
             | Command::ShowFrames { .. }
-            | Command::Describe { .. } => true,
+            | Command::Describe { .. }
+            | Command::History { .. }
+            | Command::Vacuum { dry_run: true, .. } => true,
             Command::Sql { text, .. } => sql_returns_rows(text),
             _ => false,
         }
@@ -82,6 +123,9 @@ impl Command {
     /// DataFusion and other servers do for `INSERT`).
     pub fn counts_rows(&self) -> bool {
         match self {
+            Command::Restore { .. }
+            | Command::Optimize { .. }
+            | Command::Vacuum { dry_run: false, .. } => true,
             Command::Sql { text, .. } => {
                 matches!(
                     first_keyword(text),
@@ -172,7 +216,7 @@ impl<'a> Cursor<'a> {
         }
     }
 
-    fn peek(&self) -> Option<&'a Token> {
+    pub(super) fn peek(&self) -> Option<&'a Token> {
         self.toks.get(self.pos).map(|(t, _)| t)
     }
 
@@ -183,7 +227,7 @@ impl<'a> Cursor<'a> {
         }
     }
 
-    fn eat_word(&mut self, kw: &str) -> bool {
+    pub(super) fn eat_word(&mut self, kw: &str) -> bool {
         if self.peek_word(0).as_deref() == Some(kw) {
             self.pos += 1;
             true
@@ -192,7 +236,7 @@ impl<'a> Cursor<'a> {
         }
     }
 
-    fn eat_words(&mut self, kws: &[&str]) -> bool {
+    pub(super) fn eat_words(&mut self, kws: &[&str]) -> bool {
         if kws
             .iter()
             .enumerate()
@@ -205,18 +249,18 @@ impl<'a> Cursor<'a> {
         }
     }
 
-    fn done(&self) -> bool {
+    pub(super) fn done(&self) -> bool {
         self.pos >= self.toks.len()
     }
 
-    fn expect_end(&self, what: &str) -> Result<()> {
+    pub(super) fn expect_end(&self, what: &str) -> Result<()> {
         match self.peek() {
             None => Ok(()),
             Some(t) => Err(Error::Sql(format!("unexpected {t} after {what}"))),
         }
     }
 
-    fn ident(&mut self) -> Result<String> {
+    pub(super) fn ident(&mut self) -> Result<String> {
         match self.peek() {
             Some(Token::Word(Word {
                 value, quote_style, ..
@@ -235,7 +279,7 @@ impl<'a> Cursor<'a> {
         }
     }
 
-    fn name(&mut self, max_parts: usize) -> Result<NameParts> {
+    pub(super) fn name(&mut self, max_parts: usize) -> Result<NameParts> {
         let mut parts = vec![self.ident()?];
         while matches!(self.peek(), Some(Token::Period)) {
             self.pos += 1;
@@ -248,6 +292,73 @@ impl<'a> Cursor<'a> {
             )));
         }
         Ok(parts)
+    }
+
+    /// Byte offset of the current token (the text's end when there is none).
+    pub(super) fn offset(&self) -> usize {
+        self.toks.get(self.pos).map(|(_, r)| r.start).unwrap_or(usize::MAX)
+    }
+
+    /// Byte offset of the current token, or `end` past the last one.
+    pub(super) fn offset_or(&self, end: usize) -> usize {
+        self.toks.get(self.pos).map(|(_, r)| r.start).unwrap_or(end)
+    }
+
+    pub(super) fn skip(&mut self) {
+        self.pos += 1;
+    }
+
+    pub(super) fn eat_token(&mut self, t: &Token) -> bool {
+        if self.peek() == Some(t) {
+            self.pos += 1;
+            true
+        } else {
+            false
+        }
+    }
+
+    /// A non-negative whole number.
+    pub(super) fn number(&mut self, what: &str) -> Result<i64> {
+        match self.peek() {
+            Some(Token::Number(n, _)) => {
+                let v = n
+                    .parse::<i64>()
+                    .ok()
+                    .filter(|v| *v >= 0)
+                    .ok_or_else(|| Error::Sql(format!("{what} takes a whole number, not {n}")))?;
+                self.pos += 1;
+                Ok(v)
+            }
+            _ => Err(Error::Sql(format!("{what} takes a whole number"))),
+        }
+    }
+
+    /// A non-negative number.
+    pub(super) fn float(&mut self, what: &str) -> Result<f64> {
+        match self.peek() {
+            Some(Token::Number(n, _)) => {
+                let v = n
+                    .parse::<f64>()
+                    .ok()
+                    .filter(|v| v.is_finite() && *v >= 0.0)
+                    .ok_or_else(|| Error::Sql(format!("{what} takes a number, not {n}")))?;
+                self.pos += 1;
+                Ok(v)
+            }
+            _ => Err(Error::Sql(format!("{what} takes a number"))),
+        }
+    }
+
+    /// A quoted string.
+    pub(super) fn string(&mut self, what: &str) -> Result<String> {
+        match self.peek() {
+            Some(Token::SingleQuotedString(s)) => {
+                let s = s.clone();
+                self.pos += 1;
+                Ok(s)
+            }
+            _ => Err(Error::Sql(format!("{what} takes a quoted string"))),
+        }
     }
 
     fn cascade(&mut self) -> bool {
@@ -296,8 +407,11 @@ pub fn classify(text: &str) -> Result<Command> {
                     partition_by: Vec::new(),
                 });
             }
-            if c.eat_word("VIEW") || c.eat_words(&["OR", "REPLACE", "VIEW"]) {
-                return Ok(Command::Unsupported("views".into()));
+            if c.eat_word("VIEW") {
+                return operations::create_view(&mut c, text, false);
+            }
+            if c.eat_words(&["OR", "REPLACE", "VIEW"]) {
+                return operations::create_view(&mut c, text, true);
             }
             strip_partitioned_by(&lexed)
         }
@@ -337,7 +451,7 @@ pub fn classify(text: &str) -> Result<Command> {
                 return Ok(Command::DropFrames { names, if_exists });
             }
             if c.eat_word("VIEW") {
-                return Ok(Command::Unsupported("views".into()));
+                return operations::drop_view(&mut c);
             }
             Err(Error::Sql(
                 "expected DROP TABLE, DROP BOX or DROP HIVE".into(),
@@ -413,6 +527,10 @@ pub fn classify(text: &str) -> Result<Command> {
         }
         "DESCRIBE" | "DESC" => {
             c.pos += 1;
+            if c.peek_word(0).as_deref() == Some("HISTORY") && c.toks.len() > c.pos + 1 {
+                c.pos += 1;
+                return operations::history(&mut c);
+            }
             if !(c.eat_word("TABLE") || c.eat_word("FRAME")) {
                 // `DESCRIBE SELECT ...` and friends are DataFusion's.
                 if matches!(
@@ -429,7 +547,22 @@ pub fn classify(text: &str) -> Result<Command> {
             c.expect_end("DESCRIBE")?;
             Ok(Command::Describe { name })
         }
-        "ALTER" => Ok(Command::Unsupported("ALTER".into())),
+        "ALTER" => {
+            c.pos += 1;
+            operations::alter(&mut c, text)
+        }
+        "RESTORE" => {
+            c.pos += 1;
+            operations::restore(&mut c)
+        }
+        "OPTIMIZE" => {
+            c.pos += 1;
+            operations::optimize(&mut c, text)
+        }
+        "VACUUM" => {
+            c.pos += 1;
+            operations::vacuum(&mut c)
+        }
         "BEGIN" | "START" | "COMMIT" | "ROLLBACK" | "SAVEPOINT" | "RELEASE" => {
             Ok(Command::Unsupported("transactions".into()))
         }

@@ -10,11 +10,14 @@ use datafusion::sql::sqlparser::tokenizer::{Location, Token, TokenWithSpan, Toke
 use crate::error::{Error, Result};
 
 mod classify;
+mod operations;
+pub mod travel;
 #[cfg(test)]
 mod fuzz;
 
 use classify::Cursor;
 pub use classify::{Command, NameParts, classify};
+pub use operations::DEFAULT_HISTORY_LIMIT;
 
 /// A tokenised SQL text with the byte range of every token.
 pub(super) struct Lexed<'a> {

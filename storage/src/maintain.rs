@@ -1,0 +1,257 @@
+//! Keeping frames healthy: `OPTIMIZE` (compact cells, optionally Z-ordered), `VACUUM` (delete
+//! cells no version within the retention needs, and leftovers of writes that never committed),
+//! `ALTER TABLE … ADD COLUMN`, and checkpoints.
+//!
+//! VACUUM asks delta-rs which files to delete (a dry run, listing the frame's directory) and
+//! deletes them itself, object by object: object_store 0.13's bulk delete fails on AWS S3
+//! (delta-io/delta-rs#4644). Like delta-rs, it records a `VACUUM START` and a `VACUUM END` commit.
+
+use std::num::NonZeroU64;
+use std::sync::Arc;
+
+use datafusion::execution::context::SessionState;
+use deltalake::DeltaTable;
+use deltalake::kernel::StructField;
+use deltalake::kernel::schema::partitions::{FilterValue, filter_literal};
+use deltalake::kernel::transaction::CommitBuilder;
+use deltalake::operations::optimize::OptimizeType;
+use deltalake::operations::vacuum::VacuumMode;
+use deltalake::protocol::DeltaOperation;
+use futures::{StreamExt, TryStreamExt};
+use object_store::ObjectStoreExt;
+use object_store::path::Path;
+use tracing::info;
+
+use crate::dml::{conflict, operation_session};
+use crate::error::{Error, Result};
+use crate::ledger::{FrameSnapshot, Ledger};
+
+/// One `column op value(s)` condition on a partition column, values as partition strings.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PartitionCondition {
+    pub column: String,
+    /// `=`, `!=`, `<`, `<=`, `>`, `>=`, `in` or `not in`.
+    pub op: String,
+    pub values: Vec<String>,
+}
+
+/// What `OPTIMIZE` did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Optimized {
+    pub version: Option<i64>,
+    pub cells_removed: u64,
+    pub cells_added: u64,
+}
+
+/// What `VACUUM` did (or, dry, would do).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Vacuumed {
+    /// Keys, relative to the frame's root.
+    pub files: Vec<String>,
+    pub dry_run: bool,
+}
+
+/// Delta's default: a removed cell is kept a week, so that readers of recent versions and
+/// writers that have not committed yet still find their files.
+pub const DEFAULT_RETENTION_HOURS: f64 = 168.0;
+
+/// Most deletes VACUUM has in flight.
+const DELETE_CONCURRENCY: usize = 8;
+
+impl Ledger {
+    fn table_of(&self, snapshot: &FrameSnapshot) -> Result<DeltaTable> {
+        snapshot.writable()?;
+        let mut table = DeltaTable::new(self.log_store(snapshot.frame())?);
+        table.state = Some(snapshot.delta_state().clone());
+        Ok(table)
+    }
+
+    /// `OPTIMIZE`: rewrite small cells into cells of the target size (Z-ordered by `zorder`
+    /// when given), in the partitions `conditions` select. One commit; appends may run alongside.
+    pub async fn optimize(
+        &self,
+        snapshot: &FrameSnapshot,
+        conditions: &[PartitionCondition],
+        zorder: Vec<String>,
+        session: &SessionState,
+        user: &str,
+    ) -> Result<Optimized> {
+        for c in &zorder {
+            if snapshot.partition_columns().contains(c) {
+                return Err(Error::InvalidArgument(format!(
+                    "ZORDER BY {c}: {c} is a partition column (each cell holds one value)"
+                )));
+            }
+            snapshot.schema().field_with_name(c).map_err(|_| {
+                Error::Schema(format!("{} has no column {c}", snapshot.frame()))
+            })?;
+        }
+        let literals = conditions
+            .iter()
+            .map(|c| {
+                if !snapshot.partition_columns().contains(&c.column) {
+                    return Err(Error::InvalidArgument(format!(
+                        "OPTIMIZE … WHERE takes partition columns only; {} is not one of {}",
+                        c.column,
+                        snapshot.frame()
+                    )));
+                }
+                let value = match c.op.as_str() {
+                    "in" | "not in" => FilterValue::Set(c.values.iter().map(String::as_str).collect()),
+                    _ => FilterValue::Scalar(c.values.first().map(String::as_str).unwrap_or("")),
+                };
+                Ok(filter_literal(&c.column, &c.op, value)?)
+            })
+            .collect::<Result<Vec<_>>>()?;
+        let table = self.table_of(snapshot)?;
+        let target = NonZeroU64::new(self.config().cell_target_bytes)
+            .ok_or_else(|| Error::Internal("cell target size is zero".into()))?;
+        let kind = match zorder.is_empty() {
+            true => OptimizeType::Compact,
+            false => OptimizeType::ZOrder(zorder),
+        };
+        let (table, metrics) = table
+            .optimize()
+            .with_type(kind)
+            .with_filters(&literals)
+            .with_target_size(target)
+            .with_writer_properties(self.writer_properties()?)
+            .with_commit_properties(self.commit_properties(user))
+            .with_max_concurrent_tasks(1)
+            .with_session_state(Arc::new(operation_session(session)?))
+            .await
+            .map_err(|e| conflict(snapshot, e))?;
+        let state = table.snapshot()?.clone();
+        let version = (state.version() as i64 != snapshot.version()).then_some(state.version() as i64);
+        if version.is_some() {
+            info!(frame = %snapshot.frame(), ?version, removed = metrics.num_files_removed, added = metrics.num_files_added, "optimized");
+            self.remember(snapshot.frame(), snapshot.incarnation(), state);
+        }
+        Ok(Optimized {
+            version,
+            cells_removed: metrics.num_files_removed,
+            cells_added: metrics.num_files_added,
+        })
+    }
+
+    /// `VACUUM`: delete the files of `snapshot`'s frame that no version within `retain_hours`
+    /// references (removed cells, and cells of writes that never committed). `min_hours` is the
+    /// shortest retention allowed (the server refuses shorter ones unless told otherwise).
+    pub async fn vacuum(
+        &self,
+        snapshot: &FrameSnapshot,
+        retain_hours: f64,
+        min_hours: f64,
+        dry_run: bool,
+        user: &str,
+    ) -> Result<Vacuumed> {
+        if retain_hours < min_hours {
+            return Err(Error::InvalidArgument(format!(
+                "VACUUM {} RETAIN {retain_hours} HOURS: the shortest retention this server allows \
+                 is {min_hours} hours; a shorter one can delete cells that running readers and \
+                 uncommitted writers still need (start the server with \
+                 --vacuum-min-retention-hours to change it)",
+                snapshot.frame()
+            )));
+        }
+        let table = self.table_of(snapshot)?;
+        let retention = chrono::Duration::milliseconds((retain_hours * 3_600_000.0) as i64);
+        let (_, plan) = table
+            .vacuum()
+            .with_retention_period(retention)
+            .with_enforce_retention_duration(false)
+            .with_mode(VacuumMode::Full)
+            .with_dry_run(true)
+            .await
+            .map_err(|e| conflict(snapshot, e))?;
+        let files = plan.files_deleted;
+        if dry_run || files.is_empty() {
+            return Ok(Vacuumed { files, dry_run });
+        }
+        let log_store = self.log_store(snapshot.frame())?;
+        let props = self.commit_properties_with(
+            user,
+            Some(serde_json::json!({ "numFilesToDelete": files.len() })),
+        );
+        let start = CommitBuilder::from(props)
+            .build(
+                Some(snapshot.delta_state()),
+                log_store.clone(),
+                DeltaOperation::VacuumStart {
+                    retention_check_enabled: true,
+                    specified_retention_millis: Some(retention.num_milliseconds()),
+                    default_retention_millis: (DEFAULT_RETENTION_HOURS * 3_600_000.0) as i64,
+                },
+            )
+            .await
+            .map_err(|e| conflict(snapshot, e))?;
+        let store = log_store.object_store(None);
+        let deleted: Vec<String> = futures::stream::iter(files.clone())
+            .map(|f| {
+                let store = store.clone();
+                async move {
+                    match store.delete(&Path::from(f.as_str())).await {
+                        Ok(()) | Err(object_store::Error::NotFound { .. }) => Ok(f),
+                        Err(e) => Err(Error::from(e)),
+                    }
+                }
+            })
+            .buffer_unordered(DELETE_CONCURRENCY)
+            .try_collect()
+            .await?;
+        let props = self.commit_properties_with(
+            user,
+            Some(serde_json::json!({ "numDeletedFiles": deleted.len(), "numVacuumedDirectories": 0 })),
+        );
+        let end = CommitBuilder::from(props)
+            .build(
+                Some(&start.snapshot()),
+                log_store,
+                DeltaOperation::VacuumEnd {
+                    status: "COMPLETED".into(),
+                },
+            )
+            .await
+            .map_err(|e| conflict(snapshot, e))?;
+        info!(frame = %snapshot.frame(), deleted = deleted.len(), version = end.version(), "vacuumed");
+        self.remember(snapshot.frame(), snapshot.incarnation(), end.snapshot());
+        Ok(Vacuumed {
+            files: deleted,
+            dry_run: false,
+        })
+    }
+
+    /// `ALTER TABLE … ADD COLUMN`: new nullable columns at the end; existing cells read them as
+    /// NULL. Returns the committed version.
+    pub async fn add_columns(
+        &self,
+        snapshot: &FrameSnapshot,
+        fields: Vec<arrow::datatypes::Field>,
+        user: &str,
+    ) -> Result<i64> {
+        let mut delta_fields: Vec<StructField> = Vec::with_capacity(fields.len());
+        for f in fields {
+            if snapshot.schema().field_with_name(f.name()).is_ok() {
+                return Err(Error::AlreadyExists {
+                    kind: crate::error::ObjectKind::Frame,
+                    name: format!("column {} of {}", f.name(), snapshot.frame()),
+                });
+            }
+            let one = crate::schema::to_delta(&Arc::new(arrow::datatypes::Schema::new(vec![
+                f.with_nullable(true),
+            ])))?;
+            delta_fields.extend(one.fields().cloned());
+        }
+        let table = self.table_of(snapshot)?;
+        let table = table
+            .add_columns()
+            .with_fields(delta_fields)
+            .with_commit_properties(self.commit_properties(user))
+            .await
+            .map_err(|e| conflict(snapshot, e))?;
+        let state = table.snapshot()?.clone();
+        let version = state.version() as i64;
+        self.remember(snapshot.frame(), snapshot.incarnation(), state);
+        Ok(version)
+    }
+}
