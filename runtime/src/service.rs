@@ -86,11 +86,22 @@ pub trait QueryService: Send + Sync + std::fmt::Debug + 'static {
     /// Boxes of one hive, or of every hive.
     async fn list_boxes(&self, hive: Option<&Ident>) -> Result<Vec<BoxRef>>;
     async fn list_frames(&self, b: &BoxRef) -> Result<Vec<Ident>>;
-    /// A frame's schema at its latest version; `None` if it does not exist (any more).
-    async fn frame_schema(&self, frame: &FrameRef) -> Result<Option<SchemaRef>>;
+    /// What a name in a box is (a frame or a view) and, when asked, the columns it serves;
+    /// `None` if it does not exist (any more).
+    async fn frame_entry(&self, frame: &FrameRef, with_schema: bool)
+    -> Result<Option<FrameEntry>>;
     async fn hive_exists(&self, hive: &Ident) -> Result<bool>;
     async fn box_exists(&self, b: &BoxRef) -> Result<bool>;
 
     /// Cancel a query wherever it runs: here at once, elsewhere through a cancel marker.
     async fn cancel(&self, query_id: &str) -> Result<()>;
+}
+
+/// One entry of a box, as catalog metadata lists it.
+#[derive(Debug, Clone)]
+pub struct FrameEntry {
+    /// A view (a stored query) rather than a frame with data.
+    pub view: bool,
+    /// The columns it serves, when asked for.
+    pub schema: Option<SchemaRef>,
 }

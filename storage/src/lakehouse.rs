@@ -14,7 +14,7 @@ use tracing::{info, warn};
 use crate::backend::Storage;
 use crate::catalog::Catalog;
 use crate::error::{Error, ObjectKind, Result};
-use crate::format::{ExternalFormat, ExternalV1, MarkerV1};
+use crate::format::{ExternalFormat, ExternalV1, MarkerV1, ViewV1};
 use crate::ledger::{FrameSnapshot, Ledger, LedgerConfig};
 use crate::paths::{BoxRef, FrameRef, Ident};
 
@@ -37,6 +37,8 @@ pub enum Opened {
     Frame(FrameSnapshot),
     /// External Parquet or CSV files, read in place through DataFusion's listing table.
     Files(ExternalV1),
+    /// A view: a stored query.
+    View(ViewV1),
 }
 
 impl Lakehouse {
@@ -146,7 +148,13 @@ impl Lakehouse {
     /// Drop a frame: it leaves the namespace first, then its data is deleted, so an interrupted
     /// drop leaves an invisible remainder that the next create of the name clears.
     pub async fn drop_frame(&self, frame: &FrameRef, if_exists: bool) -> Result<bool> {
-        if self.catalog.frame_marker(frame).await?.is_none() {
+        let marker = self.catalog.frame_marker(frame).await?;
+        if marker.as_ref().is_some_and(|m| m.view.is_some()) {
+            return Err(Error::InvalidArgument(format!(
+                "{frame} is a view, not a table: use DROP VIEW"
+            )));
+        }
+        if marker.is_none() {
             if if_exists {
                 return Ok(false);
             }
@@ -240,6 +248,14 @@ impl Lakehouse {
                 name: frame.to_string(),
             });
         };
+        if let Some(view) = marker.view {
+            if version.is_some() {
+                return Err(Error::InvalidArgument(format!(
+                    "{frame} is a view: it has no versions (time travel the frames it reads)"
+                )));
+            }
+            return Ok(Opened::View(view));
+        }
         let external = match marker.external {
             Some(e) if e.format == ExternalFormat::Delta => Some(Path::from(e.location.as_str())),
             Some(e) => {
@@ -282,6 +298,79 @@ impl Lakehouse {
                  written",
                 e.format.as_str()
             ))),
+            Opened::View(_) => Err(Error::NotAllowed(format!(
+                "{frame} is a view: it has no data of its own"
+            ))),
+        }
+    }
+
+    /// `CREATE [OR REPLACE] VIEW`: store `view` under `frame`'s name. The name is shared with
+    /// frames (one marker, created only if absent). Replacing deletes the old view's marker and
+    /// creates the new one, so a reader in between finds no view; a frame is never replaced.
+    /// Returns `false` if the name is taken and `if_not_exists`.
+    pub async fn create_view(
+        &self,
+        frame: &FrameRef,
+        view: ViewV1,
+        or_replace: bool,
+        if_not_exists: bool,
+    ) -> Result<bool> {
+        self.catalog.require_box(&frame.box_ref()).await?;
+        for _ in 0..8 {
+            let marker = MarkerV1 {
+                view: Some(view.clone()),
+                ..MarkerV1::new()
+            };
+            if self.catalog.reserve_frame_as(frame, marker).await?.is_some() {
+                info!(frame = %frame, "view created");
+                return Ok(true);
+            }
+            match self.catalog.frame_marker(frame).await? {
+                Some(m) if m.view.is_some() && or_replace => {
+                    self.catalog.unregister_frame(frame).await?;
+                }
+                Some(m) if m.view.is_some() && if_not_exists => return Ok(false),
+                Some(m) if m.view.is_none() => {
+                    return Err(Error::AlreadyExists {
+                        kind: ObjectKind::Frame,
+                        name: format!("{frame} (a table, not a view)"),
+                    });
+                }
+                Some(_) => {
+                    return Err(Error::AlreadyExists {
+                        kind: ObjectKind::Frame,
+                        name: format!("view {frame}"),
+                    });
+                }
+                // Dropped meanwhile: try again.
+                None => {}
+            }
+        }
+        Err(Error::Conflict {
+            frame: frame.to_string(),
+            detail: "the view kept changing while it was replaced; retry".into(),
+        })
+    }
+
+    /// `DROP VIEW`: remove a view (never a frame). Returns `false` if absent and `if_exists`.
+    pub async fn drop_view(&self, frame: &FrameRef, if_exists: bool) -> Result<bool> {
+        match self.catalog.frame_marker(frame).await? {
+            Some(m) if m.view.is_some() => {
+                self.catalog.unregister_frame(frame).await?;
+                info!(frame = %frame, "view dropped");
+                Ok(true)
+            }
+            Some(_) => Err(Error::InvalidArgument(format!(
+                "{frame} is a table, not a view: use DROP TABLE"
+            ))),
+            None if if_exists => Ok(false),
+            None => {
+                self.catalog.require_box(&frame.box_ref()).await?;
+                Err(Error::NotFound {
+                    kind: ObjectKind::Frame,
+                    name: format!("view {frame}"),
+                })
+            }
         }
     }
 

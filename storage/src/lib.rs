@@ -48,7 +48,7 @@ pub use history::{Commit, Restored};
 pub use maintain::{Optimized, PartitionCondition, Vacuumed};
 pub use backend::{BackendKind, S3Options, Storage};
 pub use error::{Error, ObjectKind, Result};
-pub use format::{ExternalFormat, ExternalV1};
+pub use format::{ExternalFormat, ExternalV1, ViewV1};
 pub use lakehouse::{Lakehouse, Opened};
 pub use ledger::{FrameSnapshot, FrameStats, Ledger, LedgerConfig, cell_size_for_budget};
 pub use paths::{BoxRef, FrameRef, Ident};

@@ -2,11 +2,12 @@
 //! `h.b.f`, or a DataFusion `TableReference`) becomes a hive, box or frame, and where the frames a
 //! statement names are loaded, each at one pinned version.
 
-use std::collections::HashMap;
+use std::collections::{HashSet, VecDeque};
 use std::sync::Arc;
 
 use apiary_storage::paths::SYSTEM_HIVE;
-use apiary_storage::{BoxRef, FrameRef, Ident, Opened};
+use apiary_storage::{BoxRef, FrameRef, Ident, Opened, ViewV1};
+use datafusion::catalog::view::ViewTable;
 use datafusion::catalog::{
     CatalogProvider, CatalogProviderList, MemoryCatalogProvider, MemoryCatalogProviderList,
     MemorySchemaProvider, SchemaProvider, TableProvider,
@@ -80,7 +81,54 @@ pub(super) struct Resolved {
     pub(super) system_only: bool,
 }
 
+/// Deepest nesting of views in views.
+const MAX_VIEW_DEPTH: usize = 16;
+/// Most views one statement reads.
+const MAX_VIEWS: usize = 64;
+
 impl Engine {
+    /// Plan each view a statement reads (in its own hive and box) and register it; a view that
+    /// reads another waits for that one. A view whose query no longer plans (a frame it reads
+    /// was dropped) fails the statement with the reason.
+    async fn plan_views(
+        &self,
+        state: &SessionState,
+        mut pending: Vec<(FrameRef, String, ViewV1)>,
+        ensure_schema: &(dyn Fn(&str, &str) -> Result<Arc<dyn SchemaProvider>> + Sync),
+    ) -> Result<()> {
+        while !pending.is_empty() {
+            let before = pending.len();
+            let mut failed = Vec::new();
+            let mut last_error = None;
+            for (frame, registered, view) in pending {
+                let mut config = state.config().clone();
+                config.options_mut().catalog.default_catalog = view.hive.clone();
+                config.options_mut().catalog.default_schema = view.box_name.clone();
+                let in_view = SessionStateBuilder::new_from_existing(state.clone())
+                    .with_config(config)
+                    .build();
+                match in_view.create_logical_plan(&view.query).await {
+                    Ok(plan) => {
+                        // Stored in storage, so checked like any statement before it runs.
+                        super::policy::check(&plan, super::policy::Purpose::Query)?;
+                        let table = Arc::new(ViewTable::new(plan, Some(view.query.clone())));
+                        ensure_schema(frame.hive.as_str(), frame.box_name.as_str())?
+                            .register_table(registered, table)?;
+                    }
+                    Err(e) => {
+                        last_error = Some(format!("view {frame}: {e}"));
+                        failed.push((frame, registered, view));
+                    }
+                }
+            }
+            if failed.len() == before {
+                return Err(Error::Sql(last_error.unwrap_or_default()));
+            }
+            pending = failed;
+        }
+        Ok(())
+    }
+
     /// A frame at a version a statement named (`VERSION AS OF`, `TIMESTAMP AS OF`).
     async fn open_as_of(&self, frame: &FrameRef, at: AsOf) -> apiary_storage::Result<Opened> {
         let version = match at {
@@ -102,7 +150,7 @@ impl Engine {
         target: PlanTarget<'_>,
     ) -> Result<(SessionState, Resolved)> {
         let refs = self.base.resolve_table_references(statement)?;
-        let catalogs = MemoryCatalogProviderList::new();
+        let catalogs = Arc::new(MemoryCatalogProviderList::new());
         let ensure_schema = |hive: &str, b: &str| -> Result<Arc<dyn SchemaProvider>> {
             let catalog = match catalogs.catalog(hive) {
                 Some(c) => c,
@@ -129,9 +177,22 @@ impl Engine {
             system_only: !refs.is_empty(),
             ..Default::default()
         };
-        let mut loaded: HashMap<(FrameRef, String), Arc<dyn TableProvider>> = HashMap::new();
-        for r in refs {
-            let mut parts = table_ref_parts(&r);
+        let mut loaded: HashSet<(FrameRef, String)> = HashSet::new();
+        // Names to resolve, each with the hive and box it was written in (a view's own for the
+        // names inside it) and how many views deep it was found.
+        let mut work: VecDeque<(NameParts, Ident, Ident, usize)> = refs
+            .iter()
+            .map(|r| {
+                (
+                    table_ref_parts(r),
+                    session.hive.clone(),
+                    session.box_name.clone(),
+                    0,
+                )
+            })
+            .collect();
+        let mut views: Vec<(FrameRef, String, ViewV1)> = Vec::new();
+        while let Some((mut parts, hive, box_name, depth)) = work.pop_front() {
             if is_system(&parts) {
                 continue;
             }
@@ -144,10 +205,15 @@ impl Engine {
             if let Some(last) = parts.last_mut() {
                 *last = name.to_string();
             }
-            let Ok(frame) = frame_ref(session, &parts) else {
+            let context = Session {
+                hive,
+                box_name,
+                ..session.clone()
+            };
+            let Ok(frame) = frame_ref(&context, &parts) else {
                 continue;
             };
-            if loaded.contains_key(&(frame.clone(), registered.clone())) {
+            if !loaded.insert((frame.clone(), registered.clone())) {
                 continue;
             }
             let opened = match as_of {
@@ -158,32 +224,44 @@ impl Engine {
                 }
                 Some(at) => self.open_as_of(&frame, at).await,
             };
-            match opened {
-                Ok(opened) => {
-                    let table: Arc<dyn TableProvider> = match opened {
-                        Opened::Frame(snapshot) if as_of.is_some() => {
-                            Arc::new(self.frame_table(snapshot.historic()))
-                        }
-                        Opened::Frame(snapshot) => {
-                            resolved.pins.insert(frame.clone(), snapshot.version());
-                            Arc::new(self.frame_table(snapshot).with_user(session.user.clone()))
-                        }
-                        // No versions to pin: files are listed again when the ticket runs.
-                        Opened::Files(external) => {
-                            self.external_files(&external, &self.base).await?
-                        }
-                    };
-                    let schema = ensure_schema(frame.hive.as_str(), frame.box_name.as_str())?;
-                    schema.register_table(registered.clone(), table.clone())?;
-                    loaded.insert((frame, registered), table);
+            let table: Arc<dyn TableProvider> = match opened {
+                Ok(Opened::Frame(snapshot)) if as_of.is_some() => {
+                    Arc::new(self.frame_table(snapshot.historic()))
+                }
+                Ok(Opened::Frame(snapshot)) => {
+                    resolved.pins.insert(frame.clone(), snapshot.version());
+                    Arc::new(self.frame_table(snapshot).with_user(session.user.clone()))
+                }
+                // No versions to pin: files are listed again when the ticket runs.
+                Ok(Opened::Files(external)) => self.external_files(&external, &self.base).await?,
+                // Planned once every name is loaded; what it reads is loaded like the rest.
+                Ok(Opened::View(view)) => {
+                    if depth >= MAX_VIEW_DEPTH || views.len() >= MAX_VIEWS {
+                        return Err(Error::Sql(format!(
+                            "view {frame}: views nest more than {MAX_VIEW_DEPTH} deep, refer to \
+                             themselves, or a statement reads more than {MAX_VIEWS} of them"
+                        )));
+                    }
+                    let parsed = self
+                        .base
+                        .sql_to_statement(&view.query, &datafusion::config::Dialect::Generic)?;
+                    let (vh, vb) = (Ident::parse(&view.hive)?, Ident::parse(&view.box_name)?);
+                    for r in self.base.resolve_table_references(&parsed)? {
+                        work.push_back((table_ref_parts(&r), vh.clone(), vb.clone(), depth + 1));
+                    }
+                    views.push((frame, registered, view));
+                    continue;
                 }
                 Err(e @ apiary_storage::Error::NotFound { .. }) => {
                     debug!(frame = %frame, "referenced frame not found");
                     let looked_up = format!("{}.{}.{registered}", frame.hive, frame.box_name);
                     resolved.missing.push((looked_up, e));
+                    continue;
                 }
                 Err(e) => return Err(e.into()),
-            }
+            };
+            let schema = ensure_schema(frame.hive.as_str(), frame.box_name.as_str())?;
+            schema.register_table(registered, table)?;
         }
         let mut config = self.base.config().clone().with_extension(Arc::new(Caller {
             user: session.user.clone(),
@@ -197,7 +275,7 @@ impl Engine {
         }
         let mut builder = SessionStateBuilder::new_from_existing(self.base.clone())
             .with_config(config)
-            .with_catalog_list(Arc::new(catalogs));
+            .with_catalog_list(catalogs.clone());
         if let Some(env) = target.env {
             builder = builder.with_runtime_env(env.clone());
         }
@@ -207,6 +285,7 @@ impl Engine {
         // (without it they reach execution unsimplified and fail there).
         let options = Arc::new(state.config_options().as_ref().clone());
         state.execution_props_mut().mark_start_execution(options);
+        self.plan_views(&state, views, &ensure_schema).await?;
         Ok((state, resolved))
     }
 }

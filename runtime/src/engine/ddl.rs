@@ -79,6 +79,35 @@ impl Engine {
                 session.hive = hive;
                 session.box_name = box_name;
             }
+            Command::CreateView {
+                name,
+                query,
+                or_replace,
+                if_not_exists,
+            } => {
+                let frame = catalog::frame_ref(session, name)?;
+                let query = crate::sql::travel::rewrite(query)?.unwrap_or_else(|| query.clone());
+                // The query must plan now, as a query without parameters, where it was written.
+                let stmt = self.parse_one(&query)?;
+                if !stmt.returns_rows() || stmt.params > 0 {
+                    return Err(Error::Sql(
+                        "a view is a query (SELECT, WITH, VALUES) without parameters".into(),
+                    ));
+                }
+                self.plan_query(session, &stmt, None, &super::Pins::new())
+                    .await?;
+                let view = apiary_storage::ViewV1 {
+                    query,
+                    hive: session.hive.to_string(),
+                    box_name: session.box_name.to_string(),
+                };
+                lh.create_view(&frame, view, *or_replace, *if_not_exists)
+                    .await?;
+            }
+            Command::DropView { name, if_exists } => {
+                lh.drop_view(&catalog::frame_ref(session, name)?, *if_exists)
+                    .await?;
+            }
             other => {
                 return Err(Error::Internal(format!(
                     "namespace() given another command: {other:?}"

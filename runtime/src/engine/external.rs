@@ -95,9 +95,39 @@ impl Engine {
         match self.lakehouse.open_frame(frame, None).await {
             Ok(Opened::Frame(s)) => Ok(Some(s.served_schema().clone())),
             Ok(Opened::Files(e)) => Ok(Some(self.external_files(&e, &self.base).await?.schema())),
+            Ok(Opened::View(_)) => {
+                let session = super::Session {
+                    role: super::Role::Reader,
+                    ..super::Session::new("catalog")
+                };
+                Ok(Some(self.view_schema(&session, frame).await?))
+            }
             Err(apiary_storage::Error::NotFound { .. }) => Ok(None),
             Err(e) => Err(e.into()),
         }
+    }
+
+    /// The columns a view answers with (its query, planned as it would run).
+    pub(super) async fn view_schema(
+        &self,
+        session: &super::Session,
+        view: &FrameRef,
+    ) -> Result<SchemaRef> {
+        let q = |i: &apiary_storage::Ident| format!("\"{}\"", i.as_str());
+        let text = format!(
+            "SELECT * FROM {}.{}.{}",
+            q(&view.hive),
+            q(&view.box_name),
+            q(&view.name)
+        );
+        let parsed = self
+            .base
+            .sql_to_statement(&text, &datafusion::config::Dialect::Generic)?;
+        let (state, _) = self
+            .statement_state(session, &parsed, &super::Pins::new(), Default::default())
+            .await?;
+        let plan = state.statement_to_plan(parsed).await?;
+        Ok(Arc::new(plan.schema().as_arrow().clone()))
     }
 
     /// External Parquet or CSV files as a read-only table.

@@ -70,6 +70,14 @@ impl Engine {
         let snap = match self.lakehouse.open_frame(&frame, None).await? {
             apiary_storage::Opened::Frame(s) => s,
             apiary_storage::Opened::Files(e) => return self.describe_files(&frame, &e).await,
+            apiary_storage::Opened::View(v) => {
+                let schema = self.view_schema(session, &frame).await?;
+                let mut rows = column_rows(&schema);
+                rows.push(("# View Information".into(), String::new(), String::new()));
+                rows.push(("View".into(), frame.to_string(), String::new()));
+                rows.push(("Query".into(), v.query, String::new()));
+                return describe_batch(&rows);
+            }
         };
         let stats = snap.stats();
         let mut rows = column_rows(snap.served_schema());

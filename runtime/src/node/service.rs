@@ -92,8 +92,25 @@ impl QueryService for Node {
         Ok(self.lakehouse.catalog().list_frames(b).await?)
     }
 
-    async fn frame_schema(&self, frame: &FrameRef) -> Result<Option<SchemaRef>> {
-        self.engine.served_schema_of(frame).await
+    async fn frame_entry(
+        &self,
+        frame: &FrameRef,
+        with_schema: bool,
+    ) -> Result<Option<crate::service::FrameEntry>> {
+        let Some(marker) = self.lakehouse.catalog().frame_marker(frame).await? else {
+            return Ok(None);
+        };
+        let schema = match with_schema {
+            true => match self.engine.served_schema_of(frame).await? {
+                Some(s) => Some(s),
+                None => return Ok(None),
+            },
+            false => None,
+        };
+        Ok(Some(crate::service::FrameEntry {
+            view: marker.view.is_some(),
+            schema,
+        }))
     }
 
     async fn hive_exists(&self, hive: &Ident) -> Result<bool> {

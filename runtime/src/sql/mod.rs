@@ -286,8 +286,41 @@ mod tests {
         );
         assert!(matches!(
             classify("delete from t").unwrap(),
-            Command::Unsupported(_)
+            Command::Sql { .. }
         ));
+        assert!(classify("delete from t").unwrap().counts_rows());
+        assert_eq!(
+            classify("describe history b.f limit 5").unwrap(),
+            Command::History {
+                name: vec!["b".into(), "f".into()],
+                limit: Some(5)
+            }
+        );
+        assert_eq!(
+            classify("VACUUM f RETAIN 24 HOURS DRY RUN").unwrap(),
+            Command::Vacuum {
+                name: vec!["f".into()],
+                retain_hours: Some(24.0),
+                dry_run: true
+            }
+        );
+        assert_eq!(
+            classify("optimize f where day >= '2026-01-01' zorder by (a, b)").unwrap(),
+            Command::Optimize {
+                name: vec!["f".into()],
+                predicate: Some("day >= '2026-01-01'".into()),
+                zorder: vec!["a".into(), "b".into()]
+            }
+        );
+        assert_eq!(
+            classify("ALTER TABLE f ADD COLUMNS (a DECIMAL(10, 2), b INT)").unwrap(),
+            Command::AddColumns {
+                name: vec!["f".into()],
+                columns: vec![("a".into(), "DECIMAL(10, 2)".into()), ("b".into(), "INT".into())]
+            }
+        );
+        assert!(classify("RESTORE f TO VERSION AS OF x").is_err());
+        assert!(classify("ALTER TABLE f DROP COLUMN a").is_ok_and(|c| matches!(c, Command::Unsupported(_))) || classify("ALTER TABLE f DROP COLUMN a").is_err());
         assert!(classify("use a.b.c").is_err());
     }
 

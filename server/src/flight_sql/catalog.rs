@@ -21,6 +21,7 @@ use crate::error::{Error, Result};
 /// Table types in GetTables / GetTableTypes.
 const FRAME_TABLE: &str = "TABLE";
 const SYSTEM_TABLE: &str = "SYSTEM TABLE";
+const VIEW: &str = "VIEW";
 
 impl FlightSql {
     /// The schema a metadata command returns; `None` for commands that are not metadata.
@@ -71,6 +72,7 @@ impl FlightSql {
                 let mut b = c.into_builder();
                 b.append(FRAME_TABLE);
                 b.append(SYSTEM_TABLE);
+                b.append(VIEW);
                 b.build().map_err(build)
             }
             Command::CommandGetSqlInfo(c) => c.into_builder(&self.sql_info).build().map_err(build),
@@ -147,7 +149,7 @@ impl FlightSql {
                     .map_err(Error::encode("GetTables"))?;
             }
         }
-        if !wants(FRAME_TABLE) {
+        if !wants(FRAME_TABLE) && !wants(VIEW) {
             return b.build().map_err(build);
         }
         let mut selected = Vec::new();
@@ -167,23 +169,24 @@ impl FlightSql {
         }
         // Schemas come from each frame's log: load a bounded number at once, in listing order.
         let service = &self.service;
-        let mut schemas = futures::stream::iter(selected.into_iter().map(|fr| async move {
-            let schema = match include_schema {
-                true => service.frame_schema(&fr).await?.map(Some),
-                false => Some(None),
-            };
-            Ok::<_, Error>((fr, schema))
+        let mut entries = futures::stream::iter(selected.into_iter().map(|fr| async move {
+            let entry = service.frame_entry(&fr, include_schema).await?;
+            Ok::<_, Error>((fr, entry))
         }))
         .buffered(SCHEMA_LOADS_AT_ONCE);
-        while let Some((fr, schema)) = schemas.try_next().await? {
+        while let Some((fr, entry)) = entries.try_next().await? {
             let (hive, bx, f) = (fr.hive.as_str(), fr.box_name.as_str(), fr.name.as_str());
-            let schema = match schema {
-                Some(Some(s)) => annotate_schema(&wire_schema(&s), hive, bx, f),
-                Some(None) => Schema::empty(),
-                // Dropped since it was listed.
-                None => continue,
+            // Dropped since it was listed.
+            let Some(entry) = entry else { continue };
+            let kind = if entry.view { VIEW } else { FRAME_TABLE };
+            if !wants(kind) {
+                continue;
+            }
+            let schema = match entry.schema {
+                Some(s) => annotate_schema(&wire_schema(&s), hive, bx, f),
+                None => Schema::empty(),
             };
-            b.append(hive, bx, f, FRAME_TABLE, &schema)
+            b.append(hive, bx, f, kind, &schema)
                 .map_err(Error::encode("GetTables"))?;
         }
         b.build().map_err(build)

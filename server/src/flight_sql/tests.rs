@@ -125,8 +125,15 @@ impl QueryService for Double {
         Ok(vec![frame().name])
     }
 
-    async fn frame_schema(&self, _frame: &FrameRef) -> apiary_runtime::Result<Option<SchemaRef>> {
-        Ok(Some(schema()))
+    async fn frame_entry(
+        &self,
+        _frame: &FrameRef,
+        with_schema: bool,
+    ) -> apiary_runtime::Result<Option<apiary_runtime::service::FrameEntry>> {
+        Ok(Some(apiary_runtime::service::FrameEntry {
+            view: false,
+            schema: with_schema.then(schema),
+        }))
     }
 
     async fn hive_exists(&self, _hive: &Ident) -> apiary_runtime::Result<bool> {

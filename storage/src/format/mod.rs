@@ -33,6 +33,7 @@ use crate::error::{Error, Result};
 pub use seal::SwarmKey;
 pub use v1::{
     CacheSummaryV1, CancelV1, ClaimV1, DoneV1, ExternalFormat, ExternalV1, FailedV1, HeartbeatV1,
+    ViewV1,
     MarkerV1, QueryManifestV1, StageManifestV1, TaskV1,
 };
 

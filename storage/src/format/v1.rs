@@ -38,6 +38,18 @@ pub struct MarkerV1 {
     /// place and never writes.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub external: Option<ExternalV1>,
+    /// Set on the marker of a view (`CREATE VIEW`): a stored query, no data.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub view: Option<ViewV1>,
+}
+
+/// A view: its query as written (time-travel clauses already rewritten), and the hive and box
+/// its unqualified names resolve in (the creator's current ones).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ViewV1 {
+    pub query: String,
+    pub hive: String,
+    pub box_name: String,
 }
 
 impl MarkerV1 {
@@ -48,6 +60,7 @@ impl MarkerV1 {
             id: uuid::Uuid::now_v7().to_string(),
             created_at: Utc::now(),
             external: None,
+            view: None,
         }
     }
 }
