@@ -81,6 +81,20 @@ impl From<DataFusionError> for Error {
 
 fn classify(e: DataFusionError) -> Error {
     use DataFusionError as D;
+    // The Parquet reader reports a missing file as text, under whatever wrapping the stream
+    // added ("Failed to fetch metadata for file …: Object Store error: … not found").
+    if let D::ParquetError(_) | D::ArrowError(..) | D::External(_) | D::Shared(_) = &e {
+        let text = e.to_string();
+        if let Some(rest) = text.split("Failed to fetch metadata for file ").nth(1)
+            && text.contains(" not found")
+        {
+            let path = rest.split(':').next().unwrap_or("(unknown)").to_string();
+            return missing_cell(object_store::Error::NotFound {
+                path,
+                source: text.into(),
+            });
+        }
+    }
     match e {
         D::Context(_, inner) => classify(*inner),
         D::Diagnostic(_, inner) => classify(*inner),
@@ -112,12 +126,39 @@ fn classify(e: DataFusionError) -> Error {
             Some(c) => format!("{err}{c}"),
             None => err.to_string(),
         }),
-        D::ObjectStore(err) => Error::Storage(apiary_storage::Error::ObjectStore(*err)),
-        D::ParquetError(err) => Error::Internal(format!("parquet: {err}")),
+        D::ObjectStore(err) => missing_cell(*err),
+        D::ParquetError(err) => match *err {
+            datafusion::parquet::errors::ParquetError::External(inner) => {
+                match inner.downcast::<object_store::Error>() {
+                    Ok(store) => missing_cell(*store),
+                    Err(other) => Error::Internal(format!("parquet: {other}")),
+                }
+            }
+            other => Error::Internal(format!("parquet: {other}")),
+        },
         D::IoError(err) => Error::Internal(format!("I/O: {err}")),
         D::ExecutionJoin(err) => Error::Internal(format!("task failed: {err}")),
         D::Internal(msg) => Error::Internal(msg),
         other => Error::Internal(other.to_string()),
+    }
+}
+
+/// A storage failure while reading; a cell that is gone is the caller's to understand (an old
+/// version whose files VACUUM deleted, or a frame dropped while it was read), not ours.
+fn missing_cell(err: object_store::Error) -> Error {
+    match err {
+        object_store::Error::NotFound { path, .. } => {
+            // The file's name only: where the storage root is stays the server's business.
+            let path = path.rsplit('/').next().unwrap_or_default();
+            Error::Storage(apiary_storage::Error::NotFound {
+                kind: apiary_storage::ObjectKind::Frame,
+                name: format!(
+                    "data: the cell {path} is gone (VACUUM deleted the files of this version, \
+                     or the frame was dropped while it was read)"
+                ),
+            })
+        }
+        other => Error::Storage(apiary_storage::Error::ObjectStore(other)),
     }
 }
 

@@ -1,0 +1,212 @@
+"""Lakehouse operations as a user runs them: DELETE/UPDATE/MERGE through ADBC (rowcount), time
+travel and history through pyarrow.flight, VACUUM really deleting files, views in GetTables, and
+the `deltalake` package reading what the DML wrote — on a local root and on S3 (moto)."""
+
+import pathlib
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+
+import adbc_driver_flightsql.dbapi as flightsql
+import pyarrow as pa
+import pyarrow.flight as fl
+import pytest
+from deltalake import DeltaTable
+
+from conftest import ROOT, ApiaryServer
+
+
+def rows(cur, sql):
+    cur.execute(sql)
+    return cur.fetchall()
+
+
+def flight_query(uri, sql):
+    client = fl.FlightClient(uri)
+    info = client.get_flight_info(fl.FlightDescriptor.for_command(_statement_query(sql)))
+    tables = [client.do_get(e.ticket).read_all() for e in info.endpoints]
+    return pa.concat_tables(tables) if tables else pa.table({})
+
+
+def _statement_query(sql):
+    # CommandStatementQuery { query = 1 } wrapped in google.protobuf.Any.
+    def field(num, payload):
+        out = bytes([(num << 3) | 2])
+        n = len(payload)
+        while True:
+            b = n & 0x7F
+            n >>= 7
+            out += bytes([b | (0x80 if n else 0)])
+            if not n:
+                break
+        return out + payload
+
+    cmd = field(1, sql.encode())
+    url = b"type.googleapis.com/arrow.flight.protocol.sql.CommandStatementQuery"
+    return field(1, url) + field(2, cmd)
+
+
+def run_dml_session(uri):
+    """The same DML on any root; returns what ADBC reported."""
+    seen = {}
+    with flightsql.connect(uri) as conn, conn.cursor() as cur:
+        cur.execute("CREATE TABLE t (id BIGINT NOT NULL, v VARCHAR, day DATE) PARTITIONED BY (day)")
+        cur.execute(
+            "INSERT INTO t SELECT value, 'v' || value, DATE '2026-01-01' + CAST(value % 3 AS INT) "
+            "FROM generate_series(1, 300)"
+        )
+        cur.execute("DELETE FROM t WHERE id % 10 = 0")
+        seen["delete"] = cur.rowcount
+        cur.execute("UPDATE t SET v = 'odd' WHERE id % 2 = 1")
+        seen["update"] = cur.rowcount
+        cur.execute("CREATE TABLE s (id BIGINT, v VARCHAR)")
+        cur.execute("INSERT INTO s VALUES (1, 'one'), (2, 'two'), (1000, 'new')")
+        cur.execute(
+            "MERGE INTO t USING s ON t.id = s.id "
+            "WHEN MATCHED THEN UPDATE SET v = s.v "
+            "WHEN NOT MATCHED THEN INSERT (id, v, day) VALUES (s.id, s.v, DATE '2026-02-01')"
+        )
+        seen["merge"] = cur.rowcount
+        seen["after"] = rows(cur, "SELECT id, v, day FROM t ORDER BY id")
+        seen["count_v1"] = rows(cur, "SELECT count(*) FROM t VERSION AS OF 1")[0][0]
+        seen["history"] = rows(cur, "DESCRIBE HISTORY t")
+    return seen
+
+
+def check_dml(seen, dt):
+    assert seen["delete"] == 30
+    assert seen["update"] == 150  # every odd id (the multiples of ten deleted are even)
+    assert seen["merge"] == 3
+    assert seen["count_v1"] == 300
+    after = seen["after"]
+    assert len(after) == 271
+    assert after[0][:2] == (1, "one") and after[1][:2] == (2, "two")
+    assert after[-1][:2] == (1000, "new")
+    ops = [h[2] for h in seen["history"]]
+    assert ops[:4] == ["MERGE", "UPDATE", "DELETE", "WRITE"], ops
+    versions = [h[0] for h in seen["history"]]
+    assert versions == sorted(versions, reverse=True) and versions[-1] == 0
+    # The deltalake package reads the same rows.
+    theirs = dt.to_pyarrow_table().sort_by("id")
+    assert theirs.num_rows == 271
+    assert [(r["id"], r["v"]) for r in theirs.to_pylist()] == [(a, b) for a, b, _ in after]
+    assert dt.history()[0]["operation"] == "MERGE"
+
+
+def test_dml_time_travel_and_history_on_a_local_root(server, tmp_path):
+    seen = run_dml_session(server.uri)
+    dt = DeltaTable(str(tmp_path / "root" / "default" / "default" / "t"))
+    check_dml(seen, dt)
+    # Raw pyarrow.flight: time travel and history as result sets.
+    old = flight_query(server.uri, "SELECT count(*) AS n FROM t TIMESTAMP AS OF '2999-01-01'")
+    assert old.column("n").to_pylist() == [271]
+    hist = flight_query(server.uri, "DESCRIBE HISTORY t LIMIT 2")
+    assert hist.column("operation").to_pylist() == ["MERGE", "UPDATE"]
+    assert hist.schema.field("timestamp").type == pa.timestamp("ms", tz="UTC")
+    # A version that does not exist is NOT_FOUND.
+    with pytest.raises(KeyError, match="not found error.*at version 99 does not exist"):
+        flight_query(server.uri, "SELECT * FROM t VERSION AS OF 99")
+
+
+def test_views_are_listed_and_read(server):
+    with flightsql.connect(server.uri) as conn, conn.cursor() as cur:
+        cur.execute("CREATE TABLE base (x INT)")
+        cur.execute("INSERT INTO base VALUES (1), (2), (3)")
+        cur.execute("CREATE VIEW evens AS SELECT x FROM base WHERE x % 2 = 0")
+        assert rows(cur, "SELECT * FROM evens") == [(2,)]
+        objects = conn.adbc_get_objects(depth="tables").read_all().to_pylist()
+        kinds = {}
+        for cat in objects:
+            for sch in cat["catalog_db_schemas"] or []:
+                for tab in sch["db_schema_tables"] or []:
+                    kinds[tab["table_name"]] = tab["table_type"]
+        assert kinds["evens"] == "VIEW" and kinds["base"] == "TABLE"
+        assert conn.adbc_get_table_schema("evens").names == ["x"]
+        only_views = conn.adbc_get_objects(depth="tables", table_types_filter=["VIEW"]).read_all().to_pylist()
+        names = [t["table_name"] for c in only_views for s in c["catalog_db_schemas"] or [] for t in s["db_schema_tables"] or []]
+        assert names == ["evens"]
+
+
+def test_vacuum_deletes_files_and_old_versions_fail_clearly(tmp_path):
+    root = tmp_path / "root"
+    s = ApiaryServer(str(root), args=["--vacuum-min-retention-hours", "0"])
+    try:
+        with flightsql.connect(s.uri) as conn, conn.cursor() as cur:
+            cur.execute("CREATE TABLE t (id INT)")
+            for i in range(4):
+                cur.execute(f"INSERT INTO t VALUES ({i})")
+            cur.execute("OPTIMIZE t")
+            assert cur.rowcount == 4
+            frame = root / "default" / "default" / "t"
+            before = sorted(p.name for p in frame.glob("*.parquet"))
+            assert len(before) == 5
+            dry = rows(cur, "VACUUM t RETAIN 0 HOURS DRY RUN")
+            assert len(dry) == 4 and all(d[1] for d in dry)
+            assert len(list(frame.glob("*.parquet"))) == 5
+            cur.execute("VACUUM t RETAIN 0 HOURS")
+            assert cur.rowcount == 4
+            assert len(list(frame.glob("*.parquet"))) == 1
+            assert rows(cur, "SELECT sum(id) FROM t") == [(6,)]
+            with pytest.raises(Exception, match=r"NOT_FOUND.*the cell part-[^/ ]*\.parquet is gone \(VACUUM deleted"):
+                rows(cur, "SELECT * FROM t VERSION AS OF 2")
+            ops = [h[2] for h in rows(cur, "DESCRIBE HISTORY t")]
+            assert ops[:3] == ["VACUUM END", "VACUUM START", "OPTIMIZE"], ops
+        assert DeltaTable(str(frame)).to_pyarrow_table().num_rows == 4
+    finally:
+        s.stop()
+
+
+def free_port():
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+@pytest.fixture
+def moto():
+    port = free_port()
+    proc = subprocess.Popen(
+        [sys.executable, str(ROOT / "tests/python/moto_locked.py"), "-H", "127.0.0.1", "-p", str(port)],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    deadline = time.time() + 30
+    while time.time() < deadline:
+        try:
+            socket.create_connection(("127.0.0.1", port), 0.2).close()
+            break
+        except OSError:
+            time.sleep(0.1)
+    urllib.request.urlopen(urllib.request.Request(f"http://127.0.0.1:{port}/bucket", method="PUT")).read()
+    yield f"http://127.0.0.1:{port}"
+    proc.terminate()
+    proc.wait(10)
+
+
+def test_dml_on_s3_is_read_back_by_deltalake(moto):
+    env = {
+        "APIARY_S3_ENDPOINT": moto,
+        "APIARY_S3_REGION": "us-east-1",
+        "APIARY_S3_ACCESS_KEY_ID": "testing",
+        "APIARY_S3_SECRET_ACCESS_KEY": "testing",
+        "APIARY_S3_ALLOW_HTTP": "true",
+    }
+    s = ApiaryServer("s3://bucket/lake", env=env)
+    try:
+        seen = run_dml_session(s.uri)
+    finally:
+        s.stop()
+    dt = DeltaTable(
+        "s3://bucket/lake/default/default/t",
+        storage_options={
+            "AWS_ENDPOINT_URL": moto,
+            "AWS_REGION": "us-east-1",
+            "AWS_ACCESS_KEY_ID": "testing",
+            "AWS_SECRET_ACCESS_KEY": "testing",
+            "AWS_ALLOW_HTTP": "true",
+            "AWS_S3_ALLOW_UNSAFE_RENAME": "true",
+        },
+    )
+    check_dml(seen, dt)
