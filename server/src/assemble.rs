@@ -56,6 +56,7 @@ async fn open_lakehouse(
             .faults
             .pause_before_commit_ms
             .map(Duration::from_millis),
+        checkpoint_interval: node.checkpoint_interval.max(1),
         ..Default::default()
     };
     let lakehouse = Lakehouse::open(store, ledger)

@@ -215,6 +215,10 @@ pub struct NodeArgs {
     /// can delete cells that a running reader or a writer about to commit still needs.
     #[arg(long, env = "APIARY_VACUUM_MIN_RETENTION_HOURS", default_value_t = 168.0)]
     pub vacuum_min_retention_hours: f64,
+    /// New frames get a Delta checkpoint every this many commits (`delta.checkpointInterval`),
+    /// so reading a frame's state replays at most that many commits.
+    #[arg(long, env = "APIARY_CHECKPOINT_INTERVAL", default_value_t = 100)]
+    pub checkpoint_interval: u64,
     #[command(flatten)]
     pub limits: LimitArgs,
     #[command(flatten)]

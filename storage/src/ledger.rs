@@ -22,7 +22,9 @@ use std::time::Duration;
 use arrow::array::RecordBatch;
 use arrow::datatypes::SchemaRef;
 use deltalake::DeltaTableError;
-use deltalake::kernel::transaction::{CommitBuilder, CommitProperties, TransactionError};
+use deltalake::kernel::transaction::{
+    CommitBuilder, CommitConflictError as ConflictError, CommitProperties, TransactionError,
+};
 use deltalake::kernel::{Action, Add};
 use deltalake::logstore::{
     LogStore, LogStoreFactory, LogStoreRef, StorageConfig, default_logstore, logstore_factories,
@@ -56,9 +58,14 @@ pub struct LedgerConfig {
     pub commit_retries: usize,
     /// ZSTD level for cells.
     pub zstd_level: i32,
-    /// Fault injection for crash tests: sleep this long between writing cells and committing, so
-    /// a test can kill the writer at exactly that point. Set from config; `None` in production.
+    /// Fault injection for crash tests: sleep this long between writing cells and committing
+    /// (any commit after a frame's first: appends, DML, maintenance), so a test can kill the
+    /// writer at exactly that point. Set from config; `None` in production.
     pub pause_before_commit: Option<Duration>,
+    /// A checkpoint every this many commits, recorded in each new frame's table properties
+    /// (`delta.checkpointInterval`, which every Delta writer honours), so that reading a frame's
+    /// state never replays more than this many commits.
+    pub checkpoint_interval: u64,
 }
 
 impl Default for LedgerConfig {
@@ -68,6 +75,7 @@ impl Default for LedgerConfig {
             commit_retries: 200,
             zstd_level: 3,
             pause_before_commit: None,
+            checkpoint_interval: 100,
         }
     }
 }
@@ -368,11 +376,15 @@ impl Ledger {
 
     pub(crate) fn log_store(&self, frame: &FrameRef) -> Result<LogStoreRef> {
         let url = self.storage.url_for(&paths::frame_root(frame))?;
-        Ok(logstore_with(
+        let store = logstore_with(
             self.storage.raw_store().clone(),
             &url,
             StorageConfig::default(),
-        )?)
+        )?;
+        Ok(match self.config.pause_before_commit {
+            Some(pause) => crate::fault::pausing(store, pause),
+            None => store,
+        })
     }
 
     fn root(&self, frame: &FrameRef) -> Path {
@@ -421,6 +433,10 @@ impl Ledger {
             .with_table_name(frame.name.as_str())
             .with_columns(delta_schema.fields().cloned())
             .with_partition_columns(partition_columns.to_vec())
+            .with_configuration_property(
+                deltalake::TableProperty::CheckpointInterval,
+                Some(self.config.checkpoint_interval.max(1).to_string()),
+            )
             .with_save_mode(SaveMode::ErrorIfExists)
             .await
             .map_err(|e| match e {
@@ -583,10 +599,6 @@ impl Ledger {
         adds: Vec<Add>,
         overwrite: bool,
     ) -> Result<i64> {
-        if let Some(pause) = self.config.pause_before_commit {
-            warn!(?pause, "fault injection: pausing before commit");
-            tokio::time::sleep(pause).await;
-        }
         read.writable()?;
         let log_store = self.log_store(&read.frame)?;
         let mut actions: Vec<Action> = Vec::with_capacity(adds.len() + 2);
@@ -620,20 +632,47 @@ impl Ledger {
             partition_by,
             predicate: None,
         };
-        let props = CommitProperties::default().with_max_retries(self.config.commit_retries);
-        let finalized = CommitBuilder::from(props)
-            .with_actions(actions)
-            .build(Some(&read.state), log_store, operation)
-            .await
-            .map_err(|e| match e {
-                DeltaTableError::Transaction {
+        // An append read nothing, so a row-level change (or OPTIMIZE) that committed since it
+        // started cannot invalidate it, although Delta's checker (serializable by default) says
+        // so: it is committed again on the newer state. A replace, or a change of the frame's
+        // shape meanwhile, is a real conflict.
+        let blind = !overwrite && read.reshape.is_none();
+        let mut base = read.state.clone();
+        let mut rebased = 0usize;
+        let finalized = loop {
+            let props = CommitProperties::default().with_max_retries(self.config.commit_retries);
+            match CommitBuilder::from(props)
+                .with_actions(actions.clone())
+                .build(Some(&base), log_store.clone(), operation.clone())
+                .await
+            {
+                Ok(f) => break f,
+                Err(DeltaTableError::Transaction {
+                    source:
+                        TransactionError::CommitConflict(
+                            ConflictError::ConcurrentDeleteRead
+                            | ConflictError::ConcurrentDeleteDelete
+                            | ConflictError::ConcurrentAppend,
+                        ),
+                }) if blind && rebased < self.config.commit_retries => {
+                    rebased += 1;
+                    base.update(log_store.as_ref(), None).await?;
+                    debug!(frame = %read.frame, rebased, "append rebased on a newer version");
+                }
+                Err(DeltaTableError::Transaction {
                     source: TransactionError::CommitConflict(c),
-                } => Error::Conflict {
-                    frame: read.frame.to_string(),
-                    detail: c.to_string(),
-                },
-                other => other.into(),
-            })?;
+                }) => {
+                    return Err(Error::Conflict {
+                        frame: read.frame.to_string(),
+                        detail: format!(
+                            "{c} (this write read version {}); run it again",
+                            read.version()
+                        ),
+                    });
+                }
+                Err(other) => return Err(other.into()),
+            }
+        };
         let version = finalized.version() as i64;
         info!(frame = %read.frame, version, cells, overwrite, "committed");
         // The next latest read starts from the committed state.

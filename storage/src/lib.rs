@@ -34,6 +34,7 @@ pub mod catalog;
 pub mod confine;
 pub mod dml;
 pub mod error;
+mod fault;
 pub mod format;
 pub mod history;
 pub mod lakehouse;

@@ -1,0 +1,96 @@
+//! Fault injection for Apiary's own crash tests: a log store that pauses before it writes a
+//! commit, after the commit's cells are written, so a test can kill the writer exactly there.
+//! Used only when `LedgerConfig::pause_before_commit` is set (a hidden server flag).
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use deltalake::DeltaResult;
+use deltalake::kernel::Version;
+use deltalake::kernel::transaction::TransactionError;
+use deltalake::logstore::{CommitOrBytes, LogStore, LogStoreConfig, LogStoreRef};
+use object_store::ObjectStore;
+use object_store::path::Path;
+use tracing::warn;
+use url::Url;
+use uuid::Uuid;
+
+/// `inner`, pausing `pause` before writing any commit after a table's first.
+pub(crate) fn pausing(inner: LogStoreRef, pause: Duration) -> LogStoreRef {
+    Arc::new(PausingLogStore { inner, pause })
+}
+
+struct PausingLogStore {
+    inner: LogStoreRef,
+    pause: Duration,
+}
+
+#[async_trait::async_trait]
+impl LogStore for PausingLogStore {
+    fn name(&self) -> String {
+        self.inner.name()
+    }
+
+    async fn refresh(&self) -> DeltaResult<()> {
+        self.inner.refresh().await
+    }
+
+    async fn read_commit_entry(&self, version: Version) -> DeltaResult<Option<Bytes>> {
+        self.inner.read_commit_entry(version).await
+    }
+
+    async fn write_commit_entry(
+        &self,
+        version: Version,
+        commit_or_bytes: CommitOrBytes,
+        operation_id: Uuid,
+    ) -> Result<(), TransactionError> {
+        if version > 0 {
+            warn!(pause = ?self.pause, version, "fault injection: pausing before commit");
+            tokio::time::sleep(self.pause).await;
+        }
+        self.inner
+            .write_commit_entry(version, commit_or_bytes, operation_id)
+            .await
+    }
+
+    async fn abort_commit_entry(
+        &self,
+        version: Version,
+        commit_or_bytes: CommitOrBytes,
+        operation_id: Uuid,
+    ) -> Result<(), TransactionError> {
+        self.inner
+            .abort_commit_entry(version, commit_or_bytes, operation_id)
+            .await
+    }
+
+    async fn get_latest_version(&self, start_version: Version) -> DeltaResult<Version> {
+        self.inner.get_latest_version(start_version).await
+    }
+
+    fn object_store(&self, operation_id: Option<Uuid>) -> Arc<dyn ObjectStore> {
+        self.inner.object_store(operation_id)
+    }
+
+    fn root_object_store(&self, operation_id: Option<Uuid>) -> Arc<dyn ObjectStore> {
+        self.inner.root_object_store(operation_id)
+    }
+
+    fn to_uri(&self, location: &Path) -> String {
+        self.inner.to_uri(location)
+    }
+
+    fn root_url(&self) -> &Url {
+        self.inner.root_url()
+    }
+
+    fn log_path(&self) -> &Path {
+        self.inner.log_path()
+    }
+
+    fn config(&self) -> &LogStoreConfig {
+        self.inner.config()
+    }
+}
