@@ -7,6 +7,7 @@
 //! | `system.runtime.queries`    | running or queued query                    |
 //! | `system.swarm.nodes`        | node of the swarm, as this node sees it    |
 //! | `system.colony.temperature` | this node's temperature and its components |
+//! | `system.lakehouse.history`  | commit of a frame (the latest 100 of each; read from the logs by the engine) |
 //!
 //! Every scan takes a fresh [`NodeStatus`] from the node (a [`StatusSource`]), so each query
 //! sees the node as it is then; `/metrics` renders the same snapshot.
@@ -37,6 +38,7 @@ pub const SYSTEM_TABLES: &[(&str, &str)] = &[
     ("runtime", "queries"),
     ("swarm", "nodes"),
     ("colony", "temperature"),
+    ("lakehouse", "history"),
 ];
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -312,6 +314,9 @@ impl SystemTables {
 
     /// Schema of a system table, for metadata listings.
     pub fn schema_of(box_name: &str, table: &str) -> Option<SchemaRef> {
+        if (box_name, table) == ("lakehouse", "history") {
+            return Some(crate::engine::history_schema());
+        }
         Kind::of(box_name, table).map(|k| k.schema())
     }
 }
@@ -332,7 +337,10 @@ impl SystemCatalog for SystemTables {
                             s
                         }
                     };
-                    let kind = Kind::of(b, t).expect("listed");
+                    // Tables without a kind are the engine's (it registers them itself).
+                    let Some(kind) = Kind::of(b, t) else {
+                        continue;
+                    };
                     schema
                         .register_table(
                             t.to_string(),

@@ -72,6 +72,12 @@ def run_dml_session(uri):
         seen["after"] = rows(cur, "SELECT id, v, day FROM t ORDER BY id")
         seen["count_v1"] = rows(cur, "SELECT count(*) FROM t VERSION AS OF 1")[0][0]
         seen["history"] = rows(cur, "DESCRIBE HISTORY t")
+        # The same through a plain system table, as a BI tool browses it.
+        seen["system"] = rows(
+            cur,
+            "SELECT version, operation, rows_removed FROM system.lakehouse.history "
+            "WHERE hive = 'default' AND box = 'default' AND frame = 't' ORDER BY version DESC LIMIT 3",
+        )
     return seen
 
 
@@ -86,6 +92,8 @@ def check_dml(seen, dt):
     assert after[-1][:2] == (1000, "new")
     ops = [h[2] for h in seen["history"]]
     assert ops[:4] == ["MERGE", "UPDATE", "DELETE", "WRITE"], ops
+    assert seen["system"] == [(h[0], h[2], h[8]) for h in seen["history"][:3]]
+    assert seen["system"][2] == (seen["system"][2][0], "DELETE", 30)
     versions = [h[0] for h in seen["history"]]
     assert versions == sorted(versions, reverse=True) and versions[-1] == 0
     # The deltalake package reads the same rows.

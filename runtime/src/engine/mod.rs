@@ -28,6 +28,7 @@
 mod catalog;
 mod ddl;
 mod external;
+mod history_table;
 mod ingest;
 mod operations;
 mod options;
@@ -51,6 +52,7 @@ use crate::error::{Error, Result};
 use crate::sql::{self, Command};
 use policy::Purpose;
 
+pub use history_table::history_schema;
 pub use ingest::{IfExists, IfMissing, WriteMode};
 pub(crate) use show::redact_text;
 pub use types::{
@@ -154,6 +156,16 @@ impl Engine {
     }
 
     pub fn with_system_catalog(mut self, system: Arc<dyn SystemCatalog>) -> Self {
+        // `system.lakehouse.history` reads the frames' logs, which the engine owns.
+        let lakehouse = datafusion::catalog::MemorySchemaProvider::new();
+        let history = Arc::new(history_table::HistoryTable {
+            lakehouse: self.lakehouse.clone(),
+        });
+        if datafusion::catalog::SchemaProvider::register_table(&lakehouse, "history".into(), history)
+            .is_ok()
+        {
+            let _ = system.catalog().register_schema("lakehouse", Arc::new(lakehouse));
+        }
         self.system = Some(system);
         self
     }

@@ -39,36 +39,8 @@ impl Engine {
             .ledger()
             .history(&snapshot, limit.unwrap_or(DEFAULT_HISTORY_LIMIT))
             .await?;
-        let schema = Arc::new(Schema::new(vec![
-            Field::new("version", DataType::Int64, false),
-            Field::new(
-                "timestamp",
-                DataType::Timestamp(TimeUnit::Millisecond, Some("UTC".into())),
-                true,
-            ),
-            Field::new("operation", DataType::Utf8, true),
-            Field::new("operation_parameters", DataType::Utf8, true),
-            Field::new("user", DataType::Utf8, true),
-            Field::new("cells_added", DataType::UInt64, false),
-            Field::new("cells_removed", DataType::UInt64, false),
-            Field::new("rows_added", DataType::UInt64, true),
-            Field::new("rows_removed", DataType::UInt64, true),
-        ]));
-        let columns: Vec<ArrayRef> = vec![
-            Arc::new(Int64Array::from_iter_values(commits.iter().map(|c| c.version))),
-            Arc::new(
-                TimestampMillisecondArray::from_iter(commits.iter().map(|c| c.timestamp_ms))
-                    .with_timezone("UTC"),
-            ),
-            Arc::new(StringArray::from_iter(commits.iter().map(|c| c.operation.as_deref()))),
-            Arc::new(StringArray::from_iter(commits.iter().map(|c| c.parameters.as_deref()))),
-            Arc::new(StringArray::from_iter(commits.iter().map(|c| c.user.as_deref()))),
-            Arc::new(UInt64Array::from_iter_values(commits.iter().map(|c| c.cells_added))),
-            Arc::new(UInt64Array::from_iter_values(commits.iter().map(|c| c.cells_removed))),
-            Arc::new(UInt64Array::from_iter(commits.iter().map(|c| c.rows_added))),
-            Arc::new(UInt64Array::from_iter(commits.iter().map(|c| c.rows_removed))),
-        ];
-        Ok(RecordBatch::try_new(schema, columns)?)
+        let schema = Arc::new(Schema::new(commit_fields()));
+        Ok(RecordBatch::try_new(schema, commit_columns(&commits))?)
     }
 
     /// `VACUUM … DRY RUN`: the files a VACUUM would delete, without deleting them.
@@ -241,6 +213,42 @@ impl Engine {
         }
         Ok(out)
     }
+}
+
+/// The columns of one commit, as `DESCRIBE HISTORY` and `system.lakehouse.history` show it.
+pub(super) fn commit_fields() -> Vec<Field> {
+    vec![
+        Field::new("version", DataType::Int64, false),
+        Field::new(
+            "timestamp",
+            DataType::Timestamp(TimeUnit::Millisecond, Some("UTC".into())),
+            true,
+        ),
+        Field::new("operation", DataType::Utf8, true),
+        Field::new("operation_parameters", DataType::Utf8, true),
+        Field::new("user", DataType::Utf8, true),
+        Field::new("cells_added", DataType::UInt64, false),
+        Field::new("cells_removed", DataType::UInt64, false),
+        Field::new("rows_added", DataType::UInt64, true),
+        Field::new("rows_removed", DataType::UInt64, true),
+    ]
+}
+
+pub(super) fn commit_columns(commits: &[apiary_storage::Commit]) -> Vec<ArrayRef> {
+    vec![
+        Arc::new(Int64Array::from_iter_values(commits.iter().map(|c| c.version))),
+        Arc::new(
+            TimestampMillisecondArray::from_iter(commits.iter().map(|c| c.timestamp_ms))
+                .with_timezone("UTC"),
+        ),
+        Arc::new(StringArray::from_iter(commits.iter().map(|c| c.operation.as_deref()))),
+        Arc::new(StringArray::from_iter(commits.iter().map(|c| c.parameters.as_deref()))),
+        Arc::new(StringArray::from_iter(commits.iter().map(|c| c.user.as_deref()))),
+        Arc::new(UInt64Array::from_iter_values(commits.iter().map(|c| c.cells_added))),
+        Arc::new(UInt64Array::from_iter_values(commits.iter().map(|c| c.cells_removed))),
+        Arc::new(UInt64Array::from_iter(commits.iter().map(|c| c.rows_added))),
+        Arc::new(UInt64Array::from_iter(commits.iter().map(|c| c.rows_removed))),
+    ]
 }
 
 /// A literal as a Delta partition value string.
