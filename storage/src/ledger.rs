@@ -437,6 +437,12 @@ impl Ledger {
                 deltalake::TableProperty::CheckpointInterval,
                 Some(self.config.checkpoint_interval.max(1).to_string()),
             )
+            // Row-level changes and OPTIMIZE (delta-rs) write cells of the same target size as
+            // our own writes.
+            .with_configuration_property(
+                deltalake::TableProperty::TargetFileSize,
+                Some(self.config.cell_target_bytes.max(1).to_string()),
+            )
             .with_save_mode(SaveMode::ErrorIfExists)
             .await
             .map_err(|e| match e {

@@ -360,3 +360,19 @@ def test_a_dml_killed_between_its_cells_and_its_commit_changes_nothing(tmp_path)
         s.stop()
     # The cell the last UPDATE replaced stays until the next VACUUM; the orphans are gone.
     assert len(list(frame.glob("*.parquet"))) == 2
+
+
+def test_a_partition_predicate_deletes_whole_cells(server):
+    with flightsql.connect(server.uri) as conn, conn.cursor() as cur:
+        cur.execute("CREATE TABLE p (id INT, day DATE) PARTITIONED BY (day)")
+        cur.execute("INSERT INTO p SELECT value, DATE '2026-01-01' + CAST(value % 4 AS INT) FROM generate_series(1, 1000)")
+        cur.execute("DELETE FROM p WHERE day = DATE '2026-01-02'")
+        assert cur.rowcount == 250
+        last = rows(cur, "DESCRIBE HISTORY p LIMIT 1")[0]
+        # version, ts, op, params, user, cells_added, cells_removed, rows_added, rows_removed
+        assert last[2] == "DELETE" and last[5] == 0 and last[6] == 1 and last[8] == 250, last
+        # Day 2026-01-03 holds the ids with id % 4 = 2: half of them go, its cell is rewritten.
+        cur.execute("DELETE FROM p WHERE day = DATE '2026-01-03' AND id % 8 = 2")
+        assert cur.rowcount == 125
+        last = rows(cur, "DESCRIBE HISTORY p LIMIT 1")[0]
+        assert last[5] == 1 and last[6] == 1 and last[8] == 125, last
