@@ -88,8 +88,7 @@ pub trait QueryService: Send + Sync + std::fmt::Debug + 'static {
     async fn list_frames(&self, b: &BoxRef) -> Result<Vec<Ident>>;
     /// What a name in a box is (a frame or a view) and, when asked, the columns it serves;
     /// `None` if it does not exist (any more).
-    async fn frame_entry(&self, frame: &FrameRef, with_schema: bool)
-    -> Result<Option<FrameEntry>>;
+    async fn frame_entry(&self, frame: &FrameRef, with_schema: bool) -> Result<Option<FrameEntry>>;
     async fn hive_exists(&self, hive: &Ident) -> Result<bool>;
     async fn box_exists(&self, b: &BoxRef) -> Result<bool>;
 

@@ -213,7 +213,11 @@ pub struct NodeArgs {
     pub cache_size: MemorySize,
     /// Shortest retention `VACUUM … RETAIN n HOURS` may ask for. Below Delta's week, a VACUUM
     /// can delete cells that a running reader or a writer about to commit still needs.
-    #[arg(long, env = "APIARY_VACUUM_MIN_RETENTION_HOURS", default_value_t = 168.0)]
+    #[arg(
+        long,
+        env = "APIARY_VACUUM_MIN_RETENTION_HOURS",
+        default_value_t = 168.0
+    )]
     pub vacuum_min_retention_hours: f64,
     /// New frames get a Delta checkpoint every this many commits (`delta.checkpointInterval`),
     /// so reading a frame's state replays at most that many commits.

@@ -39,7 +39,7 @@ fn append_commit(c: &mut Criterion) {
             let mut w = lh.ledger().writer(&snap).unwrap();
             w.write(&batch).await.unwrap();
             let adds = w.finish().await.unwrap();
-            lh.ledger().commit(&snap, adds, false).await.unwrap()
+            lh.ledger().commit(&snap, adds, false, None).await.unwrap()
         })
     });
 }

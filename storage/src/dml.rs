@@ -27,14 +27,14 @@ use datafusion::execution::object_store::ObjectStoreRegistry;
 use datafusion::execution::runtime_env::RuntimeEnvBuilder;
 use datafusion::execution::session_state::SessionStateBuilder;
 use datafusion::execution::{SendableRecordBatchStream, TaskContext};
-use datafusion::logical_expr::dml::{MergeIntoAction, MergeIntoClause, MergeIntoClauseKind};
 use datafusion::logical_expr::Expr;
+use datafusion::logical_expr::dml::{MergeIntoAction, MergeIntoClause, MergeIntoClauseKind};
 use datafusion::physical_expr::{EquivalenceProperties, Partitioning, PhysicalExpr};
+use datafusion::physical_plan::coalesce_partitions::CoalescePartitionsExec;
+use datafusion::physical_plan::execution_plan::reset_plan_states;
 use datafusion::physical_plan::execution_plan::{Boundedness, EmissionType};
 use datafusion::physical_plan::stream::RecordBatchStreamAdapter;
 use datafusion::physical_plan::streaming::PartitionStream;
-use datafusion::physical_plan::coalesce_partitions::CoalescePartitionsExec;
-use datafusion::physical_plan::execution_plan::reset_plan_states;
 use datafusion::physical_plan::{DisplayAs, DisplayFormatType, ExecutionPlan, PlanProperties};
 use deltalake::DeltaTable;
 use deltalake::DeltaTableError;
@@ -353,12 +353,12 @@ pub(crate) fn conflict(snapshot: &FrameSnapshot, e: DeltaTableError) -> Error {
         DeltaTableError::Generic(m) if m.contains("multiple source rows") => {
             Error::InvalidArgument(format!("MERGE into {}: {m}", snapshot.frame()))
         }
-        DeltaTableError::Generic(m) if m.contains("failed validation check") => Error::Schema(
-            format!(
+        DeltaTableError::Generic(m) if m.contains("failed validation check") => {
+            Error::Schema(format!(
                 "{}: the change would put NULL into a NOT NULL column ({m})",
                 snapshot.frame()
-            ),
-        ),
+            ))
+        }
         other => other.into(),
     }
 }
@@ -498,7 +498,11 @@ impl fmt::Debug for OperationRegistry {
 }
 
 fn registry_key(url: &Url) -> String {
-    format!("{}://{}", url.scheme(), &url[url::Position::BeforeHost..url::Position::AfterPort])
+    format!(
+        "{}://{}",
+        url.scheme(),
+        &url[url::Position::BeforeHost..url::Position::AfterPort]
+    )
 }
 
 impl ObjectStoreRegistry for OperationRegistry {
@@ -581,7 +585,11 @@ impl fmt::Debug for ChangeExec {
 }
 
 pub(crate) fn count_schema() -> SchemaRef {
-    Arc::new(Schema::new(vec![Field::new("count", DataType::UInt64, false)]))
+    Arc::new(Schema::new(vec![Field::new(
+        "count",
+        DataType::UInt64,
+        false,
+    )]))
 }
 
 impl ChangeExec {

@@ -321,7 +321,12 @@ impl Lakehouse {
                 view: Some(view.clone()),
                 ..MarkerV1::new()
             };
-            if self.catalog.reserve_frame_as(frame, marker).await?.is_some() {
+            if self
+                .catalog
+                .reserve_frame_as(frame, marker)
+                .await?
+                .is_some()
+            {
                 info!(frame = %frame, "view created");
                 return Ok(true);
             }

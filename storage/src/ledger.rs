@@ -531,7 +531,10 @@ impl Ledger {
                             name: format!("{frame} at version {v}"),
                         },
                         // A version past the newest (or older than the log keeps).
-                        (DeltaTableError::KernelError(_) | DeltaTableError::Kernel { .. }, Some(v)) => Error::NotFound {
+                        (
+                            DeltaTableError::KernelError(_) | DeltaTableError::Kernel { .. },
+                            Some(v),
+                        ) => Error::NotFound {
                             kind: crate::error::ObjectKind::Frame,
                             name: format!("{frame} at version {v}"),
                         },
@@ -598,12 +601,13 @@ impl Ledger {
     }
 
     /// Commit new cells. `overwrite` also removes every cell of `read` (replace semantics).
-    /// Returns the committed version.
+    /// `user` is recorded in the commit. Returns the committed version.
     pub async fn commit(
         &self,
         read: &FrameSnapshot,
         adds: Vec<Add>,
         overwrite: bool,
+        user: Option<&str>,
     ) -> Result<i64> {
         read.writable()?;
         let log_store = self.log_store(&read.frame)?;
@@ -646,7 +650,10 @@ impl Ledger {
         let mut base = read.state.clone();
         let mut rebased = 0usize;
         let finalized = loop {
-            let props = CommitProperties::default().with_max_retries(self.config.commit_retries);
+            let props = match user {
+                Some(u) => self.commit_properties(u),
+                None => CommitProperties::default().with_max_retries(self.config.commit_retries),
+            };
             match CommitBuilder::from(props)
                 .with_actions(actions.clone())
                 .build(Some(&base), log_store.clone(), operation.clone())

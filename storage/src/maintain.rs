@@ -82,9 +82,10 @@ impl Ledger {
                     "ZORDER BY {c}: {c} is a partition column (each cell holds one value)"
                 )));
             }
-            snapshot.schema().field_with_name(c).map_err(|_| {
-                Error::Schema(format!("{} has no column {c}", snapshot.frame()))
-            })?;
+            snapshot
+                .schema()
+                .field_with_name(c)
+                .map_err(|_| Error::Schema(format!("{} has no column {c}", snapshot.frame())))?;
         }
         let literals = conditions
             .iter()
@@ -97,7 +98,9 @@ impl Ledger {
                     )));
                 }
                 let value = match c.op.as_str() {
-                    "in" | "not in" => FilterValue::Set(c.values.iter().map(String::as_str).collect()),
+                    "in" | "not in" => {
+                        FilterValue::Set(c.values.iter().map(String::as_str).collect())
+                    }
                     _ => FilterValue::Scalar(c.values.first().map(String::as_str).unwrap_or("")),
                 };
                 Ok(filter_literal(&c.column, &c.op, value)?)
@@ -122,7 +125,8 @@ impl Ledger {
             .await
             .map_err(|e| conflict(snapshot, e))?;
         let state = table.snapshot()?.clone();
-        let version = (state.version() as i64 != snapshot.version()).then_some(state.version() as i64);
+        let version =
+            (state.version() as i64 != snapshot.version()).then_some(state.version() as i64);
         if version.is_some() {
             info!(frame = %snapshot.frame(), ?version, removed = metrics.num_files_removed, added = metrics.num_files_added, "optimized");
             self.remember(snapshot.frame(), snapshot.incarnation(), state);

@@ -27,10 +27,10 @@ use datafusion::datasource::sink::{DataSink, DataSinkExec};
 use datafusion::datasource::source::DataSourceExec;
 use datafusion::datasource::table_schema::TableSchema;
 use datafusion::error::{DataFusionError, Result as DfResult};
-use datafusion::execution::object_store::ObjectStoreUrl;
-use datafusion::execution::{SendableRecordBatchStream, TaskContext};
 use datafusion::execution::context::SessionState;
+use datafusion::execution::object_store::ObjectStoreUrl;
 use datafusion::execution::session_state::SessionStateBuilder;
+use datafusion::execution::{SendableRecordBatchStream, TaskContext};
 use datafusion::logical_expr::dml::{InsertOp, MergeIntoClause};
 use datafusion::logical_expr::utils::conjunction;
 use datafusion::logical_expr::{Cast, Expr, TableProviderFilterPushDown, TableType};
@@ -468,11 +468,7 @@ impl TableProvider for FrameTable {
                     clauses: clauses.clone(),
                 };
                 let target = target.clone();
-                Box::pin(async move {
-                    ledger
-                        .merge(&snapshot, &target, spec, &state, &user)
-                        .await
-                })
+                Box::pin(async move { ledger.merge(&snapshot, &target, spec, &state, &user).await })
             }),
         )))
     }
@@ -552,7 +548,12 @@ impl FrameSink {
             return Ok((0, self.table.snapshot.version()));
         }
         let version = ledger
-            .commit(&self.table.snapshot, adds, self.overwrite)
+            .commit(
+                &self.table.snapshot,
+                adds,
+                self.overwrite,
+                self.table.user.as_deref(),
+            )
             .await?;
         Ok((rows, version))
     }

@@ -81,6 +81,9 @@ pub(super) struct Resolved {
     pub(super) system_only: bool,
 }
 
+/// Finds or makes the schema provider of a box in the statement's catalog.
+type EnsureSchema<'a> = dyn Fn(&str, &str) -> Result<Arc<dyn SchemaProvider>> + Sync + 'a;
+
 /// Deepest nesting of views in views.
 const MAX_VIEW_DEPTH: usize = 16;
 /// Most views one statement reads.
@@ -94,7 +97,7 @@ impl Engine {
         &self,
         state: &SessionState,
         mut pending: Vec<(FrameRef, String, ViewV1)>,
-        ensure_schema: &(dyn Fn(&str, &str) -> Result<Arc<dyn SchemaProvider>> + Sync),
+        ensure_schema: &EnsureSchema<'_>,
     ) -> Result<()> {
         while !pending.is_empty() {
             let before = pending.len();

@@ -12,7 +12,9 @@ use datafusion::catalog::{Session, TableProvider};
 use datafusion::datasource::memory::MemorySourceConfig;
 use datafusion::error::{DataFusionError, Result as DfResult};
 use datafusion::logical_expr::utils::split_conjunction;
-use datafusion::logical_expr::{BinaryExpr, Expr, Operator, TableProviderFilterPushDown, TableType};
+use datafusion::logical_expr::{
+    BinaryExpr, Expr, Operator, TableProviderFilterPushDown, TableType,
+};
 use datafusion::physical_plan::ExecutionPlan;
 
 use super::operations::{commit_columns, commit_fields};
@@ -40,21 +42,24 @@ pub(crate) struct HistoryTable {
 
 /// `column = 'literal'` conditions among `filters`.
 fn equal_to(filters: &[Expr], column: &str) -> Option<String> {
-    filters.iter().flat_map(split_conjunction).find_map(|e| match e {
-        Expr::BinaryExpr(BinaryExpr {
-            left,
-            op: Operator::Eq,
-            right,
-        }) => match (left.as_ref(), right.as_ref()) {
-            (Expr::Column(c), Expr::Literal(v, _)) | (Expr::Literal(v, _), Expr::Column(c))
-                if c.name == column =>
-            {
-                v.to_string().into()
-            }
+    filters
+        .iter()
+        .flat_map(split_conjunction)
+        .find_map(|e| match e {
+            Expr::BinaryExpr(BinaryExpr {
+                left,
+                op: Operator::Eq,
+                right,
+            }) => match (left.as_ref(), right.as_ref()) {
+                (Expr::Column(c), Expr::Literal(v, _)) | (Expr::Literal(v, _), Expr::Column(c))
+                    if c.name == column =>
+                {
+                    v.to_string().into()
+                }
+                _ => None,
+            },
             _ => None,
-        },
-        _ => None,
-    })
+        })
 }
 
 #[async_trait]

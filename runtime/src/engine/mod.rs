@@ -161,10 +161,16 @@ impl Engine {
         let history = Arc::new(history_table::HistoryTable {
             lakehouse: self.lakehouse.clone(),
         });
-        if datafusion::catalog::SchemaProvider::register_table(&lakehouse, "history".into(), history)
-            .is_ok()
+        if datafusion::catalog::SchemaProvider::register_table(
+            &lakehouse,
+            "history".into(),
+            history,
+        )
+        .is_ok()
         {
-            let _ = system.catalog().register_schema("lakehouse", Arc::new(lakehouse));
+            let _ = system
+                .catalog()
+                .register_schema("lakehouse", Arc::new(lakehouse));
         }
         self.system = Some(system);
         self

@@ -236,27 +236,41 @@ pub(super) fn commit_fields() -> Vec<Field> {
 
 pub(super) fn commit_columns(commits: &[apiary_storage::Commit]) -> Vec<ArrayRef> {
     vec![
-        Arc::new(Int64Array::from_iter_values(commits.iter().map(|c| c.version))),
+        Arc::new(Int64Array::from_iter_values(
+            commits.iter().map(|c| c.version),
+        )),
         Arc::new(
             TimestampMillisecondArray::from_iter(commits.iter().map(|c| c.timestamp_ms))
                 .with_timezone("UTC"),
         ),
-        Arc::new(StringArray::from_iter(commits.iter().map(|c| c.operation.as_deref()))),
-        Arc::new(StringArray::from_iter(commits.iter().map(|c| c.parameters.as_deref()))),
-        Arc::new(StringArray::from_iter(commits.iter().map(|c| c.user.as_deref()))),
-        Arc::new(UInt64Array::from_iter_values(commits.iter().map(|c| c.cells_added))),
-        Arc::new(UInt64Array::from_iter_values(commits.iter().map(|c| c.cells_removed))),
+        Arc::new(StringArray::from_iter(
+            commits.iter().map(|c| c.operation.as_deref()),
+        )),
+        Arc::new(StringArray::from_iter(
+            commits.iter().map(|c| c.parameters.as_deref()),
+        )),
+        Arc::new(StringArray::from_iter(
+            commits.iter().map(|c| c.user.as_deref()),
+        )),
+        Arc::new(UInt64Array::from_iter_values(
+            commits.iter().map(|c| c.cells_added),
+        )),
+        Arc::new(UInt64Array::from_iter_values(
+            commits.iter().map(|c| c.cells_removed),
+        )),
         Arc::new(UInt64Array::from_iter(commits.iter().map(|c| c.rows_added))),
-        Arc::new(UInt64Array::from_iter(commits.iter().map(|c| c.rows_removed))),
+        Arc::new(UInt64Array::from_iter(
+            commits.iter().map(|c| c.rows_removed),
+        )),
     ]
 }
 
 /// A literal as a Delta partition value string.
 fn literal_text(v: &ScalarValue) -> String {
     match v {
-        ScalarValue::Utf8(Some(s)) | ScalarValue::Utf8View(Some(s)) | ScalarValue::LargeUtf8(Some(s)) => {
-            s.clone()
-        }
+        ScalarValue::Utf8(Some(s))
+        | ScalarValue::Utf8View(Some(s))
+        | ScalarValue::LargeUtf8(Some(s)) => s.clone(),
         other => other.to_string(),
     }
 }

@@ -296,7 +296,10 @@ impl<'a> Cursor<'a> {
 
     /// Byte offset of the current token (the text's end when there is none).
     pub(super) fn offset(&self) -> usize {
-        self.toks.get(self.pos).map(|(_, r)| r.start).unwrap_or(usize::MAX)
+        self.toks
+            .get(self.pos)
+            .map(|(_, r)| r.start)
+            .unwrap_or(usize::MAX)
     }
 
     /// Byte offset of the current token, or `end` past the last one.
@@ -321,11 +324,10 @@ impl<'a> Cursor<'a> {
     pub(super) fn number(&mut self, what: &str) -> Result<i64> {
         match self.peek() {
             Some(Token::Number(n, _)) => {
-                let v = n
-                    .parse::<i64>()
-                    .ok()
-                    .filter(|v| *v >= 0)
-                    .ok_or_else(|| Error::Sql(format!("{what} takes a whole number, not {n}")))?;
+                let v =
+                    n.parse::<i64>().ok().filter(|v| *v >= 0).ok_or_else(|| {
+                        Error::Sql(format!("{what} takes a whole number, not {n}"))
+                    })?;
                 self.pos += 1;
                 Ok(v)
             }

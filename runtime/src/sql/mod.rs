@@ -10,10 +10,10 @@ use datafusion::sql::sqlparser::tokenizer::{Location, Token, TokenWithSpan, Toke
 use crate::error::{Error, Result};
 
 mod classify;
-mod operations;
-pub mod travel;
 #[cfg(test)]
 mod fuzz;
+mod operations;
+pub mod travel;
 
 use classify::Cursor;
 pub use classify::{Command, NameParts, classify};
@@ -316,11 +316,18 @@ mod tests {
             classify("ALTER TABLE f ADD COLUMNS (a DECIMAL(10, 2), b INT)").unwrap(),
             Command::AddColumns {
                 name: vec!["f".into()],
-                columns: vec![("a".into(), "DECIMAL(10, 2)".into()), ("b".into(), "INT".into())]
+                columns: vec![
+                    ("a".into(), "DECIMAL(10, 2)".into()),
+                    ("b".into(), "INT".into())
+                ]
             }
         );
         assert!(classify("RESTORE f TO VERSION AS OF x").is_err());
-        assert!(classify("ALTER TABLE f DROP COLUMN a").is_ok_and(|c| matches!(c, Command::Unsupported(_))) || classify("ALTER TABLE f DROP COLUMN a").is_err());
+        assert!(
+            classify("ALTER TABLE f DROP COLUMN a")
+                .is_ok_and(|c| matches!(c, Command::Unsupported(_)))
+                || classify("ALTER TABLE f DROP COLUMN a").is_err()
+        );
         assert!(classify("use a.b.c").is_err());
     }
 

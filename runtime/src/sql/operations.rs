@@ -48,7 +48,7 @@ pub(super) fn optimize(c: &mut Cursor<'_>, text: &str) -> Result<Command> {
     let mut predicate = None;
     if c.eat_word("WHERE") {
         let start = c.offset();
-        while !c.done() && !(c.peek_word(0).as_deref() == Some("ZORDER")) {
+        while !c.done() && c.peek_word(0).as_deref() != Some("ZORDER") {
             c.skip();
         }
         let end = c.offset_or(text.len());
@@ -103,7 +103,9 @@ pub(super) fn vacuum(c: &mut Cursor<'_>) -> Result<Command> {
 /// `ALTER TABLE name ADD COLUMN[S] [(] c type [, c type …] [)]` (after `ALTER`).
 pub(super) fn alter(c: &mut Cursor<'_>, text: &str) -> Result<Command> {
     if !(c.eat_word("TABLE") || c.eat_word("FRAME")) {
-        return Err(Error::Unsupported("ALTER other than ALTER TABLE … ADD COLUMN".into()));
+        return Err(Error::Unsupported(
+            "ALTER other than ALTER TABLE … ADD COLUMN".into(),
+        ));
     }
     let name = c.name(3)?;
     if !c.eat_word("ADD") {
@@ -150,7 +152,9 @@ pub(super) fn create_view(c: &mut Cursor<'_>, text: &str, or_replace: bool) -> R
     let if_not_exists = c.eat_words(&["IF", "NOT", "EXISTS"]);
     let name = c.name(3)?;
     if matches!(c.peek(), Some(Token::LParen)) {
-        return Err(Error::Unsupported("column lists on views (use aliases in the query)".into()));
+        return Err(Error::Unsupported(
+            "column lists on views (use aliases in the query)".into(),
+        ));
     }
     if !c.eat_word("AS") {
         return Err(Error::Sql("expected CREATE VIEW name AS SELECT …".into()));

@@ -46,9 +46,9 @@ pub fn rewrite(text: &str) -> Result<Option<String>> {
         let value = m.get(k + 3).map(|&i| &lexed.tokens[i].0);
         let mark = match (version, value) {
             (true, Some(Token::Number(n, _))) => {
-                let v: i64 = n
-                    .parse()
-                    .map_err(|_| Error::Sql(format!("VERSION AS OF takes a version number, not {n}")))?;
+                let v: i64 = n.parse().map_err(|_| {
+                    Error::Sql(format!("VERSION AS OF takes a version number, not {n}"))
+                })?;
                 format!("v{v}")
             }
             (false, Some(Token::SingleQuotedString(s))) => {
@@ -120,12 +120,20 @@ pub fn parse_instant(s: &str) -> Result<DateTime<Utc>> {
     if let Ok(t) = DateTime::parse_from_rfc3339(s) {
         return Ok(t.with_timezone(&Utc));
     }
-    for f in ["%Y-%m-%d %H:%M:%S%.f%:z", "%Y-%m-%d %H:%M:%S%.f%#z", "%Y-%m-%dT%H:%M:%S%.f%#z"] {
+    for f in [
+        "%Y-%m-%d %H:%M:%S%.f%:z",
+        "%Y-%m-%d %H:%M:%S%.f%#z",
+        "%Y-%m-%dT%H:%M:%S%.f%#z",
+    ] {
         if let Ok(t) = DateTime::parse_from_str(s, f) {
             return Ok(t.with_timezone(&Utc));
         }
     }
-    for f in ["%Y-%m-%d %H:%M:%S%.f", "%Y-%m-%dT%H:%M:%S%.f", "%Y-%m-%d %H:%M"] {
+    for f in [
+        "%Y-%m-%d %H:%M:%S%.f",
+        "%Y-%m-%dT%H:%M:%S%.f",
+        "%Y-%m-%d %H:%M",
+    ] {
         if let Ok(t) = NaiveDateTime::parse_from_str(s, f) {
             return Ok(t.and_utc());
         }
@@ -146,13 +154,17 @@ mod tests {
     #[test]
     fn clauses_become_one_quoted_part() {
         assert_eq!(
-            rewrite("SELECT * FROM h.b.F VERSION AS OF 3 JOIN g TIMESTAMP AS OF '2026-12-01' ON 1=1")
-                .unwrap()
-                .unwrap(),
+            rewrite(
+                "SELECT * FROM h.b.F VERSION AS OF 3 JOIN g TIMESTAMP AS OF '2026-12-01' ON 1=1"
+            )
+            .unwrap()
+            .unwrap(),
             "SELECT * FROM h.b.\"f@v3\" JOIN \"g@t2026-12-01\" ON 1=1"
         );
         assert_eq!(
-            rewrite("select * from \"Q\" version as of 0 as x").unwrap().unwrap(),
+            rewrite("select * from \"Q\" version as of 0 as x")
+                .unwrap()
+                .unwrap(),
             "select * from \"Q@v0\" as x"
         );
         assert_eq!(rewrite("SELECT version AS of FROM t").unwrap(), None);

@@ -45,7 +45,7 @@ async fn append(lh: &Lakehouse, f: &FrameRef, b: RecordBatch) -> i64 {
     let mut w = lh.ledger().writer(&snap).unwrap();
     w.write(&b).await.unwrap();
     let adds = w.finish().await.unwrap();
-    lh.ledger().commit(&snap, adds, false).await.unwrap()
+    lh.ledger().commit(&snap, adds, false, None).await.unwrap()
 }
 
 async fn count(engine: &Engine, sql: &str) -> i64 {
@@ -210,7 +210,10 @@ async fn frame_lifecycle(storage: Storage) {
     let mut w = lh.ledger().writer(&snap).unwrap();
     w.write(&batch(100..105, "c")).await.unwrap();
     let adds = w.finish().await.unwrap();
-    assert_eq!(lh.ledger().commit(&snap, adds, true).await.unwrap(), 3);
+    assert_eq!(
+        lh.ledger().commit(&snap, adds, true, None).await.unwrap(),
+        3
+    );
     assert_eq!(count(&e, "SELECT count(*) FROM events").await, 5);
     // Drop, then the name is free and a new frame starts empty.
     assert!(lh.drop_frame(&f, false).await.unwrap());
