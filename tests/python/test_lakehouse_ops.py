@@ -201,23 +201,42 @@ def test_dml_on_s3_is_read_back_by_deltalake(moto):
         "APIARY_S3_SECRET_ACCESS_KEY": "testing",
         "APIARY_S3_ALLOW_HTTP": "true",
     }
-    s = ApiaryServer("s3://bucket/lake", env=env)
+    s = ApiaryServer("s3://bucket/lake", args=["--vacuum-min-retention-hours", "0"], env=env)
     try:
         seen = run_dml_session(s.uri)
+        dt = DeltaTable(
+            "s3://bucket/lake/default/default/t",
+            storage_options={
+                "AWS_ENDPOINT_URL": moto,
+                "AWS_REGION": "us-east-1",
+                "AWS_ACCESS_KEY_ID": "testing",
+                "AWS_SECRET_ACCESS_KEY": "testing",
+                "AWS_ALLOW_HTTP": "true",
+                "AWS_S3_ALLOW_UNSAFE_RENAME": "true",
+            },
+        )
+        check_dml(seen, dt)
+        # VACUUM deletes the replaced cells from the bucket, object by object.
+        import boto3
+
+        bucket = boto3.resource(
+            "s3", endpoint_url=moto, aws_access_key_id="testing", aws_secret_access_key="testing", region_name="us-east-1"
+        ).Bucket("bucket")
+
+        def cells():
+            return {o.key for o in bucket.objects.filter(Prefix="lake/default/default/t/") if o.key.endswith(".parquet")}
+
+        before = cells()
+        with flightsql.connect(s.uri) as conn, conn.cursor() as cur:
+            doomed = len(rows(cur, "VACUUM t RETAIN 0 HOURS DRY RUN"))
+            cur.execute("VACUUM t RETAIN 0 HOURS")
+            assert cur.rowcount == doomed > 0
+            assert len(cells()) == len(before) - doomed
+            with pytest.raises(Exception, match=r"NOT_FOUND.*is gone \(VACUUM deleted"):
+                rows(cur, "SELECT * FROM t VERSION AS OF 1")
+            assert rows(cur, "SELECT count(*) FROM t") == [(271,)]
     finally:
         s.stop()
-    dt = DeltaTable(
-        "s3://bucket/lake/default/default/t",
-        storage_options={
-            "AWS_ENDPOINT_URL": moto,
-            "AWS_REGION": "us-east-1",
-            "AWS_ACCESS_KEY_ID": "testing",
-            "AWS_SECRET_ACCESS_KEY": "testing",
-            "AWS_ALLOW_HTTP": "true",
-            "AWS_S3_ALLOW_UNSAFE_RENAME": "true",
-        },
-    )
-    check_dml(seen, dt)
 
 
 def test_checkpoints_every_n_commits(storage):

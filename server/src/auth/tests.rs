@@ -125,7 +125,9 @@ async fn sliding_stops_at_the_absolute_lifetime() {
         .await
         .unwrap();
     let renewed = a.mint(&again);
-    std::thread::sleep((lifetime + Duration::from_millis(100)).saturating_sub(login.elapsed()));
+    // Login times are whole seconds: past the lifetime by more than one second, whatever the
+    // fraction the login happened at.
+    std::thread::sleep((lifetime + Duration::from_millis(1100)).saturating_sub(login.elapsed()));
     let e = a
         .authenticate(&headers(&format!("Bearer {renewed}")), None)
         .await

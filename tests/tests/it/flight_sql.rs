@@ -481,6 +481,7 @@ async fn jdbc_driver_session() {
         vec![
             "default.default",
             "system.colony",
+            "system.lakehouse",
             "system.runtime",
             "system.swarm"
         ]
@@ -535,7 +536,7 @@ async fn jdbc_driver_session() {
         .iter()
         .flatten()
         .collect();
-    assert_eq!(types, vec!["SYSTEM TABLE", "TABLE"]);
+    assert_eq!(types, vec!["SYSTEM TABLE", "TABLE", "VIEW"]);
 
     let pk = c
         .get_primary_keys(CommandGetPrimaryKeys {
@@ -654,7 +655,8 @@ async fn errors_map_to_grpc_codes() {
     assert_eq!(update("CREATE HIVE x").await, Code::Ok);
     assert_eq!(update("CREATE HIVE x").await, Code::AlreadyExists);
     assert_eq!(update("CREATE TABLE nobox.t (a INT)").await, Code::NotFound);
-    assert_eq!(update("DELETE FROM t").await, Code::Unimplemented);
+    assert_eq!(update("DELETE FROM t").await, Code::NotFound);
+    assert_eq!(update("ALTER TABLE t DROP COLUMN a").await, Code::Unimplemented);
     assert_eq!(update("CREATE HIVE \"../x\"").await, Code::InvalidArgument);
     match c.begin_transaction().await {
         Err(e) => assert_eq!(code_of(e), Code::Unimplemented),
