@@ -62,7 +62,7 @@ pub mod system;
 
 pub use engine::{
     Engine, EngineConfig, IfExists, IfMissing, Limits, Output, Pins, PlannedQuery, Role, Session,
-    Statement, StatementInfo, SystemCatalog, WriteMode,
+    Statement, StatementInfo, SystemCatalog, WriteMode, merges_schema,
 };
 pub use error::{Error, Result};
 pub use node::{Node, NodeConfig};

@@ -203,6 +203,7 @@ impl Engine {
             },
             if_missing: IfMissing::Create,
             partition_by: Some(partition_by.to_vec()),
+            merge_schema: false,
         };
         // Plan the rows before touching the namespace: a query that cannot plan creates nothing.
         let physical = match has_data {

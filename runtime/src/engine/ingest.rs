@@ -15,7 +15,9 @@
 //! frame is dropped again.
 
 use apiary_storage::{FrameRef, FrameSink, FrameSnapshot, FrameTable, ObjectKind};
-use arrow::datatypes::SchemaRef;
+use std::sync::Arc;
+
+use arrow::datatypes::{Field, Schema, SchemaRef};
 use datafusion::execution::SendableRecordBatchStream;
 use tracing::{info, warn};
 
@@ -46,6 +48,9 @@ pub struct WriteMode {
     /// Partition columns of a frame this write creates. `None` keeps a replaced frame's own
     /// partitioning; `Some` must match it for a replace to keep the frame.
     pub partition_by: Option<Vec<String>>,
+    /// An append whose batches have columns the frame lacks adds them (nullable) first, instead
+    /// of failing: schema evolution, only when asked for (ingest option `apiary.merge_schema`).
+    pub merge_schema: bool,
 }
 
 /// Where a write goes, once the rules have been applied.
@@ -94,20 +99,38 @@ impl Engine {
             .into()),
             (Some(_), IfExists::Skip, _) => Ok(Target::Skip),
             (Some(s), IfExists::Append, _) => {
+                let extra: Vec<_> = schema
+                    .map(|i| {
+                        i.fields()
+                            .iter()
+                            .filter(|f| s.schema().field_with_name(f.name()).is_err())
+                            .cloned()
+                            .collect()
+                    })
+                    .unwrap_or_default();
+                if extra.is_empty() {
+                    return Ok(write(s, false, false));
+                }
                 // A column the frame lacks: the target exists with another schema, which ADBC
                 // clients expect as ALREADY_EXISTS (a value that does not cast stays
-                // INVALID_ARGUMENT, from the write).
-                if let Some(extra) = schema.and_then(|i| {
-                    i.fields()
-                        .iter()
-                        .find(|f| s.schema().field_with_name(f.name()).is_err())
-                }) {
+                // INVALID_ARGUMENT, from the write) — unless the client asked for the schema to
+                // grow.
+                if !mode.merge_schema {
                     return Err(Error::TargetMismatch(format!(
-                        "frame {frame} already exists with other columns: it has no column {}",
-                        extra.name()
+                        "frame {frame} already exists with other columns: it has no column {} \
+                         (ingest with the option apiary.merge_schema = true to add it)",
+                        extra[0].name()
                     )));
                 }
-                Ok(write(s, false, false))
+                // Added as nullable columns in a commit of their own, before the data: existing
+                // cells read them as NULL.
+                let fields = self.frame_schema(&Arc::new(Schema::new(extra)))?;
+                let fields: Vec<Field> =
+                    fields.fields().iter().map(|f| f.as_ref().clone()).collect();
+                let names: Vec<String> = fields.iter().map(|f| f.name().clone()).collect();
+                lh.ledger().add_columns(&s, fields, "ingest").await?;
+                info!(frame = %frame, columns = ?names, "schema merged for an append");
+                Ok(write(lh.frame(frame, None).await?, false, false))
             }
             (Some(s), IfExists::Replace, _) => {
                 if same_shape(&s, schema, mode.partition_by.as_deref()) {

@@ -54,6 +54,7 @@ use policy::Purpose;
 
 pub use history_table::history_schema;
 pub use ingest::{IfExists, IfMissing, WriteMode};
+pub use options::{MERGE_SCHEMA, merges_schema};
 pub(crate) use show::redact_text;
 pub use types::{
     Caller, EngineConfig, Limits, Output, Pins, PlannedQuery, Role, Session, Statement,

@@ -6,6 +6,9 @@
 //! `datafusion.format.*` — within bounds where an option sizes work; the catalog and runtime
 //! (memory, disk, object stores) belong to the operator. A session holds at most
 //! [`MAX_OPTIONS`] of them.
+//!
+//! Apiary's own session options: `apiary.merge_schema` (`true`/`false`): an append (bulk ingest
+//! in `append` or `create_append` mode) whose batches have columns the frame lacks adds them.
 
 use std::sync::Arc;
 
@@ -28,6 +31,19 @@ const SETTABLE: [&str; 5] = [
     "datafusion.sql_parser.",
     "datafusion.format.",
 ];
+
+/// Apiary's own session options, with the values they take.
+const APIARY_OPTIONS: [(&str, &[&str]); 1] = [(MERGE_SCHEMA, &["true", "false"])];
+
+/// `SET apiary.merge_schema = true`: appends may add columns.
+pub const MERGE_SCHEMA: &str = "apiary.merge_schema";
+
+/// Whether `session` asked appends to add the columns a frame lacks.
+pub fn merges_schema(options: &[(String, String)]) -> bool {
+    options
+        .iter()
+        .any(|(k, v)| k == MERGE_SCHEMA && v.eq_ignore_ascii_case("true"))
+}
 
 /// Options that size work or protect the process, with the range a session may choose.
 fn bounds(name: &str) -> Option<(u64, u64)> {
@@ -56,8 +72,9 @@ impl Engine {
                 SETTABLE.join("*, ")
             )));
         }
+        let apiary = APIARY_OPTIONS.iter().find(|(k, _)| *k == name);
         let mut probe = self.base.config().options().as_ref().clone();
-        if !probe.entries().iter().any(|e| e.key == name) {
+        if apiary.is_none() && !probe.entries().iter().any(|e| e.key == name) {
             return Err(Error::Sql(format!("unknown option {name}")));
         }
         let Some(value) = value else {
@@ -80,9 +97,25 @@ impl Engine {
                 }
             }
         }
-        probe
-            .set(name, value)
-            .map_err(|e| Error::Sql(format!("{name} = {value}: {e}")))?;
+        let value = match apiary {
+            Some((_, allowed)) => {
+                let v = value.to_ascii_lowercase();
+                if !allowed.contains(&v.as_str()) {
+                    return Err(Error::Sql(format!(
+                        "{name} takes {}, not {value}",
+                        allowed.join(" or ")
+                    )));
+                }
+                v
+            }
+            None => {
+                probe
+                    .set(name, value)
+                    .map_err(|e| Error::Sql(format!("{name} = {value}: {e}")))?;
+                value.to_string()
+            }
+        };
+        let value = value.as_str();
         match session
             .options
             .binary_search_by(|(k, _)| k.as_str().cmp(name))

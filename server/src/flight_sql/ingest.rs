@@ -10,7 +10,9 @@
 //! | `create_append` | APPEND    | CREATE       |
 //!
 //! `apiary.partition_by` (comma-separated columns) in the command's options partitions a frame
-//! the ingest creates.
+//! the ingest creates; `apiary.merge_schema` = `true` (in the options, or set in the session
+//! with `SET apiary.merge_schema = true`) lets an append add the columns the frame lacks
+//! (nullable) instead of failing.
 
 use std::sync::Arc;
 
@@ -51,10 +53,21 @@ fn write_mode(cmd: &CommandStatementIngest) -> Result<WriteMode> {
             .filter(|s| !s.is_empty())
             .collect()
     });
+    let merge_schema = match cmd.options.get("apiary.merge_schema").map(|v| v.trim()) {
+        None => false,
+        Some(v) if v.eq_ignore_ascii_case("true") => true,
+        Some(v) if v.eq_ignore_ascii_case("false") => false,
+        Some(v) => {
+            return Err(Error::invalid(format!(
+                "apiary.merge_schema is true or false, not {v:?}"
+            )));
+        }
+    };
     Ok(WriteMode {
         if_exists,
         if_missing,
         partition_by,
+        merge_schema,
     })
 }
 
@@ -65,7 +78,7 @@ impl FlightSql {
         cmd: CommandStatementIngest,
         stream: PeekableFlightDataStream,
     ) -> Result<i64> {
-        let mode = write_mode(&cmd)?;
+        let mut mode = write_mode(&cmd)?;
         if cmd.temporary {
             return Err(Error::Unimplemented(
                 "temporary frames are not supported".into(),
@@ -77,6 +90,8 @@ impl FlightSql {
             ));
         }
         let session = session_of(who)?;
+        // `SET apiary.merge_schema = true` earlier in the session asks for it too.
+        mode.merge_schema |= apiary_runtime::merges_schema(&session.options);
         let frame = FrameRef::new(
             match cmd.catalog.as_deref().filter(|c| !c.is_empty()) {
                 Some(c) => Ident::parse(c)?,
