@@ -73,8 +73,9 @@ const TARGET: &str = "__apiary_target";
 const SOURCE: &str = "__apiary_source";
 
 impl Ledger {
-    /// `snapshot` as a delta-rs table (state and log store), for its operations.
-    fn delta_table(&self, snapshot: &FrameSnapshot) -> Result<DeltaTable> {
+    /// `snapshot` as a delta-rs table (state and log store), for its operations; refused for
+    /// a snapshot that may not be written.
+    pub(crate) fn delta_table(&self, snapshot: &FrameSnapshot) -> Result<DeltaTable> {
         snapshot.writable()?;
         let mut table = DeltaTable::new(self.log_store(snapshot.frame())?);
         table.state = Some(snapshot.delta_state().clone());

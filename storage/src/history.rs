@@ -115,16 +115,14 @@ impl Ledger {
         version: i64,
         user: &str,
     ) -> Result<Restored> {
-        snapshot.writable()?;
         if version < 0 || version > snapshot.version() {
             return Err(Error::NotFound {
                 kind: ObjectKind::Frame,
                 name: format!("{} at version {version}", snapshot.frame()),
             });
         }
-        let mut table = deltalake::DeltaTable::new(self.log_store(snapshot.frame())?);
-        table.state = Some(snapshot.delta_state().clone());
-        let (table, metrics) = table
+        let (table, metrics) = self
+            .delta_table(snapshot)?
             .restore()
             .with_version_to_restore(version as u64)
             .with_commit_properties(self.commit_properties(user))

@@ -10,7 +10,6 @@ use std::num::NonZeroU64;
 use std::sync::Arc;
 
 use datafusion::execution::context::SessionState;
-use deltalake::DeltaTable;
 use deltalake::kernel::StructField;
 use deltalake::kernel::schema::partitions::{FilterValue, filter_literal};
 use deltalake::kernel::transaction::CommitBuilder;
@@ -59,13 +58,6 @@ pub const DEFAULT_RETENTION_HOURS: f64 = 168.0;
 const DELETE_CONCURRENCY: usize = 8;
 
 impl Ledger {
-    fn table_of(&self, snapshot: &FrameSnapshot) -> Result<DeltaTable> {
-        snapshot.writable()?;
-        let mut table = DeltaTable::new(self.log_store(snapshot.frame())?);
-        table.state = Some(snapshot.delta_state().clone());
-        Ok(table)
-    }
-
     /// `OPTIMIZE`: rewrite small cells into cells of the target size (Z-ordered by `zorder`
     /// when given), in the partitions `conditions` select. One commit; appends may run alongside.
     pub async fn optimize(
@@ -106,7 +98,7 @@ impl Ledger {
                 Ok(filter_literal(&c.column, &c.op, value)?)
             })
             .collect::<Result<Vec<_>>>()?;
-        let table = self.table_of(snapshot)?;
+        let table = self.delta_table(snapshot)?;
         let target = NonZeroU64::new(self.config().cell_target_bytes)
             .ok_or_else(|| Error::Internal("cell target size is zero".into()))?;
         let kind = match zorder.is_empty() {
@@ -158,7 +150,7 @@ impl Ledger {
                 snapshot.frame()
             )));
         }
-        let table = self.table_of(snapshot)?;
+        let table = self.delta_table(snapshot)?;
         let retention = chrono::Duration::milliseconds((retain_hours * 3_600_000.0) as i64);
         let (_, plan) = table
             .vacuum()
@@ -246,7 +238,7 @@ impl Ledger {
             ])))?;
             delta_fields.extend(one.fields().cloned());
         }
-        let table = self.table_of(snapshot)?;
+        let table = self.delta_table(snapshot)?;
         let table = table
             .add_columns()
             .with_fields(delta_fields)

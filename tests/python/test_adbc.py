@@ -92,7 +92,7 @@ def test_get_objects_at_every_depth_and_table_schema(server):
         assert schema.field("id").nullable is False
         assert schema.field("amount").type == pa.decimal128(12, 2)
         assert conn.adbc_get_table_schema("items").names == ["sku"]
-        assert sorted(conn.adbc_get_table_types()) == ["SYSTEM TABLE", "TABLE"]
+        assert sorted(conn.adbc_get_table_types()) == ["SYSTEM TABLE", "TABLE", "VIEW"]
 
 
 def test_session_catalog_and_schema_options(server):
@@ -184,6 +184,8 @@ def test_errors_carry_codes(server):
             cur.execute("SELECT * FROM nope")
         assert "NOT_FOUND" in str(e.value) or "NotFound" in str(e.value)
         with pytest.raises(adbc_driver_manager.NotSupportedError):
+            cur.execute("ALTER TABLE nope DROP COLUMN x")
+        with pytest.raises(adbc_driver_manager.Error, match="NOT_FOUND.*nope does not exist"):
             cur.execute("DELETE FROM nope")
 
 
