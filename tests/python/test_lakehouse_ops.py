@@ -317,6 +317,7 @@ def test_concurrent_updates_and_appends_on_two_nodes(tmp_path):
             p.join(60)
         errors = [r for r in results if r[0] != "ok"]
         assert not errors, errors
+        print("lost conflicts (ABORTED) per updater:", sorted((r[1], r[2]) for r in results if isinstance(r[1], int)))
         with flightsql.connect(b.uri) as conn, conn.cursor() as cur:
             assert rows(cur, "SELECT p, n FROM counters WHERE p < 100 ORDER BY p") == [(0, 25), (1, 25), (2, 25), (3, 25)]
             assert rows(cur, "SELECT count(*), count(DISTINCT n) FROM counters WHERE p = 100") == [(40, 40)]
