@@ -22,6 +22,7 @@
 //! | [`catalog`]   | hive, box and frame markers                                           |
 //! | [`ledger`]    | Delta tables: create, snapshot (pinned versions), cell writing, commit |
 //! | [`schema`]    | which Arrow types a frame stores; casting incoming batches            |
+//! | `shape`       | valid partition columns; the Delta protocol a frame's columns need     |
 //! | [`provider`]  | DataFusion `TableProvider` and `DataSink` over a pinned snapshot      |
 //! | [`lakehouse`] | flows that touch catalog and ledger together (create/drop)            |
 //! | [`dml`]       | DELETE, UPDATE, MERGE through delta-rs on the caller's session          |
@@ -43,6 +44,7 @@ pub mod maintain;
 pub mod paths;
 pub mod provider;
 pub mod schema;
+mod shape;
 
 pub use backend::{BackendKind, S3Options, Storage};
 pub use dml::Changed;

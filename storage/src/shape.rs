@@ -1,0 +1,137 @@
+//! A frame's shape as Delta records it: which partition columns are valid, and which protocol
+//! (reader/writer features) its columns need.
+
+use arrow::datatypes::SchemaRef;
+
+use crate::error::{Error, Result};
+
+/// Whether a partition column's name is safe as the `<column>=` part of a cell's directory.
+fn partition_name_ok(name: &str) -> bool {
+    !name.is_empty()
+        && name.len() <= 255
+        && name != "."
+        && name != ".."
+        && name
+            .chars()
+            .all(|c| c.is_alphanumeric() || matches!(c, '_' | '-' | ' '))
+}
+
+#[cfg(test)]
+#[test]
+fn partition_names_that_would_make_paths_are_refused() {
+    for bad in ["a/b", "..", ".", "", "a=b", "a\\b", "x\ny", "%2F"] {
+        assert!(!partition_name_ok(bad), "{bad:?}");
+    }
+    for good in ["day", "Région", "order date", "a_b-2"] {
+        assert!(partition_name_ok(good), "{good:?}");
+    }
+}
+
+/// The protocol a table needs for `schema`, when its current one lacks a feature the columns
+/// need (timestamps without a zone need `timestampNtz`); `None` when the current one will do.
+/// A protocol is never downgraded.
+pub(crate) fn protocol_for(
+    current: &deltalake::kernel::Protocol,
+    schema: &deltalake::kernel::StructType,
+) -> Result<Option<deltalake::kernel::Protocol>> {
+    use deltalake::kernel::{DataType, PrimitiveType};
+    fn has_ntz(t: &DataType) -> bool {
+        match t {
+            DataType::Primitive(PrimitiveType::TimestampNtz) => true,
+            DataType::Struct(s) => s.fields().any(|f| has_ntz(f.data_type())),
+            DataType::Array(a) => has_ntz(a.element_type()),
+            DataType::Map(m) => has_ntz(m.key_type()) || has_ntz(m.value_type()),
+            _ => false,
+        }
+    }
+    if !schema.fields().any(|f| has_ntz(f.data_type())) {
+        return Ok(None);
+    }
+    // The kernel's Protocol has no public builder; edit its JSON form as delta-rs itself does.
+    let bad = |e: serde_json::Error| Error::Schema(format!("protocol: {e}"));
+    let mut json = serde_json::to_value(current).map_err(bad)?;
+    let feature = serde_json::Value::from("timestampNtz");
+    let has = |key: &str, json: &serde_json::Value| {
+        json.get(key)
+            .and_then(|v| v.as_array())
+            .is_some_and(|a| a.contains(&feature))
+    };
+    if has("readerFeatures", &json) && has("writerFeatures", &json) {
+        return Ok(None);
+    }
+    let reader = json["minReaderVersion"].as_i64().unwrap_or(1);
+    let writer = json["minWriterVersion"].as_i64().unwrap_or(2);
+    // Features a legacy writer version implies must be listed once the table uses features;
+    // each version adds to the one before it.
+    const LEGACY_WRITER: [&str; 7] = [
+        "appendOnly",
+        "invariants",
+        "checkConstraints",
+        "changeDataFeed",
+        "generatedColumns",
+        "columnMapping",
+        "identityColumns",
+    ];
+    let implied_writer: &[&str] = match writer {
+        w if w >= 7 => &[],
+        6 => &LEGACY_WRITER,
+        5 => &LEGACY_WRITER[..6],
+        4 => &LEGACY_WRITER[..5],
+        3 => &LEGACY_WRITER[..3],
+        _ => &LEGACY_WRITER[..2],
+    };
+    let implied_reader: &[&str] = if reader == 2 { &["columnMapping"] } else { &[] };
+    let extend = |json: &mut serde_json::Value, key: &str, names: &[&str]| {
+        let list = json
+            .as_object_mut()
+            .expect("a protocol is an object")
+            .entry(key)
+            .or_insert_with(|| serde_json::Value::Array(vec![]));
+        if let Some(a) = list.as_array_mut() {
+            for n in names.iter().chain(std::iter::once(&"timestampNtz")) {
+                let v = serde_json::Value::from(*n);
+                if !a.contains(&v) {
+                    a.push(v);
+                }
+            }
+        }
+    };
+    extend(&mut json, "readerFeatures", implied_reader);
+    extend(&mut json, "writerFeatures", implied_writer);
+    json["minReaderVersion"] = 3.into();
+    json["minWriterVersion"] = 7.into();
+    serde_json::from_value(json).map(Some).map_err(bad)
+}
+
+pub(crate) fn validate_partitioning(
+    schema: &SchemaRef,
+    partition_columns: &[String],
+) -> Result<()> {
+    for p in partition_columns {
+        // A partition column names a directory level (`<column>=<value>/`).
+        if !partition_name_ok(p) {
+            return Err(Error::Schema(format!(
+                "partition column {p:?} cannot name a directory: use letters, digits, '_', '-' or spaces"
+            )));
+        }
+        let field = schema.field_with_name(p).map_err(|_| {
+            Error::Schema(format!("partition column {p} is not a column of the frame"))
+        })?;
+        if field.data_type().is_nested() {
+            return Err(Error::Schema(format!(
+                "partition column {p} must have a scalar type, not {}",
+                field.data_type()
+            )));
+        }
+    }
+    let mut seen = std::collections::HashSet::new();
+    if !partition_columns.iter().all(|p| seen.insert(p)) {
+        return Err(Error::Schema("a partition column is listed twice".into()));
+    }
+    if partition_columns.len() >= schema.fields().len() {
+        return Err(Error::Schema(
+            "at least one column must not be a partition column".into(),
+        ));
+    }
+    Ok(())
+}
