@@ -102,9 +102,13 @@ impl Ledger {
     }
 
     /// After an operation: remember the new state, report the version if one was committed.
-    fn settle(&self, snapshot: &FrameSnapshot, table: &DeltaTable, what: &str) -> Option<i64> {
-        let state: Option<DeltaTableState> = table.snapshot().ok().cloned();
-        let state = state?;
+    pub(crate) fn settle(
+        &self,
+        snapshot: &FrameSnapshot,
+        table: &DeltaTable,
+        what: &str,
+    ) -> Option<i64> {
+        let state: DeltaTableState = table.snapshot().ok()?.clone();
         let version = state.version() as i64;
         if version == snapshot.version() {
             return None;
@@ -367,24 +371,11 @@ pub(crate) fn conflict(snapshot: &FrameSnapshot, e: DeltaTableError) -> Error {
 /// Columns served as another type than they are stored in are read through a cast, as the scan
 /// reads them, so that expressions typed for the served schema evaluate on stored data.
 fn stored_columns(snapshot: &FrameSnapshot, e: Expr) -> Result<Expr> {
-    let stored = snapshot.schema();
-    let served = snapshot.served_schema();
-    Ok(e.transform(|e| match &e {
-        Expr::Column(c) => match (
-            stored.field_with_name(&c.name),
-            served.field_with_name(&c.name),
-        ) {
-            (Ok(s), Ok(want)) if s.data_type() != want.data_type() => Ok(Transformed::yes(
-                Expr::Cast(datafusion::logical_expr::Cast::new(
-                    Box::new(e.clone()),
-                    want.data_type().clone(),
-                )),
-            )),
-            _ => Ok(Transformed::no(e)),
-        },
-        _ => Ok(Transformed::no(e)),
-    })?
-    .data)
+    Ok(crate::schema::columns_as_served(
+        snapshot.schema(),
+        snapshot.served_schema(),
+        e,
+    )?)
 }
 
 /// Renames MERGE's qualifiers to the aliases delta-rs is given.
@@ -437,20 +428,9 @@ impl Qualifiers {
                     .is_some_and(|r| self.source.iter().any(|s| s.resolved_eq(r)));
                 if is_target {
                     let col = Expr::Column(Column::new(Some(TARGET), c.name.clone()));
-                    return Ok(Transformed::yes(
-                        match (
-                            stored.field_with_name(&c.name),
-                            served.field_with_name(&c.name),
-                        ) {
-                            (Ok(s), Ok(w)) if s.data_type() != w.data_type() => {
-                                Expr::Cast(datafusion::logical_expr::Cast::new(
-                                    Box::new(col),
-                                    w.data_type().clone(),
-                                ))
-                            }
-                            _ => col,
-                        },
-                    ));
+                    return Ok(Transformed::yes(crate::schema::read_as_served(
+                        stored, served, &c.name, col,
+                    )));
                 }
                 if is_source || c.relation.is_none() {
                     return Ok(Transformed::yes(Expr::Column(Column::new(

@@ -116,13 +116,7 @@ impl Ledger {
             .with_session_state(Arc::new(operation_session(session)?))
             .await
             .map_err(|e| conflict(snapshot, e))?;
-        let state = table.snapshot()?.clone();
-        let version =
-            (state.version() as i64 != snapshot.version()).then_some(state.version() as i64);
-        if version.is_some() {
-            info!(frame = %snapshot.frame(), ?version, removed = metrics.num_files_removed, added = metrics.num_files_added, "optimized");
-            self.remember(snapshot.frame(), snapshot.incarnation(), state);
-        }
+        let version = self.settle(snapshot, &table, "optimize");
         Ok(Optimized {
             version,
             cells_removed: metrics.num_files_removed,

@@ -18,7 +18,6 @@ use arrow::datatypes::{DataType, Field, FieldRef, Schema, SchemaRef};
 use async_trait::async_trait;
 use datafusion::catalog::Session;
 use datafusion::common::stats::Precision;
-use datafusion::common::tree_node::{Transformed, TreeNode};
 use datafusion::common::{DFSchema, DFSchemaRef, ScalarValue, Statistics};
 use datafusion::datasource::TableProvider;
 use datafusion::datasource::listing::PartitionedFile;
@@ -33,7 +32,7 @@ use datafusion::execution::session_state::SessionStateBuilder;
 use datafusion::execution::{SendableRecordBatchStream, TaskContext};
 use datafusion::logical_expr::dml::{InsertOp, MergeIntoClause};
 use datafusion::logical_expr::utils::conjunction;
-use datafusion::logical_expr::{Cast, Expr, TableProviderFilterPushDown, TableType};
+use datafusion::logical_expr::{Expr, TableProviderFilterPushDown, TableType};
 use datafusion::physical_expr::PhysicalExpr;
 use datafusion::physical_expr::expressions::{CastExpr, Column};
 use datafusion::physical_optimizer::pruning::PruningPredicateBuilder;
@@ -122,28 +121,10 @@ impl FrameTable {
         // Filters are typed for the served schema and statistics for the stored one: a column
         // served as another type is read through the same cast the scan applies.
         let served = self.snapshot.served_schema();
-        let stored_as_served = |e: Expr| {
-            e.transform(|e| match &e {
-                Expr::Column(c) => match (
-                    scan_schema.field_with_name(&c.name),
-                    served.field_with_name(&c.name),
-                ) {
-                    (Ok(stored), Ok(want)) if stored.data_type() != want.data_type() => {
-                        Ok(Transformed::yes(Expr::Cast(Cast::new(
-                            Box::new(e),
-                            want.data_type().clone(),
-                        ))))
-                    }
-                    _ => Ok(Transformed::no(e)),
-                },
-                _ => Ok(Transformed::no(e)),
-            })
-            .map(|t| t.data)
-        };
         let usable = filters
             .iter()
             .cloned()
-            .map(stored_as_served)
+            .map(|e| crate::schema::columns_as_served(scan_schema, served, e))
             .collect::<DfResult<Vec<Expr>>>()?;
         let Some(expr) = conjunction(usable) else {
             return Ok(vec![true; n]);

@@ -205,6 +205,44 @@ fn served_of(field: &Field) -> DataType {
     }
 }
 
+/// `column` (an expression reading the stored column `name`) as the served type, when the two
+/// differ: expressions typed for the served schema then evaluate on stored data, as the scan
+/// reads it.
+pub(crate) fn read_as_served(
+    stored: &Schema,
+    served: &Schema,
+    name: &str,
+    column: datafusion::logical_expr::Expr,
+) -> datafusion::logical_expr::Expr {
+    match (stored.field_with_name(name), served.field_with_name(name)) {
+        (Ok(s), Ok(want)) if s.data_type() != want.data_type() => {
+            datafusion::logical_expr::Expr::Cast(datafusion::logical_expr::Cast::new(
+                Box::new(column),
+                want.data_type().clone(),
+            ))
+        }
+        _ => column,
+    }
+}
+
+/// [`read_as_served`] for every column `e` reads.
+pub(crate) fn columns_as_served(
+    stored: &Schema,
+    served: &Schema,
+    e: datafusion::logical_expr::Expr,
+) -> datafusion::error::Result<datafusion::logical_expr::Expr> {
+    use datafusion::common::tree_node::{Transformed, TreeNode};
+    use datafusion::logical_expr::Expr;
+    e.transform(|e| match &e {
+        Expr::Column(c) => {
+            let name = c.name.clone();
+            Ok(Transformed::yes(read_as_served(stored, served, &name, e)))
+        }
+        _ => Ok(Transformed::no(e)),
+    })
+    .map(|t| t.data)
+}
+
 /// The schema a frame serves to queries, from its stored schema ([`frame_schema_for`] or a
 /// loaded snapshot): served types, no metadata.
 pub fn served_schema(stored: &Schema) -> SchemaRef {

@@ -90,21 +90,37 @@ impl Engine {
         Ok(Output::Done)
     }
 
-    /// The columns a frame serves (GetTables with schemas); `None` if it does not exist.
-    pub async fn served_schema_of(&self, frame: &FrameRef) -> Result<Option<SchemaRef>> {
-        match self.lakehouse.open_frame(frame, None).await {
-            Ok(Opened::Frame(s)) => Ok(Some(s.served_schema().clone())),
-            Ok(Opened::Files(e)) => Ok(Some(self.external_files(&e, &self.base).await?.schema())),
+    /// What a name in a box is and, when asked, the columns it serves (GetTables); `None` if it
+    /// does not exist. One catalog read without the schema; one open with it.
+    pub async fn frame_entry(
+        &self,
+        frame: &FrameRef,
+        with_schema: bool,
+    ) -> Result<Option<crate::service::FrameEntry>> {
+        if !with_schema {
+            let marker = self.lakehouse.catalog().frame_marker(frame).await?;
+            return Ok(marker.map(|m| crate::service::FrameEntry {
+                view: m.view.is_some(),
+                schema: None,
+            }));
+        }
+        let (view, schema) = match self.lakehouse.open_frame(frame, None).await {
+            Ok(Opened::Frame(s)) => (false, s.served_schema().clone()),
+            Ok(Opened::Files(e)) => (false, self.external_files(&e, &self.base).await?.schema()),
             Ok(Opened::View(_)) => {
                 let session = super::Session {
                     role: super::Role::Reader,
                     ..super::Session::new("catalog")
                 };
-                Ok(Some(self.view_schema(&session, frame).await?))
+                (true, self.view_schema(&session, frame).await?)
             }
-            Err(apiary_storage::Error::NotFound { .. }) => Ok(None),
-            Err(e) => Err(e.into()),
-        }
+            Err(apiary_storage::Error::NotFound { .. }) => return Ok(None),
+            Err(e) => return Err(e.into()),
+        };
+        Ok(Some(crate::service::FrameEntry {
+            view,
+            schema: Some(schema),
+        }))
     }
 
     /// The columns a view answers with (its query, planned as it would run).

@@ -97,20 +97,7 @@ impl QueryService for Node {
         frame: &FrameRef,
         with_schema: bool,
     ) -> Result<Option<crate::service::FrameEntry>> {
-        let Some(marker) = self.lakehouse.catalog().frame_marker(frame).await? else {
-            return Ok(None);
-        };
-        let schema = match with_schema {
-            true => match self.engine.served_schema_of(frame).await? {
-                Some(s) => Some(s),
-                None => return Ok(None),
-            },
-            false => None,
-        };
-        Ok(Some(crate::service::FrameEntry {
-            view: marker.view.is_some(),
-            schema,
-        }))
+        self.engine.frame_entry(frame, with_schema).await
     }
 
     async fn hive_exists(&self, hive: &Ident) -> Result<bool> {
