@@ -258,3 +258,11 @@ def test_rows_affected_for_insert_ctas_and_ingest(server):
         assert stmt.execute_update() == 4
         stmt.set_sql_query("CREATE TABLE dst2 AS SELECT * FROM dst")
         assert stmt.execute_update() == 9
+        # Row-level changes answer their count the same way (DoPutUpdateResult).
+        stmt.set_sql_query("DELETE FROM dst2 WHERE v >= 20")
+        assert stmt.execute_update() == 4
+        stmt.set_sql_query("UPDATE dst2 SET v = v + 100 WHERE v < 5")
+        assert stmt.execute_update() == 2
+        # dst2 is now 103, 104, 5, 10, 11: src's 1-4 are not matched.
+        stmt.set_sql_query("MERGE INTO dst2 USING src ON dst2.v = src.v WHEN NOT MATCHED THEN INSERT (v) VALUES (src.v)")
+        assert stmt.execute_update() == 4
