@@ -183,6 +183,8 @@ def main():
                 APIARY_SCRATCH_DIR=f"{work}/{node_id}/scratch",
                 APIARY_CACHE_DIR=f"{work}/{node_id}/cache",
                 APIARY_LOG=os.environ.get("APIARY_LOG", "info,buoyant_kernel=warn,deltalake_core=warn"),
+                # The URLs are read from the text log lines, whatever the caller's environment says.
+                APIARY_LOG_FORMAT="text",
             )
             p = Proc(node_id, [apiary, "serve"], env, f"{work}/{node_id}.log")
             procs.append(p)

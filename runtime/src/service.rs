@@ -12,6 +12,7 @@ use arrow::datatypes::SchemaRef;
 use datafusion::common::ScalarValue;
 use datafusion::execution::SendableRecordBatchStream;
 
+pub use crate::engine::FrameEntry;
 use crate::engine::{Pins, Role, Session, Statement, StatementInfo, WriteMode};
 use crate::error::Result;
 
@@ -94,13 +95,4 @@ pub trait QueryService: Send + Sync + std::fmt::Debug + 'static {
 
     /// Cancel a query wherever it runs: here at once, elsewhere through a cancel marker.
     async fn cancel(&self, query_id: &str) -> Result<()>;
-}
-
-/// One entry of a box, as catalog metadata lists it.
-#[derive(Debug, Clone)]
-pub struct FrameEntry {
-    /// A view (a stored query) rather than a frame with data.
-    pub view: bool,
-    /// The columns it serves, when asked for.
-    pub schema: Option<SchemaRef>,
 }

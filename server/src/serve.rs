@@ -212,15 +212,20 @@ fn refuse_anonymous(
 pub async fn check_config(args: &ServeArgs) -> anyhow::Result<()> {
     let checked = check(args)?;
     let flight = &args.flight;
-    if let Ok(addr) = flight.listen.parse::<SocketAddr>() {
-        refuse_anonymous(args, &checked.users, addr)?;
-    } else {
-        tokio::net::lookup_host(&flight.listen)
+    let addrs: Vec<SocketAddr> = match flight.listen.parse::<SocketAddr>() {
+        Ok(addr) => vec![addr],
+        Err(_) => tokio::net::lookup_host(&flight.listen)
             .await
             .with_context(|| format!("--listen {}: not an address", flight.listen))?
-            .next()
-            .with_context(|| format!("--listen {}: resolves to no address", flight.listen))?;
+            .collect(),
+    };
+    if addrs.is_empty() {
+        bail!("--listen {}: resolves to no address", flight.listen);
     }
+    for addr in addrs {
+        refuse_anonymous(args, &checked.users, addr)?;
+    }
+    refuse_public_metrics(flight).await?;
     let storage = args.storage.open()?;
     storage
         .list(&apiary_storage::paths::hives_prefix())
@@ -256,6 +261,19 @@ pub async fn check_config(args: &ServeArgs) -> anyhow::Result<()> {
         },
         if checked.tls.is_some() { "on" } else { "off" },
     );
+    Ok(())
+}
+
+/// The status page shows running SQL: off loopback only when the operator asks for it.
+async fn refuse_public_metrics(flight: &FlightArgs) -> anyhow::Result<()> {
+    if let Some(m) = &flight.metrics_listen
+        && !flight.metrics_public
+        && !is_loopback(m).await
+    {
+        bail!(
+            "--metrics-listen {m} is not a loopback address: the status page shows running SQL; pass --metrics-public to serve it anyway"
+        );
+    }
     Ok(())
 }
 
@@ -309,14 +327,7 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
             format!("{scheme}://{host}:{}", addr.port())
         }
     };
-    if let Some(m) = &flight.metrics_listen
-        && !flight.metrics_public
-        && !is_loopback(m).await
-    {
-        bail!(
-            "--metrics-listen {m} is not a loopback address: the status page shows running SQL; pass --metrics-public to serve it anyway"
-        );
-    }
+    refuse_public_metrics(flight).await?;
     let storage = args.storage.open()?;
     let auth_on = !checked.users.is_empty();
     let (key, source) = signing_key(flight, auth_on, &storage).await?;

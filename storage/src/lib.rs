@@ -43,6 +43,7 @@ pub mod ledger;
 pub mod maintain;
 pub mod paths;
 pub mod provider;
+mod scan_stats;
 pub mod schema;
 mod shape;
 

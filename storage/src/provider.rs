@@ -17,7 +17,6 @@ use std::sync::Arc;
 use arrow::datatypes::{DataType, Field, FieldRef, Schema, SchemaRef};
 use async_trait::async_trait;
 use datafusion::catalog::Session;
-use datafusion::common::stats::Precision;
 use datafusion::common::{DFSchema, DFSchemaRef, ScalarValue, Statistics};
 use datafusion::datasource::TableProvider;
 use datafusion::datasource::listing::PartitionedFile;
@@ -44,6 +43,8 @@ use tracing::debug;
 use crate::dml::{ChangeExec, MergeSpec};
 use crate::error::Error;
 use crate::ledger::{CellInfo, FrameSnapshot, Ledger};
+use crate::scan_stats::{LogColumnStats, summarise};
+use deltalake::kernel::scalars::ScalarExt;
 
 /// Called before each batch of an `INSERT` is written, so the node can throttle writes when it
 /// runs hot. Implemented by the runtime; storage only calls it.
@@ -162,7 +163,11 @@ fn partition_value(field: &Field, raw: Option<&String>) -> DfResult<ScalarValue>
     }
 }
 
-fn file_for(cell: &CellInfo, part_fields: &[FieldRef], ncols: usize) -> DfResult<PartitionedFile> {
+fn file_for(
+    cell: &CellInfo,
+    part_fields: &[FieldRef],
+    stats: Statistics,
+) -> DfResult<PartitionedFile> {
     let values = part_fields
         .iter()
         .map(|f| {
@@ -172,15 +177,6 @@ fn file_for(cell: &CellInfo, part_fields: &[FieldRef], ncols: usize) -> DfResult
             )
         })
         .collect::<DfResult<Vec<_>>>()?;
-    let mut stats = Statistics::new_unknown(&Schema::new(
-        (0..ncols)
-            .map(|i| Field::new(format!("c{i}"), DataType::Null, true))
-            .collect::<Vec<_>>(),
-    ));
-    if let Some(rows) = cell.rows {
-        stats.num_rows = Precision::Exact(rows as usize);
-    }
-    stats.total_byte_size = Precision::Inexact(cell.size as usize);
     Ok(PartitionedFile::new(cell.location.to_string(), cell.size)
         .with_partition_values(values)
         .with_statistics(Arc::new(stats)))
@@ -295,19 +291,19 @@ impl TableProvider for FrameTable {
 
         let keep = self.prune(state, filters, &scan_schema)?;
         let cells = self.snapshot.cells();
-        let ncols = scan_schema.fields().len();
+        let log = self.snapshot.delta_state().log_data();
+        let null_counts: Vec<_> = log
+            .iter()
+            .map(|f| f.null_counts().map(|n| n.to_json()))
+            .collect();
+        let log_stats = LogColumnStats::read(&log, &null_counts, &file_schema);
         let mut files = Vec::new();
-        let (mut rows, mut rows_known, mut bytes) = (0usize, true, 0usize);
-        for (cell, keep) in cells.iter().zip(keep) {
+        for (i, (cell, keep)) in cells.iter().zip(keep).enumerate() {
             if !keep {
                 continue;
             }
-            match cell.rows {
-                Some(r) => rows += r as usize,
-                None => rows_known = false,
-            }
-            bytes += cell.size as usize;
-            files.push(file_for(cell, &part_fields, ncols)?);
+            let stats = log_stats.for_file(i, cell.rows.map(|r| r as usize));
+            files.push(file_for(cell, &part_fields, stats)?);
         }
         debug!(
             frame = %self.snapshot.frame(),
@@ -316,14 +312,6 @@ impl TableProvider for FrameTable {
             scanned = files.len(),
             "scan"
         );
-        let mut stats = Statistics::new_unknown(&scan_schema);
-        stats.num_rows = if rows_known {
-            Precision::Exact(rows)
-        } else {
-            Precision::Absent
-        };
-        stats.total_byte_size = Precision::Inexact(bytes);
-
         // The row filter reaches the Parquet source through DataFusion's filter pushdown, which
         // uses it for row-group and page pruning; here it only prunes whole cells.
         let source = ParquetSource::new(
@@ -332,7 +320,11 @@ impl TableProvider for FrameTable {
                 .build(),
         )
         .with_table_parquet_options(state.table_options().parquet.clone());
-        let groups = balance(files, state.config().target_partitions());
+        // Per-group and whole-scan statistics merged from the cells', as ListingTable does.
+        let (groups, stats) = summarise(
+            balance(files, state.config().target_partitions()),
+            &scan_schema,
+        )?;
         let config = FileScanConfigBuilder::new(self.object_store_url.clone(), Arc::new(source))
             .with_file_groups(groups)
             .with_statistics(stats)

@@ -71,6 +71,51 @@ def test_kubernetes_manifests_have_what_a_swarm_needs():
     assert spec["terminationGracePeriodSeconds"] > 30
 
 
+def deployed_environments():
+    """(where, environment) of every Apiary node the compose file and the manifests start."""
+    doc = yaml.safe_load((DEPLOY / "compose.yaml").read_text())
+    for name, svc in doc["services"].items():
+        if name.startswith("apiary-"):
+            yield f"compose {name}", dict(svc["environment"])
+    k8s = {}
+    for path in sorted((DEPLOY / "k8s").glob("*.yaml")):
+        for d in yaml.safe_load_all(path.read_text()):
+            k8s[d["kind"]] = d
+    env = dict(k8s["ConfigMap"]["data"]) | dict(k8s["Secret"]["stringData"])
+    container = k8s["Deployment"]["spec"]["template"]["spec"]["containers"][0]
+    env |= {e["name"]: e["value"] for e in container["env"] if "value" in e}
+    yield "k8s", env
+
+
+def check_config(env):
+    clean = {k: v for k, v in os.environ.items() if not k.startswith("APIARY_")}
+    return subprocess.run([apiary_bin(), "check-config"], env=clean | env, capture_output=True, text=True)
+
+
+def test_every_deployed_environment_passes_check_config(tmp_path):
+    """The flags each deployment gives (auth on a public address, a public status page, sizes and
+    durations) are what `serve` accepts: `apiary check-config` passes them, storage aside."""
+    hashed = subprocess.run([apiary_bin(), "hash-password"], input="secret\n", capture_output=True,
+                            text=True, check=True).stdout.strip()
+    for where, env in deployed_environments():
+        env = {k: str(v) for k, v in env.items() if not k.startswith("APIARY_S3_")}
+        env |= {
+            # Storage is the one thing these files point elsewhere: a local root stands in.
+            "APIARY_STORAGE": str(tmp_path / "root"),
+            "APIARY_USERS": f"alice:{hashed}",
+            "APIARY_TOKEN_SECRET": "a-token-secret-of-some-length",
+            "APIARY_SCRATCH_DIR": str(tmp_path / "scratch"),
+            "APIARY_CACHE_DIR": str(tmp_path / "cache"),
+        }
+        env = {k: v.replace("$(POD_IP)", "10.0.0.7").replace("$(POD_NAME)", "apiary-0") for k, v in env.items()}
+        out = check_config(env)
+        assert out.returncode == 0, f"{where}: {out.stderr}"
+        # The check bites: without the switches that allow it, the same node is refused.
+        for switch, why in (("APIARY_INSECURE_AUTH", "without TLS"), ("APIARY_METRICS_PUBLIC", "--metrics-public")):
+            out = check_config({k: v for k, v in env.items() if k != switch})
+            assert out.returncode != 0 and why in out.stderr, f"{where} without {switch}: {out.stderr}"
+
+
 def test_the_systemd_unit_verifies_cleanly(tmp_path):
     analyze = shutil.which("systemd-analyze")
     assert analyze, "systemd-analyze (Debian package systemd) is needed"
@@ -93,7 +138,13 @@ def test_the_dockerfile_lints_clean():
                          capture_output=True, text=True)
     assert out.returncode == 0, out.stdout + out.stderr
     text = (DEPLOY / "Dockerfile").read_text()
-    assert "cargo build --release --locked" in text and "HEALTHCHECK" in text and "USER 10001" in text
+    assert "HEALTHCHECK" in text and "USER 10001" in text
+    # The image builds its binary with the command deploy/local-swarm builds with.
+    build = "cargo build --release --locked -p apiary-server --bin apiary"
+    assert build in text and build in (DEPLOY / "local-swarm").read_text()
+    assert "CARGO_PROFILE_RELEASE_STRIP=debuginfo" in text, "a small image: no debug info"
+    ignored = (ROOT / ".dockerignore").read_text().split()
+    assert ".git" in ignored and "target" in ignored
 
 
 def chromium(*args, timeout=60):

@@ -96,10 +96,10 @@ impl Engine {
         &self,
         frame: &FrameRef,
         with_schema: bool,
-    ) -> Result<Option<crate::service::FrameEntry>> {
+    ) -> Result<Option<super::FrameEntry>> {
         if !with_schema {
             let marker = self.lakehouse.catalog().frame_marker(frame).await?;
-            return Ok(marker.map(|m| crate::service::FrameEntry {
+            return Ok(marker.map(|m| super::FrameEntry {
                 view: m.view.is_some(),
                 schema: None,
             }));
@@ -117,7 +117,7 @@ impl Engine {
             Err(apiary_storage::Error::NotFound { .. }) => return Ok(None),
             Err(e) => return Err(e.into()),
         };
-        Ok(Some(crate::service::FrameEntry {
+        Ok(Some(super::FrameEntry {
             view,
             schema: Some(schema),
         }))

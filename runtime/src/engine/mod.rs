@@ -57,7 +57,7 @@ pub use ingest::{IfExists, IfMissing, WriteMode};
 pub use options::{MERGE_SCHEMA, merges_schema};
 pub(crate) use show::redact_text;
 pub use types::{
-    Caller, EngineConfig, Limits, Output, Pins, PlannedQuery, Role, Session, Statement,
+    Caller, EngineConfig, FrameEntry, Limits, Output, Pins, PlannedQuery, Role, Session, Statement,
     StatementInfo, SystemCatalog,
 };
 

@@ -257,3 +257,12 @@ pub struct Caller {
     pub user: String,
     pub role: Role,
 }
+
+/// One entry of a box, as catalog metadata lists it.
+#[derive(Debug, Clone)]
+pub struct FrameEntry {
+    /// A view (a stored query) rather than a frame with data.
+    pub view: bool,
+    /// The columns it serves, when asked for.
+    pub schema: Option<SchemaRef>,
+}

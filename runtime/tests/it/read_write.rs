@@ -188,6 +188,54 @@ async fn file_statistics_prune_cells() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn scans_carry_column_statistics_from_the_log() {
+    let mut f = fixture(LedgerConfig::default()).await;
+    f.run(
+        "CREATE TABLE s (id BIGINT, name VARCHAR, part VARCHAR) PARTITIONED BY (part);
+         INSERT INTO s VALUES (1, 'ab', 'x'), (7, NULL, 'x'), (3, 'abcd', 'y');",
+    )
+    .await;
+    let plan = f.plan("SELECT id, name, part FROM s").await;
+    let scan = &scans(&plan)[0];
+    // Per cell, as the optimizer sees them: rows, nulls, bounds and in-memory sizes.
+    let mut seen = 0;
+    for group in &scan.file_groups {
+        for file in group.files() {
+            let stats = file.statistics.as_ref().expect("cell statistics");
+            let rows = *stats.num_rows.get_value().expect("exact rows");
+            let id = &stats.column_statistics[0];
+            assert!(id.min_value.get_value().is_some() && id.max_value.get_value().is_some());
+            assert_eq!(id.byte_size.get_value(), Some(&(8 * rows)));
+            assert_eq!(id.null_count.get_value(), Some(&0));
+            // One entry per file column plus the partition column DataFusion appends.
+            assert_eq!(stats.column_statistics.len(), 3);
+            seen += rows;
+        }
+    }
+    assert_eq!(seen, 3);
+    let whole = scan.statistics();
+    assert_eq!(whole.num_rows.get_value(), Some(&3));
+    let id = &whole.column_statistics[0];
+    assert_eq!(
+        (id.min_value.get_value(), id.max_value.get_value()),
+        (Some(&1i64.into()), Some(&7i64.into()))
+    );
+    assert!(
+        !id.min_value.is_exact().unwrap(),
+        "log bounds are never exact"
+    );
+    assert_eq!(
+        whole.column_statistics[1].null_count.get_value(),
+        Some(&1),
+        "{whole:?} {:?}",
+        scan.file_groups
+    );
+    // Inexact bounds are not answers: MIN/MAX still read the cells.
+    let got = f.run("SELECT max(id) FROM s").await;
+    assert_eq!(i64s(&got), vec![7]);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn row_groups_and_pages_are_pruned_inside_a_cell() {
     let mut f = fixture(LedgerConfig::default()).await;
     // Cells of several row groups (256 Ki rows each), ids ascending.

@@ -52,6 +52,8 @@ fn check_config_passes_a_good_configuration_and_names_the_first_problem() {
             "/nonexistent.pem",
         ),
         (&["--max-message-size", "50%"], "takes a size"),
+        // What serve refuses at start, check-config refuses too.
+        (&["--metrics-listen", "0.0.0.0:9090"], "--metrics-public"),
     ];
     for (extra, expect) in cases {
         let mut args = vec!["check-config", "--storage", root];

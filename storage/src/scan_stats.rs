@@ -1,0 +1,269 @@
+//! Per-cell column statistics for a frame scan, read from the Delta log (no Parquet footer is
+//! opened): row count, null count, min/max and an in-memory byte size per column, in the shape
+//! DataFusion's own `ListingTable` gives its optimizer, so join order, build sides and filter
+//! selectivity are chosen from the same figures.
+//!
+//! ```text
+//!  Delta log (stats_parsed per add action) ──▶ one column of min / max / nullCount per file
+//!  cell i ──▶ Statistics { rows, per column: nulls (exact), min/max (inexact), bytes }
+//! ```
+//!
+//! Min and max are always *inexact*: Delta truncates long strings and stores timestamps in
+//! milliseconds, so they bound the values but need not be one of them. That keeps DataFusion
+//! from answering `MIN`/`MAX` from the log alone, while pruning and selectivity still use them.
+
+use std::sync::Arc;
+
+use arrow::array::{Array, ArrayRef, UInt64Array};
+use arrow::datatypes::{DataType, Schema};
+use datafusion::common::stats::Precision;
+use datafusion::common::{Column, ColumnStatistics, ScalarValue, Statistics};
+use datafusion::datasource::physical_plan::FileGroup;
+use datafusion::error::Result as DfResult;
+use datafusion::physical_optimizer::pruning::PruningStatistics;
+
+/// Bytes an Arrow string or binary value costs beside its data (its `i32` offset).
+const OFFSET_BYTES: usize = 4;
+
+/// The statistics columns of a snapshot's log, one entry per file column of the scan.
+pub(crate) struct LogColumnStats {
+    columns: Vec<ColumnArrays>,
+}
+
+struct ColumnArrays {
+    data_type: DataType,
+    min: Option<ArrayRef>,
+    max: Option<ArrayRef>,
+    nulls: Option<ArrayRef>,
+}
+
+impl LogColumnStats {
+    /// Reads min and max of each of `file_schema`'s columns from `bounds` (any
+    /// [`PruningStatistics`] over the snapshot's files, in log order) and null counts from
+    /// `null_counts` (each file's `nullCount` object, same order).
+    ///
+    /// Null counts are not taken from `bounds`: delta-rs reads them typed as the column, which
+    /// gives nothing for any column that is not a long.
+    pub(crate) fn read(
+        bounds: &dyn PruningStatistics,
+        null_counts: &[Option<serde_json::Value>],
+        file_schema: &Schema,
+    ) -> Self {
+        let columns = file_schema
+            .fields()
+            .iter()
+            .map(|f| {
+                let column = Column::new_unqualified(f.name());
+                // Nested columns carry nested statistics; only flat values are used.
+                let flat = !f.data_type().is_nested();
+                let nulls: UInt64Array = null_counts
+                    .iter()
+                    .map(|n| n.as_ref()?.get(f.name())?.as_u64())
+                    .collect();
+                ColumnArrays {
+                    data_type: f.data_type().clone(),
+                    min: flat.then(|| bounds.min_values(&column)).flatten(),
+                    max: flat.then(|| bounds.max_values(&column)).flatten(),
+                    nulls: (flat && nulls.null_count() < nulls.len())
+                        .then(|| Arc::new(nulls) as ArrayRef),
+                }
+            })
+            .collect();
+        Self { columns }
+    }
+
+    /// The statistics of the file at `index` (log order) holding `rows` rows, if known.
+    pub(crate) fn for_file(&self, index: usize, rows: Option<usize>) -> Statistics {
+        let mut stats = Statistics::new_unknown(&Schema::empty());
+        stats.num_rows = rows.map_or(Precision::Absent, Precision::Exact);
+        stats.column_statistics = self
+            .columns
+            .iter()
+            .map(|c| c.for_file(index, rows))
+            .collect();
+        let bytes = stats
+            .column_statistics
+            .iter()
+            .map(|c| c.byte_size.get_value().copied())
+            .try_fold(0usize, |acc, b| b.map(|b| acc + b));
+        stats.total_byte_size = bytes.map_or(Precision::Absent, Precision::Inexact);
+        stats
+    }
+}
+
+impl ColumnArrays {
+    fn for_file(&self, index: usize, rows: Option<usize>) -> ColumnStatistics {
+        let min = scalar_at(self.min.as_ref(), index, &self.data_type);
+        let max = scalar_at(self.max.as_ref(), index, &self.data_type);
+        let nulls = self
+            .nulls
+            .as_ref()
+            .and_then(|a| scalar_at(Some(a), index, &DataType::UInt64))
+            .and_then(|s| match s {
+                ScalarValue::UInt64(Some(n)) => usize::try_from(n).ok(),
+                _ => None,
+            })
+            .filter(|&n| rows.is_none_or(|r| n <= r));
+        let byte_size = match (self.data_type.primitive_width(), rows) {
+            (Some(width), Some(rows)) => Precision::Exact(width * rows),
+            (None, Some(rows)) => estimated_bytes(&min, &max, rows, nulls.unwrap_or(0)),
+            _ => Precision::Absent,
+        };
+        ColumnStatistics {
+            null_count: nulls.map_or(Precision::Absent, Precision::Exact),
+            max_value: max.map_or(Precision::Absent, Precision::Inexact),
+            min_value: min.map_or(Precision::Absent, Precision::Inexact),
+            sum_value: Precision::Absent,
+            distinct_count: Precision::Absent,
+            byte_size,
+        }
+    }
+}
+
+/// Each group with its files' statistics merged, and the merge over all groups: the figures a
+/// scan reports for one partition and for the whole scan.
+pub(crate) fn summarise(
+    groups: Vec<FileGroup>,
+    scan_schema: &Schema,
+) -> DfResult<(Vec<FileGroup>, Statistics)> {
+    let groups = groups
+        .into_iter()
+        .map(|g| {
+            let merged = Statistics::try_merge_iter(
+                g.iter().filter_map(|f| f.statistics.as_deref()),
+                scan_schema,
+            )?;
+            Ok(g.with_statistics(Arc::new(merged)))
+        })
+        .collect::<DfResult<Vec<_>>>()?;
+    let all = Statistics::try_merge_iter(
+        groups.iter().filter_map(|g| g.file_statistics(None)),
+        scan_schema,
+    )?;
+    Ok((groups, all))
+}
+
+/// The value at `index` of a statistics column, as `data_type`; `None` when absent or null.
+fn scalar_at(array: Option<&ArrayRef>, index: usize, data_type: &DataType) -> Option<ScalarValue> {
+    let array = array?;
+    if index >= array.len() || array.is_null(index) {
+        return None;
+    }
+    let value = ScalarValue::try_from_array(array, index).ok()?;
+    if value.data_type() == *data_type {
+        return Some(value);
+    }
+    value.cast_to(data_type).ok()
+}
+
+/// A string or binary column's size in memory, estimated from the length of its bounds (the
+/// log has no per-column sizes): the mean of min and max length per non-null value, plus the
+/// offsets. Delta truncates long bounds, so this errs low for long text.
+fn estimated_bytes(
+    min: &Option<ScalarValue>,
+    max: &Option<ScalarValue>,
+    rows: usize,
+    nulls: usize,
+) -> Precision<usize> {
+    let len = |s: &Option<ScalarValue>| match s {
+        Some(ScalarValue::Utf8(Some(v)) | ScalarValue::LargeUtf8(Some(v))) => Some(v.len()),
+        Some(ScalarValue::Binary(Some(v)) | ScalarValue::LargeBinary(Some(v))) => Some(v.len()),
+        _ => None,
+    };
+    match (len(min), len(max)) {
+        (Some(a), Some(b)) => Precision::Inexact(
+            rows.saturating_sub(nulls) * (a + b).div_ceil(2) + rows * OFFSET_BYTES,
+        ),
+        _ => Precision::Absent,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::collections::HashSet;
+
+    use arrow::array::{BooleanArray, Int64Array, StringArray};
+    use arrow::datatypes::Field;
+    use serde_json::json;
+
+    use super::*;
+
+    /// Two files' statistics as a log would give them: `n` Int64, `s` Utf8.
+    struct TwoFiles;
+
+    impl PruningStatistics for TwoFiles {
+        fn min_values(&self, column: &Column) -> Option<ArrayRef> {
+            match column.name.as_str() {
+                "n" => Some(Arc::new(Int64Array::from(vec![Some(1), None]))),
+                "s" => Some(Arc::new(StringArray::from(vec![Some("ab"), Some("x")]))),
+                _ => None,
+            }
+        }
+        fn max_values(&self, column: &Column) -> Option<ArrayRef> {
+            match column.name.as_str() {
+                "n" => Some(Arc::new(Int64Array::from(vec![Some(9), None]))),
+                "s" => Some(Arc::new(StringArray::from(vec![Some("abcd"), Some("xyz")]))),
+                _ => None,
+            }
+        }
+        fn num_containers(&self) -> usize {
+            2
+        }
+        fn null_counts(&self, _column: &Column) -> Option<ArrayRef> {
+            None
+        }
+        fn row_counts(&self) -> Option<ArrayRef> {
+            None
+        }
+        fn contained(&self, _: &Column, _: &HashSet<ScalarValue>) -> Option<BooleanArray> {
+            None
+        }
+    }
+
+    /// Each file's `nullCount`; a hostile log claims more nulls than rows in the second file.
+    fn null_counts() -> Vec<Option<serde_json::Value>> {
+        vec![Some(json!({"n": 2, "s": 0})), Some(json!({"n": 1000}))]
+    }
+
+    fn schema() -> Schema {
+        Schema::new(vec![
+            Field::new("n", DataType::Int32, true),
+            Field::new("s", DataType::Utf8, true),
+        ])
+    }
+
+    #[test]
+    fn bounds_are_inexact_and_cast_to_the_scan_type() {
+        let stats =
+            LogColumnStats::read(&TwoFiles, &null_counts(), &schema()).for_file(0, Some(10));
+        let n = &stats.column_statistics[0];
+        assert_eq!(n.min_value, Precision::Inexact(ScalarValue::Int32(Some(1))));
+        assert_eq!(n.max_value, Precision::Inexact(ScalarValue::Int32(Some(9))));
+        assert_eq!(n.null_count, Precision::Exact(2));
+        assert_eq!(n.byte_size, Precision::Exact(40));
+        let s = &stats.column_statistics[1];
+        assert_eq!(s.null_count, Precision::Exact(0));
+        // 10 values of mean length 3, plus 10 offsets.
+        assert_eq!(s.byte_size, Precision::Inexact(70));
+        assert_eq!(stats.num_rows, Precision::Exact(10));
+        assert_eq!(stats.total_byte_size, Precision::Inexact(110));
+    }
+
+    #[test]
+    fn missing_or_impossible_figures_are_absent() {
+        let stats = LogColumnStats::read(&TwoFiles, &null_counts(), &schema()).for_file(1, Some(5));
+        let n = &stats.column_statistics[0];
+        assert_eq!(n.min_value, Precision::Absent);
+        assert_eq!(
+            n.null_count,
+            Precision::Absent,
+            "1000 nulls in 5 rows is refused"
+        );
+        let unknown_rows =
+            LogColumnStats::read(&TwoFiles, &null_counts(), &schema()).for_file(0, None);
+        assert_eq!(unknown_rows.total_byte_size, Precision::Absent);
+        let beyond =
+            LogColumnStats::read(&TwoFiles, &null_counts(), &schema()).for_file(7, Some(1));
+        assert_eq!(beyond.column_statistics[1].min_value, Precision::Absent);
+    }
+}
