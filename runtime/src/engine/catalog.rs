@@ -110,7 +110,17 @@ impl Engine {
                 let in_view = SessionStateBuilder::new_from_existing(state.clone())
                     .with_config(config)
                     .build();
-                match in_view.create_logical_plan(&view.query).await {
+                // Stored text is input like any statement: parsed, then bounded in depth,
+                // before anything recursive plans it.
+                let dialect = in_view.config().options().sql_parser.dialect;
+                let planned = match in_view.sql_to_statement(&view.query, &dialect) {
+                    Ok(parsed) => {
+                        super::policy::check_depth(&parsed, self.limits.max_sql_depth)?;
+                        in_view.statement_to_plan(parsed).await
+                    }
+                    Err(e) => Err(e),
+                };
+                match planned {
                     Ok(plan) => {
                         // Stored in storage, so checked like any statement before it runs.
                         super::policy::check(&plan, super::policy::Purpose::Query)?;

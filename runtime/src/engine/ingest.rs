@@ -124,6 +124,7 @@ impl Engine {
                 }
                 // Added as nullable columns in a commit of their own, before the data: existing
                 // cells read them as NULL.
+                self.within_column_limit(s.schema().fields().len() + extra.len())?;
                 let fields = self.frame_schema(&Arc::new(Schema::new(extra)))?;
                 let fields: Vec<Field> =
                     fields.fields().iter().map(|f| f.as_ref().clone()).collect();
@@ -199,14 +200,20 @@ impl Engine {
     /// The schema a frame stores for incoming data, within the column limit.
     fn frame_schema(&self, incoming: &SchemaRef) -> Result<SchemaRef> {
         let schema = apiary_storage::schema::frame_schema_for(incoming)?;
+        self.within_column_limit(schema.fields().len())?;
+        Ok(schema)
+    }
+
+    /// Refuses a frame of more than `--max-columns` columns, however it would get them
+    /// (CREATE, ingest, a merged schema, ADD COLUMN).
+    pub(super) fn within_column_limit(&self, columns: usize) -> Result<()> {
         let max = self.limits.max_columns;
-        if schema.fields().len() > max {
+        if columns > max {
             return Err(Error::Sql(format!(
-                "a frame of {} columns; the limit is {max} (--max-columns)",
-                schema.fields().len()
+                "a frame of {columns} columns; the limit is {max} (--max-columns)"
             )));
         }
-        Ok(schema)
+        Ok(())
     }
 
     /// Write `data` into an opened target. Returns the rows written.

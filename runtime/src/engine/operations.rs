@@ -125,6 +125,7 @@ impl Engine {
             }
             Command::AddColumns { name, columns } => {
                 let snapshot = self.target(session, name).await?;
+                self.within_column_limit(snapshot.schema().fields().len() + columns.len())?;
                 let mut fields = Vec::with_capacity(columns.len());
                 for (column, ty) in columns {
                     fields.push(Field::new(column, self.sql_type(ty).await?, true));

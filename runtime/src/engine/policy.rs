@@ -8,9 +8,12 @@
 //! | at the top of a statement | `CREATE TABLE [AS]`, `INSERT`, `DELETE`, `UPDATE` (one frame, no subquery), `MERGE`, `TRUNCATE`, `CREATE EXTERNAL TABLE` (read-only, under the allowed roots) |
 //! | `EXPLAIN [ANALYZE]`       | a query (never a write: `EXPLAIN ANALYZE` runs what it explains) |
 //!
-//! Everything else — `COPY`, other DDL (views, catalogs), `SET`, `PREPARE`,
-//! transactions, extension nodes — is refused, with DataFusion's own `SQLOptions` check behind
-//! ours as a second layer. Reading or writing outside the storage root is also impossible one
+//! Everything else — `COPY`, DataFusion's other DDL (its own views and catalogs), `SET`,
+//! `PREPARE`, transactions, extension nodes — is refused, with DataFusion's own `SQLOptions`
+//! check behind ours as a second layer. Apiary's own commands (`CREATE VIEW`, `OPTIMIZE`,
+//! `VACUUM`, `RESTORE`, `ALTER TABLE … ADD COLUMN`, `DESCRIBE HISTORY`) are not DataFusion plans:
+//! each names one frame and writes through the ledger, which refuses external frames and past
+//! versions; a stored view's query is checked here again, as a query, each time it is planned. Reading or writing outside the storage root is also impossible one
 //! level down: the engine's object-store registry knows the root only
 //! (`apiary_storage::confine`).
 

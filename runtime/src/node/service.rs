@@ -97,7 +97,13 @@ impl QueryService for Node {
         frame: &FrameRef,
         with_schema: bool,
     ) -> Result<Option<crate::service::FrameEntry>> {
-        self.engine.frame_entry(frame, with_schema).await
+        if !with_schema {
+            return self.engine.frame_entry(frame, false).await;
+        }
+        // A view's schema is its query planned: off the IO runtime, under the deadline.
+        let (engine, frame) = (self.engine.clone(), frame.clone());
+        self.planning(async move { engine.frame_entry(&frame, true).await })
+            .await
     }
 
     async fn hive_exists(&self, hive: &Ident) -> Result<bool> {

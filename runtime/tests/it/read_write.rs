@@ -447,3 +447,72 @@ async fn an_empty_frame_sorts_and_joins() {
         .await;
     assert_eq!(joined.iter().map(|b| b.num_rows()).sum::<usize>(), 1);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn no_way_around_the_column_limit() {
+    use apiary_runtime::engine::{IfExists, IfMissing, WriteMode};
+    use apiary_storage::{FrameRef, Ident};
+    use arrow::datatypes::{DataType, Field, Schema};
+
+    let dir = tempfile::tempdir().unwrap();
+    let storage = Storage::open(dir.path().to_str().unwrap(), &S3Options::default()).unwrap();
+    let lakehouse = Lakehouse::open(storage, LedgerConfig::default())
+        .await
+        .unwrap();
+    let mut config = EngineConfig::default();
+    config.limits.max_columns = 3;
+    let engine = Engine::new(
+        lakehouse,
+        config,
+        Arc::new(RuntimeEnvBuilder::new().build().unwrap()),
+    );
+    let mut session = Session::new("test");
+    let mut run = async |sql: &str| {
+        let stmt = engine.parse_one(sql).unwrap();
+        engine
+            .execute(&mut session, &stmt, None)
+            .await
+            .map(|_| ())
+            .map_err(|e| e.to_string())
+    };
+    let refused = run("CREATE TABLE wide (a INT, b INT, c INT, d INT)").await;
+    assert!(refused.unwrap_err().contains("--max-columns"));
+    run("CREATE TABLE t (a INT, b INT)").await.unwrap();
+    let refused = run("ALTER TABLE t ADD COLUMNS (c INT, d INT)").await;
+    assert!(refused.unwrap_err().contains("--max-columns"));
+    run("ALTER TABLE t ADD COLUMN c INT").await.unwrap();
+    // An append that would grow the schema past the limit.
+    let id = |n: &str| Ident::parse(n).unwrap();
+    let frame = FrameRef::new(id("default"), id("default"), id("t"));
+    let wider = Arc::new(Schema::new(
+        ["a", "b", "c", "d"]
+            .map(|n| Field::new(n, DataType::Int32, true))
+            .to_vec(),
+    ));
+    let mode = WriteMode {
+        if_exists: IfExists::Append,
+        if_missing: IfMissing::Fail,
+        partition_by: None,
+        merge_schema: true,
+    };
+    let data = Box::pin(
+        datafusion::physical_plan::stream::RecordBatchStreamAdapter::new(
+            wider.clone(),
+            futures::stream::empty(),
+        ),
+    );
+    let refused = engine
+        .ingest(&frame, &mode, Some(&wider), data)
+        .await
+        .unwrap_err();
+    assert!(refused.to_string().contains("--max-columns"), "{refused}");
+    let columns = engine
+        .lakehouse()
+        .frame(&frame, None)
+        .await
+        .unwrap()
+        .schema()
+        .fields()
+        .len();
+    assert_eq!(columns, 3, "nothing was added");
+}

@@ -122,10 +122,27 @@ async fn sql_cannot_write_files_anywhere_not_even_through_explain_analyze() {
         }
     }
     // Writes nested in a query or EXPLAIN ANALYZE are refused too; frames still take INSERT.
-    let (got, _) = scalar(&mut c, "EXPLAIN ANALYZE INSERT INTO t VALUES (2)")
-        .await
-        .unwrap_err();
-    assert_eq!(got, Code::PermissionDenied);
+    // Row-level changes too: EXPLAIN ANALYZE would run them, as a query or as an update.
+    for sql in [
+        "EXPLAIN ANALYZE INSERT INTO t VALUES (2)",
+        "EXPLAIN ANALYZE DELETE FROM t",
+        "EXPLAIN ANALYZE UPDATE t SET a = 5",
+        "EXPLAIN ANALYZE TRUNCATE TABLE t",
+        "EXPLAIN ANALYZE MERGE INTO t USING (SELECT 9 AS a) s ON t.a = s.a \
+         WHEN NOT MATCHED THEN INSERT (a) VALUES (s.a)",
+    ] {
+        let (got, msg) = scalar(&mut c, sql).await.unwrap_err();
+        assert!(
+            matches!(got, Code::PermissionDenied | Code::Unimplemented),
+            "{sql}: {got:?} {msg}"
+        );
+        let (got, msg) = update(&mut c, sql).await.unwrap_err();
+        assert!(
+            matches!(got, Code::PermissionDenied | Code::Unimplemented),
+            "{sql} as an update: {got:?} {msg}"
+        );
+    }
+    assert_eq!(scalar(&mut c, "SELECT count(*) FROM t").await.unwrap(), "1");
     assert_eq!(update(&mut c, "INSERT INTO t VALUES (3)").await.unwrap(), 1);
     assert_eq!(scalar(&mut c, "SELECT count(*) FROM t").await.unwrap(), "2");
     for (sql, want) in [
@@ -166,6 +183,28 @@ async fn a_six_kilobyte_expression_does_not_abort_the_process() {
     let (got, msg) = scalar(&mut c, &format!("SELECT {deep}")).await.unwrap_err();
     assert_eq!(got, Code::InvalidArgument);
     assert!(msg.contains("--max-sql-depth"), "{msg}");
+    // A view stores such a text; listing it with its schema plans it (off the IO runtime).
+    update(&mut c, &format!("CREATE VIEW deep AS SELECT {terms} AS x"))
+        .await
+        .unwrap();
+    let info = c
+        .get_tables(CommandGetTables {
+            catalog: None,
+            db_schema_filter_pattern: None,
+            table_name_filter_pattern: Some("deep".into()),
+            table_types: vec![],
+            include_schema: true,
+        })
+        .await
+        .unwrap();
+    let batches: Vec<_> = c
+        .do_get(info.endpoint[0].ticket.clone().unwrap())
+        .await
+        .unwrap()
+        .try_collect()
+        .await
+        .unwrap();
+    assert_eq!(batches.iter().map(|b| b.num_rows()).sum::<usize>(), 1);
     // Still serving.
     assert_eq!(scalar(&mut c, "SELECT 41 + 1").await.unwrap(), "42");
 }
