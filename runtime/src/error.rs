@@ -168,9 +168,12 @@ impl From<Error> for DataFusionError {
     }
 }
 
+/// An Arrow error raised directly in the runtime is ours (building SHOW, DESCRIBE, history and
+/// system batches; reading fragment outputs we wrote), not the client's: INTERNAL. Errors from
+/// the client's query reach us through DataFusion and are classified there.
 impl From<arrow::error::ArrowError> for Error {
     fn from(e: arrow::error::ArrowError) -> Self {
-        Error::Sql(e.to_string())
+        Error::Internal(e.to_string())
     }
 }
 
