@@ -57,6 +57,7 @@ async fn open_lakehouse(
             .pause_before_commit_ms
             .map(Duration::from_millis),
         checkpoint_interval: node.checkpoint_interval.max(1),
+        compression: node.cell_compression,
         ..Default::default()
     };
     let lakehouse = Lakehouse::open(store, ledger)

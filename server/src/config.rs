@@ -160,6 +160,10 @@ pub struct NodeArgs {
     /// Target size of a cell (Parquet file). Default: derived from the memory per bee.
     #[arg(long, env = "APIARY_CELL_TARGET_SIZE")]
     pub cell_target_size: Option<MemorySize>,
+    /// How new cells are compressed: `lz4` (fastest scans), `zstd` or `zstd(1..22)` (smallest
+    /// cells), `snappy` (for Delta readers without LZ4_RAW, such as Spark before 3.4) or `none`.
+    #[arg(long, env = "APIARY_CELL_COMPRESSION", default_value = "lz4")]
+    pub cell_compression: apiary_storage::CellCompression,
     /// A DataFusion option for every query, as `key=value` (e.g.
     /// `datafusion.execution.batch_size=4096`). Repeatable; APIARY_DATAFUSION_OPTIONS separates
     /// them with `;`.

@@ -35,12 +35,12 @@ use deltalake::operations::write::writer::{DeltaWriter, WriterConfig};
 use deltalake::protocol::{DeltaOperation, SaveMode};
 use deltalake::table::state::DeltaTableState;
 use object_store::path::Path;
-use parquet::basic::{Compression, ZstdLevel};
 use parquet::file::properties::{EnabledStatistics, WriterProperties};
 use tracing::{Instrument, debug, info, info_span, warn};
 use url::Url;
 
 use crate::backend::Storage;
+use crate::codec::CellCompression;
 use crate::error::{Error, Result};
 use crate::paths::{self, FrameRef};
 use crate::schema;
@@ -57,8 +57,8 @@ pub struct LedgerConfig {
     pub cell_target_bytes: u64,
     /// How many times a commit that lost a race is retried before giving up.
     pub commit_retries: usize,
-    /// ZSTD level for cells.
-    pub zstd_level: i32,
+    /// How cells' pages are compressed.
+    pub compression: CellCompression,
     /// Fault injection for crash tests: sleep this long between writing cells and committing
     /// (any commit after a frame's first: appends, DML, maintenance), so a test can kill the
     /// writer at exactly that point. Set from config; `None` in production.
@@ -74,7 +74,7 @@ impl Default for LedgerConfig {
         Self {
             cell_target_bytes: 64 * 1024 * 1024,
             commit_retries: 200,
-            zstd_level: 3,
+            compression: CellCompression::default(),
             pause_before_commit: None,
             checkpoint_interval: 100,
         }
@@ -557,12 +557,10 @@ impl Ledger {
         .await
     }
 
-    /// How cells are written: ZSTD, row groups of [`ROW_GROUP_ROWS`], page statistics.
+    /// How cells are written: the configured codec, row groups of [`ROW_GROUP_ROWS`], page statistics.
     pub(crate) fn writer_properties(&self) -> Result<WriterProperties> {
         Ok(WriterProperties::builder()
-            .set_compression(Compression::ZSTD(
-                ZstdLevel::try_new(self.config.zstd_level).map_err(Error::Parquet)?,
-            ))
+            .set_compression(self.config.compression.parquet()?)
             .set_max_row_group_row_count(Some(ROW_GROUP_ROWS))
             .set_statistics_enabled(EnabledStatistics::Page)
             .set_created_by(format!("apiary {}", env!("CARGO_PKG_VERSION")))

@@ -32,6 +32,7 @@
 
 pub mod backend;
 pub mod catalog;
+mod codec;
 pub mod confine;
 pub mod dml;
 pub mod error;
@@ -53,7 +54,10 @@ pub use error::{Error, ObjectKind, Result};
 pub use format::{ExternalFormat, ExternalV1, ViewV1};
 pub use history::{Commit, Restored};
 pub use lakehouse::{Lakehouse, Opened};
-pub use ledger::{FrameSnapshot, FrameStats, Ledger, LedgerConfig, cell_size_for_budget};
+pub use codec::CellCompression;
+pub use ledger::{
+    FrameSnapshot, FrameStats, Ledger, LedgerConfig, cell_size_for_budget,
+};
 pub use maintain::{Optimized, PartitionCondition, Vacuumed};
 pub use paths::{BoxRef, FrameRef, Ident};
 pub use provider::{FrameSink, FrameTable, WriteGate};

@@ -312,48 +312,58 @@ async fn results_stream_in_bounded_batches() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn cells_follow_the_target_size_and_use_zstd() {
+async fn cells_follow_the_target_size_and_the_configured_codec() {
+    use apiary_storage::CellCompression;
+    use parquet::basic::Compression;
     let target = 1024 * 1024;
-    let mut f = fixture(LedgerConfig {
-        cell_target_bytes: target,
-        ..Default::default()
-    })
-    .await;
-    f.run(
-        "CREATE TABLE h (id BIGINT, digest VARCHAR);
-         INSERT INTO h SELECT value, md5(CAST(value AS VARCHAR)) FROM generate_series(1, 300000);",
-    )
-    .await;
-    let dir = f.dir.path().join("default/default/h");
-    let cells: Vec<_> = std::fs::read_dir(&dir)
-        .unwrap()
-        .flatten()
-        .map(|e| e.path())
-        .filter(|p| p.extension().is_some_and(|e| e == "parquet"))
-        .collect();
-    assert!(
-        cells.len() >= 3,
-        "expected several cells, got {}",
-        cells.len()
-    );
-    for c in &cells {
-        let size = std::fs::metadata(c).unwrap().len();
-        assert!(size <= 2 * target, "cell {} is {size} bytes", c.display());
-        let reader =
-            parquet::file::reader::SerializedFileReader::new(std::fs::File::open(c).unwrap())
-                .unwrap();
-        use parquet::file::reader::FileReader;
-        let rg = reader.metadata().row_group(0);
-        for col in rg.columns() {
-            assert!(
-                matches!(col.compression(), parquet::basic::Compression::ZSTD(_)),
-                "{:?}",
-                col.compression()
-            );
+    for (codec, want) in [
+        (CellCompression::default(), Compression::LZ4_RAW),
+        (CellCompression::Zstd(3), Compression::ZSTD(Default::default())),
+        (CellCompression::Snappy, Compression::SNAPPY),
+    ] {
+        let mut f = fixture(LedgerConfig {
+            cell_target_bytes: target,
+            compression: codec,
+            ..Default::default()
+        })
+        .await;
+        f.run(
+            "CREATE TABLE h (id BIGINT, digest VARCHAR);
+             INSERT INTO h SELECT value, md5(CAST(value AS VARCHAR)) FROM generate_series(1, 300000);",
+        )
+        .await;
+        let dir = f.dir.path().join("default/default/h");
+        let cells: Vec<_> = std::fs::read_dir(&dir)
+            .unwrap()
+            .flatten()
+            .map(|e| e.path())
+            .filter(|p| p.extension().is_some_and(|e| e == "parquet"))
+            .collect();
+        assert!(
+            cells.len() >= 3,
+            "expected several cells, got {}",
+            cells.len()
+        );
+        for c in &cells {
+            let size = std::fs::metadata(c).unwrap().len();
+            assert!(size <= 2 * target, "cell {} is {size} bytes", c.display());
+            let reader =
+                parquet::file::reader::SerializedFileReader::new(std::fs::File::open(c).unwrap())
+                    .unwrap();
+            use parquet::file::reader::FileReader;
+            let rg = reader.metadata().row_group(0);
+            for col in rg.columns() {
+                // The codec, whatever its level.
+                assert_eq!(
+                    std::mem::discriminant(&col.compression()),
+                    std::mem::discriminant(&want),
+                    "{codec:?}"
+                );
+            }
         }
+        let got = f.run("SELECT count(*) FROM h").await;
+        assert_eq!(i64s(&got), vec![300000]);
     }
-    let got = f.run("SELECT count(*) FROM h").await;
-    assert_eq!(i64s(&got), vec![300000]);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
