@@ -396,6 +396,39 @@ def select1_latency(uri: str, n=100) -> dict:
     return {"median_ms": statistics.median(times), "p90_ms": times[int(0.9 * (len(times) - 1))]}
 
 
+def settled_rss(server: Proc, settle=2.0) -> int:
+    """Resident memory of a freshly started server once its start-up work has settled."""
+    time.sleep(settle)
+    return proc_status(server.pid, "VmRSS:")
+
+
+def run_capped(args, storage: str, memory: str, results: list, expected: dict, failures: list, noise) -> dict:
+    """Every query again on a node started with `--memory`: its times (a column of each row),
+    answers (checked against DuckDB's), idle and peak RSS."""
+    server, uri = start_apiary(args.binary, storage, ["--memory", memory])
+    noise.track(server.pid)
+    try:
+        idle = settled_rss(server)
+        engine = Apiary(uri)
+        for row in results:
+            sql = dict(queries())[row["query"]]
+            try:
+                secs, table = timed(engine, sql, args.runs)
+                ok, why = same_answer(table, expected[row["query"]]) if expected.get(row["query"]) is not None else (False, "no answer to compare")
+            except Exception as ex:
+                secs, ok, why = float("nan"), False, str(ex)
+            row["capped_ms"] = secs * 1000
+            row["capped_match"] = ok
+            if not ok:
+                failures.append(f"{row['query']} with --memory {memory}: {why}")
+            print(f"{row['query']}: apiary --memory {memory} {secs * 1000:8.1f} ms  {'ok' if ok else 'MISMATCH ' + why}", flush=True)
+        engine.close()
+        return {"memory": memory, "idle_rss": idle, "peak_rss": server.peak_rss(),
+                "total_ms": sum(r["capped_ms"] for r in results)}
+    finally:
+        server.stop()
+
+
 # ---- report -------------------------------------------------------------------------------------
 
 
@@ -406,26 +439,31 @@ def geomean(xs):
 
 def markdown(report: dict) -> str:
     r = report
+    capped = r.get("capped")
     lines = [
         f"# TPC-H SF{r['sf']:g} — Apiary vs DuckDB vs DataFusion",
         "",
         f"{r['when']} · {r['machine']} · median of {r['runs']} warm run(s) · "
         f"other processes used {r['noise_share'] * 100:.1f}% CPU{' (NOISY)' if r['noisy'] else ''}",
         "",
-        "| query | Apiary ms | DuckDB ms | DataFusion ms | Apiary/DuckDB | Apiary/DataFusion | answer |",
-        "|---|---:|---:|---:|---:|---:|:---:|",
+        "| query | Apiary ms | DuckDB ms | DataFusion ms | Apiary/DuckDB | Apiary/DataFusion | answer |"
+        + (f" Apiary --memory {capped['memory']} ms | answer |" if capped else ""),
+        "|---|---:|---:|---:|---:|---:|:---:|" + ("---:|:---:|" if capped else ""),
     ]
     for q in r["queries"]:
         lines.append(
             f"| {q['query']} | {q['apiary_ms']:.1f} | {q['duckdb_ms']:.1f} | {q['datafusion_ms']:.1f} | "
             f"{q['apiary_ms'] / q['duckdb_ms']:.2f} | {q['apiary_ms'] / q['datafusion_ms']:.2f} | "
             f"{'ok' if q['match'] else 'MISMATCH'} |"
+            + (f" {q['capped_ms']:.1f} | {'ok' if q['capped_match'] else 'MISMATCH'} |" if capped else "")
         )
     t = r["totals"]
     lines += [
         f"| **total** | **{t['apiary_ms']:.0f}** | **{t['duckdb_ms']:.0f}** | **{t['datafusion_ms']:.0f}** | "
-        f"**{t['apiary_ms'] / t['duckdb_ms']:.2f}** | **{t['apiary_ms'] / t['datafusion_ms']:.2f}** | |",
-        f"| geomean of ratios | | | | {t['geomean_vs_duckdb']:.2f} | {t['geomean_vs_datafusion']:.2f} | |",
+        f"**{t['apiary_ms'] / t['duckdb_ms']:.2f}** | **{t['apiary_ms'] / t['datafusion_ms']:.2f}** | |"
+        + (f" **{capped['total_ms']:.0f}** | |" if capped else ""),
+        f"| geomean of ratios | | | | {t['geomean_vs_duckdb']:.2f} | {t['geomean_vs_datafusion']:.2f} | |"
+        + (" | |" if capped else ""),
         "",
         f"- Ingest (ADBC bulk ingest, 8 tables): {r['ingest']['rows']:,} rows in {r['ingest']['seconds']:.1f} s = "
         f"{r['ingest']['rows_per_s']:,.0f} rows/s, {r['ingest']['mb_per_s']:.1f} MB/s (Arrow bytes)",
@@ -433,7 +471,15 @@ def markdown(report: dict) -> str:
         f"({r['doget']['apiary_rows_per_s'] / 1e6:.2f} M rows/s) vs in-memory pyarrow Flight server "
         f"{r['doget']['ceiling_mb_per_s']:.0f} MB/s → ratio {r['doget']['ratio']:.2f}",
         f"- `SELECT 1` through ADBC: median {r['select1']['median_ms']:.2f} ms, p90 {r['select1']['p90_ms']:.2f} ms",
-        f"- Peak RSS of the server: {r['server_peak_rss'] / 2**20:.0f} MiB",
+        f"- Peak RSS of the server: {r['server_peak_rss'] / 2**20:.0f} MiB; idle after start "
+        f"{r.get('server_idle_rss', 0) / 2**20:.0f} MiB",
+    ]
+    if capped:
+        lines.append(
+            f"- With `--memory {capped['memory']}`: peak RSS {capped['peak_rss'] / 2**20:.0f} MiB, "
+            f"idle after start {capped['idle_rss'] / 2**20:.0f} MiB"
+        )
+    lines += [
         f"- Whole run (data, ingest, {len(r['queries'])} queries × 3 engines, DoGet, latency): "
         f"{r['wall_seconds'] / 60:.1f} min",
     ]
@@ -449,11 +495,17 @@ def main() -> int:
     ap.add_argument("--out", default=None, help="results directory (default bench/results)")
     ap.add_argument("--binary", default=os.environ.get("APIARY_BIN"))
     ap.add_argument("--only", default=None, help="comma-separated queries, e.g. q01,q06")
+    ap.add_argument("--memory", default=None,
+                    help="also run every query on a node started with --memory SIZE on the same data "
+                         "(a second column; default 1GiB for full runs, none for --quick; 'none' skips it)")
     ap.add_argument("--nodes", type=int, default=None,
                     help="swarm mode: N nodes vs 1 (one bee each) on a local root and on moto (bench/swarm.py)")
     args = ap.parse_args()
     if args.quick:
         args.sf, args.runs = 0.01, 1
+    if args.memory is None:
+        args.memory = "none" if args.quick else "1GiB"
+    capped_memory = None if args.memory.lower() == "none" else args.memory
     if not args.binary:
         print("--binary or APIARY_BIN is required (bench/run sets it)", file=sys.stderr)
         return 2
@@ -471,7 +523,9 @@ def main() -> int:
     storage = tempfile.mkdtemp(prefix="apiary-bench-")
     server, uri = start_apiary(args.binary, storage)
     noise.track(server.pid)
+    idle_rss = settled_rss(server)
     failures = []
+    capped = None
     try:
         print(f"ingesting SF{args.sf:g} into {uri}", flush=True)
         ing = ingest(uri, data)
@@ -479,6 +533,7 @@ def main() -> int:
 
         engines = [Apiary(uri), DuckDB(data), DataFusion(data)]
         results = []
+        expected = {}
         selected = set(args.only.split(",")) if args.only else None
         for name, sql in queries():
             if selected and name not in selected:
@@ -496,6 +551,7 @@ def main() -> int:
             ok, why = (False, "query failed")
             if answers["apiary"] is not None and answers["duckdb"] is not None:
                 ok, why = same_answer(answers["apiary"], answers["duckdb"])
+            expected[name] = answers["duckdb"]
             row["match"] = ok
             if not ok:
                 failures.append(f"{name}: Apiary's answer differs from DuckDB's: {why}")
@@ -512,6 +568,11 @@ def main() -> int:
         print(f"doget: apiary {dg['apiary_mb_per_s']:.0f} MB/s vs ceiling {dg['ceiling_mb_per_s']:.0f} MB/s", flush=True)
         lat = select1_latency(uri)
         peak = server.peak_rss()
+        if capped_memory:
+            # The same frames, served by a node with a memory cap (the first one stops, so the
+            # two never form a swarm).
+            server.stop()
+            capped = run_capped(args, storage, capped_memory, results, expected, failures, noise)
     finally:
         server.stop()
         shutil.rmtree(storage, ignore_errors=True)
@@ -536,6 +597,8 @@ def main() -> int:
         "doget": dg,
         "select1": lat,
         "server_peak_rss": peak,
+        "server_idle_rss": idle_rss,
+        "capped": capped,
         "wall_seconds": time.perf_counter() - began,
         "failures": failures,
     }
