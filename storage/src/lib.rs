@@ -49,15 +49,13 @@ pub mod schema;
 mod shape;
 
 pub use backend::{BackendKind, S3Options, Storage};
+pub use codec::CellCompression;
 pub use dml::Changed;
 pub use error::{Error, ObjectKind, Result};
 pub use format::{ExternalFormat, ExternalV1, ViewV1};
 pub use history::{Commit, Restored};
 pub use lakehouse::{Lakehouse, Opened};
-pub use codec::CellCompression;
-pub use ledger::{
-    FrameSnapshot, FrameStats, Ledger, LedgerConfig, cell_size_for_budget,
-};
+pub use ledger::{FrameSnapshot, FrameStats, Ledger, LedgerConfig, cell_size_for_budget};
 pub use maintain::{Optimized, PartitionCondition, Vacuumed};
 pub use paths::{BoxRef, FrameRef, Ident};
 pub use provider::{FrameSink, FrameTable, WriteGate};

@@ -318,7 +318,10 @@ async fn cells_follow_the_target_size_and_the_configured_codec() {
     let target = 1024 * 1024;
     for (codec, want) in [
         (CellCompression::default(), Compression::LZ4_RAW),
-        (CellCompression::Zstd(3), Compression::ZSTD(Default::default())),
+        (
+            CellCompression::Zstd(3),
+            Compression::ZSTD(Default::default()),
+        ),
         (CellCompression::Snappy, Compression::SNAPPY),
     ] {
         let mut f = fixture(LedgerConfig {
