@@ -27,6 +27,9 @@ pub struct QueryRequest {
     pub params: Vec<Vec<ScalarValue>>,
     /// Frame versions to read (from planning); frames not listed are read at their latest.
     pub pins: Pins,
+    /// The key under which the node that planned the query keeps its plan (from
+    /// [`Planned::plan_key`]); any node without it plans again.
+    pub plan_key: Option<String>,
 }
 
 /// A query planned but not run: what GetFlightInfo needs.
@@ -34,6 +37,9 @@ pub struct QueryRequest {
 pub struct Planned {
     pub schema: SchemaRef,
     pub pins: Pins,
+    /// Where this node keeps the plan for a short while, so that the DoGet of the ticket runs
+    /// it instead of planning again. Travels in the ticket.
+    pub plan_key: Option<String>,
 }
 
 /// A bulk write into a frame.
@@ -51,12 +57,14 @@ pub trait QueryService: Send + Sync + std::fmt::Debug + 'static {
     /// Split, rewrite `?` markers and classify every statement of `sql`.
     fn parse(&self, sql: &str) -> Result<Vec<Statement>>;
 
-    /// Plan a query (result schema, pinned versions) without running it.
+    /// Plan a query (result schema, pinned versions) without running it. With `keep`, the node
+    /// keeps the plan for the ticket's DoGet ([`Planned::plan_key`]).
     async fn plan(
         &self,
         session: &Session,
         stmt: &Statement,
         params: Option<Vec<ScalarValue>>,
+        keep: bool,
     ) -> Result<Planned>;
 
     /// Result schema and parameter types of a statement (prepared statements).

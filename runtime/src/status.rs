@@ -32,6 +32,8 @@ pub struct NodeStatus {
     pub uptime: Duration,
     /// Queries and statements started since the node started.
     pub queries_total: u64,
+    /// DoGets that ran the plan GetFlightInfo made here, and those that planned again.
+    pub plans: PlanCacheStats,
     pub distributed: DistributedStats,
     /// `None` without a cell cache (local roots).
     pub cache: Option<CacheStats>,
@@ -83,4 +85,14 @@ pub struct FailureStatus {
     pub sql: String,
     pub error: String,
     pub at: DateTime<Utc>,
+}
+
+/// The plan cache's counts since the node started (`runtime/src/node/plans.rs`).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct PlanCacheStats {
+    /// DoGets that ran the plan GetFlightInfo made.
+    pub reused: u64,
+    /// DoGets of a ticket with a plan key whose plan was not here (another node made it, it
+    /// expired, or the ticket was redeemed before): planned again.
+    pub missed: u64,
 }

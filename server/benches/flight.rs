@@ -31,6 +31,7 @@ fn ticket() -> StatementTicketV1 {
         schema: Default::default(),
         affected: None,
         options: Vec::new(),
+        plan_key: String::new(),
     }
 }
 

@@ -82,6 +82,18 @@ pub fn render(st: &NodeStatus) -> String {
         "Queries and statements started.",
         st.queries_total as f64,
     );
+    metric(
+        "counter",
+        "apiary_plans_reused_total",
+        "DoGets that ran the plan GetFlightInfo made on this node (one planning per query).",
+        st.plans.reused as f64,
+    );
+    metric(
+        "counter",
+        "apiary_plans_replanned_total",
+        "DoGets of a ticket whose plan was not kept here (another node, expired, redeemed again).",
+        st.plans.missed as f64,
+    );
     let d = &st.distributed;
     metric(
         "counter",

@@ -7,8 +7,9 @@
 //! ```
 //!
 //! The scan is a plain DataFusion `DataSourceExec` over Parquet files with partition values and
-//! per-file row counts attached, so it serialises with datafusion-proto's default codec and any
-//! node can run it.
+//! per-file statistics from the Delta log attached (`scan_stats`), so the optimizer sees what
+//! ListingTable would show it, the plan serialises with datafusion-proto's default codec, and
+//! any node can run it.
 
 use std::collections::HashMap;
 use std::fmt;
@@ -37,6 +38,7 @@ use datafusion::physical_expr::expressions::{CastExpr, Column};
 use datafusion::physical_optimizer::pruning::PruningPredicateBuilder;
 use datafusion::physical_plan::projection::ProjectionExec;
 use datafusion::physical_plan::{DisplayAs, DisplayFormatType, ExecutionPlan};
+use deltalake::kernel::scalars::ScalarExt;
 use futures::StreamExt;
 use tracing::debug;
 
@@ -44,7 +46,6 @@ use crate::dml::{ChangeExec, MergeSpec};
 use crate::error::Error;
 use crate::ledger::{CellInfo, FrameSnapshot, Ledger};
 use crate::scan_stats::{LogColumnStats, summarise};
-use deltalake::kernel::scalars::ScalarExt;
 
 /// Called before each batch of an `INSERT` is written, so the node can throttle writes when it
 /// runs hot. Implemented by the runtime; storage only calls it.

@@ -21,6 +21,7 @@ use chrono::{DateTime, Utc};
 use datafusion::execution::runtime_env::RuntimeEnv;
 use tracing::{info, warn};
 
+mod plans;
 mod service;
 mod work;
 
@@ -121,6 +122,8 @@ pub struct Node {
     started: Instant,
     seq: AtomicU64,
     queries_total: AtomicU64,
+    /// Plans GetFlightInfo made, waiting for their DoGet.
+    plans: plans::PlanCache,
     stopped: AtomicBool,
 }
 
@@ -195,6 +198,7 @@ impl Node {
                 started: Instant::now(),
                 seq: AtomicU64::new(0),
                 queries_total: AtomicU64::new(0),
+                plans: plans::PlanCache::default(),
                 stopped: AtomicBool::new(false),
                 cache,
                 config,

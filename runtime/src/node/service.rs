@@ -8,7 +8,7 @@ use datafusion::common::ScalarValue;
 use datafusion::execution::SendableRecordBatchStream;
 
 use super::Node;
-use crate::engine::{Pins, Session, Statement, StatementInfo};
+use crate::engine::{Pins, PlanTarget, Session, Statement, StatementInfo};
 use crate::error::{Error, Result};
 use crate::service::{IngestRequest, Planned, QueryRequest, QueryService};
 use crate::status::{NodeStatus, StatusSource};
@@ -24,18 +24,27 @@ impl QueryService for Node {
         session: &Session,
         stmt: &Statement,
         params: Option<Vec<ScalarValue>>,
+        keep: bool,
     ) -> Result<Planned> {
         let (engine, session, stmt) = (self.engine.clone(), session.clone(), stmt.clone());
+        // Planned as its DoGet would plan it here, and kept for that DoGet.
+        let partitions = self.plan_partitions();
         let planned = self
             .planning(async move {
+                let target = PlanTarget {
+                    env: None,
+                    partitions,
+                };
                 engine
-                    .plan_query(&session, &stmt, params, &Pins::new())
+                    .plan_query_for(&session, &stmt, params, &Pins::new(), target)
                     .await
             })
             .await?;
+        let (schema, pins) = (planned.schema.clone(), planned.pins.clone());
         Ok(Planned {
-            schema: planned.schema,
-            pins: planned.pins,
+            schema,
+            pins,
+            plan_key: keep.then(|| self.plans.put(planned, partitions)),
         })
     }
 
@@ -46,19 +55,27 @@ impl QueryService for Node {
     }
 
     async fn query(&self, request: QueryRequest) -> Result<SendableRecordBatchStream> {
-        if crate::cancel::requested(self.storage(), &request.query_id).await? {
-            return Err(Error::Cancelled);
-        }
         let stmt = self.engine.parse_one(&request.sql)?;
-        Node::query(
+        // A cancel that came before the DoGet: its marker is read while the query plans and
+        // starts, not before (no storage round trip ahead of the first batch). When it is
+        // there, the started query is dropped, which ends it.
+        let cancelled = async {
+            match crate::cancel::requested(self.storage(), &request.query_id).await? {
+                true => Err(Error::Cancelled),
+                false => Ok(()),
+            }
+        };
+        let run = Node::query(
             self,
             &request.query_id,
             &request.session,
             &stmt,
             request.params,
             &request.pins,
-        )
-        .await
+            request.plan_key.as_deref(),
+        );
+        let ((), stream) = futures::future::try_join(cancelled, run).await?;
+        Ok(stream)
     }
 
     async fn update(
@@ -140,6 +157,7 @@ impl StatusSource for Node {
             started_at: self.started_at,
             uptime: self.started.elapsed(),
             queries_total: self.queries_total.load(Ordering::Relaxed),
+            plans: self.plans.stats(),
             distributed: self.dist.metrics.stats(),
             cache: self.cache.as_ref().map(|c| c.stats()),
             temperature: self.bees.temperature(),

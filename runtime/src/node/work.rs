@@ -63,6 +63,20 @@ impl Node {
             .await
     }
 
+    /// How many partitions queries are planned for: this node's own (`None`), or on a swarm
+    /// every bee of it, so that aggregations and sorts split into partial and final steps that
+    /// fragments can run.
+    pub(super) fn plan_partitions(&self) -> Option<usize> {
+        let swarm_bees: usize = self
+            .world
+            .nodes()
+            .iter()
+            .filter(|v| v.state == NodeState::Alive)
+            .map(|v| v.heartbeat.bees_total.max(1) as usize)
+            .sum();
+        (swarm_bees > self.config.bees.bees).then_some(swarm_bees.min(MAX_PLAN_PARTITIONS))
+    }
+
     /// Register a query (it shows in `system.runtime.queries` until the guard drops).
     pub(super) fn register(&self, query_id: &str, user: &str, sql: &str) -> QueryGuard {
         self.queries_total.fetch_add(1, Ordering::Relaxed);
@@ -85,6 +99,7 @@ impl Node {
         stmt: &Statement,
         param_rows: Vec<Vec<ScalarValue>>,
         pins: &Pins,
+        plan_key: Option<&str>,
     ) -> Result<SendableRecordBatchStream> {
         self.check_param_rows(param_rows.len())?;
         let mut guard = self.register(query_id, &session.user, &stmt.text);
@@ -93,21 +108,22 @@ impl Node {
         } else {
             param_rows.into_iter().map(Some).collect()
         };
-        // On a swarm, plan for every bee of it, so that aggregations and sorts split into
-        // partial and final steps that fragments can run.
-        let swarm_bees: usize = self
-            .world
-            .nodes()
-            .iter()
-            .filter(|v| v.state == NodeState::Alive)
-            .map(|v| v.heartbeat.bees_total.max(1) as usize)
-            .sum();
         let target = PlanTarget {
             env: None,
-            partitions: (swarm_bees > self.config.bees.bees)
-                .then_some(swarm_bees.min(MAX_PLAN_PARTITIONS)),
+            partitions: self.plan_partitions(),
         };
-        let mut plans = {
+        // The plan GetFlightInfo made here for this ticket, when it is still here: one planning
+        // per query. Parameter rows beyond one are planned each.
+        let kept = match (plan_key, param_sets.len()) {
+            (Some(key), 1) => self
+                .plans
+                .take(key, target.partitions)
+                .filter(|p| p.pins == *pins),
+            _ => None,
+        };
+        let mut plans = if let Some(kept) = kept {
+            vec![kept]
+        } else {
             let (engine, session, stmt, pins) = (
                 self.engine.clone(),
                 session.clone(),

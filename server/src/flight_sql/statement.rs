@@ -84,7 +84,7 @@ impl FlightSql {
                 stmt.params
             )));
         }
-        let planned = self.service.plan(&session, &stmt, first).await?;
+        let planned = self.service.plan(&session, &stmt, first, true).await?;
         // A schema announced before (by CreatePreparedStatement) stays the schema: DataFusion
         // may type an expression differently between two plannings (a CASE of List and
         // LargeList), and clients check that every answer agrees. Not with parameters: before
@@ -92,7 +92,7 @@ impl FlightSql {
         let schema = announced
             .filter(|a| stmt.params == 0 && a.fields().len() == planned.schema.fields().len())
             .unwrap_or_else(|| wire_schema(&planned.schema));
-        let ticket = new_ticket(
+        let mut ticket = new_ticket(
             sql,
             params,
             &session,
@@ -101,6 +101,7 @@ impl FlightSql {
             self.expiry(),
             ipc_schema(&schema)?,
         );
+        ticket.plan_key = planned.plan_key.unwrap_or_default();
         let endpoint = FlightEndpoint::new()
             .with_ticket(self.ticket_for(&ticket))
             .with_expiration_time(timestamp_ms(ticket.expires_at_ms));
@@ -231,7 +232,7 @@ impl FlightSql {
             let info = self.service.statement_info(&session, &stmt).await?;
             return Ok(wire_schema(&info.schema));
         }
-        let planned = self.service.plan(&session, &stmt, first).await?;
+        let planned = self.service.plan(&session, &stmt, first, false).await?;
         Ok(wire_schema(&planned.schema))
     }
 

@@ -60,10 +60,12 @@ impl QueryService for Double {
         _session: &Session,
         _stmt: &Statement,
         _params: Option<Vec<ScalarValue>>,
+        keep: bool,
     ) -> apiary_runtime::Result<Planned> {
         Ok(Planned {
             schema: schema(),
             pins: Pins::from([(frame(), 7)]),
+            plan_key: keep.then(|| "kept-plan-7".to_string()),
         })
     }
 
@@ -194,6 +196,8 @@ async fn a_ticket_carries_the_pins_and_session_from_planning_to_execution() {
     assert_eq!(asked[0].sql, "SELECT a FROM t");
     assert_eq!(asked[0].pins, Pins::from([(frame(), 7)]));
     assert_eq!(asked[0].session.hive.as_str(), "default");
+    // The node that planned it kept the plan: the ticket names it for the DoGet.
+    assert_eq!(asked[0].plan_key.as_deref(), Some("kept-plan-7"));
 }
 
 #[tokio::test]

@@ -114,6 +114,7 @@ pub(super) fn new_ticket(
         schema,
         affected: None,
         options: options_to(&session.options),
+        plan_key: String::new(),
     }
 }
 
@@ -142,6 +143,7 @@ pub(super) fn query_request(t: StatementTicketV1, role: Role) -> Result<QueryReq
         session,
         sql: t.sql,
         pins,
+        plan_key: (!t.plan_key.is_empty()).then_some(t.plan_key),
     })
 }
 

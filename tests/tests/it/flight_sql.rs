@@ -322,6 +322,46 @@ async fn get_schema_and_poll_flight_info() {
     assert_eq!(batches.iter().map(|b| b.num_rows()).sum::<usize>(), 0);
 }
 
+/// One planning per query: the DoGet of a ticket runs the plan its GetFlightInfo made on this
+/// node; redeeming the ticket again plans afresh (a plan runs once) with the same answer.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_ticket_runs_the_plan_its_flight_info_made() {
+    let dir = temp_root();
+    let server = Server::start(dir.path().to_str().unwrap(), &[], &[]);
+    let mut c = sql_client(&server).await;
+    c.execute_update(
+        "CREATE TABLE p AS SELECT value AS v FROM generate_series(1, 1000)".into(),
+        None,
+    )
+    .await
+    .unwrap();
+    let counts = async |c: &mut FlightSqlServiceClient<Channel>| {
+        let (_, _, b) = query(
+            c,
+            "SELECT CAST(plans_reused AS BIGINT), CAST(plans_replanned AS BIGINT) \
+             FROM system.runtime.node",
+        )
+        .await;
+        (i64s(&b, 0)[0], i64s(&b, 1)[0])
+    };
+    let (reused, replanned) = counts(&mut c).await;
+    let info = c
+        .execute("SELECT sum(v) FROM p".to_string(), None)
+        .await
+        .unwrap();
+    let (_, first) = collect(&mut c, &info).await;
+    let (reused_after, replanned_after) = counts(&mut c).await;
+    // The sum's DoGet ran its kept plan (and so did the first count's).
+    assert_eq!(reused_after - reused, 2);
+    assert_eq!(replanned_after, replanned);
+    // The same ticket again: planned anew, same answer.
+    let (_, again) = collect(&mut c, &info).await;
+    assert_eq!(i64s(&first, 0), vec![500_500]);
+    assert_eq!(i64s(&again, 0), vec![500_500]);
+    let (_, replanned_last) = counts(&mut c).await;
+    assert_eq!(replanned_last - replanned_after, 1);
+}
+
 /// The sequence the Flight SQL JDBC driver (DBeaver) performs on connect, in the navigator and
 /// for one statement.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
