@@ -10,6 +10,22 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
+/// Every batch of a FlightInfo's first endpoint, read through `client`.
+pub async fn fetch(
+    client: &mut arrow_flight::sql::client::FlightSqlServiceClient<tonic::transport::Channel>,
+    info: &arrow_flight::FlightInfo,
+) -> Vec<arrow::record_batch::RecordBatch> {
+    use futures::TryStreamExt;
+    let ticket = info.endpoint[0].ticket.clone().expect("a ticket");
+    client
+        .do_get(ticket)
+        .await
+        .expect("DoGet")
+        .try_collect()
+        .await
+        .expect("the stream")
+}
+
 /// Path of the `apiary` binary built alongside the test executables.
 pub fn apiary_bin() -> PathBuf {
     if let Ok(p) = std::env::var("APIARY_BIN") {

@@ -197,13 +197,7 @@ async fn a_six_kilobyte_expression_does_not_abort_the_process() {
         })
         .await
         .unwrap();
-    let batches: Vec<_> = c
-        .do_get(info.endpoint[0].ticket.clone().unwrap())
-        .await
-        .unwrap()
-        .try_collect()
-        .await
-        .unwrap();
+    let batches = apiary_tests::fetch(&mut c, &info).await;
     assert_eq!(batches.iter().map(|b| b.num_rows()).sum::<usize>(), 1);
     // Still serving.
     assert_eq!(scalar(&mut c, "SELECT 41 + 1").await.unwrap(), "42");
@@ -254,13 +248,7 @@ async fn metadata_patterns_neither_overflow_the_stack_nor_backtrack_for_hours() 
             include_schema: false,
         };
         let info = c.get_tables(cmd).await.unwrap();
-        let batches: Vec<_> = c
-            .do_get(info.endpoint[0].ticket.clone().unwrap())
-            .await
-            .unwrap()
-            .try_collect()
-            .await
-            .unwrap();
+        let batches = apiary_tests::fetch(&mut c, &info).await;
         let names: Vec<String> = batches
             .iter()
             .flat_map(|b| {

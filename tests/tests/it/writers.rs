@@ -264,13 +264,7 @@ async fn writers_killed_again_and_again_lose_no_acknowledged_row() {
         )
         .await
         .unwrap();
-    let batches: Vec<arrow::record_batch::RecordBatch> = c
-        .do_get(info.endpoint[0].ticket.clone().unwrap())
-        .await
-        .unwrap()
-        .try_collect()
-        .await
-        .unwrap();
+    let batches = apiary_tests::fetch(&mut c, &info).await;
     let mut present = BTreeSet::new();
     for b in &batches {
         use arrow::array::AsArray;
