@@ -79,6 +79,8 @@ pub(super) struct Resolved {
     pub(super) missing: Vec<(String, apiary_storage::Error)>,
     /// The statement names tables, all of them in `system`.
     pub(super) system_only: bool,
+    /// The statement names a `system` table (a snapshot taken when planned).
+    pub(super) reads_system: bool,
 }
 
 /// Finds or makes the schema provider of a box in the statement's catalog.
@@ -207,6 +209,7 @@ impl Engine {
         let mut views: Vec<(FrameRef, String, ViewV1)> = Vec::new();
         while let Some((mut parts, hive, box_name, depth)) = work.pop_front() {
             if is_system(&parts) {
+                resolved.reads_system = true;
                 continue;
             }
             resolved.system_only = false;

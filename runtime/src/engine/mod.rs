@@ -323,6 +323,7 @@ impl Engine {
                     plan,
                     pins: resolved.pins,
                     system_only: resolved.system_only,
+                    reads_system: resolved.reads_system,
                     state,
                 })
             }

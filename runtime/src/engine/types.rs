@@ -186,6 +186,9 @@ pub struct PlannedQuery {
     pub pins: Pins,
     /// It reads only `system.*` tables (status queries, which run without a bee).
     pub system_only: bool,
+    /// It reads a `system.*` table: status as it was when planned, so the plan is not kept for
+    /// later (a DoGet plans it again and shows the status of then).
+    pub reads_system: bool,
     pub(crate) state: SessionState,
 }
 
@@ -222,6 +225,7 @@ impl PlannedQuery {
             plan,
             pins: Pins::new(),
             system_only: false,
+            reads_system: false,
             state,
         })
     }

@@ -44,7 +44,8 @@ impl QueryService for Node {
         Ok(Planned {
             schema,
             pins,
-            plan_key: keep.then(|| self.plans.put(planned, partitions)),
+            // Status tables are read when planned: their queries plan again when they run.
+            plan_key: (keep && !planned.reads_system).then(|| self.plans.put(planned, partitions)),
         })
     }
 
