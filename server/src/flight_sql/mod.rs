@@ -6,8 +6,8 @@
 //! `Arc<dyn QueryService>`: the Flight layer knows the runtime only through that trait.
 //!
 //! ```text
-//!  GetFlightInfo(query) ─ plan once (schema, pinned versions) ─▶ FlightInfo{signed ticket}
-//!  DoGet(ticket)        ─ verify, re-plan at the pinned versions, execute ─▶ Schema, batches…
+//!  GetFlightInfo(query) ─ plan once (schema, pinned versions; the plan kept) ─▶ FlightInfo{signed ticket}
+//!  DoGet(ticket)        ─ verify, run the kept plan (or re-plan at the pinned versions) ─▶ Schema, batches…
 //! ```
 //!
 //! Nothing lives in one node's memory between calls: tickets and prepared-statement handles are

@@ -2,8 +2,8 @@
 //! on any node; statements without a result set run at once. Also cancel and renew.
 //!
 //! ```text
-//!  GetFlightInfo(query) ─ plan once (schema, pinned versions) ─▶ FlightInfo{signed ticket}
-//!  DoGet(ticket)        ─ verify, re-plan at the pinned versions, execute ─▶ Schema, batches…
+//!  GetFlightInfo(query) ─ plan once (schema, pinned versions; the plan kept) ─▶ FlightInfo{signed ticket}
+//!  DoGet(ticket)        ─ verify, run the kept plan (or re-plan at the pinned versions) ─▶ Schema, batches…
 //! ```
 
 use apiary_proto::v1::StatementTicketV1;
@@ -115,7 +115,8 @@ impl FlightSql {
             .with_ordered(false))
     }
 
-    /// Execute a ticket: re-plan at its pinned versions and stream the result.
+    /// Execute a ticket: the node runs the plan it kept for it, or plans again at the pinned
+    /// versions, and the result streams.
     pub(super) async fn execute_ticket(
         &self,
         who: &Principal,
