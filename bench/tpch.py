@@ -417,8 +417,9 @@ def run_capped(args, storage: str, memory: str, results: list, expected: dict, f
     try:
         idle = settled_rss(server)
         engine = Apiary(uri)
+        texts = dict(queries())
         for row in results:
-            sql = dict(queries())[row["query"]]
+            sql = texts[row["query"]]
             try:
                 secs, table = timed(engine, sql, args.runs)
                 ok, why = same_answer(table, expected[row["query"]]) if expected.get(row["query"]) is not None else (False, "no answer to compare")

@@ -293,9 +293,11 @@ impl TableProvider for FrameTable {
         let keep = self.prune(state, filters, &scan_schema)?;
         let cells = self.snapshot.cells();
         let log = self.snapshot.delta_state().log_data();
+        // Null counts of the cells the scan keeps only (each is a JSON object to convert).
         let null_counts: Vec<_> = log
             .iter()
-            .map(|f| f.null_counts().map(|n| n.to_json()))
+            .zip(&keep)
+            .map(|(f, &k)| k.then(|| f.null_counts().map(|n| n.to_json())).flatten())
             .collect();
         let log_stats = LogColumnStats::read(&log, &null_counts, &file_schema);
         let mut files = Vec::new();
