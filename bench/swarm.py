@@ -1,14 +1,19 @@
-"""Apiary on a swarm: N nodes against one, on a local root and on S3 (moto), in one run.
+"""Apiary on a swarm: N nodes against one, on a local root and on S3, in one run.
 
-Run it through `bench/run --nodes N`. Every node is limited to one bee, so the speed-up measures
-what spreading fragments over nodes buys, not more threads in one process. For each backend:
+Run it through `bench/run --nodes N [--pin]`. Every node is limited to one bee, so the speed-up
+measures what spreading fragments over nodes buys, not more threads in one process. With `--pin`
+node i runs under `taskset` on its own core (i - 1), so "more nodes" means "more CPU"; without it
+the nodes share every core and a figure says little. The S3 backend is SeaweedFS for full runs
+(it serves requests in parallel, as a real object store does) and moto for `--quick`. For each
+backend:
 
 1. node 1 starts alone on a fresh root; the TPC-H tables are ingested through it;
 2. the scan-heavy queries run through node 1 alone (a swarm of one runs everything locally);
 3. nodes 2..N join; the same queries run through node 1, which now cuts them into fragments;
    the answers must equal the solo answers, and fragments must have run on at least two nodes;
 4. fragment dispatch latency (posting a task to its claim) is read from every node's /metrics;
-5. on S3, one query is repeated and the cell-cache hit rate of the repeat is computed from the
+5. every node's /metrics gives the bytes its fragments wrote to storage, per query;
+6. on S3, one query is repeated and the cell-cache hit rate of the repeat is computed from the
    nodes' cache counters.
 """
 
@@ -17,12 +22,15 @@ from __future__ import annotations
 import datetime as dt
 import os
 import pathlib
+import random
 import re
 import shutil
 import socket
+import statistics
 import sys
 import tempfile
 import time
+import urllib.error
 import urllib.request
 import uuid
 
@@ -70,8 +78,79 @@ class Moto:
         self.proc.stop()
 
 
+class Seaweed:
+    """SeaweedFS (`weed mini`) on loopback with one bucket; checks credentials, serves in parallel."""
+
+    KEY, SECRET = "bench", "bench-secret-key"
+
+    def __init__(self, bucket: str, work: pathlib.Path):
+        weed = shutil.which("weed") or str(pathlib.Path(sys.executable).parent / "weed")
+        s3, master, filer, volume, admin = seaweed_ports()
+        (work / "seaweedfs").mkdir(parents=True, exist_ok=True)
+        env = dict(os.environ, AWS_ACCESS_KEY_ID=self.KEY, AWS_SECRET_ACCESS_KEY=self.SECRET)
+        cmd = [weed, "mini", f"-dir={work / 'seaweedfs'}", "-ip=127.0.0.1", "-ip.bind=127.0.0.1",
+               "-master.telemetry=false", "-admin.ui=false", "-webdav=false", "-s3.port.iceberg=0",
+               "-s3.port.lance=0", f"-bucket={bucket}", f"-s3.port={s3}", f"-master.port={master}",
+               f"-filer.port={filer}", f"-volume.port={volume}", f"-admin.port={admin}"]
+        self.proc = Proc(cmd, "", env=env)
+        self.port = s3
+        deadline = time.time() + 60
+        while True:
+            try:
+                urllib.request.urlopen(f"{self.endpoint}/{bucket}", timeout=1)
+                break
+            except urllib.error.HTTPError:
+                break  # any answer (403 for an anonymous request) means S3 is up
+            except OSError:
+                if time.time() > deadline or self.proc.proc.poll() is not None:
+                    raise RuntimeError("SeaweedFS did not start:\n" + "".join(self.proc.lines[-30:]))
+                time.sleep(0.2)
+
+    @property
+    def endpoint(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    def env(self) -> dict:
+        return {
+            "APIARY_S3_ENDPOINT": self.endpoint,
+            "APIARY_S3_REGION": "us-east-1",
+            "APIARY_S3_ACCESS_KEY_ID": self.KEY,
+            "APIARY_S3_SECRET_ACCESS_KEY": self.SECRET,
+            "APIARY_S3_ALLOW_HTTP": "true",
+        }
+
+    def stop(self):
+        self.proc.stop()
+
+
+def seaweed_ports() -> list[int]:
+    """Five ports (s3, master, filer, volume, admin) whose gRPC twins (+10000) are free too."""
+    def free(port):
+        with socket.socket() as s:
+            try:
+                s.bind(("127.0.0.1", port))
+                return True
+            except OSError:
+                return False
+    for _ in range(200):
+        base = random.randrange(20000, 40000, 8)
+        ports = [base + i for i in range(5)]
+        if all(free(p) and free(p + 10000) for p in ports):
+            return ports
+    raise RuntimeError("no free ports for SeaweedFS")
+
+
+def pinned(cmd: list[str], core: int | None) -> list[str]:
+    """`cmd` under taskset on one core (of those this process may use), or as it is."""
+    if core is None:
+        return cmd
+    cores = sorted(os.sched_getaffinity(0))
+    return ["taskset", "-c", str(cores[core % len(cores)])] + cmd
+
+
 class Node:
-    def __init__(self, binary: str, root: str, node_id: str, scratch: pathlib.Path, env: dict):
+    def __init__(self, binary: str, root: str, node_id: str, scratch: pathlib.Path, env: dict,
+                 core: int | None = None):
         env = dict(os.environ, APIARY_LOG="info,buoyant_kernel=warn,deltalake_core=warn", **env)
         cmd = [
             binary, "serve", "--storage", root, "--listen", "127.0.0.1:0",
@@ -81,7 +160,8 @@ class Node:
             "--scratch-dir", str(scratch / node_id / "spill"),
         ]
         self.id = node_id
-        self.proc = Proc(cmd, "listening on ", env=env)
+        self.core = core
+        self.proc = Proc(pinned(cmd, core), "listening on ", env=env)
         self.uri = self.proc.ready_line.split("listening on ", 1)[1].split()[0]
         deadline = time.time() + 30
         self.metrics_url = None
@@ -129,14 +209,19 @@ def total(nodes: list[Node], metric: str) -> float:
 
 def one_backend(name: str, binary: str, root: str, env: dict, data: pathlib.Path, n: int, runs: int,
                 queries: list[tuple[str, str]], scratch: pathlib.Path, failures: list[str],
-                noise: Noise) -> dict:
+                noise: Noise, pin: bool) -> dict:
     print(f"== {name}: {root}", flush=True)
-    nodes = [Node(binary, root, "bench-1", scratch, env)]
+    core = (lambda i: i) if pin else (lambda i: None)
+    nodes = [Node(binary, root, "bench-1", scratch, env, core(0))]
     noise.track(nodes[0].proc.pid)
     try:
         first = Apiary(nodes[0].uri)
         ing = tpch.ingest(nodes[0].uri, data)
         print(f"ingest: {ing['rows']:,} rows, {ing['rows_per_s']:,.0f} rows/s", flush=True)
+        cells = {r["frame"]: r["cells"] for r in first.run(
+            "SELECT frame, CAST(sum(cells_added) - sum(cells_removed) AS BIGINT) AS cells "
+            "FROM system.lakehouse.history GROUP BY frame ORDER BY frame").to_pylist()}
+        print(f"cells per frame: {cells}", flush=True)
         solo = {}
         for q, sql in queries:
             secs, table = timed(first, sql, runs)
@@ -144,19 +229,23 @@ def one_backend(name: str, binary: str, root: str, env: dict, data: pathlib.Path
             print(f"{q}: 1 node {secs * 1000:8.1f} ms", flush=True)
 
         for i in range(2, n + 1):
-            nodes.append(Node(binary, root, f"bench-{i}", scratch, env))
+            nodes.append(Node(binary, root, f"bench-{i}", scratch, env, core(i - 1)))
             noise.track(nodes[-1].proc.pid)
         wait_alive(first, {x.id for x in nodes})
         before = [x.metrics().get("apiary_fragments_executed_total", 0.0) for x in nodes]
         rows = []
         for q, sql in queries:
+            shipped0 = total(nodes, "apiary_fragment_output_bytes_total")
             secs, table = timed(first, sql, runs)
+            # timed() runs the query runs + 1 times (one warm-up).
+            shipped = (total(nodes, "apiary_fragment_output_bytes_total") - shipped0) / (runs + 1)
             ok, why = same_answer(table, solo[q][1])
             if not ok:
                 failures.append(f"{name} {q}: {n} nodes answer differently from 1 node: {why}")
             rows.append({"query": q, "one_ms": solo[q][0] * 1000, "many_ms": secs * 1000,
-                         "speedup": solo[q][0] / secs, "match": ok})
+                         "speedup": solo[q][0] / secs, "match": ok, "shipped_bytes": shipped})
             print(f"{q}: {n} nodes {secs * 1000:8.1f} ms  speed-up {solo[q][0] / secs:.2f}  "
+                  f"shipped {shipped / 1e6:.2f} MB  "
                   f"{'ok' if ok else 'MISMATCH ' + why}", flush=True)
         after = [x.metrics().get("apiary_fragments_executed_total", 0.0) for x in nodes]
         per_node = {x.id: int(a - b) for x, a, b in zip(nodes, after, before)}
@@ -186,8 +275,9 @@ def one_backend(name: str, binary: str, root: str, env: dict, data: pathlib.Path
         first.close()
         one = sum(r["one_ms"] for r in rows)
         many = sum(r["many_ms"] for r in rows)
-        return {"backend": name, "ingest": ing, "queries": rows, "one_ms": one, "many_ms": many,
-                "speedup": one / many, "fragments_per_node": per_node, "dispatch": dispatch,
+        geomean = statistics.geometric_mean([r["speedup"] for r in rows])
+        return {"backend": name, "ingest": ing, "cells": cells, "queries": rows, "one_ms": one, "many_ms": many,
+                "speedup": one / many, "geomean": geomean, "fragments_per_node": per_node, "dispatch": dispatch,
                 "cache": cache}
     finally:
         for x in nodes:
@@ -196,17 +286,23 @@ def one_backend(name: str, binary: str, root: str, env: dict, data: pathlib.Path
 
 def markdown(r: dict) -> str:
     n = r["nodes"]
+    pin = "each node pinned to its own core (taskset)" if r["pinned"] else "nodes NOT pinned: they share every core"
     lines = [f"# Apiary swarm: {n} nodes vs 1, TPC-H SF{r['sf']:g}, one bee per node", "",
+             f"{pin}; the client and the S3 server are not pinned.", "",
              f"{r['when']} · {r['machine']} · median of {r['runs']} warm run(s) · "
              f"other processes used {r['noise_share'] * 100:.1f}% CPU{' (NOISY)' if r['noisy'] else ''}", ""]
     for b in r["backends"]:
         lines += [f"## {b['backend']}", "",
-                  f"| query | 1 node ms | {n} nodes ms | speed-up | answer |", "|---|---:|---:|---:|:---:|"]
+                  f"| query | 1 node ms | {n} nodes ms | speed-up | shipped MB | answer |",
+                  "|---|---:|---:|---:|---:|:---:|"]
         for q in b["queries"]:
             lines.append(f"| {q['query']} | {q['one_ms']:.1f} | {q['many_ms']:.1f} | {q['speedup']:.2f} | "
-                         f"{'ok' if q['match'] else 'MISMATCH'} |")
-        lines.append(f"| **total** | **{b['one_ms']:.0f}** | **{b['many_ms']:.0f}** | **{b['speedup']:.2f}** | |")
+                         f"{q['shipped_bytes'] / 1e6:.2f} | {'ok' if q['match'] else 'MISMATCH'} |")
+        lines.append(f"| **total** | **{b['one_ms']:.0f}** | **{b['many_ms']:.0f}** | **{b['speedup']:.2f}** | "
+                     f"{sum(q['shipped_bytes'] for q in b['queries']) / 1e6:.2f} | |")
+        lines.append(f"| geomean | | | {b['geomean']:.2f} | | |")
         lines.append("")
+        lines.append("- Cells per frame: " + ", ".join(f"{k} {v}" for k, v in b["cells"].items()))
         lines.append("- Fragments executed per node: " + ", ".join(f"{k} {v}" for k, v in b["fragments_per_node"].items()))
         for k, d in b["dispatch"].items():
             lines.append(f"- Dispatch latency (posted → claimed) on {k}: p50 {d['p50_ms']:.0f} ms, "
@@ -231,23 +327,25 @@ def run(args, data: pathlib.Path) -> int:
     noise = Noise()
     failures: list[str] = []
     scratch = pathlib.Path(tempfile.mkdtemp(prefix="apiary-swarm-"))
-    moto = None
+    s3 = args.s3 or ("moto" if args.quick else "seaweedfs")
+    store = None
     backends = []
     try:
         backends.append(one_backend("local", args.binary, str(scratch / "root"), dict(extra), data, n, args.runs,
-                                    queries, scratch / "local", failures, noise))
-        moto = Moto("bench")
-        noise.track(moto.proc.pid)
-        backends.append(one_backend("moto", args.binary, f"s3://bench/{uuid.uuid4().hex[:8]}", {**moto.env(), **extra},
-                                    data, n, args.runs, queries, scratch / "moto", failures, noise))
+                                    queries, scratch / "local", failures, noise, args.pin))
+        store = Moto("bench") if s3 == "moto" else Seaweed("bench", scratch)
+        noise.track(store.proc.pid)
+        backends.append(one_backend(s3, args.binary, f"s3://bench/{uuid.uuid4().hex[:8]}", {**store.env(), **extra},
+                                    data, n, args.runs, queries, scratch / s3, failures, noise, args.pin))
     finally:
-        if moto:
-            moto.stop()
+        if store:
+            store.stop()
         shutil.rmtree(scratch, ignore_errors=True)
     share = noise.share()
 
-    report = {"nodes": n, "sf": args.sf, "runs": args.runs,
+    report = {"nodes": n, "sf": args.sf, "runs": args.runs, "pinned": bool(args.pin),
               "when": dt.datetime.now(dt.timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
               "machine": f"{os.cpu_count()} cores", "noise_share": share, "noisy": share > 0.10,
               "backends": backends, "failures": failures}
-    return tpch.publish(out, f"swarm-{n}", report, markdown(report))
+    name = f"swarm-{n}" + ("-pinned" if args.pin else "")
+    return tpch.publish(out, name, report, markdown(report))

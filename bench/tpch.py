@@ -507,7 +507,11 @@ def main() -> int:
                     help="also run every query on a node started with --memory SIZE on the same data "
                          "(a second column; default 1GiB for full runs, none for --quick; 'none' skips it)")
     ap.add_argument("--nodes", type=int, default=None,
-                    help="swarm mode: N nodes vs 1 (one bee each) on a local root and on moto (bench/swarm.py)")
+                    help="swarm mode: N nodes vs 1 (one bee each) on a local root and on S3 (bench/swarm.py)")
+    ap.add_argument("--pin", action="store_true",
+                    help="swarm mode: run node i on core i-1 only (taskset), so that more nodes means more CPU")
+    ap.add_argument("--s3", choices=["seaweedfs", "moto"], default=None,
+                    help="swarm mode: the S3 server (default seaweedfs, moto for --quick)")
     args = ap.parse_args()
     if args.quick:
         args.sf, args.runs = 0.01, 1

@@ -55,6 +55,8 @@ pub struct DistributedStats {
     pub inbox_polls: u64,
     /// Fragments this node executed.
     pub fragments: u64,
+    /// Bytes those fragments wrote to storage as their output.
+    pub fragment_output_bytes: u64,
     /// Distributed queries this node coordinated.
     pub coordinated: u64,
     /// Posting to claiming of recent fragments: (p50, p95) in seconds, and how many.

@@ -124,6 +124,21 @@ pub struct NodeView {
     pub age: Duration,
 }
 
+#[cfg(test)]
+impl NodeView {
+    /// An alive node with `bees` bees, `busy` of them busy, cold, nothing cached.
+    pub(crate) fn for_tests(id: &str, bees: u32, busy: u32) -> NodeView {
+        let mut heartbeat = tests::hb(id, 1);
+        heartbeat.bees_total = bees;
+        heartbeat.bees_busy = busy;
+        NodeView {
+            heartbeat,
+            state: NodeState::Alive,
+            age: Duration::ZERO,
+        }
+    }
+}
+
 #[derive(Debug)]
 struct Observed {
     heartbeat: HeartbeatV1,
@@ -276,7 +291,7 @@ impl WorldView {
 mod tests {
     use super::*;
 
-    fn hb(id: &str, seq: u64) -> HeartbeatV1 {
+    pub(super) fn hb(id: &str, seq: u64) -> HeartbeatV1 {
         HeartbeatV1 {
             v: 1,
             node_id: id.into(),

@@ -109,6 +109,12 @@ pub fn render(st: &NodeStatus) -> String {
     );
     metric(
         "counter",
+        "apiary_fragment_output_bytes_total",
+        "Bytes of output objects this node's fragments wrote to storage.",
+        d.fragment_output_bytes as f64,
+    );
+    metric(
+        "counter",
         "apiary_queries_coordinated_total",
         "Distributed queries this node coordinated.",
         d.coordinated as f64,

@@ -82,10 +82,13 @@ impl Default for LedgerConfig {
 }
 
 /// Cell size derived from the memory one bee may use: a writer buffers about one cell per open
-/// partition, so a cell is an eighth of a bee's budget, between 8 MiB and 256 MiB.
+/// partition, so a cell is an eighth of a bee's budget, between 8 MiB and 32 MiB. The ceiling
+/// keeps cells small enough for a swarm to share out whole: TPC-H SF1 `lineitem` (6 M rows,
+/// about 220 MB in LZ4) is 7 cells of 3 to 4 row groups, so two nodes' tasks each own whole
+/// cells and cache only those.
 pub fn cell_size_for_budget(bee_memory_bytes: u64) -> u64 {
     const MIB: u64 = 1024 * 1024;
-    (bee_memory_bytes / 8).clamp(8 * MIB, 256 * MIB)
+    (bee_memory_bytes / 8).clamp(8 * MIB, 32 * MIB)
 }
 
 /// One pinned version of a frame: schema, partitioning and the list of its cells.

@@ -23,6 +23,7 @@
 //! | [`ledger`]    | Delta tables: create, snapshot (pinned versions), cell writing, commit |
 //! | [`schema`]    | which Arrow types a frame stores; casting incoming batches            |
 //! | `shape`       | valid partition columns; the Delta protocol a frame's columns need     |
+//! | `spread`      | cells over partitions or tasks: whole cells where even, else ranges   |
 //! | [`provider`]  | DataFusion `TableProvider` and `DataSink` over a pinned snapshot      |
 //! | [`lakehouse`] | flows that touch catalog and ledger together (create/drop)            |
 //! | [`dml`]       | DELETE, UPDATE, MERGE through delta-rs on the caller's session          |
@@ -47,6 +48,7 @@ pub mod provider;
 mod scan_stats;
 pub mod schema;
 mod shape;
+mod spread;
 
 pub use backend::{BackendKind, S3Options, Storage};
 pub use codec::CellCompression;
@@ -59,3 +61,4 @@ pub use ledger::{FrameSnapshot, FrameStats, Ledger, LedgerConfig, cell_size_for_
 pub use maintain::{Optimized, PartitionCondition, Vacuumed};
 pub use paths::{BoxRef, FrameRef, Ident};
 pub use provider::{FrameSink, FrameTable, WriteGate};
+pub use spread::spread_cells;

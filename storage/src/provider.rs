@@ -21,7 +21,7 @@ use datafusion::catalog::Session;
 use datafusion::common::{DFSchema, DFSchemaRef, ScalarValue, Statistics};
 use datafusion::datasource::TableProvider;
 use datafusion::datasource::listing::PartitionedFile;
-use datafusion::datasource::physical_plan::{FileGroup, FileScanConfigBuilder, ParquetSource};
+use datafusion::datasource::physical_plan::{FileScanConfigBuilder, ParquetSource};
 use datafusion::datasource::sink::{DataSink, DataSinkExec};
 use datafusion::datasource::source::DataSourceExec;
 use datafusion::datasource::table_schema::TableSchema;
@@ -46,6 +46,7 @@ use crate::dml::{ChangeExec, MergeSpec};
 use crate::error::Error;
 use crate::ledger::{CellInfo, FrameSnapshot, Ledger};
 use crate::scan_stats::{LogColumnStats, summarise};
+use crate::spread::spread_cells;
 
 /// Called before each batch of an `INSERT` is written, so the node can throttle writes when it
 /// runs hot. Implemented by the runtime; storage only calls it.
@@ -216,32 +217,6 @@ fn serve(
     Ok(Arc::new(ProjectionExec::try_new(exprs, scan)?))
 }
 
-/// Spread files over `n` groups with about equal bytes (largest first into the lightest group).
-fn balance(mut files: Vec<PartitionedFile>, n: usize) -> Vec<FileGroup> {
-    let n = n.max(1).min(files.len().max(1));
-    files.sort_by_key(|f| std::cmp::Reverse(f.object_meta.size));
-    let mut groups: Vec<(u64, Vec<PartitionedFile>)> = (0..n).map(|_| (0, Vec::new())).collect();
-    for f in files {
-        let lightest = groups
-            .iter_mut()
-            .min_by_key(|(bytes, _)| *bytes)
-            .expect("at least one group");
-        lightest.0 += f.object_meta.size;
-        lightest.1.push(f);
-    }
-    let groups: Vec<FileGroup> = groups
-        .into_iter()
-        .filter(|(_, g)| !g.is_empty())
-        .map(|(_, g)| FileGroup::new(g))
-        .collect();
-    match groups.is_empty() {
-        // No cells (an empty frame, or all pruned): one empty partition, not none — operators
-        // above (a sort, a join's build side) require at least one.
-        true => vec![FileGroup::new(Vec::new())],
-        false => groups,
-    }
-}
-
 #[async_trait]
 impl TableProvider for FrameTable {
     fn schema(&self) -> SchemaRef {
@@ -325,7 +300,11 @@ impl TableProvider for FrameTable {
         .with_table_parquet_options(state.table_options().parquet.clone());
         // Per-group and whole-scan statistics merged from the cells', as ListingTable does.
         let (groups, stats) = summarise(
-            balance(files, state.config().target_partitions()),
+            spread_cells(
+                files,
+                state.config().target_partitions(),
+                state.config().options().optimizer.repartition_file_min_size,
+            ),
             &scan_schema,
         )?;
         let config = FileScanConfigBuilder::new(self.object_store_url.clone(), Arc::new(source))

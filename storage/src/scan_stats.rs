@@ -120,8 +120,10 @@ impl ColumnArrays {
     }
 }
 
-/// Each group with its files' statistics merged, and the merge over all groups: the figures a
-/// scan reports for one partition and for the whole scan.
+/// Each group with its files' statistics merged, and the merge over all files: the figures a
+/// scan reports for one partition and for the whole scan. A cell cut into byte ranges sits in
+/// several groups with its whole statistics: the whole scan counts it once, and the groups
+/// holding a part of it report inexact figures.
 pub(crate) fn summarise(
     groups: Vec<FileGroup>,
     scan_schema: &Schema,
@@ -133,11 +135,20 @@ pub(crate) fn summarise(
                 g.iter().filter_map(|f| f.statistics.as_deref()),
                 scan_schema,
             )?;
+            let merged = match g.iter().any(|f| f.range.is_some()) {
+                true => merged.to_inexact(),
+                false => merged,
+            };
             Ok(g.with_statistics(Arc::new(merged)))
         })
         .collect::<DfResult<Vec<_>>>()?;
+    let mut seen = std::collections::HashSet::new();
     let all = Statistics::try_merge_iter(
-        groups.iter().filter_map(|g| g.file_statistics(None)),
+        groups
+            .iter()
+            .flat_map(|g| g.iter())
+            .filter(|f| seen.insert(f.object_meta.location.clone()))
+            .filter_map(|f| f.statistics.as_deref()),
         scan_schema,
     )?;
     Ok((groups, all))

@@ -16,11 +16,14 @@ impl Candidate {
         if v.state != NodeState::Alive || v.heartbeat.band == "critical" {
             return None;
         }
-        let idle = (v.heartbeat.bees_total as f64 - v.heartbeat.bees_busy as f64).max(0.0);
+        let total = v.heartbeat.bees_total.max(1) as f64;
+        let busy = (v.heartbeat.bees_busy as f64).min(total);
         Some(Candidate {
             node_id: v.heartbeat.node_id.clone(),
-            // Busy nodes still take work, just less of it; hot ones less again.
-            capacity: (idle + 0.5) * (1.0 - v.heartbeat.temperature).max(0.05),
+            // A busy bee counts half: the heartbeat is up to one interval old, and a bee seen
+            // busy then has often finished since (back-to-back queries see each other's
+            // fragments). Busy nodes still take work, just less of it; hot ones less again.
+            capacity: (total - 0.5 * busy) * (1.0 - v.heartbeat.temperature).max(0.05),
             bloom: Bloom::from_hex(&v.heartbeat.cache.bloom),
         })
     }
@@ -78,6 +81,23 @@ mod tests {
             capacity,
             bloom: None,
         }
+    }
+
+    #[test]
+    fn a_node_seen_busy_still_gets_its_share() {
+        // Two one-bee nodes, the other one busy in its last heartbeat (often with a fragment of
+        // the previous query, long finished): two tasks go one to each, not both to the idle one.
+        let view = |id: &str, busy: u32, temperature: f64| {
+            let mut v = crate::swarm::NodeView::for_tests(id, 1, busy);
+            v.heartbeat.temperature = temperature;
+            v
+        };
+        let mut c: Vec<Candidate> = [view("a", 0, 0.3), view("b", 1, 0.5)]
+            .iter()
+            .filter_map(Candidate::from_view)
+            .collect();
+        let got = assign(&mut c, &vec![vec![]; 2], &[]);
+        assert_eq!(got, vec!["a".to_string(), "b".to_string()]);
     }
 
     #[test]

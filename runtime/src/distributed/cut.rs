@@ -5,7 +5,7 @@
 //!
 //! ```text
 //!   AggregateExec(Partial) / SortExec(preserve partitioning) / FilterExec / ProjectionExec /
-//!   LocalLimitExec / CooperativeExec
+//!   LocalLimitExec / CooperativeExec / RepartitionExec(RoundRobin, dropped in a task)
 //!        ▲ … ▲
 //!   DataSourceExec(Parquet cells)
 //! ```
@@ -29,8 +29,9 @@ use datafusion::physical_plan::execution_plan::{ChildrenPropertiesMode, ReplaceC
 use datafusion::physical_plan::filter::FilterExec;
 use datafusion::physical_plan::limit::LocalLimitExec;
 use datafusion::physical_plan::projection::ProjectionExec;
+use datafusion::physical_plan::repartition::RepartitionExec;
 use datafusion::physical_plan::sorts::sort::SortExec;
-use datafusion::physical_plan::{ExecutionPlan, ExecutionPlanProperties};
+use datafusion::physical_plan::{ExecutionPlan, ExecutionPlanProperties, Partitioning};
 
 /// One leaf stage found in a plan.
 #[derive(Debug, Clone)]
@@ -68,7 +69,16 @@ fn per_partition(node: &Arc<dyn ExecutionPlan>) -> bool {
     if let Some(s) = node.downcast_ref::<SortExec>() {
         return s.preserve_partitioning();
     }
-    false
+    round_robin(node)
+}
+
+/// A round-robin repartition only spreads batches over more partitions (DataFusion adds one
+/// under a partial aggregate when the scan has fewer partitions than the plan): it belongs to
+/// the leaf stage, and a task, which runs on one bee, drops it.
+fn round_robin(node: &Arc<dyn ExecutionPlan>) -> bool {
+    node.downcast_ref::<RepartitionExec>().is_some_and(|r| {
+        matches!(r.partitioning(), Partitioning::RoundRobinBatch(_)) && !r.preserve_order()
+    })
 }
 
 fn is_leaf_chain(node: &Arc<dyn ExecutionPlan>) -> bool {
@@ -156,41 +166,31 @@ pub(crate) fn retain_stages(
 }
 
 /// How a stage's cells are split into tasks: the planned groups when partitions are ordered,
-/// else about `want` groups of similar size (large cells split by byte range).
+/// else about `want` groups of similar size — whole cells where they spread evenly, so a task
+/// (and the node running it, and that node's cell cache) owns its cells; else byte ranges.
 pub(crate) fn task_groups(stage: &Stage, want: usize) -> Vec<FileGroup> {
     if stage.ordered {
         return stage.scan.file_groups.clone();
     }
+    // The planned scan may have cut cells into ranges for this node's partitions: whole cells
+    // again, each once, before spreading them over the swarm's tasks.
+    let mut seen = std::collections::HashSet::new();
     let files: Vec<_> = stage
         .scan
         .file_groups
         .iter()
-        .flat_map(|g| g.files().iter().cloned())
+        .flat_map(|g| g.files().iter())
+        .filter(|f| seen.insert(f.object_meta.location.clone()))
+        .map(|f| {
+            let mut whole = f.clone();
+            whole.range = None;
+            whole
+        })
         .collect();
     if files.is_empty() {
         return vec![];
     }
-    let want = want.max(1);
-    let whole = FileGroup::new(files.clone());
-    if let Some(groups) = datafusion::datasource::physical_plan::FileGroupPartitioner::new()
-        .with_target_partitions(want)
-        .with_repartition_file_min_size(4 * 1024 * 1024)
-        .repartition_file_groups(&[whole])
-        && !groups.is_empty()
-    {
-        return groups;
-    }
-    // Too small to split by range: spread whole files.
-    let n = want.min(files.len());
-    let mut groups: Vec<(u64, Vec<_>)> = (0..n).map(|_| (0, Vec::new())).collect();
-    let mut sorted = files;
-    sorted.sort_by_key(|f| std::cmp::Reverse(f.object_meta.size));
-    for f in sorted {
-        let g = groups.iter_mut().min_by_key(|(b, _)| *b).expect("n >= 1");
-        g.0 += f.object_meta.size;
-        g.1.push(f);
-    }
-    groups.into_iter().map(|(_, g)| FileGroup::new(g)).collect()
+    apiary_storage::spread_cells(files, want, 4 * 1024 * 1024)
 }
 
 /// The stage's chain, scanning only `group`.
@@ -210,6 +210,9 @@ fn rebuild(
         return Ok(scan);
     }
     let child = rebuild(node.children()[0], scan)?;
+    if round_robin(node) {
+        return Ok(child);
+    }
     node.clone().replace_children(vec![child], recompute())
 }
 

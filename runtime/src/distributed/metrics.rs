@@ -13,6 +13,8 @@ const DISPATCH_WINDOW: usize = 1024;
 pub(crate) struct DistMetrics {
     pub(crate) inbox_polls: AtomicU64,
     pub(crate) fragments: AtomicU64,
+    /// Bytes of output objects this node's fragments wrote: what they shipped through storage.
+    pub(crate) fragment_output_bytes: AtomicU64,
     pub(crate) coordinated: AtomicU64,
     /// Recent fragment dispatch latencies (posting to claiming), seconds.
     dispatch: Mutex<VecDeque<f64>>,
@@ -46,6 +48,7 @@ impl DistMetrics {
         DistributedStats {
             inbox_polls: self.inbox_polls.load(Ordering::Relaxed),
             fragments: self.fragments.load(Ordering::Relaxed),
+            fragment_output_bytes: self.fragment_output_bytes.load(Ordering::Relaxed),
             coordinated: self.coordinated.load(Ordering::Relaxed),
             dispatch_p50: q(0.5),
             dispatch_p95: q(0.95),

@@ -137,6 +137,9 @@ async fn execute(ctx: Arc<DistContext>, task: TaskV1) {
             ctx.metrics
                 .record_dispatch(dispatch_ms.max(0) as f64 / 1000.0);
             ctx.metrics.fragments.fetch_add(1, Ordering::Relaxed);
+            ctx.metrics
+                .fragment_output_bytes
+                .fetch_add(w.bytes, Ordering::Relaxed);
             info!(query_id = %key.query_id, stage = key.stage, task = key.task, attempt = key.attempt, rows = w.rows, "fragment executed");
             match paths::task_done(&key) {
                 Ok(k) => storage
