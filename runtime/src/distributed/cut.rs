@@ -81,6 +81,25 @@ fn round_robin(node: &Arc<dyn ExecutionPlan>) -> bool {
     })
 }
 
+/// Whether a leaf chain's output is small by construction: it aggregates (partially), or keeps
+/// a top-K or a limit of each partition.
+pub(crate) fn reduces(node: &Arc<dyn ExecutionPlan>) -> bool {
+    if node.is::<LocalLimitExec>()
+        || node
+            .downcast_ref::<AggregateExec>()
+            .is_some_and(|a| *a.mode() == AggregateMode::Partial)
+        || node
+            .downcast_ref::<SortExec>()
+            .is_some_and(|s| s.fetch().is_some())
+    {
+        return true;
+    }
+    match node.children().as_slice() {
+        [child] => reduces(child),
+        _ => false,
+    }
+}
+
 fn is_leaf_chain(node: &Arc<dyn ExecutionPlan>) -> bool {
     if scan_config(node).is_some() {
         return true;

@@ -4,6 +4,7 @@
 use std::sync::Arc;
 
 use datafusion::physical_plan::ExecutionPlan;
+use datafusion::physical_plan::statistics::{StatisticsArgs, StatisticsContext};
 use tracing::{debug, warn};
 
 use super::DistContext;
@@ -63,6 +64,20 @@ pub(crate) fn propose(ctx: &DistContext, plan: &Arc<dyn ExecutionPlan>) -> Optio
     if stages.is_empty() || bytes < ctx.config.min_bytes {
         return None;
     }
+    let stages = cut::retain_stages(stages, |s| {
+        let pays = pays_to_spread(s, ctx.config.min_bytes);
+        if !pays {
+            debug!(
+                leaf = s.leaf.name(),
+                bytes = s.bytes,
+                "a stage stays local: shipping its output would cost more than it saves"
+            );
+        }
+        pays
+    });
+    if stages.is_empty() {
+        return None;
+    }
     let bees: usize = alive
         .iter()
         .map(|v| v.heartbeat.bees_total.max(1) as usize)
@@ -103,6 +118,39 @@ pub(crate) fn propose(ctx: &DistContext, plan: &Arc<dyn ExecutionPlan>) -> Optio
         t.node = node;
     }
     Some(Proposal { stages, tasks })
+}
+
+/// A stage's output is shipped through storage when it is estimated at most this share of the
+/// cell bytes the stage scans (Arrow bytes out against compressed bytes in). Measured on two
+/// pinned one-core nodes on a local root (bench/results/swarm-2-pinned.md): writing, hashing
+/// and reading back a stage's output costs the coordinator about as much per byte as decoding
+/// a quarter as many cell bytes saves it.
+const SHIP_SHARE: f64 = 0.25;
+
+/// Whether running a stage on the swarm pays for shipping its output back: it scans at least
+/// `min_bytes` of cells, and its output is small — by construction (a partial aggregate, a
+/// per-partition top-K, a limit) or by the estimate of DataFusion's statistics (the Delta log's
+/// column bounds let filter selectivity be estimated). `min_bytes` of zero spreads every stage
+/// (tests, and measuring the protocol itself).
+pub(super) fn pays_to_spread(stage: &cut::Stage, min_bytes: u64) -> bool {
+    if min_bytes == 0 {
+        return true;
+    }
+    if stage.bytes < min_bytes {
+        return false;
+    }
+    if cut::reduces(&stage.leaf) {
+        return true;
+    }
+    let Ok(stats) = StatisticsContext::new().compute(stage.leaf.as_ref(), &StatisticsArgs::new())
+    else {
+        return false;
+    };
+    debug!(leaf = stage.leaf.name(), bytes = stage.bytes, estimate = ?stats.total_byte_size, rows = ?stats.num_rows, "stage output estimate");
+    match stats.total_byte_size.get_value() {
+        Some(&out) => (out as f64) <= SHIP_SHARE * stage.bytes as f64,
+        None => false,
+    }
 }
 
 /// What EXPLAIN shows for a distributed query: stages, tasks, cells and assigned nodes.

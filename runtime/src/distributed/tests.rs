@@ -403,3 +403,42 @@ async fn heartbeats_count_only_when_sealed_and_within_reason() {
     assert_eq!(nodes[0].heartbeat.bees_total, 256);
     assert_eq!(nodes[0].heartbeat.temperature, 1.0);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn stages_spread_only_when_their_output_is_small() {
+    let swarm = Swarm::new().await;
+    let a = swarm.node("gate-a", |_| {});
+    let mut session = Session::new("t");
+    run(&a, &mut session, "CREATE TABLE t (k BIGINT, v BIGINT)").await;
+    run(
+        &a,
+        &mut session,
+        "INSERT INTO t SELECT value, value * 7 FROM generate_series(1, 100000)",
+    )
+    .await;
+    let stage = |sql: &'static str| {
+        let (a, session) = (a.clone(), &session);
+        async move { cut::find_stages(&plan(&a, session, sql).await).remove(0) }
+    };
+    let pays = super::proposal::pays_to_spread;
+
+    // Every row back through storage: cheaper to scan here.
+    let all = stage("SELECT k, v FROM t").await;
+    assert!(
+        !pays(&all, 1),
+        "a full scan's output is as big as its cells"
+    );
+    // Small by construction, and small by the log's bounds of `k`.
+    let agg = stage("SELECT k % 10, sum(v) FROM t GROUP BY 1").await;
+    assert!(cut::reduces(&agg.leaf));
+    assert!(pays(&agg, 1));
+    let few = stage("SELECT k, v FROM t WHERE k < 100").await;
+    assert!(!cut::reduces(&few.leaf));
+    assert!(
+        pays(&few, 1),
+        "a filter keeping 0.1 % of the rows ships little"
+    );
+    // Below the threshold nothing spreads; a threshold of zero spreads everything.
+    assert!(!pays(&agg, agg.bytes + 1));
+    assert!(pays(&all, 0));
+}
