@@ -151,7 +151,7 @@ def pinned(cmd: list[str], core: int | None) -> list[str]:
 class Node:
     def __init__(self, binary: str, root: str, node_id: str, scratch: pathlib.Path, env: dict,
                  core: int | None = None):
-        env = dict(os.environ, APIARY_LOG="info,buoyant_kernel=warn,deltalake_core=warn", **env)
+        env = {**os.environ, "APIARY_LOG": "info,buoyant_kernel=warn,deltalake_core=warn", **env}
         cmd = [
             binary, "serve", "--storage", root, "--listen", "127.0.0.1:0",
             "--node-id", node_id, "--bees", "1", "--heartbeat-interval", "1s",

@@ -191,7 +191,8 @@ pub struct NodeArgs {
     /// Further intervals before a dead node's heartbeat is deleted.
     #[arg(long, env = "APIARY_DEAD_GRACE", default_value_t = 2)]
     pub dead_grace: u32,
-    /// Queries scanning fewer bytes of cells run on the node that received them.
+    /// A stage of a query spreads over the swarm only when it scans at least this many bytes of
+    /// cells (and its output is small); `0` spreads every stage that can travel.
     #[arg(long, env = "APIARY_DISTRIBUTE_MIN_BYTES", default_value = "64MiB")]
     pub distribute_min_bytes: MemorySize,
     /// Fastest storage polling for fragments (busy workers, waiting coordinators).

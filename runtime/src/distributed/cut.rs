@@ -108,6 +108,14 @@ fn is_leaf_chain(node: &Arc<dyn ExecutionPlan>) -> bool {
     per_partition(node) && children.len() == 1 && is_leaf_chain(children[0])
 }
 
+/// The scan at the bottom of a leaf chain.
+pub(crate) fn bottom(node: &Arc<dyn ExecutionPlan>) -> Arc<dyn ExecutionPlan> {
+    match node.children().first() {
+        Some(child) if scan_config(node).is_none() => bottom(child),
+        _ => node.clone(),
+    }
+}
+
 fn bottom_scan(node: &Arc<dyn ExecutionPlan>) -> FileScanConfig {
     match scan_config(node) {
         Some(c) => c,

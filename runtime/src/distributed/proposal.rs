@@ -120,18 +120,18 @@ pub(crate) fn propose(ctx: &DistContext, plan: &Arc<dyn ExecutionPlan>) -> Optio
     Some(Proposal { stages, tasks })
 }
 
-/// A stage's output is shipped through storage when it is estimated at most this share of the
-/// cell bytes the stage scans (Arrow bytes out against compressed bytes in). Measured on two
-/// pinned one-core nodes on a local root (bench/results/swarm-2-pinned.md): writing, hashing
-/// and reading back a stage's output costs the coordinator about as much per byte as decoding
-/// a quarter as many cell bytes saves it.
+/// A stage whose output is not small by construction is shipped through storage when its
+/// output is estimated at most this share of the rows it scans. Measured on two pinned one-core
+/// nodes on a local root (bench/results/swarm-2-pinned.md): a filter keeping a few percent of
+/// `lineitem` (q14) wins, one keeping half of it (q03) loses to reading the output back. Filters
+/// DataFusion cannot analyse are estimated at its default selectivity (20 %), so they spread.
 const SHIP_SHARE: f64 = 0.25;
 
 /// Whether running a stage on the swarm pays for shipping its output back: it scans at least
 /// `min_bytes` of cells, and its output is small — by construction (a partial aggregate, a
-/// per-partition top-K, a limit) or by the estimate of DataFusion's statistics (the Delta log's
-/// column bounds let filter selectivity be estimated). `min_bytes` of zero spreads every stage
-/// (tests, and measuring the protocol itself).
+/// per-partition top-K, a limit) or by the estimate of DataFusion's statistics (row counts and
+/// column bounds from the Delta log let a filter's selectivity be estimated). `min_bytes` of
+/// zero spreads every stage (tests, and measuring the protocol itself).
 pub(super) fn pays_to_spread(stage: &cut::Stage, min_bytes: u64) -> bool {
     if min_bytes == 0 {
         return true;
@@ -142,14 +142,23 @@ pub(super) fn pays_to_spread(stage: &cut::Stage, min_bytes: u64) -> bool {
     if cut::reduces(&stage.leaf) {
         return true;
     }
-    let Ok(stats) = StatisticsContext::new().compute(stage.leaf.as_ref(), &StatisticsArgs::new())
-    else {
-        return false;
+    let rows = |plan: &Arc<dyn ExecutionPlan>| {
+        StatisticsContext::new()
+            .compute(plan.as_ref(), &StatisticsArgs::new())
+            .ok()
+            .and_then(|s| s.num_rows.get_value().copied())
     };
-    debug!(leaf = stage.leaf.name(), bytes = stage.bytes, estimate = ?stats.total_byte_size, rows = ?stats.num_rows, "stage output estimate");
-    match stats.total_byte_size.get_value() {
-        Some(&out) => (out as f64) <= SHIP_SHARE * stage.bytes as f64,
-        None => false,
+    let (out, scanned) = (rows(&stage.leaf), rows(&cut::bottom(&stage.leaf)));
+    debug!(
+        leaf = stage.leaf.name(),
+        bytes = stage.bytes,
+        ?out,
+        ?scanned,
+        "stage output estimate"
+    );
+    match (out, scanned) {
+        (Some(out), Some(scanned)) => out as f64 <= SHIP_SHARE * scanned as f64,
+        _ => false,
     }
 }
 

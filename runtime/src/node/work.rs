@@ -121,6 +121,7 @@ impl Node {
                 .filter(|p| p.pins == *pins),
             _ => None,
         };
+        let first_params = param_sets[0].clone();
         let mut plans = if let Some(kept) = kept {
             vec![kept]
         } else {
@@ -180,6 +181,29 @@ impl Node {
                 Held::Distributed(run),
             )
         } else {
+            if plans.len() == 1 && target.partitions.is_some() {
+                // Planned for the swarm's bees, but nothing spreads: plan again for this node's
+                // own, as a node alone would (a plan of more partitions than bees only adds
+                // repartitioning on the same cores).
+                let (engine, session, stmt, pins) = (
+                    self.engine.clone(),
+                    session.clone(),
+                    stmt.clone(),
+                    pins.clone(),
+                );
+                let local = PlanTarget {
+                    env: None,
+                    partitions: None,
+                };
+                plans = vec![
+                    self.planning(async move {
+                        engine
+                            .plan_query_for(&session, &stmt, first_params, &pins, local)
+                            .await
+                    })
+                    .await?,
+                ];
+            }
             let lease = guard.admit(&self.bees).await?;
             deadline = lease.deadline();
             explain_budget = Some(Box::new(lease.explainer()));
