@@ -22,7 +22,6 @@ from __future__ import annotations
 import datetime as dt
 import os
 import pathlib
-import random
 import re
 import shutil
 import socket
@@ -85,6 +84,9 @@ class Seaweed:
 
     def __init__(self, bucket: str, work: pathlib.Path):
         weed = shutil.which("weed") or str(pathlib.Path(sys.executable).parent / "weed")
+        sys.path.insert(0, str(ROOT / "deploy"))
+        from local_swarm import seaweed_ports  # the ports deploy/local-swarm uses too
+
         s3, master, filer, volume, admin = seaweed_ports()
         (work / "seaweedfs").mkdir(parents=True, exist_ok=True)
         env = dict(os.environ, AWS_ACCESS_KEY_ID=self.KEY, AWS_SECRET_ACCESS_KEY=self.SECRET)
@@ -121,23 +123,6 @@ class Seaweed:
 
     def stop(self):
         self.proc.stop()
-
-
-def seaweed_ports() -> list[int]:
-    """Five ports (s3, master, filer, volume, admin) whose gRPC twins (+10000) are free too."""
-    def free(port):
-        with socket.socket() as s:
-            try:
-                s.bind(("127.0.0.1", port))
-                return True
-            except OSError:
-                return False
-    for _ in range(200):
-        base = random.randrange(20000, 40000, 8)
-        ports = [base + i for i in range(5)]
-        if all(free(p) and free(p + 10000) for p in ports):
-            return ports
-    raise RuntimeError("no free ports for SeaweedFS")
 
 
 def pinned(cmd: list[str], core: int | None) -> list[str]:
