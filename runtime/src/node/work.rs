@@ -122,27 +122,12 @@ impl Node {
             _ => None,
         };
         let first_params = param_sets[0].clone();
-        let mut plans = if let Some(kept) = kept {
-            vec![kept]
-        } else {
-            let (engine, session, stmt, pins) = (
-                self.engine.clone(),
-                session.clone(),
-                stmt.clone(),
-                pins.clone(),
-            );
-            self.planning(async move {
-                let mut plans = Vec::with_capacity(param_sets.len());
-                for params in param_sets {
-                    plans.push(
-                        engine
-                            .plan_query_for(&session, &stmt, params, &pins, target)
-                            .await?,
-                    );
-                }
-                Ok(plans)
-            })
-            .await?
+        let mut plans = match kept {
+            Some(kept) => vec![kept],
+            None => {
+                self.plan_each(session, stmt, param_sets, pins, target)
+                    .await?
+            }
         };
         let schema = plans[0].schema.clone();
         let timeout = self.config.bees.query_timeout;
@@ -185,24 +170,13 @@ impl Node {
                 // Planned for the swarm's bees, but nothing spreads: plan again for this node's
                 // own, as a node alone would (a plan of more partitions than bees only adds
                 // repartitioning on the same cores).
-                let (engine, session, stmt, pins) = (
-                    self.engine.clone(),
-                    session.clone(),
-                    stmt.clone(),
-                    pins.clone(),
-                );
                 let local = PlanTarget {
                     env: None,
                     partitions: None,
                 };
-                plans = vec![
-                    self.planning(async move {
-                        engine
-                            .plan_query_for(&session, &stmt, first_params, &pins, local)
-                            .await
-                    })
-                    .await?,
-                ];
+                plans = self
+                    .plan_each(session, stmt, vec![first_params], pins, local)
+                    .await?;
             }
             let lease = guard.admit(&self.bees).await?;
             deadline = lease.deadline();
@@ -247,6 +221,35 @@ impl Node {
             tracked = tracked.with_error_map(f);
         }
         Ok(tracked.boxed())
+    }
+
+    /// One plan per parameter set, for `target`, on the planning runtime.
+    async fn plan_each(
+        &self,
+        session: &Session,
+        stmt: &Statement,
+        param_sets: Vec<Option<Vec<ScalarValue>>>,
+        pins: &Pins,
+        target: PlanTarget<'static>,
+    ) -> Result<Vec<PlannedQuery>> {
+        let (engine, session, stmt, pins) = (
+            self.engine.clone(),
+            session.clone(),
+            stmt.clone(),
+            pins.clone(),
+        );
+        self.planning(async move {
+            let mut plans = Vec::with_capacity(param_sets.len());
+            for params in param_sets {
+                plans.push(
+                    engine
+                        .plan_query_for(&session, &stmt, params, &pins, target)
+                        .await?,
+                );
+            }
+            Ok(plans)
+        })
+        .await
     }
 
     /// A memory pool the size of one bee that takes no bee slot (coordinators, status queries).
