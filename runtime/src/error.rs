@@ -51,6 +51,10 @@ pub enum Error {
         last_error: String,
     },
 
+    /// Objects a query had written to storage (a stage's output) are gone or damaged.
+    #[error("{0}")]
+    DataLoss(String),
+
     #[error("internal error: {0}")]
     Internal(String),
 }

@@ -57,6 +57,8 @@ pub struct DistributedStats {
     pub fragments: u64,
     /// Bytes those fragments wrote to storage as their output.
     pub fragment_output_bytes: u64,
+    /// The part of those bytes written as hash-partitioned (shuffle) output.
+    pub shuffle_output_bytes: u64,
     /// Distributed queries this node coordinated.
     pub coordinated: u64,
     /// Posting to claiming of recent fragments: (p50, p95) in seconds, and how many.

@@ -170,6 +170,10 @@ fn runtime_status(e: RtError) -> Status {
             warn!(error = %e, "task abandoned");
             Status::aborted(e.to_string())
         }
+        RtError::DataLoss(msg) => {
+            warn!(%msg, "data loss");
+            Status::data_loss(msg)
+        }
         RtError::Internal(msg) => internal(&msg),
     }
 }

@@ -115,6 +115,12 @@ pub fn render(st: &NodeStatus) -> String {
     );
     metric(
         "counter",
+        "apiary_shuffle_output_bytes_total",
+        "Bytes of hash-partitioned (shuffle) output this node's fragments wrote to storage.",
+        d.shuffle_output_bytes as f64,
+    );
+    metric(
+        "counter",
         "apiary_queries_coordinated_total",
         "Distributed queries this node coordinated.",
         d.coordinated as f64,

@@ -427,6 +427,19 @@ impl Storage {
         }
     }
 
+    /// Read `range` of an object; `Ok(None)` if it does not exist.
+    pub async fn get_range_opt(
+        &self,
+        key: &Path,
+        range: std::ops::Range<u64>,
+    ) -> Result<Option<Bytes>> {
+        match self.store.get_range(&self.absolute(key), range).await {
+            Ok(b) => Ok(Some(b)),
+            Err(object_store::Error::NotFound { .. }) => Ok(None),
+            Err(e) => Err(e.into()),
+        }
+    }
+
     pub async fn head_opt(&self, key: &Path) -> Result<Option<ObjectMeta>> {
         match self.store.head(&self.absolute(key)).await {
             Ok(meta) => Ok(Some(meta)),

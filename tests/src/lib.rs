@@ -169,6 +169,127 @@ impl Drop for Moto {
     }
 }
 
+/// SeaweedFS (`weed mini` from the test venv) on loopback with one bucket: an S3 server that
+/// checks credentials and serves requests in parallel, unlike moto.
+#[derive(Debug)]
+pub struct Seaweed {
+    child: Child,
+    pub port: u16,
+    pub bucket: String,
+    _dir: tempfile::TempDir,
+}
+
+impl Seaweed {
+    const KEY: &'static str = "apiary-test";
+    const SECRET: &'static str = "apiary-test-secret";
+
+    /// Start SeaweedFS with `bucket`.
+    pub fn start(bucket: &str) -> Self {
+        let weed = venv().join("bin/weed");
+        assert!(
+            weed.exists(),
+            "{} not found: run scripts/test (it installs the test venv)",
+            weed.display()
+        );
+        // Five ports whose gRPC twins (+10000) are free too.
+        let ports: Vec<u16> = loop {
+            let base = free_port();
+            if base > 55000 {
+                continue;
+            }
+            let ports: Vec<u16> = (0..5).map(|i| base + i).collect();
+            let free = |p: u16| TcpListener::bind(("127.0.0.1", p)).is_ok();
+            if ports.iter().all(|&p| free(p) && free(p + 10000)) {
+                break ports;
+            }
+        };
+        let dir = tempfile::tempdir().expect("tempdir");
+        let child = Command::new(&weed)
+            .arg("mini")
+            .arg(format!("-dir={}", dir.path().display()))
+            .args([
+                "-ip=127.0.0.1",
+                "-ip.bind=127.0.0.1",
+                "-master.telemetry=false",
+                "-admin.ui=false",
+                "-webdav=false",
+                "-s3.port.iceberg=0",
+                "-s3.port.lance=0",
+            ])
+            .arg(format!("-bucket={bucket}"))
+            .arg(format!("-s3.port={}", ports[0]))
+            .arg(format!("-master.port={}", ports[1]))
+            .arg(format!("-filer.port={}", ports[2]))
+            .arg(format!("-volume.port={}", ports[3]))
+            .arg(format!("-admin.port={}", ports[4]))
+            .env("AWS_ACCESS_KEY_ID", Self::KEY)
+            .env("AWS_SECRET_ACCESS_KEY", Self::SECRET)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("spawn weed mini");
+        let weed = Seaweed {
+            child,
+            port: ports[0],
+            bucket: bucket.to_string(),
+            _dir: dir,
+        };
+        assert!(
+            wait_for_port(weed.port, Duration::from_secs(60)),
+            "SeaweedFS did not start on port {}",
+            weed.port
+        );
+        // The S3 port opens before the bucket exists: wait until it answers for the bucket.
+        let deadline = Instant::now() + Duration::from_secs(60);
+        loop {
+            let mut s = TcpStream::connect(("127.0.0.1", weed.port)).expect("connect weed");
+            let _ = write!(
+                s,
+                "HEAD /{bucket} HTTP/1.1\r\nHost: 127.0.0.1:{}\r\nConnection: close\r\n\r\n",
+                weed.port
+            );
+            let mut resp = String::new();
+            let _ = s.read_to_string(&mut resp);
+            // Anonymous: 403 once the bucket exists, 404 before.
+            if resp.starts_with("HTTP/1.1 403") || resp.starts_with("HTTP/1.1 200") {
+                break;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "SeaweedFS bucket {bucket} did not appear: {resp}"
+            );
+            std::thread::sleep(Duration::from_millis(200));
+        }
+        weed
+    }
+
+    /// `s3://bucket/prefix` for a storage root inside the bucket.
+    pub fn url(&self, prefix: &str) -> String {
+        format!("s3://{}/{}", self.bucket, prefix)
+    }
+
+    /// Environment variables that point `apiary` at this server.
+    pub fn env(&self) -> Vec<(String, String)> {
+        vec![
+            (
+                "APIARY_S3_ENDPOINT".into(),
+                format!("http://127.0.0.1:{}", self.port),
+            ),
+            ("APIARY_S3_REGION".into(), "us-east-1".into()),
+            ("APIARY_S3_ACCESS_KEY_ID".into(), Self::KEY.into()),
+            ("APIARY_S3_SECRET_ACCESS_KEY".into(), Self::SECRET.into()),
+            ("APIARY_S3_ALLOW_HTTP".into(), "true".into()),
+        ]
+    }
+}
+
+impl Drop for Seaweed {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
 /// Run `apiary <args>` to completion with extra environment.
 pub fn apiary(args: &[&str], env: &[(String, String)]) -> Output {
     let mut cmd = Command::new(apiary_bin());

@@ -39,12 +39,16 @@ use tracing::{debug, info, warn};
 use super::DistContext;
 use super::assign::{Candidate, assign};
 use super::context::DistributionConfig;
+use super::cut::Stage;
+use super::shuffle::ShuffleSource;
 use crate::error::{Error, Result};
 use crate::swarm::{NodeState, NodeView};
 
 /// Where a task stands, as the coordinator knows it.
 #[derive(Debug, Clone)]
 pub(crate) enum TaskState {
+    /// Fed by shuffles whose producers are not all done: nothing posted yet.
+    Waiting,
     Posted {
         since: Instant,
     },
@@ -87,13 +91,22 @@ impl TaskSlot {
         }
     }
 
+    /// A task of a stage fed by shuffles, posted once its inputs are done.
+    pub(crate) fn waiting(key: AttemptKey, partition: usize, node: String) -> Self {
+        Self {
+            state: TaskState::Waiting,
+            ..Self::new(key, partition, node, vec![])
+        }
+    }
+
     fn is_settled(&self) -> bool {
         matches!(self.state, TaskState::Done(_) | TaskState::Failed)
     }
 }
 
-/// A finished task of a partition: its index into `slots`, or why the query fails.
-type Completion = std::result::Result<usize, String>;
+/// A finished task of a partition: its index into `slots`, or why the query fails (as a
+/// message, and whether it lost data).
+type Completion = std::result::Result<usize, (String, bool)>;
 
 /// Shared state of one distributed query on its coordinator.
 pub(crate) struct Dispatch {
@@ -111,6 +124,8 @@ pub(crate) struct Dispatch {
     coordinator: String,
     deadline_ms: i64,
     ctx: Arc<DistContext>,
+    /// Stages fed by shuffles, whose task plans are written once their producers are done.
+    waiting: Mutex<Vec<Stage>>,
 }
 
 impl fmt::Debug for Dispatch {
@@ -128,6 +143,7 @@ impl Dispatch {
         query_id: String,
         slots: Vec<TaskSlot>,
         partitions: &[(u32, usize)],
+        waiting: Vec<Stage>,
         deadline_ms: i64,
     ) -> Arc<Self> {
         let mut senders = HashMap::new();
@@ -149,6 +165,7 @@ impl Dispatch {
             coordinator: ctx.node_id.clone(),
             deadline_ms,
             ctx: ctx.clone(),
+            waiting: Mutex::new(waiting),
         })
     }
 
@@ -188,14 +205,114 @@ impl Dispatch {
         v
     }
 
-    /// The (key, node) of every task's current attempt.
+    /// The (key, node) of every posted task's current attempt.
     pub(crate) fn attempts(&self) -> Vec<(AttemptKey, String)> {
         self.slots
             .lock()
             .expect("slots")
             .iter()
+            .filter(|s| !matches!(s.state, TaskState::Waiting))
             .map(|s| (s.key.clone(), s.node.clone()))
             .collect()
+    }
+
+    /// Post the tasks of every waiting stage whose producers are all done: write each task's
+    /// plan, naming the finished producer attempts and the slices of its partition, then post
+    /// it (to another live node if the one chosen at the start is gone). Returns whether any
+    /// stage started.
+    async fn start_ready(&self, nodes: &[NodeView]) -> Result<bool> {
+        // (stage template, [(slot, partition)], producer stage → [(task, attempt, slices)])
+        type Sources = HashMap<u32, Vec<(u32, u32, Vec<apiary_storage::format::SliceV1>)>>;
+        let ready: Vec<(Stage, Vec<(usize, usize)>, Sources)> = {
+            let mut waiting = self.waiting.lock().expect("waiting");
+            let slots = self.slots.lock().expect("slots");
+            let mut ready = Vec::new();
+            waiting.retain(|stage| {
+                let producers: HashSet<u32> = stage.inputs.iter().map(|(_, p)| *p).collect();
+                let inputs: Vec<&TaskSlot> = slots
+                    .iter()
+                    .filter(|s| producers.contains(&s.key.stage))
+                    .collect();
+                if !inputs.iter().all(|s| matches!(s.state, TaskState::Done(_))) {
+                    return true;
+                }
+                let mut sources: Sources = HashMap::new();
+                for s in inputs {
+                    if let TaskState::Done(d) = &s.state {
+                        sources.entry(s.key.stage).or_default().push((
+                            s.key.task,
+                            s.key.attempt,
+                            d.slices.clone(),
+                        ));
+                    }
+                }
+                let mine: Vec<(usize, usize)> = slots
+                    .iter()
+                    .enumerate()
+                    .filter(|(_, s)| s.key.stage == stage.id)
+                    .map(|(i, s)| (i, s.partition))
+                    .collect();
+                ready.push((stage.clone(), mine, sources));
+                false
+            });
+            ready
+        };
+        let started = !ready.is_empty();
+        for (stage, mine, sources) in ready {
+            for (i, partition) in mine {
+                let p = partition as u32;
+                let plan = super::cut::shuffle_task_plan(&stage, &self.query_id, p, |producer| {
+                    sources
+                        .get(&producer)
+                        .into_iter()
+                        .flatten()
+                        .map(|(task, attempt, slices)| ShuffleSource {
+                            stage: producer,
+                            task: *task,
+                            attempt: *attempt,
+                            slices: slices
+                                .iter()
+                                .filter(|s| s.partition == p)
+                                .cloned()
+                                .collect(),
+                        })
+                        .filter(|s| !s.slices.is_empty())
+                        .collect()
+                })
+                .and_then(super::shuffle::encode)?;
+                let (key, mut node) = {
+                    let s = &self.slots.lock().expect("slots")[i];
+                    (s.key.clone(), s.node.clone())
+                };
+                let path = paths::task_plan(&key)?;
+                self.storage
+                    .put(&path, self.ctx.key.seal("plan", &path, &plan))
+                    .await?;
+                let alive = nodes
+                    .iter()
+                    .any(|n| n.heartbeat.node_id == node && n.state == NodeState::Alive);
+                if !alive {
+                    let mut candidates: Vec<Candidate> =
+                        nodes.iter().filter_map(Candidate::from_view).collect();
+                    if candidates.is_empty() {
+                        return Err(Error::Unavailable(format!("no live node to run {key}")));
+                    }
+                    node = assign(&mut candidates, &[vec![]], &[]).remove(0);
+                }
+                {
+                    let mut slots = self.slots.lock().expect("slots");
+                    let s = &mut slots[i];
+                    s.node = node.clone();
+                    s.tried = vec![node.clone()];
+                    s.state = TaskState::Posted {
+                        since: Instant::now(),
+                    };
+                }
+                self.post(&key, &node).await?;
+            }
+            debug!(query_id = %self.query_id, stage = stage.id, "shuffle stage started");
+        }
+        Ok(started)
     }
 
     fn notify(&self, stage: u32, partition: usize, msg: Completion) {
@@ -210,8 +327,12 @@ impl Dispatch {
     }
 
     fn fail_all(&self, error: String) {
+        self.fail_all_with(error, false)
+    }
+
+    fn fail_all_with(&self, error: String, data_loss: bool) {
         for tx in self.senders.lock().expect("senders").values() {
-            let _ = tx.send(Err(error.clone()));
+            let _ = tx.send(Err((error.clone(), data_loss)));
         }
     }
 
@@ -232,7 +353,15 @@ impl Dispatch {
                 }
             };
             let names: HashSet<String> = listed.iter().map(|m| m.location.to_string()).collect();
-            let progressed = self.step(&names, &self.ctx.swarm_view()).await;
+            let view = self.ctx.swarm_view();
+            let mut progressed = self.step(&names, &view).await;
+            match self.start_ready(&view).await {
+                Ok(started) => progressed |= started,
+                Err(e) => {
+                    warn!(query_id = %self.query_id, error = %e, "starting a shuffle stage");
+                    return self.fail_all(e.to_string());
+                }
+            }
             let settled = self
                 .slots
                 .lock()
@@ -263,7 +392,7 @@ impl Dispatch {
         {
             let mut slots = self.slots.lock().expect("slots");
             for (i, s) in slots.iter_mut().enumerate() {
-                if s.is_settled() {
+                if s.is_settled() || matches!(s.state, TaskState::Waiting) {
                     continue;
                 }
                 let (done, failed, claim) = match (
@@ -359,7 +488,7 @@ impl Dispatch {
                     Ok(f) => {
                         let msg = format!("{key} on {}: {}", f.node_id, f.error);
                         self.slots.lock().expect("slots")[i].state = TaskState::Failed;
-                        self.fail_all(msg);
+                        self.fail_all_with(msg, f.kind == "data_loss");
                         return true;
                     }
                     Err(e) => reassign.push((i, e.to_string())),
@@ -452,7 +581,12 @@ impl Dispatch {
                 }
                 let batches: DfResult<Vec<RecordBatch>> = match rx.recv().await {
                     Some(Ok(i)) => this.read_output(i, &mut reservation).await,
-                    Some(Err(e)) => Err(DataFusionError::External(Box::new(Error::Internal(e)))),
+                    Some(Err((e, true))) => {
+                        Err(DataFusionError::External(Box::new(Error::DataLoss(e))))
+                    }
+                    Some(Err((e, false))) => {
+                        Err(DataFusionError::External(Box::new(Error::Internal(e))))
+                    }
                     None => Err(DataFusionError::Execution("distributed query ended".into())),
                 };
                 Some((batches, (rx, remaining - 1, this, reservation)))

@@ -20,33 +20,76 @@
 
 use std::sync::Arc;
 
+use datafusion::common::JoinType;
 use datafusion::datasource::physical_plan::{FileGroup, FileScanConfig, FileScanConfigBuilder};
 use datafusion::datasource::source::DataSourceExec;
 use datafusion::error::Result as DfResult;
 use datafusion::physical_plan::aggregates::{AggregateExec, AggregateMode};
+use datafusion::physical_plan::coalesce_partitions::CoalescePartitionsExec;
 use datafusion::physical_plan::coop::CooperativeExec;
 use datafusion::physical_plan::execution_plan::{ChildrenPropertiesMode, ReplaceChildrenOptions};
 use datafusion::physical_plan::filter::FilterExec;
+use datafusion::physical_plan::joins::{HashJoinExec, PartitionMode};
 use datafusion::physical_plan::limit::LocalLimitExec;
 use datafusion::physical_plan::projection::ProjectionExec;
 use datafusion::physical_plan::repartition::RepartitionExec;
 use datafusion::physical_plan::sorts::sort::SortExec;
+use datafusion::physical_plan::sorts::sort_preserving_merge::SortPreservingMergeExec;
 use datafusion::physical_plan::{ExecutionPlan, ExecutionPlanProperties, Partitioning};
 
-/// One leaf stage found in a plan.
+use super::shuffle::{ShuffleReadExec, ShuffleSource};
+
+/// One stage found in a plan: a subtree the swarm runs as tasks.
 #[derive(Debug, Clone)]
 pub(crate) struct Stage {
     pub(crate) id: u32,
-    /// The chain's top operator (the stage root), as planned.
+    /// The stage's top operator (its root), as planned.
     pub(crate) leaf: Arc<dyn ExecutionPlan>,
-    /// The scan at the bottom of the chain.
-    pub(crate) scan: FileScanConfig,
-    /// Output partitions of the chain on the coordinator.
+    /// The scan whose cells are split into tasks; `None` for a stage fed by shuffles.
+    pub(crate) scan: Option<FileScanConfig>,
+    scan_node: Option<PlanRef>,
+    /// Shuffled inputs: each `RepartitionExec(Hash)` as planned, and the stage producing it.
+    /// Task `p` of this stage reads partition `p` of every input.
+    pub(crate) inputs: Vec<(PlanRef, u32)>,
+    /// `Some(RepartitionExec(Hash))` when the output is shuffled into a consumer stage;
+    /// `None` when it is streamed back to the coordinator.
+    pub(crate) output: Option<PlanRef>,
+    /// Output partitions of the stage on the coordinator (hash partitions when shuffled).
     pub(crate) partitions: usize,
     /// Whether each output partition is sorted (then tasks keep the planned file groups).
     pub(crate) ordered: bool,
     pub(crate) files: usize,
     pub(crate) bytes: u64,
+}
+
+impl Stage {
+    /// The stage takes part in a shuffle (reads one or feeds one).
+    pub(crate) fn shuffles(&self) -> bool {
+        self.output.is_some() || !self.inputs.is_empty()
+    }
+
+    /// The driving scan (the bottom of a leaf chain).
+    pub(crate) fn scan_node(&self) -> Option<&PlanRef> {
+        self.scan_node.as_ref()
+    }
+
+    /// `hash(keys) → P` of a shuffled output, for EXPLAIN.
+    pub(crate) fn output_partitioning(&self) -> Option<String> {
+        self.output.as_ref().map(|o| {
+            let p = o.output_partitioning();
+            match p {
+                Partitioning::Hash(exprs, n) => format!(
+                    "hash({}) → {n} partitions",
+                    exprs
+                        .iter()
+                        .map(|e| e.to_string())
+                        .collect::<Vec<_>>()
+                        .join(", ")
+                ),
+                other => other.to_string(),
+            }
+        })
+    }
 }
 
 fn scan_config(node: &Arc<dyn ExecutionPlan>) -> Option<FileScanConfig> {
@@ -72,6 +115,17 @@ fn per_partition(node: &Arc<dyn ExecutionPlan>) -> bool {
     round_robin(node)
 }
 
+/// Operators that process each partition on its own when their input is hash-partitioned on
+/// their keys (a shuffle gives them exactly that).
+fn per_key_partition(node: &Arc<dyn ExecutionPlan>) -> bool {
+    node.downcast_ref::<AggregateExec>().is_some_and(|a| {
+        matches!(
+            a.mode(),
+            AggregateMode::FinalPartitioned | AggregateMode::SinglePartitioned
+        )
+    })
+}
+
 /// A round-robin repartition only spreads batches over more partitions (DataFusion adds one
 /// under a partial aggregate when the scan has fewer partitions than the plan): it belongs to
 /// the leaf stage, and a task, which runs on one bee, drops it.
@@ -79,6 +133,98 @@ fn round_robin(node: &Arc<dyn ExecutionPlan>) -> bool {
     node.downcast_ref::<RepartitionExec>().is_some_and(|r| {
         matches!(r.partitioning(), Partitioning::RoundRobinBatch(_)) && !r.preserve_order()
     })
+}
+
+fn hash_repartition(node: &Arc<dyn ExecutionPlan>) -> bool {
+    node.downcast_ref::<RepartitionExec>()
+        .is_some_and(|r| matches!(r.partitioning(), Partitioning::Hash(..)) && !r.preserve_order())
+}
+
+/// Join types whose every output row comes from one probe row: a `CollectLeft` join of them
+/// can run on any split of its probe side. (The others also emit the build rows no probe row
+/// matched, which needs every probe partition in one process.)
+fn probe_driven(j: &HashJoinExec) -> bool {
+    matches!(
+        j.join_type(),
+        JoinType::Inner | JoinType::Right | JoinType::RightSemi | JoinType::RightAnti
+    )
+}
+
+/// Operators a task may run at all (checked again on the worker by [`validate_fragment`]).
+fn runnable(node: &Arc<dyn ExecutionPlan>) -> bool {
+    node.is::<FilterExec>()
+        || node.is::<ProjectionExec>()
+        || node.is::<LocalLimitExec>()
+        || node.is::<CooperativeExec>()
+        || node.is::<AggregateExec>()
+        || node.is::<SortExec>()
+        || node.is::<SortPreservingMergeExec>()
+        || node.is::<CoalescePartitionsExec>()
+        || node.is::<RepartitionExec>()
+        || node.is::<HashJoinExec>()
+        || node.is::<ShuffleReadExec>()
+        || scan_config(node).is_some()
+}
+
+/// A subtree a task computes in full (the build side of a `CollectLeft` join: every task
+/// builds the same small table).
+fn whole(node: &Arc<dyn ExecutionPlan>) -> bool {
+    runnable(node) && !node.is::<ShuffleReadExec>() && node.children().into_iter().all(whole)
+}
+
+/// What a stage body rests on.
+#[derive(Default)]
+struct Body {
+    /// The one scan whose cells are split into tasks.
+    scan: Option<PlanRef>,
+    /// Shuffle boundaries (`RepartitionExec(Hash)`) below the body.
+    inputs: Vec<PlanRef>,
+    /// Passes an operator that needs its input hash-partitioned.
+    keyed: bool,
+}
+
+/// Whether `node`'s subtree can be one stage, and what it rests on.
+fn stage_body(node: &PlanRef, shuffle: bool) -> Option<Body> {
+    let mut b = Body::default();
+    (body(node, shuffle, &mut b) && !(b.keyed && b.scan.is_some())).then_some(b)
+}
+
+fn body(node: &PlanRef, shuffle: bool, b: &mut Body) -> bool {
+    if scan_config(node).is_some() {
+        if b.scan.is_some() || !b.inputs.is_empty() {
+            return false;
+        }
+        b.scan = Some(node.clone());
+        return true;
+    }
+    if shuffle && hash_repartition(node) {
+        if b.scan.is_some() || stage_body(node.children()[0], shuffle).is_none() {
+            return false;
+        }
+        b.inputs.push(node.clone());
+        return true;
+    }
+    let children = node.children();
+    if per_partition(node) || (shuffle && per_key_partition(node)) {
+        b.keyed |= per_key_partition(node);
+        return children.len() == 1 && body(children[0], shuffle, b);
+    }
+    if !shuffle {
+        return false;
+    }
+    let Some(j) = node.downcast_ref::<HashJoinExec>() else {
+        return false;
+    };
+    match j.partition_mode() {
+        PartitionMode::Partitioned => {
+            b.keyed = true;
+            body(&j.left, shuffle, b) && body(&j.right, shuffle, b)
+        }
+        PartitionMode::CollectLeft => {
+            probe_driven(j) && whole(&j.left) && body(&j.right, shuffle, b)
+        }
+        PartitionMode::Auto => false,
+    }
 }
 
 /// Whether a leaf chain's output is small by construction: it aggregates (partially), or keeps
@@ -100,72 +246,81 @@ pub(crate) fn reduces(node: &Arc<dyn ExecutionPlan>) -> bool {
     }
 }
 
-fn is_leaf_chain(node: &Arc<dyn ExecutionPlan>) -> bool {
-    if scan_config(node).is_some() {
-        return true;
-    }
-    let children = node.children();
-    per_partition(node) && children.len() == 1 && is_leaf_chain(children[0])
-}
-
-/// The scan at the bottom of a leaf chain.
-pub(crate) fn bottom(node: &Arc<dyn ExecutionPlan>) -> Arc<dyn ExecutionPlan> {
-    match node.children().first() {
-        Some(child) if scan_config(node).is_none() => bottom(child),
-        _ => node.clone(),
-    }
-}
-
-fn bottom_scan(node: &Arc<dyn ExecutionPlan>) -> FileScanConfig {
-    match scan_config(node) {
-        Some(c) => c,
-        None => bottom_scan(node.children()[0]),
-    }
-}
-
-/// The leaf stages of a plan, in a fixed (pre-order) order.
-pub(crate) fn find_stages(plan: &Arc<dyn ExecutionPlan>) -> Vec<Stage> {
+/// The stages of a plan, producers before their consumers. With `shuffle`, a stage may rest
+/// on hash-partitioned outputs of other stages (joins and grouped aggregates spread over the
+/// swarm); without, only leaf chains over one scan are stages.
+pub(crate) fn find_stages(plan: &Arc<dyn ExecutionPlan>, shuffle: bool) -> Vec<Stage> {
     let mut out = Vec::new();
-    collect(plan, &mut out);
+    collect(plan, shuffle, &mut out);
     out
 }
 
-fn collect(node: &Arc<dyn ExecutionPlan>, out: &mut Vec<Stage>) {
-    if is_leaf_chain(node) {
-        let scan = bottom_scan(node);
+fn collect(node: &Arc<dyn ExecutionPlan>, shuffle: bool, out: &mut Vec<Stage>) {
+    if let Some(b) = stage_body(node, shuffle) {
+        register(node, b, None, shuffle, out);
+        return;
+    }
+    for c in node.children() {
+        collect(c, shuffle, out);
+    }
+}
+
+fn register(
+    root: &PlanRef,
+    b: Body,
+    output: Option<PlanRef>,
+    shuffle: bool,
+    out: &mut Vec<Stage>,
+) -> u32 {
+    let mut inputs = Vec::new();
+    for rep in b.inputs {
+        let child = rep.children()[0].clone();
+        let cb = stage_body(&child, shuffle).expect("checked by body");
+        let id = register(&child, cb, Some(rep.clone()), shuffle, out);
+        inputs.push((rep, id));
+    }
+    let scan = b.scan.as_ref().and_then(scan_config);
+    let (files, bytes) = scan.as_ref().map_or((0, 0), |scan| {
         let files: Vec<_> = scan
             .file_groups
             .iter()
             .flat_map(|g| g.files().iter())
             .collect();
-        out.push(Stage {
-            id: out.len() as u32,
-            leaf: node.clone(),
-            partitions: node.output_partitioning().partition_count(),
-            ordered: node.output_ordering().is_some(),
-            files: files.len(),
-            bytes: files.iter().map(|f| f.object_meta.size).sum(),
-            scan,
-        });
-        return;
-    }
-    for c in node.children() {
-        collect(c, out);
-    }
+        (files.len(), files.iter().map(|f| f.object_meta.size).sum())
+    });
+    let id = out.len() as u32;
+    let partitions = match &output {
+        Some(o) => o.output_partitioning().partition_count(),
+        None => root.output_partitioning().partition_count(),
+    };
+    out.push(Stage {
+        id,
+        leaf: root.clone(),
+        partitions,
+        ordered: root.output_ordering().is_some(),
+        files,
+        bytes,
+        scan,
+        scan_node: b.scan,
+        inputs,
+        output,
+    });
+    id
 }
 
 /// A physical plan node.
 pub(crate) type PlanRef = Arc<dyn ExecutionPlan>;
 
-/// The plan with each stage's chain replaced: `replacements` pairs a stage's `leaf` (as found by
-/// [`find_stages`] on this very plan) with what takes its place. Chains not listed stay as they are.
+fn same(a: &PlanRef, b: &PlanRef) -> bool {
+    std::ptr::eq(Arc::as_ptr(a) as *const (), Arc::as_ptr(b) as *const ())
+}
+
+/// The plan with each stage's subtree replaced: `replacements` pairs a stage's `leaf` (as
+/// found by [`find_stages`] on this very plan) with what takes its place. Others stay.
 pub(crate) fn replace_stages(
     plan: &Arc<dyn ExecutionPlan>,
     replacements: &[(PlanRef, PlanRef)],
 ) -> DfResult<Arc<dyn ExecutionPlan>> {
-    let same = |a: &Arc<dyn ExecutionPlan>, b: &Arc<dyn ExecutionPlan>| {
-        std::ptr::eq(Arc::as_ptr(a) as *const (), Arc::as_ptr(b) as *const ())
-    };
     if let Some((_, r)) = replacements.iter().find(|(leaf, _)| same(leaf, plan)) {
         return Ok(r.clone());
     }
@@ -180,14 +335,21 @@ pub(crate) fn replace_stages(
     plan.clone().replace_children(new_children, recompute())
 }
 
-/// Keep the stages `keep` accepts, numbered again from 0.
+/// Keep the stages `keep` accepts, numbered again from 0 (a kept stage's inputs must be kept).
 pub(crate) fn retain_stages(
     stages: Vec<Stage>,
     mut keep: impl FnMut(&Stage) -> bool,
 ) -> Vec<Stage> {
+    let mut renumber = std::collections::HashMap::new();
     let mut out: Vec<Stage> = stages.into_iter().filter(|s| keep(s)).collect();
     for (i, s) in out.iter_mut().enumerate() {
+        renumber.insert(s.id, i as u32);
         s.id = i as u32;
+    }
+    for s in &mut out {
+        for (_, producer) in &mut s.inputs {
+            *producer = renumber[producer];
+        }
     }
     out
 }
@@ -195,15 +357,18 @@ pub(crate) fn retain_stages(
 /// How a stage's cells are split into tasks: the planned groups when partitions are ordered,
 /// else about `want` groups of similar size — whole cells where they spread evenly, so a task
 /// (and the node running it, and that node's cell cache) owns its cells; else byte ranges.
+/// A stage fed by shuffles has no cells: its tasks are its partitions.
 pub(crate) fn task_groups(stage: &Stage, want: usize) -> Vec<FileGroup> {
-    if stage.ordered {
-        return stage.scan.file_groups.clone();
+    let Some(scan) = &stage.scan else {
+        return vec![];
+    };
+    if stage.ordered && stage.output.is_none() {
+        return scan.file_groups.clone();
     }
     // The planned scan may have cut cells into ranges for this node's partitions: whole cells
     // again, each once, before spreading them over the swarm's tasks.
     let mut seen = std::collections::HashSet::new();
-    let files: Vec<_> = stage
-        .scan
+    let files: Vec<_> = scan
         .file_groups
         .iter()
         .flat_map(|g| g.files().iter())
@@ -220,69 +385,118 @@ pub(crate) fn task_groups(stage: &Stage, want: usize) -> Vec<FileGroup> {
     apiary_storage::spread_cells(files, want, 4 * 1024 * 1024)
 }
 
-/// The stage's chain, scanning only `group`.
+/// The stage's subtree scanning only `group` (a stage resting on a scan).
 pub(crate) fn task_plan(stage: &Stage, group: FileGroup) -> DfResult<Arc<dyn ExecutionPlan>> {
-    let config = FileScanConfigBuilder::from(stage.scan.clone())
+    let (Some(scan), Some(node)) = (&stage.scan, &stage.scan_node) else {
+        return Err(datafusion::error::DataFusionError::Internal(
+            "a stage fed by shuffles has no cells to split".into(),
+        ));
+    };
+    let config = FileScanConfigBuilder::from(scan.clone())
         .with_file_groups(vec![group])
         .build();
-    let scan: Arc<dyn ExecutionPlan> = DataSourceExec::from_data_source(config);
-    rebuild(&stage.leaf, scan)
+    let new_scan: Arc<dyn ExecutionPlan> = DataSourceExec::from_data_source(config);
+    finish_task(stage, substitute(&stage.leaf, &[(node.clone(), new_scan)])?)
 }
 
-fn rebuild(
-    node: &Arc<dyn ExecutionPlan>,
-    scan: Arc<dyn ExecutionPlan>,
+/// Task `partition` of a stage fed by shuffles: each input reads that partition of its
+/// producer's output, from the finished attempts `sources` gives for the producer stage.
+pub(crate) fn shuffle_task_plan(
+    stage: &Stage,
+    query_id: &str,
+    partition: u32,
+    mut sources: impl FnMut(u32) -> Vec<ShuffleSource>,
 ) -> DfResult<Arc<dyn ExecutionPlan>> {
-    if scan_config(node).is_some() {
-        return Ok(scan);
+    let subs: Vec<(PlanRef, PlanRef)> = stage
+        .inputs
+        .iter()
+        .map(|(rep, producer)| {
+            let read: PlanRef = Arc::new(ShuffleReadExec::new(
+                query_id.to_string(),
+                *producer,
+                partition,
+                sources(*producer),
+                rep.schema(),
+                None,
+            ));
+            (rep.clone(), read)
+        })
+        .collect();
+    finish_task(stage, substitute(&stage.leaf, &subs)?)
+}
+
+/// A shuffled stage's task ends in the planned hash repartition.
+fn finish_task(stage: &Stage, root: PlanRef) -> DfResult<PlanRef> {
+    match &stage.output {
+        Some(rep) => rep.clone().replace_children(vec![root], recompute()),
+        None => Ok(root),
     }
-    let child = rebuild(node.children()[0], scan)?;
+}
+
+/// `node` with the subtrees in `subs` replaced and round-robin repartitions dropped (a task
+/// runs on one bee).
+fn substitute(node: &PlanRef, subs: &[(PlanRef, PlanRef)]) -> DfResult<PlanRef> {
+    if let Some((_, r)) = subs.iter().find(|(k, _)| same(k, node)) {
+        return Ok(r.clone());
+    }
+    let children = node.children();
     if round_robin(node) {
-        return Ok(child);
+        return substitute(children[0], subs);
     }
-    node.clone().replace_children(vec![child], recompute())
+    if children.is_empty() {
+        return Ok(node.clone());
+    }
+    let new_children = children
+        .into_iter()
+        .map(|c| substitute(c, subs))
+        .collect::<DfResult<Vec<_>>>()?;
+    node.clone().replace_children(new_children, recompute())
 }
 
 fn recompute() -> ReplaceChildrenOptions {
     ReplaceChildrenOptions::new(ChildrenPropertiesMode::Recompute)
 }
 
-/// Check a fragment decoded on a worker before it runs: exactly the kind of plan the cutter
-/// makes — a chain of per-partition operators over one Parquet scan — whose every file is a
-/// cell under a frame of this storage root. Anything else (a sink, a join, a scan of another
-/// file) is refused, whoever wrote the plan.
+/// Check a fragment decoded on a worker before it runs: only operators the cutter puts in a
+/// task (no sink, no scan of another file, no other query's shuffle output), every scan a cell
+/// under a frame of this storage root, every shuffle read one of `query_id`'s. Anything else
+/// is refused, whoever wrote the plan.
 pub(crate) fn validate_fragment(
     plan: &Arc<dyn ExecutionPlan>,
     root: &object_store::path::Path,
+    query_id: &str,
 ) -> crate::Result<()> {
     let refuse = |why: String| Err(crate::Error::NotAllowed(format!("fragment refused: {why}")));
-    let mut node = plan;
-    loop {
-        if let Some(scan) = scan_config(node) {
-            if scan.file_source().file_type() != "parquet" {
-                return refuse(format!("a {} scan", scan.file_source().file_type()));
-            }
-            for f in scan.file_groups.iter().flat_map(|g| g.files().iter()) {
-                let path = &f.object_meta.location;
-                let parts: Option<Vec<String>> = path
-                    .prefix_match(root)
-                    .map(|p| p.map(|s| s.as_ref().to_string()).collect());
-                let is_cell = parts.as_ref().is_some_and(|p| {
-                    p.len() >= 4
-                        && !p[0].starts_with('_')
-                        && !p.iter().any(|s| s == "_delta_log")
-                        && path.extension() == Some("parquet")
-                });
-                if !is_cell {
-                    return refuse(format!("{path} is not a cell of a frame"));
-                }
-            }
-            return Ok(());
-        }
-        let children = node.children();
-        if !per_partition(node) || children.len() != 1 {
-            return refuse(format!("{} is not part of a leaf stage", node.name()));
-        }
-        node = children[0];
+    if !runnable(plan) {
+        return refuse(format!("{} is not part of a stage", plan.name()));
     }
+    if let Some(read) = plan.downcast_ref::<ShuffleReadExec>()
+        && read.query_id() != query_id
+    {
+        return refuse("a shuffle read of another query".into());
+    }
+    if let Some(scan) = scan_config(plan) {
+        if scan.file_source().file_type() != "parquet" {
+            return refuse(format!("a {} scan", scan.file_source().file_type()));
+        }
+        for f in scan.file_groups.iter().flat_map(|g| g.files().iter()) {
+            let path = &f.object_meta.location;
+            let parts: Option<Vec<String>> = path
+                .prefix_match(root)
+                .map(|p| p.map(|s| s.as_ref().to_string()).collect());
+            let is_cell = parts.as_ref().is_some_and(|p| {
+                p.len() >= 4
+                    && !p[0].starts_with('_')
+                    && !p.iter().any(|s| s == "_delta_log")
+                    && path.extension() == Some("parquet")
+            });
+            if !is_cell {
+                return refuse(format!("{path} is not a cell of a frame"));
+            }
+        }
+    }
+    for c in plan.children() {
+        validate_fragment(c, root, query_id)?;
+    }
+    Ok(())
 }

@@ -15,6 +15,8 @@ pub(crate) struct DistMetrics {
     pub(crate) fragments: AtomicU64,
     /// Bytes of output objects this node's fragments wrote: what they shipped through storage.
     pub(crate) fragment_output_bytes: AtomicU64,
+    /// The part of `fragment_output_bytes` written as hash-partitioned (shuffle) output.
+    pub(crate) shuffle_output_bytes: AtomicU64,
     pub(crate) coordinated: AtomicU64,
     /// Recent fragment dispatch latencies (posting to claiming), seconds.
     dispatch: Mutex<VecDeque<f64>>,
@@ -49,6 +51,7 @@ impl DistMetrics {
             inbox_polls: self.inbox_polls.load(Ordering::Relaxed),
             fragments: self.fragments.load(Ordering::Relaxed),
             fragment_output_bytes: self.fragment_output_bytes.load(Ordering::Relaxed),
+            shuffle_output_bytes: self.shuffle_output_bytes.load(Ordering::Relaxed),
             coordinated: self.coordinated.load(Ordering::Relaxed),
             dispatch_p50: q(0.5),
             dispatch_p95: q(0.95),

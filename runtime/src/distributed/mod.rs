@@ -38,6 +38,7 @@ mod metrics;
 mod parts;
 mod proposal;
 mod run;
+mod shuffle;
 mod stage_exec;
 mod sweep;
 mod worker;

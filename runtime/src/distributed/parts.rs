@@ -23,6 +23,8 @@ pub(crate) struct Written {
     pub(crate) parts: u32,
     /// SHA-256 (hex) over the parts' bytes, in order.
     pub(crate) sha256: String,
+    /// Where each partition's rows are, for a hash-partitioned output; empty otherwise.
+    pub(crate) slices: Vec<apiary_storage::format::SliceV1>,
 }
 
 /// Writes one attempt's output.
@@ -100,6 +102,7 @@ impl PartWriter {
             bytes: self.bytes,
             parts: self.parts,
             sha256: hex(&self.hasher.finalize()),
+            slices: Vec::new(),
         })
     }
 }
@@ -118,11 +121,11 @@ pub(crate) async fn read(
         let (body, _) = storage
             .get_opt(&path)
             .await?
-            .ok_or_else(|| Error::Internal(format!("{key}: output part {part} is missing")))?;
+            .ok_or_else(|| Error::DataLoss(format!("{key}: output part {part} is missing")))?;
         hasher.update(&body);
         bytes += body.len() as u64;
         if bytes > done.bytes {
-            return Err(Error::Internal(format!(
+            return Err(Error::DataLoss(format!(
                 "output of {key} is larger than its done marker says"
             )));
         }
@@ -132,7 +135,7 @@ pub(crate) async fn read(
     }
     let rows: u64 = batches.iter().map(|b| b.num_rows() as u64).sum();
     if hex(&hasher.finalize()) != done.sha256 || rows != done.rows || bytes != done.bytes {
-        return Err(Error::Internal(format!(
+        return Err(Error::DataLoss(format!(
             "output of {key} is corrupt (checksum or row count mismatch)"
         )));
     }
@@ -174,6 +177,7 @@ mod tests {
             sha256: written.sha256.clone(),
             dispatch_ms: 0,
             run_ms: 0,
+            slices: vec![],
         };
         let back = read(&storage, &key, &done).await.unwrap();
         assert_eq!(back.iter().map(|b| b.num_rows()).sum::<usize>(), 6);

@@ -10,6 +10,7 @@ use tracing::{debug, warn};
 use super::DistContext;
 use super::assign::{Candidate, assign};
 use super::cut;
+use super::shuffle;
 use crate::swarm::NodeState;
 
 /// One task of a proposal.
@@ -49,23 +50,27 @@ pub(crate) fn propose(ctx: &DistContext, plan: &Arc<dyn ExecutionPlan>) -> Optio
     if candidates.len() < 2 {
         return None;
     }
-    // A chain whose plan does not survive serialisation (a scalar subquery's expression, say)
-    // stays on the coordinator; the rest of the query still spreads.
     let decode_ctx = ctx.engine.plan_context();
-    let stages = cut::retain_stages(cut::find_stages(plan), |s| {
-        let round_trip = datafusion_proto::bytes::physical_plan_to_bytes(s.leaf.clone())
-            .and_then(|b| datafusion_proto::bytes::physical_plan_from_bytes(&b, &decode_ctx));
-        if let Err(e) = &round_trip {
-            debug!(leaf = s.leaf.name(), error = %e, "a stage stays local: its plan cannot travel");
-        }
-        round_trip.is_ok()
-    });
+    let shuffled = travelling_stages(plan, true, &decode_ctx);
+    let stages = if shuffled.iter().any(|s| !s.1) {
+        // A shuffle needs every stage of its tree to travel: without one, fall back to leaf
+        // stages alone (the rest of the query runs here).
+        debug!("a shuffle stage cannot travel; spreading leaf stages only");
+        let leaves = travelling_stages(plan, false, &decode_ctx);
+        cut::retain_stages(
+            leaves.into_iter().filter(|s| s.1).map(|s| s.0).collect(),
+            |_| true,
+        )
+    } else {
+        shuffled.into_iter().map(|s| s.0).collect()
+    };
     let bytes: u64 = stages.iter().map(|s| s.bytes).sum();
     if stages.is_empty() || bytes < ctx.config.min_bytes {
         return None;
     }
     let stages = cut::retain_stages(stages, |s| {
-        let pays = pays_to_spread(s, ctx.config.min_bytes);
+        // A stage in a shuffle spreads with its tree: the work above it runs on the swarm too.
+        let pays = s.shuffles() || pays_to_spread(s, ctx.config.min_bytes);
         if !pays {
             debug!(
                 leaf = s.leaf.name(),
@@ -84,6 +89,19 @@ pub(crate) fn propose(ctx: &DistContext, plan: &Arc<dyn ExecutionPlan>) -> Optio
         .sum();
     let mut tasks = Vec::new();
     for (si, stage) in stages.iter().enumerate() {
+        if stage.scan.is_none() {
+            // Fed by shuffles: one task per partition, its plan written once its inputs exist.
+            for p in 0..stage.partitions.max(1) {
+                tasks.push(ProposedTask {
+                    stage: si,
+                    partition: p,
+                    plan: bytes::Bytes::new(),
+                    cells: vec![],
+                    node: String::new(),
+                });
+            }
+            continue;
+        }
         for (t, group) in cut::task_groups(stage, bees).into_iter().enumerate() {
             let cells: Vec<String> = group
                 .files()
@@ -95,9 +113,7 @@ pub(crate) fn propose(ctx: &DistContext, plan: &Arc<dyn ExecutionPlan>) -> Optio
             } else {
                 t % stage.partitions.max(1)
             };
-            let plan = match cut::task_plan(stage, group)
-                .and_then(datafusion_proto::bytes::physical_plan_to_bytes)
-            {
+            let plan = match cut::task_plan(stage, group).and_then(shuffle::encode) {
                 Ok(p) => p,
                 Err(e) => {
                     warn!(error = %e, "a stage cannot be serialised; running the query locally");
@@ -118,6 +134,36 @@ pub(crate) fn propose(ctx: &DistContext, plan: &Arc<dyn ExecutionPlan>) -> Optio
         t.node = node;
     }
     Some(Proposal { stages, tasks })
+}
+
+/// The stages of `plan` (with or without shuffles), each with whether its task plans survive
+/// serialisation (a scalar subquery's expression, say, does not).
+fn travelling_stages(
+    plan: &Arc<dyn ExecutionPlan>,
+    shuffle: bool,
+    decode_ctx: &datafusion::execution::TaskContext,
+) -> Vec<(cut::Stage, bool)> {
+    cut::find_stages(plan, shuffle)
+        .into_iter()
+        .map(|s| {
+            let sample = if s.scan.is_some() {
+                match s.output.clone() {
+                    Some(rep) => Ok(rep),
+                    None => Ok(s.leaf.clone()),
+                }
+            } else {
+                cut::shuffle_task_plan(&s, "0192f5a0-6f1c-7c2e-9b1d-2d6a1f3e4c01", 0, |_| vec![])
+            };
+            let round_trip = sample
+                .and_then(shuffle::encode)
+                .and_then(|b| shuffle::decode(&b, decode_ctx, None));
+            if let Err(e) = &round_trip {
+                debug!(leaf = s.leaf.name(), error = %e, "a stage cannot travel");
+            }
+            let ok = round_trip.is_ok();
+            (s, ok)
+        })
+        .collect()
 }
 
 /// A stage whose output is not small by construction is shipped through storage when its
@@ -148,7 +194,10 @@ pub(super) fn pays_to_spread(stage: &cut::Stage, min_bytes: u64) -> bool {
             .ok()
             .and_then(|s| s.num_rows.get_value().copied())
     };
-    let (out, scanned) = (rows(&stage.leaf), rows(&cut::bottom(&stage.leaf)));
+    let Some(scan) = stage.scan_node() else {
+        return true;
+    };
+    let (out, scanned) = (rows(&stage.leaf), rows(scan));
     debug!(
         leaf = stage.leaf.name(),
         bytes = stage.bytes,
@@ -162,25 +211,45 @@ pub(super) fn pays_to_spread(stage: &cut::Stage, min_bytes: u64) -> bool {
     }
 }
 
-/// What EXPLAIN shows for a distributed query: stages, tasks, cells and assigned nodes.
+/// What EXPLAIN shows for a distributed query: stages, their exchanges, tasks, cells and
+/// assigned nodes.
 pub(crate) fn describe(p: &Proposal) -> String {
     let mut out = String::new();
     for (si, s) in p.stages.iter().enumerate() {
         let tasks: Vec<&ProposedTask> = p.tasks.iter().filter(|t| t.stage == si).collect();
+        let input = if s.inputs.is_empty() {
+            format!("{} cell(s), {} bytes", s.files, s.bytes)
+        } else {
+            let from: Vec<String> = s
+                .inputs
+                .iter()
+                .map(|(_, producer)| format!("stage {producer}"))
+                .collect();
+            format!("shuffle read of {}", from.join(", "))
+        };
+        let output = match s.output_partitioning() {
+            Some(h) => format!("shuffle write {h}"),
+            None => "to the coordinator".to_string(),
+        };
         out.push_str(&format!(
-            "Stage {}: {} task(s) over {} cell(s), {} bytes, leaf: {}\n",
+            "Stage {}: {} task(s) over {input}, root: {}, output: {output}\n",
             s.id,
             tasks.len(),
-            s.files,
-            s.bytes,
             s.leaf.name()
         ));
         for (i, t) in tasks.iter().enumerate() {
-            out.push_str(&format!(
-                "  task {i}: {} cell(s) on {}\n",
-                t.cells.len(),
-                t.node
-            ));
+            if t.cells.is_empty() {
+                out.push_str(&format!(
+                    "  task {i}: partition {} on {}\n",
+                    t.partition, t.node
+                ));
+            } else {
+                out.push_str(&format!(
+                    "  task {i}: {} cell(s) on {}\n",
+                    t.cells.len(),
+                    t.node
+                ));
+            }
         }
     }
     out

@@ -62,6 +62,11 @@ pub(crate) async fn start(
         let stage = stages[t.stage].id;
         let key = AttemptKey::new(query_id, stage, per_stage[t.stage], 1);
         per_stage[t.stage] += 1;
+        if t.plan.is_empty() {
+            // Fed by shuffles: its plan is written when its inputs are done.
+            slots.push(TaskSlot::waiting(key, t.partition, t.node));
+            continue;
+        }
         let path = paths::task_plan(&key)?;
         let sealed = ctx.key.seal("plan", &path, &t.plan);
         writes.push((path, sealed));
@@ -100,11 +105,25 @@ pub(crate) async fn start(
     for r in results {
         r?;
     }
+    // Stages streamed back here; the others feed shuffles.
     let partitions: Vec<(u32, usize)> = stages
         .iter()
+        .filter(|s| s.output.is_none())
         .flat_map(|s| (0..s.partitions.max(1)).map(move |p| (s.id, p)))
         .collect();
-    let dispatch = Dispatch::new(ctx, query_id.to_string(), slots, &partitions, deadline);
+    let waiting: Vec<cut::Stage> = stages
+        .iter()
+        .filter(|s| !s.inputs.is_empty())
+        .cloned()
+        .collect();
+    let dispatch = Dispatch::new(
+        ctx,
+        query_id.to_string(),
+        slots,
+        &partitions,
+        waiting,
+        deadline,
+    );
     let posted: Vec<_> = futures::stream::iter(dispatch.attempts())
         .map(|(key, node)| {
             let d = dispatch.clone();
@@ -119,6 +138,7 @@ pub(crate) async fn start(
     let execs: Vec<(cut::PlanRef, cut::PlanRef)> = stages
         .iter()
         .zip(&per_stage)
+        .filter(|(s, _)| s.output.is_none())
         .map(|(s, n)| {
             let exec: cut::PlanRef = Arc::new(StageExec::new(s, *n as usize, dispatch.clone()));
             (s.leaf.clone(), exec)

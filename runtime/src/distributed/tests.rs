@@ -74,7 +74,7 @@ async fn two_workers_racing_for_one_task_run_it_once() {
     )
     .await;
     let plan = plan(&a, &session, "SELECT v FROM t WHERE v % 2 = 0").await;
-    let stage = cut::find_stages(&plan).remove(0);
+    let stage = cut::find_stages(&plan, true).remove(0);
     let group = cut::task_groups(&stage, 1).remove(0);
     let bytes =
         datafusion_proto::bytes::physical_plan_to_bytes(cut::task_plan(&stage, group).unwrap())
@@ -255,7 +255,7 @@ async fn workers_run_only_sealed_tasks_whose_plans_read_cells_of_this_root() {
     )
     .await;
     let plan = plan(&a, &session, "SELECT v FROM t WHERE v > 1").await;
-    let stage = cut::find_stages(&plan).remove(0);
+    let stage = cut::find_stages(&plan, true).remove(0);
     let group = cut::task_groups(&stage, 1).remove(0);
     let legit = datafusion_proto::bytes::physical_plan_to_bytes(
         cut::task_plan(&stage, group.clone()).unwrap(),
@@ -418,7 +418,7 @@ async fn stages_spread_only_when_their_output_is_small() {
     .await;
     let stage = |sql: &'static str| {
         let (a, session) = (a.clone(), &session);
-        async move { cut::find_stages(&plan(&a, session, sql).await).remove(0) }
+        async move { cut::find_stages(&plan(&a, session, sql).await, false).remove(0) }
     };
     let pays = super::proposal::pays_to_spread;
 
@@ -441,4 +441,38 @@ async fn stages_spread_only_when_their_output_is_small() {
     // Below the threshold nothing spreads; a threshold of zero spreads everything.
     assert!(!pays(&agg, agg.bytes + 1));
     assert!(pays(&all, 0));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_grouped_aggregate_is_cut_at_its_shuffle_and_both_stages_travel() {
+    let swarm = Swarm::new().await;
+    let a = swarm.node("cut-a", |_| {});
+    let mut session = Session::new("t");
+    run(&a, &mut session, "CREATE TABLE t (k BIGINT, v BIGINT)").await;
+    run(
+        &a,
+        &mut session,
+        "INSERT INTO t SELECT value, value * 7 FROM generate_series(1, 100000)",
+    )
+    .await;
+    let p = plan(&a, &session, "SELECT k, sum(v) FROM t GROUP BY k").await;
+    let text = datafusion::physical_plan::displayable(p.as_ref())
+        .indent(false)
+        .to_string();
+    let stages = cut::find_stages(&p, true);
+    let ctx = a.engine().plan_context();
+    for s in &stages {
+        let sample = match (&s.scan, &s.output) {
+            (Some(_), Some(rep)) => rep.clone(),
+            (Some(_), None) => s.leaf.clone(),
+            (None, _) => cut::shuffle_task_plan(s, "q", 0, |_| vec![]).unwrap(),
+        };
+        let bytes = super::shuffle::encode(sample).unwrap();
+        super::shuffle::decode(&bytes, &ctx, None)
+            .unwrap_or_else(|e| panic!("stage {} does not travel: {e}\n{text}", s.id));
+    }
+    assert_eq!(stages.len(), 2, "{text}");
+    assert!(stages[0].output.is_some() && stages[0].scan.is_some());
+    assert_eq!(stages[1].inputs.len(), 1);
+    assert!(stages[1].scan.is_none() && stages[1].output.is_none());
 }

@@ -22,7 +22,9 @@ use tracing::{debug, info, warn};
 
 use super::DistContext;
 use super::parts::{PartWriter, Written};
+use super::shuffle::SliceWriter;
 use crate::error::{Error, Result};
+use datafusion::physical_plan::repartition::RepartitionExec;
 
 /// Poll this node's inbox until the node goes away (or shuts down: the caller spawns this on
 /// the node's background).
@@ -131,12 +133,18 @@ async fn execute(ctx: Arc<DistContext>, task: TaskV1) {
                 bytes: w.bytes,
                 parts: w.parts,
                 sha256: w.sha256,
+                slices: w.slices,
                 dispatch_ms,
                 run_ms: started.elapsed().as_millis() as i64,
             };
             ctx.metrics
                 .record_dispatch(dispatch_ms.max(0) as f64 / 1000.0);
             ctx.metrics.fragments.fetch_add(1, Ordering::Relaxed);
+            if !done.slices.is_empty() {
+                ctx.metrics
+                    .shuffle_output_bytes
+                    .fetch_add(w.bytes, Ordering::Relaxed);
+            }
             ctx.metrics
                 .fragment_output_bytes
                 .fetch_add(w.bytes, Ordering::Relaxed);
@@ -166,6 +174,10 @@ async fn execute(ctx: Arc<DistContext>, task: TaskV1) {
                 node_id: ctx.node_id.clone(),
                 attempt: key.attempt,
                 retryable,
+                kind: match e {
+                    Error::DataLoss(_) => "data_loss".into(),
+                    _ => String::new(),
+                },
                 error: e.to_string(),
             };
             match paths::task_failed(&key) {
@@ -179,6 +191,16 @@ async fn execute(ctx: Arc<DistContext>, task: TaskV1) {
     };
     if let Err(e) = result {
         warn!(query_id = %key.query_id, error = %e, "writing a fragment's outcome");
+    }
+}
+
+/// The number of hash partitions of a task whose output is shuffled (its plan ends in a hash
+/// repartition).
+fn shuffle_partitions(plan: &Arc<dyn ExecutionPlan>) -> Option<usize> {
+    let r = plan.downcast_ref::<RepartitionExec>()?;
+    match r.partitioning() {
+        datafusion::physical_plan::Partitioning::Hash(_, n) => Some(*n),
+        _ => None,
     }
 }
 
@@ -220,32 +242,59 @@ async fn run_attempt(ctx: &Arc<DistContext>, key: &AttemptKey) -> Result<Written
         .ok_or(Error::Cancelled)?;
     let plan_bytes = ctx.key.open("plan", &plan_path, &sealed)?;
     let task_ctx: Arc<TaskContext> = ctx.engine.task_context(lease.env());
-    let plan = datafusion_proto::bytes::physical_plan_from_bytes(&plan_bytes, &task_ctx)?;
-    // Only what the cutter makes runs here: a chain of per-partition operators over cells.
-    super::cut::validate_fragment(&plan, ctx.storage.prefix())?;
-    let merged: Arc<dyn ExecutionPlan> = if plan.output_partitioning().partition_count() <= 1 {
-        plan
-    } else if let Some(ordering) = plan.output_ordering().cloned() {
-        Arc::new(SortPreservingMergeExec::new(ordering, plan))
-    } else {
-        Arc::new(CoalescePartitionsExec::new(plan))
-    };
-    let mut out = PartWriter::new(storage, key.clone(), ctx.config.part_bytes);
+    let plan = super::shuffle::decode(&plan_bytes, &task_ctx, Some(storage.clone()))?;
+    // Only what the cutter makes runs here: a stage's operators over cells and shuffle reads.
+    super::cut::validate_fragment(&plan, ctx.storage.prefix(), &key.query_id)?;
     let token = guard.entry().cancel_token().clone();
-    let result = ctx
-        .cpu
-        .run(
-            async move {
-                let mut stream = merged.execute(0, task_ctx)?;
-                while let Some(b) = stream.next().await {
-                    out.write(&b?).await?;
-                }
-                out.finish().await
-            },
-            &token,
-            None,
-        )
-        .await;
+    let result = match shuffle_partitions(&plan) {
+        // A shuffled output: drain every hash partition into one slice writer.
+        Some(n) => {
+            let mut out = SliceWriter::new(storage, key.clone(), n, ctx.config.part_bytes);
+            ctx.cpu
+                .run(
+                    async move {
+                        let streams = (0..n)
+                            .map(|p| {
+                                plan.execute(p, task_ctx.clone())
+                                    .map(|s| s.map(move |b| (p, b)))
+                            })
+                            .collect::<datafusion::error::Result<Vec<_>>>()?;
+                        let mut all = futures::stream::select_all(streams);
+                        while let Some((p, b)) = all.next().await {
+                            out.write(p, &b?).await?;
+                        }
+                        out.finish().await
+                    },
+                    &token,
+                    None,
+                )
+                .await
+        }
+        None => {
+            let merged: Arc<dyn ExecutionPlan> =
+                if plan.output_partitioning().partition_count() <= 1 {
+                    plan
+                } else if let Some(ordering) = plan.output_ordering().cloned() {
+                    Arc::new(SortPreservingMergeExec::new(ordering, plan))
+                } else {
+                    Arc::new(CoalescePartitionsExec::new(plan))
+                };
+            let mut out = PartWriter::new(storage, key.clone(), ctx.config.part_bytes);
+            ctx.cpu
+                .run(
+                    async move {
+                        let mut stream = merged.execute(0, task_ctx)?;
+                        while let Some(b) = stream.next().await {
+                            out.write(&b?).await?;
+                        }
+                        out.finish().await
+                    },
+                    &token,
+                    None,
+                )
+                .await
+        }
+    };
     match &result {
         Ok(w) => guard.finish(w.rows),
         Err(e) => guard.fail(e),

@@ -285,8 +285,17 @@ impl Node {
         }
         let planned = {
             let (engine, session, pins) = (self.engine.clone(), session.clone(), pins.clone());
-            self.planning(async move { engine.plan_query(&session, &inner, None, &pins).await })
-                .await?
+            // Planned as the query itself would be: for the swarm's bees.
+            let target = PlanTarget {
+                env: None,
+                partitions: self.plan_partitions(),
+            };
+            self.planning(async move {
+                engine
+                    .plan_query_for(&session, &inner, None, &pins, target)
+                    .await
+            })
+            .await?
         };
         let text = match distributed::propose(&self.dist, &planned.plan) {
             Some(p) => distributed::describe(&p),

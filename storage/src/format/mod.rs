@@ -33,7 +33,7 @@ use crate::error::{Error, Result};
 pub use seal::SwarmKey;
 pub use v1::{
     CacheSummaryV1, CancelV1, ClaimV1, DoneV1, ExternalFormat, ExternalV1, FailedV1, HeartbeatV1,
-    MarkerV1, QueryManifestV1, StageManifestV1, TaskV1, ViewV1,
+    MarkerV1, QueryManifestV1, SliceV1, StageManifestV1, TaskV1, ViewV1,
 };
 
 /// A persisted object: JSON with a leading version number.

@@ -201,6 +201,23 @@ pub struct DoneV1 {
     /// From posting to claiming, by the wall clocks involved.
     pub dispatch_ms: i64,
     pub run_ms: i64,
+    /// For a hash-partitioned (shuffle) output: where each output partition's rows are inside
+    /// the parts. Each part is the concatenation of one Arrow IPC stream per partition that
+    /// had rows; a consumer of partition `p` reads only its slices (ranged GETs).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub slices: Vec<SliceV1>,
+}
+
+/// One output partition's Arrow IPC stream inside one part of a shuffle output.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct SliceV1 {
+    pub partition: u32,
+    pub part: u32,
+    pub offset: u64,
+    pub len: u64,
+    pub rows: u64,
+    /// SHA-256 (hex) over the slice's bytes.
+    pub sha256: String,
 }
 
 /// Written by a worker when an attempt failed (or was given up).
@@ -212,6 +229,9 @@ pub struct FailedV1 {
     pub error: String,
     /// Whether another attempt (elsewhere) may succeed.
     pub retryable: bool,
+    /// `data_loss` when the attempt's inputs in storage were gone or damaged; empty otherwise.
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub kind: String,
 }
 
 /// Asks every node to stop a query's work.

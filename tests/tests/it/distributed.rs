@@ -5,7 +5,7 @@
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
-use apiary_tests::{Moto, Server};
+use apiary_tests::{Moto, Seaweed, Server};
 use arrow::array::{Array, AsArray, RecordBatch};
 use arrow::datatypes::DataType;
 use arrow::util::display::{ArrayFormatter, FormatOptions};
@@ -231,6 +231,13 @@ async fn fragments(c: &mut FlightSqlServiceClient<Channel>) -> u64 {
         .value(0)
 }
 
+async fn shuffled(c: &mut FlightSqlServiceClient<Channel>) -> u64 {
+    let b = run(c, "SELECT shuffle_output_bytes FROM system.runtime.node").await;
+    b[0].column(0)
+        .as_primitive::<arrow::datatypes::UInt64Type>()
+        .value(0)
+}
+
 async fn cache_hits(c: &mut FlightSqlServiceClient<Channel>) -> u64 {
     let b = run(c, "SELECT cache_hits FROM system.runtime.node").await;
     b[0].column(0)
@@ -238,11 +245,24 @@ async fn cache_hits(c: &mut FlightSqlServiceClient<Channel>) -> u64 {
         .value(0)
 }
 
+/// DataFusion options that make every hash join partitioned (at SF 0.01 it would collect every
+/// build side), so TPC-H runs with shuffles on both sides of its joins.
+const PARTITIONED_JOINS: [&str; 4] = [
+    "--datafusion-option",
+    "datafusion.optimizer.hash_join_single_partition_threshold=0",
+    "--datafusion-option",
+    "datafusion.optimizer.hash_join_single_partition_threshold_rows=0",
+];
+
 async fn tpch_on_a_swarm(root: &str, env: Vec<(String, String)>, s3: bool) {
+    tpch_on_a_swarm_with(root, env, s3, &[]).await
+}
+
+async fn tpch_on_a_swarm_with(root: &str, env: Vec<(String, String)>, s3: bool, extra: &[&str]) {
     let data = tpch_data();
     let nodes: Vec<Server> = ["node-1", "node-2", "node-3"]
         .iter()
-        .map(|id| start(root, id, &[], &env))
+        .map(|id| start(root, id, extra, &env))
         .collect();
     // The reference: a node that never distributes its own queries.
     let reference = start(root, "reference", &["--distribute-min-bytes", "1TiB"], &env);
@@ -252,8 +272,10 @@ async fn tpch_on_a_swarm(root: &str, env: Vec<(String, String)>, s3: bool) {
     wait_alive(&mut coord, &["node-1", "node-2", "node-3", "reference"]).await;
 
     let mut before = Vec::new();
+    let mut shuffled_before = 0;
     for n in &nodes {
         before.push(fragments(&mut client(n).await).await);
+        shuffled_before += shuffled(&mut client(n).await).await;
     }
     for (name, sql) in queries() {
         let got = canonical(&run(&mut coord, &sql).await);
@@ -273,6 +295,15 @@ async fn tpch_on_a_swarm(root: &str, env: Vec<(String, String)>, s3: bool) {
     assert!(
         ran_fragments >= 2,
         "fragments ran on only {ran_fragments} node(s)"
+    );
+    // Grouped aggregates (and, with partitioned joins, joins) ran as shuffle stages.
+    let mut shuffled_after = 0;
+    for n in &nodes {
+        shuffled_after += shuffled(&mut client(n).await).await;
+    }
+    assert!(
+        shuffled_after > shuffled_before,
+        "no stage wrote a shuffle output"
     );
 
     // EXPLAIN shows the stages, tasks and nodes.
@@ -299,6 +330,14 @@ async fn tpch_on_a_swarm(root: &str, env: Vec<(String, String)>, s3: bool) {
         dist.contains("Stage 0") && dist.contains("task 0") && dist.contains("node-"),
         "{dist}"
     );
+    // The group-by runs as two stages: partial aggregates shuffled by the key, then the
+    // final aggregate of each partition.
+    assert!(
+        dist.contains("output: shuffle write hash(l_returnflag")
+            && dist.contains("shuffle read of stage 0"),
+        "{}",
+        text.join("\n")
+    );
 
     if s3 {
         // A repeated query reads its cells from the local caches.
@@ -323,6 +362,24 @@ async fn tpch_on_a_swarm(root: &str, env: Vec<(String, String)>, s3: bool) {
 async fn tpch_on_a_swarm_with_a_local_root() {
     let dir = tempfile::tempdir().unwrap();
     tpch_on_a_swarm(dir.path().to_str().unwrap(), vec![], false).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn tpch_on_a_swarm_with_partitioned_joins_shuffles_both_sides() {
+    let dir = tempfile::tempdir().unwrap();
+    tpch_on_a_swarm_with(
+        dir.path().to_str().unwrap(),
+        vec![],
+        false,
+        &PARTITIONED_JOINS,
+    )
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn tpch_on_a_swarm_with_shuffles_on_seaweedfs() {
+    let weed = Seaweed::start("swarm");
+    tpch_on_a_swarm_with(&weed.url("root"), weed.env(), true, &PARTITIONED_JOINS).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
@@ -382,6 +439,146 @@ async fn a_worker_killed_mid_query_is_replaced() {
         n1.log().contains("reassigning fragment"),
         "nothing was reassigned"
     );
+}
+
+/// A grouped aggregate over a key with many values: partial aggregates shuffled by the key.
+const SHUFFLED: &str = "SELECT l_orderkey, sum(l_quantity) AS q FROM lineitem GROUP BY l_orderkey ORDER BY q DESC, l_orderkey LIMIT 20";
+
+/// Whether `server` runs a fragment of a stage fed by a shuffle now (stage 1 of [`SHUFFLED`]).
+async fn runs_a_shuffle_read(server: &Server) -> bool {
+    let b = run(
+        &mut client(server).await,
+        "SELECT count(*) FROM system.runtime.queries WHERE user = 'fragment' AND state = 'running' AND query_id LIKE '%/s1t%'",
+    )
+    .await;
+    b[0].column(0)
+        .as_primitive::<arrow::datatypes::Int64Type>()
+        .value(0)
+        > 0
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_worker_killed_during_a_shuffle_stage_is_replaced() {
+    let dir = tempfile::tempdir().unwrap();
+    let root = dir.path().to_str().unwrap();
+    let data = tpch_data();
+    let n1 = start(root, "node-1", &[], &[]);
+    let n2 = start(root, "node-2", &[], &slow());
+    let n3 = start(root, "node-3", &[], &slow());
+    let mut c = client(&n1).await;
+    ingest(&mut c, &data).await;
+    wait_alive(&mut c, &["node-1", "node-2", "node-3"]).await;
+    let want = canonical(&run(&mut c, SHUFFLED).await);
+
+    let mut q = c.clone();
+    let query = apiary_runtime::executor::spawn(async move { run(&mut q, SHUFFLED).await });
+    // Kill a worker while it reads its partition of the shuffle.
+    let mut victim = None;
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while victim.is_none() && Instant::now() < deadline {
+        for (i, s) in [(2, &n2), (3, &n3)] {
+            if runs_a_shuffle_read(s).await {
+                victim = Some(i);
+                break;
+            }
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let victim = victim.expect("no shuffle stage was ever seen running on a worker");
+    if victim == 2 {
+        n2.kill()
+    } else {
+        n3.kill()
+    }
+    let got = canonical(
+        &tokio::time::timeout(Duration::from_secs(120), query)
+            .await
+            .unwrap()
+            .unwrap(),
+    );
+    assert_eq!(got, want, "the answer changed after a worker died");
+    assert!(
+        n1.log().contains("reassigning fragment"),
+        "nothing was reassigned"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_query_whose_shuffle_inputs_are_deleted_fails_with_a_clear_error() {
+    let dir = tempfile::tempdir().unwrap();
+    let root = dir.path().to_str().unwrap();
+    let data = tpch_data();
+    let n1 = start(root, "node-1", &[], &slow());
+    let n2 = start(root, "node-2", &[], &slow());
+    let mut c = client(&n1).await;
+    ingest(&mut c, &data).await;
+    wait_alive(&mut c, &["node-1", "node-2"]).await;
+
+    let mut q = c.clone();
+    let query = tokio::spawn(async move {
+        match q.execute(SHUFFLED.to_string(), None).await {
+            Err(e) => Err(e),
+            Ok(info) => {
+                let mut rows = 0;
+                for ep in info.endpoint {
+                    let s = q.do_get(ep.ticket.unwrap()).await?;
+                    for b in s
+                        .try_collect::<Vec<_>>()
+                        .await
+                        .map_err(tonic::Status::from)?
+                    {
+                        rows += b.num_rows();
+                    }
+                }
+                Ok(rows)
+            }
+        }
+    });
+    // Every output a producer of stage 0 finishes disappears before its consumer (which
+    // starts three seconds late) can read it.
+    let queries = dir.path().join("_apiary/queries");
+    let mut deleted = 0;
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while !query.is_finished() && Instant::now() < deadline {
+        for entry in walk(&queries) {
+            let name = entry.to_string_lossy();
+            if name.contains("/s0-t") && name.ends_with(".arrow") {
+                let _ = std::fs::remove_file(&entry);
+                deleted += 1;
+            }
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    let outcome = tokio::time::timeout(Duration::from_secs(60), query)
+        .await
+        .unwrap()
+        .unwrap();
+    assert!(deleted > 0, "no shuffle output was ever written");
+    let err = outcome
+        .expect_err("a query whose inputs were deleted answered")
+        .to_string();
+    assert!(
+        err.contains("shuffle input") && err.contains("missing"),
+        "unclear error: {err}"
+    );
+    drop(n2);
+}
+
+/// Every file below `dir` (none if it does not exist).
+fn walk(dir: &Path) -> Vec<PathBuf> {
+    let mut out = Vec::new();
+    let Ok(entries) = std::fs::read_dir(dir) else {
+        return out;
+    };
+    for e in entries.flatten() {
+        let p = e.path();
+        if p.is_dir() {
+            out.extend(walk(&p));
+        } else {
+            out.push(p);
+        }
+    }
+    out
 }
 
 /// Whether `server` runs a fragment now.
