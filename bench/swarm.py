@@ -221,16 +221,19 @@ def one_backend(name: str, binary: str, root: str, env: dict, data: pathlib.Path
         rows = []
         for q, sql in queries:
             shipped0 = total(nodes, "apiary_fragment_output_bytes_total")
+            shuffled0 = total(nodes, "apiary_shuffle_output_bytes_total")
             secs, table = timed(first, sql, runs)
             # timed() runs the query runs + 1 times (one warm-up).
             shipped = (total(nodes, "apiary_fragment_output_bytes_total") - shipped0) / (runs + 1)
+            shuffled = (total(nodes, "apiary_shuffle_output_bytes_total") - shuffled0) / (runs + 1)
             ok, why = same_answer(table, solo[q][1])
             if not ok:
                 failures.append(f"{name} {q}: {n} nodes answer differently from 1 node: {why}")
             rows.append({"query": q, "one_ms": solo[q][0] * 1000, "many_ms": secs * 1000,
-                         "speedup": solo[q][0] / secs, "match": ok, "shipped_bytes": shipped})
+                         "speedup": solo[q][0] / secs, "match": ok, "shipped_bytes": shipped,
+                         "shuffled_bytes": shuffled})
             print(f"{q}: {n} nodes {secs * 1000:8.1f} ms  speed-up {solo[q][0] / secs:.2f}  "
-                  f"shipped {shipped / 1e6:.2f} MB  "
+                  f"shipped {shipped / 1e6:.2f} MB (shuffle {shuffled / 1e6:.2f})  "
                   f"{'ok' if ok else 'MISMATCH ' + why}", flush=True)
         after = [x.metrics().get("apiary_fragments_executed_total", 0.0) for x in nodes]
         per_node = {x.id: int(a - b) for x, a, b in zip(nodes, after, before)}
@@ -278,14 +281,16 @@ def markdown(r: dict) -> str:
              f"other processes used {r['noise_share'] * 100:.1f}% CPU{' (NOISY)' if r['noisy'] else ''}", ""]
     for b in r["backends"]:
         lines += [f"## {b['backend']}", "",
-                  f"| query | 1 node ms | {n} nodes ms | speed-up | shipped MB | answer |",
-                  "|---|---:|---:|---:|---:|:---:|"]
+                  f"| query | 1 node ms | {n} nodes ms | speed-up | shipped MB | of which shuffle MB | answer |",
+                  "|---|---:|---:|---:|---:|---:|:---:|"]
         for q in b["queries"]:
             lines.append(f"| {q['query']} | {q['one_ms']:.1f} | {q['many_ms']:.1f} | {q['speedup']:.2f} | "
-                         f"{q['shipped_bytes'] / 1e6:.2f} | {'ok' if q['match'] else 'MISMATCH'} |")
+                         f"{q['shipped_bytes'] / 1e6:.2f} | {q.get('shuffled_bytes', 0) / 1e6:.2f} | "
+                         f"{'ok' if q['match'] else 'MISMATCH'} |")
         lines.append(f"| **total** | **{b['one_ms']:.0f}** | **{b['many_ms']:.0f}** | **{b['speedup']:.2f}** | "
-                     f"{sum(q['shipped_bytes'] for q in b['queries']) / 1e6:.2f} | |")
-        lines.append(f"| geomean | | | {b['geomean']:.2f} | | |")
+                     f"{sum(q['shipped_bytes'] for q in b['queries']) / 1e6:.2f} | "
+                     f"{sum(q.get('shuffled_bytes', 0) for q in b['queries']) / 1e6:.2f} | |")
+        lines.append(f"| geomean | | | {b['geomean']:.2f} | | | |")
         lines.append("")
         lines.append("- Cells per frame: " + ", ".join(f"{k} {v}" for k, v in b["cells"].items()))
         lines.append("- Fragments executed per node: " + ", ".join(f"{k} {v}" for k, v in b["fragments_per_node"].items()))

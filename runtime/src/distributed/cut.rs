@@ -11,12 +11,14 @@
 //! ```
 //!
 //! For such a chain, running it over any split of the cells and taking the union of the outputs
-//! gives what the whole chain gives, up to how rows are spread over partitions: partial
-//! aggregates are merged by the final aggregate above, per-partition top-K and local limits are
-//! finished by the merge or global limit above, filters and projections are per row. Everything
-//! else — final aggregates, joins, repartitions, merges — stays on the coordinator, above a
-//! [`StageExec`](super::stage_exec::StageExec) that streams the tasks' outputs back, so every
-//! plan stays correct.
+//! gives what the whole chain gives, up to how rows are spread over partitions.
+//!
+//! With shuffles, a stage may also rest on `RepartitionExec(Hash)` boundaries — the hash-
+//! partitioned outputs of other stages — and hold what works on one hash partition alone:
+//! `AggregateExec(FinalPartitioned)`, partitioned hash joins, and probe-only `CollectLeft` joins
+//! whose small build side each task computes whole. Everything else stays on the coordinator,
+//! above a [`StageExec`](super::stage_exec::StageExec) that streams the top stage's outputs back,
+//! so every plan stays correct. `docs/distributed.md` describes the rules.
 
 use std::sync::Arc;
 
@@ -209,17 +211,16 @@ fn body(node: &PlanRef, shuffle: bool, b: &mut Body) -> bool {
         b.keyed |= per_key_partition(node);
         return children.len() == 1 && body(children[0], shuffle, b);
     }
-    if !shuffle {
-        return false;
-    }
+    // A `CollectLeft` join needs no shuffle: every task builds the small side whole.
     let Some(j) = node.downcast_ref::<HashJoinExec>() else {
         return false;
     };
     match j.partition_mode() {
-        PartitionMode::Partitioned => {
+        PartitionMode::Partitioned if shuffle => {
             b.keyed = true;
             body(&j.left, shuffle, b) && body(&j.right, shuffle, b)
         }
+        PartitionMode::Partitioned => false,
         PartitionMode::CollectLeft => {
             probe_driven(j) && whole(&j.left) && body(&j.right, shuffle, b)
         }
@@ -248,7 +249,7 @@ pub(crate) fn reduces(node: &Arc<dyn ExecutionPlan>) -> bool {
 
 /// The stages of a plan, producers before their consumers. With `shuffle`, a stage may rest
 /// on hash-partitioned outputs of other stages (joins and grouped aggregates spread over the
-/// swarm); without, only leaf chains over one scan are stages.
+/// swarm); without, only stages over one scan (leaf chains, and `CollectLeft` joins probing it).
 pub(crate) fn find_stages(plan: &Arc<dyn ExecutionPlan>, shuffle: bool) -> Vec<Stage> {
     let mut out = Vec::new();
     collect(plan, shuffle, &mut out);
@@ -401,10 +402,13 @@ pub(crate) fn task_plan(stage: &Stage, group: FileGroup) -> DfResult<Arc<dyn Exe
 
 /// Task `partition` of a stage fed by shuffles: each input reads that partition of its
 /// producer's output, from the finished attempts `sources` gives for the producer stage.
+/// `storage` is for a plan run where it is built (on the coordinator); a plan that travels is
+/// given its worker's storage when decoded.
 pub(crate) fn shuffle_task_plan(
     stage: &Stage,
     query_id: &str,
     partition: u32,
+    storage: Option<apiary_storage::Storage>,
     mut sources: impl FnMut(u32) -> Vec<ShuffleSource>,
 ) -> DfResult<Arc<dyn ExecutionPlan>> {
     let subs: Vec<(PlanRef, PlanRef)> = stage
@@ -417,7 +421,7 @@ pub(crate) fn shuffle_task_plan(
                 partition,
                 sources(*producer),
                 rep.schema(),
-                None,
+                storage.clone(),
             ));
             (rep.clone(), read)
         })

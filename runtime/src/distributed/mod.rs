@@ -25,6 +25,7 @@
 //! | `run`           | posting a proposal; the [`DistributedRun`] a result holds    |
 //! | `coordinator`   | watching tasks, reassigning, streaming outputs back          |
 //! | `stage_exec`    | `StageExec`, the coordinator's placeholder for a leaf stage  |
+//! | `shuffle`       | hash-partitioned outputs: slice writer, shuffle reads, plan codec |
 //! | `worker`        | polling the inbox, claiming, running, giving up              |
 //! | `parts`         | the task output format: writer and checked reader            |
 //! | `sweep`         | deleting what dead coordinators left                         |

@@ -52,10 +52,15 @@ pub(crate) fn propose(ctx: &DistContext, plan: &Arc<dyn ExecutionPlan>) -> Optio
     }
     let decode_ctx = ctx.engine.plan_context();
     let shuffled = travelling_stages(plan, true, &decode_ctx);
-    let stages = if shuffled.iter().any(|s| !s.1) {
+    let shuffles_pay = ctx.config.min_bytes == 0
+        || shuffled
+            .iter()
+            .all(|(s, _)| s.output.is_none() || shuffles_partial_states(s));
+    let stages = if shuffled.iter().any(|s| !s.1) || !shuffles_pay {
         // A shuffle needs every stage of its tree to travel: without one, fall back to leaf
-        // stages alone (the rest of the query runs here).
-        debug!("a shuffle stage cannot travel; spreading leaf stages only");
+        // stages alone (the rest of the query runs here). Likewise when a shuffle would carry
+        // rows rather than partial states (below).
+        debug!(shuffles_pay, "spreading leaf stages only");
         let leaves = travelling_stages(plan, false, &decode_ctx);
         cut::retain_stages(
             leaves.into_iter().filter(|s| s.1).map(|s| s.0).collect(),
@@ -152,7 +157,13 @@ fn travelling_stages(
                     None => Ok(s.leaf.clone()),
                 }
             } else {
-                cut::shuffle_task_plan(&s, "0192f5a0-6f1c-7c2e-9b1d-2d6a1f3e4c01", 0, |_| vec![])
+                cut::shuffle_task_plan(
+                    &s,
+                    "0192f5a0-6f1c-7c2e-9b1d-2d6a1f3e4c01",
+                    0,
+                    None,
+                    |_| vec![],
+                )
             };
             let round_trip = sample
                 .and_then(shuffle::encode)
@@ -164,6 +175,18 @@ fn travelling_stages(
             (s, ok)
         })
         .collect()
+}
+
+/// Whether a shuffle's producer stage ships partial states (a partial aggregate, a top-K, a
+/// limit over one scan) rather than rows. Measured on two pinned one-core nodes at SF1
+/// (`bench/results/swarm-2-pinned.md`, "shuffles of rows"): shuffling rows into partitioned
+/// joins lost on 15 of 22 TPC-H queries (q07 0.43×, q05 0.47×, q16 0.30×: every shuffle level
+/// adds a round of posting, claiming and polling, and hashing and writing a row through
+/// storage costs about what probing it saves on one core), and won only on q15, q17, q13 and
+/// q08 (1.10–1.31×). So with a threshold above zero a query spreads its joins only when its
+/// shuffles carry partial aggregates; otherwise its leaf stages spread alone.
+fn shuffles_partial_states(stage: &cut::Stage) -> bool {
+    stage.scan.is_some() && cut::reduces(&stage.leaf)
 }
 
 /// A stage whose output is not small by construction is shipped through storage when its

@@ -96,11 +96,7 @@ impl ExecutionPlan for StageExec {
         partition: usize,
         context: Arc<TaskContext>,
     ) -> DfResult<SendableRecordBatchStream> {
-        self.dispatch.partition_stream(
-            self.stage,
-            partition,
-            self.schema.clone(),
-            context.memory_pool(),
-        )
+        self.dispatch
+            .partition_stream(self.stage, partition, self.schema.clone(), context)
     }
 }

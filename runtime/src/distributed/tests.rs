@@ -465,7 +465,7 @@ async fn a_grouped_aggregate_is_cut_at_its_shuffle_and_both_stages_travel() {
         let sample = match (&s.scan, &s.output) {
             (Some(_), Some(rep)) => rep.clone(),
             (Some(_), None) => s.leaf.clone(),
-            (None, _) => cut::shuffle_task_plan(s, "q", 0, |_| vec![]).unwrap(),
+            (None, _) => cut::shuffle_task_plan(s, "q", 0, None, |_| vec![]).unwrap(),
         };
         let bytes = super::shuffle::encode(sample).unwrap();
         super::shuffle::decode(&bytes, &ctx, None)

@@ -444,11 +444,17 @@ async fn a_worker_killed_mid_query_is_replaced() {
 /// A grouped aggregate over a key with many values: partial aggregates shuffled by the key.
 const SHUFFLED: &str = "SELECT l_orderkey, sum(l_quantity) AS q FROM lineitem GROUP BY l_orderkey ORDER BY q DESC, l_orderkey LIMIT 20";
 
-/// Whether `server` runs a fragment of a stage fed by a shuffle now (stage 1 of [`SHUFFLED`]).
+/// A partitioned join (with [`PARTITIONED_JOINS`]) under a grouped aggregate: orders and
+/// lineitem are shuffled by the order key (stages 0 and 1), stage 2 joins each partition and
+/// aggregates it partially, shuffled again by the group key; the final aggregate (stage 3) has
+/// small inputs and runs on the coordinator.
+const JOINED: &str = "SELECT o_orderpriority, count(*) AS n, sum(l_quantity) AS q FROM orders JOIN lineitem ON o_orderkey = l_orderkey GROUP BY o_orderpriority ORDER BY o_orderpriority";
+
+/// Whether `server` runs a fragment of stage 2 of [`JOINED`] (fed by two shuffles) now.
 async fn runs_a_shuffle_read(server: &Server) -> bool {
     let b = run(
         &mut client(server).await,
-        "SELECT count(*) FROM system.runtime.queries WHERE user = 'fragment' AND state = 'running' AND query_id LIKE '%/s1t%'",
+        "SELECT count(*) FROM system.runtime.queries WHERE user = 'fragment' AND state = 'running' AND query_id LIKE '%/s2t%'",
     )
     .await;
     b[0].column(0)
@@ -462,16 +468,16 @@ async fn a_worker_killed_during_a_shuffle_stage_is_replaced() {
     let dir = tempfile::tempdir().unwrap();
     let root = dir.path().to_str().unwrap();
     let data = tpch_data();
-    let n1 = start(root, "node-1", &[], &[]);
-    let n2 = start(root, "node-2", &[], &slow());
-    let n3 = start(root, "node-3", &[], &slow());
+    let n1 = start(root, "node-1", &PARTITIONED_JOINS, &[]);
+    let n2 = start(root, "node-2", &PARTITIONED_JOINS, &slow());
+    let n3 = start(root, "node-3", &PARTITIONED_JOINS, &slow());
     let mut c = client(&n1).await;
     ingest(&mut c, &data).await;
     wait_alive(&mut c, &["node-1", "node-2", "node-3"]).await;
-    let want = canonical(&run(&mut c, SHUFFLED).await);
+    let want = canonical(&run(&mut c, JOINED).await);
 
     let mut q = c.clone();
-    let query = apiary_runtime::executor::spawn(async move { run(&mut q, SHUFFLED).await });
+    let query = apiary_runtime::executor::spawn(async move { run(&mut q, JOINED).await });
     // Kill a worker while it reads its partition of the shuffle.
     let mut victim = None;
     let deadline = Instant::now() + Duration::from_secs(60);
