@@ -323,10 +323,12 @@ def run(args, data: pathlib.Path) -> int:
     try:
         backends.append(one_backend("local", args.binary, str(scratch / "root"), dict(extra), data, n, args.runs,
                                     queries, scratch / "local", failures, noise, args.pin))
-        store = Moto("bench") if s3 == "moto" else Seaweed("bench", scratch)
-        noise.track(store.proc.pid)
-        backends.append(one_backend(s3, args.binary, f"s3://bench/{uuid.uuid4().hex[:8]}", {**store.env(), **extra},
-                                    data, n, args.runs, queries, scratch / s3, failures, noise, args.pin))
+        if s3 != "none":
+            store = Moto("bench") if s3 == "moto" else Seaweed("bench", scratch)
+            noise.track(store.proc.pid)
+            backends.append(one_backend(s3, args.binary, f"s3://bench/{uuid.uuid4().hex[:8]}",
+                                        {**store.env(), **extra}, data, n, args.runs, queries, scratch / s3,
+                                        failures, noise, args.pin))
     finally:
         if store:
             store.stop()

@@ -510,8 +510,8 @@ def main() -> int:
                     help="swarm mode: N nodes vs 1 (one bee each) on a local root and on S3 (bench/swarm.py)")
     ap.add_argument("--pin", action="store_true",
                     help="swarm mode: run node i on core i-1 only (taskset), so that more nodes means more CPU")
-    ap.add_argument("--s3", choices=["seaweedfs", "moto"], default=None,
-                    help="swarm mode: the S3 server (default seaweedfs, moto for --quick)")
+    ap.add_argument("--s3", choices=["seaweedfs", "moto", "none"], default=None,
+                    help="swarm mode: the S3 server (default seaweedfs, moto for --quick; none: local root only)")
     args = ap.parse_args()
     if args.quick:
         args.sf, args.runs = 0.01, 1

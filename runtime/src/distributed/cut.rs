@@ -186,12 +186,24 @@ struct Body {
 }
 
 /// Whether `node`'s subtree can be one stage, and what it rests on.
-fn stage_body(node: &PlanRef, shuffle: bool) -> Option<Body> {
+/// Which `RepartitionExec(Hash)` boundaries may become shuffles between stages.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Shuffles {
+    /// None: only stages over one scan.
+    None,
+    /// Those whose producer ships partial states: a partial aggregate, top-K or limit over one
+    /// scan (grouped aggregates finish per hash partition on the swarm).
+    PartialStates,
+    /// Every one (rows into partitioned joins too).
+    All,
+}
+
+fn stage_body(node: &PlanRef, shuffle: Shuffles) -> Option<Body> {
     let mut b = Body::default();
     (body(node, shuffle, &mut b) && !(b.keyed && b.scan.is_some())).then_some(b)
 }
 
-fn body(node: &PlanRef, shuffle: bool, b: &mut Body) -> bool {
+fn body(node: &PlanRef, shuffle: Shuffles, b: &mut Body) -> bool {
     if scan_config(node).is_some() {
         if b.scan.is_some() || !b.inputs.is_empty() {
             return false;
@@ -199,15 +211,22 @@ fn body(node: &PlanRef, shuffle: bool, b: &mut Body) -> bool {
         b.scan = Some(node.clone());
         return true;
     }
-    if shuffle && hash_repartition(node) {
-        if b.scan.is_some() || stage_body(node.children()[0], shuffle).is_none() {
+    if shuffle != Shuffles::None && hash_repartition(node) {
+        let child = node.children()[0];
+        let producer = stage_body(child, shuffle);
+        let ships = match &producer {
+            None => false,
+            Some(_) if shuffle == Shuffles::All => true,
+            Some(p) => p.scan.is_some() && p.inputs.is_empty() && reduces(child),
+        };
+        if b.scan.is_some() || !ships {
             return false;
         }
         b.inputs.push(node.clone());
         return true;
     }
     let children = node.children();
-    if per_partition(node) || (shuffle && per_key_partition(node)) {
+    if per_partition(node) || (shuffle != Shuffles::None && per_key_partition(node)) {
         b.keyed |= per_key_partition(node);
         return children.len() == 1 && body(children[0], shuffle, b);
     }
@@ -216,7 +235,7 @@ fn body(node: &PlanRef, shuffle: bool, b: &mut Body) -> bool {
         return false;
     };
     match j.partition_mode() {
-        PartitionMode::Partitioned if shuffle => {
+        PartitionMode::Partitioned if shuffle != Shuffles::None => {
             b.keyed = true;
             body(&j.left, shuffle, b) && body(&j.right, shuffle, b)
         }
@@ -247,16 +266,16 @@ pub(crate) fn reduces(node: &Arc<dyn ExecutionPlan>) -> bool {
     }
 }
 
-/// The stages of a plan, producers before their consumers. With `shuffle`, a stage may rest
-/// on hash-partitioned outputs of other stages (joins and grouped aggregates spread over the
+/// The stages of a plan, producers before their consumers. With shuffles, a stage may rest on
+/// hash-partitioned outputs of other stages (joins and grouped aggregates spread over the
 /// swarm); without, only stages over one scan (leaf chains, and `CollectLeft` joins probing it).
-pub(crate) fn find_stages(plan: &Arc<dyn ExecutionPlan>, shuffle: bool) -> Vec<Stage> {
+pub(crate) fn find_stages(plan: &Arc<dyn ExecutionPlan>, shuffle: Shuffles) -> Vec<Stage> {
     let mut out = Vec::new();
     collect(plan, shuffle, &mut out);
     out
 }
 
-fn collect(node: &Arc<dyn ExecutionPlan>, shuffle: bool, out: &mut Vec<Stage>) {
+fn collect(node: &Arc<dyn ExecutionPlan>, shuffle: Shuffles, out: &mut Vec<Stage>) {
     if let Some(b) = stage_body(node, shuffle) {
         register(node, b, None, shuffle, out);
         return;
@@ -270,7 +289,7 @@ fn register(
     root: &PlanRef,
     b: Body,
     output: Option<PlanRef>,
-    shuffle: bool,
+    shuffle: Shuffles,
     out: &mut Vec<Stage>,
 ) -> u32 {
     let mut inputs = Vec::new();

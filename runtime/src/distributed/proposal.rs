@@ -9,7 +9,7 @@ use tracing::{debug, warn};
 
 use super::DistContext;
 use super::assign::{Candidate, assign};
-use super::cut;
+use super::cut::{self, Shuffles};
 use super::shuffle;
 use crate::swarm::NodeState;
 
@@ -51,17 +51,19 @@ pub(crate) fn propose(ctx: &DistContext, plan: &Arc<dyn ExecutionPlan>) -> Optio
         return None;
     }
     let decode_ctx = ctx.engine.plan_context();
-    let shuffled = travelling_stages(plan, true, &decode_ctx);
-    let shuffles_pay = ctx.config.min_bytes == 0
-        || shuffled
-            .iter()
-            .all(|(s, _)| s.output.is_none() || shuffles_partial_states(s));
-    let stages = if shuffled.iter().any(|s| !s.1) || !shuffles_pay {
-        // A shuffle needs every stage of its tree to travel: without one, fall back to leaf
-        // stages alone (the rest of the query runs here). Likewise when a shuffle would carry
-        // rows rather than partial states (below).
-        debug!(shuffles_pay, "spreading leaf stages only");
-        let leaves = travelling_stages(plan, false, &decode_ctx);
+    // With a threshold of zero every shuffle is used (tests, measuring the protocol);
+    // otherwise only shuffles of partial states pay (see `SHUFFLES`).
+    let mode = if ctx.config.min_bytes == 0 {
+        Shuffles::All
+    } else {
+        SHUFFLES
+    };
+    let shuffled = travelling_stages(plan, mode, &decode_ctx);
+    let stages = if shuffled.iter().any(|s| !s.1) {
+        // A shuffle needs every stage of its tree to travel: without one, fall back to stages
+        // over one scan (the rest of the query runs here).
+        debug!("a shuffle stage cannot travel; spreading leaf stages only");
+        let leaves = travelling_stages(plan, Shuffles::None, &decode_ctx);
         cut::retain_stages(
             leaves.into_iter().filter(|s| s.1).map(|s| s.0).collect(),
             |_| true,
@@ -145,7 +147,7 @@ pub(crate) fn propose(ctx: &DistContext, plan: &Arc<dyn ExecutionPlan>) -> Optio
 /// serialisation (a scalar subquery's expression, say, does not).
 fn travelling_stages(
     plan: &Arc<dyn ExecutionPlan>,
-    shuffle: bool,
+    shuffle: Shuffles,
     decode_ctx: &datafusion::execution::TaskContext,
 ) -> Vec<(cut::Stage, bool)> {
     cut::find_stages(plan, shuffle)
@@ -177,17 +179,13 @@ fn travelling_stages(
         .collect()
 }
 
-/// Whether a shuffle's producer stage ships partial states (a partial aggregate, a top-K, a
-/// limit over one scan) rather than rows. Measured on two pinned one-core nodes at SF1
-/// (`bench/results/swarm-2-pinned.md`, "shuffles of rows"): shuffling rows into partitioned
-/// joins lost on 15 of 22 TPC-H queries (q07 0.43×, q05 0.47×, q16 0.30×: every shuffle level
-/// adds a round of posting, claiming and polling, and hashing and writing a row through
-/// storage costs about what probing it saves on one core), and won only on q15, q17, q13 and
-/// q08 (1.10–1.31×). So with a threshold above zero a query spreads its joins only when its
-/// shuffles carry partial aggregates; otherwise its leaf stages spread alone.
-fn shuffles_partial_states(stage: &cut::Stage) -> bool {
-    stage.scan.is_some() && cut::reduces(&stage.leaf)
-}
+/// The shuffles a query uses when the threshold is above zero: those carrying partial states.
+/// Measured on two pinned one-core nodes at SF1 (`bench/results/swarm-2-pinned-shuffle-all.md`):
+/// shuffling rows into partitioned joins lost on most TPC-H join queries — every shuffle level
+/// adds a round of posting, claiming and polling, and hashing a row and writing it through
+/// storage costs about what probing it on the other core saves — while finishing a grouped
+/// aggregate per hash partition on the swarm (q18's 1.5 M order keys) pays.
+const SHUFFLES: Shuffles = Shuffles::PartialStates;
 
 /// A stage whose output is not small by construction is shipped through storage when its
 /// output is estimated at most this share of the rows it scans. Measured on two pinned one-core

@@ -74,7 +74,7 @@ async fn two_workers_racing_for_one_task_run_it_once() {
     )
     .await;
     let plan = plan(&a, &session, "SELECT v FROM t WHERE v % 2 = 0").await;
-    let stage = cut::find_stages(&plan, true).remove(0);
+    let stage = cut::find_stages(&plan, cut::Shuffles::All).remove(0);
     let group = cut::task_groups(&stage, 1).remove(0);
     let bytes =
         datafusion_proto::bytes::physical_plan_to_bytes(cut::task_plan(&stage, group).unwrap())
@@ -255,7 +255,7 @@ async fn workers_run_only_sealed_tasks_whose_plans_read_cells_of_this_root() {
     )
     .await;
     let plan = plan(&a, &session, "SELECT v FROM t WHERE v > 1").await;
-    let stage = cut::find_stages(&plan, true).remove(0);
+    let stage = cut::find_stages(&plan, cut::Shuffles::All).remove(0);
     let group = cut::task_groups(&stage, 1).remove(0);
     let legit = datafusion_proto::bytes::physical_plan_to_bytes(
         cut::task_plan(&stage, group.clone()).unwrap(),
@@ -418,7 +418,7 @@ async fn stages_spread_only_when_their_output_is_small() {
     .await;
     let stage = |sql: &'static str| {
         let (a, session) = (a.clone(), &session);
-        async move { cut::find_stages(&plan(&a, session, sql).await, false).remove(0) }
+        async move { cut::find_stages(&plan(&a, session, sql).await, cut::Shuffles::None).remove(0) }
     };
     let pays = super::proposal::pays_to_spread;
 
@@ -459,7 +459,7 @@ async fn a_grouped_aggregate_is_cut_at_its_shuffle_and_both_stages_travel() {
     let text = datafusion::physical_plan::displayable(p.as_ref())
         .indent(false)
         .to_string();
-    let stages = cut::find_stages(&p, true);
+    let stages = cut::find_stages(&p, cut::Shuffles::PartialStates);
     let ctx = a.engine().plan_context();
     for s in &stages {
         let sample = match (&s.scan, &s.output) {
