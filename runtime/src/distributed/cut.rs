@@ -248,12 +248,17 @@ fn body(node: &PlanRef, shuffle: Shuffles, b: &mut Body) -> bool {
 }
 
 /// Whether a leaf chain's output is small by construction: it aggregates (partially), or keeps
-/// a top-K or a limit of each partition.
+/// a top-K or a limit of each partition. A partial aggregate whose group keys may take about as
+/// many values as it has input rows (by the keys' bounds in the statistics: an integer key
+/// spanning 1..6 M over 6 M rows, as q18's `l_orderkey`) does not count: its output is about
+/// as big as its input.
 pub(crate) fn reduces(node: &Arc<dyn ExecutionPlan>) -> bool {
+    if let Some(a) = node.downcast_ref::<AggregateExec>()
+        && *a.mode() == AggregateMode::Partial
+    {
+        return !groups_like_rows(a);
+    }
     if node.is::<LocalLimitExec>()
-        || node
-            .downcast_ref::<AggregateExec>()
-            .is_some_and(|a| *a.mode() == AggregateMode::Partial)
         || node
             .downcast_ref::<SortExec>()
             .is_some_and(|s| s.fetch().is_some())
@@ -264,6 +269,55 @@ pub(crate) fn reduces(node: &Arc<dyn ExecutionPlan>) -> bool {
         [child] => reduces(child),
         _ => false,
     }
+}
+
+/// A partial aggregate's groups may number at least a quarter of its input rows: every group
+/// key is an integer (or date) column whose bounds in the input's statistics span that many
+/// values. Unknown bounds (strings, computed keys) count as few groups.
+fn groups_like_rows(a: &AggregateExec) -> bool {
+    use datafusion::physical_expr::expressions::Column;
+    use datafusion::physical_plan::statistics::{StatisticsArgs, StatisticsContext};
+    let keys = a.group_expr().expr();
+    if keys.is_empty() {
+        return false;
+    }
+    let Ok(stats) = StatisticsContext::new().compute(a.input().as_ref(), &StatisticsArgs::new())
+    else {
+        return false;
+    };
+    let Some(rows) = stats.num_rows.get_value().copied() else {
+        return false;
+    };
+    let mut span: f64 = 1.0;
+    for (expr, _) in keys {
+        let Some(col) = expr.downcast_ref::<Column>() else {
+            return false;
+        };
+        let Some(c) = stats.column_statistics.get(col.index()) else {
+            return false;
+        };
+        let (Some(lo), Some(hi)) = (c.min_value.get_value(), c.max_value.get_value()) else {
+            return false;
+        };
+        let as_i64 = |v: &datafusion::common::ScalarValue| {
+            v.cast_to(&arrow::datatypes::DataType::Int64)
+                .ok()
+                .and_then(|v| match v {
+                    datafusion::common::ScalarValue::Int64(Some(x)) => Some(x),
+                    _ => None,
+                })
+        };
+        let integral = lo.data_type().is_integer()
+            || matches!(lo.data_type(), arrow::datatypes::DataType::Date32);
+        let (Some(lo), Some(hi)) = (as_i64(lo), as_i64(hi)) else {
+            return false;
+        };
+        if !integral {
+            return false;
+        }
+        span *= (hi.saturating_sub(lo) as f64) + 1.0;
+    }
+    span >= 0.25 * rows as f64
 }
 
 /// The stages of a plan, producers before their consumers. With shuffles, a stage may rest on

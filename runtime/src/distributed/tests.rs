@@ -438,6 +438,12 @@ async fn stages_spread_only_when_their_output_is_small() {
         pays(&few, 1),
         "a filter keeping 0.1 % of the rows ships little"
     );
+    // A partial aggregate over a key with as many values as rows is not small.
+    let by_key = stage("SELECT k, sum(v) FROM t GROUP BY k").await;
+    assert!(
+        !cut::reduces(&by_key.leaf),
+        "k spans 1..100000 over 100000 rows"
+    );
     // Below the threshold nothing spreads; a threshold of zero spreads everything.
     assert!(!pays(&agg, agg.bytes + 1));
     assert!(pays(&all, 0));
@@ -455,7 +461,7 @@ async fn a_grouped_aggregate_is_cut_at_its_shuffle_and_both_stages_travel() {
         "INSERT INTO t SELECT value, value * 7 FROM generate_series(1, 100000)",
     )
     .await;
-    let p = plan(&a, &session, "SELECT k, sum(v) FROM t GROUP BY k").await;
+    let p = plan(&a, &session, "SELECT k % 1000, sum(v) FROM t GROUP BY 1").await;
     let text = datafusion::physical_plan::displayable(p.as_ref())
         .indent(false)
         .to_string();
