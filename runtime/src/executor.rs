@@ -228,6 +228,13 @@ impl Background {
 #[derive(Debug)]
 pub struct AbortOnDrop<T>(JoinHandle<T>);
 
+impl<T> AbortOnDrop<T> {
+    /// Whether the task has ended.
+    pub fn is_finished(&self) -> bool {
+        self.0.is_finished()
+    }
+}
+
 impl<T> Drop for AbortOnDrop<T> {
     fn drop(&mut self) {
         self.0.abort();

@@ -127,6 +127,17 @@ type Completion = std::result::Result<Feed, (String, bool)>;
 /// final aggregate over a few kilobytes of partial states should not wait for one.
 const LOCAL_STAGE_MAX_BYTES: u64 = 8 * 1024 * 1024;
 
+/// Producer stage → its finished attempts: (task, attempt, slices written).
+type Sources = HashMap<u32, Vec<(u32, u32, Vec<apiary_storage::format::SliceV1>)>>;
+
+/// A waiting stage whose producers are all done.
+struct ReadyStage {
+    stage: Stage,
+    /// (slot, partition) of each of its tasks.
+    tasks: Vec<(usize, usize)>,
+    sources: Sources,
+}
+
 /// Shared state of one distributed query on its coordinator.
 pub(crate) struct Dispatch {
     pub(crate) query_id: String,
@@ -240,9 +251,7 @@ impl Dispatch {
     /// it (to another live node if the one chosen at the start is gone). Returns whether any
     /// stage started.
     async fn start_ready(&self, nodes: &[NodeView]) -> Result<bool> {
-        // (stage template, [(slot, partition)], producer stage → [(task, attempt, slices)])
-        type Sources = HashMap<u32, Vec<(u32, u32, Vec<apiary_storage::format::SliceV1>)>>;
-        let ready: Vec<(Stage, Vec<(usize, usize)>, Sources)> = {
+        let ready: Vec<ReadyStage> = {
             let mut waiting = self.waiting.lock().expect("waiting");
             let slots = self.slots.lock().expect("slots");
             let mut ready = Vec::new();
@@ -271,13 +280,22 @@ impl Dispatch {
                     .filter(|(_, s)| s.key.stage == stage.id)
                     .map(|(i, s)| (i, s.partition))
                     .collect();
-                ready.push((stage.clone(), mine, sources));
+                ready.push(ReadyStage {
+                    stage: stage.clone(),
+                    tasks: mine,
+                    sources,
+                });
                 false
             });
             ready
         };
         let started = !ready.is_empty();
-        for (stage, mine, sources) in ready {
+        for ReadyStage {
+            stage,
+            tasks: mine,
+            sources,
+        } in ready
+        {
             let input_bytes: u64 = sources
                 .values()
                 .flatten()

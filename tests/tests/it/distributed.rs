@@ -521,7 +521,7 @@ async fn a_query_whose_shuffle_inputs_are_deleted_fails_with_a_clear_error() {
     wait_alive(&mut c, &["node-1", "node-2"]).await;
 
     let mut q = c.clone();
-    let query = tokio::spawn(async move {
+    let query = apiary_runtime::executor::spawn(async move {
         match q.execute(SHUFFLED.to_string(), None).await {
             Err(e) => Err(e),
             Ok(info) => {
