@@ -185,6 +185,25 @@ struct Body {
     keyed: bool,
 }
 
+/// A `CollectLeft` build side every task recomputes scans at most 1/`BUILD_SHARE` of the bytes
+/// its probe scan has.
+const BUILD_SHARE: u64 = 4;
+
+/// The most a recomputed build side may scan when the probe side is a shuffle read.
+const SHUFFLED_PROBE_BUILD_MAX: u64 = 32 * 1024 * 1024;
+
+/// Bytes of cells the scans of a subtree read.
+fn scan_bytes(node: &PlanRef) -> u64 {
+    let own: u64 = scan_config(node).map_or(0, |c| {
+        c.file_groups
+            .iter()
+            .flat_map(|g| g.files().iter())
+            .map(|f| f.object_meta.size)
+            .sum()
+    });
+    own + node.children().into_iter().map(scan_bytes).sum::<u64>()
+}
+
 /// Whether `node`'s subtree can be one stage, and what it rests on.
 /// Which `RepartitionExec(Hash)` boundaries may become shuffles between stages.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -241,7 +260,16 @@ fn body(node: &PlanRef, shuffle: Shuffles, b: &mut Body) -> bool {
         }
         PartitionMode::Partitioned => false,
         PartitionMode::CollectLeft => {
-            probe_driven(j) && whole(&j.left) && body(&j.right, shuffle, b)
+            if !(probe_driven(j) && whole(&j.left) && body(&j.right, shuffle, b)) {
+                return false;
+            }
+            // Every task builds the left side again: only when that is cheap against the
+            // probe side it splits (q12's filtered `lineitem` building against `orders` is not).
+            let build = scan_bytes(&j.left);
+            match &b.scan {
+                Some(probe) => build.saturating_mul(BUILD_SHARE) <= scan_bytes(probe),
+                None => build <= SHUFFLED_PROBE_BUILD_MAX,
+            }
         }
         PartitionMode::Auto => false,
     }

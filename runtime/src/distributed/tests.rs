@@ -404,18 +404,24 @@ async fn heartbeats_count_only_when_sealed_and_within_reason() {
     assert_eq!(nodes[0].heartbeat.temperature, 1.0);
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn stages_spread_only_when_their_output_is_small() {
-    let swarm = Swarm::new().await;
-    let a = swarm.node("gate-a", |_| {});
+/// `t (k, v)` with k = 1..100000 and v = 7k, on `a`; the session that made it.
+async fn table_t(a: &Node) -> Session {
     let mut session = Session::new("t");
-    run(&a, &mut session, "CREATE TABLE t (k BIGINT, v BIGINT)").await;
+    run(a, &mut session, "CREATE TABLE t (k BIGINT, v BIGINT)").await;
     run(
-        &a,
+        a,
         &mut session,
         "INSERT INTO t SELECT value, value * 7 FROM generate_series(1, 100000)",
     )
     .await;
+    session
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn stages_spread_only_when_their_output_is_small() {
+    let swarm = Swarm::new().await;
+    let a = swarm.node("gate-a", |_| {});
+    let session = table_t(&a).await;
     let stage = |sql: &'static str| {
         let (a, session) = (a.clone(), &session);
         async move { cut::find_stages(&plan(&a, session, sql).await, cut::Shuffles::None).remove(0) }
@@ -453,14 +459,7 @@ async fn stages_spread_only_when_their_output_is_small() {
 async fn a_grouped_aggregate_is_cut_at_its_shuffle_and_both_stages_travel() {
     let swarm = Swarm::new().await;
     let a = swarm.node("cut-a", |_| {});
-    let mut session = Session::new("t");
-    run(&a, &mut session, "CREATE TABLE t (k BIGINT, v BIGINT)").await;
-    run(
-        &a,
-        &mut session,
-        "INSERT INTO t SELECT value, value * 7 FROM generate_series(1, 100000)",
-    )
-    .await;
+    let session = table_t(&a).await;
     let p = plan(&a, &session, "SELECT k % 1000, sum(v) FROM t GROUP BY 1").await;
     let text = datafusion::physical_plan::displayable(p.as_ref())
         .indent(false)
