@@ -39,6 +39,10 @@ use sha2::{Digest, Sha256};
 use super::parts::Written;
 use crate::error::{Error, Result};
 
+/// The largest slice a reader fetches: a slice lies inside one part, which is about
+/// `--part-bytes` (8 MiB by default) plus one batch.
+const MAX_SLICE_BYTES: u64 = 1 << 30;
+
 /// Frame compression of shuffle streams.
 const COMPRESSION: Option<CompressionType> = Some(CompressionType::LZ4_FRAME);
 
@@ -202,6 +206,12 @@ pub(crate) async fn read_slice(
     key: &AttemptKey,
     slice: &SliceV1,
 ) -> Result<Vec<RecordBatch>> {
+    if slice.len > MAX_SLICE_BYTES {
+        return Err(Error::NotAllowed(format!(
+            "a shuffle slice of {} bytes (at most {MAX_SLICE_BYTES})",
+            slice.len
+        )));
+    }
     let path = paths::task_part(key, slice.part)?;
     let body = storage
         .get_range_opt(&path, slice.offset..slice.offset + slice.len)

@@ -194,6 +194,9 @@ async fn execute(ctx: Arc<DistContext>, task: TaskV1) {
     }
 }
 
+/// The most hash partitions a shuffled output may have (one per bee of the swarm is planned).
+const MAX_SHUFFLE_PARTITIONS: usize = 4096;
+
 /// The number of hash partitions of a task whose output is shuffled (its plan ends in a hash
 /// repartition).
 fn shuffle_partitions(plan: &Arc<dyn ExecutionPlan>) -> Option<usize> {
@@ -247,6 +250,9 @@ async fn run_attempt(ctx: &Arc<DistContext>, key: &AttemptKey) -> Result<Written
     super::cut::validate_fragment(&plan, ctx.storage.prefix(), &key.query_id)?;
     let token = guard.entry().cancel_token().clone();
     let result = match shuffle_partitions(&plan) {
+        Some(n) if n > MAX_SHUFFLE_PARTITIONS => Err(Error::NotAllowed(format!(
+            "fragment refused: {n} shuffle partitions (at most {MAX_SHUFFLE_PARTITIONS})"
+        ))),
         // A shuffled output: drain every hash partition into one slice writer.
         Some(n) => {
             let mut out = SliceWriter::new(storage, key.clone(), n, ctx.config.part_bytes);
