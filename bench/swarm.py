@@ -65,16 +65,21 @@ class Moto:
         return f"http://127.0.0.1:{self.port}"
 
     def env(self) -> dict:
-        return {
-            "APIARY_S3_ENDPOINT": self.endpoint,
-            "APIARY_S3_REGION": "us-east-1",
-            "APIARY_S3_ACCESS_KEY_ID": "testing",
-            "APIARY_S3_SECRET_ACCESS_KEY": "testing",
-            "APIARY_S3_ALLOW_HTTP": "true",
-        }
+        return s3_env(self.endpoint, "testing", "testing")
 
     def stop(self):
         self.proc.stop()
+
+
+def s3_env(endpoint: str, key: str, secret: str) -> dict:
+    """Environment that points `apiary` at an S3 server on loopback."""
+    return {
+        "APIARY_S3_ENDPOINT": endpoint,
+        "APIARY_S3_REGION": "us-east-1",
+        "APIARY_S3_ACCESS_KEY_ID": key,
+        "APIARY_S3_SECRET_ACCESS_KEY": secret,
+        "APIARY_S3_ALLOW_HTTP": "true",
+    }
 
 
 class Seaweed:
@@ -85,17 +90,13 @@ class Seaweed:
     def __init__(self, bucket: str, work: pathlib.Path):
         weed = shutil.which("weed") or str(pathlib.Path(sys.executable).parent / "weed")
         sys.path.insert(0, str(ROOT / "deploy"))
-        from local_swarm import seaweed_ports  # the ports deploy/local-swarm uses too
+        from local_swarm import seaweed_ports, weed_mini  # as deploy/local-swarm starts it
 
-        s3, master, filer, volume, admin = seaweed_ports()
+        ports = seaweed_ports()
         (work / "seaweedfs").mkdir(parents=True, exist_ok=True)
         env = dict(os.environ, AWS_ACCESS_KEY_ID=self.KEY, AWS_SECRET_ACCESS_KEY=self.SECRET)
-        cmd = [weed, "mini", f"-dir={work / 'seaweedfs'}", "-ip=127.0.0.1", "-ip.bind=127.0.0.1",
-               "-master.telemetry=false", "-admin.ui=false", "-webdav=false", "-s3.port.iceberg=0",
-               "-s3.port.lance=0", f"-bucket={bucket}", f"-s3.port={s3}", f"-master.port={master}",
-               f"-filer.port={filer}", f"-volume.port={volume}", f"-admin.port={admin}"]
-        self.proc = Proc(cmd, "", env=env)
-        self.port = s3
+        self.proc = Proc(weed_mini(weed, str(work / "seaweedfs"), bucket, ports), "", env=env)
+        self.port = ports[0]
         deadline = time.time() + 60
         while True:
             try:
@@ -113,13 +114,7 @@ class Seaweed:
         return f"http://127.0.0.1:{self.port}"
 
     def env(self) -> dict:
-        return {
-            "APIARY_S3_ENDPOINT": self.endpoint,
-            "APIARY_S3_REGION": "us-east-1",
-            "APIARY_S3_ACCESS_KEY_ID": self.KEY,
-            "APIARY_S3_SECRET_ACCESS_KEY": self.SECRET,
-            "APIARY_S3_ALLOW_HTTP": "true",
-        }
+        return s3_env(self.endpoint, self.KEY, self.SECRET)
 
     def stop(self):
         self.proc.stop()

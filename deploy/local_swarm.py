@@ -43,6 +43,18 @@ def seaweed_ports():
     raise RuntimeError("no free ports for SeaweedFS")
 
 
+def weed_mini(weed, data_dir, bucket, ports):
+    """The `weed mini` command line: SeaweedFS on loopback with one bucket, on `seaweed_ports()`."""
+    s3, master, filer, volume, admin = ports
+    return [
+        weed, "mini", f"-dir={data_dir}", "-ip=127.0.0.1", "-ip.bind=127.0.0.1",
+        "-master.telemetry=false", "-admin.ui=false", "-webdav=false",
+        "-s3.port.iceberg=0", "-s3.port.lance=0", f"-bucket={bucket}",
+        f"-s3.port={s3}", f"-master.port={master}", f"-filer.port={filer}",
+        f"-volume.port={volume}", f"-admin.port={admin}",
+    ]
+
+
 class Proc:
     """A child process whose stderr is kept (and searched for a line)."""
 
@@ -129,18 +141,13 @@ def main():
 
     try:
         key_id, secret = "apiary", secrets.token_hex(16)
-        s3, master, filer, volume, admin = seaweed_ports()
+        ports = seaweed_ports()
+        s3 = ports[0]
         weed_env = dict(os.environ, AWS_ACCESS_KEY_ID=key_id, AWS_SECRET_ACCESS_KEY=secret)
         os.makedirs(f"{work}/seaweedfs", exist_ok=True)
         store = Proc(
             "seaweedfs",
-            [
-                weed, "mini", f"-dir={work}/seaweedfs", "-ip=127.0.0.1", "-ip.bind=127.0.0.1",
-                "-master.telemetry=false", "-admin.ui=false", "-webdav=false",
-                "-s3.port.iceberg=0", "-s3.port.lance=0", f"-bucket={BUCKET}",
-                f"-s3.port={s3}", f"-master.port={master}", f"-filer.port={filer}",
-                f"-volume.port={volume}", f"-admin.port={admin}",
-            ],
+            weed_mini(weed, f"{work}/seaweedfs", BUCKET, ports),
             weed_env,
             f"{work}/seaweedfs.log",
         )

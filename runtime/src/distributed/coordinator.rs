@@ -127,8 +127,15 @@ type Completion = std::result::Result<Feed, (String, bool)>;
 /// final aggregate over a few kilobytes of partial states should not wait for one.
 const LOCAL_STAGE_MAX_BYTES: u64 = 8 * 1024 * 1024;
 
-/// Producer stage → its finished attempts: (task, attempt, slices written).
-type Sources = HashMap<u32, Vec<(u32, u32, Vec<apiary_storage::format::SliceV1>)>>;
+/// Producer stage → its finished attempts, with every slice they wrote.
+type Sources = HashMap<u32, Vec<ShuffleSource>>;
+
+/// Every task finished: done on a worker, or run here.
+fn all_done(slots: &[TaskSlot]) -> bool {
+    slots
+        .iter()
+        .all(|s| matches!(s.state, TaskState::Done(_) | TaskState::Local))
+}
 
 /// A waiting stage whose producers are all done.
 struct ReadyStage {
@@ -267,11 +274,12 @@ impl Dispatch {
                 let mut sources: Sources = HashMap::new();
                 for s in inputs {
                     if let TaskState::Done(d) = &s.state {
-                        sources.entry(s.key.stage).or_default().push((
-                            s.key.task,
-                            s.key.attempt,
-                            d.slices.clone(),
-                        ));
+                        sources.entry(s.key.stage).or_default().push(ShuffleSource {
+                            stage: s.key.stage,
+                            task: s.key.task,
+                            attempt: s.key.attempt,
+                            slices: d.slices.clone(),
+                        });
                     }
                 }
                 let mine: Vec<(usize, usize)> = slots
@@ -299,7 +307,7 @@ impl Dispatch {
             let input_bytes: u64 = sources
                 .values()
                 .flatten()
-                .flat_map(|(_, _, slices)| slices)
+                .flat_map(|source| &source.slices)
                 .map(|s| s.len)
                 .sum();
             let local = stage.output.is_none() && input_bytes <= LOCAL_STAGE_MAX_BYTES;
@@ -316,17 +324,7 @@ impl Dispatch {
                             .get(&producer)
                             .into_iter()
                             .flatten()
-                            .map(|(task, attempt, slices)| ShuffleSource {
-                                stage: producer,
-                                task: *task,
-                                attempt: *attempt,
-                                slices: slices
-                                    .iter()
-                                    .filter(|s| s.partition == p)
-                                    .cloned()
-                                    .collect(),
-                            })
-                            .filter(|s| !s.slices.is_empty())
+                            .filter_map(|source| source.of_partition(p))
                             .collect()
                     },
                 )?;
@@ -335,7 +333,7 @@ impl Dispatch {
                         let mut slots = self.slots.lock().expect("slots");
                         slots[i].state = TaskState::Local;
                         slots[i].node = self.coordinator.clone();
-                        if slots.iter().all(TaskSlot::is_settled) {
+                        if all_done(&slots) {
                             self.finished.store(true, Ordering::SeqCst);
                         }
                     }
@@ -534,10 +532,7 @@ impl Dispatch {
                             slots[i].state = TaskState::Done(d);
                             // Marked before the last output is handed on, so a result stream
                             // that ends finds the query finished: no cancel marker is written.
-                            if slots
-                                .iter()
-                                .all(|s| matches!(s.state, TaskState::Done(_) | TaskState::Local))
-                            {
+                            if all_done(&slots) {
                                 self.finished.store(true, Ordering::SeqCst);
                             }
                         }

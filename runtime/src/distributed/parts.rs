@@ -4,7 +4,7 @@
 //! coordinator reads exactly those parts and refuses them if any figure differs.
 
 use apiary_storage::Storage;
-use apiary_storage::format::{DoneV1, hex};
+use apiary_storage::format::{DoneV1, SliceV1, hex};
 use apiary_storage::paths::{self, AttemptKey};
 use arrow::array::RecordBatch;
 use arrow::datatypes::SchemaRef;
@@ -24,27 +24,79 @@ pub(crate) struct Written {
     /// SHA-256 (hex) over the parts' bytes, in order.
     pub(crate) sha256: String,
     /// Where each partition's rows are, for a hash-partitioned output; empty otherwise.
-    pub(crate) slices: Vec<apiary_storage::format::SliceV1>,
+    pub(crate) slices: Vec<SliceV1>,
+}
+
+/// Where an attempt's parts go, both writers share it: numbers the parts, puts them, and keeps
+/// the running byte count and checksum its `done` marker vouches for.
+pub(crate) struct PartSink {
+    storage: Storage,
+    key: AttemptKey,
+    parts: u32,
+    bytes: u64,
+    hasher: Sha256,
+}
+
+impl std::fmt::Debug for PartSink {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("PartSink")
+            .field("key", &self.key)
+            .field("parts", &self.parts)
+            .finish_non_exhaustive()
+    }
+}
+
+impl PartSink {
+    pub(crate) fn new(storage: Storage, key: AttemptKey) -> Self {
+        Self {
+            storage,
+            key,
+            parts: 0,
+            bytes: 0,
+            hasher: Sha256::new(),
+        }
+    }
+
+    /// The number the next part gets.
+    pub(crate) fn next_part(&self) -> u32 {
+        self.parts
+    }
+
+    /// Put the next part.
+    pub(crate) async fn put(&mut self, body: Bytes) -> Result<()> {
+        self.hasher.update(&body);
+        self.bytes += body.len() as u64;
+        let key = paths::task_part(&self.key, self.parts)?;
+        self.storage.put(&key, body).await?;
+        self.parts += 1;
+        Ok(())
+    }
+
+    /// What the parts put so far vouch for.
+    pub(crate) fn written(self, rows: u64, slices: Vec<SliceV1>) -> Written {
+        Written {
+            rows,
+            bytes: self.bytes,
+            parts: self.parts,
+            sha256: hex(&self.hasher.finalize()),
+            slices,
+        }
+    }
 }
 
 /// Writes one attempt's output.
 pub(crate) struct PartWriter {
-    storage: Storage,
-    key: AttemptKey,
+    sink: PartSink,
     part_bytes: usize,
     buf: Option<StreamWriter<Vec<u8>>>,
     schema: Option<SchemaRef>,
-    parts: u32,
     rows: u64,
-    bytes: u64,
-    hasher: Sha256,
 }
 
 impl std::fmt::Debug for PartWriter {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("PartWriter")
-            .field("key", &self.key)
-            .field("parts", &self.parts)
+            .field("sink", &self.sink)
             .finish_non_exhaustive()
     }
 }
@@ -52,15 +104,11 @@ impl std::fmt::Debug for PartWriter {
 impl PartWriter {
     pub(crate) fn new(storage: Storage, key: AttemptKey, part_bytes: usize) -> Self {
         Self {
-            storage,
-            key,
+            sink: PartSink::new(storage, key),
             part_bytes,
             buf: None,
             schema: None,
-            parts: 0,
             rows: 0,
-            bytes: 0,
-            hasher: Sha256::new(),
         }
     }
 
@@ -86,24 +134,12 @@ impl PartWriter {
             return Ok(());
         };
         w.finish()?;
-        let body = Bytes::from(w.into_inner()?);
-        self.hasher.update(&body);
-        self.bytes += body.len() as u64;
-        let key = paths::task_part(&self.key, self.parts)?;
-        self.storage.put(&key, body).await?;
-        self.parts += 1;
-        Ok(())
+        self.sink.put(Bytes::from(w.into_inner()?)).await
     }
 
     pub(crate) async fn finish(mut self) -> Result<Written> {
         self.flush().await?;
-        Ok(Written {
-            rows: self.rows,
-            bytes: self.bytes,
-            parts: self.parts,
-            sha256: hex(&self.hasher.finalize()),
-            slices: Vec::new(),
-        })
+        Ok(self.sink.written(self.rows, Vec::new()))
     }
 }
 

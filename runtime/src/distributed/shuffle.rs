@@ -36,7 +36,7 @@ use datafusion_proto::physical_plan::{PhysicalExtensionCodec, PhysicalProtoConve
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
-use super::parts::Written;
+use super::parts::{PartSink, Written};
 use crate::error::{Error, Result};
 
 /// The largest slice a reader fetches: a slice lies inside one part, which is about
@@ -53,6 +53,24 @@ pub(crate) struct ShuffleSource {
     pub(crate) task: u32,
     pub(crate) attempt: u32,
     pub(crate) slices: Vec<SliceV1>,
+}
+
+impl ShuffleSource {
+    /// The same attempt with only the slices of `partition`; `None` if it wrote none.
+    pub(crate) fn of_partition(&self, partition: u32) -> Option<ShuffleSource> {
+        let slices: Vec<SliceV1> = self
+            .slices
+            .iter()
+            .filter(|s| s.partition == partition)
+            .cloned()
+            .collect();
+        (!slices.is_empty()).then_some(ShuffleSource {
+            stage: self.stage,
+            task: self.task,
+            attempt: self.attempt,
+            slices,
+        })
+    }
 }
 
 /// What a [`ShuffleReadExec`] is, serialised inside a task's plan.
@@ -252,24 +270,19 @@ pub(crate) async fn read_slice(
 /// Writes one attempt's hash-partitioned output: parts of about `part_bytes`, each holding one
 /// IPC stream per partition.
 pub(crate) struct SliceWriter {
-    storage: Storage,
-    key: AttemptKey,
+    sink: PartSink,
     part_bytes: usize,
     streams: Vec<Option<(StreamWriter<Vec<u8>>, u64)>>,
     schema: Option<SchemaRef>,
     buffered: usize,
-    parts: u32,
     rows: u64,
-    bytes: u64,
-    hasher: Sha256,
     slices: Vec<SliceV1>,
 }
 
-impl fmt::Debug for SliceWriter {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+impl std::fmt::Debug for SliceWriter {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("SliceWriter")
-            .field("key", &self.key)
-            .field("parts", &self.parts)
+            .field("sink", &self.sink)
             .finish_non_exhaustive()
     }
 }
@@ -282,16 +295,12 @@ impl SliceWriter {
         part_bytes: usize,
     ) -> Self {
         Self {
-            storage,
-            key,
+            sink: PartSink::new(storage, key),
             part_bytes,
             streams: (0..partitions).map(|_| None).collect(),
             schema: None,
             buffered: 0,
-            parts: 0,
             rows: 0,
-            bytes: 0,
-            hasher: Sha256::new(),
             slices: Vec::new(),
         }
     }
@@ -327,6 +336,7 @@ impl SliceWriter {
     }
 
     async fn flush(&mut self) -> Result<()> {
+        let part = self.sink.next_part();
         let mut body = Vec::with_capacity(self.buffered + 1024);
         for (partition, slot) in self.streams.iter_mut().enumerate() {
             let Some((mut w, rows)) = slot.take() else {
@@ -336,7 +346,7 @@ impl SliceWriter {
             let stream = w.into_inner()?;
             self.slices.push(SliceV1 {
                 partition: partition as u32,
-                part: self.parts,
+                part,
                 offset: body.len() as u64,
                 len: stream.len() as u64,
                 rows,
@@ -348,30 +358,18 @@ impl SliceWriter {
         if body.is_empty() {
             return Ok(());
         }
-        let body = Bytes::from(body);
-        self.hasher.update(&body);
-        self.bytes += body.len() as u64;
-        let key = paths::task_part(&self.key, self.parts)?;
-        self.storage.put(&key, body).await?;
-        self.parts += 1;
-        Ok(())
+        self.sink.put(Bytes::from(body)).await
     }
 
     pub(crate) async fn finish(mut self) -> Result<Written> {
         self.flush().await?;
-        Ok(Written {
-            rows: self.rows,
-            bytes: self.bytes,
-            parts: self.parts,
-            sha256: hex(&self.hasher.finalize()),
-            slices: self.slices,
-        })
+        Ok(self.sink.written(self.rows, self.slices))
     }
 }
 
 /// Encodes and decodes the plan nodes of distributed execution that DataFusion does not know:
-/// [`ShuffleReadExec`]. A decoding codec carries the worker's storage and the query its task
-/// belongs to; a shuffle read of another query is refused.
+/// [`ShuffleReadExec`]. A decoding codec carries the storage its shuffle reads read through
+/// (which query they may read is checked by `cut::validate_fragment`).
 #[derive(Debug, Clone)]
 pub(crate) struct DistCodec {
     storage: Option<Storage>,

@@ -194,6 +194,28 @@ async fn execute(ctx: Arc<DistContext>, task: TaskV1) {
     }
 }
 
+/// Where a task's output goes.
+enum Output {
+    Parts(Box<PartWriter>),
+    Slices(Box<SliceWriter>),
+}
+
+impl Output {
+    async fn write(&mut self, partition: usize, batch: &arrow::array::RecordBatch) -> Result<()> {
+        match self {
+            Output::Parts(w) => w.write(batch).await,
+            Output::Slices(w) => w.write(partition, batch).await,
+        }
+    }
+
+    async fn finish(self) -> Result<Written> {
+        match self {
+            Output::Parts(w) => w.finish().await,
+            Output::Slices(w) => w.finish().await,
+        }
+    }
+}
+
 /// The most hash partitions a shuffled output may have (one per bee of the swarm is planned).
 const MAX_SHUFFLE_PARTITIONS: usize = 4096;
 
@@ -248,34 +270,25 @@ async fn run_attempt(ctx: &Arc<DistContext>, key: &AttemptKey) -> Result<Written
     let plan = super::shuffle::decode(&plan_bytes, &task_ctx, Some(storage.clone()))?;
     // Only what the cutter makes runs here: a stage's operators over cells and shuffle reads.
     super::cut::validate_fragment(&plan, ctx.storage.prefix(), &key.query_id)?;
-    let token = guard.entry().cancel_token().clone();
-    let result = match shuffle_partitions(&plan) {
-        Some(n) if n > MAX_SHUFFLE_PARTITIONS => Err(Error::NotAllowed(format!(
-            "fragment refused: {n} shuffle partitions (at most {MAX_SHUFFLE_PARTITIONS})"
-        ))),
-        // A shuffled output: drain every hash partition into one slice writer.
-        Some(n) => {
-            let mut out = SliceWriter::new(storage, key.clone(), n, ctx.config.part_bytes);
-            ctx.cpu
-                .run(
-                    async move {
-                        let streams = (0..n)
-                            .map(|p| {
-                                plan.execute(p, task_ctx.clone())
-                                    .map(|s| s.map(move |b| (p, b)))
-                            })
-                            .collect::<datafusion::error::Result<Vec<_>>>()?;
-                        let mut all = futures::stream::select_all(streams);
-                        while let Some((p, b)) = all.next().await {
-                            out.write(p, &b?).await?;
-                        }
-                        out.finish().await
-                    },
-                    &token,
-                    None,
-                )
-                .await
+    // A shuffled output drains every hash partition into one slice writer; any other output is
+    // merged into one stream of parts.
+    let (streams, mut out) = match shuffle_partitions(&plan) {
+        Some(n) if n > MAX_SHUFFLE_PARTITIONS => {
+            let e = Error::NotAllowed(format!(
+                "fragment refused: {n} shuffle partitions (at most {MAX_SHUFFLE_PARTITIONS})"
+            ));
+            guard.fail(&e);
+            return Err(e);
         }
+        Some(n) => (
+            (0..n).map(|p| (p, plan.clone())).collect::<Vec<_>>(),
+            Output::Slices(Box::new(SliceWriter::new(
+                storage,
+                key.clone(),
+                n,
+                ctx.config.part_bytes,
+            ))),
+        ),
         None => {
             let merged: Arc<dyn ExecutionPlan> =
                 if plan.output_partitioning().partition_count() <= 1 {
@@ -285,22 +298,38 @@ async fn run_attempt(ctx: &Arc<DistContext>, key: &AttemptKey) -> Result<Written
                 } else {
                     Arc::new(CoalescePartitionsExec::new(plan))
                 };
-            let mut out = PartWriter::new(storage, key.clone(), ctx.config.part_bytes);
-            ctx.cpu
-                .run(
-                    async move {
-                        let mut stream = merged.execute(0, task_ctx)?;
-                        while let Some(b) = stream.next().await {
-                            out.write(&b?).await?;
-                        }
-                        out.finish().await
-                    },
-                    &token,
-                    None,
-                )
-                .await
+            (
+                vec![(0, merged)],
+                Output::Parts(Box::new(PartWriter::new(
+                    storage,
+                    key.clone(),
+                    ctx.config.part_bytes,
+                ))),
+            )
         }
     };
+    let token = guard.entry().cancel_token().clone();
+    let result = ctx
+        .cpu
+        .run(
+            async move {
+                let streams = streams
+                    .into_iter()
+                    .map(|(p, plan)| {
+                        plan.execute(p, task_ctx.clone())
+                            .map(|s| s.map(move |b| (p, b)))
+                    })
+                    .collect::<datafusion::error::Result<Vec<_>>>()?;
+                let mut all = futures::stream::select_all(streams);
+                while let Some((p, b)) = all.next().await {
+                    out.write(p, &b?).await?;
+                }
+                out.finish().await
+            },
+            &token,
+            None,
+        )
+        .await;
     match &result {
         Ok(w) => guard.finish(w.rows),
         Err(e) => guard.fail(e),
