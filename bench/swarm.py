@@ -12,7 +12,8 @@ backend:
 3. nodes 2..N join; the same queries run through node 1, which now cuts them into fragments;
    the answers must equal the solo answers, and fragments must have run on at least two nodes;
 4. fragment dispatch latency (posting a task to its claim) is read from every node's /metrics;
-5. every node's /metrics gives the bytes its fragments wrote to storage, per query;
+5. every node's /metrics gives the bytes its fragments wrote to storage, and the result shares it
+   served, per query;
 6. on S3, one query is repeated and the cell-cache hit rate of the repeat is computed from the
    nodes' cache counters.
 """
@@ -38,6 +39,15 @@ from tpch import BENCH, ROOT, Apiary, Noise, Proc, same_answer, timed
 
 # Queries dominated by scanning lineitem (with at most a small join).
 SCAN_HEAVY = ["q01", "q06", "q12", "q14", "q19"]
+
+# Plain scans whose result is big: on a swarm each node serves a share as its own endpoint, and
+# the ADBC driver reads the endpoints in parallel. Reported beside TPC-H, not in its totals.
+SCANS = [
+    ("scan_wide", "SELECT l_orderkey, l_partkey, l_suppkey, l_quantity, l_extendedprice, l_discount, "
+                  "l_shipdate, l_comment FROM lineitem WHERE l_shipdate >= DATE '1996-06-01'"),
+    ("scan_narrow", "SELECT l_orderkey, l_linenumber, l_extendedprice FROM lineitem "
+                    "WHERE l_discount = 0.05 AND l_quantity < 10"),
+]
 
 
 def free_port() -> int:
@@ -217,7 +227,9 @@ def one_backend(name: str, binary: str, root: str, env: dict, data: pathlib.Path
         for q, sql in queries:
             shipped0 = total(nodes, "apiary_fragment_output_bytes_total")
             shuffled0 = total(nodes, "apiary_shuffle_output_bytes_total")
+            shares0 = total(nodes, "apiary_result_shares_served_total")
             secs, table = timed(first, sql, runs)
+            shares = (total(nodes, "apiary_result_shares_served_total") - shares0) / (runs + 1)
             # timed() runs the query runs + 1 times (one warm-up).
             shipped = (total(nodes, "apiary_fragment_output_bytes_total") - shipped0) / (runs + 1)
             shuffled = (total(nodes, "apiary_shuffle_output_bytes_total") - shuffled0) / (runs + 1)
@@ -226,9 +238,11 @@ def one_backend(name: str, binary: str, root: str, env: dict, data: pathlib.Path
                 failures.append(f"{name} {q}: {n} nodes answer differently from 1 node: {why}")
             rows.append({"query": q, "one_ms": solo[q][0] * 1000, "many_ms": secs * 1000,
                          "speedup": solo[q][0] / secs, "match": ok, "shipped_bytes": shipped,
-                         "shuffled_bytes": shuffled})
+                         "shuffled_bytes": shuffled, "endpoints": max(1.0, shares),
+                         "result_rows": table.num_rows})
             print(f"{q}: {n} nodes {secs * 1000:8.1f} ms  speed-up {solo[q][0] / secs:.2f}  "
                   f"shipped {shipped / 1e6:.2f} MB (shuffle {shuffled / 1e6:.2f})  "
+                  f"endpoints {max(1.0, shares):.0f}  "
                   f"{'ok' if ok else 'MISMATCH ' + why}", flush=True)
         after = [x.metrics().get("apiary_fragments_executed_total", 0.0) for x in nodes]
         per_node = {x.id: int(a - b) for x, a, b in zip(nodes, after, before)}
@@ -256,9 +270,10 @@ def one_backend(name: str, binary: str, root: str, env: dict, data: pathlib.Path
                      "hit_rate": (h1 - h0) / lookups if lookups else float("nan")}
             print(f"cache on a repeated {q}: {cache['hits']} hits, {cache['misses']} misses", flush=True)
         first.close()
-        one = sum(r["one_ms"] for r in rows)
-        many = sum(r["many_ms"] for r in rows)
-        geomean = statistics.geometric_mean([r["speedup"] for r in rows])
+        tpch_rows = [r for r in rows if r["query"].startswith("q")] or rows
+        one = sum(r["one_ms"] for r in tpch_rows)
+        many = sum(r["many_ms"] for r in tpch_rows)
+        geomean = statistics.geometric_mean([r["speedup"] for r in tpch_rows])
         return {"backend": name, "ingest": ing, "cells": cells, "queries": rows, "one_ms": one, "many_ms": many,
                 "speedup": one / many, "geomean": geomean, "fragments_per_node": per_node, "dispatch": dispatch,
                 "cache": cache}
@@ -276,16 +291,23 @@ def markdown(r: dict) -> str:
              f"other processes used {r['noise_share'] * 100:.1f}% CPU{' (NOISY)' if r['noisy'] else ''}", ""]
     for b in r["backends"]:
         lines += [f"## {b['backend']}", "",
-                  f"| query | 1 node ms | {n} nodes ms | speed-up | shipped MB | of which shuffle MB | answer |",
-                  "|---|---:|---:|---:|---:|---:|:---:|"]
-        for q in b["queries"]:
-            lines.append(f"| {q['query']} | {q['one_ms']:.1f} | {q['many_ms']:.1f} | {q['speedup']:.2f} | "
-                         f"{q['shipped_bytes'] / 1e6:.2f} | {q.get('shuffled_bytes', 0) / 1e6:.2f} | "
-                         f"{'ok' if q['match'] else 'MISMATCH'} |")
+                  f"| query | 1 node ms | {n} nodes ms | speed-up | shipped MB | of which shuffle MB | endpoints | answer |",
+                  "|---|---:|---:|---:|---:|---:|---:|:---:|"]
+        tpch_rows = [q for q in b["queries"] if q["query"].startswith("q")]
+        scans = [q for q in b["queries"] if not q["query"].startswith("q")]
+
+        def row(q, name=None):
+            return (f"| {name or q['query']} | {q['one_ms']:.1f} | {q['many_ms']:.1f} | {q['speedup']:.2f} | "
+                    f"{q['shipped_bytes'] / 1e6:.2f} | {q.get('shuffled_bytes', 0) / 1e6:.2f} | "
+                    f"{q.get('endpoints', 1):.0f} | {'ok' if q['match'] else 'MISMATCH'} |")
+        lines += [row(q) for q in tpch_rows]
         lines.append(f"| **total** | **{b['one_ms']:.0f}** | **{b['many_ms']:.0f}** | **{b['speedup']:.2f}** | "
-                     f"{sum(q['shipped_bytes'] for q in b['queries']) / 1e6:.2f} | "
-                     f"{sum(q.get('shuffled_bytes', 0) for q in b['queries']) / 1e6:.2f} | |")
-        lines.append(f"| geomean | | | {b['geomean']:.2f} | | | |")
+                     f"{sum(q['shipped_bytes'] for q in tpch_rows) / 1e6:.2f} | "
+                     f"{sum(q.get('shuffled_bytes', 0) for q in tpch_rows) / 1e6:.2f} | | |")
+        lines.append(f"| geomean | | | {b['geomean']:.2f} | | | | |")
+        if scans:
+            lines += ["| *plain scans, read by ADBC from every endpoint (not in the totals)* | | | | | | | |"]
+            lines += [row(q, f"{q['query']} ({q.get('result_rows', 0):,} rows)") for q in scans]
         lines.append("")
         lines.append("- Cells per frame: " + ", ".join(f"{k} {v}" for k, v in b["cells"].items()))
         lines.append("- Fragments executed per node: " + ", ".join(f"{k} {v}" for k, v in b["fragments_per_node"].items()))
@@ -304,6 +326,7 @@ def run(args, data: pathlib.Path) -> int:
     n = args.nodes
     selected = set(args.only.split(",")) if args.only else set(SCAN_HEAVY)
     queries = [(q, sql) for q, sql in tpch.queries() if q in selected]
+    queries += [(q, sql) for q, sql in SCANS if not args.only or q in selected or "scans" in selected]
     out = pathlib.Path(args.out) if args.out else BENCH / "results" / ("quick" if args.quick else "")
     # --quick (the test suite) uses data far below the distribution threshold: lower it to zero so
     # the swarm path is exercised and its answers checked.

@@ -67,5 +67,5 @@ pub use engine::{
 pub use error::{Error, Result};
 pub use node::{Node, NodeConfig};
 pub use queries::{QueryGuard, QueryRegistry, TrackedStream};
-pub use service::{IngestRequest, Planned, QueryRequest, QueryService};
+pub use service::{IngestRequest, Planned, QueryRequest, QueryService, Share, Shares};
 pub use status::{NodeStatus, StatusSource};

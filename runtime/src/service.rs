@@ -30,6 +30,8 @@ pub struct QueryRequest {
     /// The key under which the node that planned the query keeps its plan (from
     /// [`Planned::plan_key`]); any node without it plans again.
     pub plan_key: Option<String>,
+    /// Run only this share of the result (one endpoint of several); `None`: all of it.
+    pub share: Option<Share>,
 }
 
 /// A query planned but not run: what GetFlightInfo needs.
@@ -40,6 +42,31 @@ pub struct Planned {
     /// Where this node keeps the plan for a short while, so that the DoGet of the ticket runs
     /// it instead of planning again. Travels in the ticket.
     pub plan_key: Option<String>,
+    /// Set when the result is a plain union over the cells of one scan, big enough to be
+    /// served by several nodes at once: one endpoint per share.
+    pub shares: Option<Shares>,
+}
+
+/// Share `index` of a result split `of` ways by its cells. Every node splits a query's cells
+/// alike (at the same pinned versions, for the same `partitions`), so the shares are disjoint
+/// and together are the whole result, whichever nodes serve them.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Share {
+    pub index: u32,
+    pub of: u32,
+    /// The partitions the issuing node planned for (`None`: the redeeming node's own).
+    pub partitions: Option<usize>,
+}
+
+/// How a result splits into shares, and where each is best served.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Shares {
+    /// The split every node computes (`Share::of`); at least `homes.len()`.
+    pub of: u32,
+    pub partitions: Option<usize>,
+    /// The Flight URL of the node that serves share `i` (its cells are spread there); the
+    /// first is the planning node itself. One share per entry.
+    pub homes: Vec<String>,
 }
 
 /// A bulk write into a frame.

@@ -32,6 +32,7 @@ fn ticket() -> StatementTicketV1 {
         affected: None,
         options: Vec::new(),
         plan_key: String::new(),
+        share: None,
     }
 }
 

@@ -148,6 +148,7 @@ pub async fn build(
             claim_timeout: node.claim_timeout,
             trials: node.fragment_trials.max(1),
             orphan_ttl: node.orphan_ttl,
+            share_results: node.share_results,
             fault_fragment_delay: node.faults.fragment_delay_ms.map(Duration::from_millis),
             ..Default::default()
         },

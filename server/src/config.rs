@@ -195,6 +195,12 @@ pub struct NodeArgs {
     /// cells (and its output is small); `0` spreads every stage that can travel.
     #[arg(long, env = "APIARY_DISTRIBUTE_MIN_BYTES", default_value = "64MiB")]
     pub distribute_min_bytes: MemorySize,
+    /// Serve a result that is a plain union over one frame's cells (a scan with filters and
+    /// projections) from every live node: one endpoint per node, each located at its node's
+    /// advertised URL, when the cells total at least `--distribute-min-bytes`. `false`: one
+    /// endpoint, this connection.
+    #[arg(long, env = "APIARY_SHARE_RESULTS", default_value_t = true, action = clap::ArgAction::Set)]
+    pub share_results: bool,
     /// Fastest storage polling for fragments (busy workers, waiting coordinators).
     #[arg(long, env = "APIARY_POLL_MIN", default_value = "20ms", value_parser = parse_duration)]
     pub poll_min: Duration,

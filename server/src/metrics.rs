@@ -121,6 +121,12 @@ pub fn render(st: &NodeStatus) -> String {
     );
     metric(
         "counter",
+        "apiary_result_shares_served_total",
+        "Shares of results this node served as one endpoint of several.",
+        d.shares_served as f64,
+    );
+    metric(
+        "counter",
         "apiary_queries_coordinated_total",
         "Distributed queries this node coordinated.",
         d.coordinated as f64,

@@ -32,6 +32,9 @@ pub struct DistributionConfig {
     pub orphan_ttl: Duration,
     /// Size of one output object of a task.
     pub part_bytes: usize,
+    /// Serve a result that is a plain union over one scan's cells from every live node, one
+    /// endpoint per share (clients read them in parallel).
+    pub share_results: bool,
     /// Fault injection for failure tests: every fragment takes this much longer, so a test can
     /// kill a worker while it is busy with one. `None` in production.
     pub fault_fragment_delay: Option<Duration>,
@@ -50,6 +53,7 @@ impl Default for DistributionConfig {
             trials: DEFAULT_TRIALS,
             orphan_ttl: Duration::from_secs(3600),
             part_bytes: 8 * 1024 * 1024,
+            share_results: true,
             fault_fragment_delay: None,
         }
     }

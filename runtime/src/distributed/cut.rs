@@ -490,15 +490,33 @@ pub(crate) fn task_groups(stage: &Stage, want: usize) -> Vec<FileGroup> {
 /// The stage's subtree scanning only `group` (a stage resting on a scan).
 pub(crate) fn task_plan(stage: &Stage, group: FileGroup) -> DfResult<Arc<dyn ExecutionPlan>> {
     let (Some(scan), Some(node)) = (&stage.scan, &stage.scan_node) else {
-        return Err(datafusion::error::DataFusionError::Internal(
-            "a stage fed by shuffles has no cells to split".into(),
-        ));
+        return Err(no_cells());
     };
     let config = FileScanConfigBuilder::from(scan.clone())
         .with_file_groups(vec![group])
         .build();
     let new_scan: Arc<dyn ExecutionPlan> = DataSourceExec::from_data_source(config);
     finish_task(stage, substitute(&stage.leaf, &[(node.clone(), new_scan)])?)
+}
+
+/// The stage's subtree (without its output) scanning `groups`, one partition each, in no
+/// particular order: a share of a result computed where it is served.
+pub(crate) fn task_plan_over(stage: &Stage, groups: Vec<FileGroup>) -> DfResult<PlanRef> {
+    let (Some(scan), Some(node)) = (&stage.scan, &stage.scan_node) else {
+        return Err(no_cells());
+    };
+    let config = FileScanConfigBuilder::from(scan.clone())
+        .with_file_groups(groups)
+        .with_output_ordering(vec![])
+        .build();
+    let new_scan: PlanRef = DataSourceExec::from_data_source(config);
+    substitute(&stage.leaf, &[(node.clone(), new_scan)])
+}
+
+fn no_cells() -> datafusion::error::DataFusionError {
+    datafusion::error::DataFusionError::Internal(
+        "a stage fed by shuffles has no cells to split".into(),
+    )
 }
 
 /// Task `partition` of a stage fed by shuffles: each input reads that partition of its

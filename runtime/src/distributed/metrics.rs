@@ -18,6 +18,8 @@ pub(crate) struct DistMetrics {
     /// The part of `fragment_output_bytes` written as hash-partitioned (shuffle) output.
     pub(crate) shuffle_output_bytes: AtomicU64,
     pub(crate) coordinated: AtomicU64,
+    /// Shares of results this node served as one endpoint of several.
+    pub(crate) shares_served: AtomicU64,
     /// Recent fragment dispatch latencies (posting to claiming), seconds.
     dispatch: Mutex<VecDeque<f64>>,
 }
@@ -53,6 +55,7 @@ impl DistMetrics {
             fragment_output_bytes: self.fragment_output_bytes.load(Ordering::Relaxed),
             shuffle_output_bytes: self.shuffle_output_bytes.load(Ordering::Relaxed),
             coordinated: self.coordinated.load(Ordering::Relaxed),
+            shares_served: self.shares_served.load(Ordering::Relaxed),
             dispatch_p50: q(0.5),
             dispatch_p95: q(0.95),
             dispatch_count: v.len(),

@@ -25,6 +25,7 @@
 //! | `run`           | posting a proposal; the [`DistributedRun`] a result holds    |
 //! | `coordinator`   | watching tasks, reassigning, streaming outputs back          |
 //! | `stage_exec`    | `StageExec`, the coordinator's placeholder for a leaf stage  |
+//! | `shares`        | results served by several nodes: one endpoint per share of cells |
 //! | `shuffle`       | hash-partitioned outputs: slice writer, shuffle reads, plan codec |
 //! | `worker`        | polling the inbox, claiming, running, giving up              |
 //! | `parts`         | the task output format: writer and checked reader            |
@@ -39,6 +40,7 @@ mod metrics;
 mod parts;
 mod proposal;
 mod run;
+mod shares;
 mod shuffle;
 mod stage_exec;
 mod sweep;
@@ -52,5 +54,6 @@ pub use context::DistributionConfig;
 pub(crate) use metrics::DistMetrics;
 pub(crate) use proposal::{describe, propose};
 pub(crate) use run::{DistributedRun, start};
+pub(crate) use shares::{propose as propose_shares, share_plan};
 pub(crate) use sweep::sweep_orphans;
 pub(crate) use worker::run as run_worker;

@@ -481,3 +481,122 @@ async fn a_grouped_aggregate_is_cut_at_its_shuffle_and_both_stages_travel() {
     assert_eq!(stages[1].inputs.len(), 1);
     assert!(stages[1].scan.is_none() && stages[1].output.is_none());
 }
+
+/// The rows of `k` (column 0) a plan gives, sorted.
+async fn keys_of(node: &Node, plan: Arc<dyn ExecutionPlan>) -> Vec<i64> {
+    let batches = datafusion::physical_plan::collect(plan, node.engine().plan_context())
+        .await
+        .unwrap();
+    let mut keys: Vec<i64> = batches
+        .iter()
+        .flat_map(|b| {
+            b.column(0)
+                .as_primitive::<arrow::datatypes::Int64Type>()
+                .values()
+                .to_vec()
+        })
+        .collect();
+    keys.sort();
+    keys
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn shares_of_a_plain_scan_are_disjoint_complete_and_alike_whatever_the_plan_partitions() {
+    let swarm = Swarm::new().await;
+    let a = swarm.node("share-a", |_| {});
+    let mut session = Session::new("t");
+    run(&a, &mut session, "CREATE TABLE t (k BIGINT, v BIGINT)").await;
+    for i in 0..5 {
+        let sql = format!(
+            "INSERT INTO t SELECT value, value * 7 FROM generate_series({}, {})",
+            i * 20_000 + 1,
+            (i + 1) * 20_000
+        );
+        run(&a, &mut session, &sql).await;
+    }
+    let sql = "SELECT k, v FROM t WHERE v % 3 = 0";
+    let planned_for = |partitions: usize| {
+        let (a, session) = (a.clone(), session.clone());
+        async move {
+            let stmt = a.engine().parse_one(sql).unwrap();
+            let target = crate::engine::PlanTarget {
+                env: None,
+                partitions: Some(partitions),
+            };
+            a.engine()
+                .plan_query_for(&session, &stmt, None, &Pins::new(), target)
+                .await
+                .unwrap()
+                .plan
+        }
+    };
+    let root = a.storage().prefix().clone();
+    let whole = keys_of(&a, planned_for(4).await).await;
+    assert_eq!(whole.len(), 33_333);
+    let mut union = Vec::new();
+    for index in 0..3 {
+        let share = crate::Share {
+            index,
+            of: 3,
+            partitions: Some(4),
+        };
+        let mut seen = None;
+        // Planned for 2 or for 7 partitions (two nodes planning differently), or run over 1 or
+        // 3 local partitions: the same rows.
+        for (partitions, local) in [(2, 1), (7, 3), (4, 2)] {
+            let p = super::share_plan(&planned_for(partitions).await, share, &root, local).unwrap();
+            let keys = keys_of(&a, p).await;
+            assert!(!keys.is_empty(), "share {index} is empty");
+            if let Some(first) = &seen {
+                assert_eq!(&keys, first, "share {index} differs between plannings");
+            }
+            seen = Some(keys);
+        }
+        union.extend(seen.unwrap());
+    }
+    union.sort();
+    assert_eq!(
+        union, whole,
+        "the shares are the whole result, each row once"
+    );
+    // Share 3 of 3 does not exist.
+    let bad = crate::Share {
+        index: 3,
+        of: 3,
+        partitions: None,
+    };
+    assert!(super::share_plan(&planned_for(4).await, bad, &root, 1).is_err());
+    // What must see every row in one place is never shared.
+    for sql in [
+        "SELECT k FROM t ORDER BY k",
+        "SELECT k FROM t LIMIT 10",
+        "SELECT count(*) FROM t",
+        "SELECT k % 10, sum(v) FROM t GROUP BY 1",
+    ] {
+        let stmt = a.engine().parse_one(sql).unwrap();
+        let p = a
+            .engine()
+            .plan_query_for(
+                &session,
+                &stmt,
+                None,
+                &Pins::new(),
+                crate::engine::PlanTarget {
+                    env: None,
+                    partitions: Some(4),
+                },
+            )
+            .await
+            .unwrap()
+            .plan;
+        let share = crate::Share {
+            index: 0,
+            of: 2,
+            partitions: Some(4),
+        };
+        assert!(
+            super::share_plan(&p, share, &root, 1).is_err(),
+            "{sql} was shared"
+        );
+    }
+}

@@ -41,11 +41,22 @@ impl QueryService for Node {
             })
             .await?;
         let (schema, pins) = (planned.schema.clone(), planned.pins.clone());
+        // Status tables are read when planned: their queries plan again when they run.
+        let keep = keep && !planned.reads_system;
+        // A result big enough, and a plain union over one scan: served by every node, a share
+        // each, straight to the client.
+        let shares = (keep && self.config.distribution.share_results)
+            .then(|| {
+                // The partitions every node plans a share for: the swarm's, or this node's own.
+                let planned_for = partitions.or(Some(self.config.engine.target_partitions));
+                crate::distributed::propose_shares(&self.dist, &planned.plan, planned_for)
+            })
+            .flatten();
         Ok(Planned {
             schema,
             pins,
-            // Status tables are read when planned: their queries plan again when they run.
-            plan_key: (keep && !planned.reads_system).then(|| self.plans.put(planned, partitions)),
+            plan_key: keep.then(|| self.plans.put(planned, partitions)),
+            shares,
         })
     }
 
@@ -60,22 +71,15 @@ impl QueryService for Node {
         // A cancel that came before the DoGet: its marker is read while the query plans and
         // starts, not before (no storage round trip ahead of the first batch). When it is
         // there, the started query is dropped, which ends it.
+        let query_id = request.query_id.clone();
         let cancelled = async {
-            match crate::cancel::requested(self.storage(), &request.query_id).await? {
+            match crate::cancel::requested(self.storage(), &query_id).await? {
                 true => Err(Error::Cancelled),
                 false => Ok(()),
             }
         };
-        let run = Node::query(
-            self,
-            &request.query_id,
-            &request.session,
-            &stmt,
-            request.params,
-            &request.pins,
-            request.plan_key.as_deref(),
-        );
-        let ((), stream) = futures::future::try_join(cancelled, run).await?;
+        let ((), stream) =
+            futures::future::try_join(cancelled, Node::query(self, &stmt, request)).await?;
         Ok(stream)
     }
 

@@ -19,7 +19,7 @@ use crate::distributed::DistributedRun;
 use crate::engine::{Output, Pins, PlanTarget, PlannedQuery, Role, Session, Statement};
 use crate::error::{Error, Result};
 use crate::queries::{QueryGuard, TrackedStream};
-use crate::service::IngestRequest;
+use crate::service::{IngestRequest, QueryRequest};
 use crate::sql::Command;
 use crate::swarm::NodeState;
 
@@ -94,13 +94,19 @@ impl Node {
     /// runs in a bee.
     pub async fn query(
         &self,
-        query_id: &str,
-        session: &Session,
         stmt: &Statement,
-        param_rows: Vec<Vec<ScalarValue>>,
-        pins: &Pins,
-        plan_key: Option<&str>,
+        request: QueryRequest,
     ) -> Result<SendableRecordBatchStream> {
+        let QueryRequest {
+            query_id,
+            session,
+            params: param_rows,
+            pins,
+            plan_key,
+            share,
+            ..
+        } = request;
+        let (query_id, session, pins, plan_key) = (&query_id, &session, &pins, plan_key.as_deref());
         self.check_param_rows(param_rows.len())?;
         let mut guard = self.register(query_id, &session.user, &stmt.text);
         let param_sets: Vec<Option<Vec<ScalarValue>>> = if param_rows.is_empty() {
@@ -108,9 +114,15 @@ impl Node {
         } else {
             param_rows.into_iter().map(Some).collect()
         };
+        // A share is planned as the node that shared the result out planned it, so that every
+        // node cuts the same plan into the same shares.
+        let partitions = match share {
+            Some(s) => s.partitions.map(|p| p.clamp(1, MAX_PLAN_PARTITIONS)),
+            None => self.plan_partitions(),
+        };
         let target = PlanTarget {
             env: None,
-            partitions: self.plan_partitions(),
+            partitions,
         };
         // The plan GetFlightInfo made here for this ticket, when it is still here: one planning
         // per query. Parameter rows beyond one are planned each.
@@ -129,6 +141,23 @@ impl Node {
                     .await?
             }
         };
+        if let Some(share) = share {
+            let [planned] = plans.as_mut_slice() else {
+                return Err(Error::Sql(
+                    "a share of a result is one statement with at most one parameter row".into(),
+                ));
+            };
+            planned.plan = distributed::share_plan(
+                &planned.plan,
+                share,
+                self.storage().prefix(),
+                self.config.engine.target_partitions,
+            )?;
+            self.dist
+                .metrics
+                .shares_served
+                .fetch_add(1, Ordering::Relaxed);
+        }
         let schema = plans[0].schema.clone();
         let timeout = self.config.bees.query_timeout;
         let mut deadline = Instant::now() + timeout;
@@ -138,7 +167,7 @@ impl Node {
                 self.engine.task_context(&self.coordinator_env()?),
                 Held::Nothing,
             )
-        } else if let Some(proposal) = (plans.len() == 1)
+        } else if let Some(proposal) = (plans.len() == 1 && share.is_none())
             .then(|| distributed::propose(&self.dist, &plans[0].plan))
             .flatten()
         {
@@ -166,7 +195,7 @@ impl Node {
                 Held::Distributed(run),
             )
         } else {
-            if plans.len() == 1 && target.partitions.is_some() {
+            if plans.len() == 1 && target.partitions.is_some() && share.is_none() {
                 // Planned for the swarm's bees, but nothing spreads: plan again for this node's
                 // own, as a node alone would (a plan of more partitions than bees only adds
                 // repartitioning on the same cores).
@@ -283,12 +312,13 @@ impl Node {
         if !inner.returns_rows() || inner.params > 0 {
             return Ok(None);
         }
+        let partitions = self.plan_partitions();
         let planned = {
             let (engine, session, pins) = (self.engine.clone(), session.clone(), pins.clone());
             // Planned as the query itself would be: for the swarm's bees.
             let target = PlanTarget {
                 env: None,
-                partitions: self.plan_partitions(),
+                partitions,
             };
             self.planning(async move {
                 engine
@@ -297,9 +327,31 @@ impl Node {
             })
             .await?
         };
-        let text = match distributed::propose(&self.dist, &planned.plan) {
-            Some(p) => distributed::describe(&p),
-            None => format!(
+        let shares = self
+            .config
+            .distribution
+            .share_results
+            .then(|| {
+                let planned_for = partitions.or(Some(self.config.engine.target_partitions));
+                distributed::propose_shares(&self.dist, &planned.plan, planned_for)
+            })
+            .flatten();
+        let text = match (shares, distributed::propose(&self.dist, &planned.plan)) {
+            (Some(s), _) => format!(
+                "result in {} shares, one endpoint each (a plain union over one scan's cells): \
+                 each share is computed where it is served, nothing goes through storage\n{}",
+                s.homes.len(),
+                s.homes
+                    .iter()
+                    .enumerate()
+                    .map(|(i, url)| format!(
+                        "  share {i}: {}\n",
+                        if i == 0 { "this connection" } else { url }
+                    ))
+                    .collect::<String>()
+            ),
+            (None, Some(p)) => distributed::describe(&p),
+            (None, None) => format!(
                 "runs on this node ({}): fewer than two live nodes or less than {} bytes of cells\n",
                 self.id(),
                 self.config.distribution.min_bytes

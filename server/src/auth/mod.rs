@@ -55,6 +55,8 @@ pub struct Principal {
     pub options: Vec<(String, String)>,
     /// The client announced itself as the Flight SQL JDBC driver.
     pub jdbc: bool,
+    /// The address the call came from (`None` when unknown, as in-process).
+    pub peer: Option<IpAddr>,
     /// When the login this call descends from happened (seconds since the epoch).
     login_at: i64,
 }
@@ -69,6 +71,7 @@ impl Principal {
             box_name: apiary_storage::paths::DEFAULT_BOX.into(),
             options: Vec::new(),
             jdbc: false,
+            peer: None,
             login_at: chrono::Utc::now().timestamp(),
         }
     }
@@ -224,6 +227,7 @@ impl Authenticator {
             box_name: claims.b,
             options: claims.o,
             jdbc: false,
+            peer: None,
             login_at: claims.iat,
         })
     }
@@ -390,6 +394,7 @@ where
             if let Some(place) = peer.and_then(|p| sessions.get(p, &principal.user)) {
                 principal.enter(place);
             }
+            principal.peer = peer.map(|p| p.ip());
             let slot = SessionSlot::default();
             req.extensions_mut().insert(principal.clone());
             req.extensions_mut().insert(slot.clone());

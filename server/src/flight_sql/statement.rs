@@ -6,8 +6,8 @@
 //!  DoGet(ticket)        ─ verify, run the kept plan (or re-plan at the pinned versions) ─▶ Schema, batches…
 //! ```
 
-use apiary_proto::v1::StatementTicketV1;
-use apiary_runtime::{Pins, Session, Statement};
+use apiary_proto::v1::{ShareV1, StatementTicketV1};
+use apiary_runtime::{Pins, Session, Shares, Statement};
 use std::sync::Arc;
 
 use arrow::array::RecordBatch;
@@ -77,6 +77,7 @@ impl FlightSql {
                         .with_total_bytes(0)
                 });
         }
+        let row_count = rows.len();
         let first = rows.into_iter().next();
         if stmt.params > 0 && first.is_none() {
             return Err(Error::invalid(format!(
@@ -102,17 +103,69 @@ impl FlightSql {
             ipc_schema(&schema)?,
         );
         ticket.plan_key = planned.plan_key.unwrap_or_default();
-        let endpoint = FlightEndpoint::new()
-            .with_ticket(self.ticket_for(&ticket))
-            .with_expiration_time(timestamp_ms(ticket.expires_at_ms));
-        Ok(FlightInfo::new()
+        let endpoints = match planned.shares.filter(|_| row_count <= 1) {
+            Some(shares) => self.share_endpoints(who, &ticket, &shares),
+            None => vec![
+                FlightEndpoint::new()
+                    .with_ticket(self.ticket_for(&ticket))
+                    .with_expiration_time(timestamp_ms(ticket.expires_at_ms)),
+            ],
+        };
+        let mut info = FlightInfo::new()
             .try_with_schema(&schema)
-            .map_err(Error::encode("a FlightInfo"))?
-            .with_endpoint(endpoint)
+            .map_err(Error::encode("a FlightInfo"))?;
+        for endpoint in endpoints {
+            info = info.with_endpoint(endpoint);
+        }
+        Ok(info
             .with_descriptor(descriptor)
             .with_total_records(-1)
             .with_total_bytes(-1)
             .with_ordered(false))
+    }
+
+    /// One endpoint per share of a result: the first is served over this connection (its plan
+    /// is kept here), each other one located at the node its cells were spread to, then at this
+    /// node. Every ticket is valid on every node; each share is its own query (own id, cancelled
+    /// with the FlightInfo). A caller from another host is never sent to a loopback URL: that
+    /// share is served over this connection instead.
+    fn share_endpoints(
+        &self,
+        who: &Principal,
+        whole: &StatementTicketV1,
+        shares: &Shares,
+    ) -> Vec<FlightEndpoint> {
+        let reachable = |url: &String| {
+            !url.is_empty() && (who.peer.is_none_or(|ip| ip.is_loopback()) || !loopback_url(url))
+        };
+        let own = shares.homes.first().filter(|u| reachable(u));
+        shares
+            .homes
+            .iter()
+            .enumerate()
+            .map(|(index, home)| {
+                let mut t = whole.clone();
+                if index > 0 {
+                    t.query_id = uuid::Uuid::now_v7().to_string();
+                    t.plan_key.clear();
+                }
+                t.share = Some(ShareV1 {
+                    index: index as u32,
+                    of: shares.of,
+                    partitions: shares.partitions.unwrap_or(0) as u32,
+                });
+                let mut endpoint = FlightEndpoint::new()
+                    .with_ticket(self.ticket_for(&t))
+                    .with_expiration_time(timestamp_ms(t.expires_at_ms));
+                if index > 0 && reachable(home) {
+                    endpoint = endpoint.with_location(home);
+                    if let Some(own) = own {
+                        endpoint = endpoint.with_location(own);
+                    }
+                }
+                endpoint
+            })
+            .collect()
     }
 
     /// Execute a ticket: the node runs the plan it kept for it, or plans again at the pinned
@@ -315,6 +368,19 @@ pub(super) fn remember(slot: Option<SessionSlot>, before: &Session, after: &Sess
             options: after.options.clone(),
         });
     }
+}
+
+/// Whether a Flight URL names this host's loopback interface (`localhost`, 127.0.0.0/8, ::1).
+fn loopback_url(url: &str) -> bool {
+    let Ok(uri) = url.parse::<http::Uri>() else {
+        return false;
+    };
+    let host = uri.host().unwrap_or_default();
+    let host = host.trim_start_matches('[').trim_end_matches(']');
+    host.eq_ignore_ascii_case("localhost")
+        || host
+            .parse::<std::net::IpAddr>()
+            .is_ok_and(|ip| ip.is_loopback())
 }
 
 /// The one column an `INSERT` run as a query answers.

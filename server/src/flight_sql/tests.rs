@@ -5,8 +5,8 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use apiary_runtime::{
-    Error as RtError, IngestRequest, Pins, Planned, QueryRequest, QueryService, Session, Statement,
-    StatementInfo,
+    Error as RtError, IngestRequest, Pins, Planned, QueryRequest, QueryService, Session, Share,
+    Shares, Statement, StatementInfo,
 };
 use apiary_storage::{BoxRef, FrameRef, Ident};
 use arrow::array::{Array, Int64Array, RecordBatch};
@@ -58,14 +58,26 @@ impl QueryService for Double {
     async fn plan(
         &self,
         _session: &Session,
-        _stmt: &Statement,
+        stmt: &Statement,
         _params: Option<Vec<ScalarValue>>,
         keep: bool,
     ) -> apiary_runtime::Result<Planned> {
+        // A "shared" query is served by three nodes: this one (first), one that advertises a
+        // loopback URL, one on the network.
+        let shares = (keep && stmt.text.contains("shared")).then(|| Shares {
+            of: 3,
+            partitions: Some(6),
+            homes: vec![
+                "grpc://10.0.0.1:50051".into(),
+                "grpc://127.0.0.1:50052".into(),
+                "grpc://10.0.0.3:50051".into(),
+            ],
+        });
         Ok(Planned {
             schema: schema(),
             pins: Pins::from([(frame(), 7)]),
             plan_key: keep.then(|| "kept-plan-7".to_string()),
+            shares,
         })
     }
 
@@ -305,4 +317,112 @@ async fn an_update_reports_its_row_count_in_total_records() {
     assert_eq!(info.endpoint.len(), 1);
     let schema = arrow::ipc::convert::try_schema_from_ipc_buffer(&info.schema).unwrap();
     assert_eq!(schema.field(0).name(), "count");
+}
+
+/// GetFlightInfo of a query `peer` sends (`None`: in-process, as without the auth layer).
+async fn info_from(
+    svc: &ApiaryFlightService,
+    sql: &str,
+    peer: Option<std::net::IpAddr>,
+) -> arrow_flight::FlightInfo {
+    let mut req = Request::new(command(CommandStatementQuery {
+        query: sql.into(),
+        transaction_id: None,
+    }));
+    let mut who = crate::auth::Principal::anonymous();
+    who.peer = peer;
+    req.extensions_mut().insert(who);
+    svc.get_flight_info(req).await.unwrap().into_inner()
+}
+
+#[tokio::test]
+async fn a_shared_result_has_one_endpoint_per_share_located_at_its_node() {
+    let double = Arc::new(Double::default());
+    let svc = service(double.clone());
+    let info = info_from(&svc, "SELECT a FROM t -- shared", None).await;
+    assert_eq!(info.endpoint.len(), 3);
+    let locations: Vec<Vec<String>> = info
+        .endpoint
+        .iter()
+        .map(|e| e.location.iter().map(|l| l.uri.clone()).collect())
+        .collect();
+    assert_eq!(
+        locations,
+        vec![
+            vec![],
+            vec![
+                "grpc://127.0.0.1:50052".to_string(),
+                "grpc://10.0.0.1:50051".to_string()
+            ],
+            vec![
+                "grpc://10.0.0.3:50051".to_string(),
+                "grpc://10.0.0.1:50051".to_string()
+            ],
+        ]
+    );
+    for e in &info.endpoint {
+        read(&svc, e.ticket.clone().unwrap()).await;
+    }
+    let asked = double.queries.lock().unwrap().clone();
+    let shares: Vec<Option<Share>> = asked.iter().map(|q| q.share).collect();
+    assert_eq!(
+        shares,
+        (0..3)
+            .map(|index| Some(Share {
+                index,
+                of: 3,
+                partitions: Some(6)
+            }))
+            .collect::<Vec<_>>()
+    );
+    // Each share is a query of its own; only the first runs the plan kept here.
+    let ids: std::collections::HashSet<&String> = asked.iter().map(|q| &q.query_id).collect();
+    assert_eq!(ids.len(), 3);
+    assert_eq!(asked[0].plan_key.as_deref(), Some("kept-plan-7"));
+    assert!(asked[1..].iter().all(|q| q.plan_key.is_none()));
+    // Cancelling the FlightInfo cancels every share.
+    let cancel = arrow_flight::CancelFlightInfoRequest::new(info.clone());
+    svc.do_action(Request::new(Action::new(
+        "CancelFlightInfo",
+        cancel.encode_to_vec(),
+    )))
+    .await
+    .unwrap();
+    assert_eq!(double.cancelled.lock().unwrap().len(), 3);
+}
+
+#[tokio::test]
+async fn a_caller_from_another_host_is_never_sent_to_a_loopback_url() {
+    let svc = service(Arc::new(Double::default()));
+    let remote = Some("192.0.2.7".parse().unwrap());
+    let info = info_from(&svc, "SELECT a FROM t -- shared", remote).await;
+    let locations: Vec<Vec<String>> = info
+        .endpoint
+        .iter()
+        .map(|e| e.location.iter().map(|l| l.uri.clone()).collect())
+        .collect();
+    // The share whose node advertises 127.0.0.1 is served over this connection instead.
+    assert_eq!(
+        locations,
+        vec![
+            vec![],
+            vec![],
+            vec![
+                "grpc://10.0.0.3:50051".to_string(),
+                "grpc://10.0.0.1:50051".to_string()
+            ],
+        ]
+    );
+    // A caller on this host may be sent anywhere.
+    let local = info_from(
+        &svc,
+        "SELECT a FROM t -- shared",
+        Some("127.0.0.1".parse().unwrap()),
+    )
+    .await;
+    assert_eq!(local.endpoint[1].location.len(), 2);
+    // Unshared results stay one endpoint on this connection.
+    let one = info_from(&svc, "SELECT a FROM t", remote).await;
+    assert_eq!(one.endpoint.len(), 1);
+    assert!(one.endpoint[0].location.is_empty());
 }

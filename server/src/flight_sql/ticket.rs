@@ -9,7 +9,7 @@
 //! ```
 
 use apiary_proto::v1::{PinnedFrameV1, PreparedStatementV1, SessionOptionV1, StatementTicketV1};
-use apiary_runtime::{Pins, QueryRequest, Role, Session};
+use apiary_runtime::{Pins, QueryRequest, Role, Session, Share};
 use apiary_storage::{FrameRef, Ident};
 use arrow_flight::Ticket;
 use arrow_flight::sql::{Any, ProstMessageExt, TicketStatementQuery};
@@ -115,6 +115,7 @@ pub(super) fn new_ticket(
         affected: None,
         options: options_to(&session.options),
         plan_key: String::new(),
+        share: None,
     }
 }
 
@@ -144,6 +145,11 @@ pub(super) fn query_request(t: StatementTicketV1, role: Role) -> Result<QueryReq
         sql: t.sql,
         pins,
         plan_key: (!t.plan_key.is_empty()).then_some(t.plan_key),
+        share: t.share.map(|s| Share {
+            index: s.index,
+            of: s.of,
+            partitions: (s.partitions > 0).then_some(s.partitions as usize),
+        }),
     })
 }
 

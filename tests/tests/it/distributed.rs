@@ -827,3 +827,103 @@ async fn swarm_nodes_killed_in_a_loop_never_change_an_answer() {
     let mut c2 = client(&workers[0]).await;
     assert_eq!(canonical(&run(&mut c2, HEAVY).await), want);
 }
+
+/// A result that is a plain union over one frame's cells is served by every node at once: one
+/// endpoint per node, located at that node, each share computed where it is served. Read from
+/// their locations the shares are the whole result, exactly once; each ticket also answers on
+/// any other node; a sorted query keeps one endpoint.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_plain_scan_on_a_swarm_is_served_by_every_node() {
+    let dir = tempfile::tempdir().unwrap();
+    let root = dir.path().to_str().unwrap();
+    let data = tpch_data();
+    let nodes: Vec<Server> = ["node-1", "node-2", "node-3"]
+        .iter()
+        .map(|id| start(root, id, &[], &[]))
+        .collect();
+    let mut c = client(&nodes[0]).await;
+    ingest(&mut c, &data).await;
+    wait_alive(&mut c, &["node-1", "node-2", "node-3"]).await;
+    let served = |b: Vec<RecordBatch>| {
+        b[0].column(0)
+            .as_primitive::<arrow::datatypes::UInt64Type>()
+            .value(0)
+    };
+    let mut before = Vec::new();
+    for n in &nodes {
+        before.push(served(run(&mut client(n).await, SHARES_SERVED).await));
+    }
+
+    let sql = "SELECT l_orderkey, l_linenumber, l_quantity, l_comment FROM lineitem \
+               JOIN nation ON l_suppkey % 25 = n_nationkey WHERE l_quantity > 10";
+    let info = c.execute(sql.to_string(), None).await.unwrap();
+    assert_eq!(info.endpoint.len(), 3, "one endpoint per node: {info:?}");
+    assert!(
+        info.endpoint[0].location.is_empty(),
+        "the first share: this connection"
+    );
+    let mut homes: Vec<String> = info.endpoint[1..]
+        .iter()
+        .map(|e| {
+            assert_eq!(e.location.len(), 2, "its node, then this one: {e:?}");
+            assert_eq!(e.location[1].uri, nodes[0].url());
+            e.location[0].uri.clone()
+        })
+        .collect();
+    homes.sort();
+    let mut others = vec![nodes[1].url(), nodes[2].url()];
+    others.sort();
+    assert_eq!(homes, others);
+
+    // Each share from where its endpoint says, all at once.
+    let reads = info.endpoint.iter().map(|e| {
+        let url = e.location.first().map_or(nodes[0].url(), |l| l.uri.clone());
+        let ticket = e.ticket.clone().unwrap();
+        async move {
+            let ch = Channel::from_shared(url).unwrap().connect().await.unwrap();
+            let mut c = FlightSqlServiceClient::new(ch);
+            let b: Vec<RecordBatch> = c.do_get(ticket).await.unwrap().try_collect().await.unwrap();
+            b
+        }
+    });
+    let shares: Vec<Vec<RecordBatch>> = futures::future::join_all(reads).await;
+    for (i, s) in shares.iter().enumerate() {
+        let rows: usize = s.iter().map(|b| b.num_rows()).sum();
+        assert!(rows > 0, "share {i} is empty: the cells were not spread");
+    }
+    let got = canonical(&shares.concat());
+    // The same query in order is one endpoint, the whole result.
+    let ordered = c
+        .execute(
+            format!("{sql} ORDER BY l_orderkey, l_linenumber, n_name"),
+            None,
+        )
+        .await
+        .unwrap();
+    assert_eq!(ordered.endpoint.len(), 1);
+    let want = canonical(&run(&mut c, &format!("{sql} ORDER BY 1, 2")).await);
+    assert_eq!(got.len(), want.len(), "rows served twice or not at all");
+    assert_eq!(got, want);
+    for (n, b) in nodes.iter().zip(&before) {
+        let now = served(run(&mut client(n).await, SHARES_SERVED).await);
+        assert!(now > *b, "{} served no share", n.url());
+    }
+    // Every share's ticket is good on any node: all of them redeemed on the last one.
+    let mut last = client(&nodes[2]).await;
+    let mut anywhere = Vec::new();
+    for e in &info.endpoint {
+        let b: Vec<RecordBatch> = last
+            .do_get(e.ticket.clone().unwrap())
+            .await
+            .unwrap()
+            .try_collect()
+            .await
+            .unwrap();
+        anywhere.extend(b);
+    }
+    assert_eq!(canonical(&anywhere), want);
+    let explain = canonical(&run(&mut c, &format!("EXPLAIN {sql}")).await).join("\n");
+    assert!(explain.contains("result in 3 shares"), "{explain}");
+}
+
+const SHARES_SERVED: &str = "SELECT result_shares_served FROM system.runtime.node";
