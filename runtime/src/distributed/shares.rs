@@ -26,10 +26,13 @@ use super::DistContext;
 use super::cut::{self, PlanRef, Shuffles, Stage};
 use crate::error::{Error, Result};
 use crate::service::{Share, Shares};
-use crate::swarm::NodeState;
+use super::assign::Candidate;
 
 /// Smallest piece a cell is cut into when shares split cells by byte ranges.
 const MIN_RANGE_BYTES: usize = 4 * 1024 * 1024;
+
+/// Most shares (endpoints) one result is split into.
+const MAX_SHARES: usize = 256;
 
 /// How the result of `plan` (planned for `partitions`) would be shared over the live nodes:
 /// `None` when it is not a plain union over one scan, when its cells are fewer than
@@ -43,14 +46,16 @@ pub(crate) fn propose(
     if stage.bytes < ctx.config.min_bytes.max(1) {
         return None;
     }
+    // Nodes that would take a task (alive, not critical) and can be reached.
     let mut others: Vec<(String, String)> = ctx
         .swarm_view()
         .into_iter()
-        .filter(|v| v.state == NodeState::Alive && v.heartbeat.node_id != ctx.node_id)
+        .filter(|v| Candidate::from_view(v).is_some() && v.heartbeat.node_id != ctx.node_id)
         .filter(|v| !v.heartbeat.flight_url.is_empty())
         .map(|v| (v.heartbeat.node_id.clone(), v.heartbeat.flight_url.clone()))
         .collect();
     others.sort();
+    others.truncate(MAX_SHARES - 1);
     let of = others.len() + 1;
     let groups = split(stage.scan.as_ref()?, of).len();
     if groups < 2 {
@@ -89,7 +94,7 @@ pub(crate) fn share_plan(
                 .into(),
         )
     };
-    if share.of == 0 || share.index >= share.of {
+    if share.of == 0 || share.of as usize > MAX_SHARES || share.index >= share.of {
         return Err(Error::Sql(format!(
             "share {} of {} does not exist",
             share.index, share.of

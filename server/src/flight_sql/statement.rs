@@ -5,6 +5,10 @@
 //!  GetFlightInfo(query) ─ plan once (schema, pinned versions; the plan kept) ─▶ FlightInfo{signed ticket}
 //!  DoGet(ticket)        ─ verify, run the kept plan (or re-plan at the pinned versions) ─▶ Schema, batches…
 //! ```
+//!
+//! A result that is a plain union over one scan's cells, on a swarm, gets one endpoint per node,
+//! each ticket naming a share of the cells and located at the node that serves it best
+//! (`share_endpoints`; `docs/distributed.md`, "Results from every node").
 
 use apiary_proto::v1::{ShareV1, StatementTicketV1};
 use apiary_runtime::{Pins, Session, Shares, Statement};
