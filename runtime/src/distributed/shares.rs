@@ -23,10 +23,10 @@ use datafusion::physical_plan::coalesce_partitions::CoalescePartitionsExec;
 use datafusion::physical_plan::{ExecutionPlan, ExecutionPlanProperties};
 
 use super::DistContext;
+use super::assign::Candidate;
 use super::cut::{self, PlanRef, Shuffles, Stage};
 use crate::error::{Error, Result};
 use crate::service::{Share, Shares};
-use super::assign::Candidate;
 
 /// Smallest piece a cell is cut into when shares split cells by byte ranges.
 const MIN_RANGE_BYTES: usize = 4 * 1024 * 1024;
