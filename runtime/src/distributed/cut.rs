@@ -23,6 +23,7 @@
 use std::sync::Arc;
 
 use datafusion::common::JoinType;
+use datafusion::datasource::listing::PartitionedFile;
 use datafusion::datasource::physical_plan::{FileGroup, FileScanConfig, FileScanConfigBuilder};
 use datafusion::datasource::source::DataSourceExec;
 use datafusion::error::Result as DfResult;
@@ -467,11 +468,18 @@ pub(crate) fn task_groups(stage: &Stage, want: usize) -> Vec<FileGroup> {
     if stage.ordered && stage.output.is_none() {
         return scan.file_groups.clone();
     }
-    // The planned scan may have cut cells into ranges for this node's partitions: whole cells
-    // again, each once, before spreading them over the swarm's tasks.
+    let files = whole_cells(scan);
+    if files.is_empty() {
+        return vec![];
+    }
+    apiary_storage::spread_cells(files, want, 4 * 1024 * 1024)
+}
+
+/// The cells of a scan, each once and whole, in the order planned: the planned scan may have
+/// cut cells into ranges for the planning node's partitions.
+pub(crate) fn whole_cells(scan: &FileScanConfig) -> Vec<PartitionedFile> {
     let mut seen = std::collections::HashSet::new();
-    let files: Vec<_> = scan
-        .file_groups
+    scan.file_groups
         .iter()
         .flat_map(|g| g.files().iter())
         .filter(|f| seen.insert(f.object_meta.location.clone()))
@@ -480,11 +488,7 @@ pub(crate) fn task_groups(stage: &Stage, want: usize) -> Vec<FileGroup> {
             whole.range = None;
             whole
         })
-        .collect();
-    if files.is_empty() {
-        return vec![];
-    }
-    apiary_storage::spread_cells(files, want, 4 * 1024 * 1024)
+        .collect()
 }
 
 /// The stage's subtree scanning only `group` (a stage resting on a scan).

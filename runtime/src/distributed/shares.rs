@@ -146,18 +146,7 @@ fn partially_aggregates(node: &PlanRef) -> bool {
 /// The scan's cells split `of` ways, alike on every node: whole cells, each once, sorted by
 /// key, spread by size (byte ranges where cells are too few).
 fn split(scan: &FileScanConfig, of: usize) -> Vec<FileGroup> {
-    let mut seen = std::collections::HashSet::new();
-    let mut files: Vec<PartitionedFile> = scan
-        .file_groups
-        .iter()
-        .flat_map(|g| g.files().iter())
-        .filter(|f| seen.insert(f.object_meta.location.clone()))
-        .map(|f| {
-            let mut whole = f.clone();
-            whole.range = None;
-            whole
-        })
-        .collect();
+    let mut files = cut::whole_cells(scan);
     if files.is_empty() {
         return vec![];
     }

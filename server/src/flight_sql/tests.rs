@@ -335,17 +335,21 @@ async fn info_from(
     svc.get_flight_info(req).await.unwrap().into_inner()
 }
 
+/// Each endpoint's location URIs, in order.
+fn locations_of(info: &arrow_flight::FlightInfo) -> Vec<Vec<String>> {
+    info.endpoint
+        .iter()
+        .map(|e| e.location.iter().map(|l| l.uri.clone()).collect())
+        .collect()
+}
+
 #[tokio::test]
 async fn a_shared_result_has_one_endpoint_per_share_located_at_its_node() {
     let double = Arc::new(Double::default());
     let svc = service(double.clone());
     let info = info_from(&svc, "SELECT a FROM t -- shared", None).await;
     assert_eq!(info.endpoint.len(), 3);
-    let locations: Vec<Vec<String>> = info
-        .endpoint
-        .iter()
-        .map(|e| e.location.iter().map(|l| l.uri.clone()).collect())
-        .collect();
+    let locations = locations_of(&info);
     assert_eq!(
         locations,
         vec![
@@ -396,11 +400,7 @@ async fn a_caller_from_another_host_is_never_sent_to_a_loopback_url() {
     let svc = service(Arc::new(Double::default()));
     let remote = Some("192.0.2.7".parse().unwrap());
     let info = info_from(&svc, "SELECT a FROM t -- shared", remote).await;
-    let locations: Vec<Vec<String>> = info
-        .endpoint
-        .iter()
-        .map(|e| e.location.iter().map(|l| l.uri.clone()).collect())
-        .collect();
+    let locations = locations_of(&info);
     // The share whose node advertises 127.0.0.1 is served over this connection instead.
     assert_eq!(
         locations,
