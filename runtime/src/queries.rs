@@ -125,6 +125,7 @@ impl QueryRegistry {
             finished: false,
             failed: false,
             watcher: None,
+            first_check: None,
         }
     }
 
@@ -230,6 +231,9 @@ pub struct QueryGuard {
     finished: bool,
     failed: bool,
     watcher: Option<AbortOnDrop<()>>,
+    /// Answered (sent or dropped) once the first look for a cancel marker is over, when the
+    /// query is watched from its start; its result does not end before.
+    first_check: Option<tokio::sync::oneshot::Receiver<()>>,
 }
 
 impl QueryGuard {
@@ -245,22 +249,49 @@ impl QueryGuard {
 
     /// Cancel when the marker of `query_id` appears (fragments watch their query's marker).
     pub fn watch_storage_for(&mut self, storage: Storage, query_id: &str) {
+        self.watch(storage, query_id, None);
+    }
+
+    /// [`watch_storage`](Self::watch_storage), looking at once as well: a marker written before
+    /// the query started (a CancelFlightInfo ahead of the DoGet) cancels it. The look runs
+    /// beside the query — no storage round trip before the first batch — and its result
+    /// ([`TrackedStream`]) does not end before the look is over, so a cancelled query never
+    /// finishes as if it had not been.
+    pub fn watch_storage_from_start(&mut self, storage: Storage) {
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        self.first_check = Some(rx);
+        let id = self.entry.id.clone();
+        self.watch(storage, &id, Some(tx));
+    }
+
+    fn watch(
+        &mut self,
+        storage: Storage,
+        query_id: &str,
+        mut first: Option<tokio::sync::oneshot::Sender<()>>,
+    ) {
         let entry = self.entry.clone();
         let query_id = query_id.to_string();
         self.watcher = Some(crate::executor::spawn(async move {
             loop {
-                tokio::select! {
-                    _ = entry.token.cancelled() => return,
-                    _ = tokio::time::sleep(CANCEL_POLL) => {}
+                if first.is_none() {
+                    tokio::select! {
+                        _ = entry.token.cancelled() => return,
+                        _ = tokio::time::sleep(CANCEL_POLL) => {}
+                    }
                 }
                 match crate::cancel::requested(&storage, &query_id).await {
                     Ok(true) => {
                         info!(query_id = %entry.id, "cancel marker found");
+                        // Cancelled before the first look is reported over.
                         entry.token.cancel();
                         return;
                     }
                     Ok(false) => {}
                     Err(e) => warn!(query_id = %entry.id, error = %e, "checking cancel marker"),
+                }
+                if let Some(tx) = first.take() {
+                    let _ = tx.send(());
                 }
             }
         }));
@@ -338,6 +369,8 @@ pub struct TrackedStream<H = ()> {
     cancelled: Pin<Box<tokio_util::sync::WaitForCancellationFutureOwned>>,
     deadline: Option<(Pin<Box<tokio::time::Sleep>>, Duration)>,
     map_err: Option<Box<dyn Fn(Error) -> Error + Send>>,
+    /// The inner stream has ended (it is not polled again).
+    inner_done: bool,
     done: bool,
     _held: H,
 }
@@ -361,6 +394,7 @@ impl<H: Send + Unpin + 'static> TrackedStream<H> {
             cancelled,
             deadline: None,
             map_err: None,
+            inner_done: false,
             done: false,
             _held: held,
         }
@@ -408,6 +442,9 @@ impl<H: Send + Unpin + 'static> Stream for TrackedStream<H> {
             let timeout = *timeout;
             return self.fail(Error::Timeout(timeout));
         }
+        if self.inner_done {
+            return self.finish(cx);
+        }
         match self.inner.poll_next_unpin(cx) {
             Poll::Ready(Some(Ok(batch))) => {
                 if let Some(g) = &self.guard {
@@ -429,14 +466,38 @@ impl<H: Send + Unpin + 'static> Stream for TrackedStream<H> {
                 self.fail(e)
             }
             Poll::Ready(None) => {
-                self.done = true;
-                if let Some(mut g) = self.guard.take() {
-                    g.finished = true;
-                }
-                Poll::Ready(None)
+                self.inner_done = true;
+                self.finish(cx)
             }
             Poll::Pending => Poll::Pending,
         }
+    }
+}
+
+impl<H: Send + Unpin + 'static> TrackedStream<H> {
+    /// The end of the result, once the first look for a cancel marker (if any) is over: a
+    /// marker found makes it `Cancelled` instead.
+    fn finish(
+        &mut self,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<RecordBatch, DataFusionError>>> {
+        if let Some(rx) = self.guard.as_mut().and_then(|g| g.first_check.as_mut()) {
+            if Pin::new(rx).poll(cx).is_pending() {
+                return Poll::Pending;
+            }
+            if let Some(g) = self.guard.as_mut() {
+                g.first_check = None;
+            }
+            if self.cancelled.poll_unpin(cx).is_ready() {
+                self.done = true;
+                return Poll::Ready(Some(Err(Error::Cancelled.into())));
+            }
+        }
+        self.done = true;
+        if let Some(mut g) = self.guard.take() {
+            g.finished = true;
+        }
+        Poll::Ready(None)
     }
 }
 

@@ -9,7 +9,7 @@ use datafusion::execution::SendableRecordBatchStream;
 
 use super::Node;
 use crate::engine::{Pins, PlanTarget, Session, Statement, StatementInfo};
-use crate::error::{Error, Result};
+use crate::error::Result;
 use crate::service::{IngestRequest, Planned, QueryRequest, QueryService};
 use crate::status::{NodeStatus, StatusSource};
 
@@ -68,19 +68,10 @@ impl QueryService for Node {
 
     async fn query(&self, request: QueryRequest) -> Result<SendableRecordBatchStream> {
         let stmt = self.engine.parse_one(&request.sql)?;
-        // A cancel that came before the DoGet: its marker is read while the query plans and
-        // starts, not before (no storage round trip ahead of the first batch). When it is
-        // there, the started query is dropped, which ends it.
-        let query_id = request.query_id.clone();
-        let cancelled = async {
-            match crate::cancel::requested(self.storage(), &query_id).await? {
-                true => Err(Error::Cancelled),
-                false => Ok(()),
-            }
-        };
-        let ((), stream) =
-            futures::future::try_join(cancelled, Node::query(self, &stmt, request)).await?;
-        Ok(stream)
+        // A cancel that came before the DoGet is looked for beside the query, not before it
+        // (no storage round trip ahead of the first batch): the result cannot end before the
+        // look is over, and ends `Cancelled` when the marker is there.
+        Node::query(self, &stmt, request).await
     }
 
     async fn update(

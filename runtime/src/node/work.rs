@@ -244,7 +244,7 @@ impl Node {
                 ),
             ) as SendableRecordBatchStream)
         });
-        guard.watch_storage(self.storage().clone());
+        guard.watch_storage_from_start(self.storage().clone());
         let mut tracked = TrackedStream::new(stream, guard, held).with_deadline(deadline, timeout);
         if let Some(f) = explain_budget {
             tracked = tracked.with_error_map(f);
