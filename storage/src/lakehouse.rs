@@ -22,6 +22,9 @@ use crate::paths::{BoxRef, FrameRef, Ident};
 /// this long.
 const STALE_RESERVATION: Duration = Duration::from_secs(60);
 
+/// How long a create-or-append waits for a frame another writer is creating.
+const CREATION_WAIT: Duration = Duration::from_secs(10);
+
 /// Catalog + ledger of one storage root.
 #[derive(Debug, Clone)]
 pub struct Lakehouse {
@@ -106,7 +109,15 @@ impl Lakehouse {
                 let age = (Utc::now() - marker.created_at)
                     .to_std()
                     .unwrap_or_default();
-                if self.ledger.has_leftovers(frame).await? || age < STALE_RESERVATION {
+                if self.ledger.has_leftovers(frame).await? {
+                    return exists();
+                }
+                if age < STALE_RESERVATION {
+                    // Another writer is creating it right now. A caller that goes on to use
+                    // the frame (create-or-append) waits until its log is there.
+                    if if_not_exists {
+                        self.await_creation(frame).await?;
+                    }
                     return exists();
                 }
                 warn!(frame = %frame, "taking over a reservation whose creator died");
@@ -134,6 +145,32 @@ impl Lakehouse {
         }
         info!(frame = %frame, "frame created");
         Ok(Some(snapshot))
+    }
+
+    /// Wait (at most [`CREATION_WAIT`]) for the frame another writer reserved to get its
+    /// Delta log; a conflict to retry when it does not, or when the creator gave up.
+    async fn await_creation(&self, frame: &FrameRef) -> Result<()> {
+        let deadline = tokio::time::Instant::now() + CREATION_WAIT;
+        loop {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+            if self.ledger.has_leftovers(frame).await? {
+                return Ok(());
+            }
+            let gone = self.catalog.frame_marker(frame).await?.is_none();
+            if gone || tokio::time::Instant::now() >= deadline {
+                return Err(Error::Conflict {
+                    frame: frame.to_string(),
+                    detail: format!(
+                        "another writer {} it; retry",
+                        if gone {
+                            "gave up creating"
+                        } else {
+                            "is still creating"
+                        }
+                    ),
+                });
+            }
+        }
     }
 
     async fn undo_create(&self, frame: &FrameRef) {
@@ -469,5 +506,83 @@ impl Lakehouse {
         }
         info!(hive = %hive, "hive dropped");
         Ok(true)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::{FrameRef, Ident, S3Options};
+    use arrow::datatypes::{DataType, Field, Schema};
+
+    async fn lakehouse() -> (Lakehouse, tempfile::TempDir) {
+        let dir = tempfile::tempdir().unwrap();
+        let storage = Storage::open(dir.path().to_str().unwrap(), &S3Options::default()).unwrap();
+        (
+            Lakehouse::open(storage, LedgerConfig::default())
+                .await
+                .unwrap(),
+            dir,
+        )
+    }
+
+    fn frame() -> FrameRef {
+        FrameRef::new(
+            Ident::parse("default").unwrap(),
+            Ident::parse("default").unwrap(),
+            Ident::parse("t").unwrap(),
+        )
+    }
+
+    fn schema() -> SchemaRef {
+        Arc::new(Schema::new(vec![Field::new("v", DataType::Int64, true)]))
+    }
+
+    /// A create-or-append that finds another writer mid-creation returns once the frame's log
+    /// is there, never before: the append that follows can read the frame.
+    #[tokio::test]
+    async fn create_if_not_exists_waits_for_a_frame_another_writer_is_creating() {
+        let (lh, _dir) = lakehouse().await;
+        let marker = lh.catalog.reserve_frame(&frame()).await.unwrap().unwrap();
+        let creator = {
+            let lh = lh.clone();
+            tokio::spawn(async move {
+                tokio::time::sleep(Duration::from_millis(300)).await;
+                lh.ledger
+                    .create_table(&frame(), &marker.id, &schema(), &[])
+                    .await
+                    .unwrap();
+            })
+        };
+        let got = lh
+            .create_frame(&frame(), &schema(), &[], true)
+            .await
+            .unwrap();
+        assert!(got.is_none(), "another writer created it");
+        assert!(
+            lh.ledger.has_leftovers(&frame()).await.unwrap(),
+            "returned before the frame's log existed"
+        );
+        creator.await.unwrap();
+        // Without `if not exists` it is an error at once, as before.
+        let err = lh.create_frame(&frame(), &schema(), &[], false).await;
+        assert!(matches!(err, Err(Error::AlreadyExists { .. })));
+    }
+
+    /// When the other writer gives up, the waiting create-or-append gets a conflict to retry.
+    #[tokio::test]
+    async fn a_creator_giving_up_is_a_conflict_for_the_waiter() {
+        let (lh, _dir) = lakehouse().await;
+        lh.catalog.reserve_frame(&frame()).await.unwrap().unwrap();
+        let quitter = {
+            let lh = lh.clone();
+            tokio::spawn(async move {
+                tokio::time::sleep(Duration::from_millis(200)).await;
+                lh.catalog.unregister_frame(&frame()).await.unwrap();
+            })
+        };
+        let err = lh.create_frame(&frame(), &schema(), &[], true).await;
+        assert!(matches!(err, Err(Error::Conflict { .. })), "{err:?}");
+        quitter.await.unwrap();
     }
 }
