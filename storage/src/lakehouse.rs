@@ -544,26 +544,22 @@ mod tests {
     async fn create_if_not_exists_waits_for_a_frame_another_writer_is_creating() {
         let (lh, _dir) = lakehouse().await;
         let marker = lh.catalog.reserve_frame(&frame()).await.unwrap().unwrap();
-        let creator = {
-            let lh = lh.clone();
-            tokio::spawn(async move {
-                tokio::time::sleep(Duration::from_millis(300)).await;
-                lh.ledger
-                    .create_table(&frame(), &marker.id, &schema(), &[])
-                    .await
-                    .unwrap();
-            })
+        let creator = async {
+            tokio::time::sleep(Duration::from_millis(300)).await;
+            lh.ledger
+                .create_table(&frame(), &marker.id, &schema(), &[])
+                .await
+                .unwrap();
         };
-        let got = lh
-            .create_frame(&frame(), &schema(), &[], true)
-            .await
-            .unwrap();
-        assert!(got.is_none(), "another writer created it");
-        assert!(
-            lh.ledger.has_leftovers(&frame()).await.unwrap(),
-            "returned before the frame's log existed"
-        );
-        creator.await.unwrap();
+        let waiter = async {
+            let got = lh.create_frame(&frame(), &schema(), &[], true).await;
+            assert!(got.unwrap().is_none(), "another writer created it");
+            assert!(
+                lh.ledger.has_leftovers(&frame()).await.unwrap(),
+                "returned before the frame's log existed"
+            );
+        };
+        tokio::join!(creator, waiter);
         // Without `if not exists` it is an error at once, as before.
         let err = lh.create_frame(&frame(), &schema(), &[], false).await;
         assert!(matches!(err, Err(Error::AlreadyExists { .. })));
@@ -574,15 +570,12 @@ mod tests {
     async fn a_creator_giving_up_is_a_conflict_for_the_waiter() {
         let (lh, _dir) = lakehouse().await;
         lh.catalog.reserve_frame(&frame()).await.unwrap().unwrap();
-        let quitter = {
-            let lh = lh.clone();
-            tokio::spawn(async move {
-                tokio::time::sleep(Duration::from_millis(200)).await;
-                lh.catalog.unregister_frame(&frame()).await.unwrap();
-            })
+        let quitter = async {
+            tokio::time::sleep(Duration::from_millis(200)).await;
+            lh.catalog.unregister_frame(&frame()).await.unwrap();
         };
-        let err = lh.create_frame(&frame(), &schema(), &[], true).await;
+        let (f, sch) = (frame(), schema());
+        let (_, err) = tokio::join!(quitter, lh.create_frame(&f, &sch, &[], true));
         assert!(matches!(err, Err(Error::Conflict { .. })), "{err:?}");
-        quitter.await.unwrap();
     }
 }
