@@ -308,21 +308,30 @@ impl Lakehouse {
             }
             None => None,
         };
-        self.ledger
+        match self
+            .ledger
             .snapshot_in(frame, &marker.id, version, external.as_ref())
             .await
-            .map(Opened::Frame)
-            .map_err(|e| match e {
-                Error::Delta(d) if matches!(*d, deltalake::DeltaTableError::NotATable(_)) => {
-                    Error::NotFound {
+        {
+            Ok(s) => Ok(Opened::Frame(s)),
+            // Registered, but no Delta log (yet): another writer is creating it right now, or
+            // its creation was interrupted. Either way there is no frame to read.
+            Err(e) => {
+                let no_log = external.is_none() && !self.ledger.has_leftovers(frame).await?;
+                let not_a_table = matches!(&e, Error::Delta(d)
+                    if matches!(**d, deltalake::DeltaTableError::NotATable(_)));
+                match no_log || not_a_table {
+                    true => Err(Error::NotFound {
                         kind: ObjectKind::Frame,
                         name: format!(
-                            "{frame} (its creation was interrupted; drop and re-create it)"
+                            "{frame} (it is being created, or its creation was interrupted: \
+                             retry, or drop and re-create it)"
                         ),
-                    }
+                    }),
+                    false => Err(e),
                 }
-                other => other,
-            })
+            }
+        }
     }
 
     /// A Delta-backed frame at `version` (latest if `None`); external Parquet/CSV files are
@@ -563,6 +572,16 @@ mod tests {
         // Without `if not exists` it is an error at once, as before.
         let err = lh.create_frame(&frame(), &schema(), &[], false).await;
         assert!(matches!(err, Err(Error::AlreadyExists { .. })));
+    }
+
+    /// A frame registered but not created yet (its creator is at work) is not found, not an
+    /// internal error.
+    #[tokio::test]
+    async fn a_frame_mid_creation_is_not_found() {
+        let (lh, _dir) = lakehouse().await;
+        lh.catalog.reserve_frame(&frame()).await.unwrap().unwrap();
+        let err = lh.open_frame(&frame(), None).await;
+        assert!(matches!(err, Err(Error::NotFound { .. })), "{err:?}");
     }
 
     /// When the other writer gives up, the waiting create-or-append gets a conflict to retry.
