@@ -481,13 +481,13 @@ impl<H: Send + Unpin + 'static> TrackedStream<H> {
         &mut self,
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<RecordBatch, DataFusionError>>> {
-        if let Some(rx) = self.guard.as_mut().and_then(|g| g.first_check.as_mut()) {
+        if let Some(g) = self.guard.as_mut()
+            && let Some(rx) = g.first_check.as_mut()
+        {
             if Pin::new(rx).poll(cx).is_pending() {
                 return Poll::Pending;
             }
-            if let Some(g) = self.guard.as_mut() {
-                g.first_check = None;
-            }
+            g.first_check = None;
             if self.cancelled.poll_unpin(cx).is_ready() {
                 self.done = true;
                 return Poll::Ready(Some(Err(Error::Cancelled.into())));

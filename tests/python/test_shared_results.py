@@ -31,17 +31,9 @@ def start_swarm(root: str, heartbeat: str):
 
 
 @pytest.fixture
-def swarm(tmp_path):
-    nodes = start_swarm(str(tmp_path / "root"), "200ms")
-    yield nodes
-    for n in nodes:
-        n.stop()
-
-
-@pytest.fixture
-def slow_swarm(tmp_path):
-    """Heartbeats every 2 s: a node killed now is still counted alive for seconds."""
-    nodes = start_swarm(str(tmp_path / "root"), "2s")
+def swarm(tmp_path, request):
+    """Two nodes; heartbeats every 200 ms unless the test gives another interval."""
+    nodes = start_swarm(str(tmp_path / "root"), getattr(request, "param", "200ms"))
     yield nodes
     for n in nodes:
         n.stop()
@@ -115,8 +107,10 @@ def test_pyarrow_flight_gets_one_endpoint_per_node(swarm):
     assert len(ordered.endpoints) == 1
 
 
-def test_a_share_whose_node_died_is_read_from_the_next_location(slow_swarm):
-    a, b = slow_swarm
+# Heartbeats every 2 s: a node killed now is still counted alive for seconds.
+@pytest.mark.parametrize("swarm", ["2s"], indirect=True)
+def test_a_share_whose_node_died_is_read_from_the_next_location(swarm):
+    a, b = swarm
     load(a)
     before = scalar(a, SERVED)
     # Killed without a word: node A still counts B alive for a few heartbeats and sends a share

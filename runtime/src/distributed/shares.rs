@@ -46,9 +46,14 @@ pub(crate) fn propose(
     if stage.bytes < ctx.config.min_bytes.max(1) {
         return None;
     }
+    let view = ctx.swarm_view();
+    let own = view
+        .iter()
+        .find(|v| v.heartbeat.node_id == ctx.node_id)
+        .map(|v| v.heartbeat.flight_url.clone())
+        .unwrap_or_default();
     // Nodes that would take a task (alive, not critical) and can be reached.
-    let mut others: Vec<(String, String)> = ctx
-        .swarm_view()
+    let mut others: Vec<(String, String)> = view
         .into_iter()
         .filter(|v| Candidate::from_view(v).is_some() && v.heartbeat.node_id != ctx.node_id)
         .filter(|v| !v.heartbeat.flight_url.is_empty())
@@ -61,12 +66,6 @@ pub(crate) fn propose(
     if groups < 2 {
         return None;
     }
-    let own = ctx
-        .swarm_view()
-        .into_iter()
-        .find(|v| v.heartbeat.node_id == ctx.node_id)
-        .map(|v| v.heartbeat.flight_url)
-        .unwrap_or_default();
     let homes = std::iter::once(own)
         .chain(others.into_iter().map(|(_, url)| url))
         .take(groups)

@@ -45,12 +45,8 @@ impl QueryService for Node {
         let keep = keep && !planned.reads_system;
         // A result big enough, and a plain union over one scan: served by every node, a share
         // each, straight to the client.
-        let shares = (keep && self.config.distribution.share_results)
-            .then(|| {
-                // The partitions every node plans a share for: the swarm's, or this node's own.
-                let planned_for = partitions.or(Some(self.config.engine.target_partitions));
-                crate::distributed::propose_shares(&self.dist, &planned.plan, planned_for)
-            })
+        let shares = keep
+            .then(|| self.shares_of(&planned.plan, partitions))
             .flatten();
         Ok(Planned {
             schema,

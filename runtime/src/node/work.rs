@@ -77,6 +77,22 @@ impl Node {
         (swarm_bees > self.config.bees.bees).then_some(swarm_bees.min(MAX_PLAN_PARTITIONS))
     }
 
+    /// How the result of `plan`, planned for `partitions`, would be shared out over the swarm's
+    /// nodes (`--share-results`); every node plans a share for the same partitions: the
+    /// swarm's, or this node's own.
+    pub(super) fn shares_of(
+        &self,
+        plan: &Arc<dyn datafusion::physical_plan::ExecutionPlan>,
+        partitions: Option<usize>,
+    ) -> Option<crate::service::Shares> {
+        let planned_for = partitions.or(Some(self.config.engine.target_partitions));
+        self.config
+            .distribution
+            .share_results
+            .then(|| distributed::propose_shares(&self.dist, plan, planned_for))
+            .flatten()
+    }
+
     /// Register a query (it shows in `system.runtime.queries` until the guard drops).
     pub(super) fn register(&self, query_id: &str, user: &str, sql: &str) -> QueryGuard {
         self.queries_total.fetch_add(1, Ordering::Relaxed);
@@ -327,17 +343,8 @@ impl Node {
             })
             .await?
         };
-        let shares = self
-            .config
-            .distribution
-            .share_results
-            .then(|| {
-                let planned_for = partitions.or(Some(self.config.engine.target_partitions));
-                distributed::propose_shares(&self.dist, &planned.plan, planned_for)
-            })
-            .flatten();
-        let text = match (shares, distributed::propose(&self.dist, &planned.plan)) {
-            (Some(s), _) => format!(
+        let text = match self.shares_of(&planned.plan, partitions) {
+            Some(s) => format!(
                 "result in {} shares, one endpoint each (a plain union over one scan's cells): \
                  each share is computed where it is served, nothing goes through storage\n{}",
                 s.homes.len(),
@@ -350,12 +357,14 @@ impl Node {
                     ))
                     .collect::<String>()
             ),
-            (None, Some(p)) => distributed::describe(&p),
-            (None, None) => format!(
-                "runs on this node ({}): fewer than two live nodes or less than {} bytes of cells\n",
-                self.id(),
-                self.config.distribution.min_bytes
-            ),
+            None => match distributed::propose(&self.dist, &planned.plan) {
+                Some(p) => distributed::describe(&p),
+                None => format!(
+                    "runs on this node ({}): fewer than two live nodes or less than {} bytes of cells\n",
+                    self.id(),
+                    self.config.distribution.min_bytes
+                ),
+            },
         };
         let schema = Arc::new(arrow::datatypes::Schema::new(vec![
             arrow::datatypes::Field::new("plan_type", arrow::datatypes::DataType::Utf8, false),
