@@ -37,6 +37,8 @@ pub struct NodeStatus {
     pub distributed: DistributedStats,
     /// `None` without a cell cache (local roots).
     pub cache: Option<CacheStats>,
+    /// Decoded Parquet footers kept for the node's scans.
+    pub footers: apiary_storage::FooterStats,
     pub load: Load,
     pub temperature: Temperature,
     pub bee_slots: Vec<BeeStatus>,

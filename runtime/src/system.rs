@@ -88,6 +88,10 @@ impl Kind {
                 f("cache_hits", UInt64, false),
                 f("cache_misses", UInt64, false),
                 f("cache_bytes", UInt64, false),
+                f("metadata_cache_entries", UInt64, false),
+                f("metadata_cache_bytes", UInt64, false),
+                f("metadata_cache_hits", UInt64, false),
+                f("metadata_cache_misses", UInt64, false),
             ],
             Kind::Bees => vec![
                 f("bee_id", Int64, false),
@@ -188,6 +192,10 @@ fn render(kind: Kind, st: &NodeStatus, caller: Option<&Caller>) -> DfResult<Reco
                 u(vec![cache.hits]),
                 u(vec![cache.misses]),
                 u(vec![cache.bytes]),
+                u(vec![st.footers.entries]),
+                u(vec![st.footers.bytes]),
+                u(vec![st.footers.hits]),
+                u(vec![st.footers.misses]),
             ]
         }
         Kind::Bees => {

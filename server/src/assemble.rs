@@ -58,6 +58,8 @@ async fn open_lakehouse(
             .map(Duration::from_millis),
         checkpoint_interval: node.checkpoint_interval.max(1),
         compression: node.cell_compression,
+        metadata_cache_bytes: usize::try_from(node.metadata_cache_size.resolve(memory))
+            .unwrap_or(usize::MAX),
         ..Default::default()
     };
     let lakehouse = Lakehouse::open(store, ledger)

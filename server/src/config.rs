@@ -222,6 +222,10 @@ pub struct NodeArgs {
     /// Size bound of the local cell cache; 0 disables it.
     #[arg(long, env = "APIARY_CACHE_SIZE", default_value = "2GiB")]
     pub cache_size: MemorySize,
+    /// Bound of the decoded Parquet footers (metadata and page indexes) the node keeps for its
+    /// scans, shared by all queries; 0 reads every footer again for each query.
+    #[arg(long, env = "APIARY_METADATA_CACHE_SIZE", default_value = "32MiB")]
+    pub metadata_cache_size: MemorySize,
     /// Shortest retention `VACUUM … RETAIN n HOURS` may ask for. Below Delta's week, a VACUUM
     /// can delete cells that a running reader or a writer about to commit still needs.
     #[arg(

@@ -157,6 +157,31 @@ pub fn render(st: &NodeStatus) -> String {
             c.entries as f64,
         );
     }
+    let f = &st.footers;
+    metric(
+        "counter",
+        "apiary_metadata_cache_hits_total",
+        "Parquet footers served decoded from the node's metadata cache.",
+        f.hits as f64,
+    );
+    metric(
+        "counter",
+        "apiary_metadata_cache_misses_total",
+        "Parquet footers read and decoded from the cell.",
+        f.misses as f64,
+    );
+    metric(
+        "gauge",
+        "apiary_metadata_cache_bytes",
+        "Bytes of decoded Parquet footers in the metadata cache.",
+        f.bytes as f64,
+    );
+    metric(
+        "gauge",
+        "apiary_metadata_cache_entries",
+        "Cells whose decoded footer is in the metadata cache.",
+        f.entries as f64,
+    );
     let _ = writeln!(
         out,
         "# HELP apiary_temperature_band Current band (1 for the active one).\n# TYPE apiary_temperature_band gauge"

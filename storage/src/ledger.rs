@@ -42,6 +42,7 @@ use url::Url;
 use crate::backend::Storage;
 use crate::codec::CellCompression;
 use crate::error::{Error, Result};
+use crate::footers::FooterCache;
 use crate::paths::{self, FrameRef};
 use crate::schema;
 use crate::shape::{protocol_for, validate_partitioning};
@@ -67,6 +68,8 @@ pub struct LedgerConfig {
     /// (`delta.checkpointInterval`, which every Delta writer honours), so that reading a frame's
     /// state never replays more than this many commits.
     pub checkpoint_interval: u64,
+    /// Bound of the node's decoded Parquet footers ([`crate::footers::FooterCache`]); 0 keeps none.
+    pub metadata_cache_bytes: usize,
 }
 
 impl Default for LedgerConfig {
@@ -77,6 +80,7 @@ impl Default for LedgerConfig {
             compression: CellCompression::default(),
             pause_before_commit: None,
             checkpoint_interval: 100,
+            metadata_cache_bytes: crate::footers::DEFAULT_METADATA_CACHE_BYTES,
         }
     }
 }
@@ -324,6 +328,8 @@ pub struct Ledger {
     /// Latest known state per frame, refreshed incrementally (one log listing per query).
     /// Keyed by frame, tagged with the catalog incarnation the state belongs to.
     cache: Mutex<HashMap<FrameRef, (String, DeltaTableState)>>,
+    /// Decoded footers of the cells scanned on this node.
+    footers: Arc<FooterCache>,
 }
 
 /// delta-rs picks a log store by URL scheme and only knows `file` and `memory` without its AWS
@@ -364,6 +370,7 @@ impl Ledger {
     pub fn new(storage: Storage, config: LedgerConfig) -> Self {
         register_log_stores();
         Self {
+            footers: Arc::new(FooterCache::new(config.metadata_cache_bytes)),
             storage,
             config,
             cache: Mutex::new(HashMap::new()),
@@ -372,6 +379,11 @@ impl Ledger {
 
     pub fn config(&self) -> &LedgerConfig {
         &self.config
+    }
+
+    /// The node's Parquet metadata cache, which every scan of a cell reads through.
+    pub fn footers(&self) -> &Arc<FooterCache> {
+        &self.footers
     }
 
     pub fn storage(&self) -> &Storage {

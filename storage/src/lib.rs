@@ -24,6 +24,7 @@
 //! | [`schema`]    | which Arrow types a frame stores; casting incoming batches            |
 //! | `shape`       | valid partition columns; the Delta protocol a frame's columns need     |
 //! | `spread`      | cells over partitions or tasks: whole cells where even, else ranges   |
+//! | [`footers`]   | the node's cache of decoded Parquet footers (hits counted)            |
 //! | [`provider`]  | DataFusion `TableProvider` and `DataSink` over a pinned snapshot      |
 //! | [`lakehouse`] | flows that touch catalog and ledger together (create/drop)            |
 //! | [`dml`]       | DELETE, UPDATE, MERGE through delta-rs on the caller's session          |
@@ -38,6 +39,7 @@ pub mod confine;
 pub mod dml;
 pub mod error;
 mod fault;
+pub mod footers;
 pub mod format;
 pub mod history;
 pub mod lakehouse;
@@ -54,6 +56,7 @@ pub use backend::{BackendKind, S3Options, Storage};
 pub use codec::CellCompression;
 pub use dml::Changed;
 pub use error::{Error, ObjectKind, Result};
+pub use footers::{FooterCache, FooterStats};
 pub use format::{ExternalFormat, ExternalV1, ViewV1};
 pub use history::{Commit, Restored};
 pub use lakehouse::{Lakehouse, Opened};

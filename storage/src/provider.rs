@@ -44,6 +44,7 @@ use tracing::debug;
 
 use crate::dml::{ChangeExec, MergeSpec};
 use crate::error::Error;
+use crate::footers::cached_source;
 use crate::ledger::{CellInfo, FrameSnapshot, Ledger};
 use crate::scan_stats::{LogColumnStats, summarise};
 use crate::spread::spread_cells;
@@ -298,6 +299,12 @@ impl TableProvider for FrameTable {
                 .build(),
         )
         .with_table_parquet_options(state.table_options().parquet.clone());
+        let source = cached_source(
+            source,
+            self.ledger.footers(),
+            state.runtime_env(),
+            &self.object_store_url,
+        )?;
         // Per-group and whole-scan statistics merged from the cells', as ListingTable does.
         let (groups, stats) = summarise(
             spread_cells(

@@ -268,6 +268,12 @@ async fn run_attempt(ctx: &Arc<DistContext>, key: &AttemptKey) -> Result<Written
     let plan_bytes = ctx.key.open("plan", &plan_path, &sealed)?;
     let task_ctx: Arc<TaskContext> = ctx.engine.task_context(lease.env());
     let plan = super::shuffle::decode(&plan_bytes, &task_ctx, Some(storage.clone()))?;
+    // A decoded plan carries no Parquet reader: give it the node's footer cache.
+    let plan = apiary_storage::footers::read_footers_through(
+        plan,
+        ctx.engine.lakehouse().ledger().footers(),
+        task_ctx.runtime_env().as_ref(),
+    )?;
     // Only what the cutter makes runs here: a stage's operators over cells and shuffle reads.
     super::cut::validate_fragment(&plan, ctx.storage.prefix(), &key.query_id)?;
     // A shuffled output drains every hash partition into one slice writer; any other output is

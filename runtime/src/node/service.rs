@@ -8,7 +8,7 @@ use datafusion::common::ScalarValue;
 use datafusion::execution::SendableRecordBatchStream;
 
 use super::Node;
-use crate::engine::{Pins, PlanTarget, Session, Statement, StatementInfo};
+use crate::engine::{Pins, Session, Statement, StatementInfo};
 use crate::error::Result;
 use crate::service::{IngestRequest, Planned, QueryRequest, QueryService};
 use crate::status::{NodeStatus, StatusSource};
@@ -28,19 +28,19 @@ impl QueryService for Node {
     ) -> Result<Planned> {
         let (engine, session, stmt) = (self.engine.clone(), session.clone(), stmt.clone());
         // Planned as its DoGet would plan it here, and kept for that DoGet.
-        let partitions = self.plan_partitions();
+        let target = self.swarm_target();
         let planned = self
             .planning(async move {
-                let target = PlanTarget {
-                    env: None,
-                    partitions,
-                };
                 engine
                     .plan_query_for(&session, &stmt, params, &Pins::new(), target)
                     .await
             })
             .await?;
-        let (schema, pins) = (planned.schema.clone(), planned.pins.clone());
+        let (schema, pins, partitions) = (
+            planned.schema.clone(),
+            planned.pins.clone(),
+            planned.planned_for,
+        );
         // Status tables are read when planned: their queries plan again when they run.
         let keep = keep && !planned.reads_system;
         // A result big enough, and a plain union over one scan: served by every node, a share
@@ -150,6 +150,7 @@ impl StatusSource for Node {
             uptime: self.started.elapsed(),
             queries_total: self.queries_total.load(Ordering::Relaxed),
             plans: self.plans.stats(),
+            footers: self.lakehouse.ledger().footers().stats(),
             distributed: self.dist.metrics.stats(),
             cache: self.cache.as_ref().map(|c| c.stats()),
             temperature: self.bees.temperature(),

@@ -363,6 +363,73 @@ async fn a_ticket_runs_the_plan_its_flight_info_made() {
     assert_eq!(replanned_last - replanned_after, 1);
 }
 
+/// A node decodes each cell's Parquet footer once: the first scan misses (and fills the cache),
+/// later queries of any kind over the same cells hit it. With `--metadata-cache-size 0`
+/// nothing is kept and every scan misses.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn footers_are_decoded_once_per_node() {
+    const STATS: &str = "SELECT CAST(metadata_cache_entries AS BIGINT), \
+         CAST(metadata_cache_hits AS BIGINT), CAST(metadata_cache_misses AS BIGINT), \
+         CAST(metadata_cache_bytes AS BIGINT) FROM system.runtime.node";
+    async fn stats(c: &mut FlightSqlServiceClient<Channel>) -> [i64; 4] {
+        let (_, _, b) = query(c, STATS).await;
+        [0, 1, 2, 3].map(|i| i64s(&b, i)[0])
+    }
+    async fn three_cells(c: &mut FlightSqlServiceClient<Channel>) {
+        c.execute_update(
+            "CREATE TABLE f AS SELECT value AS v FROM generate_series(1, 1000)".into(),
+            None,
+        )
+        .await
+        .unwrap();
+        for _ in 0..2 {
+            c.execute_update(
+                "INSERT INTO f SELECT value FROM generate_series(1, 1000)".into(),
+                None,
+            )
+            .await
+            .unwrap();
+        }
+    }
+
+    let dir = temp_root();
+    let server = Server::start(dir.path().to_str().unwrap(), &[], &[]);
+    let mut c = sql_client(&server).await;
+    three_cells(&mut c).await;
+    assert_eq!(stats(&mut c).await[0], 0, "nothing scanned yet");
+    let (_, _, b) = query(&mut c, "SELECT sum(v) FROM f").await;
+    assert_eq!(i64s(&b, 0), vec![1_501_500]);
+    let [entries, hits, misses, bytes] = stats(&mut c).await;
+    assert_eq!(entries, 3, "one footer per cell");
+    assert!(misses >= 3 && bytes > 0, "misses {misses}, bytes {bytes}");
+    let (_, _, b) = query(&mut c, "SELECT count(*) FROM f WHERE v > 10").await;
+    assert_eq!(i64s(&b, 0), vec![2970]);
+    let [entries_after, hits_after, misses_after, _] = stats(&mut c).await;
+    assert_eq!(entries_after, 3);
+    assert_eq!(misses_after, misses, "the second scan read no footer");
+    assert!(hits_after >= hits + 3, "hits {hits} -> {hits_after}");
+    drop(server);
+
+    let dir = temp_root();
+    let server = Server::start(
+        dir.path().to_str().unwrap(),
+        &["--metadata-cache-size", "0"],
+        &[],
+    );
+    let mut c = sql_client(&server).await;
+    three_cells(&mut c).await;
+    for _ in 0..2 {
+        let (_, _, b) = query(&mut c, "SELECT sum(v) FROM f").await;
+        assert_eq!(i64s(&b, 0), vec![1_501_500]);
+    }
+    let [entries, hits, _, bytes] = stats(&mut c).await;
+    assert_eq!(
+        [entries, hits, bytes],
+        [0, 0, 0],
+        "a zero bound keeps nothing"
+    );
+}
+
 /// The sequence the Flight SQL JDBC driver (DBeaver) performs on connect, in the navigator and
 /// for one statement.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
