@@ -520,8 +520,8 @@ async fn shares_of_a_plain_scan_are_disjoint_complete_and_alike_whatever_the_pla
         async move {
             let stmt = a.engine().parse_one(sql).unwrap();
             let target = crate::engine::PlanTarget {
-                env: None,
                 partitions: Some(partitions),
+                ..Default::default()
             };
             a.engine()
                 .plan_query_for(&session, &stmt, None, &Pins::new(), target)
@@ -582,8 +582,8 @@ async fn shares_of_a_plain_scan_are_disjoint_complete_and_alike_whatever_the_pla
                 None,
                 &Pins::new(),
                 crate::engine::PlanTarget {
-                    env: None,
                     partitions: Some(4),
+                    ..Default::default()
                 },
             )
             .await

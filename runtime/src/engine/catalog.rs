@@ -81,6 +81,11 @@ pub(super) struct Resolved {
     pub(super) system_only: bool,
     /// The statement names a `system` table (a snapshot taken when planned).
     pub(super) reads_system: bool,
+    /// Bytes of cells in the frames it reads (saturated for external files, which are not
+    /// counted).
+    pub(super) cell_bytes: u64,
+    /// The target's partitions, when the statement was planned for them.
+    pub(super) planned_for: Option<usize>,
 }
 
 /// Finds or makes the schema provider of a box in the statement's catalog.
@@ -242,14 +247,21 @@ impl Engine {
             };
             let table: Arc<dyn TableProvider> = match opened {
                 Ok(Opened::Frame(snapshot)) if as_of.is_some() => {
+                    resolved.cell_bytes =
+                        resolved.cell_bytes.saturating_add(snapshot.stats().bytes);
                     Arc::new(self.frame_table(snapshot.historic()))
                 }
                 Ok(Opened::Frame(snapshot)) => {
+                    resolved.cell_bytes =
+                        resolved.cell_bytes.saturating_add(snapshot.stats().bytes);
                     resolved.pins.insert(frame.clone(), snapshot.version());
                     Arc::new(self.frame_table(snapshot).with_user(session.user.clone()))
                 }
                 // No versions to pin: files are listed again when the ticket runs.
-                Ok(Opened::Files(external)) => self.external_files(&external, &self.base).await?,
+                Ok(Opened::Files(external)) => {
+                    resolved.cell_bytes = u64::MAX;
+                    self.external_files(&external, &self.base).await?
+                }
                 // Planned once every name is loaded; what it reads is loaded like the rest.
                 Ok(Opened::View(view)) => {
                     if depth >= MAX_VIEW_DEPTH || views.len() >= MAX_VIEWS {
@@ -286,8 +298,11 @@ impl Engine {
         super::options::apply(config.options_mut(), session)?;
         config.options_mut().catalog.default_catalog = session.hive.to_string();
         config.options_mut().catalog.default_schema = session.box_name.to_string();
-        if let Some(n) = target.partitions {
+        if let Some(n) = target.partitions
+            && resolved.cell_bytes >= target.spread_from
+        {
             config.options_mut().execution.target_partitions = n.max(1);
+            resolved.planned_for = Some(n);
         }
         let mut builder = SessionStateBuilder::new_from_existing(self.base.clone())
             .with_config(config)

@@ -270,7 +270,7 @@ impl Engine {
             Command::Sql { partition_by, .. } => {
                 let planning = PlanTarget {
                     env,
-                    partitions: None,
+                    ..Default::default()
                 };
                 let (plan, state, _pins) = self
                     .logical_plan(
@@ -324,6 +324,7 @@ impl Engine {
                     pins: resolved.pins,
                     system_only: resolved.system_only,
                     reads_system: resolved.reads_system,
+                    planned_for: resolved.planned_for,
                     state,
                 })
             }
@@ -516,6 +517,9 @@ fn missing_table(e: &datafusion::error::DataFusionError) -> Option<String> {
 pub(crate) struct PlanTarget<'a> {
     pub(crate) env: Option<&'a Arc<RuntimeEnv>>,
     pub(crate) partitions: Option<usize>,
+    /// Plan for `partitions` only when the frames the statement reads hold at least this many
+    /// bytes of cells (less cannot spread over a swarm); otherwise for the engine's own.
+    pub(crate) spread_from: u64,
 }
 
 /// Bind each value in the type the statement expects where DataFusion knows it, so that clients

@@ -189,6 +189,8 @@ pub struct PlannedQuery {
     /// It reads a `system.*` table: status as it was when planned, so the plan is not kept for
     /// later (a DoGet plans it again and shows the status of then).
     pub reads_system: bool,
+    /// The partitions it was planned for when not the engine's own (a swarm's bees).
+    pub planned_for: Option<usize>,
     pub(crate) state: SessionState,
 }
 
@@ -226,6 +228,7 @@ impl PlannedQuery {
             pins: Pins::new(),
             system_only: false,
             reads_system: false,
+            planned_for: None,
             state,
         })
     }

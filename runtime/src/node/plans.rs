@@ -63,7 +63,8 @@ impl PlanCache {
         key
     }
 
-    /// The plan kept under `key`, if it is still here, still fresh and made for `partitions`;
+    /// The plan kept under `key`, if it is still here, still fresh and made for `partitions` or
+    /// for this node's own (a query too small to spread, which runs here whatever the swarm);
     /// it leaves the cache either way.
     pub(crate) fn take(&self, key: &str, partitions: Option<usize>) -> Option<PlannedQuery> {
         let found = {
@@ -73,7 +74,9 @@ impl PlanCache {
                 .position(|e| e.key == key)
                 .and_then(|i| entries.remove(i))
         };
-        let usable = found.filter(|e| e.made.elapsed() <= KEEP && e.partitions == partitions);
+        let usable = found.filter(|e| {
+            e.made.elapsed() <= KEEP && (e.partitions.is_none() || e.partitions == partitions)
+        });
         let counter = match usable {
             Some(_) => &self.reused,
             None => &self.missed,
@@ -120,10 +123,15 @@ mod tests {
             "and gone after the miss"
         );
         assert!(cache.take("no such key", None).is_none());
+        let key = cache.put(plan(), None);
+        assert!(
+            cache.take(&key, Some(4)).is_some(),
+            "planned for this node alone: it runs here on any swarm"
+        );
         assert_eq!(
             cache.stats(),
             PlanCacheStats {
-                reused: 1,
+                reused: 2,
                 missed: 4
             }
         );

@@ -77,6 +77,16 @@ impl Node {
         (swarm_bees > self.config.bees.bees).then_some(swarm_bees.min(MAX_PLAN_PARTITIONS))
     }
 
+    /// What a query is planned for: the swarm's partitions when its frames hold enough cells
+    /// to spread (`--distribute-min-bytes`), else this node's own — planned once, as it runs.
+    pub(super) fn swarm_target(&self) -> PlanTarget<'static> {
+        PlanTarget {
+            env: None,
+            partitions: self.plan_partitions(),
+            spread_from: self.config.distribution.min_bytes,
+        }
+    }
+
     /// How the result of `plan`, planned for `partitions`, would be shared out over the swarm's
     /// nodes (`--share-results`); every node plans a share for the same partitions: the
     /// swarm's, or this node's own.
@@ -132,13 +142,12 @@ impl Node {
         };
         // A share is planned as the node that shared the result out planned it, so that every
         // node cuts the same plan into the same shares.
-        let partitions = match share {
-            Some(s) => s.partitions.map(|p| p.clamp(1, MAX_PLAN_PARTITIONS)),
-            None => self.plan_partitions(),
-        };
-        let target = PlanTarget {
-            env: None,
-            partitions,
+        let target = match share {
+            Some(s) => PlanTarget {
+                partitions: s.partitions.map(|p| p.clamp(1, MAX_PLAN_PARTITIONS)),
+                ..Default::default()
+            },
+            None => self.swarm_target(),
         };
         // The plan GetFlightInfo made here for this ticket, when it is still here: one planning
         // per query. Parameter rows beyond one are planned each.
@@ -211,14 +220,11 @@ impl Node {
                 Held::Distributed(run),
             )
         } else {
-            if plans.len() == 1 && target.partitions.is_some() && share.is_none() {
+            if plans.len() == 1 && plans[0].planned_for.is_some() && share.is_none() {
                 // Planned for the swarm's bees, but nothing spreads: plan again for this node's
                 // own, as a node alone would (a plan of more partitions than bees only adds
                 // repartitioning on the same cores).
-                let local = PlanTarget {
-                    env: None,
-                    partitions: None,
-                };
+                let local = PlanTarget::default();
                 plans = self
                     .plan_each(session, stmt, vec![first_params], pins, local)
                     .await?;
@@ -328,14 +334,10 @@ impl Node {
         if !inner.returns_rows() || inner.params > 0 {
             return Ok(None);
         }
-        let partitions = self.plan_partitions();
+        let target = self.swarm_target();
         let planned = {
             let (engine, session, pins) = (self.engine.clone(), session.clone(), pins.clone());
             // Planned as the query itself would be: for the swarm's bees.
-            let target = PlanTarget {
-                env: None,
-                partitions,
-            };
             self.planning(async move {
                 engine
                     .plan_query_for(&session, &inner, None, &pins, target)
@@ -343,7 +345,7 @@ impl Node {
             })
             .await?
         };
-        let text = match self.shares_of(&planned.plan, partitions) {
+        let text = match self.shares_of(&planned.plan, planned.planned_for) {
             Some(s) => format!(
                 "result in {} shares, one endpoint each (a plain union over one scan's cells): \
                  each share is computed where it is served, nothing goes through storage\n{}",

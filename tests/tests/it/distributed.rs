@@ -927,3 +927,49 @@ async fn a_plain_scan_on_a_swarm_is_served_by_every_node() {
 }
 
 const SHARES_SERVED: &str = "SELECT result_shares_served FROM system.runtime.node";
+
+/// A query over fewer bytes of cells than `--distribute-min-bytes` cannot spread, so a swarm
+/// node plans it once, for its own bees, as a node alone would: not for the swarm's partitions
+/// (and then again for its own when nothing spread). Above the threshold it is planned for the
+/// swarm.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_query_too_small_to_spread_is_planned_once_for_its_own_node() {
+    let dir = tempfile::tempdir().unwrap();
+    let root = dir.path().to_str().unwrap();
+    let sql = "SELECT l_returnflag, count(*) FROM lineitem GROUP BY 1";
+    let plan_of = async |c: &mut FlightSqlServiceClient<Channel>| {
+        canonical(&run(c, &format!("EXPLAIN {sql}")).await)
+            .into_iter()
+            .filter(|l| l.contains("physical_plan"))
+            .collect::<Vec<_>>()
+            .join("\n")
+    };
+    let big = ["--distribute-min-bytes", "1GiB"];
+    let nodes: Vec<Server> = ["node-1", "node-2"]
+        .iter()
+        .map(|id| start(root, id, &big, &[]))
+        .collect();
+    let mut c = client(&nodes[0]).await;
+    ingest(&mut c, &tpch_data()).await;
+    wait_alive(&mut c, &["node-1", "node-2"]).await;
+    let small = plan_of(&mut c).await;
+    // One bee: one partition, no repartitioning between the scan and the aggregate.
+    assert!(!small.contains("RepartitionExec"), "{small}");
+    let answer = canonical(&run(&mut c, &format!("{sql} ORDER BY 1")).await);
+    assert_eq!(answer.len(), 3, "{answer:?}");
+    drop(nodes);
+
+    // The same swarm with a zero threshold plans for both nodes' bees.
+    let nodes: Vec<Server> = ["node-1", "node-2"]
+        .iter()
+        .map(|id| start(root, id, &[], &[]))
+        .collect();
+    let mut c = client(&nodes[0]).await;
+    wait_alive(&mut c, &["node-1", "node-2"]).await;
+    let spread = plan_of(&mut c).await;
+    assert!(spread.contains("RepartitionExec"), "{spread}");
+    assert_eq!(
+        canonical(&run(&mut c, &format!("{sql} ORDER BY 1")).await),
+        answer
+    );
+}
