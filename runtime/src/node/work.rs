@@ -155,7 +155,11 @@ impl Node {
             (Some(key), 1) => self
                 .plans
                 .take(key, target.partitions)
-                .filter(|p| p.pins == *pins),
+                // A share is cut from the plan the issuing node made for the swarm, never from
+                // one made for a node alone.
+                .filter(|p| {
+                    p.pins == *pins && (share.is_none() || p.planned_for == target.partitions)
+                }),
             _ => None,
         };
         let first_params = param_sets[0].clone();
