@@ -81,8 +81,8 @@ pub(super) struct Resolved {
     pub(super) system_only: bool,
     /// The statement names a `system` table (a snapshot taken when planned).
     pub(super) reads_system: bool,
-    /// Bytes of cells in the frames it reads (saturated for external files, which are not
-    /// counted).
+    /// Bytes of cells in the frames it reads, summed only when planning for a swarm
+    /// (saturated for external files, which are not counted).
     pub(super) cell_bytes: u64,
     /// The target's partitions, when the statement was planned for them.
     pub(super) planned_for: Option<usize>,
@@ -245,15 +245,18 @@ impl Engine {
                 }
                 Some(at) => self.open_as_of(&frame, at).await,
             };
+            // Cell bytes decide only between a swarm's partitions and the node's own: not
+            // summed (one pass over each frame's log) when there is no swarm to plan for.
+            if target.partitions.is_some()
+                && let Ok(Opened::Frame(snapshot)) = &opened
+            {
+                resolved.cell_bytes = resolved.cell_bytes.saturating_add(snapshot.stats().bytes);
+            }
             let table: Arc<dyn TableProvider> = match opened {
                 Ok(Opened::Frame(snapshot)) if as_of.is_some() => {
-                    resolved.cell_bytes =
-                        resolved.cell_bytes.saturating_add(snapshot.stats().bytes);
                     Arc::new(self.frame_table(snapshot.historic()))
                 }
                 Ok(Opened::Frame(snapshot)) => {
-                    resolved.cell_bytes =
-                        resolved.cell_bytes.saturating_add(snapshot.stats().bytes);
                     resolved.pins.insert(frame.clone(), snapshot.version());
                     Arc::new(self.frame_table(snapshot).with_user(session.user.clone()))
                 }
