@@ -597,4 +597,44 @@ mod tests {
         let (_, err) = tokio::join!(quitter, lh.create_frame(&f, &sch, &[], true));
         assert!(matches!(err, Err(Error::Conflict { .. })), "{err:?}");
     }
+
+    async fn append(lh: &Lakehouse, v: i64) -> i64 {
+        let snap = lh.frame(&frame(), None).await.unwrap();
+        let mut w = lh.ledger().writer(&snap).unwrap();
+        let column = Arc::new(arrow::array::Int64Array::from(vec![v]));
+        w.write(&arrow::array::RecordBatch::try_new(schema(), vec![column]).unwrap())
+            .await
+            .unwrap();
+        let adds = w.finish().await.unwrap();
+        lh.ledger().commit(&snap, adds, false, None).await.unwrap()
+    }
+
+    /// A node that knows a frame's latest state checks only whether the next commit exists; a
+    /// commit another node made is seen at once, however many there were.
+    #[tokio::test]
+    async fn a_latest_read_sees_commits_made_by_another_node() {
+        let (a, dir) = lakehouse().await;
+        let b = Lakehouse::open(
+            Storage::open(dir.path().to_str().unwrap(), &S3Options::default()).unwrap(),
+            LedgerConfig::default(),
+        )
+        .await
+        .unwrap();
+        a.create_frame(&frame(), &schema(), &[], false)
+            .await
+            .unwrap();
+        let v1 = append(&a, 1).await;
+        assert_eq!(a.frame(&frame(), None).await.unwrap().version(), v1);
+        assert_eq!(a.frame(&frame(), None).await.unwrap().stats().rows, 1);
+        let v2 = append(&b, 2).await;
+        assert_eq!(v2, v1 + 1);
+        let seen = a.frame(&frame(), None).await.unwrap();
+        assert_eq!((seen.version(), seen.stats().rows), (v2, 2));
+        append(&b, 3).await;
+        let v4 = append(&b, 4).await;
+        let seen = a.frame(&frame(), None).await.unwrap();
+        assert_eq!((seen.version(), seen.stats().rows), (v4, 4));
+        // Unchanged since: the same state again.
+        assert_eq!(a.frame(&frame(), None).await.unwrap().version(), v4);
+    }
 }

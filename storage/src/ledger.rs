@@ -17,7 +17,7 @@
 use std::collections::HashMap;
 use std::num::NonZeroU64;
 use std::sync::{Arc, Mutex, Once};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use arrow::array::RecordBatch;
 use arrow::datatypes::SchemaRef;
@@ -325,12 +325,27 @@ impl CellWriter {
 pub struct Ledger {
     storage: Storage,
     config: LedgerConfig,
-    /// Latest known state per frame, refreshed incrementally (one log listing per query).
-    /// Keyed by frame, tagged with the catalog incarnation the state belongs to.
-    cache: Mutex<HashMap<FrameRef, (String, DeltaTableState)>>,
+    /// Latest known state per frame, refreshed incrementally. Keyed by frame, tagged with the
+    /// catalog incarnation the state belongs to.
+    cache: Mutex<HashMap<FrameRef, Known>>,
     /// Decoded footers of the cells scanned on this node.
     footers: Arc<FooterCache>,
 }
+
+/// The latest state of a frame this node knows, and when its log was last listed.
+#[derive(Debug, Clone)]
+struct Known {
+    incarnation: String,
+    state: DeltaTableState,
+    listed: Instant,
+}
+
+/// How long a known state is trusted on the next commit being absent alone. Delta versions are
+/// contiguous, so while commit `v + 1` does not exist, version `v` is the latest: one existence
+/// check instead of reading `_last_checkpoint` and listing the log. Commits are only removed
+/// from a log once older than its retention (30 days by default) and behind a checkpoint, so a
+/// state older than this is listed in full again rather than trusted on that check.
+const TRUST_NEXT_COMMIT_CHECK: Duration = Duration::from_secs(60);
 
 /// delta-rs picks a log store by URL scheme and only knows `file` and `memory` without its AWS
 /// crate. Our S3 stores do conditional puts, which is all the default log store needs.
@@ -530,14 +545,22 @@ impl Ledger {
                 .lock()
                 .expect("ledger cache")
                 .get(frame)
-                .filter(|(inc, _)| inc == incarnation)
-                .map(|(_, s)| s.clone());
+                .filter(|k| k.incarnation == incarnation)
+                .cloned();
             let wanted = version.map(|v| v as u64);
+            let mut listed = Instant::now();
             let state = match (cached, wanted) {
-                (Some(s), Some(v)) if s.version() == v => s,
-                (Some(mut s), None) => {
-                    s.update(log_store.as_ref(), None).await?;
-                    s
+                (Some(k), Some(v)) if k.state.version() == v => k.state,
+                (Some(k), None)
+                    if k.listed.elapsed() < TRUST_NEXT_COMMIT_CHECK
+                        && !next_commit_exists(log_store.as_ref(), k.state.version()).await? =>
+                {
+                    listed = k.listed;
+                    k.state
+                }
+                (Some(mut k), None) => {
+                    k.state.update(log_store.as_ref(), None).await?;
+                    k.state
                 }
                 (_, wanted) => DeltaTableState::try_new(log_store.as_ref(), wanted)
                     .await
@@ -559,11 +582,18 @@ impl Ledger {
             };
             if version.is_none() {
                 let mut cache = self.cache.lock().expect("ledger cache");
-                let newer = cache
-                    .get(frame)
-                    .is_none_or(|(inc, c)| inc != incarnation || c.version() <= state.version());
+                let newer = cache.get(frame).is_none_or(|k| {
+                    k.incarnation != incarnation || k.state.version() <= state.version()
+                });
                 if newer {
-                    cache.insert(frame.clone(), (incarnation.to_string(), state.clone()));
+                    cache.insert(
+                        frame.clone(),
+                        Known {
+                            incarnation: incarnation.to_string(),
+                            state: state.clone(),
+                            listed,
+                        },
+                    );
                 }
             }
             self.snapshot_from_state(frame, incarnation, state, external)
@@ -587,9 +617,16 @@ impl Ledger {
         let mut cache = self.cache.lock().expect("ledger cache");
         if cache
             .get(frame)
-            .is_none_or(|(inc, c)| inc != incarnation || c.version() < state.version())
+            .is_none_or(|k| k.incarnation != incarnation || k.state.version() < state.version())
         {
-            cache.insert(frame.clone(), (incarnation.to_string(), state));
+            cache.insert(
+                frame.clone(),
+                Known {
+                    incarnation: incarnation.to_string(),
+                    state,
+                    listed: Instant::now(),
+                },
+            );
         }
     }
 
@@ -706,5 +743,16 @@ impl Ledger {
         self.remember(&read.frame, &read.incarnation, finalized.snapshot());
         debug!(version, "cache updated");
         Ok(version)
+    }
+}
+
+/// Whether commit `version + 1` exists in the log: one existence check (a HEAD on S3).
+async fn next_commit_exists(log_store: &dyn LogStore, version: u64) -> Result<bool> {
+    use object_store::ObjectStoreExt;
+    let next = deltalake::logstore::commit_uri_from_version(Some(version + 1));
+    match log_store.object_store(None).head(&next).await {
+        Ok(_) => Ok(true),
+        Err(object_store::Error::NotFound { .. }) => Ok(false),
+        Err(e) => Err(e.into()),
     }
 }

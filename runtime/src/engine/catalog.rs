@@ -16,6 +16,7 @@ use datafusion::common::TableReference;
 use datafusion::execution::context::SessionState;
 use datafusion::execution::session_state::SessionStateBuilder;
 use datafusion::sql::parser::Statement as DfStatement;
+use futures::StreamExt;
 use tracing::debug;
 
 use super::{Caller, Engine, Pins, PlanTarget, Session};
@@ -95,6 +96,10 @@ type EnsureSchema<'a> = dyn Fn(&str, &str) -> Result<Arc<dyn SchemaProvider>> + 
 const MAX_VIEW_DEPTH: usize = 16;
 /// Most views one statement reads.
 const MAX_VIEWS: usize = 64;
+
+/// Frames a statement opens at once while it is planned (each open reads its catalog marker and
+/// checks its log for a newer version).
+const MAX_OPENS_AT_ONCE: usize = 16;
 
 impl Engine {
     /// Plan each view a statement reads (in its own hive and box) and register it; a view that
@@ -212,87 +217,109 @@ impl Engine {
             })
             .collect();
         let mut views: Vec<(FrameRef, String, ViewV1)> = Vec::new();
-        while let Some((mut parts, hive, box_name, depth)) = work.pop_front() {
-            if is_system(&parts) {
-                resolved.reads_system = true;
-                continue;
-            }
-            resolved.system_only = false;
-            // The name DataFusion looks up; `f@v3` is frame `f` at version 3 (time travel).
-            let Some(registered) = parts.last().cloned() else {
-                continue;
-            };
-            let (name, as_of) = travel::split(&registered)?;
-            if let Some(last) = parts.last_mut() {
-                *last = name.to_string();
-            }
-            let context = Session {
-                hive,
-                box_name,
-                ..session.clone()
-            };
-            let Ok(frame) = frame_ref(&context, &parts) else {
-                continue;
-            };
-            if !loaded.insert((frame.clone(), registered.clone())) {
-                continue;
-            }
-            let opened = match as_of {
-                None => {
-                    self.lakehouse
-                        .open_frame(&frame, pins.get(&frame).copied())
-                        .await
-                }
-                Some(at) => self.open_as_of(&frame, at).await,
-            };
-            // Cell bytes decide only between a swarm's partitions and the node's own: not
-            // summed (one pass over each frame's log) when there is no swarm to plan for.
-            if target.partitions.is_some()
-                && let Ok(Opened::Frame(snapshot)) = &opened
-            {
-                resolved.cell_bytes = resolved.cell_bytes.saturating_add(snapshot.stats().bytes);
-            }
-            let table: Arc<dyn TableProvider> = match opened {
-                Ok(Opened::Frame(snapshot)) if as_of.is_some() => {
-                    Arc::new(self.frame_table(snapshot.historic()))
-                }
-                Ok(Opened::Frame(snapshot)) => {
-                    resolved.pins.insert(frame.clone(), snapshot.version());
-                    Arc::new(self.frame_table(snapshot).with_user(session.user.clone()))
-                }
-                // No versions to pin: files are listed again when the ticket runs.
-                Ok(Opened::Files(external)) => {
-                    resolved.cell_bytes = u64::MAX;
-                    self.external_files(&external, &self.base).await?
-                }
-                // Planned once every name is loaded; what it reads is loaded like the rest.
-                Ok(Opened::View(view)) => {
-                    if depth >= MAX_VIEW_DEPTH || views.len() >= MAX_VIEWS {
-                        return Err(Error::Sql(format!(
-                            "view {frame}: views nest more than {MAX_VIEW_DEPTH} deep, refer to \
-                             themselves, or a statement reads more than {MAX_VIEWS} of them"
-                        )));
-                    }
-                    let parsed = self
-                        .base
-                        .sql_to_statement(&view.query, &datafusion::config::Dialect::Generic)?;
-                    let (vh, vb) = (Ident::parse(&view.hive)?, Ident::parse(&view.box_name)?);
-                    for r in self.base.resolve_table_references(&parsed)? {
-                        work.push_back((table_ref_parts(&r), vh.clone(), vb.clone(), depth + 1));
-                    }
-                    views.push((frame, registered, view));
+        // Names are opened a round at a time, all of a round at once: each open is a round trip
+        // or two to storage, which would otherwise add up frame by frame. A view's names make
+        // the next round.
+        while !work.is_empty() {
+            let mut round: Vec<(FrameRef, String, Option<AsOf>, usize)> = Vec::new();
+            for (mut parts, hive, box_name, depth) in work.drain(..) {
+                if is_system(&parts) {
+                    resolved.reads_system = true;
                     continue;
                 }
-                Err(e @ apiary_storage::Error::NotFound { .. }) => {
-                    debug!(frame = %frame, "referenced frame not found");
-                    let looked_up = format!("{}.{}.{registered}", frame.hive, frame.box_name);
-                    resolved.missing.push((looked_up, e));
+                resolved.system_only = false;
+                // The name DataFusion looks up; `f@v3` is frame `f` at version 3 (time travel).
+                let Some(registered) = parts.last().cloned() else {
                     continue;
+                };
+                let (name, as_of) = travel::split(&registered)?;
+                if let Some(last) = parts.last_mut() {
+                    *last = name.to_string();
                 }
-                Err(e) => return Err(e.into()),
-            };
-            let schema = ensure_schema(frame.hive.as_str(), frame.box_name.as_str())?;
-            schema.register_table(registered, table)?;
+                let context = Session {
+                    hive,
+                    box_name,
+                    ..session.clone()
+                };
+                let Ok(frame) = frame_ref(&context, &parts) else {
+                    continue;
+                };
+                if loaded.insert((frame.clone(), registered.clone())) {
+                    round.push((frame, registered, as_of, depth));
+                }
+            }
+            let opens: Vec<(FrameRef, Option<AsOf>)> =
+                round.iter().map(|(f, _, a, _)| (f.clone(), *a)).collect();
+            let opened: Vec<_> = futures::stream::iter(opens)
+                .map(|(frame, as_of)| async move {
+                    match as_of {
+                        None => {
+                            self.lakehouse
+                                .open_frame(&frame, pins.get(&frame).copied())
+                                .await
+                        }
+                        Some(at) => self.open_as_of(&frame, at).await,
+                    }
+                })
+                .buffered(MAX_OPENS_AT_ONCE)
+                .collect()
+                .await;
+            for ((frame, registered, as_of, depth), opened) in round.into_iter().zip(opened) {
+                // Cell bytes decide only between a swarm's partitions and the node's own: not
+                // summed (one pass over each frame's log) when there is no swarm to plan for.
+                if target.partitions.is_some()
+                    && let Ok(Opened::Frame(snapshot)) = &opened
+                {
+                    resolved.cell_bytes =
+                        resolved.cell_bytes.saturating_add(snapshot.stats().bytes);
+                }
+                let table: Arc<dyn TableProvider> = match opened {
+                    Ok(Opened::Frame(snapshot)) if as_of.is_some() => {
+                        Arc::new(self.frame_table(snapshot.historic()))
+                    }
+                    Ok(Opened::Frame(snapshot)) => {
+                        resolved.pins.insert(frame.clone(), snapshot.version());
+                        Arc::new(self.frame_table(snapshot).with_user(session.user.clone()))
+                    }
+                    // No versions to pin: files are listed again when the ticket runs.
+                    Ok(Opened::Files(external)) => {
+                        resolved.cell_bytes = u64::MAX;
+                        self.external_files(&external, &self.base).await?
+                    }
+                    // Planned once every name is loaded; what it reads is loaded like the rest.
+                    Ok(Opened::View(view)) => {
+                        if depth >= MAX_VIEW_DEPTH || views.len() >= MAX_VIEWS {
+                            return Err(Error::Sql(format!(
+                                "view {frame}: views nest more than {MAX_VIEW_DEPTH} deep, refer to \
+                                 themselves, or a statement reads more than {MAX_VIEWS} of them"
+                            )));
+                        }
+                        let parsed = self
+                            .base
+                            .sql_to_statement(&view.query, &datafusion::config::Dialect::Generic)?;
+                        let (vh, vb) = (Ident::parse(&view.hive)?, Ident::parse(&view.box_name)?);
+                        for r in self.base.resolve_table_references(&parsed)? {
+                            work.push_back((
+                                table_ref_parts(&r),
+                                vh.clone(),
+                                vb.clone(),
+                                depth + 1,
+                            ));
+                        }
+                        views.push((frame, registered, view));
+                        continue;
+                    }
+                    Err(e @ apiary_storage::Error::NotFound { .. }) => {
+                        debug!(frame = %frame, "referenced frame not found");
+                        let looked_up = format!("{}.{}.{registered}", frame.hive, frame.box_name);
+                        resolved.missing.push((looked_up, e));
+                        continue;
+                    }
+                    Err(e) => return Err(e.into()),
+                };
+                let schema = ensure_schema(frame.hive.as_str(), frame.box_name.as_str())?;
+                schema.register_table(registered, table)?;
+            }
         }
         let mut config = self.base.config().clone().with_extension(Arc::new(Caller {
             user: session.user.clone(),
