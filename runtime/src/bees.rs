@@ -5,7 +5,9 @@
 //!
 //! - a DataFusion memory pool of the bee's size (spilling operators spill when it is full;
 //!   others fail with a RESOURCE_EXHAUSTED error naming the budget),
-//! - a private scratch directory for spill files, removed when the query ends,
+//! - the bee's own scratch directory for spill files, made when the bee first works and kept
+//!   for the node's life (each spill file is removed when the operator that wrote it is done, so
+//!   it is empty between queries; a query costs no directory made and removed),
 //! - a deadline (the query timeout).
 //!
 //! Work beyond the bees waits in a bounded FIFO queue; past its depth, or when the colony is
@@ -18,7 +20,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use datafusion::execution::disk_manager::{DiskManagerBuilder, DiskManagerMode};
+use datafusion::execution::disk_manager::{DiskManager, DiskManagerBuilder, DiskManagerMode};
 use datafusion::execution::memory_pool::{FairSpillPool, MemoryPool, TrackConsumersPool};
 use datafusion::execution::object_store::ObjectStoreRegistry;
 use datafusion::execution::runtime_env::{RuntimeEnv, RuntimeEnvBuilder};
@@ -38,7 +40,7 @@ pub struct BeeConfig {
     /// How many queries may wait for a bee.
     pub queue_depth: usize,
     pub query_timeout: Duration,
-    /// Where each query's private scratch directory is made.
+    /// Where each bee's scratch directory is made.
     pub scratch_root: PathBuf,
 }
 
@@ -56,6 +58,8 @@ pub struct BeeStatus {
 struct Slot {
     query_id: Option<String>,
     pool: Option<Arc<dyn MemoryPool>>,
+    /// The bee's spill space, made on its first query.
+    disk: Option<Arc<DiskManager>>,
 }
 
 /// The bees of one node.
@@ -189,23 +193,12 @@ impl BeePool {
             FairSpillPool::new(self.per_bee as usize),
             std::num::NonZeroUsize::new(3).expect("non-zero"),
         ));
-        std::fs::create_dir_all(&self.config.scratch_root).map_err(|e| {
-            Error::Internal(format!(
-                "creating scratch directory {}: {e}",
-                self.config.scratch_root.display()
-            ))
-        })?;
-        let scratch = tempfile::Builder::new()
-            .prefix(&format!("bee{bee}-"))
-            .tempdir_in(&self.config.scratch_root)
-            .map_err(|e| Error::Internal(format!("creating scratch directory: {e}")))?;
-        let env = RuntimeEnvBuilder::new()
+        let disk = self.disk_of(bee)?;
+        let mut env = RuntimeEnvBuilder::new()
             .with_memory_pool(pool.clone())
-            .with_disk_manager_builder(DiskManagerBuilder::default().with_mode(
-                DiskManagerMode::Directories(vec![scratch.path().to_path_buf()]),
-            ))
-            .with_object_store_registry(self.object_stores.clone())
-            .build_arc()?;
+            .with_object_store_registry(self.object_stores.clone());
+        env.disk_manager = Some(disk);
+        let env = env.build_arc()?;
         {
             let mut slot = self.slots[bee].lock().expect("bee slot");
             slot.query_id = Some(query_id.to_string());
@@ -218,20 +211,41 @@ impl BeePool {
             bee,
             env,
             _permit: permit,
-            scratch: Some(scratch),
             deadline: Instant::now() + self.config.query_timeout,
         })
     }
+
+    /// Bee `bee`'s spill space: a directory of its own under the scratch root, made the first
+    /// time the bee works and removed when the pool is dropped.
+    fn disk_of(&self, bee: usize) -> Result<Arc<DiskManager>> {
+        if let Some(d) = &self.slots[bee].lock().expect("bee slot").disk {
+            return Ok(d.clone());
+        }
+        std::fs::create_dir_all(&self.config.scratch_root).map_err(|e| {
+            Error::Internal(format!(
+                "creating scratch directory {}: {e}",
+                self.config.scratch_root.display()
+            ))
+        })?;
+        let disk = Arc::new(
+            DiskManagerBuilder::default()
+                .with_mode(DiskManagerMode::Directories(vec![
+                    self.config.scratch_root.clone(),
+                ]))
+                .build()?,
+        );
+        self.slots[bee].lock().expect("bee slot").disk = Some(disk.clone());
+        Ok(disk)
+    }
 }
 
-/// A bee held by one query. Dropping it frees the bee and removes the scratch directory.
+/// A bee held by one query. Dropping it frees the bee.
 #[derive(Debug)]
 pub struct BeeLease {
     pool: Arc<BeePool>,
     bee: usize,
     env: Arc<RuntimeEnv>,
     _permit: OwnedSemaphorePermit,
-    scratch: Option<tempfile::TempDir>,
     deadline: Instant,
 }
 
@@ -247,10 +261,6 @@ impl BeeLease {
 
     pub fn deadline(&self) -> Instant {
         self.deadline
-    }
-
-    pub fn scratch_dir(&self) -> Option<&std::path::Path> {
-        self.scratch.as_ref().map(|s| s.path())
     }
 
     /// Reword a memory error so that it names the budget.
@@ -280,11 +290,6 @@ impl Drop for BeeLease {
             let mut slot = self.pool.slots[self.bee].lock().expect("bee slot");
             slot.query_id = None;
             slot.pool = None;
-        }
-        if let Some(s) = self.scratch.take()
-            && let Err(e) = s.close()
-        {
-            tracing::warn!(error = %e, "removing scratch directory");
         }
         self.pool.temperature();
     }
@@ -339,7 +344,7 @@ mod tests {
 
     #[tokio::test]
     async fn leases_divide_memory_and_clean_scratch() {
-        let (p, _d) = pool(2, 4);
+        let (p, d) = pool(2, 4);
         assert_eq!(p.bee_budget(), 32 << 20);
         let a = p.acquire("a").await.unwrap();
         let b = p.acquire("b").await.unwrap();
@@ -348,12 +353,27 @@ mod tests {
             a.env().memory_pool.memory_limit(),
             datafusion::execution::memory_pool::MemoryLimit::Finite(n) if n == 32 << 20
         ));
-        let scratch = a.scratch_dir().unwrap().to_path_buf();
-        assert!(scratch.exists());
+        // A spill file lives in the bee's own directory until its writer is done with it.
+        let spill = a.env().disk_manager.create_tmp_file("test").unwrap();
+        let file = spill.path().unwrap().to_path_buf();
+        let bee_dir = file.parent().unwrap().to_path_buf();
+        assert_eq!(bee_dir.parent().unwrap(), d.path());
+        assert!(file.exists());
         assert_eq!(p.load().busy, 2);
-        drop(a);
-        assert!(!scratch.exists());
+        let bee = a.bee();
+        drop((spill, a));
+        assert!(!file.exists());
         assert_eq!(p.load().busy, 1);
+        // The bee's next query spills into the same directory: none is made per query.
+        let again = p.acquire("c").await.unwrap();
+        assert_eq!(again.bee(), bee);
+        let spill = again.env().disk_manager.create_tmp_file("test").unwrap();
+        assert_eq!(spill.path().unwrap().parent().unwrap(), bee_dir);
+        assert_eq!(
+            std::fs::read_dir(d.path()).unwrap().count(),
+            2,
+            "one directory per bee"
+        );
     }
 
     #[tokio::test]

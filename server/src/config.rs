@@ -176,7 +176,8 @@ pub struct NodeArgs {
     /// This node's id in the swarm ([a-z0-9_-], at most 64). Default: random per process.
     #[arg(long, env = "APIARY_NODE_ID")]
     pub node_id: Option<String>,
-    /// Where bees make their private scratch directories for spill files.
+    /// Where each bee makes its scratch directory for spill files (one per bee, kept while the
+    /// node runs).
     #[arg(long, env = "APIARY_SCRATCH_DIR")]
     pub scratch_dir: Option<PathBuf>,
     /// How often the node writes its heartbeat and reads everyone else's.
