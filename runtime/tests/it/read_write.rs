@@ -235,6 +235,50 @@ async fn scans_carry_column_statistics_from_the_log() {
     assert_eq!(i64s(&got), vec![7]);
 }
 
+/// A join builds its hash table on the input with fewer rows, even when that input is a narrow
+/// projection of a wide frame: the scan reports no whole-row byte total that would make the
+/// few rows look larger than the many (TPC-H q12 built on 1.5 M orders against 31 K lineitems).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_join_builds_on_the_side_with_fewer_rows_whatever_the_unread_columns() {
+    let mut f = fixture(LedgerConfig::default()).await;
+    // `few`: 500 rows of a key, a short string and 30 more BIGINT columns (about 125 KB in all;
+    // Delta keeps statistics of the first 32 columns); `many`: 5 000 rows of two BIGINTs (80 KB,
+    // 40 KB of the key). Reading a string, the scan of `few` cannot size its two columns alone. Both sides are hashed into partitions (as at SF1), where the
+    // build side is chosen from the inputs' statistics.
+    let pad: Vec<String> = (1..31).map(|i| format!("value AS c{i}")).collect();
+    f.run(&format!(
+        "CREATE TABLE few AS SELECT value AS k, 'x' AS s, {} FROM generate_series(1, 500);
+         CREATE TABLE many (k BIGINT, v BIGINT);
+         INSERT INTO many SELECT value % 700, value FROM generate_series(1, 5000);
+         SET datafusion.optimizer.hash_join_single_partition_threshold = 0;
+         SET datafusion.optimizer.hash_join_single_partition_threshold_rows = 0;",
+        pad.join(", ")
+    ))
+    .await;
+    for sql in [
+        "SELECT count(*), max(few.s) FROM many JOIN few ON many.k = few.k",
+        "SELECT count(*), max(few.s) FROM few JOIN many ON many.k = few.k",
+    ] {
+        let plan = f.plan(sql).await;
+        let text = datafusion::physical_plan::displayable(plan.as_ref())
+            .indent(true)
+            .to_string();
+        let after_join = &text[text.find("HashJoinExec").expect("a hash join")..];
+        let build = after_join
+            .lines()
+            .find(|l| l.contains("DataSourceExec"))
+            .unwrap();
+        assert!(build.contains("/few/"), "{sql} builds on `many`:\n{text}");
+    }
+    assert_eq!(
+        i64s(
+            &f.run("SELECT count(*) FROM many JOIN few ON many.k = few.k")
+                .await
+        ),
+        vec![3600]
+    );
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn row_groups_and_pages_are_pruned_inside_a_cell() {
     let mut f = fixture(LedgerConfig::default()).await;
