@@ -705,7 +705,9 @@ async fn orphans_of_a_killed_coordinator_are_removed() {
     });
     let deadline = Instant::now() + Duration::from_secs(30);
     loop {
-        if !storage.list_dirs(&queries).await.unwrap().is_empty() {
+        // A whole object, not only its directory: on a local root the directory shows before
+        // the first put completes, and a kill in between leaves no orphan to remove.
+        if !storage.list(&queries).await.unwrap().is_empty() {
             break;
         }
         assert!(Instant::now() < deadline, "the query never reached storage");
