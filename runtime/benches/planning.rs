@@ -1,6 +1,7 @@
-//! Planning a statement, from text to physical plan, over the eight TPC-H frames (a few rows
-//! each): `SELECT 1`, and q07 and q18 (the joins whose build sides the statistics decide). This
-//! is what GetFlightInfo pays once per query before the first batch.
+//! Planning a statement, from text to physical plan, over the eight TPC-H frames (one row each,
+//! so that every frame has a cell and statistics in its log): `SELECT 1`, and q07 and q18 (the
+//! joins whose build sides the statistics decide). This is what GetFlightInfo pays once per
+//! query before the first batch; q07 opens five frames, q18 three.
 //!
 //! `APIARY_BENCH_STORAGE=s3://bucket` (and `AWS_ENDPOINT`, `AWS_ALLOW_HTTP`, credentials) plans
 //! over frames in an S3 store instead of a local directory.

@@ -215,8 +215,9 @@ impl BeePool {
         })
     }
 
-    /// Bee `bee`'s spill space: a directory of its own under the scratch root, made the first
-    /// time the bee works and removed when the pool is dropped.
+    /// Bee `bee`'s spill space: a directory of its own under the scratch root (DataFusion's
+    /// `.tmp…`), made the first time the bee works and removed when the pool and the last query
+    /// runtime holding it are dropped. Several nodes may share one scratch root.
     fn disk_of(&self, bee: usize) -> Result<Arc<DiskManager>> {
         if let Some(d) = &self.slots[bee].lock().expect("bee slot").disk {
             return Ok(d.clone());
