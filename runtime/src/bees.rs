@@ -219,7 +219,9 @@ impl BeePool {
     /// `.tmp…`), made the first time the bee works and removed when the pool and the last query
     /// runtime holding it are dropped. Several nodes may share one scratch root.
     fn disk_of(&self, bee: usize) -> Result<Arc<DiskManager>> {
-        if let Some(d) = &self.slots[bee].lock().expect("bee slot").disk {
+        // Held while the directory is made (once per bee), so a bee never gets two.
+        let mut slot = self.slots[bee].lock().expect("bee slot");
+        if let Some(d) = &slot.disk {
             return Ok(d.clone());
         }
         std::fs::create_dir_all(&self.config.scratch_root).map_err(|e| {
@@ -235,7 +237,7 @@ impl BeePool {
                 ]))
                 .build()?,
         );
-        self.slots[bee].lock().expect("bee slot").disk = Some(disk.clone());
+        slot.disk = Some(disk.clone());
         Ok(disk)
     }
 }
