@@ -65,18 +65,37 @@ pub struct FrameTable {
     gate: Option<Arc<dyn WriteGate>>,
     /// Who writes (recorded in the commits of row-level changes).
     user: Option<String>,
+    /// What queries see: the served schema, with strings as views when
+    /// [`FrameTable::with_view_types`] asked for them.
+    served: SchemaRef,
+    views: bool,
 }
 
 impl FrameTable {
     pub fn new(snapshot: FrameSnapshot, ledger: Arc<Ledger>) -> Self {
         let object_store_url = ledger.storage().object_store_url().clone();
+        let served = snapshot.served_schema().clone();
         Self {
             snapshot,
             ledger,
             object_store_url,
             gate: None,
             user: None,
+            served,
+            views: false,
         }
+    }
+
+    /// Strings are read as views (`Utf8View`), as DataFusion's own Parquet tables read them by
+    /// default: decoded without copying into offsets, and compared inline when short. Results
+    /// still reach clients as plain strings (the Flight layer casts).
+    pub fn with_view_types(mut self, views: bool) -> Self {
+        self.views = views;
+        self.served = match views {
+            true => crate::schema::as_views(self.snapshot.served_schema()),
+            false => self.snapshot.served_schema().clone(),
+        };
+        self
     }
 
     /// Commits of row-level changes through this table record `user`.
@@ -112,6 +131,19 @@ impl FrameTable {
             .map(|f| Arc::new(plain(f)))
             .collect();
         (Arc::new(Schema::new(file_fields)), part_fields)
+    }
+
+    /// [`Self::scan_schema`] as the scan produces it: with views where the table reads them.
+    fn read_schema(&self) -> (SchemaRef, Vec<FieldRef>) {
+        let (file, parts) = self.scan_schema();
+        if !self.views {
+            return (file, parts);
+        }
+        let parts = crate::schema::as_views(&Schema::new(parts));
+        (
+            crate::schema::as_views(&file),
+            parts.fields().iter().cloned().collect(),
+        )
     }
 
     /// Which cells may hold rows matching `filters` (partition values and file statistics).
@@ -221,7 +253,7 @@ fn serve(
 #[async_trait]
 impl TableProvider for FrameTable {
     fn schema(&self) -> SchemaRef {
-        self.snapshot.served_schema().clone()
+        self.served.clone()
     }
 
     fn table_type(&self) -> TableType {
@@ -244,12 +276,16 @@ impl TableProvider for FrameTable {
         limit: Option<usize>,
     ) -> DfResult<Arc<dyn ExecutionPlan>> {
         let table_schema = self.snapshot.schema().clone();
-        let (file_schema, part_fields) = self.scan_schema();
-        let scan_schema = {
-            let mut fields: Vec<FieldRef> = file_schema.fields().iter().cloned().collect();
-            fields.extend(part_fields.iter().cloned());
+        let joined = |(file, parts): &(SchemaRef, Vec<FieldRef>)| {
+            let mut fields: Vec<FieldRef> = file.fields().iter().cloned().collect();
+            fields.extend(parts.iter().cloned());
             Arc::new(Schema::new(fields))
         };
+        // Pruning reads the log's statistics, in stored types; the scan may decode views.
+        let stored = self.scan_schema();
+        let stored_schema = joined(&stored);
+        let (file_schema, part_fields) = self.read_schema();
+        let scan_schema = joined(&(file_schema.clone(), part_fields.clone()));
         // Declared column index → index in the scan's (file columns, partition columns) order.
         let to_scan: HashMap<&str, usize> = scan_schema
             .fields()
@@ -266,7 +302,7 @@ impl TableProvider for FrameTable {
             .map(|&i| to_scan[table_schema.field(i).name().as_str()])
             .collect();
 
-        let keep = self.prune(state, filters, &scan_schema)?;
+        let keep = self.prune(state, filters, &stored_schema)?;
         let cells = self.snapshot.cells();
         let log = self.snapshot.delta_state().log_data();
         // Null counts of the cells the scan keeps only (each is a JSON object to convert).
@@ -321,7 +357,7 @@ impl TableProvider for FrameTable {
             .with_projection_indices(Some(indices))?
             .build();
         let scan = DataSourceExec::from_data_source(config);
-        serve(scan, &wanted, self.snapshot.served_schema())
+        serve(scan, &wanted, &self.served)
     }
 
     async fn insert_into(

@@ -177,8 +177,16 @@ fn estimated_bytes(
     nulls: usize,
 ) -> Precision<usize> {
     let len = |s: &Option<ScalarValue>| match s {
-        Some(ScalarValue::Utf8(Some(v)) | ScalarValue::LargeUtf8(Some(v))) => Some(v.len()),
-        Some(ScalarValue::Binary(Some(v)) | ScalarValue::LargeBinary(Some(v))) => Some(v.len()),
+        Some(
+            ScalarValue::Utf8(Some(v))
+            | ScalarValue::LargeUtf8(Some(v))
+            | ScalarValue::Utf8View(Some(v)),
+        ) => Some(v.len()),
+        Some(
+            ScalarValue::Binary(Some(v))
+            | ScalarValue::LargeBinary(Some(v))
+            | ScalarValue::BinaryView(Some(v)),
+        ) => Some(v.len()),
         _ => None,
     };
     match (len(min), len(max)) {

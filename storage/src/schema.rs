@@ -255,6 +255,26 @@ pub fn served_schema(stored: &Schema) -> SchemaRef {
     ))
 }
 
+/// `schema` with its top-level strings as views (`Utf8View`): what a frame's scan produces when
+/// it reads views, as DataFusion's own Parquet tables do with
+/// `datafusion.execution.parquet.schema_force_view_types`. The Parquet reader decodes straight
+/// into views, and filters, joins and groupings compare short strings inline instead of through
+/// offsets. Binaries stay plain: arrow cannot cast a `BinaryView` to a fixed-size binary, which
+/// `CASE` and `arrow_cast` over binary columns need.
+pub fn as_views(schema: &Schema) -> SchemaRef {
+    Arc::new(Schema::new_with_metadata(
+        schema
+            .fields()
+            .iter()
+            .map(|f| match f.data_type() {
+                DataType::Utf8 => Arc::new(f.as_ref().clone().with_data_type(DataType::Utf8View)),
+                _ => f.clone(),
+            })
+            .collect::<Vec<_>>(),
+        schema.metadata().clone(),
+    ))
+}
+
 /// Arrow → Delta schema.
 pub fn to_delta(schema: &Schema) -> Result<StructType> {
     schema

@@ -15,6 +15,41 @@ use sha2::{Digest, Sha256};
 
 use crate::error::{Error, Result};
 
+/// `batch` with each string or binary view column cut down to the bytes its rows use, when its
+/// data buffers hold much more. Arrow IPC writes a view array's data buffers whole (arrow-rs
+/// #7185), and a scan's views point into the whole page they were decoded from, which a filter
+/// or a hash split leaves shared by every batch cut from it.
+pub(crate) fn compact_views(batch: &RecordBatch) -> Result<RecordBatch> {
+    use arrow::array::{Array, ArrayRef, AsArray};
+    use arrow::datatypes::DataType;
+    fn loose(buffers: &[arrow::buffer::Buffer], used: usize) -> bool {
+        buffers.iter().map(|b| b.len()).sum::<usize>() > 2 * used + 4096
+    }
+    let mut columns: Option<Vec<ArrayRef>> = None;
+    for (i, column) in batch.columns().iter().enumerate() {
+        let compacted: Option<ArrayRef> = match column.data_type() {
+            DataType::Utf8View => {
+                let a = column.as_string_view();
+                loose(a.data_buffers(), a.total_buffer_bytes_used())
+                    .then(|| std::sync::Arc::new(a.gc()) as ArrayRef)
+            }
+            DataType::BinaryView => {
+                let a = column.as_binary_view();
+                loose(a.data_buffers(), a.total_buffer_bytes_used())
+                    .then(|| std::sync::Arc::new(a.gc()) as ArrayRef)
+            }
+            _ => None,
+        };
+        if let Some(c) = compacted {
+            columns.get_or_insert_with(|| batch.columns().to_vec())[i] = c;
+        }
+    }
+    match columns {
+        None => Ok(batch.clone()),
+        Some(columns) => Ok(RecordBatch::try_new(batch.schema(), columns)?),
+    }
+}
+
 /// What a finished writer vouches for.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub(crate) struct Written {
@@ -121,7 +156,7 @@ impl PartWriter {
             Some(w) => w,
             None => self.buf.insert(StreamWriter::try_new(Vec::new(), &schema)?),
         };
-        w.write(batch)?;
+        w.write(&compact_views(batch)?)?;
         self.rows += batch.num_rows() as u64;
         if w.get_ref().len() >= self.part_bytes {
             self.flush().await?;
@@ -183,6 +218,35 @@ mod tests {
     use super::*;
     use arrow::array::Int64Array;
     use std::sync::Arc;
+
+    #[test]
+    fn view_columns_are_compacted_before_they_are_written() {
+        use arrow::array::{Array, AsArray, StringViewArray};
+        // 1,000 distinct 40-byte strings; a filter keeps 10 of them, still pointing into the
+        // whole buffer.
+        let all = StringViewArray::from_iter_values((0..1000).map(|i| format!("{i:040}")));
+        let kept = arrow::compute::filter(
+            &all,
+            &arrow::array::BooleanArray::from_iter((0..1000).map(|i| Some(i % 100 == 0))),
+        )
+        .unwrap();
+        let schema = Arc::new(arrow::datatypes::Schema::new(vec![
+            arrow::datatypes::Field::new("s", arrow::datatypes::DataType::Utf8View, false),
+        ]));
+        let batch = RecordBatch::try_new(schema, vec![kept]).unwrap();
+        let held = |b: &RecordBatch| -> usize {
+            let a = b.column(0).as_string_view();
+            a.data_buffers().iter().map(|b| b.len()).sum()
+        };
+        assert!(held(&batch) >= 40_000);
+        let compact = compact_views(&batch).unwrap();
+        assert_eq!(held(&compact), 400);
+        assert_eq!(compact.column(0).as_ref(), batch.column(0).as_ref());
+        // Tight arrays and other types pass through untouched.
+        let again = compact_views(&compact).unwrap();
+        assert_eq!(held(&again), 400);
+        assert_eq!(again.column(0).len(), 10);
+    }
 
     #[tokio::test]
     async fn written_parts_read_back_and_tampering_is_caught() {

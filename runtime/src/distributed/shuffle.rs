@@ -325,7 +325,7 @@ impl SliceWriter {
             }
         };
         let before = w.get_ref().len();
-        w.write(batch)?;
+        w.write(&super::parts::compact_views(batch)?)?;
         *rows += batch.num_rows() as u64;
         self.rows += batch.num_rows() as u64;
         self.buffered += w.get_ref().len() - before;

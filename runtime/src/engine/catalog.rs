@@ -202,6 +202,18 @@ impl Engine {
             system_only: !refs.is_empty(),
             ..Default::default()
         };
+        let mut config = self.base.config().clone().with_extension(Arc::new(Caller {
+            user: session.user.clone(),
+            role: session.role,
+        }));
+        super::options::apply(config.options_mut(), session)?;
+        config.options_mut().catalog.default_catalog = session.hive.to_string();
+        config.options_mut().catalog.default_schema = session.box_name.to_string();
+        // Frames read strings as views when DataFusion would read its own Parquet tables so,
+        // except in statements that change rows: delta-rs evaluates their expressions against
+        // the stored (plain) types.
+        let string_views =
+            config.options().execution.parquet.schema_force_view_types && !changes_rows(statement);
         let mut loaded: HashSet<(FrameRef, String)> = HashSet::new();
         // Names to resolve, each with the hive and box it was written in (a view's own for the
         // names inside it) and how many views deep it was found.
@@ -274,12 +286,17 @@ impl Engine {
                         resolved.cell_bytes.saturating_add(snapshot.stats().bytes);
                 }
                 let table: Arc<dyn TableProvider> = match opened {
-                    Ok(Opened::Frame(snapshot)) if as_of.is_some() => {
-                        Arc::new(self.frame_table(snapshot.historic()))
-                    }
+                    Ok(Opened::Frame(snapshot)) if as_of.is_some() => Arc::new(
+                        self.frame_table(snapshot.historic())
+                            .with_view_types(string_views),
+                    ),
                     Ok(Opened::Frame(snapshot)) => {
                         resolved.pins.insert(frame.clone(), snapshot.version());
-                        Arc::new(self.frame_table(snapshot).with_user(session.user.clone()))
+                        Arc::new(
+                            self.frame_table(snapshot)
+                                .with_user(session.user.clone())
+                                .with_view_types(string_views),
+                        )
                     }
                     // No versions to pin: files are listed again when the ticket runs.
                     Ok(Opened::Files(external)) => {
@@ -321,13 +338,6 @@ impl Engine {
                 schema.register_table(registered, table)?;
             }
         }
-        let mut config = self.base.config().clone().with_extension(Arc::new(Caller {
-            user: session.user.clone(),
-            role: session.role,
-        }));
-        super::options::apply(config.options_mut(), session)?;
-        config.options_mut().catalog.default_catalog = session.hive.to_string();
-        config.options_mut().catalog.default_schema = session.box_name.to_string();
         if let Some(n) = target.partitions
             && resolved.cell_bytes >= target.spread_from
         {
@@ -348,5 +358,17 @@ impl Engine {
         state.execution_props_mut().mark_start_execution(options);
         self.plan_views(&state, views, &ensure_schema).await?;
         Ok((state, resolved))
+    }
+}
+
+/// Whether `statement` deletes, updates or merges rows (also under `EXPLAIN`).
+fn changes_rows(statement: &DfStatement) -> bool {
+    use datafusion::sql::sqlparser::ast::Statement as Sql;
+    match statement {
+        DfStatement::Statement(s) => {
+            matches!(**s, Sql::Delete(_) | Sql::Update(_) | Sql::Merge(_))
+        }
+        DfStatement::Explain(e) => changes_rows(&e.statement),
+        _ => false,
     }
 }
