@@ -161,8 +161,8 @@ async fn partition_pruning_reads_only_matching_cells() {
     assert_eq!(i64s(&got), vec![1, 2]);
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn file_statistics_prune_cells() {
+/// A frame `t` of two cells: ids 1–1000 marked 'low', ids 5001–6000 marked 'high'.
+async fn two_cells() -> Fixture {
     let mut f = fixture(LedgerConfig::default()).await;
     f.run(
         "CREATE TABLE t (id BIGINT, v VARCHAR);
@@ -170,6 +170,12 @@ async fn file_statistics_prune_cells() {
          INSERT INTO t SELECT value, 'high' FROM generate_series(5001, 6000);",
     )
     .await;
+    f
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn file_statistics_prune_cells() {
+    let mut f = two_cells().await;
     assert_eq!(scanned_files(&f.plan("SELECT v FROM t").await).len(), 2);
     assert_eq!(
         scanned_files(&f.plan("SELECT v FROM t WHERE id > 5500").await).len(),
@@ -203,13 +209,7 @@ fn scanned_type(plan: &Arc<dyn ExecutionPlan>, name: &str) -> arrow::datatypes::
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn strings_are_read_as_views_and_still_prune_cells() {
     use arrow::datatypes::DataType;
-    let mut f = fixture(LedgerConfig::default()).await;
-    f.run(
-        "CREATE TABLE t (id BIGINT, v VARCHAR);
-         INSERT INTO t SELECT value, 'low' FROM generate_series(1, 1000);
-         INSERT INTO t SELECT value, 'high' FROM generate_series(5001, 6000);",
-    )
-    .await;
+    let mut f = two_cells().await;
     // Decoded as views, as DataFusion reads its own Parquet tables; a filter typed for views
     // still prunes by the log's (plain) bounds.
     let plan = f.plan("SELECT v FROM t WHERE v = 'high'").await;
