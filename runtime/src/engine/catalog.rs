@@ -14,7 +14,6 @@ use datafusion::catalog::{
 };
 use datafusion::common::TableReference;
 use datafusion::execution::context::SessionState;
-use datafusion::execution::session_state::SessionStateBuilder;
 use datafusion::sql::parser::Statement as DfStatement;
 use futures::StreamExt;
 use tracing::debug;
@@ -116,12 +115,11 @@ impl Engine {
             let mut failed = Vec::new();
             let mut last_error = None;
             for (frame, registered, view) in pending {
-                let mut config = state.config().clone();
-                config.options_mut().catalog.default_catalog = view.hive.clone();
-                config.options_mut().catalog.default_schema = view.box_name.clone();
-                let in_view = SessionStateBuilder::new_from_existing(state.clone())
-                    .with_config(config)
-                    .build();
+                // The statement's state (its functions as they are) in the view's hive and box.
+                let mut in_view = state.clone();
+                let names = &mut in_view.config_mut().options_mut().catalog;
+                names.default_catalog = view.hive.clone();
+                names.default_schema = view.box_name.clone();
                 // Stored text is input like any statement: parsed, then bounded in depth,
                 // before anything recursive plans it.
                 let dialect = in_view.config().options().sql_parser.dialect;
@@ -344,13 +342,7 @@ impl Engine {
             config.options_mut().execution.target_partitions = n.max(1);
             resolved.planned_for = Some(n);
         }
-        let mut builder = SessionStateBuilder::new_from_existing(self.base.clone())
-            .with_config(config)
-            .with_catalog_list(catalogs.clone());
-        if let Some(env) = target.env {
-            builder = builder.with_runtime_env(env.clone());
-        }
-        let mut state = builder.build();
+        let mut state = self.state_for(config, catalogs.clone(), target.env);
         // What SessionContext does for every statement: fix the statement's start time, so that
         // now(), current_date and current_time are simplified to that one instant when planning
         // (without it they reach execution unsimplified and fail there).

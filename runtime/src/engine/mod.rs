@@ -186,12 +186,39 @@ impl Engine {
         &self.base
     }
 
-    /// A task context for executing physical plans with `env` (a bee's pool and scratch space).
+    /// A task context for executing physical plans with `env` (a bee's pool and scratch space):
+    /// the base's functions and options, taken as they are rather than registered again.
     pub fn task_context(&self, env: &Arc<RuntimeEnv>) -> Arc<datafusion::execution::TaskContext> {
-        SessionStateBuilder::new_from_existing(self.base.clone())
-            .with_runtime_env(env.clone())
-            .build()
-            .task_ctx()
+        Arc::new(datafusion::execution::TaskContext::from(&self.base).with_runtime(env.clone()))
+    }
+
+    /// A statement's state: the base with the statement's options and catalogs.
+    ///
+    /// `SessionStateBuilder::build` registers every function again (several hundred, with
+    /// their aliases), which was most of what the server spends on `SELECT 1`; a clone of the
+    /// base shares the functions as they are. The builder still makes the state when the
+    /// statement needs functions built for its options — today `now()` and `to_timestamp*`,
+    /// which take the session's time zone — or another runtime environment.
+    fn state_for(
+        &self,
+        config: SessionConfig,
+        catalogs: Arc<dyn datafusion::catalog::CatalogProviderList>,
+        env: Option<&Arc<RuntimeEnv>>,
+    ) -> SessionState {
+        let base_zone = &self.base.config().options().execution.time_zone;
+        if env.is_none() && config.options().execution.time_zone == *base_zone {
+            let mut state = self.base.clone();
+            *state.config_mut() = config;
+            state.register_catalog_list(catalogs);
+            return state;
+        }
+        let mut builder = SessionStateBuilder::new_from_existing(self.base.clone())
+            .with_config(config)
+            .with_catalog_list(catalogs);
+        if let Some(env) = env {
+            builder = builder.with_runtime_env(env.clone());
+        }
+        builder.build()
     }
 
     /// A context for decoding plans (functions and options; no memory pool of its own).
