@@ -396,11 +396,7 @@ impl Storage {
             mode: PutMode::Create,
             ..Default::default()
         };
-        match self
-            .store
-            .put_opts(&self.absolute(key), PutPayload::from_bytes(body), opts)
-            .await
-        {
+        match self.put_with(key, body, opts).await {
             Ok(_) => Ok(true),
             Err(object_store::Error::AlreadyExists { .. }) => Ok(false),
             Err(e) => Err(e.into()),
@@ -409,10 +405,30 @@ impl Storage {
 
     /// Unconditional put (the caller owns `key`, e.g. its own heartbeat).
     pub async fn put(&self, key: &Path, body: Bytes) -> Result<PutResult> {
-        Ok(self
-            .store
-            .put(&self.absolute(key), PutPayload::from_bytes(body))
-            .await?)
+        Ok(self.put_with(key, body, PutOptions::default()).await?)
+    }
+
+    /// One put, run again (at most [`LOCAL_PUT_ATTEMPTS`] times) when it lost a race with a
+    /// delete in the same directory on a local root ([`lost_dir_race`]).
+    async fn put_with(
+        &self,
+        key: &Path,
+        body: Bytes,
+        opts: PutOptions,
+    ) -> object_store::Result<PutResult> {
+        let location = self.absolute(key);
+        let payload = PutPayload::from_bytes(body);
+        let mut attempt = 1;
+        loop {
+            match self
+                .store
+                .put_opts(&location, payload.clone(), opts.clone())
+                .await
+            {
+                Err(e) if attempt < LOCAL_PUT_ATTEMPTS && lost_dir_race(&e) => attempt += 1,
+                other => return other,
+            }
+        }
     }
 
     /// Read a whole (small) object; `Ok(None)` if it does not exist.
@@ -511,9 +527,89 @@ fn url_err(e: url::ParseError) -> Error {
 
 use futures::StreamExt as _;
 
+/// Attempts of a put on a local root that lost a race with a delete ([`lost_dir_race`]).
+const LOCAL_PUT_ATTEMPTS: u32 = 4;
+
+/// Whether `e` is a put on a local root that lost a race with a delete in the same directory,
+/// and wrote nothing.
+///
+/// The local store removes a directory that a delete leaves empty (automatic cleanup). A put
+/// that finds its directory gone creates it again; but when the directory is removed between
+/// `mkdir` answering that it exists and the check that it is a directory, the put fails with
+/// "Unable to create dir …: File exists" (seen in a swarm test, between a worker deleting the
+/// last entry of an inbox and a coordinator posting to it). The put had not opened its file yet,
+/// so running it again is safe. A conflict of `put_if_absent` is `AlreadyExists`, never this.
+fn lost_dir_race(e: &object_store::Error) -> bool {
+    let object_store::Error::Generic {
+        store: "LocalFileSystem",
+        source,
+    } = e
+    else {
+        return false;
+    };
+    let mut cause: Option<&(dyn std::error::Error + 'static)> = Some(source.as_ref());
+    while let Some(c) = cause {
+        if let Some(io) = c.downcast_ref::<std::io::Error>() {
+            return io.kind() == std::io::ErrorKind::AlreadyExists;
+        }
+        cause = c.source();
+    }
+    false
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// The error a put gets when its directory vanishes between `mkdir` and the check that it
+    /// is a directory, made to happen every time: the directory is a dangling symbolic link
+    /// (`mkdir` says it exists, and it is no directory). The put is recognised as having lost
+    /// that race, is tried a bounded number of times, and fails with the store's own error.
+    #[tokio::test]
+    async fn a_put_that_loses_its_directory_to_a_delete_is_retried_a_bounded_number_of_times() {
+        let dir = tempfile::tempdir().unwrap();
+        let storage = Storage::open(dir.path().to_str().unwrap(), &S3Options::default()).unwrap();
+        std::fs::create_dir(dir.path().join("inbox")).unwrap();
+        std::os::unix::fs::symlink(dir.path().join("gone"), dir.path().join("inbox/node-2"))
+            .unwrap();
+        let key = Path::from("inbox/node-2/task.json");
+        let location = storage.absolute(&key);
+        let raw = storage
+            .store
+            .put(&location, PutPayload::from_static(b"{}"))
+            .await
+            .unwrap_err();
+        assert!(lost_dir_race(&raw), "{raw}");
+        let err = storage
+            .put(&key, Bytes::from_static(b"{}"))
+            .await
+            .unwrap_err();
+        assert!(err.to_string().contains("Unable to create dir"), "{err}");
+        assert!(
+            storage
+                .put_if_absent(&key, Bytes::from_static(b"{}"))
+                .await
+                .is_err()
+        );
+        // Other failures and conflicts are not mistaken for it.
+        storage.put(&Path::from("a"), Bytes::new()).await.unwrap();
+        let conflict = storage
+            .store
+            .put_opts(
+                &storage.absolute(&Path::from("a")),
+                PutPayload::from_static(b"x"),
+                PutMode::Create.into(),
+            )
+            .await
+            .unwrap_err();
+        assert!(!lost_dir_race(&conflict));
+        assert!(
+            !storage
+                .put_if_absent(&Path::from("a"), Bytes::new())
+                .await
+                .unwrap()
+        );
+    }
 
     #[test]
     fn external_locations_stay_under_the_allowed_roots() {
