@@ -271,6 +271,22 @@ mod tests {
         assert_eq!(again.column(0).len(), 10);
     }
 
+    /// The `done` marker a worker writes for `written`.
+    fn done_for(written: &Written, attempt: u32) -> DoneV1 {
+        DoneV1 {
+            v: 1,
+            node_id: "n".into(),
+            attempt,
+            rows: written.rows,
+            bytes: written.bytes,
+            parts: written.parts,
+            sha256: written.sha256.clone(),
+            dispatch_ms: 0,
+            run_ms: 0,
+            slices: vec![],
+        }
+    }
+
     #[tokio::test]
     async fn compressed_parts_are_smaller_and_read_back_equal() {
         let storage = Storage::open("memory://lz4parts", &Default::default()).unwrap();
@@ -299,18 +315,7 @@ mod tests {
             w.compression = compression;
             w.write(&batch).await.unwrap();
             let written = w.finish().await.unwrap();
-            let done = DoneV1 {
-                v: 1,
-                node_id: "n".into(),
-                attempt: attempt as u32 + 1,
-                rows: written.rows,
-                bytes: written.bytes,
-                parts: written.parts,
-                sha256: written.sha256.clone(),
-                dispatch_ms: 0,
-                run_ms: 0,
-                slices: vec![],
-            };
+            let done = done_for(&written, attempt as u32 + 1);
             let back = read(&storage, &key, &done).await.unwrap();
             assert_eq!(back, vec![batch.clone()]);
             sizes.push(written.bytes);
@@ -339,18 +344,7 @@ mod tests {
         }
         let written = w.finish().await.unwrap();
         assert_eq!((written.rows, written.parts), (6, 3));
-        let mut done = DoneV1 {
-            v: 1,
-            node_id: "n".into(),
-            attempt: 1,
-            rows: written.rows,
-            bytes: written.bytes,
-            parts: written.parts,
-            sha256: written.sha256.clone(),
-            dispatch_ms: 0,
-            run_ms: 0,
-            slices: vec![],
-        };
+        let mut done = done_for(&written, 1);
         let back = read(&storage, &key, &done).await.unwrap();
         assert_eq!(back.iter().map(|b| b.num_rows()).sum::<usize>(), 6);
         done.rows = 7;
