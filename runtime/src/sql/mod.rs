@@ -144,13 +144,15 @@ pub fn rewrite_placeholders(text: &str) -> Result<(String, usize)> {
     let mut last = 0usize;
     let mut questions = 0usize;
     let mut max_dollar = 0usize;
+    let mut word_end = None;
     for (tok, range) in &lexed.tokens {
         if let Token::Placeholder(p) = tok {
             if p == "?" {
                 questions += 1;
                 out.push_str(&lexed.text[last..range.start]);
-                // Nor may it fuse with a word before it (`a?` → `a$1`, one identifier).
-                if out.chars().last().is_some_and(fuses) {
+                // Nor may it fuse with a word before it (`a?` → `a$1`, one identifier), even
+                // one ending in a character that joins no word by itself (`#{?` → `#{$1`).
+                if word_end == Some(range.start) || out.chars().last().is_some_and(fuses) {
                     out.push(' ');
                 }
                 out.push_str(&format!("${questions}"));
@@ -167,6 +169,7 @@ pub fn rewrite_placeholders(text: &str) -> Result<(String, usize)> {
                 max_dollar = max_dollar.max(n);
             }
         }
+        word_end = matches!(tok, Token::Word(_)).then_some(range.end);
     }
     out.push_str(&lexed.text[last..]);
     if questions > 0 && max_dollar > 0 {
@@ -232,6 +235,12 @@ mod tests {
         assert!(rewrite_placeholders("select ?, $1").is_err());
         let (t, _) = rewrite_placeholders("select 'é', ?").unwrap();
         assert_eq!(t, "select 'é', $1");
+        // A word the marker follows directly stays a word of its own, whatever its last
+        // character (`#{` is one word to the tokenizer, and `#{$1` would be another): found by
+        // the property test `rewriting_placeholders_is_idempotent`.
+        let (t, n) = rewrite_placeholders("#{?").unwrap();
+        assert_eq!((t.as_str(), n), ("#{ $1", 1));
+        assert_eq!(rewrite_placeholders(&t).unwrap(), (t.clone(), 1));
     }
 
     #[test]
