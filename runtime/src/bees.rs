@@ -184,26 +184,39 @@ impl BeePool {
                 permit
             }
         };
+        // Find a free bee and take it under its lock: two queries admitted at once must never
+        // find the same bee free (each would run on it and the first to end would free it).
         let bee = self
             .slots
             .iter()
-            .position(|s| s.lock().expect("bee slot").query_id.is_none())
+            .position(|s| {
+                let mut slot = s.lock().expect("bee slot");
+                let free = slot.query_id.is_none();
+                if free {
+                    slot.query_id = Some(query_id.to_string());
+                }
+                free
+            })
             .ok_or_else(|| Error::Internal("a permit without a free bee".into()))?;
         let pool: Arc<dyn MemoryPool> = Arc::new(TrackConsumersPool::new(
             FairSpillPool::new(self.per_bee as usize),
             std::num::NonZeroUsize::new(3).expect("non-zero"),
         ));
-        let disk = self.disk_of(bee)?;
-        let mut env = RuntimeEnvBuilder::new()
-            .with_memory_pool(pool.clone())
-            .with_object_store_registry(self.object_stores.clone());
-        env.disk_manager = Some(disk);
-        let env = env.build_arc()?;
+        let env = self.disk_of(bee).and_then(|disk| {
+            let mut env = RuntimeEnvBuilder::new()
+                .with_memory_pool(pool.clone())
+                .with_object_store_registry(self.object_stores.clone());
+            env.disk_manager = Some(disk);
+            Ok(env.build_arc()?)
+        });
         {
             let mut slot = self.slots[bee].lock().expect("bee slot");
-            slot.query_id = Some(query_id.to_string());
-            slot.pool = Some(pool);
+            match &env {
+                Ok(_) => slot.pool = Some(pool),
+                Err(_) => slot.query_id = None,
+            }
         }
+        let env = env?;
         debug!(bee, query_id, "bee assigned");
         self.temperature();
         Ok(BeeLease {
@@ -377,6 +390,39 @@ mod tests {
             2,
             "one directory per bee"
         );
+    }
+
+    /// Queries admitted at the same moment each get a bee of their own.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+    async fn concurrent_leases_never_share_a_bee() {
+        let (p, _d) = pool(3, 1024);
+        let running: Arc<Vec<std::sync::atomic::AtomicUsize>> = Arc::new(
+            (0..3)
+                .map(|_| std::sync::atomic::AtomicUsize::new(0))
+                .collect(),
+        );
+        let tasks: Vec<_> = (0..24)
+            .map(|t| {
+                let (p, running) = (p.clone(), running.clone());
+                crate::executor::spawn(async move {
+                    for i in 0..50 {
+                        let lease = p.acquire(&format!("q{t}-{i}")).await.unwrap();
+                        let on_bee = &running[lease.bee()];
+                        assert_eq!(
+                            on_bee.fetch_add(1, Ordering::SeqCst),
+                            0,
+                            "a bee leased twice"
+                        );
+                        tokio::task::yield_now().await;
+                        on_bee.fetch_sub(1, Ordering::SeqCst);
+                    }
+                })
+            })
+            .collect();
+        for t in tasks {
+            t.await.unwrap();
+        }
+        assert_eq!(p.load().busy, 0);
     }
 
     #[tokio::test]
