@@ -202,21 +202,14 @@ impl BeePool {
             FairSpillPool::new(self.per_bee as usize),
             std::num::NonZeroUsize::new(3).expect("non-zero"),
         ));
-        let env = self.disk_of(bee).and_then(|disk| {
-            let mut env = RuntimeEnvBuilder::new()
-                .with_memory_pool(pool.clone())
-                .with_object_store_registry(self.object_stores.clone());
-            env.disk_manager = Some(disk);
-            Ok(env.build_arc()?)
-        });
-        {
-            let mut slot = self.slots[bee].lock().expect("bee slot");
-            match &env {
-                Ok(_) => slot.pool = Some(pool),
-                Err(_) => slot.query_id = None,
+        let env = match self.runtime_of(bee, &pool) {
+            Ok(env) => env,
+            Err(e) => {
+                self.slots[bee].lock().expect("bee slot").query_id = None;
+                return Err(e);
             }
-        }
-        let env = env?;
+        };
+        self.slots[bee].lock().expect("bee slot").pool = Some(pool);
         debug!(bee, query_id, "bee assigned");
         self.temperature();
         Ok(BeeLease {
@@ -226,6 +219,15 @@ impl BeePool {
             _permit: permit,
             deadline: Instant::now() + self.config.query_timeout,
         })
+    }
+
+    /// Bee `bee`'s runtime for one query: the query's memory pool and the bee's spill space.
+    fn runtime_of(&self, bee: usize, pool: &Arc<dyn MemoryPool>) -> Result<Arc<RuntimeEnv>> {
+        let mut env = RuntimeEnvBuilder::new()
+            .with_memory_pool(pool.clone())
+            .with_object_store_registry(self.object_stores.clone());
+        env.disk_manager = Some(self.disk_of(bee)?);
+        Ok(env.build_arc()?)
     }
 
     /// Bee `bee`'s spill space: a directory of its own under the scratch root (DataFusion's
