@@ -199,14 +199,14 @@ def total(nodes: list[Node], metric: str) -> float:
 
 def one_backend(name: str, binary: str, root: str, env: dict, data: pathlib.Path, n: int, runs: int,
                 queries: list[tuple[str, str]], scratch: pathlib.Path, failures: list[str],
-                noise: Noise, pin: bool) -> dict:
+                noise: Noise, pin: bool, cluster: bool) -> dict:
     print(f"== {name}: {root}", flush=True)
     core = (lambda i: i) if pin else (lambda i: None)
     nodes = [Node(binary, root, "bench-1", scratch, env, core(0))]
     noise.track(nodes[0].proc.pid)
     try:
         first = Apiary(nodes[0].uri)
-        ing = tpch.ingest(nodes[0].uri, data)
+        ing = tpch.ingest(nodes[0].uri, data, cluster=cluster)
         print(f"ingest: {ing['rows']:,} rows, {ing['rows_per_s']:,.0f} rows/s", flush=True)
         cells = {r["frame"]: r["cells"] for r in first.run(
             "SELECT frame, CAST(sum(cells_added) - sum(cells_removed) AS BIGINT) AS cells "
@@ -340,13 +340,14 @@ def run(args, data: pathlib.Path) -> int:
     backends = []
     try:
         backends.append(one_backend("local", args.binary, str(scratch / "root"), dict(extra), data, n, args.runs,
-                                    queries, scratch / "local", failures, noise, args.pin))
+                                    queries, scratch / "local", failures, noise, args.pin,
+                                    args.cluster == "on"))
         if s3 != "none":
             store = Moto("bench") if s3 == "moto" else Seaweed("bench", scratch)
             noise.track(store.proc.pid)
             backends.append(one_backend(s3, args.binary, f"s3://bench/{uuid.uuid4().hex[:8]}",
                                         {**store.env(), **extra}, data, n, args.runs, queries, scratch / s3,
-                                        failures, noise, args.pin))
+                                        failures, noise, args.pin, args.cluster == "on"))
     finally:
         if store:
             store.stop()

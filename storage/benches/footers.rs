@@ -34,7 +34,9 @@ async fn fill(lh: &Lakehouse) {
         .collect();
     let schema = Arc::new(Schema::new(fields));
     let frame = frame_ref();
-    lh.create_frame(&frame, &schema, &[], false).await.unwrap();
+    lh.create_frame(&frame, &schema, &[], &[], false)
+        .await
+        .unwrap();
     for cell in 0..CELLS {
         let snap = lh.frame(&frame, None).await.unwrap();
         let mut w = lh.ledger().writer(&snap).unwrap();

@@ -25,7 +25,9 @@ fn append_commit(c: &mut Criterion) {
         let lh = Lakehouse::open(storage, LedgerConfig::default())
             .await
             .unwrap();
-        lh.create_frame(&frame, &schema, &[], false).await.unwrap();
+        lh.create_frame(&frame, &schema, &[], &[], false)
+            .await
+            .unwrap();
         lh
     });
     let batch = RecordBatch::try_new(

@@ -220,7 +220,9 @@ mod tests {
         let frame = FrameRef::new(name("default"), name("default"), name("f"));
         let schema = Arc::new(Schema::new(vec![Field::new("v", DataType::Int64, false)]));
         if lh.frame(&frame, None).await.is_err() {
-            lh.create_frame(&frame, &schema, &[], false).await.unwrap();
+            lh.create_frame(&frame, &schema, &[], &[], false)
+                .await
+                .unwrap();
             for c in 0..cells {
                 let snap = lh.frame(&frame, None).await.unwrap();
                 let mut w = lh.ledger().writer(&snap).unwrap();

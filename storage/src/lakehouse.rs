@@ -76,6 +76,7 @@ impl Lakehouse {
         frame: &FrameRef,
         schema: &SchemaRef,
         partition_columns: &[String],
+        cluster_by: &[String],
         if_not_exists: bool,
     ) -> Result<Option<FrameSnapshot>> {
         self.catalog.require_box(&frame.box_ref()).await?;
@@ -126,7 +127,7 @@ impl Lakehouse {
         };
         let created = self
             .ledger
-            .create_table(frame, &incarnation, schema, partition_columns)
+            .create_table(frame, &incarnation, schema, partition_columns, cluster_by)
             .await;
         let snapshot = match created {
             Ok(s) => s,
@@ -556,12 +557,12 @@ mod tests {
         let creator = async {
             tokio::time::sleep(Duration::from_millis(300)).await;
             lh.ledger
-                .create_table(&frame(), &marker.id, &schema(), &[])
+                .create_table(&frame(), &marker.id, &schema(), &[], &[])
                 .await
                 .unwrap();
         };
         let waiter = async {
-            let got = lh.create_frame(&frame(), &schema(), &[], true).await;
+            let got = lh.create_frame(&frame(), &schema(), &[], &[], true).await;
             assert!(got.unwrap().is_none(), "another writer created it");
             assert!(
                 lh.ledger.has_leftovers(&frame()).await.unwrap(),
@@ -570,7 +571,7 @@ mod tests {
         };
         tokio::join!(creator, waiter);
         // Without `if not exists` it is an error at once, as before.
-        let err = lh.create_frame(&frame(), &schema(), &[], false).await;
+        let err = lh.create_frame(&frame(), &schema(), &[], &[], false).await;
         assert!(matches!(err, Err(Error::AlreadyExists { .. })));
     }
 
@@ -594,7 +595,7 @@ mod tests {
             lh.catalog.unregister_frame(&frame()).await.unwrap();
         };
         let (f, sch) = (frame(), schema());
-        let (_, err) = tokio::join!(quitter, lh.create_frame(&f, &sch, &[], true));
+        let (_, err) = tokio::join!(quitter, lh.create_frame(&f, &sch, &[], &[], true));
         assert!(matches!(err, Err(Error::Conflict { .. })), "{err:?}");
     }
 
@@ -620,7 +621,7 @@ mod tests {
         )
         .await
         .unwrap();
-        a.create_frame(&frame(), &schema(), &[], false)
+        a.create_frame(&frame(), &schema(), &[], &[], false)
             .await
             .unwrap();
         let v1 = append(&a, 1).await;

@@ -45,7 +45,10 @@ use crate::error::{Error, Result};
 use crate::footers::FooterCache;
 use crate::paths::{self, FrameRef};
 use crate::schema;
-use crate::shape::{protocol_for, validate_partitioning};
+use crate::shape::{
+    CLUSTER_BY_PROPERTY, cluster_property, parse_cluster_property, protocol_for,
+    validate_clustering, validate_partitioning,
+};
 
 /// Rows per Parquet row group: small enough for useful pruning and parallel scans, large enough
 /// for good compression.
@@ -201,20 +204,31 @@ impl FrameSnapshot {
     /// This frame in a new shape, for a replace that changes its columns or partitioning: cells
     /// are written in the new shape, and the one commit that removes every current cell also
     /// records the new schema, so readers see the old frame or the new one, never neither.
-    pub fn reshaped(&self, schema: &SchemaRef, partition_columns: &[String]) -> Result<Self> {
+    pub fn reshaped(
+        &self,
+        schema: &SchemaRef,
+        partition_columns: &[String],
+        cluster_by: &[String],
+    ) -> Result<Self> {
         validate_partitioning(schema, partition_columns)?;
+        validate_clustering(schema, partition_columns, cluster_by)?;
         let delta_schema = schema::to_delta(schema)?;
         let old = self.state.metadata();
-        let metadata = deltalake::kernel::new_metadata(
-            &delta_schema,
-            partition_columns,
-            old.configuration().clone(),
-        )
-        .and_then(|m| {
-            use deltalake::kernel::MetadataExt;
-            m.with_table_id(old.id().to_string())
-        })
-        .map_err(|e| Error::Schema(format!("the new shape of {}: {e}", self.frame)))?;
+        let mut configuration = old.configuration().clone();
+        match cluster_by.is_empty() {
+            true => configuration.remove(CLUSTER_BY_PROPERTY),
+            false => configuration.insert(
+                CLUSTER_BY_PROPERTY.to_string(),
+                cluster_property(cluster_by),
+            ),
+        };
+        let metadata =
+            deltalake::kernel::new_metadata(&delta_schema, partition_columns, configuration)
+                .and_then(|m| {
+                    use deltalake::kernel::MetadataExt;
+                    m.with_table_id(old.id().to_string())
+                })
+                .map_err(|e| Error::Schema(format!("the new shape of {}: {e}", self.frame)))?;
         let mut actions = vec![Action::Metadata(metadata)];
         if let Some(p) = protocol_for(self.state.protocol(), &delta_schema)? {
             actions.push(Action::Protocol(p));
@@ -226,6 +240,27 @@ impl FrameSnapshot {
             reshape: Some(actions),
             ..self.clone()
         })
+    }
+
+    /// The columns this frame's writes sort their rows by (`CLUSTER BY`); empty when none. Only
+    /// columns the frame has count, whatever another writer recorded.
+    pub fn cluster_by(&self) -> Vec<String> {
+        let Some(value) = self
+            .state
+            .metadata()
+            .configuration()
+            .get(CLUSTER_BY_PROPERTY)
+        else {
+            return Vec::new();
+        };
+        let cols = parse_cluster_property(value);
+        match cols
+            .iter()
+            .all(|c| self.schema.field_with_name(c).is_ok() && !self.partition_columns.contains(c))
+        {
+            true => cols,
+            false => Vec::new(),
+        }
     }
 
     /// The Delta state, for pruning with delta-rs' statistics.
@@ -456,10 +491,20 @@ impl Ledger {
         incarnation: &str,
         schema: &SchemaRef,
         partition_columns: &[String],
+        cluster_by: &[String],
     ) -> Result<FrameSnapshot> {
         validate_partitioning(schema, partition_columns)?;
+        validate_clustering(schema, partition_columns, cluster_by)?;
         let delta_schema = schema::to_delta(schema)?;
-        let table = CreateBuilder::new()
+        // Our own property (`apiary.clusterBy`) is not one delta-rs knows.
+        let mut create = CreateBuilder::new().with_raise_if_key_not_exists(false);
+        if !cluster_by.is_empty() {
+            create = create.with_configuration(HashMap::from([(
+                CLUSTER_BY_PROPERTY.to_string(),
+                Some(cluster_property(cluster_by)),
+            )]));
+        }
+        let table = create
             .with_log_store(self.log_store(frame)?)
             .with_table_name(frame.name.as_str())
             .with_columns(delta_schema.fields().cloned())

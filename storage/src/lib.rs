@@ -22,18 +22,20 @@
 //! | [`catalog`]   | hive, box and frame markers                                           |
 //! | [`ledger`]    | Delta tables: create, snapshot (pinned versions), cell writing, commit |
 //! | [`schema`]    | which Arrow types a frame stores; casting incoming batches            |
-//! | `shape`       | valid partition columns; the Delta protocol a frame's columns need     |
+//! | `shape`       | valid partition and cluster columns; the Delta protocol columns need  |
+//! | `cluster`     | sorting a clustered frame's writes (`CLUSTER BY`), spilling if big     |
 //! | `spread`      | cells over partitions or tasks: whole cells where even, else ranges   |
 //! | [`footers`]   | the node's cache of decoded Parquet footers (hits counted)            |
 //! | [`provider`]  | DataFusion `TableProvider` and `DataSink` over a pinned snapshot      |
 //! | [`lakehouse`] | flows that touch catalog and ledger together (create/drop)            |
 //! | [`dml`]       | DELETE, UPDATE, MERGE through delta-rs on the caller's session          |
 //! | [`history`]   | a frame's commits, the version at an instant, RESTORE                  |
-//! | [`maintain`]  | OPTIMIZE, VACUUM (deleting object by object), ADD COLUMN                |
+//! | [`maintain`]  | OPTIMIZE, VACUUM (deleting object by object), ADD COLUMN, CLUSTER BY    |
 //! | [`confine`]   | the object-store registry the engine gets: the root and nothing else   |
 
 pub mod backend;
 pub mod catalog;
+mod cluster;
 mod codec;
 pub mod confine;
 pub mod dml;

@@ -6,6 +6,7 @@
 //! deletes them itself, object by object: object_store 0.13's bulk delete fails on AWS S3
 //! (delta-io/delta-rs#4644). Like delta-rs, it records a `VACUUM START` and a `VACUUM END` commit.
 
+use std::collections::HashMap;
 use std::num::NonZeroU64;
 use std::sync::Arc;
 
@@ -24,6 +25,7 @@ use tracing::info;
 use crate::dml::{conflict, operation_session};
 use crate::error::{Error, Result};
 use crate::ledger::{FrameSnapshot, Ledger};
+use crate::shape::{CLUSTER_BY_PROPERTY, cluster_property, validate_clustering};
 
 /// One `column op value(s)` condition on a partition column, values as partition strings.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -98,6 +100,12 @@ impl Ledger {
                 Ok(filter_literal(&c.column, &c.op, value)?)
             })
             .collect::<Result<Vec<_>>>()?;
+        // A clustered frame is re-clustered: its cells, each sorted by one write, become cells
+        // sorted across all of them.
+        let zorder = match zorder.is_empty() {
+            true => snapshot.cluster_by(),
+            false => zorder,
+        };
         let table = self.delta_table(snapshot)?;
         let target = NonZeroU64::new(self.config().cell_target_bytes)
             .ok_or_else(|| Error::Internal("cell target size is zero".into()))?;
@@ -213,6 +221,34 @@ impl Ledger {
 
     /// `ALTER TABLE … ADD COLUMN`: new nullable columns at the end; existing cells read them as
     /// NULL. Returns the committed version.
+    /// `ALTER TABLE … CLUSTER BY (cols)` (or `CLUSTER BY NONE`, `cluster_by` empty): record the
+    /// columns later writes sort by, in one metadata commit. Cells already written keep their
+    /// order until an `OPTIMIZE` re-clusters them.
+    pub async fn set_cluster_by(
+        &self,
+        snapshot: &FrameSnapshot,
+        cluster_by: &[String],
+        user: &str,
+    ) -> Result<i64> {
+        snapshot.writable()?;
+        validate_clustering(snapshot.schema(), snapshot.partition_columns(), cluster_by)?;
+        let table = self.delta_table(snapshot)?;
+        let table = table
+            .set_tbl_properties()
+            .with_properties(HashMap::from([(
+                CLUSTER_BY_PROPERTY.to_string(),
+                cluster_property(cluster_by),
+            )]))
+            .with_raise_if_not_exists(false)
+            .with_commit_properties(self.commit_properties(user))
+            .await
+            .map_err(|e| conflict(snapshot, e))?;
+        let state = table.snapshot()?.clone();
+        let version = state.version() as i64;
+        self.remember(snapshot.frame(), snapshot.incarnation(), state);
+        Ok(version)
+    }
+
     pub async fn add_columns(
         &self,
         snapshot: &FrameSnapshot,

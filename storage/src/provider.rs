@@ -518,11 +518,21 @@ impl FrameSink {
     }
 
     /// Write every batch of `data` and commit. Returns (rows, committed version).
+    ///
+    /// A clustered frame's rows are sorted by its cluster columns first, in `ctx` (the writing
+    /// bee's memory pool and scratch space); without a context they are sorted in an unbounded
+    /// one.
     pub async fn write_stream(
         &self,
-        mut data: SendableRecordBatchStream,
+        data: SendableRecordBatchStream,
+        ctx: Option<Arc<TaskContext>>,
     ) -> crate::Result<(u64, i64)> {
         let ledger = &self.table.ledger;
+        let cluster_by = self.table.snapshot.cluster_by();
+        let mut data = match cluster_by.is_empty() {
+            true => data,
+            false => crate::cluster::sorted(data, &cluster_by, ctx.unwrap_or_default())?,
+        };
         let mut writer = ledger.writer(&self.table.snapshot)?;
         let result: crate::Result<()> = async {
             while let Some(batch) = data.next().await {
@@ -581,10 +591,10 @@ impl DataSink for FrameSink {
     async fn write_all(
         &self,
         data: SendableRecordBatchStream,
-        _context: &Arc<TaskContext>,
+        context: &Arc<TaskContext>,
     ) -> DfResult<u64> {
         let (rows, _) = self
-            .write_stream(data)
+            .write_stream(data, Some(context.clone()))
             .await
             .map_err(|e: Error| DataFusionError::from(e))?;
         Ok(rows)

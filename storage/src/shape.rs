@@ -103,6 +103,80 @@ pub(crate) fn protocol_for(
     serde_json::from_value(json).map(Some).map_err(bad)
 }
 
+/// The table property that records a frame's cluster columns (`CREATE TABLE … CLUSTER BY`), as a
+/// JSON array of column names. Other Delta readers ignore it; Apiary's writes sort their rows by
+/// these columns, so that each cell and row group covers a narrow range of them and a filter on
+/// them skips the rest.
+pub(crate) const CLUSTER_BY_PROPERTY: &str = "apiary.clusterBy";
+
+/// Most cluster columns a frame may have: past a few, a sort orders by the first ones only.
+pub(crate) const MAX_CLUSTER_COLUMNS: usize = 4;
+
+/// Checks cluster columns against a frame's columns: existing, scalar, not partition columns
+/// (each cell holds one value of those), none twice, at most [`MAX_CLUSTER_COLUMNS`].
+pub(crate) fn validate_clustering(
+    schema: &SchemaRef,
+    partition_columns: &[String],
+    cluster_by: &[String],
+) -> Result<()> {
+    if cluster_by.len() > MAX_CLUSTER_COLUMNS {
+        return Err(Error::Schema(format!(
+            "CLUSTER BY takes at most {MAX_CLUSTER_COLUMNS} columns, not {}",
+            cluster_by.len()
+        )));
+    }
+    let mut seen = std::collections::HashSet::new();
+    for c in cluster_by {
+        if !seen.insert(c) {
+            return Err(Error::Schema(format!("CLUSTER BY lists {c} twice")));
+        }
+        let field = schema.field_with_name(c).map_err(|_| {
+            Error::Schema(format!("cluster column {c} is not a column of the frame"))
+        })?;
+        if field.data_type().is_nested() {
+            return Err(Error::Schema(format!(
+                "cluster column {c} must have a scalar type, not {}",
+                field.data_type()
+            )));
+        }
+        if partition_columns.contains(c) {
+            return Err(Error::Schema(format!(
+                "{c} is a partition column: each cell holds one value of it, so clustering by it \
+                 orders nothing"
+            )));
+        }
+    }
+    Ok(())
+}
+
+/// The value of [`CLUSTER_BY_PROPERTY`] for `cluster_by`.
+pub(crate) fn cluster_property(cluster_by: &[String]) -> String {
+    serde_json::to_string(cluster_by).unwrap_or_else(|_| "[]".into())
+}
+
+/// The cluster columns a property value names. The value comes from storage, so anything but a
+/// short array of strings reads as no clustering rather than failing every write.
+pub(crate) fn parse_cluster_property(value: &str) -> Vec<String> {
+    match serde_json::from_str::<Vec<String>>(value) {
+        Ok(v) if v.len() <= MAX_CLUSTER_COLUMNS => v,
+        _ => Vec::new(),
+    }
+}
+
+#[cfg(test)]
+#[test]
+fn cluster_property_round_trips_and_refuses_junk() {
+    let cols = vec!["l_shipdate".to_string(), "odd \"name\"".to_string()];
+    assert_eq!(parse_cluster_property(&cluster_property(&cols)), cols);
+    assert_eq!(
+        parse_cluster_property(&cluster_property(&[])),
+        Vec::<String>::new()
+    );
+    for junk in ["", "l_shipdate", "{}", "[1]", r#"["a","b","c","d","e"]"#] {
+        assert!(parse_cluster_property(junk).is_empty(), "{junk:?}");
+    }
+}
+
 pub(crate) fn validate_partitioning(
     schema: &SchemaRef,
     partition_columns: &[String],

@@ -420,3 +420,57 @@ def test_appends_add_columns_only_when_asked(server, tmp_path):
     dt = DeltaTable(str(tmp_path / "root" / "default" / "default" / "m"))
     assert dt.schema().to_arrow().names == ["a", "b"]
     assert dt.to_pyarrow_table().num_rows == 3
+
+
+def test_clustered_frames_write_sorted_cells(server, tmp_path):
+    """CLUSTER BY through ADBC: ingest and INSERT write cells sorted by the cluster column, which
+    delta-rs and pyarrow see; OPTIMIZE sorts across writes; answers are unchanged."""
+    import pyarrow.compute as pc
+    import pyarrow.parquet as pq
+
+    n = 50_000
+    ids = pa.array(range(n), pa.int64())
+    days = pa.array([(i * 7919) % 365 for i in range(n)], pa.int32())
+    shuffled = pa.table({
+        "id": ids,
+        "day": pc.cast(days, pa.date32()),
+        "v": pa.array([f"v{i}" for i in range(n)]),
+    })
+    with flightsql.connect(server.uri) as conn, conn.cursor() as cur:
+        cur.execute("CREATE TABLE c (id BIGINT, day DATE, v VARCHAR) CLUSTER BY (day)")
+        cur.adbc_ingest("c", shuffled, mode="append")
+        cur.execute(
+            "INSERT INTO c SELECT value + 100000, DATE '1970-01-01' + CAST((value * 104729) % 365 AS INT), 'w' "
+            "FROM generate_series(1, 20000)"
+        )
+        described = dict((r[0], r[1]) for r in rows(cur, "DESCRIBE c"))
+        assert described["Cluster columns"] == "day", described
+        march = "day BETWEEN DATE '1970-03-01' AND DATE '1970-03-31'"
+        expected = sum(1 for d in days.to_pylist() if 59 <= d <= 89)
+        expected += sum(1 for v in range(1, 20001) if 59 <= (v * 104729) % 365 <= 89)
+        assert rows(cur, f"SELECT count(*) FROM c WHERE {march}") == [(expected,)]
+
+        path = tmp_path / "root" / "default" / "default" / "c"
+        table = DeltaTable(str(path))
+        assert table.metadata().configuration.get("apiary.clusterBy") == '["day"]'
+        files = table.file_uris()
+        assert len(files) == 2, files  # one cell per write at this size
+        for f in files:
+            col = pq.read_table(f.removeprefix("file://"), columns=["day"]).column("day")
+            assert col.to_pylist() == sorted(col.to_pylist()), f"{f} is not sorted by day"
+
+        cur.execute("OPTIMIZE c")
+        table = DeltaTable(str(path))
+        files = table.file_uris()
+        assert len(files) == 1, files
+        col = pq.read_table(files[0].removeprefix("file://"), columns=["day"]).column("day")
+        assert col.to_pylist() == sorted(col.to_pylist()), "OPTIMIZE sorts across writes"
+        assert rows(cur, f"SELECT count(*) FROM c WHERE {march}") == [(expected,)]
+        assert rows(cur, "SELECT count(*) FROM c") == [(n + 20000,)]
+
+        cur.execute("ALTER TABLE c CLUSTER BY NONE")
+        described = dict((r[0], r[1]) for r in rows(cur, "DESCRIBE c"))
+        assert described["Cluster columns"] == "", described
+        with pytest.raises(Exception, match="cluster column nope is not a column"):
+            cur.execute("ALTER TABLE c CLUSTER BY (nope)")
+

@@ -17,7 +17,7 @@ use super::catalog;
 use super::ingest::{IfExists, IfMissing, Target, WriteMode, empty_stream};
 use super::{Engine, Output, Session};
 use crate::error::{Error, Result};
-use crate::sql::Command;
+use crate::sql::{Command, Layout};
 
 impl Engine {
     /// Hive and box commands, `DROP TABLE` and `USE` (which updates `session`).
@@ -122,11 +122,11 @@ impl Engine {
         &self,
         plan: LogicalPlan,
         state: SessionState,
-        partition_by: &[String],
+        layout: &Layout,
     ) -> Result<Output> {
         match plan {
             LogicalPlan::Ddl(DdlStatement::CreateMemoryTable(create)) => {
-                self.create_table(create, state, partition_by).await
+                self.create_table(create, state, layout).await
             }
             LogicalPlan::Ddl(DdlStatement::CreateExternalTable(create)) => {
                 let frame = catalog::frame_ref(
@@ -145,8 +145,10 @@ impl Engine {
                     | WriteOp::MergeInto(_),
                 ..
             }) => {
-                if !partition_by.is_empty() {
-                    return Err(Error::Sql("PARTITIONED BY belongs to CREATE TABLE".into()));
+                if !layout.is_empty() {
+                    return Err(Error::Sql(
+                        "PARTITIONED BY and CLUSTER BY belong to CREATE TABLE".into(),
+                    ));
                 }
                 let physical = state.create_physical_plan(&plan).await?;
                 let mut stream = execute_stream(physical, state.task_ctx())?;
@@ -171,7 +173,7 @@ impl Engine {
         &self,
         create: CreateMemoryTable,
         state: SessionState,
-        partition_by: &[String],
+        layout: &Layout,
     ) -> Result<Output> {
         if create.temporary {
             return Err(Error::Unsupported("temporary frames".into()));
@@ -202,7 +204,8 @@ impl Engine {
                 IfExists::Fail
             },
             if_missing: IfMissing::Create,
-            partition_by: Some(partition_by.to_vec()),
+            partition_by: Some(layout.partition_by.clone()),
+            cluster_by: Some(layout.cluster_by.clone()),
             merge_schema: false,
         };
         // Plan the rows before touching the namespace: a query that cannot plan creates nothing.
@@ -230,7 +233,9 @@ impl Engine {
             },
             None => empty_stream(incoming),
         };
-        Ok(Output::Count(self.write_target(target, data).await?))
+        Ok(Output::Count(
+            self.write_target(target, data, state.task_ctx()).await?,
+        ))
     }
 }
 

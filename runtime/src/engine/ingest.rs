@@ -18,7 +18,8 @@ use apiary_storage::{FrameRef, FrameSink, FrameSnapshot, FrameTable, ObjectKind}
 use std::sync::Arc;
 
 use arrow::datatypes::{Field, Schema, SchemaRef};
-use datafusion::execution::SendableRecordBatchStream;
+use datafusion::execution::runtime_env::RuntimeEnv;
+use datafusion::execution::{SendableRecordBatchStream, TaskContext};
 use tracing::{info, warn};
 
 use super::Engine;
@@ -48,6 +49,9 @@ pub struct WriteMode {
     /// Partition columns of a frame this write creates. `None` keeps a replaced frame's own
     /// partitioning; `Some` must match it for a replace to keep the frame.
     pub partition_by: Option<Vec<String>>,
+    /// Cluster columns of a frame this write creates (`CLUSTER BY`). `None` keeps a replaced
+    /// frame's own; `Some` must match it for a replace to keep the frame.
+    pub cluster_by: Option<Vec<String>>,
     /// An append whose batches have columns the frame lacks adds them (nullable) first, instead
     /// of failing: schema evolution, only when asked for (ingest option `apiary.merge_schema`).
     pub merge_schema: bool,
@@ -134,7 +138,12 @@ impl Engine {
                 Ok(write(lh.frame(frame, None).await?, false, false))
             }
             (Some(s), IfExists::Replace, _) => {
-                if same_shape(&s, schema, mode.partition_by.as_deref()) {
+                if same_shape(
+                    &s,
+                    schema,
+                    mode.partition_by.as_deref(),
+                    mode.cluster_by.as_deref(),
+                ) {
                     return Ok(write(s, true, false));
                 }
                 // A new shape: the cells and the new schema land in one commit, so a write that
@@ -147,8 +156,13 @@ impl Engine {
                     .partition_by
                     .clone()
                     .unwrap_or_else(|| s.partition_columns().to_vec());
+                let cluster_by = mode.cluster_by.clone().unwrap_or_else(|| s.cluster_by());
                 info!(frame = %frame, "replacing a frame with a new shape in one commit");
-                Ok(write(s.reshaped(&new_schema, &partition_by)?, true, false))
+                Ok(write(
+                    s.reshaped(&new_schema, &partition_by, &cluster_by)?,
+                    true,
+                    false,
+                ))
             }
             (None, _, IfMissing::Fail) => {
                 lh.catalog().require_box(&frame.box_ref()).await?;
@@ -173,11 +187,12 @@ impl Engine {
         })?;
         let schema = self.frame_schema(incoming)?;
         let partition_by = mode.partition_by.clone().unwrap_or_default();
+        let cluster_by = mode.cluster_by.clone().unwrap_or_default();
         let lh = &self.lakehouse;
         // With IfExists::Fail the name must be new: create_frame says so itself.
         let if_not_exists = mode.if_exists != IfExists::Fail;
         match lh
-            .create_frame(frame, &schema, &partition_by, if_not_exists)
+            .create_frame(frame, &schema, &partition_by, &cluster_by, if_not_exists)
             .await?
         {
             Some(s) => Ok(Target::Write {
@@ -216,11 +231,13 @@ impl Engine {
         Ok(())
     }
 
-    /// Write `data` into an opened target. Returns the rows written.
+    /// Write `data` into an opened target, in `ctx` (the bee's memory pool and scratch space,
+    /// which a clustered frame's sort uses). Returns the rows written.
     pub(crate) async fn write_target(
         &self,
         target: Target,
         data: SendableRecordBatchStream,
+        ctx: Arc<TaskContext>,
     ) -> Result<u64> {
         let Target::Write {
             table,
@@ -231,7 +248,10 @@ impl Engine {
         else {
             return Ok(0);
         };
-        match FrameSink::new(*table, overwrite).write_stream(data).await {
+        match FrameSink::new(*table, overwrite)
+            .write_stream(data, Some(ctx))
+            .await
+        {
             Ok((rows, version)) => {
                 info!(frame = %frame, rows, version, overwrite, "write committed");
                 Ok(rows)
@@ -263,24 +283,29 @@ impl Engine {
         }
     }
 
-    /// Bulk ingest: apply `mode` to `frame`, then stream `data` into it.
+    /// Bulk ingest: apply `mode` to `frame`, then stream `data` into it (in `env`, the bee's
+    /// memory pool and scratch space).
     pub async fn ingest(
         &self,
         frame: &FrameRef,
         mode: &WriteMode,
         schema: Option<&SchemaRef>,
         data: SendableRecordBatchStream,
+        env: &Arc<RuntimeEnv>,
     ) -> Result<u64> {
         let target = self.open_target(frame, schema, mode).await?;
-        self.write_target(target, data).await
+        self.write_target(target, data, self.task_context(env))
+            .await
     }
 }
 
-/// Whether a frame keeps its shape under incoming data of `schema` and `partition_by`.
+/// Whether a frame keeps its shape under incoming data of `schema`, `partition_by` and
+/// `cluster_by`.
 fn same_shape(
     s: &FrameSnapshot,
     schema: Option<&SchemaRef>,
     partition_by: Option<&[String]>,
+    cluster_by: Option<&[String]>,
 ) -> bool {
     let schema_ok = match schema {
         None => true,
@@ -290,7 +315,8 @@ fn same_shape(
         },
     };
     let partitions_ok = partition_by.is_none_or(|p| s.partition_columns() == p);
-    schema_ok && partitions_ok
+    let clusters_ok = cluster_by.is_none_or(|c| s.cluster_by() == c);
+    schema_ok && partitions_ok && clusters_ok
 }
 
 /// A stream with no batches, for writes without data (`CREATE OR REPLACE TABLE t (…)`).

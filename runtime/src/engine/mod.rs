@@ -292,9 +292,10 @@ impl Engine {
             Command::Restore { .. }
             | Command::Optimize { .. }
             | Command::Vacuum { .. }
-            | Command::AddColumns { .. } => self.operate(env, session, &stmt.command).await,
+            | Command::AddColumns { .. }
+            | Command::ClusterBy { .. } => self.operate(env, session, &stmt.command).await,
             Command::Unsupported(what) => Err(Error::Unsupported(what.clone())),
-            Command::Sql { partition_by, .. } => {
+            Command::Sql { layout, .. } => {
                 let planning = PlanTarget {
                     env,
                     ..Default::default()
@@ -309,7 +310,7 @@ impl Engine {
                         Purpose::Statement,
                     )
                     .await?;
-                self.run_plan(plan, state, partition_by).await
+                self.run_plan(plan, state, layout).await
             }
             namespace => self.namespace(session, namespace).await,
         }
@@ -504,9 +505,9 @@ pub fn parse_with(text: &str, limits: &Limits) -> Result<Vec<Statement>> {
         .map(|p| {
             let (text, params) = sql::rewrite_placeholders(&p)?;
             let command = match sql::classify(&text)? {
-                Command::Sql { text, partition_by } => Command::Sql {
+                Command::Sql { text, layout } => Command::Sql {
                     text: sql::travel::rewrite(&text)?.unwrap_or(text),
-                    partition_by,
+                    layout,
                 },
                 other => other,
             };

@@ -1,5 +1,5 @@
-//! Lakehouse operations on one frame: `DESCRIBE HISTORY`, `RESTORE`, `OPTIMIZE`, `VACUUM` and
-//! `ALTER TABLE … ADD COLUMN` (the statements themselves are parsed in `sql::operations`; the
+//! Lakehouse operations on one frame: `DESCRIBE HISTORY`, `RESTORE`, `OPTIMIZE`, `VACUUM`,
+//! `ALTER TABLE … ADD COLUMN` and `ALTER TABLE … CLUSTER BY` (the statements themselves are parsed in `sql::operations`; the
 //! work is done by the storage crate's ledger).
 
 use std::sync::Arc;
@@ -65,7 +65,7 @@ impl Engine {
         files_batch(&done.files, true)
     }
 
-    /// `RESTORE`, `OPTIMIZE`, `VACUUM` and `ADD COLUMN`: the count they report.
+    /// `RESTORE`, `OPTIMIZE`, `VACUUM`, `ADD COLUMN` and `CLUSTER BY`: the count they report.
     pub(super) async fn operate(
         &self,
         env: Option<&Arc<datafusion::execution::runtime_env::RuntimeEnv>>,
@@ -122,6 +122,11 @@ impl Engine {
                     )
                     .await?;
                 Ok(Output::Count(done.files.len() as u64))
+            }
+            Command::ClusterBy { name, columns } => {
+                let snapshot = self.target(session, name).await?;
+                ledger.set_cluster_by(&snapshot, columns, user).await?;
+                Ok(Output::Done)
             }
             Command::AddColumns { name, columns } => {
                 let snapshot = self.target(session, name).await?;

@@ -119,6 +119,7 @@ impl Engine {
             ("Rows", stats.rows.to_string()),
             ("Bytes", stats.bytes.to_string()),
             ("Partition columns", snap.partition_columns().join(", ")),
+            ("Cluster columns", snap.cluster_by().join(", ")),
             ("Location", location),
         ] {
             rows.push((k.to_string(), v, String::new()));

@@ -480,7 +480,13 @@ impl Node {
         // Batches flow from the client straight into cells; nothing is buffered whole.
         match self
             .engine
-            .ingest(&request.frame, &request.mode, schema.as_ref(), data)
+            .ingest(
+                &request.frame,
+                &request.mode,
+                schema.as_ref(),
+                data,
+                lease.env(),
+            )
             .await
         {
             Ok(rows) => {

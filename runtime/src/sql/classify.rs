@@ -1,5 +1,5 @@
-//! Classifying one statement: Apiary's namespace commands, `DESCRIBE`, `PARTITIONED BY`, and
-//! everything else handed to DataFusion.
+//! Classifying one statement: Apiary's namespace commands, `DESCRIBE`, `PARTITIONED BY`,
+//! `CLUSTER BY`, and everything else handed to DataFusion.
 
 use datafusion::sql::sqlparser::keywords::Keyword;
 use datafusion::sql::sqlparser::tokenizer::{Token, Word};
@@ -10,6 +10,20 @@ use crate::error::{Error, Result};
 
 /// A possibly qualified name as written: 1 to 3 parts.
 pub type NameParts = Vec<String>;
+
+/// How a `CREATE TABLE` lays out its frame: what its `PARTITIONED BY (…)` and `CLUSTER BY (…)`
+/// clauses named (cut out of the text DataFusion plans).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Layout {
+    pub partition_by: Vec<String>,
+    pub cluster_by: Vec<String>,
+}
+
+impl Layout {
+    pub fn is_empty(&self) -> bool {
+        self.partition_by.is_empty() && self.cluster_by.is_empty()
+    }
+}
 
 /// One statement, classified.
 #[derive(Debug, Clone, PartialEq)]
@@ -51,10 +65,10 @@ pub enum Command {
     Describe {
         name: NameParts,
     },
-    /// Statements DataFusion plans. `partition_by` was cut out of a `CREATE TABLE`.
+    /// Statements DataFusion plans. `layout` was cut out of a `CREATE TABLE`.
     Sql {
         text: String,
-        partition_by: Vec<String>,
+        layout: Layout,
     },
     /// `SET name = value` / `SET name TO value` (`value` set) and `RESET name` (`None`): a
     /// DataFusion option of the session.
@@ -83,6 +97,11 @@ pub enum Command {
         name: NameParts,
         retain_hours: Option<f64>,
         dry_run: bool,
+    },
+    /// `ALTER TABLE f CLUSTER BY (cols)`, or `CLUSTER BY NONE` (`columns` empty).
+    ClusterBy {
+        name: NameParts,
+        columns: Vec<String>,
     },
     /// `ALTER TABLE f ADD COLUMN[S] c type, …` (types as written).
     AddColumns {
@@ -406,7 +425,7 @@ pub fn classify(text: &str) -> Result<Command> {
                 // DataFusion's own syntax, PARTITIONED BY included.
                 return Ok(Command::Sql {
                     text: text.to_string(),
-                    partition_by: Vec::new(),
+                    layout: Layout::default(),
                 });
             }
             if c.eat_word("VIEW") {
@@ -415,7 +434,7 @@ pub fn classify(text: &str) -> Result<Command> {
             if c.eat_words(&["OR", "REPLACE", "VIEW"]) {
                 return operations::create_view(&mut c, text, true);
             }
-            strip_partitioned_by(&lexed)
+            strip_layout(&lexed)
         }
         "DROP" => {
             c.pos += 1;
@@ -468,7 +487,7 @@ pub fn classify(text: &str) -> Result<Command> {
                 // Other SET forms go to DataFusion's planner (which refuses them).
                 None => Ok(Command::Sql {
                     text: text.to_string(),
-                    partition_by: Vec::new(),
+                    layout: Layout::default(),
                 }),
             }
         }
@@ -524,7 +543,7 @@ pub fn classify(text: &str) -> Result<Command> {
             }
             Ok(Command::Sql {
                 text: text.to_string(),
-                partition_by: vec![],
+                layout: Layout::default(),
             })
         }
         "DESCRIBE" | "DESC" => {
@@ -541,7 +560,7 @@ pub fn classify(text: &str) -> Result<Command> {
                 ) {
                     return Ok(Command::Sql {
                         text: text.to_string(),
-                        partition_by: vec![],
+                        layout: Layout::default(),
                     });
                 }
             }
@@ -571,7 +590,7 @@ pub fn classify(text: &str) -> Result<Command> {
         "COPY" => Ok(Command::Unsupported("COPY".into())),
         _ => Ok(Command::Sql {
             text: text.to_string(),
-            partition_by: vec![],
+            layout: Layout::default(),
         }),
     }
 }
@@ -580,74 +599,100 @@ fn unreachable_parts() -> Result<Command> {
     Err(Error::Sql("too many name parts".into()))
 }
 
-/// Cut `PARTITIONED BY (a, b)` out of a `CREATE TABLE` (DataFusion's parser expects typed Hive
-/// partition columns there; we take Delta-style column names).
-fn strip_partitioned_by(lexed: &Lexed<'_>) -> Result<Command> {
+/// Cut `PARTITIONED BY (a, b)` and `CLUSTER BY (c)` out of a `CREATE TABLE` (DataFusion's parser
+/// expects typed Hive partition columns after PARTITIONED BY and knows no CLUSTER BY; we take
+/// Delta-style column names). Only clauses before the `AS` of a `CREATE TABLE … AS query` count.
+fn strip_layout(lexed: &Lexed<'_>) -> Result<Command> {
     let meaningful: Vec<usize> = (0..lexed.tokens.len())
         .filter(|&i| !is_trivia(&lexed.tokens[i].0) && !matches!(lexed.tokens[i].0, Token::EOF))
         .collect();
     let word = |i: usize, kw: &str| -> bool {
         matches!(&lexed.tokens[i].0, Token::Word(w) if w.quote_style.is_none() && w.value.eq_ignore_ascii_case(kw))
     };
+    let mut layout = Layout::default();
+    // Byte ranges of the clauses, to cut out of the text.
+    let mut cuts: Vec<std::ops::Range<usize>> = Vec::new();
     let mut depth = 0i32;
-    for (k, &i) in meaningful.iter().enumerate() {
+    let mut k = 0;
+    while k < meaningful.len() {
+        let i = meaningful[k];
         match &lexed.tokens[i].0 {
             Token::LParen => depth += 1,
             Token::RParen => depth -= 1,
             _ => {}
         }
-        if depth == 0 && word(i, "PARTITIONED") {
-            let Some(&by) = meaningful.get(k + 1) else {
-                break;
-            };
-            if !word(by, "BY") {
-                return Err(Error::Sql("expected BY after PARTITIONED".into()));
-            }
-            let mut cols = Vec::new();
-            let mut j = k + 2;
-            if !matches!(
-                meaningful.get(j).map(|&t| &lexed.tokens[t].0),
-                Some(Token::LParen)
-            ) {
-                return Err(Error::Sql("expected ( after PARTITIONED BY".into()));
-            }
-            j += 1;
-            loop {
-                let Some(&t) = meaningful.get(j) else {
-                    return Err(Error::Sql("unterminated PARTITIONED BY (...)".into()));
-                };
-                match &lexed.tokens[t].0 {
-                    Token::Word(w) => cols.push(if w.quote_style.is_some() {
-                        w.value.clone()
-                    } else {
-                        w.value.to_ascii_lowercase()
-                    }),
-                    Token::Comma => {}
-                    Token::RParen => break,
-                    other => {
-                        return Err(Error::Sql(format!(
-                            "PARTITIONED BY takes column names, found {other}"
-                        )));
-                    }
-                }
-                j += 1;
-            }
-            let start = lexed.tokens[i].1.start;
-            let end = lexed.tokens[meaningful[j]].1.end;
-            let text = format!("{} {}", &lexed.text[..start], &lexed.text[end..]);
-            if cols.is_empty() {
-                return Err(Error::Sql(
-                    "PARTITIONED BY needs at least one column".into(),
-                ));
-            }
-            return Ok(Command::Sql {
-                text,
-                partition_by: cols,
-            });
+        if depth == 0 && word(i, "AS") {
+            break;
         }
+        let clause = match depth == 0 {
+            true if word(i, "PARTITIONED") => "PARTITIONED",
+            true if word(i, "CLUSTER") => "CLUSTER",
+            _ => {
+                k += 1;
+                continue;
+            }
+        };
+        let (cols, last) = column_list(lexed, &meaningful, k, clause)?;
+        let list = match clause {
+            "PARTITIONED" => &mut layout.partition_by,
+            _ => &mut layout.cluster_by,
+        };
+        if !list.is_empty() {
+            return Err(Error::Sql(format!("{clause} BY is given twice")));
+        }
+        *list = cols;
+        cuts.push(lexed.tokens[i].1.start..lexed.tokens[meaningful[last]].1.end);
+        k = last + 1;
     }
-    Ok(Command::Sql {
-        text: lexed.text.to_string(),
-        partition_by: vec![],
-    })
+    let mut text = String::with_capacity(lexed.text.len());
+    let mut at = 0;
+    for cut in cuts {
+        text.push_str(&lexed.text[at..cut.start]);
+        text.push(' ');
+        at = cut.end;
+    }
+    text.push_str(&lexed.text[at..]);
+    Ok(Command::Sql { text, layout })
+}
+
+/// The column names of `<clause> BY (a, b)` starting at `meaningful[k]`, and the index (in
+/// `meaningful`) of its closing parenthesis.
+fn column_list(
+    lexed: &Lexed<'_>,
+    meaningful: &[usize],
+    k: usize,
+    clause: &str,
+) -> Result<(Vec<String>, usize)> {
+    let token = |j: usize| meaningful.get(j).map(|&t| &lexed.tokens[t].0);
+    if !matches!(token(k + 1), Some(Token::Word(w)) if w.quote_style.is_none() && w.value.eq_ignore_ascii_case("BY"))
+    {
+        return Err(Error::Sql(format!("expected BY after {clause}")));
+    }
+    if !matches!(token(k + 2), Some(Token::LParen)) {
+        return Err(Error::Sql(format!("expected ( after {clause} BY")));
+    }
+    let mut cols = Vec::new();
+    let mut j = k + 3;
+    loop {
+        match token(j) {
+            None => return Err(Error::Sql(format!("unterminated {clause} BY (...)"))),
+            Some(Token::Word(w)) => cols.push(if w.quote_style.is_some() {
+                w.value.clone()
+            } else {
+                w.value.to_ascii_lowercase()
+            }),
+            Some(Token::Comma) => {}
+            Some(Token::RParen) => break,
+            Some(other) => {
+                return Err(Error::Sql(format!(
+                    "{clause} BY takes column names, found {other}"
+                )));
+            }
+        }
+        j += 1;
+    }
+    if cols.is_empty() {
+        return Err(Error::Sql(format!("{clause} BY needs at least one column")));
+    }
+    Ok((cols, j))
 }

@@ -28,6 +28,8 @@ const PIECES: &[&str] = &[
     "INSERT",
     "INTO",
     "PARTITIONED",
+    "CLUSTER",
+    "NONE",
     "BY",
     "/*",
     "*/",

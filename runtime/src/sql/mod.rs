@@ -16,7 +16,7 @@ mod operations;
 pub mod travel;
 
 use classify::Cursor;
-pub use classify::{Command, NameParts, classify};
+pub use classify::{Command, Layout, NameParts, classify};
 pub use operations::DEFAULT_HISTORY_LIMIT;
 
 /// A tokenised SQL text with the byte range of every token.
@@ -344,8 +344,8 @@ mod tests {
     fn strips_partitioned_by() {
         let c = classify("CREATE TABLE t (region VARCHAR, x INT) PARTITIONED BY (region)").unwrap();
         match c {
-            Command::Sql { text, partition_by } => {
-                assert_eq!(partition_by, vec!["region".to_string()]);
+            Command::Sql { text, layout } => {
+                assert_eq!(layout.partition_by, vec!["region".to_string()]);
                 assert!(!text.to_ascii_uppercase().contains("PARTITIONED"));
                 assert!(text.contains("(region VARCHAR, x INT)"));
             }
@@ -353,12 +353,70 @@ mod tests {
         }
         let c = classify("create table t partitioned by (a) as select 1 as a, 2 as b").unwrap();
         match c {
-            Command::Sql { text, partition_by } => {
-                assert_eq!(partition_by, vec!["a".to_string()]);
+            Command::Sql { text, layout } => {
+                assert_eq!(layout.partition_by, vec!["a".to_string()]);
                 assert!(text.contains("as select 1 as a"));
             }
             other => panic!("{other:?}"),
         }
+    }
+
+    #[test]
+    fn strips_cluster_by_next_to_partitioned_by() {
+        let c = classify(
+            "CREATE TABLE t (d DATE, r VARCHAR, x INT) CLUSTER BY (d, \"X\") PARTITIONED BY (r)",
+        )
+        .unwrap();
+        match c {
+            Command::Sql { text, layout } => {
+                assert_eq!(layout.partition_by, vec!["r".to_string()]);
+                assert_eq!(layout.cluster_by, vec!["d".to_string(), "X".to_string()]);
+                let upper = text.to_ascii_uppercase();
+                assert!(
+                    !upper.contains("CLUSTER") && !upper.contains("PARTITIONED"),
+                    "{text}"
+                );
+                assert!(text.contains("(d DATE, r VARCHAR, x INT)"));
+            }
+            other => panic!("{other:?}"),
+        }
+        // Only clauses before AS belong to the frame.
+        match classify("CREATE TABLE t CLUSTER BY (a) AS SELECT 1 AS a").unwrap() {
+            Command::Sql { text, layout } => {
+                assert_eq!(layout.cluster_by, vec!["a".to_string()]);
+                assert!(text.contains("AS SELECT 1 AS a"), "{text}");
+            }
+            other => panic!("{other:?}"),
+        }
+        match classify("CREATE TABLE t AS SELECT * FROM s CLUSTER BY a").unwrap() {
+            Command::Sql { layout, .. } => assert!(layout.is_empty()),
+            other => panic!("{other:?}"),
+        }
+        for bad in [
+            "CREATE TABLE t (a INT) CLUSTER BY ()",
+            "CREATE TABLE t (a INT) CLUSTER (a)",
+            "CREATE TABLE t (a INT) CLUSTER BY a",
+            "CREATE TABLE t (a INT) CLUSTER BY (a) CLUSTER BY (a)",
+            "CREATE TABLE t (a INT) CLUSTER BY (a + 1)",
+        ] {
+            assert!(classify(bad).is_err(), "{bad}");
+        }
+        assert_eq!(
+            classify("ALTER TABLE s.f CLUSTER BY (a, b)").unwrap(),
+            Command::ClusterBy {
+                name: vec!["s".into(), "f".into()],
+                columns: vec!["a".into(), "b".into()]
+            }
+        );
+        assert_eq!(
+            classify("alter table f cluster by none").unwrap(),
+            Command::ClusterBy {
+                name: vec!["f".into()],
+                columns: vec![]
+            }
+        );
+        assert!(classify("ALTER TABLE f CLUSTER BY a").is_err());
+        assert!(classify("ALTER TABLE f CLUSTER BY (a) x").is_err());
     }
 
     #[test]

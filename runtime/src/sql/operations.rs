@@ -100,17 +100,40 @@ pub(super) fn vacuum(c: &mut Cursor<'_>) -> Result<Command> {
     })
 }
 
-/// `ALTER TABLE name ADD COLUMN[S] [(] c type [, c type …] [)]` (after `ALTER`).
+/// `ALTER TABLE name ADD COLUMN[S] [(] c type [, c type …] [)]` or
+/// `ALTER TABLE name CLUSTER BY ((cols) | NONE)` (after `ALTER`).
 pub(super) fn alter(c: &mut Cursor<'_>, text: &str) -> Result<Command> {
     if !(c.eat_word("TABLE") || c.eat_word("FRAME")) {
         return Err(Error::Unsupported(
-            "ALTER other than ALTER TABLE … ADD COLUMN".into(),
+            "ALTER other than ALTER TABLE … ADD COLUMN or CLUSTER BY".into(),
         ));
     }
     let name = c.name(3)?;
+    if c.eat_words(&["CLUSTER", "BY"]) {
+        let mut columns = Vec::new();
+        if !c.eat_word("NONE") {
+            if !c.eat_token(&Token::LParen) {
+                return Err(Error::Sql(
+                    "expected ALTER TABLE … CLUSTER BY (columns) or CLUSTER BY NONE".into(),
+                ));
+            }
+            loop {
+                columns.push(c.ident()?);
+                if !c.eat_token(&Token::Comma) {
+                    break;
+                }
+            }
+            if !c.eat_token(&Token::RParen) {
+                return Err(Error::Sql("expected ) after CLUSTER BY (…".into()));
+            }
+        }
+        c.expect_end("ALTER TABLE … CLUSTER BY")?;
+        return Ok(Command::ClusterBy { name, columns });
+    }
     if !c.eat_word("ADD") {
         return Err(Error::Unsupported(
-            "ALTER TABLE other than ADD COLUMN (renaming and dropping columns)".into(),
+            "ALTER TABLE other than ADD COLUMN and CLUSTER BY (renaming and dropping columns)"
+                .into(),
         ));
     }
     let _ = c.eat_word("COLUMNS") || c.eat_word("COLUMN");

@@ -605,6 +605,7 @@ async fn no_way_around_the_column_limit() {
         if_exists: IfExists::Append,
         if_missing: IfMissing::Fail,
         partition_by: None,
+        cluster_by: None,
         merge_schema: true,
     };
     let data = Box::pin(
@@ -614,7 +615,13 @@ async fn no_way_around_the_column_limit() {
         ),
     );
     let refused = engine
-        .ingest(&frame, &mode, Some(&wider), data)
+        .ingest(
+            &frame,
+            &mode,
+            Some(&wider),
+            data,
+            &Arc::new(datafusion::execution::runtime_env::RuntimeEnv::default()),
+        )
         .await
         .unwrap_err();
     assert!(refused.to_string().contains("--max-columns"), "{refused}");
@@ -627,4 +634,198 @@ async fn no_way_around_the_column_limit() {
         .fields()
         .len();
     assert_eq!(columns, 3, "nothing was added");
+}
+
+/// How many cells a plan's scans read (a big cell may be split into several ranges).
+fn cells_scanned(plan: &Arc<dyn ExecutionPlan>) -> usize {
+    let mut files = scanned_files(plan);
+    files.sort();
+    files.dedup();
+    files.len()
+}
+
+/// Rows of `SELECT count(*) …` as one number.
+fn count_of(batches: &[RecordBatch]) -> i64 {
+    i64s(batches).iter().sum()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn clustered_writes_sort_their_rows_so_filters_skip_cells() {
+    use apiary_storage::{FrameRef, Ident};
+    // Small cells: one write becomes many.
+    let mut f = fixture(LedgerConfig {
+        cell_target_bytes: 128 * 1024,
+        ..LedgerConfig::default()
+    })
+    .await;
+    // The same shuffled rows (k jumps around) into a clustered frame and a plain one.
+    f.run(
+        "CREATE TABLE c (id BIGINT NOT NULL, k BIGINT, note VARCHAR) CLUSTER BY (k);
+         CREATE TABLE u (id BIGINT NOT NULL, k BIGINT, note VARCHAR);
+         INSERT INTO c SELECT value, (value * 7919) % 100000, 'n' || value FROM generate_series(1, 200000);
+         INSERT INTO u SELECT value, (value * 7919) % 100000, 'n' || value FROM generate_series(1, 200000);",
+    )
+    .await;
+    let query = |t: &str| format!("SELECT count(*) FROM {t} WHERE k BETWEEN 500 AND 599");
+    let cells = |t: &'static str| {
+        let f = &f;
+        async move {
+            let id = |n: &str| Ident::parse(n).unwrap();
+            let frame = FrameRef::new(id("default"), id("default"), id(t));
+            f.engine
+                .lakehouse()
+                .frame(&frame, None)
+                .await
+                .unwrap()
+                .cells()
+                .len()
+        }
+    };
+    let (c_cells, u_cells) = (cells("c").await, cells("u").await);
+    assert!(
+        c_cells >= 8,
+        "a clustered write still rolls cells: {c_cells}"
+    );
+    let c_plan = f.plan(&query("c")).await;
+    let u_plan = f.plan(&query("u")).await;
+    // Each clustered cell holds a narrow range of k, so the log's statistics leave one or two.
+    assert!(
+        cells_scanned(&c_plan) <= 2,
+        "clustered: {} of {c_cells} cells scanned",
+        cells_scanned(&c_plan)
+    );
+    assert_eq!(cells_scanned(&u_plan), u_cells, "unclustered: every cell");
+    let expected = count_of(&f.run(&query("u")).await);
+    assert_eq!(expected, 200);
+    assert_eq!(count_of(&f.run(&query("c")).await), expected);
+    assert_eq!(
+        count_of(&f.run("SELECT count(*) FROM c").await),
+        200_000,
+        "no row lost by the sort"
+    );
+
+    // ALTER TABLE … CLUSTER BY records the columns; OPTIMIZE re-clusters what was written.
+    f.run("ALTER TABLE u CLUSTER BY (k); OPTIMIZE u").await;
+    let u_plan = f.plan(&query("u")).await;
+    assert!(
+        cells_scanned(&u_plan) <= 2,
+        "re-clustered: {} cells scanned",
+        cells_scanned(&u_plan)
+    );
+    assert_eq!(count_of(&f.run(&query("u")).await), expected);
+    let describe = f.run("DESCRIBE u").await;
+    let names = describe[0].column(0).as_string::<i32>();
+    let values = describe[0].column(1).as_string::<i32>();
+    let cluster = (0..names.len())
+        .find(|&i| names.value(i) == "Cluster columns")
+        .map(|i| values.value(i).to_string());
+    assert_eq!(cluster.as_deref(), Some("k"));
+    f.run("ALTER TABLE u CLUSTER BY NONE").await;
+    let describe = f.run("DESCRIBE u").await;
+    let names = describe[0].column(0).as_string::<i32>();
+    let values = describe[0].column(1).as_string::<i32>();
+    let cluster = (0..names.len())
+        .find(|&i| names.value(i) == "Cluster columns")
+        .map(|i| values.value(i).to_string());
+    assert_eq!(cluster.as_deref(), Some(""));
+
+    // Columns that cannot cluster a frame are refused when named.
+    for bad in [
+        "CREATE TABLE x (a BIGINT) CLUSTER BY (b)",
+        "CREATE TABLE x (a BIGINT, r VARCHAR) PARTITIONED BY (r) CLUSTER BY (r)",
+        "CREATE TABLE x (a BIGINT) CLUSTER BY (a, a)",
+        "ALTER TABLE c CLUSTER BY (nope)",
+        "INSERT INTO c CLUSTER BY (k) SELECT 1, 2, 'x'",
+    ] {
+        let stmts = f.engine.parse(bad);
+        let failed = match stmts {
+            Err(_) => true,
+            Ok(stmts) => f
+                .engine
+                .execute(&mut f.session, &stmts[0], None)
+                .await
+                .is_err(),
+        };
+        assert!(failed, "{bad} was accepted");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_clustered_ingest_bigger_than_its_memory_spills_and_keeps_every_row() {
+    use apiary_runtime::engine::{IfExists, IfMissing, WriteMode};
+    use apiary_storage::{FrameRef, Ident};
+    use arrow::datatypes::{DataType, Field, Schema};
+    use datafusion::execution::disk_manager::{DiskManagerBuilder, DiskManagerMode};
+    let f = fixture(LedgerConfig {
+        cell_target_bytes: 256 * 1024,
+        ..LedgerConfig::default()
+    })
+    .await;
+    let id = |n: &str| Ident::parse(n).unwrap();
+    let frame = FrameRef::new(id("default"), id("default"), id("big"));
+    let schema = Arc::new(Schema::new(vec![
+        Field::new("id", DataType::Int64, false),
+        Field::new("k", DataType::Int64, false),
+        Field::new("pad", DataType::Utf8, false),
+    ]));
+    // 60 batches of 10,000 rows, about 26 MB, into a bee of 16 MiB: the sort must spill.
+    let batches: Vec<_> = (0..60i64)
+        .map(|b| {
+            let ids: Vec<i64> = (0..10_000).map(|i| b * 10_000 + i).collect();
+            let ks: Vec<i64> = ids.iter().map(|i| (i * 7919) % 1_000_003).collect();
+            let pads: Vec<String> = ids.iter().map(|i| format!("{i:024}")).collect();
+            Ok(RecordBatch::try_new(
+                schema.clone(),
+                vec![
+                    Arc::new(arrow::array::Int64Array::from(ids)),
+                    Arc::new(arrow::array::Int64Array::from(ks)),
+                    Arc::new(arrow::array::StringArray::from(pads)),
+                ],
+            )
+            .unwrap())
+        })
+        .collect();
+    let data = Box::pin(
+        datafusion::physical_plan::stream::RecordBatchStreamAdapter::new(
+            schema.clone(),
+            futures::stream::iter(batches),
+        ),
+    );
+    let scratch = tempfile::tempdir().unwrap();
+    let env = Arc::new(
+        RuntimeEnvBuilder::new()
+            .with_memory_limit(16 * 1024 * 1024, 1.0)
+            .with_disk_manager_builder(DiskManagerBuilder::default().with_mode(
+                DiskManagerMode::Directories(vec![scratch.path().to_path_buf()]),
+            ))
+            .build()
+            .unwrap(),
+    );
+    let mode = WriteMode {
+        if_exists: IfExists::Fail,
+        if_missing: IfMissing::Create,
+        partition_by: None,
+        cluster_by: Some(vec!["k".into()]),
+        merge_schema: false,
+    };
+    let rows = f
+        .engine
+        .ingest(&frame, &mode, Some(&schema), data, &env)
+        .await
+        .unwrap();
+    assert_eq!(rows, 600_000);
+    let snapshot = f.engine.lakehouse().frame(&frame, None).await.unwrap();
+    assert_eq!(snapshot.cluster_by(), vec!["k".to_string()]);
+    let mut f = f;
+    assert_eq!(
+        i64s(&f.run("SELECT count(DISTINCT id) FROM big").await),
+        vec![600_000]
+    );
+    let plan = f.plan("SELECT id FROM big WHERE k < 1000").await;
+    assert!(
+        cells_scanned(&plan) <= 2,
+        "{} of {} cells scanned",
+        cells_scanned(&plan),
+        snapshot.cells().len()
+    );
 }

@@ -10,7 +10,7 @@
 //! | `create_append` | APPEND    | CREATE       |
 //!
 //! `apiary.partition_by` (comma-separated columns) in the command's options partitions a frame
-//! the ingest creates; `apiary.merge_schema` = `true` (in the options, or set in the session
+//! the ingest creates, `apiary.cluster_by` clusters it (`CLUSTER BY`); `apiary.merge_schema` = `true` (in the options, or set in the session
 //! with `SET apiary.merge_schema = true`) lets an append add the columns the frame lacks
 //! (nullable) instead of failing.
 
@@ -47,12 +47,16 @@ fn write_mode(cmd: &CommandStatementIngest) -> Result<WriteMode> {
         Ok(TableExistsOption::Replace) => IfExists::Replace,
         _ => return Err(Error::invalid("ingest needs if_exists to be specified")),
     };
-    let partition_by = cmd.options.get("apiary.partition_by").map(|v| {
-        v.split(',')
-            .map(|s| s.trim().to_string())
-            .filter(|s| !s.is_empty())
-            .collect()
-    });
+    let columns = |key: &str| {
+        cmd.options.get(key).map(|v| {
+            v.split(',')
+                .map(|s| s.trim().to_string())
+                .filter(|s| !s.is_empty())
+                .collect()
+        })
+    };
+    let partition_by = columns("apiary.partition_by");
+    let cluster_by = columns("apiary.cluster_by");
     let merge_schema = match cmd.options.get("apiary.merge_schema").map(|v| v.trim()) {
         None => false,
         Some(v) if v.eq_ignore_ascii_case("true") => true,
@@ -67,6 +71,7 @@ fn write_mode(cmd: &CommandStatementIngest) -> Result<WriteMode> {
         if_exists,
         if_missing,
         partition_by,
+        cluster_by,
         merge_schema,
     })
 }
@@ -166,5 +171,17 @@ mod tests {
             .is_err()
         );
         assert!(write_mode(&CommandStatementIngest::default()).is_err());
+        let mut c = cmd(TableNotExistOption::Create, TableExistsOption::Fail);
+        c.options
+            .insert("apiary.cluster_by".into(), " l_shipdate , x,".into());
+        c.options.insert("apiary.partition_by".into(), "r".into());
+        let m = write_mode(&c).unwrap();
+        assert_eq!(
+            m.cluster_by,
+            Some(vec!["l_shipdate".to_string(), "x".to_string()])
+        );
+        assert_eq!(m.partition_by, Some(vec!["r".to_string()]));
+        let m = write_mode(&cmd(TableNotExistOption::Create, TableExistsOption::Fail)).unwrap();
+        assert_eq!(m.cluster_by, None);
     }
 }

@@ -120,7 +120,9 @@ async fn catalog_basics(storage: Storage) {
     );
     // Non-empty refuses, cascade drops.
     let f = frame("sales", "eu", "orders");
-    lh.create_frame(&f, &schema(), &[], false).await.unwrap();
+    lh.create_frame(&f, &schema(), &[], &[], false)
+        .await
+        .unwrap();
     assert!(matches!(
         lh.drop_box(&eu, false, false).await,
         Err(Error::NotEmpty { .. })
@@ -162,7 +164,7 @@ async fn create_races_have_one_winner(storage: Storage) {
         let lh = lh.clone();
         let f = f.clone();
         tasks.push(apiary_runtime::executor::spawn(async move {
-            lh.create_frame(&f, &schema(), &[], false).await
+            lh.create_frame(&f, &schema(), &[], &[], false).await
         }));
     }
     let mut wins = 0;
@@ -182,7 +184,7 @@ async fn frame_lifecycle(storage: Storage) {
         .unwrap();
     let f = frame("default", "default", "events");
     let created = lh
-        .create_frame(&f, &schema(), &["region".to_string()], false)
+        .create_frame(&f, &schema(), &["region".to_string()], &[], false)
         .await
         .unwrap()
         .unwrap();
@@ -231,7 +233,9 @@ async fn frame_lifecycle(storage: Storage) {
             .unwrap()
             .is_empty()
     );
-    lh.create_frame(&f, &schema(), &[], false).await.unwrap();
+    lh.create_frame(&f, &schema(), &[], &[], false)
+        .await
+        .unwrap();
     assert_eq!(count(&e, "SELECT count(*) FROM events").await, 0);
 }
 
@@ -240,7 +244,9 @@ async fn concurrent_appends_lose_nothing(storage: Storage) {
         .await
         .unwrap();
     let f = frame("default", "default", "busy");
-    lh.create_frame(&f, &schema(), &[], false).await.unwrap();
+    lh.create_frame(&f, &schema(), &[], &[], false)
+        .await
+        .unwrap();
     let mut tasks = Vec::new();
     for w in 0..4i64 {
         // Separate lakehouses: separate caches, as separate processes would have.
@@ -290,7 +296,9 @@ async fn listing_does_not_grow_with_history(storage: Storage) {
         .unwrap();
     for i in 0..10 {
         let f = frame("default", "default", &format!("t{i}"));
-        lh.create_frame(&f, &schema(), &[], false).await.unwrap();
+        lh.create_frame(&f, &schema(), &[], &[], false)
+            .await
+            .unwrap();
         lh.drop_frame(&f, false).await.unwrap();
         lh.catalog().create_hive(&ident("h"), false).await.unwrap();
         lh.drop_hive(&ident("h"), false, false).await.unwrap();
