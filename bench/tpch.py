@@ -560,8 +560,8 @@ def markdown(report: dict) -> str:
         f"- `SELECT 1` through ADBC: median {r['select1']['median_ms']:.2f} ms, p90 {r['select1']['p90_ms']:.2f} ms"
         + select1_parts_text(r["select1"].get("parts")),
         f"- Peak RSS of the server during the queries: {r['server_peak_rss'] / 2**20:.0f} MiB"
-        + (f", during the ingest: {r['server_ingest_peak_rss'] / 2**20:.0f} MiB (the default budget, half of "
-           "the machine's memory, lets a clustered ingest sort in memory)" if r.get("server_ingest_peak_rss") else "")
+        + (f", during the ingest: {r['server_ingest_peak_rss'] / 2**20:.0f} MiB"
+           if r.get("server_ingest_peak_rss") else "")
         + f"; idle after start {r.get('server_idle_rss', 0) / 2**20:.0f} MiB",
     ]
     if capped:

@@ -531,7 +531,12 @@ impl FrameSink {
         let cluster_by = self.table.snapshot.cluster_by();
         let mut data = match cluster_by.is_empty() {
             true => data,
-            false => crate::cluster::sorted(data, &cluster_by, ctx.unwrap_or_default())?,
+            false => crate::cluster::sorted(
+                data,
+                &cluster_by,
+                ctx.unwrap_or_default(),
+                crate::cluster::sort_memory(ledger.config().cell_target_bytes),
+            )?,
         };
         let mut writer = ledger.writer(&self.table.snapshot)?;
         let result: crate::Result<()> = async {
