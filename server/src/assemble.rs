@@ -77,7 +77,12 @@ pub async fn engine(storage: &StorageArgs, node: &NodeArgs) -> anyhow::Result<En
 
 fn engine_config(node: &NodeArgs) -> anyhow::Result<EngineConfig> {
     let mut options = Vec::new();
-    for kv in &node.datafusion_options {
+    // Empty entries (`APIARY_DATAFUSION_OPTIONS=""`, a trailing `;`) name no option.
+    for kv in node
+        .datafusion_options
+        .iter()
+        .filter(|kv| !kv.trim().is_empty())
+    {
         let (k, v) = kv
             .split_once('=')
             .with_context(|| format!("--datafusion-option {kv:?}: expected key=value"))?;
@@ -168,4 +173,39 @@ pub async fn build(
         fault_clock_skew_secs: node.faults.clock_skew_secs.unwrap_or(0),
     };
     Ok(Node::new(lakehouse, config)?)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::{Command, parse_args};
+
+    fn options_of(args: &[&str]) -> anyhow::Result<Vec<(String, String)>> {
+        let cli = parse_args(
+            ["apiary", "serve", "--storage", "/tmp/x"]
+                .iter()
+                .chain(args),
+        )?;
+        let Command::Serve(serve) = cli.command else {
+            anyhow::bail!("not serve");
+        };
+        Ok(engine_config(&serve.node)?.datafusion_options)
+    }
+
+    #[test]
+    fn empty_datafusion_options_name_nothing_and_bad_ones_are_refused() {
+        assert_eq!(options_of(&["--datafusion-option", ""]).unwrap(), vec![]);
+        assert_eq!(
+            options_of(&[
+                "--datafusion-option",
+                "datafusion.execution.batch_size=4096;"
+            ])
+            .unwrap(),
+            vec![(
+                "datafusion.execution.batch_size".to_string(),
+                "4096".to_string()
+            )]
+        );
+        assert!(options_of(&["--datafusion-option", "batch_size"]).is_err());
+    }
 }
