@@ -193,8 +193,10 @@ pub struct NodeArgs {
     #[arg(long, env = "APIARY_DEAD_GRACE", default_value_t = 2)]
     pub dead_grace: u32,
     /// A stage of a query spreads over the swarm only when it scans at least this many bytes of
-    /// cells (and its output is small); `0` spreads every stage that can travel.
-    #[arg(long, env = "APIARY_DISTRIBUTE_MIN_BYTES", default_value = "64MiB")]
+    /// cells (and its output is small); `0` spreads every stage that can travel. The default is
+    /// four cells of 32 MiB: a stage through storage costs about 30 ms, which a scan of one or
+    /// two cells does not win back (bench/results/swarm-2-pinned-clustered-local.md).
+    #[arg(long, env = "APIARY_DISTRIBUTE_MIN_BYTES", default_value = "128MiB")]
     pub distribute_min_bytes: MemorySize,
     /// Serve a result that is a plain union over one frame's cells (a scan with filters and
     /// projections) from every live node: one endpoint per node, each located at its node's

@@ -221,6 +221,14 @@ impl Ledger {
 
     /// `ALTER TABLE … ADD COLUMN`: new nullable columns at the end; existing cells read them as
     /// NULL. Returns the committed version.
+    /// Make the state `table` committed the frame's latest known one; returns its version.
+    fn adopt(&self, snapshot: &FrameSnapshot, table: &deltalake::DeltaTable) -> Result<i64> {
+        let state = table.snapshot()?.clone();
+        let version = state.version() as i64;
+        self.remember(snapshot.frame(), snapshot.incarnation(), state);
+        Ok(version)
+    }
+
     /// `ALTER TABLE … CLUSTER BY (cols)` (or `CLUSTER BY NONE`, `cluster_by` empty): record the
     /// columns later writes sort by, in one metadata commit. Cells already written keep their
     /// order until an `OPTIMIZE` re-clusters them.
@@ -243,10 +251,7 @@ impl Ledger {
             .with_commit_properties(self.commit_properties(user))
             .await
             .map_err(|e| conflict(snapshot, e))?;
-        let state = table.snapshot()?.clone();
-        let version = state.version() as i64;
-        self.remember(snapshot.frame(), snapshot.incarnation(), state);
-        Ok(version)
+        self.adopt(snapshot, &table)
     }
 
     pub async fn add_columns(
@@ -275,9 +280,6 @@ impl Ledger {
             .with_commit_properties(self.commit_properties(user))
             .await
             .map_err(|e| conflict(snapshot, e))?;
-        let state = table.snapshot()?.clone();
-        let version = state.version() as i64;
-        self.remember(snapshot.frame(), snapshot.incarnation(), state);
-        Ok(version)
+        self.adopt(snapshot, &table)
     }
 }

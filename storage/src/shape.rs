@@ -130,15 +130,7 @@ pub(crate) fn validate_clustering(
         if !seen.insert(c) {
             return Err(Error::Schema(format!("CLUSTER BY lists {c} twice")));
         }
-        let field = schema.field_with_name(c).map_err(|_| {
-            Error::Schema(format!("cluster column {c} is not a column of the frame"))
-        })?;
-        if field.data_type().is_nested() {
-            return Err(Error::Schema(format!(
-                "cluster column {c} must have a scalar type, not {}",
-                field.data_type()
-            )));
-        }
+        scalar_column(schema, c, "cluster")?;
         if partition_columns.contains(c) {
             return Err(Error::Schema(format!(
                 "{c} is a partition column: each cell holds one value of it, so clustering by it \
@@ -177,6 +169,20 @@ fn cluster_property_round_trips_and_refuses_junk() {
     }
 }
 
+/// Checks that `name` is a column of `schema` with a scalar type (`what`: its role, for errors).
+fn scalar_column(schema: &SchemaRef, name: &str, what: &str) -> Result<()> {
+    let field = schema
+        .field_with_name(name)
+        .map_err(|_| Error::Schema(format!("{what} column {name} is not a column of the frame")))?;
+    if field.data_type().is_nested() {
+        return Err(Error::Schema(format!(
+            "{what} column {name} must have a scalar type, not {}",
+            field.data_type()
+        )));
+    }
+    Ok(())
+}
+
 pub(crate) fn validate_partitioning(
     schema: &SchemaRef,
     partition_columns: &[String],
@@ -188,15 +194,7 @@ pub(crate) fn validate_partitioning(
                 "partition column {p:?} cannot name a directory: use letters, digits, '_', '-' or spaces"
             )));
         }
-        let field = schema.field_with_name(p).map_err(|_| {
-            Error::Schema(format!("partition column {p} is not a column of the frame"))
-        })?;
-        if field.data_type().is_nested() {
-            return Err(Error::Schema(format!(
-                "partition column {p} must have a scalar type, not {}",
-                field.data_type()
-            )));
-        }
+        scalar_column(schema, p, "partition")?;
     }
     let mut seen = std::collections::HashSet::new();
     if !partition_columns.iter().all(|p| seen.insert(p)) {

@@ -644,6 +644,17 @@ fn cells_scanned(plan: &Arc<dyn ExecutionPlan>) -> usize {
     files.len()
 }
 
+/// The "Cluster columns" row of `DESCRIBE frame`.
+async fn cluster_columns(f: &mut Fixture, frame: &str) -> String {
+    let describe = f.run(&format!("DESCRIBE {frame}")).await;
+    let names = describe[0].column(0).as_string::<i32>();
+    let values = describe[0].column(1).as_string::<i32>();
+    (0..names.len())
+        .find(|&i| names.value(i) == "Cluster columns")
+        .map(|i| values.value(i).to_string())
+        .expect("DESCRIBE has a Cluster columns row")
+}
+
 /// Rows of `SELECT count(*) …` as one number.
 fn count_of(batches: &[RecordBatch]) -> i64 {
     i64s(batches).iter().sum()
@@ -713,21 +724,9 @@ async fn clustered_writes_sort_their_rows_so_filters_skip_cells() {
         cells_scanned(&u_plan)
     );
     assert_eq!(count_of(&f.run(&query("u")).await), expected);
-    let describe = f.run("DESCRIBE u").await;
-    let names = describe[0].column(0).as_string::<i32>();
-    let values = describe[0].column(1).as_string::<i32>();
-    let cluster = (0..names.len())
-        .find(|&i| names.value(i) == "Cluster columns")
-        .map(|i| values.value(i).to_string());
-    assert_eq!(cluster.as_deref(), Some("k"));
+    assert_eq!(cluster_columns(&mut f, "u").await, "k");
     f.run("ALTER TABLE u CLUSTER BY NONE").await;
-    let describe = f.run("DESCRIBE u").await;
-    let names = describe[0].column(0).as_string::<i32>();
-    let values = describe[0].column(1).as_string::<i32>();
-    let cluster = (0..names.len())
-        .find(|&i| names.value(i) == "Cluster columns")
-        .map(|i| values.value(i).to_string());
-    assert_eq!(cluster.as_deref(), Some(""));
+    assert_eq!(cluster_columns(&mut f, "u").await, "");
 
     // Columns that cannot cluster a frame are refused when named.
     for bad in [
