@@ -30,6 +30,7 @@ mod ddl;
 mod external;
 mod history_table;
 mod ingest;
+mod join_filters;
 mod operations;
 mod options;
 mod policy;
@@ -121,6 +122,8 @@ impl Engine {
             .with_runtime_env(runtime)
             .with_default_features()
             .with_type_planner(Arc::new(sql_types::SqlTypes { time_zone }))
+            // After DataFusion's own rules, its filter pushdown among them.
+            .with_physical_optimizer_rule(Arc::new(join_filters::JoinFiltersOnRows))
             .build();
         for name in ["generate_series", "range"] {
             if let Some(f) = base

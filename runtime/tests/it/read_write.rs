@@ -828,3 +828,46 @@ async fn a_clustered_ingest_bigger_than_its_memory_spills_and_keeps_every_row() 
         snapshot.cells().len()
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_small_join_filter_drops_rows_in_the_scan_and_a_big_one_does_not() {
+    let mut f = fixture(LedgerConfig::default()).await;
+    f.run(
+        "CREATE TABLE big (k BIGINT, v BIGINT);
+         INSERT INTO big SELECT value % 20000, value FROM generate_series(1, 400000);
+         CREATE TABLE three (k BIGINT);
+         INSERT INTO three VALUES (7), (70), (700);
+         CREATE TABLE lots (k BIGINT);
+         INSERT INTO lots SELECT value * 2 FROM generate_series(1, 5000);",
+    )
+    .await;
+    // Three keys: the join's filter is an IN list, applied to the rows of `big` as they are read.
+    let (rows, plan) = f
+        .run_plan("SELECT sum(v) FROM big JOIN three ON big.k = three.k")
+        .await;
+    assert_eq!(rows, 1);
+    assert!(metric(&plan, "pushdown_rows_pruned") > 0);
+    // What the scans hand on: the 3 keys and the 60 rows of `big` that match them.
+    assert_eq!(metric(&plan, "output_rows"), 63);
+    // 5,000 keys: the filter probes the join's hash table, which the scan does not do per row.
+    let (_, plan) = f
+        .run_plan("SELECT sum(v) FROM big JOIN lots ON big.k = lots.k")
+        .await;
+    assert_eq!(metric(&plan, "pushdown_rows_pruned"), 0);
+    assert_eq!(metric(&plan, "output_rows"), 405_000);
+    // The answers are the join's either way.
+    assert_eq!(
+        i64s(
+            &f.run("SELECT count(*) FROM big JOIN three ON big.k = three.k")
+                .await
+        ),
+        vec![60]
+    );
+    assert_eq!(
+        i64s(
+            &f.run("SELECT count(*) FROM big JOIN lots ON big.k = lots.k")
+                .await
+        ),
+        vec![100_000]
+    );
+}
