@@ -520,12 +520,11 @@ impl FrameSink {
     /// Write every batch of `data` and commit. Returns (rows, committed version).
     ///
     /// A clustered frame's rows are sorted by its cluster columns first, in `ctx` (the writing
-    /// bee's memory pool and scratch space); without a context they are sorted in an unbounded
-    /// one.
+    /// bee's memory pool and scratch space).
     pub async fn write_stream(
         &self,
         data: SendableRecordBatchStream,
-        ctx: Option<Arc<TaskContext>>,
+        ctx: Arc<TaskContext>,
     ) -> crate::Result<(u64, i64)> {
         let ledger = &self.table.ledger;
         let cluster_by = self.table.snapshot.cluster_by();
@@ -534,7 +533,7 @@ impl FrameSink {
             false => crate::cluster::sorted(
                 data,
                 &cluster_by,
-                ctx.unwrap_or_default(),
+                ctx,
                 crate::cluster::sort_memory(ledger.config().cell_target_bytes),
             )?,
         };
@@ -599,7 +598,7 @@ impl DataSink for FrameSink {
         context: &Arc<TaskContext>,
     ) -> DfResult<u64> {
         let (rows, _) = self
-            .write_stream(data, Some(context.clone()))
+            .write_stream(data, context.clone())
             .await
             .map_err(|e: Error| DataFusionError::from(e))?;
         Ok(rows)

@@ -249,7 +249,7 @@ impl Engine {
             return Ok(0);
         };
         match FrameSink::new(*table, overwrite)
-            .write_stream(data, Some(ctx))
+            .write_stream(data, ctx)
             .await
         {
             Ok((rows, version)) => {

@@ -19,7 +19,9 @@ use arrow::datatypes::{FieldRef, Schema};
 use datafusion::common::ScalarValue;
 use datafusion::common::tree_node::{Transformed, TransformedResult, TreeNode};
 use datafusion::config::ConfigOptions;
-use datafusion::datasource::physical_plan::{FileScanConfig, FileScanConfigBuilder, ParquetSource};
+use datafusion::datasource::physical_plan::{
+    FileScanConfig, FileScanConfigBuilder, FileSource, ParquetSource,
+};
 use datafusion::datasource::source::DataSourceExec;
 use datafusion::error::Result as DfResult;
 use datafusion::logical_expr::ColumnarValue;
@@ -67,12 +69,12 @@ fn rows_filtered(node: &Arc<dyn ExecutionPlan>) -> Option<Arc<dyn ExecutionPlan>
     if parquet.table_parquet_options().global.pushdown_filters {
         return None;
     }
-    let predicate = datafusion::datasource::physical_plan::FileSource::filter(parquet)?;
+    let predicate = parquet.filter()?;
     let filters = split_conjunction(&predicate);
-    let joins_only = filters
+    if !filters
         .iter()
-        .all(|f| f.downcast_ref::<DynamicFilterPhysicalExpr>().is_some());
-    if filters.is_empty() || !joins_only {
+        .all(|f| f.downcast_ref::<DynamicFilterPhysicalExpr>().is_some())
+    {
         return None;
     }
     let wrapped = conjunction(
@@ -106,13 +108,17 @@ impl std::hash::Hash for WhileSmall {
     }
 }
 
-/// What `filter` (a snapshot, without dynamic parts) means to the scan.
-fn cheap(filter: Arc<dyn PhysicalExpr>) -> DfResult<Arc<dyn PhysicalExpr>> {
-    let probes = filter.exists(|e| Ok(e.downcast_ref::<HashTableLookupExpr>().is_some()))?;
-    Ok(match probes {
-        true => lit(ScalarValue::Boolean(Some(true))),
-        false => filter,
-    })
+impl WhileSmall {
+    /// What the join filter means to the scan now: its current form, or `true` when that form
+    /// probes a hash table.
+    fn current(&self) -> DfResult<Arc<dyn PhysicalExpr>> {
+        let filter = snapshot_physical_expr(self.0.clone())?;
+        let probes = filter.exists(|e| Ok(e.downcast_ref::<HashTableLookupExpr>().is_some()))?;
+        Ok(match probes {
+            true => lit(ScalarValue::Boolean(Some(true))),
+            false => filter,
+        })
+    }
 }
 
 impl fmt::Display for WhileSmall {
@@ -127,7 +133,7 @@ impl PhysicalExpr for WhileSmall {
     }
 
     fn evaluate(&self, batch: &RecordBatch) -> DfResult<ColumnarValue> {
-        cheap(snapshot_physical_expr(self.0.clone())?)?.evaluate(batch)
+        self.current()?.evaluate(batch)
     }
 
     fn children(&self) -> Vec<&Arc<dyn PhysicalExpr>> {
@@ -151,7 +157,7 @@ impl PhysicalExpr for WhileSmall {
     }
 
     fn snapshot(&self) -> DfResult<Option<Arc<dyn PhysicalExpr>>> {
-        Ok(Some(cheap(snapshot_physical_expr(self.0.clone())?)?))
+        self.current().map(Some)
     }
 
     fn try_to_proto(
