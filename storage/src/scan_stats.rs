@@ -22,9 +22,6 @@ use datafusion::datasource::physical_plan::FileGroup;
 use datafusion::error::Result as DfResult;
 use datafusion::physical_optimizer::pruning::PruningStatistics;
 
-/// Bytes an Arrow string or binary value costs beside its data (its `i32` offset).
-const OFFSET_BYTES: usize = 4;
-
 /// The statistics columns of a snapshot's log, one entry per file column of the scan.
 pub(crate) struct LogColumnStats {
     columns: Vec<ColumnArrays>,
@@ -85,7 +82,7 @@ impl LogColumnStats {
         // a scan's total down to its projected columns only when it can size them all; a scan
         // that reads a string kept the whole row's total, and join selection, which compares
         // totals before row counts, built on the larger side (TPC-H q12 hashed 1.5 M orders
-        // against 31 K lineitems). Row counts decide instead; column sizes stay.
+        // against 31 K lineitems). Row counts decide instead (and columns have no sizes either).
         stats.total_byte_size = Precision::Absent;
         stats
     }
@@ -104,18 +101,17 @@ impl ColumnArrays {
                 _ => None,
             })
             .filter(|&n| rows.is_none_or(|r| n <= r));
-        let byte_size = match (self.data_type.primitive_width(), rows) {
-            (Some(width), Some(rows)) => Precision::Exact(width * rows),
-            (None, Some(rows)) => estimated_bytes(&min, &max, rows, nulls.unwrap_or(0)),
-            _ => Precision::Absent,
-        };
         ColumnStatistics {
             null_count: nulls.map_or(Precision::Absent, Precision::Exact),
             max_value: max.map_or(Precision::Absent, Precision::Inexact),
             min_value: min.map_or(Precision::Absent, Precision::Inexact),
             sum_value: Precision::Absent,
             distinct_count: Precision::Absent,
-            byte_size,
+            // No sizes: DataFusion carries a column's size unchanged through joins, so a semi
+            // join's 33 K rows kept the 48 MB of the `lineitem` key column they came from, and
+            // join selection built TPC-H q21's anti join on 3.8 M rows instead of those 33 K.
+            // Row counts decide, which the joins do estimate.
+            byte_size: Precision::Absent,
         }
     }
 }
@@ -165,36 +161,6 @@ fn scalar_at(array: Option<&ArrayRef>, index: usize, data_type: &DataType) -> Op
         return Some(value);
     }
     value.cast_to(data_type).ok()
-}
-
-/// A string or binary column's size in memory, estimated from the length of its bounds (the
-/// log has no per-column sizes): the mean of min and max length per non-null value, plus the
-/// offsets. Delta truncates long bounds, so this errs low for long text.
-fn estimated_bytes(
-    min: &Option<ScalarValue>,
-    max: &Option<ScalarValue>,
-    rows: usize,
-    nulls: usize,
-) -> Precision<usize> {
-    let len = |s: &Option<ScalarValue>| match s {
-        Some(
-            ScalarValue::Utf8(Some(v))
-            | ScalarValue::LargeUtf8(Some(v))
-            | ScalarValue::Utf8View(Some(v)),
-        ) => Some(v.len()),
-        Some(
-            ScalarValue::Binary(Some(v))
-            | ScalarValue::LargeBinary(Some(v))
-            | ScalarValue::BinaryView(Some(v)),
-        ) => Some(v.len()),
-        _ => None,
-    };
-    match (len(min), len(max)) {
-        (Some(a), Some(b)) => Precision::Inexact(
-            rows.saturating_sub(nulls) * (a + b).div_ceil(2) + rows * OFFSET_BYTES,
-        ),
-        _ => Precision::Absent,
-    }
 }
 
 #[cfg(test)]
@@ -259,11 +225,10 @@ mod tests {
         assert_eq!(n.min_value, Precision::Inexact(ScalarValue::Int32(Some(1))));
         assert_eq!(n.max_value, Precision::Inexact(ScalarValue::Int32(Some(9))));
         assert_eq!(n.null_count, Precision::Exact(2));
-        assert_eq!(n.byte_size, Precision::Exact(40));
+        assert_eq!(n.byte_size, Precision::Absent);
         let s = &stats.column_statistics[1];
         assert_eq!(s.null_count, Precision::Exact(0));
-        // 10 values of mean length 3, plus 10 offsets.
-        assert_eq!(s.byte_size, Precision::Inexact(70));
+        assert_eq!(s.byte_size, Precision::Absent);
         assert_eq!(stats.num_rows, Precision::Exact(10));
         assert_eq!(stats.total_byte_size, Precision::Absent);
     }
