@@ -107,6 +107,9 @@ impl Engine {
             );
         let opts = session_config.options_mut();
         opts.sql_parser.dialect = datafusion::config::Dialect::Generic;
+        if config.target_partitions <= FEW_PARTITIONS {
+            opts.optimizer.hash_join_single_partition_threshold_rows = FEW_PARTITIONS_COLLECT_ROWS;
+        }
         for (k, v) in &config.datafusion_options {
             opts.set(k, v)
                 .map_err(|e| Error::Sql(format!("DataFusion option {k}={v}: {e}")))?;
@@ -582,3 +585,14 @@ fn check_param_count(stmt: &Statement, params: Option<&[ScalarValue]>) -> Result
     }
     Ok(())
 }
+
+/// Up to this many partitions (cores), a hash join builds one table for all of them from a
+/// build side of up to [`FEW_PARTITIONS_COLLECT_ROWS`] rows, instead of DataFusion's 128 K.
+const FEW_PARTITIONS: usize = 4;
+
+/// On 2 cores, hashing both sides of a join into partitions costs more than building one table
+/// that every partition probes: TPC-H q05 repartitioned all 6 M `lineitem` rows to meet 228 K
+/// orders. `bench/run --sf 1`, alternated twice: Apiary/DuckDB 1.31 and 1.37 with 1 M rows
+/// against 1.44 and 1.45 with 128 K (`bench/results/planning-and-stats.md`, section 5). More
+/// cores keep DataFusion's default, which was not measured against here.
+const FEW_PARTITIONS_COLLECT_ROWS: usize = 1 << 20;
