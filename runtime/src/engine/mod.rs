@@ -107,9 +107,7 @@ impl Engine {
             );
         let opts = session_config.options_mut();
         opts.sql_parser.dialect = datafusion::config::Dialect::Generic;
-        if config.target_partitions <= FEW_PARTITIONS {
-            opts.optimizer.hash_join_single_partition_threshold_rows = FEW_PARTITIONS_COLLECT_ROWS;
-        }
+        join_thresholds(opts, config.target_partitions);
         for (k, v) in &config.datafusion_options {
             opts.set(k, v)
                 .map_err(|e| Error::Sql(format!("DataFusion option {k}={v}: {e}")))?;
@@ -586,6 +584,13 @@ fn check_param_count(stmt: &Statement, params: Option<&[ScalarValue]>) -> Result
     Ok(())
 }
 
+/// Apiary's join thresholds, before the operator's own options (which win).
+fn join_thresholds(opts: &mut datafusion::config::ConfigOptions, target_partitions: usize) {
+    if target_partitions <= FEW_PARTITIONS {
+        opts.optimizer.hash_join_single_partition_threshold_rows = FEW_PARTITIONS_COLLECT_ROWS;
+    }
+}
+
 /// Up to this many partitions (cores), a hash join builds one table for all of them from a
 /// build side of up to [`FEW_PARTITIONS_COLLECT_ROWS`] rows, instead of DataFusion's 128 K.
 const FEW_PARTITIONS: usize = 4;
@@ -596,3 +601,24 @@ const FEW_PARTITIONS: usize = 4;
 /// against 1.44 and 1.45 with 128 K (`bench/results/planning-and-stats.md`, section 5). More
 /// cores keep DataFusion's default, which was not measured against here.
 const FEW_PARTITIONS_COLLECT_ROWS: usize = 1 << 20;
+
+#[cfg(test)]
+mod join_threshold_tests {
+    use super::*;
+
+    #[test]
+    fn few_cores_build_one_table_from_up_to_a_million_rows() {
+        let default = datafusion::config::ConfigOptions::default()
+            .optimizer
+            .hash_join_single_partition_threshold_rows;
+        for (partitions, rows) in [(1, 1 << 20), (4, 1 << 20), (8, default)] {
+            let mut opts = datafusion::config::ConfigOptions::default();
+            join_thresholds(&mut opts, partitions);
+            assert_eq!(
+                opts.optimizer.hash_join_single_partition_threshold_rows, rows,
+                "{partitions} partitions"
+            );
+        }
+        assert!(default < 1 << 20);
+    }
+}
