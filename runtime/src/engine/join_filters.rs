@@ -142,7 +142,10 @@ impl WhileSmall {
     /// routing, or `true` when that form probes a hash table.
     fn current(&self) -> DfResult<Arc<dyn PhysicalExpr>> {
         let filter = snapshot_physical_expr(self.filter.clone())?;
-        let mut memo = self.memo.lock().expect("join filter memo");
+        let mut memo = self
+            .memo
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
         if let Some((from, to)) = memo.as_ref()
             && Arc::ptr_eq(from, &filter)
         {
