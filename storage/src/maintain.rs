@@ -219,8 +219,6 @@ impl Ledger {
         })
     }
 
-    /// `ALTER TABLE … ADD COLUMN`: new nullable columns at the end; existing cells read them as
-    /// NULL. Returns the committed version.
     /// Make the state `table` committed the frame's latest known one; returns its version.
     fn adopt(&self, snapshot: &FrameSnapshot, table: &deltalake::DeltaTable) -> Result<i64> {
         let state = table.snapshot()?.clone();
@@ -254,6 +252,8 @@ impl Ledger {
         self.adopt(snapshot, &table)
     }
 
+    /// `ALTER TABLE … ADD COLUMN`: new nullable columns at the end; existing cells read them as
+    /// NULL. Returns the committed version.
     pub async fn add_columns(
         &self,
         snapshot: &FrameSnapshot,
