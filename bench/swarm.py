@@ -256,6 +256,7 @@ def one_backend(name: str, binary: str, root: str, env: dict, data: pathlib.Path
                 "p50_ms": m.get('apiary_fragment_dispatch_seconds{quantile="0.5"}', 0.0) * 1000,
                 "p95_ms": m.get('apiary_fragment_dispatch_seconds{quantile="0.95"}', 0.0) * 1000,
                 "count": int(m.get("apiary_fragment_dispatch_seconds_count", 0)),
+                "stolen": int(m.get("apiary_fragments_stolen_total", 0)),
             }
 
         cache = None
@@ -313,7 +314,8 @@ def markdown(r: dict) -> str:
         lines.append("- Fragments executed per node: " + ", ".join(f"{k} {v}" for k, v in b["fragments_per_node"].items()))
         for k, d in b["dispatch"].items():
             lines.append(f"- Dispatch latency (posted → claimed) on {k}: p50 {d['p50_ms']:.0f} ms, "
-                         f"p95 {d['p95_ms']:.0f} ms over {d['count']} fragments")
+                         f"p95 {d['p95_ms']:.0f} ms over {d['count']} fragments"
+                         + (f"; it took over {d['stolen']} left unclaimed" if d.get("stolen") else ""))
         if b["cache"]:
             c = b["cache"]
             lines.append(f"- Cell cache on a repeated {c['query']}: {c['hits']} hits, {c['misses']} misses "

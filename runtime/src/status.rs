@@ -65,6 +65,8 @@ pub struct DistributedStats {
     pub coordinated: u64,
     /// Shares of results this node served (one endpoint of several).
     pub shares_served: u64,
+    /// Attempts this node, as coordinator, took over from a node that had not claimed them.
+    pub stolen: u64,
     /// Posting to claiming of recent fragments: (p50, p95) in seconds, and how many.
     pub dispatch_p50: f64,
     pub dispatch_p95: f64,

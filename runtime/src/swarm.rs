@@ -56,6 +56,8 @@ pub struct HeartbeatInput<'a> {
     /// The writer's wall clock now (tests skew it to show liveness never depends on it).
     pub now: DateTime<Utc>,
     pub seq: u64,
+    /// This node posted fragments to other nodes lately.
+    pub coordinating: bool,
 }
 
 /// The heartbeat object for `input`.
@@ -76,6 +78,7 @@ pub fn heartbeat(input: HeartbeatInput<'_>) -> HeartbeatV1 {
         started_at: input.started_at,
         written_at: input.now,
         seq: input.seq,
+        coordinating: input.coordinating,
     }
 }
 
@@ -253,6 +256,30 @@ impl WorldView {
         out
     }
 
+    /// Whether a node other than `me`, alive now, has a heartbeat that satisfies `pred` (without
+    /// copying every heartbeat, as [`WorldView::nodes`] does).
+    pub fn any_alive_other(&self, me: &str, pred: impl Fn(&HeartbeatV1) -> bool) -> bool {
+        self.any_alive_other_at(me, Instant::now(), pred)
+    }
+
+    fn any_alive_other_at(
+        &self,
+        me: &str,
+        now: Instant,
+        pred: impl Fn(&HeartbeatV1) -> bool,
+    ) -> bool {
+        let now = match *self.observed_at.lock().expect("world view") {
+            Some(t) => now.min(t),
+            None => now,
+        };
+        let nodes = self.nodes.lock().expect("world view");
+        nodes.iter().any(|(id, o)| {
+            id != me
+                && self.state_for(now.saturating_duration_since(o.last_change)) == NodeState::Alive
+                && pred(&o.heartbeat)
+        })
+    }
+
     /// The swarm as node `me` sees it, for placing work: a node running this code is alive
     /// whatever its own heartbeat's age says, so it is always a place of last resort.
     pub fn seen_from(&self, me: &str) -> Vec<NodeView> {
@@ -308,6 +335,7 @@ mod tests {
             started_at: Utc::now(),
             written_at: Utc::now(),
             seq,
+            coordinating: false,
         }
     }
 
@@ -348,6 +376,34 @@ mod tests {
         assert_eq!(at(4)[1].1, NodeState::Suspect);
         assert_eq!(at(6)[1].1, NodeState::Dead);
         assert_eq!(at(7)[0].1, NodeState::Alive);
+    }
+
+    #[test]
+    fn only_another_alive_node_coordinating_counts() {
+        let w = WorldView::new(timing());
+        let t0 = Instant::now();
+        let coordinating = |id: &str, seq| HeartbeatV1 {
+            coordinating: true,
+            ..hb(id, seq)
+        };
+        w.observe(vec![coordinating("a", 1), hb("b", 1)], t0);
+        let asks = |me: &str, secs| {
+            w.any_alive_other_at(me, t0 + Duration::from_secs(secs), |h| h.coordinating)
+        };
+        assert!(asks("b", 0));
+        assert!(!asks("a", 0), "a node's own heartbeat does not count");
+        // a stops beating: once it is Suspect, b no longer stays awake for it.
+        for s in 2..=5 {
+            w.observe(
+                vec![coordinating("a", 1), hb("b", s)],
+                t0 + Duration::from_secs(s - 1),
+            );
+        }
+        assert!(asks("b", 2));
+        assert!(!asks("b", 4));
+        // a beats again, no longer coordinating.
+        w.observe(vec![hb("a", 2), hb("b", 6)], t0 + Duration::from_secs(5));
+        assert!(!asks("b", 5));
     }
 
     #[test]

@@ -153,6 +153,8 @@ pub async fn build(
             poll_min: node.poll_min,
             poll_max: node.poll_max.max(node.poll_min),
             claim_timeout: node.claim_timeout,
+            steal_after: node.steal_after,
+            awake_window: node.awake_window,
             trials: node.fragment_trials.max(1),
             orphan_ttl: node.orphan_ttl,
             share_results: node.share_results,

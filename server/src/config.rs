@@ -213,6 +213,16 @@ pub struct NodeArgs {
     /// A fragment nobody claimed within this is reassigned.
     #[arg(long, env = "APIARY_CLAIM_TIMEOUT", default_value = "10s", value_parser = parse_duration)]
     pub claim_timeout: Duration,
+    /// A coordinator with a free bee runs a fragment itself when the node it posted it to has
+    /// not claimed it within this (that node's poll had backed off, or it is stalled); `0s`:
+    /// never.
+    #[arg(long, env = "APIARY_STEAL_AFTER", default_value = "100ms", value_parser = parse_duration)]
+    pub steal_after: Duration,
+    /// A node that posted fragments to other nodes within this says so in its heartbeats, and
+    /// the workers that see it keep polling at `--poll-min` rather than backing off; `0s`:
+    /// never.
+    #[arg(long, env = "APIARY_AWAKE_WINDOW", default_value = "30s", value_parser = parse_duration)]
+    pub awake_window: Duration,
     /// Attempts per fragment before the query fails.
     #[arg(long, env = "APIARY_FRAGMENT_TRIALS", default_value_t = 3)]
     pub fragment_trials: u32,

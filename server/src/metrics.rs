@@ -127,6 +127,12 @@ pub fn render(st: &NodeStatus) -> String {
     );
     metric(
         "counter",
+        "apiary_fragments_stolen_total",
+        "Fragments this node, as coordinator, ran instead of a node that had not claimed them.",
+        d.stolen as f64,
+    );
+    metric(
+        "counter",
         "apiary_queries_coordinated_total",
         "Distributed queries this node coordinated.",
         d.coordinated as f64,

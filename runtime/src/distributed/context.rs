@@ -1,8 +1,8 @@
 //! What distributed execution needs from a node, and nothing more: the node builds one
 //! [`DistContext`] from its parts, so `distributed/` never sees the `Node` itself.
 
-use std::sync::Arc;
-use std::time::Duration;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
 
 use apiary_storage::Storage;
 use apiary_storage::format::SwarmKey;
@@ -26,6 +26,13 @@ pub struct DistributionConfig {
     pub poll_max: Duration,
     /// An attempt nobody claimed within this is reassigned.
     pub claim_timeout: Duration,
+    /// A coordinator with a free bee and nothing queued claims and runs an attempt it posted to
+    /// another node that has not claimed it within this (that node's inbox poll may have backed
+    /// off, or it may be stalled). Zero: never.
+    pub steal_after: Duration,
+    /// A node that posted fragments to other nodes within this says so in its heartbeats, and
+    /// workers that see it poll at `poll_min` instead of backing off. Zero: never.
+    pub awake_window: Duration,
     /// Attempts per task (each on another node where possible) before the query fails.
     pub trials: u32,
     /// Query prefixes and inbox entries older than this with no live coordinator are deleted.
@@ -50,6 +57,8 @@ impl Default for DistributionConfig {
             poll_min: Duration::from_millis(20),
             poll_max: Duration::from_secs(2),
             claim_timeout: Duration::from_secs(10),
+            steal_after: Duration::from_millis(100),
+            awake_window: Duration::from_secs(30),
             trials: DEFAULT_TRIALS,
             orphan_ttl: Duration::from_secs(3600),
             part_bytes: 8 * 1024 * 1024,
@@ -78,11 +87,38 @@ pub(crate) struct DistContext {
     pub(crate) background: Arc<Background>,
     /// Seals tasks, plans and outcomes; nothing unsealed is acted on.
     pub(crate) key: SwarmKey,
+    /// When this node last posted an attempt to another node's inbox.
+    pub(crate) last_remote_post: Mutex<Option<Instant>>,
 }
 
 impl DistContext {
     /// The swarm as this node sees it, for placing work (itself always alive).
     pub(crate) fn swarm_view(&self) -> Vec<NodeView> {
         self.world.seen_from(&self.node_id)
+    }
+
+    /// Note that this node just posted an attempt to another node.
+    pub(crate) fn posted_remotely(&self) {
+        *self
+            .last_remote_post
+            .lock()
+            .unwrap_or_else(|p| p.into_inner()) = Some(Instant::now());
+    }
+
+    /// Whether this node posted to another node within the awake window (its heartbeat then
+    /// keeps the other workers polling fast).
+    pub(crate) fn coordinated_lately(&self) -> bool {
+        let last = *self
+            .last_remote_post
+            .lock()
+            .unwrap_or_else(|p| p.into_inner());
+        last.is_some_and(|t| t.elapsed() < self.config.awake_window)
+    }
+
+    /// Whether another live node says it coordinated lately: this node's worker should keep
+    /// polling its inbox fast, since more fragments are likely on the way.
+    pub(crate) fn peer_coordinating(&self) -> bool {
+        self.world
+            .any_alive_other(&self.node_id, |hb| hb.coordinating)
     }
 }

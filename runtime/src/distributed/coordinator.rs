@@ -10,6 +10,10 @@
 //!   StageExec partition p ◀── tasks of p as they complete (Arrow IPC parts, checksummed)
 //! ```
 //!
+//! A coordinator with a free bee also *takes over* an attempt that the node it was posted to
+//! has not claimed within `steal_after`: it claims the attempt itself (the same put-if-absent),
+//! and runs it here.
+//!
 //! A node *abandons* a fragment by writing a retryable `failed` marker (its bees are all busy
 //! and its queue is full, it runs critical, storage failed it); the coordinator then posts the
 //! next attempt to another node, avoiding every node that already tried, up to
@@ -224,6 +228,8 @@ impl Dispatch {
         self.posted.lock().expect("posted").push(path);
         if node == self.coordinator {
             self.ctx.inbox_wake.notify_one();
+        } else {
+            self.ctx.posted_remotely();
         }
         Ok(())
     }
@@ -450,6 +456,9 @@ impl Dispatch {
         // Work out what to do under the lock, then do the IO without it.
         let mut reads: Vec<(usize, Path, bool)> = Vec::new(); // (slot, key, is_done)
         let mut reassign: Vec<(usize, String)> = Vec::new();
+        // Attempts another node left unclaimed that a free bee here takes over.
+        let mut steals: Vec<usize> = Vec::new();
+        let mut free = self.free_bees();
         {
             let mut slots = self.slots.lock().expect("slots");
             for (i, s) in slots.iter_mut().enumerate() {
@@ -491,6 +500,13 @@ impl Dispatch {
                             ),
                         ));
                         continue;
+                    } else if free > 0
+                        && s.node != self.coordinator
+                        && since.elapsed() > self.config.steal_after
+                    {
+                        free -= 1;
+                        steals.push(i);
+                        continue;
                     }
                 }
                 if let (
@@ -512,6 +528,9 @@ impl Dispatch {
                     None => reassign.push((i, format!("node {} left the swarm", s.node))),
                 }
             }
+        }
+        for i in steals {
+            progressed |= self.steal(i).await;
         }
         for (i, path, is_done) in reads {
             progressed = true;
@@ -565,6 +584,59 @@ impl Dispatch {
             }
         }
         progressed
+    }
+
+    /// Bees of this node free to take over unclaimed attempts: none while anything is queued
+    /// for a bee here, and none when stealing is off.
+    fn free_bees(&self) -> usize {
+        if self.config.steal_after.is_zero() {
+            return 0;
+        }
+        let load = self.ctx.bees.load();
+        if load.queued > 0 {
+            0
+        } else {
+            load.bees.saturating_sub(load.busy)
+        }
+    }
+
+    /// Claim slot `i`'s attempt, posted to another node that has not claimed it, and run it
+    /// here. Returns whether this node took it.
+    async fn steal(&self, i: usize) -> bool {
+        let (key, since, node) = {
+            let s = &self.slots.lock().expect("slots")[i];
+            match s.state {
+                TaskState::Posted { since } => (s.key.clone(), since, s.node.clone()),
+                _ => return false,
+            }
+        };
+        let task = TaskV1 {
+            v: 1,
+            query_id: key.query_id.clone(),
+            stage: key.stage,
+            task: key.task,
+            attempt: key.attempt,
+            coordinator: self.coordinator.clone(),
+            posted_at_ms: now_ms() - since.elapsed().as_millis() as i64,
+            deadline_at_ms: self.deadline_ms,
+        };
+        match super::worker::steal(&self.ctx, task).await {
+            Ok(true) => {
+                debug!(query_id = %self.query_id, stage = key.stage, task = key.task, from = %node, "took over an unclaimed fragment");
+                let mut slots = self.slots.lock().expect("slots");
+                let s = &mut slots[i];
+                s.node = self.coordinator.clone();
+                s.tried.push(self.coordinator.clone());
+                s.state = TaskState::Claimed { incarnation: None };
+                true
+            }
+            // The other node claimed it first: the next round sees its claim.
+            Ok(false) => false,
+            Err(e) => {
+                warn!(query_id = %self.query_id, error = %e, "taking over an unclaimed fragment");
+                false
+            }
+        }
     }
 
     async fn reassign(&self, i: usize, why: String, nodes: &[NodeView]) -> Result<()> {

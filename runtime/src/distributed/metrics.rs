@@ -20,6 +20,8 @@ pub(crate) struct DistMetrics {
     pub(crate) coordinated: AtomicU64,
     /// Shares of results this node served as one endpoint of several.
     pub(crate) shares_served: AtomicU64,
+    /// Attempts this node, as coordinator, took over from a node that had not claimed them.
+    pub(crate) stolen: AtomicU64,
     /// Recent fragment dispatch latencies (posting to claiming), seconds.
     dispatch: Mutex<VecDeque<f64>>,
 }
@@ -56,6 +58,7 @@ impl DistMetrics {
             shuffle_output_bytes: self.shuffle_output_bytes.load(Ordering::Relaxed),
             coordinated: self.coordinated.load(Ordering::Relaxed),
             shares_served: self.shares_served.load(Ordering::Relaxed),
+            stolen: self.stolen.load(Ordering::Relaxed),
             dispatch_p50: q(0.5),
             dispatch_p95: q(0.95),
             dispatch_count: v.len(),

@@ -38,6 +38,17 @@ pub(crate) struct Proposal {
 /// Cut `plan` and place its tasks, if the query should be distributed at all: only over at least
 /// two live nodes and `min_bytes` of cells; `None` means run it here.
 pub(crate) fn propose(ctx: &DistContext, plan: &Arc<dyn ExecutionPlan>) -> Option<Proposal> {
+    let started = std::time::Instant::now();
+    let p = propose_inner(ctx, plan);
+    debug!(
+        elapsed_us = started.elapsed().as_micros() as u64,
+        spreads = p.is_some(),
+        "proposal"
+    );
+    p
+}
+
+fn propose_inner(ctx: &DistContext, plan: &Arc<dyn ExecutionPlan>) -> Option<Proposal> {
     let views = ctx.swarm_view();
     let alive: Vec<_> = views
         .iter()

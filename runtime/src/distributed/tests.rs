@@ -218,6 +218,165 @@ async fn a_fragment_given_up_by_a_busy_node_completes_on_another() {
     }
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_coordinator_with_a_free_bee_runs_what_a_sleeping_node_left_unclaimed() {
+    let swarm = Swarm::new().await;
+    let coord = swarm.node("coord", |_| {});
+    // Alive in the heartbeats, but its inbox worker never runs: nothing it is given is claimed.
+    let sleeper = swarm.node("sleeper", |_| {});
+    let mut session = Session::new("t");
+    run(&coord, &mut session, "CREATE TABLE t (v BIGINT)").await;
+    run(
+        &coord,
+        &mut session,
+        "INSERT INTO t SELECT value FROM generate_series(1, 10000)",
+    )
+    .await;
+    for n in [&coord, &sleeper] {
+        n.beat().await.unwrap();
+    }
+    for n in [&coord, &sleeper] {
+        n.dist()
+            .world
+            .refresh(&swarm.storage, &n.config().swarm_key)
+            .await
+            .unwrap();
+    }
+    coord.start();
+    assert!(!coord.dist().coordinated_lately());
+    let sql = "SELECT sum(v) AS s, count(*) AS n FROM t WHERE v % 3 = 0";
+    let plan = plan(&coord, &session, sql).await;
+    let mut proposal = propose(coord.dist(), &plan).expect("two live nodes and cells to read");
+    for t in &mut proposal.tasks {
+        t.node = "sleeper".into();
+    }
+    let tasks = proposal.tasks.len() as u64;
+    let qid = "0192f5a0-6f1c-7c2e-9b1d-2d6a1f3e4cee";
+    let (root, run) = start(
+        coord.dist(),
+        qid,
+        sql,
+        &plan,
+        proposal,
+        Duration::from_secs(60),
+    )
+    .await
+    .unwrap();
+    let batches: Vec<RecordBatch> = tokio::time::timeout(
+        Duration::from_secs(60),
+        datafusion::physical_plan::collect(root, coord.engine().plan_context()),
+    )
+    .await
+    .expect("the query finished")
+    .unwrap();
+    let expected: i64 = (1..=10000).filter(|v| v % 3 == 0).sum();
+    let b = &batches[0];
+    let int = |c: usize| {
+        b.column(c)
+            .as_primitive::<arrow::datatypes::Int64Type>()
+            .value(0)
+    };
+    assert_eq!((int(0), int(1)), (expected, 3333));
+    // Every attempt was taken over (not reassigned after the claim timeout) and run once,
+    // here.
+    let stats = coord.dist().metrics.stats();
+    assert_eq!(stats.stolen, tasks);
+    assert_eq!(stats.fragments, tasks);
+    assert!(run.is_finished());
+    // The sleeper wakes: the entries it finds (if not yet cleaned up) are claimed already.
+    worker::poll_once(sleeper.dist()).await.unwrap();
+    assert_eq!(sleeper.dist().metrics.stats().fragments, 0);
+    // Having posted to another node, the coordinator says so in its heartbeat, and the other
+    // node, seeing it, keeps its inbox poll fast.
+    assert!(coord.dist().coordinated_lately());
+    assert!(!sleeper.dist().peer_coordinating());
+    coord.beat().await.unwrap();
+    sleeper
+        .dist()
+        .world
+        .refresh(&swarm.storage, &sleeper.config().swarm_key)
+        .await
+        .unwrap();
+    assert!(sleeper.dist().peer_coordinating());
+    assert!(!coord.dist().peer_coordinating(), "only others count");
+    drop(run);
+    coord.shutdown().await;
+    sleeper.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_statement_that_spread_nothing_is_then_planned_for_this_node_alone() {
+    use crate::service::{QueryRequest, QueryService};
+    use futures::TryStreamExt;
+    let swarm = Swarm::new().await;
+    // Any cells are enough to plan for the swarm; a stage spreads only when its output is small.
+    let a = swarm.node("local-a", |c| c.distribution.min_bytes = 1);
+    let b = swarm.node("local-b", |c| c.distribution.min_bytes = 1);
+    let mut session = Session::new("t");
+    run(&a, &mut session, "CREATE TABLE t (v BIGINT)").await;
+    run(
+        &a,
+        &mut session,
+        "INSERT INTO t SELECT value FROM generate_series(1, 10000)",
+    )
+    .await;
+    for n in [&a, &b] {
+        n.beat().await.unwrap();
+    }
+    for n in [&a, &b] {
+        n.dist()
+            .world
+            .refresh(&swarm.storage, &n.config().swarm_key)
+            .await
+            .unwrap();
+        n.start();
+    }
+    let query = |sql: &'static str| {
+        let (a, session) = (a.clone(), session.clone());
+        async move {
+            let stmt = a.parse(sql).unwrap().remove(0);
+            let planned = QueryService::plan(&*a, &session, &stmt, None, true)
+                .await
+                .unwrap();
+            let stream = QueryService::query(
+                &*a,
+                QueryRequest {
+                    query_id: uuid::Uuid::now_v7().to_string(),
+                    session,
+                    sql: sql.into(),
+                    params: vec![],
+                    pins: planned.pins,
+                    plan_key: planned.plan_key,
+                    share: None,
+                },
+            )
+            .await
+            .unwrap();
+            let batches: Vec<RecordBatch> = stream.try_collect().await.unwrap();
+            batches.iter().map(|b| b.num_rows()).sum::<usize>()
+        }
+    };
+    // Every row comes back: shipping them through storage does not pay, so nothing spreads.
+    let all = "SELECT v FROM t";
+    assert!(!a.plans_locally(&session, all));
+    assert_eq!(query(all).await, 10000);
+    assert!(a.plans_locally(&session, all));
+    assert_eq!(query(all).await, 10000, "the same answer, planned once");
+    // A few rows of partial sums pay: that statement still spreads, and is never remembered.
+    let sums = "SELECT v % 7 AS k, sum(v) FROM t GROUP BY v % 7";
+    let coordinated = a.dist().metrics.stats().coordinated;
+    assert_eq!(query(sums).await, 7);
+    assert_eq!(a.dist().metrics.stats().coordinated, coordinated + 1);
+    assert!(!a.plans_locally(&session, sums));
+    // Another box, or another swarm size, asks again.
+    let mut elsewhere = session.clone();
+    elsewhere.options = vec![("datafusion.execution.batch_size".into(), "1024".into())];
+    assert!(!a.plans_locally(&elsewhere, all));
+    for n in [&a, &b] {
+        n.shutdown().await;
+    }
+}
+
 /// Put `task` (and its plan) into `node`'s inbox the way a coordinator does, sealed with `key`.
 async fn plant(storage: &Storage, key: &SwarmKey, node: &str, task_key: &AttemptKey, plan: &[u8]) {
     let plan_path = paths::task_plan(task_key).unwrap();
@@ -384,6 +543,7 @@ async fn heartbeats_count_only_when_sealed_and_within_reason() {
         started_at: chrono::Utc::now(),
         written_at: chrono::Utc::now(),
         seq: 1,
+        coordinating: false,
     };
     for (id, k) in [
         ("forged", SwarmKey::new(b"wrong")),

@@ -1,8 +1,10 @@
 //! The worker's side: poll this node's inbox, claim attempts, run them in a bee, write the output.
 //!
 //! Workers only LIST their own inbox prefix. The interval adapts: `poll_min` while tasks arrive
-//! and for 50 × `poll_min` after, then growing by half on each empty poll up to `poll_max`
-//! (2 s by default: 1,800 LIST requests per idle node per hour). A fragment that cannot run here
+//! and for 50 × `poll_min` after, and while another live node's heartbeat says it coordinated
+//! lately; otherwise growing by half on each empty poll up to `poll_max` (2 s by default: 1,800
+//! LIST requests per idle node per hour). A coordinator may claim and run an attempt it posted
+//! here before this worker polls (see `Dispatch::steal`). A fragment that cannot run here
 //! for a retryable reason (no bee free and the queue full, the node critical, a storage
 //! failure) is given up with a retryable `failed` marker, and its coordinator tries another
 //! node.
@@ -52,7 +54,7 @@ pub(crate) async fn run(ctx: Weak<DistContext>) {
         if found > 0 {
             last_work = Instant::now();
         }
-        interval = if last_work.elapsed() < c.config.poll_min * 50 {
+        interval = if last_work.elapsed() < c.config.poll_min * 50 || c.peer_coordinating() {
             c.config.poll_min
         } else {
             (interval * 3 / 2).min(c.config.poll_max)
@@ -91,6 +93,20 @@ pub(crate) async fn poll_once(ctx: &Arc<DistContext>) -> Result<usize> {
         }
     }
     Ok(seen)
+}
+
+/// Claim an attempt posted to another node that has not claimed it yet, and run it here.
+/// Returns whether this node won the claim (the other node may have claimed it meanwhile;
+/// when it polls later, its claim fails and it drops the inbox entry).
+pub(crate) async fn steal(ctx: &Arc<DistContext>, task: TaskV1) -> Result<bool> {
+    if !claim(ctx, &task).await? {
+        return Ok(false);
+    }
+    ctx.metrics.stolen.fetch_add(1, Ordering::Relaxed);
+    let c = ctx.clone();
+    ctx.background
+        .spawn_finishing(async move { execute(c, task).await });
+    Ok(true)
 }
 
 fn key_of(task: &TaskV1) -> AttemptKey {

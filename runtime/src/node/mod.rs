@@ -124,6 +124,8 @@ pub struct Node {
     queries_total: AtomicU64,
     /// Plans GetFlightInfo made, waiting for their DoGet.
     plans: plans::PlanCache,
+    /// Statements that lately spread nothing: planned for this node alone.
+    stays_local: plans::StaysLocal,
     stopped: AtomicBool,
 }
 
@@ -188,6 +190,7 @@ impl Node {
                 metrics: DistMetrics::default(),
                 background: background.clone(),
                 key: config.swarm_key.clone(),
+                last_remote_post: std::sync::Mutex::new(None),
             });
             Node {
                 world,
@@ -199,6 +202,7 @@ impl Node {
                 seq: AtomicU64::new(0),
                 queries_total: AtomicU64::new(0),
                 plans: plans::PlanCache::default(),
+                stays_local: plans::StaysLocal::default(),
                 stopped: AtomicBool::new(false),
                 cache,
                 config,
@@ -316,6 +320,7 @@ impl Node {
             started_at: self.started_at + skew,
             now: now + skew,
             seq: self.seq.fetch_add(1, Ordering::SeqCst) + 1,
+            coordinating: self.dist.coordinated_lately(),
         });
         let path = paths::heartbeat(&self.config.node_id);
         let sealed = self.config.swarm_key.seal_object(&path, &hb);

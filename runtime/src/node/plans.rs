@@ -11,12 +11,13 @@
 //! [`KEEP`] at most and the cache holds [`MAX_PLANS`]; the oldest go first. The key is only ever
 //! handed out inside a signed ticket, so a client cannot name another client's plan.
 
-use std::collections::VecDeque;
+use std::collections::{HashMap, VecDeque};
+use std::hash::{Hash, Hasher};
 use std::sync::Mutex;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
-use crate::engine::PlannedQuery;
+use crate::engine::{PlannedQuery, Session};
 use crate::status::PlanCacheStats;
 
 /// How long a plan waits for its DoGet.
@@ -93,6 +94,57 @@ impl PlanCache {
     }
 }
 
+/// How long a statement that did not spread is planned for this node alone.
+pub(crate) const STAYS_LOCAL: Duration = Duration::from_secs(60);
+/// Most statements remembered as staying local.
+pub(crate) const MAX_LOCAL: usize = 1024;
+
+/// Statements that, planned for the swarm, spread nothing: each such run planned twice (for the
+/// swarm, then for this node's bees) and asked the swarm for nothing. Planned for this node
+/// alone, once, for [`STAYS_LOCAL`] after; keyed by the text, where it runs (box, options) and
+/// the swarm's bees, so a swarm that grows or shrinks asks again. Being wrong costs only speed:
+/// a statement whose frames grew meanwhile runs here until the entry expires.
+#[derive(Debug, Default)]
+pub(crate) struct StaysLocal {
+    entries: Mutex<HashMap<u64, Instant>>,
+}
+
+impl StaysLocal {
+    pub(crate) fn key(session: &Session, sql: &str, swarm_bees: usize) -> u64 {
+        let mut h = std::collections::hash_map::DefaultHasher::new();
+        (
+            sql,
+            session.hive.as_str(),
+            session.box_name.as_str(),
+            &session.options,
+            swarm_bees,
+        )
+            .hash(&mut h);
+        h.finish()
+    }
+
+    /// Remember that the statement under `key` spread nothing.
+    pub(crate) fn remember(&self, key: u64) {
+        let mut entries = self.entries.lock().unwrap_or_else(|p| p.into_inner());
+        let now = Instant::now();
+        if entries.len() >= MAX_LOCAL {
+            entries.retain(|_, at| now.duration_since(*at) < STAYS_LOCAL);
+            if entries.len() >= MAX_LOCAL {
+                entries.clear();
+            }
+        }
+        entries.insert(key, now);
+    }
+
+    /// Whether the statement under `key` spread nothing within [`STAYS_LOCAL`].
+    pub(crate) fn holds(&self, key: u64) -> bool {
+        let entries = self.entries.lock().unwrap_or_else(|p| p.into_inner());
+        entries
+            .get(&key)
+            .is_some_and(|at| at.elapsed() < STAYS_LOCAL)
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use std::sync::Arc;
@@ -135,6 +187,34 @@ mod tests {
                 missed: 4
             }
         );
+    }
+
+    #[test]
+    fn a_statement_stays_local_per_text_place_and_swarm_and_within_a_bound() {
+        let memo = StaysLocal::default();
+        let s = Session::new("u");
+        let k = StaysLocal::key(&s, "SELECT 1", 2);
+        assert!(!memo.holds(k));
+        memo.remember(k);
+        assert!(memo.holds(k));
+        assert!(!memo.holds(StaysLocal::key(&s, "SELECT 2", 2)));
+        assert!(
+            !memo.holds(StaysLocal::key(&s, "SELECT 1", 3)),
+            "the swarm grew"
+        );
+        let mut other = s.clone();
+        other.options = vec![("datafusion.x".into(), "1".into())];
+        assert!(!memo.holds(StaysLocal::key(&other, "SELECT 1", 2)));
+        for i in 0..MAX_LOCAL as u64 {
+            memo.remember(i.wrapping_mul(0x9e37_79b9_7f4a_7c15));
+        }
+        assert!(memo.entries.lock().unwrap().len() <= MAX_LOCAL);
+        // An expired entry no longer holds.
+        memo.entries
+            .lock()
+            .unwrap()
+            .insert(k, Instant::now() - STAYS_LOCAL);
+        assert!(!memo.holds(k));
     }
 
     #[test]

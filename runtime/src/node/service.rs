@@ -26,9 +26,9 @@ impl QueryService for Node {
         params: Option<Vec<ScalarValue>>,
         keep: bool,
     ) -> Result<Planned> {
-        let (engine, session, stmt) = (self.engine.clone(), session.clone(), stmt.clone());
         // Planned as its DoGet would plan it here, and kept for that DoGet.
-        let target = self.swarm_target();
+        let target = self.swarm_target(session, &stmt.text);
+        let (engine, session, stmt) = (self.engine.clone(), session.clone(), stmt.clone());
         let planned = self
             .planning(async move {
                 engine

@@ -13,6 +13,7 @@ use futures::{StreamExt, TryStreamExt};
 use tracing::info;
 
 use super::Node;
+use super::plans::StaysLocal;
 use crate::bees::BeeLease;
 use crate::distributed;
 use crate::distributed::DistributedRun;
@@ -79,7 +80,26 @@ impl Node {
 
     /// What a query is planned for: the swarm's partitions when its frames hold enough cells
     /// to spread (`--distribute-min-bytes`), else this node's own — planned once, as it runs.
-    pub(super) fn swarm_target(&self) -> PlanTarget<'static> {
+    /// A statement that lately spread nothing is planned for this node's own at once.
+    pub(super) fn swarm_target(&self, session: &Session, sql: &str) -> PlanTarget<'static> {
+        let target = self.swarm_wide_target();
+        match target.partitions {
+            Some(p) if self.stays_local.holds(StaysLocal::key(session, sql, p)) => {
+                PlanTarget::default()
+            }
+            _ => target,
+        }
+    }
+
+    /// Whether `sql` would now be planned for this node alone.
+    #[cfg(test)]
+    pub(crate) fn plans_locally(&self, session: &Session, sql: &str) -> bool {
+        self.swarm_target(session, sql).partitions.is_none()
+    }
+
+    /// The swarm's partitions when the frames hold enough cells, whatever the statement did
+    /// lately (EXPLAIN shows how the swarm would run it).
+    fn swarm_wide_target(&self) -> PlanTarget<'static> {
         PlanTarget {
             env: None,
             partitions: self.plan_partitions(),
@@ -147,7 +167,7 @@ impl Node {
                 partitions: s.partitions.map(|p| p.clamp(1, MAX_PLAN_PARTITIONS)),
                 ..Default::default()
             },
-            None => self.swarm_target(),
+            None => self.swarm_target(session, &stmt.text),
         };
         // The plan GetFlightInfo made here for this ticket, when it is still here: one planning
         // per query. Parameter rows beyond one are planned each.
@@ -196,9 +216,10 @@ impl Node {
                 self.engine.task_context(&self.coordinator_env()?),
                 Held::Nothing,
             )
-        } else if let Some(proposal) = (plans.len() == 1 && share.is_none())
-            .then(|| distributed::propose(&self.dist, &plans[0].plan))
-            .flatten()
+        } else if let Some(proposal) =
+            (plans.len() == 1 && share.is_none() && plans[0].planned_for.is_some())
+                .then(|| distributed::propose(&self.dist, &plans[0].plan))
+                .flatten()
         {
             // Each redemption of a ticket is its own run: two DoGets of one ticket never share
             // storage objects. Fragments here follow this query's cancellation via the alias.
@@ -224,10 +245,13 @@ impl Node {
                 Held::Distributed(run),
             )
         } else {
-            if plans.len() == 1 && plans[0].planned_for.is_some() && share.is_none() {
+            if let (1, Some(bees), None) = (plans.len(), plans[0].planned_for, share) {
                 // Planned for the swarm's bees, but nothing spreads: plan again for this node's
                 // own, as a node alone would (a plan of more partitions than bees only adds
-                // repartitioning on the same cores).
+                // repartitioning on the same cores), and for a while plan the statement so
+                // from the start.
+                self.stays_local
+                    .remember(StaysLocal::key(session, &stmt.text, bees));
                 let local = PlanTarget::default();
                 plans = self
                     .plan_each(session, stmt, vec![first_params], pins, local)
@@ -338,7 +362,7 @@ impl Node {
         if !inner.returns_rows() || inner.params > 0 {
             return Ok(None);
         }
-        let target = self.swarm_target();
+        let target = self.swarm_wide_target();
         let planned = {
             let (engine, session, pins) = (self.engine.clone(), session.clone(), pins.clone());
             // Planned as the query itself would be: for the swarm's bees.

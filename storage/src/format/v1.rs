@@ -144,6 +144,10 @@ pub struct HeartbeatV1 {
     pub started_at: DateTime<Utc>,
     pub written_at: DateTime<Utc>,
     pub seq: u64,
+    /// This node posted fragments to other nodes lately: their workers keep polling their
+    /// inboxes fast while they see it (absent in heartbeats of older nodes: false).
+    #[serde(default)]
+    pub coordinating: bool,
 }
 
 /// What a coordinator is running (for orphan cleanup and operators).

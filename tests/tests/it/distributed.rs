@@ -977,3 +977,38 @@ async fn a_query_too_small_to_spread_is_planned_once_for_its_own_node() {
         answer
     );
 }
+
+/// A worker whose inbox poll is slow (here: every 30 s; in production, one backed off after a
+/// quiet spell) claims nothing in time. The coordinator, its bee free, claims and runs each
+/// attempt it posted there after `--steal-after`, long before `--claim-timeout` would reassign
+/// it, and the answer is the same.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_coordinator_runs_what_a_slowly_polling_node_left_unclaimed() {
+    let dir = tempfile::tempdir().unwrap();
+    let root = dir.path().to_str().unwrap();
+    let sql = "SELECT l_returnflag, l_linestatus, count(*), sum(l_quantity) FROM lineitem \
+               GROUP BY 1, 2 ORDER BY 1, 2";
+    let coordinator = start(root, "node-1", &[], &[]);
+    let mut c = client(&coordinator).await;
+    ingest(&mut c, &tpch_data()).await;
+    let alone = canonical(&run(&mut c, sql).await);
+    assert_eq!(alone.len(), 4, "{alone:?}");
+    let sleepy = start(
+        root,
+        "node-2",
+        &["--poll-min", "30s", "--poll-max", "30s"],
+        &[],
+    );
+    wait_alive(&mut c, &["node-1", "node-2"]).await;
+    let explain = canonical(&run(&mut c, &format!("EXPLAIN {sql}")).await).join("\n");
+    assert!(explain.contains("on node-2"), "{explain}");
+    assert_eq!(canonical(&run(&mut c, sql).await), alone);
+    let stolen = run(&mut c, "SELECT fragments_stolen FROM system.runtime.node").await;
+    let stolen = stolen[0]
+        .column(0)
+        .as_primitive::<arrow::datatypes::UInt64Type>()
+        .value(0);
+    assert!(stolen > 0, "nothing was taken over");
+    let mut s = client(&sleepy).await;
+    assert_eq!(fragments(&mut s).await, 0, "the slow node ran nothing");
+}
