@@ -210,18 +210,23 @@ impl Dispatch {
         })
     }
 
-    /// Post one attempt of a task to `node`'s inbox.
-    pub(crate) async fn post(&self, key: &AttemptKey, node: &str) -> Result<()> {
-        let entry = TaskV1 {
+    /// The inbox entry of attempt `key`, posted at `posted_at_ms`.
+    fn task_entry(&self, key: &AttemptKey, posted_at_ms: i64) -> TaskV1 {
+        TaskV1 {
             v: 1,
             query_id: key.query_id.clone(),
             stage: key.stage,
             task: key.task,
             attempt: key.attempt,
             coordinator: self.coordinator.clone(),
-            posted_at_ms: now_ms(),
+            posted_at_ms,
             deadline_at_ms: self.deadline_ms,
-        };
+        }
+    }
+
+    /// Post one attempt of a task to `node`'s inbox.
+    pub(crate) async fn post(&self, key: &AttemptKey, node: &str) -> Result<()> {
+        let entry = self.task_entry(key, now_ms());
         let path = paths::inbox_entry(node, key)?;
         let sealed = self.ctx.key.seal_object(&path, &entry);
         self.storage.put(&path, sealed).await?;
@@ -610,16 +615,7 @@ impl Dispatch {
                 _ => return false,
             }
         };
-        let task = TaskV1 {
-            v: 1,
-            query_id: key.query_id.clone(),
-            stage: key.stage,
-            task: key.task,
-            attempt: key.attempt,
-            coordinator: self.coordinator.clone(),
-            posted_at_ms: now_ms() - since.elapsed().as_millis() as i64,
-            deadline_at_ms: self.deadline_ms,
-        };
+        let task = self.task_entry(&key, now_ms() - since.elapsed().as_millis() as i64);
         match super::worker::steal(&self.ctx, task).await {
             Ok(true) => {
                 debug!(query_id = %self.query_id, stage = key.stage, task = key.task, from = %node, "took over an unclaimed fragment");

@@ -46,6 +46,83 @@ impl Swarm {
     }
 }
 
+impl Swarm {
+    /// Every node writes its heartbeat, then every node reads the swarm's.
+    async fn meet(&self, nodes: &[&Arc<Node>]) {
+        for n in nodes {
+            n.beat().await.unwrap();
+        }
+        for n in nodes {
+            n.dist()
+                .world
+                .refresh(&self.storage, &n.config().swarm_key)
+                .await
+                .unwrap();
+        }
+    }
+}
+
+/// Frame `t` of one column `v` = 1..=10000, made through `node`.
+async fn series_t(node: &Node) -> Session {
+    let mut session = Session::new("t");
+    run(node, &mut session, "CREATE TABLE t (v BIGINT)").await;
+    run(
+        node,
+        &mut session,
+        "INSERT INTO t SELECT value FROM generate_series(1, 10000)",
+    )
+    .await;
+    session
+}
+
+/// The sum and count of the multiples of 3 in `t` (see [`series_t`]), as computed here.
+fn thirds() -> (i64, i64) {
+    let v: Vec<i64> = (1..=10000).filter(|v| v % 3 == 0).collect();
+    (v.iter().sum(), v.len() as i64)
+}
+
+/// Run the sum and count of the multiples of 3 in `t` as a distributed query coordinated by
+/// `node`, every task posted to node `to`. Returns the answer, the run (its objects stay until
+/// it is dropped) and how many tasks it had.
+async fn thirds_posted_to(
+    node: &Node,
+    session: &Session,
+    to: &str,
+    qid: &str,
+) -> ((i64, i64), super::DistributedRun, u64) {
+    let sql = "SELECT sum(v) AS s, count(*) AS n FROM t WHERE v % 3 = 0";
+    let plan = plan(node, session, sql).await;
+    let mut proposal = propose(node.dist(), &plan).expect("two live nodes and cells to read");
+    for t in &mut proposal.tasks {
+        t.node = to.into();
+    }
+    let tasks = proposal.tasks.len() as u64;
+    let (root, run) = start(
+        node.dist(),
+        qid,
+        sql,
+        &plan,
+        proposal,
+        Duration::from_secs(60),
+    )
+    .await
+    .unwrap();
+    let batches: Vec<RecordBatch> = tokio::time::timeout(
+        Duration::from_secs(60),
+        datafusion::physical_plan::collect(root, node.engine().plan_context()),
+    )
+    .await
+    .expect("the query finished")
+    .unwrap();
+    let int = |c: usize| {
+        batches[0]
+            .column(c)
+            .as_primitive::<arrow::datatypes::Int64Type>()
+            .value(0)
+    };
+    ((int(0), int(1)), run, tasks)
+}
+
 async fn run(node: &Node, session: &mut Session, sql: &str) {
     let stmt = node.engine().parse_one(sql).unwrap();
     node.engine().execute(session, &stmt, None).await.unwrap();
@@ -131,33 +208,10 @@ async fn a_fragment_given_up_by_a_busy_node_completes_on_another() {
     // The giver has one bee and no queue: while its bee is taken it can only give work up.
     let giver = swarm.node("giver", |c| c.bees.queue_depth = 0);
     let taker = swarm.node("taker", |_| {});
-    let mut session = Session::new("t");
-    run(&giver, &mut session, "CREATE TABLE t (v BIGINT)").await;
-    run(
-        &giver,
-        &mut session,
-        "INSERT INTO t SELECT value FROM generate_series(1, 10000)",
-    )
-    .await;
-    for n in [&giver, &taker] {
-        n.beat().await.unwrap();
-    }
-    for n in [&giver, &taker] {
-        n.dist()
-            .world
-            .refresh(&swarm.storage, &n.config().swarm_key)
-            .await
-            .unwrap();
-        n.start();
-    }
-    let sql = "SELECT sum(v) AS s, count(*) AS n FROM t WHERE v % 3 = 0";
-    let plan = plan(&giver, &session, sql).await;
-    let mut proposal = propose(giver.dist(), &plan).expect("two live nodes and cells to read");
-    // Every task goes to the giver first.
-    for t in &mut proposal.tasks {
-        t.node = "giver".into();
-    }
-    let tasks = proposal.tasks.len() as u64;
+    let session = series_t(&giver).await;
+    swarm.meet(&[&giver, &taker]).await;
+    giver.start();
+    taker.start();
     let hold = giver
         .dist()
         .bees
@@ -165,38 +219,9 @@ async fn a_fragment_given_up_by_a_busy_node_completes_on_another() {
         .await
         .unwrap();
     let qid = "0192f5a0-6f1c-7c2e-9b1d-2d6a1f3e4cff";
-    let (root, run) = start(
-        giver.dist(),
-        qid,
-        sql,
-        &plan,
-        proposal,
-        Duration::from_secs(60),
-    )
-    .await
-    .unwrap();
-    let ctx = giver.engine().plan_context();
-    let batches: Vec<RecordBatch> = tokio::time::timeout(
-        Duration::from_secs(60),
-        datafusion::physical_plan::collect(root, ctx),
-    )
-    .await
-    .expect("the query finished")
-    .unwrap();
-    let b = &batches[0];
-    let expected: i64 = (1..=10000).filter(|v| v % 3 == 0).sum();
-    assert_eq!(
-        b.column(0)
-            .as_primitive::<arrow::datatypes::Int64Type>()
-            .value(0),
-        expected
-    );
-    assert_eq!(
-        b.column(1)
-            .as_primitive::<arrow::datatypes::Int64Type>()
-            .value(0),
-        3333
-    );
+    // Every task goes to the giver first.
+    let (sums, run, tasks) = thirds_posted_to(&giver, &session, "giver", qid).await;
+    assert_eq!(sums, thirds());
     // The giver ran nothing; the taker ran every task, as attempt 2.
     assert_eq!(giver.dist().metrics.stats().fragments, 0);
     assert_eq!(taker.dist().metrics.stats().fragments, tasks);
@@ -224,59 +249,13 @@ async fn a_coordinator_with_a_free_bee_runs_what_a_sleeping_node_left_unclaimed(
     let coord = swarm.node("coord", |_| {});
     // Alive in the heartbeats, but its inbox worker never runs: nothing it is given is claimed.
     let sleeper = swarm.node("sleeper", |_| {});
-    let mut session = Session::new("t");
-    run(&coord, &mut session, "CREATE TABLE t (v BIGINT)").await;
-    run(
-        &coord,
-        &mut session,
-        "INSERT INTO t SELECT value FROM generate_series(1, 10000)",
-    )
-    .await;
-    for n in [&coord, &sleeper] {
-        n.beat().await.unwrap();
-    }
-    for n in [&coord, &sleeper] {
-        n.dist()
-            .world
-            .refresh(&swarm.storage, &n.config().swarm_key)
-            .await
-            .unwrap();
-    }
+    let session = series_t(&coord).await;
+    swarm.meet(&[&coord, &sleeper]).await;
     coord.start();
     assert!(!coord.dist().coordinated_lately());
-    let sql = "SELECT sum(v) AS s, count(*) AS n FROM t WHERE v % 3 = 0";
-    let plan = plan(&coord, &session, sql).await;
-    let mut proposal = propose(coord.dist(), &plan).expect("two live nodes and cells to read");
-    for t in &mut proposal.tasks {
-        t.node = "sleeper".into();
-    }
-    let tasks = proposal.tasks.len() as u64;
     let qid = "0192f5a0-6f1c-7c2e-9b1d-2d6a1f3e4cee";
-    let (root, run) = start(
-        coord.dist(),
-        qid,
-        sql,
-        &plan,
-        proposal,
-        Duration::from_secs(60),
-    )
-    .await
-    .unwrap();
-    let batches: Vec<RecordBatch> = tokio::time::timeout(
-        Duration::from_secs(60),
-        datafusion::physical_plan::collect(root, coord.engine().plan_context()),
-    )
-    .await
-    .expect("the query finished")
-    .unwrap();
-    let expected: i64 = (1..=10000).filter(|v| v % 3 == 0).sum();
-    let b = &batches[0];
-    let int = |c: usize| {
-        b.column(c)
-            .as_primitive::<arrow::datatypes::Int64Type>()
-            .value(0)
-    };
-    assert_eq!((int(0), int(1)), (expected, 3333));
+    let (sums, run, tasks) = thirds_posted_to(&coord, &session, "sleeper", qid).await;
+    assert_eq!(sums, thirds());
     // Every attempt was taken over (not reassigned after the claim timeout) and run once,
     // here.
     let stats = coord.dist().metrics.stats();
@@ -312,25 +291,10 @@ async fn a_statement_that_spread_nothing_is_then_planned_for_this_node_alone() {
     // Any cells are enough to plan for the swarm; a stage spreads only when its output is small.
     let a = swarm.node("local-a", |c| c.distribution.min_bytes = 1);
     let b = swarm.node("local-b", |c| c.distribution.min_bytes = 1);
-    let mut session = Session::new("t");
-    run(&a, &mut session, "CREATE TABLE t (v BIGINT)").await;
-    run(
-        &a,
-        &mut session,
-        "INSERT INTO t SELECT value FROM generate_series(1, 10000)",
-    )
-    .await;
-    for n in [&a, &b] {
-        n.beat().await.unwrap();
-    }
-    for n in [&a, &b] {
-        n.dist()
-            .world
-            .refresh(&swarm.storage, &n.config().swarm_key)
-            .await
-            .unwrap();
-        n.start();
-    }
+    let session = series_t(&a).await;
+    swarm.meet(&[&a, &b]).await;
+    a.start();
+    b.start();
     let query = |sql: &'static str| {
         let (a, session) = (a.clone(), session.clone());
         async move {
