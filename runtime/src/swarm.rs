@@ -235,11 +235,16 @@ impl WorldView {
         self.nodes_at(Instant::now())
     }
 
-    pub fn nodes_at(&self, now: Instant) -> Vec<NodeView> {
-        let now = match *self.observed_at.lock().expect("world view") {
+    /// The instant ages are judged at: `now`, but never after the last read of storage.
+    fn judged_at(&self, now: Instant) -> Instant {
+        match *self.observed_at.lock().expect("world view") {
             Some(t) => now.min(t),
             None => now,
-        };
+        }
+    }
+
+    pub fn nodes_at(&self, now: Instant) -> Vec<NodeView> {
+        let now = self.judged_at(now);
         let nodes = self.nodes.lock().expect("world view");
         let mut out: Vec<NodeView> = nodes
             .values()
@@ -268,10 +273,7 @@ impl WorldView {
         now: Instant,
         pred: impl Fn(&HeartbeatV1) -> bool,
     ) -> bool {
-        let now = match *self.observed_at.lock().expect("world view") {
-            Some(t) => now.min(t),
-            None => now,
-        };
+        let now = self.judged_at(now);
         let nodes = self.nodes.lock().expect("world view");
         nodes.iter().any(|(id, o)| {
             id != me

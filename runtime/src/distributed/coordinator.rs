@@ -461,9 +461,10 @@ impl Dispatch {
         // Work out what to do under the lock, then do the IO without it.
         let mut reads: Vec<(usize, Path, bool)> = Vec::new(); // (slot, key, is_done)
         let mut reassign: Vec<(usize, String)> = Vec::new();
-        // Attempts another node left unclaimed that a free bee here takes over.
+        // Attempts another node left unclaimed that a free bee here takes over (the bees are
+        // counted only when there is such an attempt).
         let mut steals: Vec<usize> = Vec::new();
-        let mut free = self.free_bees();
+        let mut free: Option<usize> = None;
         {
             let mut slots = self.slots.lock().expect("slots");
             for (i, s) in slots.iter_mut().enumerate() {
@@ -505,13 +506,15 @@ impl Dispatch {
                             ),
                         ));
                         continue;
-                    } else if free > 0
-                        && s.node != self.coordinator
+                    } else if s.node != self.coordinator
                         && since.elapsed() > self.config.steal_after
                     {
-                        free -= 1;
-                        steals.push(i);
-                        continue;
+                        let free = free.get_or_insert_with(|| self.free_bees());
+                        if *free > 0 {
+                            *free -= 1;
+                            steals.push(i);
+                            continue;
+                        }
                     }
                 }
                 if let (

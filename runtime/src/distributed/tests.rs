@@ -44,9 +44,7 @@ impl Swarm {
         tweak(&mut cfg);
         Node::new(self.lakehouse.clone(), cfg).unwrap()
     }
-}
 
-impl Swarm {
     /// Every node writes its heartbeat, then every node reads the swarm's.
     async fn meet(&self, nodes: &[&Arc<Node>]) {
         for n in nodes {
