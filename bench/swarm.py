@@ -8,9 +8,11 @@ the nodes share every core and a figure says little. The S3 backend is SeaweedFS
 backend:
 
 1. node 1 starts alone on a fresh root; the TPC-H tables are ingested through it;
-2. the scan-heavy queries run through node 1 alone (a swarm of one runs everything locally);
-3. nodes 2..N join; the same queries run through node 1, which now cuts them into fragments;
-   the answers must equal the solo answers, and fragments must have run on at least two nodes;
+2. `--runs` rounds, each of two halves: the queries run through node 1 alone (a swarm of one
+   runs everything locally), then nodes 2..N join and the same queries run through node 1, which
+   now cuts them into fragments; then nodes 2..N stop. Alternating the halves puts drift on the
+   machine on both sides of every ratio. Each half runs every query once untimed first;
+3. the answers must equal the solo answers, and fragments must have run on at least two nodes;
 4. fragment dispatch latency (posting a task to its claim) is read from every node's /metrics;
 5. every node's /metrics gives the bytes its fragments wrote to storage, and the result shares it
    served, per query;
@@ -212,52 +214,93 @@ def one_backend(name: str, binary: str, root: str, env: dict, data: pathlib.Path
             "SELECT frame, CAST(sum(cells_added) - sum(cells_removed) AS BIGINT) AS cells "
             "FROM system.lakehouse.history GROUP BY frame ORDER BY frame").to_pylist()}
         print(f"cells per frame: {cells}", flush=True)
-        solo = {}
-        for q, sql in queries:
-            secs, table = timed(first, sql, runs)
-            solo[q] = (secs, table)
-            print(f"{q}: 1 node {secs * 1000:8.1f} ms", flush=True)
 
-        for i in range(2, n + 1):
-            nodes.append(Node(binary, root, f"bench-{i}", scratch, env, core(i - 1)))
-            noise.track(nodes[-1].proc.pid)
-        wait_alive(first, {x.id for x in nodes})
-        before = [x.metrics().get("apiary_fragments_executed_total", 0.0) for x in nodes]
+        def join():
+            for i in range(2, n + 1):
+                nodes.append(Node(binary, root, f"bench-{i}", scratch, env, core(i - 1)))
+                noise.track(nodes[-1].proc.pid)
+            wait_alive(first, {x.id for x in nodes})
+
+        def leave():
+            while len(nodes) > 1:
+                nodes.pop().stop()  # a graceful stop deletes the node's heartbeat
+            wait_alive(first, {nodes[0].id})
+
+        # The halves alternate: each round measures every query on node 1 alone, then on the
+        # swarm (nodes 2..N start for the half and stop after it), so drift on the machine lands
+        # on both sides of each ratio. Each half runs every query once to warm the nodes' caches
+        # (a node that just started has read no footer), then once timed.
+        one_s = {q: [] for q, _ in queries}
+        many_s = {q: [] for q, _ in queries}
+        shipped = {q: [] for q, _ in queries}
+        shuffled = {q: [] for q, _ in queries}
+        shares = {q: [] for q, _ in queries}
+        solo, many = {}, {}
+        per_node: dict[str, int] = {}
+        dispatch_rounds: dict[str, list[dict]] = {}
+        for r in range(runs):
+            if len(nodes) > 1:
+                leave()
+            for q, sql in queries:
+                first.run(sql)
+            for q, sql in queries:
+                t = time.perf_counter()
+                solo[q] = first.run(sql)
+                one_s[q].append(time.perf_counter() - t)
+            join()
+            before = {x.id: x.metrics() for x in nodes}
+            for q, sql in queries:
+                first.run(sql)
+            for q, sql in queries:
+                shipped0 = total(nodes, "apiary_fragment_output_bytes_total")
+                shuffled0 = total(nodes, "apiary_shuffle_output_bytes_total")
+                shares0 = total(nodes, "apiary_result_shares_served_total")
+                t = time.perf_counter()
+                many[q] = first.run(sql)
+                many_s[q].append(time.perf_counter() - t)
+                shipped[q].append(total(nodes, "apiary_fragment_output_bytes_total") - shipped0)
+                shuffled[q].append(total(nodes, "apiary_shuffle_output_bytes_total") - shuffled0)
+                shares[q].append(total(nodes, "apiary_result_shares_served_total") - shares0)
+            for x in nodes:
+                m, b = x.metrics(), before[x.id]
+                per_node[x.id] = per_node.get(x.id, 0) + int(
+                    m.get("apiary_fragments_executed_total", 0.0) - b.get("apiary_fragments_executed_total", 0.0))
+                dispatch_rounds.setdefault(x.id, []).append({
+                    "p50_ms": m.get('apiary_fragment_dispatch_seconds{quantile="0.5"}', 0.0) * 1000,
+                    "p95_ms": m.get('apiary_fragment_dispatch_seconds{quantile="0.95"}', 0.0) * 1000,
+                    "count": int(m.get("apiary_fragment_dispatch_seconds_count", 0)
+                                 - b.get("apiary_fragment_dispatch_seconds_count", 0)),
+                    "stolen": int(m.get("apiary_fragments_stolen_total", 0)
+                                  - b.get("apiary_fragments_stolen_total", 0)),
+                })
+            print(f"round {r + 1}/{runs}: " + ", ".join(
+                f"{q} {one_s[q][-1] * 1000:.0f}/{many_s[q][-1] * 1000:.0f}" for q, _ in queries), flush=True)
+
         rows = []
-        for q, sql in queries:
-            shipped0 = total(nodes, "apiary_fragment_output_bytes_total")
-            shuffled0 = total(nodes, "apiary_shuffle_output_bytes_total")
-            shares0 = total(nodes, "apiary_result_shares_served_total")
-            secs, table = timed(first, sql, runs)
-            shares = (total(nodes, "apiary_result_shares_served_total") - shares0) / (runs + 1)
-            # timed() runs the query runs + 1 times (one warm-up).
-            shipped = (total(nodes, "apiary_fragment_output_bytes_total") - shipped0) / (runs + 1)
-            shuffled = (total(nodes, "apiary_shuffle_output_bytes_total") - shuffled0) / (runs + 1)
-            ok, why = same_answer(table, solo[q][1])
+        for q, _ in queries:
+            one_ms = statistics.median(one_s[q]) * 1000
+            many_ms = statistics.median(many_s[q]) * 1000
+            ok, why = same_answer(many[q], solo[q])
             if not ok:
                 failures.append(f"{name} {q}: {n} nodes answer differently from 1 node: {why}")
-            rows.append({"query": q, "one_ms": solo[q][0] * 1000, "many_ms": secs * 1000,
-                         "speedup": solo[q][0] / secs, "match": ok, "shipped_bytes": shipped,
-                         "shuffled_bytes": shuffled, "endpoints": max(1.0, shares),
-                         "result_rows": table.num_rows})
-            print(f"{q}: {n} nodes {secs * 1000:8.1f} ms  speed-up {solo[q][0] / secs:.2f}  "
-                  f"shipped {shipped / 1e6:.2f} MB (shuffle {shuffled / 1e6:.2f})  "
-                  f"endpoints {max(1.0, shares):.0f}  "
+            endpoints = max(1.0, statistics.median(shares[q]))
+            rows.append({"query": q, "one_ms": one_ms, "many_ms": many_ms, "speedup": one_ms / many_ms,
+                         "match": ok, "shipped_bytes": statistics.median(shipped[q]),
+                         "shuffled_bytes": statistics.median(shuffled[q]), "endpoints": endpoints,
+                         "result_rows": many[q].num_rows})
+            print(f"{q}: 1 node {one_ms:8.1f} ms, {n} nodes {many_ms:8.1f} ms  speed-up {one_ms / many_ms:.2f}  "
+                  f"shipped {rows[-1]['shipped_bytes'] / 1e6:.2f} MB "
+                  f"(shuffle {rows[-1]['shuffled_bytes'] / 1e6:.2f})  endpoints {endpoints:.0f}  "
                   f"{'ok' if ok else 'MISMATCH ' + why}", flush=True)
-        after = [x.metrics().get("apiary_fragments_executed_total", 0.0) for x in nodes]
-        per_node = {x.id: int(a - b) for x, a, b in zip(nodes, after, before)}
         if sum(1 for v in per_node.values() if v > 0) < min(2, n):
             failures.append(f"{name}: fragments ran on fewer than two nodes: {per_node}")
-
-        dispatch = {}
-        for x in nodes:
-            m = x.metrics()
-            dispatch[x.id] = {
-                "p50_ms": m.get('apiary_fragment_dispatch_seconds{quantile="0.5"}', 0.0) * 1000,
-                "p95_ms": m.get('apiary_fragment_dispatch_seconds{quantile="0.95"}', 0.0) * 1000,
-                "count": int(m.get("apiary_fragment_dispatch_seconds_count", 0)),
-                "stolen": int(m.get("apiary_fragments_stolen_total", 0)),
-            }
+        # A joining node's latency summary covers its own round; the coordinator's, every round
+        # so far. Each is reported as the median over rounds, the counts summed.
+        dispatch = {k: {"p50_ms": statistics.median(d["p50_ms"] for d in v),
+                        "p95_ms": statistics.median(d["p95_ms"] for d in v),
+                        "count": sum(d["count"] for d in v),
+                        "stolen": sum(d["stolen"] for d in v)}
+                    for k, v in dispatch_rounds.items()}
 
         cache = None
         if name != "local":
@@ -273,11 +316,11 @@ def one_backend(name: str, binary: str, root: str, env: dict, data: pathlib.Path
         first.close()
         tpch_rows = [r for r in rows if r["query"].startswith("q")] or rows
         one = sum(r["one_ms"] for r in tpch_rows)
-        many = sum(r["many_ms"] for r in tpch_rows)
+        many_total = sum(r["many_ms"] for r in tpch_rows)
         geomean = statistics.geometric_mean([r["speedup"] for r in tpch_rows])
-        return {"backend": name, "ingest": ing, "cells": cells, "queries": rows, "one_ms": one, "many_ms": many,
-                "speedup": one / many, "geomean": geomean, "fragments_per_node": per_node, "dispatch": dispatch,
-                "cache": cache}
+        return {"backend": name, "ingest": ing, "cells": cells, "queries": rows, "one_ms": one,
+                "many_ms": many_total, "speedup": one / many_total, "geomean": geomean,
+                "fragments_per_node": per_node, "dispatch": dispatch, "cache": cache}
     finally:
         for x in nodes:
             x.stop()
@@ -288,7 +331,7 @@ def markdown(r: dict) -> str:
     pin = "each node pinned to its own core (taskset)" if r["pinned"] else "nodes NOT pinned: they share every core"
     lines = [f"# Apiary swarm: {n} nodes vs 1, TPC-H SF{r['sf']:g}, one bee per node", "",
              f"{pin}; the client and the S3 server are not pinned.", "",
-             f"{r['when']} · {r['machine']} · median of {r['runs']} warm run(s) · "
+             f"{r['when']} · {r['machine']} · median of {r['runs']} alternated round(s) · "
              f"other processes used {r['noise_share'] * 100:.1f}% CPU{' (NOISY)' if r['noisy'] else ''}", ""]
     for b in r["backends"]:
         lines += [f"## {b['backend']}", "",

@@ -1,6 +1,7 @@
 //! What distributed execution needs from a node, and nothing more: the node builds one
 //! [`DistContext`] from its parts, so `distributed/` never sees the `Node` itself.
 
+use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -81,6 +82,8 @@ pub(crate) struct DistContext {
     pub(crate) engine: Engine,
     /// Wakes this node's inbox worker when it posts a task to itself.
     pub(crate) inbox_wake: Notify,
+    /// Wakes the monitor of a query coordinated here when one of its fragments ends here.
+    pub(crate) outcomes: OutcomeWakes,
     pub(crate) config: DistributionConfig,
     pub(crate) metrics: DistMetrics,
     /// Fragment runs and cleanups end with the node.
@@ -89,6 +92,41 @@ pub(crate) struct DistContext {
     pub(crate) key: SwarmKey,
     /// When this node last posted an attempt to another node's inbox.
     pub(crate) last_remote_post: Mutex<Option<Instant>>,
+}
+
+/// The monitors of the queries this node coordinates, by query id. A fragment that ends on this
+/// node (its own share, or one it took over) wakes its query's monitor, which reads the outcome
+/// at once instead of at its next poll of storage; outcomes on other nodes are still found by
+/// polling.
+#[derive(Debug, Default)]
+pub(crate) struct OutcomeWakes(Mutex<HashMap<String, Arc<Notify>>>);
+
+impl OutcomeWakes {
+    /// Start watching `query_id`'s outcomes: what wakes its monitor, until `forget`.
+    pub(crate) fn watch(&self, query_id: &str) -> Arc<Notify> {
+        self.lock().entry(query_id.to_string()).or_default().clone()
+    }
+
+    pub(crate) fn forget(&self, query_id: &str) {
+        self.lock().remove(query_id);
+    }
+
+    /// A fragment of `query_id` ended here. The wake is kept until the monitor next waits, so
+    /// none is lost while it is busy; a query coordinated elsewhere has no entry.
+    pub(crate) fn wake(&self, query_id: &str) {
+        if let Some(n) = self.lock().get(query_id) {
+            n.notify_one();
+        }
+    }
+
+    #[cfg(test)]
+    pub(crate) fn is_empty(&self) -> bool {
+        self.lock().is_empty()
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<String, Arc<Notify>>> {
+        self.0.lock().unwrap_or_else(|p| p.into_inner())
+    }
 }
 
 impl DistContext {

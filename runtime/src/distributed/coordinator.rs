@@ -5,7 +5,8 @@
 //! ```text
 //!   post plan + inbox entry ──▶ worker claims (put-if-absent) ──▶ writes parts ──▶ done marker
 //!        ▲                                                                          │
-//!        └── monitor: LIST _apiary/queries/<q>/ every poll; reassign on Suspect/Dead │
+//!        └── monitor: LIST _apiary/queries/<q>/ every poll, or at once when a       │
+//!            fragment ends on this node; reassign on Suspect/Dead                   │
 //!            node, unclaimed attempt, or a retryable failure (the node gave it up) ◀─┘
 //!   StageExec partition p ◀── tasks of p as they complete (Arrow IPC parts, checksummed)
 //! ```
@@ -48,6 +49,15 @@ use super::cut::Stage;
 use super::shuffle::ShuffleSource;
 use crate::error::{Error, Result};
 use crate::swarm::{NodeState, NodeView};
+
+/// Stops a monitor's wakes when it ends (settled, failed, or dropped with its query).
+struct ForgetOutcomes<'a>(&'a DistContext, &'a str);
+
+impl Drop for ForgetOutcomes<'_> {
+    fn drop(&mut self) {
+        self.0.outcomes.forget(self.1);
+    }
+}
 
 /// Where a task stands, as the coordinator knows it.
 #[derive(Debug, Clone)]
@@ -414,9 +424,16 @@ impl Dispatch {
             Ok(p) => p,
             Err(e) => return self.fail_all(e.to_string()),
         };
+        let wake = self.ctx.outcomes.watch(&self.query_id);
+        let _forget = ForgetOutcomes(&self.ctx, &self.query_id);
         let mut interval = self.config.poll_min;
         loop {
-            tokio::time::sleep(interval).await;
+            // A fragment ending on this node wakes the monitor at once; the others are found by
+            // polling.
+            tokio::select! {
+                _ = tokio::time::sleep(interval) => {}
+                _ = wake.notified() => {}
+            }
             let listed = match self.storage.list(&prefix).await {
                 Ok(l) => l,
                 Err(e) => {
@@ -754,6 +771,20 @@ impl Dispatch {
         // The previous output has been handed on; this one takes its place in the pool.
         reservation.try_resize(usize::try_from(done.bytes).unwrap_or(usize::MAX))?;
         Ok(super::parts::read(&self.storage, &key, &done).await?)
+    }
+
+    /// Bytes of output that the finished tasks of `stage` wrote.
+    pub(crate) fn output_bytes(&self, stage: u32) -> u64 {
+        self.slots
+            .lock()
+            .expect("slots")
+            .iter()
+            .filter(|s| s.key.stage == stage)
+            .filter_map(|s| match &s.state {
+                TaskState::Done(d) => Some(d.bytes),
+                _ => None,
+            })
+            .sum()
     }
 
     /// Whether every task finished (then ending the query writes no cancel marker).

@@ -19,23 +19,68 @@ use crate::error::Result;
 use crate::executor::{AbortOnDrop, Background};
 
 /// A distributed query in flight: keeps its monitor running; cleans storage up when dropped.
-#[derive(Debug)]
 pub(crate) struct DistributedRun {
     dispatch: Arc<Dispatch>,
     _monitor: AbortOnDrop<()>,
     background: Arc<Background>,
+    /// (stage, bytes of the cells it scans) of each stage that ships its output to this node.
+    shipped_here: Vec<(u32, u64)>,
+    /// Told when the run ends with every task done, if it shipped much (see
+    /// [`DistributedRun::when_it_shipped_much`]).
+    shipped_much: Option<Box<dyn FnOnce(f64) + Send>>,
 }
+
+impl std::fmt::Debug for DistributedRun {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("DistributedRun")
+            .field("dispatch", &self.dispatch)
+            .finish_non_exhaustive()
+    }
+}
+
+/// A run whose stages shipped to the coordinator more than this share of the bytes of cells
+/// they scanned did not pay for spreading. Measured on two pinned one-core nodes at SF1
+/// (`bench/results/swarm-2-pinned-wake.md`): TPC-H q10's `lineitem` filter shipped 36 % of its
+/// cells' bytes (59 MB) and ran at 0.68× of one node; q09 shipped 11 % and broke even; q08 and
+/// q17, under 2 %, won 1.4×. DataFusion estimates both q10's filter and q09's join at its
+/// default selectivity, so the proposal cannot tell them apart before running them.
+pub(crate) const SHIPPED_SHARE_MAX: f64 = 0.25;
 
 impl DistributedRun {
     /// Every task finished (dropping the run then writes no cancel marker).
-    #[cfg(test)]
     pub(crate) fn is_finished(&self) -> bool {
         self.dispatch.is_finished()
+    }
+
+    /// The share of the bytes of cells scanned by the stages that ship to this node that they
+    /// shipped, once every task is done.
+    pub(crate) fn shipped_share(&self) -> Option<f64> {
+        if !self.is_finished() {
+            return None;
+        }
+        let scanned: u64 = self.shipped_here.iter().map(|(_, b)| b).sum();
+        let shipped: u64 = self
+            .shipped_here
+            .iter()
+            .map(|(s, _)| self.dispatch.output_bytes(*s))
+            .sum();
+        (scanned > 0).then(|| shipped as f64 / scanned as f64)
+    }
+
+    /// Call `f` with the shipped share when the run ends finished, if that share is above
+    /// [`SHIPPED_SHARE_MAX`]: the coordinator then plans the statement for itself for a while.
+    pub(crate) fn when_it_shipped_much(&mut self, f: impl FnOnce(f64) + Send + 'static) {
+        self.shipped_much = Some(Box::new(f));
     }
 }
 
 impl Drop for DistributedRun {
     fn drop(&mut self) {
+        if let (Some(share), Some(f)) = (self.shipped_share(), self.shipped_much.take())
+            && share > SHIPPED_SHARE_MAX
+        {
+            f(share);
+        }
         let d = self.dispatch.clone();
         self.background
             .spawn_finishing(async move { d.cleanup().await });
@@ -152,6 +197,11 @@ pub(crate) async fn start(
         nodes = ?dispatch.nodes(),
         "distributed query started"
     );
+    let shipped_here = stages
+        .iter()
+        .filter(|s| s.output.is_none() && s.inputs.is_empty())
+        .map(|s| (s.id, s.bytes))
+        .collect();
     let monitor = crate::executor::spawn(dispatch.clone().monitor());
     Ok((
         root,
@@ -159,6 +209,8 @@ pub(crate) async fn start(
             dispatch,
             _monitor: monitor,
             background: ctx.background.clone(),
+            shipped_here,
+            shipped_much: None,
         },
     ))
 }

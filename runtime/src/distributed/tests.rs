@@ -282,7 +282,38 @@ async fn a_coordinator_with_a_free_bee_runs_what_a_sleeping_node_left_unclaimed(
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-async fn a_statement_that_spread_nothing_is_then_planned_for_this_node_alone() {
+async fn a_fragment_that_ends_here_is_read_without_waiting_for_a_poll() {
+    let swarm = Swarm::new().await;
+    // Storage polling as good as off: an hour between looks at the inbox and at the query's
+    // objects. Only the in-process wakes (a task posted here, a fragment ended here) move it.
+    let hourly = |c: &mut NodeConfig| {
+        c.distribution.poll_min = Duration::from_secs(3600);
+        c.distribution.poll_max = Duration::from_secs(3600);
+    };
+    let coord = swarm.node("coord", hourly);
+    let other = swarm.node("other", hourly);
+    let session = series_t(&coord).await;
+    swarm.meet(&[&coord, &other]).await;
+    coord.start();
+    let qid = "0192f5a0-6f1c-7c2e-9b1d-2d6a1f3e4cef";
+    let (sums, run, tasks) = thirds_posted_to(&coord, &session, "coord", qid).await;
+    assert_eq!(sums, thirds());
+    assert_eq!(coord.dist().metrics.stats().fragments, tasks);
+    assert!(run.is_finished());
+    // The monitor ends (its abort lands on the runtime) and forgets the query: a late wake
+    // finds nothing to wake.
+    drop(run);
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !coord.dist().outcomes.is_empty() {
+        assert!(Instant::now() < deadline, "the ended monitor still watches");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    coord.shutdown().await;
+    other.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_statement_that_spread_nothing_or_shipped_much_is_then_planned_for_this_node_alone() {
     use crate::service::{QueryRequest, QueryService};
     use futures::TryStreamExt;
     let swarm = Swarm::new().await;
@@ -330,6 +361,16 @@ async fn a_statement_that_spread_nothing_is_then_planned_for_this_node_alone() {
     assert_eq!(query(sums).await, 7);
     assert_eq!(a.dist().metrics.stats().coordinated, coordinated + 1);
     assert!(!a.plans_locally(&session, sums));
+    // A filter DataFusion cannot estimate spreads (its default selectivity, 20 %, is small
+    // enough), but the rows it kept came back wider than the cells they were read from: having
+    // shipped more than a quarter of what it scanned, the statement is then planned here.
+    let wide = "SELECT v, v + 1 AS w, v + 2 AS x, v + 3 AS y FROM t WHERE v % 3 = 0";
+    assert!(!a.plans_locally(&session, wide));
+    assert_eq!(query(wide).await, 3333);
+    assert_eq!(a.dist().metrics.stats().coordinated, coordinated + 2);
+    assert!(a.plans_locally(&session, wide));
+    assert_eq!(query(wide).await, 3333, "the same answer, here");
+    assert_eq!(a.dist().metrics.stats().coordinated, coordinated + 2);
     // Another box, or another swarm size, asks again.
     let mut elsewhere = session.clone();
     elsewhere.options = vec![("datafusion.execution.batch_size".into(), "1024".into())];

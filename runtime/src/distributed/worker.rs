@@ -208,6 +208,7 @@ async fn execute(ctx: Arc<DistContext>, task: TaskV1) {
     if let Err(e) = result {
         warn!(query_id = %key.query_id, error = %e, "writing a fragment's outcome");
     }
+    ctx.outcomes.wake(&key.query_id);
 }
 
 /// Where a task's output goes.

@@ -125,7 +125,7 @@ pub struct Node {
     /// Plans GetFlightInfo made, waiting for their DoGet.
     plans: plans::PlanCache,
     /// Statements that lately spread nothing: planned for this node alone.
-    stays_local: plans::StaysLocal,
+    stays_local: Arc<plans::StaysLocal>,
     stopped: AtomicBool,
 }
 
@@ -186,6 +186,7 @@ impl Node {
                 cpu: cpu.clone(),
                 engine: engine.clone(),
                 inbox_wake: tokio::sync::Notify::new(),
+                outcomes: Default::default(),
                 config: config.distribution.clone(),
                 metrics: DistMetrics::default(),
                 background: background.clone(),
@@ -202,7 +203,7 @@ impl Node {
                 seq: AtomicU64::new(0),
                 queries_total: AtomicU64::new(0),
                 plans: plans::PlanCache::default(),
-                stays_local: plans::StaysLocal::default(),
+                stays_local: Default::default(),
                 stopped: AtomicBool::new(false),
                 cache,
                 config,

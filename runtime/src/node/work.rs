@@ -225,7 +225,7 @@ impl Node {
             // storage objects. Fragments here follow this query's cancellation via the alias.
             let run_id = uuid::Uuid::now_v7().to_string();
             self.queries.alias(&run_id, guard.entry());
-            let (root, run) = distributed::start(
+            let (root, mut run) = distributed::start(
                 &self.dist,
                 &run_id,
                 &stmt.text,
@@ -234,6 +234,26 @@ impl Node {
                 timeout,
             )
             .await?;
+            if let Some(bees) = plans[0].planned_for
+                && self.dist.config.min_bytes > 0
+            {
+                // A run that shipped back much of what it scanned lost to running here: plan
+                // the statement for this node alone for a while, as one that spread nothing.
+                // (A threshold of zero spreads every stage, whatever it ships.)
+                let (memo, key) = (
+                    self.stays_local.clone(),
+                    StaysLocal::key(session, &stmt.text, bees),
+                );
+                let query_id = run_id.clone();
+                run.when_it_shipped_much(move |share| {
+                    info!(
+                        query_id = %query_id,
+                        shipped_share = share,
+                        "the query shipped much of what it scanned; its statement runs here for a while"
+                    );
+                    memo.remember(key);
+                });
+            }
             self.dist
                 .metrics
                 .coordinated
