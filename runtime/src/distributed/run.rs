@@ -41,8 +41,8 @@ impl std::fmt::Debug for DistributedRun {
 /// A run whose stages shipped to the coordinator more than this share of the bytes of cells
 /// they scanned did not pay for spreading. Measured on two pinned one-core nodes at SF1
 /// (`bench/results/swarm-2-pinned-wake.md`): TPC-H q10's `lineitem` filter shipped 36 % of its
-/// cells' bytes (59 MB) and ran at 0.68× of one node; q09 shipped 11 % and broke even; q08 and
-/// q17, under 2 %, won 1.4×. DataFusion estimates both q10's filter and q09's join at its
+/// cells' bytes (59 MB) and ran at 0.55–0.68× of one node; q09 shipped 11 % and broke even
+/// (1.0–1.1×); q08 and q17, under 2 %, won 1.15–1.5×. DataFusion estimates both q10's filter and q09's join at its
 /// default selectivity, so the proposal cannot tell them apart before running them.
 pub(crate) const SHIPPED_SHARE_MAX: f64 = 0.25;
 
@@ -52,8 +52,8 @@ impl DistributedRun {
         self.dispatch.is_finished()
     }
 
-    /// The share of the bytes of cells scanned by the stages that ship to this node that they
-    /// shipped, once every task is done.
+    /// The bytes that the stages shipping to this node wrote, as a share of the bytes of cells
+    /// they scanned; `None` until every task is done.
     pub(crate) fn shipped_share(&self) -> Option<f64> {
         if !self.is_finished() {
             return None;

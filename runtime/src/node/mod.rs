@@ -124,7 +124,8 @@ pub struct Node {
     queries_total: AtomicU64,
     /// Plans GetFlightInfo made, waiting for their DoGet.
     plans: plans::PlanCache,
-    /// Statements that lately spread nothing: planned for this node alone.
+    /// Statements that lately spread nothing, or shipped back much of what they scanned:
+    /// planned for this node alone.
     stays_local: Arc<plans::StaysLocal>,
     stopped: AtomicBool,
 }
