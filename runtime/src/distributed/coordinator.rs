@@ -773,6 +773,11 @@ impl Dispatch {
         Ok(super::parts::read(&self.storage, &key, &done).await?)
     }
 
+    /// The kind of storage the query's objects go through.
+    pub(crate) fn storage_kind(&self) -> apiary_storage::BackendKind {
+        self.storage.kind()
+    }
+
     /// Bytes of output that the finished tasks of `stage` wrote.
     pub(crate) fn output_bytes(&self, stage: u32) -> u64 {
         self.slots

@@ -4,6 +4,7 @@
 use std::sync::Arc;
 use std::time::Duration;
 
+use apiary_storage::BackendKind;
 use apiary_storage::format::{QueryManifestV1, StageManifestV1, now_ms};
 use apiary_storage::paths::{self, AttemptKey};
 use datafusion::physical_plan::ExecutionPlan;
@@ -39,12 +40,21 @@ impl std::fmt::Debug for DistributedRun {
 }
 
 /// A run whose stages shipped to the coordinator more than this share of the bytes of cells
-/// they scanned did not pay for spreading. Measured on two pinned one-core nodes at SF1
-/// (`bench/results/swarm-2-pinned-wake.md`): TPC-H q10's `lineitem` filter shipped 36 % of its
-/// cells' bytes (59 MB) and ran at 0.55–0.68× of one node; q09 shipped 11 % and broke even
-/// (1.0–1.1×); q08 and q17, under 2 %, won 1.15–1.5×. DataFusion estimates both q10's filter and q09's join at its
-/// default selectivity, so the proposal cannot tell them apart before running them.
-pub(crate) const SHIPPED_SHARE_MAX: f64 = 0.25;
+/// they scanned did not pay for spreading, on `kind` of storage. DataFusion estimates a filter
+/// it cannot analyse and a selective join alike, at its default selectivity, so the proposal
+/// cannot tell them apart before running them; the bytes a run shipped can. Measured on two
+/// pinned one-core nodes at SF1 (`bench/results/swarm-2-pinned-wake.md`):
+/// - on a local root (parts as they are): TPC-H q10's `lineitem` filter shipped 36 % of its
+///   cells' bytes (59 MB) and ran at 0.55–0.68× of one node; q09 shipped 11 % and broke even
+///   (1.0–1.1×); q08 and q17, under 2 %, won 1.15–1.5×;
+/// - on S3 (SeaweedFS; parts LZ4-framed, and every byte crosses the S3 server): q10 shipped
+///   12 % (19 MB) and ran at 0.49×; q09 shipped 3.7 % and ran at 0.95×; q08, 0.3 %, at 1.12×.
+pub(crate) fn shipped_share_max(kind: BackendKind) -> f64 {
+    match kind {
+        BackendKind::S3 => 0.06,
+        BackendKind::Local | BackendKind::Memory => 0.25,
+    }
+}
 
 impl DistributedRun {
     /// Every task finished (dropping the run then writes no cancel marker).
@@ -68,7 +78,7 @@ impl DistributedRun {
     }
 
     /// Call `f` with the shipped share when the run ends finished, if that share is above
-    /// [`SHIPPED_SHARE_MAX`]: the coordinator then plans the statement for itself for a while.
+    /// [`shipped_share_max`]: the coordinator then plans the statement for itself for a while.
     pub(crate) fn when_it_shipped_much(&mut self, f: impl FnOnce(f64) + Send + 'static) {
         self.shipped_much = Some(Box::new(f));
     }
@@ -77,7 +87,7 @@ impl DistributedRun {
 impl Drop for DistributedRun {
     fn drop(&mut self) {
         if let (Some(share), Some(f)) = (self.shipped_share(), self.shipped_much.take())
-            && share > SHIPPED_SHARE_MAX
+            && share > shipped_share_max(self.dispatch.storage_kind())
         {
             f(share);
         }

@@ -101,7 +101,7 @@ pub(crate) const MAX_LOCAL: usize = 1024;
 
 /// Statements that, planned for the swarm, spread nothing: each such run planned twice (for the
 /// swarm, then for this node's bees) and asked the swarm for nothing. Also those that spread
-/// and shipped back more than `SHIPPED_SHARE_MAX` of what they scanned (their stages cost more
+/// and shipped back more than `shipped_share_max` of what they scanned (their stages cost more
 /// through storage than the other nodes' cores saved). Planned for this node alone, once, for
 /// [`STAYS_LOCAL`] after; keyed by the text, where it runs (box, options) and
 /// the swarm's bees, so a swarm that grows or shrinks asks again. Being wrong costs only speed:
