@@ -37,7 +37,7 @@ import urllib.request
 import uuid
 
 import tpch
-from tpch import BENCH, ROOT, Apiary, Noise, Proc, same_answer, timed
+from tpch import BENCH, ROOT, Apiary, Noise, Proc, same_answer
 
 # Queries dominated by scanning lineitem (with at most a small join).
 SCAN_HEAVY = ["q01", "q06", "q12", "q14", "q19"]
@@ -130,6 +130,15 @@ class Seaweed:
 
     def stop(self):
         self.proc.stop()
+
+
+# Counters read from every node around each timed swarm run: bytes its fragments wrote to
+# storage, the part of them written as hash-shuffle outputs, and result shares it served.
+COUNTERS = {
+    "shipped": "apiary_fragment_output_bytes_total",
+    "shuffled": "apiary_shuffle_output_bytes_total",
+    "shares": "apiary_result_shares_served_total",
+}
 
 
 def pinned(cmd: list[str], core: int | None) -> list[str]:
@@ -232,9 +241,8 @@ def one_backend(name: str, binary: str, root: str, env: dict, data: pathlib.Path
         # (a node that just started has read no footer), then once timed.
         one_s = {q: [] for q, _ in queries}
         many_s = {q: [] for q, _ in queries}
-        shipped = {q: [] for q, _ in queries}
-        shuffled = {q: [] for q, _ in queries}
-        shares = {q: [] for q, _ in queries}
+        # Per query and counter, what the swarm's nodes counted during each timed run.
+        counted = {q: {c: [] for c in COUNTERS} for q, _ in queries}
         solo, many = {}, {}
         per_node: dict[str, int] = {}
         dispatch_rounds: dict[str, list[dict]] = {}
@@ -252,15 +260,12 @@ def one_backend(name: str, binary: str, root: str, env: dict, data: pathlib.Path
             for q, sql in queries:
                 first.run(sql)
             for q, sql in queries:
-                shipped0 = total(nodes, "apiary_fragment_output_bytes_total")
-                shuffled0 = total(nodes, "apiary_shuffle_output_bytes_total")
-                shares0 = total(nodes, "apiary_result_shares_served_total")
+                before_q = {c: total(nodes, metric) for c, metric in COUNTERS.items()}
                 t = time.perf_counter()
                 many[q] = first.run(sql)
                 many_s[q].append(time.perf_counter() - t)
-                shipped[q].append(total(nodes, "apiary_fragment_output_bytes_total") - shipped0)
-                shuffled[q].append(total(nodes, "apiary_shuffle_output_bytes_total") - shuffled0)
-                shares[q].append(total(nodes, "apiary_result_shares_served_total") - shares0)
+                for c, metric in COUNTERS.items():
+                    counted[q][c].append(total(nodes, metric) - before_q[c])
             for x in nodes:
                 m, b = x.metrics(), before[x.id]
                 per_node[x.id] = per_node.get(x.id, 0) + int(
@@ -283,10 +288,11 @@ def one_backend(name: str, binary: str, root: str, env: dict, data: pathlib.Path
             ok, why = same_answer(many[q], solo[q])
             if not ok:
                 failures.append(f"{name} {q}: {n} nodes answer differently from 1 node: {why}")
-            endpoints = max(1.0, statistics.median(shares[q]))
+            median = {c: statistics.median(v) for c, v in counted[q].items()}
+            endpoints = max(1.0, median["shares"])
             rows.append({"query": q, "one_ms": one_ms, "many_ms": many_ms, "speedup": one_ms / many_ms,
-                         "match": ok, "shipped_bytes": statistics.median(shipped[q]),
-                         "shuffled_bytes": statistics.median(shuffled[q]), "endpoints": endpoints,
+                         "match": ok, "shipped_bytes": median["shipped"],
+                         "shuffled_bytes": median["shuffled"], "endpoints": endpoints,
                          "result_rows": many[q].num_rows})
             print(f"{q}: 1 node {one_ms:8.1f} ms, {n} nodes {many_ms:8.1f} ms  speed-up {one_ms / many_ms:.2f}  "
                   f"shipped {rows[-1]['shipped_bytes'] / 1e6:.2f} MB "

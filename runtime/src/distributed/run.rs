@@ -39,8 +39,8 @@ impl std::fmt::Debug for DistributedRun {
     }
 }
 
-/// A run whose stages shipped to the coordinator more than this share of the bytes of cells
-/// they scanned did not pay for spreading, on `kind` of storage. DataFusion estimates a filter
+/// The share of the bytes of cells they scanned above which the stages shipping to the
+/// coordinator did not pay for spreading, on `kind` of storage. DataFusion estimates a filter
 /// it cannot analyse and a selective join alike, at its default selectivity, so the proposal
 /// cannot tell them apart before running them; the bytes a run shipped can. Measured on two
 /// pinned one-core nodes at SF1 (`bench/results/swarm-2-pinned-wake.md`):
@@ -64,7 +64,7 @@ impl DistributedRun {
 
     /// The bytes that the stages shipping to this node wrote, as a share of the bytes of cells
     /// they scanned; `None` until every task is done.
-    pub(crate) fn shipped_share(&self) -> Option<f64> {
+    fn shipped_share(&self) -> Option<f64> {
         if !self.is_finished() {
             return None;
         }
