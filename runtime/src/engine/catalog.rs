@@ -86,6 +86,8 @@ pub(super) struct Resolved {
     pub(super) cell_bytes: u64,
     /// The target's partitions, when the statement was planned for them.
     pub(super) planned_for: Option<usize>,
+    /// The views the statement reads, directly or through other views.
+    pub(super) views: Vec<FrameRef>,
 }
 
 /// Finds or makes the schema provider of a box in the statement's catalog.
@@ -321,6 +323,7 @@ impl Engine {
                                 depth + 1,
                             ));
                         }
+                        resolved.views.push(frame.clone());
                         views.push((frame, registered, view));
                         continue;
                     }

@@ -94,8 +94,24 @@ impl Engine {
                         "a view is a query (SELECT, WITH, VALUES) without parameters".into(),
                     ));
                 }
-                self.plan_query(session, &stmt, None, &super::Pins::new())
+                let (plan, state, resolved) = self
+                    .logical_plan(
+                        session,
+                        &stmt,
+                        None,
+                        &super::Pins::new(),
+                        super::PlanTarget::default(),
+                        super::policy::Purpose::Query,
+                    )
                     .await?;
+                // Replacing a view with a query that reads it (itself, or through another
+                // view) would leave a view that never plans: refused, the old one kept.
+                if resolved.views.contains(&frame) {
+                    return Err(Error::Sql(format!(
+                        "view {frame} would read itself (through its own query or a view it reads)"
+                    )));
+                }
+                state.create_physical_plan(&plan).await?;
                 let view = apiary_storage::ViewV1 {
                     query,
                     hive: session.hive.to_string(),

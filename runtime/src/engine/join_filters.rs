@@ -6,10 +6,16 @@
 //! every row. This rule turns row filtering on for frame scans whose only predicate is such join
 //! filters, and lets each filter reach the rows only while it is cheap and selective: an `IN`
 //! list or bounds (a small build side, such as the 57 order keys of TPC-H q18's `HAVING`
-//! subquery). A filter that probes the join's hash table (a big build side, which keeps most
-//! rows and costs a hash per row) is read as `true` there, so the scan behaves as before.
-//! Either way the join itself still checks every row: a filter only ever drops rows the join
-//! would drop.
+//! subquery). A filter that probes the join's hash table (a build side of more than 150 keys)
+//! costs a hash per row. Where it only does early what its own join does anyway (on that join's
+//! probe side) it is read as `true` (TPC-H q08's and q17's `lineitem` lost 10–30 % to it).
+//! Where it reaches a scan through the build side of another join below its own, each row it
+//! drops is one row fewer in that join's hash table: there it is tried on the first
+//! [`TRIAL_ROWS`] rows the scans read and kept if it kept at most [`KEEP_MAX`] of them, else
+//! read as `true` from then on. (q18 at SF10: the 624 order keys of its `HAVING` subquery keep
+//! 624 of 15 M `orders` rows, and the join with `lineitem` builds from those instead of a
+//! 1.9 GB table of all of them.) Either way the join itself still checks every row: a filter
+//! only ever drops rows the join would drop.
 //!
 //! A partitioned join's filter routes each row to its partition's list by a hash of its key
 //! (`CASE hash(k) % n WHEN 0 THEN k IN (…) …`). For the scan, "k is in one of the lists" is
@@ -17,6 +23,7 @@
 //! hold them all, without a hash and a `CASE` per row (TPC-H q17's second `lineitem` scan:
 //! 225 ms of filter evaluation for 6 M rows with the routing).
 
+use std::collections::HashSet;
 use std::fmt;
 use std::sync::{Arc, Mutex};
 
@@ -40,7 +47,8 @@ use datafusion::physical_expr::utils::{conjunction, split_conjunction};
 use datafusion::physical_expr_common::physical_expr::snapshot_physical_expr;
 use datafusion::physical_optimizer::PhysicalOptimizerRule;
 use datafusion::physical_plan::ExecutionPlan;
-use datafusion::physical_plan::joins::{HashExpr, HashTableLookupExpr};
+use datafusion::physical_plan::execution_plan::replace_children_if_necessary;
+use datafusion::physical_plan::joins::{HashExpr, HashJoinExec, HashTableLookupExpr};
 
 /// The rule; see the module's documentation.
 #[derive(Debug, Default)]
@@ -52,13 +60,7 @@ impl PhysicalOptimizerRule for JoinFiltersOnRows {
         plan: Arc<dyn ExecutionPlan>,
         _config: &ConfigOptions,
     ) -> DfResult<Arc<dyn ExecutionPlan>> {
-        plan.transform_up(|node| {
-            Ok(match rows_filtered(&node) {
-                Some(scan) => Transformed::yes(scan),
-                None => Transformed::no(node),
-            })
-        })
-        .data()
+        with_rows_filtered(plan, &HashSet::new(), &HashSet::new())
     }
 
     fn name(&self) -> &str {
@@ -70,8 +72,53 @@ impl PhysicalOptimizerRule for JoinFiltersOnRows {
     }
 }
 
-/// `node` with row filtering on, when it is a Parquet scan whose only predicate is join filters.
-fn rows_filtered(node: &Arc<dyn ExecutionPlan>) -> Option<Arc<dyn ExecutionPlan>> {
+/// `plan` with row filtering on in its scans whose only predicate is join filters.
+///
+/// `paying`: the join filters (by expression id) that reach `plan` through the build side of
+/// a join below the join that made them, so that a row they drop in a scan is a row fewer in
+/// that join's hash table. `open`: those made by joins above that have not passed a build
+/// side yet: on their own join's probe side they only do early what that join does anyway.
+fn with_rows_filtered(
+    plan: Arc<dyn ExecutionPlan>,
+    paying: &HashSet<u64>,
+    open: &HashSet<u64>,
+) -> DfResult<Arc<dyn ExecutionPlan>> {
+    if let Some(scan) = rows_filtered(&plan, paying) {
+        return Ok(scan);
+    }
+    let join = plan.downcast_ref::<HashJoinExec>();
+    let made_here: Vec<u64> = plan
+        .dynamic_expressions_produced()
+        .iter()
+        .filter_map(|f| f.expression_id())
+        .collect();
+    let children = plan
+        .children()
+        .into_iter()
+        .enumerate()
+        .map(|(i, child)| match join {
+            // A hash join's first input is its build side: the filters still open pay there.
+            Some(_) if i == 0 => with_rows_filtered(
+                child.clone(),
+                &paying.union(open).copied().collect(),
+                &HashSet::new(),
+            ),
+            Some(_) => {
+                let open: HashSet<u64> = open.iter().chain(&made_here).copied().collect();
+                with_rows_filtered(child.clone(), paying, &open)
+            }
+            None => with_rows_filtered(child.clone(), paying, open),
+        })
+        .collect::<DfResult<Vec<_>>>()?;
+    replace_children_if_necessary(plan, children)
+}
+
+/// `node` with row filtering on, when it is a Parquet scan whose only predicate is join filters;
+/// `paying` as for [`with_rows_filtered`].
+fn rows_filtered(
+    node: &Arc<dyn ExecutionPlan>,
+    paying: &HashSet<u64>,
+) -> Option<Arc<dyn ExecutionPlan>> {
     let exec = node.downcast_ref::<DataSourceExec>()?;
     let config = exec.data_source().downcast_ref::<FileScanConfig>()?;
     let parquet = config.file_source().downcast_ref::<ParquetSource>()?;
@@ -87,10 +134,10 @@ fn rows_filtered(node: &Arc<dyn ExecutionPlan>) -> Option<Arc<dyn ExecutionPlan>
         return None;
     }
     let schema = parquet.table_schema().table_schema().clone();
-    let wrapped =
-        conjunction(filters.into_iter().map(|f| {
-            Arc::new(WhileSmall::new(f.clone(), schema.clone())) as Arc<dyn PhysicalExpr>
-        }));
+    let wrapped = conjunction(filters.into_iter().map(|f| {
+        let pays = f.expression_id().is_some_and(|id| paying.contains(&id));
+        Arc::new(WhileSmall::new(f.clone(), schema.clone(), pays)) as Arc<dyn PhysicalExpr>
+    }));
     let source = parquet
         .with_predicate(wrapped)
         .with_pushdown_filters(true)
@@ -110,10 +157,49 @@ struct WhileSmall {
     /// The last form the join filter had and what it became: the scan evaluates the filter per
     /// batch, and the filter changes once, when the join's build side is complete.
     memo: Mutex<Option<Memo>>,
+    /// Whether a form that probes the hash table is tried on the rows at all: only where the
+    /// filter's join is above a build side the rows feed (see [`with_rows_filtered`]).
+    tries_probes: bool,
+    /// How a form that probes the hash table fared on the rows: shared by every copy of this
+    /// wrapper (each file a scan opens rewrites its predicate into a copy).
+    trial: Arc<Mutex<Trial>>,
 }
 
-/// A join filter's form (by identity) and the form the scan's rows see.
-type Memo = (Arc<dyn PhysicalExpr>, Arc<dyn PhysicalExpr>);
+/// A join filter's form (by identity), the form the scan sees, and whether the form probes
+/// (walking a form with a long `IN` list on every batch cost q17 50 ms).
+type Memo = (Arc<dyn PhysicalExpr>, Arc<dyn PhysicalExpr>, bool);
+
+/// A join filter's form for pruning, and its form that probes the hash table, if it has one.
+type Forms = (Arc<dyn PhysicalExpr>, Option<Arc<dyn PhysicalExpr>>);
+
+/// Rows a filter that probes the join's hash table is evaluated on before it is judged.
+const TRIAL_ROWS: u64 = 64 * 1024;
+
+/// The share of the rows tried that a probing filter may keep and still be kept: above it,
+/// hashing every row costs more than the rows it drops save (the join hashes them again).
+const KEEP_MAX: f64 = 0.2;
+
+/// A probing filter on trial: rows it saw and kept, then whether it stays.
+#[derive(Debug, Default)]
+struct Trial {
+    seen: u64,
+    kept: u64,
+    verdict: Option<bool>,
+}
+
+impl Trial {
+    /// Count a batch the filter was evaluated on; judge once enough rows were seen.
+    fn count(&mut self, seen: usize, kept: usize) {
+        if self.verdict.is_some() {
+            return;
+        }
+        self.seen += seen as u64;
+        self.kept += kept as u64;
+        if self.seen >= TRIAL_ROWS {
+            self.verdict = Some(self.kept as f64 <= KEEP_MAX * self.seen as f64);
+        }
+    }
+}
 
 impl PartialEq for WhileSmall {
     fn eq(&self, other: &Self) -> bool {
@@ -130,35 +216,86 @@ impl std::hash::Hash for WhileSmall {
 }
 
 impl WhileSmall {
-    fn new(filter: Arc<dyn PhysicalExpr>, schema: SchemaRef) -> Self {
+    fn new(filter: Arc<dyn PhysicalExpr>, schema: SchemaRef, tries_probes: bool) -> Self {
         Self {
             filter,
             schema,
             memo: Mutex::new(None),
+            tries_probes,
+            trial: Arc::default(),
+        }
+    }
+
+    /// A copy over `filter` (the same join filter, rewritten) that shares this one's trial.
+    fn sharing_trial(&self, filter: Arc<dyn PhysicalExpr>) -> Self {
+        Self {
+            trial: self.trial.clone(),
+            ..Self::new(filter, self.schema.clone(), self.tries_probes)
         }
     }
 
     /// What the join filter means to the scan now: its current form without per-partition
-    /// routing, or `true` when that form probes a hash table.
+    /// routing, or `true` when that form probes a hash table (for pruning, which cannot use a
+    /// probe; rows see the probe through [`Self::on_rows`]).
     fn current(&self) -> DfResult<Arc<dyn PhysicalExpr>> {
+        Ok(self.forms()?.0)
+    }
+
+    /// The filter on a batch of rows: a probing form while it is on trial or once it was kept,
+    /// else [`Self::current`].
+    fn on_rows(&self, batch: &RecordBatch) -> DfResult<ColumnarValue> {
+        let (current, probing) = self.forms()?;
+        let Some(probing) = probing.filter(|_| self.tries_probes) else {
+            return current.evaluate(batch);
+        };
+        let trial = || {
+            self.trial
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner)
+        };
+        let verdict = trial().verdict;
+        match verdict {
+            Some(false) => current.evaluate(batch),
+            Some(true) => probing.evaluate(batch),
+            None => {
+                let out = probing.evaluate(batch)?;
+                let kept = match &out {
+                    ColumnarValue::Array(a) => a
+                        .as_any()
+                        .downcast_ref::<arrow::array::BooleanArray>()
+                        .map_or(batch.num_rows(), |b| b.true_count()),
+                    ColumnarValue::Scalar(ScalarValue::Boolean(Some(false))) => 0,
+                    ColumnarValue::Scalar(_) => batch.num_rows(),
+                };
+                trial().count(batch.num_rows(), kept);
+                Ok(out)
+            }
+        }
+    }
+
+    /// The current form for pruning, and the form that probes, when the filter has one.
+    fn forms(&self) -> DfResult<Forms> {
         let filter = snapshot_physical_expr(self.filter.clone())?;
         let mut memo = self
             .memo
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner);
-        if let Some((from, to)) = memo.as_ref()
+        if let Some((from, to, probing)) = memo.as_ref()
             && Arc::ptr_eq(from, &filter)
         {
-            return Ok(to.clone());
+            return Ok((to.clone(), probing.then(|| from.clone())));
         }
-        let to = Self::for_rows(filter.clone(), &self.schema)?;
-        *memo = Some((filter, to.clone()));
-        Ok(to)
+        let probing = probes(&filter)?;
+        let to = match probing {
+            true => lit(ScalarValue::Boolean(Some(true))),
+            false => Self::for_rows(filter.clone(), &self.schema)?,
+        };
+        *memo = Some((filter.clone(), to.clone(), probing));
+        Ok((to, probing.then_some(filter)))
     }
 
     fn for_rows(filter: Arc<dyn PhysicalExpr>, schema: &Schema) -> DfResult<Arc<dyn PhysicalExpr>> {
-        let probes = filter.exists(|e| Ok(e.downcast_ref::<HashTableLookupExpr>().is_some()))?;
-        if probes {
+        if probes(&filter)? {
             return Ok(lit(ScalarValue::Boolean(Some(true))));
         }
         filter
@@ -170,6 +307,11 @@ impl WhileSmall {
             })
             .data()
     }
+}
+
+/// Whether a join filter's form probes the join's hash table.
+fn probes(filter: &Arc<dyn PhysicalExpr>) -> DfResult<bool> {
+    filter.exists(|e| Ok(e.downcast_ref::<HashTableLookupExpr>().is_some()))
 }
 
 /// A partitioned join's routing `CASE hash(k) % n WHEN i THEN bounds_i AND k IN (list_i) …
@@ -294,7 +436,7 @@ impl PhysicalExpr for WhileSmall {
     }
 
     fn evaluate(&self, batch: &RecordBatch) -> DfResult<ColumnarValue> {
-        self.current()?.evaluate(batch)
+        self.on_rows(batch)
     }
 
     fn children(&self) -> Vec<&Arc<dyn PhysicalExpr>> {
@@ -306,9 +448,7 @@ impl PhysicalExpr for WhileSmall {
         mut children: Vec<Arc<dyn PhysicalExpr>>,
     ) -> DfResult<Arc<dyn PhysicalExpr>> {
         match children.pop() {
-            Some(child) if children.is_empty() => {
-                Ok(Arc::new(WhileSmall::new(child, self.schema.clone())))
-            }
+            Some(child) if children.is_empty() => Ok(Arc::new(self.sharing_trial(child))),
             _ => Err(datafusion::error::DataFusionError::Internal(
                 "WhileSmall takes one child".into(),
             )),
@@ -495,7 +635,7 @@ mod tests {
         assert!(kept_form.downcast_ref::<CaseExpr>().is_some());
 
         // A wrapper keeps its cached form until the filter changes.
-        let small = WhileSmall::new(filter.clone(), schema.clone());
+        let small = WhileSmall::new(filter.clone(), schema.clone(), true);
         let first = small.current().unwrap();
         assert!(Arc::ptr_eq(&first, &small.current().unwrap()));
     }

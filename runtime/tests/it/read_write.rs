@@ -831,7 +831,7 @@ async fn a_clustered_ingest_bigger_than_its_memory_spills_and_keeps_every_row() 
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_small_join_filter_drops_rows_in_the_scan_and_a_big_one_does_not() {
+async fn a_join_filter_drops_rows_in_the_scan_while_it_is_selective() {
     let mut f = fixture(LedgerConfig::default()).await;
     f.run(
         "CREATE TABLE big (k BIGINT, v BIGINT);
@@ -839,7 +839,11 @@ async fn a_small_join_filter_drops_rows_in_the_scan_and_a_big_one_does_not() {
          CREATE TABLE three (k BIGINT);
          INSERT INTO three VALUES (7), (70), (700);
          CREATE TABLE lots (k BIGINT);
-         INSERT INTO lots SELECT value * 2 FROM generate_series(1, 5000);",
+         INSERT INTO lots SELECT value * 2 FROM generate_series(1, 5000);
+         CREATE TABLE few (k BIGINT);
+         INSERT INTO few SELECT value * 49 FROM generate_series(1, 400);
+         CREATE TABLE huge (k BIGINT);
+         INSERT INTO huge SELECT value FROM generate_series(1, 800000);",
     )
     .await;
     // Three keys: the join's filter is an IN list, applied to the rows of `big` as they are read.
@@ -850,12 +854,29 @@ async fn a_small_join_filter_drops_rows_in_the_scan_and_a_big_one_does_not() {
     assert!(metric(&plan, "pushdown_rows_pruned") > 0);
     // What the scans hand on: the 3 keys and the 60 rows of `big` that match them.
     assert_eq!(metric(&plan, "output_rows"), 63);
-    // 5,000 keys: the filter probes the join's hash table, which the scan does not do per row.
+    // 400 keys: the filter probes the join's hash table. `big` is that join's probe side, where
+    // the join probes every row anyway: the scan reads its rows as they are.
     let (_, plan) = f
-        .run_plan("SELECT sum(v) FROM big JOIN lots ON big.k = lots.k")
+        .run_plan("SELECT sum(v) FROM big JOIN few ON big.k = few.k")
         .await;
     assert_eq!(metric(&plan, "pushdown_rows_pruned"), 0);
-    assert_eq!(metric(&plan, "output_rows"), 405_000);
+    assert_eq!(metric(&plan, "output_rows"), 400 + 400_000);
+    // Below the join with `few`, `big` is the build side of its join with `huge`: the filter
+    // of the join above reaches `big`'s rows through it and is tried on them. It keeps 2 % of
+    // them, so it stays, and the join with `huge` builds from 8,000 rows, not 400,000.
+    let built_from = |small: &str| {
+        format!(
+            "SELECT count(*) FROM {small} JOIN \
+             (SELECT big.k FROM big JOIN huge ON big.k = huge.k) s ON {small}.k = s.k"
+        )
+    };
+    let (_, plan) = f.run_plan(&built_from("few")).await;
+    assert!(metric(&plan, "pushdown_rows_pruned") >= 300_000);
+    // 5,000 keys keep a quarter of `big`: after its trial the probe is read as `true`, and the
+    // rest of the rows are read as they are.
+    let (_, plan) = f.run_plan(&built_from("lots")).await;
+    let pruned = metric(&plan, "pushdown_rows_pruned");
+    assert!(pruned < 100_000, "{pruned} rows pruned");
     // The answers are the join's either way.
     assert_eq!(
         i64s(
@@ -871,4 +892,13 @@ async fn a_small_join_filter_drops_rows_in_the_scan_and_a_big_one_does_not() {
         ),
         vec![100_000]
     );
+    assert_eq!(
+        i64s(
+            &f.run("SELECT count(*) FROM big JOIN few ON big.k = few.k")
+                .await
+        ),
+        vec![8_000]
+    );
+    assert_eq!(i64s(&f.run(&built_from("few")).await), vec![8_000]);
+    assert_eq!(i64s(&f.run(&built_from("lots")).await), vec![100_000]);
 }
