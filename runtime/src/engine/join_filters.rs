@@ -86,30 +86,32 @@ fn with_rows_filtered(
     if let Some(scan) = rows_filtered(&plan, paying) {
         return Ok(scan);
     }
-    let join = plan.downcast_ref::<HashJoinExec>();
-    let made_here: Vec<u64> = plan
-        .dynamic_expressions_produced()
-        .iter()
-        .filter_map(|f| f.expression_id())
-        .collect();
-    let children = plan
-        .children()
-        .into_iter()
-        .enumerate()
-        .map(|(i, child)| match join {
-            // A hash join's first input is its build side: the filters still open pay there.
-            Some(_) if i == 0 => with_rows_filtered(
-                child.clone(),
-                &paying.union(open).copied().collect(),
-                &HashSet::new(),
-            ),
-            Some(_) => {
-                let open: HashSet<u64> = open.iter().chain(&made_here).copied().collect();
-                with_rows_filtered(child.clone(), paying, &open)
-            }
-            None => with_rows_filtered(child.clone(), paying, open),
-        })
-        .collect::<DfResult<Vec<_>>>()?;
+    let children = plan.children().into_iter().cloned();
+    let children = if plan.is::<HashJoinExec>() {
+        // A hash join's first input is its build side: the filters still open pay there. Its
+        // own filters are open on its probe side.
+        let on_build = paying.union(open).copied().collect();
+        let on_probe: HashSet<u64> = open
+            .iter()
+            .copied()
+            .chain(
+                plan.dynamic_expressions_produced()
+                    .iter()
+                    .filter_map(|f| f.expression_id()),
+            )
+            .collect();
+        children
+            .enumerate()
+            .map(|(i, child)| match i {
+                0 => with_rows_filtered(child, &on_build, &HashSet::new()),
+                _ => with_rows_filtered(child, paying, &on_probe),
+            })
+            .collect::<DfResult<Vec<_>>>()?
+    } else {
+        children
+            .map(|child| with_rows_filtered(child, paying, open))
+            .collect::<DfResult<Vec<_>>>()?
+    };
     replace_children_if_necessary(plan, children)
 }
 
@@ -294,10 +296,8 @@ impl WhileSmall {
         Ok((to, probing.then_some(filter)))
     }
 
+    /// A form that does not probe, as the rows see it: without per-partition routing.
     fn for_rows(filter: Arc<dyn PhysicalExpr>, schema: &Schema) -> DfResult<Arc<dyn PhysicalExpr>> {
-        if probes(&filter)? {
-            return Ok(lit(ScalarValue::Boolean(Some(true))));
-        }
         filter
             .transform_up(|e| {
                 Ok(match unrouted(&e, schema)? {
