@@ -31,7 +31,7 @@ use std::fmt;
 use std::sync::{Arc, Mutex};
 
 use arrow::array::RecordBatch;
-use arrow::datatypes::{FieldRef, Schema, SchemaRef};
+use arrow::datatypes::{DataType, Field, FieldRef, Schema, SchemaRef};
 use datafusion::common::ScalarValue;
 use datafusion::common::tree_node::{Transformed, TransformedResult, TreeNode};
 use datafusion::config::ConfigOptions;
@@ -44,7 +44,7 @@ use datafusion::logical_expr::ColumnarValue;
 use datafusion::logical_expr::Operator;
 use datafusion::physical_expr::PhysicalExpr;
 use datafusion::physical_expr::expressions::{
-    BinaryExpr, CaseExpr, DynamicFilterPhysicalExpr, InListExpr, Literal, lit,
+    BinaryExpr, CaseExpr, Column, DynamicFilterPhysicalExpr, InListExpr, Literal, lit,
 };
 use datafusion::physical_expr::utils::{conjunction, split_conjunction};
 use datafusion::physical_expr_common::physical_expr::snapshot_physical_expr;
@@ -168,8 +168,10 @@ struct WhileSmall {
     /// The scan's table schema, which the filter's columns index.
     schema: SchemaRef,
     /// The last form the join filter had and what it became: the scan evaluates the filter per
-    /// batch, and the filter changes once, when the join's build side is complete.
-    memo: Mutex<Option<Memo>>,
+    /// batch, and the filter changes once, when the join's build side is complete. Shared by
+    /// every copy of this wrapper, like the trial: TPC-H q17's second `lineitem` scan at SF10
+    /// made 1,200 copies, and working the form out again for each cost 430 ms.
+    memo: Arc<Mutex<Vec<Memo>>>,
     /// Whether a form that probes the hash table is tried on the rows at all: only where the
     /// filter's join is above a build side the rows feed (see [`with_rows_filtered`]).
     tries_probes: bool,
@@ -178,12 +180,21 @@ struct WhileSmall {
     trial: Arc<Mutex<Trial>>,
 }
 
-/// A join filter's form (by identity), the form the scan sees, and whether the form probes
-/// (walking a form with a long `IN` list on every batch cost q17 50 ms).
-type Memo = (Arc<dyn PhysicalExpr>, Arc<dyn PhysicalExpr>, bool);
+/// A join filter's generation and columns (in this copy of it), the form the scan sees, and
+/// its form for rows when it probes.
+type Memo = (
+    u64,
+    Vec<Arc<dyn PhysicalExpr>>,
+    Arc<dyn PhysicalExpr>,
+    Option<Arc<dyn PhysicalExpr>>,
+);
 
 /// A join filter's form for pruning, and its form that probes the hash table, if it has one.
 type Forms = (Arc<dyn PhysicalExpr>, Option<Arc<dyn PhysicalExpr>>);
+
+/// The forms a wrapper's copies keep at once: one per set of key columns (the scan's table
+/// schema for pruning, each row filter's projection for rows).
+const MEMO_FORMS: usize = 8;
 
 /// Rows a filter that probes the join's hash table is evaluated on before it is judged.
 const TRIAL_ROWS: u64 = 64 * 1024;
@@ -233,7 +244,7 @@ impl WhileSmall {
         Self {
             filter,
             schema,
-            memo: Mutex::new(None),
+            memo: Arc::default(),
             tries_probes,
             trial: Arc::default(),
         }
@@ -243,6 +254,7 @@ impl WhileSmall {
     fn sharing_trial(&self, filter: Arc<dyn PhysicalExpr>) -> Self {
         Self {
             trial: self.trial.clone(),
+            memo: self.memo.clone(),
             ..Self::new(filter, self.schema.clone(), self.tries_probes)
         }
     }
@@ -288,26 +300,35 @@ impl WhileSmall {
 
     /// The current form for pruning, and the form that probes, when the filter has one.
     fn forms(&self) -> DfResult<Forms> {
-        let filter = snapshot_physical_expr(self.filter.clone())?;
+        // A join filter's form changes only with its generation; copies share the memo when
+        // their columns are the same.
+        let generation = self.filter.snapshot_generation();
         let mut memo = self
             .memo
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner);
-        if let Some((from, to, probing)) = memo.as_ref()
-            && Arc::ptr_eq(from, &filter)
+        memo.retain(|(of, ..)| *of == generation);
+        if let Some((_, _, to, probing)) = memo
+            .iter()
+            .find(|(_, on, ..)| on.iter().eq(self.filter.children()))
         {
-            return Ok((to.clone(), probing.then(|| from.clone())));
+            return Ok((to.clone(), probing.clone()));
         }
-        let probing = probes(&filter)?;
-        let to = match probing {
-            true => lit(ScalarValue::Boolean(Some(true))),
-            false => Self::for_rows(filter.clone(), &self.schema)?,
+        let filter = snapshot_physical_expr(self.filter.clone())?;
+        let rows = Self::for_rows(filter.clone(), &self.schema)?;
+        let (to, probing) = match probes(&filter)? {
+            true => (lit(ScalarValue::Boolean(Some(true))), Some(rows)),
+            false => (rows, None),
         };
-        *memo = Some((filter.clone(), to.clone(), probing));
-        Ok((to, probing.then_some(filter)))
+        let columns = self.filter.children().into_iter().cloned().collect();
+        if memo.len() >= MEMO_FORMS {
+            memo.remove(0);
+        }
+        memo.push((generation, columns, to.clone(), probing.clone()));
+        Ok((to, probing))
     }
 
-    /// A form that does not probe, as the rows see it: without per-partition routing.
+    /// A form as the rows see it: without per-partition routing.
     fn for_rows(filter: Arc<dyn PhysicalExpr>, schema: &Schema) -> DfResult<Arc<dyn PhysicalExpr>> {
         filter
             .transform_up(|e| {
@@ -320,10 +341,31 @@ impl WhileSmall {
     }
 }
 
-/// Whether a join filter's form probes the join's hash table.
+/// Whether a join filter's form probes the join's hash table, or a set of more keys per
+/// partition than DataFusion lists by default ([`SHORT_LIST`]): a hash per row either way.
 fn probes(filter: &Arc<dyn PhysicalExpr>) -> DfResult<bool> {
-    filter.exists(|e| Ok(e.downcast_ref::<HashTableLookupExpr>().is_some()))
+    filter.exists(|e| {
+        Ok(e.downcast_ref::<HashTableLookupExpr>().is_some()
+            || e.downcast_ref::<InListExpr>()
+                .is_some_and(|l| l.list().len() > SHORT_LIST))
+    })
 }
+
+/// The keys per partition up to which a join filter's `IN` list reaches every scan's rows
+/// (DataFusion's default `hash_join_inlist_pushdown_max_distinct_values`).
+const SHORT_LIST: usize = 150;
+
+/// The keys per partition up to which a join hands its filter on as an `IN` list, not as a
+/// probe of its hash table. Over [`SHORT_LIST`] keys the list is tried like a probe, and it is
+/// cheaper than one on the rows: TPC-H q17 at SF10 (2,040 part keys) spent 27–33 ns a row
+/// hashing each `lineitem` row to its partition's table and probing it, and 5 ns a row on one
+/// list of every partition's keys.
+pub(super) const LISTED_KEYS: usize = 4096;
+
+/// The bytes of build-side keys per partition up to which a join hands its filter on as an
+/// `IN` list (DataFusion's default is 128 KiB). The list holds every build row's key, repeats
+/// too: q17's 1,020 part keys per partition at SF10 come with 30 K rows, 245 KB.
+pub(super) const LISTED_BYTES: usize = 1 << 20;
 
 /// A partitioned join's routing `CASE hash(k) % n WHEN i THEN bounds_i AND k IN (list_i) …
 /// ELSE false END` as `k >= min AND k <= max AND k IN (every list)`: true for every row some
@@ -383,11 +425,12 @@ fn unrouted(e: &Arc<dyn PhysicalExpr>, schema: &Schema) -> DfResult<Option<Arc<d
     let Some(key) = key else {
         return Ok(Some(lit(ScalarValue::Boolean(Some(false)))));
     };
+    let schema = key_schema(key, &values[0].data_type(), schema);
     let list: Arc<dyn PhysicalExpr> = Arc::new(InListExpr::try_new(
         key.clone(),
         values.into_iter().map(lit).collect(),
         false,
-        schema,
+        &schema,
     )?);
     Ok(Some(match bounds.filter(|_| every_branch_bounded) {
         Some((min, max)) => {
@@ -398,6 +441,23 @@ fn unrouted(e: &Arc<dyn PhysicalExpr>, schema: &Schema) -> DfResult<Option<Arc<d
         }
         None => list,
     }))
+}
+
+/// A schema in which `key` has the type of its list's values. A copy of the filter indexes the
+/// columns of whatever batch it is evaluated on (the row filter's own projection), not the
+/// scan's table schema, so the table schema may hold another column at the key's index.
+fn key_schema(key: &Arc<dyn PhysicalExpr>, value_type: &DataType, table: &Schema) -> Schema {
+    let Some(column) = key.downcast_ref::<Column>() else {
+        return table.clone();
+    };
+    Schema::new(
+        (0..=column.index())
+            .map(|i| match i == column.index() {
+                true => Field::new(column.name(), value_type.clone(), true),
+                false => Field::new(format!("_{i}"), DataType::Null, true),
+            })
+            .collect::<Vec<_>>(),
+    )
 }
 
 /// A branch `k >= lo AND k <= hi AND k IN (…)`, or a bare `k IN (…)`, as its bounds and list.
@@ -458,11 +518,24 @@ impl PhysicalExpr for WhileSmall {
         self: Arc<Self>,
         mut children: Vec<Arc<dyn PhysicalExpr>>,
     ) -> DfResult<Arc<dyn PhysicalExpr>> {
-        match children.pop() {
-            Some(child) if children.is_empty() => Ok(Arc::new(self.sharing_trial(child))),
-            _ => Err(datafusion::error::DataFusionError::Internal(
+        let (Some(child), true) = (children.pop(), children.is_empty()) else {
+            return Err(datafusion::error::DataFusionError::Internal(
                 "WhileSmall takes one child".into(),
-            )),
+            ));
+        };
+        // DataFusion snapshots a scan's predicate for each file and row group it opens, from
+        // the leaves up: the join filter first, then this wrapper over that snapshot. The
+        // wrapper's own snapshot is its form from the memo, which the join filter keys, so a
+        // snapshot of the filter is set aside: over a snapshot, the memo would miss and work
+        // the form out again for every file and row group.
+        let snapshot = self
+            .filter
+            .downcast_ref::<DynamicFilterPhysicalExpr>()
+            .is_some()
+            && child.downcast_ref::<DynamicFilterPhysicalExpr>().is_none();
+        match snapshot {
+            true => Ok(Arc::new(self.sharing_trial(self.filter.clone()))),
+            false => Ok(Arc::new(self.sharing_trial(child))),
         }
     }
 
@@ -561,6 +634,41 @@ mod tests {
         (0..out.len())
             .map(|i| out.is_valid(i) && out.value(i))
             .collect()
+    }
+
+    #[test]
+    fn a_copy_for_the_row_filter_merges_its_lists_whatever_the_table_holds_at_its_index() {
+        // The row filter's projection holds only the key, a string; the table's first column
+        // is a number.
+        let rows = Arc::new(Schema::new(vec![Field::new("name", DataType::Utf8, true)]));
+        let table = Schema::new(vec![
+            Field::new("id", DataType::Int64, true),
+            Field::new("name", DataType::Utf8, true),
+        ]);
+        let k = col("name", &rows).unwrap();
+        let text = |v: &str| lit(ScalarValue::Utf8(Some(v.into())));
+        let list = |keys: &[&str]| -> Arc<dyn PhysicalExpr> {
+            Arc::new(
+                InListExpr::try_new(
+                    k.clone(),
+                    keys.iter().map(|v| text(v)).collect(),
+                    false,
+                    &rows,
+                )
+                .unwrap(),
+            )
+        };
+        let filter = routed(&k, vec![list(&["a", "c"]), list(&["b"])], false);
+        let plain = WhileSmall::for_rows(filter.clone(), &table).unwrap();
+        assert!(plain.downcast_ref::<InListExpr>().is_some(), "{plain}");
+        let batch = RecordBatch::try_new(
+            rows.clone(),
+            vec![Arc::new(arrow::array::StringArray::from(vec![
+                "a", "b", "d", "c",
+            ]))],
+        )
+        .unwrap();
+        assert_eq!(kept(&plain, &batch), vec![true, true, false, true]);
     }
 
     #[test]

@@ -586,6 +586,8 @@ fn check_param_count(stmt: &Statement, params: Option<&[ScalarValue]>) -> Result
 
 /// Apiary's join thresholds, before the operator's own options (which win).
 fn join_thresholds(opts: &mut datafusion::config::ConfigOptions, target_partitions: usize) {
+    opts.optimizer.hash_join_inlist_pushdown_max_distinct_values = join_filters::LISTED_KEYS;
+    opts.optimizer.hash_join_inlist_pushdown_max_size = join_filters::LISTED_BYTES;
     if target_partitions <= FEW_PARTITIONS {
         opts.optimizer.hash_join_single_partition_threshold_rows = FEW_PARTITIONS_COLLECT_ROWS;
     }
