@@ -7,9 +7,10 @@
 //! filters, or whose join filters pay there (see below: then the scan's own predicate reaches
 //! the rows with them), and lets each filter reach the rows only while it is cheap and
 //! selective: an `IN` list or bounds (a small build side, such as the 57 order keys of TPC-H
-//! q18's `HAVING` subquery). A filter that probes the join's hash table (a build side of more
-//! than 150 keys) costs a hash per row. Where it only does early what its own join does anyway
-//! (on that join's probe side) it is read as `true` (TPC-H q08's `lineitem` lost 10–30 % to it).
+//! q18's `HAVING` subquery). A filter over more keys than that (more than 150 a partition: a
+//! long list, up to [`LISTED_KEYS`], or beyond it a probe of the join's hash table) costs a
+//! hash per row. Where it only does early what its own join does anyway (on that join's probe
+//! side) it is read as `true` (TPC-H q08's `lineitem` lost 10–30 % to it).
 //! Where it reaches a scan through the build side of another join below its own, or through an
 //! aggregate, each row it drops is one row fewer in that join's or aggregate's hash table: there
 //! it is tried on the first [`TRIAL_ROWS`] rows the scans read and kept if it kept at most
@@ -161,7 +162,8 @@ fn rows_filtered(
     Some(DataSourceExec::from_data_source(config))
 }
 
-/// A join filter that reads as `true` whenever its current form probes a hash table.
+/// A join filter that reads as `true` whenever its current form probes (a hash table, or a long
+/// list), unless it was tried on the rows and kept.
 #[derive(Debug)]
 struct WhileSmall {
     filter: Arc<dyn PhysicalExpr>,
