@@ -898,8 +898,9 @@ async fn a_join_filter_drops_rows_in_the_scan_while_it_is_selective() {
         assert_eq!(i64s(&f.run(&grouped("count(*)", filter)).await), vec![400]);
         assert_eq!(i64s(&f.run(&grouped("sum(g.s)", filter)).await), vec![want]);
     }
-    // A key that is not the scan's first column, of another type than that column: the row
-    // filter indexes its own projection, where the key is first.
+    // A string key that is not the scan's first column reaches the rows too. (A partitioned
+    // join's lists merged for such a key: the unit test
+    // `a_copy_for_the_row_filter_merges_its_lists_whatever_the_table_holds_at_its_index`.)
     f.run(
         "CREATE TABLE people (id BIGINT, name VARCHAR);
          INSERT INTO people SELECT value, 'n' || (value % 1000) FROM generate_series(1, 100000);
