@@ -77,12 +77,13 @@ impl PhysicalOptimizerRule for JoinFiltersOnRows {
     }
 }
 
-/// `plan` with row filtering on in its scans whose only predicate is join filters.
+/// `plan` with row filtering on in its scans that [`rows_filtered`] takes.
 ///
 /// `paying`: the join filters (by expression id) that reach `plan` through the build side of
-/// a join below the join that made them, or through an aggregate, so that a row they drop in a
-/// scan is a row fewer in that join's or aggregate's hash table. `open`: those made by joins above that have not passed a build
-/// side yet: on their own join's probe side they only do early what that join does anyway.
+/// a join below the join that made them, or through an aggregate, so that a row they drop in
+/// a scan is a row fewer in that join's or aggregate's hash table. `open`: those made by joins
+/// above that have not passed a build side or an aggregate yet: on their own join's probe side
+/// they only do early what that join does anyway.
 fn with_rows_filtered(
     plan: Arc<dyn ExecutionPlan>,
     paying: &HashSet<u64>,
@@ -92,10 +93,11 @@ fn with_rows_filtered(
         return Ok(scan);
     }
     let children = plan.children().into_iter().cloned();
+    let all = || paying.union(open).copied().collect::<HashSet<u64>>();
     let children = if plan.is::<HashJoinExec>() {
         // A hash join's first input is its build side: the filters still open pay there. Its
         // own filters are open on its probe side.
-        let on_build = paying.union(open).copied().collect();
+        let on_build = all();
         let on_probe: HashSet<u64> = open
             .iter()
             .copied()
@@ -114,7 +116,7 @@ fn with_rows_filtered(
             .collect::<DfResult<Vec<_>>>()?
     } else if plan.is::<AggregateExec>() {
         // Every row a filter drops below an aggregate is a row fewer in its hash table.
-        let below: HashSet<u64> = paying.union(open).copied().collect();
+        let below = all();
         children
             .map(|child| with_rows_filtered(child, &below, &HashSet::new()))
             .collect::<DfResult<Vec<_>>>()?
@@ -126,8 +128,8 @@ fn with_rows_filtered(
     replace_children_if_necessary(plan, children)
 }
 
-/// `node` with row filtering on, when it is a Parquet scan whose only predicate is join filters;
-/// `paying` as for [`with_rows_filtered`].
+/// `node` with row filtering on, when it is a Parquet scan whose predicate is join filters, or
+/// holds a join filter in `paying` (as for [`with_rows_filtered`]) beside its own.
 fn rows_filtered(
     node: &Arc<dyn ExecutionPlan>,
     paying: &HashSet<u64>,
@@ -174,10 +176,10 @@ struct WhileSmall {
     /// every copy of this wrapper, like the trial: TPC-H q17's second `lineitem` scan at SF10
     /// made 1,200 copies, and working the form out again for each cost 430 ms.
     memo: Arc<Mutex<Vec<Memo>>>,
-    /// Whether a form that probes the hash table is tried on the rows at all: only where the
-    /// filter's join is above a build side the rows feed (see [`with_rows_filtered`]).
+    /// Whether a form that probes is tried on the rows at all: only where the filter's join is
+    /// above a build side or an aggregate the rows feed (see [`with_rows_filtered`]).
     tries_probes: bool,
-    /// How a form that probes the hash table fared on the rows: shared by every copy of this
+    /// How a form that probes fared on the rows: shared by every copy of this
     /// wrapper (each file a scan opens rewrites its predicate into a copy).
     trial: Arc<Mutex<Trial>>,
 }
@@ -252,8 +254,9 @@ impl WhileSmall {
         }
     }
 
-    /// A copy over `filter` (the same join filter, rewritten) that shares this one's trial.
-    fn sharing_trial(&self, filter: Arc<dyn PhysicalExpr>) -> Self {
+    /// A copy over `filter` (the same join filter, rewritten) that shares this one's trial and
+    /// memo.
+    fn sharing(&self, filter: Arc<dyn PhysicalExpr>) -> Self {
         Self {
             trial: self.trial.clone(),
             memo: self.memo.clone(),
@@ -262,8 +265,8 @@ impl WhileSmall {
     }
 
     /// What the join filter means to the scan now: its current form without per-partition
-    /// routing, or `true` when that form probes a hash table (for pruning, which cannot use a
-    /// probe; rows see the probe through [`Self::on_rows`]).
+    /// routing, or `true` when that form probes (for pruning, which cannot use a probe; rows
+    /// see the probe through [`Self::on_rows`]).
     fn current(&self) -> DfResult<Arc<dyn PhysicalExpr>> {
         Ok(self.forms()?.0)
     }
@@ -535,10 +538,8 @@ impl PhysicalExpr for WhileSmall {
             .downcast_ref::<DynamicFilterPhysicalExpr>()
             .is_some()
             && child.downcast_ref::<DynamicFilterPhysicalExpr>().is_none();
-        match snapshot {
-            true => Ok(Arc::new(self.sharing_trial(self.filter.clone()))),
-            false => Ok(Arc::new(self.sharing_trial(child))),
-        }
+        let filter = if snapshot { self.filter.clone() } else { child };
+        Ok(Arc::new(self.sharing(filter)))
     }
 
     fn fmt_sql(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
