@@ -24,6 +24,8 @@
 //! | `ddl`       | namespace commands, CREATE TABLE / CTAS, INSERT                   |
 //! | `ingest`    | writing a stream into a frame: [`WriteMode`] and its rules        |
 //! | `show`      | SHOW and DESCRIBE                                                 |
+//! | `join_filters` | physical rule: join filters reach a scan's rows while they pay  |
+//! | `lazy_start` | physical rule: merges under a join filter start when first polled |
 
 mod catalog;
 mod ddl;
@@ -31,6 +33,7 @@ mod external;
 mod history_table;
 mod ingest;
 mod join_filters;
+mod lazy_start;
 mod operations;
 mod options;
 mod policy;
@@ -125,6 +128,7 @@ impl Engine {
             .with_type_planner(Arc::new(sql_types::SqlTypes { time_zone }))
             // After DataFusion's own rules, its filter pushdown among them.
             .with_physical_optimizer_rule(Arc::new(join_filters::JoinFiltersOnRows))
+            .with_physical_optimizer_rule(Arc::new(lazy_start::StartWhenPolled))
             .build();
         for name in ["generate_series", "range"] {
             if let Some(f) = base

@@ -937,3 +937,59 @@ async fn a_join_filter_drops_rows_in_the_scan_while_it_is_selective() {
     assert_eq!(i64s(&f.run(&built_from("few")).await), vec![8_000]);
     assert_eq!(i64s(&f.run(&built_from("lots")).await), vec![99_980]);
 }
+
+/// Rows the scans of frame `name` handed on.
+fn rows_read_from(plan: &Arc<dyn ExecutionPlan>, name: &str) -> usize {
+    let mut total = 0;
+    if let Some(ds) = plan.downcast_ref::<DataSourceExec>()
+        && let Some(cfg) = ds.data_source().downcast_ref::<FileScanConfig>()
+        && cfg
+            .file_groups
+            .iter()
+            .flat_map(|g| g.files().iter())
+            .any(|f| {
+                f.object_meta
+                    .location
+                    .as_ref()
+                    .contains(&format!("/{name}/"))
+            })
+    {
+        total += plan.metrics().and_then(|m| m.output_rows()).unwrap_or(0);
+    }
+    for c in plan.children() {
+        total += rows_read_from(c, name);
+    }
+    total
+}
+
+fn has_node(plan: &Arc<dyn ExecutionPlan>, name: &str) -> bool {
+    plan.name() == name || plan.children().into_iter().any(|c| has_node(c, name))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_join_filter_from_above_reaches_a_build_side_read_in_several_partitions() {
+    let mut f = fixture(LedgerConfig::default()).await;
+    // `dims` is two cells, so its scan has two partitions and the join with `facts` builds
+    // from it through a merge of both. The join with `tags` above hands `dims.t = 7` down to
+    // that scan: it must not start before that join has built.
+    f.run(
+        "CREATE TABLE dims (id BIGINT, t BIGINT);
+         INSERT INTO dims SELECT value, value % 25 FROM generate_series(1, 10000);
+         INSERT INTO dims SELECT value, value % 25 FROM generate_series(10001, 20000);
+         CREATE TABLE facts (d BIGINT, v BIGINT);
+         INSERT INTO facts SELECT value % 20000 + 1, value FROM generate_series(1, 400000);
+         CREATE TABLE tags (t BIGINT, name VARCHAR);
+         INSERT INTO tags SELECT value, 'tag' || value FROM generate_series(0, 24);",
+    )
+    .await;
+    let sql = "SELECT count(*) FROM dims JOIN facts ON facts.d = dims.id \
+               JOIN tags ON dims.t = tags.t WHERE tags.name = 'tag7'";
+    let (_, plan) = f.run_plan(sql).await;
+    assert!(
+        has_node(&plan, "LazyStartExec"),
+        "no lazy start in the plan"
+    );
+    // One `dims` row in 25 has t = 7: 800 of 20,000.
+    assert_eq!(rows_read_from(&plan, "dims"), 800);
+    assert_eq!(i64s(&f.run(sql).await), vec![16_000]);
+}
