@@ -26,9 +26,11 @@
 //! | `show`      | SHOW and DESCRIBE                                                 |
 //! | `join_filters` | physical rule: join filters reach a scan's rows while they pay  |
 //! | `lazy_start` | physical rule: merges under a join filter start when first polled |
+//! | `decimals` | physical rule: decimal `+ - *` without a checked multiply per row  |
 
 mod catalog;
 mod ddl;
+mod decimals;
 mod external;
 mod history_table;
 mod ingest;
@@ -129,6 +131,7 @@ impl Engine {
             // After DataFusion's own rules, its filter pushdown among them.
             .with_physical_optimizer_rule(Arc::new(join_filters::JoinFiltersOnRows))
             .with_physical_optimizer_rule(Arc::new(lazy_start::StartWhenPolled))
+            .with_physical_optimizer_rule(Arc::new(decimals::FastDecimals))
             .build();
         for name in ["generate_series", "range"] {
             if let Some(f) = base
