@@ -209,12 +209,7 @@ impl PhysicalExpr for DecimalArith {
         if let Some(array) = unchecked(self.op, &l, &r)? {
             return Ok(ColumnarValue::Array(array));
         }
-        // Arrow's kernels, as `BinaryExpr` calls them (they check decimals either way).
-        match self.op {
-            Operator::Plus => apply(&l, &r, numeric::add_wrapping),
-            Operator::Minus => apply(&l, &r, numeric::sub_wrapping),
-            _ => apply(&l, &r, numeric::mul_wrapping),
-        }
+        checked(self.op, &l, &r)
     }
 
     fn children(&self) -> Vec<&Arc<dyn PhysicalExpr>> {
@@ -254,6 +249,15 @@ impl PhysicalExpr for DecimalArith {
 
     fn try_to_proto(&self, ctx: &PhysicalExprEncodeCtx<'_>) -> DfResult<Option<PhysicalExprNode>> {
         ctx.encode_child(&self.plain).map(Some)
+    }
+}
+
+/// `l op r` by Arrow's kernels, as `BinaryExpr` calls them (they check decimals either way).
+fn checked(op: Operator, l: &ColumnarValue, r: &ColumnarValue) -> DfResult<ColumnarValue> {
+    match op {
+        Operator::Plus => apply(l, r, numeric::add_wrapping),
+        Operator::Minus => apply(l, r, numeric::sub_wrapping),
+        _ => apply(l, r, numeric::mul_wrapping),
     }
 }
 
@@ -380,15 +384,6 @@ mod tests {
         )
     }
 
-    /// What Arrow's own kernel gives for `l op r`.
-    fn arrow_says(op: Operator, l: &ColumnarValue, r: &ColumnarValue) -> DfResult<ColumnarValue> {
-        match op {
-            Operator::Plus => apply(l, r, numeric::add_wrapping),
-            Operator::Minus => apply(l, r, numeric::sub_wrapping),
-            _ => apply(l, r, numeric::mul_wrapping),
-        }
-    }
-
     #[test]
     fn every_row_is_what_arrows_kernel_gives() {
         let prices: Vec<Option<i128>> = (0..2000)
@@ -414,7 +409,7 @@ mod tests {
                     let Some(got) = unchecked(op, l, r).unwrap() else {
                         continue;
                     };
-                    let want = arrow_says(op, l, r).unwrap().into_array(2000).unwrap();
+                    let want = checked(op, l, r).unwrap().into_array(2000).unwrap();
                     assert_eq!(got.data_type(), want.data_type(), "{op}");
                     assert_eq!(
                         &got,
@@ -510,16 +505,15 @@ mod tests {
         max(price - discount) AS spread \
         FROM t GROUP BY k ORDER BY k";
 
+    async fn revenue_plan(ctx: &SessionContext) -> Arc<dyn ExecutionPlan> {
+        let frame = ctx.sql(REVENUE).await.unwrap();
+        frame.create_physical_plan().await.unwrap()
+    }
+
     #[tokio::test]
     async fn revenue_sums_run_on_the_unchecked_path_with_the_same_answer() {
         let fast = context(true).await;
-        let plan = fast
-            .sql(REVENUE)
-            .await
-            .unwrap()
-            .create_physical_plan()
-            .await
-            .unwrap();
+        let plan = revenue_plan(&fast).await;
         let mut found = 0;
         plan.apply(|node| {
             let exprs: Vec<Arc<dyn PhysicalExpr>> =
@@ -562,13 +556,7 @@ mod tests {
     #[tokio::test]
     async fn a_plan_with_it_travels_as_plain_datafusion() {
         let fast = context(true).await;
-        let plan = fast
-            .sql(REVENUE)
-            .await
-            .unwrap()
-            .create_physical_plan()
-            .await
-            .unwrap();
+        let plan = revenue_plan(&fast).await;
         let bytes = datafusion_proto::bytes::physical_plan_to_bytes(plan.clone()).unwrap();
         let back =
             datafusion_proto::bytes::physical_plan_from_bytes(&bytes, &fast.task_ctx()).unwrap();
