@@ -293,6 +293,8 @@ async fn run_attempt(ctx: &Arc<DistContext>, key: &AttemptKey) -> Result<Written
     )?;
     // Only what the cutter makes runs here: a stage's operators over cells and shuffle reads.
     super::cut::validate_fragment(&plan, ctx.storage.prefix(), &key.query_id)?;
+    // Fragments travel with plain decimal arithmetic; run them on the fast path here too.
+    let plan = crate::engine::fast_decimals_in_fragment(plan)?;
     // A shuffled output drains every hash partition into one slice writer; any other output is
     // merged into one stream of parts.
     let (streams, mut out) = match shuffle_partitions(&plan) {

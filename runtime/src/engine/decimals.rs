@@ -76,6 +76,13 @@ impl PhysicalOptimizerRule for FastDecimals {
     }
 }
 
+/// A plan decoded on another node with the rule applied: a fragment travels with plain
+/// `BinaryExpr`s (see [`DecimalArith`]'s encoding), so the node that runs it puts the fast path
+/// back.
+pub(crate) fn in_fragment(plan: Arc<dyn ExecutionPlan>) -> DfResult<Arc<dyn ExecutionPlan>> {
+    FastDecimals.optimize(plan, &ConfigOptions::default())
+}
+
 /// `p` with its decimal arithmetic replaced, if it has any.
 fn projection(p: &ProjectionExec) -> DfResult<Option<Arc<dyn ExecutionPlan>>> {
     let schema = p.input().schema();
@@ -510,10 +517,8 @@ mod tests {
         frame.create_physical_plan().await.unwrap()
     }
 
-    #[tokio::test]
-    async fn revenue_sums_run_on_the_unchecked_path_with_the_same_answer() {
-        let fast = context(true).await;
-        let plan = revenue_plan(&fast).await;
+    /// How many [`DecimalArith`]s a plan's projections and aggregate arguments hold.
+    fn fast_exprs(plan: &Arc<dyn ExecutionPlan>) -> usize {
         let mut found = 0;
         plan.apply(|node| {
             let exprs: Vec<Arc<dyn PhysicalExpr>> =
@@ -533,6 +538,14 @@ mod tests {
             Ok(datafusion::common::tree_node::TreeNodeRecursion::Continue)
         })
         .unwrap();
+        found
+    }
+
+    #[tokio::test]
+    async fn revenue_sums_run_on_the_unchecked_path_with_the_same_answer() {
+        let fast = context(true).await;
+        let plan = revenue_plan(&fast).await;
+        let found = fast_exprs(&plan);
         assert!(
             found >= 3,
             "{found} in\n{}",
@@ -562,6 +575,10 @@ mod tests {
             datafusion_proto::bytes::physical_plan_from_bytes(&bytes, &fast.task_ctx()).unwrap();
         let text = displayable(back.as_ref()).indent(true).to_string();
         assert!(text.contains("price@0 * (1 - discount@1)"), "{text}");
+        assert_eq!(fast_exprs(&back), 0, "{text}");
+        // The node that runs the decoded plan puts the fast path back.
+        let back = in_fragment(back).unwrap();
+        assert_eq!(fast_exprs(&back), fast_exprs(&plan));
         let got = collect(back, fast.task_ctx()).await.unwrap();
         let want = collect(plan, fast.task_ctx()).await.unwrap();
         assert_eq!(got, want);

@@ -58,6 +58,7 @@ use crate::error::{Error, Result};
 use crate::sql::{self, Command};
 use policy::Purpose;
 
+pub(crate) use decimals::in_fragment as fast_decimals_in_fragment;
 pub use history_table::history_schema;
 pub use ingest::{IfExists, IfMissing, WriteMode};
 pub use options::{MERGE_SCHEMA, merges_schema};
