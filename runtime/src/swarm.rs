@@ -4,7 +4,10 @@
 //! grows, and reads everyone's. Liveness is judged by *this observer's* clock: a node is Alive
 //! while its sequence number changed within `suspect_after` intervals, Suspect until
 //! `dead_after`, then Dead; writers' clocks are never compared, so a node with a skewed clock is
-//! not declared dead. A dead node's heartbeat is deleted after a grace period by whoever sees it
+//! not declared dead. A node is Alive only once this observer has seen its sequence number move:
+//! a heartbeat found on first look may have been left by a node that crashed a moment ago, and a
+//! node given work it never claims costs every query a claim timeout per attempt. Until it moves
+//! the node is Suspect (a live node moves within one interval), then Dead as usual. A dead node's heartbeat is deleted after a grace period by whoever sees it
 //! first (deleting twice is harmless). A graceful shutdown deletes its own heartbeat at once.
 //! Solo mode is a swarm of one.
 
@@ -146,6 +149,8 @@ impl NodeView {
 struct Observed {
     heartbeat: HeartbeatV1,
     last_change: Instant,
+    /// Whether this observer has seen the sequence number move.
+    beating: bool,
 }
 
 /// This node's view of the swarm.
@@ -178,6 +183,14 @@ impl WorldView {
         }
     }
 
+    /// A node's state now; see the module's documentation.
+    fn state_of(&self, o: &Observed, now: Instant) -> NodeState {
+        match self.state_for(now.saturating_duration_since(o.last_change)) {
+            NodeState::Alive if !o.beating => NodeState::Suspect,
+            state => state,
+        }
+    }
+
     /// Fold in what storage holds now (heartbeats listed and read at `now`). Returns the ids of
     /// dead nodes whose heartbeats should be deleted.
     pub fn observe(&self, heartbeats: Vec<HeartbeatV1>, now: Instant) -> Vec<String> {
@@ -201,6 +214,7 @@ impl WorldView {
                 Some(o) => {
                     if hb.seq != o.heartbeat.seq {
                         o.last_change = now;
+                        o.beating = true;
                     }
                     o.heartbeat = hb;
                 }
@@ -211,6 +225,7 @@ impl WorldView {
                         Observed {
                             heartbeat: hb,
                             last_change: now,
+                            beating: false,
                         },
                     );
                 }
@@ -248,13 +263,10 @@ impl WorldView {
         let nodes = self.nodes.lock().expect("world view");
         let mut out: Vec<NodeView> = nodes
             .values()
-            .map(|o| {
-                let age = now.saturating_duration_since(o.last_change);
-                NodeView {
-                    heartbeat: o.heartbeat.clone(),
-                    state: self.state_for(age),
-                    age,
-                }
+            .map(|o| NodeView {
+                heartbeat: o.heartbeat.clone(),
+                state: self.state_of(o, now),
+                age: now.saturating_duration_since(o.last_change),
             })
             .collect();
         out.sort_by(|a, b| a.heartbeat.node_id.cmp(&b.heartbeat.node_id));
@@ -276,9 +288,7 @@ impl WorldView {
         let now = self.judged_at(now);
         let nodes = self.nodes.lock().expect("world view");
         nodes.iter().any(|(id, o)| {
-            id != me
-                && self.state_for(now.saturating_duration_since(o.last_change)) == NodeState::Alive
-                && pred(&o.heartbeat)
+            id != me && self.state_of(o, now) == NodeState::Alive && pred(&o.heartbeat)
         })
     }
 
@@ -355,10 +365,10 @@ mod tests {
         let w = WorldView::new(timing());
         let t0 = Instant::now();
         w.observe(vec![hb("a", 1), hb("b", 1)], t0);
-        // a keeps beating, b stops.
+        // a keeps beating, b beats once and stops.
         for s in 2..=8 {
             w.observe(
-                vec![hb("a", s), hb("b", 1)],
+                vec![hb("a", s), hb("b", 2)],
                 t0 + Duration::from_secs(s - 1),
             );
         }
@@ -375,9 +385,42 @@ mod tests {
                 ("b".into(), NodeState::Alive)
             ]
         );
-        assert_eq!(at(4)[1].1, NodeState::Suspect);
-        assert_eq!(at(6)[1].1, NodeState::Dead);
+        assert_eq!(at(5)[1].1, NodeState::Suspect);
+        assert_eq!(at(7)[1].1, NodeState::Dead);
         assert_eq!(at(7)[0].1, NodeState::Alive);
+    }
+
+    #[test]
+    fn a_heartbeat_found_on_first_look_counts_once_it_moves() {
+        let w = WorldView::new(timing());
+        let t0 = Instant::now();
+        // Left by a node that crashed a moment ago, or written by one that just started: this
+        // observer cannot tell yet, so the node gets no work.
+        w.observe(vec![hb("new", 1), hb("crashed", 7)], t0);
+        let states = |secs| {
+            w.nodes_at(t0 + Duration::from_secs(secs))
+                .into_iter()
+                .map(|n| n.state)
+                .collect::<Vec<_>>()
+        };
+        assert_eq!(states(0), vec![NodeState::Suspect, NodeState::Suspect]);
+        assert!(!w.any_alive_other_at("me", t0, |_| true));
+        // One node beats: it is alive; the other never does and dies on the usual schedule.
+        w.observe(
+            vec![hb("new", 2), hb("crashed", 7)],
+            t0 + Duration::from_secs(1),
+        );
+        assert_eq!(states(1), vec![NodeState::Suspect, NodeState::Alive]);
+        w.observe(
+            vec![hb("new", 7), hb("crashed", 7)],
+            t0 + Duration::from_secs(6),
+        );
+        assert_eq!(states(6), vec![NodeState::Dead, NodeState::Alive]);
+        // The node running this code is alive to itself from the start.
+        let w = WorldView::new(timing());
+        w.observe(vec![hb("me", 1), hb("other", 1)], t0);
+        let seen: Vec<_> = w.seen_from("me").into_iter().map(|n| n.state).collect();
+        assert_eq!(seen, vec![NodeState::Alive, NodeState::Suspect]);
     }
 
     #[test]
@@ -388,6 +431,7 @@ mod tests {
             coordinating: true,
             ..hb(id, seq)
         };
+        w.observe(vec![coordinating("a", 0), hb("b", 0)], t0);
         w.observe(vec![coordinating("a", 1), hb("b", 1)], t0);
         let asks = |me: &str, secs| {
             w.any_alive_other_at(me, t0 + Duration::from_secs(secs), |h| h.coordinating)

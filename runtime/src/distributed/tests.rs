@@ -45,17 +45,20 @@ impl Swarm {
         Node::new(self.lakehouse.clone(), cfg).unwrap()
     }
 
-    /// Every node writes its heartbeat, then every node reads the swarm's.
+    /// Every node writes its heartbeat, then every node reads the swarm's; twice, so that each
+    /// sees the others beat (a heartbeat seen once counts for nothing yet).
     async fn meet(&self, nodes: &[&Arc<Node>]) {
-        for n in nodes {
-            n.beat().await.unwrap();
-        }
-        for n in nodes {
-            n.dist()
-                .world
-                .refresh(&self.storage, &n.config().swarm_key)
-                .await
-                .unwrap();
+        for _ in 0..2 {
+            for n in nodes {
+                n.beat().await.unwrap();
+            }
+            for n in nodes {
+                n.dist()
+                    .world
+                    .refresh(&self.storage, &n.config().swarm_key)
+                    .await
+                    .unwrap();
+            }
         }
     }
 }
@@ -239,6 +242,51 @@ async fn a_fragment_given_up_by_a_busy_node_completes_on_another() {
     for n in [&giver, &taker] {
         n.shutdown().await;
     }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_heartbeat_left_by_a_crashed_node_gets_no_work() {
+    let swarm = Swarm::new().await;
+    let coord = swarm.node("coord", |_| {});
+    let session = series_t(&coord).await;
+    // A node that wrote its heartbeat and died, as found by a node starting after it.
+    let ghost = swarm.node("ghost", |_| {});
+    ghost.beat().await.unwrap();
+    swarm.meet(&[&coord]).await;
+    let sql = "SELECT sum(v) AS s, count(*) AS n FROM t WHERE v % 3 = 0";
+    let p = plan(&coord, &session, sql).await;
+    assert!(
+        propose(coord.dist(), &p).is_none(),
+        "work proposed to a node never seen beating"
+    );
+    // Once it beats, it is a place for work.
+    swarm.meet(&[&coord, &ghost]).await;
+    assert!(propose(coord.dist(), &p).is_some());
+    coord.shutdown().await;
+    ghost.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_shutdown_cut_short_is_finished_by_the_next_call() {
+    let swarm = Swarm::new().await;
+    let node = swarm.node("n", |c| c.shutdown_grace = Duration::from_secs(30));
+    node.start();
+    node.beat().await.unwrap();
+    let heartbeat = paths::heartbeat("n");
+    let present = || async { swarm.storage.get_opt(&heartbeat).await.unwrap().is_some() };
+    assert!(present().await);
+    // Cleanup that takes a while: the first call waits for it and is dropped meanwhile, as the
+    // server's drain is when its listener stops first.
+    node.background()
+        .spawn_finishing(tokio::time::sleep(Duration::from_secs(30)));
+    let cut = tokio::time::timeout(Duration::from_millis(100), node.shutdown()).await;
+    assert!(cut.is_err(), "the first call ended early");
+    assert!(present().await);
+    // The next call finishes: the node leaves the swarm.
+    tokio::time::timeout(Duration::from_secs(20), node.shutdown())
+        .await
+        .expect("the second call ended");
+    assert!(!present().await, "a heartbeat left behind");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]

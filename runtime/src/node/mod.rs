@@ -11,7 +11,7 @@
 //! ```
 
 use std::path::PathBuf;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Weak};
 use std::time::{Duration, Instant};
 
@@ -127,7 +127,8 @@ pub struct Node {
     /// Statements that lately spread nothing, or shipped back much of what they scanned:
     /// planned for this node alone.
     stays_local: Arc<plans::StaysLocal>,
-    stopped: AtomicBool,
+    /// Set once [`Node::shutdown`] has run to its end.
+    left: tokio::sync::OnceCell<()>,
 }
 
 impl Node {
@@ -205,7 +206,7 @@ impl Node {
                 queries_total: AtomicU64::new(0),
                 plans: plans::PlanCache::default(),
                 stays_local: Default::default(),
-                stopped: AtomicBool::new(false),
+                left: tokio::sync::OnceCell::new(),
                 cache,
                 config,
                 lakehouse,
@@ -241,6 +242,11 @@ impl Node {
         &self.dist
     }
 
+    #[cfg(test)]
+    pub(crate) fn background(&self) -> &Background {
+        &self.background
+    }
+
     pub fn temperature(&self) -> Temperature {
         self.bees.temperature()
     }
@@ -258,9 +264,16 @@ impl Node {
         };
         let node = Arc::downgrade(self);
         let mut tick = every();
-        self.background.spawn(async move {
+        let stop = self.background.token().clone();
+        // A write under way finishes before shutdown deletes the heartbeat: cut short, a local
+        // write could still land after the delete and leave a heartbeat behind.
+        self.background.spawn_finishing(async move {
             loop {
-                tick.tick().await;
+                tokio::select! {
+                    biased;
+                    _ = stop.cancelled() => return,
+                    _ = tick.tick() => {}
+                }
                 let Some(node) = node.upgrade() else { return };
                 if let Err(e) = node.beat().await {
                     warn!(error = %e, "writing heartbeat");
@@ -332,20 +345,23 @@ impl Node {
 
     /// Stop claiming fragments, hand back the ones running (each ends with a retryable
     /// `failed` marker, so its coordinator reassigns it at once), stop heartbeats and the world
-    /// view, and leave the swarm (delete the heartbeat). Calling it again does nothing.
+    /// view, and leave the swarm (delete the heartbeat). A second call waits for the first; one
+    /// after it does nothing. A call dropped part-way (its caller raced it against something
+    /// else that finished first) leaves the rest to the next call, which finishes it.
     pub async fn shutdown(&self) {
-        if self.stopped.swap(true, Ordering::SeqCst) {
-            return;
-        }
-        self.background.shutdown(self.config.shutdown_grace).await;
-        match self
-            .storage()
-            .delete(&paths::heartbeat(&self.config.node_id))
-            .await
-        {
-            Ok(()) => info!(node = %self.config.node_id, "left the swarm"),
-            Err(e) => warn!(error = %e, "deleting heartbeat"),
-        }
+        self.left
+            .get_or_init(|| async {
+                self.background.shutdown(self.config.shutdown_grace).await;
+                match self
+                    .storage()
+                    .delete(&paths::heartbeat(&self.config.node_id))
+                    .await
+                {
+                    Ok(()) => info!(node = %self.config.node_id, "left the swarm"),
+                    Err(e) => warn!(error = %e, "deleting heartbeat"),
+                }
+            })
+            .await;
     }
 }
 

@@ -158,7 +158,8 @@ impl StatusSource for Node {
             bee_slots: self.bees.status(),
             queries: self.queries.status(),
             failures: self.queries.recent_failures(),
-            swarm: self.world.nodes(),
+            // This node is alive to itself even before its own heartbeat has moved.
+            swarm: self.world.seen_from(&self.config.node_id),
         }
     }
 }
