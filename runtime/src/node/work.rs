@@ -70,7 +70,7 @@ impl Node {
     pub(super) fn plan_partitions(&self) -> Option<usize> {
         let swarm_bees: usize = self
             .world
-            .nodes()
+            .seen_from(&self.config.node_id)
             .iter()
             .filter(|v| v.state == NodeState::Alive)
             .map(|v| v.heartbeat.bees_total.max(1) as usize)
