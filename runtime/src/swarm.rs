@@ -7,8 +7,9 @@
 //! not declared dead. A node is Alive only once this observer has seen its sequence number move:
 //! a heartbeat found on first look may have been left by a node that crashed a moment ago, and a
 //! node given work it never claims costs every query a claim timeout per attempt. Until it moves
-//! the node is Suspect (a live node moves within one interval), then Dead as usual. A dead node's heartbeat is deleted after a grace period by whoever sees it
-//! first (deleting twice is harmless). A graceful shutdown deletes its own heartbeat at once.
+//! the node is Suspect (a live node moves within one interval), then Dead as usual. A dead
+//! node's heartbeat is deleted after a grace period by whoever sees it first (deleting twice is
+//! harmless). A graceful shutdown deletes its own heartbeat at once.
 //! Solo mode is a swarm of one.
 
 use std::collections::HashMap;

@@ -399,7 +399,8 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
             Ok(())
         }
     };
-    // Leave the swarm even if serving failed (a second call does nothing).
+    // Leave the swarm even if serving failed, or ended while the drain's call was under way
+    // (that call was dropped with the drain; this one finishes it, or does nothing after it).
     node.shutdown().await;
     drop(metrics);
     served?;
