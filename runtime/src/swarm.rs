@@ -184,6 +184,11 @@ impl WorldView {
         }
     }
 
+    /// How often nodes write their heartbeats.
+    pub fn interval(&self) -> Duration {
+        self.timing.interval
+    }
+
     /// A node's state now; see the module's documentation.
     fn state_of(&self, o: &Observed, now: Instant) -> NodeState {
         match self.state_for(now.saturating_duration_since(o.last_change)) {
@@ -275,7 +280,10 @@ impl WorldView {
     }
 
     /// Whether a node other than `me`, alive now, has a heartbeat that satisfies `pred` (without
-    /// copying every heartbeat, as [`WorldView::nodes`] does).
+    /// copying every heartbeat, as [`WorldView::nodes`] does). A node not yet seen beating counts
+    /// here if its heartbeat is fresh by age: this answers questions such as "does a peer
+    /// coordinate, so poll the inbox fast?", where a node that just started must not wait an
+    /// interval to find out, and trusting a dead node's heartbeat costs only some reads.
     pub fn any_alive_other(&self, me: &str, pred: impl Fn(&HeartbeatV1) -> bool) -> bool {
         self.any_alive_other_at(me, Instant::now(), pred)
     }
@@ -289,7 +297,9 @@ impl WorldView {
         let now = self.judged_at(now);
         let nodes = self.nodes.lock().expect("world view");
         nodes.iter().any(|(id, o)| {
-            id != me && self.state_of(o, now) == NodeState::Alive && pred(&o.heartbeat)
+            id != me
+                && self.state_for(now.saturating_duration_since(o.last_change)) == NodeState::Alive
+                && pred(&o.heartbeat)
         })
     }
 
@@ -405,7 +415,8 @@ mod tests {
                 .collect::<Vec<_>>()
         };
         assert_eq!(states(0), vec![NodeState::Suspect, NodeState::Suspect]);
-        assert!(!w.any_alive_other_at("me", t0, |_| true));
+        // Asked whether a peer coordinates (how fast to poll), fresh heartbeats count at once.
+        assert!(w.any_alive_other_at("me", t0, |_| true));
         // One node beats: it is alive; the other never does and dies on the usual schedule.
         w.observe(
             vec![hb("new", 2), hb("crashed", 7)],

@@ -1,8 +1,9 @@
 //! The worker's side: poll this node's inbox, claim attempts, run them in a bee, write the output.
 //!
 //! Workers only LIST their own inbox prefix. The interval adapts: `poll_min` while tasks arrive
-//! and for 50 × `poll_min` after, and while another live node's heartbeat says it coordinated
-//! lately; otherwise growing by half on each empty poll up to `poll_max` (2 s by default: 1,800
+//! and for 50 × `poll_min` after, for three heartbeat intervals after the node starts (its peers
+//! place work on it once they have seen its heartbeat move, up to two intervals after it starts),
+//! and while another live node's heartbeat says it coordinated lately; otherwise growing by half on each empty poll up to `poll_max` (2 s by default: 1,800
 //! LIST requests per idle node per hour). A coordinator may claim and run an attempt it posted
 //! here before this worker polls (see `Dispatch::steal`). A fragment that cannot run here
 //! for a retryable reason (no bee free and the queue full, the node critical, a storage
@@ -34,7 +35,8 @@ pub(crate) async fn run(ctx: Weak<DistContext>) {
     let Some(mut interval) = ctx.upgrade().map(|c| c.config.poll_min) else {
         return;
     };
-    let mut last_work = Instant::now();
+    let started = Instant::now();
+    let mut last_work = started;
     loop {
         let Some(c) = ctx.upgrade() else { return };
         // Tasks this node posted to itself wake it at once; others are found by polling.
@@ -54,7 +56,10 @@ pub(crate) async fn run(ctx: Weak<DistContext>) {
         if found > 0 {
             last_work = Instant::now();
         }
-        interval = if last_work.elapsed() < c.config.poll_min * 50 || c.peer_coordinating() {
+        let fast = last_work.elapsed() < c.config.poll_min * 50
+            || started.elapsed() < c.world.interval() * 3
+            || c.peer_coordinating();
+        interval = if fast {
             c.config.poll_min
         } else {
             (interval * 3 / 2).min(c.config.poll_max)
