@@ -3,12 +3,12 @@
 //! Workers only LIST their own inbox prefix. The interval adapts: `poll_min` while tasks arrive
 //! and for 50 × `poll_min` after, for three heartbeat intervals after the node starts (its peers
 //! place work on it once they have seen its heartbeat move, up to two intervals after it starts),
-//! and while another live node's heartbeat says it coordinated lately; otherwise growing by half on each empty poll up to `poll_max` (2 s by default: 1,800
-//! LIST requests per idle node per hour). A coordinator may claim and run an attempt it posted
-//! here before this worker polls (see `Dispatch::steal`). A fragment that cannot run here
-//! for a retryable reason (no bee free and the queue full, the node critical, a storage
-//! failure) is given up with a retryable `failed` marker, and its coordinator tries another
-//! node.
+//! and while another live node's heartbeat says it coordinated lately; otherwise growing by half
+//! on each empty poll up to `poll_max` (2 s by default: 1,800 LIST requests per idle node per
+//! hour). A coordinator may claim and run an attempt it posted here before this worker polls
+//! (see `Dispatch::steal`). A fragment that cannot run here for a retryable reason (no bee free
+//! and the queue full, the node critical, a storage failure) is given up with a retryable
+//! `failed` marker, and its coordinator tries another node.
 
 use std::sync::atomic::Ordering;
 use std::sync::{Arc, Weak};
