@@ -195,14 +195,15 @@ const SHUFFLED_PROBE_BUILD_MAX: u64 = 32 * 1024 * 1024;
 
 /// Bytes of cells the scans of a subtree read.
 fn scan_bytes(node: &PlanRef) -> u64 {
-    let own: u64 = scan_config(node).map_or(0, |c| {
-        c.file_groups
-            .iter()
-            .flat_map(|g| g.files().iter())
-            .map(|f| f.object_meta.size)
-            .sum()
-    });
+    let own = scan_config(node).map_or(0, |c| cells_of(&c).1);
     own + node.children().into_iter().map(scan_bytes).sum::<u64>()
+}
+
+/// How many cells a scan reads and their bytes, each cell once: the planned scan may have cut
+/// a cell into byte ranges for several partitions.
+fn cells_of(scan: &FileScanConfig) -> (usize, u64) {
+    let cells = whole_cells(scan);
+    (cells.len(), cells.iter().map(|f| f.object_meta.size).sum())
 }
 
 /// Whether `node`'s subtree can be one stage, and what it rests on.
@@ -383,14 +384,7 @@ fn register(
         inputs.push((rep, id));
     }
     let scan = b.scan.as_ref().and_then(scan_config);
-    let (files, bytes) = scan.as_ref().map_or((0, 0), |scan| {
-        let files: Vec<_> = scan
-            .file_groups
-            .iter()
-            .flat_map(|g| g.files().iter())
-            .collect();
-        (files.len(), files.iter().map(|f| f.object_meta.size).sum())
-    });
+    let (files, bytes) = scan.as_ref().map_or((0, 0), cells_of);
     let id = out.len() as u32;
     let partitions = match &output {
         Some(o) => o.output_partitioning().partition_count(),
@@ -626,4 +620,34 @@ pub(crate) fn validate_fragment(
         validate_fragment(c, root, query_id)?;
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use arrow::datatypes::{DataType, Field, Schema};
+    use datafusion::datasource::physical_plan::ParquetSource;
+    use datafusion::execution::object_store::ObjectStoreUrl;
+
+    #[test]
+    fn a_cell_cut_into_ranges_counts_once() {
+        let schema = Arc::new(Schema::new(vec![Field::new("k", DataType::Int64, false)]));
+        let ranged =
+            |start, end| PartitionedFile::new_with_range("c/a.parquet".into(), 1000, start, end);
+        let scan = FileScanConfigBuilder::new(
+            ObjectStoreUrl::local_filesystem(),
+            Arc::new(ParquetSource::new(schema)),
+        )
+        .with_file_groups(vec![
+            FileGroup::new(vec![ranged(0, 600)]),
+            FileGroup::new(vec![
+                ranged(600, 1000),
+                PartitionedFile::new("c/b.parquet", 300),
+            ]),
+        ])
+        .build();
+        assert_eq!(cells_of(&scan), (2, 1300));
+        let node: PlanRef = DataSourceExec::from_data_source(scan);
+        assert_eq!(scan_bytes(&node), 1300);
+    }
 }

@@ -598,6 +598,7 @@ fn join_thresholds(opts: &mut datafusion::config::ConfigOptions, target_partitio
     opts.optimizer.hash_join_inlist_pushdown_max_size = join_filters::LISTED_BYTES;
     if target_partitions <= FEW_PARTITIONS {
         opts.optimizer.hash_join_single_partition_threshold_rows = FEW_PARTITIONS_COLLECT_ROWS;
+        opts.optimizer.hash_join_single_partition_threshold = FEW_PARTITIONS_COLLECT_BYTES;
     }
 }
 
@@ -612,23 +613,36 @@ const FEW_PARTITIONS: usize = 4;
 /// cores keep DataFusion's default, which was not measured against here.
 const FEW_PARTITIONS_COLLECT_ROWS: usize = 1 << 20;
 
+/// The same, by the build side's estimated bytes where the statistics give them (they decide
+/// before rows do): DataFusion's 1 MiB kept TPC-H q05's orders side (228 K rows, estimated
+/// above 1 MiB once joined with `customer`) partitioned, so all 6 M `lineitem` rows were
+/// hashed into partitions again.
+const FEW_PARTITIONS_COLLECT_BYTES: usize = 32 << 20;
+
 #[cfg(test)]
 mod join_threshold_tests {
     use super::*;
 
     #[test]
-    fn few_cores_build_one_table_from_up_to_a_million_rows() {
-        let default = datafusion::config::ConfigOptions::default()
-            .optimizer
-            .hash_join_single_partition_threshold_rows;
-        for (partitions, rows) in [(1, 1 << 20), (4, 1 << 20), (8, default)] {
+    fn few_cores_build_one_table_from_larger_build_sides() {
+        let defaults = datafusion::config::ConfigOptions::default().optimizer;
+        let (rows, bytes) = (
+            defaults.hash_join_single_partition_threshold_rows,
+            defaults.hash_join_single_partition_threshold,
+        );
+        for (partitions, want) in [
+            (1, (1 << 20, 32 << 20)),
+            (4, (1 << 20, 32 << 20)),
+            (8, (rows, bytes)),
+        ] {
             let mut opts = datafusion::config::ConfigOptions::default();
             join_thresholds(&mut opts, partitions);
-            assert_eq!(
-                opts.optimizer.hash_join_single_partition_threshold_rows, rows,
-                "{partitions} partitions"
+            let got = (
+                opts.optimizer.hash_join_single_partition_threshold_rows,
+                opts.optimizer.hash_join_single_partition_threshold,
             );
+            assert_eq!(got, want, "{partitions} partitions");
         }
-        assert!(default < 1 << 20);
+        assert!(rows < 1 << 20 && bytes < 32 << 20);
     }
 }
