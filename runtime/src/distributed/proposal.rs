@@ -154,9 +154,10 @@ fn propose_inner(ctx: &DistContext, plan: &Arc<dyn ExecutionPlan>) -> Option<Pro
     Some(Proposal { stages, tasks })
 }
 
-/// The stages of `plan` (with or without shuffles), each with whether its task plans survive
-/// serialisation (a scalar subquery's expression, say, does not).
-fn travelling_stages(
+/// The stages of `plan` (with or without shuffles), each with whether it can travel: its task
+/// plans survive serialisation (a scalar subquery's expression, say, does not) and the scan it
+/// splits waits for no join filter made outside it that pays on its rows.
+pub(super) fn travelling_stages(
     plan: &Arc<dyn ExecutionPlan>,
     shuffle: Shuffles,
     decode_ctx: &datafusion::execution::TaskContext,
@@ -184,7 +185,22 @@ fn travelling_stages(
             if let Err(e) = &round_trip {
                 debug!(leaf = s.leaf.name(), error = %e, "a stage cannot travel");
             }
-            let ok = round_trip.is_ok();
+            // A join filter made outside the stage that pays on the rows of the scan it splits
+            // stays here: the stage would run elsewhere without it. TPC-H q17: the join with the 200-odd `part` keys
+            // hands its keys to the `lineitem` scan under the `l_partkey` aggregate, which on
+            // this node keeps about 6 K of the 6 M rows it scans, and on the swarm would
+            // aggregate all. (On its own join's probe side a filter only does early what that
+            // join does anyway: q08's `lineitem` stage travels.)
+            let filtered_here = s
+                .scan_node()
+                .is_some_and(|scan| crate::engine::awaits_paying_filter(&s.leaf, scan));
+            if filtered_here {
+                debug!(
+                    leaf = s.leaf.name(),
+                    "a stage stays local: it waits for a join filter from outside it"
+                );
+            }
+            let ok = round_trip.is_ok() && !filtered_here;
             (s, ok)
         })
         .collect()

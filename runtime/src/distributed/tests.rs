@@ -667,6 +667,41 @@ async fn stages_spread_only_when_their_output_is_small() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stage_whose_scan_waits_for_a_join_filter_from_outside_stays_here() {
+    let swarm = Swarm::new().await;
+    let a = swarm.node("filtered-a", |_| {});
+    let session = table_t(&a).await;
+    let ctx = a.engine().plan_context();
+    // The aggregate's own stage: nothing outside it filters its scan.
+    let alone = plan(&a, &session, "SELECT k, sum(v) FROM t GROUP BY k").await;
+    let stages = super::proposal::travelling_stages(&alone, cut::Shuffles::None, &ctx);
+    assert!(!stages.is_empty() && stages.iter().all(|s| s.1));
+    // Joined with one key: the join hands that key to the scan under the aggregate, so the
+    // stage would run elsewhere without the filter that leaves it one row to read.
+    let joined = plan(
+        &a,
+        &session,
+        "SELECT s.k, s.total FROM (SELECT k FROM t WHERE v = 70) a \
+         JOIN (SELECT k, sum(v) AS total FROM t GROUP BY k) s ON a.k = s.k",
+    )
+    .await;
+    let text = datafusion::physical_plan::displayable(joined.as_ref())
+        .indent(false)
+        .to_string();
+    assert!(text.contains("DynamicFilter"), "{text}");
+    let stages = super::proposal::travelling_stages(&joined, cut::Shuffles::None, &ctx);
+    let aggregate = stages
+        .iter()
+        .find(|s| s.0.leaf.name() == "AggregateExec")
+        .unwrap_or_else(|| panic!("no aggregate stage in\n{text}"));
+    assert!(!aggregate.1, "{text}");
+    let rows = datafusion::physical_plan::collect(joined, a.engine().plan_context())
+        .await
+        .unwrap();
+    assert_eq!(rows.iter().map(|b| b.num_rows()).sum::<usize>(), 1);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_grouped_aggregate_is_cut_at_its_shuffle_and_both_stages_travel() {
     let swarm = Swarm::new().await;
     let a = swarm.node("cut-a", |_| {});

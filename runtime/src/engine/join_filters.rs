@@ -34,7 +34,7 @@ use std::sync::{Arc, Mutex};
 use arrow::array::RecordBatch;
 use arrow::datatypes::{DataType, Field, FieldRef, Schema, SchemaRef};
 use datafusion::common::ScalarValue;
-use datafusion::common::tree_node::{Transformed, TransformedResult, TreeNode};
+use datafusion::common::tree_node::{Transformed, TransformedResult, TreeNode, TreeNodeRecursion};
 use datafusion::config::ConfigOptions;
 use datafusion::datasource::physical_plan::{
     FileScanConfig, FileScanConfigBuilder, FileSource, ParquetSource,
@@ -126,6 +126,42 @@ fn with_rows_filtered(
             .collect::<DfResult<Vec<_>>>()?
     };
     replace_children_if_necessary(plan, children)
+}
+
+/// Whether `scan` (in `root`'s subtree) holds a join filter that pays on its rows (it reaches
+/// the scan through an aggregate or another join's build side, see [`with_rows_filtered`]) and
+/// that no join in `root`'s subtree makes: run elsewhere, the subtree would go without it.
+pub(crate) fn awaits_paying_filter(
+    root: &Arc<dyn ExecutionPlan>,
+    scan: &Arc<dyn ExecutionPlan>,
+) -> bool {
+    let Some(predicate) = scan
+        .downcast_ref::<DataSourceExec>()
+        .and_then(|e| e.data_source().downcast_ref::<FileScanConfig>())
+        .and_then(|c| c.file_source().downcast_ref::<ParquetSource>())
+        .and_then(|p| p.filter())
+    else {
+        return false;
+    };
+    let mut awaited = HashSet::new();
+    let _ = predicate.apply(|e| {
+        if let Some(w) = e.downcast_ref::<WhileSmall>()
+            && w.tries_probes
+            && let Some(id) = w.filter.expression_id()
+        {
+            awaited.insert(id);
+        }
+        Ok(TreeNodeRecursion::Continue)
+    });
+    let _ = root.apply(|n| {
+        for f in n.dynamic_expressions_produced() {
+            if let Some(id) = f.expression_id() {
+                awaited.remove(&id);
+            }
+        }
+        Ok(TreeNodeRecursion::Continue)
+    });
+    !awaited.is_empty()
 }
 
 /// `node` with row filtering on, when it is a Parquet scan whose predicate is join filters, or

@@ -61,6 +61,7 @@ use policy::Purpose;
 pub(crate) use decimals::in_fragment as fast_decimals_in_fragment;
 pub use history_table::history_schema;
 pub use ingest::{IfExists, IfMissing, WriteMode};
+pub(crate) use join_filters::awaits_paying_filter;
 pub use options::{MERGE_SCHEMA, merges_schema};
 pub(crate) use show::redact_text;
 pub use types::{
