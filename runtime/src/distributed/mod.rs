@@ -52,7 +52,7 @@ mod tests;
 pub(crate) use context::DistContext;
 pub use context::DistributionConfig;
 pub(crate) use metrics::DistMetrics;
-pub(crate) use proposal::{describe, propose};
+pub(crate) use proposal::{describe, propose, propose_or_why_not};
 pub(crate) use run::{DistributedRun, start};
 pub(crate) use shares::{propose as propose_shares, share_plan};
 pub(crate) use sweep::sweep_orphans;

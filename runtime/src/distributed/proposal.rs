@@ -38,17 +38,55 @@ pub(crate) struct Proposal {
 /// Cut `plan` and place its tasks, if the query should be distributed at all: only over at least
 /// two live nodes and `min_bytes` of cells; `None` means run it here.
 pub(crate) fn propose(ctx: &DistContext, plan: &Arc<dyn ExecutionPlan>) -> Option<Proposal> {
+    propose_or_why_not(ctx, plan).ok()
+}
+
+/// Why a query runs on its coordinator alone (for EXPLAIN).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Local {
+    /// Fewer than two nodes are alive.
+    FewNodes,
+    /// The stages that could travel scan fewer than `min_bytes` of cells.
+    FewBytes,
+    /// No stage's output is small enough to pay for shipping it through storage.
+    NothingPays,
+    /// A stage's plan could not be serialised.
+    NotSerialisable,
+}
+
+impl Local {
+    /// The reason in words, for a node with threshold `min_bytes`.
+    pub(crate) fn explain(self, min_bytes: u64) -> String {
+        match self {
+            Local::FewNodes => "fewer than two live nodes".to_string(),
+            Local::FewBytes => {
+                format!("the stages that could spread scan less than {min_bytes} bytes of cells")
+            }
+            Local::NothingPays => {
+                "no stage's output is small enough to pay for shipping it through storage"
+                    .to_string()
+            }
+            Local::NotSerialisable => "a stage's plan cannot be serialised".to_string(),
+        }
+    }
+}
+
+/// [`propose`], or why the query runs here.
+pub(crate) fn propose_or_why_not(
+    ctx: &DistContext,
+    plan: &Arc<dyn ExecutionPlan>,
+) -> Result<Proposal, Local> {
     let started = std::time::Instant::now();
     let p = propose_inner(ctx, plan);
     debug!(
         elapsed_us = started.elapsed().as_micros() as u64,
-        spreads = p.is_some(),
+        spreads = p.is_ok(),
         "proposal"
     );
     p
 }
 
-fn propose_inner(ctx: &DistContext, plan: &Arc<dyn ExecutionPlan>) -> Option<Proposal> {
+fn propose_inner(ctx: &DistContext, plan: &Arc<dyn ExecutionPlan>) -> Result<Proposal, Local> {
     let views = ctx.swarm_view();
     let alive: Vec<_> = views
         .iter()
@@ -59,7 +97,7 @@ fn propose_inner(ctx: &DistContext, plan: &Arc<dyn ExecutionPlan>) -> Option<Pro
         .filter_map(|v| Candidate::from_view(v))
         .collect();
     if candidates.len() < 2 {
-        return None;
+        return Err(Local::FewNodes);
     }
     let decode_ctx = ctx.engine.plan_context();
     // With a threshold of zero every shuffle is used (tests, measuring the protocol);
@@ -84,7 +122,7 @@ fn propose_inner(ctx: &DistContext, plan: &Arc<dyn ExecutionPlan>) -> Option<Pro
     };
     let bytes: u64 = stages.iter().map(|s| s.bytes).sum();
     if stages.is_empty() || bytes < ctx.config.min_bytes {
-        return None;
+        return Err(Local::FewBytes);
     }
     let stages = cut::retain_stages(stages, |s| {
         // A stage in a shuffle spreads with its tree: the work above it runs on the swarm too.
@@ -99,7 +137,7 @@ fn propose_inner(ctx: &DistContext, plan: &Arc<dyn ExecutionPlan>) -> Option<Pro
         pays
     });
     if stages.is_empty() {
-        return None;
+        return Err(Local::NothingPays);
     }
     let bees: usize = alive
         .iter()
@@ -135,7 +173,7 @@ fn propose_inner(ctx: &DistContext, plan: &Arc<dyn ExecutionPlan>) -> Option<Pro
                 Ok(p) => p,
                 Err(e) => {
                     warn!(error = %e, "a stage cannot be serialised; running the query locally");
-                    return None;
+                    return Err(Local::NotSerialisable);
                 }
             };
             tasks.push(ProposedTask {
@@ -151,7 +189,7 @@ fn propose_inner(ctx: &DistContext, plan: &Arc<dyn ExecutionPlan>) -> Option<Pro
     for (t, node) in tasks.iter_mut().zip(assign(&mut candidates, &cells, &[])) {
         t.node = node;
     }
-    Some(Proposal { stages, tasks })
+    Ok(Proposal { stages, tasks })
 }
 
 /// The stages of `plan` (with or without shuffles), each with whether it can travel: its task

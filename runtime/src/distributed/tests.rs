@@ -255,8 +255,9 @@ async fn a_heartbeat_left_by_a_crashed_node_gets_no_work() {
     swarm.meet(&[&coord]).await;
     let sql = "SELECT sum(v) AS s, count(*) AS n FROM t WHERE v % 3 = 0";
     let p = plan(&coord, &session, sql).await;
-    assert!(
-        propose(coord.dist(), &p).is_none(),
+    assert_eq!(
+        super::propose_or_why_not(coord.dist(), &p).err(),
+        Some(super::proposal::Local::FewNodes),
         "work proposed to a node never seen beating"
     );
     // Once it beats, it is a place for work.
@@ -399,6 +400,11 @@ async fn a_statement_that_spread_nothing_or_shipped_much_is_then_planned_for_thi
     };
     // Every row comes back: shipping them through storage does not pay, so nothing spreads.
     let all = "SELECT v FROM t";
+    assert_eq!(
+        super::propose_or_why_not(a.dist(), &plan(&a, &session, all).await).err(),
+        Some(super::proposal::Local::NothingPays),
+        "EXPLAIN says why"
+    );
     assert!(!a.plans_locally(&session, all));
     assert_eq!(query(all).await, 10000);
     assert!(a.plans_locally(&session, all));

@@ -407,12 +407,12 @@ impl Node {
                     ))
                     .collect::<String>()
             ),
-            None => match distributed::propose(&self.dist, &planned.plan) {
-                Some(p) => distributed::describe(&p),
-                None => format!(
-                    "runs on this node ({}): fewer than two live nodes or less than {} bytes of cells\n",
+            None => match distributed::propose_or_why_not(&self.dist, &planned.plan) {
+                Ok(p) => distributed::describe(&p),
+                Err(why) => format!(
+                    "runs on this node ({}): {}\n",
                     self.id(),
-                    self.config.distribution.min_bytes
+                    why.explain(self.config.distribution.min_bytes)
                 ),
             },
         };
