@@ -224,11 +224,12 @@ pub(super) fn travelling_stages(
                 debug!(leaf = s.leaf.name(), error = %e, "a stage cannot travel");
             }
             // A join filter made outside the stage that pays on the rows of the scan it splits
-            // stays here: the stage would run elsewhere without it. TPC-H q17: the join with the 200-odd `part` keys
-            // hands its keys to the `lineitem` scan under the `l_partkey` aggregate, which on
-            // this node keeps about 6 K of the 6 M rows it scans, and on the swarm would
-            // aggregate all. (On its own join's probe side a filter only does early what that
-            // join does anyway: q08's `lineitem` stage travels.)
+            // stays here: the stage would run elsewhere without it. TPC-H q17: the join with
+            // the 200-odd `part` keys hands its keys to the `lineitem` scan under the
+            // `l_partkey` aggregate, which on this node keeps about 6 K of the 6 M rows it
+            // scans, and on the swarm would aggregate all. (On its own join's probe side a
+            // filter only does early what that join does anyway: q08's `lineitem` stage
+            // travels.)
             let filtered_here = s
                 .scan_node()
                 .is_some_and(|scan| crate::engine::awaits_paying_filter(&s.leaf, scan));

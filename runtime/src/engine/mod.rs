@@ -617,7 +617,8 @@ const FEW_PARTITIONS_COLLECT_ROWS: usize = 1 << 20;
 /// The same, by the build side's estimated bytes where the statistics give them (they decide
 /// before rows do): DataFusion's 1 MiB kept TPC-H q05's orders side (228 K rows, estimated
 /// above 1 MiB once joined with `customer`) partitioned, so all 6 M `lineitem` rows were
-/// hashed into partitions again.
+/// hashed into partitions again. TPC-H SF1 took 0.90× the time with 32 MiB (six alternated
+/// rounds; 8 MiB: 0.95×), SF10 the same as with 1 MiB (`bench/results/join-collect-bytes.md`).
 const FEW_PARTITIONS_COLLECT_BYTES: usize = 32 << 20;
 
 #[cfg(test)]
