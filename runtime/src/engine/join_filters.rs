@@ -135,12 +135,7 @@ pub(crate) fn awaits_paying_filter(
     root: &Arc<dyn ExecutionPlan>,
     scan: &Arc<dyn ExecutionPlan>,
 ) -> bool {
-    let Some(predicate) = scan
-        .downcast_ref::<DataSourceExec>()
-        .and_then(|e| e.data_source().downcast_ref::<FileScanConfig>())
-        .and_then(|c| c.file_source().downcast_ref::<ParquetSource>())
-        .and_then(|p| p.filter())
-    else {
+    let Some(predicate) = scan_predicate(scan) else {
         return false;
     };
     let mut awaited = HashSet::new();
@@ -153,15 +148,31 @@ pub(crate) fn awaits_paying_filter(
         }
         Ok(TreeNodeRecursion::Continue)
     });
+    awaited.difference(&filters_made(root)).next().is_some()
+}
+
+/// The ids of the join filters the joins in `root`'s subtree make.
+pub(super) fn filters_made(root: &Arc<dyn ExecutionPlan>) -> HashSet<u64> {
+    let mut made = HashSet::new();
     let _ = root.apply(|n| {
-        for f in n.dynamic_expressions_produced() {
-            if let Some(id) = f.expression_id() {
-                awaited.remove(&id);
-            }
-        }
+        made.extend(
+            n.dynamic_expressions_produced()
+                .iter()
+                .filter_map(|f| f.expression_id()),
+        );
         Ok(TreeNodeRecursion::Continue)
     });
-    !awaited.is_empty()
+    made
+}
+
+/// The predicate of a Parquet scan.
+pub(super) fn scan_predicate(node: &Arc<dyn ExecutionPlan>) -> Option<Arc<dyn PhysicalExpr>> {
+    let exec = node.downcast_ref::<DataSourceExec>()?;
+    let config = exec.data_source().downcast_ref::<FileScanConfig>()?;
+    config
+        .file_source()
+        .downcast_ref::<ParquetSource>()?
+        .filter()
 }
 
 /// `node` with row filtering on, when it is a Parquet scan whose predicate is join filters, or

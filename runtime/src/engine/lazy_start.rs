@@ -21,8 +21,6 @@ use std::sync::Arc;
 
 use datafusion::common::tree_node::{Transformed, TransformedResult, TreeNode, TreeNodeRecursion};
 use datafusion::config::ConfigOptions;
-use datafusion::datasource::physical_plan::{FileScanConfig, FileSource, ParquetSource};
-use datafusion::datasource::source::DataSourceExec;
 use datafusion::error::Result as DfResult;
 use datafusion::execution::{SendableRecordBatchStream, TaskContext};
 use datafusion::physical_expr::PhysicalExpr;
@@ -37,6 +35,8 @@ use datafusion::physical_plan::{
     Statistics,
 };
 use futures::{StreamExt, TryStreamExt};
+
+use super::join_filters::{filters_made, scan_predicate};
 
 /// The rule; see the module's documentation.
 #[derive(Debug, Default)]
@@ -82,13 +82,7 @@ fn eager_merge(node: &Arc<dyn ExecutionPlan>) -> bool {
 /// Whether a scan in `node`'s subtree holds a join filter that no join in the subtree makes.
 fn awaits_filter(node: &Arc<dyn ExecutionPlan>) -> bool {
     let mut used = HashSet::new();
-    let mut made = HashSet::new();
     let _ = node.apply(|n| {
-        made.extend(
-            n.dynamic_expressions_produced()
-                .iter()
-                .filter_map(|f| f.expression_id()),
-        );
         if let Some(predicate) = scan_predicate(n) {
             let _ = predicate.apply(|e| {
                 if e.downcast_ref::<DynamicFilterPhysicalExpr>().is_some()
@@ -101,16 +95,7 @@ fn awaits_filter(node: &Arc<dyn ExecutionPlan>) -> bool {
         }
         Ok(TreeNodeRecursion::Continue)
     });
-    used.difference(&made).next().is_some()
-}
-
-fn scan_predicate(node: &Arc<dyn ExecutionPlan>) -> Option<Arc<dyn PhysicalExpr>> {
-    let exec = node.downcast_ref::<DataSourceExec>()?;
-    let config = exec.data_source().downcast_ref::<FileScanConfig>()?;
-    config
-        .file_source()
-        .downcast_ref::<ParquetSource>()?
-        .filter()
+    used.difference(&filters_made(node)).next().is_some()
 }
 
 /// Its input, executed when its stream is first polled rather than when it is executed.
