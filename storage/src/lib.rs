@@ -66,4 +66,4 @@ pub use ledger::{FrameSnapshot, FrameStats, Ledger, LedgerConfig, cell_size_for_
 pub use maintain::{Optimized, PartitionCondition, Vacuumed};
 pub use paths::{BoxRef, FrameRef, Ident};
 pub use provider::{FrameSink, FrameTable, WriteGate};
-pub use spread::spread_cells;
+pub use spread::{spread_cells, spread_cells_within};

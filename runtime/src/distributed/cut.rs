@@ -451,10 +451,17 @@ pub(crate) fn retain_stages(
     out
 }
 
+/// How far above the mean the heaviest task of a stage may be and still own whole cells. A
+/// stage ends when its slowest task does, so whole cells are kept only when nearly even; else
+/// cells are cut by byte range (one cell per task boundary), which both nodes then read.
+/// Measured in `bench/results/swarm-balanced-tasks.md` against the 15 % kept for one node's
+/// partitions.
+const TASKS_EVEN_ENOUGH: f64 = 1.03;
+
 /// How a stage's cells are split into tasks: the planned groups when partitions are ordered,
-/// else about `want` groups of similar size — whole cells where they spread evenly, so a task
-/// (and the node running it, and that node's cell cache) owns its cells; else byte ranges.
-/// A stage fed by shuffles has no cells: its tasks are its partitions.
+/// else about `want` groups of nearly equal bytes — whole cells where they spread evenly
+/// enough, so a task (and the node running it, and that node's cell cache) owns its cells;
+/// else byte ranges. A stage fed by shuffles has no cells: its tasks are its partitions.
 pub(crate) fn task_groups(stage: &Stage, want: usize) -> Vec<FileGroup> {
     let Some(scan) = &stage.scan else {
         return vec![];
@@ -466,7 +473,7 @@ pub(crate) fn task_groups(stage: &Stage, want: usize) -> Vec<FileGroup> {
     if files.is_empty() {
         return vec![];
     }
-    apiary_storage::spread_cells(files, want, 4 * 1024 * 1024)
+    apiary_storage::spread_cells_within(files, want, 4 * 1024 * 1024, TASKS_EVEN_ENOUGH)
 }
 
 /// The cells of a scan, each once and whole, in the order planned: the planned scan may have
