@@ -32,7 +32,9 @@ use datafusion::physical_expr::{EquivalenceProperties, Partitioning, PhysicalExp
 use datafusion::physical_plan::execution_plan::{Boundedness, EmissionType};
 use datafusion::physical_plan::stream::RecordBatchStreamAdapter;
 use datafusion::physical_plan::{DisplayAs, DisplayFormatType, ExecutionPlan, PlanProperties};
-use datafusion_proto::physical_plan::{PhysicalExtensionCodec, PhysicalProtoConverterExtension};
+use datafusion_proto::physical_plan::{
+    DeduplicatingProtoConverter, PhysicalExtensionCodec, PhysicalProtoConverterExtension,
+};
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
@@ -446,11 +448,15 @@ impl PhysicalExtensionCodec for DistCodec {
     }
 }
 
-/// Serialise a task plan (which may hold shuffle reads).
+/// Serialise a task plan (which may hold shuffle reads). An expression used in several places
+/// keeps one identity ([`DeduplicatingProtoConverter`]): a join filter is both in its join and
+/// in the scans it reaches, and decoded as one, so the task's joins still fill their scans'
+/// filters.
 pub(crate) fn encode(plan: Arc<dyn ExecutionPlan>) -> DfResult<Bytes> {
-    datafusion_proto::bytes::physical_plan_to_bytes_with_extension_codec(
+    datafusion_proto::bytes::physical_plan_to_bytes_with_proto_converter(
         plan,
         &DistCodec::encoder(),
+        &DeduplicatingProtoConverter {},
     )
 }
 
@@ -461,7 +467,12 @@ pub(crate) fn decode(
     storage: Option<Storage>,
 ) -> DfResult<Arc<dyn ExecutionPlan>> {
     let codec = DistCodec { storage };
-    datafusion_proto::bytes::physical_plan_from_bytes_with_extension_codec(bytes, ctx, &codec)
+    datafusion_proto::bytes::physical_plan_from_bytes_with_proto_converter(
+        bytes,
+        ctx,
+        &codec,
+        &DeduplicatingProtoConverter {},
+    )
 }
 
 #[cfg(test)]

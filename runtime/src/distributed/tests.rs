@@ -708,6 +708,64 @@ async fn a_stage_whose_scan_waits_for_a_join_filter_from_outside_stays_here() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_fragment_decoded_elsewhere_makes_its_join_filters_again() {
+    let swarm = Swarm::new().await;
+    let a = swarm.node("refilter-a", |_| {});
+    let mut session = table_t(&a).await;
+    run(&a, &mut session, "CREATE TABLE s (k BIGINT)").await;
+    run(&a, &mut session, "INSERT INTO s VALUES (10), (20)").await;
+    let planned = plan(&a, &session, "SELECT sum(t.v) FROM s JOIN t ON s.k = t.k").await;
+    let text = |p: &Arc<dyn ExecutionPlan>| {
+        datafusion::physical_plan::displayable(p.as_ref())
+            .indent(false)
+            .to_string()
+    };
+    // The join and its probe scan are one stage; its task travels as bytes.
+    let stage = cut::find_stages(&planned, cut::Shuffles::None)
+        .into_iter()
+        .find(|s| text(&s.leaf).contains("HashJoinExec"))
+        .unwrap_or_else(|| panic!("no stage with the join in\n{}", text(&planned)));
+    let group = cut::task_groups(&stage, 1).remove(0);
+    let bytes = super::shuffle::encode(cut::task_plan(&stage, group.clone()).unwrap()).unwrap();
+    let ctx = a.engine().plan_context();
+    // Plain DataFusion encoding decodes the join's filter and the scan's as two: the scan's
+    // stays empty.
+    let plain = datafusion_proto::bytes::physical_plan_from_bytes(
+        &datafusion_proto::bytes::physical_plan_to_bytes(
+            cut::task_plan(&stage, group.clone()).unwrap(),
+        )
+        .unwrap(),
+        &ctx,
+    )
+    .unwrap();
+    datafusion::physical_plan::collect(plain.clone(), ctx.clone())
+        .await
+        .unwrap();
+    assert!(
+        text(&plain).contains("DynamicFilter [ empty ]"),
+        "{}",
+        text(&plain)
+    );
+    // Ours keeps them one: the join hands its two keys to the scan.
+    let decoded = super::shuffle::decode(&bytes, &ctx, None).unwrap();
+    let task =
+        crate::engine::join_filters_in_fragment(decoded, ctx.session_config().options()).unwrap();
+    let rows = datafusion::physical_plan::collect(task.clone(), ctx)
+        .await
+        .unwrap();
+    assert!(
+        text(&task).contains("DynamicFilter [ k@0 >= 10 AND k@0 <= 20"),
+        "{}",
+        text(&task)
+    );
+    let sum = rows[0]
+        .column(0)
+        .as_primitive::<arrow::datatypes::Int64Type>()
+        .value(0);
+    assert_eq!(sum, 7 * (10 + 20));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_grouped_aggregate_is_cut_at_its_shuffle_and_both_stages_travel() {
     let swarm = Swarm::new().await;
     let a = swarm.node("cut-a", |_| {});

@@ -62,6 +62,7 @@ pub(crate) use decimals::in_fragment as fast_decimals_in_fragment;
 pub use history_table::history_schema;
 pub use ingest::{IfExists, IfMissing, WriteMode};
 pub(crate) use join_filters::awaits_paying_filter;
+pub(crate) use join_filters::in_fragment as join_filters_in_fragment;
 pub use options::{MERGE_SCHEMA, merges_schema};
 pub(crate) use show::redact_text;
 pub use types::{
