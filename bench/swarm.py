@@ -208,9 +208,22 @@ def total(nodes: list[Node], metric: str) -> float:
     return sum(n.metrics().get(metric, 0.0) for n in nodes)
 
 
+def cpu_seconds(pids: list[int]) -> float:
+    """User + system CPU time of processes so far (0 for one that has gone)."""
+    ticks = 0
+    for pid in pids:
+        try:
+            with open(f"/proc/{pid}/stat") as f:
+                fields = f.read().rsplit(")", 1)[1].split()
+            ticks += int(fields[11]) + int(fields[12])
+        except FileNotFoundError:
+            pass
+    return ticks / os.sysconf("SC_CLK_TCK")
+
+
 def one_backend(name: str, binary: str, root: str, env: dict, data: pathlib.Path, n: int, runs: int,
                 queries: list[tuple[str, str]], scratch: pathlib.Path, failures: list[str],
-                noise: Noise, pin: bool, cluster: bool) -> dict:
+                noise: Noise, pin: bool, cluster: bool, server_pid: int | None = None) -> dict:
     print(f"== {name}: {root}", flush=True)
     core = (lambda i: i) if pin else (lambda i: None)
     nodes = [Node(binary, root, "bench-1", scratch, env, core(0))]
@@ -246,19 +259,28 @@ def one_backend(name: str, binary: str, root: str, env: dict, data: pathlib.Path
         solo, many = {}, {}
         per_node: dict[str, int] = {}
         dispatch_rounds: dict[str, list[dict]] = {}
+        # CPU the S3 server and the other nodes used during the timed halves, against wall time:
+        # work the swarm adds besides the queries themselves (polling, heartbeats).
+        server = [server_pid] if server_pid else []
+        spent = {"wall_one": 0.0, "server_one": 0.0, "wall_many": 0.0, "server_many": 0.0, "peers_many": 0.0}
         for r in range(runs):
             if len(nodes) > 1:
                 leave()
             for q, sql in queries:
                 first.run(sql)
+            w0, s0 = time.perf_counter(), cpu_seconds(server)
             for q, sql in queries:
                 t = time.perf_counter()
                 solo[q] = first.run(sql)
                 one_s[q].append(time.perf_counter() - t)
+            spent["wall_one"] += time.perf_counter() - w0
+            spent["server_one"] += cpu_seconds(server) - s0
             join()
             before = {x.id: x.metrics() for x in nodes}
             for q, sql in queries:
                 first.run(sql)
+            peers = [x.proc.pid for x in nodes[1:]]
+            w0, s0, p0 = time.perf_counter(), cpu_seconds(server), cpu_seconds(peers)
             for q, sql in queries:
                 before_q = {c: total(nodes, metric) for c, metric in COUNTERS.items()}
                 t = time.perf_counter()
@@ -266,6 +288,9 @@ def one_backend(name: str, binary: str, root: str, env: dict, data: pathlib.Path
                 many_s[q].append(time.perf_counter() - t)
                 for c, metric in COUNTERS.items():
                     counted[q][c].append(total(nodes, metric) - before_q[c])
+            spent["wall_many"] += time.perf_counter() - w0
+            spent["server_many"] += cpu_seconds(server) - s0
+            spent["peers_many"] += cpu_seconds(peers) - p0
             for x in nodes:
                 m, b = x.metrics(), before[x.id]
                 per_node[x.id] = per_node.get(x.id, 0) + int(
@@ -326,7 +351,11 @@ def one_backend(name: str, binary: str, root: str, env: dict, data: pathlib.Path
         geomean = statistics.geometric_mean([r["speedup"] for r in tpch_rows])
         return {"backend": name, "ingest": ing, "cells": cells, "queries": rows, "one_ms": one,
                 "many_ms": many_total, "speedup": one / many_total, "geomean": geomean,
-                "fragments_per_node": per_node, "dispatch": dispatch, "cache": cache}
+                "fragments_per_node": per_node, "dispatch": dispatch, "cache": cache,
+                "cpu": {"server_one": spent["server_one"] / max(spent["wall_one"], 1e-9),
+                        "server_many": spent["server_many"] / max(spent["wall_many"], 1e-9),
+                        "peers_many": spent["peers_many"] / max(spent["wall_many"], 1e-9) / max(n - 1, 1),
+                        "has_server": bool(server)}}
     finally:
         for x in nodes:
             x.stop()
@@ -365,6 +394,13 @@ def markdown(r: dict) -> str:
             lines.append(f"- Dispatch latency (posted → claimed) on {k}: p50 {d['p50_ms']:.0f} ms, "
                          f"p95 {d['p95_ms']:.0f} ms over {d['count']} fragments"
                          + (f"; it took over {d['stolen']} left unclaimed" if d.get("stolen") else ""))
+        cpu = b.get("cpu")
+        if cpu:
+            server = (f"the S3 server used {cpu['server_one'] * 100:.0f}% of a core while node 1 ran "
+                      f"alone and {cpu['server_many'] * 100:.0f}% while the swarm ran; "
+                      if cpu["has_server"] else "")
+            lines.append(f"- CPU besides node 1 during the timed queries: {server}each other node used "
+                         f"{cpu['peers_many'] * 100:.0f}% of its core")
         if b["cache"]:
             c = b["cache"]
             lines.append(f"- Cell cache on a repeated {c['query']}: {c['hits']} hits, {c['misses']} misses "
@@ -398,7 +434,7 @@ def run(args, data: pathlib.Path) -> int:
             noise.track(store.proc.pid)
             backends.append(one_backend(s3, args.binary, f"s3://bench/{uuid.uuid4().hex[:8]}",
                                         {**store.env(), **extra}, data, n, args.runs, queries, scratch / s3,
-                                        failures, noise, args.pin, args.cluster == "on"))
+                                        failures, noise, args.pin, args.cluster == "on", store.proc.pid))
     finally:
         if store:
             store.stop()
