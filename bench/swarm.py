@@ -37,7 +37,7 @@ import urllib.request
 import uuid
 
 import tpch
-from tpch import BENCH, ROOT, Apiary, Noise, Proc, same_answer
+from tpch import BENCH, ROOT, Apiary, Noise, Proc, cpu_seconds, same_answer
 
 # Queries dominated by scanning lineitem (with at most a small join).
 SCAN_HEAVY = ["q01", "q06", "q12", "q14", "q19"]
@@ -206,19 +206,6 @@ def wait_alive(engine: Apiary, want: set[str], timeout=60):
 
 def total(nodes: list[Node], metric: str) -> float:
     return sum(n.metrics().get(metric, 0.0) for n in nodes)
-
-
-def cpu_seconds(pids: list[int]) -> float:
-    """User + system CPU time of processes so far (0 for one that has gone)."""
-    ticks = 0
-    for pid in pids:
-        try:
-            with open(f"/proc/{pid}/stat") as f:
-                fields = f.read().rsplit(")", 1)[1].split()
-            ticks += int(fields[11]) + int(fields[12])
-        except FileNotFoundError:
-            pass
-    return ticks / os.sysconf("SC_CLK_TCK")
 
 
 def one_backend(name: str, binary: str, root: str, env: dict, data: pathlib.Path, n: int, runs: int,

@@ -101,6 +101,21 @@ def start_apiary(binary: str, storage: str, extra=()) -> tuple[Proc, str]:
 # ---- CPU noise ----------------------------------------------------------------------------------
 
 
+def cpu_seconds(pids: list[int], children: bool = False) -> float:
+    """User + system CPU time of processes so far, with their waited-for children's if asked
+    (0 for one that has gone)."""
+    ticks = 0
+    for pid in pids:
+        try:
+            with open(f"/proc/{pid}/stat") as f:
+                fields = f.read().rsplit(")", 1)[1].split()
+            # utime, stime, cutime, cstime (fields 14-17, after the comm field)
+            ticks += sum(int(x) for x in fields[11:15 if children else 13])
+        except FileNotFoundError:
+            pass
+    return ticks / os.sysconf("SC_CLK_TCK")
+
+
 class Noise:
     """Share of CPU time used by processes other than ours during the run."""
 
@@ -116,16 +131,7 @@ class Noise:
         return sum(parts), sum(parts) - idle
 
     def _ours(self):
-        total = 0
-        for pid in list(self.pids):
-            try:
-                with open(f"/proc/{pid}/stat") as f:
-                    fields = f.read().rsplit(")", 1)[1].split()
-                # utime, stime, cutime, cstime (fields 14-17, after the comm field)
-                total += sum(int(x) for x in fields[11:15])
-            except FileNotFoundError:
-                pass
-        return total
+        return round(cpu_seconds(list(self.pids), children=True) * os.sysconf("SC_CLK_TCK"))
 
     def _snapshot(self):
         total, busy = self._cpu()

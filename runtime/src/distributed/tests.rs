@@ -741,11 +741,10 @@ async fn a_fragment_decoded_elsewhere_makes_its_join_filters_again() {
     datafusion::physical_plan::collect(plain.clone(), ctx.clone())
         .await
         .unwrap();
-    assert!(
-        text(&plain).contains("DynamicFilter [ empty ]"),
-        "{}",
-        text(&plain)
-    );
+    let shows = |p: &Arc<dyn ExecutionPlan>, what: &str| {
+        assert!(text(p).contains(what), "no {what} in\n{}", text(p))
+    };
+    shows(&plain, "DynamicFilter [ empty ]");
     // Ours keeps them one: the join hands its two keys to the scan.
     let decoded = super::shuffle::decode(&bytes, &ctx, None).unwrap();
     let task =
@@ -753,11 +752,7 @@ async fn a_fragment_decoded_elsewhere_makes_its_join_filters_again() {
     let rows = datafusion::physical_plan::collect(task.clone(), ctx)
         .await
         .unwrap();
-    assert!(
-        text(&task).contains("DynamicFilter [ k@0 >= 10 AND k@0 <= 20"),
-        "{}",
-        text(&task)
-    );
+    shows(&task, "DynamicFilter [ k@0 >= 10 AND k@0 <= 20");
     let sum = rows[0]
         .column(0)
         .as_primitive::<arrow::datatypes::Int64Type>()
