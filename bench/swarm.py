@@ -343,6 +343,13 @@ def one_backend(name: str, binary: str, root: str, env: dict, data: pathlib.Path
                         "server_many": spent["server_many"] / max(spent["wall_many"], 1e-9),
                         "peers_many": spent["peers_many"] / max(spent["wall_many"], 1e-9) / max(n - 1, 1),
                         "has_server": bool(server)}}
+    except Exception:
+        # The client sees only a reference for an internal error: show what the nodes logged.
+        for x in nodes:
+            for line in x.proc.lines:
+                if " ERROR " in line or " WARN " in line:
+                    print(f"{x.id}: {line.rstrip()}", flush=True)
+        raise
     finally:
         for x in nodes:
             x.stop()
