@@ -747,8 +747,7 @@ async fn a_fragment_decoded_elsewhere_makes_its_join_filters_again() {
     shows(&plain, "DynamicFilter [ empty ]");
     // Ours keeps them one: the join hands its two keys to the scan.
     let decoded = super::shuffle::decode(&bytes, &ctx, None).unwrap();
-    let task =
-        crate::engine::join_filters_in_fragment(decoded, ctx.session_config().options()).unwrap();
+    let task = crate::engine::in_fragment(decoded, ctx.session_config().options()).unwrap();
     let rows = datafusion::physical_plan::collect(task.clone(), ctx)
         .await
         .unwrap();

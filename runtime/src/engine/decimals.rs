@@ -76,13 +76,6 @@ impl PhysicalOptimizerRule for FastDecimals {
     }
 }
 
-/// A plan decoded on another node with the rule applied: a fragment travels with plain
-/// `BinaryExpr`s (see [`DecimalArith`]'s encoding), so the node that runs it puts the fast path
-/// back.
-pub(crate) fn in_fragment(plan: Arc<dyn ExecutionPlan>) -> DfResult<Arc<dyn ExecutionPlan>> {
-    FastDecimals.optimize(plan, &ConfigOptions::default())
-}
-
 /// `p` with its decimal arithmetic replaced, if it has any.
 fn projection(p: &ProjectionExec) -> DfResult<Option<Arc<dyn ExecutionPlan>>> {
     let schema = p.input().schema();
@@ -577,7 +570,7 @@ mod tests {
         assert!(text.contains("price@0 * (1 - discount@1)"), "{text}");
         assert_eq!(fast_exprs(&back), 0, "{text}");
         // The node that runs the decoded plan puts the fast path back.
-        let back = in_fragment(back).unwrap();
+        let back = crate::engine::in_fragment(back, &ConfigOptions::default()).unwrap();
         assert_eq!(fast_exprs(&back), fast_exprs(&plan));
         let got = collect(back, fast.task_ctx()).await.unwrap();
         let want = collect(plan, fast.task_ctx()).await.unwrap();

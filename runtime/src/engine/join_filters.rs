@@ -77,20 +77,6 @@ impl PhysicalOptimizerRule for JoinFiltersOnRows {
     }
 }
 
-/// A fragment decoded on another node, its join filters treated as in a plan made here. The
-/// encoding keeps each join filter one expression in its join and in the scans it reaches (see
-/// `distributed::shuffle::encode`), but not this module's wrapper around it: this rule and
-/// `StartWhenPolled` run again on the decoded plan. (TPC-H q21: the `nation` filter reaches
-/// `supplier` in every task, as on one node, instead of a task joining all 10,000 suppliers
-/// with its `lineitem` rows.)
-pub(crate) fn in_fragment(
-    plan: Arc<dyn ExecutionPlan>,
-    config: &ConfigOptions,
-) -> DfResult<Arc<dyn ExecutionPlan>> {
-    let plan = JoinFiltersOnRows.optimize(plan, config)?;
-    super::lazy_start::StartWhenPolled.optimize(plan, config)
-}
-
 /// `plan` with row filtering on in its scans that [`rows_filtered`] takes.
 ///
 /// `paying`: the join filters (by expression id) that reach `plan` through the build side of

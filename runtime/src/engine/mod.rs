@@ -52,17 +52,43 @@ use datafusion::execution::context::SessionState;
 use datafusion::execution::runtime_env::{RuntimeEnv, RuntimeEnvBuilder};
 use datafusion::execution::session_state::SessionStateBuilder;
 use datafusion::logical_expr::LogicalPlan;
+use datafusion::physical_optimizer::PhysicalOptimizerRule;
+use datafusion::physical_plan::ExecutionPlan;
 use datafusion::prelude::SessionConfig;
 
 use crate::error::{Error, Result};
 use crate::sql::{self, Command};
 use policy::Purpose;
 
-pub(crate) use decimals::in_fragment as fast_decimals_in_fragment;
+/// Apiary's own physical rules, in the order they run after DataFusion's.
+fn own_rules() -> [Arc<dyn PhysicalOptimizerRule + Send + Sync>; 3] {
+    [
+        Arc::new(join_filters::JoinFiltersOnRows),
+        Arc::new(lazy_start::StartWhenPolled),
+        Arc::new(decimals::FastDecimals),
+    ]
+}
+
+/// A fragment decoded on another node, with Apiary's own physical rules applied as the
+/// session's optimizer applies them to a plan made here. Their rewrites do not travel: a
+/// fragment carries plain decimal arithmetic (see `decimals::DecimalArith`'s encoding) and its
+/// join filters without the wrapper that decides how they reach a scan's rows. The encoding
+/// keeps each join filter one expression in its join and in its scans
+/// (`distributed::shuffle::encode`), so the rules find them linked. (TPC-H q21: the `nation`
+/// filter reaches `supplier` in every task, as on one node, instead of a task joining all
+/// 10,000 suppliers with its `lineitem` rows.)
+pub(crate) fn in_fragment(
+    plan: Arc<dyn ExecutionPlan>,
+    config: &datafusion::config::ConfigOptions,
+) -> datafusion::error::Result<Arc<dyn ExecutionPlan>> {
+    own_rules()
+        .iter()
+        .try_fold(plan, |plan, rule| rule.optimize(plan, config))
+}
+
 pub use history_table::history_schema;
 pub use ingest::{IfExists, IfMissing, WriteMode};
 pub(crate) use join_filters::awaits_paying_filter;
-pub(crate) use join_filters::in_fragment as join_filters_in_fragment;
 pub use options::{MERGE_SCHEMA, merges_schema};
 pub(crate) use show::redact_text;
 pub use types::{
@@ -126,16 +152,16 @@ impl Engine {
             .time_zone
             .as_deref()
             .map(Arc::from);
-        let mut base = SessionStateBuilder::new()
+        let mut builder = SessionStateBuilder::new()
             .with_config(session_config)
             .with_runtime_env(runtime)
             .with_default_features()
-            .with_type_planner(Arc::new(sql_types::SqlTypes { time_zone }))
-            // After DataFusion's own rules, its filter pushdown among them.
-            .with_physical_optimizer_rule(Arc::new(join_filters::JoinFiltersOnRows))
-            .with_physical_optimizer_rule(Arc::new(lazy_start::StartWhenPolled))
-            .with_physical_optimizer_rule(Arc::new(decimals::FastDecimals))
-            .build();
+            .with_type_planner(Arc::new(sql_types::SqlTypes { time_zone }));
+        // After DataFusion's own rules, its filter pushdown among them.
+        for rule in own_rules() {
+            builder = builder.with_physical_optimizer_rule(rule);
+        }
+        let mut base = builder.build();
         for name in ["generate_series", "range"] {
             if let Some(f) = base
                 .table_functions()
