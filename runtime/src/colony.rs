@@ -18,7 +18,7 @@ use std::sync::Mutex;
 use std::time::Duration;
 
 use serde::Serialize;
-use tracing::{info, warn};
+use tracing::{debug, info, warn};
 
 const W_BUSY: f64 = 0.4;
 const W_MEMORY: f64 = 0.3;
@@ -111,7 +111,12 @@ impl Temperature {
     }
 }
 
-/// Watches the temperature: logs every band transition, tells writers how long to wait.
+/// Watches the temperature: logs band transitions, tells writers how long to wait.
+///
+/// Only the bands that change what the node does are news for an operator: entering hot or
+/// critical (writes slow down, queries are refused) is a warning and leaving them is info.
+/// Moves among cold, ideal and warm are debug: with one bee every query goes cold → ideal →
+/// cold, which at info was two log lines per query.
 #[derive(Debug, Default)]
 pub struct Colony {
     last: Mutex<Option<Band>>,
@@ -122,16 +127,19 @@ impl Colony {
         Self::default()
     }
 
-    /// Record a reading; logs when the band changes. Returns the reading.
+    /// Record a reading; logs when the band changes (see above). Returns the reading.
     pub fn observe(&self, load: &Load) -> Temperature {
         let t = Temperature::of(load);
         let mut last = self.last.lock().expect("colony");
         if *last != Some(t.band) {
             let from = last.map(|b| b.as_str()).unwrap_or("start");
+            let was_hot = last.is_some_and(|b| b >= Band::Hot);
             if t.band >= Band::Hot {
                 warn!(from, to = %t.band, value = t.value, busy = t.busy, memory = t.memory, queue = t.queue, "colony temperature");
-            } else {
+            } else if was_hot {
                 info!(from, to = %t.band, value = t.value, busy = t.busy, memory = t.memory, queue = t.queue, "colony temperature");
+            } else {
+                debug!(from, to = %t.band, value = t.value, busy = t.busy, memory = t.memory, queue = t.queue, "colony temperature");
             }
             *last = Some(t.band);
         }

@@ -174,7 +174,7 @@ impl Engine {
         pins: &Pins,
         target: PlanTarget<'_>,
     ) -> Result<(SessionState, Resolved)> {
-        let refs = self.base.resolve_table_references(statement)?;
+        let refs = self.base_state().resolve_table_references(statement)?;
         let catalogs = Arc::new(MemoryCatalogProviderList::new());
         let ensure_schema = |hive: &str, b: &str| -> Result<Arc<dyn SchemaProvider>> {
             let catalog = match catalogs.catalog(hive) {
@@ -202,10 +202,14 @@ impl Engine {
             system_only: !refs.is_empty(),
             ..Default::default()
         };
-        let mut config = self.base.config().clone().with_extension(Arc::new(Caller {
-            user: session.user.clone(),
-            role: session.role,
-        }));
+        let mut config = self
+            .base_state()
+            .config()
+            .clone()
+            .with_extension(Arc::new(Caller {
+                user: session.user.clone(),
+                role: session.role,
+            }));
         super::options::apply(config.options_mut(), session)?;
         config.options_mut().catalog.default_catalog = session.hive.to_string();
         config.options_mut().catalog.default_schema = session.box_name.to_string();
@@ -301,7 +305,7 @@ impl Engine {
                     // No versions to pin: files are listed again when the ticket runs.
                     Ok(Opened::Files(external)) => {
                         resolved.cell_bytes = u64::MAX;
-                        self.external_files(&external, &self.base).await?
+                        self.external_files(&external, self.base_state()).await?
                     }
                     // Planned once every name is loaded; what it reads is loaded like the rest.
                     Ok(Opened::View(view)) => {
@@ -312,10 +316,10 @@ impl Engine {
                             )));
                         }
                         let parsed = self
-                            .base
+                            .base_state()
                             .sql_to_statement(&view.query, &datafusion::config::Dialect::Generic)?;
                         let (vh, vb) = (Ident::parse(&view.hive)?, Ident::parse(&view.box_name)?);
-                        for r in self.base.resolve_table_references(&parsed)? {
+                        for r in self.base_state().resolve_table_references(&parsed)? {
                             work.push_back((
                                 table_ref_parts(&r),
                                 vh.clone(),

@@ -106,7 +106,10 @@ impl Engine {
         }
         let (view, schema) = match self.lakehouse.open_frame(frame, None).await {
             Ok(Opened::Frame(s)) => (false, s.served_schema().clone()),
-            Ok(Opened::Files(e)) => (false, self.external_files(&e, &self.base).await?.schema()),
+            Ok(Opened::Files(e)) => (
+                false,
+                self.external_files(&e, self.base_state()).await?.schema(),
+            ),
             Ok(Opened::View(_)) => {
                 let session = super::Session {
                     role: super::Role::Reader,
@@ -137,7 +140,7 @@ impl Engine {
             q(&view.name)
         );
         let parsed = self
-            .base
+            .base_state()
             .sql_to_statement(&text, &datafusion::config::Dialect::Generic)?;
         let (state, _) = self
             .statement_state(session, &parsed, &super::Pins::new(), Default::default())

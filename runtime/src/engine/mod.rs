@@ -43,7 +43,7 @@ mod show;
 mod sql_types;
 mod types;
 
-use std::sync::Arc;
+use std::sync::{Arc, LazyLock};
 
 use apiary_storage::{FrameTable, Lakehouse, WriteGate};
 use arrow::datatypes::{DataType, Field, Schema};
@@ -96,11 +96,20 @@ pub use types::{
     StatementInfo, SystemCatalog,
 };
 
+/// The base state, made once by its builder closure when first used.
+type BaseState = LazyLock<SessionState, Box<dyn FnOnce() -> SessionState + Send>>;
+
 /// The SQL engine of one node.
 #[derive(Debug, Clone)]
 pub struct Engine {
     lakehouse: Lakehouse,
-    base: SessionState,
+    /// Built at the first statement, not at start: a node that has answered nothing has not
+    /// paged in DataFusion's function registry (several hundred constructors spread over the
+    /// binary's text, a quarter of what a server touches to start).
+    base: Arc<BaseState>,
+    /// The runtime every statement's state starts from (its object stores reach the storage
+    /// root only); shared with the bees without building the base state.
+    runtime: Arc<RuntimeEnv>,
     limits: Limits,
     system: Option<Arc<dyn SystemCatalog>>,
     write_gate: Option<Arc<dyn WriteGate>>,
@@ -152,28 +161,33 @@ impl Engine {
             .time_zone
             .as_deref()
             .map(Arc::from);
-        let mut builder = SessionStateBuilder::new()
-            .with_config(session_config)
-            .with_runtime_env(runtime)
-            .with_default_features()
-            .with_type_planner(Arc::new(sql_types::SqlTypes { time_zone }));
-        // After DataFusion's own rules, its filter pushdown among them.
-        for rule in own_rules() {
-            builder = builder.with_physical_optimizer_rule(rule);
-        }
-        let mut base = builder.build();
-        for name in ["generate_series", "range"] {
-            if let Some(f) = base
-                .table_functions()
-                .get(name)
-                .map(|f| f.function().clone())
-            {
-                base.register_udtf(name, Arc::new(sql_types::NanosecondArgs(f)));
+        let for_base = runtime.clone();
+        let build = move || {
+            let mut builder = SessionStateBuilder::new()
+                .with_config(session_config)
+                .with_runtime_env(for_base)
+                .with_default_features()
+                .with_type_planner(Arc::new(sql_types::SqlTypes { time_zone }));
+            // After DataFusion's own rules, its filter pushdown among them.
+            for rule in own_rules() {
+                builder = builder.with_physical_optimizer_rule(rule);
             }
-        }
+            let mut base = builder.build();
+            for name in ["generate_series", "range"] {
+                if let Some(f) = base
+                    .table_functions()
+                    .get(name)
+                    .map(|f| f.function().clone())
+                {
+                    base.register_udtf(name, Arc::new(sql_types::NanosecondArgs(f)));
+                }
+            }
+            base
+        };
         Ok(Self {
             lakehouse,
-            base,
+            base: Arc::new(LazyLock::new(Box::new(build))),
+            runtime,
             limits: config.limits,
             system: None,
             write_gate: None,
@@ -226,10 +240,22 @@ impl Engine {
         &self.base
     }
 
+    /// Whether the base state has been built (by a statement, a task or a plan decoded here).
+    pub fn base_built(&self) -> bool {
+        LazyLock::get(&self.base).is_some()
+    }
+
+    /// The runtime environment statements start from; reading it builds nothing.
+    pub fn runtime_env(&self) -> &Arc<RuntimeEnv> {
+        &self.runtime
+    }
+
     /// A task context for executing physical plans with `env` (a bee's pool and scratch space):
     /// the base's functions and options, taken as they are rather than registered again.
     pub fn task_context(&self, env: &Arc<RuntimeEnv>) -> Arc<datafusion::execution::TaskContext> {
-        Arc::new(datafusion::execution::TaskContext::from(&self.base).with_runtime(env.clone()))
+        Arc::new(
+            datafusion::execution::TaskContext::from(self.base_state()).with_runtime(env.clone()),
+        )
     }
 
     /// A statement's state: the base with the statement's options and catalogs.
@@ -245,14 +271,14 @@ impl Engine {
         catalogs: Arc<dyn datafusion::catalog::CatalogProviderList>,
         env: Option<&Arc<RuntimeEnv>>,
     ) -> SessionState {
-        let base_zone = &self.base.config().options().execution.time_zone;
+        let base_zone = &self.base_state().config().options().execution.time_zone;
         if env.is_none() && config.options().execution.time_zone == *base_zone {
-            let mut state = self.base.clone();
+            let mut state = self.base_state().clone();
             *state.config_mut() = config;
             state.register_catalog_list(catalogs);
             return state;
         }
-        let mut builder = SessionStateBuilder::new_from_existing(self.base.clone())
+        let mut builder = SessionStateBuilder::new_from_existing(self.base_state().clone())
             .with_config(config)
             .with_catalog_list(catalogs);
         if let Some(env) = env {
@@ -263,7 +289,7 @@ impl Engine {
 
     /// A context for decoding plans (functions and options; no memory pool of its own).
     pub fn plan_context(&self) -> Arc<datafusion::execution::TaskContext> {
-        self.base.task_ctx()
+        self.base_state().task_ctx()
     }
 
     /// Split, rewrite placeholders and classify every statement of `text`.
@@ -410,7 +436,7 @@ impl Engine {
                     } => self.vacuum_dry_run(session, name, *retain_hours).await?,
                     other => self.show(session, other).await?,
                 };
-                PlannedQuery::from_batch_in(batch, self.base.clone())
+                PlannedQuery::from_batch_in(batch, self.base_state().clone())
             }
             _ => Err(Error::Sql(
                 "this statement does not return rows; execute it as an update".into(),
@@ -490,7 +516,9 @@ impl Engine {
         let Command::Sql { text, .. } = &stmt.command else {
             return Err(Error::Internal("logical_plan on a non-SQL command".into()));
         };
-        let parsed = self.base.sql_to_statement(text, &self.dialect(session)?)?;
+        let parsed = self
+            .base_state()
+            .sql_to_statement(text, &self.dialect(session)?)?;
         policy::check_depth(&parsed, self.limits.max_sql_depth)?;
         let (state, resolved) = self.statement_state(session, &parsed, pins, target).await?;
         let plan = match state.statement_to_plan(parsed).await {

@@ -95,7 +95,7 @@ impl Engine {
                     None => Vec::new(),
                 };
                 // Rewriting runs in the bee's memory pool when there is one.
-                let mut state = self.base.clone();
+                let mut state = self.base_state().clone();
                 if let Some(env) = env {
                     state = datafusion::execution::session_state::SessionStateBuilder::new_from_existing(state)
                         .with_runtime_env(env.clone())
@@ -147,7 +147,7 @@ impl Engine {
     /// The Arrow type a SQL type name means here (the same type planner as CREATE TABLE).
     async fn sql_type(&self, ty: &str) -> Result<DataType> {
         let plan = self
-            .base
+            .base_state()
             .create_logical_plan(&format!("SELECT CAST(NULL AS {ty}) AS c"))
             .await
             .map_err(|e| Error::Sql(format!("column type {ty}: {e}")))?;
@@ -165,7 +165,7 @@ impl Engine {
     ) -> Result<Vec<PartitionCondition>> {
         let schema = DFSchema::try_from(snapshot.served_schema().as_ref().clone())?;
         let expr = self
-            .base
+            .base_state()
             .create_logical_expr(predicate, &schema)
             .map_err(|e| Error::Sql(format!("OPTIMIZE … WHERE {predicate}: {e}")))?;
         let bad = || {

@@ -73,7 +73,7 @@ impl Engine {
             )));
         }
         let apiary = APIARY_OPTIONS.iter().find(|(k, _)| *k == name);
-        let mut probe = self.base.config().options().as_ref().clone();
+        let mut probe = self.base_state().config().options().as_ref().clone();
         if apiary.is_none() && !probe.entries().iter().any(|e| e.key == name) {
             return Err(Error::Sql(format!("unknown option {name}")));
         }
@@ -137,7 +137,7 @@ impl Engine {
 
     /// The engine's options with `session`'s on top.
     pub(super) fn session_options(&self, session: &Session) -> Result<Arc<ConfigOptions>> {
-        let mut options = self.base.config().options().as_ref().clone();
+        let mut options = self.base_state().config().options().as_ref().clone();
         apply(&mut options, session)?;
         Ok(Arc::new(options))
     }

@@ -134,7 +134,7 @@ impl Engine {
         frame: &apiary_storage::FrameRef,
         external: &apiary_storage::ExternalV1,
     ) -> Result<RecordBatch> {
-        let table = self.external_files(external, &self.base).await?;
+        let table = self.external_files(external, self.base_state()).await?;
         let mut rows = column_rows(&table.schema());
         rows.push(("# Frame Information".into(), String::new(), String::new()));
         for (k, v) in [

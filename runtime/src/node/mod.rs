@@ -147,11 +147,7 @@ impl Node {
             Arc::new(RuntimeEnv::default()),
         )?;
         // The engine's registry reaches the storage root only; bees use the same one.
-        let registry = engine
-            .base_state()
-            .runtime_env()
-            .object_store_registry
-            .clone();
+        let registry = engine.runtime_env().object_store_registry.clone();
         let bees = BeePool::new(config.bees.clone(), registry.clone());
         let engine = engine.with_write_gate(Arc::new(ColonyGate { bees: bees.clone() }));
         // Scans of an object store go through the local cell cache (confined like the rest).

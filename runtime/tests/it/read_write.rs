@@ -993,3 +993,19 @@ async fn a_join_filter_from_above_reaches_a_build_side_read_in_several_partition
     assert_eq!(rows_read_from(&plan, "dims"), 800);
     assert_eq!(i64s(&f.run(sql).await), vec![16_000]);
 }
+
+/// An engine that has run nothing has not built DataFusion's state (its function registry is
+/// most of the text a server pages in to start); the first statement builds it, once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_first_statement_builds_the_base_state() {
+    let mut f = fixture(LedgerConfig::default()).await;
+    assert!(!f.engine.base_built(), "built at start");
+    let registry = f.engine.runtime_env().object_store_registry.clone();
+    assert!(!f.engine.base_built(), "built by reading the runtime");
+    assert_eq!(i64s(&f.run("SELECT 1 + 1").await), vec![2]);
+    assert!(f.engine.base_built());
+    assert!(Arc::ptr_eq(
+        &registry,
+        &f.engine.base_state().runtime_env().object_store_registry
+    ));
+}
