@@ -335,7 +335,10 @@ impl Engine {
     ) -> Result<Output> {
         check_param_count(stmt, params.as_deref())?;
         match &stmt.command {
-            Command::ShowHives | Command::ShowBoxes { .. } | Command::ShowFrames { .. } => {
+            Command::ShowHives
+            | Command::ShowBoxes { .. }
+            | Command::ShowFrames { .. }
+            | Command::ShowOptions { .. } => {
                 let batch = self.show(session, &stmt.command).await?;
                 Ok(Output::Rows(show::one_batch_stream(batch)))
             }
@@ -425,6 +428,7 @@ impl Engine {
             Command::ShowHives
             | Command::ShowBoxes { .. }
             | Command::ShowFrames { .. }
+            | Command::ShowOptions { .. }
             | Command::Describe { .. }
             | Command::History { .. }
             | Command::Vacuum { dry_run: true, .. } => {

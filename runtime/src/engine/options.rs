@@ -12,6 +12,8 @@
 
 use std::sync::Arc;
 
+use arrow::array::{RecordBatch, StringArray};
+use arrow::datatypes::{DataType, Field, Schema};
 use datafusion::config::{ConfigOptions, Dialect};
 
 use super::Engine;
@@ -32,7 +34,7 @@ const SETTABLE: [&str; 5] = [
     "datafusion.format.",
 ];
 
-/// Apiary's own session options, with the values they take.
+/// Apiary's own session options, with the values they take (the last one is the default).
 const APIARY_OPTIONS: [(&str, &[&str]); 1] = [(MERGE_SCHEMA, &["true", "false"])];
 
 /// `SET apiary.merge_schema = true`: appends may add columns.
@@ -133,6 +135,46 @@ impl Engine {
             }
         }
         Ok(())
+    }
+
+    /// `SHOW name` / `SHOW ALL`: `(name, value)` rows of the options `session` runs with — the
+    /// engine's, with what the session set on top; a value DataFusion leaves unset is NULL.
+    /// An unknown name is an error, as for `SET`.
+    pub(super) fn show_options(
+        &self,
+        session: &Session,
+        name: Option<&str>,
+    ) -> Result<RecordBatch> {
+        let options = self.session_options(session)?;
+        let mut rows: Vec<(String, Option<String>)> = options
+            .entries()
+            .into_iter()
+            .map(|e| (e.key, e.value))
+            .collect();
+        for (key, allowed) in APIARY_OPTIONS {
+            let set = session.options.iter().find(|(k, _)| k == key);
+            let value = set.map_or(allowed[allowed.len() - 1], |(_, v)| v.as_str());
+            rows.push((key.to_string(), Some(value.to_string())));
+        }
+        if let Some(name) = name {
+            rows.retain(|(k, _)| k == name);
+            if rows.is_empty() {
+                return Err(Error::Sql(format!("unknown option {name}")));
+            }
+        }
+        rows.sort_by(|a, b| a.0.cmp(&b.0));
+        let schema = Arc::new(Schema::new(vec![
+            Field::new("name", DataType::Utf8, false),
+            Field::new("value", DataType::Utf8, true),
+        ]));
+        let (names, values): (Vec<String>, Vec<Option<String>>) = rows.into_iter().unzip();
+        Ok(RecordBatch::try_new(
+            schema,
+            vec![
+                Arc::new(StringArray::from(names)),
+                Arc::new(StringArray::from(values)),
+            ],
+        )?)
     }
 
     /// The engine's options with `session`'s on top.

@@ -1,4 +1,4 @@
-//! `SHOW HIVES|BOXES|FRAMES` and `DESCRIBE`.
+//! `SHOW HIVES|BOXES|FRAMES`, `SHOW name|ALL` and `DESCRIBE`.
 
 use std::sync::Arc;
 
@@ -55,6 +55,7 @@ impl Engine {
                     ],
                 )
             }
+            Command::ShowOptions { name } => self.show_options(session, name.as_deref()),
             _ => Err(Error::Internal("show() on another command".into())),
         }
     }

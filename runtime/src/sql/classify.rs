@@ -62,6 +62,11 @@ pub enum Command {
     ShowFrames {
         scope: Option<NameParts>,
     },
+    /// `SHOW name`, `SHOW TIME ZONE` or `SHOW ALL` (`None`): the session's options, as
+    /// `(name, value)` rows.
+    ShowOptions {
+        name: Option<String>,
+    },
     Describe {
         name: NameParts,
     },
@@ -130,6 +135,7 @@ impl Command {
             Command::ShowHives
             | Command::ShowBoxes { .. }
             | Command::ShowFrames { .. }
+            | Command::ShowOptions { .. }
             | Command::Describe { .. }
             | Command::History { .. }
             | Command::Vacuum { dry_run: true, .. } => true,
@@ -190,6 +196,9 @@ fn sql_returns_rows(text: &str) -> bool {
         )
     )
 }
+
+/// The option `SHOW TIME ZONE` reads (and `SET TIME ZONE` would set).
+pub const TIME_ZONE: &str = "datafusion.execution.time_zone";
 
 /// The rest of `SET name {= | TO} value` or `RESET name`; `None` for any other form.
 fn set_option(c: &mut Cursor<'_>, reset: bool) -> Option<Command> {
@@ -541,6 +550,26 @@ pub fn classify(text: &str) -> Result<Command> {
                 c.expect_end("SHOW FRAMES")?;
                 return Ok(Command::ShowFrames { scope });
             }
+            if c.eat_word("ALL") {
+                c.expect_end("SHOW ALL")?;
+                return Ok(Command::ShowOptions { name: None });
+            }
+            if c.eat_word("TIMEZONE") || c.eat_words(&["TIME", "ZONE"]) {
+                c.expect_end("SHOW TIME ZONE")?;
+                return Ok(Command::ShowOptions {
+                    name: Some(TIME_ZONE.into()),
+                });
+            }
+            // `SHOW name` alone; any other `SHOW …` is DataFusion's to plan or refuse.
+            let at = c.pos;
+            if let Ok(name) = c.name(8)
+                && c.done()
+            {
+                return Ok(Command::ShowOptions {
+                    name: Some(name.join(".").to_ascii_lowercase()),
+                });
+            }
+            c.pos = at;
             Ok(Command::Sql {
                 text: text.to_string(),
                 layout: Layout::default(),

@@ -1009,3 +1009,37 @@ async fn the_first_statement_builds_the_base_state() {
         &f.engine.base_state().runtime_env().object_store_registry
     ));
 }
+
+/// `SHOW ALL` lists every option a session runs with, its own settings on top.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn show_all_lists_the_sessions_options() {
+    let mut f = fixture(LedgerConfig::default()).await;
+    f.run("SET datafusion.execution.batch_size = 512").await;
+    let rows: Vec<(String, Option<String>)> = f
+        .run("SHOW ALL")
+        .await
+        .iter()
+        .flat_map(|b| {
+            let (n, v) = (
+                b.column(0).as_string::<i32>(),
+                b.column(1).as_string::<i32>(),
+            );
+            (0..b.num_rows())
+                .map(|i| {
+                    (
+                        n.value(i).to_string(),
+                        v.is_valid(i).then(|| v.value(i).to_string()),
+                    )
+                })
+                .collect::<Vec<_>>()
+        })
+        .collect();
+    assert!(rows.len() > 50, "{} options", rows.len());
+    let value = |k: &str| rows.iter().find(|(n, _)| n == k).map(|(_, v)| v.clone());
+    assert_eq!(
+        value("datafusion.execution.batch_size"),
+        Some(Some("512".into()))
+    );
+    assert_eq!(value("apiary.merge_schema"), Some(Some("false".into())));
+    assert!(rows.windows(2).all(|w| w[0].0 < w[1].0), "sorted by name");
+}
