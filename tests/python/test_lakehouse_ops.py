@@ -174,20 +174,35 @@ def free_port():
 
 @pytest.fixture
 def moto():
-    port = free_port()
-    proc = subprocess.Popen(
-        [sys.executable, str(ROOT / "tests/python/moto_locked.py"), "-H", "127.0.0.1", "-p", str(port)],
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
-    deadline = time.time() + 30
-    while time.time() < deadline:
+    # The port is picked free, then handed to moto: another process may take it in between.
+    # moto then exits, or the bucket cannot be made on it, and moto starts on another port.
+    last = None
+    for _ in range(5):
+        port = free_port()
+        proc = subprocess.Popen(
+            [sys.executable, str(ROOT / "tests/python/moto_locked.py"), "-H", "127.0.0.1", "-p", str(port)],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
+        deadline = time.time() + 30
+        while time.time() < deadline and proc.poll() is None:
+            try:
+                socket.create_connection(("127.0.0.1", port), 0.2).close()
+                break
+            except OSError:
+                time.sleep(0.1)
         try:
-            socket.create_connection(("127.0.0.1", port), 0.2).close()
-            break
-        except OSError:
-            time.sleep(0.1)
-    urllib.request.urlopen(urllib.request.Request(f"http://127.0.0.1:{port}/bucket", method="PUT")).read()
+            urllib.request.urlopen(
+                urllib.request.Request(f"http://127.0.0.1:{port}/bucket", method="PUT"), timeout=10).read()
+            if proc.poll() is None:
+                break
+            last = f"moto exited; port {port} is another's"
+        except Exception as e:  # noqa: BLE001 - any failure means: try another port
+            last = e
+        proc.terminate()
+        proc.wait(10)
+    else:
+        raise RuntimeError(f"moto did not start: {last}")
     yield f"http://127.0.0.1:{port}"
     proc.terminate()
     proc.wait(10)

@@ -93,7 +93,9 @@ pub struct Moto {
 }
 
 impl Moto {
-    /// Start moto and create `bucket`.
+    /// Start moto and create `bucket`. The port is picked free and then handed to moto, so
+    /// another process may take it in between: moto then exits, or the bucket cannot be made
+    /// on it, and moto starts again on another port.
     pub fn start(bucket: &str) -> Self {
         // moto behind one lock: see tests/python/moto_locked.py for why.
         let python = venv().join("bin/python");
@@ -103,25 +105,32 @@ impl Moto {
             python.display()
         );
         let launcher = manifest_dir().join("python/moto_locked.py");
-        let port = free_port();
-        let child = Command::new(&python)
-            .arg(&launcher)
-            .args(["-H", "127.0.0.1", "-p", &port.to_string()])
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("spawn moto_server");
-        let moto = Moto {
-            child,
-            port,
-            bucket: bucket.to_string(),
-        };
-        assert!(
-            wait_for_port(port, Duration::from_secs(30)),
-            "moto_server did not start on port {port}"
-        );
-        moto.create_bucket(bucket);
-        moto
+        let mut last = String::new();
+        for _ in 0..5 {
+            let port = free_port();
+            let child = Command::new(&python)
+                .arg(&launcher)
+                .args(["-H", "127.0.0.1", "-p", &port.to_string()])
+                .stdout(Stdio::null())
+                .stderr(Stdio::null())
+                .spawn()
+                .expect("spawn moto_server");
+            let mut moto = Moto {
+                child,
+                port,
+                bucket: bucket.to_string(),
+            };
+            if !wait_for_port(port, Duration::from_secs(30)) {
+                last = format!("moto_server did not start on port {port}");
+                continue;
+            }
+            match moto.create_bucket(bucket) {
+                Ok(()) if matches!(moto.child.try_wait(), Ok(None)) => return moto,
+                Ok(()) => last = format!("moto_server exited; port {port} is another's"),
+                Err(e) => last = e,
+            }
+        }
+        panic!("moto_server did not start: {last}");
     }
 
     pub fn endpoint(&self) -> String {
@@ -144,21 +153,23 @@ impl Moto {
         ]
     }
 
-    fn create_bucket(&self, bucket: &str) {
+    fn create_bucket(&self, bucket: &str) -> Result<(), String> {
         // moto does not check signatures, so a bare PUT creates the bucket.
-        let mut s = TcpStream::connect(("127.0.0.1", self.port)).expect("connect moto");
+        let mut s = TcpStream::connect(("127.0.0.1", self.port))
+            .map_err(|e| format!("connect to port {}: {e}", self.port))?;
         write!(
             s,
             "PUT /{bucket} HTTP/1.1\r\nHost: 127.0.0.1:{}\r\nContent-Length: 0\r\nConnection: close\r\n\r\n",
             self.port
         )
-        .expect("write");
+        .map_err(|e| format!("write: {e}"))?;
         let mut resp = String::new();
-        s.read_to_string(&mut resp).expect("read");
-        assert!(
-            resp.starts_with("HTTP/1.1 200"),
-            "creating bucket failed: {resp}"
-        );
+        let _ = s.read_to_string(&mut resp);
+        if resp.starts_with("HTTP/1.1 200") {
+            Ok(())
+        } else {
+            Err(format!("creating bucket failed on port {}: {resp:.200}", self.port))
+        }
     }
 }
 
