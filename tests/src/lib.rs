@@ -168,7 +168,10 @@ impl Moto {
         if resp.starts_with("HTTP/1.1 200") {
             Ok(())
         } else {
-            Err(format!("creating bucket failed on port {}: {resp:.200}", self.port))
+            Err(format!(
+                "creating bucket failed on port {}: {resp:.200}",
+                self.port
+            ))
         }
     }
 }
