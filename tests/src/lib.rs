@@ -508,6 +508,21 @@ impl Server {
         false
     }
 
+    /// `host:port` of the metrics listener, as the server logged it once bound: start the
+    /// server with `--metrics-listen 127.0.0.1:0` and the system picks a free port, with no
+    /// window in which another process could take it.
+    pub fn metrics_addr(&self) -> String {
+        const NEEDLE: &str = "metrics on http://";
+        assert!(
+            self.wait_log(NEEDLE, Duration::from_secs(10)),
+            "no metrics listener in the log:\n{}",
+            self.log()
+        );
+        let log = self.log();
+        let at = log.find(NEEDLE).expect("logged") + NEEDLE.len();
+        log[at..].split('/').next().expect("an address").to_string()
+    }
+
     /// Resident memory of the server process, in bytes (from /proc).
     pub fn rss_bytes(&self) -> u64 {
         proc_status_kb(self.pid(), "VmRSS:") * 1024

@@ -231,8 +231,6 @@ async fn more_queries_than_bees_queue_and_overflow_is_retryable() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn system_tables_and_metrics_show_the_node() {
     let dir = tempfile::tempdir().unwrap();
-    let metrics_port = apiary_tests::free_port();
-    let listen = format!("127.0.0.1:{metrics_port}");
     let server = Server::start(
         dir.path().to_str().unwrap(),
         &[
@@ -243,7 +241,7 @@ async fn system_tables_and_metrics_show_the_node() {
             "--node-id",
             "worker-1",
             "--metrics-listen",
-            &listen,
+            "127.0.0.1:0",
             "--heartbeat-interval",
             "200ms",
         ],
@@ -315,8 +313,9 @@ async fn system_tables_and_metrics_show_the_node() {
         .await;
     assert!(err.is_err());
 
+    let metrics = server.metrics_addr();
     let get = |path: &str| {
-        let mut s = TcpStream::connect(("127.0.0.1", metrics_port)).unwrap();
+        let mut s = TcpStream::connect(&metrics).unwrap();
         write!(
             s,
             "GET {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n"

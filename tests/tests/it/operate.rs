@@ -89,14 +89,12 @@ fn check_config_passes_a_good_configuration_and_names_the_first_problem() {
 fn health_and_json_logs() {
     let dir = tempfile::tempdir().unwrap();
     let root = dir.path().join("root");
-    let port = apiary_tests::free_port();
-    let listen = format!("127.0.0.1:{port}");
     let server = Server::start(
         root.to_str().unwrap(),
-        &["--metrics-listen", &listen, "--log-format", "json"],
+        &["--metrics-listen", "127.0.0.1:0", "--log-format", "json"],
         &[],
     );
-    let url = format!("http://{listen}/healthz");
+    let url = format!("http://{}/healthz", server.metrics_addr());
     let out = apiary(&["health", "--url", &url], &[]);
     assert!(out.status.success(), "{}", stderr(&out));
     // Every log line is one JSON object.
