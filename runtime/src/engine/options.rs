@@ -34,8 +34,8 @@ const SETTABLE: [&str; 5] = [
     "datafusion.format.",
 ];
 
-/// Apiary's own session options, with the values they take (the last one is the default).
-const APIARY_OPTIONS: [(&str, &[&str]); 1] = [(MERGE_SCHEMA, &["true", "false"])];
+/// Apiary's own session options: name, the values they take, and the value when unset.
+const APIARY_OPTIONS: [(&str, &[&str], &str); 1] = [(MERGE_SCHEMA, &["true", "false"], "false")];
 
 /// `SET apiary.merge_schema = true`: appends may add columns.
 pub const MERGE_SCHEMA: &str = "apiary.merge_schema";
@@ -74,7 +74,7 @@ impl Engine {
                 SETTABLE.join("*, ")
             )));
         }
-        let apiary = APIARY_OPTIONS.iter().find(|(k, _)| *k == name);
+        let apiary = APIARY_OPTIONS.iter().find(|(k, _, _)| *k == name);
         let mut probe = self.base_state().config().options().as_ref().clone();
         if apiary.is_none() && !probe.entries().iter().any(|e| e.key == name) {
             return Err(Error::Sql(format!("unknown option {name}")));
@@ -100,7 +100,7 @@ impl Engine {
             }
         }
         let value = match apiary {
-            Some((_, allowed)) => {
+            Some((_, allowed, _)) => {
                 let v = value.to_ascii_lowercase();
                 if !allowed.contains(&v.as_str()) {
                     return Err(Error::Sql(format!(
@@ -151,9 +151,9 @@ impl Engine {
             .into_iter()
             .map(|e| (e.key, e.value))
             .collect();
-        for (key, allowed) in APIARY_OPTIONS {
+        for (key, _, unset) in APIARY_OPTIONS {
             let set = session.options.iter().find(|(k, _)| k == key);
-            let value = set.map_or(allowed[allowed.len() - 1], |(_, v)| v.as_str());
+            let value = set.map_or(unset, |(_, v)| v.as_str());
             rows.push((key.to_string(), Some(value.to_string())));
         }
         if let Some(name) = name {

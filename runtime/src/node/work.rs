@@ -359,13 +359,7 @@ impl Node {
                     self.bees.bee_budget() as usize
                 ),
             ))
-            .with_object_store_registry(
-                self.engine
-                    .base_state()
-                    .runtime_env()
-                    .object_store_registry
-                    .clone(),
-            )
+            .with_object_store_registry(self.engine.runtime_env().object_store_registry.clone())
             .build_arc()?)
     }
 

@@ -197,8 +197,8 @@ fn sql_returns_rows(text: &str) -> bool {
     )
 }
 
-/// The option `SHOW TIME ZONE` reads (and `SET TIME ZONE` would set).
-pub(crate) const TIME_ZONE: &str = "datafusion.execution.time_zone";
+/// The option `SHOW TIME ZONE` reads.
+const TIME_ZONE: &str = "datafusion.execution.time_zone";
 
 /// The rest of `SET name {= | TO} value` or `RESET name`; `None` for any other form.
 fn set_option(c: &mut Cursor<'_>, reset: bool) -> Option<Command> {
