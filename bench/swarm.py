@@ -27,7 +27,6 @@ import os
 import pathlib
 import re
 import shutil
-import socket
 import statistics
 import sys
 import tempfile
@@ -52,22 +51,14 @@ SCANS = [
 ]
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 class Moto:
     """moto's S3 server on loopback, requests serialised (tests/python/moto_locked.py)."""
 
     def __init__(self, bucket: str):
-        self.port = free_port()
+        # moto binds port 0 and prints the port it got: no other process can take it in between.
         launcher = ROOT / "tests" / "python" / "moto_locked.py"
-        self.proc = Proc(
-            [sys.executable, str(launcher), "-H", "127.0.0.1", "-p", str(self.port)],
-            "Running on",
-        )
+        self.proc = Proc([sys.executable, str(launcher), "-H", "127.0.0.1", "-p", "0"], "port ")
+        self.port = int(self.proc.ready_line.split()[1])
         req = urllib.request.Request(f"{self.endpoint}/{bucket}", method="PUT", data=b"")
         urllib.request.urlopen(req).read()
         self.bucket = bucket

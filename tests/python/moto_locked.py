@@ -4,6 +4,9 @@ moto checks `If-None-Match: *` and then stores the object in two separate steps
 (moto/s3/responses.py, put_object), and `moto_server` serves requests on many threads: two
 concurrent put-if-absent requests for one key can both succeed. Apiary's commit protocol rests on
 that single guarantee, so the tests run moto behind one lock. Usage: same flags as moto_server.
+
+With `-p 0` (the default) the kernel picks a free port while the socket is bound, so no other
+process can take it in between; the first line on stdout is `port N`, which the harnesses read.
 """
 
 import argparse
@@ -14,13 +17,13 @@ from moto.moto_server.werkzeug_app import (
     MotoRequestHandler,
     create_backend_app,
 )
-from werkzeug.serving import run_simple
+from werkzeug.serving import make_server
 
 
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("-H", "--host", default="127.0.0.1")
-    parser.add_argument("-p", "--port", type=int, default=5000)
+    parser.add_argument("-p", "--port", type=int, default=0)
     args = parser.parse_args()
 
     app = DomainDispatcherApplication(create_backend_app)
@@ -31,7 +34,9 @@ def main() -> None:
             # Consume the whole response under the lock: the write happens while iterating.
             return list(app(environ, start_response))
 
-    run_simple(args.host, args.port, serialised, threaded=True, request_handler=MotoRequestHandler)
+    server = make_server(args.host, args.port, serialised, threaded=True, request_handler=MotoRequestHandler)
+    print(f"port {server.port}", flush=True)
+    server.serve_forever()
 
 
 if __name__ == "__main__":

@@ -3,10 +3,8 @@ travel and history through pyarrow.flight, VACUUM really deleting files, views i
 the `deltalake` package reading what the DML wrote — on a local root and on S3 (moto)."""
 
 import pathlib
-import socket
 import subprocess
 import sys
-import time
 import urllib.request
 
 import adbc_driver_flightsql.dbapi as flightsql
@@ -166,46 +164,30 @@ def test_vacuum_deletes_files_and_old_versions_fail_clearly(tmp_path):
         s.stop()
 
 
-def free_port():
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
 @pytest.fixture
 def moto():
-    # The port is picked free, then handed to moto: another process may take it in between.
-    # moto then exits, or the bucket cannot be made on it, and moto starts on another port.
-    last = None
-    for _ in range(5):
-        port = free_port()
-        proc = subprocess.Popen(
-            [sys.executable, str(ROOT / "tests/python/moto_locked.py"), "-H", "127.0.0.1", "-p", str(port)],
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.DEVNULL,
-        )
-        deadline = time.time() + 30
-        while time.time() < deadline and proc.poll() is None:
-            try:
-                socket.create_connection(("127.0.0.1", port), 0.2).close()
-                break
-            except OSError:
-                time.sleep(0.1)
-        try:
-            urllib.request.urlopen(
-                urllib.request.Request(f"http://127.0.0.1:{port}/bucket", method="PUT"), timeout=10).read()
-            if proc.poll() is None:
-                break
-            last = f"moto exited; port {port} is another's"
-        except Exception as e:  # noqa: BLE001 - any failure means: try another port
-            last = e
+    # moto binds port 0 and prints the port it got (tests/python/moto_locked.py): no other
+    # process can take it in between.
+    proc = subprocess.Popen(
+        [sys.executable, str(ROOT / "tests/python/moto_locked.py"), "-H", "127.0.0.1", "-p", "0"],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.DEVNULL,
+        text=True,
+    )
+    try:
+        line = proc.stdout.readline()
+        if not line.startswith("port "):
+            raise RuntimeError(f"moto did not start: {line!r}, exit {proc.poll()}")
+        endpoint = f"http://127.0.0.1:{int(line.split()[1])}"
+        urllib.request.urlopen(urllib.request.Request(f"{endpoint}/bucket", method="PUT"), timeout=10).read()
+        yield endpoint
+    finally:
         proc.terminate()
-        proc.wait(10)
-    else:
-        raise RuntimeError(f"moto did not start: {last}")
-    yield f"http://127.0.0.1:{port}"
-    proc.terminate()
-    proc.wait(10)
+        try:
+            proc.wait(10)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
 
 
 def test_dml_on_s3_is_read_back_by_deltalake(moto):

@@ -72,10 +72,14 @@ pub fn free_port() -> u16 {
         .port()
 }
 
-/// Wait until something accepts connections on `port`.
-pub fn wait_for_port(port: u16, timeout: Duration) -> bool {
+/// Wait until something accepts connections on `port`, while `child` (the process meant to
+/// listen there) runs: `false` on timeout or as soon as the child has exited.
+pub fn wait_for_port(child: &mut Child, port: u16, timeout: Duration) -> bool {
     let deadline = Instant::now() + timeout;
     while Instant::now() < deadline {
+        if !matches!(child.try_wait(), Ok(None)) {
+            return false;
+        }
         if TcpStream::connect(("127.0.0.1", port)).is_ok() {
             return true;
         }
@@ -93,9 +97,8 @@ pub struct Moto {
 }
 
 impl Moto {
-    /// Start moto and create `bucket`. The port is picked free and then handed to moto, so
-    /// another process may take it in between: moto then exits, or the bucket cannot be made
-    /// on it, and moto starts again on another port.
+    /// Start moto and create `bucket`. moto binds port 0 and prints the port the kernel gave it
+    /// (tests/python/moto_locked.py), so no other process can take the port in between.
     pub fn start(bucket: &str) -> Self {
         // moto behind one lock: see tests/python/moto_locked.py for why.
         let python = venv().join("bin/python");
@@ -105,32 +108,36 @@ impl Moto {
             python.display()
         );
         let launcher = manifest_dir().join("python/moto_locked.py");
-        let mut last = String::new();
-        for _ in 0..5 {
-            let port = free_port();
-            let child = Command::new(&python)
-                .arg(&launcher)
-                .args(["-H", "127.0.0.1", "-p", &port.to_string()])
-                .stdout(Stdio::null())
-                .stderr(Stdio::null())
-                .spawn()
-                .expect("spawn moto_server");
-            let mut moto = Moto {
-                child,
-                port,
-                bucket: bucket.to_string(),
-            };
-            if !wait_for_port(port, Duration::from_secs(30)) {
-                last = format!("moto_server did not start on port {port}");
-                continue;
-            }
-            match moto.create_bucket(bucket) {
-                Ok(()) if matches!(moto.child.try_wait(), Ok(None)) => return moto,
-                Ok(()) => last = format!("moto_server exited; port {port} is another's"),
-                Err(e) => last = e,
-            }
+        let mut child = Command::new(&python)
+            .arg(&launcher)
+            .args(["-H", "127.0.0.1", "-p", "0"])
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("spawn moto_server");
+        // The first line is `port N`; the reader keeps draining stdout after it.
+        let stdout = child.stdout.take().expect("moto's stdout");
+        let (tx, rx) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            let mut lines = BufReader::new(stdout).lines();
+            let _ = tx.send(lines.next());
+            for _ in lines {}
+        });
+        let line = rx.recv_timeout(Duration::from_secs(60));
+        let port = match &line {
+            Ok(Some(Ok(l))) => l.strip_prefix("port ").and_then(|p| p.trim().parse().ok()),
+            _ => None,
+        };
+        let moto = Moto {
+            child,
+            port: port.unwrap_or(0),
+            bucket: bucket.to_string(),
+        };
+        assert!(port.is_some(), "moto_server did not start: {line:?}");
+        if let Err(e) = moto.create_bucket(bucket) {
+            panic!("moto_server did not start: {e}");
         }
-        panic!("moto_server did not start: {last}");
+        moto
     }
 
     pub fn endpoint(&self) -> String {
@@ -199,60 +206,65 @@ impl Seaweed {
 
     /// Start SeaweedFS with `bucket`.
     pub fn start(bucket: &str) -> Self {
-        let weed = venv().join("bin/weed");
+        let weed_bin = venv().join("bin/weed");
         assert!(
-            weed.exists(),
+            weed_bin.exists(),
             "{} not found: run scripts/test (it installs the test venv)",
-            weed.display()
+            weed_bin.display()
         );
-        // Five ports whose gRPC twins (+10000) are free too.
-        let ports: Vec<u16> = loop {
-            let base = free_port();
-            if base > 55000 {
-                continue;
+        // weed takes no port 0: its five ports (and their gRPC twins, +10000) are picked free
+        // beforehand, so another process may take one in between. weed then exits, and starts
+        // again on other ports.
+        let mut weed = None;
+        for _ in 0..5 {
+            let ports: Vec<u16> = loop {
+                let base = free_port();
+                if base > 55000 {
+                    continue;
+                }
+                let ports: Vec<u16> = (0..5).map(|i| base + i).collect();
+                let free = |p: u16| TcpListener::bind(("127.0.0.1", p)).is_ok();
+                if ports.iter().all(|&p| free(p) && free(p + 10000)) {
+                    break ports;
+                }
+            };
+            let dir = tempfile::tempdir().expect("tempdir");
+            let child = Command::new(&weed_bin)
+                .arg("mini")
+                .arg(format!("-dir={}", dir.path().display()))
+                .args([
+                    "-ip=127.0.0.1",
+                    "-ip.bind=127.0.0.1",
+                    "-master.telemetry=false",
+                    "-admin.ui=false",
+                    "-webdav=false",
+                    "-s3.port.iceberg=0",
+                    "-s3.port.lance=0",
+                ])
+                .arg(format!("-bucket={bucket}"))
+                .arg(format!("-s3.port={}", ports[0]))
+                .arg(format!("-master.port={}", ports[1]))
+                .arg(format!("-filer.port={}", ports[2]))
+                .arg(format!("-volume.port={}", ports[3]))
+                .arg(format!("-admin.port={}", ports[4]))
+                .env("AWS_ACCESS_KEY_ID", Self::KEY)
+                .env("AWS_SECRET_ACCESS_KEY", Self::SECRET)
+                .stdout(Stdio::null())
+                .stderr(Stdio::null())
+                .spawn()
+                .expect("spawn weed mini");
+            let mut started = Seaweed {
+                child,
+                port: ports[0],
+                bucket: bucket.to_string(),
+                _dir: dir,
+            };
+            if wait_for_port(&mut started.child, started.port, Duration::from_secs(60)) {
+                weed = Some(started);
+                break;
             }
-            let ports: Vec<u16> = (0..5).map(|i| base + i).collect();
-            let free = |p: u16| TcpListener::bind(("127.0.0.1", p)).is_ok();
-            if ports.iter().all(|&p| free(p) && free(p + 10000)) {
-                break ports;
-            }
-        };
-        let dir = tempfile::tempdir().expect("tempdir");
-        let child = Command::new(&weed)
-            .arg("mini")
-            .arg(format!("-dir={}", dir.path().display()))
-            .args([
-                "-ip=127.0.0.1",
-                "-ip.bind=127.0.0.1",
-                "-master.telemetry=false",
-                "-admin.ui=false",
-                "-webdav=false",
-                "-s3.port.iceberg=0",
-                "-s3.port.lance=0",
-            ])
-            .arg(format!("-bucket={bucket}"))
-            .arg(format!("-s3.port={}", ports[0]))
-            .arg(format!("-master.port={}", ports[1]))
-            .arg(format!("-filer.port={}", ports[2]))
-            .arg(format!("-volume.port={}", ports[3]))
-            .arg(format!("-admin.port={}", ports[4]))
-            .env("AWS_ACCESS_KEY_ID", Self::KEY)
-            .env("AWS_SECRET_ACCESS_KEY", Self::SECRET)
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("spawn weed mini");
-        let weed = Seaweed {
-            child,
-            port: ports[0],
-            bucket: bucket.to_string(),
-            _dir: dir,
-        };
-        assert!(
-            wait_for_port(weed.port, Duration::from_secs(60)),
-            "SeaweedFS did not start on port {}",
-            weed.port
-        );
+        }
+        let weed = weed.expect("SeaweedFS did not start in 5 tries");
         // The S3 port opens before the bucket exists: wait until it answers for the bucket.
         let deadline = Instant::now() + Duration::from_secs(60);
         loop {

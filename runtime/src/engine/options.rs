@@ -145,7 +145,10 @@ impl Engine {
         session: &Session,
         name: Option<&str>,
     ) -> Result<RecordBatch> {
-        let options = self.session_options(session)?;
+        let mut options = self.session_options(session)?.as_ref().clone();
+        // What the session's statements resolve bare names in: its `USE`d hive and box.
+        options.catalog.default_catalog = session.hive.to_string();
+        options.catalog.default_schema = session.box_name.to_string();
         let mut rows: Vec<(String, Option<String>)> = options
             .entries()
             .into_iter()

@@ -560,9 +560,11 @@ pub fn classify(text: &str) -> Result<Command> {
                     name: Some(TIME_ZONE.into()),
                 });
             }
-            // `SHOW name` alone; any other `SHOW …` is DataFusion's to plan or refuse.
+            // `SHOW a.b…` alone (every option's name is dotted); any other `SHOW …`, such as
+            // `SHOW FUNCTIONS`, is DataFusion's to plan or refuse.
             let at = c.pos;
             if let Ok(name) = c.name(8)
+                && name.len() > 1
                 && c.done()
             {
                 return Ok(Command::ShowOptions {
@@ -570,6 +572,15 @@ pub fn classify(text: &str) -> Result<Command> {
                 });
             }
             c.pos = at;
+            // One word (`SHOW FUNCTIONS`, `SHOW VARIABLES`, `SHOW nope`): DataFusion answers
+            // those only from an information_schema, which Apiary does not keep.
+            if c.peek_word(0).is_some() && c.toks.len() == c.pos + 1 {
+                let word = &c.toks[c.pos].0;
+                return Err(Error::Unsupported(format!(
+                    "SHOW {word}: Apiary shows HIVES, BOXES, FRAMES, ALL, TIME ZONE, or one \
+                     option by its dotted name (SHOW datafusion.execution.batch_size)"
+                )));
+            }
             Ok(Command::Sql {
                 text: text.to_string(),
                 layout: Layout::default(),
