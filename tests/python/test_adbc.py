@@ -106,6 +106,35 @@ def test_session_catalog_and_schema_options(server):
         assert cur.fetchone() == (0,)
 
 
+def test_information_schema_lists_frames_views_columns_and_status_tables(server):
+    with connect(server) as conn, conn.cursor() as cur:
+        cur.execute("CREATE HIVE info_h")
+        cur.execute("CREATE TABLE info_h.default.things (id BIGINT NOT NULL, label VARCHAR)")
+        cur.execute("CREATE VIEW info_h.default.labels AS SELECT label FROM info_h.default.things")
+        cur.execute(
+            "SELECT table_name, table_type FROM information_schema.tables "
+            "WHERE table_catalog = 'info_h' AND table_schema = 'default' ORDER BY table_name")
+        assert cur.fetchall() == [("labels", "VIEW"), ("things", "BASE TABLE")]
+        cur.execute(
+            "SELECT table_name, column_name, is_nullable FROM info_h.information_schema.columns "
+            "WHERE table_catalog = 'info_h' ORDER BY table_name, ordinal_position")
+        assert cur.fetchall() == [("labels", "label", "YES"), ("things", "id", "NO"), ("things", "label", "YES")]
+        cur.execute(
+            "SELECT table_schema, table_name FROM information_schema.tables "
+            "WHERE table_catalog = 'system' ORDER BY table_schema, table_name")
+        assert ("runtime", "node") in cur.fetchall()
+        cur.execute("SHOW COLUMNS FROM info_h.default.things")
+        assert [r[3] for r in cur.fetchall()] == ["id", "label"]
+        cur.execute("SHOW FUNCTIONS LIKE 'upper'")
+        assert [r[0] for r in cur.fetchall()] == ["upper"]
+        cur.execute("DESCRIBE SELECT 1 AS x")
+        assert cur.fetchall() == [("x", "Int64", "NO")]
+        cur.execute("DROP VIEW info_h.default.labels")
+        cur.execute("DROP TABLE info_h.default.things")
+        cur.execute("SELECT count(*) FROM information_schema.tables WHERE table_catalog = 'info_h' AND table_schema = 'default'")
+        assert cur.fetchone() == (0,)
+
+
 @pytest.mark.parametrize("mode", ["create", "append", "replace", "create_append"])
 def test_ingest_modes(server, mode):
     data = pa.table({"k": pa.array([1, 2, 3], pa.int64()), "s": ["a", "b", "c"]})

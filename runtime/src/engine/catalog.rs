@@ -18,7 +18,7 @@ use datafusion::sql::parser::Statement as DfStatement;
 use futures::StreamExt;
 use tracing::debug;
 
-use super::{Caller, Engine, Pins, PlanTarget, Session};
+use super::{Caller, Engine, Pins, PlanTarget, Session, information_schema};
 use crate::error::{Error, Result};
 use crate::sql::NameParts;
 use crate::sql::travel::{self, AsOf};
@@ -91,7 +91,8 @@ pub(super) struct Resolved {
 }
 
 /// Finds or makes the schema provider of a box in the statement's catalog.
-type EnsureSchema<'a> = dyn Fn(&str, &str) -> Result<Arc<dyn SchemaProvider>> + Sync + 'a;
+pub(super) type EnsureSchema<'a> =
+    dyn Fn(&str, &str) -> Result<Arc<dyn SchemaProvider>> + Sync + 'a;
 
 /// Deepest nesting of views in views.
 const MAX_VIEW_DEPTH: usize = 16;
@@ -137,8 +138,10 @@ impl Engine {
                         // Stored in storage, so checked like any statement before it runs.
                         super::policy::check(&plan, super::policy::Purpose::Query)?;
                         let table = Arc::new(ViewTable::new(plan, Some(view.query.clone())));
-                        ensure_schema(frame.hive.as_str(), frame.box_name.as_str())?
-                            .register_table(registered, table)?;
+                        let schema = ensure_schema(frame.hive.as_str(), frame.box_name.as_str())?;
+                        // An information_schema listing may hold the view's name already.
+                        schema.deregister_table(&registered)?;
+                        schema.register_table(registered, table)?;
                     }
                     Err(e) => {
                         last_error = Some(format!("view {frame}: {e}"));
@@ -233,6 +236,8 @@ impl Engine {
             })
             .collect();
         let mut views: Vec<(FrameRef, String, ViewV1)> = Vec::new();
+        // What the statement's `information_schema` tables need listed, if it names any.
+        let mut listing: Option<information_schema::Listing> = None;
         // Names are opened a round at a time, all of a round at once: each open is a round trip
         // or two to storage, which would otherwise add up frame by frame. A view's names make
         // the next round.
@@ -241,6 +246,10 @@ impl Engine {
             for (mut parts, hive, box_name, depth) in work.drain(..) {
                 if is_system(&parts) {
                     resolved.reads_system = true;
+                    continue;
+                }
+                if let Some(level) = information_schema::listing_for(&parts) {
+                    listing = listing.max(Some(level));
                     continue;
                 }
                 resolved.system_only = false;
@@ -342,6 +351,10 @@ impl Engine {
                 let schema = ensure_schema(frame.hive.as_str(), frame.box_name.as_str())?;
                 schema.register_table(registered, table)?;
             }
+        }
+        if let Some(level) = listing {
+            self.list_for_information_schema(level, string_views, &catalogs, &ensure_schema)
+                .await?;
         }
         if let Some(n) = target.partitions
             && resolved.cell_bytes >= target.spread_from

@@ -33,6 +33,7 @@ mod ddl;
 mod decimals;
 mod external;
 mod history_table;
+mod information_schema;
 mod ingest;
 mod join_filters;
 mod lazy_start;
@@ -142,7 +143,7 @@ impl Engine {
         let mut session_config = SessionConfig::new()
             .with_target_partitions(config.target_partitions.max(1))
             .with_batch_size(config.batch_size.max(1))
-            .with_information_schema(false)
+            .with_information_schema(true)
             .with_create_default_catalog_and_schema(false)
             .with_default_catalog_and_schema(
                 apiary_storage::paths::DEFAULT_HIVE,

@@ -193,6 +193,11 @@ fn sql_returns_rows(text: &str) -> bool {
                 | Keyword::EXPLAIN
                 | Keyword::TABLE
                 | Keyword::FROM
+                // What reaches DataFusion of these answers rows: `SHOW COLUMNS`, `SHOW
+                // FUNCTIONS`, `DESCRIBE SELECT …`.
+                | Keyword::SHOW
+                | Keyword::DESCRIBE
+                | Keyword::DESC
         )
     )
 }
@@ -572,13 +577,15 @@ pub fn classify(text: &str) -> Result<Command> {
                 });
             }
             c.pos = at;
-            // One word (`SHOW FUNCTIONS`, `SHOW VARIABLES`, `SHOW nope`): DataFusion answers
-            // those only from an information_schema, which Apiary does not keep.
-            if c.peek_word(0).is_some() && c.toks.len() == c.pos + 1 {
+            // One other word (`SHOW VARIABLES`, `SHOW nope`): DataFusion would look it up as an
+            // option and answer no rows. `SHOW FUNCTIONS` is DataFusion's, from
+            // information_schema.
+            if c.peek_word(0).is_some_and(|w| w != "FUNCTIONS") && c.toks.len() == c.pos + 1 {
                 let word = &c.toks[c.pos].0;
-                return Err(Error::Unsupported(format!(
-                    "SHOW {word}: Apiary shows HIVES, BOXES, FRAMES, ALL, TIME ZONE, or one \
-                     option by its dotted name (SHOW datafusion.execution.batch_size)"
+                return Err(Error::Sql(format!(
+                    "SHOW {word}: no such option (options have dotted names, as in SHOW \
+                     datafusion.execution.batch_size); SHOW also takes HIVES, BOXES, FRAMES, \
+                     FUNCTIONS, COLUMNS FROM <frame>, ALL and TIME ZONE"
                 )));
             }
             Ok(Command::Sql {

@@ -1,0 +1,240 @@
+//! `information_schema`: the SQL-standard views of what a lakehouse holds, as tools query them
+//! (`SELECT … FROM information_schema.tables / columns / schemata / views`, and DataFusion's
+//! `SHOW COLUMNS`, `SHOW FUNCTIONS`, which it answers from them).
+//!
+//! DataFusion builds these tables from the statement's catalog, which holds only the frames the
+//! statement names. So a statement that names an `information_schema` table gets, beside those
+//! frames, a listing of every hive, box and frame: hives and boxes from the catalog, and each
+//! frame as a [`Listed`] table that answers for its kind, its view text and, when `columns` is
+//! read, its columns — and cannot be scanned. The listing is read when the statement is planned,
+//! as much of it as the tables named need, and holds at most [`MAX_LISTED_FRAMES`] frames.
+//! In every hive, `information_schema` lists all hives, as DataFusion's does and as GetTables
+//! does.
+
+use std::sync::Arc;
+
+use apiary_storage::{FrameRef, Opened};
+use arrow::datatypes::{Schema, SchemaRef};
+use async_trait::async_trait;
+use datafusion::catalog::{
+    CatalogProvider, CatalogProviderList, MemoryCatalogProvider, MemoryCatalogProviderList,
+    Session as DfSession, TableProvider,
+};
+use datafusion::datasource::TableType;
+use datafusion::error::{DataFusionError, Result as DfResult};
+use datafusion::logical_expr::Expr;
+use datafusion::physical_plan::ExecutionPlan;
+use futures::StreamExt;
+use futures::future::BoxFuture;
+use tracing::debug;
+
+use super::catalog::EnsureSchema;
+use super::{Engine, Role, Session};
+use crate::error::{Error, Result};
+use crate::sql::NameParts;
+
+/// The box every hive answers `information_schema` queries from.
+pub(super) const INFORMATION_SCHEMA: &str = "information_schema";
+
+/// Most frames one `information_schema` statement lists.
+pub(super) const MAX_LISTED_FRAMES: usize = 10_000;
+
+/// Frames whose marker or log is read at once while listing.
+const READS_AT_ONCE: usize = 16;
+
+/// How much of the lakehouse a statement's `information_schema` tables need, least first.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub(super) enum Listing {
+    /// `df_settings`, `routines`, `parameters`: nothing from storage.
+    Nothing,
+    /// `schemata`: hives and boxes.
+    Boxes,
+    /// `tables`, `views`: every frame's name and kind (one marker read each).
+    Kinds,
+    /// `columns`: every frame's columns (its log, or its query planned for a view).
+    Columns,
+}
+
+/// What an `information_schema` name needs listed; `None` for any other name.
+pub(super) fn listing_for(parts: &NameParts) -> Option<Listing> {
+    let table = match parts.as_slice() {
+        [s, t] | [_, s, t] if s == INFORMATION_SCHEMA => t.as_str(),
+        _ => return None,
+    };
+    Some(match table {
+        "schemata" => Listing::Boxes,
+        "tables" | "views" => Listing::Kinds,
+        "columns" => Listing::Columns,
+        _ => Listing::Nothing,
+    })
+}
+
+/// A frame as `information_schema` shows it: kind, view text and columns, never its rows.
+#[derive(Debug)]
+struct Listed {
+    schema: SchemaRef,
+    kind: TableType,
+    definition: Option<String>,
+}
+
+#[async_trait]
+impl TableProvider for Listed {
+    fn schema(&self) -> SchemaRef {
+        self.schema.clone()
+    }
+
+    fn table_type(&self) -> TableType {
+        self.kind
+    }
+
+    fn get_table_definition(&self) -> Option<&str> {
+        self.definition.as_deref()
+    }
+
+    async fn scan(
+        &self,
+        _state: &dyn DfSession,
+        _projection: Option<&Vec<usize>>,
+        _filters: &[Expr],
+        _limit: Option<usize>,
+    ) -> DfResult<Arc<dyn ExecutionPlan>> {
+        Err(DataFusionError::Internal(
+            "a frame listed for information_schema was scanned".into(),
+        ))
+    }
+}
+
+tokio::task_local! {
+    /// Set while a listing plans views for their columns: a view that itself reads
+    /// `information_schema` is then listed without planning views again.
+    static LISTING: ();
+}
+
+impl Engine {
+    /// Add to `catalogs` every hive, box and frame, as far as `level` needs.
+    pub(super) async fn list_for_information_schema(
+        &self,
+        level: Listing,
+        string_views: bool,
+        catalogs: &MemoryCatalogProviderList,
+        ensure_schema: &EnsureSchema<'_>,
+    ) -> Result<()> {
+        if level == Listing::Nothing {
+            return Ok(());
+        }
+        let catalog = self.lakehouse.catalog();
+        for hive in catalog.list_hives().await? {
+            if catalogs.catalog(hive.as_str()).is_none() {
+                let c: Arc<dyn CatalogProvider> = Arc::new(MemoryCatalogProvider::new());
+                catalogs.register_catalog(hive.to_string(), c);
+            }
+        }
+        let boxes = catalog.list_boxes(None).await?;
+        let mut frames = Vec::new();
+        for b in &boxes {
+            ensure_schema(b.hive.as_str(), b.name.as_str())?;
+            if level == Listing::Boxes {
+                continue;
+            }
+            for f in catalog.list_frames(b).await? {
+                if frames.len() == MAX_LISTED_FRAMES {
+                    return Err(Error::ResourceExhausted(format!(
+                        "information_schema lists at most {MAX_LISTED_FRAMES} frames; this \
+                         lakehouse holds more (GetTables lists them with filters)"
+                    )));
+                }
+                frames.push(FrameRef::new(b.hive.clone(), b.name.clone(), f));
+            }
+        }
+        // Planning a view for its columns inside a listing lists without planning views again.
+        let nested = LISTING.try_with(|_| ()).is_ok();
+        let listed: Vec<_> = futures::stream::iter(frames)
+            .map(|f| async move {
+                let listed = self.listed(&f, level, string_views, nested).await;
+                (f, listed)
+            })
+            .buffered(READS_AT_ONCE)
+            .collect()
+            .await;
+        for (f, listed) in listed {
+            // Dropped since it was listed.
+            let Some(listed) = listed? else { continue };
+            let schema = ensure_schema(f.hive.as_str(), f.box_name.as_str())?;
+            // A frame the statement reads is there already, loaded for real.
+            if !schema.table_exist(f.name.as_str()) {
+                schema.register_table(f.name.to_string(), Arc::new(listed))?;
+            }
+        }
+        Ok(())
+    }
+
+    /// One frame as listed, its columns typed as the statement would read them (strings as
+    /// views when `string_views`); `None` if it is gone.
+    async fn listed(
+        &self,
+        f: &FrameRef,
+        level: Listing,
+        string_views: bool,
+        nested: bool,
+    ) -> Result<Option<Listed>> {
+        let empty = || Arc::new(Schema::empty());
+        if level < Listing::Columns {
+            let Some(marker) = self.lakehouse.catalog().frame_marker(f).await? else {
+                return Ok(None);
+            };
+            return Ok(Some(match marker.view {
+                Some(v) => Listed {
+                    schema: empty(),
+                    kind: TableType::View,
+                    definition: Some(v.query),
+                },
+                None => Listed {
+                    schema: empty(),
+                    kind: TableType::Base,
+                    definition: None,
+                },
+            }));
+        }
+        Ok(Some(match self.lakehouse.open_frame(f, None).await {
+            Ok(Opened::Frame(s)) => Listed {
+                schema: self.frame_table(s).with_view_types(string_views).schema(),
+                kind: TableType::Base,
+                definition: None,
+            },
+            Ok(Opened::Files(e)) => Listed {
+                schema: self.external_files(&e, self.base_state()).await?.schema(),
+                kind: TableType::Base,
+                definition: None,
+            },
+            Ok(Opened::View(v)) => {
+                // A view that no longer plans (a frame it reads was dropped) is listed without
+                // columns rather than failing the listing.
+                let schema = match nested {
+                    true => empty(),
+                    false => self.listed_view_schema(f).await.unwrap_or_else(|e| {
+                        debug!(view = %f, error = %e, "view listed without its columns");
+                        empty()
+                    }),
+                };
+                Listed {
+                    schema,
+                    kind: TableType::View,
+                    definition: Some(v.query),
+                }
+            }
+            Err(apiary_storage::Error::NotFound { .. }) => return Ok(None),
+            Err(e) => return Err(e.into()),
+        }))
+    }
+
+    /// A view's columns, planned as a reader would, inside the listing's scope.
+    fn listed_view_schema<'a>(&'a self, f: &'a FrameRef) -> BoxFuture<'a, Result<SchemaRef>> {
+        Box::pin(LISTING.scope((), async move {
+            let reader = Session {
+                role: Role::Reader,
+                ..Session::new("catalog")
+            };
+            self.view_schema(&reader, f).await
+        }))
+    }
+}
