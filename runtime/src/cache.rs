@@ -159,6 +159,27 @@ impl CellCache {
         b
     }
 
+    /// Forget the cells at `keys` (object paths, as scans name them) and delete their files:
+    /// VACUUM deleted them from storage, so a read must fail as it does on every other node
+    /// rather than be served from here, and their space is free at once. Returns how many
+    /// were cached.
+    pub fn evict(&self, keys: &[String]) -> usize {
+        let mut files = Vec::new();
+        {
+            let mut s = self.state.lock().expect("cache");
+            for key in keys {
+                if let Some(e) = s.entries.remove(key) {
+                    s.bytes -= e.size;
+                    files.push(e.file);
+                }
+            }
+        }
+        for f in &files {
+            let _ = std::fs::remove_file(f);
+        }
+        files.len()
+    }
+
     /// The local file and size of a cached cell.
     fn lookup(&self, key: &str) -> Option<(PathBuf, u64)> {
         let mut s = self.state.lock().expect("cache");
@@ -485,6 +506,33 @@ mod tests {
         assert_eq!(s.entries, 2);
         // The most recent stay.
         assert!(cache.bloom().contains("t/c4.parquet"));
+    }
+
+    #[tokio::test]
+    async fn evicted_cells_are_read_from_storage_again() {
+        let inner: Arc<dyn ObjectStore> = Arc::new(InMemory::new());
+        let dir = tempfile::tempdir().unwrap();
+        let cache = CellCache::new(dir.path().join("c"), 1 << 20).unwrap();
+        let store = CachedStore::new(inner.clone(), cache.clone());
+        let (a, b) = (Path::from("t/a.parquet"), Path::from("t/b.parquet"));
+        for p in [&a, &b] {
+            inner.put(p, vec![7u8; 1_000].into()).await.unwrap();
+            store.get(p).await.unwrap().bytes().await.unwrap();
+        }
+        assert_eq!((cache.stats().entries, cache.stats().bytes), (2, 2_000));
+        // VACUUM deleted `a` from storage: evicted, a read fails as it does on every node.
+        inner.delete(&a).await.unwrap();
+        let keys = vec![a.to_string(), "t/never-cached.parquet".to_string()];
+        assert_eq!(cache.evict(&keys), 1);
+        assert_eq!((cache.stats().entries, cache.stats().bytes), (1, 1_000));
+        assert!(matches!(
+            store.get(&a).await,
+            Err(object_store::Error::NotFound { .. })
+        ));
+        // Its file is gone from the cache directory; `b` is still served from there.
+        assert_eq!(std::fs::read_dir(dir.path().join("c")).unwrap().count(), 1);
+        store.get(&b).await.unwrap().bytes().await.unwrap();
+        assert_eq!(cache.stats().hits, 1);
     }
 
     #[test]

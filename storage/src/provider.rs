@@ -42,15 +42,16 @@ use deltalake::kernel::scalars::ScalarExt;
 use futures::StreamExt;
 use tracing::debug;
 
-use crate::dml::{ChangeExec, MergeSpec};
+use crate::dml::{Change, ChangeExec, MergeSpec};
 use crate::error::Error;
 use crate::footers::cached_source;
 use crate::ledger::{CellInfo, FrameSnapshot, Ledger};
 use crate::scan_stats::{LogColumnStats, summarise};
 use crate::spread::spread_cells;
 
-/// Called before each batch of an `INSERT` is written, so the node can throttle writes when it
-/// runs hot. Implemented by the runtime; storage only calls it.
+/// Called before each batch of an `INSERT` is written, and once before a `DELETE`, `UPDATE`,
+/// `MERGE` or `OPTIMIZE` starts (with 0 rows), so the node can throttle writes when it runs hot.
+/// Implemented by the runtime; storage only calls it.
 #[async_trait]
 pub trait WriteGate: Send + Sync + fmt::Debug {
     async fn admit(&self, rows: usize);
@@ -396,11 +397,16 @@ impl TableProvider for FrameTable {
             "DELETE",
             snapshot.frame().to_string(),
             vec![],
-            Arc::new(move |ctx, _| {
-                let (ledger, snapshot, user) = (ledger.clone(), snapshot.clone(), user.clone());
-                let (state, predicate) = (on_task(&state, &ctx), predicate.clone());
-                Box::pin(async move { ledger.delete(&snapshot, predicate, &state, &user).await })
-            }),
+            gated(
+                &self.gate,
+                Arc::new(move |ctx, _| {
+                    let (ledger, snapshot, user) = (ledger.clone(), snapshot.clone(), user.clone());
+                    let (state, predicate) = (on_task(&state, &ctx), predicate.clone());
+                    Box::pin(
+                        async move { ledger.delete(&snapshot, predicate, &state, &user).await },
+                    )
+                }),
+            ),
         )))
     }
 
@@ -418,16 +424,19 @@ impl TableProvider for FrameTable {
             "UPDATE",
             snapshot.frame().to_string(),
             vec![],
-            Arc::new(move |ctx, _| {
-                let (ledger, snapshot, user) = (ledger.clone(), snapshot.clone(), user.clone());
-                let state = on_task(&state, &ctx);
-                let (assignments, predicate) = (assignments.clone(), predicate.clone());
-                Box::pin(async move {
-                    ledger
-                        .update(&snapshot, assignments, predicate, &state, &user)
-                        .await
-                })
-            }),
+            gated(
+                &self.gate,
+                Arc::new(move |ctx, _| {
+                    let (ledger, snapshot, user) = (ledger.clone(), snapshot.clone(), user.clone());
+                    let state = on_task(&state, &ctx);
+                    let (assignments, predicate) = (assignments.clone(), predicate.clone());
+                    Box::pin(async move {
+                        ledger
+                            .update(&snapshot, assignments, predicate, &state, &user)
+                            .await
+                    })
+                }),
+            ),
         )))
     }
 
@@ -456,20 +465,39 @@ impl TableProvider for FrameTable {
             "MERGE",
             snapshot.frame().to_string(),
             vec![source],
-            Arc::new(move |ctx, children| {
-                let (ledger, snapshot, user) = (ledger.clone(), snapshot.clone(), user.clone());
-                let state = on_task(&state, &ctx);
-                let spec = MergeSpec {
-                    source: children[0].clone(),
-                    merge_schema: merge_schema.clone(),
-                    on: on.clone(),
-                    clauses: clauses.clone(),
-                };
-                let target = target.clone();
-                Box::pin(async move { ledger.merge(&snapshot, &target, spec, &state, &user).await })
-            }),
+            gated(
+                &self.gate,
+                Arc::new(move |ctx, children| {
+                    let (ledger, snapshot, user) = (ledger.clone(), snapshot.clone(), user.clone());
+                    let state = on_task(&state, &ctx);
+                    let spec = MergeSpec {
+                        source: children[0].clone(),
+                        merge_schema: merge_schema.clone(),
+                        on: on.clone(),
+                        clauses: clauses.clone(),
+                    };
+                    let target = target.clone();
+                    Box::pin(
+                        async move { ledger.merge(&snapshot, &target, spec, &state, &user).await },
+                    )
+                }),
+            ),
         )))
     }
+}
+
+/// `change`, started only once `gate` (if any) admits it.
+fn gated(gate: &Option<Arc<dyn WriteGate>>, change: Change) -> Change {
+    let Some(gate) = gate.clone() else {
+        return change;
+    };
+    Arc::new(move |ctx, children| {
+        let (gate, run) = (gate.clone(), change(ctx, children));
+        Box::pin(async move {
+            gate.admit(0).await;
+            run.await
+        })
+    })
 }
 
 impl FrameTable {

@@ -190,7 +190,7 @@ def moto():
             proc.wait()
 
 
-def test_dml_on_s3_is_read_back_by_deltalake(moto):
+def test_dml_on_s3_is_read_back_by_deltalake(moto, tmp_path):
     env = {
         "APIARY_S3_ENDPOINT": moto,
         "APIARY_S3_REGION": "us-east-1",
@@ -198,7 +198,9 @@ def test_dml_on_s3_is_read_back_by_deltalake(moto):
         "APIARY_S3_SECRET_ACCESS_KEY": "testing",
         "APIARY_S3_ALLOW_HTTP": "true",
     }
-    s = ApiaryServer("s3://bucket/lake", args=["--vacuum-min-retention-hours", "0", "--cache-size", "0"], env=env)
+    # With the local cell cache on: VACUUM clears it of the cells it deletes.
+    cache = ["--cache-dir", str(tmp_path / "cells")]
+    s = ApiaryServer("s3://bucket/lake", args=["--vacuum-min-retention-hours", "0", *cache], env=env)
     try:
         seen = run_dml_session(s.uri)
         dt = DeltaTable(
@@ -225,11 +227,21 @@ def test_dml_on_s3_is_read_back_by_deltalake(moto):
 
         before = cells()
         with flightsql.connect(s.uri) as conn, conn.cursor() as cur:
+
+            def cached_bytes():
+                return rows(cur, "SELECT cache_bytes FROM system.runtime.node")[0][0]
+
+            # Version 2's cells, read once, are in the node's cell cache.
+            assert rows(cur, "SELECT count(*) FROM t VERSION AS OF 2")[0][0] > 0
+            assert rows(cur, "SELECT count(*) FROM t")[0][0] > 0
+            cached = cached_bytes()
+            assert cached > 0
             doomed = len(rows(cur, "VACUUM t RETAIN 0 HOURS DRY RUN"))
             cur.execute("VACUUM t RETAIN 0 HOURS")
             assert cur.rowcount == doomed > 0
             assert len(cells()) == len(before) - doomed
-            # (Without the local cell cache: a node that cached a cell serves it until evicted.)
+            assert cached_bytes() < cached
+            # Not served from the cache: gone here as in the bucket.
             with pytest.raises(Exception, match=r"NOT_FOUND.*is gone \(VACUUM deleted"):
                 rows(cur, "SELECT * FROM t VERSION AS OF 2")
             assert rows(cur, "SELECT count(*) FROM t") == [(271,)]

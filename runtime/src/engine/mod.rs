@@ -114,6 +114,8 @@ pub struct Engine {
     limits: Limits,
     system: Option<Arc<dyn SystemCatalog>>,
     write_gate: Option<Arc<dyn WriteGate>>,
+    /// The node's cell cache (S3 roots), which VACUUM clears of the cells it deletes.
+    cell_cache: Option<Arc<crate::cache::CellCache>>,
     /// Shortest `VACUUM … RETAIN n HOURS` allowed.
     vacuum_min_retention_hours: f64,
 }
@@ -192,6 +194,7 @@ impl Engine {
             limits: config.limits,
             system: None,
             write_gate: None,
+            cell_cache: None,
             vacuum_min_retention_hours: config.vacuum_min_retention_hours,
         })
     }
@@ -199,6 +202,12 @@ impl Engine {
     /// Writes through this engine ask `gate` before every batch (throttling when hot).
     pub fn with_write_gate(mut self, gate: Arc<dyn WriteGate>) -> Self {
         self.write_gate = Some(gate);
+        self
+    }
+
+    /// VACUUM removes the cells it deletes from `cache` too.
+    pub fn with_cell_cache(mut self, cache: Arc<crate::cache::CellCache>) -> Self {
+        self.cell_cache = Some(cache);
         self
     }
 

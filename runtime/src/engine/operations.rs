@@ -101,6 +101,10 @@ impl Engine {
                         .with_runtime_env(env.clone())
                         .build();
                 }
+                // A rewrite of cells is a write: it waits while the node runs hot, as INSERTs do.
+                if let Some(gate) = &self.write_gate {
+                    gate.admit(0).await;
+                }
                 let o = ledger
                     .optimize(&snapshot, &conditions, zorder.clone(), &state, user)
                     .await?;
@@ -121,6 +125,7 @@ impl Engine {
                         user,
                     )
                     .await?;
+                self.evict_vacuumed(snapshot.frame(), &done.files);
                 Ok(Output::Count(done.files.len() as u64))
             }
             Command::ClusterBy { name, columns } => {
@@ -218,6 +223,29 @@ impl Engine {
             }
         }
         Ok(out)
+    }
+
+    /// Drop the cells VACUUM deleted (paths relative to the frame's table) from the node's cell
+    /// cache. Other nodes' caches keep them until they age out: only a read of a version from
+    /// before the VACUUM can meet them there, and it gets that version's rows.
+    fn evict_vacuumed(&self, frame: &apiary_storage::FrameRef, files: &[String]) {
+        let Some(cache) = &self.cell_cache else {
+            return;
+        };
+        let storage = self.lakehouse.storage();
+        let root = apiary_storage::paths::frame_root(frame);
+        let keys: Vec<String> = files
+            .iter()
+            .map(|f| {
+                let relative = object_store::path::Path::from_iter(
+                    root.parts()
+                        .chain(object_store::path::Path::from(f.as_str()).parts()),
+                );
+                storage.absolute(&relative).to_string()
+            })
+            .collect();
+        let evicted = cache.evict(&keys);
+        tracing::debug!(%frame, deleted = files.len(), evicted, "VACUUM cleared the cell cache");
     }
 }
 

@@ -169,6 +169,10 @@ impl Node {
             }
             _ => None,
         };
+        let engine = match &cache {
+            Some(c) => engine.with_cell_cache(c.clone()),
+            None => engine,
+        };
         Ok(Arc::new_cyclic(|weak: &Weak<Node>| {
             let status: Weak<dyn StatusSource> = weak.clone();
             let engine = engine.with_system_catalog(Arc::new(SystemTables::new(status)));

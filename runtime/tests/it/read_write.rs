@@ -1043,3 +1043,38 @@ async fn show_all_lists_the_sessions_options() {
     assert_eq!(value("apiary.merge_schema"), Some(Some("false".into())));
     assert!(rows.windows(2).all(|w| w[0].0 < w[1].0), "sorted by name");
 }
+
+/// A write gate that counts what it is asked.
+#[derive(Debug, Default)]
+struct CountingGate(std::sync::Mutex<Vec<usize>>);
+
+#[async_trait::async_trait]
+impl apiary_storage::WriteGate for CountingGate {
+    async fn admit(&self, rows: usize) {
+        self.0.lock().unwrap().push(rows);
+    }
+}
+
+/// Every write asks the node's write gate first (which holds writes back while the colony runs
+/// hot): INSERT before each batch, DELETE, UPDATE, MERGE and OPTIMIZE once before they start.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_write_asks_the_write_gate() {
+    let mut f = fixture(LedgerConfig::default()).await;
+    let gate = Arc::new(CountingGate::default());
+    f.engine = f.engine.clone().with_write_gate(gate.clone());
+    let asked = || gate.0.lock().unwrap().clone();
+    f.run("CREATE TABLE g (id INT, v INT)").await;
+    f.run("INSERT INTO g VALUES (1, 10), (2, 20), (3, 30)")
+        .await;
+    assert_eq!(asked(), vec![3], "INSERT: once per batch, with its rows");
+    f.run("DELETE FROM g WHERE id = 1").await;
+    f.run("UPDATE g SET v = v + 1 WHERE id = 2").await;
+    f.run("MERGE INTO g USING (SELECT 3 AS id) s ON g.id = s.id WHEN MATCHED THEN DELETE")
+        .await;
+    f.run("OPTIMIZE g").await;
+    assert_eq!(asked(), vec![3, 0, 0, 0, 0]);
+    assert_eq!(
+        i64s(&f.run("SELECT CAST(v AS BIGINT) FROM g").await),
+        vec![21]
+    );
+}
