@@ -57,8 +57,9 @@ class Moto:
     def __init__(self, bucket: str):
         # moto binds port 0 and prints the port it got: no other process can take it in between.
         launcher = ROOT / "tests" / "python" / "moto_locked.py"
-        self.proc = Proc([sys.executable, str(launcher), "-H", "127.0.0.1", "-p", "0"], "port ")
-        self.port = int(self.proc.ready_line.split()[1])
+        ready = "moto_locked listening on port "
+        self.proc = Proc([sys.executable, str(launcher), "-H", "127.0.0.1", "-p", "0"], ready)
+        self.port = int(self.proc.ready_line.split(ready, 1)[1].split()[0])
         req = urllib.request.Request(f"{self.endpoint}/{bucket}", method="PUT", data=b"")
         urllib.request.urlopen(req).read()
         self.bucket = bucket

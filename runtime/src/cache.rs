@@ -102,7 +102,14 @@ struct State {
     entries: HashMap<String, Entry>,
     bytes: u64,
     clock: u64,
+    /// Cells evicted because storage deleted them, newest last (at most [`GONE_KEPT`]): a fetch
+    /// that began before the delete must not put one back.
+    gone: std::collections::VecDeque<String>,
 }
+
+/// Deleted cells remembered so that a fetch under way cannot cache them again (cell names are
+/// never reused, so the newest few thousand are all that matter).
+const GONE_KEPT: usize = 4096;
 
 /// The cache's figures.
 #[derive(Debug, Clone, Copy, Default)]
@@ -163,7 +170,7 @@ impl CellCache {
     /// VACUUM deleted them from storage, so a read must fail as it does on every other node
     /// rather than be served from here, and their space is free at once. Returns how many
     /// were cached.
-    pub fn evict(&self, keys: &[String]) -> usize {
+    pub async fn evict(&self, keys: &[String]) -> usize {
         let mut files = Vec::new();
         {
             let mut s = self.state.lock().expect("cache");
@@ -172,12 +179,19 @@ impl CellCache {
                     s.bytes -= e.size;
                     files.push(e.file);
                 }
+                s.gone.push_back(key.clone());
             }
+            let excess = s.gone.len().saturating_sub(GONE_KEPT);
+            s.gone.drain(..excess);
         }
-        for f in &files {
-            let _ = std::fs::remove_file(f);
-        }
-        files.len()
+        let evicted = files.len();
+        let _ = crate::executor::spawn_blocking(move || {
+            for f in &files {
+                let _ = std::fs::remove_file(f);
+            }
+        })
+        .await;
+        evicted
     }
 
     /// The local file and size of a cached cell.
@@ -209,6 +223,11 @@ impl CellCache {
         let mut evicted = Vec::new();
         {
             let mut s = self.state.lock().expect("cache");
+            if s.gone.contains(&key) {
+                drop(s);
+                let _ = std::fs::remove_file(&file);
+                return None;
+            }
             s.clock += 1;
             let clock = s.clock;
             if let Some(old) = s.entries.insert(
@@ -523,7 +542,7 @@ mod tests {
         // VACUUM deleted `a` from storage: evicted, a read fails as it does on every node.
         inner.delete(&a).await.unwrap();
         let keys = vec![a.to_string(), "t/never-cached.parquet".to_string()];
-        assert_eq!(cache.evict(&keys), 1);
+        assert_eq!(cache.evict(&keys).await, 1);
         assert_eq!((cache.stats().entries, cache.stats().bytes), (1, 1_000));
         assert!(matches!(
             store.get(&a).await,
@@ -533,6 +552,13 @@ mod tests {
         assert_eq!(std::fs::read_dir(dir.path().join("c")).unwrap().count(), 1);
         store.get(&b).await.unwrap().bytes().await.unwrap();
         assert_eq!(cache.stats().hits, 1);
+        // A fetch of `a` that began before the delete cannot cache it again.
+        assert!(
+            cache
+                .admit(a.to_string(), &Bytes::from(vec![7u8; 1_000]))
+                .is_none()
+        );
+        assert_eq!(cache.stats().entries, 1);
     }
 
     #[test]

@@ -19,12 +19,12 @@ use deltalake::operations::vacuum::VacuumMode;
 use deltalake::protocol::DeltaOperation;
 use futures::{StreamExt, TryStreamExt};
 use object_store::ObjectStoreExt;
-use object_store::path::Path;
-use tracing::info;
+use tracing::{info, warn};
 
 use crate::dml::{conflict, operation_session};
 use crate::error::{Error, Result};
 use crate::ledger::{FrameSnapshot, Ledger};
+use crate::paths;
 use crate::shape::{CLUSTER_BY_PROPERTY, cluster_property, validate_clustering};
 
 /// One `column op value(s)` condition on a partition column, values as partition strings.
@@ -162,7 +162,21 @@ impl Ledger {
             .with_dry_run(true)
             .await
             .map_err(|e| conflict(snapshot, e))?;
-        let files = plan.files_deleted;
+        // Never a cell the snapshot reads, whatever the plan says (a key escaped one time too
+        // many or too few would otherwise name a live file as garbage).
+        let live: std::collections::HashSet<String> = snapshot
+            .delta_state()
+            .log_data()
+            .iter()
+            .map(|f| paths::cell_key(&f.path()).to_string())
+            .collect();
+        let (files, kept): (Vec<String>, Vec<String>) = plan
+            .files_deleted
+            .into_iter()
+            .partition(|f| !live.contains(paths::table_file_key(f).as_ref()));
+        if !kept.is_empty() {
+            warn!(frame = %snapshot.frame(), kept = ?kept, "VACUUM's plan named live cells; kept them");
+        }
         if dry_run || files.is_empty() {
             return Ok(Vacuumed { files, dry_run });
         }
@@ -188,7 +202,7 @@ impl Ledger {
             .map(|f| {
                 let store = store.clone();
                 async move {
-                    match store.delete(&Path::from(f.as_str())).await {
+                    match store.delete(&paths::table_file_key(&f)).await {
                         Ok(()) | Err(object_store::Error::NotFound { .. }) => Ok(f),
                         Err(e) => Err(Error::from(e)),
                     }

@@ -236,6 +236,21 @@ pub fn frame_marker(f: &FrameRef) -> Path {
     ])
 }
 
+/// The key of a cell, relative to its frame's table, from its path in the Delta log as delta-rs
+/// gives it (percent-decoded once). That is the key the writer used: an escaped partition value
+/// stays escaped in it (`region=North%20America/part-….parquet` for `North America`), so the
+/// text is parsed as a key, not escaped again (`Path::from` would make `%20` into `%2520` and
+/// name a file that does not exist). delta-rs's `object_store_path` does the same.
+pub fn cell_key(logged: &str) -> Path {
+    Path::parse(logged).unwrap_or_else(|_| Path::from(logged))
+}
+
+/// The key of a file a delta-rs operation names by its key's text (`VacuumPlan`'s
+/// `files_deleted`), relative to its frame's table: parsed, not escaped again.
+pub fn table_file_key(text: &str) -> Path {
+    Path::parse(text).unwrap_or_else(|_| Path::from(text))
+}
+
 /// Root of the frame's Delta table, relative to the storage root.
 pub fn frame_root(f: &FrameRef) -> Path {
     Path::from_iter([f.hive.as_str(), f.box_name.as_str(), f.name.as_str()])

@@ -213,7 +213,11 @@ fn file_for(
             )
         })
         .collect::<DfResult<Vec<_>>>()?;
-    Ok(PartitionedFile::new(cell.location.to_string(), cell.size)
+    // The cell's key as it is: `PartitionedFile::new` would parse its text again and escape
+    // the `%` of an escaped partition value a second time.
+    let mut file = PartitionedFile::new(String::new(), cell.size);
+    file.object_meta.location = cell.location.clone();
+    Ok(file
         .with_partition_values(values)
         .with_statistics(Arc::new(stats)))
 }

@@ -6,7 +6,8 @@ concurrent put-if-absent requests for one key can both succeed. Apiary's commit 
 that single guarantee, so the tests run moto behind one lock. Usage: same flags as moto_server.
 
 With `-p 0` (the default) the kernel picks a free port while the socket is bound, so no other
-process can take it in between; the first line on stdout is `port N`, which the harnesses read.
+process can take it in between; the first line on stdout is `moto_locked listening on port N`,
+which the harnesses read.
 """
 
 import argparse
@@ -35,7 +36,7 @@ def main() -> None:
             return list(app(environ, start_response))
 
     server = make_server(args.host, args.port, serialised, threaded=True, request_handler=MotoRequestHandler)
-    print(f"port {server.port}", flush=True)
+    print(f"moto_locked listening on port {server.port}", flush=True)
     server.serve_forever()
 
 

@@ -3,6 +3,7 @@ travel and history through pyarrow.flight, VACUUM really deleting files, views i
 the `deltalake` package reading what the DML wrote — on a local root and on S3 (moto)."""
 
 import pathlib
+import select
 import subprocess
 import sys
 import urllib.request
@@ -174,11 +175,15 @@ def moto():
         stderr=subprocess.DEVNULL,
         text=True,
     )
+    ready = "moto_locked listening on port "
     try:
-        line = proc.stdout.readline()
-        if not line.startswith("port "):
+        # A bounded wait for the first line (moto imports for a few seconds).
+        line = ""
+        if select.select([proc.stdout], [], [], 60)[0]:
+            line = proc.stdout.readline()
+        if not line.startswith(ready):
             raise RuntimeError(f"moto did not start: {line!r}, exit {proc.poll()}")
-        endpoint = f"http://127.0.0.1:{int(line.split()[1])}"
+        endpoint = f"http://127.0.0.1:{int(line[len(ready):])}"
         urllib.request.urlopen(urllib.request.Request(f"{endpoint}/bucket", method="PUT"), timeout=10).read()
         yield endpoint
     finally:

@@ -115,7 +115,8 @@ impl Moto {
             .stderr(Stdio::null())
             .spawn()
             .expect("spawn moto_server");
-        // The first line is `port N`; the reader keeps draining stdout after it.
+        // The first line is `moto_locked listening on port N`; the reader keeps draining stdout
+        // after it.
         let stdout = child.stdout.take().expect("moto's stdout");
         let (tx, rx) = std::sync::mpsc::channel();
         std::thread::spawn(move || {
@@ -125,7 +126,9 @@ impl Moto {
         });
         let line = rx.recv_timeout(Duration::from_secs(60));
         let port = match &line {
-            Ok(Some(Ok(l))) => l.strip_prefix("port ").and_then(|p| p.trim().parse().ok()),
+            Ok(Some(Ok(l))) => l
+                .strip_prefix("moto_locked listening on port ")
+                .and_then(|p| p.trim().parse().ok()),
             _ => None,
         };
         let moto = Moto {

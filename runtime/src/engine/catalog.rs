@@ -138,10 +138,8 @@ impl Engine {
                         // Stored in storage, so checked like any statement before it runs.
                         super::policy::check(&plan, super::policy::Purpose::Query)?;
                         let table = Arc::new(ViewTable::new(plan, Some(view.query.clone())));
-                        let schema = ensure_schema(frame.hive.as_str(), frame.box_name.as_str())?;
-                        // An information_schema listing may hold the view's name already.
-                        schema.deregister_table(&registered)?;
-                        schema.register_table(registered, table)?;
+                        ensure_schema(frame.hive.as_str(), frame.box_name.as_str())?
+                            .register_table(registered, table)?;
                     }
                     Err(e) => {
                         last_error = Some(format!("view {frame}: {e}"));
@@ -244,12 +242,12 @@ impl Engine {
         while !work.is_empty() {
             let mut round: Vec<(FrameRef, String, Option<AsOf>, usize)> = Vec::new();
             for (mut parts, hive, box_name, depth) in work.drain(..) {
-                if is_system(&parts) {
-                    resolved.reads_system = true;
+                if let Some(level) = information_schema::listing_for(&parts, session.role)? {
+                    listing = listing.max(Some(level));
                     continue;
                 }
-                if let Some(level) = information_schema::listing_for(&parts) {
-                    listing = listing.max(Some(level));
+                if is_system(&parts) {
+                    resolved.reads_system = true;
                     continue;
                 }
                 resolved.system_only = false;
@@ -352,9 +350,17 @@ impl Engine {
                 schema.register_table(registered, table)?;
             }
         }
-        if let Some(level) = listing {
-            self.list_for_information_schema(level, string_views, &catalogs, &ensure_schema)
-                .await?;
+        // DataFusion's SHOW statements name every information_schema table; they read only the
+        // frame they name, loaded above.
+        if let Some(level) = listing.filter(|_| !information_schema::is_show(statement)) {
+            self.list_for_information_schema(
+                level,
+                string_views,
+                &loaded,
+                &catalogs,
+                &ensure_schema,
+            )
+            .await?;
         }
         if let Some(n) = target.partitions
             && resolved.cell_bytes >= target.spread_from

@@ -142,11 +142,16 @@ impl Engine {
         let parsed = self
             .base_state()
             .sql_to_statement(&text, &datafusion::config::Dialect::Generic)?;
-        let (state, _) = self
-            .statement_state(session, &parsed, &super::Pins::new(), Default::default())
-            .await?;
-        let plan = state.statement_to_plan(parsed).await?;
-        Ok(Arc::new(plan.schema().as_arrow().clone()))
+        // Only its schema is wanted: information_schema tables it reads list nothing.
+        super::information_schema::SCHEMA_ONLY
+            .scope((), async {
+                let (state, _) = self
+                    .statement_state(session, &parsed, &super::Pins::new(), Default::default())
+                    .await?;
+                let plan = state.statement_to_plan(parsed).await?;
+                Ok(Arc::new(plan.schema().as_arrow().clone()))
+            })
+            .await
     }
 
     /// External Parquet or CSV files as a read-only table.

@@ -7,10 +7,17 @@
 //! frames, a listing of every hive, box and frame: hives and boxes from the catalog, and each
 //! frame as a [`Listed`] table that answers for its kind, its view text and, when `columns` is
 //! read, its columns — and cannot be scanned. The listing is read when the statement is planned,
-//! as much of it as the tables named need, and holds at most [`MAX_LISTED_FRAMES`] frames.
+//! as much of it as the tables named need, and holds at most [`MAX_LISTED`] boxes and frames.
 //! In every hive, `information_schema` lists all hives, as DataFusion's does and as GetTables
 //! does.
+//!
+//! Nothing is listed when only a schema is wanted ([`SCHEMA_ONLY`]: a view planned for its
+//! columns), nor for DataFusion's `SHOW` statements, which name every `information_schema`
+//! table but read only what they name (`SHOW COLUMNS FROM f` reads `f`, loaded for real).
+//! `df_settings` shows the server's runtime settings (its scratch directory among them): an
+//! admin's only, as EXPLAIN's file paths are.
 
+use std::collections::HashSet;
 use std::sync::Arc;
 
 use apiary_storage::{FrameRef, Opened};
@@ -24,6 +31,7 @@ use datafusion::datasource::TableType;
 use datafusion::error::{DataFusionError, Result as DfResult};
 use datafusion::logical_expr::Expr;
 use datafusion::physical_plan::ExecutionPlan;
+use datafusion::sql::parser::Statement as DfStatement;
 use futures::StreamExt;
 use futures::future::BoxFuture;
 use tracing::debug;
@@ -36,8 +44,8 @@ use crate::sql::NameParts;
 /// The box every hive answers `information_schema` queries from.
 pub(super) const INFORMATION_SCHEMA: &str = "information_schema";
 
-/// Most frames one `information_schema` statement lists.
-pub(super) const MAX_LISTED_FRAMES: usize = 10_000;
+/// Most boxes and frames one `information_schema` statement lists.
+pub(super) const MAX_LISTED: usize = 10_000;
 
 /// Frames whose marker or log is read at once while listing.
 const READS_AT_ONCE: usize = 16;
@@ -55,18 +63,44 @@ pub(super) enum Listing {
     Columns,
 }
 
-/// What an `information_schema` name needs listed; `None` for any other name.
-pub(super) fn listing_for(parts: &NameParts) -> Option<Listing> {
+/// What an `information_schema` name needs listed; `None` for any other name. `df_settings` is
+/// refused to all but admins.
+pub(super) fn listing_for(parts: &NameParts, role: Role) -> Result<Option<Listing>> {
     let table = match parts.as_slice() {
         [s, t] | [_, s, t] if s == INFORMATION_SCHEMA => t.as_str(),
-        _ => return None,
+        _ => return Ok(None),
     };
-    Some(match table {
+    Ok(Some(match table {
         "schemata" => Listing::Boxes,
         "tables" | "views" => Listing::Kinds,
         "columns" => Listing::Columns,
+        "df_settings" if role != Role::Admin => {
+            return Err(Error::NotAllowed(
+                "information_schema.df_settings shows the server's runtime settings, an \
+                 admin's to read; SHOW ALL lists the options a session runs with"
+                    .into(),
+            ));
+        }
         _ => Listing::Nothing,
-    })
+    }))
+}
+
+/// Whether `statement` is one of DataFusion's `SHOW` statements (answered from
+/// information_schema, reading only the frame it names).
+pub(super) fn is_show(statement: &DfStatement) -> bool {
+    use datafusion::sql::sqlparser::ast::Statement as Sql;
+    matches!(
+        statement,
+        DfStatement::Statement(s) if matches!(
+            **s,
+            Sql::ShowColumns { .. }
+                | Sql::ShowFunctions { .. }
+                | Sql::ShowCreate { .. }
+                | Sql::ShowVariable { .. }
+                | Sql::ShowVariables { .. }
+                | Sql::ShowTables { .. }
+        )
+    )
 }
 
 /// A frame as `information_schema` shows it: kind, view text and columns, never its rows.
@@ -105,21 +139,23 @@ impl TableProvider for Listed {
 }
 
 tokio::task_local! {
-    /// Set while a listing plans views for their columns: a view that itself reads
-    /// `information_schema` is then listed without planning views again.
-    static LISTING: ();
+    /// Set while a statement is planned only for its schema (a view's columns): its
+    /// `information_schema` tables list nothing, their columns being fixed.
+    pub(super) static SCHEMA_ONLY: ();
 }
 
 impl Engine {
-    /// Add to `catalogs` every hive, box and frame, as far as `level` needs.
+    /// Add to `catalogs` every hive, box and frame, as far as `level` needs, but for the frames
+    /// the statement loads itself (`loaded`: registered for real, or views still to plan).
     pub(super) async fn list_for_information_schema(
         &self,
         level: Listing,
         string_views: bool,
+        loaded: &HashSet<(FrameRef, String)>,
         catalogs: &MemoryCatalogProviderList,
         ensure_schema: &EnsureSchema<'_>,
     ) -> Result<()> {
-        if level == Listing::Nothing {
+        if level == Listing::Nothing || SCHEMA_ONLY.try_with(|_| ()).is_ok() {
             return Ok(());
         }
         let catalog = self.lakehouse.catalog();
@@ -130,6 +166,15 @@ impl Engine {
             }
         }
         let boxes = catalog.list_boxes(None).await?;
+        let too_many = || {
+            Error::ResourceExhausted(format!(
+                "information_schema lists at most {MAX_LISTED} boxes and frames; this lakehouse \
+                 holds more (GetTables lists them with filters)"
+            ))
+        };
+        if boxes.len() > MAX_LISTED {
+            return Err(too_many());
+        }
         let mut frames = Vec::new();
         for b in &boxes {
             ensure_schema(b.hive.as_str(), b.name.as_str())?;
@@ -137,20 +182,18 @@ impl Engine {
                 continue;
             }
             for f in catalog.list_frames(b).await? {
-                if frames.len() == MAX_LISTED_FRAMES {
-                    return Err(Error::ResourceExhausted(format!(
-                        "information_schema lists at most {MAX_LISTED_FRAMES} frames; this \
-                         lakehouse holds more (GetTables lists them with filters)"
-                    )));
+                if boxes.len() + frames.len() >= MAX_LISTED {
+                    return Err(too_many());
                 }
-                frames.push(FrameRef::new(b.hive.clone(), b.name.clone(), f));
+                let f = FrameRef::new(b.hive.clone(), b.name.clone(), f);
+                if !loaded.contains(&(f.clone(), f.name.to_string())) {
+                    frames.push(f);
+                }
             }
         }
-        // Planning a view for its columns inside a listing lists without planning views again.
-        let nested = LISTING.try_with(|_| ()).is_ok();
         let listed: Vec<_> = futures::stream::iter(frames)
             .map(|f| async move {
-                let listed = self.listed(&f, level, string_views, nested).await;
+                let listed = self.listed(&f, level, string_views).await;
                 (f, listed)
             })
             .buffered(READS_AT_ONCE)
@@ -160,7 +203,6 @@ impl Engine {
             // Dropped since it was listed.
             let Some(listed) = listed? else { continue };
             let schema = ensure_schema(f.hive.as_str(), f.box_name.as_str())?;
-            // A frame the statement reads is there already, loaded for real.
             if !schema.table_exist(f.name.as_str()) {
                 schema.register_table(f.name.to_string(), Arc::new(listed))?;
             }
@@ -175,7 +217,6 @@ impl Engine {
         f: &FrameRef,
         level: Listing,
         string_views: bool,
-        nested: bool,
     ) -> Result<Option<Listed>> {
         let empty = || Arc::new(Schema::empty());
         if level < Listing::Columns {
@@ -201,21 +242,25 @@ impl Engine {
                 kind: TableType::Base,
                 definition: None,
             },
+            // External files that cannot be read now (moved, or of another shape), and a view
+            // that no longer plans (a frame it reads was dropped), are listed without columns
+            // rather than failing the listing.
             Ok(Opened::Files(e)) => Listed {
-                schema: self.external_files(&e, self.base_state()).await?.schema(),
+                schema: match self.external_files(&e, self.base_state()).await {
+                    Ok(t) => t.schema(),
+                    Err(err) => {
+                        debug!(frame = %f, error = %err, "external frame listed without its columns");
+                        empty()
+                    }
+                },
                 kind: TableType::Base,
                 definition: None,
             },
             Ok(Opened::View(v)) => {
-                // A view that no longer plans (a frame it reads was dropped) is listed without
-                // columns rather than failing the listing.
-                let schema = match nested {
-                    true => empty(),
-                    false => self.listed_view_schema(f).await.unwrap_or_else(|e| {
-                        debug!(view = %f, error = %e, "view listed without its columns");
-                        empty()
-                    }),
-                };
+                let schema = self.listed_view_schema(f).await.unwrap_or_else(|e| {
+                    debug!(view = %f, error = %e, "view listed without its columns");
+                    empty()
+                });
                 Listed {
                     schema,
                     kind: TableType::View,
@@ -227,14 +272,14 @@ impl Engine {
         }))
     }
 
-    /// A view's columns, planned as a reader would, inside the listing's scope.
+    /// A view's columns, planned as a reader would (boxed: planning it may list again).
     fn listed_view_schema<'a>(&'a self, f: &'a FrameRef) -> BoxFuture<'a, Result<SchemaRef>> {
-        Box::pin(LISTING.scope((), async move {
+        Box::pin(async move {
             let reader = Session {
                 role: Role::Reader,
                 ..Session::new("catalog")
             };
             self.view_schema(&reader, f).await
-        }))
+        })
     }
 }

@@ -32,6 +32,7 @@ mod catalog;
 mod ddl;
 mod decimals;
 mod external;
+mod functions;
 mod history_table;
 mod information_schema;
 mod ingest;
@@ -176,6 +177,9 @@ impl Engine {
                 builder = builder.with_physical_optimizer_rule(rule);
             }
             let mut base = builder.build();
+            for f in functions::own() {
+                let _ = datafusion::execution::FunctionRegistry::register_udf(&mut base, f);
+            }
             for name in ["generate_series", "range"] {
                 if let Some(f) = base
                     .table_functions()

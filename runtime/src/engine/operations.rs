@@ -125,7 +125,7 @@ impl Engine {
                         user,
                     )
                     .await?;
-                self.evict_vacuumed(snapshot.frame(), &done.files);
+                self.evict_vacuumed(snapshot.frame(), &done.files).await;
                 Ok(Output::Count(done.files.len() as u64))
             }
             Command::ClusterBy { name, columns } => {
@@ -228,7 +228,7 @@ impl Engine {
     /// Drop the cells VACUUM deleted (paths relative to the frame's table) from the node's cell
     /// cache. Other nodes' caches keep them until they age out: only a read of a version from
     /// before the VACUUM can meet them there, and it gets that version's rows.
-    fn evict_vacuumed(&self, frame: &apiary_storage::FrameRef, files: &[String]) {
+    async fn evict_vacuumed(&self, frame: &apiary_storage::FrameRef, files: &[String]) {
         let Some(cache) = &self.cell_cache else {
             return;
         };
@@ -239,12 +239,12 @@ impl Engine {
             .map(|f| {
                 let relative = object_store::path::Path::from_iter(
                     root.parts()
-                        .chain(object_store::path::Path::from(f.as_str()).parts()),
+                        .chain(apiary_storage::paths::table_file_key(f).parts()),
                 );
                 storage.absolute(&relative).to_string()
             })
             .collect();
-        let evicted = cache.evict(&keys);
+        let evicted = cache.evict(&keys).await;
         tracing::debug!(%frame, deleted = files.len(), evicted, "VACUUM cleared the cell cache");
     }
 }

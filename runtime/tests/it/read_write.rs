@@ -1078,3 +1078,101 @@ async fn every_write_asks_the_write_gate() {
         vec![21]
     );
 }
+
+/// Partition values that file names must escape (a space, `%`, `/`, `=`): their cells are read,
+/// rewritten and vacuumed like any other, and VACUUM deletes exactly the replaced files.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn partition_values_that_need_escaping_are_read_and_vacuumed() {
+    let dir = tempfile::tempdir().unwrap();
+    let storage = Storage::open(dir.path().to_str().unwrap(), &S3Options::default()).unwrap();
+    let lakehouse = Lakehouse::open(storage, LedgerConfig::default())
+        .await
+        .unwrap();
+    let config = EngineConfig {
+        vacuum_min_retention_hours: 0.0,
+        ..EngineConfig::default()
+    };
+    let mut f = Fixture {
+        engine: Engine::new(
+            lakehouse,
+            config,
+            Arc::new(RuntimeEnvBuilder::new().build().unwrap()),
+        ),
+        session: Session::new("test"),
+        dir,
+    };
+    let values = ["North America", "50%", "a/b", "x=y", "plain"];
+    f.run("CREATE TABLE p (id BIGINT, region VARCHAR) PARTITIONED BY (region)")
+        .await;
+    let rows: Vec<String> = values
+        .iter()
+        .enumerate()
+        .map(|(i, v)| format!("({i}, '{v}')"))
+        .collect();
+    f.run(&format!("INSERT INTO p VALUES {}", rows.join(", ")))
+        .await;
+    let parquet = |root: &std::path::Path| {
+        let mut n = 0;
+        let mut stack = vec![root.join("default/default/p")];
+        while let Some(d) = stack.pop() {
+            for e in std::fs::read_dir(d).unwrap() {
+                let p = e.unwrap().path();
+                if p.is_dir() {
+                    stack.push(p);
+                } else if p.extension().is_some_and(|x| x == "parquet") {
+                    n += 1;
+                }
+            }
+        }
+        n
+    };
+    let root = f.dir.path().to_path_buf();
+    assert_eq!(parquet(&root), 5);
+    let read = "SELECT CAST(sum(id) AS BIGINT) FROM p";
+    assert_eq!(i64s(&f.run(read).await), vec![10]);
+    assert_eq!(
+        i64s(
+            &f.run("SELECT id FROM p WHERE region = 'North America'")
+                .await
+        ),
+        vec![0]
+    );
+    f.run("INSERT OVERWRITE p SELECT id + 10, region FROM p")
+        .await;
+    assert_eq!(i64s(&f.run(read).await), vec![60]);
+    assert_eq!(parquet(&root), 10);
+    let doomed = f.run("VACUUM p RETAIN 0 HOURS DRY RUN").await;
+    let doomed: usize = doomed.iter().map(|b| b.num_rows()).sum();
+    assert_eq!(doomed, 5, "the five replaced cells");
+    f.run("VACUUM p RETAIN 0 HOURS").await;
+    assert_eq!(parquet(&root), 5, "deleted from storage, not just counted");
+    assert_eq!(i64s(&f.run(read).await), vec![60]);
+}
+
+/// `information_schema.df_settings` holds the server's runtime settings (its scratch directory
+/// among them): an admin reads it, a reader is refused; the rest of information_schema is
+/// everyone's.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn df_settings_is_an_admins_to_read() {
+    let mut f = fixture(LedgerConfig::default()).await;
+    assert!(
+        !f.run("SELECT name FROM information_schema.df_settings")
+            .await
+            .is_empty()
+    );
+    f.session.role = apiary_runtime::Role::Reader;
+    let stmt = f
+        .engine
+        .parse_one("SELECT name, value FROM information_schema.df_settings")
+        .unwrap();
+    let err = match f.engine.execute(&mut f.session, &stmt, None).await {
+        Ok(_) => panic!("a reader read df_settings"),
+        Err(e) => e,
+    };
+    assert!(matches!(err, apiary_runtime::Error::NotAllowed(_)), "{err}");
+    assert!(
+        !f.run("SELECT table_name FROM information_schema.tables")
+            .await
+            .is_empty()
+    );
+}
