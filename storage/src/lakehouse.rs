@@ -8,7 +8,6 @@ use arrow::datatypes::SchemaRef;
 use chrono::Utc;
 use futures::StreamExt;
 use object_store::ObjectStoreExt;
-use object_store::path::Path;
 use tracing::{info, warn};
 
 use crate::backend::Storage;
@@ -218,7 +217,7 @@ impl Lakehouse {
         if_not_exists: bool,
     ) -> Result<bool> {
         self.catalog.require_box(&frame.box_ref()).await?;
-        let key = Path::from(external.location.as_str());
+        let key = crate::paths::external_key(&external.location)?;
         self.storage.check_external_key(&key)?;
         let delta = external.format == ExternalFormat::Delta;
         let probe = match delta {
@@ -295,10 +294,12 @@ impl Lakehouse {
             return Ok(Opened::View(view));
         }
         let external = match marker.external {
-            Some(e) if e.format == ExternalFormat::Delta => Some(Path::from(e.location.as_str())),
+            Some(e) if e.format == ExternalFormat::Delta => {
+                Some(crate::paths::external_key(&e.location)?)
+            }
             Some(e) => {
                 self.storage
-                    .check_external_key(&Path::from(e.location.as_str()))?;
+                    .check_external_key(&crate::paths::external_key(&e.location)?)?;
                 if version.is_some() {
                     return Err(Error::InvalidArgument(format!(
                         "{frame} is external {} data: it has no versions",

@@ -175,7 +175,8 @@ impl Ledger {
             .into_iter()
             .partition(|f| !live.contains(paths::table_file_key(f).as_ref()));
         if !kept.is_empty() {
-            warn!(frame = %snapshot.frame(), kept = ?kept, "VACUUM's plan named live cells; kept them");
+            let first: Vec<&String> = kept.iter().take(5).collect();
+            warn!(frame = %snapshot.frame(), kept = kept.len(), ?first, "VACUUM's plan named live cells; kept them");
         }
         if dry_run || files.is_empty() {
             return Ok(Vacuumed { files, dry_run });

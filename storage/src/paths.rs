@@ -251,6 +251,16 @@ pub fn table_file_key(text: &str) -> Path {
     Path::parse(text).unwrap_or_else(|_| Path::from(text))
 }
 
+/// The key an external frame's marker records (`ExternalV1::location`, the text of a key made
+/// by `Storage::external_location`): parsed back, not escaped again, so a location with a space
+/// or `%` names the same files it did when the frame was created.
+pub fn external_key(location: &str) -> crate::Result<Path> {
+    Path::parse(location).map_err(|e| crate::Error::Unreadable {
+        what: "external frame location",
+        detail: e.to_string(),
+    })
+}
+
 /// Root of the frame's Delta table, relative to the storage root.
 pub fn frame_root(f: &FrameRef) -> Path {
     Path::from_iter([f.hive.as_str(), f.box_name.as_str(), f.name.as_str()])

@@ -140,3 +140,18 @@ def test_an_operator_allowed_root_is_readable_and_never_written(root, tmp_path):
         assert sorted(p.name for p in shared.iterdir()) == ["data.parquet"]
     finally:
         s.stop()
+
+
+def test_locations_with_spaces_and_percent_signs_are_read(srv, root):
+    # The marker records the location as a key: read back as the same key, not escaped again.
+    odd = root / "imports" / "my data 100%"
+    odd.mkdir(parents=True)
+    pq.write_table(pa.table({"id": [1, 2, 3]}), odd / "part 0.parquet")
+    write_deltalake(str(root / "imports" / "delta 50%"), pa.table({"e": ["a", "b"]}))
+    with connect(srv) as conn, conn.cursor() as cur:
+        cur.execute("CREATE EXTERNAL TABLE odd STORED AS PARQUET LOCATION 'imports/my data 100%/'")
+        cur.execute("SELECT sum(id) FROM odd")
+        assert cur.fetchall() == [(6,)]
+        cur.execute("CREATE EXTERNAL TABLE odd_delta STORED AS DELTA LOCATION 'imports/delta 50%'")
+        cur.execute("SELECT count(*) FROM odd_delta")
+        assert cur.fetchall() == [(2,)]

@@ -236,13 +236,14 @@ impl Engine {
         let mut views: Vec<(FrameRef, String, ViewV1)> = Vec::new();
         // What the statement's `information_schema` tables need listed, if it names any.
         let mut listing: Option<information_schema::Listing> = None;
+        let show = information_schema::is_show(statement);
         // Names are opened a round at a time, all of a round at once: each open is a round trip
         // or two to storage, which would otherwise add up frame by frame. A view's names make
         // the next round.
         while !work.is_empty() {
             let mut round: Vec<(FrameRef, String, Option<AsOf>, usize)> = Vec::new();
             for (mut parts, hive, box_name, depth) in work.drain(..) {
-                if let Some(level) = information_schema::listing_for(&parts, session.role)? {
+                if let Some(level) = information_schema::listing_for(&parts, session.role, show)? {
                     listing = listing.max(Some(level));
                     continue;
                 }
@@ -352,7 +353,7 @@ impl Engine {
         }
         // DataFusion's SHOW statements name every information_schema table; they read only the
         // frame they name, loaded above.
-        if let Some(level) = listing.filter(|_| !information_schema::is_show(statement)) {
+        if let Some(level) = listing.filter(|_| !show) {
             self.list_for_information_schema(
                 level,
                 string_views,

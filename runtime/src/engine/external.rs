@@ -29,7 +29,6 @@ use datafusion::logical_expr::dml::InsertOp;
 use datafusion::logical_expr::{CreateExternalTable, Expr, TableProviderFilterPushDown, TableType};
 use datafusion::physical_plan::ExecutionPlan;
 use object_store::ObjectStoreExt;
-use object_store::path::Path;
 
 use super::Engine;
 use super::types::Output;
@@ -161,7 +160,7 @@ impl Engine {
         state: &SessionState,
     ) -> Result<Arc<dyn TableProvider>> {
         let storage = self.lakehouse.storage();
-        let key = Path::from(external.location.as_str());
+        let key = apiary_storage::paths::external_key(&external.location)?;
         storage.check_external_key(&key)?;
         let dir = storage.url_for_key(&key)?;
         // One file, or a directory of them.

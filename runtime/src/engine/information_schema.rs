@@ -64,8 +64,9 @@ pub(super) enum Listing {
 }
 
 /// What an `information_schema` name needs listed; `None` for any other name. `df_settings` is
-/// refused to all but admins.
-pub(super) fn listing_for(parts: &NameParts, role: Role) -> Result<Option<Listing>> {
+/// refused to all but admins, unless `show`: DataFusion's SHOW statements name it without
+/// reading it.
+pub(super) fn listing_for(parts: &NameParts, role: Role, show: bool) -> Result<Option<Listing>> {
     let table = match parts.as_slice() {
         [s, t] | [_, s, t] if s == INFORMATION_SCHEMA => t.as_str(),
         _ => return Ok(None),
@@ -74,7 +75,7 @@ pub(super) fn listing_for(parts: &NameParts, role: Role) -> Result<Option<Listin
         "schemata" => Listing::Boxes,
         "tables" | "views" => Listing::Kinds,
         "columns" => Listing::Columns,
-        "df_settings" if role != Role::Admin => {
+        "df_settings" if role != Role::Admin && !show => {
             return Err(Error::NotAllowed(
                 "information_schema.df_settings shows the server's runtime settings, an \
                  admin's to read; SHOW ALL lists the options a session runs with"
@@ -89,6 +90,9 @@ pub(super) fn listing_for(parts: &NameParts, role: Role) -> Result<Option<Listin
 /// information_schema, reading only the frame it names).
 pub(super) fn is_show(statement: &DfStatement) -> bool {
     use datafusion::sql::sqlparser::ast::Statement as Sql;
+    if let DfStatement::Explain(e) = statement {
+        return is_show(&e.statement);
+    }
     matches!(
         statement,
         DfStatement::Statement(s) if matches!(

@@ -1176,3 +1176,16 @@ async fn df_settings_is_an_admins_to_read() {
             .is_empty()
     );
 }
+
+/// DataFusion's SHOW statements name every information_schema table, df_settings among them,
+/// without reading it: a reader runs them.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_reader_runs_datafusions_show_statements() {
+    let mut f = fixture(LedgerConfig::default()).await;
+    f.run("CREATE TABLE r (id INT, name VARCHAR)").await;
+    f.session.role = apiary_runtime::Role::Reader;
+    let columns = f.run("SHOW COLUMNS FROM r").await;
+    assert_eq!(columns.iter().map(|b| b.num_rows()).sum::<usize>(), 2);
+    let functions = f.run("SHOW FUNCTIONS LIKE 'upper'").await;
+    assert_eq!(functions.iter().map(|b| b.num_rows()).sum::<usize>(), 1);
+}
