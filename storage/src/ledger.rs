@@ -274,9 +274,7 @@ impl FrameSnapshot {
             .log_data()
             .iter()
             .map(|f| CellInfo {
-                location: Path::from_iter(
-                    self.root.parts().chain(paths::cell_key(&f.path()).parts()),
-                ),
+                location: Path::from_iter(self.root.parts().chain(f.object_store_path().parts())),
                 size: f.size().max(0) as u64,
                 rows: f.num_records().map(|n| n as u64),
                 partition_values: f.partition_values_map(),

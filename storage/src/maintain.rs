@@ -168,7 +168,7 @@ impl Ledger {
             .delta_state()
             .log_data()
             .iter()
-            .map(|f| paths::cell_key(&f.path()).to_string())
+            .map(|f| f.object_store_path().to_string())
             .collect();
         let (files, kept): (Vec<String>, Vec<String>) = plan
             .files_deleted

@@ -236,17 +236,10 @@ pub fn frame_marker(f: &FrameRef) -> Path {
     ])
 }
 
-/// The key of a cell, relative to its frame's table, from its path in the Delta log as delta-rs
-/// gives it (percent-decoded once). That is the key the writer used: an escaped partition value
-/// stays escaped in it (`region=North%20America/part-….parquet` for `North America`), so the
-/// text is parsed as a key, not escaped again (`Path::from` would make `%20` into `%2520` and
-/// name a file that does not exist). delta-rs's `object_store_path` does the same.
-pub fn cell_key(logged: &str) -> Path {
-    Path::parse(logged).unwrap_or_else(|_| Path::from(logged))
-}
-
 /// The key of a file a delta-rs operation names by its key's text (`VacuumPlan`'s
-/// `files_deleted`), relative to its frame's table: parsed, not escaped again.
+/// `files_deleted`), relative to its frame's table: parsed, not escaped again (`Path::from`
+/// would make the `%20` of an escaped partition value into `%2520`, a file that does not
+/// exist). The same key as delta-rs's `object_store_path` gives for a cell in the log.
 pub fn table_file_key(text: &str) -> Path {
     Path::parse(text).unwrap_or_else(|_| Path::from(text))
 }
