@@ -14,6 +14,7 @@ use datafusion::catalog::{
 };
 use datafusion::common::TableReference;
 use datafusion::execution::context::SessionState;
+use datafusion::execution::registry::FunctionRegistry;
 use datafusion::sql::parser::Statement as DfStatement;
 use futures::StreamExt;
 use tracing::debug;
@@ -370,6 +371,9 @@ impl Engine {
             resolved.planned_for = Some(n);
         }
         let mut state = self.state_for(config, catalogs.clone(), target.env);
+        for f in super::functions::for_session(session) {
+            state.register_udf(f)?;
+        }
         // What SessionContext does for every statement: fix the statement's start time, so that
         // now(), current_date and current_time are simplified to that one instant when planning
         // (without it they reach execution unsimplified and fail there).

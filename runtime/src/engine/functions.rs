@@ -2,12 +2,15 @@
 
 use std::sync::{Arc, OnceLock};
 
-use arrow::datatypes::DataType;
+use arrow::datatypes::{DataType, Field, FieldRef};
 use datafusion::common::{Result as DfResult, ScalarValue, plan_err};
+use datafusion::logical_expr::simplify::{ExprSimplifyResult, SimplifyContext};
 use datafusion::logical_expr::{
-    ColumnarValue, DocSection, Documentation, ScalarFunctionArgs, ScalarUDF, ScalarUDFImpl,
-    Signature, Volatility,
+    ColumnarValue, DocSection, Documentation, Expr, ReturnFieldArgs, ScalarFunctionArgs, ScalarUDF,
+    ScalarUDFImpl, Signature, Volatility, lit,
 };
+
+use super::Session;
 
 /// `version()`: the server a client talks to, then the engine under it
 /// (`Apiary 0.1.0 (Apache DataFusion 55.2.0, x86_64 on linux)`), as a database server answers.
@@ -71,4 +74,121 @@ pub(super) fn own() -> Vec<Arc<ScalarUDF>> {
     vec![Arc::new(ScalarUDF::from(Version {
         signature: Signature::nullary(Volatility::Immutable),
     }))]
+}
+
+/// A function whose answer is fixed for the statement's session: who runs it and where
+/// (`current_user`, `session_user`, `current_role`, `current_catalog`, `current_schema()`).
+/// Registered into each statement's state, and replaced by its value when the statement is
+/// simplified, so a plan that travels to another node carries a literal.
+#[derive(Debug, PartialEq, Eq, Hash)]
+struct SessionValue {
+    name: &'static str,
+    value: String,
+    about: &'static str,
+    signature: Signature,
+}
+
+impl ScalarUDFImpl for SessionValue {
+    fn name(&self) -> &str {
+        self.name
+    }
+
+    fn signature(&self) -> &Signature {
+        &self.signature
+    }
+
+    fn return_type(&self, _args: &[DataType]) -> DfResult<DataType> {
+        Ok(DataType::Utf8)
+    }
+
+    // Never NULL: the literal it simplifies to must keep the field's nullability.
+    fn return_field_from_args(&self, args: ReturnFieldArgs) -> DfResult<FieldRef> {
+        if !args.arg_fields.is_empty() {
+            return plan_err!("{}() takes no arguments", self.name);
+        }
+        Ok(Arc::new(Field::new(self.name, DataType::Utf8, false)))
+    }
+
+    fn invoke_with_args(&self, _args: ScalarFunctionArgs) -> DfResult<ColumnarValue> {
+        Ok(ColumnarValue::Scalar(ScalarValue::Utf8(Some(
+            self.value.clone(),
+        ))))
+    }
+
+    fn simplify(&self, _args: Vec<Expr>, _info: &SimplifyContext) -> DfResult<ExprSimplifyResult> {
+        Ok(ExprSimplifyResult::Simplified(lit(self.value.clone())))
+    }
+
+    fn documentation(&self) -> Option<&Documentation> {
+        // Documentation is static per name; the five are known.
+        static DOCS: OnceLock<Vec<(&'static str, Documentation)>> = OnceLock::new();
+        let docs = DOCS.get_or_init(|| {
+            SESSION_FUNCTIONS
+                .iter()
+                .map(|(name, about)| {
+                    let doc = Documentation::builder(
+                        DocSection {
+                            include: true,
+                            label: "Other Functions",
+                            description: None,
+                        },
+                        *about,
+                        if matches!(*name, "current_schema" | "current_role") {
+                            format!("{name}()")
+                        } else {
+                            name.to_string()
+                        },
+                    )
+                    .build();
+                    (*name, doc)
+                })
+                .collect()
+        });
+        docs.iter().find(|(n, _)| *n == self.name).map(|(_, d)| d)
+    }
+}
+
+/// The session functions, with what each answers.
+const SESSION_FUNCTIONS: [(&str, &str); 5] = [
+    (
+        "current_user",
+        "Returns the name of the user running the statement.",
+    ),
+    (
+        "session_user",
+        "Returns the name of the user who opened the session (the same as current_user).",
+    ),
+    (
+        "current_role",
+        "Returns the role of the user running the statement: admin, writer or reader.",
+    ),
+    (
+        "current_catalog",
+        "Returns the session's current hive (catalog), as set with USE.",
+    ),
+    (
+        "current_schema",
+        "Returns the session's current box (schema), as set with USE.",
+    ),
+];
+
+/// The session functions for one statement's `session`.
+pub(super) fn for_session(session: &Session) -> Vec<Arc<ScalarUDF>> {
+    SESSION_FUNCTIONS
+        .iter()
+        .map(|(name, about)| {
+            let value = match *name {
+                "current_user" | "session_user" => session.user.clone(),
+                "current_role" => session.role.as_str().to_string(),
+                "current_catalog" => session.hive.to_string(),
+                _ => session.box_name.to_string(),
+            };
+            Arc::new(ScalarUDF::from(SessionValue {
+                name,
+                value,
+                about,
+                signature: Signature::nullary(Volatility::Stable),
+            }))
+        })
+        .collect()
 }
