@@ -70,7 +70,7 @@ def test_get_objects_at_every_depth_and_table_schema(server):
         assert sorted(c["catalog_name"] for c in catalogs) == ["default", "sales", "system"]
 
         schemas = conn.adbc_get_objects(depth="db_schemas", catalog_filter="sales").read_all().to_pylist()
-        assert sorted(s["db_schema_name"] for s in schemas[0]["catalog_db_schemas"]) == ["default", "eu"]
+        assert sorted(s["db_schema_name"] for s in schemas[0]["catalog_db_schemas"]) == ["default", "eu", "information_schema"]
 
         tables = conn.adbc_get_objects(depth="tables", table_name_filter="ord%").read_all().to_pylist()
         found = [
@@ -92,7 +92,18 @@ def test_get_objects_at_every_depth_and_table_schema(server):
         assert schema.field("id").nullable is False
         assert schema.field("amount").type == pa.decimal128(12, 2)
         assert conn.adbc_get_table_schema("items").names == ["sku"]
-        assert sorted(conn.adbc_get_table_types()) == ["SYSTEM TABLE", "TABLE", "VIEW"]
+        assert sorted(conn.adbc_get_table_types()) == ["SYSTEM TABLE", "SYSTEM VIEW", "TABLE", "VIEW"]
+
+        # information_schema is listed in every hive as SQL sees it, as system views.
+        info = conn.adbc_get_objects(depth="all", catalog_filter="sales", db_schema_filter="information_schema",
+                                     table_name_filter="col%").read_all().to_pylist()
+        table = info[0]["catalog_db_schemas"][0]["db_schema_tables"][0]
+        assert (table["table_name"], table["table_type"]) == ("columns", "SYSTEM VIEW")
+        assert "column_name" in [c["column_name"] for c in table["table_columns"]]
+        cur.execute("SELECT * FROM sales.information_schema.columns LIMIT 0")
+        assert cur.fetch_arrow_table().schema.names == [c["column_name"] for c in table["table_columns"]]
+        user_views = conn.adbc_get_objects(depth="tables", table_types_filter=["VIEW"]).read_all().to_pylist()
+        assert not [t for c in user_views for s in c["catalog_db_schemas"] or [] for t in s["db_schema_tables"] or []]
 
 
 def test_session_catalog_and_schema_options(server):

@@ -1,4 +1,5 @@
-//! Catalog metadata: GetCatalogs, GetDbSchemas, GetTables, GetTableTypes, the key commands
+//! Catalog metadata: GetCatalogs, GetDbSchemas, GetTables (with each hive's
+//! `information_schema`, as SQL sees it), GetTableTypes, the key commands
 //! (always empty: frames declare no keys), SqlInfo and XDBC types — each as one FlightInfo whose
 //! ticket is the command itself, answered by one match.
 
@@ -10,6 +11,10 @@ use arrow::datatypes::{DataType, Field, Schema, SchemaRef, TimeUnit};
 use arrow_flight::sql::metadata::{GetCatalogsBuilder, GetTablesBuilder};
 use arrow_flight::sql::{Command, CommandGetDbSchemas, CommandGetTables};
 use arrow_flight::{FlightDescriptor, FlightEndpoint, FlightInfo, Ticket};
+use datafusion::catalog::information_schema::{
+    INFORMATION_SCHEMA, INFORMATION_SCHEMA_TABLES, InformationSchemaProvider,
+};
+use datafusion::catalog::{MemoryCatalogProviderList, SchemaProvider};
 use futures::{StreamExt, TryStreamExt};
 use prost::Message;
 
@@ -22,6 +27,9 @@ use crate::error::{Error, Result};
 const FRAME_TABLE: &str = "TABLE";
 const SYSTEM_TABLE: &str = "SYSTEM TABLE";
 const VIEW: &str = "VIEW";
+/// information_schema's tables: views over the catalog, which clients (as for PostgreSQL) list
+/// apart from the user's own views.
+const SYSTEM_VIEW: &str = "SYSTEM VIEW";
 
 impl FlightSql {
     /// The schema a metadata command returns; `None` for commands that are not metadata.
@@ -73,6 +81,7 @@ impl FlightSql {
                 b.append(FRAME_TABLE);
                 b.append(SYSTEM_TABLE);
                 b.append(VIEW);
+                b.append(SYSTEM_VIEW);
                 b.build().map_err(build)
             }
             Command::CommandGetSqlInfo(c) => c.into_builder(&self.sql_info).build().map_err(build),
@@ -111,6 +120,15 @@ impl FlightSql {
                 b.append(bx.hive.as_str(), bx.name.as_str());
             }
         }
+        // Every hive answers SQL on information_schema (as DataFusion's catalogs do).
+        for hive in self.service.list_hives().await? {
+            if wanted(hive.as_str(), INFORMATION_SCHEMA) {
+                b.append(hive.as_str(), INFORMATION_SCHEMA);
+            }
+        }
+        if wanted(SYSTEM_HIVE, INFORMATION_SCHEMA) {
+            b.append(SYSTEM_HIVE, INFORMATION_SCHEMA);
+        }
         let mut system_boxes: Vec<&str> = SYSTEM_TABLES.iter().map(|(bx, _)| *bx).collect();
         system_boxes.dedup();
         for bx in system_boxes {
@@ -147,6 +165,42 @@ impl FlightSql {
                 };
                 b.append(SYSTEM_HIVE, bx, t, SYSTEM_TABLE, &schema)
                     .map_err(Error::encode("GetTables"))?;
+            }
+        }
+        if wants(SYSTEM_VIEW) && matches(&schema_pattern, INFORMATION_SCHEMA) {
+            // DataFusion's information_schema tables (views over the catalog).
+            let mut hives: Vec<String> = self
+                .service
+                .list_hives()
+                .await?
+                .iter()
+                .map(|h| h.as_str().to_string())
+                .collect();
+            hives.push(SYSTEM_HIVE.to_string());
+            hives.retain(|h| catalog_filter.as_ref().is_none_or(|c| c == h));
+            let tables: Vec<&str> = INFORMATION_SCHEMA_TABLES
+                .iter()
+                .copied()
+                .filter(|t| matches(&table_pattern, t))
+                .collect();
+            if !hives.is_empty() && !tables.is_empty() {
+                let provider = InformationSchemaProvider::new(std::sync::Arc::new(
+                    MemoryCatalogProviderList::new(),
+                ));
+                for t in tables {
+                    let schema = match provider.table(t).await {
+                        Ok(Some(table)) if include_schema => Some(table.schema()),
+                        _ => None,
+                    };
+                    for hive in &hives {
+                        let schema = match &schema {
+                            Some(s) => annotate_schema(s, hive, INFORMATION_SCHEMA, t),
+                            None => Schema::empty(),
+                        };
+                        b.append(hive, INFORMATION_SCHEMA, t, SYSTEM_VIEW, &schema)
+                            .map_err(Error::encode("GetTables"))?;
+                    }
+                }
             }
         }
         if !wants(FRAME_TABLE) && !wants(VIEW) {
