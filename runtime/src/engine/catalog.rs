@@ -190,7 +190,7 @@ impl Engine {
             Ok(match catalog.schema(b) {
                 Some(s) => s,
                 None => {
-                    let s: Arc<dyn SchemaProvider> = Arc::new(MemorySchemaProvider::new());
+                    let s: Arc<dyn SchemaProvider> = Arc::new(StatementSchema::default());
                     catalog.register_schema(b, s.clone())?;
                     s
                 }
@@ -381,6 +381,47 @@ impl Engine {
         state.execution_props_mut().mark_start_execution(options);
         self.plan_views(&state, views, &ensure_schema).await?;
         Ok((state, resolved))
+    }
+}
+
+/// A box as one statement sees it: the frames it loaded, registered under the names it wrote
+/// them with. A time-travel read (`f@v3`, from `f VERSION AS OF 3`) resolves, but is not a name
+/// the box lists: information_schema lists `f` only.
+#[derive(Debug, Default)]
+struct StatementSchema(MemorySchemaProvider);
+
+#[async_trait::async_trait]
+impl SchemaProvider for StatementSchema {
+    fn table_names(&self) -> Vec<String> {
+        let mut names = self.0.table_names();
+        names.retain(|n| !n.contains('@'));
+        names
+    }
+
+    async fn table(
+        &self,
+        name: &str,
+    ) -> datafusion::common::Result<Option<Arc<dyn TableProvider>>> {
+        self.0.table(name).await
+    }
+
+    fn register_table(
+        &self,
+        name: String,
+        table: Arc<dyn TableProvider>,
+    ) -> datafusion::common::Result<Option<Arc<dyn TableProvider>>> {
+        self.0.register_table(name, table)
+    }
+
+    fn deregister_table(
+        &self,
+        name: &str,
+    ) -> datafusion::common::Result<Option<Arc<dyn TableProvider>>> {
+        self.0.deregister_table(name)
+    }
+
+    fn table_exist(&self, name: &str) -> bool {
+        self.0.table_exist(name)
     }
 }
 
