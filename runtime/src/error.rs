@@ -117,7 +117,18 @@ fn classify(e: DataFusionError) -> Error {
                 },
             },
         },
-        D::SQL(err, _) => Error::Sql(err.to_string()),
+        D::SQL(err, _) => {
+            let text = err.to_string();
+            if text.contains("recursion limit exceeded") {
+                Error::Sql(format!(
+                    "{text}: the statement nests deeper than the parser allows \
+                     (datafusion.sql_parser.recursion_limit, 50 levels of parentheses, function \
+                     calls or subqueries by default)"
+                ))
+            } else {
+                Error::Sql(text)
+            }
+        }
         D::Plan(msg) => Error::Sql(msg),
         D::SchemaError(err, _) => Error::Sql(err.to_string()),
         D::NotImplemented(msg) => Error::Unsupported(msg),
@@ -138,7 +149,14 @@ fn classify(e: DataFusionError) -> Error {
                     Err(other) => Error::Internal(format!("parquet: {other}")),
                 }
             }
-            other => Error::Internal(format!("parquet: {other}")),
+            datafusion::parquet::errors::ParquetError::NYI(msg) => {
+                Error::Unsupported(format!("Parquet: {msg}"))
+            }
+            // What a file holds is not readable Parquet (a damaged cell, or an external file
+            // that is not Parquet): the data's fault, reported as such rather than as ours.
+            other => Error::DataLoss(format!(
+                "a Parquet file could not be read (damaged, or not Parquet): {other}"
+            )),
         },
         D::IoError(err) => Error::Internal(format!("I/O: {err}")),
         D::ExecutionJoin(err) => Error::Internal(format!("task failed: {err}")),

@@ -155,3 +155,28 @@ def test_locations_with_spaces_and_percent_signs_are_read(srv, root):
         cur.execute("CREATE EXTERNAL TABLE odd_delta STORED AS DELTA LOCATION 'imports/delta 50%'")
         cur.execute("SELECT count(*) FROM odd_delta")
         assert cur.fetchall() == [(2,)]
+
+
+def test_broken_views_and_unreadable_files_do_not_hide_other_columns(srv, root):
+    """GetTables with schemas (what BI tools ask for columns) lists a view that no longer plans
+    and an external frame that is not Parquet without columns, and every other frame with
+    its own; reading the damaged file is DATA_LOSS, not an internal error."""
+    bad = root / "imports" / "bad"
+    bad.mkdir(parents=True)
+    (bad / "a.parquet").write_bytes(b"not parquet")
+    with connect(srv) as conn, conn.cursor() as cur:
+        cur.execute("CREATE EXTERNAL TABLE badx STORED AS PARQUET LOCATION 'imports/bad/'")
+        cur.execute("CREATE TABLE base (a INT)")
+        cur.execute("CREATE VIEW vb AS SELECT a FROM base")
+        cur.execute("CREATE TABLE keep (k BIGINT, s VARCHAR)")
+        cur.execute("DROP TABLE base")
+        objects = conn.adbc_get_objects(depth="all", catalog_filter="default",
+                                        db_schema_filter="default").read_all().to_pylist()
+        tables = {t["table_name"]: [c["column_name"] for c in t["table_columns"] or []]
+                  for t in objects[0]["catalog_db_schemas"][0]["db_schema_tables"]}
+        assert tables == {"badx": [], "vb": [], "keep": ["k", "s"]}
+        with pytest.raises(adbc_driver_manager.Error) as e:
+            cur.execute("SELECT * FROM badx")
+            cur.fetchall()
+        assert "DATA_LOSS" in str(e.value) or "DataLoss" in str(e.value), str(e.value)
+        assert "not Parquet" in str(e.value)

@@ -107,6 +107,16 @@ def test_flight_info_schema_equals_stream_schema(server, sql):
     assert schema == info.schema
 
 
+@pytest.mark.parametrize("sql", ["SELEC 1", "FOO BAR BAZ", "GRANT SELECT ON t TO bob"])
+def test_get_schema_refuses_what_would_not_run(server, sql):
+    client = flight.FlightClient(server.uri)
+    # INVALID_ARGUMENT (UNIMPLEMENTED for GRANT), as GetFlightInfo answers the same text.
+    with pytest.raises((pa.ArrowInvalid, pa.ArrowNotImplementedError)):
+        client.get_schema(flight.FlightDescriptor.for_command(statement_query(sql)))
+    with pytest.raises((pa.ArrowInvalid, pa.ArrowNotImplementedError)):
+        client.get_flight_info(flight.FlightDescriptor.for_command(statement_query(sql)))
+
+
 def test_list_actions_and_unknown_ticket(server):
     client = flight.FlightClient(server.uri)
     names = {a.type for a in client.list_actions()}

@@ -111,14 +111,14 @@ impl Engine {
     async fn plan_views(
         &self,
         state: &SessionState,
-        mut pending: Vec<(FrameRef, String, ViewV1)>,
+        mut pending: Vec<(FrameRef, Written, ViewV1)>,
         ensure_schema: &EnsureSchema<'_>,
     ) -> Result<()> {
         while !pending.is_empty() {
             let before = pending.len();
             let mut failed = Vec::new();
             let mut last_error = None;
-            for (frame, registered, view) in pending {
+            for (frame, written, view) in pending {
                 // The statement's state (its functions as they are) in the view's hive and box.
                 let mut in_view = state.clone();
                 let names = &mut in_view.config_mut().options_mut().catalog;
@@ -139,12 +139,13 @@ impl Engine {
                         // Stored in storage, so checked like any statement before it runs.
                         super::policy::check(&plan, super::policy::Purpose::Query)?;
                         let table = Arc::new(ViewTable::new(plan, Some(view.query.clone())));
-                        ensure_schema(frame.hive.as_str(), frame.box_name.as_str())?
-                            .register_table(registered, table)?;
+                        written
+                            .schema_of(&frame, ensure_schema)?
+                            .register_table(written.name.clone(), table)?;
                     }
                     Err(e) => {
                         last_error = Some(format!("view {frame}: {e}"));
-                        failed.push((frame, registered, view));
+                        failed.push((frame, written, view));
                     }
                 }
             }
@@ -221,6 +222,8 @@ impl Engine {
         let string_views =
             config.options().execution.parquet.schema_force_view_types && !changes_rows(statement);
         let mut loaded: HashSet<(FrameRef, String)> = HashSet::new();
+        let mut names_seen: HashSet<(FrameRef, Option<String>, Option<String>, String)> =
+            HashSet::new();
         // Names to resolve, each with the hive and box it was written in (a view's own for the
         // names inside it) and how many views deep it was found.
         let mut work: VecDeque<(NameParts, Ident, Ident, usize)> = refs
@@ -234,7 +237,7 @@ impl Engine {
                 )
             })
             .collect();
-        let mut views: Vec<(FrameRef, String, ViewV1)> = Vec::new();
+        let mut views: Vec<(FrameRef, Written, ViewV1)> = Vec::new();
         // What the statement's `information_schema` tables need listed, if it names any.
         let mut listing: Option<information_schema::Listing> = None;
         let show = information_schema::is_show(statement);
@@ -242,7 +245,7 @@ impl Engine {
         // or two to storage, which would otherwise add up frame by frame. A view's names make
         // the next round.
         while !work.is_empty() {
-            let mut round: Vec<(FrameRef, String, Option<AsOf>, usize)> = Vec::new();
+            let mut round: Vec<(FrameRef, Written, Option<AsOf>, usize)> = Vec::new();
             for (mut parts, hive, box_name, depth) in work.drain(..) {
                 if let Some(level) = information_schema::listing_for(&parts, session.role, show)? {
                     listing = listing.max(Some(level));
@@ -258,6 +261,13 @@ impl Engine {
                     continue;
                 };
                 let (name, as_of) = travel::split(&registered)?;
+                // DataFusion looks a qualified name up by its parts as written (a quoted
+                // `"Sales".eu.t` keeps its case), while hives and boxes are stored folded.
+                let written = Written {
+                    hive: (parts.len() == 3).then(|| parts[0].clone()),
+                    box_name: (parts.len() >= 2).then(|| parts[parts.len() - 2].clone()),
+                    name: registered.clone(),
+                };
                 if let Some(last) = parts.last_mut() {
                     *last = name.to_string();
                 }
@@ -269,8 +279,17 @@ impl Engine {
                 let Ok(frame) = frame_ref(&context, &parts) else {
                     continue;
                 };
-                if loaded.insert((frame.clone(), registered.clone())) {
-                    round.push((frame, registered, as_of, depth));
+                // Loaded once per name as written: `"Sales".eu.t` and `sales.eu.t` are two
+                // names DataFusion looks up for one frame.
+                loaded.insert((frame.clone(), registered));
+                let key = (
+                    frame.clone(),
+                    written.hive.clone(),
+                    written.box_name.clone(),
+                    written.name.clone(),
+                );
+                if names_seen.insert(key) {
+                    round.push((frame, written, as_of, depth));
                 }
             }
             let opens: Vec<(FrameRef, Option<AsOf>)> =
@@ -289,7 +308,8 @@ impl Engine {
                 .buffered(MAX_OPENS_AT_ONCE)
                 .collect()
                 .await;
-            for ((frame, registered, as_of, depth), opened) in round.into_iter().zip(opened) {
+            for ((frame, written, as_of, depth), opened) in round.into_iter().zip(opened) {
+                let registered = written.name.clone();
                 // Cell bytes decide only between a swarm's partitions and the node's own: not
                 // summed (one pass over each frame's log) when there is no swarm to plan for.
                 if target.partitions.is_some()
@@ -337,7 +357,7 @@ impl Engine {
                             ));
                         }
                         resolved.views.push(frame.clone());
-                        views.push((frame, registered, view));
+                        views.push((frame, written, view));
                         continue;
                     }
                     Err(e @ apiary_storage::Error::NotFound { .. }) => {
@@ -348,8 +368,9 @@ impl Engine {
                     }
                     Err(e) => return Err(e.into()),
                 };
-                let schema = ensure_schema(frame.hive.as_str(), frame.box_name.as_str())?;
-                schema.register_table(registered, table)?;
+                written
+                    .schema_of(&frame, &ensure_schema)?
+                    .register_table(registered, table)?;
             }
         }
         // DataFusion's SHOW statements name every information_schema table; they read only the
@@ -381,6 +402,27 @@ impl Engine {
         state.execution_props_mut().mark_start_execution(options);
         self.plan_views(&state, views, &ensure_schema).await?;
         Ok((state, resolved))
+    }
+}
+
+/// A name as a statement wrote it: the hive and box when it gave them, and the last part.
+struct Written {
+    hive: Option<String>,
+    box_name: Option<String>,
+    name: String,
+}
+
+impl Written {
+    /// The box DataFusion will look `frame` up in: the hive and box as written where given.
+    fn schema_of(
+        &self,
+        frame: &FrameRef,
+        ensure_schema: &EnsureSchema<'_>,
+    ) -> Result<Arc<dyn SchemaProvider>> {
+        ensure_schema(
+            self.hive.as_deref().unwrap_or(frame.hive.as_str()),
+            self.box_name.as_deref().unwrap_or(frame.box_name.as_str()),
+        )
     }
 }
 

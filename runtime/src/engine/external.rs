@@ -103,26 +103,39 @@ impl Engine {
                 schema: None,
             }));
         }
+        // A view whose query no longer plans (a frame it reads was dropped), or external files
+        // that cannot be read, is listed without columns: one broken entry must not fail a
+        // listing of every frame (GetTables with schemas, as BI tools ask for columns).
+        let unreadable = |what: &str, e: Error| {
+            tracing::warn!(frame = %frame, error = %e, "{what}: listed without columns");
+            None
+        };
         let (view, schema) = match self.lakehouse.open_frame(frame, None).await {
-            Ok(Opened::Frame(s)) => (false, s.served_schema().clone()),
+            Ok(Opened::Frame(s)) => (false, Some(s.served_schema().clone())),
             Ok(Opened::Files(e)) => (
                 false,
-                self.external_files(&e, self.base_state()).await?.schema(),
+                match self.external_files(&e, self.base_state()).await {
+                    Ok(files) => Some(files.schema()),
+                    Err(e) => unreadable("external frame unreadable", e),
+                },
             ),
             Ok(Opened::View(_)) => {
                 let session = super::Session {
                     role: super::Role::Reader,
                     ..super::Session::new("catalog")
                 };
-                (true, self.view_schema(&session, frame).await?)
+                (
+                    true,
+                    match self.view_schema(&session, frame).await {
+                        Ok(schema) => Some(schema),
+                        Err(e) => unreadable("view does not plan", e),
+                    },
+                )
             }
             Err(apiary_storage::Error::NotFound { .. }) => return Ok(None),
             Err(e) => return Err(e.into()),
         };
-        Ok(Some(super::FrameEntry {
-            view,
-            schema: Some(schema),
-        }))
+        Ok(Some(super::FrameEntry { view, schema }))
     }
 
     /// The columns a view answers with (its query, planned as it would run).

@@ -68,16 +68,22 @@ impl Engine {
         name: &str,
         value: Option<&str>,
     ) -> Result<()> {
+        let apiary = APIARY_OPTIONS.iter().find(|(k, _, _)| *k == name);
+        let mut probe = self.base_state().config().options().as_ref().clone();
+        // An unknown name is the caller's mistake whatever its prefix; a known one may still
+        // be the operator's.
+        // (DataFusion's runtime settings, `datafusion.runtime.*`, are not among its options.)
+        if apiary.is_none()
+            && !name.starts_with("datafusion.runtime.")
+            && !probe.entries().iter().any(|e| e.key == name)
+        {
+            return Err(Error::Sql(format!("unknown option {name}")));
+        }
         if name.starts_with("datafusion.") && !SETTABLE.iter().any(|p| name.starts_with(p)) {
             return Err(Error::NotAllowed(format!(
                 "{name} is the operator's to set (a session may set {}*)",
                 SETTABLE.join("*, ")
             )));
-        }
-        let apiary = APIARY_OPTIONS.iter().find(|(k, _, _)| *k == name);
-        let mut probe = self.base_state().config().options().as_ref().clone();
-        if apiary.is_none() && !probe.entries().iter().any(|e| e.key == name) {
-            return Err(Error::Sql(format!("unknown option {name}")));
         }
         let Some(value) = value else {
             session.options.retain(|(k, _)| k != name);

@@ -231,6 +231,32 @@ fn set_option(c: &mut Cursor<'_>, reset: bool) -> Option<Command> {
     c.done().then_some(Command::SetOption { name, value })
 }
 
+/// The rest of the SQL-standard `SET TIME ZONE value` (`'UTC'`, `'+02:00'`,
+/// `'Europe/Paris'`; `LOCAL` or `DEFAULT` reset it), and PostgreSQL's `SET TIMEZONE {= | TO}
+/// value`: the session's `datafusion.execution.time_zone`. `None` for any other form.
+fn set_time_zone(c: &mut Cursor<'_>) -> Option<Command> {
+    if c.eat_word("TIMEZONE") {
+        if !(matches!(c.peek(), Some(Token::Eq)) || c.peek_word(0).as_deref() == Some("TO")) {
+            return None;
+        }
+        c.pos += 1;
+    } else if !(c.eat_word("TIME") && c.eat_word("ZONE")) {
+        return None;
+    }
+    let value = match c.peek()? {
+        Token::SingleQuotedString(s) => Some(s.clone()),
+        Token::Word(w) if matches!(w.value.to_ascii_uppercase().as_str(), "LOCAL" | "DEFAULT") => {
+            None
+        }
+        _ => return None,
+    };
+    c.pos += 1;
+    c.done().then(|| Command::SetOption {
+        name: TIME_ZONE.to_string(),
+        value,
+    })
+}
+
 /// Cursor over the meaningful tokens of one statement.
 pub(super) struct Cursor<'a> {
     pub(super) toks: Vec<&'a (Token, std::ops::Range<usize>)>,
@@ -496,6 +522,11 @@ pub fn classify(text: &str) -> Result<Command> {
             let reset = first == "RESET";
             c.pos += 1;
             let _ = c.eat_word("SESSION") || c.eat_word("LOCAL");
+            let at = c.pos;
+            if !reset && let Some(cmd) = set_time_zone(&mut c) {
+                return Ok(cmd);
+            }
+            c.pos = at;
             match set_option(&mut c, reset) {
                 Some(cmd) => Ok(cmd),
                 // Other SET forms go to DataFusion's planner (which refuses them).

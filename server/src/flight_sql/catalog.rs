@@ -250,25 +250,46 @@ impl FlightSql {
 /// Frame logs GetTables reads at once for `include_schema`.
 const SCHEMA_LOADS_AT_ONCE: usize = 16;
 
-/// SQL `LIKE` with `%` and `_` (no escape), for metadata patterns. Iterative, with one
-/// backtrack point (the last `%`), so time is at most pattern × value and the stack is flat
-/// whatever the pattern.
+/// One element of a metadata pattern.
+#[derive(Clone, Copy, PartialEq)]
+enum Pat {
+    /// `%`: any run of characters.
+    Any,
+    /// `_`: one character.
+    One,
+    Char(char),
+}
+
+/// SQL `LIKE` with `%` and `_`, for metadata patterns, and `\` escaping the next character (the
+/// search string escape SqlInfo announces: JDBC tools send `order\_items` for the exact
+/// name). Iterative, with one backtrack point (the last `%`), so time is at most pattern ×
+/// value and the stack is flat whatever the pattern.
 pub(super) fn like(pattern: &str, value: &str) -> bool {
-    let p: Vec<char> = pattern.chars().collect();
+    let mut p: Vec<Pat> = Vec::with_capacity(pattern.len());
+    let mut chars = pattern.chars();
+    while let Some(c) = chars.next() {
+        p.push(match c {
+            '%' => Pat::Any,
+            '_' => Pat::One,
+            // A trailing escape stands for itself.
+            '\\' => Pat::Char(chars.next().unwrap_or('\\')),
+            c => Pat::Char(c),
+        });
+    }
     let v: Vec<char> = value.chars().collect();
     let (mut pi, mut vi) = (0, 0);
     let mut star: Option<(usize, usize)> = None;
     while vi < v.len() {
         match p.get(pi) {
-            Some('%') => {
+            Some(Pat::Any) => {
                 star = Some((pi, vi));
                 pi += 1;
             }
-            Some('_') => {
+            Some(Pat::One) => {
                 pi += 1;
                 vi += 1;
             }
-            Some(c) if *c == v[vi] => {
+            Some(Pat::Char(c)) if *c == v[vi] => {
                 pi += 1;
                 vi += 1;
             }
@@ -283,8 +304,9 @@ pub(super) fn like(pattern: &str, value: &str) -> bool {
             },
         }
     }
-    p[pi..].iter().all(|c| *c == '%')
+    p[pi..].iter().all(|c| *c == Pat::Any)
 }
+
 /// (precision, scale) as JDBC expects them for a column type.
 fn precision_scale(dt: &DataType) -> (Option<i32>, Option<i32>) {
     match dt {
@@ -373,6 +395,14 @@ mod tests {
         assert!(!like("x%", "orders"));
         assert!(like("a%b%c", "aXbYc"));
         assert!(!like("a%b%c", "aXbY"));
+        // `\` escapes the next character, as SqlInfo's search string escape says.
+        assert!(like(r"order\_1", "order_1"));
+        assert!(!like(r"order\_1", "orderx1"));
+        assert!(like("order_1", "orderx1"));
+        assert!(like(r"50\%", "50%"));
+        assert!(!like(r"50\%", "500"));
+        assert!(like(r"a\\b", r"a\b"));
+        assert!(like("end\\", "end\\"));
     }
 
     #[test]

@@ -280,6 +280,9 @@ impl FlightSql {
             return Ok(count_schema());
         }
         if !stmt.returns_rows() {
+            // Planned, not run: text that does not parse or names nothing is refused here as
+            // it would be when executed.
+            self.service.statement_info(&session, &stmt).await?;
             return Ok(std::sync::Arc::new(Schema::empty()));
         }
         let first = match params {
