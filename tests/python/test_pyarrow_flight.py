@@ -134,6 +134,38 @@ def test_hang_up_cancels_the_query(server):
     assert server.wait_log('outcome="abandoned by the client"', 20), server.log
 
 
+def test_a_runaway_join_leaves_threads_for_other_clients(tmp_path):
+    """A cross join emits batches without polling its input; with every CPU thread of a
+    two-bee node inside one, another client's statement once waited for the join to end."""
+    import threading
+    import time
+
+    from conftest import ApiaryServer
+
+    s = ApiaryServer(str(tmp_path / "root"), args=["--bees", "2"])
+    try:
+        client = flight.FlightClient(s.uri)
+        _, reader = run(client, "SELECT count(DISTINCT a.value * 7 + b.value) "
+                                "FROM generate_series(1, 100000000) a, generate_series(1, 100000000) b")
+        time.sleep(1)  # the join now holds both CPU threads
+        answers = []
+
+        def probe():
+            other = flight.FlightClient(s.uri)
+            _, r = run(other, "SELECT 42 AS x")
+            answers.append(r.read_all().column("x").to_pylist())
+            other.close()
+
+        t = threading.Thread(target=probe, daemon=True)
+        t.start()
+        t.join(60)
+        assert answers == [[42]], "another client's statement waited for the cross join"
+        reader.cancel()
+        client.close()
+    finally:
+        s.stop()
+
+
 def test_insert_as_a_query_streams_its_count_from_any_node_ticket(server):
     client = flight.FlightClient(server.uri)
     update(client, "CREATE TABLE ins (k BIGINT)")

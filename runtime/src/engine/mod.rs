@@ -44,6 +44,7 @@ mod policy;
 mod show;
 mod sql_types;
 mod types;
+mod yielding;
 
 use std::sync::{Arc, LazyLock};
 
@@ -63,11 +64,12 @@ use crate::sql::{self, Command};
 use policy::Purpose;
 
 /// Apiary's own physical rules, in the order they run after DataFusion's.
-fn own_rules() -> [Arc<dyn PhysicalOptimizerRule + Send + Sync>; 3] {
+fn own_rules() -> [Arc<dyn PhysicalOptimizerRule + Send + Sync>; 4] {
     [
         Arc::new(join_filters::JoinFiltersOnRows),
         Arc::new(lazy_start::StartWhenPolled),
         Arc::new(decimals::FastDecimals),
+        Arc::new(yielding::YieldInJoins),
     ]
 }
 
