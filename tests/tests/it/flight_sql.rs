@@ -588,7 +588,9 @@ async fn jdbc_driver_session() {
         boxes,
         vec![
             "default.default",
+            "default.information_schema",
             "system.colony",
+            "system.information_schema",
             "system.lakehouse",
             "system.runtime",
             "system.swarm"
@@ -644,7 +646,7 @@ async fn jdbc_driver_session() {
         .iter()
         .flatten()
         .collect();
-    assert_eq!(types, vec!["SYSTEM TABLE", "TABLE", "VIEW"]);
+    assert_eq!(types, vec!["SYSTEM TABLE", "SYSTEM VIEW", "TABLE", "VIEW"]);
 
     let pk = c
         .get_primary_keys(CommandGetPrimaryKeys {
