@@ -46,7 +46,7 @@ use crate::dml::{Change, ChangeExec, MergeSpec};
 use crate::error::Error;
 use crate::footers::cached_source;
 use crate::ledger::{CellInfo, FrameSnapshot, Ledger};
-use crate::scan_stats::{LogColumnStats, summarise};
+use crate::scan_stats::{LogColumnStats, SafeBounds, summarise};
 use crate::spread::spread_cells;
 
 /// Called before each batch of an `INSERT` is written, and once before a `DELETE`, `UPDATE`,
@@ -172,7 +172,10 @@ impl FrameTable {
             .with_file_schema(scan_schema.clone())
             .build(physical)
         {
-            Some(p) => match p.prune(&self.snapshot.delta_state().log_data()) {
+            Some(p) => match p.prune(&SafeBounds::new(
+                &self.snapshot.delta_state().log_data(),
+                scan_schema,
+            )) {
                 Ok(keep) => keep,
                 Err(e) => {
                     debug!(error = %e, "file pruning skipped");
@@ -316,7 +319,11 @@ impl TableProvider for FrameTable {
             .zip(&keep)
             .map(|(f, &k)| k.then(|| f.null_counts().map(|n| n.to_json())).flatten())
             .collect();
-        let log_stats = LogColumnStats::read(&log, &null_counts, &file_schema);
+        let log_stats = LogColumnStats::read(
+            &SafeBounds::new(&log, &file_schema),
+            &null_counts,
+            &file_schema,
+        );
         let mut files = Vec::new();
         for (i, (cell, keep)) in cells.iter().zip(keep).enumerate() {
             if !keep {

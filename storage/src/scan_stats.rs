@@ -150,6 +150,123 @@ pub(crate) fn summarise(
     Ok((groups, all))
 }
 
+/// The log's min and max as bounds that are safe to prune and estimate with. Delta's statistics
+/// are not always exact bounds of the values in a file:
+/// - timestamps are written in milliseconds, truncated: a max of `…:03.456` for a value at
+///   `…:03.456789` made `ts = '…:03.456789'` skip the file. Both bounds widen by 1 ms.
+/// - decimals are written as JSON floats: exact to 15 digits (widened by one unit of their
+///   last digit against rounding); beyond 15 digits (and unsigned 64-bit integers, stored as
+///   `DECIMAL(20,0)`, whose bounds were clamped to `i64::MAX`) they bound nothing.
+///
+/// Strings need nothing: the Parquet writer truncates a long max upwards. (Floats leave NaN out
+/// of their bounds, and NaN compares above every number; the Parquet footers' row-group
+/// statistics, which DataFusion prunes with, do the same, so widening the log's would not
+/// bring such rows back.)
+pub(crate) struct SafeBounds<'a> {
+    inner: &'a dyn PruningStatistics,
+    schema: &'a Schema,
+}
+
+impl<'a> SafeBounds<'a> {
+    pub(crate) fn new(inner: &'a dyn PruningStatistics, schema: &'a Schema) -> Self {
+        Self { inner, schema }
+    }
+
+    fn widen(&self, column: &Column, array: Option<ArrayRef>, up: bool) -> Option<ArrayRef> {
+        use arrow::array::{AsArray, PrimitiveArray};
+        use arrow::datatypes::{
+            Decimal128Type, TimeUnit, TimestampMicrosecondType, TimestampMillisecondType,
+            TimestampNanosecondType, TimestampSecondType,
+        };
+        let array = array?;
+        let field = self.schema.field_with_name(&column.name).ok()?;
+        let step = |v: i64, by: i64| {
+            if up {
+                v.saturating_add(by)
+            } else {
+                v.saturating_sub(by)
+            }
+        };
+        fn ts<T: arrow::datatypes::ArrowTimestampType>(
+            a: &PrimitiveArray<T>,
+            tz: Option<Arc<str>>,
+            f: impl Fn(i64) -> i64,
+        ) -> ArrayRef {
+            Arc::new(a.unary::<_, T>(f).with_timezone_opt(tz))
+        }
+        match (field.data_type(), array.data_type().clone()) {
+            (DataType::UInt64 | DataType::Decimal256(..), _) => None,
+            (DataType::Decimal128(p, _), _) if *p > 15 => None,
+            (_, DataType::Decimal128(p, _)) if p > 15 => None,
+            (_, DataType::Decimal128(p, s)) => {
+                let a = array.as_primitive::<Decimal128Type>();
+                let widened = a
+                    .unary::<_, Decimal128Type>(|v| {
+                        if up {
+                            v.saturating_add(1)
+                        } else {
+                            v.saturating_sub(1)
+                        }
+                    })
+                    .with_precision_and_scale(p, s)
+                    .ok()?;
+                Some(Arc::new(widened))
+            }
+            (_, DataType::Timestamp(unit, tz)) => Some(match unit {
+                TimeUnit::Second => ts(array.as_primitive::<TimestampSecondType>(), tz, |v| {
+                    step(v, 1)
+                }),
+                TimeUnit::Millisecond => {
+                    ts(array.as_primitive::<TimestampMillisecondType>(), tz, |v| {
+                        step(v, 1)
+                    })
+                }
+                TimeUnit::Microsecond => {
+                    ts(array.as_primitive::<TimestampMicrosecondType>(), tz, |v| {
+                        step(v, 1_000)
+                    })
+                }
+                TimeUnit::Nanosecond => {
+                    ts(array.as_primitive::<TimestampNanosecondType>(), tz, |v| {
+                        step(v, 1_000_000)
+                    })
+                }
+            }),
+            _ => Some(array),
+        }
+    }
+}
+
+impl PruningStatistics for SafeBounds<'_> {
+    fn min_values(&self, column: &Column) -> Option<ArrayRef> {
+        self.widen(column, self.inner.min_values(column), false)
+    }
+
+    fn max_values(&self, column: &Column) -> Option<ArrayRef> {
+        self.widen(column, self.inner.max_values(column), true)
+    }
+
+    fn num_containers(&self) -> usize {
+        self.inner.num_containers()
+    }
+
+    fn null_counts(&self, column: &Column) -> Option<ArrayRef> {
+        self.inner.null_counts(column)
+    }
+
+    fn row_counts(&self) -> Option<ArrayRef> {
+        self.inner.row_counts()
+    }
+
+    fn contained(
+        &self,
+        column: &Column,
+        values: &std::collections::HashSet<ScalarValue>,
+    ) -> Option<arrow::array::BooleanArray> {
+        self.inner.contained(column, values)
+    }
+}
+
 /// The value at `index` of a statistics column, as `data_type`; `None` when absent or null.
 fn scalar_at(array: Option<&ArrayRef>, index: usize, data_type: &DataType) -> Option<ScalarValue> {
     let array = array?;
