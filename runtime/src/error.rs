@@ -113,6 +113,10 @@ fn classify(e: DataFusionError) -> Error {
                 Ok(ours) => *ours,
                 Err(other) => match other.downcast::<DataFusionError>() {
                     Ok(df) => classify(*df),
+                    // A pattern the statement gave that does not compile (`regexp_like(s, '(')`).
+                    Err(other) if other.to_string().starts_with("regex parse error") => {
+                        Error::Sql(format!("invalid regular expression: {other}"))
+                    }
                     Err(other) => Error::Internal(other.to_string()),
                 },
             },

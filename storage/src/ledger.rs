@@ -301,6 +301,7 @@ impl FrameSnapshot {
 pub struct CellWriter {
     inner: Option<DeltaWriter>,
     schema: SchemaRef,
+    partition_columns: Vec<String>,
     rows: u64,
 }
 
@@ -328,6 +329,7 @@ impl CellWriter {
             return Ok(());
         }
         let batch = schema::conform_batch(batch, &self.schema)?;
+        crate::values::check_writable(&batch, &self.partition_columns)?;
         let writer = self
             .inner
             .as_mut()
@@ -692,6 +694,7 @@ impl Ledger {
         Ok(CellWriter {
             inner: Some(DeltaWriter::new(log_store.object_store(None), config)),
             schema: snapshot.schema.clone(),
+            partition_columns: snapshot.partition_columns.clone(),
             rows: 0,
         })
     }

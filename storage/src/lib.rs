@@ -53,6 +53,7 @@ mod scan_stats;
 pub mod schema;
 mod shape;
 mod spread;
+mod values;
 
 pub use backend::{BackendKind, S3Options, Storage};
 pub use codec::CellCompression;

@@ -1,0 +1,211 @@
+//! Values a Delta table cannot hold as written, refused before a cell is written: other Delta
+//! readers must read every frame, and delta-rs's own writer must not meet them.
+//!
+//! - Dates and timestamps outside the years 0001–9999 (Delta's range). delta-rs's statistics
+//!   writer panicked on the largest `DATE` (the ingest's stream was reset, an empty frame left
+//!   behind), and a frame holding year −1 could not be read by delta-rs Python at all.
+//! - An empty string as a partition value: the Delta protocol reads an empty partition value
+//!   as NULL, so other readers answered NULL where Apiary answered `''`.
+//! - A partition value whose directory name (`column=value`, escaped) is longer than a file
+//!   name may be (255 bytes): the write failed deep in the object store as an internal error.
+
+use arrow::array::{Array, AsArray, RecordBatch};
+use arrow::datatypes::{
+    DataType, Date32Type, Date64Type, TimeUnit, TimestampMicrosecondType, TimestampMillisecondType,
+    TimestampNanosecondType, TimestampSecondType,
+};
+
+use crate::error::{Error, Result};
+
+/// Days from 1970-01-01 to 0001-01-01 and to 9999-12-31.
+const FIRST_DAY: i64 = -719_162;
+const LAST_DAY: i64 = 2_932_896;
+const SECONDS_PER_DAY: i64 = 86_400;
+
+/// The longest directory name a partition value may make.
+const MAX_PARTITION_DIR_BYTES: usize = 255;
+
+/// Refuse `batch` (already in the frame's schema) if it holds a value the table cannot hold.
+pub(crate) fn check_writable(batch: &RecordBatch, partition_columns: &[String]) -> Result<()> {
+    for (field, column) in batch.schema().fields().iter().zip(batch.columns()) {
+        if let Some(days) = day_range(column.as_ref())?
+            && (days.0 < FIRST_DAY || days.1 > LAST_DAY)
+        {
+            return Err(Error::InvalidArgument(format!(
+                "column {} holds a date outside the years 0001 to 9999, which Delta tables \
+                 cannot hold",
+                field.name()
+            )));
+        }
+        if !partition_columns.iter().any(|c| c == field.name()) {
+            continue;
+        }
+        let strings: Box<dyn Iterator<Item = Option<&str>>> = match column.data_type() {
+            DataType::Utf8 => Box::new(column.as_string::<i32>().iter()),
+            DataType::LargeUtf8 => Box::new(column.as_string::<i64>().iter()),
+            DataType::Utf8View => Box::new(column.as_string_view().iter()),
+            _ => continue,
+        };
+        for value in strings.flatten() {
+            if value.is_empty() {
+                return Err(Error::InvalidArgument(format!(
+                    "partition column {} cannot hold an empty string: Delta tables read an \
+                     empty partition value as NULL (write NULL, or another value)",
+                    field.name()
+                )));
+            }
+            let dir = field.name().len() + 1 + escaped_len(value);
+            if dir > MAX_PARTITION_DIR_BYTES {
+                return Err(Error::InvalidArgument(format!(
+                    "a value of partition column {} is too long: its directory name would be \
+                     {dir} bytes, and at most {MAX_PARTITION_DIR_BYTES} are allowed",
+                    field.name()
+                )));
+            }
+        }
+    }
+    Ok(())
+}
+
+/// Bytes of `value` once escaped for a path, at most: a byte that is not a plain ASCII letter,
+/// digit, `-`, `_` or `.` may become `%XX`.
+fn escaped_len(value: &str) -> usize {
+    value
+        .bytes()
+        .map(|b| {
+            if b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.') {
+                1
+            } else {
+                3
+            }
+        })
+        .sum()
+}
+
+/// The first and last day (since 1970-01-01) a date or timestamp column holds, if it is one
+/// and holds any value.
+fn day_range(column: &dyn Array) -> Result<Option<(i64, i64)>> {
+    fn bounds<I: Iterator<Item = i64>>(values: I) -> Option<(i64, i64)> {
+        values.fold(None, |acc, v| match acc {
+            None => Some((v, v)),
+            Some((lo, hi)) => Some((lo.min(v), hi.max(v))),
+        })
+    }
+    let floor = |v: i64, per_day: i64| v.div_euclid(per_day);
+    Ok(match column.data_type() {
+        DataType::Date32 => bounds(
+            column
+                .as_primitive::<Date32Type>()
+                .iter()
+                .flatten()
+                .map(i64::from),
+        ),
+        DataType::Date64 => bounds(
+            column
+                .as_primitive::<Date64Type>()
+                .iter()
+                .flatten()
+                .map(|v| floor(v, SECONDS_PER_DAY * 1_000)),
+        ),
+        DataType::Timestamp(unit, _) => {
+            let per_day = SECONDS_PER_DAY
+                * match unit {
+                    TimeUnit::Second => 1,
+                    TimeUnit::Millisecond => 1_000,
+                    TimeUnit::Microsecond => 1_000_000,
+                    TimeUnit::Nanosecond => 1_000_000_000,
+                };
+            let days = |v: i64| floor(v, per_day);
+            match unit {
+                TimeUnit::Second => bounds(
+                    column
+                        .as_primitive::<TimestampSecondType>()
+                        .iter()
+                        .flatten()
+                        .map(days),
+                ),
+                TimeUnit::Millisecond => bounds(
+                    column
+                        .as_primitive::<TimestampMillisecondType>()
+                        .iter()
+                        .flatten()
+                        .map(days),
+                ),
+                TimeUnit::Microsecond => bounds(
+                    column
+                        .as_primitive::<TimestampMicrosecondType>()
+                        .iter()
+                        .flatten()
+                        .map(days),
+                ),
+                TimeUnit::Nanosecond => bounds(
+                    column
+                        .as_primitive::<TimestampNanosecondType>()
+                        .iter()
+                        .flatten()
+                        .map(days),
+                ),
+            }
+        }
+        _ => None,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Arc;
+
+    use arrow::array::{Date32Array, StringArray, TimestampMicrosecondArray};
+    use arrow::datatypes::{Field, Schema};
+
+    use super::*;
+
+    fn batch(field: Field, array: Arc<dyn Array>) -> RecordBatch {
+        RecordBatch::try_new(Arc::new(Schema::new(vec![field])), vec![array]).unwrap()
+    }
+
+    #[test]
+    fn dates_outside_delta_years_are_refused() {
+        let ok = batch(
+            Field::new("d", DataType::Date32, true),
+            Arc::new(Date32Array::from(vec![
+                Some(FIRST_DAY as i32),
+                None,
+                Some(LAST_DAY as i32),
+            ])),
+        );
+        assert!(check_writable(&ok, &[]).is_ok());
+        for day in [i32::MAX, (FIRST_DAY - 1) as i32, (LAST_DAY + 1) as i32] {
+            let bad = batch(
+                Field::new("d", DataType::Date32, true),
+                Arc::new(Date32Array::from(vec![day])),
+            );
+            assert!(check_writable(&bad, &[]).is_err(), "{day}");
+        }
+        let before_year_one = batch(
+            Field::new("t", DataType::Timestamp(TimeUnit::Microsecond, None), true),
+            Arc::new(TimestampMicrosecondArray::from(vec![
+                (FIRST_DAY - 1) * 86_400_000_000,
+            ])),
+        );
+        assert!(check_writable(&before_year_one, &[]).is_err());
+    }
+
+    #[test]
+    fn empty_and_overlong_partition_values_are_refused() {
+        let values = |v: Vec<Option<&str>>| {
+            batch(
+                Field::new("p", DataType::Utf8, true),
+                Arc::new(StringArray::from(v)),
+            )
+        };
+        assert!(check_writable(&values(vec![Some("eu"), None]), &["p".into()]).is_ok());
+        assert!(check_writable(&values(vec![Some("")]), &["p".into()]).is_err());
+        // Not a partition column: any string.
+        assert!(check_writable(&values(vec![Some("")]), &[]).is_ok());
+        let long = "x".repeat(300);
+        assert!(check_writable(&values(vec![Some(&long)]), &["p".into()]).is_err());
+        let accents = "é".repeat(60); // 120 bytes, escaped to 360
+        assert!(check_writable(&values(vec![Some(&accents)]), &["p".into()]).is_err());
+    }
+}
