@@ -1,7 +1,7 @@
 //! A frame's shape as Delta records it: which partition columns are valid, and which protocol
 //! (reader/writer features) its columns need.
 
-use arrow::datatypes::SchemaRef;
+use arrow::datatypes::{DataType, SchemaRef};
 
 use crate::error::{Error, Result};
 
@@ -195,6 +195,22 @@ pub(crate) fn validate_partitioning(
             )));
         }
         scalar_column(schema, p, "partition")?;
+        // Delta writes a binary partition value as escaped text, which readers (delta-rs among
+        // them, and so the scan) do not decode back into the bytes.
+        if let Ok(f) = schema.field_with_name(p)
+            && matches!(
+                f.data_type(),
+                DataType::Binary
+                    | DataType::LargeBinary
+                    | DataType::BinaryView
+                    | DataType::FixedSizeBinary(_)
+            )
+        {
+            return Err(Error::Schema(format!(
+                "partition column {p:?} is binary: Delta readers do not read binary partition \
+                 values back as written; partition by another column"
+            )));
+        }
     }
     let mut seen = std::collections::HashSet::new();
     if !partition_columns.iter().all(|p| seen.insert(p)) {
