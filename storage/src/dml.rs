@@ -232,6 +232,26 @@ impl Ledger {
             .iter()
             .map(|f| f.name().clone())
             .collect();
+        // delta-rs copies a target row once per source row it matches when no MATCHED clause
+        // rewrites it, so `WHEN NOT MATCHED BY SOURCE` alone duplicated target rows whose key
+        // appears twice in the source (delta-rs Python does the same). A MATCHED clause makes
+        // delta-rs refuse such duplicates instead.
+        let by_source = spec
+            .clauses
+            .iter()
+            .any(|c| c.kind == MergeIntoClauseKind::NotMatchedBySource);
+        let matched = spec
+            .clauses
+            .iter()
+            .any(|c| c.kind == MergeIntoClauseKind::Matched);
+        if by_source && !matched {
+            return Err(Error::InvalidArgument(
+                "MERGE with WHEN NOT MATCHED BY SOURCE needs a WHEN MATCHED clause too (for \
+                 example WHEN MATCHED THEN UPDATE SET <column> = <column>): without one, a \
+                 target row that matches two source rows would be written twice"
+                    .into(),
+            ));
+        }
         for clause in spec.clauses {
             let predicate = clause
                 .predicate
