@@ -154,9 +154,10 @@ pub(crate) fn summarise(
 /// are not always exact bounds of the values in a file:
 /// - timestamps are written in milliseconds, truncated: a max of `…:03.456` for a value at
 ///   `…:03.456789` made `ts = '…:03.456789'` skip the file. Both bounds widen by 1 ms.
-/// - decimals are written as JSON floats: exact to 15 digits (widened by one unit of their
-///   last digit against rounding); beyond 15 digits (and unsigned 64-bit integers, stored as
-///   `DECIMAL(20,0)`, whose bounds were clamped to `i64::MAX`) they bound nothing.
+/// - decimals are written as JSON floats (`DECIMAL(20,4)` 1234567890123456.1234 was logged as
+///   1234567890123456.0): bounds widen by one unit of their last digit plus 2^-51 of their
+///   value; unsigned 64-bit integers, stored as `DECIMAL(20,0)`, were written as i64s, clamped,
+///   and a bound at the i64 limits bounds nothing.
 ///
 /// Strings need nothing: the Parquet writer truncates a long max upwards. (Floats leave NaN out
 /// of their bounds, and NaN compares above every number; the Parquet footers' row-group
@@ -195,22 +196,29 @@ impl<'a> SafeBounds<'a> {
             Arc::new(a.unary::<_, T>(f).with_timezone_opt(tz))
         }
         match (field.data_type(), array.data_type().clone()) {
-            (DataType::UInt64 | DataType::Decimal256(..), _) => None,
-            (DataType::Decimal128(p, _), _) if *p > 15 => None,
-            (_, DataType::Decimal128(p, _)) if p > 15 => None,
+            (DataType::Decimal256(..), _) => None,
             (_, DataType::Decimal128(p, s)) => {
+                // A float carries 53 bits: widen by one unit of the last digit, and beyond
+                // that by 2^-51 of the value, twice a float's rounding. A scale-0 bound was
+                // written as an i64, clamped: at the i64 limits it bounds nothing.
+                let clamped = |v: i128| s == 0 && (v >= i64::MAX as i128 || v <= i64::MIN as i128);
                 let a = array.as_primitive::<Decimal128Type>();
-                let widened = a
-                    .unary::<_, Decimal128Type>(|v| {
-                        if up {
-                            v.saturating_add(1)
-                        } else {
-                            v.saturating_sub(1)
+                let widened: PrimitiveArray<Decimal128Type> = a
+                    .iter()
+                    .map(|v| {
+                        let v = v?;
+                        if clamped(v) {
+                            return None;
                         }
+                        let by = 1 + (v.unsigned_abs() >> 51) as i128;
+                        Some(if up {
+                            v.saturating_add(by)
+                        } else {
+                            v.saturating_sub(by)
+                        })
                     })
-                    .with_precision_and_scale(p, s)
-                    .ok()?;
-                Some(Arc::new(widened))
+                    .collect();
+                Some(Arc::new(widened.with_precision_and_scale(p, s).ok()?))
             }
             (_, DataType::Timestamp(unit, tz)) => Some(match unit {
                 TimeUnit::Second => ts(array.as_primitive::<TimestampSecondType>(), tz, |v| {
