@@ -10,10 +10,7 @@
 //!   name may be (255 bytes): the write failed deep in the object store as an internal error.
 
 use arrow::array::{Array, AsArray, RecordBatch};
-use arrow::datatypes::{
-    DataType, Date32Type, Date64Type, TimeUnit, TimestampMicrosecondType, TimestampMillisecondType,
-    TimestampNanosecondType, TimestampSecondType,
-};
+use arrow::datatypes::{DataType, Int64Type, TimeUnit};
 
 use crate::error::{Error, Result};
 
@@ -83,72 +80,29 @@ fn escaped_len(value: &str) -> usize {
 }
 
 /// The first and last day (since 1970-01-01) a date or timestamp column holds, if it is one
-/// and holds any value.
+/// and holds any value: its values as integers (a reinterpretation for all but `Date32`), their
+/// min and max, in days.
 fn day_range(column: &dyn Array) -> Result<Option<(i64, i64)>> {
-    fn bounds<I: Iterator<Item = i64>>(values: I) -> Option<(i64, i64)> {
-        values.fold(None, |acc, v| match acc {
-            None => Some((v, v)),
-            Some((lo, hi)) => Some((lo.min(v), hi.max(v))),
-        })
-    }
-    let floor = |v: i64, per_day: i64| v.div_euclid(per_day);
-    Ok(match column.data_type() {
-        DataType::Date32 => bounds(
-            column
-                .as_primitive::<Date32Type>()
-                .iter()
-                .flatten()
-                .map(i64::from),
-        ),
-        DataType::Date64 => bounds(
-            column
-                .as_primitive::<Date64Type>()
-                .iter()
-                .flatten()
-                .map(|v| floor(v, SECONDS_PER_DAY * 1_000)),
-        ),
+    let per_day = match column.data_type() {
+        DataType::Date32 => 1,
+        DataType::Date64 => SECONDS_PER_DAY * 1_000,
         DataType::Timestamp(unit, _) => {
-            let per_day = SECONDS_PER_DAY
+            SECONDS_PER_DAY
                 * match unit {
                     TimeUnit::Second => 1,
                     TimeUnit::Millisecond => 1_000,
                     TimeUnit::Microsecond => 1_000_000,
                     TimeUnit::Nanosecond => 1_000_000_000,
-                };
-            let days = |v: i64| floor(v, per_day);
-            match unit {
-                TimeUnit::Second => bounds(
-                    column
-                        .as_primitive::<TimestampSecondType>()
-                        .iter()
-                        .flatten()
-                        .map(days),
-                ),
-                TimeUnit::Millisecond => bounds(
-                    column
-                        .as_primitive::<TimestampMillisecondType>()
-                        .iter()
-                        .flatten()
-                        .map(days),
-                ),
-                TimeUnit::Microsecond => bounds(
-                    column
-                        .as_primitive::<TimestampMicrosecondType>()
-                        .iter()
-                        .flatten()
-                        .map(days),
-                ),
-                TimeUnit::Nanosecond => bounds(
-                    column
-                        .as_primitive::<TimestampNanosecondType>()
-                        .iter()
-                        .flatten()
-                        .map(days),
-                ),
-            }
+                }
         }
-        _ => None,
-    })
+        _ => return Ok(None),
+    };
+    let ints = arrow::compute::cast(column, &DataType::Int64)
+        .map_err(|e| Error::Internal(format!("reading dates as integers: {e}")))?;
+    let ints = ints.as_primitive::<Int64Type>();
+    Ok(arrow::compute::min(ints)
+        .zip(arrow::compute::max(ints))
+        .map(|(lo, hi)| (lo.div_euclid(per_day), hi.div_euclid(per_day))))
 }
 
 #[cfg(test)]
