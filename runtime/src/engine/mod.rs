@@ -28,6 +28,7 @@
 //! | `lazy_start` | physical rule: merges under a join filter start when first polled |
 //! | `decimals` | physical rule: decimal `+ - *` without a checked multiply per row  |
 
+mod batched;
 mod catalog;
 mod ddl;
 mod decimals;
@@ -401,6 +402,53 @@ impl Engine {
         }
     }
 
+    /// Run a statement that returns no result set once per parameter row (once when there are
+    /// none), and answer the rows it changed. An `INSERT … VALUES` whose placeholders all sit in
+    /// its VALUES list runs once, with a row per parameter row: one commit, all rows or none.
+    pub async fn execute_rows(
+        &self,
+        env: Option<&Arc<RuntimeEnv>>,
+        session: &mut Session,
+        stmt: &Statement,
+        rows: Vec<Vec<ScalarValue>>,
+    ) -> Result<u64> {
+        if rows.len() > 1
+            && let Command::Sql { layout, .. } = &stmt.command
+            && stmt.counts_rows()
+        {
+            for row in &rows {
+                check_param_count(stmt, Some(row))?;
+            }
+            let planning = PlanTarget {
+                env,
+                ..Default::default()
+            };
+            let (plan, state, _pins) = self
+                .logical_plan(
+                    session,
+                    stmt,
+                    None,
+                    &Pins::new(),
+                    planning,
+                    Purpose::Statement,
+                )
+                .await?;
+            if let Some(merged) = batched::merge_rows(&plan, rows.clone())? {
+                return counted(self.run_plan(merged, state, layout).await?).await;
+            }
+        }
+        let runs: Vec<Option<Vec<ScalarValue>>> = if rows.is_empty() {
+            vec![None]
+        } else {
+            rows.into_iter().map(Some).collect()
+        };
+        let mut total = 0u64;
+        for params in runs {
+            total += counted(self.execute_in(env, session, stmt, params).await?).await?;
+        }
+        Ok(total)
+    }
+
     /// Plan a query (a statement that returns rows) against pinned frame versions; frames not in
     /// `pins` are read at their latest version and pinned in the result.
     pub async fn plan_query(
@@ -641,20 +689,21 @@ pub(crate) struct PlanTarget<'a> {
 /// Bind each value in the type the statement expects where DataFusion knows it, so that clients
 /// may send e.g. int32 for a BIGINT comparison.
 fn bind(plan: LogicalPlan, values: Vec<ScalarValue>) -> Result<LogicalPlan> {
-    let types = plan.get_parameter_types()?;
-    let values = values
-        .into_iter()
-        .enumerate()
-        .map(|(i, v)| match types.get(&format!("${}", i + 1)) {
-            Some(Some(dt)) if &v.data_type() != dt && !v.is_null() => v
-                .cast_to(dt)
-                .map_err(|e| Error::Sql(format!("parameter ${}: {e}", i + 1))),
-            Some(Some(dt)) if v.is_null() => ScalarValue::try_from(dt)
-                .map_err(|e| Error::Sql(format!("parameter ${}: {e}", i + 1))),
-            _ => Ok(v),
-        })
-        .collect::<Result<Vec<_>>>()?;
+    let values = batched::typed(&plan.get_parameter_types()?, values)?;
     Ok(plan.with_param_values(ParamValues::from(values))?)
+}
+
+/// The rows a statement run for its count changed (or returned).
+async fn counted(output: Output) -> Result<u64> {
+    use futures::TryStreamExt;
+    Ok(match output {
+        Output::Count(n) => n,
+        Output::Done => 0,
+        Output::Rows(s) => {
+            s.try_fold(0u64, |n, b| async move { Ok(n + b.num_rows() as u64) })
+                .await?
+        }
+    })
 }
 
 fn check_param_count(stmt: &Statement, params: Option<&[ScalarValue]>) -> Result<()> {

@@ -17,7 +17,7 @@ use super::plans::StaysLocal;
 use crate::bees::BeeLease;
 use crate::distributed;
 use crate::distributed::DistributedRun;
-use crate::engine::{Output, Pins, PlanTarget, PlannedQuery, Role, Session, Statement};
+use crate::engine::{Pins, PlanTarget, PlannedQuery, Role, Session, Statement};
 use crate::error::{Error, Result};
 use crate::queries::{QueryGuard, TrackedStream};
 use crate::service::{IngestRequest, QueryRequest};
@@ -457,26 +457,10 @@ impl Node {
         let mut session = session.clone();
         let stmt = stmt.clone();
         let work = async move {
-            let runs: Vec<Option<Vec<ScalarValue>>> = if param_rows.is_empty() {
-                vec![None]
-            } else {
-                param_rows.into_iter().map(Some).collect()
-            };
-            let mut total = 0u64;
-            for params in runs {
-                total += match engine
-                    .execute_in(Some(&env), &mut session, &stmt, params)
-                    .await?
-                {
-                    Output::Count(n) => n,
-                    Output::Done => 0,
-                    Output::Rows(s) => {
-                        let batches: Vec<arrow::array::RecordBatch> = s.try_collect().await?;
-                        batches.iter().map(|b| b.num_rows() as u64).sum()
-                    }
-                };
-            }
-            Ok((total, session))
+            let n = engine
+                .execute_rows(Some(&env), &mut session, &stmt, param_rows)
+                .await?;
+            Ok((n, session))
         };
         let token = guard.entry().cancel_token().clone();
         let timeout = Some(self.config.bees.query_timeout);

@@ -1,0 +1,125 @@
+//! Many parameter rows bound to one `INSERT … VALUES (?, …)` — what ADBC's `executemany` and
+//! JDBC's `executeBatch` send — written as one statement: one VALUES list with a row per
+//! parameter row, so one commit, all rows or none.
+//!
+//! Run once per parameter row instead, 1,000 rows made 1,000 Delta commits (67 s) and a failure
+//! at row 500 left the first 499 written.
+//!
+//! Only a plan whose placeholders all sit in one VALUES list is merged; any other statement
+//! (an `UPDATE … WHERE id = ?`, an `INSERT … SELECT ?`) runs once per row as before.
+
+use std::collections::HashMap;
+
+use arrow::datatypes::DataType;
+use datafusion::common::tree_node::{Transformed, TreeNode, TreeNodeRecursion};
+use datafusion::common::{ParamValues, ScalarValue};
+use datafusion::logical_expr::dml::DmlStatement;
+use datafusion::logical_expr::{Expr, LogicalPlan, LogicalPlanBuilder, Values, WriteOp};
+
+use crate::error::{Error, Result};
+
+/// `plan` (an unbound `INSERT`) with its VALUES list repeated once per row of `rows`, each copy
+/// bound to that row; `None` when the plan is not an `INSERT` whose placeholders all sit in
+/// one VALUES list.
+pub(super) fn merge_rows(
+    plan: &LogicalPlan,
+    rows: Vec<Vec<ScalarValue>>,
+) -> Result<Option<LogicalPlan>> {
+    if !matches!(
+        plan,
+        LogicalPlan::Dml(DmlStatement {
+            op: WriteOp::Insert(_),
+            ..
+        })
+    ) || !placeholders_only_in_one_values(plan)?
+    {
+        return Ok(None);
+    }
+    let types = plan.get_parameter_types()?;
+    let bound: Vec<ParamValues> = rows
+        .into_iter()
+        .map(|row| typed(&types, row).map(ParamValues::from))
+        .collect::<Result<_>>()?;
+    let merged = plan
+        .clone()
+        .transform_up_with_subqueries(|node| match node {
+            LogicalPlan::Values(Values { values, .. }) if any_placeholder(&values) => {
+                let mut all = Vec::with_capacity(values.len() * bound.len());
+                for params in &bound {
+                    for row in &values {
+                        all.push(
+                            row.iter()
+                                .map(|e| substitute(e.clone(), params))
+                                .collect::<Result<Vec<_>>>()?,
+                        );
+                    }
+                }
+                Ok(Transformed::yes(LogicalPlanBuilder::values(all)?.build()?))
+            }
+            // The VALUES list's column types may have changed with the values bound.
+            other => Ok(Transformed::yes(other.recompute_schema()?)),
+        })?
+        .data;
+    Ok(Some(merged))
+}
+
+/// Each value in the type the statement expects where DataFusion knows it, so that clients may
+/// send e.g. int32 for a BIGINT column (and a NULL of any type).
+pub(super) fn typed(
+    types: &HashMap<String, Option<DataType>>,
+    values: Vec<ScalarValue>,
+) -> Result<Vec<ScalarValue>> {
+    values
+        .into_iter()
+        .enumerate()
+        .map(|(i, v)| match types.get(&format!("${}", i + 1)) {
+            Some(Some(dt)) if &v.data_type() != dt && !v.is_null() => v
+                .cast_to(dt)
+                .map_err(|e| Error::Sql(format!("parameter ${}: {e}", i + 1))),
+            Some(Some(dt)) if v.is_null() => ScalarValue::try_from(dt)
+                .map_err(|e| Error::Sql(format!("parameter ${}: {e}", i + 1))),
+            _ => Ok(v),
+        })
+        .collect()
+}
+
+fn has_placeholder(e: &Expr) -> bool {
+    e.exists(|e| Ok(matches!(e, Expr::Placeholder(_))))
+        .unwrap_or(true)
+}
+
+fn any_placeholder(rows: &[Vec<Expr>]) -> bool {
+    rows.iter().flatten().any(has_placeholder)
+}
+
+fn placeholders_only_in_one_values(plan: &LogicalPlan) -> Result<bool> {
+    let (mut lists, mut elsewhere) = (0, false);
+    plan.apply_with_subqueries(|node| {
+        match node {
+            LogicalPlan::Values(Values { values, .. }) => {
+                if any_placeholder(values) {
+                    lists += 1;
+                }
+            }
+            other => {
+                if other.expressions().iter().any(has_placeholder) {
+                    elsewhere = true;
+                    return Ok(TreeNodeRecursion::Stop);
+                }
+            }
+        }
+        Ok(TreeNodeRecursion::Continue)
+    })?;
+    Ok(lists == 1 && !elsewhere)
+}
+
+fn substitute(e: Expr, params: &ParamValues) -> Result<Expr> {
+    Ok(e.transform_up(|e| match e {
+        Expr::Placeholder(p) => {
+            let (value, metadata) = params.get_placeholders_with_values(&p.id)?.into_inner();
+            Ok(Transformed::yes(Expr::Literal(value, metadata)))
+        }
+        other => Ok(Transformed::no(other)),
+    })?
+    .data)
+}
