@@ -133,7 +133,8 @@ impl Ledger {
             .with_writer_properties(self.writer_properties()?)
             .with_commit_properties(self.commit_properties(user));
         if let Some(p) = predicate {
-            op = op.with_predicate(stored_columns(snapshot, p)?);
+            let p = stored_columns(snapshot, p)?;
+            op = op.with_predicate(crate::nan::guard(p, snapshot.schema()));
         }
         let (table, metrics) = op.await.map_err(|e| conflict(snapshot, e))?;
         let version = self.settle(snapshot, &table, "delete");
@@ -178,7 +179,8 @@ impl Ledger {
             );
         }
         if let Some(p) = predicate {
-            op = op.with_predicate(stored_columns(snapshot, p)?);
+            let p = stored_columns(snapshot, p)?;
+            op = op.with_predicate(crate::nan::guard(p, snapshot.schema()));
         }
         let (table, metrics) = op.await.map_err(|e| conflict(snapshot, e))?;
         let version = self.settle(snapshot, &table, "update");

@@ -47,6 +47,7 @@ pub mod history;
 pub mod lakehouse;
 pub mod ledger;
 pub mod maintain;
+pub mod nan;
 pub mod paths;
 pub mod provider;
 mod scan_stats;

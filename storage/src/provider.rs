@@ -168,6 +168,9 @@ impl FrameTable {
         };
         let df_schema = DFSchema::try_from(scan_schema.as_ref().clone())?;
         let physical = state.create_physical_expr(expr, &df_schema)?;
+        let Some(physical) = crate::nan::prunable(&physical, scan_schema).0 else {
+            return Ok(vec![true; n]);
+        };
         let keep = match PruningPredicateBuilder::new()
             .with_file_schema(scan_schema.clone())
             .build(physical)

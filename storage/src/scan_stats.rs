@@ -159,10 +159,8 @@ pub(crate) fn summarise(
 ///   value; unsigned 64-bit integers, stored as `DECIMAL(20,0)`, were written as i64s, clamped,
 ///   and a bound at the i64 limits bounds nothing.
 ///
-/// Strings need nothing: the Parquet writer truncates a long max upwards. (Floats leave NaN out
-/// of their bounds, and NaN compares above every number; the Parquet footers' row-group
-/// statistics, which DataFusion prunes with, do the same, so widening the log's would not
-/// bring such rows back.)
+/// Strings need nothing: the Parquet writer truncates a long max upwards. Floats leave NaN out
+/// of their bounds; [`crate::nan`] keeps such predicates out of pruning instead.
 pub(crate) struct SafeBounds<'a> {
     inner: &'a dyn PruningStatistics,
     schema: &'a Schema,

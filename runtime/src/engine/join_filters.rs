@@ -188,8 +188,10 @@ fn rows_filtered(
         return None;
     }
     let predicate = parquet.filter()?;
+    // (A predicate of `true` is one that `nan_pruning` emptied.)
     let (joins, fixed): (Vec<_>, Vec<_>) = split_conjunction(&predicate)
         .into_iter()
+        .filter(|f| !is_true(f))
         .partition(|f| f.downcast_ref::<DynamicFilterPhysicalExpr>().is_some());
     let pays = |f: &Arc<dyn PhysicalExpr>| f.expression_id().is_some_and(|id| paying.contains(&id));
     // A scan's own predicate on rows lost overall (see the module's documentation): it goes to
@@ -606,6 +608,11 @@ impl PhysicalExpr for WhileSmall {
         // Another node decodes the join filter itself.
         ctx.encode_child(&self.filter).map(Some)
     }
+}
+
+fn is_true(e: &Arc<dyn PhysicalExpr>) -> bool {
+    e.downcast_ref::<Literal>()
+        .is_some_and(|l| l.value() == &ScalarValue::Boolean(Some(true)))
 }
 
 #[cfg(test)]

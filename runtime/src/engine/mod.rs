@@ -27,6 +27,7 @@
 //! | `join_filters` | physical rule: join filters reach a scan's rows while they pay  |
 //! | `lazy_start` | physical rule: merges under a join filter start when first polled |
 //! | `decimals` | physical rule: decimal `+ - *` without a checked multiply per row  |
+//! | `nan_pruning` | physical rule: scans prune no NaN row away                      |
 
 mod batched;
 mod catalog;
@@ -39,6 +40,7 @@ mod information_schema;
 mod ingest;
 mod join_filters;
 mod lazy_start;
+mod nan_pruning;
 mod operations;
 mod options;
 mod policy;
@@ -65,8 +67,9 @@ use crate::sql::{self, Command};
 use policy::Purpose;
 
 /// Apiary's own physical rules, in the order they run after DataFusion's.
-fn own_rules() -> [Arc<dyn PhysicalOptimizerRule + Send + Sync>; 4] {
+fn own_rules() -> [Arc<dyn PhysicalOptimizerRule + Send + Sync>; 5] {
     [
+        Arc::new(nan_pruning::NanSafePruning),
         Arc::new(join_filters::JoinFiltersOnRows),
         Arc::new(lazy_start::StartWhenPolled),
         Arc::new(decimals::FastDecimals),
