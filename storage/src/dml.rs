@@ -386,8 +386,44 @@ pub(crate) fn conflict(snapshot: &FrameSnapshot, e: DeltaTableError) -> Error {
                 snapshot.frame()
             ))
         }
+        // A value the change computes fails (a cast, a division by zero, an overflow): the
+        // statement's fault, as the same expression in a query is.
+        DeltaTableError::Arrow { source } if data_error(&source) => {
+            Error::InvalidArgument(format!(
+                "{}: the change failed on a value: {source}",
+                snapshot.frame()
+            ))
+        }
+        DeltaTableError::Generic(m) if DATA_ERRORS.iter().any(|d| m.contains(d)) => {
+            Error::InvalidArgument(format!(
+                "{}: the change failed on a value: {m}",
+                snapshot.frame()
+            ))
+        }
         other => other.into(),
     }
+}
+
+/// What Arrow's kernels say of a value they cannot compute, as delta-rs passes it on in text.
+const DATA_ERRORS: [&str; 5] = [
+    "Cast error",
+    "Divide by zero",
+    "Arithmetic overflow",
+    "Compute error",
+    "Parser error",
+];
+
+fn data_error(e: &arrow::error::ArrowError) -> bool {
+    use arrow::error::ArrowError as A;
+    matches!(
+        e,
+        A::CastError(_)
+            | A::DivideByZero
+            | A::ArithmeticOverflow(_)
+            | A::ComputeError(_)
+            | A::ParseError(_)
+            | A::InvalidArgumentError(_)
+    )
 }
 
 /// Columns served as another type than they are stored in are read through a cast, as the scan

@@ -166,6 +166,7 @@ impl Engine {
                         "PARTITIONED BY and CLUSTER BY belong to CREATE TABLE".into(),
                     ));
                 }
+                let plan = values_nullable(plan)?;
                 let physical = state.create_physical_plan(&plan).await?;
                 let mut stream = execute_stream(physical, state.task_ctx())?;
                 let mut count = 0u64;
@@ -253,6 +254,36 @@ impl Engine {
             self.write_target(target, data, state.task_ctx()).await?,
         ))
     }
+}
+
+/// `plan` with the columns of its VALUES lists nullable. DataFusion types an `INSERT`'s VALUES
+/// by the frame's columns, NOT NULL included, so a NULL failed as "Column 'column1' is declared
+/// as non-nullable"; the frame's own check then names the column (`column k does not accept
+/// NULL`).
+fn values_nullable(plan: LogicalPlan) -> Result<LogicalPlan> {
+    use datafusion::common::DFSchema;
+    use datafusion::common::tree_node::{Transformed, TransformedResult, TreeNode};
+    use datafusion::logical_expr::Values;
+    Ok(plan
+        .transform_up(|node| match node {
+            LogicalPlan::Values(Values { schema, values })
+                if schema.fields().iter().any(|f| !f.is_nullable()) =>
+            {
+                let fields: Vec<arrow::datatypes::Field> = schema
+                    .fields()
+                    .iter()
+                    .map(|f| f.as_ref().clone().with_nullable(true))
+                    .collect();
+                let schema = DFSchema::try_from(arrow::datatypes::Schema::new(fields))?;
+                Ok(Transformed::yes(LogicalPlan::Values(Values {
+                    schema: Arc::new(schema),
+                    values,
+                })))
+            }
+            LogicalPlan::Dml(_) => Ok(Transformed::no(node)),
+            other => other.recompute_schema().map(Transformed::yes),
+        })
+        .data()?)
 }
 
 /// The session a planned statement runs in (its default hive and box), for naming frames.

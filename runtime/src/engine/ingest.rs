@@ -14,7 +14,7 @@
 //! A write into a frame this call created (not appended to) is all or nothing: if it fails, the
 //! frame is dropped again.
 
-use apiary_storage::{FrameRef, FrameSink, FrameSnapshot, FrameTable, ObjectKind};
+use apiary_storage::{FrameRef, FrameSink, FrameSnapshot, FrameTable, ObjectKind, Opened};
 use std::sync::Arc;
 
 use arrow::datatypes::{Field, Schema, SchemaRef};
@@ -81,8 +81,27 @@ impl Engine {
         mode: &WriteMode,
     ) -> Result<Target> {
         let lh = &self.lakehouse;
-        let existing = match lh.frame(frame, None).await {
-            Ok(s) => Some(s),
+        let existing = match lh.open_frame(frame, None).await {
+            Ok(Opened::Frame(s)) => Some(s),
+            // The name is taken by something that holds no cells of its own.
+            Ok(other) => {
+                let what = match other {
+                    Opened::View(_) => "a view",
+                    _ => "an external frame",
+                };
+                return match mode.if_exists {
+                    IfExists::Skip => Ok(Target::Skip),
+                    IfExists::Fail => Err(apiary_storage::Error::AlreadyExists {
+                        kind: ObjectKind::Frame,
+                        name: format!("{frame} ({what})"),
+                    }
+                    .into()),
+                    _ => Err(apiary_storage::Error::NotAllowed(format!(
+                        "{frame} is {what}: it has no cells of its own to write"
+                    ))
+                    .into()),
+                };
+            }
             Err(apiary_storage::Error::NotFound {
                 kind: ObjectKind::Frame,
                 ..
