@@ -292,11 +292,14 @@ impl BeeLease {
         let budget = self.pool.config.memory_budget;
         let bees = self.pool.slots.len();
         move |e| match e {
-            Error::ResourceExhausted(msg) => Error::ResourceExhausted(format!(
-                "query needs more memory than its bee's budget of {} (node budget {} over {bees} bees): {msg}",
-                human_bytes(per_bee),
-                human_bytes(budget),
-            )),
+            // (A bound on what a function generates says its own: `engine::bounded`.)
+            Error::ResourceExhausted(msg) if !msg.contains(GENERATED_BOUND) => {
+                Error::ResourceExhausted(format!(
+                    "query needs more memory than its bee's budget of {} (node budget {} over {bees} bees): {msg}",
+                    human_bytes(per_bee),
+                    human_bytes(budget),
+                ))
+            }
             other => other,
         }
     }
@@ -312,6 +315,10 @@ impl Drop for BeeLease {
         self.pool.temperature();
     }
 }
+
+/// How the bound on what one function call may generate is named in its error (values a
+/// function generates are allocated outside the memory pool).
+pub(crate) const GENERATED_BOUND: &str = "the most one function call may generate";
 
 /// Rows per batch for a bee of `budget` bytes: 8192 from 256 MiB up, halving with the budget down
 /// to 1024. Operators that cannot spill (merges, hash tables) hold a few batches per input; small

@@ -1,0 +1,324 @@
+//! Functions whose output grows with an argument, bounded.
+//!
+//! `repeat('x', 1500000000)`, `lpad`, `range(1, 200000000)` and `array_repeat` allocate what their
+//! arguments ask for, outside the memory pool: four such statements took a node started with
+//! `--memory 1GiB` to 5.9 GB of RSS, and a little more would have had it killed. Each is
+//! wrapped here: before it runs, the bytes it would produce for the batch are worked out from
+//! its arguments, and past [`MAX_GENERATED_BYTES`] the statement fails with
+//! RESOURCE_EXHAUSTED instead.
+
+use std::sync::Arc;
+
+use arrow::array::{Array, ArrayRef, AsArray};
+use arrow::datatypes::{DataType, FieldRef, Int64Type, IntervalMonthDayNano};
+use datafusion::common::{Result as DfResult, ScalarValue, exec_datafusion_err};
+use datafusion::error::DataFusionError;
+use datafusion::logical_expr::simplify::{ExprSimplifyResult, SimplifyContext};
+use datafusion::logical_expr::{
+    ColumnarValue, Documentation, Expr, ReturnFieldArgs, ScalarFunctionArgs, ScalarUDF,
+    ScalarUDFImpl, Signature,
+};
+
+/// Most bytes one call of a growing function may produce for one batch.
+pub(super) const MAX_GENERATED_BYTES: u128 = 256 << 20;
+
+/// How a function's output grows with its arguments.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+enum Growth {
+    /// `repeat(s, n)`: `n` times `s`.
+    Repeat,
+    /// `lpad(s, n [, fill])`, `rpad`: `n` characters of up to 4 bytes.
+    Pad,
+    /// `replace(s, from, to)`: every `from` in `s` becomes `to`.
+    Replace,
+    /// `regexp_replace(s, pattern, to [, flags])`: at most one `to` per position of `s`.
+    RegexpReplace,
+    /// `array_repeat(v, n)`: `n` copies of `v`.
+    ArrayRepeat,
+    /// `range(start, stop [, step])`, `generate_series`: one value per step.
+    Range,
+}
+
+/// The functions bounded here, by DataFusion's name.
+const GROWING: [(&str, Growth); 7] = [
+    ("repeat", Growth::Repeat),
+    ("lpad", Growth::Pad),
+    ("rpad", Growth::Pad),
+    ("replace", Growth::Replace),
+    ("regexp_replace", Growth::RegexpReplace),
+    ("array_repeat", Growth::ArrayRepeat),
+    ("range", Growth::Range),
+];
+
+/// The bounded forms of those of `registered` (DataFusion's functions by name) that grow.
+pub(super) fn wrap(registered: impl Fn(&str) -> Option<Arc<ScalarUDF>>) -> Vec<Arc<ScalarUDF>> {
+    GROWING
+        .iter()
+        .chain(&[("generate_series", Growth::Range)])
+        .filter_map(|(name, growth)| {
+            let inner = registered(name)?;
+            Some(Arc::new(ScalarUDF::new_from_impl(Bounded {
+                inner,
+                growth: *growth,
+            })))
+        })
+        .collect()
+}
+
+/// A function of DataFusion's, run only when what it would produce is within bounds.
+#[derive(Debug, PartialEq, Eq, Hash)]
+struct Bounded {
+    inner: Arc<ScalarUDF>,
+    growth: Growth,
+}
+
+impl ScalarUDFImpl for Bounded {
+    fn name(&self) -> &str {
+        self.inner.name()
+    }
+
+    fn aliases(&self) -> &[String] {
+        self.inner.aliases()
+    }
+
+    fn signature(&self) -> &Signature {
+        self.inner.signature()
+    }
+
+    fn return_type(&self, arg_types: &[DataType]) -> DfResult<DataType> {
+        self.inner.return_type(arg_types)
+    }
+
+    fn return_field_from_args(&self, args: ReturnFieldArgs) -> DfResult<FieldRef> {
+        self.inner.return_field_from_args(args)
+    }
+
+    fn coerce_types(&self, arg_types: &[DataType]) -> DfResult<Vec<DataType>> {
+        self.inner.inner().coerce_types(arg_types)
+    }
+
+    fn simplify(&self, args: Vec<Expr>, info: &SimplifyContext) -> DfResult<ExprSimplifyResult> {
+        self.inner.simplify(args, info)
+    }
+
+    fn is_strict(&self) -> bool {
+        self.inner.inner().is_strict()
+    }
+
+    fn short_circuits(&self) -> bool {
+        self.inner.short_circuits()
+    }
+
+    fn documentation(&self) -> Option<&Documentation> {
+        self.inner.documentation()
+    }
+
+    fn invoke_with_args(&self, args: ScalarFunctionArgs) -> DfResult<ColumnarValue> {
+        let bytes = produced(self.growth, &args.args, args.number_rows);
+        if bytes > MAX_GENERATED_BYTES {
+            return Err(DataFusionError::ResourcesExhausted(format!(
+                "{}() would produce about {} MiB for one batch; {} is {} MiB",
+                self.name(),
+                bytes >> 20,
+                crate::bees::GENERATED_BOUND,
+                MAX_GENERATED_BYTES >> 20
+            )));
+        }
+        self.inner.invoke_with_args(args)
+    }
+}
+
+/// One argument's value in one row, as far as sizes go.
+#[derive(Clone, Copy)]
+enum Value {
+    /// A string's or binary's length in bytes.
+    Bytes(u128),
+    /// An integer.
+    Int(i128),
+    /// A date or time, in nanoseconds.
+    Nanos(i128),
+    /// An interval's shortest length in nanoseconds (`None`: it may be zero or negative).
+    Step(Option<i128>),
+    /// NULL, or a type sizes do not depend on.
+    Other,
+}
+
+/// An argument: one value for every row, or a value per row.
+enum Values {
+    One(Value),
+    Each(Vec<Value>),
+}
+
+impl Values {
+    fn at(&self, row: usize) -> Value {
+        match self {
+            Values::One(v) => *v,
+            Values::Each(v) => v.get(row).copied().unwrap_or(Value::Other),
+        }
+    }
+}
+
+/// The bytes `growth` produces for one batch of `rows` rows with `args`.
+fn produced(growth: Growth, args: &[ColumnarValue], rows: usize) -> u128 {
+    let Ok(values) = args.iter().map(values).collect::<DfResult<Vec<_>>>() else {
+        return 0;
+    };
+    let all_scalar = values.iter().all(|v| matches!(v, Values::One(_)));
+    let rows = if all_scalar { 1 } else { rows };
+    let mut total = 0u128;
+    for row in 0..rows {
+        let arg = |i: usize| values.get(i).map_or(Value::Other, |v| v.at(row));
+        total = total.saturating_add(per_row(growth, &arg));
+        if total > MAX_GENERATED_BYTES {
+            break;
+        }
+    }
+    total
+}
+
+fn per_row(growth: Growth, arg: &dyn Fn(usize) -> Value) -> u128 {
+    let bytes = |v: Value| match v {
+        Value::Bytes(n) => n,
+        _ => 16,
+    };
+    let count = |v: Value| match v {
+        Value::Int(n) => n.max(0) as u128,
+        _ => 0,
+    };
+    match growth {
+        Growth::Repeat => bytes(arg(0)).saturating_mul(count(arg(1))),
+        Growth::Pad => count(arg(1)).saturating_mul(4),
+        Growth::Replace => {
+            let (s, from, to) = (bytes(arg(0)), bytes(arg(1)).max(1), bytes(arg(2)));
+            s.saturating_add((s / from).saturating_mul(to))
+        }
+        Growth::RegexpReplace => {
+            let (s, to) = (bytes(arg(0)), bytes(arg(2)));
+            s.saturating_add((s + 1).saturating_mul(to))
+        }
+        Growth::ArrayRepeat => bytes(arg(0)).saturating_mul(count(arg(1))),
+        Growth::Range => {
+            let steps = match (arg(0), arg(1), arg(2)) {
+                (Value::Int(a), Value::Int(b), step) => {
+                    let step = match step {
+                        Value::Int(s) if s != 0 => s.unsigned_abs(),
+                        _ => 1,
+                    };
+                    b.abs_diff(a) / step
+                }
+                (Value::Nanos(a), Value::Nanos(b), step) => {
+                    let step = match step {
+                        Value::Step(Some(s)) => s.unsigned_abs().max(1),
+                        // A step that may be zero or change sign bounds nothing: one nanosecond.
+                        Value::Step(None) => 1,
+                        _ => 86_400_000_000_000,
+                    };
+                    b.abs_diff(a) / step
+                }
+                _ => 0,
+            };
+            steps.saturating_add(1).saturating_mul(8)
+        }
+    }
+}
+
+fn values(arg: &ColumnarValue) -> DfResult<Values> {
+    Ok(match arg {
+        ColumnarValue::Scalar(s) => Values::One(scalar(s)),
+        ColumnarValue::Array(a) => Values::Each(array(a)?),
+    })
+}
+
+const DAY_NANOS: i128 = 86_400_000_000_000;
+
+fn step(i: IntervalMonthDayNano) -> Option<i128> {
+    let parts = [
+        i.months as i128 * 28 * DAY_NANOS,
+        i.days as i128 * DAY_NANOS,
+        i.nanoseconds as i128,
+    ];
+    let (pos, neg) = (parts.iter().all(|p| *p >= 0), parts.iter().all(|p| *p <= 0));
+    let sum: i128 = parts.iter().sum();
+    ((pos || neg) && sum != 0).then_some(sum)
+}
+
+fn scalar(s: &ScalarValue) -> Value {
+    use ScalarValue as S;
+    match s {
+        S::Utf8(Some(v)) | S::LargeUtf8(Some(v)) | S::Utf8View(Some(v)) => {
+            Value::Bytes(v.len() as u128)
+        }
+        S::Binary(Some(v)) | S::LargeBinary(Some(v)) | S::BinaryView(Some(v)) => {
+            Value::Bytes(v.len() as u128)
+        }
+        S::Date32(Some(d)) => Value::Nanos(*d as i128 * DAY_NANOS),
+        S::Date64(Some(d)) => Value::Nanos(*d as i128 * 1_000_000),
+        S::TimestampSecond(Some(t), _) => Value::Nanos(*t as i128 * 1_000_000_000),
+        S::TimestampMillisecond(Some(t), _) => Value::Nanos(*t as i128 * 1_000_000),
+        S::TimestampMicrosecond(Some(t), _) => Value::Nanos(*t as i128 * 1_000),
+        S::TimestampNanosecond(Some(t), _) => Value::Nanos(*t as i128),
+        S::IntervalMonthDayNano(Some(i)) => Value::Step(step(*i)),
+        S::IntervalDayTime(Some(i)) => Value::Step(step(IntervalMonthDayNano::new(
+            0,
+            i.days,
+            i.milliseconds as i64 * 1_000_000,
+        ))),
+        S::IntervalYearMonth(Some(m)) => Value::Step(step(IntervalMonthDayNano::new(*m, 0, 0))),
+        v if v.data_type().is_integer() && !v.is_null() => v
+            .cast_to(&DataType::Int64)
+            .ok()
+            .and_then(|v| match v {
+                S::Int64(Some(n)) => Some(Value::Int(n as i128)),
+                _ => None,
+            })
+            .unwrap_or(Value::Other),
+        // A list to repeat: its size in memory.
+        v if v.data_type().is_nested() && !v.is_null() => Value::Bytes(v.size() as u128),
+        _ => Value::Other,
+    }
+}
+
+fn array(a: &ArrayRef) -> DfResult<Vec<Value>> {
+    let n = a.len();
+    let each = |f: &dyn Fn(usize) -> Value| -> Vec<Value> {
+        (0..n)
+            .map(|i| if a.is_null(i) { Value::Other } else { f(i) })
+            .collect()
+    };
+    Ok(match a.data_type() {
+        DataType::Utf8 => {
+            let s = a.as_string::<i32>();
+            each(&|i| Value::Bytes(s.value_length(i) as u128))
+        }
+        DataType::LargeUtf8 => {
+            let s = a.as_string::<i64>();
+            each(&|i| Value::Bytes(s.value_length(i) as u128))
+        }
+        DataType::Utf8View => {
+            let s = a.as_string_view();
+            each(&|i| Value::Bytes(s.value(i).len() as u128))
+        }
+        DataType::Binary => {
+            let s = a.as_binary::<i32>();
+            each(&|i| Value::Bytes(s.value_length(i) as u128))
+        }
+        t if t.is_integer() => {
+            let ints = arrow::compute::cast(a, &DataType::Int64)?;
+            let ints = ints.as_primitive::<Int64Type>();
+            each(&|i| Value::Int(ints.value(i) as i128))
+        }
+        DataType::Date32 | DataType::Date64 | DataType::Timestamp(..) | DataType::Interval(_) => (0
+            ..n)
+            .map(|i| {
+                ScalarValue::try_from_array(a, i)
+                    .map(|s| scalar(&s))
+                    .map_err(|e| exec_datafusion_err!("{e}"))
+            })
+            .collect::<DfResult<_>>()?,
+        // Values to repeat of other types: an even share of the array's memory each.
+        _ => {
+            let share = (a.get_array_memory_size() / n.max(1)) as u128;
+            each(&|_| Value::Bytes(share))
+        }
+    })
+}
