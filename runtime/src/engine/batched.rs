@@ -13,7 +13,7 @@ use std::collections::HashMap;
 use arrow::datatypes::DataType;
 use datafusion::common::tree_node::{Transformed, TreeNode, TreeNodeRecursion};
 use datafusion::common::{ParamValues, ScalarValue};
-use datafusion::logical_expr::dml::DmlStatement;
+use datafusion::logical_expr::dml::{DmlStatement, InsertOp};
 use datafusion::logical_expr::{Expr, LogicalPlan, LogicalPlanBuilder, Values, WriteOp};
 
 use crate::error::{Error, Result};
@@ -25,10 +25,11 @@ pub(super) fn merge_rows(
     plan: &LogicalPlan,
     rows: Vec<Vec<ScalarValue>>,
 ) -> Result<Option<LogicalPlan>> {
+    // (`INSERT OVERWRITE` run once per row keeps the last row only: it runs so.)
     if !matches!(
         plan,
         LogicalPlan::Dml(DmlStatement {
-            op: WriteOp::Insert(_),
+            op: WriteOp::Insert(InsertOp::Append),
             ..
         })
     ) || !placeholders_only_in_one_values(plan)?
