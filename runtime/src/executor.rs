@@ -25,7 +25,7 @@ use datafusion::execution::{RecordBatchStream, SendableRecordBatchStream};
 use std::sync::Mutex;
 use std::time::Duration;
 
-use futures::{Stream, StreamExt};
+use futures::{FutureExt, Stream, StreamExt};
 use tokio::runtime::{Handle, Runtime};
 use tokio::sync::mpsc;
 use tokio::task::{JoinHandle, JoinSet};
@@ -102,7 +102,8 @@ impl CpuExecutor {
         make: impl FnOnce() -> Result<SendableRecordBatchStream, DataFusionError> + Send + 'static,
     ) -> SendableRecordBatchStream {
         let (tx, rx) = mpsc::channel(CHANNEL_DEPTH);
-        let task = self.spawn(async move {
+        let on_panic = tx.clone();
+        let drive = async move {
             let mut stream = match make() {
                 Ok(s) => s,
                 Err(e) => {
@@ -115,6 +116,23 @@ impl CpuExecutor {
                 if tx.send(item).await.is_err() || stop {
                     return;
                 }
+            }
+        };
+        // A panic in the plan (DataFusion re-raises one from any partition's task here) must
+        // fail the stream: unhandled, it ended the task, and with it the channel, so the client
+        // saw a short result as if it were whole.
+        let task = self.spawn(async move {
+            if let Err(panic) = std::panic::AssertUnwindSafe(drive).catch_unwind().await {
+                let what = panic
+                    .downcast_ref::<&str>()
+                    .map(|s| s.to_string())
+                    .or_else(|| panic.downcast_ref::<String>().cloned())
+                    .unwrap_or_else(|| "(no message)".into());
+                let _ = on_panic
+                    .send(Err(DataFusionError::Internal(format!(
+                        "the query's execution panicked: {what}"
+                    ))))
+                    .await;
             }
         });
         Box::pin(ChannelStream {
@@ -294,6 +312,34 @@ mod tests {
                 .await
                 .is_ok()
         );
+    }
+
+    #[tokio::test]
+    async fn a_stream_that_panics_ends_in_an_error_not_short() {
+        use std::sync::Arc;
+
+        use arrow::array::Int32Array;
+        use arrow::datatypes::{DataType, Field, Schema};
+        use datafusion::physical_plan::stream::RecordBatchStreamAdapter;
+        let cpu = CpuExecutor::new(1).unwrap();
+        let schema = Arc::new(Schema::new(vec![Field::new("a", DataType::Int32, false)]));
+        let batch = RecordBatch::try_new(schema.clone(), vec![Arc::new(Int32Array::from(vec![1]))])
+            .unwrap();
+        let (s, b) = (schema.clone(), batch.clone());
+        let mut stream = cpu.stream(schema, move || {
+            let items = futures::stream::iter([0, 1]).map(move |i| {
+                assert!(i == 0, "a partition's task panicked");
+                Ok(b.clone())
+            });
+            Ok(Box::pin(RecordBatchStreamAdapter::new(s, items)) as SendableRecordBatchStream)
+        });
+        assert_eq!(stream.next().await.unwrap().unwrap(), batch);
+        let err = stream.next().await.unwrap().unwrap_err().to_string();
+        assert!(
+            err.contains("panicked: a partition's task panicked"),
+            "{err}"
+        );
+        assert!(stream.next().await.is_none());
     }
 
     #[tokio::test]
