@@ -48,6 +48,7 @@ pub mod lakehouse;
 pub mod ledger;
 pub mod maintain;
 pub mod nan;
+mod one_version;
 pub mod paths;
 pub mod provider;
 mod scan_stats;

@@ -13,10 +13,11 @@ use std::sync::Arc;
 use datafusion::execution::context::SessionState;
 use deltalake::kernel::StructField;
 use deltalake::kernel::schema::partitions::{FilterValue, filter_literal};
-use deltalake::kernel::transaction::CommitBuilder;
+use deltalake::kernel::transaction::{CommitBuilder, TransactionError};
 use deltalake::operations::optimize::OptimizeType;
 use deltalake::operations::vacuum::VacuumMode;
 use deltalake::protocol::DeltaOperation;
+use deltalake::{DeltaTable, DeltaTableError};
 use futures::{StreamExt, TryStreamExt};
 use object_store::ObjectStoreExt;
 use tracing::{info, warn};
@@ -55,6 +56,9 @@ pub struct Vacuumed {
 /// Delta's default: a removed cell is kept a week, so that readers of recent versions and
 /// writers that have not committed yet still find their files.
 pub const DEFAULT_RETENTION_HOURS: f64 = 168.0;
+
+/// Times an OPTIMIZE plans and writes before it gives up to commits racing it (ABORTED).
+const OPTIMIZE_ATTEMPTS: u32 = 3;
 
 /// Most deletes VACUUM has in flight.
 const DELETE_CONCURRENCY: usize = 8;
@@ -106,30 +110,56 @@ impl Ledger {
             true => snapshot.cluster_by(),
             false => zorder,
         };
-        let table = self.delta_table(snapshot)?;
         let target = NonZeroU64::new(self.config().cell_target_bytes)
             .ok_or_else(|| Error::Internal("cell target size is zero".into()))?;
-        let kind = match zorder.is_empty() {
+        let kind = || match zorder.is_empty() {
             true => OptimizeType::Compact,
-            false => OptimizeType::ZOrder(zorder),
+            false => OptimizeType::ZOrder(zorder.clone()),
         };
-        let (table, metrics) = table
-            .optimize()
-            .with_type(kind)
-            .with_filters(&literals)
-            .with_target_size(target)
-            .with_writer_properties(self.writer_properties()?)
-            .with_commit_properties(self.commit_properties(user))
-            .with_max_concurrent_tasks(1)
-            .with_session_state(Arc::new(operation_session(session)?))
-            .await
-            .map_err(|e| conflict(snapshot, e))?;
-        let version = self.settle(snapshot, &table, "optimize");
-        Ok(Optimized {
-            version,
-            cells_removed: metrics.num_files_removed,
-            cells_added: metrics.num_files_added,
-        })
+        // delta-rs lets a compaction commit over another that removed the same cells (their
+        // removes change no data, so it sees no conflict): two OPTIMIZEs at once each wrote the
+        // rows again, and a frame of 500 rows held 2,000. So a compaction commits only on the
+        // version it read, and one that lost the race plans again from the newer version.
+        let mut snapshot = snapshot.clone();
+        let mut attempt = 1;
+        loop {
+            snapshot.writable()?;
+            let mut table = DeltaTable::new(crate::one_version::only_at(
+                self.log_store(snapshot.frame())?,
+                snapshot.version() as u64 + 1,
+            ));
+            table.state = Some(snapshot.delta_state().clone());
+            let done = table
+                .optimize()
+                .with_type(kind())
+                .with_filters(&literals)
+                .with_target_size(target)
+                .with_writer_properties(self.writer_properties()?)
+                .with_commit_properties(self.commit_properties(user))
+                .with_max_concurrent_tasks(1)
+                .with_session_state(Arc::new(operation_session(session)?))
+                .await;
+            match done {
+                Ok((table, metrics)) => {
+                    let version = self.settle(&snapshot, &table, "optimize");
+                    return Ok(Optimized {
+                        version,
+                        cells_removed: metrics.num_files_removed,
+                        cells_added: metrics.num_files_added,
+                    });
+                }
+                Err(DeltaTableError::Transaction {
+                    source: TransactionError::CommitConflict(_),
+                }) if attempt < OPTIMIZE_ATTEMPTS => {
+                    info!(frame = %snapshot.frame(), attempt, "OPTIMIZE lost a race to another commit; planning again");
+                    attempt += 1;
+                    snapshot = self
+                        .snapshot(snapshot.frame(), snapshot.incarnation(), None)
+                        .await?;
+                }
+                Err(e) => return Err(conflict(&snapshot, e)),
+            }
+        }
     }
 
     /// `VACUUM`: delete the files of `snapshot`'s frame that no version within `retain_hours`

@@ -1,0 +1,100 @@
+//! A log store that commits at one version only: for commits that must not be rebased over
+//! another.
+//!
+//! delta-rs rebases a commit over those that landed since it read the table when its conflict
+//! checker sees no conflict, and it sees none between two compactions that removed the same
+//! cells (their removes change no data). Both then add the rows of those cells again: two
+//! OPTIMIZEs at once turned a frame of 500 rows into one of 2,000. A compaction written through
+//! [`only_at`] fails instead (a `ConcurrentDeleteDelete` conflict) and is planned again.
+
+use std::sync::Arc;
+
+use bytes::Bytes;
+use deltalake::DeltaResult;
+use deltalake::kernel::Version;
+use deltalake::kernel::transaction::{CommitConflictError, TransactionError};
+use deltalake::logstore::{CommitOrBytes, LogStore, LogStoreConfig, LogStoreRef};
+use object_store::ObjectStore;
+use object_store::path::Path;
+use url::Url;
+use uuid::Uuid;
+
+/// `inner`, refusing to write any commit but `version`.
+pub(crate) fn only_at(inner: LogStoreRef, version: Version) -> LogStoreRef {
+    Arc::new(OnlyAtVersion { inner, version })
+}
+
+struct OnlyAtVersion {
+    inner: LogStoreRef,
+    version: Version,
+}
+
+#[async_trait::async_trait]
+impl LogStore for OnlyAtVersion {
+    fn name(&self) -> String {
+        self.inner.name()
+    }
+
+    async fn refresh(&self) -> DeltaResult<()> {
+        self.inner.refresh().await
+    }
+
+    async fn read_commit_entry(&self, version: Version) -> DeltaResult<Option<Bytes>> {
+        self.inner.read_commit_entry(version).await
+    }
+
+    async fn write_commit_entry(
+        &self,
+        version: Version,
+        commit_or_bytes: CommitOrBytes,
+        operation_id: Uuid,
+    ) -> Result<(), TransactionError> {
+        if version != self.version {
+            return Err(TransactionError::CommitConflict(
+                CommitConflictError::ConcurrentDeleteDelete,
+            ));
+        }
+        self.inner
+            .write_commit_entry(version, commit_or_bytes, operation_id)
+            .await
+    }
+
+    async fn abort_commit_entry(
+        &self,
+        version: Version,
+        commit_or_bytes: CommitOrBytes,
+        operation_id: Uuid,
+    ) -> Result<(), TransactionError> {
+        self.inner
+            .abort_commit_entry(version, commit_or_bytes, operation_id)
+            .await
+    }
+
+    async fn get_latest_version(&self, start_version: Version) -> DeltaResult<Version> {
+        self.inner.get_latest_version(start_version).await
+    }
+
+    fn object_store(&self, operation_id: Option<Uuid>) -> Arc<dyn ObjectStore> {
+        self.inner.object_store(operation_id)
+    }
+
+    fn root_object_store(&self, operation_id: Option<Uuid>) -> Arc<dyn ObjectStore> {
+        self.inner.root_object_store(operation_id)
+    }
+
+    fn to_uri(&self, location: &Path) -> String {
+        self.inner.to_uri(location)
+    }
+
+    fn root_url(&self) -> &Url {
+        self.inner.root_url()
+    }
+
+    fn log_path(&self) -> &Path {
+        self.inner.log_path()
+    }
+
+    fn config(&self) -> &LogStoreConfig {
+        self.inner.config()
+    }
+}
