@@ -207,6 +207,17 @@ impl Lakehouse {
         Ok(true)
     }
 
+    /// Drop what `frame` names, a view or a frame, for a `DROP … CASCADE` of its box or hive.
+    /// (Dropping only tables, a cascade over a box with a view stopped half done: its tables
+    /// gone, its view and box left.)
+    async fn drop_member(&self, frame: &FrameRef) -> Result<()> {
+        match self.catalog.frame_marker(frame).await? {
+            Some(m) if m.view.is_some() => self.catalog.unregister_frame(frame).await,
+            Some(_) => self.drop_frame(frame, true).await.map(|_| ()),
+            None => Ok(()),
+        }
+    }
+
     /// Register data in place as a read-only frame (`CREATE EXTERNAL TABLE`). The location was
     /// resolved by [`crate::Storage::external_location`]; it must hold something (a Delta log
     /// for `delta`). Returns `false` if the name is taken and `if_not_exists`.
@@ -450,14 +461,14 @@ impl Lakehouse {
             });
         }
         for f in frames {
-            self.drop_frame(&FrameRef::new(b.hive.clone(), b.name.clone(), f), true)
+            self.drop_member(&FrameRef::new(b.hive.clone(), b.name.clone(), f))
                 .await?;
         }
         self.catalog.remove_box_marker(b, cascade).await?;
         if cascade {
             // Frames created while we dropped.
             for f in self.catalog.list_frames(b).await? {
-                self.drop_frame(&FrameRef::new(b.hive.clone(), b.name.clone(), f), true)
+                self.drop_member(&FrameRef::new(b.hive.clone(), b.name.clone(), f))
                     .await?;
             }
         }
@@ -510,7 +521,7 @@ impl Lakehouse {
             return Err(e);
         }
         for f in &frames {
-            self.drop_frame(f, true).await?;
+            self.drop_member(f).await?;
         }
         for b in &boxes {
             self.catalog.remove_box_marker(b, true).await?;
