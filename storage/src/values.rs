@@ -6,6 +6,7 @@
 //!   behind), and a frame holding year −1 could not be read by delta-rs Python at all.
 //! - An empty string as a partition value: the Delta protocol reads an empty partition value
 //!   as NULL, so other readers answered NULL where Apiary answered `''`.
+//! - The string `__HIVE_DEFAULT_PARTITION__` as a partition value: delta-rs writes it as NULL.
 //! - A partition value whose directory name (`column=value`, escaped) is longer than a file
 //!   name may be (255 bytes): the write failed deep in the object store as an internal error.
 
@@ -18,6 +19,10 @@ use crate::error::{Error, Result};
 const FIRST_DAY: i64 = -719_162;
 const LAST_DAY: i64 = 2_932_896;
 const SECONDS_PER_DAY: i64 = 86_400;
+
+/// The directory name Hive-style writers give a NULL partition value: delta-rs reads the value
+/// written as NULL.
+const HIVE_NULL: &str = "__HIVE_DEFAULT_PARTITION__";
 
 /// The longest directory name a partition value may make.
 const MAX_PARTITION_DIR_BYTES: usize = 255;
@@ -44,11 +49,15 @@ pub(crate) fn check_writable(batch: &RecordBatch, partition_columns: &[String]) 
             _ => continue,
         };
         for value in strings.flatten() {
-            if value.is_empty() {
+            if value.is_empty() || value == HIVE_NULL {
                 return Err(Error::InvalidArgument(format!(
-                    "partition column {} cannot hold an empty string: Delta tables read an \
-                     empty partition value as NULL (write NULL, or another value)",
-                    field.name()
+                    "partition column {} cannot hold {}: Delta tables read it as NULL (write \
+                     NULL, or another value)",
+                    field.name(),
+                    match value.is_empty() {
+                        true => "an empty string".to_string(),
+                        false => format!("'{HIVE_NULL}'"),
+                    }
                 )));
             }
             let dir = field.name().len() + 1 + escaped_len(value);

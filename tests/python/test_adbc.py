@@ -1,6 +1,7 @@
 """The ADBC Flight SQL driver (PyPI adbc-driver-flightsql, the Go driver behind Python and R)."""
 
 import datetime as dt
+import decimal
 import adbc_driver_flightsql
 import adbc_driver_flightsql.dbapi as flightsql
 import adbc_driver_manager
@@ -50,6 +51,13 @@ def test_parameters_question_marks_and_dollars(server):
         assert cur.fetchall() == [("one",), ("three",)]
         cur.execute("SELECT ? AS a, ? AS b", parameters=(7, "x"))
         assert cur.fetchall() == [(7, "x")]
+        # Placeholders DataFusion cannot type take the values as sent (they were cast to NULL's
+        # type: an integer failed, a decimal became NULL).
+        cur.execute("SELECT ? = ?, ? + ?", parameters=(1, 1, 2, 3))
+        assert cur.fetchall() == [(True, 5)]
+        half = decimal.Decimal("1.5")
+        cur.execute("SELECT ? = ?", parameters=(half, half))
+        assert cur.fetchall() == [(True,)]
 
 
 def test_executemany(server):

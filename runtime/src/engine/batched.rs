@@ -74,6 +74,9 @@ pub(super) fn typed(
         .into_iter()
         .enumerate()
         .map(|(i, v)| match types.get(&format!("${}", i + 1)) {
+            // A placeholder DataFusion could not type (`? = ?`) takes the value as sent: cast
+            // to NULL's type, a decimal became NULL and an integer failed.
+            Some(Some(DataType::Null)) => Ok(v),
             Some(Some(dt)) if &v.data_type() != dt && !v.is_null() => v
                 .cast_to(dt)
                 .map_err(|e| Error::Sql(format!("parameter ${}: {e}", i + 1))),
