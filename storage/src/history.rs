@@ -121,20 +121,42 @@ impl Ledger {
                 name: format!("{} at version {version}", snapshot.frame()),
             });
         }
+        // The frame is at that version already: nothing to restore (delta-rs refuses it).
+        if version == snapshot.version() {
+            return Ok(Restored {
+                version,
+                cells_added: 0,
+                cells_removed: 0,
+            });
+        }
         let (table, metrics) = self
             .delta_table(snapshot)?
             .restore()
             .with_version_to_restore(version as u64)
             .with_commit_properties(self.commit_properties(user))
             .await
-            .map_err(|e| match e {
-                deltalake::DeltaTableError::Generic(m) if m.contains("not found") || m.contains("missing") => {
-                    Error::InvalidArgument(format!(
-                        "{} cannot be restored to version {version}: {m} (VACUUM deleted its cells)",
-                        snapshot.frame()
-                    ))
+            .map_err(|e| {
+                // delta-rs says these in text only (they were INTERNAL).
+                let text = e.to_string();
+                if text.contains("not found") || text.contains("missing") {
+                    Error::NotFound {
+                        kind: ObjectKind::Frame,
+                        name: format!(
+                            "{} at version {version}: VACUUM deleted cells it needs, so it \
+                             cannot be restored",
+                            snapshot.frame()
+                        ),
+                    }
+                } else if text.contains("should be less then") {
+                    Error::Conflict {
+                        frame: snapshot.frame().to_string(),
+                        detail: format!(
+                            "it changed while it was restored to version {version}; run it again"
+                        ),
+                    }
+                } else {
+                    conflict(snapshot, e)
                 }
-                other => conflict(snapshot, other),
             })?;
         let state = table.snapshot()?.clone();
         let new_version = state.version() as i64;

@@ -158,6 +158,12 @@ def test_vacuum_deletes_files_and_old_versions_fail_clearly(tmp_path):
             assert rows(cur, "SELECT sum(id) FROM t") == [(6,)]
             with pytest.raises(Exception, match=r"NOT_FOUND.*the cell part-[^/ ]*\.parquet is gone \(VACUUM deleted"):
                 rows(cur, "SELECT * FROM t VERSION AS OF 2")
+            # RESTORE to such a version is NOT_FOUND as well (it was INTERNAL), and to the
+            # version the frame is at, nothing.
+            with pytest.raises(Exception, match=r"NOT_FOUND.*VACUUM deleted cells it needs"):
+                rows(cur, "RESTORE t TO VERSION AS OF 2")
+            latest = rows(cur, "DESCRIBE HISTORY t")[0][0]
+            assert rows(cur, f"RESTORE t TO VERSION AS OF {latest}") == [(0,)]
             ops = [h[2] for h in rows(cur, "DESCRIBE HISTORY t")]
             assert ops[:3] == ["VACUUM END", "VACUUM START", "OPTIMIZE"], ops
         assert DeltaTable(str(frame)).to_pyarrow_table().num_rows == 4
