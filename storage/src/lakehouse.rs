@@ -331,8 +331,7 @@ impl Lakehouse {
             // its creation was interrupted. Either way there is no frame to read.
             Err(e) => {
                 let no_log = external.is_none() && !self.ledger.has_leftovers(frame).await?;
-                let not_a_table = matches!(&e, Error::Delta(d)
-                    if matches!(**d, deltalake::DeltaTableError::NotATable(_)));
+                let not_a_table = not_a_table_yet(&e);
                 match no_log || not_a_table {
                     true => Err(Error::NotFound {
                         kind: ObjectKind::Frame,
@@ -531,6 +530,19 @@ impl Lakehouse {
     }
 }
 
+/// Whether opening a registered frame failed because its Delta table is not there (yet): its
+/// creator is at work, or its creation was interrupted. delta-kernel says so in text only
+/// ("Kernel error: Invalid table location: Path does not exist").
+fn not_a_table_yet(e: &Error) -> bool {
+    match e {
+        Error::Delta(d) => {
+            matches!(**d, deltalake::DeltaTableError::NotATable(_))
+                || d.to_string().contains("Invalid table location")
+        }
+        _ => false,
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -595,6 +607,23 @@ mod tests {
         lh.catalog.reserve_frame(&frame()).await.unwrap().unwrap();
         let err = lh.open_frame(&frame(), None).await;
         assert!(matches!(err, Err(Error::NotFound { .. })), "{err:?}");
+    }
+
+    /// What delta-rs says of a frame whose directory its creator has not made yet: a reader
+    /// racing a CTAS got INTERNAL "Kernel error: Invalid table location: Path does not exist".
+    #[test]
+    fn a_frame_whose_directory_is_not_there_yet_is_not_a_table_yet() {
+        use deltalake::DeltaTableError as D;
+        for e in [
+            D::NotATable("t".into()),
+            // (The kernel's error, as its text reaches us.)
+            D::Generic(
+                "Kernel error: Invalid table location: Path does not exist: \"/r/t/\"".into(),
+            ),
+        ] {
+            assert!(not_a_table_yet(&Error::Delta(Box::new(e))));
+        }
+        assert!(!not_a_table_yet(&Error::Delta(Box::new(D::NoSchema))));
     }
 
     /// When the other writer gives up, the waiting create-or-append gets a conflict to retry.
