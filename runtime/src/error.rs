@@ -176,13 +176,10 @@ fn missing_cell(err: object_store::Error) -> Error {
         object_store::Error::NotFound { path, .. } => {
             // The file's name only: where the storage root is stays the server's business.
             let path = path.rsplit('/').next().unwrap_or_default();
-            Error::Storage(apiary_storage::Error::NotFound {
-                kind: apiary_storage::ObjectKind::Frame,
-                name: format!(
-                    "data: the cell {path} is gone (VACUUM deleted the files of this version, \
-                     or the frame was dropped while it was read)"
-                ),
-            })
+            Error::Storage(apiary_storage::Error::Gone(format!(
+                "the cell {path} is gone (VACUUM deleted the files of this version, or the \
+                 frame was dropped while it was read)"
+            )))
         }
         other => Error::Storage(apiary_storage::Error::ObjectStore(other)),
     }

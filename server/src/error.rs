@@ -180,7 +180,7 @@ fn runtime_status(e: RtError) -> Status {
 
 fn storage_status(e: StError) -> Status {
     match e {
-        e @ StError::NotFound { .. } => Status::not_found(e.to_string()),
+        e @ (StError::NotFound { .. } | StError::Gone(_)) => Status::not_found(e.to_string()),
         e @ StError::AlreadyExists { .. } => Status::already_exists(e.to_string()),
         e @ StError::NotEmpty { .. } => Status::failed_precondition(e.to_string()),
         e @ (StError::InvalidName { .. } | StError::Schema(_) | StError::InvalidArgument(_)) => {

@@ -33,6 +33,10 @@ pub enum Error {
     #[error("{kind} {name} does not exist")]
     NotFound { kind: ObjectKind, name: String },
 
+    /// Data a version needs that is gone (its cells were vacuumed), said as a sentence.
+    #[error("{0}")]
+    Gone(String),
+
     #[error("{kind} {name} already exists")]
     AlreadyExists { kind: ObjectKind, name: String },
 

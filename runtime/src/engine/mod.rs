@@ -302,7 +302,12 @@ impl Engine {
         }
         // `TIMESTAMP WITH TIME ZONE` is planned in the session's zone too (it kept the base's:
         // after `SET TIME ZONE 'Europe/Berlin'`, `TIMESTAMPTZ '2024-06-01 12:00'` read as UTC).
-        let time_zone = config.options().execution.time_zone.as_deref().map(Arc::from);
+        let time_zone = config
+            .options()
+            .execution
+            .time_zone
+            .as_deref()
+            .map(Arc::from);
         let mut builder = SessionStateBuilder::new_from_existing(self.base_state().clone())
             .with_config(config)
             .with_catalog_list(catalogs)
