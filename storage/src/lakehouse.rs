@@ -477,6 +477,27 @@ impl Lakehouse {
 
     // ---- hives -------------------------------------------------------------------------------
 
+    /// `CREATE HIVE`. What an interrupted `DROP HIVE … CASCADE` left under the name (it removes
+    /// the hive first, then its frames and boxes) is dropped first: the boxes of the old hive
+    /// came back in the new one, and `CREATE BOX` of one of their names was ALREADY_EXISTS.
+    /// Nothing else can be there: a box is created only in a hive that exists.
+    pub async fn create_hive(&self, hive: &Ident, if_not_exists: bool) -> Result<bool> {
+        if !self.catalog.hive_exists(hive).await? {
+            let frames = self.catalog.list_hive_frames(hive).await?;
+            let boxes = self.catalog.list_boxes(Some(hive)).await?;
+            if !frames.is_empty() || !boxes.is_empty() {
+                warn!(hive = %hive, frames = frames.len(), boxes = boxes.len(), "removing leftovers of an interrupted DROP HIVE");
+            }
+            for f in &frames {
+                self.drop_member(f).await?;
+            }
+            for b in &boxes {
+                self.catalog.remove_box_marker(b, true).await?;
+            }
+        }
+        self.catalog.create_hive(hive, if_not_exists).await
+    }
+
     pub async fn drop_hive(&self, hive: &Ident, if_exists: bool, cascade: bool) -> Result<bool> {
         if hive.as_str() == crate::paths::DEFAULT_HIVE {
             return Err(Error::InvalidArgument(
@@ -624,6 +645,36 @@ mod tests {
             assert!(not_a_table_yet(&Error::Delta(Box::new(e))));
         }
         assert!(!not_a_table_yet(&Error::Delta(Box::new(D::NoSchema))));
+    }
+
+    /// A hive re-created after a `DROP HIVE … CASCADE` that died after removing the hive starts
+    /// empty: the old boxes and frames are dropped, and their names are free.
+    #[tokio::test]
+    async fn a_hive_recreated_after_an_interrupted_drop_starts_empty() {
+        let (lh, _dir) = lakehouse().await;
+        let hive = Ident::parse("h").unwrap();
+        let b = BoxRef::new(hive.clone(), Ident::parse("b").unwrap());
+        lh.create_hive(&hive, false).await.unwrap();
+        lh.catalog.create_box(&b, false).await.unwrap();
+        let t = FrameRef::new(hive.clone(), b.name.clone(), Ident::parse("t").unwrap());
+        lh.create_frame(&t, &schema(), &[], &[], false)
+            .await
+            .unwrap();
+        // The drop's first step, then the process died.
+        lh.catalog.remove_hive_marker(&hive).await.unwrap();
+        assert!(lh.create_hive(&hive, false).await.unwrap());
+        let boxes: Vec<String> = lh
+            .catalog
+            .list_boxes(Some(&hive))
+            .await
+            .unwrap()
+            .iter()
+            .map(|b| b.name.to_string())
+            .collect();
+        assert_eq!(boxes, ["default"]);
+        assert!(lh.catalog.list_hive_frames(&hive).await.unwrap().is_empty());
+        assert!(!lh.ledger.has_leftovers(&t).await.unwrap());
+        lh.catalog.create_box(&b, false).await.unwrap();
     }
 
     /// When the other writer gives up, the waiting create-or-append gets a conflict to retry.

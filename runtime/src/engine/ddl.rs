@@ -29,7 +29,7 @@ impl Engine {
                 if_not_exists,
             } => {
                 let hive = Ident::parse_hive(name)?;
-                lh.catalog().create_hive(&hive, *if_not_exists).await?;
+                lh.create_hive(&hive, *if_not_exists).await?;
             }
             Command::CreateBox {
                 name,
