@@ -450,7 +450,7 @@ impl Ledger {
             StorageConfig::default(),
         )?;
         Ok(match self.config.pause_before_commit {
-            Some(pause) => crate::fault::pausing(store, pause),
+            Some(pause) => crate::commit_hooks::pausing(store, pause),
             None => store,
         })
     }

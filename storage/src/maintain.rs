@@ -124,7 +124,7 @@ impl Ledger {
         let mut attempt = 1;
         loop {
             snapshot.writable()?;
-            let mut table = DeltaTable::new(crate::one_version::only_at(
+            let mut table = DeltaTable::new(crate::commit_hooks::only_at(
                 self.log_store(snapshot.frame())?,
                 snapshot.version() as u64 + 1,
             ));

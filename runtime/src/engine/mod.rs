@@ -396,24 +396,37 @@ impl Engine {
             | Command::ClusterBy { .. } => self.operate(env, session, &stmt.command).await,
             Command::Unsupported(what) => Err(Error::Unsupported(what.clone())),
             Command::Sql { layout, .. } => {
-                let planning = PlanTarget {
-                    env,
-                    ..Default::default()
-                };
-                let (plan, state, _pins) = self
-                    .logical_plan(
-                        session,
-                        stmt,
-                        params,
-                        &Pins::new(),
-                        planning,
-                        Purpose::Statement,
-                    )
-                    .await?;
+                let (plan, state) = self.statement_plan(env, session, stmt, params).await?;
                 self.run_plan(plan, state, layout).await
             }
             namespace => self.namespace(session, namespace).await,
         }
+    }
+
+    /// The logical plan of a statement run here (not a query planned for a swarm), with
+    /// `params` bound.
+    async fn statement_plan(
+        &self,
+        env: Option<&Arc<RuntimeEnv>>,
+        session: &Session,
+        stmt: &Statement,
+        params: Option<Vec<ScalarValue>>,
+    ) -> Result<(LogicalPlan, SessionState)> {
+        let planning = PlanTarget {
+            env,
+            ..Default::default()
+        };
+        let (plan, state, _pins) = self
+            .logical_plan(
+                session,
+                stmt,
+                params,
+                &Pins::new(),
+                planning,
+                Purpose::Statement,
+            )
+            .await?;
+        Ok((plan, state))
     }
 
     /// Run a statement that returns no result set once per parameter row (once when there are
@@ -433,20 +446,7 @@ impl Engine {
             for row in &rows {
                 check_param_count(stmt, Some(row))?;
             }
-            let planning = PlanTarget {
-                env,
-                ..Default::default()
-            };
-            let (plan, state, _pins) = self
-                .logical_plan(
-                    session,
-                    stmt,
-                    None,
-                    &Pins::new(),
-                    planning,
-                    Purpose::Statement,
-                )
-                .await?;
+            let (plan, state) = self.statement_plan(env, session, stmt, None).await?;
             if let Some(merged) = batched::merge_rows(&plan, rows.clone())? {
                 return counted(self.run_plan(merged, state, layout).await?).await;
             }

@@ -1,6 +1,14 @@
-//! Fault injection for Apiary's own crash tests: a log store that pauses before it writes a
-//! commit, after the commit's cells are written, so a test can kill the writer exactly there.
-//! Used only when `LedgerConfig::pause_before_commit` is set (a hidden server flag).
+//! Log stores that act before each commit they write:
+//!
+//! - [`only_at`] commits at one version only, for commits that must not be rebased over
+//!   another. delta-rs rebases a commit over those that landed since it read the table when its
+//!   conflict checker sees no conflict, and it sees none between two compactions that removed
+//!   the same cells (their removes change no data). Both then add the rows of those cells again:
+//!   two OPTIMIZEs at once turned a frame of 500 rows into one of 2,000. A compaction written
+//!   through [`only_at`] fails instead (a `ConcurrentDeleteDelete` conflict) and is planned again.
+//! - [`pausing`] is fault injection for Apiary's own crash tests: it pauses before writing a
+//!   commit, after the commit's cells are written, so a test can kill the writer exactly there.
+//!   Used only when `LedgerConfig::pause_before_commit` is set (a hidden server flag).
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -8,7 +16,7 @@ use std::time::Duration;
 use bytes::Bytes;
 use deltalake::DeltaResult;
 use deltalake::kernel::Version;
-use deltalake::kernel::transaction::TransactionError;
+use deltalake::kernel::transaction::{CommitConflictError, TransactionError};
 use deltalake::logstore::{CommitOrBytes, LogStore, LogStoreConfig, LogStoreRef};
 use object_store::ObjectStore;
 use object_store::path::Path;
@@ -16,18 +24,35 @@ use tracing::warn;
 use url::Url;
 use uuid::Uuid;
 
-/// `inner`, pausing `pause` before writing any commit after a table's first.
-pub(crate) fn pausing(inner: LogStoreRef, pause: Duration) -> LogStoreRef {
-    Arc::new(PausingLogStore { inner, pause })
+/// `inner`, refusing to write any commit but `version`.
+pub(crate) fn only_at(inner: LogStoreRef, version: Version) -> LogStoreRef {
+    Arc::new(HookedLogStore {
+        inner,
+        hook: Hook::OnlyAt(version),
+    })
 }
 
-struct PausingLogStore {
+/// `inner`, pausing `pause` before writing any commit after a table's first.
+pub(crate) fn pausing(inner: LogStoreRef, pause: Duration) -> LogStoreRef {
+    Arc::new(HookedLogStore {
+        inner,
+        hook: Hook::Pause(pause),
+    })
+}
+
+#[derive(Clone, Copy)]
+enum Hook {
+    OnlyAt(Version),
+    Pause(Duration),
+}
+
+struct HookedLogStore {
     inner: LogStoreRef,
-    pause: Duration,
+    hook: Hook,
 }
 
 #[async_trait::async_trait]
-impl LogStore for PausingLogStore {
+impl LogStore for HookedLogStore {
     fn name(&self) -> String {
         self.inner.name()
     }
@@ -46,9 +71,17 @@ impl LogStore for PausingLogStore {
         commit_or_bytes: CommitOrBytes,
         operation_id: Uuid,
     ) -> Result<(), TransactionError> {
-        if version > 0 {
-            warn!(pause = ?self.pause, version, "fault injection: pausing before commit");
-            tokio::time::sleep(self.pause).await;
+        match self.hook {
+            Hook::Pause(pause) if version > 0 => {
+                warn!(?pause, version, "fault injection: pausing before commit");
+                tokio::time::sleep(pause).await;
+            }
+            Hook::OnlyAt(only) if version != only => {
+                return Err(TransactionError::CommitConflict(
+                    CommitConflictError::ConcurrentDeleteDelete,
+                ));
+            }
+            _ => {}
         }
         self.inner
             .write_commit_entry(version, commit_or_bytes, operation_id)
