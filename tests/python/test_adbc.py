@@ -58,6 +58,9 @@ def test_parameters_question_marks_and_dollars(server):
         half = decimal.Decimal("1.5")
         cur.execute("SELECT ? = ?", parameters=(half, half))
         assert cur.fetchall() == [(True,)]
+        # Several parameter rows answer one result; a NULL after a value was INTERNAL.
+        cur.execute("SELECT ? AS p", parameters=pa.record_batch([pa.array([1, None], pa.int32())], names=["p"]))
+        assert cur.fetchall() == [(1,), (None,)]
 
 
 def test_executemany(server):

@@ -288,7 +288,15 @@ impl Node {
                 plans.push(PlannedQuery::from_batch(batch)?);
             }
         }
+        // Several parameter rows are one result: a column may be NULL in one row's plan and
+        // not in another's (a NULL after a value failed as INTERNAL "declared as non-nullable").
+        let several = plans.len() > 1;
+        let schema = match several {
+            true => nullable(&schema),
+            false => schema,
+        };
         let cpu_schema = schema.clone();
+        let batch_schema = schema.clone();
         // Plans name cells by their keys in the store, which for a local root begin with the
         // server's own directories: only admins see those.
         let redact = (session.role != Role::Admin && crate::sql::is_explain(&stmt.text))
@@ -305,7 +313,17 @@ impl Node {
                     let out = match &redact {
                         Some(prefix) => crate::engine::redact_text(&b, prefix),
                         None => Ok(b),
-                    };
+                    }
+                    .and_then(|b| match several {
+                        true => arrow::array::RecordBatch::try_new(
+                            batch_schema.clone(),
+                            b.columns().to_vec(),
+                        )
+                        .map_err(|e| {
+                            datafusion::error::DataFusionError::ArrowError(Box::new(e), None)
+                        }),
+                        false => Ok(b),
+                    });
                     futures::future::ready(out)
                 });
             Ok(Box::pin(
@@ -522,4 +540,17 @@ impl Node {
             }
         }
     }
+}
+
+/// `schema` with every field nullable (at the top level): the schema of one result answered
+/// for several parameter rows, each planned on its own.
+pub fn nullable(schema: &SchemaRef) -> SchemaRef {
+    Arc::new(arrow::datatypes::Schema::new_with_metadata(
+        schema
+            .fields()
+            .iter()
+            .map(|f| f.as_ref().clone().with_nullable(true))
+            .collect::<Vec<_>>(),
+        schema.metadata().clone(),
+    ))
 }

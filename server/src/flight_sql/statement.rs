@@ -97,6 +97,12 @@ impl FlightSql {
         let schema = announced
             .filter(|a| stmt.params == 0 && a.fields().len() == planned.schema.fields().len())
             .unwrap_or_else(|| wire_schema(&planned.schema));
+        // Several parameter rows answer one result, planned row by row: a column NULL in one
+        // row's plan and not in the first's must be nullable (it failed as INTERNAL).
+        let schema = match row_count > 1 {
+            true => apiary_runtime::node::nullable(&schema),
+            false => schema,
+        };
         let mut ticket = new_ticket(
             sql,
             params,
