@@ -66,15 +66,19 @@ fn reads_a_float(e: &Arc<dyn PhysicalExpr>, schema: &Schema) -> bool {
     found
 }
 
-/// A literal that is not NaN (nor NULL, which matches nothing anyway).
+/// A value that is not NaN (nor NULL, which matches nothing anyway).
+fn is_number(v: &ScalarValue) -> bool {
+    match v {
+        ScalarValue::Float16(Some(v)) => !v.is_nan(),
+        ScalarValue::Float32(Some(v)) => !v.is_nan(),
+        ScalarValue::Float64(Some(v)) => !v.is_nan(),
+        v => !v.is_null(),
+    }
+}
+
 fn number(e: &Arc<dyn PhysicalExpr>) -> bool {
     e.downcast_ref::<Literal>()
-        .is_some_and(|l| match l.value() {
-            ScalarValue::Float16(Some(v)) => !v.is_nan(),
-            ScalarValue::Float32(Some(v)) => !v.is_nan(),
-            ScalarValue::Float64(Some(v)) => !v.is_nan(),
-            v => !v.is_null(),
-        })
+        .is_some_and(|l| is_number(l.value()))
 }
 
 fn safe(part: &Arc<dyn PhysicalExpr>, schema: &Schema) -> bool {
@@ -122,13 +126,7 @@ fn logical_float_column(e: &Expr, schema: &Schema) -> bool {
 }
 
 fn logical_number(e: &Expr) -> bool {
-    match e {
-        Expr::Literal(ScalarValue::Float16(Some(v)), _) => !v.is_nan(),
-        Expr::Literal(ScalarValue::Float32(Some(v)), _) => !v.is_nan(),
-        Expr::Literal(ScalarValue::Float64(Some(v)), _) => !v.is_nan(),
-        Expr::Literal(v, _) => !v.is_null(),
-        _ => false,
-    }
+    matches!(e, Expr::Literal(v, _) if is_number(v))
 }
 
 fn logical_safe(part: &Expr, schema: &Schema) -> bool {

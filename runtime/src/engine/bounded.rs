@@ -40,7 +40,7 @@ enum Growth {
 }
 
 /// The functions bounded here, by DataFusion's name.
-const GROWING: [(&str, Growth); 7] = [
+const GROWING: [(&str, Growth); 8] = [
     ("repeat", Growth::Repeat),
     ("lpad", Growth::Pad),
     ("rpad", Growth::Pad),
@@ -48,13 +48,13 @@ const GROWING: [(&str, Growth); 7] = [
     ("regexp_replace", Growth::RegexpReplace),
     ("array_repeat", Growth::ArrayRepeat),
     ("range", Growth::Range),
+    ("generate_series", Growth::Range),
 ];
 
 /// The bounded forms of those of `registered` (DataFusion's functions by name) that grow.
 pub(super) fn wrap(registered: impl Fn(&str) -> Option<Arc<ScalarUDF>>) -> Vec<Arc<ScalarUDF>> {
     GROWING
         .iter()
-        .chain(&[("generate_series", Growth::Range)])
         .filter_map(|(name, growth)| {
             let inner = registered(name)?;
             Some(Arc::new(ScalarUDF::new_from_impl(Bounded {
@@ -211,7 +211,7 @@ fn per_row(growth: Growth, arg: &dyn Fn(usize) -> Value) -> u128 {
                         Value::Step(Some(s)) => s.unsigned_abs().max(1),
                         // A step that may be zero or change sign bounds nothing: one nanosecond.
                         Value::Step(None) => 1,
-                        _ => 86_400_000_000_000,
+                        _ => DAY_NANOS as u128,
                     };
                     b.abs_diff(a) / step
                 }

@@ -269,12 +269,7 @@ fn values_nullable(plan: LogicalPlan) -> Result<LogicalPlan> {
             LogicalPlan::Values(Values { schema, values })
                 if schema.fields().iter().any(|f| !f.is_nullable()) =>
             {
-                let fields: Vec<arrow::datatypes::Field> = schema
-                    .fields()
-                    .iter()
-                    .map(|f| f.as_ref().clone().with_nullable(true))
-                    .collect();
-                let schema = DFSchema::try_from(arrow::datatypes::Schema::new(fields))?;
+                let schema = DFSchema::try_from(super::nullable(schema.as_arrow()))?;
                 Ok(Transformed::yes(LogicalPlan::Values(Values {
                     schema: Arc::new(schema),
                     values,

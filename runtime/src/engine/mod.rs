@@ -102,7 +102,7 @@ pub use options::{MERGE_SCHEMA, merges_schema};
 pub(crate) use show::redact_text;
 pub use types::{
     Caller, EngineConfig, FrameEntry, Limits, Output, Pins, PlannedQuery, Role, Session, Statement,
-    StatementInfo, SystemCatalog,
+    StatementInfo, SystemCatalog, nullable,
 };
 
 /// The base state, made once by its builder closure when first used.

@@ -273,3 +273,17 @@ pub struct FrameEntry {
     /// The columns it serves, when asked for.
     pub schema: Option<SchemaRef>,
 }
+
+/// `schema` with every field nullable (at the top level): the schema of one result answered
+/// for several parameter rows, each planned on its own, and of VALUES rows bound for a frame
+/// whose own check names a NOT NULL column a NULL reaches.
+pub fn nullable(schema: &arrow::datatypes::Schema) -> arrow::datatypes::Schema {
+    arrow::datatypes::Schema::new_with_metadata(
+        schema
+            .fields()
+            .iter()
+            .map(|f| f.as_ref().clone().with_nullable(true))
+            .collect::<Vec<_>>(),
+        schema.metadata().clone(),
+    )
+}

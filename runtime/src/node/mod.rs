@@ -25,8 +25,6 @@ mod plans;
 mod service;
 mod work;
 
-pub use work::nullable;
-
 use crate::bees::{BeeConfig, BeePool};
 use crate::cache::{CachedStore, CellCache};
 use crate::colony::{Band, Colony, Temperature};

@@ -155,6 +155,7 @@ impl Node {
         let (query_id, session, pins, plan_key) = (&query_id, &session, &pins, plan_key.as_deref());
         self.check_param_rows(param_rows.len())?;
         let mut guard = self.register(query_id, &session.user, &stmt.text);
+        let several = param_rows.len() > 1;
         let param_sets: Vec<Option<Vec<ScalarValue>>> = if param_rows.is_empty() {
             vec![None]
         } else {
@@ -290,9 +291,8 @@ impl Node {
         }
         // Several parameter rows are one result: a column may be NULL in one row's plan and
         // not in another's (a NULL after a value failed as INTERNAL "declared as non-nullable").
-        let several = plans.len() > 1;
         let schema = match several {
-            true => nullable(&schema),
+            true => Arc::new(crate::engine::nullable(&schema)),
             false => schema,
         };
         let cpu_schema = schema.clone();
@@ -540,17 +540,4 @@ impl Node {
             }
         }
     }
-}
-
-/// `schema` with every field nullable (at the top level): the schema of one result answered
-/// for several parameter rows, each planned on its own.
-pub fn nullable(schema: &SchemaRef) -> SchemaRef {
-    Arc::new(arrow::datatypes::Schema::new_with_metadata(
-        schema
-            .fields()
-            .iter()
-            .map(|f| f.as_ref().clone().with_nullable(true))
-            .collect::<Vec<_>>(),
-        schema.metadata().clone(),
-    ))
 }

@@ -100,7 +100,7 @@ impl FlightSql {
         // Several parameter rows answer one result, planned row by row: a column NULL in one
         // row's plan and not in the first's must be nullable (it failed as INTERNAL).
         let schema = match row_count > 1 {
-            true => apiary_runtime::node::nullable(&schema),
+            true => Arc::new(apiary_runtime::engine::nullable(&schema)),
             false => schema,
         };
         let mut ticket = new_ticket(
