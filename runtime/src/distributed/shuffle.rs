@@ -385,6 +385,17 @@ impl DistCodec {
 }
 
 impl PhysicalExtensionCodec for DistCodec {
+    /// Checked integer arithmetic (`engine/checked.rs`) travels by name: one function per
+    /// chain of operators, so no registry holds them all.
+    fn try_decode_udf(
+        &self,
+        name: &str,
+        _buf: &[u8],
+    ) -> DfResult<Arc<datafusion::logical_expr::ScalarUDF>> {
+        crate::engine::checked_function(name)
+            .ok_or_else(|| DataFusionError::Plan(format!("no function named {name}")))
+    }
+
     fn try_decode(
         &self,
         buf: &[u8],

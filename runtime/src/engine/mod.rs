@@ -32,6 +32,7 @@
 mod batched;
 mod bounded;
 mod catalog;
+mod checked;
 mod ddl;
 mod decimals;
 mod external;
@@ -95,6 +96,7 @@ pub(crate) fn in_fragment(
         .try_fold(plan, |plan, rule| rule.optimize(plan, config))
 }
 
+pub(crate) use checked::function_named as checked_function;
 pub use history_table::history_schema;
 pub use ingest::{IfExists, IfMissing, WriteMode};
 pub(crate) use join_filters::awaits_paying_filter;
@@ -178,7 +180,8 @@ impl Engine {
                 .with_config(session_config)
                 .with_runtime_env(for_base)
                 .with_default_features()
-                .with_type_planner(Arc::new(sql_types::SqlTypes { time_zone }));
+                .with_type_planner(Arc::new(sql_types::SqlTypes { time_zone }))
+                .with_analyzer_rule(Arc::new(checked::CheckedIntegers));
             // After DataFusion's own rules, its filter pushdown among them.
             for rule in own_rules() {
                 builder = builder.with_physical_optimizer_rule(rule);
@@ -187,6 +190,9 @@ impl Engine {
             let growing = bounded::wrap(|name| base.scalar_functions().get(name).cloned());
             for f in functions::own().into_iter().chain(growing) {
                 let _ = datafusion::execution::FunctionRegistry::register_udf(&mut base, f);
+            }
+            if let Some(sum) = checked::sum(base.aggregate_functions().get("sum").cloned()) {
+                let _ = datafusion::execution::FunctionRegistry::register_udaf(&mut base, sum);
             }
             for name in ["generate_series", "range"] {
                 if let Some(f) = base
