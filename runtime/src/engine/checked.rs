@@ -132,16 +132,21 @@ fn checked(e: Expr, schema: &DFSchema) -> Transformed<Expr> {
         return Transformed::no(e);
     }
     let (kind, args) = match (e, op) {
-        (Expr::BinaryExpr(BinaryExpr { left, right, .. }), Some(op)) => match *left {
-            Expr::ScalarFunction(f) if chain_of(&f.func).is_some() => {
-                let mut ops = chain_of(&f.func).unwrap_or_default();
-                ops.push(op);
-                let mut args = f.args;
-                args.push(*right);
-                (Kind::Chain(ops), args)
+        (Expr::BinaryExpr(BinaryExpr { left, right, .. }), Some(op)) => {
+            let chain = match &*left {
+                Expr::ScalarFunction(f) => chain_of(&f.func),
+                _ => None,
+            };
+            match (chain, *left) {
+                (Some(mut ops), Expr::ScalarFunction(f)) => {
+                    ops.push(op);
+                    let mut args = f.args;
+                    args.push(*right);
+                    (Kind::Chain(ops), args)
+                }
+                (_, left) => (Kind::Chain(vec![op]), vec![left, *right]),
             }
-            left => (Kind::Chain(vec![op]), vec![left, *right]),
-        },
+        }
         (Expr::Negative(inner), None) => (Kind::Negate, vec![*inner]),
         (other, _) => return Transformed::no(other),
     };

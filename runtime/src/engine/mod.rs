@@ -107,6 +107,16 @@ pub use types::{
     StatementInfo, SystemCatalog, nullable,
 };
 
+/// The session time zone `config` sets, for the SQL type planner.
+fn time_zone_of(config: &SessionConfig) -> Option<Arc<str>> {
+    config
+        .options()
+        .execution
+        .time_zone
+        .as_deref()
+        .map(Arc::from)
+}
+
 /// The base state, made once by its builder closure when first used.
 type BaseState = LazyLock<SessionState, Box<dyn FnOnce() -> SessionState + Send>>;
 
@@ -168,12 +178,7 @@ impl Engine {
             opts.set(k, v)
                 .map_err(|e| Error::Sql(format!("DataFusion option {k}={v}: {e}")))?;
         }
-        let time_zone = session_config
-            .options()
-            .execution
-            .time_zone
-            .as_deref()
-            .map(Arc::from);
+        let time_zone = time_zone_of(&session_config);
         let for_base = runtime.clone();
         let build = move || {
             let mut builder = SessionStateBuilder::new()
@@ -308,12 +313,7 @@ impl Engine {
         }
         // `TIMESTAMP WITH TIME ZONE` is planned in the session's zone too (it kept the base's:
         // after `SET TIME ZONE 'Europe/Berlin'`, `TIMESTAMPTZ '2024-06-01 12:00'` read as UTC).
-        let time_zone = config
-            .options()
-            .execution
-            .time_zone
-            .as_deref()
-            .map(Arc::from);
+        let time_zone = time_zone_of(&config);
         let mut builder = SessionStateBuilder::new_from_existing(self.base_state().clone())
             .with_config(config)
             .with_catalog_list(catalogs)
