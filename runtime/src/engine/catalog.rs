@@ -128,8 +128,9 @@ impl Engine {
                 // before anything recursive plans it.
                 let dialect = in_view.config().options().sql_parser.dialect;
                 let planned = match in_view.sql_to_statement(&view.query, &dialect) {
-                    Ok(parsed) => {
+                    Ok(mut parsed) => {
                         super::policy::check_depth(&parsed, self.limits.max_sql_depth)?;
+                        super::literals::exact_numbers(&mut parsed, in_view.config().options());
                         in_view.statement_to_plan(parsed).await
                     }
                     Err(e) => Err(e),

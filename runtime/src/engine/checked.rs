@@ -84,7 +84,7 @@ fn has_arithmetic(node: &LogicalPlan) -> DfResult<bool> {
 }
 
 /// The schema `node`'s expressions are typed against, as DataFusion's type coercion builds it.
-fn input_schema(node: &LogicalPlan) -> DfResult<DFSchema> {
+pub(super) fn input_schema(node: &LogicalPlan) -> DfResult<DFSchema> {
     let mut schema = merge_schema(&node.inputs());
     if let LogicalPlan::TableScan(scan) = node {
         let source =

@@ -24,6 +24,7 @@
 //! | `ddl`       | namespace commands, CREATE TABLE / CTAS, INSERT                   |
 //! | `ingest`    | writing a stream into a frame: [`WriteMode`] and its rules        |
 //! | `show`      | SHOW and DESCRIBE                                                 |
+//! | `literals`  | numeric literals are exact decimals (scientific notation written out) |
 //! | `join_filters` | physical rule: join filters reach a scan's rows while they pay  |
 //! | `lazy_start` | physical rule: merges under a join filter start when first polled |
 //! | `decimals` | physical rule: decimal `+ - *` without a checked multiply per row  |
@@ -42,6 +43,7 @@ mod information_schema;
 mod ingest;
 mod join_filters;
 mod lazy_start;
+mod literals;
 mod nan_pruning;
 mod operations;
 mod options;
@@ -173,6 +175,8 @@ impl Engine {
             );
         let opts = session_config.options_mut();
         opts.sql_parser.dialect = datafusion::config::Dialect::Generic;
+        // `0.1` is an exact DECIMAL, as in PostgreSQL and DuckDB (see `literals`).
+        opts.sql_parser.parse_float_as_decimal = true;
         join_thresholds(opts, config.target_partitions);
         for (k, v) in &config.datafusion_options {
             opts.set(k, v)
@@ -186,7 +190,7 @@ impl Engine {
                 .with_runtime_env(for_base)
                 .with_default_features()
                 .with_type_planner(Arc::new(sql_types::SqlTypes { time_zone }))
-                .with_analyzer_rule(Arc::new(checked::CheckedIntegers));
+                .with_analyzer_rules(analyzer_rules());
             // After DataFusion's own rules, its filter pushdown among them.
             for rule in own_rules() {
                 builder = builder.with_physical_optimizer_rule(rule);
@@ -604,11 +608,12 @@ impl Engine {
         let Command::Sql { text, .. } = &stmt.command else {
             return Err(Error::Internal("logical_plan on a non-SQL command".into()));
         };
-        let parsed = self
+        let mut parsed = self
             .base_state()
             .sql_to_statement(text, &self.dialect(session)?)?;
         policy::check_depth(&parsed, self.limits.max_sql_depth)?;
         let (state, resolved) = self.statement_state(session, &parsed, pins, target).await?;
+        literals::exact_numbers(&mut parsed, state.config().options());
         let plan = match state.statement_to_plan(parsed).await {
             Ok(p) => p,
             Err(e) => {
@@ -635,6 +640,15 @@ impl Engine {
         };
         Ok((plan, state, resolved))
     }
+}
+
+/// DataFusion's analyzer rules with ours: decimal literals beside floats become floats before
+/// its type coercion, and integer arithmetic is checked after it (before constant folding).
+fn analyzer_rules() -> Vec<Arc<dyn datafusion::optimizer::AnalyzerRule + Send + Sync>> {
+    let mut rules = datafusion::optimizer::Analyzer::new().rules;
+    rules.insert(0, Arc::new(literals::FloatNeighbours));
+    rules.push(Arc::new(checked::CheckedIntegers));
+    rules
 }
 
 /// Split, rewrite placeholders and classify every statement of `text` (what

@@ -255,7 +255,18 @@ async fn datafusion_sqllogictest_files_answer_the_same_through_flight_sql() {
         files.truncate(n);
     }
     let root = tempfile::tempdir().unwrap();
-    let server = Server::start(root.path().to_str().unwrap(), &["--bees", "2"], &[]);
+    // DataFusion's files are written for its defaults: literals such as `0.1` parse as DOUBLE
+    // there, and as DECIMAL in Apiary unless this option says otherwise.
+    let server = Server::start(
+        root.path().to_str().unwrap(),
+        &[
+            "--bees",
+            "2",
+            "--datafusion-option",
+            "datafusion.sql_parser.parse_float_as_decimal=false",
+        ],
+        &[],
+    );
     let mut client = server.flight_sql_client().await;
     let start = Instant::now();
     let baseline = read_baseline();
@@ -279,7 +290,11 @@ async fn datafusion_sqllogictest_files_answer_the_same_through_flight_sql() {
         100.0 * agree as f64 / records.max(1) as f64,
         start.elapsed()
     );
-    for e in examples.iter().take(60) {
+    for e in examples
+        .iter()
+        .filter(|e| e.contains("multiple_catalogs") || e.contains("options.slt"))
+        .take(60)
+    {
         eprintln!("{e}");
     }
     if let Ok(path) = std::env::var("APIARY_PARITY_REPORT") {

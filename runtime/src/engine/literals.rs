@@ -1,0 +1,503 @@
+//! Numeric literals are exact, as in PostgreSQL and DuckDB: `0.1` is `DECIMAL(1,1)`, so
+//! `0.1 + 0.2 = 0.3` holds and `price * 1.1` over a `DECIMAL` column stays a decimal. DataFusion
+//! parses them as `DOUBLE` unless `datafusion.sql_parser.parse_float_as_decimal` is on, which
+//! the engine sets by default (a session or `--datafusion-option` may turn it off).
+//!
+//! One thing DataFusion does with that option needs help: a literal in scientific notation
+//! (`1e10`) becomes a decimal of negative scale (`DECIMAL(1,-10)`), which clients and Delta
+//! readers do not expect. So before planning, each such literal is written out in plain digits
+//! (`10000000000`, `1.5e-3` → `0.0015`), as PostgreSQL reads it. A literal whose digits would
+//! not fit the widest decimal (76) is read as `DOUBLE` (`CAST('1e100' AS DOUBLE)`).
+//!
+//! The other is a decimal literal beside a floating-point value where DataFusion unifies the
+//! two types (comparisons, `BETWEEN`, `IN`, `CASE`, `coalesce` …): it would cast the float
+//! to `DECIMAL(30,15)`, so `temperature > 20.5` would fail on a NaN or on any value beyond 10^15
+//! and lose digits below 10^-15, and the scan could not prune by the column's bounds.
+//! PostgreSQL reads such a literal as a float there; [`FloatNeighbours`], an analyzer rule that
+//! runs before DataFusion's type coercion, does the same, and so for a `UNION` column that is a
+//! float in another input. DataFusion types a `VALUES` list while it plans it, so there the
+//! numbers of a column holding a float cast become casts to `DOUBLE` before planning.
+
+use std::ops::ControlFlow;
+use std::sync::Arc;
+
+use arrow::datatypes::DataType;
+use datafusion::common::tree_node::{Transformed, TransformedResult, TreeNode, TreeNodeRecursion};
+use datafusion::common::{DFSchema, ExprSchema, Result as DfResult, ScalarValue};
+use datafusion::config::ConfigOptions;
+use datafusion::logical_expr::expr::{Between, Case, InList, ScalarFunction};
+use datafusion::logical_expr::expr_rewriter::NamePreserver;
+use datafusion::logical_expr::{
+    BinaryExpr, Expr as Df, ExprSchemable, LogicalPlan, Operator, Projection, Union, Values,
+};
+use datafusion::optimizer::AnalyzerRule;
+use datafusion::sql::parser::{CopyToSource, Statement as DfStatement};
+use datafusion::sql::sqlparser::ast::{
+    CastKind, DataType as SqlType, ExactNumberInfo, Expr, Query, SetExpr, Value, ValueWithSpan,
+    VisitMut, VisitorMut, visit_expressions_mut,
+};
+
+/// The most digits a literal written out keeps as a decimal (Arrow's `Decimal256`).
+const MAX_DIGITS: usize = 76;
+
+/// Write out the scientific-notation literals of `statement` when literals parse as decimals.
+pub(crate) fn exact_numbers(statement: &mut DfStatement, options: &ConfigOptions) {
+    if options.sql_parser.parse_float_as_decimal {
+        write_out(statement);
+    }
+}
+
+fn write_out(statement: &mut DfStatement) {
+    fn both<V: VisitMut>(v: &mut V) {
+        let _ = visit_expressions_mut(v, rewrite);
+        let _ = v.visit(&mut FloatRows);
+    }
+    match statement {
+        DfStatement::Statement(s) => both(s.as_mut()),
+        DfStatement::Explain(e) => write_out(&mut e.statement),
+        DfStatement::CopyTo(c) => {
+            if let CopyToSource::Query(q) = &mut c.source {
+                both(q.as_mut())
+            }
+        }
+        _ => {}
+    }
+}
+
+/// In a `VALUES` list, a column holding a float cast (`'NaN'::double`, or a literal beyond 76
+/// digits) reads its numbers as `DOUBLE`s: DataFusion types the column when it plans the list,
+/// and a decimal there would cast the float to `DECIMAL(30,15)` (failing on NaN and 1e300).
+struct FloatRows;
+
+impl VisitorMut for FloatRows {
+    type Break = ();
+
+    fn post_visit_query(&mut self, query: &mut Query) -> ControlFlow<()> {
+        values_in(&mut query.body);
+        ControlFlow::Continue(())
+    }
+}
+
+fn values_in(body: &mut SetExpr) {
+    match body {
+        SetExpr::Values(values) => {
+            let width = values.rows.iter().map(|r| r.content.len()).max();
+            for j in 0..width.unwrap_or(0) {
+                let cells = values.rows.iter_mut().filter_map(|r| r.content.get_mut(j));
+                let mut cells: Vec<&mut Expr> = cells.collect();
+                if !cells.iter().any(|e| is_float_cast(e)) {
+                    continue;
+                }
+                for cell in cells.iter_mut().filter(|e| is_number(e)) {
+                    let number = std::mem::replace(&mut **cell, Expr::value(Value::Null));
+                    **cell = as_double(number);
+                }
+            }
+        }
+        SetExpr::SetOperation { left, right, .. } => {
+            values_in(left);
+            values_in(right);
+        }
+        _ => {}
+    }
+}
+
+fn is_float_cast(e: &Expr) -> bool {
+    matches!(
+        e,
+        Expr::Cast {
+            data_type: SqlType::Float(_)
+                | SqlType::Float4
+                | SqlType::Float8
+                | SqlType::Float32
+                | SqlType::Float64
+                | SqlType::Real
+                | SqlType::Double(_)
+                | SqlType::DoublePrecision,
+            ..
+        }
+    )
+}
+
+fn is_number(e: &Expr) -> bool {
+    match e {
+        Expr::Value(ValueWithSpan {
+            value: Value::Number(..),
+            ..
+        }) => true,
+        Expr::UnaryOp { expr, .. } | Expr::Nested(expr) => is_number(expr),
+        _ => false,
+    }
+}
+
+fn as_double(e: Expr) -> Expr {
+    Expr::Cast {
+        kind: CastKind::Cast,
+        expr: Box::new(e),
+        data_type: SqlType::Double(ExactNumberInfo::None),
+        array: false,
+        format: None,
+    }
+}
+
+fn rewrite(expr: &mut Expr) -> ControlFlow<()> {
+    let Expr::Value(ValueWithSpan {
+        value: Value::Number(text, _),
+        span,
+    }) = expr
+    else {
+        return ControlFlow::Continue(());
+    };
+    if !text.contains(['e', 'E']) {
+        return ControlFlow::Continue(());
+    }
+    match plain(text) {
+        Some(digits) => *text = digits,
+        None => {
+            *expr = as_double(Expr::Value(ValueWithSpan {
+                value: Value::SingleQuotedString(text.clone()),
+                span: *span,
+            }))
+        }
+    }
+    ControlFlow::Continue(())
+}
+
+/// `text` (an unsigned number with an exponent, e.g. `1.25E-3`) in plain digits, keeping the
+/// digits after the point that the mantissa had beyond the exponent (`1.50e1` → `15.0`), or
+/// `None` when it is not such a number or needs more than [`MAX_DIGITS`] digits.
+fn plain(text: &str) -> Option<String> {
+    let text = text.replace('_', "");
+    let (mantissa, exponent) = text.split_once(['e', 'E'])?;
+    let exponent: i64 = exponent.parse().ok()?;
+    let (whole, fraction) = mantissa.split_once('.').unwrap_or((mantissa, ""));
+    if whole.is_empty() && fraction.is_empty()
+        || !whole
+            .bytes()
+            .chain(fraction.bytes())
+            .all(|b| b.is_ascii_digit())
+        || exponent.unsigned_abs() > MAX_DIGITS as u64 * 2
+    {
+        return None;
+    }
+    let digits = format!("{whole}{fraction}");
+    // Where the point goes in `digits`, counted from its start (may be < 0 or > its length).
+    let point = whole.len() as i64 + exponent;
+    let (whole, fraction) = if point <= 0 {
+        (String::new(), "0".repeat((-point) as usize) + &digits)
+    } else if point as usize >= digits.len() {
+        (
+            digits.clone() + &"0".repeat(point as usize - digits.len()),
+            String::new(),
+        )
+    } else {
+        let (w, f) = digits.split_at(point as usize);
+        (w.to_string(), f.to_string())
+    };
+    let whole = whole.trim_start_matches('0');
+    let significant = whole.len() + fraction.len();
+    if significant > MAX_DIGITS {
+        return None;
+    }
+    let whole = if whole.is_empty() { "0" } else { whole };
+    Some(match fraction.is_empty() {
+        true => whole.to_string(),
+        false => format!("{whole}.{fraction}"),
+    })
+}
+
+/// Decimal literals beside floating-point values become `DOUBLE` literals before DataFusion's
+/// type coercion would turn the floats into decimals (see the module page).
+#[derive(Debug, Default)]
+pub(super) struct FloatNeighbours;
+
+impl AnalyzerRule for FloatNeighbours {
+    fn analyze(&self, plan: LogicalPlan, _config: &ConfigOptions) -> DfResult<LogicalPlan> {
+        plan.transform_up_with_subqueries(|node| {
+            let node = match node {
+                LogicalPlan::Union(union) => return union_columns(union),
+                node => node,
+            };
+            if !has_decimal_literal(&node)? {
+                return Ok(Transformed::no(node));
+            }
+            let schema = super::checked::input_schema(&node)?;
+            // Where expressions name output columns, the names stay those the plan was built
+            // with (the literal's type is part of a name).
+            let names = matches!(
+                node,
+                LogicalPlan::Projection(_) | LogicalPlan::Aggregate(_) | LogicalPlan::Window(_)
+            )
+            .then(NamePreserver::new_for_projection);
+            node.map_expressions(|e| {
+                let saved = names.as_ref().map(|n| n.save(&e));
+                let out = e.transform_up(|e| Ok(beside_floats(e, &schema)))?;
+                Ok(match (saved, out.transformed) {
+                    (Some(saved), true) => Transformed::yes(saved.restore(out.data)),
+                    _ => out,
+                })
+            })
+        })
+        .data()
+    }
+
+    fn name(&self) -> &str {
+        "apiary_decimal_literals_beside_floats"
+    }
+}
+
+/// A `UNION` column that is a float in one input: a decimal literal for it in another input
+/// (`SELECT name, 0.0 FROM a UNION ALL SELECT name, score FROM b`) becomes a `DOUBLE`. The
+/// union's own schema is derived again from its inputs by DataFusion's type coercion.
+fn union_columns(union: Union) -> DfResult<Transformed<LogicalPlan>> {
+    let Union { mut inputs, schema } = union;
+    let mut floats = vec![false; schema.fields().len()];
+    for (i, changed) in floats.iter_mut().enumerate() {
+        let float = inputs.iter().any(|p| {
+            p.schema()
+                .fields()
+                .get(i)
+                .is_some_and(|f| is_float_type(f.data_type()))
+        });
+        if !float {
+            continue;
+        }
+        for input in inputs.iter_mut() {
+            if let Some(p) = literal_column_as_float(input, i)? {
+                *input = Arc::new(p);
+                *changed = true;
+            }
+        }
+    }
+    if !floats.contains(&true) {
+        return Ok(Transformed::no(LogicalPlan::Union(Union {
+            inputs,
+            schema,
+        })));
+    }
+    // DataFusion's coercion starts from the union's schema, which took the first input's types.
+    let schema = as_floats(&schema, &floats)?;
+    Ok(Transformed::yes(LogicalPlan::Union(Union {
+        inputs,
+        schema,
+    })))
+}
+
+/// `schema` with the columns marked in `floats` typed `DOUBLE`.
+fn as_floats(schema: &DFSchema, floats: &[bool]) -> DfResult<Arc<DFSchema>> {
+    let fields = schema
+        .iter()
+        .zip(floats)
+        .map(|((q, f), float)| {
+            let f = match float {
+                true => Arc::new(f.as_ref().clone().with_data_type(DataType::Float64)),
+                false => Arc::clone(f),
+            };
+            (q.cloned(), f)
+        })
+        .collect();
+    Ok(Arc::new(DFSchema::new_with_metadata(
+        fields,
+        schema.metadata().clone(),
+    )?))
+}
+
+/// `plan` with its `i`th column, a decimal literal, as a `DOUBLE` literal of the same name.
+fn literal_column_as_float(plan: &LogicalPlan, i: usize) -> DfResult<Option<LogicalPlan>> {
+    if let LogicalPlan::Values(values) = plan {
+        // `… UNION ALL VALUES (0.25)`: every row's cell a decimal literal.
+        let floats: Option<Vec<f64>> = values
+            .values
+            .iter()
+            .map(|row| row.get(i).and_then(decimal_literal))
+            .collect();
+        let Some(floats) = floats else {
+            return Ok(None);
+        };
+        let mut rows = values.values.clone();
+        for (row, v) in rows.iter_mut().zip(floats) {
+            row[i] = Df::Literal(ScalarValue::Float64(Some(v)), None);
+        }
+        let mut marked = vec![false; values.schema.fields().len()];
+        marked[i] = true;
+        return Ok(Some(LogicalPlan::Values(Values {
+            schema: as_floats(&values.schema, &marked)?,
+            values: rows,
+        })));
+    }
+    let LogicalPlan::Projection(projection) = plan else {
+        return Ok(None);
+    };
+    let Some(e) = projection.expr.get(i) else {
+        return Ok(None);
+    };
+    let mut inner = e;
+    while let Df::Alias(alias) = inner {
+        inner = &alias.expr;
+    }
+    let Some(v) = decimal_literal(inner) else {
+        return Ok(None);
+    };
+    let mut expr = projection.expr.clone();
+    let saved = NamePreserver::new_for_projection().save(e);
+    expr[i] = saved.restore(Df::Literal(ScalarValue::Float64(Some(v)), None));
+    Ok(Some(LogicalPlan::Projection(Projection::try_new(
+        expr,
+        Arc::clone(&projection.input),
+    )?)))
+}
+
+fn has_decimal_literal(node: &LogicalPlan) -> DfResult<bool> {
+    let mut found = false;
+    node.apply_expressions(|e| {
+        e.apply(|e| {
+            found = decimal_literal(e).is_some();
+            Ok(if found {
+                TreeNodeRecursion::Stop
+            } else {
+                TreeNodeRecursion::Continue
+            })
+        })
+    })?;
+    Ok(found)
+}
+
+/// The value of `e` as a `DOUBLE` when it is a decimal literal (negated or not).
+fn decimal_literal(e: &Df) -> Option<f64> {
+    match e {
+        Df::Literal(
+            v @ (ScalarValue::Decimal128(Some(_), ..) | ScalarValue::Decimal256(Some(_), ..)),
+            _,
+        ) => {
+            // The literal's text read as a float, as DataFusion would have parsed it.
+            v.to_string().parse().ok()
+        }
+        Df::Negative(inner) => decimal_literal(inner).map(|v| -v),
+        _ => None,
+    }
+}
+
+fn is_float(e: &Df, schema: &DFSchema) -> bool {
+    e.get_type(schema as &dyn ExprSchema)
+        .is_ok_and(|t| is_float_type(&t))
+}
+
+fn is_float_type(t: &DataType) -> bool {
+    matches!(t, DataType::Float16 | DataType::Float32 | DataType::Float64)
+}
+
+/// `group`'s decimal literals as `DOUBLE`s when one of its other members is a float. Types are
+/// asked for only when the group holds a decimal literal.
+fn unify(group: &mut [&mut Df], schema: &DFSchema) -> bool {
+    let literals = group
+        .iter()
+        .filter(|e| decimal_literal(e).is_some())
+        .count();
+    if literals == 0 || literals == group.len() {
+        return false;
+    }
+    if !group
+        .iter()
+        .any(|e| decimal_literal(e).is_none() && is_float(e, schema))
+    {
+        return false;
+    }
+    for e in group.iter_mut() {
+        if let Some(v) = decimal_literal(e) {
+            **e = Df::Literal(ScalarValue::Float64(Some(v)), None);
+        }
+    }
+    true
+}
+
+/// Functions whose arguments DataFusion coerces to one type.
+const UNIFYING: &[&str] = &["coalesce", "nvl", "ifnull", "nullif", "greatest", "least"];
+
+fn beside_floats(mut e: Df, schema: &DFSchema) -> Transformed<Df> {
+    let changed = match &mut e {
+        Df::BinaryExpr(BinaryExpr {
+            left,
+            op:
+                Operator::Eq
+                | Operator::NotEq
+                | Operator::Lt
+                | Operator::LtEq
+                | Operator::Gt
+                | Operator::GtEq
+                | Operator::IsDistinctFrom
+                | Operator::IsNotDistinctFrom,
+            right,
+        }) => unify(&mut [left.as_mut(), right.as_mut()], schema),
+        Df::Between(Between {
+            expr, low, high, ..
+        }) => unify(&mut [expr.as_mut(), low.as_mut(), high.as_mut()], schema),
+        Df::InList(InList { expr, list, .. }) => {
+            let mut group: Vec<&mut Df> = std::iter::once(expr.as_mut())
+                .chain(list.iter_mut())
+                .collect();
+            unify(&mut group, schema)
+        }
+        Df::Case(Case {
+            expr,
+            when_then_expr,
+            else_expr,
+        }) => {
+            let (whens, thens): (Vec<_>, Vec<_>) = when_then_expr
+                .iter_mut()
+                .map(|(w, t)| (w.as_mut(), t.as_mut()))
+                .unzip();
+            let mut results: Vec<&mut Df> =
+                thens.into_iter().chain(else_expr.as_deref_mut()).collect();
+            let a = unify(&mut results, schema);
+            let b = match expr.as_deref_mut() {
+                Some(base) => {
+                    let mut keys: Vec<&mut Df> = std::iter::once(base).chain(whens).collect();
+                    unify(&mut keys, schema)
+                }
+                None => false,
+            };
+            a || b
+        }
+        Df::ScalarFunction(ScalarFunction { func, args }) if UNIFYING.contains(&func.name()) => {
+            let mut group: Vec<&mut Df> = args.iter_mut().collect();
+            unify(&mut group, schema)
+        }
+        _ => false,
+    };
+    match changed {
+        true => Transformed::yes(e),
+        false => Transformed::no(e),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::plain;
+
+    #[test]
+    fn exponents_are_written_out_as_postgresql_reads_them() {
+        for (text, want) in [
+            ("1e10", Some("10000000000")),
+            ("1E+3", Some("1000")),
+            ("1.5e-3", Some("0.0015")),
+            ("1.50e1", Some("15.0")),
+            ("2.5e1", Some("25")),
+            (".5e1", Some("5")),
+            ("5.e-1", Some("0.5")),
+            ("0e5", Some("0")),
+            ("00012.5e-1", Some("1.25")),
+            ("1_000e2", Some("100000")),
+            ("6.022e23", Some("602200000000000000000000")),
+            ("1e-76", Some(&format!("0.{}1", "0".repeat(75)))),
+            ("1e-77", None),
+            ("1e76", None),
+            ("1e400", None),
+            ("1e99999999999999999999", None),
+            ("1e", None),
+            ("e5", None),
+            ("12", None),
+        ] {
+            assert_eq!(plain(text).as_deref(), want, "{text}");
+        }
+    }
+}
