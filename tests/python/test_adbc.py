@@ -63,6 +63,26 @@ def test_parameters_question_marks_and_dollars(server):
         assert cur.fetchall() == [(1,), (None,)]
 
 
+def test_decimal_literals_are_exact_and_parameters_beside_them_are_not_narrowed(server):
+    with connect(server) as conn, conn.cursor() as cur:
+        cur.execute("SELECT 0.1 + 0.2 AS s, 0.1 + 0.2 = 0.3 AS eq")
+        assert cur.fetchall() == [(decimal.Decimal("0.3"), True)]
+        cur.execute("CREATE TABLE lit (price DECIMAL(10,2), temp DOUBLE)")
+        cur.execute("INSERT INTO lit VALUES (19.99, 20.5), (5.00, 'NaN'::double), (1.00, 1e300)")
+        cur.execute("SELECT price * 1.1 FROM lit ORDER BY price")
+        assert [r[0] for r in cur.fetchall()] == [decimal.Decimal(x) for x in ("1.100", "5.500", "21.989")]
+        # A float column beside a decimal literal is never cast to a decimal (NaN, 1e300).
+        cur.execute("SELECT temp FROM lit WHERE temp > 20.4 ORDER BY temp")
+        rows = [r[0] for r in cur.fetchall()]
+        assert rows[:2] == [20.5, 1e300] and rows[2] != rows[2], rows
+        # A parameter DataFusion types from a decimal literal is a DOUBLE: typed DECIMAL(2,1)
+        # it rounded 2.75 to 2.8 and refused 100.
+        cur.execute("SELECT ? * 1.5, ? + 0.5", parameters=(2.75, 100))
+        assert cur.fetchall() == [(4.125, 100.5)]
+        cur.execute("SELECT price FROM lit WHERE price > ?", parameters=(decimal.Decimal("5.005"),))
+        assert cur.fetchall() == [(decimal.Decimal("19.99"),)]
+
+
 def test_executemany(server):
     with connect(server) as conn, conn.cursor() as cur:
         cur.execute("CREATE TABLE m (k BIGINT, v VARCHAR)")
@@ -222,6 +242,12 @@ def test_ingest_errors_catalog_schema_empty_and_casts(server):
         assert cur.adbc_ingest("empty", empty, mode="create") == 0
         cur.execute("SELECT count(*) FROM empty")
         assert cur.fetchone() == (0,)
+        # A table without batches: the driver sends no message at all, so not even the target's
+        # name reaches the server. The error says what to send instead.
+        with pytest.raises(adbc_driver_manager.Error) as e:
+            cur.adbc_ingest("no_batches", pa.table({"k": pa.array([], pa.int64())}), mode="create")
+        assert "INVALID_ARGUMENT" in str(e.value) or "InvalidArgument" in str(e.value), str(e.value)
+        assert "a RecordBatch of 0 rows" in str(e.value), str(e.value)
 
         cur.adbc_ingest("typed", pa.table({"k": pa.array([1], pa.int64())}), mode="create")
         cur.adbc_ingest("typed", pa.table({"k": pa.array([2], pa.int32())}), mode="append")

@@ -470,6 +470,62 @@ fn beside_floats(mut e: Df, schema: &DFSchema) -> Transformed<Df> {
     }
 }
 
+/// A parameter that DataFusion typed from a decimal literal beside it (`? * 1.5`, `? > 0.5`)
+/// is a `DOUBLE`, as it was when literals were: typed `DECIMAL(2,1)`, a bound 2.75 was rounded
+/// to 2.8 and 100 refused as too large. A parameter typed from a column keeps the column's type.
+pub(crate) fn float_parameters(plan: LogicalPlan) -> DfResult<LogicalPlan> {
+    plan.transform_up_with_subqueries(|node| {
+        node.map_expressions(|e| {
+            e.transform_up(|mut e| {
+                let changed = match &mut e {
+                    Df::BinaryExpr(BinaryExpr { left, right, .. }) => {
+                        float_placeholders(&mut [left.as_mut(), right.as_mut()])
+                    }
+                    Df::Between(Between {
+                        expr, low, high, ..
+                    }) => float_placeholders(&mut [expr.as_mut(), low.as_mut(), high.as_mut()]),
+                    Df::InList(InList { expr, list, .. }) => {
+                        let mut group: Vec<&mut Df> = std::iter::once(expr.as_mut())
+                            .chain(list.iter_mut())
+                            .collect();
+                        float_placeholders(&mut group)
+                    }
+                    _ => false,
+                };
+                Ok(match changed {
+                    true => Transformed::yes(e),
+                    false => Transformed::no(e),
+                })
+            })
+        })
+    })
+    .data()
+}
+
+/// Placeholders of `group` typed as one of its decimal literals, retyped `DOUBLE`.
+fn float_placeholders(group: &mut [&mut Df]) -> bool {
+    let literal_types: Vec<DataType> = group
+        .iter()
+        .filter_map(|e| match e {
+            Df::Literal(v, _) if decimal_literal(e).is_some() => Some(v.data_type()),
+            _ => None,
+        })
+        .collect();
+    let mut changed = false;
+    for e in group.iter_mut() {
+        if let Df::Placeholder(p) = &mut **e
+            && let Some(field) = &p.field
+            && literal_types.contains(field.data_type())
+        {
+            p.field = Some(Arc::new(
+                field.as_ref().clone().with_data_type(DataType::Float64),
+            ));
+            changed = true;
+        }
+    }
+    changed
+}
+
 #[cfg(test)]
 mod tests {
     use super::plain;

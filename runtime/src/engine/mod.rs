@@ -630,6 +630,7 @@ impl Engine {
             }
         };
         policy::check(&plan, purpose)?;
+        let plan = literals::float_parameters(plan)?;
         let plan = match params {
             Some(values) if !values.is_empty() => bind(plan, values)?,
             _ => plan,

@@ -78,9 +78,16 @@ impl FlightSqlService for FlightSql {
         _request: Request<PeekableFlightDataStream>,
         error: arrow_flight::sql::server::DoPutError,
     ) -> Result<Response<BoxStream<arrow_flight::PutResult>>, Status> {
-        Err(Error::invalid(format!(
-            "DoPut needs a Flight SQL command in its first message: {error}"
-        ))
+        use arrow_flight::sql::server::DoPutError;
+        Err(Error::invalid(match error {
+            // ADBC's Flight SQL driver sends its command with the first batch's schema, and
+            // nothing at all for a table without batches (an empty pyarrow Table).
+            DoPutError::MissingCommand => "DoPut carried no message, so no command or target: \
+                a bulk ingest of no batches sends nothing (ADBC's Flight SQL driver with an \
+                empty pyarrow Table); send a RecordBatch of 0 rows to create an empty frame"
+                .to_string(),
+            other => format!("DoPut needs a Flight SQL command in its first message: {other}"),
+        })
         .into())
     }
 
