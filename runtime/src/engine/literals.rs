@@ -411,10 +411,33 @@ fn unify(group: &mut [&mut Df], schema: &DFSchema) -> bool {
 }
 
 /// Functions whose arguments DataFusion coerces to one type.
-const UNIFYING: &[&str] = &["coalesce", "nvl", "ifnull", "nullif", "greatest", "least"];
+const UNIFYING: &[&str] = &[
+    "coalesce",
+    "nvl",
+    "nvl2",
+    "ifnull",
+    "nullif",
+    "greatest",
+    "least",
+    "make_array",
+];
 
 fn beside_floats(mut e: Df, schema: &DFSchema) -> Transformed<Df> {
-    let changed = match &mut e {
+    let mut changed = false;
+    for mut group in unified_groups(&mut e) {
+        changed |= unify(&mut group, schema);
+    }
+    match changed {
+        true => Transformed::yes(e),
+        false => Transformed::no(e),
+    }
+}
+
+/// The operands of `e` that DataFusion's type coercion brings to one type: both sides of a
+/// comparison, `BETWEEN`'s three, `IN`'s value and list, `CASE`'s results (and its operand with
+/// the `WHEN` values), the arguments of [`UNIFYING`] functions.
+fn unified_groups(e: &mut Df) -> Vec<Vec<&mut Df>> {
+    match e {
         Df::BinaryExpr(BinaryExpr {
             left,
             op:
@@ -427,15 +450,16 @@ fn beside_floats(mut e: Df, schema: &DFSchema) -> Transformed<Df> {
                 | Operator::IsDistinctFrom
                 | Operator::IsNotDistinctFrom,
             right,
-        }) => unify(&mut [left.as_mut(), right.as_mut()], schema),
+        }) => vec![vec![left.as_mut(), right.as_mut()]],
         Df::Between(Between {
             expr, low, high, ..
-        }) => unify(&mut [expr.as_mut(), low.as_mut(), high.as_mut()], schema),
+        }) => vec![vec![expr.as_mut(), low.as_mut(), high.as_mut()]],
         Df::InList(InList { expr, list, .. }) => {
-            let mut group: Vec<&mut Df> = std::iter::once(expr.as_mut())
-                .chain(list.iter_mut())
-                .collect();
-            unify(&mut group, schema)
+            vec![
+                std::iter::once(expr.as_mut())
+                    .chain(list.iter_mut())
+                    .collect(),
+            ]
         }
         Df::Case(Case {
             expr,
@@ -446,27 +470,16 @@ fn beside_floats(mut e: Df, schema: &DFSchema) -> Transformed<Df> {
                 .iter_mut()
                 .map(|(w, t)| (w.as_mut(), t.as_mut()))
                 .unzip();
-            let mut results: Vec<&mut Df> =
-                thens.into_iter().chain(else_expr.as_deref_mut()).collect();
-            let a = unify(&mut results, schema);
-            let b = match expr.as_deref_mut() {
-                Some(base) => {
-                    let mut keys: Vec<&mut Df> = std::iter::once(base).chain(whens).collect();
-                    unify(&mut keys, schema)
-                }
-                None => false,
-            };
-            a || b
+            let results = thens.into_iter().chain(else_expr.as_deref_mut()).collect();
+            match expr.as_deref_mut() {
+                Some(base) => vec![results, std::iter::once(base).chain(whens).collect()],
+                None => vec![results],
+            }
         }
         Df::ScalarFunction(ScalarFunction { func, args }) if UNIFYING.contains(&func.name()) => {
-            let mut group: Vec<&mut Df> = args.iter_mut().collect();
-            unify(&mut group, schema)
+            vec![args.iter_mut().collect()]
         }
-        _ => false,
-    };
-    match changed {
-        true => Transformed::yes(e),
-        false => Transformed::no(e),
+        _ => Vec::new(),
     }
 }
 
