@@ -69,18 +69,23 @@ impl AnalyzerRule for CheckedIntegers {
 
 /// Whether any expression of `node` has an operator this rule may replace.
 fn has_arithmetic(node: &LogicalPlan) -> DfResult<bool> {
-    let mut found = false;
+    any_expression(node, |e| op_of(e).is_some())
+}
+
+/// Whether `node` has an expression, at any depth, for which `found` holds.
+pub(super) fn any_expression(node: &LogicalPlan, found: impl Fn(&Expr) -> bool) -> DfResult<bool> {
+    let mut any = false;
     node.apply_expressions(|e| {
         e.apply(|e| {
-            found = op_of(e).is_some();
-            Ok(if found {
+            any = found(e);
+            Ok(if any {
                 TreeNodeRecursion::Stop
             } else {
                 TreeNodeRecursion::Continue
             })
         })
     })?;
-    Ok(found)
+    Ok(any)
 }
 
 /// The schema `node`'s expressions are typed against, as DataFusion's type coercion builds it.

@@ -22,7 +22,7 @@ use std::ops::ControlFlow;
 use std::sync::Arc;
 
 use arrow::datatypes::DataType;
-use datafusion::common::tree_node::{Transformed, TransformedResult, TreeNode, TreeNodeRecursion};
+use datafusion::common::tree_node::{Transformed, TransformedResult, TreeNode};
 use datafusion::common::{DFSchema, ExprSchema, Result as DfResult, ScalarValue};
 use datafusion::config::ConfigOptions;
 use datafusion::logical_expr::expr::{Between, Case, InList, ScalarFunction};
@@ -348,18 +348,7 @@ fn literal_column_as_float(plan: &LogicalPlan, i: usize) -> DfResult<Option<Logi
 }
 
 fn has_decimal_literal(node: &LogicalPlan) -> DfResult<bool> {
-    let mut found = false;
-    node.apply_expressions(|e| {
-        e.apply(|e| {
-            found = decimal_literal(e).is_some();
-            Ok(if found {
-                TreeNodeRecursion::Stop
-            } else {
-                TreeNodeRecursion::Continue
-            })
-        })
-    })?;
-    Ok(found)
+    super::checked::any_expression(node, |e| decimal_literal(e).is_some())
 }
 
 /// The value of `e` as a `DOUBLE` when it is a decimal literal (negated or not).
