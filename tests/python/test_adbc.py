@@ -83,6 +83,23 @@ def test_decimal_literals_are_exact_and_parameters_beside_them_are_not_narrowed(
         assert cur.fetchall() == [(decimal.Decimal("19.99"),)]
 
 
+def test_prepared_parameter_types(server):
+    # What a client sees before it binds: LIMIT and OFFSET take integers (they were strings).
+    with connect(server) as conn, conn.cursor() as cur:
+        cur.execute("CREATE TABLE lim (x INT)")
+        cur.execute("INSERT INTO lim VALUES (1), (2), (3)")
+        for sql, want in [
+            ("SELECT x FROM lim ORDER BY x LIMIT ? OFFSET ?", [pa.int64(), pa.int64()]),
+            ("SELECT x FROM lim WHERE x > ?", [pa.int32()]),
+            ("SELECT ? * 1.5", [pa.float64()]),
+        ]:
+            cur.adbc_prepare(sql)
+            schema = pa.schema(cur.adbc_statement.get_parameter_schema())
+            assert schema.types == want, (sql, schema)
+        cur.execute("SELECT x FROM lim ORDER BY x LIMIT ? OFFSET ?", parameters=(1, 1))
+        assert cur.fetchall() == [(2,)]
+
+
 def test_executemany(server):
     with connect(server) as conn, conn.cursor() as cur:
         cur.execute("CREATE TABLE m (k BIGINT, v VARCHAR)")

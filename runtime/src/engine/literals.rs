@@ -21,7 +21,7 @@
 use std::ops::ControlFlow;
 use std::sync::Arc;
 
-use arrow::datatypes::DataType;
+use arrow::datatypes::{DataType, Field};
 use datafusion::common::tree_node::{Transformed, TransformedResult, TreeNode};
 use datafusion::common::{DFSchema, ExprSchema, Result as DfResult, ScalarValue};
 use datafusion::config::ConfigOptions;
@@ -472,14 +472,22 @@ fn unified_groups(e: &mut Df) -> Vec<Vec<&mut Df>> {
     }
 }
 
-/// A parameter that DataFusion typed from a decimal literal beside it (`? * 1.5`, `? > 0.5`)
-/// is a `DOUBLE`, as it was when literals were: typed `DECIMAL(2,1)`, a bound 2.75 was rounded
-/// to 2.8 and 100 refused as too large. A parameter typed from a column keeps the column's type.
-pub(crate) fn float_parameters(plan: LogicalPlan) -> DfResult<LogicalPlan> {
+/// Types for parameters DataFusion types poorly:
+/// - one typed from a decimal literal beside it (`? * 1.5`, `? > 0.5`) is a `DOUBLE`, as it was
+///   when literals were: typed `DECIMAL(2,1)`, a bound 2.75 was rounded to 2.8 and 100 refused
+///   as too large (one typed from a column keeps the column's type);
+/// - one in `LIMIT` or `OFFSET`, which DataFusion leaves untyped (clients saw a string), is a
+///   `BIGINT`.
+pub(crate) fn parameter_types(plan: LogicalPlan) -> DfResult<LogicalPlan> {
     plan.transform_up_with_subqueries(|node| {
+        let limit = matches!(node, LogicalPlan::Limit(_));
         node.map_expressions(|e| {
             e.transform_up(|mut e| {
                 let changed = match &mut e {
+                    Df::Placeholder(p) if limit && p.field.is_none() => {
+                        p.field = Some(Arc::new(Field::new(&p.id, DataType::Int64, true)));
+                        true
+                    }
                     Df::BinaryExpr(BinaryExpr { left, right, .. }) => {
                         float_placeholders(&mut [left.as_mut(), right.as_mut()])
                     }

@@ -630,7 +630,7 @@ impl Engine {
             }
         };
         policy::check(&plan, purpose)?;
-        let plan = literals::float_parameters(plan)?;
+        let plan = literals::parameter_types(plan)?;
         let plan = match params {
             Some(values) if !values.is_empty() => bind(plan, values)?,
             _ => plan,
