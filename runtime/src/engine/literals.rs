@@ -15,8 +15,9 @@
 //! and lose digits below 10^-15, and the scan could not prune by the column's bounds.
 //! PostgreSQL reads such a literal as a float there; [`FloatNeighbours`], an analyzer rule that
 //! runs before DataFusion's type coercion, does the same, and so for a `UNION` column that is a
-//! float in another input. DataFusion types a `VALUES` list while it plans it, so there the
-//! numbers of a column holding a float cast become casts to `DOUBLE` before planning.
+//! float in another input and for a subquery answering a literal (`f IN (SELECT 0.5)`).
+//! DataFusion types a `VALUES` list while it plans it, so there the numbers of a column holding
+//! a float cast become casts to `DOUBLE` before planning.
 
 use std::ops::ControlFlow;
 use std::sync::Arc;
@@ -25,10 +26,11 @@ use arrow::datatypes::{DataType, Field};
 use datafusion::common::tree_node::{Transformed, TransformedResult, TreeNode};
 use datafusion::common::{DFSchema, ExprSchema, Result as DfResult, ScalarValue};
 use datafusion::config::ConfigOptions;
-use datafusion::logical_expr::expr::{Between, Case, InList, ScalarFunction};
+use datafusion::logical_expr::expr::{Between, Case, InList, InSubquery, ScalarFunction};
 use datafusion::logical_expr::expr_rewriter::NamePreserver;
 use datafusion::logical_expr::{
-    BinaryExpr, Expr as Df, ExprSchemable, LogicalPlan, Operator, Projection, Union, Values,
+    BinaryExpr, Expr as Df, ExprSchemable, LogicalPlan, Operator, Projection, Subquery, Union,
+    Values,
 };
 use datafusion::optimizer::AnalyzerRule;
 use datafusion::sql::parser::{CopyToSource, Statement as DfStatement};
@@ -347,8 +349,11 @@ fn literal_column_as_float(plan: &LogicalPlan, i: usize) -> DfResult<Option<Logi
     )?)))
 }
 
+/// Whether `node` has a decimal literal, or a subquery that may answer one.
 fn has_decimal_literal(node: &LogicalPlan) -> DfResult<bool> {
-    super::checked::any_expression(node, |e| decimal_literal(e).is_some())
+    super::checked::any_expression(node, |e| {
+        decimal_literal(e).is_some() || matches!(e, Df::InSubquery(_) | Df::ScalarSubquery(_))
+    })
 }
 
 /// The value of `e` as a `DOUBLE` when it is a decimal literal (negated or not).
@@ -378,25 +383,43 @@ fn is_float_type(t: &DataType) -> bool {
 /// `group`'s decimal literals as `DOUBLE`s when one of its other members is a float. Types are
 /// asked for only when the group holds a decimal literal.
 fn unify(group: &mut [&mut Df], schema: &DFSchema) -> bool {
-    let literals = group
-        .iter()
-        .filter(|e| decimal_literal(e).is_some())
-        .count();
+    let literals = group.iter().filter(|e| literal_like(e)).count();
     if literals == 0 || literals == group.len() {
         return false;
     }
     if !group
         .iter()
-        .any(|e| decimal_literal(e).is_none() && is_float(e, schema))
+        .any(|e| !literal_like(e) && is_float(e, schema))
     {
         return false;
     }
     for e in group.iter_mut() {
         if let Some(v) = decimal_literal(e) {
             **e = Df::Literal(ScalarValue::Float64(Some(v)), None);
+        } else if let Df::ScalarSubquery(sq) = &mut **e {
+            as_float_column(sq);
         }
     }
     true
+}
+
+/// A decimal literal, or a subquery answering one (`f > (SELECT 0.5)`).
+fn literal_like(e: &Df) -> bool {
+    match e {
+        Df::ScalarSubquery(sq) => matches!(literal_column_as_float(&sq.subquery, 0), Ok(Some(_))),
+        e => decimal_literal(e).is_some(),
+    }
+}
+
+/// `subquery`'s first column, a decimal literal, as a `DOUBLE` literal.
+fn as_float_column(subquery: &mut Subquery) -> bool {
+    match literal_column_as_float(&subquery.subquery, 0) {
+        Ok(Some(plan)) => {
+            subquery.subquery = Arc::new(plan);
+            true
+        }
+        _ => false,
+    }
 }
 
 /// Functions whose arguments DataFusion coerces to one type.
@@ -413,6 +436,11 @@ const UNIFYING: &[&str] = &[
 
 fn beside_floats(mut e: Df, schema: &DFSchema) -> Transformed<Df> {
     let mut changed = false;
+    if let Df::InSubquery(InSubquery { expr, subquery, .. }) = &mut e
+        && is_float(expr, schema)
+    {
+        changed |= as_float_column(subquery);
+    }
     for mut group in unified_groups(&mut e) {
         changed |= unify(&mut group, schema);
     }
