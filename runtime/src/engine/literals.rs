@@ -516,19 +516,13 @@ pub(crate) fn parameter_types(plan: LogicalPlan) -> DfResult<LogicalPlan> {
                         p.field = Some(Arc::new(Field::new(&p.id, DataType::Int64, true)));
                         true
                     }
+                    // Arithmetic too: DataFusion types `? * 1.5` from the literal.
                     Df::BinaryExpr(BinaryExpr { left, right, .. }) => {
                         float_placeholders(&mut [left.as_mut(), right.as_mut()])
                     }
-                    Df::Between(Between {
-                        expr, low, high, ..
-                    }) => float_placeholders(&mut [expr.as_mut(), low.as_mut(), high.as_mut()]),
-                    Df::InList(InList { expr, list, .. }) => {
-                        let mut group: Vec<&mut Df> = std::iter::once(expr.as_mut())
-                            .chain(list.iter_mut())
-                            .collect();
-                        float_placeholders(&mut group)
-                    }
-                    _ => false,
+                    e => unified_groups(e)
+                        .into_iter()
+                        .fold(false, |c, mut group| float_placeholders(&mut group) | c),
                 };
                 Ok(match changed {
                     true => Transformed::yes(e),

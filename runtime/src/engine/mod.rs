@@ -630,7 +630,10 @@ impl Engine {
             }
         };
         policy::check(&plan, purpose)?;
-        let plan = literals::parameter_types(plan)?;
+        let plan = match stmt.params {
+            0 => plan,
+            _ => literals::parameter_types(plan)?,
+        };
         let plan = match params {
             Some(values) if !values.is_empty() => bind(plan, values)?,
             _ => plan,

@@ -12,7 +12,7 @@ use datafusion::logical_expr::planner::TypePlanner;
 use datafusion::logical_expr::{Cast, Expr};
 use datafusion::sql::sqlparser::ast::{DataType as SqlType, ExactNumberInfo, TimezoneInfo};
 
-/// Plans the time types; every other type is DataFusion's.
+/// Plans the time types and refuses decimals of negative scale; every other type is DataFusion's.
 #[derive(Debug)]
 pub(super) struct SqlTypes {
     /// Zone of `TIMESTAMP WITH TIME ZONE` (DataFusion's `execution.time_zone`).
