@@ -67,6 +67,8 @@ pub struct DistributedStats {
     pub shares_served: u64,
     /// Attempts this node, as coordinator, took over from a node that had not claimed them.
     pub stolen: u64,
+    /// Wakes of the inbox worker or a query's monitor by a change seen in a watched local root.
+    pub storage_wakes: u64,
     /// Posting to claiming of recent fragments: (p50, p95) in seconds, and how many.
     pub dispatch_p50: f64,
     pub dispatch_p95: f64,

@@ -158,6 +158,7 @@ pub async fn build(
             trials: node.fragment_trials.max(1),
             orphan_ttl: node.orphan_ttl,
             share_results: node.share_results,
+            storage_events: node.storage_events,
             fault_fragment_delay: node.faults.fragment_delay_ms.map(Duration::from_millis),
             ..Default::default()
         },

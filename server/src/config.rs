@@ -207,6 +207,12 @@ pub struct NodeArgs {
     /// Fastest storage polling for fragments (busy workers, waiting coordinators).
     #[arg(long, env = "APIARY_POLL_MIN", default_value = "20ms", value_parser = parse_duration)]
     pub poll_min: Duration,
+    /// On a local storage root, also watch its `_apiary/` directory for changes (inotify), so a
+    /// fragment posted to this node, or one ending for a query it coordinates, is seen at once
+    /// rather than at the next poll. Polling goes on either way (other hosts' writes to a shared
+    /// filesystem raise no events here); S3 roots always poll.
+    #[arg(long, env = "APIARY_STORAGE_EVENTS", default_value_t = true, action = clap::ArgAction::Set)]
+    pub storage_events: bool,
     /// Slowest inbox polling of an idle worker.
     #[arg(long, env = "APIARY_POLL_MAX", default_value = "2s", value_parser = parse_duration)]
     pub poll_max: Duration,

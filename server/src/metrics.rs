@@ -133,6 +133,12 @@ pub fn render(st: &NodeStatus) -> String {
     );
     metric(
         "counter",
+        "apiary_storage_event_wakes_total",
+        "Wakes of the inbox worker or a query's monitor by a change seen in a watched local root.",
+        d.storage_wakes as f64,
+    );
+    metric(
+        "counter",
         "apiary_queries_coordinated_total",
         "Distributed queries this node coordinated.",
         d.coordinated as f64,

@@ -76,6 +76,8 @@ pub struct Storage {
     display: String,
     /// Keys in `store` outside the root that external frames may read (`--external-root`).
     external_roots: Vec<Path>,
+    /// The root's directory, canonical, on a local root.
+    local_dir: Option<PathBuf>,
 }
 
 fn memory_stores() -> &'static Mutex<HashMap<String, Arc<InMemory>>> {
@@ -133,6 +135,7 @@ impl Storage {
             kind: BackendKind::Memory,
             display: base,
             external_roots: Vec::new(),
+            local_dir: None,
         })
     }
 
@@ -169,6 +172,7 @@ impl Storage {
             kind: BackendKind::Local,
             display: display.to_string(),
             external_roots: Vec::new(),
+            local_dir: Some(dir),
         })
     }
 
@@ -218,11 +222,18 @@ impl Storage {
             kind: BackendKind::S3,
             display: url.to_string(),
             external_roots: Vec::new(),
+            local_dir: None,
         })
     }
 
     pub fn kind(&self) -> BackendKind {
         self.kind
+    }
+
+    /// The directory of a local root (what a node may watch for changes); `None` for other
+    /// backends.
+    pub fn local_dir(&self) -> Option<PathBuf> {
+        self.local_dir.clone()
     }
 
     /// The URL as given by the user.
@@ -684,6 +695,7 @@ mod tests {
         assert!(url.as_str().ends_with("/h/b/f/"));
         let abs = s.absolute(&Path::from("h/b/f"));
         assert_eq!(s.relative(&abs).unwrap().as_ref(), "h/b/f");
+        assert_eq!(s.local_dir(), Some(dir.path().canonicalize().unwrap()));
     }
 
     #[test]

@@ -200,7 +200,7 @@ impl Ledger {
             .iter()
             .map(|f| f.object_store_path().to_string())
             .collect();
-        let (files, kept): (Vec<String>, Vec<String>) = plan
+        let (mut files, kept): (Vec<String>, Vec<String>) = plan
             .files_deleted
             .into_iter()
             .partition(|f| !live.contains(paths::table_file_key(f).as_ref()));
@@ -208,6 +208,9 @@ impl Ledger {
             let first: Vec<&String> = kept.iter().take(5).collect();
             warn!(frame = %snapshot.frame(), kept = kept.len(), ?first, "VACUUM's plan named live cells; kept them");
         }
+        let planned = files.len();
+        let staged = self.stale_staged(snapshot, retain_hours).await?;
+        files.extend(staged.iter().cloned());
         if dry_run || files.is_empty() {
             return Ok(Vacuumed { files, dry_run });
         }
@@ -229,7 +232,8 @@ impl Ledger {
             .await
             .map_err(|e| conflict(snapshot, e))?;
         let store = log_store.object_store(None);
-        let deleted: Vec<String> = futures::stream::iter(files.clone())
+        let mut deleted = self.delete_staged(snapshot, staged).await?;
+        let from_plan: Vec<String> = futures::stream::iter(files.into_iter().take(planned))
             .map(|f| {
                 let store = store.clone();
                 async move {
@@ -242,6 +246,7 @@ impl Ledger {
             .buffer_unordered(DELETE_CONCURRENCY)
             .try_collect()
             .await?;
+        deleted.extend(from_plan);
         let props = self.commit_properties_with(
             user,
             Some(serde_json::json!({ "numDeletedFiles": deleted.len(), "numVacuumedDirectories": 0 })),
@@ -262,6 +267,63 @@ impl Ledger {
             files: deleted,
             dry_run: false,
         })
+    }
+
+    /// The local directory of `snapshot`'s frame, on a local root.
+    fn local_frame_dir(&self, snapshot: &FrameSnapshot) -> Option<std::path::PathBuf> {
+        let frame = snapshot.frame();
+        let root = self.storage().local_dir()?;
+        Some(
+            root.join(frame.hive.as_str())
+                .join(frame.box_name.as_str())
+                .join(frame.name.as_str()),
+        )
+    }
+
+    /// Uploads that writers left staged in `snapshot`'s frame on a local root, last touched
+    /// more than `retain_hours` ago (relative to the frame's directory). object_store writes a
+    /// file as `<name>#<n>` and moves it into place; a writer killed before that leaves it, and
+    /// no listing shows such names, so delta-rs's plan cannot name them.
+    async fn stale_staged(
+        &self,
+        snapshot: &FrameSnapshot,
+        retain_hours: f64,
+    ) -> Result<Vec<String>> {
+        let Some(dir) = self.local_frame_dir(snapshot) else {
+            return Ok(Vec::new());
+        };
+        let age = std::time::Duration::try_from_secs_f64(retain_hours.max(0.0) * 3600.0)
+            .unwrap_or(std::time::Duration::MAX);
+        let Some(cutoff) = std::time::SystemTime::now().checked_sub(age) else {
+            return Ok(Vec::new());
+        };
+        blocking(move || Ok(staged_files(&dir, cutoff))).await
+    }
+
+    /// Delete what [`Self::stale_staged`] found; returns what is gone.
+    async fn delete_staged(
+        &self,
+        snapshot: &FrameSnapshot,
+        staged: Vec<String>,
+    ) -> Result<Vec<String>> {
+        let Some(dir) = self
+            .local_frame_dir(snapshot)
+            .filter(|_| !staged.is_empty())
+        else {
+            return Ok(Vec::new());
+        };
+        blocking(move || {
+            for f in &staged {
+                match std::fs::remove_file(dir.join(f)) {
+                    Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
+                        return Err(Error::Internal(format!("VACUUM deleting {f}: {e}")));
+                    }
+                    _ => {}
+                }
+            }
+            Ok(staged)
+        })
+        .await
     }
 
     /// Make the state `table` committed the frame's latest known one; returns its version.
@@ -327,4 +389,62 @@ impl Ledger {
             .map_err(|e| conflict(snapshot, e))?;
         self.adopt(snapshot, &table)
     }
+}
+
+/// Deepest directory a frame's walk for staged files descends (partition columns nest one level
+/// each).
+const STAGED_WALK_DEPTH: usize = 64;
+
+/// Files under `dir` named `<name>#<digits>` (object_store's staged uploads) last modified before
+/// `cutoff`, as `/`-separated paths relative to `dir`. Symbolic links are neither followed nor
+/// returned; unreadable entries are skipped.
+fn staged_files(dir: &std::path::Path, cutoff: std::time::SystemTime) -> Vec<String> {
+    let mut found = Vec::new();
+    let mut pending = vec![(dir.to_path_buf(), String::new(), 0usize)];
+    while let Some((path, rel, depth)) = pending.pop() {
+        let Ok(entries) = std::fs::read_dir(&path) else {
+            continue;
+        };
+        for entry in entries.flatten() {
+            let Ok(kind) = entry.file_type() else {
+                continue;
+            };
+            let Some(name) = entry.file_name().to_str().map(str::to_string) else {
+                continue;
+            };
+            let key = match rel.is_empty() {
+                true => name.clone(),
+                false => format!("{rel}/{name}"),
+            };
+            if kind.is_dir() && depth < STAGED_WALK_DEPTH {
+                pending.push((entry.path(), key, depth + 1));
+            } else if kind.is_file()
+                && is_staged_name(&name)
+                && entry
+                    .metadata()
+                    .and_then(|m| m.modified())
+                    .is_ok_and(|t| t < cutoff)
+            {
+                found.push(key);
+            }
+        }
+    }
+    found.sort();
+    found
+}
+
+/// object_store's name for an upload in progress: `<name>#<digits>`.
+fn is_staged_name(name: &str) -> bool {
+    name.split_once('#').is_some_and(|(stem, n)| {
+        !stem.is_empty() && !n.is_empty() && n.bytes().all(|b| b.is_ascii_digit())
+    })
+}
+
+/// Run blocking filesystem work off the async threads, in the caller's tracing span.
+async fn blocking<T: Send + 'static>(f: impl FnOnce() -> Result<T> + Send + 'static) -> Result<T> {
+    let span = tracing::Span::current();
+    datafusion::common::runtime::SpawnedTask::spawn_blocking(move || span.in_scope(f))
+        .join()
+        .await
+        .map_err(|e| Error::Internal(format!("VACUUM's walk of the frame: {e}")))?
 }

@@ -410,6 +410,35 @@ pub fn inbox_prefix(node_id: &str) -> Result<Path> {
     Ok(internal(&["inbox", node_id]))
 }
 
+/// What a change to an object under `_apiary/` tells a node that watches a local root for
+/// changes: whom to wake. `parts` is the changed file's path relative to the root, split at `/`.
+/// Staging files (`…#<n>`, written before a rename) and every other key mean nothing.
+#[derive(Debug, PartialEq, Eq)]
+pub enum InternalChange<'a> {
+    /// `node`'s inbox, or the directory of all inboxes (`None`), was written to.
+    Inbox(Option<&'a str>),
+    /// An attempt of a task of this query ended: its `done` or `failed` marker appeared.
+    Outcome(&'a str),
+}
+
+/// Classify a changed path (see [`InternalChange`]).
+pub fn internal_change<'a>(parts: &[&'a str]) -> Option<InternalChange<'a>> {
+    if parts.last().is_some_and(|name| name.contains('#')) {
+        return None;
+    }
+    match parts {
+        [INTERNAL_ROOT, "inbox"] => Some(InternalChange::Inbox(None)),
+        [INTERNAL_ROOT, "inbox", node, ..] => Some(InternalChange::Inbox(Some(node))),
+        [INTERNAL_ROOT, "queries", query, _task, name]
+            if name.ends_with(".json")
+                && (name.starts_with("done-") || name.starts_with("failed-")) =>
+        {
+            Some(InternalChange::Outcome(query))
+        }
+        _ => None,
+    }
+}
+
 /// One assignment in a node's inbox.
 pub fn inbox_entry(node_id: &str, key: &AttemptKey) -> Result<Path> {
     validate_query_id(&key.query_id)?;
@@ -502,5 +531,47 @@ mod tests {
         );
         assert_eq!(marker_name(&frame_marker(&f)).unwrap().as_str(), "f");
         assert!(frame_marker(&f).prefix_matches(&frames_prefix(&f.box_ref())));
+    }
+
+    #[test]
+    fn changes_that_wake_a_watching_node() {
+        let split = |k: &Path| {
+            k.as_ref()
+                .split('/')
+                .map(str::to_string)
+                .collect::<Vec<_>>()
+        };
+        let classify = |k: &Path| {
+            let parts = split(k);
+            let parts: Vec<&str> = parts.iter().map(String::as_str).collect();
+            format!("{:?}", internal_change(&parts))
+        };
+        let q = "0b3e6c4e-9d1a-4c1e-8f00-000000000001";
+        let key = AttemptKey::new(q, 1, 2, 0);
+        assert_eq!(
+            classify(&inbox_entry("n1", &key).unwrap()),
+            "Some(Inbox(Some(\"n1\")))"
+        );
+        assert_eq!(
+            classify(&inbox_prefix("n1").unwrap()),
+            "Some(Inbox(Some(\"n1\")))"
+        );
+        assert_eq!(classify(&internal(&["inbox"])), "Some(Inbox(None))");
+        let outcome = format!("Some(Outcome(\"{q}\"))");
+        assert_eq!(classify(&task_done(&key).unwrap()), outcome);
+        assert_eq!(classify(&task_failed(&key).unwrap()), outcome);
+        // A staging file before its rename, and the rest of a task's objects, wake nobody.
+        let staged = Path::from(format!("{}#1", task_done(&key).unwrap()));
+        assert_eq!(classify(&staged), "None");
+        for quiet in [
+            task_plan(&key).unwrap(),
+            task_claim(&key).unwrap(),
+            task_part(&key, 0).unwrap(),
+            query_manifest(q).unwrap(),
+            heartbeat("n1"),
+            secret(),
+        ] {
+            assert_eq!(classify(&quiet), "None", "{quiet}");
+        }
     }
 }

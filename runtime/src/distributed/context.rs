@@ -43,6 +43,9 @@ pub struct DistributionConfig {
     /// Serve a result that is a plain union over one scan's cells from every live node, one
     /// endpoint per share (clients read them in parallel).
     pub share_results: bool,
+    /// On a local root, also watch `_apiary/` for changes, so that a task posted here or a
+    /// fragment's end wakes its reader at once instead of at its next poll.
+    pub storage_events: bool,
     /// Fault injection for failure tests: every fragment takes this much longer, so a test can
     /// kill a worker while it is busy with one. `None` in production.
     pub fault_fragment_delay: Option<Duration>,
@@ -64,6 +67,7 @@ impl Default for DistributionConfig {
             orphan_ttl: Duration::from_secs(3600),
             part_bytes: 8 * 1024 * 1024,
             share_results: true,
+            storage_events: true,
             fault_fragment_delay: None,
         }
     }
@@ -96,26 +100,57 @@ pub(crate) struct DistContext {
 
 /// The monitors of the queries this node coordinates, by query id. A fragment that ends on this
 /// node (its own share, or one it took over) wakes its query's monitor, which reads the outcome
-/// at once instead of at its next poll of storage; outcomes on other nodes are still found by
-/// polling.
+/// at once instead of at its next poll of storage; so does an outcome another node writes to a
+/// local root this node watches (`watch`). The others are found by polling.
 #[derive(Debug, Default)]
 pub(crate) struct OutcomeWakes(Mutex<HashMap<String, Arc<Notify>>>);
 
+/// The wakes of one query coordinated here, from before its tasks are posted (so that none is
+/// lost before its monitor starts) until the monitor that holds it ends.
+pub(crate) struct OutcomeWatch {
+    ctx: Arc<DistContext>,
+    query_id: String,
+    notify: Arc<Notify>,
+}
+
+impl OutcomeWatch {
+    /// Start watching `query_id`'s outcomes.
+    pub(crate) fn new(ctx: &Arc<DistContext>, query_id: &str) -> Self {
+        let notify = ctx
+            .outcomes
+            .lock()
+            .entry(query_id.to_string())
+            .or_default()
+            .clone();
+        Self {
+            ctx: ctx.clone(),
+            query_id: query_id.to_string(),
+            notify,
+        }
+    }
+
+    /// Until a fragment of the query ends (at once if one ended since the last wait).
+    pub(crate) async fn notified(&self) {
+        self.notify.notified().await
+    }
+}
+
+impl Drop for OutcomeWatch {
+    fn drop(&mut self) {
+        self.ctx.outcomes.lock().remove(&self.query_id);
+    }
+}
+
 impl OutcomeWakes {
-    /// Start watching `query_id`'s outcomes: what wakes its monitor, until `forget`.
-    pub(crate) fn watch(&self, query_id: &str) -> Arc<Notify> {
-        self.lock().entry(query_id.to_string()).or_default().clone()
-    }
-
-    pub(crate) fn forget(&self, query_id: &str) {
-        self.lock().remove(query_id);
-    }
-
-    /// A fragment of `query_id` ended here. The wake is kept until the monitor next waits, so
-    /// none is lost while it is busy; a query coordinated elsewhere has no entry.
-    pub(crate) fn wake(&self, query_id: &str) {
-        if let Some(n) = self.lock().get(query_id) {
-            n.notify_one();
+    /// A fragment of `query_id` ended. The wake is kept until the monitor next waits, so none
+    /// is lost while it is busy; a query coordinated elsewhere has no entry (`false`).
+    pub(crate) fn wake(&self, query_id: &str) -> bool {
+        match self.lock().get(query_id) {
+            Some(n) => {
+                n.notify_one();
+                true
+            }
+            None => false,
         }
     }
 

@@ -44,20 +44,11 @@ use tracing::{debug, info, warn};
 
 use super::DistContext;
 use super::assign::{Candidate, assign};
-use super::context::DistributionConfig;
+use super::context::{DistributionConfig, OutcomeWatch};
 use super::cut::Stage;
 use super::shuffle::ShuffleSource;
 use crate::error::{Error, Result};
 use crate::swarm::{NodeState, NodeView};
-
-/// Stops a monitor's wakes when it ends (settled, failed, or dropped with its query).
-struct ForgetOutcomes<'a>(&'a DistContext, &'a str);
-
-impl Drop for ForgetOutcomes<'_> {
-    fn drop(&mut self) {
-        self.0.outcomes.forget(self.1);
-    }
-}
 
 /// Where a task stands, as the coordinator knows it.
 #[derive(Debug, Clone)]
@@ -418,14 +409,14 @@ impl Dispatch {
         }
     }
 
-    /// Poll storage until every task is done or the query failed.
-    pub(crate) async fn monitor(self: Arc<Self>) {
+    /// Poll storage until every task is done or the query failed. `wake` (the query's wakes,
+    /// stopped when the monitor ends: settled, failed, or dropped with its query) cuts a poll's
+    /// wait short.
+    pub(crate) async fn monitor(self: Arc<Self>, wake: OutcomeWatch) {
         let prefix = match paths::query_prefix(&self.query_id) {
             Ok(p) => p,
             Err(e) => return self.fail_all(e.to_string()),
         };
-        let wake = self.ctx.outcomes.watch(&self.query_id);
-        let _forget = ForgetOutcomes(&self.ctx, &self.query_id);
         let mut interval = self.config.poll_min;
         loop {
             // A fragment ending on this node wakes the monitor at once; the others are found by

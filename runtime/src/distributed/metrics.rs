@@ -22,6 +22,8 @@ pub(crate) struct DistMetrics {
     pub(crate) shares_served: AtomicU64,
     /// Attempts this node, as coordinator, took over from a node that had not claimed them.
     pub(crate) stolen: AtomicU64,
+    /// Wakes of the inbox worker or a query's monitor by a change seen in a watched local root.
+    pub(crate) storage_wakes: AtomicU64,
     /// Recent fragment dispatch latencies (posting to claiming), seconds.
     dispatch: Mutex<VecDeque<f64>>,
 }
@@ -59,6 +61,7 @@ impl DistMetrics {
             coordinated: self.coordinated.load(Ordering::Relaxed),
             shares_served: self.shares_served.load(Ordering::Relaxed),
             stolen: self.stolen.load(Ordering::Relaxed),
+            storage_wakes: self.storage_wakes.load(Ordering::Relaxed),
             dispatch_p50: q(0.5),
             dispatch_p95: q(0.95),
             dispatch_count: v.len(),

@@ -28,6 +28,7 @@
 //! | `shares`        | results served by several nodes: one endpoint per share of cells |
 //! | `shuffle`       | hash-partitioned outputs: slice writer, shuffle reads, plan codec |
 //! | `worker`        | polling the inbox, claiming, running, giving up              |
+//! | `watch`         | on a local root, changes that wake the worker or a monitor   |
 //! | `parts`         | the task output format: writer and checked reader            |
 //! | `sweep`         | deleting what dead coordinators left                         |
 //! | `metrics`       | counters for status and `/metrics`                           |
@@ -44,6 +45,7 @@ mod shares;
 mod shuffle;
 mod stage_exec;
 mod sweep;
+mod watch;
 mod worker;
 
 #[cfg(test)]
@@ -56,4 +58,5 @@ pub(crate) use proposal::{describe, propose, propose_or_why_not};
 pub(crate) use run::{DistributedRun, start};
 pub(crate) use shares::{propose as propose_shares, share_plan};
 pub(crate) use sweep::sweep_orphans;
+pub(crate) use watch::start as watch_storage;
 pub(crate) use worker::run as run_worker;

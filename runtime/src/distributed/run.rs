@@ -12,6 +12,7 @@ use futures::StreamExt;
 use tracing::info;
 
 use super::DistContext;
+use super::context::OutcomeWatch;
 use super::coordinator::{Dispatch, TaskSlot};
 use super::cut;
 use super::proposal::Proposal;
@@ -179,6 +180,9 @@ pub(crate) async fn start(
         waiting,
         deadline,
     );
+    // Outcomes are watched from before the first post: a fragment may end before the monitor
+    // starts.
+    let wake = OutcomeWatch::new(ctx, query_id);
     let posted: Vec<_> = futures::stream::iter(dispatch.attempts())
         .map(|(key, node)| {
             let d = dispatch.clone();
@@ -212,7 +216,7 @@ pub(crate) async fn start(
         .filter(|s| s.output.is_none() && s.inputs.is_empty())
         .map(|s| (s.id, s.bytes))
         .collect();
-    let monitor = crate::executor::spawn(dispatch.clone().monitor());
+    let monitor = crate::executor::spawn(dispatch.clone().monitor(wake));
     Ok((
         root,
         DistributedRun {

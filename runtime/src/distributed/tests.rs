@@ -362,6 +362,50 @@ async fn a_fragment_that_ends_here_is_read_without_waiting_for_a_poll() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn on_a_local_root_another_node_sees_its_task_and_the_coordinator_its_end_without_a_poll() {
+    let swarm = Swarm::new().await;
+    // Polls an hour apart and no stealing: only the watch of the root can move this query.
+    let watching = |c: &mut NodeConfig| {
+        c.distribution.poll_min = Duration::from_secs(3600);
+        c.distribution.poll_max = Duration::from_secs(3600);
+        c.distribution.steal_after = Duration::ZERO;
+    };
+    let coord = swarm.node("coord", watching);
+    let other = swarm.node("other", watching);
+    let session = series_t(&coord).await;
+    swarm.meet(&[&coord, &other]).await;
+    coord.start();
+    other.start();
+    for (i, qid) in [
+        "0192f5a0-6f1c-7c2e-9b1d-2d6a1f3e4d01",
+        "0192f5a0-6f1c-7c2e-9b1d-2d6a1f3e4d02",
+    ]
+    .into_iter()
+    .enumerate()
+    {
+        // The second query finds the inbox directory the first one's cleanup removed.
+        let (sums, run, tasks) = thirds_posted_to(&coord, &session, "other", qid).await;
+        assert_eq!(sums, thirds());
+        assert_eq!(
+            other.dist().metrics.stats().fragments,
+            tasks * (i as u64 + 1)
+        );
+        assert_eq!(coord.dist().metrics.stats().fragments, 0);
+        drop(run);
+    }
+    assert!(other.dist().metrics.stats().storage_wakes >= 2, "its inbox");
+    assert!(
+        coord.dist().metrics.stats().storage_wakes >= 2,
+        "the outcomes"
+    );
+    // The coordinator looked at its own inbox only when the directory of inboxes appeared (a
+    // file may land in a new directory before its watch is added, so that wakes every node).
+    assert!(coord.dist().metrics.stats().inbox_polls <= 2);
+    coord.shutdown().await;
+    other.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_statement_that_spread_nothing_or_shipped_much_is_then_planned_for_this_node_alone() {
     use crate::service::{QueryRequest, QueryService};
     use futures::TryStreamExt;

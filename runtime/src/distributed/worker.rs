@@ -26,12 +26,14 @@ use tracing::{debug, info, warn};
 use super::DistContext;
 use super::parts::{PartWriter, Written};
 use super::shuffle::SliceWriter;
+use super::watch::StorageWatch;
 use crate::error::{Error, Result};
 use datafusion::physical_plan::repartition::RepartitionExec;
 
 /// Poll this node's inbox until the node goes away (or shuts down: the caller spawns this on
-/// the node's background).
-pub(crate) async fn run(ctx: Weak<DistContext>) {
+/// the node's background). `watch`, the node's watch of a local root, ends with it.
+pub(crate) async fn run(ctx: Weak<DistContext>, watch: Option<StorageWatch>) {
+    let _watch = watch;
     let Some(mut interval) = ctx.upgrade().map(|c| c.config.poll_min) else {
         return;
     };
@@ -39,7 +41,8 @@ pub(crate) async fn run(ctx: Weak<DistContext>) {
     let mut last_work = started;
     loop {
         let Some(c) = ctx.upgrade() else { return };
-        // Tasks this node posted to itself wake it at once; others are found by polling.
+        // Tasks this node posted to itself wake it at once, and so do tasks posted to it on a
+        // watched local root; others are found by polling.
         tokio::select! {
             _ = tokio::time::sleep(interval) => {}
             _ = c.inbox_wake.notified() => {}

@@ -306,8 +306,10 @@ impl Node {
                 }
             }
         });
+        // Watching starts before `start` returns: a task posted here from now on wakes the worker.
+        let watch = distributed::watch_storage(&self.dist);
         self.background
-            .spawn(distributed::run_worker(Arc::downgrade(&self.dist)));
+            .spawn(distributed::run_worker(Arc::downgrade(&self.dist), watch));
     }
 
     /// Write this node's heartbeat once.

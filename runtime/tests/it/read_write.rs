@@ -1149,6 +1149,96 @@ async fn partition_values_that_need_escaping_are_read_and_vacuumed() {
     assert_eq!(i64s(&f.run(read).await), vec![60]);
 }
 
+/// A writer killed mid-upload leaves `<name>#<n>` files no listing shows (object_store stages
+/// every local write so). VACUUM deletes those older than its retention, in the frame's data and
+/// log directories, beside what delta-rs plans, and leaves young ones (a live writer's), links
+/// and what they point to.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn vacuum_deletes_uploads_a_dead_writer_left_staged() {
+    let dir = tempfile::tempdir().unwrap();
+    let storage = Storage::open(dir.path().to_str().unwrap(), &S3Options::default()).unwrap();
+    let lakehouse = Lakehouse::open(storage, LedgerConfig::default())
+        .await
+        .unwrap();
+    let config = EngineConfig {
+        vacuum_min_retention_hours: 0.0,
+        ..EngineConfig::default()
+    };
+    let mut f = Fixture {
+        engine: Engine::new(
+            lakehouse,
+            config,
+            Arc::new(RuntimeEnvBuilder::new().build().unwrap()),
+        ),
+        session: Session::new("test"),
+        dir,
+    };
+    f.run("CREATE TABLE s (id BIGINT)").await;
+    f.run("INSERT INTO s VALUES (1), (2), (3)").await;
+    let frame = f.dir.path().join("default/default/s");
+    let outside = tempfile::tempdir().unwrap();
+    let victim = outside.path().join("part-victim.parquet#1");
+    let two_hours_ago = std::time::SystemTime::now() - std::time::Duration::from_secs(7200);
+    let plant = |path: &std::path::Path, old: bool| {
+        let file = std::fs::File::create(path).unwrap();
+        if old {
+            file.set_modified(two_hours_ago).unwrap();
+        }
+    };
+    plant(&frame.join("part-00009-dead.parquet#1"), true);
+    plant(&frame.join("_delta_log/00000000000000000009.json#2"), true);
+    plant(&frame.join("part-00010-live.parquet#3"), false);
+    plant(&frame.join("not#staged"), true);
+    plant(&victim, true);
+    std::os::unix::fs::symlink(outside.path(), frame.join("link#1")).unwrap();
+
+    let names = |batches: &[RecordBatch]| {
+        let mut names: Vec<String> = batches
+            .iter()
+            .flat_map(|b| {
+                b.column(0)
+                    .as_string::<i32>()
+                    .iter()
+                    .flatten()
+                    .map(str::to_string)
+            })
+            .collect();
+        names.sort();
+        names
+    };
+    // `not#staged` is a plain file no version references: delta-rs's own plan names it.
+    let doomed = [
+        "_delta_log/00000000000000000009.json#2",
+        "not#staged",
+        "part-00009-dead.parquet#1",
+    ];
+    assert_eq!(
+        names(&f.run("VACUUM s RETAIN 1 HOURS DRY RUN").await),
+        doomed
+    );
+    assert!(
+        frame.join("part-00009-dead.parquet#1").exists(),
+        "a dry run deletes nothing"
+    );
+    f.run("VACUUM s RETAIN 1 HOURS").await;
+    assert!(!frame.join("part-00009-dead.parquet#1").exists());
+    assert!(
+        !frame
+            .join("_delta_log/00000000000000000009.json#2")
+            .exists()
+    );
+    assert!(
+        frame.join("part-00010-live.parquet#3").exists(),
+        "a live writer's upload"
+    );
+    assert!(!frame.join("not#staged").exists());
+    assert!(victim.exists(), "VACUUM followed a link out of the frame");
+    assert_eq!(
+        i64s(&f.run("SELECT CAST(sum(id) AS BIGINT) FROM s").await),
+        vec![6]
+    );
+}
+
 /// `information_schema.df_settings` holds the server's runtime settings (its scratch directory
 /// among them): an admin reads it, a reader is refused; the rest of information_schema is
 /// everyone's.
