@@ -21,12 +21,25 @@ struct Fixture {
 }
 
 async fn fixture(config: LedgerConfig) -> Fixture {
+    fixture_with(config, EngineConfig::default()).await
+}
+
+/// A fixture whose VACUUM may use any retention, down to 0 hours.
+async fn vacuum_fixture() -> Fixture {
+    let config = EngineConfig {
+        vacuum_min_retention_hours: 0.0,
+        ..EngineConfig::default()
+    };
+    fixture_with(LedgerConfig::default(), config).await
+}
+
+async fn fixture_with(config: LedgerConfig, engine: EngineConfig) -> Fixture {
     let dir = tempfile::tempdir().unwrap();
     let storage = Storage::open(dir.path().to_str().unwrap(), &S3Options::default()).unwrap();
     let lakehouse = Lakehouse::open(storage, config).await.unwrap();
     let engine = Engine::new(
         lakehouse,
-        EngineConfig::default(),
+        engine,
         Arc::new(RuntimeEnvBuilder::new().build().unwrap()),
     );
     Fixture {
@@ -1083,24 +1096,7 @@ async fn every_write_asks_the_write_gate() {
 /// rewritten and vacuumed like any other, and VACUUM deletes exactly the replaced files.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn partition_values_that_need_escaping_are_read_and_vacuumed() {
-    let dir = tempfile::tempdir().unwrap();
-    let storage = Storage::open(dir.path().to_str().unwrap(), &S3Options::default()).unwrap();
-    let lakehouse = Lakehouse::open(storage, LedgerConfig::default())
-        .await
-        .unwrap();
-    let config = EngineConfig {
-        vacuum_min_retention_hours: 0.0,
-        ..EngineConfig::default()
-    };
-    let mut f = Fixture {
-        engine: Engine::new(
-            lakehouse,
-            config,
-            Arc::new(RuntimeEnvBuilder::new().build().unwrap()),
-        ),
-        session: Session::new("test"),
-        dir,
-    };
+    let mut f = vacuum_fixture().await;
     let values = ["North America", "50%", "a/b", "x=y", "plain"];
     f.run("CREATE TABLE p (id BIGINT, region VARCHAR) PARTITIONED BY (region)")
         .await;
@@ -1155,24 +1151,7 @@ async fn partition_values_that_need_escaping_are_read_and_vacuumed() {
 /// and what they point to.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn vacuum_deletes_uploads_a_dead_writer_left_staged() {
-    let dir = tempfile::tempdir().unwrap();
-    let storage = Storage::open(dir.path().to_str().unwrap(), &S3Options::default()).unwrap();
-    let lakehouse = Lakehouse::open(storage, LedgerConfig::default())
-        .await
-        .unwrap();
-    let config = EngineConfig {
-        vacuum_min_retention_hours: 0.0,
-        ..EngineConfig::default()
-    };
-    let mut f = Fixture {
-        engine: Engine::new(
-            lakehouse,
-            config,
-            Arc::new(RuntimeEnvBuilder::new().build().unwrap()),
-        ),
-        session: Session::new("test"),
-        dir,
-    };
+    let mut f = vacuum_fixture().await;
     f.run("CREATE TABLE s (id BIGINT)").await;
     f.run("INSERT INTO s VALUES (1), (2), (3)").await;
     let frame = f.dir.path().join("default/default/s");
