@@ -561,7 +561,12 @@ fn lost_dir_race(e: &object_store::Error) -> bool {
     let mut cause: Option<&(dyn std::error::Error + 'static)> = Some(source.as_ref());
     while let Some(c) = cause {
         if let Some(io) = c.downcast_ref::<std::io::Error>() {
-            return io.kind() == std::io::ErrorKind::AlreadyExists;
+            // Or the parent went between `mkdir` of it and of the put's own directory:
+            // "Unable to create dir …: No such file or directory" (a worker deleting the last
+            // entry of the last inbox while a coordinator posts to a new one).
+            return io.kind() == std::io::ErrorKind::AlreadyExists
+                || (io.kind() == std::io::ErrorKind::NotFound
+                    && source.to_string().contains("Unable to create dir"));
         }
         cause = c.source();
     }
