@@ -627,6 +627,49 @@ mod tests {
         );
     }
 
+    /// The other face of that race: the put's parent directory is removed between the `mkdir`
+    /// of the parent and of the put's own directory, so the second `mkdir` answers "No such
+    /// file or directory". Made to happen every time: the parent is a link to a directory that
+    /// is still open but already removed (it is a directory, and nothing can be created in it).
+    #[cfg(target_os = "linux")]
+    #[tokio::test]
+    async fn a_put_whose_parent_directory_is_removed_under_it_is_retried_a_bounded_number_of_times()
+    {
+        let dir = tempfile::tempdir().unwrap();
+        let storage = Storage::open(dir.path().to_str().unwrap(), &S3Options::default()).unwrap();
+        let removed = dir.path().join("removed");
+        std::fs::create_dir(&removed).unwrap();
+        let open = std::fs::File::open(&removed).unwrap();
+        std::fs::remove_dir(&removed).unwrap();
+        let fd = std::os::fd::AsRawFd::as_raw_fd(&open);
+        std::os::unix::fs::symlink(format!("/proc/self/fd/{fd}"), dir.path().join("inbox"))
+            .unwrap();
+        let key = Path::from("inbox/node-1/task.json");
+        let raw = storage
+            .store
+            .put(&storage.absolute(&key), PutPayload::from_static(b"{}"))
+            .await
+            .unwrap_err();
+        assert!(
+            raw.to_string().contains("No such file or directory"),
+            "{raw}"
+        );
+        assert!(lost_dir_race(&raw), "{raw}");
+        let err = storage
+            .put(&key, Bytes::from_static(b"{}"))
+            .await
+            .unwrap_err();
+        assert!(err.to_string().contains("Unable to create dir"), "{err}");
+        // A read of a missing object is a plain NotFound, never taken for the race.
+        let missing = storage
+            .store
+            .get(&storage.absolute(&Path::from("nothing")))
+            .await
+            .unwrap_err();
+        assert!(!lost_dir_race(&missing));
+        drop(open);
+    }
+
     #[test]
     fn external_locations_stay_under_the_allowed_roots() {
         let opts = S3Options {

@@ -200,7 +200,7 @@ impl Ledger {
             .iter()
             .map(|f| f.object_store_path().to_string())
             .collect();
-        let (mut files, kept): (Vec<String>, Vec<String>) = plan
+        let (files, kept): (Vec<String>, Vec<String>) = plan
             .files_deleted
             .into_iter()
             .partition(|f| !live.contains(paths::table_file_key(f).as_ref()));
@@ -208,16 +208,15 @@ impl Ledger {
             let first: Vec<&String> = kept.iter().take(5).collect();
             warn!(frame = %snapshot.frame(), kept = kept.len(), ?first, "VACUUM's plan named live cells; kept them");
         }
-        let planned = files.len();
         let staged = self.stale_staged(snapshot, retain_hours).await?;
-        files.extend(staged.iter().cloned());
-        if dry_run || files.is_empty() {
+        if dry_run || (files.is_empty() && staged.is_empty()) {
+            let files = files.into_iter().chain(staged).collect();
             return Ok(Vacuumed { files, dry_run });
         }
         let log_store = self.log_store(snapshot.frame())?;
         let props = self.commit_properties_with(
             user,
-            Some(serde_json::json!({ "numFilesToDelete": files.len() })),
+            Some(serde_json::json!({ "numFilesToDelete": files.len() + staged.len() })),
         );
         let start = CommitBuilder::from(props)
             .build(
@@ -233,7 +232,7 @@ impl Ledger {
             .map_err(|e| conflict(snapshot, e))?;
         let store = log_store.object_store(None);
         let mut deleted = self.delete_staged(snapshot, staged).await?;
-        let from_plan: Vec<String> = futures::stream::iter(files.into_iter().take(planned))
+        let from_plan: Vec<String> = futures::stream::iter(files)
             .map(|f| {
                 let store = store.clone();
                 async move {
@@ -271,13 +270,8 @@ impl Ledger {
 
     /// The local directory of `snapshot`'s frame, on a local root.
     fn local_frame_dir(&self, snapshot: &FrameSnapshot) -> Option<std::path::PathBuf> {
-        let frame = snapshot.frame();
         let root = self.storage().local_dir()?;
-        Some(
-            root.join(frame.hive.as_str())
-                .join(frame.box_name.as_str())
-                .join(frame.name.as_str()),
-        )
+        Some(root.join(paths::frame_root(snapshot.frame()).as_ref()))
     }
 
     /// Uploads that writers left staged in `snapshot`'s frame on a local root, last touched
@@ -419,7 +413,7 @@ fn staged_files(dir: &std::path::Path, cutoff: std::time::SystemTime) -> Vec<Str
             if kind.is_dir() && depth < STAGED_WALK_DEPTH {
                 pending.push((entry.path(), key, depth + 1));
             } else if kind.is_file()
-                && is_staged_name(&name)
+                && paths::is_staged_name(&name)
                 && entry
                     .metadata()
                     .and_then(|m| m.modified())
@@ -431,13 +425,6 @@ fn staged_files(dir: &std::path::Path, cutoff: std::time::SystemTime) -> Vec<Str
     }
     found.sort();
     found
-}
-
-/// object_store's name for an upload in progress: `<name>#<digits>`.
-fn is_staged_name(name: &str) -> bool {
-    name.split_once('#').is_some_and(|(stem, n)| {
-        !stem.is_empty() && !n.is_empty() && n.bytes().all(|b| b.is_ascii_digit())
-    })
 }
 
 /// Run blocking filesystem work off the async threads, in the caller's tracing span.

@@ -410,6 +410,14 @@ pub fn inbox_prefix(node_id: &str) -> Result<Path> {
     Ok(internal(&["inbox", node_id]))
 }
 
+/// object_store's name for a file a local store is still writing: `<name>#<digits>`, renamed
+/// to `<name>` once written.
+pub fn is_staged_name(name: &str) -> bool {
+    name.split_once('#').is_some_and(|(stem, n)| {
+        !stem.is_empty() && !n.is_empty() && n.bytes().all(|b| b.is_ascii_digit())
+    })
+}
+
 /// What a change to an object under `_apiary/` tells a node that watches a local root for
 /// changes: whom to wake. `parts` is the changed file's path relative to the root, split at `/`.
 /// Staging files (`…#<n>`, written before a rename) and every other key mean nothing.
@@ -423,7 +431,7 @@ pub enum InternalChange<'a> {
 
 /// Classify a changed path (see [`InternalChange`]).
 pub fn internal_change<'a>(parts: &[&'a str]) -> Option<InternalChange<'a>> {
-    if parts.last().is_some_and(|name| name.contains('#')) {
+    if parts.last().is_some_and(|name| is_staged_name(name)) {
         return None;
     }
     match parts {
@@ -572,6 +580,16 @@ mod tests {
             secret(),
         ] {
             assert_eq!(classify(&quiet), "None", "{quiet}");
+        }
+    }
+
+    #[test]
+    fn staged_names_are_a_name_a_hash_and_digits() {
+        for staged in ["part-0.parquet#1", "00000000000000000003.json#42", "a#0"] {
+            assert!(is_staged_name(staged), "{staged}");
+        }
+        for other in ["part-0.parquet", "#1", "a#", "a#1x", "a#-1", "a#1#2"] {
+            assert!(!is_staged_name(other), "{other}");
         }
     }
 }
