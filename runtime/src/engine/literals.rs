@@ -16,6 +16,9 @@
 //! PostgreSQL reads such a literal as a float there; [`FloatNeighbours`], an analyzer rule that
 //! runs before DataFusion's type coercion, does the same, and so for a `UNION` column that is a
 //! float in another input and for a subquery answering a literal (`f IN (SELECT 0.5)`).
+//! Any other decimal value beside a float there (a `DECIMAL` column: `d = f`, `coalesce(d, f)`,
+//! `d IN (SELECT f …)`, a join on `d = f`, `d` and `f` as one `UNION` column) is cast to
+//! `DOUBLE`, as PostgreSQL and DuckDB do, instead of the float to `DECIMAL(30,15)`.
 //! DataFusion types a `VALUES` list while it plans it, so there the numbers of a column holding
 //! a float cast become casts to `DOUBLE` before planning.
 
@@ -24,13 +27,13 @@ use std::sync::Arc;
 
 use arrow::datatypes::{DataType, Field};
 use datafusion::common::tree_node::{Transformed, TransformedResult, TreeNode};
-use datafusion::common::{DFSchema, ExprSchema, Result as DfResult, ScalarValue};
+use datafusion::common::{Column, DFSchema, ExprSchema, Result as DfResult, ScalarValue};
 use datafusion::config::ConfigOptions;
-use datafusion::logical_expr::expr::{Between, Case, InList, InSubquery, ScalarFunction};
+use datafusion::logical_expr::expr::{Between, Case, Cast, InList, InSubquery, ScalarFunction};
 use datafusion::logical_expr::expr_rewriter::NamePreserver;
 use datafusion::logical_expr::{
-    BinaryExpr, Expr as Df, ExprSchemable, LogicalPlan, Operator, Projection, Subquery, Union,
-    Values,
+    BinaryExpr, Expr as Df, ExprSchemable, Join, LogicalPlan, Operator, Projection, Subquery,
+    Union, Values,
 };
 use datafusion::optimizer::AnalyzerRule;
 use datafusion::sql::parser::{CopyToSource, Statement as DfStatement};
@@ -218,12 +221,15 @@ impl AnalyzerRule for FloatNeighbours {
         plan.transform_up_with_subqueries(|node| {
             let node = match node {
                 LogicalPlan::Union(union) => return union_columns(union),
-                node => node,
+                LogicalPlan::Join(join) if !join.on.is_empty() => join_keys(join),
+                node => Transformed::no(node),
             };
-            if !has_decimal_literal(&node)? {
-                return Ok(Transformed::no(node));
-            }
+            let joined = node.transformed;
+            let node = node.data;
             let schema = super::checked::input_schema(&node)?;
+            if !may_mix(&node, &schema)? {
+                return Ok(Transformed::new_transformed(node, joined));
+            }
             // Where expressions name output columns, the names stay those the plan was built
             // with (the literal's type is part of a name).
             let names = matches!(
@@ -231,14 +237,16 @@ impl AnalyzerRule for FloatNeighbours {
                 LogicalPlan::Projection(_) | LogicalPlan::Aggregate(_) | LogicalPlan::Window(_)
             )
             .then(NamePreserver::new_for_projection);
-            node.map_expressions(|e| {
+            let mut out = node.map_expressions(|e| {
                 let saved = names.as_ref().map(|n| n.save(&e));
                 let out = e.transform_up(|e| Ok(beside_floats(e, &schema)))?;
                 Ok(match (saved, out.transformed) {
                     (Some(saved), true) => Transformed::yes(saved.restore(out.data)),
                     _ => out,
                 })
-            })
+            })?;
+            out.transformed |= joined;
+            Ok(out)
         })
         .data()
     }
@@ -249,8 +257,9 @@ impl AnalyzerRule for FloatNeighbours {
 }
 
 /// A `UNION` column that is a float in one input: a decimal literal for it in another input
-/// (`SELECT name, 0.0 FROM a UNION ALL SELECT name, score FROM b`) becomes a `DOUBLE`. The
-/// union's own schema is derived again from its inputs by DataFusion's type coercion.
+/// (`SELECT name, 0.0 FROM a UNION ALL SELECT name, score FROM b`) becomes a `DOUBLE`, and a
+/// decimal column there is cast to one. The union's own schema is derived again from its inputs
+/// by DataFusion's type coercion.
 fn union_columns(union: Union) -> DfResult<Transformed<LogicalPlan>> {
     let Union { mut inputs, schema } = union;
     let mut floats = vec![false; schema.fields().len()];
@@ -265,7 +274,7 @@ fn union_columns(union: Union) -> DfResult<Transformed<LogicalPlan>> {
             continue;
         }
         for input in inputs.iter_mut() {
-            if let Some(p) = literal_column_as_float(input, i)? {
+            if let Some(p) = column_as_float(input, i)? {
                 *input = Arc::new(p);
                 *changed = true;
             }
@@ -349,10 +358,79 @@ fn literal_column_as_float(plan: &LogicalPlan, i: usize) -> DfResult<Option<Logi
     )?)))
 }
 
-/// Whether `node` has a decimal literal, or a subquery that may answer one.
-fn has_decimal_literal(node: &LogicalPlan) -> DfResult<bool> {
+/// `plan` with its `i`th column as a `DOUBLE` when it is a decimal: a literal becomes a `DOUBLE`
+/// literal, any other decimal is cast (in a projection over `plan`, of the same name).
+fn column_as_float(plan: &LogicalPlan, i: usize) -> DfResult<Option<LogicalPlan>> {
+    if let Some(p) = literal_column_as_float(plan, i)? {
+        return Ok(Some(p));
+    }
+    let schema = plan.schema();
+    if !schema
+        .fields()
+        .get(i)
+        .is_some_and(|f| is_decimal_type(f.data_type()))
+    {
+        return Ok(None);
+    }
+    let expr = schema
+        .iter()
+        .enumerate()
+        .map(|(j, (q, f))| {
+            let column = Df::Column(Column::new(q.cloned(), f.name()));
+            match j == i {
+                true => as_double_cast(column).alias_qualified(q.cloned(), f.name()),
+                false => column,
+            }
+        })
+        .collect();
+    Ok(Some(LogicalPlan::Projection(Projection::try_new(
+        expr,
+        Arc::new(plan.clone()),
+    )?)))
+}
+
+/// A join's equality keys (`USING`, or an `ON` DataFusion took apart) pair a float with a
+/// decimal: the decimal is cast to `DOUBLE`.
+fn join_keys(mut join: Join) -> Transformed<LogicalPlan> {
+    let mut changed = false;
+    let (left, right) = (join.left.schema(), join.right.schema());
+    for (l, r) in join.on.iter_mut() {
+        let (lt, rt) = (
+            l.get_type(left.as_ref() as &dyn ExprSchema),
+            r.get_type(right.as_ref() as &dyn ExprSchema),
+        );
+        let (Ok(lt), Ok(rt)) = (lt, rt) else {
+            continue;
+        };
+        let decimal = match (is_float_type(&lt), is_float_type(&rt)) {
+            (true, false) if is_decimal_type(&rt) => r,
+            (false, true) if is_decimal_type(&lt) => l,
+            _ => continue,
+        };
+        *decimal = as_double_cast(std::mem::replace(
+            decimal,
+            Df::Literal(ScalarValue::Null, None),
+        ));
+        changed = true;
+    }
+    Transformed::new_transformed(LogicalPlan::Join(join), changed)
+}
+
+/// Whether `node`'s expressions may put a decimal beside a float: a decimal literal, a subquery
+/// (which may answer one), a decimal column of its input or a cast to a decimal.
+fn may_mix(node: &LogicalPlan, schema: &DFSchema) -> DfResult<bool> {
+    if schema
+        .fields()
+        .iter()
+        .any(|f| is_decimal_type(f.data_type()))
+    {
+        return Ok(true);
+    }
     super::checked::any_expression(node, |e| {
-        decimal_literal(e).is_some() || matches!(e, Df::InSubquery(_) | Df::ScalarSubquery(_))
+        decimal_literal(e).is_some()
+            || matches!(e, Df::InSubquery(_) | Df::ScalarSubquery(_))
+            || matches!(e, Df::Cast(c) if is_decimal_type(c.field.data_type()))
+            || matches!(e, Df::TryCast(c) if is_decimal_type(c.field.data_type()))
     })
 }
 
@@ -380,27 +458,50 @@ fn is_float_type(t: &DataType) -> bool {
     matches!(t, DataType::Float16 | DataType::Float32 | DataType::Float64)
 }
 
-/// `group`'s decimal literals as `DOUBLE`s when one of its other members is a float. Types are
-/// asked for only when the group holds a decimal literal.
+fn is_decimal_type(t: &DataType) -> bool {
+    matches!(
+        t,
+        DataType::Decimal32(..)
+            | DataType::Decimal64(..)
+            | DataType::Decimal128(..)
+            | DataType::Decimal256(..)
+    )
+}
+
+fn as_double_cast(e: Df) -> Df {
+    Df::Cast(Cast::new(Box::new(e), DataType::Float64))
+}
+
+/// `group`'s decimals as `DOUBLE`s when one of its other members is a float: a decimal
+/// literal (or a subquery answering one) becomes a `DOUBLE` literal, any other decimal value is
+/// cast.
 fn unify(group: &mut [&mut Df], schema: &DFSchema) -> bool {
-    let literals = group.iter().filter(|e| literal_like(e)).count();
-    if literals == 0 || literals == group.len() {
-        return false;
-    }
-    if !group
+    let types: Vec<Option<DataType>> = group
         .iter()
-        .any(|e| !literal_like(e) && is_float(e, schema))
-    {
+        .map(|e| match literal_like(e) {
+            true => None,
+            false => e.get_type(schema as &dyn ExprSchema).ok(),
+        })
+        .collect();
+    if !types.iter().flatten().any(is_float_type) {
         return false;
     }
-    for e in group.iter_mut() {
+    let mut changed = false;
+    for (e, t) in group.iter_mut().zip(types) {
         if let Some(v) = decimal_literal(e) {
             **e = Df::Literal(ScalarValue::Float64(Some(v)), None);
-        } else if let Df::ScalarSubquery(sq) = &mut **e {
-            as_float_column(sq);
+            changed = true;
+        } else if let Df::ScalarSubquery(sq) = &mut **e
+            && t.is_none()
+        {
+            changed |= as_float_column(sq);
+        } else if t.as_ref().is_some_and(is_decimal_type) {
+            let decimal = std::mem::replace(&mut **e, Df::Literal(ScalarValue::Null, None));
+            **e = as_double_cast(decimal);
+            changed = true;
         }
     }
-    true
+    changed
 }
 
 /// A decimal literal, or a subquery answering one (`f > (SELECT 0.5)`).
@@ -413,7 +514,15 @@ fn literal_like(e: &Df) -> bool {
 
 /// `subquery`'s first column, a decimal literal, as a `DOUBLE` literal.
 fn as_float_column(subquery: &mut Subquery) -> bool {
-    match literal_column_as_float(&subquery.subquery, 0) {
+    replace_first_column(subquery, literal_column_as_float)
+}
+
+/// `subquery` with its first column replaced by what `to_float` makes of its plan, if anything.
+fn replace_first_column(
+    subquery: &mut Subquery,
+    to_float: fn(&LogicalPlan, usize) -> DfResult<Option<LogicalPlan>>,
+) -> bool {
+    match to_float(&subquery.subquery, 0) {
         Ok(Some(plan)) => {
             subquery.subquery = Arc::new(plan);
             true
@@ -436,10 +545,24 @@ const UNIFYING: &[&str] = &[
 
 fn beside_floats(mut e: Df, schema: &DFSchema) -> Transformed<Df> {
     let mut changed = false;
-    if let Df::InSubquery(InSubquery { expr, subquery, .. }) = &mut e
-        && is_float(expr, schema)
-    {
-        changed |= as_float_column(subquery);
+    if let Df::InSubquery(InSubquery { expr, subquery, .. }) = &mut e {
+        // `f IN (SELECT 0.5)`, `f IN (SELECT d …)`; `d IN (SELECT f …)`.
+        if is_float(expr, schema) {
+            changed |= replace_first_column(subquery, column_as_float);
+        } else if subquery
+            .subquery
+            .schema()
+            .fields()
+            .first()
+            .is_some_and(|f| is_float_type(f.data_type()))
+            && expr
+                .get_type(schema as &dyn ExprSchema)
+                .is_ok_and(|t| is_decimal_type(&t))
+        {
+            let decimal = std::mem::replace(expr.as_mut(), Df::Literal(ScalarValue::Null, None));
+            **expr = as_double_cast(decimal);
+            changed = true;
+        }
     }
     for mut group in unified_groups(&mut e) {
         changed |= unify(&mut group, schema);
