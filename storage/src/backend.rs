@@ -577,6 +577,23 @@ fn lost_dir_race(e: &object_store::Error) -> bool {
 mod tests {
     use super::*;
 
+    /// A raw put of `key` is taken for a lost race, and a put through [`Storage`], run again a
+    /// bounded number of times, fails with the store's own error. Returns the raw error.
+    async fn lost_race_every_time(storage: &Storage, key: &Path) -> object_store::Error {
+        let raw = storage
+            .store
+            .put(&storage.absolute(key), PutPayload::from_static(b"{}"))
+            .await
+            .unwrap_err();
+        assert!(lost_dir_race(&raw), "{raw}");
+        let err = storage
+            .put(key, Bytes::from_static(b"{}"))
+            .await
+            .unwrap_err();
+        assert!(err.to_string().contains("Unable to create dir"), "{err}");
+        raw
+    }
+
     /// The error a put gets when its directory vanishes between `mkdir` and the check that it
     /// is a directory, made to happen every time: the directory is a dangling symbolic link
     /// (`mkdir` says it exists, and it is no directory). The put is recognised as having lost
@@ -589,18 +606,7 @@ mod tests {
         std::os::unix::fs::symlink(dir.path().join("gone"), dir.path().join("inbox/node-2"))
             .unwrap();
         let key = Path::from("inbox/node-2/task.json");
-        let location = storage.absolute(&key);
-        let raw = storage
-            .store
-            .put(&location, PutPayload::from_static(b"{}"))
-            .await
-            .unwrap_err();
-        assert!(lost_dir_race(&raw), "{raw}");
-        let err = storage
-            .put(&key, Bytes::from_static(b"{}"))
-            .await
-            .unwrap_err();
-        assert!(err.to_string().contains("Unable to create dir"), "{err}");
+        lost_race_every_time(&storage, &key).await;
         assert!(
             storage
                 .put_if_absent(&key, Bytes::from_static(b"{}"))
@@ -645,21 +651,11 @@ mod tests {
         std::os::unix::fs::symlink(format!("/proc/self/fd/{fd}"), dir.path().join("inbox"))
             .unwrap();
         let key = Path::from("inbox/node-1/task.json");
-        let raw = storage
-            .store
-            .put(&storage.absolute(&key), PutPayload::from_static(b"{}"))
-            .await
-            .unwrap_err();
+        let raw = lost_race_every_time(&storage, &key).await;
         assert!(
             raw.to_string().contains("No such file or directory"),
             "{raw}"
         );
-        assert!(lost_dir_race(&raw), "{raw}");
-        let err = storage
-            .put(&key, Bytes::from_static(b"{}"))
-            .await
-            .unwrap_err();
-        assert!(err.to_string().contains("Unable to create dir"), "{err}");
         // A read of a missing object is a plain NotFound, never taken for the race.
         let missing = storage
             .store
