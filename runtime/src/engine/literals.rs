@@ -407,10 +407,7 @@ fn join_keys(mut join: Join) -> Transformed<LogicalPlan> {
             (false, true) if is_decimal_type(&lt) => l,
             _ => continue,
         };
-        *decimal = as_double_cast(std::mem::replace(
-            decimal,
-            Df::Literal(ScalarValue::Null, None),
-        ));
+        cast_in_place(decimal);
         changed = true;
     }
     Transformed::new_transformed(LogicalPlan::Join(join), changed)
@@ -472,6 +469,12 @@ fn as_double_cast(e: Df) -> Df {
     Df::Cast(Cast::new(Box::new(e), DataType::Float64))
 }
 
+/// Replace `e` by `CAST(e AS DOUBLE)`.
+fn cast_in_place(e: &mut Df) {
+    let inner = std::mem::replace(e, Df::Literal(ScalarValue::Null, None));
+    *e = as_double_cast(inner);
+}
+
 /// `group`'s decimals as `DOUBLE`s when one of its other members is a float: a decimal
 /// literal (or a subquery answering one) becomes a `DOUBLE` literal, any other decimal value is
 /// cast.
@@ -496,8 +499,7 @@ fn unify(group: &mut [&mut Df], schema: &DFSchema) -> bool {
         {
             changed |= as_float_column(sq);
         } else if t.as_ref().is_some_and(is_decimal_type) {
-            let decimal = std::mem::replace(&mut **e, Df::Literal(ScalarValue::Null, None));
-            **e = as_double_cast(decimal);
+            cast_in_place(e);
             changed = true;
         }
     }
@@ -559,8 +561,7 @@ fn beside_floats(mut e: Df, schema: &DFSchema) -> Transformed<Df> {
                 .get_type(schema as &dyn ExprSchema)
                 .is_ok_and(|t| is_decimal_type(&t))
         {
-            let decimal = std::mem::replace(expr.as_mut(), Df::Literal(ScalarValue::Null, None));
-            **expr = as_double_cast(decimal);
+            cast_in_place(expr);
             changed = true;
         }
     }
