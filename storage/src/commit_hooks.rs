@@ -32,7 +32,7 @@ pub(crate) fn only_at(inner: LogStoreRef, version: Version) -> LogStoreRef {
     })
 }
 
-/// `inner`, pausing `pause` before writing any commit after a table's first.
+/// `inner`, pausing `pause` before writing any commit (a new frame's first carries its cells).
 pub(crate) fn pausing(inner: LogStoreRef, pause: Duration) -> LogStoreRef {
     Arc::new(HookedLogStore {
         inner,
@@ -72,7 +72,7 @@ impl LogStore for HookedLogStore {
         operation_id: Uuid,
     ) -> Result<(), TransactionError> {
         match self.hook {
-            Hook::Pause(pause) if version > 0 => {
+            Hook::Pause(pause) => {
                 warn!(?pause, version, "fault injection: pausing before commit");
                 tokio::time::sleep(pause).await;
             }

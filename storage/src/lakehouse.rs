@@ -5,7 +5,6 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use arrow::datatypes::SchemaRef;
-use chrono::Utc;
 use futures::StreamExt;
 use object_store::ObjectStoreExt;
 use tracing::{info, warn};
@@ -15,14 +14,12 @@ use crate::catalog::Catalog;
 use crate::error::{Error, ObjectKind, Result};
 use crate::format::{ExternalFormat, ExternalV1, MarkerV1, ViewV1};
 use crate::ledger::{FrameSnapshot, Ledger, LedgerConfig};
+use crate::new_frame::{Begun, FirstCommit, NewShape};
 use crate::paths::{BoxRef, FrameRef, Ident};
 
 /// A reserved frame name whose table never appeared (its creator died) may be taken over after
 /// this long.
-const STALE_RESERVATION: Duration = Duration::from_secs(60);
-
-/// How long a create-or-append waits for a frame another writer is creating.
-const CREATION_WAIT: Duration = Duration::from_secs(10);
+pub(crate) const STALE_RESERVATION: Duration = Duration::from_secs(60);
 
 /// Catalog + ledger of one storage root.
 #[derive(Debug, Clone)]
@@ -69,7 +66,9 @@ impl Lakehouse {
 
     // ---- frames ------------------------------------------------------------------------------
 
-    /// Create a frame. Returns `Ok(None)` if it already exists and `if_not_exists` is set.
+    /// Create an empty frame. Returns `Ok(None)` if it already exists and `if_not_exists` is
+    /// set: then a frame another writer is creating is waited for (a caller that goes on to use
+    /// it, create-or-append, finds its log there).
     pub async fn create_frame(
         &self,
         frame: &FrameRef,
@@ -78,7 +77,11 @@ impl Lakehouse {
         cluster_by: &[String],
         if_not_exists: bool,
     ) -> Result<Option<FrameSnapshot>> {
-        self.catalog.require_box(&frame.box_ref()).await?;
+        let shape = NewShape {
+            schema: schema.clone(),
+            partition_columns: partition_columns.to_vec(),
+            cluster_by: cluster_by.to_vec(),
+        };
         let exists = || {
             if if_not_exists {
                 Ok(None)
@@ -89,91 +92,23 @@ impl Lakehouse {
                 })
             }
         };
-        let incarnation = match self.catalog.reserve_frame(frame).await? {
-            Some(marker) => {
-                if self.ledger.has_leftovers(frame).await? {
-                    // Data of an earlier frame of this name whose drop was interrupted.
-                    warn!(frame = %frame, "removing leftovers of an interrupted drop");
-                    self.ledger.delete_data(frame).await?;
+        let new = match self.begin_frame(frame, shape).await? {
+            Begun::Reserved(new) => new,
+            Begun::Exists => return exists(),
+            Begun::BeingCreated(new) => {
+                if if_not_exists {
+                    self.await_first_commit(&new).await?;
                 }
-                marker.id
-            }
-            None => {
-                let Some(marker) = self.catalog.frame_marker(frame).await? else {
-                    // Dropped between our reservation attempt and now; let the caller retry.
-                    return Err(Error::Conflict {
-                        frame: frame.to_string(),
-                        detail: "it was dropped while being created; retry".into(),
-                    });
-                };
-                let age = (Utc::now() - marker.created_at)
-                    .to_std()
-                    .unwrap_or_default();
-                if self.ledger.has_leftovers(frame).await? {
-                    return exists();
-                }
-                if age < STALE_RESERVATION {
-                    // Another writer is creating it right now. A caller that goes on to use
-                    // the frame (create-or-append) waits until its log is there.
-                    if if_not_exists {
-                        self.await_creation(frame).await?;
-                    }
-                    return exists();
-                }
-                warn!(frame = %frame, "taking over a reservation whose creator died");
-                marker.id
+                return exists();
             }
         };
-        let created = self
-            .ledger
-            .create_table(frame, &incarnation, schema, partition_columns, cluster_by)
-            .await;
-        let snapshot = match created {
-            Ok(s) => s,
-            Err(e) => {
-                self.undo_create(frame).await;
-                return Err(e);
-            }
-        };
-        // The box may have been dropped while we created the frame.
-        if !self.catalog.box_exists(&frame.box_ref()).await? {
-            self.undo_create(frame).await;
-            return Err(Error::NotFound {
-                kind: ObjectKind::Box,
-                name: frame.box_ref().to_string(),
-            });
-        }
-        info!(frame = %frame, "frame created");
-        Ok(Some(snapshot))
-    }
-
-    /// Wait (at most [`CREATION_WAIT`]) for the frame another writer reserved to get its
-    /// Delta log; a conflict to retry when it does not, or when the creator gave up.
-    async fn await_creation(&self, frame: &FrameRef) -> Result<()> {
-        let deadline = tokio::time::Instant::now() + CREATION_WAIT;
-        loop {
-            tokio::time::sleep(Duration::from_millis(20)).await;
-            if self.ledger.has_leftovers(frame).await? {
-                return Ok(());
-            }
-            let gone = self.catalog.frame_marker(frame).await?.is_none();
-            if gone || tokio::time::Instant::now() >= deadline {
-                return Err(Error::Conflict {
-                    frame: frame.to_string(),
-                    detail: format!(
-                        "another writer {} it; retry",
-                        if gone {
-                            "gave up creating"
-                        } else {
-                            "is still creating"
-                        }
-                    ),
-                });
-            }
+        match self.first_commit(&new, 0, Vec::new()).await? {
+            FirstCommit::Created { snapshot, .. } => Ok(Some(snapshot)),
+            FirstCommit::Taken(_) => exists(),
         }
     }
 
-    async fn undo_create(&self, frame: &FrameRef) {
+    pub(crate) async fn undo_create(&self, frame: &FrameRef) {
         if let Err(e) = self.catalog.unregister_frame(frame).await {
             warn!(frame = %frame, error = %e, "undoing frame creation");
         }
@@ -326,6 +261,14 @@ impl Lakehouse {
             .snapshot_in(frame, &marker.id, version, external.as_ref())
             .await
         {
+            // A version 0 committed under another marker (its creator committed after a drop
+            // and re-creation of the name) is no frame of this one.
+            Ok(s) if Ledger::incarnation_of(s.delta_state()).is_some_and(|i| i != marker.id) => {
+                Err(Error::NotFound {
+                    kind: ObjectKind::Frame,
+                    name: format!("{frame} (it is being created: retry)"),
+                })
+            }
             Ok(s) => Ok(Opened::Frame(s)),
             // Registered, but no Delta log (yet): another writer is creating it right now, or
             // its creation was interrupted. Either way there is no frame to read.
@@ -593,6 +536,14 @@ mod tests {
         Arc::new(Schema::new(vec![Field::new("v", DataType::Int64, true)]))
     }
 
+    fn shape() -> NewShape {
+        NewShape {
+            schema: schema(),
+            partition_columns: Vec::new(),
+            cluster_by: Vec::new(),
+        }
+    }
+
     /// A create-or-append that finds another writer mid-creation returns once the frame's log
     /// is there, never before: the append that follows can read the frame.
     #[tokio::test]
@@ -602,7 +553,7 @@ mod tests {
         let creator = async {
             tokio::time::sleep(Duration::from_millis(300)).await;
             lh.ledger
-                .create_table(&frame(), &marker.id, &schema(), &[], &[])
+                .create_table(&frame(), &marker.id, &shape(), Vec::new())
                 .await
                 .unwrap();
         };

@@ -27,8 +27,8 @@ use deltalake::kernel::transaction::{
 };
 use deltalake::kernel::{Action, Add};
 use deltalake::logstore::{
-    LogStore, LogStoreFactory, LogStoreRef, StorageConfig, default_logstore, logstore_factories,
-    logstore_with,
+    LogStore, LogStoreFactory, LogStoreRef, ObjectStoreRef, StorageConfig, default_logstore,
+    logstore_factories, logstore_with,
 };
 use deltalake::operations::create::CreateBuilder;
 use deltalake::operations::write::writer::{DeltaWriter, WriterConfig};
@@ -46,9 +46,24 @@ use crate::footers::FooterCache;
 use crate::paths::{self, FrameRef};
 use crate::schema;
 use crate::shape::{
-    CLUSTER_BY_PROPERTY, cluster_property, parse_cluster_property, protocol_for,
+    CLUSTER_BY_PROPERTY, NewShape, cluster_property, parse_cluster_property, protocol_for,
     validate_clustering, validate_partitioning,
 };
+
+/// The table property that records which catalog marker (incarnation of the name) a frame's
+/// version 0 was committed under.
+pub(crate) const INCARNATION_PROPERTY: &str = "apiary.incarnation";
+
+/// What [`Ledger::create_table`] found.
+#[derive(Debug)]
+pub enum Created {
+    /// Version 0 is this create's.
+    Ours(FrameSnapshot),
+    /// Version 0 exists and belongs to another incarnation of the name.
+    Foreign,
+    /// The commit failed and whether version 0 landed could not be read: its cells must stay.
+    Unsure(Error),
+}
 
 /// Rows per Parquet row group: small enough for useful pruning and parallel scans, large enough
 /// for good compression.
@@ -64,7 +79,7 @@ pub struct LedgerConfig {
     /// How cells' pages are compressed.
     pub compression: CellCompression,
     /// Fault injection for crash tests: sleep this long between writing cells and committing
-    /// (any commit after a frame's first: appends, DML, maintenance), so a test can kill the
+    /// (any commit: a new frame's first, appends, DML, maintenance), so a test can kill the
     /// writer at exactly that point. Set from config; `None` in production.
     pub pause_before_commit: Option<Duration>,
     /// A checkpoint every this many commits, recorded in each new frame's table properties
@@ -300,6 +315,8 @@ impl FrameSnapshot {
 /// Writes cells for one commit. Batches are cast to the frame's schema first.
 pub struct CellWriter {
     inner: Option<DeltaWriter>,
+    /// The frame's root, where the cells go (and are deleted from by [`CellWriter::discard`]).
+    store: ObjectStoreRef,
     schema: SchemaRef,
     partition_columns: Vec<String>,
     rows: u64,
@@ -347,12 +364,28 @@ impl CellWriter {
         }
     }
 
-    /// Abandon the write; uploaded cells stay as unreferenced files.
-    pub async fn abort(mut self) {
-        if let Some(w) = self.inner.take()
-            && let Err(e) = w.abort().await
-        {
-            warn!(error = %e, "aborting cell writer");
+    /// Abandon the write and delete the cells it uploaded: the last buffered cell is flushed
+    /// to learn every cell's name. Cells that cannot be deleted stay as unreferenced files (for
+    /// VACUUM).
+    pub async fn discard(mut self) {
+        let Some(w) = self.inner.take() else { return };
+        match w.close().await {
+            Ok(adds) => delete_cells(&self.store, &adds).await,
+            Err(e) => warn!(error = %e, "abandoned cells left for VACUUM"),
+        }
+    }
+}
+
+/// Delete the cells of `adds` (written, never committed) from a frame's root.
+async fn delete_cells(store: &ObjectStoreRef, adds: &[Add]) {
+    use object_store::ObjectStoreExt;
+    for add in adds {
+        let deleted = match Path::parse(&add.path) {
+            Ok(path) => store.delete(&path).await.map_err(|e| e.to_string()),
+            Err(e) => Err(e.to_string()),
+        };
+        if let Err(e) = deleted {
+            warn!(cell = %add.path, error = %e, "uncommitted cell left for VACUUM");
         }
     }
 }
@@ -480,34 +513,54 @@ impl Ledger {
             .is_empty())
     }
 
+    /// Drop what this node knows of `frame`'s log (its log was removed).
+    pub(crate) fn forget(&self, frame: &FrameRef) {
+        self.cache.lock().expect("ledger cache").remove(frame);
+    }
+
     /// Delete everything under the frame's root.
     pub async fn delete_data(&self, frame: &FrameRef) -> Result<usize> {
         self.cache.lock().expect("ledger cache").remove(frame);
         self.storage.delete_prefix(&paths::frame_root(frame)).await
     }
 
-    /// Create the Delta table of a new frame (version 0, no cells).
+    /// Create the Delta table of a new frame: version 0 records its schema and layout together
+    /// with `adds`, the cells already written, so the frame appears with its first rows or not
+    /// at all. Version 0 also records `incarnation` (the catalog marker it belongs to,
+    /// [`INCARNATION_PROPERTY`]), which says whose a version 0 is when the outcome of its
+    /// commit is unclear.
     pub async fn create_table(
         &self,
         frame: &FrameRef,
         incarnation: &str,
-        schema: &SchemaRef,
-        partition_columns: &[String],
-        cluster_by: &[String],
-    ) -> Result<FrameSnapshot> {
-        validate_partitioning(schema, partition_columns)?;
-        validate_clustering(schema, partition_columns, cluster_by)?;
-        let delta_schema = schema::to_delta(schema)?;
-        // Our own property (`apiary.clusterBy`) is not one delta-rs knows.
-        let mut create = CreateBuilder::new().with_raise_if_key_not_exists(false);
+        shape: &NewShape,
+        adds: Vec<Add>,
+    ) -> Result<Created> {
+        let NewShape {
+            partition_columns,
+            cluster_by,
+            ..
+        } = shape;
+        let delta_schema = shape.validate()?;
+        // Our own properties (`apiary.*`) are not ones delta-rs knows.
+        let mut configuration = HashMap::from([(
+            INCARNATION_PROPERTY.to_string(),
+            Some(incarnation.to_string()),
+        )]);
         if !cluster_by.is_empty() {
-            create = create.with_configuration(HashMap::from([(
+            configuration.insert(
                 CLUSTER_BY_PROPERTY.to_string(),
                 Some(cluster_property(cluster_by)),
-            )]));
+            );
         }
-        let table = create
-            .with_log_store(self.log_store(frame)?)
+        let create = CreateBuilder::new()
+            .with_raise_if_key_not_exists(false)
+            .with_configuration(configuration);
+        // Version 0 only: delta-rs would otherwise rebase a create that lost the race onto the
+        // winner's table, as a commit at version 1 that records its own schema over the
+        // winner's (two loaders creating one frame at once left two CREATE TABLE commits).
+        let created = create
+            .with_log_store(crate::commit_hooks::only_at(self.log_store(frame)?, 0))
             .with_table_name(frame.name.as_str())
             .with_columns(delta_schema.fields().cloned())
             .with_partition_columns(partition_columns.to_vec())
@@ -522,19 +575,50 @@ impl Ledger {
                 Some(self.config.cell_target_bytes.max(1).to_string()),
             )
             .with_save_mode(SaveMode::ErrorIfExists)
-            .await
-            .map_err(|e| match e {
-                DeltaTableError::Transaction {
-                    source: TransactionError::VersionAlreadyExists(_),
-                } => Error::Conflict {
-                    frame: frame.to_string(),
-                    detail: "its location already holds a table that is being dropped; retry"
-                        .into(),
-                },
-                other => other.into(),
-            })?;
-        let state = table.snapshot()?.clone();
-        self.snapshot_from_state(frame, incarnation, state, None)
+            .with_actions(adds.into_iter().map(Action::Add))
+            .await;
+        match created {
+            Ok(table) => match table.snapshot() {
+                Ok(state) => self
+                    .snapshot_from_state(frame, incarnation, state.clone(), None)
+                    .map(Created::Ours),
+                // Committed, but not loaded: the cells must stay.
+                Err(e) => Ok(Created::Unsure(e.into())),
+            },
+            // Lost the race to version 0, or delta-rs found a table there before committing (an
+            // error it does not export), or an error after the commit itself (delta-rs loads
+            // the table it wrote; a retried conditional put may find its own object): version
+            // 0, if there is one, says whose it is.
+            Err(e) => match self.version_0_of(frame).await {
+                Ok(Some(commit)) if String::from_utf8_lossy(&commit).contains(incarnation) => {
+                    warn!(frame = %frame, error = %e, "version 0 was committed despite an error");
+                    let state = self.snapshot(frame, incarnation, Some(0)).await?;
+                    Ok(Created::Ours(state))
+                }
+                Ok(Some(_)) => Ok(Created::Foreign),
+                Ok(None) => Err(e.into()),
+                Err(check) => Ok(Created::Unsure(Error::Internal(format!(
+                    "creating {frame} failed ({e}), and whether its first commit landed is \
+                     unknown ({check})"
+                )))),
+            },
+        }
+    }
+
+    /// The bytes of version 0 of `frame`'s log, if it exists.
+    async fn version_0_of(&self, frame: &FrameRef) -> Result<Option<bytes::Bytes>> {
+        let log_store = self.log_store(frame)?;
+        Ok(log_store.read_commit_entry(0).await?)
+    }
+
+    /// The catalog marker id that version 0 of `state`'s table recorded; `None` for a table
+    /// created before Apiary recorded it, or by another writer.
+    pub(crate) fn incarnation_of(state: &DeltaTableState) -> Option<&str> {
+        state
+            .metadata()
+            .configuration()
+            .get(INCARNATION_PROPERTY)
+            .map(String::as_str)
     }
 
     fn snapshot_from_state(
@@ -677,14 +761,37 @@ impl Ledger {
         }
     }
 
+    /// Delete cells of `frame` that were written and never committed.
+    pub(crate) async fn discard_cells(&self, frame: &FrameRef, adds: &[Add]) {
+        match self.log_store(frame) {
+            Ok(store) => delete_cells(&store.object_store(None), adds).await,
+            Err(e) => warn!(frame = %frame, error = %e, "uncommitted cells left for VACUUM"),
+        }
+    }
+
     /// A writer for new cells of `snapshot`'s frame.
     pub fn writer(&self, snapshot: &FrameSnapshot) -> Result<CellWriter> {
         snapshot.writable()?;
-        let log_store = self.log_store(&snapshot.frame)?;
+        self.cell_writer(
+            &snapshot.frame,
+            &snapshot.schema,
+            &snapshot.partition_columns,
+        )
+    }
+
+    /// A writer for cells of `frame` with `schema` and `partition_columns`, whose table may not
+    /// exist yet.
+    pub(crate) fn cell_writer(
+        &self,
+        frame: &FrameRef,
+        schema: &SchemaRef,
+        partition_columns: &[String],
+    ) -> Result<CellWriter> {
+        let store = self.log_store(frame)?.object_store(None);
         let props = self.writer_properties()?;
         let config = WriterConfig::new(
-            snapshot.schema.clone(),
-            snapshot.partition_columns.clone(),
+            schema.clone(),
+            partition_columns.to_vec(),
             Some(props),
             NonZeroU64::new(self.config.cell_target_bytes),
             None,
@@ -692,9 +799,10 @@ impl Ledger {
             None,
         );
         Ok(CellWriter {
-            inner: Some(DeltaWriter::new(log_store.object_store(None), config)),
-            schema: snapshot.schema.clone(),
-            partition_columns: snapshot.partition_columns.clone(),
+            inner: Some(DeltaWriter::new(store.clone(), config)),
+            store,
+            schema: schema.clone(),
+            partition_columns: partition_columns.to_vec(),
             rows: 0,
         })
     }
@@ -796,8 +904,13 @@ impl Ledger {
 
 /// Whether commit `version + 1` exists in the log: one existence check (a HEAD on S3).
 async fn next_commit_exists(log_store: &dyn LogStore, version: u64) -> Result<bool> {
+    version_exists(log_store, version + 1).await
+}
+
+/// Whether commit `version` exists in the log.
+async fn version_exists(log_store: &dyn LogStore, version: u64) -> Result<bool> {
     use object_store::ObjectStoreExt;
-    let next = deltalake::logstore::commit_uri_from_version(Some(version + 1));
+    let next = deltalake::logstore::commit_uri_from_version(Some(version));
     match log_store.object_store(None).head(&next).await {
         Ok(_) => Ok(true),
         Err(object_store::Error::NotFound { .. }) => Ok(false),

@@ -28,6 +28,7 @@
 //! | [`footers`]   | the node's cache of decoded Parquet footers (hits counted)            |
 //! | [`provider`]  | DataFusion `TableProvider` and `DataSink` over a pinned snapshot      |
 //! | [`lakehouse`] | flows that touch catalog and ledger together (create/drop)            |
+//! | [`new_frame`] | creating a frame with its first cells in one commit (CTAS, ingest)     |
 //! | [`dml`]       | DELETE, UPDATE, MERGE through delta-rs on the caller's session          |
 //! | [`history`]   | a frame's commits, the version at an instant, RESTORE                  |
 //! | [`maintain`]  | OPTIMIZE, VACUUM (deleting object by object), ADD COLUMN, CLUSTER BY    |
@@ -48,11 +49,12 @@ pub mod lakehouse;
 pub mod ledger;
 pub mod maintain;
 pub mod nan;
+pub mod new_frame;
 pub mod paths;
 pub mod provider;
 mod scan_stats;
 pub mod schema;
-mod shape;
+pub(crate) mod shape;
 mod spread;
 mod values;
 
@@ -66,6 +68,7 @@ pub use history::{Commit, Restored};
 pub use lakehouse::{Lakehouse, Opened};
 pub use ledger::{FrameSnapshot, FrameStats, Ledger, LedgerConfig, cell_size_for_budget};
 pub use maintain::{Optimized, PartitionCondition, Vacuumed};
+pub use new_frame::{Begun, FirstCommit, NewFrame, NewShape, Uncommitted};
 pub use paths::{BoxRef, FrameRef, Ident};
 pub use provider::{FrameSink, FrameTable, WriteGate};
 pub use spread::{spread_cells, spread_cells_within};

@@ -38,6 +38,7 @@ use datafusion::physical_expr::expressions::{CastExpr, Column};
 use datafusion::physical_optimizer::pruning::PruningPredicateBuilder;
 use datafusion::physical_plan::projection::ProjectionExec;
 use datafusion::physical_plan::{DisplayAs, DisplayFormatType, ExecutionPlan};
+use deltalake::kernel::Add;
 use deltalake::kernel::scalars::ScalarExt;
 use futures::StreamExt;
 use tracing::debug;
@@ -45,7 +46,7 @@ use tracing::debug;
 use crate::dml::{Change, ChangeExec, MergeSpec};
 use crate::error::Error;
 use crate::footers::cached_source;
-use crate::ledger::{CellInfo, FrameSnapshot, Ledger};
+use crate::ledger::{CellInfo, CellWriter, FrameSnapshot, Ledger};
 use crate::scan_stats::{LogColumnStats, SafeBounds, summarise};
 use crate::spread::spread_cells;
 
@@ -569,48 +570,65 @@ impl FrameSink {
         ctx: Arc<TaskContext>,
     ) -> crate::Result<(u64, i64)> {
         let ledger = &self.table.ledger;
-        let cluster_by = self.table.snapshot.cluster_by();
+        let snapshot = &self.table.snapshot;
+        let (rows, adds) = write_cells(
+            ledger,
+            ledger.writer(snapshot)?,
+            &snapshot.cluster_by(),
+            self.table.gate.as_ref(),
+            data,
+            ctx,
+        )
+        .await?;
+        if adds.is_empty() && !self.overwrite {
+            // Nothing to append: no commit, the frame stays at its version.
+            return Ok((0, snapshot.version()));
+        }
+        let version = ledger
+            .commit(snapshot, adds, self.overwrite, self.table.user.as_deref())
+            .await?;
+        Ok((rows, version))
+    }
+}
+
+/// Write every batch of `data` into cells through `writer`, each batch admitted by `gate` first.
+/// Rows are sorted by `cluster_by` (if any) in `ctx`, the writing bee's memory pool and scratch
+/// space. Returns the rows and the cells' `Add` actions, not committed; when anything fails, the
+/// cells written so far are deleted.
+pub(crate) async fn write_cells(
+    ledger: &Ledger,
+    mut writer: CellWriter,
+    cluster_by: &[String],
+    gate: Option<&Arc<dyn WriteGate>>,
+    data: SendableRecordBatchStream,
+    ctx: Arc<TaskContext>,
+) -> crate::Result<(u64, Vec<Add>)> {
+    let written: crate::Result<()> = async {
         let mut data = match cluster_by.is_empty() {
             true => data,
             false => crate::cluster::sorted(
                 data,
-                &cluster_by,
+                cluster_by,
                 ctx,
                 crate::cluster::sort_memory(ledger.config().cell_target_bytes),
             )?,
         };
-        let mut writer = ledger.writer(&self.table.snapshot)?;
-        let result: crate::Result<()> = async {
-            while let Some(batch) = data.next().await {
-                let batch = batch?;
-                if let Some(gate) = &self.table.gate {
-                    gate.admit(batch.num_rows()).await;
-                }
-                writer.write(&batch).await?;
+        while let Some(batch) = data.next().await {
+            let batch = batch?;
+            if let Some(gate) = gate {
+                gate.admit(batch.num_rows()).await;
             }
-            Ok(())
+            writer.write(&batch).await?;
         }
-        .await;
-        if let Err(e) = result {
-            writer.abort().await;
-            return Err(e);
-        }
-        let rows = writer.rows();
-        let adds = writer.finish().await?;
-        if adds.is_empty() && !self.overwrite {
-            // Nothing to append: no commit, the frame stays at its version.
-            return Ok((0, self.table.snapshot.version()));
-        }
-        let version = ledger
-            .commit(
-                &self.table.snapshot,
-                adds,
-                self.overwrite,
-                self.table.user.as_deref(),
-            )
-            .await?;
-        Ok((rows, version))
+        Ok(())
     }
+    .await;
+    if let Err(e) = written {
+        writer.discard().await;
+        return Err(e);
+    }
+    let rows = writer.rows();
+    Ok((rows, writer.finish().await?))
 }
 
 impl DisplayAs for FrameSink {

@@ -103,6 +103,24 @@ pub(crate) fn protocol_for(
     serde_json::from_value(json).map(Some).map_err(bad)
 }
 
+/// The shape of a frame that does not exist yet: what its first commit records.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct NewShape {
+    pub schema: SchemaRef,
+    pub partition_columns: Vec<String>,
+    pub cluster_by: Vec<String>,
+}
+
+impl NewShape {
+    /// Checks the partition and cluster columns against the schema; the schema as Delta
+    /// records it.
+    pub(crate) fn validate(&self) -> Result<deltalake::kernel::StructType> {
+        validate_partitioning(&self.schema, &self.partition_columns)?;
+        validate_clustering(&self.schema, &self.partition_columns, &self.cluster_by)?;
+        crate::schema::to_delta(&self.schema)
+    }
+}
+
 /// The table property that records a frame's cluster columns (`CREATE TABLE … CLUSTER BY`), as a
 /// JSON array of column names. Other Delta readers ignore it; Apiary's writes sort their rows by
 /// these columns, so that each cell and row group covers a narrow range of them and a filter on

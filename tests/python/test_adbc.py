@@ -233,6 +233,37 @@ def test_ingest_modes(server, mode):
             assert cur.fetchone() == (6,)
 
 
+def test_loaders_creating_one_table_at_once_keep_every_row(server):
+    """Four loaders ingest `create_append` into a table that does not exist yet, all at once.
+    A creating write commits the table with its rows in one commit, so the others cannot wait
+    for an empty table to appear: each writes its cells, the first to commit creates the table
+    and the rest append. None fails and none waits on another's whole write."""
+    import threading
+
+    errors = []
+
+    def load(w):
+        data = pa.table({"w": pa.array([w] * 100_000, pa.int64()), "n": pa.array(range(100_000), pa.int64())})
+        try:
+            with connect(server) as conn, conn.cursor() as cur:
+                assert cur.adbc_ingest("loaded", data, mode="create_append") == 100_000
+        except Exception as e:  # noqa: BLE001 - reported below
+            errors.append(repr(e))
+
+    threads = [threading.Thread(target=load, args=(w,)) for w in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(120)
+    assert not errors, errors
+    with connect(server) as conn, conn.cursor() as cur:
+        cur.execute("SELECT count(*), count(DISTINCT w * 1000000 + n) FROM loaded")
+        assert cur.fetchone() == (400_000, 400_000)
+        cur.execute("DESCRIBE HISTORY loaded")
+        ops = sorted(h[2] for h in cur.fetchall())
+        assert ops == ["CREATE TABLE", "WRITE", "WRITE", "WRITE"], ops
+
+
 def test_ingest_errors_catalog_schema_empty_and_casts(server):
     data = pa.table({"k": pa.array([1], pa.int64())})
     with connect(server) as conn, conn.cursor() as cur:

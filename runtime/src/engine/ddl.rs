@@ -233,12 +233,12 @@ impl Engine {
         let target = self.open_target(&frame, Some(&incoming), &mode).await?;
         match &target {
             Target::Skip => return Ok(Output::Done),
-            // A new (or concurrently created) frame and no rows: nothing to commit. A replace
-            // without rows still commits, emptying the frame.
+            // A frame created concurrently and no rows: nothing to commit. A replace without
+            // rows still commits, emptying the frame; a new frame commits its version 0.
             Target::Write {
                 overwrite: false, ..
             } if !has_data => return Ok(Output::Done),
-            Target::Write { .. } => {}
+            Target::Write { .. } | Target::Create { .. } => {}
         }
         let data = match physical {
             Some(plan) => match execute_stream(plan, state.task_ctx()) {

@@ -9,18 +9,24 @@
 //! | yes           | `Append`                      | append                                    |
 //! | yes           | `Replace`                     | one overwrite commit, which records a new shape too |
 //! | no            | `Fail`                        | NOT_FOUND (the box's absence named first) |
-//! | no            | `Create`                      | create, then write; a frame created concurrently by another writer is appended to |
+//! | no            | `Create`                      | write, then create the frame with its cells in one commit |
 //!
-//! A write into a frame this call created (not appended to) is all or nothing: if it fails, the
-//! frame is dropped again.
+//! A write that creates its frame is all or nothing, killed or failed at any point: the frame
+//! appears with its first rows or not at all (see [`apiary_storage::new_frame`]). A write that
+//! finds another writer creating the frame writes its cells meanwhile if it may append or
+//! replace, waits for that writer's first commit, then applies its own rule to the frame
+//! (append, replace); `IF NOT EXISTS` waits and skips; a plain create is ALREADY_EXISTS.
 
-use apiary_storage::{FrameRef, FrameSink, FrameSnapshot, FrameTable, ObjectKind, Opened};
+use apiary_storage::{
+    Begun, FirstCommit, FrameRef, FrameSink, FrameSnapshot, FrameTable, NewFrame, NewShape,
+    ObjectKind, Opened, Uncommitted,
+};
 use std::sync::Arc;
 
 use arrow::datatypes::{Field, Schema, SchemaRef};
 use datafusion::execution::runtime_env::RuntimeEnv;
 use datafusion::execution::{SendableRecordBatchStream, TaskContext};
-use tracing::{info, warn};
+use tracing::info;
 
 use super::Engine;
 use crate::error::{Error, Result};
@@ -66,9 +72,12 @@ pub(crate) enum Target {
         table: Box<FrameTable>,
         /// Replace the contents (one overwrite commit) rather than append.
         overwrite: bool,
-        /// This call created the frame: undo it if the write fails.
-        created: bool,
-        frame: FrameRef,
+    },
+    /// A frame that does not exist yet: its cells are written, then committed as its first
+    /// version. `if_exists` says what to do if another writer creates it first.
+    Create {
+        new: Box<NewFrame>,
+        if_exists: IfExists,
     },
 }
 
@@ -108,11 +117,9 @@ impl Engine {
             }) => None,
             Err(e) => return Err(e.into()),
         };
-        let write = |snapshot, overwrite, created| Target::Write {
+        let write = |snapshot, overwrite| Target::Write {
             table: Box::new(self.frame_table(snapshot)),
             overwrite,
-            created,
-            frame: frame.clone(),
         };
         match (existing, mode.if_exists, mode.if_missing) {
             (Some(_), IfExists::Fail, _) => Err(apiary_storage::Error::AlreadyExists {
@@ -132,7 +139,7 @@ impl Engine {
                     })
                     .unwrap_or_default();
                 if extra.is_empty() {
-                    return Ok(write(s, false, false));
+                    return Ok(write(s, false));
                 }
                 // A column the frame lacks: the target exists with another schema, which ADBC
                 // clients expect as ALREADY_EXISTS (a value that does not cast stays
@@ -154,35 +161,9 @@ impl Engine {
                 let names: Vec<String> = fields.iter().map(|f| f.name().clone()).collect();
                 lh.ledger().add_columns(&s, fields, "ingest").await?;
                 info!(frame = %frame, columns = ?names, "schema merged for an append");
-                Ok(write(lh.frame(frame, None).await?, false, false))
+                Ok(write(lh.frame(frame, None).await?, false))
             }
-            (Some(s), IfExists::Replace, _) => {
-                if same_shape(
-                    &s,
-                    schema,
-                    mode.partition_by.as_deref(),
-                    mode.cluster_by.as_deref(),
-                ) {
-                    return Ok(write(s, true, false));
-                }
-                // A new shape: the cells and the new schema land in one commit, so a write that
-                // fails leaves the old frame as it was.
-                let incoming = schema.ok_or_else(|| {
-                    Error::Sql("cannot replace a frame from a stream without a schema".into())
-                })?;
-                let new_schema = self.frame_schema(incoming)?;
-                let partition_by = mode
-                    .partition_by
-                    .clone()
-                    .unwrap_or_else(|| s.partition_columns().to_vec());
-                let cluster_by = mode.cluster_by.clone().unwrap_or_else(|| s.cluster_by());
-                info!(frame = %frame, "replacing a frame with a new shape in one commit");
-                Ok(write(
-                    s.reshaped(&new_schema, &partition_by, &cluster_by)?,
-                    true,
-                    false,
-                ))
-            }
+            (Some(s), IfExists::Replace, _) => Ok(write(self.replaced(s, schema, mode)?, true)),
             (None, _, IfMissing::Fail) => {
                 lh.catalog().require_box(&frame.box_ref()).await?;
                 Err(apiary_storage::Error::NotFound {
@@ -204,31 +185,81 @@ impl Engine {
         let incoming = schema.ok_or_else(|| {
             Error::Sql("cannot create a frame from a stream without a schema".into())
         })?;
-        let schema = self.frame_schema(incoming)?;
-        let partition_by = mode.partition_by.clone().unwrap_or_default();
-        let cluster_by = mode.cluster_by.clone().unwrap_or_default();
+        let shape = NewShape {
+            schema: self.frame_schema(incoming)?,
+            partition_columns: mode.partition_by.clone().unwrap_or_default(),
+            cluster_by: mode.cluster_by.clone().unwrap_or_default(),
+        };
         let lh = &self.lakehouse;
-        // With IfExists::Fail the name must be new: create_frame says so itself.
-        let if_not_exists = mode.if_exists != IfExists::Fail;
-        match lh
-            .create_frame(frame, &schema, &partition_by, &cluster_by, if_not_exists)
-            .await?
-        {
-            Some(s) => Ok(Target::Write {
-                table: Box::new(self.frame_table(s)),
-                overwrite: false,
-                created: true,
-                frame: frame.clone(),
-            }),
-            None if mode.if_exists == IfExists::Skip => Ok(Target::Skip),
-            // Created concurrently by another writer: append to it.
-            None => Ok(Target::Write {
+        let if_exists = mode.if_exists;
+        let create = |new| Target::Create {
+            new: Box::new(new),
+            if_exists,
+        };
+        match (lh.begin_frame(frame, shape).await?, if_exists) {
+            (Begun::Reserved(new), _) => Ok(create(new)),
+            // Another writer is creating it: a write that would append to (or replace) the
+            // frame writes its cells too, and the first to commit creates the frame.
+            (Begun::BeingCreated(new), IfExists::Append | IfExists::Replace) => Ok(create(new)),
+            // IF NOT EXISTS answers once the frame does exist (ABORTED if its creator gives up).
+            (Begun::BeingCreated(new), IfExists::Skip) => {
+                lh.await_first_commit(&new).await?;
+                Ok(Target::Skip)
+            }
+            (Begun::Exists, IfExists::Skip) => Ok(Target::Skip),
+            (Begun::Exists, IfExists::Fail) => Err(already_exists(frame)),
+            (Begun::BeingCreated(_), IfExists::Fail) => Err(apiary_storage::Error::AlreadyExists {
+                kind: ObjectKind::Frame,
+                name: format!(
+                    "{frame} (being created by another statement, or by one stopped less than \
+                     a minute ago: retry, or DROP TABLE it)"
+                ),
+            }
+            .into()),
+            // Created by another writer since we looked.
+            (Begun::Exists, IfExists::Append) => Ok(Target::Write {
                 table: Box::new(self.frame_table(lh.frame(frame, None).await?)),
                 overwrite: false,
-                created: false,
-                frame: frame.clone(),
+            }),
+            (Begun::Exists, IfExists::Replace) => Ok(Target::Write {
+                table: Box::new(self.frame_table(self.replaced(
+                    lh.frame(frame, None).await?,
+                    schema,
+                    mode,
+                )?)),
+                overwrite: true,
             }),
         }
+    }
+
+    /// The snapshot a replace of `s` by data of `schema` commits onto: `s` itself when the
+    /// shape stays, else `s` reshaped, so that the cells and the new schema land in one commit
+    /// and a write that fails leaves the old frame as it was.
+    fn replaced(
+        &self,
+        s: FrameSnapshot,
+        schema: Option<&SchemaRef>,
+        mode: &WriteMode,
+    ) -> Result<FrameSnapshot> {
+        if same_shape(
+            &s,
+            schema,
+            mode.partition_by.as_deref(),
+            mode.cluster_by.as_deref(),
+        ) {
+            return Ok(s);
+        }
+        let incoming = schema.ok_or_else(|| {
+            Error::Sql("cannot replace a frame from a stream without a schema".into())
+        })?;
+        let new_schema = self.frame_schema(incoming)?;
+        let partition_by = mode
+            .partition_by
+            .clone()
+            .unwrap_or_else(|| s.partition_columns().to_vec());
+        let cluster_by = mode.cluster_by.clone().unwrap_or_else(|| s.cluster_by());
+        info!(frame = %s.frame(), "replacing a frame with a new shape in one commit");
+        Ok(s.reshaped(&new_schema, &partition_by, &cluster_by)?)
     }
 
     /// The schema a frame stores for incoming data, within the column limit.
@@ -258,47 +289,87 @@ impl Engine {
         data: SendableRecordBatchStream,
         ctx: Arc<TaskContext>,
     ) -> Result<u64> {
-        let Target::Write {
-            table,
-            overwrite,
-            created,
-            frame,
-        } = target
-        else {
-            return Ok(0);
-        };
-        match FrameSink::new(*table, overwrite)
-            .write_stream(data, ctx)
-            .await
-        {
-            Ok((rows, version)) => {
+        match target {
+            Target::Skip => Ok(0),
+            Target::Write { table, overwrite } => {
+                let frame = table.snapshot().frame().clone();
+                let (rows, version) = FrameSink::new(*table, overwrite)
+                    .write_stream(data, ctx)
+                    .await?;
                 info!(frame = %frame, rows, version, overwrite, "write committed");
                 Ok(rows)
             }
-            Err(e) => {
-                if created {
-                    self.undo_create(&frame).await;
+            Target::Create { new, if_exists } => {
+                let lh = &self.lakehouse;
+                let gate = self.write_gate.as_ref();
+                match lh.write_new_frame(&new, data, ctx, gate).await? {
+                    FirstCommit::Created { rows, .. } => Ok(rows),
+                    FirstCommit::Taken(cells) => {
+                        self.created_meanwhile(&new, cells, if_exists).await
+                    }
                 }
-                Err(e.into())
             }
         }
     }
 
-    /// Give up a target before writing: a frame this call created is dropped again.
-    pub(crate) async fn discard_target(&self, target: Target) {
-        if let Target::Write {
-            created: true,
-            frame,
-            ..
-        } = target
-        {
-            self.undo_create(&frame).await;
-        }
+    /// Another writer created `new`'s frame while we wrote `cells` for it: apply `if_exists`
+    /// to the frame it made.
+    async fn created_meanwhile(
+        &self,
+        new: &NewFrame,
+        cells: Uncommitted,
+        if_exists: IfExists,
+    ) -> Result<u64> {
+        let lh = &self.lakehouse;
+        let frame = new.frame();
+        let overwrite = match if_exists {
+            IfExists::Append => false,
+            IfExists::Replace => true,
+            IfExists::Skip | IfExists::Fail => {
+                cells.discard(lh).await;
+                return match if_exists {
+                    IfExists::Skip => Ok(0),
+                    _ => Err(already_exists(frame)),
+                };
+            }
+        };
+        let read = match lh.frame(frame, None).await {
+            Ok(s) if overwrite => {
+                let shape = cells.shape();
+                let mode = WriteMode {
+                    if_exists,
+                    if_missing: IfMissing::Create,
+                    partition_by: Some(shape.partition_columns.clone()),
+                    cluster_by: Some(shape.cluster_by.clone()),
+                    merge_schema: false,
+                };
+                self.replaced(s, Some(&shape.schema), &mode)
+            }
+            Ok(s) => Ok(s),
+            // Dropped again since its creator committed it.
+            Err(apiary_storage::Error::NotFound { .. }) => Err(apiary_storage::Error::Conflict {
+                frame: frame.to_string(),
+                detail: "it was dropped while this write joined its creation; retry".into(),
+            }
+            .into()),
+            Err(e) => Err(e.into()),
+        };
+        let read = match read {
+            Ok(r) => r,
+            Err(e) => {
+                cells.discard(lh).await;
+                return Err(e);
+            }
+        };
+        let (rows, version) = cells.commit(lh, &read, overwrite).await?;
+        info!(frame = %frame, rows, version, overwrite, "write committed to a frame created meanwhile");
+        Ok(rows)
     }
 
-    async fn undo_create(&self, frame: &FrameRef) {
-        if let Err(e) = self.lakehouse.drop_frame(frame, true).await {
-            warn!(frame = %frame, error = %e, "dropping a frame whose first write failed");
+    /// Give up a target before writing: a frame this call was creating is given up again.
+    pub(crate) async fn discard_target(&self, target: Target) {
+        if let Target::Create { new, .. } = target {
+            self.lakehouse.abandon_frame(&new).await;
         }
     }
 
@@ -316,6 +387,14 @@ impl Engine {
         self.write_target(target, data, self.task_context(env))
             .await
     }
+}
+
+fn already_exists(frame: &FrameRef) -> Error {
+    apiary_storage::Error::AlreadyExists {
+        kind: ObjectKind::Frame,
+        name: frame.to_string(),
+    }
+    .into()
 }
 
 /// Whether a frame keeps its shape under incoming data of `schema`, `partition_by` and

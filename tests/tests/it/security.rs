@@ -564,12 +564,12 @@ async fn a_replace_with_a_new_shape_is_one_commit_and_a_failed_one_leaves_the_fr
         "2020-01-02T03:04:05"
     );
     let log = dir.path().join("root/default/default/r/_delta_log");
-    // Version 0 created the frame, 1 wrote its row, 2 is the replace.
+    // Version 0 created the frame with its row (a CTAS is one commit), 1 is the replace.
     assert!(
-        !log.join("00000000000000000003.json").exists(),
+        !log.join("00000000000000000002.json").exists(),
         "one commit"
     );
-    let commit = std::fs::read_to_string(log.join("00000000000000000002.json")).unwrap();
+    let commit = std::fs::read_to_string(log.join("00000000000000000001.json")).unwrap();
     assert!(
         commit.contains("\"metaData\"") && commit.contains("\"remove\""),
         "{commit}"

@@ -1,0 +1,597 @@
+//! Creating a frame with its first rows in one commit.
+//!
+//! ```text
+//!   begin_frame ──put-if-absent catalog marker──▶ name reserved (listed; opens as NOT_FOUND)
+//!       │ write_new_frame: cells written under the frame's root, invisible
+//!       ▼
+//!   version 0 ──put-if-absent _delta_log/0.json (schema, layout, marker id, the cells' adds)──▶ visible
+//! ```
+//!
+//! A `CREATE TABLE … AS SELECT` or a bulk ingest that creates its frame commits the frame's
+//! schema and its cells together, so a writer killed at any point leaves either no frame (a
+//! reservation without a log, which opens as NOT_FOUND and is taken over once stale, and
+//! unreferenced cells) or the whole frame: never an empty frame that the statement did not ask
+//! for.
+//!
+//! Only the writer holding the reservation commits version 0, and version 0 records the id of
+//! that reservation's marker. So a version 0 always says whose it is: after an unclear commit
+//! error, after a takeover (which makes a new marker), and when a creator commits after its
+//! frame was dropped and the name reserved again (its version 0 then reads as no frame, and the
+//! new holder clears it). A writer that may append and finds the name being created writes its
+//! cells at the same time, waits for the holder's version 0, and gets its cells back
+//! ([`FirstCommit::Taken`]) to append, replace or delete as its statement says.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use datafusion::execution::{SendableRecordBatchStream, TaskContext};
+use deltalake::kernel::Add;
+use tracing::{info, warn};
+
+use crate::error::{Error, ObjectKind, Result};
+use crate::lakehouse::{Lakehouse, STALE_RESERVATION};
+use crate::ledger::{Created, FrameSnapshot};
+use crate::paths::{self, FrameRef};
+use crate::provider::{WriteGate, write_cells};
+pub use crate::shape::NewShape;
+
+/// A frame whose name is reserved in the catalog and whose version 0 is not written yet.
+#[derive(Debug, Clone)]
+pub struct NewFrame {
+    frame: FrameRef,
+    /// Id of the catalog marker the frame is created under.
+    incarnation: String,
+    shape: NewShape,
+    /// This writer made (or took over) the reservation: if it gives up before version 0, it
+    /// removes the name again. A writer that joins another's creation leaves it.
+    held: bool,
+}
+
+impl NewFrame {
+    pub(crate) fn new(frame: &FrameRef, incarnation: String, shape: NewShape, held: bool) -> Self {
+        Self {
+            frame: frame.clone(),
+            incarnation,
+            shape,
+            held,
+        }
+    }
+
+    pub fn frame(&self) -> &FrameRef {
+        &self.frame
+    }
+
+    pub fn shape(&self) -> &NewShape {
+        &self.shape
+    }
+}
+
+/// What a reservation attempt found.
+#[derive(Debug)]
+pub enum Begun {
+    /// The name is ours to create.
+    Reserved(NewFrame),
+    /// Another writer reserved the name moments ago and has not committed version 0: a writer
+    /// that may append can write its cells and race it for version 0.
+    BeingCreated(NewFrame),
+    /// The frame exists.
+    Exists,
+}
+
+/// How a new frame's first commit went.
+#[derive(Debug)]
+pub enum FirstCommit {
+    /// Version 0 holds this write's cells.
+    Created { snapshot: FrameSnapshot, rows: u64 },
+    /// Another writer created the frame first; these cells are not committed.
+    Taken(Uncommitted),
+}
+
+/// Cells written for a frame and not committed.
+#[derive(Debug)]
+pub struct Uncommitted {
+    frame: FrameRef,
+    shape: NewShape,
+    rows: u64,
+    adds: Vec<Add>,
+}
+
+impl Uncommitted {
+    /// The shape the cells were written in.
+    pub fn shape(&self) -> &NewShape {
+        &self.shape
+    }
+
+    /// Commit the cells onto `read`, whose schema and partitioning must be the cells' (an
+    /// overwrite replaces its cells; with a reshaped snapshot, its shape too). Returns (rows,
+    /// version). When nothing was committed (ABORTED) the cells are deleted.
+    pub async fn commit(
+        self,
+        lakehouse: &Lakehouse,
+        read: &FrameSnapshot,
+        overwrite: bool,
+    ) -> Result<(u64, i64)> {
+        let fits = read.schema() == &self.shape.schema
+            && read.partition_columns() == self.shape.partition_columns.as_slice();
+        if !fits {
+            self.discard(lakehouse).await;
+            return Err(Error::Conflict {
+                frame: read.frame().to_string(),
+                detail: "another writer created it meanwhile with other columns or \
+                         partitioning than this write's"
+                    .into(),
+            });
+        }
+        let ledger = lakehouse.ledger();
+        match ledger
+            .commit(read, self.adds.clone(), overwrite, None)
+            .await
+        {
+            Ok(version) => Ok((self.rows, version)),
+            // A lost race commits nothing. Any other error may come after the commit (delta-rs
+            // checkpoints after committing): the cells stay, for VACUUM if unreferenced.
+            Err(e @ Error::Conflict { .. }) => {
+                self.discard(lakehouse).await;
+                Err(e)
+            }
+            Err(e) => Err(e),
+        }
+    }
+
+    /// Delete the cells.
+    pub async fn discard(self, lakehouse: &Lakehouse) {
+        lakehouse
+            .ledger()
+            .discard_cells(&self.frame, &self.adds)
+            .await;
+    }
+}
+
+impl Lakehouse {
+    /// Reserve `frame` for a creation with `shape`, which is checked first. A reservation whose
+    /// creator died (older than the stale limit, with no log) is taken over under a new marker
+    /// id, so a creator that was only slow finds the name no longer its own; leftovers of an
+    /// interrupted drop under a name reserved anew are removed.
+    pub async fn begin_frame(&self, frame: &FrameRef, shape: NewShape) -> Result<Begun> {
+        self.catalog().require_box(&frame.box_ref()).await?;
+        shape.validate()?;
+        if let Some(marker) = self.catalog().reserve_frame(frame).await? {
+            if self.ledger().has_leftovers(frame).await? {
+                // Data of an earlier frame of this name whose drop was interrupted.
+                warn!(frame = %frame, "removing leftovers of an interrupted drop");
+                self.ledger().delete_data(frame).await?;
+            }
+            return Ok(Begun::Reserved(NewFrame::new(
+                frame, marker.id, shape, true,
+            )));
+        }
+        let Some(marker) = self.catalog().frame_marker(frame).await? else {
+            // Dropped between our reservation attempt and now; let the caller retry.
+            return Err(dropped_meanwhile(frame));
+        };
+        if marker.view.is_some()
+            || marker.external.is_some()
+            || self.ledger().has_leftovers(frame).await?
+        {
+            return Ok(Begun::Exists);
+        }
+        let age = (chrono::Utc::now() - marker.created_at)
+            .to_std()
+            .unwrap_or_default();
+        if age < STALE_RESERVATION {
+            return Ok(Begun::BeingCreated(NewFrame::new(
+                frame, marker.id, shape, false,
+            )));
+        }
+        warn!(frame = %frame, "taking over a reservation whose creator died");
+        self.catalog().unregister_frame(frame).await?;
+        match self.catalog().reserve_frame(frame).await? {
+            Some(marker) => Ok(Begun::Reserved(NewFrame::new(
+                frame, marker.id, shape, true,
+            ))),
+            None => Err(Error::Conflict {
+                frame: frame.to_string(),
+                detail: "another writer took over its creation; retry".into(),
+            }),
+        }
+    }
+
+    /// Write `data` into cells of `new` (rows admitted by `gate`, sorted in `ctx` when the frame
+    /// is clustered), then commit them as its version 0 if this writer holds the reservation.
+    /// A writer that joined another's creation waits for that version 0 instead and gets its
+    /// cells back uncommitted ([`FirstCommit::Taken`]): only the holder commits version 0, so
+    /// a holder that gives up never hides a joiner's acknowledged rows. On an error the cells
+    /// are deleted and a held reservation is given up.
+    pub async fn write_new_frame(
+        &self,
+        new: &NewFrame,
+        data: SendableRecordBatchStream,
+        ctx: Arc<TaskContext>,
+        gate: Option<&Arc<dyn WriteGate>>,
+    ) -> Result<FirstCommit> {
+        let ledger = self.ledger();
+        let shape = &new.shape;
+        let written = match ledger.cell_writer(&new.frame, &shape.schema, &shape.partition_columns)
+        {
+            Ok(writer) => write_cells(ledger, writer, &shape.cluster_by, gate, data, ctx).await,
+            Err(e) => Err(e),
+        };
+        let (rows, adds) = match written {
+            Ok(w) => w,
+            Err(e) => {
+                self.abandon_frame(new).await;
+                return Err(e);
+            }
+        };
+        if new.held {
+            return self.first_commit(new, rows, adds).await;
+        }
+        let cells = Uncommitted {
+            frame: new.frame.clone(),
+            shape: new.shape.clone(),
+            rows,
+            adds,
+        };
+        match self.await_first_commit(new).await {
+            Ok(()) => Ok(FirstCommit::Taken(cells)),
+            Err(e) => {
+                cells.discard(self).await;
+                Err(e)
+            }
+        }
+    }
+
+    /// Wait (at most [`STALE_RESERVATION`]) until the writer holding `new`'s reservation has
+    /// committed its version 0; ABORTED when it gives up, is taken over, or takes longer.
+    pub async fn await_first_commit(&self, new: &NewFrame) -> Result<()> {
+        let deadline = tokio::time::Instant::now() + STALE_RESERVATION;
+        let mut pause = Duration::from_millis(10);
+        loop {
+            tokio::time::sleep(pause).await;
+            pause = (pause * 2).min(Duration::from_millis(250));
+            let marker = self.catalog().frame_marker(&new.frame).await?;
+            if marker.is_none_or(|m| m.id != new.incarnation) {
+                return Err(Error::Conflict {
+                    frame: new.frame.to_string(),
+                    detail: "another writer gave up creating it; retry".into(),
+                });
+            }
+            match self.open_frame(&new.frame, None).await {
+                Ok(_) => return Ok(()),
+                Err(Error::NotFound { .. }) => {}
+                Err(e) => return Err(e),
+            }
+            if tokio::time::Instant::now() >= deadline {
+                return Err(Error::Conflict {
+                    frame: new.frame.to_string(),
+                    detail: "another writer is still creating it; retry".into(),
+                });
+            }
+        }
+    }
+
+    /// Commit version 0 of `new` (held) with `adds`, then check that the name is still its own.
+    pub(crate) async fn first_commit(
+        &self,
+        new: &NewFrame,
+        rows: u64,
+        adds: Vec<Add>,
+    ) -> Result<FirstCommit> {
+        let ledger = self.ledger();
+        let mut cleared = false;
+        let snapshot = loop {
+            let created = ledger
+                .create_table(&new.frame, &new.incarnation, &new.shape, adds.clone())
+                .await;
+            match created {
+                Ok(Created::Ours(s)) => break s,
+                // The cells may be committed: leave them (VACUUM removes what is not).
+                Ok(Created::Unsure(e)) => return Err(e),
+                Ok(Created::Foreign) if !cleared && self.holds(new).await? => {
+                    // A version 0 of an earlier incarnation of the name (its creator committed
+                    // after a drop): an interrupted drop's remainder, under our reservation.
+                    warn!(frame = %new.frame, "removing the log of a dropped creation");
+                    let log = paths::frame_root(&new.frame).join("_delta_log");
+                    self.storage().delete_prefix(&log).await?;
+                    ledger.forget(&new.frame);
+                    cleared = true;
+                }
+                Ok(Created::Foreign) => {
+                    ledger.discard_cells(&new.frame, &adds).await;
+                    return Err(dropped_meanwhile(&new.frame));
+                }
+                Err(e) => {
+                    ledger.discard_cells(&new.frame, &adds).await;
+                    self.abandon_frame(new).await;
+                    return Err(e);
+                }
+            }
+        };
+        // The frame was dropped (or dropped and reserved again) while we wrote, or its box was.
+        if !self.holds(new).await? {
+            // Our version 0 stays where the drop left the name: it reads as no frame under
+            // another marker, and the next creation of the name clears it.
+            return Err(dropped_meanwhile(&new.frame));
+        }
+        if !self.catalog().box_exists(&new.frame.box_ref()).await? {
+            self.undo_create(&new.frame).await;
+            return Err(Error::NotFound {
+                kind: ObjectKind::Box,
+                name: new.frame.box_ref().to_string(),
+            });
+        }
+        info!(frame = %new.frame, rows, cells = adds.len(), "frame created");
+        Ok(FirstCommit::Created { snapshot, rows })
+    }
+
+    /// Whether the catalog marker of `new`'s name is still the one it was created under.
+    async fn holds(&self, new: &NewFrame) -> Result<bool> {
+        Ok(self
+            .catalog()
+            .frame_marker(&new.frame)
+            .await?
+            .is_some_and(|m| m.id == new.incarnation))
+    }
+
+    /// Give up creating `new` before its version 0: a held reservation is removed, unless it is
+    /// no longer this writer's or a version 0 exists.
+    pub async fn abandon_frame(&self, new: &NewFrame) {
+        if !new.held {
+            return;
+        }
+        let given_up = async {
+            if !self.holds(new).await? || self.ledger().has_leftovers(&new.frame).await? {
+                return Ok(());
+            }
+            self.catalog().unregister_frame(&new.frame).await
+        };
+        if let Err(e) = given_up.await {
+            warn!(frame = %new.frame, error = %e, "giving up a frame's creation");
+        }
+    }
+}
+
+fn dropped_meanwhile(frame: &FrameRef) -> Error {
+    Error::Conflict {
+        frame: frame.to_string(),
+        detail: "it was dropped while being created; retry".into(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::{Ident, LedgerConfig, S3Options, Storage};
+    use arrow::array::{Int64Array, RecordBatch};
+    use arrow::datatypes::{DataType, Field, Schema};
+    use datafusion::error::DataFusionError;
+    use datafusion::physical_plan::stream::RecordBatchStreamAdapter;
+
+    /// A lakehouse whose cells are small, so a write of a few batches makes several.
+    async fn lakehouse() -> (Lakehouse, tempfile::TempDir) {
+        let dir = tempfile::tempdir().unwrap();
+        let storage = Storage::open(dir.path().to_str().unwrap(), &S3Options::default()).unwrap();
+        let config = LedgerConfig {
+            cell_target_bytes: 1,
+            ..LedgerConfig::default()
+        };
+        (Lakehouse::open(storage, config).await.unwrap(), dir)
+    }
+
+    fn frame() -> FrameRef {
+        let id = |s| Ident::parse(s).unwrap();
+        FrameRef::new(id("default"), id("default"), id("t"))
+    }
+
+    fn shape() -> NewShape {
+        NewShape {
+            schema: Arc::new(Schema::new(vec![Field::new("v", DataType::Int64, true)])),
+            partition_columns: Vec::new(),
+            cluster_by: Vec::new(),
+        }
+    }
+
+    /// `batches` batches of 300,000 rows each, then `Err` if `fail`.
+    fn rows(batches: i64, fail: bool) -> SendableRecordBatchStream {
+        let schema = shape().schema;
+        let s = schema.clone();
+        let items = (0..batches)
+            .map(move |b| {
+                let v = Int64Array::from_iter_values(b * 300_000..(b + 1) * 300_000);
+                Ok(RecordBatch::try_new(s.clone(), vec![Arc::new(v)]).unwrap())
+            })
+            .chain(fail.then(|| Err(DataFusionError::Execution("the query failed".into()))));
+        Box::pin(RecordBatchStreamAdapter::new(
+            schema,
+            futures::stream::iter(items.collect::<Vec<_>>()),
+        ))
+    }
+
+    fn ctx() -> Arc<TaskContext> {
+        Arc::new(TaskContext::default())
+    }
+
+    fn files(dir: &tempfile::TempDir) -> Vec<String> {
+        let mut out = Vec::new();
+        let mut stack = vec![dir.path().join("default/default/t")];
+        while let Some(d) = stack.pop() {
+            for e in std::fs::read_dir(&d).into_iter().flatten().flatten() {
+                match e.file_type().unwrap().is_dir() {
+                    true => stack.push(e.path()),
+                    false => out.push(e.file_name().to_string_lossy().into_owned()),
+                }
+            }
+        }
+        out
+    }
+
+    async fn reserved(lh: &Lakehouse) -> NewFrame {
+        match lh.begin_frame(&frame(), shape()).await.unwrap() {
+            Begun::Reserved(n) => n,
+            other => panic!("{other:?}"),
+        }
+    }
+
+    /// The frame's schema and its cells are one commit, version 0.
+    #[tokio::test]
+    async fn a_new_frame_appears_with_its_rows_in_version_0() {
+        let (lh, dir) = lakehouse().await;
+        let new = reserved(&lh).await;
+        // Reserved, not created: nothing to read yet.
+        assert!(matches!(
+            lh.open_frame(&frame(), None).await,
+            Err(Error::NotFound { .. })
+        ));
+        let done = lh.write_new_frame(&new, rows(3, false), ctx(), None).await;
+        let FirstCommit::Created { snapshot, rows } = done.unwrap() else {
+            panic!("not created")
+        };
+        assert_eq!((snapshot.version(), rows), (0, 900_000));
+        assert!(snapshot.cells().len() >= 3, "{:?}", snapshot.cells().len());
+        let read = lh.frame(&frame(), None).await.unwrap();
+        assert_eq!((read.version(), read.stats().rows), (0, 900_000));
+        let logs: Vec<_> = files(&dir)
+            .into_iter()
+            .filter(|f| f.ends_with(".json"))
+            .collect();
+        assert_eq!(logs, vec!["00000000000000000000.json".to_string()]);
+    }
+
+    /// A write that fails part way leaves no frame, no name and no cells.
+    #[tokio::test]
+    async fn a_failed_first_write_leaves_nothing() {
+        let (lh, dir) = lakehouse().await;
+        let new = reserved(&lh).await;
+        let err = lh.write_new_frame(&new, rows(3, true), ctx(), None).await;
+        assert!(err.unwrap_err().to_string().contains("the query failed"));
+        assert!(lh.catalog().frame_marker(&frame()).await.unwrap().is_none());
+        assert_eq!(files(&dir), Vec::<String>::new());
+        // The name is free again.
+        reserved(&lh).await;
+    }
+
+    /// A writer that joins another's creation writes its cells at the same time, waits for the
+    /// holder's version 0 and gets its cells back to append; a third that may not append
+    /// deletes its own.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_joining_writer_appends_after_the_holders_version_0() {
+        let (lh, dir) = lakehouse().await;
+        let holder = reserved(&lh).await;
+        let Begun::BeingCreated(joiner) = lh.begin_frame(&frame(), shape()).await.unwrap() else {
+            panic!("the name was not seen as being created")
+        };
+        let (held, joined) = tokio::join!(
+            async {
+                // The joiner finishes its cells first and must wait.
+                tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+                lh.write_new_frame(&holder, rows(2, false), ctx(), None)
+                    .await
+            },
+            lh.write_new_frame(&joiner, rows(1, false), ctx(), None)
+        );
+        assert!(matches!(
+            held.unwrap(),
+            FirstCommit::Created { rows: 600_000, .. }
+        ));
+        let FirstCommit::Taken(cells) = joined.unwrap() else {
+            panic!("the joiner committed version 0")
+        };
+        let read = lh.frame(&frame(), None).await.unwrap();
+        assert_eq!(read.stats().rows, 600_000, "uncommitted cells were read");
+        let parquet =
+            |d: &tempfile::TempDir| files(d).iter().filter(|f| f.ends_with(".parquet")).count();
+        let before = parquet(&dir);
+        let committed = cells.commit(&lh, &read, false).await.unwrap();
+        assert_eq!(committed, (300_000, 1));
+        let read = lh.frame(&frame(), None).await.unwrap();
+        assert_eq!(read.stats().rows, 900_000);
+        assert_eq!(parquet(&dir), before, "cells were rewritten");
+        // A late joiner whose statement may not append deletes its cells again.
+        let late = NewFrame::new(&frame(), holder.incarnation.clone(), shape(), false);
+        let lost = lh.write_new_frame(&late, rows(1, false), ctx(), None).await;
+        let FirstCommit::Taken(cells) = lost.unwrap() else {
+            panic!("version 0 was taken")
+        };
+        cells.discard(&lh).await;
+        assert_eq!(parquet(&dir), before);
+    }
+
+    /// A holder that gives up removes the name, and a joiner waiting on it is ABORTED with its
+    /// cells deleted, never committed into a frame nobody can see.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_joiner_of_a_holder_that_gives_up_is_aborted() {
+        let (lh, dir) = lakehouse().await;
+        let holder = reserved(&lh).await;
+        let Begun::BeingCreated(joiner) = lh.begin_frame(&frame(), shape()).await.unwrap() else {
+            panic!("the name was not seen as being created")
+        };
+        let (held, joined) = tokio::join!(
+            async {
+                tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+                lh.write_new_frame(&holder, rows(2, true), ctx(), None)
+                    .await
+            },
+            lh.write_new_frame(&joiner, rows(1, false), ctx(), None)
+        );
+        assert!(held.is_err());
+        assert!(matches!(joined, Err(Error::Conflict { .. })), "{joined:?}");
+        assert_eq!(files(&dir), Vec::<String>::new());
+        assert!(lh.catalog().frame_marker(&frame()).await.unwrap().is_none());
+    }
+
+    /// A version 0 committed under an earlier marker of the name (its writer committed after a
+    /// DROP, and the name was reserved again meanwhile) reads as no frame, and the new holder
+    /// clears it and creates its own.
+    #[tokio::test]
+    async fn a_version_0_of_a_dropped_creation_is_no_frame_and_is_replaced() {
+        let (lh, _dir) = lakehouse().await;
+        let late = reserved(&lh).await;
+        lh.drop_frame(&frame(), false).await.unwrap();
+        let holder = reserved(&lh).await;
+        let err = lh.write_new_frame(&late, rows(1, false), ctx(), None).await;
+        assert!(matches!(err, Err(Error::Conflict { .. })), "{err:?}");
+        assert!(matches!(
+            lh.open_frame(&frame(), None).await,
+            Err(Error::NotFound { .. })
+        ));
+        let done = lh
+            .write_new_frame(&holder, rows(2, false), ctx(), None)
+            .await;
+        assert!(matches!(
+            done.unwrap(),
+            FirstCommit::Created { rows: 600_000, .. }
+        ));
+        assert_eq!(
+            lh.frame(&frame(), None).await.unwrap().stats().rows,
+            600_000
+        );
+    }
+
+    /// Creators racing for version 0 at once: one creates the table, the others find it is not
+    /// theirs, and the log holds one commit (delta-rs rebased a losing create to version 1,
+    /// where it recorded its own schema over the winner's).
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn creators_racing_for_version_0_leave_one_commit() {
+        let (lh, dir) = lakehouse().await;
+        let ids: Vec<String> = (0..4).map(|i| format!("incarnation-{i}")).collect();
+        let (f, sh) = (frame(), shape());
+        let creates = ids
+            .iter()
+            .map(|id| lh.ledger().create_table(&f, id, &sh, Vec::new()));
+        let outcomes = futures::future::join_all(creates).await;
+        let ours = outcomes
+            .iter()
+            .filter(|o| matches!(o, Ok(Created::Ours(_))))
+            .count();
+        let foreign = outcomes
+            .iter()
+            .filter(|o| matches!(o, Ok(Created::Foreign)))
+            .count();
+        assert_eq!((ours, foreign), (1, 3), "{outcomes:?}");
+        let logs: Vec<_> = files(&dir)
+            .into_iter()
+            .filter(|f| f.ends_with(".json"))
+            .collect();
+        assert_eq!(logs, vec!["00000000000000000000.json".to_string()]);
+    }
+}
