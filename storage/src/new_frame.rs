@@ -432,6 +432,29 @@ mod tests {
         }
     }
 
+    /// A holder writing `holder_batches` (failing at the end if `fail`), 300 ms late, and a
+    /// joiner writing one batch at the same time: both outcomes.
+    async fn holder_and_joiner(
+        lh: &Lakehouse,
+        holder_batches: i64,
+        fail: bool,
+    ) -> (Result<FirstCommit>, Result<FirstCommit>, NewFrame) {
+        let holder = reserved(lh).await;
+        let Begun::BeingCreated(joiner) = lh.begin_frame(&frame(), shape()).await.unwrap() else {
+            panic!("the name was not seen as being created")
+        };
+        let (held, joined) = tokio::join!(
+            async {
+                // The joiner finishes its cells first and must wait.
+                tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+                lh.write_new_frame(&holder, rows(holder_batches, fail), ctx(), None)
+                    .await
+            },
+            lh.write_new_frame(&joiner, rows(1, false), ctx(), None)
+        );
+        (held, joined, holder)
+    }
+
     /// The frame's schema and its cells are one commit, version 0.
     #[tokio::test]
     async fn a_new_frame_appears_with_its_rows_in_version_0() {
@@ -476,19 +499,7 @@ mod tests {
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn a_joining_writer_appends_after_the_holders_version_0() {
         let (lh, dir) = lakehouse().await;
-        let holder = reserved(&lh).await;
-        let Begun::BeingCreated(joiner) = lh.begin_frame(&frame(), shape()).await.unwrap() else {
-            panic!("the name was not seen as being created")
-        };
-        let (held, joined) = tokio::join!(
-            async {
-                // The joiner finishes its cells first and must wait.
-                tokio::time::sleep(std::time::Duration::from_millis(300)).await;
-                lh.write_new_frame(&holder, rows(2, false), ctx(), None)
-                    .await
-            },
-            lh.write_new_frame(&joiner, rows(1, false), ctx(), None)
-        );
+        let (held, joined, holder) = holder_and_joiner(&lh, 2, false).await;
         assert!(matches!(
             held.unwrap(),
             FirstCommit::Created { rows: 600_000, .. }
@@ -521,18 +532,7 @@ mod tests {
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn a_joiner_of_a_holder_that_gives_up_is_aborted() {
         let (lh, dir) = lakehouse().await;
-        let holder = reserved(&lh).await;
-        let Begun::BeingCreated(joiner) = lh.begin_frame(&frame(), shape()).await.unwrap() else {
-            panic!("the name was not seen as being created")
-        };
-        let (held, joined) = tokio::join!(
-            async {
-                tokio::time::sleep(std::time::Duration::from_millis(300)).await;
-                lh.write_new_frame(&holder, rows(2, true), ctx(), None)
-                    .await
-            },
-            lh.write_new_frame(&joiner, rows(1, false), ctx(), None)
-        );
+        let (held, joined, _) = holder_and_joiner(&lh, 2, true).await;
         assert!(held.is_err());
         assert!(matches!(joined, Err(Error::Conflict { .. })), "{joined:?}");
         assert_eq!(files(&dir), Vec::<String>::new());

@@ -84,6 +84,25 @@ fn four_processes_append_to_one_frame_on_s3() {
     concurrent_appends(&moto.url("root"), &moto.env());
 }
 
+/// Run `statement` in an `apiary sql` process that pauses before its commit (fault
+/// injection), and kill -9 it there.
+fn kill_at_commit(storage: &str, env: &[(String, String)], statement: &str) {
+    let mut child = std::process::Command::new(apiary_bin())
+        .args(["sql", "--storage", storage, statement])
+        .envs(env.iter().cloned())
+        .env("APIARY_FAULT_PAUSE_BEFORE_COMMIT_MS", "60000")
+        .env("APIARY_LOG", "warn")
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut err = stderr_reader(&mut child);
+    let line = wait_for_line(&mut err, "pausing before commit", Duration::from_secs(60));
+    assert!(line.is_some(), "{statement:?} never reached its commit");
+    child.kill().unwrap();
+    child.wait().unwrap();
+}
+
 /// Kill -9 a writer after it has written cells but before it commits.
 fn killed_writer_leaves_frame_unchanged(
     storage: &str,
@@ -100,26 +119,11 @@ fn killed_writer_leaves_frame_unchanged(
         env,
         "INSERT INTO t SELECT value, 'before' FROM generate_series(1, 1000)",
     );
-    let mut env: Vec<(String, String)> = env.to_vec();
-    env.push(("APIARY_FAULT_PAUSE_BEFORE_COMMIT_MS".into(), "60000".into()));
-    env.push(("APIARY_LOG".into(), "warn".into()));
-    let mut child = std::process::Command::new(apiary_bin())
-        .args([
-            "sql",
-            "--storage",
-            storage,
-            "INSERT INTO t SELECT value, repeat('x', 100) FROM generate_series(1, 200000)",
-        ])
-        .envs(env.iter().cloned())
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let mut err = stderr_reader(&mut child);
-    let line = wait_for_line(&mut err, "pausing before commit", Duration::from_secs(60));
-    assert!(line.is_some(), "writer never reached the commit point");
-    child.kill().unwrap();
-    child.wait().unwrap();
+    kill_at_commit(
+        storage,
+        env,
+        "INSERT INTO t SELECT value, repeat('x', 100) FROM generate_series(1, 200000)",
+    );
 
     if let Some(dir) = local_dir {
         // The cells were written: more Parquet files exist than the log references.
@@ -132,15 +136,11 @@ fn killed_writer_leaves_frame_unchanged(
             "expected orphaned cells, found {parquet} parquet files"
         );
     }
-    let env: Vec<(String, String)> = env
-        .into_iter()
-        .filter(|(k, _)| k != "APIARY_FAULT_PAUSE_BEFORE_COMMIT_MS")
-        .collect();
-    let got = sql(storage, &env, "SELECT count(*) AS c, min(pad) AS p FROM t");
+    let got = sql(storage, env, "SELECT count(*) AS c, min(pad) AS p FROM t");
     assert_eq!(got.trim(), "c,p\n1000,before");
     // And the frame still takes writes.
-    sql(storage, &env, "INSERT INTO t VALUES (5000, 'after')");
-    let got = sql(storage, &env, "SELECT count(*) AS c FROM t");
+    sql(storage, env, "INSERT INTO t VALUES (5000, 'after')");
+    let got = sql(storage, env, "SELECT count(*) AS c FROM t");
     assert_eq!(got.trim(), "c\n1001");
 }
 
@@ -162,21 +162,7 @@ fn killed_writer_on_s3() {
 fn killed_ctas_leaves_no_frame(storage: &str, env: &[(String, String)], local_dir: Option<&Path>) {
     let ctas = "CREATE TABLE t AS SELECT value AS id, repeat('x', 100) AS pad \
                 FROM generate_series(1, 200000)";
-    let mut paused: Vec<(String, String)> = env.to_vec();
-    paused.push(("APIARY_FAULT_PAUSE_BEFORE_COMMIT_MS".into(), "60000".into()));
-    paused.push(("APIARY_LOG".into(), "warn".into()));
-    let mut child = std::process::Command::new(apiary_bin())
-        .args(["sql", "--storage", storage, ctas])
-        .envs(paused.iter().cloned())
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let mut err = stderr_reader(&mut child);
-    let line = wait_for_line(&mut err, "pausing before commit", Duration::from_secs(60));
-    assert!(line.is_some(), "the CTAS never reached its commit");
-    child.kill().unwrap();
-    child.wait().unwrap();
+    kill_at_commit(storage, env, ctas);
 
     if let Some(dir) = local_dir {
         let frame = dir.join("default/default/t");
