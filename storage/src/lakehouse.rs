@@ -2,9 +2,7 @@
 //! (creating and dropping frames, boxes and hives).
 
 use std::sync::Arc;
-use std::time::Duration;
 
-use arrow::datatypes::SchemaRef;
 use futures::StreamExt;
 use object_store::ObjectStoreExt;
 use tracing::{info, warn};
@@ -14,12 +12,7 @@ use crate::catalog::Catalog;
 use crate::error::{Error, ObjectKind, Result};
 use crate::format::{ExternalFormat, ExternalV1, MarkerV1, ViewV1};
 use crate::ledger::{FrameSnapshot, Ledger, LedgerConfig};
-use crate::new_frame::{Begun, FirstCommit, NewShape};
 use crate::paths::{BoxRef, FrameRef, Ident};
-
-/// A reserved frame name whose table never appeared (its creator died) may be taken over after
-/// this long.
-pub(crate) const STALE_RESERVATION: Duration = Duration::from_secs(60);
 
 /// Catalog + ledger of one storage root.
 #[derive(Debug, Clone)]
@@ -65,48 +58,6 @@ impl Lakehouse {
     }
 
     // ---- frames ------------------------------------------------------------------------------
-
-    /// Create an empty frame. Returns `Ok(None)` if it already exists and `if_not_exists` is
-    /// set: then a frame another writer is creating is waited for (a caller that goes on to use
-    /// it, create-or-append, finds its log there).
-    pub async fn create_frame(
-        &self,
-        frame: &FrameRef,
-        schema: &SchemaRef,
-        partition_columns: &[String],
-        cluster_by: &[String],
-        if_not_exists: bool,
-    ) -> Result<Option<FrameSnapshot>> {
-        let shape = NewShape {
-            schema: schema.clone(),
-            partition_columns: partition_columns.to_vec(),
-            cluster_by: cluster_by.to_vec(),
-        };
-        let exists = || {
-            if if_not_exists {
-                Ok(None)
-            } else {
-                Err(Error::AlreadyExists {
-                    kind: ObjectKind::Frame,
-                    name: frame.to_string(),
-                })
-            }
-        };
-        let new = match self.begin_frame(frame, shape).await? {
-            Begun::Reserved(new) => new,
-            Begun::Exists => return exists(),
-            Begun::BeingCreated(new) => {
-                if if_not_exists {
-                    self.await_first_commit(&new).await?;
-                }
-                return exists();
-            }
-        };
-        match self.first_commit(&new, 0, Vec::new()).await? {
-            FirstCommit::Created { snapshot, .. } => Ok(Some(snapshot)),
-            FirstCommit::Taken(_) => exists(),
-        }
-    }
 
     pub(crate) async fn undo_create(&self, frame: &FrameRef) {
         if let Err(e) = self.catalog.unregister_frame(frame).await {
@@ -261,14 +212,6 @@ impl Lakehouse {
             .snapshot_in(frame, &marker.id, version, external.as_ref())
             .await
         {
-            // A version 0 committed under another marker (its creator committed after a drop
-            // and re-creation of the name) is no frame of this one.
-            Ok(s) if Ledger::incarnation_of(s.delta_state()).is_some_and(|i| i != marker.id) => {
-                Err(Error::NotFound {
-                    kind: ObjectKind::Frame,
-                    name: format!("{frame} (it is being created: retry)"),
-                })
-            }
             Ok(s) => Ok(Opened::Frame(s)),
             // Registered, but no Delta log (yet): another writer is creating it right now, or
             // its creation was interrupted. Either way there is no frame to read.
@@ -511,7 +454,8 @@ fn not_a_table_yet(e: &Error) -> bool {
 mod tests {
     use super::*;
     use crate::{FrameRef, Ident, S3Options};
-    use arrow::datatypes::{DataType, Field, Schema};
+    use arrow::datatypes::{DataType, Field, Schema, SchemaRef};
+    use std::time::Duration;
 
     async fn lakehouse() -> (Lakehouse, tempfile::TempDir) {
         let dir = tempfile::tempdir().unwrap();
@@ -536,8 +480,8 @@ mod tests {
         Arc::new(Schema::new(vec![Field::new("v", DataType::Int64, true)]))
     }
 
-    fn shape() -> NewShape {
-        NewShape {
+    fn shape() -> crate::shape::NewShape {
+        crate::shape::NewShape {
             schema: schema(),
             partition_columns: Vec::new(),
             cluster_by: Vec::new(),

@@ -59,8 +59,8 @@ pub(crate) const INCARNATION_PROPERTY: &str = "apiary.incarnation";
 pub enum Created {
     /// Version 0 is this create's.
     Ours(FrameSnapshot),
-    /// Version 0 exists and belongs to another incarnation of the name.
-    Foreign,
+    /// Version 0 exists and belongs to another incarnation of the name (its commit's text).
+    Foreign(String),
     /// The commit failed and whether version 0 landed could not be read: its cells must stay.
     Unsure(Error),
 }
@@ -592,10 +592,14 @@ impl Ledger {
             Err(e) => match self.version_0_of(frame).await {
                 Ok(Some(commit)) if String::from_utf8_lossy(&commit).contains(incarnation) => {
                     warn!(frame = %frame, error = %e, "version 0 was committed despite an error");
-                    let state = self.snapshot(frame, incarnation, Some(0)).await?;
-                    Ok(Created::Ours(state))
+                    match self.snapshot(frame, incarnation, Some(0)).await {
+                        Ok(state) => Ok(Created::Ours(state)),
+                        Err(load) => Ok(Created::Unsure(load)),
+                    }
                 }
-                Ok(Some(_)) => Ok(Created::Foreign),
+                Ok(Some(commit)) => Ok(Created::Foreign(
+                    String::from_utf8_lossy(&commit).into_owned(),
+                )),
                 Ok(None) => Err(e.into()),
                 Err(check) => Ok(Created::Unsure(Error::Internal(format!(
                     "creating {frame} failed ({e}), and whether its first commit landed is \
@@ -711,6 +715,15 @@ impl Ledger {
                         (other, _) => other.into(),
                     })?,
             };
+            // A version 0 committed under another marker of the name (its creator committed after
+            // a drop and a new reservation) is no frame of this one: never cached as one.
+            if external.is_none() && Self::incarnation_of(&state).is_some_and(|i| i != incarnation)
+            {
+                return Err(Error::NotFound {
+                    kind: crate::error::ObjectKind::Frame,
+                    name: format!("{frame} (it is being created: retry)"),
+                });
+            }
             if version.is_none() {
                 let mut cache = self.cache.lock().expect("ledger cache");
                 let newer = cache.get(frame).is_none_or(|k| {

@@ -29,11 +29,16 @@ use deltalake::kernel::Add;
 use tracing::{info, warn};
 
 use crate::error::{Error, ObjectKind, Result};
-use crate::lakehouse::{Lakehouse, STALE_RESERVATION};
+use crate::format::MarkerV1;
+use crate::lakehouse::Lakehouse;
 use crate::ledger::{Created, FrameSnapshot};
 use crate::paths::{self, FrameRef};
 use crate::provider::{WriteGate, write_cells};
 pub use crate::shape::NewShape;
+
+/// A reserved frame name whose table never appeared (its creator died) may be taken over after
+/// this long.
+pub(crate) const STALE_RESERVATION: Duration = Duration::from_secs(60);
 
 /// A frame whose name is reserved in the catalog and whose version 0 is not written yet.
 #[derive(Debug, Clone)]
@@ -45,6 +50,8 @@ pub struct NewFrame {
     /// This writer made (or took over) the reservation: if it gives up before version 0, it
     /// removes the name again. A writer that joins another's creation leaves it.
     held: bool,
+    /// The stale marker this writer's reservation replaced, if it took one over.
+    took_over: Option<MarkerV1>,
 }
 
 impl NewFrame {
@@ -54,6 +61,7 @@ impl NewFrame {
             incarnation,
             shape,
             held,
+            took_over: None,
         }
     }
 
@@ -148,6 +156,48 @@ impl Uncommitted {
 }
 
 impl Lakehouse {
+    /// Create an empty frame. Returns `Ok(None)` if it already exists and `if_not_exists` is
+    /// set: then a frame another writer is creating is waited for (a caller that goes on to use
+    /// it, create-or-append, finds its log there).
+    pub async fn create_frame(
+        &self,
+        frame: &FrameRef,
+        schema: &arrow::datatypes::SchemaRef,
+        partition_columns: &[String],
+        cluster_by: &[String],
+        if_not_exists: bool,
+    ) -> Result<Option<FrameSnapshot>> {
+        let shape = NewShape {
+            schema: schema.clone(),
+            partition_columns: partition_columns.to_vec(),
+            cluster_by: cluster_by.to_vec(),
+        };
+        let exists = || {
+            if if_not_exists {
+                Ok(None)
+            } else {
+                Err(Error::AlreadyExists {
+                    kind: ObjectKind::Frame,
+                    name: frame.to_string(),
+                })
+            }
+        };
+        let new = match self.begin_frame(frame, shape).await? {
+            Begun::Reserved(new) => new,
+            Begun::Exists => return exists(),
+            Begun::BeingCreated(new) => {
+                if if_not_exists {
+                    self.await_first_commit(&new).await?;
+                }
+                return exists();
+            }
+        };
+        match self.first_commit(&new, 0, Vec::new()).await? {
+            FirstCommit::Created { snapshot, .. } => Ok(Some(snapshot)),
+            FirstCommit::Taken(_) => exists(),
+        }
+    }
+
     /// Reserve `frame` for a creation with `shape`, which is checked first. A reservation whose
     /// creator died (older than the stale limit, with no log) is taken over under a new marker
     /// id, so a creator that was only slow finds the name no longer its own; leftovers of an
@@ -186,9 +236,10 @@ impl Lakehouse {
         warn!(frame = %frame, "taking over a reservation whose creator died");
         self.catalog().unregister_frame(frame).await?;
         match self.catalog().reserve_frame(frame).await? {
-            Some(marker) => Ok(Begun::Reserved(NewFrame::new(
-                frame, marker.id, shape, true,
-            ))),
+            Some(mine) => Ok(Begun::Reserved(NewFrame {
+                took_over: Some(marker),
+                ..NewFrame::new(frame, mine.id, shape, true)
+            })),
             None => Err(Error::Conflict {
                 frame: frame.to_string(),
                 detail: "another writer took over its creation; retry".into(),
@@ -287,7 +338,29 @@ impl Lakehouse {
                 Ok(Created::Ours(s)) => break s,
                 // The cells may be committed: leave them (VACUUM removes what is not).
                 Ok(Created::Unsure(e)) => return Err(e),
-                Ok(Created::Foreign) if !cleared && self.holds(new).await? => {
+                // The creator whose stale reservation we took over was alive after all, and
+                // committed (its client may have been told so): its marker goes back, and this
+                // write meets a frame that exists.
+                Ok(Created::Foreign(commit))
+                    if new
+                        .took_over
+                        .as_ref()
+                        .is_some_and(|old| commit.contains(&old.id)) =>
+                {
+                    let old = new.took_over.clone().expect("checked");
+                    warn!(frame = %new.frame, "the creator taken over committed: its marker is restored");
+                    if self.holds(new).await? {
+                        self.catalog().unregister_frame(&new.frame).await?;
+                        self.catalog().reserve_frame_as(&new.frame, old).await?;
+                    }
+                    return Ok(FirstCommit::Taken(Uncommitted {
+                        frame: new.frame.clone(),
+                        shape: new.shape.clone(),
+                        rows,
+                        adds,
+                    }));
+                }
+                Ok(Created::Foreign(_)) if !cleared && self.holds(new).await? => {
                     // A version 0 of an earlier incarnation of the name (its creator committed
                     // after a drop): an interrupted drop's remainder, under our reservation.
                     warn!(frame = %new.frame, "removing the log of a dropped creation");
@@ -296,7 +369,7 @@ impl Lakehouse {
                     ledger.forget(&new.frame);
                     cleared = true;
                 }
-                Ok(Created::Foreign) => {
+                Ok(Created::Foreign(_)) => {
                     ledger.discard_cells(&new.frame, &adds).await;
                     return Err(dropped_meanwhile(&new.frame));
                 }
@@ -567,6 +640,42 @@ mod tests {
         );
     }
 
+    /// A creator whose stale reservation was taken over, but which committed its version 0
+    /// just after the taker looked for a log (its client may have been told of success): the
+    /// taker puts its marker back and meets a frame that exists, instead of clearing it.
+    #[tokio::test]
+    async fn a_taken_over_creator_that_committed_keeps_its_frame() {
+        let (lh, _dir) = lakehouse().await;
+        let old = MarkerV1 {
+            created_at: chrono::Utc::now() - chrono::Duration::minutes(5),
+            ..MarkerV1::new()
+        };
+        lh.catalog()
+            .reserve_frame_as(&frame(), old.clone())
+            .await
+            .unwrap()
+            .unwrap();
+        let Begun::Reserved(taker) = lh.begin_frame(&frame(), shape()).await.unwrap() else {
+            panic!("a stale reservation was not taken over")
+        };
+        assert_ne!(taker.incarnation, old.id, "a takeover makes a new marker");
+        // The slow creator commits now.
+        lh.ledger()
+            .create_table(&frame(), &old.id, &shape(), Vec::new())
+            .await
+            .unwrap();
+        let got = lh
+            .write_new_frame(&taker, rows(1, false), ctx(), None)
+            .await;
+        let FirstCommit::Taken(cells) = got.unwrap() else {
+            panic!("the taker created the frame over the committed one")
+        };
+        cells.discard(&lh).await;
+        let marker = lh.catalog().frame_marker(&frame()).await.unwrap().unwrap();
+        assert_eq!(marker.id, old.id, "the slow creator's marker is back");
+        assert_eq!(lh.frame(&frame(), None).await.unwrap().version(), 0);
+    }
+
     /// Creators racing for version 0 at once: one creates the table, the others find it is not
     /// theirs, and the log holds one commit (delta-rs rebased a losing create to version 1,
     /// where it recorded its own schema over the winner's).
@@ -585,7 +694,7 @@ mod tests {
             .count();
         let foreign = outcomes
             .iter()
-            .filter(|o| matches!(o, Ok(Created::Foreign)))
+            .filter(|o| matches!(o, Ok(Created::Foreign(_))))
             .count();
         assert_eq!((ours, foreign), (1, 3), "{outcomes:?}");
         let logs: Vec<_> = files(&dir)
