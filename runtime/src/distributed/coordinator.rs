@@ -727,10 +727,16 @@ impl Dispatch {
                         Ok(v) => Box::pin(futures::stream::iter(v.into_iter().map(Ok))),
                         Err(e) => fail(e),
                     },
-                    Some(Ok(Feed::Local(plan))) => match plan.execute(0, context.clone()) {
-                        Ok(s) => Box::pin(s),
-                        Err(e) => fail(e),
-                    },
+                    Some(Ok(Feed::Local(plan))) => {
+                        // A stage run here is a fragment too, for fault injection.
+                        if let Some(delay) = this.config.fault_fragment_delay {
+                            tokio::time::sleep(delay).await;
+                        }
+                        match plan.execute(0, context.clone()) {
+                            Ok(s) => Box::pin(s),
+                            Err(e) => fail(e),
+                        }
+                    }
                     Some(Err((e, true))) => {
                         fail(DataFusionError::External(Box::new(Error::DataLoss(e))))
                     }
