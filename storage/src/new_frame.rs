@@ -72,6 +72,16 @@ impl NewFrame {
     pub fn shape(&self) -> &NewShape {
         &self.shape
     }
+
+    /// `adds` (`rows` rows), written for this frame and not committed.
+    fn uncommitted(&self, rows: u64, adds: Vec<Add>) -> Uncommitted {
+        Uncommitted {
+            frame: self.frame.clone(),
+            shape: self.shape.clone(),
+            rows,
+            adds,
+        }
+    }
 }
 
 /// What a reservation attempt found.
@@ -277,12 +287,7 @@ impl Lakehouse {
         if new.held {
             return self.first_commit(new, rows, adds).await;
         }
-        let cells = Uncommitted {
-            frame: new.frame.clone(),
-            shape: new.shape.clone(),
-            rows,
-            adds,
-        };
+        let cells = new.uncommitted(rows, adds);
         match self.await_first_commit(new).await {
             Ok(()) => Ok(FirstCommit::Taken(cells)),
             Err(e) => {
@@ -353,12 +358,7 @@ impl Lakehouse {
                         self.catalog().unregister_frame(&new.frame).await?;
                         self.catalog().reserve_frame_as(&new.frame, old).await?;
                     }
-                    return Ok(FirstCommit::Taken(Uncommitted {
-                        frame: new.frame.clone(),
-                        shape: new.shape.clone(),
-                        rows,
-                        adds,
-                    }));
+                    return Ok(FirstCommit::Taken(new.uncommitted(rows, adds)));
                 }
                 Ok(Created::Foreign(_)) if !cleared && self.holds(new).await? => {
                     // A version 0 of an earlier incarnation of the name (its creator committed
