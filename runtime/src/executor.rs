@@ -208,6 +208,12 @@ impl Background {
 
     #[allow(clippy::disallowed_methods)]
     fn track(&self, fut: impl Future<Output = ()> + Send + 'static) {
+        // Called from a `Drop` too, which may run outside any runtime (a runtime shutting
+        // down drops its tasks): spawning there would panic, in a destructor.
+        if Handle::try_current().is_err() {
+            tracing::warn!("no runtime to run a background task on; it is skipped");
+            return;
+        }
         let mut tasks = self.tasks.lock().expect("background tasks");
         // Reap what finished, so a long-lived node does not accumulate handles.
         while tasks.try_join_next().is_some() {}

@@ -30,6 +30,7 @@ use tracing::info;
 
 use super::Engine;
 use crate::error::{Error, Result};
+use crate::executor::Background;
 
 /// What to do when the frame exists.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -302,7 +303,11 @@ impl Engine {
             Target::Create { new, if_exists } => {
                 let lh = &self.lakehouse;
                 let gate = self.write_gate.as_ref();
-                match lh.write_new_frame(&new, data, ctx, gate).await? {
+                let cut_short = GiveUpWhenCutShort::new(self, &new);
+                let first = lh.write_new_frame(&new, data, ctx, gate).await;
+                // Ended, one way or another: a failed write has given up its name itself.
+                cut_short.disarm();
+                match first? {
                     FirstCommit::Created { rows, .. } => Ok(rows),
                     FirstCommit::Taken(cells) => {
                         self.created_meanwhile(&new, cells, if_exists).await
@@ -386,6 +391,38 @@ impl Engine {
         let target = self.open_target(frame, schema, mode).await?;
         self.write_target(target, data, self.task_context(env))
             .await
+    }
+}
+
+/// Gives up the reservation of a creating write whose future is dropped before it ends (a
+/// client hang-up, a cancel, the query deadline), so that the name is free again at once
+/// rather than after the stale limit. Harmless once version 0 exists or the name is another
+/// writer's: [`apiary_storage::Lakehouse::abandon_frame`] then leaves it. The cells the write
+/// had finished stay unreferenced, for VACUUM.
+struct GiveUpWhenCutShort {
+    armed: Option<(apiary_storage::Lakehouse, Arc<Background>, NewFrame)>,
+}
+
+impl GiveUpWhenCutShort {
+    fn new(engine: &Engine, new: &NewFrame) -> Self {
+        let armed = engine
+            .background
+            .as_ref()
+            .map(|b| (engine.lakehouse.clone(), b.clone(), new.clone()));
+        Self { armed }
+    }
+
+    fn disarm(mut self) {
+        self.armed = None;
+    }
+}
+
+impl Drop for GiveUpWhenCutShort {
+    fn drop(&mut self) {
+        if let Some((lakehouse, background, new)) = self.armed.take() {
+            info!(frame = %new.frame(), "a creating write was cut short; giving up its name");
+            background.spawn_finishing(async move { lakehouse.abandon_frame(&new).await });
+        }
     }
 }
 

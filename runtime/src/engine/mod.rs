@@ -140,6 +140,9 @@ pub struct Engine {
     cell_cache: Option<Arc<crate::cache::CellCache>>,
     /// Shortest `VACUUM … RETAIN n HOURS` allowed.
     vacuum_min_retention_hours: f64,
+    /// Runs the cleanup of a write cut short (its future dropped), which cannot wait inside
+    /// `Drop`: the node's background work, or nothing (the cleanup is then left undone).
+    background: Option<Arc<crate::executor::Background>>,
 }
 
 impl Engine {
@@ -223,7 +226,15 @@ impl Engine {
             write_gate: None,
             cell_cache: None,
             vacuum_min_retention_hours: config.vacuum_min_retention_hours,
+            background: None,
         })
+    }
+
+    /// A write cut short (a client hang-up, a cancel, the query deadline) is cleaned up in
+    /// `background`.
+    pub fn with_background(mut self, background: Arc<crate::executor::Background>) -> Self {
+        self.background = Some(background);
+        self
     }
 
     /// Writes through this engine ask `gate` before every batch (throttling when hot).

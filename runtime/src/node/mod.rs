@@ -23,6 +23,8 @@ use tracing::{info, warn};
 
 mod plans;
 mod service;
+#[cfg(test)]
+mod tests;
 mod work;
 
 use crate::bees::{BeeConfig, BeePool};
@@ -149,7 +151,10 @@ impl Node {
         // The engine's registry reaches the storage root only; bees use the same one.
         let registry = engine.runtime_env().object_store_registry.clone();
         let bees = BeePool::new(config.bees.clone(), registry.clone());
-        let engine = engine.with_write_gate(Arc::new(ColonyGate { bees: bees.clone() }));
+        let background = Arc::new(Background::new());
+        let engine = engine
+            .with_write_gate(Arc::new(ColonyGate { bees: bees.clone() }))
+            .with_background(background.clone());
         // Scans of an object store go through the local cell cache (confined like the rest).
         let cache = match (&config.cache, lakehouse.storage().kind()) {
             (Some((dir, capacity)), apiary_storage::BackendKind::S3) => {
@@ -178,7 +183,6 @@ impl Node {
             let engine = engine.with_system_catalog(Arc::new(SystemTables::new(status)));
             let world = Arc::new(WorldView::new(config.swarm));
             let queries = QueryRegistry::new();
-            let background = Arc::new(Background::new());
             let dist = Arc::new(DistContext {
                 node_id: config.node_id.clone(),
                 storage: lakehouse.storage().clone(),

@@ -1,0 +1,114 @@
+//! A node's statements against a local root, through the node's own entry points.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use apiary_storage::{FrameRef, Ident, Lakehouse, LedgerConfig, S3Options, Storage};
+use arrow::array::{Int64Array, RecordBatch};
+use arrow::datatypes::{DataType, Field, Schema};
+use datafusion::physical_plan::stream::RecordBatchStreamAdapter;
+use futures::StreamExt;
+
+use crate::engine::{IfExists, IfMissing, Role, WriteMode};
+use crate::error::Error;
+use crate::service::IngestRequest;
+use crate::{Node, NodeConfig, Session};
+
+async fn node(tweak: impl FnOnce(&mut NodeConfig)) -> (Arc<Node>, tempfile::TempDir) {
+    let dir = tempfile::tempdir().unwrap();
+    let root = dir.path().join("root");
+    std::fs::create_dir_all(&root).unwrap();
+    let storage = Storage::open(root.to_str().unwrap(), &S3Options::default()).unwrap();
+    let lakehouse = Lakehouse::open(storage, LedgerConfig::default())
+        .await
+        .unwrap();
+    let mut cfg = NodeConfig::local(1, 256 << 20, dir.path().join("scratch"));
+    tweak(&mut cfg);
+    (Node::new(lakehouse, cfg).unwrap(), dir)
+}
+
+fn frame_t() -> FrameRef {
+    let id = |s| Ident::parse(s).unwrap();
+    FrameRef::new(id("default"), id("default"), id("t"))
+}
+
+/// Whether `t`'s name is free again within `limit`: far less than the minute after which a
+/// reservation nobody holds is taken over anyway.
+async fn freed_within(node: &Node, limit: Duration) -> bool {
+    let start = Instant::now();
+    while start.elapsed() < limit {
+        let marker = node.lakehouse().catalog().frame_marker(&frame_t()).await;
+        if marker.unwrap().is_none() {
+            return true;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    false
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_ctas_stopped_by_its_deadline_frees_the_name_at_once() {
+    let (node, _dir) = node(|c| c.bees.query_timeout = Duration::from_millis(700)).await;
+    let session = Session::new("t");
+    let stmt = node
+        .engine()
+        .parse_one("CREATE TABLE t AS SELECT value FROM generate_series(1, 100000000000)")
+        .unwrap();
+    let err = node.update("q1", &session, &stmt, Vec::new()).await;
+    assert!(matches!(err, Err(Error::Timeout(_))), "{err:?}");
+    assert!(
+        freed_within(&node, Duration::from_secs(10)).await,
+        "the interrupted CTAS still holds the name"
+    );
+    let stmt = node
+        .engine()
+        .parse_one("CREATE TABLE t AS SELECT 1 AS v")
+        .unwrap();
+    assert_eq!(
+        node.update("q2", &session, &stmt, Vec::new())
+            .await
+            .unwrap()
+            .0,
+        1
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_ingest_whose_client_hangs_up_frees_the_name_at_once() {
+    let (node, _dir) = node(|_| {}).await;
+    let schema = Arc::new(Schema::new(vec![Field::new("v", DataType::Int64, true)]));
+    let batch =
+        RecordBatch::try_new(schema.clone(), vec![Arc::new(Int64Array::from(vec![1, 2]))]).unwrap();
+    // One batch, then a client that sends nothing more.
+    let data = futures::stream::iter([Ok(batch)]).chain(futures::stream::pending());
+    let data = Box::pin(RecordBatchStreamAdapter::new(schema.clone(), data));
+    let request = IngestRequest {
+        frame: frame_t(),
+        mode: WriteMode {
+            if_exists: IfExists::Fail,
+            if_missing: IfMissing::Create,
+            partition_by: None,
+            cluster_by: None,
+            merge_schema: false,
+        },
+        user: "t".into(),
+        role: Role::Admin,
+    };
+    let ingest = node.ingest_stream(request, Some(schema), data);
+    // The RPC's future is dropped, as tonic drops it when the client resets the stream.
+    let cut = tokio::time::timeout(Duration::from_millis(500), ingest).await;
+    assert!(cut.is_err(), "the ingest ended without its client: {cut:?}");
+    assert!(
+        node.lakehouse()
+            .catalog()
+            .frame_marker(&frame_t())
+            .await
+            .unwrap()
+            .is_some(),
+        "the ingest had reserved the name"
+    );
+    assert!(
+        freed_within(&node, Duration::from_secs(10)).await,
+        "the abandoned ingest still holds the name"
+    );
+}
