@@ -572,18 +572,43 @@ mod tests {
         lh.catalog.create_box(&b, false).await.unwrap();
     }
 
-    /// When the other writer gives up, the waiting create-or-append gets a conflict to retry.
+    /// When the other writer gives up, a waiting create (with or without `IF NOT EXISTS`)
+    /// takes the name and creates the frame, as PostgreSQL's does once the transaction
+    /// creating the table rolls back.
     #[tokio::test]
-    async fn a_creator_giving_up_is_a_conflict_for_the_waiter() {
+    async fn a_creator_giving_up_leaves_the_name_to_the_waiter() {
+        for if_not_exists in [true, false] {
+            let (lh, _dir) = lakehouse().await;
+            lh.catalog.reserve_frame(&frame()).await.unwrap().unwrap();
+            let quitter = async {
+                tokio::time::sleep(Duration::from_millis(200)).await;
+                lh.catalog.unregister_frame(&frame()).await.unwrap();
+            };
+            let (f, sch) = (frame(), schema());
+            let (_, got) =
+                tokio::join!(quitter, lh.create_frame(&f, &sch, &[], &[], if_not_exists));
+            assert_eq!(got.unwrap().unwrap().version(), 0);
+        }
+    }
+
+    /// A plain create waiting for another writer that commits is ALREADY_EXISTS.
+    #[tokio::test]
+    async fn a_plain_create_waits_for_the_creator_and_then_exists() {
         let (lh, _dir) = lakehouse().await;
-        lh.catalog.reserve_frame(&frame()).await.unwrap().unwrap();
-        let quitter = async {
-            tokio::time::sleep(Duration::from_millis(200)).await;
-            lh.catalog.unregister_frame(&frame()).await.unwrap();
+        let marker = lh.catalog.reserve_frame(&frame()).await.unwrap().unwrap();
+        let creator = async {
+            tokio::time::sleep(Duration::from_millis(300)).await;
+            lh.ledger
+                .create_table(&frame(), &marker.id, &shape(), Vec::new())
+                .await
+                .unwrap();
         };
         let (f, sch) = (frame(), schema());
-        let (_, err) = tokio::join!(quitter, lh.create_frame(&f, &sch, &[], &[], true));
-        assert!(matches!(err, Err(Error::Conflict { .. })), "{err:?}");
+        let (_, err) = tokio::join!(creator, lh.create_frame(&f, &sch, &[], &[], false));
+        match err {
+            Err(Error::AlreadyExists { name, .. }) => assert!(!name.contains("being created")),
+            other => panic!("{other:?}"),
+        }
     }
 
     async fn append(lh: &Lakehouse, v: i64) -> i64 {

@@ -49,6 +49,7 @@ use crate::shape::{
     CLUSTER_BY_PROPERTY, NewShape, cluster_property, parse_cluster_property, protocol_for,
     validate_clustering, validate_partitioning,
 };
+use crate::written::{RecordingStore, Written};
 
 /// The table property that records which catalog marker (incarnation of the name) a frame's
 /// version 0 was committed under.
@@ -317,6 +318,8 @@ pub struct CellWriter {
     inner: Option<DeltaWriter>,
     /// The frame's root, where the cells go (and are deleted from by [`CellWriter::discard`]).
     store: ObjectStoreRef,
+    /// Every cell put so far, whole or begun.
+    written: Written,
     schema: SchemaRef,
     partition_columns: Vec<String>,
     rows: u64,
@@ -356,23 +359,26 @@ impl CellWriter {
         Ok(())
     }
 
-    /// Flush the last cells and return their `Add` actions (not yet committed).
+    /// Flush the last cells and return their `Add` actions (not yet committed). When that
+    /// fails, the cells are deleted.
     pub async fn finish(mut self) -> Result<Vec<Add>> {
-        match self.inner.take() {
-            Some(w) => Ok(w.close().await?),
-            None => Ok(Vec::new()),
+        let Some(w) = self.inner.take() else {
+            return Ok(Vec::new());
+        };
+        match w.close().await {
+            Ok(adds) => Ok(adds),
+            Err(e) => {
+                self.written.delete_from(&self.store).await;
+                Err(e.into())
+            }
         }
     }
 
-    /// Abandon the write and delete the cells it uploaded: the last buffered cell is flushed
-    /// to learn every cell's name. Cells that cannot be deleted stay as unreferenced files (for
-    /// VACUUM).
+    /// Abandon the write and delete the cells it put; rows still buffered are dropped. Cells
+    /// that cannot be deleted stay as unreferenced files (for VACUUM).
     pub async fn discard(mut self) {
-        let Some(w) = self.inner.take() else { return };
-        match w.close().await {
-            Ok(adds) => delete_cells(&self.store, &adds).await,
-            Err(e) => warn!(error = %e, "abandoned cells left for VACUUM"),
-        }
+        self.inner = None;
+        self.written.delete_from(&self.store).await;
     }
 }
 
@@ -782,6 +788,14 @@ impl Ledger {
         }
     }
 
+    /// Delete the cells recorded in `written`, put for `frame` and never committed.
+    pub(crate) async fn discard_written(&self, frame: &FrameRef, written: &Written) {
+        match self.log_store(frame) {
+            Ok(store) => written.delete_from(&store.object_store(None)).await,
+            Err(e) => warn!(frame = %frame, error = %e, "uncommitted cells left for VACUUM"),
+        }
+    }
+
     /// A writer for new cells of `snapshot`'s frame.
     pub fn writer(&self, snapshot: &FrameSnapshot) -> Result<CellWriter> {
         snapshot.writable()?;
@@ -789,18 +803,22 @@ impl Ledger {
             &snapshot.frame,
             &snapshot.schema,
             &snapshot.partition_columns,
+            Written::default(),
         )
     }
 
     /// A writer for cells of `frame` with `schema` and `partition_columns`, whose table may not
-    /// exist yet.
+    /// exist yet, recording into `written` each cell it puts.
     pub(crate) fn cell_writer(
         &self,
         frame: &FrameRef,
         schema: &SchemaRef,
         partition_columns: &[String],
+        written: Written,
     ) -> Result<CellWriter> {
         let store = self.log_store(frame)?.object_store(None);
+        let recording: ObjectStoreRef =
+            Arc::new(RecordingStore::new(store.clone(), written.clone()));
         let props = self.writer_properties()?;
         let config = WriterConfig::new(
             schema.clone(),
@@ -812,8 +830,9 @@ impl Ledger {
             None,
         );
         Ok(CellWriter {
-            inner: Some(DeltaWriter::new(store.clone(), config)),
+            inner: Some(DeltaWriter::new(recording, config)),
             store,
+            written,
             schema: schema.clone(),
             partition_columns: partition_columns.to_vec(),
             rows: 0,

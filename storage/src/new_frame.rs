@@ -35,10 +35,16 @@ use crate::ledger::{Created, FrameSnapshot};
 use crate::paths::{self, FrameRef};
 use crate::provider::{WriteGate, write_cells};
 pub use crate::shape::NewShape;
+use crate::written::Written;
 
 /// A reserved frame name whose table never appeared (its creator died) may be taken over after
 /// this long.
-pub(crate) const STALE_RESERVATION: Duration = Duration::from_secs(60);
+pub const STALE_RESERVATION: Duration = Duration::from_secs(60);
+
+/// How long a plain create waits for another writer creating the same name before it is
+/// ALREADY_EXISTS: long enough for a creation that was cancelled or failed to give the name up,
+/// short enough that a client is not held behind a long `CREATE TABLE … AS SELECT`.
+pub const CREATE_WAITS: Duration = Duration::from_secs(10);
 
 /// A frame whose name is reserved in the catalog and whose version 0 is not written yet.
 #[derive(Debug, Clone)]
@@ -52,6 +58,9 @@ pub struct NewFrame {
     held: bool,
     /// The stale marker this writer's reservation replaced, if it took one over.
     took_over: Option<MarkerV1>,
+    /// The cells this writer has put (clones share it), which a held creation given up before
+    /// its version 0 deletes, even when its write was cut short mid-way.
+    written: Written,
 }
 
 impl NewFrame {
@@ -62,6 +71,7 @@ impl NewFrame {
             shape,
             held,
             took_over: None,
+            written: Written::default(),
         }
     }
 
@@ -94,6 +104,17 @@ pub enum Begun {
     BeingCreated(NewFrame),
     /// The frame exists.
     Exists,
+}
+
+/// What a writer waiting for another's creation saw.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Awaited {
+    /// Version 0 is there.
+    Committed,
+    /// The name is no longer that creation's (given up, dropped, or taken over).
+    GaveUp,
+    /// Still being created when the wait ran out.
+    Pending,
 }
 
 /// How a new frame's first commit went.
@@ -192,15 +213,14 @@ impl Lakehouse {
                 })
             }
         };
-        let new = match self.begin_frame(frame, shape).await? {
+        let wait = match if_not_exists {
+            true => STALE_RESERVATION,
+            false => CREATE_WAITS,
+        };
+        let new = match self.begin_frame_waiting(frame, shape, wait).await? {
             Begun::Reserved(new) => new,
             Begun::Exists => return exists(),
-            Begun::BeingCreated(new) => {
-                if if_not_exists {
-                    self.await_first_commit(&new).await?;
-                }
-                return exists();
-            }
+            Begun::BeingCreated(_) => return Err(being_created(frame)),
         };
         match self.first_commit(&new, 0, Vec::new()).await? {
             FirstCommit::Created { snapshot, .. } => Ok(Some(snapshot)),
@@ -272,8 +292,13 @@ impl Lakehouse {
     ) -> Result<FirstCommit> {
         let ledger = self.ledger();
         let shape = &new.shape;
-        let written = match ledger.cell_writer(&new.frame, &shape.schema, &shape.partition_columns)
-        {
+        let writer = ledger.cell_writer(
+            &new.frame,
+            &shape.schema,
+            &shape.partition_columns,
+            new.written.clone(),
+        );
+        let written = match writer {
             Ok(writer) => write_cells(ledger, writer, &shape.cluster_by, gate, data, ctx).await,
             Err(e) => Err(e),
         };
@@ -300,30 +325,67 @@ impl Lakehouse {
     /// Wait (at most [`STALE_RESERVATION`]) until the writer holding `new`'s reservation has
     /// committed its version 0; ABORTED when it gives up, is taken over, or takes longer.
     pub async fn await_first_commit(&self, new: &NewFrame) -> Result<()> {
-        let deadline = tokio::time::Instant::now() + STALE_RESERVATION;
+        let detail = match self.await_creation(new, STALE_RESERVATION).await? {
+            Awaited::Committed => return Ok(()),
+            Awaited::GaveUp => "another writer gave up creating it; retry",
+            Awaited::Pending => "another writer is still creating it; retry",
+        };
+        Err(Error::Conflict {
+            frame: new.frame.to_string(),
+            detail: detail.into(),
+        })
+    }
+
+    /// Wait at most `limit` for the writer holding `new`'s reservation to commit its version
+    /// 0 or to give the name up.
+    async fn await_creation(&self, new: &NewFrame, limit: Duration) -> Result<Awaited> {
+        let deadline = tokio::time::Instant::now() + limit;
         let mut pause = Duration::from_millis(10);
         loop {
             tokio::time::sleep(pause).await;
             pause = (pause * 2).min(Duration::from_millis(250));
             let marker = self.catalog().frame_marker(&new.frame).await?;
             if marker.is_none_or(|m| m.id != new.incarnation) {
-                return Err(Error::Conflict {
-                    frame: new.frame.to_string(),
-                    detail: "another writer gave up creating it; retry".into(),
-                });
+                return Ok(Awaited::GaveUp);
             }
             match self.open_frame(&new.frame, None).await {
-                Ok(_) => return Ok(()),
+                Ok(_) => return Ok(Awaited::Committed),
                 Err(Error::NotFound { .. }) => {}
                 Err(e) => return Err(e),
             }
             if tokio::time::Instant::now() >= deadline {
-                return Err(Error::Conflict {
-                    frame: new.frame.to_string(),
-                    detail: "another writer is still creating it; retry".into(),
-                });
+                return Ok(Awaited::Pending);
             }
         }
+    }
+
+    /// [`Lakehouse::begin_frame`] for a writer that needs the name itself (a plain create, or
+    /// `IF NOT EXISTS`): a name another writer is creating is waited for, at most `wait`, as
+    /// PostgreSQL waits for the transaction creating a table. If that writer commits, the
+    /// frame exists; if it gives up (it failed, or was cancelled or cut short, which frees the
+    /// name at once), the name is reserved again. Still being created after `wait`:
+    /// `BeingCreated`, never a takeover of a creator that may be alive.
+    pub async fn begin_frame_waiting(
+        &self,
+        frame: &FrameRef,
+        shape: NewShape,
+        wait: Duration,
+    ) -> Result<Begun> {
+        let deadline = tokio::time::Instant::now() + wait;
+        // Each round follows a creator that gave up; a few are plenty.
+        for _ in 0..4 {
+            let new = match self.begin_frame(frame, shape.clone()).await? {
+                Begun::BeingCreated(new) => new,
+                begun => return Ok(begun),
+            };
+            let left = deadline.saturating_duration_since(tokio::time::Instant::now());
+            match self.await_creation(&new, left).await? {
+                Awaited::Committed => return Ok(Begun::Exists),
+                Awaited::GaveUp => continue,
+                Awaited::Pending => return Ok(Begun::BeingCreated(new)),
+            }
+        }
+        self.begin_frame(frame, shape).await
     }
 
     /// Commit version 0 of `new` (held) with `adds`, then check that the name is still its own.
@@ -406,21 +468,47 @@ impl Lakehouse {
             .is_some_and(|m| m.id == new.incarnation))
     }
 
-    /// Give up creating `new` before its version 0: a held reservation is removed, unless it is
-    /// no longer this writer's or a version 0 exists.
-    pub async fn abandon_frame(&self, new: &NewFrame) {
+    /// Give up creating `new` before its version 0: a held reservation is removed, with the
+    /// cells its writer put, unless it is no longer this writer's or a version 0 exists. Safe
+    /// to call at any point of a creation, also for a write that was cut short (its future
+    /// dropped) mid-way. Returns whether the name was given up.
+    pub async fn abandon_frame(&self, new: &NewFrame) -> bool {
         if !new.held {
-            return;
+            return false;
         }
         let given_up = async {
             if !self.holds(new).await? || self.ledger().has_leftovers(&new.frame).await? {
-                return Ok(());
+                return Ok(false);
             }
-            self.catalog().unregister_frame(&new.frame).await
+            // Only this writer commits version 0, and it has stopped: nothing refers to these.
+            self.discard_cells_of(new).await;
+            self.catalog().unregister_frame(&new.frame).await?;
+            Ok(true)
         };
-        if let Err(e) = given_up.await {
+        given_up.await.unwrap_or_else(|e: Error| {
             warn!(frame = %new.frame, error = %e, "giving up a frame's creation");
-        }
+            false
+        })
+    }
+
+    /// Delete every cell `new`'s writer put. Only for a creation given up
+    /// ([`Lakehouse::abandon_frame`] returned true): then nothing refers to them, and this may
+    /// run again later for a put that was in flight when the write was cut short.
+    pub async fn discard_cells_of(&self, new: &NewFrame) {
+        self.ledger()
+            .discard_written(&new.frame, &new.written)
+            .await;
+    }
+}
+
+/// ALREADY_EXISTS for a name that another writer is still creating.
+pub fn being_created(frame: &FrameRef) -> Error {
+    Error::AlreadyExists {
+        kind: ObjectKind::Frame,
+        name: format!(
+            "{frame} (being created by another statement, or by one stopped less than a minute \
+             ago: retry, or DROP TABLE it)"
+        ),
     }
 }
 

@@ -264,6 +264,53 @@ def test_loaders_creating_one_table_at_once_keep_every_row(server):
         assert ops == ["CREATE TABLE", "WRITE", "WRITE", "WRITE"], ops
 
 
+def test_creating_writes_cut_short_give_their_name_up(tmp_path):
+    """A CREATE TABLE … AS SELECT stopped by the query deadline or cancelled by its client, and
+    an ingest whose client gives up, free their table's name at once: the same statement run
+    again right away creates the table, and no cell of the first attempt is left."""
+    import pathlib
+    import threading
+
+    from conftest import ApiaryServer
+
+    root = tmp_path / "root"
+    server = ApiaryServer(str(root), args=["--query-timeout", "2s"])
+    endless = "AS SELECT value AS v FROM generate_series(1, 100000000000)"
+    try:
+        with connect(server) as conn, conn.cursor() as cur:
+            with pytest.raises(adbc_driver_manager.Error) as e:
+                cur.execute(f"CREATE TABLE past_deadline {endless}")
+            assert "timed out" in str(e.value)
+            cur.execute("CREATE TABLE past_deadline AS SELECT 1 AS v")
+
+            threading.Timer(1.0, cur.adbc_cancel).start()
+            with pytest.raises(adbc_driver_manager.Error):
+                cur.execute(f"CREATE TABLE cancelled {endless}")
+        with connect(server) as conn, conn.cursor() as cur:
+            cur.execute("CREATE TABLE cancelled AS SELECT 2 AS v")
+
+        schema = pa.schema([("v", pa.int64())])
+
+        def batches():
+            for i in range(20):
+                yield pa.record_batch([pa.array(range(i * 100_000, (i + 1) * 100_000))], schema=schema)
+            raise RuntimeError("the client's source failed")
+
+        with connect(server) as conn, conn.cursor() as cur:
+            with pytest.raises(Exception):
+                cur.adbc_ingest("given_up", pa.RecordBatchReader.from_batches(schema, batches()), mode="create")
+        with connect(server) as conn, conn.cursor() as cur:
+            cur.execute("CREATE TABLE given_up AS SELECT 3 AS v")
+            cur.execute("SELECT * FROM past_deadline UNION ALL SELECT * FROM cancelled UNION ALL SELECT * FROM given_up ORDER BY v")
+            assert cur.fetchall() == [(1,), (2,), (3,)]
+        assert server.wait_log("a creating write was cut short"), server.log
+    finally:
+        server.stop()
+    for t in ["past_deadline", "cancelled", "given_up"]:
+        cells = list(pathlib.Path(root, "default", "default", t).rglob("*.parquet"))
+        assert len(cells) == 1, (t, cells)
+
+
 def test_ingest_errors_catalog_schema_empty_and_casts(server):
     data = pa.table({"k": pa.array([1], pa.int64())})
     with connect(server) as conn, conn.cursor() as cur:

@@ -12,14 +12,18 @@
 //! | no            | `Create`                      | write, then create the frame with its cells in one commit |
 //!
 //! A write that creates its frame is all or nothing, killed or failed at any point: the frame
-//! appears with its first rows or not at all (see [`apiary_storage::new_frame`]). A write that
-//! finds another writer creating the frame writes its cells meanwhile if it may append or
-//! replace, waits for that writer's first commit, then applies its own rule to the frame
-//! (append, replace); `IF NOT EXISTS` waits and skips; a plain create is ALREADY_EXISTS.
+//! appears with its first rows or not at all (see [`apiary_storage::new_frame`]); cut short
+//! (its future dropped), it gives its name up at once. A write that finds another writer
+//! creating the frame writes its cells meanwhile if it may append or replace, waits for that
+//! writer's first commit, then applies its own rule to the frame (append, replace). A plain
+//! create and `IF NOT EXISTS` wait for that writer instead (a plain create for at most
+//! [`CREATE_WAITS`]): they find the frame created (ALREADY_EXISTS, or skipped), or create it
+//! themselves when that writer gives up.
 
+use apiary_storage::new_frame::{CREATE_WAITS, STALE_RESERVATION};
 use apiary_storage::{
     Begun, FirstCommit, FrameRef, FrameSink, FrameSnapshot, FrameTable, NewFrame, NewShape,
-    ObjectKind, Opened, Uncommitted,
+    ObjectKind, Opened, Uncommitted, being_created,
 };
 use std::sync::Arc;
 
@@ -197,26 +201,30 @@ impl Engine {
             new: Box::new(new),
             if_exists,
         };
-        match (lh.begin_frame(frame, shape).await?, if_exists) {
+        // A write that needs the name itself waits for another writer creating it: for its
+        // version 0, or for the name back if it gives up.
+        let begun = match if_exists {
+            IfExists::Append | IfExists::Replace => lh.begin_frame(frame, shape).await?,
+            IfExists::Fail => lh.begin_frame_waiting(frame, shape, CREATE_WAITS).await?,
+            IfExists::Skip => {
+                lh.begin_frame_waiting(frame, shape, STALE_RESERVATION)
+                    .await?
+            }
+        };
+        match (begun, if_exists) {
             (Begun::Reserved(new), _) => Ok(create(new)),
             // Another writer is creating it: a write that would append to (or replace) the
             // frame writes its cells too, and the first to commit creates the frame.
             (Begun::BeingCreated(new), IfExists::Append | IfExists::Replace) => Ok(create(new)),
-            // IF NOT EXISTS answers once the frame does exist (ABORTED if its creator gives up).
-            (Begun::BeingCreated(new), IfExists::Skip) => {
-                lh.await_first_commit(&new).await?;
-                Ok(Target::Skip)
-            }
-            (Begun::Exists, IfExists::Skip) => Ok(Target::Skip),
-            (Begun::Exists, IfExists::Fail) => Err(already_exists(frame)),
-            (Begun::BeingCreated(_), IfExists::Fail) => Err(apiary_storage::Error::AlreadyExists {
-                kind: ObjectKind::Frame,
-                name: format!(
-                    "{frame} (being created by another statement, or by one stopped less than \
-                     a minute ago: retry, or DROP TABLE it)"
-                ),
+            // Still being created after the wait.
+            (Begun::BeingCreated(_), IfExists::Skip) => Err(apiary_storage::Error::Conflict {
+                frame: frame.to_string(),
+                detail: "another writer is still creating it; retry".into(),
             }
             .into()),
+            (Begun::BeingCreated(_), IfExists::Fail) => Err(being_created(frame).into()),
+            (Begun::Exists, IfExists::Skip) => Ok(Target::Skip),
+            (Begun::Exists, IfExists::Fail) => Err(already_exists(frame)),
             // Created by another writer since we looked.
             (Begun::Exists, IfExists::Append) => Ok(Target::Write {
                 table: Box::new(self.frame_table(lh.frame(frame, None).await?)),
@@ -394,11 +402,14 @@ impl Engine {
     }
 }
 
+/// A put that was in flight when a write was cut short lands within this; its cell is deleted
+/// then.
+const LATE_PUTS: std::time::Duration = std::time::Duration::from_secs(5);
+
 /// Gives up the reservation of a creating write whose future is dropped before it ends (a
-/// client hang-up, a cancel, the query deadline), so that the name is free again at once
-/// rather than after the stale limit. Harmless once version 0 exists or the name is another
-/// writer's: [`apiary_storage::Lakehouse::abandon_frame`] then leaves it. The cells the write
-/// had finished stay unreferenced, for VACUUM.
+/// client hang-up, a cancel, the query deadline), with the cells it put, so that the name is
+/// free again at once rather than after the stale limit. Harmless once version 0 exists or the
+/// name is another writer's: [`apiary_storage::Lakehouse::abandon_frame`] then leaves it.
 struct GiveUpWhenCutShort {
     armed: Option<(apiary_storage::Lakehouse, Arc<Background>, NewFrame)>,
 }
@@ -421,7 +432,16 @@ impl Drop for GiveUpWhenCutShort {
     fn drop(&mut self) {
         if let Some((lakehouse, background, new)) = self.armed.take() {
             info!(frame = %new.frame(), "a creating write was cut short; giving up its name");
-            background.spawn_finishing(async move { lakehouse.abandon_frame(&new).await });
+            let late = background.clone();
+            background.spawn_finishing(async move {
+                if lakehouse.abandon_frame(&new).await {
+                    // Until shutdown only: a cell landing later stays, unreferenced.
+                    late.spawn(async move {
+                        tokio::time::sleep(LATE_PUTS).await;
+                        lakehouse.discard_cells_of(&new).await;
+                    });
+                }
+            });
         }
     }
 }
