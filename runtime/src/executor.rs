@@ -177,11 +177,18 @@ where
 pub struct Background {
     token: CancellationToken,
     tasks: Mutex<JoinSet<()>>,
+    /// The runtime the node was made on (its IO runtime), where every task runs, wherever it
+    /// is spawned from: a cleanup handed over from a `Drop` on the CPU runtime included.
+    runtime: Option<Handle>,
 }
 
 impl Background {
+    /// Tasks run on the current runtime (when there is one).
     pub fn new() -> Self {
-        Self::default()
+        Self {
+            runtime: Handle::try_current().ok(),
+            ..Self::default()
+        }
     }
 
     /// Fires when the node shuts down.
@@ -210,14 +217,14 @@ impl Background {
     fn track(&self, fut: impl Future<Output = ()> + Send + 'static) {
         // Called from a `Drop` too, which may run outside any runtime (a runtime shutting
         // down drops its tasks): spawning there would panic, in a destructor.
-        if Handle::try_current().is_err() {
+        let Some(runtime) = self.runtime.clone().or_else(|| Handle::try_current().ok()) else {
             tracing::warn!("no runtime to run a background task on; it is skipped");
             return;
-        }
+        };
         let mut tasks = self.tasks.lock().expect("background tasks");
         // Reap what finished, so a long-lived node does not accumulate handles.
         while tasks.try_join_next().is_some() {}
-        tasks.spawn(fut);
+        tasks.spawn_on(fut, &runtime);
     }
 
     /// Tasks still running.

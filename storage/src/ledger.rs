@@ -377,7 +377,10 @@ impl CellWriter {
     /// Abandon the write and delete the cells it put; rows still buffered are dropped. Cells
     /// that cannot be deleted stay as unreferenced files (for VACUUM).
     pub async fn discard(mut self) {
-        self.inner = None;
+        if let Some(w) = self.inner.take() {
+            // Uploads in progress are aborted (S3 keeps the parts of one merely dropped).
+            let _ = w.abort().await;
+        }
         self.written.delete_from(&self.store).await;
     }
 }

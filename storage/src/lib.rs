@@ -69,7 +69,9 @@ pub use history::{Commit, Restored};
 pub use lakehouse::{Lakehouse, Opened};
 pub use ledger::{FrameSnapshot, FrameStats, Ledger, LedgerConfig, cell_size_for_budget};
 pub use maintain::{Optimized, PartitionCondition, Vacuumed};
-pub use new_frame::{Begun, FirstCommit, NewFrame, NewShape, Uncommitted, being_created};
+pub use new_frame::{
+    Begun, FirstCommit, NewFrame, NewShape, Uncommitted, being_created, still_creating,
+};
 pub use paths::{BoxRef, FrameRef, Ident};
 pub use provider::{FrameSink, FrameTable, WriteGate};
 pub use spread::{spread_cells, spread_cells_within};

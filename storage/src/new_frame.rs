@@ -22,6 +22,7 @@
 //! ([`FirstCommit::Taken`]) to append, replace or delete as its statement says.
 
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use datafusion::execution::{SendableRecordBatchStream, TaskContext};
@@ -61,6 +62,9 @@ pub struct NewFrame {
     /// The cells this writer has put (clones share it), which a held creation given up before
     /// its version 0 deletes, even when its write was cut short mid-way.
     written: Written,
+    /// Set once this writer starts committing version 0 (clones share it): from then on a
+    /// write cut short may have committed, and is not given up from outside.
+    committing: Arc<AtomicBool>,
 }
 
 impl NewFrame {
@@ -72,6 +76,7 @@ impl NewFrame {
             held,
             took_over: None,
             written: Written::default(),
+            committing: Arc::default(),
         }
     }
 
@@ -81,6 +86,12 @@ impl NewFrame {
 
     pub fn shape(&self) -> &NewShape {
         &self.shape
+    }
+
+    /// Whether this writer has started committing version 0: a write cut short after this may
+    /// have committed, so only its own end (or the stale limit) settles the name.
+    pub fn committing(&self) -> bool {
+        self.committing.load(Ordering::SeqCst)
     }
 
     /// `adds` (`rows` rows), written for this frame and not committed.
@@ -220,6 +231,7 @@ impl Lakehouse {
         let new = match self.begin_frame_waiting(frame, shape, wait).await? {
             Begun::Reserved(new) => new,
             Begun::Exists => return exists(),
+            Begun::BeingCreated(_) if if_not_exists => return Err(still_creating(frame)),
             Begun::BeingCreated(_) => return Err(being_created(frame)),
         };
         match self.first_commit(&new, 0, Vec::new()).await? {
@@ -325,15 +337,14 @@ impl Lakehouse {
     /// Wait (at most [`STALE_RESERVATION`]) until the writer holding `new`'s reservation has
     /// committed its version 0; ABORTED when it gives up, is taken over, or takes longer.
     pub async fn await_first_commit(&self, new: &NewFrame) -> Result<()> {
-        let detail = match self.await_creation(new, STALE_RESERVATION).await? {
-            Awaited::Committed => return Ok(()),
-            Awaited::GaveUp => "another writer gave up creating it; retry",
-            Awaited::Pending => "another writer is still creating it; retry",
-        };
-        Err(Error::Conflict {
-            frame: new.frame.to_string(),
-            detail: detail.into(),
-        })
+        match self.await_creation(new, STALE_RESERVATION).await? {
+            Awaited::Committed => Ok(()),
+            Awaited::GaveUp => Err(Error::Conflict {
+                frame: new.frame.to_string(),
+                detail: "another writer gave up creating it; retry".into(),
+            }),
+            Awaited::Pending => Err(still_creating(&new.frame)),
+        }
     }
 
     /// Wait at most `limit` for the writer holding `new`'s reservation to commit its version
@@ -396,6 +407,7 @@ impl Lakehouse {
         adds: Vec<Add>,
     ) -> Result<FirstCommit> {
         let ledger = self.ledger();
+        new.committing.store(true, Ordering::SeqCst);
         let mut cleared = false;
         let snapshot = loop {
             let created = ledger
@@ -480,9 +492,10 @@ impl Lakehouse {
             if !self.holds(new).await? || self.ledger().has_leftovers(&new.frame).await? {
                 return Ok(false);
             }
-            // Only this writer commits version 0, and it has stopped: nothing refers to these.
-            self.discard_cells_of(new).await;
+            // The name first, right after the checks (a marker removed late could be a new
+            // holder's); then the cells, which only this writer's version 0 could refer to.
             self.catalog().unregister_frame(&new.frame).await?;
+            self.discard_cells_of(new).await;
             Ok(true)
         };
         given_up.await.unwrap_or_else(|e: Error| {
@@ -509,6 +522,14 @@ pub fn being_created(frame: &FrameRef) -> Error {
             "{frame} (being created by another statement, or by one stopped less than a minute \
              ago: retry, or DROP TABLE it)"
         ),
+    }
+}
+
+/// ABORTED for a name another writer is still creating after a waiter's longest wait.
+pub fn still_creating(frame: &FrameRef) -> Error {
+    Error::Conflict {
+        frame: frame.to_string(),
+        detail: "another writer is still creating it; retry".into(),
     }
 }
 

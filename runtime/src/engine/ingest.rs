@@ -23,14 +23,14 @@
 use apiary_storage::new_frame::{CREATE_WAITS, STALE_RESERVATION};
 use apiary_storage::{
     Begun, FirstCommit, FrameRef, FrameSink, FrameSnapshot, FrameTable, NewFrame, NewShape,
-    ObjectKind, Opened, Uncommitted, being_created,
+    ObjectKind, Opened, Uncommitted, being_created, still_creating,
 };
 use std::sync::Arc;
 
 use arrow::datatypes::{Field, Schema, SchemaRef};
 use datafusion::execution::runtime_env::RuntimeEnv;
 use datafusion::execution::{SendableRecordBatchStream, TaskContext};
-use tracing::info;
+use tracing::{info, warn};
 
 use super::Engine;
 use crate::error::{Error, Result};
@@ -217,11 +217,7 @@ impl Engine {
             // frame writes its cells too, and the first to commit creates the frame.
             (Begun::BeingCreated(new), IfExists::Append | IfExists::Replace) => Ok(create(new)),
             // Still being created after the wait.
-            (Begun::BeingCreated(_), IfExists::Skip) => Err(apiary_storage::Error::Conflict {
-                frame: frame.to_string(),
-                detail: "another writer is still creating it; retry".into(),
-            }
-            .into()),
+            (Begun::BeingCreated(_), IfExists::Skip) => Err(still_creating(frame).into()),
             (Begun::BeingCreated(_), IfExists::Fail) => Err(being_created(frame).into()),
             (Begun::Exists, IfExists::Skip) => Ok(Target::Skip),
             (Begun::Exists, IfExists::Fail) => Err(already_exists(frame)),
@@ -431,6 +427,11 @@ impl GiveUpWhenCutShort {
 impl Drop for GiveUpWhenCutShort {
     fn drop(&mut self) {
         if let Some((lakehouse, background, new)) = self.armed.take() {
+            if new.committing() {
+                // Its version 0 may land yet: the name settles by itself, or once stale.
+                warn!(frame = %new.frame(), "a creating write was cut short while committing");
+                return;
+            }
             info!(frame = %new.frame(), "a creating write was cut short; giving up its name");
             let late = background.clone();
             background.spawn_finishing(async move {
