@@ -488,19 +488,25 @@ mod tests {
         }
     }
 
-    /// A create-or-append that finds another writer mid-creation returns once the frame's log
-    /// is there, never before: the append that follows can read the frame.
-    #[tokio::test]
-    async fn create_if_not_exists_waits_for_a_frame_another_writer_is_creating() {
-        let (lh, _dir) = lakehouse().await;
+    /// Another writer's creation of `frame()`: reserved now, committed 300 ms after the
+    /// returned future starts.
+    async fn another_creator(lh: &Lakehouse) -> impl std::future::Future<Output = ()> + '_ {
         let marker = lh.catalog.reserve_frame(&frame()).await.unwrap().unwrap();
-        let creator = async {
+        async move {
             tokio::time::sleep(Duration::from_millis(300)).await;
             lh.ledger
                 .create_table(&frame(), &marker.id, &shape(), Vec::new())
                 .await
                 .unwrap();
-        };
+        }
+    }
+
+    /// A create-or-append that finds another writer mid-creation returns once the frame's log
+    /// is there, never before: the append that follows can read the frame.
+    #[tokio::test]
+    async fn create_if_not_exists_waits_for_a_frame_another_writer_is_creating() {
+        let (lh, _dir) = lakehouse().await;
+        let creator = another_creator(&lh).await;
         let waiter = async {
             let got = lh.create_frame(&frame(), &schema(), &[], &[], true).await;
             assert!(got.unwrap().is_none(), "another writer created it");
@@ -595,14 +601,7 @@ mod tests {
     #[tokio::test]
     async fn a_plain_create_waits_for_the_creator_and_then_exists() {
         let (lh, _dir) = lakehouse().await;
-        let marker = lh.catalog.reserve_frame(&frame()).await.unwrap().unwrap();
-        let creator = async {
-            tokio::time::sleep(Duration::from_millis(300)).await;
-            lh.ledger
-                .create_table(&frame(), &marker.id, &shape(), Vec::new())
-                .await
-                .unwrap();
-        };
+        let creator = another_creator(&lh).await;
         let (f, sch) = (frame(), schema());
         let (_, err) = tokio::join!(creator, lh.create_frame(&f, &sch, &[], &[], false));
         match err {
