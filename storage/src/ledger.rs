@@ -49,7 +49,7 @@ use crate::shape::{
     CLUSTER_BY_PROPERTY, NewShape, cluster_property, parse_cluster_property, protocol_for,
     validate_clustering, validate_partitioning,
 };
-use crate::written::{RecordingStore, Written};
+use crate::written::{RecordingStore, Written, delete_uncommitted};
 
 /// The table property that records which catalog marker (incarnation of the name) a frame's
 /// version 0 was committed under.
@@ -387,16 +387,14 @@ impl CellWriter {
 
 /// Delete the cells of `adds` (written, never committed) from a frame's root.
 async fn delete_cells(store: &ObjectStoreRef, adds: &[Add]) {
-    use object_store::ObjectStoreExt;
+    let mut paths = Vec::with_capacity(adds.len());
     for add in adds {
-        let deleted = match Path::parse(&add.path) {
-            Ok(path) => store.delete(&path).await.map_err(|e| e.to_string()),
-            Err(e) => Err(e.to_string()),
-        };
-        if let Err(e) = deleted {
-            warn!(cell = %add.path, error = %e, "uncommitted cell left for VACUUM");
+        match Path::parse(&add.path) {
+            Ok(path) => paths.push(path),
+            Err(e) => warn!(cell = %add.path, error = %e, "uncommitted cell left for VACUUM"),
         }
     }
+    delete_uncommitted(store, paths).await;
 }
 
 /// The ledger of every frame under one storage root.

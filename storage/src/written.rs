@@ -27,11 +27,17 @@ impl Written {
     /// already gone counts as deleted, so this may run again for a put that landed late.
     pub(crate) async fn delete_from(&self, store: &Arc<dyn ObjectStore>) {
         let paths = self.0.lock().expect("written paths").clone();
-        for path in paths {
-            match store.delete(&path).await {
-                Ok(()) | Err(object_store::Error::NotFound { .. }) => {}
-                Err(e) => warn!(cell = %path, error = %e, "uncommitted cell left for VACUUM"),
-            }
+        delete_uncommitted(store, paths).await;
+    }
+}
+
+/// Delete cells that were put and never committed; one already gone counts as deleted, one
+/// that cannot be deleted stays as an unreferenced file (for VACUUM).
+pub(crate) async fn delete_uncommitted(store: &Arc<dyn ObjectStore>, paths: Vec<Path>) {
+    for path in paths {
+        match store.delete(&path).await {
+            Ok(()) | Err(object_store::Error::NotFound { .. }) => {}
+            Err(e) => warn!(cell = %path, error = %e, "uncommitted cell left for VACUUM"),
         }
     }
 }
