@@ -121,6 +121,7 @@ pub trait QueryService: Send + Sync + std::fmt::Debug + 'static {
     async fn list_hives(&self) -> Result<Vec<Ident>>;
     /// Boxes of one hive, or of every hive.
     async fn list_boxes(&self, hive: Option<&Ident>) -> Result<Vec<BoxRef>>;
+    /// Frames and views of a box that a client sees (not the names still being created).
     async fn list_frames(&self, b: &BoxRef) -> Result<Vec<Ident>>;
     /// What a name in a box is (a frame or a view) and, when asked, the columns it serves;
     /// `None` if it does not exist (any more).

@@ -10,9 +10,12 @@
 //! the parent missing; a non-cascading drop that finds a child appeared restores its marker and
 //! reports the parent not empty. The frame's own data is handled by [`crate::ledger`].
 
+use chrono::{DateTime, Utc};
+use object_store::path::Path;
+
 use crate::backend::Storage;
 use crate::error::{Error, ObjectKind, Result};
-use crate::format::{MarkerV1, Versioned};
+use crate::format::{CreatingV1, MarkerV1, Versioned};
 use crate::paths::{self, BoxRef, FrameRef, Ident};
 
 /// The catalog of one storage root.
@@ -189,12 +192,8 @@ impl Catalog {
         }
     }
 
-    /// Reserve a frame name. `Ok(None)` if the name is taken; the caller creates the table next.
-    pub(crate) async fn reserve_frame(&self, f: &FrameRef) -> Result<Option<MarkerV1>> {
-        self.reserve_frame_as(f, MarkerV1::new()).await
-    }
-
-    /// Reserve a frame name with `marker` (an external frame's carries its location).
+    /// Reserve a frame name with `marker` (an external frame's carries its location; a new
+    /// table's has its lease put first). `Ok(None)` if the name is taken.
     pub(crate) async fn reserve_frame_as(
         &self,
         f: &FrameRef,
@@ -230,6 +229,48 @@ impl Catalog {
         Ok(out)
     }
 
+    /// The frames of one box that a client sees, sorted by name: [`Self::list_frames`] without
+    /// the names still being created (their lease is there and their version 0 is not), which
+    /// open as NOT_FOUND until created, and without a creation a crash interrupted. A table
+    /// being created in a transaction is not listed elsewhere either. Costs one more listing,
+    /// plus two reads per name with a lease.
+    pub async fn list_visible_frames(&self, b: &BoxRef) -> Result<Vec<Ident>> {
+        let frames = self.list_frames(b).await?;
+        let leases: Vec<_> = self
+            .storage
+            .list(&paths::creations_prefix(b))
+            .await?
+            .into_iter()
+            .map(|m| m.location)
+            .collect();
+        if leases.is_empty() {
+            return Ok(frames);
+        }
+        let mut out = Vec::with_capacity(frames.len());
+        for name in frames {
+            let f = FrameRef::new(b.hive.clone(), b.name.clone(), name.clone());
+            let dir = paths::creations_of(&f);
+            if leases.iter().any(|l| l.prefix_matches(&dir))
+                && self.being_created(&f, &leases).await?
+            {
+                continue;
+            }
+            out.push(name);
+        }
+        Ok(out)
+    }
+
+    /// Whether `f`'s current marker has a lease among `leases` and no version 0.
+    async fn being_created(&self, f: &FrameRef, leases: &[Path]) -> Result<bool> {
+        let Some(marker) = self.frame_marker(f).await? else {
+            return Ok(false);
+        };
+        if !leases.contains(&paths::creation_lease(f, &marker.id)) {
+            return Ok(false);
+        }
+        Ok(!self.storage.exists(&paths::first_commit(f)).await?)
+    }
+
     /// Every frame of a hive, as (box, frame) pairs.
     pub async fn list_hive_frames(&self, hive: &Ident) -> Result<Vec<FrameRef>> {
         let base = paths::hive_frames_prefix(hive);
@@ -253,6 +294,36 @@ impl Catalog {
             .collect();
         out.sort();
         Ok(out)
+    }
+
+    // ---- creations ---------------------------------------------------------------------------
+
+    /// Put or renew the lease of `f`'s creation under the marker id `incarnation`.
+    pub(crate) async fn renew_creation(&self, f: &FrameRef, incarnation: &str) -> Result<()> {
+        let lease = paths::creation_lease(f, incarnation);
+        self.storage.put(&lease, CreatingV1::now().encode()).await?;
+        Ok(())
+    }
+
+    /// When the creation of `f` under `incarnation` last renewed its lease; `None` without a
+    /// lease (a creator of an older version, or one that has ended) or with an unreadable one.
+    pub(crate) async fn creation_renewed(
+        &self,
+        f: &FrameRef,
+        incarnation: &str,
+    ) -> Result<Option<DateTime<Utc>>> {
+        let lease = paths::creation_lease(f, incarnation);
+        let Some((body, _)) = self.storage.get_opt(&lease).await? else {
+            return Ok(None);
+        };
+        Ok(CreatingV1::decode(&body).ok().map(|l| l.renewed_at))
+    }
+
+    /// Delete the lease of `f`'s creation under `incarnation`.
+    pub(crate) async fn end_creation(&self, f: &FrameRef, incarnation: &str) -> Result<()> {
+        self.storage
+            .delete(&paths::creation_lease(f, incarnation))
+            .await
     }
 
     // ---- drops -------------------------------------------------------------------------------

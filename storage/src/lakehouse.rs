@@ -89,6 +89,10 @@ impl Lakehouse {
         }
         self.catalog.unregister_frame(frame).await?;
         let objects = self.ledger.delete_data(frame).await?;
+        if let Some(m) = &marker {
+            // A creation dropped before its version 0 leaves no lease behind.
+            self.catalog.end_creation(frame, &m.id).await?;
+        }
         info!(frame = %frame, objects, "frame dropped");
         Ok(true)
     }
@@ -491,7 +495,12 @@ mod tests {
     /// Another writer's creation of `frame()`: reserved now, committed 300 ms after the
     /// returned future starts.
     async fn another_creator(lh: &Lakehouse) -> impl std::future::Future<Output = ()> + '_ {
-        let marker = lh.catalog.reserve_frame(&frame()).await.unwrap().unwrap();
+        let marker = lh
+            .catalog
+            .reserve_frame_as(&frame(), crate::format::MarkerV1::new())
+            .await
+            .unwrap()
+            .unwrap();
         async move {
             tokio::time::sleep(Duration::from_millis(300)).await;
             lh.ledger
@@ -526,7 +535,11 @@ mod tests {
     #[tokio::test]
     async fn a_frame_mid_creation_is_not_found() {
         let (lh, _dir) = lakehouse().await;
-        lh.catalog.reserve_frame(&frame()).await.unwrap().unwrap();
+        lh.catalog
+            .reserve_frame_as(&frame(), crate::format::MarkerV1::new())
+            .await
+            .unwrap()
+            .unwrap();
         let err = lh.open_frame(&frame(), None).await;
         assert!(matches!(err, Err(Error::NotFound { .. })), "{err:?}");
     }
@@ -585,7 +598,11 @@ mod tests {
     async fn a_creator_giving_up_leaves_the_name_to_the_waiter() {
         for if_not_exists in [true, false] {
             let (lh, _dir) = lakehouse().await;
-            lh.catalog.reserve_frame(&frame()).await.unwrap().unwrap();
+            lh.catalog
+                .reserve_frame_as(&frame(), crate::format::MarkerV1::new())
+                .await
+                .unwrap()
+                .unwrap();
             let quitter = async {
                 tokio::time::sleep(Duration::from_millis(200)).await;
                 lh.catalog.unregister_frame(&frame()).await.unwrap();

@@ -89,6 +89,9 @@ pub struct LedgerConfig {
     pub checkpoint_interval: u64,
     /// Bound of the node's decoded Parquet footers ([`crate::footers::FooterCache`]); 0 keeps none.
     pub metadata_cache_bytes: usize,
+    /// How often a writer creating a frame renews its creation's lease (well inside
+    /// [`crate::new_frame::STALE_RESERVATION`], so a few failed renewals do not matter).
+    pub creation_lease_renewal: Duration,
 }
 
 impl Default for LedgerConfig {
@@ -100,6 +103,7 @@ impl Default for LedgerConfig {
             pause_before_commit: None,
             checkpoint_interval: 100,
             metadata_cache_bytes: crate::footers::DEFAULT_METADATA_CACHE_BYTES,
+            creation_lease_renewal: Duration::from_secs(10),
         }
     }
 }

@@ -1,17 +1,21 @@
 //! Creating a frame with its first rows in one commit.
 //!
 //! ```text
-//!   begin_frame ──put-if-absent catalog marker──▶ name reserved (listed; opens as NOT_FOUND)
-//!       │ write_new_frame: cells written under the frame's root, invisible
+//!   begin_frame ──put lease, put-if-absent catalog marker──▶ name reserved (unlisted; NOT_FOUND)
+//!       │ write_new_frame: cells written under the frame's root, invisible; lease renewed
 //!       ▼
 //!   version 0 ──put-if-absent _delta_log/0.json (schema, layout, marker id, the cells' adds)──▶ visible
+//!       │
+//!       ▼ lease deleted
 //! ```
 //!
 //! A `CREATE TABLE … AS SELECT` or a bulk ingest that creates its frame commits the frame's
 //! schema and its cells together, so a writer killed at any point leaves either no frame (a
-//! reservation without a log, which opens as NOT_FOUND and is taken over once stale, and
-//! unreferenced cells) or the whole frame: never an empty frame that the statement did not ask
-//! for.
+//! reservation without a log, which opens as NOT_FOUND, is not listed, and is taken over once
+//! stale, and unreferenced cells) or the whole frame: never an empty frame that the statement
+//! did not ask for. The creation lease ([`crate::format::CreatingV1`]) is what keeps a live
+//! creation from going stale, however long it writes, and what keeps a name out of listings
+//! until its version 0 is there.
 //!
 //! Only the writer holding the reservation commits version 0, and version 0 records the id of
 //! that reservation's marker. So a version 0 always says whose it is: after an unclear commit
@@ -38,8 +42,8 @@ use crate::provider::{WriteGate, write_cells};
 pub use crate::shape::NewShape;
 use crate::written::Written;
 
-/// A reserved frame name whose table never appeared (its creator died) may be taken over after
-/// this long.
+/// A reserved frame name whose table never appeared (its creator died) may be taken over once
+/// neither its marker nor its creation lease has been written for this long.
 pub const STALE_RESERVATION: Duration = Duration::from_secs(60);
 
 /// How long a plain create waits for another writer creating the same name before it is
@@ -247,7 +251,7 @@ impl Lakehouse {
     pub async fn begin_frame(&self, frame: &FrameRef, shape: NewShape) -> Result<Begun> {
         self.catalog().require_box(&frame.box_ref()).await?;
         shape.validate()?;
-        if let Some(marker) = self.catalog().reserve_frame(frame).await? {
+        if let Some(marker) = self.reserve_creation(frame).await? {
             if self.ledger().has_leftovers(frame).await? {
                 // Data of an earlier frame of this name whose drop was interrupted.
                 warn!(frame = %frame, "removing leftovers of an interrupted drop");
@@ -267,9 +271,10 @@ impl Lakehouse {
         {
             return Ok(Begun::Exists);
         }
-        let age = (chrono::Utc::now() - marker.created_at)
-            .to_std()
-            .unwrap_or_default();
+        // A live creator renews its lease while it writes, however long it takes.
+        let renewed = self.catalog().creation_renewed(frame, &marker.id).await?;
+        let since = renewed.map_or(marker.created_at, |r| r.max(marker.created_at));
+        let age = (chrono::Utc::now() - since).to_std().unwrap_or_default();
         if age < STALE_RESERVATION {
             return Ok(Begun::BeingCreated(NewFrame::new(
                 frame, marker.id, shape, false,
@@ -277,7 +282,8 @@ impl Lakehouse {
         }
         warn!(frame = %frame, "taking over a reservation whose creator died");
         self.catalog().unregister_frame(frame).await?;
-        match self.catalog().reserve_frame(frame).await? {
+        self.end_lease(frame, &marker.id).await;
+        match self.reserve_creation(frame).await? {
             Some(mine) => Ok(Begun::Reserved(NewFrame {
                 took_over: Some(marker),
                 ..NewFrame::new(frame, mine.id, shape, true)
@@ -286,6 +292,53 @@ impl Lakehouse {
                 frame: frame.to_string(),
                 detail: "another writer took over its creation; retry".into(),
             }),
+        }
+    }
+
+    /// Reserve `frame`'s name for a creation under a new marker, its lease put first (a crash
+    /// between the two leaves a lease that no marker names, which nothing reads). `None` if
+    /// the name is taken.
+    async fn reserve_creation(&self, frame: &FrameRef) -> Result<Option<MarkerV1>> {
+        let marker = MarkerV1::new();
+        self.catalog().renew_creation(frame, &marker.id).await?;
+        let reserved = self.catalog().reserve_frame_as(frame, marker.clone()).await;
+        if !matches!(reserved, Ok(Some(_))) {
+            self.end_lease(frame, &marker.id).await;
+        }
+        reserved
+    }
+
+    /// Delete the lease of `frame`'s creation under `incarnation`; a lease left behind only
+    /// keeps an uncreated name unlisted, so a failure is logged, not returned.
+    async fn end_lease(&self, frame: &FrameRef, incarnation: &str) {
+        if let Err(e) = self.catalog().end_creation(frame, incarnation).await {
+            warn!(frame = %frame, error = %e, "removing a creation's lease");
+        }
+    }
+
+    /// Run `work` for `new`, renewing its creation's lease meanwhile when this writer holds the
+    /// reservation, so that a creation outlasting [`STALE_RESERVATION`] is not taken over.
+    async fn renewing<T>(&self, new: &NewFrame, work: impl std::future::Future<Output = T>) -> T {
+        if !new.held {
+            return work.await;
+        }
+        let every = self.ledger().config().creation_lease_renewal;
+        let renew = async {
+            loop {
+                tokio::time::sleep(every).await;
+                if let Err(e) = self
+                    .catalog()
+                    .renew_creation(&new.frame, &new.incarnation)
+                    .await
+                {
+                    warn!(frame = %new.frame, error = %e, "renewing a creation's lease");
+                }
+            }
+        };
+        let (work, renew) = (std::pin::pin!(work), std::pin::pin!(renew));
+        match futures::future::select(work, renew).await {
+            futures::future::Either::Left((out, _)) => out,
+            futures::future::Either::Right(((), work)) => work.await,
         }
     }
 
@@ -311,7 +364,10 @@ impl Lakehouse {
             new.written.clone(),
         );
         let written = match writer {
-            Ok(writer) => write_cells(ledger, writer, &shape.cluster_by, gate, data, ctx).await,
+            Ok(writer) => {
+                let write = write_cells(ledger, writer, &shape.cluster_by, gate, data, ctx);
+                self.renewing(new, write).await
+            }
             Err(e) => Err(e),
         };
         let (rows, adds) = match written {
@@ -414,7 +470,11 @@ impl Lakehouse {
                 .create_table(&new.frame, &new.incarnation, &new.shape, adds.clone())
                 .await;
             match created {
-                Ok(Created::Ours(s)) => break s,
+                Ok(Created::Ours(s)) => {
+                    // Version 0 now says the frame exists; the lease has done its work.
+                    self.end_lease(&new.frame, &new.incarnation).await;
+                    break s;
+                }
                 // The cells may be committed: leave them (VACUUM removes what is not).
                 Ok(Created::Unsure(e)) => return Err(e),
                 // The creator whose stale reservation we took over was alive after all, and
@@ -428,6 +488,7 @@ impl Lakehouse {
                 {
                     let old = new.took_over.clone().expect("checked");
                     warn!(frame = %new.frame, "the creator taken over committed: its marker is restored");
+                    self.end_lease(&new.frame, &new.incarnation).await;
                     if self.holds(new).await? {
                         self.catalog().unregister_frame(&new.frame).await?;
                         self.catalog().reserve_frame_as(&new.frame, old).await?;
@@ -445,6 +506,7 @@ impl Lakehouse {
                 }
                 Ok(Created::Foreign(_)) => {
                     ledger.discard_cells(&new.frame, &adds).await;
+                    self.end_lease(&new.frame, &new.incarnation).await;
                     return Err(dropped_meanwhile(&new.frame));
                 }
                 Err(e) => {
@@ -481,7 +543,8 @@ impl Lakehouse {
     }
 
     /// Give up creating `new` before its version 0: a held reservation is removed, with the
-    /// cells its writer put, unless it is no longer this writer's or a version 0 exists. Safe
+    /// cells its writer put and its lease, unless it is no longer this writer's or a version 0
+    /// exists (then only its lease goes). Safe
     /// to call at any point of a creation, also for a write that was cut short (its future
     /// dropped) mid-way. Returns whether the name was given up.
     pub async fn abandon_frame(&self, new: &NewFrame) -> bool {
@@ -490,12 +553,13 @@ impl Lakehouse {
         }
         let given_up = async {
             if !self.holds(new).await? || self.ledger().has_leftovers(&new.frame).await? {
+                self.end_lease(&new.frame, &new.incarnation).await;
                 return Ok(false);
             }
             // The name first, right after the checks (a marker removed late could be a new
             // holder's); then the cells, which only this writer's version 0 could refer to.
             self.catalog().unregister_frame(&new.frame).await?;
-            self.discard_cells_of(new).await;
+            self.clear_given_up(new).await;
             Ok(true)
         };
         given_up.await.unwrap_or_else(|e: Error| {
@@ -504,13 +568,15 @@ impl Lakehouse {
         })
     }
 
-    /// Delete every cell `new`'s writer put. Only for a creation given up
+    /// Delete every cell `new`'s writer put, and its lease. Only for a creation given up
     /// ([`Lakehouse::abandon_frame`] returned true): then nothing refers to them, and this may
-    /// run again later for a put that was in flight when the write was cut short.
-    pub async fn discard_cells_of(&self, new: &NewFrame) {
+    /// run again later for a put (a cell, a lease renewal) that was in flight when the write
+    /// was cut short.
+    pub async fn clear_given_up(&self, new: &NewFrame) {
         self.ledger()
             .discard_written(&new.frame, &new.written)
             .await;
+        self.end_lease(&new.frame, &new.incarnation).await;
     }
 }
 
@@ -548,6 +614,7 @@ mod tests {
     use arrow::datatypes::{DataType, Field, Schema};
     use datafusion::error::DataFusionError;
     use datafusion::physical_plan::stream::RecordBatchStreamAdapter;
+    use futures::StreamExt;
 
     /// A lakehouse whose cells are small, so a write of a few batches makes several.
     async fn lakehouse() -> (Lakehouse, tempfile::TempDir) {
@@ -561,8 +628,28 @@ mod tests {
     }
 
     fn frame() -> FrameRef {
+        named("t")
+    }
+
+    fn named(name: &str) -> FrameRef {
         let id = |s| Ident::parse(s).unwrap();
-        FrameRef::new(id("default"), id("default"), id("t"))
+        FrameRef::new(id("default"), id("default"), id(name))
+    }
+
+    /// Names of the leases of creations in `default.default`.
+    async fn leases(lh: &Lakehouse) -> Vec<String> {
+        let listed = lh
+            .storage()
+            .list(&paths::creations_prefix(&frame().box_ref()))
+            .await
+            .unwrap();
+        listed.iter().map(|m| m.location.to_string()).collect()
+    }
+
+    /// Names listed to clients in `default.default`.
+    async fn visible(lh: &Lakehouse) -> Vec<String> {
+        let listed = lh.catalog().list_visible_frames(&frame().box_ref()).await;
+        listed.unwrap().iter().map(|f| f.to_string()).collect()
     }
 
     fn shape() -> NewShape {
@@ -671,6 +758,7 @@ mod tests {
         assert!(err.unwrap_err().to_string().contains("the query failed"));
         assert!(lh.catalog().frame_marker(&frame()).await.unwrap().is_none());
         assert_eq!(files(&dir), Vec::<String>::new());
+        assert_eq!(leases(&lh).await, Vec::<String>::new());
         // The name is free again.
         reserved(&lh).await;
     }
@@ -783,6 +871,86 @@ mod tests {
         let marker = lh.catalog().frame_marker(&frame()).await.unwrap().unwrap();
         assert_eq!(marker.id, old.id, "the slow creator's marker is back");
         assert_eq!(lh.frame(&frame(), None).await.unwrap().version(), 0);
+    }
+
+    /// A creation that outlasts the stale limit renews its lease while it writes, so another
+    /// writer sees it being created instead of taking it over; its lease goes with version 0.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_creation_renewing_its_lease_is_not_taken_over() {
+        let dir = tempfile::tempdir().unwrap();
+        let storage = Storage::open(dir.path().to_str().unwrap(), &S3Options::default()).unwrap();
+        let config = LedgerConfig {
+            creation_lease_renewal: std::time::Duration::from_millis(20),
+            ..LedgerConfig::default()
+        };
+        let lh = Lakehouse::open(storage, config).await.unwrap();
+        // A reservation made five minutes ago (past the stale limit), without a lease yet.
+        let old = MarkerV1 {
+            created_at: chrono::Utc::now() - chrono::Duration::minutes(5),
+            ..MarkerV1::new()
+        };
+        let reserved = lh.catalog().reserve_frame_as(&frame(), old.clone()).await;
+        assert!(reserved.unwrap().is_some());
+        let creator = NewFrame::new(&frame(), old.id.clone(), shape(), true);
+        let slow = rows(3, false).then(|b| async {
+            tokio::time::sleep(std::time::Duration::from_millis(150)).await;
+            b
+        });
+        let slow = Box::pin(RecordBatchStreamAdapter::new(shape().schema, slow));
+        let (created, other) =
+            tokio::join!(lh.write_new_frame(&creator, slow, ctx(), None), async {
+                tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+                lh.begin_frame(&frame(), shape()).await.unwrap()
+            });
+        assert!(
+            matches!(other, Begun::BeingCreated(_)),
+            "a live creation was taken over: {other:?}"
+        );
+        assert!(matches!(
+            created.unwrap(),
+            FirstCommit::Created { rows: 900_000, .. }
+        ));
+        assert_eq!(leases(&lh).await, Vec::<String>::new());
+    }
+
+    /// Clients are not shown a name until its version 0 is there: not while it is being
+    /// created, not after its creator died; a frame whose creator died between its version 0
+    /// and its lease's removal is shown, and so is a name with only another marker's lease.
+    #[tokio::test]
+    async fn names_are_listed_once_created() {
+        let (lh, _dir) = lakehouse().await;
+        let creating = reserved(&lh).await;
+        assert_eq!(visible(&lh).await, Vec::<String>::new());
+        let all = lh.catalog().list_frames(&frame().box_ref()).await.unwrap();
+        assert_eq!(all.len(), 1, "the reservation is in the catalog");
+        let done = lh
+            .write_new_frame(&creating, rows(1, false), ctx(), None)
+            .await;
+        assert!(matches!(done.unwrap(), FirstCommit::Created { .. }));
+        assert_eq!(visible(&lh).await, vec!["t"]);
+
+        // A creator that dies (its writer never returns) leaves a name nobody is shown, and
+        // DROP TABLE removes it with its lease.
+        let Begun::Reserved(_dead) = lh.begin_frame(&named("u"), shape()).await.unwrap() else {
+            panic!("u was not reserved")
+        };
+        assert_eq!(visible(&lh).await, vec!["t"]);
+        assert!(lh.drop_frame(&named("u"), false).await.unwrap());
+        assert_eq!(leases(&lh).await, Vec::<String>::new());
+
+        // Died after its version 0, before removing its lease: created, so shown.
+        let t = lh.catalog().frame_marker(&frame()).await.unwrap().unwrap();
+        lh.catalog().renew_creation(&frame(), &t.id).await.unwrap();
+        // Only a lease of an earlier marker of the name (a creator that died between its lease
+        // and its marker): the frame of the current one is shown.
+        lh.catalog()
+            .renew_creation(&named("v"), "gone")
+            .await
+            .unwrap();
+        lh.create_frame(&named("v"), &shape().schema, &[], &[], false)
+            .await
+            .unwrap();
+        assert_eq!(visible(&lh).await, vec!["t", "v"]);
     }
 
     /// Creators racing for version 0 at once: one creates the table, the others find it is not

@@ -236,6 +236,33 @@ pub fn frame_marker(f: &FrameRef) -> Path {
     ])
 }
 
+/// Prefix holding the leases of the frames being created in one box.
+pub fn creations_prefix(b: &BoxRef) -> Path {
+    internal(&["creating", b.hive.as_str(), b.name.as_str()])
+}
+
+/// Prefix holding the leases of the creations of one frame name (one per marker).
+pub fn creations_of(f: &FrameRef) -> Path {
+    internal(&[
+        "creating",
+        f.hive.as_str(),
+        f.box_name.as_str(),
+        f.name.as_str(),
+    ])
+}
+
+/// The lease of a creation of `f` under the catalog marker whose id is `incarnation`.
+pub fn creation_lease(f: &FrameRef, incarnation: &str) -> Path {
+    creations_of(f).join(format!("{incarnation}.json"))
+}
+
+/// A frame's version 0 commit: once it is there, the frame exists (whoever's it is).
+pub fn first_commit(f: &FrameRef) -> Path {
+    frame_root(f)
+        .join("_delta_log")
+        .join("00000000000000000000.json")
+}
+
 /// The key of a file a delta-rs operation names by its key's text (`VacuumPlan`'s
 /// `files_deleted`), relative to its frame's table: parsed, not escaped again (`Path::from`
 /// would make the `%20` of an escaped partition value into `%2520`, a file that does not

@@ -318,6 +318,86 @@ def test_creating_writes_cut_short_give_their_name_up(tmp_path):
         server.stop()
 
 
+def test_tables_are_listed_once_created(tmp_path):
+    """A table is not listed (ADBC GetObjects, SHOW TABLES, information_schema) while its
+    CREATE TABLE … AS SELECT is still writing, nor after its server was killed mid-creation:
+    a client is only shown tables it can read. DROP TABLE still clears a killed creation."""
+    import threading
+    import time
+
+    from conftest import ApiaryServer
+
+    def rows(cur, sql):
+        cur.execute(sql)
+        return cur.fetchall()
+
+    def listed(conn, cur):
+        objects = conn.adbc_get_objects(depth="tables", catalog_filter="default", db_schema_filter="default").read_all().to_pylist()
+        got = {
+            "get_objects": {t["table_name"] for c in objects for s in c["catalog_db_schemas"] or [] for t in s["db_schema_tables"] or []},
+            "show": {r[2] for r in rows(cur, "SHOW TABLES")},
+            "information_schema": {r[0] for r in rows(cur, "SELECT table_name FROM information_schema.tables WHERE table_schema = 'default'")},
+        }
+        return {k: sorted(v) for k, v in got.items()}
+
+    root = tmp_path / "root"
+    marker = root / "_apiary" / "catalog" / "frames" / "default" / "default"
+    server = ApiaryServer(str(root), env={"APIARY_FAULT_PAUSE_BEFORE_COMMIT_MS": "4000"})
+    try:
+        done = {}
+
+        def create():
+            with connect(server) as conn, conn.cursor() as cur:
+                cur.execute("CREATE TABLE slow AS SELECT 1 AS v")
+                done["ok"] = True
+
+        thread = threading.Thread(target=create)
+        thread.start()
+        while not (marker / "slow.json").exists() and thread.is_alive():
+            time.sleep(0.02)
+        assert (marker / "slow.json").exists(), "the CTAS never reserved its name"
+        with connect(server) as conn, conn.cursor() as cur:
+            assert listed(conn, cur) == {"get_objects": [], "show": [], "information_schema": []}
+        thread.join(60)
+        assert done == {"ok": True}
+        with connect(server) as conn, conn.cursor() as cur:
+            want = {k: ["slow"] for k in ("get_objects", "show", "information_schema")}
+            assert listed(conn, cur) == want
+    finally:
+        server.stop()
+
+    server = ApiaryServer(str(root), env={"APIARY_FAULT_PAUSE_BEFORE_COMMIT_MS": "60000"})
+    try:
+        thread = threading.Thread(target=lambda: rows_or_error(server, "CREATE TABLE dead AS SELECT 2 AS v"))
+        thread.start()
+        assert server.wait_log("pausing before commit", 60), server.log
+        server.proc.kill()
+        server.proc.wait(10)
+        thread.join(30)
+    finally:
+        server.stop()
+    assert (marker / "dead.json").exists()
+    server = ApiaryServer(str(root))
+    try:
+        with connect(server) as conn, conn.cursor() as cur:
+            assert listed(conn, cur) == {k: ["slow"] for k in ("get_objects", "show", "information_schema")}
+            cur.execute("DROP TABLE dead")
+            cur.execute("CREATE TABLE dead AS SELECT 3 AS v")
+            assert rows(cur, "SELECT v FROM dead") == [(3,)]
+            assert listed(conn, cur)["show"] == ["dead", "slow"]
+    finally:
+        server.stop()
+
+
+def rows_or_error(server, sql):
+    try:
+        with connect(server) as conn, conn.cursor() as cur:
+            cur.execute(sql)
+            return cur.fetchall()
+    except Exception as e:  # noqa: BLE001 - the server may be killed under it
+        return e
+
+
 def test_ingest_errors_catalog_schema_empty_and_casts(server):
     data = pa.table({"k": pa.array([1], pa.int64())})
     with connect(server) as conn, conn.cursor() as cur:

@@ -439,7 +439,7 @@ impl Drop for GiveUpWhenCutShort {
                     // Until shutdown only: a cell landing later stays, unreferenced.
                     late.spawn(async move {
                         tokio::time::sleep(LATE_PUTS).await;
-                        lakehouse.discard_cells_of(&new).await;
+                        lakehouse.clear_given_up(&new).await;
                     });
                 }
             });

@@ -9,6 +9,7 @@
 //! | object (key built in [`crate::paths`])              | type                     |
 //! |------------------------------------------------------|--------------------------|
 //! | `_apiary/catalog/…/<name>.json`                      | [`MarkerV1`]             |
+//! | `_apiary/creating/<hive>/<box>/<frame>/<id>.json`    | [`CreatingV1`]           |
 //! | `_apiary/nodes/<node>.json`                          | [`HeartbeatV1`]          |
 //! | `_apiary/queries/<q>/manifest.json`                  | [`QueryManifestV1`]      |
 //! | `_apiary/inbox/<node>/<q>.s<s>.t<t>.a<a>.json`       | [`TaskV1`]               |
@@ -32,8 +33,8 @@ use crate::error::{Error, Result};
 
 pub use seal::SwarmKey;
 pub use v1::{
-    CacheSummaryV1, CancelV1, ClaimV1, DoneV1, ExternalFormat, ExternalV1, FailedV1, HeartbeatV1,
-    MarkerV1, QueryManifestV1, SliceV1, StageManifestV1, TaskV1, ViewV1,
+    CacheSummaryV1, CancelV1, ClaimV1, CreatingV1, DoneV1, ExternalFormat, ExternalV1, FailedV1,
+    HeartbeatV1, MarkerV1, QueryManifestV1, SliceV1, StageManifestV1, TaskV1, ViewV1,
 };
 
 /// A persisted object: JSON with a leading version number.

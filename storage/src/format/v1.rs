@@ -24,6 +24,7 @@ versioned!(
     DoneV1 => "done marker",
     FailedV1 => "failed marker",
     CancelV1 => "cancel marker",
+    CreatingV1 => "creation lease",
 );
 
 /// A hive, box or frame marker.
@@ -61,6 +62,27 @@ impl MarkerV1 {
             created_at: Utc::now(),
             external: None,
             view: None,
+        }
+    }
+}
+
+/// The lease of a frame being created: its writer puts it with its reservation, rewrites it
+/// while it writes (a plain put, which every backend has), and deletes it once version 0 is
+/// committed or the creation is given up. A reservation whose lease is fresh is not stale,
+/// however old its marker; a name whose lease is there without a version 0 is not listed.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct CreatingV1 {
+    /// Always 1 for this type.
+    pub v: u32,
+    /// The writer's clock when it last renewed the lease (as a marker's `created_at`).
+    pub renewed_at: DateTime<Utc>,
+}
+
+impl CreatingV1 {
+    pub fn now() -> Self {
+        Self {
+            v: 1,
+            renewed_at: Utc::now(),
         }
     }
 }

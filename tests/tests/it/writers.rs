@@ -179,6 +179,9 @@ fn killed_ctas_leaves_no_frame(storage: &str, env: &[(String, String)], local_di
     }
     let err = sql_err(storage, env, "SELECT count(*) FROM t");
     assert!(err.contains("creation was interrupted"), "{err}");
+    // Nor is it listed: a client is shown only tables it can read.
+    let shown = sql(storage, env, "SHOW TABLES");
+    assert_eq!(shown.trim(), "hive,box,frame", "{shown}");
     // The name stays reserved for a minute (the writer may be alive); DROP TABLE frees it.
     let err = sql_err(storage, env, ctas);
     assert!(err.contains("being created by another statement"), "{err}");
@@ -190,6 +193,8 @@ fn killed_ctas_leaves_no_frame(storage: &str, env: &[(String, String)], local_di
         "SELECT count(*) AS c, count(DISTINCT id) AS d FROM t",
     );
     assert_eq!(got.trim(), "c,d\n200000,200000");
+    let shown = sql(storage, env, "SHOW TABLES");
+    assert_eq!(shown.trim(), "hive,box,frame\ndefault,default,t", "{shown}");
 }
 
 #[test]
