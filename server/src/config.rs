@@ -387,6 +387,16 @@ pub struct FlightArgs {
     /// terminates TLS, or the network is private).
     #[arg(long, env = "APIARY_INSECURE_AUTH")]
     pub insecure_auth: bool,
+    /// How long a client connection may stay silent before the server pings it (HTTP/2
+    /// PING); a client that does not answer within `--keepalive-timeout` is disconnected and
+    /// its calls end as if cancelled, so a client that vanished (a network partition, a
+    /// suspended laptop) does not hold a bee, memory or a table it was creating. Clients answer
+    /// pings on their own, however long a query runs. `0s` sends no pings.
+    #[arg(long, env = "APIARY_KEEPALIVE", default_value = "30s", value_parser = parse_duration)]
+    pub keepalive: Duration,
+    /// How long the server waits for a client's answer to its ping (see `--keepalive`).
+    #[arg(long, env = "APIARY_KEEPALIVE_TIMEOUT", default_value = "20s", value_parser = parse_duration)]
+    pub keepalive_timeout: Duration,
     /// On SIGTERM or Ctrl-C: stop taking calls, hand back running fragments, leave the swarm,
     /// and give calls in flight this long to finish before the process exits anyway.
     #[arg(long, env = "APIARY_SHUTDOWN_TIMEOUT", default_value = "30s", value_parser = parse_duration)]

@@ -356,7 +356,9 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
     // memory is bounded by the limits times the message size rather than by what clients send.
     let mut builder = Server::builder()
         .load_shed(true)
-        .concurrency_limit_per_connection(flight.max_calls_per_connection);
+        .concurrency_limit_per_connection(flight.max_calls_per_connection)
+        .http2_keepalive_interval(Some(flight.keepalive).filter(|k| !k.is_zero()))
+        .http2_keepalive_timeout(Some(flight.keepalive_timeout));
     if let Some(tls) = checked.tls {
         builder = builder.tls_config(tls)?;
     }

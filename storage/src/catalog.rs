@@ -184,6 +184,18 @@ impl Catalog {
 
     // ---- frames ------------------------------------------------------------------------------
 
+    /// A frame's marker and when storage wrote it (its clock, the same for every writer);
+    /// `None` if the frame does not exist.
+    pub(crate) async fn frame_marker_written(
+        &self,
+        f: &FrameRef,
+    ) -> Result<Option<(MarkerV1, DateTime<Utc>)>> {
+        match self.storage.get_opt(&paths::frame_marker(f)).await? {
+            Some((body, meta)) => Ok(Some((MarkerV1::decode(&body)?, meta.last_modified))),
+            None => Ok(None),
+        }
+    }
+
     /// Read a frame's marker; `None` if the frame does not exist.
     pub async fn frame_marker(&self, f: &FrameRef) -> Result<Option<MarkerV1>> {
         match self.storage.get_opt(&paths::frame_marker(f)).await? {
@@ -229,46 +241,10 @@ impl Catalog {
         Ok(out)
     }
 
-    /// The frames of one box that a client sees, sorted by name: [`Self::list_frames`] without
-    /// the names still being created (their lease is there and their version 0 is not), which
-    /// open as NOT_FOUND until created, and without a creation a crash interrupted. A table
-    /// being created in a transaction is not listed elsewhere either. Costs one more listing,
-    /// plus two reads per name with a lease.
-    pub async fn list_visible_frames(&self, b: &BoxRef) -> Result<Vec<Ident>> {
-        let frames = self.list_frames(b).await?;
-        let leases: Vec<_> = self
-            .storage
-            .list(&paths::creations_prefix(b))
-            .await?
-            .into_iter()
-            .map(|m| m.location)
-            .collect();
-        if leases.is_empty() {
-            return Ok(frames);
-        }
-        let mut out = Vec::with_capacity(frames.len());
-        for name in frames {
-            let f = FrameRef::new(b.hive.clone(), b.name.clone(), name.clone());
-            let dir = paths::creations_of(&f);
-            if leases.iter().any(|l| l.prefix_matches(&dir))
-                && self.being_created(&f, &leases).await?
-            {
-                continue;
-            }
-            out.push(name);
-        }
-        Ok(out)
-    }
-
-    /// Whether `f`'s current marker has a lease among `leases` and no version 0.
-    async fn being_created(&self, f: &FrameRef, leases: &[Path]) -> Result<bool> {
-        let Some(marker) = self.frame_marker(f).await? else {
-            return Ok(false);
-        };
-        if !leases.contains(&paths::creation_lease(f, &marker.id)) {
-            return Ok(false);
-        }
-        Ok(!self.storage.exists(&paths::first_commit(f)).await?)
+    /// The creation leases in one box (keys), of live, dead and finished creations alike.
+    pub(crate) async fn list_leases(&self, b: &BoxRef) -> Result<Vec<Path>> {
+        let listed = self.storage.list(&paths::creations_prefix(b)).await?;
+        Ok(listed.into_iter().map(|m| m.location).collect())
     }
 
     /// Every frame of a hive, as (box, frame) pairs.
@@ -305,18 +281,20 @@ impl Catalog {
         Ok(())
     }
 
-    /// When the creation of `f` under `incarnation` last renewed its lease; `None` without a
-    /// lease (a creator of an older version, or one that has ended) or with an unreadable one.
+    /// When storage last wrote the lease of `f`'s creation under `incarnation` (its clock, the
+    /// same for every writer); `None` without a lease (a creator of an older version, or one
+    /// that has ended).
     pub(crate) async fn creation_renewed(
         &self,
         f: &FrameRef,
         incarnation: &str,
     ) -> Result<Option<DateTime<Utc>>> {
         let lease = paths::creation_lease(f, incarnation);
-        let Some((body, _)) = self.storage.get_opt(&lease).await? else {
-            return Ok(None);
-        };
-        Ok(CreatingV1::decode(&body).ok().map(|l| l.renewed_at))
+        Ok(self
+            .storage
+            .head_opt(&lease)
+            .await?
+            .map(|m| m.last_modified))
     }
 
     /// Delete the lease of `f`'s creation under `incarnation`.
@@ -324,6 +302,15 @@ impl Catalog {
         self.storage
             .delete(&paths::creation_lease(f, incarnation))
             .await
+    }
+
+    /// Delete every lease under `prefix` (a dropped frame's, box's or hive's): a creation
+    /// still running there ends ABORTED, and its next renewal only puts back a lease that no
+    /// marker names. Failures are logged: a lease left only costs listings a read.
+    pub(crate) async fn end_creations_under(&self, prefix: &Path) {
+        if let Err(e) = self.storage.delete_prefix(prefix).await {
+            tracing::warn!(prefix = %prefix, error = %e, "removing creation leases");
+        }
     }
 
     // ---- drops -------------------------------------------------------------------------------

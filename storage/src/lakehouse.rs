@@ -89,10 +89,10 @@ impl Lakehouse {
         }
         self.catalog.unregister_frame(frame).await?;
         let objects = self.ledger.delete_data(frame).await?;
-        if let Some(m) = &marker {
-            // A creation dropped before its version 0 leaves no lease behind.
-            self.catalog.end_creation(frame, &m.id).await?;
-        }
+        // A creation dropped before its version 0 leaves no lease behind.
+        self.catalog
+            .end_creations_under(&crate::paths::creations_of(frame))
+            .await;
         info!(frame = %frame, objects, "frame dropped");
         Ok(true)
     }
@@ -361,6 +361,9 @@ impl Lakehouse {
                     .await?;
             }
         }
+        self.catalog
+            .end_creations_under(&crate::paths::creations_prefix(b))
+            .await;
         info!(box_ = %b, "box dropped");
         Ok(true)
     }
@@ -436,6 +439,9 @@ impl Lakehouse {
         for b in &boxes {
             self.catalog.remove_box_marker(b, true).await?;
         }
+        self.catalog
+            .end_creations_under(&crate::paths::hive_creations_prefix(hive))
+            .await;
         info!(hive = %hive, "hive dropped");
         Ok(true)
     }

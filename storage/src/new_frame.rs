@@ -31,13 +31,14 @@ use std::time::Duration;
 
 use datafusion::execution::{SendableRecordBatchStream, TaskContext};
 use deltalake::kernel::Add;
+use object_store::path::Path;
 use tracing::{info, warn};
 
 use crate::error::{Error, ObjectKind, Result};
 use crate::format::MarkerV1;
 use crate::lakehouse::Lakehouse;
 use crate::ledger::{Created, FrameSnapshot};
-use crate::paths::{self, FrameRef};
+use crate::paths::{self, BoxRef, FrameRef, Ident};
 use crate::provider::{WriteGate, write_cells};
 pub use crate::shape::NewShape;
 use crate::written::Written;
@@ -261,7 +262,7 @@ impl Lakehouse {
                 frame, marker.id, shape, true,
             )));
         }
-        let Some(marker) = self.catalog().frame_marker(frame).await? else {
+        let Some((marker, written)) = self.catalog().frame_marker_written(frame).await? else {
             // Dropped between our reservation attempt and now; let the caller retry.
             return Err(dropped_meanwhile(frame));
         };
@@ -271,9 +272,10 @@ impl Lakehouse {
         {
             return Ok(Begun::Exists);
         }
-        // A live creator renews its lease while it writes, however long it takes.
+        // A live creator renews its lease while it writes, however long it takes. Both times
+        // are storage's, never a writer's clock.
         let renewed = self.catalog().creation_renewed(frame, &marker.id).await?;
-        let since = renewed.map_or(marker.created_at, |r| r.max(marker.created_at));
+        let since = renewed.map_or(written, |r| r.max(written));
         let age = (chrono::Utc::now() - since).to_std().unwrap_or_default();
         if age < STALE_RESERVATION {
             return Ok(Begun::BeingCreated(NewFrame::new(
@@ -326,12 +328,14 @@ impl Lakehouse {
         let renew = async {
             loop {
                 tokio::time::sleep(every).await;
-                if let Err(e) = self
-                    .catalog()
-                    .renew_creation(&new.frame, &new.incarnation)
-                    .await
-                {
-                    warn!(frame = %new.frame, error = %e, "renewing a creation's lease");
+                // Bounded, so that one put retried for minutes does not hold up the next.
+                let put = self.catalog().renew_creation(&new.frame, &new.incarnation);
+                match tokio::time::timeout(every, put).await {
+                    Ok(Ok(())) => {}
+                    Ok(Err(e)) => {
+                        warn!(frame = %new.frame, error = %e, "renewing a creation's lease")
+                    }
+                    Err(_) => warn!(frame = %new.frame, "renewing a creation's lease timed out"),
                 }
             }
         };
@@ -339,6 +343,59 @@ impl Lakehouse {
         match futures::future::select(work, renew).await {
             futures::future::Either::Left((out, _)) => out,
             futures::future::Either::Right(((), work)) => work.await,
+        }
+    }
+
+    /// The frames and views of one box that a client sees, sorted by name: the catalog's,
+    /// without the names still being created (their marker's lease is there and the frame
+    /// does not open yet), which open as NOT_FOUND until created, and without a creation a
+    /// crash interrupted. A table being created in a transaction is not listed elsewhere
+    /// either. Costs one more listing, plus a few reads per name with a lease; leases that
+    /// no longer count (another marker's, or a created frame's that its writer did not get to
+    /// delete) are removed on the way.
+    pub async fn list_visible_frames(&self, b: &BoxRef) -> Result<Vec<Ident>> {
+        let frames = self.catalog().list_frames(b).await?;
+        let leases = self.catalog().list_leases(b).await?;
+        if leases.is_empty() {
+            return Ok(frames);
+        }
+        let mut out = Vec::with_capacity(frames.len());
+        for name in frames {
+            let f = FrameRef::new(b.hive.clone(), b.name.clone(), name.clone());
+            let dir = paths::creations_of(&f);
+            let own: Vec<&Path> = leases.iter().filter(|l| l.prefix_matches(&dir)).collect();
+            if own.is_empty() || self.shown_despite_leases(&f, &own).await? {
+                out.push(name);
+            }
+        }
+        Ok(out)
+    }
+
+    /// Whether `f`, which has `leases`, is listed: not while its current marker's creation is
+    /// under way or was interrupted.
+    async fn shown_despite_leases(&self, f: &FrameRef, leases: &[&Path]) -> Result<bool> {
+        let Some(marker) = self.catalog().frame_marker(f).await? else {
+            return Ok(false);
+        };
+        let current = paths::creation_lease(f, &marker.id);
+        for stale in leases.iter().filter(|l| ***l != current) {
+            // A lease no marker will ever name again (ids are never reused).
+            if let Err(e) = self.storage().delete(stale).await {
+                warn!(frame = %f, error = %e, "removing a creation's lease");
+            }
+        }
+        if !leases.contains(&&current) {
+            return Ok(true);
+        }
+        match self.open_frame(f, None).await {
+            Ok(_) => {
+                // Created; its writer died (or was cut short) before deleting the lease.
+                self.end_lease(f, &marker.id).await;
+                Ok(true)
+            }
+            Err(Error::NotFound { .. }) => Ok(false),
+            // Listed, so that opening it shows what is wrong.
+            Err(_) => Ok(true),
         }
     }
 
@@ -648,8 +705,18 @@ mod tests {
 
     /// Names listed to clients in `default.default`.
     async fn visible(lh: &Lakehouse) -> Vec<String> {
-        let listed = lh.catalog().list_visible_frames(&frame().box_ref()).await;
+        let listed = lh.list_visible_frames(&frame().box_ref()).await;
         listed.unwrap().iter().map(|f| f.to_string()).collect()
+    }
+
+    /// Make storage say `key` was last written five minutes ago.
+    fn backdate(dir: &tempfile::TempDir, key: &Path) {
+        let file = std::fs::File::options()
+            .write(true)
+            .open(dir.path().join(key.as_ref()))
+            .unwrap();
+        let then = std::time::SystemTime::now() - std::time::Duration::from_secs(300);
+        file.set_modified(then).unwrap();
     }
 
     fn shape() -> NewShape {
@@ -842,16 +909,14 @@ mod tests {
     /// taker puts its marker back and meets a frame that exists, instead of clearing it.
     #[tokio::test]
     async fn a_taken_over_creator_that_committed_keeps_its_frame() {
-        let (lh, _dir) = lakehouse().await;
-        let old = MarkerV1 {
-            created_at: chrono::Utc::now() - chrono::Duration::minutes(5),
-            ..MarkerV1::new()
-        };
+        let (lh, dir) = lakehouse().await;
+        let old = MarkerV1::new();
         lh.catalog()
             .reserve_frame_as(&frame(), old.clone())
             .await
             .unwrap()
             .unwrap();
+        backdate(&dir, &paths::frame_marker(&frame()));
         let Begun::Reserved(taker) = lh.begin_frame(&frame(), shape()).await.unwrap() else {
             panic!("a stale reservation was not taken over")
         };
@@ -885,12 +950,10 @@ mod tests {
         };
         let lh = Lakehouse::open(storage, config).await.unwrap();
         // A reservation made five minutes ago (past the stale limit), without a lease yet.
-        let old = MarkerV1 {
-            created_at: chrono::Utc::now() - chrono::Duration::minutes(5),
-            ..MarkerV1::new()
-        };
+        let old = MarkerV1::new();
         let reserved = lh.catalog().reserve_frame_as(&frame(), old.clone()).await;
         assert!(reserved.unwrap().is_some());
+        backdate(&dir, &paths::frame_marker(&frame()));
         let creator = NewFrame::new(&frame(), old.id.clone(), shape(), true);
         let slow = rows(3, false).then(|b| async {
             tokio::time::sleep(std::time::Duration::from_millis(150)).await;
@@ -951,6 +1014,26 @@ mod tests {
             .await
             .unwrap();
         assert_eq!(visible(&lh).await, vec!["t", "v"]);
+        // Neither lease counts any more, and the listing removed both.
+        assert_eq!(leases(&lh).await, Vec::<String>::new());
+    }
+
+    /// A creator that died is taken over once storage has written neither its marker nor its
+    /// lease for the stale limit; a fresh lease keeps an old marker its creator's.
+    #[tokio::test]
+    async fn a_dead_creation_is_taken_over_once_its_lease_is_stale() {
+        let (lh, dir) = lakehouse().await;
+        let dead = reserved(&lh).await;
+        backdate(&dir, &paths::frame_marker(&frame()));
+        let got = lh.begin_frame(&frame(), shape()).await.unwrap();
+        assert!(matches!(got, Begun::BeingCreated(_)), "{got:?}");
+        backdate(&dir, &paths::creation_lease(&frame(), &dead.incarnation));
+        let Begun::Reserved(taker) = lh.begin_frame(&frame(), shape()).await.unwrap() else {
+            panic!("a dead creation was not taken over")
+        };
+        let taker_lease = paths::creation_lease(&frame(), &taker.incarnation);
+        let want = vec![taker_lease.to_string()];
+        assert_eq!(leases(&lh).await, want, "the dead creator's lease stays");
     }
 
     /// Creators racing for version 0 at once: one creates the table, the others find it is not

@@ -236,6 +236,11 @@ pub fn frame_marker(f: &FrameRef) -> Path {
     ])
 }
 
+/// Prefix holding the leases of the frames being created in one hive.
+pub fn hive_creations_prefix(hive: &Ident) -> Path {
+    internal(&["creating", hive.as_str()])
+}
+
 /// Prefix holding the leases of the frames being created in one box.
 pub fn creations_prefix(b: &BoxRef) -> Path {
     internal(&["creating", b.hive.as_str(), b.name.as_str()])
@@ -254,13 +259,6 @@ pub fn creations_of(f: &FrameRef) -> Path {
 /// The lease of a creation of `f` under the catalog marker whose id is `incarnation`.
 pub fn creation_lease(f: &FrameRef, incarnation: &str) -> Path {
     creations_of(f).join(format!("{incarnation}.json"))
-}
-
-/// A frame's version 0 commit: once it is there, the frame exists (whoever's it is).
-pub fn first_commit(f: &FrameRef) -> Path {
-    frame_root(f)
-        .join("_delta_log")
-        .join("00000000000000000000.json")
 }
 
 /// The key of a file a delta-rs operation names by its key's text (`VacuumPlan`'s

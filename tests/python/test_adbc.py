@@ -318,6 +318,56 @@ def test_creating_writes_cut_short_give_their_name_up(tmp_path):
         server.stop()
 
 
+def test_a_client_that_vanishes_gives_up_the_table_it_was_creating(tmp_path):
+    """A client that stops answering mid-ingest (its process frozen: a suspended laptop or a
+    network partition look the same to the server) is disconnected by the server's keepalive
+    pings, and the table it was creating is free again: a CREATE of the name gets it. A client
+    that is only slow answers the pings and keeps its connection."""
+    import pathlib
+    import signal
+    import subprocess
+    import sys
+    import textwrap
+    import time
+
+    from conftest import ApiaryServer
+
+    root = tmp_path / "root"
+    server = ApiaryServer(str(root), args=["--keepalive", "1s", "--keepalive-timeout", "1s"])
+    client = textwrap.dedent(f"""
+        import time
+        import adbc_driver_flightsql.dbapi as flightsql
+        import pyarrow as pa
+        schema = pa.schema([("v", pa.int64())])
+        def batches():
+            for i in range(5):
+                yield pa.record_batch([pa.array(range(i * 100_000, (i + 1) * 100_000))], schema=schema)
+            time.sleep(3600)
+        with flightsql.connect({server.uri!r}) as conn, conn.cursor() as cur:
+            cur.adbc_ingest("vanished", pa.RecordBatchReader.from_batches(schema, batches()), mode="create")
+    """)
+    proc = subprocess.Popen([sys.executable, "-c", client])
+    marker = pathlib.Path(root, "_apiary", "catalog", "frames", "default", "default", "vanished.json")
+    try:
+        deadline = time.time() + 60
+        while not marker.exists() and time.time() < deadline and proc.poll() is None:
+            time.sleep(0.05)
+        assert marker.exists(), "the ingest never reserved its table"
+        # Slow, not gone: several keepalive rounds later it is still creating.
+        time.sleep(4)
+        assert marker.exists() and "cut short" not in server.log, server.log
+        proc.send_signal(signal.SIGSTOP)
+        with connect(server) as conn, conn.cursor() as cur:
+            cur.execute("CREATE TABLE vanished AS SELECT 7 AS v")
+            cur.execute("SELECT * FROM vanished")
+            assert cur.fetchall() == [(7,)]
+        assert server.wait_log("a creating write was cut short"), server.log
+    finally:
+        proc.kill()
+        proc.wait(10)
+        server.stop()
+
+
 def test_tables_are_listed_once_created(tmp_path):
     """A table is not listed (ADBC GetObjects, SHOW TABLES, information_schema) while its
     CREATE TABLE … AS SELECT is still writing, nor after its server was killed mid-creation:

@@ -104,7 +104,7 @@ impl TableProvider for HistoryTable {
                     continue;
                 }
                 let b: BoxRef = b;
-                for f in catalog.list_visible_frames(&b).await.map_err(ext)? {
+                for f in self.lakehouse.list_visible_frames(&b).await.map_err(ext)? {
                     if frame.as_ref().is_some_and(|x| x != f.as_str()) {
                         continue;
                     }

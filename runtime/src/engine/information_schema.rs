@@ -185,7 +185,7 @@ impl Engine {
             if level == Listing::Boxes {
                 continue;
             }
-            for f in catalog.list_visible_frames(b).await? {
+            for f in self.lakehouse.list_visible_frames(b).await? {
                 if boxes.len() + frames.len() >= MAX_LISTED {
                     return Err(too_many());
                 }

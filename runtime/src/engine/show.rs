@@ -45,7 +45,7 @@ impl Engine {
                     Some(parts) => catalog::box_ref(session, parts)?,
                 };
                 cat.require_box(&b).await?;
-                let frames = cat.list_visible_frames(&b).await?;
+                let frames = self.lakehouse.list_visible_frames(&b).await?;
                 string_batch(
                     &["hive", "box", "frame"],
                     vec![

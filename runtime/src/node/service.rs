@@ -98,7 +98,7 @@ impl QueryService for Node {
     }
 
     async fn list_frames(&self, b: &BoxRef) -> Result<Vec<Ident>> {
-        Ok(self.lakehouse.catalog().list_visible_frames(b).await?)
+        Ok(self.lakehouse.list_visible_frames(b).await?)
     }
 
     async fn frame_entry(

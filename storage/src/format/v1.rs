@@ -74,7 +74,8 @@ impl MarkerV1 {
 pub struct CreatingV1 {
     /// Always 1 for this type.
     pub v: u32,
-    /// The writer's clock when it last renewed the lease (as a marker's `created_at`).
+    /// The writer's clock when it last renewed the lease; informational only: staleness is
+    /// judged by when storage last wrote the object, the same clock for every writer.
     pub renewed_at: DateTime<Utc>,
 }
 
