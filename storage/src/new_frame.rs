@@ -70,6 +70,8 @@ pub struct NewFrame {
     /// Set once this writer starts committing version 0 (clones share it): from then on a
     /// write cut short may have committed, and is not given up from outside.
     committing: Arc<AtomicBool>,
+    /// Set once this writer ends its creation's lease (clones share it): renewals stop.
+    lease_ended: Arc<AtomicBool>,
 }
 
 impl NewFrame {
@@ -82,6 +84,7 @@ impl NewFrame {
             took_over: None,
             written: Written::default(),
             committing: Arc::default(),
+            lease_ended: Arc::default(),
         }
     }
 
@@ -252,19 +255,25 @@ impl Lakehouse {
     pub async fn begin_frame(&self, frame: &FrameRef, shape: NewShape) -> Result<Begun> {
         self.catalog().require_box(&frame.box_ref()).await?;
         shape.validate()?;
-        if let Some(marker) = self.reserve_creation(frame).await? {
-            if self.ledger().has_leftovers(frame).await? {
-                // Data of an earlier frame of this name whose drop was interrupted.
-                warn!(frame = %frame, "removing leftovers of an interrupted drop");
-                self.ledger().delete_data(frame).await?;
+        // The name can be freed (dropped, given up) between a reservation that fails and the
+        // read of whose it is: then reserve again, a few times.
+        let mut attempts = 0;
+        let (marker, written) = loop {
+            if let Some(marker) = self.reserve_creation(frame).await? {
+                if self.ledger().has_leftovers(frame).await? {
+                    // Data of an earlier frame of this name whose drop was interrupted.
+                    warn!(frame = %frame, "removing leftovers of an interrupted drop");
+                    self.ledger().delete_data(frame).await?;
+                }
+                return Ok(Begun::Reserved(NewFrame::new(
+                    frame, marker.id, shape, true,
+                )));
             }
-            return Ok(Begun::Reserved(NewFrame::new(
-                frame, marker.id, shape, true,
-            )));
-        }
-        let Some((marker, written)) = self.catalog().frame_marker_written(frame).await? else {
-            // Dropped between our reservation attempt and now; let the caller retry.
-            return Err(dropped_meanwhile(frame));
+            match self.catalog().frame_marker_written(frame).await? {
+                Some(found) => break found,
+                None if attempts < 3 => attempts += 1,
+                None => return Err(dropped_meanwhile(frame)),
+            }
         };
         if marker.view.is_some()
             || marker.external.is_some()
@@ -318,6 +327,12 @@ impl Lakehouse {
         }
     }
 
+    /// End `new`'s own lease: no renewal starts after this.
+    async fn end_own_lease(&self, new: &NewFrame) {
+        new.lease_ended.store(true, Ordering::SeqCst);
+        self.end_lease(&new.frame, &new.incarnation).await;
+    }
+
     /// Run `work` for `new`, renewing its creation's lease meanwhile when this writer holds the
     /// reservation, so that a creation outlasting [`STALE_RESERVATION`] is not taken over.
     async fn renewing<T>(&self, new: &NewFrame, work: impl std::future::Future<Output = T>) -> T {
@@ -328,6 +343,9 @@ impl Lakehouse {
         let renew = async {
             loop {
                 tokio::time::sleep(every).await;
+                if new.lease_ended.load(Ordering::SeqCst) {
+                    return;
+                }
                 // Bounded, so that one put retried for minutes does not hold up the next.
                 let put = self.catalog().renew_creation(&new.frame, &new.incarnation);
                 match tokio::time::timeout(every, put).await {
@@ -435,7 +453,8 @@ impl Lakehouse {
             }
         };
         if new.held {
-            return self.first_commit(new, rows, adds).await;
+            // Renewed through the commit too, which retries for a while on a slow store.
+            return self.renewing(new, self.first_commit(new, rows, adds)).await;
         }
         let cells = new.uncommitted(rows, adds);
         match self.await_first_commit(new).await {
@@ -529,7 +548,7 @@ impl Lakehouse {
             match created {
                 Ok(Created::Ours(s)) => {
                     // Version 0 now says the frame exists; the lease has done its work.
-                    self.end_lease(&new.frame, &new.incarnation).await;
+                    self.end_own_lease(new).await;
                     break s;
                 }
                 // The cells may be committed: leave them (VACUUM removes what is not).
@@ -545,7 +564,7 @@ impl Lakehouse {
                 {
                     let old = new.took_over.clone().expect("checked");
                     warn!(frame = %new.frame, "the creator taken over committed: its marker is restored");
-                    self.end_lease(&new.frame, &new.incarnation).await;
+                    self.end_own_lease(new).await;
                     if self.holds(new).await? {
                         self.catalog().unregister_frame(&new.frame).await?;
                         self.catalog().reserve_frame_as(&new.frame, old).await?;
@@ -563,7 +582,7 @@ impl Lakehouse {
                 }
                 Ok(Created::Foreign(_)) => {
                     ledger.discard_cells(&new.frame, &adds).await;
-                    self.end_lease(&new.frame, &new.incarnation).await;
+                    self.end_own_lease(new).await;
                     return Err(dropped_meanwhile(&new.frame));
                 }
                 Err(e) => {
@@ -610,7 +629,7 @@ impl Lakehouse {
         }
         let given_up = async {
             if !self.holds(new).await? || self.ledger().has_leftovers(&new.frame).await? {
-                self.end_lease(&new.frame, &new.incarnation).await;
+                self.end_own_lease(new).await;
                 return Ok(false);
             }
             // The name first, right after the checks (a marker removed late could be a new
@@ -633,7 +652,7 @@ impl Lakehouse {
         self.ledger()
             .discard_written(&new.frame, &new.written)
             .await;
-        self.end_lease(&new.frame, &new.incarnation).await;
+        self.end_own_lease(new).await;
     }
 }
 
@@ -938,14 +957,16 @@ mod tests {
         assert_eq!(lh.frame(&frame(), None).await.unwrap().version(), 0);
     }
 
-    /// A creation that outlasts the stale limit renews its lease while it writes, so another
-    /// writer sees it being created instead of taking it over; its lease goes with version 0.
+    /// A creation that outlasts the stale limit renews its lease while it writes and while it
+    /// commits, so another writer sees it being created instead of taking it over; its lease
+    /// goes with version 0.
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn a_creation_renewing_its_lease_is_not_taken_over() {
         let dir = tempfile::tempdir().unwrap();
         let storage = Storage::open(dir.path().to_str().unwrap(), &S3Options::default()).unwrap();
         let config = LedgerConfig {
             creation_lease_renewal: std::time::Duration::from_millis(20),
+            pause_before_commit: Some(std::time::Duration::from_millis(1500)),
             ..LedgerConfig::default()
         };
         let lh = Lakehouse::open(storage, config).await.unwrap();
@@ -960,20 +981,49 @@ mod tests {
             b
         });
         let slow = Box::pin(RecordBatchStreamAdapter::new(shape().schema, slow));
-        let (created, other) =
-            tokio::join!(lh.write_new_frame(&creator, slow, ctx(), None), async {
-                tokio::time::sleep(std::time::Duration::from_millis(200)).await;
-                lh.begin_frame(&frame(), shape()).await.unwrap()
-            });
-        assert!(
-            matches!(other, Begun::BeingCreated(_)),
-            "a live creation was taken over: {other:?}"
+        let lh = &lh;
+        let lease = paths::creation_lease(&frame(), &old.id);
+        // Another writer, once storage shows the lease renewed (within the last 10 s).
+        let other_once_renewed = || async {
+            let fresh = loop {
+                let meta = lh.storage().head_opt(&lease).await.unwrap();
+                let age = meta.map(|m| chrono::Utc::now() - m.last_modified);
+                if age.is_some_and(|a| a < chrono::Duration::seconds(10)) {
+                    break true;
+                }
+                if lh.open_frame(&frame(), None).await.is_ok() {
+                    break false;
+                }
+                tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+            };
+            assert!(fresh, "the creation ended before its lease was renewed");
+            lh.begin_frame(&frame(), shape()).await.unwrap()
+        };
+        // While it writes its cells (450 ms), then while it commits (1.5 s), with its lease
+        // made to look five minutes old first.
+        let (created, writing, committing) = tokio::join!(
+            lh.write_new_frame(&creator, slow, ctx(), None),
+            other_once_renewed(),
+            async {
+                tokio::time::sleep(std::time::Duration::from_millis(1000)).await;
+                while lh.storage().head_opt(&lease).await.unwrap().is_none() {
+                    tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+                }
+                backdate(&dir, &lease);
+                other_once_renewed().await
+            },
         );
+        for other in [writing, committing] {
+            assert!(
+                !matches!(other, Begun::Reserved(_)),
+                "a live creation was taken over: {other:?}"
+            );
+        }
         assert!(matches!(
             created.unwrap(),
             FirstCommit::Created { rows: 900_000, .. }
         ));
-        assert_eq!(leases(&lh).await, Vec::<String>::new());
+        assert_eq!(leases(lh).await, Vec::<String>::new());
     }
 
     /// Clients are not shown a name until its version 0 is there: not while it is being
