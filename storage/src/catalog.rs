@@ -198,10 +198,7 @@ impl Catalog {
 
     /// Read a frame's marker; `None` if the frame does not exist.
     pub async fn frame_marker(&self, f: &FrameRef) -> Result<Option<MarkerV1>> {
-        match self.storage.get_opt(&paths::frame_marker(f)).await? {
-            Some((body, _)) => Ok(Some(MarkerV1::decode(&body)?)),
-            None => Ok(None),
-        }
+        Ok(self.frame_marker_written(f).await?.map(|(m, _)| m))
     }
 
     /// Reserve a frame name with `marker` (an external frame's carries its location; a new
@@ -299,9 +296,13 @@ impl Catalog {
 
     /// Delete the lease of `f`'s creation under `incarnation`.
     pub(crate) async fn end_creation(&self, f: &FrameRef, incarnation: &str) -> Result<()> {
-        self.storage
-            .delete(&paths::creation_lease(f, incarnation))
+        self.remove_lease(&paths::creation_lease(f, incarnation))
             .await
+    }
+
+    /// Delete one lease by its key (as [`Catalog::list_leases`] gives it).
+    pub(crate) async fn remove_lease(&self, lease: &Path) -> Result<()> {
+        self.storage.delete(lease).await
     }
 
     /// Delete every lease under `prefix` (a dropped frame's, box's or hive's): a creation

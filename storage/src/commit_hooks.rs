@@ -6,6 +6,12 @@
 //!   the same cells (their removes change no data). Both then add the rows of those cells again:
 //!   two OPTIMIZEs at once turned a frame of 500 rows into one of 2,000. A compaction written
 //!   through [`only_at`] fails instead (a `ConcurrentDeleteDelete` conflict) and is planned again.
+//! - [`fenced`] commits only while the frame's name is still the incarnation the write read.
+//!   A frame dropped while a statement wrote it may be created again under the same name, at
+//!   the same path, with a log that starts again at version 0: the write's next version is
+//!   free there, and its commit would land in the new frame (another schema, rows nobody
+//!   wrote into it). The check reads the catalog marker just before the commit is put; a
+//!   drop and a complete re-creation would have to fit between that read and the put.
 //! - [`pausing`] is fault injection for Apiary's own crash tests: it pauses before writing a
 //!   commit, after the commit's cells are written, so a test can kill the writer exactly there.
 //!   Used only when `LedgerConfig::pause_before_commit` is set (a hidden server flag).
@@ -21,6 +27,10 @@ use deltalake::logstore::{CommitOrBytes, LogStore, LogStoreConfig, LogStoreRef};
 use object_store::ObjectStore;
 use object_store::path::Path;
 use tracing::warn;
+
+use crate::catalog::Catalog;
+use crate::error::{Error, ObjectKind};
+use crate::{FrameRef, Storage};
 use url::Url;
 use uuid::Uuid;
 
@@ -32,6 +42,23 @@ pub(crate) fn only_at(inner: LogStoreRef, version: Version) -> LogStoreRef {
     })
 }
 
+/// `inner`, writing a commit only while `frame`'s catalog marker is `incarnation`'s.
+pub(crate) fn fenced(
+    inner: LogStoreRef,
+    storage: Storage,
+    frame: FrameRef,
+    incarnation: String,
+) -> LogStoreRef {
+    Arc::new(HookedLogStore {
+        inner,
+        hook: Hook::Fenced(Box::new(Fence {
+            catalog: Catalog::new(storage),
+            frame,
+            incarnation,
+        })),
+    })
+}
+
 /// `inner`, pausing `pause` before writing any commit (a new frame's first carries its cells).
 pub(crate) fn pausing(inner: LogStoreRef, pause: Duration) -> LogStoreRef {
     Arc::new(HookedLogStore {
@@ -40,10 +67,41 @@ pub(crate) fn pausing(inner: LogStoreRef, pause: Duration) -> LogStoreRef {
     })
 }
 
-#[derive(Clone, Copy)]
 enum Hook {
     OnlyAt(Version),
     Pause(Duration),
+    Fenced(Box<Fence>),
+}
+
+/// The incarnation of a frame's name a write read.
+struct Fence {
+    catalog: Catalog,
+    frame: FrameRef,
+    incarnation: String,
+}
+
+impl Fence {
+    /// Whether the name is still the write's; the refusal carries the error the writer gets.
+    async fn check(&self) -> Result<(), TransactionError> {
+        let refused = |e: Error| TransactionError::LogStoreError {
+            msg: e.to_string(),
+            source: Box::new(e),
+        };
+        match self.catalog.frame_marker(&self.frame).await {
+            Ok(Some(m)) if m.id == self.incarnation => Ok(()),
+            Ok(Some(_)) => Err(refused(Error::Conflict {
+                frame: self.frame.to_string(),
+                detail: "it was dropped and created again while this statement wrote it; \
+                         nothing was committed"
+                    .into(),
+            })),
+            Ok(None) => Err(refused(Error::NotFound {
+                kind: ObjectKind::Frame,
+                name: self.frame.to_string(),
+            })),
+            Err(e) => Err(refused(e)),
+        }
+    }
 }
 
 struct HookedLogStore {
@@ -71,16 +129,17 @@ impl LogStore for HookedLogStore {
         commit_or_bytes: CommitOrBytes,
         operation_id: Uuid,
     ) -> Result<(), TransactionError> {
-        match self.hook {
+        match &self.hook {
             Hook::Pause(pause) => {
                 warn!(?pause, version, "fault injection: pausing before commit");
-                tokio::time::sleep(pause).await;
+                tokio::time::sleep(*pause).await;
             }
-            Hook::OnlyAt(only) if version != only => {
+            Hook::OnlyAt(only) if version != *only => {
                 return Err(TransactionError::CommitConflict(
                     CommitConflictError::ConcurrentDeleteDelete,
                 ));
             }
+            Hook::Fenced(fence) => fence.check().await?,
             _ => {}
         }
         self.inner
@@ -100,7 +159,12 @@ impl LogStore for HookedLogStore {
     }
 
     async fn get_latest_version(&self, start_version: Version) -> DeltaResult<Version> {
-        self.inner.get_latest_version(start_version).await
+        let latest = self.inner.get_latest_version(start_version).await;
+        if let (Err(_), Hook::Fenced(fence)) = (&latest, &self.hook) {
+            // A log that is gone (its frame dropped): say so, rather than "invalid version".
+            fence.check().await?;
+        }
+        latest
     }
 
     fn object_store(&self, operation_id: Option<Uuid>) -> Arc<dyn ObjectStore> {

@@ -76,8 +76,7 @@ impl Ledger {
     /// `snapshot` as a delta-rs table (state and log store), for its operations; refused for
     /// a snapshot that may not be written.
     pub(crate) fn delta_table(&self, snapshot: &FrameSnapshot) -> Result<DeltaTable> {
-        snapshot.writable()?;
-        let mut table = DeltaTable::new(self.log_store(snapshot.frame())?);
+        let mut table = DeltaTable::new(self.writing_log_store(snapshot)?);
         table.state = Some(snapshot.delta_state().clone());
         Ok(table)
     }

@@ -109,7 +109,20 @@ pub enum Error {
 
 impl From<deltalake::DeltaTableError> for Error {
     fn from(e: deltalake::DeltaTableError) -> Self {
-        Error::Delta(Box::new(e))
+        use deltalake::DeltaTableError as D;
+        use deltalake::kernel::transaction::TransactionError as T;
+        match e {
+            // A commit one of our log stores refused (`commit_hooks`) says why in our terms.
+            D::Transaction {
+                source: T::LogStoreError { msg, source },
+            } => match source.downcast::<Error>() {
+                Ok(ours) => *ours,
+                Err(source) => Error::Delta(Box::new(D::Transaction {
+                    source: T::LogStoreError { msg, source },
+                })),
+            },
+            e => Error::Delta(Box::new(e)),
+        }
     }
 }
 

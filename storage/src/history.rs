@@ -57,8 +57,11 @@ impl Ledger {
     /// entry was cleaned up (older than the log retention) are left out.
     pub async fn history(&self, snapshot: &FrameSnapshot, limit: usize) -> Result<Vec<Commit>> {
         let log_store = self.log_store_of(snapshot)?;
+        if limit == 0 {
+            return Ok(Vec::new());
+        }
         let latest = snapshot.version();
-        let oldest = (latest + 1 - limit.clamp(1, MAX_HISTORY) as i64).max(0);
+        let oldest = (latest + 1 - limit.min(MAX_HISTORY) as i64).max(0);
         let mut out = Vec::new();
         for v in (oldest..=latest).rev() {
             if let Some(c) = read_commit(&log_store, v).await? {

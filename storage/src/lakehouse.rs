@@ -644,6 +644,47 @@ mod tests {
         lh.ledger().commit(&snap, adds, false, None).await.unwrap()
     }
 
+    /// A write commits only into the frame it read. Dropped meanwhile, its commit is NOT_FOUND;
+    /// dropped and created again (with other columns, and a log that starts over at version
+    /// 0, so that the write's next version is free in it), its commit is refused as a
+    /// conflict, and the new frame is untouched.
+    #[tokio::test]
+    async fn a_write_commits_only_into_the_frame_it_read() {
+        let other = Arc::new(Schema::new(vec![Field::new("name", DataType::Utf8, false)]));
+        for recreated in [false, true] {
+            let (lh, _dir) = lakehouse().await;
+            lh.create_frame(&frame(), &schema(), &[], &[], false)
+                .await
+                .unwrap();
+            let snap = lh.frame(&frame(), None).await.unwrap();
+            let mut w = lh.ledger().writer(&snap).unwrap();
+            let column = Arc::new(arrow::array::Int64Array::from(vec![7]));
+            w.write(&arrow::array::RecordBatch::try_new(schema(), vec![column]).unwrap())
+                .await
+                .unwrap();
+            let adds = w.finish().await.unwrap();
+            lh.drop_frame(&frame(), false).await.unwrap();
+            if recreated {
+                lh.create_frame(&frame(), &other, &[], &[], false)
+                    .await
+                    .unwrap();
+            }
+            let err = lh.ledger().commit(&snap, adds, false, None).await;
+            match (recreated, err) {
+                (false, Err(Error::NotFound { .. })) => {}
+                (true, Err(Error::Conflict { detail, .. })) => {
+                    assert!(detail.contains("dropped and created again"), "{detail}")
+                }
+                (_, other) => panic!("recreated {recreated}: {other:?}"),
+            }
+            if recreated {
+                let now = lh.frame(&frame(), None).await.unwrap();
+                assert_eq!((now.version(), now.stats().rows), (0, 0));
+                assert_eq!(now.schema(), &other);
+            }
+        }
+    }
+
     /// A node that knows a frame's latest state checks only whether the next commit exists; a
     /// commit another node made is seen at once, however many there were.
     #[tokio::test]

@@ -493,10 +493,33 @@ impl Ledger {
             &url,
             StorageConfig::default(),
         )?;
-        Ok(match self.config.pause_before_commit {
+        Ok(self.pausing(store))
+    }
+
+    /// The log store a write that read `snapshot` commits through: it commits only while the
+    /// frame's name is still the incarnation `snapshot` was read from (`commit_hooks::fenced`).
+    pub(crate) fn writing_log_store(&self, snapshot: &FrameSnapshot) -> Result<LogStoreRef> {
+        snapshot.writable()?;
+        let url = self.storage.url_for(&paths::frame_root(&snapshot.frame))?;
+        let store = logstore_with(
+            self.storage.raw_store().clone(),
+            &url,
+            StorageConfig::default(),
+        )?;
+        Ok(self.pausing(crate::commit_hooks::fenced(
+            store,
+            self.storage.clone(),
+            snapshot.frame.clone(),
+            snapshot.incarnation.clone(),
+        )))
+    }
+
+    /// `store`, pausing before each commit when fault injection asks for it.
+    fn pausing(&self, store: LogStoreRef) -> LogStoreRef {
+        match self.config.pause_before_commit {
             Some(pause) => crate::commit_hooks::pausing(store, pause),
             None => store,
-        })
+        }
     }
 
     fn root(&self, frame: &FrameRef) -> Path {
@@ -853,8 +876,7 @@ impl Ledger {
         overwrite: bool,
         user: Option<&str>,
     ) -> Result<i64> {
-        read.writable()?;
-        let log_store = self.log_store(&read.frame)?;
+        let log_store = self.writing_log_store(read)?;
         let mut actions: Vec<Action> = Vec::with_capacity(adds.len() + 2);
         if let Some(reshape) = &read.reshape {
             if !overwrite {

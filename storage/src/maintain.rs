@@ -125,7 +125,7 @@ impl Ledger {
         loop {
             snapshot.writable()?;
             let mut table = DeltaTable::new(crate::commit_hooks::only_at(
-                self.log_store(snapshot.frame())?,
+                self.writing_log_store(&snapshot)?,
                 snapshot.version() as u64 + 1,
             ));
             table.state = Some(snapshot.delta_state().clone());
@@ -213,7 +213,7 @@ impl Ledger {
             let files = files.into_iter().chain(staged).collect();
             return Ok(Vacuumed { files, dry_run });
         }
-        let log_store = self.log_store(snapshot.frame())?;
+        let log_store = self.writing_log_store(snapshot)?;
         let props = self.commit_properties_with(
             user,
             Some(serde_json::json!({ "numFilesToDelete": files.len() + staged.len() })),

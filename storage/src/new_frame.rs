@@ -186,9 +186,10 @@ impl Uncommitted {
             .await
         {
             Ok(version) => Ok((self.rows, version)),
-            // A lost race commits nothing. Any other error may come after the commit (delta-rs
-            // checkpoints after committing): the cells stay, for VACUUM if unreferenced.
-            Err(e @ Error::Conflict { .. }) => {
+            // A lost race, or a frame dropped meanwhile, commits nothing. Any other error may
+            // come after the commit (delta-rs checkpoints after committing): the cells stay,
+            // for VACUUM if unreferenced.
+            Err(e @ (Error::Conflict { .. } | Error::NotFound { .. })) => {
                 self.discard(lakehouse).await;
                 Err(e)
             }
@@ -398,7 +399,7 @@ impl Lakehouse {
         let current = paths::creation_lease(f, &marker.id);
         for stale in leases.iter().filter(|l| ***l != current) {
             // A lease no marker will ever name again (ids are never reused).
-            if let Err(e) = self.storage().delete(stale).await {
+            if let Err(e) = self.catalog().remove_lease(stale).await {
                 warn!(frame = %f, error = %e, "removing a creation's lease");
             }
         }

@@ -584,10 +584,24 @@ impl FrameSink {
             // Nothing to append: no commit, the frame stays at its version.
             return Ok((0, snapshot.version()));
         }
-        let version = ledger
-            .commit(snapshot, adds, self.overwrite, self.table.user.as_deref())
-            .await?;
-        Ok((rows, version))
+        match ledger
+            .commit(
+                snapshot,
+                adds.clone(),
+                self.overwrite,
+                self.table.user.as_deref(),
+            )
+            .await
+        {
+            Ok(version) => Ok((rows, version)),
+            // Nothing was committed (a lost race, or the frame was dropped meanwhile): the
+            // cells go. Other errors may come after the commit: the cells stay, for VACUUM.
+            Err(e @ (crate::Error::Conflict { .. } | crate::Error::NotFound { .. })) => {
+                ledger.discard_cells(snapshot.frame(), &adds).await;
+                Err(e)
+            }
+            Err(e) => Err(e),
+        }
     }
 }
 

@@ -49,6 +49,19 @@ def test_parameters_question_marks_and_dollars(server):
         assert cur.fetchall() == [("two",)]
         cur.execute("SELECT v FROM p WHERE k = $2 OR v = $1 ORDER BY k", parameters=("one", 3))
         assert cur.fetchall() == [("one",), ("three",)]
+        # A number the expected type cannot hold is compared as sent, as its literal is: bound
+        # as BIGINT, 1.7 was truncated to 1 and matched k = 1.
+        cur.execute("SELECT v FROM p WHERE k = ?", parameters=(1.7,))
+        assert cur.fetchall() == []
+        cur.execute("SELECT v FROM p WHERE k < ? ORDER BY k", parameters=(1.5,))
+        assert cur.fetchall() == [("one",)]
+        cur.execute("SELECT v FROM p WHERE k = ?", parameters=(2.0,))
+        assert cur.fetchall() == [("two",)]
+        cur.execute("CREATE TABLE pd (amt DECIMAL(10,2))")
+        cur.execute("INSERT INTO pd VALUES (1.25)")
+        for sent, want in [(1.251, []), (decimal.Decimal("1.251"), []), (decimal.Decimal("1.25"), [(decimal.Decimal("1.25"),)])]:
+            cur.execute("SELECT amt FROM pd WHERE amt = ?", parameters=(sent,))
+            assert cur.fetchall() == want, sent
         cur.execute("SELECT ? AS a, ? AS b", parameters=(7, "x"))
         assert cur.fetchall() == [(7, "x")]
         # Placeholders DataFusion cannot type take the values as sent (they were cast to NULL's

@@ -77,14 +77,28 @@ pub(super) fn typed(
             // A placeholder DataFusion could not type (`? = ?`) takes the value as sent: cast
             // to NULL's type, a decimal became NULL and an integer failed.
             Some(Some(DataType::Null)) => Ok(v),
-            Some(Some(dt)) if &v.data_type() != dt && !v.is_null() => v
-                .cast_to(dt)
-                .map_err(|e| Error::Sql(format!("parameter ${}: {e}", i + 1))),
+            Some(Some(dt)) if &v.data_type() != dt && !v.is_null() => {
+                bound_as(v, dt).map_err(|e| Error::Sql(format!("parameter ${}: {e}", i + 1)))
+            }
             Some(Some(dt)) if v.is_null() => ScalarValue::try_from(dt)
                 .map_err(|e| Error::Sql(format!("parameter ${}: {e}", i + 1))),
             _ => Ok(v),
         })
         .collect()
+}
+
+/// `v` in `dt`, where `dt` holds it exactly. A number `dt` cannot hold (1.7 for a BIGINT,
+/// 1.251 for a DECIMAL(10,2), 1e20 for an INT) is bound as sent, and compared as its literal
+/// would be: cast, it was truncated or rounded, and `k = ?` with 1.7 matched `k = 1`.
+fn bound_as(v: ScalarValue, dt: &DataType) -> datafusion::common::Result<ScalarValue> {
+    let own = v.data_type();
+    if !(own.is_numeric() && dt.is_numeric()) {
+        return v.cast_to(dt);
+    }
+    match v.cast_to(dt) {
+        Ok(cast) if cast.cast_to(&own).is_ok_and(|back| back == v) => Ok(cast),
+        _ => Ok(v),
+    }
 }
 
 fn has_placeholder(e: &Expr) -> bool {
@@ -126,4 +140,43 @@ fn substitute(e: Expr, params: &ParamValues) -> Result<Expr> {
         other => Ok(Transformed::no(other)),
     })?
     .data)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn numbers_are_bound_in_the_expected_type_only_when_it_holds_them() {
+        let types: HashMap<String, Option<DataType>> = [
+            ("$1".into(), Some(DataType::Int64)),
+            ("$2".into(), Some(DataType::Decimal128(10, 2))),
+            ("$3".into(), Some(DataType::Int32)),
+            ("$4".into(), Some(DataType::Int64)),
+        ]
+        .into();
+        let got = |values: Vec<ScalarValue>| typed(&types, values).unwrap();
+        assert_eq!(
+            got(vec![
+                ScalarValue::Int32(Some(2)),
+                ScalarValue::Float64(Some(1.5)),
+                ScalarValue::Float64(Some(3.0)),
+                ScalarValue::Utf8(Some("4".into())),
+            ]),
+            vec![
+                ScalarValue::Int64(Some(2)),
+                ScalarValue::Decimal128(Some(150), 10, 2),
+                ScalarValue::Int32(Some(3)),
+                ScalarValue::Int64(Some(4)),
+            ]
+        );
+        let lossy = vec![
+            ScalarValue::Float64(Some(1.7)),
+            ScalarValue::Decimal128(Some(1251), 4, 3),
+            ScalarValue::Float64(Some(1e20)),
+            ScalarValue::Int64(Some(1)),
+        ];
+        assert_eq!(got(lossy.clone())[..3], lossy[..3]);
+        assert!(typed(&types, vec![ScalarValue::Utf8(Some("abc".into()))]).is_err());
+    }
 }

@@ -195,3 +195,39 @@ async fn a_creating_write_cut_short_while_committing_keeps_its_name() {
     );
     assert_eq!(cells_of_t(&dir), 3, "its cells may be committed yet");
 }
+
+/// Changes to the namespace take no bee: on a node whose only bee is busy they run at once
+/// (a `CREATE TABLE` waiting for another writer's creation of its name holds none either).
+/// Statements that write rows still wait for the bee.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn namespace_changes_take_no_bee() {
+    let (node, _dir) = node(|_| {}).await;
+    let busy = node.bees.acquire("busy").await.unwrap();
+    let session = Session::new("t");
+    let update = |sql: &'static str| {
+        let (node, session) = (node.clone(), session.clone());
+        async move {
+            let stmt = node.engine().parse_one(sql).unwrap();
+            node.update("q", &session, &stmt, Vec::new()).await
+        }
+    };
+    for sql in [
+        "CREATE BOX b",
+        "CREATE TABLE b.e (v BIGINT)",
+        "CREATE TABLE IF NOT EXISTS b.e (v BIGINT)",
+        "CREATE VIEW b.w AS SELECT 1 AS one",
+        "DROP VIEW b.w",
+        "DROP TABLE b.e",
+        "DROP BOX b",
+    ] {
+        let ran = tokio::time::timeout(Duration::from_secs(30), update(sql)).await;
+        ran.unwrap_or_else(|_| panic!("{sql} waited for the busy bee"))
+            .unwrap();
+    }
+    let ctas = update("CREATE TABLE t AS SELECT 1 AS v");
+    tokio::pin!(ctas);
+    let early = tokio::time::timeout(Duration::from_millis(500), &mut ctas).await;
+    assert!(early.is_err(), "a CTAS ran without a bee: {early:?}");
+    drop(busy);
+    assert_eq!(ctas.await.unwrap().0, 1);
+}

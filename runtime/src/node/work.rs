@@ -441,7 +441,8 @@ impl Node {
         )?))
     }
 
-    /// Run a statement that returns no result set in a bee, once per parameter row (or once).
+    /// Run a statement that returns no result set, once per parameter row (or once): in a bee,
+    /// unless it only changes the namespace.
     /// Returns the rows affected and the session afterwards.
     pub async fn update(
         &self,
@@ -463,20 +464,24 @@ impl Node {
             )));
         }
         let guard = self.register(query_id, &session.user, &stmt.text);
-        let lease = match guard.admit(&self.bees).await {
-            Ok(l) => l,
-            Err(e) => {
-                guard.fail(&e);
-                return Err(e);
-            }
+        // A change to the namespace alone takes no bee (see `Command::needs_bee`).
+        let lease = match stmt.command.needs_bee() {
+            true => match guard.admit(&self.bees).await {
+                Ok(l) => Some(l),
+                Err(e) => {
+                    guard.fail(&e);
+                    return Err(e);
+                }
+            },
+            false => None,
         };
         let engine = self.engine.clone();
-        let env = lease.env().clone();
+        let env = lease.as_ref().map(|l| l.env().clone());
         let mut session = session.clone();
         let stmt = stmt.clone();
         let work = async move {
             let n = engine
-                .execute_rows(Some(&env), &mut session, &stmt, param_rows)
+                .execute_rows(env.as_ref(), &mut session, &stmt, param_rows)
                 .await?;
             Ok((n, session))
         };
@@ -489,7 +494,10 @@ impl Node {
             }
             Err(e) => {
                 guard.fail(&e);
-                Err(lease.explain(e))
+                Err(match &lease {
+                    Some(lease) => lease.explain(e),
+                    None => e,
+                })
             }
         }
     }

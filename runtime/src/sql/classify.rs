@@ -144,6 +144,28 @@ impl Command {
         }
     }
 
+    /// Whether running it takes a bee: anything that reads or writes rows does. A change to
+    /// the namespace alone (hives, boxes, views, options, dropping frames, creating an empty
+    /// one) does no work a bee bounds, and must not hold one of a node's few bees while it
+    /// waits for storage or for another writer's creation of its name: on a 2-bee node a
+    /// `CREATE TABLE IF NOT EXISTS` waiting a minute for a long CTAS left every other
+    /// statement queued behind them.
+    pub fn needs_bee(&self) -> bool {
+        match self {
+            Command::CreateHive { .. }
+            | Command::CreateBox { .. }
+            | Command::DropHive { .. }
+            | Command::DropBox { .. }
+            | Command::DropFrames { .. }
+            | Command::Use { .. }
+            | Command::SetOption { .. }
+            | Command::CreateView { .. }
+            | Command::DropView { .. } => false,
+            Command::Sql { text, .. } => !creates_empty_table(text),
+            _ => true,
+        }
+    }
+
     /// Whether the statement changes rows and, run as a query, answers one `count` row (as
     /// DataFusion and other servers do for `INSERT`).
     pub fn counts_rows(&self) -> bool {
@@ -167,6 +189,36 @@ impl Command {
             _ => false,
         }
     }
+}
+
+/// Whether a DataFusion statement is a `CREATE … TABLE` with no query (columns only, or
+/// `LIKE` another): no `AS`, `SELECT`, `WITH` or `VALUES` outside parentheses.
+fn creates_empty_table(text: &str) -> bool {
+    let Ok(lexed) = lex(text) else {
+        return false;
+    };
+    let mut words = lexed
+        .tokens
+        .iter()
+        .map(|(t, _)| t)
+        .filter(|t| !is_trivia(t));
+    if !matches!(words.next(), Some(Token::Word(w)) if w.keyword == Keyword::CREATE) {
+        return false;
+    }
+    let (mut depth, mut table) = (0usize, false);
+    for t in words {
+        match t {
+            Token::LParen => depth += 1,
+            Token::RParen => depth = depth.saturating_sub(1),
+            Token::Word(w) if depth == 0 => match w.keyword {
+                Keyword::TABLE => table = true,
+                Keyword::AS | Keyword::SELECT | Keyword::WITH | Keyword::VALUES => return false,
+                _ => {}
+            },
+            _ => {}
+        }
+    }
+    table
 }
 
 /// The first keyword of a statement (past opening parentheses).

@@ -448,4 +448,38 @@ mod tests {
         );
         assert!(!classify("create table t (a int)").unwrap().returns_rows());
     }
+
+    #[test]
+    fn what_takes_a_bee() {
+        let bee = |sql: &str| classify(sql).unwrap().needs_bee();
+        for sql in [
+            "select 1",
+            "insert into t values (1)",
+            "create table t as select 1",
+            "CREATE TABLE t (a INT) AS SELECT 1",
+            "create or replace table t as (select 1)",
+            "create table t as values (1)",
+            "create table t as with a as (select 1) select * from a",
+            "delete from t",
+            "optimize t",
+            "vacuum t",
+            "alter table t add column b int",
+        ] {
+            assert!(bee(sql), "{sql}");
+        }
+        for sql in [
+            "create table t (a int, \"as\" int)",
+            "CREATE TABLE IF NOT EXISTS t (a INT DEFAULT (1)) PARTITIONED BY (a)",
+            "create box b",
+            "create hive h",
+            "drop table t",
+            "drop box b cascade",
+            "use b",
+            "set datafusion.execution.batch_size = 100",
+            "create view v as select 1",
+            "drop view v",
+        ] {
+            assert!(!bee(sql), "{sql}");
+        }
+    }
 }
