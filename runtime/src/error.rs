@@ -43,6 +43,11 @@ pub enum Error {
     #[error("query timed out after {0:?}")]
     Timeout(std::time::Duration),
 
+    /// A client writing rows (ingest) sent nothing for this long: it was stopped, so that a
+    /// stalled or vanished uploader does not hold a bee (`--ingest-idle-timeout`).
+    #[error("the client sent no data for {0:?}; its write was stopped (--ingest-idle-timeout)")]
+    ClientIdle(std::time::Duration),
+
     /// A retryable task (a fragment) failed on as many nodes as its trial limit allows.
     #[error("{what} abandoned after {attempts} attempts: {last_error}")]
     Abandoned {

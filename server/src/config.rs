@@ -154,6 +154,12 @@ pub struct NodeArgs {
     /// Longest a query may run.
     #[arg(long, env = "APIARY_QUERY_TIMEOUT", default_value = "30m", value_parser = parse_duration)]
     pub query_timeout: Duration,
+    /// Longest an ingest (ADBC bulk ingest, DoPut) waits for its client's next batch: a client
+    /// that sends nothing for this long has its write stopped (DEADLINE_EXCEEDED; a table it
+    /// was creating is given up), so that a stalled uploader does not hold a bee. `0s`: no
+    /// bound.
+    #[arg(long, env = "APIARY_INGEST_IDLE_TIMEOUT", default_value = "60s", value_parser = parse_duration)]
+    pub ingest_idle_timeout: Duration,
     /// Queries waiting for a bee beyond this many are refused (retryable).
     #[arg(long, env = "APIARY_QUEUE_DEPTH", default_value_t = 64)]
     pub queue_depth: usize,

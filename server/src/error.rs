@@ -165,7 +165,9 @@ fn runtime_status(e: RtError) -> Status {
             Status::unavailable(msg)
         }
         e @ RtError::Cancelled => Status::cancelled(e.to_string()),
-        e @ RtError::Timeout(_) => Status::deadline_exceeded(e.to_string()),
+        e @ (RtError::Timeout(_) | RtError::ClientIdle(_)) => {
+            Status::deadline_exceeded(e.to_string())
+        }
         e @ RtError::Abandoned { .. } => {
             warn!(error = %e, "task abandoned");
             Status::aborted(e.to_string())

@@ -644,6 +644,36 @@ mod tests {
         lh.ledger().commit(&snap, adds, false, None).await.unwrap()
     }
 
+    /// A Delta table another engine wrote at a name's location is never taken for leftovers of
+    /// an interrupted drop and deleted: creating the name is refused, the table stays, and the
+    /// name is left free.
+    #[tokio::test]
+    async fn a_create_never_deletes_a_table_another_engine_wrote_at_its_location() {
+        let (lh, _dir) = lakehouse().await;
+        let v0 = object_store::path::Path::from(
+            "default/default/t/_delta_log/00000000000000000000.json",
+        );
+        let commit = concat!(
+            r#"{"protocol":{"minReaderVersion":1,"minWriterVersion":2}}"#,
+            "\n",
+            r#"{"metaData":{"id":"x","format":{"provider":"parquet","options":{}},"schemaString":"{\"type\":\"struct\",\"fields\":[]}","partitionColumns":[],"configuration":{},"createdTime":0}}"#,
+            "\n"
+        );
+        lh.storage().put(&v0, commit.into()).await.unwrap();
+        for if_not_exists in [false, true] {
+            let err = lh
+                .create_frame(&frame(), &schema(), &[], &[], if_not_exists)
+                .await
+                .unwrap_err();
+            assert!(
+                matches!(&err, Error::InvalidArgument(m) if m.contains("did not create")),
+                "{err:?}"
+            );
+            assert!(lh.storage().get_opt(&v0).await.unwrap().is_some());
+            assert!(lh.catalog.frame_marker(&frame()).await.unwrap().is_none());
+        }
+    }
+
     /// A write commits only into the frame it read. Dropped meanwhile, its commit is NOT_FOUND;
     /// dropped and created again (with other columns, and a log that starts over at version
     /// 0, so that the write's next version is free in it), its commit is refused as a

@@ -644,6 +644,16 @@ impl Ledger {
     }
 
     /// The bytes of version 0 of `frame`'s log, if it exists.
+    /// Whether `frame`'s location holds a Delta table Apiary did not create: a version 0 that
+    /// records no incarnation (another engine wrote it there). Leftovers of an interrupted
+    /// drop are Apiary's own (or have lost their version 0 already).
+    pub(crate) async fn holds_foreign_table(&self, frame: &FrameRef) -> Result<bool> {
+        Ok(self
+            .version_0_of(frame)
+            .await?
+            .is_some_and(|v0| !String::from_utf8_lossy(&v0).contains(INCARNATION_PROPERTY)))
+    }
+
     async fn version_0_of(&self, frame: &FrameRef) -> Result<Option<bytes::Bytes>> {
         let log_store = self.log_store(frame)?;
         Ok(log_store.read_commit_entry(0).await?)

@@ -262,6 +262,13 @@ impl Lakehouse {
         let (marker, written) = loop {
             if let Some(marker) = self.reserve_creation(frame).await? {
                 if self.ledger().has_leftovers(frame).await? {
+                    if self.ledger().holds_foreign_table(frame).await? {
+                        // Another engine's table, written at the name's location: never ours
+                        // to delete.
+                        self.catalog().unregister_frame(frame).await?;
+                        self.end_lease(frame, &marker.id).await;
+                        return Err(foreign_table(frame));
+                    }
                     // Data of an earlier frame of this name whose drop was interrupted.
                     warn!(frame = %frame, "removing leftovers of an interrupted drop");
                     self.ledger().delete_data(frame).await?;
@@ -674,6 +681,15 @@ pub fn still_creating(frame: &FrameRef) -> Error {
         frame: frame.to_string(),
         detail: "another writer is still creating it; retry".into(),
     }
+}
+
+fn foreign_table(frame: &FrameRef) -> Error {
+    let location = crate::paths::frame_root(frame);
+    Error::InvalidArgument(format!(
+        "cannot create {frame}: its location '{location}' holds a Delta table that Apiary did \
+         not create (written by another engine). Read it with CREATE EXTERNAL TABLE … STORED \
+         AS DELTA LOCATION '{location}', or move it away first; it is not deleted"
+    ))
 }
 
 fn dropped_meanwhile(frame: &FrameRef) -> Error {

@@ -124,7 +124,9 @@ enum Feed {
 }
 
 /// A partition's next feed, or why the query fails (a message, and whether it lost data).
-type Completion = std::result::Result<Feed, (String, bool)>;
+/// A feed, or why the query failed: the message and the failure's kind
+/// ([`crate::distributed::worker::failure_kind`]).
+type Completion = std::result::Result<Feed, (String, String)>;
 
 /// A stage that streams its output back here runs here instead of on the swarm when all of its
 /// shuffled inputs together are at most this big: reading them costs less than a round of
@@ -400,12 +402,12 @@ impl Dispatch {
     }
 
     fn fail_all(&self, error: String) {
-        self.fail_all_with(error, false)
+        self.fail_all_with(error, "")
     }
 
-    fn fail_all_with(&self, error: String, data_loss: bool) {
+    fn fail_all_with(&self, error: String, kind: &str) {
         for tx in self.senders.lock().expect("senders").values() {
-            let _ = tx.send(Err((error.clone(), data_loss)));
+            let _ = tx.send(Err((error.clone(), kind.to_string())));
         }
     }
 
@@ -584,7 +586,16 @@ impl Dispatch {
                     Ok(f) => {
                         let msg = format!("{key} on {}: {}", f.node_id, f.error);
                         self.slots.lock().expect("slots")[i].state = TaskState::Failed;
-                        self.fail_all_with(msg, f.kind == "data_loss");
+                        // The statement's own failure (bad input, a limit, a vacuumed cell)
+                        // reaches the client as on a single node; anything else keeps where
+                        // it happened.
+                        match super::worker::is_the_statements(&f.kind) {
+                            true => {
+                                warn!(query_id = %self.query_id, error = %msg, "fragment failed");
+                                self.fail_all_with(f.error, &f.kind)
+                            }
+                            false => self.fail_all_with(msg, &f.kind),
+                        }
                         return true;
                     }
                     Err(e) => reassign.push((i, e.to_string())),
@@ -737,12 +748,9 @@ impl Dispatch {
                             Err(e) => fail(e),
                         }
                     }
-                    Some(Err((e, true))) => {
-                        fail(DataFusionError::External(Box::new(Error::DataLoss(e))))
-                    }
-                    Some(Err((e, false))) => {
-                        fail(DataFusionError::External(Box::new(Error::Internal(e))))
-                    }
+                    Some(Err((e, kind))) => fail(DataFusionError::External(Box::new(
+                        super::worker::error_of_kind(&kind, e),
+                    ))),
                     None => fail(DataFusionError::Execution("distributed query ended".into())),
                 };
                 Some((batches, (rx, remaining - 1, this, reservation, context)))

@@ -198,10 +198,7 @@ async fn execute(ctx: Arc<DistContext>, task: TaskV1) {
                 node_id: ctx.node_id.clone(),
                 attempt: key.attempt,
                 retryable,
-                kind: match e {
-                    Error::DataLoss(_) => "data_loss".into(),
-                    _ => String::new(),
-                },
+                kind: failure_kind(&e).into(),
                 error: e.to_string(),
             };
             match paths::task_failed(&key) {
@@ -368,4 +365,39 @@ async fn run_attempt(ctx: &Arc<DistContext>, key: &AttemptKey) -> Result<Written
         Err(e) => guard.fail(e),
     }
     result.map_err(|e| lease.explain(e))
+}
+
+/// A fragment's failure as its `FailedV1` records it, so that the coordinator answers the
+/// client with the status a single node would: `data_loss`, and the statement's own failures
+/// `invalid_argument` (bad input: overflow, a cast), `resource_exhausted` (a limit) and
+/// `not_found` (a cell VACUUM deleted); empty for anything else (INTERNAL). Nodes that do not
+/// know a kind read it as empty.
+pub(crate) fn failure_kind(e: &Error) -> &'static str {
+    use apiary_storage::Error as S;
+    match e {
+        Error::DataLoss(_) => "data_loss",
+        Error::Sql(_) => "invalid_argument",
+        Error::ResourceExhausted(_) => "resource_exhausted",
+        Error::Storage(S::Gone(_)) => "not_found",
+        _ => "",
+    }
+}
+
+/// Whether a failure of `kind` is the statement's own (its message is the client's).
+pub(crate) fn is_the_statements(kind: &str) -> bool {
+    matches!(
+        kind,
+        "invalid_argument" | "resource_exhausted" | "not_found"
+    )
+}
+
+/// The error a fragment's failure of `kind`, said as `message`, is to the client.
+pub(crate) fn error_of_kind(kind: &str, message: String) -> Error {
+    match kind {
+        "data_loss" => Error::DataLoss(message),
+        "invalid_argument" => Error::Sql(message),
+        "resource_exhausted" => Error::ResourceExhausted(message),
+        "not_found" => Error::Storage(apiary_storage::Error::Gone(message)),
+        _ => Error::Internal(message),
+    }
 }

@@ -55,6 +55,8 @@ pub struct NodeConfig {
     pub cache: Option<(PathBuf, u64)>,
     /// How long shutdown waits for cleanups in flight before aborting them.
     pub shutdown_grace: Duration,
+    /// Longest an ingest waits for its client's next batch; zero: no bound.
+    pub ingest_idle_timeout: Duration,
     /// Seals the objects nodes exchange (tasks, plans, outputs, heartbeats); shared by every
     /// node of the swarm.
     pub swarm_key: SwarmKey,
@@ -82,6 +84,7 @@ impl NodeConfig {
             distribution: DistributionConfig::default(),
             cache: None,
             shutdown_grace: Duration::from_secs(5),
+            ingest_idle_timeout: Duration::from_secs(60),
             // Only nodes built this way in one process share it: tests and one-shot use.
             swarm_key: SwarmKey::new(b"apiary local swarm key"),
             fault_clock_skew_secs: 0,

@@ -231,3 +231,30 @@ async fn namespace_changes_take_no_bee() {
     drop(busy);
     assert_eq!(ctas.await.unwrap().0, 1);
 }
+
+/// A creating ingest whose client stops sending (alive, but silent) is stopped once it has
+/// waited `ingest_idle_timeout` for a batch: DEADLINE_EXCEEDED, its bee free, the name given up
+/// with its cells.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_ingest_whose_client_stops_sending_is_stopped() {
+    let (node, dir) = node(|c| c.ingest_idle_timeout = Duration::from_millis(500)).await;
+    let got = tokio::time::timeout(Duration::from_secs(60), ingest_three(&node, true)).await;
+    match got.expect("the ingest still waits for its client") {
+        Err(Error::ClientIdle(idle)) => assert_eq!(idle, Duration::from_millis(500)),
+        other => panic!("{other:?}"),
+    }
+    assert!(freed_within(&node, Duration::from_secs(10)).await);
+    assert!(
+        cells_become(&dir, 0).await,
+        "the stopped ingest left its cells"
+    );
+    // Its bee is free again: the node's only one runs the next write.
+    let stmt = node
+        .engine()
+        .parse_one("CREATE TABLE t AS SELECT 1 AS v")
+        .unwrap();
+    let created = node
+        .update("q", &Session::new("t"), &stmt, Vec::new())
+        .await;
+    assert_eq!(created.unwrap().0, 1);
+}

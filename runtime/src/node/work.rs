@@ -3,7 +3,7 @@
 
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use arrow::datatypes::SchemaRef;
 use datafusion::common::ScalarValue;
@@ -526,6 +526,7 @@ impl Node {
             }
         };
         // Batches flow from the client straight into cells; nothing is buffered whole.
+        let data = idle_bounded(data, self.config.ingest_idle_timeout);
         match self
             .engine
             .ingest(
@@ -542,10 +543,39 @@ impl Node {
                 info!(frame = %request.frame, rows, user = %request.user, "ingest committed");
                 Ok(rows)
             }
+            // What the client's stream failed with, as the cell writer passed it on.
+            Err(Error::Storage(apiary_storage::Error::DataFusion(e))) => {
+                let e = Error::from(*e);
+                guard.fail(&e);
+                Err(lease.explain(e))
+            }
             Err(e) => {
                 guard.fail(&e);
                 Err(lease.explain(e))
             }
         }
     }
+}
+
+/// `data`, failing with [`Error::ClientIdle`] when its client sends nothing for `idle` (zero:
+/// no bound), and ending there. Only the wait for the client counts, never the time the writer
+/// spends between batches.
+fn idle_bounded(data: SendableRecordBatchStream, idle: Duration) -> SendableRecordBatchStream {
+    if idle.is_zero() {
+        return data;
+    }
+    let schema = data.schema();
+    let batches = futures::stream::unfold(Some(data), move |data| async move {
+        let mut data = data?;
+        match tokio::time::timeout(idle, data.next()).await {
+            Ok(Some(item)) => Some((item, Some(data))),
+            Ok(None) => None,
+            Err(_) => {
+                let e =
+                    datafusion::error::DataFusionError::External(Box::new(Error::ClientIdle(idle)));
+                Some((Err(e), None))
+            }
+        }
+    });
+    Box::pin(datafusion::physical_plan::stream::RecordBatchStreamAdapter::new(schema, batches))
 }

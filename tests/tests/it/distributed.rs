@@ -1023,3 +1023,50 @@ async fn a_coordinator_runs_what_a_slowly_polling_node_left_unclaimed() {
     let mut s = client(&sleepy).await;
     assert_eq!(fragments(&mut s).await, 0, "the slow node ran nothing");
 }
+
+/// A statement's own failure in a fragment (here an overflow, from input the statement reads)
+/// reaches the client as it would from a single node: INVALID_ARGUMENT with the engine's
+/// words, never INTERNAL "details in the server log".
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_fragment_failing_on_its_input_answers_as_a_single_node_would() {
+    let dir = tempfile::tempdir().unwrap();
+    let root = dir.path().to_str().unwrap();
+    let nodes: Vec<Server> = ["node-1", "node-2"]
+        .iter()
+        .map(|id| start(root, id, &[], &[]))
+        .collect();
+    let mut c = client(&nodes[0]).await;
+    ingest(&mut c, &tpch_data()).await;
+    wait_alive(&mut c, &["node-1", "node-2"]).await;
+    // The same shape runs as fragments when it succeeds.
+    let mut all = Vec::new();
+    for n in &nodes {
+        all.push(client(n).await);
+    }
+    let mut before = 0;
+    for c in all.iter_mut() {
+        before += fragments(c).await;
+    }
+    run(&mut c, "SELECT sum(l_orderkey + 1) FROM lineitem").await;
+    let mut after = 0;
+    for c in all.iter_mut() {
+        after += fragments(c).await;
+    }
+    assert!(after > before, "the query ran as no fragment");
+
+    let sql = "SELECT sum(l_orderkey + 9223372036854775000) FROM lineitem";
+    let outcome: Result<(), tonic::Status> = async {
+        let info = c.execute(sql.to_string(), None).await?;
+        for ep in info.endpoint {
+            let s = c.do_get(ep.ticket.unwrap()).await?;
+            s.try_collect::<Vec<_>>()
+                .await
+                .map_err(tonic::Status::from)?;
+        }
+        Ok(())
+    }
+    .await;
+    let status = outcome.expect_err("an overflowing sum answered");
+    assert_eq!(status.code(), tonic::Code::InvalidArgument, "{status}");
+    assert!(!status.message().contains("server log"), "{status}");
+}
