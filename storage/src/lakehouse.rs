@@ -656,7 +656,7 @@ mod tests {
         let commit = concat!(
             r#"{"protocol":{"minReaderVersion":1,"minWriterVersion":2}}"#,
             "\n",
-            r#"{"metaData":{"id":"x","format":{"provider":"parquet","options":{}},"schemaString":"{\"type\":\"struct\",\"fields\":[]}","partitionColumns":[],"configuration":{},"createdTime":0}}"#,
+            r#"{"metaData":{"id":"x","format":{"provider":"parquet","options":{}},"schemaString":"{\"type\":\"struct\",\"fields\":[{\"name\":\"id\",\"type\":\"long\",\"nullable\":true,\"metadata\":{}}]}","partitionColumns":[],"configuration":{},"createdTime":0}}"#,
             "\n"
         );
         lh.storage().put(&v0, commit.into()).await.unwrap();

@@ -643,17 +643,21 @@ impl Ledger {
         }
     }
 
-    /// The bytes of version 0 of `frame`'s log, if it exists.
-    /// Whether `frame`'s location holds a Delta table Apiary did not create: a version 0 that
-    /// records no incarnation (another engine wrote it there). Leftovers of an interrupted
-    /// drop are Apiary's own (or have lost their version 0 already).
+    /// Whether `frame`'s location, which no catalog marker names, holds a Delta table Apiary
+    /// did not create: a log that loads as a table (from its checkpoint when its first commits
+    /// were cleaned up) and whose metadata records no incarnation. What an interrupted drop of
+    /// an Apiary frame leaves either records one or no longer loads; a storage failure is an
+    /// error, never taken for "no table".
     pub(crate) async fn holds_foreign_table(&self, frame: &FrameRef) -> Result<bool> {
-        Ok(self
-            .version_0_of(frame)
-            .await?
-            .is_some_and(|v0| !String::from_utf8_lossy(&v0).contains(INCARNATION_PROPERTY)))
+        let log_store = self.log_store(frame)?;
+        match DeltaTableState::try_new(log_store.as_ref(), None).await {
+            Ok(state) => Ok(Self::incarnation_of(&state).is_none()),
+            Err(e @ DeltaTableError::ObjectStore { .. }) => Err(e.into()),
+            Err(_) => Ok(false),
+        }
     }
 
+    /// The bytes of version 0 of `frame`'s log, if it exists.
     async fn version_0_of(&self, frame: &FrameRef) -> Result<Option<bytes::Bytes>> {
         let log_store = self.log_store(frame)?;
         Ok(log_store.read_commit_entry(0).await?)

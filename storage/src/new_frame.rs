@@ -579,6 +579,12 @@ impl Lakehouse {
                     }
                     return Ok(FirstCommit::Taken(new.uncommitted(rows, adds)));
                 }
+                Ok(Created::Foreign(v0)) if !v0.contains(crate::ledger::INCARNATION_PROPERTY) => {
+                    // Another engine wrote a table here meanwhile: never ours to clear.
+                    ledger.discard_cells(&new.frame, &adds).await;
+                    self.abandon_frame(new).await;
+                    return Err(foreign_table(&new.frame));
+                }
                 Ok(Created::Foreign(_)) if !cleared && self.holds(new).await? => {
                     // A version 0 of an earlier incarnation of the name (its creator committed
                     // after a drop): an interrupted drop's remainder, under our reservation.
@@ -687,8 +693,9 @@ fn foreign_table(frame: &FrameRef) -> Error {
     let location = crate::paths::frame_root(frame);
     Error::InvalidArgument(format!(
         "cannot create {frame}: its location '{location}' holds a Delta table that Apiary did \
-         not create (written by another engine). Read it with CREATE EXTERNAL TABLE … STORED \
-         AS DELTA LOCATION '{location}', or move it away first; it is not deleted"
+         not create under this name (written by another engine, or by an Apiary build older \
+         than 2026-12-05). Read it with CREATE EXTERNAL TABLE … STORED AS DELTA LOCATION \
+         '{location}', or move it away first; it is not deleted"
     ))
 }
 

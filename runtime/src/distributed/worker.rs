@@ -289,7 +289,9 @@ async fn run_attempt(ctx: &Arc<DistContext>, key: &AttemptKey) -> Result<Written
         .ok_or(Error::Cancelled)?;
     let plan_bytes = ctx.key.open("plan", &plan_path, &sealed)?;
     let task_ctx: Arc<TaskContext> = ctx.engine.task_context(lease.env());
-    let plan = super::shuffle::decode(&plan_bytes, &task_ctx, Some(storage.clone()))?;
+    // A plan this node cannot decode (another build's) is never the statement's fault.
+    let plan = super::shuffle::decode(&plan_bytes, &task_ctx, Some(storage.clone()))
+        .map_err(|e| Error::Internal(format!("decoding the fragment's plan: {e}")))?;
     // A decoded plan carries no Parquet reader: give it the node's footer cache.
     let plan = apiary_storage::footers::read_footers_through(
         plan,

@@ -39,7 +39,7 @@ pub(super) fn merge_rows(
     let types = plan.get_parameter_types()?;
     let bound: Vec<ParamValues> = rows
         .into_iter()
-        .map(|row| typed(&types, row).map(ParamValues::from))
+        .map(|row| cast_each(&types, row).map(ParamValues::from))
         .collect::<Result<_>>()?;
     let merged = plan
         .clone()
@@ -81,6 +81,27 @@ pub(super) fn typed(
                 bound_as(v, dt).map_err(|e| Error::Sql(format!("parameter ${}: {e}", i + 1)))
             }
             Some(Some(dt)) if v.is_null() => ScalarValue::try_from(dt)
+                .map_err(|e| Error::Sql(format!("parameter ${}: {e}", i + 1))),
+            _ => Ok(v),
+        })
+        .collect()
+}
+
+/// Each value cast to the type its column expects, for rows merged into one VALUES list: one
+/// value left in its own type would widen the whole column (a float among BIGINTs made
+/// 9007199254740993 into 9007199254740992), so each is cast as a single row's insert casts it.
+fn cast_each(
+    types: &HashMap<String, Option<DataType>>,
+    values: Vec<ScalarValue>,
+) -> Result<Vec<ScalarValue>> {
+    values
+        .into_iter()
+        .enumerate()
+        .map(|(i, v)| match types.get(&format!("${}", i + 1)) {
+            Some(Some(dt)) if dt != &DataType::Null && v.is_null() => ScalarValue::try_from(dt)
+                .map_err(|e| Error::Sql(format!("parameter ${}: {e}", i + 1))),
+            Some(Some(dt)) if dt != &DataType::Null && &v.data_type() != dt => v
+                .cast_to(dt)
                 .map_err(|e| Error::Sql(format!("parameter ${}: {e}", i + 1))),
             _ => Ok(v),
         })
