@@ -65,26 +65,13 @@ pub(super) fn merge_rows(
 }
 
 /// Each value in the type the statement expects where DataFusion knows it, so that clients may
-/// send e.g. int32 for a BIGINT column (and a NULL of any type).
+/// send e.g. int32 for a BIGINT column (and a NULL of any type); a number that type cannot
+/// hold exactly keeps its own ([`bound_as`]).
 pub(super) fn typed(
     types: &HashMap<String, Option<DataType>>,
     values: Vec<ScalarValue>,
 ) -> Result<Vec<ScalarValue>> {
-    values
-        .into_iter()
-        .enumerate()
-        .map(|(i, v)| match types.get(&format!("${}", i + 1)) {
-            // A placeholder DataFusion could not type (`? = ?`) takes the value as sent: cast
-            // to NULL's type, a decimal became NULL and an integer failed.
-            Some(Some(DataType::Null)) => Ok(v),
-            Some(Some(dt)) if &v.data_type() != dt && !v.is_null() => {
-                bound_as(v, dt).map_err(|e| Error::Sql(format!("parameter ${}: {e}", i + 1)))
-            }
-            Some(Some(dt)) if v.is_null() => ScalarValue::try_from(dt)
-                .map_err(|e| Error::Sql(format!("parameter ${}: {e}", i + 1))),
-            _ => Ok(v),
-        })
-        .collect()
+    typed_with(types, values, bound_as)
 }
 
 /// Each value cast to the type its column expects, for rows merged into one VALUES list: one
@@ -94,14 +81,26 @@ fn cast_each(
     types: &HashMap<String, Option<DataType>>,
     values: Vec<ScalarValue>,
 ) -> Result<Vec<ScalarValue>> {
+    typed_with(types, values, |v, dt| v.cast_to(dt))
+}
+
+/// Each value bound by `cast` to the type its placeholder has, where DataFusion knows one.
+fn typed_with(
+    types: &HashMap<String, Option<DataType>>,
+    values: Vec<ScalarValue>,
+    cast: impl Fn(ScalarValue, &DataType) -> datafusion::common::Result<ScalarValue>,
+) -> Result<Vec<ScalarValue>> {
     values
         .into_iter()
         .enumerate()
         .map(|(i, v)| match types.get(&format!("${}", i + 1)) {
-            Some(Some(dt)) if dt != &DataType::Null && v.is_null() => ScalarValue::try_from(dt)
-                .map_err(|e| Error::Sql(format!("parameter ${}: {e}", i + 1))),
-            Some(Some(dt)) if dt != &DataType::Null && &v.data_type() != dt => v
-                .cast_to(dt)
+            // A placeholder DataFusion could not type (`? = ?`) takes the value as sent: cast
+            // to NULL's type, a decimal became NULL and an integer failed.
+            Some(Some(DataType::Null)) => Ok(v),
+            Some(Some(dt)) if &v.data_type() != dt && !v.is_null() => {
+                cast(v, dt).map_err(|e| Error::Sql(format!("parameter ${}: {e}", i + 1)))
+            }
+            Some(Some(dt)) if v.is_null() => ScalarValue::try_from(dt)
                 .map_err(|e| Error::Sql(format!("parameter ${}: {e}", i + 1))),
             _ => Ok(v),
         })
