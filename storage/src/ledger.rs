@@ -487,27 +487,25 @@ impl Ledger {
     }
 
     pub(crate) fn log_store(&self, frame: &FrameRef) -> Result<LogStoreRef> {
+        Ok(self.pausing(self.plain_log_store(frame)?))
+    }
+
+    /// `frame`'s log store as delta-rs makes it, without our hooks.
+    fn plain_log_store(&self, frame: &FrameRef) -> Result<LogStoreRef> {
         let url = self.storage.url_for(&paths::frame_root(frame))?;
-        let store = logstore_with(
+        Ok(logstore_with(
             self.storage.raw_store().clone(),
             &url,
             StorageConfig::default(),
-        )?;
-        Ok(self.pausing(store))
+        )?)
     }
 
     /// The log store a write that read `snapshot` commits through: it commits only while the
     /// frame's name is still the incarnation `snapshot` was read from (`commit_hooks::fenced`).
     pub(crate) fn writing_log_store(&self, snapshot: &FrameSnapshot) -> Result<LogStoreRef> {
         snapshot.writable()?;
-        let url = self.storage.url_for(&paths::frame_root(&snapshot.frame))?;
-        let store = logstore_with(
-            self.storage.raw_store().clone(),
-            &url,
-            StorageConfig::default(),
-        )?;
         Ok(self.pausing(crate::commit_hooks::fenced(
-            store,
+            self.plain_log_store(&snapshot.frame)?,
             self.storage.clone(),
             snapshot.frame.clone(),
             snapshot.incarnation.clone(),

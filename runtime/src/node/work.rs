@@ -543,13 +543,12 @@ impl Node {
                 info!(frame = %request.frame, rows, user = %request.user, "ingest committed");
                 Ok(rows)
             }
-            // What the client's stream failed with, as the cell writer passed it on.
-            Err(Error::Storage(apiary_storage::Error::DataFusion(e))) => {
-                let e = Error::from(*e);
-                guard.fail(&e);
-                Err(lease.explain(e))
-            }
             Err(e) => {
+                // What the client's stream failed with, as the cell writer passed it on.
+                let e = match e {
+                    Error::Storage(apiary_storage::Error::DataFusion(e)) => Error::from(*e),
+                    e => e,
+                };
                 guard.fail(&e);
                 Err(lease.explain(e))
             }
