@@ -88,6 +88,21 @@ impl From<DataFusionError> for Error {
     }
 }
 
+/// The table DataFusion could not plan for because it does not exist (`table 'h.b.f' not
+/// found`), if that is what failed.
+pub(crate) fn missing_table(e: &DataFusionError) -> Option<String> {
+    match e.find_root() {
+        DataFusionError::Plan(m) => table_not_found(m).map(str::to_string),
+        _ => None,
+    }
+}
+
+fn table_not_found(message: &str) -> Option<&str> {
+    message
+        .strip_prefix("table '")
+        .and_then(|r| r.strip_suffix("' not found"))
+}
+
 fn classify(e: DataFusionError) -> Error {
     use DataFusionError as D;
     // The Parquet reader reports a missing file as text, under whatever wrapping the stream
@@ -138,7 +153,15 @@ fn classify(e: DataFusionError) -> Error {
                 Error::Sql(text)
             }
         }
-        D::Plan(msg) => Error::Sql(msg),
+        // A system or information_schema table that does not exist (frames are looked up
+        // before DataFusion plans, and answer NOT_FOUND there).
+        D::Plan(msg) => match table_not_found(&msg) {
+            Some(name) => Error::Storage(apiary_storage::Error::NotFound {
+                kind: apiary_storage::ObjectKind::Frame,
+                name: name.to_string(),
+            }),
+            None => Error::Sql(msg),
+        },
         D::SchemaError(err, _) => Error::Sql(err.to_string()),
         D::NotImplemented(msg) => Error::Unsupported(msg),
         D::Configuration(msg) => Error::Sql(msg),

@@ -162,6 +162,10 @@ pub struct WorldView {
     /// When storage was last read. Ages are judged at that instant, not later: an observer whose
     /// own refresh is slow (a loaded machine, a slow bucket) must not see everyone turn Suspect.
     observed_at: Mutex<Option<Instant>>,
+    /// The heartbeat this node last wrote (or tried to): the node running this code is alive
+    /// whatever storage lists, even when another node, stalled past the dead limit, deleted its
+    /// heartbeat as dead a moment ago.
+    own: Mutex<Option<HeartbeatV1>>,
 }
 
 impl WorldView {
@@ -170,7 +174,18 @@ impl WorldView {
             timing,
             nodes: Mutex::new(HashMap::new()),
             observed_at: Mutex::new(None),
+            own: Mutex::new(None),
         }
+    }
+
+    /// Note the heartbeat this node writes now.
+    pub fn beating(&self, hb: &HeartbeatV1) {
+        *self.own.lock().expect("world view") = Some(hb.clone());
+    }
+
+    fn own_id(&self) -> Option<String> {
+        let own = self.own.lock().expect("world view");
+        own.as_ref().map(|h| h.node_id.clone())
     }
 
     fn state_for(&self, age: Duration) -> NodeState {
@@ -239,8 +254,12 @@ impl WorldView {
         }
         let i = self.timing.interval;
         let remove_after = i * (self.timing.dead_after + self.timing.grace);
+        // Never this node's own: it is running, whatever its heartbeat's age says (a stalled
+        // heartbeat writer is no reason to leave the swarm).
+        let me = self.own_id();
         nodes
             .iter()
+            .filter(|(id, _)| me.as_ref() != Some(*id))
             .filter(|(_, o)| now.saturating_duration_since(o.last_change) >= remove_after)
             .map(|(id, _)| id.clone())
             .collect()
@@ -304,11 +323,25 @@ impl WorldView {
     }
 
     /// The swarm as node `me` sees it, for placing work: a node running this code is alive
-    /// whatever its own heartbeat's age says, so it is always a place of last resort.
+    /// whatever its own heartbeat's age says, and listed even when its heartbeat is not (not yet
+    /// read, or deleted as dead by a stalled peer), so it is always a place of last resort.
     pub fn seen_from(&self, me: &str) -> Vec<NodeView> {
         let mut nodes = self.nodes();
+        let mut listed = false;
         for n in nodes.iter_mut().filter(|n| n.heartbeat.node_id == me) {
             n.state = NodeState::Alive;
+            listed = true;
+        }
+        if !listed {
+            let own = self.own.lock().expect("world view").clone();
+            if let Some(heartbeat) = own.filter(|h| h.node_id == me) {
+                nodes.push(NodeView {
+                    heartbeat,
+                    state: NodeState::Alive,
+                    age: Duration::ZERO,
+                });
+                nodes.sort_by(|a, b| a.heartbeat.node_id.cmp(&b.heartbeat.node_id));
+            }
         }
         nodes
     }
@@ -433,6 +466,35 @@ mod tests {
         w.observe(vec![hb("me", 1), hb("other", 1)], t0);
         let seen: Vec<_> = w.seen_from("me").into_iter().map(|n| n.state).collect();
         assert_eq!(seen, vec![NodeState::Alive, NodeState::Suspect]);
+    }
+
+    #[test]
+    fn a_node_is_alive_to_itself_when_a_stalled_peer_deleted_its_heartbeat() {
+        // A host that stalls past the dead limit: every node's refresh then sees every other
+        // (and itself) unmoved for too long, and deletes their heartbeats. A coordinator that
+        // then finds no live node for a task it must reassign fails the query.
+        let w = WorldView::new(timing());
+        let t0 = Instant::now();
+        w.beating(&hb("me", 1));
+        w.observe(vec![hb("me", 1), hb("other", 1)], t0);
+        w.observe(
+            vec![hb("me", 2), hb("other", 2)],
+            t0 + Duration::from_secs(1),
+        );
+        let dead = w.observe(
+            vec![hb("me", 2), hb("other", 2)],
+            t0 + Duration::from_secs(20),
+        );
+        assert_eq!(dead, vec!["other".to_string()], "never its own heartbeat");
+        // Its heartbeat deleted by the other node, this one still places work on itself.
+        w.observe(vec![], t0 + Duration::from_secs(21));
+        let seen: Vec<_> = w
+            .seen_from("me")
+            .into_iter()
+            .map(|n| (n.heartbeat.node_id, n.state))
+            .collect();
+        assert_eq!(seen, vec![("me".to_string(), NodeState::Alive)]);
+        assert!(w.seen_from("other").is_empty());
     }
 
     #[test]

@@ -172,10 +172,12 @@ impl Ledger {
                     snapshot.frame()
                 ))
             })?;
-            op = op.with_update(
-                Column::new_unqualified(column),
+            let value = crate::values::checked(
                 stored_columns(snapshot, value)?,
+                &column,
+                snapshot.partition_columns().contains(&column),
             );
+            op = op.with_update(Column::new_unqualified(column), value);
         }
         if let Some(p) = predicate {
             let p = stored_columns(snapshot, p)?;
@@ -291,6 +293,14 @@ impl Ledger {
                     )));
                 }
             }
+            let sets: Vec<(String, Expr)> = sets
+                .into_iter()
+                .map(|(c, e)| {
+                    let partition = snapshot.partition_columns().contains(&c);
+                    let e = crate::values::checked(e, &c, partition);
+                    (c, e)
+                })
+                .collect();
             let with_sets = |mut b: deltalake::operations::merge::UpdateBuilder| {
                 if let Some(p) = predicate.clone() {
                     b = b.predicate(p);
@@ -376,6 +386,12 @@ pub(crate) fn conflict(snapshot: &FrameSnapshot, e: DeltaTableError) -> Error {
                 snapshot.version()
             ),
         },
+        // A value the table cannot hold (`values::checked`), refused before it was written.
+        e if e.to_string().contains(crate::values::REFUSED) => {
+            let m = e.to_string();
+            let at = m.find(crate::values::REFUSED).unwrap_or(0) + crate::values::REFUSED.len();
+            Error::InvalidArgument(format!("{}: {}", snapshot.frame(), &m[at..]))
+        }
         DeltaTableError::Generic(m) if m.contains("multiple source rows") => {
             Error::InvalidArgument(format!("MERGE into {}: {m}", snapshot.frame()))
         }
@@ -503,6 +519,28 @@ impl Qualifiers {
     }
 }
 
+/// DataFusion's optimizer rules that move field accesses into projections of their own.
+const FIELD_EXTRACTION: [&str; 2] = ["extract_leaf_expressions", "push_down_leaf_projections"];
+
+/// `state` without DataFusion's rules that move a field access (`s.a`) below a filter into a
+/// projection of its own, as `__datafusion_extracted_N`. A row-level change is planned with
+/// it: the predicate DataFusion hands a DELETE or UPDATE, and the plans delta-rs makes of it,
+/// are read over the frame's own columns, where that column is not, and a predicate on a
+/// struct's field failed INTERNAL ("No field named __datafusion_extracted_1").
+pub fn without_field_extraction(state: &SessionState) -> SessionState {
+    without_field_extraction_builder(state).build()
+}
+
+fn without_field_extraction_builder(state: &SessionState) -> SessionStateBuilder {
+    let rules = state
+        .optimizers()
+        .iter()
+        .filter(|r| !FIELD_EXTRACTION.contains(&r.name()))
+        .cloned()
+        .collect();
+    SessionStateBuilder::new_from_existing(state.clone()).with_optimizer_rules(rules)
+}
+
 /// The session an operation runs on: the caller's (configuration, functions, memory pool, disk
 /// manager, the storage root's object store), with room for the stores delta-rs registers for
 /// the frame it works on (its own `delta-rs://` URLs over our log store).
@@ -515,7 +553,7 @@ pub(crate) fn operation_session(state: &SessionState) -> Result<SessionState> {
     let env = RuntimeEnvBuilder::from_runtime_env(env)
         .with_object_store_registry(registry)
         .build_arc()?;
-    Ok(SessionStateBuilder::new_from_existing(state.clone())
+    Ok(without_field_extraction_builder(state)
         .with_runtime_env(env)
         // delta-rs plans its own nodes (metric observers, merge barriers) with its planner.
         .with_query_planner(deltalake::delta_datafusion::planner::DeltaPlanner::new())

@@ -61,7 +61,7 @@ mod written;
 
 pub use backend::{BackendKind, S3Options, Storage};
 pub use codec::CellCompression;
-pub use dml::Changed;
+pub use dml::{Changed, without_field_extraction};
 pub use error::{Error, ObjectKind, Result};
 pub use footers::{FooterCache, FooterStats};
 pub use format::{ExternalFormat, ExternalV1, ViewV1};
@@ -75,3 +75,4 @@ pub use new_frame::{
 pub use paths::{BoxRef, FrameRef, Ident};
 pub use provider::{FrameSink, FrameTable, WriteGate};
 pub use spread::{spread_cells, spread_cells_within};
+pub use values::decimal_out_of_range;

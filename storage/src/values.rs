@@ -1,6 +1,10 @@
 //! Values a Delta table cannot hold as written, refused before a cell is written: other Delta
-//! readers must read every frame, and delta-rs's own writer must not meet them.
+//! readers must read every frame, and delta-rs's own writer must not meet them. Rows Apiary
+//! writes are checked as batches ([`check_writable`]); the values an UPDATE or a MERGE computes,
+//! which delta-rs writes itself, are checked as they are computed ([`checked`]).
 //!
+//! - A decimal with more digits than its type holds (Arrow's arithmetic checks only that it fits
+//!   in 128 bits): nothing could read the column back.
 //! - Dates and timestamps outside the years 0001–9999 (Delta's range). delta-rs's statistics
 //!   writer panicked on the largest `DATE` (the ingest's stream was reset, an empty frame left
 //!   behind), and a frame holding year −1 could not be read by delta-rs Python at all.
@@ -10,8 +14,18 @@
 //! - A partition value whose directory name (`column=value`, escaped) is longer than a file
 //!   name may be (255 bytes): the write failed deep in the object store as an internal error.
 
+use std::sync::Arc;
+
 use arrow::array::{Array, AsArray, RecordBatch};
-use arrow::datatypes::{DataType, Int64Type, TimeUnit};
+use arrow::datatypes::{
+    DataType, Decimal128Type, Decimal256Type, DecimalType, Int64Type, TimeUnit,
+};
+use datafusion::common::internal_err;
+use datafusion::error::{DataFusionError, Result as DfResult};
+use datafusion::logical_expr::expr::ScalarFunction;
+use datafusion::logical_expr::{
+    ColumnarValue, Expr, ScalarFunctionArgs, ScalarUDF, ScalarUDFImpl, Signature, Volatility,
+};
 
 use crate::error::{Error, Result};
 
@@ -30,47 +44,145 @@ const MAX_PARTITION_DIR_BYTES: usize = 255;
 /// Refuse `batch` (already in the frame's schema) if it holds a value the table cannot hold.
 pub(crate) fn check_writable(batch: &RecordBatch, partition_columns: &[String]) -> Result<()> {
     for (field, column) in batch.schema().fields().iter().zip(batch.columns()) {
-        if let Some(days) = day_range(column.as_ref())?
-            && (days.0 < FIRST_DAY || days.1 > LAST_DAY)
-        {
+        let partition = partition_columns.iter().any(|c| c == field.name());
+        check_column(field.name(), column.as_ref(), partition)?;
+    }
+    Ok(())
+}
+
+/// Refuse `column`'s values if the table cannot hold one of them (as a partition column's
+/// values if `partition`).
+fn check_column(name: &str, column: &dyn Array, partition: bool) -> Result<()> {
+    if let Some(value) = decimal_out_of_range(column) {
+        return Err(Error::InvalidArgument(format!(
+            "column {name} holds {value}, more digits than its type {} holds",
+            column.data_type()
+        )));
+    }
+    if let Some(days) = day_range(column)?
+        && (days.0 < FIRST_DAY || days.1 > LAST_DAY)
+    {
+        return Err(Error::InvalidArgument(format!(
+            "column {name} holds a date outside the years 0001 to 9999, which Delta tables \
+             cannot hold"
+        )));
+    }
+    if !partition {
+        return Ok(());
+    }
+    // delta-rs reads a partition column dictionary-encoded.
+    if let DataType::Dictionary(_, values) = column.data_type() {
+        let plain = arrow::compute::cast(column, values)
+            .map_err(|e| Error::Internal(format!("reading a dictionary's values: {e}")))?;
+        return check_column(name, plain.as_ref(), partition);
+    }
+    let strings: Box<dyn Iterator<Item = Option<&str>>> = match column.data_type() {
+        DataType::Utf8 => Box::new(column.as_string::<i32>().iter()),
+        DataType::LargeUtf8 => Box::new(column.as_string::<i64>().iter()),
+        DataType::Utf8View => Box::new(column.as_string_view().iter()),
+        _ => return Ok(()),
+    };
+    for value in strings.flatten() {
+        if value.is_empty() || value == HIVE_NULL {
             return Err(Error::InvalidArgument(format!(
-                "column {} holds a date outside the years 0001 to 9999, which Delta tables \
-                 cannot hold",
-                field.name()
+                "partition column {name} cannot hold {}: Delta tables read it as NULL (write \
+                 NULL, or another value)",
+                match value.is_empty() {
+                    true => "an empty string".to_string(),
+                    false => format!("'{HIVE_NULL}'"),
+                }
             )));
         }
-        if !partition_columns.iter().any(|c| c == field.name()) {
-            continue;
-        }
-        let strings: Box<dyn Iterator<Item = Option<&str>>> = match column.data_type() {
-            DataType::Utf8 => Box::new(column.as_string::<i32>().iter()),
-            DataType::LargeUtf8 => Box::new(column.as_string::<i64>().iter()),
-            DataType::Utf8View => Box::new(column.as_string_view().iter()),
-            _ => continue,
-        };
-        for value in strings.flatten() {
-            if value.is_empty() || value == HIVE_NULL {
-                return Err(Error::InvalidArgument(format!(
-                    "partition column {} cannot hold {}: Delta tables read it as NULL (write \
-                     NULL, or another value)",
-                    field.name(),
-                    match value.is_empty() {
-                        true => "an empty string".to_string(),
-                        false => format!("'{HIVE_NULL}'"),
-                    }
-                )));
-            }
-            let dir = field.name().len() + 1 + escaped_len(value);
-            if dir > MAX_PARTITION_DIR_BYTES {
-                return Err(Error::InvalidArgument(format!(
-                    "a value of partition column {} is too long: its directory name would be \
-                     {dir} bytes, and at most {MAX_PARTITION_DIR_BYTES} are allowed",
-                    field.name()
-                )));
-            }
+        let dir = name.len() + 1 + escaped_len(value);
+        if dir > MAX_PARTITION_DIR_BYTES {
+            return Err(Error::InvalidArgument(format!(
+                "a value of partition column {name} is too long: its directory name would be \
+                 {dir} bytes, and at most {MAX_PARTITION_DIR_BYTES} are allowed"
+            )));
         }
     }
     Ok(())
+}
+
+/// A value of `column`, formatted, that has more digits than its decimal type holds, if it is
+/// a decimal column and holds one. Arrow's arithmetic checks only that a result fits in its
+/// 128 or 256 bits. Its smallest and largest values are checked (vectorised) first; only a
+/// column that fails that is looked at row by row.
+pub fn decimal_out_of_range(column: &dyn Array) -> Option<String> {
+    fn first_out<T: DecimalType>(column: &dyn Array, precision: u8, scale: i8) -> Option<String> {
+        let values = column.as_primitive::<T>();
+        let fits =
+            |v: Option<T::Native>| v.is_none_or(|v| T::is_valid_decimal_precision(v, precision));
+        if fits(arrow::compute::min(values)) && fits(arrow::compute::max(values)) {
+            return None;
+        }
+        let out = values
+            .iter()
+            .flatten()
+            .find(|v| !T::is_valid_decimal_precision(*v, precision))?;
+        Some(T::format_decimal(out, precision.saturating_add(1), scale))
+    }
+    match column.data_type() {
+        DataType::Decimal128(p, s) => first_out::<Decimal128Type>(column, *p, *s),
+        DataType::Decimal256(p, s) => first_out::<Decimal256Type>(column, *p, *s),
+        _ => None,
+    }
+}
+
+/// What a refused value's error says first, so that it is told apart from the engine's own
+/// errors once delta-rs has passed it on as text.
+pub(crate) const REFUSED: &str = "value refused: ";
+
+/// `value`, the new value of `column` an UPDATE or MERGE computes, checked as an INSERT's
+/// values are ([`check_writable`]): delta-rs writes those rows itself, past that check, and
+/// wrote an empty partition value (read back as NULL by other engines), or panicked in its
+/// statistics writer on a date past year 9999.
+pub(crate) fn checked(value: Expr, column: &str, partition: bool) -> Expr {
+    let udf = ScalarUDF::new_from_impl(Writable {
+        column: column.to_string(),
+        partition,
+        signature: Signature::any(1, Volatility::Immutable),
+    });
+    Expr::ScalarFunction(ScalarFunction::new_udf(Arc::new(udf), vec![value]))
+}
+
+/// The check of [`checked`]: its argument, unchanged, or an error.
+#[derive(Debug, PartialEq, Eq, Hash)]
+struct Writable {
+    column: String,
+    partition: bool,
+    signature: Signature,
+}
+
+impl ScalarUDFImpl for Writable {
+    fn name(&self) -> &str {
+        "apiary_writable"
+    }
+
+    fn signature(&self) -> &Signature {
+        &self.signature
+    }
+
+    fn return_type(&self, arg_types: &[DataType]) -> DfResult<DataType> {
+        match arg_types {
+            [t] => Ok(t.clone()),
+            _ => internal_err!("apiary_writable takes one argument"),
+        }
+    }
+
+    fn invoke_with_args(&self, args: ScalarFunctionArgs) -> DfResult<ColumnarValue> {
+        let Some(value) = args.args.into_iter().next() else {
+            return internal_err!("apiary_writable takes one argument");
+        };
+        let array = value.to_array(1)?;
+        check_column(&self.column, array.as_ref(), self.partition).map_err(|e| {
+            DataFusionError::Execution(match e {
+                Error::InvalidArgument(m) => format!("{REFUSED}{m}"),
+                other => other.to_string(),
+            })
+        })?;
+        Ok(value)
+    }
 }
 
 /// Bytes of `value` once escaped for a path, at most: a byte that is not a plain ASCII letter,

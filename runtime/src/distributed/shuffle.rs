@@ -385,8 +385,8 @@ impl DistCodec {
 }
 
 impl PhysicalExtensionCodec for DistCodec {
-    /// Checked integer arithmetic (`engine/checked.rs`) travels by name: one function per
-    /// chain of operators, so no registry holds them all.
+    /// Checked arithmetic (`engine/checked.rs`) travels by name: one function per chain of
+    /// integer operators (so no registry holds them all), and the decimal digits check.
     fn try_decode_udf(
         &self,
         name: &str,

@@ -808,18 +808,19 @@ async fn a_grouped_aggregate_is_cut_at_its_shuffle_and_both_stages_travel() {
     let swarm = Swarm::new().await;
     let a = swarm.node("cut-a", |_| {});
     let session = table_t(&a).await;
-    // `… + 1` is checked integer arithmetic (engine/checked.rs): a function every node must
-    // know to decode the stage.
+    // `… + 1` is checked integer arithmetic, and the decimal sum's argument is checked for its
+    // digits (engine/checked.rs): functions every node must know to decode the stage.
     let p = plan(
         &a,
         &session,
-        "SELECT k % 1000 + 1, sum(v) FROM t GROUP BY 1",
+        "SELECT k % 1000 + 1, sum(v), sum(CAST(v AS DECIMAL(38, 0)) + 1) FROM t GROUP BY 1",
     )
     .await;
     let text = datafusion::physical_plan::displayable(p.as_ref())
         .indent(false)
         .to_string();
     assert!(text.contains("checked_add"), "{text}");
+    assert!(text.contains("checked_decimal_digits"), "{text}");
     let stages = cut::find_stages(&p, cut::Shuffles::PartialStates);
     let ctx = a.engine().plan_context();
     for s in &stages {

@@ -1,4 +1,5 @@
-//! Integer `+`, `-`, `*` and negation that fail on overflow instead of wrapping.
+//! Integer `+`, `-`, `*` and negation that fail on overflow instead of wrapping, and decimal
+//! arithmetic that fails on a result with more digits than its type holds.
 //!
 //! DataFusion computes integer arithmetic with Arrow's wrapping kernels: over an `INT` column
 //! holding 2147483647, `a + a` answered -2, and over a `BIGINT` holding 9223372036854775807,
@@ -6,10 +7,12 @@
 //! refuse such a value ("integer out of range"). [`CheckedIntegers`] replaces every such
 //! expression, once types are coerced, with a function that computes with Arrow's checked
 //! kernels; an overflow fails the statement with INVALID_ARGUMENT. The function names its
-//! column as the operator did (`t.a + t.b`), so results and views keep their names. Decimal
-//! arithmetic is checked by Arrow already (see `decimals.rs`); floats overflow to infinity, as
-//! IEEE 754 says. A function travels to other nodes by its name (`checked_add_subtract`), which
-//! the fragment codec reads back ([`function_named`]).
+//! column as the operator did (`t.a + t.b`), so results and views keep their names. Arrow
+//! checks that decimal arithmetic fits its 128 (256) bits; DataFusion caps the type of a result
+//! at 38 (76) digits, so a result of that type is checked for its digits too ([`Precise`]).
+//! Floats overflow to infinity, as IEEE 754 says. A function travels to other nodes by its
+//! name (`checked_add_subtract`, `checked_decimal_digits`), which the fragment codec reads back
+//! ([`function_named`]).
 //!
 //! `sum` is DataFusion's with a checked add (see [`sum`]).
 //!
@@ -23,12 +26,12 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use arrow::array::{Array, ArrayRef, ArrowNativeTypeOp, AsArray, BooleanArray, Datum};
 use arrow::compute::kernels::numeric;
 use arrow::datatypes::{
-    ArrowPrimitiveType, DataType, Decimal128Type, DecimalType, Field, FieldRef, Int64Type,
-    UInt64Type,
+    ArrowPrimitiveType, DECIMAL128_MAX_PRECISION, DECIMAL256_MAX_PRECISION, DataType,
+    Decimal128Type, DecimalType, Field, FieldRef, Int64Type, UInt64Type,
 };
 use arrow::error::ArrowError;
 use datafusion::common::tree_node::{Transformed, TransformedResult, TreeNode, TreeNodeRecursion};
-use datafusion::common::{DFSchema, Result as DfResult, ScalarValue, plan_err};
+use datafusion::common::{DFSchema, Result as DfResult, ScalarValue, internal_err, plan_err};
 use datafusion::config::ConfigOptions;
 use datafusion::error::DataFusionError;
 use datafusion::logical_expr::expr::ScalarFunction;
@@ -69,7 +72,16 @@ impl AnalyzerRule for CheckedIntegers {
 
 /// Whether any expression of `node` has an operator this rule may replace.
 fn has_arithmetic(node: &LogicalPlan) -> DfResult<bool> {
-    any_expression(node, |e| op_of(e).is_some())
+    any_expression(node, |e| {
+        op_of(e).is_some()
+            || matches!(
+                e,
+                Expr::BinaryExpr(BinaryExpr {
+                    op: Operator::Divide,
+                    ..
+                })
+            )
+    })
 }
 
 /// Whether `node` has an expression, at any depth, for which `found` holds.
@@ -120,6 +132,10 @@ fn op_of(e: &Expr) -> Option<Option<Op>> {
 /// plans as fast as the operators did). An expression whose types cannot be worked out here is
 /// left as it is.
 fn checked(e: Expr, schema: &DFSchema) -> Transformed<Expr> {
+    let e = match precise(e, schema) {
+        Ok(done) => return done,
+        Err(e) => e,
+    };
     let Some(op) = op_of(&e) else {
         return Transformed::no(e);
     };
@@ -161,6 +177,150 @@ fn checked(e: Expr, schema: &DFSchema) -> Transformed<Expr> {
     )))
 }
 
+/// `e` as a [`Precise`] function when it is decimal arithmetic of the widest type (`Ok`);
+/// otherwise `e` unchanged (`Err`). A chain (`a + b - c`) is checked once, at its top: Arrow
+/// fails on an overflow of the 128 bits in between, and only the result is kept. The types are
+/// worked out without naming the operands (see [`type_of`]), and an expression checked
+/// already (planned again) is not checked twice.
+fn precise(e: Expr, schema: &DFSchema) -> Result<Transformed<Expr>, Expr> {
+    let decimal = |e: &Expr| {
+        matches!(
+            type_of(e, schema),
+            Some(DataType::Decimal128(..) | DataType::Decimal256(..))
+        )
+    };
+    match e {
+        Expr::ScalarFunction(f) if is_precise(&f.func) => match <[Expr; 1]>::try_from(f.args) {
+            Ok([Expr::ScalarFunction(inner)]) if is_precise(&inner.func) => {
+                Ok(Transformed::yes(Expr::ScalarFunction(inner)))
+            }
+            Ok([arg]) => Err(precise_of(arg)),
+            Err(args) => Err(Expr::ScalarFunction(ScalarFunction::new_udf(f.func, args))),
+        },
+        Expr::BinaryExpr(BinaryExpr { left, op, right })
+            if matches!(
+                op,
+                Operator::Plus | Operator::Minus | Operator::Multiply | Operator::Divide
+            ) && (decimal(&left) || decimal(&right)) =>
+        {
+            let (left, was_precise) = match *left {
+                Expr::ScalarFunction(f) if is_precise(&f.func) && f.args.len() == 1 => {
+                    (f.args.into_iter().next().expect("one argument"), true)
+                }
+                other => (other, false),
+            };
+            let e = Expr::BinaryExpr(BinaryExpr::new(Box::new(left), op, right));
+            match e.get_type(schema) {
+                Ok(t) if at_widest(&t) => Ok(Transformed::yes(precise_of(e))),
+                _ if was_precise => {
+                    let Expr::BinaryExpr(BinaryExpr { left, op, right }) = e else {
+                        unreachable!("built above as a binary expression")
+                    };
+                    let left = Box::new(precise_of(*left));
+                    Ok(Transformed::yes(Expr::BinaryExpr(BinaryExpr::new(
+                        left, op, right,
+                    ))))
+                }
+                _ => Err(e),
+            }
+        }
+        other => Err(other),
+    }
+}
+
+fn is_precise(f: &ScalarUDF) -> bool {
+    f.inner().downcast_ref::<Precise>().is_some()
+}
+
+fn precise_of(e: Expr) -> Expr {
+    Expr::ScalarFunction(ScalarFunction::new_udf(
+        Arc::new(ScalarUDF::new_from_impl(Precise::default())),
+        vec![e],
+    ))
+}
+
+/// Whether `t` is a decimal of the most digits its width holds. DataFusion types decimal
+/// arithmetic so that any result fits, but caps the precision there: `DECIMAL(38,0) + 1` is
+/// `DECIMAL(38,0)`, and Arrow's kernels check only that the result fits in 128 bits. The
+/// 39-digit sum was answered, and stored by INSERT … SELECT into a column no engine could then
+/// read back (every later query over it failed).
+fn at_widest(t: &DataType) -> bool {
+    match t {
+        DataType::Decimal128(p, _) => *p >= DECIMAL128_MAX_PRECISION,
+        DataType::Decimal256(p, _) => *p >= DECIMAL256_MAX_PRECISION,
+        _ => false,
+    }
+}
+
+/// Decimal arithmetic of the widest type, failing when a result has more digits than the type
+/// holds (see [`at_widest`]). It takes the operator's expression and names its column as the
+/// operator did.
+#[derive(Debug, PartialEq, Eq, Hash)]
+struct Precise {
+    signature: Signature,
+}
+
+impl Default for Precise {
+    fn default() -> Self {
+        Self {
+            signature: Signature::any(1, Volatility::Immutable),
+        }
+    }
+}
+
+/// [`Precise`]'s name, by which it travels to other nodes.
+const PRECISE: &str = "checked_decimal_digits";
+
+impl ScalarUDFImpl for Precise {
+    fn name(&self) -> &str {
+        PRECISE
+    }
+
+    fn signature(&self) -> &Signature {
+        &self.signature
+    }
+
+    fn return_type(&self, arg_types: &[DataType]) -> DfResult<DataType> {
+        match arg_types {
+            [t @ (DataType::Decimal128(..) | DataType::Decimal256(..))] => Ok(t.clone()),
+            _ => plan_err!("{PRECISE}() takes one decimal"),
+        }
+    }
+
+    fn return_field_from_args(&self, args: ReturnFieldArgs) -> DfResult<FieldRef> {
+        let [field] = args.arg_fields else {
+            return plan_err!("{PRECISE}() takes one decimal");
+        };
+        Ok(Arc::new(Field::new(
+            PRECISE,
+            self.return_type(&[field.data_type().clone()])?,
+            field.is_nullable(),
+        )))
+    }
+
+    fn schema_name(&self, args: &[Expr]) -> DfResult<String> {
+        match args {
+            [e] => Ok(e.schema_name().to_string()),
+            _ => Ok(PRECISE.to_string()),
+        }
+    }
+
+    fn invoke_with_args(&self, args: ScalarFunctionArgs) -> DfResult<ColumnarValue> {
+        let [value] = args.args.as_slice() else {
+            return internal_err!("{PRECISE}() takes one decimal");
+        };
+        let array = value.to_array(1)?;
+        if let Some(out) = apiary_storage::decimal_out_of_range(array.as_ref()) {
+            return Err(overflow(format!(
+                "decimal out of range: {out} does not fit in {} (CAST an operand to DOUBLE for a \
+                 wider result)",
+                array.data_type()
+            )));
+        }
+        Ok(value.clone())
+    }
+}
+
 /// The operators of `f`, when it is a checked chain.
 fn chain_of(f: &ScalarUDF) -> Option<Vec<Op>> {
     match &f.inner().downcast_ref::<Checked>()?.kind {
@@ -174,7 +334,9 @@ fn chain_of(f: &ScalarUDF) -> Option<Vec<Op>> {
 fn type_of(mut e: &Expr, schema: &DFSchema) -> Option<DataType> {
     loop {
         match e {
-            Expr::ScalarFunction(f) if f.func.inner().downcast_ref::<Checked>().is_some() => {
+            Expr::ScalarFunction(f)
+                if f.func.inner().downcast_ref::<Checked>().is_some() || is_precise(&f.func) =>
+            {
                 e = f.args.first()?;
             }
             other => return other.get_type(schema).ok(),
@@ -182,9 +344,12 @@ fn type_of(mut e: &Expr, schema: &DFSchema) -> Option<DataType> {
     }
 }
 
-/// The checked function a fragment names (`checked_add_subtract`, `checked_negate`), to decode
-/// it on another node.
+/// The checked function a fragment names (`checked_add_subtract`, `checked_negate`,
+/// `checked_decimal_digits`), to decode it on another node.
 pub(crate) fn function_named(name: &str) -> Option<Arc<ScalarUDF>> {
+    if name == PRECISE {
+        return Some(Arc::new(ScalarUDF::new_from_impl(Precise::default())));
+    }
     let ops = name.strip_prefix("checked_")?;
     let kind = if ops == "negate" {
         Kind::Negate

@@ -167,6 +167,13 @@ impl Engine {
                     ));
                 }
                 let plan = values_nullable(plan)?;
+                let state = match &plan {
+                    LogicalPlan::Dml(DmlStatement {
+                        op: WriteOp::Insert(_),
+                        ..
+                    }) => state,
+                    _ => apiary_storage::without_field_extraction(&state),
+                };
                 let physical = state.create_physical_plan(&plan).await?;
                 let mut stream = execute_stream(physical, state.task_ctx())?;
                 let mut count = 0u64;

@@ -631,7 +631,7 @@ impl Engine {
                 // Report a frame we could not find rather than DataFusion's generic message —
                 // but only when a missing table is what failed; any other planning error (a type
                 // it does not know, a table function's arguments) keeps its own message.
-                if let Some(name) = missing_table(&e)
+                if let Some(name) = crate::error::missing_table(&e)
                     && let Some((_, missing)) =
                         resolved.missing.into_iter().find(|(f, _)| *f == name)
                 {
@@ -710,18 +710,6 @@ pub fn parse_with(text: &str, limits: &Limits) -> Result<Vec<Statement>> {
             })
         })
         .collect()
-}
-
-/// The table DataFusion could not plan for because it does not exist (`table 'h.b.f' not
-/// found`), if that is what failed.
-fn missing_table(e: &datafusion::error::DataFusionError) -> Option<String> {
-    match e.find_root() {
-        datafusion::error::DataFusionError::Plan(m) => m
-            .strip_prefix("table '")
-            .and_then(|r| r.strip_suffix("' not found"))
-            .map(str::to_string),
-        _ => None,
-    }
 }
 
 /// What a plan is made for: the runtime it executes with (a bee's pool and scratch space) and

@@ -68,6 +68,17 @@ impl Engine {
         name: &NameParts,
     ) -> Result<RecordBatch> {
         let frame = catalog::frame_ref(session, name)?;
+        // A system or information_schema table: its columns, as the engine plans it.
+        if frame.hive.as_str() == apiary_storage::paths::SYSTEM_HIVE
+            || frame.box_name.as_str() == super::information_schema::INFORMATION_SCHEMA
+        {
+            let schema = self.view_schema(session, &frame).await?;
+            let mut rows = column_rows(&schema);
+            rows.push(("# Frame Information".into(), String::new(), String::new()));
+            rows.push(("Frame".into(), frame.to_string(), String::new()));
+            rows.push(("System".into(), "read-only".into(), String::new()));
+            return describe_batch(&rows);
+        }
         let snap = match self.lakehouse.open_frame(&frame, None).await? {
             apiary_storage::Opened::Frame(s) => s,
             apiary_storage::Opened::Files(e) => return self.describe_files(&frame, &e).await,

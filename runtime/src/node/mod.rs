@@ -346,6 +346,7 @@ impl Node {
             seq: self.seq.fetch_add(1, Ordering::SeqCst) + 1,
             coordinating: self.dist.coordinated_lately(),
         });
+        self.world.beating(&hb);
         let path = paths::heartbeat(&self.config.node_id);
         let sealed = self.config.swarm_key.seal_object(&path, &hb);
         self.storage().put(&path, sealed).await?;

@@ -289,6 +289,25 @@ async fn system_tables_and_metrics_show_the_node() {
             .any(|s| s.contains("system.runtime.queries"))
     );
     assert!(strings(&q, "state").iter().all(|s| s == "running"));
+    // DESCRIBE gives a system table's columns, as it does a frame's.
+    let d = run(&mut c, "DESCRIBE system.runtime.queries")
+        .await
+        .unwrap();
+    let columns = strings(&d, "col_name");
+    assert!(
+        ["query_id", "state", "sql", "bee_id"]
+            .iter()
+            .all(|c| columns.iter().any(|n| n == c)),
+        "{columns:?}"
+    );
+    // A system table that does not exist is NOT_FOUND, as a frame is.
+    for sql in [
+        "DESCRIBE system.runtime.nope",
+        "SELECT * FROM system.runtime.nope",
+    ] {
+        let err = run(&mut c, sql).await.unwrap_err();
+        assert_eq!(err.code(), Code::NotFound, "{sql}: {err}");
+    }
     let t = run(&mut c, "SELECT value, band FROM system.colony.temperature")
         .await
         .unwrap();
