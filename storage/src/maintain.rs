@@ -362,15 +362,23 @@ impl Ledger {
         user: &str,
     ) -> Result<i64> {
         let mut delta_fields: Vec<StructField> = Vec::with_capacity(fields.len());
-        for f in fields {
-            if snapshot.schema().field_with_name(f.name()).is_ok() {
+        for (i, f) in fields.iter().enumerate() {
+            // Delta column names are case-insensitive.
+            let taken = snapshot
+                .schema()
+                .fields()
+                .iter()
+                .map(|g| g.name())
+                .chain(fields[..i].iter().map(|g| g.name()))
+                .any(|g| g.eq_ignore_ascii_case(f.name()));
+            if taken {
                 return Err(Error::AlreadyExists {
                     kind: crate::error::ObjectKind::Frame,
                     name: format!("column {} of {}", f.name(), snapshot.frame()),
                 });
             }
             let one = crate::schema::to_delta(&Arc::new(arrow::datatypes::Schema::new(vec![
-                f.with_nullable(true),
+                f.clone().with_nullable(true),
             ])))?;
             delta_fields.extend(one.fields().cloned());
         }

@@ -17,7 +17,10 @@
 use std::str::FromStr;
 use std::sync::Arc;
 
-use arrow::array::{Array, ArrayRef, RecordBatch, RecordBatchOptions, new_null_array};
+use arrow::array::{
+    Array, ArrayRef, AsArray, GenericListArray, OffsetSizeTrait, RecordBatch, RecordBatchOptions,
+    StructArray, new_null_array,
+};
 use arrow::compute::{CastOptions, can_cast_types, cast_with_options};
 use arrow::datatypes::{DataType, Field, FieldRef, Schema, SchemaRef, TimeUnit};
 use deltalake::kernel::StructType;
@@ -351,21 +354,7 @@ pub fn conform_batch(batch: &RecordBatch, target: &SchemaRef) -> Result<RecordBa
                     .position(|f| f.name().eq_ignore_ascii_case(t.name()))
             });
         let array = match found {
-            Some(i) => {
-                let col = batch.column(i);
-                if col.data_type() == t.data_type() {
-                    col.clone()
-                } else {
-                    cast_with_options(col, t.data_type(), &opts).map_err(|e| {
-                        Error::Schema(format!(
-                            "column {}: cannot convert {} to {}: {e}",
-                            t.name(),
-                            col.data_type(),
-                            t.data_type()
-                        ))
-                    })?
-                }
-            }
+            Some(i) => conform_array(batch.column(i), t.data_type(), t.name(), &opts)?,
             None if t.is_nullable() => new_null_array(t.data_type(), batch.num_rows()),
             None => {
                 return Err(Error::Schema(format!(
@@ -387,6 +376,177 @@ pub fn conform_batch(batch: &RecordBatch, target: &SchemaRef) -> Result<RecordBa
         columns,
         &RecordBatchOptions::new().with_row_count(Some(batch.num_rows())),
     )?)
+}
+
+/// `col` as `to`, struct fields matched by name at every depth. Arrow's cast matches a struct's
+/// fields by name only when every target field is found; otherwise it takes them in order, and
+/// drops source fields the target lacks: an append whose struct fields were renamed stored
+/// them under the frame's names, and one with an extra field lost it, both without an error.
+/// Here a field the frame lacks is an error, a nullable one the data lacks is NULL.
+fn conform_array(
+    col: &ArrayRef,
+    to: &DataType,
+    path: &str,
+    opts: &CastOptions,
+) -> Result<ArrayRef> {
+    if col.data_type() == to {
+        return Ok(col.clone());
+    }
+    let failed = |e: &dyn std::fmt::Display| {
+        Error::Schema(format!(
+            "column {path}: cannot convert {} to {to}: {e}",
+            col.data_type()
+        ))
+    };
+    match (col.data_type(), to) {
+        (DataType::Struct(from), DataType::Struct(fields)) => {
+            if let Some(extra) = from
+                .iter()
+                .find(|f| field_named(fields, f.name()).is_none())
+            {
+                return Err(Error::Schema(format!(
+                    "column {path} has no field {} in the frame (fields: {})",
+                    extra.name(),
+                    fields
+                        .iter()
+                        .map(|f| f.name().as_str())
+                        .collect::<Vec<_>>()
+                        .join(", ")
+                )));
+            }
+            let array = col.as_struct();
+            let children = fields
+                .iter()
+                .map(|t| {
+                    let at = format!("{path}.{}", t.name());
+                    match field_named(from, t.name()) {
+                        Some(i) => conform_array(array.column(i), t.data_type(), &at, opts),
+                        None if t.is_nullable() => Ok(new_null_array(t.data_type(), array.len())),
+                        None => Err(Error::Schema(format!(
+                            "column {at} is missing and does not accept NULL"
+                        ))),
+                    }
+                })
+                .collect::<Result<Vec<_>>>()?;
+            let out = StructArray::try_new(fields.clone(), children, array.nulls().cloned())
+                .map_err(|e| failed(&e))?;
+            Ok(Arc::new(out))
+        }
+        (DataType::List(_), DataType::List(item) | DataType::LargeList(item)) => {
+            conform_list::<i32>(col, item, to, path, opts).map_err(|e| match e {
+                Error::Schema(_) => e,
+                other => failed(&other),
+            })
+        }
+        (DataType::LargeList(_), DataType::List(item) | DataType::LargeList(item)) => {
+            conform_list::<i64>(col, item, to, path, opts).map_err(|e| match e {
+                Error::Schema(_) => e,
+                other => failed(&other),
+            })
+        }
+        (from, to) => {
+            if let Some(mismatch) = struct_names_differ(from, to) {
+                return Err(Error::Schema(format!(
+                    "column {path}: {mismatch}, which the frame's type {to} does not match"
+                )));
+            }
+            cast_with_options(col, to, opts).map_err(|e| failed(&e))
+        }
+    }
+}
+
+/// A list (`O`: its offsets) as `to`, a list of `item`: its values conformed, then the list.
+fn conform_list<O: OffsetSizeTrait>(
+    col: &ArrayRef,
+    item: &FieldRef,
+    to: &DataType,
+    path: &str,
+    opts: &CastOptions,
+) -> Result<ArrayRef> {
+    let list = col.as_list::<O>();
+    let values = conform_array(list.values(), item.data_type(), &format!("{path}[]"), opts)?;
+    let same = GenericListArray::<O>::try_new(
+        item.clone(),
+        list.offsets().clone(),
+        values,
+        list.nulls().cloned(),
+    )?;
+    Ok(cast_with_options(&same, to, opts)?)
+}
+
+/// The index of `fields`' field named `name` (as written, else ignoring case).
+fn field_named(fields: &arrow::datatypes::Fields, name: &str) -> Option<usize> {
+    fields.iter().position(|f| f.name() == name).or_else(|| {
+        fields
+            .iter()
+            .position(|f| f.name().eq_ignore_ascii_case(name))
+    })
+}
+
+/// Whether a struct at any depth of `from` (inside maps, fixed-size lists and the like, which
+/// [`conform_array`] leaves to Arrow's cast) has other field names than its place in `to`.
+fn struct_names_differ(from: &DataType, to: &DataType) -> Option<String> {
+    use DataType::*;
+    match (from, to) {
+        (Struct(a), Struct(b)) => {
+            let names = |f: &arrow::datatypes::Fields| {
+                let mut n: Vec<String> = f.iter().map(|f| f.name().to_ascii_lowercase()).collect();
+                n.sort();
+                n
+            };
+            if names(a) != names(b) {
+                return Some(format!(
+                    "it has fields {}",
+                    a.iter()
+                        .map(|f| f.name().as_str())
+                        .collect::<Vec<_>>()
+                        .join(", ")
+                ));
+            }
+            a.iter().find_map(|f| {
+                let t = &b[field_named(b, f.name())?];
+                struct_names_differ(f.data_type(), t.data_type())
+            })
+        }
+        (a, b) if let Some((a, b)) = items(a, b) => struct_names_differ(a, b),
+        (Dictionary(_, a), b) => struct_names_differ(a, b),
+        _ => None,
+    }
+}
+
+/// The item types of two lists (of any kind) or maps (their entries).
+fn items<'a>(a: &'a DataType, b: &'a DataType) -> Option<(&'a DataType, &'a DataType)> {
+    let item = |t: &'a DataType| match t {
+        DataType::List(f)
+        | DataType::LargeList(f)
+        | DataType::ListView(f)
+        | DataType::LargeListView(f)
+        | DataType::FixedSizeList(f, _)
+        | DataType::Map(f, _) => Some(f.data_type()),
+        _ => None,
+    };
+    Some((item(a)?, item(b)?))
+}
+
+/// The first field of a struct in `incoming` (at any depth, as `s.b`) that its place in `frame`
+/// lacks: data an append would have to drop.
+pub fn missing_nested_field(name: &str, incoming: &DataType, frame: &DataType) -> Option<String> {
+    use DataType::*;
+    match (incoming, frame) {
+        (Struct(a), Struct(b)) => a.iter().find_map(|f| match field_named(b, f.name()) {
+            None => Some(format!("{name}.{}", f.name())),
+            Some(i) => missing_nested_field(
+                &format!("{name}.{}", f.name()),
+                f.data_type(),
+                b[i].data_type(),
+            ),
+        }),
+        (a, b) if let Some((a, b)) = items(a, b) => {
+            missing_nested_field(&format!("{name}[]"), a, b)
+        }
+        (Dictionary(_, a), b) => missing_nested_field(name, a, b),
+        _ => None,
+    }
 }
 
 /// SQL-ish name of a frame column type, for DESCRIBE.
@@ -453,7 +613,7 @@ pub fn sql_type_name(dt: &DataType) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use arrow::array::{Int64Array, StringArray, UInt64Array};
+    use arrow::array::{Int64Array, ListArray, StringArray, UInt64Array};
 
     #[test]
     fn maps_types_to_the_delta_set() {
@@ -656,5 +816,73 @@ mod tests {
         .unwrap();
         let err = conform_batch(&unknown, &target).unwrap_err().to_string();
         assert!(err.contains("zzz"), "{err}");
+    }
+
+    #[test]
+    fn struct_fields_are_matched_by_name_at_every_depth() {
+        let fields = |names: &[&str]| -> arrow::datatypes::Fields {
+            names
+                .iter()
+                .map(|n| Field::new(*n, DataType::Int64, true))
+                .collect()
+        };
+        let item =
+            |names: &[&str]| Arc::new(Field::new("item", DataType::Struct(fields(names)), true));
+        let target = Arc::new(Schema::new(vec![Field::new(
+            "l",
+            DataType::LargeList(item(&["a", "b"])),
+            true,
+        )]));
+        // [[{b: 1, a: 2}]] as a List of structs whose fields come in another order.
+        let list_of = |names: &[&str], columns: Vec<ArrayRef>| -> RecordBatch {
+            let values = StructArray::try_new(fields(names), columns, None).unwrap();
+            let list = ListArray::try_new(
+                item(names),
+                arrow::buffer::OffsetBuffer::from_lengths([1]),
+                Arc::new(values),
+                None,
+            )
+            .unwrap();
+            RecordBatch::try_new(
+                Arc::new(Schema::new(vec![Field::new(
+                    "l",
+                    list.data_type().clone(),
+                    true,
+                )])),
+                vec![Arc::new(list)],
+            )
+            .unwrap()
+        };
+        let one = |v: i64| Arc::new(Int64Array::from(vec![v])) as ArrayRef;
+        let out = conform_batch(&list_of(&["b", "a"], vec![one(1), one(2)]), &target).unwrap();
+        let values = out.column(0).as_list::<i64>().values().as_struct().clone();
+        assert_eq!(
+            values
+                .column_by_name("a")
+                .unwrap()
+                .as_primitive::<arrow::datatypes::Int64Type>()
+                .value(0),
+            2
+        );
+        assert_eq!(
+            values
+                .column_by_name("b")
+                .unwrap()
+                .as_primitive::<arrow::datatypes::Int64Type>()
+                .value(0),
+            1
+        );
+        // A field left out is NULL; a renamed or an extra one is an error, never stored under
+        // the frame's names (Arrow's cast takes them in order) nor dropped.
+        let out = conform_batch(&list_of(&["b"], vec![one(1)]), &target).unwrap();
+        let values = out.column(0).as_list::<i64>().values().as_struct().clone();
+        assert!(values.column_by_name("a").unwrap().is_null(0));
+        for names in [&["x", "y"][..], &["a", "b", "c"][..]] {
+            let columns = names.iter().map(|_| one(1)).collect();
+            let err = conform_batch(&list_of(names, columns), &target)
+                .unwrap_err()
+                .to_string();
+            assert!(err.contains("has no field"), "{err}");
+        }
     }
 }

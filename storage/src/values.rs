@@ -76,10 +76,25 @@ fn check_column(name: &str, column: &dyn Array, partition: bool) -> Result<()> {
             .map_err(|e| Error::Internal(format!("reading a dictionary's values: {e}")))?;
         return check_column(name, plain.as_ref(), partition);
     }
-    let strings: Box<dyn Iterator<Item = Option<&str>>> = match column.data_type() {
-        DataType::Utf8 => Box::new(column.as_string::<i32>().iter()),
-        DataType::LargeUtf8 => Box::new(column.as_string::<i64>().iter()),
-        DataType::Utf8View => Box::new(column.as_string_view().iter()),
+    // delta-rs writes a float's partition value in full (1e308 is 309 digits, 5e-324 is 326):
+    // its directory name was too long for the file system, an INTERNAL error and a panic.
+    let floats: Option<Vec<String>> = match column.data_type() {
+        DataType::Float16 => Some(floats_as_written(
+            column.as_primitive::<arrow::datatypes::Float16Type>(),
+        )),
+        DataType::Float32 => Some(floats_as_written(
+            column.as_primitive::<arrow::datatypes::Float32Type>(),
+        )),
+        DataType::Float64 => Some(floats_as_written(
+            column.as_primitive::<arrow::datatypes::Float64Type>(),
+        )),
+        _ => None,
+    };
+    let strings: Box<dyn Iterator<Item = Option<&str>>> = match (column.data_type(), &floats) {
+        (_, Some(written)) => Box::new(written.iter().map(|s| Some(s.as_str()))),
+        (DataType::Utf8, _) => Box::new(column.as_string::<i32>().iter()),
+        (DataType::LargeUtf8, _) => Box::new(column.as_string::<i64>().iter()),
+        (DataType::Utf8View, _) => Box::new(column.as_string_view().iter()),
         _ => return Ok(()),
     };
     for value in strings.flatten() {
@@ -183,6 +198,16 @@ impl ScalarUDFImpl for Writable {
         })?;
         Ok(value)
     }
+}
+
+/// The values of a float column as a partition directory names them, NULLs left out.
+fn floats_as_written<T: arrow::datatypes::ArrowPrimitiveType>(
+    column: &arrow::array::PrimitiveArray<T>,
+) -> Vec<String>
+where
+    T::Native: std::fmt::Display,
+{
+    column.iter().flatten().map(|v| v.to_string()).collect()
 }
 
 /// Bytes of `value` once escaped for a path, at most: a byte that is not a plain ASCII letter,

@@ -507,6 +507,30 @@ def test_ingest_errors_catalog_schema_empty_and_casts(server):
             assert "no column extra" in str(e.value)
 
 
+def test_ingest_appends_match_struct_fields_by_name(server):
+    # Arrow's cast matched renamed fields by position and dropped extra ones: an append stored
+    # {x, y} as {a, b}, and lost a field the frame lacks, without an error.
+    ab = pa.struct([("a", pa.int64()), ("b", pa.int64())])
+    with connect(server, autocommit=True) as conn, conn.cursor() as cur:
+        cur.adbc_ingest("nested", pa.table({"id": [1], "s": pa.array([{"a": 1, "b": 2}], ab)}), mode="create")
+        xy = pa.struct([("x", pa.int64()), ("y", pa.int64())])
+        abc = pa.struct([("a", pa.int64()), ("b", pa.int64()), ("c", pa.string())])
+        cur.execute("SET apiary.merge_schema = true")
+        for bad, field in ((pa.array([{"x": 100, "y": 200}], xy), "s.x"), (pa.array([{"a": 3, "b": 4, "c": "kept?"}], abc), "s.c")):
+            for mode in ("append", "create_append"):
+                with pytest.raises(adbc_driver_manager.Error) as e:
+                    cur.adbc_ingest("nested", pa.table({"id": [2], "s": bad}), mode=mode)
+                assert "ALREADY_EXISTS" in str(e.value) or "AlreadyExists" in str(e.value), str(e.value)
+                assert f"no field {field}" in str(e.value), str(e.value)
+        # Fields in another order are matched by name; a nullable one left out is NULL.
+        ba = pa.struct([("b", pa.int64()), ("a", pa.int64())])
+        cur.adbc_ingest("nested", pa.table({"id": [3], "s": pa.array([{"b": 6, "a": 5}], ba)}), mode="append")
+        b = pa.struct([("b", pa.int64())])
+        cur.adbc_ingest("nested", pa.table({"id": [4], "s": pa.array([{"b": 8}], b)}), mode="append")
+        cur.execute("SELECT id, s FROM nested ORDER BY id")
+        assert cur.fetchall() == [(1, {"a": 1, "b": 2}), (3, {"a": 5, "b": 6}), (4, {"a": None, "b": 8})]
+
+
 def test_ingest_messages_larger_than_16_mib(server):
     # The client caps what it sends at 16 MiB unless told otherwise; the server takes more.
     kwargs = {adbc_driver_flightsql.DatabaseOptions.WITH_MAX_MSG_SIZE.value: str(256 * 1024 * 1024)}

@@ -79,6 +79,11 @@ def test_parquet_csv_and_delta_are_read_in_place(srv, root):
         before = sorted(p.name for p in sales.iterdir())
         denied(cur, "INSERT INTO sales VALUES (9, 9.0)")
         denied(cur, "INSERT INTO events VALUES ('z')")
+        # Every other write is PERMISSION_DENIED too (files were NOT_IMPLEMENTED).
+        for sql in ("DELETE FROM sales", "UPDATE sales SET amount = 0", "TRUNCATE sales",
+                    "MERGE INTO sales USING (SELECT 1 AS id) s ON sales.id = s.id WHEN MATCHED THEN DELETE",
+                    "DELETE FROM events"):
+            denied(cur, sql)
         with pytest.raises(adbc_driver_manager.Error) as e:
             cur.adbc_ingest("events", pa.table({"e": ["y"]}), mode="append")
         assert "external frame" in str(e.value)

@@ -260,10 +260,46 @@ impl TableProvider for ReadOnly {
         _input: Arc<dyn ExecutionPlan>,
         _op: InsertOp,
     ) -> DfResult<Arc<dyn ExecutionPlan>> {
-        Err(DataFusionError::External(Box::new(
-            apiary_storage::Error::NotAllowed(
-                "an external frame is read in place and never written".into(),
-            ),
-        )))
+        Err(never_written())
     }
+
+    async fn delete_from(
+        &self,
+        _state: &dyn DfSession,
+        _filters: Vec<Expr>,
+    ) -> DfResult<Arc<dyn ExecutionPlan>> {
+        Err(never_written())
+    }
+
+    async fn update(
+        &self,
+        _state: &dyn DfSession,
+        _assignments: Vec<(String, Expr)>,
+        _filters: Vec<Expr>,
+    ) -> DfResult<Arc<dyn ExecutionPlan>> {
+        Err(never_written())
+    }
+
+    async fn truncate(&self, _state: &dyn DfSession) -> DfResult<Arc<dyn ExecutionPlan>> {
+        Err(never_written())
+    }
+
+    async fn merge_into(
+        &self,
+        _state: &dyn DfSession,
+        _source: Arc<dyn ExecutionPlan>,
+        _merge_schema: datafusion::common::DFSchemaRef,
+        _on: Expr,
+        _clauses: Vec<datafusion::logical_expr::dml::MergeIntoClause>,
+    ) -> DfResult<Arc<dyn ExecutionPlan>> {
+        Err(never_written())
+    }
+}
+
+/// Every write to an external frame of files (PERMISSION_DENIED, as for an external Delta
+/// table; DataFusion's own answer was NOT_IMPLEMENTED).
+fn never_written() -> DataFusionError {
+    DataFusionError::External(Box::new(apiary_storage::Error::NotAllowed(
+        "an external frame is read in place and never written".into(),
+    )))
 }

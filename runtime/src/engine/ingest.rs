@@ -143,6 +143,24 @@ impl Engine {
                             .collect()
                     })
                     .unwrap_or_default();
+                // A struct field the frame lacks, at any depth: never added (schema merging
+                // adds columns), never dropped.
+                let nested = schema.and_then(|i| {
+                    i.fields().iter().find_map(|f| {
+                        let frame = s.schema().field_with_name(f.name()).ok()?;
+                        apiary_storage::schema::missing_nested_field(
+                            f.name(),
+                            f.data_type(),
+                            frame.data_type(),
+                        )
+                    })
+                });
+                if let Some(field) = nested {
+                    return Err(Error::TargetMismatch(format!(
+                        "frame {frame} already exists with other columns: it has no field \
+                         {field} (apiary.merge_schema adds columns, not fields of a struct)"
+                    )));
+                }
                 if extra.is_empty() {
                     return Ok(write(s, false));
                 }

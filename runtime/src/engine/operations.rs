@@ -140,6 +140,13 @@ impl Engine {
                 for (column, ty) in columns {
                     fields.push(Field::new(column, self.sql_type(ty).await?, true));
                 }
+                // Stored as CREATE TABLE stores the same types (INT UNSIGNED, TIME, TIMESTAMP
+                // WITH TIME ZONE, nanoseconds): added as given, some were narrowed or refused.
+                let fields = apiary_storage::schema::frame_schema_for(&Schema::new(fields))?
+                    .fields()
+                    .iter()
+                    .map(|f| f.as_ref().clone())
+                    .collect();
                 ledger.add_columns(&snapshot, fields, user).await?;
                 Ok(Output::Done)
             }

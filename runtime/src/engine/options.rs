@@ -95,6 +95,16 @@ impl Engine {
                 value.len()
             )));
         }
+        // DataFusion takes any text, and every timestamp the session computes then carries it:
+        // after `SET TIME ZONE '+99:00'` clients could not decode `now()`.
+        if name == "datafusion.execution.time_zone"
+            && let Err(e) = value.parse::<arrow::array::timezone::Tz>()
+        {
+            return Err(Error::Sql(format!(
+                "{name} = {value}: {e} (a zone such as 'Europe/Paris', or an offset from -23:59 \
+                 to +23:59)"
+            )));
+        }
         if let Some((lo, hi)) = bounds(name) {
             match value.parse::<u64>() {
                 Ok(n) if (lo..=hi).contains(&n) => {}

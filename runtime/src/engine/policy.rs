@@ -38,6 +38,25 @@ pub(crate) enum Purpose {
 /// Refuse `plan` unless it is allowed for `purpose`.
 pub(crate) fn check(plan: &LogicalPlan, purpose: Purpose) -> Result<()> {
     let writes = purpose == Purpose::Statement;
+    // A view has no data of its own (as OPTIMIZE and the other operations say). DataFusion
+    // answered NOT_IMPLEMENTED, and an UPDATE of one that it had planned over the view's query
+    // was refused as if it had a subquery.
+    if let LogicalPlan::Dml(DmlStatement {
+        table_name, target, ..
+    }) = plan
+        && datafusion::datasource::source_as_provider(target)
+            .is_ok_and(|t| t.table_type() == datafusion::datasource::TableType::View)
+    {
+        return Err(Error::NotAllowed(
+            match table_name.schema() == Some(super::information_schema::INFORMATION_SCHEMA) {
+                true => format!("{table_name} is a system table: it is read-only"),
+                false => format!(
+                    "{table_name} is a view: it has no data of its own (write to the frames it \
+                     reads)"
+                ),
+            },
+        ));
+    }
     match plan {
         LogicalPlan::Ddl(DdlStatement::CreateMemoryTable(c)) if writes => reads_only(&c.input)?,
         // Registers data in place; where it may be is checked against the allowed roots.
