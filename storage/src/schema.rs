@@ -489,11 +489,12 @@ fn struct_names_differ(from: &DataType, to: &DataType) -> Option<String> {
     use DataType::*;
     match (from, to) {
         (Struct(a), Struct(b)) => {
-            let names = |f: &arrow::datatypes::Fields| {
-                let mut n: Vec<String> = f.iter().map(|f| f.name().to_ascii_lowercase()).collect();
+            // As written: Arrow's cast matches names exactly, else takes fields in order.
+            fn names(f: &arrow::datatypes::Fields) -> Vec<&str> {
+                let mut n: Vec<&str> = f.iter().map(|f| f.name().as_str()).collect();
                 n.sort();
                 n
-            };
+            }
             if names(a) != names(b) {
                 return Some(format!(
                     "it has fields {}",
@@ -508,24 +509,41 @@ fn struct_names_differ(from: &DataType, to: &DataType) -> Option<String> {
                 struct_names_differ(f.data_type(), t.data_type())
             })
         }
-        (a, b) if let Some((a, b)) = items(a, b) => struct_names_differ(a, b),
+        (a, b) if let Some(pairs) = items(a, b) => pairs
+            .into_iter()
+            .find_map(|(a, b, _)| struct_names_differ(a, b)),
         (Dictionary(_, a), b) => struct_names_differ(a, b),
         _ => None,
     }
 }
 
-/// The item types of two lists (of any kind) or maps (their entries).
-fn items<'a>(a: &'a DataType, b: &'a DataType) -> Option<(&'a DataType, &'a DataType)> {
+/// The types inside two lists (of any kind) or two maps, paired, with how a path names each:
+/// a list's items (`[]`), a map's keys and values (`[key]`, `[value]`). A map's entries are
+/// paired by position: writers name them differently (`key_value{key, value}` in Delta,
+/// `entries{keys, values}` from Arrow's builder), and Arrow's cast takes them in order.
+fn items<'a>(
+    a: &'a DataType,
+    b: &'a DataType,
+) -> Option<Vec<(&'a DataType, &'a DataType, &'static str)>> {
+    use DataType::*;
     let item = |t: &'a DataType| match t {
-        DataType::List(f)
-        | DataType::LargeList(f)
-        | DataType::ListView(f)
-        | DataType::LargeListView(f)
-        | DataType::FixedSizeList(f, _)
-        | DataType::Map(f, _) => Some(f.data_type()),
+        List(f) | LargeList(f) | ListView(f) | LargeListView(f) | FixedSizeList(f, _) => {
+            Some(f.data_type())
+        }
         _ => None,
     };
-    Some((item(a)?, item(b)?))
+    let entries = |t: &'a DataType| match t {
+        Map(f, _) => match f.data_type() {
+            Struct(kv) if kv.len() == 2 => Some((kv[0].data_type(), kv[1].data_type())),
+            _ => None,
+        },
+        _ => None,
+    };
+    if let (Some(a), Some(b)) = (item(a), item(b)) {
+        return Some(vec![(a, b, "[]")]);
+    }
+    let ((ka, va), (kb, vb)) = (entries(a)?, entries(b)?);
+    Some(vec![(ka, kb, "[key]"), (va, vb, "[value]")])
 }
 
 /// The first field of a struct in `incoming` (at any depth, as `s.b`) that its place in `frame`
@@ -541,9 +559,9 @@ pub fn missing_nested_field(name: &str, incoming: &DataType, frame: &DataType) -
                 b[i].data_type(),
             ),
         }),
-        (a, b) if let Some((a, b)) = items(a, b) => {
-            missing_nested_field(&format!("{name}[]"), a, b)
-        }
+        (a, b) if let Some(pairs) = items(a, b) => pairs
+            .into_iter()
+            .find_map(|(a, b, at)| missing_nested_field(&format!("{name}{at}"), a, b)),
         (Dictionary(_, a), b) => missing_nested_field(name, a, b),
         _ => None,
     }
@@ -884,5 +902,39 @@ mod tests {
                 .to_string();
             assert!(err.contains("has no field"), "{err}");
         }
+        // Where Arrow's cast is left the struct (a fixed-size list), names must be the frame's as
+        // written: `{B, a}` would be taken in order.
+        let fixed = |names: &[&str]| DataType::FixedSizeList(item(names), 1);
+        assert!(struct_names_differ(&fixed(&["B", "a"]), &fixed(&["a", "b"])).is_some());
+        assert!(struct_names_differ(&fixed(&["b", "a"]), &fixed(&["a", "b"])).is_none());
+        // A map's entries are named by their writer (`keys`/`values` by Arrow's builder,
+        // `key`/`value` in Delta) and paired by position.
+        let map = |k: &str, v: &str, value: DataType| {
+            let entries = Field::new(
+                "entries",
+                DataType::Struct(
+                    vec![
+                        Field::new(k, DataType::Utf8, false),
+                        Field::new(v, value, true),
+                    ]
+                    .into(),
+                ),
+                false,
+            );
+            DataType::Map(Arc::new(entries), false)
+        };
+        let ab = DataType::Struct(fields(&["a", "b"]));
+        let abc = DataType::Struct(fields(&["a", "b", "c"]));
+        assert!(
+            struct_names_differ(
+                &map("keys", "values", ab.clone()),
+                &map("key", "value", ab.clone())
+            )
+            .is_none()
+        );
+        assert_eq!(
+            missing_nested_field("m", &map("keys", "values", abc), &map("key", "value", ab)),
+            Some("m[value].c".to_string())
+        );
     }
 }

@@ -78,23 +78,29 @@ fn check_column(name: &str, column: &dyn Array, partition: bool) -> Result<()> {
     }
     // delta-rs writes a float's partition value in full (1e308 is 309 digits, 5e-324 is 326):
     // its directory name was too long for the file system, an INTERNAL error and a panic.
-    let floats: Option<Vec<String>> = match column.data_type() {
-        DataType::Float16 => Some(floats_as_written(
-            column.as_primitive::<arrow::datatypes::Float16Type>(),
-        )),
-        DataType::Float32 => Some(floats_as_written(
-            column.as_primitive::<arrow::datatypes::Float32Type>(),
-        )),
-        DataType::Float64 => Some(floats_as_written(
-            column.as_primitive::<arrow::datatypes::Float64Type>(),
-        )),
+    let longest = match column.data_type() {
+        DataType::Float32 => {
+            longest_float(name, column.as_primitive::<arrow::datatypes::Float32Type>())
+        }
+        DataType::Float64 => {
+            longest_float(name, column.as_primitive::<arrow::datatypes::Float64Type>())
+        }
         _ => None,
     };
-    let strings: Box<dyn Iterator<Item = Option<&str>>> = match (column.data_type(), &floats) {
-        (_, Some(written)) => Box::new(written.iter().map(|s| Some(s.as_str()))),
-        (DataType::Utf8, _) => Box::new(column.as_string::<i32>().iter()),
-        (DataType::LargeUtf8, _) => Box::new(column.as_string::<i64>().iter()),
-        (DataType::Utf8View, _) => Box::new(column.as_string_view().iter()),
+    if let Some(value) = longest {
+        let dir = name.len() + 1 + value;
+        if dir > MAX_PARTITION_DIR_BYTES {
+            return Err(Error::InvalidArgument(format!(
+                "a value of partition column {name} is too long: its directory name would be \
+                 {dir} bytes, and at most {MAX_PARTITION_DIR_BYTES} are allowed"
+            )));
+        }
+        return Ok(());
+    }
+    let strings: Box<dyn Iterator<Item = Option<&str>>> = match column.data_type() {
+        DataType::Utf8 => Box::new(column.as_string::<i32>().iter()),
+        DataType::LargeUtf8 => Box::new(column.as_string::<i64>().iter()),
+        DataType::Utf8View => Box::new(column.as_string_view().iter()),
         _ => return Ok(()),
     };
     for value in strings.flatten() {
@@ -200,14 +206,29 @@ impl ScalarUDFImpl for Writable {
     }
 }
 
-/// The values of a float column as a partition directory names them, NULLs left out.
-fn floats_as_written<T: arrow::datatypes::ArrowPrimitiveType>(
-    column: &arrow::array::PrimitiveArray<T>,
-) -> Vec<String>
+/// Bytes of the longest value of a float column as a partition directory names it (Rust's
+/// `Display`, as delta-rs writes it), or an upper bound of it when `name` leaves room for any
+/// value of a usual magnitude: only values outside 1e-5 to 1e15 are then written out.
+fn longest_float<T>(name: &str, column: &arrow::array::PrimitiveArray<T>) -> Option<usize>
 where
-    T::Native: std::fmt::Display,
+    T: arrow::datatypes::ArrowPrimitiveType,
+    T::Native: std::fmt::Display + Into<f64>,
 {
-    column.iter().flatten().map(|v| v.to_string()).collect()
+    /// Longest `Display` of a float of magnitude 1e-5 to 1e15: sign, 15 integer digits, the
+    /// point, 4 zeros and 17 significant digits.
+    const USUAL: usize = 38;
+    let all = name.len() + 1 + USUAL > MAX_PARTITION_DIR_BYTES;
+    let longest = column
+        .iter()
+        .flatten()
+        .filter(|v| {
+            let m = (*v).into().abs();
+            all || !(m == 0.0 || (1e-5..1e15).contains(&m))
+        })
+        .map(|v| v.to_string().len())
+        .max();
+    // (Values left out are at most USUAL bytes, which `name` leaves room for.)
+    Some(longest.unwrap_or(0))
 }
 
 /// Bytes of `value` once escaped for a path, at most: a byte that is not a plain ASCII letter,

@@ -529,6 +529,13 @@ def test_ingest_appends_match_struct_fields_by_name(server):
         cur.adbc_ingest("nested", pa.table({"id": [4], "s": pa.array([{"b": 8}], b)}), mode="append")
         cur.execute("SELECT id, s FROM nested ORDER BY id")
         assert cur.fetchall() == [(1, {"a": 1, "b": 2}), (3, {"a": 5, "b": 6}), (4, {"a": None, "b": 8})]
+        # Maps: Arrow's builder names the entries keys/values, Delta key/value; both append.
+        m = pa.map_(pa.string(), pa.int64())
+        cur.adbc_ingest("mapped", pa.table({"m": pa.array([[("a", 1)]], m)}), mode="create")
+        keys_values = pa.map_(pa.field("keys", pa.string(), nullable=False), pa.field("values", pa.int64()))
+        cur.adbc_ingest("mapped", pa.table({"m": pa.array([[("b", 2)]], keys_values)}), mode="append")
+        cur.execute("SELECT m['a'], m['b'] FROM mapped ORDER BY 1 NULLS LAST")
+        assert cur.fetchall() == [(1, None), (None, 2)]
 
 
 def test_ingest_messages_larger_than_16_mib(server):

@@ -96,10 +96,14 @@ impl Engine {
             )));
         }
         // DataFusion takes any text, and every timestamp the session computes then carries it:
-        // after `SET TIME ZONE '+99:00'` clients could not decode `now()`.
-        if name == "datafusion.execution.time_zone"
-            && let Err(e) = value.parse::<arrow::array::timezone::Tz>()
-        {
+        // after `SET TIME ZONE '+99:00'` clients could not decode `now()`. PostgreSQL's
+        // spellings of UTC (`utc`, `Z`) are taken as `UTC`.
+        let zone = name == "datafusion.execution.time_zone";
+        let value = match zone && (value.eq_ignore_ascii_case("utc") || value == "Z") {
+            true => "UTC",
+            false => value,
+        };
+        if zone && let Err(e) = value.parse::<arrow::array::timezone::Tz>() {
             return Err(Error::Sql(format!(
                 "{name} = {value}: {e} (a zone such as 'Europe/Paris', or an offset from -23:59 \
                  to +23:59)"

@@ -48,7 +48,9 @@ pub(crate) fn check(plan: &LogicalPlan, purpose: Purpose) -> Result<()> {
             .is_ok_and(|t| t.table_type() == datafusion::datasource::TableType::View)
     {
         return Err(Error::NotAllowed(
-            match table_name.schema() == Some(super::information_schema::INFORMATION_SCHEMA) {
+            match table_name.schema() == Some(super::information_schema::INFORMATION_SCHEMA)
+                || table_name.catalog() == Some(apiary_storage::paths::SYSTEM_HIVE)
+            {
                 true => format!("{table_name} is a system table: it is read-only"),
                 false => format!(
                     "{table_name} is a view: it has no data of its own (write to the frames it \

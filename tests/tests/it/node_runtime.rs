@@ -329,8 +329,13 @@ async fn system_tables_and_metrics_show_the_node() {
             "INSERT INTO system.runtime.bees VALUES (9, 'x', NULL, 0, 0)".into(),
             None,
         )
-        .await;
-    assert!(err.is_err());
+        .await
+        .unwrap_err();
+    assert!(
+        err.to_string()
+            .contains("system.runtime.bees is a system table: it is read-only"),
+        "{err}"
+    );
 
     let metrics = server.metrics_addr();
     let get = |path: &str| {
