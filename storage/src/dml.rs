@@ -367,6 +367,11 @@ impl Ledger {
 
 /// A delta-rs failure as ours: a lost conflict names the frame and the version read.
 pub(crate) fn conflict(snapshot: &FrameSnapshot, e: DeltaTableError) -> Error {
+    // A value the table cannot hold (`values::checked`), refused before it was written; it
+    // comes back as text, under whatever delta-rs wrapped it in.
+    if let Some((_, refused)) = e.to_string().split_once(crate::values::REFUSED) {
+        return Error::InvalidArgument(format!("{}: {refused}", snapshot.frame()));
+    }
     match e {
         DeltaTableError::Transaction {
             source: TransactionError::CommitConflict(c),
@@ -386,12 +391,6 @@ pub(crate) fn conflict(snapshot: &FrameSnapshot, e: DeltaTableError) -> Error {
                 snapshot.version()
             ),
         },
-        // A value the table cannot hold (`values::checked`), refused before it was written.
-        e if e.to_string().contains(crate::values::REFUSED) => {
-            let m = e.to_string();
-            let at = m.find(crate::values::REFUSED).unwrap_or(0) + crate::values::REFUSED.len();
-            Error::InvalidArgument(format!("{}: {}", snapshot.frame(), &m[at..]))
-        }
         DeltaTableError::Generic(m) if m.contains("multiple source rows") => {
             Error::InvalidArgument(format!("MERGE into {}: {m}", snapshot.frame()))
         }

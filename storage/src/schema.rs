@@ -432,18 +432,17 @@ fn conform_array(
                 .map_err(|e| failed(&e))?;
             Ok(Arc::new(out))
         }
-        (DataType::List(_), DataType::List(item) | DataType::LargeList(item)) => {
-            conform_list::<i32>(col, item, to, path, opts).map_err(|e| match e {
-                Error::Schema(_) => e,
-                other => failed(&other),
-            })
+        (
+            from @ (DataType::List(_) | DataType::LargeList(_)),
+            DataType::List(item) | DataType::LargeList(item),
+        ) => match from {
+            DataType::List(_) => conform_list::<i32>(col, item, to, path, opts),
+            _ => conform_list::<i64>(col, item, to, path, opts),
         }
-        (DataType::LargeList(_), DataType::List(item) | DataType::LargeList(item)) => {
-            conform_list::<i64>(col, item, to, path, opts).map_err(|e| match e {
-                Error::Schema(_) => e,
-                other => failed(&other),
-            })
-        }
+        .map_err(|e| match e {
+            Error::Schema(_) => e,
+            other => failed(&other),
+        }),
         (from, to) => {
             if let Some(mismatch) = struct_names_differ(from, to) {
                 return Err(Error::Schema(format!(

@@ -78,24 +78,18 @@ fn check_column(name: &str, column: &dyn Array, partition: bool) -> Result<()> {
     }
     // delta-rs writes a float's partition value in full (1e308 is 309 digits, 5e-324 is 326):
     // its directory name was too long for the file system, an INTERNAL error and a panic.
-    let longest = match column.data_type() {
+    match column.data_type() {
         DataType::Float32 => {
-            longest_float(name, column.as_primitive::<arrow::datatypes::Float32Type>())
+            let longest =
+                longest_float(name, column.as_primitive::<arrow::datatypes::Float32Type>());
+            return directory_fits(name, longest);
         }
         DataType::Float64 => {
-            longest_float(name, column.as_primitive::<arrow::datatypes::Float64Type>())
+            let longest =
+                longest_float(name, column.as_primitive::<arrow::datatypes::Float64Type>());
+            return directory_fits(name, longest);
         }
-        _ => None,
-    };
-    if let Some(value) = longest {
-        let dir = name.len() + 1 + value;
-        if dir > MAX_PARTITION_DIR_BYTES {
-            return Err(Error::InvalidArgument(format!(
-                "a value of partition column {name} is too long: its directory name would be \
-                 {dir} bytes, and at most {MAX_PARTITION_DIR_BYTES} are allowed"
-            )));
-        }
-        return Ok(());
+        _ => {}
     }
     let strings: Box<dyn Iterator<Item = Option<&str>>> = match column.data_type() {
         DataType::Utf8 => Box::new(column.as_string::<i32>().iter()),
@@ -114,13 +108,20 @@ fn check_column(name: &str, column: &dyn Array, partition: bool) -> Result<()> {
                 }
             )));
         }
-        let dir = name.len() + 1 + escaped_len(value);
-        if dir > MAX_PARTITION_DIR_BYTES {
-            return Err(Error::InvalidArgument(format!(
-                "a value of partition column {name} is too long: its directory name would be \
-                 {dir} bytes, and at most {MAX_PARTITION_DIR_BYTES} are allowed"
-            )));
-        }
+        directory_fits(name, escaped_len(value))?;
+    }
+    Ok(())
+}
+
+/// Refuse a value of partition column `name` written in `bytes` bytes if its directory name
+/// (`name=value`) would be longer than a file name may be.
+fn directory_fits(name: &str, bytes: usize) -> Result<()> {
+    let dir = name.len() + 1 + bytes;
+    if dir > MAX_PARTITION_DIR_BYTES {
+        return Err(Error::InvalidArgument(format!(
+            "a value of partition column {name} is too long: its directory name would be {dir} \
+             bytes, and at most {MAX_PARTITION_DIR_BYTES} are allowed"
+        )));
     }
     Ok(())
 }
@@ -209,7 +210,7 @@ impl ScalarUDFImpl for Writable {
 /// Bytes of the longest value of a float column as a partition directory names it (Rust's
 /// `Display`, as delta-rs writes it), or an upper bound of it when `name` leaves room for any
 /// value of a usual magnitude: only values outside 1e-5 to 1e15 are then written out.
-fn longest_float<T>(name: &str, column: &arrow::array::PrimitiveArray<T>) -> Option<usize>
+fn longest_float<T>(name: &str, column: &arrow::array::PrimitiveArray<T>) -> usize
 where
     T: arrow::datatypes::ArrowPrimitiveType,
     T::Native: std::fmt::Display + Into<f64>,
@@ -218,7 +219,8 @@ where
     /// point, 4 zeros and 17 significant digits.
     const USUAL: usize = 38;
     let all = name.len() + 1 + USUAL > MAX_PARTITION_DIR_BYTES;
-    let longest = column
+    // (Values left out are at most USUAL bytes, which `name` leaves room for.)
+    column
         .iter()
         .flatten()
         .filter(|v| {
@@ -226,9 +228,8 @@ where
             all || !(m == 0.0 || (1e-5..1e15).contains(&m))
         })
         .map(|v| v.to_string().len())
-        .max();
-    // (Values left out are at most USUAL bytes, which `name` leaves room for.)
-    Some(longest.unwrap_or(0))
+        .max()
+        .unwrap_or(0)
 }
 
 /// Bytes of `value` once escaped for a path, at most: a byte that is not a plain ASCII letter,
