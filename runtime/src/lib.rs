@@ -61,8 +61,8 @@ pub mod swarm;
 pub mod system;
 
 pub use engine::{
-    Engine, EngineConfig, IfExists, IfMissing, Limits, Output, Pins, PlannedQuery, Role, Session,
-    Statement, StatementInfo, SystemCatalog, WriteMode, merges_schema,
+    Engine, EngineConfig, IfExists, IfMissing, Limits, Output, Pin, Pins, PlannedQuery, Role,
+    Session, Statement, StatementInfo, SystemCatalog, WriteMode, merges_schema,
 };
 pub use error::{Error, Result};
 pub use node::{Node, NodeConfig};

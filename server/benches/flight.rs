@@ -24,6 +24,7 @@ fn ticket() -> StatementTicketV1 {
             box_name: "default".into(),
             frame: "lineitem".into(),
             version: 42,
+            incarnation: "0193a6f2-7c4e-7b1a-9d55-6f0e2b8c1d3e".into(),
         }],
         user: "alice".into(),
         expires_at_ms: 1_800_000_000_000,

@@ -48,6 +48,11 @@ pub enum Error {
         source: Box<dyn std::error::Error + Send + Sync>,
     },
 
+    /// What a ticket or handle was made for has changed since (a view redefined): run the
+    /// statement again.
+    #[error("{0}")]
+    Changed(String),
+
     /// A status from the transport (a client stream that failed mid-way).
     #[error("{0}")]
     Transport(Box<Status>),
@@ -139,6 +144,7 @@ fn status_of(e: Error) -> Status {
                 Status::permission_denied(msg)
             }
             Error::AlreadyExists(msg) => Status::already_exists(msg),
+            Error::Changed(msg) => Status::failed_precondition(msg),
             e @ Error::Encode { .. } => internal(&e.to_string()),
             Error::Transport(s) => *s,
         }

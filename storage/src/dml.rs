@@ -153,10 +153,9 @@ impl Ledger {
         user: &str,
     ) -> Result<Changed> {
         if assignments.is_empty() {
-            return Ok(Changed {
-                version: None,
-                rows: 0,
-            });
+            return Err(Error::Internal(
+                "an UPDATE that sets nothing is counted, not run".into(),
+            ));
         }
         let table = self.delta_table(snapshot)?;
         let mut op = table

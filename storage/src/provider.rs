@@ -433,8 +433,11 @@ impl TableProvider for FrameTable {
     ) -> DfResult<Arc<dyn ExecutionPlan>> {
         self.snapshot.writable()?;
         let predicate = conjunction(filters);
-        let (ledger, snapshot, user) = self.parts();
         let state = session_state(state)?;
+        if assignments.is_empty() {
+            return self.count_matching("UPDATE", predicate, state);
+        }
+        let (ledger, snapshot, user) = self.parts();
         Ok(Arc::new(ChangeExec::new(
             "UPDATE",
             snapshot.frame().to_string(),
@@ -502,6 +505,59 @@ impl TableProvider for FrameTable {
 }
 
 /// `change`, started only once `gate` (if any) admits it.
+impl FrameTable {
+    /// A row-level change that changes nothing (`UPDATE t SET c = c`: DataFusion drops
+    /// assignments of a column to itself) answers the rows its predicate matches, as an UPDATE
+    /// that rewrites them would (ORMs check that count), and commits nothing.
+    fn count_matching(
+        &self,
+        op: &'static str,
+        predicate: Option<Expr>,
+        state: SessionState,
+    ) -> DfResult<Arc<dyn ExecutionPlan>> {
+        let table: Arc<dyn TableProvider> = Arc::new(self.clone());
+        // The predicate names the frame as the statement did; the scan below is unnamed.
+        let predicate = predicate.map(unqualified).transpose()?;
+        Ok(Arc::new(ChangeExec::new(
+            op,
+            self.snapshot.frame().to_string(),
+            vec![],
+            gated(
+                &self.gate,
+                Arc::new(move |ctx, _| {
+                    let (table, predicate) = (table.clone(), predicate.clone());
+                    let state = on_task(&state, &ctx);
+                    Box::pin(async move {
+                        let ctx = datafusion::prelude::SessionContext::new_with_state(state);
+                        let mut rows = ctx.read_table(table)?;
+                        if let Some(p) = predicate {
+                            rows = rows.filter(p)?;
+                        }
+                        Ok(crate::dml::Changed {
+                            version: None,
+                            rows: rows.count().await? as u64,
+                        })
+                    })
+                }),
+            ),
+        )))
+    }
+}
+
+/// `e` with its columns unqualified (an expression over one table).
+fn unqualified(e: Expr) -> DfResult<Expr> {
+    use datafusion::common::tree_node::{Transformed, TransformedResult, TreeNode};
+    e.transform(|e| {
+        Ok(match e {
+            Expr::Column(c) => Transformed::yes(Expr::Column(
+                datafusion::common::Column::new_unqualified(c.name),
+            )),
+            other => Transformed::no(other),
+        })
+    })
+    .data()
+}
+
 fn gated(gate: &Option<Arc<dyn WriteGate>>, change: Change) -> Change {
     let Some(gate) = gate.clone() else {
         return change;

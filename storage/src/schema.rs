@@ -117,10 +117,16 @@ fn frame_type(column: &str, dt: &DataType) -> Result<DataType> {
 
 /// The type a frame serves for an incoming column type: the client's type, decoded
 /// (dictionaries and run-end encodings hold their values), with view types and list views as
-/// their plain forms.
+/// their plain forms, and a decimal of negative scale as the one it is stored as (the same
+/// values): DataFusion's kernels do not take negative scales (a comparison with a literal
+/// overflowed in its planner), and SQL cannot name them.
 fn served_type(dt: &DataType) -> DataType {
     use DataType::*;
     match dt {
+        Decimal32(p, s) | Decimal64(p, s) | Decimal128(p, s) | Decimal256(p, s) if *s < 0 => {
+            let digits = (*p as i16 - *s as i16).min(MAX_DECIMAL_DIGITS as i16);
+            Decimal128(digits as u8, 0)
+        }
         Dictionary(_, value) => served_type(value),
         RunEndEncoded(_, values) => served_type(values.data_type()),
         Utf8View => Utf8,
@@ -198,13 +204,31 @@ fn served_of(field: &Field) -> DataType {
     let parsed = (text.len() <= MAX_SERVED_TYPE_LEN)
         .then(|| DataType::from_str(text).ok())
         .flatten()
-        .filter(|t| can_cast_types(stored, t) && can_cast_types(t, stored));
+        .filter(|t| can_cast_types(stored, t) && can_cast_types(t, stored))
+        // Recorded by earlier versions; served as stored now (see `served_type`).
+        .filter(|t| !has_negative_scale(t));
     match parsed {
         Some(t) => t,
         None => {
             warn!(column = %field.name(), "ignoring an unreadable served type in the frame's log");
             stored.clone()
         }
+    }
+}
+
+/// Whether `dt` holds a decimal of negative scale, at any depth.
+fn has_negative_scale(dt: &DataType) -> bool {
+    use DataType::*;
+    match dt {
+        Decimal32(_, s) | Decimal64(_, s) | Decimal128(_, s) | Decimal256(_, s) => *s < 0,
+        List(f)
+        | LargeList(f)
+        | ListView(f)
+        | LargeListView(f)
+        | FixedSizeList(f, _)
+        | Map(f, _) => has_negative_scale(f.data_type()),
+        Struct(fields) => fields.iter().any(|f| has_negative_scale(f.data_type())),
+        _ => false,
     }
 }
 
@@ -700,7 +724,6 @@ mod tests {
             DataType::Decimal64(18, 4),
             DataType::Decimal128(38, 10),
             DataType::Decimal256(38, 0),
-            DataType::Decimal128(5, -2),
             DataType::List(item(ts(TimeUnit::Nanosecond, None))),
             DataType::LargeList(item(DataType::Utf8)),
             DataType::FixedSizeList(item(DataType::Int32), 3),
@@ -734,6 +757,12 @@ mod tests {
             (
                 DataType::LargeListView(item(DataType::Int64)),
                 DataType::LargeList(item(DataType::Int64)),
+            ),
+            (DataType::Decimal128(5, -2), DataType::Decimal128(7, 0)),
+            (DataType::Decimal32(3, -1), DataType::Decimal128(4, 0)),
+            (
+                DataType::List(item(DataType::Decimal64(10, -3))),
+                DataType::List(item(DataType::Decimal128(13, 0))),
             ),
         ];
         let cases = kept.iter().map(|t| (t.clone(), t.clone())).chain(decoded);

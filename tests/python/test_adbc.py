@@ -641,3 +641,45 @@ def test_rows_affected_for_insert_ctas_and_ingest(server):
         # dst2 is now 103, 104, 5, 10, 11: src's 1-4 are not matched.
         stmt.set_sql_query("MERGE INTO dst2 USING src ON dst2.v = src.v WHEN NOT MATCHED THEN INSERT (v) VALUES (src.v)")
         assert stmt.execute_update() == 4
+
+
+def test_a_prepared_statement_run_again_after_its_table_was_replaced_answers_the_new_table(server):
+    """ADBC runs the same SQL on a cursor again through the handle it prepared first: the
+    answer is the table as it is now, not its values under the old columns and types."""
+    with connect(server) as conn:
+        a, b = conn.cursor(), conn.cursor()
+        b.execute("CREATE TABLE swapped (price DOUBLE, qty BIGINT)")
+        b.execute("INSERT INTO swapped VALUES (9.99, 3)")
+        a.execute("SELECT * FROM swapped")
+        assert a.fetch_arrow_table().to_pylist() == [{"price": 9.99, "qty": 3}]
+        b.execute("CREATE OR REPLACE TABLE swapped (qty BIGINT, price DOUBLE)")
+        b.execute("INSERT INTO swapped VALUES (3, 9.99)")
+        a.execute("SELECT * FROM swapped")
+        assert a.fetch_arrow_table().to_pylist() == [{"qty": 3, "price": 9.99}]
+        # A column that was NOT NULL and now holds a NULL (it failed INTERNAL).
+        b.execute("CREATE TABLE loosened AS SELECT 1 AS a")
+        a.execute("SELECT * FROM loosened")
+        assert a.fetchall() == [(1,)]
+        b.execute("CREATE OR REPLACE TABLE loosened (a BIGINT)")
+        b.execute("INSERT INTO loosened VALUES (NULL)")
+        a.execute("SELECT * FROM loosened")
+        assert a.fetchall() == [(None,)]
+
+
+def test_a_delete_whose_predicate_is_never_true_deletes_nothing(server):
+    """`a = ?` bound to NULL, or `WHERE false`, is folded away by the optimizer: the frame was
+    then handed no predicate, and every row was deleted."""
+    with connect(server) as conn, conn.cursor() as cur:
+        cur.execute("CREATE TABLE kept (a INT)")
+        cur.execute("INSERT INTO kept VALUES (1), (2), (3)")
+        cur.execute("DELETE FROM kept WHERE a = ?", parameters=(None,))
+        assert cur.rowcount == 0
+        cur.executemany("DELETE FROM kept WHERE a = ?", [(None,), (None,)])
+        cur.execute("DELETE FROM kept WHERE false")
+        assert cur.rowcount == 0
+        cur.execute("SELECT count(*) FROM kept")
+        assert cur.fetchall() == [(3,)]
+        cur.execute("DELETE FROM kept WHERE a = ?", parameters=(2,))
+        assert cur.rowcount == 1
+        cur.execute("SELECT a FROM kept ORDER BY a")
+        assert cur.fetchall() == [(1,), (3,)]

@@ -179,3 +179,29 @@ def test_insert_as_a_query_streams_its_count_from_any_node_ticket(server):
     assert again.to_pylist() == [{"count": 3}]
     _, reader = run(client, "SELECT count(*) AS n FROM ins")
     assert reader.read_all().to_pylist() == [{"n": 3}]
+
+
+def test_a_ticket_redeemed_after_what_it_reads_changed_never_answers_other_rows(server):
+    """A ticket pins each frame's version and incarnation: after DROP + CREATE the name holds
+    another table whose version 1 is other rows (they came back cast, by position, into the
+    old columns). A view redefined since the FlightInfo is refused too."""
+    client = flight.FlightClient(server.uri)
+    update(client, "CREATE TABLE replaced (price DOUBLE, qty BIGINT)")
+    update(client, "INSERT INTO replaced VALUES (9.99, 3)")
+    info, reader = run(client, "SELECT * FROM replaced")
+    assert reader.read_all().to_pylist() == [{"price": 9.99, "qty": 3}]
+    update(client, "DROP TABLE replaced")
+    update(client, "CREATE TABLE replaced (qty BIGINT, price DOUBLE)")
+    update(client, "INSERT INTO replaced VALUES (5, 2.5)")
+    with pytest.raises(Exception, match="dropped and created again"):
+        client.do_get(info.endpoints[0].ticket).read_all()
+
+    update(client, "CREATE VIEW shown AS SELECT qty, price FROM replaced")
+    info, reader = run(client, "SELECT * FROM shown")
+    assert reader.read_all().to_pylist() == [{"qty": 5, "price": 2.5}]
+    update(client, "CREATE OR REPLACE VIEW shown AS SELECT price, qty FROM replaced")
+    with pytest.raises(Exception, match="no longer what GetFlightInfo announced"):
+        client.do_get(info.endpoints[0].ticket).read_all()
+    # Planned again, the statement answers the view as it is now.
+    _, reader = run(client, "SELECT * FROM shown")
+    assert reader.read_all().to_pylist() == [{"price": 2.5, "qty": 5}]

@@ -44,7 +44,7 @@ CASES = [
     ("decimal64", pa.array([decimal.Decimal("1.25"), None, decimal.Decimal("-3.50"), 0], pa.decimal64(12, 2)), None),
     ("decimal128", pa.array([decimal.Decimal("1" * 38), None, 0, 1], pa.decimal128(38, 0)), None),
     ("decimal256", pa.array([decimal.Decimal("12.345"), None, 0, 1], pa.decimal256(20, 3)), None),
-    ("decimal_neg_scale", pa.array([decimal.Decimal("1.2E+4"), None, 0, decimal.Decimal("-9.9E+6")], pa.decimal128(5, -2)), None),
+    ("decimal_neg_scale", pa.array([decimal.Decimal("1.2E+4"), None, 0, decimal.Decimal("-9.9E+6")], pa.decimal128(5, -2)), pa.decimal128(7, 0)),
     ("utf8", pa.array(["a", None, "", "ünï"]), None),
     ("large_utf8", pa.array(["a", None, "", "x" * 100], pa.large_string()), None),
     ("utf8_view", pa.array(["a", None, "", "y" * 100], pa.string_view()), pa.string()),
@@ -196,6 +196,29 @@ def test_timestamp_and_time_ddl_take_every_precision(server):
     assert t.column("t9")[0].value == 1796121015123456000
     assert rows[0]["zoned"] == datetime.datetime(2026, 12, 1, 1, 30, 15, 500000, tzinfo=datetime.timezone.utc)
     assert rows[0]["tm"] == datetime.time(10, 30, 15, 250000)
+
+
+def test_a_negative_scale_decimal_is_served_as_stored_and_compares(server):
+    """decimal(5, -2) is stored and served as decimal(7, 0): the same values, in a type every
+    kernel takes (a comparison with a literal failed INTERNAL, a panic in DataFusion's planner)."""
+    values = pa.array([decimal.Decimal("1.2E+4"), None, 0, decimal.Decimal("-9.9E+6")], pa.decimal128(5, -2))
+    with connect(server) as conn, conn.cursor() as cur:
+        cur.adbc_ingest("neg_scale", pa.table({"k": [1, 2, 3, 4], "v": values}), mode="create")
+        counts = {}
+        for where in ["v = 12000", "v > 0", "v < -1000", "v IS NULL", "CAST(v AS DOUBLE) = 12000"]:
+            cur.execute(f"SELECT k FROM neg_scale WHERE {where} ORDER BY k")
+            counts[where] = [r[0] for r in cur.fetchall()]
+        assert counts == {
+            "v = 12000": [1],
+            "v > 0": [1],
+            "v < -1000": [4],
+            "v IS NULL": [2],
+            "CAST(v AS DOUBLE) = 12000": [1],
+        }
+        cur.execute("SELECT v FROM neg_scale ORDER BY k")
+        got = cur.fetch_arrow_table().column("v")
+        assert got.type == pa.decimal128(7, 0)
+        assert got.to_pylist() == [decimal.Decimal(12000), None, decimal.Decimal(0), decimal.Decimal(-9900000)]
 
 
 def test_filters_on_a_served_type_still_prune_cells(server):

@@ -19,7 +19,7 @@ use datafusion::sql::parser::Statement as DfStatement;
 use futures::StreamExt;
 use tracing::debug;
 
-use super::{Caller, Engine, Pins, PlanTarget, Session, information_schema};
+use super::{Caller, Engine, Pin, Pins, PlanTarget, Session, information_schema};
 use crate::error::{Error, Result};
 use crate::sql::NameParts;
 use crate::sql::travel::{self, AsOf};
@@ -300,7 +300,7 @@ impl Engine {
                     match as_of {
                         None => {
                             self.lakehouse
-                                .open_frame(&frame, pins.get(&frame).copied())
+                                .open_frame(&frame, pins.get(&frame).map(|p| p.version))
                                 .await
                         }
                         Some(at) => self.open_as_of(&frame, at).await,
@@ -325,7 +325,21 @@ impl Engine {
                             .with_view_types(string_views),
                     ),
                     Ok(Opened::Frame(snapshot)) => {
-                        resolved.pins.insert(frame.clone(), snapshot.version());
+                        if let Some(pin) = pins.get(&frame)
+                            && !pin.incarnation.is_empty()
+                            && pin.incarnation != snapshot.incarnation()
+                        {
+                            return Err(Error::Storage(apiary_storage::Error::NotFound {
+                                kind: apiary_storage::ObjectKind::Frame,
+                                name: format!(
+                                    "{frame} as planned (it was dropped and created again since)"
+                                ),
+                            }));
+                        }
+                        resolved.pins.insert(
+                            frame.clone(),
+                            Pin::new(snapshot.version(), snapshot.incarnation()),
+                        );
                         Arc::new(
                             self.frame_table(snapshot)
                                 .with_user(session.user.clone())

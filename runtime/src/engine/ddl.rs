@@ -174,7 +174,14 @@ impl Engine {
                     }) => state,
                     _ => apiary_storage::without_field_extraction(&state),
                 };
-                let physical = state.create_physical_plan(&plan).await?;
+                let plan = state.optimize(&plan)?;
+                if changes_no_row(&plan) {
+                    return Ok(Output::Count(0));
+                }
+                let physical = state
+                    .query_planner()
+                    .create_physical_plan(&plan, &state)
+                    .await?;
                 let mut stream = execute_stream(physical, state.task_ctx())?;
                 let mut count = 0u64;
                 while let Some(batch) = stream.next().await {
@@ -286,6 +293,28 @@ fn values_nullable(plan: LogicalPlan) -> Result<LogicalPlan> {
             other => other.recompute_schema().map(Transformed::yes),
         })
         .data()?)
+}
+
+/// Whether `plan`, optimized, is a `DELETE` or `UPDATE` whose input no longer reads its frame:
+/// the optimizer found its predicate never true (`WHERE false`, `a = NULL`, a bound NULL,
+/// `IS NULL` on a NOT NULL column) and put an empty relation there. DataFusion then hands the
+/// frame no predicate at all, which for a `DELETE` means every row.
+fn changes_no_row(plan: &LogicalPlan) -> bool {
+    use datafusion::common::tree_node::TreeNode;
+    match plan {
+        LogicalPlan::Dml(DmlStatement {
+            op: WriteOp::Delete | WriteOp::Update,
+            table_name,
+            input,
+            ..
+        }) => !input
+            .exists(|node| {
+                Ok(matches!(node, LogicalPlan::TableScan(scan)
+                    if scan.table_name.resolved_eq(table_name)))
+            })
+            .unwrap_or(false),
+        _ => false,
+    }
 }
 
 /// The session a planned statement runs in (its default hive and box), for naming frames.

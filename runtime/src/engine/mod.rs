@@ -105,8 +105,8 @@ pub(crate) use join_filters::awaits_paying_filter;
 pub use options::{MERGE_SCHEMA, merges_schema};
 pub(crate) use show::redact_text;
 pub use types::{
-    Caller, EngineConfig, FrameEntry, Limits, Output, Pins, PlannedQuery, Role, Session, Statement,
-    StatementInfo, SystemCatalog, nullable,
+    Caller, EngineConfig, FrameEntry, Limits, Output, Pin, Pins, PlannedQuery, Role, Session,
+    Statement, StatementInfo, SystemCatalog, nullable,
 };
 
 /// The session time zone `config` sets, for the SQL type planner.

@@ -12,7 +12,9 @@ use datafusion::logical_expr::planner::TypePlanner;
 use datafusion::logical_expr::{Cast, Expr};
 use datafusion::sql::sqlparser::ast::{DataType as SqlType, ExactNumberInfo, TimezoneInfo};
 
-/// Plans the time types and refuses decimals of negative scale; every other type is DataFusion's.
+/// Plans the time types and the binary names other databases use (`VARBINARY`, what the
+/// metadata calls binary columns, `BINARY`, `BLOB`), and refuses decimals of negative scale;
+/// every other type is DataFusion's.
 #[derive(Debug)]
 pub(super) struct SqlTypes {
     /// Zone of `TIMESTAMP WITH TIME ZONE` (DataFusion's `execution.time_zone`).
@@ -51,6 +53,8 @@ impl SqlTypes {
                     u => DataType::Time64(u),
                 }
             }
+            // Lengths are not kept: a frame stores binary values of any length.
+            SqlType::Varbinary(_) | SqlType::Binary(_) | SqlType::Blob(_) => DataType::Binary,
             SqlType::Numeric(ExactNumberInfo::PrecisionAndScale(p, s))
             | SqlType::Decimal(ExactNumberInfo::PrecisionAndScale(p, s))
             | SqlType::Dec(ExactNumberInfo::PrecisionAndScale(p, s))

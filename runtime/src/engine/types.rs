@@ -157,7 +157,26 @@ impl Statement {
 }
 
 /// Frame versions a statement was planned against.
-pub type Pins = BTreeMap<FrameRef, i64>;
+pub type Pins = BTreeMap<FrameRef, Pin>;
+
+/// One frame version a statement was planned against, and which table that was: a frame
+/// dropped and created again under its name starts its versions anew, so the version alone
+/// would name rows of another table.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Pin {
+    pub version: i64,
+    /// The frame's catalog marker id; empty when not known (not checked then).
+    pub incarnation: String,
+}
+
+impl Pin {
+    pub fn new(version: i64, incarnation: impl Into<String>) -> Self {
+        Pin {
+            version,
+            incarnation: incarnation.into(),
+        }
+    }
+}
 
 /// What a statement produced.
 pub enum Output {

@@ -543,7 +543,8 @@ async fn pinned_versions_replan_the_same_snapshot() {
         .plan_query(&f.session, &stmt, None, &Pins::new())
         .await
         .unwrap();
-    assert_eq!(first.pins.values().copied().collect::<Vec<_>>(), vec![1]);
+    let versions = |pins: &Pins| pins.values().map(|p| p.version).collect::<Vec<_>>();
+    assert_eq!(versions(&first.pins), vec![1]);
     f.run("INSERT INTO v VALUES (3)").await;
     // Re-planning with the pins reads version 1, not the newer one.
     let again = f
@@ -555,6 +556,20 @@ async fn pinned_versions_replan_the_same_snapshot() {
     assert_eq!(i64s(&rows), vec![2]);
     let latest = f.run("SELECT count(*) FROM v").await;
     assert_eq!(i64s(&latest), vec![3]);
+
+    // Dropped and created again, the name holds another table with a version 1 of its own:
+    // the pins name the old one, which is gone.
+    f.run("DROP TABLE v; CREATE TABLE v (id BIGINT); INSERT INTO v VALUES (7);")
+        .await;
+    let err = f
+        .engine
+        .plan_query(&f.session, &stmt, None, &first.pins)
+        .await
+        .expect_err("the pinned table is gone");
+    assert!(
+        err.to_string().contains("dropped and created again"),
+        "{err}"
+    );
 }
 
 /// A frame without cells scans as one empty partition: sorts and joins above it plan (the

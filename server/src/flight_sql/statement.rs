@@ -23,7 +23,8 @@ use tonic::Response;
 use super::FlightSql;
 use super::ticket::{new_ticket, query_request, session_of};
 use super::wire::{
-    BoxStream, decode_param_rows, encode_stream_as, ipc_schema, timestamp_ms, wire_schema,
+    BoxStream, decode_param_rows, encode_stream_as, ipc_schema, nullable_as, same_columns,
+    timestamp_ms, wire_schema,
 };
 use crate::auth::{Principal, SessionSlot};
 use crate::error::{Error, Result};
@@ -90,13 +91,18 @@ impl FlightSql {
             )));
         }
         let planned = self.service.plan(&session, &stmt, first, true).await?;
-        // A schema announced before (by CreatePreparedStatement) stays the schema: DataFusion
-        // may type an expression differently between two plannings (a CASE of List and
-        // LargeList), and clients check that every answer agrees. Not with parameters: before
-        // they were bound, their types (and the result's) were unknown.
-        let schema = announced
-            .filter(|a| stmt.params == 0 && a.fields().len() == planned.schema.fields().len())
-            .unwrap_or_else(|| wire_schema(&planned.schema));
+        // A schema announced before (by CreatePreparedStatement) stays the schema while the
+        // result has the same columns: two plannings may differ in what changes no value, and
+        // clients check that every answer agrees. Not when what it reads changed since (a table
+        // replaced: its values would go out under the old names and types), nor with
+        // parameters (before they were bound, their types and the result's were unknown).
+        let planned_wire = wire_schema(&planned.schema);
+        let schema = match announced {
+            Some(a) if stmt.params == 0 && same_columns(&a, &planned_wire) => {
+                nullable_as(&a, &planned_wire)
+            }
+            _ => planned_wire,
+        };
         // Several parameter rows answer one result, planned row by row: a column NULL in one
         // row's plan and not in the first's must be nullable (it failed as INTERNAL).
         let schema = match row_count > 1 {
@@ -210,7 +216,20 @@ impl FlightSql {
             );
             return Ok(Response::new(encode_stream_as(Box::pin(stream), announced)));
         }
-        let stream = self.service.query(query_request(t, who.role)?).await?;
+        let request = query_request(t, who.role)?;
+        // Several parameter rows are planned row by row, their types cast to the first's.
+        let one_plan = request.params.len() <= 1;
+        let stream = self.service.query(request).await?;
+        if let Some(a) = &announced
+            && one_plan
+            && !same_columns(a, &wire_schema(&stream.schema()))
+        {
+            return Err(Error::Changed(
+                "the statement's result is no longer what GetFlightInfo announced (a view it \
+                 reads was redefined since): run the statement again"
+                    .into(),
+            ));
+        }
         Ok(Response::new(encode_stream_as(stream, announced)))
     }
 

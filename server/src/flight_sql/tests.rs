@@ -5,8 +5,8 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use apiary_runtime::{
-    Error as RtError, IngestRequest, Pins, Planned, QueryRequest, QueryService, Session, Share,
-    Shares, Statement, StatementInfo,
+    Error as RtError, IngestRequest, Pin, Pins, Planned, QueryRequest, QueryService, Session,
+    Share, Shares, Statement, StatementInfo,
 };
 use apiary_storage::{BoxRef, FrameRef, Ident};
 use arrow::array::{Array, Int64Array, RecordBatch};
@@ -75,7 +75,7 @@ impl QueryService for Double {
         });
         Ok(Planned {
             schema: schema(),
-            pins: Pins::from([(frame(), 7)]),
+            pins: Pins::from([(frame(), Pin::new(7, "marker-1"))]),
             plan_key: keep.then(|| "kept-plan-7".to_string()),
             shares,
         })
@@ -206,7 +206,10 @@ async fn a_ticket_carries_the_pins_and_session_from_planning_to_execution() {
     let asked = double.queries.lock().unwrap();
     assert_eq!(asked.len(), 1);
     assert_eq!(asked[0].sql, "SELECT a FROM t");
-    assert_eq!(asked[0].pins, Pins::from([(frame(), 7)]));
+    assert_eq!(
+        asked[0].pins,
+        Pins::from([(frame(), Pin::new(7, "marker-1"))])
+    );
     assert_eq!(asked[0].session.hive.as_str(), "default");
     // The node that planned it kept the plan: the ticket names it for the DoGet.
     assert_eq!(asked[0].plan_key.as_deref(), Some("kept-plan-7"));

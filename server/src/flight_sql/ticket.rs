@@ -9,7 +9,7 @@
 //! ```
 
 use apiary_proto::v1::{PinnedFrameV1, PreparedStatementV1, SessionOptionV1, StatementTicketV1};
-use apiary_runtime::{Pins, QueryRequest, Role, Session, Share};
+use apiary_runtime::{Pin, Pins, QueryRequest, Role, Session, Share};
 use apiary_storage::{FrameRef, Ident};
 use arrow_flight::Ticket;
 use arrow_flight::sql::{Any, ProstMessageExt, TicketStatementQuery};
@@ -101,11 +101,12 @@ pub(super) fn new_ticket(
         default_box: session.box_name.to_string(),
         pins: pins
             .iter()
-            .map(|(f, v)| PinnedFrameV1 {
+            .map(|(f, pin)| PinnedFrameV1 {
                 hive: f.hive.to_string(),
                 box_name: f.box_name.to_string(),
                 frame: f.name.to_string(),
-                version: *v,
+                version: pin.version,
+                incarnation: pin.incarnation.clone(),
             })
             .collect(),
         user: who.user.clone(),
@@ -136,7 +137,7 @@ pub(super) fn query_request(t: StatementTicketV1, role: Role) -> Result<QueryReq
             Ident::parse(&p.box_name)?,
             Ident::parse(&p.frame)?,
         );
-        pins.insert(f, p.version);
+        pins.insert(f, Pin::new(p.version, p.incarnation.clone()));
     }
     Ok(QueryRequest {
         params: decode_param_rows(&t.parameters)?,

@@ -75,6 +75,55 @@ pub fn wire_schema(schema: &Schema) -> SchemaRef {
     ))
 }
 
+/// Whether a result planned now has the columns `announced` before (a prepared statement's
+/// schema, a ticket's): the same names and, in wire types, the same values. Two plannings of one
+/// statement may differ in what cannot change a value (list item names, nested nullability);
+/// anything else means what it reads has changed since (a table replaced, a view redefined), and
+/// a stream cast to the old schema by position would put values under other names or truncate
+/// them.
+pub(super) fn same_columns(announced: &Schema, planned: &Schema) -> bool {
+    announced.fields().len() == planned.fields().len()
+        && announced
+            .fields()
+            .iter()
+            .zip(planned.fields())
+            .all(|(a, p)| a.name() == p.name() && same_values(a.data_type(), p.data_type()))
+}
+
+/// [`same_columns`] for wire types: equal, but for list item names and nested nullability.
+fn same_values(a: &DataType, b: &DataType) -> bool {
+    use DataType::*;
+    match (a, b) {
+        (List(x), List(y)) | (Map(x, _), Map(y, _)) => same_values(x.data_type(), y.data_type()),
+        (FixedSizeList(x, n), FixedSizeList(y, m)) => {
+            n == m && same_values(x.data_type(), y.data_type())
+        }
+        (Struct(x), Struct(y)) => {
+            x.len() == y.len()
+                && x.iter()
+                    .zip(y)
+                    .all(|(x, y)| x.name() == y.name() && same_values(x.data_type(), y.data_type()))
+        }
+        _ => a == b,
+    }
+}
+
+/// `announced`, each column nullable where `planned`'s is: the values are `planned`'s.
+pub(super) fn nullable_as(announced: &Schema, planned: &Schema) -> SchemaRef {
+    Arc::new(Schema::new_with_metadata(
+        announced
+            .fields()
+            .iter()
+            .zip(planned.fields())
+            .map(|(a, p)| {
+                let nullable = a.is_nullable() || p.is_nullable();
+                Arc::new(a.as_ref().clone().with_nullable(nullable))
+            })
+            .collect::<Vec<_>>(),
+        announced.metadata().clone(),
+    ))
+}
+
 /// Make a batch carry exactly the announced schema (types cast, nullability relabelled).
 fn to_wire(
     batch: RecordBatch,
