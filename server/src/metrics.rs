@@ -268,6 +268,39 @@ async fn status_json(State(source): State<Source>) -> impl IntoResponse {
     )
 }
 
+/// On a loopback listener, only requests that name a loopback host. A page from another site
+/// can reach it through DNS rebinding (its own name, resolved to 127.0.0.1): the request then
+/// names that site's host, and the status page shows the SQL that is running.
+async fn loopback_host_only(
+    request: axum::extract::Request,
+    next: axum::middleware::Next,
+) -> axum::response::Response {
+    let host = request
+        .headers()
+        .get(header::HOST)
+        .map(|h| h.to_str().unwrap_or(""));
+    match host.is_none_or(loopback_host) {
+        true => next.run(request).await,
+        false => (
+            StatusCode::MISDIRECTED_REQUEST,
+            "this listener answers requests for localhost only\n",
+        )
+            .into_response(),
+    }
+}
+
+/// Whether a `Host` header (`name[:port]`, `[v6][:port]`) names this machine's loopback.
+fn loopback_host(host: &str) -> bool {
+    let name = match host.strip_prefix('[') {
+        Some(rest) => rest.split_once(']').map_or(rest, |(v6, _)| v6),
+        None => host.split_once(':').map_or(host, |(name, _)| name),
+    };
+    name.eq_ignore_ascii_case("localhost")
+        || name
+            .parse::<std::net::IpAddr>()
+            .is_ok_and(|ip| ip.is_loopback())
+}
+
 /// Serve metrics until the returned handle is dropped.
 pub async fn serve(addr: &str, source: Source) -> anyhow::Result<AbortOnDrop<()>> {
     let listener = TcpListener::bind(addr).await?;
@@ -279,6 +312,10 @@ pub async fn serve(addr: &str, source: Source) -> anyhow::Result<AbortOnDrop<()>
         .route("/metrics", get(metrics))
         .route("/healthz", get(healthz))
         .with_state(source);
+    let app = match local.ip().is_loopback() {
+        true => app.layer(axum::middleware::from_fn(loopback_host_only)),
+        false => app,
+    };
     Ok(apiary_runtime::executor::spawn(async move {
         if let Err(e) = axum::serve(listener, app).await {
             tracing::warn!(error = %e, "metrics server");

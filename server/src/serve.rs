@@ -347,7 +347,8 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
     };
     let service = ApiaryFlightService::new(
         FlightSql::new(node.clone(), signer, flight.ticket_ttl)
-            .with_max_cancel_endpoints(args.node.limits.max_cancel_endpoints),
+            .with_max_cancel_endpoints(args.node.limits.max_cancel_endpoints)
+            .with_max_param_rows(args.node.limits.max_param_rows),
     );
     let grpc = FlightServiceServer::new(service)
         .max_decoding_message_size(checked.max_message_size)

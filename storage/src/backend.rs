@@ -254,13 +254,13 @@ impl Storage {
     /// An object-store registry for the query engine that reaches this root and nothing else
     /// (see [`crate::confine`]).
     pub fn confined_registry(&self) -> crate::confine::RootRegistry {
-        crate::confine::RootRegistry::new(
-            self.object_store_url.as_ref(),
-            Arc::new(
-                crate::confine::ConfinedStore::new(self.store.clone(), self.prefix.clone())
-                    .with_read_only(self.external_roots.clone()),
-            ),
-        )
+        let store = crate::confine::ConfinedStore::new(self.store.clone(), self.prefix.clone())
+            .with_read_only(self.external_roots.clone());
+        let store = match self.kind {
+            BackendKind::Local => store.on_local_filesystem(),
+            BackendKind::S3 | BackendKind::Memory => store,
+        };
+        crate::confine::RootRegistry::new(self.object_store_url.as_ref(), Arc::new(store))
     }
 
     /// Allow external frames to read under `roots` too (`--external-root`): directories for a

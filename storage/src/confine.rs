@@ -29,6 +29,9 @@ pub struct ConfinedStore {
     inner: Arc<dyn ObjectStore>,
     prefix: Path,
     read_only: Vec<Path>,
+    /// Keys are paths of this local filesystem (mapped to files as it maps them), where a
+    /// symlink may lead elsewhere.
+    local: Option<object_store::local::LocalFileSystem>,
 }
 
 impl ConfinedStore {
@@ -37,7 +40,16 @@ impl ConfinedStore {
             inner,
             prefix,
             read_only: Vec::new(),
+            local: None,
         }
+    }
+
+    /// Keys are local paths: a read goes where the path really leads, symlinks resolved, and
+    /// must stay inside too. A listing of an external directory found a symlink to a file
+    /// outside every root, and a query read it.
+    pub fn on_local_filesystem(mut self) -> Self {
+        self.local = Some(object_store::local::LocalFileSystem::new());
+        self
     }
 
     /// Also serve reads under each of `prefixes`.
@@ -57,13 +69,30 @@ impl ConfinedStore {
 
     /// A read: under the root or an allowed external root.
     fn check_read(&self, location: &Path) -> Result<()> {
-        if location.prefix_matches(&self.prefix)
-            || self.read_only.iter().any(|p| location.prefix_matches(p))
-        {
-            Ok(())
-        } else {
-            Err(outside(location))
+        let allowed = |key: &Path| {
+            key.prefix_matches(&self.prefix) || self.read_only.iter().any(|p| key.prefix_matches(p))
+        };
+        if !allowed(location) {
+            return Err(outside(location));
         }
+        // Roots are canonical paths; what does not exist (yet) is the inner store's to report.
+        if let Some(fs) = &self.local
+            && let Ok(real) = fs.path_to_filesystem(location).and_then(|p| {
+                std::fs::canonicalize(p).map_err(|e| object_store::Error::Generic {
+                    store: "local",
+                    source: Box::new(e),
+                })
+            })
+            && !Path::from_absolute_path(&real).is_ok_and(|real| allowed(&real))
+        {
+            return Err(object_store::Error::PermissionDenied {
+                path: location.to_string(),
+                source: "a symlink that leads outside the storage root and every \
+                         --external-root"
+                    .into(),
+            });
+        }
+        Ok(())
     }
 
     /// A listing prefix: `None` (the store's root) means the root's prefix.
@@ -254,6 +283,59 @@ mod tests {
                 .collect::<Vec<_>>()
                 .await[0]
                 .is_err()
+        );
+    }
+
+    /// On a local root a listing finds symlinks: one that leads outside every root is refused
+    /// when read (a query over an external directory read the file it led to).
+    #[tokio::test]
+    async fn a_symlink_out_of_a_local_root_is_not_read() {
+        let dir = tempfile::tempdir().unwrap();
+        let base = dir.path().canonicalize().unwrap();
+        let (root, outside) = (base.join("root"), base.join("outside"));
+        std::fs::create_dir_all(root.join("imports")).unwrap();
+        std::fs::create_dir_all(&outside).unwrap();
+        std::fs::write(outside.join("secret.csv"), "TOP-SECRET").unwrap();
+        std::fs::write(root.join("imports/plain.csv"), "ordinary").unwrap();
+        std::fs::write(root.join("imports/elsewhere.csv"), "inside").unwrap();
+        // Names a store key spells differently from the file's name.
+        std::os::unix::fs::symlink(outside.join("secret.csv"), root.join("imports/a%b c.csv"))
+            .unwrap();
+        std::os::unix::fs::symlink(
+            root.join("imports/elsewhere.csv"),
+            root.join("imports/inside.csv"),
+        )
+        .unwrap();
+        let key = |p: &std::path::Path| Path::from_absolute_path(p).unwrap();
+        let inner: Arc<dyn ObjectStore> = Arc::new(object_store::local::LocalFileSystem::new());
+        let store = ConfinedStore::new(inner, key(&root)).on_local_filesystem();
+        let listed: Vec<Path> = store
+            .list(Some(&key(&root.join("imports"))))
+            .map(|m| m.unwrap().location)
+            .collect()
+            .await;
+        assert_eq!(listed.len(), 4, "{listed:?}");
+        let mut read = Vec::new();
+        for location in &listed {
+            match store.get(location).await {
+                Ok(r) => read.push(String::from_utf8(r.bytes().await.unwrap().to_vec()).unwrap()),
+                Err(e) => assert!(
+                    matches!(e, object_store::Error::PermissionDenied { .. })
+                        && location.as_ref().contains("a%b c"),
+                    "{location}: {e}"
+                ),
+            }
+        }
+        read.sort();
+        assert_eq!(read, ["inside", "inside", "ordinary"]);
+        // What does not exist is the store's NotFound, as Delta's log probing expects.
+        let missing = store
+            .get(&key(&root.join("imports/none.json")))
+            .await
+            .unwrap_err();
+        assert!(
+            matches!(missing, object_store::Error::NotFound { .. }),
+            "{missing}"
         );
     }
 

@@ -81,6 +81,18 @@ impl Ledger {
         Ok(table)
     }
 
+    /// [`delta_table`](Self::delta_table), committing only the version after `snapshot`'s: for
+    /// changes that replace every cell, which delta-rs would rebase over an append or a
+    /// compaction without seeing their cells.
+    pub(crate) fn delta_table_only_next(&self, snapshot: &FrameSnapshot) -> Result<DeltaTable> {
+        let mut table = DeltaTable::new(crate::commit_hooks::only_at(
+            self.writing_log_store(snapshot)?,
+            snapshot.version() as u64 + 1,
+        ));
+        table.state = Some(snapshot.delta_state().clone());
+        Ok(table)
+    }
+
     pub(crate) fn commit_properties(&self, user: &str) -> CommitProperties {
         self.commit_properties_with(user, None)
     }
@@ -125,7 +137,12 @@ impl Ledger {
         session: &SessionState,
         user: &str,
     ) -> Result<Changed> {
-        let table = self.delta_table(snapshot)?;
+        // Without a predicate it replaces the frame with nothing: on the version it read only
+        // (see `Ledger::commit`; delta-rs rebased it over an OPTIMIZE and kept every row).
+        let table = match predicate {
+            Some(_) => self.delta_table(snapshot)?,
+            None => self.delta_table_only_next(snapshot)?,
+        };
         let mut op = table
             .delete()
             .with_session_state(Arc::new(operation_session(session)?))
@@ -385,10 +402,18 @@ pub(crate) fn conflict(snapshot: &FrameSnapshot, e: DeltaTableError) -> Error {
             source: TransactionError::MaxCommitAttempts(n),
         } => Error::Conflict {
             frame: snapshot.frame().to_string(),
-            detail: format!(
-                "gave up after {n} commit attempts from version {}; run it again",
-                snapshot.version()
-            ),
+            detail: match n {
+                // An operation that never retries (RESTORE): "gave up after 0 attempts".
+                0 | 1 => format!(
+                    "another commit landed after version {}, which this statement read; run it \
+                     again",
+                    snapshot.version()
+                ),
+                n => format!(
+                    "gave up after {n} commit attempts from version {}; run it again",
+                    snapshot.version()
+                ),
+            },
         },
         DeltaTableError::Generic(m) if m.contains("multiple source rows") => {
             Error::InvalidArgument(format!("MERGE into {}: {m}", snapshot.frame()))

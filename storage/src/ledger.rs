@@ -743,6 +743,18 @@ impl Ledger {
                     k.state.update(log_store.as_ref(), None).await?;
                     k.state
                 }
+                // A version with no commit is not looked for: delta's kernel searches the log
+                // backwards from it, a thousand versions a listing, so `VERSION AS OF 2^32` held
+                // a core for hours (millions of listings on S3), past the query's deadline.
+                (ref known, Some(v))
+                    if known.as_ref().is_none_or(|k| v > k.state.version())
+                        && !commit_or_checkpoint_exists(log_store.as_ref(), v).await? =>
+                {
+                    return Err(Error::NotFound {
+                        kind: crate::error::ObjectKind::Frame,
+                        name: format!("{frame} at version {v}"),
+                    });
+                }
                 (_, wanted) => DeltaTableState::try_new(log_store.as_ref(), wanted)
                     .await
                     .map_err(|e| match (e, wanted) {
@@ -925,6 +937,16 @@ impl Ledger {
         // so: it is committed again on the newer state. A replace, or a change of the frame's
         // shape meanwhile, is a real conflict.
         let blind = !overwrite && read.reshape.is_none();
+        // And a replace commits only on the version it read. delta-rs's checker lets it land on
+        // a newer one when what landed meanwhile is an append (a commit without a read predicate
+        // checks no new cells) or a compaction (its removes change no data): the replace then
+        // left those cells in place, acknowledged. A TRUNCATE racing an OPTIMIZE kept every row;
+        // an INSERT OVERWRITE doubled them; a CREATE OR REPLACE with a new shape kept an old-shape
+        // cell no reader could read.
+        let log_store = match blind {
+            true => log_store,
+            false => crate::commit_hooks::only_at(log_store, read.version() as u64 + 1),
+        };
         let mut base = read.state.clone();
         let mut rebased = 0usize;
         let finalized = loop {
@@ -976,6 +998,25 @@ impl Ledger {
 /// Whether commit `version + 1` exists in the log: one existence check (a HEAD on S3).
 async fn next_commit_exists(log_store: &dyn LogStore, version: u64) -> Result<bool> {
     version_exists(log_store, version + 1).await
+}
+
+/// Whether version `version` can be read without a search: its commit is in the log, or its
+/// checkpoint is (the commit itself may have been cleaned up since). Two existence checks at
+/// most.
+async fn commit_or_checkpoint_exists(log_store: &dyn LogStore, version: u64) -> Result<bool> {
+    use object_store::ObjectStoreExt;
+    if version_exists(log_store, version).await? {
+        return Ok(true);
+    }
+    let checkpoint = log_store
+        .log_path()
+        .clone()
+        .join(format!("{version:020}.checkpoint.parquet").as_str());
+    match log_store.object_store(None).head(&checkpoint).await {
+        Ok(_) => Ok(true),
+        Err(object_store::Error::NotFound { .. }) => Ok(false),
+        Err(e) => Err(e.into()),
+    }
 }
 
 /// Whether commit `version` exists in the log.

@@ -532,3 +532,56 @@ def test_clustered_frames_write_sorted_cells(server, tmp_path):
         with pytest.raises(Exception, match="cluster column nope is not a column"):
             cur.execute("ALTER TABLE c CLUSTER BY (nope)")
 
+
+
+def test_a_replace_that_loses_a_race_is_aborted_never_half_applied(tmp_path):
+    """A statement that replaces every cell (TRUNCATE, DELETE without WHERE, INSERT OVERWRITE,
+    CREATE OR REPLACE … AS) commits only on the version it read. delta-rs rebased it over an
+    OPTIMIZE or an INSERT that landed meanwhile without seeing their cells: acknowledged, the
+    TRUNCATE kept every row, the OVERWRITE doubled them, and a replace with a new shape kept an
+    old-shape cell no query could read."""
+    import threading
+
+    root = str(tmp_path / "root")
+    b = ApiaryServer(root)
+    a = ApiaryServer(root, env={"APIARY_FAULT_PAUSE_BEFORE_COMMIT_MS": "6000"})
+    cases = [
+        ("TRUNCATE TABLE t", "OPTIMIZE t", (100, 5050)),
+        ("DELETE FROM t", "OPTIMIZE t", (100, 5050)),
+        ("INSERT OVERWRITE t SELECT id, v + 1 FROM t", "OPTIMIZE t", (100, 5050)),
+        ("CREATE OR REPLACE TABLE t AS SELECT 'x' AS s", "INSERT INTO t VALUES (101, 0)", (101, 5151)),
+    ]
+    try:
+        for statement, meanwhile, (count, total) in cases:
+            with flightsql.connect(b.uri) as conn, conn.cursor() as cur:
+                cur.execute("CREATE OR REPLACE TABLE t (id BIGINT, v BIGINT)")
+                cur.execute("INSERT INTO t SELECT value, 0 FROM generate_series(1, 50)")
+                cur.execute("INSERT INTO t SELECT value, 0 FROM generate_series(51, 100)")
+            paused = a.log.count("pausing before commit")
+            outcome = {}
+
+            def run():
+                try:
+                    with flightsql.connect(a.uri) as conn, conn.cursor() as cur:
+                        cur.execute(statement)
+                        outcome["rows"] = cur.rowcount
+                except Exception as e:  # noqa: BLE001 - the lost race
+                    outcome["error"] = str(e)
+
+            t = threading.Thread(target=run)
+            t.start()
+            deadline = a._time.time() + 60
+            while a.log.count("pausing before commit") == paused and a._time.time() < deadline:
+                a._time.sleep(0.05)
+            with flightsql.connect(b.uri) as conn, conn.cursor() as cur:
+                cur.execute(meanwhile)
+                cur.fetchall()
+            t.join(60)
+            assert "(Aborted;" in outcome.get("error", ""), (statement, outcome)
+            with flightsql.connect(b.uri) as conn, conn.cursor() as cur:
+                assert rows(cur, "SELECT count(*), sum(id) FROM t") == [(count, total)], statement
+            delta = DeltaTable(str(pathlib.Path(root) / "default" / "default" / "t")).to_pyarrow_table()
+            assert (delta.num_rows, delta.column_names) == (count, ["id", "v"]), statement
+    finally:
+        a.stop()
+        b.stop()

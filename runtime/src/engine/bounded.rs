@@ -37,10 +37,18 @@ enum Growth {
     ArrayRepeat,
     /// `range(start, stop [, step])`, `generate_series`: one value per step.
     Range,
+    /// `array_resize(a, n [, v])`: `n` copies of `v`.
+    ArrayResize,
+    /// `encode(s, format)`: at most twice `s` (hex).
+    Encode,
+    /// `concat(s, …)`: all its arguments.
+    Concat,
+    /// `concat_ws(sep, s, …)`: its arguments, and a separator between each two.
+    ConcatWs,
 }
 
 /// The functions bounded here, by DataFusion's name.
-const GROWING: [(&str, Growth); 8] = [
+const GROWING: [(&str, Growth); 12] = [
     ("repeat", Growth::Repeat),
     ("lpad", Growth::Pad),
     ("rpad", Growth::Pad),
@@ -49,6 +57,10 @@ const GROWING: [(&str, Growth); 8] = [
     ("array_repeat", Growth::ArrayRepeat),
     ("range", Growth::Range),
     ("generate_series", Growth::Range),
+    ("array_resize", Growth::ArrayResize),
+    ("encode", Growth::Encode),
+    ("concat", Growth::Concat),
+    ("concat_ws", Growth::ConcatWs),
 ];
 
 /// The bounded forms of those of `registered` (DataFusion's functions by name) that grow.
@@ -98,7 +110,21 @@ impl ScalarUDFImpl for Bounded {
     }
 
     fn simplify(&self, args: Vec<Expr>, info: &SimplifyContext) -> DfResult<ExprSimplifyResult> {
-        self.inner.simplify(args, info)
+        // `concat` of literals is computed right here, by DataFusion's simplification: bounded
+        // as a call would be (other arguments count as small).
+        let literals: Vec<Values> = args
+            .iter()
+            .map(|a| match a {
+                Expr::Literal(v, _) => Values::One(scalar(v)),
+                _ => Values::One(Value::Other),
+            })
+            .collect();
+        self.within_bounds(produced_from(self.growth, &literals, 1))?;
+        Ok(match self.inner.simplify(args, info)? {
+            // DataFusion's simplification of `concat` builds a call of its own, unbounded form.
+            ExprSimplifyResult::Simplified(e) => ExprSimplifyResult::Simplified(self.rebound(e)?),
+            original => original,
+        })
     }
 
     fn is_strict(&self) -> bool {
@@ -114,17 +140,44 @@ impl ScalarUDFImpl for Bounded {
     }
 
     fn invoke_with_args(&self, args: ScalarFunctionArgs) -> DfResult<ColumnarValue> {
-        let bytes = produced(self.growth, &args.args, args.number_rows);
-        if bytes > MAX_GENERATED_BYTES {
-            return Err(DataFusionError::ResourcesExhausted(format!(
+        self.within_bounds(produced(self.growth, &args.args, args.number_rows))?;
+        self.inner.invoke_with_args(args)
+    }
+}
+
+impl Bounded {
+    fn within_bounds(&self, bytes: u128) -> DfResult<()> {
+        match bytes > MAX_GENERATED_BYTES {
+            true => Err(DataFusionError::ResourcesExhausted(format!(
                 "{}() would produce about {} MiB for one batch; {} is {} MiB",
                 self.name(),
                 bytes >> 20,
                 crate::bees::GENERATED_BOUND,
                 MAX_GENERATED_BYTES >> 20
-            )));
+            ))),
+            false => Ok(()),
         }
-        self.inner.invoke_with_args(args)
+    }
+
+    /// `e` with every call of this function in its unbounded form bounded again.
+    fn rebound(&self, e: Expr) -> DfResult<Expr> {
+        use datafusion::common::tree_node::{Transformed, TransformedResult, TreeNode};
+        e.transform(|e| match e {
+            Expr::ScalarFunction(mut call)
+                if call.func.name() == self.name()
+                    && (call.func.inner().as_ref() as &dyn std::any::Any)
+                        .downcast_ref::<Bounded>()
+                        .is_none() =>
+            {
+                call.func = Arc::new(ScalarUDF::new_from_impl(Bounded {
+                    inner: call.func.clone(),
+                    growth: self.growth,
+                }));
+                Ok(Transformed::yes(Expr::ScalarFunction(call)))
+            }
+            other => Ok(Transformed::no(other)),
+        })
+        .data()
     }
 }
 
@@ -163,12 +216,17 @@ fn produced(growth: Growth, args: &[ColumnarValue], rows: usize) -> u128 {
     let Ok(values) = args.iter().map(values).collect::<DfResult<Vec<_>>>() else {
         return 0;
     };
+    produced_from(growth, &values, rows)
+}
+
+/// [`produced`], from the arguments' values.
+fn produced_from(growth: Growth, values: &[Values], rows: usize) -> u128 {
     let all_scalar = values.iter().all(|v| matches!(v, Values::One(_)));
     let rows = if all_scalar { 1 } else { rows };
     let mut total = 0u128;
     for row in 0..rows {
         let arg = |i: usize| values.get(i).map_or(Value::Other, |v| v.at(row));
-        total = total.saturating_add(per_row(growth, &arg));
+        total = total.saturating_add(per_row(growth, &arg, values.len()));
         if total > MAX_GENERATED_BYTES {
             break;
         }
@@ -176,7 +234,7 @@ fn produced(growth: Growth, args: &[ColumnarValue], rows: usize) -> u128 {
     total
 }
 
-fn per_row(growth: Growth, arg: &dyn Fn(usize) -> Value) -> u128 {
+fn per_row(growth: Growth, arg: &dyn Fn(usize) -> Value, args: usize) -> u128 {
     let bytes = |v: Value| match v {
         Value::Bytes(n) => n,
         _ => 16,
@@ -197,6 +255,12 @@ fn per_row(growth: Growth, arg: &dyn Fn(usize) -> Value) -> u128 {
             s.saturating_add((s + 1).saturating_mul(to))
         }
         Growth::ArrayRepeat => bytes(arg(0)).saturating_mul(count(arg(1))),
+        Growth::ArrayResize => bytes(arg(2)).saturating_mul(count(arg(1))),
+        Growth::Encode => bytes(arg(0)).saturating_mul(2),
+        Growth::Concat => (0..args).map(|i| bytes(arg(i))).sum(),
+        Growth::ConcatWs => (1..args)
+            .map(|i| bytes(arg(i)).saturating_add(bytes(arg(0))))
+            .sum(),
         Growth::Range => {
             let steps = match (arg(0), arg(1), arg(2)) {
                 (Value::Int(a), Value::Int(b), step) => {

@@ -36,6 +36,7 @@ impl Engine {
                 if_not_exists,
             } => {
                 let b = catalog::box_ref(session, name)?;
+                not_system(&b.hive)?;
                 let b = BoxRef::new(b.hive, Ident::parse_box(b.name.as_str())?);
                 lh.catalog().create_box(&b, *if_not_exists).await?;
             }
@@ -44,21 +45,24 @@ impl Engine {
                 if_exists,
                 cascade,
             } => {
-                lh.drop_hive(&catalog::hive(name)?, *if_exists, *cascade)
-                    .await?;
+                let hive = catalog::hive(name)?;
+                not_system(&hive)?;
+                lh.drop_hive(&hive, *if_exists, *cascade).await?;
             }
             Command::DropBox {
                 name,
                 if_exists,
                 cascade,
             } => {
-                lh.drop_box(&catalog::box_ref(session, name)?, *if_exists, *cascade)
-                    .await?;
+                let b = catalog::box_ref(session, name)?;
+                not_system(&b.hive)?;
+                lh.drop_box(&b, *if_exists, *cascade).await?;
             }
             Command::DropFrames { names, if_exists } => {
                 for n in names {
-                    lh.drop_frame(&catalog::frame_ref(session, n)?, *if_exists)
-                        .await?;
+                    let frame = catalog::frame_ref(session, n)?;
+                    not_system(&frame.hive)?;
+                    lh.drop_frame(&frame, *if_exists).await?;
                 }
             }
             Command::SetOption { name, value } => {
@@ -86,6 +90,7 @@ impl Engine {
                 if_not_exists,
             } => {
                 let frame = catalog::frame_ref(session, name)?;
+                not_system(&frame.hive)?;
                 let query = crate::sql::travel::rewrite(query)?.unwrap_or_else(|| query.clone());
                 // The query must plan now, as a query without parameters, where it was written.
                 let stmt = self.parse_one(&query)?;
@@ -293,6 +298,17 @@ fn values_nullable(plan: LogicalPlan) -> Result<LogicalPlan> {
             other => other.recompute_schema().map(Transformed::yes),
         })
         .data()?)
+}
+
+/// Refuse a namespace change in the `system` hive: it is the node's own status, in no storage (a
+/// box created in it was NOT_FOUND, "hive system does not exist", though clients list it).
+fn not_system(hive: &Ident) -> Result<()> {
+    match hive.as_str() == apiary_storage::paths::SYSTEM_HIVE {
+        true => Err(Error::NotAllowed(
+            "hive system holds the node's status tables: it is read-only".into(),
+        )),
+        false => Ok(()),
+    }
 }
 
 /// Whether `plan`, optimized, is a `DELETE` or `UPDATE` whose input no longer reads its frame:

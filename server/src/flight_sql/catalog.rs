@@ -315,12 +315,37 @@ fn precision_scale(dt: &DataType) -> (Option<i32>, Option<i32>) {
         DataType::Int16 => (Some(5), Some(0)),
         DataType::Int32 => (Some(10), Some(0)),
         DataType::Int64 => (Some(19), Some(0)),
+        DataType::UInt8 => (Some(3), Some(0)),
+        DataType::UInt16 => (Some(5), Some(0)),
+        DataType::UInt32 => (Some(10), Some(0)),
+        DataType::UInt64 => (Some(20), Some(0)),
         DataType::Float32 => (Some(24), None),
         DataType::Float64 => (Some(53), None),
-        DataType::Decimal128(p, s) => (Some(*p as i32), Some(*s as i32)),
-        DataType::Date32 => (Some(10), None),
-        DataType::Timestamp(TimeUnit::Microsecond, _) => (Some(26), Some(6)),
+        DataType::Decimal32(p, s)
+        | DataType::Decimal64(p, s)
+        | DataType::Decimal128(p, s)
+        | DataType::Decimal256(p, s) => (Some(*p as i32), Some(*s as i32)),
+        DataType::Date32 | DataType::Date64 => (Some(10), None),
+        // Characters of `yyyy-mm-dd hh:mm:ss[.f…]`, and the digits of the fraction.
+        DataType::Timestamp(unit, _) => {
+            let digits = fraction_digits(unit);
+            (Some(19 + digits + (digits > 0) as i32), Some(digits))
+        }
+        // `hh:mm:ss[.f…]`.
+        DataType::Time32(unit) | DataType::Time64(unit) => {
+            let digits = fraction_digits(unit);
+            (Some(8 + digits + (digits > 0) as i32), Some(digits))
+        }
         _ => (None, None),
+    }
+}
+
+fn fraction_digits(unit: &TimeUnit) -> i32 {
+    match unit {
+        TimeUnit::Second => 0,
+        TimeUnit::Millisecond => 3,
+        TimeUnit::Microsecond => 6,
+        TimeUnit::Nanosecond => 9,
     }
 }
 
@@ -357,7 +382,10 @@ fn annotate_schema(schema: &Schema, hive: &str, box_name: &str, frame: &str) -> 
             );
             md.insert(
                 "ARROW:FLIGHT:SQL:IS_CASE_SENSITIVE".to_string(),
-                if matches!(f.data_type(), DataType::Utf8) {
+                if matches!(
+                    f.data_type(),
+                    DataType::Utf8 | DataType::LargeUtf8 | DataType::Utf8View
+                ) {
                     "1"
                 } else {
                     "0"
@@ -378,6 +406,30 @@ fn annotate_schema(schema: &Schema, hive: &str, box_name: &str, frame: &str) -> 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn precision_and_scale_of_decimals_times_and_timestamps() {
+        use DataType::*;
+        assert_eq!(precision_scale(&Decimal64(18, 4)), (Some(18), Some(4)));
+        assert_eq!(precision_scale(&Decimal256(50, 3)), (Some(50), Some(3)));
+        assert_eq!(
+            precision_scale(&Timestamp(TimeUnit::Microsecond, Some("UTC".into()))),
+            (Some(26), Some(6))
+        );
+        assert_eq!(
+            precision_scale(&Timestamp(TimeUnit::Second, None)),
+            (Some(19), Some(0))
+        );
+        assert_eq!(
+            precision_scale(&Timestamp(TimeUnit::Nanosecond, None)),
+            (Some(29), Some(9))
+        );
+        assert_eq!(
+            precision_scale(&Time32(TimeUnit::Millisecond)),
+            (Some(12), Some(3))
+        );
+        assert_eq!(precision_scale(&UInt64), (Some(20), Some(0)));
+    }
 
     #[test]
     fn like_patterns() {

@@ -275,3 +275,55 @@ async fn a_compressed_batch_declaring_petabytes_is_refused_before_decoding() {
     let err = wire::check_ipc_message(&data.data_header, &body).unwrap_err();
     assert!(err.to_string().contains("at most"), "{err}");
 }
+
+/// A batch of no columns, or of a column of the null type, holds no data whatever the rows it
+/// declares: 2^40 of them in a 300-byte message aborted the process (its rows became parameter
+/// values; its NULLs were cast to a column's type). A message may declare at most one row per
+/// bit of data it holds, beyond a few thousand.
+#[tokio::test]
+async fn a_batch_declaring_rows_it_holds_no_data_for_is_refused_before_decoding() {
+    use arrow::array::{NullArray, RecordBatchOptions};
+    use arrow::datatypes::{DataType, Field, Schema};
+    use arrow_flight::encode::FlightDataEncoderBuilder;
+    let encode = |batch: RecordBatch| async move {
+        let messages: Vec<arrow_flight::FlightData> = FlightDataEncoderBuilder::new()
+            .build(futures::stream::iter(vec![Ok(batch)]))
+            .try_collect()
+            .await
+            .expect("encode");
+        messages.last().expect("a batch message").clone()
+    };
+    let no_columns = |rows: usize| {
+        RecordBatch::try_new_with_options(
+            Arc::new(Schema::empty()),
+            vec![],
+            &RecordBatchOptions::new().with_row_count(Some(rows)),
+        )
+        .expect("batch")
+    };
+    let nulls = |rows: usize| {
+        RecordBatch::try_new(
+            Arc::new(Schema::new(vec![Field::new("n", DataType::Null, true)])),
+            vec![Arc::new(NullArray::new(rows))],
+        )
+        .expect("batch")
+    };
+    for batch in [no_columns(1000), nulls(65_536)] {
+        let data = encode(batch).await;
+        wire::check_ipc_message(&data.data_header, &data.data_body).expect("a few rows pass");
+    }
+    // The encoder does not materialise a null array: a billion rows cost it nothing either.
+    for batch in [no_columns(1 << 30), nulls(1 << 30)] {
+        let data = encode(batch).await;
+        let err = wire::check_ipc_message(&data.data_header, &data.data_body).unwrap_err();
+        assert!(err.to_string().contains("rows"), "{err}");
+    }
+    // Real data declares as many rows as it holds bits for.
+    let bools = RecordBatch::try_from_iter(vec![(
+        "b",
+        Arc::new(arrow::array::BooleanArray::from(vec![true; 200_000])) as _,
+    )])
+    .expect("batch");
+    let data = encode(bools).await;
+    wire::check_ipc_message(&data.data_header, &data.data_body).expect("one bit a row");
+}

@@ -71,6 +71,7 @@ pub struct FlightSql {
     xdbc: XdbcTypeInfoData,
     ticket_ttl: Duration,
     max_cancel_endpoints: usize,
+    max_param_rows: usize,
 }
 
 impl std::fmt::Debug for FlightSql {
@@ -91,7 +92,15 @@ impl FlightSql {
             xdbc: sql_info::xdbc_info(),
             ticket_ttl,
             max_cancel_endpoints: 64,
+            max_param_rows: 10_000,
         }
+    }
+
+    /// At most `n` parameter rows per DoPut (the runtime's `--max-param-rows`): counted as
+    /// batches arrive, before any row becomes values.
+    pub fn with_max_param_rows(mut self, n: usize) -> Self {
+        self.max_param_rows = n;
+        self
     }
 
     /// At most `n` endpoints per CancelFlightInfo (each costs a storage write).

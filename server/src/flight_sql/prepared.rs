@@ -116,11 +116,7 @@ impl FlightSql {
         data: PeekableFlightDataStream,
     ) -> Result<DoPutPreparedStatementResult> {
         let mut p = self.open_prepared(handle, who)?;
-        let batches: Vec<RecordBatch> = read_batches(data)
-            .await?
-            .into_iter()
-            .filter(|b| b.num_rows() > 0)
-            .collect();
+        let batches: Vec<RecordBatch> = read_batches(data, self.max_param_rows).await?;
         p.parameters = encode_params(&batches)?;
         p.expires_at_ms = self.expiry();
         Ok(DoPutPreparedStatementResult {
@@ -138,7 +134,7 @@ impl FlightSql {
     ) -> Result<i64> {
         let p = self.open_prepared(handle, who)?;
         let mut rows = Vec::new();
-        for b in &read_batches(data).await? {
+        for b in &read_batches(data, self.max_param_rows).await? {
             rows.extend(batch_rows(b)?);
         }
         if rows.is_empty() {

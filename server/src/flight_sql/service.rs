@@ -475,7 +475,10 @@ impl FlightSqlService for FlightSql {
             )),
             "GetSessionOptions" => Ok(action_result(self.get_session_options(&who))),
             "CloseSession" => Ok(action_result(self.close_session(slot))),
-            other => Err(Error::invalid(format!("unknown action {other}")).into()),
+            other => Err(Error::Unimplemented(format!(
+                "unknown action {other} (ListActions lists those this server has)"
+            ))
+            .into()),
         }
     }
 

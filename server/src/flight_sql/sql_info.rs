@@ -237,7 +237,7 @@ pub(super) fn xdbc_info() -> XdbcTypeInfoData {
     b.append(xdbc("SMALLINT", XdbcDataType::XdbcSmallint, Some(5), false));
     b.append(xdbc("INT", XdbcDataType::XdbcInteger, Some(10), false));
     b.append(xdbc("BIGINT", XdbcDataType::XdbcBigint, Some(19), false));
-    b.append(xdbc("REAL", XdbcDataType::XdbcFloat, Some(24), false));
+    b.append(xdbc("REAL", XdbcDataType::XdbcReal, Some(24), false));
     b.append(xdbc("DOUBLE", XdbcDataType::XdbcDouble, Some(53), false));
     let mut dec = xdbc("DECIMAL", XdbcDataType::XdbcDecimal, Some(38), false);
     dec.create_params = Some(vec!["precision".into(), "scale".into()]);

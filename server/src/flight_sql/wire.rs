@@ -257,6 +257,17 @@ fn decode_params_unguarded(bytes: &[u8]) -> Result<Vec<Vec<ScalarValue>>> {
 /// arrow-ipc allocates what they declare, and an allocation that fails aborts the process).
 const MAX_DECODED_MESSAGE: u64 = 1 << 30;
 
+/// Rows a client message may declare beyond one per bit of data it holds. A column of the null
+/// type, or a batch of no columns, holds no data at all whatever its length: a 325-byte message
+/// declaring 2^40 rows aborted the process when its rows were turned into parameters or its
+/// NULLs cast to a column's type.
+const FREE_ROWS: u64 = 1 << 16;
+
+/// Most bytes of dictionaries one client stream may send: arrow-flight's decoder keeps every
+/// dictionary, and a delta dictionary is appended to the one before, so a stream of deltas and
+/// no batch grew the server's memory without bound.
+const MAX_STREAM_DICTIONARY_BYTES: u64 = 256 << 20;
+
 /// Check the framing of an Arrow IPC stream a client sent before arrow-ipc reads it: every
 /// message's metadata and body fit in the bytes given, and each passes [`check_ipc_message`].
 fn check_ipc_stream(bytes: &[u8]) -> Result<()> {
@@ -316,6 +327,38 @@ pub(super) fn check_ipc_message(header: &[u8], body: &[u8]) -> Result<()> {
         return Ok(());
     };
     let compressed = batch.compression().is_some();
+    let total = decoded_bytes(batch, body, compressed)?;
+    if total > MAX_DECODED_MESSAGE {
+        return Err(bad(format!(
+            "it declares {total} bytes of data; one message may hold at most {MAX_DECODED_MESSAGE}"
+        )));
+    }
+    // Every row of real data costs at least a bit (a validity or boolean bit).
+    let most_rows = total.saturating_mul(8).saturating_add(FREE_ROWS);
+    let declared = std::iter::once(batch.length())
+        .chain(
+            batch
+                .nodes()
+                .iter()
+                .flat_map(|n| n.iter())
+                .map(|n| n.length()),
+        )
+        .map(|n| u64::try_from(n).unwrap_or(u64::MAX))
+        .max()
+        .unwrap_or(0);
+    if declared > most_rows {
+        return Err(bad(format!(
+            "it declares {declared} rows for {total} bytes of data; a message may declare at \
+             most {FREE_ROWS} rows more than it has bits of data"
+        )));
+    }
+    Ok(())
+}
+
+/// The bytes `batch`'s buffers decode to (a compressed buffer states its own length), every
+/// buffer checked to lie inside `body`.
+fn decoded_bytes(batch: arrow::ipc::RecordBatch<'_>, body: &[u8], compressed: bool) -> Result<u64> {
+    let bad = |what: String| Error::invalid(format!("malformed Arrow IPC message: {what}"));
     let mut total: u64 = 0;
     for b in batch.buffers().iter().flat_map(|v| v.iter()) {
         let (offset, length) = (b.offset(), b.length());
@@ -337,12 +380,7 @@ pub(super) fn check_ipc_message(header: &[u8], body: &[u8]) -> Result<()> {
         };
         total = total.saturating_add(decoded);
     }
-    if total > MAX_DECODED_MESSAGE {
-        return Err(bad(format!(
-            "it declares {total} bytes of data; one message may hold at most {MAX_DECODED_MESSAGE}"
-        )));
-    }
-    Ok(())
+    Ok(total)
 }
 
 /// The rows of a batch of parameters.
@@ -365,20 +403,46 @@ pub(super) fn batch_rows(batch: &RecordBatch) -> Result<Vec<Vec<ScalarValue>>> {
 /// data and are skipped. Decoding bytes a client sent may panic inside arrow-ipc (a body shorter
 /// than its header declares): such a panic is caught and answered as bad data.
 pub(super) fn arrow_messages(stream: PeekableFlightDataStream) -> ClientBatches {
+    let mut dictionary_bytes = 0u64;
     ClientBatches {
         inner: FlightRecordBatchStream::new_from_flight_data(
             stream
                 .try_filter(|fd| futures::future::ready(!fd.data_header.is_empty()))
                 .map_err(FlightError::from)
-                .and_then(|fd| {
+                .and_then(move |fd| {
+                    let checked =
+                        check_ipc_message(&fd.data_header, &fd.data_body).and_then(|_| {
+                            dictionary_bytes = dictionary_bytes
+                                .saturating_add(dictionary_body(&fd.data_header, &fd.data_body));
+                            match dictionary_bytes > MAX_STREAM_DICTIONARY_BYTES {
+                                true => Err(Error::invalid(format!(
+                                    "the stream's dictionaries hold more than \
+                                     {MAX_STREAM_DICTIONARY_BYTES} bytes; send plain arrays"
+                                ))),
+                                false => Ok(()),
+                            }
+                        });
                     futures::future::ready(
-                        check_ipc_message(&fd.data_header, &fd.data_body)
+                        checked
                             .map(|_| fd)
                             .map_err(|e| FlightError::ProtocolError(e.to_string())),
                     )
                 }),
         ),
         poisoned: false,
+    }
+}
+
+/// The bytes a dictionary message (checked by [`check_ipc_message`]) holds; 0 for others.
+fn dictionary_body(header: &[u8], body: &[u8]) -> u64 {
+    let Ok(msg) = arrow::ipc::root_as_message(header) else {
+        return 0;
+    };
+    match msg.header_as_dictionary_batch().and_then(|d| d.data()) {
+        Some(batch) => {
+            decoded_bytes(batch, body, batch.compression().is_some()).unwrap_or(u64::MAX)
+        }
+        None => 0,
     }
 }
 
@@ -420,12 +484,26 @@ impl Stream for ClientBatches {
     }
 }
 
-/// Read every batch of a DoPut stream (parameters are small).
-pub(super) async fn read_batches(stream: PeekableFlightDataStream) -> Result<Vec<RecordBatch>> {
+/// The batches of rows of a DoPut stream of parameters, at most `max_rows` rows in all (counted
+/// as they arrive; batches of no rows are dropped).
+pub(super) async fn read_batches(
+    stream: PeekableFlightDataStream,
+    max_rows: usize,
+) -> Result<Vec<RecordBatch>> {
     let mut s = arrow_messages(stream);
-    let mut out = Vec::new();
+    let (mut out, mut rows) = (Vec::new(), 0usize);
     while let Some(b) = s.next().await {
-        out.push(b?);
+        let b = b?;
+        rows = rows.saturating_add(b.num_rows());
+        if rows > max_rows {
+            return Err(Error::invalid(format!(
+                "more than {max_rows} parameter rows; the limit is {max_rows} \
+                 (--max-param-rows); use bulk ingest for more"
+            )));
+        }
+        if b.num_rows() > 0 {
+            out.push(b);
+        }
     }
     Ok(out)
 }

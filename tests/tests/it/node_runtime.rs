@@ -338,17 +338,28 @@ async fn system_tables_and_metrics_show_the_node() {
     );
 
     let metrics = server.metrics_addr();
-    let get = |path: &str| {
+    let get_from = |host: &str, path: &str| {
         let mut s = TcpStream::connect(&metrics).unwrap();
         write!(
             s,
-            "GET {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n"
+            "GET {path} HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\n\r\n"
         )
         .unwrap();
         let mut body = String::new();
         s.read_to_string(&mut body).unwrap();
         body
     };
+    let get = |path: &str| get_from("localhost:9090", path);
+    // On loopback only requests for a loopback host are answered: a page from another site
+    // reaching it through DNS rebinding names its own host.
+    for host in ["evil.example.com", "evil.example.com:9090", "10.0.0.1"] {
+        let r = get_from(host, "/status.json");
+        assert!(r.starts_with("HTTP/1.1 421"), "{host}: {r}");
+    }
+    for host in ["127.0.0.1:1", "[::1]:2", "LocalHost"] {
+        let r = get_from(host, "/healthz");
+        assert!(r.starts_with("HTTP/1.1 200"), "{host}: {r}");
+    }
     let m = get("/metrics");
     assert!(m.starts_with("HTTP/1.1 200"), "{m}");
     for name in [
