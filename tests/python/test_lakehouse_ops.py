@@ -22,6 +22,26 @@ def rows(cur, sql):
     return cur.fetchall()
 
 
+def in_background(server, statement):
+    """Run `statement` on `server` in a thread: the thread, and what it answers (`rows`, the
+    row count, or `error`) once it is joined."""
+    import threading
+
+    outcome = {}
+
+    def run():
+        try:
+            with flightsql.connect(server.uri) as conn, conn.cursor() as cur:
+                cur.execute(statement)
+                outcome["rows"] = cur.rowcount
+        except Exception as e:  # noqa: BLE001 - a lost race, or a server killed
+            outcome["error"] = str(e)
+
+    t = threading.Thread(target=run)
+    t.start()
+    return t, outcome
+
+
 def flight_query(uri, sql):
     client = fl.FlightClient(uri)
     info = client.get_flight_info(fl.FlightDescriptor.for_command(_statement_query(sql)))
@@ -395,8 +415,6 @@ def test_a_dml_killed_between_its_cells_and_its_commit_changes_nothing(tmp_path)
     """kill -9 a server while an UPDATE has written its new cells and not yet committed (fault
     injection pauses it there): the frame is exactly the previous version, a valid Delta table;
     the orphaned cells are invisible, and VACUUM removes them."""
-    import threading
-
     from conftest import run_sql
 
     root = str(tmp_path / "root")
@@ -406,18 +424,7 @@ def test_a_dml_killed_between_its_cells_and_its_commit_changes_nothing(tmp_path)
     for statement in ("UPDATE big SET v = v + 1", "DELETE FROM big WHERE id % 2 = 0",
                       "MERGE INTO big USING (SELECT 1 AS id) s ON big.id = s.id WHEN MATCHED THEN DELETE"):
         s = ApiaryServer(root, env={"APIARY_FAULT_PAUSE_BEFORE_COMMIT_MS": "60000"})
-        outcome = {}
-
-        def run():
-            try:
-                with flightsql.connect(s.uri) as conn, conn.cursor() as cur:
-                    cur.execute(statement)
-                    outcome["rows"] = cur.rowcount
-            except Exception as e:  # noqa: BLE001 - the server is killed
-                outcome["error"] = str(e)
-
-        t = threading.Thread(target=run)
-        t.start()
+        t, outcome = in_background(s, statement)
         assert s.wait_log("pausing before commit", 60), s.log
         s.proc.kill()
         s.proc.wait(10)
@@ -540,8 +547,6 @@ def test_a_replace_that_loses_a_race_is_aborted_never_half_applied(tmp_path):
     OPTIMIZE or an INSERT that landed meanwhile without seeing their cells: acknowledged, the
     TRUNCATE kept every row, the OVERWRITE doubled them, and a replace with a new shape kept an
     old-shape cell no query could read."""
-    import threading
-
     root = str(tmp_path / "root")
     b = ApiaryServer(root)
     a = ApiaryServer(root, env={"APIARY_FAULT_PAUSE_BEFORE_COMMIT_MS": "6000"})
@@ -558,18 +563,7 @@ def test_a_replace_that_loses_a_race_is_aborted_never_half_applied(tmp_path):
                 cur.execute("INSERT INTO t SELECT value, 0 FROM generate_series(1, 50)")
                 cur.execute("INSERT INTO t SELECT value, 0 FROM generate_series(51, 100)")
             paused = a.log.count("pausing before commit")
-            outcome = {}
-
-            def run():
-                try:
-                    with flightsql.connect(a.uri) as conn, conn.cursor() as cur:
-                        cur.execute(statement)
-                        outcome["rows"] = cur.rowcount
-                except Exception as e:  # noqa: BLE001 - the lost race
-                    outcome["error"] = str(e)
-
-            t = threading.Thread(target=run)
-            t.start()
+            t, outcome = in_background(a, statement)
             deadline = a._time.time() + 60
             while a.log.count("pausing before commit") == paused and a._time.time() < deadline:
                 a._time.sleep(0.05)
