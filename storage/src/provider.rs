@@ -504,7 +504,6 @@ impl TableProvider for FrameTable {
     }
 }
 
-/// `change`, started only once `gate` (if any) admits it.
 impl FrameTable {
     /// A row-level change that changes nothing (`UPDATE t SET c = c`: DataFusion drops
     /// assignments of a column to itself) answers the rows its predicate matches, as an UPDATE
@@ -558,6 +557,7 @@ fn unqualified(e: Expr) -> DfResult<Expr> {
     .data()
 }
 
+/// `change`, started only once `gate` (if any) admits it.
 fn gated(gate: &Option<Arc<dyn WriteGate>>, change: Change) -> Change {
     let Some(gate) = gate.clone() else {
         return change;

@@ -41,9 +41,9 @@ enum Growth {
     ArrayResize,
     /// `encode(s, format)`: at most twice `s` (hex).
     Encode,
-    /// `concat(s, …)`: all its arguments.
+    /// `concat(s, …)`: its literals, and its columns again when one comes twice.
     Concat,
-    /// `concat_ws(sep, s, …)`: its arguments, and a separator between each two.
+    /// `concat_ws(sep, s, …)`: the same, and a separator between each two.
     ConcatWs,
 }
 
@@ -110,16 +110,21 @@ impl ScalarUDFImpl for Bounded {
     }
 
     fn simplify(&self, args: Vec<Expr>, info: &SimplifyContext) -> DfResult<ExprSimplifyResult> {
-        // `concat` of literals is computed right here, by DataFusion's simplification: bounded
-        // as a call would be (other arguments count as small).
-        let literals: Vec<Values> = args
-            .iter()
-            .map(|a| match a {
-                Expr::Literal(v, _) => Values::One(scalar(v)),
-                _ => Values::One(Value::Other),
-            })
-            .collect();
-        self.within_bounds(produced_from(self.growth, &literals, 1))?;
+        // `concat` of literals is computed right here, by DataFusion's simplification (not
+        // through a call): its literals are bounded as a call's would be.
+        if matches!(self.growth, Growth::Concat | Growth::ConcatWs) {
+            let literals = args
+                .iter()
+                .map(|a| match a {
+                    Expr::Literal(v, _) => match scalar(v) {
+                        Value::Bytes(n) => n,
+                        _ => 0,
+                    },
+                    _ => 0,
+                })
+                .fold(0u128, u128::saturating_add);
+            self.within_bounds(literals)?;
+        }
         Ok(match self.inner.simplify(args, info)? {
             // DataFusion's simplification of `concat` builds a call of its own, unbounded form.
             ExprSimplifyResult::Simplified(e) => ExprSimplifyResult::Simplified(self.rebound(e)?),
@@ -159,21 +164,30 @@ impl Bounded {
         }
     }
 
-    /// `e` with every call of this function in its unbounded form bounded again.
+    /// `e` with every call of a growing function in its unbounded form bounded again
+    /// (`concat_ws('', …)` simplifies to DataFusion's own `concat`).
     fn rebound(&self, e: Expr) -> DfResult<Expr> {
         use datafusion::common::tree_node::{Transformed, TransformedResult, TreeNode};
         e.transform(|e| match e {
             Expr::ScalarFunction(mut call)
-                if call.func.name() == self.name()
-                    && (call.func.inner().as_ref() as &dyn std::any::Any)
-                        .downcast_ref::<Bounded>()
-                        .is_none() =>
+                if (call.func.inner().as_ref() as &dyn std::any::Any)
+                    .downcast_ref::<Bounded>()
+                    .is_none() =>
             {
-                call.func = Arc::new(ScalarUDF::new_from_impl(Bounded {
-                    inner: call.func.clone(),
-                    growth: self.growth,
-                }));
-                Ok(Transformed::yes(Expr::ScalarFunction(call)))
+                let growth = GROWING
+                    .iter()
+                    .find(|(name, _)| *name == call.func.name())
+                    .map(|(_, g)| *g);
+                match growth {
+                    Some(growth) => {
+                        call.func = Arc::new(ScalarUDF::new_from_impl(Bounded {
+                            inner: call.func.clone(),
+                            growth,
+                        }));
+                        Ok(Transformed::yes(Expr::ScalarFunction(call)))
+                    }
+                    None => Ok(Transformed::no(Expr::ScalarFunction(call))),
+                }
             }
             other => Ok(Transformed::no(other)),
         })
@@ -213,20 +227,18 @@ impl Values {
 
 /// The bytes `growth` produces for one batch of `rows` rows with `args`.
 fn produced(growth: Growth, args: &[ColumnarValue], rows: usize) -> u128 {
+    if matches!(growth, Growth::Concat | Growth::ConcatWs) {
+        return concatenated(args, rows);
+    }
     let Ok(values) = args.iter().map(values).collect::<DfResult<Vec<_>>>() else {
         return 0;
     };
-    produced_from(growth, &values, rows)
-}
-
-/// [`produced`], from the arguments' values.
-fn produced_from(growth: Growth, values: &[Values], rows: usize) -> u128 {
     let all_scalar = values.iter().all(|v| matches!(v, Values::One(_)));
     let rows = if all_scalar { 1 } else { rows };
     let mut total = 0u128;
     for row in 0..rows {
         let arg = |i: usize| values.get(i).map_or(Value::Other, |v| v.at(row));
-        total = total.saturating_add(per_row(growth, &arg, values.len()));
+        total = total.saturating_add(per_row(growth, &arg));
         if total > MAX_GENERATED_BYTES {
             break;
         }
@@ -234,7 +246,33 @@ fn produced_from(growth: Growth, values: &[Values], rows: usize) -> u128 {
     total
 }
 
-fn per_row(growth: Growth, arg: &dyn Fn(usize) -> Value, args: usize) -> u128 {
+/// What a concatenation of `args` adds to the inputs it was given, in O(1) an argument: each
+/// literal once a row, and an array again for each time it comes after the first (the columns
+/// of a row are already held; `concat(title, body)` over large documents is not growth, and
+/// `concat(c, c)` is).
+fn concatenated(args: &[ColumnarValue], rows: usize) -> u128 {
+    let mut seen: Vec<&ArrayRef> = Vec::new();
+    let mut added = 0u128;
+    for arg in args {
+        let bytes = match arg {
+            ColumnarValue::Scalar(s) => match scalar(s) {
+                Value::Bytes(n) => n.saturating_mul(rows as u128),
+                _ => 0,
+            },
+            ColumnarValue::Array(a) if seen.iter().any(|b| Arc::ptr_eq(a, b)) => {
+                a.get_buffer_memory_size() as u128
+            }
+            ColumnarValue::Array(a) => {
+                seen.push(a);
+                0
+            }
+        };
+        added = added.saturating_add(bytes);
+    }
+    added
+}
+
+fn per_row(growth: Growth, arg: &dyn Fn(usize) -> Value) -> u128 {
     let bytes = |v: Value| match v {
         Value::Bytes(n) => n,
         _ => 16,
@@ -257,10 +295,8 @@ fn per_row(growth: Growth, arg: &dyn Fn(usize) -> Value, args: usize) -> u128 {
         Growth::ArrayRepeat => bytes(arg(0)).saturating_mul(count(arg(1))),
         Growth::ArrayResize => bytes(arg(2)).saturating_mul(count(arg(1))),
         Growth::Encode => bytes(arg(0)).saturating_mul(2),
-        Growth::Concat => (0..args).map(|i| bytes(arg(i))).sum(),
-        Growth::ConcatWs => (1..args)
-            .map(|i| bytes(arg(i)).saturating_add(bytes(arg(0))))
-            .sum(),
+        // Counted by `concatenated`.
+        Growth::Concat | Growth::ConcatWs => 0,
         Growth::Range => {
             let steps = match (arg(0), arg(1), arg(2)) {
                 (Value::Int(a), Value::Int(b), step) => {
@@ -385,4 +421,25 @@ fn array(a: &ArrayRef) -> DfResult<Vec<Value>> {
             each(&|_| Value::Bytes(share))
         }
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use arrow::array::StringArray;
+
+    /// A concatenation adds its literals once a row and a column again each time it repeats;
+    /// columns concatenated once each are already held, however large.
+    #[test]
+    fn a_concatenation_counts_what_it_adds_to_its_inputs() {
+        let big = |c: &str| -> ArrayRef { Arc::new(StringArray::from(vec![c.repeat(1000); 4])) };
+        let (a, b) = (big("a"), big("b"));
+        let size = a.get_buffer_memory_size() as u128;
+        let col = |x: &ArrayRef| ColumnarValue::Array(x.clone());
+        let lit = |s: &str| ColumnarValue::Scalar(ScalarValue::Utf8(Some(s.into())));
+        assert_eq!(concatenated(&[col(&a), col(&b)], 4), 0);
+        assert_eq!(concatenated(&[col(&a), col(&a), col(&a)], 4), 2 * size);
+        assert_eq!(concatenated(&[col(&a), lit("xyz"), col(&b)], 4), 12);
+        assert_eq!(concatenated(&[lit(""), col(&a), col(&a)], 4), size);
+    }
 }

@@ -263,9 +263,9 @@ const MAX_DECODED_MESSAGE: u64 = 1 << 30;
 /// NULLs cast to a column's type.
 const FREE_ROWS: u64 = 1 << 16;
 
-/// Most bytes of dictionaries one client stream may send: arrow-flight's decoder keeps every
-/// dictionary, and a delta dictionary is appended to the one before, so a stream of deltas and
-/// no batch grew the server's memory without bound.
+/// Most bytes of dictionaries one client stream may hold: arrow-flight's decoder keeps each
+/// dictionary, and appends a delta to the one before, so a stream of deltas and no batch grew
+/// the server's memory without bound.
 const MAX_STREAM_DICTIONARY_BYTES: u64 = 256 << 20;
 
 /// Check the framing of an Arrow IPC stream a client sent before arrow-ipc reads it: every
@@ -403,25 +403,15 @@ pub(super) fn batch_rows(batch: &RecordBatch) -> Result<Vec<Vec<ScalarValue>>> {
 /// data and are skipped. Decoding bytes a client sent may panic inside arrow-ipc (a body shorter
 /// than its header declares): such a panic is caught and answered as bad data.
 pub(super) fn arrow_messages(stream: PeekableFlightDataStream) -> ClientBatches {
-    let mut dictionary_bytes = 0u64;
+    let mut dictionaries = Dictionaries::default();
     ClientBatches {
         inner: FlightRecordBatchStream::new_from_flight_data(
             stream
                 .try_filter(|fd| futures::future::ready(!fd.data_header.is_empty()))
                 .map_err(FlightError::from)
                 .and_then(move |fd| {
-                    let checked =
-                        check_ipc_message(&fd.data_header, &fd.data_body).and_then(|_| {
-                            dictionary_bytes = dictionary_bytes
-                                .saturating_add(dictionary_body(&fd.data_header, &fd.data_body));
-                            match dictionary_bytes > MAX_STREAM_DICTIONARY_BYTES {
-                                true => Err(Error::invalid(format!(
-                                    "the stream's dictionaries hold more than \
-                                     {MAX_STREAM_DICTIONARY_BYTES} bytes; send plain arrays"
-                                ))),
-                                false => Ok(()),
-                            }
-                        });
+                    let checked = check_ipc_message(&fd.data_header, &fd.data_body)
+                        .and_then(|_| dictionaries.take(&fd.data_header, &fd.data_body));
                     futures::future::ready(
                         checked
                             .map(|_| fd)
@@ -433,16 +423,43 @@ pub(super) fn arrow_messages(stream: PeekableFlightDataStream) -> ClientBatches 
     }
 }
 
-/// The bytes a dictionary message (checked by [`check_ipc_message`]) holds; 0 for others.
-fn dictionary_body(header: &[u8], body: &[u8]) -> u64 {
-    let Ok(msg) = arrow::ipc::root_as_message(header) else {
-        return 0;
-    };
-    match msg.header_as_dictionary_batch().and_then(|d| d.data()) {
-        Some(batch) => {
-            decoded_bytes(batch, body, batch.compression().is_some()).unwrap_or(u64::MAX)
+/// The dictionaries a client stream's decoder holds, by id: a dictionary replaces the one
+/// before under its id, a delta is appended to it.
+#[derive(Default)]
+struct Dictionaries {
+    bytes: std::collections::HashMap<i64, u64>,
+}
+
+impl Dictionaries {
+    /// Account for one message (checked by [`check_ipc_message`]); refuse it when the
+    /// dictionaries would hold more than [`MAX_STREAM_DICTIONARY_BYTES`].
+    fn take(&mut self, header: &[u8], body: &[u8]) -> Result<()> {
+        let Some(d) = arrow::ipc::root_as_message(header)
+            .ok()
+            .and_then(|m| m.header_as_dictionary_batch())
+        else {
+            return Ok(());
+        };
+        let size = d
+            .data()
+            .map(|b| decoded_bytes(b, body, b.compression().is_some()).unwrap_or(u64::MAX))
+            .unwrap_or(0);
+        let held = self.bytes.entry(d.id()).or_default();
+        *held = match d.isDelta() {
+            true => held.saturating_add(size),
+            false => size,
+        };
+        let total = self
+            .bytes
+            .values()
+            .fold(0u64, |sum, b| sum.saturating_add(*b));
+        match total > MAX_STREAM_DICTIONARY_BYTES {
+            true => Err(Error::invalid(format!(
+                "the stream's dictionaries would hold more than {MAX_STREAM_DICTIONARY_BYTES} \
+                 bytes; send plain arrays"
+            ))),
+            false => Ok(()),
         }
-        None => 0,
     }
 }
 
