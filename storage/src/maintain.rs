@@ -11,13 +11,13 @@ use std::num::NonZeroU64;
 use std::sync::Arc;
 
 use datafusion::execution::context::SessionState;
+use deltalake::DeltaTableError;
 use deltalake::kernel::StructField;
 use deltalake::kernel::schema::partitions::{FilterValue, filter_literal};
 use deltalake::kernel::transaction::{CommitBuilder, TransactionError};
 use deltalake::operations::optimize::OptimizeType;
 use deltalake::operations::vacuum::VacuumMode;
 use deltalake::protocol::DeltaOperation;
-use deltalake::{DeltaTable, DeltaTableError};
 use futures::{StreamExt, TryStreamExt};
 use object_store::ObjectStoreExt;
 use tracing::{info, warn};
@@ -123,13 +123,8 @@ impl Ledger {
         let mut snapshot = snapshot.clone();
         let mut attempt = 1;
         loop {
-            snapshot.writable()?;
-            let mut table = DeltaTable::new(crate::commit_hooks::only_at(
-                self.writing_log_store(&snapshot)?,
-                snapshot.version() as u64 + 1,
-            ));
-            table.state = Some(snapshot.delta_state().clone());
-            let done = table
+            let done = self
+                .delta_table_only_next(&snapshot)?
                 .optimize()
                 .with_type(kind())
                 .with_filters(&literals)
