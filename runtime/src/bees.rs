@@ -21,7 +21,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use datafusion::execution::disk_manager::{DiskManager, DiskManagerBuilder, DiskManagerMode};
-use datafusion::execution::memory_pool::{FairSpillPool, MemoryPool, TrackConsumersPool};
+use datafusion::execution::memory_pool::{MemoryPool, TrackConsumersPool};
 use datafusion::execution::object_store::ObjectStoreRegistry;
 use datafusion::execution::runtime_env::{RuntimeEnv, RuntimeEnvBuilder};
 use serde::Serialize;
@@ -30,6 +30,7 @@ use tracing::debug;
 
 use crate::colony::{Band, Colony, Load, Temperature};
 use crate::error::{Error, Result};
+use crate::memory::HeadroomPool;
 
 /// How a node's bees are set up.
 #[derive(Debug, Clone)]
@@ -199,7 +200,7 @@ impl BeePool {
             })
             .ok_or_else(|| Error::Internal("a permit without a free bee".into()))?;
         let pool: Arc<dyn MemoryPool> = Arc::new(TrackConsumersPool::new(
-            FairSpillPool::new(self.per_bee as usize),
+            HeadroomPool::new(self.per_bee as usize),
             std::num::NonZeroUsize::new(3).expect("non-zero"),
         ));
         let env = match self.runtime_of(bee, &pool) {

@@ -48,6 +48,13 @@ pub enum Error {
     #[error("the client sent no data for {0:?}; its write was stopped (--ingest-idle-timeout)")]
     ClientIdle(std::time::Duration),
 
+    /// A client reading a result read nothing for this long: its query was stopped, so that a
+    /// reader that stalled or walked away does not hold a bee (`--result-idle-timeout`).
+    #[error(
+        "the client read nothing of the result for {0:?}; its query was stopped (--result-idle-timeout)"
+    )]
+    ReaderIdle(std::time::Duration),
+
     /// A retryable task (a fragment) failed on as many nodes as its trial limit allows.
     #[error("{what} abandoned after {attempts} attempts: {last_error}")]
     Abandoned {

@@ -23,7 +23,7 @@
 //!  distributed   service   system
 //!  queries       status    engine
 //!  bees          swarm     cache     sql
-//!  colony        executor  cancel    error
+//!  colony        executor  cancel    error     memory
 //! ```
 //!
 //! | module          | owns                                                               |
@@ -35,6 +35,7 @@
 //! | [`sql`]         | statement splitting, `?` rewriting, namespace commands             |
 //! | [`engine`]      | sessions, per-statement pinned catalogs, DDL, ingest, queries      |
 //! | [`bees`]        | bees: memory pools, scratch directories, the FIFO queue            |
+//! | [`memory`]      | a bee's memory pool, with headroom for operators that cannot spill |
 //! | [`colony`]      | colony temperature, its bands and what they change                 |
 //! | [`executor`]    | the CPU runtime, and the only place tasks are spawned              |
 //! | [`queries`]     | running queries: registry, cancellation, tracked result streams    |
@@ -52,6 +53,7 @@ pub mod distributed;
 pub mod engine;
 pub mod error;
 pub mod executor;
+pub mod memory;
 pub mod node;
 pub mod queries;
 pub mod service;

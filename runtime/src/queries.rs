@@ -423,6 +423,99 @@ impl<H: Send + Unpin + 'static> TrackedStream<H> {
     pub fn boxed(self) -> SendableRecordBatchStream {
         Box::pin(self)
     }
+
+    /// Serve the result through a task that keeps the query's deadline, its cancellation and an
+    /// idle bound (`idle`; zero: none) while the reader reads nothing. A stream is only checked
+    /// when it is polled, and a client that stops reading stops the polling (HTTP/2 flow
+    /// control): its query held its bee and memory past `--query-timeout`, for as long as the
+    /// client kept the connection open. Stopped, the query frees them at once; the reader gets
+    /// what was already sent, then the error.
+    pub fn served(self, idle: Duration) -> SendableRecordBatchStream {
+        let schema = self.schema.clone();
+        let (tx, rx) = tokio::sync::mpsc::channel(1);
+        let stopped: Arc<Mutex<Option<DataFusionError>>> = Arc::default();
+        let stop = stopped.clone();
+        let token = self.guard.as_ref().map(|g| g.entry.token.clone());
+        let deadline = self.deadline.as_ref().map(|(s, t)| (s.deadline(), *t));
+        let task = crate::executor::spawn(async move {
+            let mut tracked = self;
+            while let Some(item) = tracked.next().await {
+                let quiet = async {
+                    match idle.is_zero() {
+                        true => std::future::pending().await,
+                        false => tokio::time::sleep(idle).await,
+                    }
+                };
+                let past_deadline = async {
+                    match deadline {
+                        Some((at, _)) => tokio::time::sleep_until(at).await,
+                        None => std::future::pending().await,
+                    }
+                };
+                let cancelled = async {
+                    match &token {
+                        Some(t) => t.cancelled().await,
+                        None => std::future::pending().await,
+                    }
+                };
+                let why = tokio::select! {
+                    sent = tx.send(item) => match sent {
+                        Ok(()) => continue,
+                        // The reader is gone: dropping the stream ends the query.
+                        Err(_) => return,
+                    },
+                    _ = quiet => Error::ReaderIdle(idle),
+                    _ = past_deadline => Error::Timeout(deadline.map(|(_, t)| t).unwrap_or_default()),
+                    _ = cancelled => Error::Cancelled,
+                };
+                // Record why before the sender goes, so the reader finds it when the channel ends.
+                if let Poll::Ready(Some(Err(e))) = tracked.fail(why) {
+                    *stop.lock().expect("stopped") = Some(e);
+                }
+                return;
+            }
+        });
+        Box::pin(Served {
+            schema,
+            rx,
+            stopped,
+            done: false,
+            _task: task,
+        })
+    }
+}
+
+/// The reading end of [`TrackedStream::served`].
+struct Served {
+    schema: SchemaRef,
+    rx: tokio::sync::mpsc::Receiver<Result<RecordBatch, DataFusionError>>,
+    stopped: Arc<Mutex<Option<DataFusionError>>>,
+    done: bool,
+    _task: AbortOnDrop<()>,
+}
+
+impl Stream for Served {
+    type Item = Result<RecordBatch, DataFusionError>;
+
+    fn poll_next(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
+        if self.done {
+            return Poll::Ready(None);
+        }
+        match self.rx.poll_recv(cx) {
+            Poll::Ready(None) => {
+                self.done = true;
+                let why = self.stopped.lock().expect("stopped").take();
+                Poll::Ready(why.map(Err))
+            }
+            other => other,
+        }
+    }
+}
+
+impl RecordBatchStream for Served {
+    fn schema(&self) -> SchemaRef {
+        self.schema.clone()
+    }
 }
 
 impl<H: Send + Unpin + 'static> Stream for TrackedStream<H> {

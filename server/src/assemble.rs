@@ -173,6 +173,7 @@ pub async fn build(
         },
         shutdown_grace: Duration::from_secs(5),
         ingest_idle_timeout: node.ingest_idle_timeout,
+        result_idle_timeout: node.result_idle_timeout,
         swarm_key: apiary_storage::format::SwarmKey::new(swarm_key),
         fault_clock_skew_secs: node.faults.clock_skew_secs.unwrap_or(0),
     };

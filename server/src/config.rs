@@ -160,6 +160,13 @@ pub struct NodeArgs {
     /// bound.
     #[arg(long, env = "APIARY_INGEST_IDLE_TIMEOUT", default_value = "60s", value_parser = parse_duration)]
     pub ingest_idle_timeout: Duration,
+    /// Longest a query's result waits for its client to read on: a client that reads nothing
+    /// for this long has its query stopped (it gets what was sent, then DEADLINE_EXCEEDED), so
+    /// that a reader that stalled or walked away does not hold a bee and its memory. A BI tool
+    /// showing the first page of a large result reads no further until the user scrolls. As
+    /// Trino's `query.client.timeout`. `0s`: no bound (the query timeout still holds).
+    #[arg(long, env = "APIARY_RESULT_IDLE_TIMEOUT", default_value = "5m", value_parser = parse_duration)]
+    pub result_idle_timeout: Duration,
     /// Queries waiting for a bee beyond this many are refused (retryable).
     #[arg(long, env = "APIARY_QUEUE_DEPTH", default_value_t = 64)]
     pub queue_depth: usize,

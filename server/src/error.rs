@@ -171,7 +171,7 @@ fn runtime_status(e: RtError) -> Status {
             Status::unavailable(msg)
         }
         e @ RtError::Cancelled => Status::cancelled(e.to_string()),
-        e @ (RtError::Timeout(_) | RtError::ClientIdle(_)) => {
+        e @ (RtError::Timeout(_) | RtError::ClientIdle(_) | RtError::ReaderIdle(_)) => {
             Status::deadline_exceeded(e.to_string())
         }
         e @ RtError::Abandoned { .. } => {

@@ -57,6 +57,8 @@ pub struct NodeConfig {
     pub shutdown_grace: Duration,
     /// Longest an ingest waits for its client's next batch; zero: no bound.
     pub ingest_idle_timeout: Duration,
+    /// Longest a query's result waits for its reader to read (zero: no bound).
+    pub result_idle_timeout: Duration,
     /// Seals the objects nodes exchange (tasks, plans, outputs, heartbeats); shared by every
     /// node of the swarm.
     pub swarm_key: SwarmKey,
@@ -85,6 +87,7 @@ impl NodeConfig {
             cache: None,
             shutdown_grace: Duration::from_secs(5),
             ingest_idle_timeout: Duration::from_secs(60),
+            result_idle_timeout: Duration::from_secs(300),
             // Only nodes built this way in one process share it: tests and one-shot use.
             swarm_key: SwarmKey::new(b"apiary local swarm key"),
             fault_clock_skew_secs: 0,

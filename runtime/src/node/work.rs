@@ -337,7 +337,7 @@ impl Node {
         if let Some(f) = explain_budget {
             tracked = tracked.with_error_map(f);
         }
-        Ok(tracked.boxed())
+        Ok(tracked.served(self.config.result_idle_timeout))
     }
 
     /// One plan per parameter set, for `target`, on the planning runtime.
@@ -372,11 +372,9 @@ impl Node {
     /// A memory pool the size of one bee that takes no bee slot (coordinators, status queries).
     fn coordinator_env(&self) -> Result<Arc<RuntimeEnv>> {
         Ok(datafusion::execution::runtime_env::RuntimeEnvBuilder::new()
-            .with_memory_pool(Arc::new(
-                datafusion::execution::memory_pool::FairSpillPool::new(
-                    self.bees.bee_budget() as usize
-                ),
-            ))
+            .with_memory_pool(Arc::new(crate::memory::HeadroomPool::new(
+                self.bees.bee_budget() as usize,
+            )))
             .with_object_store_registry(self.engine.runtime_env().object_store_registry.clone())
             .build_arc()?)
     }

@@ -41,7 +41,7 @@ use tracing::{debug, warn};
 
 use token::Claims;
 pub use token::Signer;
-use users::{Backoff, User, check_password, credential_of};
+use users::{Backoff, CHECKS_PER_PEER, User, check_password, credential_of};
 pub use users::{hash_password, parse_users};
 
 /// Who is calling, and the session they carry.
@@ -250,6 +250,13 @@ impl Authenticator {
         if !self.enabled() {
             return Ok(p);
         }
+        let Some(_checking) = self.backoff.start(peer) else {
+            warn!(user, ?peer, "too many logins at once");
+            return Err(Status::resource_exhausted(format!(
+                "more than {CHECKS_PER_PEER} logins at once from this address: wait for them \
+                 before sending more"
+            )));
+        };
         let delay = self.backoff.delay(peer);
         if !delay.is_zero() {
             tokio::time::sleep(delay).await;

@@ -1,6 +1,7 @@
 //! The users a node accepts, and checking their passwords without helping an attacker: argon2
 //! runs on the blocking pool (never on the executor), an unknown user costs the same as a wrong
-//! password (a dummy hash is verified), and a peer that keeps failing waits longer each time.
+//! password (a dummy hash is verified), a peer that keeps failing waits longer each time, and a
+//! peer may have only a few checks under way at once.
 
 use std::collections::HashMap;
 use std::net::IpAddr;
@@ -105,17 +106,74 @@ const MAX_DELAY: Duration = Duration::from_secs(5);
 /// A peer's record is forgotten after this long without a failure.
 const FORGET_AFTER: Duration = Duration::from_secs(600);
 
+/// Password checks one peer may have under way or waiting at once: a connection pool opening
+/// all its connections fits; one address cannot queue thousands of checks in front of every
+/// other client's login.
+pub(super) const CHECKS_PER_PEER: u32 = 16;
+
 /// Per-peer failure counts: a peer that keeps failing waits before its next check, doubling up
-/// to [`MAX_DELAY`].
+/// to [`MAX_DELAY`]. A peer is an IPv4 address or an IPv6 /64 (what one host can choose from).
 #[derive(Debug, Default)]
 pub(super) struct Backoff {
     peers: Mutex<HashMap<IpAddr, (u32, Instant)>>,
+    /// Checks under way or waiting, per peer.
+    checking: Mutex<HashMap<IpAddr, u32>>,
+}
+
+/// The address a peer is counted under: IPv4 as it is (also when mapped into IPv6), IPv6 by its
+/// /64 prefix.
+fn peer_key(ip: IpAddr) -> IpAddr {
+    match ip {
+        IpAddr::V4(_) => ip,
+        IpAddr::V6(v6) => match v6.to_ipv4_mapped() {
+            Some(v4) => IpAddr::V4(v4),
+            None => IpAddr::V6((u128::from(v6) & !((1u128 << 64) - 1)).into()),
+        },
+    }
+}
+
+/// One password check of a peer under way; dropping it ends it.
+#[derive(Debug)]
+pub(super) struct Checking<'a> {
+    backoff: &'a Backoff,
+    peer: Option<IpAddr>,
+}
+
+impl Drop for Checking<'_> {
+    fn drop(&mut self) {
+        let Some(peer) = self.peer else { return };
+        let mut checking = self.backoff.checking.lock().expect("checking");
+        if let Some(n) = checking.get_mut(&peer) {
+            *n -= 1;
+            if *n == 0 {
+                checking.remove(&peer);
+            }
+        }
+    }
 }
 
 impl Backoff {
+    /// Start a password check for `peer`, or `None` when it already has [`CHECKS_PER_PEER`]
+    /// under way.
+    pub(super) fn start(&self, peer: Option<IpAddr>) -> Option<Checking<'_>> {
+        let peer = peer.map(peer_key);
+        if let Some(peer) = peer {
+            let mut checking = self.checking.lock().expect("checking");
+            let n = checking.entry(peer).or_insert(0);
+            if *n >= CHECKS_PER_PEER {
+                return None;
+            }
+            *n += 1;
+        }
+        Some(Checking {
+            backoff: self,
+            peer,
+        })
+    }
+
     /// How long `peer` waits before its next password check.
     pub(super) fn delay(&self, peer: Option<IpAddr>) -> Duration {
-        let Some(peer) = peer else {
+        let Some(peer) = peer.map(peer_key) else {
             return Duration::ZERO;
         };
         let peers = self.peers.lock().expect("backoff");
@@ -129,7 +187,9 @@ impl Backoff {
     }
 
     pub(super) fn failed(&self, peer: Option<IpAddr>) {
-        let Some(peer) = peer else { return };
+        let Some(peer) = peer.map(peer_key) else {
+            return;
+        };
         let mut peers = self.peers.lock().expect("backoff");
         if peers.len() >= MAX_PEERS && !peers.contains_key(&peer) {
             peers.retain(|_, (_, last)| last.elapsed() < FORGET_AFTER);
@@ -148,7 +208,7 @@ impl Backoff {
     }
 
     pub(super) fn succeeded(&self, peer: Option<IpAddr>) {
-        if let Some(peer) = peer {
+        if let Some(peer) = peer.map(peer_key) {
             self.peers.lock().expect("backoff").remove(&peer);
         }
     }
@@ -202,5 +262,40 @@ mod tests {
         assert_eq!(b.delay(Some("10.0.0.2".parse().unwrap())), Duration::ZERO);
         b.succeeded(peer);
         assert_eq!(b.delay(peer), Duration::ZERO);
+        // An IPv6 host counts as its /64, and an IPv4-mapped address as the IPv4 one.
+        for _ in 0..=FREE_FAILURES {
+            b.failed(Some("::ffff:10.0.0.3".parse().unwrap()));
+        }
+        assert_eq!(
+            b.delay(Some("10.0.0.3".parse().unwrap())),
+            Duration::from_millis(200)
+        );
+        for i in 0..=FREE_FAILURES {
+            b.failed(Some(format!("2001:db8::{i}").parse().unwrap()));
+        }
+        assert_eq!(
+            b.delay(Some("2001:db8::ff:1".parse().unwrap())),
+            Duration::from_millis(200)
+        );
+        assert_eq!(
+            b.delay(Some("2001:db8:0:1::1".parse().unwrap())),
+            Duration::ZERO
+        );
+    }
+
+    #[test]
+    fn a_peer_has_a_bounded_number_of_checks_under_way() {
+        let b = Backoff::default();
+        let peer = Some("2001:db8::1".parse().unwrap());
+        let mut turns: Vec<_> = (0..CHECKS_PER_PEER)
+            .map(|_| b.start(peer).unwrap())
+            .collect();
+        assert!(b.start(Some("2001:db8::2".parse().unwrap())).is_none());
+        assert!(b.start(Some("2001:db8:1::2".parse().unwrap())).is_some());
+        assert!(b.start(None).is_some());
+        turns.pop();
+        assert!(b.start(peer).is_some());
+        drop(turns);
+        assert!(b.checking.lock().unwrap().is_empty());
     }
 }

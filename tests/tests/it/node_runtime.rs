@@ -127,6 +127,58 @@ async fn a_sort_far_larger_than_its_bee_completes_by_spilling_with_bounded_memor
     assert_eq!(std::fs::read_dir(scratch.path()).unwrap().count(), 1);
 }
 
+/// A client that stops reading a large result: its query is stopped (by `--result-idle-timeout`,
+/// or by `--query-timeout` with no idle bound) and frees its bee for the next query; the reader
+/// then gets DEADLINE_EXCEEDED naming the bound. The stream used to be checked only when polled,
+/// so a reader that stopped held its bee for as long as it kept the connection open.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_reader_that_stops_reading_frees_its_bee_at_its_bound() {
+    for (flags, bound) in [
+        (
+            ["--result-idle-timeout", "2s", "--query-timeout", "30m"],
+            "--result-idle-timeout",
+        ),
+        (
+            ["--result-idle-timeout", "0s", "--query-timeout", "3s"],
+            "timed out after 3s",
+        ),
+    ] {
+        let dir = tempfile::tempdir().unwrap();
+        let mut args = vec!["--bees", "1"];
+        args.extend(flags);
+        let server = Server::start(dir.path().to_str().unwrap(), &args, &[]);
+        let mut reader = client(&server).await;
+        let info = reader
+            .execute(
+                "SELECT value, repeat('x', 100) AS s FROM generate_series(1, 50000000)".to_string(),
+                None,
+            )
+            .await
+            .unwrap();
+        let mut stream = reader
+            .do_get(info.endpoint[0].ticket.clone().unwrap())
+            .await
+            .unwrap();
+        assert!(stream.next().await.unwrap().is_ok());
+        // The only bee is the reader's until its bound stops its query.
+        let mut other = client(&server).await;
+        let answered = tokio::time::timeout(Duration::from_secs(120), run(&mut other, "SELECT 1"))
+            .await
+            .expect("the next query never got the bee");
+        assert_eq!(rows(&answered.unwrap()), 1);
+        let mut end = None;
+        while let Some(item) = stream.next().await {
+            if let Err(e) = item {
+                end = Some(status(e));
+                break;
+            }
+        }
+        let end = end.expect("the stopped result ended without an error");
+        assert_eq!(end.code(), Code::DeadlineExceeded, "{end}");
+        assert!(end.message().contains(bound), "{}", end.message());
+    }
+}
+
 /// Files (not directories) anywhere under `dir`.
 fn files_under(dir: &std::path::Path) -> usize {
     std::fs::read_dir(dir)
