@@ -20,7 +20,7 @@ use std::sync::{Arc, RwLock};
 use arrow::array::{RecordBatch, UInt64Array};
 use arrow::datatypes::{DataType, Field, Schema, SchemaRef};
 use datafusion::common::tree_node::{Transformed, TreeNode, TreeNodeRecursion};
-use datafusion::common::{Column, DFSchemaRef, TableReference};
+use datafusion::common::{Column, DFSchemaRef, ScalarValue, TableReference};
 use datafusion::error::{DataFusionError, Result as DfResult};
 use datafusion::execution::context::SessionState;
 use datafusion::execution::object_store::ObjectStoreRegistry;
@@ -150,7 +150,9 @@ impl Ledger {
             .with_commit_properties(self.commit_properties(user));
         if let Some(p) = predicate {
             let p = stored_columns(snapshot, p)?;
-            op = op.with_predicate(crate::nan::guard(p, snapshot.schema()));
+            let p = crate::nan::guard(p, snapshot.schema());
+            let p = exactly_by_partition(p, snapshot.partition_columns());
+            op = op.with_predicate(spellable(p, snapshot.schema())?);
         }
         let (table, metrics) = op.await.map_err(|e| conflict(snapshot, e))?;
         let version = self.settle(snapshot, &table, "delete");
@@ -197,7 +199,10 @@ impl Ledger {
         }
         if let Some(p) = predicate {
             let p = stored_columns(snapshot, p)?;
-            op = op.with_predicate(crate::nan::guard(p, snapshot.schema()));
+            op = op.with_predicate(spellable(
+                crate::nan::guard(p, snapshot.schema()),
+                snapshot.schema(),
+            )?);
         }
         let (table, metrics) = op.await.map_err(|e| conflict(snapshot, e))?;
         let version = self.settle(snapshot, &table, "update");
@@ -466,6 +471,134 @@ fn data_error(e: &arrow::error::ArrowError) -> bool {
 
 /// Columns served as another type than they are stored in are read through a cast, as the scan
 /// reads them, so that expressions typed for the served schema evaluate on stored data.
+/// A DELETE predicate over partition columns only, as `(predicate) IS TRUE`: the same rows, but
+/// delta-rs then finds the cells to remove by evaluating it with DataFusion over their partition
+/// values. Otherwise it hands the predicate to the Delta kernel's file skipping, which keeps a
+/// cell whenever it cannot tell (a NULL, an operator it reads loosely), and delta-rs removes
+/// every cell kept: `WHERE (p = 'x') IS NULL`, a `CASE` or `coalesce` over `p`, `p NOT IN ('x',
+/// NULL)` deleted rows they do not match.
+fn exactly_by_partition(p: Expr, partition_columns: &[String]) -> Expr {
+    let columns = p.column_refs();
+    let partition_only = !partition_columns.is_empty()
+        && columns
+            .iter()
+            .all(|c| partition_columns.iter().any(|p| *p == c.name));
+    match (partition_only, &p) {
+        (false, _) | (true, Expr::IsTrue(_)) => p,
+        (true, _) => p.is_true(),
+    }
+}
+
+/// `p` in a form delta-rs can record. delta-rs writes a DELETE's or UPDATE's predicate into the
+/// commit as SQL text, and failed the whole statement (INTERNAL "Unable to convert expression
+/// to string") on a literal it has no SQL for: an interval, a time, a duration, a float16, a
+/// timestamp not in microseconds. A comparison of a column stored as another type (a float16
+/// stored as a float, a time as an integer) with such a literal compares the stored column
+/// with the literal in the stored type, when that is exact; a predicate still unspellable
+/// (`d + INTERVAL '1 day' < current_date`) is refused, saying how to write it. delta-rs
+/// simplifies the predicate again, so rewriting the literal as a cast of another would be
+/// undone.
+fn spellable(p: Expr, stored: &Schema) -> Result<Expr> {
+    use datafusion::logical_expr::{BinaryExpr, Cast, Operator};
+    let comparison = |op: Operator| {
+        matches!(
+            op,
+            Operator::Eq
+                | Operator::NotEq
+                | Operator::Lt
+                | Operator::LtEq
+                | Operator::Gt
+                | Operator::GtEq
+                | Operator::IsDistinctFrom
+                | Operator::IsNotDistinctFrom
+        )
+    };
+    // The literal in the stored type of `column`, when casting it there and back is exact.
+    let in_stored = |column: &Expr, v: &ScalarValue| -> Option<ScalarValue> {
+        let Expr::Column(c) = column else { return None };
+        let to = stored.field_with_name(&c.name).ok()?.data_type();
+        let there = v.cast_to(to).ok()?;
+        (there.cast_to(&v.data_type()).ok()? == *v && !there.is_null()).then_some(there)
+    };
+    let p = p
+        .transform_up(|e| {
+            let Expr::BinaryExpr(BinaryExpr { left, op, right }) = &e else {
+                return Ok(Transformed::no(e));
+            };
+            if !comparison(*op) {
+                return Ok(Transformed::no(e));
+            }
+            let rewritten = match (left.as_ref(), right.as_ref()) {
+                (Expr::Cast(Cast { expr, .. }), Expr::Literal(v, _)) if !spelled_by_delta(v) => {
+                    in_stored(expr, v).map(|v| {
+                        Expr::BinaryExpr(BinaryExpr::new(
+                            expr.clone(),
+                            *op,
+                            Box::new(Expr::Literal(v, None)),
+                        ))
+                    })
+                }
+                (Expr::Literal(v, _), Expr::Cast(Cast { expr, .. })) if !spelled_by_delta(v) => {
+                    in_stored(expr, v).map(|v| {
+                        Expr::BinaryExpr(BinaryExpr::new(
+                            Box::new(Expr::Literal(v, None)),
+                            *op,
+                            expr.clone(),
+                        ))
+                    })
+                }
+                _ => None,
+            };
+            Ok(match rewritten {
+                Some(r) => Transformed::yes(r),
+                None => Transformed::no(e),
+            })
+        })?
+        .data;
+    match deltalake::delta_datafusion::expr::fmt_expr_to_sql(&p) {
+        Ok(_) => Ok(p),
+        Err(_) => Err(Error::Unsupported(format!(
+            "delta-rs cannot record the predicate {p} in the table's history: it has no SQL for \
+             an interval, time, duration or nanosecond timestamp value. Keep such arithmetic \
+             off the column (`d < current_date - 1` rather than `d + 1 < current_date`), or \
+             cast the column to a type with such values"
+        ))),
+    }
+}
+
+/// Whether delta-rs spells a literal of this kind as SQL (`fmt_expr_to_sql`; nanosecond
+/// timestamps only with a feature we do not build).
+fn spelled_by_delta(v: &ScalarValue) -> bool {
+    use ScalarValue as S;
+    match v {
+        S::Dictionary(_, inner) => spelled_by_delta(inner),
+        S::Boolean(_)
+        | S::Float32(_)
+        | S::Float64(_)
+        | S::Int8(_)
+        | S::Int16(_)
+        | S::Int32(_)
+        | S::Int64(_)
+        | S::UInt8(_)
+        | S::UInt16(_)
+        | S::UInt32(_)
+        | S::UInt64(_)
+        | S::Decimal128(..)
+        | S::Date32(_)
+        | S::Date64(_)
+        | S::TimestampMicrosecond(..)
+        | S::Utf8(_)
+        | S::LargeUtf8(_)
+        | S::Utf8View(_)
+        | S::Binary(_)
+        | S::FixedSizeBinary(..)
+        | S::LargeBinary(_)
+        | S::BinaryView(_)
+        | S::Null => true,
+        _ => false,
+    }
+}
+
 fn stored_columns(snapshot: &FrameSnapshot, e: Expr) -> Result<Expr> {
     Ok(crate::schema::columns_as_served(
         snapshot.schema(),
@@ -542,14 +675,19 @@ impl Qualifiers {
     }
 }
 
-/// DataFusion's optimizer rules that move field accesses into projections of their own.
-const FIELD_EXTRACTION: [&str; 2] = ["extract_leaf_expressions", "push_down_leaf_projections"];
+/// DataFusion's optimizer rules that move expressions into projections of their own.
+const FIELD_EXTRACTION: [&str; 3] = [
+    "extract_leaf_expressions",
+    "push_down_leaf_projections",
+    "common_sub_expression_eliminate",
+];
 
-/// `state` without DataFusion's rules that move a field access (`s.a`) below a filter into a
-/// projection of its own, as `__datafusion_extracted_N`. A row-level change is planned with
-/// it: the predicate DataFusion hands a DELETE or UPDATE, and the plans delta-rs makes of it,
-/// are read over the frame's own columns, where that column is not, and a predicate on a
-/// struct's field failed INTERNAL ("No field named __datafusion_extracted_1").
+/// `state` without DataFusion's rules that move a field access (`s.a`) below a filter, or a
+/// repeated expression (`v * 2 > 30 AND v * 2 < 50`), into a projection of its own, as
+/// `__datafusion_extracted_N` or `__common_expr_N`. A row-level change is planned with it: the
+/// predicate and assignments DataFusion hands a DELETE or UPDATE, and the plans delta-rs makes
+/// of them, are read over the frame's own columns, where that column is not, and they failed
+/// INTERNAL ("No field named __datafusion_extracted_1", "… __common_expr_3").
 pub fn without_field_extraction(state: &SessionState) -> SessionState {
     without_field_extraction_builder(state).build()
 }
