@@ -56,6 +56,31 @@ def test_use_sticks_for_a_pyarrow_flight_client_that_sends_no_token(server):
     assert run("SELECT x FROM t").to_pylist() == [{"x": 7}]
 
 
+def test_a_prepared_statement_run_again_leaves_the_session_where_the_client_moved(server):
+    """A prepared statement runs in the session it was prepared in. Writing that session back
+    whole after each run pulled a client that had moved since (USE, SET) back to where it
+    prepared: its next SELECT read another table of the same name, in another time zone."""
+    setup_namespace(server.uri)
+    with flightsql.connect(server.uri, autocommit=True) as conn:
+        ins, other = conn.cursor(), conn.cursor()
+        other.execute("CREATE TABLE t AS SELECT 1 AS x")
+        other.execute("CREATE TABLE log (n BIGINT)")
+        ins.executemany("INSERT INTO default.default.log VALUES (?)", [(1,)])
+        other.execute("USE uh.ub")
+        other.execute("SET datafusion.execution.time_zone = '+01:00'")
+        # The same SQL on the same cursor: ADBC runs the prepared handle again.
+        ins.executemany("INSERT INTO default.default.log VALUES (?)", [(2,)])
+        assert (conn.adbc_current_catalog, conn.adbc_current_db_schema) == ("uh", "ub")
+        other.execute("SELECT x, arrow_typeof(now()) AS tz FROM t")
+        assert other.fetchall() == [(7, 'Timestamp(ns, "+01:00")')]
+        # A prepared statement that does change the session changes just that.
+        ins.execute("SET datafusion.execution.batch_size = 1000")
+        other.execute("SELECT x FROM t")
+        assert other.fetchall() == [(7,)]
+        other.execute("SHOW datafusion.execution.time_zone")
+        assert other.fetchall()[0][1] == "+01:00"
+
+
 def _varint(n):
     out = b""
     while True:

@@ -47,6 +47,10 @@ pub fn merges_schema(options: &[(String, String)]) -> bool {
         .any(|(k, v)| k == MERGE_SCHEMA && v.eq_ignore_ascii_case("true"))
 }
 
+/// The largest value of a whole-number option without a range of its own (4 Gi: any count or
+/// byte size a session has a use for).
+const MAX_WHOLE_NUMBER: u64 = 1 << 32;
+
 /// Options that size work or protect the process, with the range a session may choose.
 fn bounds(name: &str) -> Option<(u64, u64)> {
     Some(match name {
@@ -109,7 +113,15 @@ impl Engine {
                  to +23:59)"
             )));
         }
-        if let Some((lo, hi)) = bounds(name) {
+        // Every other whole-number option is bounded too: DataFusion sizes semaphores from
+        // some (`hash_join_buffering_capacity`, in bytes), and one beyond Tokio's limit
+        // panicked the query's threads.
+        let whole_number = probe
+            .entries()
+            .iter()
+            .any(|e| e.key == name && e.value.as_deref().is_some_and(|v| v.parse::<u64>().is_ok()));
+        let bounds = bounds(name).or(whole_number.then_some((0, MAX_WHOLE_NUMBER)));
+        if let Some((lo, hi)) = bounds {
             match value.parse::<u64>() {
                 Ok(n) if (lo..=hi).contains(&n) => {}
                 _ => {

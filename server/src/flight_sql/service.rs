@@ -106,6 +106,7 @@ impl FlightSqlService for FlightSql {
         let info = self
             .flight_info_for_query(
                 &who,
+                &who,
                 slot,
                 &query.query,
                 bytes::Bytes::new(),

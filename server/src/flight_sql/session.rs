@@ -44,7 +44,12 @@ impl FlightSql {
         let mut hive = who.hive.clone();
         let mut box_name = who.box_name.clone();
         let mut errors = HashMap::new();
-        for (name, value) in req.session_options {
+        // The catalog first: a schema is looked up in the catalog the same request sets (a
+        // protobuf map has no order, and half of the requests setting both checked the schema
+        // against the old catalog).
+        let mut options: Vec<_> = req.session_options.into_iter().collect();
+        options.sort_by_key(|(name, _)| name != OPT_CATALOG);
+        for (name, value) in options {
             let text = match value.option_value {
                 Some(fs::session_option_value::OptionValue::StringValue(s)) => Some(s),
                 _ => None,

@@ -33,10 +33,12 @@ impl FlightSql {
     /// Plan a query and describe it as a FlightInfo with one self-contained ticket. A statement
     /// without a result set runs now and answers with no endpoints, its row count in
     /// `total_records` (DB-API rowcount); a session it changes (`USE` run as a query, as ADBC
-    /// does) goes back through `slot`.
+    /// does) goes back through `slot`, onto the `caller`'s session (`who` is the session the
+    /// statement runs in: a prepared statement's own).
     pub(super) async fn flight_info_for_query(
         &self,
         who: &Principal,
+        caller: &Principal,
         slot: Option<SessionSlot>,
         sql: &str,
         params: bytes::Bytes,
@@ -48,7 +50,7 @@ impl FlightSql {
         let rows = decode_param_rows(&params)?;
         if !stmt.returns_rows() {
             let (count, after) = self.run_update(&session, &stmt, rows).await?;
-            remember(slot, &session, &after);
+            remember_changes(slot, &session_of(caller)?, &session, &after);
             if stmt.counts_rows() {
                 // One `count` row, as DataFusion answers; the ticket carries it.
                 let schema = count_schema();
@@ -391,14 +393,60 @@ impl FlightSql {
 
 /// Hand a changed session back to the client (the auth layer puts it into the next token).
 pub(super) fn remember(slot: Option<SessionSlot>, before: &Session, after: &Session) {
-    let changed = (&after.hive, &after.box_name, &after.options)
-        != (&before.hive, &before.box_name, &before.options);
-    if changed && let Some(s) = slot {
-        s.set(crate::auth::Place {
-            hive: after.hive.to_string(),
-            box_name: after.box_name.to_string(),
-            options: after.options.clone(),
-        });
+    remember_changes(slot, before, before, after)
+}
+
+/// Give back to the client's session (`caller`) what a statement changed, from `before` (the
+/// session it ran in) to `after`: its place if it moved, the options it set or reset. A
+/// prepared statement runs in the session it was prepared in; writing that session back
+/// whole pulled a client that had since moved (`USE`, `SET`) back to where it prepared, and
+/// its next statements read other tables.
+pub(super) fn remember_changes(
+    slot: Option<SessionSlot>,
+    caller: &Session,
+    before: &Session,
+    after: &Session,
+) {
+    let mut next = crate::auth::Place {
+        hive: caller.hive.to_string(),
+        box_name: caller.box_name.to_string(),
+        options: caller.options.clone(),
+    };
+    if (&after.hive, &after.box_name) != (&before.hive, &before.box_name) {
+        next.hive = after.hive.to_string();
+        next.box_name = after.box_name.to_string();
+    }
+    let value = |options: &[(String, String)], key: &str| {
+        options
+            .iter()
+            .find(|(k, _)| k == key)
+            .map(|(_, v)| v.clone())
+    };
+    let keys: std::collections::BTreeSet<&String> = before
+        .options
+        .iter()
+        .chain(&after.options)
+        .map(|(k, _)| k)
+        .collect();
+    for key in keys {
+        let set = value(&after.options, key);
+        if value(&before.options, key) == set {
+            continue;
+        }
+        next.options.retain(|(k, _)| k != key);
+        if let Some(v) = set {
+            next.options.push((key.clone(), v));
+        }
+    }
+    next.options.sort();
+    let unchanged = (next.hive.as_str(), next.box_name.as_str(), &next.options)
+        == (
+            caller.hive.as_str(),
+            caller.box_name.as_str(),
+            &caller.options,
+        );
+    if !unchanged && let Some(s) = slot {
+        s.set(next);
     }
 }
 

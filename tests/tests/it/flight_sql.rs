@@ -495,6 +495,41 @@ async fn jdbc_driver_session() {
         Some(fs::session_option_value::OptionValue::StringValue(s)) if s == "default"
     ));
 
+    // Catalog and schema in one request: the schema is looked up in the new catalog, whatever
+    // order the map arrives in (it was checked against the old one about half the time).
+    c.execute_update("CREATE HIVE h1".into(), None)
+        .await
+        .unwrap();
+    c.execute_update("CREATE BOX h1.b1".into(), None)
+        .await
+        .unwrap();
+    let text = |s: &str| fs::SessionOptionValue {
+        option_value: Some(fs::session_option_value::OptionValue::StringValue(s.into())),
+    };
+    for _ in 0..16 {
+        let mut fresh = FlightServiceClient::new(channel(&server.url()).await);
+        let body = fs::SetSessionOptionsRequest {
+            session_options: [
+                ("catalog".to_string(), text("h1")),
+                ("schema".to_string(), text("b1")),
+            ]
+            .into(),
+        }
+        .encode_to_vec();
+        let mut resp = fresh
+            .do_action(Action::new("SetSessionOptions", body))
+            .await
+            .unwrap()
+            .into_inner();
+        let result =
+            fs::SetSessionOptionsResult::decode(resp.message().await.unwrap().unwrap().body)
+                .unwrap();
+        assert!(result.errors.is_empty(), "{:?}", result.errors);
+    }
+    c.execute_update("DROP HIVE h1 CASCADE".into(), None)
+        .await
+        .unwrap();
+
     // GetSqlInfo with an empty list: every id, each in the union variant its type demands.
     let info = c.get_sql_info(vec![]).await.unwrap();
     let (schema, batches) = collect(&mut c, &info).await;
