@@ -131,7 +131,7 @@ fn classify(e: DataFusionError) -> Error {
         D::Diagnostic(_, inner) => classify(*inner),
         D::Shared(inner) => match std::sync::Arc::try_unwrap(inner) {
             Ok(inner) => classify(inner),
-            Err(shared) => Error::Internal(shared.to_string()),
+            Err(shared) => classify_shared(&shared),
         },
         D::Collection(mut errs) if !errs.is_empty() => classify(errs.remove(0)),
         D::External(boxed) => match boxed.downcast::<apiary_storage::Error>() {
@@ -204,6 +204,44 @@ fn classify(e: DataFusionError) -> Error {
     }
 }
 
+/// [`classify`] for an error other partitions still hold: a repartition hands one error to
+/// each of its outputs, so a grouped query's `10 / 0` or overflow arrived shared, and was
+/// INTERNAL where the same error ungrouped was INVALID_ARGUMENT. Classified by its kind, with
+/// its text (our own errors keep their variant where they carry only text or nothing).
+fn classify_shared(e: &DataFusionError) -> Error {
+    use DataFusionError as D;
+    let text = e.to_string();
+    match e {
+        D::Shared(inner) => classify_shared(inner),
+        D::Context(_, inner) | D::Diagnostic(_, inner) => classify_shared(inner),
+        D::Collection(errs) if !errs.is_empty() => classify_shared(&errs[0]),
+        D::Execution(_)
+        | D::ArrowError(..)
+        | D::SQL(..)
+        | D::Plan(_)
+        | D::SchemaError(..)
+        | D::Configuration(_) => Error::Sql(text),
+        D::NotImplemented(m) => Error::Unsupported(m.clone()),
+        D::ResourcesExhausted(m) => Error::ResourceExhausted(m.clone()),
+        D::External(boxed) => match boxed.downcast_ref::<Error>() {
+            Some(Error::Sql(m)) => Error::Sql(m.clone()),
+            Some(Error::Unsupported(m)) => Error::Unsupported(m.clone()),
+            Some(Error::NotAllowed(m)) => Error::NotAllowed(m.clone()),
+            Some(Error::ResourceExhausted(m)) => Error::ResourceExhausted(m.clone()),
+            Some(Error::Unavailable(m)) => Error::Unavailable(m.clone()),
+            Some(Error::DataLoss(m)) => Error::DataLoss(m.clone()),
+            Some(Error::Cancelled) => Error::Cancelled,
+            Some(Error::Timeout(d)) => Error::Timeout(*d),
+            Some(Error::ReaderIdle(d)) => Error::ReaderIdle(*d),
+            _ => match boxed.downcast_ref::<DataFusionError>() {
+                Some(df) => classify_shared(df),
+                None => Error::Internal(text),
+            },
+        },
+        _ => Error::Internal(text),
+    }
+}
+
 /// A storage failure while reading; a cell that is gone is the caller's to understand (an old
 /// version whose files VACUUM deleted, or a frame dropped while it was read), not ours.
 fn missing_cell(err: object_store::Error) -> Error {
@@ -252,5 +290,31 @@ mod tests {
         assert!(!Error::Sql("bad".into()).is_retryable());
         assert!(!Error::ResourceExhausted("memory".into()).is_retryable());
         assert!(!Error::Cancelled.is_retryable());
+    }
+
+    #[test]
+    fn an_error_other_partitions_still_hold_is_classified_by_its_kind() {
+        let shared = std::sync::Arc::new(DataFusionError::ArrowError(
+            Box::new(arrow::error::ArrowError::DivideByZero),
+            None,
+        ));
+        let _other_partition = shared.clone();
+        let e = classify(DataFusionError::Context(
+            "a partition".into(),
+            Box::new(DataFusionError::Shared(shared)),
+        ));
+        assert!(
+            matches!(&e, Error::Sql(m) if m.contains("Divide by zero")),
+            "{e:?}"
+        );
+        let ours = std::sync::Arc::new(DataFusionError::External(Box::new(Error::Sql(
+            "integer out of range".into(),
+        ))));
+        let _other_partition = ours.clone();
+        let e = classify(DataFusionError::Shared(ours));
+        assert!(
+            matches!(&e, Error::Sql(m) if m == "integer out of range"),
+            "{e:?}"
+        );
     }
 }

@@ -678,6 +678,7 @@ impl Ledger {
         state: DeltaTableState,
         external: Option<&Path>,
     ) -> Result<FrameSnapshot> {
+        crate::shape::readable(&state, &frame.to_string())?;
         let schema = schema::from_delta(state.schema().as_ref())?;
         let served = schema::served_schema(&schema);
         let partition_columns = state.metadata().partition_columns().to_vec();
@@ -770,6 +771,13 @@ impl Ledger {
                             kind: crate::error::ObjectKind::Frame,
                             name: format!("{frame} at version {v}"),
                         },
+                        // A table needing a reader feature the kernel lacks.
+                        (
+                            e @ (DeltaTableError::KernelError(_) | DeltaTableError::Kernel { .. }),
+                            None,
+                        ) if e.to_string().contains("is not supported") => {
+                            Error::Unsupported(format!("a Delta reader feature of {frame} ({e})"))
+                        }
                         (other, _) => other.into(),
                     })?,
             };

@@ -241,3 +241,42 @@ pub(crate) fn validate_partitioning(
     }
     Ok(())
 }
+
+/// Refuse a Delta table whose rows Apiary's scan would read wrongly. The scan reads the cells
+/// the log lists as plain Parquet: a deletion vector's rows would come back as if never
+/// deleted, and under column mapping every column's values would be NULL (the files name
+/// columns by their physical names). Tables written elsewhere (Databricks enables deletion
+/// vectors by default) are read through `CREATE EXTERNAL TABLE … STORED AS DELTA`.
+pub(crate) fn readable(state: &deltalake::table::state::DeltaTableState, name: &str) -> Result<()> {
+    let mode = state
+        .metadata()
+        .configuration()
+        .get("delta.columnMapping.mode")
+        .map(|m| m.to_ascii_lowercase());
+    if mode.as_deref().is_some_and(|m| m != "none") {
+        return Err(Error::Unsupported(format!(
+            "reading a Delta table with column mapping ({name} has delta.columnMapping.mode = \
+             {})",
+            mode.unwrap_or_default()
+        )));
+    }
+    let features = serde_json::to_value(state.protocol())
+        .ok()
+        .and_then(|p| p.get("readerFeatures").cloned());
+    let may_delete = features
+        .as_ref()
+        .and_then(|f| f.as_array())
+        .is_some_and(|f| f.iter().any(|f| f == "deletionVectors"));
+    if may_delete
+        && state
+            .log_data()
+            .iter()
+            .any(|f| f.deletion_vector_descriptor().is_some())
+    {
+        return Err(Error::Unsupported(format!(
+            "reading a Delta table with deletion vectors ({name} has rows deleted by them; \
+             rewrite it without them, e.g. Spark's REORG TABLE … APPLY (PURGE))"
+        )));
+    }
+    Ok(())
+}

@@ -185,3 +185,55 @@ def test_broken_views_and_unreadable_files_do_not_hide_other_columns(srv, root):
             cur.fetchall()
         assert "DATA_LOSS" in str(e.value) or "DataLoss" in str(e.value), str(e.value)
         assert "not Parquet" in str(e.value)
+
+
+def _delta_log(path, protocol, configuration, fields, add_extra):
+    """A one-commit Delta table written by hand: a feature delta-rs does not write."""
+    import json
+    import time
+    import uuid
+
+    path.mkdir(parents=True)
+    pq.write_table(pa.table({f["physical"]: pa.array([1, 2, 3], pa.int64()) for f in fields}), path / "part-0.parquet")
+    now = int(time.time() * 1000)
+    schema = {"type": "struct", "fields": [
+        {"name": f["name"], "type": "long", "nullable": True, "metadata": f.get("metadata", {})} for f in fields]}
+    actions = [
+        {"protocol": protocol},
+        {"metaData": {"id": str(uuid.uuid4()), "format": {"provider": "parquet", "options": {}},
+                      "schemaString": json.dumps(schema), "partitionColumns": [],
+                      "configuration": configuration, "createdTime": now}},
+        {"add": {"path": "part-0.parquet", "partitionValues": {}, "size": (path / "part-0.parquet").stat().st_size,
+                 "modificationTime": now, "dataChange": True, **add_extra}},
+        {"commitInfo": {"timestamp": now, "operation": "WRITE"}},
+    ]
+    (path / "_delta_log").mkdir()
+    (path / "_delta_log" / f"{0:020d}.json").write_text("".join(json.dumps(a) + "\n" for a in actions))
+
+
+def test_delta_tables_whose_rows_the_scan_would_misread_are_refused(srv, root):
+    """Deletion vectors (their deleted rows came back) and column mapping (every value read as
+    NULL) are refused by name, and so is a reader feature the Delta kernel does not know (it
+    was INTERNAL)."""
+    _delta_log(root / "imp" / "dv",
+               {"minReaderVersion": 3, "minWriterVersion": 7,
+                "readerFeatures": ["deletionVectors"], "writerFeatures": ["deletionVectors"]},
+               {"delta.enableDeletionVectors": "true"}, [{"name": "id", "physical": "id"}],
+               {"deletionVector": {"storageType": "u", "pathOrInlineDv": "ab^-aqEH.-t@S}K{vb[*k^",
+                                   "offset": 1, "sizeInBytes": 36, "cardinality": 1}})
+    _delta_log(root / "imp" / "cm", {"minReaderVersion": 2, "minWriterVersion": 5},
+               {"delta.columnMapping.mode": "name", "delta.columnMapping.maxColumnId": "1"},
+               [{"name": "id", "physical": "col-1",
+                 "metadata": {"delta.columnMapping.id": 1, "delta.columnMapping.physicalName": "col-1"}}], {})
+    _delta_log(root / "imp" / "fut",
+               {"minReaderVersion": 3, "minWriterVersion": 7,
+                "readerFeatures": ["someFutureFeature"], "writerFeatures": ["someFutureFeature"]},
+               {}, [{"name": "id", "physical": "id"}], {})
+    with connect(srv) as conn, conn.cursor() as cur:
+        for name, says in [("dv", "deletion vectors"), ("cm", "column mapping"), ("fut", "someFutureFeature")]:
+            with pytest.raises(adbc_driver_manager.Error) as e:
+                cur.execute(f"CREATE EXTERNAL TABLE {name} STORED AS DELTA LOCATION 'imp/{name}'")
+                cur.execute(f"SELECT * FROM {name}")
+                cur.fetchall()
+            text = str(e.value)
+            assert says in text and ("NOT_IMPLEMENTED" in text or "Unimplemented" in text), text
