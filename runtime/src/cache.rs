@@ -2,7 +2,11 @@
 //! least recently used first out, within a size bound.
 //!
 //! Cells are immutable — Delta never rewrites a data file in place, new data gets new file names
-//! with a UUID — so a cell is keyed by its path; its size is recorded and checked on every hit. The cache sits in front of the object store that
+//! with a UUID — so a cell is keyed by its path; its size is recorded and checked on every hit.
+//! The Parquet files of an external table may be rewritten in place, though: every listing and
+//! HEAD that passes through names an object's current size and ETag, and a cached copy that
+//! differs is dropped (an external table lists its files at every query, so a rewritten file
+//! is read anew; it was served stale, and a longer one panicked the Parquet reader). The cache sits in front of the object store that
 //! DataFusion scans through ([`CachedStore`]); everything that is not a cell passes through.
 //! Hits and misses are counted for metrics, and a Bloom filter of the cached keys travels in the
 //! heartbeat so coordinators can send work where the cells already are.
@@ -94,6 +98,8 @@ impl Bloom {
 struct Entry {
     file: PathBuf,
     size: u64,
+    /// The object's ETag when it was fetched, if the store gives one.
+    e_tag: Option<String>,
     last_used: u64,
 }
 
@@ -194,6 +200,31 @@ impl CellCache {
         evicted
     }
 
+    /// Drop the cached copy of `meta`'s object if the object changed since it was fetched (a
+    /// listing or HEAD gives its size and ETag now).
+    fn refresh(&self, meta: &ObjectMeta) {
+        let key = meta.location.as_ref();
+        let stale = {
+            let mut s = self.state.lock().expect("cache");
+            let changed = s.entries.get(key).is_some_and(|e| {
+                let tag =
+                    |t: &Option<String>| t.as_deref().map(|t| t.trim_matches('"').to_string());
+                e.size != meta.size
+                    || (meta.e_tag.is_some()
+                        && e.e_tag.is_some()
+                        && tag(&e.e_tag) != tag(&meta.e_tag))
+            });
+            match changed {
+                true => s.entries.remove(key).inspect(|e| s.bytes -= e.size),
+                false => None,
+            }
+        };
+        if let Some(e) = stale {
+            debug!(object = %meta.location, "changed in storage; dropped from the cell cache");
+            let _ = std::fs::remove_file(e.file);
+        }
+    }
+
     /// The local file and size of a cached cell.
     fn lookup(&self, key: &str) -> Option<(PathBuf, u64)> {
         let mut s = self.state.lock().expect("cache");
@@ -205,7 +236,7 @@ impl CellCache {
         })
     }
 
-    fn admit(&self, key: String, bytes: &Bytes) -> Option<PathBuf> {
+    fn admit(&self, key: String, bytes: &Bytes, e_tag: Option<String>) -> Option<PathBuf> {
         let size = bytes.len() as u64;
         if size > self.capacity / 2 {
             return None;
@@ -235,6 +266,7 @@ impl CellCache {
                 Entry {
                     file: file.clone(),
                     size,
+                    e_tag,
                     last_used: clock,
                 },
             ) {
@@ -366,7 +398,11 @@ impl ObjectStore for CachedStore {
             && options.version.is_none()
             && !options.head;
         if !plain || !Self::is_cell(location) {
-            return self.inner.get_opts(location, options).await;
+            let got = self.inner.get_opts(location, options).await;
+            if let Ok(g) = &got {
+                self.cache.refresh(&g.meta);
+            }
+            return got;
         }
         let key = location.to_string();
         if let Some(hit) = self.read_cached(location, options.range.as_ref()).await {
@@ -397,7 +433,7 @@ impl ObjectStore for CachedStore {
         .await;
         let served = fetched.map(|(meta, bytes)| {
             if bytes.len() as u64 == meta.size {
-                self.cache.admit(key.clone(), &bytes);
+                self.cache.admit(key.clone(), &bytes, meta.e_tag.clone());
                 debug!(cell = %location, size = meta.size, "cached");
             }
             serve_with_meta(meta, bytes, options.range.as_ref())
@@ -415,7 +451,15 @@ impl ObjectStore for CachedStore {
     }
 
     fn list(&self, prefix: Option<&Path>) -> BoxStream<'static, Result<ObjectMeta>> {
-        self.inner.list(prefix)
+        let cache = self.cache.clone();
+        Box::pin(futures::StreamExt::inspect(
+            self.inner.list(prefix),
+            move |m| {
+                if let Ok(m) = m {
+                    cache.refresh(m);
+                }
+            },
+        ))
     }
 
     fn list_with_offset(
@@ -423,11 +467,23 @@ impl ObjectStore for CachedStore {
         prefix: Option<&Path>,
         offset: &Path,
     ) -> BoxStream<'static, Result<ObjectMeta>> {
-        self.inner.list_with_offset(prefix, offset)
+        let cache = self.cache.clone();
+        Box::pin(futures::StreamExt::inspect(
+            self.inner.list_with_offset(prefix, offset),
+            move |m| {
+                if let Ok(m) = m {
+                    cache.refresh(m);
+                }
+            },
+        ))
     }
 
     async fn list_with_delimiter(&self, prefix: Option<&Path>) -> Result<ListResult> {
-        self.inner.list_with_delimiter(prefix).await
+        let listed = self.inner.list_with_delimiter(prefix).await?;
+        for m in &listed.objects {
+            self.cache.refresh(m);
+        }
+        Ok(listed)
     }
 
     async fn copy_opts(&self, from: &Path, to: &Path, options: CopyOptions) -> Result<()> {
@@ -480,6 +536,39 @@ mod tests {
             .unwrap();
         store.get(&log).await.unwrap();
         assert_eq!(cache.stats().entries, 1);
+    }
+
+    #[tokio::test]
+    async fn a_file_rewritten_in_place_is_read_anew_once_a_listing_shows_it_changed() {
+        let inner: Arc<dyn ObjectStore> = Arc::new(InMemory::new());
+        let file = Path::from("imports/raw/data.parquet");
+        inner.put(&file, vec![1u8; 700].into()).await.unwrap();
+        let dir = tempfile::tempdir().unwrap();
+        let cache = CellCache::new(dir.path().join("c"), 1 << 20).unwrap();
+        let store = CachedStore::new(inner.clone(), cache.clone());
+        assert_eq!(store.get(&file).await.unwrap().bytes().await.unwrap()[0], 1);
+        let listed = || async {
+            let mut l = store.list(Some(&Path::from("imports/raw")));
+            while futures::StreamExt::next(&mut l).await.is_some() {}
+        };
+        // Listed unchanged: still served from the cache.
+        listed().await;
+        store.get(&file).await.unwrap();
+        assert_eq!((cache.stats().hits, cache.stats().entries), (1, 1));
+        // Rewritten at the same size, then at another: each listing drops the stale copy.
+        for (byte, len) in [(2u8, 700), (3u8, 900)] {
+            inner.put(&file, vec![byte; len].into()).await.unwrap();
+            listed().await;
+            let read = store.get(&file).await.unwrap().bytes().await.unwrap();
+            assert_eq!((read[0], read.len()), (byte, len));
+        }
+        // So does a HEAD.
+        inner.put(&file, vec![4u8; 10].into()).await.unwrap();
+        store.head(&file).await.unwrap();
+        assert_eq!(
+            store.get(&file).await.unwrap().bytes().await.unwrap()[..],
+            [4u8; 10]
+        );
     }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
@@ -555,7 +644,7 @@ mod tests {
         // A fetch of `a` that began before the delete cannot cache it again.
         assert!(
             cache
-                .admit(a.to_string(), &Bytes::from(vec![7u8; 1_000]))
+                .admit(a.to_string(), &Bytes::from(vec![7u8; 1_000]), None)
                 .is_none()
         );
         assert_eq!(cache.stats().entries, 1);
