@@ -371,8 +371,11 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
     );
     let (stopping_tx, stopping) = tokio::sync::oneshot::channel::<()>();
     let serve = builder
-        .layer(crate::limit::CallLimitLayer::new(flight.max_calls))
+        // Authentication first: a call without valid credentials holds no call slot (a flood
+        // of wrong passwords took all of them, and logged-in users were refused). Password
+        // checks are bounded by themselves (two at a time, 16 per address, 256 in all).
         .layer(AuthLayer::new(auth))
+        .layer(crate::limit::CallLimitLayer::new(flight.max_calls))
         .add_service(grpc)
         .serve_with_incoming_shutdown(
             // Nagle off on every accepted connection: small replies (SELECT 1, GetFlightInfo)

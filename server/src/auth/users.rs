@@ -111,13 +111,17 @@ const FORGET_AFTER: Duration = Duration::from_secs(600);
 /// other client's login.
 pub(super) const CHECKS_PER_PEER: u32 = 16;
 
+/// Password checks under way or waiting on the whole node: each waits for one of the
+/// [`CONCURRENT_CHECKS`], so beyond this many a login would wait for seconds anyway.
+pub(super) const CHECKS_IN_ALL: u32 = 256;
+
 /// Per-peer failure counts: a peer that keeps failing waits before its next check, doubling up
 /// to [`MAX_DELAY`]. A peer is an IPv4 address or an IPv6 /64 (what one host can choose from).
 #[derive(Debug, Default)]
 pub(super) struct Backoff {
     peers: Mutex<HashMap<IpAddr, (u32, Instant)>>,
-    /// Checks under way or waiting, per peer.
-    checking: Mutex<HashMap<IpAddr, u32>>,
+    /// Checks under way or waiting: in all, and per peer.
+    checking: Mutex<(u32, HashMap<IpAddr, u32>)>,
 }
 
 /// The address a peer is counted under: IPv4 as it is (also when mapped into IPv6), IPv6 by its
@@ -141,12 +145,15 @@ pub(super) struct Checking<'a> {
 
 impl Drop for Checking<'_> {
     fn drop(&mut self) {
-        let Some(peer) = self.peer else { return };
         let mut checking = self.backoff.checking.lock().expect("checking");
-        if let Some(n) = checking.get_mut(&peer) {
+        let (total, peers) = &mut *checking;
+        *total -= 1;
+        if let Some(peer) = self.peer
+            && let Some(n) = peers.get_mut(&peer)
+        {
             *n -= 1;
             if *n == 0 {
-                checking.remove(&peer);
+                peers.remove(&peer);
             }
         }
     }
@@ -154,17 +161,22 @@ impl Drop for Checking<'_> {
 
 impl Backoff {
     /// Start a password check for `peer`, or `None` when it already has [`CHECKS_PER_PEER`]
-    /// under way.
+    /// under way, or the node [`CHECKS_IN_ALL`].
     pub(super) fn start(&self, peer: Option<IpAddr>) -> Option<Checking<'_>> {
         let peer = peer.map(peer_key);
+        let mut checking = self.checking.lock().expect("checking");
+        let (total, peers) = &mut *checking;
+        if *total >= CHECKS_IN_ALL {
+            return None;
+        }
         if let Some(peer) = peer {
-            let mut checking = self.checking.lock().expect("checking");
-            let n = checking.entry(peer).or_insert(0);
+            let n = peers.entry(peer).or_insert(0);
             if *n >= CHECKS_PER_PEER {
                 return None;
             }
             *n += 1;
         }
+        *total += 1;
         Some(Checking {
             backoff: self,
             peer,
@@ -296,6 +308,18 @@ mod tests {
         turns.pop();
         assert!(b.start(peer).is_some());
         drop(turns);
-        assert!(b.checking.lock().unwrap().is_empty());
+        assert!(b.checking.lock().unwrap().1.is_empty());
+        // And the node has a bound over every peer.
+        let all: Vec<_> = (0..CHECKS_IN_ALL)
+            .map(|i| {
+                b.start(Some(
+                    format!("10.1.{}.{}", i / 200, i % 200).parse().unwrap(),
+                ))
+                .unwrap()
+            })
+            .collect();
+        assert!(b.start(Some("10.9.9.9".parse().unwrap())).is_none());
+        drop(all);
+        assert_eq!(b.checking.lock().unwrap().0, 0);
     }
 }
