@@ -399,8 +399,13 @@ impl ObjectStore for CachedStore {
             && !options.head;
         if !plain || !Self::is_cell(location) {
             let got = self.inner.get_opts(location, options).await;
-            if let Ok(g) = &got {
-                self.cache.refresh(&g.meta);
+            match &got {
+                Ok(g) => self.cache.refresh(&g.meta),
+                // Deleted in storage (VACUUM on another node): not served from here either.
+                Err(object_store::Error::NotFound { .. }) if Self::is_cell(location) => {
+                    self.cache.evict(&[location.to_string()]).await;
+                }
+                Err(_) => {}
             }
             return got;
         }

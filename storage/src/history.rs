@@ -142,14 +142,11 @@ impl Ledger {
                 // delta-rs says these in text only (they were INTERNAL).
                 let text = e.to_string();
                 if text.contains("not found") || text.contains("missing") {
-                    Error::NotFound {
-                        kind: ObjectKind::Frame,
-                        name: format!(
-                            "{} at version {version}: VACUUM deleted cells it needs, so it \
-                             cannot be restored",
-                            snapshot.frame()
-                        ),
-                    }
+                    Error::Gone(format!(
+                        "{} cannot be restored to version {version}: VACUUM deleted cells it \
+                         needs",
+                        snapshot.frame()
+                    ))
                 } else if text.contains("should be less then") {
                     Error::Conflict {
                         frame: snapshot.frame().to_string(),

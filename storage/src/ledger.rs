@@ -212,6 +212,11 @@ impl FrameSnapshot {
         self
     }
 
+    /// Whether this is a past version a statement asked for (`VERSION AS OF`, …).
+    pub fn is_historic(&self) -> bool {
+        self.historic
+    }
+
     /// Whether this is an external frame's table (its log is not under the frame's root).
     pub fn is_external(&self) -> bool {
         self.read_only

@@ -336,6 +336,26 @@ impl TableProvider for FrameTable {
             let stats = log_stats.for_file(i, cell.rows.map(|r| r as usize));
             files.push(file_for(cell, &part_fields, stats)?);
         }
+        if self.snapshot.is_historic() {
+            // A past version's cells may be gone (VACUUM), and a cell cache, this node's or a
+            // worker's, may still hold them: a read of the version would be answered there
+            // while every other node says NOT_FOUND. Storage is asked whether each is still
+            // there (a HEAD each; time travel is rare).
+            let store = state.runtime_env().object_store(&self.object_store_url)?;
+            let keys: Vec<object_store::path::Path> = files
+                .iter()
+                .map(|f| f.object_meta.location.clone())
+                .collect();
+            let mut heads = futures::stream::iter(keys)
+                .map(|key| {
+                    let store = store.clone();
+                    async move { object_store::ObjectStoreExt::head(&store, &key).await }
+                })
+                .buffer_unordered(16);
+            while let Some(head) = heads.next().await {
+                head.map_err(|e| DataFusionError::ObjectStore(Box::new(e)))?;
+            }
+        }
         debug!(
             frame = %self.snapshot.frame(),
             version = self.snapshot.version(),

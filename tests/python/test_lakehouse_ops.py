@@ -257,6 +257,10 @@ def test_dml_on_s3_is_read_back_by_deltalake(moto, tmp_path):
             return {o.key for o in bucket.objects.filter(Prefix="lake/default/default/t/") if o.key.endswith(".parquet")}
 
         before = cells()
+        # A second node with a cache of its own has read version 2 as well.
+        other = ApiaryServer("s3://bucket/lake", args=["--cache-dir", str(tmp_path / "other-cells")], env=env)
+        with flightsql.connect(other.uri) as conn, conn.cursor() as cur:
+            assert rows(cur, "SELECT count(*) FROM t VERSION AS OF 2")[0][0] > 0
         with flightsql.connect(s.uri) as conn, conn.cursor() as cur:
 
             def cached_bytes():
@@ -276,6 +280,12 @@ def test_dml_on_s3_is_read_back_by_deltalake(moto, tmp_path):
             with pytest.raises(Exception, match=r"NOT_FOUND.*is gone \(VACUUM deleted"):
                 rows(cur, "SELECT * FROM t VERSION AS OF 2")
             assert rows(cur, "SELECT count(*) FROM t") == [(271,)]
+        # Nor from the other node's cache, which the VACUUM did not touch (it served them).
+        with flightsql.connect(other.uri) as conn, conn.cursor() as cur:
+            with pytest.raises(Exception, match=r"NOT_FOUND.*is gone \(VACUUM deleted"):
+                rows(cur, "SELECT * FROM t VERSION AS OF 2")
+            assert rows(cur, "SELECT count(*) FROM t") == [(271,)]
+        other.stop()
     finally:
         s.stop()
 
