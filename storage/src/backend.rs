@@ -515,8 +515,19 @@ impl Storage {
 
     /// Delete every object below `prefix`. Returns how many were deleted.
     pub async fn delete_prefix(&self, prefix: &Path) -> Result<usize> {
+        self.delete_prefix_but(prefix, None).await
+    }
+
+    /// [`Storage::delete_prefix`], keeping the object at `keep` (a key under `prefix`).
+    pub async fn delete_prefix_but(&self, prefix: &Path, keep: Option<&Path>) -> Result<usize> {
         let abs = self.absolute(prefix);
-        let locations = self.store.list(Some(&abs)).map_ok(|m| m.location).boxed();
+        let keep = keep.map(|k| self.absolute(k));
+        let locations = self
+            .store
+            .list(Some(&abs))
+            .map_ok(|m| m.location)
+            .try_filter(move |l| futures::future::ready(Some(l) != keep.as_ref()))
+            .boxed();
         let deleted: Vec<Path> = self
             .store
             .delete_stream(locations)

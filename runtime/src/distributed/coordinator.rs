@@ -805,15 +805,20 @@ impl Dispatch {
     /// Remove everything the query put into storage, and ask workers to stop unless every
     /// task already finished.
     pub(crate) async fn cleanup(&self) {
+        // A query cut short leaves its cancel marker for the workers still running fragments
+        // of it to find (the orphan sweep deletes it later): deleted with the rest at once,
+        // it was almost never seen, and they ran on and wrote their outputs.
+        let mut marker = None;
         if !self.is_finished() {
             let _ = crate::cancel::write_marker(&self.storage, &self.query_id).await;
+            marker = paths::cancel_marker(&self.query_id).ok();
         }
         let posted: Vec<Path> = self.posted.lock().expect("posted").drain(..).collect();
         for k in posted {
             let _ = self.storage.delete(&k).await;
         }
         if let Ok(prefix) = paths::query_prefix(&self.query_id) {
-            match self.storage.delete_prefix(&prefix).await {
+            match self.storage.delete_prefix_but(&prefix, marker.as_ref()).await {
                 Ok(n) => debug!(query_id = %self.query_id, objects = n, "query objects deleted"),
                 Err(e) => warn!(query_id = %self.query_id, error = %e, "deleting query objects"),
             }
