@@ -142,13 +142,18 @@ pub(super) fn alter(c: &mut Cursor<'_>, text: &str) -> Result<Command> {
     loop {
         let column = c.ident()?;
         let start = c.offset();
-        let mut depth = 0i32;
+        // Parentheses and the angle brackets of `STRUCT<a INT, b VARCHAR>`, `MAP<…>` and
+        // `ARRAY<…>` nest; a comma inside them is part of the type.
+        let (mut depth, mut angles) = (0i32, 0i32);
         while let Some(t) = c.peek() {
             match t {
                 Token::LParen => depth += 1,
                 Token::RParen if depth == 0 => break,
                 Token::RParen => depth -= 1,
-                Token::Comma if depth == 0 => break,
+                Token::Lt => angles += 1,
+                Token::Gt => angles -= 1,
+                Token::ShiftRight => angles -= 2,
+                Token::Comma if depth == 0 && angles <= 0 => break,
                 _ => {}
             }
             c.skip();
