@@ -818,7 +818,11 @@ impl Dispatch {
             let _ = self.storage.delete(&k).await;
         }
         if let Ok(prefix) = paths::query_prefix(&self.query_id) {
-            match self.storage.delete_prefix_but(&prefix, marker.as_ref()).await {
+            match self
+                .storage
+                .delete_prefix_but(&prefix, marker.as_ref())
+                .await
+            {
                 Ok(n) => debug!(query_id = %self.query_id, objects = n, "query objects deleted"),
                 Err(e) => warn!(query_id = %self.query_id, error = %e, "deleting query objects"),
             }

@@ -187,7 +187,7 @@ async fn execute(ctx: Arc<DistContext>, task: TaskV1) {
             Ok(())
         }
         Err(e) => {
-            let retryable = e.is_retryable();
+            let retryable = e.is_retryable() || (memory_short(&e) && larger_bees_elsewhere(&ctx));
             if retryable {
                 warn!(query_id = %key.query_id, stage = key.stage, task = key.task, error = %e, "giving up a fragment; another node will run it");
             } else {
@@ -214,6 +214,24 @@ async fn execute(ctx: Arc<DistContext>, task: TaskV1) {
         warn!(query_id = %key.query_id, error = %e, "writing a fragment's outcome");
     }
     ctx.outcomes.wake(&key.query_id);
+}
+
+/// Whether `e` is a fragment needing more memory than this node's bees have.
+fn memory_short(e: &Error) -> bool {
+    matches!(e, Error::ResourceExhausted(_))
+}
+
+/// Whether another live node gives each bee more memory than this one: a fragment too big for
+/// a bee here is given up for it (in a swarm of a Raspberry Pi and a NUC, a query failed each
+/// time one of its fragments was placed on the Pi).
+fn larger_bees_elsewhere(ctx: &DistContext) -> bool {
+    let per_bee = |budget: u64, bees: u32| budget / u64::from(bees.max(1));
+    let ours = ctx.bees.bee_budget();
+    ctx.world.nodes().iter().any(|n| {
+        n.heartbeat.node_id != ctx.node_id
+            && n.state == crate::swarm::NodeState::Alive
+            && per_bee(n.heartbeat.memory_budget, n.heartbeat.bees_total) > ours
+    })
 }
 
 /// Where a task's output goes.

@@ -1070,3 +1070,45 @@ async fn a_fragment_failing_on_its_input_answers_as_a_single_node_would() {
     assert_eq!(status.code(), tonic::Code::InvalidArgument, "{status}");
     assert!(!status.message().contains("server log"), "{status}");
 }
+
+/// A swarm of unequal nodes: a fragment too big for the small node's bee is given up to a node
+/// whose bees have more memory, and the query is answered as the big node alone answers it. It
+/// failed RESOURCE_EXHAUSTED each time a fragment was placed on the small node.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_fragment_too_big_for_a_small_node_runs_on_a_bigger_one() {
+    let dir = tempfile::tempdir().unwrap();
+    let root = dir.path().to_str().unwrap();
+    let big = start(
+        root,
+        "node-big",
+        &["--memory", "2GiB", "--cell-target-size", "1MiB"],
+        &[],
+    );
+    let small = start(
+        root,
+        "node-small",
+        &["--memory", "16MiB", "--cell-target-size", "1MiB"],
+        &[],
+    );
+    let mut c = client(&big).await;
+    run(
+        &mut c,
+        "CREATE TABLE t AS SELECT value AS k, concat(CAST(value AS VARCHAR), \
+         '-padding-padding-padding') AS s FROM generate_series(1, 2000000)",
+    )
+    .await;
+    wait_alive(&mut c, &["node-big", "node-small"]).await;
+    let q = "SELECT count(*), max(l) FROM (SELECT k % 1000 AS g, length(string_agg(s, ',')) AS l \
+             FROM t GROUP BY k % 1000)";
+    let mut answers = Vec::new();
+    for _ in 0..2 {
+        answers.push(canonical(&run(&mut c, q).await));
+    }
+    assert!(small.stop());
+    wait_alive(&mut c, &["node-big"]).await;
+    let alone = canonical(&run(&mut c, q).await);
+    assert!(
+        answers.iter().all(|a| *a == alone),
+        "{answers:?} vs {alone:?}"
+    );
+}
