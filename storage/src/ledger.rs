@@ -637,6 +637,18 @@ impl Ledger {
                 Ok(Some(commit)) => Ok(Created::Foreign(
                     String::from_utf8_lossy(&commit).into_owned(),
                 )),
+                // delta-rs could not load the table it had just committed, whose log is gone
+                // now: a DROP (of the frame's box, say) took it meanwhile.
+                Ok(None)
+                    if matches!(e, DeltaTableError::NotATable(_))
+                        || e.to_string().contains("File not found")
+                        || e.to_string().contains("No files in log segment") =>
+                {
+                    Err(Error::Conflict {
+                        frame: frame.to_string(),
+                        detail: "it was dropped while being created; retry".into(),
+                    })
+                }
                 Ok(None) => Err(e.into()),
                 Err(check) => Ok(Created::Unsure(Error::Internal(format!(
                     "creating {frame} failed ({e}), and whether its first commit landed is \

@@ -72,6 +72,11 @@ impl Engine {
         name: &str,
         value: Option<&str>,
     ) -> Result<()> {
+        // `RESET ALL`, as in PostgreSQL: every option the session set.
+        if value.is_none() && name.eq_ignore_ascii_case("all") {
+            session.options.clear();
+            return Ok(());
+        }
         let apiary = APIARY_OPTIONS.iter().find(|(k, _, _)| *k == name);
         let mut probe = self.base_state().config().options().as_ref().clone();
         // An unknown name is the caller's mistake whatever its prefix; a known one may still
