@@ -121,6 +121,9 @@ def test_list_actions_and_unknown_ticket(server):
     client = flight.FlightClient(server.uri)
     names = {a.type for a in client.list_actions()}
     assert {"CreatePreparedStatement", "CancelFlightInfo", "SetSessionOptions"} <= names
+    # Nothing that always answers UNIMPLEMENTED is offered.
+    assert not names & {"BeginTransaction", "EndTransaction", "BeginSavepoint", "EndSavepoint",
+                        "CreatePreparedSubstraitPlan"}
     # INVALID_ARGUMENT surfaces in pyarrow as ArrowInvalid.
     with pytest.raises(pa.ArrowInvalid):
         client.do_get(flight.Ticket(b"not a ticket")).read_all()

@@ -255,7 +255,23 @@ impl FlightService for ApiaryFlightService {
         &self,
         request: Request<arrow_flight::Empty>,
     ) -> Result<Response<Self::ListActionsStream>, Status> {
-        FlightService::list_actions(self.sql.as_ref(), request).await
+        // arrow-flight lists every Flight SQL action; these always answer UNIMPLEMENTED here
+        // (no transactions, savepoints or Substrait plans), so they are not offered.
+        const NOT_OFFERED: [&str; 5] = [
+            "CreatePreparedSubstraitPlan",
+            "BeginTransaction",
+            "EndTransaction",
+            "BeginSavepoint",
+            "EndSavepoint",
+        ];
+        let all = FlightService::list_actions(self.sql.as_ref(), request)
+            .await?
+            .into_inner();
+        let offered = futures::StreamExt::filter(all, |a| {
+            let keep = !matches!(a, Ok(t) if NOT_OFFERED.contains(&t.r#type.as_str()));
+            futures::future::ready(keep)
+        });
+        Ok(Response::new(Box::pin(offered)))
     }
 
     async fn do_exchange(
