@@ -469,9 +469,16 @@ impl<H: Send + Unpin + 'static> TrackedStream<H> {
                     _ = cancelled => Error::Cancelled,
                 };
                 // Record why before the sender goes, so the reader finds it when the channel ends.
-                if let Poll::Ready(Some(Err(e))) = tracked.fail(why) {
-                    *stop.lock().expect("stopped") = Some(e);
-                }
+                // A cancelled query is recorded as such when its guard is dropped, as when the
+                // stream itself sees the cancellation.
+                let e = match why {
+                    Error::Cancelled => Some(Error::Cancelled.into()),
+                    why => match tracked.fail(why) {
+                        Poll::Ready(Some(Err(e))) => Some(e),
+                        _ => None,
+                    },
+                };
+                *stop.lock().expect("stopped") = e;
                 return;
             }
         });
