@@ -480,9 +480,7 @@ fn data_error(e: &arrow::error::ArrowError) -> bool {
 fn exactly_by_partition(p: Expr, partition_columns: &[String]) -> Expr {
     let columns = p.column_refs();
     let partition_only = !partition_columns.is_empty()
-        && columns
-            .iter()
-            .all(|c| partition_columns.iter().any(|p| *p == c.name));
+        && columns.iter().all(|c| partition_columns.contains(&c.name));
     match (partition_only, &p) {
         (false, _) | (true, Expr::IsTrue(_)) => p,
         (true, _) => p.is_true(),

@@ -14,7 +14,7 @@ use arrow_flight::sql::{ActionCreatePreparedStatementResult, DoPutPreparedStatem
 use arrow_flight::{FlightDescriptor, FlightInfo};
 
 use super::FlightSql;
-use super::statement::remember_changes;
+use super::statement::{SessionBack, remember_changes};
 use super::ticket::{options_of, options_to, session_of};
 use super::wire::{
     batch_rows, decode_param_rows, encode_params, ipc_schema, read_batches, wire_schema, wire_type,
@@ -99,8 +99,7 @@ impl FlightSql {
         };
         self.flight_info_for_query(
             &in_session_of(who, &p),
-            who,
-            slot,
+            SessionBack { caller: who, slot },
             &p.sql,
             p.parameters,
             descriptor,

@@ -22,6 +22,7 @@ use tonic::{Request, Response, Status, Streaming};
 use tracing::info;
 
 use super::FlightSql;
+use super::statement::SessionBack;
 use super::wire::{BoxStream, action_result, one_batch};
 use crate::auth;
 use crate::error::Error;
@@ -106,8 +107,7 @@ impl FlightSqlService for FlightSql {
         let info = self
             .flight_info_for_query(
                 &who,
-                &who,
-                slot,
+                SessionBack { caller: &who, slot },
                 &query.query,
                 bytes::Bytes::new(),
                 request.into_inner(),

@@ -38,8 +38,7 @@ impl FlightSql {
     pub(super) async fn flight_info_for_query(
         &self,
         who: &Principal,
-        caller: &Principal,
-        slot: Option<SessionSlot>,
+        back: SessionBack<'_>,
         sql: &str,
         params: bytes::Bytes,
         descriptor: FlightDescriptor,
@@ -50,7 +49,7 @@ impl FlightSql {
         let rows = decode_param_rows(&params)?;
         if !stmt.returns_rows() {
             let (count, after) = self.run_update(&session, &stmt, rows).await?;
-            remember_changes(slot, &session_of(caller)?, &session, &after);
+            remember_changes(back.slot, &session_of(back.caller)?, &session, &after);
             if stmt.counts_rows() {
                 // One `count` row, as DataFusion answers; the ticket carries it.
                 let schema = count_schema();
@@ -392,6 +391,13 @@ impl FlightSql {
 }
 
 /// Hand a changed session back to the client (the auth layer puts it into the next token).
+/// Where what a statement changes in its session goes: the client's (`caller`) session, through
+/// `slot`.
+pub(super) struct SessionBack<'a> {
+    pub(super) caller: &'a Principal,
+    pub(super) slot: Option<SessionSlot>,
+}
+
 pub(super) fn remember(slot: Option<SessionSlot>, before: &Session, after: &Session) {
     remember_changes(slot, before, before, after)
 }
