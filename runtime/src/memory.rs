@@ -9,8 +9,9 @@
 //! memory failed about one run in ten on a loaded machine.
 //!
 //! [`HeadroomPool`] divides memory the same way, but keeps a headroom (an eighth of the pool) that
-//! spilling operators never take: they spill when they would reach it, and non-spilling
-//! operators grow into it.
+//! spilling operators never take: they spill when they would reach it. Operators that cannot
+//! spill may take the whole pool; what they hold also shrinks the spillers' part, so the
+//! headroom is free whenever a spiller has just grown.
 
 use std::fmt;
 use std::sync::Mutex;

@@ -437,7 +437,8 @@ impl<H: Send + Unpin + 'static> TrackedStream<H> {
         let stop = stopped.clone();
         let token = self.guard.as_ref().map(|g| g.entry.token.clone());
         let deadline = self.deadline.as_ref().map(|(s, t)| (s.deadline(), *t));
-        let task = crate::executor::spawn(async move {
+        let on_panic = stopped.clone();
+        let pump = async move {
             let mut tracked = self;
             while let Some(item) = tracked.next().await {
                 let quiet = async {
@@ -481,6 +482,18 @@ impl<H: Send + Unpin + 'static> TrackedStream<H> {
                 *stop.lock().expect("stopped") = e;
                 return;
             }
+        };
+        // A panic while pumping must fail the result: unhandled, it ended the task and the
+        // channel, and the reader saw a short result as if it were whole.
+        let task = crate::executor::spawn(async move {
+            if std::panic::AssertUnwindSafe(pump)
+                .catch_unwind()
+                .await
+                .is_err()
+            {
+                *on_panic.lock().unwrap_or_else(|e| e.into_inner()) =
+                    Some(Error::Internal("the query's result stream panicked".into()).into());
+            }
         });
         Box::pin(Served {
             schema,
@@ -511,7 +524,11 @@ impl Stream for Served {
         match self.rx.poll_recv(cx) {
             Poll::Ready(None) => {
                 self.done = true;
-                let why = self.stopped.lock().expect("stopped").take();
+                let why = self
+                    .stopped
+                    .lock()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .take();
                 Poll::Ready(why.map(Err))
             }
             other => other,

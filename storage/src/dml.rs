@@ -469,21 +469,49 @@ fn data_error(e: &arrow::error::ArrowError) -> bool {
     )
 }
 
-/// Columns served as another type than they are stored in are read through a cast, as the scan
-/// reads them, so that expressions typed for the served schema evaluate on stored data.
-/// A DELETE predicate over partition columns only, as `(predicate) IS TRUE`: the same rows, but
-/// delta-rs then finds the cells to remove by evaluating it with DataFusion over their partition
-/// values. Otherwise it hands the predicate to the Delta kernel's file skipping, which keeps a
-/// cell whenever it cannot tell (a NULL, an operator it reads loosely), and delta-rs removes
-/// every cell kept: `WHERE (p = 'x') IS NULL`, a `CASE` or `coalesce` over `p`, `p NOT IN ('x',
-/// NULL)` deleted rows they do not match.
+/// A DELETE predicate over partition columns only, as `(predicate) IS TRUE` unless it is one
+/// the Delta kernel decides exactly: the same rows, but delta-rs then finds the cells to remove
+/// by evaluating it with DataFusion over their partition values. Otherwise it hands the
+/// predicate to the kernel's file skipping, which keeps a cell whenever it cannot tell (a
+/// NULL, an operator it reads loosely), and delta-rs removes every cell kept: `WHERE (p = 'x')
+/// IS NULL`, a `CASE` or `coalesce` over `p`, `p NOT IN ('x', NULL)` deleted rows they do not
+/// match. Plain comparisons are left as they are: the predicate is also what delta-rs records
+/// as the commit's read, and `IS TRUE` there prunes nothing, so concurrent changes to other
+/// partitions would conflict with it.
 fn exactly_by_partition(p: Expr, partition_columns: &[String]) -> Expr {
     let columns = p.column_refs();
     let partition_only = !partition_columns.is_empty()
         && columns.iter().all(|c| partition_columns.contains(&c.name));
-    match (partition_only, &p) {
-        (false, _) | (true, Expr::IsTrue(_)) => p,
-        (true, _) => p.is_true(),
+    if !partition_only || decided_by_kernel(&p) {
+        return p;
+    }
+    match p {
+        Expr::IsTrue(_) => p,
+        p => p.is_true(),
+    }
+}
+
+/// Whether the Delta kernel evaluates `p` exactly over partition values: `AND` and `OR` of a
+/// column compared with a value (`=`, `<`, `<=`, `>`, `>=`), `IN` a list of values, `IS [NOT]
+/// NULL`.
+fn decided_by_kernel(p: &Expr) -> bool {
+    use datafusion::logical_expr::{BinaryExpr, Operator};
+    let value = |e: &Expr| matches!(e, Expr::Literal(v, _) if !v.is_null());
+    let column = |e: &Expr| matches!(e, Expr::Column(_));
+    match p {
+        Expr::BinaryExpr(BinaryExpr {
+            left,
+            op: Operator::And | Operator::Or,
+            right,
+        }) => decided_by_kernel(left) && decided_by_kernel(right),
+        Expr::BinaryExpr(BinaryExpr {
+            left,
+            op: Operator::Eq | Operator::Lt | Operator::LtEq | Operator::Gt | Operator::GtEq,
+            right,
+        }) => (column(left) && value(right)) || (value(left) && column(right)),
+        Expr::IsNull(e) | Expr::IsNotNull(e) => column(e),
+        Expr::InList(l) => !l.negated && column(&l.expr) && l.list.iter().all(value),
+        _ => false,
     }
 }
 
@@ -597,6 +625,8 @@ fn spelled_by_delta(v: &ScalarValue) -> bool {
     }
 }
 
+/// Columns served as another type than they are stored in are read through a cast, as the scan
+/// reads them, so that expressions typed for the served schema evaluate on stored data.
 fn stored_columns(snapshot: &FrameSnapshot, e: Expr) -> Result<Expr> {
     Ok(crate::schema::columns_as_served(
         snapshot.schema(),

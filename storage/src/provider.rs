@@ -224,9 +224,28 @@ fn file_for(
     // the `%` of an escaped partition value a second time.
     let mut file = PartitionedFile::new(String::new(), cell.size);
     file.object_meta.location = cell.location.clone();
-    Ok(file
+    let file_columns = stats.column_statistics.len();
+    let rows = stats.num_rows;
+    let nulls: Vec<bool> = values.iter().map(ScalarValue::is_null).collect();
+    let mut file = file
         .with_partition_values(values)
-        .with_statistics(Arc::new(stats)))
+        .with_statistics(Arc::new(stats));
+    // DataFusion appends each partition column's statistics as "never null" (a value taken
+    // from a path), but a Delta cell's partition value may be NULL: `count(p)` over a NULL
+    // partition was answered from these statistics as the number of rows.
+    if nulls.iter().any(|n| *n)
+        && let Some(stats) = file.statistics.as_mut()
+    {
+        let stats = Arc::make_mut(stats);
+        for (i, null) in nulls.iter().enumerate() {
+            if let (true, Some(c)) = (*null, stats.column_statistics.get_mut(file_columns + i)) {
+                c.null_count = rows;
+                c.min_value = datafusion::common::stats::Precision::Absent;
+                c.max_value = datafusion::common::stats::Precision::Absent;
+            }
+        }
+    }
+    Ok(file)
 }
 
 /// Cast the scan's stored columns to the types the frame serves (`wanted` are the declared

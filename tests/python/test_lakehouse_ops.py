@@ -594,3 +594,30 @@ def test_a_replace_that_loses_a_race_is_aborted_never_half_applied(tmp_path):
     finally:
         a.stop()
         b.stop()
+
+
+def test_deletes_of_different_partitions_do_not_conflict(tmp_path):
+    """A DELETE over partition columns commits beside a concurrent change to another partition:
+    its read is its partitions' cells only. (Recorded as `(p = 'x') IS TRUE`, its read pruned
+    nothing, and every such pair conflicted.)"""
+    root = str(tmp_path / "root")
+    b = ApiaryServer(root)
+    a = ApiaryServer(root, env={"APIARY_FAULT_PAUSE_BEFORE_COMMIT_MS": "4000"})
+    try:
+        with flightsql.connect(b.uri) as conn, conn.cursor() as cur:
+            cur.execute("CREATE TABLE t (id BIGINT, p VARCHAR) PARTITIONED BY (p)")
+            cur.execute("INSERT INTO t SELECT value, CASE WHEN value % 3 = 0 THEN 'x' "
+                        "WHEN value % 3 = 1 THEN 'y' ELSE NULL END FROM generate_series(1, 30)")
+        t, outcome = in_background(a, "DELETE FROM t WHERE p = 'x'")
+        deadline = a._time.time() + 60
+        while "pausing before commit" not in a.log and a._time.time() < deadline:
+            a._time.sleep(0.05)
+        with flightsql.connect(b.uri) as conn, conn.cursor() as cur:
+            cur.execute("DELETE FROM t WHERE p = 'y'")
+        t.join(60)
+        assert "error" not in outcome, outcome
+        with flightsql.connect(b.uri) as conn, conn.cursor() as cur:
+            assert rows(cur, "SELECT p, count(*) FROM t GROUP BY p ORDER BY p") == [(None, 10)]
+    finally:
+        a.stop()
+        b.stop()

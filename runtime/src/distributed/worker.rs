@@ -216,9 +216,10 @@ async fn execute(ctx: Arc<DistContext>, task: TaskV1) {
     ctx.outcomes.wake(&key.query_id);
 }
 
-/// Whether `e` is a fragment needing more memory than this node's bees have.
+/// Whether `e` is a fragment needing more memory than this node's bees have (not a bound
+/// every node applies alike, such as a function's output size).
 fn memory_short(e: &Error) -> bool {
-    matches!(e, Error::ResourceExhausted(_))
+    matches!(e, Error::ResourceExhausted(m) if m.contains("more memory than its bee's budget"))
 }
 
 /// Whether another live node gives each bee more memory than this one: a fragment too big for

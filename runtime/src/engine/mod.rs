@@ -48,7 +48,6 @@ mod nan_pruning;
 mod operations;
 mod options;
 mod policy;
-mod rounded;
 mod show;
 mod sql_types;
 mod types;
@@ -659,12 +658,10 @@ impl Engine {
 }
 
 /// DataFusion's analyzer rules with ours: decimal literals beside floats become floats before
-/// its type coercion; after it, decimals cast to integers round, and integer arithmetic is
-/// checked (before constant folding).
+/// its type coercion, and integer arithmetic is checked after it (before constant folding).
 fn analyzer_rules() -> Vec<Arc<dyn datafusion::optimizer::AnalyzerRule + Send + Sync>> {
     let mut rules = datafusion::optimizer::Analyzer::new().rules;
     rules.insert(0, Arc::new(literals::FloatNeighbours));
-    rules.push(Arc::new(rounded::RoundedCasts));
     rules.push(Arc::new(checked::CheckedIntegers));
     rules
 }

@@ -41,7 +41,7 @@ use tracing::{debug, warn};
 
 use token::Claims;
 pub use token::Signer;
-use users::{Backoff, CHECKS_PER_PEER, User, check_password, credential_of};
+use users::{Backoff, Busy, CHECKS_IN_ALL, CHECKS_PER_PEER, User, check_password, credential_of};
 pub use users::{hash_password, parse_users};
 
 /// Who is calling, and the session they carry.
@@ -250,12 +250,21 @@ impl Authenticator {
         if !self.enabled() {
             return Ok(p);
         }
-        let Some(_checking) = self.backoff.start(peer) else {
-            warn!(user, ?peer, "too many logins at once");
-            return Err(Status::resource_exhausted(format!(
-                "more than {CHECKS_PER_PEER} logins at once from this address: wait for them \
-                 before sending more"
-            )));
+        let _checking = match self.backoff.start(peer) {
+            Ok(c) => c,
+            Err(Busy::Peer) => {
+                warn!(user, ?peer, "too many logins at once");
+                return Err(Status::resource_exhausted(format!(
+                    "more than {CHECKS_PER_PEER} logins at once from this address: wait for \
+                     them before sending more"
+                )));
+            }
+            Err(Busy::Node) => {
+                warn!(user, ?peer, "too many logins at once on the node");
+                return Err(Status::unavailable(format!(
+                    "the node has {CHECKS_IN_ALL} logins under way: retry shortly"
+                )));
+            }
         };
         let delay = self.backoff.delay(peer);
         if !delay.is_zero() {

@@ -45,11 +45,12 @@ impl FlightSql {
         announced: Option<SchemaRef>,
     ) -> Result<FlightInfo> {
         let session = session_of(who)?;
+        let caller = session_of(back.caller)?;
         let stmt = self.parse_one(sql)?;
         let rows = decode_param_rows(&params)?;
         if !stmt.returns_rows() {
             let (count, after) = self.run_update(&session, &stmt, rows).await?;
-            remember_changes(back.slot, &session_of(back.caller)?, &session, &after);
+            remember_changes(back.slot, &caller, &session, &after);
             if stmt.counts_rows() {
                 // One `count` row, as DataFusion answers; the ticket carries it.
                 let schema = count_schema();
@@ -390,7 +391,6 @@ impl FlightSql {
     }
 }
 
-/// Hand a changed session back to the client (the auth layer puts it into the next token).
 /// Where what a statement changes in its session goes: the client's (`caller`) session, through
 /// `slot`.
 pub(super) struct SessionBack<'a> {
@@ -398,6 +398,7 @@ pub(super) struct SessionBack<'a> {
     pub(super) slot: Option<SessionSlot>,
 }
 
+/// Hand a changed session back to the client (the auth layer puts it into the next token).
 pub(super) fn remember(slot: Option<SessionSlot>, before: &Session, after: &Session) {
     remember_changes(slot, before, before, after)
 }
