@@ -51,6 +51,7 @@ mod policy;
 mod show;
 mod sql_types;
 mod types;
+mod whole_casts;
 mod yielding;
 
 use std::sync::{Arc, LazyLock};
@@ -658,10 +659,12 @@ impl Engine {
 }
 
 /// DataFusion's analyzer rules with ours: decimal literals beside floats become floats before
-/// its type coercion, and integer arithmetic is checked after it (before constant folding).
+/// its type coercion; after it, decimals cast to integers drop their fraction first, and integer
+/// arithmetic is checked (before constant folding).
 fn analyzer_rules() -> Vec<Arc<dyn datafusion::optimizer::AnalyzerRule + Send + Sync>> {
     let mut rules = datafusion::optimizer::Analyzer::new().rules;
     rules.insert(0, Arc::new(literals::FloatNeighbours));
+    rules.push(Arc::new(whole_casts::WholeCasts));
     rules.push(Arc::new(checked::CheckedIntegers));
     rules
 }
