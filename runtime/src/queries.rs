@@ -438,6 +438,8 @@ impl<H: Send + Unpin + 'static> TrackedStream<H> {
         let token = self.guard.as_ref().map(|g| g.entry.token.clone());
         let deadline = self.deadline.as_ref().map(|(s, t)| (s.deadline(), *t));
         let on_panic = stopped.clone();
+        // Held by the task until a panic is recorded: the channel must not end before that.
+        let open = tx.clone();
         let pump = async move {
             let mut tracked = self;
             while let Some(item) = tracked.next().await {
@@ -494,6 +496,7 @@ impl<H: Send + Unpin + 'static> TrackedStream<H> {
                 *on_panic.lock().unwrap_or_else(|e| e.into_inner()) =
                     Some(Error::Internal("the query's result stream panicked".into()).into());
             }
+            drop(open);
         });
         Box::pin(Served {
             schema,
