@@ -89,6 +89,11 @@ fn frame_type(column: &str, dt: &DataType) -> Result<DataType> {
         List(f) | LargeList(f) | ListView(f) | LargeListView(f) | FixedSizeList(f, _) => {
             List(Arc::new(stored_field(f)?.with_name("element")))
         }
+        // Parquet cannot write one ("Parquet does not support writing empty structs"): the
+        // ingest failed INTERNAL after creating the frame.
+        Struct(fields) if fields.is_empty() => {
+            return Err(unsupported(" (a struct needs at least one field)"));
+        }
         Struct(fields) => Struct(
             fields
                 .iter()
@@ -791,6 +796,10 @@ mod tests {
             ),
             (DataType::Decimal256(50, 2), "at most 38 digits"),
             (DataType::Decimal128(37, -2), "at most 38 digits"),
+            (
+                DataType::Struct(arrow::datatypes::Fields::empty()),
+                "at least one field",
+            ),
         ] {
             let err =
                 frame_schema_for(&Schema::new(vec![Field::new("bad", refused.clone(), true)]))
