@@ -360,6 +360,19 @@ impl CachedStore {
         })
     }
 
+    /// `listing`, dropping from the cache each object it shows changed.
+    fn refreshing(
+        &self,
+        listing: BoxStream<'static, Result<ObjectMeta>>,
+    ) -> BoxStream<'static, Result<ObjectMeta>> {
+        let cache = self.cache.clone();
+        Box::pin(futures::StreamExt::inspect(listing, move |m| {
+            if let Ok(m) = m {
+                cache.refresh(m);
+            }
+        }))
+    }
+
     fn is_cell(path: &Path) -> bool {
         path.extension() == Some("parquet") && !path.as_ref().contains("_delta_log")
     }
@@ -456,15 +469,7 @@ impl ObjectStore for CachedStore {
     }
 
     fn list(&self, prefix: Option<&Path>) -> BoxStream<'static, Result<ObjectMeta>> {
-        let cache = self.cache.clone();
-        Box::pin(futures::StreamExt::inspect(
-            self.inner.list(prefix),
-            move |m| {
-                if let Ok(m) = m {
-                    cache.refresh(m);
-                }
-            },
-        ))
+        self.refreshing(self.inner.list(prefix))
     }
 
     fn list_with_offset(
@@ -472,15 +477,7 @@ impl ObjectStore for CachedStore {
         prefix: Option<&Path>,
         offset: &Path,
     ) -> BoxStream<'static, Result<ObjectMeta>> {
-        let cache = self.cache.clone();
-        Box::pin(futures::StreamExt::inspect(
-            self.inner.list_with_offset(prefix, offset),
-            move |m| {
-                if let Ok(m) = m {
-                    cache.refresh(m);
-                }
-            },
-        ))
+        self.refreshing(self.inner.list_with_offset(prefix, offset))
     }
 
     async fn list_with_delimiter(&self, prefix: Option<&Path>) -> Result<ListResult> {

@@ -79,13 +79,16 @@ impl Engine {
         }
         let apiary = APIARY_OPTIONS.iter().find(|(k, _, _)| *k == name);
         let mut probe = self.base_state().config().options().as_ref().clone();
+        // The option's default, if DataFusion has the option (`None` inside: unset).
+        let default = probe
+            .entries()
+            .into_iter()
+            .find(|e| e.key == name)
+            .map(|e| e.value);
         // An unknown name is the caller's mistake whatever its prefix; a known one may still
         // be the operator's.
         // (DataFusion's runtime settings, `datafusion.runtime.*`, are not among its options.)
-        if apiary.is_none()
-            && !name.starts_with("datafusion.runtime.")
-            && !probe.entries().iter().any(|e| e.key == name)
-        {
+        if apiary.is_none() && !name.starts_with("datafusion.runtime.") && default.is_none() {
             return Err(Error::Sql(format!("unknown option {name}")));
         }
         if name.starts_with("datafusion.") && !SETTABLE.iter().any(|p| name.starts_with(p)) {
@@ -121,10 +124,7 @@ impl Engine {
         // Every other whole-number option is bounded too: DataFusion sizes semaphores from
         // some (`hash_join_buffering_capacity`, in bytes), and one beyond Tokio's limit
         // panicked the query's threads.
-        let whole_number = probe
-            .entries()
-            .iter()
-            .any(|e| e.key == name && e.value.as_deref().is_some_and(|v| v.parse::<u64>().is_ok()));
+        let whole_number = default.flatten().is_some_and(|v| v.parse::<u64>().is_ok());
         let bounds = bounds(name).or(whole_number.then_some((0, MAX_WHOLE_NUMBER)));
         if let Some((lo, hi)) = bounds {
             match value.parse::<u64>() {
