@@ -62,6 +62,8 @@ pub struct HeartbeatInput<'a> {
     pub seq: u64,
     /// This node posted fragments to other nodes lately.
     pub coordinating: bool,
+    /// How often this node writes its heartbeat.
+    pub interval: Duration,
 }
 
 /// The heartbeat object for `input`.
@@ -83,12 +85,17 @@ pub fn heartbeat(input: HeartbeatInput<'_>) -> HeartbeatV1 {
         written_at: input.now,
         seq: input.seq,
         coordinating: input.coordinating,
+        interval_ms: u64::try_from(input.interval.as_millis()).unwrap_or(u64::MAX),
     }
 }
 
 /// Most bees a node may claim in its heartbeat; more is a lie (or a bug) that would make every
 /// other node plan for thousands of partitions.
 const MAX_BEES: u32 = 256;
+
+/// Longest heartbeat interval an observer honours: a node claiming more is judged by this, so
+/// that a heartbeat left with a huge interval cannot keep a dead node alive for ever.
+const MAX_INTERVAL: Duration = Duration::from_secs(600);
 
 /// Clamp what a heartbeat claims to what a node can be.
 fn sanitize(mut hb: HeartbeatV1) -> HeartbeatV1 {
@@ -100,6 +107,9 @@ fn sanitize(mut hb: HeartbeatV1) -> HeartbeatV1 {
         1.0
     };
     hb.memory_reserved = hb.memory_reserved.min(hb.memory_budget);
+    hb.interval_ms = hb
+        .interval_ms
+        .min(u64::try_from(MAX_INTERVAL.as_millis()).unwrap_or(u64::MAX));
     hb
 }
 
@@ -188,8 +198,15 @@ impl WorldView {
         own.as_ref().map(|h| h.node_id.clone())
     }
 
-    fn state_for(&self, age: Duration) -> NodeState {
-        let i = self.timing.interval;
+    /// The interval `hb`'s node is judged by: its own when longer than this observer's (a node
+    /// that beats every 30 s is not dead after 6 s of silence because its observer beats every
+    /// second), never shorter (this observer reads storage only once an interval).
+    fn interval_of(&self, hb: &HeartbeatV1) -> Duration {
+        let own = Duration::from_millis(hb.interval_ms).min(MAX_INTERVAL);
+        self.timing.interval.max(own)
+    }
+
+    fn state_for(&self, age: Duration, i: Duration) -> NodeState {
         if age < i * self.timing.suspect_after {
             NodeState::Alive
         } else if age < i * self.timing.dead_after {
@@ -206,7 +223,8 @@ impl WorldView {
 
     /// A node's state now; see the module's documentation.
     fn state_of(&self, o: &Observed, now: Instant) -> NodeState {
-        match self.state_for(now.saturating_duration_since(o.last_change)) {
+        let age = now.saturating_duration_since(o.last_change);
+        match self.state_for(age, self.interval_of(&o.heartbeat)) {
             NodeState::Alive if !o.beating => NodeState::Suspect,
             state => state,
         }
@@ -252,15 +270,17 @@ impl WorldView {
                 }
             }
         }
-        let i = self.timing.interval;
-        let remove_after = i * (self.timing.dead_after + self.timing.grace);
+        let rounds = self.timing.dead_after + self.timing.grace;
         // Never this node's own: it is running, whatever its heartbeat's age says (a stalled
         // heartbeat writer is no reason to leave the swarm).
         let me = self.own_id();
         nodes
             .iter()
             .filter(|(id, _)| me.as_ref() != Some(*id))
-            .filter(|(_, o)| now.saturating_duration_since(o.last_change) >= remove_after)
+            .filter(|(_, o)| {
+                let remove_after = self.interval_of(&o.heartbeat) * rounds;
+                now.saturating_duration_since(o.last_change) >= remove_after
+            })
             .map(|(id, _)| id.clone())
             .collect()
     }
@@ -317,7 +337,10 @@ impl WorldView {
         let nodes = self.nodes.lock().expect("world view");
         nodes.iter().any(|(id, o)| {
             id != me
-                && self.state_for(now.saturating_duration_since(o.last_change)) == NodeState::Alive
+                && self.state_for(
+                    now.saturating_duration_since(o.last_change),
+                    self.interval_of(&o.heartbeat),
+                ) == NodeState::Alive
                 && pred(&o.heartbeat)
         })
     }
@@ -392,6 +415,7 @@ mod tests {
             written_at: Utc::now(),
             seq,
             coordinating: false,
+            interval_ms: 0,
         }
     }
 
@@ -495,6 +519,58 @@ mod tests {
             .collect();
         assert_eq!(seen, vec![("me".to_string(), NodeState::Alive)]);
         assert!(w.seen_from("other").is_empty());
+    }
+
+    #[test]
+    fn a_node_is_judged_by_its_own_interval_when_longer() {
+        // This observer beats every second; "slow" every 10 s, "liar" claims a day.
+        let w = WorldView::new(timing());
+        let t0 = Instant::now();
+        let every = |id: &str, seq, ms| HeartbeatV1 {
+            interval_ms: ms,
+            ..hb(id, seq)
+        };
+        let beats = |s| {
+            vec![
+                every("slow", s, 10_000),
+                every("liar", s, 86_400_000),
+                every("fast", s, 100),
+            ]
+        };
+        w.observe(beats(1), t0);
+        w.observe(beats(2), t0 + Duration::from_secs(1));
+        // Storage read again and again, nobody beating since.
+        let state = |secs| {
+            w.observe(beats(2), t0 + Duration::from_secs(secs));
+            w.nodes_at(t0 + Duration::from_secs(secs))
+                .into_iter()
+                .map(|n| (n.heartbeat.node_id.clone(), n.state))
+                .collect::<HashMap<_, _>>()
+        };
+        // 9 s of silence: 9 of the observer's intervals, not one of slow's.
+        let at = state(10);
+        assert_eq!(at["slow"], NodeState::Alive);
+        assert_eq!(
+            at["fast"],
+            NodeState::Dead,
+            "judged by the observer's interval"
+        );
+        // Suspect after 3 of its own intervals, dead after 6; the liar by at most 10 minutes.
+        assert_eq!(state(40)["slow"], NodeState::Suspect);
+        assert_eq!(state(70)["slow"], NodeState::Dead);
+        assert_eq!(state(1_801)["liar"], NodeState::Suspect);
+        assert_eq!(state(3_602)["liar"], NodeState::Dead);
+        // Removed after dead_after + grace of its own intervals.
+        let w = WorldView::new(timing());
+        w.observe(beats(1), t0);
+        w.observe(beats(2), t0 + Duration::from_secs(1));
+        let gone = |secs| {
+            let mut ids = w.observe(beats(2), t0 + Duration::from_secs(secs));
+            ids.sort();
+            ids
+        };
+        assert_eq!(gone(80), vec!["fast".to_string()]);
+        assert_eq!(gone(82), vec!["fast".to_string(), "slow".to_string()]);
     }
 
     #[test]

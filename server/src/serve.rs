@@ -348,7 +348,15 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
     let service = ApiaryFlightService::new(
         FlightSql::new(node.clone(), signer, flight.ticket_ttl)
             .with_max_cancel_endpoints(args.node.limits.max_cancel_endpoints)
-            .with_max_param_rows(args.node.limits.max_param_rows),
+            .with_max_param_rows(args.node.limits.max_param_rows)
+            .with_statement_limits(
+                args.node.limits.max_columns,
+                match args.node.limits.max_sql_bytes {
+                    crate::config::MemorySize::Bytes(b) => usize::try_from(b).unwrap_or(usize::MAX),
+                    // Refused when the node was built.
+                    crate::config::MemorySize::Percent(_) => 0,
+                },
+            ),
     );
     let grpc = FlightServiceServer::new(service)
         .max_decoding_message_size(checked.max_message_size)

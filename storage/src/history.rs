@@ -141,7 +141,17 @@ impl Ledger {
             .map_err(|e| {
                 // delta-rs says these in text only (they were INTERNAL).
                 let text = e.to_string();
-                if text.contains("not found") || text.contains("missing") {
+                // The version's commit is no longer in the log (cleaned up after the log
+                // retention): no log segment ends there.
+                if matches!(e, deltalake::DeltaTableError::NotATable(_)) {
+                    Error::NotFound {
+                        kind: ObjectKind::Frame,
+                        name: format!(
+                            "{} at version {version} (its commit is no longer in the log)",
+                            snapshot.frame()
+                        ),
+                    }
+                } else if text.contains("not found") || text.contains("missing") {
                     Error::Gone(format!(
                         "{} cannot be restored to version {version}: VACUUM deleted cells it \
                          needs",

@@ -644,6 +644,83 @@ mod tests {
         lh.ledger().commit(&snap, adds, false, None).await.unwrap()
     }
 
+    /// An append that widens the schema records its columns in its own commit, with its cells;
+    /// appends still land past other appends, but never past a change of the frame's shape
+    /// (even one hidden behind an append, which a rebase jumps over).
+    #[tokio::test]
+    async fn a_widening_append_commits_its_columns_with_its_cells() {
+        let (lh, _dir) = lakehouse().await;
+        lh.create_frame(&frame(), &schema(), &[], &[], false)
+            .await
+            .unwrap();
+        let s0 = lh.frame(&frame(), None).await.unwrap();
+        let wide = s0
+            .widened(&[Field::new("note", DataType::Utf8, false)])
+            .unwrap();
+        assert!(
+            s0.widened(&[Field::new("V", DataType::Utf8, true)])
+                .is_err()
+        );
+        let cells = |snap: FrameSnapshot, v: i64| {
+            let lh = &lh;
+            async move {
+                let mut w = lh.ledger().writer(&snap).unwrap();
+                // v, then text columns.
+                let columns: Vec<arrow::array::ArrayRef> = (0..snap.schema().fields().len())
+                    .map(|i| -> arrow::array::ArrayRef {
+                        match i {
+                            0 => Arc::new(arrow::array::Int64Array::from(vec![v])),
+                            _ => Arc::new(arrow::array::StringArray::from(vec!["n"])),
+                        }
+                    })
+                    .collect();
+                let batch = arrow::array::RecordBatch::try_new(snap.schema().clone(), columns);
+                w.write(&batch.unwrap()).await.unwrap();
+                w.finish().await.unwrap()
+            }
+        };
+        let adds = cells(wide.clone(), 1).await;
+        append(&lh, 2).await;
+        // Past another append: committed, the new column nullable, read as NULL before.
+        let v = lh.ledger().commit(&wide, adds, false, None).await.unwrap();
+        let now = lh.frame(&frame(), None).await.unwrap();
+        assert_eq!(now.version(), v);
+        assert_eq!(now.schema().fields().len(), 2);
+        assert!(now.schema().field(1).is_nullable());
+        assert_eq!(now.stats().rows, 2);
+        // A plain append that read the old shape, with an append and a change of shape landed
+        // since: refused, nothing committed.
+        let adds = cells(s0.clone(), 3).await;
+        append(&lh, 4).await;
+        let err = lh
+            .ledger()
+            .commit(&s0, adds, false, None)
+            .await
+            .unwrap_err();
+        assert!(matches!(err, Error::Conflict { .. }), "{err:?}");
+        let after = lh.frame(&frame(), None).await.unwrap();
+        assert_eq!((after.version(), after.stats().rows), (v + 1, 3));
+        // New metadata of the same shape (CLUSTER BY, a RESTORE): an append lands past it.
+        let adds = cells(after.clone(), 5).await;
+        lh.ledger()
+            .set_cluster_by(&after, &["v".to_string()], "test")
+            .await
+            .unwrap();
+        lh.ledger().commit(&after, adds, false, None).await.unwrap();
+        let last = lh.frame(&frame(), None).await.unwrap();
+        assert_eq!(
+            (last.stats().rows, last.cluster_by()),
+            (4, vec!["v".to_string()])
+        );
+        // A widening append does not: its metadata would undo the CLUSTER BY.
+        let wider = after
+            .widened(&[Field::new("w", DataType::Utf8, true)])
+            .unwrap();
+        let adds = cells(wider.clone(), 6).await;
+        let err = lh.ledger().commit(&wider, adds, false, None).await;
+        assert!(matches!(err, Err(Error::Conflict { .. })), "{err:?}");
+    }
+
     /// A Delta table another engine wrote at a name's location is never taken for leftovers of
     /// an interrupted drop and deleted: creating the name is refused, the table stays, and the
     /// name is left free.

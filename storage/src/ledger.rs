@@ -267,6 +267,36 @@ impl FrameSnapshot {
         })
     }
 
+    /// Whether a commit onto this snapshot records a new shape ([`FrameSnapshot::reshaped`]).
+    pub fn reshapes(&self) -> bool {
+        self.reshape.is_some()
+    }
+
+    /// This frame with `fields` added as nullable columns at the end, for an append that merges
+    /// its schema: the append's one commit records the wider schema with its cells, so a write
+    /// that fails leaves the frame's columns as they were. Delta column names are
+    /// case-insensitive: a field named like a column (or like another new field) is refused.
+    pub fn widened(&self, fields: &[arrow::datatypes::Field]) -> Result<Self> {
+        let mut columns: Vec<arrow::datatypes::FieldRef> = self.schema.fields().to_vec();
+        for f in fields {
+            if columns
+                .iter()
+                .any(|g| g.name().eq_ignore_ascii_case(f.name()))
+            {
+                return Err(Error::AlreadyExists {
+                    kind: crate::error::ObjectKind::Frame,
+                    name: format!("column {} of {}", f.name(), self.frame),
+                });
+            }
+            columns.push(Arc::new(f.clone().with_nullable(true)));
+        }
+        let schema = Arc::new(arrow::datatypes::Schema::new_with_metadata(
+            columns,
+            self.schema.metadata().clone(),
+        ));
+        self.reshaped(&schema, &self.partition_columns, &self.cluster_by())
+    }
+
     /// The columns this frame's writes sort their rows by (`CLUSTER BY`); empty when none. Only
     /// columns the frame has count, whatever another writer recorded.
     pub fn cluster_by(&self) -> Vec<String> {
@@ -780,9 +810,12 @@ impl Ledger {
                             kind: crate::error::ObjectKind::Frame,
                             name: format!("{frame} at version {v}"),
                         },
-                        // A version past the newest (or older than the log keeps).
+                        // A version past the newest, or older than the log keeps (its commit
+                        // cleaned up: no log segment ends there).
                         (
-                            DeltaTableError::KernelError(_) | DeltaTableError::Kernel { .. },
+                            DeltaTableError::KernelError(_)
+                            | DeltaTableError::Kernel { .. }
+                            | DeltaTableError::NotATable(_),
                             Some(v),
                         ) => Error::NotFound {
                             kind: crate::error::ObjectKind::Frame,
@@ -928,12 +961,6 @@ impl Ledger {
         let log_store = self.writing_log_store(read)?;
         let mut actions: Vec<Action> = Vec::with_capacity(adds.len() + 2);
         if let Some(reshape) = &read.reshape {
-            if !overwrite {
-                return Err(Error::Schema(format!(
-                    "{}: a new shape can only come with a replace",
-                    read.frame
-                )));
-            }
             actions.extend(reshape.iter().cloned());
         }
         if overwrite {
@@ -961,7 +988,9 @@ impl Ledger {
         // started cannot invalidate it, although Delta's checker (serializable by default) says
         // so: it is committed again on the newer state. A replace, or a change of the frame's
         // shape meanwhile, is a real conflict.
-        let blind = !overwrite && read.reshape.is_none();
+        // An append that widens the frame's schema is blind too: its new metadata holds on any
+        // newer version whose shape is still the one it read (checked at each rebase below).
+        let blind = !overwrite;
         // And a replace commits only on the version it read. delta-rs's checker lets it land on
         // a newer one when what landed meanwhile is an append (a commit without a read predicate
         // checks no new cells) or a compaction (its removes change no data): the replace then
@@ -990,11 +1019,26 @@ impl Ledger {
                         TransactionError::CommitConflict(
                             ConflictError::ConcurrentDeleteRead
                             | ConflictError::ConcurrentDeleteDelete
-                            | ConflictError::ConcurrentAppend,
+                            | ConflictError::ConcurrentAppend
+                            // A RESTORE or a CLUSTER BY: new metadata, maybe the same shape.
+                            | ConflictError::MetadataChanged,
                         ),
                 }) if blind && rebased < self.config.commit_retries => {
                     rebased += 1;
                     base.update(log_store.as_ref(), None).await?;
+                    // Rebased past every commit since: one of them may have changed the frame's
+                    // shape (ADD COLUMN, a replace with new columns), which cells written in
+                    // the shape read must not land on, nor an older schema be written back.
+                    if reshaped_since(&read.state, &base, read.reshape.is_some()) {
+                        return Err(Error::Conflict {
+                            frame: read.frame.to_string(),
+                            detail: format!(
+                                "its columns or partitioning changed since this write read \
+                                 version {}; run it again",
+                                read.version()
+                            ),
+                        });
+                    }
                     debug!(frame = %read.frame, rebased, "append rebased on a newer version");
                 }
                 Err(DeltaTableError::Transaction {
@@ -1018,6 +1062,17 @@ impl Ledger {
         debug!(version, "cache updated");
         Ok(version)
     }
+}
+
+/// Whether the frame changed shape between two states: its schema, partitioning or protocol;
+/// and with `metadata` (a commit that records metadata of its own, which would undo theirs),
+/// its properties too.
+fn reshaped_since(read: &DeltaTableState, now: &DeltaTableState, metadata: bool) -> bool {
+    let (a, b) = (read.metadata(), now.metadata());
+    read.schema() != now.schema()
+        || a.partition_columns() != b.partition_columns()
+        || read.protocol() != now.protocol()
+        || (metadata && a.configuration() != b.configuration())
 }
 
 /// Whether commit `version + 1` exists in the log: one existence check (a HEAD on S3).

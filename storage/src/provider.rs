@@ -675,8 +675,9 @@ impl FrameSink {
             ctx,
         )
         .await?;
-        if adds.is_empty() && !self.overwrite {
-            // Nothing to append: no commit, the frame stays at its version.
+        if adds.is_empty() && !self.overwrite && !snapshot.reshapes() {
+            // Nothing to append: no commit, the frame stays at its version (an append that
+            // widens the schema still commits the new columns).
             return Ok((0, snapshot.version()));
         }
         match ledger

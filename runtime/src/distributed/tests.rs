@@ -645,6 +645,7 @@ async fn heartbeats_count_only_when_sealed_and_within_reason() {
         written_at: chrono::Utc::now(),
         seq: 1,
         coordinating: false,
+        interval_ms: 0,
     };
     for (id, k) in [
         ("forged", SwarmKey::new(b"wrong")),

@@ -27,9 +27,13 @@ use datafusion::catalog::{
     CatalogProvider, CatalogProviderList, MemoryCatalogProvider, MemoryCatalogProviderList,
     Session as DfSession, TableProvider,
 };
+use datafusion::common::Column;
+use datafusion::common::tree_node::{Transformed, TransformedResult, TreeNode};
+use datafusion::config::ConfigOptions;
 use datafusion::datasource::TableType;
 use datafusion::error::{DataFusionError, Result as DfResult};
-use datafusion::logical_expr::Expr;
+use datafusion::logical_expr::{Expr, LogicalPlan, Operator, Projection, lit};
+use datafusion::optimizer::AnalyzerRule;
 use datafusion::physical_plan::ExecutionPlan;
 use datafusion::sql::parser::Statement as DfStatement;
 use futures::StreamExt;
@@ -286,4 +290,71 @@ impl Engine {
             self.view_schema(&reader, f).await
         })
     }
+}
+
+/// `information_schema.columns.ordinal_position` counts from 1, as the SQL standard,
+/// PostgreSQL and JDBC have it; DataFusion's counts from 0. The rule puts a projection adding 1
+/// over every scan of that table (and leaves a scan under its own projection alone, so running
+/// it twice adds 1 once).
+#[derive(Debug, Default)]
+pub(super) struct OrdinalsFromOne;
+
+const ORDINAL: &str = "ordinal_position";
+
+impl AnalyzerRule for OrdinalsFromOne {
+    fn analyze(&self, plan: LogicalPlan, _config: &ConfigOptions) -> DfResult<LogicalPlan> {
+        plan.transform_up_with_subqueries(|node| {
+            if counts_from_one(&node) {
+                return Ok(Transformed::no(node));
+            }
+            node.map_children(|child| match columns_scan(&child) {
+                true => from_one(child).map(Transformed::yes),
+                false => Ok(Transformed::no(child)),
+            })
+        })
+        .data()
+    }
+
+    fn name(&self) -> &str {
+        "apiary_ordinals_from_one"
+    }
+}
+
+/// Whether `plan` scans `information_schema.columns`, its ordinal among the columns read.
+fn columns_scan(plan: &LogicalPlan) -> bool {
+    matches!(plan, LogicalPlan::TableScan(s)
+        if s.table_name.table() == "columns"
+            && s.table_name.schema() == Some(INFORMATION_SCHEMA)
+            && s.projected_schema.field_with_unqualified_name(ORDINAL).is_ok())
+}
+
+/// Whether `plan` is [`from_one`]'s projection.
+fn counts_from_one(plan: &LogicalPlan) -> bool {
+    let LogicalPlan::Projection(p) = plan else {
+        return false;
+    };
+    columns_scan(&p.input)
+        && p.expr.iter().any(|e| {
+            matches!(e, Expr::Alias(a) if a.name == ORDINAL
+                && matches!(a.expr.as_ref(), Expr::BinaryExpr(b) if b.op == Operator::Plus))
+        })
+}
+
+/// `scan` with 1 added to its ordinals, every column keeping its name and qualifier.
+fn from_one(scan: LogicalPlan) -> DfResult<LogicalPlan> {
+    let exprs = scan
+        .schema()
+        .iter()
+        .map(|(qualifier, field)| {
+            let column = Expr::Column(Column::new(qualifier.cloned(), field.name()));
+            match field.name() == ORDINAL {
+                true => (column + lit(1u64)).alias_qualified(qualifier.cloned(), ORDINAL),
+                false => column,
+            }
+        })
+        .collect();
+    Ok(LogicalPlan::Projection(Projection::try_new(
+        exprs,
+        Arc::new(scan),
+    )?))
 }

@@ -175,16 +175,15 @@ impl Engine {
                         extra[0].name()
                     )));
                 }
-                // Added as nullable columns in a commit of their own, before the data: existing
-                // cells read them as NULL.
+                // Added as nullable columns by the append's own commit, with its cells: existing
+                // cells read them as NULL, and a write that fails adds none.
                 self.within_column_limit(s.schema().fields().len() + extra.len())?;
                 let fields = self.frame_schema(&Arc::new(Schema::new(extra)))?;
                 let fields: Vec<Field> =
                     fields.fields().iter().map(|f| f.as_ref().clone()).collect();
                 let names: Vec<String> = fields.iter().map(|f| f.name().clone()).collect();
-                lh.ledger().add_columns(&s, fields, "ingest").await?;
-                info!(frame = %frame, columns = ?names, "schema merged for an append");
-                Ok(write(lh.frame(frame, None).await?, false))
+                info!(frame = %frame, columns = ?names, "an append merges its schema");
+                Ok(write(s.widened(&fields)?, false))
             }
             (Some(s), IfExists::Replace, _) => Ok(write(self.replaced(s, schema, mode)?, true)),
             (None, _, IfMissing::Fail) => {

@@ -348,6 +348,7 @@ impl Node {
             now: now + skew,
             seq: self.seq.fetch_add(1, Ordering::SeqCst) + 1,
             coordinating: self.dist.coordinated_lately(),
+            interval: self.world.interval(),
         });
         self.world.beating(&hb);
         let path = paths::heartbeat(&self.config.node_id);

@@ -88,7 +88,7 @@ impl FlightSql {
         Self {
             service,
             signer,
-            sql_info: sql_info::sql_info(),
+            sql_info: sql_info::sql_info(Default::default()),
             xdbc: sql_info::xdbc_info(),
             ticket_ttl,
             max_cancel_endpoints: 64,
@@ -100,6 +100,17 @@ impl FlightSql {
     /// batches arrive, before any row becomes values.
     pub fn with_max_param_rows(mut self, n: usize) -> Self {
         self.max_param_rows = n;
+        self
+    }
+
+    /// Report the frame's column limit (`--max-columns`) and the longest statement
+    /// (`--max-sql-bytes`) in SqlInfo.
+    pub fn with_statement_limits(mut self, max_columns: usize, max_sql_bytes: usize) -> Self {
+        let as_i64 = |n: usize| i64::try_from(n).unwrap_or(i64::MAX);
+        self.sql_info = sql_info::sql_info(sql_info::ReportedLimits {
+            columns_in_table: as_i64(max_columns),
+            statement_length: as_i64(max_sql_bytes),
+        });
         self
     }
 

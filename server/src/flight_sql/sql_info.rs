@@ -13,8 +13,18 @@ use arrow_flight::sql::{
     SqlSupportedTransaction, SqlSupportedTransactions, XdbcDataType,
 };
 
+/// The limits SqlInfo reports (JDBC's `DatabaseMetaData.getMaxColumnsInTable`,
+/// `getMaxStatementLength`); 0 says none is known.
+#[derive(Debug, Clone, Copy, Default)]
+pub(super) struct ReportedLimits {
+    /// `--max-columns`.
+    pub columns_in_table: i64,
+    /// `--max-sql-bytes`.
+    pub statement_length: i64,
+}
+
 /// Every SqlInfo id this server answers (an empty GetSqlInfo request returns all of them).
-pub(super) fn sql_info() -> SqlInfoData {
+pub(super) fn sql_info(limits: ReportedLimits) -> SqlInfoData {
     let mut b = SqlInfoDataBuilder::new();
     b.append(SqlInfo::FlightSqlServerName, "Apiary");
     b.append(SqlInfo::FlightSqlServerVersion, env!("CARGO_PKG_VERSION"));
@@ -150,13 +160,11 @@ pub(super) fn sql_info() -> SqlInfoData {
         SqlInfo::SqlMaxColumnsInIndex,
         SqlInfo::SqlMaxColumnsInOrderBy,
         SqlInfo::SqlMaxColumnsInSelect,
-        SqlInfo::SqlMaxColumnsInTable,
         SqlInfo::SqlMaxConnections,
         SqlInfo::SqlMaxCursorNameLength,
         SqlInfo::SqlMaxIndexLength,
         SqlInfo::SqlMaxProcedureNameLength,
         SqlInfo::SqlMaxRowSize,
-        SqlInfo::SqlMaxStatementLength,
         SqlInfo::SqlMaxStatements,
         SqlInfo::SqlMaxTablesInSelect,
         SqlInfo::SqlMaxUsernameLength,
@@ -164,6 +172,8 @@ pub(super) fn sql_info() -> SqlInfoData {
         // 0: no limit known.
         b.append(id, 0i64);
     }
+    b.append(SqlInfo::SqlMaxColumnsInTable, limits.columns_in_table);
+    b.append(SqlInfo::SqlMaxStatementLength, limits.statement_length);
     b.append(SqlInfo::SqlMaxColumnNameLength, 1024i64);
     b.append(
         SqlInfo::SqlDbSchemaNameLength,
@@ -305,7 +315,7 @@ mod tests {
 
     #[test]
     fn sql_info_has_the_ids_clients_read() {
-        let data = sql_info();
+        let data = sql_info(Default::default());
         let batch = data.record_batch(std::iter::empty()).unwrap();
         let ids = batch
             .column(0)

@@ -171,6 +171,11 @@ pub struct HeartbeatV1 {
     /// inboxes fast while they see it (absent in heartbeats of older nodes: false).
     #[serde(default)]
     pub coordinating: bool,
+    /// How often this node writes its heartbeat, in milliseconds: observers judge its liveness by
+    /// its own interval when that is longer than theirs (absent in heartbeats of older nodes: 0,
+    /// the observer's interval).
+    #[serde(default)]
+    pub interval_ms: u64,
 }
 
 /// What a coordinator is running (for orphan cleanup and operators).

@@ -585,6 +585,15 @@ async fn jdbc_driver_session() {
     for id in [0u32, 1, 3].into_iter().chain(504..=576) {
         assert!(by_id.contains_key(&id), "SqlInfo {id} missing");
     }
+    // The limits the node enforces: --max-columns (548) and --max-sql-bytes (557) by default.
+    let int64_of = |id: u32| {
+        let i = (0..batch.num_rows()).find(|&i| ids.value(i) == id).unwrap();
+        let int64s = values
+            .child(2)
+            .as_primitive::<arrow::datatypes::Int64Type>();
+        int64s.value(values.value_offset(i))
+    };
+    assert_eq!((int64_of(548), int64_of(557)), (4_096, 1 << 20));
 
     // Navigator: catalogs, schemas, tables with schema, table types, keys.
     let info = c.get_catalogs().await.unwrap();
