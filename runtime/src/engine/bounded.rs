@@ -45,10 +45,23 @@ enum Growth {
     Concat,
     /// `concat_ws(sep, s, …)`: the same, and a separator between each two.
     ConcatWs,
+    /// `array_to_string(a, sep [, null])`: each element's text, and a separator (or the null
+    /// text) for each.
+    Join,
+    /// `array_concat(a, …)`, `make_array(v, …)`: a copy of all of their arguments.
+    Copy,
+    /// `levenshtein(a, b)`: no output to speak of, but work of the product of the lengths,
+    /// which no deadline interrupts (one call of two 300,000-character strings held a core
+    /// for many minutes after its query had timed out).
+    Pairs,
 }
 
+/// Most character pairs one call of a function of [`Growth::Pairs`] compares for one batch
+/// (about a second of work).
+pub(super) const MAX_PAIRS: u128 = 1 << 30;
+
 /// The functions bounded here, by DataFusion's name.
-const GROWING: [(&str, Growth); 12] = [
+const GROWING: [(&str, Growth); 16] = [
     ("repeat", Growth::Repeat),
     ("lpad", Growth::Pad),
     ("rpad", Growth::Pad),
@@ -61,6 +74,10 @@ const GROWING: [(&str, Growth); 12] = [
     ("encode", Growth::Encode),
     ("concat", Growth::Concat),
     ("concat_ws", Growth::ConcatWs),
+    ("array_to_string", Growth::Join),
+    ("array_concat", Growth::Copy),
+    ("make_array", Growth::Copy),
+    ("levenshtein", Growth::Pairs),
 ];
 
 /// The bounded forms of those of `registered` (DataFusion's functions by name) that grow.
@@ -145,6 +162,20 @@ impl ScalarUDFImpl for Bounded {
     }
 
     fn invoke_with_args(&self, args: ScalarFunctionArgs) -> DfResult<ColumnarValue> {
+        if self.growth == Growth::Pairs {
+            let pairs = paired(&args.args, args.number_rows);
+            if pairs > MAX_PAIRS {
+                return Err(DataFusionError::ResourcesExhausted(format!(
+                    "{}() would compare about {} million character pairs for one batch; {} is \
+                     {} million",
+                    self.name(),
+                    pairs / 1_000_000,
+                    crate::bees::GENERATED_BOUND,
+                    MAX_PAIRS / 1_000_000
+                )));
+            }
+            return self.inner.invoke_with_args(args);
+        }
         self.within_bounds(produced(self.growth, &args.args, args.number_rows))?;
         self.inner.invoke_with_args(args)
     }
@@ -227,8 +258,11 @@ impl Values {
 
 /// The bytes `growth` produces for one batch of `rows` rows with `args`.
 fn produced(growth: Growth, args: &[ColumnarValue], rows: usize) -> u128 {
-    if matches!(growth, Growth::Concat | Growth::ConcatWs) {
-        return concatenated(args, rows);
+    match growth {
+        Growth::Concat | Growth::ConcatWs => return concatenated(args, rows),
+        Growth::Join => return joined(args, rows),
+        Growth::Copy => return copied(args, rows),
+        _ => {}
     }
     let Ok(values) = args.iter().map(values).collect::<DfResult<Vec<_>>>() else {
         return 0;
@@ -272,6 +306,106 @@ fn concatenated(args: &[ColumnarValue], rows: usize) -> u128 {
     added
 }
 
+/// The bytes of a copy of `args` for `rows` rows.
+fn copied(args: &[ColumnarValue], rows: usize) -> u128 {
+    args.iter()
+        .map(|a| match a {
+            ColumnarValue::Array(a) => a.get_buffer_memory_size() as u128,
+            ColumnarValue::Scalar(s) => (s.size() as u128).saturating_mul(rows as u128),
+        })
+        .fold(0, u128::saturating_add)
+}
+
+/// Elements of the list in each of `rows` rows of `list` (one value for a scalar).
+fn elements(list: &ColumnarValue, rows: usize) -> Vec<u128> {
+    let lengths = |a: &dyn Array| -> Vec<u128> {
+        match a.data_type() {
+            DataType::List(_) => {
+                let l = a.as_list::<i32>();
+                (0..l.len())
+                    .map(|i| l.value_length(i).max(0) as u128)
+                    .collect()
+            }
+            DataType::LargeList(_) => {
+                let l = a.as_list::<i64>();
+                (0..l.len())
+                    .map(|i| l.value_length(i).max(0) as u128)
+                    .collect()
+            }
+            DataType::FixedSizeList(_, n) => vec![(*n).max(0) as u128; a.len()],
+            _ => vec![0; a.len()],
+        }
+    };
+    match list {
+        ColumnarValue::Array(a) => lengths(a.as_ref()),
+        ColumnarValue::Scalar(s) => match s.to_array_of_size(1) {
+            Ok(a) => vec![lengths(a.as_ref()).first().copied().unwrap_or(0); rows.min(1)],
+            Err(_) => Vec::new(),
+        },
+    }
+    .into_iter()
+    .take(rows.max(1))
+    .collect()
+}
+
+/// What `array_to_string(list, sep [, null])` produces for one batch: for each element its
+/// text (the list's own bytes, or 24 bytes of a number's text) and a separator, or the null
+/// text, whichever is longer.
+fn joined(args: &[ColumnarValue], rows: usize) -> u128 {
+    let Some(list) = args.first() else {
+        return 0;
+    };
+    let texts: Vec<Values> = args[1..].iter().filter_map(|a| values(a).ok()).collect();
+    let longest = |row: usize| -> u128 {
+        texts
+            .iter()
+            .map(|v| match v.at(row) {
+                Value::Bytes(n) => n,
+                _ => 0,
+            })
+            .max()
+            .unwrap_or(0)
+    };
+    let text = match list {
+        ColumnarValue::Array(a) => a.get_buffer_memory_size() as u128,
+        ColumnarValue::Scalar(s) => s.size() as u128,
+    };
+    let mut total = text;
+    for (row, n) in elements(list, rows).into_iter().enumerate() {
+        let each = longest(row).saturating_add(24);
+        total = total.saturating_add(n.saturating_mul(each));
+        if total > MAX_GENERATED_BYTES {
+            break;
+        }
+    }
+    total
+}
+
+/// The character pairs `levenshtein(a, b)` compares for one batch: the product of the lengths
+/// (in bytes, at least the characters) in each row.
+fn paired(args: &[ColumnarValue], rows: usize) -> u128 {
+    let Ok(values) = args.iter().map(values).collect::<DfResult<Vec<_>>>() else {
+        return 0;
+    };
+    let rows = match values.iter().all(|v| matches!(v, Values::One(_))) {
+        true => 1,
+        false => rows,
+    };
+    let len = |v: Value| match v {
+        Value::Bytes(n) => n,
+        _ => 0,
+    };
+    let mut total = 0u128;
+    for row in 0..rows {
+        let at = |i: usize| values.get(i).map_or(Value::Other, |v| v.at(row));
+        total = total.saturating_add(len(at(0)).saturating_mul(len(at(1))));
+        if total > MAX_PAIRS {
+            break;
+        }
+    }
+    total
+}
+
 fn per_row(growth: Growth, arg: &dyn Fn(usize) -> Value) -> u128 {
     let bytes = |v: Value| match v {
         Value::Bytes(n) => n,
@@ -295,8 +429,8 @@ fn per_row(growth: Growth, arg: &dyn Fn(usize) -> Value) -> u128 {
         Growth::ArrayRepeat => bytes(arg(0)).saturating_mul(count(arg(1))),
         Growth::ArrayResize => bytes(arg(2)).saturating_mul(count(arg(1))),
         Growth::Encode => bytes(arg(0)).saturating_mul(2),
-        // Counted by `concatenated`.
-        Growth::Concat | Growth::ConcatWs => 0,
+        // Counted by `concatenated`, `joined`, `copied` and `paired`.
+        Growth::Concat | Growth::ConcatWs | Growth::Join | Growth::Copy | Growth::Pairs => 0,
         Growth::Range => {
             let steps = match (arg(0), arg(1), arg(2)) {
                 (Value::Int(a), Value::Int(b), step) => {

@@ -35,6 +35,7 @@ use datafusion::common::{DFSchema, Result as DfResult, ScalarValue, internal_err
 use datafusion::config::ConfigOptions;
 use datafusion::error::DataFusionError;
 use datafusion::logical_expr::expr::ScalarFunction;
+use datafusion::logical_expr::expr_rewriter::NamePreserver;
 use datafusion::logical_expr::function::{AccumulatorArgs, StateFieldsArgs};
 use datafusion::logical_expr::utils::{AggregateOrderSensitivity, merge_schema};
 use datafusion::logical_expr::{
@@ -60,7 +61,15 @@ impl AnalyzerRule for CheckedIntegers {
                 return Ok(Transformed::no(node));
             }
             let schema = input_schema(&node)?;
-            node.map_expressions(|e| e.transform_up(|e| Ok(checked(e, &schema))))
+            // A window function is named after its ORDER BY and PARTITION BY expressions, which
+            // the plan above reads it by: names are kept (`sum(x) OVER (ORDER BY x + 1)`
+            // failed to plan, its column renamed after the checked function).
+            let names = NamePreserver::new(&node);
+            node.map_expressions(|e| {
+                let name = names.save(&e);
+                Ok(e.transform_up(|e| Ok(checked(e, &schema)))?
+                    .update_data(|e| name.restore(e)))
+            })
         })
         .data()
     }
