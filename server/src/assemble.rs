@@ -133,7 +133,11 @@ pub async fn build(
             bees: bee_count(node),
             memory_budget: memory,
             queue_depth: node.queue_depth,
-            query_timeout: node.query_timeout,
+            // 0s: no bound, as for the other timeouts (a year stands for none).
+            query_timeout: match node.query_timeout.is_zero() {
+                true => Duration::from_secs(365 * 86_400),
+                false => node.query_timeout,
+            },
             scratch_root,
         },
         engine: EngineConfig {

@@ -151,7 +151,7 @@ pub struct NodeArgs {
     /// (`60%`). Divided equally among bees.
     #[arg(long, env = "APIARY_MEMORY", default_value = "50%")]
     pub memory: MemorySize,
-    /// Longest a query may run.
+    /// Longest a query may run (`0s`: no bound).
     #[arg(long, env = "APIARY_QUERY_TIMEOUT", default_value = "30m", value_parser = parse_duration)]
     pub query_timeout: Duration,
     /// Longest an ingest (ADBC bulk ingest, DoPut) waits for its client's next batch: a client

@@ -18,6 +18,8 @@ use tracing::info;
 
 type Source = Arc<dyn StatusSource>;
 
+use crate::limit::Drain;
+
 /// The Prometheus text exposition of a status snapshot.
 pub fn render(st: &NodeStatus) -> String {
     let mut out = String::new();
@@ -234,17 +236,23 @@ async fn metrics(State(source): State<Source>) -> impl IntoResponse {
     )
 }
 
-async fn healthz(State(source): State<Source>) -> impl IntoResponse {
+/// 200 while the node takes work; 503 once it drains for a shutdown, so that a load balancer
+/// or a readiness probe stops sending it clients.
+async fn healthz(source: Source, drain: Arc<Drain>) -> impl IntoResponse {
     let st = source.status();
+    let (code, status) = match drain.is_draining() {
+        false => (StatusCode::OK, "ok"),
+        true => (StatusCode::SERVICE_UNAVAILABLE, "draining"),
+    };
     let body = serde_json::json!({
-        "status": "ok",
+        "status": status,
         "node_id": st.node_id,
         "temperature": st.temperature.value,
         "band": st.temperature.band.as_str(),
         "uptime_s": st.uptime.as_secs_f64(),
     });
     (
-        StatusCode::OK,
+        code,
         [(header::CONTENT_TYPE, "application/json")],
         body.to_string(),
     )
@@ -302,7 +310,11 @@ fn loopback_host(host: &str) -> bool {
 }
 
 /// Serve metrics until the returned handle is dropped.
-pub async fn serve(addr: &str, source: Source) -> anyhow::Result<AbortOnDrop<()>> {
+pub async fn serve(
+    addr: &str,
+    source: Source,
+    drain: Arc<Drain>,
+) -> anyhow::Result<AbortOnDrop<()>> {
     let listener = TcpListener::bind(addr).await?;
     let local = listener.local_addr()?;
     info!("metrics on http://{local}/metrics (status page on http://{local}/)");
@@ -310,7 +322,10 @@ pub async fn serve(addr: &str, source: Source) -> anyhow::Result<AbortOnDrop<()>
         .route("/", get(page))
         .route("/status.json", get(status_json))
         .route("/metrics", get(metrics))
-        .route("/healthz", get(healthz))
+        .route("/healthz", {
+            let source = source.clone();
+            get(move || healthz(source.clone(), drain.clone()))
+        })
         .with_state(source);
     let app = match local.ip().is_loopback() {
         true => app.layer(axum::middleware::from_fn(loopback_host_only)),

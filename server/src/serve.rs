@@ -8,6 +8,8 @@
 use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
 
 use anyhow::{Context, bail};
 use apiary_storage::Storage;
@@ -113,10 +115,12 @@ async fn signing_key(
         return Ok((k.as_bytes().to_vec(), KeySource::Flag));
     }
     if let Some(path) = &flight.token_secret_file {
+        outside_root(path, storage)?;
         return Ok((read_key_file(path)?, KeySource::File(path.clone())));
     }
     if auth_on {
         let path = default_key_file()?;
+        outside_root(&path, storage)?;
         ensure_key_file(&path)?;
         return Ok((read_key_file(&path)?, KeySource::File(path)));
     }
@@ -129,6 +133,38 @@ async fn signing_key(
         .await?
         .context("signing key vanished from storage")?;
     Ok((body.to_vec(), KeySource::Bucket))
+}
+
+/// Refuse a key file inside a local storage root: any writer could read it there as an
+/// external table, and sign tokens and tickets with it.
+fn outside_root(key: &Path, storage: &Storage) -> anyhow::Result<()> {
+    let Some(root) = storage.local_dir() else {
+        return Ok(());
+    };
+    let absolute = |p: &Path| {
+        let p = std::path::absolute(p).unwrap_or_else(|_| p.to_path_buf());
+        // The nearest existing ancestor resolved (symbolic links), the rest as given.
+        let mut head = p.as_path();
+        let mut tail = Vec::new();
+        while !head.exists() {
+            let (Some(parent), Some(name)) = (head.parent(), head.file_name()) else {
+                break;
+            };
+            tail.push(name.to_os_string());
+            head = parent;
+        }
+        let mut resolved = head.canonicalize().unwrap_or_else(|_| head.to_path_buf());
+        resolved.extend(tail.iter().rev());
+        resolved
+    };
+    if absolute(key).starts_with(absolute(&root)) {
+        bail!(
+            "the token key file {} is inside the storage root {}: writers could read it there; keep it outside",
+            key.display(),
+            root.display()
+        );
+    }
+    Ok(())
 }
 
 /// What `serve` and `check-config` both check before touching the network or storage.
@@ -160,6 +196,16 @@ fn check(args: &ServeArgs) -> anyhow::Result<Checked> {
     if max_message_size < 1 << 20 {
         bail!("--max-message-size must be at least 1MiB");
     }
+    if flight.ticket_ttl.is_zero() {
+        bail!("--ticket-ttl must be more than 0s: every ticket would have expired when issued");
+    }
+    let node = &args.node;
+    if !(node.vacuum_min_retention_hours.is_finite() && node.vacuum_min_retention_hours >= 0.0) {
+        bail!("--vacuum-min-retention-hours must be a number of hours, 0 or more");
+    }
+    if node.bees.is_some_and(|b| b > MAX_BEES) {
+        bail!("--bees takes at most {MAX_BEES} (a bee is a thread with its own memory budget)");
+    }
     if flight.max_calls == 0 || flight.max_calls_per_connection == 0 {
         bail!("--max-calls and --max-calls-per-connection must be at least 1");
     }
@@ -177,6 +223,12 @@ fn check(args: &ServeArgs) -> anyhow::Result<Checked> {
             if let Some(ca) = &flight.tls_client_ca {
                 tls = tls.client_ca_root(Certificate::from_pem(read(ca)?));
             }
+            // Parsed now, so that check-config finds what serving would: a key that does not
+            // match the certificate, a certificate given as the key, a CA that is no
+            // certificate.
+            Server::builder()
+                .tls_config(tls.clone())
+                .context("the TLS certificate, key and client CA")?;
             Some(tls)
         }
         _ => None,
@@ -285,6 +337,15 @@ async fn is_loopback(addr: &str) -> bool {
     }
 }
 
+/// Most bees a node runs.
+const MAX_BEES: usize = 1024;
+
+/// How long a draining node waits with no call admitted before it takes no new streams.
+const DRAIN_QUIET: Duration = Duration::from_millis(500);
+
+/// Longest wait, after serving ended, for leaving the swarm.
+const LAST_LEAVE: Duration = Duration::from_secs(5);
+
 async fn shutdown_signal() {
     let ctrl_c = tokio::signal::ctrl_c();
     #[cfg(unix)]
@@ -319,10 +380,13 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
     let advertise = match &flight.advertise_url {
         Some(u) => u.clone(),
         None => {
-            let host = if addr.ip().is_unspecified() {
-                "127.0.0.1".to_string()
-            } else {
-                addr.ip().to_string()
+            let host = match addr.ip() {
+                ip if ip.is_unspecified() => {
+                    warn!(%addr, "no --advertise-url: other nodes and clients are sent to 127.0.0.1; set it to an address they reach");
+                    "127.0.0.1".to_string()
+                }
+                std::net::IpAddr::V6(ip) => format!("[{ip}]"),
+                ip => ip.to_string(),
             };
             format!("{scheme}://{host}:{}", addr.port())
         }
@@ -340,9 +404,22 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
         flight.token_ttl,
         flight.token_max_lifetime,
     )?;
+    // Bounded concurrency: a call over either limit is shed at once (RESOURCE_EXHAUSTED), so
+    // memory is bounded by the limits times the message size rather than by what clients send.
+    let mut builder = Server::builder()
+        .load_shed(true)
+        .concurrency_limit_per_connection(flight.max_calls_per_connection)
+        .http2_keepalive_interval(Some(flight.keepalive).filter(|k| !k.is_zero()))
+        .http2_keepalive_timeout(Some(flight.keepalive_timeout));
+    // Before the node joins the swarm: a key that does not match its certificate stops the
+    // start here, instead of leaving a heartbeat behind for every restart.
+    if let Some(tls) = checked.tls {
+        builder = builder.tls_config(tls)?;
+    }
     node.start();
+    let drain = Arc::new(crate::limit::Drain::default());
     let metrics = match &flight.metrics_listen {
-        Some(a) => Some(crate::metrics::serve(a, node.clone()).await?),
+        Some(a) => Some(crate::metrics::serve(a, node.clone(), drain.clone()).await?),
         None => None,
     };
     let service = ApiaryFlightService::new(
@@ -361,16 +438,6 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
     let grpc = FlightServiceServer::new(service)
         .max_decoding_message_size(checked.max_message_size)
         .max_encoding_message_size(checked.max_message_size);
-    // Bounded concurrency: a call over either limit is shed at once (RESOURCE_EXHAUSTED), so
-    // memory is bounded by the limits times the message size rather than by what clients send.
-    let mut builder = Server::builder()
-        .load_shed(true)
-        .concurrency_limit_per_connection(flight.max_calls_per_connection)
-        .http2_keepalive_interval(Some(flight.keepalive).filter(|k| !k.is_zero()))
-        .http2_keepalive_timeout(Some(flight.keepalive_timeout));
-    if let Some(tls) = checked.tls {
-        builder = builder.tls_config(tls)?;
-    }
     info!(
         storage = %node.storage().display_url(),
         node_id = %node.id(),
@@ -383,15 +450,26 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
         // of wrong passwords took all of them, and logged-in users were refused). Password
         // checks are bounded by themselves (two at a time, 16 per address, 256 in all).
         .layer(AuthLayer::new(auth))
-        .layer(crate::limit::CallLimitLayer::new(flight.max_calls))
+        .layer(crate::limit::CallLimitLayer::new(
+            flight.max_calls,
+            drain.clone(),
+        ))
         .add_service(grpc)
         .serve_with_incoming_shutdown(
             // Nagle off on every accepted connection: small replies (SELECT 1, GetFlightInfo)
             // otherwise wait for the client's delayed ACK, ~40 ms each.
             tonic::transport::server::TcpIncoming::from(listener).with_nodelay(Some(true)),
-            async move {
-                shutdown_signal().await;
-                let _ = stopping_tx.send(());
+            {
+                let drain = drain.clone();
+                let timeout = flight.shutdown_timeout;
+                async move {
+                    shutdown_signal().await;
+                    drain.begin();
+                    let _ = stopping_tx.send(());
+                    // New work is refused from here; results already promised are fetched
+                    // until none has been for a moment. Then no new stream is taken.
+                    let _ = tokio::time::timeout(timeout, drain.settled(DRAIN_QUIET)).await;
+                }
             },
         );
     let timeout = flight.shutdown_timeout;
@@ -399,12 +477,20 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
         if stopping.await.is_err() {
             return std::future::pending().await;
         }
+        let deadline = tokio::time::Instant::now() + timeout;
         info!(
             ?timeout,
-            "shutting down: taking no new calls, handing back fragments, leaving the swarm"
+            "shutting down: taking no new work, handing back fragments, leaving the swarm"
         );
-        node.shutdown().await;
-        tokio::time::sleep(timeout).await;
+        // Bounded by the timeout too: a storage that hangs would hold the heartbeat's delete
+        // for the store's own request timeout, past any supervisor's grace.
+        if tokio::time::timeout_at(deadline, node.shutdown())
+            .await
+            .is_err()
+        {
+            warn!("leaving the swarm did not finish within the shutdown timeout");
+        }
+        tokio::time::sleep_until(deadline).await;
     };
     let served = tokio::select! {
         r = serve => r.map_err(anyhow::Error::from),
@@ -414,8 +500,14 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
         }
     };
     // Leave the swarm even if serving failed, or ended while the drain's call was under way
-    // (that call was dropped with the drain; this one finishes it, or does nothing after it).
-    node.shutdown().await;
+    // (that call was dropped with the drain; this one finishes it, or does nothing after it),
+    // for a few seconds at most.
+    if tokio::time::timeout(LAST_LEAVE, node.shutdown())
+        .await
+        .is_err()
+    {
+        warn!("could not leave the swarm: other nodes will find this node dead");
+    }
     drop(metrics);
     served?;
     info!("stopped");

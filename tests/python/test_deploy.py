@@ -215,3 +215,57 @@ def test_local_swarm_serves_through_every_node_and_shows_its_status_page(tmp_pat
     assert code == 0, proc.stderr.read()
     for _, flight, status in nodes:
         assert refused(flight) and refused(status)
+
+
+def test_a_draining_node_delivers_what_it_committed_and_says_it_drains(tmp_path):
+    """SIGTERM while an INSERT runs through ADBC (GetFlightInfo runs it, a DoGet reads its count):
+    the INSERT commits during the drain and its count is delivered, where the DoGet was refused
+    UNAVAILABLE and a retrying client inserted the rows twice. New statements are refused
+    UNAVAILABLE meanwhile, and /healthz says 503 so that balancers stop sending clients."""
+    import urllib.error
+    import urllib.request
+
+    from conftest import ApiaryServer
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        metrics = f"127.0.0.1:{s.getsockname()[1]}"
+    root = str(tmp_path / "root")
+    # The test hook holds each commit 2 s, as a large INSERT's write would.
+    node = ApiaryServer(root, args=["--fault-pause-before-commit-ms", "2000", "--metrics-listen", metrics])
+    try:
+        with flightsql.connect(node.uri) as conn, conn.cursor() as cur:
+            cur.execute("CREATE TABLE t (a BIGINT)")
+        out = {}
+
+        def insert():
+            try:
+                with flightsql.connect(node.uri) as conn, conn.cursor() as cur:
+                    cur.execute("INSERT INTO t VALUES (1), (2), (3)")
+                    out["rows"] = cur.fetchall()
+            except Exception as e:  # noqa: BLE001 - reported below
+                out["error"] = str(e)
+
+        writer = threading.Thread(target=insert)
+        writer.start()
+        time.sleep(0.7)
+        node.proc.send_signal(signal.SIGTERM)
+        assert node.wait_log("shutting down")
+        with pytest.raises(urllib.error.HTTPError) as probe:
+            urllib.request.urlopen(f"http://{metrics}/healthz", timeout=5)
+        assert probe.value.code == 503
+        with flightsql.connect(node.uri) as conn, conn.cursor() as cur:
+            with pytest.raises(Exception, match="shutting down"):
+                cur.execute("SELECT 1")
+        writer.join(60)
+        assert out == {"rows": [(3,)]}, out
+        node.proc.wait(60)
+    finally:
+        node.stop()
+    again = ApiaryServer(root)
+    try:
+        with flightsql.connect(again.uri) as conn, conn.cursor() as cur:
+            cur.execute("SELECT count(*) FROM t")
+            assert cur.fetchall() == [(3,)]
+    finally:
+        again.stop()

@@ -45,7 +45,13 @@ pub fn parse_users(entries: &[String]) -> anyhow::Result<HashMap<String, (String
             ),
             None => (rest, Role::Writer),
         };
-        users.insert(name.to_string(), (hash.to_string(), role));
+        // Given twice, one entry would silently win (the other's password refused).
+        if users
+            .insert(name.to_string(), (hash.to_string(), role))
+            .is_some()
+        {
+            anyhow::bail!("user {name} is given more than once");
+        }
     }
     Ok(users)
 }
@@ -252,6 +258,9 @@ mod tests {
         assert_eq!(users["bob"].0, h);
         assert!(parse_users(&[format!("dave:{h}:root")]).is_err());
         assert!(parse_users(&["nohash".to_string()]).is_err());
+        // A name given twice: refused, not the last entry silently winning.
+        let twice = parse_users(&[format!("eve:{h}:reader"), format!("eve:{h}:admin")]);
+        assert!(twice.unwrap_err().to_string().contains("more than once"));
     }
 
     #[tokio::test]
