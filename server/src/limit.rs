@@ -23,6 +23,7 @@ pub struct Drain {
     begun: AtomicBool,
     /// Admitted calls whose response has not been returned yet.
     pending: AtomicUsize,
+    /// When a call was last admitted or answered.
     last_admitted: Mutex<Instant>,
 }
 
@@ -63,7 +64,10 @@ impl Drain {
         *self.last_admitted.lock().expect("drain") = Instant::now();
     }
 
+    /// A call answered: the quiet period counts from here too (a 2 s INSERT admitted before the
+    /// signal is answered now, and its client's DoGet follows).
     fn answered(&self) {
+        *self.last_admitted.lock().expect("drain") = Instant::now();
         self.pending.fetch_sub(1, Ordering::SeqCst);
     }
 }
@@ -161,9 +165,10 @@ where
         let mut inner = std::mem::replace(&mut self.inner, clone);
         let drain = self.limit.drain.clone();
         drain.admitted();
+        // Answered however the call ends (its future dropped, even before it first ran).
+        let answered = Answered(drain);
         Box::pin(async move {
-            // Answered however the call ends (its future dropped by a client that hung up).
-            let _answered = Answered(drain);
+            let _answered = answered;
             let resp = inner.call(req).await;
             drop(permit);
             resp

@@ -337,8 +337,8 @@ async fn is_loopback(addr: &str) -> bool {
     }
 }
 
-/// Most bees a node runs.
-const MAX_BEES: usize = 1024;
+/// Most bees a node runs (what other nodes believe of a heartbeat).
+const MAX_BEES: usize = 256;
 
 /// How long a draining node waits with no call admitted before it takes no new streams.
 const DRAIN_QUIET: Duration = Duration::from_millis(500);
@@ -496,12 +496,12 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
         r = serve => r.map_err(anyhow::Error::from),
         _ = drain => {
             warn!(?timeout, "calls still running after the shutdown timeout; exiting anyway");
-            Ok(())
+            return Ok(());
         }
     };
     // Leave the swarm even if serving failed, or ended while the drain's call was under way
     // (that call was dropped with the drain; this one finishes it, or does nothing after it),
-    // for a few seconds at most.
+    // for a few seconds at most. A drain that ran out of time has tried already.
     if tokio::time::timeout(LAST_LEAVE, node.shutdown())
         .await
         .is_err()

@@ -11,13 +11,17 @@ use std::sync::Arc;
 
 use arrow::array::{Array, ArrayRef, AsArray};
 use arrow::datatypes::{DataType, FieldRef, Int64Type, IntervalMonthDayNano};
+use datafusion::common::tree_node::{Transformed, TransformedResult, TreeNode};
 use datafusion::common::{Result as DfResult, ScalarValue, exec_datafusion_err};
+use datafusion::config::ConfigOptions;
 use datafusion::error::DataFusionError;
+use datafusion::logical_expr::LogicalPlan;
 use datafusion::logical_expr::simplify::{ExprSimplifyResult, SimplifyContext};
 use datafusion::logical_expr::{
     ColumnarValue, Documentation, Expr, ReturnFieldArgs, ScalarFunctionArgs, ScalarUDF,
     ScalarUDFImpl, Signature,
 };
+use datafusion::optimizer::AnalyzerRule;
 
 /// Most bytes one call of a growing function may produce for one batch.
 pub(super) const MAX_GENERATED_BYTES: u128 = 256 << 20;
@@ -56,8 +60,8 @@ enum Growth {
     Pairs,
 }
 
-/// Most character pairs one call of a function of [`Growth::Pairs`] compares for one batch
-/// (about a second of work).
+/// Most character pairs a function of [`Growth::Pairs`] compares in one row (about a second
+/// of work).
 pub(super) const MAX_PAIRS: u128 = 1 << 30;
 
 /// The functions bounded here, by DataFusion's name.
@@ -166,7 +170,7 @@ impl ScalarUDFImpl for Bounded {
             let pairs = paired(&args.args, args.number_rows);
             if pairs > MAX_PAIRS {
                 return Err(DataFusionError::ResourcesExhausted(format!(
-                    "{}() would compare about {} million character pairs for one batch; {} is \
+                    "{}() would compare about {} million character pairs in one row; {} is \
                      {} million",
                     self.name(),
                     pairs / 1_000_000,
@@ -198,31 +202,50 @@ impl Bounded {
     /// `e` with every call of a growing function in its unbounded form bounded again
     /// (`concat_ws('', …)` simplifies to DataFusion's own `concat`).
     fn rebound(&self, e: Expr) -> DfResult<Expr> {
-        use datafusion::common::tree_node::{Transformed, TransformedResult, TreeNode};
-        e.transform(|e| match e {
-            Expr::ScalarFunction(mut call)
-                if (call.func.inner().as_ref() as &dyn std::any::Any)
-                    .downcast_ref::<Bounded>()
-                    .is_none() =>
-            {
-                let growth = GROWING
-                    .iter()
-                    .find(|(name, _)| *name == call.func.name())
-                    .map(|(_, g)| *g);
-                match growth {
-                    Some(growth) => {
-                        call.func = Arc::new(ScalarUDF::new_from_impl(Bounded {
-                            inner: call.func.clone(),
-                            growth,
-                        }));
-                        Ok(Transformed::yes(Expr::ScalarFunction(call)))
-                    }
-                    None => Ok(Transformed::no(Expr::ScalarFunction(call))),
+        bound_calls(e).data()
+    }
+}
+
+/// `e` with every call of a growing function in its unbounded form bounded.
+fn bound_calls(e: Expr) -> DfResult<Transformed<Expr>> {
+    e.transform(|e| match e {
+        Expr::ScalarFunction(mut call)
+            if (call.func.inner().as_ref() as &dyn std::any::Any)
+                .downcast_ref::<Bounded>()
+                .is_none() =>
+        {
+            let growth = GROWING
+                .iter()
+                .find(|(name, _)| *name == call.func.name())
+                .map(|(_, g)| *g);
+            match growth {
+                Some(growth) => {
+                    call.func = Arc::new(ScalarUDF::new_from_impl(Bounded {
+                        inner: call.func.clone(),
+                        growth,
+                    }));
+                    Ok(Transformed::yes(Expr::ScalarFunction(call)))
                 }
+                None => Ok(Transformed::no(Expr::ScalarFunction(call))),
             }
-            other => Ok(Transformed::no(other)),
-        })
-        .data()
+        }
+        other => Ok(Transformed::no(other)),
+    })
+}
+
+/// Bounds the growing functions DataFusion plans without the registry: `[a, b]` and
+/// `ARRAY[…]` are `make_array`, `list || list` is `array_concat`, both DataFusion's own.
+#[derive(Debug, Default)]
+pub(super) struct BoundedCalls;
+
+impl AnalyzerRule for BoundedCalls {
+    fn analyze(&self, plan: LogicalPlan, _config: &ConfigOptions) -> DfResult<LogicalPlan> {
+        plan.transform_up_with_subqueries(|node| node.map_expressions(bound_calls))
+            .data()
+    }
+
+    fn name(&self) -> &str {
+        "apiary_bounded_calls"
     }
 }
 
@@ -316,73 +339,60 @@ fn copied(args: &[ColumnarValue], rows: usize) -> u128 {
         .fold(0, u128::saturating_add)
 }
 
-/// Elements of the list in each of `rows` rows of `list` (one value for a scalar).
-fn elements(list: &ColumnarValue, rows: usize) -> Vec<u128> {
-    let lengths = |a: &dyn Array| -> Vec<u128> {
-        match a.data_type() {
-            DataType::List(_) => {
-                let l = a.as_list::<i32>();
-                (0..l.len())
-                    .map(|i| l.value_length(i).max(0) as u128)
-                    .collect()
-            }
-            DataType::LargeList(_) => {
-                let l = a.as_list::<i64>();
-                (0..l.len())
-                    .map(|i| l.value_length(i).max(0) as u128)
-                    .collect()
-            }
-            DataType::FixedSizeList(_, n) => vec![(*n).max(0) as u128; a.len()],
-            _ => vec![0; a.len()],
-        }
-    };
-    match list {
-        ColumnarValue::Array(a) => lengths(a.as_ref()),
-        ColumnarValue::Scalar(s) => match s.to_array_of_size(1) {
-            Ok(a) => vec![lengths(a.as_ref()).first().copied().unwrap_or(0); rows.min(1)],
-            Err(_) => Vec::new(),
-        },
+/// Leaf values of a list array (the values of its innermost lists).
+fn leaves(a: &dyn Array) -> u128 {
+    match a.data_type() {
+        DataType::List(_) => leaves(a.as_list::<i32>().values().as_ref()),
+        DataType::LargeList(_) => leaves(a.as_list::<i64>().values().as_ref()),
+        DataType::FixedSizeList(..) => leaves(a.as_fixed_size_list().values().as_ref()),
+        _ => a.len() as u128,
     }
-    .into_iter()
-    .take(rows.max(1))
-    .collect()
 }
 
-/// What `array_to_string(list, sep [, null])` produces for one batch: for each element its
-/// text (the list's own bytes, or 24 bytes of a number's text) and a separator, or the null
-/// text, whichever is longer.
+/// What `array_to_string(list, sep [, null])` produces for one batch: the list's own bytes,
+/// and for each leaf value (nested lists are joined too) 24 bytes of a number's text and the
+/// longest separator or null text of the batch. A constant list counts once a row.
 fn joined(args: &[ColumnarValue], rows: usize) -> u128 {
     let Some(list) = args.first() else {
         return 0;
     };
-    let texts: Vec<Values> = args[1..].iter().filter_map(|a| values(a).ok()).collect();
-    let longest = |row: usize| -> u128 {
-        texts
-            .iter()
-            .map(|v| match v.at(row) {
-                Value::Bytes(n) => n,
-                _ => 0,
-            })
-            .max()
-            .unwrap_or(0)
-    };
-    let text = match list {
-        ColumnarValue::Array(a) => a.get_buffer_memory_size() as u128,
-        ColumnarValue::Scalar(s) => s.size() as u128,
-    };
-    let mut total = text;
-    for (row, n) in elements(list, rows).into_iter().enumerate() {
-        let each = longest(row).saturating_add(24);
-        total = total.saturating_add(n.saturating_mul(each));
-        if total > MAX_GENERATED_BYTES {
-            break;
+    let (text, values) = match list {
+        ColumnarValue::Array(a) => (a.get_buffer_memory_size() as u128, leaves(a.as_ref())),
+        ColumnarValue::Scalar(s) => {
+            let each = s.to_array_of_size(1).map_or(0, |a| leaves(a.as_ref()));
+            let rows = rows.max(1) as u128;
+            (
+                (s.size() as u128).saturating_mul(rows),
+                each.saturating_mul(rows),
+            )
         }
-    }
-    total
+    };
+    let longest = args[1..]
+        .iter()
+        .filter_map(|a| match a {
+            ColumnarValue::Scalar(s) => match scalar(s) {
+                Value::Bytes(n) => Some(n),
+                _ => None,
+            },
+            ColumnarValue::Array(a) => match array(a) {
+                Ok(v) => v
+                    .into_iter()
+                    .filter_map(|v| match v {
+                        Value::Bytes(n) => Some(n),
+                        _ => None,
+                    })
+                    .max(),
+                Err(_) => None,
+            },
+        })
+        .max()
+        .unwrap_or(0);
+    text.saturating_add(values.saturating_mul(longest.saturating_add(24)))
 }
 
-/// The character pairs `levenshtein(a, b)` compares for one batch: the product of the lengths
-/// (in bytes, at least the characters) in each row.
+/// The most character pairs `levenshtein(a, b)` compares in one row of a batch: the product of
+/// the lengths (in bytes, at least the characters). Bounded per row, so that ordinary fuzzy
+/// matching over full batches is not refused by the batch's size.
 fn paired(args: &[ColumnarValue], rows: usize) -> u128 {
     let Ok(values) = args.iter().map(values).collect::<DfResult<Vec<_>>>() else {
         return 0;
@@ -395,15 +405,13 @@ fn paired(args: &[ColumnarValue], rows: usize) -> u128 {
         Value::Bytes(n) => n,
         _ => 0,
     };
-    let mut total = 0u128;
-    for row in 0..rows {
-        let at = |i: usize| values.get(i).map_or(Value::Other, |v| v.at(row));
-        total = total.saturating_add(len(at(0)).saturating_mul(len(at(1))));
-        if total > MAX_PAIRS {
-            break;
-        }
-    }
-    total
+    (0..rows)
+        .map(|row| {
+            let at = |i: usize| values.get(i).map_or(Value::Other, |v| v.at(row));
+            len(at(0)).saturating_mul(len(at(1)))
+        })
+        .max()
+        .unwrap_or(0)
 }
 
 fn per_row(growth: Growth, arg: &dyn Fn(usize) -> Value) -> u128 {

@@ -27,8 +27,8 @@ use datafusion::catalog::{
     CatalogProvider, CatalogProviderList, MemoryCatalogProvider, MemoryCatalogProviderList,
     Session as DfSession, TableProvider,
 };
-use datafusion::common::Column;
 use datafusion::common::tree_node::{Transformed, TransformedResult, TreeNode};
+use datafusion::common::{Column, ScalarValue};
 use datafusion::config::ConfigOptions;
 use datafusion::datasource::TableType;
 use datafusion::error::{DataFusionError, Result as DfResult};
@@ -336,7 +336,9 @@ fn counts_from_one(plan: &LogicalPlan) -> bool {
     columns_scan(&p.input)
         && p.expr.iter().any(|e| {
             matches!(e, Expr::Alias(a) if a.name == ORDINAL
-                && matches!(a.expr.as_ref(), Expr::BinaryExpr(b) if b.op == Operator::Plus))
+                && matches!(a.expr.as_ref(), Expr::BinaryExpr(b) if b.op == Operator::Plus
+                    && matches!(b.left.as_ref(), Expr::Column(c) if c.name == ORDINAL)
+                    && matches!(b.right.as_ref(), Expr::Literal(ScalarValue::UInt64(Some(1)), _))))
         })
 }
 

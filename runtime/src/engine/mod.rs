@@ -668,6 +668,7 @@ fn analyzer_rules() -> Vec<Arc<dyn datafusion::optimizer::AnalyzerRule + Send + 
     rules.push(Arc::new(whole_casts::WholeCasts));
     rules.push(Arc::new(checked::CheckedIntegers));
     rules.push(Arc::new(information_schema::OrdinalsFromOne));
+    rules.push(Arc::new(bounded::BoundedCalls));
     rules
 }
 
