@@ -89,12 +89,7 @@ fn engine_config(node: &NodeArgs) -> anyhow::Result<EngineConfig> {
         options.push((k.trim().to_string(), v.trim().to_string()));
     }
     let limits = &node.limits;
-    let max_sql_bytes = match limits.max_sql_bytes {
-        crate::config::MemorySize::Bytes(b) => b.min(usize::MAX as u64) as usize,
-        crate::config::MemorySize::Percent(_) => {
-            anyhow::bail!("--max-sql-bytes takes a size, not a percentage")
-        }
-    };
+    let max_sql_bytes = limits.sql_bytes()?;
     Ok(EngineConfig {
         datafusion_options: options,
         limits: apiary_runtime::Limits {

@@ -437,6 +437,18 @@ pub enum MemorySize {
     Percent(f64),
 }
 
+impl LimitArgs {
+    /// `--max-sql-bytes` in bytes (a size, never a percentage).
+    pub fn sql_bytes(&self) -> anyhow::Result<usize> {
+        match self.max_sql_bytes {
+            MemorySize::Bytes(b) => Ok(usize::try_from(b).unwrap_or(usize::MAX)),
+            MemorySize::Percent(_) => {
+                anyhow::bail!("--max-sql-bytes takes a size, not a percentage")
+            }
+        }
+    }
+}
+
 impl MemorySize {
     /// Resolve against the machine's physical memory.
     pub fn resolve(&self, physical: u64) -> u64 {

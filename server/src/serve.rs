@@ -138,33 +138,33 @@ async fn signing_key(
 /// Refuse a key file inside a local storage root: any writer could read it there as an
 /// external table, and sign tokens and tickets with it.
 fn outside_root(key: &Path, storage: &Storage) -> anyhow::Result<()> {
-    let Some(root) = storage.local_dir() else {
-        return Ok(());
-    };
-    let absolute = |p: &Path| {
-        let p = std::path::absolute(p).unwrap_or_else(|_| p.to_path_buf());
-        // The nearest existing ancestor resolved (symbolic links), the rest as given.
-        let mut head = p.as_path();
-        let mut tail = Vec::new();
-        while !head.exists() {
-            let (Some(parent), Some(name)) = (head.parent(), head.file_name()) else {
-                break;
-            };
-            tail.push(name.to_os_string());
-            head = parent;
-        }
-        let mut resolved = head.canonicalize().unwrap_or_else(|_| head.to_path_buf());
-        resolved.extend(tail.iter().rev());
-        resolved
-    };
-    if absolute(key).starts_with(absolute(&root)) {
-        bail!(
+    // The root is canonical already.
+    match storage.local_dir() {
+        Some(root) if resolved(key).starts_with(&root) => bail!(
             "the token key file {} is inside the storage root {}: writers could read it there; keep it outside",
             key.display(),
             root.display()
-        );
+        ),
+        _ => Ok(()),
     }
-    Ok(())
+}
+
+/// `p` made absolute, its nearest existing ancestor resolved (symbolic links) and the rest as
+/// given (a key file is checked before it is created).
+fn resolved(p: &Path) -> PathBuf {
+    let p = std::path::absolute(p).unwrap_or_else(|_| p.to_path_buf());
+    let mut head = p.as_path();
+    let mut tail = Vec::new();
+    while !head.exists() {
+        let (Some(parent), Some(name)) = (head.parent(), head.file_name()) else {
+            break;
+        };
+        tail.push(name);
+        head = parent;
+    }
+    let mut resolved = head.canonicalize().unwrap_or_else(|_| head.to_path_buf());
+    resolved.extend(tail.iter().rev());
+    resolved
 }
 
 /// What `serve` and `check-config` both check before touching the network or storage.
@@ -426,14 +426,7 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
         FlightSql::new(node.clone(), signer, flight.ticket_ttl)
             .with_max_cancel_endpoints(args.node.limits.max_cancel_endpoints)
             .with_max_param_rows(args.node.limits.max_param_rows)
-            .with_statement_limits(
-                args.node.limits.max_columns,
-                match args.node.limits.max_sql_bytes {
-                    crate::config::MemorySize::Bytes(b) => usize::try_from(b).unwrap_or(usize::MAX),
-                    // Refused when the node was built.
-                    crate::config::MemorySize::Percent(_) => 0,
-                },
-            ),
+            .with_statement_limits(args.node.limits.max_columns, args.node.limits.sql_bytes()?),
     );
     let grpc = FlightServiceServer::new(service)
         .max_decoding_message_size(checked.max_message_size)

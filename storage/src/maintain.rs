@@ -237,7 +237,8 @@ impl Ledger {
         // its own: a cell removed long ago, brought back by a RESTORE and removed again a
         // moment ago was deleted for its old removal, and the versions in between lost it.
         let cutoff = chrono::Utc::now().timestamp_millis() - retention.num_milliseconds();
-        let fresh = self.removed_since(snapshot, cutoff).await?;
+        let log_store = self.writing_log_store(snapshot)?;
+        let fresh = removed_since(snapshot, log_store.as_ref(), cutoff).await?;
         let mut files: Vec<String> = files
             .into_iter()
             .filter(|f| !fresh.contains(paths::table_file_key(f).as_ref()))
@@ -246,7 +247,7 @@ impl Ledger {
         // deleted by an earlier VACUUM is named until its removal leaves the log.
         files.sort();
         files.dedup();
-        let store = self.writing_log_store(snapshot)?.object_store(None);
+        let store = log_store.object_store(None);
         let files: Vec<String> = futures::stream::iter(files)
             .map(|f| {
                 let store = store.clone();
@@ -267,7 +268,6 @@ impl Ledger {
             let files = files.into_iter().chain(staged).collect();
             return Ok(Vacuumed { files, dry_run });
         }
-        let log_store = self.writing_log_store(snapshot)?;
         let props = self.commit_properties_with(
             user,
             Some(serde_json::json!({ "numFilesToDelete": files.len() + staged.len() })),
@@ -284,7 +284,6 @@ impl Ledger {
             )
             .await
             .map_err(|e| conflict(snapshot, e))?;
-        let store = log_store.object_store(None);
         let mut deleted = self.delete_staged(snapshot, staged).await?;
         let from_plan: Vec<String> = futures::stream::iter(files)
             .map(|f| {
@@ -320,28 +319,6 @@ impl Ledger {
             files: deleted,
             dry_run: false,
         })
-    }
-
-    /// Keys of the cells `snapshot` records a removal of at or after `cutoff` (milliseconds
-    /// since the epoch), whatever older removals of the same cells say.
-    async fn removed_since(
-        &self,
-        snapshot: &FrameSnapshot,
-        cutoff: i64,
-    ) -> Result<HashSet<String>> {
-        let log_store = self.writing_log_store(snapshot)?;
-        snapshot
-            .delta_state()
-            .all_tombstones(log_store.as_ref())
-            .try_filter_map(|t| {
-                let fresh = t.deletion_timestamp().unwrap_or(0) >= cutoff;
-                std::future::ready(Ok(
-                    fresh.then(|| paths::table_file_key(t.path().as_ref()).to_string())
-                ))
-            })
-            .try_collect()
-            .await
-            .map_err(Error::from)
     }
 
     /// The local directory of `snapshot`'s frame, on a local root.
@@ -467,6 +444,27 @@ impl Ledger {
             .map_err(|e| conflict(snapshot, e))?;
         self.adopt(snapshot, &table)
     }
+}
+
+/// Keys of the cells `snapshot` records a removal of at or after `cutoff` (milliseconds since
+/// the epoch), whatever older removals of the same cells say.
+async fn removed_since(
+    snapshot: &FrameSnapshot,
+    log_store: &dyn deltalake::logstore::LogStore,
+    cutoff: i64,
+) -> Result<HashSet<String>> {
+    snapshot
+        .delta_state()
+        .all_tombstones(log_store)
+        .try_filter_map(|t| {
+            let fresh = t.deletion_timestamp().unwrap_or(0) >= cutoff;
+            std::future::ready(Ok(
+                fresh.then(|| paths::table_file_key(t.path().as_ref()).to_string())
+            ))
+        })
+        .try_collect()
+        .await
+        .map_err(Error::from)
 }
 
 /// Deepest directory a frame's walk for staged files descends (partition columns nest one level
