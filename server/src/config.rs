@@ -393,6 +393,15 @@ pub struct FlightArgs {
     /// only until its first message.
     #[arg(long, env = "APIARY_MAX_CALLS", default_value_t = 512)]
     pub max_calls: usize,
+    /// Client connections open at once; one more is closed as soon as it is accepted (clients
+    /// see UNAVAILABLE and retry). Each holds a file descriptor, so keep this well under the
+    /// process's open-file limit (`ulimit -n`; systemd's `LimitNOFILE`).
+    #[arg(long, env = "APIARY_MAX_CONNECTIONS", default_value_t = 512)]
+    pub max_connections: usize,
+    /// How long a new connection has to finish its TLS handshake and start HTTP/2; one that
+    /// has not is closed, so silent sockets do not hold connection slots. `0s`: no bound.
+    #[arg(long, env = "APIARY_HANDSHAKE_TIMEOUT", default_value = "10s", value_parser = parse_duration)]
+    pub handshake_timeout: Duration,
     /// Calls handled at once for one client connection (HTTP/2 streams).
     #[arg(long, env = "APIARY_MAX_CALLS_PER_CONNECTION", default_value_t = 64)]
     pub max_calls_per_connection: usize,

@@ -19,6 +19,7 @@
 //! | [`status_page`] | the status page (`/`) and its `/status.json`                 |
 //! | [`error`]      | the server's error type and its one mapping to gRPC statuses  |
 
+mod accept;
 pub mod assemble;
 pub mod auth;
 pub mod cli;

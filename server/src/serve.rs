@@ -16,7 +16,7 @@ use apiary_storage::Storage;
 use arrow_flight::flight_service_server::FlightServiceServer;
 use bytes::Bytes;
 use tokio::net::TcpListener;
-use tonic::transport::{Certificate, Identity, Server, ServerTlsConfig};
+use tonic::transport::Server;
 use tracing::{info, warn};
 
 use crate::assemble;
@@ -171,7 +171,7 @@ fn resolved(p: &Path) -> PathBuf {
 struct Checked {
     users: HashMap<String, (String, apiary_runtime::Role)>,
     max_message_size: usize,
-    tls: Option<ServerTlsConfig>,
+    tls: Option<Arc<rustls::ServerConfig>>,
 }
 
 fn check(args: &ServeArgs) -> anyhow::Result<Checked> {
@@ -206,8 +206,9 @@ fn check(args: &ServeArgs) -> anyhow::Result<Checked> {
     if node.bees.is_some_and(|b| b > MAX_BEES) {
         bail!("--bees takes at most {MAX_BEES} (a bee is a thread with its own memory budget)");
     }
-    if flight.max_calls == 0 || flight.max_calls_per_connection == 0 {
-        bail!("--max-calls and --max-calls-per-connection must be at least 1");
+    if flight.max_calls == 0 || flight.max_calls_per_connection == 0 || flight.max_connections == 0
+    {
+        bail!("--max-calls, --max-calls-per-connection and --max-connections must be at least 1");
     }
     let tls = match (&flight.tls_cert, &flight.tls_key) {
         (Some(cert), Some(key)) => {
@@ -218,17 +219,14 @@ fn check(args: &ServeArgs) -> anyhow::Result<Checked> {
                 }
                 Ok(body)
             };
-            let mut tls =
-                ServerTlsConfig::new().identity(Identity::from_pem(read(cert)?, read(key)?));
-            if let Some(ca) = &flight.tls_client_ca {
-                tls = tls.client_ca_root(Certificate::from_pem(read(ca)?));
-            }
+            let ca = match &flight.tls_client_ca {
+                Some(ca) => Some(read(ca)?),
+                None => None,
+            };
             // Parsed now, so that check-config finds what serving would: a key that does not
             // match the certificate, a certificate given as the key, a CA that is no
             // certificate.
-            Server::builder()
-                .tls_config(tls.clone())
-                .context("the TLS certificate, key and client CA")?;
+            let tls = crate::accept::tls_config(&read(cert)?, &read(key)?, ca.as_deref())?;
             Some(tls)
         }
         _ => None,
@@ -406,16 +404,11 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
     )?;
     // Bounded concurrency: a call over either limit is shed at once (RESOURCE_EXHAUSTED), so
     // memory is bounded by the limits times the message size rather than by what clients send.
-    let mut builder = Server::builder()
+    let builder = Server::builder()
         .load_shed(true)
         .concurrency_limit_per_connection(flight.max_calls_per_connection)
         .http2_keepalive_interval(Some(flight.keepalive).filter(|k| !k.is_zero()))
         .http2_keepalive_timeout(Some(flight.keepalive_timeout));
-    // Before the node joins the swarm: a key that does not match its certificate stops the
-    // start here, instead of leaving a heartbeat behind for every restart.
-    if let Some(tls) = checked.tls {
-        builder = builder.tls_config(tls)?;
-    }
     node.start();
     let drain = Arc::new(crate::limit::Drain::default());
     let metrics = match &flight.metrics_listen {
@@ -449,9 +442,14 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
         ))
         .add_service(grpc)
         .serve_with_incoming_shutdown(
-            // Nagle off on every accepted connection: small replies (SELECT 1, GetFlightInfo)
-            // otherwise wait for the client's delayed ACK, ~40 ms each.
-            tonic::transport::server::TcpIncoming::from(listener).with_nodelay(Some(true)),
+            crate::accept::incoming(
+                listener,
+                crate::accept::Admission {
+                    max: flight.max_connections,
+                    handshake: Some(flight.handshake_timeout).filter(|t| !t.is_zero()),
+                    tls: checked.tls,
+                },
+            ),
             {
                 let drain = drain.clone();
                 let timeout = flight.shutdown_timeout;

@@ -269,3 +269,56 @@ def test_a_draining_node_delivers_what_it_committed_and_says_it_drains(tmp_path)
             assert cur.fetchall() == [(3,)]
     finally:
         again.stop()
+
+
+def test_silent_connections_are_closed_and_connections_are_capped(tmp_path):
+    """A socket that connects and never speaks HTTP/2 (a port scanner, a half-open connection, a
+    client dribbling bytes) is closed after --handshake-timeout; before, it was held for ever
+    with its file descriptor, and enough of them starved the node. At --max-connections one
+    more connection is closed at once (UNAVAILABLE for the client), and the slot frees when a
+    connection closes. A connection that is HTTP/2 already is not cut however long it idles."""
+    from conftest import ApiaryServer
+
+    node = ApiaryServer(str(tmp_path / "root"), args=["--max-connections", "3", "--handshake-timeout", "1s"])
+    try:
+        with flightsql.connect(node.uri) as idle, idle.cursor() as cur:
+            cur.execute("SELECT 1")
+            assert cur.fetchall() == [(1,)]
+            time.sleep(2.5)
+            # Two of the three slots now: this connection and the silent socket below.
+            host, port = node.addr.rsplit(":", 1)
+            silent = socket.create_connection((host, int(port)))
+            silent.settimeout(10)
+            start = time.monotonic()
+            assert silent.recv(16) == b""
+            assert 0.5 < time.monotonic() - start < 5
+            cur.execute("SELECT 2")
+            assert cur.fetchall() == [(2,)]
+
+            # A client that dribbles the HTTP/2 preface a byte at a time is cut at the deadline.
+            dribbler = socket.create_connection((host, int(port)))
+            start = time.monotonic()
+            with pytest.raises(OSError):
+                for b in b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n" * 4:
+                    dribbler.sendall(bytes([b]))
+                    time.sleep(0.2)
+            assert time.monotonic() - start < 5
+            dribbler.close()
+
+            # The cap: with the idle ADBC connection and two silent sockets, a new client is
+            # refused at once, and served once the silent ones are closed.
+            held = [socket.create_connection((host, int(port))) for _ in range(2)]
+            time.sleep(0.2)
+            with pytest.raises(Exception, match="Unavailable|UNAVAILABLE|14"):
+                with flightsql.connect(node.uri) as other, other.cursor() as c2:
+                    c2.execute("SELECT 3")
+            assert node.wait_log("refusing connections: 3 are open")
+            for s in held:
+                s.settimeout(10)
+                assert s.recv(16) == b""
+            with flightsql.connect(node.uri) as other, other.cursor() as c2:
+                c2.execute("SELECT 3")
+                assert c2.fetchall() == [(3,)]
+            silent.close()
+    finally:
+        node.stop()

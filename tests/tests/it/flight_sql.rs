@@ -1060,8 +1060,58 @@ async fn tls_and_mutual_tls() {
         write("ca.pem", &pki.ca),
     );
     let root = dir.path().to_str().unwrap();
-    let tls = Server::start(root, &["--tls-cert", &cert, "--tls-key", &key], &[]);
+    // check-config reads the PEM files as serving would, and names what is wrong with them.
+    let client_key = write("client.key", &pki.client_key);
+    for (cert, key, ca, expect) in [
+        (
+            &cert,
+            &client_key,
+            None,
+            "the TLS key does not go with the certificate",
+        ),
+        (&cert, &cert, None, "the TLS key file holds no private key"),
+        (&key, &key, None, "holds no certificate"),
+        (
+            &cert,
+            &key,
+            Some(&key),
+            "the client CA file holds no certificate",
+        ),
+    ] {
+        let mut args = vec!["check-config", "--storage", root];
+        args.extend(["--tls-cert", cert, "--tls-key", key]);
+        if let Some(ca) = ca {
+            args.extend(["--tls-client-ca", ca]);
+        }
+        let out = apiary_tests::apiary(&args, &[]);
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(
+            !out.status.success() && err.contains(expect),
+            "{args:?}: {err}"
+        );
+    }
+    let tls = Server::start(
+        root,
+        &[
+            "--tls-cert",
+            &cert,
+            "--tls-key",
+            &key,
+            "--handshake-timeout",
+            "1s",
+        ],
+        &[],
+    );
     assert!(tls.log().contains("grpc+tls://"));
+    // A socket that never starts its TLS handshake is closed at the deadline, not held.
+    let mut silent = std::net::TcpStream::connect(("127.0.0.1", tls.port())).unwrap();
+    silent
+        .set_read_timeout(Some(std::time::Duration::from_secs(10)))
+        .unwrap();
+    let start = std::time::Instant::now();
+    let read = std::io::Read::read(&mut silent, &mut [0u8; 16]);
+    assert!(matches!(read, Ok(0)), "{read:?}");
+    assert!(start.elapsed() < std::time::Duration::from_secs(5));
     let ch = tls_channel(tls.port(), &pki, false).await.unwrap();
     let mut c = FlightSqlServiceClient::new(ch);
     let (_, _, batches) = query(&mut c, "SELECT 7 AS x").await;
