@@ -550,40 +550,49 @@ where
     let Some((sub_name, sub)) = matches.subcommand() else {
         return Ok(cli);
     };
-    let known: Vec<String> = Cli::command()
-        .find_subcommand(sub_name)
-        .map(|c| c.get_arguments().map(|a| a.get_id().to_string()).collect())
-        .unwrap_or_default();
+    let command = Cli::command();
+    let Some(this) = command.find_subcommand(sub_name) else {
+        return Ok(cli);
+    };
+    // A key names a flag by its long name (`user`, `external-root`) or by the field behind it
+    // (`users`); `-` and `_` are the same. Positional arguments cannot come from the file.
+    let flag_of = |c: &clap::Command, key: &str| {
+        let key = key.replace('_', "-");
+        c.get_arguments()
+            .find(|a| {
+                a.get_long().is_some_and(|l| l == key)
+                    || a.get_id().as_str().replace('_', "-") == key
+            })
+            .and_then(|a| a.get_long().map(|l| (a.clone(), l.to_string())))
+    };
     let mut injected: Vec<OsString> = Vec::new();
     for (key, value) in &table {
-        let id = key.replace('-', "_");
-        if id == "config" {
+        if key == "config" {
             continue;
         }
-        if !known.contains(&id) {
+        let Some((arg, long)) = flag_of(this, key) else {
             // Keys for another subcommand (e.g. `listen` while running `sql`) are fine; unknown
             // keys everywhere are a typo.
-            let anywhere = Cli::command()
-                .get_subcommands()
-                .any(|c| c.get_arguments().any(|a| a.get_id().as_str() == id));
-            if !anywhere {
+            if !command.get_subcommands().any(|c| flag_of(c, key).is_some()) {
                 bail!("{}: unknown config key {key:?}", path.display());
             }
             continue;
-        }
-        match sub.value_source(&id) {
+        };
+        match sub.value_source(arg.get_id().as_str()) {
             Some(ValueSource::CommandLine) | Some(ValueSource::EnvVariable) => continue,
             _ => {}
         }
-        let flag = format!("--{}", id.replace('_', "-"));
+        let flag = format!("--{long}");
         let values: Vec<String> = match value {
             toml::Value::Array(items) => items
                 .iter()
                 .map(toml_scalar)
                 .collect::<anyhow::Result<_>>()?,
-            toml::Value::Boolean(b) => {
+            // A switch (`--metrics-public`) is given or not; a flag that takes true or false
+            // (`--share-results false`) gets the value.
+            toml::Value::Boolean(b) if !arg.get_action().takes_values() => {
                 if *b {
-                    injected.push(flag.clone().into());
+                    injected.push(flag.into());
                 }
                 continue;
             }
@@ -677,6 +686,29 @@ mod tests {
         };
         assert_eq!(args.storage.storage, "/from/file");
         assert_eq!(args.format, "json");
+
+        // Keys by long name or field name; switches and true/false flags both take booleans.
+        std::fs::write(
+            &path,
+            "user = [\"a:h1\", \"b:h2\"]\nexternal-root = [\"/data\"]\n\
+             share_results = false\nmetrics-public = true\nallow_anonymous = false\n",
+        )
+        .unwrap();
+        let cli = parse_args(["apiary", "serve", "--config", path.to_str().unwrap()]).unwrap();
+        let Command::Serve(args) = cli.command else {
+            panic!()
+        };
+        assert_eq!(args.flight.users, ["a:h1", "b:h2"]);
+        assert_eq!(args.storage.external_roots, ["/data"]);
+        assert!(!args.node.share_results);
+        assert!(args.flight.metrics_public && !args.flight.allow_anonymous);
+        std::fs::write(&path, "users = \"a:h1\"\nshare-results = true\n").unwrap();
+        let cli = parse_args(["apiary", "serve", "--config", path.to_str().unwrap()]).unwrap();
+        let Command::Serve(args) = cli.command else {
+            panic!()
+        };
+        assert_eq!(args.flight.users, ["a:h1"]);
+        assert!(args.node.share_results);
 
         std::fs::write(&path, "nonsense_key = 1\n").unwrap();
         assert!(
