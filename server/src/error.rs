@@ -107,11 +107,61 @@ impl From<Error> for Status {
         match without_backtrace(status.message()) {
             Some(clean) => {
                 debug!(message = %status.message(), "backtrace kept out of a client's error");
-                Status::new(status.code(), clean)
+                bounded(Status::new(status.code(), clean))
             }
-            None => status,
+            None => bounded(status),
         }
     }
+}
+
+/// The most a message may take in its `grpc-message` header, percent-encoded. Clients refuse
+/// headers past their limit (gRPC C++, so pyarrow: 16 KiB; gRPC Java, so the JDBC driver:
+/// 8 KiB) and report RESOURCE_EXHAUSTED without the message; messages quote the client's input
+/// (a 20 KB literal that does not cast), so a long one lost the error itself.
+const MAX_MESSAGE: usize = 4096;
+
+/// `status` with its message cut to [`MAX_MESSAGE`]: its start and its end, with how much was
+/// left out between them.
+pub(crate) fn bounded(status: Status) -> Status {
+    // What the header takes for each character (tonic percent-encodes all but printable ASCII).
+    let cost = |c: char| match c {
+        ' '..='~' if c != '%' => 1,
+        c => 3 * c.len_utf8(),
+    };
+    let message = status.message();
+    if message.chars().map(cost).sum::<usize>() <= MAX_MESSAGE {
+        return status;
+    }
+    let take = |budget: usize, chars: &mut dyn Iterator<Item = (usize, char)>| {
+        let mut used = 0;
+        let mut end = 0;
+        for (i, c) in chars {
+            used += cost(c);
+            if used > budget {
+                break;
+            }
+            end = i;
+        }
+        end
+    };
+    // Byte offsets: the head ends before `head`, the tail starts at `tail`.
+    let head = {
+        let mut it = message.char_indices().map(|(i, c)| (i + c.len_utf8(), c));
+        take(MAX_MESSAGE * 3 / 4, &mut it)
+    };
+    let tail = {
+        let mut it = message.char_indices().rev();
+        take(MAX_MESSAGE / 8, &mut it).max(head)
+    };
+    Status::new(
+        status.code(),
+        format!(
+            "{} … [{} bytes left out] … {}",
+            &message[..head],
+            tail - head,
+            &message[tail..]
+        ),
+    )
 }
 
 /// `message` without an appended backtrace, if it has one.
@@ -245,6 +295,34 @@ mod tests {
         assert_eq!(s.message(), "Error during planning: table 'x' not found");
         let plain = Status::from(Error::invalid("no backtrace here"));
         assert_eq!(plain.message(), "no backtrace here");
+    }
+
+    #[test]
+    fn long_messages_keep_their_start_and_end_within_a_header() {
+        let quoted = format!("Cannot cast string '{}' to Int64", "é".repeat(20_000));
+        let s = Status::from(Error::invalid(quoted.clone()));
+        assert_eq!(s.code(), Code::InvalidArgument);
+        assert!(
+            s.message().starts_with("Cannot cast string 'éé"),
+            "{}",
+            s.message()
+        );
+        assert!(s.message().ends_with("éé' to Int64"), "{}", s.message());
+        assert!(s.message().contains(" bytes left out] "));
+        let encoded: usize = s
+            .message()
+            .chars()
+            .map(|c| {
+                if c.is_ascii_graphic() || c == ' ' {
+                    1
+                } else {
+                    3 * c.len_utf8()
+                }
+            })
+            .sum();
+        assert!(encoded <= MAX_MESSAGE, "{encoded}");
+        let short = Status::from(Error::invalid("x".repeat(MAX_MESSAGE)));
+        assert_eq!(short.message().len(), MAX_MESSAGE);
     }
 
     #[test]

@@ -143,13 +143,13 @@ impl FlightSql {
 /// arrow-flight's Flight SQL dispatch reports a command it cannot decode as INTERNAL (an
 /// `ArrowError::ParseError`); those are the client's bytes, so INVALID_ARGUMENT.
 fn client_bytes(s: Status) -> Status {
-    match s.message().strip_prefix("ParseError(") {
+    crate::error::bounded(match s.message().strip_prefix("ParseError(") {
         Some(rest) if s.code() == tonic::Code::Internal => Status::invalid_argument(format!(
             "malformed command: {}",
             rest.trim_end_matches(')').trim_matches('"')
         )),
         _ => s,
-    }
+    })
 }
 
 /// The Flight service clients talk to: [`FlightSql`] plus GetSchema and PollFlightInfo.
