@@ -68,6 +68,7 @@ pub struct FlightSql {
     service: Arc<dyn QueryService>,
     signer: Signer,
     sql_info: SqlInfoData,
+    reported: sql_info::ReportedLimits,
     xdbc: XdbcTypeInfoData,
     ticket_ttl: Duration,
     max_cancel_endpoints: usize,
@@ -85,10 +86,15 @@ impl std::fmt::Debug for FlightSql {
 
 impl FlightSql {
     pub fn new(service: Arc<dyn QueryService>, signer: Signer, ticket_ttl: Duration) -> Self {
+        let reported = sql_info::ReportedLimits {
+            statement_timeout_ms: i32::try_from(ticket_ttl.as_millis()).unwrap_or(i32::MAX),
+            ..Default::default()
+        };
         Self {
             service,
             signer,
-            sql_info: sql_info::sql_info(Default::default()),
+            sql_info: sql_info::sql_info(reported),
+            reported,
             xdbc: sql_info::xdbc_info(),
             ticket_ttl,
             max_cancel_endpoints: 64,
@@ -107,10 +113,9 @@ impl FlightSql {
     /// (`--max-sql-bytes`) in SqlInfo.
     pub fn with_statement_limits(mut self, max_columns: usize, max_sql_bytes: usize) -> Self {
         let as_i64 = |n: usize| i64::try_from(n).unwrap_or(i64::MAX);
-        self.sql_info = sql_info::sql_info(sql_info::ReportedLimits {
-            columns_in_table: as_i64(max_columns),
-            statement_length: as_i64(max_sql_bytes),
-        });
+        self.reported.columns_in_table = as_i64(max_columns);
+        self.reported.statement_length = as_i64(max_sql_bytes);
+        self.sql_info = sql_info::sql_info(self.reported);
         self
     }
 

@@ -21,6 +21,9 @@ pub(super) struct ReportedLimits {
     pub columns_in_table: i64,
     /// `--max-sql-bytes`.
     pub statement_length: i64,
+    /// `--ticket-ttl` in milliseconds: how long a prepared statement's handle lasts from
+    /// when it was prepared or last bound.
+    pub statement_timeout_ms: i32,
 }
 
 /// Every SqlInfo id this server answers (an empty GetSqlInfo request returns all of them).
@@ -42,7 +45,10 @@ pub(super) fn sql_info(limits: ReportedLimits) -> SqlInfoData {
     b.append(SqlInfo::FlightSqlServerCancel, true);
     b.append(SqlInfo::FlightSqlServerBulkIngestion, true);
     b.append(SqlInfo::FlightSqlServerIngestTransactionsSupported, false);
-    b.append(SqlInfo::FlightSqlServerStatementTimeout, 0i32);
+    b.append(
+        SqlInfo::FlightSqlServerStatementTimeout,
+        limits.statement_timeout_ms,
+    );
     b.append(SqlInfo::FlightSqlServerTransactionTimeout, 0i32);
 
     b.append(SqlInfo::SqlDdlCatalog, true);

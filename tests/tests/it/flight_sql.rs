@@ -594,6 +594,15 @@ async fn jdbc_driver_session() {
         int64s.value(values.value_offset(i))
     };
     assert_eq!((int64_of(548), int64_of(557)), (4_096, 1 << 20));
+    // A prepared statement's handle lasts --ticket-ttl (1 h) from its prepare or last bind.
+    let i = (0..batch.num_rows())
+        .find(|&i| ids.value(i) == 100)
+        .unwrap();
+    assert_eq!(values.type_id(i), 3);
+    let int32s = values
+        .child(3)
+        .as_primitive::<arrow::datatypes::Int32Type>();
+    assert_eq!(int32s.value(values.value_offset(i)), 3_600_000);
 
     // Navigator: catalogs, schemas, tables with schema, table types, keys.
     let info = c.get_catalogs().await.unwrap();
