@@ -41,6 +41,30 @@ def test_use_sticks_across_statements_of_one_adbc_connection(server, auth_server
             cur.execute("SELECT x FROM t")
 
 
+def test_a_session_can_be_placed_in_every_box_clients_list(server):
+    """GetCatalogs and GetDbSchemas list the system hive and each hive's information_schema; a
+    BI tool that makes one of them current (SetSessionOptions) or a USE moved there, where both
+    were refused as if they did not exist. Nothing can be created there."""
+    with flightsql.connect(server.uri) as conn, conn.cursor() as cur:
+        conn.adbc_current_catalog = "system"
+        conn.adbc_current_db_schema = "swarm"
+        cur.execute("SELECT count(*) FROM nodes")
+        assert cur.fetchone() == (1,)
+        with pytest.raises(Exception, match="read-only"):
+            cur.execute("CREATE TABLE mine (a INT)")
+        conn.adbc_current_catalog = "default"
+        conn.adbc_current_db_schema = "information_schema"
+        cur.execute("SELECT count(*) FROM schemata WHERE schema_name = 'default'")
+        assert cur.fetchone() == (1,)
+        cur.execute("USE system.runtime")
+        cur.execute("SELECT count(*) FROM node")
+        assert cur.fetchone() == (1,)
+        with pytest.raises(Exception, match="box system.nope does not exist"):
+            cur.execute("USE system.nope")
+        with pytest.raises(Exception):
+            conn.adbc_current_db_schema = "nope"
+
+
 def test_use_sticks_for_a_pyarrow_flight_client_that_sends_no_token(server):
     setup_namespace(server.uri)
     client = fl.FlightClient(server.uri)

@@ -71,6 +71,16 @@ fn is_system(parts: &NameParts) -> bool {
     parts.len() == 3 && parts[0] == SYSTEM_HIVE
 }
 
+/// `parts` with the hive and box it was written in filled in: `nodes` in a session placed in
+/// `system.runtime` is `system.runtime.nodes`.
+fn qualified(parts: &NameParts, hive: &Ident, box_name: &Ident) -> NameParts {
+    match parts.as_slice() {
+        [t] => vec![hive.to_string(), box_name.to_string(), t.clone()],
+        [b, t] => vec![hive.to_string(), b.clone(), t.clone()],
+        _ => parts.clone(),
+    }
+}
+
 /// What resolving a statement's names found.
 #[derive(Debug, Default)]
 pub(super) struct Resolved {
@@ -105,6 +115,30 @@ const MAX_VIEWS: usize = 64;
 const MAX_OPENS_AT_ONCE: usize = 16;
 
 impl Engine {
+    /// Whether a session can be placed in `hive`: one in storage, or `system` (the node's
+    /// status tables, which clients list as a catalog).
+    pub async fn hive_exists(&self, hive: &Ident) -> Result<bool> {
+        if hive.as_str() == SYSTEM_HIVE && self.system.is_some() {
+            return Ok(true);
+        }
+        Ok(self.lakehouse.catalog().hive_exists(hive).await?)
+    }
+
+    /// Whether a session can be placed in box `b`: one in storage, a box of `system`, or any
+    /// hive's `information_schema` — every box clients list.
+    pub async fn box_exists(&self, b: &BoxRef) -> Result<bool> {
+        if b.name.as_str() == information_schema::INFORMATION_SCHEMA {
+            return self.hive_exists(&b.hive).await;
+        }
+        if b.hive.as_str() == SYSTEM_HIVE {
+            return Ok(self
+                .system
+                .as_ref()
+                .is_some_and(|s| s.catalog().schema(b.name.as_str()).is_some()));
+        }
+        Ok(self.lakehouse.catalog().box_exists(b).await?)
+    }
+
     /// Plan each view a statement reads (in its own hive and box) and register it; a view that
     /// reads another waits for that one. A view whose query no longer plans (a frame it reads
     /// was dropped) fails the statement with the reason.
@@ -248,11 +282,12 @@ impl Engine {
         while !work.is_empty() {
             let mut round: Vec<(FrameRef, Written, Option<AsOf>, usize)> = Vec::new();
             for (mut parts, hive, box_name, depth) in work.drain(..) {
-                if let Some(level) = information_schema::listing_for(&parts, session.role, show)? {
+                let full = qualified(&parts, &hive, &box_name);
+                if let Some(level) = information_schema::listing_for(&full, session.role, show)? {
                     listing = listing.max(Some(level));
                     continue;
                 }
-                if is_system(&parts) {
+                if is_system(&full) {
                     resolved.reads_system = true;
                     continue;
                 }

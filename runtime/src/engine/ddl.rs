@@ -61,7 +61,7 @@ impl Engine {
             Command::DropFrames { names, if_exists } => {
                 for n in names {
                     let frame = catalog::frame_ref(session, n)?;
-                    not_system(&frame.hive)?;
+                    not_system_frame(&frame)?;
                     lh.drop_frame(&frame, *if_exists).await?;
                 }
             }
@@ -77,9 +77,18 @@ impl Engine {
                     Some(b) => Ident::parse(b)?,
                     None => Ident::default_box(),
                 };
-                lh.catalog()
-                    .require_box(&BoxRef::new(hive.clone(), box_name.clone()))
-                    .await?;
+                let place = BoxRef::new(hive.clone(), box_name.clone());
+                if !self.box_exists(&place).await? {
+                    if hive.as_str() == apiary_storage::paths::SYSTEM_HIVE {
+                        return Err(apiary_storage::Error::NotFound {
+                            kind: apiary_storage::ObjectKind::Box,
+                            name: place.to_string(),
+                        }
+                        .into());
+                    }
+                    // The catalog's own error: which of the hive or the box is missing.
+                    lh.catalog().require_box(&place).await?;
+                }
                 session.hive = hive;
                 session.box_name = box_name;
             }
@@ -90,7 +99,7 @@ impl Engine {
                 if_not_exists,
             } => {
                 let frame = catalog::frame_ref(session, name)?;
-                not_system(&frame.hive)?;
+                not_system_frame(&frame)?;
                 let query = crate::sql::travel::rewrite(query)?.unwrap_or_else(|| query.clone());
                 // The query must plan now, as a query without parameters, where it was written.
                 let stmt = self.parse_one(&query)?;
@@ -154,6 +163,7 @@ impl Engine {
                     &session_of(&state)?,
                     &catalog::table_ref_parts(&create.name),
                 )?;
+                not_system_frame(&frame)?;
                 self.create_external(create, &state, frame).await
             }
             LogicalPlan::Ddl(other) => Err(Error::Unsupported(other.name().to_string())),
@@ -226,6 +236,7 @@ impl Engine {
             &session_of(&state)?,
             &catalog::table_ref_parts(&create.name),
         )?;
+        not_system_frame(&frame)?;
         let has_data = !matches!(
             create.input.as_ref(),
             LogicalPlan::EmptyRelation(e) if !e.produce_one_row
@@ -307,6 +318,19 @@ fn not_system(hive: &Ident) -> Result<()> {
         true => Err(Error::NotAllowed(
             "hive system holds the node's status tables: it is read-only".into(),
         )),
+        false => Ok(()),
+    }
+}
+
+/// Refuse a frame or view created or dropped where no storage is: in `system`, or in a hive's
+/// `information_schema` (a session can be placed in either).
+fn not_system_frame(frame: &apiary_storage::FrameRef) -> Result<()> {
+    not_system(&frame.hive)?;
+    match frame.box_name.as_str() == super::information_schema::INFORMATION_SCHEMA {
+        true => Err(Error::NotAllowed(format!(
+            "{}.information_schema describes the hive's frames: it is read-only",
+            frame.hive
+        ))),
         false => Ok(()),
     }
 }

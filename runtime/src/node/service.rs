@@ -116,11 +116,11 @@ impl QueryService for Node {
     }
 
     async fn hive_exists(&self, hive: &Ident) -> Result<bool> {
-        Ok(self.lakehouse.catalog().hive_exists(hive).await?)
+        self.engine.hive_exists(hive).await
     }
 
     async fn box_exists(&self, b: &BoxRef) -> Result<bool> {
-        Ok(self.lakehouse.catalog().box_exists(b).await?)
+        self.engine.box_exists(b).await
     }
 
     async fn cancel(&self, query_id: &str) -> Result<()> {
