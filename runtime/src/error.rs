@@ -191,6 +191,15 @@ fn classify(e: DataFusionError) -> Error {
             datafusion::parquet::errors::ParquetError::NYI(msg) => {
                 Error::Unsupported(format!("Parquet: {msg}"))
             }
+            // A footer read that came back short reaches us as text only (the Parquet reader
+            // formats the store's error into its own).
+            other
+                if other
+                    .to_string()
+                    .contains(apiary_storage::confine::SHORT_OBJECT) =>
+            {
+                short_cell(&other.to_string())
+            }
             // What a file holds is not readable Parquet (a damaged cell, or an external file
             // that is not Parquet): the data's fault, reported as such rather than as ours.
             other => Error::DataLoss(format!(
@@ -254,8 +263,27 @@ fn missing_cell(err: object_store::Error) -> Error {
                  frame was dropped while it was read)"
             )))
         }
+        object_store::Error::Generic { source, .. }
+            if source.is::<apiary_storage::confine::ShortObject>() =>
+        {
+            short_cell(&source.to_string())
+        }
         other => Error::Storage(apiary_storage::Error::ObjectStore(other)),
     }
+}
+
+/// A file shorter than its recorded size, named by its file name only (where the storage root
+/// is stays the server's business), from a [`apiary_storage::confine::ShortObject`]'s text.
+fn short_cell(text: &str) -> Error {
+    let path = text
+        .split(apiary_storage::confine::SHORT_OBJECT)
+        .next()
+        .and_then(|p| p.trim_end().rsplit(['/', ' ']).next())
+        .unwrap_or_default();
+    Error::DataLoss(format!(
+        "the file {path} is shorter than its frame's log records: it is damaged (put it back, \
+         or RESTORE the frame to a version without it)"
+    ))
 }
 
 impl From<Error> for DataFusionError {

@@ -518,15 +518,61 @@ impl Storage {
         self.delete_prefix_but(prefix, None).await
     }
 
+    /// A time by storage's own clock that every object written before this call began is
+    /// older than (its `last_modified` is below it), and no object written after it returned
+    /// is. A delete of what is older than it cannot reach objects written meanwhile by another
+    /// node, however long the deleting node was held up (a drop paused half way took the cells
+    /// of a new frame of the same name).
+    ///
+    /// The clock is read from a probe object. A store that keeps whole seconds (S3's listings)
+    /// gives an object written just before the probe the probe's time; then a second probe,
+    /// a second later, is the watermark.
+    pub async fn watermark(&self) -> Result<chrono::DateTime<chrono::Utc>> {
+        let probe = crate::paths::clock_probe();
+        let read = async || -> Result<chrono::DateTime<chrono::Utc>> {
+            self.put(&probe, Bytes::new()).await?;
+            let meta = self.head_opt(&probe).await?;
+            meta.map(|m| m.last_modified)
+                .ok_or_else(|| Error::Internal("a clock probe vanished as it was read".into()))
+        };
+        let mut at = read().await;
+        if at.as_ref().is_ok_and(|t| t.timestamp_subsec_nanos() == 0) {
+            tokio::time::sleep(std::time::Duration::from_millis(1_050)).await;
+            at = read().await;
+        }
+        let _ = self.delete(&probe).await;
+        at
+    }
+
+    /// [`Storage::delete_prefix`] of the objects older than `before` (a [`Storage::watermark`]):
+    /// objects written since are someone else's and stay.
+    pub async fn delete_prefix_before(
+        &self,
+        prefix: &Path,
+        before: chrono::DateTime<chrono::Utc>,
+    ) -> Result<usize> {
+        self.delete_matching(prefix, move |m| m.last_modified < before)
+            .await
+    }
+
     /// [`Storage::delete_prefix`], keeping the object at `keep` (a key under `prefix`).
     pub async fn delete_prefix_but(&self, prefix: &Path, keep: Option<&Path>) -> Result<usize> {
-        let abs = self.absolute(prefix);
         let keep = keep.map(|k| self.absolute(k));
+        self.delete_matching(prefix, move |m| Some(&m.location) != keep.as_ref())
+            .await
+    }
+
+    async fn delete_matching(
+        &self,
+        prefix: &Path,
+        wanted: impl Fn(&ObjectMeta) -> bool + Send + 'static,
+    ) -> Result<usize> {
+        let abs = self.absolute(prefix);
         let locations = self
             .store
             .list(Some(&abs))
+            .try_filter(move |m| futures::future::ready(wanted(m)))
             .map_ok(|m| m.location)
-            .try_filter(move |l| futures::future::ready(Some(l) != keep.as_ref()))
             .boxed();
         let deleted: Vec<Path> = self
             .store

@@ -22,6 +22,19 @@ use object_store::{
 };
 use url::Url;
 
+/// What a [`ShortObject`] says after its path.
+pub const SHORT_OBJECT: &str = "holds fewer bytes than recorded";
+
+/// A read that returned fewer bytes than it asked for: the object is shorter than what refers
+/// to it says (a cell whose recorded size is more than it holds).
+#[derive(Debug, thiserror::Error)]
+#[error("{path} {SHORT_OBJECT}: asked for {asked:?}, got {got:?}")]
+pub struct ShortObject {
+    pub path: String,
+    pub asked: std::ops::Range<u64>,
+    pub got: std::ops::Range<u64>,
+}
+
 /// An object store that serves only paths under `prefix`, plus reads (never writes) under the
 /// external roots an operator allowed (`--external-root`).
 #[derive(Debug)]
@@ -140,7 +153,25 @@ impl ObjectStore for ConfinedStore {
 
     async fn get_opts(&self, location: &Path, options: GetOptions) -> Result<GetResult> {
         self.check_read(location)?;
-        self.inner.get_opts(location, options).await
+        let asked = match &options.range {
+            Some(object_store::GetRange::Bounded(r)) => Some(r.clone()),
+            _ => None,
+        };
+        let got = self.inner.get_opts(location, options).await?;
+        // A reader asks for the bytes a file's recorded size says it has; a file cut short (a
+        // damaged upload, a truncated copy) returns fewer, and the Parquet reader panicked on
+        // them.
+        match asked {
+            Some(r) if got.range != r => Err(object_store::Error::Generic {
+                store: "apiary",
+                source: Box::new(ShortObject {
+                    path: location.to_string(),
+                    asked: r,
+                    got: got.range,
+                }),
+            }),
+            _ => Ok(got),
+        }
     }
 
     fn delete_stream(

@@ -60,10 +60,18 @@ impl Lakehouse {
     // ---- frames ------------------------------------------------------------------------------
 
     pub(crate) async fn undo_create(&self, frame: &FrameRef) {
+        // Read before the name is freed: what is written after is a new creator's.
+        let before = match self.storage.watermark().await {
+            Ok(t) => t,
+            Err(e) => {
+                warn!(frame = %frame, error = %e, "undoing frame creation");
+                return;
+            }
+        };
         if let Err(e) = self.catalog.unregister_frame(frame).await {
             warn!(frame = %frame, error = %e, "undoing frame creation");
         }
-        if let Err(e) = self.ledger.delete_data(frame).await {
+        if let Err(e) = self.ledger.delete_data(frame, before).await {
             warn!(frame = %frame, error = %e, "undoing frame creation");
         }
     }
@@ -87,8 +95,12 @@ impl Lakehouse {
                 name: frame.to_string(),
             });
         }
+        // Only what was written before the name is freed is deleted: a drop held up half way
+        // (a paused or partitioned node) otherwise deleted the cells of a frame created under
+        // the name meanwhile, page by page as it listed them.
+        let before = self.storage.watermark().await?;
         self.catalog.unregister_frame(frame).await?;
-        let objects = self.ledger.delete_data(frame).await?;
+        let objects = self.ledger.delete_data(frame, before).await?;
         // A creation dropped before its version 0 leaves no lease behind.
         self.catalog
             .end_creations_under(&crate::paths::creations_of(frame))

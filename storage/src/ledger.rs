@@ -586,9 +586,15 @@ impl Ledger {
     }
 
     /// Delete everything under the frame's root.
-    pub async fn delete_data(&self, frame: &FrameRef) -> Result<usize> {
+    pub async fn delete_data(
+        &self,
+        frame: &FrameRef,
+        before: chrono::DateTime<chrono::Utc>,
+    ) -> Result<usize> {
         self.cache.lock().expect("ledger cache").remove(frame);
-        self.storage.delete_prefix(&paths::frame_root(frame)).await
+        self.storage
+            .delete_prefix_before(&paths::frame_root(frame), before)
+            .await
     }
 
     /// Create the Delta table of a new frame: version 0 records its schema and layout together

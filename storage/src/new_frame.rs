@@ -271,7 +271,8 @@ impl Lakehouse {
                     }
                     // Data of an earlier frame of this name whose drop was interrupted.
                     warn!(frame = %frame, "removing leftovers of an interrupted drop");
-                    self.ledger().delete_data(frame).await?;
+                    let before = self.storage().watermark().await?;
+                    self.ledger().delete_data(frame, before).await?;
                 }
                 return Ok(Begun::Reserved(NewFrame::new(
                     frame, marker.id, shape, true,
@@ -590,7 +591,8 @@ impl Lakehouse {
                     // after a drop): an interrupted drop's remainder, under our reservation.
                     warn!(frame = %new.frame, "removing the log of a dropped creation");
                     let log = paths::frame_root(&new.frame).join("_delta_log");
-                    self.storage().delete_prefix(&log).await?;
+                    let before = self.storage().watermark().await?;
+                    self.storage().delete_prefix_before(&log, before).await?;
                     ledger.forget(&new.frame);
                     cleared = true;
                 }

@@ -284,6 +284,11 @@ pub fn frame_root(f: &FrameRef) -> Path {
     Path::from_iter([f.hive.as_str(), f.box_name.as_str(), f.name.as_str()])
 }
 
+/// A short-lived object written to read storage's clock ([`crate::Storage::watermark`]).
+pub fn clock_probe() -> Path {
+    internal(&["clock", &uuid::Uuid::now_v7().to_string()])
+}
+
 /// Prefix holding every node's heartbeat.
 pub fn nodes_prefix() -> Path {
     internal(&["nodes"])

@@ -344,10 +344,25 @@ pub fn conform_batch(batch: &RecordBatch, target: &SchemaRef) -> Result<RecordBa
     if batch.schema().as_ref() == target.as_ref() {
         return Ok(batch.clone());
     }
+    // The same columns under the frame's schema. Not `with_schema`: it wants the target to
+    // hold the batch's schema metadata too, and an ingest from pandas carries some, so every
+    // such ingest was refused ("target schema is not superset of current schema").
     if batch.schema().fields() == target.fields() {
-        return Ok(batch.clone().with_schema(target.clone())?);
+        return Ok(RecordBatch::try_new_with_options(
+            target.clone(),
+            batch.columns().to_vec(),
+            &RecordBatchOptions::new().with_row_count(Some(batch.num_rows())),
+        )?);
     }
     let source = batch.schema();
+    // A column given twice would be matched once and the other dropped without a word.
+    let mut seen = std::collections::HashSet::new();
+    if let Some(twice) = source.fields().iter().find(|f| !seen.insert(f.name())) {
+        return Err(Error::Schema(format!(
+            "column {} is given twice",
+            twice.name()
+        )));
+    }
     for f in source.fields() {
         if target
             .fields()

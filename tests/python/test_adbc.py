@@ -507,6 +507,24 @@ def test_ingest_errors_catalog_schema_empty_and_casts(server):
             assert "no column extra" in str(e.value)
 
 
+def test_ingest_of_a_pandas_table_and_of_a_column_given_twice(server):
+    """A table built by pandas carries schema metadata (b'pandas'): every ingest of one was
+    refused, "target schema is not superset of current schema". An append naming a column
+    twice kept one of them and dropped the other without a word."""
+    with connect(server, autocommit=True) as conn, conn.cursor() as cur:
+        t = pa.table({"v": [1, 2]}).replace_schema_metadata({"pandas": '{"index_columns": []}'})
+        for mode in ("create", "append", "create_append", "replace"):
+            cur.adbc_ingest("from_pandas", t, mode=mode)
+        cur.execute("SELECT count(*) FROM from_pandas")
+        assert cur.fetchone() == (2,)
+        twice = pa.Table.from_arrays([pa.array([10, 20]), pa.array([11, 21])], names=["v", "v"])
+        for mode in ("append", "create_append"):
+            with pytest.raises(adbc_driver_manager.Error, match="column v is given twice"):
+                cur.adbc_ingest("from_pandas", twice, mode=mode)
+        cur.execute("SELECT v FROM from_pandas ORDER BY v")
+        assert cur.fetchall() == [(1,), (2,)]
+
+
 def test_ingest_appends_match_struct_fields_by_name(server):
     # Arrow's cast matched renamed fields by position and dropped extra ones: an append stored
     # {x, y} as {a, b}, and lost a field the frame lacks, without an error.

@@ -292,6 +292,27 @@ def moto():
             proc.wait()
 
 
+def test_a_truncated_cell_is_data_loss_and_no_panic(tmp_path):
+    """A cell cut short (a torn upload, a truncated copy) holds fewer bytes than its log
+    records: the Parquet reader panicked on the short read (INTERNAL). It is DATA_LOSS naming
+    the damage, and the node serves on."""
+    root = tmp_path / "root"
+    s = ApiaryServer(str(root))
+    try:
+        with flightsql.connect(s.uri) as conn, conn.cursor() as cur:
+            cur.execute("CREATE TABLE t AS SELECT value AS id FROM generate_series(1, 1000)")
+            (cell,) = (root / "default" / "default" / "t").glob("*.parquet")
+            body = cell.read_bytes()
+            cell.write_bytes(body[: len(body) // 2])
+            with pytest.raises(Exception, match=r"the file part-\S+\.parquet is shorter than .* damaged") as e:
+                rows(cur, "SELECT sum(id) FROM t")
+            assert "DataLoss" in str(e.value) and "default/t/" not in str(e.value), str(e.value)
+            assert rows(cur, "SELECT 1") == [(1,)]
+        assert "panicked" not in s.log
+    finally:
+        s.stop()
+
+
 def test_dml_on_s3_is_read_back_by_deltalake(moto, tmp_path):
     env = {
         "APIARY_S3_ENDPOINT": moto,

@@ -311,6 +311,40 @@ async fn listing_does_not_grow_with_history(storage: Storage) {
     assert_eq!(markers.len(), 2, "{markers:?}");
 }
 
+/// A delete bounded by a watermark spares what was written after it: a drop held up half way
+/// deleted the cells of a frame created under the name meanwhile. On a store that keeps whole
+/// seconds (moto), the watermark waits for the next second.
+async fn deletes_before_a_watermark_spare_later_writes(storage: Storage) {
+    let dir = object_store::path::Path::from("default/default/w");
+    let put = |name: &'static str| {
+        let (storage, key) = (storage.clone(), dir.child(name));
+        async move {
+            storage
+                .put(&key, bytes::Bytes::from_static(b"x"))
+                .await
+                .unwrap()
+        }
+    };
+    put("old").await;
+    let before = storage.watermark().await.unwrap();
+    put("new").await;
+    assert_eq!(storage.delete_prefix_before(&dir, before).await.unwrap(), 1);
+    let left: Vec<String> = storage
+        .list(&dir)
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|m| m.location.filename().unwrap_or_default().to_string())
+        .collect();
+    assert_eq!(left, ["new"]);
+    // The probes that read the clock are gone.
+    let probes = storage
+        .list(&object_store::path::Path::from("_apiary/clock"))
+        .await
+        .unwrap();
+    assert!(probes.is_empty(), "{probes:?}");
+}
+
 // ---- one module per check, one test per backend ------------------------------------------------
 
 fn memory() -> Storage {
@@ -369,4 +403,5 @@ conformance!(
     frame_lifecycle,
     concurrent_appends_lose_nothing,
     listing_does_not_grow_with_history,
+    deletes_before_a_watermark_spare_later_writes,
 );
