@@ -206,7 +206,14 @@ fn classify(e: DataFusionError) -> Error {
                 "a Parquet file could not be read (damaged, or not Parquet): {other}"
             )),
         },
-        D::IoError(err) => Error::Internal(format!("I/O: {err}")),
+        D::IoError(err) => match apiary_storage::trouble_of(&err) {
+            // Spilling to a full scratch disk.
+            Some(apiary_storage::Trouble::Full) => Error::ResourceExhausted(format!(
+                "no room left to spill this query to disk ({err}); try again when other \
+                 queries are done, or give the node more scratch space"
+            )),
+            _ => Error::Internal(format!("I/O: {err}")),
+        },
         D::ExecutionJoin(err) => Error::Internal(format!("task failed: {err}")),
         D::Internal(msg) => Error::Internal(msg),
         other => Error::Internal(other.to_string()),

@@ -237,6 +237,21 @@ fn runtime_status(e: RtError) -> Status {
 }
 
 fn storage_status(e: StError) -> Status {
+    // Storage out of reach or full is its state, not a bug of ours: a client can try again
+    // (on another node, or once an operator made room).
+    match e.trouble() {
+        Some(apiary_storage::Trouble::Unreachable) => {
+            warn!(error = %e, "storage unreachable");
+            return Status::unavailable(
+                "storage did not answer (unreachable, or too slow for the retries); try again",
+            );
+        }
+        Some(apiary_storage::Trouble::Full) => {
+            warn!(error = %e, "storage full");
+            return Status::resource_exhausted("storage is full: no room to write");
+        }
+        None => {}
+    }
     match e {
         e @ (StError::NotFound { .. } | StError::Gone(_)) => Status::not_found(e.to_string()),
         e @ StError::AlreadyExists { .. } => Status::already_exists(e.to_string()),

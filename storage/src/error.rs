@@ -107,6 +107,61 @@ pub enum Error {
     Internal(String),
 }
 
+/// What kept storage from answering, when it is the store's state rather than a request or
+/// the data ([`Error::trouble`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Trouble {
+    /// It could not be reached or did not answer in time (retries spent): try again later.
+    Unreachable,
+    /// It has no room left (a full disk under a local root).
+    Full,
+}
+
+impl Error {
+    /// Whether this error is storage being unreachable or full, found anywhere in its chain
+    /// (a failed read inside delta-rs or the Parquet reader carries the store's error inside).
+    pub fn trouble(&self) -> Option<Trouble> {
+        trouble_of(self)
+    }
+}
+
+/// [`Error::trouble`] of any error chain.
+pub fn trouble_of(e: &(dyn std::error::Error + 'static)) -> Option<Trouble> {
+    use object_store::client::{HttpError, HttpErrorKind};
+    let mut next: Option<&(dyn std::error::Error + 'static)> = Some(e);
+    while let Some(e) = next {
+        if let Some(h) = e.downcast_ref::<HttpError>() {
+            match h.kind() {
+                HttpErrorKind::Connect
+                | HttpErrorKind::Request
+                | HttpErrorKind::Timeout
+                | HttpErrorKind::Interrupted => return Some(Trouble::Unreachable),
+                _ => {}
+            }
+        }
+        if let Some(io) = e.downcast_ref::<std::io::Error>() {
+            use std::io::ErrorKind as K;
+            match io.kind() {
+                K::StorageFull | K::QuotaExceeded => return Some(Trouble::Full),
+                K::ConnectionRefused
+                | K::ConnectionReset
+                | K::TimedOut
+                | K::HostUnreachable
+                | K::NetworkUnreachable => return Some(Trouble::Unreachable),
+                _ => {}
+            }
+        }
+        // A store that answered 5xx until the retries ran out (object_store's own words).
+        if e.to_string()
+            .starts_with("Server returned non-2xx status code: 5")
+        {
+            return Some(Trouble::Unreachable);
+        }
+        next = e.source();
+    }
+    None
+}
+
 impl From<deltalake::DeltaTableError> for Error {
     fn from(e: deltalake::DeltaTableError) -> Self {
         use deltalake::DeltaTableError as D;

@@ -62,7 +62,7 @@ mod written;
 pub use backend::{BackendKind, S3Options, Storage};
 pub use codec::CellCompression;
 pub use dml::{Changed, without_field_extraction};
-pub use error::{Error, ObjectKind, Result};
+pub use error::{Error, ObjectKind, Result, Trouble, trouble_of};
 pub use footers::{FooterCache, FooterStats};
 pub use format::{ExternalFormat, ExternalV1, ViewV1};
 pub use history::{Commit, Restored};

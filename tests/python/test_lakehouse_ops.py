@@ -264,6 +264,12 @@ def test_a_version_whose_commit_left_the_log_is_not_found(tmp_path):
 
 @pytest.fixture
 def moto():
+    yield from moto_server()
+
+
+def moto_server(handle=None):
+    """A moto server with a bucket `bucket`; yields its endpoint. `handle`, a dict, gets the
+    process as `proc` (a test that stops storage)."""
     # moto binds port 0 and prints the port it got (tests/python/moto_locked.py): no other
     # process can take it in between.
     proc = subprocess.Popen(
@@ -282,6 +288,8 @@ def moto():
             raise RuntimeError(f"moto did not start: {line!r}, exit {proc.poll()}")
         endpoint = f"http://127.0.0.1:{int(line[len(ready):])}"
         urllib.request.urlopen(urllib.request.Request(f"{endpoint}/bucket", method="PUT"), timeout=10).read()
+        if handle is not None:
+            handle["proc"] = proc
         yield endpoint
     finally:
         proc.terminate()
@@ -311,6 +319,63 @@ def test_a_truncated_cell_is_data_loss_and_no_panic(tmp_path):
         assert "panicked" not in s.log
     finally:
         s.stop()
+
+
+def test_one_damaged_frame_does_not_fail_every_listing(tmp_path):
+    """A frame whose log holds a damaged commit, or a catalog entry that does not read, failed
+    information_schema and ADBC GetObjects for the whole lakehouse (INTERNAL), so a BI tool
+    listed nothing. The damaged one is listed without columns; the others as ever."""
+    root = tmp_path / "root"
+    s = ApiaryServer(str(root))
+    try:
+        with flightsql.connect(s.uri) as conn, conn.cursor() as cur:
+            for t in ("good", "bad"):
+                cur.execute(f"CREATE TABLE {t} (id BIGINT)")
+                cur.execute(f"INSERT INTO {t} VALUES (1), (2)")
+            (root / "default/default/bad/_delta_log" / f"{2:020}.json").write_text("{not json\n")
+            (root / "_apiary/catalog/frames/default/default/junk.json").write_text("garbage")
+            tables = "SELECT table_name FROM information_schema.tables WHERE table_schema = 'default' ORDER BY 1"
+            assert rows(cur, tables) == [("bad",), ("good",), ("junk",)]
+            columns = "SELECT table_name, column_name FROM information_schema.columns WHERE table_schema = 'default'"
+            assert rows(cur, columns) == [("good", "id")]
+            objects = conn.adbc_get_objects(depth="all").read_all().to_pylist()
+            listed = {
+                t["table_name"]: [c["column_name"] for c in t["table_columns"] or []]
+                for cat in objects
+                for sch in cat["catalog_db_schemas"] or []
+                if sch["db_schema_name"] == "default" and cat["catalog_name"] == "default"
+                for t in sch["db_schema_tables"] or []
+            }
+            assert listed["good"] == ["id"] and listed["bad"] == [], listed
+            assert rows(cur, "SELECT count(*) FROM good") == [(2,)]
+    finally:
+        s.stop()
+
+
+def test_storage_out_of_reach_is_unavailable(tmp_path):
+    """With the object store gone, every statement failed INTERNAL, the code for our own bugs
+    ("details in the server log"); it is UNAVAILABLE, which clients and balancers retry."""
+    handle = {}
+    store = moto_server(handle)
+    endpoint = next(store)
+    env = {
+        "APIARY_S3_ENDPOINT": endpoint,
+        "APIARY_S3_REGION": "us-east-1",
+        "APIARY_S3_ACCESS_KEY_ID": "testing",
+        "APIARY_S3_SECRET_ACCESS_KEY": "testing",
+    }
+    s = ApiaryServer("s3://bucket/lake", args=["--cache-size", "0"], env=env)
+    try:
+        with flightsql.connect(s.uri) as conn, conn.cursor() as cur:
+            cur.execute("CREATE TABLE t AS SELECT 1 AS x")
+            handle["proc"].kill()
+            handle["proc"].wait()
+            for sql in ("SELECT count(*) FROM t", "INSERT INTO t VALUES (2)", "SHOW TABLES"):
+                with pytest.raises(Exception, match=r"storage did not answer.*Unavailable"):
+                    rows(cur, sql)
+    finally:
+        s.stop()
+        store.close()
 
 
 def test_dml_on_s3_is_read_back_by_deltalake(moto, tmp_path):

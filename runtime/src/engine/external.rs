@@ -97,7 +97,18 @@ impl Engine {
         with_schema: bool,
     ) -> Result<Option<super::FrameEntry>> {
         if !with_schema {
-            let marker = self.lakehouse.catalog().frame_marker(frame).await?;
+            let marker = match self.lakehouse.catalog().frame_marker(frame).await {
+                Ok(m) => m,
+                // Listed as a frame, as SHOW TABLES lists it.
+                Err(e) if e.trouble().is_none() => {
+                    tracing::warn!(frame = %frame, error = %e, "unreadable catalog entry listed as a frame");
+                    return Ok(Some(super::FrameEntry {
+                        view: false,
+                        schema: None,
+                    }));
+                }
+                Err(e) => return Err(e.into()),
+            };
             return Ok(marker.map(|m| super::FrameEntry {
                 view: m.view.is_some(),
                 schema: None,
@@ -133,6 +144,8 @@ impl Engine {
                 )
             }
             Err(apiary_storage::Error::NotFound { .. }) => return Ok(None),
+            // A damaged frame (its log or marker does not read); storage out of reach fails.
+            Err(e) if e.trouble().is_none() => (false, unreadable("frame unreadable", e.into())),
             Err(e) => return Err(e.into()),
         };
         Ok(Some(super::FrameEntry { view, schema }))

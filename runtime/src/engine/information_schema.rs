@@ -38,7 +38,7 @@ use datafusion::physical_plan::ExecutionPlan;
 use datafusion::sql::parser::Statement as DfStatement;
 use futures::StreamExt;
 use futures::future::BoxFuture;
-use tracing::debug;
+use tracing::{debug, warn};
 
 use super::catalog::EnsureSchema;
 use super::{Engine, Role, Session};
@@ -228,8 +228,20 @@ impl Engine {
     ) -> Result<Option<Listed>> {
         let empty = || Arc::new(Schema::empty());
         if level < Listing::Columns {
-            let Some(marker) = self.lakehouse.catalog().frame_marker(f).await? else {
-                return Ok(None);
+            let marker = match self.lakehouse.catalog().frame_marker(f).await {
+                Ok(Some(m)) => m,
+                Ok(None) => return Ok(None),
+                // A marker that does not read (damaged, or not ours) is listed as a frame, as
+                // SHOW TABLES lists it, rather than failing the listing of every frame.
+                Err(e) if e.trouble().is_none() => {
+                    warn!(frame = %f, error = %e, "unreadable catalog entry listed as a frame");
+                    return Ok(Some(Listed {
+                        schema: empty(),
+                        kind: TableType::Base,
+                        definition: None,
+                    }));
+                }
+                Err(e) => return Err(e.into()),
             };
             return Ok(Some(match marker.view {
                 Some(v) => Listed {
@@ -276,6 +288,16 @@ impl Engine {
                 }
             }
             Err(apiary_storage::Error::NotFound { .. }) => return Ok(None),
+            // A frame whose log or marker does not read (damaged) is listed without columns:
+            // one broken frame failed every BI tool's listing. Storage out of reach fails it.
+            Err(e) if e.trouble().is_none() => {
+                warn!(frame = %f, error = %e, "unreadable frame listed without columns");
+                Listed {
+                    schema: empty(),
+                    kind: TableType::Base,
+                    definition: None,
+                }
+            }
             Err(e) => return Err(e.into()),
         }))
     }
