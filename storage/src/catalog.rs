@@ -226,11 +226,15 @@ impl Catalog {
 
     /// Frames of one box, sorted by name.
     pub async fn list_frames(&self, b: &BoxRef) -> Result<Vec<Ident>> {
+        let base = paths::frames_prefix(b);
         let mut out: Vec<Ident> = self
             .storage
-            .list(&paths::frames_prefix(b))
+            .list(&base)
             .await?
             .iter()
+            // Markers sit right in the box's folder: a key deeper down (put there by hand or
+            // by another tool) named a frame nothing could read or drop.
+            .filter(|m| paths::segments_after(&m.location, &base).is_some_and(|p| p.len() == 1))
             .filter_map(|m| paths::marker_name(&m.location))
             .collect();
         out.sort();
