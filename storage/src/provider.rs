@@ -666,15 +666,31 @@ impl FrameSink {
     ) -> crate::Result<(u64, i64)> {
         let ledger = &self.table.ledger;
         let snapshot = &self.table.snapshot;
-        let (rows, adds) = write_cells(
+        snapshot.writable()?;
+        let written = crate::written::Written::default();
+        let cut_short = CleanUpWhenCutShort(Some((
+            ledger.clone(),
+            snapshot.frame().clone(),
+            written.clone(),
+        )));
+        let written = write_cells(
             ledger,
-            ledger.writer(snapshot)?,
+            ledger.cell_writer(
+                snapshot.frame(),
+                snapshot.schema(),
+                snapshot.partition_columns(),
+                written,
+            )?,
             &snapshot.cluster_by(),
             self.table.gate.as_ref(),
             data,
             ctx,
         )
-        .await?;
+        .await;
+        // Ended: a failed write deleted its cells, and from here the commit may land however
+        // the future ends, so they stay.
+        cut_short.disarm();
+        let (rows, adds) = written?;
         if adds.is_empty() && !self.overwrite && !snapshot.reshapes() {
             // Nothing to append: no commit, the frame stays at its version (an append that
             // widens the schema still commits the new columns).
@@ -698,6 +714,37 @@ impl FrameSink {
             }
             Err(e) => Err(e),
         }
+    }
+}
+
+/// Deletes the cells of a write whose future was dropped before its commit began (a client
+/// that hung up mid-ingest, a cancelled INSERT): they were left unreferenced, for a VACUUM a
+/// week later. A write that failed has deleted them itself ([`write_cells`]).
+struct CleanUpWhenCutShort(Option<(Arc<Ledger>, crate::FrameRef, crate::written::Written)>);
+
+impl CleanUpWhenCutShort {
+    fn disarm(mut self) {
+        self.0 = None;
+    }
+}
+
+impl Drop for CleanUpWhenCutShort {
+    // Detached: a drop cannot wait, and the deletes are few and bounded by the store's own
+    // timeouts. Outside a runtime (one shutting down) the cells stay, for VACUUM.
+    #[allow(clippy::disallowed_methods)]
+    fn drop(&mut self) {
+        let Some((ledger, frame, written)) = self.0.take() else {
+            return;
+        };
+        let Ok(runtime) = tokio::runtime::Handle::try_current() else {
+            return;
+        };
+        tracing::info!(frame = %frame, "a write was cut short; deleting its cells");
+        runtime.spawn(async move {
+            // A put under way when the write was dropped may still land: wait it out.
+            tokio::time::sleep(std::time::Duration::from_secs(2)).await;
+            ledger.discard_written(&frame, &written).await;
+        });
     }
 }
 

@@ -331,6 +331,50 @@ def test_creating_writes_cut_short_give_their_name_up(tmp_path):
         server.stop()
 
 
+def test_an_append_whose_client_hangs_up_leaves_no_cells(tmp_path):
+    """An append cut short by its client (the process gone mid-stream) commits nothing; the
+    cells it had put stayed as unreferenced files until a VACUUM a week later. They are
+    deleted, as a failed append's and a cut-short create's are."""
+    import pathlib
+    import subprocess
+    import sys
+    import textwrap
+    import time
+
+    from conftest import ApiaryServer
+
+    root = tmp_path / "root"
+    server = ApiaryServer(str(root), args=["--cell-target-size", "4MiB"])
+    try:
+        with connect(server) as conn, conn.cursor() as cur:
+            cur.adbc_ingest("t", pa.table({"v": pa.array([1], pa.int64())}), mode="create")
+        client = textwrap.dedent(f"""
+            import os, time
+            import adbc_driver_flightsql.dbapi as flightsql
+            import pyarrow as pa
+            schema = pa.schema([("v", pa.int64())])
+            def batches():
+                for i in range(30):
+                    yield pa.record_batch([pa.array(range(i * 500_000, (i + 1) * 500_000))], schema=schema)
+                time.sleep(0.5)
+                os._exit(3)
+            with flightsql.connect({server.uri!r}) as conn, conn.cursor() as cur:
+                cur.adbc_ingest("t", pa.RecordBatchReader.from_batches(schema, batches()), mode="append")
+        """)
+        assert subprocess.run([sys.executable, "-c", client], timeout=120).returncode == 3
+        assert server.wait_log("a write was cut short"), server.log
+        cells = lambda: list(pathlib.Path(root, "default", "default", "t").rglob("*.parquet"))  # noqa: E731
+        deadline = time.time() + 30
+        while len(cells()) > 1 and time.time() < deadline:
+            time.sleep(0.2)
+        assert len(cells()) == 1, cells()
+        with connect(server) as conn, conn.cursor() as cur:
+            cur.execute("SELECT count(*) FROM t")
+            assert cur.fetchall() == [(1,)]
+    finally:
+        server.stop()
+
+
 def test_a_client_that_vanishes_gives_up_the_table_it_was_creating(tmp_path):
     """A client that stops answering mid-ingest (its process frozen: a suspended laptop or a
     network partition look the same to the server) is disconnected by the server's keepalive
