@@ -100,6 +100,7 @@ impl Engine {
             } => {
                 let frame = catalog::frame_ref(session, name)?;
                 not_system_frame(&frame)?;
+                self.parsed_as_every_reader_would(session)?;
                 let query = crate::sql::travel::rewrite(query)?.unwrap_or_else(|| query.clone());
                 // The query must plan now, as a query without parameters, where it was written.
                 let stmt = self.parse_one(&query)?;
@@ -145,6 +146,33 @@ impl Engine {
             }
         }
         Ok(Output::Done)
+    }
+
+    /// A view is kept as its SQL and read back by every session with the server's parser
+    /// settings: one created under other ones (`datafusion.sql_parser.dialect`,
+    /// `enable_ident_normalization`, `parse_float_as_decimal`, ...) failed for everyone else,
+    /// or meant something else to them (0.3 as a decimal, not a double). Refused.
+    fn parsed_as_every_reader_would(&self, session: &Session) -> Result<()> {
+        const PARSER: &str = "datafusion.sql_parser.";
+        let defaults = self.base_state().config().options().entries();
+        for (key, value) in &session.options {
+            if !key.starts_with(PARSER) || key.ends_with(".recursion_limit") {
+                continue;
+            }
+            let default = defaults
+                .iter()
+                .find(|e| &e.key == key)
+                .and_then(|e| e.value.clone())
+                .unwrap_or_default();
+            if !value.eq_ignore_ascii_case(&default) {
+                return Err(Error::Sql(format!(
+                    "a view is read by every session with the server's SQL parser settings, and \
+                     this session set {key} = '{value}': SET it back to '{default}' to create the \
+                     view"
+                )));
+            }
+        }
+        Ok(())
     }
 
     /// Run a planned DataFusion statement: CREATE TABLE, INSERT or a query.
