@@ -317,7 +317,7 @@ async fn listing_does_not_grow_with_history(storage: Storage) {
 async fn deletes_before_a_watermark_spare_later_writes(storage: Storage) {
     let dir = object_store::path::Path::from("default/default/w");
     let put = |name: &'static str| {
-        let (storage, key) = (storage.clone(), dir.child(name));
+        let (storage, key) = (storage.clone(), dir.clone().join(name));
         async move {
             storage
                 .put(&key, bytes::Bytes::from_static(b"x"))
