@@ -131,7 +131,7 @@ async fn accept(listener: TcpListener, admission: Admission, ready: mpsc::Sender
         tokio::select! {
             _ = ready.closed() => return,
             Some(conn) = opening.next(), if !opening.is_empty() => {
-                if let Some(conn) = conn
+                if let Ok(Some(conn)) = conn
                     && ready.send(conn).await.is_err()
                 {
                     return;
@@ -140,7 +140,15 @@ async fn accept(listener: TcpListener, admission: Admission, ready: mpsc::Sender
             accepted = listener.accept() => match accepted {
                 Ok((tcp, peer)) => match slots.clone().try_acquire_owned() {
                     Ok(slot) => {
-                        opening.push(open(tcp, peer, slot, tls.clone(), admission.handshake));
+                        // A task each: TLS handshakes (a signature each) run on every core,
+                        // not one after another in this loop.
+                        opening.push(executor::spawn(open(
+                            tcp,
+                            peer,
+                            slot,
+                            tls.clone(),
+                            admission.handshake,
+                        )));
                     }
                     Err(_) => {
                         drop(tcp);

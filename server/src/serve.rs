@@ -167,6 +167,9 @@ fn resolved(p: &Path) -> PathBuf {
     resolved
 }
 
+/// The most `--max-connections` may be.
+const MAX_CONNECTIONS: usize = 1 << 20;
+
 /// What `serve` and `check-config` both check before touching the network or storage.
 struct Checked {
     users: HashMap<String, (String, apiary_runtime::Role)>,
@@ -209,6 +212,9 @@ fn check(args: &ServeArgs) -> anyhow::Result<Checked> {
     if flight.max_calls == 0 || flight.max_calls_per_connection == 0 || flight.max_connections == 0
     {
         bail!("--max-calls, --max-calls-per-connection and --max-connections must be at least 1");
+    }
+    if flight.max_connections > MAX_CONNECTIONS {
+        bail!("--max-connections takes at most {MAX_CONNECTIONS} (each holds a file descriptor)");
     }
     let tls = match (&flight.tls_cert, &flight.tls_key) {
         (Some(cert), Some(key)) => {

@@ -524,35 +524,67 @@ impl Storage {
     /// node, however long the deleting node was held up (a drop paused half way took the cells
     /// of a new frame of the same name).
     ///
-    /// The clock is read from a probe object. A store that keeps whole seconds (S3's listings)
-    /// gives an object written just before the probe the probe's time; then a second probe,
-    /// a second later, is the watermark.
-    pub async fn watermark(&self) -> Result<chrono::DateTime<chrono::Utc>> {
+    /// The clock is read from a probe object, twice: an object written just before the first
+    /// probe can carry the same time (Linux stamps files from a clock of a few milliseconds'
+    /// grain; S3 keeps whole seconds), so the watermark is the first later time it shows.
+    pub async fn watermark(&self) -> Result<Watermark> {
         let probe = crate::paths::clock_probe();
-        let read = async || -> Result<chrono::DateTime<chrono::Utc>> {
+        let read = async || -> Result<Watermark> {
             self.put(&probe, Bytes::new()).await?;
             let meta = self.head_opt(&probe).await?;
             meta.map(|m| m.last_modified)
                 .ok_or_else(|| Error::Internal("a clock probe vanished as it was read".into()))
         };
-        let mut at = read().await;
-        if at.as_ref().is_ok_and(|t| t.timestamp_subsec_nanos() == 0) {
-            tokio::time::sleep(std::time::Duration::from_millis(1_050)).await;
-            at = read().await;
-        }
+        let read_twice = async || -> Result<Watermark> {
+            let first = read().await?;
+            let grain = match first.timestamp_subsec_nanos() {
+                0 => std::time::Duration::from_secs(1),
+                _ => std::time::Duration::from_millis(2),
+            };
+            for _ in 0..WATERMARK_READS {
+                tokio::time::sleep(grain).await;
+                let next = read().await?;
+                if next > first {
+                    return Ok(next);
+                }
+            }
+            Err(Error::Internal(format!(
+                "storage's clock stayed at {first} for {WATERMARK_READS} reads"
+            )))
+        };
+        let at = read_twice().await;
         let _ = self.delete(&probe).await;
         at
     }
 
     /// [`Storage::delete_prefix`] of the objects older than `before` (a [`Storage::watermark`]):
     /// objects written since are someone else's and stay.
-    pub async fn delete_prefix_before(
-        &self,
-        prefix: &Path,
-        before: chrono::DateTime<chrono::Utc>,
-    ) -> Result<usize> {
-        self.delete_matching(prefix, move |m| m.last_modified < before)
-            .await
+    ///
+    /// Cells have names of their own, but a log's keys (`_delta_log/00…0.json`) are the same
+    /// for every frame of a name: one listed as old may have been written again by a new
+    /// creator since. Those are looked at again just before they are deleted.
+    pub async fn delete_prefix_before(&self, prefix: &Path, before: Watermark) -> Result<usize> {
+        let store = self.store.clone();
+        let abs = self.absolute(prefix);
+        let locations = self
+            .store
+            .list(Some(&abs))
+            .try_filter(move |m| futures::future::ready(m.last_modified < before))
+            .try_filter_map(move |m| {
+                let store = store.clone();
+                async move {
+                    if !m.location.as_ref().contains("/_delta_log/") {
+                        return Ok(Some(m.location));
+                    }
+                    match store.head(&m.location).await {
+                        Ok(now) if now.last_modified < before => Ok(Some(m.location)),
+                        Ok(_) | Err(object_store::Error::NotFound { .. }) => Ok(None),
+                        Err(e) => Err(e),
+                    }
+                }
+            })
+            .boxed();
+        self.delete_located(locations).await
     }
 
     /// [`Storage::delete_prefix`], keeping the object at `keep` (a key under `prefix`).
@@ -574,6 +606,13 @@ impl Storage {
             .try_filter(move |m| futures::future::ready(wanted(m)))
             .map_ok(|m| m.location)
             .boxed();
+        self.delete_located(locations).await
+    }
+
+    async fn delete_located(
+        &self,
+        locations: futures::stream::BoxStream<'static, object_store::Result<Path>>,
+    ) -> Result<usize> {
         let deleted: Vec<Path> = self
             .store
             .delete_stream(locations)
@@ -594,6 +633,12 @@ fn url_err(e: url::ParseError) -> Error {
 }
 
 use futures::StreamExt as _;
+
+/// A time by storage's own clock ([`Storage::watermark`]).
+pub type Watermark = chrono::DateTime<chrono::Utc>;
+
+/// Reads of storage's clock a watermark waits for it to move on.
+const WATERMARK_READS: u32 = 5;
 
 /// Attempts of a put on a local root that lost a race with a delete ([`lost_dir_race`]).
 const LOCAL_PUT_ATTEMPTS: u32 = 4;

@@ -73,10 +73,10 @@ pub enum Error {
     ObjectStore(#[from] object_store::Error),
 
     #[error("delta log: {0}")]
-    Delta(Box<deltalake::DeltaTableError>),
+    Delta(#[source] Box<deltalake::DeltaTableError>),
 
     #[error("query engine: {0}")]
-    DataFusion(Box<datafusion::error::DataFusionError>),
+    DataFusion(#[source] Box<datafusion::error::DataFusionError>),
 
     #[error("arrow: {0}")]
     Arrow(#[from] arrow::error::ArrowError),
@@ -118,11 +118,48 @@ pub enum Trouble {
 }
 
 impl Error {
+    /// Whether this error is about what an object holds (a log or a marker that does not
+    /// parse, a damaged file, one not sealed with our key): one frame's damage, which a
+    /// listing of every frame can step over. Not storage out of reach, nor refused access.
+    pub fn is_damage(&self) -> bool {
+        match self {
+            Error::Unreadable { .. }
+            | Error::Forged { .. }
+            | Error::UnsupportedFormat { .. }
+            | Error::Parquet(_)
+            | Error::Arrow(_) => self.trouble().is_none(),
+            Error::Delta(d) => {
+                !matches!(**d, deltalake::DeltaTableError::ObjectStore { .. })
+                    && self.trouble().is_none()
+                    && !has_denied(self)
+            }
+            _ => false,
+        }
+    }
+
     /// Whether this error is storage being unreachable or full, found anywhere in its chain
     /// (a failed read inside delta-rs or the Parquet reader carries the store's error inside).
     pub fn trouble(&self) -> Option<Trouble> {
         trouble_of(self)
     }
+}
+
+/// Whether access was refused somewhere in `e`'s chain (credentials expired or wrong).
+fn has_denied(e: &(dyn std::error::Error + 'static)) -> bool {
+    let mut next: Option<&(dyn std::error::Error + 'static)> = Some(e);
+    while let Some(e) = next {
+        if matches!(
+            e.downcast_ref::<object_store::Error>(),
+            Some(
+                object_store::Error::PermissionDenied { .. }
+                    | object_store::Error::Unauthenticated { .. }
+            )
+        ) {
+            return true;
+        }
+        next = e.source();
+    }
+    false
 }
 
 /// [`Error::trouble`] of any error chain.
@@ -151,9 +188,13 @@ pub fn trouble_of(e: &(dyn std::error::Error + 'static)) -> Option<Trouble> {
                 _ => {}
             }
         }
-        // A store that answered 5xx until the retries ran out (object_store's own words).
-        if e.to_string()
-            .starts_with("Server returned non-2xx status code: 5")
+        // A store that answered 5xx until the retries ran out (object_store's own words); not
+        // 501 or 505, which say the store will never do what was asked.
+        let text = e.to_string();
+        if let Some(code) = text.strip_prefix("Server returned non-2xx status code: ")
+            && code.starts_with('5')
+            && !code.starts_with("501")
+            && !code.starts_with("505")
         {
             return Some(Trouble::Unreachable);
         }

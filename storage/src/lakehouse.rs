@@ -7,7 +7,7 @@ use futures::StreamExt;
 use object_store::ObjectStoreExt;
 use tracing::{info, warn};
 
-use crate::backend::Storage;
+use crate::backend::{Storage, Watermark};
 use crate::catalog::Catalog;
 use crate::error::{Error, ObjectKind, Result};
 use crate::format::{ExternalFormat, ExternalV1, MarkerV1, ViewV1};
@@ -60,18 +60,17 @@ impl Lakehouse {
     // ---- frames ------------------------------------------------------------------------------
 
     pub(crate) async fn undo_create(&self, frame: &FrameRef) {
-        // Read before the name is freed: what is written after is a new creator's.
-        let before = match self.storage.watermark().await {
-            Ok(t) => t,
-            Err(e) => {
-                warn!(frame = %frame, error = %e, "undoing frame creation");
-                return;
-            }
-        };
+        // Read before the name is freed: what is written after is a new creator's. Without
+        // it the name is freed all the same, and the next create clears what stays.
+        let before = self.storage.watermark().await;
         if let Err(e) = self.catalog.unregister_frame(frame).await {
             warn!(frame = %frame, error = %e, "undoing frame creation");
         }
-        if let Err(e) = self.ledger.delete_data(frame, before).await {
+        let deleted = match before {
+            Ok(before) => self.ledger.delete_data(frame, before).await,
+            Err(e) => Err(e),
+        };
+        if let Err(e) = deleted {
             warn!(frame = %frame, error = %e, "undoing frame creation");
         }
     }
@@ -79,6 +78,18 @@ impl Lakehouse {
     /// Drop a frame: it leaves the namespace first, then its data is deleted, so an interrupted
     /// drop leaves an invisible remainder that the next create of the name clears.
     pub async fn drop_frame(&self, frame: &FrameRef, if_exists: bool) -> Result<bool> {
+        self.drop_frame_before(frame, if_exists, None).await
+    }
+
+    /// [`Lakehouse::drop_frame`], deleting what is older than `before` (a watermark read
+    /// before the frame left the namespace; one for a whole cascade) or, if `None`, than one
+    /// read here.
+    async fn drop_frame_before(
+        &self,
+        frame: &FrameRef,
+        if_exists: bool,
+        before: Option<Watermark>,
+    ) -> Result<bool> {
         let marker = self.catalog.frame_marker(frame).await?;
         if marker.as_ref().is_some_and(|m| m.view.is_some()) {
             return Err(Error::InvalidArgument(format!(
@@ -98,7 +109,10 @@ impl Lakehouse {
         // Only what was written before the name is freed is deleted: a drop held up half way
         // (a paused or partitioned node) otherwise deleted the cells of a frame created under
         // the name meanwhile, page by page as it listed them.
-        let before = self.storage.watermark().await?;
+        let before = match before {
+            Some(t) => t,
+            None => self.storage.watermark().await?,
+        };
         self.catalog.unregister_frame(frame).await?;
         let objects = self.ledger.delete_data(frame, before).await?;
         // A creation dropped before its version 0 leaves no lease behind.
@@ -112,12 +126,29 @@ impl Lakehouse {
     /// Drop what `frame` names, a view or a frame, for a `DROP … CASCADE` of its box or hive.
     /// (Dropping only tables, a cascade over a box with a view stopped half done: its tables
     /// gone, its view and box left.)
-    async fn drop_member(&self, frame: &FrameRef) -> Result<()> {
+    /// `before`: a watermark read before any of the cascade's frames left the namespace.
+    async fn drop_member(&self, frame: &FrameRef, before: Watermark) -> Result<()> {
         match self.catalog.frame_marker(frame).await? {
             Some(m) if m.view.is_some() => self.catalog.unregister_frame(frame).await,
-            Some(_) => self.drop_frame(frame, true).await.map(|_| ()),
+            Some(_) => self
+                .drop_frame_before(frame, true, Some(before))
+                .await
+                .map(|_| ()),
             None => Ok(()),
         }
+    }
+
+    /// Drop every one of `frames` (a cascade), with one watermark for them all: on S3 each
+    /// takes a second to read.
+    async fn drop_members(&self, frames: &[FrameRef]) -> Result<()> {
+        if frames.is_empty() {
+            return Ok(());
+        }
+        let before = self.storage.watermark().await?;
+        for f in frames {
+            self.drop_member(f, before).await?;
+        }
+        Ok(())
     }
 
     /// Register data in place as a read-only frame (`CREATE EXTERNAL TABLE`). The location was
@@ -361,17 +392,18 @@ impl Lakehouse {
                 detail: format!("{} frame(s)", frames.len()),
             });
         }
-        for f in frames {
-            self.drop_member(&FrameRef::new(b.hive.clone(), b.name.clone(), f))
-                .await?;
-        }
+        let in_box = |names: Vec<Ident>| -> Vec<FrameRef> {
+            names
+                .into_iter()
+                .map(|f| FrameRef::new(b.hive.clone(), b.name.clone(), f))
+                .collect()
+        };
+        self.drop_members(&in_box(frames)).await?;
         self.catalog.remove_box_marker(b, cascade).await?;
         if cascade {
-            // Frames created while we dropped.
-            for f in self.catalog.list_frames(b).await? {
-                self.drop_member(&FrameRef::new(b.hive.clone(), b.name.clone(), f))
-                    .await?;
-            }
+            // Frames created while we dropped (a watermark of their own: they are newer).
+            self.drop_members(&in_box(self.catalog.list_frames(b).await?))
+                .await?;
         }
         self.catalog
             .end_creations_under(&crate::paths::creations_prefix(b))
@@ -393,9 +425,7 @@ impl Lakehouse {
             if !frames.is_empty() || !boxes.is_empty() {
                 warn!(hive = %hive, frames = frames.len(), boxes = boxes.len(), "removing leftovers of an interrupted DROP HIVE");
             }
-            for f in &frames {
-                self.drop_member(f).await?;
-            }
+            self.drop_members(&frames).await?;
             for b in &boxes {
                 self.catalog.remove_box_marker(b, true).await?;
             }
@@ -445,9 +475,7 @@ impl Lakehouse {
             self.catalog.create_hive(hive, true).await?;
             return Err(e);
         }
-        for f in &frames {
-            self.drop_member(f).await?;
-        }
+        self.drop_members(&frames).await?;
         for b in &boxes {
             self.catalog.remove_box_marker(b, true).await?;
         }

@@ -668,19 +668,17 @@ impl FrameSink {
         let snapshot = &self.table.snapshot;
         snapshot.writable()?;
         let written = crate::written::Written::default();
-        let cut_short = CleanUpWhenCutShort(Some((
-            ledger.clone(),
-            snapshot.frame().clone(),
+        let writer = ledger.cell_writer(
+            snapshot.frame(),
+            snapshot.schema(),
+            snapshot.partition_columns(),
             written.clone(),
-        )));
+        )?;
+        let cut_short =
+            CleanUpWhenCutShort(Some((ledger.clone(), snapshot.frame().clone(), written)));
         let written = write_cells(
             ledger,
-            ledger.cell_writer(
-                snapshot.frame(),
-                snapshot.schema(),
-                snapshot.partition_columns(),
-                written,
-            )?,
+            writer,
             &snapshot.cluster_by(),
             self.table.gate.as_ref(),
             data,

@@ -355,9 +355,14 @@ pub fn conform_batch(batch: &RecordBatch, target: &SchemaRef) -> Result<RecordBa
         )?);
     }
     let source = batch.schema();
-    // A column given twice would be matched once and the other dropped without a word.
+    // A column given twice (in any case: columns match regardless of it) would be matched
+    // once and the other dropped without a word.
     let mut seen = std::collections::HashSet::new();
-    if let Some(twice) = source.fields().iter().find(|f| !seen.insert(f.name())) {
+    if let Some(twice) = source
+        .fields()
+        .iter()
+        .find(|f| !seen.insert(f.name().to_ascii_lowercase()))
+    {
         return Err(Error::Schema(format!(
             "column {} is given twice",
             twice.name()

@@ -279,19 +279,19 @@ def test_silent_connections_are_closed_and_connections_are_capped(tmp_path):
     connection closes. A connection that is HTTP/2 already is not cut however long it idles."""
     from conftest import ApiaryServer
 
-    node = ApiaryServer(str(tmp_path / "root"), args=["--max-connections", "3", "--handshake-timeout", "1s"])
+    node = ApiaryServer(str(tmp_path / "root"), args=["--max-connections", "3", "--handshake-timeout", "3s"])
     try:
         with flightsql.connect(node.uri) as idle, idle.cursor() as cur:
             cur.execute("SELECT 1")
             assert cur.fetchall() == [(1,)]
-            time.sleep(2.5)
+            time.sleep(4)
             # Two of the three slots now: this connection and the silent socket below.
             host, port = node.addr.rsplit(":", 1)
             silent = socket.create_connection((host, int(port)))
             silent.settimeout(10)
             start = time.monotonic()
             assert silent.recv(16) == b""
-            assert 0.5 < time.monotonic() - start < 5
+            assert 2 < time.monotonic() - start < 8
             cur.execute("SELECT 2")
             assert cur.fetchall() == [(2,)]
 
@@ -302,7 +302,7 @@ def test_silent_connections_are_closed_and_connections_are_capped(tmp_path):
                 for b in b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n" * 4:
                     dribbler.sendall(bytes([b]))
                     time.sleep(0.2)
-            assert time.monotonic() - start < 5
+            assert time.monotonic() - start < 8
             dribbler.close()
 
             # The cap: with the idle ADBC connection and two silent sockets, a new client is

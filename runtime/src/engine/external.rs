@@ -100,7 +100,7 @@ impl Engine {
             let marker = match self.lakehouse.catalog().frame_marker(frame).await {
                 Ok(m) => m,
                 // Listed as a frame, as SHOW TABLES lists it.
-                Err(e) if e.trouble().is_none() => {
+                Err(e) if e.is_damage() => {
                     tracing::warn!(frame = %frame, error = %e, "unreadable catalog entry listed as a frame");
                     return Ok(Some(super::FrameEntry {
                         view: false,
@@ -145,7 +145,7 @@ impl Engine {
             }
             Err(apiary_storage::Error::NotFound { .. }) => return Ok(None),
             // A damaged frame (its log or marker does not read); storage out of reach fails.
-            Err(e) if e.trouble().is_none() => (false, unreadable("frame unreadable", e.into())),
+            Err(e) if e.is_damage() => (false, unreadable("frame unreadable", e.into())),
             Err(e) => return Err(e.into()),
         };
         Ok(Some(super::FrameEntry { view, schema }))

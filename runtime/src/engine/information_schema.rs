@@ -233,7 +233,7 @@ impl Engine {
                 Ok(None) => return Ok(None),
                 // A marker that does not read (damaged, or not ours) is listed as a frame, as
                 // SHOW TABLES lists it, rather than failing the listing of every frame.
-                Err(e) if e.trouble().is_none() => {
+                Err(e) if e.is_damage() => {
                     warn!(frame = %f, error = %e, "unreadable catalog entry listed as a frame");
                     return Ok(Some(Listed {
                         schema: empty(),
@@ -290,7 +290,7 @@ impl Engine {
             Err(apiary_storage::Error::NotFound { .. }) => return Ok(None),
             // A frame whose log or marker does not read (damaged) is listed without columns:
             // one broken frame failed every BI tool's listing. Storage out of reach fails it.
-            Err(e) if e.trouble().is_none() => {
+            Err(e) if e.is_damage() => {
                 warn!(frame = %f, error = %e, "unreadable frame listed without columns");
                 Listed {
                     schema: empty(),
