@@ -537,12 +537,14 @@ impl Storage {
         };
         let read_twice = async || -> Result<Watermark> {
             let first = read().await?;
-            let grain = match first.timestamp_subsec_nanos() {
+            // Waits double: a tick is 1–10 ms on Linux (by its HZ), a second on S3.
+            let mut wait = match first.timestamp_subsec_nanos() {
                 0 => std::time::Duration::from_secs(1),
                 _ => std::time::Duration::from_millis(2),
             };
             for _ in 0..WATERMARK_READS {
-                tokio::time::sleep(grain).await;
+                tokio::time::sleep(wait).await;
+                wait *= 2;
                 let next = read().await?;
                 if next > first {
                     return Ok(next);
