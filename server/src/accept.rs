@@ -90,7 +90,6 @@ pub(crate) fn tls_config(
 }
 
 /// How connections are admitted.
-#[derive(Clone)]
 pub(crate) struct Admission {
     /// Connections open at once; one more is closed as soon as it is accepted.
     pub(crate) max: usize,

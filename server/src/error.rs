@@ -133,16 +133,15 @@ fn header_cost(c: char) -> usize {
 /// `status` with its message cut to [`MAX_MESSAGE`]: its start and its end, with how much was
 /// left out between them.
 pub(crate) fn bounded(status: Status) -> Status {
-    let cost = header_cost;
     let message = status.message();
-    if message.chars().map(cost).sum::<usize>() <= MAX_MESSAGE {
+    if message.chars().map(header_cost).sum::<usize>() <= MAX_MESSAGE {
         return status;
     }
     let take = |budget: usize, chars: &mut dyn Iterator<Item = (usize, char)>| {
         let mut used = 0;
         let mut end = 0;
         for (i, c) in chars {
-            used += cost(c);
+            used += header_cost(c);
             if used > budget {
                 break;
             }

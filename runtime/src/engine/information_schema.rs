@@ -227,6 +227,12 @@ impl Engine {
         string_views: bool,
     ) -> Result<Option<Listed>> {
         let empty = || Arc::new(Schema::empty());
+        // A frame listed without columns: one that does not read, or whose columns are not asked.
+        let bare = || Listed {
+            schema: empty(),
+            kind: TableType::Base,
+            definition: None,
+        };
         if level < Listing::Columns {
             let marker = match self.lakehouse.catalog().frame_marker(f).await {
                 Ok(Some(m)) => m,
@@ -235,11 +241,7 @@ impl Engine {
                 // SHOW TABLES lists it, rather than failing the listing of every frame.
                 Err(e) if e.is_damage() => {
                     warn!(frame = %f, error = %e, "unreadable catalog entry listed as a frame");
-                    return Ok(Some(Listed {
-                        schema: empty(),
-                        kind: TableType::Base,
-                        definition: None,
-                    }));
+                    return Ok(Some(bare()));
                 }
                 Err(e) => return Err(e.into()),
             };
@@ -249,11 +251,7 @@ impl Engine {
                     kind: TableType::View,
                     definition: Some(v.query),
                 },
-                None => Listed {
-                    schema: empty(),
-                    kind: TableType::Base,
-                    definition: None,
-                },
+                None => bare(),
             }));
         }
         Ok(Some(match self.lakehouse.open_frame(f, None).await {
@@ -292,11 +290,7 @@ impl Engine {
             // one broken frame failed every BI tool's listing. Storage out of reach fails it.
             Err(e) if e.is_damage() => {
                 warn!(frame = %f, error = %e, "unreadable frame listed without columns");
-                Listed {
-                    schema: empty(),
-                    kind: TableType::Base,
-                    definition: None,
-                }
+                bare()
             }
             Err(e) => return Err(e.into()),
         }))
