@@ -128,6 +128,8 @@ pub trait QueryService: Send + Sync + std::fmt::Debug + 'static {
     async fn frame_entry(&self, frame: &FrameRef, with_schema: bool) -> Result<Option<FrameEntry>>;
     async fn hive_exists(&self, hive: &Ident) -> Result<bool>;
     async fn box_exists(&self, b: &BoxRef) -> Result<bool>;
+    /// The box a session that enters `hive` without naming one is placed in.
+    async fn entry_box(&self, hive: &Ident) -> Result<Ident>;
 
     /// Cancel a query wherever it runs: here at once, elsewhere through a cancel marker.
     async fn cancel(&self, query_id: &str) -> Result<()>;

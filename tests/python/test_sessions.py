@@ -63,6 +63,17 @@ def test_a_session_can_be_placed_in_every_box_clients_list(server):
             cur.execute("USE system.nope")
         with pytest.raises(Exception):
             conn.adbc_current_db_schema = "nope"
+    # A hive without a `default` box (system has none) is entered at its information_schema,
+    # where SetSessionOptions left the session in a box that does not exist.
+    with flightsql.connect(server.uri) as conn, conn.cursor() as cur:
+        conn.adbc_current_catalog = "system"
+        assert conn.adbc_current_db_schema == "information_schema"
+        cur.execute("SELECT current_schema(), count(*) > 0 FROM tables")
+        assert cur.fetchone() == ("information_schema", True)
+        cur.execute("USE HIVE default")
+        cur.execute("USE HIVE system")
+        cur.execute("SELECT current_catalog, current_schema()")
+        assert cur.fetchone() == ("system", "information_schema")
 
 
 def test_use_sticks_for_a_pyarrow_flight_client_that_sends_no_token(server):

@@ -139,6 +139,19 @@ impl Engine {
         Ok(self.lakehouse.catalog().box_exists(b).await?)
     }
 
+    /// The box a session entering `hive` is placed in: `default`, or `information_schema`
+    /// (which every hive has, `system` among them) where the hive has no `default` box.
+    pub async fn entry_box(&self, hive: &Ident) -> Result<Ident> {
+        let default = Ident::default_box();
+        if self
+            .box_exists(&BoxRef::new(hive.clone(), default.clone()))
+            .await?
+        {
+            return Ok(default);
+        }
+        Ok(Ident::parse(information_schema::INFORMATION_SCHEMA)?)
+    }
+
     /// Plan each view a statement reads (in its own hive and box) and register it; a view that
     /// reads another waits for that one. A view whose query no longer plans (a frame it reads
     /// was dropped) fails the statement with the reason.

@@ -75,7 +75,7 @@ impl Engine {
                 };
                 let box_name = match box_name {
                     Some(b) => Ident::parse(b)?,
-                    None => Ident::default_box(),
+                    None => self.entry_box(&hive).await?,
                 };
                 let place = BoxRef::new(hive.clone(), box_name.clone());
                 if !self.box_exists(&place).await? {

@@ -123,6 +123,10 @@ impl QueryService for Node {
         self.engine.box_exists(b).await
     }
 
+    async fn entry_box(&self, hive: &Ident) -> Result<Ident> {
+        self.engine.entry_box(hive).await
+    }
+
     async fn cancel(&self, query_id: &str) -> Result<()> {
         let here = self.queries.cancel(query_id);
         // Other nodes redeeming the ticket, and fragments elsewhere, see the marker.

@@ -57,14 +57,15 @@ impl FlightSql {
             let outcome = match (name.as_str(), text) {
                 (OPT_CATALOG, Some(v)) => match Ident::parse(&v) {
                     Ok(h) if self.service.hive_exists(&h).await? => {
-                        // The box is kept if the new hive has it, else it is the default.
+                        // The box is kept if the new hive has it, else it is the hive's entry
+                        // box (`default`, or `information_schema` where there is none).
                         let kept = Ident::parse(&box_name).unwrap_or_else(|_| Ident::default_box());
                         if !self
                             .service
                             .box_exists(&BoxRef::new(h.clone(), kept))
                             .await?
                         {
-                            box_name = DEFAULT_BOX.to_string();
+                            box_name = self.service.entry_box(&h).await?.to_string();
                         }
                         hive = h.to_string();
                         None

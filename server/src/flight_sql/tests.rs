@@ -163,6 +163,10 @@ impl QueryService for Double {
         Ok(true)
     }
 
+    async fn entry_box(&self, _hive: &Ident) -> apiary_runtime::Result<Ident> {
+        Ok(Ident::default_box())
+    }
+
     async fn cancel(&self, query_id: &str) -> apiary_runtime::Result<()> {
         self.cancelled.lock().unwrap().push(query_id.to_string());
         Ok(())
