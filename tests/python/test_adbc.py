@@ -217,6 +217,12 @@ def test_information_schema_lists_frames_views_columns_and_status_tables(server)
             "SELECT table_schema, table_name FROM information_schema.tables "
             "WHERE table_catalog = 'system' ORDER BY table_schema, table_name")
         assert ("runtime", "node") in cur.fetchall()
+        # `views` lists what `tables` types VIEW: views and the status tables, not frames.
+        cur.execute(
+            "SELECT table_catalog, table_name, definition FROM information_schema.views "
+            "WHERE table_catalog = 'info_h' OR table_name = 'node' ORDER BY 1")
+        assert cur.fetchall() == [
+            ("info_h", "labels", "SELECT label FROM info_h.default.things"), ("system", "node", None)]
         cur.execute("SHOW COLUMNS FROM info_h.default.things")
         assert [r[3] for r in cur.fetchall()] == ["id", "label"]
         cur.execute("SHOW FUNCTIONS LIKE 'upper'")

@@ -32,7 +32,7 @@ use datafusion::common::{Column, ScalarValue};
 use datafusion::config::ConfigOptions;
 use datafusion::datasource::TableType;
 use datafusion::error::{DataFusionError, Result as DfResult};
-use datafusion::logical_expr::{Expr, LogicalPlan, Operator, Projection, lit};
+use datafusion::logical_expr::{Expr, Filter, LogicalPlan, Operator, Projection, lit};
 use datafusion::optimizer::AnalyzerRule;
 use datafusion::physical_plan::ExecutionPlan;
 use datafusion::sql::parser::Statement as DfStatement;
@@ -333,6 +333,46 @@ impl AnalyzerRule for OrdinalsFromOne {
 
     fn name(&self) -> &str {
         "apiary_ordinals_from_one"
+    }
+}
+
+/// `information_schema.views` lists what `tables` types `VIEW`: users' views and the `system`
+/// status tables. DataFusion's lists every table, so base frames showed there as views (with no
+/// definition). The rule puts a filter over every scan of that table.
+#[derive(Debug, Default)]
+pub(super) struct OnlyViewsInViews;
+
+const DEFINITION: &str = "definition";
+
+impl AnalyzerRule for OnlyViewsInViews {
+    fn analyze(&self, plan: LogicalPlan, _config: &ConfigOptions) -> DfResult<LogicalPlan> {
+        plan.transform_up_with_subqueries(|node| {
+            let LogicalPlan::TableScan(s) = &node else {
+                return Ok(Transformed::no(node));
+            };
+            if s.table_name.table() != "views" || s.table_name.schema() != Some(INFORMATION_SCHEMA)
+            {
+                return Ok(Transformed::no(node));
+            }
+            let column = |name: &str| -> DfResult<Expr> {
+                let (qualifier, field) = s
+                    .projected_schema
+                    .qualified_field_with_unqualified_name(name)?;
+                Ok(Expr::Column(Column::new(qualifier.cloned(), field.name())))
+            };
+            let kept = column(DEFINITION)?
+                .is_not_null()
+                .or(column("table_catalog")?.eq(lit(apiary_storage::paths::SYSTEM_HIVE)));
+            Ok(Transformed::yes(LogicalPlan::Filter(Filter::try_new(
+                kept,
+                Arc::new(node),
+            )?)))
+        })
+        .data()
+    }
+
+    fn name(&self) -> &str {
+        "apiary_only_views_in_views"
     }
 }
 

@@ -660,14 +660,15 @@ impl Engine {
 
 /// DataFusion's analyzer rules with ours: decimal literals beside floats become floats before
 /// its type coercion; after it, decimals cast to integers drop their fraction first, integer
-/// arithmetic is checked (before constant folding), and `information_schema.columns` counts its
-/// ordinals from 1.
+/// arithmetic is checked (before constant folding), `information_schema.columns` counts its
+/// ordinals from 1 and `information_schema.views` lists only views.
 fn analyzer_rules() -> Vec<Arc<dyn datafusion::optimizer::AnalyzerRule + Send + Sync>> {
     let mut rules = datafusion::optimizer::Analyzer::new().rules;
     rules.insert(0, Arc::new(literals::FloatNeighbours));
     rules.push(Arc::new(whole_casts::WholeCasts));
     rules.push(Arc::new(checked::CheckedIntegers));
     rules.push(Arc::new(information_schema::OrdinalsFromOne));
+    rules.push(Arc::new(information_schema::OnlyViewsInViews));
     rules.push(Arc::new(bounded::BoundedCalls));
     rules
 }
