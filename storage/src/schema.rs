@@ -346,8 +346,14 @@ pub fn conform_batch(batch: &RecordBatch, target: &SchemaRef) -> Result<RecordBa
     }
     // The same columns under the frame's schema. Not `with_schema`: it wants the target to
     // hold the batch's schema metadata too, and an ingest from pandas carries some, so every
-    // such ingest was refused ("target schema is not superset of current schema").
-    if batch.schema().fields() == target.fields() {
+    // such ingest was refused ("target schema is not superset of current schema"). Columns
+    // served as another type go the long way, through that type.
+    if batch.schema().fields() == target.fields()
+        && target
+            .fields()
+            .iter()
+            .all(|f| !f.metadata().contains_key(SERVED_TYPE_KEY))
+    {
         return Ok(RecordBatch::try_new_with_options(
             target.clone(),
             batch.columns().to_vec(),
@@ -403,7 +409,18 @@ pub fn conform_batch(batch: &RecordBatch, target: &SchemaRef) -> Result<RecordBa
                     .position(|f| f.name().eq_ignore_ascii_case(t.name()))
             });
         let array = match found {
-            Some(i) => conform_array(batch.column(i), t.data_type(), t.name(), &opts)?,
+            // A column served as another type (a `TIME(0)` stored as integer seconds, a
+            // `TIMESTAMP(0)` stored in microseconds) takes its values as that type first, so
+            // that they mean what they say in their own unit: a `time32[ms]` into a `TIME(0)`
+            // stored its raw milliseconds as seconds, and microseconds into a `TIMESTAMP(0)`
+            // kept digits the frame does not serve (and that a `DELETE` then compared).
+            Some(i) => match served_of(t) {
+                served if &served != t.data_type() => {
+                    let as_served = conform_array(batch.column(i), &served, t.name(), &opts)?;
+                    conform_array(&as_served, t.data_type(), t.name(), &opts)?
+                }
+                _ => conform_array(batch.column(i), t.data_type(), t.name(), &opts)?,
+            },
             None if t.is_nullable() => new_null_array(t.data_type(), batch.num_rows()),
             None => {
                 return Err(Error::Schema(format!(
@@ -891,6 +908,80 @@ mod tests {
         .unwrap();
         let err = conform_batch(&unknown, &target).unwrap_err().to_string();
         assert!(err.contains("zzz"), "{err}");
+    }
+
+    /// Values arrive in the unit they say: an append of another unit than the frame serves is
+    /// converted to the served type before it is stored.
+    #[test]
+    fn an_append_in_another_unit_is_converted_through_the_served_type() {
+        use arrow::array::{
+            DurationMillisecondArray, Time32MillisecondArray, TimestampMicrosecondArray,
+        };
+        let target = frame_schema_for(&Schema::new(vec![
+            Field::new("t", DataType::Time32(TimeUnit::Second), true),
+            Field::new("d", DataType::Duration(TimeUnit::Second), true),
+            Field::new("ts", DataType::Timestamp(TimeUnit::Second, None), true),
+        ]))
+        .unwrap();
+        let batch = RecordBatch::try_new(
+            Arc::new(Schema::new(vec![
+                Field::new("t", DataType::Time32(TimeUnit::Millisecond), true),
+                Field::new("d", DataType::Duration(TimeUnit::Millisecond), true),
+                Field::new("ts", DataType::Timestamp(TimeUnit::Microsecond, None), true),
+            ])),
+            vec![
+                Arc::new(Time32MillisecondArray::from(vec![1_000])),
+                Arc::new(DurationMillisecondArray::from(vec![2_000])),
+                Arc::new(TimestampMicrosecondArray::from(vec![10_500_000])),
+            ],
+        )
+        .unwrap();
+        let out = conform_batch(&batch, &target).unwrap();
+        // Stored: seconds as integers, the timestamp in µs without the digits TIMESTAMP(0)
+        // does not serve. They were 1000 s, 2000 s and 10.5 s.
+        assert_eq!(
+            out.column(0)
+                .as_primitive::<arrow::datatypes::Int32Type>()
+                .value(0),
+            1
+        );
+        assert_eq!(
+            out.column(1)
+                .as_primitive::<arrow::datatypes::Int64Type>()
+                .value(0),
+            2
+        );
+        let ts = out
+            .column(2)
+            .as_primitive::<arrow::datatypes::TimestampMicrosecondType>();
+        assert_eq!(ts.value(0), 10_000_000);
+
+        // A value the served type cannot hold is refused, not stored to fail every read.
+        let ns = frame_schema_for(&Schema::new(vec![
+            Field::new("ts", DataType::Timestamp(TimeUnit::Nanosecond, None), true),
+            Field::new("u", DataType::UInt64, true),
+        ]))
+        .unwrap();
+        let far = RecordBatch::try_new(
+            Arc::new(Schema::new(vec![Field::new(
+                "ts",
+                DataType::Timestamp(TimeUnit::Microsecond, None),
+                true,
+            )])),
+            vec![Arc::new(TimestampMicrosecondArray::from(vec![
+                253_402_214_400_000_000,
+            ]))],
+        )
+        .unwrap();
+        let err = conform_batch(&far, &ns).unwrap_err().to_string();
+        assert!(err.contains("column ts"), "{err}");
+        let negative = RecordBatch::try_new(
+            Arc::new(Schema::new(vec![Field::new("u", DataType::Int64, true)])),
+            vec![Arc::new(Int64Array::from(vec![-1]))],
+        )
+        .unwrap();
+        let err = conform_batch(&negative, &ns).unwrap_err().to_string();
+        assert!(err.contains("column u"), "{err}");
     }
 
     #[test]
