@@ -22,7 +22,7 @@ use arrow::array::RecordBatch;
 use arrow::datatypes::SchemaRef;
 use datafusion::error::DataFusionError;
 use datafusion::execution::{RecordBatchStream, SendableRecordBatchStream};
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use futures::{FutureExt, Stream, StreamExt};
@@ -30,6 +30,8 @@ use tokio::runtime::{Handle, Runtime};
 use tokio::sync::mpsc;
 use tokio::task::{JoinHandle, JoinSet};
 use tokio_util::sync::CancellationToken;
+
+use apiary_storage::commit_point;
 
 use crate::error::{Error, Result};
 
@@ -70,29 +72,45 @@ impl CpuExecutor {
         F: Future + Send + 'static,
         F::Output: Send + 'static,
     {
-        AbortOnDrop(self.handle.spawn(fut))
+        AbortOnDrop(Some(self.handle.spawn(fut)))
     }
 
     /// Run `work` on the CPU runtime until it ends, `cancel` fires (Cancelled) or `timeout`
-    /// passes (Timeout); the work is aborted in the latter two cases.
+    /// passes (Timeout); the work is aborted in the latter two cases, unless it has begun to put
+    /// a commit ([`commit_point`]): then it runs to its end, and its outcome is returned.
     pub async fn run<T: Send + 'static>(
         &self,
         work: impl Future<Output = Result<T>> + Send + 'static,
         cancel: &CancellationToken,
         timeout: Option<Duration>,
     ) -> Result<T> {
-        let task = self.spawn(work);
+        let gate = Arc::new(commit_point::Gate::default());
+        let mut task = UnlessCommitting {
+            task: Some(self.spawn(commit_point::scope(gate.clone(), work))),
+            gate: gate.clone(),
+        };
+        let task = task.task.as_mut().expect("just spawned");
         let deadline = async {
             match timeout {
                 Some(t) => tokio::time::sleep(t).await,
                 None => std::future::pending().await,
             }
         };
-        tokio::select! {
-            r = task => r.map_err(|e| Error::Internal(format!("task on the CPU runtime: {e}")))?,
-            _ = cancel.cancelled() => Err(Error::Cancelled),
-            _ = deadline => Err(Error::Timeout(timeout.unwrap_or_default())),
+        let ended = |r: Result<Result<T>, tokio::task::JoinError>| {
+            r.map_err(|e| Error::Internal(format!("task on the CPU runtime: {e}")))?
+        };
+        let stopped = tokio::select! {
+            r = &mut *task => return ended(r),
+            _ = cancel.cancelled() => Error::Cancelled,
+            _ = deadline => Error::Timeout(timeout.unwrap_or_default()),
+        };
+        if gate.stop() {
+            return Err(stopped);
         }
+        // A commit is being put: it may land, so the statement is seen to its end and its
+        // outcome is the answer (a "failed" INSERT that had committed was run again, twice).
+        tracing::info!(why = %stopped, "stopped during its commit; waiting for its outcome");
+        ended(task.await)
     }
 
     /// Start a stream on the CPU runtime and read it from the caller's runtime.
@@ -159,7 +177,7 @@ where
     F: Future + Send + 'static,
     F::Output: Send + 'static,
 {
-    AbortOnDrop(tokio::spawn(fut))
+    AbortOnDrop(Some(tokio::spawn(fut)))
 }
 
 /// Run blocking work (file IO, encoding) on the blocking pool.
@@ -169,7 +187,7 @@ where
     F: FnOnce() -> R + Send + 'static,
     R: Send + 'static,
 {
-    AbortOnDrop(tokio::task::spawn_blocking(f))
+    AbortOnDrop(Some(tokio::task::spawn_blocking(f)))
 }
 
 /// The background work of one node, ended by [`Background::shutdown`].
@@ -257,18 +275,25 @@ impl Background {
 
 /// A task handle that aborts the task when dropped.
 #[derive(Debug)]
-pub struct AbortOnDrop<T>(JoinHandle<T>);
+pub struct AbortOnDrop<T>(Option<JoinHandle<T>>);
 
 impl<T> AbortOnDrop<T> {
     /// Whether the task has ended.
     pub fn is_finished(&self) -> bool {
-        self.0.is_finished()
+        self.0.as_ref().is_none_or(|h| h.is_finished())
+    }
+
+    /// Let the task run on when this is dropped.
+    fn detach(mut self) {
+        self.0 = None;
     }
 }
 
 impl<T> Drop for AbortOnDrop<T> {
     fn drop(&mut self) {
-        self.0.abort();
+        if let Some(h) = &self.0 {
+            h.abort();
+        }
     }
 }
 
@@ -276,7 +301,28 @@ impl<T> Future for AbortOnDrop<T> {
     type Output = Result<T, tokio::task::JoinError>;
 
     fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
-        Pin::new(&mut self.0).poll(cx)
+        match self.0.as_mut() {
+            Some(h) => Pin::new(h).poll(cx),
+            None => Poll::Pending,
+        }
+    }
+}
+
+/// A statement's task that is aborted when dropped, unless it has begun to put a commit: a
+/// caller that goes away (a client that hung up) leaves a commit under way to finish, rather
+/// than cutting it short at an unknown point.
+struct UnlessCommitting<T> {
+    task: Option<AbortOnDrop<T>>,
+    gate: Arc<commit_point::Gate>,
+}
+
+impl<T> Drop for UnlessCommitting<T> {
+    fn drop(&mut self) {
+        if let Some(task) = self.task.take()
+            && !self.gate.stop()
+        {
+            task.detach();
+        }
     }
 }
 

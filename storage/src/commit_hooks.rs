@@ -59,6 +59,15 @@ pub(crate) fn fenced(
     })
 }
 
+/// `inner`, passing the statement's point of no return before each commit
+/// ([`crate::commit_point`]); every log store the ledger makes is one.
+pub(crate) fn marked(inner: LogStoreRef) -> LogStoreRef {
+    Arc::new(HookedLogStore {
+        inner,
+        hook: Hook::Marked,
+    })
+}
+
 /// `inner`, pausing `pause` before writing any commit (a new frame's first carries its cells).
 pub(crate) fn pausing(inner: LogStoreRef, pause: Duration) -> LogStoreRef {
     Arc::new(HookedLogStore {
@@ -68,6 +77,8 @@ pub(crate) fn pausing(inner: LogStoreRef, pause: Duration) -> LogStoreRef {
 }
 
 enum Hook {
+    /// Only the statement's point of no return ([`crate::commit_point`]), as every hook.
+    Marked,
     OnlyAt(Version),
     Pause(Duration),
     Fenced(Box<Fence>),
@@ -129,7 +140,17 @@ impl LogStore for HookedLogStore {
         commit_or_bytes: CommitOrBytes,
         operation_id: Uuid,
     ) -> Result<(), TransactionError> {
+        // A statement stopped (cancelled, past its deadline) before its commit puts none; one
+        // that passes here is not stopped until it ends.
+        if !crate::commit_point::reached() {
+            let stopped = "the statement was stopped before its commit; nothing was committed";
+            return Err(TransactionError::LogStoreError {
+                msg: stopped.into(),
+                source: Box::new(Error::Gone(stopped.into())),
+            });
+        }
         match &self.hook {
+            Hook::Marked => {}
             Hook::Pause(pause) => {
                 warn!(?pause, version, "fault injection: pausing before commit");
                 tokio::time::sleep(*pause).await;

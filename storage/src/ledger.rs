@@ -525,14 +525,15 @@ impl Ledger {
         Ok(self.pausing(self.plain_log_store(frame)?))
     }
 
-    /// `frame`'s log store as delta-rs makes it, without our hooks.
+    /// `frame`'s log store as delta-rs makes it, passing the statement's point of no return
+    /// before each commit ([`crate::commit_point`]).
     fn plain_log_store(&self, frame: &FrameRef) -> Result<LogStoreRef> {
         let url = self.storage.url_for(&paths::frame_root(frame))?;
-        Ok(logstore_with(
+        Ok(crate::commit_hooks::marked(logstore_with(
             self.storage.raw_store().clone(),
             &url,
             StorageConfig::default(),
-        )?)
+        )?))
     }
 
     /// The log store a write that read `snapshot` commits through: it commits only while the

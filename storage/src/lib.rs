@@ -39,6 +39,7 @@ pub mod catalog;
 mod cluster;
 mod codec;
 mod commit_hooks;
+pub mod commit_point;
 pub mod confine;
 pub mod dml;
 pub mod error;

@@ -322,3 +322,33 @@ def test_silent_connections_are_closed_and_connections_are_capped(tmp_path):
             silent.close()
     finally:
         node.stop()
+
+
+def test_a_statement_past_its_deadline_during_its_commit_reports_the_commit(tmp_path):
+    """A statement whose deadline passes while its commit is being put may have committed: it
+    is seen to its end and answers what happened. It was reported as DEADLINE_EXCEEDED with its
+    rows in the frame, and a client that ran the failed INSERT again doubled them. One stopped
+    before its commit commits nothing."""
+    from conftest import ApiaryServer
+
+    root = str(tmp_path / "root")
+    # The test hook holds each commit 2 s, past the 1 s deadline.
+    node = ApiaryServer(root, args=["--fault-pause-before-commit-ms", "2000", "--query-timeout", "1s"])
+    try:
+        with flightsql.connect(node.uri) as conn, conn.cursor() as cur:
+            cur.execute("CREATE TABLE t (a BIGINT)")
+            started = time.monotonic()
+            cur.execute("INSERT INTO t VALUES (1), (2), (3)")
+            assert cur.fetchall() == [(3,)]
+            assert time.monotonic() - started >= 2
+            assert node.wait_log("waiting for its outcome")
+            cur.execute("SELECT count(*) FROM t")
+            assert cur.fetchall() == [(3,)]
+            # Stopped before its commit (the cross join runs past the deadline): nothing lands.
+            with pytest.raises(Exception, match="(?i)timed out|deadline"):
+                cur.execute("INSERT INTO t SELECT a.value FROM generate_series(1, 10000000000) a "
+                            "WHERE a.value = 0")
+            cur.execute("SELECT count(*) FROM t")
+            assert cur.fetchall() == [(3,)]
+    finally:
+        node.stop()
