@@ -191,9 +191,12 @@ async fn open(
     // Nagle off: small replies (SELECT 1, GetFlightInfo) otherwise wait for the client's
     // delayed ACK, ~40 ms each.
     let _ = tcp.set_nodelay(true);
-    let info = TcpConnectInfo {
-        local_addr: tcp.local_addr().ok(),
-        remote_addr: Some(peer),
+    let info = ConnectionInfo {
+        tcp: TcpConnectInfo {
+            local_addr: tcp.local_addr().ok(),
+            remote_addr: Some(peer),
+        },
+        id: NEXT_CONNECTION.fetch_add(1, std::sync::atomic::Ordering::Relaxed),
     };
     let handshake = async {
         let mut io = match tls {
@@ -235,14 +238,27 @@ async fn open(
 pub(crate) struct Conn {
     io: Either<TcpStream, TlsStream<TcpStream>>,
     replayed: usize,
-    info: TcpConnectInfo,
+    info: ConnectionInfo,
     _slot: OwnedSemaphorePermit,
 }
 
-impl Connected for Conn {
-    type ConnectInfo = TcpConnectInfo;
+/// Numbers connections, so that each is told apart from a later one of the same address.
+static NEXT_CONNECTION: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(1);
 
-    fn connect_info(&self) -> TcpConnectInfo {
+/// What every request of a connection carries about it: the addresses, and a number no other
+/// connection of this process has. A client that reconnects from the same address and port (a
+/// process that died, a NAT, an ephemeral port used again) is another connection, and does not
+/// take over the session the earlier one chose.
+#[derive(Debug, Clone)]
+pub(crate) struct ConnectionInfo {
+    pub(crate) tcp: TcpConnectInfo,
+    pub(crate) id: u64,
+}
+
+impl Connected for Conn {
+    type ConnectInfo = ConnectionInfo;
+
+    fn connect_info(&self) -> ConnectionInfo {
         self.info.clone()
     }
 }

@@ -159,3 +159,66 @@ def test_set_changes_datafusion_options_for_the_session_only(server, auth_server
             with pytest.raises(Exception) as e:
                 cur.execute(sql)
             assert code in str(e.value), (sql, str(e.value))
+
+
+def test_a_new_connection_from_an_old_connections_address_and_port_starts_afresh(server):
+    """A connection's USE and SET were kept by its address and port, past its end (a client
+    that crashes, or pyarrow.flight, sends no CloseSession): a later connection from the same
+    address and port (an ephemeral port used again, clients behind one NAT) started in the
+    other client's box with its options. A relay that connects from one fixed port makes the
+    reuse certain."""
+    import socket
+    import struct
+    import threading
+
+    host, port = server.uri.removeprefix("grpc://").rsplit(":", 1)
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        source = s.getsockname()[1]
+    listener = socket.socket()
+    listener.bind(("127.0.0.1", 0))
+    listener.listen(4)
+
+    def pump(a, b):
+        try:
+            while data := a.recv(65536):
+                b.sendall(data)
+        except OSError:
+            pass
+        for sock in (a, b):
+            try:
+                sock.shutdown(socket.SHUT_RDWR)
+            except OSError:
+                pass
+
+    def relay():
+        while True:
+            try:
+                client, _ = listener.accept()
+            except OSError:
+                return
+            up = socket.socket()
+            up.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            up.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+            up.bind(("127.0.0.1", source))
+            up.connect((host, int(port)))
+            threading.Thread(target=pump, args=(up, client), daemon=True).start()
+            threading.Thread(target=pump, args=(client, up), daemon=True).start()
+
+    threading.Thread(target=relay, daemon=True).start()
+    via_relay = f"grpc://127.0.0.1:{listener.getsockname()[1]}"
+    setup_namespace(server.uri)
+    try:
+        # pyarrow.flight sends no CloseSession when it closes.
+        first = fl.FlightClient(via_relay)
+        for sql in ["USE uh.ub", "SET datafusion.execution.batch_size = 7"]:
+            cmd = _any("CommandStatementQuery", b"\x0a" + _varint(len(sql)) + sql.encode())
+            first.get_flight_info(fl.FlightDescriptor.for_command(cmd))
+        first.close()
+        with flightsql.connect(via_relay) as conn, conn.cursor() as cur:
+            cur.execute("SELECT current_catalog, current_schema()")
+            assert cur.fetchone() == ("default", "default")
+            cur.execute("SHOW datafusion.execution.batch_size")
+            assert cur.fetchone()[1] != "7"
+    finally:
+        listener.close()

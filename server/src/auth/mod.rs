@@ -362,17 +362,27 @@ pub struct AuthService<S> {
 
 type BoxFuture<T> = Pin<Box<dyn std::future::Future<Output = T> + Send>>;
 
-/// The peer's address and port (one per client connection), from the connection info tonic
-/// puts on every request.
+/// The peer's address and port, from the connection info on every request.
 fn peer_of<B>(req: &http::Request<B>) -> Option<SocketAddr> {
     use tonic::transport::server::{TcpConnectInfo, TlsConnectInfo};
     let ext = req.extensions();
-    ext.get::<TcpConnectInfo>()
-        .and_then(|i| i.remote_addr())
+    ext.get::<crate::accept::ConnectionInfo>()
+        .and_then(|i| i.tcp.remote_addr())
+        .or_else(|| ext.get::<TcpConnectInfo>().and_then(|i| i.remote_addr()))
         .or_else(|| {
             ext.get::<TlsConnectInfo<TcpConnectInfo>>()
                 .and_then(|i| i.get_ref().remote_addr())
         })
+}
+
+/// The client connection a request came on: its peer and the number our accept loop gave it
+/// (0 where another one accepted it).
+fn connection_of<B>(req: &http::Request<B>) -> Option<sessions::Connection> {
+    let id = req
+        .extensions()
+        .get::<crate::accept::ConnectionInfo>()
+        .map_or(0, |i| i.id);
+    peer_of(req).map(|peer| sessions::Connection { peer, id })
 }
 
 impl<S, B, RB> tower::Service<http::Request<B>> for AuthService<S>
@@ -399,6 +409,7 @@ where
         let sessions = self.sessions.clone();
         Box::pin(async move {
             let peer = peer_of(&req);
+            let connection = connection_of(&req);
             let mut principal = match auth.authenticate(req.headers(), peer.map(|p| p.ip())).await {
                 Ok(p) => p,
                 Err(status) => {
@@ -407,7 +418,7 @@ where
                 }
             };
             // The connection's own choice is the newest (its client may not send tokens back).
-            if let Some(place) = peer.and_then(|p| sessions.get(p, &principal.user)) {
+            if let Some(place) = connection.and_then(|c| sessions.get(c, &principal.user)) {
                 principal.enter(place);
             }
             principal.peer = peer.map(|p| p.ip());
@@ -417,8 +428,8 @@ where
             let mut resp = inner.call(req).await?;
             let mut out = principal;
             if let Some(place) = slot.take() {
-                if let Some(p) = peer {
-                    sessions.set(p, &out.user, place.clone());
+                if let Some(c) = connection {
+                    sessions.set(c, &out.user, place.clone());
                 }
                 out.enter(place);
             }

@@ -3,7 +3,8 @@
 //! `USE` on one statement must reach the next statement of the same connection.
 //!
 //! A session lives in the token (any node can serve any call that carries it) *and* here, keyed
-//! by the caller's TCP connection (its remote address and port) and user: the connection's entry
+//! by the caller's TCP connection (its remote address and port, and the number the accept loop
+//! gave it: a new connection from the same address and port starts afresh) and user: the connection's entry
 //! wins, because it is always the newest. Entries unused for the token TTL are dropped, and the
 //! map is bounded; a dropped entry only means the connection falls back to its token's session.
 //! Behind a proxy that multiplexes several clients onto one connection, clients of one user share
@@ -19,6 +20,13 @@ use std::time::{Duration, Instant};
 /// Connections remembered at most.
 const MAX_CONNECTIONS: usize = 65_536;
 
+/// One client connection: its peer, and its number from the accept loop.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub(super) struct Connection {
+    pub(super) peer: SocketAddr,
+    pub(super) id: u64,
+}
+
 #[derive(Debug)]
 struct Entry {
     user: String,
@@ -29,7 +37,7 @@ struct Entry {
 /// Sessions by client connection.
 #[derive(Debug)]
 pub(super) struct ConnectionSessions {
-    map: Mutex<HashMap<SocketAddr, Entry>>,
+    map: Mutex<HashMap<Connection, Entry>>,
     ttl: Duration,
 }
 
@@ -42,7 +50,7 @@ impl ConnectionSessions {
     }
 
     /// The session this connection of `user` last chose, if any.
-    pub(super) fn get(&self, peer: SocketAddr, user: &str) -> Option<Place> {
+    pub(super) fn get(&self, peer: Connection, user: &str) -> Option<Place> {
         let mut map = self.map.lock().expect("sessions");
         let e = map.get_mut(&peer)?;
         if e.user != user || e.used.elapsed() > self.ttl {
@@ -53,7 +61,7 @@ impl ConnectionSessions {
     }
 
     /// Remember what this connection of `user` chose.
-    pub(super) fn set(&self, peer: SocketAddr, user: &str, place: Place) {
+    pub(super) fn set(&self, peer: Connection, user: &str, place: Place) {
         let mut map = self.map.lock().expect("sessions");
         if map.len() >= MAX_CONNECTIONS && !map.contains_key(&peer) {
             let ttl = self.ttl;
@@ -82,8 +90,11 @@ mod tests {
     #[test]
     fn a_connection_keeps_its_users_choice_and_nobody_elses() {
         let s = ConnectionSessions::new(Duration::from_secs(60));
-        let a: SocketAddr = "127.0.0.1:40000".parse().unwrap();
-        let b: SocketAddr = "127.0.0.1:40001".parse().unwrap();
+        let at = |port: u16, id: u64| Connection {
+            peer: SocketAddr::from(([127, 0, 0, 1], port)),
+            id,
+        };
+        let (a, b) = (at(40000, 1), at(40001, 2));
         assert_eq!(s.get(a, "alice"), None);
         let place = Place {
             hive: "uh".into(),
@@ -94,6 +105,11 @@ mod tests {
         assert_eq!(s.get(a, "alice"), Some(place.clone()));
         assert_eq!(s.get(a, "bob"), None, "another user on that address");
         assert_eq!(s.get(b, "alice"), None, "another connection");
+        assert_eq!(
+            s.get(at(40000, 3), "alice"),
+            None,
+            "a later connection from the same address and port"
+        );
         let short = ConnectionSessions::new(Duration::ZERO);
         short.set(a, "alice", place);
         std::thread::sleep(Duration::from_millis(2));
