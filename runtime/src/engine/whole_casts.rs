@@ -6,7 +6,10 @@
 //! row (and `DELETE` deleted none). [`WholeCasts`] rewrites, once types are coerced, every cast
 //! of a decimal with a fraction to an integer as a cast of `d - d % 1`: the same whole number
 //! (Arrow's cast truncates, and `%` keeps the sign of `d`), now with no fraction to drop, so the
-//! unwrapped comparison (`d - d % 1 = 2.00`) is exact. The rewrite leaves its own output alone:
+//! unwrapped comparison (`d - d % 1 = 2.00`) is exact. A decimal cast to fewer decimal digits
+//! rounds them (`CAST(2.49 AS DECIMAL(3,1))` is 2.5): over 2.20 and 2.49, `WHERE CAST(d AS
+//! DECIMAL(10,0)) = 2` found neither; such a cast is rewritten over the value rounded in its own
+//! scale first (half away from zero, as the cast does). The rewrite leaves its own output alone:
 //! delta-rs plans the expressions of an UPDATE or DELETE again, through the same rules.
 
 use arrow::datatypes::DataType;
@@ -28,9 +31,11 @@ pub(super) struct WholeCasts;
 impl AnalyzerRule for WholeCasts {
     fn analyze(&self, plan: LogicalPlan, _config: &ConfigOptions) -> DfResult<LogicalPlan> {
         plan.transform_up_with_subqueries(|node| {
-            let integer_cast =
-                |e: &Expr| matches!(e, Expr::Cast(c) if c.field.data_type().is_integer());
-            if !any_expression(&node, integer_cast)? {
+            let dropping_cast = |e: &Expr| {
+                matches!(e, Expr::Cast(c) if c.field.data_type().is_integer()
+                    || matches!(c.field.data_type(), DataType::Decimal128(..)))
+            };
+            if !any_expression(&node, dropping_cast)? {
                 return Ok(Transformed::no(node));
             }
             let schema = input_schema(&node)?;
@@ -54,35 +59,70 @@ fn whole(e: Expr, schema: &DFSchema) -> DfResult<Transformed<Expr>> {
     let Expr::Cast(Cast { expr, field }) = &e else {
         return Ok(Transformed::no(e));
     };
-    if !field.data_type().is_integer() || is_whole(expr) {
+    if is_whole(expr)
+        || matches!(expr.as_ref(), Expr::Case(c) if c.else_expr.as_deref().is_some_and(is_whole))
+    {
         return Ok(Transformed::no(e));
     }
-    // One, in the decimal's own type: the rule runs after type coercion, so what it adds must
-    // need none.
-    let one = match expr.get_type(schema) {
-        Ok(DataType::Decimal128(p, s)) if s > 0 && p > s as u8 => {
-            ScalarValue::Decimal128(Some(10i128.pow(s as u32)), p, s)
+    let exact = match (expr.get_type(schema), field.data_type()) {
+        (Ok(DataType::Decimal128(p, s)), to) if to.is_integer() && s > 0 && p > s as u8 => {
+            // One, in the decimal's own type: the rule runs after type coercion, so what it
+            // adds must need none.
+            let one = ScalarValue::Decimal128(Some(10i128.pow(s as u32)), p, s);
+            truncated(expr.as_ref().clone(), one)
+        }
+        (Ok(DataType::Decimal128(p, s)), DataType::Decimal128(_, to)) if *to < s => {
+            match rounded(expr.as_ref().clone(), p, s, *to) {
+                Some(e) => e,
+                None => return Ok(Transformed::no(e)),
+            }
         }
         _ => return Ok(Transformed::no(e)),
     };
-    let x = expr.as_ref().clone();
-    let fraction = Expr::BinaryExpr(BinaryExpr::new(
-        Box::new(x.clone()),
-        Operator::Modulo,
-        Box::new(Expr::Literal(one, None)),
-    ));
-    let whole = Expr::BinaryExpr(BinaryExpr::new(
-        Box::new(x),
-        Operator::Minus,
-        Box::new(fraction),
-    ));
     Ok(Transformed::yes(Expr::Cast(Cast {
-        expr: Box::new(whole),
+        expr: Box::new(exact),
         field: field.clone(),
     })))
 }
 
-/// Whether `e` is this rule's `d - d % 1` already.
+fn binary(left: Expr, op: Operator, right: Expr) -> Expr {
+    Expr::BinaryExpr(BinaryExpr::new(Box::new(left), op, Box::new(right)))
+}
+
+/// `x - x % unit`: `x` without the digits below `unit`, toward zero (`%` keeps the sign of `x`).
+fn truncated(x: Expr, unit: ScalarValue) -> Expr {
+    let fraction = binary(x.clone(), Operator::Modulo, Expr::Literal(unit, None));
+    binary(x, Operator::Minus, fraction)
+}
+
+/// `x`, a `DECIMAL(p, s)`, rounded to `to` < `s` digits half away from zero as Arrow's cast
+/// rounds, still in its own scale: `CASE WHEN x < 0 THEN trunc(x - h) ELSE trunc(x + h) END`
+/// with `h` half the last kept digit. `None` where the literals do not fit `p` digits or the sums
+/// could pass 38.
+fn rounded(x: Expr, p: u8, s: i8, to: i8) -> Option<Expr> {
+    let dropped = u32::try_from(i32::from(s) - i32::from(to)).ok()?;
+    if p > 36 || u32::from(p) <= dropped {
+        return None;
+    }
+    let unit = ScalarValue::Decimal128(Some(10i128.pow(dropped)), p, s);
+    let half = Expr::Literal(
+        ScalarValue::Decimal128(Some(5 * 10i128.pow(dropped - 1)), p, s),
+        None,
+    );
+    let zero = Expr::Literal(ScalarValue::Decimal128(Some(0), p, s), None);
+    let down = truncated(
+        binary(x.clone(), Operator::Minus, half.clone()),
+        unit.clone(),
+    );
+    let up = truncated(binary(x.clone(), Operator::Plus, half), unit);
+    Some(Expr::Case(datafusion::logical_expr::Case::new(
+        None,
+        vec![(Box::new(binary(x, Operator::Lt, zero)), Box::new(down))],
+        Some(Box::new(up)),
+    )))
+}
+
+/// Whether `e` is this rule's `d - d % 1` (or the truncation of a rounding) already.
 fn is_whole(e: &Expr) -> bool {
     let Expr::BinaryExpr(BinaryExpr {
         left,
