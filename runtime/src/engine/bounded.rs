@@ -585,3 +585,61 @@ mod tests {
         assert_eq!(concatenated(&[lit(""), col(&a), col(&a)], 4), size);
     }
 }
+
+/// Constants a result repeats on every row, bounded. A projection turns a constant column into
+/// an array of the batch's rows, each a copy: `repeat('x', 100000000)` is one call within
+/// [`MAX_GENERATED_BYTES`], but as a column over a batch of 8,192 rows it asked for 800 GB at
+/// once, and the failed allocation aborted the process. A constant whose copies for a whole
+/// batch would pass the same bound fails the statement with RESOURCE_EXHAUSTED instead.
+#[derive(Debug, Default)]
+pub(super) struct BoundedConstants;
+
+impl datafusion::physical_optimizer::PhysicalOptimizerRule for BoundedConstants {
+    fn optimize(
+        &self,
+        plan: Arc<dyn datafusion::physical_plan::ExecutionPlan>,
+        config: &ConfigOptions,
+    ) -> DfResult<Arc<dyn datafusion::physical_plan::ExecutionPlan>> {
+        use datafusion::physical_expr::expressions::Literal;
+        use datafusion::physical_plan::projection::ProjectionExec;
+        use datafusion::physical_plan::statistics::{StatisticsArgs, StatisticsContext};
+        let rows = config.execution.batch_size.get() as u128;
+        plan.apply(|node| {
+            if let Some(p) = node.downcast_ref::<ProjectionExec>() {
+                // A projection over a known few rows (`SELECT '<a document>'`, one row) copies
+                // the constant that many times.
+                let known = StatisticsContext::new()
+                    .compute(p.input().as_ref(), &StatisticsArgs::new())
+                    .map(|s| s.num_rows);
+                let rows = match known {
+                    Ok(datafusion::common::stats::Precision::Exact(n)) => rows.min(n as u128),
+                    _ => rows,
+                };
+                for e in p.expr() {
+                    if let Some(l) = e.expr.downcast_ref::<Literal>() {
+                        let bytes = l.value().size() as u128;
+                        if bytes.saturating_mul(rows) > MAX_GENERATED_BYTES {
+                            return Err(DataFusionError::ResourcesExhausted(format!(
+                                "the constant {} ({bytes} bytes) would be copied to each of up \
+                                 to {rows} rows of a batch, past {} MiB: make it smaller, or \
+                                 lower datafusion.execution.batch_size",
+                                e.alias,
+                                MAX_GENERATED_BYTES >> 20
+                            )));
+                        }
+                    }
+                }
+            }
+            Ok(datafusion::common::tree_node::TreeNodeRecursion::Continue)
+        })?;
+        Ok(plan)
+    }
+
+    fn name(&self) -> &str {
+        "apiary_bounded_constants"
+    }
+
+    fn schema_check(&self) -> bool {
+        true
+    }
+}

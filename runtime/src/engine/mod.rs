@@ -72,8 +72,9 @@ use crate::sql::{self, Command};
 use policy::Purpose;
 
 /// Apiary's own physical rules, in the order they run after DataFusion's.
-fn own_rules() -> [Arc<dyn PhysicalOptimizerRule + Send + Sync>; 5] {
+fn own_rules() -> [Arc<dyn PhysicalOptimizerRule + Send + Sync>; 6] {
     [
+        Arc::new(bounded::BoundedConstants),
         Arc::new(nan_pruning::NanSafePruning),
         Arc::new(join_filters::JoinFiltersOnRows),
         Arc::new(lazy_start::StartWhenPolled),
