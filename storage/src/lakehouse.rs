@@ -260,10 +260,22 @@ impl Lakehouse {
             .await
         {
             Ok(s) => Ok(Opened::Frame(s)),
-            // Registered, but no Delta log (yet): another writer is creating it right now, or
-            // its creation was interrupted. Either way there is no frame to read.
             Err(e) => {
-                let no_log = external.is_none() && !self.ledger.has_leftovers(frame).await?;
+                // Dropped (and perhaps created again) while its log was read: the drop deleted
+                // the log under the reader, which saw a gap, a missing commit or no metadata.
+                let marker_now = self.catalog.frame_marker(frame).await?;
+                if external.is_none() && marker_now.is_none_or(|m| m.id != marker.id) {
+                    return Err(Error::NotFound {
+                        kind: ObjectKind::Frame,
+                        name: format!("{frame} (it was dropped while this statement read it)"),
+                    });
+                }
+                // Registered, but no Delta log (yet): another writer is creating it right now,
+                // or its creation was interrupted. Either way there is no frame to read.
+                // (Or holding only what a drop of the name left: the log has not begun.)
+                let no_log = external.is_none()
+                    && (!self.ledger.has_leftovers(frame).await?
+                        || !self.ledger.log_began(frame).await?);
                 let not_a_table = not_a_table_yet(&e);
                 match no_log || not_a_table {
                     true => Err(Error::NotFound {

@@ -571,6 +571,43 @@ impl Ledger {
         )?)
     }
 
+    /// `e`, a write's failure, unless the frame it read was dropped meanwhile: the drop deleted
+    /// its log under the write, which then failed reading a commit that was gone. That is the
+    /// frame not existing (any more), not an internal error.
+    async fn unless_dropped(&self, read: &FrameSnapshot, e: Error) -> Error {
+        match crate::catalog::Catalog::new(self.storage.clone())
+            .frame_marker(&read.frame)
+            .await
+        {
+            Ok(Some(m)) if m.id == read.incarnation => e,
+            Ok(_) => Error::NotFound {
+                kind: crate::ObjectKind::Frame,
+                name: format!(
+                    "{} (it was dropped while this statement wrote it; nothing was committed)",
+                    read.frame
+                ),
+            },
+            Err(_) => e,
+        }
+    }
+
+    /// Whether the frame's log has begun: its first commit, or a checkpoint (after which early
+    /// commits may be cleaned up). A log without either holds only what a drop left behind
+    /// while a creation of the name is under way.
+    pub(crate) async fn log_began(&self, frame: &FrameRef) -> Result<bool> {
+        use object_store::ObjectStoreExt;
+        let log_store = self.log_store(frame)?;
+        if version_exists(log_store.as_ref(), 0).await? {
+            return Ok(true);
+        }
+        let last = log_store.log_path().clone().join("_last_checkpoint");
+        match log_store.object_store(None).head(&last).await {
+            Ok(_) => Ok(true),
+            Err(object_store::Error::NotFound { .. }) => Ok(false),
+            Err(e) => Err(e.into()),
+        }
+    }
+
     /// Whether any object exists under the frame's root (a leftover of an interrupted drop or
     /// create).
     pub async fn has_leftovers(&self, frame: &FrameRef) -> Result<bool> {
@@ -1032,7 +1069,9 @@ impl Ledger {
                         ),
                 }) if blind && rebased < self.config.commit_retries => {
                     rebased += 1;
-                    base.update(log_store.as_ref(), None).await?;
+                    if let Err(e) = base.update(log_store.as_ref(), None).await {
+                        return Err(self.unless_dropped(read, e.into()).await);
+                    }
                     // Rebased past every commit since: one of them may have changed the frame's
                     // shape (ADD COLUMN, a replace with new columns), which cells written in
                     // the shape read must not land on, nor an older schema be written back.
@@ -1059,7 +1098,7 @@ impl Ledger {
                         ),
                     });
                 }
-                Err(other) => return Err(other.into()),
+                Err(other) => return Err(self.unless_dropped(read, other.into()).await),
             }
         };
         let version = finalized.version() as i64;
