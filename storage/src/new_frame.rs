@@ -52,6 +52,10 @@ pub const STALE_RESERVATION: Duration = Duration::from_secs(60);
 /// short enough that a client is not held behind a long `CREATE TABLE … AS SELECT`.
 pub const CREATE_WAITS: Duration = Duration::from_secs(10);
 
+/// How often a writer waiting for another's creation looks whether that creator has gone stale
+/// ([`STALE_RESERVATION`]), so as to take the name over.
+const CREATOR_CHECK: Duration = Duration::from_secs(2);
+
 /// A frame whose name is reserved in the catalog and whose version 0 is not written yet.
 #[derive(Debug, Clone)]
 pub struct NewFrame {
@@ -524,20 +528,23 @@ impl Lakehouse {
         wait: Duration,
     ) -> Result<Begun> {
         let deadline = tokio::time::Instant::now() + wait;
-        // Each round follows a creator that gave up; a few are plenty.
-        for _ in 0..4 {
+        loop {
             let new = match self.begin_frame(frame, shape.clone()).await? {
                 Begun::BeingCreated(new) => new,
                 begun => return Ok(begun),
             };
             let left = deadline.saturating_duration_since(tokio::time::Instant::now());
-            match self.await_creation(&new, left).await? {
+            if left.is_zero() {
+                return Ok(Begun::BeingCreated(new));
+            }
+            // Waited in slices: between them `begin_frame` looks again, and takes the name over
+            // once its creator has been silent long enough to be dead. A wait behind a killed
+            // creator ran its whole minute, then failed, and the next try got the name at once.
+            match self.await_creation(&new, left.min(CREATOR_CHECK)).await? {
                 Awaited::Committed => return Ok(Begun::Exists),
-                Awaited::GaveUp => continue,
-                Awaited::Pending => return Ok(Begun::BeingCreated(new)),
+                Awaited::GaveUp | Awaited::Pending => continue,
             }
         }
-        self.begin_frame(frame, shape).await
     }
 
     /// Commit version 0 of `new` (held) with `adds`, then check that the name is still its own.
