@@ -575,6 +575,10 @@ impl Ledger {
     /// its log under the write, which then failed reading a commit that was gone. That is the
     /// frame not existing (any more), not an internal error.
     async fn unless_dropped(&self, read: &FrameSnapshot, e: Error) -> Error {
+        // The fence's own verdicts (dropped; dropped and created again) say it already.
+        if matches!(e, Error::Conflict { .. } | Error::NotFound { .. }) {
+            return e;
+        }
         match crate::catalog::Catalog::new(self.storage.clone())
             .frame_marker(&read.frame)
             .await
