@@ -437,6 +437,12 @@ pub(crate) fn conflict(snapshot: &FrameSnapshot, e: DeltaTableError) -> Error {
                 snapshot.frame()
             ))
         }
+        // Out of memory inside delta-rs (a MERGE's join): as the same join in a query says.
+        DeltaTableError::Generic(m) if m.contains("Resources exhausted") => Error::DataFusion(
+            Box::new(datafusion::error::DataFusionError::ResourcesExhausted(
+                format!("{}: {m}", snapshot.frame()),
+            )),
+        ),
         DeltaTableError::Generic(m) if DATA_ERRORS.iter().any(|d| m.contains(d)) => {
             Error::InvalidArgument(format!(
                 "{}: the change failed on a value: {m}",
@@ -448,12 +454,16 @@ pub(crate) fn conflict(snapshot: &FrameSnapshot, e: DeltaTableError) -> Error {
 }
 
 /// What Arrow's kernels say of a value they cannot compute, as delta-rs passes it on in text.
-const DATA_ERRORS: [&str; 5] = [
+const DATA_ERRORS: [&str; 7] = [
     "Cast error",
     "Divide by zero",
     "Arithmetic overflow",
     "Compute error",
     "Parser error",
+    // A decimal past its precision (`… is too large to store in a Decimal128 of precision 5`).
+    "Invalid argument error",
+    // A timestamp past nanoseconds' range (`Cannot cast Timestamp(µs) value … to Timestamp(ns)`).
+    "Cannot cast",
 ];
 
 fn data_error(e: &arrow::error::ArrowError) -> bool {

@@ -186,6 +186,14 @@ pub fn frame_schema_for(incoming: &Schema) -> Result<SchemaRef> {
         if f.name().is_empty() {
             return Err(Error::Schema("column names may not be empty".into()));
         }
+        let depth = nesting(f.data_type());
+        if depth > MAX_NESTING {
+            return Err(Error::Schema(format!(
+                "column {}: its type nests {depth} levels deep; a frame stores at most \
+                 {MAX_NESTING}",
+                f.name()
+            )));
+        }
         if !seen.insert(f.name().to_ascii_lowercase()) {
             return Err(Error::Schema(format!("duplicate column name {}", f.name())));
         }
@@ -197,6 +205,34 @@ pub fn frame_schema_for(incoming: &Schema) -> Result<SchemaRef> {
     let schema = Schema::new(fields);
     // Round-trip through Delta so that what we hand out equals what a reload produces.
     from_delta(&to_delta(&schema)?)
+}
+
+/// Most levels of nested types (structs, lists, maps) a frame column may have. delta-rs writes a
+/// schema as JSON, and serde_json's recursion limit (128) panicked its writer at about 45
+/// levels of structs: the create failed INTERNAL and left the name reserved.
+const MAX_NESTING: usize = 32;
+
+/// How many levels of nested types `dt` has (0 for a plain type).
+fn nesting(dt: &DataType) -> usize {
+    use DataType::*;
+    match dt {
+        List(f)
+        | LargeList(f)
+        | ListView(f)
+        | LargeListView(f)
+        | FixedSizeList(f, _)
+        | Map(f, _) => 1 + nesting(f.data_type()),
+        Struct(fields) => {
+            1 + fields
+                .iter()
+                .map(|f| nesting(f.data_type()))
+                .max()
+                .unwrap_or(0)
+        }
+        Dictionary(_, v) => nesting(v),
+        RunEndEncoded(_, v) => nesting(v.data_type()),
+        _ => 0,
+    }
 }
 
 /// The type `field` (a stored frame column) is served as: the type in its metadata when that
@@ -861,6 +897,24 @@ mod tests {
         for hostile in ["Struct()", "not a type", &"List(".repeat(10_000), "Null"] {
             assert_eq!(served(hostile), DataType::Int64, "{hostile:.40}");
         }
+    }
+
+    #[test]
+    fn refuses_types_nested_past_what_the_log_can_hold() {
+        let mut dt = DataType::Int32;
+        for _ in 0..MAX_NESTING {
+            dt = DataType::Struct(vec![Field::new("f", dt, true)].into());
+        }
+        let ok = Schema::new(vec![Field::new("x", dt.clone(), true)]);
+        assert!(frame_schema_for(&ok).is_ok());
+        let deep = DataType::List(Arc::new(Field::new("item", dt, true)));
+        let err = frame_schema_for(&Schema::new(vec![Field::new("x", deep, true)]))
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("column x") && err.contains("33 levels"),
+            "{err}"
+        );
     }
 
     #[test]
