@@ -450,12 +450,12 @@ pub fn conform_batch(batch: &RecordBatch, target: &SchemaRef) -> Result<RecordBa
             // that they mean what they say in their own unit: a `time32[ms]` into a `TIME(0)`
             // stored its raw milliseconds as seconds, and microseconds into a `TIMESTAMP(0)`
             // kept digits the frame does not serve (and that a `DELETE` then compared).
-            Some(i) => match served_of(t) {
-                served if &served != t.data_type() => {
+            Some(i) => match through(batch.column(i).data_type(), &served_of(t), t.data_type()) {
+                Some(served) => {
                     let as_served = conform_array(batch.column(i), &served, t.name(), &opts)?;
                     conform_array(&as_served, t.data_type(), t.name(), &opts)?
                 }
-                _ => conform_array(batch.column(i), t.data_type(), t.name(), &opts)?,
+                None => conform_array(batch.column(i), t.data_type(), t.name(), &opts)?,
             },
             None if t.is_nullable() => new_null_array(t.data_type(), batch.num_rows()),
             None => {
@@ -478,6 +478,24 @@ pub fn conform_batch(batch: &RecordBatch, target: &SchemaRef) -> Result<RecordBa
         columns,
         &RecordBatchOptions::new().with_row_count(Some(batch.num_rows())),
     )?)
+}
+
+/// The type a column arriving as `from` goes through on its way to `stored`, when the frame
+/// serves it as `served`: the served type, for values to be read in their own unit. A timestamp
+/// changes only its unit there (its zone, or none, is the one it came with: a timestamp without
+/// one is UTC, as it always was); a type Arrow cannot cast to the served type goes straight to
+/// the stored one, as before (a binary view into a fixed-size binary, integers into times).
+fn through(from: &DataType, served: &DataType, stored: &DataType) -> Option<DataType> {
+    if served == stored || from == served {
+        return None;
+    }
+    let served = match (from, served) {
+        (DataType::Timestamp(_, zone), DataType::Timestamp(unit, _)) => {
+            DataType::Timestamp(*unit, zone.clone())
+        }
+        _ => served.clone(),
+    };
+    can_cast_types(from, &served).then_some(served)
 }
 
 /// `col` as `to`, struct fields matched by name at every depth. Arrow's cast matches a struct's

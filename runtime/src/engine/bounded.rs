@@ -590,7 +590,9 @@ mod tests {
 /// an array of the batch's rows, each a copy: `repeat('x', 100000000)` is one call within
 /// [`MAX_GENERATED_BYTES`], but as a column over a batch of 8,192 rows it asked for 800 GB at
 /// once, and the failed allocation aborted the process. A constant whose copies for a whole
-/// batch would pass the same bound fails the statement with RESOURCE_EXHAUSTED instead.
+/// batch would pass the same bound fails the statement with RESOURCE_EXHAUSTED instead. It runs
+/// before DataFusion's own physical rules: they push a projection into a frame's scan, which
+/// then copies the constant itself, out of this rule's sight.
 #[derive(Debug, Default)]
 pub(super) struct BoundedConstants;
 
@@ -604,8 +606,15 @@ impl datafusion::physical_optimizer::PhysicalOptimizerRule for BoundedConstants 
         use datafusion::physical_plan::projection::ProjectionExec;
         use datafusion::physical_plan::statistics::{StatisticsArgs, StatisticsContext};
         let rows = config.execution.batch_size.get() as u128;
+        let too_big = |e: &Arc<dyn datafusion::physical_plan::PhysicalExpr>| {
+            e.downcast_ref::<Literal>().is_some_and(|l| {
+                (l.value().size() as u128).saturating_mul(rows) > MAX_GENERATED_BYTES
+            })
+        };
         plan.apply(|node| {
-            if let Some(p) = node.downcast_ref::<ProjectionExec>() {
+            if let Some(p) = node.downcast_ref::<ProjectionExec>()
+                && p.expr().iter().any(|e| too_big(&e.expr))
+            {
                 // A projection over a known few rows (`SELECT '<a document>'`, one row) copies
                 // the constant that many times.
                 let known = StatisticsContext::new()

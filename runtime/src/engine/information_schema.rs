@@ -336,9 +336,10 @@ impl AnalyzerRule for OrdinalsFromOne {
     }
 }
 
-/// `information_schema.views` lists what `tables` types `VIEW`: users' views and the `system`
-/// status tables. DataFusion's lists every table, so base frames showed there as views (with no
-/// definition). The rule puts a filter over every scan of that table.
+/// `information_schema.views` lists users' views and the `system` status tables (which `tables`
+/// types `VIEW` too). DataFusion's lists every table, so base frames showed there as views (with
+/// no definition). The rule puts a filter over every scan of that table; DataFusion's `SHOW
+/// CREATE TABLE`, read from it, then answers no row for a base frame (it answered a NULL).
 #[derive(Debug, Default)]
 pub(super) struct OnlyViewsInViews;
 

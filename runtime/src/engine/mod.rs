@@ -72,9 +72,8 @@ use crate::sql::{self, Command};
 use policy::Purpose;
 
 /// Apiary's own physical rules, in the order they run after DataFusion's.
-fn own_rules() -> [Arc<dyn PhysicalOptimizerRule + Send + Sync>; 6] {
+fn own_rules() -> [Arc<dyn PhysicalOptimizerRule + Send + Sync>; 5] {
     [
-        Arc::new(bounded::BoundedConstants),
         Arc::new(nan_pruning::NanSafePruning),
         Arc::new(join_filters::JoinFiltersOnRows),
         Arc::new(lazy_start::StartWhenPolled),
@@ -195,7 +194,8 @@ impl Engine {
                 .with_runtime_env(for_base)
                 .with_default_features()
                 .with_type_planner(Arc::new(sql_types::SqlTypes { time_zone }))
-                .with_analyzer_rules(analyzer_rules());
+                .with_analyzer_rules(analyzer_rules())
+                .with_physical_optimizer_rules(physical_rules());
             // After DataFusion's own rules, its filter pushdown among them.
             for rule in own_rules() {
                 builder = builder.with_physical_optimizer_rule(rule);
@@ -657,6 +657,16 @@ impl Engine {
         };
         Ok((plan, state, resolved))
     }
+}
+
+/// DataFusion's physical rules, after one of ours that must see the plan as planned: constants a
+/// projection copies to every row are bounded before DataFusion pushes the projection into the
+/// scan, where the rule no longer sees it (`bounded::BoundedConstants`).
+fn physical_rules() -> Vec<Arc<dyn PhysicalOptimizerRule + Send + Sync>> {
+    let mut rules: Vec<Arc<dyn PhysicalOptimizerRule + Send + Sync>> =
+        vec![Arc::new(bounded::BoundedConstants)];
+    rules.extend(datafusion::physical_optimizer::optimizer::PhysicalOptimizer::new().rules);
+    rules
 }
 
 /// DataFusion's analyzer rules with ours: decimal literals beside floats become floats before
