@@ -13,6 +13,7 @@
 //! | [`Background::spawn`]  | the node shuts down (heartbeats, inbox worker, fragment runs)  |
 //! | [`Background::spawn_finishing`] | it finishes, or the shutdown grace runs out (cleanup) |
 //! | [`CpuExecutor::spawn`] | its handle is dropped (query execution on the CPU runtime)    |
+//! | [`CpuExecutor::run`]   | its caller goes, unless it is putting a commit: then it ends (a statement) |
 
 use std::future::Future;
 use std::pin::Pin;

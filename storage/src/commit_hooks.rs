@@ -77,7 +77,8 @@ pub(crate) fn pausing(inner: LogStoreRef, pause: Duration) -> LogStoreRef {
 }
 
 enum Hook {
-    /// Only the statement's point of no return ([`crate::commit_point`]), as every hook.
+    /// The statement's point of no return ([`crate::commit_point`]), just before the put: the
+    /// innermost layer of every log store the ledger makes, under the checks that may refuse.
     Marked,
     OnlyAt(Version),
     Pause(Duration),
