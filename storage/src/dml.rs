@@ -535,7 +535,7 @@ fn decided_by_kernel(p: &Expr) -> bool {
 /// simplifies the predicate again, so rewriting the literal as a cast of another would be
 /// undone.
 fn spellable(p: Expr, stored: &Schema) -> Result<Expr> {
-    use datafusion::logical_expr::{BinaryExpr, Cast, Operator};
+    use datafusion::logical_expr::{BinaryExpr, Cast, Operator, TryCast};
     let comparison = |op: Operator| {
         matches!(
             op,
@@ -558,6 +558,24 @@ fn spellable(p: Expr, stored: &Schema) -> Result<Expr> {
     };
     let p = p
         .transform_up(|e| {
+            // The engine plans a timestamp's date or time of day as a `TRY_CAST` (which
+            // delta-rs cannot spell) to keep it out of interval analysis; for a timestamp
+            // column it answers as the cast, which delta-rs plans through the same rule.
+            if let Expr::TryCast(TryCast { expr, field }) = &e
+                && let Expr::Column(c) = expr.as_ref()
+                && stored
+                    .field_with_name(&c.name)
+                    .is_ok_and(|f| matches!(f.data_type(), DataType::Timestamp(..)))
+                && matches!(
+                    field.data_type(),
+                    DataType::Date32 | DataType::Time32(_) | DataType::Time64(_)
+                )
+            {
+                return Ok(Transformed::yes(Expr::Cast(Cast {
+                    expr: expr.clone(),
+                    field: field.clone(),
+                })));
+            }
             let Expr::BinaryExpr(BinaryExpr { left, op, right }) = &e else {
                 return Ok(Transformed::no(e));
             };

@@ -10,6 +10,11 @@
 //! prunes only where NaN can never match: equality with a number, `IN` a list of numbers, and
 //! `IS [NOT] NULL`. Every other part of a predicate that reads a float column is left out of
 //! pruning (the rows are still filtered by it).
+//!
+//! So is every part that casts a timestamp to its time of day: DataFusion prunes through a cast
+//! as if it kept order (`CAST(ts_min AS TIME) <= t <= CAST(ts_max AS TIME)`), which a time of
+//! day does not, and `WHERE CAST(ts AS TIME) = '12:00'` skipped a cell spanning 23:00 to 01:00
+//! the day after with a row at 12:00 in between.
 
 use std::sync::Arc;
 
@@ -20,7 +25,7 @@ use datafusion::logical_expr::utils::{conjunction, split_conjunction_owned};
 use datafusion::logical_expr::{Expr, Operator};
 use datafusion::physical_expr::PhysicalExpr;
 use datafusion::physical_expr::expressions::{
-    BinaryExpr, Column, InListExpr, IsNotNullExpr, IsNullExpr, Literal,
+    BinaryExpr, CastExpr, Column, InListExpr, IsNotNullExpr, IsNullExpr, Literal, TryCastExpr,
 };
 use datafusion::physical_expr::utils::{conjunction_opt, split_conjunction};
 
@@ -81,7 +86,38 @@ fn number(e: &Arc<dyn PhysicalExpr>) -> bool {
         .is_some_and(|l| is_number(l.value()))
 }
 
+fn is_time(t: &DataType) -> bool {
+    matches!(t, DataType::Time32(_) | DataType::Time64(_))
+}
+
+/// Whether `part` casts something other than a time to a time of day.
+fn casts_to_a_time(part: &Arc<dyn PhysicalExpr>, schema: &Schema) -> bool {
+    let mut found = false;
+    let _ = part.apply(|n| {
+        let cast = match (
+            n.downcast_ref::<CastExpr>(),
+            n.downcast_ref::<TryCastExpr>(),
+        ) {
+            (Some(c), _) => Some((c.expr(), c.cast_type())),
+            (_, Some(c)) => Some((c.expr(), c.cast_type())),
+            _ => None,
+        };
+        if let Some((from, to)) = cast
+            && is_time(to)
+            && !from.data_type(schema).is_ok_and(|t| is_time(&t))
+        {
+            found = true;
+            return Ok(TreeNodeRecursion::Stop);
+        }
+        Ok(TreeNodeRecursion::Continue)
+    });
+    found
+}
+
 fn safe(part: &Arc<dyn PhysicalExpr>, schema: &Schema) -> bool {
+    if casts_to_a_time(part, schema) {
+        return false;
+    }
     if !reads_a_float(part, schema) {
         return true;
     }
@@ -101,7 +137,8 @@ fn safe(part: &Arc<dyn PhysicalExpr>, schema: &Schema) -> bool {
 }
 
 /// `predicate` (a row-level change's, over `schema`) with each part that a NaN could be pruned
-/// away by wrapped in `IS TRUE`: the same rows match, but no statistics prune with it.
+/// away by (or that casts to a time of day) wrapped in `IS TRUE`: the same rows match, but no
+/// statistics prune with it.
 /// (delta-rs finds the files a `DELETE` or `UPDATE` rewrites by the log's statistics and
 /// prunes their row groups; `DELETE … WHERE x > 100` left the NaN row behind.)
 pub fn guard(predicate: Expr, schema: &Schema) -> Expr {
@@ -130,6 +167,18 @@ fn logical_number(e: &Expr) -> bool {
 }
 
 fn logical_safe(part: &Expr, schema: &Schema) -> bool {
+    let mut to_a_time = false;
+    let _ = part.apply(|e| {
+        to_a_time = matches!(e, Expr::Cast(c) if is_time(c.field.data_type()))
+            || matches!(e, Expr::TryCast(c) if is_time(c.field.data_type()));
+        Ok(match to_a_time {
+            true => TreeNodeRecursion::Stop,
+            false => TreeNodeRecursion::Continue,
+        })
+    });
+    if to_a_time {
+        return false;
+    }
     let reads_a_float = part.column_refs().iter().any(|c| {
         schema
             .field_with_name(&c.name)
@@ -205,5 +254,28 @@ mod tests {
         ] {
             assert_eq!(prunable(&unsafe_, &s).0, None, "{unsafe_}");
         }
+    }
+
+    #[test]
+    fn a_cast_to_a_time_of_day_is_left_out() {
+        use arrow::datatypes::TimeUnit;
+        use datafusion::physical_expr::expressions::cast;
+        let s = Schema::new(vec![
+            Field::new("ts", DataType::Timestamp(TimeUnit::Microsecond, None), true),
+            Field::new("t", DataType::Time64(TimeUnit::Microsecond), true),
+        ]);
+        let ts = col("ts", &s).unwrap();
+        let time = DataType::Time64(TimeUnit::Microsecond);
+        let noon = lit(ScalarValue::Time64Microsecond(Some(43_200_000_000)));
+        let of_day = cast(ts.clone(), &s, time.clone()).unwrap();
+        let part = binary(of_day, Operator::Eq, noon.clone());
+        assert_eq!(prunable(&part, &s), (None, true), "{part}");
+        // A date keeps a timestamp's order, and a time column is already a time.
+        let day = cast(ts, &s, DataType::Date32).unwrap();
+        let on_day = binary(day, Operator::Eq, lit(ScalarValue::Date32(Some(19_723))));
+        assert_eq!(prunable(&on_day, &s), (Some(on_day.clone()), false));
+        let t = cast(col("t", &s).unwrap(), &s, time).unwrap();
+        let at = binary(t, Operator::Eq, noon);
+        assert_eq!(prunable(&at, &s), (Some(at.clone()), false));
     }
 }

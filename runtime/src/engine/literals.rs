@@ -577,7 +577,7 @@ fn beside_floats(mut e: Df, schema: &DFSchema) -> Transformed<Df> {
 /// The operands of `e` that DataFusion's type coercion brings to one type: both sides of a
 /// comparison, `BETWEEN`'s three, `IN`'s value and list, `CASE`'s results (and its operand with
 /// the `WHEN` values), the arguments of [`UNIFYING`] functions.
-fn unified_groups(e: &mut Df) -> Vec<Vec<&mut Df>> {
+pub(super) fn unified_groups(e: &mut Df) -> Vec<Vec<&mut Df>> {
     match e {
         Df::BinaryExpr(BinaryExpr {
             left,

@@ -50,6 +50,8 @@ mod options;
 mod policy;
 mod show;
 mod sql_types;
+mod temporal_casts;
+mod timestamp_strings;
 mod types;
 mod whole_casts;
 mod yielding;
@@ -669,14 +671,18 @@ fn physical_rules() -> Vec<Arc<dyn PhysicalOptimizerRule + Send + Sync>> {
     rules
 }
 
-/// DataFusion's analyzer rules with ours: decimal literals beside floats become floats before
-/// its type coercion; after it, decimals cast to integers drop their fraction first, integer
-/// arithmetic is checked (before constant folding), `information_schema.columns` counts its
-/// ordinals from 1 and `information_schema.views` lists only views.
+/// DataFusion's analyzer rules with ours: string literals beside timestamps take their type and
+/// decimal literals beside floats become floats before its type coercion; after it, decimals
+/// cast to integers drop their fraction first, casts to a timestamp's date or time of day are
+/// kept out of interval analysis, integer arithmetic is checked (before constant folding),
+/// `information_schema.columns` counts its ordinals from 1 and `information_schema.views` lists
+/// only views.
 fn analyzer_rules() -> Vec<Arc<dyn datafusion::optimizer::AnalyzerRule + Send + Sync>> {
     let mut rules = datafusion::optimizer::Analyzer::new().rules;
     rules.insert(0, Arc::new(literals::FloatNeighbours));
+    rules.insert(0, Arc::new(timestamp_strings::TimestampStrings));
     rules.push(Arc::new(whole_casts::WholeCasts));
+    rules.push(Arc::new(temporal_casts::TemporalCasts));
     rules.push(Arc::new(checked::CheckedIntegers));
     rules.push(Arc::new(information_schema::OrdinalsFromOne));
     rules.push(Arc::new(information_schema::OnlyViewsInViews));
