@@ -96,6 +96,7 @@ fn engine_config(node: &NodeArgs) -> anyhow::Result<EngineConfig> {
             max_sql_bytes,
             max_sql_tokens: limits.max_sql_tokens,
             max_sql_depth: limits.max_sql_depth,
+            max_sql_relations: limits.max_sql_relations,
             max_param_rows: limits.max_param_rows,
             max_columns: limits.max_columns,
         },

@@ -289,6 +289,11 @@ pub struct LimitArgs {
     /// is one level per term). Planning time grows faster than the depth.
     #[arg(long, env = "APIARY_MAX_SQL_DEPTH", default_value_t = 2_500)]
     pub max_sql_depth: usize,
+    /// Most relations one statement reads: tables, subqueries and functions in `FROM` and
+    /// `JOIN`, and the terms of `UNION`, `INTERSECT` and `EXCEPT`. Planning time grows faster
+    /// than their number, and no deadline interrupts it.
+    #[arg(long, env = "APIARY_MAX_SQL_RELATIONS", default_value_t = 256)]
+    pub max_sql_relations: usize,
     /// Most parameter rows one execution of a prepared statement binds.
     #[arg(long, env = "APIARY_MAX_PARAM_ROWS", default_value_t = 10_000)]
     pub max_param_rows: usize,

@@ -425,7 +425,11 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
         FlightSql::new(node.clone(), signer, flight.ticket_ttl)
             .with_max_cancel_endpoints(args.node.limits.max_cancel_endpoints)
             .with_max_param_rows(args.node.limits.max_param_rows)
-            .with_statement_limits(args.node.limits.max_columns, args.node.limits.sql_bytes()?),
+            .with_statement_limits(
+                args.node.limits.max_columns,
+                args.node.limits.sql_bytes()?,
+                args.node.limits.max_sql_relations,
+            ),
     );
     let grpc = FlightServiceServer::new(service)
         .max_decoding_message_size(checked.max_message_size)

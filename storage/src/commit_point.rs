@@ -53,6 +53,14 @@ pub async fn scope<F: Future>(gate: Arc<Gate>, work: F) -> F::Output {
     GATE.scope(gate, work).await
 }
 
+/// Whether the statement this task runs was stopped (its deadline passed, it was cancelled or
+/// its caller went away): work that cannot be aborted at an await point, such as planning,
+/// asks this to give up early. Outside any [`scope`], never.
+pub fn stopped() -> bool {
+    GATE.try_with(|g| g.0.load(Ordering::Acquire) == STOPPED)
+        .unwrap_or(false)
+}
+
 /// Called just before a commit is put: `false` when the statement was stopped, and the commit
 /// must not be put. Work outside any [`scope`] (maintenance, tests) always passes.
 pub(crate) fn reached() -> bool {
@@ -75,5 +83,8 @@ mod tests {
         assert!(gate.stop());
         assert!(!scope(gate.clone(), async { reached() }).await);
         assert!(reached(), "outside a statement");
+        assert!(scope(gate, async { stopped() }).await);
+        assert!(!stopped(), "outside a statement");
+        assert!(!scope(Arc::new(Gate::default()), async { stopped() }).await);
     }
 }

@@ -176,7 +176,7 @@ impl Engine {
                 let dialect = in_view.config().options().sql_parser.dialect;
                 let planned = match in_view.sql_to_statement(&view.query, &dialect) {
                     Ok(mut parsed) => {
-                        super::policy::check_depth(&parsed, self.limits.max_sql_depth)?;
+                        super::policy::check_shape(&parsed, &self.limits)?;
                         super::literals::exact_numbers(&mut parsed, in_view.config().options());
                         in_view.statement_to_plan(parsed).await
                     }

@@ -50,6 +50,7 @@ mod options;
 mod policy;
 mod show;
 mod sql_types;
+mod stoppable;
 mod temporal_casts;
 mod timestamp_strings;
 mod types;
@@ -73,7 +74,7 @@ use crate::error::{Error, Result};
 use crate::sql::{self, Command};
 use policy::Purpose;
 
-/// Apiary's own physical rules, in the order they run after DataFusion's.
+/// Apiary's own physical rules, in the order they run after DataFusion's (and in a fragment).
 fn own_rules() -> [Arc<dyn PhysicalOptimizerRule + Send + Sync>; 5] {
     [
         Arc::new(nan_pruning::NanSafePruning),
@@ -191,18 +192,18 @@ impl Engine {
         let time_zone = time_zone_of(&session_config);
         let for_base = runtime.clone();
         let build = move || {
-            let mut builder = SessionStateBuilder::new()
+            // Every rule gives up once its statement is stopped (`stoppable`).
+            let mut base = SessionStateBuilder::new()
                 .with_config(session_config)
                 .with_runtime_env(for_base)
                 .with_default_features()
                 .with_type_planner(Arc::new(sql_types::SqlTypes { time_zone }))
-                .with_analyzer_rules(analyzer_rules())
-                .with_physical_optimizer_rules(physical_rules());
-            // After DataFusion's own rules, its filter pushdown among them.
-            for rule in own_rules() {
-                builder = builder.with_physical_optimizer_rule(rule);
-            }
-            let mut base = builder.build();
+                .with_analyzer_rules(stoppable::analyzer(analyzer_rules()))
+                .with_optimizer_rules(stoppable::optimizer(
+                    datafusion::optimizer::Optimizer::new().rules,
+                ))
+                .with_physical_optimizer_rules(stoppable::physical(physical_rules()))
+                .build();
             let growing = bounded::wrap(|name| base.scalar_functions().get(name).cloned());
             for f in functions::own().into_iter().chain(growing) {
                 let _ = datafusion::execution::FunctionRegistry::register_udf(&mut base, f);
@@ -626,7 +627,7 @@ impl Engine {
         let mut parsed = self
             .base_state()
             .sql_to_statement(text, &self.dialect(session)?)?;
-        policy::check_depth(&parsed, self.limits.max_sql_depth)?;
+        policy::check_shape(&parsed, &self.limits)?;
         let (state, resolved) = self.statement_state(session, &parsed, pins, target).await?;
         literals::exact_numbers(&mut parsed, state.config().options());
         let plan = match state.statement_to_plan(parsed).await {
@@ -663,11 +664,13 @@ impl Engine {
 
 /// DataFusion's physical rules, after one of ours that must see the plan as planned: constants a
 /// projection copies to every row are bounded before DataFusion pushes the projection into the
-/// scan, where the rule no longer sees it (`bounded::BoundedConstants`).
+/// scan, where the rule no longer sees it (`bounded::BoundedConstants`); then ours that must
+/// follow DataFusion's own, its filter pushdown among them ([`own_rules`]).
 fn physical_rules() -> Vec<Arc<dyn PhysicalOptimizerRule + Send + Sync>> {
     let mut rules: Vec<Arc<dyn PhysicalOptimizerRule + Send + Sync>> =
         vec![Arc::new(bounded::BoundedConstants)];
     rules.extend(datafusion::physical_optimizer::optimizer::PhysicalOptimizer::new().rules);
+    rules.extend(own_rules());
     rules
 }
 

@@ -194,75 +194,134 @@ fn refusal(node: &LogicalPlan) -> Error {
     }
 }
 
-/// Refuse a parsed statement nested deeper than `max` (expressions and subqueries): planning
-/// recurses over the tree and costs more than linearly in its depth, so depth is bounded before
-/// anything plans. The walk itself is one pass; it runs on a CPU-runtime thread, whose stack has
-/// room for any depth the parser produces (chains of binary operators are parsed in a loop, so
-/// they are the deep case).
-pub(crate) fn check_depth(statement: &DfStatement, max: usize) -> Result<()> {
+/// Refuse a parsed statement nested deeper than `limits.max_sql_depth` (expressions and
+/// subqueries) or reading more than `limits.max_sql_relations` relations (tables, subqueries and
+/// functions in `FROM` and `JOIN`, and the terms of `UNION`, `INTERSECT` and `EXCEPT`): planning
+/// recurses over the tree and costs more than linearly in its depth and in its relations (300
+/// joined subqueries planned for 20 s, 6,000 `UNION ALL` terms for minutes, none of it
+/// interruptible), so both are bounded before anything plans. The walk itself is one pass; it
+/// runs on a CPU-runtime thread, whose stack has room for any depth the parser produces (chains
+/// of binary operators are parsed in a loop, so they are the deep case).
+pub(crate) fn check_shape(statement: &DfStatement, limits: &super::Limits) -> Result<()> {
     use datafusion::sql::sqlparser::ast::Visit;
-    let mut depth = Depth {
+    let mut shape = Shape {
         now: 0,
-        deepest: 0,
-        max,
+        max: limits.max_sql_depth,
+        relations: 0,
+        max_relations: limits.max_sql_relations,
     };
     let flow = match statement {
-        DfStatement::Statement(s) => s.visit(&mut depth),
-        DfStatement::Explain(e) => return check_depth(&e.statement, max),
+        DfStatement::Statement(s) => s.visit(&mut shape),
+        DfStatement::Explain(e) => return check_shape(&e.statement, limits),
         DfStatement::CopyTo(c) => match &c.source {
-            datafusion::sql::parser::CopyToSource::Query(q) => q.visit(&mut depth),
+            datafusion::sql::parser::CopyToSource::Query(q) => q.visit(&mut shape),
             _ => ControlFlow::Continue(()),
         },
         _ => ControlFlow::Continue(()),
     };
-    if flow.is_break() {
-        return Err(Error::Sql(format!(
-            "the statement nests deeper than {max} levels (--max-sql-depth); \
-             a long chain of OR or + is one level per term: use IN (...) or split the statement"
-        )));
+    match flow {
+        ControlFlow::Continue(()) => Ok(()),
+        ControlFlow::Break(Beyond::Depth) => Err(Error::Sql(format!(
+            "the statement nests deeper than {} levels (--max-sql-depth); \
+             a long chain of OR or + is one level per term: use IN (...) or split the statement",
+            limits.max_sql_depth
+        ))),
+        ControlFlow::Break(Beyond::Relations) => Err(Error::Sql(format!(
+            "the statement reads more than {} relations (--max-sql-relations: tables, \
+             subqueries and UNION terms); for many rows use one VALUES list or bulk ingest, \
+             or split the statement",
+            limits.max_sql_relations
+        ))),
     }
-    Ok(())
 }
 
-struct Depth {
+/// Which bound a statement passed.
+enum Beyond {
+    Depth,
+    Relations,
+}
+
+struct Shape {
     now: usize,
-    deepest: usize,
     max: usize,
+    relations: usize,
+    max_relations: usize,
 }
 
-impl Depth {
-    fn enter(&mut self) -> ControlFlow<()> {
+impl Shape {
+    fn enter(&mut self) -> ControlFlow<Beyond> {
         self.now += 1;
-        self.deepest = self.deepest.max(self.now);
-        if self.now > self.max {
-            ControlFlow::Break(())
-        } else {
-            ControlFlow::Continue(())
+        match self.now > self.max {
+            true => ControlFlow::Break(Beyond::Depth),
+            false => ControlFlow::Continue(()),
         }
     }
 
-    fn leave(&mut self) -> ControlFlow<()> {
+    fn leave(&mut self) -> ControlFlow<Beyond> {
         self.now = self.now.saturating_sub(1);
         ControlFlow::Continue(())
     }
+
+    fn read(&mut self, relations: usize) -> ControlFlow<Beyond> {
+        self.relations = self.relations.saturating_add(relations);
+        match self.relations > self.max_relations {
+            true => ControlFlow::Break(Beyond::Relations),
+            false => ControlFlow::Continue(()),
+        }
+    }
 }
 
-impl datafusion::sql::sqlparser::ast::Visitor for Depth {
-    type Break = ();
+/// The terms of a set operation beyond its first (none for a plain `SELECT`). Left-deep chains
+/// of thousands are walked without recursion.
+fn more_terms(body: &datafusion::sql::sqlparser::ast::SetExpr) -> usize {
+    use datafusion::sql::sqlparser::ast::SetExpr;
+    let mut pending = vec![body];
+    let mut terms = 0usize;
+    while let Some(e) = pending.pop() {
+        match e {
+            SetExpr::SetOperation { left, right, .. } => {
+                pending.push(left);
+                pending.push(right);
+            }
+            _ => terms += 1,
+        }
+    }
+    terms.saturating_sub(1)
+}
 
-    fn pre_visit_expr(&mut self, _: &datafusion::sql::sqlparser::ast::Expr) -> ControlFlow<()> {
+impl datafusion::sql::sqlparser::ast::Visitor for Shape {
+    type Break = Beyond;
+
+    fn pre_visit_expr(&mut self, _: &datafusion::sql::sqlparser::ast::Expr) -> ControlFlow<Beyond> {
         self.enter()
     }
 
-    fn post_visit_expr(&mut self, _: &datafusion::sql::sqlparser::ast::Expr) -> ControlFlow<()> {
+    fn post_visit_expr(
+        &mut self,
+        _: &datafusion::sql::sqlparser::ast::Expr,
+    ) -> ControlFlow<Beyond> {
         self.leave()
     }
 
-    fn pre_visit_query(&mut self, _: &datafusion::sql::sqlparser::ast::Query) -> ControlFlow<()> {
+    fn pre_visit_query(
+        &mut self,
+        query: &datafusion::sql::sqlparser::ast::Query,
+    ) -> ControlFlow<Beyond> {
+        self.read(more_terms(&query.body))?;
         self.enter()
     }
 
-    fn post_visit_query(&mut self, _: &datafusion::sql::sqlparser::ast::Query) -> ControlFlow<()> {
+    fn post_visit_query(
+        &mut self,
+        _: &datafusion::sql::sqlparser::ast::Query,
+    ) -> ControlFlow<Beyond> {
         self.leave()
+    }
+
+    fn pre_visit_table_factor(
+        &mut self,
+        _: &datafusion::sql::sqlparser::ast::TableFactor,
+    ) -> ControlFlow<Beyond> {
+        self.read(1)
     }
 }

@@ -29,7 +29,7 @@ pub(super) struct TimestampStrings;
 impl AnalyzerRule for TimestampStrings {
     fn analyze(&self, plan: LogicalPlan, _config: &ConfigOptions) -> DfResult<LogicalPlan> {
         plan.transform_up_with_subqueries(|node| {
-            if !any_expression(&node, |e| string_literal(e))? {
+            if !any_expression(&node, string_literal)? {
                 return Ok(Transformed::no(node));
             }
             let schema = input_schema(&node)?;

@@ -54,6 +54,9 @@ pub struct Limits {
     pub max_sql_tokens: usize,
     /// Deepest nesting of expressions and subqueries in one statement (`--max-sql-depth`).
     pub max_sql_depth: usize,
+    /// Most relations (tables, subqueries, `UNION` terms) one statement reads
+    /// (`--max-sql-relations`).
+    pub max_sql_relations: usize,
     /// Most parameter rows one execution binds (`--max-param-rows`).
     pub max_param_rows: usize,
     /// Most columns a frame may have (`--max-columns`).
@@ -66,6 +69,7 @@ impl Default for Limits {
             max_sql_bytes: 1024 * 1024,
             max_sql_tokens: 100_000,
             max_sql_depth: 2_500,
+            max_sql_relations: 256,
             max_param_rows: 10_000,
             max_columns: 4_096,
         }

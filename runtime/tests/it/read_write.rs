@@ -1273,3 +1273,62 @@ async fn a_reader_runs_datafusions_show_statements() {
     let functions = f.run("SHOW FUNCTIONS LIKE 'upper'").await;
     assert_eq!(functions.iter().map(|b| b.num_rows()).sum::<usize>(), 1);
 }
+
+/// Planning awaits nothing, so a statement past its deadline could not be aborted while it
+/// planned: every rule now gives up once its statement is stopped.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stopped_statement_gives_up_planning() {
+    use apiary_storage::commit_point::{Gate, scope};
+    let f = fixture(LedgerConfig::default()).await;
+    let stmt = f.engine.parse_one("SELECT 1 + 1 AS two").unwrap();
+    let plan = |gate: Arc<Gate>| {
+        let engine = f.engine.clone();
+        let stmt = stmt.clone();
+        async move {
+            let mut session = Session::new("test");
+            scope(gate, async move {
+                engine.execute(&mut session, &stmt, None).await
+            })
+            .await
+        }
+    };
+    assert!(plan(Arc::new(Gate::default())).await.is_ok());
+    let stopped = Arc::new(Gate::default());
+    assert!(stopped.stop());
+    match plan(stopped).await {
+        Ok(_) => panic!("a stopped statement plans nothing"),
+        Err(e) => assert!(e.to_string().contains("stopped"), "{e}"),
+    }
+}
+
+/// Planning grows faster than a statement's relations: past `--max-sql-relations` (256 by
+/// default) it is refused before anything plans, whether they are joined or united.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_statement_of_too_many_relations_is_refused() {
+    let mut f = fixture(LedgerConfig::default()).await;
+    let union = |n: usize| {
+        let terms: Vec<String> = (0..n).map(|i| format!("SELECT {i} AS x")).collect();
+        format!("SELECT count(*) FROM ({})", terms.join(" UNION ALL "))
+    };
+    let joins = |n: usize| {
+        let more: Vec<String> = (1..n)
+            .map(|i| format!("JOIN (SELECT 1 AS a{i}) t{i} ON t{i}.a{i} = t0.a0"))
+            .collect();
+        format!(
+            "SELECT count(*) FROM (SELECT 1 AS a0) t0 {}",
+            more.join(" ")
+        )
+    };
+    // The outer query's subquery is one relation, its terms beyond the first the rest.
+    let counted = f.run(&union(256)).await;
+    let count = counted[0]
+        .column(0)
+        .as_primitive::<arrow::datatypes::Int64Type>();
+    assert_eq!(count.value(0), 256);
+    for sql in [union(257), joins(257)] {
+        let stmt = f.engine.parse_one(&sql).unwrap();
+        let e = f.engine.execute(&mut f.session, &stmt, None).await.err();
+        let e = e.expect("beyond the bound").to_string();
+        assert!(e.contains("--max-sql-relations"), "{e}");
+    }
+}

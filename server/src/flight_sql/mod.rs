@@ -109,12 +109,18 @@ impl FlightSql {
         self
     }
 
-    /// Report the frame's column limit (`--max-columns`) and the longest statement
-    /// (`--max-sql-bytes`) in SqlInfo.
-    pub fn with_statement_limits(mut self, max_columns: usize, max_sql_bytes: usize) -> Self {
+    /// Report the frame's column limit (`--max-columns`), the longest statement
+    /// (`--max-sql-bytes`) and the most relations one reads (`--max-sql-relations`) in SqlInfo.
+    pub fn with_statement_limits(
+        mut self,
+        max_columns: usize,
+        max_sql_bytes: usize,
+        max_sql_relations: usize,
+    ) -> Self {
         let as_i64 = |n: usize| i64::try_from(n).unwrap_or(i64::MAX);
         self.reported.columns_in_table = as_i64(max_columns);
         self.reported.statement_length = as_i64(max_sql_bytes);
+        self.reported.tables_in_select = as_i64(max_sql_relations);
         self.sql_info = sql_info::sql_info(self.reported);
         self
     }

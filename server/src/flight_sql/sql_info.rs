@@ -21,6 +21,8 @@ pub(super) struct ReportedLimits {
     pub columns_in_table: i64,
     /// `--max-sql-bytes`.
     pub statement_length: i64,
+    /// `--max-sql-relations`.
+    pub tables_in_select: i64,
     /// `--ticket-ttl` in milliseconds: how long a prepared statement's handle lasts from
     /// when it was prepared or last bound.
     pub statement_timeout_ms: i32,
@@ -172,7 +174,6 @@ pub(super) fn sql_info(limits: ReportedLimits) -> SqlInfoData {
         SqlInfo::SqlMaxProcedureNameLength,
         SqlInfo::SqlMaxRowSize,
         SqlInfo::SqlMaxStatements,
-        SqlInfo::SqlMaxTablesInSelect,
         SqlInfo::SqlMaxUsernameLength,
     ] {
         // 0: no limit known.
@@ -180,6 +181,7 @@ pub(super) fn sql_info(limits: ReportedLimits) -> SqlInfoData {
     }
     b.append(SqlInfo::SqlMaxColumnsInTable, limits.columns_in_table);
     b.append(SqlInfo::SqlMaxStatementLength, limits.statement_length);
+    b.append(SqlInfo::SqlMaxTablesInSelect, limits.tables_in_select);
     b.append(SqlInfo::SqlMaxColumnNameLength, 1024i64);
     b.append(
         SqlInfo::SqlDbSchemaNameLength,

@@ -585,7 +585,8 @@ async fn jdbc_driver_session() {
     for id in [0u32, 1, 3].into_iter().chain(504..=576) {
         assert!(by_id.contains_key(&id), "SqlInfo {id} missing");
     }
-    // The limits the node enforces: --max-columns (548) and --max-sql-bytes (557) by default.
+    // The limits the node enforces: --max-columns (548), --max-sql-bytes (557) and
+    // --max-sql-relations (560) by default.
     let int64_of = |id: u32| {
         let i = (0..batch.num_rows()).find(|&i| ids.value(i) == id).unwrap();
         let int64s = values
@@ -593,7 +594,10 @@ async fn jdbc_driver_session() {
             .as_primitive::<arrow::datatypes::Int64Type>();
         int64s.value(values.value_offset(i))
     };
-    assert_eq!((int64_of(548), int64_of(557)), (4_096, 1 << 20));
+    assert_eq!(
+        (int64_of(548), int64_of(557), int64_of(560)),
+        (4_096, 1 << 20, 256)
+    );
     // A prepared statement's handle lasts --ticket-ttl (1 h) from its prepare or last bind.
     let i = (0..batch.num_rows())
         .find(|&i| ids.value(i) == 100)
