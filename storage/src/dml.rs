@@ -27,7 +27,7 @@ use datafusion::execution::object_store::ObjectStoreRegistry;
 use datafusion::execution::runtime_env::RuntimeEnvBuilder;
 use datafusion::execution::session_state::SessionStateBuilder;
 use datafusion::execution::{SendableRecordBatchStream, TaskContext};
-use datafusion::logical_expr::Expr;
+use datafusion::logical_expr::{Cast, Expr};
 use datafusion::logical_expr::dml::{MergeIntoAction, MergeIntoClause, MergeIntoClauseKind};
 use datafusion::physical_expr::{EquivalenceProperties, Partitioning, PhysicalExpr};
 use datafusion::physical_plan::coalesce_partitions::CoalescePartitionsExec;
@@ -241,7 +241,9 @@ impl Ledger {
             )?
             .build()?,
         );
-        let on = rename.apply(snapshot, spec.on)?;
+        // delta-rs records the clauses as SQL text; a target column served as another type is
+        // compared in its stored one (TIMESTAMP(3) in `ON t.v = s.v` failed INTERNAL).
+        let on = spellable(rename.apply(snapshot, spec.on)?, snapshot.schema())?;
         let table = self.delta_table(snapshot)?;
         let mut op = table
             .merge(source, on)
@@ -279,7 +281,7 @@ impl Ledger {
         for clause in spec.clauses {
             let predicate = clause
                 .predicate
-                .map(|p| rename.apply(snapshot, p))
+                .map(|p| spellable(rename.apply(snapshot, p)?, snapshot.schema()))
                 .transpose()?;
             let mut sets = Vec::new();
             match &clause.action {
@@ -318,6 +320,18 @@ impl Ledger {
                 .into_iter()
                 .map(|(c, e)| {
                     let partition = snapshot.partition_columns().contains(&c);
+                    // delta-rs unites the clauses' values for a column with the target's own in
+                    // one CASE: a column served as another type than it is stored (a TIME,
+                    // stored as an integer) takes its values in the stored type.
+                    let e = match (
+                        snapshot.schema().field_with_name(&c),
+                        snapshot.served_schema().field_with_name(&c),
+                    ) {
+                        (Ok(stored), Ok(served)) if stored.data_type() != served.data_type() => {
+                            Expr::Cast(Cast::new(Box::new(e), stored.data_type().clone()))
+                        }
+                        _ => e,
+                    };
                     let e = crate::values::checked(e, &c, partition);
                     (c, e)
                 })
@@ -556,6 +570,13 @@ fn spellable(p: Expr, stored: &Schema) -> Result<Expr> {
         let there = v.cast_to(to).ok()?;
         (there.cast_to(&v.data_type()).ok()? == *v && !there.is_null()).then_some(there)
     };
+    // The stored type of a MERGE target column.
+    let stored_target = |column: &Expr| -> Option<DataType> {
+        let Expr::Column(c) = column else { return None };
+        c.relation.as_ref().filter(|r| r.table() == TARGET)?;
+        Some(stored.field_with_name(&c.name).ok()?.data_type().clone())
+    };
+    let is_literal = |e: &Expr| matches!(e, Expr::Literal(..));
     let p = p
         .transform_up(|e| {
             // The engine plans a timestamp's date or time of day as a `TRY_CAST` (which
@@ -601,6 +622,25 @@ fn spellable(p: Expr, stored: &Schema) -> Result<Expr> {
                         ))
                     })
                 }
+                // MERGE: a target column served as another type, compared with a value that
+                // is not a literal (`t.v = s.v` over TIMESTAMP(3), stored in microseconds):
+                // the value is cast to the stored type instead, which delta-rs can spell.
+                (Expr::Cast(Cast { expr, .. }), other) if !is_literal(other) => stored_target(expr)
+                    .map(|to| {
+                        Expr::BinaryExpr(BinaryExpr::new(
+                            expr.clone(),
+                            *op,
+                            Box::new(Expr::Cast(Cast::new(Box::new(other.clone()), to))),
+                        ))
+                    }),
+                (other, Expr::Cast(Cast { expr, .. })) if !is_literal(other) => stored_target(expr)
+                    .map(|to| {
+                        Expr::BinaryExpr(BinaryExpr::new(
+                            Box::new(Expr::Cast(Cast::new(Box::new(other.clone()), to))),
+                            *op,
+                            expr.clone(),
+                        ))
+                    }),
                 _ => None,
             };
             Ok(match rewritten {
