@@ -32,6 +32,7 @@
 
 mod batched;
 mod bounded;
+mod cast_names;
 mod catalog;
 mod checked;
 mod ddl;
@@ -52,7 +53,7 @@ mod show;
 mod sql_types;
 mod stoppable;
 mod temporal_casts;
-mod timestamp_strings;
+mod temporal_strings;
 mod types;
 mod whole_casts;
 mod yielding;
@@ -205,7 +206,9 @@ impl Engine {
                 .with_physical_optimizer_rules(stoppable::physical(physical_rules()))
                 .build();
             let growing = bounded::wrap(|name| base.scalar_functions().get(name).cloned());
-            for f in functions::own().into_iter().chain(growing) {
+            let unifying =
+                temporal_strings::wrap(|name| base.scalar_functions().get(name).cloned());
+            for f in functions::own().into_iter().chain(growing).chain(unifying) {
                 let _ = datafusion::execution::FunctionRegistry::register_udf(&mut base, f);
             }
             if let Some(sum) = checked::sum(base.aggregate_functions().get("sum").cloned()) {
@@ -630,6 +633,7 @@ impl Engine {
         policy::check_shape(&parsed, &self.limits)?;
         let (state, resolved) = self.statement_state(session, &parsed, pins, target).await?;
         literals::exact_numbers(&mut parsed, state.config().options());
+        cast_names::distinct(&mut parsed);
         let plan = match state.statement_to_plan(parsed).await {
             Ok(p) => p,
             Err(e) => {
@@ -683,7 +687,7 @@ fn physical_rules() -> Vec<Arc<dyn PhysicalOptimizerRule + Send + Sync>> {
 fn analyzer_rules() -> Vec<Arc<dyn datafusion::optimizer::AnalyzerRule + Send + Sync>> {
     let mut rules = datafusion::optimizer::Analyzer::new().rules;
     rules.insert(0, Arc::new(literals::FloatNeighbours));
-    rules.insert(0, Arc::new(timestamp_strings::TimestampStrings));
+    rules.insert(0, Arc::new(temporal_strings::TimestampStrings));
     rules.push(Arc::new(whole_casts::WholeCasts));
     rules.push(Arc::new(temporal_casts::TemporalCasts));
     rules.push(Arc::new(checked::CheckedIntegers));

@@ -1,0 +1,163 @@
+//! Casts in a select list that would take the name of another column.
+//!
+//! DataFusion names a cast's result after what it casts (`CAST(id AS BIGINT)` is `id`, as in
+//! PostgreSQL), but it refuses two result columns of one name, so `SELECT id, CAST(id AS
+//! BIGINT)`, `SELECT id, id::text` and `SELECT *, CAST(id AS BIGINT)` failed with
+//! "Projections require unique expression names". Before planning, such a cast that has no
+//! alias of its own is named by its SQL text (`CAST(id AS BIGINT)`, as DuckDB names it), where
+//! another column of the same select list could share its name: another item reading the same
+//! name, or a wildcard beside a cast of a column.
+
+use std::collections::HashMap;
+use std::ops::ControlFlow;
+
+use datafusion::sql::parser::{CopyToSource, Statement as DfStatement};
+use datafusion::sql::sqlparser::ast::{
+    CastKind, Expr, Ident, Query, Select, SelectItem, SetExpr, VisitMut, VisitorMut,
+};
+
+/// Name the casts of `statement`'s select lists that would share a name (see the module page).
+pub(crate) fn distinct(statement: &mut DfStatement) {
+    match statement {
+        DfStatement::Statement(s) => {
+            let _ = s.visit(&mut Selects);
+        }
+        DfStatement::Explain(e) => distinct(&mut e.statement),
+        DfStatement::CopyTo(c) => {
+            if let CopyToSource::Query(q) = &mut c.source {
+                let _ = q.visit(&mut Selects);
+            }
+        }
+        _ => {}
+    }
+}
+
+struct Selects;
+
+impl VisitorMut for Selects {
+    type Break = ();
+
+    fn post_visit_query(&mut self, query: &mut Query) -> ControlFlow<()> {
+        selects_in(&mut query.body);
+        ControlFlow::Continue(())
+    }
+}
+
+fn selects_in(body: &mut SetExpr) {
+    match body {
+        SetExpr::Select(select) => name_casts(select),
+        SetExpr::SetOperation { left, right, .. } => {
+            // Left-deep chains of thousands of terms are bounded before this runs
+            // (`policy::check_shape`).
+            selects_in(left);
+            selects_in(right);
+        }
+        _ => {}
+    }
+}
+
+/// A cast DataFusion names after what it casts, and that inner expression.
+fn cast_of(e: &Expr) -> Option<&Expr> {
+    match e {
+        Expr::Cast {
+            kind: CastKind::Cast | CastKind::DoubleColon,
+            expr,
+            ..
+        } => Some(expr),
+        Expr::Nested(inner) => cast_of(inner),
+        _ => None,
+    }
+}
+
+/// The name DataFusion would give `e`'s result, loosely: the last part of a column's name, the
+/// text of anything else, a cast's inner expression's. Two items of one key may share a name.
+fn key(e: &Expr) -> String {
+    match e {
+        e if cast_of(e).is_some() => key(cast_of(e).expect("a cast")),
+        Expr::Nested(inner) => key(inner),
+        Expr::Identifier(i) => i.value.to_lowercase(),
+        Expr::CompoundIdentifier(parts) => parts
+            .last()
+            .map(|i| i.value.to_lowercase())
+            .unwrap_or_default(),
+        e => e.to_string(),
+    }
+}
+
+fn is_column(e: &Expr) -> bool {
+    matches!(e, Expr::Identifier(_) | Expr::CompoundIdentifier(_))
+}
+
+fn name_casts(select: &mut Select) {
+    let wildcard = select.projection.iter().any(|i| {
+        matches!(
+            i,
+            SelectItem::Wildcard(_) | SelectItem::QualifiedWildcard(..)
+        )
+    });
+    let mut count: HashMap<String, usize> = HashMap::new();
+    for item in &select.projection {
+        match item {
+            SelectItem::UnnamedExpr(e) => *count.entry(key(e)).or_default() += 1,
+            SelectItem::ExprWithAlias { alias, .. } => {
+                *count.entry(alias.value.to_lowercase()).or_default() += 1
+            }
+            _ => {}
+        }
+    }
+    for item in select.projection.iter_mut() {
+        let SelectItem::UnnamedExpr(e) = item else {
+            continue;
+        };
+        let Some(inner) = cast_of(e) else { continue };
+        let shared = count.get(&key(e)).is_some_and(|n| *n > 1);
+        if shared || (wildcard && is_column(inner)) {
+            let alias = Ident::with_quote('"', e.to_string());
+            *item = SelectItem::ExprWithAlias {
+                expr: e.clone(),
+                alias,
+            };
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use datafusion::sql::parser::DFParser;
+
+    fn named(sql: &str) -> String {
+        let mut s = DFParser::parse_sql(sql).unwrap().pop_front().unwrap();
+        distinct(&mut s);
+        s.to_string()
+    }
+
+    #[test]
+    fn a_cast_sharing_a_name_is_named_by_its_text() {
+        assert_eq!(
+            named("SELECT id, CAST(id AS BIGINT) FROM t"),
+            "SELECT id, CAST(id AS BIGINT) AS \"CAST(id AS BIGINT)\" FROM t"
+        );
+        assert_eq!(
+            named("SELECT t.id, id::TEXT FROM t"),
+            "SELECT t.id, id::TEXT AS \"id::TEXT\" FROM t"
+        );
+        assert_eq!(
+            named("SELECT *, CAST(id AS BIGINT) FROM t"),
+            "SELECT *, CAST(id AS BIGINT) AS \"CAST(id AS BIGINT)\" FROM t"
+        );
+        assert_eq!(
+            named("SELECT x FROM (SELECT CAST(a AS INT), CAST(a AS DOUBLE) FROM t)"),
+            "SELECT x FROM (SELECT CAST(a AS INT) AS \"CAST(a AS INT)\", \
+             CAST(a AS DOUBLE) AS \"CAST(a AS DOUBLE)\" FROM t)"
+        );
+        // Nothing to share a name with: DataFusion's own names stay.
+        for alone in [
+            "SELECT CAST(id AS BIGINT), name FROM t",
+            "SELECT id, CAST(id AS BIGINT) AS big FROM t",
+            "SELECT *, CAST(1 AS BIGINT) FROM t",
+        ] {
+            assert_eq!(named(alone), alone);
+        }
+    }
+}
