@@ -23,6 +23,7 @@ use arrow::array::RecordBatch;
 use arrow::datatypes::SchemaRef;
 use datafusion::error::DataFusionError;
 use datafusion::execution::{RecordBatchStream, SendableRecordBatchStream};
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -49,6 +50,17 @@ pub const CPU_THREAD_STACK: usize = 256 * 1024 * 1024;
 pub struct CpuExecutor {
     runtime: Option<Runtime>,
     handle: Handle,
+    /// Tasks spawned here that have not ended (nor been dropped, aborted).
+    live: Arc<AtomicUsize>,
+}
+
+/// Counts a task of the CPU runtime as live until its future is dropped.
+struct Live(Arc<AtomicUsize>);
+
+impl Drop for Live {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::AcqRel);
+    }
 }
 
 impl CpuExecutor {
@@ -63,7 +75,14 @@ impl CpuExecutor {
         Ok(Self {
             runtime: Some(runtime),
             handle,
+            live: Arc::new(AtomicUsize::new(0)),
         })
+    }
+
+    /// Tasks on the CPU runtime that have not ended yet. A task aborted while it computes ends
+    /// when it next yields: until then it still runs, and its drop (a write's cleanup) is to come.
+    pub fn running(&self) -> usize {
+        self.live.load(Ordering::Acquire)
     }
 
     /// Run a future on the CPU runtime.
@@ -73,7 +92,12 @@ impl CpuExecutor {
         F: Future + Send + 'static,
         F::Output: Send + 'static,
     {
-        AbortOnDrop(Some(self.handle.spawn(fut)))
+        self.live.fetch_add(1, Ordering::AcqRel);
+        let live = Live(self.live.clone());
+        AbortOnDrop(Some(self.handle.spawn(async move {
+            let _live = live;
+            fut.await
+        })))
     }
 
     /// Run `work` on the CPU runtime until it ends, `cancel` fires (Cancelled) or `timeout`
@@ -365,10 +389,23 @@ mod tests {
             let _keep = tx;
             tokio::time::sleep(std::time::Duration::from_secs(3600)).await;
         });
+        assert_eq!(cpu.running(), 1);
         drop(task);
         // The sender is dropped when the aborted task is.
         assert!(
             tokio::time::timeout(std::time::Duration::from_secs(5), &mut rx)
+                .await
+                .is_ok()
+        );
+        // Counted until its future is dropped (what it drops, first), which the shutdown
+        // waits for.
+        let counted_out = async {
+            while cpu.running() > 0 {
+                tokio::time::sleep(std::time::Duration::from_millis(5)).await;
+            }
+        };
+        assert!(
+            tokio::time::timeout(std::time::Duration::from_secs(5), counted_out)
                 .await
                 .is_ok()
         );

@@ -425,7 +425,8 @@ pub struct FlightArgs {
     #[arg(long, env = "APIARY_KEEPALIVE_TIMEOUT", default_value = "20s", value_parser = parse_duration)]
     pub keepalive_timeout: Duration,
     /// On SIGTERM or Ctrl-C: stop taking calls, hand back running fragments, leave the swarm,
-    /// and give calls in flight this long to finish before the process exits anyway.
+    /// and give calls in flight this long to finish; statements still running then are cut
+    /// short as a cancel would (a creation gives its name back) before the process exits.
     #[arg(long, env = "APIARY_SHUTDOWN_TIMEOUT", default_value = "30s", value_parser = parse_duration)]
     pub shutdown_timeout: Duration,
 }

@@ -350,6 +350,11 @@ const DRAIN_QUIET: Duration = Duration::from_millis(500);
 /// Longest wait, after serving ended, for leaving the swarm.
 const LAST_LEAVE: Duration = Duration::from_secs(5);
 
+/// Longest wait, once the shutdown timeout has run out, for the statements still running to
+/// be cut short and cleaned up (a supervisor's kill usually follows 10 s or more after its
+/// SIGTERM).
+const CUT_SHORT_GRACE: Duration = Duration::from_secs(3);
+
 async fn shutdown_signal() {
     let ctrl_c = tokio::signal::ctrl_c();
     #[cfg(unix)]
@@ -496,7 +501,13 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
     let served = tokio::select! {
         r = serve => r.map_err(anyhow::Error::from),
         _ = drain => {
-            warn!(?timeout, "calls still running after the shutdown timeout; exiting anyway");
+            // Statements still running are cut short as a cancel would, so that what they
+            // leave (a CTAS's reserved name) is undone before the process exits.
+            let cancelled = node.stop_statements(CUT_SHORT_GRACE).await;
+            warn!(
+                ?timeout,
+                cancelled, "calls still running after the shutdown timeout; exiting anyway"
+            );
             return Ok(());
         }
     };

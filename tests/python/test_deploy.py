@@ -352,3 +352,57 @@ def test_a_statement_past_its_deadline_during_its_commit_reports_the_commit(tmp_
             assert cur.fetchall() == [(3,)]
     finally:
         node.stop()
+
+
+def test_a_ctas_still_running_when_the_shutdown_timeout_ends_frees_its_name(tmp_path):
+    """SIGTERM while a CREATE TABLE AS computes past --shutdown-timeout: the node exited under
+    it, as if killed, and after a restart the name stayed reserved ("being created"; a CREATE
+    waited and got ALREADY_EXISTS). The statement is now cut short as a cancel would, and its
+    creation undone, before the process exits."""
+    from conftest import ApiaryServer
+
+    root = str(tmp_path / "root")
+    node = ApiaryServer(root, args=["--shutdown-timeout", "1s"])
+    try:
+        with flightsql.connect(node.uri) as conn, conn.cursor() as cur:
+            cur.execute("CREATE TABLE src AS SELECT value AS id FROM generate_series(1, 30000)")
+        out = {}
+
+        def ctas():
+            conn = flightsql.connect(node.uri)
+            cur = conn.cursor()
+            try:
+                # 90 million rows to join and write: long past the timeout, yielding often.
+                cur.execute("CREATE TABLE big AS SELECT a.id, b.id AS other FROM src a "
+                            "JOIN src b ON a.id % 10 = b.id % 10")
+                out["rows"] = cur.fetchall()
+            except Exception as e:  # noqa: BLE001 - reported below
+                out["error"] = str(e)
+            # The node is gone by now: closing fails, and says nothing of the statement.
+            for closing in (cur, conn):
+                try:
+                    closing.close()
+                except Exception:  # noqa: BLE001
+                    pass
+
+        writer = threading.Thread(target=ctas)
+        writer.start()
+        time.sleep(1.5)
+        node.proc.send_signal(signal.SIGTERM)
+        node.proc.wait(60)
+        writer.join(60)
+        assert "cancelled" in out.get("error", "").lower(), out
+        assert node.wait_log("cancelled=1")
+    finally:
+        node.stop()
+    again = ApiaryServer(root)
+    try:
+        with flightsql.connect(again.uri) as conn, conn.cursor() as cur:
+            with pytest.raises(Exception, match="does not exist") as missing:
+                cur.execute("SELECT * FROM big")
+            assert "being created" not in str(missing.value)
+            cur.execute("CREATE TABLE big (x INT)")
+            cur.execute("SELECT count(*) FROM big")
+            assert cur.fetchall() == [(0,)]
+    finally:
+        again.stop()
