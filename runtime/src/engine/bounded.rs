@@ -58,14 +58,23 @@ enum Growth {
     /// which no deadline interrupts (one call of two 300,000-character strings held a core
     /// for many minutes after its query had timed out).
     Pairs,
+    /// `regexp_like(s, pattern …)`, `regexp_match`, `regexp_count`, `regexp_instr`: no output
+    /// to speak of, but a pattern compiled with work that grows faster than its length, which
+    /// no deadline interrupts (`repeat('(a|b)', 1000000)`, 5 MB, held a core for a minute and
+    /// took 1 GB before the regex engine refused it as too big).
+    Pattern,
 }
+
+/// The longest regular expression a function compiles (about half a second of work; a list
+/// of 20,000 words compiles in a tenth of that).
+pub(super) const MAX_PATTERN_BYTES: u128 = 256 << 10;
 
 /// Most character pairs a function of [`Growth::Pairs`] compares in one row (about a second
 /// of work).
 pub(super) const MAX_PAIRS: u128 = 1 << 30;
 
 /// The functions bounded here, by DataFusion's name.
-const GROWING: [(&str, Growth); 16] = [
+const GROWING: [(&str, Growth); 20] = [
     ("repeat", Growth::Repeat),
     ("lpad", Growth::Pad),
     ("rpad", Growth::Pad),
@@ -82,6 +91,10 @@ const GROWING: [(&str, Growth); 16] = [
     ("array_concat", Growth::Copy),
     ("make_array", Growth::Copy),
     ("levenshtein", Growth::Pairs),
+    ("regexp_like", Growth::Pattern),
+    ("regexp_match", Growth::Pattern),
+    ("regexp_count", Growth::Pattern),
+    ("regexp_instr", Growth::Pattern),
 ];
 
 /// The bounded forms of those of `registered` (DataFusion's functions by name) that grow.
@@ -146,6 +159,10 @@ impl ScalarUDFImpl for Bounded {
                 .fold(0u128, u128::saturating_add);
             self.within_bounds(literals)?;
         }
+        // `regexp_like` simplifies to the `~` operator, whose pattern no call would bound.
+        if self.growth == Growth::Pattern {
+            return Ok(ExprSimplifyResult::Original(args));
+        }
         Ok(match self.inner.simplify(args, info)? {
             // DataFusion's simplification of `concat` builds a call of its own, unbounded form.
             ExprSimplifyResult::Simplified(e) => ExprSimplifyResult::Simplified(self.rebound(e)?),
@@ -179,6 +196,23 @@ impl ScalarUDFImpl for Bounded {
                 )));
             }
             return self.inner.invoke_with_args(args);
+        }
+        if matches!(self.growth, Growth::Pattern | Growth::RegexpReplace) {
+            let pattern = args.args.get(1).map_or(0, longest);
+            if pattern > MAX_PATTERN_BYTES {
+                return Err(DataFusionError::ArrowError(
+                    Box::new(arrow::error::ArrowError::ComputeError(format!(
+                        "{}(): a regular expression of {} KiB; the longest one compiled is {} KiB",
+                        self.name(),
+                        pattern >> 10,
+                        MAX_PATTERN_BYTES >> 10
+                    ))),
+                    None,
+                ));
+            }
+            if self.growth == Growth::Pattern {
+                return self.inner.invoke_with_args(args);
+            }
         }
         self.within_bounds(produced(self.growth, &args.args, args.number_rows))?;
         self.inner.invoke_with_args(args)
@@ -276,6 +310,19 @@ impl Values {
             Values::One(v) => *v,
             Values::Each(v) => v.get(row).copied().unwrap_or(Value::Other),
         }
+    }
+}
+
+/// The longest text `arg` holds, in bytes.
+fn longest(arg: &ColumnarValue) -> u128 {
+    let bytes = |v: Value| match v {
+        Value::Bytes(n) => n,
+        _ => 0,
+    };
+    match values(arg) {
+        Ok(Values::One(v)) => bytes(v),
+        Ok(Values::Each(all)) => all.into_iter().map(bytes).max().unwrap_or(0),
+        Err(_) => 0,
     }
 }
 
@@ -438,7 +485,12 @@ fn per_row(growth: Growth, arg: &dyn Fn(usize) -> Value) -> u128 {
         Growth::ArrayResize => bytes(arg(2)).saturating_mul(count(arg(1))),
         Growth::Encode => bytes(arg(0)).saturating_mul(2),
         // Counted by `concatenated`, `joined`, `copied` and `paired`.
-        Growth::Concat | Growth::ConcatWs | Growth::Join | Growth::Copy | Growth::Pairs => 0,
+        Growth::Concat
+        | Growth::ConcatWs
+        | Growth::Join
+        | Growth::Copy
+        | Growth::Pairs
+        | Growth::Pattern => 0,
         Growth::Range => {
             let steps = match (arg(0), arg(1), arg(2)) {
                 (Value::Int(a), Value::Int(b), step) => {
