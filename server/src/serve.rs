@@ -351,8 +351,8 @@ const DRAIN_QUIET: Duration = Duration::from_millis(500);
 const LAST_LEAVE: Duration = Duration::from_secs(5);
 
 /// Longest wait, once the shutdown timeout has run out, for the statements still running to
-/// be cut short and cleaned up (a supervisor's kill usually follows 10 s or more after its
-/// SIGTERM).
+/// be cut short, and again for their cleanup (the Kubernetes manifest's grace is 15 s longer
+/// than the default timeout).
 const CUT_SHORT_GRACE: Duration = Duration::from_secs(3);
 
 async fn shutdown_signal() {

@@ -152,7 +152,7 @@ impl Ledger {
             let p = stored_columns(snapshot, p)?;
             let p = crate::nan::guard(p, snapshot.schema());
             let p = exactly_by_partition(p, snapshot.partition_columns());
-            op = op.with_predicate(spellable(p, snapshot.schema())?);
+            op = op.with_predicate(spellable(p, snapshot.schema(), snapshot.served_schema())?);
         }
         let (table, metrics) = op.await.map_err(|e| conflict(snapshot, e))?;
         let version = self.settle(snapshot, &table, "delete");
@@ -202,6 +202,7 @@ impl Ledger {
             op = op.with_predicate(spellable(
                 crate::nan::guard(p, snapshot.schema()),
                 snapshot.schema(),
+                snapshot.served_schema(),
             )?);
         }
         let (table, metrics) = op.await.map_err(|e| conflict(snapshot, e))?;
@@ -243,7 +244,11 @@ impl Ledger {
         );
         // delta-rs records the clauses as SQL text; a target column served as another type is
         // compared in its stored one (TIMESTAMP(3) in `ON t.v = s.v` failed INTERNAL).
-        let on = spellable(rename.apply(snapshot, spec.on)?, snapshot.schema())?;
+        let on = spellable(
+            rename.apply(snapshot, spec.on)?,
+            snapshot.schema(),
+            snapshot.served_schema(),
+        )?;
         let table = self.delta_table(snapshot)?;
         let mut op = table
             .merge(source, on)
@@ -281,7 +286,13 @@ impl Ledger {
         for clause in spec.clauses {
             let predicate = clause
                 .predicate
-                .map(|p| spellable(rename.apply(snapshot, p)?, snapshot.schema()))
+                .map(|p| {
+                    spellable(
+                        rename.apply(snapshot, p)?,
+                        snapshot.schema(),
+                        snapshot.served_schema(),
+                    )
+                })
                 .transpose()?;
             let mut sets = Vec::new();
             match &clause.action {
@@ -548,8 +559,8 @@ fn decided_by_kernel(p: &Expr) -> bool {
 /// (`d + INTERVAL '1 day' < current_date`) is refused, saying how to write it. delta-rs
 /// simplifies the predicate again, so rewriting the literal as a cast of another would be
 /// undone.
-fn spellable(p: Expr, stored: &Schema) -> Result<Expr> {
-    use datafusion::logical_expr::{BinaryExpr, Cast, Operator, TryCast};
+fn spellable(p: Expr, stored: &Schema, served: &Schema) -> Result<Expr> {
+    use datafusion::logical_expr::{BinaryExpr, Cast, ExprSchemable, Operator, TryCast};
     let comparison = |op: Operator| {
         matches!(
             op,
@@ -570,23 +581,27 @@ fn spellable(p: Expr, stored: &Schema) -> Result<Expr> {
         let there = v.cast_to(to).ok()?;
         (there.cast_to(&v.data_type()).ok()? == *v && !there.is_null()).then_some(there)
     };
-    // The stored type of a MERGE target column.
-    let stored_target = |column: &Expr| -> Option<DataType> {
+    // The stored type of a MERGE target column read as served (`cast`, of the served type),
+    // when the two differ: that cast is exact both ways.
+    let stored_target = |column: &Expr, cast: &DataType| -> Option<DataType> {
         let Expr::Column(c) = column else { return None };
         c.relation.as_ref().filter(|r| r.table() == TARGET)?;
-        Some(stored.field_with_name(&c.name).ok()?.data_type().clone())
+        let stored = stored.field_with_name(&c.name).ok()?.data_type();
+        let served = served.field_with_name(&c.name).ok()?.data_type();
+        (served == cast && served != stored).then(|| stored.clone())
     };
+    // Types of the expressions of a DELETE's or UPDATE's predicate (unqualified columns).
+    let typed = datafusion::common::DFSchema::try_from(stored.clone()).ok();
     let is_literal = |e: &Expr| matches!(e, Expr::Literal(..));
     let p = p
         .transform_up(|e| {
             // The engine plans a timestamp's date or time of day as a `TRY_CAST` (which
-            // delta-rs cannot spell) to keep it out of interval analysis; for a timestamp
-            // column it answers as the cast, which delta-rs plans through the same rule.
+            // delta-rs cannot spell) to keep it out of interval analysis; over a timestamp it
+            // answers as the cast, which delta-rs plans through the same rule.
             if let Expr::TryCast(TryCast { expr, field }) = &e
-                && let Expr::Column(c) = expr.as_ref()
-                && stored
-                    .field_with_name(&c.name)
-                    .is_ok_and(|f| matches!(f.data_type(), DataType::Timestamp(..)))
+                && typed.as_ref().is_some_and(|schema| {
+                    matches!(expr.get_type(schema), Ok(DataType::Timestamp(..)))
+                })
                 && matches!(
                     field.data_type(),
                     DataType::Date32 | DataType::Time32(_) | DataType::Time64(_)
@@ -625,22 +640,24 @@ fn spellable(p: Expr, stored: &Schema) -> Result<Expr> {
                 // MERGE: a target column served as another type, compared with a value that
                 // is not a literal (`t.v = s.v` over TIMESTAMP(3), stored in microseconds):
                 // the value is cast to the stored type instead, which delta-rs can spell.
-                (Expr::Cast(Cast { expr, .. }), other) if !is_literal(other) => stored_target(expr)
-                    .map(|to| {
+                (Expr::Cast(Cast { expr, field }), other) if !is_literal(other) => {
+                    stored_target(expr, field.data_type()).map(|to| {
                         Expr::BinaryExpr(BinaryExpr::new(
                             expr.clone(),
                             *op,
                             Box::new(Expr::Cast(Cast::new(Box::new(other.clone()), to))),
                         ))
-                    }),
-                (other, Expr::Cast(Cast { expr, .. })) if !is_literal(other) => stored_target(expr)
-                    .map(|to| {
+                    })
+                }
+                (other, Expr::Cast(Cast { expr, field })) if !is_literal(other) => {
+                    stored_target(expr, field.data_type()).map(|to| {
                         Expr::BinaryExpr(BinaryExpr::new(
                             Box::new(Expr::Cast(Cast::new(Box::new(other.clone()), to))),
                             *op,
                             expr.clone(),
                         ))
-                    }),
+                    })
+                }
                 _ => None,
             };
             Ok(match rewritten {

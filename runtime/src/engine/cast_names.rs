@@ -3,21 +3,38 @@
 //! DataFusion names a cast's result after what it casts (`CAST(id AS BIGINT)` is `id`, as in
 //! PostgreSQL), but it refuses two result columns of one name, so `SELECT id, CAST(id AS
 //! BIGINT)`, `SELECT id, id::text` and `SELECT *, CAST(id AS BIGINT)` failed with
-//! "Projections require unique expression names". Before planning, such a cast that has no
-//! alias of its own is named by its SQL text (`CAST(id AS BIGINT)`, as DuckDB names it), where
-//! another column of the same select list could share its name: another item reading the same
-//! name, or a wildcard beside a cast of a column.
+//! "Projections require unique expression names". When DataFusion refuses a statement so
+//! ([`planned`]), each cast without an alias of its own is named by its SQL text
+//! (`CAST(id AS BIGINT)`, as DuckDB names it) where another column of the same select list could
+//! share its name (another item reading the same name, or a wildcard beside a cast of a
+//! column), and the statement is planned again. Statements DataFusion plans keep its names.
 
 use std::collections::HashMap;
 use std::ops::ControlFlow;
 
+use datafusion::error::Result as DfResult;
+use datafusion::execution::context::SessionState;
+use datafusion::logical_expr::LogicalPlan;
 use datafusion::sql::parser::{CopyToSource, Statement as DfStatement};
 use datafusion::sql::sqlparser::ast::{
     CastKind, Expr, Ident, Query, Select, SelectItem, SetExpr, VisitMut, VisitorMut,
 };
 
-/// Name the casts of `statement`'s select lists that would share a name (see the module page).
-pub(crate) fn distinct(statement: &mut DfStatement) {
+/// `parsed` planned with `state`, again with its casts named when DataFusion refused two result
+/// columns of one name.
+pub(crate) async fn planned(state: &SessionState, parsed: DfStatement) -> DfResult<LogicalPlan> {
+    let mut again = parsed.clone();
+    match state.statement_to_plan(parsed).await {
+        Err(e) if e.to_string().contains("require unique expression names") => {
+            distinct(&mut again);
+            state.statement_to_plan(again).await
+        }
+        other => other,
+    }
+}
+
+/// Name the casts of `statement`'s select lists that may share a name (see the module page).
+fn distinct(statement: &mut DfStatement) {
     match statement {
         DfStatement::Statement(s) => {
             let _ = s.visit(&mut Selects);

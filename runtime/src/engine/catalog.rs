@@ -178,8 +178,7 @@ impl Engine {
                     Ok(mut parsed) => {
                         super::policy::check_shape(&parsed, &self.limits)?;
                         super::literals::exact_numbers(&mut parsed, in_view.config().options());
-                        super::cast_names::distinct(&mut parsed);
-                        in_view.statement_to_plan(parsed).await
+                        super::cast_names::planned(&in_view, parsed).await
                     }
                     Err(e) => Err(e),
                 };

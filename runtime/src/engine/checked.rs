@@ -117,6 +117,17 @@ pub(super) fn input_schema(node: &LogicalPlan) -> DfResult<DFSchema> {
             DFSchema::try_from_qualified_schema(scan.table_name.clone(), &scan.source.schema())?;
         schema.merge(&source);
     }
+    // MERGE's clauses read the target, which is not one of its inputs.
+    if let LogicalPlan::Dml(datafusion::logical_expr::DmlStatement {
+        op: datafusion::logical_expr::WriteOp::MergeInto(_),
+        table_name,
+        target,
+        ..
+    }) = node
+    {
+        let target = DFSchema::try_from_qualified_schema(table_name.clone(), &target.schema())?;
+        schema.merge(&target);
+    }
     Ok(schema)
 }
 

@@ -633,8 +633,7 @@ impl Engine {
         policy::check_shape(&parsed, &self.limits)?;
         let (state, resolved) = self.statement_state(session, &parsed, pins, target).await?;
         literals::exact_numbers(&mut parsed, state.config().options());
-        cast_names::distinct(&mut parsed);
-        let plan = match state.statement_to_plan(parsed).await {
+        let plan = match cast_names::planned(&state, parsed).await {
             Ok(p) => p,
             Err(e) => {
                 // Report a frame we could not find rather than DataFusion's generic message —

@@ -7,7 +7,10 @@
 //! and `CAST('9999-12-31' AS TIMESTAMP)` is fine. PostgreSQL types such a literal as the other
 //! operand; [`TimestampStrings`], an analyzer rule that runs before DataFusion's type coercion,
 //! does the same: a string literal in a comparison, `BETWEEN`, `IN` list, `CASE` or unifying
-//! function beside a timestamp is cast to that timestamp's type (its unit and its zone).
+//! function beside a timestamp is cast to that timestamp's type (its unit and its zone) when
+//! that type holds it exactly or a nanosecond cannot hold it. A value with digits below the
+//! timestamp's unit keeps DataFusion's exact comparison (`ts = '… 12:00:00.5'` over a
+//! `TIMESTAMP(0)` matches no whole second; cast, it was truncated and matched).
 //!
 //! DataFusion types a function's result while it plans the SQL, before any analyzer rule:
 //! `coalesce(ts, '2024-12-31')` failed there ("Expect to get struct but got Timestamp"), and
@@ -84,7 +87,29 @@ fn typed(mut e: Expr, schema: &DFSchema) -> Transformed<Expr> {
         let Some(timestamp) = timestamp else {
             continue;
         };
-        for member in group.into_iter().filter(|m| string_literal(m)) {
+        // DataFusion compares at nanoseconds (1677-2262). A value the timestamp's own unit
+        // holds exactly, or one beyond that range, is read in the timestamp's type; one with
+        // digits below its unit (`'… 12:00:00.5'` beside whole seconds) is left to DataFusion's
+        // exact comparison.
+        let nanos = match &timestamp {
+            DataType::Timestamp(_, zone) => {
+                DataType::Timestamp(arrow::datatypes::TimeUnit::Nanosecond, zone.clone())
+            }
+            other => other.clone(),
+        };
+        let typed = |m: &Expr| match m {
+            Expr::Literal(v, _) if !v.is_null() => {
+                let Ok(there) = v.cast_to(&timestamp) else {
+                    return false;
+                };
+                match v.cast_to(&nanos) {
+                    Err(_) => true,
+                    Ok(exact) => there.cast_to(&nanos).is_ok_and(|back| back == exact),
+                }
+            }
+            _ => false,
+        };
+        for member in group.into_iter().filter(|m| string_literal(m) && typed(m)) {
             let literal = std::mem::replace(member, Expr::Literal(ScalarValue::Null, None));
             *member = Expr::Cast(Cast::new(Box::new(literal), timestamp.clone()));
             changed = true;
@@ -160,6 +185,14 @@ impl ScalarUDFImpl for TemporalFirst {
     }
 
     fn coerce_types(&self, arg_types: &[DataType]) -> DfResult<Vec<DataType>> {
+        // `nvl`'s own signature takes two arguments; this one is open.
+        if self.inner.name() == "nvl" && arg_types.len() != 2 {
+            return datafusion::common::plan_err!(
+                "{}() takes 2 arguments, {} given",
+                self.inner.name(),
+                arg_types.len()
+            );
+        }
         if let Some(t) = temporal_among_strings(arg_types) {
             return Ok(vec![t; arg_types.len()]);
         }

@@ -380,17 +380,15 @@ impl Node {
 }
 
 impl Node {
-    /// Cancel every statement still running and wait, up to `grace`, for them to end and for
-    /// the cleanup of those cut short (a creation undone, a half-written frame's name freed)
-    /// to finish. A shutdown whose timeout ran out used to exit under them, leaving a CTAS's
-    /// name reserved, as after `kill -9`. Returns how many statements were cancelled.
+    /// Cancel every statement still running and wait, up to `grace`, for their tasks to end;
+    /// then give the cleanup of those cut short (a creation undone, a half-written frame's name
+    /// freed), and any handed over while the node drained, `grace` more to finish. A shutdown
+    /// whose timeout ran out used to exit under them, leaving a CTAS's name reserved, as after
+    /// `kill -9`. Returns how many statements were cancelled.
     pub async fn stop_statements(&self, grace: Duration) -> usize {
         let running = self.queries.list();
         for q in &running {
             q.cancel_token().cancel();
-        }
-        if running.is_empty() {
-            return 0;
         }
         let deadline = tokio::time::Instant::now() + grace;
         // A statement's task ends when its computation next yields, after its call answered.
@@ -399,9 +397,7 @@ impl Node {
         {
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
-        let left = deadline.saturating_duration_since(tokio::time::Instant::now());
-        // Cleanup handed over while the node was leaving runs in its background.
-        self.background.shutdown(left).await;
+        self.background.shutdown(grace).await;
         running.len()
     }
 }
