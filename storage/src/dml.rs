@@ -27,8 +27,8 @@ use datafusion::execution::object_store::ObjectStoreRegistry;
 use datafusion::execution::runtime_env::RuntimeEnvBuilder;
 use datafusion::execution::session_state::SessionStateBuilder;
 use datafusion::execution::{SendableRecordBatchStream, TaskContext};
+use datafusion::logical_expr::Expr;
 use datafusion::logical_expr::dml::{MergeIntoAction, MergeIntoClause, MergeIntoClauseKind};
-use datafusion::logical_expr::{Cast, Expr};
 use datafusion::physical_expr::{EquivalenceProperties, Partitioning, PhysicalExpr};
 use datafusion::physical_plan::coalesce_partitions::CoalescePartitionsExec;
 use datafusion::physical_plan::execution_plan::reset_plan_states;
@@ -334,15 +334,12 @@ impl Ledger {
                     // delta-rs unites the clauses' values for a column with the target's own in
                     // one CASE: a column served as another type than it is stored (a TIME,
                     // stored as an integer) takes its values in the stored type.
-                    let e = match (
-                        snapshot.schema().field_with_name(&c),
-                        snapshot.served_schema().field_with_name(&c),
-                    ) {
-                        (Ok(stored), Ok(served)) if stored.data_type() != served.data_type() => {
-                            Expr::Cast(Cast::new(Box::new(e), stored.data_type().clone()))
-                        }
-                        _ => e,
-                    };
+                    let e = crate::schema::written_as_stored(
+                        snapshot.schema(),
+                        snapshot.served_schema(),
+                        &c,
+                        e,
+                    );
                     let e = crate::values::checked(e, &c, partition);
                     (c, e)
                 })

@@ -293,6 +293,25 @@ pub(crate) fn read_as_served(
     }
 }
 
+/// `value` (an expression of the served type of the stored column `name`) as the stored type,
+/// when the two differ: [`read_as_served`] the other way.
+pub(crate) fn written_as_stored(
+    stored: &Schema,
+    served: &Schema,
+    name: &str,
+    value: datafusion::logical_expr::Expr,
+) -> datafusion::logical_expr::Expr {
+    match (stored.field_with_name(name), served.field_with_name(name)) {
+        (Ok(s), Ok(from)) if s.data_type() != from.data_type() => {
+            datafusion::logical_expr::Expr::Cast(datafusion::logical_expr::Cast::new(
+                Box::new(value),
+                s.data_type().clone(),
+            ))
+        }
+        _ => value,
+    }
+}
+
 /// [`read_as_served`] for every column `e` reads.
 pub(crate) fn columns_as_served(
     stored: &Schema,

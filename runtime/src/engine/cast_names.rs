@@ -89,8 +89,10 @@ fn cast_of(e: &Expr) -> Option<&Expr> {
 /// The name DataFusion would give `e`'s result, loosely: the last part of a column's name, the
 /// text of anything else, a cast's inner expression's. Two items of one key may share a name.
 fn key(e: &Expr) -> String {
+    if let Some(inner) = cast_of(e) {
+        return key(inner);
+    }
     match e {
-        e if cast_of(e).is_some() => key(cast_of(e).expect("a cast")),
         Expr::Nested(inner) => key(inner),
         Expr::Identifier(i) => i.value.to_lowercase(),
         Expr::CompoundIdentifier(parts) => parts

@@ -56,22 +56,7 @@ pub(super) struct CheckedIntegers;
 
 impl AnalyzerRule for CheckedIntegers {
     fn analyze(&self, plan: LogicalPlan, _config: &ConfigOptions) -> DfResult<LogicalPlan> {
-        plan.transform_up_with_subqueries(|node| {
-            if !has_arithmetic(&node)? {
-                return Ok(Transformed::no(node));
-            }
-            let schema = input_schema(&node)?;
-            // A window function is named after its ORDER BY and PARTITION BY expressions, which
-            // the plan above reads it by: names are kept (`sum(x) OVER (ORDER BY x + 1)`
-            // failed to plan, its column renamed after the checked function).
-            let names = NamePreserver::new(&node);
-            node.map_expressions(|e| {
-                let name = names.save(&e);
-                Ok(e.transform_up(|e| Ok(checked(e, &schema)))?
-                    .update_data(|e| name.restore(e)))
-            })
-        })
-        .data()
+        rewrite_expressions(plan, has_arithmetic, |e, schema| Ok(checked(e, schema)))
     }
 
     fn name(&self) -> &str {
@@ -107,6 +92,31 @@ pub(super) fn any_expression(node: &LogicalPlan, found: impl Fn(&Expr) -> bool) 
         })
     })?;
     Ok(any)
+}
+
+/// `plan` (its subqueries too) with `rewrite` applied bottom-up to every expression of each node
+/// `wanted` picks, typed against the node's input schema. The expressions keep the names they
+/// were planned with: the plan above reads a column by its name, and a window function is named
+/// after its ORDER BY and PARTITION BY expressions (`sum(x) OVER (ORDER BY x + 1)` failed to
+/// plan once its column was renamed after a rewritten expression).
+pub(super) fn rewrite_expressions(
+    plan: LogicalPlan,
+    wanted: impl Fn(&LogicalPlan) -> DfResult<bool>,
+    rewrite: impl Fn(Expr, &DFSchema) -> DfResult<Transformed<Expr>>,
+) -> DfResult<LogicalPlan> {
+    plan.transform_up_with_subqueries(|node| {
+        if !wanted(&node)? {
+            return Ok(Transformed::no(node));
+        }
+        let schema = input_schema(&node)?;
+        let names = NamePreserver::new(&node);
+        node.map_expressions(|e| {
+            let name = names.save(&e);
+            Ok(e.transform_up(|e| rewrite(e, &schema))?
+                .update_data(|e| name.restore(e)))
+        })
+    })
+    .data()
 }
 
 /// The schema `node`'s expressions are typed against, as DataFusion's type coercion builds it.

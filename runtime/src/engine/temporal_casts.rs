@@ -11,15 +11,14 @@
 //! (`apiary_storage::nan::prunable`).
 
 use arrow::datatypes::DataType;
-use datafusion::common::tree_node::{Transformed, TransformedResult, TreeNode};
+use datafusion::common::tree_node::Transformed;
 use datafusion::common::{DFSchema, ExprSchema, Result as DfResult};
 use datafusion::config::ConfigOptions;
 use datafusion::logical_expr::expr::{Cast, TryCast};
-use datafusion::logical_expr::expr_rewriter::NamePreserver;
 use datafusion::logical_expr::{Expr, ExprSchemable, LogicalPlan};
 use datafusion::optimizer::AnalyzerRule;
 
-use super::checked::{any_expression, input_schema};
+use super::checked::{any_expression, rewrite_expressions};
 
 /// The rule; see the module's documentation.
 #[derive(Debug, Default)]
@@ -27,21 +26,13 @@ pub(super) struct TemporalCasts;
 
 impl AnalyzerRule for TemporalCasts {
     fn analyze(&self, plan: LogicalPlan, _config: &ConfigOptions) -> DfResult<LogicalPlan> {
-        plan.transform_up_with_subqueries(|node| {
-            let to_part = |e: &Expr| matches!(e, Expr::Cast(c) if is_part(c.field.data_type()));
-            if !any_expression(&node, to_part)? {
-                return Ok(Transformed::no(node));
-            }
-            let schema = input_schema(&node)?;
-            // Results keep the names their columns had (`CAST(t.ts AS Date32)`).
-            let names = NamePreserver::new(&node);
-            node.map_expressions(|e| {
-                let name = names.save(&e);
-                Ok(e.transform_up(|e| Ok(untracked(e, &schema)))?
-                    .update_data(|e| name.restore(e)))
-            })
-        })
-        .data()
+        let to_part = |e: &Expr| matches!(e, Expr::Cast(c) if is_part(c.field.data_type()));
+        // Results keep the names their columns had (`CAST(t.ts AS Date32)`).
+        rewrite_expressions(
+            plan,
+            |node| any_expression(node, to_part),
+            |e, schema| Ok(untracked(e, schema)),
+        )
     }
 
     fn name(&self) -> &str {

@@ -9,8 +9,8 @@
 //! does the same: a string literal in a comparison, `BETWEEN`, `IN` list, `CASE` or unifying
 //! function beside a timestamp is cast to that timestamp's type (its unit and its zone) when
 //! that type holds it exactly or a nanosecond cannot hold it. A value with digits below the
-//! timestamp's unit keeps DataFusion's exact comparison (`ts = '… 12:00:00.5'` over a
-//! `TIMESTAMP(0)` matches no whole second; cast, it was truncated and matched).
+//! timestamp's unit is left to DataFusion, as before (whose simplifier, unwrapping the cast of
+//! the column, truncates it: `ts = '… 12:00:00.5'` over a `TIMESTAMP(0)` matches 12:00:00).
 //!
 //! DataFusion types a function's result while it plans the SQL, before any analyzer rule:
 //! `coalesce(ts, '2024-12-31')` failed there ("Expect to get struct but got Timestamp"), and
@@ -18,11 +18,10 @@
 //! functions so that a date, time or timestamp among strings (and NULLs) makes every argument
 //! that type, as PostgreSQL's `COALESCE` does (`nvl` of two timestamps answered a string too).
 
-use datafusion::common::tree_node::{Transformed, TransformedResult, TreeNode};
+use datafusion::common::tree_node::Transformed;
 use datafusion::common::{DFSchema, ExprSchema, Result as DfResult, ScalarValue};
 use datafusion::config::ConfigOptions;
 use datafusion::logical_expr::expr::Cast;
-use datafusion::logical_expr::expr_rewriter::NamePreserver;
 use datafusion::logical_expr::simplify::{ExprSimplifyResult, SimplifyContext};
 use datafusion::logical_expr::{
     ColumnarValue, Documentation, Expr, ExprSchemable, LogicalPlan, ReturnFieldArgs,
@@ -34,7 +33,7 @@ use std::sync::Arc;
 
 use arrow::datatypes::{DataType, Field, FieldRef};
 
-use super::checked::{any_expression, input_schema};
+use super::checked::{any_expression, rewrite_expressions};
 use super::literals::unified_groups;
 
 /// The rule; see the module's documentation.
@@ -43,20 +42,11 @@ pub(super) struct TimestampStrings;
 
 impl AnalyzerRule for TimestampStrings {
     fn analyze(&self, plan: LogicalPlan, _config: &ConfigOptions) -> DfResult<LogicalPlan> {
-        plan.transform_up_with_subqueries(|node| {
-            if !any_expression(&node, string_literal)? {
-                return Ok(Transformed::no(node));
-            }
-            let schema = input_schema(&node)?;
-            // Output columns keep the names they were planned with.
-            let names = NamePreserver::new(&node);
-            node.map_expressions(|e| {
-                let name = names.save(&e);
-                Ok(e.transform_up(|e| Ok(typed(e, &schema)))?
-                    .update_data(|e| name.restore(e)))
-            })
-        })
-        .data()
+        rewrite_expressions(
+            plan,
+            |node| any_expression(node, string_literal),
+            |e, schema| Ok(typed(e, schema)),
+        )
     }
 
     fn name(&self) -> &str {
@@ -89,8 +79,7 @@ fn typed(mut e: Expr, schema: &DFSchema) -> Transformed<Expr> {
         };
         // DataFusion compares at nanoseconds (1677-2262). A value the timestamp's own unit
         // holds exactly, or one beyond that range, is read in the timestamp's type; one with
-        // digits below its unit (`'… 12:00:00.5'` beside whole seconds) is left to DataFusion's
-        // exact comparison.
+        // digits below its unit (`'… 12:00:00.5'` beside whole seconds) is left to DataFusion.
         let nanos = match &timestamp {
             DataType::Timestamp(_, zone) => {
                 DataType::Timestamp(arrow::datatypes::TimeUnit::Nanosecond, zone.clone())

@@ -13,14 +13,13 @@
 //! delta-rs plans the expressions of an UPDATE or DELETE again, through the same rules.
 
 use arrow::datatypes::DataType;
-use datafusion::common::tree_node::{Transformed, TransformedResult, TreeNode};
+use datafusion::common::tree_node::Transformed;
 use datafusion::common::{DFSchema, Result as DfResult, ScalarValue};
 use datafusion::config::ConfigOptions;
-use datafusion::logical_expr::expr_rewriter::NamePreserver;
 use datafusion::logical_expr::{BinaryExpr, Cast, Expr, ExprSchemable, LogicalPlan, Operator};
 use datafusion::optimizer::AnalyzerRule;
 
-use super::checked::{any_expression, input_schema};
+use super::checked::{any_expression, rewrite_expressions};
 
 /// The rule; see the module's documentation. Runs after DataFusion's type coercion (which adds
 /// the casts of an `INSERT`'s values and an `UPDATE`'s assignments), before integer arithmetic
@@ -30,24 +29,12 @@ pub(super) struct WholeCasts;
 
 impl AnalyzerRule for WholeCasts {
     fn analyze(&self, plan: LogicalPlan, _config: &ConfigOptions) -> DfResult<LogicalPlan> {
-        plan.transform_up_with_subqueries(|node| {
-            let dropping_cast = |e: &Expr| {
-                matches!(e, Expr::Cast(c) if c.field.data_type().is_integer()
-                    || matches!(c.field.data_type(), DataType::Decimal128(..)))
-            };
-            if !any_expression(&node, dropping_cast)? {
-                return Ok(Transformed::no(node));
-            }
-            let schema = input_schema(&node)?;
-            // Results keep the names their columns had (`CAST(t.d AS Int32)`).
-            let names = NamePreserver::new(&node);
-            node.map_expressions(|e| {
-                let name = names.save(&e);
-                Ok(e.transform_up(|e| whole(e, &schema))?
-                    .update_data(|e| name.restore(e)))
-            })
-        })
-        .data()
+        let dropping_cast = |e: &Expr| {
+            matches!(e, Expr::Cast(c) if c.field.data_type().is_integer()
+                || matches!(c.field.data_type(), DataType::Decimal128(..)))
+        };
+        // Results keep the names their columns had (`CAST(t.d AS Int32)`).
+        rewrite_expressions(plan, |node| any_expression(node, dropping_cast), whole)
     }
 
     fn name(&self) -> &str {
