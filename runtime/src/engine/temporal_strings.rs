@@ -8,9 +8,19 @@
 //! operand; [`TimestampStrings`], an analyzer rule that runs before DataFusion's type coercion,
 //! does the same: a string literal in a comparison, `BETWEEN`, `IN` list, `CASE` or unifying
 //! function beside a timestamp is cast to that timestamp's type (its unit and its zone) when
-//! that type holds it exactly or a nanosecond cannot hold it. A value with digits below the
-//! timestamp's unit is left to DataFusion, as before (whose simplifier, unwrapping the cast of
-//! the column, truncates it: `ts = '… 12:00:00.5'` over a `TIMESTAMP(0)` matches 12:00:00).
+//! that type holds it exactly or a nanosecond cannot hold it.
+//!
+//! A value with digits below the timestamp's unit (`'… 12:00:00.5'` beside a `TIMESTAMP(0)`)
+//! cannot be read in that type without changing it, and left to DataFusion it was changed
+//! anyway: its simplifier, unwrapping the cast of the column to nanoseconds, truncated the
+//! literal to the column's unit, so `at = '… 12:00:00.5'` matched 12:00:00 and `at >= …`
+//! took 12:00:00 in. A comparison with such a value is rewritten as the same comparison with
+//! the value's floor in the column's unit, which the column's values (whole units) meet
+//! exactly as they meet the value: `at < v` and `at <= v` are `at <= floor(v)`, `at > v` and
+//! `at >= v` are `at > floor(v)`, `at = v` holds for no row (and is NULL where `at` is), `at
+//! <> v` for every row that has a value; an `IN` list drops such a value, and `BETWEEN` is its
+//! two comparisons. Elsewhere (a `CASE` result, `coalesce`) the value is left to DataFusion,
+//! which keeps it in nanoseconds.
 //!
 //! DataFusion types a function's result while it plans the SQL, before any analyzer rule:
 //! `coalesce(ts, '2024-12-31')` failed there ("Expect to get struct but got Timestamp"), and
@@ -21,17 +31,17 @@
 use datafusion::common::tree_node::Transformed;
 use datafusion::common::{DFSchema, ExprSchema, Result as DfResult, ScalarValue};
 use datafusion::config::ConfigOptions;
-use datafusion::logical_expr::expr::Cast;
+use datafusion::logical_expr::expr::{Between, BinaryExpr, Cast, InList};
 use datafusion::logical_expr::simplify::{ExprSimplifyResult, SimplifyContext};
 use datafusion::logical_expr::{
-    ColumnarValue, Documentation, Expr, ExprSchemable, LogicalPlan, ReturnFieldArgs,
-    ScalarFunctionArgs, ScalarUDF, ScalarUDFImpl, Signature,
+    ColumnarValue, Documentation, Expr, ExprSchemable, LogicalPlan, Operator, ReturnFieldArgs,
+    ScalarFunctionArgs, ScalarUDF, ScalarUDFImpl, Signature, binary_expr, lit,
 };
 use datafusion::optimizer::AnalyzerRule;
 
 use std::sync::Arc;
 
-use arrow::datatypes::{DataType, Field, FieldRef};
+use arrow::datatypes::{DataType, Field, FieldRef, TimeUnit};
 
 use super::checked::{any_expression, rewrite_expressions};
 use super::literals::unified_groups;
@@ -64,47 +74,193 @@ fn string_literal(e: &Expr) -> bool {
     )
 }
 
-/// `e` with the string literals of each group it unifies cast to the group's timestamp type.
+/// `e` with the string literals of each group it unifies cast to the group's timestamp type,
+/// and its comparisons with a string below the timestamp's unit rewritten (see the module's
+/// documentation).
 fn typed(mut e: Expr, schema: &DFSchema) -> Transformed<Expr> {
-    let mut changed = false;
+    let mut changed = below_unit(&mut e, schema);
     for group in unified_groups(&mut e) {
-        let timestamp = group
-            .iter()
-            .find_map(|m| match m.get_type(schema as &dyn ExprSchema) {
-                Ok(t @ DataType::Timestamp(..)) if !string_literal(m) => Some(t),
-                _ => None,
-            });
-        let Some(timestamp) = timestamp else {
+        let Some(timestamp) = group.iter().find_map(|m| timestamp_of(m, schema)) else {
             continue;
         };
         // DataFusion compares at nanoseconds (1677-2262). A value the timestamp's own unit
         // holds exactly, or one beyond that range, is read in the timestamp's type; one with
-        // digits below its unit (`'… 12:00:00.5'` beside whole seconds) is left to DataFusion.
-        let nanos = match &timestamp {
-            DataType::Timestamp(_, zone) => {
-                DataType::Timestamp(arrow::datatypes::TimeUnit::Nanosecond, zone.clone())
-            }
-            other => other.clone(),
-        };
-        let typed = |m: &Expr| match m {
-            Expr::Literal(v, _) if !v.is_null() => {
-                let Ok(there) = v.cast_to(&timestamp) else {
-                    return false;
-                };
-                match v.cast_to(&nanos) {
-                    Err(_) => true,
-                    Ok(exact) => there.cast_to(&nanos).is_ok_and(|back| back == exact),
-                }
-            }
-            _ => false,
-        };
-        for member in group.into_iter().filter(|m| string_literal(m) && typed(m)) {
-            let literal = std::mem::replace(member, Expr::Literal(ScalarValue::Null, None));
-            *member = Expr::Cast(Cast::new(Box::new(literal), timestamp.clone()));
+        // digits below its unit is left to DataFusion (a comparison with one was rewritten
+        // above).
+        let typed = |m: &Expr| reading(m, &timestamp).is_some_and(|r| r.exact || !r.nanos);
+        for member in group.into_iter().filter(|m| typed(m)) {
+            *member = in_type(
+                std::mem::replace(member, lit(ScalarValue::Null)),
+                &timestamp,
+            );
             changed = true;
         }
     }
     Transformed::new_transformed(e, changed)
+}
+
+/// The timestamp type of `e`, unless it is a string literal.
+fn timestamp_of(e: &Expr, schema: &DFSchema) -> Option<DataType> {
+    match e.get_type(schema as &dyn ExprSchema) {
+        Ok(t @ DataType::Timestamp(..)) if !string_literal(e) => Some(t),
+        _ => None,
+    }
+}
+
+/// `e` read as a value of `timestamp`'s type.
+fn in_type(e: Expr, timestamp: &DataType) -> Expr {
+    Expr::Cast(Cast::new(Box::new(e), timestamp.clone()))
+}
+
+/// A string literal read as a timestamp.
+struct Reading {
+    /// The value in the timestamp's type: its floor in the timestamp's unit, as Arrow reads a
+    /// string with more digits (chrono's seconds since the epoch and the fraction above them).
+    floor: ScalarValue,
+    /// Whether the string has no digits below the timestamp's unit.
+    exact: bool,
+    /// Whether a nanosecond timestamp holds the value (1677-2262).
+    nanos: bool,
+}
+
+/// `e`, a non-NULL string literal, read as a value of `timestamp` (None when it is not one).
+fn reading(e: &Expr, timestamp: &DataType) -> Option<Reading> {
+    let Expr::Literal(v, _) = e else { return None };
+    if !string_literal(e) || v.is_null() {
+        return None;
+    }
+    let DataType::Timestamp(unit, zone) = timestamp else {
+        return None;
+    };
+    let floor = v.cast_to(timestamp).ok()?;
+    let at = |u: TimeUnit| DataType::Timestamp(u, zone.clone());
+    let nanos = v.cast_to(&at(TimeUnit::Nanosecond)).is_ok();
+    // Whether the value is exact is read in the finest unit that holds it.
+    let finer = [
+        TimeUnit::Nanosecond,
+        TimeUnit::Microsecond,
+        TimeUnit::Millisecond,
+    ]
+    .into_iter()
+    .take_while(|u| u != unit)
+    .find_map(|u| Some((at(u), v.cast_to(&at(u)).ok()?)));
+    let exact = match finer {
+        Some((fine, value)) => floor.cast_to(&fine).is_ok_and(|back| back == value),
+        None => true,
+    };
+    Some(Reading {
+        floor,
+        exact,
+        nanos,
+    })
+}
+
+/// Rewrites `e` when it compares a timestamp with a string below the timestamp's unit, and
+/// says whether it did.
+fn below_unit(e: &mut Expr, schema: &DFSchema) -> bool {
+    match e {
+        Expr::BinaryExpr(BinaryExpr { left, op, right }) => {
+            let (x, value, op) = match (string_literal(left), string_literal(right)) {
+                (false, true) => (left, right, *op),
+                (true, false) => match op.swap() {
+                    Some(swapped) => (right, left, swapped),
+                    None => return false,
+                },
+                _ => return false,
+            };
+            let Some(timestamp) = timestamp_of(x, schema) else {
+                return false;
+            };
+            match reading(value, &timestamp) {
+                Some(r) if !r.exact => match floored(x.as_ref().clone(), op, r.floor) {
+                    Some(rewritten) => {
+                        *e = rewritten;
+                        true
+                    }
+                    None => false,
+                },
+                _ => false,
+            }
+        }
+        Expr::Between(Between {
+            expr,
+            negated,
+            low,
+            high,
+        }) => {
+            let Some(timestamp) = timestamp_of(expr, schema) else {
+                return false;
+            };
+            let inexact = |b: &Expr| reading(b, &timestamp).is_some_and(|r| !r.exact);
+            if !inexact(low) && !inexact(high) {
+                return false;
+            }
+            let bound = |b: &Expr, op: Operator| {
+                let x = expr.as_ref().clone();
+                match reading(b, &timestamp) {
+                    Some(r) if !r.exact => floored(x, op, r.floor),
+                    Some(_) => Some(binary_expr(x, op, in_type(b.clone(), &timestamp))),
+                    None => Some(binary_expr(x, op, b.clone())),
+                }
+            };
+            let (Some(from), Some(to)) = (bound(low, Operator::GtEq), bound(high, Operator::LtEq))
+            else {
+                return false;
+            };
+            let both = from.and(to);
+            *e = match negated {
+                true => Expr::Not(Box::new(both)),
+                false => both,
+            };
+            true
+        }
+        Expr::InList(InList {
+            expr,
+            list,
+            negated,
+        }) => {
+            let Some(timestamp) = timestamp_of(expr, schema) else {
+                return false;
+            };
+            let Some(first) = list
+                .iter()
+                .find_map(|m| reading(m, &timestamp).filter(|r| !r.exact))
+            else {
+                return false;
+            };
+            // No value of the timestamp's type equals one below its unit.
+            list.retain(|m| reading(m, &timestamp).is_none_or(|r| r.exact));
+            if list.is_empty() {
+                let op = match negated {
+                    true => Operator::NotEq,
+                    false => Operator::Eq,
+                };
+                match floored(expr.as_ref().clone(), op, first.floor) {
+                    Some(rewritten) => *e = rewritten,
+                    None => return false,
+                }
+            }
+            true
+        }
+        _ => false,
+    }
+}
+
+/// `x op v`, for `x` of a timestamp type and `v` a value with digits below its unit whose
+/// floor in that unit is `floor`, as a comparison of `x` with `floor` (None for an operator
+/// that is not a comparison).
+fn floored(x: Expr, op: Operator, floor: ScalarValue) -> Option<Expr> {
+    let f = || lit(floor.clone());
+    Some(match op {
+        Operator::Lt | Operator::LtEq => x.lt_eq(f()),
+        Operator::Gt | Operator::GtEq => x.gt(f()),
+        // Never true, and NULL where `x` is, as `x = v` is.
+        Operator::Eq => x.clone().gt(f()).and(x.lt_eq(f())),
+        Operator::NotEq => x.clone().lt_eq(f()).or(x.gt(f())),
+        Operator::IsNotDistinctFrom => lit(false),
+        Operator::IsDistinctFrom => lit(true),
+        _ => return None,
+    })
 }
 
 /// The functions [`TemporalFirst`] wraps (`ifnull` is `nvl`'s alias).
@@ -236,7 +392,41 @@ impl ScalarUDFImpl for TemporalFirst {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use arrow::datatypes::TimeUnit;
+
+    fn read(s: &str, unit: TimeUnit) -> Reading {
+        reading(&lit(s), &DataType::Timestamp(unit, None)).expect("a timestamp")
+    }
+
+    #[test]
+    fn a_string_reads_as_its_floor_in_the_unit_and_says_whether_it_was_exact() {
+        let r = read("2024-01-01 12:00:00.5", TimeUnit::Second);
+        assert_eq!(
+            r.floor,
+            ScalarValue::TimestampSecond(Some(1_704_110_400), None)
+        );
+        assert!(!r.exact && r.nanos);
+        // Before 1970 too the floor, not the value truncated toward zero.
+        let r = read("1969-12-31 23:59:59.5", TimeUnit::Second);
+        assert_eq!(r.floor, ScalarValue::TimestampSecond(Some(-1), None));
+        assert!(!r.exact);
+        let r = read("1969-12-31 23:59:59.999", TimeUnit::Millisecond);
+        assert!(r.exact);
+        assert!(read("2024-01-01 12:00:00.0000001", TimeUnit::Microsecond).nanos);
+        assert!(!read("2024-01-01 12:00:00.0000001", TimeUnit::Microsecond).exact);
+        assert!(read("2024-01-01 12:00:00.000001", TimeUnit::Nanosecond).exact);
+        // Beyond the nanosecond range, exactness is read in microseconds.
+        let r = read("9999-12-31 23:59:59.5", TimeUnit::Second);
+        assert!(!r.exact && !r.nanos);
+        let r = read("9999-12-31 23:59:59", TimeUnit::Second);
+        assert!(r.exact && !r.nanos);
+        assert!(
+            reading(
+                &lit("not a time"),
+                &DataType::Timestamp(TimeUnit::Second, None)
+            )
+            .is_none()
+        );
+    }
 
     #[test]
     fn a_temporal_type_among_strings_is_every_arguments() {
