@@ -392,7 +392,7 @@ impl PhysicalExtensionCodec for DistCodec {
         name: &str,
         _buf: &[u8],
     ) -> DfResult<Arc<datafusion::logical_expr::ScalarUDF>> {
-        crate::engine::checked_function(name)
+        crate::engine::planted_function(name)
             .ok_or_else(|| DataFusionError::Plan(format!("no function named {name}")))
     }
 

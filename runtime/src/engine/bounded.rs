@@ -200,15 +200,7 @@ impl ScalarUDFImpl for Bounded {
         if matches!(self.growth, Growth::Pattern | Growth::RegexpReplace) {
             let pattern = args.args.get(1).map_or(0, longest);
             if pattern > MAX_PATTERN_BYTES {
-                return Err(DataFusionError::ArrowError(
-                    Box::new(arrow::error::ArrowError::ComputeError(format!(
-                        "{}(): a regular expression of {} KiB; the longest one compiled is {} KiB",
-                        self.name(),
-                        pattern >> 10,
-                        MAX_PATTERN_BYTES >> 10
-                    ))),
-                    None,
-                ));
+                return Err(pattern_too_long(&format!("{}()", self.name()), pattern));
             }
             if self.growth == Growth::Pattern {
                 return self.inner.invoke_with_args(args);
@@ -313,8 +305,21 @@ impl Values {
     }
 }
 
+/// The error for a regular expression of `bytes` given to `operator` (a function's name and
+/// its parentheses, or an operator) over [`MAX_PATTERN_BYTES`]: INVALID_ARGUMENT.
+pub(super) fn pattern_too_long(operator: &str, bytes: u128) -> DataFusionError {
+    DataFusionError::ArrowError(
+        Box::new(arrow::error::ArrowError::ComputeError(format!(
+            "{operator}: a regular expression of {} KiB; the longest one compiled is {} KiB",
+            bytes >> 10,
+            MAX_PATTERN_BYTES >> 10
+        ))),
+        None,
+    )
+}
+
 /// The longest text `arg` holds, in bytes.
-fn longest(arg: &ColumnarValue) -> u128 {
+pub(super) fn longest(arg: &ColumnarValue) -> u128 {
     let bytes = |v: Value| match v {
         Value::Bytes(n) => n,
         _ => 0,

@@ -48,6 +48,7 @@ mod literals;
 mod nan_pruning;
 mod operations;
 mod options;
+mod patterns;
 mod policy;
 mod show;
 mod sql_types;
@@ -103,7 +104,11 @@ pub(crate) fn in_fragment(
         .try_fold(plan, |plan, rule| rule.optimize(plan, config))
 }
 
-pub(crate) use checked::function_named as checked_function;
+/// A function of ours that an analyzer rule puts into plans without registering it, by the
+/// name it travels to other nodes under (the fragment codec decodes it with this).
+pub(crate) fn planted_function(name: &str) -> Option<Arc<datafusion::logical_expr::ScalarUDF>> {
+    checked::function_named(name).or_else(|| patterns::function_named(name))
+}
 pub use history_table::history_schema;
 pub use ingest::{IfExists, IfMissing, WriteMode};
 pub(crate) use join_filters::awaits_paying_filter;
@@ -681,8 +686,9 @@ fn physical_rules() -> Vec<Arc<dyn PhysicalOptimizerRule + Send + Sync>> {
 /// decimal literals beside floats become floats before its type coercion; after it, decimals
 /// cast to integers drop their fraction first, casts to a timestamp's date or time of day are
 /// kept out of interval analysis, integer arithmetic is checked (before constant folding),
-/// `information_schema.columns` counts its ordinals from 1 and `information_schema.views` lists
-/// only views.
+/// `information_schema.columns` counts its ordinals from 1, `information_schema.views` lists
+/// only views, and the functions that grow and the patterns of the matching operators are
+/// bounded.
 fn analyzer_rules() -> Vec<Arc<dyn datafusion::optimizer::AnalyzerRule + Send + Sync>> {
     let mut rules = datafusion::optimizer::Analyzer::new().rules;
     rules.insert(0, Arc::new(literals::FloatNeighbours));
@@ -693,6 +699,7 @@ fn analyzer_rules() -> Vec<Arc<dyn datafusion::optimizer::AnalyzerRule + Send + 
     rules.push(Arc::new(information_schema::OrdinalsFromOne));
     rules.push(Arc::new(information_schema::OnlyViewsInViews));
     rules.push(Arc::new(bounded::BoundedCalls));
+    rules.push(Arc::new(patterns::BoundedPatterns));
     rules
 }
 
