@@ -154,7 +154,7 @@ impl Ledger {
             let p = exactly_by_partition(p, snapshot.partition_columns());
             op = op.with_predicate(spellable(p, snapshot.schema(), snapshot.served_schema())?);
         }
-        let (table, metrics) = op.await.map_err(|e| conflict(snapshot, e))?;
+        let (table, metrics) = self.checked(snapshot, op.await).await?;
         let version = self.settle(snapshot, &table, "delete");
         Ok(Changed {
             version,
@@ -205,7 +205,7 @@ impl Ledger {
                 snapshot.served_schema(),
             )?);
         }
-        let (table, metrics) = op.await.map_err(|e| conflict(snapshot, e))?;
+        let (table, metrics) = self.checked(snapshot, op.await).await?;
         let version = self.settle(snapshot, &table, "update");
         Ok(Changed {
             version,
@@ -397,7 +397,7 @@ impl Ledger {
                 }
             };
         }
-        let (table, metrics) = op.await.map_err(|e| conflict(snapshot, e))?;
+        let (table, metrics) = self.checked(snapshot, op.await).await?;
         let version = self.settle(snapshot, &table, "merge");
         Ok(Changed {
             version,

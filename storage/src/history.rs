@@ -132,7 +132,7 @@ impl Ledger {
                 cells_removed: 0,
             });
         }
-        let (table, metrics) = self
+        let restored = self
             .delta_table(snapshot)?
             .restore()
             .with_version_to_restore(version as u64)
@@ -167,7 +167,11 @@ impl Ledger {
                 } else {
                     conflict(snapshot, e)
                 }
-            })?;
+            });
+        let (table, metrics) = match restored {
+            Ok(r) => r,
+            Err(e) => return Err(self.unless_dropped(snapshot, e).await),
+        };
         let state = table.snapshot()?.clone();
         let new_version = state.version() as i64;
         info!(frame = %snapshot.frame(), to = version, version = new_version, "restored");

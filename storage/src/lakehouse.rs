@@ -2,10 +2,11 @@
 //! (creating and dropping frames, boxes and hives).
 
 use std::sync::Arc;
+use std::time::Duration;
 
 use futures::StreamExt;
 use object_store::ObjectStoreExt;
-use tracing::{info, warn};
+use tracing::{debug, info, warn};
 
 use crate::backend::{Storage, Watermark};
 use crate::catalog::Catalog;
@@ -221,7 +222,28 @@ impl Lakehouse {
 
     /// The frame at `version` (latest if `None`): a Delta snapshot (of our own table or an
     /// external one), or the location of external Parquet/CSV files.
+    ///
+    /// A log that changes under the reader is read again, a few times: a creation of the name
+    /// clears what a drop left of an earlier frame's log before its own version 0, and a
+    /// reader that listed those commits found them gone as it read them (a commit not found,
+    /// a gap in the versions, no metadata): INTERNAL, for a race the next read does not see.
     pub async fn open_frame(&self, frame: &FrameRef, version: Option<i64>) -> Result<Opened> {
+        let mut pause = Duration::from_millis(20);
+        for _ in 1..LOG_READS {
+            match self.open_frame_once(frame, version).await {
+                Err(Error::Delta(e)) if changed_under_reader(&e) => {
+                    debug!(frame = %frame, error = %e, "the log changed while it was read; reading it again");
+                    tokio::time::sleep(pause).await;
+                    pause *= 2;
+                }
+                other => return other,
+            }
+        }
+        self.open_frame_once(frame, version).await
+    }
+
+    /// [`Lakehouse::open_frame`], reading the log once.
+    async fn open_frame_once(&self, frame: &FrameRef, version: Option<i64>) -> Result<Opened> {
         let Some(marker) = self.catalog.frame_marker(frame).await? else {
             self.catalog.require_box(&frame.box_ref()).await?;
             return Err(Error::NotFound {
@@ -502,6 +524,23 @@ impl Lakehouse {
 /// Whether opening a registered frame failed because its Delta table is not there (yet): its
 /// creator is at work, or its creation was interrupted. delta-kernel says so in text only
 /// ("Kernel error: Invalid table location: Path does not exist").
+/// Times [`Lakehouse::open_frame`] reads a log that changes under it.
+const LOG_READS: usize = 3;
+
+/// Whether reading a log failed as one does when its commits are deleted while it is read.
+fn changed_under_reader(e: &deltalake::DeltaTableError) -> bool {
+    const GONE: [&str; 5] = [
+        "File not found",
+        "No files in log segment",
+        "No protocol found",
+        "No table metadata",
+        "not found: No such file",
+    ];
+    let text = e.to_string();
+    matches!(e, deltalake::DeltaTableError::InvalidVersion(_))
+        || GONE.iter().any(|g| text.contains(g))
+}
+
 fn not_a_table_yet(e: &Error) -> bool {
     match e {
         Error::Delta(d) => {
@@ -840,6 +879,39 @@ mod tests {
                 let now = lh.frame(&frame(), None).await.unwrap();
                 assert_eq!((now.version(), now.stats().rows), (0, 0));
                 assert_eq!(now.schema(), &other);
+            }
+        }
+    }
+
+    /// An UPDATE whose frame is dropped while it runs finds its cells gone: that is the frame
+    /// not existing any more (NOT_FOUND), or a new frame of the name to run it against again
+    /// (a conflict), never an internal error.
+    #[tokio::test]
+    async fn a_change_whose_frame_was_dropped_under_it_says_so() {
+        let session = datafusion::prelude::SessionContext::new().state();
+        for recreated in [false, true] {
+            let (lh, _dir) = lakehouse().await;
+            lh.create_frame(&frame(), &schema(), &[], &[], false)
+                .await
+                .unwrap();
+            append(&lh, 1).await;
+            let snap = lh.frame(&frame(), None).await.unwrap();
+            lh.drop_frame(&frame(), false).await.unwrap();
+            if recreated {
+                lh.create_frame(&frame(), &schema(), &[], &[], false)
+                    .await
+                    .unwrap();
+            }
+            let set = vec![("v".to_string(), datafusion::prelude::lit(2i64))];
+            let err = lh.ledger().update(&snap, set, None, &session, "u").await;
+            match (recreated, err) {
+                (false, Err(Error::NotFound { name, .. })) => {
+                    assert!(name.contains("dropped while this statement ran"), "{name}")
+                }
+                (true, Err(Error::Conflict { detail, .. })) => {
+                    assert!(detail.contains("dropped and created again"), "{detail}")
+                }
+                (_, other) => panic!("recreated {recreated}: {:?}", other.map(|c| c.rows)),
             }
         }
     }

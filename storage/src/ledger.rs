@@ -572,11 +572,21 @@ impl Ledger {
     }
 
     /// `e`, a write's failure, unless the frame it read was dropped meanwhile: the drop deleted
-    /// its log under the write, which then failed reading a commit that was gone. That is the
-    /// frame not existing (any more), not an internal error.
-    async fn unless_dropped(&self, read: &FrameSnapshot, e: Error) -> Error {
-        // The fence's own verdicts (dropped; dropped and created again) say it already.
-        if matches!(e, Error::Conflict { .. } | Error::NotFound { .. }) {
+    /// its log or its cells under the write, which then failed reading a commit or a file that
+    /// was gone. That is the frame not existing (any more), or a new frame of its name the
+    /// statement may run against again, not an internal error.
+    pub(crate) async fn unless_dropped(&self, read: &FrameSnapshot, e: Error) -> Error {
+        // The fence's own verdicts (dropped; dropped and created again) say it already, and
+        // the statement's own faults are its own.
+        if !matches!(
+            e,
+            Error::Delta(_)
+                | Error::Gone(_)
+                | Error::ObjectStore(_)
+                | Error::Parquet(_)
+                | Error::DataFusion(_)
+                | Error::Internal(_)
+        ) {
             return e;
         }
         match crate::catalog::Catalog::new(self.storage.clone())
@@ -584,14 +594,35 @@ impl Ledger {
             .await
         {
             Ok(Some(m)) if m.id == read.incarnation => e,
-            Ok(_) => Error::NotFound {
+            Ok(Some(_)) => Error::Conflict {
+                frame: read.frame.to_string(),
+                detail: "it was dropped and created again while this statement ran; nothing \
+                         was committed, run it again"
+                    .into(),
+            },
+            Ok(None) => Error::NotFound {
                 kind: crate::ObjectKind::Frame,
                 name: format!(
-                    "{} (it was dropped while this statement wrote it; nothing was committed)",
+                    "{} (it was dropped while this statement ran; nothing was committed)",
                     read.frame
                 ),
             },
             Err(_) => e,
+        }
+    }
+
+    /// The outcome of a delta-rs operation on `snapshot`'s frame, its failure said as
+    /// [`conflict`] says it, or as the drop it was ([`Ledger::unless_dropped`]).
+    pub(crate) async fn checked<T>(
+        &self,
+        snapshot: &FrameSnapshot,
+        outcome: std::result::Result<T, DeltaTableError>,
+    ) -> Result<T> {
+        match outcome {
+            Ok(v) => Ok(v),
+            Err(e) => Err(self
+                .unless_dropped(snapshot, crate::dml::conflict(snapshot, e))
+                .await),
         }
     }
 

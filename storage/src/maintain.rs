@@ -22,7 +22,7 @@ use futures::{StreamExt, TryStreamExt};
 use object_store::ObjectStoreExt;
 use tracing::{info, warn};
 
-use crate::dml::{conflict, operation_session};
+use crate::dml::operation_session;
 use crate::error::{Error, Result};
 use crate::ledger::{FrameSnapshot, Ledger};
 use crate::paths;
@@ -182,7 +182,7 @@ impl Ledger {
                         .snapshot(snapshot.frame(), snapshot.incarnation(), None)
                         .await?;
                 }
-                Err(e) => return Err(conflict(&snapshot, e)),
+                Err(e) => return self.checked(&snapshot, Err(e)).await,
             }
         }
     }
@@ -209,14 +209,14 @@ impl Ledger {
         }
         let table = self.delta_table(snapshot)?;
         let retention = chrono::Duration::milliseconds((retain_hours * 3_600_000.0) as i64);
-        let (_, plan) = table
+        let planned = table
             .vacuum()
             .with_retention_period(retention)
             .with_enforce_retention_duration(false)
             .with_mode(VacuumMode::Full)
             .with_dry_run(true)
-            .await
-            .map_err(|e| conflict(snapshot, e))?;
+            .await;
+        let (_, plan) = self.checked(snapshot, planned).await?;
         // Never a cell the snapshot reads, whatever the plan says (a key escaped one time too
         // many or too few would otherwise name a live file as garbage).
         let live: HashSet<String> = snapshot
@@ -282,8 +282,8 @@ impl Ledger {
                     default_retention_millis: (DEFAULT_RETENTION_HOURS * 3_600_000.0) as i64,
                 },
             )
-            .await
-            .map_err(|e| conflict(snapshot, e))?;
+            .await;
+        let start = self.checked(snapshot, start).await?;
         let mut deleted = self.delete_staged(snapshot, staged).await?;
         let from_plan: Vec<String> = futures::stream::iter(files)
             .map(|f| {
@@ -311,8 +311,8 @@ impl Ledger {
                     status: "COMPLETED".into(),
                 },
             )
-            .await
-            .map_err(|e| conflict(snapshot, e))?;
+            .await;
+        let end = self.checked(snapshot, end).await?;
         info!(frame = %snapshot.frame(), deleted = deleted.len(), version = end.version(), "vacuumed");
         self.remember(snapshot.frame(), snapshot.incarnation(), end.snapshot());
         Ok(Vacuumed {
@@ -401,8 +401,8 @@ impl Ledger {
             )]))
             .with_raise_if_not_exists(false)
             .with_commit_properties(self.commit_properties(user))
-            .await
-            .map_err(|e| conflict(snapshot, e))?;
+            .await;
+        let table = self.checked(snapshot, table).await?;
         self.adopt(snapshot, &table)
     }
 
@@ -440,8 +440,8 @@ impl Ledger {
             .add_columns()
             .with_fields(delta_fields)
             .with_commit_properties(self.commit_properties(user))
-            .await
-            .map_err(|e| conflict(snapshot, e))?;
+            .await;
+        let table = self.checked(snapshot, table).await?;
         self.adopt(snapshot, &table)
     }
 }
