@@ -113,6 +113,25 @@ def test_prepared_parameter_types(server):
         assert cur.fetchall() == [(2,)]
 
 
+def test_a_parameter_below_a_timestamp_columns_unit_is_compared_as_sent(server):
+    # Typed as the TIMESTAMP(0) column, a bound '... 12:00:00.5' was truncated to 12:00:00
+    # before anything compared it: `at >= ?` took the row at 12:00:00 in. Typed microseconds
+    # (as PostgreSQL types a parameter `timestamp`), it is compared as the value it is.
+    with connect(server) as conn, conn.cursor() as cur:
+        cur.execute("CREATE TABLE whole (id INT, at TIMESTAMP(0))")
+        cur.execute("INSERT INTO whole VALUES (1, '2024-01-01 12:00:00'), (2, '2024-01-01 12:00:01')")
+        cur.adbc_prepare("SELECT id FROM whole WHERE at >= ?")
+        schema = pa.schema(cur.adbc_statement.get_parameter_schema())
+        assert schema.types == [pa.timestamp("us")], schema
+        for sent in ["2024-01-01 12:00:00.5", dt.datetime(2024, 1, 1, 12, 0, 0, 500000)]:
+            cur.execute("SELECT id FROM whole WHERE at >= ? ORDER BY id", parameters=(sent,))
+            assert cur.fetchall() == [(2,)], sent
+            cur.execute("SELECT id FROM whole WHERE at = ?", parameters=(sent,))
+            assert cur.fetchall() == [], sent
+        cur.execute("SELECT id FROM whole WHERE at = ?", parameters=("2024-01-01 12:00:01",))
+        assert cur.fetchall() == [(2,)]
+
+
 def test_executemany(server):
     with connect(server) as conn, conn.cursor() as cur:
         cur.execute("CREATE TABLE m (k BIGINT, v VARCHAR)")

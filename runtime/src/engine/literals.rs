@@ -641,12 +641,15 @@ pub(crate) fn parameter_types(plan: LogicalPlan) -> DfResult<LogicalPlan> {
                         true
                     }
                     // Arithmetic too: DataFusion types `? * 1.5` from the literal.
-                    Df::BinaryExpr(BinaryExpr { left, right, .. }) => {
-                        float_placeholders(&mut [left.as_mut(), right.as_mut()])
+                    Df::BinaryExpr(BinaryExpr { left, op, right }) => {
+                        let comparison = super::temporal_strings::comparison(*op);
+                        let mut both = [left.as_mut(), right.as_mut()];
+                        float_placeholders(&mut both)
+                            | (comparison && timestamp_placeholders(&mut both))
                     }
-                    e => unified_groups(e)
-                        .into_iter()
-                        .fold(false, |c, mut group| float_placeholders(&mut group) | c),
+                    e => unified_groups(e).into_iter().fold(false, |c, mut group| {
+                        float_placeholders(&mut group) | timestamp_placeholders(&mut group) | c
+                    }),
                 };
                 Ok(match changed {
                     true => Transformed::yes(e),
@@ -656,6 +659,28 @@ pub(crate) fn parameter_types(plan: LogicalPlan) -> DfResult<LogicalPlan> {
         })
     })
     .data()
+}
+
+/// Placeholders of `group` typed as a timestamp of seconds or milliseconds (as the column
+/// beside them), retyped microseconds, as PostgreSQL types a parameter `timestamp`: a bound
+/// `'… 12:00:00.5'` was cast to the column's unit, and so truncated, before anything compared
+/// it (`at >= ?` took 12:00:00 in). A value below the column's unit is then compared as the
+/// value it is (`temporal_strings::SubUnitValues`).
+fn timestamp_placeholders(group: &mut [&mut Df]) -> bool {
+    use arrow::datatypes::TimeUnit;
+    let mut changed = false;
+    for e in group.iter_mut() {
+        if let Df::Placeholder(p) = &mut **e
+            && let Some(field) = &p.field
+            && let DataType::Timestamp(TimeUnit::Second | TimeUnit::Millisecond, zone) =
+                field.data_type()
+        {
+            let finer = DataType::Timestamp(TimeUnit::Microsecond, zone.clone());
+            p.field = Some(Arc::new(field.as_ref().clone().with_data_type(finer)));
+            changed = true;
+        }
+    }
+    changed
 }
 
 /// Placeholders of `group` typed as one of its decimal literals, retyped `DOUBLE`.

@@ -694,6 +694,7 @@ fn analyzer_rules() -> Vec<Arc<dyn datafusion::optimizer::AnalyzerRule + Send + 
     rules.insert(0, Arc::new(literals::FloatNeighbours));
     rules.insert(0, Arc::new(temporal_strings::TimestampStrings));
     rules.push(Arc::new(whole_casts::WholeCasts));
+    rules.push(Arc::new(temporal_strings::SubUnitValues));
     rules.push(Arc::new(temporal_casts::TemporalCasts));
     rules.push(Arc::new(checked::CheckedIntegers));
     rules.push(Arc::new(information_schema::OrdinalsFromOne));

@@ -28,7 +28,7 @@
 //! functions so that a date, time or timestamp among strings (and NULLs) makes every argument
 //! that type, as PostgreSQL's `COALESCE` does (`nvl` of two timestamps answered a string too).
 
-use datafusion::common::tree_node::Transformed;
+use datafusion::common::tree_node::{Transformed, TreeNode};
 use datafusion::common::{DFSchema, ExprSchema, Result as DfResult, ScalarValue};
 use datafusion::config::ConfigOptions;
 use datafusion::logical_expr::expr::{Between, BinaryExpr, Cast, InList};
@@ -261,6 +261,216 @@ fn floored(x: Expr, op: Operator, floor: ScalarValue) -> Option<Expr> {
         Operator::IsDistinctFrom => lit(true),
         _ => return None,
     })
+}
+
+/// A comparison of a timestamp with a value below its unit once types are coerced: DataFusion
+/// casts the column to the value's finer unit (`CAST(at AS TIMESTAMP(9)) >= TIMESTAMP '…
+/// 12:00:00.5'`, or a parameter bound in microseconds), and its simplifier, unwrapping that
+/// cast, truncated the value to the column's unit (`at = TIMESTAMP '… 12:00:00.5'` matched
+/// 12:00:00). Such a comparison is rewritten with the value's floor in the column's unit, as
+/// [`TimestampStrings`] does for a string; a value the column's unit holds exactly is left to
+/// DataFusion. The value is any constant of literals and casts, folded here.
+#[derive(Debug, Default)]
+pub(super) struct SubUnitValues;
+
+impl AnalyzerRule for SubUnitValues {
+    fn analyze(&self, plan: LogicalPlan, _config: &ConfigOptions) -> DfResult<LogicalPlan> {
+        rewrite_expressions(
+            plan,
+            |node| {
+                any_expression(node, |e| {
+                    matches!(e, Expr::InList(_) | Expr::Between(_))
+                        || matches!(e, Expr::BinaryExpr(b) if comparison(b.op))
+                })
+            },
+            |mut e, schema| {
+                let changed = coerced_below_unit(&mut e, schema);
+                Ok(Transformed::new_transformed(e, changed))
+            },
+        )
+    }
+
+    fn name(&self) -> &str {
+        "apiary_sub_unit_values"
+    }
+}
+
+/// Whether `op` compares two values.
+pub(super) fn comparison(op: Operator) -> bool {
+    matches!(
+        op,
+        Operator::Eq
+            | Operator::NotEq
+            | Operator::Lt
+            | Operator::LtEq
+            | Operator::Gt
+            | Operator::GtEq
+            | Operator::IsDistinctFrom
+            | Operator::IsNotDistinctFrom
+    )
+}
+
+/// `x` when `e` is `x`, of a timestamp type, cast to a timestamp of a finer unit.
+fn widened(e: &Expr, schema: &DFSchema) -> Option<(Expr, DataType)> {
+    let Expr::Cast(Cast { expr, field }) = e else {
+        return None;
+    };
+    let DataType::Timestamp(fine, _) = field.data_type() else {
+        return None;
+    };
+    match expr.get_type(schema as &dyn ExprSchema) {
+        Ok(t @ DataType::Timestamp(coarse, _)) if per(&coarse) > per(fine) => {
+            Some((expr.as_ref().clone(), t))
+        }
+        _ => None,
+    }
+}
+
+/// Nanoseconds in one `unit`.
+fn per(unit: &TimeUnit) -> i64 {
+    match unit {
+        TimeUnit::Second => 1_000_000_000,
+        TimeUnit::Millisecond => 1_000_000,
+        TimeUnit::Microsecond => 1_000,
+        TimeUnit::Nanosecond => 1,
+    }
+}
+
+/// `e`'s value when it is a constant of literals, casts and arithmetic (never a function:
+/// `now()` folded here would be another instant than the statement's).
+fn folded(e: &Expr) -> Option<ScalarValue> {
+    if let Expr::Literal(v, _) = e {
+        return Some(v.clone());
+    }
+    let constant = !e
+        .exists(|n| {
+            Ok(!matches!(
+                n,
+                Expr::Literal(..)
+                    | Expr::Cast(_)
+                    | Expr::TryCast(_)
+                    | Expr::BinaryExpr(_)
+                    | Expr::Negative(_)
+            ))
+        })
+        .unwrap_or(true);
+    if !constant {
+        return None;
+    }
+    let simplifier = datafusion::optimizer::simplify_expressions::ExprSimplifier::new(
+        SimplifyContext::default(),
+    );
+    match simplifier.simplify(e.clone()) {
+        Ok(Expr::Literal(v, _)) => Some(v),
+        _ => None,
+    }
+}
+
+/// The floor of `v`, a constant timestamp of a finer unit, in `coarse` (a timestamp type),
+/// when it has digits below that unit.
+fn inexact_in(v: &Expr, coarse: &DataType) -> Option<ScalarValue> {
+    let DataType::Timestamp(unit, zone) = coarse else {
+        return None;
+    };
+    let value = folded(v)?;
+    let (n, fine) = match value {
+        ScalarValue::TimestampSecond(Some(n), _) => (n, TimeUnit::Second),
+        ScalarValue::TimestampMillisecond(Some(n), _) => (n, TimeUnit::Millisecond),
+        ScalarValue::TimestampMicrosecond(Some(n), _) => (n, TimeUnit::Microsecond),
+        ScalarValue::TimestampNanosecond(Some(n), _) => (n, TimeUnit::Nanosecond),
+        _ => return None,
+    };
+    let ratio = per(unit) / per(&fine);
+    if ratio <= 1 || n.rem_euclid(ratio) == 0 {
+        return None;
+    }
+    let floor = Some(n.div_euclid(ratio));
+    Some(match unit {
+        TimeUnit::Second => ScalarValue::TimestampSecond(floor, zone.clone()),
+        TimeUnit::Millisecond => ScalarValue::TimestampMillisecond(floor, zone.clone()),
+        TimeUnit::Microsecond => ScalarValue::TimestampMicrosecond(floor, zone.clone()),
+        TimeUnit::Nanosecond => return None,
+    })
+}
+
+/// [`below_unit`] once types are coerced: rewrites `e` when it compares a timestamp, cast to a
+/// finer unit, with a constant below the timestamp's unit, and says whether it did.
+fn coerced_below_unit(e: &mut Expr, schema: &DFSchema) -> bool {
+    match e {
+        Expr::BinaryExpr(BinaryExpr { left, op, right }) => {
+            let (x, coarse, value, op) = match (widened(left, schema), widened(right, schema)) {
+                (Some((x, t)), None) => (x, t, right, *op),
+                (None, Some((x, t))) => match op.swap() {
+                    Some(swapped) => (x, t, left, swapped),
+                    None => return false,
+                },
+                _ => return false,
+            };
+            match inexact_in(value, &coarse).and_then(|floor| floored(x, op, floor)) {
+                Some(rewritten) => {
+                    *e = rewritten;
+                    true
+                }
+                None => false,
+            }
+        }
+        Expr::Between(Between {
+            expr,
+            negated,
+            low,
+            high,
+        }) => {
+            let Some((x, coarse)) = widened(expr, schema) else {
+                return false;
+            };
+            let (from, to) = (inexact_in(low, &coarse), inexact_in(high, &coarse));
+            if from.is_none() && to.is_none() {
+                return false;
+            }
+            let bound = |b: &Expr, floor: Option<ScalarValue>, op: Operator| match floor {
+                Some(f) => floored(x.clone(), op, f),
+                None => Some(binary_expr(expr.as_ref().clone(), op, b.clone())),
+            };
+            let (Some(from), Some(to)) = (
+                bound(low, from, Operator::GtEq),
+                bound(high, to, Operator::LtEq),
+            ) else {
+                return false;
+            };
+            let both = from.and(to);
+            *e = match negated {
+                true => Expr::Not(Box::new(both)),
+                false => both,
+            };
+            true
+        }
+        Expr::InList(InList {
+            expr,
+            list,
+            negated,
+        }) => {
+            let Some((x, coarse)) = widened(expr, schema) else {
+                return false;
+            };
+            let Some(first) = list.iter().find_map(|m| inexact_in(m, &coarse)) else {
+                return false;
+            };
+            // No value of the timestamp's type equals one below its unit.
+            list.retain(|m| inexact_in(m, &coarse).is_none());
+            if list.is_empty() {
+                let op = match negated {
+                    true => Operator::NotEq,
+                    false => Operator::Eq,
+                };
+                match floored(x, op, first) {
+                    Some(rewritten) => *e = rewritten,
+                    None => return false,
+                }
+            }
+            true
+        }
+        _ => false,
+    }
 }
 
 /// The functions [`TemporalFirst`] wraps (`ifnull` is `nvl`'s alias).
