@@ -751,7 +751,10 @@ impl Ledger {
                 Ok(None)
                     if matches!(e, DeltaTableError::NotATable(_))
                         || e.to_string().contains("File not found")
-                        || e.to_string().contains("No files in log segment") =>
+                        || e.to_string().contains("No files in log segment")
+                        // The frame's folder itself, removed under delta-rs as it loaded
+                        // what it wrote (a local root).
+                        || e.to_string().contains("Invalid table location") =>
                 {
                     Err(Error::Conflict {
                         frame: frame.to_string(),
