@@ -129,6 +129,19 @@ impl Ledger {
         Some(version)
     }
 
+    /// The outcome of a delta-rs operation on `snapshot`'s frame, its failure said as
+    /// [`conflict`] says it, or as the drop it was ([`Ledger::unless_dropped`]).
+    pub(crate) async fn checked<T>(
+        &self,
+        snapshot: &FrameSnapshot,
+        outcome: std::result::Result<T, DeltaTableError>,
+    ) -> Result<T> {
+        match outcome {
+            Ok(v) => Ok(v),
+            Err(e) => Err(self.unless_dropped(snapshot, conflict(snapshot, e)).await),
+        }
+    }
+
     /// `DELETE FROM frame [WHERE predicate]`.
     pub async fn delete(
         &self,

@@ -611,21 +611,6 @@ impl Ledger {
         }
     }
 
-    /// The outcome of a delta-rs operation on `snapshot`'s frame, its failure said as
-    /// [`conflict`] says it, or as the drop it was ([`Ledger::unless_dropped`]).
-    pub(crate) async fn checked<T>(
-        &self,
-        snapshot: &FrameSnapshot,
-        outcome: std::result::Result<T, DeltaTableError>,
-    ) -> Result<T> {
-        match outcome {
-            Ok(v) => Ok(v),
-            Err(e) => Err(self
-                .unless_dropped(snapshot, crate::dml::conflict(snapshot, e))
-                .await),
-        }
-    }
-
     /// Whether the frame's log has begun: its first commit, or a checkpoint (after which early
     /// commits may be cleaned up). A log without either holds only what a drop left behind
     /// while a creation of the name is under way.

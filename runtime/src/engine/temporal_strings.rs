@@ -158,28 +158,50 @@ fn reading(e: &Expr, timestamp: &DataType) -> Option<Reading> {
 /// Rewrites `e` when it compares a timestamp with a string below the timestamp's unit, and
 /// says whether it did.
 fn below_unit(e: &mut Expr, schema: &DFSchema) -> bool {
+    rewrite_below_unit(
+        e,
+        &Reader {
+            timestamp: &|e| timestamp_of(e, schema).map(|t| (e.clone(), t)),
+            below: &|v, t| reading(v, t).filter(|r| !r.exact).map(|r| r.floor),
+            bound: &|b, t| match reading(b, t) {
+                Some(_) => in_type(b.clone(), t),
+                None => b.clone(),
+            },
+        },
+    )
+}
+
+/// How [`rewrite_below_unit`] reads the expressions of a comparison.
+struct Reader<'a> {
+    /// The timestamp an expression compares (itself, or what it casts to a finer unit), and
+    /// that timestamp's type.
+    timestamp: &'a dyn Fn(&Expr) -> Option<(Expr, DataType)>,
+    /// The floor, in a timestamp type, of a value with digits below its unit.
+    below: &'a dyn Fn(&Expr, &DataType) -> Option<ScalarValue>,
+    /// A `BETWEEN` bound that is not below the unit, as the timestamp meets it.
+    bound: &'a dyn Fn(&Expr, &DataType) -> Expr,
+}
+
+/// Rewrites `e` when it compares a timestamp with a value below its unit (a comparison,
+/// `BETWEEN` or `IN`), as `reader` reads them, and says whether it did.
+fn rewrite_below_unit(e: &mut Expr, reader: &Reader) -> bool {
     match e {
         Expr::BinaryExpr(BinaryExpr { left, op, right }) => {
-            let (x, value, op) = match (string_literal(left), string_literal(right)) {
-                (false, true) => (left, right, *op),
-                (true, false) => match op.swap() {
-                    Some(swapped) => (right, left, swapped),
-                    None => return false,
-                },
-                _ => return false,
-            };
-            let Some(timestamp) = timestamp_of(x, schema) else {
-                return false;
-            };
-            match reading(value, &timestamp) {
-                Some(r) if !r.exact => match floored(x.as_ref().clone(), op, r.floor) {
-                    Some(rewritten) => {
-                        *e = rewritten;
-                        true
-                    }
-                    None => false,
-                },
-                _ => false,
+            let (x, timestamp, value, op) =
+                match ((reader.timestamp)(left), (reader.timestamp)(right)) {
+                    (Some((x, t)), _) => (x, t, right, *op),
+                    (None, Some((x, t))) => match op.swap() {
+                        Some(swapped) => (x, t, left, swapped),
+                        None => return false,
+                    },
+                    _ => return false,
+                };
+            match (reader.below)(value, &timestamp).and_then(|floor| floored(x, op, floor)) {
+                Some(rewritten) => {
+                    *e = rewritten;
+                    true
+                }
+                None => false,
             }
         }
         Expr::Between(Between {
@@ -188,23 +210,28 @@ fn below_unit(e: &mut Expr, schema: &DFSchema) -> bool {
             low,
             high,
         }) => {
-            let Some(timestamp) = timestamp_of(expr, schema) else {
+            let Some((x, timestamp)) = (reader.timestamp)(expr) else {
                 return false;
             };
-            let inexact = |b: &Expr| reading(b, &timestamp).is_some_and(|r| !r.exact);
-            if !inexact(low) && !inexact(high) {
+            let (from, to) = (
+                (reader.below)(low, &timestamp),
+                (reader.below)(high, &timestamp),
+            );
+            if from.is_none() && to.is_none() {
                 return false;
             }
-            let bound = |b: &Expr, op: Operator| {
-                let x = expr.as_ref().clone();
-                match reading(b, &timestamp) {
-                    Some(r) if !r.exact => floored(x, op, r.floor),
-                    Some(_) => Some(binary_expr(x, op, in_type(b.clone(), &timestamp))),
-                    None => Some(binary_expr(x, op, b.clone())),
-                }
+            let bound = |b: &Expr, floor: Option<ScalarValue>, op: Operator| match floor {
+                Some(f) => floored(x.clone(), op, f),
+                None => Some(binary_expr(
+                    expr.as_ref().clone(),
+                    op,
+                    (reader.bound)(b, &timestamp),
+                )),
             };
-            let (Some(from), Some(to)) = (bound(low, Operator::GtEq), bound(high, Operator::LtEq))
-            else {
+            let (Some(from), Some(to)) = (
+                bound(low, from, Operator::GtEq),
+                bound(high, to, Operator::LtEq),
+            ) else {
                 return false;
             };
             let both = from.and(to);
@@ -219,23 +246,20 @@ fn below_unit(e: &mut Expr, schema: &DFSchema) -> bool {
             list,
             negated,
         }) => {
-            let Some(timestamp) = timestamp_of(expr, schema) else {
+            let Some((x, timestamp)) = (reader.timestamp)(expr) else {
                 return false;
             };
-            let Some(first) = list
-                .iter()
-                .find_map(|m| reading(m, &timestamp).filter(|r| !r.exact))
-            else {
+            let Some(first) = list.iter().find_map(|m| (reader.below)(m, &timestamp)) else {
                 return false;
             };
             // No value of the timestamp's type equals one below its unit.
-            list.retain(|m| reading(m, &timestamp).is_none_or(|r| r.exact));
+            list.retain(|m| (reader.below)(m, &timestamp).is_none());
             if list.is_empty() {
                 let op = match negated {
                     true => Operator::NotEq,
                     false => Operator::Eq,
                 };
-                match floored(expr.as_ref().clone(), op, first.floor) {
+                match floored(x, op, first) {
                     Some(rewritten) => *e = rewritten,
                     None => return false,
                 }
@@ -396,81 +420,14 @@ fn inexact_in(v: &Expr, coarse: &DataType) -> Option<ScalarValue> {
 /// [`below_unit`] once types are coerced: rewrites `e` when it compares a timestamp, cast to a
 /// finer unit, with a constant below the timestamp's unit, and says whether it did.
 fn coerced_below_unit(e: &mut Expr, schema: &DFSchema) -> bool {
-    match e {
-        Expr::BinaryExpr(BinaryExpr { left, op, right }) => {
-            let (x, coarse, value, op) = match (widened(left, schema), widened(right, schema)) {
-                (Some((x, t)), None) => (x, t, right, *op),
-                (None, Some((x, t))) => match op.swap() {
-                    Some(swapped) => (x, t, left, swapped),
-                    None => return false,
-                },
-                _ => return false,
-            };
-            match inexact_in(value, &coarse).and_then(|floor| floored(x, op, floor)) {
-                Some(rewritten) => {
-                    *e = rewritten;
-                    true
-                }
-                None => false,
-            }
-        }
-        Expr::Between(Between {
-            expr,
-            negated,
-            low,
-            high,
-        }) => {
-            let Some((x, coarse)) = widened(expr, schema) else {
-                return false;
-            };
-            let (from, to) = (inexact_in(low, &coarse), inexact_in(high, &coarse));
-            if from.is_none() && to.is_none() {
-                return false;
-            }
-            let bound = |b: &Expr, floor: Option<ScalarValue>, op: Operator| match floor {
-                Some(f) => floored(x.clone(), op, f),
-                None => Some(binary_expr(expr.as_ref().clone(), op, b.clone())),
-            };
-            let (Some(from), Some(to)) = (
-                bound(low, from, Operator::GtEq),
-                bound(high, to, Operator::LtEq),
-            ) else {
-                return false;
-            };
-            let both = from.and(to);
-            *e = match negated {
-                true => Expr::Not(Box::new(both)),
-                false => both,
-            };
-            true
-        }
-        Expr::InList(InList {
-            expr,
-            list,
-            negated,
-        }) => {
-            let Some((x, coarse)) = widened(expr, schema) else {
-                return false;
-            };
-            let Some(first) = list.iter().find_map(|m| inexact_in(m, &coarse)) else {
-                return false;
-            };
-            // No value of the timestamp's type equals one below its unit.
-            list.retain(|m| inexact_in(m, &coarse).is_none());
-            if list.is_empty() {
-                let op = match negated {
-                    true => Operator::NotEq,
-                    false => Operator::Eq,
-                };
-                match floored(x, op, first) {
-                    Some(rewritten) => *e = rewritten,
-                    None => return false,
-                }
-            }
-            true
-        }
-        _ => false,
-    }
+    rewrite_below_unit(
+        e,
+        &Reader {
+            timestamp: &|e| widened(e, schema),
+            below: &inexact_in,
+            bound: &|b, _| b.clone(),
+        },
+    )
 }
 
 /// The functions [`TemporalFirst`] wraps (`ifnull` is `nvl`'s alias).
