@@ -223,7 +223,7 @@ impl Lakehouse {
     /// The frame at `version` (latest if `None`): a Delta snapshot (of our own table or an
     /// external one), or the location of external Parquet/CSV files.
     ///
-    /// A log that changes under the reader is read again, a few times: a creation of the name
+    /// A log that changes under the reader is read again, twice at most: a creation of the name
     /// clears what a drop left of an earlier frame's log before its own version 0, and a
     /// reader that listed those commits found them gone as it read them (a commit not found,
     /// a gap in the versions, no metadata): INTERNAL, for a race the next read does not see.
@@ -521,10 +521,8 @@ impl Lakehouse {
     }
 }
 
-/// Whether opening a registered frame failed because its Delta table is not there (yet): its
-/// creator is at work, or its creation was interrupted. delta-kernel says so in text only
-/// ("Kernel error: Invalid table location: Path does not exist").
-/// Times [`Lakehouse::open_frame`] reads a log that changes under it.
+/// Times [`Lakehouse::open_frame`] reads a log that changes under it (in all: the first read
+/// and two more).
 const LOG_READS: usize = 3;
 
 /// Whether reading a log failed as one does when its commits are deleted while it is read.
@@ -541,6 +539,9 @@ fn changed_under_reader(e: &deltalake::DeltaTableError) -> bool {
         || GONE.iter().any(|g| text.contains(g))
 }
 
+/// Whether opening a registered frame failed because its Delta table is not there (yet): its
+/// creator is at work, or its creation was interrupted. delta-kernel says so in text only
+/// ("Kernel error: Invalid table location: Path does not exist").
 fn not_a_table_yet(e: &Error) -> bool {
     match e {
         Error::Delta(d) => {

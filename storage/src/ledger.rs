@@ -577,7 +577,8 @@ impl Ledger {
     /// statement may run against again, not an internal error.
     pub(crate) async fn unless_dropped(&self, read: &FrameSnapshot, e: Error) -> Error {
         // The fence's own verdicts (dropped; dropped and created again) say it already, and
-        // the statement's own faults are its own.
+        // a refused statement is refused for itself. What failed below it (a read, a cell, a
+        // stopped commit) is said as the drop when the frame was dropped meanwhile.
         if !matches!(
             e,
             Error::Delta(_)

@@ -97,6 +97,24 @@ impl Ledger {
         session: &SessionState,
         user: &str,
     ) -> Result<Optimized> {
+        // Any failure, a read again of the frame after a lost race included, may be the drop.
+        match self
+            .optimize_read(snapshot, conditions, zorder, session, user)
+            .await
+        {
+            Err(e) => Err(self.unless_dropped(snapshot, e).await),
+            done => done,
+        }
+    }
+
+    async fn optimize_read(
+        &self,
+        snapshot: &FrameSnapshot,
+        conditions: &[PartitionCondition],
+        zorder: Vec<String>,
+        session: &SessionState,
+        user: &str,
+    ) -> Result<Optimized> {
         for c in &zorder {
             if snapshot.partition_columns().contains(c) {
                 return Err(Error::InvalidArgument(format!(
@@ -191,6 +209,24 @@ impl Ledger {
     /// references (removed cells, and cells of writes that never committed). `min_hours` is the
     /// shortest retention allowed (the server refuses shorter ones unless told otherwise).
     pub async fn vacuum(
+        &self,
+        snapshot: &FrameSnapshot,
+        retain_hours: f64,
+        min_hours: f64,
+        dry_run: bool,
+        user: &str,
+    ) -> Result<Vacuumed> {
+        // Its reads of the log and its staged deletions too may meet the drop.
+        match self
+            .vacuum_read(snapshot, retain_hours, min_hours, dry_run, user)
+            .await
+        {
+            Err(e) => Err(self.unless_dropped(snapshot, e).await),
+            done => done,
+        }
+    }
+
+    async fn vacuum_read(
         &self,
         snapshot: &FrameSnapshot,
         retain_hours: f64,

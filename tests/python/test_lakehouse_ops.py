@@ -789,11 +789,11 @@ def test_deletes_of_different_partitions_do_not_conflict(tmp_path):
 
 
 def test_statements_racing_drops_and_creates_of_their_frame_are_never_internal(tmp_path):
-    # Two clients drop and create one frame over and over while four run reads, writes, DML
-    # and ALTER on it. Each statement may find the frame gone (NOT_FOUND), taken by a new one
-    # or changed (ABORTED, ALREADY_EXISTS) or succeed; about 0.6 % answered INTERNAL, from
-    # logs and cells deleted under delta-rs (UPDATE, ALTER, CREATE, a read of a log a new
-    # creation was clearing).
+    # Two clients drop and create one frame over and over while four run reads, writes, DML,
+    # ALTER, OPTIMIZE and VACUUM on it. Each statement may find the frame gone (NOT_FOUND),
+    # taken by a new one or changed (ABORTED, ALREADY_EXISTS) or succeed; about 0.6 % answered
+    # INTERNAL, from logs and cells deleted under delta-rs (UPDATE, ALTER, OPTIMIZE, VACUUM,
+    # CREATE, a read of a log a new creation was clearing).
     import random
     import threading
     import time
@@ -813,6 +813,8 @@ def test_statements_racing_drops_and_creates_of_their_frame_are_never_internal(t
         "DELETE FROM t WHERE a = 2",
         "DESCRIBE t",
         "ALTER TABLE t ADD COLUMN c INT",
+        "OPTIMIZE t",
+        "VACUUM t",
     ]
 
     def client(statements):

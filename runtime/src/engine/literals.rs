@@ -630,7 +630,21 @@ pub(super) fn unified_groups(e: &mut Df) -> Vec<Vec<&mut Df>> {
 ///   as too large (one typed from a column keeps the column's type);
 /// - one in `LIMIT` or `OFFSET`, which DataFusion leaves untyped (clients saw a string), is a
 ///   `BIGINT`.
+///
+/// A placeholder compared with a timestamp of seconds or milliseconds is typed microseconds
+/// ([`timestamp_placeholders`]), unless the same placeholder is used elsewhere too (`SET at =
+/// $1 WHERE at < $1`), where it keeps the column's type: DataFusion refuses one placeholder of
+/// two types.
 pub(crate) fn parameter_types(plan: LogicalPlan) -> DfResult<LogicalPlan> {
+    let retyped = parameter_types_with(plan.clone(), true)?;
+    match retyped.get_parameter_types() {
+        Ok(_) => Ok(retyped),
+        Err(_) => parameter_types_with(plan, false),
+    }
+}
+
+/// [`parameter_types`], retyping placeholders compared with timestamps when `timestamps`.
+fn parameter_types_with(plan: LogicalPlan, timestamps: bool) -> DfResult<LogicalPlan> {
     plan.transform_up_with_subqueries(|node| {
         let limit = matches!(node, LogicalPlan::Limit(_));
         node.map_expressions(|e| {
@@ -645,10 +659,12 @@ pub(crate) fn parameter_types(plan: LogicalPlan) -> DfResult<LogicalPlan> {
                         let comparison = super::temporal_strings::comparison(*op);
                         let mut both = [left.as_mut(), right.as_mut()];
                         float_placeholders(&mut both)
-                            | (comparison && timestamp_placeholders(&mut both))
+                            | (timestamps && comparison && timestamp_placeholders(&mut both))
                     }
                     e => unified_groups(e).into_iter().fold(false, |c, mut group| {
-                        float_placeholders(&mut group) | timestamp_placeholders(&mut group) | c
+                        float_placeholders(&mut group)
+                            | (timestamps && timestamp_placeholders(&mut group))
+                            | c
                     }),
                 };
                 Ok(match changed {

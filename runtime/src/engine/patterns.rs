@@ -20,7 +20,7 @@ use datafusion::common::tree_node::Transformed;
 use datafusion::common::{Result as DfResult, ScalarValue, plan_err};
 use datafusion::config::ConfigOptions;
 use datafusion::error::DataFusionError;
-use datafusion::logical_expr::expr::{Like, ScalarFunction};
+use datafusion::logical_expr::expr::{Cast, Like, ScalarFunction, TryCast};
 use datafusion::logical_expr::{
     BinaryExpr, ColumnarValue, Expr, LogicalPlan, Operator, ScalarFunctionArgs, ScalarUDF,
     ScalarUDFImpl, Signature, Volatility,
@@ -114,7 +114,12 @@ fn op_text(op: Operator) -> &'static str {
 /// `pattern` bounded (and whether it changed): a literal is checked now, anything else is
 /// read through [`WithinBound`] (once: the rule may see a plan twice).
 fn within_bound(pattern: Expr, operator: &'static str) -> DfResult<(Expr, bool)> {
-    match &pattern {
+    // A literal, or one cast to the other side's string type.
+    let literal = match &pattern {
+        Expr::Cast(Cast { expr, .. }) | Expr::TryCast(TryCast { expr, .. }) => expr.as_ref(),
+        other => other,
+    };
+    match literal {
         Expr::Literal(v, _) => {
             let bytes = literal_bytes(v);
             if bytes > MAX_PATTERN_BYTES {

@@ -146,13 +146,34 @@ fn reading(e: &Expr, timestamp: &DataType) -> Option<Reading> {
     .find_map(|u| Some((at(u), v.cast_to(&at(u)).ok()?)));
     let exact = match finer {
         Some((fine, value)) => floor.cast_to(&fine).is_ok_and(|back| back == value),
-        None => true,
+        // No finer unit holds it (beyond 1677-2262 at microseconds): its text says.
+        None => !digits_below(&v.to_string(), unit),
     };
     Some(Reading {
         floor,
         exact,
         nanos,
     })
+}
+
+/// Whether `text`, a timestamp, has a non-zero digit of its seconds' fraction below `unit`.
+fn digits_below(text: &str, unit: &TimeUnit) -> bool {
+    let held = match unit {
+        TimeUnit::Second => 0,
+        TimeUnit::Millisecond => 3,
+        TimeUnit::Microsecond => 6,
+        TimeUnit::Nanosecond => 9,
+    };
+    // The fraction follows the seconds' `.`, the only one in a timestamp's text (a zone's
+    // offset follows it: `… 00:00:00.0000005+01:00`).
+    let Some((_, fraction)) = text.split_once('.') else {
+        return false;
+    };
+    fraction
+        .chars()
+        .take_while(char::is_ascii_digit)
+        .skip(held)
+        .any(|d| d != '0')
 }
 
 /// Rewrites `e` when it compares a timestamp with a string below the timestamp's unit, and
@@ -278,9 +299,9 @@ fn floored(x: Expr, op: Operator, floor: ScalarValue) -> Option<Expr> {
     Some(match op {
         Operator::Lt | Operator::LtEq => x.lt_eq(f()),
         Operator::Gt | Operator::GtEq => x.gt(f()),
-        // Never true, and NULL where `x` is, as `x = v` is.
-        Operator::Eq => x.clone().gt(f()).and(x.lt_eq(f())),
-        Operator::NotEq => x.clone().lt_eq(f()).or(x.gt(f())),
+        // Never true, and NULL where `x` is, as `x = v` is (`x` once: it may be volatile).
+        Operator::Eq => x.is_null().and(lit(ScalarValue::Boolean(None))),
+        Operator::NotEq => x.is_not_null().or(lit(ScalarValue::Boolean(None))),
         Operator::IsNotDistinctFrom => lit(false),
         Operator::IsDistinctFrom => lit(true),
         _ => return None,
@@ -339,11 +360,14 @@ fn widened(e: &Expr, schema: &DFSchema) -> Option<(Expr, DataType)> {
     let Expr::Cast(Cast { expr, field }) = e else {
         return None;
     };
-    let DataType::Timestamp(fine, _) = field.data_type() else {
+    let DataType::Timestamp(fine, zone) = field.data_type() else {
         return None;
     };
+    // Only a change of unit: a naive timestamp cast into a zone is read in that zone.
     match expr.get_type(schema as &dyn ExprSchema) {
-        Ok(t @ DataType::Timestamp(coarse, _)) if per(&coarse) > per(fine) => {
+        Ok(t @ DataType::Timestamp(coarse, _))
+            if per(&coarse) > per(fine) && matches!(&t, DataType::Timestamp(_, z) if z == zone) =>
+        {
             Some((expr.as_ref().clone(), t))
         }
         _ => None,
@@ -586,6 +610,9 @@ mod tests {
         assert!(!r.exact && !r.nanos);
         let r = read("9999-12-31 23:59:59", TimeUnit::Second);
         assert!(r.exact && !r.nanos);
+        assert!(!read("9999-12-31 23:59:59.9999995", TimeUnit::Microsecond).exact);
+        assert!(read("9999-12-31 23:59:59.9999990", TimeUnit::Microsecond).exact);
+        assert!(!read("1500-01-01 00:00:00.0000005+01:00", TimeUnit::Microsecond).exact);
         assert!(
             reading(
                 &lit("not a time"),
