@@ -840,4 +840,5 @@ def test_statements_racing_drops_and_creates_of_their_frame_are_never_internal(t
     finally:
         s.stop()
     assert answered[0] > 500, answered
-    assert not internal, (len(internal), answered[0], internal[:3])
+    details = [line for line in s.log.splitlines() if "internal error" in line]
+    assert not internal, (len(internal), answered[0], internal[:3], details[:3])
