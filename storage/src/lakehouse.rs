@@ -223,10 +223,11 @@ impl Lakehouse {
     /// The frame at `version` (latest if `None`): a Delta snapshot (of our own table or an
     /// external one), or the location of external Parquet/CSV files.
     ///
-    /// A log that changes under the reader is read again, four times at most: a creation of the name
-    /// clears what a drop left of an earlier frame's log before its own version 0, and a
-    /// reader that listed those commits found them gone as it read them (a commit not found,
-    /// a gap in the versions, no metadata): INTERNAL, for a race the next read does not see.
+    /// A log that changes under the reader is read again, four times at most: a creation of
+    /// the name clears what a drop left of an earlier frame's log before its own version 0,
+    /// and a reader that listed those commits found them gone as it read them (a commit not
+    /// found, a gap in the versions, no metadata): INTERNAL, for a race the next read does not
+    /// see.
     pub async fn open_frame(&self, frame: &FrameRef, version: Option<i64>) -> Result<Opened> {
         let mut pause = Duration::from_millis(20);
         for _ in 1..LOG_READS {

@@ -3,9 +3,10 @@
 //! `~`, `~*`, `!~`, `!~*`, `LIKE`, `ILIKE`, `SIMILAR TO` and the `~~` operators compile their
 //! pattern into a regular expression (`LIKE` does unless it is a plain prefix, suffix or
 //! substring), with work that grows faster than its length and that no deadline interrupts:
-//! `'a' ~ repeat('(a|b)', 1000000)` held a core for a minute and took a gigabyte before the
-//! regex engine refused it as too big, as `regexp_like` did before it was bounded
-//! ([`MAX_PATTERN_BYTES`]). [`BoundedPatterns`], an analyzer rule, gives them the same bound: a
+//! the 5 MB pattern of `regexp_like('a', repeat('(a|b)', 1000000))` held a core for a minute
+//! and took a gigabyte before the regex engine refused it as too big, until the functions were
+//! bounded ([`MAX_PATTERN_BYTES`]), and `'a' ~ repeat('(a|b)', 1000000)` compiled the same
+//! pattern. [`BoundedPatterns`], an analyzer rule, gives the operators the same bound: a
 //! literal pattern over it is refused while the statement plans; any other pattern (built by a
 //! function, read from a column, bound to a parameter) is read through [`WithinBound`], which
 //! passes its value on and refuses one over the bound. DataFusion computes it while it folds
