@@ -136,10 +136,8 @@ impl Ledger {
         snapshot: &FrameSnapshot,
         outcome: std::result::Result<T, DeltaTableError>,
     ) -> Result<T> {
-        match outcome {
-            Ok(v) => Ok(v),
-            Err(e) => Err(self.unless_dropped(snapshot, conflict(snapshot, e)).await),
-        }
+        self.unless_dropped_in(snapshot, outcome.map_err(|e| conflict(snapshot, e)))
+            .await
     }
 
     /// `DELETE FROM frame [WHERE predicate]`.

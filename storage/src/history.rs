@@ -168,10 +168,7 @@ impl Ledger {
                     conflict(snapshot, e)
                 }
             });
-        let (table, metrics) = match restored {
-            Ok(r) => r,
-            Err(e) => return Err(self.unless_dropped(snapshot, e).await),
-        };
+        let (table, metrics) = self.unless_dropped_in(snapshot, restored).await?;
         let state = table.snapshot()?.clone();
         let new_version = state.version() as i64;
         info!(frame = %snapshot.frame(), to = version, version = new_version, "restored");

@@ -612,6 +612,18 @@ impl Ledger {
         }
     }
 
+    /// `outcome`, a failure said as [`Ledger::unless_dropped`] says it.
+    pub(crate) async fn unless_dropped_in<T>(
+        &self,
+        read: &FrameSnapshot,
+        outcome: Result<T>,
+    ) -> Result<T> {
+        match outcome {
+            Err(e) => Err(self.unless_dropped(read, e).await),
+            done => done,
+        }
+    }
+
     /// Whether the frame's log has begun: its first commit, or a checkpoint (after which early
     /// commits may be cleaned up). A log without either holds only what a drop left behind
     /// while a creation of the name is under way.

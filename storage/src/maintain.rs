@@ -98,13 +98,10 @@ impl Ledger {
         user: &str,
     ) -> Result<Optimized> {
         // Any failure, a read again of the frame after a lost race included, may be the drop.
-        match self
+        let done = self
             .optimize_read(snapshot, conditions, zorder, session, user)
-            .await
-        {
-            Err(e) => Err(self.unless_dropped(snapshot, e).await),
-            done => done,
-        }
+            .await;
+        self.unless_dropped_in(snapshot, done).await
     }
 
     async fn optimize_read(
@@ -217,13 +214,10 @@ impl Ledger {
         user: &str,
     ) -> Result<Vacuumed> {
         // Its reads of the log and its staged deletions too may meet the drop.
-        match self
+        let done = self
             .vacuum_read(snapshot, retain_hours, min_hours, dry_run, user)
-            .await
-        {
-            Err(e) => Err(self.unless_dropped(snapshot, e).await),
-            done => done,
-        }
+            .await;
+        self.unless_dropped_in(snapshot, done).await
     }
 
     async fn vacuum_read(

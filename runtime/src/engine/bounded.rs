@@ -150,10 +150,7 @@ impl ScalarUDFImpl for Bounded {
             let literals = args
                 .iter()
                 .map(|a| match a {
-                    Expr::Literal(v, _) => match scalar(v) {
-                        Value::Bytes(n) => n,
-                        _ => 0,
-                    },
+                    Expr::Literal(v, _) => literal_bytes(v),
                     _ => 0,
                 })
                 .fold(0u128, u128::saturating_add);
@@ -316,6 +313,14 @@ pub(super) fn pattern_too_long(operator: &str, bytes: u128) -> DataFusionError {
         ))),
         None,
     )
+}
+
+/// The bytes of a string or binary literal (0 for any other).
+pub(super) fn literal_bytes(v: &ScalarValue) -> u128 {
+    match scalar(v) {
+        Value::Bytes(n) => n,
+        _ => 0,
+    }
 }
 
 /// The longest text `arg` holds, in bytes.

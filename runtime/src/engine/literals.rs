@@ -574,24 +574,29 @@ fn beside_floats(mut e: Df, schema: &DFSchema) -> Transformed<Df> {
     }
 }
 
+/// Whether `op` compares two values.
+pub(super) fn comparison(op: Operator) -> bool {
+    matches!(
+        op,
+        Operator::Eq
+            | Operator::NotEq
+            | Operator::Lt
+            | Operator::LtEq
+            | Operator::Gt
+            | Operator::GtEq
+            | Operator::IsDistinctFrom
+            | Operator::IsNotDistinctFrom
+    )
+}
+
 /// The operands of `e` that DataFusion's type coercion brings to one type: both sides of a
 /// comparison, `BETWEEN`'s three, `IN`'s value and list, `CASE`'s results (and its operand with
 /// the `WHEN` values), the arguments of [`UNIFYING`] functions.
 pub(super) fn unified_groups(e: &mut Df) -> Vec<Vec<&mut Df>> {
     match e {
-        Df::BinaryExpr(BinaryExpr {
-            left,
-            op:
-                Operator::Eq
-                | Operator::NotEq
-                | Operator::Lt
-                | Operator::LtEq
-                | Operator::Gt
-                | Operator::GtEq
-                | Operator::IsDistinctFrom
-                | Operator::IsNotDistinctFrom,
-            right,
-        }) => vec![vec![left.as_mut(), right.as_mut()]],
+        Df::BinaryExpr(BinaryExpr { left, op, right }) if comparison(*op) => {
+            vec![vec![left.as_mut(), right.as_mut()]]
+        }
         Df::Between(Between {
             expr, low, high, ..
         }) => vec![vec![expr.as_mut(), low.as_mut(), high.as_mut()]],
@@ -656,7 +661,7 @@ fn parameter_types_with(plan: LogicalPlan, timestamps: bool) -> DfResult<Logical
                     }
                     // Arithmetic too: DataFusion types `? * 1.5` from the literal.
                     Df::BinaryExpr(BinaryExpr { left, op, right }) => {
-                        let comparison = super::temporal_strings::comparison(*op);
+                        let comparison = comparison(*op);
                         let mut both = [left.as_mut(), right.as_mut()];
                         float_placeholders(&mut both)
                             | (timestamps && comparison && timestamp_placeholders(&mut both))

@@ -18,7 +18,7 @@ use std::sync::Arc;
 
 use arrow::datatypes::DataType;
 use datafusion::common::tree_node::Transformed;
-use datafusion::common::{Result as DfResult, ScalarValue, plan_err};
+use datafusion::common::{Result as DfResult, plan_err};
 use datafusion::config::ConfigOptions;
 use datafusion::error::DataFusionError;
 use datafusion::logical_expr::expr::{Cast, Like, ScalarFunction, TryCast};
@@ -28,7 +28,7 @@ use datafusion::logical_expr::{
 };
 use datafusion::optimizer::AnalyzerRule;
 
-use super::bounded::{MAX_PATTERN_BYTES, longest, pattern_too_long};
+use super::bounded::{MAX_PATTERN_BYTES, literal_bytes, longest, pattern_too_long};
 use super::checked::{any_expression, rewrite_expressions};
 
 /// The rule; see the module's documentation.
@@ -136,11 +136,6 @@ fn within_bound(pattern: Expr, operator: &'static str) -> DfResult<(Expr, bool)>
             Ok((Expr::ScalarFunction(call), true))
         }
     }
-}
-
-/// The bytes of a string literal.
-fn literal_bytes(v: &ScalarValue) -> u128 {
-    longest(&ColumnarValue::Scalar(v.clone()))
 }
 
 /// [`WithinBound`]'s name, by which it travels to other nodes.

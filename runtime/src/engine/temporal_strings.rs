@@ -44,7 +44,7 @@ use std::sync::Arc;
 use arrow::datatypes::{DataType, Field, FieldRef, TimeUnit};
 
 use super::checked::{any_expression, rewrite_expressions};
-use super::literals::unified_groups;
+use super::literals::{comparison, unified_groups};
 
 /// The rule; see the module's documentation.
 #[derive(Debug, Default)]
@@ -338,21 +338,6 @@ impl AnalyzerRule for SubUnitValues {
     fn name(&self) -> &str {
         "apiary_sub_unit_values"
     }
-}
-
-/// Whether `op` compares two values.
-pub(super) fn comparison(op: Operator) -> bool {
-    matches!(
-        op,
-        Operator::Eq
-            | Operator::NotEq
-            | Operator::Lt
-            | Operator::LtEq
-            | Operator::Gt
-            | Operator::GtEq
-            | Operator::IsDistinctFrom
-            | Operator::IsNotDistinctFrom
-    )
 }
 
 /// `x` when `e` is `x`, of a timestamp type, cast to a timestamp of a finer unit.
