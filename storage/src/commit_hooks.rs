@@ -11,12 +11,17 @@
 //!   the same path, with a log that starts again at version 0: the write's next version is
 //!   free there, and its commit would land in the new frame (another schema, rows nobody
 //!   wrote into it). The check reads the catalog marker just before the commit is put; a
-//!   drop and a complete re-creation would have to fit between that read and the put.
+//!   drop and a complete re-creation would have to fit between that read and the put. On one
+//!   node they cannot: the check and the put hold the frame's [`gate`] for reading, and a
+//!   drop removes the name holding it for writing. (A race test on one node met a commit of
+//!   the dropped frame landing in the new frame's log, which then had a gap and could not be
+//!   read.) Across nodes the window stays.
 //! - [`pausing`] is fault injection for Apiary's own crash tests: it pauses before writing a
 //!   commit, after the commit's cells are written, so a test can kill the writer exactly there.
 //!   Used only when `LedgerConfig::pause_before_commit` is set (a hidden server flag).
 
-use std::sync::Arc;
+use std::hash::{Hash, Hasher};
+use std::sync::{Arc, LazyLock};
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -42,6 +47,22 @@ pub(crate) fn only_at(inner: LogStoreRef, version: Version) -> LogStoreRef {
     })
 }
 
+/// `frame`'s commit gate in this process: a fenced write holds it for reading from its fence
+/// check until its commit is put, and a drop holds it for writing while it removes the name, so
+/// no drop on this node falls between a write's check and its put. Frames share 64 gates by
+/// the hash of their root; sharing only makes a drop wait for another frame's puts too.
+pub(crate) fn gate(storage: &Storage, frame: &FrameRef) -> &'static tokio::sync::RwLock<()> {
+    const GATES: usize = 64;
+    static ALL: LazyLock<Vec<tokio::sync::RwLock<()>>> =
+        LazyLock::new(|| (0..GATES).map(|_| tokio::sync::RwLock::new(())).collect());
+    let mut hasher = std::collections::hash_map::DefaultHasher::new();
+    storage
+        .absolute(&crate::paths::frame_root(frame))
+        .as_ref()
+        .hash(&mut hasher);
+    &ALL[(hasher.finish() % GATES as u64) as usize]
+}
+
 /// `inner`, writing a commit only while `frame`'s catalog marker is `incarnation`'s.
 pub(crate) fn fenced(
     inner: LogStoreRef,
@@ -52,6 +73,7 @@ pub(crate) fn fenced(
     Arc::new(HookedLogStore {
         inner,
         hook: Hook::Fenced(Box::new(Fence {
+            gate: gate(&storage, &frame),
             catalog: Catalog::new(storage),
             frame,
             incarnation,
@@ -87,6 +109,8 @@ enum Hook {
 
 /// The incarnation of a frame's name a write read.
 struct Fence {
+    /// Held for reading from the check until the commit is put.
+    gate: &'static tokio::sync::RwLock<()>,
     catalog: Catalog,
     frame: FrameRef,
     incarnation: String,
@@ -152,20 +176,25 @@ impl LogStore for HookedLogStore {
                 source: Box::new(Error::Gone(stopped.into())),
             });
         }
-        match &self.hook {
-            Hook::Marked => {}
+        let _held = match &self.hook {
+            Hook::Marked => None,
             Hook::Pause(pause) => {
                 warn!(?pause, version, "fault injection: pausing before commit");
                 tokio::time::sleep(*pause).await;
+                None
             }
             Hook::OnlyAt(only) if version != *only => {
                 return Err(TransactionError::CommitConflict(
                     CommitConflictError::ConcurrentDeleteDelete,
                 ));
             }
-            Hook::Fenced(fence) => fence.check().await?,
-            _ => {}
-        }
+            Hook::Fenced(fence) => {
+                let held = fence.gate.read().await;
+                fence.check().await?;
+                Some(held)
+            }
+            _ => None,
+        };
         self.inner
             .write_commit_entry(version, commit_or_bytes, operation_id)
             .await

@@ -114,7 +114,25 @@ impl Lakehouse {
             Some(t) => t,
             None => self.storage.watermark().await?,
         };
-        self.catalog.unregister_frame(frame).await?;
+        {
+            // Never between a write's fence check and its commit on this node: that commit
+            // would land in the log of a frame created under the name next. Under the gate,
+            // the name is read again: a drop on this node that removed it meanwhile dropped
+            // the frame, and this one finds none (both answered OK).
+            let _gate = crate::commit_hooks::gate(&self.storage, frame)
+                .write()
+                .await;
+            if self.catalog.frame_marker(frame).await?.is_none() {
+                return match if_exists {
+                    true => Ok(false),
+                    false => Err(Error::NotFound {
+                        kind: ObjectKind::Frame,
+                        name: frame.to_string(),
+                    }),
+                };
+            }
+            self.catalog.unregister_frame(frame).await?;
+        }
         let objects = self.ledger.delete_data(frame, before).await?;
         // A creation dropped before its version 0 leaves no lease behind.
         self.catalog
@@ -916,6 +934,52 @@ mod tests {
                 }
                 (_, other) => panic!("recreated {recreated}: {:?}", other.map(|c| c.rows)),
             }
+        }
+    }
+
+    /// On one node a drop never removes a name between a write's fence check and its commit
+    /// (held here as that write would hold it): the commit would land in the log of the frame
+    /// created under the name next, which then had a gap and could not be read.
+    #[tokio::test]
+    async fn a_drop_waits_for_a_commit_that_passed_its_fence() {
+        let (lh, _dir) = lakehouse().await;
+        lh.create_frame(&frame(), &schema(), &[], &[], false)
+            .await
+            .unwrap();
+        let passed = crate::commit_hooks::gate(&lh.storage, &frame())
+            .read()
+            .await;
+        let t = frame();
+        let dropping = lh.drop_frame(&t, false);
+        tokio::pin!(dropping);
+        let waited = tokio::time::timeout(Duration::from_millis(300), &mut dropping).await;
+        assert!(waited.is_err(), "the drop did not wait: {waited:?}");
+        assert!(
+            lh.catalog.frame_marker(&frame()).await.unwrap().is_some(),
+            "the name was removed while a commit was on its way"
+        );
+        drop(passed);
+        assert!(dropping.await.unwrap());
+        assert!(lh.catalog.frame_marker(&frame()).await.unwrap().is_none());
+    }
+
+    /// Of two drops of one frame at once on one node, one drops it and the other finds none
+    /// (both answered OK).
+    #[tokio::test]
+    async fn of_two_drops_of_one_frame_at_once_one_drops_it() {
+        let (lh, _dir) = lakehouse().await;
+        for _ in 0..5 {
+            lh.create_frame(&frame(), &schema(), &[], &[], false)
+                .await
+                .unwrap();
+            let t = frame();
+            let (a, b) = tokio::join!(lh.drop_frame(&t, false), lh.drop_frame(&t, false));
+            let dropped = [&a, &b].iter().filter(|r| matches!(r, Ok(true))).count();
+            let none = [&a, &b]
+                .iter()
+                .filter(|r| matches!(r, Err(Error::NotFound { .. })))
+                .count();
+            assert_eq!((dropped, none), (1, 1), "{a:?} {b:?}");
         }
     }
 
