@@ -329,7 +329,8 @@ impl AnalyzerRule for SubUnitValues {
                 })
             },
             |mut e, schema| {
-                let changed = coerced_below_unit(&mut e, schema);
+                let changed =
+                    coerced_below_unit(&mut e, schema) || unfolded_below_unit(&mut e, schema);
                 Ok(Transformed::new_transformed(e, changed))
             },
         )
@@ -437,6 +438,124 @@ fn coerced_below_unit(e: &mut Expr, schema: &DFSchema) -> bool {
             bound: &|b, _| b.clone(),
         },
     )
+}
+
+/// A comparison of a timestamp, cast to a finer unit, with a constant [`folded`] cannot fold
+/// here (`now() - INTERVAL '1' HOUR`, `to_timestamp('…')`): DataFusion folds it while it
+/// optimizes and then truncates it as above, so `at >= now() - INTERVAL '1' HOUR` took in a
+/// row up to one unit older than the bound. Its value is not known here, so the comparison is
+/// written with two floors in the timestamp's unit, of the value and of the value less one of
+/// its own units, which DataFusion folds in turn: over whole units, `x < v` is `x <=
+/// floor(v - 1)`, `x <= v` is `x <= floor(v)`, `x > v` is `x > floor(v)`, `x >= v` is `x >
+/// floor(v - 1)`, and `x = v` is both halves of a range that is empty when `v` has digits below
+/// the unit. Rewrites `e` when it is such a comparison (or a `BETWEEN` with such a bound), and
+/// says whether it did.
+fn unfolded_below_unit(e: &mut Expr, schema: &DFSchema) -> bool {
+    let rewritten = match e {
+        Expr::BinaryExpr(BinaryExpr { left, op, right }) => {
+            match (widened(left, schema), widened(right, schema)) {
+                (Some((x, coarse)), None) => floors(x, *op, right, &coarse),
+                (None, Some((x, coarse))) => op.swap().and_then(|op| floors(x, op, left, &coarse)),
+                _ => None,
+            }
+        }
+        Expr::Between(Between {
+            expr,
+            negated,
+            low,
+            high,
+        }) => widened(expr, schema).and_then(|(x, coarse)| {
+            let bound = |b: &Expr, op: Operator| {
+                floors(x.clone(), op, b, &coarse)
+                    .ok_or_else(|| binary_expr(expr.as_ref().clone(), op, b.clone()))
+            };
+            let (from, to) = (bound(low, Operator::GtEq), bound(high, Operator::LtEq));
+            if from.is_err() && to.is_err() {
+                return None;
+            }
+            let both = from.unwrap_or_else(|e| e).and(to.unwrap_or_else(|e| e));
+            Some(match negated {
+                true => Expr::Not(Box::new(both)),
+                false => both,
+            })
+        }),
+        _ => None,
+    };
+    match rewritten {
+        Some(rewritten) => {
+            *e = rewritten;
+            true
+        }
+        None => false,
+    }
+}
+
+/// `x op v` over the whole units of `coarse` (`x`'s timestamp type), for `v` a constant of a
+/// finer unit that [`folded`] cannot fold, as comparisons of `x` with floors of `v` in that unit
+/// (None when `v` is not such a constant, or `op` is not a comparison).
+fn floors(x: Expr, op: Operator, v: &Expr, coarse: &DataType) -> Option<Expr> {
+    let DataType::Timestamp(unit, _) = coarse else {
+        return None;
+    };
+    let Ok(DataType::Timestamp(fine, _)) = v.get_type(&DFSchema::empty()) else {
+        return None;
+    };
+    if !unfolded_constant(v) || per(unit) <= per(&fine) {
+        return None;
+    }
+    let ratio = per(unit) / per(&fine);
+    // The floor, in `coarse`, of `v` less `less` of its own units: integer arithmetic on the
+    // value's count of units, floored below zero as above it.
+    let floor = |less: i64| {
+        let n = Expr::Cast(Cast::new(Box::new(v.clone()), DataType::Int64)) - lit(less);
+        let r = || lit(ratio);
+        let below = ((n.clone() % r()) + r()) % r();
+        Expr::Cast(Cast::new(Box::new((n - below) / r()), coarse.clone()))
+    };
+    let at_most = || x.clone().lt_eq(floor(0));
+    let above = || x.clone().gt(floor(1));
+    let equal = || at_most().and(above());
+    // `x` is read twice below: never a volatile one (two reads could meet both halves).
+    let twice = |e: Expr| (!x.is_volatile()).then_some(e);
+    match op {
+        Operator::Lt => Some(x.clone().lt_eq(floor(1))),
+        Operator::LtEq => Some(at_most()),
+        Operator::Gt => Some(x.clone().gt(floor(0))),
+        Operator::GtEq => Some(above()),
+        Operator::Eq => twice(equal()),
+        Operator::NotEq => twice(x.clone().gt(floor(0)).or(x.clone().lt_eq(floor(1)))),
+        // Equal, or both NULL: a NULL value leaves both halves NULL, never true.
+        Operator::IsNotDistinctFrom | Operator::IsDistinctFrom => {
+            let same = equal()
+                .is_true()
+                .or(x.clone().is_null().and(v.clone().is_null()));
+            twice(match op {
+                Operator::IsDistinctFrom => Expr::Not(Box::new(same)),
+                _ => same,
+            })
+        }
+        _ => None,
+    }
+}
+
+/// Whether `e` is a constant DataFusion folds while it optimizes: literals, casts, arithmetic
+/// and functions that are not volatile, without a column, a parameter or a subquery (a
+/// parameter is bound to a literal before the plan is analyzed again).
+fn unfolded_constant(e: &Expr) -> bool {
+    let parts = !e
+        .exists(|n| {
+            Ok(!matches!(
+                n,
+                Expr::Literal(..)
+                    | Expr::Cast(_)
+                    | Expr::TryCast(_)
+                    | Expr::BinaryExpr(_)
+                    | Expr::Negative(_)
+                    | Expr::ScalarFunction(_)
+            ))
+        })
+        .unwrap_or(true);
+    parts && !e.is_volatile() && folded(e).is_none()
 }
 
 /// The functions [`TemporalFirst`] wraps (`ifnull` is `nvl`'s alias).
