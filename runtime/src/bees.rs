@@ -43,6 +43,9 @@ pub struct BeeConfig {
     pub query_timeout: Duration,
     /// Where each bee's scratch directory is made.
     pub scratch_root: PathBuf,
+    /// The most spill space the node's queries may hold at once, divided equally among bees (a
+    /// query that needs more fails with RESOURCE_EXHAUSTED); 0: queries never spill.
+    pub spill_limit: u64,
 }
 
 /// What one bee is doing, for status tables and metrics.
@@ -246,11 +249,15 @@ impl BeePool {
                 self.config.scratch_root.display()
             ))
         })?;
+        let per_bee = self.config.spill_limit / self.config.bees as u64;
+        let mode = match per_bee {
+            0 => DiskManagerMode::Disabled,
+            _ => DiskManagerMode::Directories(vec![self.config.scratch_root.clone()]),
+        };
         let disk = Arc::new(
             DiskManagerBuilder::default()
-                .with_mode(DiskManagerMode::Directories(vec![
-                    self.config.scratch_root.clone(),
-                ]))
+                .with_mode(mode)
+                .with_max_temp_directory_size(per_bee)
                 .build()?,
         );
         slot.disk = Some(disk.clone());
@@ -293,8 +300,11 @@ impl BeeLease {
         let budget = self.pool.config.memory_budget;
         let bees = self.pool.slots.len();
         move |e| match e {
-            // (A bound on what a function generates says its own: `engine::bounded`.)
-            Error::ResourceExhausted(msg) if !msg.contains(GENERATED_BOUND) => {
+            // (A bound on what a function generates says its own, `engine::bounded`, and so
+            // does a refusal to spill, `error::spill_refused`.)
+            Error::ResourceExhausted(msg)
+                if !msg.contains(GENERATED_BOUND) && !msg.contains(crate::error::SPILL_FLAG) =>
+            {
                 Error::ResourceExhausted(format!(
                     "query needs more memory than its bee's budget of {} (node budget {} over {bees} bees): {msg}",
                     human_bytes(per_bee),
@@ -361,6 +371,7 @@ mod tests {
                     queue_depth: queue,
                     query_timeout: Duration::from_secs(60),
                     scratch_root: dir.path().to_path_buf(),
+                    spill_limit: 1 << 30,
                 },
                 Arc::new(DefaultObjectStoreRegistry::new()),
             ),

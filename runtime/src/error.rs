@@ -110,8 +110,42 @@ fn table_not_found(message: &str) -> Option<&str> {
         .and_then(|r| r.strip_suffix("' not found"))
 }
 
+/// The flag a refusal to spill names; a message with it explains itself.
+pub(crate) const SPILL_FLAG: &str = "--max-spill";
+
+/// DataFusion's refusal to spill, under whatever wrapping it reached us (an I/O error of the
+/// spill file's writer, read back as Arrow's): past the bee's share of `--max-spill`, or with
+/// spilling off. Either is the query's need for more room than the node gives it.
+fn spill_refused(e: &DataFusionError) -> Option<Error> {
+    let text = e.to_string();
+    if text.contains(SPILL_FLAG) {
+        // Said already (ours, carried back through DataFusion).
+        return None;
+    }
+    if let Some((_, rest)) =
+        text.split_once("spilling process has exceeded the allowable limit of ")
+    {
+        let limit = rest.split(". ").next().unwrap_or(rest);
+        return Some(Error::ResourceExhausted(format!(
+            "this query needs more spill space than its bee may use ({limit}: the node's \
+             --max-spill divided among its bees); give the node a larger --max-spill, or its \
+             bees more memory"
+        )));
+    }
+    text.contains("(DiskManager is disabled)").then(|| {
+        let what = text.rsplit("Resources exhausted: ").next().unwrap_or(&text);
+        Error::ResourceExhausted(format!(
+            "this query needs more memory than its bee has, and spilling is off (--max-spill \
+             0): {what}"
+        ))
+    })
+}
+
 fn classify(e: DataFusionError) -> Error {
     use DataFusionError as D;
+    if let Some(refused) = spill_refused(&e) {
+        return refused;
+    }
     // The Parquet reader reports a missing file as text, under whatever wrapping the stream
     // added ("Failed to fetch metadata for file …: Object Store error: … not found").
     if let D::ParquetError(_) | D::ArrowError(..) | D::External(_) | D::Shared(_) = &e {
@@ -226,6 +260,9 @@ fn classify(e: DataFusionError) -> Error {
 /// its text (our own errors keep their variant where they carry only text or nothing).
 fn classify_shared(e: &DataFusionError) -> Error {
     use DataFusionError as D;
+    if let Some(refused) = spill_refused(e) {
+        return refused;
+    }
     let text = e.to_string();
     match e {
         D::Shared(inner) => classify_shared(inner),

@@ -135,6 +135,7 @@ pub async fn build(
                 false => node.query_timeout,
             },
             scratch_root,
+            spill_limit: node.spill_limit()?,
         },
         engine: EngineConfig {
             target_partitions: bee_count(node),

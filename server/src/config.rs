@@ -193,6 +193,12 @@ pub struct NodeArgs {
     /// node runs).
     #[arg(long, env = "APIARY_SCRATCH_DIR")]
     pub scratch_dir: Option<PathBuf>,
+    /// The most scratch space the node's queries may fill with spill files at once, divided
+    /// equally among bees (as Trino's `max-spill-per-node`): a query that needs more fails with
+    /// RESOURCE_EXHAUSTED rather than filling the disk. `0`: queries never spill (one larger
+    /// than its bee's memory fails).
+    #[arg(long, env = "APIARY_MAX_SPILL", default_value = "100GiB")]
+    pub max_spill: MemorySize,
     /// How often the node writes its heartbeat and reads everyone else's.
     #[arg(long, env = "APIARY_HEARTBEAT_INTERVAL", default_value = "5s", value_parser = parse_duration)]
     pub heartbeat_interval: Duration,
@@ -450,6 +456,16 @@ pub struct LogArgs {
 pub enum MemorySize {
     Bytes(u64),
     Percent(f64),
+}
+
+impl NodeArgs {
+    /// `--max-spill` in bytes (a size, never a percentage).
+    pub fn spill_limit(&self) -> anyhow::Result<u64> {
+        match self.max_spill {
+            MemorySize::Bytes(b) => Ok(b),
+            MemorySize::Percent(_) => anyhow::bail!("--max-spill takes a size, not a percentage"),
+        }
+    }
 }
 
 impl LimitArgs {

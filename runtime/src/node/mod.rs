@@ -79,6 +79,7 @@ impl NodeConfig {
                 queue_depth: 64,
                 query_timeout: Duration::from_secs(1800),
                 scratch_root,
+                spill_limit: 100 << 30,
             },
             engine: EngineConfig::default(),
             swarm: SwarmTiming::default(),

@@ -127,6 +127,54 @@ async fn a_sort_far_larger_than_its_bee_completes_by_spilling_with_bounded_memor
     assert_eq!(std::fs::read_dir(scratch.path()).unwrap().count(), 1);
 }
 
+/// `--max-spill` bounds the scratch space a node's queries fill: a sort that needs more than
+/// its bee's share fails with RESOURCE_EXHAUSTED naming the flag (it was INTERNAL, "I/O: … the
+/// spilling process has exceeded the allowable limit", at DataFusion's 100 GiB per bee), its
+/// files are removed, and the node answers the next query. `0` turns spilling off.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_query_that_needs_more_spill_space_than_the_node_allows_is_refused_and_cleaned_up() {
+    // About 1M rows x (8 + 32 bytes + offsets): ~50 MB of sort input for a 16 MiB bee.
+    let sql = "SELECT value, md5(CAST(value AS VARCHAR)) AS h FROM generate_series(1, 1000000) ORDER BY h";
+    for (limit, says) in [
+        ("2MiB", "--max-spill divided among its bees"),
+        ("0", "spilling is off"),
+    ] {
+        let dir = tempfile::tempdir().unwrap();
+        let scratch = tempfile::tempdir().unwrap();
+        let server = Server::start(
+            dir.path().to_str().unwrap(),
+            &[
+                "--bees",
+                "1",
+                "--memory",
+                "16MiB",
+                "--max-spill",
+                limit,
+                "--scratch-dir",
+                scratch.path().to_str().unwrap(),
+            ],
+            &[],
+        );
+        let mut c = client(&server).await;
+        let refused = run(&mut c, sql)
+            .await
+            .expect_err("the sort fit its spill limit");
+        assert_eq!(
+            refused.code(),
+            Code::ResourceExhausted,
+            "{limit}: {refused:?}"
+        );
+        assert!(
+            refused.message().contains(says),
+            "{limit}: {}",
+            refused.message()
+        );
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        assert_eq!(files_under(scratch.path()), 0, "spill files left behind");
+        assert_eq!(rows(&run(&mut c, "SELECT 1").await.unwrap()), 1);
+    }
+}
+
 /// A client that stops reading a large result: its query is stopped (by `--result-idle-timeout`,
 /// or by `--query-timeout` with no idle bound) and frees its bee for the next query; the reader
 /// then gets DEADLINE_EXCEEDED naming the bound. The stream used to be checked only when polled,
