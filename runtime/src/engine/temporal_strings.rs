@@ -376,19 +376,7 @@ fn folded(e: &Expr) -> Option<ScalarValue> {
     if let Expr::Literal(v, _) = e {
         return Some(v.clone());
     }
-    let constant = !e
-        .exists(|n| {
-            Ok(!matches!(
-                n,
-                Expr::Literal(..)
-                    | Expr::Cast(_)
-                    | Expr::TryCast(_)
-                    | Expr::BinaryExpr(_)
-                    | Expr::Negative(_)
-            ))
-        })
-        .unwrap_or(true);
-    if !constant {
+    if !built_of_constants(e, false) {
         return None;
     }
     let simplifier = datafusion::optimizer::simplify_expressions::ExprSimplifier::new(
@@ -542,20 +530,23 @@ fn floors(x: Expr, op: Operator, v: &Expr, coarse: &DataType) -> Option<Expr> {
 /// and functions that are not volatile, without a column, a parameter or a subquery (a
 /// parameter is bound to a literal before the plan is analyzed again).
 fn unfolded_constant(e: &Expr) -> bool {
-    let parts = !e
-        .exists(|n| {
-            Ok(!matches!(
-                n,
-                Expr::Literal(..)
-                    | Expr::Cast(_)
-                    | Expr::TryCast(_)
-                    | Expr::BinaryExpr(_)
-                    | Expr::Negative(_)
-                    | Expr::ScalarFunction(_)
-            ))
-        })
-        .unwrap_or(true);
-    parts && !e.is_volatile() && folded(e).is_none()
+    built_of_constants(e, true) && !e.is_volatile() && folded(e).is_none()
+}
+
+/// Whether `e` is built of literals, casts and arithmetic only (and of functions, when
+/// `functions`).
+fn built_of_constants(e: &Expr, functions: bool) -> bool {
+    !e.exists(|n| {
+        Ok(!(matches!(
+            n,
+            Expr::Literal(..)
+                | Expr::Cast(_)
+                | Expr::TryCast(_)
+                | Expr::BinaryExpr(_)
+                | Expr::Negative(_)
+        ) || (functions && matches!(n, Expr::ScalarFunction(_)))))
+    })
+    .unwrap_or(true)
 }
 
 /// The functions [`TemporalFirst`] wraps (`ifnull` is `nvl`'s alias).
