@@ -461,26 +461,27 @@ pub enum MemorySize {
 impl NodeArgs {
     /// `--max-spill` in bytes (a size, never a percentage).
     pub fn spill_limit(&self) -> anyhow::Result<u64> {
-        match self.max_spill {
-            MemorySize::Bytes(b) => Ok(b),
-            MemorySize::Percent(_) => anyhow::bail!("--max-spill takes a size, not a percentage"),
-        }
+        self.max_spill.size("--max-spill")
     }
 }
 
 impl LimitArgs {
     /// `--max-sql-bytes` in bytes (a size, never a percentage).
     pub fn sql_bytes(&self) -> anyhow::Result<usize> {
-        match self.max_sql_bytes {
-            MemorySize::Bytes(b) => Ok(usize::try_from(b).unwrap_or(usize::MAX)),
-            MemorySize::Percent(_) => {
-                anyhow::bail!("--max-sql-bytes takes a size, not a percentage")
-            }
-        }
+        let bytes = self.max_sql_bytes.size("--max-sql-bytes")?;
+        Ok(usize::try_from(bytes).unwrap_or(usize::MAX))
     }
 }
 
 impl MemorySize {
+    /// The bytes of `flag`, which takes a size and never a percentage.
+    pub fn size(&self, flag: &str) -> anyhow::Result<u64> {
+        match *self {
+            MemorySize::Bytes(b) => Ok(b),
+            MemorySize::Percent(_) => anyhow::bail!("{flag} takes a size, not a percentage"),
+        }
+    }
+
     /// Resolve against the machine's physical memory.
     pub fn resolve(&self, physical: u64) -> u64 {
         match *self {
