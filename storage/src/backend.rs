@@ -566,12 +566,27 @@ impl Storage {
     /// for every frame of a name: one listed as old may have been written again by a new
     /// creator since. Those are looked at again just before they are deleted.
     pub async fn delete_prefix_before(&self, prefix: &Path, before: Watermark) -> Result<usize> {
+        self.delete_prefix_before_but(prefix, before, None).await
+    }
+
+    /// [`Storage::delete_prefix_before`], keeping every object under `keep` (a prefix under
+    /// `prefix`).
+    pub async fn delete_prefix_before_but(
+        &self,
+        prefix: &Path,
+        before: Watermark,
+        keep: Option<&Path>,
+    ) -> Result<usize> {
         let store = self.store.clone();
         let abs = self.absolute(prefix);
+        let keep = keep.map(|k| self.absolute(k));
         let locations = self
             .store
             .list(Some(&abs))
-            .try_filter(move |m| futures::future::ready(m.last_modified < before))
+            .try_filter(move |m| {
+                let kept = keep.as_ref().is_some_and(|k| m.location.prefix_matches(k));
+                futures::future::ready(m.last_modified < before && !kept)
+            })
             .try_filter_map(move |m| {
                 let store = store.clone();
                 async move {

@@ -61,7 +61,8 @@ impl Ledger {
             return Ok(Vec::new());
         }
         let latest = snapshot.version();
-        let oldest = (latest + 1 - limit.min(MAX_HISTORY) as i64).max(0);
+        // From the version the frame began at: those before are a dropped frame's.
+        let oldest = (latest + 1 - limit.min(MAX_HISTORY) as i64).max(snapshot.first_version());
         let mut out = Vec::new();
         for v in (oldest..=latest).rev() {
             if let Some(c) = read_commit(&log_store, v).await? {
@@ -76,7 +77,10 @@ impl Ledger {
     pub async fn version_at(&self, snapshot: &FrameSnapshot, at: DateTime<Utc>) -> Result<i64> {
         let log_store = self.log_store_of(snapshot)?;
         let target = at.timestamp_millis();
-        let earliest = earliest_version(&log_store).await?.unwrap_or(0);
+        let earliest = earliest_version(&log_store)
+            .await?
+            .unwrap_or(0)
+            .max(snapshot.first_version());
         let ts = |v: i64| {
             let log_store = log_store.clone();
             async move {
@@ -122,6 +126,17 @@ impl Ledger {
             return Err(Error::NotFound {
                 kind: ObjectKind::Frame,
                 name: format!("{} at version {version}", snapshot.frame()),
+            });
+        }
+        if version < snapshot.first_version() {
+            return Err(Error::NotFound {
+                kind: ObjectKind::Frame,
+                name: format!(
+                    "{} at version {version} (it was dropped and created again since, and \
+                     began again at version {})",
+                    snapshot.frame(),
+                    snapshot.first_version()
+                ),
             });
         }
         // The frame is at that version already: nothing to restore (delta-rs refuses it).

@@ -60,7 +60,7 @@ impl Lakehouse {
 
     // ---- frames ------------------------------------------------------------------------------
 
-    pub(crate) async fn undo_create(&self, frame: &FrameRef) {
+    pub(crate) async fn undo_create(&self, frame: &FrameRef, incarnation: &str) {
         // Read before the name is freed: what is written after is a new creator's. Without
         // it the name is freed all the same, and the next create clears what stays.
         let before = self.storage.watermark().await;
@@ -68,7 +68,7 @@ impl Lakehouse {
             warn!(frame = %frame, error = %e, "undoing frame creation");
         }
         let deleted = match before {
-            Ok(before) => self.ledger.delete_data(frame, before).await,
+            Ok(before) => self.ledger.clear(frame, incarnation, before).await,
             Err(e) => Err(e),
         };
         if let Err(e) = deleted {
@@ -76,8 +76,9 @@ impl Lakehouse {
         }
     }
 
-    /// Drop a frame: it leaves the namespace first, then its data is deleted, so an interrupted
-    /// drop leaves an invisible remainder that the next create of the name clears.
+    /// Drop a frame: it leaves the namespace first, then its cells are deleted (its log stays,
+    /// ended), so an interrupted drop leaves an invisible remainder that the next create of the
+    /// name clears.
     pub async fn drop_frame(&self, frame: &FrameRef, if_exists: bool) -> Result<bool> {
         self.drop_frame_before(frame, if_exists, None).await
     }
@@ -114,7 +115,7 @@ impl Lakehouse {
             Some(t) => t,
             None => self.storage.watermark().await?,
         };
-        {
+        let marker = {
             // Never between a write's fence check and its commit on this node: that commit
             // would land in the log of a frame created under the name next. Under the gate,
             // the name is read again: a drop on this node that removed it meanwhile dropped
@@ -122,7 +123,7 @@ impl Lakehouse {
             let _gate = crate::commit_hooks::gate(&self.storage, frame)
                 .write()
                 .await;
-            if self.catalog.frame_marker(frame).await?.is_none() {
+            let Some(marker) = self.catalog.frame_marker(frame).await? else {
                 return match if_exists {
                     true => Ok(false),
                     false => Err(Error::NotFound {
@@ -130,10 +131,14 @@ impl Lakehouse {
                         name: frame.to_string(),
                     }),
                 };
-            }
+            };
             self.catalog.unregister_frame(frame).await?;
-        }
-        let objects = self.ledger.delete_data(frame, before).await?;
+            marker
+        };
+        // Its log stays, ended by a commit that removes every cell: a write of the frame that
+        // passed its fence on another node fails on it, never landing in a frame created
+        // under the name next ([`crate::retire`]).
+        let objects = self.ledger.clear(frame, &marker.id, before).await?;
         // A creation dropped before its version 0 leaves no lease behind.
         self.catalog
             .end_creations_under(&crate::paths::creations_of(frame))
@@ -213,6 +218,7 @@ impl Lakehouse {
             external: Some(external),
             ..MarkerV1::new()
         };
+        let incarnation = marker.id.clone();
         if self
             .catalog
             .reserve_frame_as(frame, marker)
@@ -228,7 +234,7 @@ impl Lakehouse {
             };
         }
         if !self.catalog.box_exists(&frame.box_ref()).await? {
-            self.undo_create(frame).await;
+            self.undo_create(frame, &incarnation).await;
             return Err(Error::NotFound {
                 kind: ObjectKind::Box,
                 name: frame.box_ref().to_string(),
@@ -705,8 +711,13 @@ mod tests {
             .collect();
         assert_eq!(boxes, ["default"]);
         assert!(lh.catalog.list_hive_frames(&hive).await.unwrap().is_empty());
-        assert!(!lh.ledger.has_leftovers(&t).await.unwrap());
+        assert!(
+            !lh.ledger.log_holds(&t, "").await.unwrap(),
+            "its log was ended"
+        );
         lh.catalog.create_box(&b, false).await.unwrap();
+        let again = lh.create_frame(&t, &schema(), &[], &[], false).await;
+        assert_eq!(again.unwrap().unwrap().stats().rows, 0);
     }
 
     /// When the other writer gives up, a waiting create (with or without `IF NOT EXISTS`)
@@ -864,9 +875,9 @@ mod tests {
     }
 
     /// A write commits only into the frame it read. Dropped meanwhile, its commit is NOT_FOUND;
-    /// dropped and created again (with other columns, and a log that starts over at version
-    /// 0, so that the write's next version is free in it), its commit is refused as a
-    /// conflict, and the new frame is untouched.
+    /// dropped and created again (with other columns), its commit is refused as a conflict,
+    /// and the new frame is untouched: it begins after the dropped frame's log (version 0,
+    /// the drop's 1), at 2.
     #[tokio::test]
     async fn a_write_commits_only_into_the_frame_it_read() {
         let other = Arc::new(Schema::new(vec![Field::new("name", DataType::Utf8, false)]));
@@ -898,7 +909,8 @@ mod tests {
             }
             if recreated {
                 let now = lh.frame(&frame(), None).await.unwrap();
-                assert_eq!((now.version(), now.stats().rows), (0, 0));
+                assert_eq!((now.first_version(), now.version()), (2, 2));
+                assert_eq!(now.stats().rows, 0);
                 assert_eq!(now.schema(), &other);
             }
         }

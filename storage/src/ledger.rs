@@ -44,6 +44,7 @@ use crate::codec::CellCompression;
 use crate::error::{Error, Result};
 use crate::footers::FooterCache;
 use crate::paths::{self, FrameRef};
+use crate::retire::{Log, SINCE_PROPERTY};
 use crate::schema;
 use crate::shape::{
     CLUSTER_BY_PROPERTY, NewShape, cluster_property, parse_cluster_property, protocol_for,
@@ -58,12 +59,16 @@ pub(crate) const INCARNATION_PROPERTY: &str = "apiary.incarnation";
 /// What [`Ledger::create_table`] found.
 #[derive(Debug)]
 pub enum Created {
-    /// Version 0 is this create's.
+    /// The frame's first version is this create's.
     Ours(FrameSnapshot),
-    /// Version 0 exists and belongs to another incarnation of the name (its commit's text).
-    Foreign(String),
-    /// The commit failed and whether version 0 landed could not be read: its cells must stay.
+    /// The version this create tried to begin the frame at (`version`: 0, or after the
+    /// versions of a frame dropped before under its name) exists and is not this create's
+    /// (`commit`, its text).
+    Foreign { version: u64, commit: String },
+    /// The commit failed and whether it landed could not be read: its cells must stay.
     Unsure(Error),
+    /// The name's log, left by a frame dropped before, does not load: nothing was committed.
+    Unreadable(Error),
 }
 
 /// Rows per Parquet row group: small enough for useful pruning and parallel scans, large enough
@@ -321,6 +326,17 @@ impl FrameSnapshot {
     /// The Delta state, for pruning with delta-rs' statistics.
     pub fn delta_state(&self) -> &DeltaTableState {
         &self.state
+    }
+
+    /// The version this frame began at: 0, or the one after the versions of a frame dropped
+    /// before under its name ([`crate::retire`]). Its history begins there.
+    pub fn first_version(&self) -> i64 {
+        self.state
+            .metadata()
+            .configuration()
+            .get(SINCE_PROPERTY)
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(0)
     }
 
     /// Cells in log order (the order [`FrameSnapshot::delta_state`]'s log data iterates).
@@ -686,11 +702,26 @@ impl Ledger {
             ..
         } = shape;
         let delta_schema = shape.validate()?;
+        // After the versions of a frame dropped before under the name, if its log is there
+        // ([`crate::retire`]).
+        let first = match self.log_of(frame).await? {
+            Log::Missing => 0,
+            Log::Unreadable(e) => return Ok(Created::Unreadable(e.into())),
+            Log::Loaded(state) if Self::incarnation_of(&state) == Some(incarnation) => {
+                return self
+                    .snapshot_from_state(frame, incarnation, *state, None)
+                    .map(Created::Ours);
+            }
+            Log::Loaded(state) => state.version() + 1,
+        };
         // Our own properties (`apiary.*`) are not ones delta-rs knows.
         let mut configuration = HashMap::from([(
             INCARNATION_PROPERTY.to_string(),
             Some(incarnation.to_string()),
         )]);
+        if first > 0 {
+            configuration.insert(SINCE_PROPERTY.to_string(), Some(first.to_string()));
+        }
         if !cluster_by.is_empty() {
             configuration.insert(
                 CLUSTER_BY_PROPERTY.to_string(),
@@ -700,11 +731,19 @@ impl Ledger {
         let create = CreateBuilder::new()
             .with_raise_if_key_not_exists(false)
             .with_configuration(configuration);
-        // Version 0 only: delta-rs would otherwise rebase a create that lost the race onto the
-        // winner's table, as a commit at version 1 that records its own schema over the
+        // That version only: delta-rs would otherwise rebase a create that lost the race onto
+        // the winner's table, as a commit at version 1 that records its own schema over the
         // winner's (two loaders creating one frame at once left two CREATE TABLE commits).
+        // And only while the name is this creation's: a creator whose name was dropped (or
+        // taken over) must not replace the frame created under it since.
+        let log_store = crate::commit_hooks::fenced(
+            crate::commit_hooks::only_at(self.log_store(frame)?, first),
+            self.storage.clone(),
+            frame.clone(),
+            incarnation.to_string(),
+        );
         let created = create
-            .with_log_store(crate::commit_hooks::only_at(self.log_store(frame)?, 0))
+            .with_log_store(log_store)
             .with_table_name(frame.name.as_str())
             .with_columns(delta_schema.fields().cloned())
             .with_partition_columns(partition_columns.to_vec())
@@ -718,7 +757,11 @@ impl Ledger {
                 deltalake::TableProperty::TargetFileSize,
                 Some(self.config.cell_target_bytes.max(1).to_string()),
             )
-            .with_save_mode(SaveMode::ErrorIfExists)
+            // Over a dropped frame's log, a replacing commit that also removes its cells.
+            .with_save_mode(match first {
+                0 => SaveMode::ErrorIfExists,
+                _ => SaveMode::Overwrite,
+            })
             .with_actions(adds.into_iter().map(Action::Add))
             .await;
         match created {
@@ -729,21 +772,22 @@ impl Ledger {
                 // Committed, but not loaded: the cells must stay.
                 Err(e) => Ok(Created::Unsure(e.into())),
             },
-            // Lost the race to version 0, or delta-rs found a table there before committing (an
-            // error it does not export), or an error after the commit itself (delta-rs loads
-            // the table it wrote; a retried conditional put may find its own object): version
-            // 0, if there is one, says whose it is.
-            Err(e) => match self.version_0_of(frame).await {
+            // Lost the race to the version, or delta-rs found a table there before committing
+            // (an error it does not export), or an error after the commit itself (delta-rs
+            // loads the table it wrote; a retried conditional put may find its own object): the
+            // commit at that version, if there is one, says whose it is.
+            Err(e) => match self.commit_at(frame, first).await {
                 Ok(Some(commit)) if String::from_utf8_lossy(&commit).contains(incarnation) => {
-                    warn!(frame = %frame, error = %e, "version 0 was committed despite an error");
-                    match self.snapshot(frame, incarnation, Some(0)).await {
+                    warn!(frame = %frame, error = %e, first, "the first version was committed despite an error");
+                    match self.snapshot(frame, incarnation, Some(first as i64)).await {
                         Ok(state) => Ok(Created::Ours(state)),
                         Err(load) => Ok(Created::Unsure(load)),
                     }
                 }
-                Ok(Some(commit)) => Ok(Created::Foreign(
-                    String::from_utf8_lossy(&commit).into_owned(),
-                )),
+                Ok(Some(commit)) => Ok(Created::Foreign {
+                    version: first,
+                    commit: String::from_utf8_lossy(&commit).into_owned(),
+                }),
                 // delta-rs could not load the table it had just committed, whose log is gone
                 // now: a DROP (of the frame's box, say) took it meanwhile.
                 Ok(None)
@@ -759,7 +803,14 @@ impl Ledger {
                         detail: "it was dropped while being created; retry".into(),
                     })
                 }
-                Ok(None) => Err(e.into()),
+                Ok(None) => match Error::from(e) {
+                    // The fence: the name is no longer this creation's.
+                    Error::NotFound { .. } | Error::Conflict { .. } => Err(Error::Conflict {
+                        frame: frame.to_string(),
+                        detail: "it was dropped while being created; retry".into(),
+                    }),
+                    other => Err(other),
+                },
                 Err(check) => Ok(Created::Unsure(Error::Internal(format!(
                     "creating {frame} failed ({e}), and whether its first commit landed is \
                      unknown ({check})"
@@ -782,10 +833,10 @@ impl Ledger {
         }
     }
 
-    /// The bytes of version 0 of `frame`'s log, if it exists.
-    async fn version_0_of(&self, frame: &FrameRef) -> Result<Option<bytes::Bytes>> {
+    /// The bytes of commit `version` of `frame`'s log, if it exists.
+    async fn commit_at(&self, frame: &FrameRef, version: u64) -> Result<Option<bytes::Bytes>> {
         let log_store = self.log_store(frame)?;
-        Ok(log_store.read_commit_entry(0).await?)
+        Ok(log_store.read_commit_entry(version).await?)
     }
 
     /// The catalog marker id that version 0 of `state`'s table recorded; `None` for a table
@@ -911,13 +962,19 @@ impl Ledger {
                         (other, _) => other.into(),
                     })?,
             };
-            // A version 0 committed under another marker of the name (its creator committed after
-            // a drop and a new reservation) is no frame of this one: never cached as one.
+            // A version committed under another marker of the name (a version 0 whose creator
+            // committed after a drop and a new reservation; a frame dropped before this one
+            // was created under its name) is no frame of this one: never cached as one.
             if external.is_none() && Self::incarnation_of(&state).is_some_and(|i| i != incarnation)
             {
                 return Err(Error::NotFound {
                     kind: crate::error::ObjectKind::Frame,
-                    name: format!("{frame} (it is being created: retry)"),
+                    name: match version {
+                        Some(v) => format!(
+                            "{frame} at version {v} (it was dropped and created again since)"
+                        ),
+                        None => format!("{frame} (it is being created: retry)"),
+                    },
                 });
             }
             if version.is_none() {
@@ -1111,6 +1168,15 @@ impl Ledger {
                     // Rebased past every commit since: one of them may have changed the frame's
                     // shape (ADD COLUMN, a replace with new columns), which cells written in
                     // the shape read must not land on, nor an older schema be written back.
+                    // Or ended it: a drop's commit, or the first of a frame created under
+                    // the name since ([`crate::retire`]), whatever its shape.
+                    if Self::incarnation_of(&base) != Self::incarnation_of(&read.state) {
+                        let ended = Error::Gone(format!(
+                            "{} was dropped while this statement wrote it; nothing was committed",
+                            read.frame
+                        ));
+                        return Err(self.unless_dropped(read, ended).await);
+                    }
                     if reshaped_since(&read.state, &base, read.reshape.is_some()) {
                         return Err(Error::Conflict {
                             frame: read.frame.to_string(),

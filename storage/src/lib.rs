@@ -53,6 +53,7 @@ pub mod nan;
 pub mod new_frame;
 pub mod paths;
 pub mod provider;
+mod retire;
 mod scan_stats;
 pub mod schema;
 pub(crate) mod shape;

@@ -273,10 +273,18 @@ impl Lakehouse {
                         self.end_lease(frame, &marker.id).await;
                         return Err(foreign_table(frame));
                     }
-                    // Data of an earlier frame of this name whose drop was interrupted.
-                    warn!(frame = %frame, "removing leftovers of an interrupted drop");
+                    // Cells of an earlier frame of this name whose drop was interrupted. Its
+                    // log stays: this frame begins after it ([`crate::retire`]).
                     let before = self.storage().watermark().await?;
-                    self.ledger().delete_data(frame, before).await?;
+                    let root = paths::frame_root(frame);
+                    let log = root.clone().join("_delta_log");
+                    let removed = self
+                        .storage()
+                        .delete_prefix_before_but(&root, before, Some(&log))
+                        .await?;
+                    if removed > 0 {
+                        warn!(frame = %frame, removed, "removed cells of an interrupted drop");
+                    }
                 }
                 return Ok(Begun::Reserved(NewFrame::new(
                     frame, marker.id, shape, true,
@@ -290,7 +298,7 @@ impl Lakehouse {
         };
         if marker.view.is_some()
             || marker.external.is_some()
-            || self.ledger().has_leftovers(frame).await?
+            || self.ledger().log_holds(frame, &marker.id).await?
         {
             return Ok(Begun::Exists);
         }
@@ -556,14 +564,27 @@ impl Lakehouse {
     ) -> Result<FirstCommit> {
         let ledger = self.ledger();
         new.committing.store(true, Ordering::SeqCst);
+        // A log of the name that does not load is deleted once; the log moving on under
+        // this create (a late commit of a frame dropped before) is followed a few times.
         let mut cleared = false;
+        let mut moved = 0;
         let snapshot = loop {
-            let created = ledger
-                .create_table(&new.frame, &new.incarnation, &new.shape, adds.clone())
-                .await;
+            // The creator whose stale reservation this one took over may have committed between
+            // the takeover's look at the log and its new marker: its frame is not replaced.
+            let created = match &new.took_over {
+                Some(old) if ledger.log_is_of(&new.frame, &old.id).await? => Ok(Created::Foreign {
+                    version: 0,
+                    commit: old.id.clone(),
+                }),
+                _ => {
+                    ledger
+                        .create_table(&new.frame, &new.incarnation, &new.shape, adds.clone())
+                        .await
+                }
+            };
             match created {
                 Ok(Created::Ours(s)) => {
-                    // Version 0 now says the frame exists; the lease has done its work.
+                    // The first version now says the frame exists; the lease has done its work.
                     self.end_own_lease(new).await;
                     break s;
                 }
@@ -572,7 +593,7 @@ impl Lakehouse {
                 // The creator whose stale reservation we took over was alive after all, and
                 // committed (its client may have been told so): its marker goes back, and this
                 // write meets a frame that exists.
-                Ok(Created::Foreign(commit))
+                Ok(Created::Foreign { commit, .. })
                     if new
                         .took_over
                         .as_ref()
@@ -587,28 +608,36 @@ impl Lakehouse {
                     }
                     return Ok(FirstCommit::Taken(new.uncommitted(rows, adds)));
                 }
-                Ok(Created::Foreign(v0)) if !v0.contains(crate::ledger::INCARNATION_PROPERTY) => {
+                Ok(Created::Foreign { version: 0, commit })
+                    if !commit.contains(crate::ledger::INCARNATION_PROPERTY) =>
+                {
                     // Another engine wrote a table here meanwhile: never ours to clear.
                     ledger.discard_cells(&new.frame, &adds).await;
                     self.abandon_frame(new).await;
                     return Err(foreign_table(&new.frame));
                 }
-                Ok(Created::Foreign(_)) if !cleared && self.holds(new).await? => {
-                    // A version 0 of an earlier incarnation of the name (its creator committed
-                    // after a drop): an interrupted drop's remainder, under our reservation.
-                    warn!(frame = %new.frame, "removing the log of a dropped creation");
+                // A commit of an earlier frame of the name took the version (a version 0 whose
+                // creator committed after a drop, a write that passed its fence before the
+                // drop): the log has moved on, and the frame begins after it.
+                Ok(Created::Foreign { version, .. }) if moved < 3 && self.holds(new).await? => {
+                    warn!(frame = %new.frame, version, "a commit of a dropped frame of the name came first");
+                    moved += 1;
+                }
+                Ok(Created::Foreign { .. }) => {
+                    ledger.discard_cells(&new.frame, &adds).await;
+                    self.end_own_lease(new).await;
+                    return Err(dropped_meanwhile(&new.frame));
+                }
+                Ok(Created::Unreadable(e)) if !cleared && self.holds(new).await? => {
+                    // An interrupted drop's remainder, under our reservation.
+                    warn!(frame = %new.frame, error = %e, "removing an unreadable log of a dropped frame");
                     let log = paths::frame_root(&new.frame).join("_delta_log");
                     let before = self.storage().watermark().await?;
                     self.storage().delete_prefix_before(&log, before).await?;
                     ledger.forget(&new.frame);
                     cleared = true;
                 }
-                Ok(Created::Foreign(_)) => {
-                    ledger.discard_cells(&new.frame, &adds).await;
-                    self.end_own_lease(new).await;
-                    return Err(dropped_meanwhile(&new.frame));
-                }
-                Err(e) => {
+                Ok(Created::Unreadable(e)) | Err(e) => {
                     ledger.discard_cells(&new.frame, &adds).await;
                     self.abandon_frame(new).await;
                     return Err(e);
@@ -622,7 +651,7 @@ impl Lakehouse {
             return Err(dropped_meanwhile(&new.frame));
         }
         if !self.catalog().box_exists(&new.frame.box_ref()).await? {
-            self.undo_create(&new.frame).await;
+            self.undo_create(&new.frame, &new.incarnation).await;
             return Err(Error::NotFound {
                 kind: ObjectKind::Box,
                 name: new.frame.box_ref().to_string(),
@@ -651,7 +680,12 @@ impl Lakehouse {
             return false;
         }
         let given_up = async {
-            if !self.holds(new).await? || self.ledger().has_leftovers(&new.frame).await? {
+            if !self.holds(new).await?
+                || self
+                    .ledger()
+                    .log_holds(&new.frame, &new.incarnation)
+                    .await?
+            {
                 self.end_own_lease(new).await;
                 return Ok(false);
             }
@@ -973,11 +1007,19 @@ mod tests {
             panic!("a stale reservation was not taken over")
         };
         assert_ne!(taker.incarnation, old.id, "a takeover makes a new marker");
-        // The slow creator commits now.
+        // The slow creator commits now, its fence check passed before the takeover's new
+        // marker (put back for the check here, as it was then).
+        let takers = lh.catalog().frame_marker(&frame()).await.unwrap().unwrap();
+        let swap = |to: MarkerV1| async {
+            lh.catalog().unregister_frame(&frame()).await.unwrap();
+            lh.catalog().reserve_frame_as(&frame(), to).await.unwrap();
+        };
+        swap(old.clone()).await;
         lh.ledger()
             .create_table(&frame(), &old.id, &shape(), Vec::new())
             .await
             .unwrap();
+        swap(takers).await;
         let got = lh
             .write_new_frame(&taker, rows(1, false), ctx(), None)
             .await;
@@ -1119,27 +1161,26 @@ mod tests {
         assert_eq!(leases(&lh).await, want, "the dead creator's lease stays");
     }
 
-    /// Creators racing for version 0 at once: one creates the table, the others find it is not
-    /// theirs, and the log holds one commit (delta-rs rebased a losing create to version 1,
-    /// where it recorded its own schema over the winner's).
+    /// Creates racing for version 0 at once (four tries of one creation): one creates the
+    /// table, the others find it theirs, and the log holds one commit (delta-rs rebased a
+    /// losing create to version 1, where it recorded its own schema over the winner's).
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn creators_racing_for_version_0_leave_one_commit() {
         let (lh, dir) = lakehouse().await;
-        let ids: Vec<String> = (0..4).map(|i| format!("incarnation-{i}")).collect();
+        let marker = MarkerV1::new();
+        lh.catalog()
+            .reserve_frame_as(&frame(), marker.clone())
+            .await
+            .unwrap()
+            .unwrap();
         let (f, sh) = (frame(), shape());
-        let creates = ids
-            .iter()
-            .map(|id| lh.ledger().create_table(&f, id, &sh, Vec::new()));
+        let creates = (0..4).map(|_| lh.ledger().create_table(&f, &marker.id, &sh, Vec::new()));
         let outcomes = futures::future::join_all(creates).await;
         let ours = outcomes
             .iter()
             .filter(|o| matches!(o, Ok(Created::Ours(_))))
             .count();
-        let foreign = outcomes
-            .iter()
-            .filter(|o| matches!(o, Ok(Created::Foreign(_))))
-            .count();
-        assert_eq!((ours, foreign), (1, 3), "{outcomes:?}");
+        assert_eq!(ours, 4, "{outcomes:?}");
         let logs: Vec<_> = files(&dir)
             .into_iter()
             .filter(|f| f.ends_with(".json"))

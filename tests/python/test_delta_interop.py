@@ -1,9 +1,12 @@
 """Frames are Delta tables: the `deltalake` package reads what Apiary wrote, with equal contents."""
 
+import csv
+import io
 import pathlib
 
 import pyarrow as pa
 import pyarrow.compute as pc
+import pytest
 from deltalake import DeltaTable
 
 from conftest import run_sql
@@ -62,3 +65,35 @@ def test_deltalake_sees_overwrite_and_history(storage):
     # Time travel through their reader matches ours.
     dt.load_as_version(1)
     assert dt.to_pyarrow_dataset().to_table().column("v").to_pylist() == ["one"]
+
+
+def test_a_dropped_frame_reads_empty_and_the_next_frame_of_its_name_begins_after_it(storage):
+    """A drop keeps the frame's Delta log, ended by a commit that removes every cell (so that a
+    write racing the drop on another node fails instead of landing in a frame created under the
+    name next): Delta readers read what it leaves as a table without rows, and the next frame
+    of the name as itself, which begins at the version after."""
+    run_sql(
+        storage,
+        """
+        CREATE TABLE t (k INT, v VARCHAR);
+        INSERT INTO t VALUES (1, 'one');
+        INSERT INTO t VALUES (2, 'two');
+        DROP TABLE t;
+        """,
+    )
+    path = pathlib.Path(storage) / "default" / "default" / "t"
+    dt = DeltaTable(str(path))
+    assert dt.version() == 3
+    assert dt.to_pyarrow_dataset().to_table().num_rows == 0
+    assert not [p for p in path.rglob("*.parquet") if "_delta_log" not in p.parts]
+
+    run_sql(storage, "CREATE TABLE t (name VARCHAR, n BIGINT); INSERT INTO t VALUES ('x', 7)")
+    dt = DeltaTable(str(path))
+    assert dt.version() == 5
+    assert dt.to_pyarrow_dataset().to_table().to_pylist() == [{"name": "x", "n": 7}]
+    history = list(csv.DictReader(io.StringIO(run_sql(storage, "DESCRIBE HISTORY t"))))
+    assert [int(h["version"]) for h in history] == [5, 4]
+    with pytest.raises(RuntimeError, match=r"at version 2 \(it was dropped and created again since\)"):
+        run_sql(storage, "SELECT * FROM t VERSION AS OF 2")
+    with pytest.raises(RuntimeError, match=r"at version 2 \(it was dropped and created again since"):
+        run_sql(storage, "RESTORE t TO VERSION AS OF 2")

@@ -329,8 +329,18 @@ impl AnalyzerRule for SubUnitValues {
                 })
             },
             |mut e, schema| {
-                let changed =
-                    coerced_below_unit(&mut e, schema) || unfolded_below_unit(&mut e, schema);
+                if coerced_below_unit(&mut e, schema) {
+                    // A `BETWEEN` with one bound below the unit keeps its other as it was,
+                    // which may be a value DataFusion folds only later (a function's): that
+                    // comparison is written with floors too.
+                    return e
+                        .transform_up(|mut c| {
+                            let changed = unfolded_below_unit(&mut c, schema);
+                            Ok(Transformed::new_transformed(c, changed))
+                        })
+                        .map(|t| Transformed::yes(t.data));
+                }
+                let changed = unfolded_below_unit(&mut e, schema);
                 Ok(Transformed::new_transformed(e, changed))
             },
         )

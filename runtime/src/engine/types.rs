@@ -164,8 +164,9 @@ impl Statement {
 pub type Pins = BTreeMap<FrameRef, Pin>;
 
 /// One frame version a statement was planned against, and which table that was: a frame
-/// dropped and created again under its name starts its versions anew, so the version alone
-/// would name rows of another table.
+/// dropped and created again under its name begins after the dropped one's versions, but a
+/// log that did not load is deleted and begun again at 0, so the version alone could name
+/// rows of another table.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Pin {
     pub version: i64,

@@ -557,8 +557,8 @@ async fn pinned_versions_replan_the_same_snapshot() {
     let latest = f.run("SELECT count(*) FROM v").await;
     assert_eq!(i64s(&latest), vec![3]);
 
-    // Dropped and created again, the name holds another table with a version 1 of its own:
-    // the pins name the old one, which is gone.
+    // Dropped and created again, the name holds another table, which begins after the old
+    // one's versions: the pins name the old one, which is gone.
     f.run("DROP TABLE v; CREATE TABLE v (id BIGINT); INSERT INTO v VALUES (7);")
         .await;
     let err = f
