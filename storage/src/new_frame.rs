@@ -571,16 +571,21 @@ impl Lakehouse {
         let snapshot = loop {
             // The creator whose stale reservation this one took over may have committed between
             // the takeover's look at the log and its new marker: its frame is not replaced.
-            let created = match &new.took_over {
-                Some(old) if ledger.log_is_of(&new.frame, &old.id).await? => Ok(Created::Foreign {
+            let taken_over_committed = match &new.took_over {
+                Some(old) => ledger.log_is_of(&new.frame, &old.id).await,
+                None => Ok(false),
+            };
+            let created = match taken_over_committed {
+                Ok(true) => Ok(Created::Foreign {
                     version: 0,
-                    commit: old.id.clone(),
+                    commit: new.took_over.as_ref().expect("checked").id.clone(),
                 }),
-                _ => {
+                Ok(false) => {
                     ledger
                         .create_table(&new.frame, &new.incarnation, &new.shape, adds.clone())
                         .await
                 }
+                Err(e) => Err(e),
             };
             match created {
                 Ok(Created::Ours(s)) => {
@@ -623,6 +628,16 @@ impl Lakehouse {
                     warn!(frame = %new.frame, version, "a commit of a dropped frame of the name came first");
                     moved += 1;
                 }
+                Ok(Created::Foreign { .. }) if moved >= 3 => {
+                    ledger.discard_cells(&new.frame, &adds).await;
+                    self.abandon_frame(new).await;
+                    return Err(Error::Conflict {
+                        frame: new.frame.to_string(),
+                        detail: "commits of a frame of the name dropped before kept landing \
+                                 while it was created; retry"
+                            .into(),
+                    });
+                }
                 Ok(Created::Foreign { .. }) => {
                     ledger.discard_cells(&new.frame, &adds).await;
                     self.end_own_lease(new).await;
@@ -636,6 +651,11 @@ impl Lakehouse {
                     self.storage().delete_prefix_before(&log, before).await?;
                     ledger.forget(&new.frame);
                     cleared = true;
+                }
+                Ok(Created::Unreadable(_)) if !self.holds(new).await? => {
+                    ledger.discard_cells(&new.frame, &adds).await;
+                    self.end_own_lease(new).await;
+                    return Err(dropped_meanwhile(&new.frame));
                 }
                 Ok(Created::Unreadable(e)) | Err(e) => {
                     ledger.discard_cells(&new.frame, &adds).await;

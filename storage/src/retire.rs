@@ -53,8 +53,10 @@ impl Ledger {
     /// Delete what `frame`, of the catalog marker `incarnation`, held once its name has left
     /// the namespace: the objects under its root written before `before` (a
     /// [`crate::backend::Storage::watermark`]) but its log, which stays, ended by a commit that
-    /// removes every cell ([`RETIRED`]). A log that does not load is deleted with the rest.
-    /// Returns how many objects were deleted.
+    /// removes every cell ([`RETIRED`]). The log is never deleted here: one that cannot be
+    /// ended (it does not load, or needs a Delta feature delta-rs cannot write) stays as it
+    /// is, and the next frame of the name replaces it or, unreadable, begins it again. Returns
+    /// how many objects were deleted.
     pub(crate) async fn clear(
         &self,
         frame: &FrameRef,
@@ -62,30 +64,41 @@ impl Ledger {
         before: Watermark,
     ) -> Result<usize> {
         self.forget(frame);
+        match self.retire(frame, incarnation).await {
+            Ok(_) => {}
+            // The name is free already: the drop is done, with a log that a new frame of the
+            // name replaces all the same (its first commit has new metadata too).
+            Err(
+                e
+                @ (Error::Delta(_) | Error::Gone(_) | Error::Conflict { .. } | Error::Internal(_)),
+            ) => {
+                tracing::warn!(frame = %frame, error = %e, "the dropped frame's log was not ended")
+            }
+            Err(e) => return Err(e),
+        }
         let root = paths::frame_root(frame);
         let log = root.clone().join("_delta_log");
-        let keep = self.retire(frame, incarnation).await?.then_some(&log);
         self.storage()
-            .delete_prefix_before_but(&root, before, keep)
+            .delete_prefix_before_but(&root, before, Some(&log))
             .await
     }
 
     /// End `frame`'s log, of the marker `incarnation`, with one commit at the version after
-    /// its newest only, that removes every cell and records the incarnation as [`RETIRED`].
-    /// `false` when there is no log to end, or one that does not load. A log that a frame
-    /// created under the name since has taken over is its own, and left as it is.
-    async fn retire(&self, frame: &FrameRef, incarnation: &str) -> Result<bool> {
+    /// its newest only, that removes every cell and records the incarnation as [`RETIRED`]:
+    /// unless there is none, or it does not load. A log that a frame created under the name
+    /// since has taken over is its own, and left as it is.
+    async fn retire(&self, frame: &FrameRef, incarnation: &str) -> Result<()> {
         let log_store = self.log_store(frame)?;
         for _ in 0..=self.config().commit_retries.max(3) {
             let state = match self.log_of(frame).await? {
                 Log::Loaded(state) => state,
-                Log::Missing | Log::Unreadable(_) => return Ok(false),
+                Log::Missing | Log::Unreadable(_) => return Ok(()),
             };
             // Ended already (by another drop), or begun again by a new frame of the name
             // (on another node, in the moment since this drop freed it). A log of an Apiary
             // that recorded no incarnation is the dropped frame's.
             if Self::incarnation_of(&state).is_some_and(|i| i != incarnation) {
-                return Ok(true);
+                return Ok(());
             }
             let old = state.metadata();
             let mut configuration = old.configuration().clone();
@@ -119,7 +132,7 @@ impl Ledger {
                 )
                 .await;
             match committed {
-                Ok(_) => return Ok(true),
+                Ok(_) => return Ok(()),
                 Err(DeltaTableError::Transaction {
                     source:
                         TransactionError::CommitConflict(_)
@@ -131,9 +144,7 @@ impl Ledger {
         }
         Err(Error::Conflict {
             frame: frame.to_string(),
-            detail: "it was written all the while it was dropped: its name is free, and its \
-                     data is deleted when the name is created or dropped again"
-                .into(),
+            detail: "it was written all the while its log was being ended".into(),
         })
     }
 
@@ -144,7 +155,7 @@ impl Ledger {
         }
         match DeltaTableState::try_new(self.log_store(frame)?.as_ref(), None).await {
             Ok(state) => Ok(Log::Loaded(Box::new(state))),
-            Err(e @ DeltaTableError::ObjectStore { .. }) => Err(e.into()),
+            Err(e) if storage_trouble(&e) => Err(e.into()),
             Err(e) => Ok(Log::Unreadable(e)),
         }
     }
@@ -167,6 +178,14 @@ impl Ledger {
             Log::Loaded(state) => Self::incarnation_of(&state).is_none_or(|i| i == incarnation),
         })
     }
+}
+
+/// Whether `e`, from loading a log, is storage failing (a timeout, a refusal, an object gone
+/// while the log was read), never the log itself: delta's kernel wraps those in its own error,
+/// whose text says so. Such a log is not unreadable, and nothing is cleared for it.
+fn storage_trouble(e: &DeltaTableError) -> bool {
+    matches!(e, DeltaTableError::ObjectStore { .. })
+        || e.to_string().to_ascii_lowercase().contains("object store")
 }
 
 #[cfg(test)]
@@ -290,6 +309,31 @@ mod tests {
                 assert_eq!(now.stats().rows, 0);
             }
         }
+    }
+
+    /// A log that storage failed to give (the kernel wraps the store's error in its own) is
+    /// not unreadable: nothing is cleared for it.
+    #[test]
+    fn storage_failing_is_not_an_unreadable_log() {
+        for e in [
+            DeltaTableError::Generic(
+                "Kernel error: Error interacting with object store: Generic S3 error: 503".into(),
+            ),
+            DeltaTableError::ObjectStore {
+                source: object_store::Error::NotFound {
+                    path: "t/_delta_log/00000000000000000003.json".into(),
+                    source: "gone".into(),
+                },
+            },
+        ] {
+            assert!(storage_trouble(&e), "{e}");
+        }
+        let gap = DeltaTableError::Generic(
+            "Kernel error: Generic delta kernel error: Expected contiguous commit files, but \
+             found gap"
+                .into(),
+        );
+        assert!(!storage_trouble(&gap));
     }
 
     /// What a drop leaves reads as a Delta table without rows, and no cell; a frame created
