@@ -44,7 +44,6 @@ use crate::codec::CellCompression;
 use crate::error::{Error, Result};
 use crate::footers::FooterCache;
 use crate::paths::{self, FrameRef};
-use crate::retire::{Log, SINCE_PROPERTY};
 use crate::schema;
 use crate::shape::{
     CLUSTER_BY_PROPERTY, NewShape, cluster_property, parse_cluster_property, protocol_for,
@@ -55,6 +54,19 @@ use crate::written::{RecordingStore, Written, delete_uncommitted};
 /// The table property that records which catalog marker (incarnation of the name) a frame's
 /// version 0 was committed under.
 pub(crate) const INCARNATION_PROPERTY: &str = "apiary.incarnation";
+
+/// The version a frame begins at when its name was used before (its first commit replaced the
+/// dropped frame's log, [`crate::retire`]); absent for a frame that began at version 0.
+pub(crate) const SINCE_PROPERTY: &str = "apiary.since";
+
+/// A frame's log as it stands. One that does not load (a gap, a commit that does not parse) is
+/// no fence ([`crate::retire`]): a drop leaves it as it is, and a create of the name deletes it
+/// and begins again at version 0.
+pub(crate) enum Log {
+    Missing,
+    Unreadable(DeltaTableError),
+    Loaded(Box<DeltaTableState>),
+}
 
 /// What [`Ledger::create_table`] found.
 #[derive(Debug)]
@@ -657,6 +669,18 @@ impl Ledger {
         }
     }
 
+    /// `frame`'s log as it stands.
+    pub(crate) async fn log_of(&self, frame: &FrameRef) -> Result<Log> {
+        if !self.has_leftovers(frame).await? {
+            return Ok(Log::Missing);
+        }
+        match DeltaTableState::try_new(self.log_store(frame)?.as_ref(), None).await {
+            Ok(state) => Ok(Log::Loaded(Box::new(state))),
+            Err(e) if storage_trouble(&e) => Err(e.into()),
+            Err(e) => Ok(Log::Unreadable(e)),
+        }
+    }
+
     /// Whether any object exists under the frame's root (a leftover of an interrupted drop or
     /// create).
     pub async fn has_leftovers(&self, frame: &FrameRef) -> Result<bool> {
@@ -1210,6 +1234,14 @@ impl Ledger {
         debug!(version, "cache updated");
         Ok(version)
     }
+}
+
+/// Whether `e`, from loading a log, is storage failing (a timeout, a refusal, an object gone
+/// while the log was read), never the log itself: delta's kernel wraps those in its own error,
+/// whose text says so. Such a log is not unreadable, and nothing is cleared for it.
+pub(crate) fn storage_trouble(e: &DeltaTableError) -> bool {
+    matches!(e, DeltaTableError::ObjectStore { .. })
+        || e.to_string().to_ascii_lowercase().contains("object store")
 }
 
 /// Whether the frame changed shape between two states: its schema, partitioning or protocol;

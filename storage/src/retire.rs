@@ -14,7 +14,7 @@
 //!   records the incarnation as [`RETIRED`] (new metadata); then it deletes the cells.
 //! - A create of the name writes its first commit right after the newest one there: a replacing
 //!   commit (Delta's `CREATE OR REPLACE`, new metadata again) that records its own incarnation
-//!   and the version it begins at ([`SINCE_PROPERTY`]).
+//!   and the version it begins at (`apiary.since`, [`crate::ledger::SINCE_PROPERTY`]).
 //! - A late commit of the dropped frame needs a version that one of those took. Delta's conflict
 //!   checker sees the new metadata in it and fails the write; an append, which is rebased over
 //!   new metadata of the same shape, fails when the incarnation is no longer the one it read.
@@ -27,27 +27,14 @@ use deltalake::DeltaTableError;
 use deltalake::kernel::Action;
 use deltalake::kernel::transaction::{CommitBuilder, CommitProperties, TransactionError};
 use deltalake::protocol::DeltaOperation;
-use deltalake::table::state::DeltaTableState;
 
 use crate::backend::Watermark;
 use crate::error::{Error, Result};
-use crate::ledger::{INCARNATION_PROPERTY, Ledger};
+use crate::ledger::{INCARNATION_PROPERTY, Ledger, Log};
 use crate::paths::{self, FrameRef};
 
 /// The incarnation that a dropped frame's log records in its last commit.
 pub(crate) const RETIRED: &str = "retired";
-
-/// The version a frame begins at when its name was used before (its first commit replaced the
-/// dropped frame's log); absent for a frame that began at version 0.
-pub(crate) const SINCE_PROPERTY: &str = "apiary.since";
-
-/// A frame's log as it stands. One that does not load (a gap, a commit that does not parse) is
-/// no fence: a drop deletes it whole, and a create of the name begins it again.
-pub(crate) enum Log {
-    Missing,
-    Unreadable(DeltaTableError),
-    Loaded(Box<DeltaTableState>),
-}
 
 impl Ledger {
     /// Delete what `frame`, of the catalog marker `incarnation`, held once its name has left
@@ -148,18 +135,6 @@ impl Ledger {
         })
     }
 
-    /// `frame`'s log as it stands.
-    pub(crate) async fn log_of(&self, frame: &FrameRef) -> Result<Log> {
-        if !self.has_leftovers(frame).await? {
-            return Ok(Log::Missing);
-        }
-        match DeltaTableState::try_new(self.log_store(frame)?.as_ref(), None).await {
-            Ok(state) => Ok(Log::Loaded(Box::new(state))),
-            Err(e) if storage_trouble(&e) => Err(e.into()),
-            Err(e) => Ok(Log::Unreadable(e)),
-        }
-    }
-
     /// Whether `frame`'s newest metadata records the catalog marker `incarnation`.
     pub(crate) async fn log_is_of(&self, frame: &FrameRef, incarnation: &str) -> Result<bool> {
         Ok(match self.log_of(frame).await? {
@@ -180,14 +155,6 @@ impl Ledger {
     }
 }
 
-/// Whether `e`, from loading a log, is storage failing (a timeout, a refusal, an object gone
-/// while the log was read), never the log itself: delta's kernel wraps those in its own error,
-/// whose text says so. Such a log is not unreadable, and nothing is cleared for it.
-fn storage_trouble(e: &DeltaTableError) -> bool {
-    matches!(e, DeltaTableError::ObjectStore { .. })
-        || e.to_string().to_ascii_lowercase().contains("object store")
-}
-
 #[cfg(test)]
 mod tests {
     use std::sync::Arc;
@@ -197,8 +164,10 @@ mod tests {
     use deltalake::kernel::Add;
     use deltalake::kernel::transaction::CommitConflictError;
     use deltalake::protocol::SaveMode;
+    use deltalake::table::state::DeltaTableState;
 
     use super::*;
+    use crate::ledger::storage_trouble;
     use crate::{FrameSnapshot, Ident, Lakehouse, LedgerConfig, S3Options, Storage};
 
     async fn lakehouse() -> (Lakehouse, tempfile::TempDir) {
