@@ -669,16 +669,50 @@ impl Ledger {
         }
     }
 
-    /// `frame`'s log as it stands.
+    /// `frame`'s log as it stands. Read from the state this node knows of it, whichever frame
+    /// of the name that was read for, brought up to date: a drop and a create of the name each
+    /// read the log, and a full replay of a long one costs tens of milliseconds. A known state
+    /// counts only while its version is still in the log (a log that did not load is deleted
+    /// and begun again).
     pub(crate) async fn log_of(&self, frame: &FrameRef) -> Result<Log> {
+        let log_store = self.log_store(frame)?;
+        let known = self
+            .cache
+            .lock()
+            .expect("ledger cache")
+            .get(frame)
+            .map(|k| k.state.clone());
+        if let Some(mut state) = known
+            && commit_or_checkpoint_exists(log_store.as_ref(), state.version()).await?
+        {
+            match state.update(log_store.as_ref(), None).await {
+                Ok(()) => {
+                    self.keep_log(frame, &state);
+                    return Ok(Log::Loaded(Box::new(state)));
+                }
+                Err(e) if storage_trouble(&e) => return Err(e.into()),
+                // Read again from the start.
+                Err(_) => {}
+            }
+        }
         if !self.has_leftovers(frame).await? {
             return Ok(Log::Missing);
         }
-        match DeltaTableState::try_new(self.log_store(frame)?.as_ref(), None).await {
-            Ok(state) => Ok(Log::Loaded(Box::new(state))),
+        match DeltaTableState::try_new(log_store.as_ref(), None).await {
+            Ok(state) => {
+                self.keep_log(frame, &state);
+                Ok(Log::Loaded(Box::new(state)))
+            }
             Err(e) if storage_trouble(&e) => Err(e.into()),
             Err(e) => Ok(Log::Unreadable(e)),
         }
+    }
+
+    /// Make `state` the known state of `frame`'s log, tagged with the incarnation it records
+    /// (as a snapshot's is with the one it was read for, which is the same).
+    pub(crate) fn keep_log(&self, frame: &FrameRef, state: &DeltaTableState) {
+        let tag = Self::incarnation_of(state).unwrap_or_default().to_string();
+        self.remember(frame, &tag, state.clone());
     }
 
     /// Whether any object exists under the frame's root (a leftover of an interrupted drop or
@@ -849,12 +883,10 @@ impl Ledger {
     /// an Apiary frame leaves either records one or no longer loads; a storage failure is an
     /// error, never taken for "no table".
     pub(crate) async fn holds_foreign_table(&self, frame: &FrameRef) -> Result<bool> {
-        let log_store = self.log_store(frame)?;
-        match DeltaTableState::try_new(log_store.as_ref(), None).await {
-            Ok(state) => Ok(Self::incarnation_of(&state).is_none()),
-            Err(e @ DeltaTableError::ObjectStore { .. }) => Err(e.into()),
-            Err(_) => Ok(false),
-        }
+        Ok(match self.log_of(frame).await? {
+            Log::Loaded(state) => Self::incarnation_of(&state).is_none(),
+            Log::Missing | Log::Unreadable(_) => false,
+        })
     }
 
     /// The bytes of commit `version` of `frame`'s log, if it exists.

@@ -50,7 +50,6 @@ impl Ledger {
         incarnation: &str,
         before: Watermark,
     ) -> Result<usize> {
-        self.forget(frame);
         match self.retire(frame, incarnation).await {
             Ok(_) => {}
             // The name is free already: the drop is done, with a log that a new frame of the
@@ -119,7 +118,11 @@ impl Ledger {
                 )
                 .await;
             match committed {
-                Ok(_) => return Ok(()),
+                // Known as it now stands: the next create of the name reads it.
+                Ok(finalized) => {
+                    self.keep_log(frame, &finalized.snapshot());
+                    return Ok(());
+                }
                 Err(DeltaTableError::Transaction {
                     source:
                         TransactionError::CommitConflict(_)
