@@ -730,18 +730,6 @@ impl Ledger {
         self.cache.lock().expect("ledger cache").remove(frame);
     }
 
-    /// Delete everything under the frame's root.
-    pub async fn delete_data(
-        &self,
-        frame: &FrameRef,
-        before: chrono::DateTime<chrono::Utc>,
-    ) -> Result<usize> {
-        self.cache.lock().expect("ledger cache").remove(frame);
-        self.storage
-            .delete_prefix_before(&paths::frame_root(frame), before)
-            .await
-    }
-
     /// Create the Delta table of a new frame: version 0 records its schema and layout together
     /// with `adds`, the cells already written, so the frame appears with its first rows or not
     /// at all. Version 0 also records `incarnation` (the catalog marker it belongs to,
@@ -875,18 +863,6 @@ impl Ledger {
                 )))),
             },
         }
-    }
-
-    /// Whether `frame`'s location, which no catalog marker names, holds a Delta table Apiary
-    /// did not create: a log that loads as a table (from its checkpoint when its first commits
-    /// were cleaned up) and whose metadata records no incarnation. What an interrupted drop of
-    /// an Apiary frame leaves either records one or no longer loads; a storage failure is an
-    /// error, never taken for "no table".
-    pub(crate) async fn holds_foreign_table(&self, frame: &FrameRef) -> Result<bool> {
-        Ok(match self.log_of(frame).await? {
-            Log::Loaded(state) => Self::incarnation_of(&state).is_none(),
-            Log::Missing | Log::Unreadable(_) => false,
-        })
     }
 
     /// The bytes of commit `version` of `frame`'s log, if it exists.

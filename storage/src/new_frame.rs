@@ -37,7 +37,7 @@ use tracing::{info, warn};
 use crate::error::{Error, ObjectKind, Result};
 use crate::format::MarkerV1;
 use crate::lakehouse::Lakehouse;
-use crate::ledger::{Created, FrameSnapshot};
+use crate::ledger::{Created, FrameSnapshot, Ledger, Log};
 use crate::paths::{self, BoxRef, FrameRef, Ident};
 use crate::provider::{WriteGate, write_cells};
 pub use crate::shape::NewShape;
@@ -265,25 +265,25 @@ impl Lakehouse {
         let mut attempts = 0;
         let (marker, written) = loop {
             if let Some(marker) = self.reserve_creation(frame).await? {
-                if self.ledger().has_leftovers(frame).await? {
-                    if self.ledger().holds_foreign_table(frame).await? {
-                        // Another engine's table, written at the name's location: never ours
-                        // to delete.
+                match self.ledger().log_of(frame).await? {
+                    Log::Missing => {}
+                    // A log that loads and records no incarnation is a Delta table Apiary did
+                    // not create (what an interrupted drop of an Apiary frame leaves records
+                    // one, or does not load): another engine's, written at the name's
+                    // location, never ours to delete.
+                    Log::Loaded(state) if Ledger::incarnation_of(&state).is_none() => {
                         self.catalog().unregister_frame(frame).await?;
                         self.end_lease(frame, &marker.id).await;
                         return Err(foreign_table(frame));
                     }
                     // Cells of an earlier frame of this name whose drop was interrupted. Its
                     // log stays: this frame begins after it ([`crate::retire`]).
-                    let before = self.storage().watermark().await?;
-                    let root = paths::frame_root(frame);
-                    let log = root.clone().join("_delta_log");
-                    let removed = self
-                        .storage()
-                        .delete_prefix_before_but(&root, before, Some(&log))
-                        .await?;
-                    if removed > 0 {
-                        warn!(frame = %frame, removed, "removed cells of an interrupted drop");
+                    Log::Loaded(_) | Log::Unreadable(_) => {
+                        let before = self.storage().watermark().await?;
+                        let removed = self.ledger().delete_cells(frame, before).await?;
+                        if removed > 0 {
+                            warn!(frame = %frame, removed, "removed cells of an interrupted drop");
+                        }
                     }
                 }
                 return Ok(Begun::Reserved(NewFrame::new(

@@ -62,6 +62,12 @@ impl Ledger {
             }
             Err(e) => return Err(e),
         }
+        self.delete_cells(frame, before).await
+    }
+
+    /// Delete the objects under `frame`'s root written before `before` but its log: the cells
+    /// of a frame of the name that was dropped (or whose drop was interrupted).
+    pub(crate) async fn delete_cells(&self, frame: &FrameRef, before: Watermark) -> Result<usize> {
         let root = paths::frame_root(frame);
         let log = root.clone().join("_delta_log");
         self.storage()
