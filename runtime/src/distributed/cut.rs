@@ -5,7 +5,7 @@
 //!
 //! ```text
 //!   AggregateExec(Partial) / SortExec(preserve partitioning) / FilterExec / ProjectionExec /
-//!   LocalLimitExec / CooperativeExec / RepartitionExec(RoundRobin, dropped in a task)
+//!   LocalLimitExec / CooperativeExec / PacedExec / RepartitionExec(RoundRobin, dropped in a task)
 //!        ▲ … ▲
 //!   DataSourceExec(Parquet cells)
 //! ```
@@ -41,6 +41,7 @@ use datafusion::physical_plan::sorts::sort_preserving_merge::SortPreservingMerge
 use datafusion::physical_plan::{ExecutionPlan, ExecutionPlanProperties, Partitioning};
 
 use super::shuffle::{ShuffleReadExec, ShuffleSource};
+use crate::engine::PacedExec;
 
 /// One stage found in a plan: a subtree the swarm runs as tasks.
 #[derive(Debug, Clone)]
@@ -106,6 +107,7 @@ fn per_partition(node: &Arc<dyn ExecutionPlan>) -> bool {
         || node.is::<ProjectionExec>()
         || node.is::<LocalLimitExec>()
         || node.is::<CooperativeExec>()
+        || node.is::<PacedExec>()
     {
         return true;
     }
@@ -159,6 +161,7 @@ fn runnable(node: &Arc<dyn ExecutionPlan>) -> bool {
         || node.is::<ProjectionExec>()
         || node.is::<LocalLimitExec>()
         || node.is::<CooperativeExec>()
+        || node.is::<PacedExec>()
         || node.is::<AggregateExec>()
         || node.is::<SortExec>()
         || node.is::<SortPreservingMergeExec>()

@@ -462,10 +462,10 @@ impl PhysicalExtensionCodec for DistCodec {
 /// Serialise a task plan (which may hold shuffle reads). An expression used in several places
 /// keeps one identity ([`DeduplicatingProtoConverter`]): a join filter is both in its join and
 /// in the scans it reaches, and decoded as one, so the task's joins still fill their scans'
-/// filters.
+/// filters. The pacing of joins' inputs stays behind: the worker paces them again.
 pub(crate) fn encode(plan: Arc<dyn ExecutionPlan>) -> DfResult<Bytes> {
     datafusion_proto::bytes::physical_plan_to_bytes_with_proto_converter(
-        plan,
+        crate::engine::without_pacing(plan)?,
         &DistCodec::encoder(),
         &DeduplicatingProtoConverter {},
     )

@@ -777,7 +777,7 @@ async fn a_fragment_decoded_elsewhere_makes_its_join_filters_again() {
     // stays empty.
     let plain = datafusion_proto::bytes::physical_plan_from_bytes(
         &datafusion_proto::bytes::physical_plan_to_bytes(
-            cut::task_plan(&stage, group.clone()).unwrap(),
+            crate::engine::without_pacing(cut::task_plan(&stage, group.clone()).unwrap()).unwrap(),
         )
         .unwrap(),
         &ctx,
@@ -792,7 +792,8 @@ async fn a_fragment_decoded_elsewhere_makes_its_join_filters_again() {
     shows(&plain, "DynamicFilter [ empty ]");
     // Ours keeps them one: the join hands its two keys to the scan.
     let decoded = super::shuffle::decode(&bytes, &ctx, None).unwrap();
-    let task = crate::engine::in_fragment(decoded, ctx.session_config().options()).unwrap();
+    let task =
+        crate::engine::in_fragment(decoded, ctx.session_config().options(), u64::MAX).unwrap();
     let rows = datafusion::physical_plan::collect(task.clone(), ctx)
         .await
         .unwrap();

@@ -320,7 +320,11 @@ async fn run_attempt(ctx: &Arc<DistContext>, key: &AttemptKey) -> Result<Written
     // Only what the cutter makes runs here: a stage's operators over cells and shuffle reads.
     super::cut::validate_fragment(&plan, ctx.storage.prefix(), &key.query_id)?;
     // Apiary's own rewrites do not travel: apply them here, as to a plan made here.
-    let plan = crate::engine::in_fragment(plan, task_ctx.session_config().options())?;
+    let plan = crate::engine::in_fragment(
+        plan,
+        task_ctx.session_config().options(),
+        ctx.bees.bee_budget(),
+    )?;
     // A shuffled output drains every hash partition into one slice writer; any other output is
     // merged into one stream of parts.
     let (streams, mut out) = match shuffle_partitions(&plan) {

@@ -570,7 +570,7 @@ mod tests {
         assert!(text.contains("price@0 * (1 - discount@1)"), "{text}");
         assert_eq!(fast_exprs(&back), 0, "{text}");
         // The node that runs the decoded plan puts the fast path back.
-        let back = crate::engine::in_fragment(back, &ConfigOptions::default()).unwrap();
+        let back = crate::engine::in_fragment(back, &ConfigOptions::default(), u64::MAX).unwrap();
         assert_eq!(fast_exprs(&back), fast_exprs(&plan));
         let got = collect(back, fast.task_ctx()).await.unwrap();
         let want = collect(plan, fast.task_ctx()).await.unwrap();

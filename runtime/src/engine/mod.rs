@@ -51,6 +51,7 @@ mod options;
 mod patterns;
 mod policy;
 mod show;
+mod spillable_topk;
 mod sql_types;
 mod stoppable;
 mod temporal_casts;
@@ -77,8 +78,11 @@ use crate::sql::{self, Command};
 use policy::Purpose;
 
 /// Apiary's own physical rules, in the order they run after DataFusion's (and in a fragment).
-fn own_rules() -> [Arc<dyn PhysicalOptimizerRule + Send + Sync>; 5] {
+fn own_rules(bee_memory: u64) -> [Arc<dyn PhysicalOptimizerRule + Send + Sync>; 6] {
     [
+        Arc::new(spillable_topk::SpillableTopK {
+            bee_memory: usize::try_from(bee_memory).unwrap_or(usize::MAX),
+        }),
         Arc::new(nan_pruning::NanSafePruning),
         Arc::new(join_filters::JoinFiltersOnRows),
         Arc::new(lazy_start::StartWhenPolled),
@@ -95,11 +99,14 @@ fn own_rules() -> [Arc<dyn PhysicalOptimizerRule + Send + Sync>; 5] {
 /// (`distributed::shuffle::encode`), so the rules find them linked. (TPC-H q21: the `nation`
 /// filter reaches `supplier` in every task, as on one node, instead of a task joining all
 /// 10,000 suppliers with its `lineitem` rows.)
+pub(crate) use yielding::{PacedExec, without_pacing};
+
 pub(crate) fn in_fragment(
     plan: Arc<dyn ExecutionPlan>,
     config: &datafusion::config::ConfigOptions,
+    bee_memory: u64,
 ) -> datafusion::error::Result<Arc<dyn ExecutionPlan>> {
-    own_rules()
+    own_rules(bee_memory)
         .iter()
         .try_fold(plan, |plan, rule| rule.optimize(plan, config))
 }
@@ -196,6 +203,7 @@ impl Engine {
                 .map_err(|e| Error::Sql(format!("DataFusion option {k}={v}: {e}")))?;
         }
         let time_zone = time_zone_of(&session_config);
+        let bee_memory = config.bee_memory;
         let for_base = runtime.clone();
         let build = move || {
             // Every rule gives up once its statement is stopped (`stoppable`).
@@ -208,7 +216,7 @@ impl Engine {
                 .with_optimizer_rules(stoppable::optimizer(
                     datafusion::optimizer::Optimizer::new().rules,
                 ))
-                .with_physical_optimizer_rules(stoppable::physical(physical_rules()))
+                .with_physical_optimizer_rules(stoppable::physical(physical_rules(bee_memory)))
                 .build();
             let growing = bounded::wrap(|name| base.scalar_functions().get(name).cloned());
             let unifying =
@@ -674,11 +682,11 @@ impl Engine {
 /// projection copies to every row are bounded before DataFusion pushes the projection into the
 /// scan, where the rule no longer sees it (`bounded::BoundedConstants`); then ours that must
 /// follow DataFusion's own, its filter pushdown among them ([`own_rules`]).
-fn physical_rules() -> Vec<Arc<dyn PhysicalOptimizerRule + Send + Sync>> {
+fn physical_rules(bee_memory: u64) -> Vec<Arc<dyn PhysicalOptimizerRule + Send + Sync>> {
     let mut rules: Vec<Arc<dyn PhysicalOptimizerRule + Send + Sync>> =
         vec![Arc::new(bounded::BoundedConstants)];
     rules.extend(datafusion::physical_optimizer::optimizer::PhysicalOptimizer::new().rules);
-    rules.extend(own_rules());
+    rules.extend(own_rules(bee_memory));
     rules
 }
 

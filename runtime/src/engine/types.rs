@@ -28,6 +28,9 @@ pub struct EngineConfig {
     /// Shortest `VACUUM … RETAIN n HOURS` allowed (Delta's default retention, a week, unless
     /// the operator lowers it).
     pub vacuum_min_retention_hours: f64,
+    /// The memory budget of the bee a query runs on (plans keep within it where they can
+    /// choose: a sort with a large limit spills rather than hold its rows).
+    pub bee_memory: u64,
 }
 
 impl Default for EngineConfig {
@@ -40,6 +43,7 @@ impl Default for EngineConfig {
             datafusion_options: Vec::new(),
             limits: Limits::default(),
             vacuum_min_retention_hours: apiary_storage::maintain::DEFAULT_RETENTION_HOURS,
+            bee_memory: u64::MAX,
         }
     }
 }

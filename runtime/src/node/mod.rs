@@ -146,6 +146,7 @@ impl Node {
         paths::validate_node_id(&config.node_id)?;
         let bee_budget = config.bees.memory_budget / config.bees.bees.max(1) as u64;
         config.engine.batch_size = crate::bees::batch_size_for(bee_budget);
+        config.engine.bee_memory = bee_budget;
         let cpu = Arc::new(
             CpuExecutor::new(config.cpu_threads)
                 .map_err(|e| Error::Internal(format!("starting the CPU runtime: {e}")))?,

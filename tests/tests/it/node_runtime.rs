@@ -127,6 +127,84 @@ async fn a_sort_far_larger_than_its_bee_completes_by_spilling_with_bounded_memor
     assert_eq!(std::fs::read_dir(scratch.path()).unwrap().count(), 1);
 }
 
+/// `ORDER BY … LIMIT n` whose n rows do not fit in the bee spills like the sort without a limit
+/// (DataFusion's TopK, which cannot spill, failed with RESOURCE_EXHAUSTED), and answers the rows
+/// the TopK of a small limit answers at both ends.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_sort_with_a_limit_larger_than_its_bee_completes_by_spilling() {
+    let dir = tempfile::tempdir().unwrap();
+    let scratch = tempfile::tempdir().unwrap();
+    let server = Server::start(
+        dir.path().to_str().unwrap(),
+        &[
+            "--bees",
+            "1",
+            "--memory",
+            "32MiB",
+            "--scratch-dir",
+            scratch.path().to_str().unwrap(),
+        ],
+        &[],
+    );
+    let mut c = client(&server).await;
+    // 1M rows x (8 + 32 bytes + offsets), about 50 MB, of which 800,000 are kept.
+    let input = "SELECT value, md5(CAST(value AS VARCHAR)) AS h FROM generate_series(1, 1000000) \
+                 ORDER BY h";
+    let info = c
+        .execute(format!("{input} LIMIT 800000 OFFSET 10"), None)
+        .await
+        .unwrap();
+    let mut stream = c
+        .do_get(info.endpoint[0].ticket.clone().unwrap())
+        .await
+        .unwrap();
+    let (mut hs, mut saw_spill) = (Vec::new(), false);
+    while let Some(b) = stream.next().await {
+        hs.extend(strings(&[b.unwrap()], "h"));
+        saw_spill = saw_spill || files_under(scratch.path()) > 0;
+    }
+    assert_eq!(hs.len(), 800_000);
+    assert!(hs.is_sorted(), "result is not sorted");
+    assert!(saw_spill, "the sort never spilled to its scratch directory");
+    // Both ends are the rows a TopK of one row finds there.
+    let one = |offset: usize| format!("{input} LIMIT 1 OFFSET {offset}");
+    let first = strings(&run(&mut c, &one(10)).await.unwrap(), "h");
+    let last = strings(&run(&mut c, &one(800_009)).await.unwrap(), "h");
+    assert_eq!((&hs[0], &hs[799_999]), (&first[0], &last[0]));
+}
+
+/// A join that works for long without emitting a row (its filter rejects every pair) stops at
+/// `--query-timeout`, and the node's one bee answers the next statement. One poll of the join
+/// held the thread for the whole join: 80 s (nested loop) and 120 s (hash join, equal keys)
+/// past a 2 s timeout on a release build, and every statement in between timed out planning.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_join_that_emits_nothing_for_long_stops_at_its_timeout_and_frees_the_node() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = Server::start(
+        dir.path().to_str().unwrap(),
+        &["--bees", "1", "--query-timeout", "2s"],
+        &[],
+    );
+    let mut c = client(&server).await;
+    // The nested loop's slices are longer (a quarter batch): it builds 20,000 rows, not 200,000.
+    for (build, on) in [
+        (20_000, "a.value + b.value < 0"),
+        (
+            200_000,
+            "a.value % 2 = b.value % 2 AND a.value + b.value < 0",
+        ),
+    ] {
+        let sql = format!(
+            "SELECT count(*) FROM generate_series(1, {build}) a \
+             JOIN generate_series(1, 200000000) b ON {on}"
+        );
+        let stopped = run(&mut c, &sql).await.expect_err("the join finished");
+        assert_eq!(stopped.code(), Code::DeadlineExceeded, "{on}: {stopped:?}");
+        let next = run(&mut c, "SELECT 1").await;
+        assert_eq!(rows(&next.unwrap_or_else(|e| panic!("{on}: {e:?}"))), 1);
+    }
+}
+
 /// `--max-spill` bounds the scratch space a node's queries fill: a sort that needs more than
 /// its bee's share fails with RESOURCE_EXHAUSTED naming the flag (it was INTERNAL, "I/O: … the
 /// spilling process has exceeded the allowable limit", at DataFusion's 100 GiB per bee), its
