@@ -138,15 +138,25 @@ mod tests {
     use super::*;
     use datafusion::prelude::SessionContext;
 
-    async fn plan(sql: &str, bee_memory: usize) -> String {
-        let ctx = SessionContext::new();
-        let df = ctx.sql(sql).await.unwrap();
-        let physical = df.create_physical_plan().await.unwrap();
+    /// `sql` planned in `ctx` with the rule for a bee of `bee_memory`, and its text.
+    async fn planned(
+        ctx: &SessionContext,
+        sql: &str,
+        bee_memory: usize,
+    ) -> (Arc<dyn ExecutionPlan>, String) {
+        let physical = ctx.sql(sql).await.unwrap().create_physical_plan().await;
         let rule = SpillableTopK { bee_memory };
-        let planned = rule.optimize(physical, &ConfigOptions::default()).unwrap();
-        datafusion::physical_plan::displayable(planned.as_ref())
+        let planned = rule
+            .optimize(physical.unwrap(), &ConfigOptions::default())
+            .unwrap();
+        let text = datafusion::physical_plan::displayable(planned.as_ref())
             .indent(false)
-            .to_string()
+            .to_string();
+        (planned, text)
+    }
+
+    async fn plan(sql: &str, bee_memory: usize) -> String {
+        planned(&SessionContext::new(), sql, bee_memory).await.1
     }
 
     const TOP: &str = "SELECT value, CAST(value AS VARCHAR) AS s FROM generate_series(1, 100000) \
@@ -175,23 +185,12 @@ mod tests {
     #[tokio::test]
     async fn the_sort_without_its_limit_answers_the_rows_the_topk_answers() {
         let ctx = SessionContext::new();
+        let sql = format!("{TOP} LIMIT 3000 OFFSET 5");
         let run = |bee_memory: usize| {
-            let ctx = ctx.clone();
+            let (ctx, sql) = (ctx.clone(), sql.clone());
             async move {
-                let sql = format!("{TOP} LIMIT 3000 OFFSET 5");
-                let physical = ctx
-                    .sql(&sql)
-                    .await
-                    .unwrap()
-                    .create_physical_plan()
-                    .await
-                    .unwrap();
-                let rule = SpillableTopK { bee_memory };
-                let planned = rule.optimize(physical, &ConfigOptions::default()).unwrap();
-                let text = datafusion::physical_plan::displayable(planned.as_ref())
-                    .indent(false)
-                    .to_string();
-                let rows = datafusion::physical_plan::collect(planned, ctx.task_ctx())
+                let (plan, text) = planned(&ctx, &sql, bee_memory).await;
+                let rows = datafusion::physical_plan::collect(plan, ctx.task_ctx())
                     .await
                     .unwrap();
                 (text.contains("TopK"), rows)

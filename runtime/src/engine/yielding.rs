@@ -377,18 +377,13 @@ mod tests {
             let plan = YieldInJoins
                 .optimize(physical, &ConfigOptions::default())
                 .unwrap();
-            let text = datafusion::physical_plan::displayable(plan.as_ref())
-                .indent(false)
-                .to_string();
+            let text = displayable(&plan);
             assert!(text.contains("PacedExec"), "{text}");
             // Idempotent: fragments get the rule again.
             let again = YieldInJoins
                 .optimize(plan.clone(), &ConfigOptions::default())
                 .unwrap();
-            let again = datafusion::physical_plan::displayable(again.as_ref())
-                .indent(false)
-                .to_string();
-            assert_eq!(text, again);
+            assert_eq!(text, displayable(&again));
             assert!(!displayable(&without_pacing(plan.clone()).unwrap()).contains("PacedExec"));
             let mut stream =
                 datafusion::physical_plan::execute_stream(plan, ctx.task_ctx()).unwrap();
