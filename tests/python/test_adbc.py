@@ -667,6 +667,51 @@ def test_time_functions_are_simplified_once_per_statement(server):
         assert cur.fetchone() == (True,)
 
 
+def test_clock_functions_answer_values_python_can_hold(server):
+    """`SELECT now()` failed in fetchall without pandas: DataFusion's clock answers nanoseconds,
+    which a `datetime` cannot hold. They answer microseconds, as in PostgreSQL."""
+    sql = "SELECT now() AS a, current_timestamp AS b, current_time AS c, current_date AS d"
+    with connect(server) as conn, conn.cursor() as cur:
+        cur.execute(sql)
+        a, b, c, d = cur.fetchone()
+        assert a == b and isinstance(a, dt.datetime) and isinstance(c, dt.time)
+        assert a.date() == d
+        cur.execute(sql)
+        types = [f.type for f in cur.fetch_arrow_table().schema]
+        assert types[:3] == [pa.timestamp("us"), pa.timestamp("us"), pa.time64("us")]
+
+
+def test_a_timestamp_written_to_the_minute_is_read_as_postgresql_reads_it(server):
+    """`ts < '2024-06-01 08:00'` failed ("error parsing time"), literal or bound: Arrow wants
+    the seconds and two-digit parts, PostgreSQL and DuckDB do not."""
+    with connect(server) as conn, conn.cursor() as cur:
+        cur.execute("CREATE TABLE hours AS SELECT CAST(to_timestamp(1717200000 + value * 3600) AS TIMESTAMP) AS ts FROM generate_series(0, 23)")
+        cur.execute("SELECT count(*) FROM hours WHERE ts < '2024-06-01 08:00'")
+        assert cur.fetchone() == (8,)
+        for bound in ["2024-06-01 08:00", "2024-6-1 8:00", "2024-06-01 08:00:00"]:
+            cur.execute("SELECT count(*) FROM hours WHERE ts < ?", parameters=(bound,))
+            assert cur.fetchone() == (8,), bound
+        cur.execute("SELECT TIMESTAMP '2024-06-01 08:30' AS t")
+        assert cur.fetchone() == (dt.datetime(2024, 6, 1, 8, 30),)
+        with pytest.raises(adbc_driver_manager.ProgrammingError, match="INVALID_ARGUMENT.*25:00'"):
+            cur.execute("SELECT count(*) FROM hours WHERE ts < '2024-06-01 25:00'")
+
+
+def test_an_interval_times_a_number(server):
+    """`now() - 7 * INTERVAL '1 day'` failed while planning: DataFusion has no interval-number
+    arithmetic. It is PostgreSQL's, a fraction carrying into days and time."""
+    with connect(server) as conn, conn.cursor() as cur:
+        cur.execute("CREATE TABLE steps AS SELECT value AS n FROM generate_series(1, 3)")
+        cur.execute("SELECT TIMESTAMP '2024-01-01 00:00:00' - n * INTERVAL '1 day' AS t FROM steps ORDER BY n")
+        assert [r[0] for r in cur.fetchall()] == [dt.datetime(2023, 12, 31 - i) for i in range(3)]
+        cur.execute("SELECT now() - 7 * INTERVAL '1 day' < now() AS a, TIMESTAMP '2024-01-01 00:00:00' + INTERVAL '3 days' / 2 AS b")
+        assert cur.fetchone() == (True, dt.datetime(2024, 1, 2, 12))
+        with pytest.raises(adbc_driver_manager.ProgrammingError, match="INVALID_ARGUMENT.*interval out of range"):
+            cur.execute("SELECT INTERVAL '1 day' * 3000000000 AS x")
+            cur.fetchall()
+
+
+
 @pytest.mark.parametrize(
     "expr",
     [

@@ -107,7 +107,7 @@ def test_a_prepared_statement_run_again_leaves_the_session_where_the_client_move
         ins.executemany("INSERT INTO default.default.log VALUES (?)", [(2,)])
         assert (conn.adbc_current_catalog, conn.adbc_current_db_schema) == ("uh", "ub")
         other.execute("SELECT x, arrow_typeof(now()) AS tz FROM t")
-        assert other.fetchall() == [(7, 'Timestamp(ns, "+01:00")')]
+        assert other.fetchall() == [(7, 'Timestamp(µs, "+01:00")')]
         # A prepared statement that does change the session changes just that.
         ins.execute("SET datafusion.execution.batch_size = 1000")
         other.execute("SELECT x FROM t")
@@ -139,16 +139,16 @@ def test_set_changes_datafusion_options_for_the_session_only(server, auth_server
         cur.execute("SET datafusion.execution.time_zone = '+05:00'")
         cur.execute("SET datafusion.sql_parser.dialect TO 'DuckDB'")
         cur.execute("SELECT arrow_typeof(now()), array_any_match([1, 2, 3], x -> x > 2)")
-        assert cur.fetchone() == ('Timestamp(ns, "+05:00")', True)
+        assert cur.fetchone() == ('Timestamp(µs, "+05:00")', True)
         # Prepared statements (parameters) run in the same session.
         cur.execute("SELECT arrow_typeof(now()) AS t, ? AS p", parameters=(1,))
-        assert cur.fetchone() == ('Timestamp(ns, "+05:00")', 1)
+        assert cur.fetchone() == ('Timestamp(µs, "+05:00")', 1)
         with flightsql.connect(s.uri, **kw) as other, other.cursor() as c2:
             c2.execute("SELECT arrow_typeof(now())")
-            assert c2.fetchone() == ('Timestamp(ns)',)
+            assert c2.fetchone() == ('Timestamp(µs)',)
         cur.execute("RESET datafusion.execution.time_zone")
         cur.execute("SELECT arrow_typeof(now())")
-        assert cur.fetchone() == ('Timestamp(ns)',)
+        assert cur.fetchone() == ('Timestamp(µs)',)
         for sql, code in [
             ("SET datafusion.catalog.information_schema = true", "PermissionDenied"),
             ("SET datafusion.runtime.memory_limit = '1G'", "PermissionDenied"),

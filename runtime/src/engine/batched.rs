@@ -16,6 +16,7 @@ use datafusion::common::{ParamValues, ScalarValue};
 use datafusion::logical_expr::dml::{DmlStatement, InsertOp};
 use datafusion::logical_expr::{Expr, LogicalPlan, LogicalPlanBuilder, Values, WriteOp};
 
+use super::temporal_strings;
 use crate::error::{Error, Result};
 
 /// `plan` (an unbound `INSERT`) with its VALUES list repeated once per row of `rows`, each copy
@@ -98,7 +99,8 @@ fn typed_with(
             // to NULL's type, a decimal became NULL and an integer failed.
             Some(Some(DataType::Null)) => Ok(v),
             Some(Some(dt)) if &v.data_type() != dt && !v.is_null() => {
-                cast(v, dt).map_err(|e| Error::Sql(format!("parameter ${}: {e}", i + 1)))
+                cast(temporal_strings::in_full(v, dt), dt)
+                    .map_err(|e| Error::Sql(format!("parameter ${}: {e}", i + 1)))
             }
             Some(Some(dt)) if v.is_null() => ScalarValue::try_from(dt)
                 .map_err(|e| Error::Sql(format!("parameter ${}: {e}", i + 1))),

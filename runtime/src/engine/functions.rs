@@ -2,8 +2,9 @@
 
 use std::sync::{Arc, OnceLock};
 
-use arrow::datatypes::{DataType, Field, FieldRef};
+use arrow::datatypes::{DataType, Field, FieldRef, TimeUnit};
 use datafusion::common::{Result as DfResult, ScalarValue, plan_err};
+use datafusion::config::ConfigOptions;
 use datafusion::logical_expr::simplify::{ExprSimplifyResult, SimplifyContext};
 use datafusion::logical_expr::{
     ColumnarValue, DocSection, Documentation, Expr, ReturnFieldArgs, ScalarFunctionArgs, ScalarUDF,
@@ -74,6 +75,101 @@ pub(super) fn own() -> Vec<Arc<ScalarUDF>> {
     vec![Arc::new(ScalarUDF::from(Version {
         signature: Signature::nullary(Volatility::Immutable),
     }))]
+}
+
+/// The clock functions [`Microseconds`] wraps (`current_timestamp` is `now`'s alias).
+const CLOCKS: [&str; 2] = ["now", "current_time"];
+
+/// `registered`'s [`CLOCKS`], answering microseconds.
+pub(super) fn microseconds(
+    registered: impl Fn(&str) -> Option<Arc<ScalarUDF>>,
+) -> Vec<Arc<ScalarUDF>> {
+    CLOCKS
+        .iter()
+        .filter_map(|name| registered(name))
+        .map(|inner| Arc::new(ScalarUDF::new_from_impl(Microseconds { inner })))
+        .collect()
+}
+
+/// `now()`, `current_timestamp` and `current_time` in microseconds, as PostgreSQL and DuckDB
+/// answer them and as Apiary's `TIMESTAMP` and `TIME` mean. DataFusion's answer nanoseconds
+/// from a clock that has them: a Python DB-API client (ADBC's `fetchall`) could not turn such a
+/// value into a `datetime` and failed `SELECT now()` ("not safely convertible to
+/// microseconds") unless pandas was installed. The instant is floored to its microsecond.
+#[derive(Debug, PartialEq, Eq, Hash)]
+struct Microseconds {
+    inner: Arc<ScalarUDF>,
+}
+
+/// `t` with nanoseconds read as microseconds.
+fn in_micros(t: &DataType) -> DataType {
+    match t {
+        DataType::Timestamp(TimeUnit::Nanosecond, zone) => {
+            DataType::Timestamp(TimeUnit::Microsecond, zone.clone())
+        }
+        DataType::Time64(TimeUnit::Nanosecond) => DataType::Time64(TimeUnit::Microsecond),
+        t => t.clone(),
+    }
+}
+
+impl ScalarUDFImpl for Microseconds {
+    fn name(&self) -> &str {
+        self.inner.name()
+    }
+
+    fn aliases(&self) -> &[String] {
+        self.inner.aliases()
+    }
+
+    fn signature(&self) -> &Signature {
+        self.inner.signature()
+    }
+
+    // DataFusion's `now` takes the session's time zone from here.
+    fn with_updated_config(&self, config: &ConfigOptions) -> Option<ScalarUDF> {
+        let inner = self.inner.inner().with_updated_config(config)?;
+        Some(ScalarUDF::new_from_impl(Microseconds {
+            inner: Arc::new(inner),
+        }))
+    }
+
+    fn return_type(&self, args: &[DataType]) -> DfResult<DataType> {
+        Ok(in_micros(&self.inner.return_type(args)?))
+    }
+
+    fn return_field_from_args(&self, args: ReturnFieldArgs) -> DfResult<FieldRef> {
+        let field = self.inner.return_field_from_args(args)?;
+        let micros = in_micros(field.data_type());
+        Ok(Arc::new(field.as_ref().clone().with_data_type(micros)))
+    }
+
+    fn simplify(&self, args: Vec<Expr>, info: &SimplifyContext) -> DfResult<ExprSimplifyResult> {
+        Ok(match self.inner.simplify(args, info)? {
+            ExprSimplifyResult::Simplified(Expr::Literal(v, meta)) => {
+                let floored = match v {
+                    ScalarValue::TimestampNanosecond(n, zone) => {
+                        ScalarValue::TimestampMicrosecond(n.map(|n| n.div_euclid(1000)), zone)
+                    }
+                    ScalarValue::Time64Nanosecond(n) => {
+                        ScalarValue::Time64Microsecond(n.map(|n| n.div_euclid(1000)))
+                    }
+                    v => v,
+                };
+                ExprSimplifyResult::Simplified(Expr::Literal(floored, meta))
+            }
+            other => other,
+        })
+    }
+
+    // Both are simplified to a literal while planning; were one not, its answer is cast.
+    fn invoke_with_args(&self, args: ScalarFunctionArgs) -> DfResult<ColumnarValue> {
+        let micros = args.return_field.data_type().clone();
+        self.inner.invoke_with_args(args)?.cast_to(&micros, None)
+    }
+
+    fn documentation(&self) -> Option<&Documentation> {
+        self.inner.documentation()
+    }
 }
 
 /// A function whose answer is fixed for the statement's session: who runs it and where

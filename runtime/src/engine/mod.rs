@@ -42,6 +42,7 @@ mod functions;
 mod history_table;
 mod information_schema;
 mod ingest;
+mod intervals;
 mod join_filters;
 mod lazy_start;
 mod literals;
@@ -114,7 +115,9 @@ pub(crate) fn in_fragment(
 /// A function of ours that an analyzer rule puts into plans without registering it, by the
 /// name it travels to other nodes under (the fragment codec decodes it with this).
 pub(crate) fn planted_function(name: &str) -> Option<Arc<datafusion::logical_expr::ScalarUDF>> {
-    checked::function_named(name).or_else(|| patterns::function_named(name))
+    checked::function_named(name)
+        .or_else(|| patterns::function_named(name))
+        .or_else(|| intervals::function_named(name))
 }
 pub use history_table::history_schema;
 pub use ingest::{IfExists, IfMissing, WriteMode};
@@ -221,9 +224,19 @@ impl Engine {
             let growing = bounded::wrap(|name| base.scalar_functions().get(name).cloned());
             let unifying =
                 temporal_strings::wrap(|name| base.scalar_functions().get(name).cloned());
-            for f in functions::own().into_iter().chain(growing).chain(unifying) {
+            let clocks = functions::microseconds(|name| base.scalar_functions().get(name).cloned());
+            for f in functions::own()
+                .into_iter()
+                .chain(growing)
+                .chain(unifying)
+                .chain(clocks)
+            {
                 let _ = datafusion::execution::FunctionRegistry::register_udf(&mut base, f);
             }
+            let _ = datafusion::execution::FunctionRegistry::register_expr_planner(
+                &mut base,
+                Arc::new(intervals::IntervalArithmetic),
+            );
             if let Some(sum) = checked::sum(base.aggregate_functions().get("sum").cloned()) {
                 let _ = datafusion::execution::FunctionRegistry::register_udaf(&mut base, sum);
             }

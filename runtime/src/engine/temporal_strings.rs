@@ -22,6 +22,12 @@
 //! two comparisons. Elsewhere (a `CASE` result, `coalesce`) the value is left to DataFusion,
 //! which keeps it in nanoseconds.
 //!
+//! Arrow reads a timestamp's text only with two-digit months, days and hours and with its
+//! seconds: `ts >= '2024-06-01 08:00'`, `TIMESTAMP '2024-6-1 8:00'` and `CAST('…' AS
+//! TIMESTAMP)` failed ("error parsing time"), where PostgreSQL and DuckDB read them, and where
+//! Arrow reads a `DATE` or `TIME` so written. Such a literal cast to a timestamp, or beside one,
+//! is written out in full first ([`written_out`]); values read from a column are not.
+//!
 //! DataFusion types a function's result while it plans the SQL, before any analyzer rule:
 //! `coalesce(ts, '2024-12-31')` failed there ("Expect to get struct but got Timestamp"), and
 //! `nvl(d, '2024-12-31')` and `ifnull` answered a string. [`TemporalFirst`] wraps those
@@ -31,7 +37,7 @@
 use datafusion::common::tree_node::{Transformed, TreeNode};
 use datafusion::common::{DFSchema, ExprSchema, Result as DfResult, ScalarValue};
 use datafusion::config::ConfigOptions;
-use datafusion::logical_expr::expr::{Between, BinaryExpr, Cast, InList};
+use datafusion::logical_expr::expr::{Between, BinaryExpr, Cast, InList, TryCast};
 use datafusion::logical_expr::simplify::{ExprSimplifyResult, SimplifyContext};
 use datafusion::logical_expr::{
     ColumnarValue, Documentation, Expr, ExprSchemable, LogicalPlan, Operator, ReturnFieldArgs,
@@ -78,7 +84,8 @@ fn string_literal(e: &Expr) -> bool {
 /// and its comparisons with a string below the timestamp's unit rewritten (see the module's
 /// documentation).
 fn typed(mut e: Expr, schema: &DFSchema) -> Transformed<Expr> {
-    let mut changed = below_unit(&mut e, schema);
+    let written = literals_in_full(&mut e, schema);
+    let mut changed = below_unit(&mut e, schema) || written;
     for group in unified_groups(&mut e) {
         let Some(timestamp) = group.iter().find_map(|m| timestamp_of(m, schema)) else {
             continue;
@@ -97,6 +104,123 @@ fn typed(mut e: Expr, schema: &DFSchema) -> Transformed<Expr> {
         }
     }
     Transformed::new_transformed(e, changed)
+}
+
+/// Writes out in full ([`written_out`]) the string literals `e` casts to a timestamp or unifies
+/// with one, and says whether it changed any.
+fn literals_in_full(e: &mut Expr, schema: &DFSchema) -> bool {
+    let full = |m: &mut Expr| match m {
+        Expr::Literal(v, _) => text_in_full(v),
+        _ => false,
+    };
+    match e {
+        Expr::Cast(Cast { expr, field }) | Expr::TryCast(TryCast { expr, field })
+            if matches!(field.data_type(), DataType::Timestamp(..)) =>
+        {
+            full(expr)
+        }
+        _ => {
+            let mut changed = false;
+            for group in unified_groups(e) {
+                if group.iter().any(|m| timestamp_of(m, schema).is_some()) {
+                    for member in group {
+                        changed |= full(member);
+                    }
+                }
+            }
+            changed
+        }
+    }
+}
+
+/// `v`, a value bound to a parameter of type `to`, with its text written out in full
+/// ([`written_out`]) when it is a string and `to` a timestamp.
+pub(super) fn in_full(mut v: ScalarValue, to: &DataType) -> ScalarValue {
+    if matches!(to, DataType::Timestamp(..)) {
+        text_in_full(&mut v);
+    }
+    v
+}
+
+/// Writes `v`'s text out in full ([`written_out`]) when it is a string that needs it, and says
+/// whether it did.
+fn text_in_full(v: &mut ScalarValue) -> bool {
+    let text = match v {
+        ScalarValue::Utf8(Some(t))
+        | ScalarValue::LargeUtf8(Some(t))
+        | ScalarValue::Utf8View(Some(t)) => t,
+        _ => return false,
+    };
+    match written_out(text) {
+        Some(full) => {
+            *text = full;
+            true
+        }
+        None => false,
+    }
+}
+
+/// `text`, a timestamp written with a one-digit month, day or hour or without its seconds
+/// (`2024-6-1 8:00`), written out as Arrow reads it (`2024-06-01 08:00:00`); its fraction
+/// and zone are kept as written. None when it is not such a timestamp, is written out already,
+/// or does not read as one even so.
+fn written_out(text: &str) -> Option<String> {
+    let mut t = Cursor { text, at: 0 };
+    let year = t.number(4, 4)?;
+    let month = t.after(b'-')?.number(1, 2)?;
+    let day = t.after(b'-')?.number(1, 2)?;
+    let date = format!("{year}-{month}-{day}");
+    let full = match t.next() {
+        None => date,
+        Some(sep @ (b' ' | b'T' | b't')) => {
+            let hour = t.after(sep)?.number(1, 2)?;
+            let minute = t.after(b':')?.number(2, 2)?;
+            let second = match t.next() {
+                Some(b':') => t.after(b':')?.number(2, 2)?,
+                _ => "00".to_string(),
+            };
+            format!("{date}{}{hour}:{minute}:{second}{}", sep as char, t.rest())
+        }
+        Some(_) => return None,
+    };
+    // A text that is no timestamp either way fails naming what the client wrote.
+    let reads = arrow::compute::kernels::cast_utils::string_to_datetime(&chrono::Utc, &full);
+    (full != text && reads.is_ok()).then_some(full)
+}
+
+/// A place in a text [`written_out`] reads.
+struct Cursor<'a> {
+    text: &'a str,
+    at: usize,
+}
+
+impl Cursor<'_> {
+    fn next(&self) -> Option<u8> {
+        self.text.as_bytes().get(self.at).copied()
+    }
+
+    fn rest(&self) -> &str {
+        &self.text[self.at..]
+    }
+
+    /// Past `c`, when it is next.
+    fn after(&mut self, c: u8) -> Option<&mut Self> {
+        (self.next() == Some(c)).then(|| {
+            self.at += 1;
+            self
+        })
+    }
+
+    /// The next run of `min` to `max` digits (no more follow), zero-padded to `max`.
+    fn number(&mut self, min: usize, max: usize) -> Option<String> {
+        let start = self.at;
+        while self.at - start < max && self.next().is_some_and(|c| c.is_ascii_digit()) {
+            self.at += 1;
+        }
+        let digits = &self.text[start..self.at];
+        (digits.len() >= min && !self.next().is_some_and(|c| c.is_ascii_digit()))
+            .then(|| format!("{digits:0>max$}"))
+    }
 }
 
 /// The timestamp type of `e`, unless it is a string literal.
@@ -691,6 +815,34 @@ mod tests {
 
     fn read(s: &str, unit: TimeUnit) -> Reading {
         reading(&lit(s), &DataType::Timestamp(unit, None)).expect("a timestamp")
+    }
+
+    #[test]
+    fn a_timestamp_written_short_is_written_out_as_arrow_reads_it() {
+        for (short, full) in [
+            ("2024-06-01 08:00", "2024-06-01 08:00:00"),
+            ("2024-6-1 8:00", "2024-06-01 08:00:00"),
+            ("2024-06-01T8:05:09.25", "2024-06-01T08:05:09.25"),
+            ("2024-06-01 08:00+02:00", "2024-06-01 08:00:00+02:00"),
+            ("2024-06-01 08:00Z", "2024-06-01 08:00:00Z"),
+            ("2024-6-1", "2024-06-01"),
+        ] {
+            assert_eq!(written_out(short).as_deref(), Some(full), "{short}");
+        }
+        for left in [
+            "2024-06-01 08:00:00",
+            "2024-06-01",
+            "2024-06-01 25:00",
+            "2024-06-01 8:0",
+            "2024-06-01 123:00",
+            "2024-06-01 08:00 junk",
+            "20240601",
+            "24-06-01 08:00",
+            "hello",
+            "",
+        ] {
+            assert_eq!(written_out(left), None, "{left}");
+        }
     }
 
     #[test]
