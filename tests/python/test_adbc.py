@@ -697,6 +697,21 @@ def test_a_timestamp_written_to_the_minute_is_read_as_postgresql_reads_it(server
             cur.execute("SELECT count(*) FROM hours WHERE ts < '2024-06-01 25:00'")
 
 
+def test_a_set_comparison_over_the_table_it_filters_answers_right(server):
+    """`WHERE id = ANY (SELECT id FROM s WHERE id < 3)` over `s` answered every row, and `> ANY`
+    none, with no error (DataFusion 55, apache/datafusion#25258)."""
+    with connect(server) as conn, conn.cursor() as cur:
+        cur.execute("CREATE TABLE s AS SELECT value AS id FROM generate_series(1, 20)")
+        cur.execute("SELECT id FROM s WHERE id = ANY (SELECT id FROM s WHERE id < 3) ORDER BY id")
+        assert cur.fetchall() == [(1,), (2,)]
+        cur.execute("SELECT count(*) FROM s WHERE id > ANY (SELECT id FROM s WHERE id <= 3)")
+        assert cur.fetchone() == (19,)
+        cur.execute("SELECT id FROM s WHERE id > ALL (SELECT id FROM s WHERE id <= 18) ORDER BY id")
+        assert cur.fetchall() == [(19,), (20,)]
+        with pytest.raises(adbc_driver_manager.NotSupportedError, match="outside a WHERE"):
+            cur.execute("SELECT 3 = ANY (SELECT id FROM s)")
+
+
 def test_an_interval_times_a_number(server):
     """`now() - 7 * INTERVAL '1 day'` failed while planning: DataFusion has no interval-number
     arithmetic. It is PostgreSQL's, a fraction carrying into days and time."""

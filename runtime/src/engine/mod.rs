@@ -51,6 +51,7 @@ mod operations;
 mod options;
 mod patterns;
 mod policy;
+mod set_comparisons;
 mod show;
 mod spillable_topk;
 mod sql_types;
@@ -714,6 +715,7 @@ fn analyzer_rules() -> Vec<Arc<dyn datafusion::optimizer::AnalyzerRule + Send + 
     let mut rules = datafusion::optimizer::Analyzer::new().rules;
     rules.insert(0, Arc::new(literals::FloatNeighbours));
     rules.insert(0, Arc::new(temporal_strings::TimestampStrings));
+    rules.insert(0, Arc::new(set_comparisons::SetComparisons));
     rules.push(Arc::new(whole_casts::WholeCasts));
     rules.push(Arc::new(temporal_strings::SubUnitValues));
     rules.push(Arc::new(temporal_casts::TemporalCasts));
