@@ -178,6 +178,7 @@ impl Engine {
                     Ok(mut parsed) => {
                         super::policy::check_shape(&parsed, &self.limits)?;
                         super::literals::exact_numbers(&mut parsed, in_view.config().options());
+                        super::fetch_first::as_limit(&mut parsed);
                         super::cast_names::planned(&in_view, parsed).await
                     }
                     Err(e) => Err(e),

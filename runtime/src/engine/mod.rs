@@ -38,6 +38,7 @@ mod checked;
 mod ddl;
 mod decimals;
 mod external;
+mod fetch_first;
 mod functions;
 mod history_table;
 mod information_schema;
@@ -660,6 +661,7 @@ impl Engine {
         policy::check_shape(&parsed, &self.limits)?;
         let (state, resolved) = self.statement_state(session, &parsed, pins, target).await?;
         literals::exact_numbers(&mut parsed, state.config().options());
+        fetch_first::as_limit(&mut parsed);
         let plan = match cast_names::planned(&state, parsed).await {
             Ok(p) => p,
             Err(e) => {
