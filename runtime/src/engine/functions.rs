@@ -5,11 +5,14 @@ use std::sync::{Arc, OnceLock};
 use arrow::datatypes::{DataType, Field, FieldRef, TimeUnit};
 use datafusion::common::{Result as DfResult, ScalarValue, plan_err};
 use datafusion::config::ConfigOptions;
+use datafusion::error::DataFusionError;
 use datafusion::logical_expr::simplify::{ExprSimplifyResult, SimplifyContext};
+use datafusion::logical_expr::type_coercion::binary::BinaryTypeCoercer;
 use datafusion::logical_expr::{
-    ColumnarValue, DocSection, Documentation, Expr, ReturnFieldArgs, ScalarFunctionArgs, ScalarUDF,
-    ScalarUDFImpl, Signature, Volatility, lit,
+    ColumnarValue, DocSection, Documentation, Expr, Operator, ReturnFieldArgs, ScalarFunctionArgs,
+    ScalarUDF, ScalarUDFImpl, Signature, Volatility, binary_expr, lit,
 };
+use datafusion::physical_expr_common::datum::apply;
 
 use super::Session;
 
@@ -70,11 +73,87 @@ impl ScalarUDFImpl for Version {
     }
 }
 
-/// Apiary's functions, each replacing DataFusion's of the same name.
+/// Apiary's functions, each replacing DataFusion's of the same name or adding one it lacks.
 pub(super) fn own() -> Vec<Arc<ScalarUDF>> {
-    vec![Arc::new(ScalarUDF::from(Version {
-        signature: Signature::nullary(Volatility::Immutable),
-    }))]
+    vec![
+        Arc::new(ScalarUDF::from(Version {
+            signature: Signature::nullary(Volatility::Immutable),
+        })),
+        Arc::new(ScalarUDF::from(Modulo {
+            signature: Signature::user_defined(Volatility::Immutable),
+        })),
+    ]
+}
+
+/// `mod(a, b)`, the remainder `a % b`, as PostgreSQL, Oracle, MySQL and DuckDB spell it
+/// (DataFusion has only the operator: "Invalid function 'mod'"). Its arguments are typed as
+/// the operator's and it is planned as the operator.
+#[derive(Debug, PartialEq, Eq, Hash)]
+struct Modulo {
+    signature: Signature,
+}
+
+impl Modulo {
+    fn coercer<'a>(types: &'a [DataType]) -> DfResult<BinaryTypeCoercer<'a>> {
+        match types {
+            [a, b] => Ok(BinaryTypeCoercer::new(a, &Operator::Modulo, b)),
+            _ => plan_err!("mod() takes 2 arguments, {} given", types.len()),
+        }
+    }
+}
+
+impl ScalarUDFImpl for Modulo {
+    fn name(&self) -> &str {
+        "mod"
+    }
+
+    fn signature(&self) -> &Signature {
+        &self.signature
+    }
+
+    fn coerce_types(&self, arg_types: &[DataType]) -> DfResult<Vec<DataType>> {
+        let (a, b) = Self::coercer(arg_types)?.get_input_types()?;
+        Ok(vec![a, b])
+    }
+
+    fn return_type(&self, arg_types: &[DataType]) -> DfResult<DataType> {
+        Self::coercer(arg_types)?.get_result_type()
+    }
+
+    fn simplify(&self, args: Vec<Expr>, _info: &SimplifyContext) -> DfResult<ExprSimplifyResult> {
+        match <[Expr; 2]>::try_from(args) {
+            Ok([a, b]) => Ok(ExprSimplifyResult::Simplified(binary_expr(
+                a,
+                Operator::Modulo,
+                b,
+            ))),
+            Err(args) => Ok(ExprSimplifyResult::Original(args)),
+        }
+    }
+
+    // Simplified to the operator while planning; were it not, computed as the operator is.
+    fn invoke_with_args(&self, args: ScalarFunctionArgs) -> DfResult<ColumnarValue> {
+        let [a, b] = <[ColumnarValue; 2]>::try_from(args.args)
+            .map_err(|_| DataFusionError::Plan("mod() takes 2 arguments".into()))?;
+        apply(&a, &b, arrow::compute::kernels::numeric::rem)
+    }
+
+    fn documentation(&self) -> Option<&Documentation> {
+        static DOC: OnceLock<Documentation> = OnceLock::new();
+        Some(DOC.get_or_init(|| {
+            Documentation::builder(
+                DocSection {
+                    include: true,
+                    label: "Math Functions",
+                    description: None,
+                },
+                "Returns the remainder of dividing the first argument by the second, as the % \
+                 operator does.",
+                "mod(dividend, divisor)",
+            )
+            .build()
+        }))
+    }
 }
 
 /// The clock functions [`Microseconds`] wraps (`current_timestamp` is `now`'s alias).

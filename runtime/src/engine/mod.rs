@@ -54,6 +54,7 @@ mod patterns;
 mod policy;
 mod set_comparisons;
 mod show;
+mod skipped_rows;
 mod spillable_topk;
 mod sql_types;
 mod stoppable;
@@ -701,7 +702,13 @@ impl Engine {
 fn physical_rules(bee_memory: u64) -> Vec<Arc<dyn PhysicalOptimizerRule + Send + Sync>> {
     let mut rules: Vec<Arc<dyn PhysicalOptimizerRule + Send + Sync>> =
         vec![Arc::new(bounded::BoundedConstants)];
-    rules.extend(datafusion::physical_optimizer::optimizer::PhysicalOptimizer::new().rules);
+    for rule in datafusion::physical_optimizer::optimizer::PhysicalOptimizer::new().rules {
+        let after = rule.name() == skipped_rows::AFTER;
+        rules.push(rule);
+        if after {
+            rules.push(Arc::new(skipped_rows::SkippedRowsKept));
+        }
+    }
     rules.extend(own_rules(bee_memory));
     rules
 }

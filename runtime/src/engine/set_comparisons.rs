@@ -5,10 +5,11 @@
 //! condition named the subquery's column twice (`__correlated_sq_1.id = __correlated_sq_1.id`)
 //! and the answer was wrong, with no error: `WHERE id = ANY (SELECT id FROM s WHERE id < 3)`
 //! over `s` returned every row, `> ANY` and `> ALL` none (apache/datafusion#25258).
-//! [`SetComparisons`], an analyzer rule, plans `= ANY` as `IN` and `<> ALL` as `NOT IN`, which
-//! the SQL standard defines them to be and which DataFusion answers right, and gives every other
-//! set comparison's subquery an alias of its own, which its join then names apart from the
-//! outer table.
+//! [`SetComparisons`], an analyzer rule, gives every uncorrelated set comparison's subquery an
+//! alias of its own, which its join then names apart from the outer table. (Planning `= ANY` as `IN` and `<>
+//! ALL` as `NOT IN`, as the standard defines them, was tried: DataFusion 55 answers `NOT IN`
+//! wrong in other shapes, a constant or a correlated subquery with NULLs, where its set
+//! comparison answers right.)
 //!
 //! Outside a `WHERE` or `HAVING` (a select list, a join condition), DataFusion cannot run a set
 //! comparison (nor `IN (subquery)`); with a constant on its left it failed with an internal
@@ -20,9 +21,9 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use datafusion::common::tree_node::{Transformed, TransformedResult, TreeNode};
 use datafusion::common::{Result as DfResult, not_impl_err};
 use datafusion::config::ConfigOptions;
-use datafusion::logical_expr::expr::{InSubquery, SetComparison, SetQuantifier};
+use datafusion::logical_expr::expr::SetComparison;
 use datafusion::logical_expr::expr_rewriter::NamePreserver;
-use datafusion::logical_expr::{Expr, LogicalPlan, Operator, Subquery, SubqueryAlias};
+use datafusion::logical_expr::{Expr, LogicalPlan, Subquery, SubqueryAlias};
 use datafusion::optimizer::AnalyzerRule;
 
 /// The rule; see the module's documentation.
@@ -71,14 +72,11 @@ fn planned(e: Expr, in_filter: bool, aliases: &AtomicUsize) -> DfResult<Transfor
     if !in_filter {
         return not_impl_err!("{op} {quantifier} (subquery) outside a WHERE or HAVING clause");
     }
-    let negated = match (op, &quantifier) {
-        (Operator::Eq, SetQuantifier::Any) => Some(false),
-        (Operator::NotEq, SetQuantifier::All) => Some(true),
-        _ => None,
-    };
-    if let Some(negated) = negated {
-        let within = InSubquery::new(expr, subquery, negated);
-        return Ok(Transformed::yes(Expr::InSubquery(within)));
+    // A correlated subquery names the outer table apart already (its reference needs it), and
+    // an alias over it hides the columns its correlation is decorrelated on.
+    if !subquery.outer_ref_columns.is_empty() {
+        let kept = SetComparison::new(expr, subquery, op, quantifier);
+        return Ok(Transformed::no(Expr::SetComparison(kept)));
     }
     let n = aliases.fetch_add(1, Ordering::Relaxed);
     let aliased = SubqueryAlias::try_new(subquery.subquery, format!("__apiary_set_{n}"))?;
