@@ -811,13 +811,15 @@ async fn a_grouped_aggregate_is_cut_at_its_shuffle_and_both_stages_travel() {
     let a = swarm.node("cut-a", |_| {});
     let session = table_t(&a).await;
     // `… + 1` is checked integer arithmetic, the decimal sum's argument is checked for its
-    // digits (engine/checked.rs), and `v * INTERVAL` scales an interval (engine/intervals.rs):
+    // digits (engine/checked.rs), `v * INTERVAL` scales an interval (engine/intervals.rs), and
+    // a SIMILAR TO pattern read from a column is translated row by row (engine/similar_to.rs):
     // functions every node must know to decode the stage.
     let p = plan(
         &a,
         &session,
         "SELECT k % 1000 + 1, sum(v), sum(CAST(v AS DECIMAL(38, 0)) + 1), \
-         max(TIMESTAMP '2024-01-01 00:00:00' + v * INTERVAL '1 second') FROM t GROUP BY 1",
+         max(TIMESTAMP '2024-01-01 00:00:00' + v * INTERVAL '1 second'), \
+         max(CAST(k AS VARCHAR) SIMILAR TO CAST(v AS VARCHAR)) FROM t GROUP BY 1",
     )
     .await;
     let text = datafusion::physical_plan::displayable(p.as_ref())
@@ -826,6 +828,7 @@ async fn a_grouped_aggregate_is_cut_at_its_shuffle_and_both_stages_travel() {
     assert!(text.contains("checked_add"), "{text}");
     assert!(text.contains("checked_decimal_digits"), "{text}");
     assert!(text.contains("interval_times"), "{text}");
+    assert!(text.contains("similar_to_regex"), "{text}");
     let stages = cut::find_stages(&p, cut::Shuffles::PartialStates);
     let ctx = a.engine().plan_context();
     for s in &stages {

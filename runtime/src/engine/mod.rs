@@ -25,11 +25,13 @@
 //! | `ingest`    | writing a stream into a frame: [`WriteMode`] and its rules        |
 //! | `show`      | SHOW and DESCRIBE                                                 |
 //! | `literals`  | numeric literals are exact decimals (scientific notation written out) |
+//! | `answered_wrong` | refuses what DataFusion 55 would answer wrong (EXCEPT ALL, RIGHT JOIN USING) |
 //! | `join_filters` | physical rule: join filters reach a scan's rows while they pay  |
 //! | `lazy_start` | physical rule: merges under a join filter start when first polled |
 //! | `decimals` | physical rule: decimal `+ - *` without a checked multiply per row  |
 //! | `nan_pruning` | physical rule: scans prune no NaN row away                      |
 
+mod answered_wrong;
 mod batched;
 mod bounded;
 mod cast_names;
@@ -54,6 +56,7 @@ mod patterns;
 mod policy;
 mod set_comparisons;
 mod show;
+mod similar_to;
 mod skipped_rows;
 mod spillable_topk;
 mod sql_types;
@@ -121,6 +124,7 @@ pub(crate) fn planted_function(name: &str) -> Option<Arc<datafusion::logical_exp
     checked::function_named(name)
         .or_else(|| patterns::function_named(name))
         .or_else(|| intervals::function_named(name))
+        .or_else(|| similar_to::function_named(name))
 }
 pub use history_table::history_schema;
 pub use ingest::{IfExists, IfMissing, WriteMode};
@@ -660,6 +664,7 @@ impl Engine {
             .base_state()
             .sql_to_statement(text, &self.dialect(session)?)?;
         policy::check_shape(&parsed, &self.limits)?;
+        answered_wrong::refuse(&parsed)?;
         let (state, resolved) = self.statement_state(session, &parsed, pins, target).await?;
         literals::exact_numbers(&mut parsed, state.config().options());
         fetch_first::as_limit(&mut parsed);

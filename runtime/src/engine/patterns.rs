@@ -64,10 +64,12 @@ fn bounded(e: Expr) -> DfResult<Transformed<Expr>> {
             like.pattern = Box::new(pattern);
             Ok(Transformed::new_transformed(Expr::Like(like), changed))
         }
-        Expr::SimilarTo(mut like) => {
-            let (pattern, changed) = within_bound(*like.pattern, "SIMILAR TO")?;
-            like.pattern = Box::new(pattern);
-            Ok(Transformed::new_transformed(Expr::SimilarTo(like), changed))
+        // Written as the regular expression match it means, whose pattern is then bounded.
+        Expr::SimilarTo(like) => {
+            let (left, op, regex) = super::similar_to::as_regex_match(like);
+            let (right, _) = within_bound(regex, "SIMILAR TO")?;
+            let e = Expr::BinaryExpr(BinaryExpr::new(left, op, Box::new(right)));
+            Ok(Transformed::yes(e))
         }
         Expr::BinaryExpr(BinaryExpr { left, op, right }) if matching(op) => {
             let (right, changed) = within_bound(*right, op_text(op))?;
