@@ -726,6 +726,34 @@ def test_an_interval_times_a_number(server):
             cur.fetchall()
 
 
+def test_similar_to_matches_the_whole_string_as_postgresql_does(server):
+    """`'abc' SIMILAR TO 'b'` was true and `'abc' SIMILAR TO 'a%'` false: DataFusion 55 ran the
+    pattern as an unanchored regular expression. A bound pattern is translated as a literal."""
+    with connect(server) as conn, conn.cursor() as cur:
+        cur.execute("SELECT 'abc' SIMILAR TO 'b', 'abc' SIMILAR TO 'a%', 'abc' SIMILAR TO 'a.c', 'a_c' SIMILAR TO 'a#_c' ESCAPE '#'")
+        assert cur.fetchone() == (False, True, False, True)
+        cur.execute("SELECT ? SIMILAR TO 'a%' AS a, 'apple' SIMILAR TO ? AS b", parameters=("apple", "%(pl|x)_"))
+        assert cur.fetchone() == (True, True)
+
+
+def test_what_datafusion_answers_wrong_is_not_implemented(server):
+    """EXCEPT ALL answered one row of three copies less one, and a FULL JOIN USING answered NULL
+    for the key of a row only the right side has (DataFusion 55): refused, not answered wrong."""
+    with connect(server) as conn, conn.cursor() as cur:
+        cur.execute("CREATE TABLE l AS SELECT * FROM (VALUES (1), (1), (1), (2)) AS t(k)")
+        cur.execute("CREATE TABLE r AS SELECT * FROM (VALUES (1), (4)) AS t(k)")
+        for sql, what in [
+            ("SELECT k FROM l EXCEPT ALL SELECT k FROM r", "EXCEPT ALL"),
+            ("SELECT k FROM l INTERSECT ALL SELECT k FROM r", "INTERSECT ALL"),
+            ("SELECT k FROM l FULL JOIN r USING (k)", "FULL JOIN"),
+        ]:
+            with pytest.raises(adbc_driver_manager.NotSupportedError, match=what):
+                cur.execute(sql)
+                cur.fetchall()
+        cur.execute("SELECT COALESCE(l.k, r.k) AS k FROM l FULL JOIN r ON l.k = r.k ORDER BY k")
+        assert cur.fetchall() == [(1,), (1,), (1,), (2,), (4,)]
+
+
 
 @pytest.mark.parametrize(
     "expr",
