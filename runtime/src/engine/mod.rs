@@ -30,6 +30,7 @@
 //! | `lazy_start` | physical rule: merges under a join filter start when first polled |
 //! | `decimals` | physical rule: decimal `+ - *` without a checked multiply per row  |
 //! | `nan_pruning` | physical rule: scans prune no NaN row away                      |
+//! | `skipped_rows`, `grouped_fetch` | physical rules: no sort's fetch drops rows an `OFFSET` or a final aggregate needs |
 
 mod answered_wrong;
 mod batched;
@@ -42,6 +43,7 @@ mod decimals;
 mod external;
 mod fetch_first;
 mod functions;
+mod grouped_fetch;
 mod history_table;
 mod information_schema;
 mod ingest;
@@ -702,8 +704,10 @@ impl Engine {
 
 /// DataFusion's physical rules, after one of ours that must see the plan as planned: constants a
 /// projection copies to every row are bounded before DataFusion pushes the projection into the
-/// scan, where the rule no longer sees it (`bounded::BoundedConstants`); then ours that must
-/// follow DataFusion's own, its filter pushdown among them ([`own_rules`]).
+/// scan, where the rule no longer sees it (`bounded::BoundedConstants`); two right after its
+/// sort enforcement that take back a fetch it put where the fetch drops rows (`skipped_rows`,
+/// `grouped_fetch`); then ours that must follow DataFusion's own, its filter pushdown among
+/// them ([`own_rules`]).
 fn physical_rules(bee_memory: u64) -> Vec<Arc<dyn PhysicalOptimizerRule + Send + Sync>> {
     let mut rules: Vec<Arc<dyn PhysicalOptimizerRule + Send + Sync>> =
         vec![Arc::new(bounded::BoundedConstants)];
@@ -712,6 +716,7 @@ fn physical_rules(bee_memory: u64) -> Vec<Arc<dyn PhysicalOptimizerRule + Send +
         rules.push(rule);
         if after {
             rules.push(Arc::new(skipped_rows::SkippedRowsKept));
+            rules.push(Arc::new(grouped_fetch::GroupsBeforeFetch));
         }
     }
     rules.extend(own_rules(bee_memory));
