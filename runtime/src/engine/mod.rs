@@ -45,6 +45,7 @@ mod fetch_first;
 mod functions;
 mod grouped_fetch;
 mod history_table;
+mod in_lists;
 mod information_schema;
 mod ingest;
 mod intervals;
@@ -726,7 +727,8 @@ fn physical_rules(bee_memory: u64) -> Vec<Arc<dyn PhysicalOptimizerRule + Send +
 /// DataFusion's analyzer rules with ours: string literals beside timestamps take their type and
 /// decimal literals beside floats become floats before its type coercion; after it, decimals
 /// cast to integers drop their fraction first, casts to a timestamp's date or time of day are
-/// kept out of interval analysis, integer arithmetic is checked (before constant folding),
+/// kept out of interval analysis, integer arithmetic is checked (before constant folding), two
+/// `IN` lists over a value that leave nothing answer NULL for a NULL value,
 /// `information_schema.columns` counts its ordinals from 1, `information_schema.views` lists
 /// only views, and the functions that grow and the patterns of the matching operators are
 /// bounded.
@@ -739,6 +741,7 @@ fn analyzer_rules() -> Vec<Arc<dyn datafusion::optimizer::AnalyzerRule + Send + 
     rules.push(Arc::new(temporal_strings::SubUnitValues));
     rules.push(Arc::new(temporal_casts::TemporalCasts));
     rules.push(Arc::new(checked::CheckedIntegers));
+    rules.push(Arc::new(in_lists::EmptyInLists));
     rules.push(Arc::new(information_schema::OrdinalsFromOne));
     rules.push(Arc::new(information_schema::OnlyViewsInViews));
     rules.push(Arc::new(bounded::BoundedCalls));

@@ -1,0 +1,152 @@
+//! Two `IN` lists over one value that leave nothing keep NULL's answer.
+//!
+//! DataFusion 55's simplifier merges two `IN` lists over the same value joined by `AND` or
+//! `OR`, and when the merged list is empty it answers a constant: `x NOT IN (1) OR x NOT IN (2)`
+//! became `TRUE`, `x IN (1) AND x IN (2)` `FALSE`. For a NULL `x` the answer is NULL, so a row
+//! with a NULL `x` passed `WHERE x NOT IN (1) OR x NOT IN (2)` (it does not in PostgreSQL), and
+//! `NOT (x IN (1) AND x IN (2))` kept it too. [`EmptyInLists`], an analyzer rule (the
+//! simplifier runs after the analyzer), writes those pairs as what they answer: NULL for a NULL
+//! value, else the constant. Only lists of non-NULL literals are rewritten; any other pair is
+//! left to DataFusion, whose merge of it is right when its list is not empty.
+
+use std::collections::HashSet;
+
+use datafusion::common::tree_node::Transformed;
+use datafusion::common::{DFSchema, Result as DfResult, ScalarValue};
+use datafusion::config::ConfigOptions;
+use datafusion::logical_expr::expr::{Cast, InList};
+use datafusion::logical_expr::{BinaryExpr, Expr, ExprSchemable, LogicalPlan, Operator, lit, when};
+use datafusion::optimizer::AnalyzerRule;
+
+use super::checked::{any_expression, rewrite_expressions};
+
+/// The rule; see the module's documentation.
+#[derive(Debug, Default)]
+pub(super) struct EmptyInLists;
+
+impl AnalyzerRule for EmptyInLists {
+    fn analyze(&self, plan: LogicalPlan, _config: &ConfigOptions) -> DfResult<LogicalPlan> {
+        rewrite_expressions(
+            plan,
+            |node| any_expression(node, |e| pair(e).is_some()),
+            answered,
+        )
+    }
+
+    fn name(&self) -> &str {
+        "apiary_empty_in_lists"
+    }
+}
+
+/// Two `IN` lists over one value, joined by `AND` or `OR`: (the lists, the operator).
+fn pair(e: &Expr) -> Option<(&InList, &InList, Operator)> {
+    let Expr::BinaryExpr(BinaryExpr { left, op, right }) = e else {
+        return None;
+    };
+    match (left.as_ref(), right.as_ref()) {
+        (Expr::InList(l), Expr::InList(r))
+            if matches!(op, Operator::And | Operator::Or) && l.expr == r.expr =>
+        {
+            Some((l, r, *op))
+        }
+        _ => None,
+    }
+}
+
+/// `e` as what it answers, when it is a pair DataFusion would merge into an empty list.
+fn answered(e: Expr, schema: &DFSchema) -> DfResult<Transformed<Expr>> {
+    let Some((l, r, op)) = pair(&e) else {
+        return Ok(Transformed::no(e));
+    };
+    let (Some(left), Some(right)) = (values(l), values(r)) else {
+        return Ok(Transformed::no(e));
+    };
+    // The constant DataFusion answers when its merged list is empty, as its simplifier merges.
+    let constant = match (l.negated, r.negated, op) {
+        (false, false, Operator::And) if left.is_disjoint(&right) => false,
+        (false, true, Operator::And) if left.is_subset(&right) => false,
+        (true, false, Operator::And) if right.is_subset(&left) => false,
+        (true, true, Operator::Or) if left.is_disjoint(&right) => true,
+        _ => return Ok(Transformed::no(e)),
+    };
+    if !l.expr.nullable(schema)? {
+        // DataFusion's constant is right.
+        return Ok(Transformed::no(e));
+    }
+    let null = Expr::Literal(ScalarValue::Boolean(None), None);
+    let answer = when(l.expr.as_ref().clone().is_null(), null).otherwise(lit(constant))?;
+    Ok(Transformed::yes(answer))
+}
+
+/// The items of `list` when each is a non-NULL literal (cast or not), as DataFusion compares
+/// them; None otherwise.
+fn values(list: &InList) -> Option<HashSet<&Expr>> {
+    list.list
+        .iter()
+        .map(|item| {
+            let value = match item {
+                Expr::Cast(Cast { expr, .. }) => expr.as_ref(),
+                other => other,
+            };
+            match value {
+                Expr::Literal(v, _) if !v.is_null() => Some(item),
+                _ => None,
+            }
+        })
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use datafusion::arrow::datatypes::{DataType, Field, Schema};
+    use datafusion::logical_expr::col;
+
+    fn schema(nullable: bool) -> DFSchema {
+        let s = Schema::new(vec![Field::new("x", DataType::Int64, nullable)]);
+        DFSchema::try_from(s).unwrap()
+    }
+
+    fn in_list(values: &[i64], negated: bool) -> Expr {
+        col("x").in_list(values.iter().map(|v| lit(*v)).collect(), negated)
+    }
+
+    /// When an upgrade answers right, this fails and the rule can go.
+    #[tokio::test]
+    async fn datafusion_still_passes_a_null_through_an_empty_merge() {
+        let ctx = datafusion::prelude::SessionContext::new();
+        let sql = "SELECT count(*) FROM (VALUES (1), (NULL), (3)) AS t(x) \
+                   WHERE x NOT IN (1) OR x NOT IN (2)";
+        let batches = ctx.sql(sql).await.unwrap().collect().await.unwrap();
+        let n = batches[0].column(0).as_any();
+        let n = n.downcast_ref::<datafusion::arrow::array::Int64Array>().unwrap();
+        assert_eq!(n.value(0), 3, "PostgreSQL: 2");
+    }
+
+    #[test]
+    fn only_pairs_that_merge_to_nothing_over_a_nullable_value_are_rewritten() {
+        let nullable = schema(true);
+        for (e, rewritten) in [
+            (in_list(&[1], true).or(in_list(&[2], true)), true),
+            (in_list(&[1], false).and(in_list(&[2], false)), true),
+            (in_list(&[1], false).and(in_list(&[1, 2], true)), true),
+            (in_list(&[1, 2], true).and(in_list(&[2], false)), true),
+            // Lists that merge to something: DataFusion answers right.
+            (in_list(&[1, 2], true).or(in_list(&[2], true)), false),
+            (in_list(&[1, 2], false).and(in_list(&[2], false)), false),
+            (in_list(&[1, 3], false).and(in_list(&[1], true)), false),
+            // A NULL item: left as it is.
+            (
+                col("x")
+                    .in_list(vec![lit(ScalarValue::Int64(None))], true)
+                    .or(in_list(&[2], true)),
+                false,
+            ),
+        ] {
+            let done = answered(e.clone(), &nullable).unwrap();
+            assert_eq!(done.transformed, rewritten, "{e}");
+        }
+        let e = in_list(&[1], true).or(in_list(&[2], true));
+        assert!(!answered(e, &schema(false)).unwrap().transformed);
+    }
+}
