@@ -99,32 +99,12 @@ fn unlimited(plan: &Arc<dyn ExecutionPlan>) -> DfResult<Option<Arc<dyn Execution
 
 #[cfg(test)]
 mod tests {
-    use datafusion::prelude::{SessionConfig, SessionContext};
-
-    async fn answered(ctx: &SessionContext, sql: &str) -> Vec<i64> {
-        let batches = ctx.sql(sql).await.unwrap().collect().await.unwrap();
-        batches
-            .iter()
-            .flat_map(|b| {
-                let a = b.column(0).as_any();
-                let a = a.downcast_ref::<arrow::array::Int64Array>().unwrap();
-                a.values().to_vec()
-            })
-            .collect()
-    }
+    use super::super::skipped_rows::tests::{answered, plain_and_fixed};
+    use datafusion::prelude::SessionConfig;
 
     #[tokio::test]
     async fn distinct_keeps_every_group_the_limit_asks_for() {
-        let config = SessionConfig::new().with_target_partitions(2);
-        let plain = SessionContext::new_with_config(config.clone());
-        // Apiary's physical rules, this one among them where the engine runs it.
-        let fixed = SessionContext::new_with_state(
-            datafusion::execution::SessionStateBuilder::new()
-                .with_config(config)
-                .with_default_features()
-                .with_physical_optimizer_rules(super::super::physical_rules(u64::MAX))
-                .build(),
-        );
+        let (plain, fixed) = plain_and_fixed(SessionConfig::new().with_target_partitions(2));
         let sql = "WITH s(x) AS (VALUES (0), (1), (2) ORDER BY 1 LIMIT 3), \
                    t AS (SELECT * FROM s UNION ALL SELECT * FROM s UNION ALL SELECT * FROM s) \
                    SELECT DISTINCT x FROM t ORDER BY x LIMIT 3";

@@ -119,7 +119,9 @@ mod tests {
                    WHERE x NOT IN (1) OR x NOT IN (2)";
         let batches = ctx.sql(sql).await.unwrap().collect().await.unwrap();
         let n = batches[0].column(0).as_any();
-        let n = n.downcast_ref::<datafusion::arrow::array::Int64Array>().unwrap();
+        let n = n
+            .downcast_ref::<datafusion::arrow::array::Int64Array>()
+            .unwrap();
         assert_eq!(n.value(0), 3, "PostgreSQL: 2");
     }
 

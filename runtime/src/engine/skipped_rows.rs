@@ -97,10 +97,11 @@ fn kept(
 }
 
 #[cfg(test)]
-mod tests {
-    use datafusion::prelude::SessionContext;
+pub(super) mod tests {
+    use datafusion::prelude::{SessionConfig, SessionContext};
 
-    async fn answered(ctx: &SessionContext, sql: &str) -> Vec<i64> {
+    /// Column 0 of what `sql` answers in `ctx`, as integers.
+    pub(in crate::engine) async fn answered(ctx: &SessionContext, sql: &str) -> Vec<i64> {
         let batches = ctx.sql(sql).await.unwrap().collect().await.unwrap();
         batches
             .iter()
@@ -112,16 +113,24 @@ mod tests {
             .collect()
     }
 
-    #[tokio::test]
-    async fn an_outer_sort_over_an_offset_keeps_the_rows_it_skips() {
-        let plain = SessionContext::new();
-        // Apiary's physical rules, this one among them where the engine runs it.
+    /// Plain DataFusion with `config`, and DataFusion with Apiary's physical rules (those that
+    /// correct its plans among them, where the engine runs them).
+    pub(in crate::engine) fn plain_and_fixed(
+        config: SessionConfig,
+    ) -> (SessionContext, SessionContext) {
         let fixed = SessionContext::new_with_state(
             datafusion::execution::SessionStateBuilder::new()
+                .with_config(config.clone())
                 .with_default_features()
                 .with_physical_optimizer_rules(super::super::physical_rules(u64::MAX))
                 .build(),
         );
+        (SessionContext::new_with_config(config), fixed)
+    }
+
+    #[tokio::test]
+    async fn an_outer_sort_over_an_offset_keeps_the_rows_it_skips() {
+        let (plain, fixed) = plain_and_fixed(SessionConfig::new());
         let sql = "SELECT * FROM (SELECT a FROM (VALUES (5),(3),(9),(1),(7),(2),(8),(4),(6),(10)) \
                    AS v(a) ORDER BY a LIMIT 4 OFFSET 3) ORDER BY a";
         assert_eq!(
