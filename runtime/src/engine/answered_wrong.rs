@@ -15,26 +15,17 @@
 
 use std::ops::ControlFlow;
 
-use datafusion::sql::parser::{CopyToSource, Statement as DfStatement};
+use datafusion::sql::parser::Statement as DfStatement;
 use datafusion::sql::sqlparser::ast::{
     Join, JoinConstraint, JoinOperator, Query, SetExpr, SetOperator, SetQuantifier, TableFactor,
-    Visit, Visitor,
+    Visitor,
 };
 
 use crate::error::{Error, Result};
 
 /// Refuse `statement` if it holds a construct DataFusion 55 answers wrong.
 pub(crate) fn refuse(statement: &DfStatement) -> Result<()> {
-    let flow = match statement {
-        DfStatement::Statement(s) => s.visit(&mut Wrong),
-        DfStatement::Explain(e) => return refuse(&e.statement),
-        DfStatement::CopyTo(c) => match &c.source {
-            CopyToSource::Query(q) => q.visit(&mut Wrong),
-            _ => ControlFlow::Continue(()),
-        },
-        _ => ControlFlow::Continue(()),
-    };
-    match flow {
+    match super::policy::visit_parsed(statement, &mut Wrong) {
         ControlFlow::Continue(()) => Ok(()),
         ControlFlow::Break(why) => Err(Error::Unsupported(why)),
     }

@@ -176,10 +176,8 @@ impl Engine {
                 let dialect = in_view.config().options().sql_parser.dialect;
                 let planned = match in_view.sql_to_statement(&view.query, &dialect) {
                     Ok(mut parsed) => {
-                        super::policy::check_shape(&parsed, &self.limits)?;
-                        super::answered_wrong::refuse(&parsed)?;
-                        super::literals::exact_numbers(&mut parsed, in_view.config().options());
-                        super::fetch_first::as_limit(&mut parsed);
+                        super::check_parsed(&parsed, &self.limits)?;
+                        super::rewrite_parsed(&mut parsed, in_view.config().options());
                         super::cast_names::planned(&in_view, parsed).await
                     }
                     Err(e) => Err(e),

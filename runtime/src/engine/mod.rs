@@ -82,6 +82,7 @@ use datafusion::logical_expr::LogicalPlan;
 use datafusion::physical_optimizer::PhysicalOptimizerRule;
 use datafusion::physical_plan::ExecutionPlan;
 use datafusion::prelude::SessionConfig;
+use datafusion::sql::parser::Statement as DfStatement;
 
 use crate::error::{Error, Result};
 use crate::sql::{self, Command};
@@ -231,10 +232,10 @@ impl Engine {
                 ))
                 .with_physical_optimizer_rules(stoppable::physical(physical_rules(bee_memory)))
                 .build();
-            let growing = bounded::wrap(|name| base.scalar_functions().get(name).cloned());
-            let unifying =
-                temporal_strings::wrap(|name| base.scalar_functions().get(name).cloned());
-            let clocks = functions::microseconds(|name| base.scalar_functions().get(name).cloned());
+            let registered = |name: &str| base.scalar_functions().get(name).cloned();
+            let growing = bounded::wrap(registered);
+            let unifying = temporal_strings::wrap(registered);
+            let clocks = functions::microseconds(registered);
             for f in functions::own()
                 .into_iter()
                 .chain(growing)
@@ -666,11 +667,9 @@ impl Engine {
         let mut parsed = self
             .base_state()
             .sql_to_statement(text, &self.dialect(session)?)?;
-        policy::check_shape(&parsed, &self.limits)?;
-        answered_wrong::refuse(&parsed)?;
+        check_parsed(&parsed, &self.limits)?;
         let (state, resolved) = self.statement_state(session, &parsed, pins, target).await?;
-        literals::exact_numbers(&mut parsed, state.config().options());
-        fetch_first::as_limit(&mut parsed);
+        rewrite_parsed(&mut parsed, state.config().options());
         let plan = match cast_names::planned(&state, parsed).await {
             Ok(p) => p,
             Err(e) => {
@@ -701,6 +700,20 @@ impl Engine {
         };
         Ok((plan, state, resolved))
     }
+}
+
+/// Refuse a parsed statement (a client's or a stored view's) before anything plans it: beyond
+/// the limits of its shape, or holding what DataFusion would answer wrong.
+fn check_parsed(parsed: &DfStatement, limits: &Limits) -> Result<()> {
+    policy::check_shape(parsed, limits)?;
+    answered_wrong::refuse(parsed)
+}
+
+/// A checked statement as DataFusion is to plan it: numeric literals exact, `FETCH FIRST` as
+/// `LIMIT`.
+fn rewrite_parsed(parsed: &mut DfStatement, options: &datafusion::config::ConfigOptions) {
+    literals::exact_numbers(parsed, options);
+    fetch_first::as_limit(parsed);
 }
 
 /// DataFusion's physical rules, after one of ours that must see the plan as planned: constants a

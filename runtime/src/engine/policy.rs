@@ -203,23 +203,13 @@ fn refusal(node: &LogicalPlan) -> Error {
 /// runs on a CPU-runtime thread, whose stack has room for any depth the parser produces (chains
 /// of binary operators are parsed in a loop, so they are the deep case).
 pub(crate) fn check_shape(statement: &DfStatement, limits: &super::Limits) -> Result<()> {
-    use datafusion::sql::sqlparser::ast::Visit;
     let mut shape = Shape {
         now: 0,
         max: limits.max_sql_depth,
         relations: 0,
         max_relations: limits.max_sql_relations,
     };
-    let flow = match statement {
-        DfStatement::Statement(s) => s.visit(&mut shape),
-        DfStatement::Explain(e) => return check_shape(&e.statement, limits),
-        DfStatement::CopyTo(c) => match &c.source {
-            datafusion::sql::parser::CopyToSource::Query(q) => q.visit(&mut shape),
-            _ => ControlFlow::Continue(()),
-        },
-        _ => ControlFlow::Continue(()),
-    };
-    match flow {
+    match visit_parsed(statement, &mut shape) {
         ControlFlow::Continue(()) => Ok(()),
         ControlFlow::Break(Beyond::Depth) => Err(Error::Sql(format!(
             "the statement nests deeper than {} levels (--max-sql-depth); \
@@ -232,6 +222,23 @@ pub(crate) fn check_shape(statement: &DfStatement, limits: &super::Limits) -> Re
              or split the statement",
             limits.max_sql_relations
         ))),
+    }
+}
+
+/// `visitor` over the SQL of `statement`: a statement's, an `EXPLAIN`'s, a `COPY`'s query.
+pub(super) fn visit_parsed<V: datafusion::sql::sqlparser::ast::Visitor>(
+    statement: &DfStatement,
+    visitor: &mut V,
+) -> ControlFlow<V::Break> {
+    use datafusion::sql::sqlparser::ast::Visit;
+    match statement {
+        DfStatement::Statement(s) => s.visit(visitor),
+        DfStatement::Explain(e) => visit_parsed(&e.statement, visitor),
+        DfStatement::CopyTo(c) => match &c.source {
+            datafusion::sql::parser::CopyToSource::Query(q) => q.visit(visitor),
+            _ => ControlFlow::Continue(()),
+        },
+        _ => ControlFlow::Continue(()),
     }
 }
 

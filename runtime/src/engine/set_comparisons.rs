@@ -18,13 +18,14 @@
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 
-use datafusion::common::tree_node::{Transformed, TransformedResult, TreeNode};
+use datafusion::common::tree_node::{Transformed, TreeNode, TreeNodeRecursion};
 use datafusion::common::{Result as DfResult, not_impl_err};
 use datafusion::config::ConfigOptions;
 use datafusion::logical_expr::expr::SetComparison;
-use datafusion::logical_expr::expr_rewriter::NamePreserver;
 use datafusion::logical_expr::{Expr, LogicalPlan, Subquery, SubqueryAlias};
 use datafusion::optimizer::AnalyzerRule;
+
+use super::checked::rewrite_expressions;
 
 /// The rule; see the module's documentation.
 #[derive(Debug, Default)]
@@ -33,24 +34,7 @@ pub(super) struct SetComparisons;
 impl AnalyzerRule for SetComparisons {
     fn analyze(&self, plan: LogicalPlan, _config: &ConfigOptions) -> DfResult<LogicalPlan> {
         let aliases = AtomicUsize::new(0);
-        plan.transform_up_with_subqueries(|node| {
-            let mut any = false;
-            node.apply_expressions(|e| {
-                any |= e.exists(|e| Ok(matches!(e, Expr::SetComparison(_))))?;
-                Ok(datafusion::common::tree_node::TreeNodeRecursion::Continue)
-            })?;
-            if !any {
-                return Ok(Transformed::no(node));
-            }
-            let in_filter = matches!(node, LogicalPlan::Filter(_));
-            let names = NamePreserver::new(&node);
-            node.map_expressions(|e| {
-                let name = names.save(&e);
-                Ok(e.transform_up(|e| planned(e, in_filter, &aliases))?
-                    .update_data(|e| name.restore(e)))
-            })
-        })
-        .data()
+        rewrite_expressions(plan, in_a_filter, |e, _| planned(e, &aliases))
     }
 
     fn name(&self) -> &str {
@@ -58,8 +42,29 @@ impl AnalyzerRule for SetComparisons {
     }
 }
 
+/// Whether `node` holds a set comparison, refused unless `node` is a filter.
+fn in_a_filter(node: &LogicalPlan) -> DfResult<bool> {
+    let mut found = None;
+    node.apply_expressions(|e| {
+        e.apply(|e| {
+            if let Expr::SetComparison(c) = e {
+                found = Some(format!("{} {}", c.op, c.quantifier));
+                return Ok(TreeNodeRecursion::Stop);
+            }
+            Ok(TreeNodeRecursion::Continue)
+        })
+    })?;
+    match (found, node) {
+        (None, _) => Ok(false),
+        (Some(_), LogicalPlan::Filter(_)) => Ok(true),
+        (Some(comparison), _) => {
+            not_impl_err!("{comparison} (subquery) outside a WHERE or HAVING clause")
+        }
+    }
+}
+
 /// `e` planned as the module's documentation says, when it is a set comparison.
-fn planned(e: Expr, in_filter: bool, aliases: &AtomicUsize) -> DfResult<Transformed<Expr>> {
+fn planned(e: Expr, aliases: &AtomicUsize) -> DfResult<Transformed<Expr>> {
     let Expr::SetComparison(SetComparison {
         expr,
         subquery,
@@ -69,9 +74,6 @@ fn planned(e: Expr, in_filter: bool, aliases: &AtomicUsize) -> DfResult<Transfor
     else {
         return Ok(Transformed::no(e));
     };
-    if !in_filter {
-        return not_impl_err!("{op} {quantifier} (subquery) outside a WHERE or HAVING clause");
-    }
     // A correlated subquery names the outer table apart already (its reference needs it), and
     // an alias over it hides the columns its correlation is decorrelated on.
     if !subquery.outer_ref_columns.is_empty() {

@@ -1,9 +1,9 @@
 //! `SIMILAR TO`, the SQL standard's pattern match, as PostgreSQL answers it.
 //!
 //! DataFusion 55 ran `s SIMILAR TO p` as the regular expression match `s ~ p`: unanchored, with
-//! `p` read as a regular expression, so `'abc' SIMILAR TO 'b'` was true, `'abc' SIMILAR TO 'a%'`
-//! false and `'a.c' SIMILAR TO 'a.c'`… true for `'abc'` too, and a pattern with `ESCAPE` was an
-//! execution error. [`as_regex_match`] writes it as the match of the regular expression the
+//! `p` read as a regular expression, so `'abc' SIMILAR TO 'b'` and `'abc' SIMILAR TO 'a.c'`
+//! were true, `'abc' SIMILAR TO 'a%'` false, and a pattern with `ESCAPE` was an execution
+//! error. [`as_regex_match`] writes it as the match of the regular expression the
 //! pattern means, as PostgreSQL's `similar_to_escape` translates it: the whole string must
 //! match, `%` is any string and `_` any character, `.` `^` `$` are themselves, `|` `*` `+` `?`
 //! `{m,n}` `( )` and `[ ]` are as in a regular expression, and the escape character (`\` unless
@@ -118,7 +118,12 @@ impl ScalarUDFImpl for SimilarToRegex {
             }
         };
         let out_type = args.return_field.data_type().clone();
-        let patterns: ArrayRef = pattern.to_array(args.number_rows)?;
+        // A constant pattern is translated once, not once per row.
+        let rows = match &pattern {
+            ColumnarValue::Scalar(_) => 1,
+            ColumnarValue::Array(a) => a.len(),
+        };
+        let patterns: ArrayRef = pattern.to_array(rows)?;
         let text = arrow::compute::cast(&patterns, &DataType::Utf8)?;
         let text = text.as_any().downcast_ref::<StringArray>().ok_or_else(|| {
             datafusion::error::DataFusionError::Internal(format!("{NAME}(): not text"))
