@@ -754,6 +754,22 @@ def test_what_datafusion_answers_wrong_is_not_implemented(server):
         assert cur.fetchall() == [(1,), (1,), (1,), (2,), (4,)]
 
 
+def test_to_char_and_to_date_read_postgresql_templates(server):
+    """`to_char(ts, 'YYYY-MM-DD')` answered 'YYYY-MM-DD' for every row and `to_date(s, 'DD/MM/YYYY')`
+    failed (DataFusion 55 read every format as chrono's). Bound templates are read the same way; a
+    format with a % is still chrono's; a field chrono cannot parse is an InvalidArgument (ProgrammingError)."""
+    import datetime
+
+    with connect(server) as conn, conn.cursor() as cur:
+        cur.execute("SELECT to_char(TIMESTAMP '2024-03-05 20:07:09', 'FMDay, FMDDth Mon YYYY HH12:MI AM'), to_char(DATE '2024-03-05', '%d.%m.%Y')")
+        assert cur.fetchone() == ("Tuesday, 5th Mar 2024 08:07 PM", "05.03.2024")
+        cur.execute("SELECT to_char(CAST(? AS DATE), ?) AS a, to_date(?, ?) AS b", parameters=("2024-12-25", "DD/MM/YYYY", "25/12/2024", "DD/MM/YYYY"))
+        assert cur.fetchone() == ("25/12/2024", datetime.date(2024, 12, 25))
+        with pytest.raises(adbc_driver_manager.ProgrammingError, match="cannot read the template field J"):
+            cur.execute("SELECT to_date('2460375', 'J')")
+            cur.fetchall()
+
+
 
 @pytest.mark.parametrize(
     "expr",

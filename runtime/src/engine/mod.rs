@@ -30,6 +30,7 @@
 //! | `lazy_start` | physical rule: merges under a join filter start when first polled |
 //! | `decimals` | physical rule: decimal `+ - *` without a checked multiply per row  |
 //! | `nan_pruning` | physical rule: scans prune no NaN row away                      |
+//! | `templates` | PostgreSQL's date/time templates in `to_char`, `to_timestamp`, `to_date` |
 //! | `skipped_rows`, `grouped_fetch` | physical rules: no sort's fetch drops rows an `OFFSET` or a final aggregate needs |
 
 mod answered_wrong;
@@ -64,6 +65,7 @@ mod skipped_rows;
 mod spillable_topk;
 mod sql_types;
 mod stoppable;
+mod templates;
 mod temporal_casts;
 mod temporal_strings;
 mod types;
@@ -236,11 +238,13 @@ impl Engine {
             let growing = bounded::wrap(registered);
             let unifying = temporal_strings::wrap(registered);
             let clocks = functions::microseconds(registered);
+            let templated = templates::wrap(registered);
             for f in functions::own()
                 .into_iter()
                 .chain(growing)
                 .chain(unifying)
                 .chain(clocks)
+                .chain(templated)
             {
                 let _ = datafusion::execution::FunctionRegistry::register_udf(&mut base, f);
             }
