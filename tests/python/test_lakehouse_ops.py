@@ -817,6 +817,7 @@ def test_statements_racing_drops_and_creates_of_their_frame_are_never_internal(t
         "DELETE FROM t WHERE a = 2",
         "DESCRIBE t",
         "ALTER TABLE t ADD COLUMN c INT",
+        "ALTER TABLE t DROP COLUMN IF EXISTS c",
         "OPTIMIZE t",
         "VACUUM t",
     ]
@@ -853,3 +854,66 @@ def test_statements_racing_drops_and_creates_of_their_frame_are_never_internal(t
     assert answered[0] > 500, answered
     details = [line for line in (s.log + other.log).splitlines() if "internal error" in line]
     assert not internal, (len(internal), answered[0], internal[:3], details[:3])
+
+
+def test_column_changes_through_adbc_lose_no_row_written_meanwhile(tmp_path):
+    """DROP, RENAME and ALTER COLUMN rewrite the frame in one commit onto the version they read
+    (they were NOT_IMPLEMENTED). INSERTs racing them either land before (and are rewritten) or
+    after, or one side fails to retry: every INSERT that answered success is in the frame, and
+    the `deltalake` package reads the new shape."""
+    import threading
+    import time
+
+    s = ApiaryServer(str(tmp_path / "root"), args=["--bees", "2"])
+    try:
+        with flightsql.connect(s.uri, autocommit=True) as conn, conn.cursor() as cur:
+            cur.execute("CREATE TABLE t (a INT NOT NULL, b VARCHAR, c DOUBLE)")
+            cur.execute("INSERT INTO t VALUES (0, 'zero', 0.5)")
+            cur.execute("ALTER TABLE t RENAME COLUMN b TO label")
+            cur.execute("ALTER TABLE t ALTER COLUMN a TYPE BIGINT")
+            assert rows(cur, "SELECT a, label, c FROM t") == [(0, "zero", 0.5)]
+            assert [f[0] for f in cur.description] == ["a", "label", "c"]
+            with pytest.raises(flightsql.ProgrammingError, match="does not accept NULL"):
+                cur.execute("INSERT INTO t (a, label) VALUES (1, NULL)")
+                cur.execute("ALTER TABLE t ALTER COLUMN label SET NOT NULL")
+
+        inserted, changes, errors = [], [0], []
+        stop = time.time() + 6
+
+        def insert():
+            with flightsql.connect(s.uri, autocommit=True) as conn, conn.cursor() as cur:
+                i = 1000
+                while time.time() < stop:
+                    i += 1
+                    try:
+                        cur.execute(f"INSERT INTO t (a) VALUES ({i})")
+                        inserted.append(i)
+                    except Exception as e:  # noqa: BLE001 - a lost race is retried by the user
+                        errors.append(str(e))
+
+        def alter():
+            with flightsql.connect(s.uri, autocommit=True) as conn, conn.cursor() as cur:
+                names = ["c", "d"]
+                while time.time() < stop:
+                    try:
+                        cur.execute(f"ALTER TABLE t RENAME COLUMN {names[0]} TO {names[1]}")
+                        names.reverse()
+                        changes[0] += 1
+                    except Exception as e:  # noqa: BLE001
+                        errors.append(str(e))
+
+        threads = [threading.Thread(target=insert), threading.Thread(target=alter)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+        assert not [e for e in errors if "INTERNAL" in e], errors[:3]
+        assert changes[0] > 0 and len(inserted) > 0, (changes, len(inserted), errors[:3])
+        with flightsql.connect(s.uri, autocommit=True) as conn, conn.cursor() as cur:
+            present = {a for (a,) in rows(cur, "SELECT a FROM t WHERE a > 1000")}
+        assert present == set(inserted), (len(present), len(inserted))
+        table = DeltaTable(str(tmp_path / "root" / "default" / "default" / "t"))
+        assert [f.name for f in table.schema().fields][:2] == ["a", "label"]
+        assert table.to_pyarrow_table().num_rows == len(inserted) + 2
+    finally:
+        s.stop()

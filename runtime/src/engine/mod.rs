@@ -25,6 +25,7 @@
 //! | `ingest`    | writing a stream into a frame: [`WriteMode`] and its rules        |
 //! | `show`      | SHOW and DESCRIBE                                                 |
 //! | `literals`  | numeric literals are exact decimals (scientific notation written out) |
+//! | `alter_columns` | DROP / RENAME / ALTER COLUMN: one rewrite of the frame in its new shape |
 //! | `answered_wrong` | refuses what DataFusion 55 would answer wrong (EXCEPT ALL, RIGHT JOIN USING) |
 //! | `join_filters` | physical rule: join filters reach a scan's rows while they pay  |
 //! | `lazy_start` | physical rule: merges under a join filter start when first polled |
@@ -33,6 +34,7 @@
 //! | `templates` | PostgreSQL's date/time templates in `to_char`, `to_timestamp`, `to_date` |
 //! | `skipped_rows`, `grouped_fetch` | physical rules: no sort's fetch drops rows an `OFFSET` or a final aggregate needs |
 
+mod alter_columns;
 mod answered_wrong;
 mod batched;
 mod bounded;
@@ -464,6 +466,9 @@ impl Engine {
             | Command::Vacuum { .. }
             | Command::AddColumns { .. }
             | Command::ClusterBy { .. } => self.operate(env, session, &stmt.command).await,
+            Command::AlterColumn { name, change } => {
+                self.alter_column(env, session, name, change).await
+            }
             Command::Unsupported(what) => Err(Error::Unsupported(what.clone())),
             Command::Sql { layout, .. } => {
                 let (plan, state) = self.statement_plan(env, session, stmt, params).await?;

@@ -21,7 +21,11 @@ use crate::sql::{Command, DEFAULT_HISTORY_LIMIT, NameParts};
 
 impl Engine {
     /// The latest snapshot of a frame a statement names, to be changed.
-    async fn target(&self, session: &Session, name: &NameParts) -> Result<FrameSnapshot> {
+    pub(super) async fn target(
+        &self,
+        session: &Session,
+        name: &NameParts,
+    ) -> Result<FrameSnapshot> {
         let frame = catalog::frame_ref(session, name)?;
         Ok(self.lakehouse.frame(&frame, None).await?)
     }
@@ -157,7 +161,7 @@ impl Engine {
     }
 
     /// The Arrow type a SQL type name means here (the same type planner as CREATE TABLE).
-    async fn sql_type(&self, ty: &str) -> Result<DataType> {
+    pub(super) async fn sql_type(&self, ty: &str) -> Result<DataType> {
         let plan = self
             .base_state()
             .create_logical_plan(&format!("SELECT CAST(NULL AS {ty}) AS c"))

@@ -113,6 +113,12 @@ pub enum Command {
         name: NameParts,
         columns: Vec<(String, String)>,
     },
+    /// `ALTER TABLE f DROP COLUMN …`, `RENAME COLUMN …`, `ALTER COLUMN …`: a change of one
+    /// column that rewrites every cell.
+    AlterColumn {
+        name: NameParts,
+        change: ColumnChange,
+    },
     /// `CREATE [OR REPLACE] VIEW [IF NOT EXISTS] v AS query`.
     CreateView {
         name: NameParts,
@@ -126,6 +132,19 @@ pub enum Command {
     },
     /// Recognised but not supported (yet); the message says what.
     Unsupported(String),
+}
+
+/// What `ALTER TABLE … ` changes about one column.
+#[derive(Debug, Clone, PartialEq)]
+pub enum ColumnChange {
+    /// `DROP [COLUMN] [IF EXISTS] c`.
+    Drop { column: String, if_exists: bool },
+    /// `RENAME [COLUMN] a TO b`.
+    Rename { from: String, to: String },
+    /// `ALTER [COLUMN] c [SET DATA] TYPE t` (the type as written).
+    Retype { column: String, ty: String },
+    /// `ALTER [COLUMN] c SET NOT NULL` (`nullable` false) or `DROP NOT NULL`.
+    Nullability { column: String, nullable: bool },
 }
 
 impl Command {

@@ -16,7 +16,7 @@ mod operations;
 pub mod travel;
 
 use classify::Cursor;
-pub use classify::{Command, Layout, NameParts, classify};
+pub use classify::{ColumnChange, Command, Layout, NameParts, classify};
 pub use operations::DEFAULT_HISTORY_LIMIT;
 
 /// A tokenised SQL text with the byte range of every token.
@@ -332,11 +332,66 @@ mod tests {
             }
         );
         assert!(classify("RESTORE f TO VERSION AS OF x").is_err());
-        assert!(
-            classify("ALTER TABLE f DROP COLUMN a")
-                .is_ok_and(|c| matches!(c, Command::Unsupported(_)))
-                || classify("ALTER TABLE f DROP COLUMN a").is_err()
+        let change = |text: &str| match classify(text) {
+            Ok(Command::AlterColumn { name, change }) if name == vec!["f".to_string()] => {
+                Some(change)
+            }
+            _ => None,
+        };
+        let drop = |column: &str, if_exists| ColumnChange::Drop {
+            column: column.into(),
+            if_exists,
+        };
+        assert_eq!(
+            change("ALTER TABLE f DROP COLUMN a"),
+            Some(drop("a", false))
         );
+        assert_eq!(
+            change("alter table f drop if exists \"B\" cascade"),
+            Some(drop("B", true))
+        );
+        assert_eq!(
+            change("ALTER TABLE f RENAME COLUMN a TO b"),
+            Some(ColumnChange::Rename {
+                from: "a".into(),
+                to: "b".into()
+            })
+        );
+        assert_eq!(
+            change("ALTER TABLE f ALTER COLUMN a SET DATA TYPE DECIMAL(10, 2)"),
+            Some(ColumnChange::Retype {
+                column: "a".into(),
+                ty: "DECIMAL(10, 2)".into()
+            })
+        );
+        assert_eq!(
+            change("ALTER TABLE f ALTER a TYPE bigint"),
+            Some(ColumnChange::Retype {
+                column: "a".into(),
+                ty: "bigint".into()
+            })
+        );
+        assert_eq!(
+            change("ALTER TABLE f ALTER COLUMN a DROP NOT NULL"),
+            Some(ColumnChange::Nullability {
+                column: "a".into(),
+                nullable: true
+            })
+        );
+        for bad in [
+            "ALTER TABLE f DROP COLUMN",
+            "ALTER TABLE f DROP COLUMN a, DROP COLUMN b",
+            "ALTER TABLE f RENAME COLUMN a b",
+            "ALTER TABLE f ALTER COLUMN a TYPE",
+            "ALTER TABLE f ALTER COLUMN a TYPE INT USING a::int",
+            "ALTER TABLE f ALTER COLUMN a SET DEFAULT 1",
+        ] {
+            assert!(change(bad).is_none(), "{bad}");
+        }
+        assert!(matches!(
+            classify("ALTER TABLE f RENAME TO g"),
+            Err(crate::error::Error::Unsupported(m)) if m.contains("CREATE TABLE")
+        ));
         assert!(classify("use a.b.c").is_err());
     }
 

@@ -4,7 +4,7 @@
 
 use datafusion::sql::sqlparser::tokenizer::Token;
 
-use super::classify::{Command, Cursor};
+use super::classify::{ColumnChange, Command, Cursor};
 use super::travel::{self, AsOf};
 use crate::error::{Error, Result};
 
@@ -130,9 +130,14 @@ pub(super) fn alter(c: &mut Cursor<'_>, text: &str) -> Result<Command> {
         c.expect_end("ALTER TABLE … CLUSTER BY")?;
         return Ok(Command::ClusterBy { name, columns });
     }
+    if let Some(change) = column_change(c, text)? {
+        c.expect_end("ALTER TABLE")?;
+        return Ok(Command::AlterColumn { name, change });
+    }
     if !c.eat_word("ADD") {
         return Err(Error::Unsupported(
-            "ALTER TABLE other than ADD COLUMN and CLUSTER BY (renaming and dropping columns)"
+            "ALTER TABLE other than ADD COLUMN, DROP COLUMN, RENAME COLUMN, ALTER COLUMN and \
+             CLUSTER BY"
                 .into(),
         ));
     }
@@ -173,6 +178,74 @@ pub(super) fn alter(c: &mut Cursor<'_>, text: &str) -> Result<Command> {
     }
     c.expect_end("ALTER TABLE … ADD COLUMN")?;
     Ok(Command::AddColumns { name, columns })
+}
+
+/// `DROP [COLUMN] [IF EXISTS] c [CASCADE | RESTRICT]`, `RENAME [COLUMN] a TO b`,
+/// `ALTER [COLUMN] c [SET DATA] TYPE t` and `ALTER [COLUMN] c {SET | DROP} NOT NULL` (after
+/// `ALTER TABLE name`); `None` for another change.
+fn column_change(c: &mut Cursor<'_>, text: &str) -> Result<Option<ColumnChange>> {
+    if c.eat_word("DROP") {
+        let _ = c.eat_word("COLUMN");
+        let if_exists = c.eat_words(&["IF", "EXISTS"]);
+        let column = c.ident()?;
+        // Nothing depends on a column but views, which are read by name when queried.
+        let _ = c.eat_word("CASCADE") || c.eat_word("RESTRICT");
+        return Ok(Some(ColumnChange::Drop { column, if_exists }));
+    }
+    if c.eat_word("RENAME") {
+        if c.eat_word("TO") {
+            return Err(Error::Unsupported(
+                "ALTER TABLE … RENAME TO: a frame's name is where its cells are stored; copy it \
+                 with CREATE TABLE new AS SELECT * FROM old, then DROP TABLE old"
+                    .into(),
+            ));
+        }
+        let _ = c.eat_word("COLUMN");
+        let from = c.ident()?;
+        if !c.eat_word("TO") {
+            return Err(Error::Sql("expected RENAME COLUMN a TO b".into()));
+        }
+        let to = c.ident()?;
+        return Ok(Some(ColumnChange::Rename { from, to }));
+    }
+    if !c.eat_word("ALTER") {
+        return Ok(None);
+    }
+    let _ = c.eat_word("COLUMN");
+    let column = c.ident()?;
+    for (words, nullable) in [
+        (["SET", "NOT", "NULL"], false),
+        (["DROP", "NOT", "NULL"], true),
+    ] {
+        if c.eat_words(&words) {
+            return Ok(Some(ColumnChange::Nullability { column, nullable }));
+        }
+    }
+    let _ = c.eat_words(&["SET", "DATA"]);
+    if !c.eat_word("TYPE") {
+        return Err(Error::Unsupported(
+            "ALTER COLUMN other than TYPE, SET NOT NULL and DROP NOT NULL".into(),
+        ));
+    }
+    let start = c.offset_or(text.len());
+    while let Some(t) = c.peek() {
+        if matches!(t, Token::Word(w) if w.value.eq_ignore_ascii_case("USING")) {
+            return Err(Error::Unsupported(
+                "ALTER COLUMN … TYPE … USING (the values are cast to the new type)".into(),
+            ));
+        }
+        c.skip();
+    }
+    let ty = text[start..].trim();
+    if ty.is_empty() {
+        return Err(Error::Sql(format!(
+            "ALTER COLUMN {column} TYPE needs a type"
+        )));
+    }
+    Ok(Some(ColumnChange::Retype {
+        column,
+        ty: ty.to_string(),
+    }))
 }
 
 /// `CREATE [OR REPLACE] VIEW [IF NOT EXISTS] name AS query` (after `VIEW`).

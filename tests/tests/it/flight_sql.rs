@@ -824,9 +824,10 @@ async fn errors_map_to_grpc_codes() {
     assert_eq!(update("CREATE TABLE nobox.t (a INT)").await, Code::NotFound);
     assert_eq!(update("DELETE FROM t").await, Code::NotFound);
     assert_eq!(
-        update("ALTER TABLE t DROP COLUMN a").await,
+        update("ALTER TABLE t RENAME TO u").await,
         Code::Unimplemented
     );
+    assert_eq!(update("ALTER TABLE t DROP COLUMN a").await, Code::NotFound);
     assert_eq!(update("CREATE HIVE \"../x\"").await, Code::InvalidArgument);
     match c.begin_transaction().await {
         Err(e) => assert_eq!(code_of(e), Code::Unimplemented),
