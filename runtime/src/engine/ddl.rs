@@ -289,6 +289,23 @@ impl Engine {
             false => None,
         };
         let target = self.open_target(&frame, Some(&incoming), &mode).await?;
+        // A replace built from the frame's own rows commits onto the version it read, never a
+        // newer one: the rows written to it since would be removed unread.
+        if let Target::Write {
+            table,
+            overwrite: true,
+        } = &target
+            && let Some(read) = version_read(&create.input, &frame)
+            && read != table.snapshot().version()
+        {
+            return Err(apiary_storage::Error::Conflict {
+                frame: frame.to_string(),
+                detail: format!(
+                    "it changed since this statement read version {read}; run it again"
+                ),
+            }
+            .into());
+        }
         match &target {
             Target::Skip => return Ok(Output::Done),
             // A frame created concurrently and no rows: nothing to commit. A replace without
@@ -312,6 +329,35 @@ impl Engine {
             self.write_target(target, data, state.task_ctx()).await?,
         ))
     }
+}
+
+/// The version of `frame` that `plan` reads as it stands (not a past version), through views
+/// too; `None` when it does not read it. A statement reads one version of each frame.
+fn version_read(plan: &LogicalPlan, frame: &apiary_storage::FrameRef) -> Option<i64> {
+    use datafusion::common::tree_node::TreeNodeRecursion;
+    let mut found = None;
+    let _ = plan.apply_with_subqueries(|node| {
+        let LogicalPlan::TableScan(scan) = node else {
+            return Ok(TreeNodeRecursion::Continue);
+        };
+        let Ok(provider) = datafusion::datasource::source_as_provider(&scan.source) else {
+            return Ok(TreeNodeRecursion::Continue);
+        };
+        found = match provider.downcast_ref::<apiary_storage::FrameTable>() {
+            Some(t) => {
+                let s = t.snapshot();
+                (s.frame() == frame && !s.is_historic()).then(|| s.version())
+            }
+            None => provider
+                .get_logical_plan()
+                .and_then(|view| version_read(&view, frame)),
+        };
+        Ok(match found {
+            Some(_) => TreeNodeRecursion::Stop,
+            None => TreeNodeRecursion::Continue,
+        })
+    });
+    found
 }
 
 /// `plan` with the columns of its VALUES lists nullable. DataFusion types an `INSERT`'s VALUES
