@@ -8,13 +8,18 @@
 //! simplifier runs after the analyzer), writes those pairs as what they answer: NULL for a NULL
 //! value, else the constant. Only lists of non-NULL literals are rewritten; any other pair is
 //! left to DataFusion, whose merge of it is right when its list is not empty.
+//!
+//! The simplifier first writes an `OR` of equalities over one value as an `IN` list (and an
+//! `AND` of `<>` as `NOT IN`), then merges: `(x = 1 OR x = 2) AND (x = 3 OR x = 4)` answered
+//! `FALSE` for a NULL `x` (PostgreSQL: NULL), and `NOT (…)` passed the row. Such chains count
+//! as the lists they become.
 
 use std::collections::HashSet;
 
 use datafusion::common::tree_node::Transformed;
 use datafusion::common::{DFSchema, Result as DfResult, ScalarValue};
 use datafusion::config::ConfigOptions;
-use datafusion::logical_expr::expr::{Cast, InList};
+use datafusion::logical_expr::expr::Cast;
 use datafusion::logical_expr::{BinaryExpr, Expr, ExprSchemable, LogicalPlan, Operator, lit, when};
 use datafusion::optimizer::AnalyzerRule;
 
@@ -38,19 +43,77 @@ impl AnalyzerRule for EmptyInLists {
     }
 }
 
-/// Two `IN` lists over one value, joined by `AND` or `OR`: (the lists, the operator).
-fn pair(e: &Expr) -> Option<(&InList, &InList, Operator)> {
+/// A list over one value as DataFusion's simplifier sees it: an `IN` list, or a chain it turns
+/// into one before merging (`x = 1 OR x = 2` is `x IN (1, 2)`, `x <> 1 AND x <> 2` is `x NOT
+/// IN (1, 2)`), each item a non-NULL literal (cast or not). `None` for anything else.
+struct List<'a> {
+    value: &'a Expr,
+    items: HashSet<&'a Expr>,
+    negated: bool,
+}
+
+impl<'a> List<'a> {
+    fn of(e: &'a Expr) -> Option<Self> {
+        if let Expr::InList(l) = e {
+            let items = l.list.iter().map(literal).collect::<Option<_>>()?;
+            return Some(List {
+                value: &l.expr,
+                items,
+                negated: l.negated,
+            });
+        }
+        // The simplifier writes an `OR` of `=` (an `AND` of `<>`) as an `IN` (`NOT IN`) list.
+        let (chain, compare, negated) = match e {
+            Expr::BinaryExpr(BinaryExpr {
+                op: Operator::Or, ..
+            }) => (Operator::Or, Operator::Eq, false),
+            Expr::BinaryExpr(BinaryExpr {
+                op: Operator::And, ..
+            }) => (Operator::And, Operator::NotEq, true),
+            _ => return None,
+        };
+        let mut value: Option<&Expr> = None;
+        let mut items = HashSet::new();
+        let mut pending = vec![e];
+        while let Some(e) = pending.pop() {
+            let (x, item) = match e {
+                Expr::BinaryExpr(BinaryExpr { left, op, right }) if *op == chain => {
+                    pending.extend([left.as_ref(), right.as_ref()]);
+                    continue;
+                }
+                Expr::BinaryExpr(BinaryExpr { left, op, right }) if *op == compare => {
+                    match (literal(left), literal(right)) {
+                        (None, Some(item)) => (left.as_ref(), item),
+                        (Some(item), None) => (right.as_ref(), item),
+                        _ => return None,
+                    }
+                }
+                _ => return None,
+            };
+            if value.is_some_and(|v| v != x) {
+                return None;
+            }
+            value = Some(x);
+            items.insert(item);
+        }
+        Some(List {
+            value: value?,
+            items,
+            negated,
+        })
+    }
+}
+
+/// Two lists over one value, joined by `AND` or `OR`: (the lists, the operator).
+fn pair(e: &Expr) -> Option<(List<'_>, List<'_>, Operator)> {
     let Expr::BinaryExpr(BinaryExpr { left, op, right }) = e else {
         return None;
     };
-    match (left.as_ref(), right.as_ref()) {
-        (Expr::InList(l), Expr::InList(r))
-            if matches!(op, Operator::And | Operator::Or) && l.expr == r.expr =>
-        {
-            Some((l, r, *op))
-        }
-        _ => None,
+    if !matches!(op, Operator::And | Operator::Or) {
+        return None;
     }
+    let (l, r) = (List::of(left)?, List::of(right)?);
+    (l.value == r.value).then_some((l, r, *op))
 }
 
 /// `e` as what it answers, when it is a pair DataFusion would merge into an empty list.
@@ -58,42 +121,34 @@ fn answered(e: Expr, schema: &DFSchema) -> DfResult<Transformed<Expr>> {
     let Some((l, r, op)) = pair(&e) else {
         return Ok(Transformed::no(e));
     };
-    let (Some(left), Some(right)) = (values(l), values(r)) else {
-        return Ok(Transformed::no(e));
-    };
+    let (left, right) = (&l.items, &r.items);
     // The constant DataFusion answers when its merged list is empty, as its simplifier merges.
     let constant = match (l.negated, r.negated, op) {
-        (false, false, Operator::And) if left.is_disjoint(&right) => false,
-        (false, true, Operator::And) if left.is_subset(&right) => false,
-        (true, false, Operator::And) if right.is_subset(&left) => false,
-        (true, true, Operator::Or) if left.is_disjoint(&right) => true,
+        (false, false, Operator::And) if left.is_disjoint(right) => false,
+        (false, true, Operator::And) if left.is_subset(right) => false,
+        (true, false, Operator::And) if right.is_subset(left) => false,
+        (true, true, Operator::Or) if left.is_disjoint(right) => true,
         _ => return Ok(Transformed::no(e)),
     };
-    if !l.expr.nullable(schema)? {
+    if !l.value.nullable(schema)? {
         // DataFusion's constant is right.
         return Ok(Transformed::no(e));
     }
     let null = Expr::Literal(ScalarValue::Boolean(None), None);
-    let answer = when(l.expr.as_ref().clone().is_null(), null).otherwise(lit(constant))?;
+    let answer = when(l.value.clone().is_null(), null).otherwise(lit(constant))?;
     Ok(Transformed::yes(answer))
 }
 
-/// The items of `list` when each is a non-NULL literal (cast or not), as DataFusion compares
-/// them; None otherwise.
-fn values(list: &InList) -> Option<HashSet<&Expr>> {
-    list.list
-        .iter()
-        .map(|item| {
-            let value = match item {
-                Expr::Cast(Cast { expr, .. }) => expr.as_ref(),
-                other => other,
-            };
-            match value {
-                Expr::Literal(v, _) if !v.is_null() => Some(item),
-                _ => None,
-            }
-        })
-        .collect()
+/// `item` when it is a non-NULL literal (cast or not), as DataFusion compares list items.
+fn literal(item: &Expr) -> Option<&Expr> {
+    let value = match item {
+        Expr::Cast(Cast { expr, .. }) => expr.as_ref(),
+        other => other,
+    };
+    match value {
+        Expr::Literal(v, _) if !v.is_null() => Some(item),
+        _ => None,
+    }
 }
 
 #[cfg(test)]
@@ -125,6 +180,14 @@ mod tests {
         assert_eq!(n.value(0), 3, "PostgreSQL: 2");
     }
 
+    fn eq(v: i64) -> Expr {
+        col("x").eq(lit(v))
+    }
+
+    fn ne(v: i64) -> Expr {
+        lit(v).not_eq(col("x"))
+    }
+
     #[test]
     fn only_pairs_that_merge_to_nothing_over_a_nullable_value_are_rewritten() {
         let nullable = schema(true);
@@ -137,6 +200,12 @@ mod tests {
             (in_list(&[1, 2], true).or(in_list(&[2], true)), false),
             (in_list(&[1, 2], false).and(in_list(&[2], false)), false),
             (in_list(&[1, 3], false).and(in_list(&[1], true)), false),
+            // Chains the simplifier makes lists of, before it merges them.
+            (eq(1).or(eq(2)).and(eq(3).or(eq(4))), true),
+            (eq(1).or(eq(2)).and(in_list(&[3], false)), true),
+            (ne(1).and(ne(2)).or(ne(3).and(ne(4))), true),
+            (eq(1).or(eq(2)).and(eq(2).or(eq(4))), false),
+            (eq(1).or(col("y").eq(lit(2))).and(eq(3)), false),
             // A NULL item: left as it is.
             (
                 col("x")
