@@ -25,6 +25,7 @@
 //! | `ingest`    | writing a stream into a frame: [`WriteMode`] and its rules        |
 //! | `show`      | SHOW and DESCRIBE                                                 |
 //! | `literals`  | numeric literals are exact decimals (scientific notation written out) |
+//! | `age` | PostgreSQL's `age()`: years, months and days between two timestamps |
 //! | `alter_columns` | DROP / RENAME / ALTER COLUMN: one rewrite of the frame in its new shape |
 //! | `answered_wrong` | refuses what DataFusion 55 would answer wrong (EXCEPT ALL, RIGHT JOIN USING) |
 //! | `join_filters` | physical rule: join filters reach a scan's rows while they pay  |
@@ -34,6 +35,7 @@
 //! | `templates` | PostgreSQL's date/time templates in `to_char`, `to_timestamp`, `to_date` |
 //! | `skipped_rows`, `grouped_fetch` | physical rules: no sort's fetch drops rows an `OFFSET` or a final aggregate needs |
 
+mod age;
 mod alter_columns;
 mod answered_wrong;
 mod batched;
@@ -243,6 +245,7 @@ impl Engine {
             let templated = templates::wrap(registered);
             for f in functions::own()
                 .into_iter()
+                .chain([age::age()])
                 .chain(growing)
                 .chain(unifying)
                 .chain(clocks)
