@@ -770,13 +770,16 @@ def test_to_char_and_to_date_read_postgresql_templates(server):
             cur.fetchall()
 
 
-def test_age_is_postgresql_s(server):
+def test_age_and_interval_comparisons_are_postgresql_s(server):
     """age() was an unknown function; it answers PostgreSQL's years, months and days, as an
-    interval a client reads as months, days and nanoseconds."""
+    interval a client reads as months, days and nanoseconds. Intervals compare by length."""
     with connect(server) as conn, conn.cursor() as cur:
         cur.execute("SELECT age(TIMESTAMP '2024-03-01 12:00:00', CAST(? AS TIMESTAMP))", parameters=("2024-01-31 00:00:00",))
         v = cur.fetchone()[0]
         assert (v.months, v.days, v.nanoseconds) == (1, 1, 12 * 3600 * 10**9)
+        # Intervals compare by length, as PostgreSQL compares them (Arrow went field by field).
+        cur.execute("SELECT INTERVAL '1 day' = INTERVAL '24 hours', TIMESTAMP '2024-01-03 00:00:00' - CAST(? AS TIMESTAMP) > INTERVAL '1 day'", parameters=("2024-01-01 00:00:00",))
+        assert cur.fetchone() == (True, True)
 
 
 

@@ -26,6 +26,7 @@
 //! | `show`      | SHOW and DESCRIBE                                                 |
 //! | `literals`  | numeric literals are exact decimals (scientific notation written out) |
 //! | `age` | PostgreSQL's `age()`: years, months and days between two timestamps |
+//! | `interval_order` | intervals compare by length (a month 30 days), as in PostgreSQL |
 //! | `alter_columns` | DROP / RENAME / ALTER COLUMN: one rewrite of the frame in its new shape |
 //! | `answered_wrong` | refuses what DataFusion 55 would answer wrong (EXCEPT ALL, RIGHT JOIN USING) |
 //! | `join_filters` | physical rule: join filters reach a scan's rows while they pay  |
@@ -53,6 +54,7 @@ mod history_table;
 mod in_lists;
 mod information_schema;
 mod ingest;
+mod interval_order;
 mod intervals;
 mod join_filters;
 mod lazy_start;
@@ -135,6 +137,7 @@ pub(crate) fn planted_function(name: &str) -> Option<Arc<datafusion::logical_exp
         .or_else(|| patterns::function_named(name))
         .or_else(|| intervals::function_named(name))
         .or_else(|| similar_to::function_named(name))
+        .or_else(|| interval_order::function_named(name))
 }
 pub use history_table::history_schema;
 pub use ingest::{IfExists, IfMissing, WriteMode};
@@ -765,6 +768,7 @@ fn analyzer_rules() -> Vec<Arc<dyn datafusion::optimizer::AnalyzerRule + Send + 
     rules.push(Arc::new(whole_casts::WholeCasts));
     rules.push(Arc::new(temporal_strings::SubUnitValues));
     rules.push(Arc::new(temporal_casts::TemporalCasts));
+    rules.push(Arc::new(interval_order::IntervalOrder));
     rules.push(Arc::new(checked::CheckedIntegers));
     rules.push(Arc::new(in_lists::EmptyInLists));
     rules.push(Arc::new(information_schema::OrdinalsFromOne));
