@@ -27,6 +27,7 @@
 //! | `literals`  | numeric literals are exact decimals (scientific notation written out) |
 //! | `age` | PostgreSQL's `age()`: years, months and days between two timestamps |
 //! | `interval_order` | intervals compare by length (a month 30 days), as in PostgreSQL |
+//! | `caret` | `^` is PostgreSQL's exponent, binding tighter than `*` |
 //! | `alter_columns` | DROP / RENAME / ALTER COLUMN: one rewrite of the frame in its new shape |
 //! | `answered_wrong` | refuses what DataFusion 55 would answer wrong (EXCEPT ALL, RIGHT JOIN USING) |
 //! | `join_filters` | physical rule: join filters reach a scan's rows while they pay  |
@@ -41,6 +42,7 @@ mod alter_columns;
 mod answered_wrong;
 mod batched;
 mod bounded;
+mod caret;
 mod cast_names;
 mod catalog;
 mod checked;
@@ -729,6 +731,7 @@ fn check_parsed(parsed: &DfStatement, limits: &Limits) -> Result<()> {
 fn rewrite_parsed(parsed: &mut DfStatement, options: &datafusion::config::ConfigOptions) {
     literals::exact_numbers(parsed, options);
     fetch_first::as_limit(parsed);
+    caret::as_power(parsed, options);
 }
 
 /// DataFusion's physical rules, after one of ours that must see the plan as planned: constants a
