@@ -4,9 +4,11 @@
 //! `d = 2.00`. That holds only when the cast loses nothing, and a decimal cast to an integer
 //! drops its fraction: over a `DECIMAL(5,2)` holding 2.20, `WHERE CAST(d AS INT) = 2` found no
 //! row (and `DELETE` deleted none). [`WholeCasts`] rewrites, once types are coerced, every cast
-//! of a decimal with a fraction to an integer as a cast of `d - d % 1`: the same whole number
-//! (Arrow's cast truncates, and `%` keeps the sign of `d`), now with no fraction to drop, so the
-//! unwrapped comparison (`d - d % 1 = 2.00`) is exact. A decimal cast to fewer decimal digits
+//! of a decimal with a fraction to an integer as a cast of `d` rounded half away from zero in its
+//! own scale, as PostgreSQL casts a numeric (Arrow's cast truncated: `3.7::int` was 3, and an
+//! INSERT of 2.5 into an `INT` column stored 2), now with no fraction to drop, so the unwrapped
+//! comparison is exact. A float cast to an integer is rounded half to even first, as
+//! PostgreSQL's `rint` does (`2.5::double::int` is 2, `3.5` gives 4; Arrow truncated). A decimal cast to fewer decimal digits
 //! rounds them (`CAST(2.49 AS DECIMAL(3,1))` is 2.5): over 2.20 and 2.49, `WHERE CAST(d AS
 //! DECIMAL(10,0)) = 2` found neither; such a cast is rewritten over the value rounded in its own
 //! scale first (half away from zero, as the cast does). The rewrite leaves its own output alone:
@@ -52,11 +54,30 @@ fn whole(e: Expr, schema: &DFSchema) -> DfResult<Transformed<Expr>> {
         return Ok(Transformed::no(e));
     }
     let exact = match (expr.get_type(schema), field.data_type()) {
-        (Ok(DataType::Decimal128(p, s)), to) if to.is_integer() && s > 0 && p > s as u8 => {
-            // One, in the decimal's own type: the rule runs after type coercion, so what it
-            // adds must need none.
-            let one = ScalarValue::Decimal128(Some(10i128.pow(s as u32)), p, s);
-            truncated(expr.as_ref().clone(), one)
+        // Rounded as PostgreSQL rounds a numeric it casts to an integer: half away from zero.
+        (Ok(DataType::Decimal128(p, s)), to) if to.is_integer() && s > 0 => {
+            // Widened when the type holds no whole digit (`0.5`, a `DECIMAL(1,1)`), so that
+            // the literals the rounding adds fit it.
+            let (x, p) = match p > s as u8 {
+                true => (expr.as_ref().clone(), p),
+                false => {
+                    let wide = (s as u8 + 1).min(38);
+                    let x = Expr::Cast(Cast::new(expr.clone(), DataType::Decimal128(wide, s)));
+                    (x, wide)
+                }
+            };
+            match rounded(x, p, s, 0) {
+                Some(e) => e,
+                None => return Ok(Transformed::no(e)),
+            }
+        }
+        // PostgreSQL rounds a float it casts to an integer half to even (`rint`); Arrow's cast
+        // truncates.
+        (Ok(from @ (DataType::Float64 | DataType::Float32)), to) if to.is_integer() => {
+            if is_even_rounding(expr) {
+                return Ok(Transformed::no(e));
+            }
+            even(expr.as_ref().clone(), &from)
         }
         (Ok(DataType::Decimal128(p, s)), DataType::Decimal128(_, to)) if *to < s => {
             match rounded(expr.as_ref().clone(), p, s, *to) {
@@ -108,6 +129,32 @@ fn rounded(x: Expr, p: u8, s: i8, to: i8) -> Option<Expr> {
         vec![(Box::new(binary(x, Operator::Lt, zero)), Box::new(down))],
         Some(Box::new(up)),
     )))
+}
+
+/// `x`, a float, rounded half to even: `CASE WHEN abs(x % 1) = 0.5 THEN 2 * round(x / 2)
+/// ELSE round(x) END` (`round` goes half away from zero; halving a float is exact).
+fn even(x: Expr, t: &DataType) -> Expr {
+    let float = |v: f64| match t {
+        DataType::Float32 => Expr::Literal(ScalarValue::Float32(Some(v as f32)), None),
+        _ => Expr::Literal(ScalarValue::Float64(Some(v)), None),
+    };
+    let round = |e: Expr| datafusion::functions::math::round().call(vec![e]);
+    let abs = |e: Expr| datafusion::functions::math::abs().call(vec![e]);
+    let fraction = abs(binary(x.clone(), Operator::Modulo, float(1.0)));
+    let tie = binary(fraction, Operator::Eq, float(0.5));
+    let halved = binary(x.clone(), Operator::Divide, float(2.0));
+    let to_even = binary(float(2.0), Operator::Multiply, round(halved));
+    Expr::Case(datafusion::logical_expr::Case::new(
+        None,
+        vec![(Box::new(tie), Box::new(to_even))],
+        Some(Box::new(round(x))),
+    ))
+}
+
+/// Whether `e` is [`even`]'s rounding already.
+fn is_even_rounding(e: &Expr) -> bool {
+    matches!(e, Expr::Case(c) if c.when_then_expr.len() == 1
+        && matches!(c.else_expr.as_deref(), Some(Expr::ScalarFunction(f)) if f.name() == "round"))
 }
 
 /// Whether `e` is this rule's `d - d % 1` (or the truncation of a rounding) already.
