@@ -28,6 +28,7 @@
 //! | `age` | PostgreSQL's `age()`: years, months and days between two timestamps |
 //! | `interval_order` | intervals compare by length (a month 30 days), as in PostgreSQL |
 //! | `caret` | `^` is PostgreSQL's exponent, binding tighter than `*` |
+//! | `date_parts` | `extract(second …)` with its fraction, epochs of durations and intervals |
 //! | `alter_columns` | DROP / RENAME / ALTER COLUMN: one rewrite of the frame in its new shape |
 //! | `answered_wrong` | refuses what DataFusion 55 would answer wrong (EXCEPT ALL, RIGHT JOIN USING) |
 //! | `join_filters` | physical rule: join filters reach a scan's rows while they pay  |
@@ -46,6 +47,7 @@ mod caret;
 mod cast_names;
 mod catalog;
 mod checked;
+mod date_parts;
 mod ddl;
 mod decimals;
 mod external;
@@ -232,7 +234,7 @@ impl Engine {
         let for_base = runtime.clone();
         let build = move || {
             // Every rule gives up once its statement is stopped (`stoppable`).
-            let mut base = SessionStateBuilder::new()
+            let mut builder = SessionStateBuilder::new()
                 .with_config(session_config)
                 .with_runtime_env(for_base)
                 .with_default_features()
@@ -241,13 +243,17 @@ impl Engine {
                 .with_optimizer_rules(stoppable::optimizer(
                     datafusion::optimizer::Optimizer::new().rules,
                 ))
-                .with_physical_optimizer_rules(stoppable::physical(physical_rules(bee_memory)))
-                .build();
+                .with_physical_optimizer_rules(stoppable::physical(physical_rules(bee_memory)));
+            if let Some(planners) = builder.expr_planners() {
+                planners.insert(0, Arc::new(date_parts::Extract));
+            }
+            let mut base = builder.build();
             let registered = |name: &str| base.scalar_functions().get(name).cloned();
             let growing = bounded::wrap(registered);
             let unifying = temporal_strings::wrap(registered);
             let clocks = functions::microseconds(registered);
             let templated = templates::wrap(registered);
+            let parts = date_parts::wrap(registered);
             for f in functions::own()
                 .into_iter()
                 .chain([age::age()])
@@ -255,6 +261,7 @@ impl Engine {
                 .chain(unifying)
                 .chain(clocks)
                 .chain(templated)
+                .chain(parts)
             {
                 let _ = datafusion::execution::FunctionRegistry::register_udf(&mut base, f);
             }
