@@ -780,6 +780,8 @@ def test_age_and_interval_comparisons_are_postgresql_s(server):
         # Intervals compare by length, as PostgreSQL compares them (Arrow went field by field).
         cur.execute("SELECT INTERVAL '1 day' = INTERVAL '24 hours', TIMESTAMP '2024-01-03 00:00:00' - CAST(? AS TIMESTAMP) > INTERVAL '1 day'", parameters=("2024-01-01 00:00:00",))
         assert cur.fetchone() == (True, True)
+        cur.execute("SELECT extract(epoch FROM TIMESTAMP '2024-01-02 00:00:00.5' - TIMESTAMP '2024-01-01 00:00:00'), extract(second FROM TIMESTAMP '2024-01-01 10:00:05.25')")
+        assert cur.fetchone() == (86400.5, 5.25)
 
 
 
