@@ -12,6 +12,9 @@
 //! at 30 days a month and what it leaves of a day into time at 24 hours a day, as PostgreSQL
 //! does: `INTERVAL '1 month' * 1.5` is 1 month 15 days, `INTERVAL '3 days' / 2` is 1 day 12
 //! hours. Dividing by zero is an error.
+//!
+//! The planner also reads `date ± interval` as PostgreSQL does when the interval has a time of
+//! day: the date's midnight plus the interval, a timestamp ([`on_dates`]).
 
 use std::sync::Arc;
 
@@ -39,12 +42,13 @@ impl ExprPlanner for IntervalArithmetic {
         expr: RawBinaryExpr,
         schema: &DFSchema,
     ) -> DfResult<PlannerResult<RawBinaryExpr>> {
+        let type_of = |x: &Expr| x.get_type(schema as &dyn ExprSchema).ok();
         let divide = match expr.op {
             BinaryOperator::Multiply => false,
             BinaryOperator::Divide => true,
+            BinaryOperator::Plus | BinaryOperator::Minus => return Ok(on_dates(expr, type_of)),
             _ => return Ok(PlannerResult::Original(expr)),
         };
-        let type_of = |x: &Expr| x.get_type(schema as &dyn ExprSchema).ok();
         let number = |t: Option<DataType>| t.as_ref().and_then(factor_type).is_some();
         let interval = |t: &Option<DataType>| matches!(t, Some(DataType::Interval(_)));
         let (left, right) = (type_of(&expr.left), type_of(&expr.right));
@@ -58,6 +62,40 @@ impl ExprPlanner for IntervalArithmetic {
         let call = ScalarFunction::new_udf(function(divide), args);
         Ok(PlannerResult::Planned(Expr::ScalarFunction(call)))
     }
+}
+
+/// `date ± interval` with a time of day in the interval, as a timestamp: DataFusion kept the
+/// date's type and dropped the time (`DATE '2024-01-01' - INTERVAL '1 hour'` was 2024-01-01,
+/// PostgreSQL answers 2023-12-31 23:00:00). The date is read as its midnight first. An
+/// interval of whole days or months keeps the date a date.
+fn on_dates(
+    expr: RawBinaryExpr,
+    type_of: impl Fn(&Expr) -> Option<DataType>,
+) -> PlannerResult<RawBinaryExpr> {
+    let date = |e: &Expr| matches!(type_of(e), Some(DataType::Date32 | DataType::Date64));
+    let timed = |e: &Expr| match e {
+        Expr::Literal(ScalarValue::IntervalMonthDayNano(Some(v)), _) => v.nanoseconds != 0,
+        Expr::Literal(ScalarValue::IntervalDayTime(Some(v)), _) => v.milliseconds != 0,
+        _ => false,
+    };
+    let midnight = |e: Expr| {
+        Expr::Cast(datafusion::logical_expr::Cast::new(
+            Box::new(e),
+            DataType::Timestamp(arrow::datatypes::TimeUnit::Microsecond, None),
+        ))
+    };
+    let op = match expr.op {
+        BinaryOperator::Plus => datafusion::logical_expr::Operator::Plus,
+        _ => datafusion::logical_expr::Operator::Minus,
+    };
+    let (left, right) = match (&expr.left, &expr.right) {
+        (l, r) if date(l) && timed(r) => (midnight(expr.left), expr.right),
+        (l, r) if op == datafusion::logical_expr::Operator::Plus && timed(l) && date(r) => {
+            (expr.left, midnight(expr.right))
+        }
+        _ => return PlannerResult::Original(expr),
+    };
+    PlannerResult::Planned(datafusion::logical_expr::binary_expr(left, op, right))
 }
 
 /// The type a factor of `t` is computed in: integers exactly, other numbers as `DOUBLE`.
