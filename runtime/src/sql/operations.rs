@@ -195,8 +195,8 @@ fn column_change(c: &mut Cursor<'_>, text: &str) -> Result<Option<ColumnChange>>
     if c.eat_word("RENAME") {
         if c.eat_word("TO") {
             return Err(Error::Unsupported(
-                "ALTER TABLE … RENAME TO: a frame's name is where its cells are stored; copy it \
-                 with CREATE TABLE new AS SELECT * FROM old, then DROP TABLE old"
+                "ALTER TABLE … RENAME TO (a frame's name is where its cells are stored: copy it \
+                 with CREATE TABLE new AS SELECT * FROM old, then DROP TABLE old)"
                     .into(),
             ));
         }
