@@ -80,10 +80,13 @@ impl ScalarUDFImpl for Age {
             Ok(one) => one,
             Err(args) => return Ok(ExprSimplifyResult::Original(args)),
         };
+        // Today's midnight where `a` is: a date cast to a zoned timestamp is UTC midnight, a
+        // timestamp without a zone cast to one is read in that zone.
         let today = datafusion::functions::datetime::current_date().call(vec![]);
+        let midnight = cast(today, DataType::Timestamp(TimeUnit::Microsecond, None));
         let t = info.get_data_type(&a)?;
         Ok(ExprSimplifyResult::Simplified(
-            age().call(vec![cast(today, t), a]),
+            age().call(vec![cast(midnight, t), a]),
         ))
     }
 

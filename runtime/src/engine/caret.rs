@@ -4,7 +4,7 @@
 //! `*`: `SELECT 2 ^ 3` answered 1 and `x ^ 2` over 2 and 3 answered 0 and 1, without an error,
 //! where PostgreSQL answers 8, 4 and 9. [`as_power`] rewrites a statement parsed in that
 //! dialect: each run of operators joined by `^` and the operators the dialect binds tighter than
-//! it (`* / % // + - XOR &`), unparenthesised, is read again in order with `^` first and
+//! it (`* / % // + - XOR & || << >>`), unparenthesised, is read again in order with `^` first and
 //! left-associative, and `^` becomes PostgreSQL's exponent (planned as `power(a, b)`): `1 + 2 ^
 //! 3 * 2` is `1 + ((2 ^ 3) * 2)`, 17. A unary minus binds tighter still (`-2 ^ 2` is 4), as in
 //! PostgreSQL. `#` is PostgreSQL's XOR and stays one; other dialects (`SET
@@ -46,7 +46,12 @@ fn binding(op: &BinaryOperator) -> Option<u8> {
         | BinaryOperator::MyIntegerDivide => 4,
         BinaryOperator::Plus | BinaryOperator::Minus => 3,
         BinaryOperator::Xor => 2,
-        BinaryOperator::BitwiseAnd => 1,
+        // PostgreSQL's "any other operator", below + and -; the generic dialect binds `||` as
+        // tightly as `*` and the shifts as tightly as `^`, so they join a run too.
+        BinaryOperator::BitwiseAnd
+        | BinaryOperator::StringConcat
+        | BinaryOperator::PGBitwiseShiftLeft
+        | BinaryOperator::PGBitwiseShiftRight => 1,
         _ => return None,
     })
 }
@@ -141,6 +146,7 @@ mod tests {
             ("SELECT (1 + 2) ^ 2", "SELECT (1 + 2) ^ 2"),
             ("SELECT 2 ^ 3 ^ 2", "SELECT 2 ^ 3 ^ 2"),
             ("SELECT -2 ^ 2 = 4", "SELECT -2 ^ 2 = 4"),
+            ("SELECT 'x' || 2 ^ 3", "SELECT 'x' || 2 ^ 3"),
         ] {
             assert_eq!(read(sql), read_as);
         }

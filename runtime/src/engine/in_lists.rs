@@ -48,7 +48,7 @@ impl AnalyzerRule for EmptyInLists {
 /// IN (1, 2)`), each item a non-NULL literal (cast or not). `None` for anything else.
 struct List<'a> {
     value: &'a Expr,
-    items: HashSet<&'a Expr>,
+    items: HashSet<ScalarValue>,
     negated: bool,
 }
 
@@ -113,7 +113,11 @@ fn pair(e: &Expr) -> Option<(List<'_>, List<'_>, Operator)> {
         return None;
     }
     let (l, r) = (List::of(left)?, List::of(right)?);
-    (l.value == r.value).then_some((l, r, *op))
+    // Values are compared in one type, or not at all.
+    let mut types = l.items.iter().chain(&r.items).map(ScalarValue::data_type);
+    let first = types.next();
+    let one_type = types.all(|t| Some(t) == first);
+    (l.value == r.value && one_type).then_some((l, r, *op))
 }
 
 /// `e` as what it answers, when it is a pair DataFusion would merge into an empty list.
@@ -139,23 +143,25 @@ fn answered(e: Expr, schema: &DFSchema) -> DfResult<Transformed<Expr>> {
     Ok(Transformed::yes(answer))
 }
 
-/// `item` when it is a non-NULL literal (cast or not), as DataFusion compares list items.
-fn literal(item: &Expr) -> Option<&Expr> {
+/// The value of `item` when it is a non-NULL literal, cast or not, as the list compares it:
+/// `CAST(1 AS DOUBLE)` and `1.0` are one value.
+fn literal(item: &Expr) -> Option<ScalarValue> {
     let value = match item {
-        Expr::Cast(Cast { expr, .. }) => expr.as_ref(),
-        other => other,
+        Expr::Literal(v, _) => v.clone(),
+        Expr::Cast(Cast { expr, field }) => match expr.as_ref() {
+            Expr::Literal(v, _) => v.cast_to(field.data_type()).ok()?,
+            _ => return None,
+        },
+        _ => return None,
     };
-    match value {
-        Expr::Literal(v, _) if !v.is_null() => Some(item),
-        _ => None,
-    }
+    (!value.is_null()).then_some(value)
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
     use datafusion::arrow::datatypes::{DataType, Field, Schema};
-    use datafusion::logical_expr::col;
+    use datafusion::logical_expr::{cast, col};
 
     fn schema(nullable: bool) -> DFSchema {
         let s = Schema::new(vec![Field::new("x", DataType::Int64, nullable)]);
@@ -206,6 +212,13 @@ mod tests {
             (ne(1).and(ne(2)).or(ne(3).and(ne(4))), true),
             (eq(1).or(eq(2)).and(eq(2).or(eq(4))), false),
             (eq(1).or(col("y").eq(lit(2))).and(eq(3)), false),
+            // One value written two ways is one value: the lists meet.
+            (
+                eq(1)
+                    .or(eq(2))
+                    .and(col("x").eq(cast(lit(1_i32), DataType::Int64)).or(eq(3))),
+                false,
+            ),
             // A NULL item: left as it is.
             (
                 col("x")

@@ -142,6 +142,7 @@ pub(crate) fn planted_function(name: &str) -> Option<Arc<datafusion::logical_exp
         .or_else(|| intervals::function_named(name))
         .or_else(|| similar_to::function_named(name))
         .or_else(|| interval_order::function_named(name))
+        .or_else(|| whole_casts::function_named(name))
 }
 pub use history_table::history_schema;
 pub use ingest::{IfExists, IfMissing, WriteMode};

@@ -442,6 +442,17 @@ impl Template {
 
     /// The chrono format that reads what this template writes, or the field it cannot read.
     fn chrono_format(&self, function: &str) -> DfResult<String> {
+        let has = |wanted: fn(&Field) -> bool| {
+            self.parts
+                .iter()
+                .any(|p| matches!(p, Part::Field { field, .. } if wanted(field)))
+        };
+        // Chrono reads an hour only with its minutes, and a 12-hour clock only with AM/PM;
+        // without them it read the date alone, at midnight.
+        let meridiem = has(|f| matches!(f, Field::Meridiem { .. }));
+        if has(|f| matches!(f, Field::Hour12 | Field::Hour24)) && !has(|f| *f == Field::Minute) {
+            return exec_err!("{function}() reads an hour only with its minutes (MI)");
+        }
         let mut out = String::new();
         for part in &self.parts {
             let (key, field, ordinal) = match part {
@@ -458,7 +469,8 @@ impl Template {
             };
             let spec = match field {
                 _ if ordinal.is_some() => None,
-                Field::Hour12 => Some("%I"),
+                Field::Hour12 if meridiem => Some("%I"),
+                Field::Hour12 => Some("%H"),
                 Field::Hour24 => Some("%H"),
                 Field::Minute => Some("%M"),
                 Field::Second => Some("%S"),
@@ -555,14 +567,16 @@ fn needs_no_date(field: Field) -> bool {
 fn prefixes(s: &str) -> (bool, &str) {
     let mut fill = false;
     let mut rest = s;
-    loop {
+    // At most two (`FMTM`), so that a long run of them is not read again at every position.
+    for _ in 0..2 {
         if rest.starts_with("FM") || rest.starts_with("fm") {
             fill = true;
         } else if !(rest.starts_with("TM") || rest.starts_with("tm")) {
-            return (fill, rest);
+            break;
         }
         rest = &rest[2..];
     }
+    (fill, rest)
 }
 
 /// A value to format: its local date (none for a `TIME`) and time, and its zone if it has one.
@@ -837,7 +851,7 @@ impl<'a> Values<'a> {
             return Some(plain(utc));
         };
         let offset = tz.offset_from_utc_datetime(&utc).fix().local_minus_utc();
-        let local = utc + chrono::Duration::seconds(i64::from(offset));
+        let local = utc.checked_add_signed(chrono::Duration::seconds(i64::from(offset)))?;
         let zone = match named {
             Some(named) => {
                 use chrono_tz::OffsetName;
@@ -1205,10 +1219,12 @@ mod tests {
             let translated = Template::parse(template).chrono_format("to_timestamp");
             assert_eq!(translated.unwrap(), chrono, "template {template:?}");
         }
-        for unreadable in ["J", "YYYY-Q", "DDth", "CC", "RM"] {
+        let hours = Template::parse("YYYY-MM-DD HH:MI").chrono_format("to_timestamp");
+        assert_eq!(hours.unwrap(), "%Y-%m-%d %H:%M");
+        for unreadable in ["J", "YYYY-Q", "DDth", "CC", "RM", "YYYY-MM-DD HH24"] {
             let refused = Template::parse(unreadable).chrono_format("to_date");
             let message = refused.unwrap_err().to_string();
-            assert!(message.contains("cannot read"), "{unreadable}: {message}");
+            assert!(message.contains("read"), "{unreadable}: {message}");
         }
     }
 }

@@ -4,11 +4,11 @@
 //! `d = 2.00`. That holds only when the cast loses nothing, and a decimal cast to an integer
 //! drops its fraction: over a `DECIMAL(5,2)` holding 2.20, `WHERE CAST(d AS INT) = 2` found no
 //! row (and `DELETE` deleted none). [`WholeCasts`] rewrites, once types are coerced, every cast
-//! of a decimal with a fraction to an integer as a cast of `d` rounded half away from zero in its
-//! own scale, as PostgreSQL casts a numeric (Arrow's cast truncated: `3.7::int` was 3, and an
-//! INSERT of 2.5 into an `INT` column stored 2), now with no fraction to drop, so the unwrapped
-//! comparison is exact. A float cast to an integer is rounded half to even first, as
-//! PostgreSQL's `rint` does (`2.5::double::int` is 2, `3.5` gives 4; Arrow truncated). A decimal cast to fewer decimal digits
+//! of a decimal with a fraction to an integer as a cast of [`whole_number`]`(d)`: `d` rounded
+//! half away from zero in its own scale, as PostgreSQL casts a numeric (Arrow's cast truncated:
+//! `3.7::int` was 3, and an INSERT of 2.5 into an `INT` column stored 2), now with no fraction to
+//! drop, so the unwrapped comparison is exact. A float cast to an integer is rounded half to
+//! even first, as PostgreSQL's `rint` does (`2.5::double::int` is 2, `3.5` gives 4). A decimal cast to fewer decimal digits
 //! rounds them (`CAST(2.49 AS DECIMAL(3,1))` is 2.5): over 2.20 and 2.49, `WHERE CAST(d AS
 //! DECIMAL(10,0)) = 2` found neither; such a cast is rewritten over the value rounded in its own
 //! scale first (half away from zero, as the cast does). The rewrite leaves its own output alone:
@@ -18,7 +18,10 @@ use arrow::datatypes::DataType;
 use datafusion::common::tree_node::Transformed;
 use datafusion::common::{DFSchema, Result as DfResult, ScalarValue};
 use datafusion::config::ConfigOptions;
-use datafusion::logical_expr::{BinaryExpr, Cast, Expr, ExprSchemable, LogicalPlan, Operator};
+use datafusion::logical_expr::{
+    BinaryExpr, Cast, ColumnarValue, Expr, ExprSchemable, LogicalPlan, Operator,
+    ScalarFunctionArgs, ScalarUDF, ScalarUDFImpl, Signature, Volatility,
+};
 use datafusion::optimizer::AnalyzerRule;
 
 use super::checked::{any_expression, rewrite_expressions};
@@ -50,34 +53,18 @@ fn whole(e: Expr, schema: &DFSchema) -> DfResult<Transformed<Expr>> {
     };
     if is_whole(expr)
         || matches!(expr.as_ref(), Expr::Case(c) if c.else_expr.as_deref().is_some_and(is_whole))
+        || matches!(expr.as_ref(), Expr::ScalarFunction(f) if f.name() == WHOLE)
     {
         return Ok(Transformed::no(e));
     }
     let exact = match (expr.get_type(schema), field.data_type()) {
-        // Rounded as PostgreSQL rounds a numeric it casts to an integer: half away from zero.
-        (Ok(DataType::Decimal128(p, s)), to) if to.is_integer() && s > 0 => {
-            // Widened when the type holds no whole digit (`0.5`, a `DECIMAL(1,1)`), so that
-            // the literals the rounding adds fit it.
-            let (x, p) = match p > s as u8 {
-                true => (expr.as_ref().clone(), p),
-                false => {
-                    let wide = (s as u8 + 1).min(38);
-                    let x = Expr::Cast(Cast::new(expr.clone(), DataType::Decimal128(wide, s)));
-                    (x, wide)
-                }
-            };
-            match rounded(x, p, s, 0) {
-                Some(e) => e,
-                None => return Ok(Transformed::no(e)),
-            }
+        // Rounded as PostgreSQL rounds what it casts to an integer: a numeric half away from
+        // zero, a float half to even (`rint`); Arrow's cast truncates.
+        (Ok(DataType::Decimal128(_, s)), to) if to.is_integer() && s > 0 => {
+            whole_number(expr.as_ref().clone())
         }
-        // PostgreSQL rounds a float it casts to an integer half to even (`rint`); Arrow's cast
-        // truncates.
-        (Ok(from @ (DataType::Float64 | DataType::Float32)), to) if to.is_integer() => {
-            if is_even_rounding(expr) {
-                return Ok(Transformed::no(e));
-            }
-            even(expr.as_ref().clone(), &from)
+        (Ok(DataType::Float64 | DataType::Float32), to) if to.is_integer() => {
+            whole_number(expr.as_ref().clone())
         }
         (Ok(DataType::Decimal128(p, s)), DataType::Decimal128(_, to)) if *to < s => {
             match rounded(expr.as_ref().clone(), p, s, *to) {
@@ -131,32 +118,6 @@ fn rounded(x: Expr, p: u8, s: i8, to: i8) -> Option<Expr> {
     )))
 }
 
-/// `x`, a float, rounded half to even: `CASE WHEN abs(x % 1) = 0.5 THEN 2 * round(x / 2)
-/// ELSE round(x) END` (`round` goes half away from zero; halving a float is exact).
-fn even(x: Expr, t: &DataType) -> Expr {
-    let float = |v: f64| match t {
-        DataType::Float32 => Expr::Literal(ScalarValue::Float32(Some(v as f32)), None),
-        _ => Expr::Literal(ScalarValue::Float64(Some(v)), None),
-    };
-    let round = |e: Expr| datafusion::functions::math::round().call(vec![e]);
-    let abs = |e: Expr| datafusion::functions::math::abs().call(vec![e]);
-    let fraction = abs(binary(x.clone(), Operator::Modulo, float(1.0)));
-    let tie = binary(fraction, Operator::Eq, float(0.5));
-    let halved = binary(x.clone(), Operator::Divide, float(2.0));
-    let to_even = binary(float(2.0), Operator::Multiply, round(halved));
-    Expr::Case(datafusion::logical_expr::Case::new(
-        None,
-        vec![(Box::new(tie), Box::new(to_even))],
-        Some(Box::new(round(x))),
-    ))
-}
-
-/// Whether `e` is [`even`]'s rounding already.
-fn is_even_rounding(e: &Expr) -> bool {
-    matches!(e, Expr::Case(c) if c.when_then_expr.len() == 1
-        && matches!(c.else_expr.as_deref(), Some(Expr::ScalarFunction(f)) if f.name() == "round"))
-}
-
 /// Whether `e` is this rule's `d - d % 1` (or the truncation of a rounding) already.
 fn is_whole(e: &Expr) -> bool {
     let Expr::BinaryExpr(BinaryExpr {
@@ -168,4 +129,87 @@ fn is_whole(e: &Expr) -> bool {
         return false;
     };
     matches!(right.as_ref(), Expr::BinaryExpr(BinaryExpr { left: l, op: Operator::Modulo, .. }) if l == left)
+}
+
+/// [`whole_number`]'s name, by which it travels to other nodes.
+const WHOLE: &str = "whole_number";
+
+/// The function, by the name it travels under.
+pub(crate) fn function_named(name: &str) -> Option<std::sync::Arc<ScalarUDF>> {
+    (name == WHOLE).then(whole_udf)
+}
+
+fn whole_udf() -> std::sync::Arc<ScalarUDF> {
+    std::sync::Arc::new(ScalarUDF::from(Whole {
+        signature: Signature::any(1, Volatility::Immutable),
+    }))
+}
+
+/// `whole_number(x)`: `x` rounded to a whole number in its own kind of type, as PostgreSQL
+/// rounds what it casts to an integer: a `DECIMAL(p, s)` half away from zero (as a
+/// `DECIMAL(p + 1, s)`, which holds the carry), a float half to even. One call, so a chain of
+/// casts grows the plan by one node a cast.
+fn whole_number(x: Expr) -> Expr {
+    Expr::ScalarFunction(datafusion::logical_expr::expr::ScalarFunction::new_udf(
+        whole_udf(),
+        vec![x],
+    ))
+}
+
+#[derive(Debug, PartialEq, Eq, Hash)]
+struct Whole {
+    signature: Signature,
+}
+
+impl ScalarUDFImpl for Whole {
+    fn name(&self) -> &str {
+        WHOLE
+    }
+
+    fn signature(&self) -> &Signature {
+        &self.signature
+    }
+
+    fn return_type(&self, args: &[DataType]) -> DfResult<DataType> {
+        match args {
+            [DataType::Decimal128(p, s)] => Ok(DataType::Decimal128((*p + 1).min(38), *s)),
+            [t @ (DataType::Float64 | DataType::Float32 | DataType::Null)] => Ok(t.clone()),
+            _ => datafusion::common::plan_err!("{WHOLE}() takes a decimal or a float"),
+        }
+    }
+
+    fn invoke_with_args(&self, args: ScalarFunctionArgs) -> DfResult<ColumnarValue> {
+        use arrow::array::AsArray;
+        let scalar = matches!(args.args[..], [ColumnarValue::Scalar(_)]);
+        let [arg] = args.args.as_slice() else {
+            return datafusion::common::plan_err!("{WHOLE}() takes one argument");
+        };
+        let a = arg.to_array(1)?;
+        let out: arrow::array::ArrayRef = match a.data_type() {
+            DataType::Decimal128(_, s) => {
+                let unit = 10i128.pow(u32::try_from(*s).unwrap_or(0));
+                let rounded = a
+                    .as_primitive::<arrow::datatypes::Decimal128Type>()
+                    .unary::<_, arrow::datatypes::Decimal128Type>(|v| {
+                    let (q, r) = (v / unit, v % unit);
+                    let away = i128::from(r.abs() * 2 >= unit) * v.signum();
+                    (q + away) * unit
+                });
+                std::sync::Arc::new(rounded.with_data_type(args.return_field.data_type().clone()))
+            }
+            DataType::Float64 => std::sync::Arc::new(
+                a.as_primitive::<arrow::datatypes::Float64Type>()
+                    .unary::<_, arrow::datatypes::Float64Type>(f64::round_ties_even),
+            ),
+            DataType::Float32 => std::sync::Arc::new(
+                a.as_primitive::<arrow::datatypes::Float32Type>()
+                    .unary::<_, arrow::datatypes::Float32Type>(f32::round_ties_even),
+            ),
+            _ => a,
+        };
+        Ok(match scalar {
+            true => ColumnarValue::Scalar(ScalarValue::try_from_array(&out, 0)?),
+            false => ColumnarValue::Array(out),
+        })
+    }
 }
