@@ -24,12 +24,13 @@ use datafusion::common::{DFSchema, Result as DfResult, ScalarValue, plan_err};
 use datafusion::config::ConfigOptions;
 use datafusion::logical_expr::expr::{Between, Cast, InList, ScalarFunction, TryCast};
 use datafusion::logical_expr::{
-    BinaryExpr, ColumnarValue, Expr, ExprSchemable, LogicalPlan, Operator, ScalarFunctionArgs,
-    ScalarUDF, ScalarUDFImpl, Signature, Volatility,
+    BinaryExpr, ColumnarValue, Expr, ExprSchemable, LogicalPlan, ScalarFunctionArgs, ScalarUDF,
+    ScalarUDFImpl, Signature, Volatility,
 };
 use datafusion::optimizer::AnalyzerRule;
 
 use super::checked::{any_expression, rewrite_expressions};
+use super::literals::comparison;
 
 /// The name [`interval_length`] travels to other nodes under.
 pub(super) const LENGTH: &str = "interval_length";
@@ -64,20 +65,6 @@ impl AnalyzerRule for IntervalOrder {
     fn name(&self) -> &str {
         "apiary_interval_order"
     }
-}
-
-fn comparison(op: Operator) -> bool {
-    matches!(
-        op,
-        Operator::Eq
-            | Operator::NotEq
-            | Operator::Lt
-            | Operator::LtEq
-            | Operator::Gt
-            | Operator::GtEq
-            | Operator::IsDistinctFrom
-            | Operator::IsNotDistinctFrom
-    )
 }
 
 /// `e` without the casts type coercion put between an interval and a duration.
