@@ -50,6 +50,7 @@ mod checked;
 mod date_parts;
 mod ddl;
 mod decimals;
+mod division;
 mod external;
 mod fetch_first;
 mod functions;
@@ -269,6 +270,10 @@ impl Engine {
             let _ = datafusion::execution::FunctionRegistry::register_expr_planner(
                 &mut base,
                 Arc::new(intervals::IntervalArithmetic),
+            );
+            let _ = datafusion::execution::FunctionRegistry::register_expr_planner(
+                &mut base,
+                Arc::new(division::DecimalDivision),
             );
             if let Some(sum) = checked::sum(base.aggregate_functions().get("sum").cloned()) {
                 let _ = datafusion::execution::FunctionRegistry::register_udaf(&mut base, sum);
