@@ -252,7 +252,8 @@ impl ScalarUDFImpl for Microseconds {
 }
 
 /// A function whose answer is fixed for the statement's session: who runs it and where
-/// (`current_user`, `session_user`, `current_role`, `current_catalog`, `current_schema()`).
+/// (`current_user`, `session_user`, `current_role`, `current_catalog`, `current_schema()`,
+/// `current_database()`).
 /// Registered into each statement's state, and replaced by its value when the statement is
 /// simplified, so a plan that travels to another node carries a literal.
 #[derive(Debug, PartialEq, Eq, Hash)]
@@ -295,7 +296,7 @@ impl ScalarUDFImpl for SessionValue {
     }
 
     fn documentation(&self) -> Option<&Documentation> {
-        // Documentation is static per name; the five are known.
+        // Documentation is static per name; the six are known.
         static DOCS: OnceLock<Vec<(&'static str, Documentation)>> = OnceLock::new();
         let docs = DOCS.get_or_init(|| {
             SESSION_FUNCTIONS
@@ -308,7 +309,10 @@ impl ScalarUDFImpl for SessionValue {
                             description: None,
                         },
                         *about,
-                        if matches!(*name, "current_schema" | "current_role") {
+                        if matches!(
+                            *name,
+                            "current_schema" | "current_role" | "current_database"
+                        ) {
                             format!("{name}()")
                         } else {
                             name.to_string()
@@ -324,7 +328,7 @@ impl ScalarUDFImpl for SessionValue {
 }
 
 /// The session functions, with what each answers.
-const SESSION_FUNCTIONS: [(&str, &str); 5] = [
+const SESSION_FUNCTIONS: [(&str, &str); 6] = [
     (
         "current_user",
         "Returns the name of the user running the statement.",
@@ -345,6 +349,10 @@ const SESSION_FUNCTIONS: [(&str, &str); 5] = [
         "current_schema",
         "Returns the session's current box (schema), as set with USE.",
     ),
+    (
+        "current_database",
+        "Returns the session's current hive (catalog), as PostgreSQL names its database.",
+    ),
 ];
 
 /// The session functions for one statement's `session`.
@@ -355,7 +363,7 @@ pub(super) fn for_session(session: &Session) -> Vec<Arc<ScalarUDF>> {
             let value = match *name {
                 "current_user" | "session_user" => session.user.clone(),
                 "current_role" => session.role.as_str().to_string(),
-                "current_catalog" => session.hive.to_string(),
+                "current_catalog" | "current_database" => session.hive.to_string(),
                 _ => session.box_name.to_string(),
             };
             Arc::new(ScalarUDF::from(SessionValue {

@@ -67,8 +67,10 @@ mod literals;
 mod nan_pruning;
 mod operations;
 mod options;
+mod ordered_sets;
 mod patterns;
 mod policy;
+mod postgres_functions;
 mod set_comparisons;
 mod show;
 mod similar_to;
@@ -256,9 +258,18 @@ impl Engine {
             let clocks = functions::microseconds(registered);
             let templated = templates::wrap(registered);
             let parts = date_parts::wrap(registered);
+            let postgres = postgres_functions::aliased_scalars(registered);
+            let aggregates = postgres_functions::aliased_aggregates(|name| {
+                base.aggregate_functions().get(name).cloned()
+            });
+            for f in aggregates.into_iter().chain(ordered_sets::aggregates()) {
+                let _ = datafusion::execution::FunctionRegistry::register_udaf(&mut base, f);
+            }
             for f in functions::own()
                 .into_iter()
                 .chain([age::age()])
+                .chain(postgres_functions::scalars())
+                .chain(postgres)
                 .chain(growing)
                 .chain(unifying)
                 .chain(clocks)

@@ -1,0 +1,378 @@
+//! PostgreSQL functions DataFusion lacks, under PostgreSQL's names: `pg_typeof(x)`,
+//! `div(a, b)`, `width_bucket(x, low, high, count)`, and aliases of DataFusion's own functions
+//! for `sign`, `gen_random_uuid`, `variance` and `every` (each was "Invalid function").
+
+use std::sync::Arc;
+
+use arrow::array::{Array, ArrayRef, AsArray, Int32Array};
+use arrow::datatypes::{
+    DECIMAL128_MAX_PRECISION, DataType, Decimal128Type, Float64Type, Int64Type,
+};
+use datafusion::common::{Result as DfResult, ScalarValue, exec_err, plan_err};
+use datafusion::logical_expr::simplify::{ExprSimplifyResult, SimplifyContext};
+use datafusion::logical_expr::type_coercion::binary::BinaryTypeCoercer;
+use datafusion::logical_expr::{
+    AggregateUDF, ColumnarValue, Expr, Operator, ScalarFunctionArgs, ScalarUDF, ScalarUDFImpl,
+    Signature, Volatility, lit,
+};
+
+/// The scalar functions of this module.
+pub(super) fn scalars() -> Vec<Arc<ScalarUDF>> {
+    let user_defined = || Signature::user_defined(Volatility::Immutable);
+    vec![
+        Arc::new(ScalarUDF::from(TypeOf {
+            signature: Signature::any(1, Volatility::Immutable),
+        })),
+        Arc::new(ScalarUDF::from(Div {
+            signature: user_defined(),
+        })),
+        Arc::new(ScalarUDF::from(WidthBucket {
+            signature: user_defined(),
+        })),
+    ]
+}
+
+/// DataFusion's functions `registered` under PostgreSQL's names too.
+pub(super) fn aliased_scalars(
+    registered: impl Fn(&str) -> Option<Arc<ScalarUDF>>,
+) -> Vec<Arc<ScalarUDF>> {
+    [("signum", "sign"), ("uuid", "gen_random_uuid")]
+        .into_iter()
+        .filter_map(|(name, alias)| {
+            registered(name).map(|f| Arc::new(f.as_ref().clone().with_aliases([alias])))
+        })
+        .collect()
+}
+
+/// DataFusion's aggregates `registered` under PostgreSQL's names too.
+pub(super) fn aliased_aggregates(
+    registered: impl Fn(&str) -> Option<Arc<AggregateUDF>>,
+) -> Vec<Arc<AggregateUDF>> {
+    [("var", "variance"), ("bool_and", "every")]
+        .into_iter()
+        .filter_map(|(name, alias)| {
+            registered(name).map(|f| Arc::new(f.as_ref().clone().with_aliases([alias])))
+        })
+        .collect()
+}
+
+/// `pg_typeof(x)`: the name PostgreSQL gives `x`'s type, as text (`integer`, `numeric`,
+/// `timestamp with time zone`, `text[]`). Types PostgreSQL lacks are named as Apiary's
+/// `CREATE TABLE` spells them (`tinyint`, `bigint unsigned`) or as Arrow names them.
+#[derive(Debug, PartialEq, Eq, Hash)]
+struct TypeOf {
+    signature: Signature,
+}
+
+/// PostgreSQL's name for `t`.
+fn postgres_name(t: &DataType) -> String {
+    match t {
+        DataType::Null => "unknown".into(),
+        DataType::Boolean => "boolean".into(),
+        DataType::Int8 => "tinyint".into(),
+        DataType::Int16 => "smallint".into(),
+        DataType::Int32 => "integer".into(),
+        DataType::Int64 => "bigint".into(),
+        DataType::UInt8 => "tinyint unsigned".into(),
+        DataType::UInt16 => "smallint unsigned".into(),
+        DataType::UInt32 => "integer unsigned".into(),
+        DataType::UInt64 => "bigint unsigned".into(),
+        DataType::Float32 => "real".into(),
+        DataType::Float64 => "double precision".into(),
+        DataType::Decimal32(..)
+        | DataType::Decimal64(..)
+        | DataType::Decimal128(..)
+        | DataType::Decimal256(..) => "numeric".into(),
+        DataType::Utf8 | DataType::LargeUtf8 | DataType::Utf8View => "text".into(),
+        DataType::Binary
+        | DataType::LargeBinary
+        | DataType::BinaryView
+        | DataType::FixedSizeBinary(_) => "bytea".into(),
+        DataType::Date32 | DataType::Date64 => "date".into(),
+        DataType::Time32(_) | DataType::Time64(_) => "time without time zone".into(),
+        DataType::Timestamp(_, None) => "timestamp without time zone".into(),
+        DataType::Timestamp(_, Some(_)) => "timestamp with time zone".into(),
+        DataType::Interval(_) | DataType::Duration(_) => "interval".into(),
+        DataType::List(f) | DataType::LargeList(f) | DataType::FixedSizeList(f, _) => {
+            format!("{}[]", postgres_name(f.data_type()))
+        }
+        DataType::Struct(_) => "record".into(),
+        DataType::Dictionary(_, value) => postgres_name(value),
+        other => other.to_string(),
+    }
+}
+
+impl ScalarUDFImpl for TypeOf {
+    fn name(&self) -> &str {
+        "pg_typeof"
+    }
+
+    fn signature(&self) -> &Signature {
+        &self.signature
+    }
+
+    fn return_type(&self, _args: &[DataType]) -> DfResult<DataType> {
+        Ok(DataType::Utf8)
+    }
+
+    fn simplify(&self, args: Vec<Expr>, info: &SimplifyContext) -> DfResult<ExprSimplifyResult> {
+        match args.as_slice() {
+            [x] => match info.get_data_type(x) {
+                Ok(t) => Ok(ExprSimplifyResult::Simplified(lit(postgres_name(&t)))),
+                Err(_) => Ok(ExprSimplifyResult::Original(args)),
+            },
+            _ => Ok(ExprSimplifyResult::Original(args)),
+        }
+    }
+
+    fn invoke_with_args(&self, args: ScalarFunctionArgs) -> DfResult<ColumnarValue> {
+        let name = match args.arg_fields.first() {
+            Some(f) => postgres_name(f.data_type()),
+            None => return exec_err!("pg_typeof takes one argument"),
+        };
+        Ok(ColumnarValue::Scalar(ScalarValue::Utf8(Some(name))))
+    }
+}
+
+/// `div(a, b)`: the quotient truncated toward zero, as PostgreSQL's `div(numeric, numeric)`
+/// (`div(-7.5, 2)` is -3). Integers answer a `BIGINT`, decimals a `DECIMAL` with no fraction,
+/// floats a `DOUBLE` with none. A zero divisor is an error.
+#[derive(Debug, PartialEq, Eq, Hash)]
+struct Div {
+    signature: Signature,
+}
+
+impl ScalarUDFImpl for Div {
+    fn name(&self) -> &str {
+        "div"
+    }
+
+    fn signature(&self) -> &Signature {
+        &self.signature
+    }
+
+    fn coerce_types(&self, arg_types: &[DataType]) -> DfResult<Vec<DataType>> {
+        let [a, b] = arg_types else {
+            return plan_err!("div takes 2 arguments, {} given", arg_types.len());
+        };
+        let int = |t: &DataType| t.is_integer() || t.is_null();
+        if int(a) && int(b) {
+            return Ok(vec![DataType::Int64, DataType::Int64]);
+        }
+        if !(a.is_numeric() || a.is_null()) || !(b.is_numeric() || b.is_null()) {
+            return plan_err!("div takes two numbers, not {a} and {b}");
+        }
+        if a.is_floating() || b.is_floating() {
+            return Ok(vec![DataType::Float64, DataType::Float64]);
+        }
+        let (a, b) = BinaryTypeCoercer::new(a, &Operator::Divide, b).get_input_types()?;
+        Ok(vec![a, b])
+    }
+
+    fn return_type(&self, arg_types: &[DataType]) -> DfResult<DataType> {
+        match arg_types {
+            [DataType::Decimal128(p1, s1), DataType::Decimal128(_, s2)] => {
+                let digits = i16::from(*p1) - i16::from(*s1) + i16::from(*s2);
+                let digits = digits.clamp(1, i16::from(DECIMAL128_MAX_PRECISION));
+                Ok(DataType::Decimal128(digits as u8, 0))
+            }
+            [DataType::Float64, DataType::Float64] => Ok(DataType::Float64),
+            [DataType::Int64, DataType::Int64] => Ok(DataType::Int64),
+            other => plan_err!("div cannot divide {other:?}"),
+        }
+    }
+
+    fn invoke_with_args(&self, args: ScalarFunctionArgs) -> DfResult<ColumnarValue> {
+        let target = args.return_field.data_type().clone();
+        let arrays = ColumnarValue::values_to_arrays(&args.args)?;
+        let [a, b] = arrays.as_slice() else {
+            return exec_err!("div takes 2 arguments");
+        };
+        let zero = |b: &ArrayRef| -> DfResult<bool> {
+            let zero = ScalarValue::new_zero(b.data_type())?.to_scalar()?;
+            let equal = arrow::compute::kernels::cmp::eq(b, &zero)?;
+            Ok(equal.true_count() > 0)
+        };
+        if zero(b)? {
+            return exec_err!("division by zero");
+        }
+        let quotient: ArrayRef = match &target {
+            DataType::Int64 => arrow::compute::kernels::numeric::div(a, b)?,
+            DataType::Float64 => {
+                let (a, b) = (
+                    a.as_primitive::<Float64Type>(),
+                    b.as_primitive::<Float64Type>(),
+                );
+                Arc::new(arrow::compute::binary::<_, _, _, Float64Type>(
+                    a,
+                    b,
+                    |x, y| (x / y).trunc(),
+                )?)
+            }
+            DataType::Decimal128(p, _) => {
+                // Arrow's quotient is truncated at its own scale; dropping that scale by an
+                // integer division truncates again, toward zero.
+                let exact = arrow::compute::kernels::numeric::div(a, b)?;
+                let DataType::Decimal128(_, scale) = exact.data_type() else {
+                    return exec_err!("div: Arrow answered {}", exact.data_type());
+                };
+                let unit = 10i128.pow(u32::from(scale.unsigned_abs()));
+                let whole = exact
+                    .as_primitive::<Decimal128Type>()
+                    .unary::<_, Decimal128Type>(|v| v / unit)
+                    .with_precision_and_scale(*p, 0)?;
+                Arc::new(whole)
+            }
+            other => return exec_err!("div cannot answer {other}"),
+        };
+        Ok(ColumnarValue::Array(quotient))
+    }
+}
+
+/// `width_bucket(x, low, high, count)`: which of `count` equal buckets between `low` and `high`
+/// holds `x`, 0 below the range and `count + 1` above it; `low` may be above `high` (buckets
+/// then count down), as in PostgreSQL. Bounds that are equal or not finite, and a count below
+/// 1, are errors.
+#[derive(Debug, PartialEq, Eq, Hash)]
+struct WidthBucket {
+    signature: Signature,
+}
+
+impl ScalarUDFImpl for WidthBucket {
+    fn name(&self) -> &str {
+        "width_bucket"
+    }
+
+    fn signature(&self) -> &Signature {
+        &self.signature
+    }
+
+    fn coerce_types(&self, arg_types: &[DataType]) -> DfResult<Vec<DataType>> {
+        let number = |t: &DataType| t.is_numeric() || t.is_null();
+        match arg_types {
+            [x, low, high, count]
+                if number(x)
+                    && number(low)
+                    && number(high)
+                    && (count.is_integer() || count.is_null()) =>
+            {
+                Ok(vec![
+                    DataType::Float64,
+                    DataType::Float64,
+                    DataType::Float64,
+                    DataType::Int64,
+                ])
+            }
+            _ => plan_err!("width_bucket takes (number, low, high, integer count)"),
+        }
+    }
+
+    fn return_type(&self, _args: &[DataType]) -> DfResult<DataType> {
+        Ok(DataType::Int32)
+    }
+
+    fn invoke_with_args(&self, args: ScalarFunctionArgs) -> DfResult<ColumnarValue> {
+        let arrays = ColumnarValue::values_to_arrays(&args.args)?;
+        let [x, low, high, count] = arrays.as_slice() else {
+            return exec_err!("width_bucket takes 4 arguments");
+        };
+        let (x, low, high) = (
+            x.as_primitive::<Float64Type>(),
+            low.as_primitive::<Float64Type>(),
+            high.as_primitive::<Float64Type>(),
+        );
+        let count = count.as_primitive::<Int64Type>();
+        let mut out = Vec::with_capacity(x.len());
+        for i in 0..x.len() {
+            if x.is_null(i) || low.is_null(i) || high.is_null(i) || count.is_null(i) {
+                out.push(None);
+                continue;
+            }
+            out.push(Some(bucket(
+                x.value(i),
+                low.value(i),
+                high.value(i),
+                count.value(i),
+            )?));
+        }
+        Ok(ColumnarValue::Array(Arc::new(Int32Array::from(out))))
+    }
+}
+
+/// The bucket of `x`; see [`WidthBucket`].
+fn bucket(x: f64, low: f64, high: f64, count: i64) -> DfResult<i32> {
+    if count <= 0 {
+        return exec_err!("count must be greater than zero");
+    }
+    if x.is_nan() || low.is_nan() || high.is_nan() {
+        return exec_err!("operand, lower bound, and upper bound cannot be NaN");
+    }
+    if !low.is_finite() || !high.is_finite() {
+        return exec_err!("lower and upper bounds must be finite");
+    }
+    if low == high {
+        return exec_err!("lower bound cannot equal upper bound");
+    }
+    let Ok(count) = i32::try_from(count) else {
+        return exec_err!("integer out of range");
+    };
+    let inside = |share: f64| ((share * f64::from(count)).floor() as i32).clamp(0, count - 1) + 1;
+    let above = || {
+        count
+            .checked_add(1)
+            .map_or_else(|| exec_err!("integer out of range"), Ok)
+    };
+    if low < high {
+        if x < low {
+            Ok(0)
+        } else if x >= high {
+            above()
+        } else {
+            Ok(inside((x - low) / (high - low)))
+        }
+    } else if x > low {
+        Ok(0)
+    } else if x <= high {
+        above()
+    } else {
+        Ok(inside((low - x) / (low - high)))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn buckets_follow_postgres() {
+        // PostgreSQL 15: width_bucket(5.35, 0.024, 10.06, 5) = 3; (-1, 0, 10, 5) = 0;
+        // (10, 0, 10, 5) = 6; counting down: (8, 10, 0, 5) = 2.
+        assert_eq!(bucket(5.35, 0.024, 10.06, 5).unwrap(), 3);
+        assert_eq!(bucket(-1.0, 0.0, 10.0, 5).unwrap(), 0);
+        assert_eq!(bucket(10.0, 0.0, 10.0, 5).unwrap(), 6);
+        assert_eq!(bucket(8.0, 10.0, 0.0, 5).unwrap(), 2);
+        assert_eq!(bucket(0.0, 0.0, 10.0, 5).unwrap(), 1);
+        assert!(bucket(1.0, 1.0, 1.0, 5).is_err());
+        assert!(bucket(1.0, 0.0, 2.0, 0).is_err());
+        assert!(bucket(1.0, 0.0, f64::INFINITY, 3).is_err());
+        assert!(bucket(1.0, 0.0, 2.0, i64::from(i32::MAX) + 1).is_err());
+    }
+
+    #[test]
+    fn type_names_are_postgres_names() {
+        assert_eq!(postgres_name(&DataType::Int32), "integer");
+        assert_eq!(
+            postgres_name(&DataType::Timestamp(
+                arrow::datatypes::TimeUnit::Microsecond,
+                Some("UTC".into())
+            )),
+            "timestamp with time zone"
+        );
+        assert_eq!(
+            postgres_name(&DataType::List(Arc::new(
+                arrow::datatypes::Field::new_list_field(DataType::Utf8View, true)
+            ))),
+            "text[]"
+        );
+    }
+}
