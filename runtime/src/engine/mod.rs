@@ -81,6 +81,7 @@ mod stoppable;
 mod templates;
 mod temporal_casts;
 mod temporal_strings;
+mod text_casts;
 mod types;
 mod whole_casts;
 mod yielding;
@@ -146,6 +147,7 @@ pub(crate) fn planted_function(name: &str) -> Option<Arc<datafusion::logical_exp
         .or_else(|| similar_to::function_named(name))
         .or_else(|| interval_order::function_named(name))
         .or_else(|| whole_casts::function_named(name))
+        .or_else(|| text_casts::function_named(name))
 }
 pub use history_table::history_schema;
 pub use ingest::{IfExists, IfMissing, WriteMode};
@@ -793,6 +795,7 @@ fn analyzer_rules() -> Vec<Arc<dyn datafusion::optimizer::AnalyzerRule + Send + 
     rules.insert(0, Arc::new(temporal_strings::TimestampStrings));
     rules.insert(0, Arc::new(set_comparisons::SetComparisons));
     rules.push(Arc::new(whole_casts::WholeCasts));
+    rules.push(Arc::new(text_casts::TextCasts));
     rules.push(Arc::new(temporal_strings::SubUnitValues));
     rules.push(Arc::new(temporal_casts::TemporalCasts));
     rules.push(Arc::new(interval_order::IntervalOrder));

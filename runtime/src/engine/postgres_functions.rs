@@ -1,5 +1,6 @@
 //! PostgreSQL functions DataFusion lacks, under PostgreSQL's names: `pg_typeof(x)`,
-//! `div(a, b)`, `width_bucket(x, low, high, count)`, and aliases of DataFusion's own functions
+//! `div(a, b)`, `width_bucket(x, low, high, count)`, `format(template, …)`, `quote_ident`,
+//! `quote_literal`, `quote_nullable`, and aliases of DataFusion's own functions
 //! for `sign`, `gen_random_uuid`, `variance` and `every` (each was "Invalid function").
 
 use std::sync::Arc;
@@ -27,6 +28,21 @@ pub(super) fn scalars() -> Vec<Arc<ScalarUDF>> {
             signature: user_defined(),
         })),
         Arc::new(ScalarUDF::from(WidthBucket {
+            signature: user_defined(),
+        })),
+        Arc::new(ScalarUDF::from(Format {
+            signature: user_defined(),
+        })),
+        Arc::new(ScalarUDF::from(Quote {
+            quoting: Quoting::Ident,
+            signature: user_defined(),
+        })),
+        Arc::new(ScalarUDF::from(Quote {
+            quoting: Quoting::Literal,
+            signature: user_defined(),
+        })),
+        Arc::new(ScalarUDF::from(Quote {
+            quoting: Quoting::Nullable,
             signature: user_defined(),
         })),
     ]
@@ -374,5 +390,454 @@ mod tests {
             ))),
             "text[]"
         );
+    }
+}
+
+/// PostgreSQL's keywords that `quote_ident` quotes: all but the unreserved ones.
+const QUOTED_KEYWORDS: &[&str] = &[
+    "all",
+    "analyse",
+    "analyze",
+    "and",
+    "any",
+    "array",
+    "as",
+    "asc",
+    "asymmetric",
+    "authorization",
+    "between",
+    "bigint",
+    "binary",
+    "bit",
+    "boolean",
+    "both",
+    "case",
+    "cast",
+    "char",
+    "character",
+    "check",
+    "coalesce",
+    "collate",
+    "collation",
+    "column",
+    "concurrently",
+    "constraint",
+    "create",
+    "cross",
+    "current_catalog",
+    "current_date",
+    "current_role",
+    "current_schema",
+    "current_time",
+    "current_timestamp",
+    "current_user",
+    "dec",
+    "decimal",
+    "default",
+    "deferrable",
+    "desc",
+    "distinct",
+    "do",
+    "else",
+    "end",
+    "except",
+    "exists",
+    "extract",
+    "false",
+    "fetch",
+    "float",
+    "for",
+    "foreign",
+    "freeze",
+    "from",
+    "full",
+    "grant",
+    "greatest",
+    "group",
+    "grouping",
+    "having",
+    "ilike",
+    "in",
+    "initially",
+    "inner",
+    "inout",
+    "int",
+    "integer",
+    "intersect",
+    "interval",
+    "into",
+    "is",
+    "isnull",
+    "join",
+    "lateral",
+    "leading",
+    "least",
+    "left",
+    "like",
+    "limit",
+    "localtime",
+    "localtimestamp",
+    "national",
+    "natural",
+    "nchar",
+    "none",
+    "normalize",
+    "not",
+    "notnull",
+    "null",
+    "nullif",
+    "numeric",
+    "offset",
+    "on",
+    "only",
+    "or",
+    "order",
+    "out",
+    "outer",
+    "overlaps",
+    "overlay",
+    "placing",
+    "position",
+    "precision",
+    "primary",
+    "real",
+    "references",
+    "returning",
+    "right",
+    "row",
+    "select",
+    "session_user",
+    "setof",
+    "similar",
+    "smallint",
+    "some",
+    "substring",
+    "symmetric",
+    "system_user",
+    "table",
+    "tablesample",
+    "then",
+    "time",
+    "timestamp",
+    "to",
+    "trailing",
+    "treat",
+    "trim",
+    "true",
+    "union",
+    "unique",
+    "user",
+    "using",
+    "values",
+    "varchar",
+    "variadic",
+    "verbose",
+    "when",
+    "where",
+    "window",
+    "with",
+];
+
+/// `name` as an identifier in SQL text, quoted unless it reads the same unquoted.
+fn quoted_ident(name: &str) -> String {
+    let plain = name
+        .chars()
+        .next()
+        .is_some_and(|c| c.is_ascii_lowercase() || c == '_')
+        && name
+            .chars()
+            .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '_' || c == '$')
+        && !QUOTED_KEYWORDS.contains(&name);
+    if plain {
+        name.to_string()
+    } else {
+        format!("\"{}\"", name.replace('"', "\"\""))
+    }
+}
+
+/// `text` as a string literal in SQL text; PostgreSQL's `E''` form when it has a backslash.
+fn quoted_literal(text: &str) -> String {
+    let quoted = text.replace('\'', "''");
+    if text.contains('\\') {
+        format!("E'{}'", quoted.replace('\\', "\\\\"))
+    } else {
+        format!("'{quoted}'")
+    }
+}
+
+/// What the quoting functions do with their text.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+enum Quoting {
+    Ident,
+    Literal,
+    Nullable,
+}
+
+/// `quote_ident(text)`, `quote_literal(x)` and `quote_nullable(x)`: text to put into SQL
+/// text, quoted as PostgreSQL quotes it. `quote_nullable(NULL)` is the text `NULL`; the others
+/// answer NULL for NULL.
+#[derive(Debug, PartialEq, Eq, Hash)]
+struct Quote {
+    quoting: Quoting,
+    signature: Signature,
+}
+
+impl ScalarUDFImpl for Quote {
+    fn name(&self) -> &str {
+        match self.quoting {
+            Quoting::Ident => "quote_ident",
+            Quoting::Literal => "quote_literal",
+            Quoting::Nullable => "quote_nullable",
+        }
+    }
+
+    fn signature(&self) -> &Signature {
+        &self.signature
+    }
+
+    fn coerce_types(&self, arg_types: &[DataType]) -> DfResult<Vec<DataType>> {
+        match arg_types {
+            [_] => Ok(vec![DataType::Utf8]),
+            _ => plan_err!("{} takes one argument", self.name()),
+        }
+    }
+
+    fn return_type(&self, _args: &[DataType]) -> DfResult<DataType> {
+        Ok(DataType::Utf8)
+    }
+
+    fn invoke_with_args(&self, args: ScalarFunctionArgs) -> DfResult<ColumnarValue> {
+        let arrays = ColumnarValue::values_to_arrays(&args.args)?;
+        let [text] = arrays.as_slice() else {
+            return exec_err!("{} takes one argument", self.name());
+        };
+        let out: arrow::array::StringArray = text
+            .as_string::<i32>()
+            .iter()
+            .map(|v| match (v, self.quoting) {
+                (Some(v), Quoting::Ident) => Some(quoted_ident(v)),
+                (Some(v), _) => Some(quoted_literal(v)),
+                (None, Quoting::Nullable) => Some("NULL".to_string()),
+                (None, _) => None,
+            })
+            .collect();
+        Ok(ColumnarValue::Array(Arc::new(out)))
+    }
+}
+
+/// `format(template, args…)`: PostgreSQL's `format`. `%s` writes an argument as text (NULL as
+/// nothing), `%I` as a quoted identifier, `%L` as a quoted literal (NULL as `NULL`), `%%` a
+/// percent sign; `%2$s` takes the second argument, and a width (`%10s`, `%-10s`, `%*s`) pads
+/// it. Arguments are cast to text as `::text` casts them.
+#[derive(Debug, PartialEq, Eq, Hash)]
+struct Format {
+    signature: Signature,
+}
+
+impl ScalarUDFImpl for Format {
+    fn name(&self) -> &str {
+        "format"
+    }
+
+    fn signature(&self) -> &Signature {
+        &self.signature
+    }
+
+    fn coerce_types(&self, arg_types: &[DataType]) -> DfResult<Vec<DataType>> {
+        if arg_types.is_empty() {
+            return plan_err!("format takes a template and its arguments");
+        }
+        Ok(vec![DataType::Utf8; arg_types.len()])
+    }
+
+    fn return_type(&self, _args: &[DataType]) -> DfResult<DataType> {
+        Ok(DataType::Utf8)
+    }
+
+    fn invoke_with_args(&self, args: ScalarFunctionArgs) -> DfResult<ColumnarValue> {
+        let arrays = ColumnarValue::values_to_arrays(&args.args)?;
+        let Some((template, values)) = arrays.split_first() else {
+            return exec_err!("format takes a template");
+        };
+        let template = template.as_string::<i32>();
+        let values: Vec<_> = values.iter().map(|a| a.as_string::<i32>()).collect();
+        let mut out = arrow::array::StringBuilder::new();
+        for row in 0..template.len() {
+            if template.is_null(row) {
+                out.append_null();
+                continue;
+            }
+            let arg = |i: usize| {
+                values
+                    .get(i)
+                    .map(|a| (!a.is_null(row)).then(|| a.value(row)))
+            };
+            out.append_value(formatted(template.value(row), arg)?);
+        }
+        Ok(ColumnarValue::Array(Arc::new(out.finish())))
+    }
+}
+
+/// `template` filled from `arg(i)` (`None` past the last argument, `Some(None)` for a NULL).
+fn formatted<'a>(
+    template: &str,
+    arg: impl Fn(usize) -> Option<Option<&'a str>>,
+) -> DfResult<String> {
+    let mut out = String::with_capacity(template.len());
+    let mut chars = template.chars().peekable();
+    let mut next = 0;
+    let number = |chars: &mut std::iter::Peekable<std::str::Chars>| {
+        let mut n: Option<usize> = None;
+        while let Some(d) = chars.peek().and_then(|c| c.to_digit(10)) {
+            chars.next();
+            n = Some(n.unwrap_or(0).saturating_mul(10).saturating_add(d as usize));
+        }
+        n
+    };
+    while let Some(c) = chars.next() {
+        if c != '%' {
+            out.push(c);
+            continue;
+        }
+        if chars.peek() == Some(&'%') {
+            chars.next();
+            out.push('%');
+            continue;
+        }
+        // %[n$][-][width|*|*n$]type
+        let mut position = None;
+        let mut left = false;
+        let mut width: Option<i64> = None;
+        let n = number(&mut chars);
+        if let Some(n) = n {
+            if chars.peek() == Some(&'$') {
+                chars.next();
+                position = Some(n);
+            } else {
+                width = Some(n as i64);
+            }
+        }
+        if width.is_none() {
+            if chars.peek() == Some(&'-') {
+                chars.next();
+                left = true;
+            }
+            if chars.peek() == Some(&'*') {
+                chars.next();
+                let from = match number(&mut chars) {
+                    Some(n) if chars.peek() == Some(&'$') => {
+                        chars.next();
+                        n.checked_sub(1)
+                    }
+                    Some(_) => return exec_err!("unterminated format() type specifier"),
+                    None => {
+                        next += 1;
+                        Some(next - 1)
+                    }
+                };
+                let Some(Some(w)) = from.and_then(&arg) else {
+                    return exec_err!("too few arguments for format()");
+                };
+                match w.trim().parse::<i64>() {
+                    Ok(w) => width = Some(w),
+                    Err(_) => return exec_err!("format() width must be an integer, not {w:?}"),
+                }
+            } else if let Some(n) = number(&mut chars) {
+                width = Some(n as i64);
+            }
+        }
+        let Some(kind) = chars.next() else {
+            return exec_err!("unterminated format() type specifier");
+        };
+        let index = match position {
+            Some(0) => {
+                return exec_err!("format specifies argument 0, but arguments are numbered from 1");
+            }
+            Some(p) => p - 1,
+            None => next,
+        };
+        next = index + 1;
+        let Some(value) = arg(index) else {
+            return exec_err!("too few arguments for format()");
+        };
+        let text = match (kind, value) {
+            ('s', v) => v.unwrap_or("").to_string(),
+            ('I', Some(v)) => quoted_ident(v),
+            ('I', None) => {
+                return exec_err!("null values cannot be formatted as an SQL identifier");
+            }
+            ('L', Some(v)) => quoted_literal(v),
+            ('L', None) => "NULL".to_string(),
+            (other, _) => return exec_err!("unrecognized format() type specifier \"{other}\""),
+        };
+        let width = width.unwrap_or(0);
+        let left = left || width < 0;
+        let pad = usize::try_from(width.unsigned_abs())
+            .unwrap_or(usize::MAX)
+            .saturating_sub(text.chars().count());
+        if pad > 1 << 20 {
+            return exec_err!("format() width is too large");
+        }
+        if !left {
+            out.extend(std::iter::repeat_n(' ', pad));
+        }
+        out.push_str(&text);
+        if left {
+            out.extend(std::iter::repeat_n(' ', pad));
+        }
+    }
+    Ok(out)
+}
+
+#[cfg(test)]
+mod quoting_tests {
+    use super::*;
+
+    #[test]
+    fn format_follows_postgres() {
+        let args = ["one", "two words", "O'Reilly", "5"];
+        let arg = |i: usize| args.get(i).map(|a| Some(*a));
+        // PostgreSQL 15.
+        assert_eq!(formatted("%s-%s", arg).unwrap(), "one-two words");
+        assert_eq!(
+            formatted("%2$s %1$s %s", arg).unwrap(),
+            "two words one two words"
+        );
+        assert_eq!(
+            formatted("[%6s][%-6s]", arg).unwrap(),
+            "[   one][two words]"
+        );
+        assert_eq!(
+            formatted("%I.%L", |i| [Some("two words"), Some("O'Reilly")]
+                .get(i)
+                .copied())
+            .unwrap(),
+            "\"two words\".'O''Reilly'"
+        );
+        assert_eq!(formatted("100%%", arg).unwrap(), "100%");
+        assert_eq!(
+            formatted("[%*s]", |i| [Some("4"), Some("ab")].get(i).copied()).unwrap(),
+            "[  ab]"
+        );
+        assert_eq!(
+            formatted("%s|%L", |i| [None, None].get(i).copied()).unwrap(),
+            "|NULL"
+        );
+        assert!(formatted("%s %s %s %s %s", arg).is_err());
+        assert!(formatted("%x", arg).is_err());
+        assert!(formatted("%I", |i| [None].get(i).copied()).is_err());
+        assert!(formatted("%", arg).is_err());
+        assert!(formatted("%99999999s", arg).is_err());
+    }
+
+    #[test]
+    fn quoting_follows_postgres() {
+        assert_eq!(quoted_ident("abc_1"), "abc_1");
+        assert_eq!(quoted_ident("Abc"), "\"Abc\"");
+        assert_eq!(quoted_ident("select"), "\"select\"");
+        assert_eq!(quoted_ident("a\"b"), "\"a\"\"b\"");
+        assert_eq!(quoted_ident(""), "\"\"");
+        assert_eq!(quoted_literal("it's"), "'it''s'");
+        assert_eq!(quoted_literal("a\\b"), "E'a\\\\b'");
     }
 }

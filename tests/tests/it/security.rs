@@ -561,7 +561,7 @@ async fn a_replace_with_a_new_shape_is_one_commit_and_a_failed_one_leaves_the_fr
         scalar(&mut c, "SELECT CAST(ts AS VARCHAR) FROM r")
             .await
             .unwrap(),
-        "2020-01-02T03:04:05"
+        "2020-01-02 03:04:05"
     );
     let log = dir.path().join("root/default/default/r/_delta_log");
     // Version 0 created the frame with its row (a CTAS is one commit), 1 is the replace.

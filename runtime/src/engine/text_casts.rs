@@ -1,0 +1,385 @@
+//! Timestamps and floats cast to text as PostgreSQL writes them.
+//!
+//! Arrow's cast writes a timestamp in ISO 8601's `T` form (`2024-01-05T10:00:00`, with
+//! `+00:00` when zoned) and a float with a trailing `.0` (`2::double::text` was `2.0`), so
+//! `'at ' || ts`, `concat(…)`, `ts::text LIKE '2024-01-05 %'` and `x::text = '2'` read
+//! differently from PostgreSQL. [`TextCasts`], run once types are coerced (which adds the casts
+//! of `||` and `concat`), writes each such cast as [`postgres_text`] of its operand:
+//! - a timestamp as `2024-01-05 10:00:00`, its fraction without trailing zeros
+//!   (`10:00:00.5`), a zoned one in its own zone with the offset PostgreSQL prints (`+00`,
+//!   `+05:30`), a year before 1 as PostgreSQL's `BC` year;
+//! - a float in the shortest digits that read back the same, as `float8out` writes them: `2`,
+//!   `0.1`, `1e+15`, `1.5e-05`, `NaN`, `Infinity`: exponent form below 10^-4 and from 10^15
+//!   (10^6 for a `REAL`).
+//!
+//! The result keeps the type the cast asked for, and the column its name.
+
+use std::fmt::Write as _;
+use std::sync::Arc;
+
+use arrow::array::timezone::Tz;
+use arrow::array::{Array, ArrayRef, AsArray, StringBuilder};
+use arrow::datatypes::{
+    DataType, Float32Type, Float64Type, TimeUnit, TimestampMicrosecondType,
+    TimestampMillisecondType, TimestampNanosecondType, TimestampSecondType,
+};
+use chrono::{DateTime, Datelike, Offset, TimeZone, Timelike};
+use datafusion::common::tree_node::Transformed;
+use datafusion::common::{DFSchema, Result as DfResult, exec_err, plan_err};
+use datafusion::config::ConfigOptions;
+use datafusion::logical_expr::expr::{Cast, ScalarFunction, TryCast};
+use datafusion::logical_expr::{
+    ColumnarValue, Expr, ExprSchemable, LogicalPlan, ScalarFunctionArgs, ScalarUDF, ScalarUDFImpl,
+    Signature, Volatility,
+};
+use datafusion::optimizer::AnalyzerRule;
+
+use super::checked::{any_expression, rewrite_expressions};
+
+/// The rule; see the module's documentation.
+#[derive(Debug, Default)]
+pub(super) struct TextCasts;
+
+fn is_text(t: &DataType) -> bool {
+    matches!(t, DataType::Utf8 | DataType::LargeUtf8 | DataType::Utf8View)
+}
+
+fn written_our_way(t: &DataType) -> bool {
+    matches!(
+        t,
+        DataType::Timestamp(..) | DataType::Float64 | DataType::Float32
+    )
+}
+
+impl AnalyzerRule for TextCasts {
+    fn analyze(&self, plan: LogicalPlan, _config: &ConfigOptions) -> DfResult<LogicalPlan> {
+        let to_text = |e: &Expr| match e {
+            Expr::Cast(c) => is_text(c.field.data_type()),
+            Expr::TryCast(c) => is_text(c.field.data_type()),
+            _ => false,
+        };
+        rewrite_expressions(plan, |node| any_expression(node, to_text), rewrite)
+    }
+
+    fn name(&self) -> &str {
+        "apiary_text_casts"
+    }
+}
+
+fn rewrite(e: Expr, schema: &DFSchema) -> DfResult<Transformed<Expr>> {
+    let (inner, field, try_cast) = match &e {
+        Expr::Cast(Cast { expr, field }) => (expr, field, false),
+        Expr::TryCast(TryCast { expr, field }) => (expr, field, true),
+        _ => return Ok(Transformed::no(e)),
+    };
+    if !is_text(field.data_type())
+        || matches!(inner.as_ref(), Expr::ScalarFunction(f) if f.name() == NAME)
+    {
+        return Ok(Transformed::no(e));
+    }
+    match inner.get_type(schema) {
+        Ok(t) if written_our_way(&t) => {}
+        _ => return Ok(Transformed::no(e)),
+    }
+    let text = Expr::ScalarFunction(ScalarFunction::new_udf(
+        function(),
+        vec![inner.as_ref().clone()],
+    ));
+    let field = field.clone();
+    Ok(Transformed::yes(if try_cast {
+        Expr::TryCast(TryCast {
+            expr: Box::new(text),
+            field,
+        })
+    } else {
+        Expr::Cast(Cast {
+            expr: Box::new(text),
+            field,
+        })
+    }))
+}
+
+/// [`postgres_text`]'s name, by which it travels to other nodes.
+const NAME: &str = "postgres_text";
+
+/// The function, by the name it travels under.
+pub(crate) fn function_named(name: &str) -> Option<Arc<ScalarUDF>> {
+    (name == NAME).then(function)
+}
+
+fn function() -> Arc<ScalarUDF> {
+    Arc::new(ScalarUDF::from(PostgresText {
+        signature: Signature::any(1, Volatility::Immutable),
+    }))
+}
+
+/// `postgres_text(x)`: a timestamp or float as PostgreSQL writes it; see the module's
+/// documentation.
+#[derive(Debug, PartialEq, Eq, Hash)]
+struct PostgresText {
+    signature: Signature,
+}
+
+impl ScalarUDFImpl for PostgresText {
+    fn name(&self) -> &str {
+        NAME
+    }
+
+    fn signature(&self) -> &Signature {
+        &self.signature
+    }
+
+    fn return_type(&self, args: &[DataType]) -> DfResult<DataType> {
+        match args {
+            [t] if written_our_way(t) => Ok(DataType::Utf8),
+            _ => plan_err!("{NAME}() takes a timestamp or a float"),
+        }
+    }
+
+    fn invoke_with_args(&self, args: ScalarFunctionArgs) -> DfResult<ColumnarValue> {
+        let scalar = matches!(args.args[..], [ColumnarValue::Scalar(_)]);
+        let [arg] = args.args.as_slice() else {
+            return plan_err!("{NAME}() takes one argument");
+        };
+        let a = arg.to_array(1)?;
+        let text = written(&a)?;
+        Ok(if scalar {
+            ColumnarValue::Scalar(datafusion::common::ScalarValue::try_from_array(&text, 0)?)
+        } else {
+            ColumnarValue::Array(text)
+        })
+    }
+}
+
+/// Each value of `a` as text.
+fn written(a: &ArrayRef) -> DfResult<ArrayRef> {
+    let mut out = StringBuilder::with_capacity(a.len(), a.len() * 20);
+    let mut each = |text: Option<String>| out.append_option(text);
+    match a.data_type() {
+        DataType::Float64 => a
+            .as_primitive::<Float64Type>()
+            .iter()
+            .for_each(|v| each(v.map(float))),
+        DataType::Float32 => a
+            .as_primitive::<Float32Type>()
+            .iter()
+            .for_each(|v| each(v.map(real))),
+        DataType::Timestamp(unit, zone) => {
+            let zone = match zone {
+                Some(z) => Some(z.parse::<Tz>()?),
+                None => None,
+            };
+            let (per_second, values): (i64, Vec<Option<i64>>) = match unit {
+                TimeUnit::Second => (1, a.as_primitive::<TimestampSecondType>().iter().collect()),
+                TimeUnit::Millisecond => (
+                    1_000,
+                    a.as_primitive::<TimestampMillisecondType>()
+                        .iter()
+                        .collect(),
+                ),
+                TimeUnit::Microsecond => (
+                    1_000_000,
+                    a.as_primitive::<TimestampMicrosecondType>()
+                        .iter()
+                        .collect(),
+                ),
+                TimeUnit::Nanosecond => (
+                    1_000_000_000,
+                    a.as_primitive::<TimestampNanosecondType>().iter().collect(),
+                ),
+            };
+            for v in values {
+                match v {
+                    None => each(None),
+                    Some(v) => each(Some(timestamp(v, per_second, zone.as_ref())?)),
+                }
+            }
+        }
+        other => return exec_err!("{NAME}() cannot write {other}"),
+    }
+    Ok(Arc::new(out.finish()))
+}
+
+/// `v` as `float8out` writes it: shortest round-trip digits, in exponent form below 10^-4 and
+/// from 10^15.
+fn float(v: f64) -> String {
+    float_digits(&format!("{v:e}"), v.is_finite(), v.is_nan(), 15).unwrap_or_else(|| v.to_string())
+}
+
+/// `v` as `float4out` writes it: its own shortest digits (0.1 as a `REAL` is not the double
+/// 0.100000001490116), in exponent form from 10^6.
+fn real(v: f32) -> String {
+    float_digits(&format!("{v:e}"), v.is_finite(), v.is_nan(), 6).unwrap_or_else(|| v.to_string())
+}
+
+/// Lays out Rust's shortest `{:e}` form (`-1.2345e-7`) as PostgreSQL does.
+fn float_digits(e_form: &str, finite: bool, nan: bool, digits: i32) -> Option<String> {
+    if nan {
+        return Some("NaN".into());
+    }
+    if !finite {
+        return Some(
+            if e_form.starts_with('-') {
+                "-Infinity"
+            } else {
+                "Infinity"
+            }
+            .into(),
+        );
+    }
+    let (mantissa, exponent) = e_form.split_once('e')?;
+    let exponent: i32 = exponent.parse().ok()?;
+    let sign = if mantissa.starts_with('-') { "-" } else { "" };
+    let figures: String = mantissa.chars().filter(char::is_ascii_digit).collect();
+    if figures.chars().all(|c| c == '0') {
+        return Some(format!("{sign}0"));
+    }
+    let mut out = String::from(sign);
+    if exponent < -4 || exponent >= digits {
+        out.push_str(&figures[..1]);
+        if figures.len() > 1 {
+            out.push('.');
+            out.push_str(&figures[1..]);
+        }
+        let _ = write!(
+            out,
+            "e{}{:02}",
+            if exponent < 0 { '-' } else { '+' },
+            exponent.unsigned_abs()
+        );
+    } else if exponent >= 0 {
+        let whole = usize::try_from(exponent).ok()? + 1;
+        if figures.len() <= whole {
+            out.push_str(&figures);
+            out.push_str(&"0".repeat(whole - figures.len()));
+        } else {
+            out.push_str(&figures[..whole]);
+            out.push('.');
+            out.push_str(&figures[whole..]);
+        }
+    } else {
+        out.push_str("0.");
+        out.push_str(&"0".repeat(usize::try_from(-exponent - 1).ok()?));
+        out.push_str(&figures);
+    }
+    Some(out)
+}
+
+/// `v` units of `1 / per_second` s since the epoch, as PostgreSQL writes a timestamp (in
+/// `zone`, with its offset, when zoned).
+fn timestamp(v: i64, per_second: i64, zone: Option<&Tz>) -> DfResult<String> {
+    let (seconds, part) = (v.div_euclid(per_second), v.rem_euclid(per_second));
+    let nanos = part * (1_000_000_000 / per_second);
+    let Some(utc) = DateTime::from_timestamp(seconds, nanos as u32) else {
+        return exec_err!("timestamp out of range: {v}");
+    };
+    let (local, offset) = match zone {
+        Some(z) => {
+            let local = z.from_utc_datetime(&utc.naive_utc());
+            (
+                local.naive_local(),
+                Some(local.offset().fix().local_minus_utc()),
+            )
+        }
+        None => (utc.naive_utc(), None),
+    };
+    let year = local.year();
+    let mut out = String::with_capacity(32);
+    let shown = if year < 1 { 1 - year } else { year };
+    let _ = write!(
+        out,
+        "{shown:04}-{:02}-{:02} {:02}:{:02}:{:02}",
+        local.month(),
+        local.day(),
+        local.hour(),
+        local.minute(),
+        local.second()
+    );
+    let fraction = local.nanosecond() % 1_000_000_000;
+    if fraction > 0 {
+        let digits = format!("{fraction:09}");
+        out.push('.');
+        out.push_str(digits.trim_end_matches('0'));
+    }
+    if let Some(offset) = offset {
+        let sign = if offset < 0 { '-' } else { '+' };
+        let offset = offset.unsigned_abs();
+        let _ = write!(out, "{sign}{:02}", offset / 3600);
+        if offset % 3600 != 0 {
+            let _ = write!(out, ":{:02}", offset % 3600 / 60);
+        }
+        if offset % 60 != 0 {
+            let _ = write!(out, ":{:02}", offset % 60);
+        }
+    }
+    if year < 1 {
+        out.push_str(" BC");
+    }
+    Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn floats_are_written_as_postgres_writes_them() {
+        // PostgreSQL 15, float8out.
+        for (v, text) in [
+            (2.0, "2"),
+            (-2.5, "-2.5"),
+            (0.1, "0.1"),
+            (0.1 + 0.2, "0.30000000000000004"),
+            (1e15, "1e+15"),
+            (123456789012345.0, "123456789012345"),
+            (1e300, "1e+300"),
+            (0.0001, "0.0001"),
+            (0.00001, "1e-05"),
+            (1.5e-7, "1.5e-07"),
+            (0.0, "0"),
+            (-0.0, "-0"),
+            (f64::NAN, "NaN"),
+            (f64::NEG_INFINITY, "-Infinity"),
+        ] {
+            assert_eq!(float(v), text, "{v}");
+        }
+        // A REAL: 10^6 starts the exponent form, and its own digits.
+        let reals: ArrayRef = Arc::new(arrow::array::Float32Array::from(vec![
+            0.1f32, 1234567.0, 100000.0,
+        ]));
+        let written = written(&reals).unwrap();
+        let written = written.as_string::<i32>();
+        assert_eq!(written.value(0), "0.1");
+        assert_eq!(written.value(1), "1.234567e+06");
+        assert_eq!(written.value(2), "100000");
+    }
+
+    #[test]
+    fn timestamps_are_written_as_postgres_writes_them() {
+        let utc: Tz = "+00:00".parse().unwrap();
+        let india: Tz = "Asia/Kolkata".parse().unwrap();
+        let micros = 1_704_448_800_000_000; // 2024-01-05 10:00:00 UTC
+        assert_eq!(
+            timestamp(micros, 1_000_000, None).unwrap(),
+            "2024-01-05 10:00:00"
+        );
+        assert_eq!(
+            timestamp(micros + 500_000, 1_000_000, None).unwrap(),
+            "2024-01-05 10:00:00.5"
+        );
+        assert_eq!(
+            timestamp(micros + 1, 1_000_000, Some(&utc)).unwrap(),
+            "2024-01-05 10:00:00.000001+00"
+        );
+        assert_eq!(
+            timestamp(micros, 1_000_000, Some(&india)).unwrap(),
+            "2024-01-05 15:30:00+05:30"
+        );
+        // Before the epoch, and before year 1 (PostgreSQL: 0001-12-31 … BC is year 0).
+        assert_eq!(timestamp(-1, 1, None).unwrap(), "1969-12-31 23:59:59");
+        assert_eq!(
+            timestamp(-62_135_596_800 - 86_400, 1, None).unwrap(),
+            "0001-12-31 00:00:00 BC"
+        );
+    }
+}
