@@ -785,6 +785,29 @@ def test_age_and_interval_comparisons_are_postgresql_s(server):
 
 
 
+def test_decimal_division_text_casts_and_postgres_functions(server):
+    """Decimal division kept 4 digits (1 / 3.0 was 0.3333); a timestamp cast to text had an ISO
+    `T` and a float a trailing `.0`; mode, percentile_disc, pg_typeof, div, format were unknown
+    functions. Bound values go through the same rules."""
+    import decimal
+
+    with connect(server) as conn, conn.cursor() as cur:
+        cur.execute("SELECT 1 / 3.0, CAST(? AS DECIMAL(10,2)) / 3", parameters=("2.00",))
+        assert cur.fetchone() == (decimal.Decimal("0.3333333333333333"), decimal.Decimal("0.6666666666666666"))
+        cur.execute("SELECT CAST(CAST(? AS TIMESTAMP) AS VARCHAR), CAST(? AS DOUBLE) || ''", parameters=("2024-01-05 10:00:00.5", "2"))
+        assert cur.fetchone() == ("2024-01-05 10:00:00.5", "2")
+        cur.execute(
+            "SELECT mode() WITHIN GROUP (ORDER BY x), percentile_disc(0.5) WITHIN GROUP (ORDER BY x), "
+            "pg_typeof(sum(x)), div(max(x), 2) FROM (VALUES (1), (2), (2), (5)) AS t(x)"
+        )
+        assert cur.fetchone() == (2, 2, "bigint", 2)
+        cur.execute("SELECT format('%s = %L', ?, ?)", parameters=("name", "it's"))
+        assert cur.fetchone() == ("name = 'it''s'",)
+        with pytest.raises(adbc_driver_manager.ProgrammingError, match="not between 0 and 1"):
+            cur.execute("SELECT percentile_disc(2) WITHIN GROUP (ORDER BY x) FROM (VALUES (1)) AS t(x)")
+            cur.fetchall()
+
+
 @pytest.mark.parametrize(
     "expr",
     [
