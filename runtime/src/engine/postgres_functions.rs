@@ -1,6 +1,7 @@
 //! PostgreSQL functions DataFusion lacks, under PostgreSQL's names: `pg_typeof(x)`,
 //! `div(a, b)`, `width_bucket(x, low, high, count)`, `format(template, …)`, `quote_ident`,
-//! `quote_literal`, `quote_nullable`, and aliases of DataFusion's own functions
+//! `quote_literal`, `quote_nullable`, `current_setting`, `make_timestamp`, `justify_hours`,
+//! `justify_days`, `justify_interval`, and aliases of DataFusion's own functions
 //! for `sign`, `gen_random_uuid`, `variance` and `every` (each was "Invalid function").
 
 use std::sync::Arc;
@@ -31,6 +32,24 @@ pub(super) fn scalars() -> Vec<Arc<ScalarUDF>> {
             signature: user_defined(),
         })),
         Arc::new(ScalarUDF::from(Format {
+            signature: user_defined(),
+        })),
+        Arc::new(ScalarUDF::from(CurrentSetting {
+            signature: Signature::user_defined(Volatility::Stable),
+        })),
+        Arc::new(ScalarUDF::from(MakeTimestamp {
+            signature: user_defined(),
+        })),
+        Arc::new(ScalarUDF::from(JustifyFn {
+            justify: Justify::Hours,
+            signature: user_defined(),
+        })),
+        Arc::new(ScalarUDF::from(JustifyFn {
+            justify: Justify::Days,
+            signature: user_defined(),
+        })),
+        Arc::new(ScalarUDF::from(JustifyFn {
+            justify: Justify::Interval,
             signature: user_defined(),
         })),
         Arc::new(ScalarUDF::from(Quote {
@@ -839,5 +858,332 @@ mod quoting_tests {
         assert_eq!(quoted_ident(""), "\"\"");
         assert_eq!(quoted_literal("it's"), "'it''s'");
         assert_eq!(quoted_literal("a\\b"), "E'a\\\\b'");
+    }
+}
+
+/// `current_setting(name [, missing_ok])`: a setting's value as text, as `SHOW name` answers
+/// it: DataFusion's options by their names (`datafusion.execution.batch_size`), and
+/// PostgreSQL's `TimeZone` (the session's time zone, `UTC` when none is set) and `DateStyle`
+/// (`ISO, MDY`: how dates are written and read). An unknown name is an error, or NULL with
+/// `missing_ok` true. Read while the statement is planned, from the session's options.
+#[derive(Debug, PartialEq, Eq, Hash)]
+struct CurrentSetting {
+    signature: Signature,
+}
+
+impl ScalarUDFImpl for CurrentSetting {
+    fn name(&self) -> &str {
+        "current_setting"
+    }
+
+    fn signature(&self) -> &Signature {
+        &self.signature
+    }
+
+    fn coerce_types(&self, arg_types: &[DataType]) -> DfResult<Vec<DataType>> {
+        match arg_types {
+            [_] => Ok(vec![DataType::Utf8]),
+            [_, _] => Ok(vec![DataType::Utf8, DataType::Boolean]),
+            _ => plan_err!("current_setting takes a setting's name and, optionally, missing_ok"),
+        }
+    }
+
+    fn return_type(&self, _args: &[DataType]) -> DfResult<DataType> {
+        Ok(DataType::Utf8)
+    }
+
+    fn simplify(&self, args: Vec<Expr>, info: &SimplifyContext) -> DfResult<ExprSimplifyResult> {
+        let constant = |e: &Expr| match e {
+            Expr::Literal(v, _) => Some(v.clone()),
+            Expr::Cast(c) => match c.expr.as_ref() {
+                Expr::Literal(v, _) => v.cast_to(c.field.data_type()).ok(),
+                _ => None,
+            },
+            _ => None,
+        };
+        let name = match args.first().and_then(constant) {
+            Some(ScalarValue::Utf8(Some(n))) => n,
+            Some(ScalarValue::Utf8(None)) => {
+                return Ok(ExprSimplifyResult::Simplified(lit(ScalarValue::Utf8(None))));
+            }
+            _ => return plan_err!("current_setting takes a constant setting name"),
+        };
+        let missing_ok = match args.get(1).map(constant) {
+            None => false,
+            Some(Some(ScalarValue::Boolean(b))) => b.unwrap_or(false),
+            Some(_) => return plan_err!("current_setting's missing_ok must be a constant"),
+        };
+        let options = info.config_options();
+        let value = match name.to_ascii_lowercase().as_str() {
+            "timezone" | "time zone" => Some(
+                options
+                    .execution
+                    .time_zone
+                    .clone()
+                    .filter(|z| !z.is_empty())
+                    .unwrap_or_else(|| "UTC".into()),
+            ),
+            "datestyle" => Some("ISO, MDY".into()),
+            key => options
+                .entries()
+                .into_iter()
+                .find(|e| e.key == key)
+                .map(|e| e.value.unwrap_or_default()),
+        };
+        match value {
+            Some(v) => Ok(ExprSimplifyResult::Simplified(lit(v))),
+            None if missing_ok => Ok(ExprSimplifyResult::Simplified(lit(ScalarValue::Utf8(None)))),
+            None => plan_err!("unrecognized configuration parameter \"{name}\""),
+        }
+    }
+
+    fn invoke_with_args(&self, _args: ScalarFunctionArgs) -> DfResult<ColumnarValue> {
+        exec_err!("current_setting takes a constant setting name")
+    }
+}
+
+/// `make_timestamp(year, month, day, hour, minute, seconds)`: a `TIMESTAMP` from its fields,
+/// the seconds with their fraction (to the microsecond); a field out of range (February 30th,
+/// 61 seconds) is an error, as in PostgreSQL.
+#[derive(Debug, PartialEq, Eq, Hash)]
+struct MakeTimestamp {
+    signature: Signature,
+}
+
+impl ScalarUDFImpl for MakeTimestamp {
+    fn name(&self) -> &str {
+        "make_timestamp"
+    }
+
+    fn signature(&self) -> &Signature {
+        &self.signature
+    }
+
+    fn coerce_types(&self, arg_types: &[DataType]) -> DfResult<Vec<DataType>> {
+        let number = |t: &DataType| t.is_numeric() || t.is_null();
+        match arg_types {
+            [y, mo, d, h, mi, s] if [y, mo, d, h, mi, s].into_iter().all(number) => {
+                let mut types = vec![DataType::Int64; 5];
+                types.push(DataType::Float64);
+                Ok(types)
+            }
+            _ => plan_err!(
+                "make_timestamp takes (year, month, day, hour, minute, seconds) as numbers"
+            ),
+        }
+    }
+
+    fn return_type(&self, _args: &[DataType]) -> DfResult<DataType> {
+        Ok(DataType::Timestamp(
+            arrow::datatypes::TimeUnit::Microsecond,
+            None,
+        ))
+    }
+
+    fn invoke_with_args(&self, args: ScalarFunctionArgs) -> DfResult<ColumnarValue> {
+        let arrays = ColumnarValue::values_to_arrays(&args.args)?;
+        let [y, mo, d, h, mi, s] = arrays.as_slice() else {
+            return exec_err!("make_timestamp takes 6 arguments");
+        };
+        let ints: Vec<_> = [y, mo, d, h, mi]
+            .into_iter()
+            .map(|a| a.as_primitive::<Int64Type>())
+            .collect();
+        let seconds = s.as_primitive::<Float64Type>();
+        let mut out = Vec::with_capacity(seconds.len());
+        for row in 0..seconds.len() {
+            if seconds.is_null(row) || ints.iter().any(|a| a.is_null(row)) {
+                out.push(None);
+                continue;
+            }
+            let f = |i: usize| ints[i].value(row);
+            out.push(Some(timestamp_of(
+                [f(0), f(1), f(2), f(3), f(4)],
+                seconds.value(row),
+            )?));
+        }
+        Ok(ColumnarValue::Array(Arc::new(
+            arrow::array::TimestampMicrosecondArray::from(out),
+        )))
+    }
+}
+
+/// Microseconds since the epoch of `[year, month, day, hour, minute]` and `seconds`.
+fn timestamp_of(fields: [i64; 5], seconds: f64) -> DfResult<i64> {
+    let [year, month, day, hour, minute] = fields;
+    let date = i32::try_from(year)
+        .ok()
+        .zip(u32::try_from(month).ok())
+        .zip(u32::try_from(day).ok())
+        .and_then(|((y, m), d)| chrono::NaiveDate::from_ymd_opt(y, m, d));
+    let Some(date) = date else {
+        return exec_err!("date field value out of range: {year}-{month:02}-{day:02}");
+    };
+    if !(0..24).contains(&hour) || !(0..60).contains(&minute) || !(0.0..60.0).contains(&seconds) {
+        return exec_err!("time field value out of range: {hour}:{minute:02}:{seconds}");
+    }
+    let micros = (seconds * 1e6).round() as i64;
+    let midnight = date
+        .and_hms_opt(0, 0, 0)
+        .map(|t| t.and_utc().timestamp_micros());
+    let Some(midnight) = midnight else {
+        return exec_err!("timestamp out of range");
+    };
+    Ok(midnight + (hour * 3600 + minute * 60) * 1_000_000 + micros)
+}
+
+/// What a `justify_*` function moves.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+enum Justify {
+    /// 24 hours into a day.
+    Hours,
+    /// 30 days into a month.
+    Days,
+    /// Both, with every field given one sign.
+    Interval,
+}
+
+/// `justify_hours`, `justify_days` and `justify_interval`: an interval with each 24 hours read
+/// as a day and/or each 30 days as a month, as PostgreSQL's functions of those names.
+#[derive(Debug, PartialEq, Eq, Hash)]
+struct JustifyFn {
+    justify: Justify,
+    signature: Signature,
+}
+
+const DAY_NANOS: i64 = 86_400_000_000_000;
+
+fn justified(
+    v: arrow::datatypes::IntervalMonthDayNano,
+    how: Justify,
+) -> Option<arrow::datatypes::IntervalMonthDayNano> {
+    let (mut months, mut days, mut nanos) = (v.months, v.days, v.nanoseconds);
+    if how != Justify::Days {
+        days = days.checked_add(i32::try_from(nanos / DAY_NANOS).ok()?)?;
+        nanos %= DAY_NANOS;
+    }
+    if how != Justify::Hours {
+        months = months.checked_add(days / 30)?;
+        days %= 30;
+    }
+    if how == Justify::Interval {
+        if months > 0 && (days < 0 || (days == 0 && nanos < 0)) {
+            days += 30;
+            months -= 1;
+        } else if months < 0 && (days > 0 || (days == 0 && nanos > 0)) {
+            days -= 30;
+            months += 1;
+        }
+    }
+    if how == Justify::Days {
+        if months > 0 && days < 0 {
+            days += 30;
+            months -= 1;
+        } else if months < 0 && days > 0 {
+            days -= 30;
+            months += 1;
+        }
+    } else if days > 0 && nanos < 0 {
+        nanos += DAY_NANOS;
+        days -= 1;
+    } else if days < 0 && nanos > 0 {
+        nanos -= DAY_NANOS;
+        days += 1;
+    }
+    Some(arrow::datatypes::IntervalMonthDayNano::new(
+        months, days, nanos,
+    ))
+}
+
+impl ScalarUDFImpl for JustifyFn {
+    fn name(&self) -> &str {
+        match self.justify {
+            Justify::Hours => "justify_hours",
+            Justify::Days => "justify_days",
+            Justify::Interval => "justify_interval",
+        }
+    }
+
+    fn signature(&self) -> &Signature {
+        &self.signature
+    }
+
+    fn coerce_types(&self, arg_types: &[DataType]) -> DfResult<Vec<DataType>> {
+        match arg_types {
+            [DataType::Interval(_) | DataType::Null] => Ok(vec![DataType::Interval(
+                arrow::datatypes::IntervalUnit::MonthDayNano,
+            )]),
+            _ => plan_err!("{} takes an interval", self.name()),
+        }
+    }
+
+    fn return_type(&self, _args: &[DataType]) -> DfResult<DataType> {
+        Ok(DataType::Interval(
+            arrow::datatypes::IntervalUnit::MonthDayNano,
+        ))
+    }
+
+    fn invoke_with_args(&self, args: ScalarFunctionArgs) -> DfResult<ColumnarValue> {
+        let arrays = ColumnarValue::values_to_arrays(&args.args)?;
+        let [v] = arrays.as_slice() else {
+            return exec_err!("{} takes one argument", self.name());
+        };
+        let v = v.as_primitive::<arrow::datatypes::IntervalMonthDayNanoType>();
+        let mut out = Vec::with_capacity(v.len());
+        for x in v.iter() {
+            out.push(match x {
+                None => None,
+                Some(x) => match justified(x, self.justify) {
+                    Some(j) => Some(j),
+                    None => return exec_err!("interval out of range"),
+                },
+            });
+        }
+        Ok(ColumnarValue::Array(Arc::new(
+            arrow::array::IntervalMonthDayNanoArray::from(out),
+        )))
+    }
+}
+
+#[cfg(test)]
+mod time_tests {
+    use super::*;
+    use arrow::datatypes::IntervalMonthDayNano as I;
+
+    #[test]
+    fn justify_follows_postgres() {
+        let h = |n: i64| n * 3_600_000_000_000;
+        // PostgreSQL 15: justify_hours('27 hours') = 1 day 03:00:00;
+        // justify_days('35 days') = 1 mon 5 days; justify_interval('1 mon -1 hour') = 29 days 23:00:00.
+        assert_eq!(
+            justified(I::new(0, 0, h(27)), Justify::Hours),
+            Some(I::new(0, 1, h(3)))
+        );
+        assert_eq!(
+            justified(I::new(0, 35, 0), Justify::Days),
+            Some(I::new(1, 5, 0))
+        );
+        assert_eq!(
+            justified(I::new(1, 0, -h(1)), Justify::Interval),
+            Some(I::new(0, 29, h(23)))
+        );
+        assert_eq!(
+            justified(I::new(0, 1, -h(25)), Justify::Hours),
+            Some(I::new(0, 0, -h(1)))
+        );
+        assert_eq!(justified(I::new(i32::MAX, 30, 0), Justify::Days), None);
+    }
+
+    #[test]
+    fn make_timestamp_checks_its_fields() {
+        // 2024-01-05 10:00:00.5
+        assert_eq!(
+            timestamp_of([2024, 1, 5, 10, 0], 0.5).unwrap(),
+            1_704_448_800_500_000
+        );
+        assert!(timestamp_of([2024, 2, 30, 0, 0], 0.0).is_err());
+        assert!(timestamp_of([2024, 1, 1, 24, 0], 0.0).is_err());
+        assert!(timestamp_of([2024, 1, 1, 0, 0], 60.0).is_err());
+        assert!(timestamp_of([i64::MAX, 1, 1, 0, 0], 0.0).is_err());
     }
 }
