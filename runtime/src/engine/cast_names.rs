@@ -7,7 +7,10 @@
 //! ([`planned`]), each cast without an alias of its own is named by its SQL text
 //! (`CAST(id AS BIGINT)`, as DuckDB names it) where another column of the same select list could
 //! share its name (another item reading the same name, or a wildcard beside a cast of a
-//! column), and the statement is planned again. Statements DataFusion plans keep its names.
+//! column), and the statement is planned again. In a sorted query, where the ORDER BY's
+//! columns join the select list (`SELECT x::int FROM t ORDER BY x` failed so), a cast of a
+//! column is given its column's name as an alias, which ORDER BY then reads as PostgreSQL reads
+//! an output name. Statements DataFusion plans keep its names.
 
 use std::collections::HashMap;
 use std::ops::ControlFlow;
@@ -26,50 +29,79 @@ pub(crate) async fn planned(state: &SessionState, parsed: DfStatement) -> DfResu
     let mut again = parsed.clone();
     match state.statement_to_plan(parsed).await {
         Err(e) if e.to_string().contains("require unique expression names") => {
-            distinct(&mut again);
-            state.statement_to_plan(again).await
+            let mut by_column = again.clone();
+            distinct(&mut by_column, Sorted::ByColumn);
+            match state.statement_to_plan(by_column).await {
+                Ok(plan) => Ok(plan),
+                // `SELECT t.x::int FROM t ORDER BY t.x`: the alias `x` beside the column
+                // `t.x` is ambiguous; the cast is named by its text instead.
+                Err(_) => {
+                    distinct(&mut again, Sorted::ByText);
+                    state.statement_to_plan(again).await
+                }
+            }
         }
         other => other,
     }
 }
 
+/// How a cast of a column in a sorted query is named.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Sorted {
+    /// By its column's name, which its ORDER BY then reads.
+    ByColumn,
+    /// By its text.
+    ByText,
+}
+
 /// Name the casts of `statement`'s select lists that may share a name (see the module page).
-fn distinct(statement: &mut DfStatement) {
+fn distinct(statement: &mut DfStatement, sorted: Sorted) {
     match statement {
         DfStatement::Statement(s) => {
-            let _ = s.visit(&mut Selects);
+            let _ = s.visit(&mut Selects(sorted));
         }
-        DfStatement::Explain(e) => distinct(&mut e.statement),
+        DfStatement::Explain(e) => distinct(&mut e.statement, sorted),
         DfStatement::CopyTo(c) => {
             if let CopyToSource::Query(q) = &mut c.source {
-                let _ = q.visit(&mut Selects);
+                let _ = q.visit(&mut Selects(sorted));
             }
         }
         _ => {}
     }
 }
 
-struct Selects;
+struct Selects(Sorted);
 
 impl VisitorMut for Selects {
     type Break = ();
 
     fn post_visit_query(&mut self, query: &mut Query) -> ControlFlow<()> {
-        selects_in(&mut query.body);
+        let ordered = query.order_by.is_some().then_some(self.0);
+        selects_in(&mut query.body, ordered);
         ControlFlow::Continue(())
     }
 }
 
-fn selects_in(body: &mut SetExpr) {
+fn selects_in(body: &mut SetExpr, ordered: Option<Sorted>) {
     match body {
-        SetExpr::Select(select) => name_casts(select),
+        SetExpr::Select(select) => name_casts(select, ordered),
         SetExpr::SetOperation { left, right, .. } => {
             // Left-deep chains of thousands of terms are bounded before this runs
-            // (`policy::check_shape`).
-            selects_in(left);
-            selects_in(right);
+            // (`policy::check_shape`). An ORDER BY after a set operation sorts its output.
+            selects_in(left, None);
+            selects_in(right, None);
         }
         _ => {}
+    }
+}
+
+/// The column `e` names, as written (`t.x` is `x`).
+fn column_ident(e: &Expr) -> Option<&Ident> {
+    match e {
+        Expr::Identifier(i) => Some(i),
+        Expr::CompoundIdentifier(parts) => parts.last(),
+        Expr::Nested(inner) => column_ident(inner),
+        _ => None,
     }
 }
 
@@ -107,7 +139,9 @@ fn is_column(e: &Expr) -> bool {
     matches!(e, Expr::Identifier(_) | Expr::CompoundIdentifier(_))
 }
 
-fn name_casts(select: &mut Select) {
+/// Names `select`'s casts that may share a name; `ordered` when its query sorts, where a column
+/// the ORDER BY reads joins the select list and may share a cast's name.
+fn name_casts(select: &mut Select, ordered: Option<Sorted>) {
     let wildcard = select.projection.iter().any(|i| {
         matches!(
             i,
@@ -130,8 +164,19 @@ fn name_casts(select: &mut Select) {
         };
         let Some(inner) = cast_of(e) else { continue };
         let shared = count.get(&key(e)).is_some_and(|n| *n > 1);
-        if shared || (wildcard && is_column(inner)) {
+        let by_text = ordered == Some(Sorted::ByText) && is_column(inner);
+        if shared || by_text || (wildcard && is_column(inner)) {
             let alias = Ident::with_quote('"', e.to_string());
+            *item = SelectItem::ExprWithAlias {
+                expr: e.clone(),
+                alias,
+            };
+        } else if ordered == Some(Sorted::ByColumn)
+            && let Some(column) = column_ident(inner)
+        {
+            // `SELECT x::int FROM t ORDER BY x` (or `ORDER BY y`): the result keeps its name
+            // `x`, now an alias, and ORDER BY x sorts it, as PostgreSQL reads an output name.
+            let alias = column.clone();
             *item = SelectItem::ExprWithAlias {
                 expr: e.clone(),
                 alias,
@@ -146,8 +191,12 @@ mod tests {
     use datafusion::sql::parser::DFParser;
 
     fn named(sql: &str) -> String {
+        named_so(sql, Sorted::ByColumn)
+    }
+
+    fn named_so(sql: &str, sorted: Sorted) -> String {
         let mut s = DFParser::parse_sql(sql).unwrap().pop_front().unwrap();
-        distinct(&mut s);
+        distinct(&mut s, sorted);
         s.to_string()
     }
 
@@ -169,6 +218,16 @@ mod tests {
             named("SELECT x FROM (SELECT CAST(a AS INT), CAST(a AS DOUBLE) FROM t)"),
             "SELECT x FROM (SELECT CAST(a AS INT) AS \"CAST(a AS INT)\", \
              CAST(a AS DOUBLE) AS \"CAST(a AS DOUBLE)\" FROM t)"
+        );
+        // Sorted: a column the ORDER BY reads joins the select list, so a cast of a column is
+        // named as DataFusion names it, by an alias.
+        assert_eq!(
+            named("SELECT t.x::INT, y FROM t ORDER BY y"),
+            "SELECT t.x::INT AS x, y FROM t ORDER BY y"
+        );
+        assert_eq!(
+            named_so("SELECT t.x::INT FROM t ORDER BY t.x", Sorted::ByText),
+            "SELECT t.x::INT AS \"t.x::INT\" FROM t ORDER BY t.x"
         );
         // Nothing to share a name with: DataFusion's own names stay.
         for alone in [
