@@ -8,6 +8,8 @@
 //! - a timestamp as `2024-01-05 10:00:00`, its fraction without trailing zeros
 //!   (`10:00:00.5`), a zoned one in its own zone with the offset PostgreSQL prints (`+00`,
 //!   `+05:30`), a year before 1 as PostgreSQL's `BC` year;
+//! - an interval as PostgreSQL's default `IntervalStyle` writes it (`1 day 03:00:00`, Arrow
+//!   wrote `1 days 3 hours`), a difference of timestamps as days and a time of day;
 //! - a float in the shortest digits that read back the same, as `float8out` writes them: `2`,
 //!   `0.1`, `1e+15`, `1.5e-05`, `NaN`, `Infinity`: exponent form below 10^-4 and from 10^15
 //!   (10^6 for a `REAL`).
@@ -47,7 +49,11 @@ fn is_text(t: &DataType) -> bool {
 fn written_our_way(t: &DataType) -> bool {
     matches!(
         t,
-        DataType::Timestamp(..) | DataType::Float64 | DataType::Float32
+        DataType::Timestamp(..)
+            | DataType::Float64
+            | DataType::Float32
+            | DataType::Interval(_)
+            | DataType::Duration(_)
     )
 }
 
@@ -132,7 +138,7 @@ impl ScalarUDFImpl for PostgresText {
     fn return_type(&self, args: &[DataType]) -> DfResult<DataType> {
         match args {
             [t] if written_our_way(t) => Ok(DataType::Utf8),
-            _ => plan_err!("{NAME}() takes a timestamp or a float"),
+            _ => plan_err!("{NAME}() takes a timestamp, an interval or a float"),
         }
     }
 
@@ -194,6 +200,32 @@ fn written(a: &ArrayRef) -> DfResult<ArrayRef> {
                     Some(v) => each(Some(timestamp(v, per_second, zone.as_ref())?)),
                 }
             }
+        }
+        DataType::Interval(_) => {
+            let months_days_nanos = arrow::compute::cast(
+                a,
+                &DataType::Interval(arrow::datatypes::IntervalUnit::MonthDayNano),
+            )?;
+            months_days_nanos
+                .as_primitive::<arrow::datatypes::IntervalMonthDayNanoType>()
+                .iter()
+                .for_each(|v| {
+                    each(v.map(|v| interval(v.months, v.days, i128::from(v.nanoseconds))))
+                });
+        }
+        DataType::Duration(_) => {
+            // A difference of timestamps: PostgreSQL's interval of days and a time of day.
+            let nanos = arrow::compute::cast(a, &DataType::Duration(TimeUnit::Nanosecond))?;
+            nanos
+                .as_primitive::<arrow::datatypes::DurationNanosecondType>()
+                .iter()
+                .for_each(|v| {
+                    each(v.map(|v| {
+                        let day = i128::from(DAY_NANOS);
+                        let v = i128::from(v);
+                        interval(0, (v / day) as i32, v % day)
+                    }))
+                });
         }
         other => return exec_err!("{NAME}() cannot write {other}"),
     }
@@ -263,6 +295,58 @@ fn float_digits(e_form: &str, finite: bool, nan: bool, digits: i32) -> Option<St
         out.push_str(&figures);
     }
     Some(out)
+}
+
+const DAY_NANOS: i64 = 86_400_000_000_000;
+
+/// An interval as PostgreSQL writes it (`IntervalStyle` postgres): `1 year 2 mons 3 days
+/// 04:05:06.5`, `-1 days +02:00:00`, `00:00:00` when empty.
+fn interval(months: i32, days: i32, nanos: i128) -> String {
+    let mut out = String::new();
+    let mut empty = true;
+    let mut after_negative = false;
+    let mut part = |value: i64, unit: &str, out: &mut String| {
+        if value == 0 {
+            return;
+        }
+        let _ = write!(
+            out,
+            "{}{}{value} {unit}{}",
+            if empty { "" } else { " " },
+            if after_negative && value > 0 { "+" } else { "" },
+            if value == 1 { "" } else { "s" }
+        );
+        after_negative = value < 0;
+        empty = false;
+    };
+    part(i64::from(months / 12), "year", &mut out);
+    part(i64::from(months % 12), "mon", &mut out);
+    part(i64::from(days), "day", &mut out);
+    if empty || nanos != 0 {
+        let sign = if nanos < 0 {
+            "-"
+        } else if after_negative {
+            "+"
+        } else {
+            ""
+        };
+        let n = nanos.unsigned_abs();
+        let (seconds, fraction) = (n / 1_000_000_000, n % 1_000_000_000);
+        let _ = write!(
+            out,
+            "{}{sign}{:02}:{:02}:{:02}",
+            if empty { "" } else { " " },
+            seconds / 3600,
+            seconds % 3600 / 60,
+            seconds % 60
+        );
+        if fraction > 0 {
+            let digits = format!("{fraction:09}");
+            out.push('.');
+            out.push_str(digits.trim_end_matches('0'));
+        }
+    }
+    out
 }
 
 /// `v` units of `1 / per_second` s since the epoch, as PostgreSQL writes a timestamp (in
@@ -352,6 +436,19 @@ mod tests {
         assert_eq!(written.value(0), "0.1");
         assert_eq!(written.value(1), "1.234567e+06");
         assert_eq!(written.value(2), "100000");
+    }
+
+    #[test]
+    fn intervals_are_written_as_postgres_writes_them() {
+        let h = |n: i128| n * 3_600_000_000_000;
+        // PostgreSQL 15.
+        assert_eq!(interval(0, 1, h(3)), "1 day 03:00:00");
+        assert_eq!(interval(0, 0, 0), "00:00:00");
+        assert_eq!(interval(14, 3, 0), "1 year 2 mons 3 days");
+        assert_eq!(interval(0, -1, h(2)), "-1 days +02:00:00");
+        assert_eq!(interval(0, 0, -1_500_000_000), "-00:00:01.5");
+        assert_eq!(interval(-13, 2, 0), "-1 years -1 mons +2 days");
+        assert_eq!(interval(0, 0, h(30)), "30:00:00");
     }
 
     #[test]
