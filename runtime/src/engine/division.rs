@@ -3,12 +3,18 @@
 //! Arrow divides decimals into the dividend's scale plus 4, truncated: `1 / 3.0` was 0.3333,
 //! `round(1 / 3.0, 6)` 0.3333 too, and a ratio of two `DECIMAL(15,2)` sums kept 6 digits.
 //! PostgreSQL keeps at least 16 significant digits (0.33333333333333333333); DuckDB answers a
-//! DOUBLE. [`DecimalDivision`] keeps the answer exact and a `DECIMAL`, and widens the dividend's
-//! scale while the SQL is planned so that the quotient has [`SCALE`] digits after the point, as
-//! many as its precision leaves room for: the largest quotient the operands' types allow must
-//! still fit the 38 digits of a `DECIMAL`, so no value that divided before overflows now (the
-//! kernel computes `dividend × 10^k` exactly when the result's precision is at most 38). A
-//! quotient whose types leave no more room keeps Arrow's scale.
+//! DOUBLE. [`DecimalDivision`] keeps the answer a `DECIMAL`, and widens the dividend's scale
+//! while the SQL is planned so that the quotient has [`SCALE`] digits after the point, as many
+//! as its precision leaves room for: the largest quotient the operands' types allow must still
+//! fit the 38 digits of a `DECIMAL`, so no value that divided before overflows now (the kernel
+//! computes `dividend × 10^k` exactly when the result's precision is at most 38). A quotient
+//! whose types leave no more room keeps Arrow's scale.
+//!
+//! [`SCALE`] is 12, not PostgreSQL's 16 or more: Arrow gives a product the sum of its
+//! operands' scales, within the same 38 digits, so the product of two quotients at 16 digits
+//! kept 6 digits before the point and `(a / b) * (c / d)` overflowed past a million. At 12 it
+//! keeps 14. A placeholder's type is left to the rules that type it (`? / 3.0` is a DOUBLE
+//! division, as before).
 //!
 //! The widening is a cast the SQL planner writes into the expression, before types are
 //! coerced, so every expression above it (a comparison, a `CASE`, a `UNION`) is typed with the
@@ -23,7 +29,7 @@ use datafusion::logical_expr::{Cast, Expr, ExprSchemable, Operator};
 use datafusion::sql::sqlparser::ast::BinaryOperator;
 
 /// The digits after the point a decimal quotient gets when its type has room for them.
-pub(super) const SCALE: i8 = 16;
+pub(super) const SCALE: i8 = 12;
 
 /// The digits Arrow adds to the dividend's scale.
 const ARROW_INCREMENT: i8 = 4;
@@ -41,7 +47,13 @@ impl ExprPlanner for DecimalDivision {
         if !matches!(expr.op, BinaryOperator::Divide) {
             return Ok(PlannerResult::Original(expr));
         }
-        let type_of = |x: &Expr| x.get_type(schema as &dyn ExprSchema).ok();
+        let type_of = |x: &Expr| match x {
+            Expr::Placeholder(_) => None,
+            x => x
+                .get_type(schema as &dyn ExprSchema)
+                .ok()
+                .filter(|t| !t.is_null()),
+        };
         let (Some(left), Some(right)) = (type_of(&expr.left), type_of(&expr.right)) else {
             return Ok(PlannerResult::Original(expr));
         };
@@ -89,19 +101,21 @@ mod tests {
     use std::sync::Arc;
 
     #[test]
-    fn quotients_get_sixteen_digits_where_their_type_has_room() {
+    fn quotients_get_twelve_digits_where_their_type_has_room() {
         let d = DataType::Decimal128;
         // 1 / 3.0: an integer dividend is a DECIMAL(20,0).
-        assert_eq!(
-            widened_dividend(&DataType::Int64, &d(2, 1)),
-            Some(d(32, 12))
-        );
+        assert_eq!(widened_dividend(&DataType::Int64, &d(2, 1)), Some(d(28, 8)));
         // sum(DECIMAL(15,2)) / sum(DECIMAL(15,2)): 25 digits before the point leave 13.
-        assert_eq!(widened_dividend(&d(25, 2), &d(25, 2)), Some(d(32, 9)));
+        assert_eq!(widened_dividend(&d(25, 2), &d(25, 2)), Some(d(31, 8)));
+        // sum(DECIMAL(15,2)) / count(*): 23 digits before the point leave 15.
+        assert_eq!(
+            widened_dividend(&d(25, 2), &DataType::Int64),
+            Some(d(31, 8))
+        );
         // No room left: Arrow's own scale.
         assert_eq!(widened_dividend(&d(38, 6), &d(25, 2)), None);
-        // Already 16 digits or more.
-        assert_eq!(widened_dividend(&d(20, 12), &d(5, 2)), None);
+        // Already 12 digits or more.
+        assert_eq!(widened_dividend(&d(20, 8), &d(5, 2)), None);
         // Integers divide as integers, floats as floats.
         assert_eq!(widened_dividend(&DataType::Int64, &DataType::Int32), None);
         assert_eq!(widened_dividend(&DataType::Float64, &d(5, 2)), None);

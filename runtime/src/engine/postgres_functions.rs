@@ -223,12 +223,10 @@ impl ScalarUDFImpl for Div {
         let [a, b] = arrays.as_slice() else {
             return exec_err!("div takes 2 arguments");
         };
-        let zero = |b: &ArrayRef| -> DfResult<bool> {
-            let zero = ScalarValue::new_zero(b.data_type())?.to_scalar()?;
-            let equal = arrow::compute::kernels::cmp::eq(b, &zero)?;
-            Ok(equal.true_count() > 0)
-        };
-        if zero(b)? {
+        // A zero divisor is an error where the dividend is a value (a NULL answers NULL).
+        let zero = ScalarValue::new_zero(b.data_type())?.to_scalar()?;
+        let equal = arrow::compute::kernels::cmp::eq(b, &zero)?;
+        if (0..equal.len()).any(|i| equal.is_valid(i) && equal.value(i) && a.is_valid(i)) {
             return exec_err!("division by zero");
         }
         let quotient: ArrayRef = match &target {
@@ -412,7 +410,7 @@ mod tests {
     }
 }
 
-/// PostgreSQL's keywords that `quote_ident` quotes: all but the unreserved ones.
+/// PostgreSQL 15's keywords that `quote_ident` quotes: all but the unreserved ones.
 const QUOTED_KEYWORDS: &[&str] = &[
     "all",
     "analyse",
@@ -532,7 +530,6 @@ const QUOTED_KEYWORDS: &[&str] = &[
     "some",
     "substring",
     "symmetric",
-    "system_user",
     "table",
     "tablesample",
     "then",
@@ -555,6 +552,17 @@ const QUOTED_KEYWORDS: &[&str] = &[
     "where",
     "window",
     "with",
+    "xmlattributes",
+    "xmlconcat",
+    "xmlelement",
+    "xmlexists",
+    "xmlforest",
+    "xmlnamespaces",
+    "xmlparse",
+    "xmlpi",
+    "xmlroot",
+    "xmlserialize",
+    "xmltable",
 ];
 
 /// `name` as an identifier in SQL text, quoted unless it reads the same unquoted.
@@ -565,7 +573,7 @@ fn quoted_ident(name: &str) -> String {
         .is_some_and(|c| c.is_ascii_lowercase() || c == '_')
         && name
             .chars()
-            .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '_' || c == '$')
+            .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '_')
         && !QUOTED_KEYWORDS.contains(&name);
     if plain {
         name.to_string()
@@ -681,6 +689,7 @@ impl ScalarUDFImpl for Format {
         let template = template.as_string::<i32>();
         let values: Vec<_> = values.iter().map(|a| a.as_string::<i32>()).collect();
         let mut out = arrow::array::StringBuilder::new();
+        let mut written = 0;
         for row in 0..template.len() {
             if template.is_null(row) {
                 out.append_null();
@@ -691,7 +700,12 @@ impl ScalarUDFImpl for Format {
                     .get(i)
                     .map(|a| (!a.is_null(row)).then(|| a.value(row)))
             };
-            out.append_value(formatted(template.value(row), arg)?);
+            let text = formatted(template.value(row), arg)?;
+            written += text.len();
+            if written > MAX_FORMATTED_BYTES {
+                return exec_err!("format() would write more than {MAX_FORMATTED_BYTES} bytes");
+            }
+            out.append_value(text);
         }
         Ok(ColumnarValue::Array(Arc::new(out.finish())))
     }
@@ -737,29 +751,37 @@ fn formatted<'a>(
             }
         }
         if width.is_none() {
-            if chars.peek() == Some(&'-') {
+            while chars.peek() == Some(&'-') {
                 chars.next();
                 left = true;
             }
             if chars.peek() == Some(&'*') {
                 chars.next();
                 let from = match number(&mut chars) {
+                    Some(0) => {
+                        return exec_err!(
+                            "format specifies argument 0, but arguments are numbered from 1"
+                        );
+                    }
                     Some(n) if chars.peek() == Some(&'$') => {
                         chars.next();
-                        n.checked_sub(1)
+                        n - 1
                     }
                     Some(_) => return exec_err!("unterminated format() type specifier"),
-                    None => {
-                        next += 1;
-                        Some(next - 1)
-                    }
+                    None => next,
                 };
-                let Some(Some(w)) = from.and_then(&arg) else {
-                    return exec_err!("too few arguments for format()");
-                };
-                match w.trim().parse::<i64>() {
-                    Ok(w) => width = Some(w),
-                    Err(_) => return exec_err!("format() width must be an integer, not {w:?}"),
+                // The width is taken before the value, which follows it.
+                next = from + 1;
+                match arg(from) {
+                    None => return exec_err!("too few arguments for format()"),
+                    // A NULL width is no width.
+                    Some(None) => width = Some(0),
+                    Some(Some(w)) => match w.trim().parse::<i64>() {
+                        Ok(w) => width = Some(w),
+                        Err(_) => {
+                            return exec_err!("format() width must be an integer, not {w:?}");
+                        }
+                    },
                 }
             } else if let Some(n) = number(&mut chars) {
                 width = Some(n as i64);
@@ -794,8 +816,8 @@ fn formatted<'a>(
         let pad = usize::try_from(width.unsigned_abs())
             .unwrap_or(usize::MAX)
             .saturating_sub(text.chars().count());
-        if pad > 1 << 20 {
-            return exec_err!("format() width is too large");
+        if out.len() + pad + text.len() > MAX_FORMATTED_BYTES {
+            return exec_err!("format() would write more than {MAX_FORMATTED_BYTES} bytes");
         }
         if !left {
             out.extend(std::iter::repeat_n(' ', pad));
@@ -807,6 +829,9 @@ fn formatted<'a>(
     }
     Ok(out)
 }
+
+/// Most bytes `format` writes for one batch (and so for one row).
+const MAX_FORMATTED_BYTES: usize = super::bounded::MAX_GENERATED_BYTES as usize;
 
 #[cfg(test)]
 mod quoting_tests {
@@ -846,12 +871,23 @@ mod quoting_tests {
         assert!(formatted("%x", arg).is_err());
         assert!(formatted("%I", |i| [None].get(i).copied()).is_err());
         assert!(formatted("%", arg).is_err());
-        assert!(formatted("%99999999s", arg).is_err());
+        assert!(formatted("%999999999s", arg).is_err());
+        // PostgreSQL 15: a NULL width is none, a positional width moves the next argument
+        // after it, and '-' may repeat.
+        let three = |i: usize| [Some("a"), Some("5"), Some("b")].get(i).copied();
+        assert_eq!(formatted("%*2$s|", three).unwrap(), "    b|");
+        assert_eq!(
+            formatted("%*s|", |i| [None, Some("x")].get(i).copied()).unwrap(),
+            "x|"
+        );
+        assert_eq!(formatted("%--3s|", arg).unwrap(), "one|");
     }
 
     #[test]
     fn quoting_follows_postgres() {
         assert_eq!(quoted_ident("abc_1"), "abc_1");
+        assert_eq!(quoted_ident("a$b"), "\"a$b\"");
+        assert_eq!(quoted_ident("xmltable"), "\"xmltable\"");
         assert_eq!(quoted_ident("Abc"), "\"Abc\"");
         assert_eq!(quoted_ident("select"), "\"select\"");
         assert_eq!(quoted_ident("a\"b"), "\"a\"\"b\"");
@@ -1011,15 +1047,27 @@ impl ScalarUDFImpl for MakeTimestamp {
 /// Microseconds since the epoch of `[year, month, day, hour, minute]` and `seconds`.
 fn timestamp_of(fields: [i64; 5], seconds: f64) -> DfResult<i64> {
     let [year, month, day, hour, minute] = fields;
-    let date = i32::try_from(year)
-        .ok()
+    // PostgreSQL's years have no 0: -1 is 1 BC, chrono's year 0.
+    let proleptic = match year {
+        0 => None,
+        y if y < 0 => y.checked_add(1),
+        y => Some(y),
+    };
+    let date = proleptic
+        .and_then(|y| i32::try_from(y).ok())
         .zip(u32::try_from(month).ok())
         .zip(u32::try_from(day).ok())
         .and_then(|((y, m), d)| chrono::NaiveDate::from_ymd_opt(y, m, d));
     let Some(date) = date else {
         return exec_err!("date field value out of range: {year}-{month:02}-{day:02}");
     };
-    if !(0..24).contains(&hour) || !(0..60).contains(&minute) || !(0.0..60.0).contains(&seconds) {
+    // As PostgreSQL: 24:00:00 is the next midnight, and 60 seconds the next minute.
+    let past_midnight = hour == 24 && (minute > 0 || seconds > 0.0);
+    if !(0..=24).contains(&hour)
+        || past_midnight
+        || !(0..60).contains(&minute)
+        || !(0.0..=60.0).contains(&seconds)
+    {
         return exec_err!("time field value out of range: {hour}:{minute:02}:{seconds}");
     }
     let micros = (seconds * 1e6).round() as i64;
@@ -1182,8 +1230,27 @@ mod time_tests {
             1_704_448_800_500_000
         );
         assert!(timestamp_of([2024, 2, 30, 0, 0], 0.0).is_err());
-        assert!(timestamp_of([2024, 1, 1, 24, 0], 0.0).is_err());
-        assert!(timestamp_of([2024, 1, 1, 0, 0], 60.0).is_err());
+        // PostgreSQL 15: 24:00:00 and 60 seconds carry over; year -44 is 44 BC; no year 0.
+        assert_eq!(
+            timestamp_of([2024, 1, 1, 24, 0], 0.0).unwrap(),
+            timestamp_of([2024, 1, 2, 0, 0], 0.0).unwrap()
+        );
+        assert_eq!(
+            timestamp_of([2024, 1, 1, 0, 0], 60.0).unwrap(),
+            timestamp_of([2024, 1, 1, 0, 1], 0.0).unwrap()
+        );
+        assert!(timestamp_of([2024, 1, 1, 24, 1], 0.0).is_err());
+        assert!(timestamp_of([2024, 1, 1, 0, 0], 60.5).is_err());
+        assert!(timestamp_of([0, 1, 1, 0, 0], 0.0).is_err());
+        assert_eq!(
+            timestamp_of([-44, 3, 15, 0, 0], 0.0).unwrap(),
+            chrono::NaiveDate::from_ymd_opt(-43, 3, 15)
+                .unwrap()
+                .and_hms_opt(0, 0, 0)
+                .unwrap()
+                .and_utc()
+                .timestamp_micros()
+        );
         assert!(timestamp_of([i64::MAX, 1, 1, 0, 0], 0.0).is_err());
     }
 }

@@ -8,6 +8,8 @@
 //! - a timestamp as `2024-01-05 10:00:00`, its fraction without trailing zeros
 //!   (`10:00:00.5`), a zoned one in its own zone with the offset PostgreSQL prints (`+00`,
 //!   `+05:30`), a year before 1 as PostgreSQL's `BC` year;
+//! - a time of day without trailing zeros in its fraction (`10:00:00.5`, Arrow wrote
+//!   `10:00:00.500`);
 //! - an interval as PostgreSQL's default `IntervalStyle` writes it (`1 day 03:00:00`, Arrow
 //!   wrote `1 days 3 hours`), a difference of timestamps as days and a time of day;
 //! - a float in the shortest digits that read back the same, as `float8out` writes them: `2`,
@@ -54,17 +56,26 @@ fn written_our_way(t: &DataType) -> bool {
             | DataType::Float32
             | DataType::Interval(_)
             | DataType::Duration(_)
+            | DataType::Time32(_)
+            | DataType::Time64(_)
     )
 }
 
 impl AnalyzerRule for TextCasts {
-    fn analyze(&self, plan: LogicalPlan, _config: &ConfigOptions) -> DfResult<LogicalPlan> {
+    fn analyze(&self, plan: LogicalPlan, config: &ConfigOptions) -> DfResult<LogicalPlan> {
         let to_text = |e: &Expr| match e {
             Expr::Cast(c) => is_text(c.field.data_type()),
             Expr::TryCast(c) => is_text(c.field.data_type()),
             _ => false,
         };
-        rewrite_expressions(plan, |node| any_expression(node, to_text), rewrite)
+        // A zoned timestamp is written in the session's time zone, as PostgreSQL writes a
+        // `timestamptz`.
+        let zone = config.execution.time_zone.clone().filter(|z| !z.is_empty());
+        rewrite_expressions(
+            plan,
+            |node| any_expression(node, to_text),
+            |e, schema| rewrite(e, schema, zone.as_deref()),
+        )
     }
 
     fn name(&self) -> &str {
@@ -72,7 +83,7 @@ impl AnalyzerRule for TextCasts {
     }
 }
 
-fn rewrite(e: Expr, schema: &DFSchema) -> DfResult<Transformed<Expr>> {
+fn rewrite(e: Expr, schema: &DFSchema, zone: Option<&str>) -> DfResult<Transformed<Expr>> {
     let (inner, field, try_cast) = match &e {
         Expr::Cast(Cast { expr, field }) => (expr, field, false),
         Expr::TryCast(TryCast { expr, field }) => (expr, field, true),
@@ -83,14 +94,15 @@ fn rewrite(e: Expr, schema: &DFSchema) -> DfResult<Transformed<Expr>> {
     {
         return Ok(Transformed::no(e));
     }
-    match inner.get_type(schema) {
-        Ok(t) if written_our_way(&t) => {}
+    let zoned = match inner.get_type(schema) {
+        Ok(t) if written_our_way(&t) => matches!(t, DataType::Timestamp(_, Some(_))),
         _ => return Ok(Transformed::no(e)),
+    };
+    let mut args = vec![inner.as_ref().clone()];
+    if let (true, Some(zone)) = (zoned, zone) {
+        args.push(datafusion::logical_expr::lit(zone));
     }
-    let text = Expr::ScalarFunction(ScalarFunction::new_udf(
-        function(),
-        vec![inner.as_ref().clone()],
-    ));
+    let text = Expr::ScalarFunction(ScalarFunction::new_udf(function(), args));
     let field = field.clone();
     Ok(Transformed::yes(if try_cast {
         Expr::TryCast(TryCast {
@@ -115,12 +127,18 @@ pub(crate) fn function_named(name: &str) -> Option<Arc<ScalarUDF>> {
 
 fn function() -> Arc<ScalarUDF> {
     Arc::new(ScalarUDF::from(PostgresText {
-        signature: Signature::any(1, Volatility::Immutable),
+        signature: Signature::one_of(
+            vec![
+                datafusion::logical_expr::TypeSignature::Any(1),
+                datafusion::logical_expr::TypeSignature::Any(2),
+            ],
+            Volatility::Immutable,
+        ),
     }))
 }
 
-/// `postgres_text(x)`: a timestamp or float as PostgreSQL writes it; see the module's
-/// documentation.
+/// `postgres_text(x [, zone])`: a timestamp, time, interval or float as PostgreSQL writes it,
+/// a zoned timestamp in `zone` when given; see the module's documentation.
 #[derive(Debug, PartialEq, Eq, Hash)]
 struct PostgresText {
     signature: Signature,
@@ -138,17 +156,23 @@ impl ScalarUDFImpl for PostgresText {
     fn return_type(&self, args: &[DataType]) -> DfResult<DataType> {
         match args {
             [t] if written_our_way(t) => Ok(DataType::Utf8),
-            _ => plan_err!("{NAME}() takes a timestamp, an interval or a float"),
+            [DataType::Timestamp(_, Some(_)), z] if is_text(z) => Ok(DataType::Utf8),
+            _ => plan_err!("{NAME}() takes a timestamp, a time, an interval or a float"),
         }
     }
 
     fn invoke_with_args(&self, args: ScalarFunctionArgs) -> DfResult<ColumnarValue> {
-        let scalar = matches!(args.args[..], [ColumnarValue::Scalar(_)]);
-        let [arg] = args.args.as_slice() else {
-            return plan_err!("{NAME}() takes one argument");
+        let scalar = matches!(args.args[..], [ColumnarValue::Scalar(_), ..]);
+        let (arg, zone) = match args.args.as_slice() {
+            [arg] => (arg, None),
+            [arg, ColumnarValue::Scalar(z)] => match z.try_as_str() {
+                Some(Some(z)) => (arg, Some(z.parse::<Tz>()?)),
+                _ => return plan_err!("{NAME}()'s zone must be a constant text"),
+            },
+            _ => return plan_err!("{NAME}() takes a value and a zone"),
         };
         let a = arg.to_array(1)?;
-        let text = written(&a)?;
+        let text = written(&a, zone)?;
         Ok(if scalar {
             ColumnarValue::Scalar(datafusion::common::ScalarValue::try_from_array(&text, 0)?)
         } else {
@@ -157,8 +181,8 @@ impl ScalarUDFImpl for PostgresText {
     }
 }
 
-/// Each value of `a` as text.
-fn written(a: &ArrayRef) -> DfResult<ArrayRef> {
+/// Each value of `a` as text, a zoned timestamp in `session_zone` when given (else its own).
+fn written(a: &ArrayRef, session_zone: Option<Tz>) -> DfResult<ArrayRef> {
     let mut out = StringBuilder::with_capacity(a.len(), a.len() * 20);
     let mut each = |text: Option<String>| out.append_option(text);
     match a.data_type() {
@@ -171,9 +195,10 @@ fn written(a: &ArrayRef) -> DfResult<ArrayRef> {
             .iter()
             .for_each(|v| each(v.map(real))),
         DataType::Timestamp(unit, zone) => {
-            let zone = match zone {
-                Some(z) => Some(z.parse::<Tz>()?),
-                None => None,
+            let zone = match (zone, session_zone) {
+                (Some(_), Some(session)) => Some(session),
+                (Some(z), None) => Some(z.parse::<Tz>()?),
+                (None, _) => None,
             };
             let (per_second, values): (i64, Vec<Option<i64>>) = match unit {
                 TimeUnit::Second => (1, a.as_primitive::<TimestampSecondType>().iter().collect()),
@@ -226,6 +251,13 @@ fn written(a: &ArrayRef) -> DfResult<ArrayRef> {
                         interval(0, (v / day) as i32, v % day)
                     }))
                 });
+        }
+        DataType::Time32(_) | DataType::Time64(_) => {
+            let nanos = arrow::compute::cast(a, &DataType::Time64(TimeUnit::Nanosecond))?;
+            nanos
+                .as_primitive::<arrow::datatypes::Time64NanosecondType>()
+                .iter()
+                .for_each(|v| each(v.map(|v| interval(0, 0, i128::from(v)))));
         }
         other => return exec_err!("{NAME}() cannot write {other}"),
     }
@@ -359,11 +391,11 @@ fn timestamp(v: i64, per_second: i64, zone: Option<&Tz>) -> DfResult<String> {
     };
     let (local, offset) = match zone {
         Some(z) => {
-            let local = z.from_utc_datetime(&utc.naive_utc());
-            (
-                local.naive_local(),
-                Some(local.offset().fix().local_minus_utc()),
-            )
+            let offset = z.offset_from_utc_datetime(&utc.naive_utc()).fix();
+            let Some(local) = utc.naive_utc().checked_add_offset(offset) else {
+                return exec_err!("timestamp out of range: {v}");
+            };
+            (local, Some(offset.local_minus_utc()))
         }
         None => (utc.naive_utc(), None),
     };
@@ -431,7 +463,7 @@ mod tests {
         let reals: ArrayRef = Arc::new(arrow::array::Float32Array::from(vec![
             0.1f32, 1234567.0, 100000.0,
         ]));
-        let written = written(&reals).unwrap();
+        let written = written(&reals, None).unwrap();
         let written = written.as_string::<i32>();
         assert_eq!(written.value(0), "0.1");
         assert_eq!(written.value(1), "1.234567e+06");
@@ -472,6 +504,9 @@ mod tests {
             timestamp(micros, 1_000_000, Some(&india)).unwrap(),
             "2024-01-05 15:30:00+05:30"
         );
+        // Past chrono's last year in a zone ahead of UTC: an error, not a panic.
+        let five: Tz = "+05:00".parse().unwrap();
+        assert!(timestamp(8_210_266_876_799_000_000, 1_000_000, Some(&five)).is_err());
         // Before the epoch, and before year 1 (PostgreSQL: 0001-12-31 … BC is year 0).
         assert_eq!(timestamp(-1, 1, None).unwrap(), "1969-12-31 23:59:59");
         assert_eq!(
