@@ -20,51 +20,47 @@ use datafusion::logical_expr::{
 
 /// The scalar functions of this module.
 pub(super) fn scalars() -> Vec<Arc<ScalarUDF>> {
+    fn udf(f: impl ScalarUDFImpl + 'static) -> Arc<ScalarUDF> {
+        Arc::new(ScalarUDF::new_from_impl(f))
+    }
     let user_defined = || Signature::user_defined(Volatility::Immutable);
-    vec![
-        Arc::new(ScalarUDF::from(TypeOf {
+    let mut all = vec![
+        udf(TypeOf {
             signature: Signature::any(1, Volatility::Immutable),
-        })),
-        Arc::new(ScalarUDF::from(Div {
+        }),
+        udf(Div {
             signature: user_defined(),
-        })),
-        Arc::new(ScalarUDF::from(WidthBucket {
+        }),
+        udf(WidthBucket {
             signature: user_defined(),
-        })),
-        Arc::new(ScalarUDF::from(Format {
+        }),
+        udf(Format {
             signature: user_defined(),
-        })),
-        Arc::new(ScalarUDF::from(CurrentSetting {
+        }),
+        udf(CurrentSetting {
             signature: Signature::user_defined(Volatility::Stable),
-        })),
-        Arc::new(ScalarUDF::from(MakeTimestamp {
+        }),
+        udf(MakeTimestamp {
             signature: user_defined(),
-        })),
-        Arc::new(ScalarUDF::from(JustifyFn {
-            justify: Justify::Hours,
-            signature: user_defined(),
-        })),
-        Arc::new(ScalarUDF::from(JustifyFn {
-            justify: Justify::Days,
-            signature: user_defined(),
-        })),
-        Arc::new(ScalarUDF::from(JustifyFn {
-            justify: Justify::Interval,
-            signature: user_defined(),
-        })),
-        Arc::new(ScalarUDF::from(Quote {
-            quoting: Quoting::Ident,
-            signature: user_defined(),
-        })),
-        Arc::new(ScalarUDF::from(Quote {
-            quoting: Quoting::Literal,
-            signature: user_defined(),
-        })),
-        Arc::new(ScalarUDF::from(Quote {
-            quoting: Quoting::Nullable,
-            signature: user_defined(),
-        })),
-    ]
+        }),
+    ];
+    all.extend(
+        [Justify::Hours, Justify::Days, Justify::Interval].map(|justify| {
+            udf(JustifyFn {
+                justify,
+                signature: user_defined(),
+            })
+        }),
+    );
+    all.extend(
+        [Quoting::Ident, Quoting::Literal, Quoting::Nullable].map(|quoting| {
+            udf(Quote {
+                quoting,
+                signature: user_defined(),
+            })
+        }),
+    );
+    all
 }
 
 /// DataFusion's functions `registered` under PostgreSQL's names too.
