@@ -13,7 +13,7 @@
 
 use std::sync::Arc;
 
-use arrow::array::{AsArray, Decimal128Builder};
+use arrow::array::{Array, AsArray, Decimal128Array, Decimal128Builder};
 use arrow::datatypes::{
     DataType, DurationMicrosecondType, DurationMillisecondType, DurationNanosecondType,
     DurationSecondType, IntervalDayTimeType, IntervalMonthDayNanoType, IntervalUnit,
@@ -197,68 +197,69 @@ impl ScalarUDFImpl for Length {
             return plan_err!("{LENGTH}() takes one argument");
         };
         let array = arg.to_array(1)?;
-        let a = array.as_ref();
-        let n = a.len();
-        let each = |f: &dyn Fn(usize) -> i128| -> Vec<Option<i128>> {
-            (0..n).map(|i| a.is_valid(i).then(|| f(i))).collect()
-        };
-        let values = match a.data_type() {
-            DataType::Interval(IntervalUnit::MonthDayNano) => {
-                let v = a.as_primitive::<IntervalMonthDayNanoType>();
-                each(&|i| {
-                    let x = v.value(i);
-                    i128::from(x.months) * MONTH
-                        + i128::from(x.days) * DAY
-                        + i128::from(x.nanoseconds)
-                })
-            }
-            DataType::Interval(IntervalUnit::DayTime) => {
-                let v = a.as_primitive::<IntervalDayTimeType>();
-                each(&|i| {
-                    let x = v.value(i);
-                    i128::from(x.days) * DAY + i128::from(x.milliseconds) * 1_000_000
-                })
-            }
-            DataType::Interval(IntervalUnit::YearMonth) => {
-                let v = a.as_primitive::<IntervalYearMonthType>();
-                each(&|i| i128::from(v.value(i)) * MONTH)
-            }
-            DataType::Duration(unit) => {
-                let (scale, values): (i128, Vec<Option<i64>>) = match unit {
-                    TimeUnit::Second => (
-                        1_000_000_000,
-                        a.as_primitive::<DurationSecondType>().iter().collect(),
-                    ),
-                    TimeUnit::Millisecond => (
-                        1_000_000,
-                        a.as_primitive::<DurationMillisecondType>().iter().collect(),
-                    ),
-                    TimeUnit::Microsecond => (
-                        1_000,
-                        a.as_primitive::<DurationMicrosecondType>().iter().collect(),
-                    ),
-                    TimeUnit::Nanosecond => (
-                        1,
-                        a.as_primitive::<DurationNanosecondType>().iter().collect(),
-                    ),
-                };
-                values
-                    .into_iter()
-                    .map(|v| v.map(|v| i128::from(v) * scale))
-                    .collect()
-            }
-            DataType::Null => vec![None; n],
-            other => return plan_err!("{LENGTH}() takes an interval or a duration, not {other}"),
-        };
-        let mut out =
-            Decimal128Builder::with_capacity(n).with_data_type(DataType::Decimal128(38, 0));
-        out.extend(values);
-        let out = out.finish();
+        let out = lengths_of(array.as_ref())?;
         Ok(match scalar {
             true => ColumnarValue::Scalar(ScalarValue::try_from_array(&out, 0)?),
             false => ColumnarValue::Array(Arc::new(out)),
         })
     }
+}
+
+/// Each interval's or duration's length in `a`; see [`interval_length`].
+pub(super) fn lengths_of(a: &dyn Array) -> DfResult<Decimal128Array> {
+    let n = a.len();
+    let each = |f: &dyn Fn(usize) -> i128| -> Vec<Option<i128>> {
+        (0..n).map(|i| a.is_valid(i).then(|| f(i))).collect()
+    };
+    let values = match a.data_type() {
+        DataType::Interval(IntervalUnit::MonthDayNano) => {
+            let v = a.as_primitive::<IntervalMonthDayNanoType>();
+            each(&|i| {
+                let x = v.value(i);
+                i128::from(x.months) * MONTH + i128::from(x.days) * DAY + i128::from(x.nanoseconds)
+            })
+        }
+        DataType::Interval(IntervalUnit::DayTime) => {
+            let v = a.as_primitive::<IntervalDayTimeType>();
+            each(&|i| {
+                let x = v.value(i);
+                i128::from(x.days) * DAY + i128::from(x.milliseconds) * 1_000_000
+            })
+        }
+        DataType::Interval(IntervalUnit::YearMonth) => {
+            let v = a.as_primitive::<IntervalYearMonthType>();
+            each(&|i| i128::from(v.value(i)) * MONTH)
+        }
+        DataType::Duration(unit) => {
+            let (scale, values): (i128, Vec<Option<i64>>) = match unit {
+                TimeUnit::Second => (
+                    1_000_000_000,
+                    a.as_primitive::<DurationSecondType>().iter().collect(),
+                ),
+                TimeUnit::Millisecond => (
+                    1_000_000,
+                    a.as_primitive::<DurationMillisecondType>().iter().collect(),
+                ),
+                TimeUnit::Microsecond => (
+                    1_000,
+                    a.as_primitive::<DurationMicrosecondType>().iter().collect(),
+                ),
+                TimeUnit::Nanosecond => (
+                    1,
+                    a.as_primitive::<DurationNanosecondType>().iter().collect(),
+                ),
+            };
+            values
+                .into_iter()
+                .map(|v| v.map(|v| i128::from(v) * scale))
+                .collect()
+        }
+        DataType::Null => vec![None; n],
+        other => return plan_err!("{LENGTH}() takes an interval or a duration, not {other}"),
+    };
+    let mut out = Decimal128Builder::with_capacity(n).with_data_type(DataType::Decimal128(38, 0));
+    out.extend(values);
+    Ok(out.finish())
 }
 
 #[cfg(test)]

@@ -6,6 +6,8 @@
 //! argument and the ordering as the aggregate's `ORDER BY`; `mode(x)` and
 //! `percentile_disc(x, f)` are the same calls written directly.
 //!
+//! Intervals are ordered and tied by their length, as PostgreSQL compares them.
+//!
 //! Each group keeps its values (in memory the aggregate accounts for, so a query over more
 //! than its budget fails, or spills where the plan can) and sorts them once at the end; ties in
 //! `mode` go to the value that sorts first, as PostgreSQL's scan of the sorted group finds it.
@@ -182,8 +184,17 @@ impl Accumulator for Values {
         if all.is_empty() {
             return ScalarValue::try_from(&self.data_type);
         }
-        let order = arrow::compute::sort_to_indices(&all, Some(self.order), None)?;
+        // Intervals sort and tie by their length, as PostgreSQL compares them ('1 day' and
+        // '24 hours' are equal); Arrow's order goes field by field.
+        let key: ArrayRef = match all.data_type() {
+            DataType::Interval(_) | DataType::Duration(_) => {
+                Arc::new(super::interval_order::lengths_of(all.as_ref())?)
+            }
+            _ => all.clone(),
+        };
+        let order = arrow::compute::sort_to_indices(&key, Some(self.order), None)?;
         let sorted = arrow::compute::take(&all, &order, None)?;
+        let sorted_key = arrow::compute::take(&key, &order, None)?;
         let at = match self.pick {
             Pick::Percentile(f) => {
                 // The first row whose cumulative share reaches f (1-based ceil(f × n)).
@@ -192,7 +203,7 @@ impl Accumulator for Values {
                 place.clamp(1, n) - 1
             }
             Pick::Mode => {
-                let runs = arrow::compute::partition(std::slice::from_ref(&sorted))?;
+                let runs = arrow::compute::partition(std::slice::from_ref(&sorted_key))?;
                 let mut best = (0, 0);
                 for run in runs.ranges() {
                     if run.len() > best.1 {
@@ -279,6 +290,32 @@ mod tests {
             answer(Pick::Percentile(0.5), false, &[nulls]),
             ScalarValue::Int64(None)
         );
+    }
+
+    #[test]
+    fn intervals_are_ordered_by_length() {
+        use arrow::datatypes::IntervalMonthDayNano as I;
+        let h = 3_600_000_000_000;
+        // '1 day', '25 hours', '2 hours': PostgreSQL's median is '1 day'.
+        let spans: ArrayRef = Arc::new(arrow::array::IntervalMonthDayNanoArray::from(vec![
+            I::new(0, 1, 0),
+            I::new(0, 0, 25 * h),
+            I::new(0, 0, 2 * h),
+        ]));
+        assert_eq!(
+            answer(Pick::Percentile(0.5), false, std::slice::from_ref(&spans)),
+            ScalarValue::IntervalMonthDayNano(Some(I::new(0, 1, 0)))
+        );
+        // '24 hours' ties with '1 day'.
+        let ties: ArrayRef = Arc::new(arrow::array::IntervalMonthDayNanoArray::from(vec![
+            I::new(0, 0, 2 * h),
+            I::new(0, 1, 0),
+            I::new(0, 0, 24 * h),
+        ]));
+        assert!(matches!(
+            answer(Pick::Mode, false, &[ties]),
+            ScalarValue::IntervalMonthDayNano(Some(v)) if v != I::new(0, 0, 2 * h)
+        ));
     }
 
     #[test]

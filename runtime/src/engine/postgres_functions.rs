@@ -238,24 +238,52 @@ impl ScalarUDFImpl for Div {
                     |x, y| (x / y).trunc(),
                 )?)
             }
-            DataType::Decimal128(p, _) => {
-                // Arrow's quotient is truncated at its own scale; dropping that scale by an
-                // integer division truncates again, toward zero.
-                let exact = arrow::compute::kernels::numeric::div(a, b)?;
-                let DataType::Decimal128(_, scale) = exact.data_type() else {
-                    return exec_err!("div: Arrow answered {}", exact.data_type());
-                };
-                let unit = 10i128.pow(u32::from(scale.unsigned_abs()));
-                let whole = exact
-                    .as_primitive::<Decimal128Type>()
-                    .unary::<_, Decimal128Type>(|v| v / unit)
-                    .with_precision_and_scale(*p, 0)?;
-                Arc::new(whole)
-            }
+            DataType::Decimal128(p, _) => Arc::new(whole_quotients(a, b, *p)?),
             other => return exec_err!("div cannot answer {other}"),
         };
         Ok(ColumnarValue::Array(quotient))
     }
+}
+
+/// `a / b` truncated toward zero, for decimals `a` and `b`, as a `DECIMAL(p, 0)`: computed on
+/// 256 bits with both at one scale, so no value overflows on the way (Arrow's `/` multiplies
+/// the dividend by 10^4 first: `div(99999999999999999999999999999999999999, 3)` overflowed).
+fn whole_quotients(a: &ArrayRef, b: &ArrayRef, p: u8) -> DfResult<arrow::array::Decimal128Array> {
+    use arrow::array::ArrowNativeTypeOp;
+    use arrow::datatypes::i256;
+    let (DataType::Decimal128(_, s1), DataType::Decimal128(_, s2)) = (a.data_type(), b.data_type())
+    else {
+        return exec_err!(
+            "div takes decimals here, not {} and {}",
+            a.data_type(),
+            b.data_type()
+        );
+    };
+    let ten = |k: i8| i256::from_i128(10).pow_checked(u32::from(k.max(0).unsigned_abs()));
+    let (up_a, up_b) = (ten(*s2 - *s1)?, ten(*s1 - *s2)?);
+    let limit = i256::from_i128(10).pow_checked(u32::from(p))?;
+    let (a, b) = (
+        a.as_primitive::<Decimal128Type>(),
+        b.as_primitive::<Decimal128Type>(),
+    );
+    let mut out = Vec::with_capacity(a.len());
+    for i in 0..a.len() {
+        if a.is_null(i) || b.is_null(i) {
+            out.push(None);
+            continue;
+        }
+        let n = i256::from_i128(a.value(i)).checked_mul(up_a);
+        let d = i256::from_i128(b.value(i)).checked_mul(up_b);
+        let q = n.zip(d).and_then(|(n, d)| n.checked_div(d));
+        match q
+            .filter(|q| q.wrapping_abs() < limit)
+            .and_then(|q| q.to_i128())
+        {
+            Some(q) => out.push(Some(q)),
+            None => return exec_err!("numeric field overflow in div"),
+        }
+    }
+    Ok(arrow::array::Decimal128Array::from(out).with_precision_and_scale(p, 0)?)
 }
 
 /// `width_bucket(x, low, high, count)`: which of `count` equal buckets between `low` and `high`
@@ -385,6 +413,33 @@ mod tests {
         assert!(bucket(1.0, 0.0, 2.0, 0).is_err());
         assert!(bucket(1.0, 0.0, f64::INFINITY, 3).is_err());
         assert!(bucket(1.0, 0.0, 2.0, i64::from(i32::MAX) + 1).is_err());
+    }
+
+    #[test]
+    fn div_of_decimals_does_not_overflow_on_the_way() {
+        let dec = |v: i128, p: u8, s: i8| -> ArrayRef {
+            Arc::new(
+                arrow::array::Decimal128Array::from(vec![v])
+                    .with_precision_and_scale(p, s)
+                    .unwrap(),
+            )
+        };
+        let nines = 10i128.pow(38) - 1;
+        let q = whole_quotients(&dec(nines, 38, 0), &dec(3, 20, 0), 38).unwrap();
+        assert_eq!(q.value(0), nines / 3);
+        // -7.5 / 2 and 7.5 / -0.25: toward zero.
+        assert_eq!(
+            whole_quotients(&dec(-75, 2, 1), &dec(2, 20, 0), 21)
+                .unwrap()
+                .value(0),
+            -3
+        );
+        assert_eq!(
+            whole_quotients(&dec(75, 2, 1), &dec(-25, 3, 2), 4)
+                .unwrap()
+                .value(0),
+            -30
+        );
     }
 
     #[test]
