@@ -185,25 +185,42 @@ def test_a_new_connection_from_an_old_connections_address_and_port_starts_afresh
                 b.sendall(data)
         except OSError:
             pass
+        # Wake the other direction without a FIN upstream: a FIN from the relay's side would
+        # leave its address and port in TIME_WAIT, and the next connection could not take
+        # them (EADDRNOTAVAIL, once in a while, when the relay closed before the server).
         for sock in (a, b):
             try:
-                sock.shutdown(socket.SHUT_RDWR)
+                sock.shutdown(socket.SHUT_RD)
             except OSError:
                 pass
 
     def relay():
+        last = None
         while True:
             try:
                 client, _ = listener.accept()
             except OSError:
                 return
+            if last is not None:
+                # The previous connection is reset (SO_LINGER 0) once both its directions are
+                # done, before its port is taken again.
+                old_up, old_client, pumps = last
+                for t in pumps:
+                    t.join(timeout=10)
+                old_up.close()
+                old_client.close()
             up = socket.socket()
             up.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
             up.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
             up.bind(("127.0.0.1", source))
             up.connect((host, int(port)))
-            threading.Thread(target=pump, args=(up, client), daemon=True).start()
-            threading.Thread(target=pump, args=(client, up), daemon=True).start()
+            pumps = [
+                threading.Thread(target=pump, args=(up, client), daemon=True),
+                threading.Thread(target=pump, args=(client, up), daemon=True),
+            ]
+            for t in pumps:
+                t.start()
+            last = (up, client, pumps)
 
     threading.Thread(target=relay, daemon=True).start()
     via_relay = f"grpc://127.0.0.1:{listener.getsockname()[1]}"
