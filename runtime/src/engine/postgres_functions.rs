@@ -1150,7 +1150,8 @@ struct JustifyFn {
     signature: Signature,
 }
 
-const DAY_NANOS: i64 = 86_400_000_000_000;
+/// Nanoseconds in a day.
+pub(super) const DAY_NANOS: i64 = 86_400_000_000_000;
 
 fn justified(
     v: arrow::datatypes::IntervalMonthDayNano,

@@ -23,10 +23,7 @@ use std::sync::Arc;
 
 use arrow::array::timezone::Tz;
 use arrow::array::{Array, ArrayRef, AsArray, StringBuilder};
-use arrow::datatypes::{
-    DataType, Float32Type, Float64Type, TimeUnit, TimestampMicrosecondType,
-    TimestampMillisecondType, TimestampNanosecondType, TimestampSecondType,
-};
+use arrow::datatypes::{DataType, Float32Type, Float64Type, Int64Type, TimeUnit};
 use chrono::{DateTime, Datelike, Offset, TimeZone, Timelike};
 use datafusion::common::tree_node::Transformed;
 use datafusion::common::{DFSchema, Result as DfResult, exec_err, plan_err};
@@ -200,26 +197,10 @@ fn written(a: &ArrayRef, session_zone: Option<Tz>) -> DfResult<ArrayRef> {
                 (Some(z), None) => Some(z.parse::<Tz>()?),
                 (None, _) => None,
             };
-            let (per_second, values): (i64, Vec<Option<i64>>) = match unit {
-                TimeUnit::Second => (1, a.as_primitive::<TimestampSecondType>().iter().collect()),
-                TimeUnit::Millisecond => (
-                    1_000,
-                    a.as_primitive::<TimestampMillisecondType>()
-                        .iter()
-                        .collect(),
-                ),
-                TimeUnit::Microsecond => (
-                    1_000_000,
-                    a.as_primitive::<TimestampMicrosecondType>()
-                        .iter()
-                        .collect(),
-                ),
-                TimeUnit::Nanosecond => (
-                    1_000_000_000,
-                    a.as_primitive::<TimestampNanosecondType>().iter().collect(),
-                ),
-            };
-            for v in values {
+            // A timestamp's value is its count of units since the epoch.
+            let per_second = 1_000_000_000 / nanos_per(unit);
+            let raw = arrow::compute::cast(a, &DataType::Int64)?;
+            for v in raw.as_primitive::<Int64Type>().iter() {
                 match v {
                     None => each(None),
                     Some(v) => each(Some(timestamp(v, per_second, zone.as_ref())?)),
@@ -246,7 +227,7 @@ fn written(a: &ArrayRef, session_zone: Option<Tz>) -> DfResult<ArrayRef> {
                 .iter()
                 .for_each(|v| {
                     each(v.map(|v| {
-                        let day = i128::from(DAY_NANOS);
+                        let day = i128::from(super::postgres_functions::DAY_NANOS);
                         let v = i128::from(v);
                         interval(0, (v / day) as i32, v % day)
                     }))
@@ -329,8 +310,6 @@ fn float_digits(e_form: &str, finite: bool, nan: bool, digits: i32) -> Option<St
     Some(out)
 }
 
-const DAY_NANOS: i64 = 86_400_000_000_000;
-
 /// An interval as PostgreSQL writes it (`IntervalStyle` postgres): `1 year 2 mons 3 days
 /// 04:05:06.5`, `-1 days +02:00:00`, `00:00:00` when empty.
 fn interval(months: i32, days: i32, nanos: i128) -> String {
@@ -379,6 +358,16 @@ fn interval(months: i32, days: i32, nanos: i128) -> String {
         }
     }
     out
+}
+
+/// Nanoseconds in one `unit`.
+fn nanos_per(unit: &TimeUnit) -> i64 {
+    match unit {
+        TimeUnit::Second => 1_000_000_000,
+        TimeUnit::Millisecond => 1_000_000,
+        TimeUnit::Microsecond => 1_000,
+        TimeUnit::Nanosecond => 1,
+    }
 }
 
 /// `v` units of `1 / per_second` s since the epoch, as PostgreSQL writes a timestamp (in
