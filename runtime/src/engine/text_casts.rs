@@ -36,6 +36,7 @@ use datafusion::logical_expr::{
 use datafusion::optimizer::AnalyzerRule;
 
 use super::checked::{any_expression, rewrite_expressions};
+use super::postgres_functions::DAY_NANOS;
 
 /// The rule; see the module's documentation.
 #[derive(Debug, Default)]
@@ -216,22 +217,22 @@ fn written(a: &ArrayRef, session_zone: Option<Tz>) -> DfResult<ArrayRef> {
                 .as_primitive::<arrow::datatypes::IntervalMonthDayNanoType>()
                 .iter()
                 .for_each(|v| {
-                    each(v.map(|v| interval(v.months, v.days, i128::from(v.nanoseconds))))
+                    each(
+                        v.map(|v| interval(v.months, i64::from(v.days), i128::from(v.nanoseconds))),
+                    )
                 });
         }
-        DataType::Duration(_) => {
-            // A difference of timestamps: PostgreSQL's interval of days and a time of day.
-            let nanos = arrow::compute::cast(a, &DataType::Duration(TimeUnit::Nanosecond))?;
-            nanos
-                .as_primitive::<arrow::datatypes::DurationNanosecondType>()
-                .iter()
-                .for_each(|v| {
-                    each(v.map(|v| {
-                        let day = i128::from(super::postgres_functions::DAY_NANOS);
-                        let v = i128::from(v);
-                        interval(0, (v / day) as i32, v % day)
-                    }))
-                });
+        DataType::Duration(unit) => {
+            // A difference of timestamps: PostgreSQL's interval of days and a time of day. Read
+            // as raw units: a cast to nanoseconds gave NULL past 292 years.
+            let (unit, day) = (i128::from(nanos_per(unit)), i128::from(DAY_NANOS));
+            let raw = arrow::compute::cast(a, &DataType::Int64)?;
+            raw.as_primitive::<Int64Type>().iter().for_each(|v| {
+                each(v.map(|v| {
+                    let nanos = i128::from(v) * unit;
+                    interval(0, (nanos / day) as i64, nanos % day)
+                }))
+            });
         }
         DataType::Time32(_) | DataType::Time64(_) => {
             let nanos = arrow::compute::cast(a, &DataType::Time64(TimeUnit::Nanosecond))?;
@@ -312,7 +313,7 @@ fn float_digits(e_form: &str, finite: bool, nan: bool, digits: i32) -> Option<St
 
 /// An interval as PostgreSQL writes it (`IntervalStyle` postgres): `1 year 2 mons 3 days
 /// 04:05:06.5`, `-1 days +02:00:00`, `00:00:00` when empty.
-fn interval(months: i32, days: i32, nanos: i128) -> String {
+fn interval(months: i32, days: i64, nanos: i128) -> String {
     let mut out = String::new();
     let mut empty = true;
     let mut after_negative = false;
@@ -332,7 +333,7 @@ fn interval(months: i32, days: i32, nanos: i128) -> String {
     };
     part(i64::from(months / 12), "year", &mut out);
     part(i64::from(months % 12), "mon", &mut out);
-    part(i64::from(days), "day", &mut out);
+    part(days, "day", &mut out);
     if empty || nanos != 0 {
         let sign = if nanos < 0 {
             "-"
