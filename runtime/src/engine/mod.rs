@@ -71,6 +71,7 @@ mod ordered_sets;
 mod patterns;
 mod policy;
 mod postgres_functions;
+mod scalar_subqueries;
 mod set_comparisons;
 mod show;
 mod similar_to;
@@ -148,6 +149,7 @@ pub(crate) fn planted_function(name: &str) -> Option<Arc<datafusion::logical_exp
         .or_else(|| interval_order::function_named(name))
         .or_else(|| whole_casts::function_named(name))
         .or_else(|| text_casts::function_named(name))
+        .or_else(|| scalar_subqueries::function_named(name))
 }
 pub use history_table::history_schema;
 pub use ingest::{IfExists, IfMissing, WriteMode};
@@ -785,7 +787,8 @@ fn physical_rules(bee_memory: u64) -> Vec<Arc<dyn PhysicalOptimizerRule + Send +
 /// decimal literals beside floats become floats before its type coercion; after it, decimals
 /// cast to integers drop their fraction first, casts to a timestamp's date or time of day are
 /// kept out of interval analysis, integer arithmetic is checked (before constant folding), two
-/// `IN` lists over a value that leave nothing answer NULL for a NULL value,
+/// `IN` lists over a value that leave nothing answer NULL for a NULL value, a scalar subquery
+/// that can return no row may be NULL,
 /// `information_schema.columns` counts its ordinals from 1, `information_schema.views` lists
 /// only views, and the functions that grow and the patterns of the matching operators are
 /// bounded.
@@ -801,6 +804,7 @@ fn analyzer_rules() -> Vec<Arc<dyn datafusion::optimizer::AnalyzerRule + Send + 
     rules.push(Arc::new(interval_order::IntervalOrder));
     rules.push(Arc::new(checked::CheckedIntegers));
     rules.push(Arc::new(in_lists::EmptyInLists));
+    rules.push(Arc::new(scalar_subqueries::NullableSubqueries));
     rules.push(Arc::new(information_schema::OrdinalsFromOne));
     rules.push(Arc::new(information_schema::OnlyViewsInViews));
     rules.push(Arc::new(bounded::BoundedCalls));
