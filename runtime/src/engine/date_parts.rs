@@ -11,13 +11,15 @@
 
 use std::sync::Arc;
 
-use arrow::array::{Array, AsArray, Float64Array};
+use arrow::array::{Array, ArrayRef, AsArray, Float64Array, Int64Array};
 use arrow::datatypes::{
     DataType, DurationMicrosecondType, DurationMillisecondType, DurationNanosecondType,
     DurationSecondType, Field, FieldRef, Int64Type, IntervalMonthDayNanoType, IntervalUnit,
     TimeUnit,
 };
 use datafusion::common::{Result as DfResult, ScalarValue};
+
+use super::text_casts::nanos_per;
 use datafusion::logical_expr::preimage::PreimageResult;
 use datafusion::logical_expr::simplify::SimplifyContext;
 use datafusion::logical_expr::{
@@ -60,6 +62,33 @@ enum Own {
     Second,
     /// The length of a duration or an interval, in seconds.
     Epoch,
+    /// A field of a duration read as PostgreSQL's interval of days and a time of day.
+    Span(Span),
+}
+
+/// The fields of a span of time PostgreSQL extracts: a duration (a timestamp difference) is
+/// days and a time of day under a day, an interval's time of day is its nanoseconds.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Span {
+    /// Years and months: none in a duration, which counts no months.
+    Months,
+    Day,
+    Hour,
+    Minute,
+    /// Seconds of the minute with their fraction, and the same in milli- and microseconds.
+    Second,
+    Millisecond,
+    Microsecond,
+}
+
+impl Own {
+    /// The type answered: whole fields as `BIGINT`, seconds and lengths as `DOUBLE`.
+    fn data_type(self) -> DataType {
+        match self {
+            Own::Span(Span::Months | Span::Day | Span::Hour | Span::Minute) => DataType::Int64,
+            _ => DataType::Float64,
+        }
+    }
 }
 
 /// The part `part` names, as DataFusion normalises it (trimmed, quotes and case aside).
@@ -68,17 +97,35 @@ fn own(part: &str, value: &DataType) -> Option<Own> {
         .trim()
         .trim_matches(|c| c == '\'' || c == '"')
         .to_ascii_lowercase();
-    match part.as_str() {
-        "second" | "seconds" | "s" | "sec" | "secs" => matches!(
-            value,
-            DataType::Timestamp(..) | DataType::Time32(_) | DataType::Time64(_)
-        )
-        .then_some(Own::Second),
-        "epoch" => matches!(
-            value,
-            DataType::Duration(_) | DataType::Interval(IntervalUnit::MonthDayNano)
-        )
-        .then_some(Own::Epoch),
+    let span = match part.as_str() {
+        "second" | "seconds" | "s" | "sec" | "secs" => Span::Second,
+        "millisecond" | "milliseconds" | "ms" | "msec" | "msecs" => Span::Millisecond,
+        "microsecond" | "microseconds" | "us" | "usec" | "usecs" => Span::Microsecond,
+        "minute" | "minutes" | "m" | "min" | "mins" => Span::Minute,
+        "hour" | "hours" | "h" | "hr" | "hrs" => Span::Hour,
+        "day" | "days" | "d" => Span::Day,
+        "year" | "years" | "y" | "yr" | "yrs" | "month" | "months" | "mon" | "mons" | "quarter"
+        | "decade" | "century" | "millennium" => Span::Months,
+        "epoch" => {
+            return matches!(
+                value,
+                DataType::Duration(_) | DataType::Interval(IntervalUnit::MonthDayNano)
+            )
+            .then_some(Own::Epoch);
+        }
+        _ => return None,
+    };
+    match value {
+        DataType::Timestamp(..) | DataType::Time32(_) | DataType::Time64(_) => {
+            (span == Span::Second).then_some(Own::Second)
+        }
+        DataType::Duration(_) => Some(Own::Span(span)),
+        // DataFusion reads an interval's whole fields right, but drops the fraction of its
+        // seconds.
+        DataType::Interval(IntervalUnit::MonthDayNano) => {
+            matches!(span, Span::Second | Span::Millisecond | Span::Microsecond)
+                .then_some(Own::Span(span))
+        }
         _ => None,
     }
 }
@@ -112,9 +159,9 @@ impl ScalarUDFImpl for PgDatePart {
             _ => None,
         };
         match mine {
-            Some(_) => Ok(Arc::new(Field::new(
+            Some(own) => Ok(Arc::new(Field::new(
                 self.name(),
-                DataType::Float64,
+                own.data_type(),
                 args.arg_fields[1].is_nullable(),
             ))),
             None => self.inner.return_field_from_args(args),
@@ -143,6 +190,13 @@ impl ScalarUDFImpl for PgDatePart {
         let scalar = matches!(args.args[1], ColumnarValue::Scalar(_));
         let values = args.args[1].to_array(1)?;
         let seconds: Float64Array = match mine {
+            Own::Span(span) => {
+                let answer = span_part(values.as_ref(), span)?;
+                return Ok(match scalar {
+                    true => ColumnarValue::Scalar(ScalarValue::try_from_array(&answer, 0)?),
+                    false => ColumnarValue::Array(answer),
+                });
+            }
             Own::Second => {
                 // DataFusion's nanoseconds of the minute, seconds included, as a 64-bit number.
                 let mut nanos_args = args.clone();
@@ -175,6 +229,61 @@ impl ScalarUDFImpl for PgDatePart {
 const YEAR: f64 = 365.25 * 86_400.0;
 const MONTH: f64 = 30.0 * 86_400.0;
 const DAY: f64 = 86_400.0;
+
+/// Nanoseconds in a minute, an hour and a day.
+const MINUTE_NANOS: i128 = 60_000_000_000;
+const HOUR_NANOS: i128 = 60 * MINUTE_NANOS;
+const DAY_NANOS: i128 = 24 * HOUR_NANOS;
+
+/// `span` of each duration or interval in `a`, as PostgreSQL extracts it from an interval
+/// (a duration being days and a time of day): the signs of the fields are the value's, as C's
+/// truncating division gives them.
+fn span_part(a: &dyn Array, span: Span) -> DfResult<ArrayRef> {
+    // Each value's days and nanoseconds of its time of day (a duration in nanoseconds counted
+    // in 128 bits: a duration of seconds past 292 years overflows 64).
+    let split = |n: i128| (n / DAY_NANOS, n % DAY_NANOS);
+    let parts: Vec<Option<(i128, i128)>> = match a.data_type() {
+        DataType::Duration(unit) => {
+            let per = i128::from(nanos_per(unit));
+            let raw = arrow::compute::cast(a, &DataType::Int64)?;
+            raw.as_primitive::<Int64Type>()
+                .iter()
+                .map(|v| v.map(|n| split(i128::from(n) * per)))
+                .collect()
+        }
+        _ => a
+            .as_primitive::<IntervalMonthDayNanoType>()
+            .iter()
+            .map(|v| v.map(|x| (i128::from(x.days), i128::from(x.nanoseconds))))
+            .collect(),
+    };
+    let seconds = |scale: f64| -> ArrayRef {
+        Arc::new(
+            parts
+                .iter()
+                .map(|p| p.map(|(_, nanos)| (nanos % MINUTE_NANOS) as f64 / 1e9 * scale))
+                .collect::<Float64Array>(),
+        )
+    };
+    let whole = |field: fn((i128, i128)) -> i128| -> ArrayRef {
+        // Within 64 bits: days of a duration are at most 2^63 seconds' worth.
+        Arc::new(
+            parts
+                .iter()
+                .map(|p| p.map(|p| field(p) as i64))
+                .collect::<Int64Array>(),
+        )
+    };
+    Ok(match span {
+        Span::Months => whole(|_| 0),
+        Span::Day => whole(|(days, _)| days),
+        Span::Hour => whole(|(_, nanos)| nanos / HOUR_NANOS),
+        Span::Minute => whole(|(_, nanos)| nanos % HOUR_NANOS / MINUTE_NANOS),
+        Span::Second => seconds(1.0),
+        Span::Millisecond => seconds(1e3),
+        Span::Microsecond => seconds(1e6),
+    })
+}
 
 /// The length of each duration or interval in seconds, as PostgreSQL's `extract(epoch …)`.
 fn epoch(a: &dyn Array) -> Float64Array {

@@ -362,7 +362,7 @@ fn interval(months: i32, days: i64, nanos: i128) -> String {
 }
 
 /// Nanoseconds in one `unit`.
-fn nanos_per(unit: &TimeUnit) -> i64 {
+pub(super) fn nanos_per(unit: &TimeUnit) -> i64 {
     match unit {
         TimeUnit::Second => 1_000_000_000,
         TimeUnit::Millisecond => 1_000_000,
