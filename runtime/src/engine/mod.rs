@@ -71,6 +71,7 @@ mod ordered_sets;
 mod patterns;
 mod policy;
 mod postgres_functions;
+mod row_values;
 mod scalar_subqueries;
 mod set_comparisons;
 mod show;
@@ -783,8 +784,9 @@ fn physical_rules(bee_memory: u64) -> Vec<Arc<dyn PhysicalOptimizerRule + Send +
     rules
 }
 
-/// DataFusion's analyzer rules with ours: string literals beside timestamps take their type and
-/// decimal literals beside floats become floats before its type coercion; after it, decimals
+/// DataFusion's analyzer rules with ours: row values compare field by field, string literals
+/// beside timestamps take their type and decimal literals beside floats become floats before
+/// its type coercion; after it, decimals
 /// cast to integers drop their fraction first, casts to a timestamp's date or time of day are
 /// kept out of interval analysis, integer arithmetic is checked (before constant folding), two
 /// `IN` lists over a value that leave nothing answer NULL for a NULL value, a scalar subquery
@@ -797,6 +799,7 @@ fn analyzer_rules() -> Vec<Arc<dyn datafusion::optimizer::AnalyzerRule + Send + 
     rules.insert(0, Arc::new(literals::FloatNeighbours));
     rules.insert(0, Arc::new(temporal_strings::TimestampStrings));
     rules.insert(0, Arc::new(set_comparisons::SetComparisons));
+    rules.insert(0, Arc::new(row_values::RowValues));
     rules.push(Arc::new(whole_casts::WholeCasts));
     rules.push(Arc::new(text_casts::TextCasts));
     rules.push(Arc::new(temporal_strings::SubUnitValues));
