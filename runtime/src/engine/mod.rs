@@ -65,6 +65,7 @@ mod join_filters;
 mod lazy_start;
 mod literals;
 mod nan_pruning;
+mod not_in_subqueries;
 mod operations;
 mod options;
 mod ordered_sets;
@@ -784,7 +785,8 @@ fn physical_rules(bee_memory: u64) -> Vec<Arc<dyn PhysicalOptimizerRule + Send +
     rules
 }
 
-/// DataFusion's analyzer rules with ours: row values compare field by field, string literals
+/// DataFusion's analyzer rules with ours: a `NOT IN (subquery)` its null-aware join cannot
+/// answer is planned as the rows it keeps, row values compare field by field, string literals
 /// beside timestamps take their type and decimal literals beside floats become floats before
 /// its type coercion; after it, decimals
 /// cast to integers drop their fraction first, casts to a timestamp's date or time of day are
@@ -800,6 +802,7 @@ fn analyzer_rules() -> Vec<Arc<dyn datafusion::optimizer::AnalyzerRule + Send + 
     rules.insert(0, Arc::new(temporal_strings::TimestampStrings));
     rules.insert(0, Arc::new(set_comparisons::SetComparisons));
     rules.insert(0, Arc::new(row_values::RowValues));
+    rules.insert(0, Arc::new(not_in_subqueries::NotInSubqueries));
     rules.push(Arc::new(whole_casts::WholeCasts));
     rules.push(Arc::new(text_casts::TextCasts));
     rules.push(Arc::new(temporal_strings::SubUnitValues));
