@@ -201,7 +201,7 @@ fn classify(e: DataFusionError) -> Error {
                 kind: apiary_storage::ObjectKind::Frame,
                 name: name.to_string(),
             }),
-            None => Error::Sql(msg),
+            None => Error::Sql(planning_text(msg)),
         },
         D::SchemaError(err, _) => Error::Sql(err.to_string()),
         D::NotImplemented(msg) => Error::Unsupported(msg),
@@ -251,6 +251,18 @@ fn classify(e: DataFusionError) -> Error {
         D::ExecutionJoin(err) => Error::Internal(format!("task failed: {err}")),
         D::Internal(msg) => Error::Internal(msg),
         other => Error::Internal(other.to_string()),
+    }
+}
+
+/// The text of a planning error the statement caused. A call that matches no signature of its
+/// function reaches us as DataFusion's internal error (each signature's refusal, then "This
+/// issue was likely caused by a bug in DataFusion's code. Please help us…") wrapped in the plan
+/// error that says what is wrong; only that part is the caller's to read.
+fn planning_text(msg: String) -> String {
+    const NO_MATCH: &str = "No function matches the given name and argument types";
+    match msg.find(NO_MATCH) {
+        Some(at) if msg.starts_with("Internal error: ") => msg[at..].to_string(),
+        _ => msg,
     }
 }
 
