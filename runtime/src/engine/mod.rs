@@ -66,6 +66,7 @@ mod lazy_start;
 mod literals;
 mod nan_pruning;
 mod not_in_subqueries;
+mod number_templates;
 mod operations;
 mod options;
 mod ordered_sets;

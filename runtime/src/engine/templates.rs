@@ -625,7 +625,7 @@ fn written_year(year: i32) -> i64 {
 }
 
 /// The English ordinal suffix of `n`.
-fn ordinal_suffix(n: i64) -> &'static str {
+pub(super) fn ordinal_suffix(n: i64) -> &'static str {
     match (n % 100, n % 10) {
         (11..=13, _) => "th",
         (_, 1) => "st",
@@ -919,6 +919,8 @@ fn format_rows<'t>(
 #[derive(Debug, PartialEq, Eq, Hash)]
 struct PgToChar {
     inner: Arc<ScalarUDF>,
+    /// DataFusion's signatures, and a number with a text template.
+    signature: Signature,
 }
 
 impl ScalarUDFImpl for PgToChar {
@@ -931,14 +933,22 @@ impl ScalarUDFImpl for PgToChar {
     }
 
     fn signature(&self) -> &Signature {
-        self.inner.signature()
+        &self.signature
     }
 
     fn return_type(&self, args: &[DataType]) -> DfResult<DataType> {
-        self.inner.return_type(args)
+        match args {
+            [number, _] if number.is_numeric() => Ok(DataType::Utf8),
+            _ => self.inner.return_type(args),
+        }
     }
 
     fn invoke_with_args(&self, args: ScalarFunctionArgs) -> DfResult<ColumnarValue> {
+        if let [number, template] = args.args.as_slice()
+            && number.data_type().is_numeric()
+        {
+            return super::number_templates::to_char(number, template, args.number_rows);
+        }
         let (value, format) = match args.args.as_slice() {
             [value, format] if !matches!(value.data_type(), DataType::Duration(_)) => {
                 (value.clone(), format.clone())
@@ -996,7 +1006,8 @@ impl ScalarUDFImpl for PgToChar {
                 },
                 "Writes a date, time or timestamp as a PostgreSQL template says \
                  ('YYYY-MM-DD HH24:MI:SS', 'FMMonth DDth'), or as a chrono format when the \
-                 format has a % ('%Y-%m-%d').",
+                 format has a % ('%Y-%m-%d'); a number as a PostgreSQL numeric template says \
+                 ('FM9,999.00').",
                 "to_char(expression, format)",
             )
             .build()
@@ -1018,7 +1029,10 @@ const PARSING: [&str; 8] = [
 
 /// `registered`'s `to_char` and parsing functions, reading PostgreSQL templates.
 pub(super) fn wrap(registered: impl Fn(&str) -> Option<Arc<ScalarUDF>>) -> Vec<Arc<ScalarUDF>> {
-    let to_char = registered("to_char").map(|inner| ScalarUDF::new_from_impl(PgToChar { inner }));
+    let to_char = registered("to_char").map(|inner| {
+        let signature = super::number_templates::with_numbers(inner.signature());
+        ScalarUDF::new_from_impl(PgToChar { inner, signature })
+    });
     let parsing = PARSING
         .iter()
         .filter_map(|name| registered(name))
