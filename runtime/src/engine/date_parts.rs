@@ -72,6 +72,8 @@ enum Own {
 enum Span {
     /// Years and months: none in a duration, which counts no months.
     Months,
+    /// Its months' quarter, counted from 1: the first.
+    Quarter,
     Day,
     Hour,
     Minute,
@@ -85,7 +87,9 @@ impl Own {
     /// The type answered: whole fields as `BIGINT`, seconds and lengths as `DOUBLE`.
     fn data_type(self) -> DataType {
         match self {
-            Own::Span(Span::Months | Span::Day | Span::Hour | Span::Minute) => DataType::Int64,
+            Own::Span(Span::Months | Span::Quarter | Span::Day | Span::Hour | Span::Minute) => {
+                DataType::Int64
+            }
             _ => DataType::Float64,
         }
     }
@@ -104,8 +108,9 @@ fn own(part: &str, value: &DataType) -> Option<Own> {
         "minute" | "minutes" | "m" | "min" | "mins" => Span::Minute,
         "hour" | "hours" | "h" | "hr" | "hrs" => Span::Hour,
         "day" | "days" | "d" => Span::Day,
-        "year" | "years" | "y" | "yr" | "yrs" | "month" | "months" | "mon" | "mons" | "quarter"
-        | "decade" | "century" | "millennium" => Span::Months,
+        "year" | "years" | "y" | "yr" | "yrs" | "month" | "months" | "mon" | "mons" | "decade"
+        | "century" | "millennium" => Span::Months,
+        "quarter" => Span::Quarter,
         "epoch" => {
             return matches!(
                 value,
@@ -257,11 +262,13 @@ fn span_part(a: &dyn Array, span: Span) -> DfResult<ArrayRef> {
             .map(|v| v.map(|x| (i128::from(x.days), i128::from(x.nanoseconds))))
             .collect(),
     };
-    let seconds = |scale: f64| -> ArrayRef {
+    // Divided by the unit's nanoseconds, which is exact for a whole count of units
+    // (`nanos / 1e9 * 1e3` wrote 1.001 s as 1000.9999999999999 ms).
+    let seconds = |unit_nanos: f64| -> ArrayRef {
         Arc::new(
             parts
                 .iter()
-                .map(|p| p.map(|(_, nanos)| (nanos % MINUTE_NANOS) as f64 / 1e9 * scale))
+                .map(|p| p.map(|(_, nanos)| (nanos % MINUTE_NANOS) as f64 / unit_nanos))
                 .collect::<Float64Array>(),
         )
     };
@@ -276,12 +283,13 @@ fn span_part(a: &dyn Array, span: Span) -> DfResult<ArrayRef> {
     };
     Ok(match span {
         Span::Months => whole(|_| 0),
+        Span::Quarter => whole(|_| 1),
         Span::Day => whole(|(days, _)| days),
         Span::Hour => whole(|(_, nanos)| nanos / HOUR_NANOS),
         Span::Minute => whole(|(_, nanos)| nanos % HOUR_NANOS / MINUTE_NANOS),
-        Span::Second => seconds(1.0),
-        Span::Millisecond => seconds(1e3),
-        Span::Microsecond => seconds(1e6),
+        Span::Second => seconds(1e9),
+        Span::Millisecond => seconds(1e6),
+        Span::Microsecond => seconds(1e3),
     })
 }
 

@@ -14,7 +14,8 @@
 //! `AND`ed conditions (where unknown drops the row as false does) as what keeps the row:
 //! `NOT EXISTS (SELECT … WHERE y = x OR y IS NULL OR x IS NULL)` over the subquery's rows, `x`
 //! read from the outer row. Anywhere else (`NOT`, `OR`), and for the shape DataFusion answers
-//! right, the `NOT IN` is left as it is.
+//! right, the `NOT IN` is left as it is. A subquery that always returns one row (an aggregate
+//! without groups) is one value, and `x NOT IN` it is `x <>` it.
 
 use std::sync::Arc;
 
@@ -23,8 +24,12 @@ use datafusion::common::{Column, DFSchema, Result as DfResult};
 use datafusion::config::ConfigOptions;
 use datafusion::logical_expr::expr::InSubquery;
 use datafusion::logical_expr::utils::{conjunction, split_conjunction_owned};
-use datafusion::logical_expr::{Expr, Filter, LogicalPlan, LogicalPlanBuilder, not_exists, or};
+use datafusion::logical_expr::{
+    BinaryExpr, Expr, Filter, LogicalPlan, LogicalPlanBuilder, Operator, not_exists, or,
+};
 use datafusion::optimizer::AnalyzerRule;
+
+use super::scalar_subqueries::one_row;
 
 /// The rule; see the module's documentation.
 #[derive(Debug, Default)]
@@ -100,6 +105,16 @@ fn kept_rows(e: Expr, outer: &DFSchema) -> DfResult<Expr> {
     let Expr::InSubquery(InSubquery { expr, subquery, .. }) = e else {
         return Ok(e);
     };
+    // A subquery that always returns one row (an aggregate without groups) is one value, and
+    // `NOT IN` is `<>` it: a NOT EXISTS over it would find no row for an outer row that
+    // matches nothing, where the aggregate answers 0 or NULL.
+    if one_row(&subquery.subquery) {
+        return Ok(Expr::BinaryExpr(BinaryExpr::new(
+            expr,
+            Operator::NotEq,
+            Box::new(Expr::ScalarSubquery(subquery)),
+        )));
+    }
     let x = expr
         .transform(|e| match e {
             Expr::Column(c) => {

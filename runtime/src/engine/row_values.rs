@@ -16,8 +16,8 @@
 //!   the operator itself);
 //! - `IS NULL` of a constructor as every field NULL, `IS NOT NULL` as none.
 //!
-//! A row inside a row is compared the same way. A struct column, or a row beside one, is left to
-//! DataFusion.
+//! A row inside a row is a field like any other, compared whole (PostgreSQL compares such a
+//! record with NULL fields equal); a struct column, or a row beside one, is left to DataFusion.
 
 use datafusion::common::tree_node::Transformed;
 use datafusion::common::{DFSchema, Result as DfResult};
@@ -107,10 +107,10 @@ fn all(fields: &[Expr], f: impl Fn(Expr) -> Expr) -> Option<Expr> {
 /// Rows `l` and `r` (of one width) compared by `op`, field by field.
 fn compare(l: Vec<Expr>, op: Operator, r: Vec<Expr>) -> Expr {
     let mut pairs = l.into_iter().zip(r).rev();
+    // A row inside a row is one value, compared whole as PostgreSQL compares records (a NULL
+    // field equal to a NULL): DataFusion's struct comparison.
     let pair = |(a, b): (Expr, Expr), op: Operator| -> Expr {
-        // A row inside a row compares the same way.
-        let binary = Expr::BinaryExpr(BinaryExpr::new(Box::new(a), op, Box::new(b)));
-        rewritten(binary.clone()).unwrap_or(binary)
+        Expr::BinaryExpr(BinaryExpr::new(Box::new(a), op, Box::new(b)))
     };
     let last = pairs
         .next()

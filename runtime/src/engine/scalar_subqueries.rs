@@ -16,7 +16,7 @@
 
 use std::sync::Arc;
 
-use datafusion::common::tree_node::Transformed;
+use datafusion::common::tree_node::{Transformed, TransformedResult, TreeNodeRecursion};
 use datafusion::common::{Column, DFSchema, Result as DfResult, plan_err};
 use datafusion::config::ConfigOptions;
 use datafusion::logical_expr::expr::ScalarFunction;
@@ -34,7 +34,18 @@ pub(super) struct NullableSubqueries;
 
 impl AnalyzerRule for NullableSubqueries {
     fn analyze(&self, plan: LogicalPlan, _config: &ConfigOptions) -> DfResult<LogicalPlan> {
-        rewrite_expressions(
+        let mut found = false;
+        plan.apply_with_subqueries(|node| {
+            found = any_expression(node, |e| misread(e).is_some())?;
+            Ok(match found {
+                true => TreeNodeRecursion::Stop,
+                false => TreeNodeRecursion::Continue,
+            })
+        })?;
+        if !found {
+            return Ok(plan);
+        }
+        let plan = rewrite_expressions(
             plan,
             |node| any_expression(node, |e| misread(e).is_some()),
             |e, _schema: &DFSchema| match misread(&e) {
@@ -47,7 +58,11 @@ impl AnalyzerRule for NullableSubqueries {
                 }
                 None => Ok(Transformed::no(e)),
             },
-        )
+        )?;
+        // Every schema above reads the column again: a derived table, a CTE or a view over
+        // the subquery said NOT NULL, and `x IS NULL` over it was folded to false.
+        plan.transform_up_with_subqueries(|node| Ok(Transformed::yes(node.recompute_schema()?)))
+            .data()
     }
 
     fn name(&self) -> &str {
@@ -72,7 +87,7 @@ fn misread(e: &Expr) -> Option<&Subquery> {
 
 /// Whether `plan` always returns exactly one row: an aggregate without groups, under
 /// projections and aliases only.
-fn one_row(plan: &LogicalPlan) -> bool {
+pub(super) fn one_row(plan: &LogicalPlan) -> bool {
     match plan {
         LogicalPlan::Projection(p) => one_row(&p.input),
         LogicalPlan::SubqueryAlias(a) => one_row(&a.input),
