@@ -9,7 +9,9 @@
 //! type coercion, writes every comparison (`=`, `<>`, `<`, `<=`, `>`, `>=`, `IS [NOT] DISTINCT
 //! FROM`, `BETWEEN`, `IN` lists) with an interval on one side and an interval or a duration on
 //! the other as the same comparison of [`interval_length`]s: that number in nanoseconds.
-//! `ORDER BY`, `min`/`max`, `GROUP BY` and `DISTINCT` over intervals still go field by field.
+//! `ORDER BY` sorts intervals by that length too, and `min`/`max` of an interval is the value
+//! first in that order. `GROUP BY`, `DISTINCT` and window functions' `ORDER BY` over intervals
+//! still go field by field.
 
 use std::sync::Arc;
 
@@ -19,13 +21,15 @@ use arrow::datatypes::{
     DurationSecondType, IntervalDayTimeType, IntervalMonthDayNanoType, IntervalUnit,
     IntervalYearMonthType, TimeUnit,
 };
-use datafusion::common::tree_node::Transformed;
+use datafusion::common::tree_node::{Transformed, TransformedResult};
 use datafusion::common::{DFSchema, Result as DfResult, ScalarValue, plan_err};
 use datafusion::config::ConfigOptions;
-use datafusion::logical_expr::expr::{Between, Cast, InList, ScalarFunction, TryCast};
+use datafusion::logical_expr::expr::{
+    AggregateFunction, Between, Cast, InList, ScalarFunction, Sort, TryCast,
+};
 use datafusion::logical_expr::{
-    BinaryExpr, ColumnarValue, Expr, ExprSchemable, LogicalPlan, ScalarFunctionArgs, ScalarUDF,
-    ScalarUDFImpl, Signature, Volatility,
+    Aggregate, BinaryExpr, ColumnarValue, Expr, ExprSchemable, LogicalPlan, ScalarFunctionArgs,
+    ScalarUDF, ScalarUDFImpl, Signature, Volatility,
 };
 use datafusion::optimizer::AnalyzerRule;
 
@@ -59,12 +63,98 @@ impl AnalyzerRule for IntervalOrder {
                 })
             },
             by_length,
-        )
+        )?
+        .transform_up_with_subqueries(|node| match node {
+            LogicalPlan::Sort(sort) => sorted_by_length(sort),
+            LogicalPlan::Aggregate(aggregate) => extremes_by_length(aggregate),
+            other => Ok(Transformed::no(other)),
+        })
+        .data()
     }
 
     fn name(&self) -> &str {
         "apiary_interval_order"
     }
+}
+
+/// Whether values of `t` are ordered field by field where PostgreSQL orders them by length:
+/// an interval with more than one field.
+fn ordered_by_fields(t: &DataType) -> bool {
+    matches!(
+        t,
+        DataType::Interval(IntervalUnit::MonthDayNano | IntervalUnit::DayTime)
+    )
+}
+
+/// `sort` ordering its intervals by their length.
+fn sorted_by_length(
+    mut sort: datafusion::logical_expr::Sort,
+) -> DfResult<Transformed<LogicalPlan>> {
+    let schema = Arc::clone(sort.input.schema());
+    let mut changed = false;
+    for key in &mut sort.expr {
+        if ordered_by_fields(&key.expr.get_type(&schema)?) {
+            key.expr = length_of(key.expr.clone());
+            changed = true;
+        }
+    }
+    Ok(Transformed::new_transformed(
+        LogicalPlan::Sort(sort),
+        changed,
+    ))
+}
+
+/// `aggregate` with each `min`/`max` of an interval taken by length: the first value in the
+/// order of lengths (NULLs last, so that they count only when every value is NULL).
+fn extremes_by_length(aggregate: Aggregate) -> DfResult<Transformed<LogicalPlan>> {
+    let schema = Arc::clone(aggregate.input.schema());
+    let mut taken = Vec::with_capacity(aggregate.aggr_expr.len());
+    for e in &aggregate.aggr_expr {
+        taken.push(by_length_extreme(e, &schema)?);
+    }
+    if taken.iter().all(Option::is_none) {
+        return Ok(Transformed::no(LogicalPlan::Aggregate(aggregate)));
+    }
+    let aggr_expr = aggregate
+        .aggr_expr
+        .into_iter()
+        .zip(taken)
+        .map(|(e, taken)| taken.unwrap_or(e))
+        .collect();
+    Ok(Transformed::yes(LogicalPlan::Aggregate(
+        Aggregate::try_new(aggregate.input, aggregate.group_expr, aggr_expr)?,
+    )))
+}
+
+/// `e` as `first_value` in the order of lengths, under `e`'s name, when it is `min` or `max`
+/// of an interval.
+fn by_length_extreme(e: &Expr, schema: &DFSchema) -> DfResult<Option<Expr>> {
+    let (inner, name) = match e {
+        Expr::Alias(a) => (a.expr.as_ref(), a.name.clone()),
+        other => (other, other.schema_name().to_string()),
+    };
+    let Expr::AggregateFunction(f) = inner else {
+        return Ok(None);
+    };
+    let [arg] = f.params.args.as_slice() else {
+        return Ok(None);
+    };
+    let wanted = matches!(f.func.name(), "min" | "max")
+        && f.params.order_by.is_empty()
+        && ordered_by_fields(&arg.get_type(schema)?);
+    if !wanted {
+        return Ok(None);
+    }
+    let order = Sort::new(length_of(arg.clone()), f.func.name() == "min", false);
+    let first = Expr::AggregateFunction(AggregateFunction::new_udf(
+        datafusion::functions_aggregate::first_last::first_value_udaf(),
+        vec![arg.clone()],
+        false,
+        f.params.filter.clone(),
+        vec![order],
+        None,
+    ));
+    Ok(Some(first.alias(name)))
 }
 
 /// `e` without the casts type coercion put between an interval and a duration.
