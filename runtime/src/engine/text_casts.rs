@@ -12,6 +12,8 @@
 //!   `10:00:00.500`);
 //! - an interval as PostgreSQL's default `IntervalStyle` writes it (`1 day 03:00:00`, Arrow
 //!   wrote `1 days 3 hours`), a difference of timestamps as days and a time of day;
+//! - an array as PostgreSQL's literal: `{1,2,NULL}`, `{"a b",c}`, `{{1,2},{3,4}}` (Arrow
+//!   wrote `[1, 2, ]`);
 //! - a float in the shortest digits that read back the same, as `float8out` writes them: `2`,
 //!   `0.1`, `1e+15`, `1.5e-05`, `NaN`, `Infinity`: exponent form below 10^-4 and from 10^15
 //!   (10^6 for a `REAL`).
@@ -56,6 +58,8 @@ fn written_our_way(t: &DataType) -> bool {
             | DataType::Duration(_)
             | DataType::Time32(_)
             | DataType::Time64(_)
+            | DataType::List(_)
+            | DataType::LargeList(_)
     )
 }
 
@@ -241,9 +245,99 @@ fn written(a: &ArrayRef, session_zone: Option<Tz>) -> DfResult<ArrayRef> {
                 .iter()
                 .for_each(|v| each(v.map(|v| interval(0, 0, i128::from(v)))));
         }
+        DataType::List(_) => {
+            let lists = a.as_list::<i32>();
+            let elements = element_texts(lists.values(), session_zone)?;
+            for (i, range) in lists.offsets().windows(2).enumerate() {
+                let range = range[0] as usize..range[1] as usize;
+                each(lists.is_valid(i).then(|| array_literal(&elements, range)));
+            }
+        }
+        DataType::LargeList(_) => {
+            let lists = a.as_list::<i64>();
+            let elements = element_texts(lists.values(), session_zone)?;
+            for (i, range) in lists.offsets().windows(2).enumerate() {
+                let range = range[0] as usize..range[1] as usize;
+                each(lists.is_valid(i).then(|| array_literal(&elements, range)));
+            }
+        }
         other => return exec_err!("{NAME}() cannot write {other}"),
     }
     Ok(Arc::new(out.finish()))
+}
+
+/// An array's elements as PostgreSQL writes them inside one: as they cast to text, a boolean
+/// as `t`/`f`, an array nested in braces, with `None` for NULL.
+fn element_texts(values: &ArrayRef, session_zone: Option<Tz>) -> DfResult<Vec<Option<Element>>> {
+    let nested = matches!(
+        values.data_type(),
+        DataType::List(_) | DataType::LargeList(_)
+    );
+    let texts = match values.data_type() {
+        t if written_our_way(t) => written(values, session_zone)?,
+        DataType::Boolean => Arc::new(
+            values
+                .as_boolean()
+                .iter()
+                .map(|b| b.map(|b| if b { "t" } else { "f" }))
+                .collect::<arrow::array::StringArray>(),
+        ),
+        _ => arrow::compute::cast(values, &DataType::Utf8)?,
+    };
+    let texts = texts.as_string::<i32>();
+    Ok(texts
+        .iter()
+        .map(|t| {
+            t.map(|t| Element {
+                text: t.to_string(),
+                nested,
+            })
+        })
+        .collect())
+}
+
+/// One element of an array written as text.
+struct Element {
+    text: String,
+    /// An array itself, written in braces and never quoted.
+    nested: bool,
+}
+
+/// The elements `range` of `elements` as PostgreSQL's array literal: `{1,2,NULL}`, an element
+/// in double quotes (with `"` and `\` escaped) when it is empty, `NULL`, or holds a brace, a
+/// comma, a quote, a backslash or white space.
+fn array_literal(elements: &[Option<Element>], range: std::ops::Range<usize>) -> String {
+    let mut out = String::from("{");
+    for (n, element) in elements[range].iter().enumerate() {
+        if n > 0 {
+            out.push(',');
+        }
+        match element {
+            None => out.push_str("NULL"),
+            Some(Element { text, nested: true }) => out.push_str(text),
+            Some(Element { text, .. }) => {
+                let quoted = text.is_empty()
+                    || text.eq_ignore_ascii_case("NULL")
+                    || text.chars().any(|c| {
+                        matches!(c, '{' | '}' | ',' | '"' | '\\') || c.is_ascii_whitespace()
+                    });
+                if quoted {
+                    out.push('"');
+                    for c in text.chars() {
+                        if matches!(c, '"' | '\\') {
+                            out.push('\\');
+                        }
+                        out.push(c);
+                    }
+                    out.push('"');
+                } else {
+                    out.push_str(text);
+                }
+            }
+        }
+    }
+    out.push('}');
+    out
 }
 
 /// `v` as `float8out` writes it: shortest round-trip digits, in exponent form below 10^-4 and
