@@ -812,6 +812,34 @@ def test_decimal_division_text_casts_and_postgres_functions(server):
             cur.fetchall()
 
 
+def test_subquery_and_row_nulls_number_templates_and_array_text(server):
+    """A NULL scalar subquery read as NOT NULL folded `IS NULL` to false; `? NOT IN (subquery)`
+    forgot the subquery's NULLs; `(a, b) = (?, 1)` with a NULL field was false, not NULL;
+    to_char of a number failed to plan; an array cast to text was Arrow's `[1, 2, ]`."""
+    with connect(server) as conn, conn.cursor() as cur:
+        cur.execute("CREATE TABLE sqn_t (a INT, b INT)")
+        cur.execute("INSERT INTO sqn_t VALUES (1, 1), (1, 2), (2, 1), (3, NULL)")
+        cur.execute(
+            "SELECT a, b FROM sqn_t WHERE (SELECT count(*) FROM sqn_t s WHERE s.a = sqn_t.a "
+            "HAVING count(*) > ?) IS NULL ORDER BY a, b",
+            parameters=(1,),
+        )
+        assert cur.fetchall() == [(2, 1), (3, None)]
+        cur.execute("SELECT a FROM sqn_t WHERE ? NOT IN (SELECT b FROM sqn_t)", parameters=(5,))
+        assert cur.fetchall() == []
+        cur.execute(
+            "SELECT a FROM sqn_t WHERE a NOT IN (SELECT b FROM sqn_t s WHERE s.a = sqn_t.a) ORDER BY a"
+        )
+        assert cur.fetchall() == [(2,)]
+        cur.execute("SELECT a, (a, b) = (?, 1) FROM sqn_t ORDER BY a, b", parameters=(3,))
+        assert cur.fetchall() == [(1, False), (1, False), (2, False), (3, None)]
+        cur.execute("SELECT to_char(CAST(? AS DECIMAL(10,3)), 'FM9,999.00'), to_char(-5, '999PR')", parameters=("-1234.567",))
+        assert cur.fetchone() == ("-1,234.57", "  <5>")
+        cur.execute("SELECT CAST(array_agg(b ORDER BY b) AS VARCHAR) FROM sqn_t")
+        assert cur.fetchone() == ("{1,1,2,NULL}",)
+        cur.execute("DROP TABLE sqn_t")
+
+
 @pytest.mark.parametrize(
     "expr",
     [
