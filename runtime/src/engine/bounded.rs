@@ -208,6 +208,19 @@ impl ScalarUDFImpl for Bounded {
     }
 }
 
+/// An error once `bytes` that `what` writes for one batch pass [`MAX_GENERATED_BYTES`].
+pub(super) fn within_generated_bound(what: &str, bytes: u128) -> DfResult<()> {
+    match bytes > MAX_GENERATED_BYTES {
+        true => Err(DataFusionError::ResourcesExhausted(format!(
+            "{what} would produce more than {} MiB for one batch; {} is {} MiB",
+            MAX_GENERATED_BYTES >> 20,
+            crate::bees::GENERATED_BOUND,
+            MAX_GENERATED_BYTES >> 20
+        ))),
+        false => Ok(()),
+    }
+}
+
 impl Bounded {
     fn within_bounds(&self, bytes: u128) -> DfResult<()> {
         match bytes > MAX_GENERATED_BYTES {

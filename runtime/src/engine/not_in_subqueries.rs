@@ -13,9 +13,12 @@
 //! [`NotInSubqueries`], an analyzer rule, writes each such `NOT IN` that is one of a filter's
 //! `AND`ed conditions (where unknown drops the row as false does) as what keeps the row:
 //! `NOT EXISTS (SELECT … WHERE y = x OR y IS NULL OR x IS NULL)` over the subquery's rows, `x`
-//! read from the outer row. Anywhere else (`NOT`, `OR`), and for the shape DataFusion answers
-//! right, the `NOT IN` is left as it is. A subquery that always returns one row (an aggregate
-//! without groups) is one value, and `x NOT IN` it is `x <>` it.
+//! read from the outer row. A subquery that always returns one row (an aggregate without
+//! groups) is one value, and `x NOT IN` it is `x <>` it. A correlated subquery is rewritten only
+//! when it filters, projects and joins rows (DataFusion's decorrelation of NOT EXISTS loses an
+//! aggregate's row for an outer row without matches, and refuses a limit); anywhere else
+//! (`NOT`, `OR`), for other shapes and for the shape DataFusion answers right, the `NOT IN` is
+//! left as it is.
 
 use std::sync::Arc;
 
@@ -25,7 +28,8 @@ use datafusion::config::ConfigOptions;
 use datafusion::logical_expr::expr::InSubquery;
 use datafusion::logical_expr::utils::{conjunction, split_conjunction_owned};
 use datafusion::logical_expr::{
-    BinaryExpr, Expr, Filter, LogicalPlan, LogicalPlanBuilder, Operator, not_exists, or,
+    BinaryExpr, Distinct, Expr, Filter, LogicalPlan, LogicalPlanBuilder, Operator, Projection,
+    Subquery, SubqueryAlias, not_exists, or,
 };
 use datafusion::optimizer::AnalyzerRule;
 
@@ -85,8 +89,33 @@ fn misanswered(e: &Expr) -> Option<&InSubquery> {
     if !in_subquery.negated || x.contains_outer() || has_subquery(x) {
         return None;
     }
+    let plan = in_subquery.subquery.subquery.as_ref();
     let correlated = !in_subquery.subquery.outer_ref_columns.is_empty();
-    (correlated || x.column_refs().is_empty()).then_some(in_subquery)
+    let rewritten = match correlated {
+        // `<>` its one value, or NOT EXISTS over rows DataFusion decorrelates right.
+        true => one_row(plan) || plain(plan),
+        // Uncorrelated, the NOT EXISTS reads the subquery as it is.
+        false => x.column_refs().is_empty(),
+    };
+    rewritten.then_some(in_subquery)
+}
+
+/// Whether `plan` only filters, projects and joins rows, so that DataFusion's decorrelation of
+/// a NOT EXISTS over it keeps its meaning. Over an aggregate it did not (an outer row without
+/// matches had no row where `count(*)` answers 0), nor under a limit, an offset or a window;
+/// such a `NOT IN` is left to DataFusion.
+fn plain(plan: &LogicalPlan) -> bool {
+    let here = matches!(
+        plan,
+        LogicalPlan::Projection(_)
+            | LogicalPlan::Filter(_)
+            | LogicalPlan::SubqueryAlias(_)
+            | LogicalPlan::TableScan(_)
+            | LogicalPlan::Values(_)
+            | LogicalPlan::EmptyRelation(_)
+            | LogicalPlan::Distinct(Distinct::All(_))
+    ) || matches!(plan, LogicalPlan::Join(j) if j.join_type == datafusion::logical_expr::JoinType::Inner);
+    here && plan.inputs().into_iter().all(plain)
 }
 
 fn has_subquery(e: &Expr) -> bool {
@@ -99,6 +128,24 @@ fn has_subquery(e: &Expr) -> bool {
     .unwrap_or(true)
 }
 
+/// A one-row `plan` without the `DISTINCT` and sorts that change nothing over one row, which
+/// DataFusion refuses in a correlated scalar subquery.
+fn bare(plan: &LogicalPlan) -> DfResult<LogicalPlan> {
+    Ok(match plan {
+        LogicalPlan::Distinct(Distinct::All(input)) => bare(input)?,
+        LogicalPlan::Sort(sort) => bare(&sort.input)?,
+        LogicalPlan::Projection(p) => LogicalPlan::Projection(Projection::try_new(
+            p.expr.clone(),
+            Arc::new(bare(&p.input)?),
+        )?),
+        LogicalPlan::SubqueryAlias(a) => LogicalPlan::SubqueryAlias(SubqueryAlias::try_new(
+            Arc::new(bare(&a.input)?),
+            a.alias.clone(),
+        )?),
+        other => other.clone(),
+    })
+}
+
 /// `x NOT IN (subquery)` as the rows it keeps: `NOT EXISTS (SELECT … WHERE y = x OR y IS NULL
 /// OR x IS NULL)`, `x`'s columns read from the outer row (`outer`).
 fn kept_rows(e: Expr, outer: &DFSchema) -> DfResult<Expr> {
@@ -109,10 +156,14 @@ fn kept_rows(e: Expr, outer: &DFSchema) -> DfResult<Expr> {
     // `NOT IN` is `<>` it: a NOT EXISTS over it would find no row for an outer row that
     // matches nothing, where the aggregate answers 0 or NULL.
     if one_row(&subquery.subquery) {
+        let value = Subquery {
+            subquery: Arc::new(bare(&subquery.subquery)?),
+            ..subquery
+        };
         return Ok(Expr::BinaryExpr(BinaryExpr::new(
             expr,
             Operator::NotEq,
-            Box::new(Expr::ScalarSubquery(subquery)),
+            Box::new(Expr::ScalarSubquery(value)),
         )));
     }
     let x = expr

@@ -24,12 +24,10 @@ use arrow::datatypes::{
     DataType, Decimal128Type, Decimal256Type, Float32Type, Float64Type, Int64Type, UInt64Type,
 };
 use datafusion::common::types::logical_string;
-use datafusion::common::{DataFusionError, Result as DfResult, ScalarValue, plan_err};
+use datafusion::common::{Result as DfResult, ScalarValue, plan_err};
 use datafusion::logical_expr::{
     Coercion, ColumnarValue, Signature, TypeSignature, TypeSignatureClass,
 };
-
-use super::bounded::MAX_GENERATED_BYTES;
 
 /// `to_char`'s signatures, with a number and a text template added.
 pub(super) fn with_numbers(dates: &Signature) -> Signature {
@@ -56,35 +54,47 @@ pub(super) fn to_char(
     );
     let rows = if scalar { 1 } else { rows };
     let values = number.to_array(rows)?;
-    let templates = arrow::compute::cast(&template.to_array(rows)?, &DataType::Utf8)?;
-    let templates = templates.as_string::<i32>();
+    // A constant template is read once and never copied to every row; a template per row is
+    // read again only where it changes.
+    let constant = match template {
+        ColumnarValue::Scalar(t) => Some(match t.try_as_str() {
+            Some(Some(t)) => Some(NumberTemplate::parse(t)?),
+            _ => None,
+        }),
+        ColumnarValue::Array(_) => None,
+    };
+    let per_row = match constant {
+        Some(_) => None,
+        None => Some(arrow::compute::cast(
+            &template.to_array(rows)?,
+            &DataType::Utf8,
+        )?),
+    };
+    let per_row = per_row.as_ref().map(|t| t.as_string::<i32>());
     let mut parsed: Option<(String, NumberTemplate)> = None;
     let mut out = StringBuilder::with_capacity(rows, rows * 12);
     let (mut text, mut bytes) = (String::new(), 0_u128);
     for i in 0..rows {
-        if templates.is_null(i) || values.is_null(i) {
+        let template = match (&constant, per_row) {
+            (Some(constant), _) => constant.as_ref(),
+            (None, Some(texts)) if texts.is_valid(i) => {
+                let wanted = texts.value(i);
+                if parsed.as_ref().is_none_or(|(t, _)| t != wanted) {
+                    parsed = Some((wanted.to_string(), NumberTemplate::parse(wanted)?));
+                }
+                parsed.as_ref().map(|(_, t)| t)
+            }
+            _ => None,
+        };
+        let Some(template) = template.filter(|_| values.is_valid(i)) else {
             out.append_null();
-            continue;
-        }
-        let wanted = templates.value(i);
-        if parsed.as_ref().is_none_or(|(t, _)| t != wanted) {
-            parsed = Some((wanted.to_string(), NumberTemplate::parse(wanted)?));
-        }
-        let Some((_, template)) = parsed.as_ref() else {
             continue;
         };
         let (digits, float) = digits_of(&values, i, template)?;
         text.clear();
         template.write(&digits, float, &mut text);
         bytes += text.len() as u128;
-        if bytes > MAX_GENERATED_BYTES {
-            return Err(DataFusionError::ResourcesExhausted(format!(
-                "to_char() would produce more than {} MiB for one batch; {} is {} MiB",
-                MAX_GENERATED_BYTES >> 20,
-                crate::bees::GENERATED_BOUND,
-                MAX_GENERATED_BYTES >> 20
-            )));
-        }
+        super::bounded::within_generated_bound("to_char()", bytes)?;
         out.append_value(&text);
     }
     let texts = out.finish();
@@ -378,6 +388,7 @@ impl NumberTemplate {
             digits.fraction.len()
         };
         let (mut started, mut place, mut fraction_place) = (false, 0, 0);
+        let point_in_template = self.parts.contains(&Part::Point);
         let (mut wrote_digit, mut point_at) = (false, None);
         let start = |out: &mut String, started: &mut bool| {
             if !*started {
@@ -406,7 +417,7 @@ impl NumberTemplate {
                     place += 1;
                 }
                 Part::Digit => {
-                    if overflow {
+                    if overflow && fraction_place < digits.fraction.len() {
                         out.push('#');
                     } else if fraction_place < kept_fraction
                         && let Some(d) = digits.fraction.as_bytes().get(fraction_place)
@@ -415,6 +426,11 @@ impl NumberTemplate {
                         wrote_digit = true;
                     }
                     fraction_place += 1;
+                }
+                // The point is left out when no fraction digit follows it (none in the template,
+                // or a float's digits past its precision).
+                Part::Point if digits.fraction.is_empty() && !overflow => {
+                    point_at = Some(out.len());
                 }
                 Part::Point => {
                     start(out, &mut started);
@@ -428,6 +444,8 @@ impl NumberTemplate {
                 Part::Plus => out.push_str(if negative { blank } else { "+" }),
                 Part::Bracket => out.push_str(if negative { ">" } else { blank }),
                 Part::Currency => out.push(' '),
+                // PostgreSQL writes no suffix for a negative number, a fraction or an overflow.
+                Part::Ordinal { .. } if negative || overflow || point_in_template => {}
                 Part::Ordinal { upper } => {
                     let last_two = whole
                         .get(whole.len().saturating_sub(2)..)
@@ -580,7 +598,7 @@ impl Digits {
         Digits {
             negative,
             whole: "9".repeat(400),
-            fraction: String::new(),
+            fraction: "9".repeat(400),
         }
     }
 }
@@ -664,7 +682,11 @@ mod tests {
             ("5", "FM000", "005"),
             ("1234.5", "99", " ##"),
             ("1234.5", "99.9", " ##.#"),
-            ("12.345", "99.", " 12."),
+            ("12.345", "99.", " 12"),
+            ("0", "FM99.", "0"),
+            ("-1", "FM9th", "-1"),
+            ("12", "FM9th", "#"),
+            ("12.0", "99.9th", " 12.0"),
             ("12", "99.99", " 12.00"),
             ("12", "FM99.99", "12."),
             ("12", "FM99.00", "12.00"),
@@ -741,6 +763,8 @@ mod tests {
         assert_eq!(double(2.675, "9.99"), " 2.67");
         assert_eq!(double(0.1, "0.99999999999999999999"), " 0.10000000000000");
         assert_eq!(double(1e20, "999"), " ###");
+        assert_eq!(double(1e20, "9.99"), " #.");
+        assert_eq!(double(1e15, "9999999999999999.99"), " 1000000000000000");
         assert_eq!(double(1234.5, "FM9,999.00"), "1,234.50");
     }
 

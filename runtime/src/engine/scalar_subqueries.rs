@@ -86,11 +86,13 @@ fn misread(e: &Expr) -> Option<&Subquery> {
 }
 
 /// Whether `plan` always returns exactly one row: an aggregate without groups, under
-/// projections and aliases only.
+/// projections, aliases, `DISTINCT` and sorts without a limit only.
 pub(super) fn one_row(plan: &LogicalPlan) -> bool {
     match plan {
         LogicalPlan::Projection(p) => one_row(&p.input),
         LogicalPlan::SubqueryAlias(a) => one_row(&a.input),
+        LogicalPlan::Distinct(datafusion::logical_expr::Distinct::All(input)) => one_row(input),
+        LogicalPlan::Sort(s) => s.fetch.is_none() && one_row(&s.input),
         LogicalPlan::Aggregate(a) => a.group_expr.is_empty(),
         _ => false,
     }

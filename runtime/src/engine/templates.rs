@@ -24,14 +24,11 @@ use arrow::datatypes::{DataType, FieldRef, TimeUnit};
 use chrono::{Datelike, NaiveDate, NaiveDateTime, NaiveTime, Offset, TimeZone, Timelike};
 use datafusion::common::{Result as DfResult, ScalarValue, exec_err};
 use datafusion::config::ConfigOptions;
-use datafusion::error::DataFusionError;
 use datafusion::logical_expr::simplify::{ExprSimplifyResult, SimplifyContext};
 use datafusion::logical_expr::{
     ColumnarValue, Documentation, Expr, ReturnFieldArgs, ScalarFunctionArgs, ScalarUDF,
     ScalarUDFImpl, Signature,
 };
-
-use super::bounded::MAX_GENERATED_BYTES;
 
 /// Whether `format` is a PostgreSQL template rather than a chrono format.
 fn is_template(format: &str) -> bool {
@@ -901,14 +898,7 @@ fn format_rows<'t>(
         text.clear();
         template.format(&at, &mut text)?;
         bytes += text.len() as u128;
-        if bytes > MAX_GENERATED_BYTES {
-            return Err(DataFusionError::ResourcesExhausted(format!(
-                "to_char() would produce more than {} MiB for one batch; {} is {} MiB",
-                MAX_GENERATED_BYTES >> 20,
-                crate::bees::GENERATED_BOUND,
-                MAX_GENERATED_BYTES >> 20
-            )));
-        }
+        super::bounded::within_generated_bound("to_char()", bytes)?;
         builder.append_value(&text);
     }
     Ok(builder.finish())

@@ -37,6 +37,7 @@ use datafusion::logical_expr::{
 };
 use datafusion::optimizer::AnalyzerRule;
 
+use super::bounded::within_generated_bound;
 use super::checked::{any_expression, rewrite_expressions};
 use super::postgres_functions::DAY_NANOS;
 
@@ -247,18 +248,30 @@ fn written(a: &ArrayRef, session_zone: Option<Tz>) -> DfResult<ArrayRef> {
         }
         DataType::List(_) => {
             let lists = a.as_list::<i32>();
-            let elements = element_texts(lists.values(), session_zone)?;
+            let (elements, nested) = element_texts(lists.values(), session_zone)?;
+            let mut bytes = 0_u128;
             for (i, range) in lists.offsets().windows(2).enumerate() {
                 let range = range[0] as usize..range[1] as usize;
-                each(lists.is_valid(i).then(|| array_literal(&elements, range)));
+                let text = lists
+                    .is_valid(i)
+                    .then(|| array_literal(elements.as_string::<i32>(), nested, range));
+                bytes += text.as_ref().map_or(0, |t| t.len() as u128);
+                within_generated_bound("a cast to text", bytes)?;
+                each(text);
             }
         }
         DataType::LargeList(_) => {
             let lists = a.as_list::<i64>();
-            let elements = element_texts(lists.values(), session_zone)?;
+            let (elements, nested) = element_texts(lists.values(), session_zone)?;
+            let mut bytes = 0_u128;
             for (i, range) in lists.offsets().windows(2).enumerate() {
                 let range = range[0] as usize..range[1] as usize;
-                each(lists.is_valid(i).then(|| array_literal(&elements, range)));
+                let text = lists
+                    .is_valid(i)
+                    .then(|| array_literal(elements.as_string::<i32>(), nested, range));
+                bytes += text.as_ref().map_or(0, |t| t.len() as u128);
+                within_generated_bound("a cast to text", bytes)?;
+                each(text);
             }
         }
         other => return exec_err!("{NAME}() cannot write {other}"),
@@ -267,8 +280,8 @@ fn written(a: &ArrayRef, session_zone: Option<Tz>) -> DfResult<ArrayRef> {
 }
 
 /// An array's elements as PostgreSQL writes them inside one: as they cast to text, a boolean
-/// as `t`/`f`, an array nested in braces, with `None` for NULL.
-fn element_texts(values: &ArrayRef, session_zone: Option<Tz>) -> DfResult<Vec<Option<Element>>> {
+/// as `t`/`f`, an array nested in braces (then `true`: never quoted).
+fn element_texts(values: &ArrayRef, session_zone: Option<Tz>) -> DfResult<(ArrayRef, bool)> {
     let nested = matches!(
         values.data_type(),
         DataType::List(_) | DataType::LargeList(_)
@@ -284,56 +297,44 @@ fn element_texts(values: &ArrayRef, session_zone: Option<Tz>) -> DfResult<Vec<Op
         ),
         _ => arrow::compute::cast(values, &DataType::Utf8)?,
     };
-    let texts = texts.as_string::<i32>();
-    Ok(texts
-        .iter()
-        .map(|t| {
-            t.map(|t| Element {
-                text: t.to_string(),
-                nested,
-            })
-        })
-        .collect())
-}
-
-/// One element of an array written as text.
-struct Element {
-    text: String,
-    /// An array itself, written in braces and never quoted.
-    nested: bool,
+    Ok((texts, nested))
 }
 
 /// The elements `range` of `elements` as PostgreSQL's array literal: `{1,2,NULL}`, an element
 /// in double quotes (with `"` and `\` escaped) when it is empty, `NULL`, or holds a brace, a
-/// comma, a quote, a backslash or white space.
-fn array_literal(elements: &[Option<Element>], range: std::ops::Range<usize>) -> String {
+/// comma, a quote, a backslash or white space; a `nested` array as it is.
+fn array_literal(
+    elements: &arrow::array::StringArray,
+    nested: bool,
+    range: std::ops::Range<usize>,
+) -> String {
     let mut out = String::from("{");
-    for (n, element) in elements[range].iter().enumerate() {
+    for (n, i) in range.enumerate() {
         if n > 0 {
             out.push(',');
         }
-        match element {
-            None => out.push_str("NULL"),
-            Some(Element { text, nested: true }) => out.push_str(text),
-            Some(Element { text, .. }) => {
-                let quoted = text.is_empty()
-                    || text.eq_ignore_ascii_case("NULL")
-                    || text.chars().any(|c| {
-                        matches!(c, '{' | '}' | ',' | '"' | '\\') || c.is_ascii_whitespace()
-                    });
-                if quoted {
-                    out.push('"');
-                    for c in text.chars() {
-                        if matches!(c, '"' | '\\') {
-                            out.push('\\');
-                        }
-                        out.push(c);
-                    }
-                    out.push('"');
-                } else {
-                    out.push_str(text);
+        if elements.is_null(i) {
+            out.push_str("NULL");
+            continue;
+        }
+        let text = elements.value(i);
+        let quoted = !nested
+            && (text.is_empty()
+                || text.eq_ignore_ascii_case("NULL")
+                || text.chars().any(|c| {
+                    matches!(c, '{' | '}' | ',' | '"' | '\\' | '\x0b') || c.is_ascii_whitespace()
+                }));
+        if quoted {
+            out.push('"');
+            for c in text.chars() {
+                if matches!(c, '"' | '\\') {
+                    out.push('\\');
                 }
+                out.push(c);
             }
+            out.push('"');
+        } else {
+            out.push_str(text);
         }
     }
     out.push('}');
