@@ -247,41 +247,48 @@ fn written(a: &ArrayRef, session_zone: Option<Tz>) -> DfResult<ArrayRef> {
                 .for_each(|v| each(v.map(|v| interval(0, 0, i128::from(v)))));
         }
         DataType::List(_) => {
-            let lists = a.as_list::<i32>();
-            let (elements, nested) = element_texts(lists.values(), session_zone)?;
-            let mut bytes = 0_u128;
-            for (i, range) in lists.offsets().windows(2).enumerate() {
-                let range = range[0] as usize..range[1] as usize;
-                let text = lists
-                    .is_valid(i)
-                    .then(|| array_literal(elements.as_string::<i32>(), nested, range));
-                bytes += text.as_ref().map_or(0, |t| t.len() as u128);
-                within_generated_bound("a cast to text", bytes)?;
-                each(text);
-            }
+            array_literals(a.as_list::<i32>(), session_zone, &mut each)?;
         }
         DataType::LargeList(_) => {
-            let lists = a.as_list::<i64>();
-            let (elements, nested) = element_texts(lists.values(), session_zone)?;
-            let mut bytes = 0_u128;
-            for (i, range) in lists.offsets().windows(2).enumerate() {
-                let range = range[0] as usize..range[1] as usize;
-                let text = lists
-                    .is_valid(i)
-                    .then(|| array_literal(elements.as_string::<i32>(), nested, range));
-                bytes += text.as_ref().map_or(0, |t| t.len() as u128);
-                within_generated_bound("a cast to text", bytes)?;
-                each(text);
-            }
+            array_literals(a.as_list::<i64>(), session_zone, &mut each)?;
         }
         other => return exec_err!("{NAME}() cannot write {other}"),
     }
     Ok(Arc::new(out.finish()))
 }
 
+/// Each list of `lists` as PostgreSQL's array literal, given to `each` (`None` for NULL),
+/// bounded at [`within_generated_bound`]'s size for the batch. Only the elements the lists
+/// reach are written: a slice of a larger array (a window's batch) holds all of its values.
+fn array_literals<O: arrow::array::OffsetSizeTrait>(
+    lists: &arrow::array::GenericListArray<O>,
+    session_zone: Option<Tz>,
+    each: &mut impl FnMut(Option<String>),
+) -> DfResult<()> {
+    let offsets = lists.offsets();
+    let first = offsets.first().map_or(0, |o| o.as_usize());
+    let last = offsets.last().map_or(0, |o| o.as_usize());
+    let values = lists.values().slice(first, last - first);
+    let (elements, nested) = element_texts(&values, session_zone)?;
+    let elements = elements.as_string::<i32>();
+    let mut bytes = 0_u128;
+    for (i, range) in offsets.windows(2).enumerate() {
+        let range = range[0].as_usize() - first..range[1].as_usize() - first;
+        let text = lists
+            .is_valid(i)
+            .then(|| array_literal(elements, nested, range));
+        bytes += text.as_ref().map_or(0, |t| t.len() as u128);
+        within_generated_bound("a cast to text", bytes)?;
+        each(text);
+    }
+    Ok(())
+}
+
 /// An array's elements as PostgreSQL writes them inside one: as they cast to text, a boolean
 /// as `t`/`f`, an array nested in braces (then `true`: never quoted).
 fn element_texts(values: &ArrayRef, session_zone: Option<Tz>) -> DfResult<(ArrayRef, bool)> {
+    // Each element writes at least a character and a separator: refused before writing any.
+    within_generated_bound("a cast to text", 2 * values.len() as u128)?;
     let nested = matches!(
         values.data_type(),
         DataType::List(_) | DataType::LargeList(_)
