@@ -22,14 +22,14 @@
 
 use std::sync::Arc;
 
-use datafusion::common::tree_node::{Transformed, TreeNode};
+use datafusion::common::tree_node::{Transformed, TransformedResult, TreeNode};
 use datafusion::common::{Column, DFSchema, Result as DfResult};
 use datafusion::config::ConfigOptions;
 use datafusion::logical_expr::expr::InSubquery;
-use datafusion::logical_expr::utils::{conjunction, split_conjunction_owned};
+use datafusion::logical_expr::utils::{conjunction, split_conjunction, split_conjunction_owned};
 use datafusion::logical_expr::{
-    BinaryExpr, Distinct, Expr, Filter, LogicalPlan, LogicalPlanBuilder, Operator, Projection,
-    Subquery, SubqueryAlias, not_exists, or,
+    BinaryExpr, Distinct, Expr, Filter, JoinType, LogicalPlan, LogicalPlanBuilder, Operator,
+    Projection, Subquery, SubqueryAlias, not_exists, or,
 };
 use datafusion::optimizer::AnalyzerRule;
 
@@ -65,16 +65,12 @@ impl AnalyzerRule for NotInSubqueries {
                 filter.input,
             )?)))
         })
-        .map(|t| t.data)
+        .data()
     }
 
     fn name(&self) -> &str {
         "apiary_not_in_subqueries"
     }
-}
-
-fn split_conjunction(e: &Expr) -> Vec<&Expr> {
-    datafusion::logical_expr::utils::split_conjunction(e)
 }
 
 /// `e`'s `NOT IN` when DataFusion's null-aware anti join answers it wrong or not at all: `x`
@@ -114,7 +110,7 @@ fn plain(plan: &LogicalPlan) -> bool {
             | LogicalPlan::Values(_)
             | LogicalPlan::EmptyRelation(_)
             | LogicalPlan::Distinct(Distinct::All(_))
-    ) || matches!(plan, LogicalPlan::Join(j) if j.join_type == datafusion::logical_expr::JoinType::Inner);
+    ) || matches!(plan, LogicalPlan::Join(j) if j.join_type == JoinType::Inner);
     here && plan.inputs().into_iter().all(plain)
 }
 
