@@ -24,7 +24,7 @@ use arrow::datatypes::{
     DataType, Decimal128Type, Decimal256Type, Float32Type, Float64Type, Int64Type, UInt64Type,
 };
 use datafusion::common::types::logical_string;
-use datafusion::common::{Result as DfResult, ScalarValue, plan_err};
+use datafusion::common::{Result as DfResult, ScalarValue, exec_err, plan_err};
 use datafusion::logical_expr::{
     Coercion, ColumnarValue, Signature, TypeSignature, TypeSignatureClass,
 };
@@ -53,7 +53,7 @@ pub(super) fn to_char(
         (ColumnarValue::Scalar(_), ColumnarValue::Scalar(_))
     );
     let rows = if scalar { 1 } else { rows };
-    let values = number.to_array(rows)?;
+    let values = widened(number.to_array(rows)?)?;
     // A constant template is read once and never copied to every row; a template per row is
     // read again only where it changes.
     let constant = match template {
@@ -104,6 +104,19 @@ pub(super) fn to_char(
     })
 }
 
+/// `values` in the one type of its kind [`digits_of`] reads (`BIGINT`, `BIGINT UNSIGNED`,
+/// `REAL`, `Decimal128`), cast once for the batch rather than once a row.
+fn widened(values: arrow::array::ArrayRef) -> DfResult<arrow::array::ArrayRef> {
+    let to = match values.data_type() {
+        DataType::Int8 | DataType::Int16 | DataType::Int32 => DataType::Int64,
+        DataType::UInt8 | DataType::UInt16 | DataType::UInt32 => DataType::UInt64,
+        DataType::Float16 => DataType::Float32,
+        DataType::Decimal32(p, s) | DataType::Decimal64(p, s) => DataType::Decimal128(*p, *s),
+        _ => return Ok(values),
+    };
+    Ok(arrow::compute::cast(&values, &to)?)
+}
+
 /// Row `i` of `values` as `template` rounds it, and as a float (for `EEEE`).
 fn digits_of(values: &dyn Array, i: usize, template: &NumberTemplate) -> DfResult<(Digits, f64)> {
     let (shift, places) = (template.shift(), template.fraction_places());
@@ -119,13 +132,10 @@ fn digits_of(values: &dyn Array, i: usize, template: &NumberTemplate) -> DfResul
         Digits::exact(negative, &magnitude, scale, shift, places)
     };
     Ok(match values.data_type() {
-        DataType::Float64 | DataType::Float32 | DataType::Float16 => {
+        DataType::Float64 | DataType::Float32 => {
             let (v, significant) = match values.data_type() {
                 DataType::Float64 => (values.as_primitive::<Float64Type>().value(i), 15),
-                _ => {
-                    let v = arrow::compute::cast(&values.slice(i, 1), &DataType::Float32)?;
-                    (f64::from(v.as_primitive::<Float32Type>().value(0)), 6)
-                }
+                _ => (f64::from(values.as_primitive::<Float32Type>().value(i)), 6),
             };
             let digits = match v.is_finite() {
                 true => Digits::float(v, significant, shift, places),
@@ -145,16 +155,15 @@ fn digits_of(values: &dyn Array, i: usize, template: &NumberTemplate) -> DfResul
             let float = v.parse::<f64>().unwrap_or(f64::NAN) / 10f64.powi(i32::from(*scale));
             (exact(negative, magnitude, *scale), float)
         }
-        DataType::UInt8 | DataType::UInt16 | DataType::UInt32 | DataType::UInt64 => {
-            let v = arrow::compute::cast(&values.slice(i, 1), &DataType::UInt64)?;
-            let v = v.as_primitive::<UInt64Type>().value(0);
+        DataType::UInt64 => {
+            let v = values.as_primitive::<UInt64Type>().value(i);
             (exact(false, v.to_string(), 0), v as f64)
         }
-        _ => {
-            let v = arrow::compute::cast(&values.slice(i, 1), &DataType::Int64)?;
-            let v = v.as_primitive::<Int64Type>().value(0);
+        DataType::Int64 => {
+            let v = values.as_primitive::<Int64Type>().value(i);
             (exact(v < 0, v.unsigned_abs().to_string(), 0), v as f64)
         }
+        other => return exec_err!("to_char() cannot write a {other}"),
     })
 }
 
