@@ -195,7 +195,7 @@ impl Ledger {
             .with_commit_properties(self.commit_properties(user))
             .with_safe_cast(false);
         for (column, value) in assignments {
-            snapshot.schema().field_with_name(&column).map_err(|_| {
+            let field = snapshot.schema().field_with_name(&column).map_err(|_| {
                 Error::Schema(format!(
                     "{} has no column {column} to SET",
                     snapshot.frame()
@@ -203,7 +203,7 @@ impl Ledger {
             })?;
             let value = crate::values::checked(
                 stored_columns(snapshot, value)?,
-                &column,
+                field,
                 snapshot.partition_columns().contains(&column),
             );
             op = op.with_update(Column::new_unqualified(column), value);
@@ -351,10 +351,10 @@ impl Ledger {
                         &c,
                         e,
                     );
-                    let e = crate::values::checked(e, &c, partition);
-                    (c, e)
+                    let field = snapshot.schema().field_with_name(&c)?;
+                    Ok((c, crate::values::checked(e, field, partition)))
                 })
-                .collect();
+                .collect::<Result<_>>()?;
             let with_sets = |mut b: deltalake::operations::merge::UpdateBuilder| {
                 if let Some(p) = predicate.clone() {
                     b = b.predicate(p);

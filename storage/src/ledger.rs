@@ -416,7 +416,7 @@ impl CellWriter {
             return Ok(());
         }
         let batch = schema::conform_batch(batch, &self.schema)?;
-        crate::values::check_writable(&batch, &self.partition_columns)?;
+        let batch = crate::values::writable(batch, &self.partition_columns)?;
         let writer = self
             .inner
             .as_mut()

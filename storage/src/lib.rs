@@ -48,6 +48,7 @@ pub mod format;
 pub mod history;
 pub mod lakehouse;
 pub mod ledger;
+pub mod lengths;
 pub mod maintain;
 pub mod nan;
 pub mod new_frame;

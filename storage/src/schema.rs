@@ -28,6 +28,7 @@ use deltalake::kernel::engine::arrow_conversion::{TryIntoArrow, TryIntoKernel};
 use tracing::warn;
 
 use crate::error::{Error, Result};
+use crate::lengths::Declared;
 
 /// Delta column metadata key holding the Arrow type a column is served as, when it differs from
 /// the stored type.
@@ -164,6 +165,12 @@ fn stored_field(field: &Field) -> Result<Field> {
 /// two differ (and the served type's text reads back as itself).
 fn frame_field(field: &Field) -> Result<Field> {
     let stored = stored_field(field)?;
+    // A declared `VARCHAR(n)` is kept; the type to serve is the stored string type.
+    if let Some(declared) = Declared::of(field)
+        && crate::lengths::is_string(stored.data_type())
+    {
+        return Ok(declared.on(stored));
+    }
     let served = served_type(field.data_type());
     if &served == stored.data_type() {
         return Ok(stored);
@@ -342,6 +349,34 @@ pub fn served_schema(stored: &Schema) -> SchemaRef {
     ))
 }
 
+/// The schema a frame shows to catalog readers (`DESCRIBE`, Flight SQL's GetTables): its served
+/// types, with each declared `VARCHAR(n)` / `CHAR(n)` in the column's metadata
+/// ([`crate::lengths::DECLARED_TYPE_KEY`]), which [`column_type_name`] reads.
+pub fn described_schema(stored: &Schema) -> SchemaRef {
+    Arc::new(Schema::new(
+        stored
+            .fields()
+            .iter()
+            .map(|f| {
+                let served = Field::new(f.name(), served_of(f), f.is_nullable());
+                match Declared::of(f) {
+                    Some(declared) => declared.on(served),
+                    None => served,
+                }
+            })
+            .collect::<Vec<_>>(),
+    ))
+}
+
+/// SQL name of a column of a [`described_schema`]: its declared `VARCHAR(n)`, else its type's
+/// ([`sql_type_name`]).
+pub fn column_type_name(field: &Field) -> String {
+    match Declared::of(field) {
+        Some(declared) => declared.sql_name(),
+        None => sql_type_name(field.data_type()),
+    }
+}
+
 /// `schema` with its top-level strings as views (`Utf8View`): what a frame's scan produces when
 /// it reads views, as DataFusion's own Parquet tables do with
 /// `datafusion.execution.parquet.schema_force_view_types`. The Parquet reader decodes straight
@@ -375,7 +410,8 @@ pub fn from_delta(schema: &StructType) -> Result<SchemaRef> {
         .try_into_arrow()
         .map_err(|e| Error::Internal(format!("frame schema has no Arrow form: {e}")))?;
     // Field metadata from Delta (column mapping ids, comments) is not part of the SQL schema;
-    // only the served type is kept.
+    // only the served type and a declared string length are kept (a length only where it
+    // reads as one).
     let fields: Vec<Field> = arrow
         .fields()
         .iter()
@@ -386,7 +422,11 @@ pub fn from_delta(schema: &StructType) -> Result<SchemaRef> {
                 .filter(|(k, _)| k.as_str() == SERVED_TYPE_KEY)
                 .map(|(k, v)| (k.clone(), v.clone()))
                 .collect();
-            f.as_ref().clone().with_metadata(ours)
+            let plain = f.as_ref().clone().with_metadata(ours);
+            match Declared::of(f) {
+                Some(declared) => declared.on(plain),
+                None => plain,
+            }
         })
         .collect();
     Ok(Arc::new(Schema::new(fields)))

@@ -13,14 +13,16 @@
 //! - The string `__HIVE_DEFAULT_PARTITION__` as a partition value: delta-rs writes it as NULL.
 //! - A partition value whose directory name (`column=value`, escaped) is longer than a file
 //!   name may be (255 bytes): the write failed deep in the object store as an internal error.
+//! - A string longer than its column's declared `VARCHAR(n)` or `CHAR(n)` (see
+//!   [`crate::lengths`]); one whose excess characters are spaces is cut to length instead.
 
 use std::sync::Arc;
 
-use arrow::array::{Array, AsArray, RecordBatch};
+use arrow::array::{Array, ArrayRef, AsArray, RecordBatch};
 use arrow::datatypes::{
-    DataType, Decimal128Type, Decimal256Type, DecimalType, Int64Type, TimeUnit,
+    DataType, Decimal128Type, Decimal256Type, DecimalType, Field, Int64Type, TimeUnit,
 };
-use datafusion::common::internal_err;
+use datafusion::common::{ScalarValue, internal_err};
 use datafusion::error::{DataFusionError, Result as DfResult};
 use datafusion::logical_expr::expr::ScalarFunction;
 use datafusion::logical_expr::{
@@ -28,6 +30,7 @@ use datafusion::logical_expr::{
 };
 
 use crate::error::{Error, Result};
+use crate::lengths::{Declared, fit};
 
 /// Days from 1970-01-01 to 0001-01-01 and to 9999-12-31.
 const FIRST_DAY: i64 = -719_162;
@@ -41,13 +44,24 @@ const HIVE_NULL: &str = "__HIVE_DEFAULT_PARTITION__";
 /// The longest directory name a partition value may make.
 const MAX_PARTITION_DIR_BYTES: usize = 255;
 
-/// Refuse `batch` (already in the frame's schema) if it holds a value the table cannot hold.
-pub(crate) fn check_writable(batch: &RecordBatch, partition_columns: &[String]) -> Result<()> {
-    for (field, column) in batch.schema().fields().iter().zip(batch.columns()) {
+/// `batch` (already in the frame's schema) as the table takes it: refused if it holds a value
+/// the table cannot hold, with strings cut to their declared lengths where PostgreSQL cuts them.
+pub(crate) fn writable(batch: RecordBatch, partition_columns: &[String]) -> Result<RecordBatch> {
+    let schema = batch.schema();
+    let mut columns: Option<Vec<ArrayRef>> = None;
+    for (i, (field, column)) in schema.fields().iter().zip(batch.columns()).enumerate() {
         let partition = partition_columns.iter().any(|c| c == field.name());
         check_column(field.name(), column.as_ref(), partition)?;
+        if let Some(declared) = Declared::of(field)
+            && let Some(cut) = fit(field.name(), declared, column)?
+        {
+            columns.get_or_insert_with(|| batch.columns().to_vec())[i] = cut;
+        }
     }
-    Ok(())
+    match columns {
+        None => Ok(batch),
+        Some(columns) => Ok(RecordBatch::try_new(schema, columns)?),
+    }
 }
 
 /// Refuse `column`'s values if the table cannot hold one of them (as a partition column's
@@ -155,14 +169,15 @@ pub fn decimal_out_of_range(column: &dyn Array) -> Option<String> {
 /// errors once delta-rs has passed it on as text.
 pub(crate) const REFUSED: &str = "value refused: ";
 
-/// `value`, the new value of `column` an UPDATE or MERGE computes, checked as an INSERT's
-/// values are ([`check_writable`]): delta-rs writes those rows itself, past that check, and
+/// `value`, the new value of `column` (a stored field) an UPDATE or MERGE computes, checked as
+/// an INSERT's values are ([`writable`]): delta-rs writes those rows itself, past that check, and
 /// wrote an empty partition value (read back as NULL by other engines), or panicked in its
 /// statistics writer on a date past year 9999.
-pub(crate) fn checked(value: Expr, column: &str, partition: bool) -> Expr {
+pub(crate) fn checked(value: Expr, column: &Field, partition: bool) -> Expr {
     let udf = ScalarUDF::new_from_impl(Writable {
-        column: column.to_string(),
+        column: column.name().to_string(),
         partition,
+        declared: Declared::of(column),
         signature: Signature::any(1, Volatility::Immutable),
     });
     Expr::ScalarFunction(ScalarFunction::new_udf(Arc::new(udf), vec![value]))
@@ -173,6 +188,7 @@ pub(crate) fn checked(value: Expr, column: &str, partition: bool) -> Expr {
 struct Writable {
     column: String,
     partition: bool,
+    declared: Option<Declared>,
     signature: Signature,
 }
 
@@ -196,14 +212,28 @@ impl ScalarUDFImpl for Writable {
         let Some(value) = args.args.into_iter().next() else {
             return internal_err!("apiary_writable takes one argument");
         };
-        let array = value.to_array(1)?;
-        check_column(&self.column, array.as_ref(), self.partition).map_err(|e| {
+        let refused = |e: Error| {
             DataFusionError::Execution(match e {
                 Error::InvalidArgument(m) => format!("{REFUSED}{m}"),
                 other => other.to_string(),
             })
-        })?;
-        Ok(value)
+        };
+        let array = value.to_array(1)?;
+        check_column(&self.column, array.as_ref(), self.partition).map_err(refused)?;
+        let Some(declared) = self.declared else {
+            return Ok(value);
+        };
+        Ok(
+            match fit(&self.column, declared, &array).map_err(refused)? {
+                None => value,
+                Some(cut) => match value {
+                    ColumnarValue::Scalar(_) => {
+                        ColumnarValue::Scalar(ScalarValue::try_from_array(&cut, 0)?)
+                    }
+                    ColumnarValue::Array(_) => ColumnarValue::Array(cut),
+                },
+            },
+        )
     }
 }
 
@@ -296,13 +326,13 @@ mod tests {
                 Some(LAST_DAY as i32),
             ])),
         );
-        assert!(check_writable(&ok, &[]).is_ok());
+        assert!(writable(ok, &[]).is_ok());
         for day in [i32::MAX, (FIRST_DAY - 1) as i32, (LAST_DAY + 1) as i32] {
             let bad = batch(
                 Field::new("d", DataType::Date32, true),
                 Arc::new(Date32Array::from(vec![day])),
             );
-            assert!(check_writable(&bad, &[]).is_err(), "{day}");
+            assert!(writable(bad, &[]).is_err(), "{day}");
         }
         let before_year_one = batch(
             Field::new("t", DataType::Timestamp(TimeUnit::Microsecond, None), true),
@@ -310,7 +340,7 @@ mod tests {
                 (FIRST_DAY - 1) * 86_400_000_000,
             ])),
         );
-        assert!(check_writable(&before_year_one, &[]).is_err());
+        assert!(writable(before_year_one, &[]).is_err());
     }
 
     #[test]
@@ -321,13 +351,13 @@ mod tests {
                 Arc::new(StringArray::from(v)),
             )
         };
-        assert!(check_writable(&values(vec![Some("eu"), None]), &["p".into()]).is_ok());
-        assert!(check_writable(&values(vec![Some("")]), &["p".into()]).is_err());
+        assert!(writable(values(vec![Some("eu"), None]), &["p".into()]).is_ok());
+        assert!(writable(values(vec![Some("")]), &["p".into()]).is_err());
         // Not a partition column: any string.
-        assert!(check_writable(&values(vec![Some("")]), &[]).is_ok());
+        assert!(writable(values(vec![Some("")]), &[]).is_ok());
         let long = "x".repeat(300);
-        assert!(check_writable(&values(vec![Some(&long)]), &["p".into()]).is_err());
+        assert!(writable(values(vec![Some(&long)]), &["p".into()]).is_err());
         let accents = "é".repeat(60); // 120 bytes, escaped to 360
-        assert!(check_writable(&values(vec![Some(&accents)]), &["p".into()]).is_err());
+        assert!(writable(values(vec![Some(&accents)]), &["p".into()]).is_err());
     }
 }

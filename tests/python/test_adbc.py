@@ -840,6 +840,53 @@ def test_subquery_and_row_nulls_number_templates_and_array_text(server):
         cur.execute("DROP TABLE sqn_t")
 
 
+def test_json_operators_and_functions_over_text(server):
+    """`->`, `->>`, `#>>` and the json_* functions were Unsupported / Invalid function; JSON is
+    held as text and read as PostgreSQL's json type reads it, bound keys and indexes too."""
+    with connect(server) as conn, conn.cursor() as cur:
+        cur.execute("CREATE TABLE js_t (id INT, doc JSONB)")
+        cur.execute("INSERT INTO js_t VALUES (?, ?)", parameters=(1, '{"a": {"b": [1, 2]}, "s": "x\\ny"}'))
+        cur.execute("INSERT INTO js_t VALUES (?, ?)", parameters=(2, '[true, null]'))
+        cur.execute("SELECT doc ->> ?, doc -> 'a' -> 'b' ->> ?, doc #>> '{a,b,0}', json_typeof(doc) FROM js_t ORDER BY id",
+                    parameters=("s", 1))
+        assert cur.fetchall() == [("x\ny", "2", "1", "object"), (None, None, None, "array")]
+        cur.execute("SELECT id FROM js_t WHERE doc -> 'a' ->> 'b' = ?", parameters=("[1, 2]",))
+        assert cur.fetchall() == [(1,)]
+        with pytest.raises(adbc_driver_manager.Error, match="invalid input syntax for type json"):
+            cur.execute("SELECT ?::json -> 'a'", parameters=("{not json",))
+            cur.fetchall()
+
+
+def test_declared_string_lengths_are_kept_checked_and_shown(server, tmp_path):
+    """VARCHAR(n) and CHAR(n) lost their length: any string was written. Now the frame keeps it
+    (Spark's Delta metadata key), refuses a longer bound value as PostgreSQL does, cuts excess
+    spaces, and shows the type to catalog readers (GetObjects, DESCRIBE)."""
+    with connect(server) as conn, conn.cursor() as cur:
+        cur.execute("CREATE TABLE len_t (id INT, name VARCHAR(5), code CHARACTER(2))")
+        cur.execute("INSERT INTO len_t VALUES (?, ?, ?)", parameters=(1, "ann", "ab"))
+        with pytest.raises(adbc_driver_manager.ProgrammingError,
+                           match=r"INVALID_ARGUMENT.*value too long for type character varying\(5\)"):
+            cur.execute("INSERT INTO len_t VALUES (?, ?, ?)", parameters=(2, "annabel", "ab"))
+        cur.execute("INSERT INTO len_t VALUES (?, ?, ?)", parameters=(3, "bob  ", "c    "))
+        cur.execute("SELECT id, name, code FROM len_t ORDER BY id")
+        assert cur.fetchall() == [(1, "ann", "ab"), (3, "bob  ", "c ")]
+        cur.execute("SELECT CAST(? AS VARCHAR(3))", parameters=("abcdef",))
+        assert cur.fetchone() == ("abc",)
+        cur.execute("DESCRIBE len_t")
+        assert cur.fetchall()[:3] == [("id", "INT", ""), ("name", "VARCHAR(5)", ""), ("code", "CHAR(2)", "")]
+        objects = conn.adbc_get_objects(depth="all", table_name_filter="len_t").read_all().to_pylist()
+        table = objects[0]["catalog_db_schemas"][0]["db_schema_tables"][0]
+        cols = {c["column_name"]: c for c in table["table_columns"]}
+        assert cols["name"]["xdbc_type_name"] == "VARCHAR(5)"
+        assert cols["code"]["xdbc_type_name"] == "CHAR(2)"
+    # Other Delta readers (Spark) read the length from the log.
+    logs = list((tmp_path / "root").glob("**/len_t/_delta_log/00000000000000000000.json"))
+    assert len(logs) == 1, logs
+    text = logs[0].read_text()
+    assert '\\"__CHAR_VARCHAR_TYPE_STRING\\":\\"varchar(5)\\"' in text, text
+    assert '\\"__CHAR_VARCHAR_TYPE_STRING\\":\\"char(2)\\"' in text, text
+
+
 @pytest.mark.parametrize(
     "expr",
     [

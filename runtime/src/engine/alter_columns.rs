@@ -169,15 +169,16 @@ impl Engine {
                 }
             }
             ColumnChange::Retype { ty, .. } => {
-                let wanted = self.sql_type(ty).await?;
-                // Stored as CREATE TABLE stores the same type (nanoseconds as microseconds …).
-                let stored =
-                    apiary_storage::schema::frame_schema_for(&Schema::new(vec![Field::new(
-                        &found, wanted, true,
-                    )]))?;
+                let wanted = self.sql_type(ty).await?.with_name(&found);
+                // Stored as CREATE TABLE stores the same type (nanoseconds as microseconds …),
+                // with its own metadata: the type it serves, a declared length.
+                let stored = apiary_storage::schema::frame_schema_for(&Schema::new(vec![wanted]))?;
                 let data_type = stored.field(0).data_type().clone();
-                columns[i] = cast(columns[i].clone(), data_type.clone());
-                fields[i] = fields[i].clone().with_data_type(data_type);
+                columns[i] = cast(columns[i].clone(), data_type);
+                fields[i] = stored
+                    .field(0)
+                    .clone()
+                    .with_nullable(fields[i].is_nullable());
             }
             ColumnChange::Nullability { nullable, .. } => {
                 fields[i] = fields[i].clone().with_nullable(*nullable);

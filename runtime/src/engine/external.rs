@@ -122,7 +122,10 @@ impl Engine {
             None
         };
         let (view, schema) = match self.lakehouse.open_frame(frame, None).await {
-            Ok(Opened::Frame(s)) => (false, Some(s.served_schema().clone())),
+            Ok(Opened::Frame(s)) => (
+                false,
+                Some(apiary_storage::schema::described_schema(s.schema())),
+            ),
             Ok(Opened::Files(e)) => (
                 false,
                 match self.external_files(&e, self.base_state()).await {

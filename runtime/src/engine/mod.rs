@@ -62,6 +62,7 @@ mod ingest;
 mod interval_order;
 mod intervals;
 mod join_filters;
+mod json;
 mod lazy_start;
 mod literals;
 mod nan_pruning;
@@ -174,6 +175,14 @@ fn time_zone_of(config: &SessionConfig) -> Option<Arc<str>> {
         .map(Arc::from)
 }
 
+/// The type planner for a statement under `config`: its time zone and its string type.
+fn sql_types_for(config: &SessionConfig) -> Arc<sql_types::SqlTypes> {
+    Arc::new(sql_types::SqlTypes {
+        time_zone: time_zone_of(config),
+        views: config.options().sql_parser.map_string_types_to_utf8view,
+    })
+}
+
 /// The base state, made once by its builder closure when first used.
 type BaseState = LazyLock<SessionState, Box<dyn FnOnce() -> SessionState + Send>>;
 
@@ -240,7 +249,7 @@ impl Engine {
             opts.set(k, v)
                 .map_err(|e| Error::Sql(format!("DataFusion option {k}={v}: {e}")))?;
         }
-        let time_zone = time_zone_of(&session_config);
+        let sql_types = sql_types_for(&session_config);
         let bee_memory = config.bee_memory;
         let for_base = runtime.clone();
         let build = move || {
@@ -249,7 +258,7 @@ impl Engine {
                 .with_config(session_config)
                 .with_runtime_env(for_base)
                 .with_default_features()
-                .with_type_planner(Arc::new(sql_types::SqlTypes { time_zone }))
+                .with_type_planner(sql_types)
                 .with_analyzer_rules(stoppable::analyzer(analyzer_rules()))
                 .with_optimizer_rules(stoppable::optimizer(
                     datafusion::optimizer::Optimizer::new().rules,
@@ -276,6 +285,7 @@ impl Engine {
                 .into_iter()
                 .chain([age::age()])
                 .chain(postgres_functions::scalars())
+                .chain(json::scalars())
                 .chain(postgres)
                 .chain(growing)
                 .chain(unifying)
@@ -292,6 +302,10 @@ impl Engine {
             let _ = datafusion::execution::FunctionRegistry::register_expr_planner(
                 &mut base,
                 Arc::new(division::DecimalDivision),
+            );
+            let _ = datafusion::execution::FunctionRegistry::register_expr_planner(
+                &mut base,
+                Arc::new(json::JsonOperators),
             );
             if let Some(sum) = checked::sum(base.aggregate_functions().get("sum").cloned()) {
                 let _ = datafusion::execution::FunctionRegistry::register_udaf(&mut base, sum);
@@ -409,8 +423,13 @@ impl Engine {
         catalogs: Arc<dyn datafusion::catalog::CatalogProviderList>,
         env: Option<&Arc<RuntimeEnv>>,
     ) -> SessionState {
-        let base_zone = &self.base_state().config().options().execution.time_zone;
-        if env.is_none() && config.options().execution.time_zone == *base_zone {
+        let base = self.base_state().config().options();
+        let options = config.options();
+        if env.is_none()
+            && options.execution.time_zone == base.execution.time_zone
+            && options.sql_parser.map_string_types_to_utf8view
+                == base.sql_parser.map_string_types_to_utf8view
+        {
             let mut state = self.base_state().clone();
             *state.config_mut() = config;
             state.register_catalog_list(catalogs);
@@ -418,11 +437,11 @@ impl Engine {
         }
         // `TIMESTAMP WITH TIME ZONE` is planned in the session's zone too (it kept the base's:
         // after `SET TIME ZONE 'Europe/Berlin'`, `TIMESTAMPTZ '2024-06-01 12:00'` read as UTC).
-        let time_zone = time_zone_of(&config);
+        let sql_types = sql_types_for(&config);
         let mut builder = SessionStateBuilder::new_from_existing(self.base_state().clone())
             .with_config(config)
             .with_catalog_list(catalogs)
-            .with_type_planner(Arc::new(sql_types::SqlTypes { time_zone }));
+            .with_type_planner(sql_types);
         if let Some(env) = env {
             builder = builder.with_runtime_env(env.clone());
         }
@@ -763,6 +782,7 @@ fn rewrite_parsed(parsed: &mut DfStatement, options: &datafusion::config::Config
     literals::exact_numbers(parsed, options);
     fetch_first::as_limit(parsed);
     caret::as_power(parsed, options);
+    json::as_postgres_binds(parsed, options);
 }
 
 /// DataFusion's physical rules, after one of ours that must see the plan as planned: constants a

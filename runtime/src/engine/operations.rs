@@ -142,7 +142,7 @@ impl Engine {
                 self.within_column_limit(snapshot.schema().fields().len() + columns.len())?;
                 let mut fields = Vec::with_capacity(columns.len());
                 for (column, ty) in columns {
-                    fields.push(Field::new(column, self.sql_type(ty).await?, true));
+                    fields.push(self.sql_type(ty).await?.with_name(column));
                 }
                 // Stored as CREATE TABLE stores the same types (INT UNSIGNED, TIME, TIMESTAMP
                 // WITH TIME ZONE, nanoseconds): added as given, some were narrowed or refused.
@@ -161,14 +161,15 @@ impl Engine {
     }
 
     /// The Arrow type a SQL type name means here (the same type planner as CREATE TABLE).
-    pub(super) async fn sql_type(&self, ty: &str) -> Result<DataType> {
+    /// As a nullable field: a declared `VARCHAR(n)` is in its metadata.
+    pub(super) async fn sql_type(&self, ty: &str) -> Result<Field> {
         let plan = self
             .base_state()
             .create_logical_plan(&format!("SELECT CAST(NULL AS {ty}) AS c"))
             .await
             .map_err(|e| Error::Sql(format!("column type {ty}: {e}")))?;
         match plan.schema().fields().as_ref() {
-            [f] => Ok(f.data_type().clone()),
+            [f] => Ok(f.as_ref().clone().with_nullable(true)),
             _ => Err(Error::Sql(format!("{ty} is not a column type"))),
         }
     }

@@ -1,8 +1,9 @@
 //! PostgreSQL functions DataFusion lacks, under PostgreSQL's names: `pg_typeof(x)`,
 //! `div(a, b)`, `width_bucket(x, low, high, count)`, `format(template, …)`, `quote_ident`,
-//! `quote_literal`, `quote_nullable`, `current_setting`, `make_timestamp`, `justify_hours`,
-//! `justify_days`, `justify_interval`, and aliases of DataFusion's own functions
-//! for `sign`, `gen_random_uuid`, `variance` and `every` (each was "Invalid function").
+//! `quote_literal`, `quote_nullable`, `current_setting`, `make_timestamp`, `num_nulls`,
+//! `num_nonnulls`, `justify_hours`, `justify_days`, `justify_interval`, and aliases of
+//! DataFusion's own functions for `sign`, `gen_random_uuid`, `variance` and `every` (each was
+//! "Invalid function").
 
 use std::sync::Arc;
 
@@ -42,6 +43,14 @@ pub(super) fn scalars() -> Vec<Arc<ScalarUDF>> {
         }),
         udf(MakeTimestamp {
             signature: user_defined(),
+        }),
+        udf(CountNulls {
+            nulls: true,
+            signature: Signature::variadic_any(Volatility::Immutable),
+        }),
+        udf(CountNulls {
+            nulls: false,
+            signature: Signature::variadic_any(Volatility::Immutable),
         }),
     ];
     all.extend(
@@ -162,6 +171,62 @@ impl ScalarUDFImpl for TypeOf {
             None => return exec_err!("pg_typeof takes one argument"),
         };
         Ok(ColumnarValue::Scalar(ScalarValue::Utf8(Some(name))))
+    }
+}
+
+/// `num_nulls(…)` and `num_nonnulls(…)`: how many of the arguments are NULL, or are not.
+#[derive(Debug, PartialEq, Eq, Hash)]
+struct CountNulls {
+    nulls: bool,
+    signature: Signature,
+}
+
+impl ScalarUDFImpl for CountNulls {
+    fn name(&self) -> &str {
+        match self.nulls {
+            true => "num_nulls",
+            false => "num_nonnulls",
+        }
+    }
+
+    fn signature(&self) -> &Signature {
+        &self.signature
+    }
+
+    fn return_type(&self, _args: &[DataType]) -> DfResult<DataType> {
+        Ok(DataType::Int32)
+    }
+
+    fn invoke_with_args(&self, args: ScalarFunctionArgs) -> DfResult<ColumnarValue> {
+        let scalar = args
+            .args
+            .iter()
+            .all(|a| matches!(a, ColumnarValue::Scalar(_)));
+        let rows = if scalar { 1 } else { args.number_rows };
+        let mut counts = vec![0i32; rows];
+        for arg in &args.args {
+            match arg {
+                ColumnarValue::Scalar(v) if v.is_null() == self.nulls => {
+                    counts.iter_mut().for_each(|c| *c += 1);
+                }
+                ColumnarValue::Scalar(_) => {}
+                // Logical NULLs: a NULL-typed column has no validity buffer.
+                ColumnarValue::Array(a) => match a.logical_nulls() {
+                    Some(n) => counts
+                        .iter_mut()
+                        .enumerate()
+                        .filter(|(i, _)| n.is_null(*i) == self.nulls)
+                        .for_each(|(_, c)| *c += 1),
+                    None if !self.nulls => counts.iter_mut().for_each(|c| *c += 1),
+                    None => {}
+                },
+            }
+        }
+        let counts = Arc::new(Int32Array::from(counts)) as ArrayRef;
+        Ok(match scalar {
+            true => ColumnarValue::Scalar(ScalarValue::try_from_array(&counts, 0)?),
+            false => ColumnarValue::Array(counts),
+        })
     }
 }
 

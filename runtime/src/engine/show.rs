@@ -92,7 +92,8 @@ impl Engine {
             }
         };
         let stats = snap.stats();
-        let mut rows = column_rows(snap.served_schema());
+        let described = apiary_storage::schema::described_schema(snap.schema());
+        let mut rows = column_rows(&described);
         if !snap.partition_columns().is_empty() {
             rows.push((
                 "# Partition Information".into(),
@@ -100,10 +101,9 @@ impl Engine {
                 String::new(),
             ));
             for p in snap.partition_columns() {
-                let dt = snap
-                    .schema()
+                let dt = described
                     .field_with_name(p)
-                    .map(|f| apiary_storage::schema::sql_type_name(f.data_type()))
+                    .map(apiary_storage::schema::column_type_name)
                     .unwrap_or_default();
                 rows.push((p.clone(), dt, String::new()));
             }
@@ -213,7 +213,7 @@ fn column_rows(schema: &arrow::datatypes::Schema) -> Vec<(String, String, String
         .map(|f| {
             (
                 f.name().clone(),
-                apiary_storage::schema::sql_type_name(f.data_type()),
+                apiary_storage::schema::column_type_name(f),
                 if f.is_nullable() { "" } else { "NOT NULL" }.to_string(),
             )
         })

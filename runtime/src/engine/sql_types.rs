@@ -2,15 +2,23 @@
 //! PostgreSQL, DuckDB, Spark and Delta itself, where DataFusion alone reads nanoseconds), and
 //! `TIMESTAMP(p)` / `TIME(p)` take any precision 0–9, in the smallest unit that holds `p`
 //! fractional digits.
+//!
+//! A string type with a length (`VARCHAR(n)`, `CHARACTER VARYING(n)`, `CHAR(n)`,
+//! `CHARACTER(n)`, `NVARCHAR(n)`) is a string whose field declares the length
+//! ([`apiary_storage::lengths`]): a frame created with it keeps the length and checks every value
+//! written, and a cast to it cuts the value to length ([`super::text_casts`]).
 
 use std::sync::Arc;
 
+use apiary_storage::lengths::Declared;
 use arrow::datatypes::{DataType, Field, FieldRef, TimeUnit};
 use datafusion::catalog::{TableFunctionArgs, TableFunctionImpl, TableProvider};
-use datafusion::common::{Result as DfResult, ScalarValue, plan_err};
+use datafusion::common::{Result as DfResult, ScalarValue, plan_datafusion_err, plan_err};
 use datafusion::logical_expr::planner::TypePlanner;
 use datafusion::logical_expr::{Cast, Expr};
-use datafusion::sql::sqlparser::ast::{DataType as SqlType, ExactNumberInfo, TimezoneInfo};
+use datafusion::sql::sqlparser::ast::{
+    CharacterLength, DataType as SqlType, ExactNumberInfo, TimezoneInfo,
+};
 
 /// Plans the time types and the binary names other databases use (`VARBINARY`, what the
 /// metadata calls binary columns, `BINARY`, `BLOB`), and refuses decimals of negative scale;
@@ -19,6 +27,8 @@ use datafusion::sql::sqlparser::ast::{DataType as SqlType, ExactNumberInfo, Time
 pub(super) struct SqlTypes {
     /// Zone of `TIMESTAMP WITH TIME ZONE` (DataFusion's `execution.time_zone`).
     pub time_zone: Option<Arc<str>>,
+    /// Whether strings are planned as views (`sql_parser.map_string_types_to_utf8view`).
+    pub views: bool,
 }
 
 fn unit(column_type: &str, precision: Option<u64>) -> DfResult<TimeUnit> {
@@ -53,6 +63,11 @@ impl SqlTypes {
                     u => DataType::Time64(u),
                 }
             }
+            // JSON is text, read by the `json` functions and operators.
+            SqlType::JSON | SqlType::JSONB => match self.views {
+                true => DataType::Utf8View,
+                false => DataType::Utf8,
+            },
             // Lengths are not kept: a frame stores binary values of any length.
             SqlType::Varbinary(_) | SqlType::Binary(_) | SqlType::Blob(_) => DataType::Binary,
             SqlType::Numeric(ExactNumberInfo::PrecisionAndScale(p, s))
@@ -72,8 +87,46 @@ impl SqlTypes {
     }
 }
 
+/// The declared type of a string type with a length, if `sql_type` is one (`VARCHAR(MAX)` and
+/// a type without a length have none).
+fn declared(sql_type: &SqlType) -> DfResult<Option<Declared>> {
+    let (char, length) = match sql_type {
+        SqlType::Varchar(l)
+        | SqlType::CharacterVarying(l)
+        | SqlType::CharVarying(l)
+        | SqlType::Nvarchar(l) => (false, l),
+        SqlType::Char(l) | SqlType::Character(l) => (true, l),
+        _ => return Ok(None),
+    };
+    match length {
+        Some(CharacterLength::IntegerLength { length, .. }) => Declared::new(char, *length)
+            .map(Some)
+            .map_err(|e| plan_datafusion_err!("{e}")),
+        Some(CharacterLength::Max) | None => Ok(None),
+    }
+}
+
 impl TypePlanner for SqlTypes {
     fn plan_type_field(&self, sql_type: &SqlType) -> DfResult<Option<FieldRef>> {
+        let string = || {
+            let t = match self.views {
+                true => DataType::Utf8View,
+                false => DataType::Utf8,
+            };
+            Field::new("", t, true)
+        };
+        if let Some(declared) = declared(sql_type)? {
+            return Ok(Some(Arc::new(declared.on(string()))));
+        }
+        // Spellings without a length DataFusion does not plan: any string.
+        if let SqlType::CharacterVarying(_)
+        | SqlType::CharVarying(_)
+        | SqlType::Nvarchar(_)
+        | SqlType::Character(_)
+        | SqlType::Varchar(Some(CharacterLength::Max)) = sql_type
+        {
+            return Ok(Some(Arc::new(string())));
+        }
         Ok(self
             .plan(sql_type)?
             .map(|dt| Arc::new(Field::new("", dt, true))))
@@ -132,6 +185,7 @@ mod tests {
     fn every_precision_has_a_unit() {
         let t = SqlTypes {
             time_zone: Some("+00:00".into()),
+            views: true,
         };
         let ts = |p, tz| {
             t.plan(&SqlType::Timestamp(p, tz))

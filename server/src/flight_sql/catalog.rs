@@ -367,9 +367,13 @@ fn annotate_schema(schema: &Schema, hive: &str, box_name: &str, frame: &str) -> 
             md.insert("ARROW:FLIGHT:SQL:TABLE_NAME".to_string(), frame.to_string());
             md.insert(
                 "ARROW:FLIGHT:SQL:TYPE_NAME".to_string(),
-                apiary_storage::schema::sql_type_name(f.data_type()),
+                apiary_storage::schema::column_type_name(f),
             );
-            let (p, s) = precision_scale(f.data_type());
+            // A declared `VARCHAR(n)`'s precision is n, as JDBC's column size.
+            let (p, s) = match apiary_storage::lengths::Declared::of(f) {
+                Some(declared) => (Some(declared.length() as i32), None),
+                None => precision_scale(f.data_type()),
+            };
             if let Some(p) = p {
                 md.insert("ARROW:FLIGHT:SQL:PRECISION".to_string(), p.to_string());
             }
