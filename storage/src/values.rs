@@ -51,10 +51,17 @@ pub(crate) fn writable(batch: RecordBatch, partition_columns: &[String]) -> Resu
     let mut columns: Option<Vec<ArrayRef>> = None;
     for (i, (field, column)) in schema.fields().iter().zip(batch.columns()).enumerate() {
         let partition = partition_columns.iter().any(|c| c == field.name());
-        check_column(field.name(), column.as_ref(), partition)?;
-        if let Some(declared) = Declared::of(field)
-            && let Some(cut) = fit(field.name(), declared, column)?
-        {
+        // Cut to length first: a partition value is checked as it is written.
+        let cut = match Declared::of(field) {
+            Some(declared) => fit(field.name(), declared, column)?,
+            None => None,
+        };
+        check_column(
+            field.name(),
+            cut.as_ref().unwrap_or(column).as_ref(),
+            partition,
+        )?;
+        if let Some(cut) = cut {
             columns.get_or_insert_with(|| batch.columns().to_vec())[i] = cut;
         }
     }
@@ -219,21 +226,25 @@ impl ScalarUDFImpl for Writable {
             })
         };
         let array = value.to_array(1)?;
-        check_column(&self.column, array.as_ref(), self.partition).map_err(refused)?;
-        let Some(declared) = self.declared else {
-            return Ok(value);
+        let cut = match self.declared {
+            Some(declared) => fit(&self.column, declared, &array).map_err(refused)?,
+            None => None,
         };
-        Ok(
-            match fit(&self.column, declared, &array).map_err(refused)? {
-                None => value,
-                Some(cut) => match value {
-                    ColumnarValue::Scalar(_) => {
-                        ColumnarValue::Scalar(ScalarValue::try_from_array(&cut, 0)?)
-                    }
-                    ColumnarValue::Array(_) => ColumnarValue::Array(cut),
-                },
-            },
+        check_column(
+            &self.column,
+            cut.as_ref().unwrap_or(&array).as_ref(),
+            self.partition,
         )
+        .map_err(refused)?;
+        Ok(match cut {
+            None => value,
+            Some(cut) => match value {
+                ColumnarValue::Scalar(_) => {
+                    ColumnarValue::Scalar(ScalarValue::try_from_array(&cut, 0)?)
+                }
+                ColumnarValue::Array(_) => ColumnarValue::Array(cut),
+            },
+        })
     }
 }
 

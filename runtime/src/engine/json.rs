@@ -35,6 +35,8 @@ use datafusion::logical_expr::{
     Volatility,
 };
 use datafusion::sql::parser::{CopyToSource, Statement as DfStatement};
+
+use super::bounded::within_generated_bound;
 use datafusion::sql::sqlparser::ast::{BinaryOperator, Expr as SqlExpr, visit_expressions_mut};
 
 /// Longest prefix of a document an error quotes.
@@ -167,19 +169,38 @@ impl ScalarUDFImpl for JsonFn {
             .args
             .iter()
             .all(|a| matches!(a, ColumnarValue::Scalar(_)));
-        let rows = args.number_rows;
-        let arrays = args
-            .args
+        let rows = if scalar { 1 } else { args.number_rows };
+        // A constant document is read once, not copied to every row.
+        let constant = match &args.args[0] {
+            ColumnarValue::Scalar(v) => match v.try_as_str() {
+                Some(Some(doc)) => Some(Some(checked(doc)?)),
+                Some(None) => Some(None),
+                None => return exec_err!("{}() takes a JSON document as text", self.name()),
+            },
+            ColumnarValue::Array(_) => None,
+        };
+        let docs = match &args.args[0] {
+            ColumnarValue::Array(a) => Some(a.as_string::<i32>()),
+            ColumnarValue::Scalar(_) => None,
+        };
+        // A checked document of `row`, or NULL.
+        let doc_at = |row: usize| -> DfResult<Option<&str>> {
+            match (constant, docs) {
+                (Some(doc), _) => Ok(doc),
+                (None, Some(docs)) if docs.is_valid(row) => checked(docs.value(row)).map(Some),
+                _ => Ok(None),
+            }
+        };
+        let steps = args.args[1..]
             .iter()
-            .map(|a| a.to_array(if scalar { 1 } else { rows }))
+            .map(|a| a.to_array(rows))
             .collect::<DfResult<Vec<ArrayRef>>>()?;
-        let docs = arrays[0].as_string::<i32>();
-        let steps: Vec<&ArrayRef> = arrays[1..].iter().collect();
+        let steps: Vec<&ArrayRef> = steps.iter().collect();
         let out: ArrayRef = match self.kind {
             Json::ArrayLength => {
-                let mut b = Int32Builder::with_capacity(docs.len());
-                for doc in docs.iter() {
-                    b.append_option(match doc {
+                let mut b = Int32Builder::with_capacity(rows);
+                for row in 0..rows {
+                    b.append_option(match doc_at(row)? {
                         Some(doc) => Some(array_length(doc)?),
                         None => None,
                     });
@@ -187,28 +208,30 @@ impl ScalarUDFImpl for JsonFn {
                 Arc::new(b.finish())
             }
             kind => {
-                let mut b = StringBuilder::with_capacity(docs.len(), docs.value_data().len());
-                for (row, doc) in docs.iter().enumerate() {
-                    let Some(doc) = doc else {
+                let mut b = StringBuilder::with_capacity(rows, 0);
+                let mut bytes = 0u128;
+                for row in 0..rows {
+                    let Some(doc) = doc_at(row)? else {
                         b.append_null();
                         continue;
                     };
                     let found = match kind {
-                        Json::TypeOf => Some(Found::Raw(type_of(doc)?)),
+                        Json::TypeOf => Some(Found::Raw(type_of(doc))),
                         _ => match path_at(&steps, row, kind) {
                             Some(path) => walk(doc, &path)?.map(Found::Value),
                             None => None,
                         },
                     };
-                    match found {
-                        Some(Found::Raw(t)) => b.append_value(t),
-                        Some(Found::Value(v)) if kind.as_text() => match text_of(v)? {
-                            Some(t) => b.append_value(t),
-                            None => b.append_null(),
-                        },
-                        Some(Found::Value(v)) => b.append_value(v),
-                        None => b.append_null(),
-                    }
+                    let text = match found {
+                        Some(Found::Raw(t)) => Some(t.into()),
+                        Some(Found::Value(v)) if kind.as_text() => text_of(v)?,
+                        Some(Found::Value(v)) => Some(v.into()),
+                        None => None,
+                    };
+                    // Every row's answer may be a large part of one large document.
+                    bytes += text.as_ref().map_or(0, |t| t.len()) as u128;
+                    within_generated_bound(self.name(), bytes)?;
+                    b.append_option(text);
                 }
                 Arc::new(b.finish())
             }
@@ -275,9 +298,9 @@ fn invalid(doc: &str) -> datafusion::error::DataFusionError {
     ))
 }
 
-/// The value `path` leads to in `doc` (checked whole), as the document writes it.
+/// The value `path` leads to in `doc` (a [`checked`] document), as the document writes it.
 fn walk<'a>(doc: &'a str, path: &[Step]) -> DfResult<Option<&'a str>> {
-    let mut at = checked(doc)?;
+    let mut at = doc;
     for step in path {
         let Some(next) = child(at, step).map_err(|_| invalid(doc))? else {
             return Ok(None);
@@ -378,20 +401,21 @@ fn text_of(value: &str) -> DfResult<Option<std::borrow::Cow<'_, str>>> {
     })
 }
 
-fn type_of(doc: &str) -> DfResult<&'static str> {
-    Ok(match checked(doc)?.as_bytes().first() {
+/// The type of a [`checked`] document.
+fn type_of(doc: &str) -> &'static str {
+    match doc.as_bytes().first() {
         Some(b'{') => "object",
         Some(b'[') => "array",
         Some(b'"') => "string",
         Some(b't' | b'f') => "boolean",
         Some(b'n') => "null",
         _ => "number",
-    })
+    }
 }
 
+/// The elements of a [`checked`] document that is an array.
 fn array_length(doc: &str) -> DfResult<i32> {
-    let value = checked(doc)?;
-    let mut s = Scanner::new(value);
+    let mut s = Scanner::new(doc);
     match s.peek() {
         Some(b'[') => {}
         Some(b'{') => return exec_err!("cannot get array length of a non-array"),
@@ -694,10 +718,19 @@ fn loose_left(e: &mut SqlExpr) -> Option<&mut Box<SqlExpr>> {
                     | B::GtEq
                     | B::Spaceship
                     | B::StringConcat
+                    | B::PGRegexMatch
+                    | B::PGRegexIMatch
+                    | B::PGRegexNotMatch
+                    | B::PGRegexNotIMatch
+                    | B::PGLikeMatch
+                    | B::PGILikeMatch
+                    | B::PGNotLikeMatch
+                    | B::PGNotILikeMatch
             ) || is_json_operator(op) =>
         {
             Some(left)
         }
+        SqlExpr::AnyOp { left, .. } | SqlExpr::AllOp { left, .. } => Some(left),
         SqlExpr::IsNull(x)
         | SqlExpr::IsNotNull(x)
         | SqlExpr::IsTrue(x)
@@ -718,12 +751,58 @@ fn loose_left(e: &mut SqlExpr) -> Option<&mut Box<SqlExpr>> {
     }
 }
 
-/// Visited children first: `j OP (x cmp y)`, as the dialect read it, becomes `(j OP x) cmp y`.
+/// The right operand of `e` when PostgreSQL binds `e` looser than a JSON operator: a
+/// comparison's, a `LIKE`'s pattern.
+fn loose_right(e: &mut SqlExpr) -> Option<&mut Box<SqlExpr>> {
+    use BinaryOperator as B;
+    match e {
+        SqlExpr::BinaryOp { right, op, .. }
+            if matches!(
+                op,
+                B::Eq | B::NotEq | B::Lt | B::LtEq | B::Gt | B::GtEq | B::Spaceship
+            ) =>
+        {
+            Some(right)
+        }
+        SqlExpr::Like { pattern, .. }
+        | SqlExpr::ILike { pattern, .. }
+        | SqlExpr::SimilarTo { pattern, .. } => Some(pattern),
+        _ => None,
+    }
+}
+
+/// Visited children first: `j OP (x cmp y)`, as the dialect read it, becomes `(j OP x) cmp y`,
+/// and `(x cmp j) OP k` becomes `x cmp (j OP k)`.
 fn rebind(e: &mut SqlExpr) -> ControlFlow<()> {
-    let SqlExpr::BinaryOp { op, right, .. } = e else {
+    let SqlExpr::BinaryOp { left, op, .. } = e else {
         return ControlFlow::Continue(());
     };
-    if !is_json_operator(op) || loose_left(right).is_none() {
+    if !is_json_operator(op) {
+        return ControlFlow::Continue(());
+    }
+    if loose_right(left).is_some() {
+        let placeholder = || SqlExpr::Value(datafusion::sql::sqlparser::ast::Value::Null.into());
+        let SqlExpr::BinaryOp { left, op, right } = std::mem::replace(e, placeholder()) else {
+            return ControlFlow::Continue(());
+        };
+        let mut outer = *left;
+        if let Some(slot) = loose_right(&mut outer) {
+            let taken = std::mem::replace(slot.as_mut(), placeholder());
+            let mut inner = SqlExpr::BinaryOp {
+                left: Box::new(taken),
+                op,
+                right,
+            };
+            let _ = rebind(&mut inner);
+            **slot = inner;
+        }
+        *e = outer;
+        return ControlFlow::Continue(());
+    }
+    let SqlExpr::BinaryOp { right, .. } = e else {
+        return ControlFlow::Continue(());
+    };
+    if loose_left(right).is_none() {
         return ControlFlow::Continue(());
     }
     let placeholder = || SqlExpr::Value(datafusion::sql::sqlparser::ast::Value::Null.into());
@@ -795,7 +874,10 @@ fn path_steps(path: &Expr) -> DfResult<Vec<Expr>> {
             let Some(Some(text)) = s.try_as_str() else {
                 return Ok(vec![lit(ScalarValue::Utf8(None))]);
             };
-            Ok(array_literal(text)?.into_iter().map(lit).collect())
+            Ok(array_literal(text)?
+                .into_iter()
+                .map(|step| lit(ScalarValue::Utf8(step)))
+                .collect())
         }
         Expr::ScalarFunction(f) if f.name() == "make_array" => Ok(f.args.clone()),
         _ => plan_err!(
@@ -804,8 +886,9 @@ fn path_steps(path: &Expr) -> DfResult<Vec<Expr>> {
     }
 }
 
-/// The elements of a one-dimensional PostgreSQL array literal of texts.
-fn array_literal(text: &str) -> DfResult<Vec<String>> {
+/// The elements of a one-dimensional PostgreSQL array literal of texts (an unquoted `NULL` is
+/// NULL).
+fn array_literal(text: &str) -> DfResult<Vec<Option<String>>> {
     let bad = || plan_err!("malformed array literal: \"{text}\"");
     let Some(inner) = text
         .trim()
@@ -824,7 +907,8 @@ fn array_literal(text: &str) -> DfResult<Vec<String>> {
             chars.next();
         }
         let mut item = String::new();
-        if chars.peek() == Some(&'"') {
+        let quoted = chars.peek() == Some(&'"');
+        if quoted {
             chars.next();
             loop {
                 match chars.next() {
@@ -853,7 +937,7 @@ fn array_literal(text: &str) -> DfResult<Vec<String>> {
             }
             item = item.trim_end().to_string();
         }
-        out.push(item);
+        out.push((quoted || !item.eq_ignore_ascii_case("null")).then_some(item));
         match chars.next() {
             Some(',') => continue,
             None => return Ok(out),
@@ -867,7 +951,7 @@ mod tests {
     use super::*;
 
     fn get<'a>(doc: &'a str, path: &[Step]) -> Option<&'a str> {
-        walk(doc, path).unwrap()
+        walk(checked(doc).unwrap(), path).unwrap()
     }
 
     #[test]
@@ -931,7 +1015,7 @@ mod tests {
             "[1] [2]",
             "NaN",
         ] {
-            assert!(walk(bad, &[]).is_err(), "{bad:?}");
+            assert!(checked(bad).is_err(), "{bad:?}");
         }
         for good in [
             "0",
@@ -941,22 +1025,25 @@ mod tests {
             "{}",
             r#"[{"a": []}, "", null]"#,
         ] {
-            assert!(walk(good, &[]).is_ok(), "{good:?}");
+            assert!(checked(good).is_ok(), "{good:?}");
         }
         let deep = "[".repeat(1_000_000) + &"]".repeat(1_000_000);
-        assert!(walk(&deep, &[]).is_ok());
+        assert!(checked(&deep).is_ok());
         let open = "[".repeat(1_000_000) + &"]".repeat(999_999);
-        assert!(walk(&open, &[]).is_err());
+        assert!(checked(&open).is_err());
         let deep_object = r#"{"a":"#.repeat(100_000) + "1" + &"}".repeat(100_000);
-        assert_eq!(type_of(&deep_object).unwrap(), "object");
+        assert_eq!(type_of(checked(&deep_object).unwrap()), "object");
     }
 
     #[test]
     fn types_and_lengths() {
-        assert_eq!(type_of(" {\"a\": 1}").unwrap(), "object");
-        assert_eq!(type_of("-1").unwrap(), "number");
-        assert_eq!(type_of("false").unwrap(), "boolean");
-        assert_eq!(array_length("[1, [2, 3], {}]").unwrap(), 3);
+        assert_eq!(type_of(checked(" {\"a\": 1}").unwrap()), "object");
+        assert_eq!(type_of("-1"), "number");
+        assert_eq!(type_of("false"), "boolean");
+        assert_eq!(
+            array_length(checked("[1, [2, 3], {}] ").unwrap()).unwrap(),
+            3
+        );
         assert_eq!(array_length("[]").unwrap(), 0);
         assert!(array_length("{}").is_err());
         assert!(array_length("1").is_err());
@@ -964,11 +1051,12 @@ mod tests {
 
     #[test]
     fn path_literals() {
+        let some = |s: &str| Some(s.to_string());
         assert_eq!(
-            array_literal("{a,0, \"b c\" }").unwrap(),
-            vec!["a", "0", "b c"]
+            array_literal("{a,0, \"b c\" ,null, \"NULL\"}").unwrap(),
+            vec![some("a"), some("0"), some("b c"), None, some("NULL")]
         );
-        assert_eq!(array_literal("{}").unwrap(), Vec::<String>::new());
+        assert_eq!(array_literal("{}").unwrap(), Vec::<Option<String>>::new());
         assert!(array_literal("a,b").is_err());
         assert!(array_literal("{a,{b}}").is_err());
     }

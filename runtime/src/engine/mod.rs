@@ -88,6 +88,7 @@ mod temporal_casts;
 mod temporal_strings;
 mod text_casts;
 mod types;
+mod unnamed_columns;
 mod whole_casts;
 mod yielding;
 
@@ -783,6 +784,8 @@ fn rewrite_parsed(parsed: &mut DfStatement, options: &datafusion::config::Config
     fetch_first::as_limit(parsed);
     caret::as_power(parsed, options);
     json::as_postgres_binds(parsed, options);
+    unnamed_columns::renamed_repeats(parsed);
+    sql_types::casts_cut(parsed);
 }
 
 /// DataFusion's physical rules, after one of ours that must see the plan as planned: constants a

@@ -6,8 +6,9 @@
 //! A string type with a length (`VARCHAR(n)`, `CHARACTER VARYING(n)`, `CHAR(n)`,
 //! `CHARACTER(n)`, `NVARCHAR(n)`) is a string whose field declares the length
 //! ([`apiary_storage::lengths`]): a frame created with it keeps the length and checks every value
-//! written, and a cast to it cuts the value to length ([`super::text_casts`]).
+//! written, and a cast to it cuts the value to length ([`casts_cut`]).
 
+use std::ops::ControlFlow;
 use std::sync::Arc;
 
 use apiary_storage::lengths::Declared;
@@ -16,8 +17,11 @@ use datafusion::catalog::{TableFunctionArgs, TableFunctionImpl, TableProvider};
 use datafusion::common::{Result as DfResult, ScalarValue, plan_datafusion_err, plan_err};
 use datafusion::logical_expr::planner::TypePlanner;
 use datafusion::logical_expr::{Cast, Expr};
+use datafusion::sql::parser::{CopyToSource, Statement as DfStatement};
 use datafusion::sql::sqlparser::ast::{
-    CharacterLength, DataType as SqlType, ExactNumberInfo, TimezoneInfo,
+    CharacterLength, DataType as SqlType, ExactNumberInfo, Expr as SqlExpr, Function, FunctionArg,
+    FunctionArgExpr, FunctionArgumentList, FunctionArguments, Ident, ObjectName, TimezoneInfo,
+    Value, visit_expressions_mut,
 };
 
 /// Plans the time types and the binary names other databases use (`VARBINARY`, what the
@@ -85,6 +89,55 @@ impl SqlTypes {
             _ => return Ok(None),
         }))
     }
+}
+
+/// `statement` with each cast to a string type with a length written as the cast to a string
+/// cut to that length: `x::varchar(3)` is `left(CAST(x AS VARCHAR), 3)`, as PostgreSQL's
+/// explicit casts cut. A cast so carries no declared length of its own: a `VALUES` list or a
+/// `UNION` mixing it with plain strings failed ("Inconsistent metadata"), and a frame created
+/// from such a `UNION` refused the other rows. Column definitions keep their length.
+pub(super) fn casts_cut(statement: &mut DfStatement) {
+    match statement {
+        DfStatement::Statement(s) => {
+            let _ = visit_expressions_mut(s.as_mut(), cut);
+        }
+        DfStatement::Explain(e) => casts_cut(&mut e.statement),
+        DfStatement::CopyTo(c) => {
+            if let CopyToSource::Query(q) = &mut c.source {
+                let _ = visit_expressions_mut(q.as_mut(), cut);
+            }
+        }
+        _ => {}
+    }
+}
+
+fn cut(e: &mut SqlExpr) -> ControlFlow<()> {
+    let SqlExpr::Cast { data_type, .. } = e else {
+        return ControlFlow::Continue(());
+    };
+    // A length that cannot be is left for the type planner to refuse.
+    let Ok(Some(declared)) = declared(data_type) else {
+        return ControlFlow::Continue(());
+    };
+    *data_type = SqlType::Varchar(None);
+    let cast = std::mem::replace(e, SqlExpr::Value(Value::Null.into()));
+    let length = SqlExpr::Value(Value::Number(declared.length().to_string(), false).into());
+    let arg = |e| FunctionArg::Unnamed(FunctionArgExpr::Expr(e));
+    *e = SqlExpr::Function(Function {
+        name: ObjectName::from(vec![Ident::new("left")]),
+        uses_odbc_syntax: false,
+        parameters: FunctionArguments::None,
+        args: FunctionArguments::List(FunctionArgumentList {
+            duplicate_treatment: None,
+            args: vec![arg(cast), arg(length)],
+            clauses: vec![],
+        }),
+        filter: None,
+        null_treatment: None,
+        over: None,
+        within_group: vec![],
+    });
+    ControlFlow::Continue(())
 }
 
 /// The declared type of a string type with a length, if `sql_type` is one (`VARCHAR(MAX)` and

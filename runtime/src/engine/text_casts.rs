@@ -19,17 +19,12 @@
 //!   (10^6 for a `REAL`).
 //!
 //! The result keeps the type the cast asked for, and the column its name.
-//!
-//! A cast to a string type with a length (`x::varchar(3)`, `CAST(x AS CHAR(2))`) cuts the text
-//! to that many characters, as PostgreSQL's explicit casts do; a value written to a column of
-//! that type is checked instead ([`apiary_storage::lengths`]).
 
 use std::fmt::Write as _;
 use std::sync::Arc;
 
-use apiary_storage::lengths::Declared;
 use arrow::array::timezone::Tz;
-use arrow::array::{Array, ArrayRef, AsArray, StringArray, StringBuilder};
+use arrow::array::{Array, ArrayRef, AsArray, StringBuilder};
 use arrow::datatypes::{DataType, Float32Type, Float64Type, Int64Type, TimeUnit};
 use chrono::{DateTime, Datelike, Offset, TimeZone, Timelike};
 use datafusion::common::tree_node::Transformed;
@@ -92,47 +87,6 @@ impl AnalyzerRule for TextCasts {
 }
 
 fn rewrite(e: Expr, schema: &DFSchema, zone: Option<&str>) -> DfResult<Transformed<Expr>> {
-    written_as_postgres(e, schema, zone)?.transform_data(|e| cut_to_declared(e, schema))
-}
-
-/// A cast to a string type with a declared length, as the cast of its operand to text cut to
-/// that length.
-fn cut_to_declared(e: Expr, schema: &DFSchema) -> DfResult<Transformed<Expr>> {
-    let (inner, field, try_cast) = match &e {
-        Expr::Cast(Cast { expr, field }) => (expr, field, false),
-        Expr::TryCast(TryCast { expr, field }) => (expr, field, true),
-        _ => return Ok(Transformed::no(e)),
-    };
-    let Some(declared) = Declared::of(field) else {
-        return Ok(Transformed::no(e));
-    };
-    if matches!(inner.as_ref(), Expr::ScalarFunction(f) if f.name() == CUT) {
-        return Ok(Transformed::no(e));
-    }
-    let text_type = field.data_type().clone();
-    let text = match inner.get_type(schema)? {
-        t if is_text(&t) => inner.as_ref().clone(),
-        _ if try_cast => Expr::TryCast(TryCast::new(inner.clone(), text_type)),
-        _ => Expr::Cast(Cast::new(inner.clone(), text_type)),
-    };
-    let length = datafusion::logical_expr::lit(i64::from(declared.length()));
-    let cut = Box::new(Expr::ScalarFunction(ScalarFunction::new_udf(
-        cut_function(),
-        vec![text, length],
-    )));
-    let field = field.clone();
-    Ok(Transformed::yes(match try_cast {
-        true => Expr::TryCast(TryCast { expr: cut, field }),
-        false => Expr::Cast(Cast { expr: cut, field }),
-    }))
-}
-
-/// A cast to text of a value PostgreSQL writes its own way, as [`postgres_text`] of it.
-fn written_as_postgres(
-    e: Expr,
-    schema: &DFSchema,
-    zone: Option<&str>,
-) -> DfResult<Transformed<Expr>> {
     let (inner, field, try_cast) = match &e {
         Expr::Cast(Cast { expr, field }) => (expr, field, false),
         Expr::TryCast(TryCast { expr, field }) => (expr, field, true),
@@ -169,70 +123,9 @@ fn written_as_postgres(
 /// [`postgres_text`]'s name, by which it travels to other nodes.
 const NAME: &str = "postgres_text";
 
-/// [`CutToLength`]'s name.
-const CUT: &str = "cut_to_length";
-
-/// The functions, by the names they travel under.
+/// The function, by the name it travels under.
 pub(crate) fn function_named(name: &str) -> Option<Arc<ScalarUDF>> {
-    match name {
-        NAME => Some(function()),
-        CUT => Some(cut_function()),
-        _ => None,
-    }
-}
-
-fn cut_function() -> Arc<ScalarUDF> {
-    Arc::new(ScalarUDF::from(CutToLength {
-        signature: Signature::any(2, Volatility::Immutable),
-    }))
-}
-
-/// `cut_to_length(text, n)`: the first n characters of `text`.
-#[derive(Debug, PartialEq, Eq, Hash)]
-struct CutToLength {
-    signature: Signature,
-}
-
-impl ScalarUDFImpl for CutToLength {
-    fn name(&self) -> &str {
-        CUT
-    }
-
-    fn signature(&self) -> &Signature {
-        &self.signature
-    }
-
-    fn return_type(&self, args: &[DataType]) -> DfResult<DataType> {
-        match args {
-            [t, DataType::Int64] if is_text(t) => Ok(t.clone()),
-            _ => plan_err!("{CUT}() takes a text and a length"),
-        }
-    }
-
-    fn invoke_with_args(&self, args: ScalarFunctionArgs) -> DfResult<ColumnarValue> {
-        let [value, ColumnarValue::Scalar(ScalarValue::Int64(Some(n)))] = args.args.as_slice()
-        else {
-            return plan_err!("{CUT}() takes a text and a constant length");
-        };
-        let n = usize::try_from(*n).unwrap_or(0);
-        let a = value.to_array(1)?;
-        let values: Box<dyn Iterator<Item = Option<&str>>> = match a.data_type() {
-            DataType::Utf8 => Box::new(a.as_string::<i32>().iter()),
-            DataType::LargeUtf8 => Box::new(a.as_string::<i64>().iter()),
-            DataType::Utf8View => Box::new(a.as_string_view().iter()),
-            t => return exec_err!("{CUT}() takes a text, not {t}"),
-        };
-        let cut: StringArray = values
-            .map(|v| v.map(|v| v.char_indices().nth(n).map_or(v, |(end, _)| &v[..end])))
-            .collect();
-        let cut = arrow::compute::cast(&cut, a.data_type())?;
-        Ok(match value {
-            ColumnarValue::Scalar(_) => {
-                ColumnarValue::Scalar(ScalarValue::try_from_array(&cut, 0)?)
-            }
-            ColumnarValue::Array(_) => ColumnarValue::Array(cut),
-        })
-    }
+    (name == NAME).then(function)
 }
 
 fn function() -> Arc<ScalarUDF> {
