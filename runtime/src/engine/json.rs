@@ -756,14 +756,11 @@ fn loose_left(e: &mut SqlExpr) -> Option<&mut Box<SqlExpr>> {
 fn loose_right(e: &mut SqlExpr) -> Option<&mut Box<SqlExpr>> {
     use BinaryOperator as B;
     match e {
-        SqlExpr::BinaryOp { right, op, .. }
-            if matches!(
-                op,
-                B::Eq | B::NotEq | B::Lt | B::LtEq | B::Gt | B::GtEq | B::Spaceship
-            ) =>
-        {
-            Some(right)
-        }
+        SqlExpr::BinaryOp {
+            right,
+            op: B::Eq | B::NotEq | B::Lt | B::LtEq | B::Gt | B::GtEq | B::Spaceship,
+            ..
+        } => Some(right),
         SqlExpr::Like { pattern, .. }
         | SqlExpr::ILike { pattern, .. }
         | SqlExpr::SimilarTo { pattern, .. } => Some(pattern),
