@@ -13,26 +13,15 @@
 use std::ops::ControlFlow;
 
 use datafusion::config::{ConfigOptions, Dialect};
-use datafusion::sql::parser::{CopyToSource, Statement as DfStatement};
-use datafusion::sql::sqlparser::ast::{BinaryOperator, Expr, visit_expressions_mut};
+use datafusion::sql::parser::Statement as DfStatement;
+use datafusion::sql::sqlparser::ast::{BinaryOperator, Expr};
 
 /// `statement` with `^` as PostgreSQL's exponent, when it was parsed in the generic dialect.
 pub(super) fn as_power(statement: &mut DfStatement, options: &ConfigOptions) {
     if options.sql_parser.dialect != Dialect::Generic {
         return;
     }
-    match statement {
-        DfStatement::Statement(s) => {
-            let _ = visit_expressions_mut(s.as_mut(), rewrite);
-        }
-        DfStatement::Explain(e) => as_power(&mut e.statement, options),
-        DfStatement::CopyTo(c) => {
-            if let CopyToSource::Query(q) = &mut c.source {
-                let _ = visit_expressions_mut(q.as_mut(), rewrite);
-            }
-        }
-        _ => {}
-    }
+    super::visit_parsed(statement, &mut super::EachExpr(rewrite));
 }
 
 /// How tightly PostgreSQL binds each operator of a run, `^` first; `None` ends the run.

@@ -8,25 +8,12 @@
 
 use std::ops::ControlFlow;
 
-use datafusion::sql::parser::{CopyToSource, Statement as DfStatement};
-use datafusion::sql::sqlparser::ast::{
-    Expr, Fetch, LimitClause, Query, Value, VisitMut, VisitorMut,
-};
+use datafusion::sql::parser::Statement as DfStatement;
+use datafusion::sql::sqlparser::ast::{Expr, Fetch, LimitClause, Query, Value, VisitorMut};
 
 /// `statement` with each plain `FETCH FIRST|NEXT n ROW|ROWS ONLY` written as `LIMIT n`.
 pub(crate) fn as_limit(statement: &mut DfStatement) {
-    match statement {
-        DfStatement::Statement(s) => {
-            let _ = s.visit(&mut Fetches);
-        }
-        DfStatement::Explain(e) => as_limit(&mut e.statement),
-        DfStatement::CopyTo(c) => {
-            if let CopyToSource::Query(q) = &mut c.source {
-                let _ = q.visit(&mut Fetches);
-            }
-        }
-        _ => {}
-    }
+    super::visit_parsed(statement, &mut Fetches);
 }
 
 struct Fetches;

@@ -34,10 +34,10 @@ use datafusion::logical_expr::{
     ColumnarValue, Expr, ExprSchemable, ScalarFunctionArgs, ScalarUDF, ScalarUDFImpl, Signature,
     Volatility,
 };
-use datafusion::sql::parser::{CopyToSource, Statement as DfStatement};
+use datafusion::sql::parser::Statement as DfStatement;
 
 use super::bounded::within_generated_bound;
-use datafusion::sql::sqlparser::ast::{BinaryOperator, Expr as SqlExpr, visit_expressions_mut};
+use datafusion::sql::sqlparser::ast::{BinaryOperator, Expr as SqlExpr};
 
 /// Longest prefix of a document an error quotes.
 const QUOTED: usize = 40;
@@ -678,18 +678,7 @@ pub(super) fn as_postgres_binds(statement: &mut DfStatement, options: &ConfigOpt
     if options.sql_parser.dialect != Dialect::Generic {
         return;
     }
-    match statement {
-        DfStatement::Statement(s) => {
-            let _ = visit_expressions_mut(s.as_mut(), rebind);
-        }
-        DfStatement::Explain(e) => as_postgres_binds(&mut e.statement, options),
-        DfStatement::CopyTo(c) => {
-            if let CopyToSource::Query(q) = &mut c.source {
-                let _ = visit_expressions_mut(q.as_mut(), rebind);
-            }
-        }
-        _ => {}
-    }
+    super::visit_parsed(statement, &mut super::EachExpr(rebind));
 }
 
 fn is_json_operator(op: &BinaryOperator) -> bool {

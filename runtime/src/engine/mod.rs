@@ -779,6 +779,45 @@ fn check_parsed(parsed: &DfStatement, limits: &Limits) -> Result<()> {
 
 /// A checked statement as DataFusion is to plan it: numeric literals exact, `FETCH FIRST` as
 /// `LIMIT`.
+/// Visit the SQL a parsed statement holds with `visitor`: the statement, an EXPLAINed one, or a
+/// COPY's query.
+pub(super) fn visit_parsed<V: datafusion::sql::sqlparser::ast::VisitorMut<Break = ()>>(
+    statement: &mut DfStatement,
+    visitor: &mut V,
+) {
+    use datafusion::sql::parser::CopyToSource;
+    use datafusion::sql::sqlparser::ast::VisitMut;
+    match statement {
+        DfStatement::Statement(s) => {
+            let _ = s.visit(visitor);
+        }
+        DfStatement::Explain(e) => visit_parsed(&mut e.statement, visitor),
+        DfStatement::CopyTo(c) => {
+            if let CopyToSource::Query(q) = &mut c.source {
+                let _ = q.visit(visitor);
+            }
+        }
+        _ => {}
+    }
+}
+
+/// A visitor that applies its function to every expression, children first (as sqlparser's
+/// `visit_expressions_mut`).
+pub(super) struct EachExpr<F>(pub F);
+
+impl<F: FnMut(&mut datafusion::sql::sqlparser::ast::Expr) -> std::ops::ControlFlow<()>>
+    datafusion::sql::sqlparser::ast::VisitorMut for EachExpr<F>
+{
+    type Break = ();
+
+    fn post_visit_expr(
+        &mut self,
+        expr: &mut datafusion::sql::sqlparser::ast::Expr,
+    ) -> std::ops::ControlFlow<()> {
+        (self.0)(expr)
+    }
+}
+
 fn rewrite_parsed(parsed: &mut DfStatement, options: &datafusion::config::ConfigOptions) {
     literals::exact_numbers(parsed, options);
     fetch_first::as_limit(parsed);

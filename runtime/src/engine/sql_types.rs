@@ -17,11 +17,11 @@ use datafusion::catalog::{TableFunctionArgs, TableFunctionImpl, TableProvider};
 use datafusion::common::{Result as DfResult, ScalarValue, plan_datafusion_err, plan_err};
 use datafusion::logical_expr::planner::TypePlanner;
 use datafusion::logical_expr::{Cast, Expr};
-use datafusion::sql::parser::{CopyToSource, Statement as DfStatement};
+use datafusion::sql::parser::Statement as DfStatement;
 use datafusion::sql::sqlparser::ast::{
     CharacterLength, DataType as SqlType, ExactNumberInfo, Expr as SqlExpr, Function, FunctionArg,
     FunctionArgExpr, FunctionArgumentList, FunctionArguments, Ident, ObjectName, TimezoneInfo,
-    Value, visit_expressions_mut,
+    Value,
 };
 
 /// Plans the time types and the binary names other databases use (`VARBINARY`, what the
@@ -97,18 +97,7 @@ impl SqlTypes {
 /// `UNION` mixing it with plain strings failed ("Inconsistent metadata"), and a frame created
 /// from such a `UNION` refused the other rows. Column definitions keep their length.
 pub(super) fn casts_cut(statement: &mut DfStatement) {
-    match statement {
-        DfStatement::Statement(s) => {
-            let _ = visit_expressions_mut(s.as_mut(), cut);
-        }
-        DfStatement::Explain(e) => casts_cut(&mut e.statement),
-        DfStatement::CopyTo(c) => {
-            if let CopyToSource::Query(q) = &mut c.source {
-                let _ = visit_expressions_mut(q.as_mut(), cut);
-            }
-        }
-        _ => {}
-    }
+    super::visit_parsed(statement, &mut super::EachExpr(cut));
 }
 
 fn cut(e: &mut SqlExpr) -> ControlFlow<()> {

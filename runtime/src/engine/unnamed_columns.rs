@@ -12,26 +12,15 @@
 use std::collections::HashSet;
 use std::ops::ControlFlow;
 
-use datafusion::sql::parser::{CopyToSource, Statement as DfStatement};
+use datafusion::sql::parser::Statement as DfStatement;
 use datafusion::sql::sqlparser::ast::{
-    Expr, Ident, Query, Select, SelectItem, SetExpr, SetQuantifier, Statement, VisitMut, VisitorMut,
+    Expr, Ident, Query, Select, SelectItem, SetExpr, SetQuantifier, Statement, VisitorMut,
 };
 
 /// `statement` with the repeated unnamed columns of its INSERT rows and later set-operation
 /// branches named.
 pub(super) fn renamed_repeats(statement: &mut DfStatement) {
-    match statement {
-        DfStatement::Statement(s) => {
-            let _ = s.visit(&mut Repeats);
-        }
-        DfStatement::Explain(e) => renamed_repeats(&mut e.statement),
-        DfStatement::CopyTo(c) => {
-            if let CopyToSource::Query(q) = &mut c.source {
-                let _ = q.visit(&mut Repeats);
-            }
-        }
-        _ => {}
-    }
+    super::visit_parsed(statement, &mut Repeats);
 }
 
 struct Repeats;
