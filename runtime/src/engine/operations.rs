@@ -161,7 +161,8 @@ impl Engine {
     }
 
     /// The Arrow type a SQL type name means here (the same type planner as CREATE TABLE).
-    /// As a nullable field: a declared `VARCHAR(n)` is in its metadata.
+    /// As a nullable field: a declared `VARCHAR(n)` is in its metadata. (DataFusion plans the
+    /// cast here directly, past `sql_types::casts_cut`, so the cast keeps the type's length.)
     pub(super) async fn sql_type(&self, ty: &str) -> Result<Field> {
         let plan = self
             .base_state()
