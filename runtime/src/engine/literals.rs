@@ -36,10 +36,10 @@ use datafusion::logical_expr::{
     Union, Values,
 };
 use datafusion::optimizer::AnalyzerRule;
-use datafusion::sql::parser::{CopyToSource, Statement as DfStatement};
+use datafusion::sql::parser::Statement as DfStatement;
 use datafusion::sql::sqlparser::ast::{
     CastKind, DataType as SqlType, ExactNumberInfo, Expr, Query, SetExpr, Value, ValueWithSpan,
-    VisitMut, VisitorMut, visit_expressions_mut,
+    VisitorMut,
 };
 
 /// The most digits a literal written out keeps as a decimal (Arrow's `Decimal256`).
@@ -53,20 +53,8 @@ pub(crate) fn exact_numbers(statement: &mut DfStatement, options: &ConfigOptions
 }
 
 fn write_out(statement: &mut DfStatement) {
-    fn both<V: VisitMut>(v: &mut V) {
-        let _ = visit_expressions_mut(v, rewrite);
-        let _ = v.visit(&mut FloatRows);
-    }
-    match statement {
-        DfStatement::Statement(s) => both(s.as_mut()),
-        DfStatement::Explain(e) => write_out(&mut e.statement),
-        DfStatement::CopyTo(c) => {
-            if let CopyToSource::Query(q) = &mut c.source {
-                both(q.as_mut())
-            }
-        }
-        _ => {}
-    }
+    super::visit_parsed(statement, &mut super::EachExpr(rewrite));
+    super::visit_parsed(statement, &mut FloatRows);
 }
 
 /// In a `VALUES` list, a column holding a float cast (`'NaN'::double`, or a literal beyond 76

@@ -105,6 +105,7 @@ use datafusion::physical_optimizer::PhysicalOptimizerRule;
 use datafusion::physical_plan::ExecutionPlan;
 use datafusion::prelude::SessionConfig;
 use datafusion::sql::parser::Statement as DfStatement;
+use datafusion::sql::sqlparser::ast::{Expr as SqlExpr, VisitorMut};
 
 use crate::error::{Error, Result};
 use crate::sql::{self, Command};
@@ -777,11 +778,9 @@ fn check_parsed(parsed: &DfStatement, limits: &Limits) -> Result<()> {
     answered_wrong::refuse(parsed)
 }
 
-/// A checked statement as DataFusion is to plan it: numeric literals exact, `FETCH FIRST` as
-/// `LIMIT`.
 /// Visit the SQL a parsed statement holds with `visitor`: the statement, an EXPLAINed one, or a
 /// COPY's query.
-pub(super) fn visit_parsed<V: datafusion::sql::sqlparser::ast::VisitorMut<Break = ()>>(
+pub(super) fn visit_parsed<V: VisitorMut<Break = ()>>(
     statement: &mut DfStatement,
     visitor: &mut V,
 ) {
@@ -805,19 +804,17 @@ pub(super) fn visit_parsed<V: datafusion::sql::sqlparser::ast::VisitorMut<Break 
 /// `visit_expressions_mut`).
 pub(super) struct EachExpr<F>(pub F);
 
-impl<F: FnMut(&mut datafusion::sql::sqlparser::ast::Expr) -> std::ops::ControlFlow<()>>
-    datafusion::sql::sqlparser::ast::VisitorMut for EachExpr<F>
-{
+impl<F: FnMut(&mut SqlExpr) -> std::ops::ControlFlow<()>> VisitorMut for EachExpr<F> {
     type Break = ();
 
-    fn post_visit_expr(
-        &mut self,
-        expr: &mut datafusion::sql::sqlparser::ast::Expr,
-    ) -> std::ops::ControlFlow<()> {
+    fn post_visit_expr(&mut self, expr: &mut SqlExpr) -> std::ops::ControlFlow<()> {
         (self.0)(expr)
     }
 }
 
+/// A checked statement as DataFusion is to plan it: numeric literals exact, `FETCH FIRST` as
+/// `LIMIT`, `^` as a power, JSON operators bound as PostgreSQL binds them, repeated unnamed
+/// columns named where names do not show, a cast to `VARCHAR(n)` as a cut.
 fn rewrite_parsed(parsed: &mut DfStatement, options: &datafusion::config::ConfigOptions) {
     literals::exact_numbers(parsed, options);
     fetch_first::as_limit(parsed);

@@ -12,6 +12,7 @@ use arrow::datatypes::{
     DECIMAL128_MAX_PRECISION, DataType, Decimal128Type, Float64Type, Int64Type,
 };
 use datafusion::common::{Result as DfResult, ScalarValue, exec_err, plan_err};
+use datafusion::functions::utils::make_scalar_function;
 use datafusion::logical_expr::simplify::{ExprSimplifyResult, SimplifyContext};
 use datafusion::logical_expr::type_coercion::binary::BinaryTypeCoercer;
 use datafusion::logical_expr::{
@@ -198,35 +199,24 @@ impl ScalarUDFImpl for CountNulls {
     }
 
     fn invoke_with_args(&self, args: ScalarFunctionArgs) -> DfResult<ColumnarValue> {
-        let scalar = args
-            .args
-            .iter()
-            .all(|a| matches!(a, ColumnarValue::Scalar(_)));
-        let rows = if scalar { 1 } else { args.number_rows };
-        let mut counts = vec![0i32; rows];
-        for arg in &args.args {
-            match arg {
-                ColumnarValue::Scalar(v) if v.is_null() == self.nulls => {
-                    counts.iter_mut().for_each(|c| *c += 1);
+        let nulls = self.nulls;
+        make_scalar_function(
+            move |arrays: &[ArrayRef]| {
+                let rows = arrays.first().map_or(0, |a| a.len());
+                let mut counts = vec![0i32; rows];
+                for a in arrays {
+                    // Logical NULLs: a NULL-typed column has no validity buffer.
+                    let a_nulls = a.logical_nulls();
+                    for (i, c) in counts.iter_mut().enumerate() {
+                        if a_nulls.as_ref().is_some_and(|n| n.is_null(i)) == nulls {
+                            *c += 1;
+                        }
+                    }
                 }
-                ColumnarValue::Scalar(_) => {}
-                // Logical NULLs: a NULL-typed column has no validity buffer.
-                ColumnarValue::Array(a) => match a.logical_nulls() {
-                    Some(n) => counts
-                        .iter_mut()
-                        .enumerate()
-                        .filter(|(i, _)| n.is_null(*i) == self.nulls)
-                        .for_each(|(_, c)| *c += 1),
-                    None if !self.nulls => counts.iter_mut().for_each(|c| *c += 1),
-                    None => {}
-                },
-            }
-        }
-        let counts = Arc::new(Int32Array::from(counts)) as ArrayRef;
-        Ok(match scalar {
-            true => ColumnarValue::Scalar(ScalarValue::try_from_array(&counts, 0)?),
-            false => ColumnarValue::Array(counts),
-        })
+                Ok(Arc::new(Int32Array::from(counts)) as ArrayRef)
+            },
+            vec![],
+        )(&args.args)
     }
 }
 
